@@ -1,0 +1,29 @@
+//! The `agentgate.dev/v1alpha1` API.
+//!
+//! This crate is the only place the custom resource types are defined. Everything else (the gateway's
+//! standalone loader, the operator, the Kubernetes API emulator used by the tests) works from these types
+//! and from the CRDs generated out of them, so a manifest means the same thing everywhere.
+
+pub mod approval;
+pub mod common;
+pub mod connection;
+pub mod gateway;
+pub mod generate;
+pub mod identity;
+pub mod policy;
+pub mod structural;
+pub mod validation;
+
+pub use approval::{ApprovalRequest, ApprovalRequestSpec, ApprovalRequestStatus};
+pub use common::{Condition, DurationString};
+pub use connection::{Connection, ConnectionSpec};
+pub use gateway::{AgentGateway, AgentGatewaySpec};
+pub use identity::{AgentIdentity, AgentIdentitySpec};
+pub use policy::{AccessPolicy, AccessPolicySpec};
+
+/// API group of every agentgate kind.
+pub const GROUP: &str = "agentgate.dev";
+/// The one served and stored version.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` as written in manifests.
+pub const API_VERSION: &str = "agentgate.dev/v1alpha1";

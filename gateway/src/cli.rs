@@ -1,0 +1,203 @@
+//! The `agentgate` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::watch::ConfigWatcher;
+use crate::config::{GatewayConfig, LoadOptions};
+use crate::metrics::Metrics;
+use crate::{admin, config};
+
+/// Default admin address: loopback, so a standalone gateway exposes nothing by accident.
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9464";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "agentgate",
+    version,
+    about = "Identity-aware Layer 7 gateway for AI agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check a directory of manifests and print what would run; exit 1 with one line per problem.
+    Validate(Source),
+    /// Run the gateway from a directory of manifests, reloading it when files change.
+    Run {
+        #[command(flatten)]
+        source: Source,
+        /// Address of the admin listener (/healthz, /readyz, /metrics).
+        #[arg(long, default_value = DEFAULT_ADMIN_ADDR)]
+        admin_addr: SocketAddr,
+        /// How often the manifests directory is checked for changes.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        watch_interval: Duration,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct Source {
+    /// Directory of YAML manifests (the same files `kubectl apply -f DIR` takes).
+    #[arg(long, short = 'm')]
+    manifests: PathBuf,
+    /// Directory of Secret folders (`<dir>/<secret>/<key>`), for Secrets not given as manifests.
+    #[arg(long)]
+    secrets_dir: Option<PathBuf>,
+    /// The AgentGateway to run when the directory declares several.
+    #[arg(long)]
+    gateway: Option<String>,
+}
+
+impl Source {
+    fn options(&self, reserved_ports: Vec<u16>) -> LoadOptions {
+        LoadOptions {
+            manifests: self.manifests.clone(),
+            secrets_dir: self.secrets_dir.clone(),
+            gateway: self.gateway.clone(),
+            reserved_ports,
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    agentgate_crds::common::parse_duration(s)
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Validate(source) => validate(&source),
+        Command::Run {
+            source,
+            admin_addr,
+            watch_interval,
+        } => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(run(source, admin_addr, watch_interval))
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .try_init();
+}
+
+fn validate(source: &Source) -> ExitCode {
+    match config::load(&source.options(Vec::new())) {
+        Ok(cfg) => {
+            println!("{}", summary(&source.manifests, &cfg));
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{} problem(s) found; nothing was loaded", errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One paragraph describing a valid configuration.
+pub fn summary(dir: &std::path::Path, cfg: &GatewayConfig) -> String {
+    let counts: Vec<String> = cfg
+        .object_counts
+        .iter()
+        .map(|(k, n)| format!("{n} {k}"))
+        .collect();
+    let listeners: Vec<String> = cfg
+        .gateway
+        .listeners
+        .iter()
+        .map(|l| format!("{} ({:?} :{})", l.name, l.protocol, l.port))
+        .collect();
+    format!(
+        "{}: valid ({}).\ngateway {}/{}: listeners {}; {} connection(s), {} identity(ies), {} policy(ies) with {} rule(s).",
+        dir.display(),
+        counts.join(", "),
+        cfg.gateway.namespace,
+        cfg.gateway.name,
+        listeners.join(", "),
+        cfg.connections.len(),
+        cfg.identities.len(),
+        cfg.policies.len(),
+        cfg.policies.iter().map(|p| p.rules.len()).sum::<usize>(),
+    )
+}
+
+async fn run(source: Source, admin_addr: SocketAddr, watch_interval: Duration) -> ExitCode {
+    let metrics = Metrics::new();
+    let (mut watcher, snapshots) =
+        ConfigWatcher::new(source.options(vec![admin_addr.port()]), metrics.clone());
+    if let Err(errors) = watcher.reload() {
+        // Keep running and serving /readyz = 503: fixing the files is picked up without a restart.
+        eprintln!("{errors}");
+        eprintln!(
+            "no valid configuration yet; watching {} for changes",
+            source.manifests.display()
+        );
+    }
+    let listener = match admin::bind(admin_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {admin_addr}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(addr = %admin_addr, "admin listener up");
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let state = admin::AdminState { snapshots, metrics };
+    let admin_task = tokio::spawn(admin::serve(listener, state, shutdown_rx.clone()));
+    let watch_task = tokio::spawn(watcher.run(watch_interval, shutdown_rx));
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    let _ = admin_task.await;
+    let _ = watch_task.await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,779 @@
+//! Validating manifests (schema, then meaning) and compiling them into a [`GatewayConfig`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use agentgate_crds::connection::{ConnectionType, CredentialScheme};
+use agentgate_crds::gateway::{ApprovalSettings, Listener, Recording};
+use agentgate_crds::generate;
+use agentgate_crds::policy::{Action, PolicyRule};
+use agentgate_crds::validation::SchemaValidator;
+use agentgate_crds::{AccessPolicy, AgentGateway, AgentIdentity, Connection};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::manifest::Manifest;
+use super::secrets::{SecretStore, SecretValue};
+use super::{ConfigError, LoadOptions};
+use crate::policy::glob::Glob;
+
+/// The immutable configuration one gateway runs with. Swapped whole when configuration changes.
+#[derive(Debug)]
+pub struct GatewayConfig {
+    /// Hash of every manifest that went into this snapshot.
+    pub source_hash: String,
+    /// Number of objects loaded, by kind.
+    pub object_counts: BTreeMap<String, usize>,
+    /// The gateway being run.
+    pub gateway: GatewaySettings,
+    /// Connections served by this gateway, by name.
+    pub connections: BTreeMap<String, CompiledConnection>,
+    /// Identities in the gateway's namespace, by name.
+    pub identities: BTreeMap<String, CompiledIdentity>,
+    /// Policies that apply to at least one of the gateway's connections.
+    pub policies: Vec<CompiledPolicy>,
+}
+
+/// The gateway's own settings.
+#[derive(Debug)]
+pub struct GatewaySettings {
+    pub name: String,
+    pub namespace: String,
+    pub listeners: Vec<Listener>,
+    pub recording: Recording,
+    pub approvals: ApprovalBounds,
+}
+
+/// Approval bounds, parsed.
+#[derive(Clone, Copy, Debug)]
+pub struct ApprovalBounds {
+    pub default_timeout: Duration,
+    pub max_grant: Duration,
+}
+
+/// A connection with its credential resolved.
+#[derive(Debug)]
+pub struct CompiledConnection {
+    pub name: String,
+    pub kind: ConnectionType,
+    pub endpoint: Endpoint,
+    pub credential: Option<Credential>,
+    /// PEM CA bundle for the upstream, when configured.
+    pub ca: Option<SecretValue>,
+    pub server_name: Option<String>,
+    pub insecure_skip_verify: bool,
+    pub route_host: Option<String>,
+    pub route_path_prefix: Option<String>,
+}
+
+/// A parsed endpoint URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub scheme: String,
+    pub host: String,
+    pub port: u16,
+    /// Path (HTTP) or database name (Postgres, without the leading `/`).
+    pub path: String,
+}
+
+/// A credential the gateway injects.
+#[derive(Debug)]
+pub struct Credential {
+    pub scheme: CredentialScheme,
+    pub username: Option<String>,
+    /// Token or password (`None` for client certificates).
+    pub secret: Option<SecretValue>,
+    /// (certificate chain PEM, private key PEM) for client certificates.
+    pub client_certificate: Option<(SecretValue, SecretValue)>,
+}
+
+/// An identity with the secrets it needs resolved.
+#[derive(Debug)]
+pub struct CompiledIdentity {
+    pub name: String,
+    pub spec: agentgate_crds::AgentIdentitySpec,
+    pub max_token_lifetime: Option<Duration>,
+    /// Static JWKS, when `keys.secretRef` is set.
+    pub static_jwks: Option<SecretValue>,
+    /// Client secret or private key for introspection.
+    pub introspection_secret: Option<SecretValue>,
+}
+
+/// A policy with its globs compiled.
+#[derive(Debug)]
+pub struct CompiledPolicy {
+    pub name: String,
+    pub spec: agentgate_crds::AccessPolicySpec,
+    pub rules: Vec<CompiledRule>,
+}
+
+/// A rule with its globs compiled.
+#[derive(Debug)]
+pub struct CompiledRule {
+    pub name: String,
+    pub action: Action,
+    pub globs: Vec<(String, Glob)>,
+    pub approval_timeout: Option<Duration>,
+    pub grant_duration: Option<Duration>,
+}
+
+/// Kinds read from manifests, with the apiVersion each must carry.
+const KNOWN_KINDS: &[(&str, &str)] = &[
+    ("AgentGateway", agentgate_crds::API_VERSION),
+    ("Connection", agentgate_crds::API_VERSION),
+    ("AgentIdentity", agentgate_crds::API_VERSION),
+    ("AccessPolicy", agentgate_crds::API_VERSION),
+    ("ApprovalRequest", agentgate_crds::API_VERSION),
+    ("Secret", "v1"),
+    // Namespaces may sit beside the objects so the same directory applies to a cluster.
+    ("Namespace", "v1"),
+];
+
+/// Objects of each kind, after schema validation and defaulting.
+#[derive(Default)]
+struct Objects<'m> {
+    gateways: Vec<(&'m Manifest, AgentGateway)>,
+    connections: Vec<(&'m Manifest, Connection)>,
+    identities: Vec<(&'m Manifest, AgentIdentity)>,
+    policies: Vec<(&'m Manifest, AccessPolicy)>,
+}
+
+/// Validates and compiles. Problems go to `errors`; `None` when nothing could be compiled.
+pub fn compile(
+    manifests: Vec<Manifest>,
+    options: &LoadOptions,
+    errors: &mut Vec<ConfigError>,
+) -> Option<GatewayConfig> {
+    let validators: HashMap<String, SchemaValidator> = generate::validators().into_iter().collect();
+    let mut secrets = SecretStore::new(options.secrets_dir.clone());
+    let mut objects = Objects::default();
+    let mut seen: HashMap<(String, String, String), &Manifest> = HashMap::new();
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut hasher = Sha256::new();
+
+    for m in &manifests {
+        hasher.update(m.file.to_string_lossy().as_bytes());
+        hasher.update(m.value.to_string().as_bytes());
+        if !check_identity(m, errors) {
+            continue;
+        }
+        let key = (
+            m.kind().to_string(),
+            m.namespace().to_string(),
+            m.name().to_string(),
+        );
+        if let Some(first) = seen.get(&key) {
+            errors.push(m.error(
+                "metadata.name",
+                format!(
+                    "Duplicate value: {:?}: already defined at {}:{}",
+                    m.name(),
+                    first.file.display(),
+                    first.line
+                ),
+            ));
+            continue;
+        }
+        seen.insert(key, m);
+        *counts.entry(m.kind().to_string()).or_default() += 1;
+        match m.kind() {
+            "Secret" => secrets.add_manifest(m, errors),
+            "Namespace" => {}
+            kind => {
+                let validator = &validators[kind];
+                let field_errors = validator.validate(&m.value, None);
+                if !field_errors.is_empty() {
+                    for e in field_errors {
+                        errors.push(m.error(&e.path, e.to_string()));
+                    }
+                    continue;
+                }
+                let defaulted = validator.apply_defaults(&m.value);
+                match kind {
+                    "AgentGateway" => push_typed(m, &defaulted, &mut objects.gateways, errors),
+                    "Connection" => push_typed(m, &defaulted, &mut objects.connections, errors),
+                    "AgentIdentity" => push_typed(m, &defaulted, &mut objects.identities, errors),
+                    "AccessPolicy" => push_typed(m, &defaulted, &mut objects.policies, errors),
+                    // ApprovalRequests are runtime objects; a directory may carry them (an export of
+                    // a cluster), and they are validated but not configuration.
+                    _ => {}
+                }
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return None;
+    }
+    let (gm, gateway) = select_gateway(&objects, options, errors)?;
+    let namespace = gm.namespace().to_string();
+    let settings = compile_gateway(gm, gateway, options, errors);
+
+    let mut connections = BTreeMap::new();
+    let mut routes: HashMap<(Option<String>, Option<String>), &str> = HashMap::new();
+    for (m, c) in objects
+        .connections
+        .iter()
+        .filter(|(m, _)| m.namespace() == namespace)
+    {
+        let target = &c.spec.gateway_ref.name;
+        if !objects
+            .gateways
+            .iter()
+            .any(|(other, _)| other.namespace() == namespace && other.name() == target)
+        {
+            errors.push(m.error(
+                "spec.gatewayRef.name",
+                format!("AgentGateway {namespace}/{target} not found"),
+            ));
+            continue;
+        }
+        if target != gm.name() {
+            continue;
+        }
+        if let Some(route) = &c.spec.route {
+            let key = (route.host.clone(), route.path_prefix.clone());
+            if let Some(other) = routes.insert(key, m.name()) {
+                errors.push(m.error(
+                    "spec.route",
+                    format!("Duplicate value: Connection {other} already has the same host and pathPrefix"),
+                ));
+            }
+        }
+        if let Some(compiled) = compile_connection(m, c, &secrets, errors) {
+            connections.insert(m.name().to_string(), compiled);
+        }
+    }
+    let mut identities = BTreeMap::new();
+    for (m, i) in objects
+        .identities
+        .iter()
+        .filter(|(m, _)| m.namespace() == namespace)
+    {
+        if let Some(compiled) = compile_identity(m, i, &secrets, errors) {
+            identities.insert(m.name().to_string(), compiled);
+        }
+    }
+
+    let all_connections: Vec<&str> = objects
+        .connections
+        .iter()
+        .filter(|(m, _)| m.namespace() == namespace)
+        .map(|(m, _)| m.name())
+        .collect();
+    let mut policies = Vec::new();
+    for (m, p) in objects
+        .policies
+        .iter()
+        .filter(|(m, _)| m.namespace() == namespace)
+    {
+        for (i, name) in p.spec.connections.iter().enumerate() {
+            if name != "*" && !all_connections.contains(&name.as_str()) {
+                errors.push(m.error(
+                    &format!("spec.connections[{i}]"),
+                    format!("Connection {namespace}/{name} not found"),
+                ));
+            }
+        }
+        for (i, name) in p.spec.subjects.identities.iter().enumerate() {
+            if !identities.contains_key(name) {
+                errors.push(m.error(
+                    &format!("spec.subjects.identities[{i}]"),
+                    format!("AgentIdentity {namespace}/{name} not found"),
+                ));
+            }
+        }
+        let applies = p
+            .spec
+            .connections
+            .iter()
+            .any(|c| c == "*" || connections.contains_key(c));
+        let rules: Vec<CompiledRule> = p
+            .spec
+            .rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| compile_rule(m, &format!("spec.rules[{i}]"), r, &settings.approvals, errors))
+            .collect();
+        if applies {
+            policies.push(CompiledPolicy {
+                name: m.name().to_string(),
+                spec: p.spec.clone(),
+                rules,
+            });
+        }
+    }
+
+    if !errors.is_empty() {
+        return None;
+    }
+    let source_hash = hex(&hasher.finalize());
+    Some(GatewayConfig {
+        source_hash,
+        object_counts: counts,
+        gateway: settings,
+        connections,
+        identities,
+        policies,
+    })
+}
+
+/// apiVersion, kind and metadata: what every object needs before its schema can be chosen.
+fn check_identity(m: &Manifest, errors: &mut Vec<ConfigError>) -> bool {
+    let kind = m.kind();
+    let api_version = m.api_version();
+    if kind.is_empty() || api_version.is_empty() {
+        let field = if api_version.is_empty() {
+            "apiVersion"
+        } else {
+            "kind"
+        };
+        errors.push(ConfigError {
+            object: None,
+            ..m.error(
+                field,
+                format!("Required value: every manifest needs apiVersion and kind ({field} is missing)"),
+            )
+        });
+        return false;
+    }
+    match KNOWN_KINDS.iter().find(|(k, _)| *k == kind) {
+        None => {
+            let known: Vec<&str> = KNOWN_KINDS.iter().map(|(k, _)| *k).collect();
+            errors.push(m.error(
+                "kind",
+                format!(
+                    "Unsupported value: {kind:?}: agentgate reads {}",
+                    known.join(", ")
+                ),
+            ));
+            return false;
+        }
+        Some((_, expected)) if *expected != api_version => {
+            errors.push(m.error(
+                "apiVersion",
+                format!("Unsupported value: {api_version:?}: {kind} is served as {expected:?}"),
+            ));
+            return false;
+        }
+        Some(_) => {}
+    }
+    let name_re = regex::Regex::new(agentgate_crds::common::DNS_SUBDOMAIN_PATTERN).expect("static regex");
+    let label_re = regex::Regex::new(agentgate_crds::common::DNS_LABEL_PATTERN).expect("static regex");
+    let name = m.name();
+    if name.is_empty() {
+        errors.push(m.error("metadata.name", "Required value: name is required"));
+        return false;
+    }
+    if name.len() > 253 || !name_re.is_match(name) {
+        errors.push(m.error(
+            "metadata.name",
+            format!("Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.'"),
+        ));
+        return false;
+    }
+    let ns = m.namespace();
+    if ns.len() > 63 || !label_re.is_match(ns) {
+        errors.push(m.error(
+            "metadata.namespace",
+            format!("Invalid value: {ns:?}: a namespace must be a DNS label"),
+        ));
+        return false;
+    }
+    true
+}
+
+fn push_typed<'m, T: DeserializeOwned>(
+    m: &'m Manifest,
+    value: &Value,
+    out: &mut Vec<(&'m Manifest, T)>,
+    errors: &mut Vec<ConfigError>,
+) {
+    match serde_json::from_value::<T>(value.clone()) {
+        Ok(t) => out.push((m, t)),
+        // The schema accepted it, so this is a mismatch between schema and type: a bug, reported
+        // as such rather than as the user's fault.
+        Err(e) => errors.push(m.error(
+            "",
+            format!("internal error: object passed schema validation but does not decode: {e}"),
+        )),
+    }
+}
+
+fn select_gateway<'a, 'm>(
+    objects: &'a Objects<'m>,
+    options: &LoadOptions,
+    errors: &mut Vec<ConfigError>,
+) -> Option<(&'m Manifest, &'a AgentGateway)> {
+    let candidates: Vec<_> = match &options.gateway {
+        Some(name) => objects
+            .gateways
+            .iter()
+            .filter(|(m, _)| m.name() == name)
+            .collect(),
+        None => objects.gateways.iter().collect(),
+    };
+    match candidates.as_slice() {
+        [(m, g)] => Some((*m, g)),
+        [] => {
+            let what = options
+                .gateway
+                .as_ref()
+                .map_or("an AgentGateway".to_string(), |n| format!("AgentGateway {n:?}"));
+            errors.push(ConfigError::file(
+                &options.manifests,
+                format!("{what} is required: the directory declares none"),
+            ));
+            None
+        }
+        many => {
+            let names: Vec<String> = many
+                .iter()
+                .map(|(m, _)| format!("{}/{}", m.namespace(), m.name()))
+                .collect();
+            errors.push(ConfigError::file(
+                &options.manifests,
+                format!(
+                    "several AgentGateways ({}); choose one with --gateway",
+                    names.join(", ")
+                ),
+            ));
+            None
+        }
+    }
+}
+
+fn compile_gateway(
+    m: &Manifest,
+    g: &AgentGateway,
+    options: &LoadOptions,
+    errors: &mut Vec<ConfigError>,
+) -> GatewaySettings {
+    for (i, l) in g.spec.listeners.iter().enumerate() {
+        if options.reserved_ports.contains(&(l.port as u16)) {
+            errors.push(m.error(
+                &format!("spec.listeners[{i}].port"),
+                format!(
+                    "Invalid value: {}: the port is taken by the admin listener",
+                    l.port
+                ),
+            ));
+        }
+    }
+    let approvals = parse_approvals(m, &g.spec.approvals, errors);
+    if let Err(e) = g.spec.recording.retention.to_std() {
+        errors.push(m.error("spec.recording.retention", format!("Invalid value: {e}")));
+    }
+    GatewaySettings {
+        name: m.name().to_string(),
+        namespace: m.namespace().to_string(),
+        listeners: g.spec.listeners.clone(),
+        recording: g.spec.recording.clone(),
+        approvals,
+    }
+}
+
+fn parse_approvals(m: &Manifest, a: &ApprovalSettings, errors: &mut Vec<ConfigError>) -> ApprovalBounds {
+    let mut parse = |field: &str, d: &agentgate_crds::DurationString| match d.to_std() {
+        Ok(v) => v,
+        Err(e) => {
+            errors.push(m.error(field, format!("Invalid value: {e}")));
+            Duration::ZERO
+        }
+    };
+    ApprovalBounds {
+        default_timeout: parse("spec.approvals.defaultTimeout", &a.default_timeout),
+        max_grant: parse("spec.approvals.maxGrant", &a.max_grant),
+    }
+}
+
+/// Parses `scheme://host[:port][/path]` without accepting user info, queries or fragments.
+pub fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
+    let (scheme, rest) = url.split_once("://").ok_or("expected scheme://host")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    if authority.contains('@') {
+        return Err("credentials in the URL are not allowed; use spec.credentials".into());
+    }
+    if path.contains(['?', '#']) {
+        return Err("queries and fragments are not allowed in an endpoint".into());
+    }
+    let default_port = match scheme {
+        "https" => 443,
+        "http" => 80,
+        "postgres" | "postgresql" => 5432,
+        other => return Err(format!("unsupported scheme {other:?}")),
+    };
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']').ok_or("unterminated IPv6 address")?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse::<u16>().map_err(|_| format!("invalid port {p:?}"))?,
+            None if after.is_empty() => default_port,
+            None => return Err("invalid authority".into()),
+        };
+        (h.to_string(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse::<u16>().map_err(|_| format!("invalid port {p:?}"))?,
+            ),
+            None => (authority.to_string(), default_port),
+        }
+    };
+    if host.is_empty() {
+        return Err("missing host".into());
+    }
+    if port == 0 {
+        return Err("port 0 is not a valid target".into());
+    }
+    let path = if matches!(scheme, "postgres" | "postgresql") {
+        path.trim_start_matches('/').to_string()
+    } else {
+        path.to_string()
+    };
+    Ok(Endpoint {
+        scheme: scheme.to_string(),
+        host,
+        port,
+        path,
+    })
+}
+
+fn compile_connection(
+    m: &Manifest,
+    c: &Connection,
+    secrets: &SecretStore,
+    errors: &mut Vec<ConfigError>,
+) -> Option<CompiledConnection> {
+    let ns = m.namespace();
+    let endpoint = match parse_endpoint(&c.spec.endpoint) {
+        Ok(e) => e,
+        Err(e) => {
+            errors.push(m.error(
+                "spec.endpoint",
+                format!("Invalid value: {:?}: {e}", c.spec.endpoint),
+            ));
+            return None;
+        }
+    };
+    if c.spec.r#type == ConnectionType::Postgres && endpoint.path.is_empty() {
+        errors.push(m.error(
+            "spec.endpoint",
+            "Invalid value: a Postgres endpoint must name the database: postgres://host:port/DATABASE",
+        ));
+    }
+    let mut resolve = |path: &str, name: &str, key: &str| match secrets.get(ns, name, key) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            errors.push(m.error(path, e));
+            None
+        }
+    };
+    let credential = c.spec.credentials.as_ref().map(|cred| {
+        let secret = cred
+            .secret_ref
+            .as_ref()
+            .and_then(|r| resolve("spec.credentials.secretRef", &r.name, &r.key));
+        let client_certificate = cred.certificate_secret_ref.as_ref().and_then(|r| {
+            let crt = resolve("spec.credentials.certificateSecretRef", &r.name, "tls.crt")?;
+            let key = resolve("spec.credentials.certificateSecretRef", &r.name, "tls.key")?;
+            Some((crt, key))
+        });
+        Credential {
+            scheme: cred.scheme,
+            username: cred.username.clone(),
+            secret,
+            client_certificate,
+        }
+    });
+    let tls = c.spec.tls.clone().unwrap_or_default();
+    let ca = tls
+        .ca_secret_ref
+        .as_ref()
+        .and_then(|r| resolve("spec.tls.caSecretRef", &r.name, &r.key));
+    if tls.insecure_skip_verify == Some(true) {
+        tracing::warn!(
+            connection = m.name(),
+            "insecureSkipVerify is set: the upstream's certificate is not verified"
+        );
+    }
+    Some(CompiledConnection {
+        name: m.name().to_string(),
+        kind: c.spec.r#type,
+        endpoint,
+        credential,
+        ca,
+        server_name: tls.server_name,
+        insecure_skip_verify: tls.insecure_skip_verify == Some(true),
+        route_host: c.spec.route.as_ref().and_then(|r| r.host.clone()),
+        route_path_prefix: c.spec.route.as_ref().and_then(|r| r.path_prefix.clone()),
+    })
+}
+
+fn compile_identity(
+    m: &Manifest,
+    i: &AgentIdentity,
+    secrets: &SecretStore,
+    errors: &mut Vec<ConfigError>,
+) -> Option<CompiledIdentity> {
+    let ns = m.namespace();
+    let max_token_lifetime = match i.spec.max_token_lifetime.as_ref().map(|d| d.to_std()) {
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => {
+            errors.push(m.error("spec.maxTokenLifetime", format!("Invalid value: {e}")));
+            None
+        }
+        None => None,
+    };
+    if i.spec.provider == agentgate_crds::identity::IdentityProvider::Okta
+        && i.spec.token_type == agentgate_crds::identity::TokenType::Jwt
+        && !i.spec.issuer.contains("/oauth2/")
+    {
+        errors.push(m.error(
+            "spec.tokenType",
+            "Invalid value: \"JWT\": tokens of the Okta org authorization server (issuer without /oauth2/) must be introspected; set tokenType: Introspection",
+        ));
+    }
+    let mut resolve =
+        |path: &str, r: &agentgate_crds::common::SecretKeyRef| match secrets.get(ns, &r.name, &r.key) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                errors.push(m.error(path, e));
+                None
+            }
+        };
+    let static_jwks = i
+        .spec
+        .keys
+        .as_ref()
+        .and_then(|k| k.secret_ref.as_ref())
+        .and_then(|r| resolve("spec.keys.secretRef", r));
+    let introspection_secret = i
+        .spec
+        .introspection
+        .as_ref()
+        .and_then(|x| resolve("spec.introspection.secretRef", &x.secret_ref));
+    Some(CompiledIdentity {
+        name: m.name().to_string(),
+        spec: i.spec.clone(),
+        max_token_lifetime,
+        static_jwks,
+        introspection_secret,
+    })
+}
+
+fn compile_rule(
+    m: &Manifest,
+    path: &str,
+    r: &PolicyRule,
+    bounds: &ApprovalBounds,
+    errors: &mut Vec<ConfigError>,
+) -> Option<CompiledRule> {
+    let mut globs = Vec::new();
+    let mut add = |field: String, result: Result<Glob, String>| match result {
+        Ok(g) => globs.push((field, g)),
+        Err(e) => errors.push(m.error(&field, format!("Invalid value: {e}"))),
+    };
+    if let Some(http) = &r.http {
+        for (i, p) in http.paths.iter().enumerate() {
+            add(format!("{path}.http.paths[{i}]"), Glob::path(p));
+        }
+        for (k, v) in http.query.iter().chain(&http.headers) {
+            add(format!("{path}.http.{k}"), Glob::value(v));
+        }
+        for (i, c) in http.json_body.iter().enumerate() {
+            for (j, v) in c.values.iter().enumerate() {
+                add(format!("{path}.http.jsonBody[{i}].values[{j}]"), Glob::value(v));
+            }
+        }
+    }
+    if let Some(k) = &r.kubernetes {
+        for (field, list) in [
+            ("namespaces", &k.namespaces),
+            ("names", &k.names),
+            ("resources", &k.resources),
+        ] {
+            for (i, v) in list.iter().enumerate() {
+                add(format!("{path}.kubernetes.{field}[{i}]"), Glob::value(v));
+            }
+        }
+    }
+    if let Some(sql) = &r.sql {
+        for (i, t) in sql.tables.iter().enumerate() {
+            add(format!("{path}.sql.tables[{i}]"), Glob::qualified(t));
+        }
+        for (i, f) in sql.functions.iter().enumerate() {
+            add(format!("{path}.sql.functions[{i}]"), Glob::value(f));
+        }
+        if sql.row_limit.is_some() && r.action != Action::Allow {
+            errors.push(m.error(
+                &format!("{path}.sql.rowLimit"),
+                "Invalid value: rowLimit only applies to Allow rules",
+            ));
+        }
+    }
+    let mut approval_timeout = None;
+    let mut grant_duration = None;
+    if let Some(a) = &r.approval {
+        if let Some(t) = &a.timeout {
+            approval_timeout = t.to_std().ok();
+        }
+        if let Some(d) = &a.grant.duration {
+            match d.to_std() {
+                Ok(d) if d > bounds.max_grant => errors.push(m.error(
+                    &format!("{path}.approval.grant.duration"),
+                    format!(
+                        "Invalid value: {:?}: exceeds the gateway's approvals.maxGrant ({}s)",
+                        d.as_secs(),
+                        bounds.max_grant.as_secs()
+                    ),
+                )),
+                Ok(d) => grant_duration = Some(d),
+                Err(e) => errors.push(m.error(
+                    &format!("{path}.approval.grant.duration"),
+                    format!("Invalid value: {e}"),
+                )),
+            }
+        }
+    }
+    Some(CompiledRule {
+        name: r.name.clone(),
+        action: r.action,
+        globs,
+        approval_timeout,
+        grant_duration,
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse_strictly() {
+        let e = parse_endpoint("postgres://db.internal:5433/orders").unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.path.as_str()),
+            ("db.internal", 5433, "orders")
+        );
+        let e = parse_endpoint("https://example.okta.com").unwrap();
+        assert_eq!((e.port, e.path.as_str()), (443, ""));
+        let e = parse_endpoint("http://[::1]:8080/base").unwrap();
+        assert_eq!((e.host.as_str(), e.port, e.path.as_str()), ("::1", 8080, "/base"));
+        assert!(
+            parse_endpoint("https://user:pw@host")
+                .unwrap_err()
+                .contains("credentials")
+        );
+        assert!(parse_endpoint("https://host/?q=1").is_err());
+        assert!(parse_endpoint("ftp://host").is_err());
+        assert!(parse_endpoint("https://host:99999").is_err());
+    }
+}

@@ -1,0 +1,235 @@
+//! Secrets in standalone mode: `Secret` manifests, or mounted-Secret-style directories.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::ConfigError;
+use super::manifest::Manifest;
+
+/// Largest secret value read from a file.
+pub const MAX_SECRET_BYTES: u64 = 1024 * 1024;
+
+/// Secret material. Its `Debug` and `Display` never show the bytes, so it cannot leak through a log
+/// line or an error message by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretValue(Vec<u8>);
+
+impl SecretValue {
+    /// Wraps bytes.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
+    /// The secret bytes; call only where they are put on the wire.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the secret is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretValue(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+impl fmt::Display for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Secrets by (namespace, name), each a map of keys to values.
+#[derive(Debug, Default)]
+pub struct SecretStore {
+    manifests: BTreeMap<(String, String), BTreeMap<String, SecretValue>>,
+    dir: Option<PathBuf>,
+}
+
+impl SecretStore {
+    /// A store backed by an optional secrets directory.
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        Self {
+            manifests: BTreeMap::new(),
+            dir,
+        }
+    }
+
+    /// Adds a `v1 Secret` manifest, decoding `data` (base64) and `stringData`.
+    pub fn add_manifest(&mut self, m: &Manifest, errors: &mut Vec<ConfigError>) {
+        let mut values = BTreeMap::new();
+        let known = [
+            "apiVersion",
+            "kind",
+            "metadata",
+            "data",
+            "stringData",
+            "type",
+            "immutable",
+        ];
+        if let Some(obj) = m.value.as_object() {
+            for key in obj.keys().filter(|k| !known.contains(&k.as_str())) {
+                errors.push(m.error(key, format!("unknown field \"{key}\"")));
+            }
+        }
+        if let Some(data) = m.value.get("data") {
+            match data.as_object() {
+                Some(map) => {
+                    for (k, v) in map {
+                        let path = format!("data.{k}");
+                        match v.as_str().map(decode_base64) {
+                            Some(Some(bytes)) => {
+                                values.insert(k.clone(), SecretValue::new(bytes));
+                            }
+                            // Say what is wrong without echoing the value: it is meant to be secret.
+                            _ => errors
+                                .push(m.error(&path, "Invalid value: data values must be base64 strings")),
+                        }
+                    }
+                }
+                None => errors.push(m.error("data", "Invalid value: must be a map of key to base64 value")),
+            }
+        }
+        if let Some(data) = m.value.get("stringData") {
+            match data.as_object() {
+                Some(map) => {
+                    for (k, v) in map {
+                        match v.as_str() {
+                            Some(s) => {
+                                values.insert(k.clone(), SecretValue::new(s.as_bytes().to_vec()));
+                            }
+                            None => errors
+                                .push(m.error(&format!("stringData.{k}"), "Invalid value: must be a string")),
+                        }
+                    }
+                }
+                None => errors.push(m.error("stringData", "Invalid value: must be a map of key to string")),
+            }
+        }
+        self.manifests
+            .insert((m.namespace().to_string(), m.name().to_string()), values);
+    }
+
+    /// Whether a Secret manifest of that name exists.
+    pub fn has_manifest(&self, namespace: &str, name: &str) -> bool {
+        self.manifests
+            .contains_key(&(namespace.to_string(), name.to_string()))
+    }
+
+    /// Looks a key up: first in Secret manifests, then in `<dir>/<name>/<key>`.
+    pub fn get(&self, namespace: &str, name: &str, key: &str) -> Result<SecretValue, String> {
+        if let Some(values) = self.manifests.get(&(namespace.to_string(), name.to_string())) {
+            return values.get(key).cloned().ok_or_else(|| {
+                let keys: Vec<&str> = values.keys().map(String::as_str).collect();
+                format!("Secret {namespace}/{name} has no key {key:?} (it has {keys:?})")
+            });
+        }
+        if let Some(dir) = &self.dir {
+            let path = dir.join(name).join(key);
+            if is_safe_component(name) && is_safe_component(key) && path.is_file() {
+                return read_limited(&path).map(SecretValue::new);
+            }
+        }
+        Err(match &self.dir {
+            Some(dir) => format!(
+                "Secret {namespace}/{name} not found: no Secret manifest and no file {}",
+                dir.join(name).join(key).display()
+            ),
+            None => format!("Secret {namespace}/{name} not found: no Secret manifest (and no --secrets-dir)"),
+        })
+    }
+}
+
+fn is_safe_component(s: &str) -> bool {
+    !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\\')
+}
+
+fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if meta.len() > MAX_SECRET_BYTES {
+        return Err(format!(
+            "{} is larger than {MAX_SECRET_BYTES} bytes",
+            path.display()
+        ));
+    }
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// Standard base64 with padding, as Kubernetes writes Secret data. Whitespace is not allowed.
+pub fn decode_base64(s: &str) -> Option<Vec<u8>> {
+    fn val(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let bytes = s.as_bytes();
+    if !bytes.len().is_multiple_of(4) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    for (i, chunk) in bytes.chunks(4).enumerate() {
+        let last = i == bytes.len() / 4 - 1;
+        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
+        if pad > 2 || (pad > 0 && !last) {
+            return None;
+        }
+        let mut n = 0u32;
+        for &c in &chunk[..4 - pad] {
+            n = (n << 6) | val(c)?;
+        }
+        n <<= 6 * pad as u32;
+        let decoded = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&decoded[..3 - pad]);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips_known_vectors() {
+        assert_eq!(decode_base64("").unwrap(), b"");
+        assert_eq!(decode_base64("Zg==").unwrap(), b"f");
+        assert_eq!(decode_base64("Zm8=").unwrap(), b"fo");
+        assert_eq!(decode_base64("Zm9v").unwrap(), b"foo");
+        assert_eq!(decode_base64("c2VjcmV0LXRva2Vu").unwrap(), b"secret-token");
+        for bad in ["Zg", "Zg=a", "Z===", "Zm9v\n", "Zm9*"] {
+            assert!(decode_base64(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn secret_values_never_print() {
+        let s = SecretValue::new(b"hunter2".to_vec());
+        assert_eq!(format!("{s}"), "<redacted>");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn secrets_dir_layout_is_read_and_traversal_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("okta")).unwrap();
+        std::fs::write(dir.path().join("okta").join("token"), "abc").unwrap();
+        let store = SecretStore::new(Some(dir.path().to_path_buf()));
+        assert_eq!(store.get("default", "okta", "token").unwrap().expose(), b"abc");
+        assert!(store.get("default", "okta", "missing").is_err());
+        assert!(store.get("default", "..", "token").is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! Watching the manifests directory and swapping in new snapshots.
+//!
+//! The directory is polled (metadata only) rather than watched with inotify: polling works the same
+//! on every file system, including the symlink swaps kubelet does for mounted ConfigMaps and Secrets.
+
+use std::hash::{Hash, Hasher};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use super::{ConfigErrors, GatewayConfig, LoadOptions, load};
+use crate::metrics::Metrics;
+
+/// A configuration in force, with its generation (1 for the first valid load, +1 per change).
+#[derive(Debug)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub config: GatewayConfig,
+    pub loaded_at: SystemTime,
+}
+
+/// The receiving side: every component reads the current snapshot from here.
+pub type SnapshotReceiver = watch::Receiver<Option<Arc<Snapshot>>>;
+
+/// Loads configuration and publishes each valid snapshot; refused loads leave the previous one.
+#[derive(Debug)]
+pub struct ConfigWatcher {
+    options: LoadOptions,
+    metrics: Metrics,
+    tx: watch::Sender<Option<Arc<Snapshot>>>,
+    fingerprint: Option<u64>,
+    generation: u64,
+    last_hash: Option<String>,
+}
+
+impl ConfigWatcher {
+    /// A watcher with no snapshot yet.
+    pub fn new(options: LoadOptions, metrics: Metrics) -> (Self, SnapshotReceiver) {
+        let (tx, rx) = watch::channel(None);
+        (
+            Self {
+                options,
+                metrics,
+                tx,
+                fingerprint: None,
+                generation: 0,
+                last_hash: None,
+            },
+            rx,
+        )
+    }
+
+    /// Loads now. `Ok(true)` when a new snapshot was published, `Ok(false)` when nothing changed.
+    pub fn reload(&mut self) -> Result<bool, ConfigErrors> {
+        self.fingerprint = Some(fingerprint(&self.options));
+        let now = SystemTime::now();
+        self.metrics
+            .config_last_reload_timestamp
+            .set(now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64());
+        match load(&self.options) {
+            Ok(config) => {
+                self.metrics.config_reloads.with_label_values(&["success"]).inc();
+                self.metrics.config_last_reload_success.set(1);
+                if self.last_hash.as_deref() == Some(config.source_hash.as_str()) {
+                    return Ok(false);
+                }
+                self.generation += 1;
+                self.last_hash = Some(config.source_hash.clone());
+                self.metrics.config_generation.set(self.generation as i64);
+                self.metrics.config_objects.reset();
+                for (kind, n) in &config.object_counts {
+                    self.metrics
+                        .config_objects
+                        .with_label_values(&[kind.as_str()])
+                        .set(*n as i64);
+                }
+                tracing::info!(
+                    generation = self.generation,
+                    connections = config.connections.len(),
+                    identities = config.identities.len(),
+                    policies = config.policies.len(),
+                    "configuration loaded"
+                );
+                self.tx.send_replace(Some(Arc::new(Snapshot {
+                    generation: self.generation,
+                    config,
+                    loaded_at: now,
+                })));
+                Ok(true)
+            }
+            Err(errors) => {
+                self.metrics.config_reloads.with_label_values(&["failure"]).inc();
+                self.metrics.config_load_errors.inc();
+                self.metrics.config_last_reload_success.set(0);
+                for e in &errors.0 {
+                    tracing::error!(error = %e, "configuration refused; the previous configuration stays in force");
+                }
+                Err(errors)
+            }
+        }
+    }
+
+    /// Polls for changes until `shutdown` resolves.
+    pub async fn run(mut self, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = shutdown.changed() => return,
+            }
+            let options = self.options.clone();
+            let current = tokio::task::spawn_blocking(move || fingerprint(&options))
+                .await
+                .ok();
+            if current.is_some() && current != self.fingerprint {
+                // Loading parses and validates every file: keep it off the async workers.
+                self = match tokio::task::spawn_blocking(move || {
+                    let _ = self.reload();
+                    self
+                })
+                .await
+                {
+                    Ok(w) => w,
+                    Err(_) => return,
+                };
+            }
+        }
+    }
+}
+
+/// A cheap fingerprint of the inputs: paths, sizes and modification times of the manifests and of
+/// the secrets directory.
+pub fn fingerprint(options: &LoadOptions) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for root in std::iter::once(&options.manifests).chain(options.secrets_dir.as_ref()) {
+        walk(root, &mut hasher, 0);
+    }
+    hasher.finish()
+}
+
+fn walk(dir: &Path, hasher: &mut impl Hasher, depth: usize) {
+    if depth > 16 {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        "unreadable".hash(hasher);
+        return;
+    };
+    let mut entries: Vec<_> = entries.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let path = e.path();
+        path.hash(hasher);
+        if let Ok(meta) = std::fs::metadata(&path) {
+            if meta.is_dir() {
+                walk(&path, hasher, depth + 1);
+            } else {
+                meta.len().hash(hasher);
+                meta.modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                    .hash(hasher);
+            }
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! agentgate's data plane: an identity-aware Layer 7 gateway for AI agents and other non-human
+//! identities.
+//!
+//! A request flows through modules named after the concepts of the design: `config` supplies the
+//! immutable snapshot every request reads; `identity`, `policy`, `approval`, the protocol modules,
+//! `masking` and `recording` follow as the data paths land. `admin` serves health and metrics.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod policy;

@@ -1,0 +1,106 @@
+//! Globs used by policy rules, compiled once at configuration load.
+//!
+//! Path globs are segment-aware: `*` matches within one segment, `**` across segments, `?` one
+//! character. Value globs (header values, table names, namespaces) treat `*` as any run of characters.
+
+use regex::Regex;
+
+/// Longest glob accepted; longer patterns are configuration errors.
+pub const MAX_GLOB_LEN: usize = 1024;
+
+/// A compiled glob.
+#[derive(Clone, Debug)]
+pub struct Glob {
+    source: String,
+    regex: Regex,
+}
+
+impl Glob {
+    /// A glob over `/`-separated paths.
+    pub fn path(pattern: &str) -> Result<Self, String> {
+        Self::build(pattern, Some('/'))
+    }
+
+    /// A glob over `.`-separated qualified names (`schema.table`), where `*` stays within one part.
+    pub fn qualified(pattern: &str) -> Result<Self, String> {
+        Self::build(pattern, Some('.'))
+    }
+
+    /// A glob over plain values, where `*` matches anything.
+    pub fn value(pattern: &str) -> Result<Self, String> {
+        Self::build(pattern, None)
+    }
+
+    fn build(pattern: &str, separator: Option<char>) -> Result<Self, String> {
+        if pattern.len() > MAX_GLOB_LEN {
+            return Err(format!("glob longer than {MAX_GLOB_LEN} characters"));
+        }
+        if pattern.contains("***") {
+            return Err(format!("invalid glob {pattern:?}: `***` is ambiguous; use `**`"));
+        }
+        let mut re = String::with_capacity(pattern.len() * 2 + 2);
+        re.push('^');
+        let mut chars = pattern.chars().peekable();
+        while let Some(c) = chars.next() {
+            match (c, separator) {
+                ('*', Some(sep)) if chars.peek() == Some(&'*') => {
+                    chars.next();
+                    // `/**/` also matches `/`, so `/a/**/b` covers `/a/b`.
+                    if chars.peek() == Some(&sep) && re.ends_with(&regex::escape(&sep.to_string())) {
+                        chars.next();
+                        re.push_str(&format!("(?:.*{})?", regex::escape(&sep.to_string())));
+                    } else {
+                        re.push_str(".*");
+                    }
+                }
+                ('*', Some(sep)) => re.push_str(&format!("[^{}]*", regex::escape(&sep.to_string()))),
+                ('*', None) => re.push_str(".*"),
+                ('?', Some(sep)) => re.push_str(&format!("[^{}]", regex::escape(&sep.to_string()))),
+                ('?', None) => re.push('.'),
+                _ => re.push_str(&regex::escape(&c.to_string())),
+            }
+        }
+        re.push('$');
+        let regex = Regex::new(&re).map_err(|e| format!("invalid glob {pattern:?}: {e}"))?;
+        Ok(Self {
+            source: pattern.to_string(),
+            regex,
+        })
+    }
+
+    /// Whether `s` matches.
+    pub fn matches(&self, s: &str) -> bool {
+        self.regex.is_match(s)
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_globs_respect_segments() {
+        let g = Glob::path("/api/v1/users/*").unwrap();
+        assert!(g.matches("/api/v1/users/00u1"));
+        assert!(!g.matches("/api/v1/users/00u1/lifecycle/activate"));
+        let g = Glob::path("/api/v1/users/**").unwrap();
+        assert!(g.matches("/api/v1/users/00u1/lifecycle/activate"));
+        assert!(!g.matches("/api/v1/groups/x"));
+        let g = Glob::path("/a/**/b").unwrap();
+        assert!(g.matches("/a/b") && g.matches("/a/x/y/b") && !g.matches("/a/xb"));
+    }
+
+    #[test]
+    fn qualified_and_value_globs() {
+        let g = Glob::qualified("billing.*").unwrap();
+        assert!(g.matches("billing.invoices") && !g.matches("public.billing") && !g.matches("billing.a.b"));
+        assert!(Glob::value("dblink*").unwrap().matches("dblink_exec"));
+        assert!(Glob::value("a.b").unwrap().matches("a.b") && !Glob::value("a.b").unwrap().matches("axb"));
+        assert!(Glob::path("/***").is_err());
+    }
+}
