@@ -64,6 +64,12 @@ pub struct AgentIdentitySpec {
     /// Requires a DPoP proof (RFC 9449) bound to the token, so a leaked token alone is useless.
     #[serde(default, rename = "requireDPoP")]
     pub require_dpop: bool,
+    /// The `typ` header this issuer puts on access tokens, e.g. `at+jwt` (RFC 9068); tokens with
+    /// another `typ` are refused. Unset: `typ` may be absent, `JWT` or `at+jwt`, and any other type
+    /// (ID-token, DPoP-proof, logout or event tokens) is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub access_token_type: Option<String>,
     /// Refuses tokens whose lifetime (`exp - iat`) exceeds this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_token_lifetime: Option<DurationString>,

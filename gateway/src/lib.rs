@@ -10,5 +10,6 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod identity;
 pub mod metrics;
 pub mod policy;

@@ -1,6 +1,8 @@
 //! Test support for the end-to-end tests: building and starting the project's binaries and other
 //! real processes on 127.0.0.1, and stopping them by PID when a test ends.
 
+pub mod oidc;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -637,6 +637,16 @@ fn compile_identity(
             "Invalid value: \"JWT\": tokens of the Okta org authorization server (issuer without /oauth2/) must be introspected; set tokenType: Introspection",
         ));
     }
+    if i.spec.provider == agentgate_crds::identity::IdentityProvider::Kubernetes {
+        for (n, aud) in i.spec.audiences.iter().enumerate() {
+            if crate::identity::matching::KUBERNETES_DEFAULT_AUDIENCES.contains(&aud.as_str()) {
+                errors.push(m.error(
+                    &format!("spec.audiences[{n}]"),
+                    format!("Invalid value: {aud:?}: the API server's default audience is accepted by every workload; require a gateway-specific audience"),
+                ));
+            }
+        }
+    }
     let mut resolve =
         |path: &str, r: &agentgate_crds::common::SecretKeyRef| match secrets.get(ns, &r.name, &r.key) {
             Ok(v) => Some(v),

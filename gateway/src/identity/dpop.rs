@@ -1,0 +1,202 @@
+//! DPoP proofs (RFC 9449): a per-request signature by the key the access token is bound to, so a
+//! token copied out of a log cannot be replayed without that key.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Algorithm;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::keys::key_from_jwk;
+use super::token;
+
+/// How far a proof's `iat` may be from the gateway's clock.
+pub const PROOF_MAX_AGE: Duration = Duration::from_secs(60);
+/// Most `jti`s remembered for replay detection; beyond it, proofs are refused (fail closed) until
+/// old entries expire.
+pub const MAX_REPLAY_ENTRIES: usize = 1_000_000;
+/// Algorithms accepted for proofs: asymmetric only.
+pub const PROOF_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::RS256,
+    Algorithm::PS256,
+    Algorithm::EdDSA,
+];
+/// The `algs` advertised in `WWW-Authenticate: DPoP`.
+pub const PROOF_ALGS_HEADER: &str = "ES256 ES384 RS256 PS256 EdDSA";
+
+/// Remembers proof ids for the proof lifetime.
+#[derive(Debug, Default)]
+pub struct ReplayCache {
+    seen: Mutex<HashMap<String, Instant>>,
+}
+
+impl ReplayCache {
+    /// Records `key`; false when it was already seen (a replay) or the cache is full.
+    fn insert(&self, key: String, now: Instant) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= MAX_REPLAY_ENTRIES {
+            seen.retain(|_, t| now.duration_since(*t) < 2 * PROOF_MAX_AGE);
+            if seen.len() >= MAX_REPLAY_ENTRIES {
+                return false;
+            }
+        }
+        match seen.get(&key) {
+            Some(t) if now.duration_since(*t) < 2 * PROOF_MAX_AGE => false,
+            _ => {
+                seen.insert(key, now);
+                true
+            }
+        }
+    }
+}
+
+/// What a request says about itself, for `htm`/`htu`.
+#[derive(Debug, Clone)]
+pub struct RequestTarget<'a> {
+    pub method: &'a str,
+    /// The request URL as the client addressed it (scheme, authority, path), without query.
+    pub url: &'a str,
+}
+
+/// Verifies one DPoP proof for `access_token` and returns the key's RFC 7638 thumbprint.
+pub fn verify_proof(
+    proof: &str,
+    access_token: &str,
+    target: &RequestTarget<'_>,
+    now_unix: i64,
+    replay: &ReplayCache,
+) -> Result<String, String> {
+    let jws = token::parse(proof, PROOF_ALGORITHMS)?;
+    if jws.typ() != Some("dpop+jwt") {
+        return Err("proof typ must be dpop+jwt".into());
+    }
+    let jwk = jws.header.get("jwk").ok_or("proof header has no jwk")?;
+    let key = key_from_jwk(jwk).map_err(|e| format!("proof jwk: {e}"))?;
+    if key.alg.is_some_and(|a| a != jws.alg) {
+        return Err("proof jwk alg differs from the header alg".into());
+    }
+    let valid = jsonwebtoken::crypto::verify(jws.signature, jws.signing_input.as_bytes(), &key.key, jws.alg)
+        .map_err(|e| format!("proof signature: {e}"))?;
+    if !valid {
+        return Err("proof signature does not verify".into());
+    }
+    let claims = &jws.claims;
+    let jti = claims
+        .get("jti")
+        .and_then(Value::as_str)
+        .ok_or("proof has no jti")?;
+    if jti.is_empty() || jti.len() > 256 {
+        return Err("proof jti must be 1 to 256 characters".into());
+    }
+    let htm = claims
+        .get("htm")
+        .and_then(Value::as_str)
+        .ok_or("proof has no htm")?;
+    if htm != target.method {
+        return Err("proof htm does not match the request method".into());
+    }
+    let htu = claims
+        .get("htu")
+        .and_then(Value::as_str)
+        .ok_or("proof has no htu")?;
+    if normalize_url(htu).as_deref() != Some(normalize_url(target.url).unwrap_or_default().as_str()) {
+        return Err("proof htu does not match the request URL".into());
+    }
+    let iat = token::numeric_date(claims, "iat")?.ok_or("proof has no iat")?;
+    if (now_unix - iat).unsigned_abs() > PROOF_MAX_AGE.as_secs() {
+        return Err("proof iat is outside the accepted window".into());
+    }
+    let ath = claims
+        .get("ath")
+        .and_then(Value::as_str)
+        .ok_or("proof has no ath")?;
+    if ath != URL_SAFE_NO_PAD.encode(Sha256::digest(access_token.as_bytes())) {
+        return Err("proof ath does not match the access token".into());
+    }
+    let thumbprint = thumbprint(jwk)?;
+    if !replay.insert(format!("{thumbprint}:{jti}"), Instant::now()) {
+        return Err("proof jti was already used".into());
+    }
+    Ok(thumbprint)
+}
+
+/// RFC 7638 thumbprint (SHA-256) of a public JWK.
+pub fn thumbprint(jwk: &Value) -> Result<String, String> {
+    let field = |name: &str| {
+        jwk.get(name)
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("jwk has no {name}"))
+    };
+    let canonical = match jwk.get("kty").and_then(Value::as_str) {
+        Some("EC") => format!(
+            r#"{{"crv":"{}","kty":"EC","x":"{}","y":"{}"}}"#,
+            field("crv")?,
+            field("x")?,
+            field("y")?
+        ),
+        Some("RSA") => format!(r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#, field("e")?, field("n")?),
+        Some("OKP") => format!(
+            r#"{{"crv":"{}","kty":"OKP","x":"{}"}}"#,
+            field("crv")?,
+            field("x")?
+        ),
+        _ => return Err("unsupported jwk kty".into()),
+    };
+    Ok(URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes())))
+}
+
+/// Scheme and host lowercased, default port dropped, query and fragment removed (RFC 9449 §4.3).
+pub fn normalize_url(url: &str) -> Option<String> {
+    let url = url.split(['?', '#']).next()?;
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let mut authority = authority.to_ascii_lowercase();
+    let default_port = if scheme == "https" {
+        ":443"
+    } else if scheme == "http" {
+        ":80"
+    } else {
+        ""
+    };
+    if !default_port.is_empty() && authority.ends_with(default_port) {
+        authority.truncate(authority.len() - default_port.len());
+    }
+    Some(format!("{scheme}://{authority}{path}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_normalize() {
+        assert_eq!(
+            normalize_url("HTTPS://GW.example:443/a?b=1").unwrap(),
+            "https://gw.example/a"
+        );
+        assert_eq!(
+            normalize_url("http://127.0.0.1:8080").unwrap(),
+            "http://127.0.0.1:8080/"
+        );
+        assert!(normalize_url("no-scheme").is_none());
+    }
+
+    #[test]
+    fn replays_are_detected() {
+        let cache = ReplayCache::default();
+        let now = Instant::now();
+        assert!(cache.insert("k:1".into(), now));
+        assert!(!cache.insert("k:1".into(), now));
+        assert!(cache.insert("k:2".into(), now));
+    }
+}

@@ -1,0 +1,175 @@
+//! RFC 7662 token introspection: for opaque tokens and for issuers whose tokens must not be
+//! validated locally (Okta's org authorization server). Answers are cached by token hash, never
+//! beyond the token's `exp` nor the configured TTL.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use agentgate_crds::identity::ClientAuthMethod;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::fetch::HttpFetcher;
+use super::{ErrorKind, IdentityError};
+use crate::config::{CompiledIdentity, SecretValue};
+
+/// Default longest time an introspection answer is reused.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
+/// Most answers cached.
+pub const MAX_CACHED: usize = 100_000;
+
+/// Introspects tokens of one issuer.
+#[derive(Debug)]
+pub struct Introspector {
+    issuer: String,
+    endpoint: Option<String>,
+    client_id: String,
+    method: ClientAuthMethod,
+    secret: SecretValue,
+    ttl: Duration,
+    fetcher: HttpFetcher,
+    /// token hash -> (active claims, reuse until unix time)
+    cache: Mutex<HashMap<[u8; 32], (Value, i64)>>,
+}
+
+impl Introspector {
+    /// Built from an identity with an `introspection` block and its resolved secret.
+    pub fn new(identity: &CompiledIdentity, fetcher: HttpFetcher) -> Result<Self, String> {
+        let spec = identity
+            .spec
+            .introspection
+            .as_ref()
+            .ok_or_else(|| format!("AgentIdentity {}: no introspection block", identity.name))?;
+        let secret = identity.introspection_secret.clone().ok_or_else(|| {
+            format!(
+                "AgentIdentity {}: introspection secret not resolved",
+                identity.name
+            )
+        })?;
+        let ttl = spec
+            .cache_ttl
+            .as_ref()
+            .and_then(|d| d.to_std().ok())
+            .unwrap_or(DEFAULT_CACHE_TTL);
+        Ok(Self {
+            issuer: identity.spec.issuer.clone(),
+            endpoint: spec.endpoint.clone(),
+            client_id: spec.client_id.clone(),
+            method: spec.auth_method,
+            secret,
+            ttl,
+            fetcher,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The issuer this introspector serves.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The claims of an active token, or an error (inactive tokens are `TokenInactive`).
+    pub async fn introspect(&self, token: &str, now: i64) -> Result<Value, IdentityError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some((claims, until)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
+            && *until > now
+        {
+            return Ok(claims.clone());
+        }
+        let unavailable = |e: String| IdentityError::new(ErrorKind::ProviderUnavailable, e);
+        let endpoint = match &self.endpoint {
+            Some(e) => e.clone(),
+            None => super::discovery::discover(&self.fetcher, &self.issuer)
+                .await
+                .map_err(unavailable)?
+                .introspection_endpoint
+                .ok_or_else(|| unavailable("discovery names no introspection_endpoint".into()))?,
+        };
+        let mut form = format!("token={}&token_type_hint=access_token", form_encode(token));
+        let mut headers = Vec::new();
+        match self.method {
+            ClientAuthMethod::ClientSecretBasic => {
+                let secret = String::from_utf8_lossy(self.secret.expose());
+                let creds = format!("{}:{}", form_encode(&self.client_id), form_encode(&secret));
+                headers.push(("authorization", format!("Basic {}", STANDARD.encode(creds))));
+            }
+            ClientAuthMethod::PrivateKeyJwt => {
+                let assertion = self.client_assertion(&endpoint, now).map_err(unavailable)?;
+                form.push_str(
+                    "&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer",
+                );
+                form.push_str(&format!(
+                    "&client_assertion={}&client_id={}",
+                    form_encode(&assertion),
+                    form_encode(&self.client_id)
+                ));
+            }
+        }
+        let resp = self
+            .fetcher
+            .post_form(&endpoint, &headers, &form)
+            .await
+            .map_err(unavailable)?;
+        if !resp.status.is_success() {
+            return Err(unavailable(format!("introspection answered {}", resp.status)));
+        }
+        let claims = super::strict_json::parse(&resp.body)
+            .map_err(|e| unavailable(format!("introspection answer: {e}")))?;
+        if claims.get("active") != Some(&Value::Bool(true)) {
+            return Err(IdentityError::new(
+                ErrorKind::TokenInactive,
+                "introspection says the token is not active",
+            ));
+        }
+        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
+        let until = exp.min(now + self.ttl.as_secs() as i64);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= MAX_CACHED {
+            cache.retain(|_, (_, u)| *u > now);
+        }
+        if cache.len() < MAX_CACHED {
+            cache.insert(key, (claims.clone(), until));
+        }
+        Ok(claims)
+    }
+
+    /// RFC 7523 client assertion signed with the private key held in the secret (PEM).
+    fn client_assertion(&self, audience: &str, now: i64) -> Result<String, String> {
+        let pem = self.secret.expose();
+        let (key, alg) = match EncodingKey::from_rsa_pem(pem) {
+            Ok(k) => (k, Algorithm::RS256),
+            Err(_) => (
+                EncodingKey::from_ec_pem(pem)
+                    .map_err(|_| "introspection key is neither an RSA nor an EC PEM key")?,
+                Algorithm::ES256,
+            ),
+        };
+        let jti: [u8; 16] =
+            Sha256::digest(format!("{}{now}{:?}", self.client_id, std::time::Instant::now()).as_bytes())
+                [..16]
+                .try_into()
+                .expect("16 bytes");
+        let claims = json!({
+            "iss": self.client_id, "sub": self.client_id, "aud": audience,
+            "iat": now, "exp": now + 60, "jti": jti.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+        });
+        jsonwebtoken::encode(&Header::new(alg), &claims, &key)
+            .map_err(|e| format!("signing the client assertion: {e}"))
+    }
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value.
+pub fn form_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}

@@ -1,0 +1,632 @@
+//! Identity: who is calling. Verifies an agent's access token (and its DPoP proof) against the
+//! configured AgentIdentities and returns one canonical [`Principal`], or an error that tells the
+//! client what kind of problem it has without leaking anything, and tells the log the detail.
+
+pub mod cache;
+pub mod discovery;
+pub mod dpop;
+pub mod fetch;
+pub mod introspection;
+pub mod keys;
+pub mod matching;
+pub mod mint;
+pub mod strict_json;
+pub mod token;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentgate_crds::identity::{IdentityProvider, SigningAlgorithm, TokenType};
+use jsonwebtoken::Algorithm;
+use serde_json::Value;
+
+use crate::config::CompiledIdentity;
+use cache::VerificationCache;
+use dpop::{ReplayCache, RequestTarget};
+use fetch::HttpFetcher;
+use keys::{KeyError, KeySet, RemoteKeys};
+
+/// Clock skew tolerated on `nbf` and `iat` (never on `exp`).
+pub const MAX_CLOCK_SKEW: i64 = 30;
+
+/// Who is calling, as every later stage sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The AgentIdentity the token matched.
+    pub identity: String,
+    pub issuer: String,
+    pub subject: String,
+    pub groups: Vec<String>,
+    /// `jti` when the token has one.
+    pub token_id: Option<String>,
+    /// Unix time the token expires.
+    pub expires_at: i64,
+    /// RFC 7638 thumbprint of the key the token is bound to (`cnf.jkt`).
+    pub binding: Option<String>,
+    /// Whether the identity requires DPoP.
+    pub require_dpop: bool,
+}
+
+/// Category of an identity failure: what the client is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    MissingCredentials,
+    MalformedToken,
+    UnknownIssuer,
+    InvalidSignature,
+    Expired,
+    NotYetValid,
+    WrongAudience,
+    WrongTokenType,
+    NoMatchingIdentity,
+    LifetimeTooLong,
+    TokenInactive,
+    /// A DPoP-bound token without a proof, or DPoP required and the token is not bound.
+    BindingRequired,
+    InvalidProof,
+    ProviderUnavailable,
+}
+
+impl ErrorKind {
+    /// A short, non-leaking description for the client.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::MissingCredentials => "an access token is required",
+            Self::MalformedToken => "the access token is malformed",
+            Self::UnknownIssuer => "the access token's issuer is not trusted here",
+            Self::InvalidSignature => "the access token's signature does not verify",
+            Self::Expired => "the access token has expired",
+            Self::NotYetValid => "the access token is not valid yet",
+            Self::WrongAudience => "the access token is not meant for this gateway",
+            Self::WrongTokenType => "this kind of token is not accepted as an access token",
+            Self::NoMatchingIdentity => "the access token matches no agent identity",
+            Self::LifetimeTooLong => "the access token lives longer than this identity allows",
+            Self::TokenInactive => "the access token is not active",
+            Self::BindingRequired => "a DPoP-bound access token and a DPoP proof are required",
+            Self::InvalidProof => "the DPoP proof is invalid",
+            Self::ProviderUnavailable => "the identity provider cannot be reached to verify the token",
+        }
+    }
+
+    /// A stable slug, used in problem types and metrics labels.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Self::MissingCredentials => "missing-credentials",
+            Self::MalformedToken => "malformed-token",
+            Self::UnknownIssuer => "unknown-issuer",
+            Self::InvalidSignature => "invalid-signature",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not-yet-valid",
+            Self::WrongAudience => "wrong-audience",
+            Self::WrongTokenType => "wrong-token-type",
+            Self::NoMatchingIdentity => "no-matching-identity",
+            Self::LifetimeTooLong => "lifetime-too-long",
+            Self::TokenInactive => "token-inactive",
+            Self::BindingRequired => "token-binding",
+            Self::InvalidProof => "invalid-dpop-proof",
+            Self::ProviderUnavailable => "provider-unavailable",
+        }
+    }
+}
+
+/// An identity failure: the kind for the client, the detail for the log (never the token).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityError {
+    pub kind: ErrorKind,
+    pub detail: String,
+}
+
+impl IdentityError {
+    pub fn new(kind: ErrorKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+        }
+    }
+
+    /// The `WWW-Authenticate` header value for an HTTP 401.
+    pub fn www_authenticate(&self) -> String {
+        let desc = self.kind.describe();
+        match self.kind {
+            ErrorKind::MissingCredentials => format!("Bearer, DPoP algs=\"{}\"", dpop::PROOF_ALGS_HEADER),
+            ErrorKind::InvalidProof | ErrorKind::BindingRequired => {
+                format!(
+                    "DPoP error=\"invalid_dpop_proof\", error_description=\"{desc}\", algs=\"{}\"",
+                    dpop::PROOF_ALGS_HEADER
+                )
+            }
+            _ => format!("Bearer error=\"invalid_token\", error_description=\"{desc}\""),
+        }
+    }
+}
+
+impl fmt::Display for IdentityError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.describe(), self.detail)
+    }
+}
+
+impl std::error::Error for IdentityError {}
+
+/// What a request presents.
+#[derive(Clone, Debug)]
+pub struct Presented<'a> {
+    /// The `Authorization` header (or, for PostgreSQL, `Bearer <password>`).
+    pub authorization: Option<&'a str>,
+    /// Every `DPoP` header of the request.
+    pub dpop: &'a [&'a str],
+    /// The request, for `htm`/`htu`.
+    pub target: RequestTarget<'a>,
+}
+
+/// Verification keys of one issuer.
+#[derive(Debug)]
+enum IssuerKeys {
+    Static(KeySet),
+    Remote(Arc<RemoteKeys>),
+}
+
+#[derive(Debug)]
+struct Issuer {
+    identities: Vec<Arc<CompiledIdentity>>,
+    algorithms: Vec<Algorithm>,
+    keys: Option<IssuerKeys>,
+    introspector: Option<introspection::Introspector>,
+    jwt_allowed: bool,
+}
+
+/// (issuer, configured JWKS URI or `None` for discovery).
+type RemoteKeysId = (String, Option<String>);
+
+/// Remote key caches that outlive configuration reloads, keyed by issuer and JWKS source.
+#[derive(Debug, Default)]
+pub struct KeyRegistry {
+    remotes: Mutex<HashMap<RemoteKeysId, Arc<RemoteKeys>>>,
+}
+
+impl KeyRegistry {
+    fn get(
+        &self,
+        issuer: &str,
+        jwks_uri: Option<&str>,
+        fetcher: &HttpFetcher,
+        cooldown: Duration,
+    ) -> Arc<RemoteKeys> {
+        let mut remotes = self.remotes.lock().unwrap_or_else(|p| p.into_inner());
+        remotes
+            .entry((issuer.to_string(), jwks_uri.map(str::to_string)))
+            .or_insert_with(|| {
+                Arc::new(match jwks_uri {
+                    Some(uri) => RemoteKeys::new(uri.to_string(), fetcher.clone(), cooldown),
+                    None => RemoteKeys::discover(issuer.to_string(), fetcher.clone(), cooldown),
+                })
+            })
+            .clone()
+    }
+}
+
+/// Settings of a verifier.
+#[derive(Clone, Debug)]
+pub struct VerifierOptions {
+    /// Least time between JWKS refetches caused by unknown `kid`s.
+    pub refetch_cooldown: Duration,
+    /// Most tokens kept in the verification cache.
+    pub cache_capacity: usize,
+}
+
+impl Default for VerifierOptions {
+    fn default() -> Self {
+        Self {
+            refetch_cooldown: keys::DEFAULT_REFETCH_COOLDOWN,
+            cache_capacity: cache::DEFAULT_CAPACITY,
+        }
+    }
+}
+
+/// Verifies tokens for one configuration snapshot.
+#[derive(Debug)]
+pub struct Verifier {
+    issuers: HashMap<String, Issuer>,
+    cache: VerificationCache,
+    replay: Arc<ReplayCache>,
+}
+
+impl Verifier {
+    /// Builds a verifier for `identities`. Remote keys come from `registry`, so they survive reloads.
+    pub fn new(
+        identities: impl IntoIterator<Item = Arc<CompiledIdentity>>,
+        registry: &KeyRegistry,
+        fetcher: &HttpFetcher,
+        replay: Arc<ReplayCache>,
+        options: &VerifierOptions,
+    ) -> Result<Self, String> {
+        let mut issuers: HashMap<String, Issuer> = HashMap::new();
+        for identity in identities {
+            let spec = &identity.spec;
+            let entry = issuers.entry(spec.issuer.clone()).or_insert_with(|| Issuer {
+                identities: Vec::new(),
+                algorithms: Vec::new(),
+                keys: None,
+                introspector: None,
+                jwt_allowed: false,
+            });
+            for a in &spec.algorithms {
+                let alg = algorithm(*a);
+                if !entry.algorithms.contains(&alg) {
+                    entry.algorithms.push(alg);
+                }
+            }
+            match spec.token_type {
+                TokenType::Jwt => {
+                    entry.jwt_allowed = true;
+                    if entry.keys.is_none() {
+                        entry.keys = Some(
+                            match (
+                                &identity.static_jwks,
+                                spec.keys.as_ref().and_then(|k| k.jwks_uri.as_deref()),
+                            ) {
+                                (Some(jwks), _) => {
+                                    let (set, _) = KeySet::from_jwks(jwks.expose()).map_err(|e| {
+                                        format!("AgentIdentity {}: static keys: {e}", identity.name)
+                                    })?;
+                                    IssuerKeys::Static(set)
+                                }
+                                (None, uri) => IssuerKeys::Remote(registry.get(
+                                    &spec.issuer,
+                                    uri,
+                                    fetcher,
+                                    options.refetch_cooldown,
+                                )),
+                            },
+                        );
+                    }
+                }
+                TokenType::Introspection => {
+                    if entry.introspector.is_none() {
+                        entry.introspector =
+                            Some(introspection::Introspector::new(&identity, fetcher.clone())?);
+                    }
+                }
+            }
+            entry.identities.push(identity);
+        }
+        Ok(Self {
+            issuers,
+            cache: VerificationCache::new(options.cache_capacity),
+            replay,
+        })
+    }
+
+    /// Verifies what a request presents. `now` is the Unix time.
+    pub async fn verify(&self, presented: &Presented<'_>, now: i64) -> Result<Principal, IdentityError> {
+        let authorization = presented
+            .authorization
+            .ok_or_else(|| IdentityError::new(ErrorKind::MissingCredentials, "no Authorization header"))?;
+        let (scheme, token) = authorization.split_once(' ').ok_or_else(|| {
+            IdentityError::new(
+                ErrorKind::MalformedToken,
+                "Authorization is not `<scheme> <token>`",
+            )
+        })?;
+        let dpop_scheme = scheme.eq_ignore_ascii_case("DPoP");
+        if !dpop_scheme && !scheme.eq_ignore_ascii_case("Bearer") {
+            return Err(IdentityError::new(
+                ErrorKind::MalformedToken,
+                format!("unsupported scheme {scheme:?}"),
+            ));
+        }
+        let token = token.trim();
+        if token.is_empty() || token.len() > token::MAX_TOKEN_BYTES {
+            return Err(IdentityError::new(
+                ErrorKind::MalformedToken,
+                "empty or oversized token",
+            ));
+        }
+        if presented.dpop.len() > 1 {
+            return Err(IdentityError::new(
+                ErrorKind::InvalidProof,
+                "several DPoP headers",
+            ));
+        }
+        let principal = match self.cache.get(token, now) {
+            Some(p) => p,
+            None => {
+                let p = self.verify_uncached(token, now).await?;
+                self.cache.insert(token, p.clone());
+                p
+            }
+        };
+        self.check_binding(&principal, dpop_scheme, token, presented, now)?;
+        Ok(principal)
+    }
+
+    fn check_binding(
+        &self,
+        principal: &Principal,
+        dpop_scheme: bool,
+        token: &str,
+        presented: &Presented<'_>,
+        now: i64,
+    ) -> Result<(), IdentityError> {
+        match (&principal.binding, dpop_scheme) {
+            (Some(_), false) => Err(IdentityError::new(
+                ErrorKind::BindingRequired,
+                "a DPoP-bound token was presented with the Bearer scheme",
+            )),
+            (None, true) => Err(IdentityError::new(
+                ErrorKind::BindingRequired,
+                "DPoP scheme with a token that is not DPoP-bound",
+            )),
+            (None, false) if principal.require_dpop => Err(IdentityError::new(
+                ErrorKind::BindingRequired,
+                format!("identity {} requires DPoP", principal.identity),
+            )),
+            (None, false) => Ok(()),
+            (Some(jkt), true) => {
+                let proof = presented
+                    .dpop
+                    .first()
+                    .ok_or_else(|| IdentityError::new(ErrorKind::BindingRequired, "no DPoP proof"))?;
+                let thumbprint = dpop::verify_proof(proof, token, &presented.target, now, &self.replay)
+                    .map_err(|e| IdentityError::new(ErrorKind::InvalidProof, e))?;
+                if &thumbprint != jkt {
+                    return Err(IdentityError::new(
+                        ErrorKind::InvalidProof,
+                        "proof key is not the key the token is bound to",
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn verify_uncached(&self, token: &str, now: i64) -> Result<Principal, IdentityError> {
+        if !token::looks_like_jwt(token) {
+            return self.introspect_any(token, now).await;
+        }
+        let jws = token::parse(token, ALL_ALGORITHMS)
+            .map_err(|e| IdentityError::new(ErrorKind::MalformedToken, e))?;
+        let iss = jws
+            .claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .ok_or_else(|| IdentityError::new(ErrorKind::MalformedToken, "claim iss is missing"))?;
+        let issuer = self
+            .issuers
+            .get(iss)
+            .ok_or_else(|| IdentityError::new(ErrorKind::UnknownIssuer, format!("issuer {iss:?}")))?;
+        if !issuer.jwt_allowed {
+            // Okta org authorization servers and opaque-token issuers are only ever introspected.
+            return match &issuer.introspector {
+                Some(i) => self.finish_introspection(issuer, i, token, now).await,
+                None => Err(IdentityError::new(
+                    ErrorKind::UnknownIssuer,
+                    "issuer accepts no JWTs",
+                )),
+            };
+        }
+        if !issuer.algorithms.contains(&jws.alg) {
+            return Err(IdentityError::new(
+                ErrorKind::MalformedToken,
+                format!("algorithm {:?} not allowed for {iss}", jws.alg),
+            ));
+        }
+        let key = match issuer.keys.as_ref() {
+            Some(IssuerKeys::Static(set)) => {
+                set.find(jws.kid(), jws.alg).cloned().ok_or(KeyError::UnknownKey)
+            }
+            Some(IssuerKeys::Remote(remote)) => remote.key(jws.kid(), jws.alg).await,
+            None => Err(KeyError::UnknownKey),
+        }
+        .map_err(|e| match e {
+            KeyError::UnknownKey => IdentityError::new(
+                ErrorKind::InvalidSignature,
+                format!("no key {:?} for {iss}", jws.kid()),
+            ),
+            KeyError::Unavailable(e) => IdentityError::new(ErrorKind::ProviderUnavailable, e),
+        })?;
+        let valid =
+            jsonwebtoken::crypto::verify(jws.signature, jws.signing_input.as_bytes(), &key.key, jws.alg)
+                .map_err(|e| IdentityError::new(ErrorKind::InvalidSignature, e.to_string()))?;
+        if !valid {
+            return Err(IdentityError::new(
+                ErrorKind::InvalidSignature,
+                "signature does not verify",
+            ));
+        }
+        check_type(&jws, issuer)?;
+        principal_from_claims(issuer, &jws.claims, iss, now)
+    }
+
+    async fn introspect_any(&self, token: &str, now: i64) -> Result<Principal, IdentityError> {
+        let mut last = IdentityError::new(
+            ErrorKind::MalformedToken,
+            "opaque token and no issuer introspects",
+        );
+        for issuer in self.issuers.values() {
+            if let Some(i) = &issuer.introspector {
+                match self.finish_introspection(issuer, i, token, now).await {
+                    Ok(p) => return Ok(p),
+                    Err(e) => last = e,
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn finish_introspection(
+        &self,
+        issuer: &Issuer,
+        introspector: &introspection::Introspector,
+        token: &str,
+        now: i64,
+    ) -> Result<Principal, IdentityError> {
+        let mut claims = introspector.introspect(token, now).await?;
+        // RFC 7662 makes `sub` optional; a client-credentials token's subject is its client.
+        if claims.get("sub").is_none()
+            && let Some(client) = claims.get("client_id").cloned()
+        {
+            claims["sub"] = client;
+        }
+        let iss = claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .unwrap_or(introspector.issuer())
+            .to_string();
+        if iss != introspector.issuer() {
+            return Err(IdentityError::new(
+                ErrorKind::UnknownIssuer,
+                "introspection names another issuer",
+            ));
+        }
+        principal_from_claims(issuer, &claims, &iss, now)
+    }
+}
+
+const ALL_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+fn algorithm(a: SigningAlgorithm) -> Algorithm {
+    match a {
+        SigningAlgorithm::RS256 => Algorithm::RS256,
+        SigningAlgorithm::RS384 => Algorithm::RS384,
+        SigningAlgorithm::RS512 => Algorithm::RS512,
+        SigningAlgorithm::PS256 => Algorithm::PS256,
+        SigningAlgorithm::PS384 => Algorithm::PS384,
+        SigningAlgorithm::PS512 => Algorithm::PS512,
+        SigningAlgorithm::ES256 => Algorithm::ES256,
+        SigningAlgorithm::ES384 => Algorithm::ES384,
+        SigningAlgorithm::EdDSA => Algorithm::EdDSA,
+    }
+}
+
+/// Access tokens must not be ID tokens or other kinds of JWT (RFC 8725 §3.11).
+fn check_type(jws: &token::Jws<'_>, issuer: &Issuer) -> Result<(), IdentityError> {
+    let typ = jws.typ().map(|t| t.to_ascii_lowercase());
+    let typ = typ
+        .as_deref()
+        .map(|t| t.strip_prefix("application/").unwrap_or(t));
+    let expected: Vec<String> = issuer
+        .identities
+        .iter()
+        .filter_map(|i| i.spec.access_token_type.as_ref())
+        .map(|t| t.to_ascii_lowercase())
+        .collect();
+    let ok = if expected.is_empty() {
+        matches!(typ, None | Some("jwt") | Some("at+jwt"))
+    } else {
+        typ.is_some_and(|t| expected.iter().any(|e| e == t))
+    };
+    if !ok {
+        return Err(IdentityError::new(
+            ErrorKind::WrongTokenType,
+            format!("typ {typ:?} is not an access token type here"),
+        ));
+    }
+    for id_claim in ["nonce", "at_hash", "c_hash"] {
+        if jws.claims.get(id_claim).is_some() {
+            return Err(IdentityError::new(
+                ErrorKind::WrongTokenType,
+                format!("token carries {id_claim}: an ID token"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Time, subject and identity checks on verified claims (from a JWT or an introspection answer).
+fn principal_from_claims(
+    issuer: &Issuer,
+    claims: &Value,
+    iss: &str,
+    now: i64,
+) -> Result<Principal, IdentityError> {
+    let malformed = |e: String| IdentityError::new(ErrorKind::MalformedToken, e);
+    let exp = token::numeric_date(claims, "exp")
+        .map_err(malformed)?
+        .ok_or_else(|| malformed("claim exp is missing".into()))?;
+    if exp <= now {
+        return Err(IdentityError::new(
+            ErrorKind::Expired,
+            format!("expired at {exp}"),
+        ));
+    }
+    if let Some(nbf) = token::numeric_date(claims, "nbf").map_err(malformed)?
+        && nbf > now + MAX_CLOCK_SKEW
+    {
+        return Err(IdentityError::new(
+            ErrorKind::NotYetValid,
+            format!("nbf {nbf} is in the future"),
+        ));
+    }
+    let iat = token::numeric_date(claims, "iat").map_err(malformed)?;
+    if let Some(iat) = iat
+        && iat > now + MAX_CLOCK_SKEW
+    {
+        return Err(IdentityError::new(
+            ErrorKind::NotYetValid,
+            format!("iat {iat} is in the future"),
+        ));
+    }
+    let subject = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty());
+    let subject = subject
+        .ok_or_else(|| malformed("claim sub is missing".into()))?
+        .to_string();
+    let audiences = token::audiences(claims).map_err(|e| IdentityError::new(ErrorKind::WrongAudience, e))?;
+    let identity = matching::select(&issuer.identities, claims, &audiences)?;
+    if let Some(max) = identity.max_token_lifetime {
+        let issued = iat
+            .ok_or_else(|| IdentityError::new(ErrorKind::LifetimeTooLong, "no iat to bound the lifetime"))?;
+        if exp - issued > max.as_secs() as i64 {
+            return Err(IdentityError::new(
+                ErrorKind::LifetimeTooLong,
+                format!("lifetime {}s", exp - issued),
+            ));
+        }
+    }
+    if identity.spec.provider == IdentityProvider::Okta
+        && identity.spec.token_type == TokenType::Jwt
+        && !iss.contains("/oauth2/")
+    {
+        return Err(IdentityError::new(
+            ErrorKind::UnknownIssuer,
+            "Okta org authorization server tokens must be introspected",
+        ));
+    }
+    let binding = match claims.get("cnf") {
+        None => None,
+        Some(cnf) => Some(
+            cnf.get("jkt")
+                .and_then(Value::as_str)
+                .ok_or_else(|| malformed("cnf without jkt: only DPoP key binding is supported".into()))?
+                .to_string(),
+        ),
+    };
+    Ok(Principal {
+        identity: identity.name.clone(),
+        issuer: iss.to_string(),
+        subject,
+        groups: matching::groups(identity, claims),
+        token_id: claims.get("jti").and_then(Value::as_str).map(str::to_string),
+        expires_at: exp,
+        binding,
+        require_dpop: identity.spec.require_dpop,
+    })
+}
+
+#[cfg(test)]
+mod tests;

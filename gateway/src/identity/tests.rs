@@ -1,0 +1,764 @@
+//! The token attack catalogue (shared/SECURITY.md, "Tokens"), each case a test that fails if the
+//! verifier accepts what it must refuse, plus the accepted shape of every kind of issuer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+
+use super::dpop::{ReplayCache, RequestTarget};
+use super::fetch::HttpFetcher;
+use super::mint::SigningKey;
+use super::*;
+use crate::config::{CompiledIdentity, SecretValue};
+
+const NOW: i64 = 1_800_000_000;
+const ISS: &str = "https://idp.example/oauth2/default";
+const URL: &str = "https://gw.example/api/v1/users";
+
+fn identity(name: &str, spec: Value, jwks: Option<&Value>) -> Arc<CompiledIdentity> {
+    let spec: agentgate_crds::AgentIdentitySpec = serde_json::from_value(spec).expect("valid spec");
+    Arc::new(CompiledIdentity {
+        name: name.into(),
+        max_token_lifetime: spec.max_token_lifetime.as_ref().map(|d| d.to_std().unwrap()),
+        spec,
+        static_jwks: jwks.map(|j| SecretValue::new(j.to_string().into_bytes())),
+        introspection_secret: None,
+    })
+}
+
+fn okta_spec() -> Value {
+    json!({
+        "provider": "Okta", "issuer": ISS, "audiences": ["api://agentgate"],
+        "match": {"claims": {"cid": "0oa-agent"}}, "groups": {"claim": "groups", "static": ["ai-agents"]},
+        "algorithms": ["RS256", "ES256"], "maxTokenLifetime": "1h",
+        "keys": {"secretRef": {"name": "jwks", "key": "jwks.json"}}
+    })
+}
+
+fn claims() -> Value {
+    json!({
+        "iss": ISS, "sub": "0oa-agent", "aud": "api://agentgate", "cid": "0oa-agent",
+        "scp": ["users.read"], "groups": ["dba"], "iat": NOW - 10, "exp": NOW + 600, "jti": "t1"
+    })
+}
+
+fn verifier(identities: Vec<Arc<CompiledIdentity>>) -> Verifier {
+    verifier_with(identities, &KeyRegistry::default(), Duration::from_secs(30))
+}
+
+fn verifier_with(
+    identities: Vec<Arc<CompiledIdentity>>,
+    registry: &KeyRegistry,
+    cooldown: Duration,
+) -> Verifier {
+    let options = VerifierOptions {
+        refetch_cooldown: cooldown,
+        cache_capacity: 1000,
+    };
+    Verifier::new(
+        identities,
+        registry,
+        &HttpFetcher::new().unwrap(),
+        Arc::new(ReplayCache::default()),
+        &options,
+    )
+    .unwrap()
+}
+
+fn presented<'a>(authorization: &'a str, dpop: &'a [&'a str]) -> Presented<'a> {
+    Presented {
+        authorization: Some(authorization),
+        dpop,
+        target: RequestTarget {
+            method: "GET",
+            url: URL,
+        },
+    }
+}
+
+async fn check(v: &Verifier, token: &str) -> Result<Principal, IdentityError> {
+    v.verify(&presented(&format!("Bearer {token}"), &[]), NOW).await
+}
+
+fn okta_setup() -> (SigningKey, Verifier) {
+    let key = SigningKey::rsa("k1").unwrap();
+    let jwks = SigningKey::jwks(&[&key]);
+    let v = verifier(vec![identity("ci-agent", okta_spec(), Some(&jwks))]);
+    (key, v)
+}
+
+async fn refused(v: &Verifier, token: &str, kind: ErrorKind) {
+    let err = check(v, token).await.expect_err("must be refused");
+    assert_eq!(err.kind, kind, "{err}");
+}
+
+#[tokio::test]
+async fn a_valid_okta_token_maps_to_its_identity() {
+    let (key, v) = okta_setup();
+    let p = check(&v, &key.sign(&claims())).await.unwrap();
+    assert_eq!(p.identity, "ci-agent");
+    assert_eq!(p.subject, "0oa-agent");
+    assert_eq!(p.groups, vec!["ai-agents".to_string(), "dba".to_string()]);
+    assert_eq!(p.token_id.as_deref(), Some("t1"));
+}
+
+#[tokio::test]
+async fn alg_none_and_empty_signatures() {
+    let (key, v) = okta_setup();
+    let good = key.sign(&claims());
+    let (h, c, _) = (
+        good.split('.').next().unwrap(),
+        good.split('.').nth(1).unwrap(),
+        (),
+    );
+    for alg in ["none", "None", "NONE"] {
+        let header = URL_SAFE_NO_PAD.encode(json!({"alg": alg, "kid": "k1"}).to_string());
+        refused(&v, &format!("{header}.{c}."), ErrorKind::MalformedToken).await;
+        refused(&v, &format!("{header}.{c}.AAAA"), ErrorKind::MalformedToken).await;
+    }
+    refused(&v, &format!("{h}.{c}."), ErrorKind::MalformedToken).await;
+}
+
+#[tokio::test]
+async fn hmac_signed_with_the_public_key_is_refused() {
+    let (key, v) = okta_setup();
+    let jwk = key.public_jwk();
+    let n = URL_SAFE_NO_PAD.decode(jwk["n"].as_str().unwrap()).unwrap();
+    // Every encoding of the public key an attacker might try as the HMAC secret.
+    for secret in [
+        n.clone(),
+        jwk.to_string().into_bytes(),
+        b"-----BEGIN PUBLIC KEY-----".to_vec(),
+    ] {
+        let header = URL_SAFE_NO_PAD.encode(json!({"alg": "HS256", "kid": "k1"}).to_string());
+        let body = URL_SAFE_NO_PAD.encode(claims().to_string());
+        let msg = format!("{header}.{body}");
+        let sig = jsonwebtoken::crypto::sign(
+            msg.as_bytes(),
+            &jsonwebtoken::EncodingKey::from_secret(&secret),
+            jsonwebtoken::Algorithm::HS256,
+        )
+        .unwrap();
+        refused(&v, &format!("{msg}.{sig}"), ErrorKind::MalformedToken).await;
+    }
+}
+
+#[tokio::test]
+async fn es256_with_zero_r_and_s_is_refused() {
+    let key = SigningKey::ec("e1").unwrap();
+    let v = verifier(vec![identity(
+        "ci-agent",
+        okta_spec(),
+        Some(&SigningKey::jwks(&[&key])),
+    )]);
+    let token = key.sign(&claims());
+    let prefix = token.rsplit_once('.').unwrap().0;
+    refused(
+        &v,
+        &format!("{prefix}.{}", URL_SAFE_NO_PAD.encode([0u8; 64])),
+        ErrorKind::MalformedToken,
+    )
+    .await;
+    assert!(check(&v, &token).await.is_ok());
+}
+
+#[tokio::test]
+async fn kids_are_exact_and_per_issuer() {
+    let (key, v) = okta_setup();
+    for kid in ["../../etc/passwd", "k1' OR '1'='1", &"k".repeat(5000), "K1"] {
+        let token = key.sign_with_header(json!({"typ": "at+jwt", "kid": kid}), &claims());
+        refused(&v, &token, ErrorKind::InvalidSignature).await;
+    }
+    // Another issuer's key, with its kid, cannot vouch for this issuer's tokens.
+    let other = SigningKey::rsa("k-other").unwrap();
+    let mut other_spec = okta_spec();
+    other_spec["issuer"] = json!("https://other.example/oauth2/default");
+    let both = verifier(vec![
+        identity("ci-agent", okta_spec(), Some(&SigningKey::jwks(&[&key]))),
+        identity("other", other_spec, Some(&SigningKey::jwks(&[&other]))),
+    ]);
+    refused(&both, &other.sign(&claims()), ErrorKind::InvalidSignature).await;
+}
+
+#[tokio::test]
+async fn embedded_key_headers_are_never_trusted() {
+    let (_, v) = okta_setup();
+    let attacker = SigningKey::rsa("k1").unwrap();
+    for header in [
+        json!({"typ": "at+jwt", "kid": "k1", "jwk": attacker.public_jwk()}),
+        json!({"typ": "at+jwt", "kid": "k1", "jku": "https://attacker.example/jwks"}),
+        json!({"typ": "at+jwt", "kid": "k1", "x5u": "https://attacker.example/cert"}),
+        json!({"typ": "at+jwt", "kid": "k1", "x5c": ["MIIB"]}),
+    ] {
+        refused(
+            &v,
+            &attacker.sign_with_header(header, &claims()),
+            ErrorKind::InvalidSignature,
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn unfit_jwks_entries_are_ignored_by_the_verifier() {
+    let key = SigningKey::rsa("k1").unwrap();
+    let mut enc = key.public_jwk().clone();
+    enc["use"] = json!("enc");
+    let v = verifier(vec![identity(
+        "ci-agent",
+        okta_spec(),
+        Some(&json!({"keys": [enc]})),
+    )]);
+    refused(&v, &key.sign(&claims()), ErrorKind::InvalidSignature).await;
+    let mut wrong_alg = key.public_jwk().clone();
+    wrong_alg["alg"] = json!("RS384");
+    let v = verifier(vec![identity(
+        "ci-agent",
+        okta_spec(),
+        Some(&json!({"keys": [wrong_alg]})),
+    )]);
+    refused(&v, &key.sign(&claims()), ErrorKind::InvalidSignature).await;
+}
+
+#[tokio::test]
+async fn crit_headers_are_refused() {
+    let (key, v) = okta_setup();
+    let token = key.sign_with_header(
+        json!({"typ": "at+jwt", "kid": "k1", "crit": ["x-foo"], "x-foo": 1}),
+        &claims(),
+    );
+    refused(&v, &token, ErrorKind::MalformedToken).await;
+}
+
+#[tokio::test]
+async fn time_claims() {
+    let (key, v) = okta_setup();
+    let mut c = claims();
+    c.as_object_mut().unwrap().remove("exp");
+    refused(&v, &key.sign(&c), ErrorKind::MalformedToken).await;
+    for (claim, value, kind) in [
+        ("exp", NOW, ErrorKind::Expired),
+        ("exp", NOW - 1, ErrorKind::Expired),
+        ("nbf", NOW + 120, ErrorKind::NotYetValid),
+        ("iat", NOW + 120, ErrorKind::NotYetValid),
+    ] {
+        let mut c = claims();
+        c[claim] = json!(value);
+        refused(&v, &key.sign(&c), kind).await;
+    }
+    // Within the skew, nbf and iat are fine.
+    let mut c = claims();
+    c["nbf"] = json!(NOW + 10);
+    assert!(check(&v, &key.sign(&c)).await.is_ok());
+}
+
+#[tokio::test]
+async fn lifetime_is_bounded() {
+    let (key, v) = okta_setup();
+    let mut c = claims();
+    c["exp"] = json!(NOW + 7200);
+    refused(&v, &key.sign(&c), ErrorKind::LifetimeTooLong).await;
+}
+
+#[tokio::test]
+async fn audiences() {
+    let (key, v) = okta_setup();
+    let mut c = claims();
+    c.as_object_mut().unwrap().remove("aud");
+    refused(&v, &key.sign(&c), ErrorKind::WrongAudience).await;
+    c["aud"] = json!("api://something-else");
+    refused(&v, &key.sign(&c), ErrorKind::WrongAudience).await;
+    c["aud"] = json!(["api://agentgate", "api://other"]);
+    refused(&v, &key.sign(&c), ErrorKind::NoMatchingIdentity).await;
+    c["azp"] = json!("0oa-someone-else");
+    refused(&v, &key.sign(&c), ErrorKind::NoMatchingIdentity).await;
+    c["azp"] = json!("0oa-agent");
+    assert!(check(&v, &key.sign(&c)).await.is_ok());
+    let huge: Vec<String> = (0..100).map(|i| format!("aud-{i}")).collect();
+    c["aud"] = json!(huge);
+    refused(&v, &key.sign(&c), ErrorKind::WrongAudience).await;
+}
+
+#[tokio::test]
+async fn id_tokens_and_other_types_are_refused() {
+    let (key, v) = okta_setup();
+    let mut c = claims();
+    c["nonce"] = json!("n-0S6_WzA2Mj");
+    refused(&v, &key.sign(&c), ErrorKind::WrongTokenType).await;
+    for typ in ["dpop+jwt", "logout+jwt", "secevent+jwt", "id_token"] {
+        refused(
+            &v,
+            &key.sign_with_header(json!({"typ": typ, "kid": "k1"}), &claims()),
+            ErrorKind::WrongTokenType,
+        )
+        .await;
+    }
+    // An issuer that declares its access-token type gets exactly that.
+    let mut spec = okta_spec();
+    spec["accessTokenType"] = json!("at+jwt");
+    let strict = verifier(vec![identity("ci-agent", spec, Some(&SigningKey::jwks(&[&key])))]);
+    refused(
+        &strict,
+        &key.sign_with_header(json!({"typ": "JWT", "kid": "k1"}), &claims()),
+        ErrorKind::WrongTokenType,
+    )
+    .await;
+    assert!(check(&strict, &key.sign(&claims())).await.is_ok());
+}
+
+#[tokio::test]
+async fn duplicate_members_oversize_nesting_and_number_shapes() {
+    let (key, v) = okta_setup();
+    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","kid":"k1","kid":"k2"}"#);
+    let body = URL_SAFE_NO_PAD.encode(claims().to_string());
+    refused(&v, &format!("{header}.{body}.AAAA"), ErrorKind::MalformedToken).await;
+    let dup_claims = r#"{"iss":"https://idp.example/oauth2/default","sub":"a","sub":"0oa-agent"}"#;
+    let token = format!(
+        "{}.{}.AAAA",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256","kid":"k1"}"#),
+        URL_SAFE_NO_PAD.encode(dup_claims)
+    );
+    refused(&v, &token, ErrorKind::MalformedToken).await;
+    let mut c = claims();
+    c["pad"] = json!("x".repeat(10_000));
+    refused(&v, &key.sign(&c), ErrorKind::MalformedToken).await;
+    let mut c = claims();
+    let mut deep = json!(1);
+    for _ in 0..40 {
+        deep = json!([deep]);
+    }
+    c["deep"] = deep;
+    refused(&v, &key.sign(&c), ErrorKind::MalformedToken).await;
+    for (claim, value) in [
+        ("exp", json!((NOW + 600).to_string())),
+        ("exp", json!((NOW + 600) as f64 + 0.5)),
+        ("iat", json!("now")),
+    ] {
+        let mut c = claims();
+        c[claim] = value;
+        refused(&v, &key.sign(&c), ErrorKind::MalformedToken).await;
+    }
+}
+
+#[tokio::test]
+async fn okta_org_server_tokens_are_never_validated_locally() {
+    let key = SigningKey::rsa("k1").unwrap();
+    let mut spec = okta_spec();
+    spec["issuer"] = json!("https://example.okta.com");
+    let v = verifier(vec![identity("org", spec, Some(&SigningKey::jwks(&[&key])))]);
+    let mut c = claims();
+    c["iss"] = json!("https://example.okta.com");
+    refused(&v, &key.sign(&c), ErrorKind::UnknownIssuer).await;
+}
+
+fn k8s_spec(audience: &str) -> Value {
+    json!({
+        "provider": "Kubernetes", "issuer": "https://kubernetes.default.svc.cluster.local",
+        "audiences": [audience], "match": {"serviceAccount": {"namespace": "ci", "name": "agent"}},
+        "keys": {"secretRef": {"name": "sa-keys", "key": "jwks"}}
+    })
+}
+
+fn k8s_claims(aud: &str) -> Value {
+    json!({
+        "iss": "https://kubernetes.default.svc.cluster.local", "sub": "system:serviceaccount:ci:agent",
+        "aud": [aud], "iat": NOW - 10, "nbf": NOW - 10, "exp": NOW + 600,
+        "kubernetes.io": {"namespace": "ci", "serviceaccount": {"name": "agent", "uid": "u1"}, "pod": {"name": "p", "uid": "u2"}}
+    })
+}
+
+#[tokio::test]
+async fn kubernetes_service_account_tokens() {
+    let key = SigningKey::rsa("sa").unwrap();
+    let jwks = SigningKey::jwks(&[&key]);
+    let v = verifier(vec![identity("ci-sa", k8s_spec("agentgate"), Some(&jwks))]);
+    let sign = |c: &Value| key.sign_with_header(json!({"kid": "sa"}), c);
+    assert_eq!(
+        check(&v, &sign(&k8s_claims("agentgate"))).await.unwrap().identity,
+        "ci-sa"
+    );
+    // The API server's default audience is never enough, even if configured.
+    let default_aud = verifier(vec![identity(
+        "ci-sa",
+        k8s_spec("https://kubernetes.default.svc"),
+        Some(&jwks),
+    )]);
+    refused(
+        &default_aud,
+        &sign(&k8s_claims("https://kubernetes.default.svc")),
+        ErrorKind::NoMatchingIdentity,
+    )
+    .await;
+    // Legacy secret-based token shape.
+    let legacy = json!({
+        "iss": "https://kubernetes.default.svc.cluster.local", "sub": "system:serviceaccount:ci:agent", "aud": ["agentgate"],
+        "exp": NOW + 600, "kubernetes.io/serviceaccount/namespace": "ci", "kubernetes.io/serviceaccount/service-account.name": "agent"
+    });
+    refused(&v, &sign(&legacy), ErrorKind::NoMatchingIdentity).await;
+    let mut other = k8s_claims("agentgate");
+    other["sub"] = json!("system:serviceaccount:ci:other");
+    refused(&v, &sign(&other), ErrorKind::NoMatchingIdentity).await;
+}
+
+#[tokio::test]
+async fn github_actions_tokens_match_numeric_ids_not_names() {
+    let key = SigningKey::rsa("gh").unwrap();
+    let spec = json!({
+        "provider": "GitHubActions", "issuer": "https://token.actions.githubusercontent.com", "audiences": ["agentgate"],
+        "match": {"github": {"repositoryId": "123456", "repositoryOwnerId": "42", "jobWorkflowRef": "octo/deploy/.github/workflows/ci.yml@refs/heads/main"}},
+        "keys": {"secretRef": {"name": "gh", "key": "jwks"}}
+    });
+    let v = verifier(vec![identity("deploy", spec, Some(&SigningKey::jwks(&[&key])))]);
+    let base = json!({
+        "iss": "https://token.actions.githubusercontent.com", "sub": "repo:octo/deploy:ref:refs/heads/main", "aud": "agentgate",
+        "iat": NOW - 10, "exp": NOW + 300, "repository": "octo/deploy", "repository_id": "123456", "repository_owner": "octo",
+        "repository_owner_id": "42", "job_workflow_ref": "octo/deploy/.github/workflows/ci.yml@refs/heads/main"
+    });
+    let sign = |c: &Value| key.sign_with_header(json!({"typ": "JWT", "kid": "gh"}), c);
+    assert!(check(&v, &sign(&base)).await.is_ok());
+    // A re-registered repository with the same name has another id.
+    let mut renamed = base.clone();
+    renamed["repository_id"] = json!("999999");
+    refused(&v, &sign(&renamed), ErrorKind::NoMatchingIdentity).await;
+}
+
+#[tokio::test]
+async fn spiffe_jwt_svids() {
+    let key = SigningKey::ec("bundle").unwrap();
+    let spec = json!({
+        "provider": "Spiffe", "issuer": "spiffe://prod.example", "audiences": ["agentgate"],
+        "match": {"spiffeId": "spiffe://prod.example/ns/agents/sa/*"}, "keys": {"secretRef": {"name": "bundle", "key": "jwks"}}
+    });
+    let v = verifier(vec![identity("agents", spec, Some(&SigningKey::jwks(&[&key])))]);
+    let svid = json!({"iss": "spiffe://prod.example", "sub": "spiffe://prod.example/ns/agents/sa/coder", "aud": ["agentgate"], "exp": NOW + 300, "iat": NOW});
+    let sign = |c: &Value| key.sign_with_header(json!({"typ": "JWT", "kid": "bundle"}), c);
+    assert!(check(&v, &sign(&svid)).await.is_ok());
+    let mut other = svid.clone();
+    other["sub"] = json!("spiffe://prod.example/ns/other/sa/coder");
+    refused(&v, &sign(&other), ErrorKind::NoMatchingIdentity).await;
+    let mut no_aud = svid.clone();
+    no_aud.as_object_mut().unwrap().remove("aud");
+    refused(&v, &sign(&no_aud), ErrorKind::WrongAudience).await;
+}
+
+#[tokio::test]
+async fn generic_oidc_app_tokens_with_claim_mapping() {
+    let key = SigningKey::rsa("entra").unwrap();
+    let spec = json!({
+        "issuer": "https://login.microsoftonline.example/tenant/v2.0", "audiences": ["api://agentgate"],
+        "match": {"claims": {"azp": "11111111-app", "idtyp": "app"}}, "groups": {"claim": "roles"},
+        "keys": {"secretRef": {"name": "entra", "key": "jwks"}}
+    });
+    let v = verifier(vec![identity(
+        "entra-app",
+        spec,
+        Some(&SigningKey::jwks(&[&key])),
+    )]);
+    let c = json!({
+        "iss": "https://login.microsoftonline.example/tenant/v2.0", "sub": "oid-1", "aud": "api://agentgate", "azp": "11111111-app",
+        "idtyp": "app", "roles": ["Orders.Read"], "iat": NOW, "exp": NOW + 600
+    });
+    let p = check(
+        &v,
+        &key.sign_with_header(json!({"typ": "JWT", "kid": "entra"}), &c),
+    )
+    .await
+    .unwrap();
+    assert_eq!(p.groups, vec!["Orders.Read".to_string()]);
+}
+
+// --- DPoP -----------------------------------------------------------------------------------
+
+fn dpop_setup(require: bool) -> (SigningKey, SigningKey, Verifier) {
+    let issuer_key = SigningKey::rsa("k1").unwrap();
+    let client_key = SigningKey::ec("client").unwrap();
+    let mut spec = okta_spec();
+    spec["requireDPoP"] = json!(require);
+    let v = verifier(vec![identity(
+        "ci-agent",
+        spec,
+        Some(&SigningKey::jwks(&[&issuer_key])),
+    )]);
+    (issuer_key, client_key, v)
+}
+
+fn bound_token(issuer: &SigningKey, client: &SigningKey) -> String {
+    let mut c = claims();
+    c["cnf"] = json!({"jkt": client.thumbprint()});
+    issuer.sign(&c)
+}
+
+async fn with_proof(
+    v: &Verifier,
+    scheme: &str,
+    token: &str,
+    proofs: &[&str],
+) -> Result<Principal, IdentityError> {
+    v.verify(&presented(&format!("{scheme} {token}"), proofs), NOW)
+        .await
+}
+
+#[tokio::test]
+async fn dpop_bound_tokens_need_a_valid_proof() {
+    let (issuer, client, v) = dpop_setup(true);
+    let token = bound_token(&issuer, &client);
+    let proof = client.dpop_proof("GET", URL, &token, NOW, "j1");
+    let p = with_proof(&v, "DPoP", &token, &[&proof]).await.unwrap();
+    assert_eq!(p.binding.as_deref(), Some(client.thumbprint().as_str()));
+    // Replay of the same proof.
+    let err = with_proof(&v, "DPoP", &token, &[&proof]).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::InvalidProof);
+    assert!(
+        err.www_authenticate()
+            .starts_with("DPoP error=\"invalid_dpop_proof\"")
+    );
+    // A bound token presented as Bearer, with or without a proof.
+    let p2 = client.dpop_proof("GET", URL, &token, NOW, "j2");
+    assert_eq!(
+        with_proof(&v, "Bearer", &token, &[&p2]).await.unwrap_err().kind,
+        ErrorKind::BindingRequired
+    );
+    assert_eq!(
+        with_proof(&v, "DPoP", &token, &[]).await.unwrap_err().kind,
+        ErrorKind::BindingRequired
+    );
+    // Two DPoP headers.
+    let (a, b) = (
+        client.dpop_proof("GET", URL, &token, NOW, "j3"),
+        client.dpop_proof("GET", URL, &token, NOW, "j4"),
+    );
+    assert_eq!(
+        with_proof(&v, "DPoP", &token, &[&a, &b]).await.unwrap_err().kind,
+        ErrorKind::InvalidProof
+    );
+    // An unbound token where DPoP is required: leaked bearer tokens are useless.
+    let unbound = issuer.sign(&claims());
+    assert_eq!(
+        with_proof(&v, "Bearer", &unbound, &[]).await.unwrap_err().kind,
+        ErrorKind::BindingRequired
+    );
+}
+
+#[tokio::test]
+async fn dpop_proof_catalogue() {
+    let (issuer, client, v) = dpop_setup(true);
+    let token = bound_token(&issuer, &client);
+    let ath = URL_SAFE_NO_PAD.encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+    let good_claims = |jti: &str| json!({"jti": jti, "htm": "GET", "htu": URL, "iat": NOW, "ath": ath});
+    let mut cases: Vec<(&str, String)> = Vec::new();
+    cases.push((
+        "wrong typ",
+        client.sign_with_header(
+            json!({"typ": "JWT", "jwk": client.public_jwk()}),
+            &good_claims("a"),
+        ),
+    ));
+    let mut private = client.public_jwk().clone();
+    private["d"] = json!("AAAA");
+    cases.push((
+        "private key in jwk",
+        client.sign_with_header(json!({"typ": "dpop+jwt", "jwk": private}), &good_claims("b")),
+    ));
+    cases.push(("wrong htm", client.dpop_proof("POST", URL, &token, NOW, "c")));
+    cases.push((
+        "wrong htu",
+        client.dpop_proof("GET", "https://gw.example/other", &token, NOW, "d"),
+    ));
+    cases.push(("stale iat", client.dpop_proof("GET", URL, &token, NOW - 600, "e")));
+    cases.push((
+        "future iat",
+        client.dpop_proof("GET", URL, &token, NOW + 600, "f"),
+    ));
+    cases.push((
+        "wrong ath",
+        client.dpop_proof("GET", URL, "another-token", NOW, "g"),
+    ));
+    let mut no_ath = good_claims("h");
+    no_ath.as_object_mut().unwrap().remove("ath");
+    cases.push((
+        "missing ath",
+        client.sign_with_header(json!({"typ": "dpop+jwt", "jwk": client.public_jwk()}), &no_ath),
+    ));
+    let other = SigningKey::ec("other").unwrap();
+    cases.push(("cnf.jkt mismatch", other.dpop_proof("GET", URL, &token, NOW, "i")));
+    // Symmetric proof algorithm.
+    let header = URL_SAFE_NO_PAD
+        .encode(json!({"typ": "dpop+jwt", "alg": "HS256", "jwk": client.public_jwk()}).to_string());
+    let body = URL_SAFE_NO_PAD.encode(good_claims("j").to_string());
+    cases.push(("symmetric alg", format!("{header}.{body}.AAAA")));
+    for (what, proof) in cases {
+        let err = with_proof(&v, "DPoP", &token, &[&proof]).await.expect_err(what);
+        assert_eq!(err.kind, ErrorKind::InvalidProof, "{what}: {err}");
+    }
+    // The valid proof still works after all of that.
+    let ok = client.dpop_proof("GET", URL, &token, NOW, "k");
+    assert!(with_proof(&v, "DPoP", &token, &[&ok]).await.is_ok());
+}
+
+// --- Remote keys: cache, flood, outage ---------------------------------------------------------
+
+/// A real JWKS endpoint on 127.0.0.1 whose keys and availability the test controls.
+struct JwksServer {
+    port: u16,
+    body: Arc<std::sync::Mutex<String>>,
+    up: Arc<AtomicBool>,
+    hits: Arc<AtomicU64>,
+}
+
+async fn jwks_server(initial: Value) -> JwksServer {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let body = Arc::new(std::sync::Mutex::new(initial.to_string()));
+    let up = Arc::new(AtomicBool::new(true));
+    let hits = Arc::new(AtomicU64::new(0));
+    let (b, u, h) = (body.clone(), up.clone(), hits.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (b, u, h) = (b.clone(), u.clone(), h.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    let (status, text) = if u.load(Ordering::SeqCst) {
+                        (200, b.lock().unwrap().clone())
+                    } else {
+                        (503, "down".to_string())
+                    };
+                    async move {
+                        let mut resp = hyper::Response::new(Full::new(Bytes::from(text)));
+                        *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    JwksServer { port, body, up, hits }
+}
+
+fn remote_spec(port: u16) -> Value {
+    let mut spec = okta_spec();
+    spec["keys"] = json!({"jwksUri": format!("http://127.0.0.1:{port}/keys")});
+    spec
+}
+
+#[tokio::test]
+async fn unknown_kid_floods_cause_at_most_one_fetch_per_cooldown() {
+    let key = SigningKey::rsa("k1").unwrap();
+    let server = jwks_server(SigningKey::jwks(&[&key])).await;
+    let v = Arc::new(verifier_with(
+        vec![identity("ci-agent", remote_spec(server.port), None)],
+        &KeyRegistry::default(),
+        Duration::from_secs(3600),
+    ));
+    assert!(check(&v, &key.sign(&claims())).await.is_ok());
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (v, key) = (
+            v.clone(),
+            key.sign_with_header(json!({"typ": "at+jwt", "kid": format!("random-{i}")}), &claims()),
+        );
+        tasks.push(tokio::spawn(async move { check(&v, &key).await.map(|_| ()) }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap_err().kind, ErrorKind::InvalidSignature);
+    }
+    // The first miss may refetch once; everything else waits out the cooldown.
+    assert!(
+        server.hits.load(Ordering::SeqCst) <= 2,
+        "{} fetches",
+        server.hits.load(Ordering::SeqCst)
+    );
+}
+
+#[tokio::test]
+async fn outage_keeps_last_good_keys_and_recovery_picks_up_new_ones() {
+    let old = SigningKey::rsa("old").unwrap();
+    let server = jwks_server(SigningKey::jwks(&[&old])).await;
+    let v = verifier_with(
+        vec![identity("ci-agent", remote_spec(server.port), None)],
+        &KeyRegistry::default(),
+        Duration::from_millis(100),
+    );
+    assert!(check(&v, &old.sign(&claims())).await.is_ok());
+    server.up.store(false, Ordering::SeqCst);
+    // A different token (not in the verification cache) still verifies with the cached key.
+    let mut c = claims();
+    c["jti"] = json!("t2");
+    assert!(check(&v, &old.sign(&c)).await.is_ok());
+    // A new key cannot be fetched: fail closed.
+    let new = SigningKey::rsa("new").unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    refused(&v, &new.sign(&claims()), ErrorKind::InvalidSignature).await;
+    // The provider comes back with a rotated key set.
+    *server.body.lock().unwrap() = SigningKey::jwks(&[&old, &new]).to_string();
+    server.up.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut c = claims();
+    c["jti"] = json!("t3");
+    assert!(check(&v, &new.sign(&c)).await.is_ok());
+}
+
+#[tokio::test]
+async fn an_unreachable_provider_without_cached_keys_fails_closed() {
+    let key = SigningKey::rsa("k1").unwrap();
+    let port = crate::identity::tests::unused_port();
+    let v = verifier(vec![identity("ci-agent", remote_spec(port), None)]);
+    refused(&v, &key.sign(&claims()), ErrorKind::ProviderUnavailable).await;
+}
+
+fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn repeated_tokens_come_from_the_cache_and_errors_never_echo_the_token() {
+    let (key, v) = okta_setup();
+    let token = key.sign(&claims());
+    let first = check(&v, &token).await.unwrap();
+    assert_eq!(check(&v, &token).await.unwrap(), first);
+    assert_eq!(v.cache.len(), 1);
+    let mut c = claims();
+    c["exp"] = json!(NOW - 5);
+    let expired = key.sign(&c);
+    let err = check(&v, &expired).await.unwrap_err();
+    for shown in [err.to_string(), err.www_authenticate()] {
+        assert!(
+            !shown.contains(&expired) && !shown.contains(expired.split('.').nth(1).unwrap()),
+            "{shown}"
+        );
+    }
+    assert_eq!(
+        v.verify(
+            &Presented {
+                authorization: None,
+                dpop: &[],
+                target: RequestTarget {
+                    method: "GET",
+                    url: URL
+                }
+            },
+            NOW
+        )
+        .await
+        .unwrap_err()
+        .kind,
+        ErrorKind::MissingCredentials
+    );
+}

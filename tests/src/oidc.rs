@@ -1,0 +1,107 @@
+//! A real OpenID Connect provider (the npm package `oidc-provider`, started from `tests/oidc`) on a
+//! free 127.0.0.1 port. `bash scripts/test.sh` installs its packages with `npm ci`.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::{Process, free_port, wait_for, workspace_root};
+
+/// A running provider. Dropping it stops the process.
+#[derive(Debug)]
+pub struct OidcProvider {
+    pub issuer: String,
+    pub port: u16,
+    jwks_path: PathBuf,
+    process: Option<Process>,
+    _dir: tempfile::TempDir,
+}
+
+impl OidcProvider {
+    /// Starts a provider with a freshly generated signing key.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let jwks_path = dir.path().join("jwks.json");
+        let port = free_port();
+        let mut provider = Self {
+            issuer: format!("http://127.0.0.1:{port}"),
+            port,
+            jwks_path,
+            process: None,
+            _dir: dir,
+        };
+        provider.spawn();
+        provider
+    }
+
+    fn spawn(&mut self) {
+        let dir = workspace_root().join("tests/oidc");
+        assert!(
+            dir.join("node_modules/oidc-provider").exists(),
+            "oidc-provider is not installed: run `npm ci --prefix tests/oidc` (bash scripts/test.sh does)"
+        );
+        let mut cmd = Command::new("node");
+        cmd.arg(dir.join("server.mjs"))
+            .env("PORT", self.port.to_string())
+            .env("OIDC_JWKS", &self.jwks_path);
+        let process = Process::start("oidc-provider", cmd);
+        let url = format!("{}/.well-known/openid-configuration", self.issuer);
+        let up = wait_for(Duration::from_secs(30), || {
+            (crate::curl_get(&url).0 == 200).then_some(())
+        });
+        assert!(up.is_some(), "oidc-provider did not start:\n{}", process.output());
+        self.process = Some(process);
+    }
+
+    /// Stops the provider (an outage).
+    pub fn stop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            p.terminate(Duration::from_secs(5));
+        }
+    }
+
+    /// Starts it again; with `rotate`, under a brand-new signing key (new `kid`).
+    pub fn restart(&mut self, rotate: bool) {
+        self.stop();
+        if rotate {
+            let _ = std::fs::remove_file(&self.jwks_path);
+        }
+        self.spawn();
+    }
+
+    /// A client-credentials token for `client` (secret `<client>-secret`) and `resource`, with an
+    /// optional DPoP proof for the token request. Returns the raw JSON answer.
+    pub fn token(&self, client: &str, resource: &str, dpop: Option<&str>) -> serde_json::Value {
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-s",
+            "--max-time",
+            "10",
+            "-u",
+            &format!("{client}:{client}-secret"),
+        ])
+        .args([
+            "-d",
+            "grant_type=client_credentials",
+            "-d",
+            "scope=orders.read",
+            "-d",
+            &format!("resource={resource}"),
+        ]);
+        if let Some(proof) = dpop {
+            cmd.args(["-H", &format!("DPoP: {proof}")]);
+        }
+        let out = cmd.arg(self.token_endpoint()).output().expect("curl runs");
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+            panic!(
+                "token endpoint answered: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// The token endpoint URL.
+    pub fn token_endpoint(&self) -> String {
+        format!("{}/token", self.issuer)
+    }
+}
