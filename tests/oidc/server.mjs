@@ -19,6 +19,8 @@ if (!existsSync(jwksPath)) {
   writeFileSync(jwksPath, JSON.stringify({ keys: [jwk] }));
 }
 const jwks = JSON.parse(readFileSync(jwksPath, 'utf8'));
+// Public keys of the gateway's private_key_jwt client, when the test provides them.
+const gatewayClientJwks = process.env.GATEWAY_CLIENT_JWKS ? JSON.parse(readFileSync(process.env.GATEWAY_CLIENT_JWKS, 'utf8')) : null;
 
 const issuer = `http://127.0.0.1:${port}`;
 const provider = new Provider(issuer, {
@@ -48,6 +50,18 @@ const provider = new Provider(issuer, {
       response_types: [],
       token_endpoint_auth_method: 'client_secret_basic',
     },
+    ...(gatewayClientJwks
+      ? [{
+          // The gateway authenticating with a signed client assertion (RFC 7523) instead of a secret.
+          client_id: 'agentgate-pkjwt',
+          grant_types: [],
+          redirect_uris: [],
+          response_types: [],
+          token_endpoint_auth_method: 'private_key_jwt',
+          token_endpoint_auth_signing_alg: 'ES256',
+          jwks: gatewayClientJwks,
+        }]
+      : []),
   ],
   jwks,
   features: {

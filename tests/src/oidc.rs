@@ -13,6 +13,7 @@ pub struct OidcProvider {
     pub issuer: String,
     pub port: u16,
     jwks_path: PathBuf,
+    client_jwks: Option<PathBuf>,
     process: Option<Process>,
     _dir: tempfile::TempDir,
 }
@@ -20,13 +21,25 @@ pub struct OidcProvider {
 impl OidcProvider {
     /// Starts a provider with a freshly generated signing key.
     pub fn start() -> Self {
+        Self::start_with_client_keys(None)
+    }
+
+    /// Starts a provider that also knows the client `agentgate-pkjwt`, which authenticates with
+    /// `private_key_jwt` using the keys of `client_jwks` (a public JWKS document).
+    pub fn start_with_client_keys(client_jwks: Option<&serde_json::Value>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let jwks_path = dir.path().join("jwks.json");
+        let client_jwks = client_jwks.map(|j| {
+            let path = dir.path().join("client-jwks.json");
+            std::fs::write(&path, j.to_string()).expect("write client JWKS");
+            path
+        });
         let port = free_port();
         let mut provider = Self {
             issuer: format!("http://127.0.0.1:{port}"),
             port,
             jwks_path,
+            client_jwks,
             process: None,
             _dir: dir,
         };
@@ -44,6 +57,9 @@ impl OidcProvider {
         cmd.arg(dir.join("server.mjs"))
             .env("PORT", self.port.to_string())
             .env("OIDC_JWKS", &self.jwks_path);
+        if let Some(path) = &self.client_jwks {
+            cmd.env("GATEWAY_CLIENT_JWKS", path);
+        }
         let process = Process::start("oidc-provider", cmd);
         let url = format!("{}/.well-known/openid-configuration", self.issuer);
         let up = wait_for(Duration::from_secs(30), || {

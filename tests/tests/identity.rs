@@ -196,6 +196,43 @@ async fn opaque_tokens_are_introspected() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn introspection_with_private_key_jwt_client_authentication() {
+    let gateway_key = SigningKey::ec("gateway-client").unwrap();
+    let idp = OidcProvider::start_with_client_keys(Some(&SigningKey::jwks(&[&gateway_key])));
+    let spec = json!({
+        "issuer": idp.issuer, "audiences": ["api://opaque"], "tokenType": "Introspection",
+        "match": {"claims": {"client_id": "ci-agent"}},
+        "introspection": {"clientId": "agentgate-pkjwt", "authMethod": "private_key_jwt", "secretRef": {"name": "idp", "key": "key.pem"}}
+    });
+    let v = verifier(
+        vec![identity("opaque-agent", spec, Some(gateway_key.private_pem()))],
+        Duration::from_secs(30),
+    );
+    let token = access_token(&idp.token("ci-agent", "api://opaque", None));
+    let p = verify(&v, &format!("Bearer {token}"), &[]).await.unwrap();
+    assert_eq!(p.identity, "opaque-agent");
+    // A gateway holding the wrong private key is not let in by the provider: fail closed.
+    let wrong_key = SigningKey::ec("wrong").unwrap();
+    let spec2 = serde_json::to_value(&identity("x", json!({
+        "issuer": idp.issuer, "audiences": ["api://opaque"], "tokenType": "Introspection",
+        "match": {"claims": {"client_id": "ci-agent"}},
+        "introspection": {"clientId": "agentgate-pkjwt", "authMethod": "private_key_jwt", "secretRef": {"name": "idp", "key": "key.pem"}}
+    }), None).spec).unwrap();
+    let v2 = verifier(
+        vec![identity("opaque-agent", spec2, Some(wrong_key.private_pem()))],
+        Duration::from_secs(30),
+    );
+    let token2 = access_token(&idp.token("ci-agent", "api://opaque", None));
+    assert_eq!(
+        verify(&v2, &format!("Bearer {token2}"), &[])
+            .await
+            .unwrap_err()
+            .kind,
+        ErrorKind::ProviderUnavailable
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn key_rotation_and_provider_outage() {
     let mut idp = OidcProvider::start();
     let v = verifier(vec![jwt_identity(&idp.issuer, false)], Duration::from_millis(200));

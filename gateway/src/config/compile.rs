@@ -30,7 +30,7 @@ pub struct GatewayConfig {
     /// Connections served by this gateway, by name.
     pub connections: BTreeMap<String, CompiledConnection>,
     /// Identities in the gateway's namespace, by name.
-    pub identities: BTreeMap<String, CompiledIdentity>,
+    pub identities: BTreeMap<String, std::sync::Arc<CompiledIdentity>>,
     /// Policies that apply to at least one of the gateway's connections.
     pub policies: Vec<CompiledPolicy>,
 }
@@ -251,7 +251,7 @@ pub fn compile(
         .filter(|(m, _)| m.namespace() == namespace)
     {
         if let Some(compiled) = compile_identity(m, i, &secrets, errors) {
-            identities.insert(m.name().to_string(), compiled);
+            identities.insert(m.name().to_string(), std::sync::Arc::new(compiled));
         }
     }
 

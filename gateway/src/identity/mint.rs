@@ -16,6 +16,7 @@ pub struct SigningKey {
     kid: String,
     encoding: EncodingKey,
     public: Value,
+    pkcs8_pem: String,
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -36,7 +37,7 @@ impl SigningKey {
             .map_err(|e| e.to_string())?;
         let pem = pem_wrap("PRIVATE KEY", der.as_ref());
         let encoding = EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| e.to_string())?;
-        Self::finish(Algorithm::RS256, kid, encoding)
+        Self::finish(Algorithm::RS256, kid, encoding, pem)
     }
 
     /// A fresh P-256 key for ES256.
@@ -48,10 +49,15 @@ impl SigningKey {
             .map_err(|e| e.to_string())?
             .public_key();
         let encoding = EncodingKey::from_ec_der(pkcs8.as_ref());
-        Self::finish(Algorithm::ES256, kid, encoding)
+        Self::finish(
+            Algorithm::ES256,
+            kid,
+            encoding,
+            pem_wrap("PRIVATE KEY", pkcs8.as_ref()),
+        )
     }
 
-    fn finish(alg: Algorithm, kid: &str, encoding: EncodingKey) -> Result<Self, String> {
+    fn finish(alg: Algorithm, kid: &str, encoding: EncodingKey, pkcs8_pem: String) -> Result<Self, String> {
         let jwk = Jwk::from_encoding_key(&encoding, alg).map_err(|e| e.to_string())?;
         let mut public = serde_json::to_value(&jwk).map_err(|e| e.to_string())?;
         let obj = public.as_object_mut().ok_or("JWK is not an object")?;
@@ -64,7 +70,13 @@ impl SigningKey {
             kid: kid.to_string(),
             encoding,
             public,
+            pkcs8_pem,
         })
+    }
+
+    /// The private key as PKCS#8 PEM (for `private_key_jwt` clients in tests).
+    pub fn private_pem(&self) -> &str {
+        &self.pkcs8_pem
     }
 
     /// The algorithm this key signs with.

@@ -299,6 +299,23 @@ impl Verifier {
         })
     }
 
+    /// A verifier for every identity of a configuration snapshot.
+    pub fn for_config(
+        config: &crate::config::GatewayConfig,
+        registry: &KeyRegistry,
+        fetcher: &HttpFetcher,
+        replay: Arc<ReplayCache>,
+        options: &VerifierOptions,
+    ) -> Result<Self, String> {
+        Self::new(
+            config.identities.values().cloned(),
+            registry,
+            fetcher,
+            replay,
+            options,
+        )
+    }
+
     /// Verifies what a request presents. `now` is the Unix time.
     pub async fn verify(&self, presented: &Presented<'_>, now: i64) -> Result<Principal, IdentityError> {
         let authorization = presented

@@ -762,3 +762,25 @@ async fn repeated_tokens_come_from_the_cache_and_errors_never_echo_the_token() {
         ErrorKind::MissingCredentials
     );
 }
+
+#[test]
+fn a_verifier_builds_from_the_example_configuration_without_network() {
+    // Building fetches nothing (keys are fetched on first use), so this never leaves the machine.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let config = crate::config::load(&crate::config::LoadOptions {
+        manifests: dir,
+        ..Default::default()
+    })
+    .unwrap();
+    let fetcher = HttpFetcher::new().unwrap();
+    let v = Verifier::for_config(
+        &config,
+        &KeyRegistry::default(),
+        &fetcher,
+        Arc::new(ReplayCache::default()),
+        &VerifierOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(v.issuers.len(), 1);
+    assert!(v.issuers.contains_key("https://example.okta.com/oauth2/default"));
+}
