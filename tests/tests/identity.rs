@@ -41,6 +41,23 @@ fn jwt_identity(issuer: &str, require_dpop: bool) -> Arc<CompiledIdentity> {
     )
 }
 
+fn introspection_identity(
+    issuer: &str,
+    client_id: &str,
+    method: &str,
+    secret: &str,
+) -> Arc<CompiledIdentity> {
+    identity(
+        "opaque-agent",
+        json!({
+            "issuer": issuer, "audiences": ["api://opaque"], "tokenType": "Introspection",
+            "match": {"claims": {"client_id": "ci-agent"}},
+            "introspection": {"clientId": client_id, "authMethod": method, "secretRef": {"name": "idp", "key": "secret"}}
+        }),
+        Some(secret),
+    )
+}
+
 fn verifier(identities: Vec<Arc<CompiledIdentity>>, cooldown: Duration) -> Verifier {
     let options = VerifierOptions {
         refetch_cooldown: cooldown,
@@ -169,19 +186,13 @@ async fn dpop_bound_tokens_from_the_provider() {
 #[tokio::test(flavor = "multi_thread")]
 async fn opaque_tokens_are_introspected() {
     let idp = OidcProvider::start();
-    let spec = json!({
-        "issuer": idp.issuer, "audiences": ["api://opaque"], "tokenType": "Introspection",
-        "match": {"claims": {"client_id": "ci-agent"}},
-        "introspection": {"clientId": "agentgate", "authMethod": "client_secret_basic", "secretRef": {"name": "idp", "key": "secret"}}
-    });
-    let v = verifier(
-        vec![identity(
-            "opaque-agent",
-            spec,
-            Some("agentgate-introspection-secret"),
-        )],
-        Duration::from_secs(30),
+    let identity = introspection_identity(
+        &idp.issuer,
+        "agentgate",
+        "client_secret_basic",
+        "agentgate-introspection-secret",
     );
+    let v = verifier(vec![identity], Duration::from_secs(30));
     let token = access_token(&idp.token("ci-agent", "api://opaque", None));
     assert!(!token.contains('.'), "expected an opaque token: {token}");
     let p = verify(&v, &format!("Bearer {token}"), &[]).await.unwrap();
@@ -199,29 +210,30 @@ async fn opaque_tokens_are_introspected() {
 async fn introspection_with_private_key_jwt_client_authentication() {
     let gateway_key = SigningKey::ec("gateway-client").unwrap();
     let idp = OidcProvider::start_with_client_keys(Some(&SigningKey::jwks(&[&gateway_key])));
-    let spec = json!({
-        "issuer": idp.issuer, "audiences": ["api://opaque"], "tokenType": "Introspection",
-        "match": {"claims": {"client_id": "ci-agent"}},
-        "introspection": {"clientId": "agentgate-pkjwt", "authMethod": "private_key_jwt", "secretRef": {"name": "idp", "key": "key.pem"}}
-    });
-    let v = verifier(
-        vec![identity("opaque-agent", spec, Some(gateway_key.private_pem()))],
-        Duration::from_secs(30),
+    let identity = introspection_identity(
+        &idp.issuer,
+        "agentgate-pkjwt",
+        "private_key_jwt",
+        gateway_key.private_pem(),
     );
+    let v = verifier(vec![identity], Duration::from_secs(30));
     let token = access_token(&idp.token("ci-agent", "api://opaque", None));
-    let p = verify(&v, &format!("Bearer {token}"), &[]).await.unwrap();
-    assert_eq!(p.identity, "opaque-agent");
+    assert_eq!(
+        verify(&v, &format!("Bearer {token}"), &[])
+            .await
+            .unwrap()
+            .identity,
+        "opaque-agent"
+    );
     // A gateway holding the wrong private key is not let in by the provider: fail closed.
     let wrong_key = SigningKey::ec("wrong").unwrap();
-    let spec2 = serde_json::to_value(&identity("x", json!({
-        "issuer": idp.issuer, "audiences": ["api://opaque"], "tokenType": "Introspection",
-        "match": {"claims": {"client_id": "ci-agent"}},
-        "introspection": {"clientId": "agentgate-pkjwt", "authMethod": "private_key_jwt", "secretRef": {"name": "idp", "key": "key.pem"}}
-    }), None).spec).unwrap();
-    let v2 = verifier(
-        vec![identity("opaque-agent", spec2, Some(wrong_key.private_pem()))],
-        Duration::from_secs(30),
+    let identity = introspection_identity(
+        &idp.issuer,
+        "agentgate-pkjwt",
+        "private_key_jwt",
+        wrong_key.private_pem(),
     );
+    let v2 = verifier(vec![identity], Duration::from_secs(30));
     let token2 = access_token(&idp.token("ci-agent", "api://opaque", None));
     assert_eq!(
         verify(&v2, &format!("Bearer {token2}"), &[])
