@@ -358,8 +358,14 @@ fn check_identity(m: &Manifest, errors: &mut Vec<ConfigError>) -> bool {
         }
         Some(_) => {}
     }
-    let name_re = regex::Regex::new(agentgate_crds::common::DNS_SUBDOMAIN_PATTERN).expect("static regex");
-    let label_re = regex::Regex::new(agentgate_crds::common::DNS_LABEL_PATTERN).expect("static regex");
+    // Compiled once per process, not once per manifest.
+    static NAME_RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    static LABEL_RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let name_re = NAME_RE.get_or_init(|| {
+        regex::Regex::new(agentgate_crds::common::DNS_SUBDOMAIN_PATTERN).expect("static regex")
+    });
+    let label_re = LABEL_RE
+        .get_or_init(|| regex::Regex::new(agentgate_crds::common::DNS_LABEL_PATTERN).expect("static regex"));
     let name = m.name();
     if name.is_empty() {
         errors.push(m.error("metadata.name", "Required value: name is required"));

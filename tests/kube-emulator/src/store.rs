@@ -327,6 +327,17 @@ impl Store {
         self.compacted = self.rv;
     }
 
+    /// The stored object (and its key) a write is about to change, or NotFound.
+    fn existing(&self, rt: &ResourceType, namespace: &str, name: &str) -> Result<(ObjKey, Value), ApiError> {
+        let key = Self::key(rt, namespace, name);
+        let current = self
+            .objects
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(rt.names(), name))?;
+        Ok((key, current))
+    }
+
     /// GET of one object.
     pub fn get(&self, rt: &ResourceType, namespace: &str, name: &str) -> Result<Value, ApiError> {
         self.objects
@@ -754,12 +765,7 @@ impl Store {
         subresource: Option<&str>,
         opts: &WriteOptions,
     ) -> Result<Value, ApiError> {
-        let key = Self::key(rt, namespace, name);
-        let current = self
-            .objects
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(rt.names(), name))?;
+        let (key, current) = self.existing(rt, namespace, name)?;
         Self::check_kind(rt, &mut object)?;
         if let Some(body_name) = meta_str(&object, "name").filter(|n| *n != name) {
             return Err(ApiError::bad_request(format!(
@@ -901,12 +907,7 @@ impl Store {
         if media == "application/apply-patch+yaml" || media == "application/apply-patch+cbor" {
             return self.server_side_apply(rt, namespace, name, body, subresource, opts);
         }
-        let key = Self::key(rt, namespace, name);
-        let current = self
-            .objects
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(rt.names(), name))?;
+        let (key, current) = self.existing(rt, namespace, name)?;
         let patch: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
         let new = match media {
@@ -1023,12 +1024,7 @@ impl Store {
         name: &str,
         opts: &DeleteOptions,
     ) -> Result<Value, ApiError> {
-        let key = Self::key(rt, namespace, name);
-        let current = self
-            .objects
-            .get(&key)
-            .cloned()
-            .ok_or_else(|| ApiError::not_found(rt.names(), name))?;
+        let (key, current) = self.existing(rt, namespace, name)?;
         if let Some(uid) = &opts.uid {
             let actual = meta_str(&current, "uid").unwrap_or_default();
             if uid != actual {
