@@ -11,5 +11,6 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod identity;
+pub mod masking;
 pub mod metrics;
 pub mod policy;

@@ -1,0 +1,1199 @@
+//! Content detectors: personal data and secrets found inside free text.
+//!
+//! Each detector is a hand-written scanner over bytes rather than a regex: candidates are found
+//! with `memchr` on a literal (`@`, `AKIA`, `eyJ`, `-----BEGIN`) or at the start of a digit run,
+//! and every candidate is checked with bounded work, so a scan is linear in the text whatever it
+//! holds. All patterns are ASCII, so every span starts and ends on a character boundary.
+
+use std::sync::LazyLock;
+
+use agentgate_crds::policy::Detector;
+use memchr::memchr_iter;
+use memchr::memmem::{self, Finder};
+
+/// Every detector, in the order of [`MaskReport::by_detector`](super::MaskReport::by_detector).
+pub const ALL_DETECTORS: [Detector; 9] = [
+    Detector::Email,
+    Detector::Phone,
+    Detector::CreditCard,
+    Detector::Iban,
+    Detector::AwsAccessKey,
+    Detector::GcpApiKey,
+    Detector::OktaApiToken,
+    Detector::Jwt,
+    Detector::PrivateKey,
+];
+
+/// Shortest text any detector can match (`a@b.io`).
+pub(crate) const MIN_TEXT: usize = 6;
+/// Digits a phone number, card or IBAN has at least.
+const MIN_DIGITS: usize = 8;
+/// Digits a card number has at least.
+const MIN_CARD_DIGITS: usize = 13;
+/// Longest label between `-----BEGIN ` and `-----` looked at.
+const MAX_PEM_LABEL: usize = 64;
+const PEM_BEGIN: &[u8] = b"-----BEGIN ";
+/// Shortest PEM header of a private key, `-----BEGIN PRIVATE KEY-----`.
+const MIN_PEM: usize = 27;
+
+/// Searchers built once: building one per string would cost more than most searches.
+static JWT_START: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"eyJ"));
+static OKTA_START: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"00"));
+static PEM_START: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(PEM_BEGIN));
+
+/// Cheap facts about a text that rule most detectors out before any of them looks at the text:
+/// most strings have no `@`, few digits, and no capital `A` or `J`. Gathered eight bytes at a time
+/// (SWAR) by a [`FeatureScan`], in the same pass that finds where a JSON string ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Features {
+    digits: u32,
+    marks: u8,
+}
+
+const MARK_AT: u8 = 1;
+const MARK_CAPITAL_A: u8 = 2;
+const MARK_CAPITAL_J: u8 = 4;
+const MARK_DASH: u8 = 8;
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// High bit set in the first byte of `x` below `n` (n <= 128), and possibly in later bytes: exact
+/// as "any", and for the lowest set bit.
+pub(crate) fn bytes_below(x: u64, n: u8) -> u64 {
+    x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS
+}
+
+/// High bit set in the first byte of `x` equal to `c` (and possibly in later ones), as above.
+pub(crate) fn bytes_equal(x: u64, c: u8) -> u64 {
+    bytes_below(x ^ (ONES * u64::from(c)), 1)
+}
+
+/// High bit set in exactly the bytes of `x` that are ASCII digits. Adding to the low seven bits
+/// never carries into the next byte, so every byte is judged on its own.
+fn digit_bytes(x: u64) -> u64 {
+    let low = x & !HIGHS;
+    let at_least_0 = low + ONES * (0x80 - u64::from(b'0'));
+    let above_9 = low + ONES * (0x7f - u64::from(b'9'));
+    at_least_0 & !above_9 & !x & HIGHS
+}
+
+/// Gathers [`Features`] word by word.
+#[derive(Default)]
+pub(crate) struct FeatureScan {
+    /// Per-byte-lane digit counts; a lane overflows after 255 words, so they are summed before.
+    digit_lanes: u64,
+    lane_words: u32,
+    digits: u32,
+    at: u64,
+    capital_a: u64,
+    capital_j: u64,
+    dash: u64,
+}
+
+impl FeatureScan {
+    /// Adds the bytes of the little-endian word `x` whose high bits are in `valid`.
+    #[inline]
+    pub fn add_word(&mut self, x: u64, valid: u64) {
+        // Baseline x86-64 has no popcount instruction: one add per word, summed up later.
+        self.digit_lanes += (digit_bytes(x) & valid) >> 7;
+        self.lane_words += 1;
+        if self.lane_words == 255 {
+            self.sum_lanes();
+        }
+        self.at |= bytes_equal(x, b'@') & valid;
+        self.capital_a |= bytes_equal(x, b'A') & valid;
+        self.capital_j |= bytes_equal(x, b'J') & valid;
+        self.dash |= bytes_equal(x, b'-') & valid;
+    }
+
+    fn sum_lanes(&mut self) {
+        const PAIRS: u64 = 0x00ff_00ff_00ff_00ff;
+        let pairs = (self.digit_lanes & PAIRS) + ((self.digit_lanes >> 8) & PAIRS);
+        self.digits += (pairs.wrapping_mul(0x0001_0001_0001_0001) >> 48) as u32;
+        self.digit_lanes = 0;
+        self.lane_words = 0;
+    }
+
+    #[inline]
+    pub fn finish(mut self) -> Features {
+        self.sum_lanes();
+        let mark = |mask: u64, mark: u8| if mask != 0 { mark } else { 0 };
+        Features {
+            digits: self.digits,
+            marks: mark(self.at, MARK_AT)
+                | mark(self.capital_a, MARK_CAPITAL_A)
+                | mark(self.capital_j, MARK_CAPITAL_J)
+                | mark(self.dash, MARK_DASH),
+        }
+    }
+}
+
+impl Features {
+    /// The features of `text`.
+    pub fn of(text: &[u8]) -> Self {
+        let mut scan = FeatureScan::default();
+        let mut words = text.chunks_exact(8);
+        for word in &mut words {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(word);
+            scan.add_word(u64::from_le_bytes(x), HIGHS);
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut x = [0u8; 8];
+            x[..rest.len()].copy_from_slice(rest);
+            scan.add_word(u64::from_le_bytes(x), HIGHS >> (8 * (8 - rest.len())));
+        }
+        scan.finish()
+    }
+
+    /// ASCII digits in the text.
+    pub fn digits(self) -> usize {
+        self.digits as usize
+    }
+
+    fn has(self, mark: u8) -> bool {
+        self.marks & mark != 0
+    }
+
+    /// Whether any detector in `set` might find something in a text of `len` bytes with these
+    /// features; a cheap inline check that spares most strings a call to [`find`].
+    #[inline]
+    pub fn worth_scanning(self, len: usize, set: DetectorSet) -> bool {
+        let digits = self.digits();
+        !set.is_empty()
+            && len >= MIN_TEXT
+            && (self.has(MARK_AT)
+                || digits >= MIN_DIGITS
+                || (self.has(MARK_CAPITAL_A) && len >= AWS_KEY_LEN)
+                || (self.has(MARK_CAPITAL_J) && len >= MIN_JWT)
+                || (self.has(MARK_DASH) && len >= MIN_PEM)
+                || (len >= OKTA_TOKEN_LEN && digits >= 2))
+    }
+
+    /// The features of two texts together (runs of one string between escapes).
+    pub fn add(self, other: Self) -> Self {
+        Self {
+            digits: self.digits + other.digits,
+            marks: self.marks | other.marks,
+        }
+    }
+}
+
+pub(crate) const fn index(d: Detector) -> usize {
+    match d {
+        Detector::Email => 0,
+        Detector::Phone => 1,
+        Detector::CreditCard => 2,
+        Detector::Iban => 3,
+        Detector::AwsAccessKey => 4,
+        Detector::GcpApiKey => 5,
+        Detector::OktaApiToken => 6,
+        Detector::Jwt => 7,
+        Detector::PrivateKey => 8,
+    }
+}
+
+/// The marker name of a detector, as in `[REDACTED:EMAIL]`.
+pub fn label(d: Detector) -> &'static str {
+    match d {
+        Detector::Email => "EMAIL",
+        Detector::Phone => "PHONE",
+        Detector::CreditCard => "CREDIT_CARD",
+        Detector::Iban => "IBAN",
+        Detector::AwsAccessKey => "AWS_ACCESS_KEY",
+        Detector::GcpApiKey => "GCP_API_KEY",
+        Detector::OktaApiToken => "OKTA_API_TOKEN",
+        Detector::Jwt => "JWT",
+        Detector::PrivateKey => "PRIVATE_KEY",
+    }
+}
+
+/// A set of detectors, one bit each.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct DetectorSet(u16);
+
+impl DetectorSet {
+    pub const ALL: Self = Self((1 << ALL_DETECTORS.len()) - 1);
+
+    pub fn insert(&mut self, d: Detector) {
+        self.0 |= 1 << index(d);
+    }
+
+    pub fn contains(self, d: Detector) -> bool {
+        self.0 & (1 << index(d)) != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// A detected span, in bytes of the text scanned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub start: usize,
+    pub end: usize,
+    pub detector: Detector,
+}
+
+/// Finds what the detectors in `set` detect in `text` into `out` (cleared first), sorted and with
+/// overlapping spans merged so every detected byte is covered exactly once. `features` is
+/// [`Features::of`] `text`, which callers usually have already.
+pub(crate) fn find(text: &[u8], features: Features, set: DetectorSet, out: &mut Vec<Span>) {
+    out.clear();
+    let len = text.len();
+    if len < MIN_TEXT || set.is_empty() {
+        return;
+    }
+    if set.contains(Detector::Email) && features.has(MARK_AT) {
+        emails(text, out);
+    }
+    let digits = features.digits();
+    if digits >= MIN_DIGITS
+        && (set.contains(Detector::Phone)
+            || set.contains(Detector::CreditCard)
+            || set.contains(Detector::Iban))
+    {
+        numbers(text, set, digits, out);
+    }
+    if features.has(MARK_CAPITAL_A)
+        && ((set.contains(Detector::AwsAccessKey) && len >= AWS_KEY_LEN)
+            || (set.contains(Detector::GcpApiKey) && len >= GCP_KEY_LEN))
+    {
+        cloud_keys(text, set, out);
+    }
+    if set.contains(Detector::OktaApiToken) && len >= OKTA_TOKEN_LEN && digits >= 2 {
+        okta_tokens(text, out);
+    }
+    if set.contains(Detector::Jwt) && features.has(MARK_CAPITAL_J) && len >= MIN_JWT {
+        jwts(text, out);
+    }
+    if set.contains(Detector::PrivateKey) && features.has(MARK_DASH) && len >= MIN_PEM {
+        private_keys(text, out);
+    }
+    if out.len() > 1 {
+        merge_overlaps(out);
+    }
+}
+
+/// Sorts spans and merges overlapping ones; the merged span takes the detector of the longest part.
+fn merge_overlaps(spans: &mut Vec<Span>) {
+    spans.sort_unstable_by_key(|s| (s.start, s.end));
+    let mut kept = 0;
+    let mut longest = 0;
+    for i in 0..spans.len() {
+        let s = spans[i];
+        if kept > 0 && s.start < spans[kept - 1].end {
+            let last = &mut spans[kept - 1];
+            if s.end - s.start > longest {
+                longest = s.end - s.start;
+                last.detector = s.detector;
+            }
+            last.end = last.end.max(s.end);
+        } else {
+            spans[kept] = s;
+            longest = s.end - s.start;
+            kept += 1;
+        }
+    }
+    spans.truncate(kept);
+}
+
+fn is_word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// Base64url and the characters of API tokens.
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+}
+
+/// Whether a number may start at `i`: not inside a word, nor continuing one through `-` or `.`
+/// (the tail of a UUID, the fraction of a decimal, the last part of a version or address).
+fn starts_number(t: &[u8], i: usize) -> bool {
+    match i.checked_sub(1).and_then(|p| t.get(p)) {
+        None => true,
+        Some(&b) if is_word(b) => false,
+        Some(b'-' | b'.') => !i
+            .checked_sub(2)
+            .and_then(|p| t.get(p))
+            .is_some_and(u8::is_ascii_alphanumeric),
+        Some(_) => true,
+    }
+}
+
+/// Whether a number may end at `j` (exclusive), by the same rule as [`starts_number`].
+fn ends_number(t: &[u8], j: usize) -> bool {
+    match t.get(j) {
+        None => true,
+        Some(&b) if is_word(b) => false,
+        Some(b'-' | b'.') => !t.get(j + 1).is_some_and(u8::is_ascii_alphanumeric),
+        Some(_) => true,
+    }
+}
+
+// ---- Email ------------------------------------------------------------------------------------
+
+fn is_local(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-')
+}
+
+fn is_domain(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-')
+}
+
+fn emails(t: &[u8], out: &mut Vec<Span>) {
+    let mut resume = 0;
+    for at in memchr_iter(b'@', t) {
+        if at < resume {
+            continue;
+        }
+        // Expansion stops at the neighbouring `@` on either side, so each byte is visited at most
+        // twice over the whole text.
+        let mut start = at;
+        while start > 0 && is_local(t[start - 1]) {
+            start -= 1;
+        }
+        while start < at && t[start] == b'.' {
+            start += 1;
+        }
+        let mut end = at + 1;
+        while end < t.len() && is_domain(t[end]) {
+            end += 1;
+        }
+        while end > at + 1 && matches!(t[end - 1], b'.' | b'-') {
+            end -= 1;
+        }
+        if start < at && valid_domain(&t[at + 1..end]) {
+            out.push(Span {
+                start,
+                end,
+                detector: Detector::Email,
+            });
+            resume = end;
+        }
+    }
+}
+
+fn valid_domain(d: &[u8]) -> bool {
+    let Some(dot) = d.iter().rposition(|&b| b == b'.') else {
+        return false;
+    };
+    let tld = &d[dot + 1..];
+    tld.len() >= 2
+        && tld.iter().all(u8::is_ascii_alphabetic)
+        && d.split(|&b| b == b'.')
+            .all(|label| !label.is_empty() && label[0] != b'-')
+}
+
+// ---- Phone numbers, cards, IBANs ---------------------------------------------------------------
+
+/// Most digit groups a phone number is read in.
+const MAX_PHONE_GROUPS: usize = 8;
+
+/// Phone numbers, card numbers and IBANs, in one pass: each can only start where a word starts
+/// (a phone number also at `+` or `(`), so the rest of every word is skipped.
+fn numbers(t: &[u8], set: DetectorSet, digits: usize, out: &mut Vec<Span>) {
+    let phones = set.contains(Detector::Phone);
+    let cards = set.contains(Detector::CreditCard) && digits >= MIN_CARD_DIGITS;
+    let ibans = set.contains(Detector::Iban);
+    let mut i = 0;
+    while i < t.len() {
+        let b = t[i];
+        let found = if b.is_ascii_alphanumeric() {
+            if !starts_number(t, i) {
+                None
+            } else if b.is_ascii_digit() {
+                if let Some(end) = datetime_at(t, i) {
+                    // Dates and times are never phone or card numbers, and are everywhere.
+                    i = end;
+                    continue;
+                }
+                // Payment cards start with 2–6 (Mastercard 2-series through Discover and
+                // UnionPay); this keeps millisecond timestamps (13 digits from 1) from being cards.
+                let card = (cards && matches!(b, b'2'..=b'6'))
+                    .then(|| card_at(t, i))
+                    .flatten();
+                card.map(|end| (end, Detector::CreditCard)).or_else(|| {
+                    phones
+                        .then(|| phone_at(t, i))
+                        .flatten()
+                        .map(|end| (end, Detector::Phone))
+                })
+            } else if ibans && b.is_ascii_uppercase() {
+                iban_at(t, i).map(|end| (end, Detector::Iban))
+            } else {
+                None
+            }
+        } else if phones && matches!(b, b'+' | b'(') && (i == 0 || !is_word(t[i - 1])) {
+            phone_at(t, i).map(|end| (end, Detector::Phone))
+        } else {
+            None
+        };
+        match found {
+            Some((end, detector)) => {
+                out.push(Span {
+                    start: i,
+                    end,
+                    detector,
+                });
+                i = end;
+            }
+            // Nothing starts inside a word.
+            None if b.is_ascii_alphanumeric() => {
+                i += 1;
+                while i < t.len() && t[i].is_ascii_alphanumeric() {
+                    i += 1;
+                }
+            }
+            None => i += 1,
+        }
+    }
+}
+
+/// An ISO 8601 date (`2026-11-24`) at `i`, with the time and offset that may follow it
+/// (`T10:30:00.000Z`, ` 10:30+02:00`); returns its end.
+fn datetime_at(t: &[u8], i: usize) -> Option<usize> {
+    // Each pattern byte is a digit (`9`) or a literal.
+    let matches = |at: usize, pattern: &[u8]| {
+        t.get(at..at + pattern.len()).is_some_and(|s| {
+            s.iter()
+                .zip(pattern)
+                .all(|(&c, &p)| if p == b'9' { c.is_ascii_digit() } else { c == p })
+        })
+    };
+    if !matches(i, b"9999-99-99") {
+        return None;
+    }
+    let mut end = i + 10;
+    if matches!(t.get(end), Some(b'T' | b' ')) && matches(end + 1, b"99:99") {
+        end += 6;
+        if matches(end, b":99") {
+            end += 3;
+            if t.get(end) == Some(&b'.') && t.get(end + 1).is_some_and(u8::is_ascii_digit) {
+                end = skip_digits(t, end + 1);
+            }
+        }
+        if t.get(end) == Some(&b'Z') {
+            end += 1;
+        } else if matches!(t.get(end), Some(b'+' | b'-')) && matches(end + 1, b"99:99") {
+            end += 6;
+        }
+    }
+    Some(end)
+}
+
+fn skip_digits(t: &[u8], mut i: usize) -> usize {
+    while t.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    i
+}
+
+/// A phone number starting at `i`: E.164 (`+` then 8–15 digits, in groups with single spaces,
+/// dashes or dots, one parenthesised group allowed), or a North American national number
+/// `(415) 555-0132`, `415-555-0132`, `415.555.0132`, `415 555 0132`, `1-415-555-0132`.
+/// Dates (4-2-2), times, UUIDs and plain digit runs have none of these shapes. When more groups
+/// follow (another number after a space), the longest run of whole groups that fits is taken.
+fn phone_at(t: &[u8], i: usize) -> Option<usize> {
+    let plus = t[i] == b'+';
+    let mut j = i + usize::from(plus);
+    // Per group: digits, end, and the separator before it (0 for none).
+    let mut groups = [(0usize, 0usize, 0u8); MAX_PHONE_GROUPS];
+    let mut n = 0;
+    let mut paren_group = None;
+    let mut digits = 0;
+    let mut sep = 0;
+    while n < MAX_PHONE_GROUPS {
+        let paren = t.get(j) == Some(&b'(') && paren_group.is_none();
+        let start = j + usize::from(paren);
+        let end = skip_digits(t, start);
+        let len = end - start;
+        // A national number starts with a group of 1 or 3 digits (3 in parentheses): a date's
+        // or time's first group ends the attempt here.
+        if n == 0 && !plus && (len == 2 || len > 3 || (paren && len != 3)) {
+            return None;
+        }
+        if len == 0 || digits + len > 15 || (paren && t.get(end) != Some(&b')')) {
+            break;
+        }
+        j = end + usize::from(paren);
+        if paren {
+            paren_group = Some(n);
+        }
+        digits += len;
+        groups[n] = (len, j, sep);
+        n += 1;
+        sep = match t.get(j) {
+            Some(&s @ (b' ' | b'-' | b'.')) => s,
+            _ if paren => 0,
+            _ => break,
+        };
+        let next = j + usize::from(sep != 0);
+        if !matches!(t.get(next), Some(b'0'..=b'9' | b'(')) {
+            break;
+        }
+        j = next;
+    }
+    (1..=n).rev().find_map(|k| {
+        let groups = &groups[..k];
+        let end = groups[k - 1].1;
+        let shaped = if plus {
+            let digits: usize = groups.iter().map(|g| g.0).sum();
+            (8..=15).contains(&digits) && t.get(i + 1) != Some(&b'0')
+        } else {
+            national_shape(groups, paren_group.filter(|&p| p < k))
+        };
+        (shaped && ends_number(t, end)).then_some(end)
+    })
+}
+
+/// `(415) 555-0132`, `415-555-0132` (one separator throughout), `1-415-555-0132`.
+fn national_shape(groups: &[(usize, usize, u8)], paren_group: Option<usize>) -> bool {
+    let seps = |k: usize| groups.get(k).map_or(0, |g| g.2);
+    match (paren_group, groups.len()) {
+        (Some(0), 3) => {
+            groups[0].0 == 3
+                && groups[1].0 == 3
+                && groups[2].0 == 4
+                && matches!(seps(1), 0 | b' ')
+                && seps(2) != 0
+        }
+        (None, 3) => {
+            groups[0].0 == 3 && groups[1].0 == 3 && groups[2].0 == 4 && seps(1) != 0 && seps(1) == seps(2)
+        }
+        (None, 4) => {
+            groups[0].0 == 1
+                && groups[1].0 == 3
+                && groups[2].0 == 3
+                && groups[3].0 == 4
+                && matches!(seps(1), b'-' | b'.')
+                && seps(2) == seps(1)
+                && seps(3) == seps(1)
+        }
+        _ => false,
+    }
+}
+
+// ---- Credit card ------------------------------------------------------------------------------
+
+/// A card number starting at `i`: 13–19 digits, single spaces or dashes allowed between groups,
+/// passing Luhn. When the groups run on (a CVV or a year after the number), shorter runs of whole
+/// groups are tried, longest first.
+fn card_at(t: &[u8], i: usize) -> Option<usize> {
+    let mut ends = [(0usize, 0usize); 20];
+    let mut n = 0;
+    let mut j = i;
+    let mut digits = 0;
+    let mut whole_run = true;
+    loop {
+        while j < t.len() && t[j].is_ascii_digit() {
+            j += 1;
+            digits += 1;
+            if digits > 19 {
+                whole_run = false;
+                break;
+            }
+        }
+        if !whole_run {
+            break;
+        }
+        ends[n] = (j, digits);
+        n += 1;
+        let continues = matches!(t.get(j), Some(b' ' | b'-'))
+            && t.get(j + 1).is_some_and(u8::is_ascii_digit)
+            && n < ends.len();
+        if !continues {
+            break;
+        }
+        j += 1;
+    }
+    ends[..n].iter().rev().find_map(|&(end, d)| {
+        let bounded = if whole_run && end == ends[n - 1].0 {
+            ends_number(t, end)
+        } else {
+            // A shorter run ends at a separator followed by another group.
+            true
+        };
+        ((13..=19).contains(&d) && bounded && luhn(&t[i..end])).then_some(end)
+    })
+}
+
+/// Whether a JSON integer's digits are a card number (same rules as in text).
+pub(crate) fn is_card_number(digits: &[u8]) -> bool {
+    (13..=19).contains(&digits.len())
+        && matches!(digits[0], b'2'..=b'6')
+        && digits.iter().all(u8::is_ascii_digit)
+        && luhn(digits)
+}
+
+/// The Luhn checksum over the digits of `s` (separators skipped).
+pub(crate) fn luhn(s: &[u8]) -> bool {
+    let mut sum = 0u32;
+    for (k, d) in s
+        .iter()
+        .rev()
+        .filter(|b| b.is_ascii_digit())
+        .map(|b| u32::from(b - b'0'))
+        .enumerate()
+    {
+        sum += if k % 2 == 1 {
+            let x = d * 2;
+            if x > 9 { x - 9 } else { x }
+        } else {
+            d
+        };
+    }
+    sum.is_multiple_of(10)
+}
+
+// ---- IBAN -------------------------------------------------------------------------------------
+
+/// IBAN length per country, from the SWIFT IBAN registry; sorted for binary search.
+const IBAN_LENGTHS: &[([u8; 2], u8)] = &[
+    (*b"AD", 24),
+    (*b"AE", 23),
+    (*b"AL", 28),
+    (*b"AT", 20),
+    (*b"AZ", 28),
+    (*b"BA", 20),
+    (*b"BE", 16),
+    (*b"BG", 22),
+    (*b"BH", 22),
+    (*b"BI", 27),
+    (*b"BR", 29),
+    (*b"BY", 28),
+    (*b"CH", 21),
+    (*b"CR", 22),
+    (*b"CY", 28),
+    (*b"CZ", 24),
+    (*b"DE", 22),
+    (*b"DJ", 27),
+    (*b"DK", 18),
+    (*b"DO", 28),
+    (*b"EE", 20),
+    (*b"EG", 29),
+    (*b"ES", 24),
+    (*b"FI", 18),
+    (*b"FK", 18),
+    (*b"FO", 18),
+    (*b"FR", 27),
+    (*b"GB", 22),
+    (*b"GE", 22),
+    (*b"GI", 23),
+    (*b"GL", 18),
+    (*b"GR", 27),
+    (*b"GT", 28),
+    (*b"HN", 28),
+    (*b"HR", 21),
+    (*b"HU", 28),
+    (*b"IE", 22),
+    (*b"IL", 23),
+    (*b"IQ", 23),
+    (*b"IS", 26),
+    (*b"IT", 27),
+    (*b"JO", 30),
+    (*b"KW", 30),
+    (*b"KZ", 20),
+    (*b"LB", 28),
+    (*b"LC", 32),
+    (*b"LI", 21),
+    (*b"LT", 20),
+    (*b"LU", 20),
+    (*b"LV", 21),
+    (*b"LY", 25),
+    (*b"MC", 27),
+    (*b"MD", 24),
+    (*b"ME", 22),
+    (*b"MK", 19),
+    (*b"MN", 20),
+    (*b"MR", 27),
+    (*b"MT", 31),
+    (*b"MU", 30),
+    (*b"NI", 28),
+    (*b"NL", 18),
+    (*b"NO", 15),
+    (*b"OM", 23),
+    (*b"PK", 24),
+    (*b"PL", 28),
+    (*b"PS", 29),
+    (*b"PT", 25),
+    (*b"QA", 29),
+    (*b"RO", 24),
+    (*b"RS", 22),
+    (*b"RU", 33),
+    (*b"SA", 24),
+    (*b"SC", 31),
+    (*b"SD", 18),
+    (*b"SE", 24),
+    (*b"SI", 19),
+    (*b"SK", 24),
+    (*b"SM", 27),
+    (*b"SO", 23),
+    (*b"ST", 25),
+    (*b"SV", 28),
+    (*b"TL", 23),
+    (*b"TN", 24),
+    (*b"TR", 26),
+    (*b"UA", 29),
+    (*b"VA", 22),
+    (*b"VG", 24),
+    (*b"XK", 20),
+    (*b"YE", 30),
+];
+
+/// An IBAN starting at `i`: its country's length in uppercase letters and digits, compact or in
+/// groups of four separated by single spaces, with check digits that make it 1 modulo 97.
+fn iban_at(t: &[u8], i: usize) -> Option<usize> {
+    let head = t.get(i..i + 4)?;
+    if !(head[0].is_ascii_uppercase()
+        && head[1].is_ascii_uppercase()
+        && head[2].is_ascii_digit()
+        && head[3].is_ascii_digit())
+    {
+        return None;
+    }
+    let country = [head[0], head[1]];
+    let len = IBAN_LENGTHS
+        .binary_search_by_key(&country, |&(c, _)| c)
+        .ok()
+        .map(|k| usize::from(IBAN_LENGTHS[k].1))?;
+    let mut chars = [0u8; 34];
+    let mut count = 0;
+    let mut j = i;
+    while count < len {
+        match t.get(j) {
+            Some(&b) if b.is_ascii_uppercase() || b.is_ascii_digit() => {
+                chars[count] = b;
+                count += 1;
+                j += 1;
+            }
+            Some(b' ') if count.is_multiple_of(4) && t.get(j + 1).is_some_and(u8::is_ascii_alphanumeric) => j += 1,
+            _ => return None,
+        }
+    }
+    if t.get(j).is_some_and(u8::is_ascii_alphanumeric) {
+        return None;
+    }
+    let chars = &chars[..len];
+    let mut rem = 0u32;
+    for &b in chars[4..].iter().chain(&chars[..4]) {
+        rem = if b.is_ascii_digit() {
+            (rem * 10 + u32::from(b - b'0')) % 97
+        } else {
+            (rem * 100 + u32::from(b - b'A') + 10) % 97
+        };
+    }
+    (rem == 1).then_some(j)
+}
+
+// ---- Cloud and identity-provider keys ---------------------------------------------------------
+
+const AWS_PREFIXES: [&[u8; 4]; 8] = [
+    b"AKIA", b"ASIA", b"AGPA", b"AIDA", b"AROA", b"ANPA", b"ANVA", b"AIPA",
+];
+const AWS_KEY_LEN: usize = 20;
+const GCP_KEY_LEN: usize = 39;
+const OKTA_TOKEN_LEN: usize = 42;
+
+/// AWS access key ids and Google API keys, which both start with `A`.
+fn cloud_keys(t: &[u8], set: DetectorSet, out: &mut Vec<Span>) {
+    let mut resume = 0;
+    for i in memchr_iter(b'A', t) {
+        if i < resume || (i > 0 && t[i - 1].is_ascii_alphanumeric()) {
+            continue;
+        }
+        let rest = &t[i..];
+        let found = if set.contains(Detector::AwsAccessKey)
+            && rest.len() >= AWS_KEY_LEN
+            && AWS_PREFIXES.iter().any(|p| rest.starts_with(*p))
+            && rest[4..AWS_KEY_LEN]
+                .iter()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+            && !rest.get(AWS_KEY_LEN).is_some_and(u8::is_ascii_alphanumeric)
+        {
+            Some((AWS_KEY_LEN, Detector::AwsAccessKey))
+        } else if set.contains(Detector::GcpApiKey)
+            && rest.len() >= GCP_KEY_LEN
+            && rest.starts_with(b"AIza")
+            && rest[4..GCP_KEY_LEN].iter().all(|&b| is_token(b))
+            && (i == 0 || !is_token(t[i - 1]))
+        {
+            Some((GCP_KEY_LEN, Detector::GcpApiKey))
+        } else {
+            None
+        };
+        if let Some((len, detector)) = found {
+            out.push(Span {
+                start: i,
+                end: i + len,
+                detector,
+            });
+            resume = i + len;
+        }
+    }
+}
+
+/// Okta API tokens: `00` and 40 more token characters, standing alone.
+fn okta_tokens(t: &[u8], out: &mut Vec<Span>) {
+    if t.len() < OKTA_TOKEN_LEN {
+        return;
+    }
+    let mut resume = 0;
+    for i in OKTA_START.find_iter(t) {
+        if i < resume || (i > 0 && is_token(t[i - 1])) {
+            continue;
+        }
+        let end = i + OKTA_TOKEN_LEN;
+        if end <= t.len()
+            && t[i..end].iter().all(|&b| is_token(b))
+            && !t.get(end).is_some_and(|&b| is_token(b))
+        {
+            out.push(Span {
+                start: i,
+                end,
+                detector: Detector::OktaApiToken,
+            });
+            resume = end;
+        }
+    }
+}
+
+/// Shortest JWT header (`{"alg":"x"}` is 15 characters encoded) and payload accepted.
+const MIN_JWT_HEADER: usize = 10;
+const MIN_JWT_PAYLOAD: usize = 4;
+const MIN_JWT: usize = MIN_JWT_HEADER + 1 + MIN_JWT_PAYLOAD + 1;
+
+/// JWTs (JWS with three parts, JWE with five): `eyJ` then base64url parts joined by dots. The
+/// signature may be empty (an unsecured token still carries its claims).
+fn jwts(t: &[u8], out: &mut Vec<Span>) {
+    let mut resume = 0;
+    for i in JWT_START.find_iter(t) {
+        if i < resume || (i > 0 && is_token(t[i - 1])) {
+            continue;
+        }
+        let run = |from: usize| from + t[from..].iter().take_while(|&&b| is_token(b)).count();
+        let header_end = run(i);
+        resume = header_end;
+        if header_end - i < MIN_JWT_HEADER || t.get(header_end) != Some(&b'.') {
+            continue;
+        }
+        let payload_end = run(header_end + 1);
+        resume = payload_end;
+        if payload_end - header_end - 1 < MIN_JWT_PAYLOAD || t.get(payload_end) != Some(&b'.') {
+            continue;
+        }
+        let mut end = run(payload_end + 1);
+        // JWE: two more non-empty parts.
+        for _ in 0..2 {
+            if t.get(end) == Some(&b'.') && t.get(end + 1).is_some_and(|&b| is_token(b)) {
+                end = run(end + 1);
+            }
+        }
+        out.push(Span {
+            start: i,
+            end,
+            detector: Detector::Jwt,
+        });
+        resume = end;
+    }
+}
+
+/// PEM private keys, from the BEGIN line through the matching END line, or to the end of the text
+/// when the END line is missing (a truncated key is still a secret).
+fn private_keys(t: &[u8], out: &mut Vec<Span>) {
+    let mut from = 0;
+    while let Some(k) = PEM_START.find(&t[from..]) {
+        let start = from + k;
+        let label_start = start + PEM_BEGIN.len();
+        let window = &t[label_start..t.len().min(label_start + MAX_PEM_LABEL)];
+        let Some(label_len) = memmem::find(window, b"-----") else {
+            from = label_start;
+            continue;
+        };
+        let label = &window[..label_len];
+        let header_end = label_start + label_len + 5;
+        if memmem::find(label, b"PRIVATE KEY").is_none() {
+            from = header_end;
+            continue;
+        }
+        let mut end_line = Vec::with_capacity(label.len() + 14);
+        end_line.extend_from_slice(b"-----END ");
+        end_line.extend_from_slice(label);
+        end_line.extend_from_slice(b"-----");
+        let end =
+            memmem::find(&t[header_end..], &end_line).map_or(t.len(), |e| header_end + e + end_line.len());
+        out.push(Span {
+            start,
+            end,
+            detector: Detector::PrivateKey,
+        });
+        from = end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detect(text: &str) -> Vec<(Detector, &str)> {
+        let mut out = Vec::new();
+        let features = Features::of(text.as_bytes());
+        find(text.as_bytes(), features, DetectorSet::ALL, &mut out);
+        // The inline prefilter never rules out text a detector matches.
+        assert!(
+            out.is_empty() || features.worth_scanning(text.len(), DetectorSet::ALL),
+            "{text}"
+        );
+        out.iter().map(|s| (s.detector, &text[s.start..s.end])).collect()
+    }
+
+    fn only(text: &str, d: Detector) -> Vec<&str> {
+        detect(text)
+            .into_iter()
+            .filter(|(x, _)| *x == d)
+            .map(|(_, s)| s)
+            .collect()
+    }
+
+    #[test]
+    fn emails() {
+        assert_eq!(
+            only("mail john.doe+x@example.co.uk.", Detector::Email),
+            ["john.doe+x@example.co.uk"]
+        );
+        assert_eq!(only("a@b.io and c@d.org", Detector::Email), ["a@b.io", "c@d.org"]);
+        for no in [
+            "user@localhost",
+            "@example.com",
+            "a@b.c",
+            "a@.com",
+            "a@b..com",
+            "x@1.23",
+        ] {
+            assert!(only(no, Detector::Email).is_empty(), "{no}");
+        }
+    }
+
+    #[test]
+    fn phones() {
+        for yes in [
+            "+14155550132",
+            "+1 415 555 0132",
+            "+1 (415) 555-0132",
+            "+44 20 7946 0958",
+            "(415) 555-0132",
+            "415-555-0132",
+            "415.555.0132",
+            "1-415-555-0132",
+        ] {
+            assert_eq!(only(&format!("call {yes}, thanks"), Detector::Phone), [yes]);
+            // A number after a national one is not part of it (an E.164 one may take it in).
+            if !yes.starts_with('+') {
+                assert_eq!(only(&format!("{yes} 42"), Detector::Phone), [yes]);
+            }
+        }
+        // Another number after an E.164 one that would make it too long.
+        assert_eq!(
+            only("+44 20 7946 0958 1234 5678", Detector::Phone),
+            ["+44 20 7946 0958"]
+        );
+        for no in [
+            "2026-11-24",
+            "2026-11-24T10:30:00.000Z",
+            "123e4567-e89b-12d3-a456-426614174000",
+            "4155550132",
+            "12345678",
+            "+1234567",
+            "10.120.200.1",
+            "415-555-0132-99",
+            "v415-555-0132",
+            "415-555.0132",
+        ] {
+            assert!(only(no, Detector::Phone).is_empty(), "{no}");
+        }
+    }
+
+    #[test]
+    fn credit_cards() {
+        for yes in [
+            "4111111111111111",
+            "4111 1111 1111 1111",
+            "5555-5555-5555-4444",
+            "378282246310005",
+        ] {
+            assert_eq!(only(&format!("card: {yes}."), Detector::CreditCard), [yes]);
+        }
+        // A CVV after the number is not part of it.
+        assert_eq!(
+            only("4111 1111 1111 1111 123", Detector::CreditCard),
+            ["4111 1111 1111 1111"]
+        );
+        for no in [
+            "4111111111111112",
+            "4111 1111 1111 1112",
+            "41111111111111110000",
+            "1700000000007",
+            "123e4567-e89b-12d3-a456-426614174000",
+            "4111111111111111.5",
+        ] {
+            assert!(only(no, Detector::CreditCard).is_empty(), "{no}");
+        }
+    }
+
+    #[test]
+    fn ibans() {
+        for yes in [
+            "GB82WEST12345698765432",
+            "GB82 WEST 1234 5698 7654 32",
+            "DE89370400440532013000",
+            "NO9386011117947",
+        ] {
+            assert_eq!(only(&format!("pay to {yes} today"), Detector::Iban), [yes]);
+        }
+        for no in [
+            "GB83WEST12345698765432",
+            "GB82WEST1234569876543",
+            "XX82WEST12345698765432",
+            "GB82WEST123456987654321",
+        ] {
+            assert!(only(no, Detector::Iban).is_empty(), "{no}");
+        }
+        assert!(IBAN_LENGTHS.windows(2).all(|w| w[0].0 < w[1].0));
+    }
+
+    #[test]
+    fn cloud_and_idp_keys() {
+        assert_eq!(
+            only("key=AKIAIOSFODNN7EXAMPLE;", Detector::AwsAccessKey),
+            ["AKIAIOSFODNN7EXAMPLE"]
+        );
+        assert_eq!(
+            only("ASIAY34FZKBOKMUTVV7A", Detector::AwsAccessKey),
+            ["ASIAY34FZKBOKMUTVV7A"]
+        );
+        assert!(only("AKIAIOSFODNN7EXAMPLE1", Detector::AwsAccessKey).is_empty());
+        assert!(only("XAKIAIOSFODNN7EXAMPLE", Detector::AwsAccessKey).is_empty());
+        assert!(only("AKIAiosfodnn7example", Detector::AwsAccessKey).is_empty());
+
+        let gcp = "AIzaSyDaGmWKa4JsXZ-HjGw7ISLn_3namBGewQe";
+        assert_eq!(gcp.len(), GCP_KEY_LEN);
+        assert_eq!(only(&format!("?key={gcp}&x"), Detector::GcpApiKey), [gcp]);
+        assert!(only(&gcp[..38], Detector::GcpApiKey).is_empty());
+
+        let okta = "00QCjAl4MlV-WPXM-ABCDEFGHIJKLMNOPQRSTUVWXY";
+        assert_eq!(okta.len(), OKTA_TOKEN_LEN);
+        assert_eq!(only(&format!("SSWS {okta}"), Detector::OktaApiToken), [okta]);
+        assert!(only(&format!("{okta}Z"), Detector::OktaApiToken).is_empty());
+        assert!(only(&format!("x{okta}"), Detector::OktaApiToken).is_empty());
+        assert!(only("00u1abcdEFGHijklMNOP", Detector::OktaApiToken).is_empty());
+    }
+
+    #[test]
+    fn jwts() {
+        let jwt = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c";
+        assert_eq!(only(&format!("Bearer {jwt}"), Detector::Jwt), [jwt]);
+        let unsigned = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.";
+        assert_eq!(only(unsigned, Detector::Jwt), [unsigned]);
+        assert!(only("eyJhbGciOiJIUzI1NiJ9 only a header", Detector::Jwt).is_empty());
+        assert!(only("xeyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.sig", Detector::Jwt).is_empty());
+    }
+
+    #[test]
+    fn private_keys() {
+        let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----";
+        assert_eq!(
+            only(&format!("key:\n{pem}\ntrailer"), Detector::PrivateKey),
+            [pem]
+        );
+        let open = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADAN";
+        assert_eq!(only(&format!("x {open}"), Detector::PrivateKey), [open]);
+        assert!(
+            only(
+                "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----",
+                Detector::PrivateKey
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn overlapping_spans_merge() {
+        let mut spans = vec![
+            Span {
+                start: 5,
+                end: 9,
+                detector: Detector::Phone,
+            },
+            Span {
+                start: 0,
+                end: 7,
+                detector: Detector::Email,
+            },
+            Span {
+                start: 8,
+                end: 20,
+                detector: Detector::CreditCard,
+            },
+            Span {
+                start: 30,
+                end: 31,
+                detector: Detector::Jwt,
+            },
+        ];
+        merge_overlaps(&mut spans);
+        assert_eq!(
+            spans,
+            [
+                Span {
+                    start: 0,
+                    end: 20,
+                    detector: Detector::CreditCard
+                },
+                Span {
+                    start: 30,
+                    end: 31,
+                    detector: Detector::Jwt
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn features_match_a_plain_count() {
+        let text = b"a@b 0123456789 AJ-x\x00\xff\xc3\xa9/:9";
+        for end in 0..text.len() {
+            let t = &text[..end];
+            let f = Features::of(t);
+            assert_eq!(
+                f.digits(),
+                t.iter().filter(|b| b.is_ascii_digit()).count(),
+                "{end}"
+            );
+            assert_eq!(f.has(MARK_AT), t.contains(&b'@'));
+            assert_eq!(f.has(MARK_CAPITAL_A), t.contains(&b'A'));
+            assert_eq!(f.has(MARK_CAPITAL_J), t.contains(&b'J'));
+            assert_eq!(f.has(MARK_DASH), t.contains(&b'-'));
+        }
+        let long = "7a".repeat(5000);
+        assert_eq!(Features::of(long.as_bytes()).digits(), 5000);
+        for b in 0..=255u8 {
+            let x = u64::from_le_bytes([b, b'x', b'x', b'x', b'x', b'x', b'x', b'x']);
+            assert_eq!(digit_bytes(x) != 0, b.is_ascii_digit(), "{b}");
+            assert_eq!(bytes_below(x, 0x20) != 0, b < 0x20, "{b}");
+            assert_eq!(bytes_equal(x, b'"') != 0, b == b'"', "{b}");
+        }
+    }
+
+    #[test]
+    fn scans_stay_linear_on_hostile_text() {
+        for unit in ["@a", "eyJ.", "00", "A", "1 ", "+1", "-----BEGIN ", "GB82 "] {
+            let text = unit.repeat(200_000);
+            let started = std::time::Instant::now();
+            let _ = detect(&text);
+            assert!(started.elapsed().as_secs() < 2, "{unit:?}");
+        }
+    }
+}

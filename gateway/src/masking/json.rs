@@ -1,0 +1,837 @@
+//! The streaming JSON rewriter. One pass over the bytes validates strict JSON (RFC 8259), keeps
+//! the selector states of each open container, runs the detectors on strings, and copies every
+//! untouched run of input to the output with one `extend_from_slice`: output is only written
+//! where something is replaced, so an unmasked body costs one copy.
+
+use std::ops::Range;
+
+use agentgate_crds::policy::{Detector, MaskingStrategy};
+use memchr::memchr;
+
+use super::detectors::{self, FeatureScan, Features, Span};
+use super::path::Label;
+use super::strategy;
+use super::{Inner, MAX_JSON_DEPTH, MAX_MASKED_BODY, MaskError, MaskReport};
+
+/// Rewrites `input` into `out` (appended); on error `out` is left as it was.
+pub(super) fn rewrite(plan: &Inner, input: &[u8], out: &mut Vec<u8>) -> Result<MaskReport, MaskError> {
+    if input.len() > MAX_MASKED_BODY {
+        return Err(MaskError::TooLarge);
+    }
+    // Validating UTF-8 once up front (a fast, vectorised check) lets every later slice between
+    // ASCII delimiters be used as `str` without checking again.
+    let text = std::str::from_utf8(input).map_err(|e| malformed(e.valid_up_to(), "invalid UTF-8"))?;
+    let mark = out.len();
+    out.reserve(input.len());
+    let mut r = Rewriter {
+        plan,
+        text,
+        input,
+        pos: 0,
+        out,
+        copied: 0,
+        report: MaskReport::default(),
+        frames: Vec::new(),
+        states: Vec::new(),
+        quiet: 0,
+        decoded: String::new(),
+        masked: String::new(),
+        spans: Vec::new(),
+    };
+    let result = r.document().map(|()| {
+        r.out.extend_from_slice(&input[r.copied..]);
+        r.report
+    });
+    if result.is_err() {
+        out.truncate(mark);
+    }
+    result
+}
+
+fn malformed(offset: usize, reason: &'static str) -> MaskError {
+    MaskError::Malformed { offset, reason }
+}
+
+/// An open object or array.
+struct Frame {
+    object: bool,
+    /// Its selector states, in `Rewriter::states`.
+    states: Range<usize>,
+    /// Elements seen so far (arrays).
+    index: u64,
+    /// Where it starts and how it is masked, when a selector picked it.
+    replace: Option<(usize, MaskingStrategy)>,
+}
+
+struct Rewriter<'p, 'i, 'o> {
+    plan: &'p Inner,
+    text: &'i str,
+    input: &'i [u8],
+    pos: usize,
+    out: &'o mut Vec<u8>,
+    /// `input[..copied]` has been written (or replaced) already.
+    copied: usize,
+    report: MaskReport,
+    frames: Vec<Frame>,
+    states: Vec<u32>,
+    /// Open containers that are being replaced whole: inside them only validation happens.
+    quiet: usize,
+    /// Scratch buffers, reused from string to string.
+    decoded: String,
+    masked: String,
+    spans: Vec<Span>,
+}
+
+impl<'i> Rewriter<'_, 'i, '_> {
+    /// Whitespace-separated top-level values (one JSON text, NDJSON, a watch stream).
+    fn document(&mut self) -> Result<(), MaskError> {
+        let mut first = true;
+        loop {
+            let gap = self.pos;
+            self.skip_ws();
+            if self.pos == self.input.len() {
+                return Ok(());
+            }
+            if !first && self.pos == gap {
+                return Err(malformed(self.pos, "unexpected characters after a value"));
+            }
+            first = false;
+            self.states.clear();
+            self.states.extend_from_slice(self.plan.paths.roots());
+            self.value(0..self.states.len())?;
+        }
+    }
+
+    /// One top-level value, iteratively (depth lives in `frames`, not on the call stack).
+    fn value(&mut self, root: Range<usize>) -> Result<(), MaskError> {
+        let mut selected = None;
+        let mut states = root;
+        'value: loop {
+            let start = self.pos;
+            match self.input.get(start) {
+                Some(&open @ (b'{' | b'[')) => {
+                    if self.frames.len() >= MAX_JSON_DEPTH {
+                        return Err(MaskError::TooDeep);
+                    }
+                    self.pos += 1;
+                    if selected.is_some() {
+                        self.quiet += 1;
+                        states = states.start..states.start;
+                    }
+                    let object = open == b'{';
+                    self.frames.push(Frame {
+                        object,
+                        states,
+                        index: 0,
+                        replace: selected.map(|s| (start, s)),
+                    });
+                    self.skip_ws();
+                    if self.input.get(self.pos) == Some(if object { &b'}' } else { &b']' }) {
+                        self.pos += 1;
+                        self.close()?;
+                    } else {
+                        (selected, states) = self.child()?;
+                        continue 'value;
+                    }
+                }
+                Some(b'"') => self.string(selected)?,
+                Some(b'-' | b'0'..=b'9') => self.number(selected)?,
+                Some(b't') => self.literal(b"true", selected)?,
+                Some(b'f') => self.literal(b"false", selected)?,
+                Some(b'n') => self.literal(b"null", selected)?,
+                _ => return Err(malformed(start, "expected a value")),
+            }
+            // A value is complete: close containers until one has a next child.
+            loop {
+                let Some(frame) = self.frames.last() else {
+                    return Ok(());
+                };
+                let object = frame.object;
+                self.skip_ws();
+                match self.input.get(self.pos) {
+                    Some(b',') => {
+                        self.pos += 1;
+                        self.skip_ws();
+                        (selected, states) = self.child()?;
+                        continue 'value;
+                    }
+                    Some(b'}') if object => {
+                        self.pos += 1;
+                        self.close()?;
+                    }
+                    Some(b']') if !object => {
+                        self.pos += 1;
+                        self.close()?;
+                    }
+                    _ if object => return Err(malformed(self.pos, "expected `,` or `}`")),
+                    _ => return Err(malformed(self.pos, "expected `,` or `]`")),
+                }
+            }
+        }
+    }
+
+    /// Reads up to the next child of the innermost container (for an object, its member name and
+    /// colon). Returns whether a selector picks the child, and the child's selector states.
+    fn child(&mut self) -> Result<(Option<MaskingStrategy>, Range<usize>), MaskError> {
+        let input = self.input;
+        let Some(frame) = self.frames.last_mut() else {
+            return Err(malformed(self.pos, "expected a value"));
+        };
+        let parent = frame.states.clone();
+        let object = frame.object;
+        let index = frame.index;
+        frame.index += 1;
+        self.states.truncate(parent.end);
+        let first = self.states.len();
+        let selected = if object {
+            if input.get(self.pos) != Some(&b'"') {
+                return Err(malformed(self.pos, "expected a member name"));
+            }
+            let (content, escaped, features) = self.scan_string()?;
+            let selected = if parent.is_empty() {
+                None
+            } else if escaped {
+                self.decode(content.clone())?;
+                self.plan
+                    .paths
+                    .step(&mut self.states, parent, Label::Name(self.decoded.as_bytes()))
+            } else {
+                self.plan
+                    .paths
+                    .step(&mut self.states, parent, Label::Name(&input[content.clone()]))
+            };
+            // Names are scanned too: a map keyed by email addresses leaks them as surely as values.
+            if self.quiet == 0 {
+                self.detect(content, escaped, features)?;
+            }
+            self.skip_ws();
+            if input.get(self.pos) != Some(&b':') {
+                return Err(malformed(self.pos, "expected `:`"));
+            }
+            self.pos += 1;
+            self.skip_ws();
+            selected
+        } else if parent.is_empty() {
+            None
+        } else {
+            self.plan
+                .paths
+                .step(&mut self.states, parent, Label::Index(index))
+        };
+        Ok((selected, first..self.states.len()))
+    }
+
+    /// Closes the innermost container (its closing bracket just read).
+    fn close(&mut self) -> Result<(), MaskError> {
+        let Some(frame) = self.frames.pop() else {
+            return Ok(());
+        };
+        self.states.truncate(frame.states.start);
+        if let Some((start, strategy)) = frame.replace {
+            self.quiet -= 1;
+            let raw = self.str_at(start..self.pos)?;
+            self.replace(start..self.pos, strategy, raw, true);
+        }
+        Ok(())
+    }
+
+    fn string(&mut self, selected: Option<MaskingStrategy>) -> Result<(), MaskError> {
+        let start = self.pos;
+        let (content, escaped, features) = self.scan_string()?;
+        if let Some(strategy) = selected {
+            let decoded = if escaped {
+                self.decode(content.clone())?;
+                std::mem::take(&mut self.decoded)
+            } else {
+                String::new()
+            };
+            let value = if escaped {
+                decoded.as_str()
+            } else {
+                self.str_at(content)?
+            };
+            self.replace(start..self.pos, strategy, value, false);
+            self.decoded = decoded;
+        } else if self.quiet == 0 {
+            self.detect(content, escaped, features)?;
+        }
+        Ok(())
+    }
+
+    fn number(&mut self, selected: Option<MaskingStrategy>) -> Result<(), MaskError> {
+        let start = self.pos;
+        let plain = self.scan_number()?;
+        let range = start..self.pos;
+        let raw = self.str_at(range.clone())?;
+        if let Some(strategy) = selected {
+            self.replace(range, strategy, raw, false);
+        } else if plain
+            && self.quiet == 0
+            && self.plan.active.contains(Detector::CreditCard)
+            && detectors::is_card_number(raw.as_bytes())
+        {
+            // A card number stored as a JSON number becomes a masked string.
+            self.out.extend_from_slice(&self.input[self.copied..start]);
+            self.masked.clear();
+            let strategy = self.plan.strategy_of(Detector::CreditCard);
+            strategy::mask_span(
+                strategy,
+                Detector::CreditCard,
+                raw,
+                &self.plan.key,
+                &mut self.masked,
+            );
+            write_json_string(self.out, &self.masked);
+            self.copied = range.end;
+            self.report.count(Detector::CreditCard);
+        }
+        Ok(())
+    }
+
+    fn literal(
+        &mut self,
+        literal: &'static [u8],
+        selected: Option<MaskingStrategy>,
+    ) -> Result<(), MaskError> {
+        let start = self.pos;
+        if self.input.get(start..start + literal.len()) != Some(literal) {
+            return Err(malformed(start, "invalid literal"));
+        }
+        self.pos += literal.len();
+        if let Some(strategy) = selected {
+            let raw = self.str_at(start..self.pos)?;
+            self.replace(start..self.pos, strategy, raw, false);
+        }
+        Ok(())
+    }
+
+    /// Writes the masked form of the selected value at `range` (whose value is `value`).
+    fn replace(&mut self, range: Range<usize>, strategy: MaskingStrategy, value: &str, container: bool) {
+        self.masked.clear();
+        strategy::mask_whole(strategy, value, container, &self.plan.key, &mut self.masked);
+        self.out.extend_from_slice(&self.input[self.copied..range.start]);
+        write_json_string(self.out, &self.masked);
+        self.copied = range.end;
+        self.report.fields += 1;
+    }
+
+    /// Runs the detectors on the string whose content is at `content`, replacing what they find.
+    fn detect(&mut self, content: Range<usize>, escaped: bool, features: Features) -> Result<(), MaskError> {
+        // An escape can hide any character, so only unescaped text is ruled out by its raw
+        // features; decoding only shortens text, so a short raw string is short decoded too.
+        let worth = if escaped {
+            !self.plan.active.is_empty() && content.len() >= detectors::MIN_TEXT
+        } else {
+            features.worth_scanning(content.len(), self.plan.active)
+        };
+        if !worth {
+            return Ok(());
+        }
+        let mut spans = std::mem::take(&mut self.spans);
+        if escaped {
+            // Detect on the decoded text, so `\u0040` cannot hide an `@`.
+            self.decode(content.clone())?;
+            let decoded = std::mem::take(&mut self.decoded);
+            let bytes = decoded.as_bytes();
+            detectors::find(bytes, Features::of(bytes), self.plan.active, &mut spans);
+            if !spans.is_empty() {
+                self.out
+                    .extend_from_slice(&self.input[self.copied..content.start]);
+                self.write_masked(&decoded, &spans, true);
+                self.copied = content.end;
+            }
+            self.decoded = decoded;
+        } else {
+            detectors::find(
+                &self.input[content.clone()],
+                features,
+                self.plan.active,
+                &mut spans,
+            );
+            if !spans.is_empty() {
+                self.out
+                    .extend_from_slice(&self.input[self.copied..content.start]);
+                let text = self.str_at(content.clone())?;
+                self.write_masked(text, &spans, false);
+                self.copied = content.end;
+            }
+        }
+        self.spans = spans;
+        Ok(())
+    }
+
+    /// Writes string content: `text` with `spans` masked. Unescaped text is copied as it is;
+    /// decoded text (`escape`) is escaped again.
+    fn write_masked(&mut self, text: &str, spans: &[Span], escape: bool) {
+        let mut prev = 0;
+        let copy = |out: &mut Vec<u8>, s: &str| {
+            if escape {
+                write_escaped(out, s);
+            } else {
+                out.extend_from_slice(s.as_bytes());
+            }
+        };
+        for span in spans {
+            // Spans start and end on ASCII bytes, so `get` always succeeds.
+            copy(self.out, text.get(prev..span.start).unwrap_or_default());
+            self.masked.clear();
+            let found = text.get(span.start..span.end).unwrap_or_default();
+            let strategy = self.plan.strategy_of(span.detector);
+            strategy::mask_span(strategy, span.detector, found, &self.plan.key, &mut self.masked);
+            write_escaped(self.out, &self.masked);
+            self.report.count(span.detector);
+            prev = span.end;
+        }
+        copy(self.out, text.get(prev..).unwrap_or_default());
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.input.get(self.pos) {
+            self.pos += 1;
+        }
+    }
+
+    /// Input text between two char boundaries (every position the parser stops at is one).
+    fn str_at(&self, range: Range<usize>) -> Result<&'i str, MaskError> {
+        let start = range.start;
+        self.text
+            .get(range)
+            .ok_or(malformed(start, "not at a character boundary"))
+    }
+
+    /// Validates the string whose opening quote is at `pos` and moves past it. Returns the range
+    /// of its content, whether it has escapes, and its raw detector [`Features`] (gathered in the
+    /// same pass as the control-character check).
+    fn scan_string(&mut self) -> Result<(Range<usize>, bool, Features), MaskError> {
+        let input = self.input;
+        let start = self.pos + 1;
+        let mut i = start;
+        let mut escaped = false;
+        let mut features = Features::default();
+        loop {
+            let (end, run) = scan_run(input, i);
+            features = features.add(run);
+            match input.get(end) {
+                Some(b'"') => {
+                    self.pos = end + 1;
+                    return Ok((start..end, escaped, features));
+                }
+                Some(b'\\') => {
+                    escaped = true;
+                    i = unescape(input, end)?.1;
+                }
+                Some(_) => return Err(malformed(end, "control character in string")),
+                None => return Err(malformed(self.pos, "unterminated string")),
+            }
+        }
+    }
+
+    /// Decodes the escaped string content at `range` into `self.decoded`.
+    fn decode(&mut self, range: Range<usize>) -> Result<(), MaskError> {
+        let input = self.input;
+        self.decoded.clear();
+        let mut i = range.start;
+        while i < range.end {
+            let run_end = memchr(b'\\', &input[i..range.end]).map_or(range.end, |k| i + k);
+            self.decoded.push_str(self.str_at(i..run_end)?);
+            if run_end == range.end {
+                break;
+            }
+            let (c, next) = unescape(input, run_end)?;
+            self.decoded.push(c);
+            i = next;
+        }
+        Ok(())
+    }
+
+    /// Validates the number at `pos` and moves past it; returns whether it is a plain
+    /// non-negative integer (the only kind that can be a card number).
+    fn scan_number(&mut self) -> Result<bool, MaskError> {
+        let b = self.input;
+        let mut i = self.pos;
+        let negative = b.get(i) == Some(&b'-');
+        i += usize::from(negative);
+        match b.get(i) {
+            Some(b'0') => {
+                i += 1;
+                if b.get(i).is_some_and(u8::is_ascii_digit) {
+                    return Err(malformed(i, "leading zero in number"));
+                }
+            }
+            Some(b'1'..=b'9') => i = skip_digits(b, i),
+            _ => return Err(malformed(i, "expected a digit")),
+        }
+        let mut plain = !negative;
+        if b.get(i) == Some(&b'.') {
+            plain = false;
+            let j = skip_digits(b, i + 1);
+            if j == i + 1 {
+                return Err(malformed(j, "expected a digit after `.`"));
+            }
+            i = j;
+        }
+        if let Some(b'e' | b'E') = b.get(i) {
+            plain = false;
+            i += 1;
+            if let Some(b'+' | b'-') = b.get(i) {
+                i += 1;
+            }
+            let j = skip_digits(b, i);
+            if j == i {
+                return Err(malformed(j, "expected a digit in the exponent"));
+            }
+            i = j;
+        }
+        self.pos = i;
+        Ok(plain)
+    }
+}
+
+fn skip_digits(b: &[u8], mut i: usize) -> usize {
+    while b.get(i).is_some_and(u8::is_ascii_digit) {
+        i += 1;
+    }
+    i
+}
+
+/// Finds the end of the run of plain string content from `i`: the first quote, backslash or control
+/// character (or the end of input), eight bytes at a time, gathering detector features on the way.
+fn scan_run(b: &[u8], mut i: usize) -> (usize, Features) {
+    let mut features = FeatureScan::default();
+    loop {
+        let (x, available) = match b.get(i..i + 8) {
+            Some(chunk) => {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(chunk);
+                (u64::from_le_bytes(word), 8)
+            }
+            None => {
+                // The last few bytes, padded with a byte that is neither a stop nor a feature.
+                let rest = b.get(i..).unwrap_or_default();
+                let mut word = [b'x'; 8];
+                word[..rest.len()].copy_from_slice(rest);
+                (u64::from_le_bytes(word), rest.len())
+            }
+        };
+        let stop = detectors::bytes_equal(x, b'"')
+            | detectors::bytes_equal(x, b'\\')
+            | detectors::bytes_below(x, 0x20);
+        if stop == 0 {
+            features.add_word(x, u64::MAX);
+            if available < 8 {
+                // Padding is neutral for features; the string is unterminated.
+                return (b.len(), features.finish());
+            }
+            i += 8;
+            continue;
+        }
+        // Bytes before the first stop byte; the lowest set bit of `stop` is exact.
+        let bits = stop.trailing_zeros();
+        features.add_word(x, (1u64 << (bits - 7)) - 1);
+        return ((i + (bits / 8) as usize).min(b.len()), features.finish());
+    }
+}
+
+/// Decodes the escape at `i` (a backslash): the character and the index after the escape.
+/// Lone surrogates are refused, as RFC 8259 text cannot carry them into UTF-8.
+fn unescape(b: &[u8], i: usize) -> Result<(char, usize), MaskError> {
+    let simple = match b.get(i + 1) {
+        Some(b'"') => '"',
+        Some(b'\\') => '\\',
+        Some(b'/') => '/',
+        Some(b'b') => '\u{8}',
+        Some(b'f') => '\u{c}',
+        Some(b'n') => '\n',
+        Some(b'r') => '\r',
+        Some(b't') => '\t',
+        Some(b'u') => {
+            let hi = hex4(b, i + 2).ok_or(malformed(i, "invalid \\u escape"))?;
+            let (code, next) = match hi {
+                0xD800..=0xDBFF => {
+                    let lo = match b.get(i + 6..i + 8) {
+                        Some(b"\\u") => hex4(b, i + 8),
+                        _ => None,
+                    };
+                    match lo {
+                        Some(lo @ 0xDC00..=0xDFFF) => {
+                            (0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00), i + 12)
+                        }
+                        _ => return Err(malformed(i, "lone surrogate in \\u escape")),
+                    }
+                }
+                0xDC00..=0xDFFF => return Err(malformed(i, "lone surrogate in \\u escape")),
+                _ => (hi, i + 6),
+            };
+            let c = char::from_u32(code).ok_or(malformed(i, "invalid \\u escape"))?;
+            return Ok((c, next));
+        }
+        _ => return Err(malformed(i, "invalid escape")),
+    };
+    Ok((simple, i + 2))
+}
+
+fn hex4(b: &[u8], i: usize) -> Option<u32> {
+    b.get(i..i + 4)?
+        .iter()
+        .try_fold(0u32, |acc, &c| Some(acc * 16 + char::from(c).to_digit(16)?))
+}
+
+/// Writes `s` as a JSON string, quotes included.
+pub(super) fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    write_escaped(out, s);
+    out.push(b'"');
+}
+
+/// Writes `s` as JSON string content: quote, backslash and control characters escaped.
+fn write_escaped(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let b = s.as_bytes();
+    let mut run = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let short: &[u8] = match c {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => &[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(c >> 4)],
+                HEX[usize::from(c & 15)],
+            ],
+            _ => continue,
+        };
+        out.extend_from_slice(&b[run..i]);
+        out.extend_from_slice(short);
+        run = i + 1;
+    }
+    out.extend_from_slice(&b[run..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use agentgate_crds::policy::{Detector, MaskingRule, MaskingStrategy};
+    use serde_json::json;
+
+    use super::super::{HashKey, MAX_JSON_DEPTH, MAX_MASKED_BODY, MaskError, MaskingPlan};
+
+    fn plan(rules: serde_json::Value) -> MaskingPlan {
+        let rules: Vec<MaskingRule> = serde_json::from_value(rules).unwrap();
+        MaskingPlan::compile(&rules.iter().collect::<Vec<_>>(), HashKey::from_bytes([9; 32])).unwrap()
+    }
+
+    fn all_detectors() -> MaskingPlan {
+        plan(
+            json!([{"detectors": ["Email", "Phone", "CreditCard", "IBAN", "AwsAccessKey", "GcpApiKey",
+            "OktaApiToken", "JWT", "PrivateKey"]}]),
+        )
+    }
+
+    fn mask(plan: &MaskingPlan, input: &str) -> Result<String, MaskError> {
+        let mut out = Vec::new();
+        plan.mask_json(input.as_bytes(), &mut out)?;
+        Ok(String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn untouched_input_is_copied_byte_for_byte() {
+        let p = all_detectors().merge(&plan(json!([{"jsonFields": ["$.absent", "$..nope"]}])));
+        let input = " {\"a\" : [1, -2.5e+3, true, false, null, \"t\\u00e9\\n\\\"x\\\"\", {}, []],\r\n\t\"\u{e9}\": \"\u{1F600}\"} \n";
+        assert_eq!(mask(&p, input).unwrap(), input);
+    }
+
+    #[test]
+    fn selected_values_of_any_type_become_strings() {
+        let p = plan(json!([{"jsonFields": ["$.s", "$.n", "$.b", "$.z", "$.o", "$.a"]}]));
+        let out = mask(
+            &p,
+            r#"{"s":"x","n":-1.5,"b":true,"z":null,"o":{"k":[1,{"d":2}]},"a":[1,"2"],"keep":1}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            r#"{"s":"[REDACTED]","n":"[REDACTED]","b":"[REDACTED]","z":"[REDACTED]","o":"[REDACTED]","a":"[REDACTED]","keep":1}"#
+        );
+        let mut buf = Vec::new();
+        let report = p.mask_json(br#"{"o":{"x":1},"s":"a"}"#, &mut buf).unwrap();
+        assert_eq!((report.fields, report.detections), (2, 0));
+    }
+
+    #[test]
+    fn hash_of_a_container_hashes_its_json_text() {
+        let p = plan(json!([{"jsonFields": ["$.o", "$.s"], "strategy": "Hash"}]));
+        let out: serde_json::Value =
+            serde_json::from_str(&mask(&p, r#"{"o":{"k": [1]},"s":"a\u0040b"}"#).unwrap()).unwrap();
+        assert_eq!(out["o"], p.mask_value(MaskingStrategy::Hash, r#"{"k": [1]}"#));
+        // Strings are hashed decoded, as columns are.
+        assert_eq!(out["s"], p.mask_value(MaskingStrategy::Hash, "a@b"));
+    }
+
+    #[test]
+    fn detections_are_replaced_inside_strings() {
+        let p = all_detectors();
+        assert_eq!(
+            mask(
+                &p,
+                r#"{"note":"mail john@example.com or call (415) 555-0132, ok"}"#
+            )
+            .unwrap(),
+            r#"{"note":"mail [REDACTED:EMAIL] or call [REDACTED:PHONE], ok"}"#
+        );
+        // A map keyed by addresses leaks them too.
+        assert_eq!(
+            mask(&p, r#"{"john@example.com":1}"#).unwrap(),
+            r#"{"[REDACTED:EMAIL]":1}"#
+        );
+        assert_eq!(
+            mask(&p, r#""AKIAIOSFODNN7EXAMPLE""#).unwrap(),
+            r#""[REDACTED:AWS_ACCESS_KEY]""#
+        );
+    }
+
+    #[test]
+    fn escapes_are_decoded_before_detection() {
+        let p = all_detectors();
+        assert_eq!(
+            mask(&p, r#"{"e":"a\u0040b.com"}"#).unwrap(),
+            r#"{"e":"[REDACTED:EMAIL]"}"#
+        );
+        // Unmasked text around a detection is re-escaped as needed.
+        assert_eq!(
+            mask(&p, r#"["\"q\"\tjohn\u0040example.com \u00e9 \ud83d\ude00"]"#).unwrap(),
+            "[\"\\\"q\\\"\\tjohn[REDACTED:EMAIL] \u{e9} \u{1F600}\"]".replace("john", "")
+        );
+        let pem = r#""-----BEGIN EC PRIVATE KEY-----\nMHcCAQEE\n-----END EC PRIVATE KEY-----\n""#;
+        assert_eq!(mask(&p, pem).unwrap(), r#""[REDACTED:PRIVATE_KEY]\n""#);
+    }
+
+    #[test]
+    fn card_numbers_stored_as_numbers() {
+        let p = all_detectors();
+        assert_eq!(
+            mask(&p, r#"[4111111111111111, 4111111111111112, 1700000000000, 4111111111111111.0, -4111111111111111]"#).unwrap(),
+            r#"["[REDACTED:CREDIT_CARD]", 4111111111111112, 1700000000000, 4111111111111111.0, -4111111111111111]"#
+        );
+    }
+
+    #[test]
+    fn several_top_level_values() {
+        let p = all_detectors().merge(&plan(json!([{"jsonFields": ["$.k"], "strategy": "Partial"}])));
+        let mut out = Vec::new();
+        let input = "{\"k\":\"0123456789abcdef\",\"e\":\"x@y.io\"}\n{\"k\":true}\n\n\"z@y.io\" 7\n";
+        let report = p.mask_json(input.as_bytes(), &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"k\":\"************cdef\",\"e\":\"[REDACTED:EMAIL]\"}\n{\"k\":\"****\"}\n\n\"[REDACTED:EMAIL]\" 7\n"
+        );
+        assert_eq!(
+            (report.fields, report.detections, report.detected(Detector::Email)),
+            (2, 2, 2)
+        );
+        assert!(mask(&p, "  \n").unwrap() == "  \n");
+    }
+
+    #[test]
+    fn malformed_input_is_refused_and_output_left_alone() {
+        let p = all_detectors().merge(&plan(json!([{"jsonFields": ["$..s"]}])));
+        let cases: &[&[u8]] = &[
+            b"{",
+            b"[",
+            b"{\"a\":}",
+            b"{\"a\" 1}",
+            b"{\"a\":1,}",
+            b"{,}",
+            b"{1:2}",
+            b"[1,]",
+            b"[1 2]",
+            b"[1]]",
+            b"\"abc",
+            b"\"a\\x\"",
+            b"\"\\u12\"",
+            b"\"\\ud800\"",
+            b"\"\\udc00\"",
+            b"\"\\ud800\\u0041\"",
+            b"\"a\x01b\"",
+            b"01",
+            b"-",
+            b"-a",
+            b"1.",
+            b"1.e5",
+            b"1e",
+            b"1e+",
+            b"NaN",
+            b"Infinity",
+            b"tru",
+            b"nul",
+            b"[1]x",
+            b"{}{}",
+            b"\xef\xbb\xbf{}",
+            b"\"\xff\"",
+            b"{\"s\":{\"a\":[1,]}}",
+            b"{\"s\":\"unterminated}",
+        ];
+        for case in cases {
+            let mut out = b"keep".to_vec();
+            let err = p.mask_json(case, &mut out).unwrap_err();
+            assert!(
+                matches!(err, MaskError::Malformed { .. }),
+                "{:?}: {err}",
+                String::from_utf8_lossy(case)
+            );
+            assert_eq!(out, b"keep");
+            assert!(serde_json::from_slice::<serde_json::Value>(case).is_err() || case == b"{}{}");
+        }
+        let err = p
+            .mask_json(b"{\"a\":\"secret \x01\"}", &mut Vec::new())
+            .unwrap_err();
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn depth_and_size_are_bounded() {
+        let p = plan(json!([{"jsonFields": ["$.s"]}]));
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(mask(&p, &nested(MAX_JSON_DEPTH)).is_ok());
+        assert_eq!(mask(&p, &nested(MAX_JSON_DEPTH + 1)), Err(MaskError::TooDeep));
+        assert_eq!(mask(&p, &"[".repeat(1_000_000)), Err(MaskError::TooDeep));
+        // A selected value is validated, and bounded, like any other.
+        assert_eq!(
+            mask(&p, &format!("{{\"s\":{}}}", nested(MAX_JSON_DEPTH))),
+            Err(MaskError::TooDeep)
+        );
+        assert_eq!(
+            mask(&p, &format!("{{\"s\":{}}}", nested(MAX_JSON_DEPTH - 1))).unwrap(),
+            r#"{"s":"[REDACTED]"}"#
+        );
+        let mut big = vec![b' '; MAX_MASKED_BODY + 1];
+        big[0] = b'1';
+        assert_eq!(p.mask_json(&big, &mut Vec::new()), Err(MaskError::TooLarge));
+        big.truncate(MAX_MASKED_BODY);
+        assert!(p.mask_json(&big, &mut Vec::new()).is_ok());
+    }
+
+    #[test]
+    fn hostile_strings_and_objects_stay_linear() {
+        let p = all_detectors().merge(&plan(json!([{"jsonFields": ["$..a..b", "$..c.*"]}])));
+        let docs = [
+            format!("\"{}\"", "\\u0040a".repeat(300_000)),
+            format!("\"{}\"", "1 ".repeat(500_000)),
+            format!(
+                "{{{}\"z\":0}}",
+                (0..100_000)
+                    .map(|i| format!("\"a{i}\":{{\"a\":[]}},"))
+                    .collect::<String>()
+            ),
+            format!("[{}0]", "{\"a\":{\"x\":{\"a\":{\"y\":1}}}},".repeat(50_000)),
+        ];
+        for doc in docs {
+            let started = std::time::Instant::now();
+            mask(&p, &doc).unwrap();
+            assert!(started.elapsed().as_secs() < 3);
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Masking: what agents see of responses, and what logs and recordings keep of values.
+//!
+//! A [`MaskingPlan`] compiles the masking rules of the AccessPolicies that apply to a request:
+//! JSON field selectors (`jsonFields`), content detectors, and result columns for the PostgreSQL
+//! path. JSON bodies are rewritten in one streaming pass ([`MaskingPlan::mask_json`]); free text
+//! (headers, log lines, SQL values) goes through the detectors alone ([`MaskingPlan::mask_text`]).
+//! Anything the masker cannot read is an error, so callers can fail closed.
+
+mod detectors;
+mod json;
+mod path;
+mod strategy;
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use agentgate_crds::policy::{Detector, MaskingRule, MaskingStrategy, UnparseablePolicy};
+
+use crate::policy::glob::Glob;
+use detectors::DetectorSet;
+use path::PathSet;
+
+pub use detectors::{ALL_DETECTORS, label as detector_label};
+pub use path::{MAX_FIELD_SELECTORS, MAX_PATH_INDEX, MAX_PATH_STEPS};
+pub use strategy::{HASH_CHARS, HASH_PREFIX, HashKey, PARTIAL_KEEP, PARTIAL_MIN_LEN, REDACTED};
+
+/// Bodies bigger than this are refused when masking applies: the rewriter holds the whole body.
+pub const MAX_MASKED_BODY: usize = 16 * 1024 * 1024;
+/// Deepest nesting of objects and arrays accepted.
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// Selectors that hide the values of Kubernetes Secrets: `data` and `stringData` at any depth
+/// (a Secret, a SecretList, a watch event), and the last-applied annotation, which repeats the
+/// whole manifest as a string.
+const KUBERNETES_SECRET_FIELDS: [&str; 3] = [
+    "$..data",
+    "$..stringData",
+    "$..['kubectl.kubernetes.io/last-applied-configuration']",
+];
+
+/// What masking did to one body or text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MaskReport {
+    /// Values replaced because a `jsonFields` selector picked them.
+    pub fields: u64,
+    /// Spans (or card numbers) replaced because a detector found them.
+    pub detections: u64,
+    /// Detections per detector, in the order of [`ALL_DETECTORS`].
+    pub by_detector: [u64; ALL_DETECTORS.len()],
+}
+
+impl MaskReport {
+    /// Detections by one detector.
+    pub fn detected(&self, d: Detector) -> u64 {
+        self.by_detector[detectors::index(d)]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields == 0 && self.detections == 0
+    }
+
+    /// Adds another report (of the next chunk, the next value).
+    pub fn add(&mut self, other: &MaskReport) {
+        self.fields += other.fields;
+        self.detections += other.detections;
+        for (a, b) in self.by_detector.iter_mut().zip(other.by_detector) {
+            *a += b;
+        }
+    }
+
+    fn count(&mut self, d: Detector) {
+        self.detections += 1;
+        self.by_detector[detectors::index(d)] += 1;
+    }
+}
+
+/// Why a body could not be masked. Messages never include body content.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MaskError {
+    #[error("malformed JSON at byte {offset}: {reason}")]
+    Malformed { offset: usize, reason: &'static str },
+    #[error("JSON nested deeper than {MAX_JSON_DEPTH} levels")]
+    TooDeep,
+    #[error("body larger than {MAX_MASKED_BODY} bytes")]
+    TooLarge,
+}
+
+/// A masking rule that cannot be compiled: the field (`masking[1].jsonFields[0]`) and the problem.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct MaskingConfigError {
+    pub field: String,
+    pub problem: String,
+}
+
+/// The compiled masking of one request: immutable, cheap to clone and share between tasks.
+#[derive(Clone, Debug)]
+pub struct MaskingPlan {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone, Debug)]
+struct Inner {
+    paths: PathSet,
+    /// The strategy of each detector in use, indexed like [`ALL_DETECTORS`].
+    detectors: [Option<MaskingStrategy>; ALL_DETECTORS.len()],
+    active: DetectorSet,
+    columns: Vec<ColumnRule>,
+    refuse: bool,
+    key: HashKey,
+}
+
+impl Inner {
+    fn strategy_of(&self, d: Detector) -> MaskingStrategy {
+        self.detectors[detectors::index(d)].unwrap_or(MaskingStrategy::Redact)
+    }
+
+    fn add_detector(&mut self, d: Detector, s: MaskingStrategy) {
+        let slot = &mut self.detectors[detectors::index(d)];
+        *slot = Some(slot.map_or(s, |t| strategy::strongest(t, s)));
+        self.active.insert(d);
+    }
+}
+
+/// `schema.table.column`, each part a glob.
+#[derive(Clone, Debug)]
+struct ColumnRule {
+    schema: Glob,
+    table: Glob,
+    column: Glob,
+    strategy: MaskingStrategy,
+}
+
+impl ColumnRule {
+    fn parse(spec: &str, strategy: MaskingStrategy) -> Result<Self, String> {
+        let parts: Vec<&str> = spec.split('.').collect();
+        let [schema, table, column] = parts.as_slice() else {
+            return Err(format!("{spec:?}: expected schema.table.column"));
+        };
+        let glob = |part: &str| {
+            if part.is_empty() {
+                return Err(format!("{spec:?}: expected schema.table.column"));
+            }
+            Glob::value(part).map_err(|e| format!("{spec:?}: {e}"))
+        };
+        Ok(Self {
+            schema: glob(schema)?,
+            table: glob(table)?,
+            column: glob(column)?,
+            strategy,
+        })
+    }
+}
+
+impl MaskingPlan {
+    /// A plan that masks nothing (yet): a base for [`with_kubernetes_secrets`](Self::with_kubernetes_secrets)
+    /// and [`merge`](Self::merge).
+    pub fn empty(key: HashKey) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                paths: PathSet::default(),
+                detectors: [None; ALL_DETECTORS.len()],
+                active: DetectorSet::default(),
+                columns: Vec::new(),
+                refuse: false,
+                key,
+            }),
+        }
+    }
+
+    /// Compiles the masking rules of several AccessPolicies. Errors name the rule index and field,
+    /// e.g. `masking[1].jsonFields[0]: ...`.
+    pub fn compile(rules: &[&MaskingRule], key: HashKey) -> Result<Self, MaskingConfigError> {
+        let mut inner = Arc::unwrap_or_clone(Self::empty(key).inner);
+        let mut selectors = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            let error = |list: &str, j: usize, problem: String| MaskingConfigError {
+                field: format!("masking[{i}].{list}[{j}]"),
+                problem,
+            };
+            for (j, field) in rule.json_fields.iter().enumerate() {
+                let parsed =
+                    path::parse(field).map_err(|p| error("jsonFields", j, format!("{field:?}: {p}")))?;
+                selectors.push((parsed, rule.strategy));
+            }
+            for (j, column) in rule.columns.iter().enumerate() {
+                let compiled =
+                    ColumnRule::parse(column, rule.strategy).map_err(|p| error("columns", j, p))?;
+                inner.columns.push(compiled);
+            }
+            for &d in &rule.detectors {
+                inner.add_detector(d, rule.strategy);
+            }
+            inner.refuse |= rule.on_unparseable == UnparseablePolicy::Refuse;
+        }
+        if selectors.len() > MAX_FIELD_SELECTORS {
+            return Err(MaskingConfigError {
+                field: "masking".into(),
+                problem: format!("more than {MAX_FIELD_SELECTORS} jsonFields in all"),
+            });
+        }
+        inner.paths = PathSet::new(selectors);
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Redacts the values of Kubernetes Secrets (`$..data`, `$..stringData`, and the
+    /// last-applied-configuration annotation), failing closed on bodies that cannot be read.
+    pub fn with_kubernetes_secrets(self) -> Self {
+        let mut inner = Arc::unwrap_or_clone(self.inner);
+        let secrets = KUBERNETES_SECRET_FIELDS
+            .iter()
+            .filter_map(|p| path::parse(p).ok())
+            .map(|p| (p, MaskingStrategy::Redact));
+        inner.paths = PathSet::new(inner.paths.rules().iter().cloned().chain(secrets));
+        inner.refuse = true;
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Both plans' masking, the strongest strategy winning where they overlap. The hash key is
+    /// `self`'s.
+    pub fn merge(&self, other: &MaskingPlan) -> MaskingPlan {
+        let (a, b) = (&self.inner, &other.inner);
+        let mut inner = Inner::clone(a);
+        inner.paths = PathSet::new(a.paths.rules().iter().chain(b.paths.rules()).cloned());
+        for (d, s) in ALL_DETECTORS.iter().zip(b.detectors) {
+            if let Some(s) = s {
+                inner.add_detector(*d, s);
+            }
+        }
+        inner.columns.extend(b.columns.iter().cloned());
+        inner.refuse |= b.refuse;
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// No field selectors, no detectors, no column rules.
+    pub fn is_empty(&self) -> bool {
+        self.inner.paths.is_empty() && self.inner.active.is_empty() && self.inner.columns.is_empty()
+    }
+
+    /// Refuse if any contributing rule says Refuse.
+    pub fn on_unparseable(&self) -> UnparseablePolicy {
+        if self.inner.refuse {
+            UnparseablePolicy::Refuse
+        } else {
+            UnparseablePolicy::Allow
+        }
+    }
+
+    /// Rewrites one JSON text, or several top-level values separated by whitespace (NDJSON,
+    /// Kubernetes watch streams), appending to `out`. Input must be strict JSON (RFC 8259);
+    /// anything else is an error and `out` is left unchanged, so the caller can fail closed.
+    /// Whitespace-only input has nothing to mask and is copied. Output is valid JSON: selected
+    /// values of any type become strings, detected spans are replaced inside their strings, and
+    /// everything else is copied byte for byte.
+    pub fn mask_json(&self, input: &[u8], out: &mut Vec<u8>) -> Result<MaskReport, MaskError> {
+        json::rewrite(&self.inner, input, out)
+    }
+
+    /// Runs the detectors over free text (bodies a rule lets through unparsed, header values, SQL
+    /// values, log lines). Borrows the input when nothing is found.
+    pub fn mask_text<'a>(&self, input: &'a str) -> (Cow<'a, str>, MaskReport) {
+        let mut report = MaskReport::default();
+        let bytes = input.as_bytes();
+        let mut spans = Vec::new();
+        detectors::find(
+            bytes,
+            detectors::Features::of(bytes),
+            self.inner.active,
+            &mut spans,
+        );
+        if spans.is_empty() {
+            return (Cow::Borrowed(input), report);
+        }
+        let mut out = String::with_capacity(input.len());
+        let mut prev = 0;
+        for span in &spans {
+            // Spans start and end on ASCII bytes, so `get` always succeeds.
+            out.push_str(input.get(prev..span.start).unwrap_or_default());
+            let found = input.get(span.start..span.end).unwrap_or_default();
+            let strategy = self.inner.strategy_of(span.detector);
+            strategy::mask_span(strategy, span.detector, found, &self.inner.key, &mut out);
+            report.count(span.detector);
+            prev = span.end;
+        }
+        out.push_str(input.get(prev..).unwrap_or_default());
+        (Cow::Owned(out), report)
+    }
+
+    /// The strategy for a result column, if a column rule matches it (the strongest, if several do).
+    pub fn column_strategy(&self, schema: &str, table: &str, column: &str) -> Option<MaskingStrategy> {
+        self.inner
+            .columns
+            .iter()
+            .filter(|r| r.schema.matches(schema) && r.table.matches(table) && r.column.matches(column))
+            .map(|r| r.strategy)
+            .reduce(strategy::strongest)
+    }
+
+    /// Applies a strategy to a whole value (a masked column): `[REDACTED]`, the Partial form, or
+    /// the keyed hash.
+    pub fn mask_value(&self, strategy: MaskingStrategy, value: &str) -> String {
+        let mut out = String::new();
+        strategy::mask_whole(strategy, value, false, &self.inner.key, &mut out);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;
