@@ -46,6 +46,14 @@ fn compile_errors_name_the_rule_and_field() {
     let err = compile(json!([{"columns": ["public.users"]}])).unwrap_err();
     assert_eq!(err.field, "masking[0].columns[0]");
     assert!(compile(json!([{"columns": ["a..b"]}])).is_err());
+    // The rules of deploy/examples/40-policies.yaml.
+    let examples = compile(json!([
+        {"columns": ["public.payments.card_number"], "strategy": "Partial"},
+        {"detectors": ["CreditCard", "Email"]},
+        {"jsonFields": ["$..profile.email", "$..profile.mobilePhone"]},
+        {"detectors": ["Email", "OktaApiToken", "JWT"]}
+    ]));
+    assert!(examples.is_ok());
     assert!(compile(json!([{"columns": ["a.b.c.d"]}])).is_err());
 }
 
