@@ -13,3 +13,4 @@ pub mod config;
 pub mod identity;
 pub mod metrics;
 pub mod policy;
+pub mod recording;
