@@ -1,0 +1,248 @@
+//! Event encoding and hashing: one compact JSON line per event, chained by SHA-256.
+//!
+//! A line is `{"seq":N,"ts":"…","session":"…","type":"…","data":{…},"prev":"<hex>"` followed by
+//! `,"hash":"<hex>"}` where the hash is SHA-256 of every byte before `,"hash":"`. Hashing the bytes
+//! as written (not a re-serialisation) keeps verification byte-exact whatever JSON library reads
+//! the file back.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::{MAX_EVENT_BYTES, RecordingError};
+
+/// `prev` of a session's first event.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What closes every line: `,"hash":"` + 64 hex digits + `"}`.
+pub(crate) const HASH_MARKER: &[u8] = b",\"hash\":\"";
+pub(crate) const HASH_SUFFIX_LEN: usize = HASH_MARKER.len() + 64 + 2;
+
+/// Domain separation for the closing signature, so the key signs nothing else by accident.
+pub const SIGNING_CONTEXT: &[u8] = b"agentgate-recording-v1:";
+
+/// The message the closing event's signature covers: the context, then the end event's `prev`
+/// (hex), which commits to every earlier event of the session.
+pub fn signing_message(prev: &str) -> Vec<u8> {
+    [SIGNING_CONTEXT, prev.as_bytes()].concat()
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
+}
+
+/// Hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// An encoded event: the line (with its newline) and its hash.
+pub(crate) struct Encoded {
+    pub line: Vec<u8>,
+    pub hash: String,
+}
+
+/// Encodes one event. Data whose line would exceed [`MAX_EVENT_BYTES`] is replaced by
+/// `{"truncated":true,"bytes":<its JSON length>,"text":<as much of its JSON as fits>}`: one event
+/// stays one line, so the chain never depends on how a reader reassembles pieces.
+pub(crate) fn encode(
+    seq: u64,
+    ts: &str,
+    session: &str,
+    kind: &str,
+    data: &Value,
+    prev: &str,
+) -> Result<Encoded, RecordingError> {
+    let body = serde_json::to_string(data).map_err(|_| RecordingError::Encode)?;
+    let mut prefix = prefix(seq, ts, session, kind, &body, prev)?;
+    if prefix.len() + HASH_SUFFIX_LEN > MAX_EVENT_BYTES {
+        let marker = |text: &str| {
+            let marker = json!({"truncated": true, "bytes": body.len(), "text": text});
+            let marker = serde_json::to_string(&marker).map_err(|_| RecordingError::Encode)?;
+            self::prefix(seq, ts, session, kind, &marker, prev)
+        };
+        // Keep as much of the text as fits once escaped again inside the marker.
+        let budget = MAX_EVENT_BYTES.saturating_sub(marker("")?.len() + HASH_SUFFIX_LEN);
+        let mut used = 0;
+        let mut cut = body
+            .char_indices()
+            .find(|&(_, c)| {
+                used += escaped_len(c);
+                used > budget
+            })
+            .map_or(body.len(), |(i, _)| i);
+        // The count above is exact for serde_json; the loop only guards against it not being.
+        let mut fitted = None;
+        for _ in 0..8 {
+            let candidate = marker(&body[..cut])?;
+            let len = candidate.len() + HASH_SUFFIX_LEN;
+            if len <= MAX_EVENT_BYTES {
+                fitted = Some(candidate);
+                break;
+            }
+            cut = body.floor_char_boundary(cut.saturating_sub(len - MAX_EVENT_BYTES));
+        }
+        prefix = fitted.ok_or(RecordingError::EventTooLarge)?;
+    }
+    let hash = sha256_hex(&prefix);
+    let mut line = prefix;
+    line.extend_from_slice(HASH_MARKER);
+    line.extend_from_slice(hash.as_bytes());
+    line.extend_from_slice(b"\"}\n");
+    Ok(Encoded { line, hash })
+}
+
+/// Length of `c` inside a JSON string as serde_json writes it.
+fn escaped_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if u32::from(c) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+fn prefix(
+    seq: u64,
+    ts: &str,
+    session: &str,
+    kind: &str,
+    body: &str,
+    prev: &str,
+) -> Result<Vec<u8>, RecordingError> {
+    // Every string goes through the JSON encoder; only `body` is already JSON.
+    let s = |v: &str| serde_json::to_string(v).map_err(|_| RecordingError::Encode);
+    Ok(format!(
+        "{{\"seq\":{seq},\"ts\":{},\"session\":{},\"type\":{},\"data\":{body},\"prev\":{}",
+        s(ts)?,
+        s(session)?,
+        s(kind)?,
+        s(prev)?
+    )
+    .into_bytes())
+}
+
+/// A point in time, UTC, to the microsecond.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timestamp {
+    secs: i64,
+    micros: u32,
+}
+
+impl Timestamp {
+    pub fn now() -> Self {
+        Self::from(SystemTime::now())
+    }
+
+    /// RFC 3339 with microseconds: `2025-01-31T23:59:59.123456Z`.
+    pub fn rfc3339(&self) -> String {
+        let (y, mo, d, h, mi, s) = self.civil();
+        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:06}Z", self.micros)
+    }
+
+    /// For file names, which sort chronologically: `20250131T235959Z`.
+    pub fn compact(&self) -> String {
+        let (y, mo, d, h, mi, s) = self.civil();
+        format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
+    }
+
+    fn civil(&self) -> (i64, u32, u32, i64, i64, i64) {
+        let (days, rem) = (self.secs.div_euclid(86_400), self.secs.rem_euclid(86_400));
+        let (y, m, d) = civil_from_days(days);
+        (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
+    }
+}
+
+impl From<SystemTime> for Timestamp {
+    fn from(t: SystemTime) -> Self {
+        // A clock before 1970 is a broken clock; clamp rather than fail a recording over it.
+        let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+        Self {
+            secs: i64::try_from(since.as_secs()).unwrap_or(i64::MAX / 2),
+            micros: since.subsec_micros(),
+        }
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn at(secs: u64, micros: u64) -> Timestamp {
+        Timestamp::from(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros))
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(at(0, 0).rfc3339(), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(at(951_782_400, 7).rfc3339(), "2000-02-29T00:00:00.000007Z");
+        assert_eq!(
+            at(1_738_367_999, 123_456).rfc3339(),
+            "2025-01-31T23:59:59.123456Z"
+        );
+        assert_eq!(at(4_107_542_400, 0).compact(), "21000301T000000Z");
+        assert_eq!(at(1_738_367_999, 0).compact(), "20250131T235959Z");
+        let before = Timestamp::from(UNIX_EPOCH - Duration::from_secs(5));
+        assert_eq!(before.rfc3339(), "1970-01-01T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn line_layout_and_hash() {
+        let e = encode(0, "t", "s", "x.y", &json!({"b": 1, "a": "\n"}), GENESIS).unwrap();
+        let line = std::str::from_utf8(&e.line).unwrap();
+        let expected_prefix = format!(
+            r#"{{"seq":0,"ts":"t","session":"s","type":"x.y","data":{{"a":"\n","b":1}},"prev":"{GENESIS}""#
+        );
+        assert_eq!(line, format!("{expected_prefix},\"hash\":\"{}\"}}\n", e.hash));
+        assert_eq!(e.hash, sha256_hex(expected_prefix.as_bytes()));
+        assert_eq!(e.line.len() - 1, expected_prefix.len() + HASH_SUFFIX_LEN);
+    }
+
+    #[test]
+    fn oversized_data_is_truncated_to_one_line() {
+        // Quotes double in size when escaped: the worst case for the fitting loop.
+        let big = "\"é\u{1}".repeat(MAX_EVENT_BYTES / 2);
+        let e = encode(3, "t", "s", "k", &json!({ "body": big }), GENESIS).unwrap();
+        assert!(e.line.len() - 1 <= MAX_EVENT_BYTES);
+        assert!(
+            e.line.len() > MAX_EVENT_BYTES - 8,
+            "fills the budget: {}",
+            e.line.len()
+        );
+        let v: Value = serde_json::from_slice(&e.line).unwrap();
+        assert_eq!(v["data"]["truncated"], true);
+        assert_eq!(
+            v["data"]["bytes"],
+            serde_json::to_string(&json!({ "body": big })).unwrap().len()
+        );
+        assert!(
+            v["data"]["text"]
+                .as_str()
+                .unwrap()
+                .starts_with("{\"body\":\"\\\"é")
+        );
+    }
+}

@@ -1,0 +1,282 @@
+//! `agentgate sessions list|show|verify`: reading recordings back.
+//!
+//! Files are untrusted input: strings from them are printed with control characters escaped, so a
+//! recording cannot rewrite the operator's terminal.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde_json::Value;
+
+use super::verify::{Event, VerifyError, VerifyReport, verify_events, verify_file};
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum SessionsCommand {
+    /// List recorded sessions, oldest first: start, id, identity, connection, events, state.
+    List {
+        /// Directory of session files.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Only sessions of this identity.
+        #[arg(long)]
+        identity: Option<String>,
+        /// Only sessions on this connection.
+        #[arg(long)]
+        connection: Option<String>,
+    },
+    /// Print a session's events; exit 1 if it does not verify.
+    Show {
+        /// A session file.
+        file: PathBuf,
+    },
+    /// Verify session files; exit 1 if any is tampered with.
+    Verify {
+        /// Session files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Base64url Ed25519 public key of the gateway; when given, closing signatures are checked.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+}
+
+/// Runs a `sessions` subcommand, printing to stdout.
+pub fn run(cmd: SessionsCommand) -> ExitCode {
+    let mut out = io::stdout().lock();
+    match execute(cmd, &mut out) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Whether the command succeeded; `Err` only for output or directory errors.
+fn execute(cmd: SessionsCommand, out: &mut impl Write) -> io::Result<bool> {
+    match cmd {
+        SessionsCommand::List {
+            dir,
+            identity,
+            connection,
+        } => list(&dir, identity.as_deref(), connection.as_deref(), out),
+        SessionsCommand::Show { file } => show(&file, out),
+        SessionsCommand::Verify { files, public_key } => verify(&files, public_key.as_deref(), out),
+    }
+}
+
+fn list(
+    dir: &Path,
+    identity: Option<&str>,
+    connection: Option<&str>,
+    out: &mut impl Write,
+) -> io::Result<bool> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    // Names start with the UTC start time, so name order is chronological.
+    files.sort();
+    for file in files {
+        let mut start: Option<Event> = None;
+        let result = verify_events(&file, None, |e| {
+            if start.is_none() {
+                start = Some(e.clone());
+            }
+        });
+        let field = |name: &str| {
+            let value = start
+                .as_ref()
+                .and_then(|e| e.data.get(name))
+                .and_then(Value::as_str);
+            value.unwrap_or("-").to_string()
+        };
+        let (who, conn) = (field("identity"), field("connection"));
+        if identity.is_some_and(|i| i != who) || connection.is_some_and(|c| c != conn) {
+            continue;
+        }
+        let (ts, id) = match &start {
+            Some(e) => (e.ts.as_str(), e.session.as_str()),
+            None => ("-", "-"),
+        };
+        let state = match &result {
+            Ok(r) => format!(
+                "{} events  {}  verified",
+                r.events,
+                if r.closed { "closed" } else { "open" }
+            ),
+            Err(e) => format!("TAMPERED {e}"),
+        };
+        writeln!(
+            out,
+            "{}  {}  {}  {}  {state}",
+            safe(ts),
+            safe(id),
+            safe(&who),
+            safe(&conn)
+        )?;
+    }
+    Ok(true)
+}
+
+fn show(file: &Path, out: &mut impl Write) -> io::Result<bool> {
+    let mut written = Ok(());
+    let result = verify_events(file, None, |e| {
+        if written.is_ok() {
+            // serde_json escapes control characters in `data`.
+            let data = serde_json::to_string(&e.data).unwrap_or_default();
+            written = writeln!(out, "{:>6}  {}  {}  {data}", e.seq, safe(&e.ts), safe(&e.kind));
+        }
+    });
+    written?;
+    let ok = result.is_ok();
+    writeln!(out, "{}", outcome(file, &result))?;
+    Ok(ok)
+}
+
+fn verify(files: &[PathBuf], public_key: Option<&str>, out: &mut impl Write) -> io::Result<bool> {
+    let mut all = true;
+    for file in files {
+        let result = verify_file(file, public_key);
+        all &= result.is_ok();
+        writeln!(out, "{}", outcome(file, &result))?;
+    }
+    Ok(all)
+}
+
+fn outcome(file: &Path, result: &Result<VerifyReport, VerifyError>) -> String {
+    let name = safe(&file.display().to_string());
+    match result {
+        Ok(r) => {
+            let state = match (r.closed, r.signed) {
+                (true, true) => "closed, signature verified",
+                (true, false) => "closed",
+                (false, _) => "not closed",
+            };
+            format!("ok {name} {} events ({state})", r.events)
+        }
+        Err(e) => format!("TAMPERED {name}: {e}"),
+    }
+}
+
+/// Escapes control characters.
+fn safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use agentgate_crds::gateway::RecordingMode;
+    use serde_json::json;
+
+    use super::*;
+    use crate::recording::Recorder;
+
+    fn run_to_string(cmd: SessionsCommand) -> (bool, String) {
+        let mut out = Vec::new();
+        let ok = execute(cmd, &mut out).unwrap();
+        (ok, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn clap_definition_is_valid() {
+        use clap::Subcommand;
+        SessionsCommand::augment_subcommands(clap::Command::new("sessions")).debug_assert();
+    }
+
+    #[test]
+    fn list_show_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Recorder::new(dir.path(), RecordingMode::Required, "ns/gw").unwrap();
+        let a = rec
+            .start_session(json!({"identity": "agent-a", "connection": "db"}))
+            .unwrap();
+        a.record("sql.statement", json!({"sql": "select 1"})).unwrap();
+        a.close(json!({})).unwrap();
+        let b = rec
+            .start_session(json!({"identity": "agent\u{1b}[2Jb", "connection": "api"}))
+            .unwrap();
+        b.record("http.request", json!({})).unwrap();
+
+        let list = |identity: Option<&str>, connection: Option<&str>| {
+            run_to_string(SessionsCommand::List {
+                dir: dir.path().into(),
+                identity: identity.map(Into::into),
+                connection: connection.map(Into::into),
+            })
+            .1
+        };
+        let all = list(None, None);
+        assert_eq!(all.lines().count(), 2, "{all}");
+        assert!(
+            all.contains(&format!("{}  agent-a  db  3 events  closed  verified", a.id())),
+            "{all}"
+        );
+        assert!(
+            all.contains("agent\\u{1b}[2Jb  api  2 events  open  verified"),
+            "escaped: {all}"
+        );
+        let only_a = list(Some("agent-a"), None);
+        assert_eq!(only_a.lines().count(), 1);
+        assert!(only_a.contains(a.id()));
+        assert_eq!(list(None, Some("api")).lines().count(), 1);
+        assert_eq!(list(Some("agent-a"), Some("api")), "");
+
+        let (ok, shown) = run_to_string(SessionsCommand::Show {
+            file: a.path().into(),
+        });
+        assert!(ok);
+        let lines: Vec<&str> = shown.lines().collect();
+        assert_eq!(lines.len(), 4, "{shown}");
+        assert!(
+            lines[1].contains("sql.statement  {\"sql\":\"select 1\"}"),
+            "{shown}"
+        );
+        assert!(lines[3].starts_with("ok "));
+
+        let key = rec.public_key().to_string();
+        let (ok, text) = run_to_string(SessionsCommand::Verify {
+            files: vec![a.path().into(), b.path().into()],
+            public_key: Some(key.clone()),
+        });
+        assert!(ok, "{text}");
+        assert!(text.contains(&format!(
+            "ok {} 3 events (closed, signature verified)",
+            a.path().display()
+        )));
+        assert!(text.contains(&format!("ok {} 2 events (not closed)", b.path().display())));
+
+        // One altered file fails the whole command and is named with its line.
+        let content = std::fs::read_to_string(a.path()).unwrap();
+        std::fs::write(a.path(), content.replace("select 1", "select 2")).unwrap();
+        let (ok, text) = run_to_string(SessionsCommand::Verify {
+            files: vec![b.path().into(), a.path().into()],
+            public_key: Some(key),
+        });
+        assert!(!ok);
+        assert!(
+            text.contains(&format!("TAMPERED {}: line 2: hash mismatch", a.path().display())),
+            "{text}"
+        );
+        let (ok, shown) = run_to_string(SessionsCommand::Show {
+            file: a.path().into(),
+        });
+        assert!(!ok);
+        assert_eq!(
+            shown.lines().count(),
+            2,
+            "prints what verified, then the failure: {shown}"
+        );
+        assert!(list(None, None).contains("TAMPERED line 2"));
+    }
+}

@@ -1,0 +1,401 @@
+//! Session recording: one JSON Lines file per session, each event chained to the previous one by
+//! SHA-256 and the closing event signed with the gateway's Ed25519 key (DESIGN.md section 4).
+//!
+//! Layout: `<dir>/<yyyymmddThhmmssZ>-<session id>.jsonl`, 0600, in a 0700 directory. The start
+//! event's data is the caller's plus `gateway` and `key_id`; by convention callers put the
+//! principal's name under `identity` and the connection's under `connection`, which
+//! `agentgate sessions list` shows and filters on.
+//!
+//! Signature scheme: `session.end`'s data carries `key_id` (first 16 hex digits of SHA-256 of the
+//! raw public key) and `signature`, base64url Ed25519 over [`chain::SIGNING_CONTEXT`] followed by
+//! the end event's `prev` in hex. `prev` commits to every earlier event, so the signature vouches
+//! for the whole session up to its close; the end event's own data is bound by the chain only.
+//!
+//! Callers mask secrets before recording; this module never logs what it records.
+
+pub mod chain;
+pub mod cli;
+pub mod verify;
+
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use agentgate_crds::gateway::RecordingMode;
+use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde_json::{Map, Value, json};
+
+use chain::{GENESIS, Timestamp, sha256_hex, signing_message};
+pub use verify::{Event, VerifyError, VerifyReport, verify_events, verify_file};
+
+/// Largest encoded line of one event; bigger data is truncated with a `"truncated": true` marker.
+pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
+/// What callers keep of a request or response body (see [`cap_body`]).
+pub const MAX_RECORDED_BODY: usize = 64 * 1024;
+/// Longest event type.
+pub const MAX_KIND_BYTES: usize = 64;
+/// The first event of every session.
+pub const START: &str = "session.start";
+/// The last event of a closed session, signed.
+pub const END: &str = "session.end";
+
+/// Why an event was not recorded. Messages carry file names and OS errors, never record contents.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordingError {
+    #[error("recording directory {}: {source}", path.display())]
+    Directory { path: PathBuf, source: std::io::Error },
+    #[error("creating session file {}: {source}", path.display())]
+    Create { path: PathBuf, source: std::io::Error },
+    #[error("writing session {session}: {source}")]
+    Write { session: String, source: std::io::Error },
+    #[error("syncing session {session}: {source}")]
+    Sync { session: String, source: std::io::Error },
+    #[error("session {0} has no file after an earlier failure")]
+    Unavailable(String),
+    #[error("session {0} is closed")]
+    Closed(String),
+    #[error(
+        "event type must be 1 to {MAX_KIND_BYTES} characters of a-z, 0-9, '.', '_', '-' and not reserved"
+    )]
+    InvalidKind,
+    #[error("event does not fit in {MAX_EVENT_BYTES} bytes even truncated")]
+    EventTooLarge,
+    #[error("event cannot be encoded as JSON")]
+    Encode,
+    #[error("signing key: {0}")]
+    Key(&'static str),
+}
+
+/// Key id of a raw Ed25519 public key: the first 16 hex digits of its SHA-256.
+pub fn key_id(public_key: &[u8]) -> String {
+    let mut id = sha256_hex(public_key);
+    id.truncate(16);
+    id
+}
+
+/// A body as recorded: `{"text": …}` when the kept bytes are UTF-8, else `{"base64": …}`, with
+/// the total length and whether it was cut to `max` bytes.
+pub fn cap_body(bytes: &[u8], max: usize) -> Value {
+    let truncated = bytes.len() > max;
+    let kept = &bytes[..bytes.len().min(max)];
+    let text = match std::str::from_utf8(kept) {
+        Ok(s) => Some(s),
+        // The cut went through a multi-byte character: that is still text, minus the fragment.
+        Err(e) if truncated && e.error_len().is_none() => std::str::from_utf8(&kept[..e.valid_up_to()]).ok(),
+        Err(_) => None,
+    };
+    match text {
+        Some(text) => json!({"text": text, "bytes": bytes.len(), "truncated": truncated}),
+        None => json!({"base64": STANDARD.encode(kept), "bytes": bytes.len(), "truncated": truncated}),
+    }
+}
+
+struct Inner {
+    dir: PathBuf,
+    mode: RecordingMode,
+    gateway: String,
+    key: Ed25519KeyPair,
+    public_key: String,
+    key_id: String,
+    failures: AtomicU64,
+}
+
+/// Opens sessions in one directory and signs them with one key.
+#[derive(Clone)]
+pub struct Recorder {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("dir", &self.inner.dir)
+            .field("mode", &self.inner.mode)
+            .field("key_id", &self.inner.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Recorder {
+    /// Creates `dir` (mode 0700) if needed and a fresh signing key. `gateway` = "namespace/name",
+    /// written into every session's start event.
+    pub fn new(dir: impl Into<PathBuf>, mode: RecordingMode, gateway: &str) -> Result<Self, RecordingError> {
+        let key = Ed25519KeyPair::generate().map_err(|_| RecordingError::Key("cannot generate"))?;
+        Self::build(dir.into(), mode, gateway, key)
+    }
+
+    /// Like [`Recorder::new`], signing with a given Ed25519 key (PKCS#8 v1 or v2, DER).
+    pub fn with_key(
+        dir: impl Into<PathBuf>,
+        mode: RecordingMode,
+        gateway: &str,
+        pkcs8_der: &[u8],
+    ) -> Result<Self, RecordingError> {
+        let key = Ed25519KeyPair::from_pkcs8(pkcs8_der)
+            .map_err(|_| RecordingError::Key("not an Ed25519 PKCS#8 key"))?;
+        Self::build(dir.into(), mode, gateway, key)
+    }
+
+    fn build(
+        dir: PathBuf,
+        mode: RecordingMode,
+        gateway: &str,
+        key: Ed25519KeyPair,
+    ) -> Result<Self, RecordingError> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| RecordingError::Directory {
+                path: dir.clone(),
+                source,
+            })?;
+        let public = key.public_key().as_ref();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                public_key: URL_SAFE_NO_PAD.encode(public),
+                key_id: key_id(public),
+                dir,
+                mode,
+                gateway: gateway.to_string(),
+                key,
+                failures: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    pub fn mode(&self) -> RecordingMode {
+        self.inner.mode
+    }
+
+    /// The base64url Ed25519 public key that verifies closing signatures.
+    pub fn public_key(&self) -> &str {
+        &self.inner.public_key
+    }
+
+    /// Events that could not be recorded so far (start, record and close), for a metric.
+    pub fn failures(&self) -> u64 {
+        self.inner.failures.load(Ordering::Relaxed)
+    }
+
+    /// Opens a new session file and writes its `session.start` event with `start` as data.
+    ///
+    /// In `BestEffort` mode a session whose file cannot be created is still returned: its events
+    /// are counted as failures and dropped, so callers need no second code path.
+    pub fn start_session(&self, start: Value) -> Result<Session, RecordingError> {
+        let mut raw = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut raw).map_err(|_| RecordingError::Key("random generator failed"))?;
+        let id = chain::hex(&raw);
+        let path = self
+            .inner
+            .dir
+            .join(format!("{}-{id}.jsonl", Timestamp::now().compact()));
+        let opened = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path);
+        let (file, error) = match opened {
+            Ok(file) => (Some(file), None),
+            Err(source) => (
+                None,
+                Some(RecordingError::Create {
+                    path: path.clone(),
+                    source,
+                }),
+            ),
+        };
+        let session = Session {
+            inner: self.inner.clone(),
+            id,
+            path,
+            state: Mutex::new(State {
+                file,
+                seq: 0,
+                prev: GENESIS.to_string(),
+                len: 0,
+                closed: false,
+            }),
+        };
+        let mut data = into_object(start);
+        data.insert("gateway".into(), json!(self.inner.gateway));
+        data.insert("key_id".into(), json!(self.inner.key_id));
+        let result = match error {
+            Some(e) => Err(e),
+            None => {
+                let mut state = session.lock();
+                session.append(&mut state, START, &Value::Object(data))
+            }
+        };
+        if let Err(e) = session.settle(START, result) {
+            // Nothing to close: the caller refuses the operation and drops the session.
+            session.lock().closed = true;
+            return Err(e);
+        }
+        Ok(session)
+    }
+}
+
+struct State {
+    /// None once closed, or when the file was lost to a failure it could not be repaired from.
+    file: Option<File>,
+    seq: u64,
+    prev: String,
+    /// Bytes of complete events: a failed write is cut back to this.
+    len: u64,
+    closed: bool,
+}
+
+/// One recorded session. Shared by a connection's tasks; events are appended in lock order.
+pub struct Session {
+    inner: Arc<Inner>,
+    id: String,
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// 32 random hex digits.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The session's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one event, written to the OS before returning. `Required`: an error means the
+    /// event is not on record and the caller must refuse the operation. `BestEffort`: failures are
+    /// logged and counted, and `Ok` returned.
+    pub fn record(&self, kind: &str, data: Value) -> Result<(), RecordingError> {
+        let result = if kind == START || kind == END {
+            Err(RecordingError::InvalidKind)
+        } else {
+            self.append(&mut self.lock(), kind, &data)
+        };
+        self.settle(kind, result)
+    }
+
+    /// Writes the signed `session.end` event with `data`, then fsyncs the file and its directory.
+    /// Idempotent; done with `{"reason":"dropped"}` on drop if the caller did not.
+    pub fn close(&self, data: Value) -> Result<(), RecordingError> {
+        let result = self.close_inner(data);
+        self.settle(END, result)
+    }
+
+    fn close_inner(&self, data: Value) -> Result<(), RecordingError> {
+        let mut state = self.lock();
+        if state.closed {
+            return Ok(());
+        }
+        let signature = self
+            .inner
+            .key
+            .try_sign(&signing_message(&state.prev))
+            .map_err(|_| RecordingError::Key("signing failed"))?;
+        let mut data = into_object(data);
+        data.insert("key_id".into(), json!(self.inner.key_id));
+        data.insert(
+            "signature".into(),
+            json!(URL_SAFE_NO_PAD.encode(signature.as_ref())),
+        );
+        self.append(&mut state, END, &Value::Object(data))?;
+        state.closed = true;
+        let sync = |e| RecordingError::Sync {
+            session: self.id.clone(),
+            source: e,
+        };
+        if let Some(file) = state.file.take() {
+            file.sync_all().map_err(sync)?;
+        }
+        // The file's directory entry must survive a crash too.
+        File::open(&self.inner.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(sync)
+    }
+
+    fn append(&self, state: &mut State, kind: &str, data: &Value) -> Result<(), RecordingError> {
+        let valid = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b);
+        if kind.is_empty() || kind.len() > MAX_KIND_BYTES || !kind.bytes().all(valid) {
+            return Err(RecordingError::InvalidKind);
+        }
+        if state.closed {
+            return Err(RecordingError::Closed(self.id.clone()));
+        }
+        let Some(file) = state.file.as_mut() else {
+            return Err(RecordingError::Unavailable(self.id.clone()));
+        };
+        let ts = Timestamp::now().rfc3339();
+        let event = chain::encode(state.seq, &ts, &self.id, kind, data, &state.prev)?;
+        if let Err(source) = file.write_all(&event.line) {
+            // A partial line would make every later event unverifiable: cut it off, or stop
+            // writing to this file at all.
+            if file.set_len(state.len).is_err() {
+                state.file = None;
+            }
+            return Err(RecordingError::Write {
+                session: self.id.clone(),
+                source,
+            });
+        }
+        state.len += event.line.len() as u64;
+        state.seq += 1;
+        state.prev = event.hash;
+        Ok(())
+    }
+
+    /// Applies the recording mode to an outcome.
+    fn settle(&self, kind: &str, result: Result<(), RecordingError>) -> Result<(), RecordingError> {
+        let Err(error) = result else { return Ok(()) };
+        self.inner.failures.fetch_add(1, Ordering::Relaxed);
+        let kind = if matches!(error, RecordingError::InvalidKind) {
+            "invalid"
+        } else {
+            kind
+        };
+        tracing::warn!(session = %self.id, event = kind, %error, "session event not recorded");
+        match self.inner.mode {
+            RecordingMode::Required => Err(error),
+            RecordingMode::BestEffort => Ok(()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding the lock; should that change, the state is still whole.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if !self.lock().closed {
+            let _ = self.close(json!({"reason": "dropped"}));
+        }
+    }
+}
+
+fn into_object(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        Value::Null => Map::new(),
+        other => Map::from_iter([("value".to_string(), other)]),
+    }
+}
+
+#[cfg(test)]
+mod tests;

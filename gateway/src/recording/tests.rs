@@ -1,0 +1,422 @@
+//! Recorder and verifier together: what is written reads back, and every kind of edit is caught.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use aws_lc_rs::rand::SystemRandom;
+use serde_json::json;
+
+use super::chain::{self, GENESIS, HASH_SUFFIX_LEN, sha256_hex};
+use super::*;
+
+fn recorder(mode: RecordingMode) -> (tempfile::TempDir, Recorder) {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = Recorder::new(dir.path().join("spool"), mode, "team/gw").unwrap();
+    (dir, rec)
+}
+
+/// A closed session of `n` events: start, `n - 2` requests, end.
+fn closed_session(rec: &Recorder, n: usize) -> PathBuf {
+    let s = rec.start_session(json!({"identity": "agent"})).unwrap();
+    for i in 0..n - 2 {
+        s.record("http.request", json!({"i": i, "path": "/v1/x"}))
+            .unwrap();
+    }
+    s.close(json!({"reason": "client closed"})).unwrap();
+    s.path().to_path_buf()
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn write_lines(path: &Path, lines: &[String]) {
+    fs::write(path, lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+}
+
+fn err_at(path: &Path, key: Option<&str>) -> VerifyError {
+    verify_file(path, key).expect_err("tampering must be detected")
+}
+
+#[test]
+fn chain_round_trip() {
+    let (d, rec) = recorder(RecordingMode::Required);
+    let s = rec.start_session(json!({"connection": "db"})).unwrap();
+    assert!(s.id().len() == 32 && s.id().bytes().all(|b| b.is_ascii_hexdigit()));
+    let name = s.path().file_name().unwrap().to_str().unwrap().to_string();
+    assert!(name.len() == 17 + 32 + 6 && name.ends_with(&format!("Z-{}.jsonl", s.id())));
+    s.record("sql.statement", json!({"duration_us": 17})).unwrap();
+    s.close(json!({"reason": "client closed"})).unwrap();
+    s.close(json!({"reason": "again"})).unwrap(); // idempotent
+
+    let report = verify_file(s.path(), Some(rec.public_key())).unwrap();
+    assert_eq!(report.session, s.id());
+    assert_eq!((report.events, report.closed, report.signed), (3, true, true));
+    let text = lines(s.path());
+    let events: Vec<serde_json::Value> = text.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(text[0].starts_with(r#"{"seq":0,"ts":""#));
+    assert_eq!(events.len(), 3);
+    assert_eq!(
+        (&events[0]["type"], &events[0]["prev"]),
+        (&json!(START), &json!(GENESIS))
+    );
+    assert_eq!(
+        events[0]["data"],
+        json!({"connection": "db", "gateway": "team/gw", "key_id": rec.inner.key_id})
+    );
+    assert_eq!(events[1]["prev"], events[0]["hash"]);
+    assert_eq!(events[2]["data"]["reason"], "client closed");
+    assert_eq!(report.last_hash, events[2]["hash"]);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!((&e["seq"], &e["session"]), (&json!(i), &json!(s.id())));
+        assert_eq!(
+            e["ts"].as_str().unwrap().len(),
+            "2025-01-01T00:00:00.000000Z".len()
+        );
+    }
+    assert_eq!(
+        fs::metadata(s.path()).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        fs::metadata(d.path().join("spool")).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+}
+
+#[test]
+fn an_edited_byte_is_caught_at_its_line() {
+    let (_d, rec) = recorder(RecordingMode::Required);
+    let path = closed_session(&rec, 5);
+    let original = fs::read(&path).unwrap();
+    let third = lines(&path)[..2].iter().map(|l| l.len() + 1).sum::<usize>();
+    // Every byte of line 3 (data, seq, prev, hash, braces) matters.
+    let len = lines(&path)[2].len();
+    for offset in [0, 8, 60, 130, len / 2, len - 3, len - 1] {
+        let mut bytes = original.clone();
+        bytes[third + offset] ^= 0x01;
+        fs::write(&path, &bytes).unwrap();
+        let e = err_at(&path, None);
+        assert_eq!(e.line, 3, "offset {offset}: {e}");
+    }
+}
+
+#[test]
+fn deleted_reordered_and_inserted_lines_are_caught() {
+    let (_d, rec) = recorder(RecordingMode::Required);
+    let path = closed_session(&rec, 6);
+    let good = lines(&path);
+
+    let mut deleted = good.clone();
+    deleted.remove(2);
+    write_lines(&path, &deleted);
+    assert_eq!(err_at(&path, None).line, 3);
+
+    let mut first_deleted = good.clone();
+    first_deleted.remove(0);
+    write_lines(&path, &first_deleted);
+    assert_eq!(err_at(&path, None).line, 1);
+
+    let mut swapped = good.clone();
+    swapped.swap(2, 3);
+    write_lines(&path, &swapped);
+    assert_eq!(err_at(&path, None).line, 3);
+
+    let mut duplicated = good.clone();
+    duplicated.insert(3, good[2].clone());
+    write_lines(&path, &duplicated);
+    assert_eq!(err_at(&path, None).line, 4);
+
+    // A forged event with a correct hash and the right prev breaks the next line's link.
+    let forged = chain::encode(
+        2,
+        "2025-01-01T00:00:00.000000Z",
+        &field(&good[0], "session"),
+        "http.request",
+        &json!({}),
+        &field(&good[1], "hash"),
+    )
+    .unwrap();
+    let mut inserted = good.clone();
+    inserted.insert(2, String::from_utf8(forged.line).unwrap().trim_end().to_string());
+    write_lines(&path, &inserted);
+    assert_eq!(err_at(&path, None).line, 4);
+
+    let mut appended = good.clone();
+    appended.push(good[1].clone());
+    write_lines(&path, &appended);
+    assert_eq!(err_at(&path, None).reason, "event after session.end");
+}
+
+/// A string field of an event line.
+fn field(line: &str, name: &str) -> String {
+    let event: serde_json::Value = serde_json::from_str(line).unwrap();
+    event[name].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_cut_off_file_verifies_up_to_its_last_complete_event() {
+    let (_d, rec) = recorder(RecordingMode::Required);
+    let path = closed_session(&rec, 5);
+    let full = fs::read(&path).unwrap();
+    let good = lines(&path);
+    let through_four: usize = good[..4].iter().map(|l| l.len() + 1).sum();
+
+    // Mid-line, and with only the newline missing.
+    for cut in [through_four + 40, full.len() - 1] {
+        fs::write(&path, &full[..cut]).unwrap();
+        let r = verify_file(&path, Some(rec.public_key())).unwrap();
+        let expected = if cut == full.len() - 1 {
+            (5, true, true)
+        } else {
+            (4, false, false)
+        };
+        assert_eq!((r.events, r.closed, r.signed), expected, "cut at {cut}");
+    }
+    fs::write(&path, &full[..through_four]).unwrap();
+    let r = verify_file(&path, None).unwrap();
+    assert_eq!((r.events, r.closed), (4, false));
+    let fourth: serde_json::Value = serde_json::from_str(&good[3]).unwrap();
+    assert_eq!(r.last_hash, fourth["hash"]);
+
+    fs::write(&path, &full[..20]).unwrap();
+    assert_eq!(err_at(&path, None).line, 1);
+}
+
+#[test]
+fn closing_signature_binds_the_chain_to_the_key() {
+    let (d, rec) = recorder(RecordingMode::Required);
+    let path = closed_session(&rec, 4);
+    assert!(verify_file(&path, Some(rec.public_key())).unwrap().signed);
+
+    let other = Recorder::new(d.path().join("other"), RecordingMode::Required, "team/gw").unwrap();
+    let e = err_at(&path, Some(other.public_key()));
+    assert_eq!(e.line, 4);
+    assert!(e.reason.contains("another key"), "{e}");
+    assert!(err_at(&path, Some("not a key!")).reason.contains("base64url"));
+
+    // A supplied key signs as well as a generated one.
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+    let with = |dir: &str| {
+        Recorder::with_key(
+            d.path().join(dir),
+            RecordingMode::Required,
+            "ns/gw",
+            pkcs8.as_ref(),
+        )
+    };
+    let (a, b) = (with("a").unwrap(), with("b").unwrap());
+    assert!(
+        verify_file(&closed_session(&a, 2), Some(b.public_key()))
+            .unwrap()
+            .signed
+    );
+    assert!(matches!(
+        Recorder::with_key(d.path(), RecordingMode::Required, "", b"junk"),
+        Err(RecordingError::Key(_))
+    ));
+
+    // Rewriting history and recomputing every hash fools the chain but not the signature.
+    let good = lines(&path);
+    let mut rewritten = vec![good[0].clone()];
+    let mut prev = field(&good[0], "hash");
+    for line in &good[1..] {
+        let mut e: serde_json::Value = serde_json::from_str(line).unwrap();
+        if e["type"] == "http.request" {
+            e["data"]["path"] = json!("/v1/forged");
+        }
+        let encoded = chain::encode(
+            e["seq"].as_u64().unwrap(),
+            e["ts"].as_str().unwrap(),
+            e["session"].as_str().unwrap(),
+            e["type"].as_str().unwrap(),
+            &e["data"],
+            &prev,
+        )
+        .unwrap();
+        prev = encoded.hash;
+        rewritten.push(String::from_utf8(encoded.line).unwrap().trim_end().to_string());
+    }
+    write_lines(&path, &rewritten);
+    assert!(verify_file(&path, None).is_ok());
+    let e = err_at(&path, Some(rec.public_key()));
+    assert_eq!((e.line, e.reason.as_str()), (4, "signature does not verify"));
+}
+
+/// Points an open session at /dev/full, where every write fails with ENOSPC, even for root.
+fn break_disk(s: &Session) {
+    s.lock().file = Some(OpenOptions::new().append(true).open("/dev/full").unwrap());
+}
+
+#[test]
+fn required_mode_surfaces_write_failures() {
+    let (d, rec) = recorder(RecordingMode::Required);
+    let s = rec.start_session(json!({})).unwrap();
+    break_disk(&s);
+    let e = s.record("http.request", json!({})).unwrap_err();
+    assert!(matches!(e, RecordingError::Write { .. }), "{e}");
+    assert!(s.close(json!({})).is_err());
+    assert_eq!(rec.failures(), 2);
+
+    // The spool directory replaced by a file: creating a session fails (ENOTDIR, even for root).
+    let spool = d.path().join("spool");
+    fs::remove_dir_all(&spool).unwrap();
+    fs::write(&spool, b"").unwrap();
+    let e = rec.start_session(json!({})).unwrap_err();
+    assert!(matches!(e, RecordingError::Create { .. }), "{e}");
+    assert_eq!(rec.failures(), 3);
+}
+
+#[test]
+fn a_file_that_cannot_be_repaired_is_given_up_and_still_verifies() {
+    let (_d, rec) = recorder(RecordingMode::Required);
+    let s = rec.start_session(json!({})).unwrap();
+    s.record("http.request", json!({"n": 1})).unwrap();
+    let path = s.path().to_path_buf();
+    break_disk(&s);
+    assert!(s.record("http.request", json!({})).is_err());
+    // /dev/full cannot be truncated back, so nothing more is written after a possible partial line.
+    assert!(s.lock().file.is_none());
+    assert!(matches!(
+        s.record("x", json!({})),
+        Err(RecordingError::Unavailable(_))
+    ));
+    drop(s);
+    let r = verify_file(&path, None).unwrap();
+    assert_eq!((r.events, r.closed), (2, false));
+}
+
+#[test]
+fn best_effort_counts_and_continues() {
+    let (d, rec) = recorder(RecordingMode::BestEffort);
+    let s = rec.start_session(json!({})).unwrap();
+    break_disk(&s);
+    s.record("http.request", json!({})).unwrap();
+    assert_eq!(rec.failures(), 1);
+
+    let spool = d.path().join("spool");
+    fs::remove_dir_all(&spool).unwrap();
+    fs::write(&spool, b"").unwrap();
+    let lost = rec.start_session(json!({})).unwrap();
+    assert_eq!(rec.failures(), 2);
+    lost.record("http.request", json!({})).unwrap();
+    assert_eq!(rec.failures(), 3);
+}
+
+#[test]
+fn invalid_or_reserved_kinds_and_closed_sessions_are_refused() {
+    let (_d, rec) = recorder(RecordingMode::Required);
+    let s = rec.start_session(json!(null)).unwrap();
+    for kind in [
+        "",
+        "Upper",
+        "a b",
+        "x\n",
+        START,
+        END,
+        &"k".repeat(MAX_KIND_BYTES + 1),
+    ] {
+        assert!(
+            matches!(s.record(kind, json!({})), Err(RecordingError::InvalidKind)),
+            "{kind:?}"
+        );
+    }
+    s.close(json!("done")).unwrap();
+    assert!(matches!(
+        s.record("late", json!({})),
+        Err(RecordingError::Closed(_))
+    ));
+    let events = lines(s.path());
+    assert_eq!(events.len(), 2);
+    assert!(events[1].contains(r#""value":"done""#));
+}
+
+#[test]
+fn drop_closes_the_session() {
+    let (_d, rec) = recorder(RecordingMode::Required);
+    let path = {
+        let s = rec.start_session(json!({})).unwrap();
+        s.record("http.request", json!({})).unwrap();
+        s.path().to_path_buf()
+    };
+    let r = verify_file(&path, Some(rec.public_key())).unwrap();
+    assert_eq!((r.events, r.closed, r.signed), (3, true, true));
+    assert!(lines(&path)[2].contains(r#""reason":"dropped""#));
+}
+
+#[test]
+fn concurrent_records_keep_one_chain() {
+    let (_d, rec) = recorder(RecordingMode::Required);
+    let s = Arc::new(rec.start_session(json!({})).unwrap());
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                for i in 0..100 {
+                    s.record("http.request", json!({"t": t, "i": i, "pad": "x".repeat(i * 37)}))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    s.close(json!({})).unwrap();
+    let r = verify_file(s.path(), Some(rec.public_key())).unwrap();
+    assert_eq!((r.events, r.closed), (802, true));
+}
+
+#[test]
+fn oversized_events_are_truncated_and_still_verify() {
+    let (_d, rec) = recorder(RecordingMode::Required);
+    let s = rec.start_session(json!({})).unwrap();
+    let body = vec![b'a'; 3 * MAX_EVENT_BYTES];
+    s.record(
+        "http.response",
+        json!({ "body": String::from_utf8(body).unwrap() }),
+    )
+    .unwrap();
+    s.close(json!({})).unwrap();
+    let events = lines(s.path());
+    assert!(events[1].len() <= MAX_EVENT_BYTES);
+    let e: serde_json::Value = serde_json::from_str(&events[1]).unwrap();
+    assert_eq!(e["data"]["truncated"], true);
+    assert_eq!(e["data"]["bytes"], 3 * MAX_EVENT_BYTES + r#"{"body":""}"#.len());
+    assert_eq!(verify_file(s.path(), None).unwrap().events, 3);
+    // And the verifier refuses lines over the limit rather than buffering them.
+    let mut long = events.clone();
+    long[1] = format!(
+        "{}{}",
+        "x".repeat(MAX_EVENT_BYTES + 1 - HASH_SUFFIX_LEN),
+        &events[1][events[1].len() - HASH_SUFFIX_LEN..]
+    );
+    write_lines(s.path(), &long);
+    assert_eq!(err_at(s.path(), None).line, 2);
+    assert_eq!(sha256_hex(b"").len(), 64);
+}
+
+#[test]
+fn bodies_are_capped() {
+    let v = cap_body(b"hello", MAX_RECORDED_BODY);
+    assert_eq!(v, json!({"text": "hello", "bytes": 5, "truncated": false}));
+    let v = cap_body(b"hello world", 5);
+    assert_eq!(v, json!({"text": "hello", "bytes": 11, "truncated": true}));
+    // A cut through "é" keeps the text before it rather than switching to base64.
+    let v = cap_body("aé".as_bytes(), 2);
+    assert_eq!(v, json!({"text": "a", "bytes": 3, "truncated": true}));
+    let v = cap_body(&[0xff, 0x00, 0x61], 16);
+    assert_eq!(v, json!({"base64": "/wBh", "bytes": 3, "truncated": false}));
+    let v = cap_body(&[0x61, 0xff, 0x62, 0x63], 3);
+    assert_eq!(v, json!({"base64": "Yf9i", "bytes": 4, "truncated": true}));
+    assert_eq!(
+        cap_body(b"", 0),
+        json!({"text": "", "bytes": 0, "truncated": false})
+    );
+}

@@ -1,0 +1,212 @@
+//! Reading a session file back and verifying its chain and closing signature.
+//!
+//! Every complete line must hash to its `hash`, carry the next `seq`, the session's id and the
+//! previous line's hash as `prev`; the first is `session.start` and nothing follows `session.end`.
+//! A final line without its newline is what a crash mid-write leaves: it counts if it verifies
+//! and is otherwise ignored, so a cut-off file verifies up to its last complete event.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+
+use aws_lc_rs::signature::{ED25519, UnparsedPublicKey};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::chain::{GENESIS, HASH_MARKER, HASH_SUFFIX_LEN, sha256_hex, signing_message};
+use super::{END, MAX_EVENT_BYTES, START, key_id};
+
+/// What a verified file holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub session: String,
+    /// Complete, verified events.
+    pub events: u64,
+    pub last_hash: String,
+    /// The file ends with `session.end`.
+    pub closed: bool,
+    /// A public key was given and the closing signature verified against it.
+    pub signed: bool,
+}
+
+/// Why a file does not verify. Reasons never quote record contents.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {reason}")]
+pub struct VerifyError {
+    /// 1-based; 0 when the file cannot be read at all.
+    pub line: u64,
+    pub reason: String,
+}
+
+fn fail(line: u64, reason: impl Into<String>) -> VerifyError {
+    VerifyError {
+        line,
+        reason: reason.into(),
+    }
+}
+
+/// One event as read back.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    pub seq: u64,
+    pub ts: String,
+    pub session: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub data: Value,
+    pub prev: String,
+    pub hash: String,
+}
+
+/// Verifies `path`; with `public_key` (base64url Ed25519), also the closing signature.
+pub fn verify_file(path: &Path, public_key: Option<&str>) -> Result<VerifyReport, VerifyError> {
+    verify_events(path, public_key, |_| {})
+}
+
+/// Verifies `path`, handing each verified event to `visit` in order.
+pub fn verify_events(
+    path: &Path,
+    public_key: Option<&str>,
+    mut visit: impl FnMut(&Event),
+) -> Result<VerifyReport, VerifyError> {
+    let key = public_key.map(decode_key).transpose().map_err(|r| fail(0, r))?;
+    let file = File::open(path).map_err(|e| fail(0, format!("cannot open: {e}")))?;
+    let mut reader = BufReader::new(file);
+    let mut state = Chain::default();
+    let mut buf = Vec::new();
+    for line_no in 1u64.. {
+        buf.clear();
+        // One byte over the limit plus the newline tells "too long" from "last line".
+        (&mut reader)
+            .take(MAX_EVENT_BYTES as u64 + 2)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| fail(line_no, format!("cannot read: {e}")))?;
+        if buf.is_empty() {
+            break;
+        }
+        let complete = buf.last() == Some(&b'\n');
+        let line = buf.strip_suffix(b"\n").unwrap_or(&buf);
+        if line.len() > MAX_EVENT_BYTES {
+            return Err(fail(line_no, "line longer than the event limit"));
+        }
+        match state.check(line_no, line, key.as_ref()) {
+            Ok(event) => visit(&event),
+            // A partial last line is a write the gateway never finished, not an edit.
+            Err(_) if !complete => break,
+            Err(e) => return Err(e),
+        }
+        if !complete {
+            break;
+        }
+    }
+    let session = state.session.ok_or_else(|| fail(1, "no complete event"))?;
+    Ok(VerifyReport {
+        session,
+        events: state.events,
+        last_hash: state.prev,
+        closed: state.closed,
+        signed: state.signed,
+    })
+}
+
+fn decode_key(key: &str) -> Result<Vec<u8>, String> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(key.trim().trim_end_matches('='))
+        .map_err(|_| "public key is not base64url".to_string())?;
+    if bytes.len() != 32 {
+        return Err("public key is not a 32-byte Ed25519 key".into());
+    }
+    Ok(bytes)
+}
+
+#[derive(Default)]
+struct Chain {
+    session: Option<String>,
+    events: u64,
+    prev: String,
+    closed: bool,
+    signed: bool,
+}
+
+impl Chain {
+    fn check(&mut self, n: u64, line: &[u8], key: Option<&Vec<u8>>) -> Result<Event, VerifyError> {
+        if self.closed {
+            return Err(fail(n, "event after session.end"));
+        }
+        let Some(split) = line.len().checked_sub(HASH_SUFFIX_LEN) else {
+            return Err(fail(n, "not an event line"));
+        };
+        let (prefix, suffix) = line.split_at(split);
+        if !suffix.starts_with(HASH_MARKER) || !suffix.ends_with(b"\"}") {
+            return Err(fail(n, "not an event line"));
+        }
+        let claimed = &suffix[HASH_MARKER.len()..HASH_MARKER.len() + 64];
+        if sha256_hex(prefix).as_bytes() != claimed {
+            return Err(fail(n, "hash mismatch: event altered"));
+        }
+        let event: Event = serde_json::from_slice(line)
+            .map_err(|e| fail(n, format!("not a valid event (column {})", e.column())))?;
+        if event.hash.as_bytes() != claimed {
+            return Err(fail(n, "hash field does not match the line's hash"));
+        }
+        if event.seq != self.events {
+            return Err(fail(
+                n,
+                format!(
+                    "seq {} where {} was expected: event deleted, inserted or reordered",
+                    event.seq, self.events
+                ),
+            ));
+        }
+        let expected_prev = if self.events == 0 {
+            GENESIS
+        } else {
+            self.prev.as_str()
+        };
+        if event.prev != expected_prev {
+            return Err(fail(
+                n,
+                "prev does not match the previous event's hash: event deleted, inserted or reordered",
+            ));
+        }
+        match &self.session {
+            None if event.kind != START => return Err(fail(n, "first event is not session.start")),
+            None => self.session = Some(event.session.clone()),
+            Some(s) if *s != event.session => return Err(fail(n, "event from another session")),
+            Some(_) if event.kind == START => return Err(fail(n, "second session.start")),
+            Some(_) => {}
+        }
+        if event.kind == END {
+            if let Some(key) = key {
+                check_signature(&event, key).map_err(|r| fail(n, r))?;
+                self.signed = true;
+            }
+            self.closed = true;
+        }
+        self.events += 1;
+        self.prev = event.hash.clone();
+        Ok(event)
+    }
+}
+
+fn check_signature(end: &Event, key: &[u8]) -> Result<(), String> {
+    let signature = end
+        .data
+        .get("signature")
+        .and_then(Value::as_str)
+        .ok_or("session.end is not signed")?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature)
+        .map_err(|_| "signature is not base64url")?;
+    let want = key_id(key);
+    match end.data.get("key_id").and_then(Value::as_str) {
+        Some(id) if id == want => {}
+        _ => return Err(format!("signed by another key (expected key id {want})")),
+    }
+    UnparsedPublicKey::new(&ED25519, key)
+        .verify(&signing_message(&end.prev), &signature)
+        .map_err(|_| "signature does not verify".to_string())
+}
