@@ -89,7 +89,13 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(run(source, admin_addr, watch_interval))
+            let options = source.options(vec![admin_addr.port()]);
+            runtime.block_on(run_gateway(
+                options,
+                admin_addr,
+                watch_interval,
+                wait_for_signal(),
+            ))
         }
     }
 }
@@ -148,16 +154,23 @@ pub fn summary(dir: &std::path::Path, cfg: &GatewayConfig) -> String {
     )
 }
 
-async fn run(source: Source, admin_addr: SocketAddr, watch_interval: Duration) -> ExitCode {
+/// Runs the gateway on a directory of manifests until `shutdown` completes. `agentgate run` and
+/// `agentgate dev` both end up here, so the development mode serves exactly what production does.
+pub(crate) async fn run_gateway(
+    options: LoadOptions,
+    admin_addr: SocketAddr,
+    watch_interval: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> ExitCode {
     let metrics = Metrics::new();
-    let (mut watcher, snapshots) =
-        ConfigWatcher::new(source.options(vec![admin_addr.port()]), metrics.clone());
+    let manifests = options.manifests.clone();
+    let (mut watcher, snapshots) = ConfigWatcher::new(options, metrics.clone());
     if let Err(errors) = watcher.reload() {
         // Keep running and serving /readyz = 503: fixing the files is picked up without a restart.
         eprintln!("{errors}");
         eprintln!(
             "no valid configuration yet; watching {} for changes",
-            source.manifests.display()
+            manifests.display()
         );
     }
     let listener = match admin::bind(admin_addr).await {
@@ -172,7 +185,7 @@ async fn run(source: Source, admin_addr: SocketAddr, watch_interval: Duration) -
     let state = admin::AdminState { snapshots, metrics };
     let admin_task = tokio::spawn(admin::serve(listener, state, shutdown_rx.clone()));
     let watch_task = tokio::spawn(watcher.run(watch_interval, shutdown_rx));
-    wait_for_signal().await;
+    shutdown.await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     let _ = admin_task.await;
@@ -180,7 +193,7 @@ async fn run(source: Source, admin_addr: SocketAddr, watch_interval: Duration) -
     ExitCode::SUCCESS
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
