@@ -1,5 +1,7 @@
 //! Validating manifests (schema, then meaning) and compiling them into a [`GatewayConfig`].
 
+use crate::masking::{HashKey, MaskingPlan};
+use crate::policy::PolicyIndex;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -33,6 +35,8 @@ pub struct GatewayConfig {
     pub identities: BTreeMap<String, std::sync::Arc<CompiledIdentity>>,
     /// Policies that apply to at least one of the gateway's connections.
     pub policies: Vec<CompiledPolicy>,
+    /// The policies' rules filed for decisions.
+    pub policy_index: PolicyIndex,
 }
 
 /// The gateway's own settings.
@@ -106,14 +110,45 @@ pub struct CompiledPolicy {
     pub name: String,
     pub spec: agentgate_crds::AccessPolicySpec,
     pub rules: Vec<CompiledRule>,
+    /// The policy's masking rules, compiled under the process's hash key.
+    pub masking: crate::masking::MaskingPlan,
 }
 
-/// A rule with its globs compiled.
+impl CompiledPolicy {
+    /// Compiles one policy outside a manifest set (benchmarks, tests, tools); the loader does the
+    /// same with cross-object checks and field paths.
+    pub fn from_spec(name: &str, spec: agentgate_crds::AccessPolicySpec) -> Result<Self, String> {
+        let mut rules = Vec::with_capacity(spec.rules.len());
+        for (i, r) in spec.rules.iter().enumerate() {
+            let matcher = crate::policy::rule::compile(r).map_err(|e| format!("spec.rules[{i}]: {e:?}"))?;
+            rules.push(CompiledRule {
+                name: r.name.clone(),
+                action: r.action,
+                matcher,
+                sql_globs: Vec::new(),
+                approval_timeout: None,
+                grant_duration: None,
+            });
+        }
+        let masking_rules: Vec<_> = spec.masking.iter().collect();
+        let masking = MaskingPlan::compile(&masking_rules, HashKey::process()).map_err(|e| e.to_string())?;
+        Ok(Self {
+            name: name.to_string(),
+            spec,
+            rules,
+            masking,
+        })
+    }
+}
+
+/// A rule with its matcher compiled.
 #[derive(Debug)]
 pub struct CompiledRule {
     pub name: String,
     pub action: Action,
-    pub globs: Vec<(String, Glob)>,
+    pub matcher: crate::policy::rule::CompiledMatcher,
+    /// SQL table and function globs, until the PostgreSQL path matches statements.
+    pub sql_globs: Vec<(String, Glob)>,
     pub approval_timeout: Option<Duration>,
     pub grant_duration: Option<Duration>,
 }
@@ -295,11 +330,23 @@ pub fn compile(
             .enumerate()
             .filter_map(|(i, r)| compile_rule(m, &format!("spec.rules[{i}]"), r, &settings.approvals, errors))
             .collect();
-        if applies {
+        let masking_rules: Vec<_> = p.spec.masking.iter().collect();
+        let masking = match MaskingPlan::compile(&masking_rules, HashKey::process()) {
+            Ok(plan) => Some(plan),
+            Err(e) => {
+                errors.push(m.error(
+                    &format!("spec.{}", e.field),
+                    format!("Invalid value: {}", e.problem),
+                ));
+                None
+            }
+        };
+        if applies && let Some(masking) = masking {
             policies.push(CompiledPolicy {
                 name: m.name().to_string(),
                 spec: p.spec.clone(),
                 rules,
+                masking,
             });
         }
     }
@@ -308,6 +355,7 @@ pub fn compile(
         return None;
     }
     let source_hash = hex(&hasher.finalize());
+    let policy_index = PolicyIndex::build(&policies, connections.keys().map(String::as_str));
     Some(GatewayConfig {
         source_hash,
         object_counts: counts,
@@ -315,6 +363,7 @@ pub fn compile(
         connections,
         identities,
         policies,
+        policy_index,
     })
 }
 
@@ -688,35 +737,25 @@ fn compile_rule(
     bounds: &ApprovalBounds,
     errors: &mut Vec<ConfigError>,
 ) -> Option<CompiledRule> {
+    let matcher = match crate::policy::rule::compile(r) {
+        Ok(m) => Some(m),
+        Err(problems) => {
+            for (field, problem) in problems {
+                let field = if field.is_empty() {
+                    path.to_string()
+                } else {
+                    format!("{path}.{field}")
+                };
+                errors.push(m.error(&field, format!("Invalid value: {problem}")));
+            }
+            None
+        }
+    };
     let mut globs = Vec::new();
     let mut add = |field: String, result: Result<Glob, String>| match result {
         Ok(g) => globs.push((field, g)),
         Err(e) => errors.push(m.error(&field, format!("Invalid value: {e}"))),
     };
-    if let Some(http) = &r.http {
-        for (i, p) in http.paths.iter().enumerate() {
-            add(format!("{path}.http.paths[{i}]"), Glob::path(p));
-        }
-        for (k, v) in http.query.iter().chain(&http.headers) {
-            add(format!("{path}.http.{k}"), Glob::value(v));
-        }
-        for (i, c) in http.json_body.iter().enumerate() {
-            for (j, v) in c.values.iter().enumerate() {
-                add(format!("{path}.http.jsonBody[{i}].values[{j}]"), Glob::value(v));
-            }
-        }
-    }
-    if let Some(k) = &r.kubernetes {
-        for (field, list) in [
-            ("namespaces", &k.namespaces),
-            ("names", &k.names),
-            ("resources", &k.resources),
-        ] {
-            for (i, v) in list.iter().enumerate() {
-                add(format!("{path}.kubernetes.{field}[{i}]"), Glob::value(v));
-            }
-        }
-    }
     if let Some(sql) = &r.sql {
         for (i, t) in sql.tables.iter().enumerate() {
             add(format!("{path}.sql.tables[{i}]"), Glob::qualified(t));
@@ -758,7 +797,8 @@ fn compile_rule(
     Some(CompiledRule {
         name: r.name.clone(),
         action: r.action,
-        globs,
+        matcher: matcher?,
+        sql_globs: globs,
         approval_timeout,
         grant_duration,
     })

@@ -12,7 +12,9 @@ pub mod watch;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use compile::{CompiledConnection, CompiledIdentity, CompiledPolicy, GatewayConfig, GatewaySettings};
+pub use compile::{
+    CompiledConnection, CompiledIdentity, CompiledPolicy, CompiledRule, GatewayConfig, GatewaySettings,
+};
 pub use secrets::SecretValue;
 
 /// One configuration problem, located as precisely as known.

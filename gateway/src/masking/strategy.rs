@@ -35,6 +35,13 @@ impl HashKey {
         Self::from_bytes(bytes)
     }
 
+    /// The key this process uses for every plan, so equal values hash equally across requests,
+    /// connections and configuration reloads. Replicas each draw their own.
+    pub fn process() -> Self {
+        static KEY: std::sync::OnceLock<HashKey> = std::sync::OnceLock::new();
+        KEY.get_or_init(HashKey::random).clone()
+    }
+
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(hmac::Key::new(hmac::HMAC_SHA256, &bytes))
     }

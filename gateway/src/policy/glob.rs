@@ -12,7 +12,9 @@ pub const MAX_GLOB_LEN: usize = 1024;
 #[derive(Clone, Debug)]
 pub struct Glob {
     source: String,
-    regex: Regex,
+    /// `None` for patterns without wildcards, compared as plain strings (the common case, and
+    /// several times faster than a regex).
+    regex: Option<Regex>,
 }
 
 impl Glob {
@@ -37,6 +39,12 @@ impl Glob {
         }
         if pattern.contains("***") {
             return Err(format!("invalid glob {pattern:?}: `***` is ambiguous; use `**`"));
+        }
+        if !pattern.contains(['*', '?']) {
+            return Ok(Self {
+                source: pattern.to_string(),
+                regex: None,
+            });
         }
         let mut re = String::with_capacity(pattern.len() * 2 + 2);
         re.push('^');
@@ -64,13 +72,27 @@ impl Glob {
         let regex = Regex::new(&re).map_err(|e| format!("invalid glob {pattern:?}: {e}"))?;
         Ok(Self {
             source: pattern.to_string(),
-            regex,
+            regex: Some(regex),
         })
     }
 
     /// Whether `s` matches.
     pub fn matches(&self, s: &str) -> bool {
-        self.regex.is_match(s)
+        match &self.regex {
+            Some(re) => re.is_match(s),
+            None => self.source == s,
+        }
+    }
+
+    /// The literal text before the first wildcard (all of it for a literal pattern).
+    pub fn literal_prefix(&self) -> &str {
+        let end = self.source.find(['*', '?']).unwrap_or(self.source.len());
+        &self.source[..end]
+    }
+
+    /// Whether the pattern has no wildcards.
+    pub fn is_literal(&self) -> bool {
+        self.regex.is_none()
     }
 
     /// The pattern as written.

@@ -1,0 +1,569 @@
+//! The decision index: every rule of every AccessPolicy, filed by connection, by subject (identity
+//! or group) and by what an operation must contain for the rule to match (the literal leading
+//! segments of an HTTP path glob, a Kubernetes resource). A decision only evaluates the rules filed
+//! where the operation can reach, so its cost follows the rules that could match, not the number
+//! of policies.
+
+use std::collections::HashMap;
+
+use agentgate_crds::policy::Action;
+
+use super::operation::Operation;
+use super::rule::Matcher;
+use crate::config::{CompiledPolicy, CompiledRule};
+
+/// Where a rule sits in the configuration, and how strong its action is (0 = Deny, 1 =
+/// RequireApproval, 2 = Allow), so lists sort with the strongest first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct RuleRef {
+    rank: u8,
+    policy: u32,
+    rule: u32,
+}
+
+fn rank(action: Action) -> u8 {
+    match action {
+        Action::Deny => 0,
+        Action::RequireApproval => 1,
+        Action::Allow => 2,
+    }
+}
+
+/// HTTP rules filed in a trie over literal leading path segments.
+#[derive(Debug, Default)]
+struct PathTrie {
+    rules: Vec<RuleRef>,
+    children: HashMap<Box<str>, PathTrie>,
+}
+
+impl PathTrie {
+    fn insert(&mut self, segments: &[&str], r: RuleRef) {
+        let mut node = self;
+        for s in segments {
+            node = node.children.entry((*s).into()).or_default();
+        }
+        if node.rules.last() != Some(&r) {
+            node.rules.push(r);
+        }
+    }
+
+    fn sort(&mut self) {
+        self.rules.sort_unstable();
+        self.rules.dedup();
+        for c in self.children.values_mut() {
+            c.sort();
+        }
+    }
+
+    /// The rule lists on the way from the root along `path`'s segments.
+    fn collect<'a>(&'a self, path: &str, out: &mut Vec<&'a [RuleRef]>) {
+        let mut node = self;
+        if !node.rules.is_empty() {
+            out.push(&node.rules);
+        }
+        for seg in path.split('/').skip(1) {
+            match node.children.get(seg) {
+                Some(next) => node = next,
+                None => return,
+            }
+            if !node.rules.is_empty() {
+                out.push(&node.rules);
+            }
+        }
+    }
+}
+
+/// The rules one subject key (an identity or a group) has on one connection.
+#[derive(Debug, Default)]
+struct Bucket {
+    http: PathTrie,
+    kube_by_resource: HashMap<Box<str>, Vec<RuleRef>>,
+    kube_any: Vec<RuleRef>,
+    other: Vec<RuleRef>,
+    /// Policies naming this subject on this connection, in configuration order.
+    policies: Vec<u32>,
+}
+
+impl Bucket {
+    fn add(&mut self, rule: &CompiledRule, r: RuleRef) {
+        match &rule.matcher.matcher {
+            Matcher::Http(h) if h.paths.is_empty() => self.http.insert(&[], r),
+            Matcher::Http(h) => {
+                for g in &h.paths {
+                    let prefix = g.literal_prefix();
+                    if !prefix.starts_with('/') {
+                        self.http.insert(&[], r);
+                        continue;
+                    }
+                    // Only whole segments: `/api/v1/us*` files under api/v1.
+                    let mut segs: Vec<&str> = prefix.split('/').skip(1).collect();
+                    if !g.is_literal() || segs.last().is_some_and(|s| s.is_empty()) {
+                        segs.pop();
+                    }
+                    self.http.insert(&segs, r);
+                }
+            }
+            Matcher::Kubernetes(k) => {
+                if k.resources.is_empty() || k.resources.iter().any(|g| !g.is_literal()) {
+                    self.kube_any.push(r);
+                } else {
+                    for g in &k.resources {
+                        self.kube_by_resource
+                            .entry(g.literal_prefix().into())
+                            .or_default()
+                            .push(r);
+                    }
+                }
+            }
+            Matcher::Sql(_) => self.other.push(r),
+        }
+    }
+
+    fn finish(&mut self) {
+        self.http.sort();
+        for l in self.kube_by_resource.values_mut() {
+            l.sort_unstable();
+            l.dedup();
+        }
+        self.kube_any.sort_unstable();
+        self.other.sort_unstable();
+        self.policies.dedup();
+    }
+
+    fn candidates<'a>(&'a self, op: &Operation<'_>, out: &mut Vec<&'a [RuleRef]>) {
+        match op {
+            Operation::Http(h) => self.http.collect(h.path, out),
+            Operation::Kubernetes(k) => {
+                if let Some(l) = self.kube_by_resource.get(k.resource) {
+                    out.push(l);
+                }
+                if !self.kube_any.is_empty() {
+                    out.push(&self.kube_any);
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct ConnectionIndex {
+    by_identity: HashMap<String, Bucket>,
+    by_group: HashMap<String, Bucket>,
+}
+
+/// Who is asking: the verified identity's name and its groups.
+#[derive(Clone, Copy, Debug)]
+pub struct Subject<'a> {
+    pub identity: &'a str,
+    pub groups: &'a [String],
+}
+
+/// The compiled index over a configuration's policies.
+#[derive(Debug, Default)]
+pub struct PolicyIndex {
+    by_connection: HashMap<String, ConnectionIndex>,
+}
+
+/// Why a decision came out as it did.
+#[derive(Clone, Copy, Debug)]
+pub enum Cause<'a> {
+    /// A rule matched.
+    Rule {
+        policy: &'a CompiledPolicy,
+        rule: &'a CompiledRule,
+    },
+    /// Policies apply to the subject on the connection, but none of their rules matched.
+    NoRuleMatched,
+    /// No policy names the subject on the connection.
+    NoPolicy,
+}
+
+/// The outcome of deciding one operation.
+#[derive(Clone, Copy, Debug)]
+pub struct Decision<'a> {
+    pub action: Action,
+    pub cause: Cause<'a>,
+}
+
+impl Decision<'_> {
+    /// Stable label for metrics and recordings: allow, deny or require_approval.
+    pub fn label(&self) -> &'static str {
+        match self.action {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+            Action::RequireApproval => "require_approval",
+        }
+    }
+
+    /// `policy/rule`, or `None` when no rule matched.
+    pub fn rule_ref(&self) -> Option<String> {
+        match self.cause {
+            Cause::Rule { policy, rule } => Some(format!("{}/{}", policy.name, rule.name)),
+            _ => None,
+        }
+    }
+
+    /// The rule's description, when it has one.
+    pub fn description(&self) -> Option<&str> {
+        match self.cause {
+            Cause::Rule { policy, rule } => policy
+                .spec
+                .rules
+                .iter()
+                .find(|r| r.name == rule.name)
+                .and_then(|r| r.description.as_deref()),
+            _ => None,
+        }
+    }
+
+    /// One sentence for the client error, the log and the recording.
+    pub fn explain(&self, op: &Operation<'_>) -> String {
+        let what = op.summary();
+        match self.cause {
+            Cause::Rule { policy, rule } => {
+                let verb = match self.action {
+                    Action::Allow => "allowed",
+                    Action::Deny => "denied",
+                    Action::RequireApproval => "needs approval",
+                };
+                let mut s = format!(
+                    "{what}: {verb} by rule {:?} of AccessPolicy {:?}",
+                    rule.name, policy.name
+                );
+                if let Some(d) = self.description() {
+                    s.push_str(": ");
+                    s.push_str(d);
+                }
+                s
+            }
+            Cause::NoRuleMatched => {
+                format!("{what}: denied: no rule of the AccessPolicies that apply allows it")
+            }
+            Cause::NoPolicy => {
+                format!("{what}: denied: no AccessPolicy applies to this identity on this connection")
+            }
+        }
+    }
+}
+
+impl PolicyIndex {
+    /// Files every rule of `policies`. `connections` are the names a `*` policy expands to.
+    pub fn build<'c>(policies: &[CompiledPolicy], connections: impl IntoIterator<Item = &'c str>) -> Self {
+        let all: Vec<&str> = connections.into_iter().collect();
+        let mut index = PolicyIndex::default();
+        for (pi, p) in policies.iter().enumerate() {
+            let targets: Vec<&str> = if p.spec.connections.iter().any(|c| c == "*") {
+                all.clone()
+            } else {
+                p.spec.connections.iter().map(String::as_str).collect()
+            };
+            for conn in targets {
+                let ci = index.by_connection.entry(conn.to_string()).or_default();
+                let buckets = (p.spec.subjects.identities.iter().map(|i| (true, i)))
+                    .chain(p.spec.subjects.groups.iter().map(|g| (false, g)));
+                for (is_identity, key) in buckets {
+                    let map = if is_identity {
+                        &mut ci.by_identity
+                    } else {
+                        &mut ci.by_group
+                    };
+                    let bucket = map.entry(key.clone()).or_default();
+                    bucket.policies.push(pi as u32);
+                    for (ri, rule) in p.rules.iter().enumerate() {
+                        let r = RuleRef {
+                            rank: rank(rule.action),
+                            policy: pi as u32,
+                            rule: ri as u32,
+                        };
+                        bucket.add(rule, r);
+                    }
+                }
+            }
+        }
+        for ci in index.by_connection.values_mut() {
+            ci.by_identity
+                .values_mut()
+                .chain(ci.by_group.values_mut())
+                .for_each(Bucket::finish);
+        }
+        index
+    }
+
+    fn buckets<'a>(&'a self, connection: &str, subject: Subject<'_>) -> impl Iterator<Item = &'a Bucket> {
+        let ci = self.by_connection.get(connection);
+        let identity = ci.and_then(|c| c.by_identity.get(subject.identity));
+        let groups = subject
+            .groups
+            .iter()
+            .filter_map(move |g| ci.and_then(|c| c.by_group.get(g)));
+        identity.into_iter().chain(groups)
+    }
+
+    /// Decides `op` by `subject` on `connection` at Unix time `now`: Deny beats RequireApproval
+    /// beats Allow; within an action the first rule in configuration order explains the decision;
+    /// nothing matched is Deny.
+    pub fn decide<'p>(
+        &self,
+        policies: &'p [CompiledPolicy],
+        connection: &str,
+        subject: Subject<'_>,
+        op: &Operation<'_>,
+        now: i64,
+    ) -> Decision<'p> {
+        let mut lists: Vec<&[RuleRef]> = Vec::with_capacity(8);
+        let mut any_policy = false;
+        for b in self.buckets(connection, subject) {
+            any_policy |= !b.policies.is_empty();
+            b.candidates(op, &mut lists);
+        }
+        for wanted in 0..3u8 {
+            let mut best: Option<RuleRef> = None;
+            for list in &lists {
+                let start = list.partition_point(|r| r.rank < wanted);
+                for r in &list[start..] {
+                    if r.rank != wanted || best.is_some_and(|b| b <= *r) {
+                        break;
+                    }
+                    let rule = &policies[r.policy as usize].rules[r.rule as usize];
+                    if rule.matcher.matches(rule.action, op, now) {
+                        best = Some(*r);
+                        break;
+                    }
+                }
+            }
+            if let Some(r) = best {
+                let policy = &policies[r.policy as usize];
+                let rule = &policy.rules[r.rule as usize];
+                return Decision {
+                    action: rule.action,
+                    cause: Cause::Rule { policy, rule },
+                };
+            }
+        }
+        Decision {
+            action: Action::Deny,
+            cause: if any_policy {
+                Cause::NoRuleMatched
+            } else {
+                Cause::NoPolicy
+            },
+        }
+    }
+
+    /// Whether any policy names `subject` on `connection` (used to allow API discovery requests).
+    pub fn has_policy(&self, connection: &str, subject: Subject<'_>) -> bool {
+        self.buckets(connection, subject).any(|b| !b.policies.is_empty())
+    }
+
+    /// The policies that apply to `subject` on `connection`, each once, in configuration order:
+    /// their masking rules all apply.
+    pub fn applicable<'p>(
+        &self,
+        policies: &'p [CompiledPolicy],
+        connection: &str,
+        subject: Subject<'_>,
+    ) -> Vec<&'p CompiledPolicy> {
+        let mut ids: Vec<u32> = self
+            .buckets(connection, subject)
+            .flat_map(|b| b.policies.iter().copied())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter().map(|i| &policies[i as usize]).collect()
+    }
+
+    /// Whether deciding an operation on `connection` may need the request body.
+    pub fn needs_body(&self, policies: &[CompiledPolicy], connection: &str, subject: Subject<'_>) -> bool {
+        self.applicable(policies, connection, subject)
+            .iter()
+            .any(|p| p.rules.iter().any(|r| r.matcher.needs_body()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{BodyView, HttpOperation};
+    use hyper::http::HeaderMap;
+
+    fn policy(name: &str, yaml: &str) -> CompiledPolicy {
+        CompiledPolicy::from_spec(name, serde_saphyr::from_str(yaml).unwrap()).unwrap()
+    }
+
+    fn get<'a>(method: &'a str, path: &'a str, h: &'a HeaderMap) -> Operation<'a> {
+        Operation::Http(HttpOperation {
+            method,
+            path,
+            query: &[],
+            headers: h,
+            body: BodyView::NotRead,
+        })
+    }
+
+    fn okta() -> Vec<CompiledPolicy> {
+        vec![
+            policy(
+                "okta",
+                "subjects: {identities: [ci-agent]}\nconnections: [okta]\nrules:\n\
+                 - {name: read, action: Allow, http: {methods: [GET], paths: ['/api/v1/users/**', /api/v1/users]}}\n\
+                 - name: admin\n  action: RequireApproval\n  http: {methods: [POST, DELETE], paths: ['/api/v1/users/**', /api/v1/users]}\n  approval: {approvers: {groups: [ops]}}\n\
+                 - {name: no-tokens, action: Deny, description: never, http: {paths: ['/api/v1/api-tokens/**', '/api/v1/api-tok*']}}\n",
+            ),
+            policy(
+                "everyone-reads-groups",
+                "subjects: {groups: [ai-agents]}\nconnections: ['*']\nrules:\n\
+                 - {name: groups, action: Allow, http: {methods: [GET], paths: ['/api/v1/groups']}}\n\
+                 - {name: no-deletes, action: Deny, http: {methods: [DELETE]}}\n",
+            ),
+        ]
+    }
+
+    #[test]
+    fn deny_overrides_and_explains() {
+        let policies = okta();
+        let index = PolicyIndex::build(&policies, ["okta", "other"]);
+        let h = HeaderMap::new();
+        let groups = vec!["ai-agents".to_string()];
+        let who = Subject {
+            identity: "ci-agent",
+            groups: &groups,
+        };
+        let d = index.decide(&policies, "okta", who, &get("GET", "/api/v1/users/00u1", &h), 0);
+        assert_eq!(
+            (d.action, d.rule_ref().as_deref()),
+            (Action::Allow, Some("okta/read"))
+        );
+        let d = index.decide(&policies, "okta", who, &get("POST", "/api/v1/users", &h), 0);
+        assert_eq!(
+            (d.action, d.rule_ref().as_deref()),
+            (Action::RequireApproval, Some("okta/admin"))
+        );
+        // DELETE matches both RequireApproval (okta/admin) and Deny (group policy): Deny wins.
+        let d = index.decide(
+            &policies,
+            "okta",
+            who,
+            &get("DELETE", "/api/v1/users/00u1", &h),
+            0,
+        );
+        assert_eq!(
+            (d.action, d.rule_ref().as_deref()),
+            (Action::Deny, Some("everyone-reads-groups/no-deletes"))
+        );
+        let op = get("GET", "/api/v1/api-tokens", &h);
+        let d = index.decide(&policies, "okta", who, &op, 0);
+        assert_eq!(
+            (d.action, d.rule_ref().as_deref()),
+            (Action::Deny, Some("okta/no-tokens"))
+        );
+        assert!(d.explain(&op).contains("never"), "{}", d.explain(&op));
+        // Nothing matched: Deny, explained as such.
+        let d = index.decide(&policies, "okta", who, &get("GET", "/api/v1/apps", &h), 0);
+        assert!(matches!(d.cause, Cause::NoRuleMatched) && d.action == Action::Deny);
+        // A `*` policy covers the other connection; the identity's own policy does not.
+        let d = index.decide(&policies, "other", who, &get("GET", "/api/v1/groups", &h), 0);
+        assert_eq!(d.action, Action::Allow);
+        let d = index.decide(&policies, "other", who, &get("GET", "/api/v1/users", &h), 0);
+        assert_eq!(d.action, Action::Deny);
+        // Without the group, nothing applies on `other`.
+        let alone = Subject {
+            identity: "ci-agent",
+            groups: &[],
+        };
+        let d = index.decide(&policies, "other", alone, &get("GET", "/api/v1/groups", &h), 0);
+        assert!(matches!(d.cause, Cause::NoPolicy));
+        assert!(!index.has_policy("other", alone) && index.has_policy("okta", alone));
+        assert_eq!(index.applicable(&policies, "okta", who).len(), 2);
+    }
+
+    #[test]
+    fn the_first_rule_in_configuration_order_explains() {
+        let policies = vec![policy(
+            "p",
+            "subjects: {identities: [a]}\nconnections: [c]\nrules:\n\
+             - {name: broad, action: Allow, http: {paths: ['/**']}}\n\
+             - {name: narrow, action: Allow, http: {paths: ['/x/y']}}\n",
+        )];
+        let index = PolicyIndex::build(&policies, ["c"]);
+        let h = HeaderMap::new();
+        let who = Subject {
+            identity: "a",
+            groups: &[],
+        };
+        let d = index.decide(&policies, "c", who, &get("GET", "/x/y", &h), 0);
+        assert_eq!(d.rule_ref().as_deref(), Some("p/broad"));
+        let d = index.decide(&policies, "c", who, &get("GET", "/", &h), 0);
+        assert_eq!(d.rule_ref().as_deref(), Some("p/broad"));
+    }
+
+    #[test]
+    fn partial_segment_globs_are_filed_at_their_whole_segments() {
+        let policies = vec![policy(
+            "p",
+            "subjects: {identities: [a]}\nconnections: [c]\nrules:\n\
+             - {name: r, action: Allow, http: {paths: ['/api/v1/us*/*', '/api/v2/']}}\n",
+        )];
+        let index = PolicyIndex::build(&policies, ["c"]);
+        let h = HeaderMap::new();
+        let who = Subject {
+            identity: "a",
+            groups: &[],
+        };
+        for (path, allowed) in [
+            ("/api/v1/users/1", true),
+            ("/api/v1/usage/2", true),
+            ("/api/v1/x/1", false),
+            ("/api/v2/", true),
+            ("/api/v2", false),
+        ] {
+            let d = index.decide(&policies, "c", who, &get("GET", path, &h), 0);
+            assert_eq!(d.action == Action::Allow, allowed, "{path}");
+        }
+    }
+
+    #[test]
+    fn kubernetes_rules_are_filed_by_resource() {
+        use crate::policy::KubernetesOperation;
+        use agentgate_crds::policy::KubernetesVerb;
+        let policies = vec![policy(
+            "k",
+            "subjects: {identities: [a]}\nconnections: [k8s]\nrules:\n\
+             - {name: read-pods, action: Allow, kubernetes: {verbs: [get, list], resources: [pods, services]}}\n\
+             - {name: no-exec, action: Deny, kubernetes: {resources: ['*'], subresources: [exec, attach]}}\n",
+        )];
+        let index = PolicyIndex::build(&policies, ["k8s"]);
+        let who = Subject {
+            identity: "a",
+            groups: &[],
+        };
+        let op = |resource, subresource| {
+            Operation::Kubernetes(KubernetesOperation {
+                verb: KubernetesVerb::Get,
+                api_group: "",
+                api_version: "v1",
+                resource,
+                subresource,
+                namespace: Some("default"),
+                name: Some("x"),
+            })
+        };
+        assert_eq!(
+            index.decide(&policies, "k8s", who, &op("pods", None), 0).action,
+            Action::Allow
+        );
+        assert_eq!(
+            index
+                .decide(&policies, "k8s", who, &op("services", None), 0)
+                .action,
+            Action::Allow
+        );
+        assert_eq!(
+            index
+                .decide(&policies, "k8s", who, &op("secrets", None), 0)
+                .action,
+            Action::Deny
+        );
+        let d = index.decide(&policies, "k8s", who, &op("pods", Some("exec")), 0);
+        assert_eq!(d.rule_ref().as_deref(), Some("k/no-exec"));
+    }
+}

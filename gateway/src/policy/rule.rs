@@ -1,0 +1,526 @@
+//! One policy rule compiled into a matcher over [`Operation`]s.
+//!
+//! Conditions that read request data the gateway could not interpret (a body that is not JSON, a
+//! repeated query parameter) are resolved against the rule's action: an Allow rule does not match
+//! what it cannot read, a Deny or RequireApproval rule does. Ambiguity never widens access.
+
+use agentgate_crds::policy::{Action, HttpMatch, HttpMethod, KubernetesMatch, KubernetesVerb, PolicyRule};
+use serde_json::Value;
+
+use super::glob::Glob;
+use super::operation::{BodyView, HttpOperation, KubernetesOperation, Operation};
+use super::schedule::Schedule;
+
+/// A compiled rule matcher: exactly one protocol.
+#[derive(Debug)]
+pub enum Matcher {
+    Http(HttpMatcher),
+    Kubernetes(KubernetesMatcher),
+    /// SQL rules, kept as written until the PostgreSQL path classifies statements.
+    Sql(agentgate_crds::policy::SqlMatch),
+}
+
+/// A compiled rule: matcher, schedule and action.
+#[derive(Debug)]
+pub struct CompiledMatcher {
+    pub matcher: Matcher,
+    pub schedule: Option<Schedule>,
+}
+
+/// Problems found while compiling, as (field path below the rule, message).
+pub type RuleErrors = Vec<(String, String)>;
+
+/// Compiles `rule`; field paths in errors are relative to the rule (`http.paths[0]`).
+pub fn compile(rule: &PolicyRule) -> Result<CompiledMatcher, RuleErrors> {
+    let mut errors = RuleErrors::new();
+    let matcher = if let Some(http) = &rule.http {
+        Matcher::Http(HttpMatcher::compile(http, &mut errors))
+    } else if let Some(k) = &rule.kubernetes {
+        Matcher::Kubernetes(KubernetesMatcher::compile(k, &mut errors))
+    } else if let Some(sql) = &rule.sql {
+        Matcher::Sql(sql.clone())
+    } else {
+        errors.push((String::new(), "set exactly one of http, kubernetes or sql".into()));
+        Matcher::Sql(Default::default())
+    };
+    let schedule = match rule.schedule.as_ref().map(Schedule::compile).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            errors.push(("schedule".into(), e));
+            None
+        }
+    };
+    if errors.is_empty() {
+        Ok(CompiledMatcher { matcher, schedule })
+    } else {
+        Err(errors)
+    }
+}
+
+impl CompiledMatcher {
+    /// Whether the rule matches `op` at Unix time `now`, given the rule's `action`.
+    pub fn matches(&self, action: Action, op: &Operation<'_>, now: i64) -> bool {
+        if let Some(s) = &self.schedule
+            && !s.in_force(now)
+        {
+            return false;
+        }
+        match (&self.matcher, op) {
+            (Matcher::Http(m), Operation::Http(op)) => m.matches(action, op),
+            (Matcher::Kubernetes(m), Operation::Kubernetes(op)) => m.matches(op),
+            _ => false,
+        }
+    }
+
+    /// Whether matching needs the request body parsed.
+    pub fn needs_body(&self) -> bool {
+        matches!(&self.matcher, Matcher::Http(m) if !m.json_body.is_empty())
+    }
+}
+
+/// Bit per method, so a set test is one AND.
+fn method_bit(m: &str) -> u8 {
+    match m {
+        "GET" => 1,
+        "HEAD" => 2,
+        "POST" => 4,
+        "PUT" => 8,
+        "PATCH" => 16,
+        "DELETE" => 32,
+        "OPTIONS" => 64,
+        // Any other method is matched only by rules that list no methods.
+        _ => 128,
+    }
+}
+
+fn method_name(m: HttpMethod) -> &'static str {
+    match m {
+        HttpMethod::GET => "GET",
+        HttpMethod::HEAD => "HEAD",
+        HttpMethod::POST => "POST",
+        HttpMethod::PUT => "PUT",
+        HttpMethod::PATCH => "PATCH",
+        HttpMethod::DELETE => "DELETE",
+        HttpMethod::OPTIONS => "OPTIONS",
+    }
+}
+
+/// One step of a JSON body path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// HTTP conditions, compiled.
+#[derive(Debug)]
+pub struct HttpMatcher {
+    /// 0 means any method.
+    methods: u8,
+    pub(crate) paths: Vec<Glob>,
+    query: Vec<(String, Glob)>,
+    /// Lowercase header names.
+    headers: Vec<(String, Glob)>,
+    json_body: Vec<(Vec<Step>, Vec<Glob>)>,
+}
+
+impl HttpMatcher {
+    fn compile(h: &HttpMatch, errors: &mut RuleErrors) -> Self {
+        let methods = h
+            .methods
+            .iter()
+            .fold(0, |acc, m| acc | method_bit(method_name(*m)));
+        fn glob(errors: &mut RuleErrors, field: String, r: Result<Glob, String>) -> Option<Glob> {
+            r.map_err(|e| errors.push((field, e))).ok()
+        }
+        let paths = (h.paths.iter().enumerate())
+            .filter_map(|(i, p)| glob(errors, format!("http.paths[{i}]"), Glob::path(p)))
+            .collect();
+        let query = (h.query.iter())
+            .filter_map(|(k, v)| {
+                Some((
+                    k.clone(),
+                    glob(errors, format!("http.query.{k}"), Glob::value(v))?,
+                ))
+            })
+            .collect();
+        let headers = (h.headers.iter())
+            .filter_map(|(k, v)| {
+                Some((
+                    k.to_ascii_lowercase(),
+                    glob(errors, format!("http.headers.{k}"), Glob::value(v))?,
+                ))
+            })
+            .collect();
+        let mut json_body = Vec::new();
+        for (i, c) in h.json_body.iter().enumerate() {
+            let Some(path) = parse_json_path(&c.path) else {
+                errors.push((
+                    format!("http.jsonBody[{i}].path"),
+                    format!("{:?} is not a path like $.a.b or $.items[0]", c.path),
+                ));
+                continue;
+            };
+            let values = (c.values.iter().enumerate())
+                .filter_map(|(j, v)| glob(errors, format!("http.jsonBody[{i}].values[{j}]"), Glob::value(v)))
+                .collect();
+            json_body.push((path, values));
+        }
+        Self {
+            methods,
+            paths,
+            query,
+            headers,
+            json_body,
+        }
+    }
+
+    fn matches(&self, action: Action, op: &HttpOperation<'_>) -> bool {
+        // Deny and RequireApproval match on any matching value; Allow needs all of them to match.
+        let strict = action == Action::Allow;
+        if self.methods != 0 && self.methods & method_bit(op.method) == 0 {
+            return false;
+        }
+        if !self.paths.is_empty() && !self.paths.iter().any(|g| g.matches(op.path)) {
+            return false;
+        }
+        for (name, glob) in &self.query {
+            let values = op
+                .query
+                .iter()
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str());
+            if !values_match(values, glob, strict) {
+                return false;
+            }
+        }
+        for (name, glob) in &self.headers {
+            let values = op
+                .headers
+                .get_all(name.as_str())
+                .iter()
+                .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+            if !values_match(values, glob, strict) {
+                return false;
+            }
+        }
+        if !self.json_body.is_empty() {
+            let body = match op.body {
+                BodyView::Json(v) => v,
+                // A body the gateway could not read matches only rules that restrict.
+                BodyView::NotJson | BodyView::NotRead => return !strict,
+                BodyView::Empty => return false,
+            };
+            for (path, globs) in &self.json_body {
+                let Some(value) = lookup(body, path) else {
+                    return false;
+                };
+                if globs.is_empty() {
+                    continue;
+                }
+                let text = match value {
+                    Value::String(s) => s.clone(),
+                    Value::Null | Value::Bool(_) | Value::Number(_) => value.to_string(),
+                    // A structure never equals a scalar glob; Deny still matches what it cannot compare.
+                    _ => return !strict,
+                };
+                if !globs.iter().any(|g| g.matches(&text)) {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// At least one value must exist; then any (restricting rules) or all (Allow) must match.
+fn values_match<'v>(values: impl Iterator<Item = &'v str>, glob: &Glob, all: bool) -> bool {
+    let mut seen = false;
+    for v in values {
+        seen = true;
+        let m = glob.matches(v);
+        if all && !m {
+            return false;
+        }
+        if !all && m {
+            return true;
+        }
+    }
+    seen && all
+}
+
+fn parse_json_path(p: &str) -> Option<Vec<Step>> {
+    let mut rest = p.strip_prefix('$')?;
+    let mut steps = Vec::new();
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('.') {
+            let end = r.find(['.', '[']).unwrap_or(r.len());
+            if end == 0 {
+                return None;
+            }
+            steps.push(Step::Key(r[..end].to_string()));
+            rest = &r[end..];
+        } else if let Some(r) = rest.strip_prefix('[') {
+            let end = r.find(']')?;
+            steps.push(Step::Index(r[..end].parse().ok()?));
+            rest = &r[end + 1..];
+        } else {
+            return None;
+        }
+    }
+    (!steps.is_empty()).then_some(steps)
+}
+
+fn lookup<'v>(mut v: &'v Value, path: &[Step]) -> Option<&'v Value> {
+    for step in path {
+        v = match step {
+            Step::Key(k) => v.as_object()?.get(k)?,
+            Step::Index(i) => v.as_array()?.get(*i)?,
+        };
+    }
+    Some(v)
+}
+
+/// Kubernetes conditions, compiled, in RBAC's terms.
+#[derive(Debug)]
+pub struct KubernetesMatcher {
+    /// Empty means every verb.
+    verbs: Vec<KubernetesVerb>,
+    /// `None` means any group.
+    api_groups: Option<Vec<String>>,
+    pub(crate) resources: Vec<Glob>,
+    /// `None`: only requests without a subresource. `Some(empty)`: any subresource, or none.
+    subresources: Option<Vec<String>>,
+    namespaces: Vec<Glob>,
+    names: Vec<Glob>,
+}
+
+impl KubernetesMatcher {
+    fn compile(k: &KubernetesMatch, errors: &mut RuleErrors) -> Self {
+        let verbs = if k.verbs.contains(&KubernetesVerb::Any) {
+            Vec::new()
+        } else {
+            k.verbs.clone()
+        };
+        let api_groups = (!k.api_groups.is_empty() && !k.api_groups.iter().any(|g| g == "*"))
+            .then(|| k.api_groups.clone());
+        let subresources = if k.subresources.is_empty() {
+            None
+        } else if k.subresources.iter().any(|s| s == "*") {
+            Some(Vec::new())
+        } else {
+            Some(k.subresources.clone())
+        };
+        let mut globs = |field: &str, list: &[String]| -> Vec<Glob> {
+            let mut out = Vec::new();
+            for (i, v) in list.iter().enumerate() {
+                match Glob::value(v) {
+                    Ok(g) => out.push(g),
+                    Err(e) => errors.push((format!("kubernetes.{field}[{i}]"), e)),
+                }
+            }
+            out
+        };
+        let resources = globs("resources", &k.resources);
+        let namespaces = globs("namespaces", &k.namespaces);
+        let names = globs("names", &k.names);
+        Self {
+            verbs,
+            api_groups,
+            resources,
+            subresources,
+            namespaces,
+            names,
+        }
+    }
+
+    fn matches(&self, op: &KubernetesOperation<'_>) -> bool {
+        if !self.verbs.is_empty() && !self.verbs.contains(&op.verb) {
+            return false;
+        }
+        if let Some(groups) = &self.api_groups
+            && !groups.iter().any(|g| g == op.api_group)
+        {
+            return false;
+        }
+        if !self.resources.is_empty() && !self.resources.iter().any(|g| g.matches(op.resource)) {
+            return false;
+        }
+        match (&self.subresources, op.subresource) {
+            (None, Some(_)) => return false,
+            (Some(list), Some(sub)) if !list.is_empty() && !list.iter().any(|s| s == sub) => return false,
+            // Named subresources only: `pods` itself is not `pods/exec`.
+            (Some(list), None) if !list.is_empty() => return false,
+            _ => {}
+        }
+        if !self.namespaces.is_empty() {
+            match op.namespace {
+                Some(ns) if self.namespaces.iter().any(|g| g.matches(ns)) => {}
+                _ => return false,
+            }
+        }
+        if !self.names.is_empty() {
+            match op.name {
+                Some(n) if self.names.iter().any(|g| g.matches(n)) => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::http::HeaderMap;
+
+    fn rule(yaml: &str) -> PolicyRule {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    fn http<'a>(
+        method: &'a str,
+        path: &'a str,
+        query: &'a [(String, String)],
+        headers: &'a HeaderMap,
+    ) -> Operation<'a> {
+        Operation::Http(HttpOperation {
+            method,
+            path,
+            query,
+            headers,
+            body: BodyView::Empty,
+        })
+    }
+
+    #[test]
+    fn http_methods_paths_and_query() {
+        let r = rule(
+            "name: r\naction: Allow\nhttp:\n  methods: [GET]\n  paths: [/api/v1/users/*]\n  query: {limit: '1?'}\n",
+        );
+        let m = compile(&r).unwrap();
+        let h = HeaderMap::new();
+        let q = vec![("limit".to_string(), "10".to_string())];
+        assert!(m.matches(Action::Allow, &http("GET", "/api/v1/users/00u1", &q, &h), 0));
+        assert!(!m.matches(Action::Allow, &http("POST", "/api/v1/users/00u1", &q, &h), 0));
+        assert!(!m.matches(Action::Allow, &http("GET", "/api/v1/users/00u1/x", &q, &h), 0));
+        assert!(!m.matches(Action::Allow, &http("GET", "/api/v1/users/00u1", &[], &h), 0));
+        // A repeated parameter: Allow needs every value to match, Deny any.
+        let dup = vec![
+            ("limit".to_string(), "10".to_string()),
+            ("limit".to_string(), "500".to_string()),
+        ];
+        assert!(!m.matches(Action::Allow, &http("GET", "/api/v1/users/00u1", &dup, &h), 0));
+        assert!(m.matches(Action::Deny, &http("GET", "/api/v1/users/00u1", &dup, &h), 0));
+    }
+
+    #[test]
+    fn json_body_conditions_fail_towards_restriction() {
+        let r = rule(
+            "name: r\naction: Deny\nhttp:\n  jsonBody:\n  - path: $.profile.login\n    values: ['*@admin.example']\n",
+        );
+        let m = compile(&r).unwrap();
+        let h = HeaderMap::new();
+        let body: Value = serde_json::json!({"profile": {"login": "eve@admin.example"}});
+        let op = |b| {
+            Operation::Http(HttpOperation {
+                method: "POST",
+                path: "/api/v1/users",
+                query: &[],
+                headers: &h,
+                body: b,
+            })
+        };
+        assert!(m.matches(Action::Deny, &op(BodyView::Json(&body)), 0));
+        let other: Value = serde_json::json!({"profile": {"login": "bob@example.com"}});
+        assert!(!m.matches(Action::Deny, &op(BodyView::Json(&other)), 0));
+        assert!(m.matches(Action::Deny, &op(BodyView::NotJson), 0));
+        assert!(!m.matches(Action::Allow, &op(BodyView::NotJson), 0));
+        assert!(m.needs_body());
+    }
+
+    #[test]
+    fn headers_are_case_insensitive() {
+        let r = rule("name: r\naction: Allow\nhttp:\n  headers: {X-Tenant: acme}\n");
+        let m = compile(&r).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-tenant", "acme".parse().unwrap());
+        assert!(m.matches(Action::Allow, &http("GET", "/", &[], &h), 0));
+        h.append("x-tenant", "other".parse().unwrap());
+        assert!(!m.matches(Action::Allow, &http("GET", "/", &[], &h), 0));
+    }
+
+    fn kube<'a>(
+        verb: KubernetesVerb,
+        resource: &'a str,
+        sub: Option<&'a str>,
+        ns: Option<&'a str>,
+        name: Option<&'a str>,
+    ) -> Operation<'a> {
+        Operation::Kubernetes(KubernetesOperation {
+            verb,
+            api_group: "",
+            api_version: "v1",
+            resource,
+            subresource: sub,
+            namespace: ns,
+            name,
+        })
+    }
+
+    #[test]
+    fn kubernetes_subresources_are_explicit() {
+        let r = rule(
+            "name: r\naction: Allow\nkubernetes:\n  verbs: [get, list]\n  apiGroups: ['']\n  resources: [pods]\n  namespaces: [team-*]\n",
+        );
+        let m = compile(&r).unwrap();
+        let get = KubernetesVerb::Get;
+        assert!(m.matches(
+            Action::Allow,
+            &kube(get, "pods", None, Some("team-a"), Some("p")),
+            0
+        ));
+        assert!(!m.matches(
+            Action::Allow,
+            &kube(get, "pods", Some("exec"), Some("team-a"), Some("p")),
+            0
+        ));
+        assert!(!m.matches(
+            Action::Allow,
+            &kube(get, "pods", None, Some("kube-system"), None),
+            0
+        ));
+        assert!(!m.matches(Action::Allow, &kube(get, "pods", None, None, None), 0));
+        assert!(!m.matches(
+            Action::Allow,
+            &kube(KubernetesVerb::Delete, "pods", None, Some("team-a"), None),
+            0
+        ));
+        let r = rule("name: r\naction: Deny\nkubernetes:\n  resources: ['*']\n  subresources: ['*']\n");
+        let m = compile(&r).unwrap();
+        assert!(m.matches(
+            Action::Deny,
+            &kube(KubernetesVerb::Create, "pods", Some("exec"), Some("x"), Some("p")),
+            0
+        ));
+        assert!(m.matches(
+            Action::Deny,
+            &kube(KubernetesVerb::Create, "pods", None, Some("x"), None),
+            0
+        ));
+    }
+
+    #[test]
+    fn bad_paths_are_reported_with_their_field() {
+        let mut r = rule("name: r\naction: Allow\nhttp:\n  paths: ['/a/***']\n");
+        let e = compile(&r).unwrap_err();
+        assert_eq!(e[0].0, "http.paths[0]");
+        r.http = None;
+        assert!(compile(&r).is_err());
+        assert_eq!(
+            parse_json_path("$.a[2].b"),
+            Some(vec![Step::Key("a".into()), Step::Index(2), Step::Key("b".into())])
+        );
+        assert_eq!(parse_json_path("$"), None);
+    }
+}
