@@ -30,6 +30,9 @@ struct Cli {
 enum Command {
     /// Check a directory of manifests and print what would run; exit 1 with one line per problem.
     Validate(Source),
+    /// List, show and verify recorded sessions.
+    #[command(subcommand)]
+    Sessions(crate::recording::cli::SessionsCommand),
     /// Run the gateway from a directory of manifests, reloading it when files change.
     Run {
         #[command(flatten)]
@@ -77,6 +80,7 @@ pub fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Validate(source) => validate(&source),
+        Command::Sessions(cmd) => crate::recording::cli::run(cmd),
         Command::Run {
             source,
             admin_addr,
@@ -182,6 +186,12 @@ pub(crate) async fn run_gateway(
     };
     tracing::info!(addr = %admin_addr, "admin listener up");
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let gateway = crate::protocol::http::Gateway::new(metrics.clone());
+    let http_task = tokio::spawn(crate::protocol::http::server::run(
+        gateway,
+        snapshots.clone(),
+        shutdown_rx.clone(),
+    ));
     let state = admin::AdminState { snapshots, metrics };
     let admin_task = tokio::spawn(admin::serve(listener, state, shutdown_rx.clone()));
     let watch_task = tokio::spawn(watcher.run(watch_interval, shutdown_rx));
@@ -189,6 +199,7 @@ pub(crate) async fn run_gateway(
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
     let _ = admin_task.await;
+    let _ = http_task.await;
     let _ = watch_task.await;
     ExitCode::SUCCESS
 }

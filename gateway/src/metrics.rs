@@ -2,8 +2,15 @@
 //! requests or tokens.
 
 use prometheus::{
-    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+
+/// Latency buckets (seconds): fine below a millisecond, where gateway overhead lives.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
 
 /// The gateway's metrics, registered in their own registry.
 #[derive(Clone, Debug)]
@@ -21,6 +28,23 @@ pub struct Metrics {
     pub config_last_reload_success: IntGauge,
     /// Objects in the configuration in force, by kind.
     pub config_objects: IntGaugeVec,
+    /// Requests by connection, identity, decision and status class. Connection and identity
+    /// are configured names (or `none`), never values from the request.
+    pub http_requests: IntCounterVec,
+    /// Time from request head to response head, by connection.
+    pub http_request_duration: HistogramVec,
+    /// Time the upstream took to answer with a response head, by connection.
+    pub http_upstream_duration: HistogramVec,
+    /// Request-head-to-response-head time minus upstream time: what the gateway adds.
+    pub http_gateway_overhead: HistogramVec,
+    /// Problems the gateway answered, by problem type.
+    pub http_problems: IntCounterVec,
+    /// Values masked, by connection and cause (`field` or a detector name).
+    pub masked_values: IntCounterVec,
+    /// Responses refused because they could not be masked, by connection.
+    pub masking_refusals: IntCounterVec,
+    /// Recording writes that failed, by recording mode.
+    pub recording_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -58,6 +82,71 @@ impl Metrics {
         let build_info = IntGaugeVec::new(Opts::new("build_info", "Build information"), &["version"])
             .expect("valid metric");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by connection, identity, decision and status class",
+            ),
+            &["connection", "identity", "decision", "status"],
+        )
+        .expect("valid metric");
+        let histogram = |name: &str, help: &str| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                &["connection"],
+            )
+            .expect("valid metric")
+        };
+        let http_request_duration = histogram(
+            "http_request_duration_seconds",
+            "Time from request head to response head",
+        );
+        let http_upstream_duration = histogram(
+            "http_upstream_duration_seconds",
+            "Time the upstream took to send its response head",
+        );
+        let http_gateway_overhead = histogram(
+            "http_gateway_overhead_seconds",
+            "Time the gateway added to a request (total minus upstream)",
+        );
+        let http_problems = IntCounterVec::new(
+            Opts::new("http_problems_total", "Problem responses by type"),
+            &["type"],
+        )
+        .expect("valid metric");
+        let masked_values = IntCounterVec::new(
+            Opts::new("masked_values_total", "Values masked, by connection and cause"),
+            &["connection", "cause"],
+        )
+        .expect("valid metric");
+        let masking_refusals = IntCounterVec::new(
+            Opts::new(
+                "masking_refusals_total",
+                "Responses refused because they could not be masked",
+            ),
+            &["connection"],
+        )
+        .expect("valid metric");
+        let recording_failures = IntCounterVec::new(
+            Opts::new(
+                "recording_failures_total",
+                "Recording writes that failed, by mode",
+            ),
+            &["mode"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_request_duration.clone()),
+            Box::new(http_upstream_duration.clone()),
+            Box::new(http_gateway_overhead.clone()),
+            Box::new(http_problems.clone()),
+            Box::new(masked_values.clone()),
+            Box::new(masking_refusals.clone()),
+            Box::new(recording_failures.clone()),
+        ] {
+            registry.register(c).expect("metrics are registered once");
+        }
         for c in [
             Box::new(config_generation.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(config_load_errors.clone()),
@@ -77,6 +166,30 @@ impl Metrics {
             config_last_reload_timestamp,
             config_last_reload_success,
             config_objects,
+            http_requests,
+            http_request_duration,
+            http_upstream_duration,
+            http_gateway_overhead,
+            http_problems,
+            masked_values,
+            masking_refusals,
+            recording_failures,
+        }
+    }
+
+    /// Counts what masking did to one response.
+    pub fn count_masking(&self, connection: &str, report: &crate::masking::MaskReport) {
+        if report.fields > 0 {
+            self.masked_values
+                .with_label_values(&[connection, "field"])
+                .inc_by(report.fields);
+        }
+        for (d, n) in crate::masking::ALL_DETECTORS.iter().zip(report.by_detector) {
+            if n > 0 {
+                self.masked_values
+                    .with_label_values(&[connection, crate::masking::detector_label(*d)])
+                    .inc_by(n);
+            }
         }
     }
 

@@ -39,13 +39,21 @@ pub struct GatewayConfig {
     pub policy_index: PolicyIndex,
 }
 
+/// Where the operator mounts a recording volume in gateway pods.
+pub const SESSIONS_VOLUME_MOUNT: &str = "/var/lib/agentgate/sessions";
+
 /// The gateway's own settings.
 #[derive(Debug)]
 pub struct GatewaySettings {
     pub name: String,
     pub namespace: String,
     pub listeners: Vec<Listener>,
+    /// (certificate chain PEM, private key PEM) of each TLS listener, by listener name.
+    pub listener_tls: BTreeMap<String, (SecretValue, SecretValue)>,
     pub recording: Recording,
+    /// Where sessions are spooled: the local storage path (relative paths resolved against the
+    /// manifests directory), else the volume's mount path, else `.agentgate/sessions`.
+    pub recording_dir: std::path::PathBuf,
     pub approvals: ApprovalBounds,
 }
 
@@ -242,7 +250,7 @@ pub fn compile(
     }
     let (gm, gateway) = select_gateway(&objects, options, errors)?;
     let namespace = gm.namespace().to_string();
-    let settings = compile_gateway(gm, gateway, options, errors);
+    let settings = compile_gateway(gm, gateway, options, &mut secrets, errors);
 
     let mut connections = BTreeMap::new();
     let mut routes: HashMap<(Option<String>, Option<String>), &str> = HashMap::new();
@@ -502,8 +510,32 @@ fn compile_gateway(
     m: &Manifest,
     g: &AgentGateway,
     options: &LoadOptions,
+    secrets: &mut SecretStore,
     errors: &mut Vec<ConfigError>,
 ) -> GatewaySettings {
+    let mut listener_tls = BTreeMap::new();
+    for (i, l) in g.spec.listeners.iter().enumerate() {
+        let Some(tls) = &l.tls else { continue };
+        let field = format!("spec.listeners[{i}].tls.secretName");
+        let crt = secrets.get(m.namespace(), &tls.secret_name, "tls.crt");
+        let key = secrets.get(m.namespace(), &tls.secret_name, "tls.key");
+        match (crt, key) {
+            (Ok(crt), Ok(key)) => {
+                listener_tls.insert(l.name.clone(), (crt, key));
+            }
+            (Err(e), _) | (_, Err(e)) => errors.push(m.error(&field, e)),
+        }
+    }
+    let storage = g.spec.recording.storage.as_ref();
+    let recording_dir = match (
+        storage.and_then(|s| s.local.as_ref()),
+        storage.and_then(|s| s.volume.as_ref()),
+    ) {
+        (Some(local), _) => options.manifests.join(&local.path),
+        // The operator mounts the claim here.
+        (None, Some(_)) => std::path::PathBuf::from(SESSIONS_VOLUME_MOUNT),
+        (None, None) => options.manifests.join(".agentgate/sessions"),
+    };
     for (i, l) in g.spec.listeners.iter().enumerate() {
         if options.reserved_ports.contains(&(l.port as u16)) {
             errors.push(m.error(
@@ -523,7 +555,9 @@ fn compile_gateway(
         name: m.name().to_string(),
         namespace: m.namespace().to_string(),
         listeners: g.spec.listeners.clone(),
+        listener_tls,
         recording: g.spec.recording.clone(),
+        recording_dir,
         approvals,
     }
 }

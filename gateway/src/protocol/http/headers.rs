@@ -1,0 +1,253 @@
+//! Header handling on the way in and out. On the way in, everything that could speak for the
+//! caller's identity or steer the proxy is removed (the agent's own credentials, hop-by-hop
+//! headers and whatever `Connection` names, impersonation and client-set identity headers), and
+//! only then is the Connection's credential added, so nothing the client sends can replace it
+//! or make the gateway drop it.
+
+use base64::Engine;
+use hyper::http::{HeaderMap, HeaderName, HeaderValue, header};
+use serde_json::{Map, Value};
+
+use crate::config::compile::Credential;
+use agentgate_crds::connection::CredentialScheme;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and their common non-standard relatives.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+];
+
+/// Request headers that carry the caller's credentials or claims about who the caller is.
+const IDENTITY_HEADERS: &[&str] = &[
+    "authorization",
+    "dpop",
+    "cookie",
+    "forwarded",
+    "x-real-ip",
+    "x-user",
+    "x-user-id",
+    "x-email",
+    "x-groups",
+    "x-client-cert",
+    "x-ssl-client-cert",
+    "x-ssl-client-dn",
+    "ssl-client-cert",
+    "x-amzn-oidc-data",
+    "x-goog-authenticated-user-email",
+    "x-ms-client-principal",
+];
+
+/// Prefixes of request headers that assert an identity (`Impersonate-User`,
+/// `X-Remote-Group`, `X-Forwarded-User`, ...) or are the gateway's own.
+const IDENTITY_PREFIXES: &[&str] = &[
+    "impersonate-",
+    "x-remote-",
+    "x-forwarded-",
+    "x-auth-request-",
+    "x-authenticated-",
+    "x-agentgate-",
+];
+
+/// Header values never copied into recordings or logs.
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "dpop",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+    "x-auth-token",
+];
+
+fn is_identity_header(name: &str) -> bool {
+    IDENTITY_HEADERS.contains(&name) || IDENTITY_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        headers.remove(*n);
+    }
+}
+
+/// Cleans a request's headers for forwarding: hop-by-hop first, then identity headers.
+/// Returns the names removed as identity headers (for the recording).
+pub fn sanitize_request(headers: &mut HeaderMap) -> Vec<String> {
+    remove_hop_by_hop(headers);
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_identity_header(n.as_str()))
+        .cloned()
+        .collect();
+    let mut removed: Vec<String> = Vec::with_capacity(doomed.len());
+    for n in doomed {
+        headers.remove(&n);
+        if !removed.iter().any(|r| r == n.as_str()) {
+            removed.push(n.as_str().to_string());
+        }
+    }
+    // The gateway reads bodies to mask and record them; compressed bodies would hide them.
+    headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+    removed
+}
+
+/// The credential cannot be expressed as a header value (a Secret with a line break, say).
+#[derive(Debug, thiserror::Error)]
+#[error("the Connection's credential cannot be sent as an HTTP header")]
+pub struct CredentialError;
+
+/// Adds the Connection's credential. Client certificates are injected by the TLS layer.
+pub fn inject_credential(
+    headers: &mut HeaderMap,
+    credential: Option<&Credential>,
+) -> Result<(), CredentialError> {
+    let Some(c) = credential else { return Ok(()) };
+    let secret = c.secret.as_ref().map(|s| s.expose()).unwrap_or_default();
+    let value = match c.scheme {
+        CredentialScheme::Bearer => [b"Bearer ".as_slice(), secret].concat(),
+        CredentialScheme::Ssws => [b"SSWS ".as_slice(), secret].concat(),
+        CredentialScheme::Basic => {
+            let user = c.username.as_deref().unwrap_or_default();
+            let raw = [user.as_bytes(), b":", secret].concat();
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw)).into_bytes()
+        }
+        CredentialScheme::ClientCertificate | CredentialScheme::PostgresPassword => return Ok(()),
+    };
+    let mut v = HeaderValue::from_bytes(&value).map_err(|_| CredentialError)?;
+    v.set_sensitive(true);
+    headers.insert(header::AUTHORIZATION, v);
+    Ok(())
+}
+
+/// Cleans an upstream response's headers before they go to the client.
+pub fn sanitize_response(headers: &mut HeaderMap) {
+    remove_hop_by_hop(headers);
+}
+
+/// Headers as a JSON object for a recording: names lowercased, repeats as arrays, secret values
+/// replaced.
+pub fn for_record(headers: &HeaderMap) -> Value {
+    let mut map = Map::new();
+    for name in headers.keys() {
+        let values: Vec<Value> = headers
+            .get_all(name)
+            .iter()
+            .map(|v| {
+                if SECRET_HEADERS.contains(&name.as_str()) {
+                    Value::String("[REDACTED]".into())
+                } else {
+                    Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())
+                }
+            })
+            .collect();
+        let v = if values.len() == 1 {
+            values.into_iter().next().unwrap_or(Value::Null)
+        } else {
+            Value::Array(values)
+        };
+        map.insert(name.as_str().to_string(), v);
+    }
+    Value::Object(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SecretValue;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn identity_and_hop_by_hop_headers_go_before_injection() {
+        let mut h = map(&[
+            ("Authorization", "Bearer agent-token"),
+            ("DPoP", "proof"),
+            ("Impersonate-User", "admin"),
+            ("impersonate-group", "system:masters"),
+            ("Impersonate-Extra-Scopes", "x"),
+            ("X-Forwarded-User", "root"),
+            ("X-Remote-User", "root"),
+            ("Connection", "close, X-Keep-Me-Not, Authorization"),
+            ("X-Keep-Me-Not", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("Accept", "application/json"),
+            ("Accept-Encoding", "gzip"),
+        ]);
+        let removed = sanitize_request(&mut h);
+        assert!(removed.contains(&"impersonate-user".to_string()));
+        let cred = Credential {
+            scheme: CredentialScheme::Ssws,
+            username: None,
+            secret: Some(SecretValue::new(b"okta-secret".to_vec())),
+            client_certificate: None,
+        };
+        inject_credential(&mut h, Some(&cred)).unwrap();
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert_eq!(h["authorization"], "SSWS okta-secret");
+        assert!(h["authorization"].is_sensitive());
+        assert_eq!(h["accept-encoding"], "identity");
+        assert_eq!(h["accept"], "application/json");
+    }
+
+    #[test]
+    fn basic_and_unsendable_credentials() {
+        let mut h = HeaderMap::new();
+        let cred = Credential {
+            scheme: CredentialScheme::Basic,
+            username: Some("svc".into()),
+            secret: Some(SecretValue::new(b"pw".to_vec())),
+            client_certificate: None,
+        };
+        inject_credential(&mut h, Some(&cred)).unwrap();
+        assert_eq!(h["authorization"], "Basic c3ZjOnB3");
+        let bad = Credential {
+            scheme: CredentialScheme::Bearer,
+            username: None,
+            secret: Some(SecretValue::new(b"tok\r\nX-Evil: 1".to_vec())),
+            client_certificate: None,
+        };
+        assert!(inject_credential(&mut h, Some(&bad)).is_err());
+    }
+
+    #[test]
+    fn recorded_headers_hide_secrets() {
+        let h = map(&[
+            ("authorization", "SSWS s3cr3t"),
+            ("set-cookie", "sid=1"),
+            ("x-a", "1"),
+            ("x-a", "2"),
+        ]);
+        let v = for_record(&h);
+        assert_eq!(v["authorization"], "[REDACTED]");
+        assert_eq!(v["x-a"], serde_json::json!(["1", "2"]));
+        assert!(!v.to_string().contains("s3cr3t"));
+    }
+}

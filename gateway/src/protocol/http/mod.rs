@@ -1,0 +1,15 @@
+//! HTTP and the Kubernetes API through the gateway: listeners, request normalization, the
+//! proxy's decision path, credential injection, response masking and recording.
+
+pub mod body;
+pub mod headers;
+pub mod normalize;
+pub mod plane;
+pub mod problem;
+pub mod proxy;
+pub mod response;
+pub mod server;
+pub mod tls;
+pub mod upstream;
+
+pub use plane::Gateway;

@@ -1,0 +1,213 @@
+//! The HTTP data plane's state: one [`Plane`] per configuration snapshot (verifier, routes,
+//! upstream clients, recorder), swapped atomically on reload while requests in flight finish
+//! on the plane they started with.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+
+use agentgate_crds::connection::ConnectionType;
+use agentgate_crds::gateway::RecordingMode;
+
+use super::upstream::Upstream;
+use crate::config::CompiledConnection;
+use crate::config::watch::Snapshot;
+use crate::identity::dpop::ReplayCache;
+use crate::identity::fetch::HttpFetcher;
+use crate::identity::{KeyRegistry, Verifier, VerifierOptions};
+use crate::masking::{HashKey, MaskingPlan};
+use crate::metrics::Metrics;
+use crate::policy::Subject;
+use crate::recording::Recorder;
+
+/// Most cached masking plans (one per connection and set of applicable policies).
+const MAX_CACHED_PLANS: usize = 4096;
+
+/// Everything a request needs from one configuration snapshot.
+#[derive(Debug)]
+pub struct Plane {
+    pub snapshot: Arc<Snapshot>,
+    pub verifier: Result<Verifier, String>,
+    /// Upstream clients by connection name (HTTP and Kubernetes connections).
+    pub upstreams: HashMap<String, Result<Upstream, String>>,
+    /// Route host (lowercase, no port) to connection name.
+    routes_by_host: HashMap<String, String>,
+    /// (path prefix, connection name), longest prefix first.
+    routes_by_prefix: Vec<(String, String)>,
+    pub recorder: Result<Arc<Recorder>, String>,
+    plans: Mutex<HashMap<String, MaskingPlan>>,
+    kubernetes_plan: MaskingPlan,
+}
+
+impl Plane {
+    /// The connection a request is for, and the path it addresses there: by host first (the
+    /// whole path), then by the longest path prefix (removed from the path).
+    pub fn route<'p>(&self, host: &str, path: &'p str) -> Option<(&CompiledConnection, String)> {
+        let cfg = &self.snapshot.config;
+        if let Some(c) = self.routes_by_host.get(host).and_then(|n| cfg.connections.get(n)) {
+            return Some((c, path.to_string()));
+        }
+        self.routes_by_prefix.iter().find_map(|(prefix, name)| {
+            let rest = super::normalize::strip_prefix(path, prefix)?;
+            Some((cfg.connections.get(name)?, rest.to_string()))
+        })
+    }
+
+    /// The merged masking plan of every policy that applies to `subject` on `connection`
+    /// (plus Secret masking on Kubernetes connections).
+    pub fn masking_plan(&self, connection: &CompiledConnection, subject: Subject<'_>) -> MaskingPlan {
+        let cfg = &self.snapshot.config;
+        let policies = cfg
+            .policy_index
+            .applicable(&cfg.policies, &connection.name, subject);
+        let mut key = connection.name.clone();
+        for p in &policies {
+            key.push('\0');
+            key.push_str(&p.name);
+        }
+        let mut cache = self.plans.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(plan) = cache.get(&key) {
+            return plan.clone();
+        }
+        let mut plan = if connection.kind == ConnectionType::Kubernetes {
+            self.kubernetes_plan.clone()
+        } else {
+            MaskingPlan::empty(HashKey::process())
+        };
+        for p in policies {
+            plan = plan.merge(&p.masking);
+        }
+        if cache.len() >= MAX_CACHED_PLANS {
+            cache.clear();
+        }
+        cache.insert(key, plan.clone());
+        plan
+    }
+}
+
+/// Identity state that outlives snapshots: remote key caches, the DPoP replay cache, the
+/// fetcher.
+#[derive(Debug)]
+struct IdentityShared {
+    registry: KeyRegistry,
+    fetcher: Result<HttpFetcher, String>,
+    replay: Arc<ReplayCache>,
+}
+
+/// The process-wide HTTP data plane: the current [`Plane`] and what survives reloads.
+#[derive(Debug)]
+pub struct Gateway {
+    current: RwLock<Option<Arc<Plane>>>,
+    pub metrics: Metrics,
+    identity: IdentityShared,
+    /// The recorder of the current recording directory and mode; kept across reloads so one
+    /// signing key covers the process's sessions.
+    recorder: Mutex<Option<(PathBuf, RecordingMode, Arc<Recorder>)>>,
+}
+
+impl Gateway {
+    pub fn new(metrics: Metrics) -> Arc<Self> {
+        Arc::new(Self {
+            current: RwLock::new(None),
+            metrics,
+            identity: IdentityShared {
+                registry: KeyRegistry::default(),
+                fetcher: HttpFetcher::new(),
+                replay: Arc::new(ReplayCache::default()),
+            },
+            recorder: Mutex::new(None),
+        })
+    }
+
+    /// The plane in force, if a configuration has loaded.
+    pub fn plane(&self) -> Option<Arc<Plane>> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Builds and installs the plane of `snapshot`. Parts that fail (an upstream's TLS
+    /// settings, the recording directory) fail only the requests that need them.
+    pub fn install(&self, snapshot: Arc<Snapshot>) {
+        let cfg = &snapshot.config;
+        let verifier = match &self.identity.fetcher {
+            Ok(fetcher) => Verifier::for_config(
+                cfg,
+                &self.identity.registry,
+                fetcher,
+                self.identity.replay.clone(),
+                &VerifierOptions::default(),
+            ),
+            Err(e) => Err(format!("identity provider client: {e}")),
+        };
+        if let Err(e) = &verifier {
+            tracing::error!(error = %e, "identity verification unavailable for this configuration");
+        }
+        let mut upstreams = HashMap::new();
+        let mut routes_by_host = HashMap::new();
+        let mut routes_by_prefix = Vec::new();
+        for (name, c) in &cfg.connections {
+            if c.kind == ConnectionType::Postgres {
+                continue;
+            }
+            if c.insecure_skip_verify {
+                tracing::warn!(connection = %name, "upstream TLS verification is OFF (tls.insecureSkipVerify)");
+            }
+            let up = Upstream::new(c).map_err(|e| format!("Connection {name}: {e}"));
+            if let Err(e) = &up {
+                tracing::error!(error = %e, "upstream client cannot be built");
+            }
+            upstreams.insert(name.clone(), up);
+            if let Some(h) = &c.route_host {
+                routes_by_host.insert(h.to_ascii_lowercase(), name.clone());
+            }
+            if let Some(p) = &c.route_path_prefix {
+                routes_by_prefix.push((p.clone(), name.clone()));
+            }
+        }
+        routes_by_prefix.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        let recorder = self.recorder_for(
+            &cfg.gateway.recording_dir,
+            cfg.gateway.recording.mode,
+            &cfg.gateway.namespace,
+            &cfg.gateway.name,
+        );
+        let plane = Plane {
+            verifier,
+            upstreams,
+            routes_by_host,
+            routes_by_prefix,
+            recorder,
+            plans: Mutex::new(HashMap::new()),
+            kubernetes_plan: MaskingPlan::empty(HashKey::process()).with_kubernetes_secrets(),
+            snapshot,
+        };
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(plane));
+    }
+
+    fn recorder_for(
+        &self,
+        dir: &PathBuf,
+        mode: RecordingMode,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Arc<Recorder>, String> {
+        let mut slot = self.recorder.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((d, m, r)) = slot.as_ref()
+            && d == dir
+            && *m == mode
+        {
+            return Ok(r.clone());
+        }
+        match Recorder::new(dir.clone(), mode, &format!("{namespace}/{name}")) {
+            Ok(r) => {
+                let r = Arc::new(r);
+                tracing::info!(dir = %dir.display(), ?mode, public_key = %r.public_key(), "recording sessions");
+                *slot = Some((dir.clone(), mode, r.clone()));
+                Ok(r)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "session recording unavailable");
+                Err(e.to_string())
+            }
+        }
+    }
+}

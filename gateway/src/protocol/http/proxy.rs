@@ -1,0 +1,894 @@
+//! One HTTP request through the gateway, in order: refuse what cannot be proxied safely, route
+//! to a Connection, verify the agent's token, normalize the target, derive the operation
+//! (HTTP or Kubernetes), decide it, record it, forward it with the Connection's credential,
+//! then mask and record the response. Every refusal is a problem+json document.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use agentgate_crds::connection::ConnectionType;
+use agentgate_crds::gateway::RecordingMode;
+use agentgate_crds::policy::Action;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::http::request::Parts;
+use hyper::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use serde_json::{Value, json};
+
+use super::body::{Body, BodyError, full};
+use super::headers;
+use super::normalize;
+use super::plane::{Gateway, Plane};
+use super::problem::{Kind, Problem};
+use super::response::{self, ContentClass, MaskFailure, MaskedLines, RecordSink, Recorded};
+use crate::config::CompiledConnection;
+use crate::identity::dpop::RequestTarget;
+use crate::identity::{ErrorKind, Presented, Principal};
+use crate::masking::{MAX_MASKED_BODY, MaskReport, MaskingPlan};
+use crate::policy::{BodyView, Cause, Decision, HttpOperation, KubernetesOperation, Operation, Subject};
+use crate::protocol::kubernetes::{self, request_info};
+use crate::recording::Session;
+use agentgate_crds::policy::UnparseablePolicy;
+
+/// Largest request body read to evaluate `jsonBody` conditions.
+pub const MAX_DECIDED_BODY: usize = 1024 * 1024;
+/// Largest request body forwarded at all.
+pub const MAX_REQUEST_BODY: u64 = 64 * 1024 * 1024;
+
+/// One downstream connection: its peer and the recording sessions opened on it, one per
+/// (identity, connection) pair, closed when the connection ends.
+#[derive(Debug)]
+pub struct ConnContext {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    pub listener: String,
+    sessions: Mutex<Vec<(String, String, Arc<Session>)>>,
+}
+
+impl ConnContext {
+    pub fn new(peer: SocketAddr, tls: bool, listener: String) -> Self {
+        Self {
+            peer,
+            tls,
+            listener,
+            sessions: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Closes (signs and syncs) every session opened on this connection.
+    pub fn close_sessions(&self) {
+        let sessions = std::mem::take(&mut *self.sessions.lock().unwrap_or_else(|p| p.into_inner()));
+        for (_, _, s) in sessions {
+            if let Err(e) = s.close(json!({"reason": "connection closed"})) {
+                tracing::warn!(error = %e, "closing a session record failed");
+            }
+        }
+    }
+}
+
+/// What the request log and metrics need whatever the outcome.
+struct Outcome {
+    connection: String,
+    identity: String,
+    decision: &'static str,
+}
+
+/// hyper's entry point: never fails; every error is a response.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    conn: Arc<ConnContext>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let request_id = new_request_id();
+    let mut outcome = Outcome {
+        connection: "none".into(),
+        identity: "none".into(),
+        decision: "none",
+    };
+    let method = req.method().clone();
+    let path_for_log = req.uri().path().to_string();
+    let mut upstream_time = None;
+    let res = match proxy(
+        &gw,
+        &conn,
+        req,
+        &request_id,
+        &mut outcome,
+        &mut upstream_time,
+        started,
+    )
+    .await
+    {
+        Ok(res) => res,
+        Err(problem) => {
+            gw.metrics
+                .http_problems
+                .with_label_values(&[problem.kind.slug()])
+                .inc();
+            tracing::info!(
+                request_id = %request_id,
+                method = %method,
+                path = %path_for_log,
+                connection = %outcome.connection,
+                identity = %outcome.identity,
+                problem = problem.kind.slug(),
+                detail = %problem.detail,
+                "request refused"
+            );
+            problem.into_response(&request_id)
+        }
+    };
+    let elapsed = started.elapsed();
+    let status_class = match res.status().as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    let m = &gw.metrics;
+    m.http_requests
+        .with_label_values(&[
+            &outcome.connection,
+            &outcome.identity,
+            outcome.decision,
+            status_class,
+        ])
+        .inc();
+    m.http_request_duration
+        .with_label_values(&[&outcome.connection])
+        .observe(elapsed.as_secs_f64());
+    if let Some(up) = upstream_time {
+        m.http_upstream_duration
+            .with_label_values(&[&outcome.connection])
+            .observe(up);
+        m.http_gateway_overhead
+            .with_label_values(&[&outcome.connection])
+            .observe((elapsed.as_secs_f64() - up).max(0.0));
+    }
+    Ok(res)
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn new_request_id() -> String {
+    let mut raw = [0u8; 12];
+    if aws_lc_rs::rand::fill(&mut raw).is_err() {
+        return "unknown".into();
+    }
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn bad_request(detail: impl Into<String>) -> Problem {
+    Problem::new(Kind::BadRequest, detail)
+}
+
+/// Refuses requests that cannot be proxied without ambiguity, before anything else reads them.
+fn check_framing(req: &Parts) -> Result<(), Problem> {
+    let h = &req.headers;
+    if req.method == Method::CONNECT {
+        return Err(Problem::new(Kind::UnsupportedUpgrade, "CONNECT is not supported"));
+    }
+    if h.contains_key(header::UPGRADE) {
+        return Err(Problem::new(
+            Kind::UnsupportedUpgrade,
+            "protocol upgrades (WebSocket, SPDY, h2c) are not supported through the gateway",
+        ));
+    }
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Err(bad_request(
+            "a request must not carry both Transfer-Encoding and Content-Length",
+        ));
+    }
+    if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        return Err(bad_request("a request must carry at most one Content-Length"));
+    }
+    if let Some(te) = h.get(header::TE)
+        && !te.as_bytes().eq_ignore_ascii_case(b"trailers")
+    {
+        return Err(bad_request("the TE header may only be \"trailers\""));
+    }
+    if h.get_all(header::HOST).iter().count() > 1 {
+        return Err(bad_request("a request must carry at most one Host header"));
+    }
+    if h.get_all(header::AUTHORIZATION).iter().count() > 1 {
+        return Err(Problem::new(
+            Kind::Unauthenticated,
+            "send exactly one Authorization header",
+        ));
+    }
+    if let Some(len) = h
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > MAX_REQUEST_BODY
+    {
+        return Err(Problem::new(
+            Kind::RequestTooLarge,
+            format!("the request body exceeds {MAX_REQUEST_BODY} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// The authority the client addressed: `:authority`/absolute-form URI or Host, which must agree.
+fn authority(req: &Parts) -> Result<String, Problem> {
+    let host = match req.headers.get(header::HOST) {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| bad_request("the Host header is not valid"))?,
+        ),
+        None => None,
+    };
+    let uri_auth = req.uri.authority().map(|a| a.as_str());
+    match (uri_auth, host) {
+        (Some(a), Some(h)) if !a.eq_ignore_ascii_case(h) => Err(bad_request(
+            "the request URI's authority and the Host header disagree",
+        )),
+        (Some(a), _) => Ok(a.to_string()),
+        (None, Some(h)) => Ok(h.to_string()),
+        (None, None) => Err(bad_request("the request has no Host")),
+    }
+}
+
+fn host_without_port(authority: &str) -> String {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, p)| {
+            if p.chars().all(|c| c.is_ascii_digit()) {
+                h
+            } else {
+                authority
+            }
+        })
+    };
+    host.to_ascii_lowercase()
+}
+
+/// The part of `proxy` that can fail with a problem.
+#[allow(clippy::too_many_arguments)]
+async fn proxy(
+    gw: &Gateway,
+    conn: &ConnContext,
+    req: Request<Incoming>,
+    request_id: &str,
+    outcome: &mut Outcome,
+    upstream_time: &mut Option<f64>,
+    started: Instant,
+) -> Result<Response<Body>, Problem> {
+    let (parts, body) = req.into_parts();
+    check_framing(&parts)?;
+    let plane = gw.plane().ok_or_else(|| {
+        Problem::new(
+            Kind::ConfigurationUnavailable,
+            "the gateway has no valid configuration loaded",
+        )
+    })?;
+    let authority = authority(&parts)?;
+    let host = host_without_port(&authority);
+    let raw_path = parts.uri.path().to_string();
+    // The target the policy decides on and the upstream receives.
+    let target = normalize::normalize(&raw_path, parts.uri.query()).map_err(|e| bad_request(e.0))?;
+    let (connection, path) = plane
+        .route(&host, &target.path)
+        .ok_or_else(|| Problem::new(Kind::NoRoute, "no Connection is routed for this host or path"))?;
+    outcome.connection = connection.name.clone();
+
+    // Identity, on the URL as the client addressed it (DPoP's htu).
+    let principal = authenticate(&plane, conn, &parts, &authority, &raw_path).await?;
+    outcome.identity = principal.identity.clone();
+    let subject = Subject {
+        identity: &principal.identity,
+        groups: &principal.groups,
+    };
+
+    let cfg = &plane.snapshot.config;
+    let needs_body = cfg
+        .policy_index
+        .needs_body(&cfg.policies, &connection.name, subject);
+    // The body is read before the decision only when a rule reads it.
+    let (read_body, body) = if needs_body && parts.method != Method::GET && parts.method != Method::HEAD {
+        let body: Body = body.map_err(|e| -> BodyError { Box::new(e) }).boxed();
+        let bytes = response::read_capped(body, MAX_DECIDED_BODY).await.map_err(|e| match e {
+            MaskFailure::TooLarge => Problem::new(
+                Kind::RequestTooLarge,
+                format!("request bodies on this connection are read to decide them and must be at most {MAX_DECIDED_BODY} bytes"),
+            ),
+            _ => bad_request("the request body could not be read"),
+        })?;
+        (Some(bytes), None)
+    } else {
+        (None, Some(body))
+    };
+    let parsed_body: Option<Value> = read_body.as_ref().and_then(|b| {
+        let json_ct = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| response::classify(Some(ct)) == ContentClass::Json);
+        if json_ct {
+            crate::identity::strict_json::parse(b).ok()
+        } else {
+            None
+        }
+    });
+    let body_view = match (&read_body, &parsed_body) {
+        (None, _) => BodyView::NotRead,
+        (Some(b), _) if b.is_empty() => BodyView::Empty,
+        (Some(_), Some(v)) => BodyView::Json(v),
+        (Some(_), None) => BodyView::NotJson,
+    };
+
+    // The operation, as the upstream will understand it.
+    let kube_info = if connection.kind == ConnectionType::Kubernetes {
+        Some(
+            request_info::derive(parts.method.as_str(), &path, &target.query)
+                .map_err(|e| bad_request(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    let op = if let Some(kube_info) = &kube_info {
+        match kube_info.policy_verb() {
+            Some(verb) if kube_info.is_resource_request => Some(Operation::Kubernetes(KubernetesOperation {
+                verb,
+                api_group: &kube_info.api_group,
+                api_version: &kube_info.api_version,
+                resource: &kube_info.resource,
+                subresource: kube_info.subresource.as_deref(),
+                namespace: kube_info.namespace.as_deref(),
+                name: kube_info.name.as_deref(),
+            })),
+            _ => None,
+        }
+    } else {
+        Some(Operation::Http(HttpOperation {
+            method: parts.method.as_str(),
+            path: &path,
+            query: &target.query,
+            headers: &parts.headers,
+            body: body_view,
+        }))
+    };
+    let now = unix_now();
+    let (action, decision_record, refusal) = match &op {
+        Some(op) => {
+            let d = cfg
+                .policy_index
+                .decide(&cfg.policies, &connection.name, subject, op, now);
+            let explained = d.explain(op);
+            (
+                d.action,
+                decision_json(&d, &explained),
+                refusal_for(&d, explained, op),
+            )
+        }
+        None => {
+            // Kubernetes discovery and other non-resource reads (`/api`, `/apis/...`, `/version`,
+            // `/openapi/...`) are allowed to anyone a policy names on the connection: clients
+            // cannot work without them and they carry no object data. Writes are refused.
+            let read = parts.method == Method::GET || parts.method == Method::HEAD;
+            let allowed = read && cfg.policy_index.has_policy(&connection.name, subject);
+            let explained = format!(
+                "{} {path}: {}",
+                parts.method,
+                if allowed {
+                    "allowed: API discovery"
+                } else {
+                    "denied: not a Kubernetes resource request any policy allows"
+                }
+            );
+            let action = if allowed { Action::Allow } else { Action::Deny };
+            let rec = json!({"action": if allowed {"allow"} else {"deny"}, "reason": explained});
+            let refusal = (!allowed).then(|| Problem::new(Kind::DeniedByPolicy, explained.clone()));
+            (action, rec, refusal)
+        }
+    };
+    outcome.decision = match action {
+        Action::Allow => "allow",
+        Action::Deny => "deny",
+        Action::RequireApproval => "require_approval",
+    };
+
+    // Masking plan and recording session, before anything is forwarded.
+    let plan = plane.masking_plan(connection, subject);
+    let session = session_for(&plane, gw, conn, &principal, connection)?;
+    let mut request_headers_record = headers::for_record(&parts.headers);
+    if let Some(q) = &target.raw_query {
+        // Query strings can carry secrets too.
+        let (masked, _) = plan.mask_text(q);
+        request_headers_record = json!({"headers": request_headers_record, "query": masked});
+    } else {
+        request_headers_record = json!({"headers": request_headers_record});
+    }
+    let mut request_event = json!({
+        "request_id": request_id,
+        "method": parts.method.as_str(),
+        "path": path,
+        "host": authority,
+        "peer": conn.peer.to_string(),
+        "version": format!("{:?}", parts.version),
+    });
+    if let (Some(map), Value::Object(extra)) = (request_event.as_object_mut(), request_headers_record) {
+        map.extend(extra);
+    }
+    if let Some(b) = &read_body {
+        request_event["body"] = masked_body_record(&plan, b);
+    }
+    record(gw, &plane, session.as_deref(), "http.request", request_event)?;
+    let mut decision_event = decision_record;
+    decision_event["request_id"] = Value::String(request_id.to_string());
+    record(gw, &plane, session.as_deref(), "decision", decision_event)?;
+
+    if let Some(problem) = refusal {
+        return Err(problem);
+    }
+    if let Some(sub) = kube_info.as_ref().and_then(|k| k.subresource.as_deref())
+        && kubernetes::is_streaming_subresource(sub)
+    {
+        return Err(Problem::new(
+            Kind::UnsupportedUpgrade,
+            format!("{sub} needs a streaming upgrade (SPDY or WebSocket), which the gateway does not proxy"),
+        ));
+    }
+
+    // Forward.
+    let upstream = match plane.upstreams.get(&connection.name) {
+        Some(Ok(u)) => u,
+        _ => {
+            return Err(Problem::new(
+                Kind::UpstreamUnavailable,
+                "the Connection's upstream client is not configured",
+            ));
+        }
+    };
+    let mut out_headers = parts.headers.clone();
+    let removed = headers::sanitize_request(&mut out_headers);
+    if !removed.is_empty() {
+        tracing::debug!(request_id, removed = ?removed, "client identity headers removed");
+    }
+    out_headers.remove(header::HOST);
+    if let Ok(v) = HeaderValue::from_str(&upstream.authority) {
+        out_headers.insert(header::HOST, v);
+    }
+    if connection.kind == ConnectionType::Kubernetes {
+        let accept = out_headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if let Ok(v) = HeaderValue::from_str(&kubernetes::json_accept(accept.as_deref())) {
+            out_headers.insert(header::ACCEPT, v);
+        }
+    }
+    headers::inject_credential(&mut out_headers, connection.credential.as_ref())
+        .map_err(|e| Problem::new(Kind::UpstreamUnavailable, e.to_string()))?;
+    let out_body: Body = match (read_body, body) {
+        (Some(bytes), _) => full(bytes),
+        (None, Some(incoming)) => {
+            let limited = http_body_util::Limited::new(incoming, MAX_REQUEST_BODY as usize);
+            let boxed: Body = limited.boxed();
+            match &session {
+                Some(s) if has_body(&parts.headers) => Recorded::new(
+                    boxed,
+                    Some(RecordSink {
+                        session: s.clone(),
+                        kind: "http.request.body",
+                        request_id: request_id.to_string(),
+                        plan: Some(plan.clone()),
+                        on_failure: failure_counter(gw, &plane),
+                    }),
+                )
+                .boxed(),
+                _ => boxed,
+            }
+        }
+        (None, None) => full(Bytes::new()),
+    };
+    let uri = upstream.uri(&path, target.raw_query.as_deref());
+    let mut up_req = Request::builder()
+        .method(parts.method.clone())
+        .uri(&uri)
+        .body(out_body)
+        .map_err(|_| bad_request("the request cannot be forwarded"))?;
+    *up_req.headers_mut() = out_headers;
+    let sent = Instant::now();
+    let up_res = upstream.send(up_req).await?;
+    *upstream_time = Some(sent.elapsed().as_secs_f64());
+
+    // The response: masked when a rule applies, recorded in any case.
+    let (mut res_parts, res_body) = up_res.into_parts();
+    headers::sanitize_response(&mut res_parts.headers);
+    let res_body: Body = res_body.map_err(|e| -> BodyError { Box::new(e) }).boxed();
+    let class = response::classify(
+        res_parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let bodiless = parts.method == Method::HEAD
+        || res_parts.status == StatusCode::NO_CONTENT
+        || res_parts.status == StatusCode::NOT_MODIFIED
+        || res_parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v == "0");
+    let is_watch = kube_info.as_ref().is_some_and(|k| k.verb == "watch");
+    let connection_name = connection.name.clone();
+    let mut response_event = json!({
+        "request_id": request_id,
+        "status": res_parts.status.as_u16(),
+        "headers": headers::for_record(&res_parts.headers),
+        "upstream_us": (sent.elapsed().as_micros() as u64),
+        "total_us": (started.elapsed().as_micros() as u64),
+    });
+    let body: Body = if plan.is_empty() || bodiless {
+        response_event["body"] = json!({"streamed": true});
+        record(gw, &plane, session.as_deref(), "http.response", response_event)?;
+        tee(res_body, session.as_ref(), request_id, None, gw, &plane)
+    } else if is_watch && class == ContentClass::Json {
+        response_event["body"] = json!({"streamed": true, "masked": "per event"});
+        record(gw, &plane, session.as_deref(), "http.response", response_event)?;
+        res_parts.headers.remove(header::CONTENT_LENGTH);
+        let metrics = gw.metrics.clone();
+        let masked = MaskedLines::new(
+            res_body,
+            plan.clone(),
+            Arc::new(move |r: &MaskReport| metrics.count_masking(&connection_name, r)),
+        )
+        .boxed();
+        tee(masked, session.as_ref(), request_id, None, gw, &plane)
+    } else {
+        match mask_response(
+            &plan,
+            class,
+            res_parts.headers.get(header::CONTENT_LENGTH),
+            res_body,
+        )
+        .await
+        {
+            Ok(Masked::Done(bytes, report)) => {
+                gw.metrics.count_masking(&connection_name, &report);
+                res_parts.headers.remove(header::CONTENT_LENGTH);
+                res_parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                response_event["body"] = response::body_for_record(&bytes, true);
+                response_event["masked"] = json!({"fields": report.fields, "detections": report.detections});
+                record(gw, &plane, session.as_deref(), "http.response", response_event)?;
+                full(bytes)
+            }
+            Ok(Masked::PassThrough(body)) => {
+                response_event["body"] = json!({"streamed": true, "masked": false});
+                record(gw, &plane, session.as_deref(), "http.response", response_event)?;
+                tee(body, session.as_ref(), request_id, Some(plan.clone()), gw, &plane)
+            }
+            Err(reason) => {
+                gw.metrics
+                    .masking_refusals
+                    .with_label_values(&[&connection_name])
+                    .inc();
+                response_event["body"] = json!({"refused": reason});
+                let _ = record(gw, &plane, session.as_deref(), "http.response", response_event);
+                return Err(Problem::new(
+                    Kind::MaskingRefused,
+                    format!("the upstream's response was withheld because masking applies and {reason}"),
+                ));
+            }
+        }
+    };
+    res_parts.headers.insert(
+        "x-request-id",
+        HeaderValue::from_str(request_id).unwrap_or(HeaderValue::from_static("unknown")),
+    );
+    Ok(Response::from_parts(res_parts, body))
+}
+
+fn has_body(h: &HeaderMap) -> bool {
+    h.contains_key(header::TRANSFER_ENCODING) || h.get(header::CONTENT_LENGTH).is_some_and(|v| v != "0")
+}
+
+enum Masked {
+    Done(Bytes, MaskReport),
+    /// The masker could not read it and the rules let it through unmasked.
+    PassThrough(Body),
+}
+
+async fn mask_response(
+    plan: &MaskingPlan,
+    class: ContentClass,
+    content_length: Option<&HeaderValue>,
+    body: Body,
+) -> Result<Masked, String> {
+    let allow_unmasked = plan.on_unparseable() == UnparseablePolicy::Allow;
+    let declared = content_length
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if class == ContentClass::Other || declared.is_some_and(|n| n > MAX_MASKED_BODY) {
+        return if allow_unmasked {
+            Ok(Masked::PassThrough(body))
+        } else if class == ContentClass::Other {
+            Err("its content type cannot be masked".into())
+        } else {
+            Err(format!(
+                "it is larger than the masking limit of {MAX_MASKED_BODY} bytes"
+            ))
+        };
+    }
+    let bytes = match response::read_capped(body, MAX_MASKED_BODY).await {
+        Ok(b) => b,
+        Err(MaskFailure::TooLarge) => {
+            return Err(format!(
+                "it is larger than the masking limit of {MAX_MASKED_BODY} bytes"
+            ));
+        }
+        Err(_) => return Err("the upstream's body could not be read".into()),
+    };
+    match response::mask_whole(plan, class, &bytes) {
+        Ok((out, report)) => Ok(Masked::Done(Bytes::from(out), report)),
+        Err(MaskFailure::Unparseable(why)) if allow_unmasked => {
+            tracing::debug!(why, "response passed unmasked as the masking rules allow");
+            Ok(Masked::PassThrough(full(bytes)))
+        }
+        Err(MaskFailure::Unparseable(why)) => Err(why.to_string()),
+        Err(_) => Err("the body could not be masked".into()),
+    }
+}
+
+fn tee(
+    body: Body,
+    session: Option<&Arc<Session>>,
+    request_id: &str,
+    plan: Option<MaskingPlan>,
+    gw: &Gateway,
+    plane: &Plane,
+) -> Body {
+    match session {
+        Some(s) => Recorded::new(
+            body,
+            Some(RecordSink {
+                session: s.clone(),
+                kind: "http.response.body",
+                request_id: request_id.to_string(),
+                plan,
+                on_failure: failure_counter(gw, plane),
+            }),
+        )
+        .boxed(),
+        None => body,
+    }
+}
+
+fn failure_counter(gw: &Gateway, plane: &Plane) -> Arc<dyn Fn() + Send + Sync> {
+    let counter = gw
+        .metrics
+        .recording_failures
+        .with_label_values(&[mode_label(plane)]);
+    Arc::new(move || counter.inc())
+}
+
+fn mode_label(plane: &Plane) -> &'static str {
+    match plane.snapshot.config.gateway.recording.mode {
+        RecordingMode::Required => "required",
+        RecordingMode::BestEffort => "best_effort",
+    }
+}
+
+fn masked_body_record(plan: &MaskingPlan, bytes: &[u8]) -> Value {
+    let mut out = Vec::new();
+    if !plan.is_empty() && plan.mask_json(bytes, &mut out).is_ok() {
+        return response::body_for_record(&out, true);
+    }
+    if plan.is_empty() {
+        return response::body_for_record(bytes, true);
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let (masked, _) = plan.mask_text(&text);
+    crate::recording::cap_body(masked.as_bytes(), crate::recording::MAX_RECORDED_BODY)
+}
+
+/// Writes one event; in Required mode a failure refuses the operation.
+fn record(
+    gw: &Gateway,
+    plane: &Plane,
+    session: Option<&Session>,
+    kind: &str,
+    data: Value,
+) -> Result<(), Problem> {
+    let required = plane.snapshot.config.gateway.recording.mode == RecordingMode::Required;
+    let Some(session) = session else {
+        return if required {
+            Err(Problem::new(
+                Kind::RecordingUnavailable,
+                "session recording is required and unavailable",
+            ))
+        } else {
+            Ok(())
+        };
+    };
+    match session.record(kind, data) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            gw.metrics
+                .recording_failures
+                .with_label_values(&[mode_label(plane)])
+                .inc();
+            tracing::error!(error = %e, "recording an event failed");
+            if required {
+                Err(Problem::new(
+                    Kind::RecordingUnavailable,
+                    "session recording is required and failed",
+                ))
+            } else {
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The session of (identity, connection) on this downstream connection, opened on first use.
+fn session_for(
+    plane: &Plane,
+    gw: &Gateway,
+    conn: &ConnContext,
+    principal: &Principal,
+    connection: &CompiledConnection,
+) -> Result<Option<Arc<Session>>, Problem> {
+    let required = plane.snapshot.config.gateway.recording.mode == RecordingMode::Required;
+    let recorder = match &plane.recorder {
+        Ok(r) => r,
+        Err(_) if required => {
+            return Err(Problem::new(
+                Kind::RecordingUnavailable,
+                "session recording is required and unavailable",
+            ));
+        }
+        Err(_) => return Ok(None),
+    };
+    let mut sessions = conn.sessions.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, _, s)) = sessions
+        .iter()
+        .find(|(i, c, _)| *i == principal.identity && *c == connection.name)
+    {
+        return Ok(Some(s.clone()));
+    }
+    let start = json!({
+        "identity": principal.identity,
+        "subject": principal.subject,
+        "issuer": principal.issuer,
+        "groups": principal.groups,
+        "connection": connection.name,
+        "protocol": "http",
+        "listener": conn.listener,
+        "peer": conn.peer.to_string(),
+        "tls": conn.tls,
+        "dpop_bound": principal.binding.is_some(),
+        "config_generation": plane.snapshot.generation,
+    });
+    match recorder.start_session(start) {
+        Ok(s) => {
+            let s = Arc::new(s);
+            sessions.push((principal.identity.clone(), connection.name.clone(), s.clone()));
+            Ok(Some(s))
+        }
+        Err(e) => {
+            gw.metrics
+                .recording_failures
+                .with_label_values(&[mode_label(plane)])
+                .inc();
+            tracing::error!(error = %e, "opening a session record failed");
+            if required {
+                Err(Problem::new(
+                    Kind::RecordingUnavailable,
+                    "session recording is required and failed",
+                ))
+            } else {
+                Ok(None)
+            }
+        }
+    }
+}
+
+async fn authenticate(
+    plane: &Plane,
+    conn: &ConnContext,
+    req: &Parts,
+    authority: &str,
+    raw_path: &str,
+) -> Result<Principal, Problem> {
+    let verifier = plane.verifier.as_ref().map_err(|_| {
+        Problem::new(
+            Kind::IdentityProviderUnavailable,
+            "token verification is not available",
+        )
+    })?;
+    let authorization = match req.headers.get(header::AUTHORIZATION) {
+        Some(v) => Some(
+            v.to_str()
+                .map_err(|_| Problem::new(Kind::Unauthenticated, "the Authorization header is not valid"))?,
+        ),
+        None => None,
+    };
+    let dpop: Vec<&str> = req
+        .headers
+        .get_all("dpop")
+        .iter()
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+        .collect();
+    let scheme = if conn.tls { "https" } else { "http" };
+    let url = format!("{scheme}://{authority}{raw_path}");
+    let presented = Presented {
+        authorization,
+        dpop: &dpop,
+        target: RequestTarget {
+            method: req.method.as_str(),
+            url: &url,
+        },
+    };
+    let now = unix_now();
+    verifier.verify(&presented, now).await.map_err(|e| {
+        tracing::info!(reason = e.kind.slug(), detail = %e.detail, "token refused");
+        let kind = match e.kind {
+            ErrorKind::BindingRequired | ErrorKind::InvalidProof => Kind::TokenBinding,
+            ErrorKind::ProviderUnavailable => Kind::IdentityProviderUnavailable,
+            _ => Kind::Unauthenticated,
+        };
+        let mut p = Problem::new(kind, e.kind.describe()).with("reason", e.kind.slug());
+        p.www_authenticate = Some(e.www_authenticate());
+        p
+    })
+}
+
+fn decision_json(d: &Decision<'_>, explained: &str) -> Value {
+    let mut v = json!({"action": d.label(), "reason": explained});
+    if let Cause::Rule { policy, rule } = d.cause {
+        v["policy"] = Value::String(policy.name.clone());
+        v["rule"] = Value::String(rule.name.clone());
+    }
+    v
+}
+
+fn refusal_for(d: &Decision<'_>, explained: String, _op: &Operation<'_>) -> Option<Problem> {
+    let kind = match d.action {
+        Action::Allow => return None,
+        Action::Deny => Kind::DeniedByPolicy,
+        Action::RequireApproval => Kind::ApprovalRequired,
+    };
+    let mut p = Problem::new(kind, explained);
+    if let Cause::Rule { policy, rule } = d.cause {
+        p = p
+            .with("policy", policy.name.clone())
+            .with("rule", rule.name.clone());
+    }
+    Some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_lose_their_port_and_case() {
+        assert_eq!(
+            host_without_port("Okta.Gateway.Internal:8443"),
+            "okta.gateway.internal"
+        );
+        assert_eq!(host_without_port("[::1]:8443"), "::1");
+        assert_eq!(host_without_port("example.com"), "example.com");
+    }
+
+    #[test]
+    fn request_ids_are_unique_hex() {
+        let a = new_request_id();
+        assert_eq!(a.len(), 24);
+        assert_ne!(a, new_request_id());
+    }
+}

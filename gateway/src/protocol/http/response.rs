@@ -1,0 +1,356 @@
+//! Response bodies on their way back: masked whole when a masking rule applies (bounded by the
+//! masking cap), masked line by line for watch streams, or streamed untouched; and a tee that
+//! records the first bytes of whatever passes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use serde_json::{Value, json};
+
+use super::body::{Body, BodyError};
+use crate::masking::{MAX_MASKED_BODY, MaskReport, MaskingPlan};
+use crate::recording::{MAX_RECORDED_BODY, Session, cap_body};
+
+/// What a content type lets the masker do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContentClass {
+    Json,
+    Text,
+    Other,
+}
+
+/// Classifies a `Content-Type`. JSON includes `+json` suffixes and NDJSON; YAML, protobuf, CBOR
+/// and anything else the masker cannot parse is `Other`.
+pub fn classify(content_type: Option<&str>) -> ContentClass {
+    let Some(ct) = content_type else {
+        return ContentClass::Other;
+    };
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if essence == "application/json"
+        || essence.ends_with("+json")
+        || essence == "application/x-ndjson"
+        || essence == "application/jsonl"
+    {
+        ContentClass::Json
+    } else if essence.starts_with("text/") {
+        ContentClass::Text
+    } else {
+        ContentClass::Other
+    }
+}
+
+/// Why a body was not masked.
+#[derive(Debug)]
+pub enum MaskFailure {
+    TooLarge,
+    Unparseable(&'static str),
+    Upstream(String),
+}
+
+/// Reads a whole body, at most `cap` bytes.
+pub async fn read_capped(mut body: Body, cap: usize) -> Result<Bytes, MaskFailure> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| MaskFailure::Upstream(e.to_string()))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > cap {
+                return Err(MaskFailure::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Masks a whole body of class `class`.
+pub fn mask_whole(
+    plan: &MaskingPlan,
+    class: ContentClass,
+    input: &[u8],
+) -> Result<(Vec<u8>, MaskReport), MaskFailure> {
+    match class {
+        ContentClass::Json => {
+            let mut out = Vec::with_capacity(input.len());
+            let report = plan
+                .mask_json(input, &mut out)
+                .map_err(|_| MaskFailure::Unparseable("the response is not valid JSON"))?;
+            Ok((out, report))
+        }
+        ContentClass::Text => {
+            let text = std::str::from_utf8(input)
+                .map_err(|_| MaskFailure::Unparseable("the response text is not UTF-8"))?;
+            let (masked, report) = plan.mask_text(text);
+            Ok((masked.into_owned().into_bytes(), report))
+        }
+        ContentClass::Other => Err(MaskFailure::Unparseable(
+            "the masker cannot read this content type",
+        )),
+    }
+}
+
+/// A body value for a recording: JSON kept as JSON when it parses (already masked by the caller
+/// where masking applies), otherwise capped text or base64.
+pub fn body_for_record(bytes: &[u8], complete: bool) -> Value {
+    if complete
+        && bytes.len() <= MAX_RECORDED_BODY
+        && let Ok(v) = serde_json::from_slice::<Value>(bytes)
+    {
+        return json!({"json": v});
+    }
+    cap_body(bytes, MAX_RECORDED_BODY)
+}
+
+/// Masks a stream of newline-separated JSON values (a watch) value by value. A line longer
+/// than the masking cap, or one that does not parse, ends the stream with an error: the
+/// client sees a cut stream, never an unmasked event.
+pub struct MaskedLines {
+    inner: Body,
+    plan: MaskingPlan,
+    buf: BytesMut,
+    done: bool,
+    on_report: Arc<dyn Fn(&MaskReport) + Send + Sync>,
+}
+
+impl MaskedLines {
+    pub fn new(inner: Body, plan: MaskingPlan, on_report: Arc<dyn Fn(&MaskReport) + Send + Sync>) -> Self {
+        Self {
+            inner,
+            plan,
+            buf: BytesMut::new(),
+            done: false,
+            on_report,
+        }
+    }
+
+    /// Masks every complete line in the buffer (everything when `all`).
+    fn drain(&mut self, all: bool) -> Result<Option<Bytes>, BodyError> {
+        let end = if all {
+            self.buf.len()
+        } else {
+            match memchr::memrchr(b'\n', &self.buf) {
+                Some(i) => i + 1,
+                None => {
+                    if self.buf.len() > MAX_MASKED_BODY {
+                        return Err("a streamed event exceeds the masking limit".into());
+                    }
+                    return Ok(None);
+                }
+            }
+        };
+        if end == 0 {
+            return Ok(None);
+        }
+        let chunk = self.buf.split_to(end);
+        let mut out = Vec::with_capacity(chunk.len());
+        let report = self
+            .plan
+            .mask_json(&chunk, &mut out)
+            .map_err(|_| -> BodyError { "a streamed event could not be masked".into() })?;
+        (self.on_report)(&report);
+        Ok(Some(Bytes::from(out)))
+    }
+}
+
+impl HttpBody for MaskedLines {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    self.done = true;
+                    return match self.drain(true) {
+                        Ok(Some(b)) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                        Ok(None) => Poll::Ready(None),
+                        Err(e) => Poll::Ready(Some(Err(e))),
+                    };
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers carry nothing a watch needs; drop them.
+                    let Ok(data) = frame.into_data() else { continue };
+                    self.buf.extend_from_slice(&data);
+                    match self.drain(false) {
+                        Ok(Some(b)) => return Poll::Ready(Some(Ok(Frame::data(b)))),
+                        Ok(None) => continue,
+                        Err(e) => {
+                            self.done = true;
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+/// Passes a body through while keeping its first [`MAX_RECORDED_BODY`] bytes; when the body
+/// ends (or is dropped) the kept bytes are recorded as one event.
+pub struct Recorded {
+    inner: Body,
+    kept: Vec<u8>,
+    total: u64,
+    finished: bool,
+    sink: Option<RecordSink>,
+}
+
+/// Where a [`Recorded`] body writes its event.
+pub struct RecordSink {
+    pub session: Arc<Session>,
+    pub kind: &'static str,
+    pub request_id: String,
+    /// Masks what was kept before it is written (`None`: write as is).
+    pub plan: Option<MaskingPlan>,
+    pub on_failure: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl Recorded {
+    pub fn new(inner: Body, sink: Option<RecordSink>) -> Self {
+        Self {
+            inner,
+            kept: Vec::new(),
+            total: 0,
+            finished: false,
+            sink,
+        }
+    }
+
+    fn flush(&mut self) {
+        let Some(sink) = self.sink.take() else { return };
+        let complete = self.finished && self.total as usize == self.kept.len();
+        let body = match &sink.plan {
+            Some(plan) if !plan.is_empty() => {
+                let mut out = Vec::new();
+                if complete && plan.mask_json(&self.kept, &mut out).is_ok() {
+                    body_for_record(&out, true)
+                } else {
+                    let text = String::from_utf8_lossy(&self.kept);
+                    let (masked, _) = plan.mask_text(&text);
+                    cap_body(masked.as_bytes(), MAX_RECORDED_BODY)
+                }
+            }
+            _ => body_for_record(&self.kept, complete),
+        };
+        let data = json!({
+            "request_id": sink.request_id,
+            "bytes": self.total,
+            "complete": self.finished,
+            "body": body,
+        });
+        if sink.session.record(sink.kind, data).is_err() {
+            (sink.on_failure)();
+        }
+    }
+}
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+impl HttpBody for Recorded {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    self.total += d.len() as u64;
+                    if self.sink.is_some() {
+                        let room = MAX_RECORDED_BODY.saturating_sub(self.kept.len());
+                        let take = room.min(d.len());
+                        self.kept.extend_from_slice(&d[..take]);
+                    }
+                }
+            }
+            Poll::Ready(None) => {
+                self.finished = true;
+                self.flush();
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::masking::HashKey;
+    use crate::protocol::http::body::full;
+
+    #[test]
+    fn content_types_are_classified() {
+        assert_eq!(
+            classify(Some("application/json; charset=utf-8")),
+            ContentClass::Json
+        );
+        assert_eq!(classify(Some("application/merge-patch+json")), ContentClass::Json);
+        assert_eq!(classify(Some("text/plain")), ContentClass::Text);
+        assert_eq!(
+            classify(Some("application/vnd.kubernetes.protobuf")),
+            ContentClass::Other
+        );
+        assert_eq!(classify(None), ContentClass::Other);
+    }
+
+    #[tokio::test]
+    async fn watch_lines_are_masked_one_by_one() {
+        let plan = MaskingPlan::empty(HashKey::process()).with_kubernetes_secrets();
+        let events = b"{\"type\":\"ADDED\",\"object\":{\"kind\":\"Secret\",\"data\":{\"k\":\"c2VjcmV0\"}}}\n{\"type\":\"MODIFIED\",\"object\":{\"data\":{\"k\":\"b3RoZXI=\"}}}\n";
+        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let s = seen.clone();
+        let body = MaskedLines::new(
+            full(Bytes::from_static(events)),
+            plan,
+            Arc::new(move |r: &MaskReport| {
+                s.fetch_add(r.fields, std::sync::atomic::Ordering::Relaxed);
+            }),
+        );
+        let out = body.collect().await.unwrap().to_bytes();
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(!text.contains("c2VjcmV0") && !text.contains("b3RoZXI="), "{text}");
+        assert_eq!(text.lines().count(), 2);
+        assert!(seen.load(std::sync::atomic::Ordering::Relaxed) >= 2);
+        // A line that is not JSON cuts the stream.
+        let body = MaskedLines::new(
+            full(Bytes::from_static(b"{\"data\":1}\nnot json\n")),
+            MaskingPlan::empty(HashKey::process()).with_kubernetes_secrets(),
+            Arc::new(|_: &MaskReport| {}),
+        );
+        assert!(body.collect().await.is_err());
+    }
+}

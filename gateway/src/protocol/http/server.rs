@@ -1,0 +1,213 @@
+//! The HTTP listeners of the AgentGateway: bound from the configuration, rebound when their
+//! settings change, each connection served as HTTP/1.1 or HTTP/2 (by ALPN over TLS, by the
+//! connection preface in plaintext) with bounded header size and header read time.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentgate_crds::gateway::{Listener, ListenerProtocol};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::plane::Gateway;
+use super::proxy::{ConnContext, handle};
+use super::tls::server_config;
+use crate::config::watch::SnapshotReceiver;
+
+/// Longest time a client may take to send a request head (slowloris).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest time for a TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (HTTP/1.1 read buffer; HTTP/2 header list).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Most concurrent HTTP/2 streams per connection.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// What identifies a running listener: when any of it changes, the listener is rebound.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ListenerKey {
+    addr: SocketAddr,
+    /// Hash of the certificate and key, so a renewed certificate rebinds.
+    tls: Option<[u8; 32]>,
+}
+
+struct Running {
+    key: ListenerKey,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// Runs the HTTP listeners of each configuration until `shutdown` turns true.
+pub async fn run(gw: Arc<Gateway>, mut snapshots: SnapshotReceiver, mut shutdown: watch::Receiver<bool>) {
+    let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    loop {
+        let snapshot = snapshots.borrow_and_update().clone();
+        if let Some(snapshot) = snapshot {
+            gw.install(snapshot.clone());
+            let cfg = &snapshot.config;
+            let wanted: Vec<&Listener> = cfg
+                .gateway
+                .listeners
+                .iter()
+                .filter(|l| l.protocol == ListenerProtocol::Http)
+                .collect();
+            running.retain(|name, r| {
+                let keep = wanted.iter().any(|l| &l.name == name);
+                if !keep {
+                    let _ = r.stop.send(true);
+                }
+                keep
+            });
+            for l in wanted {
+                let addr: SocketAddr =
+                    match format!("{}:{}", l.address.as_deref().unwrap_or("0.0.0.0"), l.port)
+                        .parse()
+                        .or_else(|_| format!("[{}]:{}", l.address.as_deref().unwrap_or("::"), l.port).parse())
+                    {
+                        Ok(a) => a,
+                        Err(_) => {
+                            tracing::error!(listener = %l.name, "listener address is not an IP address");
+                            continue;
+                        }
+                    };
+                let tls = cfg.gateway.listener_tls.get(&l.name);
+                let key = ListenerKey {
+                    addr,
+                    tls: tls.map(|(c, k)| {
+                        Sha256::new()
+                            .chain_update(c.expose())
+                            .chain_update(k.expose())
+                            .finalize()
+                            .into()
+                    }),
+                };
+                if running
+                    .get(&l.name)
+                    .is_some_and(|r| r.key == key && !r.task.is_finished())
+                {
+                    continue;
+                }
+                if let Some(old) = running.remove(&l.name) {
+                    let _ = old.stop.send(true);
+                    let _ = old.task.await;
+                }
+                let acceptor = match tls.map(|(c, k)| server_config(c, k)).transpose() {
+                    Ok(cfg) => cfg.map(tokio_rustls::TlsAcceptor::from),
+                    Err(e) => {
+                        tracing::error!(listener = %l.name, error = %e, "listener TLS configuration refused");
+                        continue;
+                    }
+                };
+                let socket = match TcpListener::bind(addr).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(listener = %l.name, %addr, error = %e, "cannot bind listener");
+                        continue;
+                    }
+                };
+                tracing::info!(listener = %l.name, %addr, tls = acceptor.is_some(), "HTTP listener up");
+                let (stop, stop_rx) = watch::channel(false);
+                let task = tokio::spawn(accept_loop(socket, acceptor, gw.clone(), l.name.clone(), stop_rx));
+                running.insert(l.name.clone(), Running { key, stop, task });
+            }
+        }
+        tokio::select! {
+            changed = snapshots.changed() => if changed.is_err() { break },
+            _ = shutdown.changed() => break,
+        }
+    }
+    for (_, r) in running {
+        let _ = r.stop.send(true);
+        let _ = r.task.await;
+    }
+}
+
+async fn accept_loop(
+    socket: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    gw: Arc<Gateway>,
+    name: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = socket.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let gw = gw.clone();
+        let acceptor = acceptor.clone();
+        let name = name.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            match acceptor {
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => serve(TokioIo::new(tls), peer, true, gw, name, stop).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+                None => serve(TokioIo::new(stream), peer, false, gw, name, stop).await,
+            }
+        });
+    }
+}
+
+async fn serve<I>(
+    io: I,
+    peer: SocketAddr,
+    tls: bool,
+    gw: Arc<Gateway>,
+    listener: String,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let ctx = Arc::new(ConnContext::new(peer, tls, listener));
+    let service = {
+        let ctx = ctx.clone();
+        service_fn(move |req| handle(gw.clone(), ctx.clone(), req))
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .half_close(false);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+    // Closing signs and fsyncs each session file: off the async workers.
+    let _ = tokio::task::spawn_blocking(move || ctx.close_sessions()).await;
+}
