@@ -44,6 +44,9 @@ enum Command {
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
         watch_interval: Duration,
     },
+    /// Developer mode, NOT FOR PRODUCTION: the gateway on demo manifests with a development token
+    /// issuer and a demo Okta-like upstream, all on loopback; prints a token and curl commands.
+    Dev(crate::dev::DevArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -101,6 +104,7 @@ pub fn main() -> ExitCode {
                 wait_for_signal(),
             ))
         }
+        Command::Dev(args) => crate::dev::main(args),
     }
 }
 

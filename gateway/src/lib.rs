@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod dev;
 pub mod identity;
 pub mod masking;
 pub mod metrics;
