@@ -14,4 +14,5 @@ pub mod identity;
 pub mod masking;
 pub mod metrics;
 pub mod policy;
+pub mod protocol;
 pub mod recording;

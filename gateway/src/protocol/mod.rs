@@ -1,0 +1,3 @@
+//! Protocol decoders: each translates its wire format into the terms the policy decides on.
+
+pub mod kubernetes;
