@@ -475,11 +475,13 @@ mod tests {
             "GET /api/v1/secrets?limit=500&continue=abc => list api:/v1 secrets",
             "GET /api/v1/namespaces/kube-system/secrets/tok => get api:/v1 ns=kube-system secrets name=tok",
             "GET /apis/apps/v1/deployments => list apis:apps/v1 deployments",
-            "GET /apis/apps/v1/namespaces/prod/deployments/web => get apis:apps/v1 ns=prod deployments name=web",
+            "GET /apis/apps/v1/namespaces/prod/deployments/web \
+             => get apis:apps/v1 ns=prod deployments name=web",
             "POST /apis/batch/v1/namespaces/prod/jobs?dryRun=All => create apis:batch/v1 ns=prod jobs",
             "PATCH /apis/apps/v1/namespaces/prod/deployments/web?fieldManager=kubectl&force=true \
              => patch apis:apps/v1 ns=prod deployments name=web",
-            "GET /apis/example.com/v1alpha1/namespaces/a/widgets => list apis:example.com/v1alpha1 ns=a widgets",
+            "GET /apis/example.com/v1alpha1/namespaces/a/widgets \
+             => list apis:example.com/v1alpha1 ns=a widgets",
             // The API server only records what the path says: a POST with a name is still create.
             "POST /api/v1/namespaces/default/pods/p1 => create api:/v1 ns=default pods name=p1",
             // A resource may be called `api` or `v1`; only the first segments are special.
@@ -549,16 +551,20 @@ mod tests {
         check(&[
             "POST /api/v1/namespaces/default/pods/p1/exec?command=sh&stdin=true \
              => create api:/v1 ns=default pods/exec name=p1",
-            "GET /api/v1/namespaces/default/pods/p1/exec?command=sh => get api:/v1 ns=default pods/exec name=p1",
+            "GET /api/v1/namespaces/default/pods/p1/exec?command=sh \
+             => get api:/v1 ns=default pods/exec name=p1",
             "POST /api/v1/namespaces/default/pods/p1/attach => create api:/v1 ns=default pods/attach name=p1",
             "POST /api/v1/namespaces/default/pods/p1/portforward?ports=8080 \
              => create api:/v1 ns=default pods/portforward name=p1",
-            "GET /api/v1/namespaces/default/pods/p1/log?follow=true => get api:/v1 ns=default pods/log name=p1",
+            "GET /api/v1/namespaces/default/pods/p1/log?follow=true \
+             => get api:/v1 ns=default pods/log name=p1",
             "PUT /api/v1/namespaces/default/pods/p1/status => update api:/v1 ns=default pods/status name=p1",
             "PATCH /api/v1/namespaces/default/pods/p1/ephemeralcontainers \
              => patch api:/v1 ns=default pods/ephemeralcontainers name=p1",
-            "POST /api/v1/namespaces/default/pods/p1/eviction => create api:/v1 ns=default pods/eviction name=p1",
-            "POST /api/v1/namespaces/default/pods/p1/binding => create api:/v1 ns=default pods/binding name=p1",
+            "POST /api/v1/namespaces/default/pods/p1/eviction \
+             => create api:/v1 ns=default pods/eviction name=p1",
+            "POST /api/v1/namespaces/default/pods/p1/binding \
+             => create api:/v1 ns=default pods/binding name=p1",
             "POST /api/v1/namespaces/default/serviceaccounts/sa/token \
              => create api:/v1 ns=default serviceaccounts/token name=sa",
             "GET /apis/apps/v1/namespaces/prod/deployments/web/scale \
@@ -569,7 +575,8 @@ mod tests {
              => get api:/v1 ns=default services/proxy name=svc:80",
             "POST /api/v1/namespaces/default/services/https:svc:443/proxy/api/v2/items \
              => create api:/v1 ns=default services/proxy name=https:svc:443",
-            "GET /api/v1/namespaces/default/pods/p1/proxy/metrics => get api:/v1 ns=default pods/proxy name=p1",
+            "GET /api/v1/namespaces/default/pods/p1/proxy/metrics \
+             => get api:/v1 ns=default pods/proxy name=p1",
             // Everything after the subresource is the proxied path, not interpreted.
             "GET /api/v1/nodes/n1/proxy/some/path => get api:/v1 nodes/proxy name=n1",
             "DELETE /api/v1/nodes/n1/proxy/configz => delete api:/v1 nodes/proxy name=n1",
@@ -604,7 +611,8 @@ mod tests {
             "POST /api/v1/watch/pods => watch api:/v1 pods",
             "DELETE /api/v1/watch/namespaces/x/pods => watch api:/v1 ns=x pods",
             // A field selector does not name the object on the path-verb form.
-            "GET /api/v1/watch/namespaces/x/secrets?fieldSelector=metadata.name=s1 => watch api:/v1 ns=x secrets",
+            "GET /api/v1/watch/namespaces/x/secrets?fieldSelector=metadata.name=s1 \
+             => watch api:/v1 ns=x secrets",
         ]);
         // The selector is still checked: the API server refuses the request when it is malformed.
         assert!(matches!(
@@ -669,8 +677,10 @@ mod tests {
     #[test]
     fn field_selector_names_the_object_of_lists_and_watches() {
         check(&[
-            "GET /api/v1/namespaces/a/secrets?fieldSelector=metadata.name=s1 => list api:/v1 ns=a secrets name=s1",
-            "GET /api/v1/namespaces/a/secrets?fieldSelector=metadata.name==s1 => list api:/v1 ns=a secrets name=s1",
+            "GET /api/v1/namespaces/a/secrets?fieldSelector=metadata.name=s1 \
+             => list api:/v1 ns=a secrets name=s1",
+            "GET /api/v1/namespaces/a/secrets?fieldSelector=metadata.name==s1 \
+             => list api:/v1 ns=a secrets name=s1",
             // `kubectl get secret s1 -w`.
             "GET /api/v1/namespaces/a/secrets?fieldSelector=metadata.name=s1&watch=true \
              => watch api:/v1 ns=a secrets name=s1",
@@ -682,7 +692,8 @@ mod tests {
             "GET /api/v1/namespaces/a/secrets?fieldSelector=metadata.name!=s1,metadata.name=s2 \
              => list api:/v1 ns=a secrets name=s2",
             "GET /api/v1/namespaces/a/secrets?fieldSelector=type=Opaque => list api:/v1 ns=a secrets",
-            "GET /api/v1/namespaces/a/secrets?fieldSelector=metadata.namespace=a => list api:/v1 ns=a secrets",
+            "GET /api/v1/namespaces/a/secrets?fieldSelector=metadata.namespace=a \
+             => list api:/v1 ns=a secrets",
             "GET /api/v1/namespaces/a/secrets?fieldSelector= => list api:/v1 ns=a secrets",
             "GET /api/v1/namespaces/a/secrets?fieldSelector=metadata.name= => list api:/v1 ns=a secrets",
             "GET /api/v1/namespaces/a/secrets?fieldSelector=,, => list api:/v1 ns=a secrets",
@@ -700,13 +711,15 @@ mod tests {
             "GET /api/v1/namespaces/a/secrets?fieldSelector=metadata.name=a%2Fb => list api:/v1 ns=a secrets",
             "GET /api/v1/namespaces/a/secrets?fieldSelector=metadata.name=.. => list api:/v1 ns=a secrets",
             "GET /api/v1/namespaces/a/secrets?fieldSelector=metadata.name=. => list api:/v1 ns=a secrets",
-            "GET /api/v1/namespaces/a/secrets?fieldSelector=metadata.name=... => list api:/v1 ns=a secrets name=...",
+            "GET /api/v1/namespaces/a/secrets?fieldSelector=metadata.name=... \
+             => list api:/v1 ns=a secrets name=...",
             // Cluster-wide and cluster-scoped lists too.
             "GET /api/v1/secrets?fieldSelector=metadata.name=s1 => list api:/v1 secrets name=s1",
             "GET /api/v1/namespaces?fieldSelector=metadata.name=kube-system \
              => list api:/v1 namespaces name=kube-system",
             // A named get ignores the selector; so does every other verb.
-            "GET /api/v1/namespaces/a/secrets/s1?fieldSelector=metadata.name=s2 => get api:/v1 ns=a secrets name=s1",
+            "GET /api/v1/namespaces/a/secrets/s1?fieldSelector=metadata.name=s2 \
+             => get api:/v1 ns=a secrets name=s1",
             "GET /api/v1/namespaces/a/secrets/s1?fieldSelector=garbage => get api:/v1 ns=a secrets name=s1",
             "POST /api/v1/namespaces/a/secrets?fieldSelector=metadata.name=s1 => create api:/v1 ns=a secrets",
             "PATCH /api/v1/namespaces/a/secrets?fieldSelector=garbage => patch api:/v1 ns=a secrets",
