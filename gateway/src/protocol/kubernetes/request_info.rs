@@ -6,9 +6,9 @@
 //! watch the policy never allowed.
 //!
 //! Where the API server is lenient in ways an attacker can use, this module refuses instead:
-//! repeated query parameters, `;` in the query, empty path segments, and field selectors, integers
-//! or `watch` values that the API server could read two ways. Every such request is one the API
-//! server would reject or that no honest client sends.
+//! repeated query parameters, `;` in the query, empty and dot path segments, and field selectors,
+//! integers or `watch` values that the API server could read two ways. Every such request is one
+//! the API server would reject or that no honest client sends.
 
 use std::collections::HashSet;
 
@@ -107,6 +107,8 @@ pub enum RequestInfoError {
     RelativePath,
     #[error("the request path has an empty segment ('//' or a trailing '/')")]
     EmptyPathSegment,
+    #[error("the request path has a '.' or '..' segment")]
+    DotSegment,
     #[error("the path names the verb {verb:?} but no resource after it")]
     MissingResource { verb: &'static str },
     #[error("query parameter {key:?} is given more than once")]
@@ -232,15 +234,21 @@ fn method_verb(method: &str) -> &'static str {
     }
 }
 
-/// The segments of an absolute path; `/` has none.
+/// The segments of an absolute path; `/` has none. The HTTP layer removes dot segments; one left
+/// here would be read as a name by the API server and resolved by any hop that cleans paths, so it
+/// is refused.
 fn split_path(path: &str) -> Result<Vec<&str>, RequestInfoError> {
     let rest = path.strip_prefix('/').ok_or(RequestInfoError::RelativePath)?;
     if rest.is_empty() {
         return Ok(Vec::new());
     }
     let segments: Vec<&str> = rest.split('/').collect();
-    if segments.iter().any(|s| s.is_empty()) {
-        return Err(RequestInfoError::EmptyPathSegment);
+    for segment in &segments {
+        match *segment {
+            "" => return Err(RequestInfoError::EmptyPathSegment),
+            "." | ".." => return Err(RequestInfoError::DotSegment),
+            _ => {}
+        }
     }
     Ok(segments)
 }
@@ -945,6 +953,21 @@ mod tests {
                 "{path}"
             );
         }
+        for path in [
+            "/api/v1/namespaces/a/secrets/../configmaps",
+            "/api/v1/namespaces/a/pods/..",
+            "/api/./v1/pods",
+            "/..",
+            "/healthz/.",
+        ] {
+            assert_eq!(
+                derive("GET", path, &[]),
+                Err(RequestInfoError::DotSegment),
+                "{path}"
+            );
+        }
+        // Dots inside a segment are names like any other.
+        check(&["GET /api/v1/namespaces/a/configmaps/...x => get api:/v1 ns=a configmaps name=...x"]);
         for path in ["", "api/v1/pods", "*", "http://host/api/v1/pods"] {
             assert_eq!(
                 derive("GET", path, &[]),
