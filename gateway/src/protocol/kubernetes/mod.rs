@@ -1,0 +1,233 @@
+//! Kubernetes API: what a request to an API server asks for, in the API server's own terms
+//! ([`request_info`]), and the header rules the proxy applies so that what passes stays something
+//! the gateway can inspect and mask.
+
+pub mod request_info;
+
+pub use request_info::{RequestInfo, RequestInfoError, derive};
+
+/// Subresources that open a shell, a stream or a tunnel into a workload or node: `pods/exec`,
+/// `pods/attach`, `pods/portforward` (SPDY or WebSocket upgrades) and `pods/proxy`,
+/// `services/proxy`, `nodes/proxy` (arbitrary HTTP, upgrades included, to the target). The gateway
+/// refuses them in this version.
+///
+/// `pods/ephemeralcontainers` executes too, but it is an ordinary write (`update` or `patch` of the
+/// pod's ephemeral containers, then `exec` into them), so it is not listed here: a policy allows or
+/// denies it like any other subresource.
+pub const EXEC_LIKE_SUBRESOURCES: &[&str] = &["exec", "attach", "portforward", "proxy"];
+
+/// Whether a subresource needs a connection upgrade or tunnel: one of [`EXEC_LIKE_SUBRESOURCES`].
+/// Case-sensitive, as the API server's routes are.
+pub fn is_streaming_subresource(sub: &str) -> bool {
+    EXEC_LIKE_SUBRESOURCES.contains(&sub)
+}
+
+/// The JSON media type, the only encoding of API objects the gateway can inspect and mask.
+const JSON: &str = "application/json";
+
+/// Rewrites an `Accept` header so the API server answers in JSON and never in protobuf, CBOR or
+/// YAML, which the gateway cannot mask.
+///
+/// Keeps, verbatim and in order, the media ranges whose type is `application/json` (any case), with
+/// their parameters: `application/json;as=Table;v=v1;g=meta.k8s.io`, `;stream=watch`, discovery's
+/// `;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList`. Drops everything else: every
+/// `application/vnd.kubernetes.protobuf*` range, `application/cbor`, `application/yaml`, and the
+/// wildcards `*/*` and `application/*`, with which the server may pick any encoding. Returns
+/// `application/json` when nothing remains.
+///
+/// Ranges are split on every `,` the way the API server's parser splits them (quotes do not
+/// protect a comma), so each range kept is read by the server as the same JSON range. The caller
+/// must send exactly one `Accept` header: the API server reads only the first.
+pub fn json_accept(accept: Option<&str>) -> String {
+    let kept: Vec<&str> = accept
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|range| {
+            let media_type = range.split(';').next().unwrap_or_default().trim();
+            media_type.eq_ignore_ascii_case(JSON)
+        })
+        .collect();
+    if kept.is_empty() {
+        JSON.to_owned()
+    } else {
+        kept.join(", ")
+    }
+}
+
+/// Whether the API server decodes a request body with this `Content-Type` as JSON:
+/// `application/json` and the patch types `application/json-patch+json`,
+/// `application/merge-patch+json`, `application/strategic-merge-patch+json` (generally
+/// `application/<x>+json`). Parameters such as `charset` are ignored.
+///
+/// `application/apply-patch+yaml` (server-side apply) is YAML, and `application/apply-patch+cbor`,
+/// `application/cbor`, `application/yaml` and protobuf are not JSON either: the proxy treats such
+/// bodies as opaque.
+///
+/// An empty `Content-Type` counts as JSON, because the API server decodes a body without one with
+/// its first serializer, JSON. The media type is lower-cased as Go's `mime.ParseMediaType` does,
+/// which maps `İ` (U+0130) to `i` and the Kelvin sign to `k`, so no spelling the server takes for
+/// JSON escapes this check.
+pub fn is_json_content_type(ct: &str) -> bool {
+    let media_type: String = ct
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .map(go_lower)
+        .collect();
+    if media_type.is_empty() {
+        return true;
+    }
+    media_type == JSON
+        || media_type
+            .strip_prefix("application/")
+            .and_then(|subtype| subtype.strip_suffix("+json"))
+            .is_some_and(|base| !base.is_empty())
+}
+
+/// Go's `unicode.ToLower` restricted to what matters for ASCII media types: the characters it maps
+/// into ASCII are `A`-`Z`, `İ` (U+0130) and the Kelvin sign (U+212A).
+fn go_lower(c: char) -> char {
+    match c {
+        '\u{130}' => 'i',
+        '\u{212a}' => 'k',
+        _ => c.to_ascii_lowercase(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streaming_subresources() {
+        for sub in ["exec", "attach", "portforward", "proxy"] {
+            assert!(is_streaming_subresource(sub), "{sub}");
+        }
+        for sub in [
+            "log",
+            "status",
+            "scale",
+            "ephemeralcontainers",
+            "eviction",
+            "Exec",
+            "",
+            "exec ",
+        ] {
+            assert!(!is_streaming_subresource(sub), "{sub}");
+        }
+    }
+
+    #[test]
+    fn accept_never_lets_protobuf_through() {
+        let cases: &[(Option<&str>, &str)] = &[
+            (None, "application/json"),
+            (Some(""), "application/json"),
+            (Some("  "), "application/json"),
+            (Some("application/json"), "application/json"),
+            // client-go's default for built-in types.
+            (
+                Some("application/vnd.kubernetes.protobuf, */*"),
+                "application/json",
+            ),
+            (
+                Some("application/vnd.kubernetes.protobuf,application/json"),
+                "application/json",
+            ),
+            (
+                Some("application/vnd.kubernetes.protobuf;stream=watch"),
+                "application/json",
+            ),
+            (Some("APPLICATION/VND.KUBERNETES.PROTOBUF"), "application/json"),
+            // kubectl get: tables, in protobuf first.
+            (
+                Some(
+                    "application/vnd.kubernetes.protobuf;as=Table;v=v1;g=meta.k8s.io,\
+                     application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+                ),
+                "application/json;as=Table;v=v1;g=meta.k8s.io, application/json",
+            ),
+            (
+                Some("application/json;as=Table;v=v1;g=meta.k8s.io"),
+                "application/json;as=Table;v=v1;g=meta.k8s.io",
+            ),
+            // Aggregated discovery.
+            (
+                Some(
+                    "application/vnd.kubernetes.protobuf;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,\
+                     application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json",
+                ),
+                "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList, application/json",
+            ),
+            (
+                Some("application/json;stream=watch"),
+                "application/json;stream=watch",
+            ),
+            (
+                Some("Application/JSON ; q=0.9 , text/plain;q=0.1"),
+                "Application/JSON ; q=0.9",
+            ),
+            (Some("*/*"), "application/json"),
+            (Some("application/*"), "application/json"),
+            (Some("application/json, */*"), "application/json"),
+            (Some("application/yaml"), "application/json"),
+            (Some("application/cbor, application/cbor-seq"), "application/json"),
+            (
+                Some("application/com.github.proto-openapi.spec.v2@v1.0+protobuf"),
+                "application/json",
+            ),
+            (
+                Some("application/json+protobuf, application/jsonx"),
+                "application/json",
+            ),
+            (Some("text/html, application/xhtml+xml"), "application/json"),
+            // A quoted comma does not hide a protobuf range: the server splits on it too.
+            (
+                Some("application/json;x=\"a,application/vnd.kubernetes.protobuf\""),
+                "application/json;x=\"a",
+            ),
+            (Some(",,application/json,,"), "application/json"),
+        ];
+        for (accept, want) in cases {
+            let got = json_accept(*accept);
+            assert_eq!(got, *want, "{accept:?}");
+            assert!(!got.to_ascii_lowercase().contains("protobuf"), "{accept:?}");
+        }
+    }
+
+    #[test]
+    fn json_content_types() {
+        for ct in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "Application/JSON",
+            " application/json ",
+            "application/json-patch+json",
+            "application/merge-patch+json",
+            "application/strategic-merge-patch+json",
+            "application/vnd.example+json",
+            "",
+            "  ",
+            "appl\u{130}cation/json",
+        ] {
+            assert!(is_json_content_type(ct), "{ct:?}");
+        }
+        for ct in [
+            "application/apply-patch+yaml",
+            "application/apply-patch+cbor",
+            "application/yaml",
+            "application/cbor",
+            "application/vnd.kubernetes.protobuf",
+            "text/json",
+            "application/+json",
+            "application/jsonx",
+            "application/json+yaml",
+            "text/plain",
+            "multipart/form-data; boundary=json",
+        ] {
+            assert!(!is_json_content_type(ct), "{ct:?}");
+        }
+    }
+}
