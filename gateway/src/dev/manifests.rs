@@ -227,53 +227,62 @@ mod tests {
         assert_eq!(cfg.policies[0].name, POLICY);
     }
 
-    /// Which rule each demo request meets, by the compiled globs and methods (the decision engine
-    /// is elsewhere; this pins the policy the banner describes).
+    /// Which rule decides each demo request, by the real decision engine: this pins the policy
+    /// the banner describes.
     #[test]
     fn the_policy_sorts_the_demo_requests_as_the_banner_says() {
+        use crate::policy::{BodyView, HttpOperation, Operation, Subject};
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("m");
         sample(&tmp.path().join("s")).write(&dir).unwrap();
         let cfg = load_dir(&dir);
-        let policy = &cfg.policies[0];
-        let matching = |method: &str, path: &str| -> Vec<(String, Action)> {
-            policy
-                .rules
-                .iter()
-                .zip(&policy.spec.rules)
-                .filter(|(compiled, spec)| {
-                    let http = spec.http.as_ref().unwrap();
-                    let method_ok =
-                        http.methods.is_empty() || http.methods.iter().any(|m| format!("{m:?}") == method);
-                    method_ok && compiled.globs.iter().any(|(_, g)| g.matches(path))
-                })
-                .map(|(c, _)| (c.name.clone(), c.action))
-                .collect()
+        let headers = hyper::HeaderMap::new();
+        let groups = vec!["ai-agents".to_string()];
+        let who = Subject {
+            identity: IDENTITY,
+            groups: &groups,
         };
+        let decide = |method: &str, path: &str| -> (Option<String>, Action) {
+            let op = Operation::Http(HttpOperation {
+                method,
+                path,
+                query: &[],
+                headers: &headers,
+                body: BodyView::NotRead,
+            });
+            let d = cfg.policy_index.decide(&cfg.policies, CONNECTION, who, &op, 0);
+            (
+                d.rule_ref()
+                    .map(|r| r.rsplit('/').next().unwrap_or_default().to_string()),
+                d.action,
+            )
+        };
+        let rule = |r: &str| Some(r.to_string());
         assert_eq!(
-            matching("GET", "/api/v1/users"),
-            [("read-directory".to_string(), Action::Allow)]
+            decide("GET", "/api/v1/users"),
+            (rule("read-directory"), Action::Allow)
         );
         assert_eq!(
-            matching("GET", "/api/v1/users/00udevalice000000001"),
-            [("read-directory".to_string(), Action::Allow)]
+            decide("GET", "/api/v1/users/00udevalice000000001"),
+            (rule("read-directory"), Action::Allow)
         );
         assert_eq!(
-            matching("POST", "/api/v1/users"),
-            [("okta-user-admin".to_string(), Action::RequireApproval)]
+            decide("POST", "/api/v1/users"),
+            (rule("okta-user-admin"), Action::RequireApproval)
         );
         assert_eq!(
-            matching("DELETE", "/api/v1/users/x"),
-            [("okta-user-admin".to_string(), Action::RequireApproval)]
+            decide("DELETE", "/api/v1/users/x"),
+            (rule("okta-user-admin"), Action::RequireApproval)
         );
         assert_eq!(
-            matching("GET", "/api/v1/api-tokens"),
-            [("no-api-tokens".to_string(), Action::Deny)]
+            decide("GET", "/api/v1/api-tokens"),
+            (rule("no-api-tokens"), Action::Deny)
         );
         assert_eq!(
-            matching("DELETE", "/api/v1/api-tokens/00T1"),
-            [("no-api-tokens".to_string(), Action::Deny)]
+            decide("DELETE", "/api/v1/api-tokens/00T1"),
+            (rule("no-api-tokens"), Action::Deny)
         );
+        assert_eq!(decide("GET", "/api/v1/apps"), (None, Action::Deny));
     }
 
     /// The policy's masking, applied to what the demo upstream serves, leaves no email, phone or

@@ -42,7 +42,7 @@ pub struct Plane {
 impl Plane {
     /// The connection a request is for, and the path it addresses there: by host first (the
     /// whole path), then by the longest path prefix (removed from the path).
-    pub fn route<'p>(&self, host: &str, path: &'p str) -> Option<(&CompiledConnection, String)> {
+    pub fn route(&self, host: &str, path: &str) -> Option<(&CompiledConnection, String)> {
         let cfg = &self.snapshot.config;
         if let Some(c) = self.routes_by_host.get(host).and_then(|n| cfg.connections.get(n)) {
             return Some((c, path.to_string()));

@@ -460,7 +460,10 @@ async fn proxy(
     if let Ok(v) = HeaderValue::from_str(&upstream.authority) {
         out_headers.insert(header::HOST, v);
     }
-    if connection.kind == ConnectionType::Kubernetes {
+    // Resource responses must be JSON to be masked; discovery and OpenAPI documents carry no
+    // object data and kubectl reads some of them only as protobuf.
+    let kube_resource = kube_info.as_ref().is_some_and(|k| k.is_resource_request);
+    if kube_resource {
         let accept = out_headers
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
@@ -530,7 +533,8 @@ async fn proxy(
         "upstream_us": (sent.elapsed().as_micros() as u64),
         "total_us": (started.elapsed().as_micros() as u64),
     });
-    let body: Body = if plan.is_empty() || bodiless {
+    let discovery = kube_info.as_ref().is_some_and(|k| !k.is_resource_request);
+    let body: Body = if plan.is_empty() || bodiless || discovery {
         response_event["body"] = json!({"streamed": true});
         record(gw, &plane, session.as_deref(), "http.response", response_event)?;
         tee(res_body, session.as_ref(), request_id, None, gw, &plane)

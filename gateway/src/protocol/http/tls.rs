@@ -50,7 +50,7 @@ pub struct UpstreamTls<'a> {
 
 /// The client configuration towards one upstream: its CA (else the platform's roots), or no
 /// verification at all when the Connection says so (loudly logged at load), plus a client
-/// certificate when the Connection's credential is one. HTTP/1.1 only upstream.
+/// certificate when the Connection's credential is one. ALPN is set by the connector.
 pub fn client_config(t: &UpstreamTls<'_>) -> Result<ClientConfig, String> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -77,13 +77,12 @@ pub fn client_config(t: &UpstreamTls<'_>) -> Result<ClientConfig, String> {
         }
         builder.with_root_certificates(roots)
     };
-    let mut config = match t.client_certificate {
+    let config = match t.client_certificate {
         Some((crt, k)) => builder
             .with_client_auth_cert(certs(crt, "client tls.crt")?, key(k, "client tls.key")?)
             .map_err(|e| format!("client certificate: {e}"))?,
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 
