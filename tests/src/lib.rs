@@ -1,6 +1,7 @@
 //! Test support for the end-to-end tests: building and starting the project's binaries and other
 //! real processes on 127.0.0.1, and stopping them by PID when a test ends.
 
+pub mod gateway;
 pub mod oidc;
 
 use std::net::TcpListener;

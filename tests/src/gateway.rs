@@ -1,0 +1,233 @@
+//! The gateway as a real process on a directory of manifests, and the real upstreams the
+//! end-to-end tests put behind it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::{Process, binary, curl_get, free_port, wait_for, workspace_root};
+
+/// The echo upstream (`tests/upstream/echo.py`): answers every request with a JSON description
+/// of what it received.
+#[derive(Debug)]
+pub struct EchoUpstream {
+    pub port: u16,
+    _process: Process,
+}
+
+impl EchoUpstream {
+    pub fn start() -> Self {
+        let port = free_port();
+        let mut cmd = Command::new("python3");
+        cmd.arg(workspace_root().join("tests/upstream/echo.py"))
+            .env("PORT", port.to_string());
+        let process = Process::start("echo-upstream", cmd);
+        let url = format!("http://127.0.0.1:{port}/ready");
+        let up = wait_for(Duration::from_secs(20), || {
+            (curl_get(&url).0 == 200).then_some(())
+        });
+        assert!(up.is_some(), "echo upstream did not start:\n{}", process.output());
+        Self {
+            port,
+            _process: process,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// `agentgate run` on a temporary directory of manifests.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The HTTP listener's port.
+    pub port: u16,
+    pub admin: u16,
+    pub sessions: PathBuf,
+    dir: tempfile::TempDir,
+    process: Process,
+}
+
+impl Gateway {
+    /// Writes `yaml` (where `${LISTEN_PORT}` and `${SESSIONS}` are replaced) and starts the
+    /// gateway on it, waiting until the listener accepts connections.
+    pub fn start(yaml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let admin = free_port();
+        let sessions = dir.path().join("sessions");
+        let manifests = dir.path().join("manifests");
+        std::fs::create_dir_all(&manifests).expect("manifests dir");
+        let text = yaml
+            .replace("${LISTEN_PORT}", &port.to_string())
+            .replace("${SESSIONS}", &sessions.display().to_string());
+        std::fs::write(manifests.join("all.yaml"), text).expect("write manifests");
+        let mut cmd = Command::new(binary("agentgate"));
+        cmd.args(["run", "--manifests"])
+            .arg(&manifests)
+            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+            .env("AGENTGATE_LOG", "info,agentgate=debug");
+        let process = Process::start("agentgate", cmd);
+        let ready = wait_for(Duration::from_secs(30), || {
+            let ok = curl_get(&format!("http://127.0.0.1:{admin}/readyz")).0 == 200
+                && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            ok.then_some(())
+        });
+        assert!(
+            ready.is_some(),
+            "gateway did not become ready:\n{}",
+            process.output()
+        );
+        Self {
+            port,
+            admin,
+            sessions,
+            dir,
+            process,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Everything the gateway logged so far.
+    pub fn output(&self) -> String {
+        self.process.output()
+    }
+
+    /// The manifests directory (to edit for reload tests).
+    pub fn manifests(&self) -> PathBuf {
+        self.dir.path().join("manifests")
+    }
+
+    /// The Prometheus text of the admin listener.
+    pub fn metrics(&self) -> String {
+        curl_get(&format!("http://127.0.0.1:{}/metrics", self.admin)).1
+    }
+
+    /// Every session file's content, concatenated.
+    pub fn recordings(&self) -> String {
+        read_all(&self.sessions)
+    }
+
+    /// Stops the process (SIGTERM), so sessions are closed and signed.
+    pub fn stop(&mut self) {
+        self.process.terminate(Duration::from_secs(10));
+    }
+}
+
+fn read_all(dir: &Path) -> String {
+    let mut out = String::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for p in paths {
+            out.push_str(&std::fs::read_to_string(&p).unwrap_or_default());
+        }
+    }
+    out
+}
+
+/// Options of [`okta_manifests`].
+#[derive(Clone, Debug)]
+pub struct OktaSetup<'a> {
+    pub issuer: &'a str,
+    pub upstream: &'a str,
+    /// The SSWS token the gateway injects (tests plant a canary here).
+    pub upstream_token: &'a str,
+    pub require_dpop: bool,
+}
+
+/// A gateway with one HTTP Connection `okta` (route prefix `/okta`) to `upstream`, the identity
+/// `ci-agent` of `issuer`, and a policy like the examples' Okta policy.
+pub fn okta_manifests(o: &OktaSetup<'_>) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata: {{name: e2e}}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: AgentGateway
+metadata: {{name: gw, namespace: e2e}}
+spec:
+  listeners:
+    - {{name: http, protocol: HTTP, port: ${{LISTEN_PORT}}, address: 127.0.0.1}}
+  recording:
+    mode: Required
+    storage: {{local: {{path: "${{SESSIONS}}"}}}}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: AgentIdentity
+metadata: {{name: ci-agent, namespace: e2e}}
+spec:
+  issuer: {issuer}
+  audiences: ["api://agentgate"]
+  match: {{claims: {{client_id: ci-agent}}}}
+  groups: {{static: [ai-agents]}}
+  requireDPoP: {dpop}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: Connection
+metadata: {{name: okta, namespace: e2e}}
+spec:
+  gatewayRef: {{name: gw}}
+  type: HTTP
+  endpoint: {upstream}
+  credentials:
+    scheme: SSWS
+    secretRef: {{name: okta-token, key: token}}
+  route: {{pathPrefix: /okta}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: okta-token, namespace: e2e}}
+stringData: {{token: "{token}"}}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: ci-agent-okta, namespace: e2e}}
+spec:
+  subjects: {{identities: [ci-agent]}}
+  connections: [okta]
+  rules:
+    - name: read-directory
+      action: Allow
+      http:
+        methods: [GET, HEAD]
+        paths: ["/api/v1/users", "/api/v1/users/**", "/echo/**", "/text", "/binary", "/big"]
+    - name: writes-echo
+      action: Allow
+      http:
+        methods: [POST, PUT, PATCH]
+        paths: ["/echo/**"]
+    - name: okta-user-admin
+      action: RequireApproval
+      http:
+        methods: [POST, PUT, DELETE]
+        paths: ["/api/v1/users", "/api/v1/users/**"]
+      approval:
+        approvers: {{groups: [identity-team]}}
+        mode: Defer
+    - name: no-api-tokens
+      action: Deny
+      description: Agents never manage Okta API tokens.
+      http:
+        paths: ["/api/v1/api-tokens", "/api/v1/api-tokens/**"]
+    - name: no-admin-header
+      action: Deny
+      http:
+        headers: {{X-Admin: "*"}}
+  masking:
+    - jsonFields: ["$..profile.mobilePhone"]
+      strategy: Redact
+    - detectors: [Email, CreditCard, OktaApiToken, JWT]
+      strategy: Redact
+"#,
+        issuer = o.issuer,
+        upstream = o.upstream,
+        token = o.upstream_token,
+        dpop = o.require_dpop,
+    )
+}

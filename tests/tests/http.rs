@@ -1,0 +1,384 @@
+//! HTTP through the gateway, end to end: the real OIDC provider mints the agent's tokens (with
+//! DPoP), the real curl calls the gateway, a real upstream (tests/upstream/echo.py) reports what
+//! it received. Allowed, denied and approval-required requests, credential injection, header
+//! stripping, masking, recording and metrics; and a canary secret searched for in every output.
+
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use agentgate::identity::mint::SigningKey;
+use agentgate_e2e::binary;
+use agentgate_e2e::gateway::{EchoUpstream, Gateway, OktaSetup, okta_manifests};
+use agentgate_e2e::oidc::OidcProvider;
+use serde_json::Value;
+
+/// The upstream's SSWS token: must never reach the agent, a log, a metric or a recording.
+const CANARY: &str = "00CANARY-upstream-secret-7f3a9c";
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: String,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+    fn problem_type(&self) -> String {
+        assert!(
+            self.headers
+                .to_ascii_lowercase()
+                .contains("content-type: application/problem+json"),
+            "{self:?}"
+        );
+        self.json()["type"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+fn curl(args: &[&str], url: &str) -> Reply {
+    let dir = tempfile::tempdir().unwrap();
+    let headers = dir.path().join("h");
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-D"])
+        .arg(&headers)
+        .args(["-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl is installed");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    Reply {
+        status: code.trim().parse().unwrap_or(0),
+        headers: std::fs::read_to_string(&headers).unwrap_or_default(),
+        body: body.to_string(),
+    }
+}
+
+fn sha256_hex(s: &str) -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import hashlib,sys; print('sha256:' + hashlib.sha256(sys.argv[1].encode()).hexdigest())",
+            s,
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+fn token(idp: &OidcProvider) -> String {
+    let answer = idp.token("ci-agent", "api://agentgate", None);
+    answer["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .to_string()
+}
+
+struct Setup {
+    idp: OidcProvider,
+    _upstream: EchoUpstream,
+    gw: Gateway,
+}
+
+fn setup(require_dpop: bool) -> Setup {
+    let idp = OidcProvider::start();
+    let upstream = EchoUpstream::start();
+    let gw = Gateway::start(&okta_manifests(&OktaSetup {
+        issuer: &idp.issuer,
+        upstream: &upstream.url(),
+        upstream_token: CANARY,
+        require_dpop,
+    }));
+    Setup {
+        idp,
+        _upstream: upstream,
+        gw,
+    }
+}
+
+#[test]
+fn allowed_denied_and_approval_required_with_credential_injection_and_masking() {
+    let mut s = setup(false);
+    let tok = token(&s.idp);
+    let auth = format!("Authorization: Bearer {tok}");
+
+    // Allowed: the upstream gets the Connection's credential, not the agent's token, and none
+    // of the identity headers the agent tried to set.
+    let r = curl(
+        &[
+            "-H",
+            &auth,
+            "-H",
+            "Impersonate-User: admin",
+            "-H",
+            "impersonate-group: system:masters",
+            "-H",
+            "X-Forwarded-User: root",
+            "-H",
+            "X-Remote-User: root",
+            "-H",
+            "Connection: X-Drop-Me",
+            "-H",
+            "X-Drop-Me: 1",
+            "-H",
+            "Cookie: session=stolen",
+        ],
+        &s.gw.url("/okta/echo/a/b?x=1&y=two%20words"),
+    );
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.gw.output());
+    let echo = r.json();
+    assert_eq!(echo["method"], "GET");
+    assert_eq!(
+        echo["path"], "/echo/a/b?x=1&y=two%20words",
+        "prefix stripped, query kept"
+    );
+    let headers: Vec<(String, String)> = echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h[0].as_str().unwrap().to_string(),
+                h[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let get = |n: &str| {
+        headers
+            .iter()
+            .filter(|(k, _)| k == n)
+            .map(|(_, v)| v.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(get("authorization"), vec![sha256_hex(&format!("SSWS {CANARY}"))]);
+    for gone in [
+        "impersonate-user",
+        "impersonate-group",
+        "x-forwarded-user",
+        "x-remote-user",
+        "x-drop-me",
+        "cookie",
+        "dpop",
+    ] {
+        assert!(get(gone).is_empty(), "{gone} reached the upstream: {headers:?}");
+    }
+    assert!(r.headers.to_ascii_lowercase().contains("x-request-id:"));
+
+    // Masked: emails, phones and the card number never leave the gateway.
+    let r = curl(&["-H", &auth], &s.gw.url("/okta/api/v1/users"));
+    assert_eq!(r.status, 200, "{r:?}");
+    for secret in [
+        "alice@example.com",
+        "bob@example.org",
+        "4111 1111 1111 1111",
+        "+1 415 555 0100",
+    ] {
+        assert!(!r.body.contains(secret), "{secret} leaked: {}", r.body);
+    }
+    let users = r.json();
+    assert_eq!(users[0]["id"], "00u1alice", "unmasked fields are intact");
+    assert_eq!(users[0]["profile"]["mobilePhone"], "[REDACTED]");
+    // Text is masked by detectors; a body the masker cannot read is refused (fail closed).
+    let r = curl(&["-H", &auth], &s.gw.url("/okta/text"));
+    assert_eq!(r.status, 200);
+    assert!(!r.body.contains("carol@example.net"), "{}", r.body);
+    let r = curl(&["-H", &auth], &s.gw.url("/okta/binary"));
+    assert_eq!(
+        (r.status, r.problem_type().as_str()),
+        (502, "https://agentgate.dev/problems/masking-refused")
+    );
+
+    // Denied: named rule and reason.
+    let r = curl(&["-H", &auth], &s.gw.url("/okta/api/v1/api-tokens"));
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.problem_type(),
+        "https://agentgate.dev/problems/denied-by-policy"
+    );
+    let p = r.json();
+    assert_eq!(
+        (p["policy"].as_str(), p["rule"].as_str()),
+        (Some("ci-agent-okta"), Some("no-api-tokens"))
+    );
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("Agents never manage Okta API tokens"),
+        "{p}"
+    );
+    // Denied by a header condition; and by default (nothing allows it).
+    let r = curl(&["-H", &auth, "-H", "X-Admin: 1"], &s.gw.url("/okta/echo/x"));
+    assert_eq!(r.json()["rule"], "no-admin-header");
+    let r = curl(&["-H", &auth], &s.gw.url("/okta/api/v1/apps"));
+    assert_eq!(r.status, 403);
+    assert!(r.json()["rule"].is_null());
+
+    // Approval required.
+    let r = curl(
+        &[
+            "-H",
+            &auth,
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"profile":{"login":"dana"}}"#,
+        ],
+        &s.gw.url("/okta/api/v1/users"),
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(
+        r.problem_type(),
+        "https://agentgate.dev/problems/approval-required"
+    );
+    assert_eq!(r.json()["rule"], "okta-user-admin");
+
+    // Unauthenticated: no token, a garbage token, the upstream's own credential.
+    for bad in [
+        None,
+        Some("Bearer not-a-token".to_string()),
+        Some(format!("SSWS {CANARY}")),
+    ] {
+        let args: Vec<String> = bad
+            .map(|b| vec!["-H".to_string(), format!("Authorization: {b}")])
+            .unwrap_or_default();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = curl(&args, &s.gw.url("/okta/echo/x"));
+        assert_eq!(r.status, 401, "{r:?}");
+        assert_eq!(r.problem_type(), "https://agentgate.dev/problems/unauthenticated");
+        assert!(r.headers.to_ascii_lowercase().contains("www-authenticate:"));
+    }
+
+    // No route.
+    let r = curl(&["-H", &auth], &s.gw.url("/elsewhere/x"));
+    assert_eq!(r.status, 404);
+
+    // Metrics: decisions by connection and identity; problems by type; masking counts.
+    let m = s.gw.metrics();
+    assert!(m.contains(r#"agentgate_http_requests_total{connection="okta",decision="allow",identity="ci-agent",status="2xx"}"#), "{m}");
+    assert!(m.contains(r#"decision="deny""#) && m.contains(r#"decision="require_approval""#));
+    assert!(
+        m.contains(r#"agentgate_http_problems_total{type="unauthenticated"} 3"#),
+        "{m}"
+    );
+    assert!(
+        m.contains("agentgate_masked_values_total{cause=\"EMAIL\",connection=\"okta\"}"),
+        "{m}"
+    );
+    assert!(m.contains("agentgate_http_gateway_overhead_seconds_bucket"));
+
+    // Recordings: every decision with its rule, masked bodies; they verify after a clean stop.
+    s.gw.stop();
+    let rec = s.gw.recordings();
+    assert!(rec.contains("\"rule\":\"no-api-tokens\""), "{rec}");
+    assert!(rec.contains("\"rule\":\"okta-user-admin\""));
+    assert!(rec.contains("\"type\":\"http.response\""));
+    assert!(
+        !rec.contains("alice@example.com"),
+        "unmasked value in a recording"
+    );
+    let files: Vec<_> = std::fs::read_dir(&s.gw.sessions)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!files.is_empty());
+    let out = Command::new(binary("agentgate"))
+        .args(["sessions", "verify"])
+        .args(&files)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The canary never appears outside the upstream's own request.
+    let outputs = [s.gw.output(), rec, m];
+    for (i, text) in outputs.iter().enumerate() {
+        assert!(
+            !text.contains(CANARY),
+            "the upstream credential leaked into output #{i}"
+        );
+        assert!(!text.contains(&tok), "the agent's token leaked into output #{i}");
+    }
+}
+
+#[test]
+fn dpop_bound_tokens_are_required_and_checked_per_request() {
+    let s = setup(true);
+    let key = SigningKey::ec("agent-key").unwrap();
+    let proof = key.dpop_token_request_proof(&s.idp.token_endpoint(), now(), "tok-1");
+    let answer = s.idp.token("ci-agent", "api://agentgate", Some(&proof));
+    assert_eq!(answer["token_type"], "DPoP", "{answer}");
+    let tok = answer["access_token"].as_str().unwrap().to_string();
+    let url = s.gw.url("/okta/echo/dpop");
+
+    let ok_proof = key.dpop_proof("GET", &url, &tok, now(), "req-1");
+    let r = curl(
+        &[
+            "-H",
+            &format!("Authorization: DPoP {tok}"),
+            "-H",
+            &format!("DPoP: {ok_proof}"),
+        ],
+        &url,
+    );
+    assert_eq!(r.status, 200, "{r:?}\n{}", s.gw.output());
+    let echo = r.json();
+    assert!(
+        !echo.to_string().contains(&tok),
+        "the agent's token was forwarded"
+    );
+
+    // The token alone (leaked into a log) is useless; so is a replayed proof or another key's.
+    let r = curl(&["-H", &format!("Authorization: Bearer {tok}")], &url);
+    assert_eq!(
+        (r.status, r.problem_type().as_str()),
+        (401, "https://agentgate.dev/problems/token-binding")
+    );
+    let r = curl(
+        &[
+            "-H",
+            &format!("Authorization: DPoP {tok}"),
+            "-H",
+            &format!("DPoP: {ok_proof}"),
+        ],
+        &url,
+    );
+    assert_eq!(r.status, 401, "a replayed proof must fail");
+    let thief = SigningKey::ec("thief").unwrap();
+    let stolen = thief.dpop_proof("GET", &url, &tok, now(), "req-2");
+    let r = curl(
+        &[
+            "-H",
+            &format!("Authorization: DPoP {tok}"),
+            "-H",
+            &format!("DPoP: {stolen}"),
+        ],
+        &url,
+    );
+    assert_eq!(r.status, 401);
+    // A proof for another URL.
+    let other = key.dpop_proof("GET", &s.gw.url("/okta/echo/elsewhere"), &tok, now(), "req-3");
+    let r = curl(
+        &[
+            "-H",
+            &format!("Authorization: DPoP {tok}"),
+            "-H",
+            &format!("DPoP: {other}"),
+        ],
+        &url,
+    );
+    assert_eq!(r.status, 401);
+}

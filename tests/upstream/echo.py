@@ -1,0 +1,109 @@
+"""A small real HTTP/1.1 upstream for the end-to-end tests (Python's standard library only).
+
+Every answer describes the request it received (method, raw path, headers, body), so a test can
+check exactly what the gateway forwarded. A few paths serve fixed content for masking tests:
+  /api/v1/users       an Okta-style users list with emails, phones and a card number
+  /text               text/plain with an email in it
+  /binary             application/octet-stream
+  /big?bytes=N        a JSON document of about N bytes
+Listens on 127.0.0.1:$PORT; stops on SIGTERM.
+"""
+
+import hashlib
+import json
+import os
+import signal
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+USERS = [
+    {
+        "id": "00u1alice",
+        "status": "ACTIVE",
+        "profile": {
+            "login": "alice@example.com",
+            "email": "alice@example.com",
+            "mobilePhone": "+1 415 555 0100",
+            "note": "card 4111 1111 1111 1111 on file",
+        },
+    },
+    {
+        "id": "00u2bob",
+        "status": "ACTIVE",
+        "profile": {"login": "bob", "email": "bob@example.org", "mobilePhone": "+44 20 7946 0958"},
+    },
+]
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):
+        sys.stderr.write("%s %s\n" % (self.command, self.path))
+
+    def _body(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().strip() or b"0", 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                data += self.rfile.read(size)
+                self.rfile.readline()
+            return data
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, status, content_type, payload):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("X-Upstream", "echo")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    def _handle(self):
+        body = self._body()
+        path = self.path.split("?")[0]
+        if path == "/api/v1/users" and self.command == "GET":
+            return self._send(200, "application/json", json.dumps(USERS).encode())
+        if path == "/text":
+            return self._send(200, "text/plain; charset=utf-8", b"contact carol@example.net for access\n")
+        if path == "/binary":
+            return self._send(200, "application/octet-stream", b"\x00\x01alice@example.com")
+        if path == "/big":
+            size = 1024
+            for part in self.path.split("?", 1)[1:]:
+                for kv in part.split("&"):
+                    if kv.startswith("bytes="):
+                        size = int(kv[6:])
+            filler = "x" * max(0, size - 40)
+            return self._send(200, "application/json", json.dumps({"filler": filler}).encode())
+        echo = {
+            "method": self.command,
+            "path": self.path,
+            # Credentials are reported as hashes: an upstream that reflects them would hand the
+            # gateway's injected secret straight back to the agent.
+            "headers": [
+                [k.lower(), "sha256:" + hashlib.sha256(v.encode()).hexdigest() if k.lower() == "authorization" else v]
+                for k, v in self.headers.items()
+            ],
+            "body": body.decode("utf-8", "replace"),
+        }
+        self._send(200, "application/json", json.dumps(echo).encode())
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
+
+
+def main():
+    port = int(os.environ["PORT"])
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
