@@ -382,3 +382,56 @@ fn dpop_bound_tokens_are_required_and_checked_per_request() {
     );
     assert_eq!(r.status, 401);
 }
+
+/// Required recording that cannot be written refuses the operation: the upstream never sees it.
+#[test]
+fn required_recording_that_cannot_be_written_refuses_requests() {
+    let idp = OidcProvider::start();
+    let upstream = EchoUpstream::start();
+    let blocker = tempfile::NamedTempFile::new().unwrap();
+    // The recording path is a regular file, so no session directory can be created there.
+    let yaml = okta_manifests(&OktaSetup {
+        issuer: &idp.issuer,
+        upstream: &upstream.url(),
+        upstream_token: CANARY,
+        require_dpop: false,
+    })
+    .replace(
+        "${SESSIONS}",
+        &blocker.path().join("sessions").display().to_string(),
+    );
+    let gw = Gateway::start(&yaml);
+    let tok = token(&idp);
+    let r = curl(
+        &["-H", &format!("Authorization: Bearer {tok}")],
+        &gw.url("/okta/echo/x"),
+    );
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(
+        r.problem_type(),
+        "https://agentgate.dev/problems/recording-unavailable"
+    );
+    assert!(
+        gw.metrics()
+            .contains("agentgate_http_problems_total{type=\"recording-unavailable\"} 1")
+    );
+}
+
+/// A JSON response larger than the masking limit is withheld rather than passed unmasked; one
+/// under the limit is masked whole.
+#[test]
+fn responses_over_the_masking_limit_are_refused() {
+    let s = setup(false);
+    let auth = format!("Authorization: Bearer {}", token(&s.idp));
+    let r = curl(&["-H", &auth], &s.gw.url("/okta/big?bytes=1000000"));
+    assert_eq!(r.status, 200, "{}", r.body.len());
+    assert!(r.body.len() > 990_000, "{}", r.body.len());
+    let limit = agentgate::masking::MAX_MASKED_BODY;
+    let r = curl(
+        &["-H", &auth],
+        &s.gw.url(&format!("/okta/big?bytes={}", limit + 1024)),
+    );
+    assert_eq!(r.status, 502);
+    assert_eq!(r.problem_type(), "https://agentgate.dev/problems/masking-refused");
+    assert!(r.json()["detail"].as_str().unwrap().contains("masking limit"));
+}
