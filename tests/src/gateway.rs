@@ -196,7 +196,7 @@ spec:
       action: Allow
       http:
         methods: [GET, HEAD]
-        paths: ["/api/v1/users", "/api/v1/users/**", "/echo/**", "/text", "/binary", "/big"]
+        paths: ["/api/v1/users", "/api/v1/users/**", "/echo/**", "/text", "/binary", "/big", "/reflect"]
     - name: writes-echo
       action: Allow
       http:

@@ -195,6 +195,16 @@ fn allowed_denied_and_approval_required_with_credential_injection_and_masking() 
         (502, "https://agentgate.dev/problems/masking-refused")
     );
 
+    // An upstream that reflects the injected credential does not hand it to the agent: the
+    // header carrying it is dropped and the body has it overwritten (same length).
+    let r = curl(&["-H", &auth], &s.gw.url("/okta/reflect"));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        !r.headers.contains(CANARY) && !r.headers.to_ascii_lowercase().contains("x-debug-auth"),
+        "{r:?}"
+    );
+    assert_eq!(r.json()["you_sent"], format!("SSWS {}", "*".repeat(CANARY.len())));
+
     // Denied: named rule and reason.
     let r = curl(&["-H", &auth], &s.gw.url("/okta/api/v1/api-tokens"));
     assert_eq!(r.status, 403);

@@ -6,6 +6,7 @@ check exactly what the gateway forwarded. A few paths serve fixed content for ma
   /text               text/plain with an email in it
   /binary             application/octet-stream
   /big?bytes=N        a JSON document of about N bytes
+  /reflect            the Authorization header it received, in a header and the body
 Listens on 127.0.0.1:$PORT; stops on SIGTERM.
 """
 
@@ -69,6 +70,17 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         if path == "/api/v1/users" and self.command == "GET":
             return self._send(200, "application/json", json.dumps(USERS).encode())
+        if path == "/reflect":
+            # A careless upstream that reflects the credential it was sent, in a header and body.
+            raw = self.headers.get("Authorization", "")
+            payload = json.dumps({"you_sent": raw}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.send_header("X-Debug-Auth", raw)
+            self.end_headers()
+            self.wfile.write(payload)
+            return
         if path == "/text":
             return self._send(200, "text/plain; charset=utf-8", b"contact carol@example.net for access\n")
         if path == "/binary":

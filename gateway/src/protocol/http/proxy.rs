@@ -23,7 +23,7 @@ use super::headers;
 use super::normalize;
 use super::plane::{Gateway, Plane};
 use super::problem::{Kind, Problem};
-use super::response::{self, ContentClass, MaskFailure, MaskedLines, RecordSink, Recorded};
+use super::response::{self, ContentClass, MaskFailure, MaskedLines, RecordSink, Recorded, Scrubbed};
 use crate::config::CompiledConnection;
 use crate::identity::dpop::RequestTarget;
 use crate::identity::{ErrorKind, Presented, Principal};
@@ -510,7 +510,27 @@ async fn proxy(
     // The response: masked when a rule applies, recorded in any case.
     let (mut res_parts, res_body) = up_res.into_parts();
     headers::sanitize_response(&mut res_parts.headers);
-    let res_body: Body = res_body.map_err(|e| -> BodyError { Box::new(e) }).boxed();
+    let mut res_body: Body = res_body.map_err(|e| -> BodyError { Box::new(e) }).boxed();
+    // An upstream that reflects the credential it was sent must not hand it to the agent.
+    if let Some(secret) = connection.credential.as_ref().and_then(|c| c.secret.as_ref()) {
+        let secret = secret.expose();
+        if secret.len() >= response::MIN_SCRUBBED_SECRET {
+            let finder = memchr::memmem::Finder::new(secret);
+            let leaking: Vec<_> = res_parts
+                .headers
+                .iter()
+                .filter(|(_, v)| finder.find(v.as_bytes()).is_some())
+                .map(|(n, _)| n.clone())
+                .collect();
+            for n in leaking {
+                res_parts.headers.remove(n);
+            }
+        }
+        res_body = match Scrubbed::new(res_body, secret) {
+            Ok(s) => s.boxed(),
+            Err(unchanged) => unchanged,
+        };
+    }
     let class = response::classify(
         res_parts
             .headers

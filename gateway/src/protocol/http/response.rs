@@ -354,3 +354,146 @@ mod tests {
         assert!(body.collect().await.is_err());
     }
 }
+
+/// Shortest credential scrubbed from responses: shorter values would match ordinary text.
+pub const MIN_SCRUBBED_SECRET: usize = 8;
+
+/// Overwrites every occurrence of the Connection's credential in a response body with `*` of
+/// the same length (so framing and Content-Length stay valid): an upstream that reflects the
+/// credential it was sent (a debug echo, an error page) must not hand it to the agent. Holds
+/// back `len - 1` bytes between chunks so an occurrence split across chunks is still found.
+pub struct Scrubbed {
+    inner: Body,
+    finder: memchr::memmem::Finder<'static>,
+    held: BytesMut,
+    done: bool,
+}
+
+impl Scrubbed {
+    /// `None` when the secret is too short to scrub safely.
+    pub fn new(inner: Body, secret: &[u8]) -> Result<Self, Body> {
+        if secret.len() < MIN_SCRUBBED_SECRET {
+            return Err(inner);
+        }
+        Ok(Self {
+            inner,
+            finder: memchr::memmem::Finder::new(secret).into_owned(),
+            held: BytesMut::new(),
+            done: false,
+        })
+    }
+
+    fn scrub(&self, buf: &mut [u8]) {
+        let n = self.finder.needle().len();
+        let mut from = 0;
+        while let Some(i) = self.finder.find(&buf[from..]) {
+            buf[from + i..from + i + n].fill(b'*');
+            from += i + n;
+        }
+    }
+}
+
+/// Overwrites the credential in a complete buffer (see [`Scrubbed`]).
+pub fn scrub_bytes(buf: &mut [u8], secret: &[u8]) -> bool {
+    if secret.len() < MIN_SCRUBBED_SECRET {
+        return false;
+    }
+    let finder = memchr::memmem::Finder::new(secret);
+    let mut found = false;
+    let mut from = 0;
+    while let Some(i) = finder.find(&buf[from..]) {
+        buf[from + i..from + i + secret.len()].fill(b'*');
+        from += i + secret.len();
+        found = true;
+    }
+    found
+}
+
+impl HttpBody for Scrubbed {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    self.done = true;
+                    let mut rest = std::mem::take(&mut self.held);
+                    if rest.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    self.scrub(&mut rest);
+                    return Poll::Ready(Some(Ok(Frame::data(rest.freeze()))));
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    let data = match frame.into_data() {
+                        Ok(d) => d,
+                        Err(other) => return Poll::Ready(Some(Ok(other))),
+                    };
+                    self.held.extend_from_slice(&data);
+                    let mut buf = std::mem::take(&mut self.held);
+                    self.scrub(&mut buf);
+                    let keep = (self.finder.needle().len() - 1).min(buf.len());
+                    let tail = buf.split_off(buf.len() - keep);
+                    self.held = tail;
+                    if buf.is_empty() {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(buf.freeze()))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod scrub_tests {
+    use super::*;
+    use http_body_util::StreamBody;
+
+    #[tokio::test]
+    async fn a_reflected_credential_is_overwritten_even_across_chunks() {
+        let secret = b"00CANARY-secret";
+        let chunks: Vec<Result<Frame<Bytes>, BodyError>> = [
+            "{\"auth\":\"SSWS 00CAN",
+            "ARY-secret\",\"again\":\"00CANARY-secret\"}",
+        ]
+        .into_iter()
+        .map(|c| Ok(Frame::data(Bytes::from(c))))
+        .collect();
+        let body: Body = StreamBody::new(futures_util::stream::iter(chunks)).boxed();
+        let Ok(s) = Scrubbed::new(body, secret) else {
+            panic!("long enough")
+        };
+        let out = s.collect().await.unwrap().to_bytes();
+        let text = std::str::from_utf8(&out).unwrap();
+        assert!(!text.contains("CANARY"), "{text}");
+        assert_eq!(
+            text.len(),
+            "{\"auth\":\"SSWS 00CANARY-secret\",\"again\":\"00CANARY-secret\"}".len()
+        );
+        let mut buf = b"x 00CANARY-secret y".to_vec();
+        assert!(scrub_bytes(&mut buf, secret));
+        assert_eq!(&buf, b"x *************** y");
+        assert!(Scrubbed::new(crate::protocol::http::body::empty(), b"short").is_err());
+    }
+}
