@@ -122,23 +122,29 @@ pub struct HttpMatch {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 7), extend("x-kubernetes-list-type" = "set"))]
     pub methods: Vec<HttpMethod>,
-    /// Path globs, matched on the normalized path that is forwarded: `*` is one segment, `**` any
-    /// number of segments. Example: `/api/v1/users/**`.
+    /// Path globs, matched on the normalized path that is forwarded (after the route's path
+    /// prefix is removed): `*` is one segment, `**` any number of segments. `/a/**` does not
+    /// match `/a` itself; list both. Example: `/api/v1/users/**`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 64),
         inner(length(min = 1, max = 1024), regex(pattern = r"^/[^\s?#]*$"))
     )]
     pub paths: Vec<String>,
-    /// Query parameters that must be present, with a glob their value must match.
+    /// Query parameters that must be present, with a glob their value must match. When a
+    /// parameter is repeated, an Allow rule needs every value to match, a Deny or RequireApproval
+    /// rule any one.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 32))]
     pub query: BTreeMap<String, String>,
-    /// Request headers (case-insensitive names) that must be present, with a glob for the value.
+    /// Request headers (case-insensitive names) that must be present, with a glob for the value;
+    /// repeated headers are treated like repeated query parameters.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 32))]
     pub headers: BTreeMap<String, String>,
-    /// Conditions on fields of a JSON request body. A body that is not JSON does not match.
+    /// Conditions on fields of a JSON request body (read, up to 1 MiB, only when some rule has
+    /// them). A body that is not JSON never matches an Allow rule and always matches a Deny or
+    /// RequireApproval rule.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub json_body: Vec<JsonCondition>,
