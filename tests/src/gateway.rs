@@ -12,7 +12,7 @@ use crate::{Process, binary, curl_get, free_port, wait_for, workspace_root};
 #[derive(Debug)]
 pub struct EchoUpstream {
     pub port: u16,
-    _process: Process,
+    process: Process,
 }
 
 impl EchoUpstream {
@@ -27,14 +27,17 @@ impl EchoUpstream {
             (curl_get(&url).0 == 200).then_some(())
         });
         assert!(up.is_some(), "echo upstream did not start:\n{}", process.output());
-        Self {
-            port,
-            _process: process,
-        }
+        Self { port, process }
     }
 
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// What the upstream logged so far: one `METHOD path` line per request it answered, so a
+    /// test can tell whether a request reached it at all.
+    pub fn requests(&self) -> String {
+        self.process.output()
     }
 }
 

@@ -68,6 +68,10 @@ const SECRET_HEADERS: &[&str] = &[
 ];
 
 fn is_identity_header(name: &str) -> bool {
+    // CGI-style upstreams (WSGI, PHP, Rack) read `X_Forwarded_User` and `X-Forwarded-User` as
+    // the same variable, so both spellings go.
+    let name = name.replace('_', "-");
+    let name = name.as_str();
     IDENTITY_HEADERS.contains(&name) || IDENTITY_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
@@ -215,6 +219,20 @@ mod tests {
         assert!(h["authorization"].is_sensitive());
         assert_eq!(h["accept-encoding"], "identity");
         assert_eq!(h["accept"], "application/json");
+    }
+
+    #[test]
+    fn identity_headers_spelled_with_underscores_go_too() {
+        let mut h = map(&[
+            ("X_Forwarded_User", "root"),
+            ("impersonate_group", "system:masters"),
+            ("X-Remote_User", "root"),
+            ("x_real_ip", "10.0.0.1"),
+            ("X_Trace_Id", "kept"),
+        ]);
+        let removed = sanitize_request(&mut h);
+        assert_eq!(removed.len(), 4, "{removed:?}");
+        assert_eq!(h["x_trace_id"], "kept");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use agentgate_crds::gateway::{Listener, ListenerProtocol};
@@ -158,17 +159,32 @@ async fn accept_loop(
             match acceptor {
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve(TokioIo::new(tls), peer, true, gw, name, stop).await,
+                        Ok(Ok(tls)) => {
+                            serve(TokioIo::new(tls), peer, true, gw, name, stop, HEADER_READ_TIMEOUT).await
+                        }
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 }
-                None => serve(TokioIo::new(stream), peer, false, gw, name, stop).await,
+                None => {
+                    serve(
+                        TokioIo::new(stream),
+                        peer,
+                        false,
+                        gw,
+                        name,
+                        stop,
+                        HEADER_READ_TIMEOUT,
+                    )
+                    .await
+                }
             }
         });
     }
 }
 
+/// Serves one connection. `head_timeout` bounds the wait for each HTTP/1 request head and, for
+/// any protocol, for the first request.
 async fn serve<I>(
     io: I,
     peer: SocketAddr,
@@ -176,19 +192,26 @@ async fn serve<I>(
     gw: Arc<Gateway>,
     listener: String,
     mut stop: watch::Receiver<bool>,
+    head_timeout: Duration,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let ctx = Arc::new(ConnContext::new(peer, tls, listener));
+    // Set once a request head has been read, whatever the protocol.
+    let arrived = Arc::new(AtomicBool::new(false));
     let service = {
         let ctx = ctx.clone();
-        service_fn(move |req| handle(gw.clone(), ctx.clone(), req))
+        let arrived = arrived.clone();
+        service_fn(move |req| {
+            arrived.store(true, Ordering::Release);
+            handle(gw.clone(), ctx.clone(), req)
+        })
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(head_timeout)
         .max_buf_size(MAX_HEADER_BYTES)
         .half_close(false);
     builder
@@ -198,11 +221,26 @@ async fn serve<I>(
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = stop.changed() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    // hyper's header read timeout starts only once the connection is known to be HTTP/1: a
+    // client sending nothing, or part of the HTTP/2 preface, or an HTTP/2 preface and no
+    // request, would hold the connection forever (slowloris).
+    let first_head = tokio::time::sleep(head_timeout);
+    tokio::pin!(first_head);
+    let mut waiting = true;
+    let result = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            _ = &mut first_head, if waiting => {
+                waiting = false;
+                if !arrived.load(Ordering::Acquire) {
+                    tracing::debug!(%peer, "no request within the header read timeout; closing");
+                    break Ok(());
+                }
+            }
+            _ = stop.changed() => {
+                conn.as_mut().graceful_shutdown();
+                break conn.await;
+            }
         }
     };
     if let Err(e) = result {
@@ -210,4 +248,68 @@ async fn serve<I>(
     }
     // Closing signs and fsyncs each session file: off the async workers.
     let _ = tokio::task::spawn_blocking(move || ctx.close_sessions()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Opens a connection to `serve`, writes `first` and returns what the server sent before
+    /// closing, or `None` if it was still open after `wait`.
+    async fn until_closed(first: &[u8], head_timeout: Duration, wait: Duration) -> Option<Vec<u8>> {
+        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(socket.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, peer) = socket.accept().await.unwrap();
+        let (_stop, stop_rx) = watch::channel(false);
+        let gw = Gateway::new(Metrics::new());
+        let task = tokio::spawn(serve(
+            TokioIo::new(server),
+            peer,
+            false,
+            gw,
+            "test".into(),
+            stop_rx,
+            head_timeout,
+        ));
+        client.write_all(first).await.unwrap();
+        let mut got = Vec::new();
+        // A reset counts as closed.
+        let closed = tokio::time::timeout(wait, client.read_to_end(&mut got)).await;
+        task.abort();
+        closed.ok().map(|_| got)
+    }
+
+    #[tokio::test]
+    async fn connections_without_a_request_head_are_closed_after_the_head_timeout() {
+        let head_timeout = Duration::from_millis(200);
+        for first in [
+            &b""[..],
+            b"P",
+            b"PRI * HTTP/2.0\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+            b"GET / HTTP/1.1\r\nHost: x\r\n",
+        ] {
+            let got = until_closed(first, head_timeout, Duration::from_secs(5)).await;
+            let first = String::from_utf8_lossy(first);
+            let got = got.unwrap_or_else(|| panic!("{first:?}: still open"));
+            assert!(!got.starts_with(b"HTTP/1.1 2"), "{first:?}");
+        }
+        // A head in time is served (no configuration is loaded: 503).
+        let got = until_closed(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            head_timeout,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert!(
+            got.starts_with(b"HTTP/1.1 503"),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+    }
 }

@@ -1,0 +1,1100 @@
+//! Hostile HTTP against the real gateway (SECURITY.md, section "HTTP"): request smuggling, path
+//! confusion, `Connection`-named and client-sent identity headers, CRLF and authority tricks,
+//! protocol upgrades, slow and oversized requests; and the TLS listener with HTTP/2 and HTTP/1.1.
+//!
+//! Malformed requests are written on raw sockets (curl would refuse or repair them), path tricks
+//! go through curl `--path-as-is`. Every request carries a real token from the OIDC provider, so a
+//! refusal is the gateway's doing and not a missing credential. Each case checks the gateway's
+//! answer and that nothing it refused, or that was hidden inside another request, reached the echo
+//! upstream (which logs one `METHOD path` line per request it answers).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use agentgate::protocol::http::proxy::MAX_REQUEST_BODY;
+use agentgate::protocol::http::server::{HEADER_READ_TIMEOUT, MAX_HEADER_BYTES};
+use agentgate_e2e::gateway::{EchoUpstream, Gateway, OktaSetup, okta_manifests};
+use agentgate_e2e::oidc::OidcProvider;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// The upstream's SSWS token, which the gateway injects.
+const CANARY: &str = "00CANARY-hostile-upstream-secret-4d2e";
+const PROBLEM: &str = "https://agentgate.dev/problems/";
+/// How long a raw exchange waits for more bytes before taking the gateway's answer as complete.
+const QUIET: Duration = Duration::from_millis(1000);
+/// Slack on top of the header read timeout for a slow client to be cut off.
+const SLACK: Duration = Duration::from_secs(3);
+
+// ---------------------------------------------------------------------------------------------
+// Harness: the processes, curl, raw sockets.
+
+struct Setup {
+    _idp: OidcProvider,
+    upstream: EchoUpstream,
+    gw: Gateway,
+    token: String,
+}
+
+fn setup() -> Setup {
+    start(CANARY, |yaml| yaml)
+}
+
+/// The OIDC provider, the echo upstream and a gateway on `okta_manifests` (edited by `edit`).
+fn start(upstream_token: &str, edit: impl FnOnce(String) -> String) -> Setup {
+    let idp = OidcProvider::start();
+    let upstream = EchoUpstream::start();
+    let yaml = okta_manifests(&OktaSetup {
+        issuer: &idp.issuer,
+        upstream: &upstream.url(),
+        upstream_token,
+        require_dpop: false,
+    });
+    let gw = Gateway::start(&edit(yaml));
+    let answer = idp.token("ci-agent", "api://agentgate", None);
+    let token = answer["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .to_string();
+    Setup {
+        _idp: idp,
+        upstream,
+        gw,
+        token,
+    }
+}
+
+impl Setup {
+    fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.gw.port)
+    }
+
+    fn auth(&self) -> String {
+        format!("Authorization: Bearer {}", self.token)
+    }
+
+    /// The `Host` and `Authorization` lines of a raw request, CRLF-terminated.
+    fn creds(&self) -> String {
+        format!("Host: {}\r\n{}\r\n", self.host(), self.auth())
+    }
+
+    fn raw(&self, request: impl AsRef<[u8]>) -> Exchange {
+        exchange(self.gw.port, request.as_ref())
+    }
+
+    /// curl with the agent's token and `--path-as-is`, so the path goes out exactly as written.
+    fn curl(&self, args: &[&str], path: &str) -> Reply {
+        let auth = self.auth();
+        let mut all = vec!["--path-as-is", "-H", &auth];
+        all.extend_from_slice(args);
+        curl(&all, &self.gw.url(path))
+    }
+
+    /// Asserts that no request whose path contains `marker` reached the upstream.
+    fn assert_not_forwarded(&self, marker: &str) {
+        let seen = self.upstream.requests();
+        // Its readiness probe shows the log is being read at all.
+        assert!(
+            seen.contains("GET /ready"),
+            "no request log from the upstream:\n{seen}"
+        );
+        assert!(!seen.contains(marker), "{marker} reached the upstream:\n{seen}");
+    }
+
+    /// Neither the agent's token nor the upstream credential in the gateway's log or recordings.
+    fn assert_no_secrets(&self) {
+        for (what, text) in [("log", self.gw.output()), ("recordings", self.gw.recordings())] {
+            assert!(!text.contains(CANARY), "the upstream credential is in the {what}");
+            assert!(!text.contains(&self.token), "the agent's token is in the {what}");
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    version: String,
+    headers: String,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+
+    /// The problem type, checking the media type too.
+    fn problem(&self) -> String {
+        problem_type(&self.headers, self.body.as_bytes())
+    }
+
+    fn echo(&self) -> Echo {
+        assert_eq!(self.status, 200, "{self:?}");
+        Echo(self.json())
+    }
+}
+
+fn curl(args: &[&str], url: &str) -> Reply {
+    let dir = tempfile::tempdir().unwrap();
+    let headers = dir.path().join("h");
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-D"])
+        .arg(&headers)
+        .args(["-o", "-", "-w", "\n%{http_code} %{http_version}"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl is installed");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", "0 0"));
+    let (code, version) = tail.split_once(' ').unwrap_or(("0", "0"));
+    Reply {
+        status: code.trim().parse().unwrap_or(0),
+        version: version.trim().to_string(),
+        headers: std::fs::read_to_string(&headers).unwrap_or_default(),
+        body: body.to_string(),
+    }
+}
+
+fn problem_type(head: &str, body: &[u8]) -> String {
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/problem+json"),
+        "not a problem document:\n{head}\n{}",
+        String::from_utf8_lossy(body)
+    );
+    let doc: Value = serde_json::from_slice(body).expect("problem JSON");
+    doc["type"].as_str().unwrap_or_default().to_string()
+}
+
+fn problem(slug: &str) -> String {
+    format!("{PROBLEM}{slug}")
+}
+
+/// What the echo upstream says it received.
+#[derive(Debug)]
+struct Echo(Value);
+
+impl Echo {
+    fn path(&self) -> &str {
+        self.0["path"].as_str().unwrap_or_default()
+    }
+
+    fn body(&self) -> &str {
+        self.0["body"].as_str().unwrap_or_default()
+    }
+
+    /// Every header (name lowercased by the echo) as received.
+    fn headers(&self) -> Vec<(String, String)> {
+        self.0["headers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|h| {
+                        (
+                            h[0].as_str().unwrap_or_default().to_string(),
+                            h[1].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn header(&self, name: &str) -> Vec<String> {
+        self.headers()
+            .into_iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v)
+            .collect()
+    }
+}
+
+/// The echo's report of an `Authorization` value: its SHA-256.
+fn hashed(value: &str) -> String {
+    let digest = Sha256::digest(value.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// What came back on one raw connection.
+#[derive(Debug)]
+struct Exchange {
+    bytes: Vec<u8>,
+    /// The gateway closed the connection (rather than leaving it idle).
+    closed: bool,
+}
+
+impl Exchange {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
+    }
+
+    fn responses(&self) -> Vec<RawResponse> {
+        parse_responses(&self.bytes)
+    }
+
+    /// The one response on the connection; a second would mean a hidden request was answered.
+    fn only(&self) -> RawResponse {
+        let mut all = self.responses();
+        assert_eq!(all.len(), 1, "expected exactly one response:\n{}", self.text());
+        all.remove(0)
+    }
+}
+
+#[derive(Debug)]
+struct RawResponse {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn problem(&self) -> String {
+        problem_type(&self.head, &self.body)
+    }
+
+    fn echo(&self) -> Echo {
+        assert_eq!(self.status, 200, "{self:?}");
+        Echo(serde_json::from_slice(&self.body).expect("echo JSON"))
+    }
+}
+
+/// Writes `request` on a fresh connection, then reads until the gateway closes it or stays quiet
+/// for [`QUIET`].
+fn exchange(port: u16, request: &[u8]) -> Exchange {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
+    s.set_read_timeout(Some(QUIET)).unwrap();
+    // The gateway may stop reading early (an oversized head): a failed write is an answer too.
+    let _ = s.write_all(request);
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break false;
+            }
+            // Reset: closed, whatever was unread.
+            Err(_) => break true,
+        }
+    };
+    Exchange { bytes, closed }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn header_in(head: &str, name: &str) -> Option<String> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
+/// Splits a byte stream into HTTP/1.1 responses (Content-Length or chunked bodies).
+fn parse_responses(mut rest: &[u8]) -> Vec<RawResponse> {
+    let mut out = Vec::new();
+    while let Some(end) = find(rest, b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&rest[..end]).into_owned();
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let after = &rest[end + 4..];
+        let (body, used) =
+            if let Some(len) = header_in(&head, "content-length").and_then(|v| v.parse::<usize>().ok()) {
+                let len = len.min(after.len());
+                (after[..len].to_vec(), len)
+            } else if header_in(&head, "transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+                dechunk(after)
+            } else {
+                (after.to_vec(), after.len())
+            };
+        out.push(RawResponse { status, head, body });
+        rest = &after[used..];
+    }
+    out
+}
+
+/// A chunked body's data and how many bytes it took (no trailers).
+fn dechunk(mut b: &[u8]) -> (Vec<u8>, usize) {
+    let total = b.len();
+    let mut data = Vec::new();
+    while let Some(eol) = find(b, b"\r\n") {
+        let size_text = String::from_utf8_lossy(&b[..eol]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16).unwrap_or(0);
+        b = &b[eol + 2..];
+        if size == 0 {
+            b = b.get(2..).unwrap_or_default();
+            break;
+        }
+        let take = size.min(b.len());
+        data.extend_from_slice(&b[..take]);
+        b = b.get(take + 2..).unwrap_or_default();
+    }
+    (data, total - b.len())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request smuggling.
+
+/// A complete request the smuggler hides in another one's body; `marker` makes it findable.
+fn hidden(s: &Setup, marker: &str) -> String {
+    format!("GET /okta/echo/{marker} HTTP/1.1\r\n{}\r\n", s.creds())
+}
+
+#[test]
+fn content_length_with_transfer_encoding_is_read_as_chunked_and_the_connection_closed() {
+    let s = setup();
+
+    // CL.TE: a front end trusting Content-Length would pass the hidden request along as body.
+    // The gateway reads the chunked framing (RFC 9112 §6.3), answers, and closes the
+    // connection, so the rest is never read as a request.
+    let body = format!("3\r\nabc\r\n0\r\n\r\n{}", hidden(&s, "smuggled-clte"));
+    let r = s.raw(format!(
+        "POST /okta/echo/clte HTTP/1.1\r\n{}Content-Type: text/plain\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{body}",
+        s.creds(),
+        body.len()
+    ));
+    let echo = r.only().echo();
+    assert_eq!((echo.path(), echo.body()), ("/echo/clte", "abc"));
+    assert!(r.closed, "the connection stays open after an ambiguous request");
+    s.assert_not_forwarded("smuggled-clte");
+
+    // TE.CL: a short Content-Length after Transfer-Encoding. An upstream trusting it would read
+    // the chunk as a request of its own (one needing no token); the gateway re-frames the body,
+    // so the upstream gets it only as body bytes.
+    let chunk = format!(
+        "GET /okta/echo/smuggled-tecl HTTP/1.1\r\nHost: {}\r\n\r\n",
+        s.host()
+    );
+    let r = s.raw(format!(
+        "POST /okta/echo/tecl HTTP/1.1\r\n{}Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        s.creds(),
+        chunk.len()
+    ));
+    let echo = r.only().echo();
+    assert_eq!((echo.path(), echo.body()), ("/echo/tecl", chunk.as_str()));
+    assert!(echo.header("content-length").iter().all(|v| v != "4"), "{echo:?}");
+    assert!(r.closed);
+    s.assert_not_forwarded("smuggled-tecl");
+    s.assert_no_secrets();
+}
+
+#[test]
+fn duplicate_content_lengths_are_refused_unless_identical() {
+    let s = setup();
+    for (i, lengths) in [
+        "Content-Length: 3\r\nContent-Length: 60\r\n",
+        "Content-Length: 3, 60\r\n",
+        "Content-Length: +3\r\n",
+        "Content-Length: 3\r\nContent-length: 03x\r\n",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let marker = format!("smuggled-dupcl-{i}");
+        let r = s.raw(format!(
+            "POST /okta/echo/dupcl-{i} HTTP/1.1\r\n{}{lengths}\r\nabc{}",
+            s.creds(),
+            hidden(&s, &marker)
+        ));
+        let res = r.only();
+        assert_eq!(res.status, 400, "{lengths:?}: {}", r.text());
+        assert!(r.closed, "{lengths:?}");
+        s.assert_not_forwarded(&format!("dupcl-{i}"));
+    }
+    // Identical repeats are one length: exactly the three bytes are the body.
+    let r = s.raw(format!(
+        "POST /okta/echo/dupcl-same HTTP/1.1\r\n{}Content-Length: 3\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+        s.creds()
+    ));
+    assert_eq!(r.only().echo().body(), "abc");
+    s.assert_no_secrets();
+}
+
+#[test]
+fn obfuscated_transfer_encodings_are_refused() {
+    let s = setup();
+    for (i, te) in [
+        "Transfer-Encoding: xchunked\r\n",
+        "Transfer-Encoding: chunk\r\n",
+        "Transfer-Encoding: \"chunked\"\r\n",
+        "Transfer-Encoding: chunked, identity\r\n",
+        "Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n",
+        "Transfer-Encoding : chunked\r\n",
+        "Transfer-Encoding:\x0bchunked\r\n",
+        "X-Pad: 1\r\n Transfer-Encoding: chunked\r\n",
+        "X-Pad: 1\r\n\tTransfer-Encoding: chunked\r\n",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let marker = format!("smuggled-te-{i}");
+        let body = format!("3\r\nabc\r\n0\r\n\r\n{}", hidden(&s, &marker));
+        let r = s.raw(format!(
+            "POST /okta/echo/te-{i} HTTP/1.1\r\n{}Content-Length: {}\r\n{te}\r\n{body}",
+            s.creds(),
+            body.len()
+        ));
+        let res = r.only();
+        assert_eq!(res.status, 400, "{te:?}: {}", r.text());
+        assert!(r.closed, "{te:?}");
+        s.assert_not_forwarded(&format!("te-{i}"));
+    }
+    // Transfer-Encoding in HTTP/1.0, which has no chunked coding.
+    let r = s.raw(format!(
+        "POST /okta/echo/te-http10 HTTP/1.0\r\n{}Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        s.creds()
+    ));
+    assert_eq!(r.only().status, 400, "{}", r.text());
+    s.assert_not_forwarded("te-http10");
+    // TE (the hop-by-hop request header, not Transfer-Encoding) may only say "trailers".
+    let r = s.raw(format!(
+        "GET /okta/echo/te-hop HTTP/1.1\r\n{}TE: chunked\r\n\r\n",
+        s.creds()
+    ));
+    let res = r.only();
+    assert_eq!(
+        (res.status, res.problem()),
+        (400, problem("bad-request")),
+        "{}",
+        r.text()
+    );
+    s.assert_not_forwarded("te-hop");
+    s.assert_no_secrets();
+}
+
+#[test]
+fn bare_line_feeds_cannot_hide_framing_or_requests() {
+    let s = setup();
+    // A head with LF line endings only is read as a head (RFC 9112 §2.2 lets a recipient) and
+    // forwarded once, re-framed by the gateway.
+    let r = s.raw(format!(
+        "GET /okta/echo/bare-lf HTTP/1.1\nHost: {}\n{}\nConnection: close\n\n",
+        s.host(),
+        s.auth()
+    ));
+    let echo = r.only().echo();
+    assert_eq!(echo.path(), "/echo/bare-lf");
+    assert_eq!(echo.header("authorization"), [hashed(&format!("SSWS {CANARY}"))]);
+    assert_eq!(s.upstream.requests().matches("/echo/bare-lf").count(), 1);
+
+    // A Transfer-Encoding after a bare LF inside a CRLF head, where a CRLF-only parser sees a
+    // header `X-Pad` and a Content-Length body holding a hidden request: the gateway takes the
+    // chunked framing and closes the connection, like any request with both.
+    let body = format!("3\r\nabc\r\n0\r\n\r\n{}", hidden(&s, "smuggled-lf-te"));
+    let r = s.raw(format!(
+        "POST /okta/echo/lf-te HTTP/1.1\r\n{}X-Pad: 1\nTransfer-Encoding: chunked\r\nContent-Length: {}\r\n\r\n{body}",
+        s.creds(),
+        body.len()
+    ));
+    let echo = r.only().echo();
+    assert_eq!((echo.path(), echo.body()), ("/echo/lf-te", "abc"));
+    assert!(r.closed);
+    s.assert_not_forwarded("smuggled-lf-te");
+
+    // A bare LF ending the head early: what follows is a request of its own, which a CRLF-only
+    // parser would have taken for header lines. It carries no token and gets no credential.
+    let r = s.raw(format!(
+        "GET /okta/echo/lf-early HTTP/1.1\r\n{}X-Pad: 1\n\nGET /okta/echo/smuggled-lf-early HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        s.creds(),
+        s.host()
+    ));
+    let res = r.responses();
+    let statuses: Vec<u16> = res.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200, 401], "{}", r.text());
+    assert_eq!(res[1].problem(), problem("unauthenticated"));
+    s.assert_not_forwarded("smuggled-lf-early");
+    s.assert_no_secrets();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Path confusion, and the path decided being the path forwarded.
+
+#[test]
+fn confusing_paths_are_refused_and_never_forwarded() {
+    let s = setup();
+    for path in [
+        "/okta/echo/confuse/%2e%2e/%2e%2e/api/v1/api-tokens",
+        "/okta/echo/confuse/%2E%2E/x",
+        "/okta/echo/confuse/.%2e/x",
+        "/okta/echo/confuse/../../api/v1/api-tokens",
+        "/okta/echo/confuse/./x",
+        "/okta/echo/confuse%2f..%2f..%2fapi/v1/api-tokens",
+        "/okta%2fecho/confuse",
+        "/okta/echo/confuse%5c..%5capi",
+        "/okta/echo/confuse\\..\\x",
+        "/okta/echo/confuse;jsessionid=1",
+        "/okta/echo/confuse/..;/api/v1/api-tokens",
+        "/okta/echo/confuse%3bx=1",
+        "/okta/echo/confuse/%252e%252e/x",
+        "/okta/echo/confuse/%25%32%65",
+        "/okta/echo/confuse/%c0%ae%c0%ae/x",
+        "/okta/echo/confuse/%e0%80%ae",
+        "/okta/echo/confuse/%ff",
+        "/okta/echo/confuse/%00",
+        "/okta/echo/confuse/%",
+        "/okta/echo/confuse/%zz",
+    ] {
+        let r = s.curl(&[], path);
+        assert_eq!(
+            (r.status, r.problem()),
+            (400, problem("bad-request")),
+            "{path}: {r:?}"
+        );
+    }
+    // Raw bytes curl would not send: UTF-8 the gateway wants percent-encoded; an overlong
+    // encoding and a DEL, which hyper refuses before the gateway sees them.
+    for (raw, gateway_problem) in [
+        (&b"/okta/echo/confuse/\xc3\xa9"[..], true),
+        (b"/okta/echo/confuse/\xc0\xae", false),
+        (b"/okta/echo/confuse/\x7f", false),
+    ] {
+        let mut req = b"GET ".to_vec();
+        req.extend_from_slice(raw);
+        req.extend_from_slice(format!(" HTTP/1.1\r\n{}Connection: close\r\n\r\n", s.creds()).as_bytes());
+        let r = s.raw(req);
+        let res = r.only();
+        assert_eq!(res.status, 400, "{}", r.text());
+        if gateway_problem {
+            assert_eq!(res.problem(), problem("bad-request"));
+        }
+    }
+    s.assert_not_forwarded("confuse");
+    s.assert_no_secrets();
+}
+
+#[test]
+fn the_path_decided_on_is_byte_for_byte_the_path_forwarded() {
+    let mut s = setup();
+    for (sent, forwarded) in [
+        ("/okta//echo/%75sers", "/echo/users"),
+        ("/okta/echo///a//b/", "/echo/a/b/"),
+        ("/okta/echo/%7e%41%2d/%c3%a9", "/echo/~A-/%C3%A9"),
+        ("/okta/echo/sp%20ace/x:y@z", "/echo/sp%20ace/x:y@z"),
+        (
+            "/okta/echo/q?x=%2e%2e&y=a%20b&z=%2F",
+            "/echo/q?x=%2e%2e&y=a%20b&z=%2F",
+        ),
+    ] {
+        let r = s.curl(&[], sent);
+        assert_eq!(r.echo().path(), forwarded, "{sent}");
+    }
+    // A fragment has no place in a request target (curl never sends one): it is dropped, so
+    // neither the policy nor the upstream sees it.
+    let r = s.raw(format!(
+        "GET /okta/echo/frag#/../../api/v1/api-tokens HTTP/1.1\r\n{}Connection: close\r\n\r\n",
+        s.creds()
+    ));
+    assert_eq!(r.only().echo().path(), "/echo/frag");
+    // The policy sees the same normalized path: these are the denied /api/v1/api-tokens.
+    for sent in [
+        "/okta/api/v1/%61pi-tokens",
+        "/okta/api/v1//api-tokens",
+        "/okta//api/v1/api-tokens/",
+        "/okta/api/%76%31/api-tokens/00T1",
+    ] {
+        let r = s.curl(&[], sent);
+        assert_eq!(
+            (r.status, r.problem()),
+            (403, problem("denied-by-policy")),
+            "{sent}: {r:?}"
+        );
+        assert_eq!(r.json()["rule"], "no-api-tokens", "{sent}");
+    }
+    s.assert_not_forwarded("api-tokens");
+
+    // The recording holds the decided path of each request: the forwarded ones and the denied.
+    s.gw.stop();
+    let mut recorded: Vec<String> =
+        s.gw.recordings()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["type"] == "http.request")
+            .map(|e| e["data"]["path"].as_str().unwrap_or_default().to_string())
+            .collect();
+    // One session per connection; the files come in no particular order.
+    recorded.sort();
+    assert_eq!(
+        recorded,
+        [
+            "/api/v1/api-tokens",
+            "/api/v1/api-tokens",
+            "/api/v1/api-tokens/",
+            "/api/v1/api-tokens/00T1",
+            "/echo/a/b/",
+            "/echo/frag",
+            "/echo/q",
+            "/echo/sp%20ace/x:y@z",
+            "/echo/users",
+            "/echo/~A-/%C3%A9",
+        ]
+    );
+    s.assert_no_secrets();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Headers: Connection, client-sent identity, CRLF.
+
+#[test]
+fn connection_cannot_remove_what_the_gateway_adds() {
+    let s = setup();
+    let injected = hashed(&format!("SSWS {CANARY}"));
+    let upstream_host = format!("127.0.0.1:{}", s.upstream.port);
+    // Hop-by-hop removal runs before the gateway adds its headers, so naming them in
+    // `Connection` removes only the client's copies.
+    let r = s.curl(
+        &[
+            "-H",
+            "Connection: Authorization, Host, Accept-Encoding, Content-Length, X-Drop",
+            "-H",
+            "X-Drop: 1",
+            "-H",
+            "Accept-Encoding: gzip",
+            "-H",
+            "Content-Type: text/plain",
+            "--data-binary",
+            "hello",
+        ],
+        "/okta/echo/conn",
+    );
+    let echo = r.echo();
+    assert_eq!(echo.header("authorization"), [injected.as_str()], "{echo:?}");
+    assert_eq!(echo.header("host"), [upstream_host]);
+    assert_eq!(echo.header("accept-encoding"), ["identity"]);
+    assert_eq!(echo.body(), "hello");
+    assert!(echo.header("x-drop").is_empty() && echo.header("connection").is_empty());
+
+    // Naming the body's framing: the body still arrives whole.
+    let r = s.raw(format!(
+        "POST /okta/echo/conn-te HTTP/1.1\r\n{}Connection: Transfer-Encoding, Authorization\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        s.creds()
+    ));
+    let echo = r.only().echo();
+    assert_eq!(echo.body(), "hello world");
+    assert_eq!(echo.header("authorization"), [injected]);
+    s.assert_no_secrets();
+}
+
+#[test]
+fn client_sent_identity_headers_never_reach_the_upstream() {
+    let s = setup();
+    let sent = [
+        "X-Forwarded-User: root",
+        "x-forwarded-user: root2",
+        "X-FORWARDED-HOST: evil.example",
+        "X-Forwarded-For: 10.0.0.1",
+        "X-Forwarded-Proto: https",
+        "X-Forwarded-Groups: system:masters",
+        "X-Forwarded-Email: root@example.com",
+        "Forwarded: for=10.0.0.1;host=evil.example;proto=https",
+        "forwarded: for=10.0.0.2",
+        "X-Real-IP: 10.0.0.1",
+        "Impersonate-User: admin",
+        "IMPERSONATE-GROUP: system:masters",
+        "impersonate-group: system:nodes",
+        "Impersonate-Uid: 0",
+        "Impersonate-Extra-Scopes: all",
+        "X-Remote-User: root",
+        "x-remote-group: system:masters",
+        "X-Auth-Request-User: root",
+        "X-Auth-Request-Email: root@example.com",
+        "X-Authenticated-User: root",
+        "X-AgentGate-Identity: admin",
+        "X_Forwarded_User: root",
+        "Impersonate_User: admin",
+        "X-Benign: kept",
+    ];
+    let mut args = Vec::new();
+    for h in &sent {
+        args.extend(["-H", h]);
+    }
+    let echo = s.curl(&args, "/okta/echo/identity").echo();
+    assert_eq!(echo.header("x-benign"), ["kept"], "not every header is dropped");
+    let leaked: Vec<_> = echo
+        .headers()
+        .into_iter()
+        .filter(|(k, _)| {
+            // Upstreams that map headers to variables (CGI, WSGI) read `_` as `-`.
+            let k = k.replace('_', "-");
+            k == "forwarded"
+                || k == "x-real-ip"
+                || [
+                    "x-forwarded-",
+                    "impersonate-",
+                    "x-remote-",
+                    "x-auth-request-",
+                    "x-authenticated-",
+                    "x-agentgate-",
+                ]
+                .iter()
+                .any(|p| k.starts_with(p))
+        })
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "identity headers reached the upstream: {leaked:?}"
+    );
+    assert_eq!(echo.header("authorization"), [hashed(&format!("SSWS {CANARY}"))]);
+    s.assert_no_secrets();
+}
+
+#[test]
+fn crlf_cannot_be_injected_into_forwarded_headers() {
+    let s = setup();
+    // Encoded CR LF in the path or the query, which the gateway copies into the request line.
+    for path in [
+        "/okta/echo/crlf%0d%0aX-Injected:%20yes",
+        "/okta/echo/crlf%0aX-Injected:%20yes",
+        "/okta/echo/crlf-q?x=%0d%0aX-Injected:%201",
+        "/okta/echo/crlf-q?x=1%0d%0a%0d%0aGET%20/smuggled",
+    ] {
+        let r = s.curl(&[], path);
+        assert_eq!(
+            (r.status, r.problem()),
+            (400, problem("bad-request")),
+            "{path}: {r:?}"
+        );
+    }
+    s.assert_not_forwarded("crlf");
+    // A bare CR or a NUL inside a header value: refused before the gateway reads it.
+    for (i, bad) in ["X-Note: a\rX-Injected: yes\r\n", "X-Note: a\0b\r\n"]
+        .iter()
+        .enumerate()
+    {
+        let r = s.raw(format!(
+            "GET /okta/echo/crlf-raw-{i} HTTP/1.1\r\n{}{bad}\r\n",
+            s.creds()
+        ));
+        assert_eq!(r.only().status, 400, "{bad:?}: {}", r.text());
+        assert!(r.closed);
+    }
+    s.assert_not_forwarded("crlf-raw");
+    // A bare LF ends the header line: what follows is a header of its own, and one that claims
+    // an identity is removed like any other.
+    let r = s.raw(format!(
+        "GET /okta/echo/lf-header HTTP/1.1\r\n{}X-Note: a\nImpersonate-User: admin\r\nConnection: close\r\n\r\n",
+        s.creds()
+    ));
+    let echo = r.only().echo();
+    assert_eq!(echo.header("x-note"), ["a"]);
+    assert!(echo.header("impersonate-user").is_empty(), "{echo:?}");
+    // ... and a second Authorization smuggled that way is refused, not chosen between.
+    let r = s.raw(format!(
+        "GET /okta/echo/lf-auth HTTP/1.1\r\n{}X-Note: a\nAuthorization: SSWS forged\r\nConnection: close\r\n\r\n",
+        s.creds()
+    ));
+    let res = r.only();
+    assert_eq!((res.status, res.problem()), (401, problem("unauthenticated")));
+    s.assert_not_forwarded("lf-auth");
+    s.assert_no_secrets();
+}
+
+#[test]
+fn a_credential_with_a_line_break_is_never_sent() {
+    // The Secret's value is copied into the upstream's Authorization header: a CR LF in it
+    // must not become a header of its own (YAML decodes the escapes to real CR LF).
+    let s = start("tok\\r\\nX-Injected: yes", |yaml| yaml);
+    let r = s.curl(&[], "/okta/echo/crlf-secret");
+    assert_eq!(
+        (r.status, r.problem()),
+        (502, problem("upstream-unavailable")),
+        "{r:?}\n{}",
+        s.gw.output()
+    );
+    s.assert_not_forwarded("crlf-secret");
+    assert!(
+        !s.gw.output().contains("X-Injected"),
+        "the credential is in the log"
+    );
+}
+
+#[test]
+fn absolute_form_must_agree_with_host_and_x_forwarded_host_is_ignored() {
+    let s = setup();
+    let host = s.host();
+    let auth = s.auth();
+    // The URI names another authority than Host.
+    let r = s.raw(format!(
+        "GET http://evil.example/okta/echo/abs-mismatch HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n\r\n"
+    ));
+    let res = r.only();
+    assert_eq!((res.status, res.problem()), (400, problem("bad-request")));
+    // Two Host headers.
+    let r = s.raw(format!(
+        "GET /okta/echo/abs-twohosts HTTP/1.1\r\nHost: {host}\r\nHost: evil.example\r\n{auth}\r\n\r\n"
+    ));
+    let res = r.only();
+    assert_eq!((res.status, res.problem()), (400, problem("bad-request")));
+    s.assert_not_forwarded("abs-mismatch");
+    s.assert_not_forwarded("abs-twohosts");
+    // Agreeing absolute-form is proxied like origin-form; X-Forwarded-Host changes nothing.
+    let r = s.raw(format!(
+        "GET http://{host}/okta/echo/abs-ok HTTP/1.1\r\nHost: {host}\r\n{auth}\r\nX-Forwarded-Host: evil.example\r\nConnection: close\r\n\r\n"
+    ));
+    let echo = r.only().echo();
+    assert_eq!(echo.path(), "/echo/abs-ok");
+    assert_eq!(echo.header("host"), [format!("127.0.0.1:{}", s.upstream.port)]);
+    assert!(echo.header("x-forwarded-host").is_empty());
+    s.assert_no_secrets();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upgrades, slow and oversized requests.
+
+#[test]
+fn upgrades_are_refused_and_never_reach_the_upstream() {
+    let s = setup();
+    for (marker, upgrade) in [
+        (
+            "upgrade-h2c",
+            "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+        ),
+        (
+            "upgrade-ws",
+            "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
+        ),
+        ("upgrade-bare", "Upgrade: websocket\r\n"),
+    ] {
+        let r = s.raw(format!(
+            "GET /okta/echo/{marker} HTTP/1.1\r\n{}{upgrade}\r\n",
+            s.creds()
+        ));
+        let res = r.only();
+        assert_eq!(
+            (res.status, res.problem()),
+            (501, problem("unsupported-upgrade")),
+            "{marker}: {}",
+            r.text()
+        );
+        s.assert_not_forwarded(marker);
+    }
+    // CONNECT would make the gateway a tunnel to anywhere.
+    let target = format!("127.0.0.1:{}", s.upstream.port);
+    let r = s.raw(format!(
+        "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{}\r\n\r\n",
+        s.auth()
+    ));
+    let res = r.only();
+    assert_eq!((res.status, res.problem()), (501, problem("unsupported-upgrade")));
+    s.assert_not_forwarded("CONNECT");
+    s.assert_no_secrets();
+}
+
+/// How long until the gateway closes a connection on which `dribble` is sent one byte at a time
+/// every `every` (after `first` is sent at once); `None` if still open after `give_up`.
+fn time_to_close(
+    port: u16,
+    first: &[u8],
+    dribble: &[u8],
+    every: Duration,
+    give_up: Duration,
+) -> Option<Duration> {
+    let started = Instant::now();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(every)).unwrap();
+    let _ = s.write_all(first);
+    let mut next = dribble.iter().cycle();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < give_up {
+        match s.read(&mut buf) {
+            // Whatever the gateway says (a 408, say), it must then close.
+            Ok(n) if n > 0 => continue,
+            Ok(_) => return Some(started.elapsed()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if !dribble.is_empty() && s.write_all(&[*next.next().unwrap_or(&b'a')]).is_err() {
+                    return Some(started.elapsed());
+                }
+            }
+            Err(_) => return Some(started.elapsed()),
+        }
+    }
+    None
+}
+
+#[test]
+fn slow_heads_are_cut_off_after_the_header_read_timeout() {
+    let s = setup();
+    let port = s.gw.port;
+    let limit = HEADER_READ_TIMEOUT + SLACK;
+    let give_up = limit + Duration::from_secs(5);
+    let partial = format!("GET /okta/echo/slow-partial HTTP/1.1\r\n{}", s.creds());
+    let drip_head = format!("GET /okta/echo/slow-drip HTTP/1.1\r\n{}X-Pad: ", s.creds());
+    // All at once, so the test waits for the timeout once.
+    let cases: Vec<(&str, Vec<u8>, Vec<u8>)> = vec![
+        ("partial head, then silence", partial.into_bytes(), vec![]),
+        (
+            "a header value one byte at a time",
+            drip_head.into_bytes(),
+            b"a".to_vec(),
+        ),
+        ("nothing at all", vec![], vec![]),
+        (
+            "part of the HTTP/2 preface",
+            b"PRI * HTTP/2.0\r\n".to_vec(),
+            vec![],
+        ),
+        (
+            "the HTTP/2 preface and no request",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec(),
+            vec![],
+        ),
+    ];
+    let threads: Vec<_> = cases
+        .into_iter()
+        .map(|(what, first, dribble)| {
+            std::thread::spawn(move || {
+                (
+                    what,
+                    time_to_close(port, &first, &dribble, Duration::from_millis(500), give_up),
+                )
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for (what, closed) in &results {
+        assert!(
+            closed.is_some_and(|after| after <= limit),
+            "{what}: not closed within {limit:?}: {results:?}"
+        );
+    }
+    s.assert_not_forwarded("slow-");
+}
+
+#[test]
+fn oversized_heads_and_bodies_are_refused() {
+    let s = setup();
+    // One header larger than the whole head may be.
+    let big = "a".repeat(MAX_HEADER_BYTES + 1024);
+    let r = s.raw(format!(
+        "GET /okta/echo/big-header HTTP/1.1\r\n{}X-Big: {big}\r\n\r\n",
+        s.creds()
+    ));
+    let statuses: Vec<u16> = r.responses().iter().map(|r| r.status).collect();
+    assert!(r.closed, "{statuses:?}");
+    assert!(statuses.is_empty() || statuses == [431], "{statuses:?}");
+    // Many small headers adding up to more.
+    let many: String = (0..2000)
+        .map(|i| format!("X-H{i}: {}\r\n", "b".repeat(40)))
+        .collect();
+    let r = s.raw(format!(
+        "GET /okta/echo/many-headers HTTP/1.1\r\n{}{many}\r\n",
+        s.creds()
+    ));
+    let statuses: Vec<u16> = r.responses().iter().map(|r| r.status).collect();
+    assert!(r.closed, "{statuses:?}");
+    assert!(statuses.is_empty() || statuses == [431], "{statuses:?}");
+    // More headers than the parser takes, each small.
+    let count: String = (0..150).map(|i| format!("X-N{i}: 1\r\n")).collect();
+    let r = s.raw(format!(
+        "GET /okta/echo/header-count HTTP/1.1\r\n{}{count}\r\n",
+        s.creds()
+    ));
+    let statuses: Vec<u16> = r.responses().iter().map(|r| r.status).collect();
+    assert!(r.closed, "{statuses:?}");
+    assert!(statuses.is_empty() || statuses == [431], "{statuses:?}");
+    s.assert_not_forwarded("big-header");
+    s.assert_not_forwarded("many-headers");
+    s.assert_not_forwarded("header-count");
+
+    // A declared body over the limit is refused before a byte of it is read or forwarded.
+    let r = s.raw(format!(
+        "POST /okta/echo/big-body HTTP/1.1\r\n{}Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        s.creds(),
+        MAX_REQUEST_BODY + 1
+    ));
+    let res = r.only();
+    assert_eq!((res.status, res.problem()), (413, problem("request-too-large")));
+    s.assert_not_forwarded("big-body");
+    s.assert_no_secrets();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The TLS listener.
+
+/// A CA and a server certificate for 127.0.0.1 signed by it: (CA PEM, certificate PEM, key PEM).
+fn certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "agentgate-e2e-ca");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut server = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "agentgate-e2e");
+    server.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate().unwrap();
+    let cert = server.signed_by(&key, &issuer).unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[test]
+fn the_tls_listener_serves_http2_and_http11_with_a_bearer_token() {
+    let (ca, crt, key) = certificates();
+    let mut s = start(CANARY, |yaml| {
+        let listener = "- {name: http, protocol: HTTP, port: ${LISTEN_PORT}, address: 127.0.0.1}";
+        assert!(yaml.contains(listener));
+        let yaml = yaml.replace(
+            listener,
+            "- {name: http, protocol: HTTP, port: ${LISTEN_PORT}, address: 127.0.0.1, tls: {secretName: gw-tls}}",
+        );
+        format!(
+            "{yaml}---\napiVersion: v1\nkind: Secret\nmetadata: {{name: gw-tls, namespace: e2e}}\ntype: kubernetes.io/tls\nstringData: {{tls.crt: {}, tls.key: {}}}\n",
+            serde_json::to_string(&crt).unwrap(),
+            serde_json::to_string(&key).unwrap()
+        )
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let ca_file = ca_file.to_str().unwrap();
+    let url = |path: &str| format!("https://127.0.0.1:{}{path}", s.gw.port);
+    let auth = s.auth();
+
+    for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        let r = curl(&["--cacert", ca_file, flag, "-H", &auth], &url("/okta/echo/tls"));
+        assert_eq!(
+            (r.status, r.version.as_str()),
+            (200, version),
+            "{flag}: {r:?}\n{}",
+            s.gw.output()
+        );
+        let echo = r.echo();
+        assert_eq!(echo.path(), "/echo/tls");
+        assert_eq!(echo.header("authorization"), [hashed(&format!("SSWS {CANARY}"))]);
+        // Over HTTP/2 too, the same normalization applies.
+        let r = curl(
+            &["--cacert", ca_file, flag, "--path-as-is", "-H", &auth],
+            &url("/okta/echo/tls-confuse/%2e%2e/x"),
+        );
+        assert_eq!((r.status, r.problem()), (400, problem("bad-request")), "{flag}");
+    }
+    // Without the CA curl refuses the certificate; plaintext on the TLS port gets no answer.
+    let r = curl(&["-H", &auth], &url("/okta/echo/tls-untrusted"));
+    assert_eq!(r.status, 0, "{r:?}");
+    let r = curl(&["-H", &auth], &s.gw.url("/okta/echo/tls-plaintext"));
+    assert_eq!(r.status, 0, "{r:?}");
+    s.assert_not_forwarded("tls-");
+
+    s.gw.stop();
+    let rec = s.gw.recordings();
+    assert!(rec.contains(r#""tls":true"#), "{rec}");
+    s.assert_no_secrets();
+}
