@@ -43,6 +43,14 @@ const IDENTITY_HEADERS: &[&str] = &[
     "x-amzn-oidc-data",
     "x-goog-authenticated-user-email",
     "x-ms-client-principal",
+    // Headers some frameworks honour to change the method or path after the gateway decided:
+    // they would let a request allowed as `GET /a` act as `DELETE /b`.
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-method",
 ];
 
 /// Prefixes of request headers that assert an identity (`Impersonate-User`,
@@ -70,8 +78,13 @@ const SECRET_HEADERS: &[&str] = &[
 fn is_identity_header(name: &str) -> bool {
     // CGI-style upstreams (WSGI, PHP, Rack) read `X_Forwarded_User` and `X-Forwarded-User` as
     // the same variable, so both spellings go.
-    let name = name.replace('_', "-");
-    let name = name.as_str();
+    let dashed;
+    let name = if name.contains('_') {
+        dashed = name.replace('_', "-");
+        dashed.as_str()
+    } else {
+        name
+    };
     IDENTITY_HEADERS.contains(&name) || IDENTITY_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
@@ -203,6 +216,8 @@ mod tests {
             ("Keep-Alive", "timeout=5"),
             ("Accept", "application/json"),
             ("Accept-Encoding", "gzip"),
+            ("X-HTTP-Method-Override", "DELETE"),
+            ("X-Original-URL", "/admin"),
         ]);
         let removed = sanitize_request(&mut h);
         assert!(removed.contains(&"impersonate-user".to_string()));
