@@ -1098,3 +1098,53 @@ fn the_tls_listener_serves_http2_and_http11_with_a_bearer_token() {
     assert!(rec.contains(r#""tls":true"#), "{rec}");
     s.assert_no_secrets();
 }
+
+/// A GET with a body is refused: an upstream that ignores GET bodies would parse the body as the
+/// next request on the pooled connection.
+#[test]
+fn get_requests_with_a_body_are_refused() {
+    let idp = OidcProvider::start();
+    let upstream = EchoUpstream::start();
+    let gw = Gateway::start(&okta_manifests(&OktaSetup {
+        issuer: &idp.issuer,
+        upstream: &upstream.url(),
+        upstream_token: "get-body-test-token",
+        require_dpop: false,
+    }));
+    let tok = idp.token("ci-agent", "api://agentgate", None)["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let hidden = "GET /echo/hidden-in-get-body HTTP/1.1\r\nHost: x\r\n\r\n";
+    for http2 in [false, true] {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                "-X",
+                "GET",
+                "--data-binary",
+                hidden,
+            ])
+            .args(if http2 {
+                vec!["--http2-prior-knowledge"]
+            } else {
+                vec![]
+            })
+            .args(["-H", &format!("Authorization: Bearer {tok}")])
+            .arg(gw.url("/okta/echo/x"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.ends_with("400"), "http2={http2}: {text}");
+        assert!(text.contains("bad-request"), "{text}");
+    }
+    let log = upstream.requests();
+    assert!(
+        !log.contains("hidden-in-get-body") && !log.contains("/echo/x"),
+        "{log}"
+    );
+}

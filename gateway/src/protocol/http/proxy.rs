@@ -196,6 +196,15 @@ fn check_framing(req: &Parts) -> Result<(), Problem> {
     {
         return Err(bad_request("the TE header may only be \"trailers\""));
     }
+    // An upstream that ignores a GET body would read it as the next request on the pooled
+    // connection: refuse rather than forward what may be parsed twice.
+    if (req.method == Method::GET || req.method == Method::HEAD)
+        && (h.contains_key(header::TRANSFER_ENCODING)
+            || h.get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0"))
+    {
+        return Err(bad_request("GET and HEAD requests must not carry a body"));
+    }
     if h.get_all(header::HOST).iter().count() > 1 {
         return Err(bad_request("a request must carry at most one Host header"));
     }
@@ -267,6 +276,11 @@ async fn proxy(
 ) -> Result<Response<Body>, Problem> {
     let (parts, body) = req.into_parts();
     check_framing(&parts)?;
+    if (parts.method == Method::GET || parts.method == Method::HEAD)
+        && !hyper::body::Body::is_end_stream(&body)
+    {
+        return Err(bad_request("GET and HEAD requests must not carry a body"));
+    }
     let plane = gw.plane().ok_or_else(|| {
         Problem::new(
             Kind::ConfigurationUnavailable,
