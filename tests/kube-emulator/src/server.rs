@@ -306,6 +306,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         Ok(None) if shared.allow_anonymous => None,
         _ => return Ok(error_response(&ApiError::unauthorized())),
     };
+    let user = match impersonate(&shared, user, &parts.headers) {
+        Ok(user) => user,
+        Err(e) => return Ok(error_response(&e)),
+    };
     let body = match body.collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
@@ -315,6 +319,43 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         }
     };
     Ok(route(&shared, &parts, &body, user.as_ref()).unwrap_or_else(|e| error_response(&e)))
+}
+
+/// The user a request acts as: the authenticated one, or the one it impersonates if that user
+/// may (as on a cluster: the `impersonate` verb on `users` and `groups`; everyone when
+/// authorization is off, `system:masters` always).
+fn impersonate(
+    shared: &Shared,
+    user: Option<User>,
+    headers: &hyper::HeaderMap,
+) -> Result<Option<User>, ApiError> {
+    let target = match auth::impersonation(headers) {
+        Ok(None) => return Ok(user),
+        Ok(Some(target)) => target,
+        Err(why) => return Err(ApiError::bad_request(why)),
+    };
+    let Some(requester) = user else {
+        return Err(ApiError::unauthorized());
+    };
+    if shared.authorization {
+        let store = shared.store();
+        let users = crate::resources::ResourceType::builtin("", "v1", "User", "users", false);
+        let groups = crate::resources::ResourceType::builtin("", "v1", "Group", "groups", false);
+        let wanted = std::iter::once((&users, target.name.as_str()))
+            .chain(target.groups.iter().map(|g| (&groups, g.as_str())));
+        for (rt, name) in wanted {
+            let request = crate::rbac::Request {
+                user: &requester,
+                verb: "impersonate",
+                rt,
+                subresource: None,
+                namespace: None,
+                name: Some(name),
+            };
+            crate::rbac::authorize(&store, &request)?;
+        }
+    }
+    Ok(Some(target))
 }
 
 fn route(
@@ -364,12 +405,23 @@ fn route(
         }
         ["apis", "authentication.k8s.io", "v1", "selfsubjectreviews"] if parts.method == Method::POST => {
             // `kubectl auth whoami`: which user a token is.
-            let name = user.map_or("system:anonymous", |u| u.name.as_str());
+            let (name, mut groups) = match user {
+                Some(u) => (u.name.as_str(), u.groups.clone()),
+                None => ("system:anonymous", Vec::new()),
+            };
+            groups.push(
+                if user.is_some() {
+                    "system:authenticated"
+                } else {
+                    "system:unauthenticated"
+                }
+                .into(),
+            );
             let review = serde_json::json!({
                 "kind": "SelfSubjectReview",
                 "apiVersion": "authentication.k8s.io/v1",
                 "metadata": {"creationTimestamp": null},
-                "status": {"userInfo": {"username": name, "groups": ["system:authenticated"]}},
+                "status": {"userInfo": {"username": name, "groups": groups}},
             });
             Ok(json_response(201, &review))
         }
