@@ -22,7 +22,7 @@ use super::body::{Body, BodyError, full};
 use super::headers;
 use super::normalize;
 use super::plane::{Gateway, Plane};
-use super::problem::{Kind, Problem};
+use super::problem::{self, Kind, Problem, StatusTarget};
 use super::response::{self, ContentClass, MaskFailure, MaskedLines, RecordSink, Recorded};
 use crate::config::CompiledConnection;
 use crate::identity::dpop::RequestTarget;
@@ -74,6 +74,9 @@ struct Outcome {
     connection: String,
     identity: String,
     decision: &'static str,
+    /// Set once the request is routed to a Kubernetes connection: refusals are then `Status`es,
+    /// about this object when it is known.
+    kubernetes: Option<Option<StatusTarget>>,
 }
 
 /// hyper's entry point: never fails; every error is a response.
@@ -88,7 +91,9 @@ pub async fn handle(
         connection: "none".into(),
         identity: "none".into(),
         decision: "none",
+        kubernetes: None,
     };
+    let problem_json = problem::accepts_problem_json(req.headers());
     let method = req.method().clone();
     let path_for_log = req.uri().path().to_string();
     let mut upstream_time = None;
@@ -119,7 +124,12 @@ pub async fn handle(
                 detail = %problem.detail,
                 "request refused"
             );
-            problem.into_response(&request_id)
+            match &outcome.kubernetes {
+                Some(target) if !problem_json => {
+                    problem.into_kubernetes_response(&request_id, target.as_ref())
+                }
+                _ => problem.into_response(&request_id),
+            }
         }
     };
     let elapsed = started.elapsed();
@@ -308,6 +318,9 @@ async fn proxy(
         .route(&host, &target.path)
         .ok_or_else(|| Problem::new(Kind::NoRoute, "no Connection is routed for this host or path"))?;
     outcome.connection = connection.name.clone();
+    if connection.kind == ConnectionType::Kubernetes {
+        outcome.kubernetes = Some(None);
+    }
 
     // Identity, on the URL as the client addressed it (DPoP's htu).
     let principal = authenticate(&plane, conn, &parts, &authority, &raw_path).await?;
@@ -356,10 +369,16 @@ async fn proxy(
 
     // The operation, as the upstream will understand it.
     let kube_info = if connection.kind == ConnectionType::Kubernetes {
-        Some(
-            request_info::derive(parts.method.as_str(), &path, &target.query)
-                .map_err(|e| bad_request(e.to_string()))?,
-        )
+        let info = request_info::derive(parts.method.as_str(), &path, &target.query)
+            .map_err(|e| bad_request(e.to_string()))?;
+        if info.is_resource_request {
+            outcome.kubernetes = Some(Some(StatusTarget {
+                group: info.api_group.clone(),
+                resource: info.resource.clone(),
+                name: info.name.clone(),
+            }));
+        }
+        Some(info)
     } else {
         None
     };
