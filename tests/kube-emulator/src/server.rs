@@ -445,6 +445,30 @@ fn default_manager(parts: &Parts) -> String {
         .collect()
 }
 
+/// Whether the client accepts JSON, the only encoding the emulator writes objects in: no `Accept`,
+/// or a range for `application/json` or a wildcard. An API server would answer a protobuf-only or
+/// YAML-only `Accept` in that encoding; the emulator refuses it (406) rather than answer JSON to a
+/// client that did not ask for it.
+fn accepts_json(parts: &Parts) -> bool {
+    let mut ranges = parts
+        .headers
+        .get_all(hyper::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|r| {
+            r.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .filter(|r| !r.is_empty())
+        .peekable();
+    ranges.peek().is_none()
+        || ranges.any(|r| matches!(r.as_str(), "application/json" | "application/*" | "*/*"))
+}
+
 fn wants_table(parts: &Parts) -> bool {
     parts
         .headers
@@ -488,6 +512,9 @@ fn resource(
     };
     if rt.namespaced && name.is_some() && namespace.is_none() {
         return Err(ApiError::path_not_found());
+    }
+    if !accepts_json(parts) {
+        return Err(ApiError::not_acceptable("application/json"));
     }
     if shared.authorization
         && let Some(user) = user
@@ -664,5 +691,39 @@ fn resource(
             }
         }
         _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(accept: &[&str]) -> Parts {
+        let mut builder = Request::builder().uri("/api/v1/pods");
+        for a in accept {
+            builder = builder.header(hyper::header::ACCEPT, *a);
+        }
+        builder.body(()).expect("valid").into_parts().0
+    }
+
+    #[test]
+    fn json_or_a_wildcard_must_be_acceptable() {
+        for ok in [
+            &[][..],
+            &["application/json"],
+            &["application/json;as=Table;v=v1;g=meta.k8s.io,application/json"],
+            &["application/vnd.kubernetes.protobuf, */*"],
+            &["application/vnd.kubernetes.protobuf", "application/*"],
+        ] {
+            assert!(accepts_json(&parts(ok)), "{ok:?}");
+        }
+        for refused in [
+            &["application/vnd.kubernetes.protobuf"][..],
+            &["application/vnd.kubernetes.protobuf;stream=watch"],
+            &["application/yaml"],
+            &["application/cbor, application/vnd.kubernetes.protobuf"],
+        ] {
+            assert!(!accepts_json(&parts(refused)), "{refused:?}");
+        }
     }
 }
