@@ -59,9 +59,49 @@ pub fn authenticate<'a>(
         .ok_or(UnknownCredential)
 }
 
+/// Who a request asks to act as, from its `Impersonate-User` and `Impersonate-Group` headers:
+/// `Ok(None)` without them. Like the API server, groups need a user, and one user at most.
+pub fn impersonation(headers: &HeaderMap) -> Result<Option<User>, &'static str> {
+    let users: Vec<&str> = headers
+        .get_all("impersonate-user")
+        .iter()
+        .map(|v| v.to_str().unwrap_or_default())
+        .collect();
+    let groups: Vec<String> = headers
+        .get_all("impersonate-group")
+        .iter()
+        .map(|v| v.to_str().unwrap_or_default().to_string())
+        .collect();
+    match users.as_slice() {
+        [] if groups.is_empty() => Ok(None),
+        [] => Err("impersonating groups requires impersonating a user"),
+        [name] if !name.is_empty() => Ok(Some(User {
+            name: (*name).to_string(),
+            token: String::new(),
+            groups,
+        })),
+        _ => Err("exactly one non-empty Impersonate-User header is allowed"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn impersonation_headers() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(impersonation(&headers), Ok(None));
+        headers.append("impersonate-group", "system:masters".parse().unwrap());
+        assert!(impersonation(&headers).is_err(), "groups without a user");
+        headers.append("impersonate-user", "admin".parse().unwrap());
+        headers.append("impersonate-group", "ops".parse().unwrap());
+        let user = impersonation(&headers).unwrap().unwrap();
+        assert_eq!(user.name, "admin");
+        assert_eq!(user.groups, ["system:masters", "ops"]);
+        headers.append("impersonate-user", "other".parse().unwrap());
+        assert!(impersonation(&headers).is_err(), "two users");
+    }
 
     #[test]
     fn tokens_map_to_users() {

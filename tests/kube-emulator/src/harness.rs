@@ -224,8 +224,15 @@ impl TestEnv {
 
     /// Starts a long-running kubectl (`get -w`); its stdout is collected as it comes.
     pub fn kubectl_spawn(&self, user: &str, args: &[&str]) -> Streaming {
-        let mut child = self
-            .kubectl_command(user, args)
+        Streaming::spawn(self.kubectl_command(user, args))
+    }
+}
+
+impl Streaming {
+    /// Starts `command` (a kubectl with another kubeconfig, say); its stdout and stderr are
+    /// collected as they come.
+    pub fn spawn(mut command: Command) -> Self {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -43,7 +43,7 @@ pub struct ResourceType {
 }
 
 impl ResourceType {
-    fn builtin(group: &str, version: &str, kind: &str, plural: &str, namespaced: bool) -> Self {
+    pub(crate) fn builtin(group: &str, version: &str, kind: &str, plural: &str, namespaced: bool) -> Self {
         Self {
             group: group.into(),
             version: version.into(),

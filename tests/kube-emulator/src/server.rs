@@ -306,6 +306,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         Ok(None) if shared.allow_anonymous => None,
         _ => return Ok(error_response(&ApiError::unauthorized())),
     };
+    let user = match impersonate(&shared, user, &parts.headers) {
+        Ok(user) => user,
+        Err(e) => return Ok(error_response(&e)),
+    };
     let body = match body.collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
@@ -315,6 +319,43 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         }
     };
     Ok(route(&shared, &parts, &body, user.as_ref()).unwrap_or_else(|e| error_response(&e)))
+}
+
+/// The user a request acts as: the authenticated one, or the one it impersonates if that user
+/// may (as on a cluster: the `impersonate` verb on `users` and `groups`; everyone when
+/// authorization is off, `system:masters` always).
+fn impersonate(
+    shared: &Shared,
+    user: Option<User>,
+    headers: &hyper::HeaderMap,
+) -> Result<Option<User>, ApiError> {
+    let target = match auth::impersonation(headers) {
+        Ok(None) => return Ok(user),
+        Ok(Some(target)) => target,
+        Err(why) => return Err(ApiError::bad_request(why)),
+    };
+    let Some(requester) = user else {
+        return Err(ApiError::unauthorized());
+    };
+    if shared.authorization {
+        let store = shared.store();
+        let users = crate::resources::ResourceType::builtin("", "v1", "User", "users", false);
+        let groups = crate::resources::ResourceType::builtin("", "v1", "Group", "groups", false);
+        let wanted = std::iter::once((&users, target.name.as_str()))
+            .chain(target.groups.iter().map(|g| (&groups, g.as_str())));
+        for (rt, name) in wanted {
+            let request = crate::rbac::Request {
+                user: &requester,
+                verb: "impersonate",
+                rt,
+                subresource: None,
+                namespace: None,
+                name: Some(name),
+            };
+            crate::rbac::authorize(&store, &request)?;
+        }
+    }
+    Ok(Some(target))
 }
 
 fn route(
@@ -364,12 +405,23 @@ fn route(
         }
         ["apis", "authentication.k8s.io", "v1", "selfsubjectreviews"] if parts.method == Method::POST => {
             // `kubectl auth whoami`: which user a token is.
-            let name = user.map_or("system:anonymous", |u| u.name.as_str());
+            let (name, mut groups) = match user {
+                Some(u) => (u.name.as_str(), u.groups.clone()),
+                None => ("system:anonymous", Vec::new()),
+            };
+            groups.push(
+                if user.is_some() {
+                    "system:authenticated"
+                } else {
+                    "system:unauthenticated"
+                }
+                .into(),
+            );
             let review = serde_json::json!({
                 "kind": "SelfSubjectReview",
                 "apiVersion": "authentication.k8s.io/v1",
                 "metadata": {"creationTimestamp": null},
-                "status": {"userInfo": {"username": name, "groups": ["system:authenticated"]}},
+                "status": {"userInfo": {"username": name, "groups": groups}},
             });
             Ok(json_response(201, &review))
         }
@@ -391,6 +443,30 @@ fn default_manager(parts: &Parts) -> String {
         .chars()
         .take(128)
         .collect()
+}
+
+/// Whether the client accepts JSON, the only encoding the emulator writes objects in: no `Accept`,
+/// or a range for `application/json` or a wildcard. An API server would answer a protobuf-only or
+/// YAML-only `Accept` in that encoding; the emulator refuses it (406) rather than answer JSON to a
+/// client that did not ask for it.
+fn accepts_json(parts: &Parts) -> bool {
+    let mut ranges = parts
+        .headers
+        .get_all(hyper::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|r| {
+            r.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .filter(|r| !r.is_empty())
+        .peekable();
+    ranges.peek().is_none()
+        || ranges.any(|r| matches!(r.as_str(), "application/json" | "application/*" | "*/*"))
 }
 
 fn wants_table(parts: &Parts) -> bool {
@@ -436,6 +512,9 @@ fn resource(
     };
     if rt.namespaced && name.is_some() && namespace.is_none() {
         return Err(ApiError::path_not_found());
+    }
+    if !accepts_json(parts) {
+        return Err(ApiError::not_acceptable("application/json"));
     }
     if shared.authorization
         && let Some(user) = user
@@ -612,5 +691,39 @@ fn resource(
             }
         }
         _ => Err(ApiError::method_not_allowed()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(accept: &[&str]) -> Parts {
+        let mut builder = Request::builder().uri("/api/v1/pods");
+        for a in accept {
+            builder = builder.header(hyper::header::ACCEPT, *a);
+        }
+        builder.body(()).expect("valid").into_parts().0
+    }
+
+    #[test]
+    fn json_or_a_wildcard_must_be_acceptable() {
+        for ok in [
+            &[][..],
+            &["application/json"],
+            &["application/json;as=Table;v=v1;g=meta.k8s.io,application/json"],
+            &["application/vnd.kubernetes.protobuf, */*"],
+            &["application/vnd.kubernetes.protobuf", "application/*"],
+        ] {
+            assert!(accepts_json(&parts(ok)), "{ok:?}");
+        }
+        for refused in [
+            &["application/vnd.kubernetes.protobuf"][..],
+            &["application/vnd.kubernetes.protobuf;stream=watch"],
+            &["application/yaml"],
+            &["application/cbor, application/vnd.kubernetes.protobuf"],
+        ] {
+            assert!(!accepts_json(&parts(refused)), "{refused:?}");
+        }
     }
 }

@@ -186,6 +186,15 @@ impl ApiError {
         )
     }
 
+    /// 406: the client accepts no encoding the emulator writes.
+    pub fn not_acceptable(accepted: &str) -> Self {
+        Self::new(
+            406,
+            "NotAcceptable",
+            format!("only the following media types are accepted: {accepted}"),
+        )
+    }
+
     /// 415.
     pub fn unsupported_media_type(accepted: &str) -> Self {
         Self::new(

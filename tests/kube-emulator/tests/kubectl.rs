@@ -622,6 +622,27 @@ fn rbac_limits_users_without_system_masters() {
             "Error from server (Forbidden): secrets is forbidden: User \"approver\" cannot list resource \"secrets\" in API group \"\" in the namespace \"{ns}\""
         )
     );
+    // Impersonation needs the `impersonate` verb; system:masters has it.
+    let err = env.kubectl_err("approver", &["get", "secrets", "--as=admin"]);
+    assert_eq!(
+        err.trim(),
+        "Error from server (Forbidden): users \"admin\" is forbidden: User \"approver\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"
+    );
+    let review: serde_json::Value = serde_json::from_str(&env.kubectl_ok(
+        "admin",
+        &["auth", "whoami", "--as=approver", "--as-group=team", "-o", "json"],
+    ))
+    .expect("JSON");
+    assert_eq!(review["status"]["userInfo"]["username"], "approver");
+    assert_eq!(
+        review["status"]["userInfo"]["groups"],
+        serde_json::json!(["team", "system:authenticated"])
+    );
+    let err = env.kubectl_err("admin", &["get", "secrets", "--as=approver"]);
+    assert!(
+        err.contains("User \"approver\" cannot list resource \"secrets\""),
+        "{err}"
+    );
     let rbac = format!(
         r#"apiVersion: rbac.authorization.k8s.io/v1
 kind: Role

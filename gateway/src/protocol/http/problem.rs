@@ -1,9 +1,10 @@
 //! RFC 9457 problem details: every refusal the gateway itself produces, with a stable `type` per
 //! cause. Bodies carry the gateway's explanation only, never upstream internals, tokens or stack
-//! traces.
+//! traces. On Kubernetes connections the same problem is written as a Kubernetes `Status`, the only
+//! error body Kubernetes clients read (kubectl prints anything else as "unknown").
 
 use bytes::Bytes;
-use hyper::http::{HeaderValue, Response, StatusCode, header};
+use hyper::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use serde_json::{Value, json};
 
 use super::body::{Body, full};
@@ -69,6 +70,24 @@ impl Kind {
         }
     }
 
+    /// The Kubernetes `Status` reason: the API server's reason for the same status code
+    /// (kubectl prints it as `Error from server (<reason>)`, client-go's `IsForbidden` and the like
+    /// test it), or a plain name for the two codes the API server has no reason for.
+    fn kubernetes_reason(self) -> &'static str {
+        match self.status() {
+            StatusCode::BAD_REQUEST => "BadRequest",
+            StatusCode::UNAUTHORIZED => "Unauthorized",
+            StatusCode::FORBIDDEN => "Forbidden",
+            StatusCode::NOT_FOUND => "NotFound",
+            StatusCode::PAYLOAD_TOO_LARGE => "RequestEntityTooLarge",
+            StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
+            StatusCode::GATEWAY_TIMEOUT => "Timeout",
+            StatusCode::NOT_IMPLEMENTED => "NotImplemented",
+            StatusCode::BAD_GATEWAY => "BadGateway",
+            _ => "InternalError",
+        }
+    }
+
     fn title(self) -> &'static str {
         match self {
             Kind::Unauthenticated => "Authentication required",
@@ -88,6 +107,34 @@ impl Kind {
             Kind::IdentityProviderUnavailable => "Identity provider unavailable",
         }
     }
+}
+
+/// The object a refusal on a Kubernetes connection concerns, for the `Status`'s `details`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatusTarget {
+    /// API group, `""` for core.
+    pub group: String,
+    /// Resource (plural), e.g. `configmaps`: the API server puts it in `details.kind` too.
+    pub resource: String,
+    pub name: Option<String>,
+}
+
+/// Whether the client's `Accept` names `application/problem+json` (it then gets the problem
+/// document even on a Kubernetes connection).
+pub fn accepts_problem_json(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            range
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .eq_ignore_ascii_case("application/problem+json")
+        })
 }
 
 /// One problem response, built up then rendered.
@@ -138,17 +185,59 @@ impl Problem {
         doc
     }
 
+    /// The problem as a Kubernetes `Status` (`v1`): `message` is the detail, `reason` and `code`
+    /// follow the status, and `details.causes` carry the problem's members (`type`, `policy`,
+    /// `rule`, ..., `instance`), each as a cause whose `reason` is the member name.
+    pub fn to_kubernetes_status(&self, instance: &str, target: Option<&StatusTarget>) -> Value {
+        let mut causes =
+            vec![json!({"reason": "type", "message": format!("{TYPE_BASE}{}", self.kind.slug())})];
+        for (k, v) in &self.extensions {
+            let message = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            causes.push(json!({"reason": k, "message": message}));
+        }
+        causes.push(json!({"reason": "instance", "message": instance}));
+        let mut details = json!({"causes": causes});
+        if let Some(t) = target {
+            details["group"] = Value::String(t.group.clone());
+            details["kind"] = Value::String(t.resource.clone());
+            if let Some(n) = &t.name {
+                details["name"] = Value::String(n.clone());
+            }
+        }
+        json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.detail,
+            "reason": self.kind.kubernetes_reason(),
+            "details": details,
+            "code": self.status().as_u16(),
+        })
+    }
+
     /// The HTTP response; `request_id` becomes `instance` and the `X-Request-Id` header.
     pub fn into_response(self, request_id: &str) -> Response<Body> {
-        let body = serde_json::to_vec(&self.to_json(Some(&format!("urn:agentgate:request:{request_id}"))))
-            .unwrap_or_default();
+        let body = serde_json::to_vec(&self.to_json(Some(&instance(request_id)))).unwrap_or_default();
+        self.respond(body, "application/problem+json", request_id)
+    }
+
+    /// The HTTP response for a Kubernetes client: the [`Status`](Self::to_kubernetes_status) as
+    /// `application/json`, with the same status code and headers as [`into_response`](Self::into_response).
+    pub fn into_kubernetes_response(self, request_id: &str, target: Option<&StatusTarget>) -> Response<Body> {
+        let body =
+            serde_json::to_vec(&self.to_kubernetes_status(&instance(request_id), target)).unwrap_or_default();
+        self.respond(body, "application/json", request_id)
+    }
+
+    fn respond(self, body: Vec<u8>, content_type: &'static str, request_id: &str) -> Response<Body> {
         let mut res = Response::new(full(Bytes::from(body)));
         *res.status_mut() = self.status();
         let h = res.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Ok(v) = HeaderValue::from_str(request_id) {
             h.insert("x-request-id", v);
@@ -162,6 +251,10 @@ impl Problem {
         }
         res
     }
+}
+
+fn instance(request_id: &str) -> String {
+    format!("urn:agentgate:request:{request_id}")
 }
 
 #[cfg(test)]
@@ -182,5 +275,74 @@ mod tests {
         let res = p.into_response("abc");
         assert_eq!(res.status(), 403);
         assert_eq!(res.headers()[header::CONTENT_TYPE], "application/problem+json");
+    }
+
+    #[test]
+    fn kubernetes_clients_get_a_status_they_can_print() {
+        let p = Problem::new(
+            Kind::DeniedByPolicy,
+            "delete configmaps settings: denied by rule \"never-delete\"",
+        )
+        .with("policy", "p")
+        .with("rule", "never-delete");
+        let target = StatusTarget {
+            group: String::new(),
+            resource: "configmaps".into(),
+            name: Some("settings".into()),
+        };
+        let status = p.to_kubernetes_status("urn:x", Some(&target));
+        assert_eq!(
+            status,
+            json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "delete configmaps settings: denied by rule \"never-delete\"",
+                "reason": "Forbidden", "code": 403,
+                "details": {"group": "", "kind": "configmaps", "name": "settings", "causes": [
+                    {"reason": "type", "message": "https://agentgate.dev/problems/denied-by-policy"},
+                    {"reason": "policy", "message": "p"},
+                    {"reason": "rule", "message": "never-delete"},
+                    {"reason": "instance", "message": "urn:x"},
+                ]},
+            })
+        );
+        let mut unauthenticated = Problem::new(Kind::Unauthenticated, "an access token is required");
+        unauthenticated.www_authenticate = Some("Bearer".into());
+        let res = unauthenticated.into_kubernetes_response("abc", None);
+        assert_eq!(res.status(), 401);
+        assert_eq!(res.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(res.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        assert_eq!(res.headers()["x-request-id"], "abc");
+        for (kind, reason) in [
+            (Kind::BadRequest, "BadRequest"),
+            (Kind::Unauthenticated, "Unauthorized"),
+            (Kind::ApprovalRequired, "Forbidden"),
+            (Kind::UnsupportedUpgrade, "NotImplemented"),
+            (Kind::UpstreamTimeout, "Timeout"),
+            (Kind::RecordingUnavailable, "ServiceUnavailable"),
+            (Kind::MaskingRefused, "BadGateway"),
+        ] {
+            assert_eq!(kind.kubernetes_reason(), reason, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn problem_json_only_when_asked_for() {
+        let accept = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(header::ACCEPT, HeaderValue::from_str(v).unwrap());
+            }
+            accepts_problem_json(&h)
+        };
+        assert!(!accept(&[]));
+        assert!(!accept(&["*/*"]));
+        assert!(!accept(&["application/json, */*"]));
+        assert!(!accept(&[
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+        ]));
+        assert!(!accept(&["application/problem+jsonx"]));
+        assert!(accept(&["application/problem+json"]));
+        assert!(accept(&["application/json", "Application/Problem+JSON; q=0.5"]));
+        assert!(accept(&["application/json, application/problem+json"]));
     }
 }

@@ -22,7 +22,7 @@ use super::body::{Body, BodyError, full};
 use super::headers;
 use super::normalize;
 use super::plane::{Gateway, Plane};
-use super::problem::{Kind, Problem};
+use super::problem::{self, Kind, Problem, StatusTarget};
 use super::response::{self, ContentClass, MaskFailure, MaskedLines, RecordSink, Recorded, Scrubbed};
 use crate::config::CompiledConnection;
 use crate::identity::dpop::RequestTarget;
@@ -74,6 +74,9 @@ struct Outcome {
     connection: String,
     identity: String,
     decision: &'static str,
+    /// Set once the request is routed to a Kubernetes connection: refusals are then `Status`es,
+    /// about this object when it is known.
+    kubernetes: Option<Option<StatusTarget>>,
 }
 
 /// hyper's entry point: never fails; every error is a response.
@@ -88,7 +91,9 @@ pub async fn handle(
         connection: "none".into(),
         identity: "none".into(),
         decision: "none",
+        kubernetes: None,
     };
+    let problem_json = problem::accepts_problem_json(req.headers());
     let method = req.method().clone();
     let path_for_log = req.uri().path().to_string();
     let mut upstream_time = None;
@@ -119,7 +124,12 @@ pub async fn handle(
                 detail = %problem.detail,
                 "request refused"
             );
-            problem.into_response(&request_id)
+            match &outcome.kubernetes {
+                Some(target) if !problem_json => {
+                    problem.into_kubernetes_response(&request_id, target.as_ref())
+                }
+                _ => problem.into_response(&request_id),
+            }
         }
     };
     let elapsed = started.elapsed();
@@ -172,16 +182,11 @@ fn bad_request(detail: impl Into<String>) -> Problem {
 }
 
 /// Refuses requests that cannot be proxied without ambiguity, before anything else reads them.
+/// (Upgrades are refused later, by [`refuse_upgrade`], once the request is decided and recorded.)
 fn check_framing(req: &Parts) -> Result<(), Problem> {
     let h = &req.headers;
     if req.method == Method::CONNECT {
         return Err(Problem::new(Kind::UnsupportedUpgrade, "CONNECT is not supported"));
-    }
-    if h.contains_key(header::UPGRADE) {
-        return Err(Problem::new(
-            Kind::UnsupportedUpgrade,
-            "protocol upgrades (WebSocket, SPDY, h2c) are not supported through the gateway",
-        ));
     }
     if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
         return Err(bad_request(
@@ -226,6 +231,37 @@ fn check_framing(req: &Parts) -> Result<(), Problem> {
         ));
     }
     Ok(())
+}
+
+/// Refuses what the gateway does not proxy even when a policy allows it: Kubernetes exec, attach,
+/// port-forward and proxy, and any protocol upgrade. Called after the decision is recorded, so a
+/// policy's refusal (403, naming the rule) wins and an attempted shell leaves a record.
+fn refuse_upgrade(headers: &HeaderMap, kube_info: Option<&request_info::RequestInfo>) -> Result<(), Problem> {
+    if let Some(k) = kube_info
+        && k.is_streaming()
+    {
+        let what = k.subresource.as_deref().unwrap_or(&k.verb);
+        return Err(Problem::new(
+            Kind::UnsupportedUpgrade,
+            format!("{what} needs a streaming upgrade (SPDY or WebSocket), which the gateway does not proxy"),
+        ));
+    }
+    if headers.contains_key(header::UPGRADE) {
+        return Err(Problem::new(
+            Kind::UnsupportedUpgrade,
+            "protocol upgrades (WebSocket, SPDY, h2c) are not supported through the gateway",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a Kubernetes request no policy verb describes is allowed: only reads of non-resource
+/// paths (discovery, `/version`, `/openapi/...`), which clients need and which carry no object data,
+/// by an identity some policy names on the connection. A resource request without a policy verb
+/// (the deprecated `/proxy/` path verb) is never allowed.
+fn non_resource_read_allowed(method: &Method, info: &request_info::RequestInfo, has_policy: bool) -> bool {
+    let read = method == Method::GET || method == Method::HEAD;
+    read && !info.is_resource_request && has_policy
 }
 
 /// The authority the client addressed: `:authority`/absolute-form URI or Host, which must agree.
@@ -296,6 +332,9 @@ async fn proxy(
         .route(&host, &target.path)
         .ok_or_else(|| Problem::new(Kind::NoRoute, "no Connection is routed for this host or path"))?;
     outcome.connection = connection.name.clone();
+    if connection.kind == ConnectionType::Kubernetes {
+        outcome.kubernetes = Some(None);
+    }
 
     // Identity, on the URL as the client addressed it (DPoP's htu).
     let principal = authenticate(&plane, conn, &parts, &authority, &raw_path).await?;
@@ -344,10 +383,16 @@ async fn proxy(
 
     // The operation, as the upstream will understand it.
     let kube_info = if connection.kind == ConnectionType::Kubernetes {
-        Some(
-            request_info::derive(parts.method.as_str(), &path, &target.query)
-                .map_err(|e| bad_request(e.to_string()))?,
-        )
+        let info = request_info::derive(parts.method.as_str(), &path, &target.query)
+            .map_err(|e| bad_request(e.to_string()))?;
+        if info.is_resource_request {
+            outcome.kubernetes = Some(Some(StatusTarget {
+                group: info.api_group.clone(),
+                resource: info.resource.clone(),
+                name: info.name.clone(),
+            }));
+        }
+        Some(info)
     } else {
         None
     };
@@ -387,18 +432,21 @@ async fn proxy(
             )
         }
         None => {
-            // Kubernetes discovery and other non-resource reads (`/api`, `/apis/...`, `/version`,
-            // `/openapi/...`) are allowed to anyone a policy names on the connection: clients
-            // cannot work without them and they carry no object data. Writes are refused.
-            let read = parts.method == Method::GET || parts.method == Method::HEAD;
-            let allowed = read && cfg.policy_index.has_policy(&connection.name, subject);
+            // Only Kubernetes requests have no operation (see `non_resource_read_allowed`).
+            let allowed = kube_info.as_ref().is_some_and(|k| {
+                non_resource_read_allowed(
+                    &parts.method,
+                    k,
+                    cfg.policy_index.has_policy(&connection.name, subject),
+                )
+            });
             let explained = format!(
                 "{} {path}: {}",
                 parts.method,
                 if allowed {
                     "allowed: API discovery"
                 } else {
-                    "denied: not a Kubernetes resource request any policy allows"
+                    "denied: no AccessPolicy rule can allow this Kubernetes request"
                 }
             );
             let action = if allowed { Action::Allow } else { Action::Deny };
@@ -446,14 +494,7 @@ async fn proxy(
     if let Some(problem) = refusal {
         return Err(problem);
     }
-    if let Some(sub) = kube_info.as_ref().and_then(|k| k.subresource.as_deref())
-        && kubernetes::is_streaming_subresource(sub)
-    {
-        return Err(Problem::new(
-            Kind::UnsupportedUpgrade,
-            format!("{sub} needs a streaming upgrade (SPDY or WebSocket), which the gateway does not proxy"),
-        ));
-    }
+    refuse_upgrade(&parts.headers, kube_info.as_ref())?;
 
     // Forward.
     let upstream = match plane.upstreams.get(&connection.name) {
@@ -921,6 +962,82 @@ mod tests {
         );
         assert_eq!(host_without_port("[::1]:8443"), "::1");
         assert_eq!(host_without_port("example.com"), "example.com");
+    }
+
+    fn kube(method: &str, path_and_query: &str) -> request_info::RequestInfo {
+        let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
+        let target = normalize::normalize(path, (!query.is_empty()).then_some(query)).unwrap();
+        request_info::derive(method, &target.path, &target.query).unwrap()
+    }
+
+    #[test]
+    fn upgrades_are_refused_after_the_decision_not_before() {
+        // kubectl exec sends an upgrade: framing lets it through so the policy decides (and the
+        // record shows) the attempt; only then is it refused.
+        let (parts, ()) = Request::builder()
+            .method("GET")
+            .uri("/api/v1/namespaces/a/pods/p/exec?command=ls")
+            .header(header::HOST, "gw")
+            .header(header::UPGRADE, "websocket")
+            .header(header::CONNECTION, "Upgrade")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert!(check_framing(&parts).is_ok());
+        let exec = kube("GET", "/api/v1/namespaces/a/pods/p/exec?command=ls");
+        let refused = refuse_upgrade(&parts.headers, Some(&exec)).unwrap_err();
+        assert_eq!(refused.kind, Kind::UnsupportedUpgrade);
+        assert!(
+            refused.detail.starts_with("exec needs a streaming upgrade"),
+            "{}",
+            refused.detail
+        );
+        // Without an Upgrade header too (SPDY clients may send it later, proxies may strip it).
+        let none = HeaderMap::new();
+        for (method, path) in [
+            ("POST", "/api/v1/namespaces/a/pods/p/exec?command=ls"),
+            ("POST", "/api/v1/namespaces/a/pods/p/attach"),
+            ("POST", "/api/v1/namespaces/a/pods/p/portforward"),
+            ("GET", "/api/v1/namespaces/a/services/s/proxy/x"),
+            ("GET", "/api/v1/proxy/namespaces/a/pods/p"),
+        ] {
+            let info = kube(method, path);
+            assert_eq!(
+                refuse_upgrade(&none, Some(&info)).map_err(|p| p.kind),
+                Err(Kind::UnsupportedUpgrade),
+                "{method} {path}"
+            );
+        }
+        // Ordinary requests pass; an upgrade on an HTTP connection is refused.
+        assert!(refuse_upgrade(&none, Some(&kube("GET", "/api/v1/namespaces/a/pods/p/log"))).is_ok());
+        assert!(refuse_upgrade(&none, None).is_ok());
+        assert_eq!(
+            refuse_upgrade(&parts.headers, None).map_err(|p| p.kind),
+            Err(Kind::UnsupportedUpgrade)
+        );
+    }
+
+    #[test]
+    fn only_non_resource_reads_are_allowed_without_a_rule() {
+        for path in ["/api", "/apis", "/apis/apps/v1", "/version", "/openapi/v3"] {
+            assert!(
+                non_resource_read_allowed(&Method::GET, &kube("GET", path), true),
+                "{path}"
+            );
+            assert!(
+                !non_resource_read_allowed(&Method::GET, &kube("GET", path), false),
+                "{path}"
+            );
+            assert!(
+                !non_resource_read_allowed(&Method::POST, &kube("POST", path), true),
+                "{path}"
+            );
+        }
+        // The deprecated proxy path verb is a resource request no policy verb names: a GET of
+        // it is not discovery.
+        let proxy = kube("GET", "/api/v1/proxy/namespaces/a/pods/p/metrics");
+        assert!(proxy.is_resource_request && proxy.policy_verb().is_none());
+        assert!(!non_resource_read_allowed(&Method::GET, &proxy, true));
     }
 
     #[test]

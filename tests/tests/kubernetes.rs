@@ -1,0 +1,893 @@
+//! The Kubernetes API through the gateway, end to end: the real `kubectl` talks to the gateway's
+//! TLS listener with an agent token from the real OIDC provider; the gateway decides each request
+//! on its Kubernetes attributes, injects the `gateway` user's credential and forwards to the
+//! Kubernetes API emulator (or, with AGENTGATE_TEST_KUBECONFIG, a real cluster: the Connection is
+//! built from the kubeconfig, so nothing else changes). Allowed, denied, approval-required and exec
+//! requests, Secret masking in gets, lists and watches, impersonation stripping, the Accept
+//! rewrite, ambiguous queries, and the session record.
+//!
+//! The listener is TLS because kubectl sends a kubeconfig's token only over https.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use agentgate_e2e::binary;
+use agentgate_e2e::gateway::{Gateway, ServingCert};
+use agentgate_e2e::oidc::OidcProvider;
+use agentgate_kube_emulator::harness::{Streaming, TestEnv, kubectl_binary};
+use agentgate_kube_emulator::server::Config;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde_json::{Value, json};
+
+/// A Secret value that must never reach the agent, a log or a recording.
+const SECRET_VALUE: &str = "hunter2-kube-canary-5c1f";
+/// The value it is changed to while a watch is open.
+const SECRET_VALUE_2: &str = "swordfish-kube-canary-9e07";
+
+/// What the gateway needs to reach the API server as a kubeconfig user.
+struct Cluster {
+    server: String,
+    ca_pem: Option<String>,
+    credential: Credential,
+}
+
+/// The kubeconfig user's credential: a token (the emulator, most clusters) or a client
+/// certificate (kind, minikube).
+enum Credential {
+    Token(String),
+    ClientCertificate { cert_pem: String, key_pem: String },
+}
+
+impl Cluster {
+    /// The part of the credential that must never leave the gateway.
+    fn secret(&self) -> &str {
+        match &self.credential {
+            Credential::Token(t) => t,
+            Credential::ClientCertificate { key_pem, .. } => key_pem,
+        }
+    }
+}
+
+fn decoded_pem(b64: &Value) -> Option<String> {
+    b64.as_str()
+        .map(|b| String::from_utf8(BASE64.decode(b).expect("base64 PEM")).expect("PEM is text"))
+}
+
+/// Reads `user`'s kubeconfig as kubectl resolves it (current context, files inlined), so a real
+/// cluster's kubeconfig works as the emulator's does.
+fn cluster_of(env: &TestEnv, user: &str) -> Cluster {
+    let out = Command::new(kubectl_binary())
+        .args(["config", "view", "--raw", "--minify", "--flatten", "-o", "json"])
+        .arg("--kubeconfig")
+        .arg(env.kubeconfig(user))
+        .output()
+        .expect("kubectl runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config: Value = serde_json::from_slice(&out.stdout).expect("kubectl prints JSON");
+    let cluster = &config["clusters"][0]["cluster"];
+    let user = &config["users"][0]["user"];
+    let credential = match (
+        user["token"].as_str(),
+        decoded_pem(&user["client-certificate-data"]),
+        decoded_pem(&user["client-key-data"]),
+    ) {
+        (Some(token), _, _) => Credential::Token(token.to_string()),
+        (None, Some(cert_pem), Some(key_pem)) => Credential::ClientCertificate { cert_pem, key_pem },
+        _ => panic!(
+            "the kubeconfig user needs a token or a client certificate (exec plugins are not supported here)"
+        ),
+    };
+    Cluster {
+        server: cluster["server"].as_str().expect("server").to_string(),
+        ca_pem: decoded_pem(&cluster["certificate-authority-data"]),
+        credential,
+    }
+}
+
+/// One gateway with a TLS listener and two Connections to the same API server: `kube`, routed by
+/// the path prefix `/k8s`, and `kube-by-host`, routed by the host `localhost`.
+fn manifests(issuer: &str, cluster: &Cluster, serving: &ServingCert, ns: &str) -> String {
+    let tls = if cluster.ca_pem.is_some() {
+        "tls: {caSecretRef: {name: kube-ca, key: ca.crt}}"
+    } else {
+        ""
+    };
+    let (credentials, credential_secret) = match &cluster.credential {
+        Credential::Token(token) => (
+            "{scheme: Bearer, secretRef: {name: kube-credential, key: token}}",
+            format!("stringData: {{token: {}}}", json!(token)),
+        ),
+        Credential::ClientCertificate { cert_pem, key_pem } => (
+            "{scheme: ClientCertificate, certificateSecretRef: {name: kube-credential}}",
+            format!(
+                "type: kubernetes.io/tls\nstringData: {{tls.crt: {}, tls.key: {}}}",
+                json!(cert_pem),
+                json!(key_pem)
+            ),
+        ),
+    };
+    let connection = |name: &str, route: &str| {
+        format!(
+            r#"apiVersion: agentgate.dev/v1alpha1
+kind: Connection
+metadata: {{name: {name}, namespace: e2e}}
+spec:
+  gatewayRef: {{name: gw}}
+  type: Kubernetes
+  endpoint: {server}
+  credentials: {credentials}
+  {tls}
+  route: {route}
+"#,
+            server = cluster.server
+        )
+    };
+    format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata: {{name: e2e}}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: AgentGateway
+metadata: {{name: gw, namespace: e2e}}
+spec:
+  listeners:
+    - name: https
+      protocol: HTTP
+      port: ${{LISTEN_PORT}}
+      address: 127.0.0.1
+      tls: {{secretName: gateway-tls}}
+  recording:
+    mode: Required
+    storage: {{local: {{path: "${{SESSIONS}}"}}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: gateway-tls, namespace: e2e}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: {gw_crt}
+  tls.key: {gw_key}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: AgentIdentity
+metadata: {{name: ci-agent, namespace: e2e}}
+spec:
+  issuer: {issuer}
+  audiences: ["api://agentgate"]
+  match: {{claims: {{client_id: ci-agent}}}}
+---
+{by_prefix}---
+{by_host}---
+apiVersion: v1
+kind: Secret
+metadata: {{name: kube-credential, namespace: e2e}}
+{credential_secret}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: kube-ca, namespace: e2e}}
+stringData: {{ca.crt: {ca}}}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: ci-agent-kube, namespace: e2e}}
+spec:
+  subjects: {{identities: [ci-agent]}}
+  connections: [kube, kube-by-host]
+  rules:
+    - name: read-workloads
+      action: Allow
+      kubernetes:
+        verbs: [get, list, watch]
+        apiGroups: [""]
+        resources: [pods, configmaps, secrets]
+        namespaces: [{ns}]
+    - name: read-secrets-elsewhere
+      action: Allow
+      kubernetes:
+        verbs: [list]
+        apiGroups: [""]
+        resources: [secrets]
+        namespaces: [{ns}-other]
+    - name: configmaps-need-approval
+      action: RequireApproval
+      kubernetes:
+        verbs: [create]
+        apiGroups: [""]
+        resources: [configmaps]
+        namespaces: [{ns}]
+      approval:
+        approvers: {{groups: [platform-team]}}
+        mode: Defer
+    - name: patch-applied-configmaps
+      action: Allow
+      kubernetes:
+        verbs: [patch]
+        apiGroups: [""]
+        resources: [configmaps]
+        namespaces: [{ns}]
+        names: ["applied-*"]
+    - name: never-delete
+      action: Deny
+      description: Agents never delete cluster objects.
+      kubernetes:
+        verbs: [delete, deletecollection]
+    - name: no-shells
+      action: Deny
+      description: No shells into application pods.
+      kubernetes:
+        verbs: ["*"]
+        apiGroups: [""]
+        resources: [pods]
+        subresources: [exec, attach]
+        names: ["app-*"]
+    - name: sandbox-shells
+      action: Allow
+      kubernetes:
+        verbs: [get, create]
+        apiGroups: [""]
+        resources: [pods]
+        subresources: [exec]
+        names: ["sandbox-*"]
+    - name: whoami
+      action: Allow
+      kubernetes:
+        verbs: [create]
+        apiGroups: [authentication.k8s.io]
+        resources: [selfsubjectreviews]
+"#,
+        by_prefix = connection("kube", "{pathPrefix: /k8s}"),
+        by_host = connection("kube-by-host", "{host: localhost}"),
+        ca = json!(cluster.ca_pem.clone().unwrap_or_default()),
+        gw_crt = json!(serving.cert_pem),
+        gw_key = json!(serving.key_pem),
+    )
+}
+
+/// The emulator (or cluster), the OIDC provider, the gateway, and kubeconfigs for the agent.
+struct Kube {
+    env: TestEnv,
+    cluster: Cluster,
+    _idp: OidcProvider,
+    gw: Gateway,
+    agent_token: String,
+    /// Agent kubeconfigs: by path prefix, by host.
+    by_prefix: PathBuf,
+    by_host: PathBuf,
+    gateway_ca: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Kube {
+    fn start() -> Self {
+        Self::with(TestEnv::start())
+    }
+
+    fn with(env: TestEnv) -> Self {
+        let cluster = cluster_of(&env, "gateway");
+        let idp = OidcProvider::start();
+        let serving = ServingCert::generate();
+        let gw = Gateway::start(&manifests(&idp.issuer, &cluster, &serving, env.namespace()));
+        let answer = idp.token("ci-agent", "api://agentgate", None);
+        let agent_token = answer["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{answer}"))
+            .to_string();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let gateway_ca = dir.path().join("gateway-ca.crt");
+        std::fs::write(&gateway_ca, &serving.ca_pem).expect("write CA");
+        let kubeconfig = |name: &str, server: String| {
+            let config = json!({
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "gateway", "cluster": {
+                    "server": server,
+                    "certificate-authority-data": BASE64.encode(&serving.ca_pem),
+                }}],
+                "users": [{"name": "agent", "user": {"token": agent_token}}],
+                "contexts": [{"name": "agent", "context": {
+                    "cluster": "gateway", "user": "agent", "namespace": env.namespace(),
+                }}],
+                "current-context": "agent",
+            });
+            let path = dir.path().join(name);
+            std::fs::write(&path, config.to_string()).expect("write kubeconfig");
+            path
+        };
+        // kubectl keeps the server's path as a prefix of every request; the gateway strips it.
+        let by_prefix = kubeconfig("prefix.kubeconfig", format!("https://127.0.0.1:{}/k8s", gw.port));
+        let by_host = kubeconfig("host.kubeconfig", format!("https://localhost:{}", gw.port));
+        Self {
+            env,
+            cluster,
+            _idp: idp,
+            gw,
+            agent_token,
+            by_prefix,
+            by_host,
+            gateway_ca,
+            dir,
+        }
+    }
+
+    fn ns(&self) -> &str {
+        self.env.namespace()
+    }
+
+    /// kubectl as the agent, through the gateway (routed by path prefix).
+    fn agent_command(&self, args: &[&str]) -> Command {
+        self.agent_command_with(&self.by_prefix, args)
+    }
+
+    fn agent_command_with(&self, kubeconfig: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(kubectl_binary());
+        command
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("kube-cache"))
+            .args(args)
+            .stdin(Stdio::null());
+        command
+    }
+
+    fn agent(&self, args: &[&str]) -> Output {
+        self.agent_command(args).output().expect("kubectl runs")
+    }
+
+    fn agent_ok(&self, args: &[&str]) -> String {
+        let out = self.agent(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}\n{}",
+            show(&out),
+            self.gw.output()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs kubectl as the agent, asserts it failed and returns what it printed (stdout and stderr).
+    fn agent_err(&self, args: &[&str]) -> String {
+        let out = self.agent(args);
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} succeeded: {}",
+            show(&out)
+        );
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    /// The real curl as the agent, through the gateway.
+    fn curl(&self, path: &str, headers: &[&str]) -> Reply {
+        let mut args = vec!["--cacert".to_string(), self.gateway_ca.display().to_string()];
+        args.extend([
+            "-H".to_string(),
+            format!("Authorization: Bearer {}", self.agent_token),
+        ]);
+        for h in headers {
+            args.extend(["-H".to_string(), h.to_string()]);
+        }
+        curl(&args, &format!("https://127.0.0.1:{}/k8s{path}", self.gw.port))
+    }
+
+    /// The real curl as the `gateway` user, straight to the API server.
+    fn curl_direct(&self, path: &str, headers: &[&str]) -> Reply {
+        let file = |name: &str, text: &str| {
+            let path = self.dir.path().join(name);
+            std::fs::write(&path, text).expect("write a PEM file");
+            path.display().to_string()
+        };
+        let mut args = match &self.cluster.credential {
+            Credential::Token(token) => vec!["-H".to_string(), format!("Authorization: Bearer {token}")],
+            Credential::ClientCertificate { cert_pem, key_pem } => vec![
+                "--cert".to_string(),
+                file("client.crt", cert_pem),
+                "--key".to_string(),
+                file("client.key", key_pem),
+            ],
+        };
+        if let Some(ca) = &self.cluster.ca_pem {
+            args.extend(["--cacert".to_string(), file("cluster-ca.crt", ca)]);
+        }
+        for h in headers {
+            args.extend(["-H".to_string(), h.to_string()]);
+        }
+        curl(
+            &args,
+            &format!("{}{path}", self.cluster.server.trim_end_matches('/')),
+        )
+    }
+
+    /// Stops the gateway (closing and signing its sessions) and returns the recordings, after
+    /// checking that they verify and hold neither token.
+    fn stop_and_read_recordings(&mut self) -> String {
+        self.gw.stop();
+        let files: Vec<PathBuf> = std::fs::read_dir(&self.gw.sessions)
+            .expect("sessions directory")
+            .map(|e| e.expect("dir entry").path())
+            .collect();
+        assert!(!files.is_empty(), "no session was recorded");
+        let out = Command::new(binary("agentgate"))
+            .args(["sessions", "verify"])
+            .args(&files)
+            .output()
+            .expect("agentgate runs");
+        assert!(out.status.success(), "{}", show(&out));
+        let recordings = self.gw.recordings();
+        let log = self.gw.output();
+        for text in [&recordings, &log] {
+            assert!(
+                !text.contains(self.cluster.secret()),
+                "the gateway's Kubernetes credential leaked"
+            );
+            assert!(!text.contains(&self.agent_token), "the agent's token leaked");
+        }
+        recordings
+    }
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    content_type: String,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+}
+
+fn curl(args: &[String], url: &str) -> Reply {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "10",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code} %{content_type}",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl is installed");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    let (code, content_type) = tail.split_once(' ').unwrap_or((tail, ""));
+    Reply {
+        status: code.trim().parse().unwrap_or(0),
+        content_type: content_type.trim().to_string(),
+        body: body.to_string(),
+    }
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn json_of(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Creates pods `app-1` (no shells) and `sandbox-1` (shells allowed, but not proxied) as admin.
+fn create_pods(k: &Kube) {
+    for name in ["app-1", "sandbox-1"] {
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"containers": [{"name": "main", "image": "busybox", "command": ["sleep", "3600"]}]},
+        });
+        let file = k.env.file(&format!("{name}.json"), &pod.to_string());
+        k.env.kubectl_ok("admin", &["apply", "-f", &file]);
+    }
+}
+
+#[test]
+fn kubectl_is_allowed_denied_and_asked_for_approval_as_the_policy_says() {
+    let mut k = Kube::start();
+    let ns = k.ns().to_string();
+    create_pods(&k);
+    k.env.kubectl_ok(
+        "admin",
+        &["create", "configmap", "settings", "--from-literal=mode=fast"],
+    );
+
+    // Allowed: reads in the namespace, by path prefix and by host.
+    let pods = k.agent_ok(&["get", "pods", "-o", "name"]);
+    assert_eq!(pods.lines().collect::<Vec<_>>(), ["pod/app-1", "pod/sandbox-1"]);
+    let table = k.agent_ok(&["get", "pods"]);
+    assert!(
+        table.starts_with("NAME") && table.contains("sandbox-1"),
+        "{table}"
+    );
+    let by_host = k
+        .agent_command_with(&k.by_host, &["get", "pods", "-o", "name"])
+        .output()
+        .expect("kubectl runs");
+    assert!(by_host.status.success(), "{}", show(&by_host));
+    assert_eq!(String::from_utf8_lossy(&by_host.stdout), pods);
+    let stored = json_of(
+        &k.env
+            .kubectl_ok("admin", &["get", "configmap", "settings", "-o", "json"]),
+    );
+    let cm = json_of(&k.agent_ok(&["get", "configmap", "settings", "-o", "json"]));
+    assert_eq!(cm["kind"], "ConfigMap");
+    assert_eq!(cm["metadata"]["uid"], stored["metadata"]["uid"]);
+    assert_eq!(cm["metadata"]["namespace"], ns.as_str());
+    // Secret masking on Kubernetes connections is `$..data` whatever the kind, so a ConfigMap's
+    // data is withheld too.
+    assert_eq!(stored["data"]["mode"], "fast");
+    assert_eq!(cm["data"], "[REDACTED]");
+
+    // Denied: kubectl prints the gateway's reason; the object is still there.
+    let err = k.agent_err(&["delete", "configmap", "settings"]);
+    assert_eq!(
+        err.trim(),
+        format!(
+            "Error from server (Forbidden): delete configmaps in namespace {ns} named settings: denied by rule \"never-delete\" of AccessPolicy \"ci-agent-kube\": Agents never delete cluster objects."
+        )
+    );
+    k.env.kubectl_ok("admin", &["get", "configmap", "settings"]);
+    // Outside the policy's namespace nothing is allowed (no rule matches).
+    let err = k.agent_err(&["get", "pods", "-n", "kube-system"]);
+    assert_eq!(
+        err.trim(),
+        "Error from server (Forbidden): list pods in namespace kube-system: denied: no rule of the AccessPolicies that apply allows it"
+    );
+
+    // Approval required: refused (this gateway runs without an approval controller), nothing
+    // created, whether by `create` or `apply`.
+    let err = k.agent_err(&["create", "configmap", "new", "--from-literal=a=b"]);
+    assert_eq!(
+        err.trim(),
+        format!(
+            "error: failed to create configmap: create configmaps in namespace {ns}: needs approval by rule \"configmaps-need-approval\" of AccessPolicy \"ci-agent-kube\""
+        )
+    );
+    let manifest =
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "new"}, "data": {"a": "b"}});
+    let file = k.env.file("new.json", &manifest.to_string());
+    let err = k.agent_err(&["apply", "-f", &file]);
+    assert!(
+        err.contains("Error from server (Forbidden): error when creating")
+            && err.contains("needs approval by rule \"configmaps-need-approval\""),
+        "{err}"
+    );
+    let missing = k.env.kubectl_err("admin", &["get", "configmap", "new"]);
+    assert!(missing.contains("NotFound"), "{missing}");
+
+    // exec: denied by a rule (403 naming it), or allowed by one and still refused because the
+    // gateway does not proxy streams (501). kubectl tries WebSocket, then SPDY.
+    let err = k.agent_err(&["exec", "app-1", "--", "ls"]);
+    assert_eq!(
+        err.trim(),
+        format!(
+            "Error from server (Forbidden): create pods/exec in namespace {ns} named app-1: denied by rule \"no-shells\" of AccessPolicy \"ci-agent-kube\": No shells into application pods."
+        )
+    );
+    let err = k.agent_err(&["exec", "sandbox-1", "--", "ls"]);
+    assert_eq!(
+        err.trim(),
+        "Error from server (NotImplemented): exec needs a streaming upgrade (SPDY or WebSocket), which the gateway does not proxy"
+    );
+    let err = k.agent_err(&["attach", "app-1"]);
+    assert!(err.contains("denied by rule \"no-shells\""), "{err}");
+
+    // The record: every decision with its rule; discovery allowed as such.
+    let rec = k.stop_and_read_recordings();
+    let decisions: Vec<Value> = rec
+        .lines()
+        .map(json_of)
+        .filter(|e| e["type"] == "decision")
+        .map(|e| e["data"].clone())
+        .collect();
+    let with_rule = |rule: &str| decisions.iter().filter(|d| d["rule"] == rule).count();
+    assert!(with_rule("read-workloads") >= 3, "{decisions:?}");
+    assert_eq!(with_rule("never-delete"), 1);
+    assert_eq!(with_rule("configmaps-need-approval"), 2);
+    // kubectl tries each exec and attach twice (WebSocket GET, then SPDY POST); each is decided.
+    assert_eq!(with_rule("no-shells"), 4, "{decisions:?}");
+    assert_eq!(with_rule("sandbox-shells"), 2, "{decisions:?}");
+    assert!(
+        decisions
+            .iter()
+            .all(|d| d["policy"].is_null() || d["policy"] == "ci-agent-kube")
+    );
+    assert!(
+        decisions.iter().any(|d| d["reason"]
+            .as_str()
+            .is_some_and(|r| r.ends_with("allowed: API discovery"))),
+        "{decisions:?}"
+    );
+    assert!(!rec.contains("\"fast\""), "ConfigMap data in a recording");
+}
+
+#[test]
+fn secrets_never_leave_the_gateway_unmasked() {
+    let mut k = Kube::start();
+    let encoded = BASE64.encode(SECRET_VALUE);
+    let encoded_2 = BASE64.encode(SECRET_VALUE_2);
+    let leaks = |text: &str| {
+        [SECRET_VALUE, encoded.as_str(), SECRET_VALUE_2, encoded_2.as_str()]
+            .into_iter()
+            .find(|v| text.contains(v))
+            .map(str::to_string)
+    };
+    // Applied by the admin: the last-applied annotation repeats the value.
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
+        "stringData": {"password": SECRET_VALUE},
+    });
+    k.env.kubectl_ok(
+        "admin",
+        &["apply", "-f", &k.env.file("db.json", &secret.to_string())],
+    );
+    let stored = json_of(&k.env.kubectl_ok("admin", &["get", "secret", "db", "-o", "json"]));
+    assert_eq!(stored["data"]["password"], encoded.as_str());
+    let annotations = &stored["metadata"]["annotations"];
+    assert!(
+        annotations["kubectl.kubernetes.io/last-applied-configuration"]
+            .as_str()
+            .is_some_and(|a| a.contains(SECRET_VALUE)),
+        "{stored}"
+    );
+
+    let got = k.agent_ok(&["get", "secret", "db", "-o", "json"]);
+    assert_eq!(leaks(&got), None, "{got}");
+    let got = json_of(&got);
+    assert_eq!(got["metadata"]["uid"], stored["metadata"]["uid"]);
+    assert_eq!(got["data"], "[REDACTED]");
+    assert_eq!(
+        got["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"],
+        "[REDACTED]"
+    );
+    for args in [
+        &["get", "secret", "db", "-o", "yaml"][..],
+        &["get", "secrets", "-o", "json"],
+        &["get", "secrets", "-o", "yaml"],
+        &["get", "secrets"],
+        &["get", "secret", "db", "-o", "jsonpath={.data.password}"],
+    ] {
+        let out = k.agent_ok(args);
+        assert_eq!(leaks(&out), None, "kubectl {args:?}: {out}");
+    }
+    let list = json_of(&k.agent_ok(&["get", "secrets", "-o", "json"]));
+    assert_eq!(list["items"][0]["metadata"]["name"], "db");
+    assert_eq!(list["items"][0]["data"], "[REDACTED]");
+
+    // A ConfigMap applied by the admin: its last-applied annotation is masked too (it may repeat
+    // anything). So client-side apply through the gateway fails, kubectl needing the annotation
+    // to compute its patch; server-side apply works (forced: the field is client-side apply's).
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied-cm"}, "data": {"k": "v1"}});
+    let file = k.env.file("applied-cm.json", &cm.to_string());
+    k.env.kubectl_ok("admin", &["apply", "-f", &file]);
+    let got = json_of(&k.agent_ok(&["get", "configmap", "applied-cm", "-o", "json"]));
+    assert_eq!(
+        got["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"],
+        "[REDACTED]"
+    );
+
+    let cm2 = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied-cm"}, "data": {"k": "v2"}});
+    let file = k.env.file("applied-cm-2.json", &cm2.to_string());
+    let err = k.agent_err(&["apply", "-f", &file]);
+    assert!(
+        err.contains("creating patch with:\noriginal:\n[REDACTED]\n"),
+        "{err}"
+    );
+    let out = k.agent_ok(&["apply", "--server-side", "--force-conflicts", "-f", &file]);
+    assert_eq!(out.trim(), "configmap/applied-cm serverside-applied");
+    let stored = json_of(
+        &k.env
+            .kubectl_ok("admin", &["get", "configmap", "applied-cm", "-o", "json"]),
+    );
+    assert_eq!(stored["data"]["k"], "v2");
+
+    // Watch: the first object comes from the list, the next from the watch stream; both masked.
+    let watch = Streaming::spawn(k.agent_command(&["get", "secrets", "-w", "-o", "json"]));
+    watch.wait_for("the listed Secret", |out| out.contains("\"name\": \"db\""));
+    let patch = json!({"stringData": {"password": SECRET_VALUE_2}}).to_string();
+    k.env.kubectl_ok(
+        "admin",
+        &["patch", "secret", "db", "--type", "merge", "-p", &patch],
+    );
+    let out = watch.wait_for("the modified Secret", |out| {
+        out.matches("\"name\": \"db\"").count() >= 2
+    });
+    drop(watch);
+    assert_eq!(leaks(&out), None, "{out}");
+    assert!(out.contains("\"data\": \"[REDACTED]\""), "{out}");
+
+    let rec = k.stop_and_read_recordings();
+    assert_eq!(leaks(&rec), None, "a Secret value in a recording");
+    assert_eq!(leaks(&k.gw.output()), None, "a Secret value in the gateway's log");
+    assert!(
+        rec.contains("\"masked\":\"per event\""),
+        "the watch was not recorded as masked"
+    );
+}
+
+#[test]
+fn impersonation_headers_never_reach_the_api_server() {
+    // RBAC on: the gateway user may read its namespace and may impersonate anyone, so only the
+    // gateway's stripping of Impersonate-* stands between the agent and system:masters.
+    let env = TestEnv::start_configured(true, |c: &mut Config| c.authorization = true);
+    let k = Kube::with(env);
+    let ns = k.ns().to_string();
+    let other = format!("{ns}-other");
+    if k.env.is_emulated() {
+        let rbac = format!(
+            r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: gateway, namespace: {ns}}}
+rules:
+  - apiGroups: [""]
+    resources: [pods, configmaps, secrets]
+    verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: gateway, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: gateway}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: gateway}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: impersonator}}
+rules:
+  - apiGroups: [""]
+    resources: [users, groups]
+    verbs: [impersonate]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: gateway-impersonates}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: impersonator}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: gateway}}]
+"#
+        );
+        k.env
+            .kubectl_ok("admin", &["apply", "-f", &k.env.file("rbac.yaml", &rbac)]);
+        k.env.kubectl_ok("admin", &["create", "namespace", &other]);
+        k.env.kubectl_ok(
+            "admin",
+            &["create", "secret", "generic", "elsewhere", "-n", &other],
+        );
+        // The control: straight to the API server, impersonation would widen the gateway user's
+        // access to the other namespace.
+        let denied = k.env.kubectl_err("gateway", &["get", "secrets", "-n", &other]);
+        assert!(denied.contains("User \"gateway\" cannot list"), "{denied}");
+        let widened = k.env.kubectl_ok(
+            "gateway",
+            &[
+                "get",
+                "secrets",
+                "-n",
+                &other,
+                "--as=admin",
+                "--as-group=system:masters",
+                "-o",
+                "name",
+            ],
+        );
+        assert_eq!(widened.trim(), "secret/elsewhere");
+
+        // Through the gateway (whose policy allows listing there) the API server sees the gateway
+        // user alone, and refuses.
+        k.agent_ok(&["get", "secrets"]);
+        let err = k.agent_err(&[
+            "get",
+            "secrets",
+            "-n",
+            &other,
+            "--as=admin",
+            "--as-group=system:masters",
+        ]);
+        assert_eq!(
+            err.trim(),
+            format!(
+                "Error from server (Forbidden): secrets is forbidden: User \"gateway\" cannot list resource \"secrets\" in API group \"\" in the namespace \"{other}\""
+            )
+        );
+    }
+
+    // Who the API server thinks the agent is: the gateway's user, whatever the agent asks for.
+    let direct = json_of(&k.env.kubectl_ok("gateway", &["auth", "whoami", "-o", "json"]));
+    let through = json_of(&k.agent_ok(&[
+        "auth",
+        "whoami",
+        "--as=admin",
+        "--as-group=system:masters",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(through["status"]["userInfo"], direct["status"]["userInfo"]);
+    let groups = through["status"]["userInfo"]["groups"].to_string();
+    assert!(!groups.contains("system:masters"), "{through}");
+    if k.env.is_emulated() {
+        assert_eq!(through["status"]["userInfo"]["username"], "gateway");
+    }
+}
+
+#[test]
+fn protobuf_never_reaches_the_agent_and_ambiguous_requests_are_refused() {
+    let k = Kube::start();
+    let ns = k.ns().to_string();
+    create_pods(&k);
+    let pods_path = format!("/api/v1/namespaces/{ns}/pods");
+
+    // kubectl asks for protobuf first for built-in kinds; the gateway rewrites Accept to JSON.
+    let list = json_of(&k.agent_ok(&["get", "pods", "-o", "json"]));
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(2), "{list}");
+    let protobuf = "Accept: application/vnd.kubernetes.protobuf";
+    let direct = k.curl_direct(&pods_path, &[protobuf]);
+    // The control: asked directly, the API server answers in protobuf (the emulator, which
+    // writes only JSON, refuses with 406).
+    assert!(
+        direct.content_type.contains("protobuf") || direct.status == 406,
+        "{direct:?}"
+    );
+    let r = k.curl(&pods_path, &[protobuf]);
+    assert_eq!(
+        (r.status, r.content_type.as_str()),
+        (200, "application/json"),
+        "{r:?}"
+    );
+    assert_eq!(r.json()["kind"], "PodList");
+    let r = k.curl(
+        &format!("{pods_path}/app-1"),
+        &["Accept: application/vnd.kubernetes.protobuf, */*"],
+    );
+    assert_eq!(
+        (r.status, r.json()["metadata"]["name"].as_str()),
+        (200, Some("app-1"))
+    );
+
+    // Duplicate query parameters: the gateway cannot tell which one the API server reads.
+    let watch = format!("{pods_path}?watch=true&watch=false");
+    let r = k.curl(&watch, &["Accept: application/problem+json"]);
+    assert_eq!(
+        (r.status, r.content_type.as_str()),
+        (400, "application/problem+json")
+    );
+    let p = r.json();
+    assert_eq!(p["type"], "https://agentgate.dev/problems/bad-request");
+    assert_eq!(p["detail"], "query parameter \"watch\" is given more than once");
+    // Kubernetes clients get the same refusal as a Status.
+    let r = k.curl(&watch, &["Accept: application/json"]);
+    assert_eq!((r.status, r.content_type.as_str()), (400, "application/json"));
+    let status = r.json();
+    assert_eq!(
+        (
+            status["kind"].as_str(),
+            status["reason"].as_str(),
+            status["code"].as_u64()
+        ),
+        (Some("Status"), Some("BadRequest"), Some(400))
+    );
+    assert_eq!(status["message"], p["detail"]);
+    assert_eq!(
+        status["details"]["causes"][0],
+        json!({"reason": "type", "message": "https://agentgate.dev/problems/bad-request"})
+    );
+
+    // The deprecated proxy path verb is a resource request no rule can allow, not discovery.
+    let r = k.curl(&format!("/api/v1/proxy/namespaces/{ns}/pods/app-1"), &[]);
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(
+        r.json()["details"]["causes"][0]["message"],
+        "https://agentgate.dev/problems/denied-by-policy"
+    );
+}
