@@ -361,7 +361,8 @@ pub const MIN_SCRUBBED_SECRET: usize = 8;
 /// Overwrites every occurrence of the Connection's credential in a response body with `*` of
 /// the same length (so framing and Content-Length stay valid): an upstream that reflects the
 /// credential it was sent (a debug echo, an error page) must not hand it to the agent. Holds
-/// back `len - 1` bytes between chunks so an occurrence split across chunks is still found.
+/// back only a chunk's end that could begin an occurrence, so one split across chunks is still
+/// found and nothing else is delayed.
 pub struct Scrubbed {
     inner: Body,
     finder: memchr::memmem::Finder<'static>,
@@ -391,6 +392,16 @@ impl Scrubbed {
             from += i + n;
         }
     }
+}
+
+/// Length of the longest end of `buf` that is a start of `needle` (shorter than the needle):
+/// only those bytes must wait for the next chunk, so streams (watches, logs) are not delayed.
+fn partial_match_len(buf: &[u8], needle: &[u8]) -> usize {
+    let max = needle.len().saturating_sub(1).min(buf.len());
+    (1..=max)
+        .rev()
+        .find(|&k| buf[buf.len() - k..] == needle[..k])
+        .unwrap_or(0)
 }
 
 /// Overwrites the credential in a complete buffer (see [`Scrubbed`]).
@@ -444,7 +455,7 @@ impl HttpBody for Scrubbed {
                     self.held.extend_from_slice(&data);
                     let mut buf = std::mem::take(&mut self.held);
                     self.scrub(&mut buf);
-                    let keep = (self.finder.needle().len() - 1).min(buf.len());
+                    let keep = partial_match_len(&buf, self.finder.needle());
                     let tail = buf.split_off(buf.len() - keep);
                     self.held = tail;
                     if buf.is_empty() {
@@ -491,6 +502,8 @@ mod scrub_tests {
             text.len(),
             "{\"auth\":\"SSWS 00CANARY-secret\",\"again\":\"00CANARY-secret\"}".len()
         );
+        assert_eq!(partial_match_len(b"abc 00CAN", secret), 5);
+        assert_eq!(partial_match_len(b"abc\n", secret), 0);
         let mut buf = b"x 00CANARY-secret y".to_vec();
         assert!(scrub_bytes(&mut buf, secret));
         assert_eq!(&buf, b"x *************** y");
