@@ -1139,8 +1139,11 @@ fn get_requests_with_a_body_are_refused() {
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.ends_with("400"), "http2={http2}: {text}");
-        assert!(text.contains("bad-request"), "{text}");
+        // Over HTTP/2 the gateway answers before curl has sent the DATA frames and resets the
+        // stream, which curl sometimes reports as a failed transfer instead of the 400.
+        let reset = http2 && text.trim() == "000";
+        assert!(reset || text.ends_with("400"), "http2={http2}: {text}");
+        assert!(reset || text.contains("bad-request"), "{text}");
     }
     let log = upstream.requests();
     assert!(
