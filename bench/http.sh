@@ -183,6 +183,7 @@ wait_http() {
 # ---------------------------------------------------------------------------------------------
 UPSTREAM_TOKEN=$(openssl rand -hex 24)
 BODY=$(tr -d '\n' <"$BENCH/okta-user.json")
+# shellcheck disable=SC1003 # the last pattern is a literal backslash
 case "$BODY" in *"'"* | *'$'* | *'\'*) die "okta-user.json must not contain ' \$ or \\ (it is inlined in nginx.conf)" ;; esac
 
 nginx_common() { # $1 = directory
@@ -413,7 +414,7 @@ for i in $(seq 100); do
     sleep 0.1
 done
 wait_http "http://127.0.0.1:$GATEWAY_PORT/" "$GATEWAY_PID"
-GATEWAY_THREADS=$(ls /proc/"$GATEWAY_PID"/task | wc -l)
+GATEWAY_THREADS=$(find /proc/"$GATEWAY_PID"/task -mindepth 1 -maxdepth 1 | wc -l)
 log "agentgate (pid $GATEWAY_PID) on :$GATEWAY_PORT, TOKIO_WORKER_THREADS=$GATEWAY_WORKERS, $GATEWAY_THREADS threads"
 
 # ---------------------------------------------------------------------------------------------
@@ -560,11 +561,12 @@ COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 git -C "$ROOT" diff --quiet HEAD -- gateway crds 2>/dev/null || COMMIT="$COMMIT+changes"
 export WORK DURATION CONNECTIONS SESSIONS_FS LOADAVG WRK_THREADS RATE PINNING CLK_TCK COMMIT NCPU GATEWAY_WORKERS \
     SESSION_BYTES SESSION_FILES GATEWAY_THREADS
-export CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || echo unknown)
-export KERNEL=$(uname -r)
-export NGINX_VERSION=$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')
-export WRK_VERSION=$(wrk -v 2>&1 | head -1 | awk '{print $2}' || true)
-export OHA_VER=$("$OHA" --version | awk '{print $2}')
+CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || echo unknown)
+KERNEL=$(uname -r)
+NGINX_VERSION=$("$NGINX" -v 2>&1 | sed 's/.*nginx\///')
+WRK_VERSION=$(wrk -v 2>&1 | head -1 | awk '{print $2}' || true)
+OHA_VER=$("$OHA" --version | awk '{print $2}')
+export CPU_MODEL KERNEL NGINX_VERSION WRK_VERSION OHA_VER
 python3 - "$OUT" <<'PY'
 import json, os, re, sys, datetime
 
