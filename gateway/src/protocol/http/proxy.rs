@@ -23,7 +23,7 @@ use super::headers;
 use super::normalize;
 use super::plane::{Gateway, Plane};
 use super::problem::{self, Kind, Problem, StatusTarget};
-use super::response::{self, ContentClass, MaskFailure, MaskedLines, RecordSink, Recorded, Scrubbed};
+use super::response::{self, ContentClass, MaskFailure, RecordSink, Recorded};
 use crate::config::CompiledConnection;
 use crate::identity::dpop::RequestTarget;
 use crate::identity::{ErrorKind, Presented, Principal};
@@ -581,7 +581,7 @@ async fn proxy(
                 res_parts.headers.remove(n);
             }
         }
-        res_body = match Scrubbed::new(res_body, secret) {
+        res_body = match response::scrubbed(res_body, secret) {
             Ok(s) => s.boxed(),
             Err(unchanged) => unchanged,
         };
@@ -618,7 +618,7 @@ async fn proxy(
         record(gw, &plane, session.as_deref(), "http.response", response_event)?;
         res_parts.headers.remove(header::CONTENT_LENGTH);
         let metrics = gw.metrics.clone();
-        let masked = MaskedLines::new(
+        let masked = response::masked_lines(
             res_body,
             plan.clone(),
             Arc::new(move |r: &MaskReport| metrics.count_masking(&connection_name, r)),

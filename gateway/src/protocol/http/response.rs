@@ -100,28 +100,98 @@ pub fn body_for_record(bytes: &[u8], _complete: bool) -> Value {
     cap_body(bytes, MAX_RECORDED_BODY)
 }
 
-/// Masks a stream of newline-separated JSON values (a watch) value by value. A line longer
-/// than the masking cap, or one that does not parse, ends the stream with an error: the
-/// client sees a cut stream, never an unmasked event.
-pub struct MaskedLines {
-    inner: Body,
-    plan: MaskingPlan,
-    buf: BytesMut,
-    done: bool,
-    on_report: Arc<dyn Fn(&MaskReport) + Send + Sync>,
+/// A rewrite of a body's data, chunk by chunk, that may hold bytes back until the next chunk
+/// (a partial line, the start of a credential). Errors end the stream: the client sees a cut
+/// body, never an unrewritten one.
+pub trait Rewrite: Send + Sync + Unpin + 'static {
+    /// Takes the next chunk; returns what can be sent now.
+    fn chunk(&mut self, data: Bytes) -> Result<Option<Bytes>, BodyError>;
+    /// The body ended; returns what was held back.
+    fn end(&mut self) -> Result<Option<Bytes>, BodyError>;
 }
 
-impl MaskedLines {
-    pub fn new(inner: Body, plan: MaskingPlan, on_report: Arc<dyn Fn(&MaskReport) + Send + Sync>) -> Self {
+/// A body whose data passes through a [`Rewrite`]; other frames (trailers) pass unchanged.
+pub struct Rewritten<R> {
+    inner: Body,
+    rewrite: R,
+    done: bool,
+}
+
+impl<R: Rewrite> Rewritten<R> {
+    pub fn new(inner: Body, rewrite: R) -> Self {
         Self {
             inner,
-            plan,
-            buf: BytesMut::new(),
+            rewrite,
             done: false,
-            on_report,
+        }
+    }
+}
+
+impl<R: Rewrite> HttpBody for Rewritten<R> {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        loop {
+            if self.done {
+                return Poll::Ready(None);
+            }
+            let step = match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    self.done = true;
+                    self.rewrite.end()
+                }
+                Poll::Ready(Some(Err(e))) => Err(e),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => self.rewrite.chunk(data),
+                    Err(other) => return Poll::Ready(Some(Ok(other))),
+                },
+            };
+            match step {
+                Ok(Some(b)) => return Poll::Ready(Some(Ok(Frame::data(b)))),
+                Ok(None) => continue,
+                Err(e) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
         }
     }
 
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+}
+
+/// Masks a stream of newline-separated JSON values (a watch) value by value. A line longer
+/// than the masking cap, or one that does not parse, ends the stream with an error.
+pub struct LineMasker {
+    plan: MaskingPlan,
+    buf: BytesMut,
+    on_report: Arc<dyn Fn(&MaskReport) + Send + Sync>,
+}
+
+/// `inner` masked line by line under `plan`; `on_report` counts what was masked.
+pub fn masked_lines(
+    inner: Body,
+    plan: MaskingPlan,
+    on_report: Arc<dyn Fn(&MaskReport) + Send + Sync>,
+) -> Rewritten<LineMasker> {
+    Rewritten::new(
+        inner,
+        LineMasker {
+            plan,
+            buf: BytesMut::new(),
+            on_report,
+        },
+    )
+}
+
+impl LineMasker {
     /// Masks every complete line in the buffer (everything when `all`).
     fn drain(&mut self, all: bool) -> Result<Option<Bytes>, BodyError> {
         let end = if all {
@@ -151,51 +221,14 @@ impl MaskedLines {
     }
 }
 
-impl HttpBody for MaskedLines {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        loop {
-            if self.done {
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut self.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => {
-                    self.done = true;
-                    return match self.drain(true) {
-                        Ok(Some(b)) => Poll::Ready(Some(Ok(Frame::data(b)))),
-                        Ok(None) => Poll::Ready(None),
-                        Err(e) => Poll::Ready(Some(Err(e))),
-                    };
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    self.done = true;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                Poll::Ready(Some(Ok(frame))) => {
-                    // Trailers carry nothing a watch needs; drop them.
-                    let Ok(data) = frame.into_data() else { continue };
-                    self.buf.extend_from_slice(&data);
-                    match self.drain(false) {
-                        Ok(Some(b)) => return Poll::Ready(Some(Ok(Frame::data(b)))),
-                        Ok(None) => continue,
-                        Err(e) => {
-                            self.done = true;
-                            return Poll::Ready(Some(Err(e)));
-                        }
-                    }
-                }
-            }
-        }
+impl Rewrite for LineMasker {
+    fn chunk(&mut self, data: Bytes) -> Result<Option<Bytes>, BodyError> {
+        self.buf.extend_from_slice(&data);
+        self.drain(false)
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.done
+    fn end(&mut self) -> Result<Option<Bytes>, BodyError> {
+        self.drain(true)
     }
 }
 
@@ -329,7 +362,7 @@ mod tests {
         let events = b"{\"type\":\"ADDED\",\"object\":{\"kind\":\"Secret\",\"data\":{\"k\":\"c2VjcmV0\"}}}\n{\"type\":\"MODIFIED\",\"object\":{\"data\":{\"k\":\"b3RoZXI=\"}}}\n";
         let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let s = seen.clone();
-        let body = MaskedLines::new(
+        let body = masked_lines(
             full(Bytes::from_static(events)),
             plan,
             Arc::new(move |r: &MaskReport| {
@@ -342,7 +375,7 @@ mod tests {
         assert_eq!(text.lines().count(), 2);
         assert!(seen.load(std::sync::atomic::Ordering::Relaxed) >= 2);
         // A line that is not JSON cuts the stream.
-        let body = MaskedLines::new(
+        let body = masked_lines(
             full(Bytes::from_static(b"{\"data\":1}\nnot json\n")),
             MaskingPlan::empty(HashKey::process()).with_kubernetes_secrets(),
             Arc::new(|_: &MaskReport| {}),
@@ -359,35 +392,53 @@ pub const MIN_SCRUBBED_SECRET: usize = 8;
 /// credential it was sent (a debug echo, an error page) must not hand it to the agent. Holds
 /// back only a chunk's end that could begin an occurrence, so one split across chunks is still
 /// found and nothing else is delayed.
-pub struct Scrubbed {
-    inner: Body,
+pub struct Scrubber {
     finder: memchr::memmem::Finder<'static>,
     held: BytesMut,
-    done: bool,
 }
 
-impl Scrubbed {
-    /// `None` when the secret is too short to scrub safely.
-    pub fn new(inner: Body, secret: &[u8]) -> Result<Self, Body> {
-        if secret.len() < MIN_SCRUBBED_SECRET {
-            return Err(inner);
-        }
-        Ok(Self {
-            inner,
+/// `inner` with the credential scrubbed; `Err(inner)` when the secret is too short to scrub
+/// without mangling ordinary text.
+pub fn scrubbed(inner: Body, secret: &[u8]) -> Result<Rewritten<Scrubber>, Body> {
+    if secret.len() < MIN_SCRUBBED_SECRET {
+        return Err(inner);
+    }
+    Ok(Rewritten::new(
+        inner,
+        Scrubber {
             finder: memchr::memmem::Finder::new(secret).into_owned(),
             held: BytesMut::new(),
-            done: false,
-        })
+        },
+    ))
+}
+
+impl Rewrite for Scrubber {
+    fn chunk(&mut self, data: Bytes) -> Result<Option<Bytes>, BodyError> {
+        self.held.extend_from_slice(&data);
+        let mut buf = std::mem::take(&mut self.held);
+        overwrite(&self.finder, &mut buf);
+        let keep = partial_match_len(&buf, self.finder.needle());
+        self.held = buf.split_off(buf.len() - keep);
+        Ok((!buf.is_empty()).then(|| buf.freeze()))
     }
 
-    fn scrub(&self, buf: &mut [u8]) {
-        let n = self.finder.needle().len();
-        let mut from = 0;
-        while let Some(i) = self.finder.find(&buf[from..]) {
-            buf[from + i..from + i + n].fill(b'*');
-            from += i + n;
-        }
+    fn end(&mut self) -> Result<Option<Bytes>, BodyError> {
+        let mut rest = std::mem::take(&mut self.held);
+        overwrite(&self.finder, &mut rest);
+        Ok((!rest.is_empty()).then(|| rest.freeze()))
     }
+}
+
+fn overwrite(finder: &memchr::memmem::Finder<'_>, buf: &mut [u8]) -> bool {
+    let n = finder.needle().len();
+    let mut found = false;
+    let mut from = 0;
+    while let Some(i) = finder.find(&buf[from..]) {
+        buf[from + i..from + i + n].fill(b'*');
+        from += i + n;
+        found = true;
+    }
+    found
 }
 
 /// Length of the longest end of `buf` that is a start of `needle` (shorter than the needle):
@@ -400,76 +451,9 @@ fn partial_match_len(buf: &[u8], needle: &[u8]) -> usize {
         .unwrap_or(0)
 }
 
-/// Overwrites the credential in a complete buffer (see [`Scrubbed`]).
+/// Overwrites the credential in a complete buffer (see [`Scrubber`]).
 pub fn scrub_bytes(buf: &mut [u8], secret: &[u8]) -> bool {
-    if secret.len() < MIN_SCRUBBED_SECRET {
-        return false;
-    }
-    let finder = memchr::memmem::Finder::new(secret);
-    let mut found = false;
-    let mut from = 0;
-    while let Some(i) = finder.find(&buf[from..]) {
-        buf[from + i..from + i + secret.len()].fill(b'*');
-        from += i + secret.len();
-        found = true;
-    }
-    found
-}
-
-impl HttpBody for Scrubbed {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        loop {
-            if self.done {
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut self.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => {
-                    self.done = true;
-                    let mut rest = std::mem::take(&mut self.held);
-                    if rest.is_empty() {
-                        return Poll::Ready(None);
-                    }
-                    self.scrub(&mut rest);
-                    return Poll::Ready(Some(Ok(Frame::data(rest.freeze()))));
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    self.done = true;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                Poll::Ready(Some(Ok(frame))) => {
-                    let data = match frame.into_data() {
-                        Ok(d) => d,
-                        Err(other) => return Poll::Ready(Some(Ok(other))),
-                    };
-                    self.held.extend_from_slice(&data);
-                    let mut buf = std::mem::take(&mut self.held);
-                    self.scrub(&mut buf);
-                    let keep = partial_match_len(&buf, self.finder.needle());
-                    let tail = buf.split_off(buf.len() - keep);
-                    self.held = tail;
-                    if buf.is_empty() {
-                        continue;
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(buf.freeze()))));
-                }
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
+    secret.len() >= MIN_SCRUBBED_SECRET && overwrite(&memchr::memmem::Finder::new(secret), buf)
 }
 
 #[cfg(test)]
@@ -488,7 +472,7 @@ mod scrub_tests {
         .map(|c| Ok(Frame::data(Bytes::from(c))))
         .collect();
         let body: Body = StreamBody::new(futures_util::stream::iter(chunks)).boxed();
-        let Ok(s) = Scrubbed::new(body, secret) else {
+        let Ok(s) = scrubbed(body, secret) else {
             panic!("long enough")
         };
         let out = s.collect().await.unwrap().to_bytes();
@@ -503,6 +487,6 @@ mod scrub_tests {
         let mut buf = b"x 00CANARY-secret y".to_vec();
         assert!(scrub_bytes(&mut buf, secret));
         assert_eq!(&buf, b"x *************** y");
-        assert!(Scrubbed::new(crate::protocol::http::body::empty(), b"short").is_err());
+        assert!(scrubbed(crate::protocol::http::body::empty(), b"short").is_err());
     }
 }
