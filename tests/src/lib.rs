@@ -132,15 +132,56 @@ pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> O
     }
 }
 
-/// A GET with the real `curl`: (status code, body). Status 0 when the connection failed.
-pub fn curl_get(url: &str) -> (u16, String) {
+/// What the real `curl` got back.
+#[derive(Debug)]
+pub struct Reply {
+    /// 0 when the connection failed.
+    pub status: u16,
+    /// `1.1`, `2`, ... as curl reports it.
+    pub version: String,
+    pub content_type: String,
+    /// The raw response head(s), as `curl -D` writes them.
+    pub headers: String,
+    pub body: String,
+}
+
+impl Reply {
+    /// The body as JSON; panics with the whole reply when it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
+    }
+}
+
+/// One request with the real `curl` (`-s`, 10 s limit) and extra `args`.
+pub fn curl(args: &[&str], url: &str) -> Reply {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let headers = dir.path().join("headers");
     let out = Command::new("curl")
-        .args(["-s", "--max-time", "5", "-o", "-", "-w", "\n%{http_code}", url])
+        .args(["-s", "--max-time", "10", "-D"])
+        .arg(&headers)
+        .args(["-o", "-", "-w", "\n%{http_code} %{http_version} %{content_type}"])
+        .args(args)
+        .arg(url)
         .output()
         .expect("curl is installed");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    let mut tail = tail.splitn(3, ' ');
+    let mut next = || tail.next().unwrap_or("").trim().to_string();
+    let (status, version, content_type) = (next(), next(), next());
+    Reply {
+        status: status.parse().unwrap_or(0),
+        version,
+        content_type,
+        headers: std::fs::read_to_string(&headers).unwrap_or_default(),
+        body: body.to_string(),
+    }
+}
+
+/// A GET with the real `curl`: (status code, body). Status 0 when the connection failed.
+pub fn curl_get(url: &str) -> (u16, String) {
+    let r = curl(&[], url);
+    (r.status, r.body)
 }
 
 /// Copies the example manifests into a fresh directory, for tests that edit them.

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use agentgate_e2e::{Process, binary, curl_get, free_port, wait_for};
+use agentgate_e2e::{Process, binary, curl, curl_get, free_port, wait_for};
 use serde_json::Value;
 
 struct Dev {
@@ -60,45 +60,6 @@ impl Dev {
 
     fn bearer(&self) -> String {
         format!("Authorization: Bearer {}", self.token)
-    }
-}
-
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    content_type: String,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
-    }
-}
-
-/// One request with the real curl; status 0 when the connection failed.
-fn curl(args: &[&str], url: &str) -> Reply {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "--max-time",
-            "10",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code} %{content_type}",
-        ])
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("curl is installed");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    let (status, content_type) = tail.split_once(' ').unwrap_or((tail, ""));
-    Reply {
-        status: status.trim().parse().unwrap_or(0),
-        content_type: content_type.trim().to_string(),
-        body: body.to_string(),
     }
 }
 

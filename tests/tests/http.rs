@@ -7,25 +7,19 @@ use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use agentgate::identity::mint::SigningKey;
-use agentgate_e2e::binary;
 use agentgate_e2e::gateway::{EchoUpstream, Gateway, OktaSetup, okta_manifests};
 use agentgate_e2e::oidc::OidcProvider;
-use serde_json::Value;
+use agentgate_e2e::{Reply, binary, curl};
 
 /// The upstream's SSWS token: must never reach the agent, a log, a metric or a recording.
 const CANARY: &str = "00CANARY-upstream-secret-7f3a9c";
 
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: String,
-    body: String,
+/// The problem type of a refusal, checking the media type too.
+trait ProblemType {
+    fn problem_type(&self) -> String;
 }
 
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
-    }
+impl ProblemType for Reply {
     fn problem_type(&self) -> String {
         assert!(
             self.headers
@@ -34,26 +28,6 @@ impl Reply {
             "{self:?}"
         );
         self.json()["type"].as_str().unwrap_or_default().to_string()
-    }
-}
-
-fn curl(args: &[&str], url: &str) -> Reply {
-    let dir = tempfile::tempdir().unwrap();
-    let headers = dir.path().join("h");
-    let out = Command::new("curl")
-        .args(["-s", "--max-time", "10", "-D"])
-        .arg(&headers)
-        .args(["-o", "-", "-w", "\n%{http_code}"])
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("curl is installed");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    Reply {
-        status: code.trim().parse().unwrap_or(0),
-        headers: std::fs::read_to_string(&headers).unwrap_or_default(),
-        body: body.to_string(),
     }
 }
 
@@ -333,17 +307,14 @@ fn dpop_bound_tokens_are_required_and_checked_per_request() {
     assert_eq!(answer["token_type"], "DPoP", "{answer}");
     let tok = answer["access_token"].as_str().unwrap().to_string();
     let url = s.gw.url("/okta/echo/dpop");
+    let with_proof = |proof: &str| {
+        let auth = format!("Authorization: DPoP {tok}");
+        let dpop = format!("DPoP: {proof}");
+        curl(&["-H", &auth, "-H", &dpop], &url)
+    };
 
     let ok_proof = key.dpop_proof("GET", &url, &tok, now(), "req-1");
-    let r = curl(
-        &[
-            "-H",
-            &format!("Authorization: DPoP {tok}"),
-            "-H",
-            &format!("DPoP: {ok_proof}"),
-        ],
-        &url,
-    );
+    let r = with_proof(&ok_proof);
     assert_eq!(r.status, 200, "{r:?}\n{}", s.gw.output());
     let echo = r.json();
     assert!(
@@ -357,39 +328,15 @@ fn dpop_bound_tokens_are_required_and_checked_per_request() {
         (r.status, r.problem_type().as_str()),
         (401, "https://agentgate.dev/problems/token-binding")
     );
-    let r = curl(
-        &[
-            "-H",
-            &format!("Authorization: DPoP {tok}"),
-            "-H",
-            &format!("DPoP: {ok_proof}"),
-        ],
-        &url,
-    );
+    let r = with_proof(&ok_proof);
     assert_eq!(r.status, 401, "a replayed proof must fail");
     let thief = SigningKey::ec("thief").unwrap();
     let stolen = thief.dpop_proof("GET", &url, &tok, now(), "req-2");
-    let r = curl(
-        &[
-            "-H",
-            &format!("Authorization: DPoP {tok}"),
-            "-H",
-            &format!("DPoP: {stolen}"),
-        ],
-        &url,
-    );
+    let r = with_proof(&stolen);
     assert_eq!(r.status, 401);
     // A proof for another URL.
     let other = key.dpop_proof("GET", &s.gw.url("/okta/echo/elsewhere"), &tok, now(), "req-3");
-    let r = curl(
-        &[
-            "-H",
-            &format!("Authorization: DPoP {tok}"),
-            "-H",
-            &format!("DPoP: {other}"),
-        ],
-        &url,
-    );
+    let r = with_proof(&other);
     assert_eq!(r.status, 401);
 }
 

@@ -17,6 +17,7 @@ use agentgate::protocol::http::proxy::MAX_REQUEST_BODY;
 use agentgate::protocol::http::server::{HEADER_READ_TIMEOUT, MAX_HEADER_BYTES};
 use agentgate_e2e::gateway::{EchoUpstream, Gateway, OktaSetup, okta_manifests};
 use agentgate_e2e::oidc::OidcProvider;
+use agentgate_e2e::{Reply, curl};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -112,20 +113,15 @@ impl Setup {
     }
 }
 
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    version: String,
-    headers: String,
-    body: String,
+/// What the hostile tests read off a reply.
+trait ReplyExt {
+    /// The problem type, checking the media type too.
+    fn problem(&self) -> String;
+    /// The echo upstream's account of what it received.
+    fn echo(&self) -> Echo;
 }
 
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
-    }
-
-    /// The problem type, checking the media type too.
+impl ReplyExt for Reply {
     fn problem(&self) -> String {
         problem_type(&self.headers, self.body.as_bytes())
     }
@@ -133,28 +129,6 @@ impl Reply {
     fn echo(&self) -> Echo {
         assert_eq!(self.status, 200, "{self:?}");
         Echo(self.json())
-    }
-}
-
-fn curl(args: &[&str], url: &str) -> Reply {
-    let dir = tempfile::tempdir().unwrap();
-    let headers = dir.path().join("h");
-    let out = Command::new("curl")
-        .args(["-s", "--max-time", "10", "-D"])
-        .arg(&headers)
-        .args(["-o", "-", "-w", "\n%{http_code} %{http_version}"])
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("curl is installed");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", "0 0"));
-    let (code, version) = tail.split_once(' ').unwrap_or(("0", "0"));
-    Reply {
-        status: code.trim().parse().unwrap_or(0),
-        version: version.trim().to_string(),
-        headers: std::fs::read_to_string(&headers).unwrap_or_default(),
-        body: body.to_string(),
     }
 }
 

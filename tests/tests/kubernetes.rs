@@ -11,9 +11,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use agentgate_e2e::binary;
 use agentgate_e2e::gateway::{Gateway, ServingCert};
 use agentgate_e2e::oidc::OidcProvider;
+use agentgate_e2e::{Reply, binary, curl};
 use agentgate_kube_emulator::harness::{Streaming, TestEnv, kubectl_binary};
 use agentgate_kube_emulator::server::Config;
 use base64::Engine;
@@ -373,6 +373,7 @@ impl Kube {
         for h in headers {
             args.extend(["-H".to_string(), h.to_string()]);
         }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         curl(&args, &format!("https://127.0.0.1:{}/k8s{path}", self.gw.port))
     }
 
@@ -398,6 +399,7 @@ impl Kube {
         for h in headers {
             args.extend(["-H".to_string(), h.to_string()]);
         }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         curl(
             &args,
             &format!("{}{path}", self.cluster.server.trim_end_matches('/')),
@@ -429,44 +431,6 @@ impl Kube {
             assert!(!text.contains(&self.agent_token), "the agent's token leaked");
         }
         recordings
-    }
-}
-
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    content_type: String,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
-    }
-}
-
-fn curl(args: &[String], url: &str) -> Reply {
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "--max-time",
-            "10",
-            "-o",
-            "-",
-            "-w",
-            "\n%{http_code} %{content_type}",
-        ])
-        .args(args)
-        .arg(url)
-        .output()
-        .expect("curl is installed");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    let (code, content_type) = tail.split_once(' ').unwrap_or((tail, ""));
-    Reply {
-        status: code.trim().parse().unwrap_or(0),
-        content_type: content_type.trim().to_string(),
-        body: body.to_string(),
     }
 }
 

@@ -120,6 +120,8 @@ pub struct CompiledPolicy {
     pub rules: Vec<CompiledRule>,
     /// The policy's masking rules, compiled under the process's hash key.
     pub masking: crate::masking::MaskingPlan,
+    /// Whether a rule reads the request body (`jsonBody`), kept so requests need not scan rules.
+    pub reads_body: bool,
 }
 
 impl CompiledPolicy {
@@ -143,6 +145,7 @@ impl CompiledPolicy {
         Ok(Self {
             name: name.to_string(),
             spec,
+            reads_body: rules.iter().any(|r| r.matcher.needs_body()),
             rules,
             masking,
         })
@@ -353,6 +356,7 @@ pub fn compile(
             policies.push(CompiledPolicy {
                 name: m.name().to_string(),
                 spec: p.spec.clone(),
+                reads_body: rules.iter().any(|r| r.matcher.needs_body()),
                 rules,
                 masking,
             });

@@ -371,13 +371,6 @@ impl PolicyIndex {
         ids.dedup();
         ids.into_iter().map(|i| &policies[i as usize]).collect()
     }
-
-    /// Whether deciding an operation on `connection` may need the request body.
-    pub fn needs_body(&self, policies: &[CompiledPolicy], connection: &str, subject: Subject<'_>) -> bool {
-        self.applicable(policies, connection, subject)
-            .iter()
-            .any(|p| p.rules.iter().any(|r| r.matcher.needs_body()))
-    }
 }
 
 #[cfg(test)]

@@ -10,14 +10,13 @@ use agentgate_crds::connection::ConnectionType;
 use agentgate_crds::gateway::RecordingMode;
 
 use super::upstream::Upstream;
-use crate::config::CompiledConnection;
 use crate::config::watch::Snapshot;
+use crate::config::{CompiledConnection, CompiledPolicy};
 use crate::identity::dpop::ReplayCache;
 use crate::identity::fetch::HttpFetcher;
 use crate::identity::{KeyRegistry, Verifier, VerifierOptions};
 use crate::masking::{HashKey, MaskingPlan};
 use crate::metrics::Metrics;
-use crate::policy::Subject;
 use crate::recording::Recorder;
 
 /// Most cached masking plans (one per connection and set of applicable policies).
@@ -53,15 +52,11 @@ impl Plane {
         })
     }
 
-    /// The merged masking plan of every policy that applies to `subject` on `connection`
-    /// (plus Secret masking on Kubernetes connections).
-    pub fn masking_plan(&self, connection: &CompiledConnection, subject: Subject<'_>) -> MaskingPlan {
-        let cfg = &self.snapshot.config;
-        let policies = cfg
-            .policy_index
-            .applicable(&cfg.policies, &connection.name, subject);
+    /// The merged masking plan of `policies` (those that apply to the subject on `connection`)
+    /// plus Secret masking on Kubernetes connections.
+    pub fn masking_plan(&self, connection: &CompiledConnection, policies: &[&CompiledPolicy]) -> MaskingPlan {
         let mut key = connection.name.clone();
-        for p in &policies {
+        for p in policies {
             key.push('\0');
             key.push_str(&p.name);
         }

@@ -345,9 +345,10 @@ async fn proxy(
     };
 
     let cfg = &plane.snapshot.config;
-    let needs_body = cfg
+    let applicable = cfg
         .policy_index
-        .needs_body(&cfg.policies, &connection.name, subject);
+        .applicable(&cfg.policies, &connection.name, subject);
+    let needs_body = applicable.iter().any(|p| p.reads_body);
     // The body is read before the decision only when a rule reads it.
     let (read_body, body) = if needs_body && parts.method != Method::GET && parts.method != Method::HEAD {
         let body: Body = body.map_err(|e| -> BodyError { Box::new(e) }).boxed();
@@ -428,7 +429,7 @@ async fn proxy(
             (
                 d.action,
                 decision_json(&d, &explained),
-                refusal_for(&d, explained, op),
+                refusal_for(&d, explained),
             )
         }
         None => {
@@ -462,7 +463,7 @@ async fn proxy(
     };
 
     // Masking plan and recording session, before anything is forwarded.
-    let plan = plane.masking_plan(connection, subject);
+    let plan = plane.masking_plan(connection, &applicable);
     let session = session_for(&plane, gw, conn, &principal, connection)?;
     let mut request_headers_record = headers::for_record(&parts.headers);
     if let Some(q) = &target.raw_query {
@@ -484,7 +485,7 @@ async fn proxy(
         map.extend(extra);
     }
     if let Some(b) = &read_body {
-        request_event["body"] = masked_body_record(&plan, b);
+        request_event["body"] = response::body_for_record(Some(&plan), b, true);
     }
     record(gw, &plane, session.as_deref(), "http.request", request_event)?;
     let mut decision_event = decision_record;
@@ -640,7 +641,7 @@ async fn proxy(
                 res_parts
                     .headers
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-                response_event["body"] = response::body_for_record(&bytes, true);
+                response_event["body"] = response::body_for_record(None, &bytes, true);
                 response_event["masked"] = json!({"fields": report.fields, "detections": report.detections});
                 record(gw, &plane, session.as_deref(), "http.response", response_event)?;
                 full(bytes)
@@ -759,19 +760,6 @@ fn mode_label(plane: &Plane) -> &'static str {
         RecordingMode::Required => "required",
         RecordingMode::BestEffort => "best_effort",
     }
-}
-
-fn masked_body_record(plan: &MaskingPlan, bytes: &[u8]) -> Value {
-    let mut out = Vec::new();
-    if !plan.is_empty() && plan.mask_json(bytes, &mut out).is_ok() {
-        return response::body_for_record(&out, true);
-    }
-    if plan.is_empty() {
-        return response::body_for_record(bytes, true);
-    }
-    let text = String::from_utf8_lossy(bytes);
-    let (masked, _) = plan.mask_text(&text);
-    crate::recording::cap_body(masked.as_bytes(), crate::recording::MAX_RECORDED_BODY)
 }
 
 /// Writes one event; in Required mode a failure refuses the operation.
@@ -935,7 +923,7 @@ fn decision_json(d: &Decision<'_>, explained: &str) -> Value {
     v
 }
 
-fn refusal_for(d: &Decision<'_>, explained: String, _op: &Operation<'_>) -> Option<Problem> {
+fn refusal_for(d: &Decision<'_>, explained: String) -> Option<Problem> {
     let kind = match d.action {
         Action::Allow => return None,
         Action::Deny => Kind::DeniedByPolicy,

@@ -92,12 +92,22 @@ pub fn mask_whole(
     }
 }
 
-/// A body value for a recording (already masked by the caller where masking applies): capped
-/// text, or base64 when it is not UTF-8. JSON bodies are kept as their text rather than parsed
-/// into the event: parsing and copying the tree cost more than the rest of the recording
-/// (profiled with `bench/http.sh`), and the text is exactly what the agent received.
-pub fn body_for_record(bytes: &[u8], _complete: bool) -> Value {
-    cap_body(bytes, MAX_RECORDED_BODY)
+/// A body for a recording: capped text (base64 when not UTF-8), masked under `plan` when one
+/// applies (whole JSON when the body is complete and parses, else detectors over its text).
+/// JSON is kept as text rather than parsed into the event: parsing and copying the tree cost
+/// more than the rest of the recording (profiled with `bench/http.sh`), and the text is exactly
+/// what crossed the gateway.
+pub fn body_for_record(plan: Option<&MaskingPlan>, bytes: &[u8], complete: bool) -> Value {
+    let Some(plan) = plan.filter(|p| !p.is_empty()) else {
+        return cap_body(bytes, MAX_RECORDED_BODY);
+    };
+    let mut out = Vec::new();
+    if complete && plan.mask_json(bytes, &mut out).is_ok() {
+        return cap_body(&out, MAX_RECORDED_BODY);
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let (masked, _) = plan.mask_text(&text);
+    cap_body(masked.as_bytes(), MAX_RECORDED_BODY)
 }
 
 /// A rewrite of a body's data, chunk by chunk, that may hold bytes back until the next chunk
@@ -266,19 +276,7 @@ impl Recorded {
     fn flush(&mut self) {
         let Some(sink) = self.sink.take() else { return };
         let complete = self.finished && self.total as usize == self.kept.len();
-        let body = match &sink.plan {
-            Some(plan) if !plan.is_empty() => {
-                let mut out = Vec::new();
-                if complete && plan.mask_json(&self.kept, &mut out).is_ok() {
-                    body_for_record(&out, true)
-                } else {
-                    let text = String::from_utf8_lossy(&self.kept);
-                    let (masked, _) = plan.mask_text(&text);
-                    cap_body(masked.as_bytes(), MAX_RECORDED_BODY)
-                }
-            }
-            _ => body_for_record(&self.kept, complete),
-        };
+        let body = body_for_record(sink.plan.as_ref(), &self.kept, complete);
         let data = json!({
             "request_id": sink.request_id,
             "bytes": self.total,
