@@ -1,0 +1,364 @@
+//! PostgreSQL protocol 3.0 messages, one module per message, each with `parse` (from a frame body)
+//! and `encode` (to a whole frame) and a round-trip test. Frames are read with a length cap so a
+//! peer cannot make the gateway buffer unbounded data.
+
+pub mod authentication;
+pub mod backend_key_data;
+pub mod bind;
+pub mod close;
+pub mod command_complete;
+pub mod data_row;
+pub mod describe;
+pub mod error_response;
+pub mod execute;
+pub mod parameter_status;
+pub mod parse;
+pub mod query;
+pub mod ready_for_query;
+pub mod row_description;
+pub mod startup;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Largest message body accepted from either side. PostgreSQL's own limit for client messages is
+/// 1 GiB; the gateway holds whole messages in memory (to decide, mask and record them), so it
+/// allows less.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+/// Largest startup packet (PostgreSQL's MAX_STARTUP_PACKET_LENGTH).
+pub const MAX_STARTUP_BYTES: usize = 10_000;
+/// Read buffer each side starts with; it grows for large messages and shrinks back when idle.
+pub const READ_BUFFER_BYTES: usize = 4 * 1024;
+
+/// Frontend message tags.
+pub mod frontend {
+    pub const QUERY: u8 = b'Q';
+    pub const PARSE: u8 = b'P';
+    pub const BIND: u8 = b'B';
+    pub const DESCRIBE: u8 = b'D';
+    pub const EXECUTE: u8 = b'E';
+    pub const CLOSE: u8 = b'C';
+    pub const SYNC: u8 = b'S';
+    pub const FLUSH: u8 = b'H';
+    pub const TERMINATE: u8 = b'X';
+    pub const FUNCTION_CALL: u8 = b'F';
+    pub const COPY_DATA: u8 = b'd';
+    pub const COPY_DONE: u8 = b'c';
+    pub const COPY_FAIL: u8 = b'f';
+    pub const PASSWORD: u8 = b'p';
+}
+
+/// Backend message tags.
+pub mod backend {
+    pub const AUTHENTICATION: u8 = b'R';
+    pub const BACKEND_KEY_DATA: u8 = b'K';
+    pub const PARAMETER_STATUS: u8 = b'S';
+    pub const READY_FOR_QUERY: u8 = b'Z';
+    pub const ROW_DESCRIPTION: u8 = b'T';
+    pub const DATA_ROW: u8 = b'D';
+    pub const COMMAND_COMPLETE: u8 = b'C';
+    pub const EMPTY_QUERY: u8 = b'I';
+    pub const ERROR_RESPONSE: u8 = b'E';
+    pub const NOTICE_RESPONSE: u8 = b'N';
+    pub const PARSE_COMPLETE: u8 = b'1';
+    pub const BIND_COMPLETE: u8 = b'2';
+    pub const CLOSE_COMPLETE: u8 = b'3';
+    pub const NO_DATA: u8 = b'n';
+    pub const PORTAL_SUSPENDED: u8 = b's';
+    pub const PARAMETER_DESCRIPTION: u8 = b't';
+    pub const COPY_IN: u8 = b'G';
+    pub const COPY_OUT: u8 = b'H';
+    pub const COPY_BOTH: u8 = b'W';
+    pub const COPY_DATA: u8 = b'd';
+    pub const COPY_DONE: u8 = b'c';
+    pub const NOTIFICATION: u8 = b'A';
+    pub const FUNCTION_CALL_RESPONSE: u8 = b'V';
+    pub const NEGOTIATE_PROTOCOL_VERSION: u8 = b'v';
+}
+
+/// What can go wrong reading or decoding a message.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection closed")]
+    Closed,
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("message length {0} is below the minimum of 4")]
+    TooShort(i32),
+    #[error("message length {0} exceeds the gateway's limit of {MAX_FRAME_BYTES} bytes")]
+    TooLong(usize),
+    #[error("malformed {what} message: {problem}")]
+    Malformed { what: &'static str, problem: &'static str },
+}
+
+impl FrameError {
+    pub fn malformed(what: &'static str, problem: &'static str) -> Self {
+        Self::Malformed { what, problem }
+    }
+}
+
+/// One tagged message: its tag and body (without tag and length).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub tag: u8,
+    pub body: Bytes,
+}
+
+impl Frame {
+    /// The whole message as sent on the wire.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.reserve(5 + self.body.len());
+        out.put_u8(self.tag);
+        out.put_i32((self.body.len() + 4) as i32);
+        out.put_slice(&self.body);
+    }
+}
+
+/// Reads tagged messages from one side, buffering reads.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    io: R,
+    buf: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(io: R) -> Self {
+        Self {
+            io,
+            buf: BytesMut::with_capacity(READ_BUFFER_BYTES),
+        }
+    }
+
+    /// Bytes already read but not yet returned as frames (0 means a flush point: the peer has
+    /// nothing more in flight that we know of).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.io
+    }
+
+    /// The next whole frame. A clean end of stream between frames is [`FrameError::Closed`].
+    pub async fn next(&mut self) -> Result<Frame, FrameError> {
+        loop {
+            if let Some(frame) = self.try_frame()? {
+                return Ok(frame);
+            }
+            if self.buf.capacity() - self.buf.len() < READ_BUFFER_BYTES {
+                self.buf.reserve(READ_BUFFER_BYTES);
+            }
+            let n = self.io.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                return Err(if self.buf.is_empty() {
+                    FrameError::Closed
+                } else {
+                    FrameError::Io(std::io::ErrorKind::UnexpectedEof.into())
+                });
+            }
+        }
+    }
+
+    /// A frame if one is wholly buffered.
+    pub fn try_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        if self.buf.len() < 5 {
+            return Ok(None);
+        }
+        let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+        if len < 4 {
+            return Err(FrameError::TooShort(len));
+        }
+        let body_len = len as usize - 4;
+        if body_len > MAX_FRAME_BYTES {
+            return Err(FrameError::TooLong(body_len));
+        }
+        if self.buf.len() < 5 + body_len {
+            self.buf.reserve(5 + body_len - self.buf.len());
+            return Ok(None);
+        }
+        let mut whole = self.buf.split_to(5 + body_len);
+        let tag = whole[0];
+        let body = whole.split_off(5).freeze();
+        if self.buf.is_empty() && self.buf.capacity() > 16 * READ_BUFFER_BYTES {
+            // Give back what a large message needed, so idle sessions stay small.
+            self.buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
+        }
+        Ok(Some(Frame { tag, body }))
+    }
+
+    /// Reads an untagged startup-phase packet (length then body), capped at `max`.
+    pub async fn startup_packet(&mut self, max: usize) -> Result<Bytes, FrameError> {
+        loop {
+            if self.buf.len() >= 4 {
+                let len = i32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+                if len < 8 {
+                    return Err(FrameError::TooShort(len));
+                }
+                let len = len as usize;
+                if len > max {
+                    return Err(FrameError::TooLong(len));
+                }
+                if self.buf.len() >= len {
+                    let mut whole = self.buf.split_to(len);
+                    return Ok(whole.split_off(4).freeze());
+                }
+            }
+            let n = self.io.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                return Err(FrameError::Closed);
+            }
+        }
+    }
+
+    /// Hands back the stream and any bytes read past the last frame (used when switching to TLS;
+    /// a client that pipelines data after SSLRequest gets it refused).
+    pub fn into_parts(self) -> (R, BytesMut) {
+        (self.io, self.buf)
+    }
+}
+
+/// Cursor over a message body with checked reads.
+#[derive(Debug)]
+pub struct Cursor<'a> {
+    buf: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(buf: &'a [u8], what: &'static str) -> Self {
+        Self { buf, what }
+    }
+
+    fn short(&self) -> FrameError {
+        FrameError::malformed(self.what, "message ends early")
+    }
+
+    pub fn u8(&mut self) -> Result<u8, FrameError> {
+        let (&b, rest) = self.buf.split_first().ok_or_else(|| self.short())?;
+        self.buf = rest;
+        Ok(b)
+    }
+
+    pub fn i16(&mut self) -> Result<i16, FrameError> {
+        let b = self.bytes(2)?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    }
+
+    pub fn i32(&mut self) -> Result<i32, FrameError> {
+        let b = self.bytes(4)?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// A count field (Int16) that must not be negative.
+    pub fn count(&mut self) -> Result<usize, FrameError> {
+        usize::try_from(self.i16()?).map_err(|_| FrameError::malformed(self.what, "negative count"))
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        if self.buf.len() < n {
+            return Err(self.short());
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    /// A NUL-terminated string; must be UTF-8.
+    pub fn cstr(&mut self) -> Result<&'a str, FrameError> {
+        let end = memchr::memchr(0, self.buf)
+            .ok_or_else(|| FrameError::malformed(self.what, "unterminated string"))?;
+        let s = std::str::from_utf8(&self.buf[..end])
+            .map_err(|_| FrameError::malformed(self.what, "string is not UTF-8"))?;
+        self.buf = &self.buf[end + 1..];
+        Ok(s)
+    }
+
+    pub fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.buf)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Fails unless the whole body was consumed (trailing garbage is a protocol violation).
+    pub fn finish(&self) -> Result<(), FrameError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(FrameError::malformed(self.what, "trailing bytes"))
+        }
+    }
+}
+
+/// Writes a whole tagged frame whose body `f` appends.
+pub fn frame(out: &mut BytesMut, tag: u8, f: impl FnOnce(&mut BytesMut)) {
+    out.put_u8(tag);
+    let at = out.len();
+    out.put_i32(0);
+    f(out);
+    let len = (out.len() - at) as i32;
+    out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+pub fn put_cstr(out: &mut BytesMut, s: &str) {
+    out.put_slice(s.as_bytes());
+    out.put_u8(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn read_all(bytes: &[u8]) -> Vec<Result<Frame, String>> {
+        let mut r = FrameReader::new(bytes);
+        let mut out = Vec::new();
+        loop {
+            match r.next().await {
+                Ok(f) => out.push(Ok(f)),
+                Err(FrameError::Closed) => return out,
+                Err(e) => {
+                    out.push(Err(e.to_string()));
+                    return out;
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_split_and_hostile_lengths_are_refused() {
+        let mut wire = BytesMut::new();
+        frame(&mut wire, b'Q', |b| put_cstr(b, "SELECT 1"));
+        frame(&mut wire, b'S', |_| {});
+        let got = read_all(&wire).await;
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].as_ref().unwrap().body.as_ref(), b"SELECT 1\0");
+        assert_eq!(got[1].as_ref().unwrap().tag, b'S');
+
+        for len in [0i32, 3, -1, i32::MIN] {
+            let mut bad = vec![b'Q'];
+            bad.extend_from_slice(&len.to_be_bytes());
+            let got = read_all(&bad).await;
+            assert!(got[0].as_ref().unwrap_err().contains("below the minimum"), "{len}: {got:?}");
+        }
+        let mut huge = vec![b'Q'];
+        huge.extend_from_slice(&i32::MAX.to_be_bytes());
+        let got = read_all(&huge).await;
+        assert!(got[0].as_ref().unwrap_err().contains("exceeds"), "{got:?}");
+        // A frame cut off mid-body is an error, not a clean close.
+        let got = read_all(&wire[..wire.len() - 3]).await;
+        assert!(got.last().unwrap().is_err());
+    }
+
+    #[test]
+    fn cursor_refuses_short_and_trailing_data() {
+        let mut c = Cursor::new(b"ab", "test");
+        assert!(c.cstr().is_err());
+        let mut c = Cursor::new(&[0, 1], "test");
+        assert!(c.i32().is_err());
+        let mut c = Cursor::new(&[0xff, 0xff], "test");
+        assert!(c.count().is_err());
+        let c = Cursor::new(b"x", "test");
+        assert!(c.finish().is_err());
+    }
+}
