@@ -243,6 +243,16 @@ impl MaskingPlan {
         self.inner.paths.is_empty() && self.inner.active.is_empty() && self.inner.columns.is_empty()
     }
 
+    /// Whether any rule masks result columns (PostgreSQL).
+    pub fn has_column_rules(&self) -> bool {
+        !self.inner.columns.is_empty()
+    }
+
+    /// Whether any content detector is active.
+    pub fn has_detectors(&self) -> bool {
+        !self.inner.active.is_empty()
+    }
+
     /// Refuse if any contributing rule says Refuse.
     pub fn on_unparseable(&self) -> UnparseablePolicy {
         if self.inner.refuse {

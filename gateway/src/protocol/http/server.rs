@@ -1,6 +1,7 @@
-//! The HTTP listeners of the AgentGateway: bound from the configuration, rebound when their
-//! settings change, each connection served as HTTP/1.1 or HTTP/2 (by ALPN over TLS, by the
-//! connection preface in plaintext) with bounded header size and header read time.
+//! The listeners of the AgentGateway: bound from the configuration, rebound when their settings
+//! change. HTTP connections are served here as HTTP/1.1 or HTTP/2 (by ALPN over TLS, by the
+//! connection preface in plaintext) with bounded header size and header read time; PostgreSQL
+//! connections are handed to [`crate::protocol::postgres::session`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,8 +20,9 @@ use tokio::task::JoinHandle;
 
 use super::plane::Gateway;
 use super::proxy::{ConnContext, handle};
-use super::tls::server_config;
+use super::tls::{server_config, server_config_with_alpn};
 use crate::config::watch::SnapshotReceiver;
+use crate::protocol::postgres::session::Context as PostgresContext;
 
 /// Longest time a client may take to send a request head (slowloris).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,20 +47,16 @@ struct Running {
     task: JoinHandle<()>,
 }
 
-/// Runs the HTTP listeners of each configuration until `shutdown` turns true.
+/// Runs the listeners of each configuration until `shutdown` turns true.
 pub async fn run(gw: Arc<Gateway>, mut snapshots: SnapshotReceiver, mut shutdown: watch::Receiver<bool>) {
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    let postgres = PostgresContext::new(gw.clone());
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
         if let Some(snapshot) = snapshot {
             gw.install(snapshot.clone());
             let cfg = &snapshot.config;
-            let wanted: Vec<&Listener> = cfg
-                .gateway
-                .listeners
-                .iter()
-                .filter(|l| l.protocol == ListenerProtocol::Http)
-                .collect();
+            let wanted: Vec<&Listener> = cfg.gateway.listeners.iter().collect();
             running.retain(|name, r| {
                 let keep = wanted.iter().any(|l| &l.name == name);
                 if !keep {
@@ -99,7 +97,15 @@ pub async fn run(gw: Arc<Gateway>, mut snapshots: SnapshotReceiver, mut shutdown
                     let _ = old.stop.send(true);
                     let _ = old.task.await;
                 }
-                let acceptor = match tls.map(|(c, k)| server_config(c, k)).transpose() {
+                let acceptor = match tls
+                    .map(|(c, k)| match l.protocol {
+                        ListenerProtocol::Http => server_config(c, k),
+                        ListenerProtocol::Postgres => {
+                            server_config_with_alpn(c, k, vec![b"postgresql".to_vec()])
+                        }
+                    })
+                    .transpose()
+                {
                     Ok(cfg) => cfg.map(tokio_rustls::TlsAcceptor::from),
                     Err(e) => {
                         tracing::error!(listener = %l.name, error = %e, "listener TLS configuration refused");
@@ -113,9 +119,16 @@ pub async fn run(gw: Arc<Gateway>, mut snapshots: SnapshotReceiver, mut shutdown
                         continue;
                     }
                 };
-                tracing::info!(listener = %l.name, %addr, tls = acceptor.is_some(), "HTTP listener up");
+                tracing::info!(listener = %l.name, %addr, tls = acceptor.is_some(), protocol = ?l.protocol, "listener up");
                 let (stop, stop_rx) = watch::channel(false);
-                let task = tokio::spawn(accept_loop(socket, acceptor, gw.clone(), l.name.clone(), stop_rx));
+                let task = match l.protocol {
+                    ListenerProtocol::Http => {
+                        tokio::spawn(accept_loop(socket, acceptor, gw.clone(), l.name.clone(), stop_rx))
+                    }
+                    ListenerProtocol::Postgres => {
+                        tokio::spawn(postgres_accept_loop(socket, acceptor, postgres.clone(), stop_rx))
+                    }
+                };
                 running.insert(l.name.clone(), Running { key, stop, task });
             }
         }
@@ -180,6 +193,33 @@ async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+async fn postgres_accept_loop(
+    socket: TcpListener,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    ctx: Arc<PostgresContext>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = socket.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        tokio::spawn(crate::protocol::postgres::session::serve(
+            ctx.clone(),
+            stream,
+            peer,
+            acceptor.clone(),
+        ));
     }
 }
 

@@ -30,13 +30,23 @@ fn key(pem: &SecretValue, what: &str) -> Result<PrivateKeyDer<'static>, String> 
 
 /// The listener's server configuration, offering HTTP/2 and HTTP/1.1 by ALPN.
 pub fn server_config(cert_pem: &SecretValue, key_pem: &SecretValue) -> Result<Arc<ServerConfig>, String> {
+    server_config_with_alpn(cert_pem, key_pem, vec![b"h2".to_vec(), b"http/1.1".to_vec()])
+}
+
+/// A server configuration offering `alpn` (PostgreSQL listeners offer `postgresql`, which libpq
+/// 17 and later ask for; older clients send no ALPN at all).
+pub fn server_config_with_alpn(
+    cert_pem: &SecretValue,
+    key_pem: &SecretValue,
+    alpn: Vec<Vec<u8>>,
+) -> Result<Arc<ServerConfig>, String> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
         .with_single_cert(certs(cert_pem, "tls.crt")?, key(key_pem, "tls.key")?)
         .map_err(|e| format!("listener certificate: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn;
     Ok(Arc::new(config))
 }
 

@@ -2,5 +2,12 @@
 //! their token as the password, and every statement is classified by PostgreSQL's own grammar and
 //! decided before it reaches the database.
 
+pub mod cancel;
+pub mod catalog;
 pub mod classify;
+pub mod handshake;
 pub mod message;
+pub mod rows;
+pub mod session;
+pub mod stream;
+pub mod upstream;

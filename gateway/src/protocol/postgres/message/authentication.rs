@@ -9,8 +9,12 @@ use super::{Cursor, FrameError, backend, frame, frontend, put_cstr};
 pub enum Authentication {
     Ok,
     CleartextPassword,
-    Md5Password { salt: [u8; 4] },
-    Sasl { mechanisms: Vec<String> },
+    Md5Password {
+        salt: [u8; 4],
+    },
+    Sasl {
+        mechanisms: Vec<String>,
+    },
     SaslContinue(Vec<u8>),
     SaslFinal(Vec<u8>),
     /// Kerberos, GSS, SSPI: not supported towards upstreams.

@@ -34,7 +34,10 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let k = BackendKeyData { pid: 1234, secret: -99 };
+        let k = BackendKeyData {
+            pid: 1234,
+            secret: -99,
+        };
         let mut b = BytesMut::new();
         k.encode(&mut b);
         assert_eq!(BackendKeyData::parse(&b[5..]).unwrap(), k);

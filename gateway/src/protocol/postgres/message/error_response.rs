@@ -62,7 +62,10 @@ impl ErrorResponse {
     }
 
     pub fn field(&self, code: u8) -> Option<&str> {
-        self.fields.iter().find(|(c, _)| *c == code).map(|(_, v)| v.as_str())
+        self.fields
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn code(&self) -> Option<&str> {

@@ -88,7 +88,10 @@ pub enum FrameError {
     #[error("message length {0} exceeds the gateway's limit of {MAX_FRAME_BYTES} bytes")]
     TooLong(usize),
     #[error("malformed {what} message: {problem}")]
-    Malformed { what: &'static str, problem: &'static str },
+    Malformed {
+        what: &'static str,
+        problem: &'static str,
+    },
 }
 
 impl FrameError {
@@ -131,6 +134,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Bytes already read but not yet returned as frames (0 means a flush point: the peer has
     /// nothing more in flight that we know of).
+    /// A reader that starts with bytes already read from `io`.
+    pub fn with_buffer(io: R, buf: BytesMut) -> Self {
+        Self { io, buf }
+    }
+
     pub fn buffered(&self) -> usize {
         self.buf.len()
     }
@@ -339,7 +347,10 @@ mod tests {
             let mut bad = vec![b'Q'];
             bad.extend_from_slice(&len.to_be_bytes());
             let got = read_all(&bad).await;
-            assert!(got[0].as_ref().unwrap_err().contains("below the minimum"), "{len}: {got:?}");
+            assert!(
+                got[0].as_ref().unwrap_err().contains("below the minimum"),
+                "{len}: {got:?}"
+            );
         }
         let mut huge = vec![b'Q'];
         huge.extend_from_slice(&i32::MAX.to_be_bytes());

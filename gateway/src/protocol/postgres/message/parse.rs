@@ -12,6 +12,7 @@ pub struct Parse {
     pub param_types: Vec<u32>,
 }
 
+#[allow(clippy::self_named_constructors)] // `parse` decodes, as on every message.
 impl Parse {
     pub fn parse(body: &[u8]) -> Result<Self, FrameError> {
         let mut c = Cursor::new(body, "Parse");

@@ -14,9 +14,15 @@ pub const CANCEL_REQUEST: i32 = 80_877_102;
 pub enum StartupPacket {
     SslRequest,
     GssEncRequest,
-    Cancel { pid: i32, secret: i32 },
+    Cancel {
+        pid: i32,
+        secret: i32,
+    },
     /// Protocol 3.x with its parameters, in order.
-    Startup { minor: u16, params: Vec<(String, String)> },
+    Startup {
+        minor: u16,
+        params: Vec<(String, String)>,
+    },
 }
 
 impl StartupPacket {
@@ -100,7 +106,10 @@ mod tests {
             StartupPacket::Cancel { pid: 42, secret: -7 },
             StartupPacket::Startup {
                 minor: 0,
-                params: vec![("user".into(), "agent".into()), ("database".into(), "orders".into())],
+                params: vec![
+                    ("user".into(), "agent".into()),
+                    ("database".into(), "orders".into()),
+                ],
             },
         ] {
             let mut b = BytesMut::new();

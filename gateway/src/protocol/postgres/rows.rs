@@ -1,0 +1,343 @@
+//! Result masking: each RowDescription compiles into a per-column plan (a column rule resolved
+//! through the field's table and attribute, detectors on values), then every DataRow is rewritten
+//! one at a time, so results of any size stream through with bounded memory. Text and binary
+//! formats are both handled: binary numbers are decoded for the detectors, and a masked value
+//! that cannot be written in its binary type becomes NULL rather than leaking.
+
+use agentgate_crds::policy::MaskingStrategy;
+use bytes::{BufMut, BytesMut};
+use serde_json::Value;
+
+use super::message::data_row::DataRow;
+use super::message::row_description::{Field, RowDescription};
+use super::message::{FrameError, backend, frame};
+use crate::masking::{MaskReport, MaskingPlan};
+
+/// Type OIDs whose binary form is the text itself.
+const TEXT_LIKE: &[u32] = &[25, 1043, 1042, 19, 114, 142, 705, 18];
+const JSONB: u32 = 3802;
+const INT2: u32 = 21;
+const INT4: u32 = 23;
+const INT8: u32 = 20;
+const NUMERIC: u32 = 1700;
+
+/// What happens to one column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Column {
+    whole: Option<MaskingStrategy>,
+    binary: bool,
+    type_oid: u32,
+}
+
+/// The masking of one result set.
+#[derive(Debug)]
+pub struct RowMasker {
+    plan: MaskingPlan,
+    columns: Vec<Column>,
+    detect: bool,
+    names: Vec<String>,
+}
+
+impl RowMasker {
+    /// `whole` says, for each field, whether a column rule masks it entirely.
+    pub fn new(
+        plan: &MaskingPlan,
+        detect: bool,
+        rows: &RowDescription,
+        whole: impl Fn(&Field) -> Option<MaskingStrategy>,
+    ) -> Self {
+        Self {
+            plan: plan.clone(),
+            columns: rows
+                .fields
+                .iter()
+                .map(|f| Column {
+                    whole: whole(f),
+                    binary: f.format == 1,
+                    type_oid: f.type_oid,
+                })
+                .collect(),
+            detect,
+            names: rows.fields.iter().map(|f| f.name.clone()).collect(),
+        }
+    }
+
+    /// Nothing to mask in this result.
+    pub fn is_noop(&self) -> bool {
+        !self.detect && self.columns.iter().all(|c| c.whole.is_none())
+    }
+
+    /// Column names, for recordings.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Rewrites one DataRow body into a whole frame in `out`. Returns the masked values as
+    /// recorded text (when `record` is set).
+    pub fn mask(
+        &self,
+        body: &[u8],
+        out: &mut BytesMut,
+        report: &mut MaskReport,
+        record: bool,
+    ) -> Result<Option<Vec<Value>>, FrameError> {
+        let row = DataRow::parse(body)?;
+        if row.values.len() != self.columns.len() && !self.is_noop() {
+            // A row that does not match its description cannot be masked: fail closed.
+            return Err(FrameError::malformed(
+                "DataRow",
+                "column count differs from RowDescription",
+            ));
+        }
+        let mut recorded = record.then(|| Vec::with_capacity(row.values.len()));
+        if self.is_noop() {
+            out.reserve(body.len() + 5);
+            frame(out, backend::DATA_ROW, |b| b.put_slice(body));
+            if let Some(r) = recorded.as_mut() {
+                for (i, v) in row.values.iter().enumerate() {
+                    r.push(self.record_value(i, *v));
+                }
+            }
+            return Ok(recorded);
+        }
+        let mut masked: Vec<Option<std::borrow::Cow<'_, [u8]>>> = Vec::with_capacity(row.values.len());
+        for (i, v) in row.values.iter().enumerate() {
+            let col = self.columns[i];
+            let m = match v {
+                None => None,
+                Some(v) => self.mask_value(col, v, report),
+            };
+            masked.push(m);
+        }
+        if let Some(r) = recorded.as_mut() {
+            for (i, v) in masked.iter().enumerate() {
+                r.push(self.record_value(i, v.as_deref()));
+            }
+        }
+        super::message::data_row::encode(out, &masked);
+        Ok(recorded)
+    }
+
+    fn mask_value<'v>(
+        &self,
+        col: Column,
+        v: &'v [u8],
+        report: &mut MaskReport,
+    ) -> Option<std::borrow::Cow<'v, [u8]>> {
+        use std::borrow::Cow;
+        if !col.binary || TEXT_LIKE.contains(&col.type_oid) {
+            let text = String::from_utf8_lossy(v);
+            if let Some(strategy) = col.whole {
+                return Some(Cow::Owned(self.plan.mask_value(strategy, &text).into_bytes()));
+            }
+            if !self.detect {
+                return Some(Cow::Borrowed(v));
+            }
+            let (out, r) = self.plan.mask_text(&text);
+            report.add(&r);
+            return Some(if r.is_empty() {
+                Cow::Borrowed(v)
+            } else {
+                Cow::Owned(out.into_owned().into_bytes())
+            });
+        }
+        if col.type_oid == JSONB && v.first() == Some(&1) {
+            let text = String::from_utf8_lossy(&v[1..]);
+            let masked = if let Some(strategy) = col.whole {
+                serde_json::to_string(&self.plan.mask_value(strategy, &text)).unwrap_or_default()
+            } else {
+                let mut out = Vec::new();
+                // A jsonb value the masker cannot parse is withheld.
+                match self.plan.mask_json(text.as_bytes(), &mut out) {
+                    Ok(r) if r.is_empty() => return Some(Cow::Borrowed(v)),
+                    Ok(r) => {
+                        report.add(&r);
+                        String::from_utf8_lossy(&out).into_owned()
+                    }
+                    Err(_) => return None,
+                }
+            };
+            let mut b = Vec::with_capacity(masked.len() + 1);
+            b.push(1);
+            b.extend_from_slice(masked.as_bytes());
+            return Some(Cow::Owned(b));
+        }
+        if col.whole.is_some() {
+            // No masked form fits a binary number, date or UUID: withhold the value.
+            return None;
+        }
+        if self.detect
+            && let Some(digits) = decode_number(col.type_oid, v)
+        {
+            let (_, r) = self.plan.mask_text(&digits);
+            if !r.is_empty() {
+                report.add(&r);
+                return None;
+            }
+        }
+        Some(Cow::Borrowed(v))
+    }
+
+    fn record_value(&self, i: usize, v: Option<&[u8]>) -> Value {
+        let Some(v) = v else { return Value::Null };
+        let col = self.columns.get(i).copied();
+        match col {
+            Some(c) if c.binary && !TEXT_LIKE.contains(&c.type_oid) => match decode_number(c.type_oid, v) {
+                Some(d) => Value::String(d),
+                None if c.type_oid == JSONB && v.first() == Some(&1) => {
+                    Value::String(String::from_utf8_lossy(&v[1..]).into_owned())
+                }
+                None => Value::String(format!("<binary, {} bytes>", v.len())),
+            },
+            _ => Value::String(String::from_utf8_lossy(v).into_owned()),
+        }
+    }
+}
+
+/// The decimal text of a binary int2/int4/int8/numeric value.
+fn decode_number(type_oid: u32, v: &[u8]) -> Option<String> {
+    match (type_oid, v.len()) {
+        (INT2, 2) => Some(i16::from_be_bytes([v[0], v[1]]).to_string()),
+        (INT4, 4) => Some(i32::from_be_bytes([v[0], v[1], v[2], v[3]]).to_string()),
+        (INT8, 8) => Some(i64::from_be_bytes(v.try_into().ok()?).to_string()),
+        (NUMERIC, n) if n >= 8 => {
+            let word = |i: usize| i16::from_be_bytes([v[2 * i], v[2 * i + 1]]);
+            let ndigits = usize::try_from(word(0)).ok()?;
+            let weight = word(1);
+            let sign = word(2) as u16;
+            if v.len() != 8 + 2 * ndigits || sign == 0xC000 {
+                return None;
+            }
+            let mut s = String::new();
+            if sign == 0x4000 {
+                s.push('-');
+            }
+            // Base-10000 digits; the integer part is what card and phone detectors look at.
+            for i in 0..ndigits {
+                let d = word(4 + i);
+                if i == 0 {
+                    s.push_str(&d.to_string());
+                } else {
+                    s.push_str(&format!("{d:04}"));
+                }
+                if i as i16 == weight && i + 1 < ndigits {
+                    s.push('.');
+                }
+            }
+            for _ in ndigits as i16..=weight {
+                s.push_str("0000");
+            }
+            Some(s)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::masking::HashKey;
+    use agentgate_crds::policy::{Detector, MaskingRule};
+
+    fn plan() -> MaskingPlan {
+        let rule = MaskingRule {
+            columns: vec!["public.customers.email".into()],
+            json_fields: vec![],
+            detectors: vec![Detector::Email, Detector::CreditCard],
+            strategy: MaskingStrategy::Redact,
+            on_unparseable: Default::default(),
+        };
+        MaskingPlan::compile(&[&rule], HashKey::from_bytes([7; 32])).unwrap()
+    }
+
+    fn field(name: &str, table: u32, type_oid: u32, format: i16) -> Field {
+        Field {
+            name: name.into(),
+            table_oid: table,
+            column: 1,
+            type_oid,
+            type_size: -1,
+            type_modifier: -1,
+            format,
+        }
+    }
+
+    fn run(m: &RowMasker, values: &[Option<&[u8]>]) -> Vec<Option<Vec<u8>>> {
+        let mut body = BytesMut::new();
+        super::super::message::data_row::encode(&mut body, values);
+        let mut out = BytesMut::new();
+        let mut report = MaskReport::default();
+        m.mask(&body[5..], &mut out, &mut report, false).unwrap();
+        DataRow::parse(&out[5..])
+            .unwrap()
+            .values
+            .into_iter()
+            .map(|v| v.map(<[u8]>::to_vec))
+            .collect()
+    }
+
+    #[test]
+    fn columns_and_detectors_in_text_and_binary() {
+        let rows = RowDescription {
+            fields: vec![
+                field("email", 100, 25, 0),
+                field("note", 0, 25, 1),
+                field("card", 0, INT8, 1),
+                field("email_bin", 100, 1043, 1),
+                field("id", 0, INT4, 1),
+            ],
+        };
+        let m = RowMasker::new(&plan(), true, &rows, |f| {
+            (f.table_oid == 100).then_some(MaskingStrategy::Redact)
+        });
+        let card = 4111111111111111i64.to_be_bytes();
+        let id = 42i32.to_be_bytes();
+        let got = run(
+            &m,
+            &[
+                Some(b"a@example.com"),
+                Some(b"mail bob@example.org now"),
+                Some(&card),
+                Some(b"c@example.com"),
+                Some(&id),
+            ],
+        );
+        assert_ne!(got[0].as_deref(), Some(&b"a@example.com"[..]));
+        let note = String::from_utf8(got[1].clone().unwrap()).unwrap();
+        assert!(
+            !note.contains("bob@example.org") && note.starts_with("mail "),
+            "{note}"
+        );
+        assert_eq!(got[2], None, "a binary card number is withheld");
+        assert!(!String::from_utf8_lossy(got[3].as_deref().unwrap()).contains("c@example.com"));
+        assert_eq!(got[4].as_deref(), Some(&id[..]), "other numbers pass untouched");
+    }
+
+    #[test]
+    fn numeric_binary_is_decoded_for_detectors() {
+        // 4111111111111111 as numeric: digits 4111 1111 1111 1111, weight 3.
+        let mut v = Vec::new();
+        for w in [4i16, 3, 0, 0, 4111, 1111, 1111, 1111] {
+            v.extend_from_slice(&w.to_be_bytes());
+        }
+        assert_eq!(decode_number(NUMERIC, &v).unwrap(), "4111111111111111");
+        let mut v = Vec::new();
+        for w in [2i16, 0, 0x4000, 2, 12, 5000] {
+            v.extend_from_slice(&(w as u16).to_be_bytes());
+        }
+        assert_eq!(decode_number(NUMERIC, &v).unwrap(), "-12.5000");
+    }
+
+    #[test]
+    fn noop_rows_are_copied() {
+        let rows = RowDescription {
+            fields: vec![field("n", 0, 25, 0)],
+        };
+        let m = RowMasker::new(&plan(), false, &rows, |_| None);
+        assert!(m.is_noop());
+        assert_eq!(
+            run(&m, &[Some(b"x@example.com")])[0].as_deref(),
+            Some(&b"x@example.com"[..])
+        );
+    }
+}

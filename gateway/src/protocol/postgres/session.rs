@@ -1,0 +1,1503 @@
+//! One client session, start to end: authenticate the agent, connect the upstream as the
+//! Connection's role, then relay messages both ways. Every statement is classified and decided
+//! before it is forwarded; results are masked row by row and recorded.
+//!
+//! Refusals keep the session's protocol and transaction state exactly PostgreSQL's own: instead
+//! of the refused message the gateway sends the upstream a message that is certain to fail
+//! without side effects (a query that does not parse, or Execute of a portal that cannot
+//! exist), and substitutes its own ErrorResponse for the upstream's. The upstream then skips to
+//! the next Sync, aborts an open transaction, and answers ReadyForQuery, in the order the
+//! client expects, whatever was pipelined around the refusal.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use agentgate_crds::connection::ConnectionType;
+use agentgate_crds::gateway::RecordingMode;
+use agentgate_crds::policy::{Action, StatementKind};
+use bytes::{Bytes, BytesMut};
+use rustls::ClientConfig;
+use serde_json::{Value, json};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::cancel::{self, CancelRegistry, CancelTarget};
+use super::catalog::{self, MaskedColumns};
+use super::classify::{Classified, Classifier, Statement};
+use super::handshake::{self, Opening, StartupError};
+use super::message::authentication::Authentication;
+use super::message::bind::Bind;
+use super::message::command_complete::CommandComplete;
+use super::message::describe::Target;
+use super::message::error_response::{ErrorResponse, sqlstate};
+use super::message::execute::Execute;
+use super::message::parse::Parse;
+use super::message::query::Query;
+use super::message::ready_for_query::TransactionStatus;
+use super::message::row_description::RowDescription;
+use super::message::{Frame, FrameError, FrameReader, backend, frontend};
+use super::rows::RowMasker;
+use super::stream::Stream;
+use super::upstream::{self, Upstream};
+use crate::config::CompiledConnection;
+use crate::identity::Presented;
+use crate::identity::dpop::RequestTarget;
+use crate::masking::{MaskReport, MaskingPlan};
+use crate::policy::index::Subject;
+use crate::policy::operation::{Operation, SqlOperation};
+use crate::protocol::http::plane::{Gateway, Plane};
+use crate::recording::Session as Recording;
+
+/// Result rows kept in the recording of each statement (after masking).
+pub const MAX_RECORDED_ROWS: usize = 100;
+/// Statement text kept in recordings and error messages.
+pub const MAX_RECORDED_SQL: usize = 16 * 1024;
+/// Write buffer size at which the relay writes even if more messages are ready.
+const FLUSH_BYTES: usize = 64 * 1024;
+/// Distinct classified statements kept per gateway.
+pub const CLASSIFIER_CAPACITY: usize = 16 * 1024;
+
+/// What PostgreSQL sessions share across a gateway process.
+#[derive(Debug)]
+pub struct Context {
+    pub gateway: Arc<Gateway>,
+    pub cancels: Arc<CancelRegistry>,
+    pub classifier: Classifier,
+    /// Upstream TLS configurations by connection, with the snapshot they were built for.
+    tls: Mutex<HashMap<String, (usize, Arc<ClientConfig>)>>,
+}
+
+impl Context {
+    pub fn new(gateway: Arc<Gateway>) -> Arc<Self> {
+        Arc::new(Self {
+            gateway,
+            cancels: Arc::new(CancelRegistry::default()),
+            classifier: Classifier::new(CLASSIFIER_CAPACITY),
+            tls: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn upstream_tls(&self, plane: &Plane, conn: &CompiledConnection) -> Result<Arc<ClientConfig>, String> {
+        let generation = Arc::as_ptr(&plane.snapshot) as usize;
+        let mut cache = self.tls.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((g, c)) = cache.get(&conn.name)
+            && *g == generation
+        {
+            return Ok(c.clone());
+        }
+        let cert = conn
+            .credential
+            .as_ref()
+            .and_then(|c| c.client_certificate.as_ref());
+        let config = crate::protocol::http::tls::client_config(&crate::protocol::http::tls::UpstreamTls {
+            ca: conn.ca.as_ref(),
+            insecure_skip_verify: conn.insecure_skip_verify,
+            client_certificate: cert.map(|(c, k)| (c, k)),
+        })?;
+        let config = Arc::new(config);
+        cache.insert(conn.name.clone(), (generation, config.clone()));
+        Ok(config)
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Serves one accepted TCP connection until it ends.
+pub async fn serve(
+    ctx: Arc<Context>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let opening = match tokio::time::timeout(
+        handshake::STARTUP_TIMEOUT,
+        handshake::open(tcp, acceptor.as_ref()),
+    )
+    .await
+    {
+        Ok(Ok(o)) => o,
+        Ok(Err(StartupError::Drop(why))) => {
+            tracing::debug!(%peer, why, "postgres connection dropped during startup");
+            return;
+        }
+        Ok(Err(StartupError::Reject(e))) => {
+            // Nothing negotiated yet: the error goes out in plaintext, as PostgreSQL does.
+            tracing::info!(%peer, error = e.message().unwrap_or_default(), "postgres startup refused");
+            return;
+        }
+        Err(_) => return,
+    };
+    let mut started = match opening {
+        Opening::Cancel { pid, secret } => {
+            if let Some(target) = ctx.cancels.lookup(pid, secret)
+                && let Err(e) = cancel::send(target).await
+            {
+                tracing::warn!(error = %e, "forwarding a cancel request failed");
+            }
+            return;
+        }
+        Opening::Session(s) => *s,
+    };
+    match start(&ctx, &mut started, peer).await {
+        Ok((session, up)) => session.run(up, started).await,
+        Err(StartupError::Reject(e)) => {
+            tracing::info!(%peer, user = %started.user, database = %started.database,
+                code = e.code().unwrap_or_default(), error = e.message().unwrap_or_default(),
+                "postgres session refused");
+            let mut out = BytesMut::new();
+            e.encode(&mut out);
+            let _ = started.writer.write_all(&out).await;
+            let _ = started.writer.shutdown().await;
+        }
+        Err(StartupError::Drop(why)) => tracing::debug!(%peer, why, "postgres connection dropped"),
+    }
+}
+
+fn fatal(code: &str, message: impl Into<String>) -> StartupError {
+    StartupError::Reject(ErrorResponse::fatal(code, message))
+}
+
+/// Everything a running session holds.
+struct Live {
+    ctx: Arc<Context>,
+    plane: Arc<Plane>,
+    connection: String,
+    identity: String,
+    groups: Vec<String>,
+    plan: MaskingPlan,
+    masked: Arc<MaskedColumns>,
+    recording: Option<Arc<Recording>>,
+    mode: RecordingMode,
+    _cancel: cancel::Registration,
+    /// Unique per session, so no client text can collide with the gateway's refusal markers.
+    marker: String,
+    /// Whether any applicable rule caps rows (so decisions look for the smallest cap).
+    row_limits: bool,
+}
+
+async fn start(
+    ctx: &Arc<Context>,
+    s: &mut handshake::Started,
+    peer: SocketAddr,
+) -> Result<(Live, Upstream), StartupError> {
+    let plane = ctx
+        .gateway
+        .plane()
+        .ok_or_else(|| fatal("57P03", "the gateway is starting up"))?;
+    let token = handshake::read_token(s, peer).await?;
+    let verifier = plane.verifier.as_ref().map_err(|_| {
+        fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            "the gateway cannot verify tokens (configuration error)",
+        )
+    })?;
+    let authorization = format!("Bearer {token}");
+    let url = format!("postgres://gateway/{}", s.database);
+    let presented = Presented {
+        authorization: Some(&authorization),
+        dpop: &[],
+        target: RequestTarget {
+            method: "CONNECT",
+            url: &url,
+        },
+    };
+    let principal = verifier.verify(&presented, now()).await.map_err(|e| {
+        tracing::info!(%peer, error = %e, "postgres token refused");
+        fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            format!("token refused: {}", e.kind.describe()),
+        )
+    })?;
+    if principal.identity != s.user {
+        return Err(fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            format!(
+                "the token is for identity {:?}, not user {:?}: connect with user={}",
+                principal.identity, s.user, principal.identity
+            ),
+        ));
+    }
+    let cfg = &plane.snapshot.config;
+    let conn = cfg
+        .connections
+        .get(&s.database)
+        .filter(|c| c.kind == ConnectionType::Postgres)
+        .ok_or_else(|| {
+            fatal(
+                sqlstate::INVALID_CATALOG_NAME,
+                format!(
+                    "{:?} is not a Postgres connection served by this gateway",
+                    s.database
+                ),
+            )
+        })?;
+    let subject = Subject {
+        identity: &principal.identity,
+        groups: &principal.groups,
+    };
+    let applicable = cfg.policy_index.applicable(&cfg.policies, &conn.name, subject);
+    if applicable.is_empty() {
+        return Err(fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            format!(
+                "no AccessPolicy grants identity {} access to connection {}",
+                principal.identity, conn.name
+            ),
+        ));
+    }
+    let plan = plane.masking_plan(conn, &applicable);
+    let row_limits = applicable
+        .iter()
+        .any(|p| p.rules.iter().any(|r| r.matcher.row_limit().is_some()));
+    let tls = ctx.upstream_tls(&plane, conn).map_err(|e| {
+        fatal(
+            sqlstate::CONNECTION_FAILURE,
+            format!("connection {}: upstream TLS: {e}", conn.name),
+        )
+    })?;
+    let mut up = upstream::connect(conn, Some(tls), &s.params).await.map_err(|e| {
+        fatal(
+            sqlstate::CONNECTION_FAILURE,
+            format!("connection {}: {e}", conn.name),
+        )
+    })?;
+    let masked = catalog::resolve(&mut up, &plan).await.map_err(|e| {
+        fatal(
+            sqlstate::CONNECTION_FAILURE,
+            format!("connection {}: {e}", conn.name),
+        )
+    })?;
+    let mode = cfg.gateway.recording.mode;
+    let recording = match &plane.recorder {
+        Ok(r) => match r.start_session(json!({
+            "identity": principal.identity,
+            "connection": conn.name,
+            "protocol": "postgres",
+            "peer": peer.to_string(),
+            "subject": principal.subject,
+            "issuer": principal.issuer,
+            "application_name": s.params.iter().find(|(k, _)| k == "application_name").map(|(_, v)| v),
+        })) {
+            Ok(session) => Some(Arc::new(session)),
+            Err(e) if mode == RecordingMode::Required => {
+                tracing::error!(error = %e, "cannot start a session recording");
+                return Err(fatal(
+                    sqlstate::INTERNAL_ERROR,
+                    "session recording is required and unavailable",
+                ));
+            }
+            Err(_) => None,
+        },
+        Err(_) if mode == RecordingMode::Required => {
+            return Err(fatal(
+                sqlstate::INTERNAL_ERROR,
+                "session recording is required and unavailable",
+            ));
+        }
+        Err(_) => None,
+    };
+    let registration = ctx.cancels.register(CancelTarget {
+        upstream: up.addr,
+        key: up.key,
+    });
+    let mut raw = [0u8; 12];
+    aws_lc_rs::rand::fill(&mut raw)
+        .map_err(|_| fatal(sqlstate::INTERNAL_ERROR, "random generator failed"))?;
+    let marker = format!("agentgate_refused_{}", crate::recording::chain::hex(&raw));
+    tracing::info!(identity = %principal.identity, connection = %conn.name, %peer, dropped_parameters = ?s.dropped,
+        "postgres session started");
+    Ok((
+        Live {
+            ctx: ctx.clone(),
+            plane: plane.clone(),
+            connection: conn.name.clone(),
+            identity: principal.identity.clone(),
+            groups: principal.groups.clone(),
+            plan,
+            masked: Arc::new(masked),
+            recording,
+            mode,
+            _cancel: registration,
+            marker,
+            row_limits,
+        },
+        up,
+    ))
+}
+
+/// A refusal: the error the client gets in place of the upstream's answer to the marker.
+#[derive(Debug, Clone)]
+struct Refusal {
+    error: ErrorResponse,
+    /// The SQLSTATE the upstream answers the marker with.
+    marker_code: &'static str,
+}
+
+/// What the server side needs to know about one statement's results.
+#[derive(Debug, Clone, Default)]
+struct ResultPlan {
+    /// Summary for the recording.
+    sql: String,
+    row_limit: Option<u64>,
+    /// Rule that set the row limit, for the notice.
+    limit_rule: Option<String>,
+    /// Mask computed columns entirely (the statement computes over masked columns).
+    mask_computed: bool,
+    /// COPY TO output passes through the detectors.
+    copy_out: bool,
+}
+
+/// One message forwarded upstream that the upstream will answer, in order.
+#[derive(Debug)]
+enum Pending {
+    /// A simple Query (or its refusal marker): ends at ReadyForQuery.
+    Query {
+        results: Vec<ResultPlan>,
+        refused: Option<Refusal>,
+    },
+    Parse {
+        seq: u64,
+    },
+    Bind,
+    /// A Describe; `internal` ones were added by the gateway to learn a portal's columns.
+    Describe {
+        internal: bool,
+    },
+    Execute {
+        plan: ResultPlan,
+        refused: Option<Refusal>,
+    },
+    Close,
+    Sync,
+    /// Not an answer: the client side stopped the session with this error.
+    Fatal(Fatal),
+}
+
+/// Prepared statements and portals, as the client side expects the upstream to hold them.
+#[derive(Debug, Default)]
+struct Prepared {
+    seq: u64,
+    /// Protocol-level statements: text classification and the Parse that registered it.
+    statements: HashMap<String, Entry>,
+    portals: HashMap<String, Portal>,
+    /// SQL-level `PREPARE name AS ...`.
+    sql: HashMap<String, Option<Arc<Statement>>>,
+}
+
+#[derive(Debug, Clone)]
+enum Entry {
+    /// Registered by Parse number `seq`; `confirmed` once the upstream answered ParseComplete.
+    Known {
+        classified: Arc<Classified>,
+        seq: u64,
+        confirmed: bool,
+    },
+    /// A named Parse while an earlier one with the name was unconfirmed: which one the upstream
+    /// holds depends on answers not seen yet, so the name is refused until closed.
+    Ambiguous,
+}
+
+#[derive(Debug, Clone)]
+struct Portal {
+    classified: Arc<Classified>,
+    params: Vec<Value>,
+}
+
+impl Prepared {
+    /// Voids registrations by Parse messages the upstream skipped or refused (`seq` range).
+    fn void(&mut self, seqs: &[u64]) {
+        self.statements.retain(|_, e| match e {
+            Entry::Known { seq, confirmed, .. } => *confirmed || !seqs.contains(seq),
+            Entry::Ambiguous => true,
+        });
+    }
+
+    fn confirm(&mut self, s: u64) {
+        for e in self.statements.values_mut() {
+            if let Entry::Known { seq, confirmed, .. } = e
+                && *seq == s
+            {
+                *confirmed = true;
+            }
+        }
+    }
+}
+
+type Shared = Arc<Mutex<Prepared>>;
+
+fn lock(p: &Shared) -> std::sync::MutexGuard<'_, Prepared> {
+    p.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+fn kind_name(k: StatementKind) -> String {
+    serde_json::to_value(k)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// How one statement was decided.
+struct Verdict {
+    action: Action,
+    rule: Option<String>,
+    message: String,
+    row_limit: Option<u64>,
+    label: &'static str,
+}
+
+impl Live {
+    /// Decides one statement (after resolving SQL-level EXECUTE to its prepared statement).
+    fn decide(&self, statement: &Statement, prepared: &Prepared) -> Verdict {
+        let target: Arc<Statement>;
+        let mut st = statement;
+        if let Some(name) = &statement.execute {
+            match prepared.sql.get(name) {
+                Some(Some(inner)) => {
+                    target = inner.clone();
+                    st = &target;
+                }
+                _ => {
+                    return Verdict {
+                        action: Action::Deny,
+                        rule: None,
+                        message: format!(
+                            "EXECUTE {name}: the gateway does not know what the prepared statement {name:?} does (prepare it in this session, by name, once)"
+                        ),
+                        row_limit: None,
+                        label: "deny",
+                    };
+                }
+            }
+        }
+        if st.copy.is_some_and(|c| !c.from) && st.tables.iter().any(|t| self.masked.has_masked_table(t)) {
+            return Verdict {
+                action: Action::Deny,
+                rule: None,
+                message: "COPY TO of a table with masked columns is refused (its columns cannot be masked); use SELECT".into(),
+                row_limit: None,
+                label: "deny",
+            };
+        }
+        let cfg = &self.plane.snapshot.config;
+        let op = Operation::Sql(SqlOperation { statement: st });
+        let subject = Subject {
+            identity: &self.identity,
+            groups: &self.groups,
+        };
+        let d = cfg
+            .policy_index
+            .decide(&cfg.policies, &self.connection, subject, &op, now());
+        // Every Allow rule that matches restricts: the smallest row cap among them applies, not
+        // only the cap of the rule that decided.
+        let mut row_limit: Option<u64> = None;
+        if d.action == Action::Allow && self.row_limits {
+            let t = now();
+            for p in cfg
+                .policy_index
+                .applicable(&cfg.policies, &self.connection, subject)
+            {
+                for r in &p.rules {
+                    if r.action == Action::Allow
+                        && let Some(limit) = r.matcher.row_limit()
+                        && r.matcher.matches(Action::Allow, &op, t)
+                    {
+                        row_limit = Some(row_limit.map_or(limit, |l| l.min(limit)));
+                    }
+                }
+            }
+        }
+        Verdict {
+            action: d.action,
+            rule: d.rule_ref(),
+            message: d.explain(&op),
+            row_limit,
+            label: d.label(),
+        }
+    }
+
+    fn record(&self, kind: &str, data: Value) -> Result<(), ()> {
+        let Some(r) = &self.recording else {
+            return if self.mode == RecordingMode::Required {
+                Err(())
+            } else {
+                Ok(())
+            };
+        };
+        match r.record(kind, data) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.ctx
+                    .gateway
+                    .metrics
+                    .recording_failures
+                    .with_label_values(&[if self.mode == RecordingMode::Required {
+                        "required"
+                    } else {
+                        "best_effort"
+                    }])
+                    .inc();
+                tracing::error!(error = %e, "recording a postgres event failed");
+                if self.mode == RecordingMode::Required {
+                    Err(())
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    /// Whether computed result columns of `st` must be masked: it reads masked columns by name,
+    /// by `*`, or as whole rows.
+    fn computes_over_masked(&self, st: &Statement) -> bool {
+        if self.masked.is_empty() {
+            return false;
+        }
+        st.columns.iter().any(|c| {
+            self.masked.is_masked_name(c)
+                || (c == "*" && st.tables.iter().any(|t| self.masked.has_masked_table(t)))
+                || st
+                    .tables
+                    .iter()
+                    .any(|t| t.rsplit('.').next() == Some(c.as_str()) && self.masked.has_masked_table(t))
+        })
+    }
+
+    fn result_plan(&self, st: &Statement, v: &Verdict) -> ResultPlan {
+        ResultPlan {
+            sql: truncate(&st.text, MAX_RECORDED_SQL),
+            row_limit: v.row_limit,
+            limit_rule: v.rule.clone(),
+            mask_computed: self.computes_over_masked(st),
+            copy_out: st.copy.is_some_and(|c| !c.from),
+        }
+    }
+
+    fn masked_sql(&self, sql: &str) -> String {
+        truncate(&self.plan.mask_text(sql).0, MAX_RECORDED_SQL)
+    }
+
+    async fn run(self, up: Upstream, started: handshake::Started) {
+        let handshake::Started {
+            reader: client_reader,
+            writer: mut client_writer,
+            ..
+        } = started;
+        // The client learns the session is ready only now: the upstream accepted the gateway.
+        let mut out = BytesMut::new();
+        Authentication::Ok.encode(&mut out);
+        for p in &up.params {
+            p.encode(&mut out);
+        }
+        self._cancel.key.encode(&mut out);
+        TransactionStatus::Idle.encode(&mut out);
+        if client_writer.write_all(&out).await.is_err() {
+            return;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared: Shared = Arc::new(Mutex::new(Prepared::default()));
+        let Upstream {
+            reader: up_reader,
+            writer: up_writer,
+            ..
+        } = up;
+        let this = Arc::new(self);
+        let down = ServerSide {
+            live: this.clone(),
+            queue: rx,
+            front: VecDeque::new(),
+            shared: shared.clone(),
+            result: None,
+            query_index: 0,
+            next_rows: None,
+            out: BytesMut::new(),
+            report: MaskReport::default(),
+        };
+        let down_task = tokio::spawn(down.run(up_reader, client_writer));
+        let reason = ClientSide {
+            live: this.clone(),
+            queue: tx,
+            shared,
+            out: BytesMut::new(),
+            copy_in: false,
+        }
+        .run(client_reader, up_writer)
+        .await;
+        // The server side ends when the upstream closes or the client writer fails.
+        let down_reason = match tokio::time::timeout(std::time::Duration::from_secs(5), down_task).await {
+            Ok(Ok(r)) => r,
+            _ => "aborted".to_string(),
+        };
+        if let Some(r) = &this.recording {
+            let _ = r.close(json!({ "reason": reason, "upstream": down_reason }));
+        }
+        tracing::info!(identity = %this.identity, connection = %this.connection, reason, "postgres session ended");
+    }
+}
+
+/// Writes buffered bytes.
+async fn flush(w: &mut WriteHalf<Stream>, out: &mut BytesMut) -> std::io::Result<()> {
+    if !out.is_empty() {
+        w.write_all(out).await?;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// Why the client side stopped.
+type Stop = String;
+
+/// Reads client messages, decides them and forwards them (or refusal markers) upstream.
+struct ClientSide {
+    live: Arc<Live>,
+    queue: mpsc::UnboundedSender<Pending>,
+    shared: Shared,
+    out: BytesMut,
+    /// A forwarded statement may start COPY FROM STDIN, so CopyData is expected.
+    copy_in: bool,
+}
+
+/// A message that stops the session: sent to the client by the server side, which owns the
+/// client's write half.
+#[derive(Debug)]
+struct Fatal(ErrorResponse);
+
+impl ClientSide {
+    async fn run(mut self, mut reader: FrameReader<ReadHalf<Stream>>, mut up: WriteHalf<Stream>) -> String {
+        loop {
+            let frame = match reader.try_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => {
+                    if flush(&mut up, &mut self.out).await.is_err() {
+                        return "upstream write failed".into();
+                    }
+                    match reader.next().await {
+                        Ok(f) => f,
+                        Err(FrameError::Closed) => return "client closed the connection".into(),
+                        Err(FrameError::Io(e)) => return format!("client i/o: {e}"),
+                        Err(e) => return self.violation(format!("{e}")),
+                    }
+                }
+                Err(e) => return self.violation(format!("{e}")),
+            };
+            match self.handle(frame) {
+                Ok(Next::Continue) => {}
+                Ok(Next::Flush) => {
+                    if flush(&mut up, &mut self.out).await.is_err() {
+                        return "upstream write failed".into();
+                    }
+                }
+                Ok(Next::Terminate) => {
+                    let _ = flush(&mut up, &mut self.out).await;
+                    let _ = up.shutdown().await;
+                    return "client terminated".into();
+                }
+                Err(stop) => return stop,
+            }
+            if self.out.len() >= FLUSH_BYTES && flush(&mut up, &mut self.out).await.is_err() {
+                return "upstream write failed".into();
+            }
+        }
+    }
+
+    /// Ends the session with a protocol-violation error (nothing more is forwarded).
+    fn violation(&mut self, what: String) -> Stop {
+        tracing::info!(identity = %self.live.identity, what, "postgres protocol violation");
+        let _ = self.queue.send(Pending::Fatal(Fatal(ErrorResponse::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!("protocol violation: {what}"),
+        ))));
+        format!("protocol violation: {what}")
+    }
+
+    fn push(&self, p: Pending) -> Result<(), Stop> {
+        self.queue.send(p).map_err(|_| "server side ended".to_string())
+    }
+
+    fn forward(&mut self, frame: &Frame) {
+        frame.encode(&mut self.out);
+    }
+
+    fn handle(&mut self, frame: Frame) -> Result<Next, Stop> {
+        let malformed = |s: &mut Self, e: FrameError| s.violation(e.to_string());
+        match frame.tag {
+            frontend::QUERY => {
+                let q = Query::parse(&frame.body).map_err(|e| malformed(self, e))?;
+                self.query(&frame, &q.sql)?;
+            }
+            frontend::PARSE => {
+                let p = Parse::parse(&frame.body).map_err(|e| malformed(self, e))?;
+                self.parse(&frame, p)?;
+            }
+            frontend::BIND => {
+                let b = Bind::parse(&frame.body).map_err(|e| malformed(self, e))?;
+                self.bind(&frame, b)?;
+            }
+            frontend::DESCRIBE => {
+                Target::parse(&frame.body, "Describe").map_err(|e| malformed(self, e))?;
+                self.forward(&frame);
+                self.push(Pending::Describe { internal: false })?;
+            }
+            frontend::EXECUTE => {
+                let e = Execute::parse(&frame.body).map_err(|e| malformed(self, e))?;
+                self.execute(&frame, e)?;
+            }
+            frontend::CLOSE => {
+                let t = Target::parse(&frame.body, "Close").map_err(|e| malformed(self, e))?;
+                {
+                    let mut p = lock(&self.shared);
+                    match &t {
+                        Target::Statement(n) => p.statements.remove(n),
+                        Target::Portal(n) => p.portals.remove(n).map(|_| Entry::Ambiguous),
+                    };
+                }
+                self.forward(&frame);
+                self.push(Pending::Close)?;
+            }
+            frontend::SYNC => {
+                self.forward(&frame);
+                self.push(Pending::Sync)?;
+            }
+            frontend::FLUSH => {
+                self.forward(&frame);
+                return Ok(Next::Flush);
+            }
+            frontend::TERMINATE => {
+                self.forward(&frame);
+                return Ok(Next::Terminate);
+            }
+            frontend::FUNCTION_CALL => {
+                let _ = self.live.record(
+                    "pg.function_call",
+                    json!({"decision": "deny", "reason": "the FunctionCall message is refused"}),
+                );
+                let error = ErrorResponse::new(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    "the FunctionCall message (calling server functions by OID) is refused by the gateway",
+                );
+                self.refuse_simple(error)?;
+            }
+            frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL if self.copy_in => {
+                if frame.tag != frontend::COPY_DATA {
+                    self.copy_in = false;
+                }
+                self.forward(&frame);
+            }
+            frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL => {
+                return Err(self.violation("COPY data outside a COPY FROM STDIN the gateway allowed".into()));
+            }
+            other => {
+                return Err(self.violation(format!("unexpected message type {:?}", other as char)));
+            }
+        }
+        Ok(Next::Continue)
+    }
+
+    /// Refuses a simple-protocol message: the upstream gets a query that cannot parse.
+    fn refuse_simple(&mut self, error: ErrorResponse) -> Result<(), Stop> {
+        Query {
+            sql: self.live.marker.clone(),
+        }
+        .encode(&mut self.out);
+        self.push(Pending::Query {
+            results: Vec::new(),
+            refused: Some(Refusal {
+                error,
+                marker_code: sqlstate::SYNTAX_ERROR,
+            }),
+        })
+    }
+
+    /// Refuses an extended-protocol message: the upstream gets Execute of a portal that cannot
+    /// exist, fails it, and skips to Sync as it would for the refused message.
+    fn refuse_extended(&mut self, error: ErrorResponse) -> Result<(), Stop> {
+        Execute {
+            portal: self.live.marker.clone(),
+            max_rows: 0,
+        }
+        .encode(&mut self.out);
+        self.push(Pending::Execute {
+            plan: ResultPlan::default(),
+            refused: Some(Refusal {
+                error,
+                marker_code: sqlstate::INVALID_CURSOR_NAME,
+            }),
+        })
+    }
+
+    fn refusal_error(v: &Verdict, index: usize, count: usize, st: &Statement) -> ErrorResponse {
+        let mut e = ErrorResponse::new(sqlstate::INSUFFICIENT_PRIVILEGE, v.message.clone());
+        if count > 1 {
+            e = e.with(
+                b'D',
+                format!(
+                    "statement {} of {count} ({}); no statement of this query was run",
+                    index + 1,
+                    kind_name(st.kind())
+                ),
+            );
+        }
+        if v.action == Action::RequireApproval {
+            e = e.with(
+                b'H',
+                "this statement needs a human's approval; just-in-time approvals are not yet available on PostgreSQL connections",
+            );
+        }
+        e
+    }
+
+    fn statement_record(st: &Statement, v: &Verdict) -> Value {
+        json!({
+            "kinds": st.kinds.iter().map(|k| kind_name(*k)).collect::<Vec<_>>(),
+            "tables": st.tables,
+            "functions": st.functions,
+            "decision": v.label,
+            "rule": v.rule,
+            "reason": v.message,
+        })
+    }
+
+    fn query(&mut self, frame: &Frame, sql: &str) -> Result<(), Stop> {
+        let live = self.live.clone();
+        let classified = match live.ctx.classifier.classify(sql) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = live.record(
+                    "pg.query",
+                    json!({"sql": live.masked_sql(sql), "decision": "deny", "reason": format!("unparseable: {e}")}),
+                );
+                return self.refuse_simple(ErrorResponse::new(
+                    sqlstate::SYNTAX_ERROR,
+                    format!("the gateway refuses a statement it cannot parse: {e}"),
+                ));
+            }
+        };
+        let mut prepared = lock(&self.shared);
+        let count = classified.statements.len();
+        let verdicts: Vec<Verdict> = classified
+            .statements
+            .iter()
+            .map(|st| live.decide(st, &prepared))
+            .collect();
+        let refusal = (classified.statements.iter().zip(&verdicts).enumerate())
+            .find(|(_, (_, v))| v.action != Action::Allow)
+            .map(|(i, (st, v))| Self::refusal_error(v, i, count, st));
+        let recorded = live.record(
+            "pg.query",
+            json!({
+                "sql": live.masked_sql(sql),
+                "decision": if refusal.is_some() { "deny" } else { "allow" },
+                "statements": classified.statements.iter().zip(&verdicts)
+                    .map(|(st, v)| Self::statement_record(st, v)).collect::<Vec<_>>(),
+            }),
+        );
+        if let Some(error) = refusal {
+            drop(prepared);
+            return self.refuse_simple(error);
+        }
+        if recorded.is_err() {
+            drop(prepared);
+            return self.refuse_simple(ErrorResponse::new(
+                sqlstate::INTERNAL_ERROR,
+                "the statement was not run: session recording is required and failed",
+            ));
+        }
+        let results = classified
+            .statements
+            .iter()
+            .zip(&verdicts)
+            .map(|(st, v)| live.result_plan(st, v))
+            .collect();
+        for st in &classified.statements {
+            apply_effects(&mut prepared, st);
+            if st.copy.is_some_and(|c| c.from) {
+                self.copy_in = true;
+            }
+        }
+        drop(prepared);
+        self.forward(frame);
+        self.push(Pending::Query {
+            results,
+            refused: None,
+        })
+    }
+
+    fn parse(&mut self, frame: &Frame, p: Parse) -> Result<(), Stop> {
+        let classified = match self.live.ctx.classifier.classify(&p.sql) {
+            Ok(c) if c.statements.len() > 1 => {
+                return self.refuse_extended(ErrorResponse::new(
+                    sqlstate::SYNTAX_ERROR,
+                    "cannot insert multiple commands into a prepared statement",
+                ));
+            }
+            Ok(c) => c,
+            Err(e) => {
+                let _ = self.live.record(
+                    "pg.parse",
+                    json!({"sql": self.live.masked_sql(&p.sql), "decision": "deny", "reason": format!("unparseable: {e}")}),
+                );
+                return self.refuse_extended(ErrorResponse::new(
+                    sqlstate::SYNTAX_ERROR,
+                    format!("the gateway refuses a statement it cannot parse: {e}"),
+                ));
+            }
+        };
+        let seq = {
+            let mut prepared = lock(&self.shared);
+            prepared.seq += 1;
+            let seq = prepared.seq;
+            let known = Entry::Known {
+                classified,
+                seq,
+                confirmed: false,
+            };
+            if p.name.is_empty() {
+                prepared.statements.insert(String::new(), known);
+            } else {
+                match prepared.statements.get(&p.name) {
+                    // The upstream refuses a duplicate name and keeps the statement it has.
+                    Some(Entry::Known { confirmed: true, .. }) | Some(Entry::Ambiguous) => {}
+                    Some(Entry::Known { confirmed: false, .. }) => {
+                        prepared.statements.insert(p.name.clone(), Entry::Ambiguous);
+                    }
+                    None => {
+                        prepared.statements.insert(p.name.clone(), known);
+                    }
+                }
+            }
+            seq
+        };
+        self.forward(frame);
+        self.push(Pending::Parse { seq })
+    }
+
+    fn bind(&mut self, frame: &Frame, b: Bind) -> Result<(), Stop> {
+        let entry = lock(&self.shared).statements.get(&b.statement).cloned();
+        let classified = match entry {
+            Some(Entry::Known { classified, .. }) => classified,
+            Some(Entry::Ambiguous) => {
+                return self.refuse_extended(ErrorResponse::new(
+                    sqlstate::INVALID_SQL_STATEMENT_NAME,
+                    format!(
+                        "prepared statement {:?} was prepared twice without an answer in between; close it and prepare it again",
+                        b.statement
+                    ),
+                ));
+            }
+            None => {
+                return self.refuse_extended(ErrorResponse::new(
+                    sqlstate::INVALID_SQL_STATEMENT_NAME,
+                    format!("prepared statement {:?} does not exist", b.statement),
+                ));
+            }
+        };
+        let params = b
+            .params
+            .iter()
+            .enumerate()
+            .map(|(i, p)| match p {
+                None => Value::Null,
+                Some(v) if b.param_format(i) == 0 => {
+                    let text = String::from_utf8_lossy(v);
+                    Value::String(truncate(&self.live.plan.mask_text(&text).0, 1024))
+                }
+                Some(v) => Value::String(format!("<binary, {} bytes>", v.len())),
+            })
+            .collect();
+        lock(&self.shared)
+            .portals
+            .insert(b.portal.clone(), Portal { classified, params });
+        self.forward(frame);
+        self.push(Pending::Bind)
+    }
+
+    fn execute(&mut self, frame: &Frame, e: Execute) -> Result<(), Stop> {
+        let live = self.live.clone();
+        let mut prepared = lock(&self.shared);
+        let Some(portal) = prepared.portals.get(&e.portal).cloned() else {
+            drop(prepared);
+            return self.refuse_extended(ErrorResponse::new(
+                sqlstate::INVALID_CURSOR_NAME,
+                format!("portal {:?} does not exist", e.portal),
+            ));
+        };
+        let Some(st) = portal.classified.statements.first() else {
+            // An empty query: nothing to decide; the upstream answers EmptyQueryResponse.
+            drop(prepared);
+            self.forward(frame);
+            return self.push(Pending::Execute {
+                plan: ResultPlan::default(),
+                refused: None,
+            });
+        };
+        let v = live.decide(st, &prepared);
+        let recorded = live.record(
+            "pg.execute",
+            json!({
+                "sql": live.masked_sql(&st.text),
+                "params": portal.params,
+                "decision": v.label,
+                "statements": [Self::statement_record(st, &v)],
+            }),
+        );
+        if v.action != Action::Allow {
+            drop(prepared);
+            return self.refuse_extended(Self::refusal_error(&v, 0, 1, st));
+        }
+        if recorded.is_err() {
+            drop(prepared);
+            return self.refuse_extended(ErrorResponse::new(
+                sqlstate::INTERNAL_ERROR,
+                "the statement was not run: session recording is required and failed",
+            ));
+        }
+        apply_effects(&mut prepared, st);
+        drop(prepared);
+        if st.copy.is_some_and(|c| c.from) {
+            self.copy_in = true;
+        }
+        // Learn the portal's columns (and formats) for masking: the client may not have asked.
+        Target::Portal(e.portal.clone()).encode(frontend::DESCRIBE, &mut self.out);
+        self.push(Pending::Describe { internal: true })?;
+        self.forward(frame);
+        self.push(Pending::Execute {
+            plan: live.result_plan(st, &v),
+            refused: None,
+        })
+    }
+}
+
+/// What the relay does after a client message.
+enum Next {
+    Continue,
+    Flush,
+    Terminate,
+}
+
+/// SQL-level PREPARE and DEALLOCATE change what EXECUTE runs.
+fn apply_effects(prepared: &mut Prepared, st: &Statement) {
+    if let Some((name, inner)) = &st.prepare {
+        let entry = if prepared.sql.contains_key(name) {
+            // A second PREPARE of a name fails upstream only if the first succeeded: unknown.
+            None
+        } else {
+            Some(Arc::new((**inner).clone()))
+        };
+        prepared.sql.insert(name.clone(), entry);
+    }
+    match &st.deallocate {
+        Some(Some(name)) => {
+            prepared.sql.remove(name);
+        }
+        Some(None) => prepared.sql.clear(),
+        None => {}
+    }
+}
+
+/// Reads upstream messages and writes them (masked, or substituted) to the client.
+struct ServerSide {
+    live: Arc<Live>,
+    queue: mpsc::UnboundedReceiver<Pending>,
+    front: VecDeque<Pending>,
+    shared: Shared,
+    /// The result being streamed: its masker, limits and captured rows.
+    result: Option<Streaming>,
+    /// Index of the current statement within the front Query.
+    query_index: usize,
+    /// Columns of the next Execute, learned from a Describe.
+    next_rows: Option<Option<RowDescription>>,
+    out: BytesMut,
+    report: MaskReport,
+}
+
+struct Streaming {
+    plan: ResultPlan,
+    masker: Option<RowMasker>,
+    rows: u64,
+    captured: Vec<Value>,
+    truncated: bool,
+}
+
+impl ServerSide {
+    async fn run(
+        mut self,
+        mut reader: FrameReader<ReadHalf<Stream>>,
+        mut client: WriteHalf<Stream>,
+    ) -> String {
+        loop {
+            let frame = match reader.try_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => {
+                    if flush(&mut client, &mut self.out).await.is_err() {
+                        return "client write failed".into();
+                    }
+                    tokio::select! {
+                        f = reader.next() => match f {
+                            Ok(f) => f,
+                            Err(FrameError::Closed) => {
+                                self.fatal(&mut client, ErrorResponse::fatal(sqlstate::CONNECTION_FAILURE, "the upstream database closed the connection")).await;
+                                return "upstream closed".into();
+                            }
+                            Err(e) => {
+                                self.fatal(&mut client, ErrorResponse::fatal(sqlstate::CONNECTION_FAILURE, format!("upstream: {e}"))).await;
+                                return format!("upstream: {e}");
+                            }
+                        },
+                        item = self.queue.recv() => match item {
+                            Some(Pending::Fatal(Fatal(e))) => {
+                                self.fatal(&mut client, e).await;
+                                return "client protocol violation".into();
+                            }
+                            Some(p) => {
+                                self.front.push_back(p);
+                                continue;
+                            }
+                            None => return "client side ended".into(),
+                        },
+                    }
+                }
+                Err(e) => {
+                    self.fatal(
+                        &mut client,
+                        ErrorResponse::fatal(sqlstate::CONNECTION_FAILURE, format!("upstream: {e}")),
+                    )
+                    .await;
+                    return format!("upstream: {e}");
+                }
+            };
+            while let Ok(p) = self.queue.try_recv() {
+                if let Pending::Fatal(Fatal(e)) = p {
+                    self.fatal(&mut client, e).await;
+                    return "client protocol violation".into();
+                }
+                self.front.push_back(p);
+            }
+            if let Err(why) = self.handle(frame) {
+                self.fatal(
+                    &mut client,
+                    ErrorResponse::fatal(sqlstate::PROTOCOL_VIOLATION, why.clone()),
+                )
+                .await;
+                return why;
+            }
+            if self.out.len() >= FLUSH_BYTES && flush(&mut client, &mut self.out).await.is_err() {
+                return "client write failed".into();
+            }
+        }
+    }
+
+    async fn fatal(&mut self, client: &mut WriteHalf<Stream>, e: ErrorResponse) {
+        e.encode(&mut self.out);
+        let _ = flush(client, &mut self.out).await;
+        let _ = client.shutdown().await;
+    }
+
+    fn handle(&mut self, frame: Frame) -> Result<(), String> {
+        let bad = |e: FrameError| format!("upstream sent a malformed message: {e}");
+        match frame.tag {
+            backend::ERROR_RESPONSE => self.on_error(frame)?,
+            backend::READY_FOR_QUERY => {
+                TransactionStatus::parse(&frame.body).map_err(bad)?;
+                while let Some(p) = self.front.pop_front() {
+                    if matches!(p, Pending::Query { .. } | Pending::Sync) {
+                        break;
+                    }
+                }
+                self.result = None;
+                self.query_index = 0;
+                frame.encode(&mut self.out);
+            }
+            backend::PARSE_COMPLETE => {
+                if let Some(Pending::Parse { seq }) = self.front.pop_front() {
+                    lock(&self.shared).confirm(seq);
+                }
+                frame.encode(&mut self.out);
+            }
+            backend::BIND_COMPLETE | backend::CLOSE_COMPLETE => {
+                self.front.pop_front();
+                frame.encode(&mut self.out);
+            }
+            backend::ROW_DESCRIPTION => {
+                let rows = RowDescription::parse(&frame.body).map_err(bad)?;
+                match self.front.front() {
+                    Some(Pending::Query { results, .. }) => {
+                        let plan = results.get(self.query_index).cloned().unwrap_or_default();
+                        self.result = Some(self.streaming(plan, Some(&rows)));
+                        frame.encode(&mut self.out);
+                    }
+                    Some(Pending::Describe { internal }) => {
+                        let internal = *internal;
+                        self.front.pop_front();
+                        self.next_rows = Some(Some(rows));
+                        if !internal {
+                            frame.encode(&mut self.out);
+                        }
+                    }
+                    _ => frame.encode(&mut self.out),
+                }
+            }
+            backend::NO_DATA => {
+                if let Some(Pending::Describe { internal }) = self.front.front() {
+                    let internal = *internal;
+                    self.front.pop_front();
+                    self.next_rows = Some(None);
+                    if internal {
+                        return Ok(());
+                    }
+                }
+                frame.encode(&mut self.out);
+            }
+            backend::DATA_ROW => self.on_row(frame)?,
+            backend::COMMAND_COMPLETE | backend::EMPTY_QUERY | backend::PORTAL_SUSPENDED => {
+                self.on_complete(frame)?
+            }
+            backend::COPY_DATA => {
+                self.ensure_streaming();
+                let copy_out = self.result.as_ref().is_some_and(|s| s.plan.copy_out);
+                if copy_out && self.live.plan.has_detectors() {
+                    let text = String::from_utf8_lossy(&frame.body);
+                    let (masked, report) = self.live.plan.mask_text(&text);
+                    self.report.add(&report);
+                    Frame {
+                        tag: frame.tag,
+                        body: Bytes::from(masked.into_owned()),
+                    }
+                    .encode(&mut self.out);
+                } else {
+                    frame.encode(&mut self.out);
+                }
+            }
+            backend::PARAMETER_DESCRIPTION
+            | backend::COPY_IN
+            | backend::COPY_OUT
+            | backend::COPY_DONE
+            | backend::NOTICE_RESPONSE
+            | backend::NOTIFICATION
+            | backend::PARAMETER_STATUS => frame.encode(&mut self.out),
+            other => {
+                return Err(format!(
+                    "unexpected message {:?} from the upstream",
+                    other as char
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn streaming(&self, plan: ResultPlan, rows: Option<&RowDescription>) -> Streaming {
+        let masked = &self.live.masked;
+        let mask_computed = plan.mask_computed;
+        let masker = rows.map(|rows| {
+            RowMasker::new(&self.live.plan, self.live.plan.has_detectors(), rows, |f| {
+                if f.table_oid != 0 {
+                    masked.strategy(f.table_oid, f.column)
+                } else if mask_computed {
+                    Some(agentgate_crds::policy::MaskingStrategy::Redact)
+                } else {
+                    None
+                }
+            })
+        });
+        Streaming {
+            plan,
+            masker,
+            rows: 0,
+            captured: Vec::new(),
+            truncated: false,
+        }
+    }
+
+    /// Starts the result of the front Execute from the columns its Describe returned.
+    fn ensure_streaming(&mut self) {
+        if self.result.is_some() {
+            return;
+        }
+        let plan = match self.front.front() {
+            Some(Pending::Execute { plan, .. }) => plan.clone(),
+            Some(Pending::Query { results, .. }) => {
+                results.get(self.query_index).cloned().unwrap_or_default()
+            }
+            _ => ResultPlan::default(),
+        };
+        let rows = match self.front.front() {
+            Some(Pending::Execute { .. }) => self.next_rows.take().flatten(),
+            _ => None,
+        };
+        self.result = Some(self.streaming(plan, rows.as_ref()));
+    }
+
+    fn on_row(&mut self, frame: Frame) -> Result<(), String> {
+        self.ensure_streaming();
+        let recording = self.live.recording.is_some();
+        let needs_masking = !self.live.plan.is_empty();
+        let Some(s) = self.result.as_mut() else {
+            return Err("a row arrived outside a result".into());
+        };
+        s.rows += 1;
+        if s.plan.row_limit.is_some_and(|limit| s.rows > limit) {
+            // Rows past the cap are read and dropped: memory stays flat whatever the upstream sends.
+            s.truncated = true;
+            return Ok(());
+        }
+        let record = recording && s.captured.len() < MAX_RECORDED_ROWS;
+        match &s.masker {
+            Some(m) => match m.mask(&frame.body, &mut self.out, &mut self.report, record) {
+                Ok(Some(values)) => s.captured.push(Value::Array(values)),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(format!(
+                        "a result row could not be masked, so the session is closed: {e}"
+                    ));
+                }
+            },
+            None if needs_masking => {
+                return Err(
+                    "a result row arrived without its column description, so it cannot be masked".into(),
+                );
+            }
+            None => {
+                frame.encode(&mut self.out);
+                if record {
+                    s.captured
+                        .push(Value::String(format!("<{} bytes>", frame.body.len())));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_complete(&mut self, frame: Frame) -> Result<(), String> {
+        self.ensure_streaming();
+        let s = self.result.take();
+        let mut tag = None;
+        if frame.tag == backend::COMMAND_COMPLETE {
+            tag = Some(
+                CommandComplete::parse(&frame.body)
+                    .map_err(|e| format!("upstream sent a malformed message: {e}"))?
+                    .tag,
+            );
+        }
+        let mut forwarded = false;
+        if let Some(s) = &s {
+            if s.truncated {
+                let limit = s.plan.row_limit.unwrap_or(0);
+                ErrorResponse {
+                    fields: vec![
+                        (b'S', "WARNING".into()),
+                        (b'V', "WARNING".into()),
+                        (b'C', "01000".into()),
+                        (
+                            b'M',
+                            format!(
+                                "result truncated to {limit} rows by {} (rowLimit); {} rows were withheld",
+                                s.plan.limit_rule.as_deref().unwrap_or("policy"),
+                                s.rows - limit
+                            ),
+                        ),
+                    ],
+                }
+                .encode_notice(&mut self.out);
+                if let Some(t) = &tag
+                    && t.starts_with("SELECT ")
+                {
+                    let t = format!("SELECT {limit}");
+                    CommandComplete { tag: t.clone() }.encode(&mut self.out);
+                    tag = Some(t);
+                    forwarded = true;
+                }
+            }
+            if self.live.recording.is_some() {
+                let columns = s.masker.as_ref().map(|m| m.names().to_vec());
+                let _ = self.live.record(
+                    "pg.result",
+                    json!({
+                        "sql": s.plan.sql,
+                        "tag": tag,
+                        "rows": s.rows.min(s.plan.row_limit.unwrap_or(u64::MAX)),
+                        "truncated": s.truncated,
+                        "columns": columns,
+                        "data": s.captured,
+                        "data_truncated": s.captured.len() < s.rows.min(s.plan.row_limit.unwrap_or(u64::MAX)) as usize,
+                    }),
+                );
+            }
+        }
+        if !forwarded {
+            frame.encode(&mut self.out);
+        }
+        match self.front.front() {
+            Some(Pending::Query { .. }) => self.query_index += 1,
+            Some(Pending::Execute { .. }) => {
+                self.front.pop_front();
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn on_error(&mut self, frame: Frame) -> Result<(), String> {
+        let e = ErrorResponse::parse(&frame.body)
+            .map_err(|e| format!("upstream sent a malformed message: {e}"))?;
+        self.result = None;
+        let code = e.code().unwrap_or_default().to_string();
+        let substitute = match self.front.front() {
+            Some(Pending::Query { refused: Some(r), .. })
+            | Some(Pending::Execute { refused: Some(r), .. })
+                if code == r.marker_code =>
+            {
+                Some(r.error.clone())
+            }
+            _ => None,
+        };
+        match substitute {
+            Some(ours) => ours.encode(&mut self.out),
+            None => {
+                frame.encode(&mut self.out);
+                let _ = self.live.record(
+                    "pg.error",
+                    json!({"code": code, "message": e.message().map(|m| self.live.masked_sql(m))}),
+                );
+            }
+        }
+        // In the extended protocol the upstream now skips to Sync: so do the pending answers,
+        // and registrations by skipped Parse messages are void.
+        if !matches!(
+            self.front.front(),
+            None | Some(Pending::Query { .. }) | Some(Pending::Sync)
+        ) {
+            let mut void = Vec::new();
+            while let Some(p) = self.front.front() {
+                if matches!(p, Pending::Sync | Pending::Query { .. }) {
+                    break;
+                }
+                if let Some(Pending::Parse { seq }) = self.front.pop_front() {
+                    void.push(seq);
+                }
+            }
+            self.next_rows = None;
+            if !void.is_empty() {
+                lock(&self.shared).void(&void);
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,229 @@
+//! The upstream side: connect to the Connection's database, negotiate TLS (verified; refused
+//! downgrades), start up as the Connection's stored role and answer SCRAM-SHA-256, md5 or
+//! cleartext authentication with the stored password, which the agent never sees.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use rustls::ClientConfig;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::message::authentication::{
+    Authentication, encode_password, encode_sasl_initial, encode_sasl_response,
+};
+use super::message::backend_key_data::BackendKeyData;
+use super::message::error_response::ErrorResponse;
+use super::message::parameter_status::ParameterStatus;
+use super::message::startup::StartupPacket;
+use super::message::{FrameReader, backend};
+use super::stream::Stream;
+use crate::config::CompiledConnection;
+
+/// Longest wait for the upstream's TCP connect, TLS handshake and authentication together.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the upstream could not be reached or refused the gateway. Messages name the connection and
+/// the upstream's own error text, never the stored password.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot reach {addr}: {source}")]
+    Unreachable { addr: String, source: std::io::Error },
+    #[error("timed out connecting to the upstream database")]
+    Timeout,
+    #[error(
+        "the upstream database does not offer TLS, and the gateway requires it for non-loopback upstreams"
+    )]
+    TlsRefused,
+    #[error("TLS with the upstream database failed: {0}")]
+    Tls(String),
+    #[error("the upstream database refused the gateway: {0}")]
+    Refused(String),
+    #[error("upstream authentication failed: {0}")]
+    Auth(String),
+    #[error("upstream protocol error: {0}")]
+    Protocol(String),
+}
+
+impl From<super::message::FrameError> for UpstreamError {
+    fn from(e: super::message::FrameError) -> Self {
+        UpstreamError::Protocol(e.to_string())
+    }
+}
+
+/// An authenticated upstream session, ready for queries.
+#[derive(Debug)]
+pub struct Upstream {
+    pub reader: FrameReader<tokio::io::ReadHalf<Stream>>,
+    pub writer: tokio::io::WriteHalf<Stream>,
+    /// The upstream backend's cancel key (kept inside the gateway).
+    pub key: BackendKeyData,
+    /// Parameter statuses to pass to the client.
+    pub params: Vec<ParameterStatus>,
+    pub addr: SocketAddr,
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Connects and authenticates. `params` are the client's allowlisted startup parameters.
+pub async fn connect(
+    conn: &CompiledConnection,
+    tls: Option<Arc<ClientConfig>>,
+    params: &[(String, String)],
+) -> Result<Upstream, UpstreamError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, connect_inner(conn, tls, params))
+        .await
+        .map_err(|_| UpstreamError::Timeout)?
+}
+
+async fn connect_inner(
+    conn: &CompiledConnection,
+    tls: Option<Arc<ClientConfig>>,
+    params: &[(String, String)],
+) -> Result<Upstream, UpstreamError> {
+    let ep = &conn.endpoint;
+    let target = format!("{}:{}", ep.host, ep.port);
+    let unreachable = |source| UpstreamError::Unreachable {
+        addr: target.clone(),
+        source,
+    };
+    let mut tcp = TcpStream::connect(&target).await.map_err(unreachable)?;
+    let _ = tcp.set_nodelay(true);
+    let addr = tcp.peer_addr().map_err(unreachable)?;
+
+    // TLS first: SSLRequest, then a one-byte answer read without buffering (CVE-2021-23222).
+    let mut packet = BytesMut::new();
+    StartupPacket::SslRequest.encode(&mut packet);
+    tcp.write_all(&packet).await.map_err(unreachable)?;
+    let mut answer = [0u8; 1];
+    tokio::io::AsyncReadExt::read_exact(&mut tcp, &mut answer)
+        .await
+        .map_err(unreachable)?;
+    let stream = match (answer[0], tls) {
+        (b'S', Some(config)) => {
+            let name = conn.server_name.clone().unwrap_or_else(|| ep.host.clone());
+            let name = rustls::pki_types::ServerName::try_from(name)
+                .map_err(|_| UpstreamError::Tls("invalid server name".into()))?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+            Stream::ClientTls(Box::new(tls))
+        }
+        (b'S', None) => return Err(UpstreamError::Tls("no TLS configuration".into())),
+        (b'N', _) if is_loopback(&ep.host) => Stream::Plain(tcp),
+        (b'N', _) => return Err(UpstreamError::TlsRefused),
+        _ => return Err(UpstreamError::Protocol("unexpected answer to SSLRequest".into())),
+    };
+    let encrypted = stream.is_tls();
+    let (read, mut write) = tokio::io::split(stream);
+    let mut reader = FrameReader::new(read);
+
+    let credential = conn.credential.as_ref();
+    let user = credential
+        .and_then(|c| c.username.clone())
+        .unwrap_or_else(|| "postgres".into());
+    let password = credential.and_then(|c| c.secret.as_ref());
+    let mut startup = vec![
+        ("user".to_string(), user.clone()),
+        ("database".to_string(), ep.path.clone()),
+    ];
+    startup.extend(params.iter().cloned());
+    let mut out = BytesMut::new();
+    StartupPacket::Startup {
+        minor: 0,
+        params: startup,
+    }
+    .encode(&mut out);
+    write.write_all(&out).await.map_err(unreachable)?;
+
+    let mut scram: Option<ScramSha256> = None;
+    let mut key = None;
+    let mut statuses = Vec::new();
+    loop {
+        let frame = reader.next().await?;
+        out.clear();
+        match frame.tag {
+            backend::AUTHENTICATION => match Authentication::parse(&frame.body)? {
+                Authentication::Ok => {}
+                Authentication::CleartextPassword => {
+                    if !encrypted && !is_loopback(&ep.host) {
+                        return Err(UpstreamError::Auth(
+                            "the upstream asks for a cleartext password over plaintext".into(),
+                        ));
+                    }
+                    let p = password.ok_or_else(|| UpstreamError::Auth("no password configured".into()))?;
+                    encode_password(&mut out, &String::from_utf8_lossy(p.expose()));
+                }
+                Authentication::Md5Password { salt } => {
+                    let p = password.ok_or_else(|| UpstreamError::Auth("no password configured".into()))?;
+                    let hash = postgres_protocol::authentication::md5_hash(user.as_bytes(), p.expose(), salt);
+                    encode_password(&mut out, &hash);
+                }
+                Authentication::Sasl { mechanisms } => {
+                    if !mechanisms.iter().any(|m| m == "SCRAM-SHA-256") {
+                        return Err(UpstreamError::Auth(format!(
+                            "unsupported SASL mechanisms {mechanisms:?}"
+                        )));
+                    }
+                    let p = password.ok_or_else(|| UpstreamError::Auth("no password configured".into()))?;
+                    let s = ScramSha256::new(p.expose(), ChannelBinding::unsupported());
+                    encode_sasl_initial(&mut out, "SCRAM-SHA-256", s.message());
+                    scram = Some(s);
+                }
+                Authentication::SaslContinue(data) => {
+                    let s = scram
+                        .as_mut()
+                        .ok_or_else(|| UpstreamError::Protocol("SASL continue before start".into()))?;
+                    s.update(&data).map_err(|e| UpstreamError::Auth(e.to_string()))?;
+                    encode_sasl_response(&mut out, s.message());
+                }
+                Authentication::SaslFinal(data) => {
+                    let mut s = scram
+                        .take()
+                        .ok_or_else(|| UpstreamError::Protocol("SASL final before start".into()))?;
+                    // Verifies the server's signature: the server proved it knows the password too.
+                    s.finish(&data).map_err(|e| UpstreamError::Auth(e.to_string()))?;
+                }
+                Authentication::Other(code) => {
+                    return Err(UpstreamError::Auth(format!(
+                        "unsupported authentication method {code}"
+                    )));
+                }
+            },
+            backend::PARAMETER_STATUS => statuses.push(ParameterStatus::parse(&frame.body)?),
+            backend::BACKEND_KEY_DATA => key = Some(BackendKeyData::parse(&frame.body)?),
+            backend::NOTICE_RESPONSE | backend::NEGOTIATE_PROTOCOL_VERSION => {}
+            backend::ERROR_RESPONSE => {
+                let e = ErrorResponse::parse(&frame.body)?;
+                let code = e.code().unwrap_or("?").to_string();
+                let message = e.message().unwrap_or("no message").to_string();
+                return Err(UpstreamError::Refused(format!("{message} (SQLSTATE {code})")));
+            }
+            backend::READY_FOR_QUERY => {
+                let key = key.ok_or_else(|| UpstreamError::Protocol("no BackendKeyData".into()))?;
+                return Ok(Upstream {
+                    reader,
+                    writer: write,
+                    key,
+                    params: statuses,
+                    addr,
+                });
+            }
+            other => {
+                return Err(UpstreamError::Protocol(format!(
+                    "unexpected message {:?} during startup",
+                    other as char
+                )));
+            }
+        }
+        if !out.is_empty() {
+            write.write_all(&out).await.map_err(unreachable)?;
+        }
+    }
+}

@@ -1,0 +1,694 @@
+//! PostgreSQL through the gateway, end to end: a real PostgreSQL (initdb by the harness), the
+//! real OIDC provider minting the agent's token (presented as the password), and real clients
+//! (psql, tokio-postgres, pgbench, and a raw socket for protocol abuse) talking to the gateway's
+//! Postgres listeners. The upstream password is a canary searched for in every output.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use agentgate_e2e::free_port;
+use agentgate_e2e::gateway::{Gateway, ServingCert};
+use agentgate_e2e::oidc::OidcProvider;
+use agentgate_e2e::postgres::{PgServer, psql_conninfo};
+
+/// The Connection's stored password: must never reach the agent, a log or a recording.
+const CANARY: &str = "00CANARY-pg-password-5d1e";
+
+struct Setup {
+    idp: OidcProvider,
+    pg: PgServer,
+    gw: Gateway,
+    cert: ServingCert,
+    /// The plaintext listener (loopback only).
+    plain: u16,
+    dir: tempfile::TempDir,
+}
+
+fn manifests(
+    issuer: &str,
+    pg: &PgServer,
+    cert: &ServingCert,
+    plain: u16,
+    role: &str,
+    upstream_port: u16,
+) -> String {
+    let indent = |pem: &str| {
+        pem.trim()
+            .lines()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata: {{name: e2e}}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: AgentGateway
+metadata: {{name: gw, namespace: e2e}}
+spec:
+  listeners:
+    - {{name: pg, protocol: Postgres, port: ${{LISTEN_PORT}}, address: 127.0.0.1, tls: {{secretName: gw-tls}}}}
+    - {{name: pg-plain, protocol: Postgres, port: {plain}, address: 127.0.0.1}}
+  recording:
+    mode: Required
+    storage: {{local: {{path: "${{SESSIONS}}"}}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: gw-tls, namespace: e2e}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{crt}
+  tls.key: |
+{key}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: AgentIdentity
+metadata: {{name: ci-agent, namespace: e2e}}
+spec:
+  issuer: {issuer}
+  audiences: ["api://agentgate"]
+  match: {{claims: {{client_id: ci-agent}}}}
+  groups: {{static: [ai-agents]}}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: Connection
+metadata: {{name: shop, namespace: e2e}}
+spec:
+  gatewayRef: {{name: gw}}
+  type: Postgres
+  endpoint: postgres://127.0.0.1:{upstream_port}/shop
+  credentials:
+    scheme: PostgresPassword
+    username: {role}
+    secretRef: {{name: shop-db, key: password}}
+  tls:
+    caSecretRef: {{name: shop-ca, key: ca.crt}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: shop-db, namespace: e2e}}
+stringData: {{password: "{CANARY}"}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: shop-ca, namespace: e2e}}
+stringData:
+  ca.crt: |
+{ca}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: ci-agent-shop, namespace: e2e}}
+spec:
+  subjects: {{identities: [ci-agent]}}
+  connections: [shop]
+  rules:
+    - name: read-public
+      action: Allow
+      sql:
+        statements: [Select, Transaction, Show, Explain, Prepare, Execute, Deallocate, Set]
+        tables: ["public.*"]
+    - name: big-capped
+      action: Allow
+      sql:
+        statements: [Select]
+        tables: ["public.big_capped"]
+        rowLimit: 1000
+    - name: write-orders
+      action: Allow
+      sql:
+        statements: [Insert, Update, Copy]
+        tables: ["public.orders"]
+    - name: pgbench
+      action: Allow
+      sql:
+        statements: [Select, Insert, Update, Transaction]
+        tables: ["public.pgbench_*"]
+    - name: no-unbounded-writes
+      action: Deny
+      description: UPDATE and DELETE need a WHERE clause.
+      sql:
+        withoutWhere: true
+    - name: no-billing
+      action: Deny
+      description: Agents never touch billing.
+      sql:
+        tables: ["billing.*"]
+    - name: deletes-need-approval
+      action: RequireApproval
+      sql:
+        statements: [Delete]
+        tables: ["public.orders"]
+      approval:
+        approvers: {{groups: [dba]}}
+  masking:
+    - columns: ["public.customers.email"]
+      strategy: Redact
+    - detectors: [CreditCard]
+      strategy: Redact
+"#,
+        crt = indent(&cert.cert_pem),
+        key = indent(&cert.key_pem),
+        ca = indent(&pg.ca_pem),
+    )
+}
+
+fn set_password(pg: &PgServer, role: &str) {
+    // The harness gives the roles their own passwords; the test plants the canary instead.
+    pg.psql(&format!(
+        "SET password_encryption = '{}'; ALTER ROLE {role} PASSWORD '{CANARY}';",
+        if role == pg.md5.name {
+            "md5"
+        } else {
+            "scram-sha-256"
+        }
+    ));
+}
+
+fn setup_with(role_md5: bool) -> Setup {
+    let idp = OidcProvider::start();
+    let pg = PgServer::start();
+    let role = if role_md5 {
+        pg.md5.name.clone()
+    } else {
+        pg.scram.name.clone()
+    };
+    set_password(&pg, &role);
+    pg.psql(&format!(
+        "CREATE TABLE public.big_capped AS SELECT g AS id FROM generate_series(1, 5000) g;
+         GRANT ALL ON ALL TABLES IN SCHEMA public, billing TO {role};
+         GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role};
+         GRANT USAGE, CREATE ON SCHEMA public, billing TO {role};"
+    ));
+    let cert = ServingCert::generate();
+    let plain = free_port();
+    let gw = Gateway::start(&manifests(&idp.issuer, &pg, &cert, plain, &role, pg.port));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &cert.ca_pem).unwrap();
+    Setup {
+        idp,
+        pg,
+        gw,
+        cert,
+        plain,
+        dir,
+    }
+}
+
+fn token(idp: &OidcProvider) -> String {
+    let answer = idp.token("ci-agent", "api://agentgate", None);
+    answer["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .to_string()
+}
+
+impl Setup {
+    /// psql over TLS, verifying the gateway's certificate.
+    fn psql(&self, sql: &str) -> Result<String, String> {
+        let conninfo = format!(
+            "host=127.0.0.1 port={} dbname=shop user=ci-agent sslmode=verify-full sslrootcert={}",
+            self.gw.port,
+            self.dir.path().join("ca.pem").display()
+        );
+        psql_conninfo(&conninfo, Some(&token(&self.idp)), sql)
+    }
+
+    fn plain_conninfo(&self, token: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} dbname=shop user=ci-agent password={token} sslmode=disable",
+            self.plain
+        )
+    }
+
+    /// Everything a secret could leak into.
+    fn assert_no_canary(&self) {
+        let out = self.gw.output();
+        assert!(!out.contains(CANARY), "canary in the gateway log");
+        assert!(!self.gw.recordings().contains(CANARY), "canary in a recording");
+        assert!(!self.gw.metrics().contains(CANARY), "canary in metrics");
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn connect(conninfo: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+fn db_error(e: &tokio_postgres::Error) -> (String, String) {
+    let d = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a database error: {e}"));
+    (d.code().code().to_string(), d.message().to_string())
+}
+
+#[test]
+fn psql_over_tls_decides_masks_and_records() {
+    let s = setup_with(false);
+    // Allowed read: the email column is masked by column rule, card numbers by detector.
+    let out = s
+        .psql("SELECT name, email FROM customers ORDER BY id")
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.output()));
+    assert!(out.contains("Ada Lovelace"), "{out}");
+    assert!(!out.contains("ada@example.com"), "column rule masks email: {out}");
+    let out = s.psql("SELECT card_number FROM orders ORDER BY id").unwrap();
+    assert!(
+        !out.contains("4111 1111 1111 1111") && !out.contains("4111111111111111"),
+        "{out}"
+    );
+    // Through a view, an expression and a star the email column stays masked.
+    for sql in [
+        "SELECT email FROM customer_contacts",
+        "SELECT email || '' AS e FROM customers",
+        "SELECT upper(email) FROM customers",
+        "SELECT * FROM customers",
+        "SELECT row_to_json(c) FROM customers c",
+    ] {
+        let out = s.psql(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert!(
+            !out.to_lowercase().contains("ada@example.com"),
+            "{sql} leaked the masked column: {out}"
+        );
+    }
+    // Denied: the error names policy and rule, SQLSTATE 42501.
+    let err = s.psql("UPDATE orders SET status = 'x'").unwrap_err();
+    assert!(
+        err.contains("ci-agent-shop") && err.contains("no-unbounded-writes"),
+        "{err}"
+    );
+    let err = s.psql("SELECT * FROM billing.invoices").unwrap_err();
+    assert!(err.contains("no-billing"), "{err}");
+    let err = s.psql("DELETE FROM orders WHERE id = 1").unwrap_err();
+    assert!(
+        err.contains("deletes-need-approval") && err.to_lowercase().contains("approv"),
+        "{err}"
+    );
+    // Nothing reached the database.
+    assert_eq!(s.pg.psql("SELECT count(*) FROM orders WHERE status = 'x'"), "0");
+    assert_eq!(s.pg.psql("SELECT count(*) FROM orders"), "4");
+    // Unparseable statements are refused, not forwarded.
+    let err = s.psql("SELEC 1").unwrap_err();
+    assert!(err.contains("cannot parse"), "{err}");
+
+    let rec = s.gw.recordings();
+    assert!(rec.contains("\"pg.query\""), "{rec}");
+    assert!(rec.contains("no-unbounded-writes"), "decisions recorded");
+    assert!(rec.contains("Ada Lovelace"), "result rows recorded");
+    assert!(!rec.contains("ada@example.com"), "recorded rows are masked");
+    s.assert_no_canary();
+}
+
+#[test]
+fn tokio_postgres_simple_extended_and_binary_with_session_kept_usable() {
+    let s = setup_with(false);
+    let tok = token(&s.idp);
+    rt().block_on(async {
+        let c = connect(&s.plain_conninfo(&tok)).await;
+        // Extended protocol, binary results: masking still applies (text column and detectors).
+        let rows = c
+            .query("SELECT id, email, name FROM customers WHERE id = $1", &[&1i32])
+            .await
+            .unwrap();
+        let email: String = rows[0].get(1);
+        assert_ne!(email, "ada@example.com");
+        let rows = c
+            .query("SELECT card_number FROM orders ORDER BY id", &[])
+            .await
+            .unwrap();
+        for r in rows {
+            let v: Option<String> = r.get(0);
+            assert!(!v.unwrap_or_default().contains("4111"), "binary text masked");
+        }
+        // A denied statement leaves the session usable and the transaction state PostgreSQL's.
+        c.batch_execute("BEGIN").await.unwrap();
+        c.execute("INSERT INTO orders (customer_id, total) VALUES (1, 9.99)", &[])
+            .await
+            .unwrap();
+        let e = c.execute("UPDATE orders SET total = 0", &[]).await.unwrap_err();
+        assert_eq!(db_error(&e).0, "42501", "{e}");
+        assert!(db_error(&e).1.contains("no-unbounded-writes"));
+        // The transaction is aborted, as after any error.
+        let e = c.query("SELECT 1", &[]).await.unwrap_err();
+        assert_eq!(db_error(&e).0, "25P02");
+        c.batch_execute("ROLLBACK").await.unwrap();
+        assert_eq!(
+            c.query_one("SELECT count(*) FROM orders", &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0),
+            4
+        );
+        // Prepared once, executed many times; a denied prepared statement is refused per Execute.
+        let st = c
+            .prepare("SELECT name FROM customers WHERE id = $1")
+            .await
+            .unwrap();
+        for id in 1..=3i32 {
+            c.query_one(&st, &[&id]).await.unwrap();
+        }
+        let del = c.prepare("DELETE FROM orders WHERE id = $1").await.unwrap();
+        let e = c.execute(&del, &[&1i32]).await.unwrap_err();
+        assert_eq!(db_error(&e).0, "42501");
+        // Simple protocol: a denied statement hidden after a comment refuses the whole query.
+        let e = c
+            .batch_execute("SELECT 1; /* */ DELETE FROM orders WHERE id = 2")
+            .await
+            .unwrap_err();
+        assert_eq!(db_error(&e).0, "42501");
+        assert_eq!(
+            c.query_one("SELECT count(*) FROM orders", &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0),
+            4
+        );
+    });
+    s.assert_no_canary();
+}
+
+#[test]
+fn security_catalogue_statements_are_refused() {
+    let s = setup_with(false);
+    let tok = token(&s.idp);
+    rt().block_on(async {
+        let c = connect(&s.plain_conninfo(&tok)).await;
+        for sql in [
+            "SELECT 1; DELETE FROM orders WHERE id = 1",
+            "SELECT $$;$$; DELETE FROM orders WHERE id = 1",
+            "SELECT 1 /* nested /* comment */ */; DROP TABLE orders",
+            "WITH d AS (DELETE FROM orders WHERE id = 1 RETURNING *) SELECT * FROM d",
+            "EXPLAIN ANALYZE DELETE FROM orders WHERE id = 1",
+            "DO $$ BEGIN DELETE FROM orders; END $$",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+            "CALL billing.archive_paid()",
+            "PREPARE p AS DELETE FROM orders WHERE id = 1",
+            "SET ROLE postgres",
+            "SET SESSION AUTHORIZATION postgres",
+            "RESET ROLE",
+            "SELECT set_config('role', 'postgres', false)",
+            "SELECT pg_read_file('/etc/passwd')",
+            "SELECT * FROM pg_ls_dir('.')",
+            "SELECT lo_import('/etc/passwd')",
+            "COPY orders TO PROGRAM 'id'",
+            "ALTER SYSTEM SET work_mem = '1GB'",
+            "CREATE EXTENSION dblink",
+            "LOAD 'auto_explain'",
+            "SELECT billing.mark_paid(1)",
+            "select * from \"billing\".invoices",
+            "SELECT * FROM U&\"billin\\0067\".invoices",
+            "DeLeTe\tFROM\norders",
+        ] {
+            let e = match c.batch_execute(sql).await {
+                Ok(()) => panic!("{sql} was allowed; recordings:\n{}", s.gw.recordings()),
+                Err(e) => e,
+            };
+            let (code, message) = db_error(&e);
+            assert!(code == "42501", "{sql}: {code} {message}");
+        }
+        // Nothing happened.
+        assert_eq!(
+            c.query_one("SELECT count(*) FROM orders", &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0),
+            4
+        );
+        // SQL-level PREPARE of an allowed read, then EXECUTE, works; EXECUTE of an unknown name does not.
+        c.batch_execute("PREPARE q AS SELECT name FROM customers")
+            .await
+            .unwrap();
+        c.batch_execute("EXECUTE q").await.unwrap();
+        let e = c.batch_execute("EXECUTE never_prepared").await.unwrap_err();
+        assert_eq!(db_error(&e).0, "42501");
+    });
+    assert_eq!(s.pg.psql("SELECT count(*) FROM orders"), "4");
+    assert_eq!(s.pg.psql("SELECT count(*) FROM billing.invoices"), "2");
+}
+
+/// Minimal raw client for protocol abuse.
+struct Raw(TcpStream);
+
+impl Raw {
+    fn login(port: u16, token: &str) -> Raw {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut body = Vec::new();
+        body.extend_from_slice(&196608i32.to_be_bytes());
+        for (k, v) in [("user", "ci-agent"), ("database", "shop")] {
+            body.extend_from_slice(k.as_bytes());
+            body.push(0);
+            body.extend_from_slice(v.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
+        packet.extend(body);
+        s.write_all(&packet).unwrap();
+        let mut raw = Raw(s);
+        let (tag, _) = raw.read();
+        assert_eq!(tag, b'R');
+        let mut pw = token.as_bytes().to_vec();
+        pw.push(0);
+        raw.send(b'p', &pw);
+        loop {
+            let (tag, body) = raw.read();
+            assert_ne!(tag, b'E', "{}", String::from_utf8_lossy(&body));
+            if tag == b'Z' {
+                return raw;
+            }
+        }
+    }
+
+    fn send(&mut self, tag: u8, body: &[u8]) {
+        let mut m = vec![tag];
+        m.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        m.extend_from_slice(body);
+        self.0.write_all(&m).unwrap();
+    }
+
+    fn read(&mut self) -> (u8, Vec<u8>) {
+        let mut head = [0u8; 5];
+        self.0.read_exact(&mut head).unwrap();
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        self.0.read_exact(&mut body).unwrap();
+        (head[0], body)
+    }
+
+    /// Reads until ReadyForQuery or end of stream; returns the messages' tags and bodies.
+    fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        loop {
+            let mut head = [0u8; 5];
+            if self.0.read_exact(&mut head).is_err() {
+                return out;
+            }
+            let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            let mut body = vec![0u8; len.saturating_sub(4)];
+            if self.0.read_exact(&mut body).is_err() {
+                return out;
+            }
+            out.push((head[0], body));
+            if head[0] == b'Z' {
+                return out;
+            }
+        }
+    }
+}
+
+fn sqlstate(body: &[u8]) -> String {
+    let mut i = 0;
+    while i < body.len() && body[i] != 0 {
+        let code = body[i];
+        let end = body[i + 1..]
+            .iter()
+            .position(|b| *b == 0)
+            .map(|p| i + 1 + p)
+            .unwrap_or(body.len());
+        if code == b'C' {
+            return String::from_utf8_lossy(&body[i + 1..end]).into_owned();
+        }
+        i = end + 1;
+    }
+    String::new()
+}
+
+#[test]
+fn protocol_abuse_is_refused_and_the_gateway_survives() {
+    let s = setup_with(true); // the md5 role this time
+    let tok = token(&s.idp);
+    // FunctionCall ('F') is refused; the session stays usable.
+    let mut r = Raw::login(s.plain, &tok);
+    let mut f = Vec::new();
+    f.extend_from_slice(&2619i32.to_be_bytes()); // pg_read_file's OID in the catalogue of many versions
+    f.extend_from_slice(&0i16.to_be_bytes());
+    f.extend_from_slice(&0i16.to_be_bytes());
+    f.extend_from_slice(&0i16.to_be_bytes());
+    r.send(b'F', &f);
+    let msgs = r.until_ready();
+    assert_eq!(msgs[0].0, b'E');
+    assert_eq!(sqlstate(&msgs[0].1), "42501");
+    r.send(b'Q', b"SELECT 1\0");
+    let msgs = r.until_ready();
+    assert!(msgs.iter().any(|(t, _)| *t == b'D'), "session still usable");
+
+    // Extended protocol: named Parse accepted, later Bind/Execute decided on the registered text;
+    // Close and re-Parse of the unnamed statement are tracked.
+    let parse = |name: &str, sql: &str| {
+        let mut b = Vec::new();
+        b.extend_from_slice(name.as_bytes());
+        b.push(0);
+        b.extend_from_slice(sql.as_bytes());
+        b.push(0);
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b
+    };
+    let bind = |portal: &str, st: &str| {
+        let mut b = Vec::new();
+        b.extend_from_slice(portal.as_bytes());
+        b.push(0);
+        b.extend_from_slice(st.as_bytes());
+        b.push(0);
+        b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        b
+    };
+    let execute = |portal: &str| {
+        let mut b = portal.as_bytes().to_vec();
+        b.push(0);
+        b.extend_from_slice(&0i32.to_be_bytes());
+        b
+    };
+    r.send(b'P', &parse("del", "DELETE FROM orders WHERE id = 1"));
+    r.send(b'S', b"");
+    let msgs = r.until_ready();
+    assert_eq!(msgs[0].0, b'1', "parse itself is accepted");
+    r.send(b'B', &bind("", "del"));
+    r.send(b'E', &execute(""));
+    r.send(b'S', b"");
+    let msgs = r.until_ready();
+    let err = msgs.iter().find(|(t, _)| *t == b'E').expect("refused");
+    assert_eq!(sqlstate(&err.1), "42501");
+    // Unnamed: allowed text, then Close, then re-Parse with a write: the write is decided.
+    r.send(b'P', &parse("", "SELECT 1"));
+    r.send(b'C', b"S\0");
+    r.send(b'P', &parse("", "DELETE FROM orders WHERE id = 2"));
+    r.send(b'B', &bind("", ""));
+    r.send(b'E', &execute(""));
+    r.send(b'S', b"");
+    let msgs = r.until_ready();
+    let err = msgs.iter().find(|(t, _)| *t == b'E').expect("refused");
+    assert_eq!(sqlstate(&err.1), "42501");
+    assert_eq!(s.pg.psql("SELECT count(*) FROM orders"), "4");
+
+    // Hostile frames: length below 4, huge, unknown type, COPY data out of state: error and close.
+    for (tag, len) in [(b'Q', 0i32), (b'Q', 3), (b'Q', 0x7fff_ffff), (b'?', 4), (b'd', 4)] {
+        let mut r = Raw::login(s.plain, &tok);
+        let mut m = vec![tag];
+        m.extend_from_slice(&len.to_be_bytes());
+        r.0.write_all(&m).unwrap();
+        let msgs = r.until_ready();
+        assert!(
+            msgs.first()
+                .is_some_and(|(t, b)| *t == b'E' && sqlstate(b) == "08P01"),
+            "{} {len}: {msgs:?}",
+            tag as char
+        );
+    }
+    // Still serving.
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(b'Q', b"SELECT 1\0");
+    assert!(r.until_ready().iter().any(|(t, _)| *t == b'D'));
+    s.assert_no_canary();
+}
+
+#[test]
+fn authentication_and_startup_are_strict() {
+    let s = setup_with(false);
+    let tok = token(&s.idp);
+    let try_login = |conninfo: String| {
+        rt().block_on(async {
+            match tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await {
+                Ok(_) => panic!("login succeeded: {conninfo}"),
+                Err(e) => db_error(&e),
+            }
+        })
+    };
+    let (code, msg) = try_login(s.plain_conninfo("not-a-token"));
+    assert_eq!(code, "28000", "{msg}");
+    let (code, _) = try_login(
+        s.plain_conninfo(&tok)
+            .replace("user=ci-agent", "user=someone-else"),
+    );
+    assert_eq!(code, "28000");
+    let (code, msg) = try_login(format!("{} options='-c role=postgres'", s.plain_conninfo(&tok)));
+    assert_eq!(code, "08004", "{msg}");
+    let (code, _) = try_login(s.plain_conninfo(&tok).replace("dbname=shop", "dbname=nope"));
+    assert_eq!(code, "3D000");
+    // A valid login works and the token never shows in the log.
+    rt().block_on(async {
+        let c = connect(&s.plain_conninfo(&tok)).await;
+        c.query_one("SELECT 1", &[]).await.unwrap();
+    });
+    assert!(!s.gw.output().contains(&tok), "token in the log");
+    s.assert_no_canary();
+}
+
+#[test]
+fn cancel_requests_reach_only_the_right_backend() {
+    let s = setup_with(false);
+    let tok = token(&s.idp);
+    rt().block_on(async {
+        let c = connect(&s.plain_conninfo(&tok)).await;
+        let other = connect(&s.plain_conninfo(&tok)).await;
+        let token_c = c.cancel_token();
+        let slow = tokio::spawn(async move { c.batch_execute("SELECT pg_sleep(20) FROM customers").await });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        token_c.cancel_query(tokio_postgres::NoTls).await.unwrap();
+        let e = slow.await.unwrap().unwrap_err();
+        assert_eq!(db_error(&e).0, "57014", "{e}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        other.query_one("SELECT 1", &[]).await.unwrap();
+    });
+}
+
+#[test]
+fn row_cap_streams_and_upstream_down_is_prompt() {
+    let s = setup_with(false);
+    let tok = token(&s.idp);
+    rt().block_on(async {
+        let c = connect(&s.plain_conninfo(&tok)).await;
+        let rows = c.query("SELECT id FROM big_capped", &[]).await.unwrap();
+        assert_eq!(rows.len(), 1000, "stopped at the rule's rowLimit");
+    });
+    let out = s.psql("SELECT id FROM big_capped").unwrap();
+    assert_eq!(out.lines().count(), 1000);
+    let conninfo = s.plain_conninfo(&tok);
+    drop(s.pg);
+    let started = Instant::now();
+    let err = rt().block_on(async {
+        match tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await {
+            Ok(_) => panic!("connected to a stopped database"),
+            Err(e) => db_error(&e),
+        }
+    });
+    assert_eq!(err.0, "08006", "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
