@@ -95,6 +95,11 @@ impl Gateway {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// The gateway process's id (for RSS measurements).
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// Everything the gateway logged so far.
     pub fn output(&self) -> String {
         self.process.output()
