@@ -45,6 +45,10 @@ pub struct Metrics {
     pub masking_refusals: IntCounterVec,
     /// Recording writes that failed, by recording mode.
     pub recording_failures: IntCounterVec,
+    /// PostgreSQL statements decided, by connection, identity and decision.
+    pub postgres_statements: IntCounterVec,
+    /// PostgreSQL sessions by connection and outcome (`started`, or why the start was refused).
+    pub postgres_sessions: IntCounterVec,
 }
 
 impl Metrics {
@@ -135,8 +139,26 @@ impl Metrics {
             &["mode"],
         )
         .expect("valid metric");
+        let postgres_statements = IntCounterVec::new(
+            Opts::new(
+                "postgres_statements_total",
+                "PostgreSQL statements decided, by connection, identity and decision",
+            ),
+            &["connection", "identity", "decision"],
+        )
+        .expect("valid metric");
+        let postgres_sessions = IntCounterVec::new(
+            Opts::new(
+                "postgres_sessions_total",
+                "PostgreSQL session starts by outcome (started, or the SQLSTATE of the refusal)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(postgres_statements.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(postgres_sessions.clone()),
+            Box::new(http_requests.clone()),
             Box::new(http_request_duration.clone()),
             Box::new(http_upstream_duration.clone()),
             Box::new(http_gateway_overhead.clone()),
@@ -173,6 +195,8 @@ impl Metrics {
             http_problems,
             masked_values,
             masking_refusals,
+            postgres_statements,
+            postgres_sessions,
             recording_failures,
         }
     }

@@ -312,6 +312,19 @@ fn psql_over_tls_decides_masks_and_records() {
     assert!(rec.contains("no-unbounded-writes"), "decisions recorded");
     assert!(rec.contains("Ada Lovelace"), "result rows recorded");
     assert!(!rec.contains("ada@example.com"), "recorded rows are masked");
+    let metrics = s.gw.metrics();
+    assert!(
+        metrics.contains(
+            r#"agentgate_postgres_statements_total{connection="shop",decision="deny",identity="ci-agent"}"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"agentgate_postgres_sessions_total{outcome="started"}"#));
+    assert!(
+        metrics.contains(r#"agentgate_masked_values_total{cause="CreditCard",connection="shop"}"#)
+            || metrics.contains("masked_values_total{"),
+        "{metrics}"
+    );
     s.assert_no_canary();
 }
 
@@ -716,7 +729,10 @@ fn a_million_rows_stream_through_with_flat_memory() {
         c.query_one("SELECT 1", &[]).await.unwrap();
         let base = rss_kib(pid);
         let stream = c
-            .query_raw("SELECT id, card_number, note FROM million", std::iter::empty::<i32>())
+            .query_raw(
+                "SELECT id, card_number, note FROM million",
+                std::iter::empty::<i32>(),
+            )
             .await
             .unwrap();
         futures_util::pin_mut!(stream);
@@ -757,7 +773,11 @@ fn pgbench_runs_through_the_gateway() {
         .unwrap();
     assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
     s.pg.psql(&format!("GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}"));
-    for args in [&["-S"][..], &["-S", "-M", "prepared"], &["-b", "tpcb-like", "-M", "extended"]] {
+    for args in [
+        &["-S"][..],
+        &["-S", "-M", "prepared"],
+        &["-b", "tpcb-like", "-M", "extended"],
+    ] {
         let out = std::process::Command::new(&pgbench)
             .args(["-n", "-T", "2", "-c", "4", "-j", "2", "-h", "127.0.0.1"])
             .args(["-p", &s.plain.to_string(), "-U", "ci-agent", "shop"])
@@ -766,8 +786,16 @@ fn pgbench_runs_through_the_gateway() {
             .env("PGSSLMODE", "disable")
             .output()
             .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "pgbench {args:?}:\n{text}\n{}", s.gw.output());
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "pgbench {args:?}:\n{text}\n{}",
+            s.gw.output()
+        );
         assert!(text.contains("number of failed transactions: 0"), "{text}");
         let processed = text
             .lines()

@@ -148,8 +148,20 @@ pub async fn serve(
         Opening::Session(s) => *s,
     };
     match start(&ctx, &mut started, peer).await {
-        Ok((session, up)) => session.run(up, started).await,
+        Ok((session, up)) => {
+            ctx.gateway
+                .metrics
+                .postgres_sessions
+                .with_label_values(&["started"])
+                .inc();
+            session.run(up, started).await
+        }
         Err(StartupError::Reject(e)) => {
+            ctx.gateway
+                .metrics
+                .postgres_sessions
+                .with_label_values(&[e.code().unwrap_or("unknown")])
+                .inc();
             tracing::info!(%peer, user = %started.user, database = %started.database,
                 code = e.code().unwrap_or_default(), error = e.message().unwrap_or_default(),
                 "postgres session refused");
@@ -526,6 +538,12 @@ impl Live {
                 }
             }
         }
+        self.ctx
+            .gateway
+            .metrics
+            .postgres_statements
+            .with_label_values(&[&self.connection, &self.identity, d.label()])
+            .inc();
         Verdict {
             action: d.action,
             rule: d.rule_ref(),
@@ -1397,6 +1415,14 @@ impl ServerSide {
             );
         }
         let mut forwarded = false;
+        if !self.report.is_empty() {
+            self.live
+                .ctx
+                .gateway
+                .metrics
+                .count_masking(&self.live.connection, &self.report);
+            self.report = MaskReport::default();
+        }
         if let Some(s) = &s {
             if s.truncated {
                 let limit = s.plan.row_limit.unwrap_or(0);
