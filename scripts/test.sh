@@ -10,9 +10,26 @@ command -v kubectl >/dev/null || need_apt+=(kubernetes-client)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
 command -v python3 >/dev/null || need_apt+=(python3)
+# PostgreSQL tests: the server binaries (initdb, postgres; the harness takes the newest
+# /usr/lib/postgresql/*/bin), psql and pgbench, sqlsmith (the differential classification test),
+# and libclang to build the pg_query crate (bindgen).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
+{ command -v psql && command -v pgbench; } >/dev/null || need_apt+=(postgresql-client)
+command -v sqlsmith >/dev/null || need_apt+=(sqlsmith)
+compgen -G '/usr/lib/llvm-*/lib/libclang.so' >/dev/null || need_apt+=(libclang-dev)
+command -v setpriv >/dev/null || need_apt+=(util-linux)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}"
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"; else sudo apt-get update -qq && sudo apt-get install -y -qq "${need_apt[@]}"; fi
+  sudo=()
+  [ "$(id -u)" = 0 ] || sudo=(sudo)
+  if [[ " ${need_apt[*]} " == *" postgresql "* ]] && [ ! -e /etc/postgresql-common/createcluster.d/agentgate-tests.conf ]; then
+    # The tests start their own servers; the package's default cluster (a service on :5432) is
+    # not wanted, so postgresql-common is told not to create it.
+    "${sudo[@]}" mkdir -p /etc/postgresql-common/createcluster.d
+    echo 'create_main_cluster = false' | "${sudo[@]}" tee /etc/postgresql-common/createcluster.d/agentgate-tests.conf >/dev/null
+  fi
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "==> installing cargo-nextest"

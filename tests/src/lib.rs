@@ -3,6 +3,7 @@
 
 pub mod gateway;
 pub mod oidc;
+pub mod postgres;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -95,8 +96,22 @@ impl Process {
 
     /// Sends SIGTERM and waits up to `timeout` for a clean exit; returns the exit status.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.signal("TERM", timeout)
+    }
+
+    /// Whether the process has not exited yet.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends `signal` (a name for `kill -s`, e.g. `INT`) and waits up to `timeout` for the
+    /// process to exit; returns the exit status, None when it is still running.
+    pub fn signal(&mut self, signal: &str, timeout: Duration) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
         let _ = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args(["-s", signal, &self.pid().to_string()])
             .status();
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {

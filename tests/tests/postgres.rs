@@ -19,7 +19,6 @@ struct Setup {
     idp: OidcProvider,
     pg: PgServer,
     gw: Gateway,
-    cert: ServingCert,
     /// The plaintext listener (loopback only).
     plain: u16,
     dir: tempfile::TempDir,
@@ -194,7 +193,6 @@ fn setup_with(role_md5: bool) -> Setup {
         idp,
         pg,
         gw,
-        cert,
         plain,
         dir,
     }

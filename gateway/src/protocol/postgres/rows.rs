@@ -128,6 +128,7 @@ impl RowMasker {
         if !col.binary || TEXT_LIKE.contains(&col.type_oid) {
             let text = String::from_utf8_lossy(v);
             if let Some(strategy) = col.whole {
+                report.fields += 1;
                 return Some(Cow::Owned(self.plan.mask_value(strategy, &text).into_bytes()));
             }
             if !self.detect {
@@ -163,6 +164,7 @@ impl RowMasker {
             return Some(Cow::Owned(b));
         }
         if col.whole.is_some() {
+            report.fields += 1;
             // No masked form fits a binary number, date or UUID: withhold the value.
             return None;
         }
