@@ -305,6 +305,25 @@ fn psql_over_tls_decides_masks_and_records() {
     let err = s.psql("SELEC 1").unwrap_err();
     assert!(err.contains("cannot parse"), "{err}");
 
+    // COPY: FROM STDIN on an allowed table works; TO STDOUT passes the detectors; a table with
+    // masked columns cannot be copied out; COPY PROGRAM is refused.
+    let csv = s.dir.path().join("orders.csv");
+    std::fs::write(&csv, "1,1.50\n2,2.50\n").unwrap();
+    s.psql(&format!(
+        "\\copy orders (customer_id, total) FROM '{}' WITH (FORMAT csv)",
+        csv.display()
+    ))
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.output()));
+    assert_eq!(s.pg.psql("SELECT count(*) FROM orders"), "6");
+    let out = s
+        .psql("COPY (SELECT card_number FROM orders WHERE card_number IS NOT NULL) TO STDOUT")
+        .unwrap();
+    assert!(!out.contains("4111") && out.lines().count() == 4, "{out}");
+    let err = s.psql("COPY customers TO STDOUT").unwrap_err();
+    assert!(err.contains("masked columns"), "{err}");
+    let err = s.psql("COPY orders FROM PROGRAM 'id'").unwrap_err();
+    assert!(err.contains("ERROR"), "{err}");
+
     let rec = s.gw.recordings();
     assert!(rec.contains("\"pg.query\""), "{rec}");
     assert!(rec.contains("no-unbounded-writes"), "decisions recorded");
@@ -454,7 +473,7 @@ fn security_catalogue_statements_are_refused() {
 }
 
 /// Minimal raw client for protocol abuse.
-struct Raw(TcpStream);
+struct Raw(TcpStream, (i32, i32));
 
 impl Raw {
     fn login(port: u16, token: &str) -> Raw {
@@ -472,7 +491,7 @@ impl Raw {
         let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
         packet.extend(body);
         s.write_all(&packet).unwrap();
-        let mut raw = Raw(s);
+        let mut raw = Raw(s, (0, 0));
         let (tag, _) = raw.read();
         assert_eq!(tag, b'R');
         let mut pw = token.as_bytes().to_vec();
@@ -481,6 +500,10 @@ impl Raw {
         loop {
             let (tag, body) = raw.read();
             assert_ne!(tag, b'E', "{}", String::from_utf8_lossy(&body));
+            if tag == b'K' {
+                let int = |i: usize| i32::from_be_bytes([body[i], body[i + 1], body[i + 2], body[i + 3]]);
+                raw.1 = (int(0), int(4));
+            }
             if tag == b'Z' {
                 return raw;
             }
@@ -678,6 +701,23 @@ fn cancel_requests_reach_only_the_right_backend() {
         assert!(started.elapsed() < Duration::from_secs(10));
         other.query_one("SELECT 1", &[]).await.unwrap();
     });
+    // A CancelRequest with the right process id and a wrong secret cancels nothing.
+    let mut r = Raw::login(s.plain, &tok);
+    let (pid, secret) = r.1;
+    r.send(b'Q', b"SELECT pg_sleep(1.5)\0");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut cancel = TcpStream::connect(("127.0.0.1", s.plain)).unwrap();
+    let mut packet = 16i32.to_be_bytes().to_vec();
+    packet.extend_from_slice(&80877102i32.to_be_bytes());
+    packet.extend_from_slice(&pid.to_be_bytes());
+    packet.extend_from_slice(&secret.wrapping_add(1).to_be_bytes());
+    cancel.write_all(&packet).unwrap();
+    let msgs = r.until_ready();
+    assert!(
+        msgs.iter().any(|(t, _)| *t == b'C'),
+        "the query completed: {msgs:?}"
+    );
+    assert!(!msgs.iter().any(|(t, _)| *t == b'E'));
 }
 
 #[test]
