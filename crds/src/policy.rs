@@ -259,7 +259,11 @@ pub enum StatementKind {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SqlMatch {
-    /// Statement kinds.
+    /// Statement kinds. An Allow rule matches a statement only if every kind it contains (its
+    /// own, and those of data-modifying CTEs, EXPLAIN ANALYZE or PREPARE inside it) is listed.
+    /// An Allow rule that lists only reading kinds (Select, Show, Explain, Transaction, Prepare,
+    /// Execute, Deallocate, Listen, Set) and no functions does not match statements that may
+    /// write, such as a SELECT calling a volatile function.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "set"))]
     pub statements: Vec<StatementKind>,

@@ -444,6 +444,10 @@ fn security_catalogue_statements_are_refused() {
             "select * from \"billing\".invoices",
             "SELECT * FROM U&\"billin\\0067\".invoices",
             "DeLeTe\tFROM\norders",
+            "SET search_path = billing, public",
+            "SELECT set_config('search_path', 'billing', false)",
+            "BEGIN; DECLARE c CURSOR FOR SELECT id FROM big_capped",
+            "SELECT * FROM orders FOR UPDATE",
         ] {
             let e = match c.batch_execute(sql).await {
                 Ok(()) => panic!("{sql} was allowed; recordings:\n{}", s.gw.recordings()),

@@ -398,6 +398,19 @@ pub struct SqlMatcher {
     row_limit: Option<u64>,
 }
 
+/// Statement kinds that do not write by themselves.
+pub const READING_KINDS: [StatementKind; 9] = [
+    StatementKind::Select,
+    StatementKind::Show,
+    StatementKind::Explain,
+    StatementKind::Transaction,
+    StatementKind::Prepare,
+    StatementKind::Execute,
+    StatementKind::Deallocate,
+    StatementKind::Listen,
+    StatementKind::Set,
+];
+
 /// What `Ddl` stands for in a rule.
 pub const DDL_KINDS: [StatementKind; 6] = [
     StatementKind::Create,
@@ -470,6 +483,22 @@ impl SqlMatcher {
         // Allow needs every element to match, Deny and RequireApproval any one.
         let all = action == Action::Allow;
         if self.without_where && !st.without_where {
+            return false;
+        }
+        // An Allow rule that lists only reading kinds does not allow a statement that may write
+        // (a SELECT calling a volatile function, SELECT ... FOR UPDATE): the kind alone would
+        // hide the write. A rule that lists functions has named every function it allows.
+        if all
+            && st.writes
+            && self.functions.is_empty()
+            && !self.statements.is_empty()
+            && self.statements.iter().all(|k| READING_KINDS.contains(k))
+        {
+            return false;
+        }
+        // Likewise a rule scoped to tables does not allow a write whose tables the gateway cannot
+        // see (inside a function called by a statement that names no table).
+        if all && st.writes && st.tables.is_empty() && !self.tables.is_empty() && self.functions.is_empty() {
             return false;
         }
         if self.writes && !st.writes {
@@ -706,6 +735,19 @@ mod tests {
         assert!(!sql_matches(ddl, "SELECT * INTO t2 FROM t"));
         // No statements listed: any kind.
         assert!(sql_matches("name: r\naction: Allow\nsql: {}\n", "VACUUM"));
+        // A reading-only Allow rule does not cover a SELECT that may write.
+        assert!(!sql_matches(allow, "SELECT billing.mark_paid(1)"));
+        assert!(!sql_matches(allow, "SELECT * FROM orders FOR UPDATE"));
+        assert!(sql_matches(allow, "SELECT lower(name) FROM orders"));
+        let writes_too = "name: r\naction: Allow\nsql:\n  statements: [Select, Update]\n";
+        assert!(sql_matches(writes_too, "SELECT billing.mark_paid(1)"));
+        let scoped = "name: r\naction: Allow\nsql:\n  statements: [Select, Update]\n  tables: [orders]\n";
+        assert!(
+            !sql_matches(scoped, "SELECT billing.mark_paid(1)"),
+            "a write to unseen tables"
+        );
+        assert!(sql_matches(scoped, "SELECT 1"));
+        assert!(sql_matches(scoped, "UPDATE orders SET total = 1 WHERE id = 2"));
     }
 
     #[test]

@@ -501,6 +501,20 @@ impl Live {
                 }
             }
         }
+        if let Some((name, _)) = upstream::PINNED_SETTINGS
+            .iter()
+            .find(|(name, _)| st.settings.iter().any(|s| s == name))
+        {
+            return Verdict {
+                action: Action::Deny,
+                rule: None,
+                message: format!(
+                    "changing {name} is refused by the gateway: policies read statements with the value it pins"
+                ),
+                row_limit: None,
+                label: "deny",
+            };
+        }
         if st.copy.is_some_and(|c| !c.from) && st.tables.iter().any(|t| self.masked.has_masked_table(t)) {
             return Verdict {
                 action: Action::Deny,
@@ -537,6 +551,17 @@ impl Live {
                     }
                 }
             }
+        }
+        if row_limit.is_some() && st.node == "DeclareCursorStmt" {
+            return Verdict {
+                action: Action::Deny,
+                rule: None,
+                message:
+                    "cursors are refused where a rowLimit applies (FETCH would read past it); use SELECT"
+                        .into(),
+                row_limit: None,
+                label: "deny",
+            };
         }
         self.ctx
             .gateway

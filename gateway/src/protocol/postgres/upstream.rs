@@ -23,6 +23,10 @@ use super::message::{FrameReader, backend};
 use super::stream::Stream;
 use crate::config::CompiledConnection;
 
+/// Settings every upstream session starts with; statements that change them are refused.
+pub const PINNED_SETTINGS: [(&str, &str); 2] =
+    [("search_path", "public"), ("standard_conforming_strings", "on")];
+
 /// Longest wait for the upstream's TCP connect, TLS handshake and authentication together.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
