@@ -249,6 +249,68 @@ impl Shard {
     }
 }
 
+/// First words of the statements that may share a cache entry by shape.
+const SHAPED_STATEMENTS: [&str; 7] = ["select", "insert", "update", "delete", "with", "values", "table"];
+
+/// The text with every numeric literal replaced by `0`, when the classification cannot depend on
+/// the values of its literals; `None` otherwise. So `... WHERE aid = 1` and `... WHERE aid = 2`
+/// (pgbench, any client that inlines numbers) share one cache entry.
+///
+/// Sound because it is narrow: one DML or SELECT statement (a trailing `;` at most); no string
+/// or quoted identifier, dollar quote, comment or backslash anywhere (so no literal but numbers,
+/// and no digits inside a name are touched: a digit run counts only when no name character
+/// precedes it); no `set_config` (whose string argument decides what it does). Numbers never
+/// change what such a statement is, touches or calls: kinds, tables, functions, columns, WHERE
+/// and writes come from its structure and names.
+pub fn shape(sql: &str) -> Option<String> {
+    let body = shape_text(sql);
+    if !body.is_ascii()
+        || body.contains(['\'', '"', '\\', ';'])
+        || body.contains("--")
+        || body.contains("/*")
+        || body.to_ascii_lowercase().contains("set_config")
+    {
+        return None;
+    }
+    let first = body
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()?
+        .to_ascii_lowercase();
+    if !SHAPED_STATEMENTS.contains(&first.as_str()) {
+        return None;
+    }
+    let bytes = body.as_bytes();
+    if bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'$' && !bytes.get(i + 1).is_some_and(u8::is_ascii_digit))
+    {
+        return None;
+    }
+    let mut out = String::with_capacity(body.len());
+    let mut prev_name = false;
+    let mut in_number = false;
+    for &b in bytes {
+        let name_char = b.is_ascii_alphanumeric() || b == b'_' || b == b'$';
+        if b.is_ascii_digit() && (in_number || !prev_name) {
+            if !in_number {
+                out.push('0');
+                in_number = true;
+            }
+        } else {
+            in_number = false;
+            out.push(b as char);
+        }
+        prev_name = name_char && !in_number;
+    }
+    Some(out)
+}
+
+/// The statement of a shaped text: trimmed, without its trailing `;`.
+fn shape_text(sql: &str) -> &str {
+    sql.trim().trim_end_matches(';').trim_end()
+}
+
 impl Classifier {
     /// A classifier caching up to `capacity` texts (0: no cache).
     pub fn new(capacity: usize) -> Self {
@@ -270,28 +332,48 @@ impl Classifier {
         if self.generation == 0 || sql.len() > MAX_CACHED_TEXT {
             return classify(sql).map(Arc::new);
         }
-        let key = self.hasher.hash_one(sql);
+        let shaped = shape(sql);
+        let cache_text = shaped.as_deref().unwrap_or(sql);
+        // A hit on the shape of another text is that text's classification with this one's text.
+        let own_text = |c: Arc<Classified>| -> Arc<Classified> {
+            if shaped.is_none() || c.statements.first().is_some_and(|st| st.text == shape_text(sql)) {
+                return c;
+            }
+            let mut mine = Classified::clone(&c);
+            if let Some(st) = mine.statements.first_mut() {
+                st.text = shape_text(sql).to_string();
+            }
+            Arc::new(mine)
+        };
+        let key = self.hasher.hash_one(cache_text);
         // The high bits pick the shard; the map uses the low ones.
         let shard = &self.shards[(key >> 56) as usize % self.shards.len()];
         {
             let mut s = shard.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(c) = s.current.get(&key)
-                && &*c.text == sql
+                && &*c.text == cache_text
             {
-                return Ok(c.value.clone());
+                let value = c.value.clone();
+                drop(s);
+                return Ok(own_text(value));
             }
             if let Some(c) = s.previous.remove(&key)
-                && &*c.text == sql
+                && &*c.text == cache_text
             {
                 let value = c.value.clone();
                 s.insert(key, c, self.generation);
-                return Ok(value);
+                drop(s);
+                return Ok(own_text(value));
             }
         }
         // Classified outside the lock: a slow text does not hold up the shard.
         let value = Arc::new(classify(sql)?);
+        if shaped.is_some() && value.statements.len() != 1 {
+            // The shape rules admit single statements only; anything else is not cached by shape.
+            return Ok(value);
+        }
         let entry = Cached {
-            text: sql.into(),
+            text: cache_text.into(),
             value: value.clone(),
         };
         shard
@@ -2298,6 +2380,52 @@ mod tests {
     }
 
     #[test]
+    fn numbers_share_a_cache_entry_only_where_they_cannot_matter() {
+        assert_eq!(
+            shape("SELECT abalance FROM pgbench_accounts WHERE aid = 54321;").as_deref(),
+            Some("SELECT abalance FROM pgbench_accounts WHERE aid = 0")
+        );
+        assert_eq!(
+            shape("select * from t2 where x = 1.5e3 and y = $1").as_deref(),
+            Some("select * from t2 where x = 0.0e3 and y = $1")
+        );
+        for not in [
+            "SELECT set_config('role', 'x', false)",
+            "SELECT 1; DELETE FROM t",
+            "SELECT * FROM \"t1\"",
+            "SELECT $$1$$",
+            "SELECT 1 -- 2",
+            "SET work_mem = 1",
+            "SELECT 'a'",
+            "SELECT SET_CONFIG(1, 2, true)",
+        ] {
+            assert_eq!(shape(not), None, "{not}");
+        }
+        let c = Classifier::new(1024);
+        let a = c
+            .classify("SELECT abalance FROM pgbench_accounts WHERE aid = 1")
+            .unwrap();
+        let b = c
+            .classify("SELECT abalance FROM pgbench_accounts WHERE aid = 2;")
+            .unwrap();
+        assert_eq!(c.len(), 1, "one entry for both");
+        assert_eq!(
+            b.statements[0].text,
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 2"
+        );
+        assert_eq!(a.statements[0].tables, b.statements[0].tables);
+        assert_eq!(a.statements[0].kinds, b.statements[0].kinds);
+        // A name with digits is not a number.
+        let d = c
+            .classify("SELECT abalance FROM pgbench_accounts2 WHERE aid = 3")
+            .unwrap();
+        assert_eq!(
+            d.statements[0].tables,
+            vec!["public.pgbench_accounts2".to_string()]
+        );
+    }
+
+    #[test]
     fn the_cache_returns_the_same_classification() {
         let c = Classifier::new(100);
         assert!(c.is_empty());
@@ -2305,7 +2433,7 @@ mod tests {
         let b = c.classify("SELECT 1").unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(*a, classify("SELECT 1").unwrap());
-        let other = c.classify("SELECT 2").unwrap();
+        let other = c.classify("SELECT x").unwrap();
         assert!(!Arc::ptr_eq(&a, &other));
         assert_eq!(c.len(), 2);
         // Errors are returned, not cached.
@@ -2323,14 +2451,14 @@ mod tests {
         let c = Classifier::new(10);
         let hot = c.classify("SELECT 0").unwrap();
         for i in 1..1000 {
-            c.classify(&format!("SELECT {i}")).unwrap();
+            c.classify(&format!("SELECT x{i}")).unwrap();
             // The hot entry is used all the time and stays.
             assert!(Arc::ptr_eq(&hot, &c.classify("SELECT 0").unwrap()));
             assert!(c.len() <= 10, "{}", c.len());
         }
         let big = Classifier::new(4096);
         for i in 0..20_000 {
-            big.classify(&format!("SELECT {i}")).unwrap();
+            big.classify(&format!("SELECT x{i}")).unwrap();
         }
         assert!(big.len() <= 4096 && big.len() >= 1024, "{}", big.len());
         // No cache, and texts too long to cache.
@@ -2350,7 +2478,7 @@ mod tests {
                 let c = c.clone();
                 std::thread::spawn(move || {
                     for i in 0..500 {
-                        let sql = format!("SELECT {} FROM t{}", i % 50, t % 2);
+                        let sql = format!("SELECT c{} FROM t{}", i % 50, t % 2);
                         let s = c.classify(&sql).unwrap();
                         assert_eq!(s.statements[0].tables, vec![format!("public.t{}", t % 2)]);
                     }

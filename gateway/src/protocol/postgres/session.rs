@@ -194,6 +194,36 @@ struct Live {
     marker: String,
     /// Whether any applicable rule caps rows (so decisions look for the smallest cap).
     row_limits: bool,
+    counters: Counters,
+}
+
+/// The session's statement counters, looked up once.
+struct Counters {
+    allow: prometheus::IntCounter,
+    deny: prometheus::IntCounter,
+    approval: prometheus::IntCounter,
+}
+
+impl Counters {
+    fn new(m: &crate::metrics::Metrics, connection: &str, identity: &str) -> Self {
+        let c = |d: &str| {
+            m.postgres_statements
+                .with_label_values(&[connection, identity, d])
+        };
+        Self {
+            allow: c("allow"),
+            deny: c("deny"),
+            approval: c("require_approval"),
+        }
+    }
+
+    fn count(&self, a: Action) {
+        match a {
+            Action::Allow => self.allow.inc(),
+            Action::Deny => self.deny.inc(),
+            Action::RequireApproval => self.approval.inc(),
+        }
+    }
 }
 
 async fn start(
@@ -341,6 +371,7 @@ async fn start(
             _cancel: registration,
             marker,
             row_limits,
+            counters: Counters::new(&ctx.gateway.metrics, &conn.name, &principal.identity),
         },
         up,
     ))
@@ -563,16 +594,16 @@ impl Live {
                 label: "deny",
             };
         }
-        self.ctx
-            .gateway
-            .metrics
-            .postgres_statements
-            .with_label_values(&[&self.connection, &self.identity, d.label()])
-            .inc();
+        self.counters.count(d.action);
         Verdict {
             action: d.action,
             rule: d.rule_ref(),
-            message: d.explain(&op),
+            // Explanations are for refusals; an allowed statement's record names its rule.
+            message: if d.action == Action::Allow {
+                String::new()
+            } else {
+                d.explain(&op)
+            },
             row_limit,
             label: d.label(),
         }
@@ -915,7 +946,7 @@ impl ClientSide {
             "functions": st.functions,
             "decision": v.label,
             "rule": v.rule,
-            "reason": v.message,
+            "reason": (!v.message.is_empty()).then_some(&v.message),
         })
     }
 
