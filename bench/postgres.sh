@@ -228,7 +228,9 @@ cat >>"$PG_DIR/data/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
 port = $PG_PORT
 unix_socket_directories = '$PG_DIR/socket'
-max_connections = $((IDLE_CLIENTS + 3 * CLIENTS + 20))
+# pgbouncer keeps its server connections after its idle clients leave, so the gateway's idle
+# clients need room of their own.
+max_connections = $((2 * IDLE_CLIENTS + 3 * CLIENTS + 20))
 shared_buffers = '256MB'
 fsync = off
 synchronous_commit = off
