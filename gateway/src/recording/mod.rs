@@ -39,6 +39,8 @@ pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
 pub const MAX_RECORDED_BODY: usize = 64 * 1024;
 /// Longest event type.
 pub const MAX_KIND_BYTES: usize = 64;
+/// Most events [`Session::record_deferred`] holds before writing them.
+pub const MAX_DEFERRED: usize = 64;
 /// The first event of every session.
 pub const START: &str = "session.start";
 /// The last event of a closed session, signed.
@@ -220,6 +222,7 @@ impl Recorder {
                 prev: GENESIS.to_string(),
                 len: 0,
                 closed: false,
+                deferred: Vec::new(),
             }),
         };
         let mut data = into_object(start);
@@ -249,6 +252,8 @@ struct State {
     /// Bytes of complete events: a failed write is cut back to this.
     len: u64,
     closed: bool,
+    /// Deferred events (kind, timestamp, data), written with the next event.
+    deferred: Vec<(String, String, Value)>,
 }
 
 /// One recorded session. Shared by a connection's tasks; events are appended in lock order.
@@ -291,6 +296,37 @@ impl Session {
         self.settle(kind, result)
     }
 
+    /// Queues one event to be written with the next [`record`](Self::record) (or the close),
+    /// in one write: for events that follow what they record (a result already sent), so a
+    /// statement and the previous statement's result cost one system call. Its timestamp is
+    /// taken now. At most [`MAX_DEFERRED`] events wait; then they are written at once.
+    pub fn record_deferred(&self, kind: &str, data: Value) -> Result<(), RecordingError> {
+        let valid = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b);
+        let result = if kind == START
+            || kind == END
+            || kind.is_empty()
+            || kind.len() > MAX_KIND_BYTES
+            || !kind.bytes().all(valid)
+        {
+            Err(RecordingError::InvalidKind)
+        } else {
+            let mut state = self.lock();
+            if state.closed {
+                Err(RecordingError::Closed(self.id.clone()))
+            } else {
+                state
+                    .deferred
+                    .push((kind.to_string(), Timestamp::now().rfc3339(), data));
+                if state.deferred.len() >= MAX_DEFERRED {
+                    self.write_deferred(&mut state)
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        self.settle(kind, result)
+    }
+
     /// Writes the signed `session.end` event with `data`, then fsyncs the file and its directory.
     /// Idempotent; done with `{"reason":"dropped"}` on drop if the caller did not.
     pub fn close(&self, data: Value) -> Result<(), RecordingError> {
@@ -302,6 +338,11 @@ impl Session {
         let mut state = self.lock();
         if state.closed {
             return Ok(());
+        }
+        // Deferred events go before the end, so the signature covers them.
+        if let Err(e) = self.write_deferred(&mut state) {
+            self.inner.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(session = %self.id, error = %e, "deferred session events not recorded");
         }
         let signature = self
             .inner
@@ -329,6 +370,11 @@ impl Session {
             .map_err(sync)
     }
 
+    /// Writes the deferred events alone.
+    fn write_deferred(&self, state: &mut State) -> Result<(), RecordingError> {
+        self.write_events(state, None)
+    }
+
     fn append(&self, state: &mut State, kind: &str, data: &Value) -> Result<(), RecordingError> {
         let valid = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b);
         if kind.is_empty() || kind.len() > MAX_KIND_BYTES || !kind.bytes().all(valid) {
@@ -337,12 +383,41 @@ impl Session {
         if state.closed {
             return Err(RecordingError::Closed(self.id.clone()));
         }
+        self.write_events(state, Some((kind, data)))
+    }
+
+    /// Encodes the deferred events, then `event`, chained in that order, and writes them in one
+    /// system call. The chain advances only once the bytes are written.
+    fn write_events(&self, state: &mut State, event: Option<(&str, &Value)>) -> Result<(), RecordingError> {
+        let deferred = std::mem::take(&mut state.deferred);
+        if deferred.is_empty() && event.is_none() {
+            return Ok(());
+        }
+        if state.file.is_none() {
+            return Err(RecordingError::Unavailable(self.id.clone()));
+        }
+        let (mut seq, mut prev) = (state.seq, state.prev.clone());
+        let mut lines = Vec::new();
+        for (kind, ts, data) in &deferred {
+            let e = chain::encode(seq, ts, &self.id, kind, data, &prev)?;
+            lines.extend_from_slice(&e.line);
+            seq += 1;
+            prev = e.hash;
+        }
+        if let Some((kind, data)) = event {
+            let ts = Timestamp::now().rfc3339();
+            let e = chain::encode(seq, &ts, &self.id, kind, data, &prev)?;
+            lines.extend_from_slice(&e.line);
+            seq += 1;
+            prev = e.hash;
+        }
+        if lines.is_empty() {
+            return Ok(());
+        }
         let Some(file) = state.file.as_mut() else {
             return Err(RecordingError::Unavailable(self.id.clone()));
         };
-        let ts = Timestamp::now().rfc3339();
-        let event = chain::encode(state.seq, &ts, &self.id, kind, data, &state.prev)?;
-        if let Err(source) = file.write_all(&event.line) {
+        if let Err(source) = file.write_all(&lines) {
             // A partial line would make every later event unverifiable: cut it off, or stop
             // writing to this file at all.
             if file.set_len(state.len).is_err() {
@@ -353,9 +428,9 @@ impl Session {
                 source,
             });
         }
-        state.len += event.line.len() as u64;
-        state.seq += 1;
-        state.prev = event.hash;
+        state.len += lines.len() as u64;
+        state.seq = seq;
+        state.prev = prev;
         Ok(())
     }
 

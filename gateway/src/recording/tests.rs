@@ -420,3 +420,29 @@ fn bodies_are_capped() {
         json!({"text": "", "bytes": 0, "truncated": false})
     );
 }
+
+#[test]
+fn deferred_events_are_written_in_order_with_the_next_event_and_before_the_end() {
+    let (_d, rec) = recorder(RecordingMode::Required);
+    let s = rec.start_session(json!({})).unwrap();
+    s.record("pg.query", json!({"n": 1})).unwrap();
+    s.record_deferred("pg.result", json!({"n": 1})).unwrap();
+    assert_eq!(lines(s.path()).len(), 2, "deferred: not written yet");
+    s.record("pg.query", json!({"n": 2})).unwrap();
+    let l = lines(s.path());
+    assert_eq!(l.len(), 4, "written with the next event");
+    assert!(l[2].contains("pg.result") && l[3].contains("pg.query"));
+    s.record_deferred("pg.result", json!({"n": 2})).unwrap();
+    assert!(s.record_deferred("Bad Kind", json!({})).is_err());
+    s.close(json!({"reason": "done"})).unwrap();
+    let l = lines(s.path());
+    assert!(l[4].contains("pg.result") && l[5].contains("session.end"));
+    let report = verify_file(s.path(), Some(rec.public_key())).unwrap();
+    assert_eq!((report.events, report.closed, report.signed), (6, true, true));
+    // Many deferred events are written without waiting for another event.
+    let s = rec.start_session(json!({})).unwrap();
+    for i in 0..MAX_DEFERRED {
+        s.record_deferred("pg.result", json!({ "i": i })).unwrap();
+    }
+    assert_eq!(lines(s.path()).len(), 1 + MAX_DEFERRED);
+}

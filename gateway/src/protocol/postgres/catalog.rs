@@ -131,6 +131,7 @@ async fn query(up: &mut Upstream, sql: &str) -> Result<Vec<Vec<String>>, Catalog
     let mut out = BytesMut::new();
     Query { sql: sql.into() }.encode(&mut out);
     up.writer.write_all(&out).await?;
+    up.writer.flush().await?;
     let mut rows = Vec::new();
     let mut error = None;
     loop {

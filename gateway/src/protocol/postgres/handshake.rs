@@ -275,6 +275,10 @@ pub async fn read_token(s: &mut Started, peer: SocketAddr) -> Result<String, Sta
         .write_all(&out)
         .await
         .map_err(|e| StartupError::Drop(e.to_string()))?;
+    s.writer
+        .flush()
+        .await
+        .map_err(|e| StartupError::Drop(e.to_string()))?;
     let frame = tokio::time::timeout(STARTUP_TIMEOUT, s.reader.next())
         .await
         .map_err(|_| StartupError::Drop("timed out waiting for the password".into()))??;

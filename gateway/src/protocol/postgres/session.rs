@@ -640,6 +640,26 @@ impl Live {
         }
     }
 
+    /// Records an event that follows what it records (a result already sent): written with the
+    /// next event, in one system call. Failures are counted, never refuse (the rows are gone).
+    fn record_after(&self, kind: &str, data: Value) {
+        if let Some(r) = &self.recording
+            && let Err(e) = r.record_deferred(kind, data)
+        {
+            self.ctx
+                .gateway
+                .metrics
+                .recording_failures
+                .with_label_values(&[if self.mode == RecordingMode::Required {
+                    "required"
+                } else {
+                    "best_effort"
+                }])
+                .inc();
+            tracing::error!(error = %e, "recording a postgres result failed");
+        }
+    }
+
     /// Whether computed result columns of `st` must be masked: it reads masked columns by name,
     /// by `*`, or as whole rows.
     fn computes_over_masked(&self, st: &Statement) -> bool {
@@ -684,7 +704,7 @@ impl Live {
         }
         self._cancel.key.encode(&mut out);
         TransactionStatus::Idle.encode(&mut out);
-        if client_writer.write_all(&out).await.is_err() {
+        if client_writer.write_all(&out).await.is_err() || client_writer.flush().await.is_err() {
             return;
         }
         let (tx, rx) = mpsc::unbounded_channel();
@@ -713,6 +733,7 @@ impl Live {
             shared,
             out: BytesMut::new(),
             copy_in: false,
+            described: None,
         }
         .run(client_reader, up_writer)
         .await;
@@ -728,11 +749,12 @@ impl Live {
     }
 }
 
-/// Writes buffered bytes.
+/// Writes buffered bytes and flushes them (TLS keeps records in its buffer until flushed).
 async fn flush(w: &mut WriteHalf<Stream>, out: &mut BytesMut) -> std::io::Result<()> {
     if !out.is_empty() {
         w.write_all(out).await?;
         out.clear();
+        w.flush().await?;
     }
     Ok(())
 }
@@ -748,6 +770,9 @@ struct ClientSide {
     out: BytesMut,
     /// A forwarded statement may start COPY FROM STDIN, so CopyData is expected.
     copy_in: bool,
+    /// The portal the client described since its last Bind or Execute: its Execute needs no
+    /// Describe from the gateway (libpq describes every portal it executes).
+    described: Option<String>,
 }
 
 /// A message that stops the session: sent to the client by the server side, which owns the
@@ -827,7 +852,11 @@ impl ClientSide {
                 self.bind(&frame, b)?;
             }
             frontend::DESCRIBE => {
-                Target::parse(&frame.body, "Describe").map_err(|e| malformed(self, e))?;
+                let t = Target::parse(&frame.body, "Describe").map_err(|e| malformed(self, e))?;
+                self.described = match t {
+                    Target::Portal(name) => Some(name),
+                    Target::Statement(_) => None,
+                };
                 self.forward(&frame);
                 self.push(Pending::Describe { internal: false })?;
             }
@@ -1100,6 +1129,7 @@ impl ClientSide {
         lock(&self.shared)
             .portals
             .insert(b.portal.clone(), Portal { classified, params });
+        self.described = None;
         self.forward(frame);
         self.push(Pending::Bind)
     }
@@ -1149,9 +1179,11 @@ impl ClientSide {
         if st.copy.is_some_and(|c| c.from) {
             self.copy_in = true;
         }
-        // Learn the portal's columns (and formats) for masking: the client may not have asked.
-        Target::Portal(e.portal.clone()).encode(frontend::DESCRIBE, &mut self.out);
-        self.push(Pending::Describe { internal: true })?;
+        // Learn the portal's columns (and formats) for masking, unless the client just asked.
+        if self.described.take().as_ref() != Some(&e.portal) {
+            Target::Portal(e.portal.clone()).encode(frontend::DESCRIBE, &mut self.out);
+            self.push(Pending::Describe { internal: true })?;
+        }
         self.forward(frame);
         self.push(Pending::Execute {
             plan: live.result_plan(st, &v),
@@ -1509,7 +1541,7 @@ impl ServerSide {
             }
             if self.live.recording.is_some() {
                 let columns = s.masker.as_ref().map(|m| m.names().to_vec());
-                let _ = self.live.record(
+                self.live.record_after(
                     "pg.result",
                     json!({
                         "sql": s.plan.sql,

@@ -145,6 +145,7 @@ async fn connect_inner(
     }
     .encode(&mut out);
     write.write_all(&out).await.map_err(unreachable)?;
+    write.flush().await.map_err(unreachable)?;
 
     let mut scram: Option<ScramSha256> = None;
     let mut key = None;
@@ -228,6 +229,7 @@ async fn connect_inner(
         }
         if !out.is_empty() {
             write.write_all(&out).await.map_err(unreachable)?;
+            write.flush().await.map_err(unreachable)?;
         }
     }
 }
