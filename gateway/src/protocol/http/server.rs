@@ -143,6 +143,26 @@ pub async fn run(gw: Arc<Gateway>, mut snapshots: SnapshotReceiver, mut shutdown
     }
 }
 
+/// The next connection, or `None` once the listener is told to stop.
+async fn accept(
+    socket: &TcpListener,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = socket.accept() => match accepted {
+                Ok(a) => return Some(a),
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => return None,
+        }
+    }
+}
+
 async fn accept_loop(
     socket: TcpListener,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
@@ -150,19 +170,7 @@ async fn accept_loop(
     name: String,
     mut stop: watch::Receiver<bool>,
 ) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = socket.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
+    while let Some((stream, peer)) = accept(&socket, &mut stop).await {
         let _ = stream.set_nodelay(true);
         let gw = gw.clone();
         let acceptor = acceptor.clone();
@@ -202,18 +210,7 @@ async fn postgres_accept_loop(
     ctx: Arc<PostgresContext>,
     mut stop: watch::Receiver<bool>,
 ) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = socket.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => return,
-        };
+    while let Some((stream, peer)) = accept(&socket, &mut stop).await {
         tokio::spawn(crate::protocol::postgres::session::serve(
             ctx.clone(),
             stream,

@@ -508,6 +508,19 @@ struct Verdict {
     label: &'static str,
 }
 
+impl Verdict {
+    /// A refusal by the gateway itself, not by a policy rule.
+    fn refused(message: impl Into<String>) -> Self {
+        Self {
+            action: Action::Deny,
+            rule: None,
+            message: message.into(),
+            row_limit: None,
+            label: "deny",
+        }
+    }
+}
+
 impl Live {
     /// Decides one statement (after resolving SQL-level EXECUTE to its prepared statement).
     fn decide(&self, statement: &Statement, prepared: &Prepared) -> Verdict {
@@ -520,15 +533,9 @@ impl Live {
                     st = &target;
                 }
                 _ => {
-                    return Verdict {
-                        action: Action::Deny,
-                        rule: None,
-                        message: format!(
-                            "EXECUTE {name}: the gateway does not know what the prepared statement {name:?} does (prepare it in this session, by name, once)"
-                        ),
-                        row_limit: None,
-                        label: "deny",
-                    };
+                    return Verdict::refused(format!(
+                        "EXECUTE {name}: the gateway does not know what the prepared statement {name:?} does (prepare it in this session, by name, once)"
+                    ));
                 }
             }
         }
@@ -536,24 +543,14 @@ impl Live {
             .iter()
             .find(|(name, _)| st.settings.iter().any(|s| s == name))
         {
-            return Verdict {
-                action: Action::Deny,
-                rule: None,
-                message: format!(
-                    "changing {name} is refused by the gateway: policies read statements with the value it pins"
-                ),
-                row_limit: None,
-                label: "deny",
-            };
+            return Verdict::refused(format!(
+                "changing {name} is refused by the gateway: policies read statements with the value it pins"
+            ));
         }
         if st.copy.is_some_and(|c| !c.from) && st.tables.iter().any(|t| self.masked.has_masked_table(t)) {
-            return Verdict {
-                action: Action::Deny,
-                rule: None,
-                message: "COPY TO of a table with masked columns is refused (its columns cannot be masked); use SELECT".into(),
-                row_limit: None,
-                label: "deny",
-            };
+            return Verdict::refused(
+                "COPY TO of a table with masked columns is refused (its columns cannot be masked); use SELECT",
+            );
         }
         let cfg = &self.plane.snapshot.config;
         let op = Operation::Sql(SqlOperation { statement: st });
@@ -584,15 +581,9 @@ impl Live {
             }
         }
         if row_limit.is_some() && st.node == "DeclareCursorStmt" {
-            return Verdict {
-                action: Action::Deny,
-                rule: None,
-                message:
-                    "cursors are refused where a rowLimit applies (FETCH would read past it); use SELECT"
-                        .into(),
-                row_limit: None,
-                label: "deny",
-            };
+            return Verdict::refused(
+                "cursors are refused where a rowLimit applies (FETCH would read past it); use SELECT",
+            );
         }
         self.counters.count(d.action);
         Verdict {
@@ -609,34 +600,17 @@ impl Live {
         }
     }
 
+    /// Records an event before the statement runs. `Err` means the statement must be refused
+    /// (mode Required and the event is not on record).
     fn record(&self, kind: &str, data: Value) -> Result<(), ()> {
-        let Some(r) = &self.recording else {
-            return if self.mode == RecordingMode::Required {
-                Err(())
-            } else {
-                Ok(())
-            };
+        let result = match &self.recording {
+            Some(r) => r.record(kind, data).map_err(|e| self.recording_failed(&e)),
+            None => Err(()),
         };
-        match r.record(kind, data) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.ctx
-                    .gateway
-                    .metrics
-                    .recording_failures
-                    .with_label_values(&[if self.mode == RecordingMode::Required {
-                        "required"
-                    } else {
-                        "best_effort"
-                    }])
-                    .inc();
-                tracing::error!(error = %e, "recording a postgres event failed");
-                if self.mode == RecordingMode::Required {
-                    Err(())
-                } else {
-                    Ok(())
-                }
-            }
+        if self.mode == RecordingMode::Required {
+            result
+        } else {
+            Ok(())
         }
     }
 
@@ -646,18 +620,23 @@ impl Live {
         if let Some(r) = &self.recording
             && let Err(e) = r.record_deferred(kind, data)
         {
-            self.ctx
-                .gateway
-                .metrics
-                .recording_failures
-                .with_label_values(&[if self.mode == RecordingMode::Required {
-                    "required"
-                } else {
-                    "best_effort"
-                }])
-                .inc();
-            tracing::error!(error = %e, "recording a postgres result failed");
+            self.recording_failed(&e);
         }
+    }
+
+    fn recording_failed(&self, e: &crate::recording::RecordingError) {
+        let mode = if self.mode == RecordingMode::Required {
+            "required"
+        } else {
+            "best_effort"
+        };
+        self.ctx
+            .gateway
+            .metrics
+            .recording_failures
+            .with_label_values(&[mode])
+            .inc();
+        tracing::error!(error = %e, "recording a postgres event failed");
     }
 
     /// Whether computed result columns of `st` must be masked: it reads masked columns by name,
