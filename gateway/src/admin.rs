@@ -1,7 +1,9 @@
-//! The admin listener: liveness, readiness and Prometheus metrics.
+//! The admin listener: liveness, readiness, Prometheus metrics and, in standalone mode, the
+//! approvals API (`/approvals`, see [`crate::approval::api`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -12,8 +14,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::approval::{Approvals, api};
 use crate::config::watch::SnapshotReceiver;
 use crate::metrics::Metrics;
+use crate::protocol::http::Gateway;
 
 /// Longest time a client may take to send request headers to the admin listener.
 pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -23,6 +27,10 @@ pub const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 pub struct AdminState {
     pub snapshots: SnapshotReceiver,
     pub metrics: Metrics,
+    /// The approval store; `None` when it could not be opened (the API answers 503).
+    pub approvals: Option<Arc<Approvals>>,
+    /// The data plane, whose configuration and token verifier authenticate approvers.
+    pub gateway: Option<Arc<Gateway>>,
 }
 
 /// Serves the admin endpoints on `listener` until `shutdown` flips.
@@ -42,7 +50,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, &req)) }
+                async move { Ok::<_, Infallible>(route(&state, req).await) }
             });
             let mut builder = http1::Builder::new();
             builder
@@ -60,7 +68,10 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if api::handles(req.uri().path()) {
+        return api::handle(state.approvals.as_ref(), state.gateway.as_ref(), req).await;
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -89,7 +100,7 @@ fn route(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: the admin listener serves /healthz, /readyz and /metrics\n",
+            "not found: the admin listener serves /healthz, /readyz, /metrics and /approvals\n",
         ),
     }
 }

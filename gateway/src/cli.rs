@@ -33,11 +33,14 @@ enum Command {
     /// List, show and verify recorded sessions.
     #[command(subcommand)]
     Sessions(crate::recording::cli::SessionsCommand),
+    /// List, approve and deny approval requests through a running gateway's admin API
+    /// (standalone mode); the approver's token comes from --token or AGENTGATE_TOKEN.
+    Approvals(crate::approval::cli::ApprovalsArgs),
     /// Run the gateway from a directory of manifests, reloading it when files change.
     Run {
         #[command(flatten)]
         source: Source,
-        /// Address of the admin listener (/healthz, /readyz, /metrics).
+        /// Address of the admin listener (/healthz, /readyz, /metrics, /approvals).
         #[arg(long, default_value = DEFAULT_ADMIN_ADDR)]
         admin_addr: SocketAddr,
         /// How often the manifests directory is checked for changes.
@@ -84,6 +87,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Validate(source) => validate(&source),
         Command::Sessions(cmd) => crate::recording::cli::run(cmd),
+        Command::Approvals(args) => crate::approval::cli::run(args),
         Command::Run {
             source,
             admin_addr,
@@ -190,13 +194,19 @@ pub(crate) async fn run_gateway(
     };
     tracing::info!(addr = %admin_addr, "admin listener up");
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let gateway = crate::protocol::http::Gateway::new(metrics.clone());
+    let approvals = open_approvals(&snapshots, &manifests);
+    let gateway = crate::protocol::http::Gateway::with_approvals(metrics.clone(), approvals.clone());
     let http_task = tokio::spawn(crate::protocol::http::server::run(
-        gateway,
+        gateway.clone(),
         snapshots.clone(),
         shutdown_rx.clone(),
     ));
-    let state = admin::AdminState { snapshots, metrics };
+    let state = admin::AdminState {
+        snapshots,
+        metrics,
+        approvals,
+        gateway: Some(gateway.clone()),
+    };
     let admin_task = tokio::spawn(admin::serve(listener, state, shutdown_rx.clone()));
     let watch_task = tokio::spawn(watcher.run(watch_interval, shutdown_rx));
     shutdown.await;
@@ -206,6 +216,46 @@ pub(crate) async fn run_gateway(
     let _ = http_task.await;
     let _ = watch_task.await;
     ExitCode::SUCCESS
+}
+
+/// Where the standalone approval store lives: `approvals` beside the sessions spool (the parent of
+/// the recording directory of the configuration loaded at start), else `.agentgate/approvals` in
+/// the manifests directory (beside the default spool) when no configuration loaded.
+pub fn approvals_dir(
+    snapshots: &crate::config::watch::SnapshotReceiver,
+    manifests: &std::path::Path,
+) -> PathBuf {
+    snapshots
+        .borrow()
+        .as_ref()
+        .and_then(|s| {
+            s.config
+                .gateway
+                .recording_dir
+                .parent()
+                .map(|p| p.join("approvals"))
+        })
+        .unwrap_or_else(|| manifests.join(".agentgate/approvals"))
+}
+
+/// Opens the approval store. Without one the gateway still runs, and refuses operations that
+/// need an approval (fail closed).
+fn open_approvals(
+    snapshots: &crate::config::watch::SnapshotReceiver,
+    manifests: &std::path::Path,
+) -> Option<std::sync::Arc<crate::approval::Approvals>> {
+    let dir = approvals_dir(snapshots, manifests);
+    let namespace = snapshots
+        .borrow()
+        .as_ref()
+        .map_or_else(|| "default".to_string(), |s| s.config.gateway.namespace.clone());
+    match crate::approval::Approvals::open(&dir, &namespace) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            tracing::error!(error = %e, "approvals unavailable: operations that need an approval are refused");
+            None
+        }
+    }
 }
 
 pub(crate) async fn wait_for_signal() {

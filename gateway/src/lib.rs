@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod approval;
 pub mod cli;
 pub mod config;
 pub mod dev;

@@ -512,14 +512,15 @@ fn kubectl_is_allowed_denied_and_asked_for_approval_as_the_policy_says() {
         "Error from server (Forbidden): list pods in namespace kube-system: denied: no rule of the AccessPolicies that apply allows it"
     );
 
-    // Approval required: refused (this gateway runs without an approval controller), nothing
-    // created, whether by `create` or `apply`.
+    // Approval required (Defer): refused at once, naming the ApprovalRequest; nothing created,
+    // whether by `create` or `apply`.
     let err = k.agent_err(&["create", "configmap", "new", "--from-literal=a=b"]);
-    assert_eq!(
-        err.trim(),
-        format!(
-            "error: failed to create configmap: create configmaps in namespace {ns}: needs approval by rule \"configmaps-need-approval\" of AccessPolicy \"ci-agent-kube\""
-        )
+    let expected = format!(
+        "error: failed to create configmap: create configmaps in namespace {ns}: needs approval by rule \"configmaps-need-approval\" of AccessPolicy \"ci-agent-kube\"; ApprovalRequest "
+    );
+    assert!(
+        err.trim().starts_with(&expected) && err.trim().ends_with("is pending; retry the identical request once it is approved"),
+        "{err}"
     );
     let manifest =
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "new"}, "data": {"a": "b"}});

@@ -7,13 +7,34 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use agentgate_e2e::free_port;
+use agentgate::identity::mint::SigningKey;
 use agentgate_e2e::gateway::{Gateway, ServingCert};
 use agentgate_e2e::oidc::OidcProvider;
 use agentgate_e2e::postgres::{PgServer, psql_conninfo};
+use agentgate_e2e::{binary, free_port};
 
 /// The Connection's stored password: must never reach the agent, a log or a recording.
 const CANARY: &str = "00CANARY-pg-password-5d1e";
+/// Issuer of the human approvers' tokens (a static key).
+const HUMANS: &str = "https://login.example/";
+
+/// The approvers' signing key, the same for the whole test binary.
+fn approver_key() -> &'static SigningKey {
+    static KEY: std::sync::OnceLock<SigningKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| SigningKey::ec("humans").unwrap())
+}
+
+/// A human approver's token.
+fn approver_token(sub: &str, groups: &[&str]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    approver_key().sign(&serde_json::json!({
+        "iss": HUMANS, "sub": sub, "aud": "agentgate-approvals", "azp": "agentgate-cli",
+        "groups": groups, "iat": now, "exp": now + 600,
+    }))
+}
 
 struct Setup {
     idp: OidcProvider,
@@ -73,6 +94,22 @@ spec:
   audiences: ["api://agentgate"]
   match: {{claims: {{client_id: ci-agent}}}}
   groups: {{static: [ai-agents]}}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: AgentIdentity
+metadata: {{name: approvers, namespace: e2e}}
+spec:
+  issuer: {HUMANS}
+  audiences: [agentgate-approvals]
+  match: {{claims: {{azp: agentgate-cli}}}}
+  groups: {{claim: groups}}
+  keys: {{secretRef: {{name: approver-keys, key: jwks}}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: approver-keys, namespace: e2e}}
+stringData:
+  jwks: '{approver_jwks}'
 ---
 apiVersion: agentgate.dev/v1alpha1
 kind: Connection
@@ -145,6 +182,25 @@ spec:
         tables: ["public.orders"]
       approval:
         approvers: {{groups: [dba]}}
+        mode: Defer
+    - name: truncate-held
+      action: RequireApproval
+      sql:
+        statements: [Truncate]
+        tables: ["public.big_capped"]
+      approval:
+        approvers: {{groups: [dba]}}
+        mode: Hold
+        timeout: 30s
+    - name: customer-window
+      action: RequireApproval
+      sql:
+        statements: [Insert]
+        tables: ["public.customers"]
+      approval:
+        approvers: {{groups: [dba]}}
+        mode: Defer
+        grant: {{type: Window, duration: 4s}}
   masking:
     - columns: ["public.customers.email"]
       strategy: Redact
@@ -154,6 +210,7 @@ spec:
         crt = indent(&cert.cert_pem),
         key = indent(&cert.key_pem),
         ca = indent(&pg.ca_pem),
+        approver_jwks = SigningKey::jwks(&[approver_key()]),
     )
 }
 
@@ -851,4 +908,153 @@ fn pgbench_runs_through_the_gateway() {
         assert!(processed > 0, "{text}");
     }
     s.assert_no_canary();
+}
+
+/// `agentgate approvals ARGS` against the gateway's admin API as `token`'s approver.
+fn approvals(gw: &Gateway, token: &str, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(binary("agentgate"))
+        .arg("approvals")
+        .args(args)
+        .args(["--admin-addr", &format!("127.0.0.1:{}", gw.admin)])
+        .env("AGENTGATE_TOKEN", token)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The ApprovalRequest an error message names.
+fn request_name(message: &str) -> String {
+    message
+        .split("ApprovalRequest ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no ApprovalRequest in {message:?}"))
+        .to_string()
+}
+
+#[test]
+fn approvals_defer_hold_once_window_and_self_approval_for_sql() {
+    let s = setup_with(false);
+    let tok = token(&s.idp);
+    let alice = approver_token("alice", &["dba"]);
+    rt().block_on(async {
+        let c = connect(&s.plain_conninfo(&tok)).await;
+        // Defer: refused at once, naming the request; the same statement passes once approved,
+        // once; a different statement is not covered.
+        let sql = "/* reason: INC-42 cleanup */ DELETE FROM orders WHERE id = 4";
+        let e = c.batch_execute(sql).await.unwrap_err();
+        let (code, message) = db_error(&e);
+        assert_eq!(code, "42501", "{message}");
+        let name = request_name(&message);
+        let (_, listed) = approvals(&s.gw, &alice, &["list"]);
+        assert!(listed.contains(&name) && listed.contains("Pending"), "{listed}");
+        // Self-approval is refused: the agent's own subject cannot approve.
+        let (ok, out) = approvals(&s.gw, &approver_token("ci-agent", &["dba"]), &["approve", &name]);
+        assert!(!ok, "self-approval accepted: {out}");
+        // Someone outside the approver groups cannot either.
+        let (ok, _) = approvals(&s.gw, &approver_token("mallory", &["dev"]), &["approve", &name]);
+        assert!(!ok);
+        let (ok, out) = approvals(&s.gw, &alice, &["approve", &name, "--reason", "INC-42"]);
+        assert!(ok, "{out}");
+        let other = c
+            .batch_execute("DELETE FROM orders WHERE id = 3")
+            .await
+            .unwrap_err();
+        assert_ne!(
+            request_name(&db_error(&other).1),
+            name,
+            "a different statement needs its own approval"
+        );
+        c.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("approved statement refused: {e}"));
+        let again = c.batch_execute(sql).await.unwrap_err();
+        assert_eq!(db_error(&again).0, "42501", "a Once grant is used once");
+        assert_eq!(
+            c.query_one("SELECT count(*) FROM orders", &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0),
+            3
+        );
+
+        // Window: approved once, then matching statements pass until it ends, mid-session.
+        let e = c
+            .batch_execute("INSERT INTO customers (name, email) VALUES ('W1', 'w1@example.com')")
+            .await
+            .unwrap_err();
+        let name = request_name(&db_error(&e).1);
+        assert!(approvals(&s.gw, &alice, &["approve", &name]).0);
+        c.batch_execute("INSERT INTO customers (name, email) VALUES ('W1', 'w1@example.com')")
+            .await
+            .unwrap();
+        c.batch_execute("INSERT INTO customers (name, email) VALUES ('W2', 'w2@example.com')")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let e = c
+            .batch_execute("INSERT INTO customers (name, email) VALUES ('W3', 'w3@example.com')")
+            .await
+            .unwrap_err();
+        assert_ne!(
+            request_name(&db_error(&e).1),
+            name,
+            "after the window a new approval is needed"
+        );
+    });
+
+    // Hold: the statement waits; approved, it runs and the session answers; denied, it fails.
+    let conninfo = s.plain_conninfo(&tok);
+    let held = std::thread::spawn(move || {
+        rt().block_on(async {
+            let c = connect(&conninfo).await;
+            let first = c
+                .batch_execute("TRUNCATE big_capped")
+                .await
+                .map_err(|e| db_error(&e));
+            let after = c
+                .query_one("SELECT count(*) FROM big_capped", &[])
+                .await
+                .map(|r| r.get::<_, i64>(0));
+            c.batch_execute("INSERT INTO big_capped VALUES (1)").await.err();
+            let second = c
+                .batch_execute("TRUNCATE big_capped")
+                .await
+                .map_err(|e| db_error(&e));
+            (first, after.ok(), second)
+        })
+    });
+    let decide = |verb: &str| {
+        let name = agentgate_e2e::wait_for(Duration::from_secs(20), || {
+            let (_, out) = approvals(&s.gw, &alice, &["list", "--pending"]);
+            out.lines()
+                .find(|l| l.contains("truncate-held"))
+                .and_then(|l| l.split_whitespace().next())
+                .map(str::to_string)
+        })
+        .expect("a held request appears");
+        let (ok, out) = approvals(&s.gw, &alice, &[verb, &name]);
+        assert!(ok, "{out}");
+    };
+    decide("approve");
+    decide("deny");
+    let (first, after, second) = held.join().unwrap();
+    assert!(first.is_ok(), "held statement ran once approved: {first:?}");
+    assert_eq!(after, Some(0));
+    let (code, message) = second.unwrap_err();
+    assert_eq!(code, "42501");
+    assert!(message.contains("denied"), "{message}");
+
+    let rec = s.gw.recordings();
+    assert!(
+        rec.contains("\"pg.approval\"") && rec.contains("\"granted\""),
+        "approvals are recorded"
+    );
 }

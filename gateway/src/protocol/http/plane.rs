@@ -98,11 +98,20 @@ pub struct Gateway {
     /// The recorder of the current recording directory and mode; kept across reloads so one
     /// signing key covers the process's sessions.
     recorder: Mutex<Option<(PathBuf, RecordingMode, Arc<Recorder>)>>,
+    /// The approval store (standalone mode); `None` when it could not be opened, and then
+    /// operations that need approval are refused.
+    pub approvals: Option<Arc<crate::approval::Approvals>>,
 }
 
 impl Gateway {
     pub fn new(metrics: Metrics) -> Arc<Self> {
+        Self::with_approvals(metrics, None)
+    }
+
+    /// A gateway whose RequireApproval rules ask `approvals`.
+    pub fn with_approvals(metrics: Metrics, approvals: Option<Arc<crate::approval::Approvals>>) -> Arc<Self> {
         Arc::new(Self {
+            approvals,
             current: RwLock::new(None),
             metrics,
             identity: IdentityShared {

@@ -19,6 +19,10 @@ pub enum Kind {
     TokenBinding,
     DeniedByPolicy,
     ApprovalRequired,
+    /// Hold mode: an approver denied the held operation.
+    ApprovalDenied,
+    /// Hold mode: nobody decided before the rule's timeout.
+    ApprovalExpired,
     UpstreamUnavailable,
     UpstreamTls,
     UpstreamTimeout,
@@ -40,6 +44,8 @@ impl Kind {
             Kind::TokenBinding => "token-binding",
             Kind::DeniedByPolicy => "denied-by-policy",
             Kind::ApprovalRequired => "approval-required",
+            Kind::ApprovalDenied => "approval-denied",
+            Kind::ApprovalExpired => "approval-expired",
             Kind::UpstreamUnavailable => "upstream-unavailable",
             Kind::UpstreamTls => "upstream-tls",
             Kind::UpstreamTimeout => "upstream-timeout",
@@ -57,7 +63,9 @@ impl Kind {
     fn status(self) -> StatusCode {
         match self {
             Kind::Unauthenticated | Kind::TokenBinding => StatusCode::UNAUTHORIZED,
-            Kind::DeniedByPolicy | Kind::ApprovalRequired => StatusCode::FORBIDDEN,
+            Kind::DeniedByPolicy | Kind::ApprovalRequired | Kind::ApprovalDenied | Kind::ApprovalExpired => {
+                StatusCode::FORBIDDEN
+            }
             Kind::UpstreamUnavailable | Kind::UpstreamTls | Kind::MaskingRefused => StatusCode::BAD_GATEWAY,
             Kind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Kind::RecordingUnavailable
@@ -94,6 +102,8 @@ impl Kind {
             Kind::TokenBinding => "Token binding required",
             Kind::DeniedByPolicy => "Denied by policy",
             Kind::ApprovalRequired => "Approval required",
+            Kind::ApprovalDenied => "Approval denied",
+            Kind::ApprovalExpired => "Approval timed out",
             Kind::UpstreamUnavailable => "Upstream unavailable",
             Kind::UpstreamTls => "Upstream TLS failure",
             Kind::UpstreamTimeout => "Upstream timed out",

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use agentgate_crds::approval::OperationKind;
 use agentgate_crds::connection::ConnectionType;
 use agentgate_crds::gateway::RecordingMode;
 use agentgate_crds::policy::Action;
@@ -29,6 +30,7 @@ use crate::identity::dpop::RequestTarget;
 use crate::identity::{ErrorKind, Presented, Principal};
 use crate::masking::{MAX_MASKED_BODY, MaskReport, MaskingPlan};
 use crate::policy::{BodyView, Cause, Decision, HttpOperation, KubernetesOperation, Operation, Subject};
+use crate::protocol::approval;
 use crate::protocol::kubernetes::{self, request_info};
 use crate::recording::Session;
 use agentgate_crds::policy::UnparseablePolicy;
@@ -350,7 +352,10 @@ async fn proxy(
         .applicable(&cfg.policies, &connection.name, subject);
     let needs_body = applicable.iter().any(|p| p.reads_body);
     // The body is read before the decision only when a rule reads it.
-    let (read_body, body) = if needs_body && parts.method != Method::GET && parts.method != Method::HEAD {
+    let (mut read_body, mut body) = if needs_body
+        && parts.method != Method::GET
+        && parts.method != Method::HEAD
+    {
         let body: Body = body.map_err(|e| -> BodyError { Box::new(e) }).boxed();
         let bytes = response::read_capped(body, MAX_DECIDED_BODY).await.map_err(|e| match e {
             MaskFailure::TooLarge => Problem::new(
@@ -420,12 +425,16 @@ async fn proxy(
         }))
     };
     let now = unix_now();
+    let mut approval_rule = None;
     let (action, decision_record, refusal) = match &op {
         Some(op) => {
             let d = cfg
                 .policy_index
                 .decide(&cfg.policies, &connection.name, subject, op, now);
             let explained = d.explain(op);
+            if let (Action::RequireApproval, Cause::Rule { policy, rule }) = (d.action, d.cause) {
+                approval_rule = Some((policy, rule, op.summary()));
+            }
             (
                 d.action,
                 decision_json(&d, &explained),
@@ -492,6 +501,96 @@ async fn proxy(
     decision_event["request_id"] = Value::String(request_id.to_string());
     record(gw, &plane, session.as_deref(), "decision", decision_event)?;
 
+    let mut refusal = refusal;
+    if let Some((policy, rule, summary)) = approval_rule {
+        // The exact operation, body included, is what an approval covers.
+        if read_body.is_none()
+            && has_body(&parts.headers)
+            && let Some(incoming) = body.take()
+        {
+            let b: Body = incoming.map_err(|e| -> BodyError { Box::new(e) }).boxed();
+            let bytes = response::read_capped(b, MAX_DECIDED_BODY).await.map_err(|_| {
+                Problem::new(
+                    Kind::RequestTooLarge,
+                    format!("requests that need approval are read whole and must be at most {MAX_DECIDED_BODY} bytes"),
+                )
+            })?;
+            read_body = Some(bytes);
+        }
+        let fingerprint = approval::fingerprint(&[
+            parts.method.as_str().as_bytes(),
+            path.as_bytes(),
+            target.raw_query.as_deref().unwrap_or_default().as_bytes(),
+            read_body.as_deref().unwrap_or_default(),
+        ]);
+        let reason = parts
+            .headers
+            .get("agentgate-reason")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let question = approval::Question {
+            cfg,
+            policy,
+            rule,
+            identity: &principal.identity,
+            requester: &principal.subject,
+            connection: &connection.name,
+            kind: if kube_info.is_some() {
+                OperationKind::Kubernetes
+            } else {
+                OperationKind::Http
+            },
+            summary: plan.mask_text(&summary).0.into_owned(),
+            fingerprint,
+            reason,
+        };
+        let answer = approval::ask(gw.approvals.as_ref(), question, now).await;
+        let (label, request) = match &answer {
+            approval::Outcome::Granted { request } => ("granted", Some(request.clone())),
+            approval::Outcome::Pending { request, .. } => ("pending", Some(request.clone())),
+            approval::Outcome::Denied { request } => ("denied", Some(request.clone())),
+            approval::Outcome::Expired { request } => ("expired", Some(request.clone())),
+            approval::Outcome::Unavailable(_) => ("unavailable", None),
+        };
+        record(
+            gw,
+            &plane,
+            session.as_deref(),
+            "approval",
+            json!({"request_id": request_id, "outcome": label, "approval_request": request}),
+        )?;
+        let named = |kind: Kind, request: &str, what: String| {
+            Problem::new(kind, what)
+                .with("policy", policy.name.clone())
+                .with("rule", rule.name.clone())
+                .with("approvalRequest", request.to_string())
+        };
+        refusal = match answer {
+            approval::Outcome::Granted { .. } => {
+                outcome.decision = "allow";
+                None
+            }
+            approval::Outcome::Pending { request, .. } => Some(named(
+                Kind::ApprovalRequired,
+                &request,
+                format!(
+                    "{summary}: needs approval by rule {:?} of AccessPolicy {:?}; ApprovalRequest {request} is pending; retry the identical request once it is approved",
+                    rule.name, policy.name
+                ),
+            )),
+            approval::Outcome::Denied { request } => Some(named(
+                Kind::ApprovalDenied,
+                &request,
+                format!("{summary}: ApprovalRequest {request} was denied"),
+            )),
+            approval::Outcome::Expired { request } => Some(named(
+                Kind::ApprovalExpired,
+                &request,
+                format!("{summary}: ApprovalRequest {request} was not decided in time"),
+            )),
+            approval::Outcome::Unavailable(why) => refusal.map(|p| p.with("approval", why)),
+        };
+    }
     if let Some(problem) = refusal {
         return Err(problem);
     }

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use agentgate_crds::approval::OperationKind;
 use agentgate_crds::connection::ConnectionType;
 use agentgate_crds::gateway::RecordingMode;
 use agentgate_crds::policy::{Action, StatementKind};
@@ -48,6 +49,7 @@ use crate::identity::dpop::RequestTarget;
 use crate::masking::{MaskReport, MaskingPlan};
 use crate::policy::index::Subject;
 use crate::policy::operation::{Operation, SqlOperation};
+use crate::protocol::approval;
 use crate::protocol::http::plane::{Gateway, Plane};
 use crate::recording::Session as Recording;
 
@@ -184,6 +186,8 @@ struct Live {
     plane: Arc<Plane>,
     connection: String,
     identity: String,
+    /// The token's subject (never its own approver).
+    subject: String,
     groups: Vec<String>,
     plan: MaskingPlan,
     masked: Arc<MaskedColumns>,
@@ -363,6 +367,7 @@ async fn start(
             plane: plane.clone(),
             connection: conn.name.clone(),
             identity: principal.identity.clone(),
+            subject: principal.subject.clone(),
             groups: principal.groups.clone(),
             plan,
             masked: Arc::new(masked),
@@ -506,6 +511,8 @@ struct Verdict {
     message: String,
     row_limit: Option<u64>,
     label: &'static str,
+    /// (policy, rule) of a RequireApproval decision.
+    approval: Option<(String, String)>,
 }
 
 impl Verdict {
@@ -517,7 +524,14 @@ impl Verdict {
             message: message.into(),
             row_limit: None,
             label: "deny",
+            approval: None,
         }
+    }
+
+    /// The same decision once an approval let it through.
+    fn approved(&mut self) {
+        self.action = Action::Allow;
+        self.label = "allow";
     }
 }
 
@@ -597,6 +611,12 @@ impl Live {
             },
             row_limit,
             label: d.label(),
+            approval: match d.cause {
+                crate::policy::index::Cause::Rule { policy, rule } if d.action == Action::RequireApproval => {
+                    Some((policy.name.clone(), rule.name.clone()))
+                }
+                _ => None,
+            },
         }
     }
 
@@ -777,7 +797,7 @@ impl ClientSide {
                 }
                 Err(e) => return self.violation(format!("{e}")),
             };
-            match self.handle(frame) {
+            match self.handle(frame).await {
                 Ok(Next::Continue) => {}
                 Ok(Next::Flush) => {
                     if flush(&mut up, &mut self.out).await.is_err() {
@@ -815,12 +835,12 @@ impl ClientSide {
         frame.encode(&mut self.out);
     }
 
-    fn handle(&mut self, frame: Frame) -> Result<Next, Stop> {
+    async fn handle(&mut self, frame: Frame) -> Result<Next, Stop> {
         let malformed = |s: &mut Self, e: FrameError| s.violation(e.to_string());
         match frame.tag {
             frontend::QUERY => {
                 let q = Query::parse(&frame.body).map_err(|e| malformed(self, e))?;
-                self.query(&frame, &q.sql)?;
+                self.query(&frame, &q.sql).await?;
             }
             frontend::PARSE => {
                 let p = Parse::parse(&frame.body).map_err(|e| malformed(self, e))?;
@@ -841,7 +861,7 @@ impl ClientSide {
             }
             frontend::EXECUTE => {
                 let e = Execute::parse(&frame.body).map_err(|e| malformed(self, e))?;
-                self.execute(&frame, e)?;
+                self.execute(&frame, e).await?;
             }
             frontend::CLOSE => {
                 let t = Target::parse(&frame.body, "Close").map_err(|e| malformed(self, e))?;
@@ -939,10 +959,7 @@ impl ClientSide {
             );
         }
         if v.action == Action::RequireApproval {
-            e = e.with(
-                b'H',
-                "this statement needs a human's approval; just-in-time approvals are not yet available on PostgreSQL connections",
-            );
+            e = e.with(b'H', "this statement needs a human's approval");
         }
         e
     }
@@ -958,7 +975,7 @@ impl ClientSide {
         })
     }
 
-    fn query(&mut self, frame: &Frame, sql: &str) -> Result<(), Stop> {
+    async fn query(&mut self, frame: &Frame, sql: &str) -> Result<(), Stop> {
         let live = self.live.clone();
         let classified = match live.ctx.classifier.classify(sql) {
             Ok(c) => c,
@@ -973,16 +990,39 @@ impl ClientSide {
                 ));
             }
         };
-        let mut prepared = lock(&self.shared);
         let count = classified.statements.len();
-        let verdicts: Vec<Verdict> = classified
-            .statements
-            .iter()
-            .map(|st| live.decide(st, &prepared))
-            .collect();
-        let refusal = (classified.statements.iter().zip(&verdicts).enumerate())
-            .find(|(_, (_, v))| v.action != Action::Allow)
-            .map(|(i, (st, v))| Self::refusal_error(v, i, count, st));
+        let mut verdicts: Vec<Verdict> = {
+            let prepared = lock(&self.shared);
+            classified
+                .statements
+                .iter()
+                .map(|st| live.decide(st, &prepared))
+                .collect()
+        };
+        // Statements that need approval go ahead only once approved (one request covers the
+        // exact query text); a denied statement refuses the query whatever else is approved.
+        let mut approval_error = None;
+        if !verdicts.iter().any(|v| v.action == Action::Deny)
+            && let Some(v) = verdicts.iter().find(|v| v.action == Action::RequireApproval)
+        {
+            let fingerprint = approval::fingerprint(&[b"simple", sql.as_bytes()]);
+            match self.approve(v, sql, fingerprint, approval::sql_reason(sql)).await {
+                Ok(()) => verdicts
+                    .iter_mut()
+                    .filter(|v| v.action == Action::RequireApproval)
+                    .for_each(Verdict::approved),
+                Err(e) => approval_error = Some(e),
+            }
+        }
+        let refusal = approval_error.or_else(|| {
+            let mut refused = classified.statements.iter().zip(&verdicts).enumerate();
+            // A denial explains more than a pending approval.
+            let first = refused
+                .clone()
+                .find(|(_, (_, v))| v.action == Action::Deny)
+                .or_else(|| refused.find(|(_, (_, v))| v.action != Action::Allow));
+            first.map(|(i, (st, v))| Self::refusal_error(v, i, count, st))
+        });
         let recorded = live.record(
             "pg.query",
             json!({
@@ -993,11 +1033,9 @@ impl ClientSide {
             }),
         );
         if let Some(error) = refusal {
-            drop(prepared);
             return self.refuse_simple(error);
         }
         if recorded.is_err() {
-            drop(prepared);
             return self.refuse_simple(ErrorResponse::new(
                 sqlstate::INTERNAL_ERROR,
                 "the statement was not run: session recording is required and failed",
@@ -1009,18 +1047,93 @@ impl ClientSide {
             .zip(&verdicts)
             .map(|(st, v)| live.result_plan(st, v))
             .collect();
-        for st in &classified.statements {
-            apply_effects(&mut prepared, st);
-            if st.copy.is_some_and(|c| c.from) {
-                self.copy_in = true;
+        {
+            let mut prepared = lock(&self.shared);
+            for st in &classified.statements {
+                apply_effects(&mut prepared, st);
+                if st.copy.is_some_and(|c| c.from) {
+                    self.copy_in = true;
+                }
             }
         }
-        drop(prepared);
         self.forward(frame);
         self.push(Pending::Query {
             results,
             refused: None,
         })
+    }
+
+    /// Asks for approval of a statement a RequireApproval rule matched; `Err` is the error the
+    /// client gets instead (pending in Defer mode, denied or timed out in Hold mode).
+    async fn approve(
+        &self,
+        v: &Verdict,
+        sql: &str,
+        fingerprint: String,
+        reason: Option<String>,
+    ) -> Result<(), ErrorResponse> {
+        let live = &self.live;
+        let cfg = &live.plane.snapshot.config;
+        let found = v.approval.as_ref().and_then(|(p, r)| {
+            let policy = cfg.policies.iter().find(|x| &x.name == p)?;
+            Some((policy, policy.rules.iter().find(|x| &x.name == r)?))
+        });
+        let Some((policy, rule)) = found else {
+            return Err(ErrorResponse::new(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                v.message.clone(),
+            ));
+        };
+        let question = approval::Question {
+            cfg,
+            policy,
+            rule,
+            identity: &live.identity,
+            requester: &live.subject,
+            connection: &live.connection,
+            kind: OperationKind::Sql,
+            summary: live.masked_sql(sql),
+            fingerprint,
+            reason,
+        };
+        let outcome = approval::ask(live.ctx.gateway.approvals.as_ref(), question, now()).await;
+        let (label, request) = match &outcome {
+            approval::Outcome::Granted { request } => ("granted", Some(request.as_str())),
+            approval::Outcome::Pending { request, .. } => ("pending", Some(request.as_str())),
+            approval::Outcome::Denied { request } => ("denied", Some(request.as_str())),
+            approval::Outcome::Expired { request } => ("expired", Some(request.as_str())),
+            approval::Outcome::Unavailable(_) => ("unavailable", None),
+        };
+        let _ = live.record(
+            "pg.approval",
+            json!({"outcome": label, "approval_request": request, "rule": v.rule}),
+        );
+        let rule_ref = v.rule.clone().unwrap_or_default();
+        match outcome {
+            approval::Outcome::Granted { .. } => Ok(()),
+            approval::Outcome::Pending { request, .. } => Err(ErrorResponse::new(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!("{}; ApprovalRequest {request} is pending", v.message),
+            )
+            .with(b'D', format!("approval request: {request}; rule: {rule_ref}"))
+            .with(
+                b'H',
+                format!("retry the identical statement once an approver has run: agentgate approvals approve {request}"),
+            )),
+            approval::Outcome::Denied { request } => Err(ErrorResponse::new(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!("ApprovalRequest {request} was denied ({rule_ref})"),
+            )),
+            approval::Outcome::Expired { request } => Err(ErrorResponse::new(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!("ApprovalRequest {request} was not decided in time ({rule_ref})"),
+            )),
+            approval::Outcome::Unavailable(why) => Err(ErrorResponse::new(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                v.message.clone(),
+            )
+            .with(b'H', why)),
+        }
     }
 
     fn parse(&mut self, frame: &Frame, p: Parse) -> Result<(), Stop> {
@@ -1113,11 +1226,10 @@ impl ClientSide {
         self.push(Pending::Bind)
     }
 
-    fn execute(&mut self, frame: &Frame, e: Execute) -> Result<(), Stop> {
+    async fn execute(&mut self, frame: &Frame, e: Execute) -> Result<(), Stop> {
         let live = self.live.clone();
-        let mut prepared = lock(&self.shared);
-        let Some(portal) = prepared.portals.get(&e.portal).cloned() else {
-            drop(prepared);
+        let portal = lock(&self.shared).portals.get(&e.portal).cloned();
+        let Some(portal) = portal else {
             return self.refuse_extended(ErrorResponse::new(
                 sqlstate::INVALID_CURSOR_NAME,
                 format!("portal {:?} does not exist", e.portal),
@@ -1125,14 +1237,29 @@ impl ClientSide {
         };
         let Some(st) = portal.classified.statements.first() else {
             // An empty query: nothing to decide; the upstream answers EmptyQueryResponse.
-            drop(prepared);
             self.forward(frame);
             return self.push(Pending::Execute {
                 plan: ResultPlan::default(),
                 refused: None,
             });
         };
-        let v = live.decide(st, &prepared);
+        let mut v = {
+            let prepared = lock(&self.shared);
+            live.decide(st, &prepared)
+        };
+        let mut approval_error = None;
+        if v.action == Action::RequireApproval {
+            // The exact statement with its bound values is what an approval covers.
+            let params = serde_json::to_string(&portal.params).unwrap_or_default();
+            let fingerprint = approval::fingerprint(&[b"extended", st.text.as_bytes(), params.as_bytes()]);
+            match self
+                .approve(&v, &st.text, fingerprint, approval::sql_reason(&st.text))
+                .await
+            {
+                Ok(()) => v.approved(),
+                Err(e) => approval_error = Some(e),
+            }
+        }
         let recorded = live.record(
             "pg.execute",
             json!({
@@ -1142,19 +1269,19 @@ impl ClientSide {
                 "statements": [Self::statement_record(st, &v)],
             }),
         );
+        if let Some(error) = approval_error {
+            return self.refuse_extended(error);
+        }
         if v.action != Action::Allow {
-            drop(prepared);
             return self.refuse_extended(Self::refusal_error(&v, 0, 1, st));
         }
         if recorded.is_err() {
-            drop(prepared);
             return self.refuse_extended(ErrorResponse::new(
                 sqlstate::INTERNAL_ERROR,
                 "the statement was not run: session recording is required and failed",
             ));
         }
-        apply_effects(&mut prepared, st);
-        drop(prepared);
+        apply_effects(&mut lock(&self.shared), st);
         if st.copy.is_some_and(|c| c.from) {
             self.copy_in = true;
         }

@@ -1,0 +1,371 @@
+//! The approvals API against a real configuration, verifier and store.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use agentgate_crds::approval::{ApprovalPhase, OperationKind};
+use agentgate_crds::policy::Grant;
+use serde_json::json;
+
+use super::*;
+use crate::approval::{Ask, Ticket};
+use crate::config::LoadOptions;
+use crate::config::watch::Snapshot;
+use crate::identity::mint::SigningKey;
+use crate::metrics::Metrics;
+
+const AGENT_ISS: &str = "https://agents.example/";
+const HUMAN_ISS: &str = "https://login.example/";
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    gateway: Arc<Gateway>,
+    approvals: Arc<Approvals>,
+    agent_key: SigningKey,
+    human_key: SigningKey,
+}
+
+fn write_manifests(dir: &Path, agent_jwks: &Value, human_jwks: &Value) {
+    let yaml = format!(
+        r#"apiVersion: agentgate.dev/v1alpha1
+kind: AgentGateway
+metadata: {{name: gw, namespace: agents}}
+spec:
+  listeners: [{{name: http, protocol: HTTP, port: 18080, address: 127.0.0.1}}]
+  recording: {{storage: {{local: {{path: sessions}}}}}}
+  approvals: {{maxGrant: 1h}}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: AgentIdentity
+metadata: {{name: ci-agent, namespace: agents}}
+spec:
+  issuer: {AGENT_ISS}
+  audiences: [agentgate]
+  match: {{subject: ci}}
+  groups: {{static: [dba]}}
+  keys: {{secretRef: {{name: keys, key: agents}}}}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: AgentIdentity
+metadata: {{name: approvers, namespace: agents}}
+spec:
+  issuer: {HUMAN_ISS}
+  audiences: [agentgate-approvals]
+  match: {{claims: {{azp: approval-cli}}}}
+  groups: {{claim: groups}}
+  keys: {{secretRef: {{name: keys, key: humans}}}}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: Connection
+metadata: {{name: orders, namespace: agents}}
+spec:
+  type: HTTP
+  endpoint: https://orders.example
+  gatewayRef: {{name: gw}}
+  route: {{pathPrefix: /orders}}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: orders, namespace: agents}}
+spec:
+  subjects: {{identities: [ci-agent]}}
+  connections: [orders]
+  rules:
+    - name: writes
+      action: RequireApproval
+      http: {{methods: [POST]}}
+      approval: {{approvers: {{users: [alice], groups: [dba]}}, minApprovals: 2, grant: {{type: Window, duration: 30m}}}}
+    - name: reads
+      action: Allow
+      http: {{methods: [GET]}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: keys, namespace: agents}}
+stringData:
+  agents: '{agent_jwks}'
+  humans: '{human_jwks}'
+"#
+    );
+    std::fs::write(dir.join("all.yaml"), yaml).unwrap();
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let agent_key = SigningKey::ec("agents-1").unwrap();
+    let human_key = SigningKey::ec("humans-1").unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    write_manifests(
+        &manifests,
+        &SigningKey::jwks(&[&agent_key]),
+        &SigningKey::jwks(&[&human_key]),
+    );
+    let config = crate::config::load(&LoadOptions {
+        manifests: manifests.clone(),
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let gateway = Gateway::new(Metrics::new());
+    gateway.install(Arc::new(Snapshot {
+        generation: 1,
+        config,
+        loaded_at: SystemTime::now(),
+    }));
+    let approvals = Approvals::open(dir.path().join("approvals"), "agents").unwrap();
+    Fixture {
+        _dir: dir,
+        gateway,
+        approvals,
+        agent_key,
+        human_key,
+    }
+}
+
+impl Fixture {
+    fn human(&self, sub: &str, groups: &[&str]) -> String {
+        let now = unix_now();
+        self.human_key.sign(&json!({
+            "iss": HUMAN_ISS, "sub": sub, "aud": "agentgate-approvals", "azp": "approval-cli",
+            "groups": groups, "iat": now, "exp": now + 300,
+        }))
+    }
+
+    fn agent(&self) -> String {
+        let now = unix_now();
+        self.agent_key.sign(&json!({
+            "iss": AGENT_ISS, "sub": "ci", "aud": "agentgate", "iat": now, "exp": now + 300,
+        }))
+    }
+
+    fn pending(&self) -> String {
+        let ask = Ask {
+            identity: "ci-agent".into(),
+            requester: "ci".into(),
+            connection: "orders".into(),
+            kind: OperationKind::Http,
+            summary: "POST /orders".into(),
+            fingerprint: "ab12cd34".into(),
+            policy: "orders".into(),
+            rule: "writes".into(),
+            grant: Grant {
+                r#type: agentgate_crds::policy::GrantType::Window,
+                duration: Some("30m".into()),
+            },
+            reason: None,
+            timeout: Duration::from_secs(600),
+        };
+        match self.approvals.request(&ask, unix_now()).unwrap() {
+            Ticket::Pending { name, .. } => name,
+            t => panic!("{t:?}"),
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> (StatusCode, Value) {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "127.0.0.1:9464");
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        let req = b.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+        let resp = handle(Some(&self.approvals), Some(&self.gateway), req).await;
+        let status = resp.status();
+        let content_type = resp.headers()[CONTENT_TYPE].to_str().unwrap().to_string();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        if status.is_success() {
+            assert_eq!(content_type, "application/json");
+        } else {
+            assert_eq!(content_type, "application/problem+json", "{v}");
+            assert_eq!(v["status"], status.as_u16(), "{v}");
+        }
+        (status, v)
+    }
+}
+
+#[tokio::test]
+async fn approvers_list_show_and_decide() {
+    let f = fixture();
+    let name = f.pending();
+    let alice = f.human("alice", &[]);
+    let (status, list) = f.call("GET", "/approvals", Some(&alice), "").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list["kind"], "ApprovalRequestList");
+    assert_eq!(list["items"][0]["metadata"]["name"], name.as_str());
+    let (status, one) = f
+        .call("GET", &format!("/approvals/{name}"), Some(&alice), "")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one["spec"]["operation"]["summary"], "POST /orders");
+
+    let (status, r) = f
+        .call(
+            "POST",
+            &format!("/approvals/{name}/approve"),
+            Some(&alice),
+            r#"{"reason": "INC-1"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(r["spec"]["decisions"]["alice"]["reason"], "INC-1");
+    assert_eq!(r["status"]["phase"], "Pending", "two approvers are needed");
+    // Alice again: refused.
+    let (status, p) = f
+        .call("POST", &format!("/approvals/{name}/approve"), Some(&alice), "")
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(p["type"], "https://agentgate.dev/problems/already-decided");
+    // Bob, by group, with an empty body.
+    let bob = f.human("bob", &["dba"]);
+    let (status, r) = f
+        .call("POST", &format!("/approvals/{name}/approve"), Some(&bob), "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(r["status"]["phase"], "Approved");
+    assert_eq!(r["status"]["approvals"], 2);
+    assert!(r["status"]["grantExpiresAt"].is_string());
+    assert_eq!(
+        f.approvals.get(&name, unix_now()).unwrap().status.unwrap().phase,
+        ApprovalPhase::Approved
+    );
+    // Decided: no more decisions.
+    let carol = f.human("carol", &["dba"]);
+    let (status, p) = f
+        .call("POST", &format!("/approvals/{name}/deny"), Some(&carol), "")
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(p["type"], "https://agentgate.dev/problems/not-pending");
+    assert!(p["detail"].as_str().unwrap().contains("is Approved"), "{p}");
+}
+
+#[tokio::test]
+async fn a_denial_denies() {
+    let f = fixture();
+    let name = f.pending();
+    let (status, r) = f
+        .call(
+            "POST",
+            &format!("/approvals/{name}/deny"),
+            Some(&f.human("alice", &[])),
+            r#"{"reason":"freeze"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(r["status"]["phase"], "Denied");
+    assert_eq!(r["spec"]["decisions"]["alice"]["state"], "Denied");
+}
+
+#[tokio::test]
+async fn callers_are_authenticated_and_authorized() {
+    let f = fixture();
+    let name = f.pending();
+    let approve = format!("/approvals/{name}/approve");
+    // No token, a bad token.
+    let (status, p) = f.call("GET", "/approvals", None, "").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(p["type"], "https://agentgate.dev/problems/unauthenticated");
+    let (status, _) = f.call("POST", &approve, Some("not.a.token"), "").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // A token of another audience.
+    let now = unix_now();
+    let wrong = f.human_key.sign(&json!({
+        "iss": HUMAN_ISS, "sub": "alice", "aud": "elsewhere", "azp": "approval-cli", "iat": now, "exp": now + 60,
+    }));
+    let (status, _) = f.call("GET", "/approvals", Some(&wrong), "").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Authenticated but approves nothing: cannot even read.
+    let mallory = f.human("mallory", &["dev"]);
+    let (status, p) = f.call("GET", "/approvals", Some(&mallory), "").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(p["type"], "https://agentgate.dev/problems/not-an-approver");
+    let (status, _) = f.call("POST", &approve, Some(&mallory), "").await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // The agent that asked is in group dba, but it asked: self-approval.
+    let (status, p) = f.call("POST", &approve, Some(&f.agent()), "").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{p}");
+    assert_eq!(p["type"], "https://agentgate.dev/problems/self-approval");
+    // A human whose subject is the requester's: self-approval too.
+    let (status, p) = f.call("POST", &approve, Some(&f.human("ci", &["dba"])), "").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{p}");
+    assert_eq!(p["type"], "https://agentgate.dev/problems/self-approval");
+    let r = f.approvals.get(&name, unix_now()).unwrap();
+    assert!(r.spec.decisions.is_empty());
+}
+
+#[tokio::test]
+async fn malformed_calls_are_refused_clearly() {
+    let f = fixture();
+    let name = f.pending();
+    let alice = f.human("alice", &[]);
+    let (status, p) = f.call("GET", "/approvals/nope-00000000", Some(&alice), "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(p["detail"], "ApprovalRequest nope-00000000 not found");
+    let (status, _) = f
+        .call("POST", "/approvals/nope-00000000/approve", Some(&alice), "")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, p) = f
+        .call(
+            "POST",
+            &format!("/approvals/{name}/approve"),
+            Some(&alice),
+            r#"{"reasn":"x"}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(p["detail"].as_str().unwrap().contains("reason"), "{p}");
+    let long = format!(r#"{{"reason":"{}"}}"#, "x".repeat(2000));
+    let (status, _) = f
+        .call("POST", &format!("/approvals/{name}/approve"), Some(&alice), &long)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = f
+        .call("DELETE", &format!("/approvals/{name}"), Some(&alice), "")
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let (status, _) = f
+        .call("GET", &format!("/approvals/{name}/approve"), Some(&alice), "")
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let (status, _) = f
+        .call("POST", &format!("/approvals/{name}/maybe"), Some(&alice), "")
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Nothing was decided.
+    assert!(
+        f.approvals
+            .get(&name, unix_now())
+            .unwrap()
+            .spec
+            .decisions
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn without_store_or_configuration_the_api_says_why() {
+    let f = fixture();
+    let req = || {
+        Request::builder()
+            .uri("/approvals")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let resp = handle(None, Some(&f.gateway), req()).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let empty = Gateway::new(Metrics::new());
+    let resp = handle(Some(&f.approvals), Some(&empty), req()).await;
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[test]
+fn rules_are_looked_up_as_configured() {
+    let f = fixture();
+    let plane = f.gateway.plane().unwrap();
+    let cfg = &plane.snapshot.config;
+    assert!(configured_rule(cfg, "orders", "writes").is_some());
+    assert!(configured_rule(cfg, "orders", "reads").is_none());
+    assert!(configured_rule(cfg, "other", "writes").is_none());
+}

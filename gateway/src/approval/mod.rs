@@ -1,0 +1,694 @@
+//! Approval: just-in-time human decisions on operations a `RequireApproval` rule matched.
+//!
+//! [`Approvals`] is the standalone store of [`ApprovalRequest`]s: one JSON file per request in a
+//! directory (a sibling of the sessions spool), loaded at start, every change written durably
+//! before it takes effect, and a change signal so that held operations wake as soon as someone
+//! decides. The data paths call [`Approvals::request`] (and [`Approvals::wait`] in Hold mode);
+//! approvers decide through the admin API ([`crate::admin`]) with [`Approvals::decide`].
+//!
+//! Lifecycle: `Pending` → `Approved` (enough distinct approvers) | `Denied` (any approver
+//! denied) | `Expired` (nobody decided before `spec.expiresAt`). An approved `Once` grant becomes
+//! `Used` when the identical operation proceeds; an approved `Window` grant lets matching
+//! operations through until `status.grantExpiresAt` and then becomes `Expired`. A `Once` grant
+//! also carries `status.grantExpiresAt` (decision + `approvals.maxGrant`): unused by then, it
+//! becomes `Expired`, so an approval never waits for its operation indefinitely.
+
+pub mod api;
+pub mod cli;
+mod store;
+pub mod time;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use agentgate_crds::ApprovalRequest;
+use agentgate_crds::approval::{
+    ApprovalPhase, ApprovalRequestSpec, ApprovalRequestStatus, Decision, DecisionState, OperationKind,
+    OperationSummary, PolicyRuleRef,
+};
+use agentgate_crds::policy::{ApprovalRule, Grant, GrantType};
+use tokio::sync::watch;
+
+use store::Dir;
+pub use time::{format_time, parse_time, unix_now};
+
+/// How long finished requests (Denied, Expired, Used) stay in the store after they ended. The
+/// session recordings keep the evidence for the recording retention; the store keeps only what
+/// `agentgate approvals list` shows.
+pub const RETAIN_FINISHED: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Longest identity prefix of a request name: `<identity>-<8 hex>` stays a DNS-1123 subdomain.
+const MAX_NAME_PREFIX: usize = 253 - 9;
+
+/// What the data path asks for when a `RequireApproval` rule matched an operation.
+#[derive(Clone, Debug)]
+pub struct Ask {
+    /// The AgentIdentity of the caller.
+    pub identity: String,
+    /// The caller's token subject (refused as its own approver).
+    pub requester: String,
+    /// The Connection the operation targets.
+    pub connection: String,
+    pub kind: OperationKind,
+    /// Human-readable summary, values already masked.
+    pub summary: String,
+    /// Hex fingerprint of the exact operation.
+    pub fingerprint: String,
+    /// The AccessPolicy and the rule that matched.
+    pub policy: String,
+    pub rule: String,
+    /// What an approval grants.
+    pub grant: Grant,
+    /// The agent's stated reason.
+    pub reason: Option<String>,
+    /// How long the request waits for a decision.
+    pub timeout: Duration,
+}
+
+/// The answer to [`Approvals::request`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ticket {
+    /// Go ahead: an approved Once request for this exact operation (now marked Used), or an
+    /// approved Window for this identity, connection, policy and rule that has not ended.
+    Granted { name: String },
+    /// Waiting for a decision; `created` is false when an identical pending request existed
+    /// (duplicates collapse on identity, connection, fingerprint, policy and rule).
+    Pending { name: String, created: bool },
+}
+
+/// An authenticated approver.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Approver {
+    /// The user name matched against `approvers.users` and recorded as the decision's key.
+    pub user: String,
+    /// Groups matched against `approvers.groups`.
+    pub groups: Vec<String>,
+    /// The token subject, compared with the request's requester.
+    pub subject: String,
+}
+
+/// A store failure: the data path must fail closed.
+#[derive(Debug)]
+pub enum ApprovalError {
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    /// Another process holds the store directory.
+    Locked {
+        dir: PathBuf,
+    },
+    Encode(String),
+    /// No random bytes for a name.
+    Random,
+}
+
+impl ApprovalError {
+    fn io(path: &std::path::Path, what: &'static str, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            what,
+            source,
+        }
+    }
+}
+
+impl fmt::Display for ApprovalError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io { path, what, source } => {
+                write!(f, "approval store: {what} {}: {source}", path.display())
+            }
+            Self::Locked { dir } => write!(
+                f,
+                "approval store {} is in use by another agentgate process",
+                dir.display()
+            ),
+            Self::Encode(e) => write!(f, "approval store: cannot encode a request: {e}"),
+            Self::Random => write!(f, "approval store: no randomness for a request name"),
+        }
+    }
+}
+
+impl std::error::Error for ApprovalError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Why a decision was refused.
+#[derive(Debug)]
+pub enum DecideError {
+    NotFound {
+        name: String,
+    },
+    /// The request is decided, used or expired already.
+    NotPending {
+        name: String,
+        phase: ApprovalPhase,
+    },
+    /// The request's policy or rule no longer exists or no longer requires approval.
+    RuleGone {
+        policy: String,
+        rule: String,
+    },
+    /// The approver is neither a listed user nor in a listed group.
+    NotAnApprover {
+        user: String,
+    },
+    /// The approver is the requester.
+    SelfApproval {
+        user: String,
+    },
+    /// The approver already decided this request.
+    AlreadyDecided {
+        user: String,
+    },
+    Store(ApprovalError),
+}
+
+impl DecideError {
+    /// A stable slug for problem types and logs.
+    pub fn slug(&self) -> &'static str {
+        match self {
+            Self::NotFound { .. } => "not-found",
+            Self::NotPending { .. } => "not-pending",
+            Self::RuleGone { .. } => "rule-gone",
+            Self::NotAnApprover { .. } => "not-an-approver",
+            Self::SelfApproval { .. } => "self-approval",
+            Self::AlreadyDecided { .. } => "already-decided",
+            Self::Store(_) => "store-unavailable",
+        }
+    }
+}
+
+impl fmt::Display for DecideError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotFound { name } => write!(f, "ApprovalRequest {name} not found"),
+            Self::NotPending { name, phase } => {
+                write!(
+                    f,
+                    "ApprovalRequest {name} is {phase:?}, no longer Pending: it cannot be decided"
+                )
+            }
+            Self::RuleGone { policy, rule } => write!(
+                f,
+                "rule {rule} of AccessPolicy {policy} no longer requires approval (changed or removed): the request cannot be decided"
+            ),
+            Self::NotAnApprover { user } => write!(
+                f,
+                "{user} is not an approver of this request: neither a listed user nor in a listed group"
+            ),
+            Self::SelfApproval { user } => {
+                write!(
+                    f,
+                    "{user} asked for this operation and cannot decide its own request"
+                )
+            }
+            Self::AlreadyDecided { user } => write!(f, "{user} has already decided this request"),
+            Self::Store(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for DecideError {}
+
+/// A request and its times, parsed once.
+#[derive(Debug)]
+struct Entry {
+    request: ApprovalRequest,
+    created: i64,
+    expires_at: i64,
+    grant_expires_at: Option<i64>,
+    /// When the request stopped mattering (decided and unusable, used, expired).
+    ended_at: Option<i64>,
+}
+
+impl Entry {
+    fn new(request: ApprovalRequest) -> Self {
+        // Unreadable times count as long past: a damaged request grants nothing.
+        let spec = &request.spec;
+        let status = request.status.clone().unwrap_or_default();
+        let created = request
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(i64::MIN, |t| t.0.as_second());
+        let expires_at = parse_time(&spec.expires_at).unwrap_or(i64::MIN);
+        let grant_expires_at = status
+            .grant_expires_at
+            .as_deref()
+            .map(|t| parse_time(t).unwrap_or(i64::MIN));
+        let decided_at = status.decided_at.as_deref().and_then(parse_time);
+        let used_at = status.used_at.as_deref().and_then(parse_time);
+        let ended_at = match status.phase {
+            ApprovalPhase::Pending => None,
+            ApprovalPhase::Approved => None,
+            ApprovalPhase::Denied => Some(decided_at.unwrap_or(created)),
+            ApprovalPhase::Used => Some(used_at.unwrap_or(created)),
+            ApprovalPhase::Expired => Some(grant_expires_at.unwrap_or(expires_at).max(created)),
+        };
+        Self {
+            request,
+            created,
+            expires_at,
+            grant_expires_at,
+            ended_at,
+        }
+    }
+
+    fn phase(&self) -> ApprovalPhase {
+        phase(&self.request)
+    }
+
+    fn name(&self) -> &str {
+        self.request.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    /// The request with time applied: a Pending request past its expiry, or an approved Window
+    /// past its end, is Expired. `None` when nothing changes.
+    fn expired(&self, now: i64) -> Option<ApprovalRequest> {
+        let ended = match self.phase() {
+            ApprovalPhase::Pending => self.expires_at <= now,
+            ApprovalPhase::Approved => self.grant_expires_at.is_some_and(|t| t <= now),
+            _ => false,
+        };
+        ended.then(|| {
+            let mut r = self.request.clone();
+            r.status.get_or_insert_with(Default::default).phase = ApprovalPhase::Expired;
+            r
+        })
+    }
+
+    fn same_target(&self, ask: &Ask) -> bool {
+        let s = &self.request.spec;
+        s.identity == ask.identity
+            && s.connection == ask.connection
+            && s.policy.name == ask.policy
+            && s.policy.rule == ask.rule
+    }
+}
+
+fn phase(r: &ApprovalRequest) -> ApprovalPhase {
+    r.status.as_ref().map(|s| s.phase).unwrap_or_default()
+}
+
+/// The standalone approval store. Cheap to share (`Arc`); every method is thread-safe.
+#[derive(Debug)]
+pub struct Approvals {
+    dir: Dir,
+    namespace: String,
+    entries: Mutex<BTreeMap<String, Entry>>,
+    /// Bumped on every change; held operations watch it.
+    changes: watch::Sender<u64>,
+}
+
+impl Approvals {
+    /// Opens (creating) the store directory and loads existing requests. Fails when another
+    /// process holds the directory.
+    pub fn open(dir: impl Into<PathBuf>, namespace: &str) -> Result<Arc<Self>, ApprovalError> {
+        let (dir, requests) = Dir::open(dir.into())?;
+        let entries = requests
+            .into_iter()
+            .map(|r| {
+                let e = Entry::new(r);
+                (e.name().to_string(), e)
+            })
+            .collect();
+        let approvals = Self {
+            dir,
+            namespace: namespace.to_string(),
+            entries: Mutex::new(entries),
+            changes: watch::channel(0).0,
+        };
+        {
+            let mut entries = approvals.lock();
+            let now = unix_now();
+            approvals.apply_time(&mut entries, now, |_| true);
+            approvals.prune(&mut entries, now);
+        }
+        let requests = approvals.lock().len();
+        let pending = approvals.pending();
+        tracing::info!(dir = %approvals.dir.path().display(), requests, pending, "approval store open");
+        Ok(Arc::new(approvals))
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes `request` durably, then makes it current and signals waiters.
+    fn commit(
+        &self,
+        entries: &mut BTreeMap<String, Entry>,
+        request: ApprovalRequest,
+    ) -> Result<(), ApprovalError> {
+        self.dir.write(&request)?;
+        let entry = Entry::new(request);
+        entries.insert(entry.name().to_string(), entry);
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(())
+    }
+
+    /// Applies expiry to the entries `filter` selects. A failed write leaves the change in
+    /// memory (it is recomputed from the same times after a restart anyway).
+    fn apply_time(&self, entries: &mut BTreeMap<String, Entry>, now: i64, filter: impl Fn(&Entry) -> bool) {
+        let expired: Vec<ApprovalRequest> = entries
+            .values()
+            .filter(|e| filter(e))
+            .filter_map(|e| e.expired(now))
+            .collect();
+        for r in expired {
+            if let Err(e) = self.commit(entries, r.clone()) {
+                tracing::warn!(error = %e, "cannot persist an approval request's expiry");
+                let entry = Entry::new(r);
+                entries.insert(entry.name().to_string(), entry);
+                self.changes.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
+    }
+
+    /// Deletes requests that ended more than [`RETAIN_FINISHED`] ago.
+    fn prune(&self, entries: &mut BTreeMap<String, Entry>, now: i64) {
+        let horizon = now.saturating_sub(RETAIN_FINISHED.as_secs() as i64);
+        let old: Vec<String> = entries
+            .values()
+            .filter(|e| e.ended_at.is_some_and(|t| t < horizon))
+            .map(|e| e.name().to_string())
+            .collect();
+        for name in old {
+            match self.dir.remove(&name) {
+                Ok(()) => {
+                    entries.remove(&name);
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot delete an old approval request"),
+            }
+        }
+    }
+
+    /// The data path asks: a RequireApproval rule matched `ask`. Returns a grant when an
+    /// approval covers the operation, else the pending request (created when needed).
+    pub fn request(&self, ask: &Ask, now: i64) -> Result<Ticket, ApprovalError> {
+        let mut entries = self.lock();
+        self.apply_time(&mut entries, now, |e| e.same_target(ask));
+        // A window covers every operation of the rule; prefer it to spending a Once grant.
+        let approved = |e: &&Entry, t: GrantType| {
+            e.phase() == ApprovalPhase::Approved && e.same_target(ask) && e.request.spec.grant.r#type == t
+        };
+        if let Some(e) = entries.values().find(|e| approved(e, GrantType::Window)) {
+            return Ok(Ticket::Granted {
+                name: e.name().to_string(),
+            });
+        }
+        if let Some(e) = entries
+            .values()
+            .find(|e| approved(e, GrantType::Once) && e.request.spec.operation.fingerprint == ask.fingerprint)
+        {
+            let name = e.name().to_string();
+            let mut used = e.request.clone();
+            let status = used.status.get_or_insert_with(Default::default);
+            status.phase = ApprovalPhase::Used;
+            status.used_at = Some(format_time(now));
+            self.commit(&mut entries, used)?;
+            return Ok(Ticket::Granted { name });
+        }
+        if let Some(e) = entries.values().find(|e| {
+            e.phase() == ApprovalPhase::Pending
+                && e.same_target(ask)
+                && e.request.spec.operation.fingerprint == ask.fingerprint
+        }) {
+            return Ok(Ticket::Pending {
+                name: e.name().to_string(),
+                created: false,
+            });
+        }
+        self.prune(&mut entries, now);
+        let name = unique_name(&ask.identity, |n| entries.contains_key(n))?;
+        let timeout = i64::try_from(ask.timeout.as_secs()).unwrap_or(i64::MAX).max(1);
+        let spec = ApprovalRequestSpec {
+            identity: ask.identity.clone(),
+            requester: ask.requester.clone(),
+            connection: ask.connection.clone(),
+            operation: OperationSummary {
+                kind: ask.kind,
+                summary: ask.summary.clone(),
+                fingerprint: ask.fingerprint.clone(),
+            },
+            policy: PolicyRuleRef {
+                name: ask.policy.clone(),
+                rule: ask.rule.clone(),
+            },
+            grant: ask.grant.clone(),
+            reason: ask.reason.clone(),
+            expires_at: format_time(now.saturating_add(timeout)),
+            decisions: BTreeMap::new(),
+        };
+        let mut request = ApprovalRequest::new(&name, spec);
+        request.metadata.namespace = Some(self.namespace.clone());
+        request.metadata.creation_timestamp = time::kube_time(now);
+        request.status = Some(ApprovalRequestStatus {
+            phase: ApprovalPhase::Pending,
+            approvals: Some(0),
+            ..Default::default()
+        });
+        self.commit(&mut entries, request)?;
+        Ok(Ticket::Pending { name, created: true })
+    }
+
+    /// Hold mode: waits until `name` is no longer Pending or `deadline` passes, and returns its
+    /// phase. At the deadline a request still Pending becomes Expired. A request that does not
+    /// exist (any more) counts as Expired.
+    pub async fn wait(&self, name: &str, deadline: tokio::time::Instant) -> ApprovalPhase {
+        let mut changes = self.changes.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let now = std::time::SystemTime::now();
+            let unix = time::unix(now);
+            let expires_at = {
+                let mut entries = self.lock();
+                let Some(e) = entries.get(name) else {
+                    return ApprovalPhase::Expired;
+                };
+                if e.expired(unix).is_some() {
+                    self.apply_time(&mut entries, unix, |e| e.name() == name);
+                }
+                let e = &entries[name];
+                if e.phase() != ApprovalPhase::Pending {
+                    return e.phase();
+                }
+                e.expires_at
+            };
+            // The store's own expiry can come before the caller's deadline (a collapsed duplicate).
+            let to_expiry = (std::time::UNIX_EPOCH + Duration::from_secs(expires_at.max(0) as u64))
+                .duration_since(now)
+                .unwrap_or_default();
+            let wake = deadline.min(tokio::time::Instant::now() + to_expiry);
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(wake) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return self.expire_now(name);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Marks `name` Expired when it is still Pending; returns its phase.
+    fn expire_now(&self, name: &str) -> ApprovalPhase {
+        let mut entries = self.lock();
+        let Some(e) = entries.get(name) else {
+            return ApprovalPhase::Expired;
+        };
+        if e.phase() != ApprovalPhase::Pending {
+            return e.phase();
+        }
+        let mut r = e.request.clone();
+        r.status.get_or_insert_with(Default::default).phase = ApprovalPhase::Expired;
+        if let Err(err) = self.commit(&mut entries, r.clone()) {
+            tracing::warn!(error = %err, "cannot persist an approval request's expiry");
+            let entry = Entry::new(r);
+            entries.insert(name.to_string(), entry);
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        ApprovalPhase::Expired
+    }
+
+    /// An approver decides. `rule` is the ApprovalRule configured now for the request's policy
+    /// and rule (`None` when it is gone or no longer requires approval: refused).
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide(
+        &self,
+        name: &str,
+        approver: &Approver,
+        state: DecisionState,
+        reason: Option<String>,
+        rule: Option<&ApprovalRule>,
+        max_grant: Duration,
+        now: i64,
+    ) -> Result<ApprovalRequest, DecideError> {
+        let mut entries = self.lock();
+        self.apply_time(&mut entries, now, |e| e.name() == name);
+        let Some(entry) = entries.get(name) else {
+            return Err(DecideError::NotFound { name: name.into() });
+        };
+        let phase = entry.phase();
+        if phase != ApprovalPhase::Pending {
+            return Err(DecideError::NotPending {
+                name: name.into(),
+                phase,
+            });
+        }
+        let spec = &entry.request.spec;
+        let Some(rule) = rule else {
+            return Err(DecideError::RuleGone {
+                policy: spec.policy.name.clone(),
+                rule: spec.policy.rule.clone(),
+            });
+        };
+        if approver.user.is_empty() || approver.subject.is_empty() {
+            return Err(DecideError::NotAnApprover {
+                user: approver.user.clone(),
+            });
+        }
+        if approver.subject == spec.requester || approver.user == spec.requester {
+            return Err(DecideError::SelfApproval {
+                user: approver.user.clone(),
+            });
+        }
+        let listed = rule.approvers.users.iter().any(|u| u == &approver.user)
+            || approver
+                .groups
+                .iter()
+                .any(|g| rule.approvers.groups.iter().any(|x| x == g));
+        if !listed {
+            return Err(DecideError::NotAnApprover {
+                user: approver.user.clone(),
+            });
+        }
+        if spec.decisions.contains_key(&approver.user) {
+            return Err(DecideError::AlreadyDecided {
+                user: approver.user.clone(),
+            });
+        }
+        let mut request = entry.request.clone();
+        request.spec.decisions.insert(
+            approver.user.clone(),
+            Decision {
+                state,
+                reason,
+                decided_at: Some(format_time(now)),
+            },
+        );
+        let approvals = request
+            .spec
+            .decisions
+            .values()
+            .filter(|d| d.state == DecisionState::Approved)
+            .count();
+        let denied = request
+            .spec
+            .decisions
+            .values()
+            .any(|d| d.state == DecisionState::Denied);
+        let needed = usize::try_from(rule.min_approvals.max(1)).unwrap_or(1);
+        let grant = request.spec.grant.clone();
+        let status = request.status.get_or_insert_with(Default::default);
+        status.approvals = Some(i32::try_from(approvals).unwrap_or(i32::MAX));
+        if denied {
+            status.phase = ApprovalPhase::Denied;
+            status.decided_at = Some(format_time(now));
+        } else if approvals >= needed {
+            status.phase = ApprovalPhase::Approved;
+            status.decided_at = Some(format_time(now));
+            // A Window lasts its duration (one without a valid duration gets the longest window
+            // allowed); an unused Once grant lapses after maxGrant, so no approval waits forever.
+            let usable = match grant.r#type {
+                GrantType::Window => grant
+                    .duration
+                    .as_ref()
+                    .and_then(|d| d.to_std().ok())
+                    .unwrap_or(max_grant)
+                    .min(max_grant),
+                GrantType::Once => max_grant,
+            };
+            let secs = i64::try_from(usable.as_secs()).unwrap_or(i64::MAX);
+            status.grant_expires_at = Some(format_time(now.saturating_add(secs)));
+        }
+        self.commit(&mut entries, request.clone())
+            .map_err(DecideError::Store)?;
+        Ok(request)
+    }
+
+    /// Every request, oldest first, with expiry applied.
+    pub fn list(&self, now: i64) -> Vec<ApprovalRequest> {
+        let mut entries = self.lock();
+        self.apply_time(&mut entries, now, |_| true);
+        let mut all: Vec<&Entry> = entries.values().collect();
+        all.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.name().cmp(b.name())));
+        all.into_iter().map(|e| e.request.clone()).collect()
+    }
+
+    /// One request, with expiry applied.
+    pub fn get(&self, name: &str, now: i64) -> Option<ApprovalRequest> {
+        let mut entries = self.lock();
+        self.apply_time(&mut entries, now, |e| e.name() == name);
+        entries.get(name).map(|e| e.request.clone())
+    }
+
+    /// Requests waiting for a decision now (for a gauge).
+    pub fn pending(&self) -> usize {
+        let now = unix_now();
+        self.lock()
+            .values()
+            .filter(|e| e.phase() == ApprovalPhase::Pending && e.expires_at > now)
+            .count()
+    }
+
+    /// A receiver that changes whenever any request changes (for tools that follow the store).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+}
+
+/// `<identity>-<8 hex>`, not taken.
+fn unique_name(identity: &str, taken: impl Fn(&str) -> bool) -> Result<String, ApprovalError> {
+    let mut prefix: &str = identity;
+    if prefix.len() > MAX_NAME_PREFIX {
+        let mut end = MAX_NAME_PREFIX;
+        while !prefix.is_char_boundary(end) {
+            end -= 1;
+        }
+        prefix = &prefix[..end];
+    }
+    let prefix = prefix.trim_end_matches(['-', '.']);
+    let prefix = if prefix.is_empty() { "request" } else { prefix };
+    for _ in 0..16 {
+        let mut raw = [0u8; 4];
+        aws_lc_rs::rand::fill(&mut raw).map_err(|_| ApprovalError::Random)?;
+        let name = format!(
+            "{prefix}-{:02x}{:02x}{:02x}{:02x}",
+            raw[0], raw[1], raw[2], raw[3]
+        );
+        if !taken(&name) {
+            return Ok(name);
+        }
+    }
+    Err(ApprovalError::Random)
+}
+
+#[cfg(test)]
+mod tests;

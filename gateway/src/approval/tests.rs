@@ -1,0 +1,616 @@
+use std::time::Duration;
+
+use agentgate_crds::DurationString;
+use agentgate_crds::approval::{ApprovalPhase, DecisionState, OperationKind};
+use agentgate_crds::policy::{ApprovalMode, ApprovalRule, Approvers, Grant, GrantType};
+
+use super::*;
+
+/// Tests run at the real time so that opening the store (which expires and prunes against the
+/// clock) agrees with them.
+fn start() -> i64 {
+    unix_now()
+}
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn ask(fingerprint: &str) -> Ask {
+    Ask {
+        identity: "ci-agent".into(),
+        requester: "spiffe://example.org/ci".into(),
+        connection: "orders-db".into(),
+        kind: OperationKind::Sql,
+        summary: "DELETE FROM orders WHERE id = $1".into(),
+        fingerprint: fingerprint.into(),
+        policy: "orders".into(),
+        rule: "writes".into(),
+        grant: Grant::default(),
+        reason: Some("INC-1".into()),
+        timeout: Duration::from_secs(600),
+    }
+}
+
+fn window(ask: Ask, duration: &str) -> Ask {
+    Ask {
+        grant: Grant {
+            r#type: GrantType::Window,
+            duration: Some(DurationString(duration.into())),
+        },
+        ..ask
+    }
+}
+
+fn rule(min: i32) -> ApprovalRule {
+    ApprovalRule {
+        approvers: Approvers {
+            users: vec!["alice".into(), "bob".into()],
+            groups: vec!["dba".into()],
+        },
+        min_approvals: min,
+        mode: ApprovalMode::Hold,
+        grant: Grant::default(),
+        timeout: None,
+    }
+}
+
+fn user(name: &str) -> Approver {
+    Approver {
+        user: name.into(),
+        groups: Vec::new(),
+        subject: format!("sub-{name}"),
+    }
+}
+
+fn open(dir: &tempfile::TempDir) -> Arc<Approvals> {
+    Approvals::open(dir.path().join("approvals"), "agents").unwrap()
+}
+
+fn pending_name(t: Ticket) -> String {
+    match t {
+        Ticket::Pending { name, created: true } => name,
+        other => panic!("expected a new pending request, got {other:?}"),
+    }
+}
+
+fn approve(a: &Approvals, name: &str, who: &str, min: i32, now: i64) -> Result<ApprovalRequest, DecideError> {
+    a.decide(
+        name,
+        &user(who),
+        DecisionState::Approved,
+        Some("ok".into()),
+        Some(&rule(min)),
+        8 * HOUR,
+        now,
+    )
+}
+
+fn phase_of(a: &Approvals, name: &str, now: i64) -> ApprovalPhase {
+    a.get(name, now).unwrap().status.unwrap().phase
+}
+
+#[test]
+fn a_request_is_created_with_its_evidence_and_persisted() {
+    let t0 = start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir);
+    let name = pending_name(a.request(&ask("ab12cd34"), t0).unwrap());
+    assert!(name.starts_with("ci-agent-"), "{name}");
+    let suffix = name.strip_prefix("ci-agent-").unwrap();
+    assert_eq!(suffix.len(), 8);
+    assert!(
+        suffix
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    );
+    let r = a.get(&name, t0).unwrap();
+    assert_eq!(r.metadata.namespace.as_deref(), Some("agents"));
+    assert_eq!(r.spec.identity, "ci-agent");
+    assert_eq!(r.spec.requester, "spiffe://example.org/ci");
+    assert_eq!(r.spec.operation.fingerprint, "ab12cd34");
+    assert_eq!(r.spec.policy.rule, "writes");
+    assert_eq!(r.spec.reason.as_deref(), Some("INC-1"));
+    assert_eq!(r.spec.expires_at, format_time(t0 + 600));
+    assert_eq!(r.status.as_ref().unwrap().phase, ApprovalPhase::Pending);
+    assert_eq!(a.pending(), 1);
+    // The file on disk is the object itself, and passes the CRD schema.
+    let file = dir.path().join("approvals").join(format!("{name}.json"));
+    let on_disk: serde_json::Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    assert_eq!(on_disk["kind"], "ApprovalRequest");
+    assert_eq!(on_disk["apiVersion"], "agentgate.dev/v1alpha1");
+    let validators: std::collections::HashMap<_, _> =
+        agentgate_crds::generate::validators().into_iter().collect();
+    let problems = validators["ApprovalRequest"].validate(&on_disk, None);
+    assert!(problems.is_empty(), "{problems:?}");
+}
+
+#[test]
+fn duplicates_collapse_and_different_operations_do_not() {
+    let t0 = start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir);
+    let name = pending_name(a.request(&ask("aaaa1111"), t0).unwrap());
+    assert_eq!(
+        a.request(&ask("aaaa1111"), t0 + 5).unwrap(),
+        Ticket::Pending {
+            name: name.clone(),
+            created: false
+        }
+    );
+    let other = pending_name(a.request(&ask("bbbb2222"), t0 + 5).unwrap());
+    assert_ne!(name, other);
+    let elsewhere = Ask {
+        connection: "billing-db".into(),
+        ..ask("aaaa1111")
+    };
+    let third = pending_name(a.request(&elsewhere, t0 + 5).unwrap());
+    assert_ne!(third, name);
+    assert_eq!(a.list(t0 + 5).len(), 3);
+}
+
+#[test]
+fn once_is_used_by_the_identical_operation_only_and_only_once() {
+    let t0 = start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir);
+    let name = pending_name(a.request(&ask("aaaa1111"), t0).unwrap());
+    let r = approve(&a, &name, "alice", 1, t0 + 10).unwrap();
+    let status = r.status.unwrap();
+    assert_eq!(status.phase, ApprovalPhase::Approved);
+    assert_eq!(status.approvals, Some(1));
+    assert_eq!(status.decided_at, Some(format_time(t0 + 10)));
+    assert_eq!(status.grant_expires_at, Some(format_time(t0 + 10 + 8 * 3600)));
+    assert_eq!(r.spec.decisions["alice"].reason.as_deref(), Some("ok"));
+    // A different operation is not covered.
+    assert!(matches!(
+        a.request(&ask("bbbb2222"), t0 + 11).unwrap(),
+        Ticket::Pending { created: true, .. }
+    ));
+    // Another identity is not covered by the same fingerprint.
+    let other = Ask {
+        identity: "other-agent".into(),
+        ..ask("aaaa1111")
+    };
+    assert!(matches!(
+        a.request(&other, t0 + 11).unwrap(),
+        Ticket::Pending { created: true, .. }
+    ));
+    assert_eq!(
+        a.request(&ask("aaaa1111"), t0 + 12).unwrap(),
+        Ticket::Granted { name: name.clone() }
+    );
+    let used = a.get(&name, t0 + 12).unwrap().status.unwrap();
+    assert_eq!(used.phase, ApprovalPhase::Used);
+    assert_eq!(used.used_at, Some(format_time(t0 + 12)));
+    // Twice: a new request.
+    let again = pending_name(a.request(&ask("aaaa1111"), t0 + 13).unwrap());
+    assert_ne!(again, name);
+}
+
+#[test]
+fn an_unused_once_grant_lapses_after_max_grant() {
+    let t0 = start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir);
+    let name = pending_name(a.request(&ask("aaaa1111"), t0).unwrap());
+    a.decide(
+        &name,
+        &user("alice"),
+        DecisionState::Approved,
+        None,
+        Some(&rule(1)),
+        HOUR,
+        t0,
+    )
+    .unwrap();
+    assert_eq!(phase_of(&a, &name, t0 + 3599), ApprovalPhase::Approved);
+    assert!(matches!(
+        a.request(&ask("aaaa1111"), t0 + 3600).unwrap(),
+        Ticket::Pending { created: true, .. }
+    ));
+    assert_eq!(phase_of(&a, &name, t0 + 3600), ApprovalPhase::Expired);
+}
+
+#[test]
+fn window_covers_the_rule_until_it_ends_capped_by_max_grant() {
+    let t0 = start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir);
+    let name = pending_name(a.request(&window(ask("aaaa1111"), "30m"), t0).unwrap());
+    let r = approve(&a, &name, "bob", 1, t0 + 100).unwrap();
+    assert_eq!(
+        r.status.unwrap().grant_expires_at,
+        Some(format_time(t0 + 100 + 1800))
+    );
+    // Any operation of the rule on that connection, by that identity.
+    for (fp, t) in [
+        ("aaaa1111", t0 + 200),
+        ("cccc3333", t0 + 300),
+        ("dddd4444", t0 + 1899),
+    ] {
+        assert_eq!(
+            a.request(&window(ask(fp), "30m"), t).unwrap(),
+            Ticket::Granted { name: name.clone() }
+        );
+    }
+    assert_eq!(phase_of(&a, &name, t0 + 1899), ApprovalPhase::Approved);
+    // Another rule is not covered.
+    let other_rule = Ask {
+        rule: "deletes".into(),
+        ..window(ask("aaaa1111"), "30m")
+    };
+    assert!(matches!(
+        a.request(&other_rule, t0 + 300).unwrap(),
+        Ticket::Pending { .. }
+    ));
+    // Ended (mid-session): new requests.
+    let next = pending_name(a.request(&window(ask("eeee5555"), "30m"), t0 + 1900).unwrap());
+    assert_ne!(next, name);
+    assert_eq!(phase_of(&a, &name, t0 + 1900), ApprovalPhase::Expired);
+
+    // A window longer than maxGrant is capped.
+    let long = pending_name(a.request(&window(ask("ffff6666"), "24h"), t0 + 2000).unwrap());
+    let r = a
+        .decide(
+            &long,
+            &user("alice"),
+            DecisionState::Approved,
+            None,
+            Some(&rule(1)),
+            HOUR,
+            t0 + 2000,
+        )
+        .unwrap();
+    assert_eq!(
+        r.status.unwrap().grant_expires_at,
+        Some(format_time(t0 + 2000 + 3600))
+    );
+}
+
+#[test]
+fn two_approvers_are_needed_when_the_rule_says_so() {
+    let t0 = start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir);
+    let name = pending_name(a.request(&ask("aaaa1111"), t0).unwrap());
+    let r = approve(&a, &name, "alice", 2, t0 + 1).unwrap();
+    let s = r.status.unwrap();
+    assert_eq!((s.phase, s.approvals), (ApprovalPhase::Pending, Some(1)));
+    assert!(matches!(
+        a.request(&ask("aaaa1111"), t0 + 2).unwrap(),
+        Ticket::Pending { created: false, .. }
+    ));
+    // The same approver twice does not count twice.
+    let e = approve(&a, &name, "alice", 2, t0 + 2).unwrap_err();
+    assert!(matches!(e, DecideError::AlreadyDecided { .. }), "{e}");
+    assert_eq!(e.to_string(), "alice has already decided this request");
+    // A member of an approver group counts.
+    let carol = Approver {
+        user: "carol".into(),
+        groups: vec!["dev".into(), "dba".into()],
+        subject: "sub-carol".into(),
+    };
+    let r = a
+        .decide(
+            &name,
+            &carol,
+            DecisionState::Approved,
+            None,
+            Some(&rule(2)),
+            8 * HOUR,
+            t0 + 3,
+        )
+        .unwrap();
+    let s = r.status.unwrap();
+    assert_eq!((s.phase, s.approvals), (ApprovalPhase::Approved, Some(2)));
+    assert_eq!(s.decided_at, Some(format_time(t0 + 3)));
+}
+
+#[test]
+fn any_denial_denies() {
+    let t0 = start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir);
+    let name = pending_name(a.request(&ask("aaaa1111"), t0).unwrap());
+    approve(&a, &name, "alice", 2, t0 + 1).unwrap();
+    let r = a
+        .decide(
+            &name,
+            &user("bob"),
+            DecisionState::Denied,
+            Some("not during the freeze".into()),
+            Some(&rule(2)),
+            8 * HOUR,
+            t0 + 2,
+        )
+        .unwrap();
+    let s = r.status.unwrap();
+    assert_eq!((s.phase, s.approvals), (ApprovalPhase::Denied, Some(1)));
+    assert_eq!(r.spec.decisions["bob"].state, DecisionState::Denied);
+    // Denied is final; the same operation asks again.
+    let e = approve(&a, &name, "carol", 1, t0 + 3).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DecideError::NotPending {
+                phase: ApprovalPhase::Denied,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(matches!(
+        a.request(&ask("aaaa1111"), t0 + 4).unwrap(),
+        Ticket::Pending { created: true, .. }
+    ));
+}
+
+#[test]
+fn refusals_name_their_cause() {
+    let t0 = start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir);
+    let name = pending_name(a.request(&ask("aaaa1111"), t0).unwrap());
+    let decide = |who: &Approver, rule: Option<&ApprovalRule>| {
+        a.decide(&name, who, DecisionState::Approved, None, rule, 8 * HOUR, t0 + 1)
+            .unwrap_err()
+    };
+    let e = a
+        .decide(
+            "nope",
+            &user("alice"),
+            DecisionState::Approved,
+            None,
+            Some(&rule(1)),
+            HOUR,
+            t0,
+        )
+        .unwrap_err();
+    assert_eq!(e.to_string(), "ApprovalRequest nope not found");
+    let e = decide(&user("alice"), None);
+    assert!(matches!(e, DecideError::RuleGone { .. }), "{e}");
+    assert!(
+        e.to_string().contains("rule writes of AccessPolicy orders"),
+        "{e}"
+    );
+    let e = decide(&user("mallory"), Some(&rule(1)));
+    assert!(matches!(e, DecideError::NotAnApprover { .. }), "{e}");
+    assert!(e.to_string().starts_with("mallory is not an approver"), "{e}");
+    // Self-approval, by subject or by user name, even for a listed approver.
+    let agent = Approver {
+        user: "alice".into(),
+        groups: vec!["dba".into()],
+        subject: "spiffe://example.org/ci".into(),
+    };
+    let e = decide(&agent, Some(&rule(1)));
+    assert!(matches!(e, DecideError::SelfApproval { .. }), "{e}");
+    let agent = Approver {
+        user: "spiffe://example.org/ci".into(),
+        groups: vec!["dba".into()],
+        subject: "other".into(),
+    };
+    assert!(matches!(
+        decide(&agent, Some(&rule(1))),
+        DecideError::SelfApproval { .. }
+    ));
+    // Nothing of that changed the request.
+    let r = a.get(&name, t0 + 1).unwrap();
+    assert!(r.spec.decisions.is_empty());
+    assert_eq!(r.status.unwrap().phase, ApprovalPhase::Pending);
+}
+
+#[test]
+fn pending_requests_expire() {
+    let t0 = start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir);
+    let name = pending_name(a.request(&ask("aaaa1111"), t0).unwrap());
+    assert_eq!(phase_of(&a, &name, t0 + 599), ApprovalPhase::Pending);
+    assert_eq!(phase_of(&a, &name, t0 + 600), ApprovalPhase::Expired);
+    let e = approve(&a, &name, "alice", 1, t0 + 601).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            DecideError::NotPending {
+                phase: ApprovalPhase::Expired,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("is Expired"), "{e}");
+    let next = pending_name(a.request(&ask("aaaa1111"), t0 + 700).unwrap());
+    assert_ne!(next, name);
+    // The expiry is on disk.
+    drop(a);
+    let a = open(&dir);
+    let r = a.get(&name, t0 + 700).unwrap();
+    assert_eq!(r.status.unwrap().phase, ApprovalPhase::Expired);
+}
+
+#[test]
+fn pending_and_granted_requests_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = unix_now();
+    let (pending, once, win) = {
+        let a = open(&dir);
+        let pending = pending_name(a.request(&ask("aaaa1111"), now).unwrap());
+        let once = pending_name(a.request(&ask("bbbb2222"), now).unwrap());
+        approve(&a, &once, "alice", 1, now).unwrap();
+        let w = Ask {
+            rule: "window".into(),
+            ..window(ask("cccc3333"), "1h")
+        };
+        let win = pending_name(a.request(&w, now).unwrap());
+        approve(&a, &win, "alice", 1, now).unwrap();
+        assert_eq!(a.pending(), 1);
+        (pending, once, win)
+    };
+    let a = open(&dir);
+    assert_eq!(a.pending(), 1);
+    assert_eq!(a.list(now).len(), 3);
+    assert_eq!(
+        a.request(&ask("aaaa1111"), now + 1).unwrap(),
+        Ticket::Pending {
+            name: pending.clone(),
+            created: false
+        }
+    );
+    assert_eq!(
+        a.request(&ask("bbbb2222"), now + 1).unwrap(),
+        Ticket::Granted { name: once.clone() }
+    );
+    let w = Ask {
+        rule: "window".into(),
+        ..window(ask("dddd4444"), "1h")
+    };
+    assert_eq!(a.request(&w, now + 1).unwrap(), Ticket::Granted { name: win });
+    // Still decidable after the restart.
+    approve(&a, &pending, "bob", 1, now + 2).unwrap();
+    drop(a);
+    let a = open(&dir);
+    assert_eq!(phase_of(&a, &once, now + 3), ApprovalPhase::Used);
+    assert_eq!(
+        a.request(&ask("aaaa1111"), now + 3).unwrap(),
+        Ticket::Granted { name: pending }
+    );
+}
+
+#[test]
+fn one_process_per_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir);
+    let e = Approvals::open(dir.path().join("approvals"), "agents").unwrap_err();
+    assert!(matches!(e, ApprovalError::Locked { .. }), "{e}");
+    drop(a);
+    open(&dir);
+}
+
+#[test]
+fn damaged_and_unfinished_files_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("approvals");
+    let name = {
+        let a = open(&dir);
+        pending_name(a.request(&ask("aaaa1111"), unix_now()).unwrap())
+    };
+    std::fs::write(store.join("broken.json"), b"{not json").unwrap();
+    std::fs::write(store.join("x-00000000.json.tmp"), b"{}").unwrap();
+    let copy = std::fs::read(store.join(format!("{name}.json"))).unwrap();
+    std::fs::write(store.join("renamed-00000000.json"), copy).unwrap();
+    let a = open(&dir);
+    let names: Vec<_> = a
+        .list(unix_now())
+        .into_iter()
+        .filter_map(|r| r.metadata.name)
+        .collect();
+    assert_eq!(names, vec![name]);
+    assert!(!store.join("x-00000000.json.tmp").exists());
+}
+
+#[test]
+fn old_finished_requests_are_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir);
+    let long_ago = unix_now() - 30 * 24 * 3600;
+    let old = pending_name(a.request(&ask("aaaa1111"), long_ago).unwrap());
+    let recent = pending_name(a.request(&ask("bbbb2222"), unix_now()).unwrap());
+    drop(a);
+    let a = open(&dir);
+    assert!(a.get(&old, unix_now()).is_none());
+    assert!(a.get(&recent, unix_now()).is_some());
+    assert!(!dir.path().join("approvals").join(format!("{old}.json")).exists());
+}
+
+#[test]
+fn long_identities_still_give_valid_names() {
+    let long = format!("{}.b", "a".repeat(243));
+    let name = unique_name(&long, |_| false).unwrap();
+    assert!(name.len() <= 253, "{}", name.len());
+    assert!(name.starts_with(&"a".repeat(243)));
+    assert!(!name.contains(".-"));
+}
+
+#[tokio::test]
+async fn held_operations_wake_on_a_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir);
+    let now = unix_now();
+    let name = pending_name(a.request(&ask("aaaa1111"), now).unwrap());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let waiter = {
+        let a = a.clone();
+        let name = name.clone();
+        tokio::spawn(async move { a.wait(&name, deadline).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiter.is_finished());
+    let decided = std::time::Instant::now();
+    approve(&a, &name, "alice", 1, now).unwrap();
+    let phase = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(phase, ApprovalPhase::Approved);
+    assert!(decided.elapsed() < Duration::from_secs(1));
+    // Already decided: at once.
+    assert_eq!(a.wait(&name, deadline).await, ApprovalPhase::Approved);
+    assert_eq!(a.wait("unknown", deadline).await, ApprovalPhase::Expired);
+}
+
+#[tokio::test]
+async fn held_operations_wake_on_a_denial() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir);
+    let now = unix_now();
+    let name = pending_name(a.request(&ask("aaaa1111"), now).unwrap());
+    let waiter = {
+        let a = a.clone();
+        let name = name.clone();
+        tokio::spawn(async move {
+            a.wait(&name, tokio::time::Instant::now() + Duration::from_secs(30))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    a.decide(
+        &name,
+        &user("bob"),
+        DecisionState::Denied,
+        None,
+        Some(&rule(1)),
+        HOUR,
+        now,
+    )
+    .unwrap();
+    assert_eq!(waiter.await.unwrap(), ApprovalPhase::Denied);
+}
+
+#[tokio::test]
+async fn held_operations_time_out_and_the_request_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir);
+    let now = unix_now();
+    let name = pending_name(a.request(&ask("aaaa1111"), now).unwrap());
+    let started = tokio::time::Instant::now();
+    let phase = a.wait(&name, started + Duration::from_millis(200)).await;
+    assert_eq!(phase, ApprovalPhase::Expired);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(phase_of(&a, &name, now), ApprovalPhase::Expired);
+    assert_eq!(a.pending(), 0);
+}
+
+#[tokio::test]
+async fn held_operations_end_at_the_request_expiry_before_their_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir);
+    let short = Ask {
+        timeout: Duration::from_secs(1),
+        ..ask("aaaa1111")
+    };
+    let name = pending_name(a.request(&short, unix_now()).unwrap());
+    let started = std::time::Instant::now();
+    let phase = a
+        .wait(&name, tokio::time::Instant::now() + Duration::from_secs(30))
+        .await;
+    assert_eq!(phase, ApprovalPhase::Expired);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

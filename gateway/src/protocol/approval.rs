@@ -1,0 +1,191 @@
+//! What the protocols share when a RequireApproval rule matches: the question put to the
+//! approval store (who, where, which exact operation, under which rule) and the outcome in
+//! protocol-neutral terms. Each protocol turns the outcome into its own error or lets the
+//! operation through.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentgate_crds::approval::{ApprovalPhase, OperationKind};
+use agentgate_crds::policy::{ApprovalMode, ApprovalRule};
+use sha2::{Digest, Sha256};
+
+use crate::approval::{Approvals, Ask, Ticket};
+use crate::config::{CompiledPolicy, CompiledRule, GatewayConfig};
+
+/// Longest reason an agent may give.
+pub const MAX_REASON_BYTES: usize = 1024;
+
+/// The outcome of asking for approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Approved (a Once grant for this exact operation, now used, or a Window): go ahead.
+    Granted { request: String },
+    /// Defer mode, or Hold and still pending: refused for now, naming the request.
+    Pending { request: String, created: bool },
+    /// Hold mode: an approver denied it.
+    Denied { request: String },
+    /// Hold mode: nobody decided in time.
+    Expired { request: String },
+    /// The gateway cannot ask (no store, or the rule has no approval block).
+    Unavailable(String),
+}
+
+/// The hex SHA-256 of an operation's parts, separated so no two splits collide.
+pub fn fingerprint(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    crate::recording::chain::hex(&h.finalize())
+}
+
+/// The rule's approval block, from the policy as written.
+pub fn rule_spec<'a>(policy: &'a CompiledPolicy, rule: &CompiledRule) -> Option<&'a ApprovalRule> {
+    policy
+        .spec
+        .rules
+        .iter()
+        .find(|r| r.name == rule.name)
+        .and_then(|r| r.approval.as_ref())
+}
+
+/// Everything needed to ask, besides the operation itself.
+#[derive(Debug)]
+pub struct Question<'a> {
+    pub cfg: &'a GatewayConfig,
+    pub policy: &'a CompiledPolicy,
+    pub rule: &'a CompiledRule,
+    pub identity: &'a str,
+    /// The token's subject: the one person or workload that may never approve it.
+    pub requester: &'a str,
+    pub connection: &'a str,
+    pub kind: OperationKind,
+    /// Masked.
+    pub summary: String,
+    pub fingerprint: String,
+    pub reason: Option<String>,
+}
+
+/// Asks the store; in Hold mode waits for the decision, bounded by the rule's timeout.
+pub async fn ask(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) -> Outcome {
+    let Some(store) = store else {
+        return Outcome::Unavailable("approvals are not available on this gateway".into());
+    };
+    let Some(spec) = rule_spec(q.policy, q.rule) else {
+        return Outcome::Unavailable(format!("rule {} has no approval block", q.rule.name));
+    };
+    let timeout = q
+        .rule
+        .approval_timeout
+        .unwrap_or(q.cfg.gateway.approvals.default_timeout);
+    let mut grant = spec.grant.clone();
+    if let Some(d) = q.rule.grant_duration {
+        grant.duration = Some(agentgate_crds::common::DurationString(format!(
+            "{}s",
+            d.as_secs()
+        )));
+    }
+    let ask = Ask {
+        identity: q.identity.to_string(),
+        requester: q.requester.to_string(),
+        connection: q.connection.to_string(),
+        kind: q.kind,
+        summary: q.summary,
+        fingerprint: q.fingerprint,
+        policy: q.policy.name.clone(),
+        rule: q.rule.name.clone(),
+        grant,
+        reason: q.reason.map(|r| truncate(&r, MAX_REASON_BYTES)),
+        timeout,
+    };
+    let ticket = match store.request(&ask, now) {
+        Ok(t) => t,
+        Err(e) => return Outcome::Unavailable(format!("the approval store failed: {e}")),
+    };
+    let (request, created) = match ticket {
+        Ticket::Granted { name } => return Outcome::Granted { request: name },
+        Ticket::Pending { name, created } => (name, created),
+    };
+    if spec.mode == ApprovalMode::Defer {
+        return Outcome::Pending { request, created };
+    }
+    let deadline = tokio::time::Instant::now() + timeout.min(Duration::from_secs(24 * 3600));
+    match store.wait(&request, deadline).await {
+        ApprovalPhase::Approved => match store.request(&ask, now_unix()) {
+            Ok(Ticket::Granted { name }) => Outcome::Granted { request: name },
+            // Another held copy of the same operation used the Once grant first.
+            Ok(Ticket::Pending { name, created }) => Outcome::Pending {
+                request: name,
+                created,
+            },
+            Err(e) => Outcome::Unavailable(format!("the approval store failed: {e}")),
+        },
+        ApprovalPhase::Denied => Outcome::Denied { request },
+        ApprovalPhase::Pending | ApprovalPhase::Expired => Outcome::Expired { request },
+        ApprovalPhase::Used => Outcome::Pending {
+            request,
+            created: false,
+        },
+    }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].chars().filter(|c| !c.is_control()).collect()
+}
+
+/// The agent's stated reason in a leading SQL comment: `/* reason: INC-1234 */ DELETE ...` or
+/// `-- reason: INC-1234` on the first line.
+pub fn sql_reason(sql: &str) -> Option<String> {
+    let s = sql.trim_start();
+    let body = if let Some(rest) = s.strip_prefix("/*") {
+        rest.split_once("*/")?.0
+    } else if let Some(rest) = s.strip_prefix("--") {
+        rest.lines().next()?
+    } else {
+        return None;
+    };
+    let body = body.trim();
+    let reason = body
+        .strip_prefix("reason:")
+        .or_else(|| body.strip_prefix("Reason:"))?
+        .trim();
+    (!reason.is_empty()).then(|| truncate(reason, MAX_REASON_BYTES))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_separate_their_parts() {
+        assert_ne!(fingerprint(&[b"ab", b"c"]), fingerprint(&[b"a", b"bc"]));
+        assert_eq!(fingerprint(&[b"x"]).len(), 64);
+    }
+
+    #[test]
+    fn reasons_come_from_a_leading_comment() {
+        assert_eq!(
+            sql_reason("/* reason: INC-1234 */ DELETE FROM t").as_deref(),
+            Some("INC-1234")
+        );
+        assert_eq!(
+            sql_reason("-- reason: cleanup\nDELETE FROM t").as_deref(),
+            Some("cleanup")
+        );
+        assert_eq!(sql_reason("DELETE FROM t /* reason: x */"), None);
+        assert_eq!(sql_reason("/* just a comment */ SELECT 1"), None);
+    }
+}

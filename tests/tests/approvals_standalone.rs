@@ -1,0 +1,319 @@
+//! Standalone deciding: `agentgate approvals list|show|approve|deny` against a running gateway's
+//! admin API, approvers authenticated by their OIDC tokens, decisions kept across a restart.
+//! (Requests are put in the store the gateway opens; creating them from real operations is the
+//! data paths' tests' part.)
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use agentgate::approval::{Approvals, Ask, Ticket};
+use agentgate::identity::mint::SigningKey;
+use agentgate_crds::approval::{ApprovalPhase, DecisionState, OperationKind};
+use agentgate_crds::policy::{Grant, GrantType};
+use agentgate_e2e::binary;
+use agentgate_e2e::gateway::Gateway;
+use serde_json::json;
+
+const HUMANS: &str = "https://login.example/";
+const AGENTS: &str = "https://agents.example/";
+
+fn now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+fn manifests(state: &Path, humans: &SigningKey, agents: &SigningKey) -> String {
+    format!(
+        r#"apiVersion: agentgate.dev/v1alpha1
+kind: AgentGateway
+metadata: {{name: gw, namespace: e2e}}
+spec:
+  listeners:
+    - {{name: http, protocol: HTTP, port: ${{LISTEN_PORT}}, address: 127.0.0.1}}
+  recording: {{storage: {{local: {{path: "{sessions}"}}}}}}
+  approvals: {{maxGrant: 1h}}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: AgentIdentity
+metadata: {{name: ci-agent, namespace: e2e}}
+spec:
+  issuer: {AGENTS}
+  audiences: [agentgate]
+  match: {{subject: ci}}
+  groups: {{static: [dba]}}
+  keys: {{secretRef: {{name: keys, key: agents}}}}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: AgentIdentity
+metadata: {{name: approvers, namespace: e2e}}
+spec:
+  issuer: {HUMANS}
+  audiences: [agentgate-approvals]
+  match: {{claims: {{azp: agentgate-cli}}}}
+  groups: {{claim: groups}}
+  keys: {{secretRef: {{name: keys, key: humans}}}}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: Connection
+metadata: {{name: orders, namespace: e2e}}
+spec:
+  gatewayRef: {{name: gw}}
+  type: HTTP
+  endpoint: http://127.0.0.1:9
+  route: {{pathPrefix: /orders}}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: orders, namespace: e2e}}
+spec:
+  subjects: {{identities: [ci-agent]}}
+  connections: [orders]
+  rules:
+    - name: writes
+      action: RequireApproval
+      http: {{methods: [POST]}}
+      approval: {{approvers: {{users: [alice], groups: [dba]}}, mode: Defer}}
+    - name: bulk
+      action: RequireApproval
+      http: {{methods: [DELETE]}}
+      approval: {{approvers: {{groups: [dba]}}, minApprovals: 2, grant: {{type: Window, duration: 30m}}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: keys, namespace: e2e}}
+stringData:
+  humans: '{humans_jwks}'
+  agents: '{agents_jwks}'
+"#,
+        sessions = state.join("sessions").display(),
+        humans_jwks = SigningKey::jwks(&[humans]),
+        agents_jwks = SigningKey::jwks(&[agents]),
+    )
+}
+
+fn ask(rule: &str, fingerprint: &str, summary: &str) -> Ask {
+    Ask {
+        identity: "ci-agent".into(),
+        requester: "ci".into(),
+        connection: "orders".into(),
+        kind: OperationKind::Http,
+        summary: summary.into(),
+        fingerprint: fingerprint.into(),
+        policy: "orders".into(),
+        rule: rule.into(),
+        grant: if rule == "bulk" {
+            Grant {
+                r#type: GrantType::Window,
+                duration: Some("30m".into()),
+            }
+        } else {
+            Grant::default()
+        },
+        reason: Some("nightly sync".into()),
+        timeout: Duration::from_secs(3600),
+    }
+}
+
+fn human(key: &SigningKey, sub: &str, groups: &[&str]) -> String {
+    let now = now();
+    key.sign(&json!({
+        "iss": HUMANS, "sub": sub, "aud": "agentgate-approvals", "azp": "agentgate-cli",
+        "groups": groups, "iat": now, "exp": now + 600,
+    }))
+}
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn cli(gw: &Gateway, token: Option<&str>, args: &[&str]) -> Run {
+    let mut cmd = Command::new(binary("agentgate"));
+    cmd.arg("approvals")
+        .args(args)
+        .args(["--admin-addr", &format!("127.0.0.1:{}", gw.admin)])
+        .env_remove("AGENTGATE_TOKEN");
+    if let Some(t) = token {
+        cmd.env("AGENTGATE_TOKEN", t);
+    }
+    let out = cmd.output().expect("agentgate runs");
+    Run {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn pending(t: Ticket) -> String {
+    match t {
+        Ticket::Pending { name, .. } => name,
+        t => panic!("{t:?}"),
+    }
+}
+
+#[test]
+fn approvers_list_approve_and_deny_with_the_cli_and_decisions_survive_a_restart() {
+    let state = tempfile::tempdir().unwrap();
+    let humans = SigningKey::ec("humans").unwrap();
+    let agents = SigningKey::ec("agents").unwrap();
+    let yaml = manifests(state.path(), &humans, &agents);
+    // Requests waiting before the gateway starts (as after a restart).
+    let (once, other, window) = {
+        let store = Approvals::open(state.path().join("approvals"), "e2e").unwrap();
+        (
+            pending(
+                store
+                    .request(&ask("writes", "aaaa1111", "POST /orders/v1/orders"), now())
+                    .unwrap(),
+            ),
+            pending(
+                store
+                    .request(&ask("writes", "bbbb2222", "POST /orders/v1/refunds"), now())
+                    .unwrap(),
+            ),
+            pending(
+                store
+                    .request(&ask("bulk", "cccc3333", "DELETE /orders/v1/orders/7"), now())
+                    .unwrap(),
+            ),
+        )
+    };
+    let mut gw = Gateway::start(&yaml);
+    let alice = human(&humans, "alice", &[]);
+    let bob = human(&humans, "bob", &["dba"]);
+    let carol = human(&humans, "carol", &["dba"]);
+
+    let list = cli(&gw, Some(&alice), &["list"]);
+    assert!(list.ok, "{}{}\n{}", list.stdout, list.stderr, gw.output());
+    let lines: Vec<&str> = list.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", list.stdout);
+    assert!(lines[0].starts_with("NAME"), "{}", list.stdout);
+    for name in [&once, &other, &window] {
+        let line = lines.iter().find(|l| l.starts_with(name.as_str())).unwrap();
+        assert!(
+            line.contains("Pending") && line.contains("ci-agent") && line.contains("orders"),
+            "{line}"
+        );
+    }
+    assert!(list.stdout.contains("POST /orders/v1/orders"), "{}", list.stdout);
+    assert!(list.stdout.contains("Window 30m"), "{}", list.stdout);
+
+    // Alice approves the first request (a listed user).
+    let r = cli(&gw, Some(&alice), &["approve", &once, "--reason", "INC-1234"]);
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("now Approved"), "{}", r.stdout);
+    // Bob denies the second (by group).
+    let r = cli(&gw, Some(&bob), &["deny", &other, "--reason", "not today"]);
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("now Denied"), "{}", r.stdout);
+    // The window needs two approvers: Alice is not one for that rule; Bob, then Carol.
+    let r = cli(&gw, Some(&alice), &["approve", &window]);
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains("403") && r.stderr.contains("alice is not an approver"),
+        "{}",
+        r.stderr
+    );
+    let r = cli(&gw, Some(&bob), &["approve", &window]);
+    assert!(r.ok, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("still Pending (1 approval so far"),
+        "{}",
+        r.stdout
+    );
+    let r = cli(&gw, Some(&bob), &["approve", &window]);
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains("409") && r.stderr.contains("bob has already decided"),
+        "{}",
+        r.stderr
+    );
+
+    // Refusals: self-approval (the requester's subject, even in an approver group), a token the
+    // gateway does not accept, no token, a decided request.
+    let agent_as_human = human(&humans, "ci", &["dba"]);
+    let r = cli(&gw, Some(&agent_as_human), &["approve", &window]);
+    assert!(!r.ok);
+    assert!(r.stderr.contains("cannot decide its own request"), "{}", r.stderr);
+    let forged = SigningKey::ec("humans").unwrap();
+    let r = cli(
+        &gw,
+        Some(&human(&forged, "carol", &["dba"])),
+        &["approve", &window],
+    );
+    assert!(!r.ok);
+    assert!(r.stderr.contains("401"), "{}", r.stderr);
+    let r = cli(&gw, None, &["list"]);
+    assert!(!r.ok);
+    assert!(r.stderr.contains("AGENTGATE_TOKEN"), "{}", r.stderr);
+    let r = cli(&gw, Some(&carol), &["deny", &once]);
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains("409") && r.stderr.contains("is Approved"),
+        "{}",
+        r.stderr
+    );
+
+    let r = cli(
+        &gw,
+        Some(&carol),
+        &["approve", &window, "--reason", "change CHG-9"],
+    );
+    assert!(r.ok, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("now Approved, access window until"),
+        "{}",
+        r.stdout
+    );
+
+    let show = cli(&gw, Some(&carol), &["show", &once]);
+    assert!(show.ok, "{}", show.stderr);
+    let shown: serde_json::Value = serde_json::from_str(&show.stdout).unwrap();
+    assert_eq!(shown["spec"]["decisions"]["alice"]["reason"], "INC-1234");
+    assert_eq!(shown["status"]["phase"], "Approved");
+
+    let pending_only = cli(&gw, Some(&carol), &["list", "--pending"]);
+    assert_eq!(pending_only.stdout, "No approval requests.\n");
+
+    // After a restart the store has every decision, and the grants still work.
+    gw.stop();
+    drop(gw);
+    let store = Approvals::open(state.path().join("approvals"), "e2e").unwrap();
+    let phase = |n: &str| store.get(n, now()).unwrap().status.unwrap().phase;
+    assert_eq!(phase(&once), ApprovalPhase::Approved);
+    assert_eq!(phase(&other), ApprovalPhase::Denied);
+    assert_eq!(phase(&window), ApprovalPhase::Approved);
+    let w = store.get(&window, now()).unwrap();
+    assert_eq!(w.spec.decisions.len(), 2);
+    assert!(
+        w.spec
+            .decisions
+            .values()
+            .all(|d| d.state == DecisionState::Approved)
+    );
+    assert_eq!(
+        store
+            .request(&ask("writes", "aaaa1111", "POST /orders/v1/orders"), now())
+            .unwrap(),
+        Ticket::Granted { name: once.clone() }
+    );
+    assert_eq!(
+        store
+            .request(&ask("bulk", "dddd4444", "DELETE /orders/v1/orders/8"), now())
+            .unwrap(),
+        Ticket::Granted { name: window.clone() }
+    );
+    drop(store);
+
+    // And a restarted gateway serves them.
+    let gw = Gateway::start(&yaml);
+    let list = cli(&gw, Some(&alice), &["list"]);
+    assert!(list.ok, "{}", list.stderr);
+    let used = list
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(once.as_str()))
+        .unwrap();
+    assert!(used.contains("Used"), "{}", list.stdout);
+}
