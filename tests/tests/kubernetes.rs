@@ -519,7 +519,10 @@ fn kubectl_is_allowed_denied_and_asked_for_approval_as_the_policy_says() {
         "error: failed to create configmap: create configmaps in namespace {ns}: needs approval by rule \"configmaps-need-approval\" of AccessPolicy \"ci-agent-kube\"; ApprovalRequest "
     );
     assert!(
-        err.trim().starts_with(&expected) && err.trim().ends_with("is pending; retry the identical request once it is approved"),
+        err.trim().starts_with(&expected)
+            && err
+                .trim()
+                .ends_with("is pending; retry the identical request once it is approved"),
         "{err}"
     );
     let manifest =
