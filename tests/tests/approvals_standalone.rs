@@ -317,3 +317,104 @@ fn approvers_list_approve_and_deny_with_the_cli_and_decisions_survive_a_restart(
         .unwrap();
     assert!(used.contains("Used"), "{}", list.stdout);
 }
+
+fn agent_token(key: &SigningKey) -> String {
+    let now = now();
+    key.sign(&json!({
+        "iss": AGENTS, "sub": "ci", "aud": "agentgate", "iat": now, "exp": now + 600,
+    }))
+}
+
+#[test]
+fn http_defer_then_retry_and_hold_through_the_data_path() {
+    let state = tempfile::tempdir().unwrap();
+    let humans = SigningKey::ec("humans").unwrap();
+    let agents = SigningKey::ec("agents").unwrap();
+    let upstream = agentgate_e2e::gateway::EchoUpstream::start();
+    let yaml = manifests(state.path(), &humans, &agents)
+        .replace("http://127.0.0.1:9", &upstream.url())
+        .replace(
+            "    - name: bulk\n",
+            "    - name: held\n      action: RequireApproval\n      http: {methods: [PUT]}\n      approval: {approvers: {users: [alice]}, mode: Hold, timeout: 30s}\n    - name: bulk\n",
+        );
+    let gw = Gateway::start(&yaml);
+    let auth = format!("Authorization: Bearer {}", agent_token(&agents));
+    let alice = human(&humans, "alice", &[]);
+    let post = |body: &str| {
+        agentgate_e2e::curl(
+            &[
+                "-X",
+                "POST",
+                "-H",
+                &auth,
+                "-H",
+                "Content-Type: application/json",
+                "--data",
+                body,
+            ],
+            &gw.url("/orders/echo/orders"),
+        )
+    };
+
+    // Defer: refused at once with the request's name; approved, the identical request passes once.
+    let r = post(r#"{"id": 1}"#);
+    assert_eq!(r.status, 403, "{r:?}\n{}", gw.output());
+    let problem = r.json();
+    assert_eq!(
+        problem["type"],
+        "https://agentgate.dev/problems/approval-required"
+    );
+    let name = problem["approvalRequest"]
+        .as_str()
+        .expect("names the request")
+        .to_string();
+    let r = cli(&gw, Some(&alice), &["approve", &name, "--reason", "INC-7"]);
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    let other = post(r#"{"id": 2}"#);
+    assert_eq!(other.status, 403, "a different body is a different operation");
+    assert_ne!(other.json()["approvalRequest"].as_str(), Some(name.as_str()));
+    let r = post(r#"{"id": 1}"#);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        upstream.requests().matches("POST /echo/orders").count(),
+        1,
+        "{}",
+        upstream.requests()
+    );
+    let r = post(r#"{"id": 1}"#);
+    assert_eq!(r.status, 403, "a Once grant is used once");
+
+    // Hold: the request waits and goes through when approved.
+    let (url, auth2) = (gw.url("/orders/echo/held"), auth.clone());
+    let held = std::thread::spawn(move || {
+        agentgate_e2e::curl(
+            &["-X", "PUT", "-H", &auth2, "--data", "x", "--max-time", "40"],
+            &url,
+        )
+    });
+    let name = agentgate_e2e::wait_for(Duration::from_secs(20), || {
+        let out = cli(&gw, Some(&alice), &["list", "--pending"]).stdout;
+        out.lines()
+            .find(|l| l.contains("orders/held"))
+            .and_then(|l| l.split_whitespace().next())
+            .map(str::to_string)
+    })
+    .expect("the held request is listed");
+    let started = std::time::Instant::now();
+    let r = cli(&gw, Some(&alice), &["approve", &name]);
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    let r = held.join().unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    eprintln!(
+        "approval to release: {:?} (including the CLI process)",
+        started.elapsed()
+    );
+    let rec = std::fs::read_dir(state.path().join("sessions"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok())
+        .collect::<String>();
+    assert!(
+        rec.contains("\"approval\"") && rec.contains("\"granted\""),
+        "approvals are recorded"
+    );
+}
