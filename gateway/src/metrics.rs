@@ -47,6 +47,12 @@ pub struct Metrics {
     pub recording_failures: IntCounterVec,
     /// PostgreSQL statements decided, by connection, identity and decision.
     pub postgres_statements: IntCounterVec,
+    /// ApprovalRequests waiting for a decision (updated when asked and when decided).
+    pub approvals_pending: IntGauge,
+    /// Time from an ApprovalRequest's creation to each decision, by decision.
+    pub approval_decision_seconds: HistogramVec,
+    /// Approval outcomes on the data path, by outcome (granted, pending, denied, expired, unavailable).
+    pub approval_outcomes: IntCounterVec,
     /// PostgreSQL sessions by connection and outcome (`started`, or why the start was refused).
     pub postgres_sessions: IntCounterVec,
 }
@@ -155,8 +161,29 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
+        let approvals_pending = IntGauge::new("approvals_pending", "ApprovalRequests waiting for a decision")
+            .expect("valid metric");
+        let approval_decision_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "approval_decision_seconds",
+                "Time from an ApprovalRequest's creation to a decision",
+            )
+            .buckets(vec![
+                1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0,
+            ]),
+            &["decision"],
+        )
+        .expect("valid metric");
+        let approval_outcomes = IntCounterVec::new(
+            Opts::new("approval_outcomes_total", "Approval outcomes on the data path"),
+            &["outcome"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(postgres_statements.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(approvals_pending.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(approval_decision_seconds.clone()),
+            Box::new(approval_outcomes.clone()),
+            Box::new(postgres_statements.clone()),
             Box::new(postgres_sessions.clone()),
             Box::new(http_requests.clone()),
             Box::new(http_request_duration.clone()),
@@ -197,6 +224,9 @@ impl Metrics {
             masking_refusals,
             postgres_statements,
             postgres_sessions,
+            approvals_pending,
+            approval_decision_seconds,
+            approval_outcomes,
             recording_failures,
         }
     }

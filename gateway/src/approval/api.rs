@@ -186,6 +186,21 @@ where
             ) {
                 Ok(r) => {
                     let status = r.status.clone().unwrap_or_default();
+                    if let Some(gw) = gateway {
+                        let created = r.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second());
+                        if let Some(created) = created {
+                            let label = if state == DecisionState::Approved {
+                                "approved"
+                            } else {
+                                "denied"
+                            };
+                            gw.metrics
+                                .approval_decision_seconds
+                                .with_label_values(&[label])
+                                .observe((now - created).max(0) as f64);
+                        }
+                        gw.metrics.approvals_pending.set(approvals.pending() as i64);
+                    }
                     tracing::info!(
                         request = %name,
                         approver = %approver.user,

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::approval::{Approvals, Ask, Ticket};
 use crate::config::{CompiledPolicy, CompiledRule, GatewayConfig};
+use crate::metrics::Metrics;
 
 /// Longest reason an agent may give.
 pub const MAX_REASON_BYTES: usize = 1024;
@@ -68,8 +69,25 @@ pub struct Question<'a> {
     pub reason: Option<String>,
 }
 
-/// Asks the store; in Hold mode waits for the decision, bounded by the rule's timeout.
-pub async fn ask(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) -> Outcome {
+/// Asks the store (in Hold mode waiting for the decision, bounded by the rule's timeout), and
+/// counts the outcome.
+pub async fn ask(store: Option<&Arc<Approvals>>, metrics: &Metrics, q: Question<'_>, now: i64) -> Outcome {
+    let outcome = ask_store(store, q, now).await;
+    let label = match &outcome {
+        Outcome::Granted { .. } => "granted",
+        Outcome::Pending { .. } => "pending",
+        Outcome::Denied { .. } => "denied",
+        Outcome::Expired { .. } => "expired",
+        Outcome::Unavailable(_) => "unavailable",
+    };
+    metrics.approval_outcomes.with_label_values(&[label]).inc();
+    if let Some(store) = store {
+        metrics.approvals_pending.set(store.pending() as i64);
+    }
+    outcome
+}
+
+async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) -> Outcome {
     let Some(store) = store else {
         return Outcome::Unavailable("approvals are not available on this gateway".into());
     };
@@ -128,6 +146,15 @@ pub async fn ask(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) -> O
             request,
             created: false,
         },
+    }
+}
+
+/// The decisions on a request (approver, verdict, reason, time), for the session recording.
+pub fn decisions(store: Option<&Arc<Approvals>>, request: Option<&str>) -> serde_json::Value {
+    let found = store.zip(request).and_then(|(s, name)| s.get(name, now_unix()));
+    match found {
+        Some(r) => serde_json::to_value(&r.spec.decisions).unwrap_or_default(),
+        None => serde_json::Value::Null,
     }
 }
 

@@ -544,7 +544,7 @@ async fn proxy(
             fingerprint,
             reason,
         };
-        let answer = approval::ask(gw.approvals.as_ref(), question, now).await;
+        let answer = approval::ask(gw.approvals.as_ref(), &gw.metrics, question, now).await;
         let (label, request) = match &answer {
             approval::Outcome::Granted { request } => ("granted", Some(request.clone())),
             approval::Outcome::Pending { request, .. } => ("pending", Some(request.clone())),
@@ -557,7 +557,12 @@ async fn proxy(
             &plane,
             session.as_deref(),
             "approval",
-            json!({"request_id": request_id, "outcome": label, "approval_request": request}),
+            json!({
+                "request_id": request_id,
+                "outcome": label,
+                "approval_request": request,
+                "decisions": approval::decisions(gw.approvals.as_ref(), request.as_deref()),
+            }),
         )?;
         let named = |kind: Kind, request: &str, what: String| {
             Problem::new(kind, what)

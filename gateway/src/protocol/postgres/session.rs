@@ -1096,7 +1096,13 @@ impl ClientSide {
             fingerprint,
             reason,
         };
-        let outcome = approval::ask(live.ctx.gateway.approvals.as_ref(), question, now()).await;
+        let outcome = approval::ask(
+            live.ctx.gateway.approvals.as_ref(),
+            &live.ctx.gateway.metrics,
+            question,
+            now(),
+        )
+        .await;
         let (label, request) = match &outcome {
             approval::Outcome::Granted { request } => ("granted", Some(request.as_str())),
             approval::Outcome::Pending { request, .. } => ("pending", Some(request.as_str())),
@@ -1106,7 +1112,12 @@ impl ClientSide {
         };
         let _ = live.record(
             "pg.approval",
-            json!({"outcome": label, "approval_request": request, "rule": v.rule}),
+            json!({
+                "outcome": label,
+                "approval_request": request,
+                "rule": v.rule,
+                "decisions": approval::decisions(live.ctx.gateway.approvals.as_ref(), request),
+            }),
         );
         let rule_ref = v.rule.clone().unwrap_or_default();
         match outcome {
