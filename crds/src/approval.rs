@@ -150,7 +150,8 @@ pub struct ApprovalRequestStatus {
     /// When the request was decided (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decided_at: Option<String>,
-    /// When a Window grant ends (RFC 3339).
+    /// When a Window grant ends, or an unused Once grant lapses (RFC 3339); capped by the
+    /// gateway's `approvals.maxGrant`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant_expires_at: Option<String>,
     /// When a Once grant was used (RFC 3339).
