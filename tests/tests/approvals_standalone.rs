@@ -418,3 +418,62 @@ fn http_defer_then_retry_and_hold_through_the_data_path() {
         "approvals are recorded"
     );
 }
+
+#[test]
+fn a_hold_times_out_and_a_grant_survives_a_gateway_restart() {
+    let state = tempfile::tempdir().unwrap();
+    let humans = SigningKey::ec("humans").unwrap();
+    let agents = SigningKey::ec("agents").unwrap();
+    let upstream = agentgate_e2e::gateway::EchoUpstream::start();
+    let yaml = manifests(state.path(), &humans, &agents)
+        .replace("http://127.0.0.1:9", &upstream.url())
+        .replace(
+            "    - name: bulk\n",
+            "    - name: held\n      action: RequireApproval\n      http: {methods: [PUT]}\n      approval: {approvers: {users: [alice]}, mode: Hold, timeout: 2s}\n    - name: bulk\n",
+        );
+    let mut gw = Gateway::start(&yaml);
+    let auth = format!("Authorization: Bearer {}", agent_token(&agents));
+    let alice = human(&humans, "alice", &[]);
+
+    // Nobody decides: the held request is refused when the rule's timeout ends.
+    let started = std::time::Instant::now();
+    let r = agentgate_e2e::curl(
+        &["-X", "PUT", "-H", &auth, "--data", "x"],
+        &gw.url("/orders/echo/held"),
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(
+        r.json()["type"],
+        "https://agentgate.dev/problems/approval-expired"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(2) && waited < Duration::from_secs(10),
+        "{waited:?}"
+    );
+
+    // Deferred and approved before a restart: the new process honours the grant, once.
+    let post = |gw: &Gateway| {
+        agentgate_e2e::curl(
+            &[
+                "-X",
+                "POST",
+                "-H",
+                &auth,
+                "-H",
+                "Content-Type: application/json",
+                "--data",
+                "{}",
+            ],
+            &gw.url("/orders/echo/restart"),
+        )
+    };
+    let r = post(&gw);
+    assert_eq!(r.status, 403);
+    let name = r.json()["approvalRequest"].as_str().unwrap().to_string();
+    assert!(cli(&gw, Some(&alice), &["approve", &name]).ok);
+    gw.stop();
+    let gw = Gateway::start(&yaml);
+    assert_eq!(post(&gw).status, 200, "{}", gw.output());
+    assert_eq!(post(&gw).status, 403, "used once");
+}

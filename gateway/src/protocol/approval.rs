@@ -116,7 +116,8 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
         rule: q.rule.name.clone(),
         grant,
         reason: q.reason.map(|r| truncate(&r, MAX_REASON_BYTES)),
-        timeout,
+        // The store keeps whole seconds; one more keeps its expiry from ending a Hold early.
+        timeout: timeout + Duration::from_secs(1),
     };
     let ticket = match store.request(&ask, now) {
         Ok(t) => t,
