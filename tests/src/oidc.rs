@@ -62,7 +62,8 @@ impl OidcProvider {
         }
         let process = Process::start("oidc-provider", cmd);
         let url = format!("{}/.well-known/openid-configuration", self.issuer);
-        let up = wait_for(Duration::from_secs(30), || {
+        // Node starts slowly on a loaded 2-core CI machine.
+        let up = wait_for(Duration::from_secs(60), || {
             (crate::curl_get(&url).0 == 200).then_some(())
         });
         assert!(up.is_some(), "oidc-provider did not start:\n{}", process.output());
