@@ -43,11 +43,29 @@ impl OidcProvider {
             process: None,
             _dir: dir,
         };
+        // Another test process can take the port between the probe and node's bind (node starts
+        // slowly): then try again on a new port.
+        for _ in 0..3 {
+            if provider.try_spawn() {
+                return provider;
+            }
+            provider.port = free_port();
+            provider.issuer = format!("http://127.0.0.1:{}", provider.port);
+        }
         provider.spawn();
         provider
     }
 
     fn spawn(&mut self) {
+        assert!(
+            self.try_spawn(),
+            "oidc-provider did not start on port {}",
+            self.port
+        );
+    }
+
+    /// Starts the process; false (and nothing left running) when it did not come up.
+    fn try_spawn(&mut self) -> bool {
         let dir = workspace_root().join("tests/oidc");
         assert!(
             dir.join("node_modules/oidc-provider").exists(),
@@ -62,12 +80,24 @@ impl OidcProvider {
         }
         let process = Process::start("oidc-provider", cmd);
         let url = format!("{}/.well-known/openid-configuration", self.issuer);
-        // Node starts slowly on a loaded 2-core CI machine.
-        let up = wait_for(Duration::from_secs(60), || {
-            (crate::curl_get(&url).0 == 200).then_some(())
+        // Node starts slowly on a loaded 2-core CI machine; it exits at once if the port is taken.
+        let mut process = process;
+        let up = wait_for(Duration::from_secs(45), || {
+            if !process.is_running() {
+                return Some(false);
+            }
+            (crate::curl_get(&url).0 == 200).then_some(true)
         });
-        assert!(up.is_some(), "oidc-provider did not start:\n{}", process.output());
+        if up != Some(true) {
+            eprintln!(
+                "oidc-provider did not start on port {}:\n{}",
+                self.port,
+                process.output()
+            );
+            return false;
+        }
         self.process = Some(process);
+        true
     }
 
     /// Stops the provider (an outage).
