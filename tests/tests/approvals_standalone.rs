@@ -325,21 +325,47 @@ fn agent_token(key: &SigningKey) -> String {
     }))
 }
 
-#[test]
-fn http_defer_then_retry_and_hold_through_the_data_path() {
+/// What the data-path tests share: manifests for a gateway in front of a real upstream with the
+/// `held` rule (Hold on PUT, `hold_timeout`) beside the Defer rule `writes`, the agent's
+/// Authorization header, and Alice's approver token.
+struct DataPath {
+    state: tempfile::TempDir,
+    upstream: agentgate_e2e::gateway::EchoUpstream,
+    yaml: String,
+    auth: String,
+    alice: String,
+}
+
+fn data_path(hold_timeout: &str) -> DataPath {
     let state = tempfile::tempdir().unwrap();
     let humans = SigningKey::ec("humans").unwrap();
     let agents = SigningKey::ec("agents").unwrap();
     let upstream = agentgate_e2e::gateway::EchoUpstream::start();
+    let held = format!(
+        "    - name: held\n      action: RequireApproval\n      http: {{methods: [PUT]}}\n      approval: {{approvers: {{users: [alice]}}, mode: Hold, timeout: {hold_timeout}}}\n    - name: bulk\n"
+    );
     let yaml = manifests(state.path(), &humans, &agents)
         .replace("http://127.0.0.1:9", &upstream.url())
-        .replace(
-            "    - name: bulk\n",
-            "    - name: held\n      action: RequireApproval\n      http: {methods: [PUT]}\n      approval: {approvers: {users: [alice]}, mode: Hold, timeout: 30s}\n    - name: bulk\n",
-        );
+        .replace("    - name: bulk\n", &held);
+    DataPath {
+        auth: format!("Authorization: Bearer {}", agent_token(&agents)),
+        alice: human(&humans, "alice", &[]),
+        state,
+        upstream,
+        yaml,
+    }
+}
+
+#[test]
+fn http_defer_then_retry_and_hold_through_the_data_path() {
+    let DataPath {
+        state,
+        upstream,
+        yaml,
+        auth,
+        alice,
+    } = data_path("30s");
     let gw = Gateway::start(&yaml);
-    let auth = format!("Authorization: Bearer {}", agent_token(&agents));
-    let alice = human(&humans, "alice", &[]);
     let post = |body: &str| {
         agentgate_e2e::curl(
             &[
@@ -421,19 +447,14 @@ fn http_defer_then_retry_and_hold_through_the_data_path() {
 
 #[test]
 fn a_hold_times_out_and_a_grant_survives_a_gateway_restart() {
-    let state = tempfile::tempdir().unwrap();
-    let humans = SigningKey::ec("humans").unwrap();
-    let agents = SigningKey::ec("agents").unwrap();
-    let upstream = agentgate_e2e::gateway::EchoUpstream::start();
-    let yaml = manifests(state.path(), &humans, &agents)
-        .replace("http://127.0.0.1:9", &upstream.url())
-        .replace(
-            "    - name: bulk\n",
-            "    - name: held\n      action: RequireApproval\n      http: {methods: [PUT]}\n      approval: {approvers: {users: [alice]}, mode: Hold, timeout: 2s}\n    - name: bulk\n",
-        );
+    let DataPath {
+        state: _state,
+        upstream: _upstream,
+        yaml,
+        auth,
+        alice,
+    } = data_path("2s");
     let mut gw = Gateway::start(&yaml);
-    let auth = format!("Authorization: Bearer {}", agent_token(&agents));
-    let alice = human(&humans, "alice", &[]);
 
     // Nobody decides: the held request is refused when the rule's timeout ends.
     let started = std::time::Instant::now();

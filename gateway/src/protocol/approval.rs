@@ -10,7 +10,7 @@ use agentgate_crds::approval::{ApprovalPhase, OperationKind};
 use agentgate_crds::policy::{ApprovalMode, ApprovalRule};
 use sha2::{Digest, Sha256};
 
-use crate::approval::{Approvals, Ask, Ticket};
+use crate::approval::{Approvals, Ask, Ticket, unix_now};
 use crate::config::{CompiledPolicy, CompiledRule, GatewayConfig};
 use crate::metrics::Metrics;
 
@@ -30,6 +30,30 @@ pub enum Outcome {
     Expired { request: String },
     /// The gateway cannot ask (no store, or the rule has no approval block).
     Unavailable(String),
+}
+
+impl Outcome {
+    /// Stable label for metrics and recordings.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Granted { .. } => "granted",
+            Outcome::Pending { .. } => "pending",
+            Outcome::Denied { .. } => "denied",
+            Outcome::Expired { .. } => "expired",
+            Outcome::Unavailable(_) => "unavailable",
+        }
+    }
+
+    /// The ApprovalRequest concerned, if one was made.
+    pub fn request(&self) -> Option<&str> {
+        match self {
+            Outcome::Granted { request }
+            | Outcome::Pending { request, .. }
+            | Outcome::Denied { request }
+            | Outcome::Expired { request } => Some(request),
+            Outcome::Unavailable(_) => None,
+        }
+    }
 }
 
 /// The hex SHA-256 of an operation's parts, separated so no two splits collide.
@@ -73,14 +97,10 @@ pub struct Question<'a> {
 /// counts the outcome.
 pub async fn ask(store: Option<&Arc<Approvals>>, metrics: &Metrics, q: Question<'_>, now: i64) -> Outcome {
     let outcome = ask_store(store, q, now).await;
-    let label = match &outcome {
-        Outcome::Granted { .. } => "granted",
-        Outcome::Pending { .. } => "pending",
-        Outcome::Denied { .. } => "denied",
-        Outcome::Expired { .. } => "expired",
-        Outcome::Unavailable(_) => "unavailable",
-    };
-    metrics.approval_outcomes.with_label_values(&[label]).inc();
+    metrics
+        .approval_outcomes
+        .with_label_values(&[outcome.label()])
+        .inc();
     if let Some(store) = store {
         metrics.approvals_pending.set(store.pending() as i64);
     }
@@ -132,7 +152,7 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
     }
     let deadline = tokio::time::Instant::now() + timeout.min(Duration::from_secs(24 * 3600));
     match store.wait(&request, deadline).await {
-        ApprovalPhase::Approved => match store.request(&ask, now_unix()) {
+        ApprovalPhase::Approved => match store.request(&ask, unix_now()) {
             Ok(Ticket::Granted { name }) => Outcome::Granted { request: name },
             // Another held copy of the same operation used the Once grant first.
             Ok(Ticket::Pending { name, created }) => Outcome::Pending {
@@ -152,18 +172,11 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
 
 /// The decisions on a request (approver, verdict, reason, time), for the session recording.
 pub fn decisions(store: Option<&Arc<Approvals>>, request: Option<&str>) -> serde_json::Value {
-    let found = store.zip(request).and_then(|(s, name)| s.get(name, now_unix()));
+    let found = store.zip(request).and_then(|(s, name)| s.get(name, unix_now()));
     match found {
         Some(r) => serde_json::to_value(&r.spec.decisions).unwrap_or_default(),
         None => serde_json::Value::Null,
     }
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 fn truncate(s: &str, max: usize) -> String {

@@ -25,6 +25,7 @@ use super::normalize;
 use super::plane::{Gateway, Plane};
 use super::problem::{self, Kind, Problem, StatusTarget};
 use super::response::{self, ContentClass, MaskFailure, RecordSink, Recorded};
+use crate::approval::unix_now;
 use crate::config::CompiledConnection;
 use crate::identity::dpop::RequestTarget;
 use crate::identity::{ErrorKind, Presented, Principal};
@@ -163,12 +164,6 @@ pub async fn handle(
             .observe((elapsed.as_secs_f64() - up).max(0.0));
     }
     Ok(res)
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn new_request_id() -> String {
@@ -545,13 +540,6 @@ async fn proxy(
             reason,
         };
         let answer = approval::ask(gw.approvals.as_ref(), &gw.metrics, question, now).await;
-        let (label, request) = match &answer {
-            approval::Outcome::Granted { request } => ("granted", Some(request.clone())),
-            approval::Outcome::Pending { request, .. } => ("pending", Some(request.clone())),
-            approval::Outcome::Denied { request } => ("denied", Some(request.clone())),
-            approval::Outcome::Expired { request } => ("expired", Some(request.clone())),
-            approval::Outcome::Unavailable(_) => ("unavailable", None),
-        };
         record(
             gw,
             &plane,
@@ -559,9 +547,9 @@ async fn proxy(
             "approval",
             json!({
                 "request_id": request_id,
-                "outcome": label,
-                "approval_request": request,
-                "decisions": approval::decisions(gw.approvals.as_ref(), request.as_deref()),
+                "outcome": answer.label(),
+                "approval_request": answer.request(),
+                "decisions": approval::decisions(gw.approvals.as_ref(), answer.request()),
             }),
         )?;
         let named = |kind: Kind, request: &str, what: String| {

@@ -12,7 +12,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use agentgate_crds::approval::OperationKind;
 use agentgate_crds::connection::ConnectionType;
@@ -43,6 +42,7 @@ use super::message::{Frame, FrameError, FrameReader, backend, frontend};
 use super::rows::RowMasker;
 use super::stream::Stream;
 use super::upstream::{self, Upstream};
+use crate::approval::unix_now;
 use crate::config::CompiledConnection;
 use crate::identity::Presented;
 use crate::identity::dpop::RequestTarget;
@@ -103,13 +103,6 @@ impl Context {
         cache.insert(conn.name.clone(), (generation, config.clone()));
         Ok(config)
     }
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// Serves one accepted TCP connection until it ends.
@@ -196,8 +189,9 @@ struct Live {
     _cancel: cancel::Registration,
     /// Unique per session, so no client text can collide with the gateway's refusal markers.
     marker: String,
-    /// Whether any applicable rule caps rows (so decisions look for the smallest cap).
-    row_limits: bool,
+    /// The applicable Allow rules that cap rows, as (policy, rule) indexes into the session's
+    /// configuration: found once, so each decision checks only these.
+    row_limit_rules: Vec<(usize, usize)>,
     counters: Counters,
 }
 
@@ -256,7 +250,7 @@ async fn start(
             url: &url,
         },
     };
-    let principal = verifier.verify(&presented, now()).await.map_err(|e| {
+    let principal = verifier.verify(&presented, unix_now()).await.map_err(|e| {
         tracing::info!(%peer, error = %e, "postgres token refused");
         fatal(
             sqlstate::INVALID_AUTHORIZATION,
@@ -301,9 +295,16 @@ async fn start(
         ));
     }
     let plan = plane.masking_plan(conn, &applicable);
-    let row_limits = applicable
-        .iter()
-        .any(|p| p.rules.iter().any(|r| r.matcher.row_limit().is_some()));
+    let mut row_limit_rules = Vec::new();
+    for (pi, p) in cfg.policies.iter().enumerate() {
+        if applicable.iter().any(|a| std::ptr::eq(*a, p)) {
+            for (ri, r) in p.rules.iter().enumerate() {
+                if r.action == Action::Allow && r.matcher.row_limit().is_some() {
+                    row_limit_rules.push((pi, ri));
+                }
+            }
+        }
+    }
     let tls = ctx.upstream_tls(&plane, conn).map_err(|e| {
         fatal(
             sqlstate::CONNECTION_FAILURE,
@@ -375,7 +376,7 @@ async fn start(
             mode,
             _cancel: registration,
             marker,
-            row_limits,
+            row_limit_rules,
             counters: Counters::new(&ctx.gateway.metrics, &conn.name, &principal.identity),
         },
         up,
@@ -574,23 +575,18 @@ impl Live {
         };
         let d = cfg
             .policy_index
-            .decide(&cfg.policies, &self.connection, subject, &op, now());
+            .decide(&cfg.policies, &self.connection, subject, &op, unix_now());
         // Every Allow rule that matches restricts: the smallest row cap among them applies, not
         // only the cap of the rule that decided.
         let mut row_limit: Option<u64> = None;
-        if d.action == Action::Allow && self.row_limits {
-            let t = now();
-            for p in cfg
-                .policy_index
-                .applicable(&cfg.policies, &self.connection, subject)
-            {
-                for r in &p.rules {
-                    if r.action == Action::Allow
-                        && let Some(limit) = r.matcher.row_limit()
-                        && r.matcher.matches(Action::Allow, &op, t)
-                    {
-                        row_limit = Some(row_limit.map_or(limit, |l| l.min(limit)));
-                    }
+        if d.action == Action::Allow && !self.row_limit_rules.is_empty() {
+            let t = unix_now();
+            for &(pi, ri) in &self.row_limit_rules {
+                let r = &cfg.policies[pi].rules[ri];
+                if let Some(limit) = r.matcher.row_limit()
+                    && r.matcher.matches(Action::Allow, &op, t)
+                {
+                    row_limit = Some(row_limit.map_or(limit, |l| l.min(limit)));
                 }
             }
         }
@@ -1100,23 +1096,16 @@ impl ClientSide {
             live.ctx.gateway.approvals.as_ref(),
             &live.ctx.gateway.metrics,
             question,
-            now(),
+            unix_now(),
         )
         .await;
-        let (label, request) = match &outcome {
-            approval::Outcome::Granted { request } => ("granted", Some(request.as_str())),
-            approval::Outcome::Pending { request, .. } => ("pending", Some(request.as_str())),
-            approval::Outcome::Denied { request } => ("denied", Some(request.as_str())),
-            approval::Outcome::Expired { request } => ("expired", Some(request.as_str())),
-            approval::Outcome::Unavailable(_) => ("unavailable", None),
-        };
         let _ = live.record(
             "pg.approval",
             json!({
-                "outcome": label,
-                "approval_request": request,
+                "outcome": outcome.label(),
+                "approval_request": outcome.request(),
                 "rule": v.rule,
-                "decisions": approval::decisions(live.ctx.gateway.approvals.as_ref(), request),
+                "decisions": approval::decisions(live.ctx.gateway.approvals.as_ref(), outcome.request()),
             }),
         );
         let rule_ref = v.rule.clone().unwrap_or_default();

@@ -28,6 +28,20 @@ impl<'a> DataRow<'a> {
     }
 }
 
+/// Checks a DataRow body's structure without collecting its values; returns the column count.
+pub fn validate(body: &[u8]) -> Result<usize, FrameError> {
+    let mut c = Cursor::new(body, "DataRow");
+    let n = c.count()?;
+    for _ in 0..n {
+        let len = c.i32()?;
+        if len >= 0 {
+            c.bytes(len as usize)?;
+        }
+    }
+    c.finish()?;
+    Ok(n)
+}
+
 /// Encodes a row from owned or borrowed values.
 pub fn encode<V: AsRef<[u8]>>(out: &mut BytesMut, values: &[Option<V>]) {
     frame(out, backend::DATA_ROW, |b| {
@@ -57,5 +71,7 @@ mod tests {
         let row = DataRow::parse(&b[5..]).unwrap();
         assert_eq!(row.values, values);
         assert!(DataRow::parse(&b[5..b.len() - 1]).is_err());
+        assert_eq!(validate(&b[5..]).unwrap(), 3);
+        assert!(validate(&b[5..b.len() - 1]).is_err());
     }
 }
