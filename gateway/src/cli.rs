@@ -39,7 +39,7 @@ enum Command {
     /// Run the gateway from a directory of manifests, reloading it when files change.
     Run {
         #[command(flatten)]
-        source: Source,
+        source: RunSource,
         /// Address of the admin listener (/healthz, /readyz, /metrics, /approvals).
         #[arg(long, default_value = DEFAULT_ADMIN_ADDR)]
         admin_addr: SocketAddr,
@@ -63,6 +63,46 @@ struct Source {
     /// The AgentGateway to run when the directory declares several.
     #[arg(long)]
     gateway: Option<String>,
+}
+
+/// Where `agentgate run` takes its configuration from: a manifests directory (standalone), or the
+/// compiled configuration Secret the operator writes (Kubernetes mode).
+#[derive(Args, Debug, Clone)]
+struct RunSource {
+    /// Directory of YAML manifests (the same files `kubectl apply -f DIR` takes).
+    #[arg(
+        long,
+        short = 'm',
+        required_unless_present = "config_secret",
+        conflicts_with = "config_secret"
+    )]
+    manifests: Option<PathBuf>,
+    /// Directory of Secret folders (`<dir>/<secret>/<key>`), for Secrets not given as manifests.
+    #[arg(long)]
+    secrets_dir: Option<PathBuf>,
+    /// The AgentGateway to run when the directory declares several.
+    #[arg(long)]
+    gateway: Option<String>,
+    /// Kubernetes mode: watch this compiled-configuration Secret (written by the operator) through
+    /// the API server, with the in-cluster service account or $KUBECONFIG.
+    #[arg(long)]
+    config_secret: Option<String>,
+    /// Kubernetes mode: the namespace of the Secret (the pod's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Kubernetes mode: writable directory that relative recording paths and the approval store
+    /// resolve against.
+    #[arg(long, default_value = "/var/lib/agentgate")]
+    data_dir: PathBuf,
+}
+
+/// How a running gateway learns about configuration changes.
+#[derive(Clone, Debug)]
+pub(crate) enum ConfigSource {
+    /// Poll the manifests directory at this interval.
+    Directory(Duration),
+    /// Watch the operator's Secret.
+    Kubernetes(config::kubernetes::SecretSource),
 }
 
 impl Source {
@@ -100,13 +140,35 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let options = source.options(vec![admin_addr.port()]);
-            runtime.block_on(run_gateway(
-                options,
-                admin_addr,
-                watch_interval,
-                wait_for_signal(),
-            ))
+            let reserved_ports = vec![admin_addr.port()];
+            let (options, config_source) = match (source.manifests, source.config_secret) {
+                (Some(manifests), _) => (
+                    LoadOptions {
+                        manifests,
+                        secrets_dir: source.secrets_dir,
+                        gateway: source.gateway,
+                        reserved_ports,
+                    },
+                    ConfigSource::Directory(watch_interval),
+                ),
+                (None, Some(name)) => (
+                    LoadOptions {
+                        manifests: source.data_dir,
+                        secrets_dir: None,
+                        gateway: source.gateway,
+                        reserved_ports,
+                    },
+                    ConfigSource::Kubernetes(config::kubernetes::SecretSource {
+                        namespace: source.namespace,
+                        name,
+                    }),
+                ),
+                (None, None) => {
+                    eprintln!("error: --manifests or --config-secret is required");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(run_gateway(options, admin_addr, config_source, wait_for_signal()))
         }
         Command::Dev(args) => crate::dev::main(args),
     }
@@ -171,29 +233,58 @@ pub fn summary(dir: &std::path::Path, cfg: &GatewayConfig) -> String {
 pub(crate) async fn run_gateway(
     options: LoadOptions,
     admin_addr: SocketAddr,
-    watch_interval: Duration,
+    config_source: ConfigSource,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> ExitCode {
     let metrics = Metrics::new();
     let manifests = options.manifests.clone();
-    let (mut watcher, snapshots) = ConfigWatcher::new(options, metrics.clone());
-    if let Err(errors) = watcher.reload() {
-        // Keep running and serving /readyz = 503: fixing the files is picked up without a restart.
-        eprintln!("{errors}");
-        eprintln!(
-            "no valid configuration yet; watching {} for changes",
-            manifests.display()
-        );
-    }
+    let (mut watcher, mut snapshots) = ConfigWatcher::new(options, metrics.clone());
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let watch_task = match config_source {
+        ConfigSource::Directory(interval) => {
+            if let Err(errors) = watcher.reload() {
+                // Keep running and serving /readyz = 503: fixing the files is picked up without a restart.
+                eprintln!("{errors}");
+                eprintln!(
+                    "no valid configuration yet; watching {} for changes",
+                    manifests.display()
+                );
+            }
+            tokio::spawn(watcher.run(interval, shutdown_rx.clone()))
+        }
+        ConfigSource::Kubernetes(source) => {
+            let client = match kube::Client::try_default().await {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: cannot reach the Kubernetes API server: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            tracing::info!(namespace = %source.namespace, secret = %source.name, "watching the compiled configuration Secret");
+            let task = tokio::spawn(config::kubernetes::run(
+                client,
+                source,
+                watcher,
+                shutdown_rx.clone(),
+            ));
+            // The approval store's place comes from the configuration: give the first version a
+            // moment. Without it the gateway still serves /readyz = 503 until one arrives.
+            let first = tokio::time::timeout(FIRST_CONFIG_WAIT, snapshots.wait_for(Option::is_some)).await;
+            if first.is_err() {
+                eprintln!("no valid configuration yet; waiting for the configuration Secret");
+            }
+            task
+        }
+    };
     let listener = match admin::bind(admin_addr).await {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: cannot listen on {admin_addr}: {e}");
+            let _ = shutdown_tx.send(true);
             return ExitCode::FAILURE;
         }
     };
     tracing::info!(addr = %admin_addr, "admin listener up");
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let approvals = open_approvals(&snapshots, &manifests);
     let gateway = crate::protocol::http::Gateway::with_approvals(metrics.clone(), approvals.clone());
     let http_task = tokio::spawn(crate::protocol::http::server::run(
@@ -207,8 +298,7 @@ pub(crate) async fn run_gateway(
         approvals,
         gateway: Some(gateway.clone()),
     };
-    let admin_task = tokio::spawn(admin::serve(listener, state, shutdown_rx.clone()));
-    let watch_task = tokio::spawn(watcher.run(watch_interval, shutdown_rx));
+    let admin_task = tokio::spawn(admin::serve(listener, state, shutdown_rx));
     shutdown.await;
     tracing::info!("shutting down");
     let _ = shutdown_tx.send(true);
@@ -217,6 +307,9 @@ pub(crate) async fn run_gateway(
     let _ = watch_task.await;
     ExitCode::SUCCESS
 }
+
+/// How long Kubernetes mode waits for the first configuration before serving without one.
+const FIRST_CONFIG_WAIT: Duration = Duration::from_secs(30);
 
 /// Where the standalone approval store lives: `approvals` beside the sessions spool (the parent of
 /// the recording directory of the configuration loaded at start), else `.agentgate/approvals` in

@@ -1,8 +1,12 @@
 //! `agentgate-operator`: the Kubernetes operator binary.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use agentgate_operator::context::Settings;
+use agentgate_operator::run::Options;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -24,6 +28,27 @@ enum Command {
         #[arg(long)]
         out_dir: Vec<PathBuf>,
     },
+    /// Run the controllers (in-cluster service account, or $KUBECONFIG).
+    Run {
+        /// Address of /healthz, /readyz and /metrics.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        metrics_addr: SocketAddr,
+        /// Name of the leader-election Lease.
+        #[arg(long, default_value = "agentgate-operator")]
+        lease_name: String,
+        /// Namespace of the Lease (the operator's own).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "agentgate-system")]
+        lease_namespace: String,
+        /// This replica's identity in the Lease (the pod name).
+        #[arg(long, env = "POD_NAME")]
+        identity: Option<String>,
+        /// Gateway image for AgentGateways that do not name one.
+        #[arg(long, default_value = concat!("ghcr.io/agentgate/agentgate:", env!("CARGO_PKG_VERSION")))]
+        gateway_image: String,
+        /// How long decided, expired and used ApprovalRequests are kept.
+        #[arg(long, default_value = "7d", value_parser = agentgate_crds::common::parse_duration)]
+        approval_retention: Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -44,5 +69,80 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Run {
+            metrics_addr,
+            lease_name,
+            lease_namespace,
+            identity,
+            gateway_image,
+            approval_retention,
+        } => {
+            init_tracing();
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let identity = identity.unwrap_or_else(|| format!("agentgate-operator-{}", std::process::id()));
+            let options = Options {
+                metrics_addr,
+                lease_namespace,
+                lease_name,
+                identity,
+                settings: Settings {
+                    gateway_image,
+                    approval_retention,
+                },
+            };
+            runtime.block_on(async move {
+                let client = match kube::Client::try_default().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("error: cannot reach the Kubernetes API server: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                match agentgate_operator::run::run(client, options, shutdown_signal()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
     }
 }

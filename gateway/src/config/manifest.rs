@@ -32,6 +32,17 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// An object that did not come from a file (an API object, say): `source` names where it came
+    /// from, and errors point at the field path without a line.
+    pub fn from_value(source: impl Into<PathBuf>, value: Value) -> Self {
+        Self {
+            file: source.into(),
+            line: 1,
+            value,
+            lines: HashMap::new(),
+        }
+    }
+
     /// Best line for a field path: the field's own line, or that of its nearest ancestor.
     pub fn line_of(&self, path: &str) -> usize {
         let mut p = path.to_string();

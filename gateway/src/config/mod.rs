@@ -5,6 +5,7 @@
 //! never runs half of a change.
 
 pub mod compile;
+pub mod kubernetes;
 pub mod manifest;
 pub mod secrets;
 pub mod watch;
@@ -111,6 +112,24 @@ pub fn load(options: &LoadOptions) -> Result<GatewayConfig, ConfigErrors> {
             Err(e) => errors.push(e),
         }
     }
+    compile_collected(manifests, options, errors)
+}
+
+/// Validates and compiles manifests that were read elsewhere (from the API server's compiled
+/// configuration Secret, in Kubernetes mode); `options.manifests` is still the base directory for
+/// relative paths in them.
+pub fn compile_manifests(
+    manifests: Vec<manifest::Manifest>,
+    options: &LoadOptions,
+) -> Result<GatewayConfig, ConfigErrors> {
+    compile_collected(manifests, options, Vec::new())
+}
+
+fn compile_collected(
+    manifests: Vec<manifest::Manifest>,
+    options: &LoadOptions,
+    mut errors: Vec<ConfigError>,
+) -> Result<GatewayConfig, ConfigErrors> {
     let compiled = compile::compile(manifests, options, &mut errors);
     match compiled {
         Some(config) if errors.is_empty() => Ok(config),

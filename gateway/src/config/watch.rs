@@ -52,14 +52,26 @@ impl ConfigWatcher {
         )
     }
 
+    /// Where configuration is loaded from.
+    pub fn options(&self) -> &LoadOptions {
+        &self.options
+    }
+
     /// Loads now. `Ok(true)` when a new snapshot was published, `Ok(false)` when nothing changed.
     pub fn reload(&mut self) -> Result<bool, ConfigErrors> {
         self.fingerprint = Some(fingerprint(&self.options));
+        let loaded = load(&self.options);
+        self.publish(loaded)
+    }
+
+    /// Publishes the outcome of a load done elsewhere (the Kubernetes source): a new valid
+    /// configuration becomes the snapshot in force; errors leave the previous one.
+    pub fn publish(&mut self, loaded: Result<GatewayConfig, ConfigErrors>) -> Result<bool, ConfigErrors> {
         let now = SystemTime::now();
         self.metrics
             .config_last_reload_timestamp
             .set(now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64());
-        match load(&self.options) {
+        match loaded {
             Ok(config) => {
                 self.metrics.config_reloads.with_label_values(&["success"]).inc();
                 self.metrics.config_last_reload_success.set(1);

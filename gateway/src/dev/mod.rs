@@ -317,7 +317,7 @@ pub async fn run(args: DevArgs) -> ExitCode {
     let code = crate::cli::run_gateway(
         env.load_options(),
         args.admin_addr,
-        Duration::from_secs(1),
+        crate::cli::ConfigSource::Directory(Duration::from_secs(1)),
         crate::cli::wait_for_signal(),
     )
     .await;

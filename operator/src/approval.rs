@@ -1,0 +1,246 @@
+//! The ApprovalRequest controller (Kubernetes mode): turns the decisions approvers patch into
+//! `spec.decisions` into a phase, expires requests nobody decided and grants that ran out, and
+//! deletes finished requests after the retention period.
+//!
+//! Who wrote a decision is established at admission: the chart's ValidatingAdmissionPolicy lets a
+//! user write only the decision keyed by their own user name, only if they are in an approver group,
+//! and never on their own request. Here, decisions by the requester and, when a rule lists approver
+//! users but no groups, by anyone not listed, are ignored all the same (defence in depth).
+//! `Used` is set by the gateway that consumed a Once grant.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentgate::approval::{format_time, parse_time, unix_now};
+use agentgate_crds::approval::{ApprovalPhase, DecisionState};
+use agentgate_crds::policy::{ApprovalRule, GrantType};
+use agentgate_crds::{AccessPolicy, ApprovalRequest};
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use crate::Error;
+use crate::context::Context;
+
+/// The controller's name in metrics and logs.
+pub const CONTROLLER: &str = "approval";
+/// The grant cap when the gateway of the request's connection cannot be found.
+pub const DEFAULT_MAX_GRANT: Duration = Duration::from_secs(8 * 3600);
+/// Longest pause between two looks at a request.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// What the controller wants the request to look like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Evaluation {
+    pub phase: ApprovalPhase,
+    pub approvals: i32,
+    pub decided_at: Option<i64>,
+    pub grant_expires_at: Option<i64>,
+    /// When something will change by itself (expiry), in Unix seconds.
+    pub next_change: Option<i64>,
+    /// Finished, and past the retention period: delete it.
+    pub delete: bool,
+}
+
+/// Evaluates a request at `now`. `rule` is the RequireApproval rule that asked (`None` when the
+/// policy or rule is gone: then nobody can approve, and the request expires).
+pub fn evaluate(
+    request: &ApprovalRequest,
+    rule: Option<&ApprovalRule>,
+    max_grant: Duration,
+    retention: Duration,
+    now: i64,
+) -> Evaluation {
+    let spec = &request.spec;
+    let status = request.status.clone().unwrap_or_default();
+    let expires_at = parse_time(&spec.expires_at).unwrap_or(0);
+    let valid: Vec<(&String, &agentgate_crds::approval::Decision)> = spec
+        .decisions
+        .iter()
+        .filter(|(user, _)| **user != spec.requester)
+        .filter(|(user, _)| {
+            rule.is_some_and(|r| {
+                !r.approvers.groups.is_empty() || r.approvers.users.iter().any(|u| u == *user)
+            })
+        })
+        .collect();
+    let approvals = valid
+        .iter()
+        .filter(|(_, d)| d.state == DecisionState::Approved)
+        .count();
+    let approvals = i32::try_from(approvals).unwrap_or(i32::MAX);
+    let mut e = Evaluation {
+        phase: status.phase,
+        approvals,
+        decided_at: status.decided_at.as_deref().and_then(parse_time),
+        grant_expires_at: status.grant_expires_at.as_deref().and_then(parse_time),
+        next_change: None,
+        delete: false,
+    };
+    if e.phase == ApprovalPhase::Pending {
+        let needed = rule.map_or(i32::MAX, |r| r.min_approvals.max(1));
+        if valid.iter().any(|(_, d)| d.state == DecisionState::Denied) {
+            e.phase = ApprovalPhase::Denied;
+            e.decided_at = Some(now);
+        } else if approvals >= needed {
+            e.phase = ApprovalPhase::Approved;
+            e.decided_at = Some(now);
+            let usable = match spec.grant.r#type {
+                GrantType::Window => spec
+                    .grant
+                    .duration
+                    .as_ref()
+                    .and_then(|d| d.to_std().ok())
+                    .unwrap_or(max_grant)
+                    .min(max_grant),
+                GrantType::Once => max_grant,
+            };
+            e.grant_expires_at = Some(now.saturating_add(secs(usable)));
+        } else if expires_at <= now {
+            e.phase = ApprovalPhase::Expired;
+        } else {
+            e.next_change = Some(expires_at);
+        }
+    }
+    if e.phase == ApprovalPhase::Approved {
+        match e.grant_expires_at {
+            Some(t) if t <= now => e.phase = ApprovalPhase::Expired,
+            Some(t) => e.next_change = Some(t),
+            None => {}
+        }
+    }
+    if matches!(
+        e.phase,
+        ApprovalPhase::Denied | ApprovalPhase::Expired | ApprovalPhase::Used
+    ) {
+        let ended = status
+            .used_at
+            .as_deref()
+            .and_then(parse_time)
+            .or(e
+                .grant_expires_at
+                .filter(|_| e.phase == ApprovalPhase::Expired && e.decided_at.is_some()))
+            .or(e.decided_at)
+            .unwrap_or(expires_at);
+        let gc_at = ended.saturating_add(secs(retention));
+        if gc_at <= now {
+            e.delete = true;
+        } else {
+            e.next_change = Some(gc_at);
+        }
+    }
+    e
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Reconciles one ApprovalRequest.
+pub async fn reconcile(request: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx
+        .metrics
+        .duration
+        .with_label_values(&[CONTROLLER])
+        .start_timer();
+    ctx.metrics.reconciles.with_label_values(&[CONTROLLER]).inc();
+    ctx.stores.synced().await?;
+    let ns = request
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = request.name_any();
+    let policy = ctx
+        .stores
+        .policies
+        .state()
+        .into_iter()
+        .find(|p| p.namespace().as_deref() == Some(&ns) && p.name_any() == request.spec.policy.name);
+    let rule = policy.as_deref().and_then(|p: &AccessPolicy| {
+        p.spec
+            .rules
+            .iter()
+            .find(|r| r.name == request.spec.policy.rule)
+            .and_then(|r| r.approval.clone())
+    });
+    let max_grant = max_grant(&ctx, &ns, &request.spec.connection);
+    let now = unix_now();
+    let e = evaluate(
+        &request,
+        rule.as_ref(),
+        max_grant,
+        ctx.settings.approval_retention,
+        now,
+    );
+    let api = Api::<ApprovalRequest>::namespaced(ctx.client.clone(), &ns);
+    if e.delete {
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(err) => return Err(err.into()),
+        }
+        return Ok(Action::await_change());
+    }
+    let status = request.status.clone().unwrap_or_default();
+    let desired = json!({
+        "observedGeneration": request.metadata.generation,
+        "phase": e.phase,
+        "approvals": e.approvals,
+        "decidedAt": e.decided_at.map(format_time),
+        "grantExpiresAt": e.grant_expires_at.map(format_time),
+    });
+    let current = json!({
+        "observedGeneration": status.common.observed_generation,
+        "phase": status.phase,
+        "approvals": status.approvals.unwrap_or(0),
+        "decidedAt": status.decided_at.as_deref().and_then(parse_time).map(format_time),
+        "grantExpiresAt": status.grant_expires_at.as_deref().and_then(parse_time).map(format_time),
+    });
+    if desired != current {
+        tracing::info!(request = %name, namespace = %ns, phase = ?e.phase, approvals = e.approvals, "approval request updated");
+        api.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "status": desired })),
+        )
+        .await?;
+    }
+    let wait = e.next_change.map_or(RESYNC, |t| {
+        Duration::from_secs(u64::try_from((t - now).max(1)).unwrap_or(1)).min(RESYNC)
+    });
+    Ok(Action::requeue(wait))
+}
+
+/// Failed reconciles are retried after a short pause.
+pub fn error_policy(_r: Arc<ApprovalRequest>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .failures
+        .with_label_values(&[CONTROLLER, error.metric_label()])
+        .inc();
+    tracing::warn!(%error, "approval reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// `approvals.maxGrant` of the gateway serving the request's connection.
+fn max_grant(ctx: &Context, ns: &str, connection: &str) -> Duration {
+    let gateway = ctx
+        .stores
+        .connections
+        .state()
+        .into_iter()
+        .find(|c| c.namespace().as_deref() == Some(ns) && c.name_any() == connection)
+        .map(|c| c.spec.gateway_ref.name.clone());
+    gateway
+        .and_then(|g| {
+            ctx.stores
+                .gateways
+                .state()
+                .into_iter()
+                .find(|x| x.namespace().as_deref() == Some(ns) && x.name_any() == g)
+        })
+        .and_then(|g| g.spec.approvals.max_grant.to_std().ok())
+        .unwrap_or(DEFAULT_MAX_GRANT)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,156 @@
+use super::*;
+use agentgate_crds::ApprovalRequestStatus;
+use serde_json::{Value, json};
+
+const NOW: i64 = 1_800_000_000;
+const HOUR: Duration = Duration::from_secs(3600);
+const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
+
+fn request(decisions: Value, grant: Value) -> ApprovalRequest {
+    serde_json::from_value(json!({
+        "apiVersion": "agentgate.dev/v1alpha1",
+        "kind": "ApprovalRequest",
+        "metadata": {"name": "ci-agent-1a2b3c4d", "namespace": "team", "generation": 1},
+        "spec": {
+            "identity": "ci-agent",
+            "requester": "agent-subject",
+            "connection": "orders-db",
+            "operation": {"kind": "SQL", "summary": "DELETE FROM orders WHERE id = $1", "fingerprint": "ab12"},
+            "policy": {"name": "db", "rule": "writes"},
+            "grant": grant,
+            "expiresAt": format_time(NOW + 600),
+            "decisions": decisions,
+        }
+    }))
+    .expect("valid request")
+}
+
+fn rule(min: i32, users: &[&str], groups: &[&str]) -> ApprovalRule {
+    serde_json::from_value(json!({
+        "approvers": {"users": users, "groups": groups},
+        "minApprovals": min,
+    }))
+    .unwrap()
+}
+
+fn approved(by: &str) -> Value {
+    json!({ by: {"state": "Approved", "reason": "INC-1"} })
+}
+
+#[test]
+fn one_approval_approves_a_once_grant_capped_by_max_grant() {
+    let r = request(approved("alice"), json!({"type": "Once"}));
+    let e = evaluate(&r, Some(&rule(1, &[], &["dba"])), HOUR, WEEK, NOW);
+    assert_eq!(e.phase, ApprovalPhase::Approved);
+    assert_eq!(e.approvals, 1);
+    assert_eq!(e.grant_expires_at, Some(NOW + 3600));
+    assert_eq!(e.next_change, Some(NOW + 3600));
+}
+
+#[test]
+fn a_window_lasts_its_duration_but_never_beyond_max_grant() {
+    let r = request(approved("alice"), json!({"type": "Window", "duration": "30m"}));
+    let e = evaluate(&r, Some(&rule(1, &[], &["dba"])), HOUR, WEEK, NOW);
+    assert_eq!(e.grant_expires_at, Some(NOW + 1800));
+    let r = request(approved("alice"), json!({"type": "Window", "duration": "5h"}));
+    let e = evaluate(&r, Some(&rule(1, &[], &["dba"])), HOUR, WEEK, NOW);
+    assert_eq!(e.grant_expires_at, Some(NOW + 3600));
+}
+
+#[test]
+fn two_approvers_are_needed_when_the_rule_says_so() {
+    let r = request(approved("alice"), json!({"type": "Once"}));
+    let e = evaluate(&r, Some(&rule(2, &[], &["dba"])), HOUR, WEEK, NOW);
+    assert_eq!((e.phase, e.approvals), (ApprovalPhase::Pending, 1));
+    assert_eq!(e.next_change, Some(NOW + 600), "wakes at expiry");
+    let r = request(
+        json!({"alice": {"state": "Approved"}, "bob": {"state": "Approved"}}),
+        json!({"type": "Once"}),
+    );
+    let e = evaluate(&r, Some(&rule(2, &[], &["dba"])), HOUR, WEEK, NOW);
+    assert_eq!((e.phase, e.approvals), (ApprovalPhase::Approved, 2));
+}
+
+#[test]
+fn the_requester_cannot_approve_its_own_request() {
+    let r = request(approved("agent-subject"), json!({"type": "Once"}));
+    let e = evaluate(&r, Some(&rule(1, &[], &["dba"])), HOUR, WEEK, NOW);
+    assert_eq!((e.phase, e.approvals), (ApprovalPhase::Pending, 0));
+}
+
+#[test]
+fn unlisted_users_do_not_count_when_the_rule_names_users_only() {
+    let r = request(approved("mallory"), json!({"type": "Once"}));
+    let e = evaluate(&r, Some(&rule(1, &["alice"], &[])), HOUR, WEEK, NOW);
+    assert_eq!(e.phase, ApprovalPhase::Pending);
+    let r = request(approved("alice"), json!({"type": "Once"}));
+    let e = evaluate(&r, Some(&rule(1, &["alice"], &[])), HOUR, WEEK, NOW);
+    assert_eq!(e.phase, ApprovalPhase::Approved);
+}
+
+#[test]
+fn any_denial_denies() {
+    let r = request(
+        json!({"alice": {"state": "Approved"}, "bob": {"state": "Denied"}}),
+        json!({"type": "Once"}),
+    );
+    let e = evaluate(&r, Some(&rule(1, &[], &["dba"])), HOUR, WEEK, NOW);
+    assert_eq!(e.phase, ApprovalPhase::Denied);
+    assert_eq!(
+        e.next_change,
+        Some(NOW + WEEK.as_secs() as i64),
+        "deleted after retention"
+    );
+}
+
+#[test]
+fn undecided_requests_expire_and_are_collected_after_retention() {
+    let r = request(json!({}), json!({"type": "Once"}));
+    let e = evaluate(&r, Some(&rule(1, &[], &["dba"])), HOUR, WEEK, NOW + 601);
+    assert_eq!(e.phase, ApprovalPhase::Expired);
+    assert!(!e.delete);
+    let e = evaluate(
+        &r,
+        Some(&rule(1, &[], &["dba"])),
+        HOUR,
+        WEEK,
+        NOW + 600 + WEEK.as_secs() as i64,
+    );
+    assert!(e.delete);
+}
+
+#[test]
+fn a_request_whose_rule_is_gone_cannot_be_approved() {
+    let r = request(approved("alice"), json!({"type": "Once"}));
+    let e = evaluate(&r, None, HOUR, WEEK, NOW);
+    assert_eq!(e.phase, ApprovalPhase::Pending);
+}
+
+#[test]
+fn an_approved_window_expires_mid_session() {
+    let mut r = request(approved("alice"), json!({"type": "Window", "duration": "30m"}));
+    r.status = Some(ApprovalRequestStatus {
+        phase: ApprovalPhase::Approved,
+        decided_at: Some(format_time(NOW)),
+        grant_expires_at: Some(format_time(NOW + 1800)),
+        ..Default::default()
+    });
+    let e = evaluate(&r, Some(&rule(1, &[], &["dba"])), HOUR, WEEK, NOW + 1799);
+    assert_eq!(e.phase, ApprovalPhase::Approved);
+    let e = evaluate(&r, Some(&rule(1, &[], &["dba"])), HOUR, WEEK, NOW + 1800);
+    assert_eq!(e.phase, ApprovalPhase::Expired);
+}
+
+#[test]
+fn a_used_grant_stays_used() {
+    let mut r = request(approved("alice"), json!({"type": "Once"}));
+    r.status = Some(ApprovalRequestStatus {
+        phase: ApprovalPhase::Used,
+        decided_at: Some(format_time(NOW)),
+        used_at: Some(format_time(NOW + 5)),
+        ..Default::default()
+    });
+    let e = evaluate(&r, Some(&rule(1, &[], &["dba"])), HOUR, WEEK, NOW + 10);
+    assert_eq!(e.phase, ApprovalPhase::Used);
+    assert_eq!(e.next_change, Some(NOW + 5 + WEEK.as_secs() as i64));
+}

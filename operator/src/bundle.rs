@@ -1,0 +1,384 @@
+//! Compiling one gateway's configuration from the objects of its namespace.
+//!
+//! The operator runs the gateway's own loader and compiler ([`agentgate::config`]) on the objects it
+//! would publish, so what it calls Ready is exactly what a gateway accepts. Objects the compiler
+//! refuses are left out, one wave at a time, and the rest is compiled again, so one bad object does
+//! not stop the others. Leaving an object out must never widen access:
+//! - a Connection, AgentIdentity or Secret left out only removes reachability or callers;
+//! - an allow-only AccessPolicy left out only removes access;
+//! - an AccessPolicy that restricts (Deny or RequireApproval rules, or masking) cannot be left out
+//!   alone, since that would lift its restriction: its Connections are quarantined with it
+//!   (left out, so every operation on them fails closed) until the policy is fixed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use agentgate::config::manifest::Manifest;
+use agentgate::config::{ConfigError, LoadOptions, compile_manifests};
+use agentgate_crds::policy::Action as RuleAction;
+use agentgate_crds::{AccessPolicy, AgentGateway, AgentIdentity, Connection};
+use k8s_openapi::api::core::v1::Secret;
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+/// The admin port of gateway pods (probes, metrics); listeners may not use it.
+pub const GATEWAY_ADMIN_PORT: u16 = 9090;
+/// Where gateway pods keep writable state: relative recording paths and the approval store.
+pub const GATEWAY_DATA_DIR: &str = "/var/lib/agentgate";
+/// Largest compiled configuration: a Secret must stay under the API server's 1 MiB object limit,
+/// with room for metadata.
+pub const MAX_CONFIG_BYTES: usize = 1_000_000;
+
+/// An object of the namespace, by kind and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub kind: &'static str,
+    pub name: String,
+}
+
+impl ObjectKey {
+    fn new(kind: &'static str, name: &str) -> Self {
+        Self {
+            kind,
+            name: name.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.kind, self.name)
+    }
+}
+
+/// The objects of one namespace, as the operator's caches hold them.
+#[derive(Clone, Debug, Default)]
+pub struct Namespace {
+    pub name: String,
+    pub gateways: Vec<AgentGateway>,
+    pub connections: Vec<Connection>,
+    pub identities: Vec<AgentIdentity>,
+    pub policies: Vec<AccessPolicy>,
+    pub secrets: Vec<Secret>,
+}
+
+/// Whether an object made it into a gateway's configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Ready,
+    /// Refused; the message names the field or the missing reference.
+    Invalid(String),
+    /// Valid itself, but left out because a restricting AccessPolicy on it is invalid.
+    Quarantined(String),
+}
+
+/// The configuration published for a gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// The manifests, as the gateway reads them from its configuration Secret.
+    pub manifests: String,
+    /// SHA-256 of `manifests`, hex.
+    pub hash: String,
+    pub connections: usize,
+    pub identities: usize,
+    pub policies: usize,
+}
+
+/// The outcome of compiling one gateway.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    /// The configuration, or why the gateway itself cannot be configured.
+    pub gateway: Result<Published, String>,
+    /// Verdicts on the objects this gateway uses: its Connections, and every AgentIdentity and
+    /// AccessPolicy of the namespace.
+    pub verdicts: BTreeMap<ObjectKey, Verdict>,
+}
+
+struct Candidate {
+    key: ObjectKey,
+    value: Value,
+}
+
+/// Compiles the configuration of gateway `gateway` of `ns`.
+pub fn compile(ns: &Namespace, gateway: &str) -> Compiled {
+    let ours: BTreeSet<&str> = ns
+        .connections
+        .iter()
+        .filter(|c| c.spec.gateway_ref.name == gateway)
+        .filter_map(|c| c.metadata.name.as_deref())
+        .collect();
+    let mut candidates = Vec::new();
+    let mut referenced_secrets = BTreeSet::new();
+    push_all(&mut candidates, "AgentGateway", &ns.gateways);
+    push_all(&mut candidates, "Connection", &ns.connections);
+    push_all(&mut candidates, "AgentIdentity", &ns.identities);
+    push_all(&mut candidates, "AccessPolicy", &ns.policies);
+    for c in &candidates {
+        let relevant = match c.key.kind {
+            "AgentGateway" => c.key.name == gateway,
+            "Connection" => ours.contains(c.key.name.as_str()),
+            _ => true,
+        };
+        if relevant {
+            secret_refs(&c.value, &mut referenced_secrets);
+        }
+    }
+    for s in &ns.secrets {
+        let Some(name) = s.metadata.name.as_deref() else {
+            continue;
+        };
+        if referenced_secrets.contains(name) {
+            candidates.push(Candidate {
+                key: ObjectKey::new("Secret", name),
+                value: secret_value(&ns.name, s),
+            });
+        }
+    }
+    let restricting: BTreeMap<&str, &AccessPolicy> = ns
+        .policies
+        .iter()
+        .filter(|p| restricts(p))
+        .filter_map(|p| Some((p.metadata.name.as_deref()?, p)))
+        .collect();
+
+    let options = LoadOptions {
+        manifests: PathBuf::from(GATEWAY_DATA_DIR),
+        secrets_dir: None,
+        gateway: Some(gateway.to_string()),
+        reserved_ports: vec![GATEWAY_ADMIN_PORT],
+    };
+    let mut excluded: BTreeMap<ObjectKey, Verdict> = BTreeMap::new();
+    let source = format!("namespace/{}", ns.name);
+    let outcome = loop {
+        let manifests: Vec<Manifest> = candidates
+            .iter()
+            .filter(|c| !excluded.contains_key(&c.key))
+            .filter_map(|c| {
+                let value = prune_references(c, &excluded)?;
+                Some(Manifest::from_value(&source, value))
+            })
+            .collect();
+        let text = manifests
+            .iter()
+            .map(|m| m.value.to_string())
+            .collect::<Vec<_>>()
+            .join("\n---\n");
+        let errors = match compile_manifests(manifests, &options) {
+            Ok(config) => {
+                break Ok(Published {
+                    hash: hex(&Sha256::digest(text.as_bytes())),
+                    connections: config.connections.len(),
+                    identities: config.identities.len(),
+                    policies: config.policies.len(),
+                    manifests: text,
+                });
+            }
+            Err(errors) => errors.0,
+        };
+        let mut gateway_errors = Vec::new();
+        let before = excluded.len();
+        for e in &errors {
+            match attribute(e) {
+                Some(key) if !(key.kind == "AgentGateway" && key.name == gateway) => {
+                    let message = describe(e);
+                    if key.kind == "AccessPolicy"
+                        && let Some(policy) = restricting.get(key.name.as_str())
+                    {
+                        for conn in &policy.spec.connections {
+                            let hit: Vec<&str> = if conn == "*" {
+                                ours.iter().copied().collect()
+                            } else {
+                                ours.iter().copied().filter(|c| *c == conn).collect()
+                            };
+                            for c in hit {
+                                excluded.entry(ObjectKey::new("Connection", c)).or_insert_with(|| {
+                                    Verdict::Quarantined(format!(
+                                        "quarantined: AccessPolicy {} restricts this connection and is invalid: {message}",
+                                        key.name
+                                    ))
+                                });
+                            }
+                        }
+                    }
+                    excluded.entry(key).or_insert(Verdict::Invalid(message));
+                }
+                _ => gateway_errors.push(describe(e)),
+            }
+        }
+        if !gateway_errors.is_empty() {
+            break Err(gateway_errors.join("; "));
+        }
+        if excluded.len() == before {
+            // Nothing attributable left out: the error is the gateway's to report.
+            break Err(errors.iter().map(describe).collect::<Vec<_>>().join("; "));
+        }
+    };
+    let gateway_result = outcome.and_then(|p| {
+        if p.manifests.len() > MAX_CONFIG_BYTES {
+            Err(format!(
+                "the compiled configuration is {} bytes, over the {MAX_CONFIG_BYTES}-byte limit of one Secret; split the namespace's objects across gateways in several namespaces",
+                p.manifests.len()
+            ))
+        } else {
+            Ok(p)
+        }
+    });
+    let mut verdicts = BTreeMap::new();
+    for c in &candidates {
+        let relevant = match c.key.kind {
+            "Connection" => ours.contains(c.key.name.as_str()),
+            "AgentIdentity" | "AccessPolicy" => true,
+            _ => false,
+        };
+        if relevant {
+            let verdict = excluded.get(&c.key).cloned().unwrap_or(Verdict::Ready);
+            verdicts.insert(c.key.clone(), verdict);
+        }
+    }
+    Compiled {
+        gateway: gateway_result,
+        verdicts,
+    }
+}
+
+/// Whether leaving the policy out would lift a restriction.
+fn restricts(p: &AccessPolicy) -> bool {
+    !p.spec.masking.is_empty() || p.spec.rules.iter().any(|r| r.action != RuleAction::Allow)
+}
+
+fn push_all<K: Serialize + kube::Resource>(out: &mut Vec<Candidate>, kind: &'static str, objects: &[K]) {
+    let mut sorted: Vec<&K> = objects.iter().collect();
+    sorted.sort_by(|a, b| a.meta().name.cmp(&b.meta().name));
+    for o in sorted {
+        let Some(name) = o.meta().name.as_deref() else {
+            continue;
+        };
+        let Ok(mut value) = serde_json::to_value(o) else {
+            continue;
+        };
+        if let Some(obj) = value.as_object_mut() {
+            obj.remove("status");
+            obj.insert(
+                "metadata".into(),
+                json!({"name": name, "namespace": o.meta().namespace}),
+            );
+        }
+        out.push(Candidate {
+            key: ObjectKey::new(kind, name),
+            value,
+        });
+    }
+}
+
+/// A Secret as the loader takes it: only its name, type and data.
+fn secret_value(namespace: &str, s: &Secret) -> Value {
+    let data: Map<String, Value> = s
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), Value::String(agentgate_base64(&v.0))))
+        .collect();
+    let mut v = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": s.metadata.name, "namespace": namespace},
+        "data": data,
+    });
+    if let Some(t) = &s.type_ {
+        v["type"] = Value::String(t.clone());
+    }
+    v
+}
+
+fn agentgate_base64(bytes: &[u8]) -> String {
+    // k8s-openapi decodes Secret data; the loader takes it as the API serves it, base64.
+    serde_json::to_value(k8s_openapi::ByteString(bytes.to_vec()))
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Names of the Secrets an object's spec refers to (`*SecretRef.name`, `secretRef.name`,
+/// `secretName`), wherever they sit, so new reference fields need no change here.
+fn secret_refs(v: &Value, out: &mut BTreeSet<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map {
+                if k == "secretName" {
+                    if let Some(s) = child.as_str() {
+                        out.insert(s.to_string());
+                    }
+                } else if (k == "secretRef" || k.ends_with("SecretRef"))
+                    && let Some(s) = child.get("name").and_then(Value::as_str)
+                {
+                    out.insert(s.to_string());
+                }
+                secret_refs(child, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| secret_refs(i, out)),
+        _ => {}
+    }
+}
+
+/// A policy's references to objects that exist but were left out are dropped rather than reported
+/// again (the object's own status says why). A policy left with no connection or no subject applies
+/// to nothing and is left out too (`None`).
+fn prune_references(c: &Candidate, excluded: &BTreeMap<ObjectKey, Verdict>) -> Option<Value> {
+    if c.key.kind != "AccessPolicy" {
+        return Some(c.value.clone());
+    }
+    let mut value = c.value.clone();
+    let gone = |kind: &'static str, name: &str| excluded.contains_key(&ObjectKey::new(kind, name));
+    let spec = value.get_mut("spec")?;
+    let mut changed_to_empty = false;
+    if let Some(list) = spec.get_mut("connections").and_then(Value::as_array_mut) {
+        let before = list.len();
+        list.retain(|n| n.as_str().is_none_or(|n| !gone("Connection", n)));
+        changed_to_empty |= before > 0 && list.is_empty();
+    }
+    if let Some(subjects) = spec.get_mut("subjects") {
+        let groups = subjects
+            .get("groups")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        if let Some(list) = subjects.get_mut("identities").and_then(Value::as_array_mut) {
+            let before = list.len();
+            list.retain(|n| n.as_str().is_none_or(|n| !gone("AgentIdentity", n)));
+            changed_to_empty |= before > 0 && list.is_empty() && groups == 0;
+        }
+    }
+    (!changed_to_empty).then_some(value)
+}
+
+/// The object an error is about, from its `Kind namespace/name`.
+fn attribute(e: &ConfigError) -> Option<ObjectKey> {
+    let object = e.object.as_deref()?;
+    let (kind, rest) = object.split_once(' ')?;
+    let name = rest.rsplit('/').next()?;
+    let kind = match kind {
+        "AgentGateway" => "AgentGateway",
+        "Connection" => "Connection",
+        "AgentIdentity" => "AgentIdentity",
+        "AccessPolicy" => "AccessPolicy",
+        "Secret" => "Secret",
+        _ => return None,
+    };
+    Some(ObjectKey::new(kind, name))
+}
+
+/// `field.path: message`, without the file and line (the object is the status's owner).
+fn describe(e: &ConfigError) -> String {
+    match &e.path {
+        Some(path) if !e.message.starts_with(path.as_str()) => format!("{path}: {}", e.message),
+        _ => e.message.clone(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests;

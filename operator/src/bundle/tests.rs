@@ -1,0 +1,145 @@
+use super::*;
+use crate::fixtures;
+
+fn key(kind: &'static str, name: &str) -> ObjectKey {
+    ObjectKey::new(kind, name)
+}
+
+#[test]
+fn a_valid_namespace_compiles_and_every_object_is_ready() {
+    let ns = fixtures::namespace("team", 2, 2, 3);
+    let c = compile(&ns, "main");
+    let published = c.gateway.expect("compiles");
+    assert_eq!(
+        (published.connections, published.identities, published.policies),
+        (2, 2, 3)
+    );
+    assert!(
+        c.verdicts.values().all(|v| *v == Verdict::Ready),
+        "{:?}",
+        c.verdicts
+    );
+    assert_eq!(c.verdicts.len(), 2 + 2 + 3);
+    // The published text is what the gateway loads, and it carries the referenced Secrets only.
+    assert!(published.manifests.contains("\"kind\":\"Secret\""));
+    assert!(!published.manifests.contains("\"status\""));
+    assert_eq!(published.hash.len(), 64);
+}
+
+#[test]
+fn the_same_objects_compile_to_the_same_hash() {
+    let ns = fixtures::namespace("team", 2, 2, 3);
+    let mut shuffled = ns.clone();
+    shuffled.policies.reverse();
+    shuffled.connections.reverse();
+    assert_eq!(
+        compile(&ns, "main").gateway.unwrap().hash,
+        compile(&shuffled, "main").gateway.unwrap().hash
+    );
+}
+
+#[test]
+fn a_missing_secret_leaves_out_only_its_connection() {
+    let mut ns = fixtures::namespace("team", 2, 1, 2);
+    ns.secrets
+        .retain(|s| s.metadata.name.as_deref() != Some("conn-1-token"));
+    let c = compile(&ns, "main");
+    let published = c.gateway.expect("the others still compile");
+    assert_eq!(published.connections, 1);
+    match &c.verdicts[&key("Connection", "conn-1")] {
+        Verdict::Invalid(m) => assert!(
+            m.contains("spec.credentials.secretRef") && m.contains("conn-1-token"),
+            "{m}"
+        ),
+        v => panic!("{v:?}"),
+    }
+    assert_eq!(c.verdicts[&key("Connection", "conn-0")], Verdict::Ready);
+    // The allow policy on the missing connection loses its only connection and applies to nothing.
+    assert_eq!(c.verdicts[&key("AccessPolicy", "policy-1")], Verdict::Ready);
+    assert!(!published.manifests.contains("\"name\":\"conn-1\""));
+}
+
+#[test]
+fn a_reference_to_an_unknown_identity_names_the_field() {
+    let mut ns = fixtures::namespace("team", 1, 1, 1);
+    ns.policies
+        .push(fixtures::allow_policy("team", "typo", "agent-nope", "conn-0"));
+    let c = compile(&ns, "main");
+    assert!(c.gateway.is_ok());
+    match &c.verdicts[&key("AccessPolicy", "typo")] {
+        Verdict::Invalid(m) => assert_eq!(
+            m,
+            "spec.subjects.identities[0]: AgentIdentity team/agent-nope not found"
+        ),
+        v => panic!("{v:?}"),
+    }
+    assert_eq!(c.verdicts[&key("AccessPolicy", "policy-0")], Verdict::Ready);
+}
+
+#[test]
+fn an_invalid_restricting_policy_quarantines_its_connections_instead_of_lifting_the_restriction() {
+    let mut ns = fixtures::namespace("team", 2, 1, 2);
+    // A Deny policy on conn-0 that also names an unknown identity.
+    let mut deny = fixtures::deny_policy("team", "no-deletes", "agent-0", "conn-0");
+    deny.spec.subjects.identities.push("ghost".into());
+    ns.policies.push(deny);
+    let c = compile(&ns, "main");
+    let published = c.gateway.expect("compiles without the quarantined connection");
+    assert_eq!(published.connections, 1, "only conn-1 is served");
+    assert!(
+        matches!(&c.verdicts[&key("AccessPolicy", "no-deletes")], Verdict::Invalid(m) if m.contains("ghost"))
+    );
+    match &c.verdicts[&key("Connection", "conn-0")] {
+        Verdict::Quarantined(m) => assert!(m.contains("AccessPolicy no-deletes"), "{m}"),
+        v => panic!("{v:?}"),
+    }
+    assert_eq!(c.verdicts[&key("Connection", "conn-1")], Verdict::Ready);
+}
+
+#[test]
+fn an_invalid_gateway_is_reported_as_the_gateways_own_error() {
+    let mut ns = fixtures::namespace("team", 1, 1, 1);
+    ns.gateways[0].spec.listeners[0].port = i32::from(GATEWAY_ADMIN_PORT);
+    let c = compile(&ns, "main");
+    let e = c.gateway.expect_err("the listener collides with the admin port");
+    assert!(e.contains("spec.listeners[0].port"), "{e}");
+}
+
+#[test]
+fn connections_of_other_gateways_are_not_ours_to_report_or_publish() {
+    let mut ns = fixtures::namespace("team", 1, 1, 1);
+    ns.gateways.push(fixtures::gateway("team", "other"));
+    ns.connections
+        .push(fixtures::connection("team", "theirs", "other"));
+    ns.secrets
+        .push(fixtures::secret("team", "theirs-token", "token", "their-secret"));
+    let c = compile(&ns, "main");
+    assert!(c.gateway.is_ok());
+    assert!(!c.verdicts.contains_key(&key("Connection", "theirs")));
+    // Their credential Secret is not copied into our configuration.
+    let published = c.gateway.unwrap().manifests;
+    let docs = agentgate::config::manifest::parse_documents(std::path::Path::new("s"), &published).unwrap();
+    let secrets: Vec<&str> = docs
+        .iter()
+        .filter(|d| d.kind() == "Secret")
+        .map(|d| d.name())
+        .collect();
+    assert_eq!(secrets, ["conn-0-token"]);
+}
+
+#[test]
+fn the_published_configuration_loads_in_the_gateway() {
+    let ns = fixtures::namespace("team", 2, 2, 2);
+    let published = compile(&ns, "main").gateway.unwrap();
+    let docs =
+        agentgate::config::manifest::parse_documents(std::path::Path::new("secret"), &published.manifests)
+            .expect("parses as YAML");
+    let options = LoadOptions {
+        manifests: PathBuf::from(GATEWAY_DATA_DIR),
+        secrets_dir: None,
+        gateway: None,
+        reserved_ports: vec![GATEWAY_ADMIN_PORT],
+    };
+    let config = compile_manifests(docs, &options).expect("the gateway accepts it");
+    assert_eq!(config.connections.len(), 2);
+}

@@ -1,0 +1,295 @@
+//! The objects an AgentGateway owns, as server-side-apply documents: ServiceAccount, Role and
+//! RoleBinding (what the gateway pods may read and write), the compiled configuration Secret,
+//! Deployment, Service and PodDisruptionBudget. Each carries an ownerReference to the gateway, so
+//! deleting the gateway deletes them (the API server's garbage collector), and the `managed-by`
+//! label the operator's watches select on.
+
+use agentgate_crds::AgentGateway;
+use agentgate_crds::gateway::ListenerProtocol;
+use kube::ResourceExt;
+use serde_json::{Value, json};
+
+use crate::MANAGER;
+use crate::bundle::{GATEWAY_ADMIN_PORT, GATEWAY_DATA_DIR};
+
+/// Label on every child: which gateway it belongs to.
+pub const GATEWAY_LABEL: &str = "agentgate.dev/gateway";
+/// The key of the compiled configuration in the Secret (the gateway reads the same constant).
+pub use agentgate::config::kubernetes::CONFIG_KEY;
+/// Annotation on the Secret: the hash of the configuration in it.
+pub const HASH_ANNOTATION: &str = "agentgate.dev/config-hash";
+
+/// Name of every child of gateway `gw` (the Secret adds `-config`).
+pub fn child_name(gw: &str) -> String {
+    format!("agentgate-{gw}")
+}
+
+/// Name of the compiled configuration Secret.
+pub fn config_secret_name(gw: &str) -> String {
+    format!("agentgate-{gw}-config")
+}
+
+fn labels(gw: &str) -> Value {
+    json!({
+        "app.kubernetes.io/name": "agentgate-gateway",
+        "app.kubernetes.io/instance": gw,
+        "app.kubernetes.io/managed-by": MANAGER,
+        GATEWAY_LABEL: gw,
+    })
+}
+
+fn selector(gw: &str) -> Value {
+    json!({"app.kubernetes.io/name": "agentgate-gateway", GATEWAY_LABEL: gw})
+}
+
+fn metadata(g: &AgentGateway, name: &str) -> Value {
+    json!({
+        "name": name,
+        "namespace": g.namespace(),
+        "labels": labels(&g.name_any()),
+        "ownerReferences": [{
+            "apiVersion": agentgate_crds::API_VERSION,
+            "kind": "AgentGateway",
+            "name": g.name_any(),
+            "uid": g.uid().unwrap_or_default(),
+            "controller": true,
+            "blockOwnerDeletion": true,
+        }],
+    })
+}
+
+/// The gateway pods' identity.
+pub fn service_account(g: &AgentGateway) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": metadata(g, &child_name(&g.name_any())),
+    })
+}
+
+/// Least privilege: read its own configuration Secret, create and follow ApprovalRequests
+/// (Kubernetes-mode approvals), write Events.
+pub fn role(g: &AgentGateway) -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": metadata(g, &child_name(&g.name_any())),
+        "rules": [
+            {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [config_secret_name(&g.name_any())], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [agentgate_crds::GROUP], "resources": ["approvalrequests"], "verbs": ["get", "list", "watch", "create", "patch", "update"]},
+            {"apiGroups": [agentgate_crds::GROUP], "resources": ["approvalrequests/status"], "verbs": ["get", "patch", "update"]},
+            {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        ],
+    })
+}
+
+/// Binds [`role`] to [`service_account`].
+pub fn role_binding(g: &AgentGateway) -> Value {
+    let name = child_name(&g.name_any());
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": metadata(g, &name),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": g.namespace()}],
+    })
+}
+
+/// The compiled configuration. Data is base64, as the API takes it.
+pub fn config_secret(g: &AgentGateway, manifests: &str, hash: &str) -> Value {
+    let mut meta = metadata(g, &config_secret_name(&g.name_any()));
+    meta["annotations"] = json!({ HASH_ANNOTATION: hash });
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": meta,
+        "type": "Opaque",
+        "data": { CONFIG_KEY: base64(manifests.as_bytes()) },
+    })
+}
+
+fn base64(bytes: &[u8]) -> String {
+    serde_json::to_value(k8s_openapi::ByteString(bytes.to_vec()))
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The gateway Deployment: non-root, read-only root file system, no capabilities, RuntimeDefault
+/// seccomp; probes on the admin listener; rolling updates that keep every replica serving. The
+/// configuration is watched through the API, so a change needs no rollout.
+pub fn deployment(g: &AgentGateway, default_image: &str) -> Value {
+    let gw = g.name_any();
+    let name = child_name(&gw);
+    let image = g.spec.image.clone().unwrap_or_else(|| default_image.to_string());
+    let mut ports: Vec<Value> = g
+        .spec
+        .listeners
+        .iter()
+        .map(|l| json!({"name": port_name(&l.name), "containerPort": l.port, "protocol": "TCP"}))
+        .collect();
+    ports.push(json!({"name": "admin", "containerPort": GATEWAY_ADMIN_PORT, "protocol": "TCP"}));
+    let mut volumes = vec![json!({"name": "data", "emptyDir": {}})];
+    let mut mounts = vec![json!({"name": "data", "mountPath": GATEWAY_DATA_DIR})];
+    if let Some(volume) = g.spec.recording.storage.as_ref().and_then(|s| s.volume.as_ref()) {
+        volumes.push(json!({"name": "sessions", "persistentVolumeClaim": {"claimName": volume.claim_name}}));
+        mounts.push(
+            json!({"name": "sessions", "mountPath": agentgate::config::compile::SESSIONS_VOLUME_MOUNT}),
+        );
+    }
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(g, &name),
+        "spec": {
+            "replicas": g.spec.replicas,
+            "selector": {"matchLabels": selector(&gw)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": labels(&gw)},
+                "spec": {
+                    "serviceAccountName": name,
+                    "securityContext": {
+                        "runAsNonRoot": true,
+                        "runAsUser": 65532,
+                        "runAsGroup": 65532,
+                        "fsGroup": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [{
+                        "name": "gateway",
+                        "image": image,
+                        "args": [
+                            "run",
+                            "--config-secret", config_secret_name(&gw),
+                            "--gateway", gw,
+                            "--admin-addr", format!("0.0.0.0:{GATEWAY_ADMIN_PORT}"),
+                            "--data-dir", GATEWAY_DATA_DIR,
+                        ],
+                        "env": [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
+                        "ports": ports,
+                        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "admin"}, "periodSeconds": 10},
+                        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "admin"}, "periodSeconds": 5},
+                        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
+                        "securityContext": {
+                            "allowPrivilegeEscalation": false,
+                            "readOnlyRootFilesystem": true,
+                            "runAsNonRoot": true,
+                            "capabilities": {"drop": ["ALL"]},
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        "volumeMounts": mounts,
+                    }],
+                    "volumes": volumes,
+                },
+            },
+        },
+    })
+}
+
+/// One port per listener.
+pub fn service(g: &AgentGateway) -> Value {
+    let gw = g.name_any();
+    let ports: Vec<Value> = g
+        .spec
+        .listeners
+        .iter()
+        .map(|l| {
+            let mut p = json!({"name": port_name(&l.name), "port": l.port, "targetPort": port_name(&l.name), "protocol": "TCP"});
+            if l.protocol == ListenerProtocol::Postgres {
+                p["appProtocol"] = json!("postgresql");
+            }
+            p
+        })
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(g, &child_name(&gw)),
+        "spec": {"type": "ClusterIP", "selector": selector(&gw), "ports": ports},
+    })
+}
+
+/// At most one gateway pod down at a time during voluntary disruptions.
+pub fn pod_disruption_budget(g: &AgentGateway) -> Value {
+    let gw = g.name_any();
+    json!({
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(g, &child_name(&gw)),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(&gw)}},
+    })
+}
+
+/// Port names are at most 15 characters (IANA_SVC_NAME).
+fn port_name(listener: &str) -> String {
+    listener
+        .chars()
+        .take(15)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+
+    #[test]
+    fn every_child_is_owned_by_the_gateway_and_labelled() {
+        let g = fixtures::gateway("team", "main");
+        for child in [
+            service_account(&g),
+            role(&g),
+            role_binding(&g),
+            config_secret(&g, "x", "h"),
+            deployment(&g, "img"),
+            service(&g),
+            pod_disruption_budget(&g),
+        ] {
+            let owner = &child["metadata"]["ownerReferences"][0];
+            assert_eq!(owner["kind"], "AgentGateway");
+            assert_eq!(owner["uid"], "uid-AgentGateway-main");
+            assert_eq!(owner["controller"], true);
+            assert_eq!(
+                child["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+                MANAGER
+            );
+            assert_eq!(child["metadata"]["namespace"], "team");
+        }
+    }
+
+    #[test]
+    fn the_deployment_has_secure_defaults_and_admin_probes() {
+        let g = fixtures::gateway("team", "main");
+        let d = deployment(&g, "ghcr.io/agentgate/agentgate:test");
+        let pod = &d["spec"]["template"]["spec"];
+        let c = &pod["containers"][0];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+        assert_eq!(c["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(c["image"], "ghcr.io/agentgate/agentgate:test");
+        assert_eq!(d["spec"]["replicas"], 2);
+        let args: Vec<&str> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--config-secret", "agentgate-main-config"])
+        );
+    }
+
+    #[test]
+    fn the_role_reads_only_its_own_secret() {
+        let g = fixtures::gateway("team", "main");
+        let r = role(&g);
+        assert_eq!(r["rules"][0]["resourceNames"], json!(["agentgate-main-config"]));
+    }
+}

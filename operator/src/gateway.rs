@@ -1,0 +1,365 @@
+//! The AgentGateway controller: compiles the gateway's configuration from its namespace, applies
+//! its children with server-side apply, and reports the verdict on every object it uses in that
+//! object's `status.conditions` (Ready, or Invalid with the field or missing reference named).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentgate_crds::common::CommonStatus;
+use agentgate_crds::{AccessPolicy, AgentGateway, AgentIdentity, Condition, Connection};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::bundle::{self, Compiled, ObjectKey, Verdict};
+use crate::conditions::{self, Desired};
+use crate::context::Context;
+use crate::{Error, MANAGER, children};
+
+/// The controller's name in metrics and logs.
+pub const CONTROLLER: &str = "gateway";
+/// How often a gateway is reconciled without any change (drift repair).
+pub const RESYNC: Duration = Duration::from_secs(300);
+
+/// Reconciles one AgentGateway.
+pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx
+        .metrics
+        .duration
+        .with_label_values(&[CONTROLLER])
+        .start_timer();
+    ctx.metrics.reconciles.with_label_values(&[CONTROLLER]).inc();
+    if gw.meta().deletion_timestamp.is_some() {
+        // The garbage collector removes the children through their ownerReferences.
+        return Ok(Action::await_change());
+    }
+    ctx.stores.synced().await?;
+    let ns = gw.namespace().ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = gw.name_any();
+    let snapshot = ctx.stores.namespace(&ns);
+    let started = Instant::now();
+    let compiled = {
+        let name = name.clone();
+        let snapshot = snapshot.clone();
+        tokio::task::spawn_blocking(move || bundle::compile(&snapshot, &name))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?
+    };
+    ctx.metrics
+        .compile_seconds
+        .with_label_values(&[if compiled.gateway.is_ok() { "ok" } else { "invalid" }])
+        .observe(started.elapsed().as_secs_f64());
+
+    let pp = PatchParams::apply(MANAGER).force();
+    let client = &ctx.client;
+    apply::<ServiceAccount>(client, &ns, children::service_account(&gw), &pp).await?;
+    apply::<Role>(client, &ns, children::role(&gw), &pp).await?;
+    apply::<RoleBinding>(client, &ns, children::role_binding(&gw), &pp).await?;
+    if let Ok(published) = &compiled.gateway {
+        // Only a configuration that compiled is published; an invalid gateway keeps the last one.
+        let current = ctx
+            .stores
+            .secrets
+            .state()
+            .into_iter()
+            .find(|s| {
+                s.namespace().as_deref() == Some(&ns) && s.name_any() == children::config_secret_name(&name)
+            })
+            .and_then(|s| s.annotations().get(children::HASH_ANNOTATION).cloned());
+        if current.as_deref() != Some(published.hash.as_str()) {
+            apply::<Secret>(
+                client,
+                &ns,
+                children::config_secret(&gw, &published.manifests, &published.hash),
+                &pp,
+            )
+            .await?;
+            publish_event(
+                &ctx,
+                &gw,
+                EventType::Normal,
+                "ConfigPublished",
+                &format!(
+                    "published configuration {}: {} connection(s), {} identity(ies), {} policy(ies)",
+                    &published.hash[..12],
+                    published.connections,
+                    published.identities,
+                    published.policies
+                ),
+            )
+            .await;
+        }
+    }
+    apply::<Deployment>(
+        client,
+        &ns,
+        children::deployment(&gw, &ctx.settings.gateway_image),
+        &pp,
+    )
+    .await?;
+    apply::<Service>(client, &ns, children::service(&gw), &pp).await?;
+    apply::<PodDisruptionBudget>(client, &ns, children::pod_disruption_budget(&gw), &pp).await?;
+
+    report_objects(&ctx, &ns, &name, &snapshot, &compiled).await?;
+    report_gateway(&ctx, &gw, &ns, &compiled).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Failed reconciles are retried after a short pause (the API server may be briefly away).
+pub fn error_policy(_gw: Arc<AgentGateway>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .failures
+        .with_label_values(&[CONTROLLER, error.metric_label()])
+        .inc();
+    tracing::warn!(%error, "gateway reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn apply<K>(client: &kube::Client, ns: &str, object: Value, pp: &PatchParams) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let name = object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    Api::<K>::namespaced(client.clone(), ns)
+        .patch(&name, pp, &Patch::Apply(&object))
+        .await?;
+    Ok(())
+}
+
+async fn publish_event(ctx: &Context, gw: &AgentGateway, type_: EventType, reason: &str, note: &str) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1024).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &gw.object_ref(&())).await {
+        tracing::debug!(error = %e, "could not publish an event");
+    }
+}
+
+/// Writes the Ready condition of every Connection, AgentIdentity and AccessPolicy whose verdict
+/// changed.
+async fn report_objects(
+    ctx: &Context,
+    ns: &str,
+    gateway: &str,
+    snapshot: &bundle::Namespace,
+    compiled: &Compiled,
+) -> Result<(), Error> {
+    for (key, verdict) in &compiled.verdicts {
+        let (status, generation) = match key.kind {
+            "Connection" => find(&snapshot.connections, key, |o: &Connection| o.status.clone()),
+            "AgentIdentity" => find(&snapshot.identities, key, |o: &AgentIdentity| o.status.clone()),
+            "AccessPolicy" => find(&snapshot.policies, key, |o: &AccessPolicy| o.status.clone()),
+            _ => continue,
+        };
+        let desired = match verdict {
+            Verdict::Ready => Desired {
+                r#type: "Ready",
+                status: true,
+                reason: "Compiled",
+                message: format!("in the configuration of AgentGateway {gateway}"),
+                observed_generation: generation,
+            },
+            Verdict::Invalid(m) => Desired {
+                r#type: "Ready",
+                status: false,
+                reason: "Invalid",
+                message: m.clone(),
+                observed_generation: generation,
+            },
+            Verdict::Quarantined(m) => Desired {
+                r#type: "Ready",
+                status: false,
+                reason: "Quarantined",
+                message: m.clone(),
+                observed_generation: generation,
+            },
+        };
+        let current = status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+        let (conditions, changed) = conditions::set(&current, &desired);
+        let same_generation = status.as_ref().and_then(|s| s.observed_generation) == generation;
+        if !changed && same_generation {
+            continue;
+        }
+        let body = json!({"status": {"observedGeneration": generation, "conditions": conditions}});
+        let pp = PatchParams::default();
+        let result = match key.kind {
+            "Connection" => patch_status::<Connection>(ctx, ns, &key.name, &body, &pp).await,
+            "AgentIdentity" => patch_status::<AgentIdentity>(ctx, ns, &key.name, &body, &pp).await,
+            _ => patch_status::<AccessPolicy>(ctx, ns, &key.name, &body, &pp).await,
+        };
+        match result {
+            // Deleted since the snapshot: nothing to report on.
+            Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
+fn find<K: Resource>(
+    objects: &[K],
+    key: &ObjectKey,
+    status: impl Fn(&K) -> Option<CommonStatus>,
+) -> (Option<CommonStatus>, Option<i64>) {
+    objects
+        .iter()
+        .find(|o| o.meta().name.as_deref() == Some(key.name.as_str()))
+        .map_or((None, None), |o| (status(o), o.meta().generation))
+}
+
+async fn patch_status<K>(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    body: &Value,
+    pp: &PatchParams,
+) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    Api::<K>::namespaced(ctx.client.clone(), ns)
+        .patch_status(name, pp, &Patch::Merge(body))
+        .await?;
+    Ok(())
+}
+
+/// The gateway's own status: `Ready` (its configuration compiled and is published), `Available`
+/// (its Deployment has available pods), the published hash and the ready replicas.
+async fn report_gateway(
+    ctx: &Context,
+    gw: &AgentGateway,
+    ns: &str,
+    compiled: &Compiled,
+) -> Result<(), Error> {
+    let name = gw.name_any();
+    let generation = gw.meta().generation;
+    let current: Vec<Condition> = gw
+        .status
+        .as_ref()
+        .map(|s| s.common.conditions.clone())
+        .unwrap_or_default();
+    let invalid: Vec<String> = compiled
+        .verdicts
+        .iter()
+        .filter(|(_, v)| **v != Verdict::Ready)
+        .map(|(k, _)| k.to_string())
+        .collect();
+    let ready = match &compiled.gateway {
+        Ok(p) => Desired {
+            r#type: "Ready",
+            status: true,
+            reason: "ConfigPublished",
+            message: if invalid.is_empty() {
+                format!(
+                    "{} connection(s), {} identity(ies), {} policy(ies)",
+                    p.connections, p.identities, p.policies
+                )
+            } else {
+                format!(
+                    "{} connection(s), {} identity(ies), {} policy(ies); left out, see their status: {}",
+                    p.connections,
+                    p.identities,
+                    p.policies,
+                    invalid.join(", ")
+                )
+            },
+            observed_generation: generation,
+        },
+        Err(e) => Desired {
+            r#type: "Ready",
+            status: false,
+            reason: "Invalid",
+            message: e.clone(),
+            observed_generation: generation,
+        },
+    };
+    let was_ready_message = current
+        .iter()
+        .find(|c| c.r#type == "Ready")
+        .map(|c| c.message.clone());
+    let (conditions, _) = conditions::set(&current, &ready);
+    let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), ns)
+        .get_opt(&children::child_name(&name))
+        .await?;
+    let ready_replicas = deployment
+        .as_ref()
+        .and_then(|d| d.status.as_ref())
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    let available_replicas = deployment
+        .as_ref()
+        .and_then(|d| d.status.as_ref())
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
+    let available = Desired {
+        r#type: "Available",
+        status: available_replicas > 0,
+        reason: if available_replicas > 0 {
+            "MinimumReplicasAvailable"
+        } else {
+            "NoReplicasAvailable"
+        },
+        message: format!("{available_replicas}/{} replica(s) available", gw.spec.replicas),
+        observed_generation: generation,
+    };
+    let (conditions, _) = conditions::set(&conditions, &available);
+    if let Err(e) = &compiled.gateway
+        && was_ready_message.as_deref() != Some(e.as_str())
+    {
+        publish_event(ctx, gw, EventType::Warning, "InvalidConfig", e).await;
+    }
+    let config_hash = compiled
+        .gateway
+        .as_ref()
+        .ok()
+        .map(|p| p.hash.clone())
+        .or_else(|| gw.status.as_ref().and_then(|s| s.config_hash.clone()));
+    let desired_status = json!({
+        "observedGeneration": generation,
+        "conditions": conditions,
+        "configHash": config_hash,
+        "readyReplicas": ready_replicas,
+    });
+    let current_status = gw.status.as_ref().map(serde_json::to_value).transpose()?;
+    if current_status
+        .as_ref()
+        .is_some_and(|c| same_status(c, &desired_status))
+    {
+        return Ok(());
+    }
+    Api::<AgentGateway>::namespaced(ctx.client.clone(), ns)
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({ "status": desired_status })),
+        )
+        .await?;
+    Ok(())
+}
+
+fn same_status(current: &Value, desired: &Value) -> bool {
+    ["observedGeneration", "conditions", "configHash", "readyReplicas"]
+        .iter()
+        .all(|k| current.get(*k).unwrap_or(&Value::Null) == desired.get(*k).unwrap_or(&Value::Null))
+}

@@ -1,0 +1,186 @@
+//! Wiring: leader election, the caches, the controllers and the health endpoints.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentgate_crds::{AccessPolicy, AgentGateway, AgentIdentity, ApprovalRequest, Connection};
+use futures_util::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, ResourceExt};
+
+use crate::context::{Context, Settings, Stores};
+use crate::leader::Elector;
+use crate::telemetry::{Metrics, Phase};
+use crate::{Error, MANAGER, approval, gateway};
+
+/// How long the controllers wait after a change for more changes before reconciling, so a burst
+/// (`kubectl apply -f dir/`) compiles once, not once per object.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// The operator's command-line settings.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub metrics_addr: SocketAddr,
+    pub lease_namespace: String,
+    pub lease_name: String,
+    pub identity: String,
+    pub settings: Settings,
+}
+
+/// Runs until `shutdown` resolves or leadership is lost.
+pub async fn run(
+    client: kube::Client,
+    options: Options,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let metrics = Metrics::new();
+    let server = tokio::spawn(crate::telemetry::serve(options.metrics_addr, metrics.clone()));
+    let elector = Elector::new(
+        client.clone(),
+        &options.lease_namespace,
+        &options.lease_name,
+        &options.identity,
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    tokio::select! {
+        r = elector.acquire() => r?,
+        _ = stopped => {
+            metrics.set_phase(Phase::Stopping);
+            server.abort();
+            return Ok(());
+        }
+    }
+    metrics.set_phase(Phase::Leading);
+    let result = tokio::select! {
+        () = controllers(client, options, metrics.clone(), stop_rx.clone()) => Ok(()),
+        e = elector.keep() => Err(e),
+    };
+    metrics.set_phase(Phase::Stopping);
+    server.abort();
+    result
+}
+
+fn cache<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher::watcher(api, config))
+        .default_backoff()
+        .touched_objects();
+    (reader, stream)
+}
+
+/// Every gateway of the namespace of `o` (identities, policies and Secrets are namespace-wide).
+fn gateways_of(store: &Store<AgentGateway>, ns: Option<String>) -> Vec<ObjectRef<AgentGateway>> {
+    store
+        .state()
+        .iter()
+        .filter(|g| g.namespace() == ns)
+        .map(|g| ObjectRef::from_obj(&**g))
+        .collect()
+}
+
+async fn controllers(
+    client: kube::Client,
+    options: Options,
+    metrics: Metrics,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let all = watcher::Config::default();
+    let (connections, connection_events) = cache(Api::<Connection>::all(client.clone()), all.clone());
+    let (identities, identity_events) = cache(Api::<AgentIdentity>::all(client.clone()), all.clone());
+    let (policies, policy_events) = cache(Api::<AccessPolicy>::all(client.clone()), all.clone());
+    // Service-account tokens and Helm release records are never referenced; leaving them out of the
+    // cache keeps its memory to the Secrets that can matter.
+    let (secrets, secret_events) = cache(
+        Api::<Secret>::all(client.clone()),
+        all.clone()
+            .fields("type!=kubernetes.io/service-account-token,type!=helm.sh/release.v1"),
+    );
+    let gateways_controller = Controller::new(Api::<AgentGateway>::all(client.clone()), all.clone());
+    let gateways = gateways_controller.store();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: MANAGER.into(),
+            instance: Some(options.identity.clone()),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        settings: options.settings.clone(),
+        metrics,
+        stores: Stores {
+            gateways: gateways.clone(),
+            connections,
+            identities,
+            policies,
+            secrets,
+        },
+        recorder,
+    });
+    let config = controller::Config::default().debounce(DEBOUNCE);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let (g1, g2, g3, g4) = (
+        gateways.clone(),
+        gateways.clone(),
+        gateways.clone(),
+        gateways.clone(),
+    );
+    let gateway_loop = gateways_controller
+        .owns(
+            Api::<Deployment>::all(client.clone()),
+            watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}")),
+        )
+        .watches_stream(connection_events, move |c: Connection| {
+            gateways_of(&g1, c.namespace())
+        })
+        .watches_stream(identity_events, move |i: AgentIdentity| {
+            gateways_of(&g2, i.namespace())
+        })
+        .watches_stream(policy_events, move |p: AccessPolicy| {
+            gateways_of(&g3, p.namespace())
+        })
+        .watches_stream(secret_events, move |s: Secret| gateways_of(&g4, s.namespace()))
+        .with_config(config.clone())
+        .graceful_shutdown_on(stopped(stop.clone()))
+        .run(gateway::reconcile, gateway::error_policy, ctx.clone())
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "gateway controller");
+            }
+        });
+    let approval_loop = Controller::new(Api::<ApprovalRequest>::all(client.clone()), all)
+        .with_config(config)
+        .graceful_shutdown_on(stopped(stop))
+        .run(approval::reconcile, approval::error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "approval controller");
+            }
+        });
+    tokio::join!(gateway_loop, approval_loop);
+}
