@@ -85,8 +85,11 @@ impl Metrics {
             &["outcome"],
         )
         .expect("valid metric");
-        let leader =
-            IntGauge::new("leader", "1 while this replica holds the leader Lease").expect("valid metric");
+        let leader = IntGauge::new(
+            "leader",
+            "Whether this replica holds the leader Lease (1) or stands by (0)",
+        )
+        .expect("valid metric");
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(failures.clone()),

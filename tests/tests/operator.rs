@@ -1,0 +1,436 @@
+//! The operator end to end against the Kubernetes API emulator (or a real cluster with
+//! `AGENTGATE_TEST_KUBECONFIG`): `kubectl apply` of a gateway and its objects → the children and the
+//! statuses appear; invalid objects get Invalid conditions naming the field; deleting the gateway
+//! cleans up; a second replica waits on the Lease; and the gateway binary in Kubernetes mode loads
+//! its configuration through the API and enforces a policy change.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use agentgate_e2e::gateway::{EchoUpstream, OktaSetup, okta_manifests};
+use agentgate_e2e::oidc::OidcProvider;
+use agentgate_e2e::{Process, binary, curl, curl_get, free_port, wait_for};
+use agentgate_kube_emulator::harness::TestEnv;
+
+/// The operator binary against `env`, as `identity` (its Lease holder name).
+struct Operator {
+    process: Process,
+    metrics: u16,
+}
+
+impl Operator {
+    fn start(env: &TestEnv, identity: &str) -> Self {
+        let metrics = free_port();
+        let mut cmd = Command::new(binary("agentgate-operator"));
+        cmd.args(["run", "--metrics-addr", &format!("127.0.0.1:{metrics}")])
+            .args(["--gateway-image", "registry.test/agentgate:e2e"])
+            .env("KUBECONFIG", env.kubeconfig("operator"))
+            .env("POD_NAMESPACE", env.namespace())
+            .env("POD_NAME", identity)
+            .env("AGENTGATE_LOG", "info,agentgate_operator=debug");
+        let process = Process::start(identity, cmd);
+        let op = Self { process, metrics };
+        let up = wait_for(Duration::from_secs(30), || {
+            (curl_get(&format!("http://127.0.0.1:{metrics}/healthz")).0 == 200).then_some(())
+        });
+        assert!(up.is_some(), "operator did not start:\n{}", op.process.output());
+        op
+    }
+
+    fn is_leader(&self) -> bool {
+        curl_get(&format!("http://127.0.0.1:{}/metrics", self.metrics))
+            .1
+            .lines()
+            .any(|l| l == "agentgate_operator_leader 1")
+    }
+}
+
+fn jsonpath(env: &TestEnv, kind: &str, name: &str, path: &str) -> String {
+    let out = env.kubectl("admin", &["get", kind, name, "-o", &format!("jsonpath={path}")]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ready(env: &TestEnv, kind: &str, name: &str) -> String {
+    jsonpath(
+        env,
+        kind,
+        name,
+        "{.status.conditions[?(@.type==\"Ready\")].status}",
+    )
+}
+
+fn ready_message(env: &TestEnv, kind: &str, name: &str) -> String {
+    jsonpath(
+        env,
+        kind,
+        name,
+        "{.status.conditions[?(@.type==\"Ready\")].message}",
+    )
+}
+
+fn eventually(what: &str, op: &Operator, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let ok = wait_for(timeout, || check().then_some(()));
+    assert!(
+        ok.is_some(),
+        "timed out waiting for {what}\n{}",
+        op.process.output()
+    );
+}
+
+/// A gateway `main` with two HTTP connections, two identities and two policies, in `ns`.
+fn objects(ns: &str) -> String {
+    format!(
+        r#"apiVersion: agentgate.dev/v1alpha1
+kind: AgentGateway
+metadata: {{name: main, namespace: {ns}}}
+spec:
+  replicas: 2
+  listeners:
+    - {{name: https, protocol: HTTP, port: 8443}}
+    - {{name: postgres, protocol: Postgres, port: 15432}}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: Connection
+metadata: {{name: okta-admin, namespace: {ns}}}
+spec:
+  gatewayRef: {{name: main}}
+  type: HTTP
+  endpoint: https://example.okta.com
+  credentials: {{scheme: SSWS, secretRef: {{name: okta-admin-token, key: token}}}}
+  route: {{host: okta.gateway.internal}}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: Connection
+metadata: {{name: github, namespace: {ns}}}
+spec:
+  gatewayRef: {{name: main}}
+  type: HTTP
+  endpoint: https://api.github.com
+  credentials: {{scheme: Bearer, secretRef: {{name: github-token, key: token}}}}
+  route: {{host: github.gateway.internal}}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: AgentIdentity
+metadata: {{name: ci-agent, namespace: {ns}}}
+spec:
+  issuer: https://example.okta.com/oauth2/default
+  audiences: ["api://agentgate"]
+  match: {{claims: {{cid: ci-agent}}}}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: okta-read, namespace: {ns}}}
+spec:
+  subjects: {{identities: [ci-agent]}}
+  connections: [okta-admin]
+  rules:
+    - {{name: read, action: Allow, http: {{methods: [GET], paths: ["/api/v1/users/**"]}}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: okta-admin-token, namespace: {ns}}}
+stringData: {{token: okta-canary-token}}
+"#
+    )
+}
+
+#[test]
+fn applied_objects_become_a_gateway_deployment_and_statuses() {
+    let env = TestEnv::start();
+    let ns = env.namespace().to_string();
+    let file = env.file("objects.yaml", &objects(&ns));
+    env.kubectl_ok("admin", &["apply", "-f", &file]);
+    let op = Operator::start(&env, "operator-a");
+
+    eventually("the gateway to be Ready", &op, Duration::from_secs(30), || {
+        ready(&env, "agentgateway", "main") == "True"
+    });
+    for (kind, name) in [
+        ("serviceaccount", "agentgate-main"),
+        ("role", "agentgate-main"),
+        ("rolebinding", "agentgate-main"),
+        ("secret", "agentgate-main-config"),
+        ("deployment", "agentgate-main"),
+        ("service", "agentgate-main"),
+        ("poddisruptionbudget", "agentgate-main"),
+    ] {
+        let owner = jsonpath(
+            &env,
+            kind,
+            name,
+            "{.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}",
+        );
+        assert_eq!(owner, "AgentGateway/main", "{kind}/{name}");
+    }
+    // The Deployment runs the gateway in Kubernetes mode with secure defaults.
+    let args = jsonpath(
+        &env,
+        "deployment",
+        "agentgate-main",
+        "{.spec.template.spec.containers[0].args}",
+    );
+    assert!(
+        args.contains("--config-secret") && args.contains("agentgate-main-config"),
+        "{args}"
+    );
+    assert_eq!(
+        jsonpath(
+            &env,
+            "deployment",
+            "agentgate-main",
+            "{.spec.template.spec.containers[0].securityContext.readOnlyRootFilesystem}"
+        ),
+        "true"
+    );
+    assert_eq!(
+        jsonpath(
+            &env,
+            "deployment",
+            "agentgate-main",
+            "{.spec.template.spec.containers[0].image}"
+        ),
+        "registry.test/agentgate:e2e"
+    );
+    assert_eq!(
+        jsonpath(&env, "service", "agentgate-main", "{.spec.ports[*].port}"),
+        "8443 15432"
+    );
+    // The gateway may read its own Secret only.
+    assert_eq!(
+        jsonpath(&env, "role", "agentgate-main", "{.rules[0].resourceNames}"),
+        "[\"agentgate-main-config\"]"
+    );
+
+    // The valid objects are Ready; the connection whose Secret is missing is not, and says why.
+    assert_eq!(ready(&env, "connection", "okta-admin"), "True");
+    assert_eq!(ready(&env, "agentidentity", "ci-agent"), "True");
+    assert_eq!(ready(&env, "accesspolicy", "okta-read"), "True");
+    eventually("github to be Invalid", &op, Duration::from_secs(10), || {
+        ready(&env, "connection", "github") == "False"
+    });
+    let message = ready_message(&env, "connection", "github");
+    assert!(
+        message.contains("spec.credentials.secretRef") && message.contains("github-token"),
+        "{message}"
+    );
+    let observed = jsonpath(&env, "connection", "github", "{.status.observedGeneration}");
+    assert_eq!(
+        observed,
+        jsonpath(&env, "connection", "github", "{.metadata.generation}")
+    );
+    // The gateway's status names what was left out; its configuration carries the good objects
+    // and the referenced Secret, never the missing one.
+    assert!(ready_message(&env, "agentgateway", "main").contains("Connection github"));
+    let config = jsonpath(
+        &env,
+        "secret",
+        "agentgate-main-config",
+        "{.data.manifests\\.yaml}",
+    );
+    let config = String::from_utf8(base64_decode(&config)).expect("UTF-8");
+    assert!(
+        config.contains("okta-admin") && !config.contains("\"name\":\"github\""),
+        "{config}"
+    );
+    let hash = jsonpath(&env, "agentgateway", "main", "{.status.configHash}");
+    assert_eq!(hash.len(), 64);
+
+    // Fixing the reference makes the connection Ready and publishes a new configuration.
+    let secret = env.file(
+        "github.yaml",
+        &format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: github-token, namespace: {ns}}}\nstringData: {{token: gh}}\n"),
+    );
+    env.kubectl_ok("admin", &["apply", "-f", &secret]);
+    eventually("github to become Ready", &op, Duration::from_secs(10), || {
+        ready(&env, "connection", "github") == "True"
+    });
+    eventually("a new configuration hash", &op, Duration::from_secs(10), || {
+        jsonpath(&env, "agentgateway", "main", "{.status.configHash}") != hash
+    });
+
+    // An object the compiler refuses names its field: a policy naming an unknown identity.
+    let bad = env.file(
+        "bad.yaml",
+        &format!(
+            r#"apiVersion: agentgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: typo, namespace: {ns}}}
+spec:
+  subjects: {{identities: [ci-agnet]}}
+  connections: [github]
+  rules:
+    - {{name: read, action: Allow, http: {{methods: [GET], paths: ["/**"]}}}}
+"#
+        ),
+    );
+    env.kubectl_ok("admin", &["apply", "-f", &bad]);
+    eventually(
+        "the typo policy to be Invalid",
+        &op,
+        Duration::from_secs(10),
+        || ready(&env, "accesspolicy", "typo") == "False",
+    );
+    assert_eq!(
+        ready_message(&env, "accesspolicy", "typo"),
+        format!("spec.subjects.identities[0]: AgentIdentity {ns}/ci-agnet not found")
+    );
+    // One bad object does not stop the others.
+    assert_eq!(ready(&env, "accesspolicy", "okta-read"), "True");
+    assert_eq!(ready(&env, "agentgateway", "main"), "True");
+    // Events tell what happened.
+    let events = env.kubectl_ok(
+        "admin",
+        &["get", "events.events.k8s.io", "-o", "jsonpath={.items[*].reason}"],
+    );
+    assert!(events.contains("ConfigPublished"), "{events}");
+
+    // Deleting the gateway deletes everything it owns.
+    env.kubectl_ok("admin", &["delete", "agentgateway", "main"]);
+    eventually("the children to be deleted", &op, Duration::from_secs(30), || {
+        [
+            "deployment",
+            "service",
+            "secret",
+            "role",
+            "rolebinding",
+            "serviceaccount",
+            "poddisruptionbudget",
+        ]
+        .iter()
+        .all(|kind| {
+            let name = if *kind == "secret" {
+                "agentgate-main-config"
+            } else {
+                "agentgate-main"
+            };
+            !env.kubectl("admin", &["get", kind, name]).status.success()
+        })
+    });
+    let metrics = curl_get(&format!("http://127.0.0.1:{}/metrics", op.metrics)).1;
+    assert!(
+        metrics.contains("agentgate_operator_reconciles_total{controller=\"gateway\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_second_replica_waits_on_the_lease_and_takes_over() {
+    let env = TestEnv::start();
+    let mut first = Operator::start(&env, "operator-a");
+    eventually("operator-a to lead", &first, Duration::from_secs(20), || {
+        first.is_leader()
+    });
+    let second = Operator::start(&env, "operator-b");
+    // The standby is healthy and ready, and does not lead while the Lease is renewed.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!second.is_leader(), "two leaders:\n{}", second.process.output());
+    assert_eq!(
+        curl_get(&format!("http://127.0.0.1:{}/readyz", second.metrics)),
+        (200, "standby\n".to_string())
+    );
+    assert_eq!(
+        jsonpath(&env, "lease", "agentgate-operator", "{.spec.holderIdentity}"),
+        "operator-a"
+    );
+    // The leader dies without releasing the Lease: the standby takes over once it expires.
+    first.process.signal("KILL", Duration::from_secs(5));
+    eventually("operator-b to lead", &second, Duration::from_secs(40), || {
+        second.is_leader()
+    });
+    assert_eq!(
+        jsonpath(&env, "lease", "agentgate-operator", "{.spec.holderIdentity}"),
+        "operator-b"
+    );
+}
+
+#[test]
+fn the_gateway_in_kubernetes_mode_enforces_a_policy_change() {
+    let env = TestEnv::start();
+    let ns = env.namespace().to_string();
+    let idp = OidcProvider::start();
+    let upstream = EchoUpstream::start();
+    let port = free_port();
+    let admin = free_port();
+    let data = tempfile::tempdir().expect("temp dir");
+    let yaml = okta_manifests(&OktaSetup {
+        issuer: &idp.issuer,
+        upstream: &upstream.url(),
+        upstream_token: "canary-ssws-token",
+        require_dpop: false,
+    })
+    .replace("${LISTEN_PORT}", &port.to_string())
+    .replace("${SESSIONS}", &data.path().join("sessions").display().to_string())
+    .replace("namespace: e2e", &format!("namespace: {ns}"));
+    // The Namespace document is the test environment's business.
+    let yaml = yaml
+        .split_once("---\n")
+        .map(|(_, rest)| rest.to_string())
+        .expect("documents");
+    let file = env.file("okta.yaml", &yaml);
+    env.kubectl_ok("admin", &["apply", "-f", &file]);
+    let op = Operator::start(&env, "operator-a");
+    eventually("the gateway configuration", &op, Duration::from_secs(30), || {
+        ready(&env, "agentgateway", "gw") == "True"
+    });
+
+    let mut cmd = Command::new(binary("agentgate"));
+    cmd.args(["run", "--config-secret", "agentgate-gw-config", "--gateway", "gw"])
+        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("KUBECONFIG", env.kubeconfig("gateway"))
+        .env("POD_NAMESPACE", &ns);
+    let gateway = Process::start("agentgate", cmd);
+    let up = wait_for(Duration::from_secs(30), || {
+        (curl_get(&format!("http://127.0.0.1:{admin}/readyz")).0 == 200).then_some(())
+    });
+    assert!(up.is_some(), "gateway not ready:\n{}", gateway.output());
+
+    let token = idp.token("ci-agent", "api://agentgate", None)["access_token"]
+        .as_str()
+        .expect("a token")
+        .to_string();
+    let auth = format!("Authorization: Bearer {token}");
+    let url = format!("http://127.0.0.1:{port}/okta/api/v1/users");
+    let allowed = curl(&["-H", &auth], &url);
+    assert_eq!(allowed.status, 200, "{}\n{}", allowed.body, gateway.output());
+
+    // Deny what was allowed: the running gateway enforces it without a restart.
+    let deny = env.file(
+        "deny.yaml",
+        &format!(
+            r#"apiVersion: agentgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: freeze, namespace: {ns}}}
+spec:
+  subjects: {{identities: [ci-agent]}}
+  connections: [okta]
+  rules:
+    - {{name: freeze-users, action: Deny, description: Change freeze., http: {{paths: ["/api/v1/users", "/api/v1/users/**"]}}}}
+"#
+        ),
+    );
+    let started = Instant::now();
+    env.kubectl_ok("admin", &["apply", "-f", &deny]);
+    let denied = wait_for(Duration::from_secs(10), || {
+        let r = curl(&["-H", &auth], &url);
+        (r.status == 403).then_some(r)
+    });
+    let elapsed = started.elapsed();
+    let denied = denied.unwrap_or_else(|| {
+        panic!(
+            "the change was not enforced:\n{}\n{}",
+            gateway.output(),
+            op.process.output()
+        )
+    });
+    assert!(denied.body.contains("freeze-users"), "{}", denied.body);
+    eprintln!("policy change enforced after {elapsed:?}");
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .expect("base64")
+}
