@@ -18,6 +18,9 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresq
 command -v sqlsmith >/dev/null || need_apt+=(sqlsmith)
 compgen -G '/usr/lib/llvm-*/lib/libclang.so' >/dev/null || need_apt+=(libclang-dev)
 command -v setpriv >/dev/null || need_apt+=(util-linux)
+# Chart tests (tests/tests/chart.rs): Lua for the Argo CD health checks, pip for the Helm engine.
+command -v lua5.4 >/dev/null || need_apt+=(lua5.4)
+python3 -c 'import helm_python' 2>/dev/null || python3 -m pip --version >/dev/null 2>&1 || need_apt+=(python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> installing ${need_apt[*]}"
   sudo=()
@@ -30,6 +33,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
   "${sudo[@]}" apt-get update -qq
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+if ! python3 -c 'import helm_python' 2>/dev/null; then
+  # The chart tests render and lint with Helm's own Go SDK, which this PyPI package bundles.
+  echo "==> installing helm-python-sdk (pip)"
+  python3 -m pip install --quiet helm-python-sdk==0.2.2 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages helm-python-sdk==0.2.2
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "==> installing cargo-nextest"

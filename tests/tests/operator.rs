@@ -343,63 +343,87 @@ fn a_second_replica_waits_on_the_lease_and_takes_over() {
     );
 }
 
-#[test]
-fn the_gateway_in_kubernetes_mode_enforces_a_policy_change() {
-    let env = TestEnv::start();
-    let ns = env.namespace().to_string();
-    let idp = OidcProvider::start();
-    let upstream = EchoUpstream::start();
-    let port = free_port();
-    let admin = free_port();
-    let data = tempfile::tempdir().expect("temp dir");
-    let yaml = okta_manifests(&OktaSetup {
-        issuer: &idp.issuer,
-        upstream: &upstream.url(),
-        upstream_token: "canary-ssws-token",
-        require_dpop: false,
-    })
-    .replace("${LISTEN_PORT}", &port.to_string())
-    .replace("${SESSIONS}", &data.path().join("sessions").display().to_string())
-    .replace("namespace: e2e", &format!("namespace: {ns}"));
-    // The Namespace document is the test environment's business.
-    let yaml = yaml
-        .split_once("---\n")
-        .map(|(_, rest)| rest.to_string())
-        .expect("documents");
-    let file = env.file("okta.yaml", &yaml);
-    env.kubectl_ok("admin", &["apply", "-f", &file]);
-    let op = Operator::start(&env, "operator-a");
-    eventually("the gateway configuration", &op, Duration::from_secs(30), || {
-        ready(&env, "agentgateway", "gw") == "True"
-    });
+/// The operator and the gateway binary in Kubernetes mode, with the Okta-like setup of the HTTP
+/// tests: an OIDC provider, an echo upstream and one policy allowing `GET /okta/api/v1/users`.
+struct KubernetesMode {
+    env: TestEnv,
+    _idp: OidcProvider,
+    _upstream: EchoUpstream,
+    _data: tempfile::TempDir,
+    op: Operator,
+    gateway: Process,
+    auth: String,
+    url: String,
+}
 
-    let mut cmd = Command::new(binary("agentgate"));
-    cmd.args(["run", "--config-secret", "agentgate-gw-config", "--gateway", "gw"])
-        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-        .arg("--data-dir")
-        .arg(data.path())
-        .env("KUBECONFIG", env.kubeconfig("gateway"))
-        .env("POD_NAMESPACE", &ns);
-    let gateway = Process::start("agentgate", cmd);
-    let up = wait_for(Duration::from_secs(30), || {
-        (curl_get(&format!("http://127.0.0.1:{admin}/readyz")).0 == 200).then_some(())
-    });
-    assert!(up.is_some(), "gateway not ready:\n{}", gateway.output());
+impl KubernetesMode {
+    fn start() -> Self {
+        let env = TestEnv::start();
+        let ns = env.namespace().to_string();
+        let idp = OidcProvider::start();
+        let upstream = EchoUpstream::start();
+        let port = free_port();
+        let admin = free_port();
+        let data = tempfile::tempdir().expect("temp dir");
+        let yaml = okta_manifests(&OktaSetup {
+            issuer: &idp.issuer,
+            upstream: &upstream.url(),
+            upstream_token: "canary-ssws-token",
+            require_dpop: false,
+        })
+        .replace("${LISTEN_PORT}", &port.to_string())
+        .replace("${SESSIONS}", &data.path().join("sessions").display().to_string())
+        .replace("namespace: e2e", &format!("namespace: {ns}"));
+        // The Namespace document is the test environment's business.
+        let yaml = yaml
+            .split_once("---\n")
+            .map(|(_, rest)| rest.to_string())
+            .expect("documents");
+        let file = env.file("okta.yaml", &yaml);
+        env.kubectl_ok("admin", &["apply", "-f", &file]);
+        let op = Operator::start(&env, "operator-a");
+        eventually("the gateway configuration", &op, Duration::from_secs(30), || {
+            ready(&env, "agentgateway", "gw") == "True"
+        });
+        let mut cmd = Command::new(binary("agentgate"));
+        cmd.args(["run", "--config-secret", "agentgate-gw-config", "--gateway", "gw"])
+            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+            .arg("--data-dir")
+            .arg(data.path())
+            .env("KUBECONFIG", env.kubeconfig("gateway"))
+            .env("POD_NAMESPACE", &ns);
+        let gateway = Process::start("agentgate", cmd);
+        let up = wait_for(Duration::from_secs(30), || {
+            (curl_get(&format!("http://127.0.0.1:{admin}/readyz")).0 == 200).then_some(())
+        });
+        assert!(up.is_some(), "gateway not ready:\n{}", gateway.output());
+        let token = idp.token("ci-agent", "api://agentgate", None)["access_token"]
+            .as_str()
+            .expect("a token")
+            .to_string();
+        Self {
+            env,
+            _idp: idp,
+            _upstream: upstream,
+            _data: data,
+            op,
+            gateway,
+            auth: format!("Authorization: Bearer {token}"),
+            url: format!("http://127.0.0.1:{port}/okta/api/v1/users"),
+        }
+    }
 
-    let token = idp.token("ci-agent", "api://agentgate", None)["access_token"]
-        .as_str()
-        .expect("a token")
-        .to_string();
-    let auth = format!("Authorization: Bearer {token}");
-    let url = format!("http://127.0.0.1:{port}/okta/api/v1/users");
-    let allowed = curl(&["-H", &auth], &url);
-    assert_eq!(allowed.status, 200, "{}\n{}", allowed.body, gateway.output());
+    fn status(&self) -> (u16, String) {
+        let r = curl(&["-H", &self.auth], &self.url);
+        (r.status, r.body)
+    }
 
-    // Deny what was allowed: the running gateway enforces it without a restart.
-    let deny = env.file(
-        "deny.yaml",
-        &format!(
-            r#"apiVersion: agentgate.dev/v1alpha1
+    fn freeze_file(&self) -> String {
+        let ns = self.env.namespace();
+        self.env.file(
+            "freeze.yaml",
+            &format!(
+                r#"apiVersion: agentgate.dev/v1alpha1
 kind: AccessPolicy
 metadata: {{name: freeze, namespace: {ns}}}
 spec:
@@ -408,24 +432,68 @@ spec:
   rules:
     - {{name: freeze-users, action: Deny, description: Change freeze., http: {{paths: ["/api/v1/users", "/api/v1/users/**"]}}}}
 "#
-        ),
-    );
-    let started = Instant::now();
-    env.kubectl_ok("admin", &["apply", "-f", &deny]);
-    let denied = wait_for(Duration::from_secs(10), || {
-        let r = curl(&["-H", &auth], &url);
-        (r.status == 403).then_some(r)
-    });
-    let elapsed = started.elapsed();
-    let denied = denied.unwrap_or_else(|| {
-        panic!(
-            "the change was not enforced:\n{}\n{}",
-            gateway.output(),
-            op.process.output()
+            ),
         )
-    });
-    assert!(denied.body.contains("freeze-users"), "{}", denied.body);
+    }
+
+    /// Runs `kubectl args` and returns how long until the gateway answers `want`.
+    fn time_until(&self, args: &[&str], want: u16) -> Duration {
+        let started = Instant::now();
+        self.env.kubectl_ok("admin", args);
+        let seen = wait_for(Duration::from_secs(10), || {
+            (self.status().0 == want).then_some(())
+        });
+        assert!(
+            seen.is_some(),
+            "the change was not enforced:\n{}\n{}",
+            self.gateway.output(),
+            self.op.process.output()
+        );
+        started.elapsed()
+    }
+}
+
+#[test]
+fn the_gateway_in_kubernetes_mode_enforces_a_policy_change() {
+    let k = KubernetesMode::start();
+    let (status, body) = k.status();
+    assert_eq!(status, 200, "{body}\n{}", k.gateway.output());
+    // Deny what was allowed: the running gateway enforces it without a restart.
+    let freeze = k.freeze_file();
+    let elapsed = k.time_until(&["apply", "-f", &freeze], 403);
+    let (_, body) = k.status();
+    assert!(body.contains("freeze-users"), "{body}");
     eprintln!("policy change enforced after {elapsed:?}");
+    // And lifting it is enforced too.
+    k.time_until(&["delete", "accesspolicy", "freeze"], 200);
+}
+
+/// Propagation benchmark (run by `bench/operator.sh`, not in CI): CR change → enforced by the
+/// running gateway, over many changes; prints p50, p99 and max.
+#[test]
+#[ignore = "benchmark: bench/operator.sh runs it"]
+fn propagation_latency() {
+    let rounds: usize = std::env::var("AGENTGATE_PROPAGATION_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let k = KubernetesMode::start();
+    assert_eq!(k.status().0, 200);
+    let freeze = k.freeze_file();
+    let mut samples = Vec::new();
+    for _ in 0..rounds {
+        samples.push(k.time_until(&["apply", "-f", &freeze], 403));
+        samples.push(k.time_until(&["delete", "accesspolicy", "freeze"], 200));
+    }
+    samples.sort();
+    let pick = |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
+    println!(
+        "propagation: {} changes; p50 {} ms, p99 {} ms, max {} ms (includes kubectl's own run time)",
+        samples.len(),
+        pick(0.50).as_millis(),
+        pick(0.99).as_millis(),
+        samples.last().map_or(0, Duration::as_millis)
+    );
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {
@@ -433,4 +501,103 @@ fn base64_decode(s: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(s.trim())
         .expect("base64")
+}
+
+fn approval_request(ns: &str, name: &str, rule: &str, expires_at: &str) -> String {
+    format!(
+        r#"apiVersion: agentgate.dev/v1alpha1
+kind: ApprovalRequest
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  identity: ci-agent
+  requester: ci-agent-subject
+  connection: okta-admin
+  operation: {{kind: HTTP, summary: "DELETE /api/v1/users/00u1", fingerprint: "0123abcd"}}
+  policy: {{name: okta-admin-writes, rule: {rule}}}
+  grant: {{type: Window, duration: 30m}}
+  expiresAt: "{expires_at}"
+"#
+    )
+}
+
+#[test]
+fn approval_requests_are_decided_with_kubectl_patch() {
+    let env = TestEnv::start();
+    let ns = env.namespace().to_string();
+    let policy = format!(
+        r#"apiVersion: agentgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {{name: okta-admin-writes, namespace: {ns}}}
+spec:
+  subjects: {{identities: [ci-agent]}}
+  connections: [okta-admin]
+  rules:
+    - name: two-approvers
+      action: RequireApproval
+      http: {{methods: [DELETE], paths: ["/api/v1/users/**"]}}
+      approval: {{approvers: {{groups: [identity-team]}}, minApprovals: 2, mode: Defer, grant: {{type: Window, duration: 30m}}}}
+    - name: one-approver
+      action: RequireApproval
+      http: {{methods: [POST], paths: ["/api/v1/users/**"]}}
+      approval: {{approvers: {{groups: [identity-team]}}, mode: Hold}}
+"#
+    );
+    let file = env.file("objects.yaml", &format!("{}---\n{policy}", objects(&ns)));
+    env.kubectl_ok("admin", &["apply", "-f", &file]);
+    let op = Operator::start(&env, "operator-a");
+    let later = agentgate::approval::format_time(agentgate::approval::unix_now() + 600);
+    let soon = agentgate::approval::format_time(agentgate::approval::unix_now() + 2);
+    let requests = [
+        approval_request(&ns, "two", "two-approvers", &later),
+        approval_request(&ns, "deny-me", "one-approver", &later),
+        approval_request(&ns, "nobody", "one-approver", &soon),
+    ]
+    .join("---\n");
+    let file = env.file("requests.yaml", &requests);
+    env.kubectl_ok("admin", &["create", "-f", &file]);
+    let phase = |name: &str| jsonpath(&env, "approvalrequest", name, "{.status.phase}");
+    let decide = |name: &str, user: &str, state: &str| {
+        let patch =
+            format!(r#"{{"spec":{{"decisions":{{"{user}":{{"state":"{state}","reason":"INC-42"}}}}}}}}"#);
+        env.kubectl_ok(
+            "admin",
+            &["patch", "approvalrequest", name, "--type", "merge", "-p", &patch],
+        );
+    };
+    eventually("new requests to be Pending", &op, Duration::from_secs(20), || {
+        phase("two") == "Pending"
+    });
+
+    // The requester's own decision does not count; one approver of two is not enough.
+    decide("two", "ci-agent-subject", "Approved");
+    decide("two", "alice", "Approved");
+    eventually("one counted approval", &op, Duration::from_secs(10), || {
+        jsonpath(&env, "approvalrequest", "two", "{.status.approvals}") == "1"
+    });
+    assert_eq!(phase("two"), "Pending");
+    decide("two", "bob", "Approved");
+    eventually("two approvals to approve", &op, Duration::from_secs(10), || {
+        phase("two") == "Approved"
+    });
+    let grant_end = jsonpath(&env, "approvalrequest", "two", "{.status.grantExpiresAt}");
+    let decided = jsonpath(&env, "approvalrequest", "two", "{.status.decidedAt}");
+    let window = agentgate::approval::parse_time(&grant_end).unwrap()
+        - agentgate::approval::parse_time(&decided).unwrap();
+    assert_eq!(window, 1800, "a 30m window");
+
+    decide("deny-me", "carol", "Denied");
+    eventually("a denial", &op, Duration::from_secs(10), || {
+        phase("deny-me") == "Denied"
+    });
+
+    // Nobody decided before expiresAt.
+    eventually("expiry", &op, Duration::from_secs(15), || {
+        phase("nobody") == "Expired"
+    });
+    // The printer columns show the phase to approvers.
+    let table = env.kubectl_ok("admin", &["get", "approvalrequests"]);
+    assert!(
+        table.contains("Approved") && table.contains("Denied") && table.contains("Expired"),
+        "{table}"
+    );
 }
