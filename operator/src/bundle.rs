@@ -26,8 +26,8 @@ use sha2::{Digest, Sha256};
 pub const GATEWAY_ADMIN_PORT: u16 = 9090;
 /// Where gateway pods keep writable state: relative recording paths and the approval store.
 pub const GATEWAY_DATA_DIR: &str = "/var/lib/agentgate";
-/// Largest compiled configuration: a Secret must stay under the API server's 1 MiB object limit,
-/// with room for metadata.
+/// Largest compiled configuration, compressed and base64-encoded: a Secret must stay under the API
+/// server's 1 MiB object limit, with room for metadata.
 pub const MAX_CONFIG_BYTES: usize = 1_000_000;
 
 /// An object of the namespace, by kind and name.
@@ -76,8 +76,10 @@ pub enum Verdict {
 /// The configuration published for a gateway.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Published {
-    /// The manifests, as the gateway reads them from its configuration Secret.
+    /// The manifests, as the gateway loads them.
     pub manifests: String,
+    /// `manifests` compressed, as the configuration Secret carries them.
+    pub compressed: Vec<u8>,
     /// SHA-256 of `manifests`, hex.
     pub hash: String,
     pub connections: usize,
@@ -168,6 +170,7 @@ pub fn compile(ns: &Namespace, gateway: &str) -> Compiled {
             Ok(config) => {
                 break Ok(Published {
                     hash: hex(&Sha256::digest(text.as_bytes())),
+                    compressed: agentgate::config::kubernetes::encode_config(&text),
                     connections: config.connections.len(),
                     identities: config.identities.len(),
                     policies: config.policies.len(),
@@ -215,10 +218,10 @@ pub fn compile(ns: &Namespace, gateway: &str) -> Compiled {
         }
     };
     let gateway_result = outcome.and_then(|p| {
-        if p.manifests.len() > MAX_CONFIG_BYTES {
+        let encoded = p.compressed.len().div_ceil(3) * 4;
+        if encoded > MAX_CONFIG_BYTES {
             Err(format!(
-                "the compiled configuration is {} bytes, over the {MAX_CONFIG_BYTES}-byte limit of one Secret; split the namespace's objects across gateways in several namespaces",
-                p.manifests.len()
+                "the compiled configuration is {encoded} bytes compressed, over the {MAX_CONFIG_BYTES}-byte limit of one Secret; split the namespace's objects across gateways in several namespaces"
             ))
         } else {
             Ok(p)

@@ -96,7 +96,7 @@ pub fn role_binding(g: &AgentGateway) -> Value {
 }
 
 /// The compiled configuration. Data is base64, as the API takes it.
-pub fn config_secret(g: &AgentGateway, manifests: &str, hash: &str) -> Value {
+pub fn config_secret(g: &AgentGateway, compressed: &[u8], hash: &str) -> Value {
     let mut meta = metadata(g, &config_secret_name(&g.name_any()));
     meta["annotations"] = json!({ HASH_ANNOTATION: hash });
     json!({
@@ -104,7 +104,7 @@ pub fn config_secret(g: &AgentGateway, manifests: &str, hash: &str) -> Value {
         "kind": "Secret",
         "metadata": meta,
         "type": "Opaque",
-        "data": { CONFIG_KEY: base64(manifests.as_bytes()) },
+        "data": { CONFIG_KEY: base64(compressed) },
     })
 }
 
@@ -243,7 +243,7 @@ mod tests {
             service_account(&g),
             role(&g),
             role_binding(&g),
-            config_secret(&g, "x", "h"),
+            config_secret(&g, b"x", "h"),
             deployment(&g, "img"),
             service(&g),
             pod_disruption_budget(&g),

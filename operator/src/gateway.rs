@@ -76,7 +76,7 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
             apply::<Secret>(
                 client,
                 &ns,
-                children::config_secret(&gw, &published.manifests, &published.hash),
+                children::config_secret(&gw, &published.compressed, &published.hash),
                 &pp,
             )
             .await?;

@@ -225,9 +225,9 @@ fn applied_objects_become_a_gateway_deployment_and_statuses() {
         &env,
         "secret",
         "agentgate-main-config",
-        "{.data.manifests\\.yaml}",
+        "{.data.manifests\\.yaml\\.gz}",
     );
-    let config = String::from_utf8(base64_decode(&config)).expect("UTF-8");
+    let config = agentgate::config::kubernetes::decode_config(&base64_decode(&config)).expect("gzip");
     assert!(
         config.contains("okta-admin") && !config.contains("\"name\":\"github\""),
         "{config}"

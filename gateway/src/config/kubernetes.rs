@@ -19,8 +19,37 @@ use super::manifest::parse_documents;
 use super::watch::ConfigWatcher;
 use super::{ConfigError, ConfigErrors, GatewayConfig, LoadOptions, compile_manifests};
 
-/// The key of the compiled configuration in the Secret.
-pub const CONFIG_KEY: &str = "manifests.yaml";
+/// The key of the compiled configuration in the Secret: the manifests, gzip-compressed (5,000
+/// policies are about 1.5 MB of text, over the API server's 1 MiB object limit; compressed, a
+/// tenth of that).
+pub const CONFIG_KEY: &str = "manifests.yaml.gz";
+/// Largest configuration accepted once decompressed: a bound on what a small compressed value can
+/// expand to.
+pub const MAX_CONFIG_TEXT: u64 = 64 * 1024 * 1024;
+
+/// Compresses a configuration for the Secret.
+pub fn encode_config(text: &str) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    // Writing to a Vec cannot fail.
+    let _ = encoder.write_all(text.as_bytes());
+    encoder.finish().unwrap_or_default()
+}
+
+/// Decompresses a configuration from the Secret, refusing corrupt data, non-UTF-8 text and
+/// anything that expands beyond [`MAX_CONFIG_TEXT`].
+pub fn decode_config(bytes: &[u8]) -> Result<String, String> {
+    use std::io::Read;
+    let mut text = String::new();
+    let mut decoder = flate2::read::GzDecoder::new(bytes).take(MAX_CONFIG_TEXT + 1);
+    decoder
+        .read_to_string(&mut text)
+        .map_err(|e| format!("{CONFIG_KEY} is not gzip-compressed UTF-8 text: {e}"))?;
+    if text.len() as u64 > MAX_CONFIG_TEXT {
+        return Err(format!("{CONFIG_KEY} expands beyond {MAX_CONFIG_TEXT} bytes"));
+    }
+    Ok(text)
+}
 
 /// Where a compiled configuration Secret is, and who reads it.
 #[derive(Clone, Debug)]
@@ -47,9 +76,9 @@ pub fn load_secret(
         .data
         .as_ref()
         .and_then(|d| d.get(CONFIG_KEY))
-        .ok_or_else(|| fail("the Secret has no manifests.yaml key"))?;
-    let text = std::str::from_utf8(&bytes.0).map_err(|_| fail("manifests.yaml is not UTF-8"))?;
-    let manifests = parse_documents(&label, text).map_err(|e| ConfigErrors(vec![e]))?;
+        .ok_or_else(|| fail(&format!("the Secret has no {CONFIG_KEY} key")))?;
+    let text = decode_config(&bytes.0).map_err(|e| fail(&e))?;
+    let manifests = parse_documents(&label, &text).map_err(|e| ConfigErrors(vec![e]))?;
     compile_manifests(manifests, options)
 }
 
@@ -96,5 +125,25 @@ pub async fn run(
             }
             None => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_configuration_round_trips_through_compression() {
+        let text = "apiVersion: v1\nkind: Secret\n".repeat(1000);
+        let packed = encode_config(&text);
+        assert!(packed.len() < text.len() / 10);
+        assert_eq!(decode_config(&packed).unwrap(), text);
+    }
+
+    #[test]
+    fn corrupt_or_oversized_data_is_refused() {
+        assert!(decode_config(b"not gzip").unwrap_err().contains("not gzip"));
+        let bomb = encode_config(&"a".repeat(MAX_CONFIG_TEXT as usize + 1));
+        assert!(decode_config(&bomb).unwrap_err().contains("expands beyond"));
     }
 }
