@@ -4,6 +4,7 @@
 //! - [`gateway`]: an AgentGateway → its ServiceAccount, Role, compiled configuration Secret,
 //!   Deployment, Service and PodDisruptionBudget, and the status of every object it uses;
 //! - [`bundle`]: compiling a gateway's configuration with the gateway's own compiler;
+//! - [`objects`]: the status of objects no gateway compiles (a Connection naming no gateway);
 //! - [`approval`]: ApprovalRequest phases, expiry and garbage collection;
 //! - [`leader`]: leader election on a Lease, so two replicas are safe;
 //! - [`telemetry`]: metrics and the health endpoints.
@@ -17,6 +18,7 @@ pub mod context;
 pub mod fixtures;
 pub mod gateway;
 pub mod leader;
+pub mod objects;
 pub mod run;
 pub mod telemetry;
 

@@ -16,6 +16,7 @@ use kube::{Api, ResourceExt};
 
 use crate::context::{Context, Settings, Stores};
 use crate::leader::Elector;
+use crate::objects::{self, Reported};
 use crate::telemetry::{Metrics, Phase};
 use crate::{Error, MANAGER, approval, gateway};
 
@@ -173,14 +174,50 @@ async fn controllers(
                 tracing::debug!(error = %e, "gateway controller");
             }
         });
-    let approval_loop = Controller::new(Api::<ApprovalRequest>::all(client.clone()), all)
+    let approval_loop = Controller::new(Api::<ApprovalRequest>::all(client.clone()), all.clone())
         .with_config(config)
-        .graceful_shutdown_on(stopped(stop))
-        .run(approval::reconcile, approval::error_policy, ctx)
+        .graceful_shutdown_on(stopped(stop.clone()))
+        .run(approval::reconcile, approval::error_policy, ctx.clone())
         .for_each(|r| async move {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "approval controller");
             }
         });
-    tokio::join!(gateway_loop, approval_loop);
+    let stop_objects = stop.clone();
+    tokio::join!(
+        gateway_loop,
+        approval_loop,
+        object_loop::<Connection>(client.clone(), ctx.clone(), stop_objects.clone()),
+        object_loop::<AgentIdentity>(client.clone(), ctx.clone(), stop_objects.clone()),
+        object_loop::<AccessPolicy>(client, ctx, stop_objects),
+    );
+}
+
+/// The [`objects`] controller for kind `K`, re-run for every object of a namespace when a gateway
+/// there appears or goes.
+async fn object_loop<K: Reported>(
+    client: kube::Client,
+    ctx: Arc<Context>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let all = watcher::Config::default();
+    let controller = Controller::new(Api::<K>::all(client.clone()), all.clone());
+    let store = controller.store();
+    controller
+        .watches(Api::<AgentGateway>::all(client), all, move |g: AgentGateway| {
+            let ns = g.namespace();
+            store
+                .state()
+                .iter()
+                .filter(|o| o.namespace() == ns)
+                .map(|o| ObjectRef::from_obj(&**o))
+                .collect::<Vec<_>>()
+        })
+        .with_config(controller::Config::default().debounce(DEBOUNCE))
+        .graceful_shutdown_on(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .run(objects::reconcile::<K>, objects::error_policy::<K>, ctx)
+        .for_each(|_| async {})
+        .await;
 }

@@ -274,6 +274,31 @@ spec:
         ready_message(&env, "accesspolicy", "typo"),
         format!("spec.subjects.identities[0]: AgentIdentity {ns}/ci-agnet not found")
     );
+    // A Connection naming a gateway that does not exist says so.
+    let stray = env.file(
+        "stray.yaml",
+        &format!(
+            r#"apiVersion: agentgate.dev/v1alpha1
+kind: Connection
+metadata: {{name: stray, namespace: {ns}}}
+spec:
+  gatewayRef: {{name: mian}}
+  type: HTTP
+  endpoint: https://example.com
+  route: {{host: stray.gateway.internal}}
+"#
+        ),
+    );
+    env.kubectl_ok("admin", &["apply", "-f", &stray]);
+    eventually(
+        "the stray connection to be Invalid",
+        &op,
+        Duration::from_secs(10),
+        || {
+            ready_message(&env, "connection", "stray")
+                == format!("spec.gatewayRef.name: AgentGateway {ns}/mian not found")
+        },
+    );
     // One bad object does not stop the others.
     assert_eq!(ready(&env, "accesspolicy", "okta-read"), "True");
     assert_eq!(ready(&env, "agentgateway", "main"), "True");
@@ -306,6 +331,16 @@ spec:
             !env.kubectl("admin", &["get", kind, name]).status.success()
         })
     });
+    // With no gateway left, the namespace's policies say that nothing uses them.
+    eventually(
+        "the policy to report no gateway",
+        &op,
+        Duration::from_secs(10),
+        || {
+            ready_message(&env, "accesspolicy", "okta-read")
+                == format!("no AgentGateway in namespace {ns} uses this object")
+        },
+    );
     let metrics = curl_get(&format!("http://127.0.0.1:{}/metrics", op.metrics)).1;
     assert!(
         metrics.contains("agentgate_operator_reconciles_total{controller=\"gateway\"}"),
