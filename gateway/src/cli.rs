@@ -174,7 +174,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// Logs to stderr, filtered by `AGENTGATE_LOG` (default `info`); the operator logs the same way.
+pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AGENTGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -351,7 +352,8 @@ fn open_approvals(
     }
 }
 
-pub(crate) async fn wait_for_signal() {
+/// Resolves on Ctrl-C or SIGTERM (how Kubernetes stops a pod).
+pub async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

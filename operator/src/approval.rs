@@ -11,12 +11,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agentgate::approval::{format_time, parse_time, unix_now};
+use agentgate::approval::{format_time, grant_length, parse_time, unix_now};
 use agentgate_crds::approval::{ApprovalPhase, DecisionState};
-use agentgate_crds::policy::{ApprovalRule, GrantType};
+use agentgate_crds::policy::ApprovalRule;
 use agentgate_crds::{AccessPolicy, ApprovalRequest};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
@@ -86,17 +87,7 @@ pub fn evaluate(
         } else if approvals >= needed {
             e.phase = ApprovalPhase::Approved;
             e.decided_at = Some(now);
-            let usable = match spec.grant.r#type {
-                GrantType::Window => spec
-                    .grant
-                    .duration
-                    .as_ref()
-                    .and_then(|d| d.to_std().ok())
-                    .unwrap_or(max_grant)
-                    .min(max_grant),
-                GrantType::Once => max_grant,
-            };
-            e.grant_expires_at = Some(now.saturating_add(secs(usable)));
+            e.grant_expires_at = Some(now.saturating_add(secs(grant_length(&spec.grant, max_grant))));
         } else if expires_at <= now {
             e.phase = ApprovalPhase::Expired;
         } else {
@@ -139,12 +130,7 @@ fn secs(d: Duration) -> i64 {
 
 /// Reconciles one ApprovalRequest.
 pub async fn reconcile(request: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = ctx
-        .metrics
-        .duration
-        .with_label_values(&[CONTROLLER])
-        .start_timer();
-    ctx.metrics.reconciles.with_label_values(&[CONTROLLER]).inc();
+    let _timer = ctx.reconciling(CONTROLLER);
     ctx.stores.synced().await?;
     let ns = request
         .namespace()
@@ -153,9 +139,7 @@ pub async fn reconcile(request: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Resu
     let policy = ctx
         .stores
         .policies
-        .state()
-        .into_iter()
-        .find(|p| p.namespace().as_deref() == Some(&ns) && p.name_any() == request.spec.policy.name);
+        .get(&ObjectRef::new(&request.spec.policy.name).within(&ns));
     let rule = policy.as_deref().and_then(|p: &AccessPolicy| {
         p.spec
             .rules
@@ -213,30 +197,19 @@ pub async fn reconcile(request: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Resu
 
 /// Failed reconciles are retried after a short pause.
 pub fn error_policy(_r: Arc<ApprovalRequest>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .failures
-        .with_label_values(&[CONTROLLER, error.metric_label()])
-        .inc();
-    tracing::warn!(%error, "approval reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+    ctx.retry(CONTROLLER, error)
 }
 
 /// `approvals.maxGrant` of the gateway serving the request's connection.
 fn max_grant(ctx: &Context, ns: &str, connection: &str) -> Duration {
-    let gateway = ctx
-        .stores
+    let stores = &ctx.stores;
+    stores
         .connections
-        .state()
-        .into_iter()
-        .find(|c| c.namespace().as_deref() == Some(ns) && c.name_any() == connection)
-        .map(|c| c.spec.gateway_ref.name.clone());
-    gateway
-        .and_then(|g| {
-            ctx.stores
+        .get(&ObjectRef::new(connection).within(ns))
+        .and_then(|c| {
+            stores
                 .gateways
-                .state()
-                .into_iter()
-                .find(|x| x.namespace().as_deref() == Some(ns) && x.name_any() == g)
+                .get(&ObjectRef::new(&c.spec.gateway_ref.name).within(ns))
         })
         .and_then(|g| g.spec.approvals.max_grant.to_std().ok())
         .unwrap_or(DEFAULT_MAX_GRANT)

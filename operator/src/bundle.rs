@@ -17,6 +17,8 @@ use agentgate::config::manifest::Manifest;
 use agentgate::config::{ConfigError, LoadOptions, compile_manifests};
 use agentgate_crds::policy::Action as RuleAction;
 use agentgate_crds::{AccessPolicy, AgentGateway, AgentIdentity, Connection};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use k8s_openapi::api::core::v1::Secret;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -274,13 +276,14 @@ fn push_all<K: Serialize + kube::Resource>(out: &mut Vec<Candidate>, kind: &'sta
     }
 }
 
-/// A Secret as the loader takes it: only its name, type and data.
+/// A Secret as the loader takes it: only its name, type and data (k8s-openapi decoded the data;
+/// the loader takes it base64, as the API serves it).
 fn secret_value(namespace: &str, s: &Secret) -> Value {
     let data: Map<String, Value> = s
         .data
         .iter()
         .flatten()
-        .map(|(k, v)| (k.clone(), Value::String(agentgate_base64(&v.0))))
+        .map(|(k, v)| (k.clone(), Value::String(STANDARD.encode(&v.0))))
         .collect();
     let mut v = json!({
         "apiVersion": "v1",
@@ -292,14 +295,6 @@ fn secret_value(namespace: &str, s: &Secret) -> Value {
         v["type"] = Value::String(t.clone());
     }
     v
-}
-
-fn agentgate_base64(bytes: &[u8]) -> String {
-    // k8s-openapi decodes Secret data; the loader takes it as the API serves it, base64.
-    serde_json::to_value(k8s_openapi::ByteString(bytes.to_vec()))
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 /// Names of the Secrets an object's spec refers to (`*SecretRef.name`, `secretRef.name`,

@@ -6,6 +6,8 @@
 
 use agentgate_crds::AgentGateway;
 use agentgate_crds::gateway::ListenerProtocol;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
@@ -104,15 +106,8 @@ pub fn config_secret(g: &AgentGateway, compressed: &[u8], hash: &str) -> Value {
         "kind": "Secret",
         "metadata": meta,
         "type": "Opaque",
-        "data": { CONFIG_KEY: base64(compressed) },
+        "data": { CONFIG_KEY: STANDARD.encode(compressed) },
     })
-}
-
-fn base64(bytes: &[u8]) -> String {
-    serde_json::to_value(k8s_openapi::ByteString(bytes.to_vec()))
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 /// The gateway Deployment: non-root, read-only root file system, no capabilities, RuntimeDefault

@@ -69,6 +69,31 @@ impl Stores {
     }
 }
 
+impl Context {
+    /// Counts one reconcile of `controller` and times it until the returned timer drops.
+    pub fn reconciling(&self, controller: &str) -> prometheus::HistogramTimer {
+        self.metrics.reconciles.with_label_values(&[controller]).inc();
+        self.metrics
+            .duration
+            .with_label_values(&[controller])
+            .start_timer()
+    }
+
+    /// Every controller's error policy: count the failure, log it, retry after a short pause (the
+    /// API server may be briefly away).
+    pub fn retry(&self, controller: &str, error: &crate::Error) -> kube::runtime::controller::Action {
+        self.metrics
+            .failures
+            .with_label_values(&[controller, error.metric_label()])
+            .inc();
+        tracing::warn!(controller, %error, "reconcile failed; retrying");
+        kube::runtime::controller::Action::requeue(RETRY_AFTER)
+    }
+}
+
+/// Pause before a failed reconcile is retried.
+pub const RETRY_AFTER: Duration = Duration::from_secs(5);
+
 /// Shared by every reconcile.
 #[derive(Clone)]
 pub struct Context {

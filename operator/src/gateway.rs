@@ -5,8 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentgate_crds::common::CommonStatus;
-use agentgate_crds::{AccessPolicy, AgentGateway, AgentIdentity, Condition, Connection};
+use agentgate_crds::{AgentGateway, Condition};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -14,13 +13,14 @@ use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::bundle::{self, Compiled, ObjectKey, Verdict};
 use crate::conditions::{self, Desired};
 use crate::context::Context;
-use crate::{Error, MANAGER, children};
+use crate::{Error, MANAGER, children, objects};
 
 /// The controller's name in metrics and logs.
 pub const CONTROLLER: &str = "gateway";
@@ -29,12 +29,7 @@ pub const RESYNC: Duration = Duration::from_secs(300);
 
 /// Reconciles one AgentGateway.
 pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = ctx
-        .metrics
-        .duration
-        .with_label_values(&[CONTROLLER])
-        .start_timer();
-    ctx.metrics.reconciles.with_label_values(&[CONTROLLER]).inc();
+    let _timer = ctx.reconciling(CONTROLLER);
     if gw.meta().deletion_timestamp.is_some() {
         // The garbage collector removes the children through their ownerReferences.
         return Ok(Action::await_change());
@@ -66,11 +61,7 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
         let current = ctx
             .stores
             .secrets
-            .state()
-            .into_iter()
-            .find(|s| {
-                s.namespace().as_deref() == Some(&ns) && s.name_any() == children::config_secret_name(&name)
-            })
+            .get(&ObjectRef::new(&children::config_secret_name(&name)).within(&ns))
             .and_then(|s| s.annotations().get(children::HASH_ANNOTATION).cloned());
         if current.as_deref() != Some(published.hash.as_str()) {
             apply::<Secret>(
@@ -106,19 +97,14 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
     apply::<Service>(client, &ns, children::service(&gw), &pp).await?;
     apply::<PodDisruptionBudget>(client, &ns, children::pod_disruption_budget(&gw), &pp).await?;
 
-    report_objects(&ctx, &ns, &name, &snapshot, &compiled).await?;
+    report_objects(&ctx, &name, &snapshot, &compiled).await?;
     report_gateway(&ctx, &gw, &ns, &compiled).await?;
     Ok(Action::requeue(RESYNC))
 }
 
-/// Failed reconciles are retried after a short pause (the API server may be briefly away).
+/// Failed reconciles are retried after a short pause.
 pub fn error_policy(_gw: Arc<AgentGateway>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .failures
-        .with_label_values(&[CONTROLLER, error.metric_label()])
-        .inc();
-    tracing::warn!(%error, "gateway reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+    ctx.retry(CONTROLLER, error)
 }
 
 async fn apply<K>(client: &kube::Client, ns: &str, object: Value, pp: &PatchParams) -> Result<(), Error>
@@ -156,92 +142,45 @@ async fn publish_event(ctx: &Context, gw: &AgentGateway, type_: EventType, reaso
 /// changed.
 async fn report_objects(
     ctx: &Context,
-    ns: &str,
     gateway: &str,
     snapshot: &bundle::Namespace,
     compiled: &Compiled,
 ) -> Result<(), Error> {
     for (key, verdict) in &compiled.verdicts {
-        let (status, generation) = match key.kind {
-            "Connection" => find(&snapshot.connections, key, |o: &Connection| o.status.clone()),
-            "AgentIdentity" => find(&snapshot.identities, key, |o: &AgentIdentity| o.status.clone()),
-            "AccessPolicy" => find(&snapshot.policies, key, |o: &AccessPolicy| o.status.clone()),
-            _ => continue,
+        let (ready, reason, message) = match verdict {
+            Verdict::Ready => (
+                true,
+                "Compiled",
+                format!("in the configuration of AgentGateway {gateway}"),
+            ),
+            Verdict::Invalid(m) => (false, "Invalid", m.clone()),
+            Verdict::Quarantined(m) => (false, "Quarantined", m.clone()),
         };
-        let desired = match verdict {
-            Verdict::Ready => Desired {
-                r#type: "Ready",
-                status: true,
-                reason: "Compiled",
-                message: format!("in the configuration of AgentGateway {gateway}"),
-                observed_generation: generation,
-            },
-            Verdict::Invalid(m) => Desired {
-                r#type: "Ready",
-                status: false,
-                reason: "Invalid",
-                message: m.clone(),
-                observed_generation: generation,
-            },
-            Verdict::Quarantined(m) => Desired {
-                r#type: "Ready",
-                status: false,
-                reason: "Quarantined",
-                message: m.clone(),
-                observed_generation: generation,
-            },
-        };
-        let current = status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-        let (conditions, changed) = conditions::set(&current, &desired);
-        let same_generation = status.as_ref().and_then(|s| s.observed_generation) == generation;
-        if !changed && same_generation {
-            continue;
-        }
-        let body = json!({"status": {"observedGeneration": generation, "conditions": conditions}});
-        let pp = PatchParams::default();
-        let result = match key.kind {
-            "Connection" => patch_status::<Connection>(ctx, ns, &key.name, &body, &pp).await,
-            "AgentIdentity" => patch_status::<AgentIdentity>(ctx, ns, &key.name, &body, &pp).await,
-            _ => patch_status::<AccessPolicy>(ctx, ns, &key.name, &body, &pp).await,
-        };
-        match result {
-            // Deleted since the snapshot: nothing to report on.
-            Err(Error::Kube(kube::Error::Api(s))) if s.code == 404 => {}
-            other => other?,
+        match key.kind {
+            "Connection" => report(ctx, &snapshot.connections, key, ready, reason, message).await?,
+            "AgentIdentity" => report(ctx, &snapshot.identities, key, ready, reason, message).await?,
+            "AccessPolicy" => report(ctx, &snapshot.policies, key, ready, reason, message).await?,
+            _ => {}
         }
     }
     Ok(())
 }
 
-fn find<K: Resource>(
+async fn report<K: objects::Reported>(
+    ctx: &Context,
     objects: &[K],
     key: &ObjectKey,
-    status: impl Fn(&K) -> Option<CommonStatus>,
-) -> (Option<CommonStatus>, Option<i64>) {
-    objects
+    ready: bool,
+    reason: &str,
+    message: String,
+) -> Result<(), Error> {
+    match objects
         .iter()
         .find(|o| o.meta().name.as_deref() == Some(key.name.as_str()))
-        .map_or((None, None), |o| (status(o), o.meta().generation))
-}
-
-async fn patch_status<K>(
-    ctx: &Context,
-    ns: &str,
-    name: &str,
-    body: &Value,
-    pp: &PatchParams,
-) -> Result<(), Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    Api::<K>::namespaced(ctx.client.clone(), ns)
-        .patch_status(name, pp, &Patch::Merge(body))
-        .await?;
-    Ok(())
+    {
+        Some(o) => objects::report_ready(ctx, o, ready, reason, message).await,
+        None => Ok(()),
+    }
 }
 
 /// The gateway's own status: `Ready` (its configuration compiled and is published), `Available`

@@ -4,7 +4,6 @@
 //! cover the cases that reconcile never sees, so the two never write the same object.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use agentgate_crds::common::CommonStatus;
 use agentgate_crds::{AccessPolicy, AgentIdentity, Connection};
@@ -85,14 +84,46 @@ fn no_gateway(ctx: &Context, ns: &str) -> Option<(&'static str, String)> {
     })
 }
 
+/// Writes the object's `Ready` condition, when it or the observed generation changed. An object
+/// deleted meanwhile has nothing to report on. The gateway controller writes its verdicts with this
+/// too.
+pub async fn report_ready<K: Reported>(
+    ctx: &Context,
+    object: &K,
+    ready: bool,
+    reason: &str,
+    message: String,
+) -> Result<(), Error> {
+    let generation = object.meta().generation;
+    let current = object.status().map(|s| s.conditions.clone()).unwrap_or_default();
+    let desired = Desired {
+        r#type: "Ready",
+        status: ready,
+        reason,
+        message,
+        observed_generation: generation,
+    };
+    let (conditions, changed) = conditions::set(&current, &desired);
+    if !changed && object.status().and_then(|s| s.observed_generation) == generation {
+        return Ok(());
+    }
+    let ns = object
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let body = json!({"status": {"observedGeneration": generation, "conditions": conditions}});
+    match Api::<K>::namespaced(ctx.client.clone(), &ns)
+        .patch_status(&object.name_any(), &PatchParams::default(), &Patch::Merge(&body))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Reconciles one object of kind `K`.
 pub async fn reconcile<K: Reported>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = ctx
-        .metrics
-        .duration
-        .with_label_values(&[CONTROLLER])
-        .start_timer();
-    ctx.metrics.reconciles.with_label_values(&[CONTROLLER]).inc();
+    let _timer = ctx.reconciling(CONTROLLER);
     ctx.stores.synced().await?;
     let ns = object
         .namespace()
@@ -100,35 +131,11 @@ pub async fn reconcile<K: Reported>(object: Arc<K>, ctx: Arc<Context>) -> Result
     let Some((reason, message)) = object.orphaned(&ctx, &ns) else {
         return Ok(Action::await_change());
     };
-    let generation = object.meta().generation;
-    let current = object.status().map(|s| s.conditions.clone()).unwrap_or_default();
-    let desired = Desired {
-        r#type: "Ready",
-        status: false,
-        reason,
-        message,
-        observed_generation: generation,
-    };
-    let (conditions, changed) = conditions::set(&current, &desired);
-    if changed || object.status().and_then(|s| s.observed_generation) != generation {
-        let body = json!({"status": {"observedGeneration": generation, "conditions": conditions}});
-        match Api::<K>::namespaced(ctx.client.clone(), &ns)
-            .patch_status(&object.name_any(), &PatchParams::default(), &Patch::Merge(&body))
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    report_ready(&ctx, &*object, false, reason, message).await?;
     Ok(Action::await_change())
 }
 
 /// Failed reconciles are retried after a short pause.
 pub fn error_policy<K: Reported>(_o: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .failures
-        .with_label_values(&[CONTROLLER, error.metric_label()])
-        .inc();
-    Action::requeue(Duration::from_secs(5))
+    ctx.retry(CONTROLLER, error)
 }

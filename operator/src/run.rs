@@ -53,15 +53,9 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let stopped = {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
     tokio::select! {
         r = elector.acquire() => r?,
-        _ = stopped => {
+        () = stopped(stop_rx.clone()) => {
             metrics.set_phase(Phase::Stopping);
             server.abort();
             return Ok(());
@@ -142,9 +136,6 @@ async fn controllers(
         recorder,
     });
     let config = controller::Config::default().debounce(DEBOUNCE);
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let (g1, g2, g3, g4) = (
         gateways.clone(),
         gateways.clone(),
@@ -193,12 +184,17 @@ async fn controllers(
     );
 }
 
+/// Resolves once the stop flag is raised.
+async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
 /// The [`objects`] controller for kind `K`, re-run for every object of a namespace when a gateway
 /// there appears or goes.
 async fn object_loop<K: Reported>(
     client: kube::Client,
     ctx: Arc<Context>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let all = watcher::Config::default();
     let controller = Controller::new(Api::<K>::all(client.clone()), all.clone());
@@ -214,9 +210,7 @@ async fn object_loop<K: Reported>(
                 .collect::<Vec<_>>()
         })
         .with_config(controller::Config::default().debounce(DEBOUNCE))
-        .graceful_shutdown_on(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
+        .graceful_shutdown_on(stopped(stop))
         .run(objects::reconcile::<K>, objects::error_policy::<K>, ctx)
         .for_each(|_| async {})
         .await;

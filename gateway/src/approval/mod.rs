@@ -43,6 +43,21 @@ pub const RETAIN_FINISHED: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Longest identity prefix of a request name: `<identity>-<8 hex>` stays a DNS-1123 subdomain.
 const MAX_NAME_PREFIX: usize = 253 - 9;
 
+/// How long an approved grant lasts: a Window its duration (one without a valid duration gets the
+/// longest window allowed); an unused Once grant lapses after `max_grant`, so no approval waits
+/// for its operation forever. Never longer than `max_grant`.
+pub fn grant_length(grant: &Grant, max_grant: Duration) -> Duration {
+    match grant.r#type {
+        GrantType::Window => grant
+            .duration
+            .as_ref()
+            .and_then(|d| d.to_std().ok())
+            .unwrap_or(max_grant)
+            .min(max_grant),
+        GrantType::Once => max_grant,
+    }
+}
+
 /// What the data path asks for when a `RequireApproval` rule matched an operation.
 #[derive(Clone, Debug)]
 pub struct Ask {
@@ -614,18 +629,7 @@ impl Approvals {
         } else if approvals >= needed {
             status.phase = ApprovalPhase::Approved;
             status.decided_at = Some(format_time(now));
-            // A Window lasts its duration (one without a valid duration gets the longest window
-            // allowed); an unused Once grant lapses after maxGrant, so no approval waits forever.
-            let usable = match grant.r#type {
-                GrantType::Window => grant
-                    .duration
-                    .as_ref()
-                    .and_then(|d| d.to_std().ok())
-                    .unwrap_or(max_grant)
-                    .min(max_grant),
-                GrantType::Once => max_grant,
-            };
-            let secs = i64::try_from(usable.as_secs()).unwrap_or(i64::MAX);
+            let secs = i64::try_from(grant_length(&grant, max_grant).as_secs()).unwrap_or(i64::MAX);
             status.grant_expires_at = Some(format_time(now.saturating_add(secs)));
         }
         self.commit(&mut entries, request.clone())
