@@ -81,6 +81,11 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
     match req.uri().path() {
         "/healthz" | "/livez" => text(StatusCode::OK, "ok\n"),
         "/readyz" => match state.snapshots.borrow().as_ref() {
+            // Ready means serving: the listeners of the configuration are bound, not only loaded.
+            Some(_) if state.gateway.as_ref().is_some_and(|g| g.listening() == 0) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: the configuration's listeners are not all bound\n",
+            ),
             Some(s) => text(
                 StatusCode::OK,
                 &format!("ready: configuration generation {}\n", s.generation),

@@ -239,9 +239,10 @@ pub(crate) async fn run_gateway(
 ) -> ExitCode {
     let metrics = Metrics::new();
     let manifests = options.manifests.clone();
+    let gateway_name = options.gateway.clone();
     let (mut watcher, mut snapshots) = ConfigWatcher::new(options, metrics.clone());
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let watch_task = match config_source {
+    let (watch_task, client) = match config_source {
         ConfigSource::Directory(interval) => {
             if let Err(errors) = watcher.reload() {
                 // Keep running and serving /readyz = 503: fixing the files is picked up without a restart.
@@ -251,7 +252,7 @@ pub(crate) async fn run_gateway(
                     manifests.display()
                 );
             }
-            tokio::spawn(watcher.run(interval, shutdown_rx.clone()))
+            (tokio::spawn(watcher.run(interval, shutdown_rx.clone())), None)
         }
         ConfigSource::Kubernetes(source) => {
             let client = match kube::Client::try_default().await {
@@ -263,18 +264,18 @@ pub(crate) async fn run_gateway(
             };
             tracing::info!(namespace = %source.namespace, secret = %source.name, "watching the compiled configuration Secret");
             let task = tokio::spawn(config::kubernetes::run(
-                client,
-                source,
+                client.clone(),
+                source.clone(),
                 watcher,
                 shutdown_rx.clone(),
             ));
-            // The approval store's place comes from the configuration: give the first version a
-            // moment. Without it the gateway still serves /readyz = 503 until one arrives.
+            // Recording paths come from the configuration: give the first version a moment.
+            // Without it the gateway still serves /readyz = 503 until one arrives.
             let first = tokio::time::timeout(FIRST_CONFIG_WAIT, snapshots.wait_for(Option::is_some)).await;
             if first.is_err() {
                 eprintln!("no valid configuration yet; waiting for the configuration Secret");
             }
-            task
+            (task, Some((client, source.namespace)))
         }
     };
     let listener = match admin::bind(admin_addr).await {
@@ -286,7 +287,31 @@ pub(crate) async fn run_gateway(
         }
     };
     tracing::info!(addr = %admin_addr, "admin listener up");
-    let approvals = open_approvals(&snapshots, &manifests);
+    let approvals = match client {
+        None => open_approvals(&snapshots, &manifests),
+        // Kubernetes mode: requests are API objects, decided by patching them.
+        Some((client, namespace)) => {
+            let name =
+                gateway_name.or_else(|| snapshots.borrow().as_ref().map(|s| s.config.gateway.name.clone()));
+            match name {
+                Some(name) => {
+                    let approvals = crate::approval::Approvals::kubernetes(client, &namespace, &name);
+                    tokio::spawn(crate::approval::kubernetes::sync(
+                        approvals.clone(),
+                        metrics.clone(),
+                        shutdown_rx.clone(),
+                    ));
+                    Some(approvals)
+                }
+                None => {
+                    tracing::error!(
+                        "approvals unavailable: no --gateway and no configuration to name it; operations that need an approval are refused"
+                    );
+                    None
+                }
+            }
+        }
+    };
     let gateway = crate::protocol::http::Gateway::with_approvals(metrics.clone(), approvals.clone());
     let http_task = tokio::spawn(crate::protocol::http::server::run(
         gateway.clone(),

@@ -28,6 +28,8 @@ use crate::context::Context;
 pub const CONTROLLER: &str = "approval";
 /// The grant cap when the gateway of the request's connection cannot be found.
 pub const DEFAULT_MAX_GRANT: Duration = Duration::from_secs(8 * 3600);
+/// Pause before looking again at a request that changed while it was evaluated.
+const CONFLICT_RETRY: Duration = Duration::from_millis(200);
 /// Longest pause between two looks at a request.
 const RESYNC: Duration = Duration::from_secs(300);
 
@@ -182,12 +184,23 @@ pub async fn reconcile(request: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Resu
     });
     if desired != current {
         tracing::info!(request = %name, namespace = %ns, phase = ?e.phase, approvals = e.approvals, "approval request updated");
-        api.patch_status(
-            &name,
-            &PatchParams::default(),
-            &Patch::Merge(&json!({ "status": desired })),
-        )
-        .await?;
+        // Conditional on the version evaluated: a stale cache must never write Approved over the
+        // Used a gateway has just set (that would let a Once grant be spent twice).
+        let patch = json!({
+            "metadata": {"resourceVersion": request.resource_version()},
+            "status": desired,
+        });
+        match api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            // Changed meanwhile: the watch brings the new version, which is evaluated afresh.
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
+                return Ok(Action::requeue(CONFLICT_RETRY));
+            }
+            Err(err) => return Err(err.into()),
+        }
     }
     let wait = e.next_change.map_or(RESYNC, |t| {
         Duration::from_secs(u64::try_from((t - now).max(1)).unwrap_or(1)).min(RESYNC)

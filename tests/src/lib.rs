@@ -2,6 +2,7 @@
 //! real processes on 127.0.0.1, and stopping them by PID when a test ends.
 
 pub mod gateway;
+pub mod kubernetes;
 pub mod oidc;
 pub mod postgres;
 

@@ -4,45 +4,16 @@
 //! cleans up; a second replica waits on the Lease; and the gateway binary in Kubernetes mode loads
 //! its configuration through the API and enforces a policy change.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use agentgate_e2e::gateway::{EchoUpstream, OktaSetup, okta_manifests};
+use agentgate_e2e::kubernetes::{KubeGateway, Operator};
 use agentgate_e2e::oidc::OidcProvider;
-use agentgate_e2e::{Process, binary, curl, curl_get, free_port, wait_for};
+use agentgate_e2e::{curl, curl_get, free_port, wait_for};
 use agentgate_kube_emulator::harness::TestEnv;
 
-/// The operator binary against `env`, as `identity` (its Lease holder name).
-struct Operator {
-    process: Process,
-    metrics: u16,
-}
-
-impl Operator {
-    fn start(env: &TestEnv, identity: &str) -> Self {
-        let metrics = free_port();
-        let mut cmd = Command::new(binary("agentgate-operator"));
-        cmd.args(["run", "--metrics-addr", &format!("127.0.0.1:{metrics}")])
-            .args(["--gateway-image", "registry.test/agentgate:e2e"])
-            .env("KUBECONFIG", env.kubeconfig("operator"))
-            .env("POD_NAMESPACE", env.namespace())
-            .env("POD_NAME", identity)
-            .env("AGENTGATE_LOG", "info,agentgate_operator=debug");
-        let process = Process::start(identity, cmd);
-        let op = Self { process, metrics };
-        let up = wait_for(Duration::from_secs(30), || {
-            (curl_get(&format!("http://127.0.0.1:{metrics}/healthz")).0 == 200).then_some(())
-        });
-        assert!(up.is_some(), "operator did not start:\n{}", op.process.output());
-        op
-    }
-
-    fn is_leader(&self) -> bool {
-        curl_get(&format!("http://127.0.0.1:{}/metrics", self.metrics))
-            .1
-            .lines()
-            .any(|l| l == "agentgate_operator_leader 1")
-    }
+fn start_operator(env: &TestEnv, identity: &str) -> Operator {
+    Operator::start(&env.kubeconfig("operator"), env.namespace(), identity)
 }
 
 fn jsonpath(env: &TestEnv, kind: &str, name: &str, path: &str) -> String {
@@ -140,7 +111,7 @@ fn applied_objects_become_a_gateway_deployment_and_statuses() {
     let ns = env.namespace().to_string();
     let file = env.file("objects.yaml", &objects(&ns));
     env.kubectl_ok("admin", &["apply", "-f", &file]);
-    let op = Operator::start(&env, "operator-a");
+    let op = start_operator(&env, "operator-a");
 
     eventually("the gateway to be Ready", &op, Duration::from_secs(30), || {
         ready(&env, "agentgateway", "main") == "True"
@@ -351,11 +322,11 @@ spec:
 #[test]
 fn a_second_replica_waits_on_the_lease_and_takes_over() {
     let env = TestEnv::start();
-    let mut first = Operator::start(&env, "operator-a");
+    let mut first = start_operator(&env, "operator-a");
     eventually("operator-a to lead", &first, Duration::from_secs(20), || {
         first.is_leader()
     });
-    let second = Operator::start(&env, "operator-b");
+    let second = start_operator(&env, "operator-b");
     // The standby is healthy and ready, and does not lead while the Lease is renewed.
     std::thread::sleep(Duration::from_secs(3));
     assert!(!second.is_leader(), "two leaders:\n{}", second.process.output());
@@ -386,7 +357,7 @@ struct KubernetesMode {
     _upstream: EchoUpstream,
     _data: tempfile::TempDir,
     op: Operator,
-    gateway: Process,
+    gateway: KubeGateway,
     auth: String,
     url: String,
 }
@@ -398,7 +369,6 @@ impl KubernetesMode {
         let idp = OidcProvider::start();
         let upstream = EchoUpstream::start();
         let port = free_port();
-        let admin = free_port();
         let data = tempfile::tempdir().expect("temp dir");
         let yaml = okta_manifests(&OktaSetup {
             issuer: &idp.issuer,
@@ -416,22 +386,11 @@ impl KubernetesMode {
             .expect("documents");
         let file = env.file("okta.yaml", &yaml);
         env.kubectl_ok("admin", &["apply", "-f", &file]);
-        let op = Operator::start(&env, "operator-a");
+        let op = start_operator(&env, "operator-a");
         eventually("the gateway configuration", &op, Duration::from_secs(30), || {
             ready(&env, "agentgateway", "gw") == "True"
         });
-        let mut cmd = Command::new(binary("agentgate"));
-        cmd.args(["run", "--config-secret", "agentgate-gw-config", "--gateway", "gw"])
-            .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-            .arg("--data-dir")
-            .arg(data.path())
-            .env("KUBECONFIG", env.kubeconfig("gateway"))
-            .env("POD_NAMESPACE", &ns);
-        let gateway = Process::start("agentgate", cmd);
-        let up = wait_for(Duration::from_secs(30), || {
-            (curl_get(&format!("http://127.0.0.1:{admin}/readyz")).0 == 200).then_some(())
-        });
-        assert!(up.is_some(), "gateway not ready:\n{}", gateway.output());
+        let gateway = KubeGateway::start(&env.kubeconfig("gateway"), &ns, "gw", data.path());
         let token = idp.token("ci-agent", "api://agentgate", None)["access_token"]
             .as_str()
             .expect("a token")
@@ -481,7 +440,7 @@ spec:
         assert!(
             seen.is_some(),
             "the change was not enforced:\n{}\n{}",
-            self.gateway.output(),
+            self.gateway.process.output(),
             self.op.process.output()
         );
         started.elapsed()
@@ -492,7 +451,7 @@ spec:
 fn the_gateway_in_kubernetes_mode_enforces_a_policy_change() {
     let k = KubernetesMode::start();
     let (status, body) = k.status();
-    assert_eq!(status, 200, "{body}\n{}", k.gateway.output());
+    assert_eq!(status, 200, "{body}\n{}", k.gateway.process.output());
     // Deny what was allowed: the running gateway enforces it without a restart.
     let freeze = k.freeze_file();
     let elapsed = k.time_until(&["apply", "-f", &freeze], 403);
@@ -579,7 +538,7 @@ spec:
     );
     let file = env.file("objects.yaml", &format!("{}---\n{policy}", objects(&ns)));
     env.kubectl_ok("admin", &["apply", "-f", &file]);
-    let op = Operator::start(&env, "operator-a");
+    let op = start_operator(&env, "operator-a");
     let later = agentgate::approval::format_time(agentgate::approval::unix_now() + 600);
     let soon = agentgate::approval::format_time(agentgate::approval::unix_now() + 2);
     let requests = [

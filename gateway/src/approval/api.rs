@@ -357,6 +357,7 @@ fn decide_problem(e: &DecideError) -> Response<Full<Bytes>> {
         DecideError::SelfApproval { .. } => (StatusCode::FORBIDDEN, "Self-approval refused"),
         DecideError::AlreadyDecided { .. } => (StatusCode::CONFLICT, "Already decided"),
         DecideError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "Approval store unavailable"),
+        DecideError::KubernetesMode { .. } => (StatusCode::CONFLICT, "Decided on the Kubernetes object"),
     };
     problem(status, e.slug(), title, e.to_string())
 }

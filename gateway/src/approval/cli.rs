@@ -155,7 +155,7 @@ async fn execute(args: &ApprovalsArgs, token: &str, out: &mut impl Write) -> Res
 }
 
 /// Names are DNS subdomains; anything else cannot name a request and is refused before sending.
-fn path_segment(name: &str) -> Result<&str, String> {
+pub(super) fn path_segment(name: &str) -> Result<&str, String> {
     let ok = !name.is_empty()
         && name.len() <= 253
         && name
@@ -230,7 +230,7 @@ fn phase(r: &ApprovalRequest) -> ApprovalPhase {
     super::phase(r)
 }
 
-fn decided_line(r: &ApprovalRequest, verb: &str) -> String {
+pub(super) fn decided_line(r: &ApprovalRequest, verb: &str) -> String {
     let name = r.metadata.name.as_deref().unwrap_or_default();
     let status = r.status.clone().unwrap_or_default();
     let approvals = status.approvals.unwrap_or(0);
@@ -361,7 +361,7 @@ fn truncate(s: &str, width: usize) -> String {
 }
 
 /// Control characters as `\u{..}` escapes (newlines kept when `keep_newlines`).
-fn escape_controls(s: &str, keep_newlines: bool) -> String {
+pub(super) fn escape_controls(s: &str, keep_newlines: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if c.is_control() && !(keep_newlines && c == '\n') {

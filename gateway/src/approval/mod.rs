@@ -1,10 +1,16 @@
 //! Approval: just-in-time human decisions on operations a `RequireApproval` rule matched.
 //!
-//! [`Approvals`] is the standalone store of [`ApprovalRequest`]s: one JSON file per request in a
-//! directory (a sibling of the sessions spool), loaded at start, every change written durably
-//! before it takes effect, and a change signal so that held operations wake as soon as someone
-//! decides. The data paths call [`Approvals::request`] (and [`Approvals::wait`] in Hold mode);
-//! approvers decide through the admin API ([`crate::admin`]) with [`Approvals::decide`].
+//! [`Approvals`] holds the gateway's [`ApprovalRequest`]s in memory, with a change signal so that
+//! held operations wake as soon as someone decides. Where they are kept durably depends on the mode:
+//! - standalone: one JSON file per request in a directory (a sibling of the sessions spool),
+//!   loaded at start, every change written before it takes effect; approvers decide through the
+//!   admin API ([`crate::admin`]) with [`Approvals::decide`];
+//! - Kubernetes ([`kubernetes`]): ApprovalRequest objects in the gateway's namespace, created by the
+//!   gateway and watched back; approvers patch their decisions onto the object (`kubectl agentgate
+//!   approvals approve`), the operator turns them into a phase, and the gateway marks a Once grant
+//!   Used with a conditional write, so that two replicas can never both spend it.
+//!
+//! The data paths call [`Approvals::ask`] (and [`Approvals::wait`] in Hold mode).
 //!
 //! Lifecycle: `Pending` → `Approved` (enough distinct approvers) | `Denied` (any approver
 //! denied) | `Expired` (nobody decided before `spec.expiresAt`). An approved `Once` grant becomes
@@ -15,6 +21,8 @@
 
 pub mod api;
 pub mod cli;
+pub mod kubectl;
+pub mod kubernetes;
 mod store;
 pub mod time;
 
@@ -120,6 +128,13 @@ pub enum ApprovalError {
     Encode(String),
     /// No random bytes for a name.
     Random,
+    /// Kubernetes mode: the API server refused or could not be reached.
+    Api {
+        what: &'static str,
+        message: String,
+    },
+    /// Kubernetes mode: the gateway has not yet read the existing requests from the API server.
+    NotSynced,
 }
 
 impl ApprovalError {
@@ -145,6 +160,11 @@ impl fmt::Display for ApprovalError {
             ),
             Self::Encode(e) => write!(f, "approval store: cannot encode a request: {e}"),
             Self::Random => write!(f, "approval store: no randomness for a request name"),
+            Self::Api { what, message } => write!(f, "approval requests: cannot {what}: {message}"),
+            Self::NotSynced => write!(
+                f,
+                "approval requests: not yet read from the Kubernetes API server"
+            ),
         }
     }
 }
@@ -187,6 +207,11 @@ pub enum DecideError {
         user: String,
     },
     Store(ApprovalError),
+    /// Kubernetes mode: decisions are written on the ApprovalRequest object, where admission
+    /// control knows the approver, not through the gateway.
+    KubernetesMode {
+        name: String,
+    },
 }
 
 impl DecideError {
@@ -200,6 +225,7 @@ impl DecideError {
             Self::SelfApproval { .. } => "self-approval",
             Self::AlreadyDecided { .. } => "already-decided",
             Self::Store(_) => "store-unavailable",
+            Self::KubernetesMode { .. } => "kubernetes-mode",
         }
     }
 }
@@ -230,6 +256,10 @@ impl fmt::Display for DecideError {
             }
             Self::AlreadyDecided { user } => write!(f, "{user} has already decided this request"),
             Self::Store(e) => write!(f, "{e}"),
+            Self::KubernetesMode { name } => write!(
+                f,
+                "this gateway runs in Kubernetes mode: decide on the ApprovalRequest object, e.g. `kubectl agentgate approvals approve {name}`"
+            ),
         }
     }
 }
@@ -316,10 +346,32 @@ fn phase(r: &ApprovalRequest) -> ApprovalPhase {
     r.status.as_ref().map(|s| s.phase).unwrap_or_default()
 }
 
-/// The standalone approval store. Cheap to share (`Arc`); every method is thread-safe.
+/// Where requests are kept durably.
+#[derive(Debug)]
+enum Backend {
+    /// Standalone: files in a directory.
+    Dir(Dir),
+    /// Kubernetes mode: objects in the API server; the memory is a cache the watch keeps current.
+    Kubernetes(Box<kubernetes::Remote>),
+}
+
+/// What [`Approvals::ask`] found to do for an operation, before anything is written.
+#[derive(Debug)]
+enum Plan {
+    /// An approved Window covers it.
+    Window(String),
+    /// An approved Once grant for this exact operation: spend it by storing this (phase Used).
+    Spend(ApprovalRequest),
+    /// An identical request is already pending.
+    Waiting(String),
+    /// Nothing covers it: store this new request.
+    Create(ApprovalRequest),
+}
+
+/// The gateway's approval requests. Cheap to share (`Arc`); every method is thread-safe.
 #[derive(Debug)]
 pub struct Approvals {
-    dir: Dir,
+    backend: Backend,
     namespace: String,
     entries: Mutex<BTreeMap<String, Entry>>,
     /// Bumped on every change; held operations watch it.
@@ -327,54 +379,72 @@ pub struct Approvals {
 }
 
 impl Approvals {
-    /// Opens (creating) the store directory and loads existing requests. Fails when another
-    /// process holds the directory.
+    /// Opens (creating) the standalone store directory and loads existing requests. Fails when
+    /// another process holds the directory.
     pub fn open(dir: impl Into<PathBuf>, namespace: &str) -> Result<Arc<Self>, ApprovalError> {
         let (dir, requests) = Dir::open(dir.into())?;
-        let entries = requests
-            .into_iter()
-            .map(|r| {
-                let e = Entry::new(r);
-                (e.name().to_string(), e)
-            })
-            .collect();
-        let approvals = Self {
-            dir,
-            namespace: namespace.to_string(),
-            entries: Mutex::new(entries),
-            changes: watch::channel(0).0,
-        };
+        let approvals = Self::with_backend(Backend::Dir(dir), namespace);
         {
             let mut entries = approvals.lock();
+            for r in requests {
+                let e = Entry::new(r);
+                entries.insert(e.name().to_string(), e);
+            }
             let now = unix_now();
             approvals.apply_time(&mut entries, now, |_| true);
             approvals.prune(&mut entries, now);
         }
         let requests = approvals.lock().len();
         let pending = approvals.pending();
-        tracing::info!(dir = %approvals.dir.path().display(), requests, pending, "approval store open");
+        if let Some(dir) = approvals.dir() {
+            tracing::info!(dir = %dir.display(), requests, pending, "approval store open");
+        }
         Ok(Arc::new(approvals))
     }
 
-    /// The store's directory.
-    pub fn dir(&self) -> &std::path::Path {
-        self.dir.path()
+    fn with_backend(backend: Backend, namespace: &str) -> Self {
+        Self {
+            backend,
+            namespace: namespace.to_string(),
+            entries: Mutex::new(BTreeMap::new()),
+            changes: watch::channel(0).0,
+        }
+    }
+
+    /// The standalone store's directory (`None` in Kubernetes mode).
+    pub fn dir(&self) -> Option<&std::path::Path> {
+        match &self.backend {
+            Backend::Dir(d) => Some(d.path()),
+            Backend::Kubernetes(_) => None,
+        }
+    }
+
+    /// Whether requests live in the Kubernetes API (decisions are then made on the objects).
+    pub fn is_kubernetes(&self) -> bool {
+        matches!(self.backend, Backend::Kubernetes(_))
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes `request` durably, then makes it current and signals waiters.
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Writes `request` durably (standalone), then makes it current and signals waiters. In
+    /// Kubernetes mode the API server is the durable copy and this only updates the cache.
     fn commit(
         &self,
         entries: &mut BTreeMap<String, Entry>,
         request: ApprovalRequest,
     ) -> Result<(), ApprovalError> {
-        self.dir.write(&request)?;
+        if let Backend::Dir(dir) = &self.backend {
+            dir.write(&request)?;
+        }
         let entry = Entry::new(request);
         entries.insert(entry.name().to_string(), entry);
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        self.changed();
         Ok(())
     }
 
@@ -391,13 +461,17 @@ impl Approvals {
                 tracing::warn!(error = %e, "cannot persist an approval request's expiry");
                 let entry = Entry::new(r);
                 entries.insert(entry.name().to_string(), entry);
-                self.changes.send_modify(|n| *n = n.wrapping_add(1));
+                self.changed();
             }
         }
     }
 
-    /// Deletes requests that ended more than [`RETAIN_FINISHED`] ago.
+    /// Deletes requests that ended more than [`RETAIN_FINISHED`] ago (standalone; in Kubernetes
+    /// mode the operator deletes them and the watch removes them here).
     fn prune(&self, entries: &mut BTreeMap<String, Entry>, now: i64) {
+        let Backend::Dir(dir) = &self.backend else {
+            return;
+        };
         let horizon = now.saturating_sub(RETAIN_FINISHED.as_secs() as i64);
         let old: Vec<String> = entries
             .values()
@@ -405,7 +479,7 @@ impl Approvals {
             .map(|e| e.name().to_string())
             .collect();
         for name in old {
-            match self.dir.remove(&name) {
+            match dir.remove(&name) {
                 Ok(()) => {
                     entries.remove(&name);
                 }
@@ -415,42 +489,74 @@ impl Approvals {
     }
 
     /// The data path asks: a RequireApproval rule matched `ask`. Returns a grant when an
-    /// approval covers the operation, else the pending request (created when needed).
+    /// approval covers the operation (spending a Once grant), else the pending request (created
+    /// when needed). Fails closed when the request cannot be stored.
+    pub async fn ask(&self, ask: &Ask, now: i64) -> Result<Ticket, ApprovalError> {
+        match &self.backend {
+            Backend::Dir(_) => self.request(ask, now),
+            Backend::Kubernetes(remote) => kubernetes::ask(self, remote, ask, now).await,
+        }
+    }
+
+    /// [`Self::ask`] for the standalone store, without a runtime. Refused in Kubernetes mode,
+    /// where every write goes through the API server.
     pub fn request(&self, ask: &Ask, now: i64) -> Result<Ticket, ApprovalError> {
+        if self.is_kubernetes() {
+            return Err(ApprovalError::Api {
+                what: "store a request",
+                message: "Kubernetes mode writes through the API server (Approvals::ask)".into(),
+            });
+        }
         let mut entries = self.lock();
-        self.apply_time(&mut entries, now, |e| e.same_target(ask));
+        match self.plan(&mut entries, ask, now)? {
+            Plan::Window(name) => Ok(Ticket::Granted { name }),
+            Plan::Waiting(name) => Ok(Ticket::Pending { name, created: false }),
+            Plan::Spend(used) => {
+                let name = used.metadata.name.clone().unwrap_or_default();
+                self.commit(&mut entries, used)?;
+                Ok(Ticket::Granted { name })
+            }
+            Plan::Create(request) => {
+                let name = request.metadata.name.clone().unwrap_or_default();
+                self.commit(&mut entries, request)?;
+                Ok(Ticket::Pending { name, created: true })
+            }
+        }
+    }
+
+    /// Works out what `ask` needs, writing nothing but expiry.
+    fn plan(
+        &self,
+        entries: &mut BTreeMap<String, Entry>,
+        ask: &Ask,
+        now: i64,
+    ) -> Result<Plan, ApprovalError> {
+        self.apply_time(entries, now, |e| e.same_target(ask));
         // A window covers every operation of the rule; prefer it to spending a Once grant.
         let approved = |e: &&Entry, t: GrantType| {
             e.phase() == ApprovalPhase::Approved && e.same_target(ask) && e.request.spec.grant.r#type == t
         };
         if let Some(e) = entries.values().find(|e| approved(e, GrantType::Window)) {
-            return Ok(Ticket::Granted {
-                name: e.name().to_string(),
-            });
+            return Ok(Plan::Window(e.name().to_string()));
         }
         if let Some(e) = entries
             .values()
             .find(|e| approved(e, GrantType::Once) && e.request.spec.operation.fingerprint == ask.fingerprint)
         {
-            let name = e.name().to_string();
             let mut used = e.request.clone();
             let status = used.status.get_or_insert_with(Default::default);
             status.phase = ApprovalPhase::Used;
             status.used_at = Some(format_time(now));
-            self.commit(&mut entries, used)?;
-            return Ok(Ticket::Granted { name });
+            return Ok(Plan::Spend(used));
         }
         if let Some(e) = entries.values().find(|e| {
             e.phase() == ApprovalPhase::Pending
                 && e.same_target(ask)
                 && e.request.spec.operation.fingerprint == ask.fingerprint
         }) {
-            return Ok(Ticket::Pending {
-                name: e.name().to_string(),
-                created: false,
-            });
+            return Ok(Plan::Waiting(e.name().to_string()));
         }
-        self.prune(&mut entries, now);
+        self.prune(entries, now);
         let name = unique_name(&ask.identity, |n| entries.contains_key(n))?;
         let timeout = i64::try_from(ask.timeout.as_secs()).unwrap_or(i64::MAX).max(1);
         let spec = ApprovalRequestSpec {
@@ -479,8 +585,36 @@ impl Approvals {
             approvals: Some(0),
             ..Default::default()
         });
-        self.commit(&mut entries, request)?;
-        Ok(Ticket::Pending { name, created: true })
+        Ok(Plan::Create(request))
+    }
+
+    /// Kubernetes mode: takes the API server's version of a request into the cache. Returns the
+    /// phase it had here before (`None` when it was not known).
+    fn ingest(&self, request: ApprovalRequest) -> Option<ApprovalPhase> {
+        let entry = Entry::new(request);
+        let before = self
+            .lock()
+            .insert(entry.name().to_string(), entry)
+            .map(|e| e.phase());
+        self.changed();
+        before
+    }
+
+    /// Kubernetes mode: a request was deleted from the API server.
+    fn forget(&self, name: &str) {
+        if self.lock().remove(name).is_some() {
+            self.changed();
+        }
+    }
+
+    /// Kubernetes mode: after a full list, drops what the API server no longer has.
+    fn retain(&self, keep: &std::collections::BTreeSet<String>) {
+        let mut entries = self.lock();
+        let before = entries.len();
+        entries.retain(|name, _| keep.contains(name));
+        if entries.len() != before {
+            self.changed();
+        }
     }
 
     /// Hold mode: waits until `name` is no longer Pending or `deadline` passes, and returns its
@@ -537,7 +671,7 @@ impl Approvals {
             tracing::warn!(error = %err, "cannot persist an approval request's expiry");
             let entry = Entry::new(r);
             entries.insert(name.to_string(), entry);
-            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+            self.changed();
         }
         ApprovalPhase::Expired
     }
@@ -555,6 +689,9 @@ impl Approvals {
         max_grant: Duration,
         now: i64,
     ) -> Result<ApprovalRequest, DecideError> {
+        if self.is_kubernetes() {
+            return Err(DecideError::KubernetesMode { name: name.into() });
+        }
         let mut entries = self.lock();
         self.apply_time(&mut entries, now, |e| e.name() == name);
         let Some(entry) = entries.get(name) else {

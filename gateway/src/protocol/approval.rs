@@ -139,7 +139,7 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
         // The store keeps whole seconds; one more keeps its expiry from ending a Hold early.
         timeout: timeout + Duration::from_secs(1),
     };
-    let ticket = match store.request(&ask, now) {
+    let ticket = match store.ask(&ask, now).await {
         Ok(t) => t,
         Err(e) => return Outcome::Unavailable(format!("the approval store failed: {e}")),
     };
@@ -152,7 +152,7 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
     }
     let deadline = tokio::time::Instant::now() + timeout.min(Duration::from_secs(24 * 3600));
     match store.wait(&request, deadline).await {
-        ApprovalPhase::Approved => match store.request(&ask, unix_now()) {
+        ApprovalPhase::Approved => match store.ask(&ask, unix_now()).await {
             Ok(Ticket::Granted { name }) => Outcome::Granted { request: name },
             // Another held copy of the same operation used the Once grant first.
             Ok(Ticket::Pending { name, created }) => Outcome::Pending {

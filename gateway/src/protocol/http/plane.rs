@@ -101,6 +101,9 @@ pub struct Gateway {
     /// The approval store (standalone mode); `None` when it could not be opened, and then
     /// operations that need approval are refused.
     pub approvals: Option<Arc<crate::approval::Approvals>>,
+    /// The configuration generation whose listeners are all bound (0: none yet, or one failed):
+    /// what readiness reports, so no traffic is sent before the ports accept it.
+    listening: std::sync::atomic::AtomicU64,
 }
 
 impl Gateway {
@@ -120,7 +123,19 @@ impl Gateway {
                 replay: Arc::new(ReplayCache::default()),
             },
             recorder: Mutex::new(None),
+            listening: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// The generation whose listeners are all bound, or 0.
+    pub fn listening(&self) -> u64 {
+        self.listening.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Records that every listener of `generation` is bound (or, with 0, that one is not).
+    pub fn set_listening(&self, generation: u64) {
+        self.listening
+            .store(generation, std::sync::atomic::Ordering::Release);
     }
 
     /// The plane in force, if a configuration has loaded.

@@ -57,6 +57,7 @@ pub async fn run(gw: Arc<Gateway>, mut snapshots: SnapshotReceiver, mut shutdown
             gw.install(snapshot.clone());
             let cfg = &snapshot.config;
             let wanted: Vec<&Listener> = cfg.gateway.listeners.iter().collect();
+            let mut all_bound = true;
             running.retain(|name, r| {
                 let keep = wanted.iter().any(|l| &l.name == name);
                 if !keep {
@@ -73,6 +74,7 @@ pub async fn run(gw: Arc<Gateway>, mut snapshots: SnapshotReceiver, mut shutdown
                         Ok(a) => a,
                         Err(_) => {
                             tracing::error!(listener = %l.name, "listener address is not an IP address");
+                            all_bound = false;
                             continue;
                         }
                     };
@@ -109,6 +111,7 @@ pub async fn run(gw: Arc<Gateway>, mut snapshots: SnapshotReceiver, mut shutdown
                     Ok(cfg) => cfg.map(tokio_rustls::TlsAcceptor::from),
                     Err(e) => {
                         tracing::error!(listener = %l.name, error = %e, "listener TLS configuration refused");
+                        all_bound = false;
                         continue;
                     }
                 };
@@ -116,6 +119,7 @@ pub async fn run(gw: Arc<Gateway>, mut snapshots: SnapshotReceiver, mut shutdown
                     Ok(s) => s,
                     Err(e) => {
                         tracing::error!(listener = %l.name, %addr, error = %e, "cannot bind listener");
+                        all_bound = false;
                         continue;
                     }
                 };
@@ -131,6 +135,7 @@ pub async fn run(gw: Arc<Gateway>, mut snapshots: SnapshotReceiver, mut shutdown
                 };
                 running.insert(l.name.clone(), Running { key, stop, task });
             }
+            gw.set_listening(if all_bound { snapshot.generation } else { 0 });
         }
         tokio::select! {
             changed = snapshots.changed() => if changed.is_err() { break },

@@ -1,0 +1,298 @@
+//! `kubectl agentgate approvals list|show|approve|deny`: the kubectl plugin approvers use in
+//! Kubernetes mode (installed as `kubectl-agentgate` on the PATH).
+//!
+//! A decision is a merge patch of `spec.decisions.<user>`, where `<user>` is who the API server
+//! says the caller is (a SelfSubjectReview, as `kubectl auth whoami`), so the approver never types
+//! their own name; the chart's ValidatingAdmissionPolicy checks the same thing server-side, and
+//! the operator turns decisions into the phase. The plugin refuses early what would be refused
+//! anyway (the requester deciding, a request no longer pending, a second decision) with a clear
+//! message, then waits briefly for the operator's verdict and prints it.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use agentgate_crds::ApprovalRequest;
+use agentgate_crds::approval::{ApprovalPhase, DecisionState};
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use serde_json::json;
+
+use super::cli::{decided_line, escape_controls, path_segment, table};
+use super::{format_time, phase, unix_now};
+
+/// The field manager of decisions written by the plugin.
+pub const FIELD_MANAGER: &str = "kubectl-agentgate";
+/// Longest wait for a call to the API server.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest reason accepted (the gateway caps agents' reasons the same way).
+const MAX_REASON_BYTES: usize = 1024;
+
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "kubectl-agentgate",
+    bin_name = "kubectl agentgate",
+    version,
+    about = "agentgate for kubectl: decide the ApprovalRequests of agents' operations"
+)]
+struct Plugin {
+    /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster).
+    #[arg(long, global = true)]
+    kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long, global = true)]
+    context: Option<String>,
+    /// Namespace of the requests (default: the context's).
+    #[arg(long, short = 'n', global = true)]
+    namespace: Option<String>,
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Top {
+    /// Approval requests of agents' operations.
+    #[command(subcommand)]
+    Approvals(Command),
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// List approval requests, oldest first (only Pending ones unless --all).
+    List {
+        /// Every request, whatever its phase.
+        #[arg(long)]
+        all: bool,
+        /// In every namespace.
+        #[arg(long, short = 'A')]
+        all_namespaces: bool,
+    },
+    /// Print one approval request as JSON.
+    Show { name: String },
+    /// Approve a pending request as the current Kubernetes user.
+    Approve {
+        name: String,
+        /// Why (a ticket number, say); recorded with the decision.
+        #[arg(long)]
+        reason: Option<String>,
+        /// How long to wait for the operator's verdict (0s: do not wait).
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        wait: Duration,
+    },
+    /// Deny a pending request as the current Kubernetes user.
+    Deny {
+        name: String,
+        /// Why; recorded with the decision.
+        #[arg(long)]
+        reason: Option<String>,
+        /// How long to wait for the operator's verdict (0s: do not wait).
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        wait: Duration,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    agentgate_crds::common::parse_duration(s)
+}
+
+/// Entry point of `kubectl-agentgate`.
+pub fn main() -> ExitCode {
+    let plugin = <Plugin as clap::Parser>::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = io::stdout().lock();
+    let run = async {
+        tokio::time::timeout(
+            CALL_TIMEOUT + wait_of(&plugin.command),
+            execute(&plugin, &mut out),
+        )
+        .await
+        .unwrap_or_else(|_| Err("the Kubernetes API server did not answer in time".into()))
+    };
+    match runtime.block_on(run) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", escape_controls(&e, false));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn wait_of(command: &Top) -> Duration {
+    match command {
+        Top::Approvals(Command::Approve { wait, .. } | Command::Deny { wait, .. }) => *wait,
+        Top::Approvals(_) => Duration::ZERO,
+    }
+}
+
+/// A client and its namespace, from the kubeconfig the way kubectl picks it.
+async fn connect(plugin: &Plugin) -> Result<(Client, String), String> {
+    let options = KubeConfigOptions {
+        context: plugin.context.clone(),
+        ..Default::default()
+    };
+    let failed = |e: &dyn std::fmt::Display| format!("cannot load the Kubernetes configuration: {e}");
+    let config = match &plugin.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .map_err(|e| format!("cannot read the kubeconfig {}: {e}", path.display()))?;
+            Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .map_err(|e| failed(&e))?
+        }
+        None if plugin.context.is_some() => {
+            Config::from_kubeconfig(&options).await.map_err(|e| failed(&e))?
+        }
+        None => Config::infer().await.map_err(|e| failed(&e))?,
+    };
+    let namespace = plugin
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = Client::try_from(config).map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
+    Ok((client, namespace))
+}
+
+fn api_error(what: &str, e: kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!("{what}: {} ({} {})", s.message, s.code, s.reason),
+        other => format!("{what}: {other}"),
+    }
+}
+
+async fn execute(plugin: &Plugin, out: &mut impl Write) -> Result<(), String> {
+    let (client, namespace) = connect(plugin).await?;
+    let write_err = |e: io::Error| format!("cannot write the output: {e}");
+    let Top::Approvals(command) = &plugin.command;
+    match command {
+        Command::List { all, all_namespaces } => {
+            let api: Api<ApprovalRequest> = if *all_namespaces {
+                Api::all(client)
+            } else {
+                Api::namespaced(client, &namespace)
+            };
+            let list = api
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| api_error("cannot list approval requests", e))?;
+            let mut items: Vec<ApprovalRequest> = list
+                .items
+                .into_iter()
+                .filter(|r| *all || phase(r) == ApprovalPhase::Pending)
+                .collect();
+            items.sort_by_key(|r| {
+                (
+                    r.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second()),
+                    r.metadata.name.clone(),
+                )
+            });
+            out.write_all(table(&items, unix_now()).as_bytes())
+                .map_err(write_err)
+        }
+        Command::Show { name } => {
+            let api: Api<ApprovalRequest> = Api::namespaced(client, &namespace);
+            let r = api
+                .get(path_segment(name)?)
+                .await
+                .map_err(|e| api_error(&format!("cannot read approval request {name}"), e))?;
+            let text = serde_json::to_string_pretty(&r).unwrap_or_default();
+            writeln!(out, "{}", escape_controls(&text, true)).map_err(write_err)
+        }
+        Command::Approve { name, reason, wait } => {
+            let r = decide(client, &namespace, name, DecisionState::Approved, reason, *wait).await?;
+            writeln!(out, "{}", decided_line(&r, "approve")).map_err(write_err)
+        }
+        Command::Deny { name, reason, wait } => {
+            let r = decide(client, &namespace, name, DecisionState::Denied, reason, *wait).await?;
+            writeln!(out, "{}", decided_line(&r, "deny")).map_err(write_err)
+        }
+    }
+}
+
+/// Who the API server says the caller is (`kubectl auth whoami`).
+async fn whoami(client: Client) -> Result<String, String> {
+    let api: Api<SelfSubjectReview> = Api::all(client);
+    let review = api
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .map_err(|e| api_error("cannot ask the API server who you are (SelfSubjectReview)", e))?;
+    review
+        .status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.username)
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| {
+            "the API server did not say who you are (SelfSubjectReview without a user name)".into()
+        })
+}
+
+/// Writes the caller's decision on `name` and waits up to `wait` for the operator's verdict.
+async fn decide(
+    client: Client,
+    namespace: &str,
+    name: &str,
+    state: DecisionState,
+    reason: &Option<String>,
+    wait: Duration,
+) -> Result<ApprovalRequest, String> {
+    let name = path_segment(name)?;
+    if reason.as_ref().is_some_and(|r| r.len() > MAX_REASON_BYTES) {
+        return Err(format!("the reason is longer than {MAX_REASON_BYTES} bytes"));
+    }
+    let user = whoami(client.clone()).await?;
+    let api: Api<ApprovalRequest> = Api::namespaced(client, namespace);
+    let request = api
+        .get(name)
+        .await
+        .map_err(|e| api_error(&format!("cannot read approval request {name}"), e))?;
+    let current = phase(&request);
+    if current != ApprovalPhase::Pending {
+        return Err(format!(
+            "ApprovalRequest {name} is {current:?}, no longer Pending: it cannot be decided"
+        ));
+    }
+    if request.spec.requester == user {
+        return Err(format!(
+            "{user} asked for this operation and cannot decide its own request"
+        ));
+    }
+    if request.spec.decisions.contains_key(&user) {
+        return Err(format!("{user} has already decided this request"));
+    }
+    let decision = json!({
+        "state": state,
+        "reason": reason,
+        "decidedAt": format_time(unix_now()),
+    });
+    let patch = json!({"spec": {"decisions": {user.as_str(): decision}}});
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    let written = api
+        .patch(name, &params, &Patch::Merge(&patch))
+        .await
+        .map_err(|e| api_error(&format!("cannot record the decision on {name}"), e))?;
+    // The operator counts the decision; show its verdict when it comes in time.
+    let before = written.status.clone().unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut latest = written;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Ok(r) = api.get(name).await else { continue };
+        let status = r.status.clone().unwrap_or_default();
+        latest = r;
+        if status.phase != ApprovalPhase::Pending || status.approvals != before.approvals {
+            break;
+        }
+    }
+    Ok(latest)
+}
