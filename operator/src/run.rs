@@ -157,7 +157,7 @@ async fn controllers(
             gateways_of(&g3, p.namespace())
         })
         .watches_stream(secret_events, move |s: Secret| gateways_of(&g4, s.namespace()))
-        .with_config(config.clone())
+        .with_config(config)
         .graceful_shutdown_on(stopped(stop.clone()))
         .run(gateway::reconcile, gateway::error_policy, ctx.clone())
         .for_each(|r| async move {
@@ -165,8 +165,9 @@ async fn controllers(
                 tracing::debug!(error = %e, "gateway controller");
             }
         });
+    // No debounce for decisions: each is one object's change, and a held operation waits on it.
     let approval_loop = Controller::new(Api::<ApprovalRequest>::all(client.clone()), all.clone())
-        .with_config(config)
+        .with_config(controller::Config::default())
         .graceful_shutdown_on(stopped(stop.clone()))
         .run(approval::reconcile, approval::error_policy, ctx.clone())
         .for_each(|r| async move {

@@ -58,7 +58,10 @@ impl Approvals {
             writer: tokio::sync::Mutex::new(()),
             synced: watch::channel(false).0,
         };
-        Arc::new(Self::with_backend(Backend::Kubernetes(Box::new(remote)), namespace))
+        Arc::new(Self::with_backend(
+            Backend::Kubernetes(Box::new(remote)),
+            namespace,
+        ))
     }
 }
 
