@@ -296,3 +296,46 @@ async fn decide(
     }
     Ok(latest)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn kubectl_passes_its_flags_after_the_plugin_arguments() {
+        let p = Plugin::try_parse_from([
+            "kubectl-agentgate",
+            "approvals",
+            "approve",
+            "ci-agent-0a1b2c3d",
+            "--reason",
+            "INC-7",
+            "-n",
+            "agents",
+            "--context",
+            "prod",
+        ])
+        .unwrap();
+        assert_eq!(p.namespace.as_deref(), Some("agents"));
+        assert_eq!(p.context.as_deref(), Some("prod"));
+        let Top::Approvals(Command::Approve { name, reason, wait }) = p.command else {
+            panic!("not an approve");
+        };
+        assert_eq!(
+            (name.as_str(), reason.as_deref()),
+            ("ci-agent-0a1b2c3d", Some("INC-7"))
+        );
+        assert_eq!(wait, Duration::from_secs(10));
+        let list = Plugin::try_parse_from(["kubectl-agentgate", "approvals", "list", "-A", "--all"]).unwrap();
+        assert!(matches!(
+            list.command,
+            Top::Approvals(Command::List {
+                all: true,
+                all_namespaces: true
+            })
+        ));
+        // A decision needs a request name.
+        assert!(Plugin::try_parse_from(["kubectl-agentgate", "approvals", "deny"]).is_err());
+    }
+}

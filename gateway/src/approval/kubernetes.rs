@@ -250,3 +250,88 @@ fn decision(request: &ApprovalRequest) -> Option<(&'static str, f64)> {
     let created = request.metadata.creation_timestamp.as_ref()?.0.as_second();
     Some((label, (decided - created).max(0) as f64))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::approval::{Approver, DecideError, format_time, time::kube_time};
+    use agentgate_crds::approval::{
+        ApprovalRequestSpec, ApprovalRequestStatus, DecisionState, OperationKind, OperationSummary,
+        PolicyRuleRef,
+    };
+
+    fn request(phase: ApprovalPhase, created: i64, decided: Option<i64>) -> ApprovalRequest {
+        let spec = ApprovalRequestSpec {
+            identity: "ci-agent".into(),
+            requester: "ci-agent".into(),
+            connection: "api".into(),
+            operation: OperationSummary {
+                kind: OperationKind::Http,
+                summary: "DELETE /users/1".into(),
+                fingerprint: "0123456789abcdef".into(),
+            },
+            policy: PolicyRuleRef {
+                name: "p".into(),
+                rule: "r".into(),
+            },
+            grant: Default::default(),
+            reason: None,
+            expires_at: format_time(created + 600),
+            decisions: Default::default(),
+        };
+        let mut r = ApprovalRequest::new("ci-agent-0a1b2c3d", spec);
+        r.metadata.creation_timestamp = kube_time(created);
+        r.status = Some(ApprovalRequestStatus {
+            phase,
+            decided_at: decided.map(format_time),
+            ..Default::default()
+        });
+        r
+    }
+
+    #[test]
+    fn decisions_are_timed_from_creation() {
+        let t = 1_800_000_000;
+        assert_eq!(
+            decision(&request(ApprovalPhase::Approved, t, Some(t + 42))),
+            Some(("approved", 42.0))
+        );
+        assert_eq!(
+            decision(&request(ApprovalPhase::Denied, t, Some(t + 3))),
+            Some(("denied", 3.0))
+        );
+        // Not a decision, or no time to measure.
+        assert_eq!(decision(&request(ApprovalPhase::Used, t, Some(t + 3))), None);
+        assert_eq!(decision(&request(ApprovalPhase::Approved, t, None)), None);
+    }
+
+    #[tokio::test]
+    async fn in_kubernetes_mode_the_gateway_neither_decides_nor_writes_locally() {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let store = Approvals::kubernetes(client, "agents", "gw");
+        assert!(store.is_kubernetes() && store.dir().is_none());
+        let approver = Approver {
+            user: "alice".into(),
+            groups: vec!["dba".into()],
+            subject: "alice".into(),
+        };
+        let refused = store
+            .decide(
+                "ci-agent-0a1b2c3d",
+                &approver,
+                DecisionState::Approved,
+                None,
+                None,
+                Duration::from_secs(60),
+                0,
+            )
+            .unwrap_err();
+        assert!(matches!(refused, DecideError::KubernetesMode { .. }));
+        assert!(
+            refused
+                .to_string()
+                .contains("kubectl agentgate approvals approve")
+        );
+    }
+}
