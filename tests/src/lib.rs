@@ -221,3 +221,18 @@ pub fn examples_copy() -> tempfile::TempDir {
     }
     dir
 }
+
+/// `p50 X ms, p99 Y ms, max Z ms` of latency samples (nearest-rank percentiles).
+pub fn latency_summary(samples: &mut [Duration]) -> String {
+    samples.sort();
+    if samples.is_empty() {
+        return "no samples".into();
+    }
+    let pick = |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
+    format!(
+        "p50 {} ms, p99 {} ms, max {} ms",
+        pick(0.50).as_millis(),
+        pick(0.99).as_millis(),
+        samples[samples.len() - 1].as_millis()
+    )
+}

@@ -752,3 +752,22 @@ fn random_hex(n: usize) -> String {
         .expect("/dev/urandom");
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// A current-thread runtime for a test's client code.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+/// A tokio-postgres client in plaintext (its connection driven in a task); panics when refused.
+pub async fn connect(conninfo: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use agentgate_e2e::gateway::EchoUpstream;
 use agentgate_e2e::kubernetes::{KubeGateway, Operator};
 use agentgate_e2e::oidc::OidcProvider;
-use agentgate_e2e::postgres::PgServer;
-use agentgate_e2e::{Reply, binary, curl, free_port, wait_for};
+use agentgate_e2e::postgres::{PgServer, connect, rt};
+use agentgate_e2e::{Reply, binary, curl, free_port, latency_summary, wait_for};
 use agentgate_kube_emulator::harness::{TestEnv, kubectl_binary};
 use agentgate_kube_emulator::{Config, User};
 
@@ -548,23 +548,6 @@ fn http_requests_wait_for_decisions_made_with_kubectl() {
     );
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn connect(conninfo: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}"));
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
-}
-
 /// The SQLSTATE and message of a refused statement, and the ApprovalRequest it names.
 fn refused(e: &tokio_postgres::Error) -> (String, String) {
     let d = e
@@ -747,14 +730,10 @@ fn kubernetes_decision_to_release_latency() {
         assert_eq!(held.join().expect("held").status, 200);
         samples.push(released.duration_since(started));
     }
-    samples.sort();
-    let pick = |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
     println!(
-        "kubernetes approvals: {} decisions; decision -> release p50 {} ms, p99 {} ms, max {} ms (includes kubectl's own run time)",
+        "kubernetes approvals: {} decisions; decision -> release {} (includes kubectl's own run time)",
         samples.len(),
-        pick(0.50).as_millis(),
-        pick(0.99).as_millis(),
-        samples.last().map_or(0, Duration::as_millis)
+        latency_summary(&mut samples)
     );
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use agentgate_e2e::gateway::{EchoUpstream, OktaSetup, okta_manifests};
 use agentgate_e2e::kubernetes::{KubeGateway, Operator};
 use agentgate_e2e::oidc::OidcProvider;
-use agentgate_e2e::{curl, curl_get, free_port, wait_for};
+use agentgate_e2e::{curl, curl_get, free_port, latency_summary, wait_for};
 use agentgate_kube_emulator::harness::TestEnv;
 
 fn start_operator(env: &TestEnv, identity: &str) -> Operator {
@@ -479,14 +479,10 @@ fn propagation_latency() {
         samples.push(k.time_until(&["apply", "-f", &freeze], 403));
         samples.push(k.time_until(&["delete", "accesspolicy", "freeze"], 200));
     }
-    samples.sort();
-    let pick = |q: f64| samples[((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1];
     println!(
-        "propagation: {} changes; p50 {} ms, p99 {} ms, max {} ms (includes kubectl's own run time)",
+        "propagation: {} changes; {} (includes kubectl's own run time)",
         samples.len(),
-        pick(0.50).as_millis(),
-        pick(0.99).as_millis(),
-        samples.last().map_or(0, Duration::as_millis)
+        latency_summary(&mut samples)
     );
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use agentgate::identity::mint::SigningKey;
 use agentgate_e2e::gateway::{Gateway, ServingCert};
 use agentgate_e2e::oidc::OidcProvider;
-use agentgate_e2e::postgres::{PgServer, psql_conninfo};
+use agentgate_e2e::postgres::{PgServer, connect, psql_conninfo, rt};
 use agentgate_e2e::{binary, free_port};
 
 /// The Connection's stored password: must never reach the agent, a log or a recording.
@@ -288,23 +288,6 @@ impl Setup {
         assert!(!self.gw.recordings().contains(CANARY), "canary in a recording");
         assert!(!self.gw.metrics().contains(CANARY), "canary in metrics");
     }
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn connect(conninfo: &str) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}"));
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
 }
 
 fn db_error(e: &tokio_postgres::Error) -> (String, String) {
