@@ -72,20 +72,22 @@ pub fn identity(ns: &str, name: &str) -> AgentIdentity {
 
 /// A policy letting `identity` GET everything on `connection`.
 pub fn allow_policy(ns: &str, name: &str, identity: &str, connection: &str) -> AccessPolicy {
-    object(
-        "AccessPolicy",
-        ns,
-        name,
-        json!({
-            "subjects": {"identities": [identity]},
-            "connections": [connection],
-            "rules": [{"name": "reads", "action": "Allow", "http": {"methods": ["GET"], "paths": ["/**"]}}],
-        }),
-    )
+    one_rule_policy(ns, name, identity, connection, ("reads", "Allow", "GET"))
 }
 
 /// A policy denying DELETE to `identity` on `connection`.
 pub fn deny_policy(ns: &str, name: &str, identity: &str, connection: &str) -> AccessPolicy {
+    one_rule_policy(ns, name, identity, connection, ("no-deletes", "Deny", "DELETE"))
+}
+
+/// A policy with one HTTP rule `(name, action, method)` on every path.
+fn one_rule_policy(
+    ns: &str,
+    name: &str,
+    identity: &str,
+    connection: &str,
+    (rule, action, method): (&str, &str, &str),
+) -> AccessPolicy {
     object(
         "AccessPolicy",
         ns,
@@ -93,7 +95,7 @@ pub fn deny_policy(ns: &str, name: &str, identity: &str, connection: &str) -> Ac
         json!({
             "subjects": {"identities": [identity]},
             "connections": [connection],
-            "rules": [{"name": "no-deletes", "action": "Deny", "http": {"methods": ["DELETE"], "paths": ["/**"]}}],
+            "rules": [{"name": rule, "action": action, "http": {"methods": [method], "paths": ["/**"]}}],
         }),
     )
 }

@@ -351,9 +351,15 @@ impl Cluster {
                         "jsonpath={range .items[*]}{.metadata.name} {.status.phase} {.spec.operation.summary}{\"\\n\"}{end}",
                     ],
                 );
-                match out.lines().find(|l| l.contains(needle) && !l.contains(" Used ") && !l.contains(" Denied ") && !l.contains(" Expired ") && !l.contains(" Approved ")) {
-                    Some(line) => {
-                        found = line.split(' ').next().unwrap_or_default().to_string();
+                // `name phase summary`; the phase is empty until the operator has written it.
+                let waiting = out.lines().find_map(|l| {
+                    let mut fields = l.splitn(3, ' ');
+                    let (name, phase, summary) = (fields.next()?, fields.next()?, fields.next()?);
+                    (matches!(phase, "" | "Pending") && summary.contains(needle)).then_some(name)
+                });
+                match waiting {
+                    Some(name) => {
+                        found = name.to_string();
                         true
                     }
                     None => false,
