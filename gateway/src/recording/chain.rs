@@ -7,7 +7,9 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
+#[cfg(test)]
+use serde_json::Value;
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::{MAX_EVENT_BYTES, RecordingError};
@@ -45,14 +47,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// An encoded event: the line (with its newline) and its hash.
+#[cfg(test)]
 pub(crate) struct Encoded {
     pub line: Vec<u8>,
     pub hash: String,
 }
 
-/// Encodes one event. Data whose line would exceed [`MAX_EVENT_BYTES`] is replaced by
-/// `{"truncated":true,"bytes":<its JSON length>,"text":<as much of its JSON as fits>}`: one event
-/// stays one line, so the chain never depends on how a reader reassembles pieces.
+/// Encodes one event (see [`encode_json`]).
+#[cfg(test)]
 pub(crate) fn encode(
     seq: u64,
     ts: &str,
@@ -62,15 +64,54 @@ pub(crate) fn encode(
     prev: &str,
 ) -> Result<Encoded, RecordingError> {
     let body = serde_json::to_string(data).map_err(|_| RecordingError::Encode)?;
-    let mut prefix = prefix(seq, ts, session, kind, &body, prev)?;
-    if prefix.len() + HASH_SUFFIX_LEN > MAX_EVENT_BYTES {
-        let marker = |text: &str| {
-            let marker = json!({"truncated": true, "bytes": body.len(), "text": text});
-            let marker = serde_json::to_string(&marker).map_err(|_| RecordingError::Encode)?;
-            self::prefix(seq, ts, session, kind, &marker, prev)
+    let mut line = Vec::new();
+    let hash = encode_json(seq, ts, session, kind, &body, prev, &mut line)?;
+    Ok(Encoded { line, hash })
+}
+
+/// Appends one event's line (with its newline) to `out` and returns its hash; `body` is the
+/// event's data, already JSON. Data whose line would exceed [`MAX_EVENT_BYTES`] is replaced by
+/// `{"truncated":true,"bytes":<its JSON length>,"text":<as much of its JSON as fits>}`: one event
+/// stays one line, so the chain never depends on how a reader reassembles pieces. On error `out`
+/// is as it was.
+pub(crate) fn encode_json(
+    seq: u64,
+    ts: &str,
+    session: &str,
+    kind: &str,
+    body: &str,
+    prev: &str,
+    out: &mut Vec<u8>,
+) -> Result<String, RecordingError> {
+    let start = out.len();
+    let result = write_line(seq, ts, session, kind, body, prev, out);
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+fn write_line(
+    seq: u64,
+    ts: &str,
+    session: &str,
+    kind: &str,
+    body: &str,
+    prev: &str,
+    out: &mut Vec<u8>,
+) -> Result<String, RecordingError> {
+    let start = out.len();
+    prefix(seq, ts, session, kind, body, prev, out)?;
+    if out.len() - start + HASH_SUFFIX_LEN > MAX_EVENT_BYTES {
+        let marker = |text: &str, out: &mut Vec<u8>| {
+            out.truncate(start);
+            let m = json!({"truncated": true, "bytes": body.len(), "text": text});
+            let m = serde_json::to_string(&m).map_err(|_| RecordingError::Encode)?;
+            prefix(seq, ts, session, kind, &m, prev, out)?;
+            Ok::<usize, RecordingError>(out.len() - start)
         };
         // Keep as much of the text as fits once escaped again inside the marker.
-        let budget = MAX_EVENT_BYTES.saturating_sub(marker("")?.len() + HASH_SUFFIX_LEN);
+        let budget = MAX_EVENT_BYTES.saturating_sub(marker("", out)? + HASH_SUFFIX_LEN);
         let mut used = 0;
         let mut cut = body
             .char_indices()
@@ -80,24 +121,24 @@ pub(crate) fn encode(
             })
             .map_or(body.len(), |(i, _)| i);
         // The count above is exact for serde_json; the loop only guards against it not being.
-        let mut fitted = None;
+        let mut fitted = false;
         for _ in 0..8 {
-            let candidate = marker(&body[..cut])?;
-            let len = candidate.len() + HASH_SUFFIX_LEN;
+            let len = marker(&body[..cut], out)? + HASH_SUFFIX_LEN;
             if len <= MAX_EVENT_BYTES {
-                fitted = Some(candidate);
+                fitted = true;
                 break;
             }
             cut = body.floor_char_boundary(cut.saturating_sub(len - MAX_EVENT_BYTES));
         }
-        prefix = fitted.ok_or(RecordingError::EventTooLarge)?;
+        if !fitted {
+            return Err(RecordingError::EventTooLarge);
+        }
     }
-    let hash = sha256_hex(&prefix);
-    let mut line = prefix;
-    line.extend_from_slice(HASH_MARKER);
-    line.extend_from_slice(hash.as_bytes());
-    line.extend_from_slice(b"\"}\n");
-    Ok(Encoded { line, hash })
+    let hash = sha256_hex(&out[start..]);
+    out.extend_from_slice(HASH_MARKER);
+    out.extend_from_slice(hash.as_bytes());
+    out.extend_from_slice(b"\"}\n");
+    Ok(hash)
 }
 
 /// Length of `c` inside a JSON string as serde_json writes it.
@@ -116,17 +157,21 @@ fn prefix(
     kind: &str,
     body: &str,
     prev: &str,
-) -> Result<Vec<u8>, RecordingError> {
+    out: &mut Vec<u8>,
+) -> Result<(), RecordingError> {
     // Every string goes through the JSON encoder; only `body` is already JSON.
-    let s = |v: &str| serde_json::to_string(v).map_err(|_| RecordingError::Encode);
-    Ok(format!(
-        "{{\"seq\":{seq},\"ts\":{},\"session\":{},\"type\":{},\"data\":{body},\"prev\":{}",
-        s(ts)?,
-        s(session)?,
-        s(kind)?,
-        s(prev)?
-    )
-    .into_bytes())
+    let s = |key: &[u8], v: &str, out: &mut Vec<u8>| {
+        out.extend_from_slice(key);
+        serde_json::to_writer(&mut *out, v).map_err(|_| RecordingError::Encode)
+    };
+    out.extend_from_slice(b"{\"seq\":");
+    out.extend_from_slice(seq.to_string().as_bytes());
+    s(b",\"ts\":", ts, out)?;
+    s(b",\"session\":", session, out)?;
+    s(b",\"type\":", kind, out)?;
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(body.as_bytes());
+    s(b",\"prev\":", prev, out)
 }
 
 /// A point in time, UTC, to the microsecond.
@@ -144,7 +189,37 @@ impl Timestamp {
     /// RFC 3339 with microseconds: `2025-01-31T23:59:59.123456Z`.
     pub fn rfc3339(&self) -> String {
         let (y, mo, d, h, mi, s) = self.civil();
-        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:06}Z", self.micros)
+        if !(0..=9999).contains(&y) {
+            return format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{:06}Z", self.micros);
+        }
+        // Written digit by digit: three of these per HTTP request, and `format!` costs more
+        // than the rest of an event's framing.
+        let mut out = [0u8; 27];
+        let mut put = |at: usize, width: usize, mut v: u64| {
+            for i in (at..at + width).rev() {
+                out[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, y as u64);
+        put(5, 2, u64::from(mo));
+        put(8, 2, u64::from(d));
+        put(11, 2, h as u64);
+        put(14, 2, mi as u64);
+        put(17, 2, s as u64);
+        put(20, 6, u64::from(self.micros));
+        for (i, c) in [
+            (4, b'-'),
+            (7, b'-'),
+            (10, b'T'),
+            (13, b':'),
+            (16, b':'),
+            (19, b'.'),
+            (26, b'Z'),
+        ] {
+            out[i] = c;
+        }
+        out.iter().map(|&b| char::from(b)).collect()
     }
 
     /// For file names, which sort chronologically: `20250131T235959Z`.

@@ -17,6 +17,7 @@ pub mod chain;
 pub mod cli;
 pub mod verify;
 
+use std::borrow::Cow;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -28,6 +29,9 @@ use agentgate_crds::gateway::RecordingMode;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
 use chain::{GENESIS, Timestamp, sha256_hex, signing_message};
@@ -41,6 +45,8 @@ pub const MAX_RECORDED_BODY: usize = 64 * 1024;
 pub const MAX_KIND_BYTES: usize = 64;
 /// Most events [`Session::record_deferred`] holds before writing them.
 pub const MAX_DEFERRED: usize = 64;
+/// Largest write buffer a session keeps between writes.
+const KEPT_BUFFER: usize = 64 * 1024;
 /// The first event of every session.
 pub const START: &str = "session.start";
 /// The last event of a closed session, signed.
@@ -80,20 +86,103 @@ pub fn key_id(public_key: &[u8]) -> String {
     id
 }
 
-/// A body as recorded: `{"text": …}` when the kept bytes are UTF-8, else `{"base64": …}`, with
-/// the total length and whether it was cut to `max` bytes.
-pub fn cap_body(bytes: &[u8], max: usize) -> Value {
-    let truncated = bytes.len() > max;
-    let kept = &bytes[..bytes.len().min(max)];
-    let text = match std::str::from_utf8(kept) {
-        Ok(s) => Some(s),
-        // The cut went through a multi-byte character: that is still text, minus the fragment.
-        Err(e) if truncated && e.error_len().is_none() => std::str::from_utf8(&kept[..e.valid_up_to()]).ok(),
-        Err(_) => None,
-    };
-    match text {
-        Some(text) => json!({"text": text, "bytes": bytes.len(), "truncated": truncated}),
-        None => json!({"base64": STANDARD.encode(kept), "bytes": bytes.len(), "truncated": truncated}),
+/// A body as recorded: `{"json": …}` for a complete JSON document (see [`CappedBody::json`]),
+/// `{"text": …}` when the kept bytes are UTF-8, else `{"base64": …}`, with the total length and
+/// whether it was cut to `max` bytes. Serialized straight from the bytes it borrows (or owns,
+/// when they were masked first), so recording a body copies it once.
+pub fn cap_body(bytes: &[u8], max: usize) -> CappedBody<'_> {
+    CappedBody::new(Cow::Borrowed(bytes), max)
+}
+
+/// See [`cap_body`].
+#[derive(Clone, Debug)]
+pub struct CappedBody<'a> {
+    kept: Kept<'a>,
+    total: usize,
+    truncated: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Kept<'a> {
+    /// Valid UTF-8.
+    Text(Cow<'a, [u8]>),
+    Binary(Cow<'a, [u8]>),
+    /// One JSON value on one line, embedded as it is.
+    Json(Box<RawValue>),
+}
+
+impl<'a> CappedBody<'a> {
+    /// Caps `bytes` (borrowed or owned) to `max`.
+    pub fn new(bytes: Cow<'a, [u8]>, max: usize) -> Self {
+        let total = bytes.len();
+        let truncated = total > max;
+        let keep = match std::str::from_utf8(&bytes[..total.min(max)]) {
+            Ok(s) => Some(s.len()),
+            // The cut went through a multi-byte character: that is still text, minus the fragment.
+            Err(e) if truncated && e.error_len().is_none() => Some(e.valid_up_to()),
+            Err(_) => None,
+        };
+        let (text, keep) = match keep {
+            Some(n) => (true, n),
+            None => (false, total.min(max)),
+        };
+        let kept = match bytes {
+            Cow::Borrowed(b) => Cow::Borrowed(&b[..keep]),
+            Cow::Owned(mut v) => {
+                v.truncate(keep);
+                Cow::Owned(v)
+            }
+        };
+        Self {
+            kept: if text {
+                Kept::Text(kept)
+            } else {
+                Kept::Binary(kept)
+            },
+            total,
+            truncated,
+        }
+    }
+
+    /// A JSON body recorded as JSON rather than as an escaped string (readable with any JSON
+    /// tool, and no escaping cost): only when it is one valid JSON value, on one line, within
+    /// `max` bytes. Anything else is recorded as [`CappedBody::new`] would.
+    pub fn json(bytes: Vec<u8>, max: usize) -> CappedBody<'static> {
+        let total = bytes.len();
+        // A raw line break would split the event's line: such bodies stay text.
+        if total > max || memchr::memchr2(b'\n', b'\r', &bytes).is_some() {
+            return CappedBody::new(Cow::Owned(bytes), max);
+        }
+        // Parsed again here: the line must stay valid JSON whatever produced the bytes.
+        let raw = std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Box<RawValue>>(text).ok());
+        match raw {
+            Some(raw) => CappedBody {
+                kept: Kept::Json(raw),
+                total,
+                truncated: false,
+            },
+            None => CappedBody::new(Cow::Owned(bytes), max),
+        }
+    }
+}
+
+impl Serialize for CappedBody<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(3))?;
+        match &self.kept {
+            Kept::Text(text) => {
+                let text = std::str::from_utf8(text).map_err(serde::ser::Error::custom)?;
+                m.serialize_entry("text", text)?;
+            }
+            Kept::Binary(b) => m.serialize_entry("base64", &STANDARD.encode(b))?,
+            Kept::Json(raw) => m.serialize_entry("json", raw)?,
+        }
+        m.serialize_entry("bytes", &self.total)?;
+        m.serialize_entry("truncated", &self.truncated)?;
+        m.end()
     }
 }
 
@@ -223,6 +312,7 @@ impl Recorder {
                 len: 0,
                 closed: false,
                 deferred: Vec::new(),
+                buf: Vec::new(),
             }),
         };
         let mut data = into_object(start);
@@ -252,8 +342,10 @@ struct State {
     /// Bytes of complete events: a failed write is cut back to this.
     len: u64,
     closed: bool,
-    /// Deferred events (kind, timestamp, data), written with the next event.
-    deferred: Vec<(String, String, Value)>,
+    /// Deferred events (kind, timestamp, data as JSON), written with the next event.
+    deferred: Vec<(String, String, String)>,
+    /// The lines of one write, kept between writes so an event allocates no buffer.
+    buf: Vec<u8>,
 }
 
 /// One recorded session. Shared by a connection's tasks; events are appended in lock order.
@@ -287,7 +379,7 @@ impl Session {
     /// Appends one event, written to the OS before returning. `Required`: an error means the
     /// event is not on record and the caller must refuse the operation. `BestEffort`: failures are
     /// logged and counted, and `Ok` returned.
-    pub fn record(&self, kind: &str, data: Value) -> Result<(), RecordingError> {
+    pub fn record(&self, kind: &str, data: impl Serialize) -> Result<(), RecordingError> {
         let result = if kind == START || kind == END {
             Err(RecordingError::InvalidKind)
         } else {
@@ -300,7 +392,7 @@ impl Session {
     /// in one write: for events that follow what they record (a result already sent), so a
     /// statement and the previous statement's result cost one system call. Its timestamp is
     /// taken now. At most [`MAX_DEFERRED`] events wait; then they are written at once.
-    pub fn record_deferred(&self, kind: &str, data: Value) -> Result<(), RecordingError> {
+    pub fn record_deferred(&self, kind: &str, data: impl Serialize) -> Result<(), RecordingError> {
         let valid = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b);
         let result = if kind == START
             || kind == END
@@ -310,18 +402,20 @@ impl Session {
         {
             Err(RecordingError::InvalidKind)
         } else {
+            let ts = Timestamp::now().rfc3339();
+            let json = serde_json::to_string(&data).map_err(|_| RecordingError::Encode);
             let mut state = self.lock();
             if state.closed {
                 Err(RecordingError::Closed(self.id.clone()))
             } else {
-                state
-                    .deferred
-                    .push((kind.to_string(), Timestamp::now().rfc3339(), data));
-                if state.deferred.len() >= MAX_DEFERRED {
-                    self.write_deferred(&mut state)
-                } else {
-                    Ok(())
-                }
+                json.and_then(|json| {
+                    state.deferred.push((kind.to_string(), ts, json));
+                    if state.deferred.len() >= MAX_DEFERRED {
+                        self.write_deferred(&mut state)
+                    } else {
+                        Ok(())
+                    }
+                })
             }
         };
         self.settle(kind, result)
@@ -375,7 +469,7 @@ impl Session {
         self.write_events(state, None)
     }
 
-    fn append(&self, state: &mut State, kind: &str, data: &Value) -> Result<(), RecordingError> {
+    fn append(&self, state: &mut State, kind: &str, data: &impl Serialize) -> Result<(), RecordingError> {
         let valid = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b);
         if kind.is_empty() || kind.len() > MAX_KIND_BYTES || !kind.bytes().all(valid) {
             return Err(RecordingError::InvalidKind);
@@ -383,12 +477,13 @@ impl Session {
         if state.closed {
             return Err(RecordingError::Closed(self.id.clone()));
         }
-        self.write_events(state, Some((kind, data)))
+        let json = serde_json::to_string(data).map_err(|_| RecordingError::Encode)?;
+        self.write_events(state, Some((kind, &json)))
     }
 
     /// Encodes the deferred events, then `event`, chained in that order, and writes them in one
     /// system call. The chain advances only once the bytes are written.
-    fn write_events(&self, state: &mut State, event: Option<(&str, &Value)>) -> Result<(), RecordingError> {
+    fn write_events(&self, state: &mut State, event: Option<(&str, &str)>) -> Result<(), RecordingError> {
         let deferred = std::mem::take(&mut state.deferred);
         if deferred.is_empty() && event.is_none() {
             return Ok(());
@@ -397,27 +492,37 @@ impl Session {
             return Err(RecordingError::Unavailable(self.id.clone()));
         }
         let (mut seq, mut prev) = (state.seq, state.prev.clone());
-        let mut lines = Vec::new();
+        let mut lines = std::mem::take(&mut state.buf);
+        lines.clear();
         for (kind, ts, data) in &deferred {
-            let e = chain::encode(seq, ts, &self.id, kind, data, &prev)?;
-            lines.extend_from_slice(&e.line);
+            prev = chain::encode_json(seq, ts, &self.id, kind, data, &prev, &mut lines)?;
             seq += 1;
-            prev = e.hash;
         }
         if let Some((kind, data)) = event {
             let ts = Timestamp::now().rfc3339();
-            let e = chain::encode(seq, &ts, &self.id, kind, data, &prev)?;
-            lines.extend_from_slice(&e.line);
+            prev = chain::encode_json(seq, &ts, &self.id, kind, data, &prev, &mut lines)?;
             seq += 1;
-            prev = e.hash;
         }
+        let written = self.write_lines(state, &lines);
+        // Keep the buffer for the next write unless one large event grew it.
+        if lines.capacity() <= KEPT_BUFFER {
+            state.buf = lines;
+        }
+        written?;
+        state.seq = seq;
+        state.prev = prev;
+        Ok(())
+    }
+
+    /// Writes whole lines to the file, or cuts the file back to its last whole line.
+    fn write_lines(&self, state: &mut State, lines: &[u8]) -> Result<(), RecordingError> {
         if lines.is_empty() {
             return Ok(());
         }
         let Some(file) = state.file.as_mut() else {
             return Err(RecordingError::Unavailable(self.id.clone()));
         };
-        if let Err(source) = file.write_all(&lines) {
+        if let Err(source) = file.write_all(lines) {
             // A partial line would make every later event unverifiable: cut it off, or stop
             // writing to this file at all.
             if file.set_len(state.len).is_err() {
@@ -429,8 +534,6 @@ impl Session {
             });
         }
         state.len += lines.len() as u64;
-        state.seq = seq;
-        state.prev = prev;
         Ok(())
     }
 

@@ -404,6 +404,7 @@ fn oversized_events_are_truncated_and_still_verify() {
 
 #[test]
 fn bodies_are_capped() {
+    let cap_body = |b: &[u8], max: usize| serde_json::to_value(cap_body(b, max)).unwrap();
     let v = cap_body(b"hello", MAX_RECORDED_BODY);
     assert_eq!(v, json!({"text": "hello", "bytes": 5, "truncated": false}));
     let v = cap_body(b"hello world", 5);
@@ -419,6 +420,24 @@ fn bodies_are_capped() {
         cap_body(b"", 0),
         json!({"text": "", "bytes": 0, "truncated": false})
     );
+}
+
+#[test]
+fn json_bodies_are_recorded_as_json_only_when_one_value_fits_on_one_line() {
+    let as_value = |b: &[u8], max: usize| serde_json::to_value(CappedBody::json(b.to_vec(), max)).unwrap();
+    assert_eq!(
+        as_value(br#"{"a":[1,"x\ny"]}"#, 64),
+        json!({"json": {"a": [1, "x\ny"]}, "bytes": 16, "truncated": false})
+    );
+    // A raw line break, two values, invalid JSON, or too large: recorded as text.
+    for body in [&b"{\"a\":\n1}"[..], b"1 2", b"{\"a\":}", b"[1,2,3,4,5,6,7,8,9]"] {
+        let v = as_value(body, 16);
+        assert!(v.get("json").is_none(), "{v}");
+        assert!(v["text"].is_string(), "{v}");
+    }
+    // The line stays one valid JSON document with the body inside it.
+    let encoded = serde_json::to_string(&CappedBody::json(br#"{"k":"v"}"#.to_vec(), 64)).unwrap();
+    assert_eq!(encoded, r#"{"json":{"k":"v"},"bytes":9,"truncated":false}"#);
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 use base64::Engine;
 use hyper::http::{HeaderMap, HeaderName, HeaderValue, header};
-use serde_json::{Map, Value};
+use serde::Serialize;
 
 use crate::config::compile::Credential;
 use agentgate_crds::connection::CredentialScheme;
@@ -100,8 +100,15 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for n in named {
         headers.remove(n);
     }
-    for n in HOP_BY_HOP {
-        headers.remove(*n);
+    // Look before removing: most messages carry none of these, and a removal by name parses
+    // and hashes the name whether it is there or not.
+    let present: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| HOP_BY_HOP.contains(&n.as_str()))
+        .cloned()
+        .collect();
+    for n in present {
+        headers.remove(n);
     }
 }
 
@@ -161,28 +168,39 @@ pub fn sanitize_response(headers: &mut HeaderMap) {
 
 /// Headers as a JSON object for a recording: names lowercased, repeats as arrays, secret values
 /// replaced.
-pub fn for_record(headers: &HeaderMap) -> Value {
-    let mut map = Map::new();
-    for name in headers.keys() {
-        let values: Vec<Value> = headers
-            .get_all(name)
-            .iter()
-            .map(|v| {
-                if SECRET_HEADERS.contains(&name.as_str()) {
-                    Value::String("[REDACTED]".into())
+pub fn for_record(headers: &HeaderMap) -> Recorded<'_> {
+    Recorded(headers)
+}
+
+/// Headers as recorded: name to value, or to an array of values when repeated; secret ones
+/// `[REDACTED]`. Serialized straight from the map.
+#[derive(Clone, Copy, Debug)]
+pub struct Recorded<'a>(&'a HeaderMap);
+
+impl<'a> Serialize for Recorded<'a> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.keys_len()))?;
+        for name in self.0.keys() {
+            let secret = SECRET_HEADERS.contains(&name.as_str());
+            let shown = |v: &'a HeaderValue| -> std::borrow::Cow<'a, str> {
+                if secret {
+                    std::borrow::Cow::Borrowed("[REDACTED]")
                 } else {
-                    Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    String::from_utf8_lossy(v.as_bytes())
                 }
-            })
-            .collect();
-        let v = if values.len() == 1 {
-            values.into_iter().next().unwrap_or(Value::Null)
-        } else {
-            Value::Array(values)
-        };
-        map.insert(name.as_str().to_string(), v);
+            };
+            let mut values = self.0.get_all(name).iter();
+            match (values.next(), values.next()) {
+                (Some(only), None) => m.serialize_entry(name.as_str(), &shown(only))?,
+                _ => {
+                    let all: Vec<_> = self.0.get_all(name).iter().map(shown).collect();
+                    m.serialize_entry(name.as_str(), &all)?;
+                }
+            }
+        }
+        m.end()
     }
-    Value::Object(map)
 }
 
 #[cfg(test)]
@@ -278,7 +296,7 @@ mod tests {
             ("x-a", "1"),
             ("x-a", "2"),
         ]);
-        let v = for_record(&h);
+        let v = serde_json::to_value(for_record(&h)).unwrap();
         assert_eq!(v["authorization"], "[REDACTED]");
         assert_eq!(v["x-a"], serde_json::json!(["1", "2"]));
         assert!(!v.to_string().contains("s3cr3t"));

@@ -33,6 +33,7 @@ use crate::masking::{MAX_MASKED_BODY, MaskReport, MaskingPlan};
 use crate::policy::{BodyView, Cause, Decision, HttpOperation, KubernetesOperation, Operation, Subject};
 use crate::protocol::approval;
 use crate::protocol::kubernetes::{self, request_info};
+use crate::recording::MAX_RECORDED_BODY;
 use crate::recording::Session;
 use agentgate_crds::policy::UnparseablePolicy;
 
@@ -171,7 +172,7 @@ fn new_request_id() -> String {
     if aws_lc_rs::rand::fill(&mut raw).is_err() {
         return "unknown".into();
     }
-    raw.iter().map(|b| format!("{b:02x}")).collect()
+    crate::recording::chain::hex(&raw)
 }
 
 fn bad_request(detail: impl Into<String>) -> Problem {
@@ -430,11 +431,8 @@ async fn proxy(
             if let (Action::RequireApproval, Cause::Rule { policy, rule }) = (d.action, d.cause) {
                 approval_rule = Some((policy, rule, op.summary()));
             }
-            (
-                d.action,
-                decision_json(&d, &explained),
-                refusal_for(&d, explained),
-            )
+            let record = DecisionEvent::of(&d, explained.clone());
+            (d.action, record, refusal_for(&d, explained))
         }
         None => {
             // Only Kubernetes requests have no operation (see `non_resource_read_allowed`).
@@ -455,8 +453,14 @@ async fn proxy(
                 }
             );
             let action = if allowed { Action::Allow } else { Action::Deny };
-            let rec = json!({"action": if allowed {"allow"} else {"deny"}, "reason": explained});
             let refusal = (!allowed).then(|| Problem::new(Kind::DeniedByPolicy, explained.clone()));
+            let rec = DecisionEvent {
+                request_id: "",
+                action: if allowed { "allow" } else { "deny" },
+                reason: explained,
+                policy: None,
+                rule: None,
+            };
             (action, rec, refusal)
         }
     };
@@ -469,32 +473,29 @@ async fn proxy(
     // Masking plan and recording session, before anything is forwarded.
     let plan = plane.masking_plan(connection, &applicable);
     let session = session_for(&plane, gw, conn, &principal, connection)?;
-    let mut request_headers_record = headers::for_record(&parts.headers);
-    if let Some(q) = &target.raw_query {
+    let request_event = RequestEvent {
+        request_id,
+        method: parts.method.as_str(),
+        path: &path,
+        host: &authority,
+        peer: conn.peer,
+        version: version_label(parts.version),
+        headers: headers::for_record(&parts.headers),
         // Query strings can carry secrets too.
-        let (masked, _) = plan.mask_text(q);
-        request_headers_record = json!({"headers": request_headers_record, "query": masked});
-    } else {
-        request_headers_record = json!({"headers": request_headers_record});
-    }
-    let mut request_event = json!({
-        "request_id": request_id,
-        "method": parts.method.as_str(),
-        "path": path,
-        "host": authority,
-        "peer": conn.peer.to_string(),
-        "version": format!("{:?}", parts.version),
-    });
-    if let (Some(map), Value::Object(extra)) = (request_event.as_object_mut(), request_headers_record) {
-        map.extend(extra);
-    }
-    if let Some(b) = &read_body {
-        request_event["body"] = response::body_for_record(Some(&plan), b, true);
-    }
-    record(gw, &plane, session.as_deref(), "http.request", request_event)?;
+        query: target.raw_query.as_deref().map(|q| plan.mask_text(q).0),
+        body: read_body
+            .as_ref()
+            .map(|b| response::body_for_record(Some(&plan), b, true)),
+    };
     let mut decision_event = decision_record;
-    decision_event["request_id"] = Value::String(request_id.to_string());
-    record(gw, &plane, session.as_deref(), "decision", decision_event)?;
+    decision_event.request_id = request_id;
+    // The request and its decision go to the file in one write, before anything is forwarded.
+    if let Some(s) = session.as_deref() {
+        settle(gw, &plane, s.record_deferred("http.request", &request_event))?;
+    }
+    record(gw, &plane, session.as_deref(), "decision", &decision_event)?;
+    // It borrows the body read so far, which the approval path below may still extend.
+    drop(request_event);
 
     let mut refusal = refusal;
     if let Some((policy, rule, summary)) = approval_rule {
@@ -660,24 +661,17 @@ async fn proxy(
     headers::sanitize_response(&mut res_parts.headers);
     let mut res_body: Body = res_body.map_err(|e| -> BodyError { Box::new(e) }).boxed();
     // An upstream that reflects the credential it was sent must not hand it to the agent.
-    if let Some(secret) = connection.credential.as_ref().and_then(|c| c.secret.as_ref()) {
-        let secret = secret.expose();
-        if secret.len() >= response::MIN_SCRUBBED_SECRET {
-            let finder = memchr::memmem::Finder::new(secret);
-            let leaking: Vec<_> = res_parts
-                .headers
-                .iter()
-                .filter(|(_, v)| finder.find(v.as_bytes()).is_some())
-                .map(|(n, _)| n.clone())
-                .collect();
-            for n in leaking {
-                res_parts.headers.remove(n);
-            }
+    if let Some(finder) = &upstream.scrub {
+        let leaking: Vec<_> = res_parts
+            .headers
+            .iter()
+            .filter(|(_, v)| finder.find(v.as_bytes()).is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in leaking {
+            res_parts.headers.remove(n);
         }
-        res_body = match response::scrubbed(res_body, secret) {
-            Ok(s) => s.boxed(),
-            Err(unchanged) => unchanged,
-        };
+        res_body = response::scrubbed(res_body, finder.clone()).boxed();
     }
     let class = response::classify(
         res_parts
@@ -694,21 +688,25 @@ async fn proxy(
             .is_some_and(|v| v == "0");
     let is_watch = kube_info.as_ref().is_some_and(|k| k.verb == "watch");
     let connection_name = connection.name.clone();
-    let mut response_event = json!({
-        "request_id": request_id,
-        "status": res_parts.status.as_u16(),
-        "headers": headers::for_record(&res_parts.headers),
-        "upstream_us": (sent.elapsed().as_micros() as u64),
-        "total_us": (started.elapsed().as_micros() as u64),
-    });
+    let meta = ResponseMeta {
+        request_id,
+        status: res_parts.status.as_u16(),
+        upstream_us: sent.elapsed().as_micros() as u64,
+        total_us: started.elapsed().as_micros() as u64,
+    };
     let discovery = kube_info.as_ref().is_some_and(|k| !k.is_resource_request);
     let body: Body = if plan.is_empty() || bodiless || discovery {
-        response_event["body"] = json!({"streamed": true});
-        record(gw, &plane, session.as_deref(), "http.response", response_event)?;
+        let event = meta.event(
+            &res_parts.headers,
+            ResponseBody::Note(json!({"streamed": true})),
+            None,
+        );
+        record(gw, &plane, session.as_deref(), "http.response", event)?;
         tee(res_body, session.as_ref(), request_id, None, gw, &plane)
     } else if is_watch && class == ContentClass::Json {
-        response_event["body"] = json!({"streamed": true, "masked": "per event"});
-        record(gw, &plane, session.as_deref(), "http.response", response_event)?;
+        let note = json!({"streamed": true, "masked": "per event"});
+        let event = meta.event(&res_parts.headers, ResponseBody::Note(note), None);
+        record(gw, &plane, session.as_deref(), "http.response", event)?;
         res_parts.headers.remove(header::CONTENT_LENGTH);
         let metrics = gw.metrics.clone();
         let masked = response::masked_lines(
@@ -733,14 +731,19 @@ async fn proxy(
                 res_parts
                     .headers
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-                response_event["body"] = response::body_for_record(None, &bytes, true);
-                response_event["masked"] = json!({"fields": report.fields, "detections": report.detections});
-                record(gw, &plane, session.as_deref(), "http.response", response_event)?;
+                let body = ResponseBody::Recorded(if class == ContentClass::Json {
+                    crate::recording::CappedBody::json(bytes.to_vec(), MAX_RECORDED_BODY)
+                } else {
+                    response::body_for_record(None, &bytes, true)
+                });
+                let event = meta.event(&res_parts.headers, body, Some(&report));
+                record(gw, &plane, session.as_deref(), "http.response", event)?;
                 full(bytes)
             }
             Ok(Masked::PassThrough(body)) => {
-                response_event["body"] = json!({"streamed": true, "masked": false});
-                record(gw, &plane, session.as_deref(), "http.response", response_event)?;
+                let note = json!({"streamed": true, "masked": false});
+                let event = meta.event(&res_parts.headers, ResponseBody::Note(note), None);
+                record(gw, &plane, session.as_deref(), "http.response", event)?;
                 tee(body, session.as_ref(), request_id, Some(plan.clone()), gw, &plane)
             }
             Err(reason) => {
@@ -748,8 +751,9 @@ async fn proxy(
                     .masking_refusals
                     .with_label_values(&[&connection_name])
                     .inc();
-                response_event["body"] = json!({"refused": reason});
-                let _ = record(gw, &plane, session.as_deref(), "http.response", response_event);
+                let note = json!({"refused": reason});
+                let event = meta.event(&res_parts.headers, ResponseBody::Note(note), None);
+                let _ = record(gw, &plane, session.as_deref(), "http.response", event);
                 return Err(Problem::new(
                     Kind::MaskingRefused,
                     format!("the upstream's response was withheld because masking applies and {reason}"),
@@ -860,7 +864,7 @@ fn record(
     plane: &Plane,
     session: Option<&Session>,
     kind: &str,
-    data: Value,
+    data: impl serde::Serialize,
 ) -> Result<(), Problem> {
     let required = plane.snapshot.config.gateway.recording.mode == RecordingMode::Required;
     let Some(session) = session else {
@@ -873,7 +877,17 @@ fn record(
             Ok(())
         };
     };
-    match session.record(kind, data) {
+    settle(gw, plane, session.record(kind, data))
+}
+
+/// Applies the recording mode to the outcome of writing an event.
+fn settle(
+    gw: &Gateway,
+    plane: &Plane,
+    result: Result<(), crate::recording::RecordingError>,
+) -> Result<(), Problem> {
+    let required = plane.snapshot.config.gateway.recording.mode == RecordingMode::Required;
+    match result {
         Ok(()) => Ok(()),
         Err(e) => {
             gw.metrics
@@ -1006,13 +1020,119 @@ async fn authenticate(
     })
 }
 
-fn decision_json(d: &Decision<'_>, explained: &str) -> Value {
-    let mut v = json!({"action": d.label(), "reason": explained});
-    if let Cause::Rule { policy, rule } = d.cause {
-        v["policy"] = Value::String(policy.name.clone());
-        v["rule"] = Value::String(rule.name.clone());
+/// The `decision` event.
+#[derive(serde::Serialize)]
+struct DecisionEvent<'a> {
+    request_id: &'a str,
+    action: &'static str,
+    reason: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    policy: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<&'a str>,
+}
+
+impl<'a> DecisionEvent<'a> {
+    fn of(d: &Decision<'a>, reason: String) -> Self {
+        let (policy, rule) = match d.cause {
+            Cause::Rule { policy, rule } => (Some(policy.name.as_str()), Some(rule.name.as_str())),
+            _ => (None, None),
+        };
+        Self {
+            request_id: "",
+            action: d.label(),
+            reason,
+            policy,
+            rule,
+        }
     }
-    v
+}
+
+/// The `http.request` event: the request as forwarded, secrets redacted, body masked.
+#[derive(serde::Serialize)]
+struct RequestEvent<'a> {
+    request_id: &'a str,
+    method: &'a str,
+    path: &'a str,
+    host: &'a str,
+    peer: SocketAddr,
+    version: &'static str,
+    headers: headers::Recorded<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query: Option<std::borrow::Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<crate::recording::CappedBody<'a>>,
+}
+
+/// The `http.response` event.
+#[derive(serde::Serialize)]
+struct ResponseEvent<'a> {
+    request_id: &'a str,
+    status: u16,
+    headers: headers::Recorded<'a>,
+    upstream_us: u64,
+    total_us: u64,
+    body: ResponseBody<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    masked: Option<MaskedCounts>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum ResponseBody<'a> {
+    /// The masked body itself.
+    Recorded(crate::recording::CappedBody<'a>),
+    /// What happened to a body that is not recorded here (streamed, refused).
+    Note(Value),
+}
+
+#[derive(serde::Serialize)]
+struct MaskedCounts {
+    fields: u64,
+    detections: u64,
+}
+
+/// What every `http.response` event of one request carries.
+#[derive(Clone, Copy)]
+struct ResponseMeta<'a> {
+    request_id: &'a str,
+    status: u16,
+    upstream_us: u64,
+    total_us: u64,
+}
+
+impl<'a> ResponseMeta<'a> {
+    fn event(
+        self,
+        headers: &'a HeaderMap,
+        body: ResponseBody<'a>,
+        masked: Option<&MaskReport>,
+    ) -> ResponseEvent<'a> {
+        ResponseEvent {
+            request_id: self.request_id,
+            status: self.status,
+            headers: headers::for_record(headers),
+            upstream_us: self.upstream_us,
+            total_us: self.total_us,
+            body,
+            masked: masked.map(|r| MaskedCounts {
+                fields: r.fields,
+                detections: r.detections,
+            }),
+        }
+    }
+}
+
+/// HTTP version as recorded.
+fn version_label(v: hyper::http::Version) -> &'static str {
+    match v {
+        hyper::http::Version::HTTP_09 => "HTTP/0.9",
+        hyper::http::Version::HTTP_10 => "HTTP/1.0",
+        hyper::http::Version::HTTP_11 => "HTTP/1.1",
+        hyper::http::Version::HTTP_2 => "HTTP/2.0",
+        hyper::http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "unknown",
+    }
 }
 
 fn refusal_for(d: &Decision<'_>, explained: String) -> Option<Problem> {

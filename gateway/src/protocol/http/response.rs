@@ -2,6 +2,7 @@
 //! masking cap), masked line by line for watch streams, or streamed untouched; and a tee that
 //! records the first bytes of whatever passes.
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -9,11 +10,11 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::body::{Body, BodyError};
 use crate::masking::{MAX_MASKED_BODY, MaskReport, MaskingPlan};
-use crate::recording::{MAX_RECORDED_BODY, Session, cap_body};
+use crate::recording::{CappedBody, MAX_RECORDED_BODY, Session, cap_body};
 
 /// What a content type lets the masker do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,17 +98,17 @@ pub fn mask_whole(
 /// JSON is kept as text rather than parsed into the event: parsing and copying the tree cost
 /// more than the rest of the recording (profiled with `bench/http.sh`), and the text is exactly
 /// what crossed the gateway.
-pub fn body_for_record(plan: Option<&MaskingPlan>, bytes: &[u8], complete: bool) -> Value {
+pub fn body_for_record<'a>(plan: Option<&MaskingPlan>, bytes: &'a [u8], complete: bool) -> CappedBody<'a> {
     let Some(plan) = plan.filter(|p| !p.is_empty()) else {
         return cap_body(bytes, MAX_RECORDED_BODY);
     };
     let mut out = Vec::new();
     if complete && plan.mask_json(bytes, &mut out).is_ok() {
-        return cap_body(&out, MAX_RECORDED_BODY);
+        return CappedBody::json(out, MAX_RECORDED_BODY);
     }
     let text = String::from_utf8_lossy(bytes);
     let (masked, _) = plan.mask_text(&text);
-    cap_body(masked.as_bytes(), MAX_RECORDED_BODY)
+    CappedBody::new(Cow::Owned(masked.into_owned().into_bytes()), MAX_RECORDED_BODY)
 }
 
 /// A rewrite of a body's data, chunk by chunk, that may hold bytes back until the next chunk
@@ -391,23 +392,28 @@ pub const MIN_SCRUBBED_SECRET: usize = 8;
 /// back only a chunk's end that could begin an occurrence, so one split across chunks is still
 /// found and nothing else is delayed.
 pub struct Scrubber {
-    finder: memchr::memmem::Finder<'static>,
+    finder: Arc<CredentialFinder>,
     held: BytesMut,
 }
 
-/// `inner` with the credential scrubbed; `Err(inner)` when the secret is too short to scrub
-/// without mangling ordinary text.
-pub fn scrubbed(inner: Body, secret: &[u8]) -> Result<Rewritten<Scrubber>, Body> {
-    if secret.len() < MIN_SCRUBBED_SECRET {
-        return Err(inner);
-    }
-    Ok(Rewritten::new(
+/// A searcher for one credential, built once per configuration: building it costs more than
+/// searching a small body.
+pub type CredentialFinder = memchr::memmem::Finder<'static>;
+
+/// The finder of `secret`, or `None` when it is too short to scrub without mangling ordinary text.
+pub fn credential_finder(secret: &[u8]) -> Option<Arc<CredentialFinder>> {
+    (secret.len() >= MIN_SCRUBBED_SECRET).then(|| Arc::new(memchr::memmem::Finder::new(secret).into_owned()))
+}
+
+/// `inner` with the credential `finder` searches for scrubbed.
+pub fn scrubbed(inner: Body, finder: Arc<CredentialFinder>) -> Rewritten<Scrubber> {
+    Rewritten::new(
         inner,
         Scrubber {
-            finder: memchr::memmem::Finder::new(secret).into_owned(),
+            finder,
             held: BytesMut::new(),
         },
-    ))
+    )
 }
 
 impl Rewrite for Scrubber {
@@ -470,9 +476,7 @@ mod scrub_tests {
         .map(|c| Ok(Frame::data(Bytes::from(c))))
         .collect();
         let body: Body = StreamBody::new(futures_util::stream::iter(chunks)).boxed();
-        let Ok(s) = scrubbed(body, secret) else {
-            panic!("long enough")
-        };
+        let s = scrubbed(body, credential_finder(secret).expect("long enough"));
         let out = s.collect().await.unwrap().to_bytes();
         let text = std::str::from_utf8(&out).unwrap();
         assert!(!text.contains("CANARY"), "{text}");
@@ -485,6 +489,6 @@ mod scrub_tests {
         let mut buf = b"x 00CANARY-secret y".to_vec();
         assert!(scrub_bytes(&mut buf, secret));
         assert_eq!(&buf, b"x *************** y");
-        assert!(scrubbed(crate::protocol::http::body::empty(), b"short").is_err());
+        assert!(credential_finder(b"short").is_none());
     }
 }

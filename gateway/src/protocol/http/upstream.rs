@@ -1,6 +1,7 @@
 //! Pooled clients towards each Connection's endpoint, and the classification of their failures
 //! into what the client is told (unavailable, TLS, timeout) without upstream internals.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::http::{Request, Response};
@@ -10,6 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::Body;
 use super::problem::{Kind, Problem};
+use super::response;
 use super::tls::{UpstreamTls, client_config};
 use crate::config::CompiledConnection;
 
@@ -33,6 +35,8 @@ pub struct Upstream {
     pub base_path: String,
     /// The `Host` header sent upstream.
     pub authority: String,
+    /// The searcher for the Connection's credential in responses (see [`response::Scrubber`]).
+    pub scrub: Option<Arc<response::CredentialFinder>>,
 }
 
 impl Upstream {
@@ -88,6 +92,11 @@ impl Upstream {
             origin: format!("{}://{host}:{}", c.endpoint.scheme, c.endpoint.port),
             base_path: c.endpoint.path.trim_end_matches('/').to_string(),
             authority,
+            scrub: c
+                .credential
+                .as_ref()
+                .and_then(|cred| cred.secret.as_ref())
+                .and_then(|s| response::credential_finder(s.expose())),
         })
     }
 
