@@ -56,6 +56,9 @@
 #   BENCH_QUIET_WAIT=120    before each run, wait up to this many seconds for other processes to
 #                           use < 10% of a core (shared machines); the report shows each run's noise
 #   BENCH_KEEP=1            keep the temp dir (configs, logs, raw outputs, recordings)
+#   BENCH_HOLD=1            set up and check as usual, then measure nothing: write the targets'
+#                           URLs, the agent's Authorization header and the PIDs to $WORK/targets.env
+#                           and wait until interrupted (for profiling with perf, strace, wrk by hand)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -114,7 +117,7 @@ command -v taskset >/dev/null || missing+=(util-linux)
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$NGINX" ] || die "nginx is not installed"
 
-if [ ! -x "$OHA" ]; then
+if [ ! -x "$OHA" ] && [ "${BENCH_HOLD:-0}" != 1 ]; then
     log "installing oha $OHA_VERSION into $TOOLS (cargo install, a few minutes)"
     cargo install oha --version "$OHA_VERSION" --locked --root "$TOOLS" >&2
 fi
@@ -460,6 +463,17 @@ grep -q 'isaac.brock@example.com' "$session" && die "the recording carries the u
     die "the recording does not verify: $(cat "$WORK/verify.log")"
 log "checked: upstream and nginx return the document; agentgate authenticates (401), denies (403),"
 log "         masks (200, emails and phone [REDACTED]) and records ($(basename "$session") verifies)"
+
+if [ "${BENCH_HOLD:-0}" = 1 ]; then
+    {
+        printf 'DIRECT_URL=%q\nPROXY_URL=%q\nGATEWAY_URL=%q\n' "$DIRECT_URL" "$PROXY_URL" "$GATEWAY_URL"
+        printf 'DIRECT_AUTH=%q\nAGENT_AUTH=%q\n' "$DIRECT_AUTH" "$AGENT_AUTH"
+        printf 'UPSTREAM_PID=%s\nPROXY_PID=%s\nGATEWAY_PID=%s\nSESSIONS=%q\n' "$UPSTREAM_PID" "$PROXY_PID" "$GATEWAY_PID" "$SESSIONS"
+    } >"$WORK/targets.env"
+    log "holding (BENCH_HOLD=1): targets in $WORK/targets.env; interrupt to stop"
+    while kill -0 "$GATEWAY_PID" 2>/dev/null; do sleep 1; done
+    die "agentgate exited while holding: $(tail -5 "$WORK/gateway.log")"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 6. Measure
