@@ -57,6 +57,9 @@
 #   BENCH_PIN=auto|1|0      CPU pinning as above       BENCH_HARNESS_CPUS=0  BENCH_SUT_CPUS=1
 #   BENCH_PORT_BASE=18280   four ports from here: postgres, pgbouncer, gateway, gateway admin
 #   BENCH_KEEP=1            keep the temp dir (configs, logs, pgbench logs, recordings)
+#   BENCH_HOLD=1            set up and check as usual, then measure nothing: write each target's
+#                           client environment and the PIDs to $WORK/targets.env and wait until
+#                           interrupted (for profiling with perf or valgrind and pgbench by hand)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -519,6 +522,15 @@ if has_target gateway; then
     log "checked: agentgate refuses a wrong token, denies DELETE, masks ($out), records ($(basename "$session") verifies)"
 fi
 log "checked: $ACCOUNTS accounts through: $TARGETS"
+
+if [ "${BENCH_HOLD:-0}" = 1 ]; then
+    {
+        for t in $TARGETS; do printf '%s_ENV=%q\n' "${t^^}" "$(target_env "$t")"; done
+        printf 'DB=%q\nPGBENCH=%q\nBOUNCER_PID=%s\nGATEWAY_PID=%s\n' "$DB" "$PGBENCH" "${BOUNCER_PID:-}" "$GATEWAY_PID"
+    } >"$WORK/targets.env"
+    log "holding (BENCH_HOLD=1): targets in $WORK/targets.env; interrupt to stop"
+    while sleep 1; do :; done
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 7. Measure

@@ -159,10 +159,18 @@ fn prefix(
     prev: &str,
     out: &mut Vec<u8>,
 ) -> Result<(), RecordingError> {
-    // Every string goes through the JSON encoder; only `body` is already JSON.
+    // Every string is JSON-encoded; only `body` is already JSON. The usual ones (hex digests,
+    // timestamps, event types) need no escaping and are copied between quotes.
     let s = |key: &[u8], v: &str, out: &mut Vec<u8>| {
         out.extend_from_slice(key);
-        serde_json::to_writer(&mut *out, v).map_err(|_| RecordingError::Encode)
+        if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            out.push(b'"');
+            out.extend_from_slice(v.as_bytes());
+            out.push(b'"');
+            Ok(())
+        } else {
+            serde_json::to_writer(&mut *out, v).map_err(|_| RecordingError::Encode)
+        }
     };
     out.extend_from_slice(b"{\"seq\":");
     out.extend_from_slice(seq.to_string().as_bytes());
@@ -219,7 +227,7 @@ impl Timestamp {
         ] {
             out[i] = c;
         }
-        out.iter().map(|&b| char::from(b)).collect()
+        std::str::from_utf8(&out).unwrap_or_default().to_string()
     }
 
     /// For file names, which sort chronologically: `20250131T235959Z`.
@@ -294,6 +302,25 @@ mod tests {
         assert_eq!(line, format!("{expected_prefix},\"hash\":\"{}\"}}\n", e.hash));
         assert_eq!(e.hash, sha256_hex(expected_prefix.as_bytes()));
         assert_eq!(e.line.len() - 1, expected_prefix.len() + HASH_SUFFIX_LEN);
+    }
+
+    #[test]
+    fn framing_strings_are_encoded_as_serde_json_would() {
+        for ts in [
+            "2025-01-31T23:59:59.123456Z",
+            "a\"b",
+            "a\\b",
+            "tab\there",
+            "\u{1}",
+            "é",
+            "",
+        ] {
+            let e = encode(0, ts, "s", "k", &json!({}), GENESIS).unwrap();
+            let expected = format!("{{\"seq\":0,\"ts\":{}", serde_json::to_string(ts).unwrap());
+            assert!(e.line.starts_with(expected.as_bytes()), "{ts:?}");
+            let v: Value = serde_json::from_slice(&e.line).unwrap();
+            assert_eq!(v["ts"], ts);
+        }
     }
 
     #[test]
