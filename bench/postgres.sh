@@ -196,22 +196,10 @@ else
     PINNING="none"
 fi
 
-# Idle CPUs (BENCH_NO_IDLE=1, the default): on a virtual machine an idle vCPU halts, and waking it
-# for the next message costs an exit to the hypervisor and a reschedule there. A proxy whose core
-# waits between messages pays that on every hop, so without this the figures measure the host's
-# idle-exit latency more than the software (here pgbouncer went from 3,506 to 11,942 TPS and
-# agentgate from 2,533 to 10,432 with it). Holding /dev/cpu_dma_latency at 0 makes idle CPUs
-# poll instead, for every target alike (tuned's latency-performance profile does the same).
-IDLE="CPUs halt when idle"
-if [ "${BENCH_NO_IDLE:-1}" = 1 ]; then
-    if [ -w /dev/cpu_dma_latency ]; then
-        python3 -c 'import os, signal; fd = os.open("/dev/cpu_dma_latency", os.O_WRONLY); os.write(fd, bytes(4)); signal.pause()' &
-        PIDS+=("$!")
-        IDLE="idle CPUs poll (/dev/cpu_dma_latency held at 0)"
-    else
-        log "warning: /dev/cpu_dma_latency is not writable (needs root): idle CPUs may halt between messages"
-    fi
-fi
+# Idle CPUs poll rather than halt while measuring (see poll_when_idle in common.sh).
+# shellcheck source=bench/common.sh
+source "$BENCH/common.sh"
+poll_when_idle
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 for p in "$PG_PORT" "$BOUNCER_PORT" "$GATEWAY_PORT" "$ADMIN_PORT"; do

@@ -53,7 +53,7 @@ pub(crate) struct Encoded {
     pub hash: String,
 }
 
-/// Encodes one event (see [`encode_json`]).
+/// Encodes one event (see [`EventHead::encode`]).
 #[cfg(test)]
 pub(crate) fn encode(
     seq: u64,
@@ -65,80 +65,108 @@ pub(crate) fn encode(
 ) -> Result<Encoded, RecordingError> {
     let body = serde_json::to_string(data).map_err(|_| RecordingError::Encode)?;
     let mut line = Vec::new();
-    let hash = encode_json(seq, ts, session, kind, &body, prev, &mut line)?;
+    let head = EventHead {
+        seq,
+        ts,
+        session,
+        kind,
+        prev,
+    };
+    let hash = head.encode(&body, &mut line)?;
     Ok(Encoded { line, hash })
 }
 
-/// Appends one event's line (with its newline) to `out` and returns its hash; `body` is the
-/// event's data, already JSON. Data whose line would exceed [`MAX_EVENT_BYTES`] is replaced by
-/// `{"truncated":true,"bytes":<its JSON length>,"text":<as much of its JSON as fits>}`: one event
-/// stays one line, so the chain never depends on how a reader reassembles pieces. On error `out`
-/// is as it was.
-pub(crate) fn encode_json(
-    seq: u64,
-    ts: &str,
-    session: &str,
-    kind: &str,
-    body: &str,
-    prev: &str,
-    out: &mut Vec<u8>,
-) -> Result<String, RecordingError> {
-    let start = out.len();
-    let result = write_line(seq, ts, session, kind, body, prev, out);
-    if result.is_err() {
-        out.truncate(start);
-    }
-    result
+/// Everything of an event's line but its data and hash.
+pub(crate) struct EventHead<'a> {
+    pub seq: u64,
+    pub ts: &'a str,
+    pub session: &'a str,
+    pub kind: &'a str,
+    /// The previous event's hash.
+    pub prev: &'a str,
 }
 
-fn write_line(
-    seq: u64,
-    ts: &str,
-    session: &str,
-    kind: &str,
-    body: &str,
-    prev: &str,
-    out: &mut Vec<u8>,
-) -> Result<String, RecordingError> {
-    let start = out.len();
-    prefix(seq, ts, session, kind, body, prev, out)?;
-    if out.len() - start + HASH_SUFFIX_LEN > MAX_EVENT_BYTES {
-        let marker = |text: &str, out: &mut Vec<u8>| {
+impl EventHead<'_> {
+    /// Appends the event's line (with its newline) to `out` and returns its hash; `body` is the
+    /// event's data, already JSON. Data whose line would exceed [`MAX_EVENT_BYTES`] is replaced by
+    /// `{"truncated":true,"bytes":<its JSON length>,"text":<as much of its JSON as fits>}`: one
+    /// event stays one line, so the chain never depends on how a reader reassembles pieces. On
+    /// error `out` is as it was.
+    pub(crate) fn encode(&self, body: &str, out: &mut Vec<u8>) -> Result<String, RecordingError> {
+        let start = out.len();
+        let result = self.write_line(body, out);
+        if result.is_err() {
             out.truncate(start);
-            let m = json!({"truncated": true, "bytes": body.len(), "text": text});
-            let m = serde_json::to_string(&m).map_err(|_| RecordingError::Encode)?;
-            prefix(seq, ts, session, kind, &m, prev, out)?;
-            Ok::<usize, RecordingError>(out.len() - start)
-        };
-        // Keep as much of the text as fits once escaped again inside the marker.
-        let budget = MAX_EVENT_BYTES.saturating_sub(marker("", out)? + HASH_SUFFIX_LEN);
-        let mut used = 0;
-        let mut cut = body
-            .char_indices()
-            .find(|&(_, c)| {
-                used += escaped_len(c);
-                used > budget
-            })
-            .map_or(body.len(), |(i, _)| i);
-        // The count above is exact for serde_json; the loop only guards against it not being.
-        let mut fitted = false;
-        for _ in 0..8 {
-            let len = marker(&body[..cut], out)? + HASH_SUFFIX_LEN;
-            if len <= MAX_EVENT_BYTES {
-                fitted = true;
-                break;
-            }
-            cut = body.floor_char_boundary(cut.saturating_sub(len - MAX_EVENT_BYTES));
         }
-        if !fitted {
-            return Err(RecordingError::EventTooLarge);
-        }
+        result
     }
-    let hash = sha256_hex(&out[start..]);
-    out.extend_from_slice(HASH_MARKER);
-    out.extend_from_slice(hash.as_bytes());
-    out.extend_from_slice(b"\"}\n");
-    Ok(hash)
+
+    fn write_line(&self, body: &str, out: &mut Vec<u8>) -> Result<String, RecordingError> {
+        let start = out.len();
+        self.prefix(body, out)?;
+        if out.len() - start + HASH_SUFFIX_LEN > MAX_EVENT_BYTES {
+            let marker = |text: &str, out: &mut Vec<u8>| {
+                out.truncate(start);
+                let m = json!({"truncated": true, "bytes": body.len(), "text": text});
+                let m = serde_json::to_string(&m).map_err(|_| RecordingError::Encode)?;
+                self.prefix(&m, out)?;
+                Ok::<usize, RecordingError>(out.len() - start)
+            };
+            // Keep as much of the text as fits once escaped again inside the marker.
+            let budget = MAX_EVENT_BYTES.saturating_sub(marker("", out)? + HASH_SUFFIX_LEN);
+            let mut used = 0;
+            let mut cut = body
+                .char_indices()
+                .find(|&(_, c)| {
+                    used += escaped_len(c);
+                    used > budget
+                })
+                .map_or(body.len(), |(i, _)| i);
+            // The count above is exact for serde_json; the loop only guards against it not being.
+            let mut fitted = false;
+            for _ in 0..8 {
+                let len = marker(&body[..cut], out)? + HASH_SUFFIX_LEN;
+                if len <= MAX_EVENT_BYTES {
+                    fitted = true;
+                    break;
+                }
+                cut = body.floor_char_boundary(cut.saturating_sub(len - MAX_EVENT_BYTES));
+            }
+            if !fitted {
+                return Err(RecordingError::EventTooLarge);
+            }
+        }
+        let hash = sha256_hex(&out[start..]);
+        out.extend_from_slice(HASH_MARKER);
+        out.extend_from_slice(hash.as_bytes());
+        out.extend_from_slice(b"\"}\n");
+        Ok(hash)
+    }
+
+    /// Everything before `,"hash":"`.
+    fn prefix(&self, body: &str, out: &mut Vec<u8>) -> Result<(), RecordingError> {
+        // Every string is JSON-encoded; only `body` is already JSON. The usual ones (hex
+        // digests, timestamps, event types) need no escaping and are copied between quotes.
+        let s = |key: &[u8], v: &str, out: &mut Vec<u8>| {
+            out.extend_from_slice(key);
+            if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+                out.push(b'"');
+                out.extend_from_slice(v.as_bytes());
+                out.push(b'"');
+                Ok(())
+            } else {
+                serde_json::to_writer(&mut *out, v).map_err(|_| RecordingError::Encode)
+            }
+        };
+        out.extend_from_slice(b"{\"seq\":");
+        out.extend_from_slice(self.seq.to_string().as_bytes());
+        s(b",\"ts\":", self.ts, out)?;
+        s(b",\"session\":", self.session, out)?;
+        s(b",\"type\":", self.kind, out)?;
+        out.extend_from_slice(b",\"data\":");
+        out.extend_from_slice(body.as_bytes());
+        s(b",\"prev\":", self.prev, out)
+    }
 }
 
 /// Length of `c` inside a JSON string as serde_json writes it.
@@ -148,38 +176,6 @@ fn escaped_len(c: char) -> usize {
         c if u32::from(c) < 0x20 => 6,
         c => c.len_utf8(),
     }
-}
-
-fn prefix(
-    seq: u64,
-    ts: &str,
-    session: &str,
-    kind: &str,
-    body: &str,
-    prev: &str,
-    out: &mut Vec<u8>,
-) -> Result<(), RecordingError> {
-    // Every string is JSON-encoded; only `body` is already JSON. The usual ones (hex digests,
-    // timestamps, event types) need no escaping and are copied between quotes.
-    let s = |key: &[u8], v: &str, out: &mut Vec<u8>| {
-        out.extend_from_slice(key);
-        if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-            out.push(b'"');
-            out.extend_from_slice(v.as_bytes());
-            out.push(b'"');
-            Ok(())
-        } else {
-            serde_json::to_writer(&mut *out, v).map_err(|_| RecordingError::Encode)
-        }
-    };
-    out.extend_from_slice(b"{\"seq\":");
-    out.extend_from_slice(seq.to_string().as_bytes());
-    s(b",\"ts\":", ts, out)?;
-    s(b",\"session\":", session, out)?;
-    s(b",\"type\":", kind, out)?;
-    out.extend_from_slice(b",\"data\":");
-    out.extend_from_slice(body.as_bytes());
-    s(b",\"prev\":", prev, out)
 }
 
 /// A point in time, UTC, to the microsecond.

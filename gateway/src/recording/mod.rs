@@ -494,13 +494,22 @@ impl Session {
         let (mut seq, mut prev) = (state.seq, state.prev.clone());
         let mut lines = std::mem::take(&mut state.buf);
         lines.clear();
-        for (kind, ts, data) in &deferred {
-            prev = chain::encode_json(seq, ts, &self.id, kind, data, &prev, &mut lines)?;
-            seq += 1;
-        }
-        if let Some((kind, data)) = event {
-            let ts = Timestamp::now().rfc3339();
-            prev = chain::encode_json(seq, &ts, &self.id, kind, data, &prev, &mut lines)?;
+        let now = event.map(|_| Timestamp::now().rfc3339());
+        let pending = deferred
+            .iter()
+            .map(|(kind, ts, data)| (kind.as_str(), ts.as_str(), data.as_str()));
+        let last = event
+            .zip(now.as_deref())
+            .map(|((kind, data), ts)| (kind, ts, data));
+        for (kind, ts, data) in pending.chain(last) {
+            let head = chain::EventHead {
+                seq,
+                ts,
+                session: &self.id,
+                kind,
+                prev: &prev,
+            };
+            prev = head.encode(data, &mut lines)?;
             seq += 1;
         }
         let written = self.write_lines(state, &lines);
