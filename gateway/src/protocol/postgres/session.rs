@@ -505,6 +505,39 @@ fn kind_name(k: StatementKind) -> String {
         .unwrap_or_default()
 }
 
+/// One statement of a `pg.query` or `pg.execute` event: what it is and how it was decided.
+#[derive(serde::Serialize)]
+struct StatementRecord<'a> {
+    kinds: &'a [StatementKind],
+    tables: &'a [String],
+    functions: &'a [String],
+    decision: &'static str,
+    rule: Option<&'a str>,
+    reason: Option<&'a str>,
+}
+
+/// `pg.query` (simple protocol) and `pg.execute` (extended: with the bound parameters, masked).
+#[derive(serde::Serialize)]
+struct QueryEvent<'a> {
+    sql: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    params: Option<&'a [Value]>,
+    decision: &'static str,
+    statements: Vec<StatementRecord<'a>>,
+}
+
+/// `pg.result`: what a statement returned, rows after masking and capped.
+#[derive(serde::Serialize)]
+struct ResultEvent<'a> {
+    sql: &'a str,
+    tag: Option<&'a str>,
+    rows: u64,
+    truncated: bool,
+    columns: Option<&'a [String]>,
+    data: &'a [Value],
+    data_truncated: bool,
+}
+
 /// How one statement was decided.
 struct Verdict {
     action: Action,
@@ -618,7 +651,7 @@ impl Live {
 
     /// Records an event before the statement runs. `Err` means the statement must be refused
     /// (mode Required and the event is not on record).
-    fn record(&self, kind: &str, data: Value) -> Result<(), ()> {
+    fn record(&self, kind: &str, data: impl serde::Serialize) -> Result<(), ()> {
         let result = match &self.recording {
             Some(r) => r.record(kind, data).map_err(|e| self.recording_failed(&e)),
             None => Err(()),
@@ -632,7 +665,7 @@ impl Live {
 
     /// Records an event that follows what it records (a result already sent): written with the
     /// next event, in one system call. Failures are counted, never refuse (the rows are gone).
-    fn record_after(&self, kind: &str, data: Value) {
+    fn record_after(&self, kind: &str, data: impl serde::Serialize) {
         if let Some(r) = &self.recording
             && let Err(e) = r.record_deferred(kind, data)
         {
@@ -960,15 +993,15 @@ impl ClientSide {
         e
     }
 
-    fn statement_record(st: &Statement, v: &Verdict) -> Value {
-        json!({
-            "kinds": st.kinds.iter().map(|k| kind_name(*k)).collect::<Vec<_>>(),
-            "tables": st.tables,
-            "functions": st.functions,
-            "decision": v.label,
-            "rule": v.rule,
-            "reason": (!v.message.is_empty()).then_some(&v.message),
-        })
+    fn statement_record<'a>(st: &'a Statement, v: &'a Verdict) -> StatementRecord<'a> {
+        StatementRecord {
+            kinds: &st.kinds,
+            tables: &st.tables,
+            functions: &st.functions,
+            decision: v.label,
+            rule: v.rule.as_deref(),
+            reason: (!v.message.is_empty()).then_some(v.message.as_str()),
+        }
     }
 
     async fn query(&mut self, frame: &Frame, sql: &str) -> Result<(), Stop> {
@@ -1021,12 +1054,17 @@ impl ClientSide {
         });
         let recorded = live.record(
             "pg.query",
-            json!({
-                "sql": live.masked_sql(sql),
-                "decision": if refusal.is_some() { "deny" } else { "allow" },
-                "statements": classified.statements.iter().zip(&verdicts)
-                    .map(|(st, v)| Self::statement_record(st, v)).collect::<Vec<_>>(),
-            }),
+            QueryEvent {
+                sql: live.masked_sql(sql),
+                params: None,
+                decision: if refusal.is_some() { "deny" } else { "allow" },
+                statements: classified
+                    .statements
+                    .iter()
+                    .zip(&verdicts)
+                    .map(|(st, v)| Self::statement_record(st, v))
+                    .collect(),
+            },
         );
         if let Some(error) = refusal {
             return self.refuse_simple(error);
@@ -1262,12 +1300,12 @@ impl ClientSide {
         }
         let recorded = live.record(
             "pg.execute",
-            json!({
-                "sql": live.masked_sql(&st.text),
-                "params": portal.params,
-                "decision": v.label,
-                "statements": [Self::statement_record(st, &v)],
-            }),
+            QueryEvent {
+                sql: live.masked_sql(&st.text),
+                params: Some(&portal.params),
+                decision: v.label,
+                statements: vec![Self::statement_record(st, &v)],
+            },
         );
         if let Some(error) = approval_error {
             return self.refuse_extended(error);
@@ -1646,18 +1684,19 @@ impl ServerSide {
                 }
             }
             if self.live.recording.is_some() {
-                let columns = s.masker.as_ref().map(|m| m.names().to_vec());
+                let columns = s.masker.as_ref().map(|m| m.names());
+                let rows = s.rows.min(s.plan.row_limit.unwrap_or(u64::MAX));
                 self.live.record_after(
                     "pg.result",
-                    json!({
-                        "sql": s.plan.sql,
-                        "tag": tag,
-                        "rows": s.rows.min(s.plan.row_limit.unwrap_or(u64::MAX)),
-                        "truncated": s.truncated,
-                        "columns": columns,
-                        "data": s.captured,
-                        "data_truncated": s.captured.len() < s.rows.min(s.plan.row_limit.unwrap_or(u64::MAX)) as usize,
-                    }),
+                    ResultEvent {
+                        sql: &s.plan.sql,
+                        tag: tag.as_deref(),
+                        rows,
+                        truncated: s.truncated,
+                        columns,
+                        data: &s.captured,
+                        data_truncated: s.captured.len() < rows as usize,
+                    },
                 );
             }
         }
