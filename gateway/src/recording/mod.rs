@@ -29,7 +29,6 @@ use agentgate_crds::gateway::RecordingMode;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
@@ -147,13 +146,14 @@ impl<'a> CappedBody<'a> {
     /// A JSON body recorded as JSON rather than as an escaped string (readable with any JSON
     /// tool, and no escaping cost): only when it is one valid JSON value, on one line, within
     /// `max` bytes. Anything else is recorded as [`CappedBody::new`] would.
-    pub fn json(bytes: Vec<u8>, max: usize) -> CappedBody<'static> {
+    pub fn json(bytes: Cow<'a, [u8]>, max: usize) -> Self {
         let total = bytes.len();
         // A raw line break would split the event's line: such bodies stay text.
         if total > max || memchr::memchr2(b'\n', b'\r', &bytes).is_some() {
-            return CappedBody::new(Cow::Owned(bytes), max);
+            return CappedBody::new(bytes, max);
         }
-        // Parsed again here: the line must stay valid JSON whatever produced the bytes.
+        // Parsed again here (into its own copy): the line must stay valid JSON whatever produced
+        // the bytes.
         let raw = std::str::from_utf8(&bytes)
             .ok()
             .and_then(|text| serde_json::from_str::<Box<RawValue>>(text).ok());
@@ -163,7 +163,7 @@ impl<'a> CappedBody<'a> {
                 total,
                 truncated: false,
             },
-            None => CappedBody::new(Cow::Owned(bytes), max),
+            None => CappedBody::new(bytes, max),
         }
     }
 }
@@ -393,13 +393,7 @@ impl Session {
     /// statement and the previous statement's result cost one system call. Its timestamp is
     /// taken now. At most [`MAX_DEFERRED`] events wait; then they are written at once.
     pub fn record_deferred(&self, kind: &str, data: impl Serialize) -> Result<(), RecordingError> {
-        let valid = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b);
-        let result = if kind == START
-            || kind == END
-            || kind.is_empty()
-            || kind.len() > MAX_KIND_BYTES
-            || !kind.bytes().all(valid)
-        {
+        let result = if kind == START || kind == END || !valid_kind(kind) {
             Err(RecordingError::InvalidKind)
         } else {
             let ts = Timestamp::now().rfc3339();
@@ -470,8 +464,7 @@ impl Session {
     }
 
     fn append(&self, state: &mut State, kind: &str, data: &impl Serialize) -> Result<(), RecordingError> {
-        let valid = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b);
-        if kind.is_empty() || kind.len() > MAX_KIND_BYTES || !kind.bytes().all(valid) {
+        if !valid_kind(kind) {
             return Err(RecordingError::InvalidKind);
         }
         if state.closed {
@@ -574,6 +567,12 @@ impl Drop for Session {
             let _ = self.close(json!({"reason": "dropped"}));
         }
     }
+}
+
+/// An event type: 1 to [`MAX_KIND_BYTES`] of a-z, 0-9, '.', '_', '-'.
+fn valid_kind(kind: &str) -> bool {
+    let valid = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b);
+    !kind.is_empty() && kind.len() <= MAX_KIND_BYTES && kind.bytes().all(valid)
 }
 
 fn into_object(value: Value) -> Map<String, Value> {

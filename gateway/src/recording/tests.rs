@@ -424,7 +424,7 @@ fn bodies_are_capped() {
 
 #[test]
 fn json_bodies_are_recorded_as_json_only_when_one_value_fits_on_one_line() {
-    let as_value = |b: &[u8], max: usize| serde_json::to_value(CappedBody::json(b.to_vec(), max)).unwrap();
+    let as_value = |b: &[u8], max: usize| serde_json::to_value(CappedBody::json(b.into(), max)).unwrap();
     assert_eq!(
         as_value(br#"{"a":[1,"x\ny"]}"#, 64),
         json!({"json": {"a": [1, "x\ny"]}, "bytes": 16, "truncated": false})
@@ -436,7 +436,7 @@ fn json_bodies_are_recorded_as_json_only_when_one_value_fits_on_one_line() {
         assert!(v["text"].is_string(), "{v}");
     }
     // The line stays one valid JSON document with the body inside it.
-    let encoded = serde_json::to_string(&CappedBody::json(br#"{"k":"v"}"#.to_vec(), 64)).unwrap();
+    let encoded = serde_json::to_string(&CappedBody::json(br#"{"k":"v"}"#.into(), 64)).unwrap();
     assert_eq!(encoded, r#"{"json":{"k":"v"},"bytes":9,"truncated":false}"#);
 }
 

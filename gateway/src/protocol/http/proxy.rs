@@ -431,7 +431,7 @@ async fn proxy(
             if let (Action::RequireApproval, Cause::Rule { policy, rule }) = (d.action, d.cause) {
                 approval_rule = Some((policy, rule, op.summary()));
             }
-            let record = DecisionEvent::of(&d, explained.clone());
+            let record = DecisionEvent::of(request_id, &d, explained.clone());
             (d.action, record, refusal_for(&d, explained))
         }
         None => {
@@ -455,7 +455,7 @@ async fn proxy(
             let action = if allowed { Action::Allow } else { Action::Deny };
             let refusal = (!allowed).then(|| Problem::new(Kind::DeniedByPolicy, explained.clone()));
             let rec = DecisionEvent {
-                request_id: "",
+                request_id,
                 action: if allowed { "allow" } else { "deny" },
                 reason: explained,
                 policy: None,
@@ -487,13 +487,11 @@ async fn proxy(
             .as_ref()
             .map(|b| response::body_for_record(Some(&plan), b, true)),
     };
-    let mut decision_event = decision_record;
-    decision_event.request_id = request_id;
     // The request and its decision go to the file in one write, before anything is forwarded.
     if let Some(s) = session.as_deref() {
         settle(gw, &plane, s.record_deferred("http.request", &request_event))?;
     }
-    record(gw, &plane, session.as_deref(), "decision", &decision_event)?;
+    record(gw, &plane, session.as_deref(), "decision", &decision_record)?;
     // It borrows the body read so far, which the approval path below may still extend.
     drop(request_event);
 
@@ -732,7 +730,7 @@ async fn proxy(
                     .headers
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
                 let body = ResponseBody::Recorded(if class == ContentClass::Json {
-                    crate::recording::CappedBody::json(bytes.to_vec(), MAX_RECORDED_BODY)
+                    crate::recording::CappedBody::json((&bytes[..]).into(), MAX_RECORDED_BODY)
                 } else {
                     response::body_for_record(None, &bytes, true)
                 });
@@ -1033,13 +1031,13 @@ struct DecisionEvent<'a> {
 }
 
 impl<'a> DecisionEvent<'a> {
-    fn of(d: &Decision<'a>, reason: String) -> Self {
+    fn of(request_id: &'a str, d: &Decision<'a>, reason: String) -> Self {
         let (policy, rule) = match d.cause {
             Cause::Rule { policy, rule } => (Some(policy.name.as_str()), Some(rule.name.as_str())),
             _ => (None, None),
         };
         Self {
-            request_id: "",
+            request_id,
             action: d.label(),
             reason,
             policy,

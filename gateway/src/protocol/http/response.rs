@@ -104,7 +104,7 @@ pub fn body_for_record<'a>(plan: Option<&MaskingPlan>, bytes: &'a [u8], complete
     };
     let mut out = Vec::new();
     if complete && plan.mask_json(bytes, &mut out).is_ok() {
-        return CappedBody::json(out, MAX_RECORDED_BODY);
+        return CappedBody::json(Cow::Owned(out), MAX_RECORDED_BODY);
     }
     let text = String::from_utf8_lossy(bytes);
     let (masked, _) = plan.mask_text(&text);
