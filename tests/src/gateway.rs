@@ -39,6 +39,11 @@ impl EchoUpstream {
     pub fn requests(&self) -> String {
         self.process.output()
     }
+
+    /// Stops it (SIGTERM), so its port refuses connections.
+    pub fn stop(&mut self) {
+        self.process.terminate(Duration::from_secs(5));
+    }
 }
 
 /// `agentgate run` on a temporary directory of manifests.

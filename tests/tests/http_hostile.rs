@@ -792,6 +792,38 @@ fn a_credential_with_a_line_break_is_never_sent() {
 }
 
 #[test]
+fn an_upstream_that_is_down_is_a_clear_error_and_on_record() {
+    let mut s = setup();
+    s.upstream.stop();
+    let r = s.curl(&[], "/okta/echo/down");
+    assert_eq!(
+        (r.status, r.problem()),
+        (502, problem("upstream-unavailable")),
+        "{r:?}"
+    );
+    assert!(!r.body.contains("127.0.0.1"), "upstream internals: {r:?}");
+    // The read's request and decision wait for its response; the failure is that response.
+    s.gw.stop();
+    let events: Vec<Value> =
+        s.gw.recordings()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|e: &Value| e["type"] != "session.start" && e["type"] != "session.end")
+            .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["http.request", "decision", "http.response"], "{events:?}");
+    assert_eq!(events[1]["data"]["action"], "allow");
+    let response = &events[2]["data"];
+    assert_eq!(
+        (response["status"].as_u64(), response["problem"].as_str()),
+        (Some(502), Some("upstream-unavailable")),
+        "{response}"
+    );
+    let ids: Vec<&Value> = events.iter().map(|e| &e["data"]["request_id"]).collect();
+    assert!(ids.iter().all(|id| *id == ids[0] && id.is_string()), "{ids:?}");
+}
+
+#[test]
 fn absolute_form_must_agree_with_host_and_x_forwarded_host_is_ignored() {
     let s = setup();
     let host = s.host();

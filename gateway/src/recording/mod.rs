@@ -510,6 +510,12 @@ impl Session {
         if lines.capacity() <= KEPT_BUFFER {
             state.buf = lines;
         }
+        if written.is_err() && deferred.len() < MAX_DEFERRED {
+            // The chain did not advance: the deferred events wait for the next write (another
+            // request's on a shared session may succeed) rather than being lost with this one;
+            // bounded, so a file that keeps failing does not hold them forever.
+            state.deferred = deferred;
+        }
         written?;
         state.seq = seq;
         state.prev = prev;

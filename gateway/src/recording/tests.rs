@@ -465,3 +465,28 @@ fn deferred_events_are_written_in_order_with_the_next_event_and_before_the_end()
     }
     assert_eq!(lines(s.path()).len(), 1 + MAX_DEFERRED);
 }
+
+#[test]
+fn deferred_events_survive_a_failed_write_for_the_next_one() {
+    let (_d, rec) = recorder(RecordingMode::Required);
+    let s = rec.start_session(json!({})).unwrap();
+    let path = s.path().to_path_buf();
+    s.record_deferred("http.request", json!({"n": 1})).unwrap();
+    break_disk(&s);
+    assert!(s.record("http.response", json!({"n": 1})).is_err());
+    // The disk comes back: the next write carries the request deferred before the failure.
+    s.lock().file = Some(OpenOptions::new().append(true).open(&path).unwrap());
+    s.record("http.response", json!({"n": 2})).unwrap();
+    let l = lines(&path);
+    assert_eq!(l.len(), 3, "{l:?}");
+    assert!(l[1].contains("http.request") && l[2].contains(r#""n":2"#));
+    // Bounded: a file that keeps failing does not keep more than MAX_DEFERRED waiting.
+    break_disk(&s);
+    for i in 0..3 * MAX_DEFERRED {
+        let _ = s.record_deferred("http.request", json!({ "i": i }));
+    }
+    assert!(s.lock().deferred.len() <= MAX_DEFERRED);
+    drop(s);
+    let r = verify_file(&path, None).unwrap();
+    assert_eq!((r.events, r.closed), (3, false));
+}

@@ -308,7 +308,7 @@ async fn proxy(
     upstream_time: &mut Option<f64>,
     started: Instant,
 ) -> Result<Response<Body>, Problem> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     check_framing(&parts)?;
     if (parts.method == Method::GET || parts.method == Method::HEAD)
         && !hyper::body::Body::is_end_stream(&body)
@@ -487,11 +487,24 @@ async fn proxy(
             .as_ref()
             .map(|b| response::body_for_record(Some(&plan), b, true)),
     };
-    // The request and its decision go to the file in one write, before anything is forwarded.
-    if let Some(s) = session.as_deref() {
-        settle(gw, &plane, s.record_deferred("http.request", &request_event))?;
+    // The request and its decision are on record before anything is forwarded, in one write.
+    // An allowed GET or HEAD changes nothing upstream, so its request and decision may wait for
+    // its response and share that write, made before the response is sent: the agent still
+    // learns nothing the record lacks, and a read costs one write instead of two.
+    let with_response = refusal.is_none()
+        && approval_rule.is_none()
+        && (parts.method == Method::GET || parts.method == Method::HEAD);
+    match session.as_deref() {
+        Some(s) => {
+            settle(gw, &plane, s.record_deferred("http.request", &request_event))?;
+            if with_response {
+                settle(gw, &plane, s.record_deferred("decision", &decision_record))?;
+            } else {
+                settle(gw, &plane, s.record("decision", &decision_record))?;
+            }
+        }
+        None => record(gw, &plane, None, "decision", &decision_record)?,
     }
-    record(gw, &plane, session.as_deref(), "decision", &decision_record)?;
     // It borrows the body read so far, which the approval path below may still extend.
     drop(request_event);
 
@@ -598,7 +611,9 @@ async fn proxy(
             ));
         }
     };
-    let mut out_headers = parts.headers.clone();
+    let request_has_body = has_body(&parts.headers);
+    // The request's own headers, edited in place: nothing reads them after this.
+    let mut out_headers = std::mem::take(&mut parts.headers);
     let removed = headers::sanitize_request(&mut out_headers);
     if !removed.is_empty() {
         tracing::debug!(request_id, removed = ?removed, "client identity headers removed");
@@ -627,7 +642,7 @@ async fn proxy(
             let limited = http_body_util::Limited::new(incoming, MAX_REQUEST_BODY as usize);
             let boxed: Body = limited.boxed();
             match &session {
-                Some(s) if has_body(&parts.headers) => Recorded::new(
+                Some(s) if request_has_body => Recorded::new(
                     boxed,
                     Some(RecordSink {
                         session: s.clone(),
@@ -651,7 +666,21 @@ async fn proxy(
         .map_err(|_| bad_request("the request cannot be forwarded"))?;
     *up_req.headers_mut() = out_headers;
     let sent = Instant::now();
-    let up_res = upstream.send(up_req).await?;
+    let up_res = match upstream.send(up_req).await {
+        Ok(res) => res,
+        Err(problem) => {
+            // The record says the request went out and what came of it. The problem is the
+            // answer either way, so a failure to record it changes nothing.
+            let event = json!({
+                "request_id": request_id,
+                "status": problem.status().as_u16(),
+                "problem": problem.kind.slug(),
+                "upstream_us": sent.elapsed().as_micros() as u64,
+            });
+            let _ = record(gw, &plane, session.as_deref(), "http.response", event);
+            return Err(problem);
+        }
+    };
     *upstream_time = Some(sent.elapsed().as_secs_f64());
 
     // The response: masked when a rule applies, recorded in any case.
