@@ -210,13 +210,21 @@ pub fn curl_get(url: &str) -> (u16, String) {
     (r.status, r.body)
 }
 
-/// Copies the example manifests into a fresh directory, for tests that edit them.
+/// The listener ports the example AgentGateway declares.
+pub const EXAMPLE_LISTENER_PORTS: [u16; 2] = [8443, 15432];
+
+/// Copies the example manifests into a fresh directory, for tests that edit them. The listeners'
+/// ports become free ones: tests run at once, and a gateway is ready only once it holds them all.
 pub fn examples_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     for entry in std::fs::read_dir(workspace_root().join("deploy/examples")).expect("examples exist") {
         let path = entry.expect("dir entry").path();
         if path.is_file() {
-            std::fs::copy(&path, dir.path().join(path.file_name().expect("file name"))).expect("copy");
+            let mut text = std::fs::read_to_string(&path).expect("example manifest");
+            for port in EXAMPLE_LISTENER_PORTS {
+                text = text.replace(&format!("port: {port}\n"), &format!("port: {}\n", free_port()));
+            }
+            std::fs::write(dir.path().join(path.file_name().expect("file name")), text).expect("copy");
         }
     }
     dir

@@ -132,12 +132,15 @@ fn not_ready_until_a_valid_configuration_arrives() {
 fn a_listener_on_the_admin_port_is_refused() {
     let dir = examples_copy();
     let port = free_port();
-    edit(
-        dir.path(),
-        "10-gateway.yaml",
-        "port: 8443",
-        &format!("port: {port}"),
-    );
+    // The first listener's port (a free one; see `examples_copy`) becomes the admin port.
+    let gateway = std::fs::read_to_string(dir.path().join("10-gateway.yaml")).unwrap();
+    let first = gateway
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("port: "))
+        .expect("a listener port")
+        .to_string();
+    edit(dir.path(), "10-gateway.yaml", &first, &format!("port: {port}"));
     let gw = start(dir.path(), port);
     let code = wait_for(Duration::from_secs(20), || {
         let (code, _) = curl_get(&format!("http://127.0.0.1:{port}/readyz"));
