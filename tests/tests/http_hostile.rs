@@ -17,7 +17,7 @@ use agentgate::protocol::http::proxy::MAX_REQUEST_BODY;
 use agentgate::protocol::http::server::{HEADER_READ_TIMEOUT, MAX_HEADER_BYTES};
 use agentgate_e2e::gateway::{EchoUpstream, Gateway, OktaSetup, okta_manifests};
 use agentgate_e2e::oidc::OidcProvider;
-use agentgate_e2e::{Reply, curl};
+use agentgate_e2e::{Reply, curl, wait_for};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -821,6 +821,79 @@ fn an_upstream_that_is_down_is_a_clear_error_and_on_record() {
     );
     let ids: Vec<&Value> = events.iter().map(|e| &e["data"]["request_id"]).collect();
     assert!(ids.iter().all(|id| *id == ids[0] && id.is_string()), "{ids:?}");
+}
+
+/// A write is on record before the upstream sees it; an allowed read waits for its response and
+/// goes on record with it, before the agent gets it.
+#[test]
+fn writes_are_recorded_before_forwarding_and_reads_with_their_response() {
+    let s = setup();
+    // Sends one request that the upstream holds for a while; returns what was on record while
+    // the upstream held it, then the reply.
+    let in_flight = |method: &str, marker: &str| -> (String, Reply) {
+        let args: Vec<String> = [
+            "-X",
+            method,
+            "-H",
+            &s.auth(),
+            "-H",
+            "Content-Type: application/json",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .chain(
+            (method != "GET")
+                .then(|| ["-d".to_string(), "{}".to_string()])
+                .into_iter()
+                .flatten(),
+        )
+        .collect();
+        let url = s.gw.url(&format!("/okta/echo/{marker}?delay_ms=2000"));
+        let client = std::thread::spawn(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            curl(&args, &url)
+        });
+        let held = format!("HELD /echo/{marker}");
+        let seen = wait_for(Duration::from_secs(20), || {
+            s.upstream.requests().contains(&held).then_some(())
+        });
+        assert!(seen.is_some(), "{}", s.upstream.requests());
+        let on_record = s.gw.recordings();
+        (on_record, client.join().unwrap())
+    };
+
+    let (during, reply) = in_flight("POST", "write-1");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let on_record = |kind: &str| {
+        during
+            .lines()
+            .any(|l| l.contains(&format!(r#""type":"{kind}""#)) && l.contains("/echo/write-1"))
+    };
+    assert!(on_record("http.request") && on_record("decision"), "{during}");
+
+    let (during, reply) = in_flight("GET", "read-1");
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(
+        !during.contains("/echo/read-1"),
+        "a read on record before its response: {during}"
+    );
+    let after = s.gw.recordings();
+    let events: Vec<Value> = after
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e.to_string().contains("read-1") || e["type"] == "http.response")
+        .collect();
+    let read_id = events
+        .iter()
+        .find(|e| e["type"] == "http.request" && e["data"]["path"] == "/echo/read-1")
+        .map(|e| e["data"]["request_id"].clone())
+        .unwrap_or_else(|| panic!("{after}"));
+    let kinds: Vec<&str> = events
+        .iter()
+        .filter(|e| e["data"]["request_id"] == read_id)
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["http.request", "decision", "http.response"], "{after}");
 }
 
 #[test]

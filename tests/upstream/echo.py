@@ -7,6 +7,8 @@ check exactly what the gateway forwarded. A few paths serve fixed content for ma
   /binary             application/octet-stream
   /big?bytes=N        a JSON document of about N bytes
   /reflect            the Authorization header it received, in a header and the body
+Any path with `delay_ms=N` in its query is held N ms before the answer, after logging
+`HELD <path>`, so a test can look at the gateway while a request is upstream.
 Listens on 127.0.0.1:$PORT; stops on SIGTERM.
 """
 
@@ -15,6 +17,7 @@ import json
 import os
 import signal
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 USERS = [
@@ -68,6 +71,12 @@ class Handler(BaseHTTPRequestHandler):
     def _handle(self):
         body = self._body()
         path = self.path.split("?")[0]
+        for part in self.path.split("?", 1)[1:]:
+            for kv in part.split("&"):
+                if kv.startswith("delay_ms="):
+                    sys.stderr.write("HELD %s\n" % path)
+                    sys.stderr.flush()
+                    time.sleep(int(kv[9:]) / 1000)
         if path == "/api/v1/users" and self.command == "GET":
             return self._send(200, "application/json", json.dumps(USERS).encode())
         if path == "/reflect":
