@@ -791,6 +791,15 @@ fn a_credential_with_a_line_break_is_never_sent() {
     );
 }
 
+/// The events of the recordings that are about requests (session start and end left out).
+fn request_events(recordings: &str) -> Vec<Value> {
+    recordings
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["type"] != "session.start" && e["type"] != "session.end")
+        .collect()
+}
+
 #[test]
 fn an_upstream_that_is_down_is_a_clear_error_and_on_record() {
     let mut s = setup();
@@ -804,12 +813,7 @@ fn an_upstream_that_is_down_is_a_clear_error_and_on_record() {
     assert!(!r.body.contains("127.0.0.1"), "upstream internals: {r:?}");
     // The read's request and decision wait for its response; the failure is that response.
     s.gw.stop();
-    let events: Vec<Value> =
-        s.gw.recordings()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .filter(|e: &Value| e["type"] != "session.start" && e["type"] != "session.end")
-            .collect();
+    let events = request_events(&s.gw.recordings());
     let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["http.request", "decision", "http.response"], "{events:?}");
     assert_eq!(events[1]["data"]["action"], "allow");
@@ -831,23 +835,10 @@ fn writes_are_recorded_before_forwarding_and_reads_with_their_response() {
     // Sends one request that the upstream holds for a while; returns what was on record while
     // the upstream held it, then the reply.
     let in_flight = |method: &str, marker: &str| -> (String, Reply) {
-        let args: Vec<String> = [
-            "-X",
-            method,
-            "-H",
-            &s.auth(),
-            "-H",
-            "Content-Type: application/json",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .chain(
-            (method != "GET")
-                .then(|| ["-d".to_string(), "{}".to_string()])
-                .into_iter()
-                .flatten(),
-        )
-        .collect();
+        let mut args = vec!["-X".to_string(), method.to_string(), "-H".to_string(), s.auth()];
+        if method != "GET" {
+            args.extend(["-H", "Content-Type: application/json", "-d", "{}"].map(String::from));
+        }
         let url = s.gw.url(&format!("/okta/echo/{marker}?delay_ms=2000"));
         let client = std::thread::spawn(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -878,11 +869,7 @@ fn writes_are_recorded_before_forwarding_and_reads_with_their_response() {
         "a read on record before its response: {during}"
     );
     let after = s.gw.recordings();
-    let events: Vec<Value> = after
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|e| e.to_string().contains("read-1") || e["type"] == "http.response")
-        .collect();
+    let events = request_events(&after);
     let read_id = events
         .iter()
         .find(|e| e["type"] == "http.request" && e["data"]["path"] == "/echo/read-1")

@@ -494,7 +494,7 @@ impl Session {
         let last = event
             .zip(now.as_deref())
             .map(|((kind, data), ts)| (kind, ts, data));
-        for (kind, ts, data) in pending.chain(last) {
+        let encoded = pending.chain(last).try_for_each(|(kind, ts, data)| {
             let head = chain::EventHead {
                 seq,
                 ts,
@@ -504,8 +504,9 @@ impl Session {
             };
             prev = head.encode(data, &mut lines)?;
             seq += 1;
-        }
-        let written = self.write_lines(state, &lines);
+            Ok(())
+        });
+        let written = encoded.and_then(|()| self.write_lines(state, &lines));
         // Keep the buffer for the next write unless one large event grew it.
         if lines.capacity() <= KEPT_BUFFER {
             state.buf = lines;

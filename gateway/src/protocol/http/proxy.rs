@@ -494,16 +494,12 @@ async fn proxy(
     let with_response = refusal.is_none()
         && approval_rule.is_none()
         && (parts.method == Method::GET || parts.method == Method::HEAD);
+    if let Some(s) = session.as_deref() {
+        settle(gw, &plane, s.record_deferred("http.request", &request_event))?;
+    }
     match session.as_deref() {
-        Some(s) => {
-            settle(gw, &plane, s.record_deferred("http.request", &request_event))?;
-            if with_response {
-                settle(gw, &plane, s.record_deferred("decision", &decision_record))?;
-            } else {
-                settle(gw, &plane, s.record("decision", &decision_record))?;
-            }
-        }
-        None => record(gw, &plane, None, "decision", &decision_record)?,
+        Some(s) if with_response => settle(gw, &plane, s.record_deferred("decision", &decision_record))?,
+        _ => record(gw, &plane, session.as_deref(), "decision", &decision_record)?,
     }
     // It borrows the body read so far, which the approval path below may still extend.
     drop(request_event);
