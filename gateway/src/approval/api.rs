@@ -256,7 +256,7 @@ pub fn approves_anything(cfg: &GatewayConfig, approver: &Approver) -> bool {
 async fn authenticate<B>(
     verifier: &Result<crate::identity::Verifier, String>,
     req: &Request<B>,
-) -> Result<Principal, Response<Full<Bytes>>> {
+) -> Result<Arc<Principal>, Response<Full<Bytes>>> {
     let verifier = verifier.as_ref().map_err(|e| {
         tracing::error!(error = %e, "approvals API: no token verifier");
         problem(

@@ -1,8 +1,9 @@
 //! Successful verifications, keyed by the SHA-256 of the token, kept until the token expires: a
-//! repeated token costs a hash and a map lookup. The token itself is never stored.
+//! repeated token costs a hash and a map lookup, and its principal is shared, not copied. The
+//! token itself is never stored.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
 
@@ -14,7 +15,7 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 /// A bounded map from token hash to principal.
 #[derive(Debug)]
 pub struct VerificationCache {
-    entries: RwLock<HashMap<[u8; 32], Principal>>,
+    entries: RwLock<HashMap<[u8; 32], Arc<Principal>>>,
     capacity: usize,
 }
 
@@ -28,7 +29,7 @@ impl VerificationCache {
     }
 
     /// The principal for `token` if it was verified before and has not expired.
-    pub fn get(&self, token: &str, now: i64) -> Option<Principal> {
+    pub fn get(&self, token: &str, now: i64) -> Option<Arc<Principal>> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
         entries.get(&key).filter(|p| p.expires_at > now).cloned()
@@ -36,7 +37,7 @@ impl VerificationCache {
 
     /// Remembers a verified token until its expiry. When full, expired entries are dropped first;
     /// if none are, the new entry is simply not cached (verification stays correct, only slower).
-    pub fn insert(&self, token: &str, principal: Principal) {
+    pub fn insert(&self, token: &str, principal: Arc<Principal>) {
         if self.capacity == 0 {
             return;
         }

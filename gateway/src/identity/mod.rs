@@ -317,7 +317,7 @@ impl Verifier {
     }
 
     /// Verifies what a request presents. `now` is the Unix time.
-    pub async fn verify(&self, presented: &Presented<'_>, now: i64) -> Result<Principal, IdentityError> {
+    pub async fn verify(&self, presented: &Presented<'_>, now: i64) -> Result<Arc<Principal>, IdentityError> {
         let authorization = presented
             .authorization
             .ok_or_else(|| IdentityError::new(ErrorKind::MissingCredentials, "no Authorization header"))?;
@@ -350,7 +350,7 @@ impl Verifier {
         let principal = match self.cache.get(token, now) {
             Some(p) => p,
             None => {
-                let p = self.verify_uncached(token, now).await?;
+                let p = Arc::new(self.verify_uncached(token, now).await?);
                 self.cache.insert(token, p.clone());
                 p
             }

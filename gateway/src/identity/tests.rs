@@ -80,7 +80,7 @@ fn presented<'a>(authorization: &'a str, dpop: &'a [&'a str]) -> Presented<'a> {
     }
 }
 
-async fn check(v: &Verifier, token: &str) -> Result<Principal, IdentityError> {
+async fn check(v: &Verifier, token: &str) -> Result<Arc<Principal>, IdentityError> {
     v.verify(&presented(&format!("Bearer {token}"), &[]), NOW).await
 }
 
@@ -497,7 +497,7 @@ async fn with_proof(
     scheme: &str,
     token: &str,
     proofs: &[&str],
-) -> Result<Principal, IdentityError> {
+) -> Result<Arc<Principal>, IdentityError> {
     v.verify(&presented(&format!("{scheme} {token}"), proofs), NOW)
         .await
 }

@@ -33,12 +33,13 @@ pub fn signing_message(prev: &str) -> Vec<u8> {
 /// Lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    // Bytes first, then one ASCII check: pushing chars encodes each as UTF-8.
+    let mut out = vec![0u8; bytes.len() * 2];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0xf)];
     }
-    out
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// Hex SHA-256.
@@ -149,7 +150,11 @@ impl EventHead<'_> {
         // digests, timestamps, event types) need no escaping and are copied between quotes.
         let s = |key: &[u8], v: &str, out: &mut Vec<u8>| {
             out.extend_from_slice(key);
-            if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            // Without early exit, so the check runs on whole vectors.
+            let special = v
+                .bytes()
+                .fold(false, |any, b| any | (b < 0x20) | (b == b'"') | (b == b'\\'));
+            if !special {
                 out.push(b'"');
                 out.extend_from_slice(v.as_bytes());
                 out.push(b'"');
@@ -159,7 +164,8 @@ impl EventHead<'_> {
             }
         };
         out.extend_from_slice(b"{\"seq\":");
-        out.extend_from_slice(self.seq.to_string().as_bytes());
+        // Formatted into the line itself: a String per event is a measurable share of an event.
+        std::io::Write::write_fmt(out, format_args!("{}", self.seq)).map_err(|_| RecordingError::Encode)?;
         s(b",\"ts\":", self.ts, out)?;
         s(b",\"session\":", self.session, out)?;
         s(b",\"type\":", self.kind, out)?;
@@ -298,6 +304,18 @@ mod tests {
         assert_eq!(line, format!("{expected_prefix},\"hash\":\"{}\"}}\n", e.hash));
         assert_eq!(e.hash, sha256_hex(expected_prefix.as_bytes()));
         assert_eq!(e.line.len() - 1, expected_prefix.len() + HASH_SUFFIX_LEN);
+    }
+
+    #[test]
+    fn hex_and_sequence_numbers() {
+        assert_eq!(hex(&[]), "");
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        assert_eq!(
+            sha256_hex(b""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        let e = encode(u64::MAX, "t", "s", "k", &json!({}), GENESIS).unwrap();
+        assert!(e.line.starts_with(b"{\"seq\":18446744073709551615,\"ts\""));
     }
 
     #[test]

@@ -313,6 +313,7 @@ impl Recorder {
                 closed: false,
                 deferred: Vec::new(),
                 buf: Vec::new(),
+                json: Vec::new(),
             }),
         };
         let mut data = into_object(start);
@@ -346,6 +347,8 @@ struct State {
     deferred: Vec<(String, String, String)>,
     /// The lines of one write, kept between writes so an event allocates no buffer.
     buf: Vec<u8>,
+    /// The data of the event being appended, kept likewise.
+    json: Vec<u8>,
 }
 
 /// One recorded session. Shared by a connection's tasks; events are appended in lock order.
@@ -470,8 +473,18 @@ impl Session {
         if state.closed {
             return Err(RecordingError::Closed(self.id.clone()));
         }
-        let json = serde_json::to_string(data).map_err(|_| RecordingError::Encode)?;
-        self.write_events(state, Some((kind, &json)))
+        // Encoded into a buffer the session keeps: growing a fresh String to a response body's
+        // size took several allocations per event.
+        let mut json = std::mem::take(&mut state.json);
+        json.clear();
+        let result = serde_json::to_writer(&mut json, data)
+            .map_err(|_| RecordingError::Encode)
+            .and_then(|()| std::str::from_utf8(&json).map_err(|_| RecordingError::Encode))
+            .and_then(|text| self.write_events(state, Some((kind, text))));
+        if json.capacity() <= KEPT_BUFFER {
+            state.json = json;
+        }
+        result
     }
 
     /// Encodes the deferred events, then `event`, chained in that order, and writes them in one

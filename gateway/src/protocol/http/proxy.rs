@@ -99,7 +99,8 @@ pub async fn handle(
     };
     let problem_json = problem::accepts_problem_json(req.headers());
     let method = req.method().clone();
-    let path_for_log = req.uri().path().to_string();
+    // Shares the request's buffer; only a refusal's log line reads it.
+    let uri_for_log = req.uri().clone();
     let mut upstream_time = None;
     let res = match proxy(
         &gw,
@@ -121,7 +122,7 @@ pub async fn handle(
             tracing::info!(
                 request_id = %request_id,
                 method = %method,
-                path = %path_for_log,
+                path = %uri_for_log.path(),
                 connection = %outcome.connection,
                 identity = %outcome.identity,
                 problem = problem.kind.slug(),
@@ -999,7 +1000,7 @@ async fn authenticate(
     req: &Parts,
     authority: &str,
     raw_path: &str,
-) -> Result<Principal, Problem> {
+) -> Result<Arc<Principal>, Problem> {
     let verifier = plane.verifier.as_ref().map_err(|_| {
         Problem::new(
             Kind::IdentityProviderUnavailable,

@@ -30,14 +30,15 @@ pub fn classify(content_type: Option<&str>) -> ContentClass {
     let Some(ct) = content_type else {
         return ContentClass::Other;
     };
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    if essence == "application/json"
-        || essence.ends_with("+json")
-        || essence == "application/x-ndjson"
-        || essence == "application/jsonl"
-    {
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    let is = |name: &str| essence.eq_ignore_ascii_case(name);
+    let ends = |suffix: &str| {
+        essence.len() >= suffix.len()
+            && essence.as_bytes()[essence.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+    };
+    if is("application/json") || ends("+json") || is("application/x-ndjson") || is("application/jsonl") {
         ContentClass::Json
-    } else if essence.starts_with("text/") {
+    } else if essence.len() >= 5 && essence.as_bytes()[..5].eq_ignore_ascii_case(b"text/") {
         ContentClass::Text
     } else {
         ContentClass::Other
@@ -54,17 +55,27 @@ pub enum MaskFailure {
 
 /// Reads a whole body, at most `cap` bytes.
 pub async fn read_capped(mut body: Body, cap: usize) -> Result<Bytes, MaskFailure> {
+    // Most bodies arrive in one frame, which is then the body itself, not copied.
+    let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| MaskFailure::Upstream(e.to_string()))?;
-        if let Ok(data) = frame.into_data() {
-            if buf.len() + data.len() > cap {
-                return Err(MaskFailure::TooLarge);
+        let Ok(data) = frame.into_data() else { continue };
+        let held = first.as_ref().map_or(buf.len(), Bytes::len);
+        if held + data.len() > cap {
+            return Err(MaskFailure::TooLarge);
+        }
+        match first.take() {
+            Some(f) => {
+                buf.reserve(f.len() + data.len());
+                buf.extend_from_slice(&f);
+                buf.extend_from_slice(&data);
             }
-            buf.extend_from_slice(&data);
+            None if buf.is_empty() => first = Some(data),
+            None => buf.extend_from_slice(&data),
         }
     }
-    Ok(buf.freeze())
+    Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
 /// Masks a whole body of class `class`.
@@ -353,6 +364,44 @@ mod tests {
             ContentClass::Other
         );
         assert_eq!(classify(None), ContentClass::Other);
+        assert_eq!(classify(Some(" Application/JSON ")), ContentClass::Json);
+        assert_eq!(
+            classify(Some("application/APPLY-PATCH+YAML")),
+            ContentClass::Other
+        );
+        assert_eq!(classify(Some("application/Foo+JSON;v=1")), ContentClass::Json);
+        assert_eq!(classify(Some("TEXT/csv")), ContentClass::Text);
+        assert_eq!(classify(Some("text")), ContentClass::Other);
+        assert_eq!(classify(Some("+json")), ContentClass::Json);
+    }
+
+    fn frames(chunks: &[&'static str]) -> Body {
+        let frames: Vec<Result<Frame<Bytes>, BodyError>> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes()))))
+            .collect();
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed()
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_whole_from_one_frame_or_many_up_to_the_cap() {
+        let one = read_capped(frames(&["{\"a\":1}"]), 7).await.unwrap();
+        assert_eq!(&one[..], b"{\"a\":1}");
+        let many = read_capped(frames(&["", "{\"a\"", ":", "1}"]), 7).await.unwrap();
+        assert_eq!(&many[..], b"{\"a\":1}");
+        assert_eq!(&read_capped(frames(&[]), 7).await.unwrap()[..], b"");
+        assert!(matches!(
+            read_capped(frames(&["{\"a\":1}", " "]), 7).await,
+            Err(MaskFailure::TooLarge)
+        ));
+        assert!(matches!(
+            read_capped(frames(&["abcd", "efgh"]), 7).await,
+            Err(MaskFailure::TooLarge)
+        ));
+        assert!(matches!(
+            read_capped(frames(&["12345678"]), 7).await,
+            Err(MaskFailure::TooLarge)
+        ));
     }
 
     #[tokio::test]
