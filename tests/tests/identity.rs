@@ -77,7 +77,7 @@ async fn verify(
     v: &Verifier,
     authorization: &str,
     dpop: &[&str],
-) -> Result<agentgate::identity::Principal, agentgate::identity::IdentityError> {
+) -> Result<Arc<agentgate::identity::Principal>, agentgate::identity::IdentityError> {
     v.verify(
         &Presented {
             authorization: Some(authorization),
