@@ -883,6 +883,66 @@ fn writes_are_recorded_before_forwarding_and_reads_with_their_response() {
     assert_eq!(kinds, ["http.request", "decision", "http.response"], "{after}");
 }
 
+/// Without masking, a small body with a declared length is on record in its response's event
+/// (one write, made before the agent has it); a body too large to record whole still streams,
+/// and its start is recorded when it ends.
+#[test]
+fn unmasked_bodies_are_recorded_whole_when_small_and_streamed_when_large() {
+    const MASKING: &str = "  masking:\n    - jsonFields: [\"$..profile.mobilePhone\"]\n      strategy: Redact\n    - detectors: [Email, CreditCard, OktaApiToken, JWT]\n      strategy: Redact\n";
+    let mut s = start(CANARY, |yaml| {
+        assert!(yaml.contains(MASKING), "the masking rules moved: {yaml}");
+        yaml.replace(MASKING, "")
+    });
+    let small = s.curl(&[], "/okta/api/v1/users");
+    assert_eq!(small.status, 200, "{small:?}");
+    assert!(
+        small.body.contains("alice@example.com"),
+        "no masking applies: {small:?}"
+    );
+    let large = s.curl(&[], "/okta/big?bytes=200000");
+    assert_eq!(large.status, 200, "{large:?}");
+    // More than the 64 KiB a recording keeps of a body.
+    assert!(large.body.len() > 150_000, "{}", large.body.len());
+    s.gw.stop();
+    let recordings = s.gw.recordings();
+    let events = request_events(&recordings);
+    let of = |path: &str| -> Vec<&Value> {
+        let id = events
+            .iter()
+            .find(|e| e["type"] == "http.request" && e["data"]["path"] == path)
+            .map(|e| e["data"]["request_id"].clone())
+            .unwrap_or_else(|| panic!("no request to {path}: {recordings}"));
+        events.iter().filter(|e| e["data"]["request_id"] == id).collect()
+    };
+    let kinds = |evs: &[&Value]| -> Vec<String> {
+        evs.iter()
+            .map(|e| e["type"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    let small_events = of("/api/v1/users");
+    assert_eq!(
+        kinds(&small_events),
+        ["http.request", "decision", "http.response"]
+    );
+    let body = &small_events[2]["data"]["body"];
+    let sent: Value = serde_json::from_str(&small.body).unwrap();
+    assert_eq!(body["json"], sent, "{body}");
+    assert_eq!(body["bytes"].as_u64(), Some(small.body.len() as u64));
+    assert_eq!(body["truncated"], false);
+
+    let large_events = of("/big");
+    assert_eq!(
+        kinds(&large_events),
+        ["http.request", "decision", "http.response", "http.response.body"]
+    );
+    assert_eq!(large_events[2]["data"]["body"]["streamed"], true);
+    let tee = &large_events[3]["data"];
+    assert_eq!(tee["bytes"].as_u64(), Some(large.body.len() as u64), "{tee}");
+    assert_eq!(tee["complete"], true);
+    assert_eq!(tee["body"]["truncated"], true);
+}
+
 #[test]
 fn absolute_form_must_agree_with_host_and_x_forwarded_host_is_ignored() {
     let s = setup();

@@ -143,6 +143,16 @@ impl<'a> CappedBody<'a> {
         }
     }
 
+    /// The record of a body of which only a prefix was kept: `total` is the whole body's length,
+    /// and the record says it was cut when that is more than was kept.
+    pub fn of_total(mut self, total: usize) -> Self {
+        if total > self.total {
+            self.total = total;
+            self.truncated = true;
+        }
+        self
+    }
+
     /// A JSON body recorded as JSON rather than as an escaped string (readable with any JSON
     /// tool, and no escaping cost): only when it is one valid JSON value, on one line, within
     /// `max` bytes. Anything else is recorded as [`CappedBody::new`] would.

@@ -420,6 +420,17 @@ fn bodies_are_capped() {
         cap_body(b"", 0),
         json!({"text": "", "bytes": 0, "truncated": false})
     );
+    // A kept prefix of a longer body says how long the body was, and that it was cut.
+    let prefix =
+        |b: &[u8], total: usize| serde_json::to_value(super::cap_body(b, 5).of_total(total)).unwrap();
+    assert_eq!(
+        prefix(b"hello", 11),
+        json!({"text": "hello", "bytes": 11, "truncated": true})
+    );
+    assert_eq!(
+        prefix(b"hello", 5),
+        json!({"text": "hello", "bytes": 5, "truncated": false})
+    );
 }
 
 #[test]

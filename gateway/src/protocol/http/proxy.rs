@@ -646,6 +646,7 @@ async fn proxy(
                         kind: "http.request.body",
                         request_id: request_id.to_string(),
                         plan: Some(plan.clone()),
+                        declared: declared_length(&out_headers),
                         on_failure: failure_counter(gw, &plane),
                     }),
                 )
@@ -666,15 +667,7 @@ async fn proxy(
     let up_res = match upstream.send(up_req).await {
         Ok(res) => res,
         Err(problem) => {
-            // The record says the request went out and what came of it. The problem is the
-            // answer either way, so a failure to record it changes nothing.
-            let event = json!({
-                "request_id": request_id,
-                "status": problem.status().as_u16(),
-                "problem": problem.kind.slug(),
-                "upstream_us": sent.elapsed().as_micros() as u64,
-            });
-            let _ = record(gw, &plane, session.as_deref(), "http.response", event);
+            record_upstream_failure(gw, &plane, session.as_deref(), request_id, &problem, sent);
             return Err(problem);
         }
     };
@@ -719,14 +712,41 @@ async fn proxy(
         total_us: started.elapsed().as_micros() as u64,
     };
     let discovery = kube_info.as_ref().is_some_and(|k| !k.is_resource_request);
-    let body: Body = if plan.is_empty() || bodiless || discovery {
+    // An unmasked body small enough to be recorded whole, with its length declared, is read
+    // before it is sent: it goes on record with its response, in the same write, before the
+    // agent has it. Larger or unframed bodies stream, and a tee records their start.
+    let recorded_whole = !bodiless
+        && !is_watch
+        && declared_length(&res_parts.headers).is_some_and(|n| n <= MAX_RECORDED_BODY as u64);
+    let body: Body = if (plan.is_empty() || discovery) && recorded_whole {
+        let bytes = match response::read_capped(res_body, MAX_RECORDED_BODY).await {
+            Ok(bytes) => bytes,
+            Err(_) => {
+                let problem = Problem::new(
+                    Kind::UpstreamUnavailable,
+                    "the upstream's response body could not be read",
+                );
+                record_upstream_failure(gw, &plane, session.as_deref(), request_id, &problem, sent);
+                return Err(problem);
+            }
+        };
+        let kept = if class == ContentClass::Json {
+            crate::recording::CappedBody::json((&bytes[..]).into(), MAX_RECORDED_BODY)
+        } else {
+            response::body_for_record(None, &bytes, true)
+        };
+        let event = meta.event(&res_parts.headers, ResponseBody::Recorded(kept), None);
+        record(gw, &plane, session.as_deref(), "http.response", event)?;
+        full(bytes)
+    } else if plan.is_empty() || bodiless || discovery {
         let event = meta.event(
             &res_parts.headers,
             ResponseBody::Note(json!({"streamed": true})),
             None,
         );
         record(gw, &plane, session.as_deref(), "http.response", event)?;
-        tee(res_body, session.as_ref(), request_id, None, gw, &plane)
+        let declared = declared_length(&res_parts.headers);
+        tee(res_body, session.as_ref(), request_id, None, declared, gw, &plane)
     } else if is_watch && class == ContentClass::Json {
         let note = json!({"streamed": true, "masked": "per event"});
         let event = meta.event(&res_parts.headers, ResponseBody::Note(note), None);
@@ -739,7 +759,7 @@ async fn proxy(
             Arc::new(move |r: &MaskReport| metrics.count_masking(&connection_name, r)),
         )
         .boxed();
-        tee(masked, session.as_ref(), request_id, None, gw, &plane)
+        tee(masked, session.as_ref(), request_id, None, None, gw, &plane)
     } else {
         match mask_response(
             &plan,
@@ -768,7 +788,16 @@ async fn proxy(
                 let note = json!({"streamed": true, "masked": false});
                 let event = meta.event(&res_parts.headers, ResponseBody::Note(note), None);
                 record(gw, &plane, session.as_deref(), "http.response", event)?;
-                tee(body, session.as_ref(), request_id, Some(plan.clone()), gw, &plane)
+                let declared = declared_length(&res_parts.headers);
+                tee(
+                    body,
+                    session.as_ref(),
+                    request_id,
+                    Some(plan.clone()),
+                    declared,
+                    gw,
+                    &plane,
+                )
             }
             Err(reason) => {
                 gw.metrics
@@ -790,6 +819,30 @@ async fn proxy(
         HeaderValue::from_str(request_id).unwrap_or(HeaderValue::from_static("unknown")),
     );
     Ok(Response::from_parts(res_parts, body))
+}
+
+/// Records that the request went out and what came of it: an upstream that failed, as the
+/// response. The problem is the answer either way, so a failure to record it changes nothing.
+fn record_upstream_failure(
+    gw: &Gateway,
+    plane: &Plane,
+    session: Option<&Session>,
+    request_id: &str,
+    problem: &Problem,
+    sent: Instant,
+) {
+    let event = json!({
+        "request_id": request_id,
+        "status": problem.status().as_u16(),
+        "problem": problem.kind.slug(),
+        "upstream_us": sent.elapsed().as_micros() as u64,
+    });
+    let _ = record(gw, plane, session, "http.response", event);
+}
+
+/// The `Content-Length` of a message, when it has one.
+fn declared_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 fn has_body(h: &HeaderMap) -> bool {
@@ -848,6 +901,7 @@ fn tee(
     session: Option<&Arc<Session>>,
     request_id: &str,
     plan: Option<MaskingPlan>,
+    declared: Option<u64>,
     gw: &Gateway,
     plane: &Plane,
 ) -> Body {
@@ -859,6 +913,7 @@ fn tee(
                 kind: "http.response.body",
                 request_id: request_id.to_string(),
                 plan,
+                declared,
                 on_failure: failure_counter(gw, plane),
             }),
         )

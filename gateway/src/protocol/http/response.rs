@@ -271,6 +271,9 @@ pub struct RecordSink {
     pub request_id: String,
     /// Masks what was kept before it is written (`None`: write as is).
     pub plan: Option<MaskingPlan>,
+    /// The body's declared length (`Content-Length`, when the bytes keep it): a body that reached
+    /// it is complete, though hyper stops reading there and drops it without an end of stream.
+    pub declared: Option<u64>,
     pub on_failure: Arc<dyn Fn() + Send + Sync>,
 }
 
@@ -287,12 +290,14 @@ impl Recorded {
 
     fn flush(&mut self) {
         let Some(sink) = self.sink.take() else { return };
-        let complete = self.finished && self.total as usize == self.kept.len();
-        let body = body_for_record(sink.plan.as_ref(), &self.kept, complete);
+        let finished = self.finished || sink.declared == Some(self.total);
+        let complete = finished && self.total as usize == self.kept.len();
+        // Only a prefix is kept of a long body: the record says how long it was.
+        let body = body_for_record(sink.plan.as_ref(), &self.kept, complete).of_total(self.total as usize);
         let data = json!({
             "request_id": sink.request_id,
             "bytes": self.total,
-            "complete": self.finished,
+            "complete": finished,
             "body": body,
         });
         if sink.session.record(sink.kind, data).is_err() {
