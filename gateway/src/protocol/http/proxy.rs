@@ -218,10 +218,7 @@ fn check_framing(req: &Parts) -> Result<(), Problem> {
             "send exactly one Authorization header",
         ));
     }
-    if let Some(len) = h
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
+    if let Some(len) = declared_length(h)
         && len > MAX_REQUEST_BODY
     {
         return Err(Problem::new(
@@ -712,13 +709,13 @@ async fn proxy(
         total_us: started.elapsed().as_micros() as u64,
     };
     let discovery = kube_info.as_ref().is_some_and(|k| !k.is_resource_request);
+    let declared = declared_length(&res_parts.headers);
+    let unmasked = plan.is_empty() || bodiless || discovery;
     // An unmasked body small enough to be recorded whole, with its length declared, is read
     // before it is sent: it goes on record with its response, in the same write, before the
     // agent has it. Larger or unframed bodies stream, and a tee records their start.
-    let recorded_whole = !bodiless
-        && !is_watch
-        && declared_length(&res_parts.headers).is_some_and(|n| n <= MAX_RECORDED_BODY as u64);
-    let body: Body = if (plan.is_empty() || discovery) && recorded_whole {
+    let recorded_whole = !bodiless && !is_watch && declared.is_some_and(|n| n <= MAX_RECORDED_BODY as u64);
+    let body: Body = if unmasked && recorded_whole {
         let bytes = match response::read_capped(res_body, MAX_RECORDED_BODY).await {
             Ok(bytes) => bytes,
             Err(_) => {
@@ -730,22 +727,16 @@ async fn proxy(
                 return Err(problem);
             }
         };
-        let kept = if class == ContentClass::Json {
-            crate::recording::CappedBody::json((&bytes[..]).into(), MAX_RECORDED_BODY)
-        } else {
-            response::body_for_record(None, &bytes, true)
-        };
-        let event = meta.event(&res_parts.headers, ResponseBody::Recorded(kept), None);
+        let event = meta.event(&res_parts.headers, recorded_whole_body(class, &bytes), None);
         record(gw, &plane, session.as_deref(), "http.response", event)?;
         full(bytes)
-    } else if plan.is_empty() || bodiless || discovery {
+    } else if unmasked {
         let event = meta.event(
             &res_parts.headers,
             ResponseBody::Note(json!({"streamed": true})),
             None,
         );
         record(gw, &plane, session.as_deref(), "http.response", event)?;
-        let declared = declared_length(&res_parts.headers);
         tee(res_body, session.as_ref(), request_id, None, declared, gw, &plane)
     } else if is_watch && class == ContentClass::Json {
         let note = json!({"streamed": true, "masked": "per event"});
@@ -761,25 +752,14 @@ async fn proxy(
         .boxed();
         tee(masked, session.as_ref(), request_id, None, None, gw, &plane)
     } else {
-        match mask_response(
-            &plan,
-            class,
-            res_parts.headers.get(header::CONTENT_LENGTH),
-            res_body,
-        )
-        .await
-        {
+        match mask_response(&plan, class, declared, res_body).await {
             Ok(Masked::Done(bytes, report)) => {
                 gw.metrics.count_masking(&connection_name, &report);
                 res_parts.headers.remove(header::CONTENT_LENGTH);
                 res_parts
                     .headers
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-                let body = ResponseBody::Recorded(if class == ContentClass::Json {
-                    crate::recording::CappedBody::json((&bytes[..]).into(), MAX_RECORDED_BODY)
-                } else {
-                    response::body_for_record(None, &bytes, true)
-                });
+                let body = recorded_whole_body(class, &bytes);
                 let event = meta.event(&res_parts.headers, body, Some(&report));
                 record(gw, &plane, session.as_deref(), "http.response", event)?;
                 full(bytes)
@@ -788,7 +768,6 @@ async fn proxy(
                 let note = json!({"streamed": true, "masked": false});
                 let event = meta.event(&res_parts.headers, ResponseBody::Note(note), None);
                 record(gw, &plane, session.as_deref(), "http.response", event)?;
-                let declared = declared_length(&res_parts.headers);
                 tee(
                     body,
                     session.as_ref(),
@@ -840,6 +819,16 @@ fn record_upstream_failure(
     let _ = record(gw, plane, session, "http.response", event);
 }
 
+/// A whole response body as its `http.response` event records it: as JSON when it is JSON
+/// (already masked, when masking applies), else as text or base64, up to the recording cap.
+fn recorded_whole_body(class: ContentClass, bytes: &[u8]) -> ResponseBody<'_> {
+    ResponseBody::Recorded(if class == ContentClass::Json {
+        crate::recording::CappedBody::json(bytes.into(), MAX_RECORDED_BODY)
+    } else {
+        response::body_for_record(None, bytes, true)
+    })
+}
+
 /// The `Content-Length` of a message, when it has one.
 fn declared_length(h: &HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
@@ -858,14 +847,11 @@ enum Masked {
 async fn mask_response(
     plan: &MaskingPlan,
     class: ContentClass,
-    content_length: Option<&HeaderValue>,
+    declared: Option<u64>,
     body: Body,
 ) -> Result<Masked, String> {
     let allow_unmasked = plan.on_unparseable() == UnparseablePolicy::Allow;
-    let declared = content_length
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if class == ContentClass::Other || declared.is_some_and(|n| n > MAX_MASKED_BODY) {
+    if class == ContentClass::Other || declared.is_some_and(|n| n > MAX_MASKED_BODY as u64) {
         return if allow_unmasked {
             Ok(Masked::PassThrough(body))
         } else if class == ContentClass::Other {
