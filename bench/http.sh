@@ -48,6 +48,10 @@
 #   CARGO_TARGET_DIR        where the release binary is built/found (default: <repo>/target)
 #   AGENTGATE_BIN           use this agentgate binary instead
 #   BENCH_DURATION=15       seconds per measured run      BENCH_WARMUP=3   seconds of warm-up per target
+#   BENCH_ROUNDS=1          measure the three targets this many times, interleaved (direct, nginx,
+#                           agentgate, direct, ...); the tables show each figure's median over the
+#                           rounds and the ratios are the medians of each round's ratio, so noise
+#                           that hits one round moves no figure (3 on shared machines)
 #   BENCH_CONNECTIONS=32    connections, all targets      BENCH_WRK_THREADS=1
 #   BENCH_RATE=5000         fixed rate, requests/s        BENCH_GATEWAY_WORKERS=1  tokio workers
 #   BENCH_NO_IDLE=1         hold /dev/cpu_dma_latency at 0 while running (0: leave cpuidle alone)
@@ -65,6 +69,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH="$ROOT/bench"
 DURATION=${BENCH_DURATION:-15}
+ROUNDS=${BENCH_ROUNDS:-1}
 WARMUP=${BENCH_WARMUP:-3}
 CONNECTIONS=${BENCH_CONNECTIONS:-32}
 WRK_THREADS=${BENCH_WRK_THREADS:-1}
@@ -543,9 +548,9 @@ wait_quiet() {
     done
 }
 
-# measure NAME URL HEADER [SUT PIDs, comma-separated]
+# measure NAME URL HEADER [SUT PIDs, comma-separated]; ROUND (global) names the output files.
 measure() {
-    local name=$1 url=$2 header=$3 sut=${4:-}
+    local name=$1.$ROUND url=$2 header=$3 sut=${4:-}
     log "$name: warm-up ${WARMUP}s"
     "${HARNESS[@]}" wrk -t"$WRK_THREADS" -c"$CONNECTIONS" -d"${WARMUP}s" -H "$header" "$url" >/dev/null
     wait_quiet
@@ -563,9 +568,12 @@ LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg)
 if awk -v l="${LOADAVG%% *}" 'BEGIN {exit !(l > 0.5)}'; then
     log "warning: load average $LOADAVG: other work on this machine will skew the figures"
 fi
-measure direct "$DIRECT_URL" "$DIRECT_AUTH"
-measure nginx "$PROXY_URL" "$AGENT_AUTH" "$PROXY_PID"
-measure agentgate "$GATEWAY_URL" "$AGENT_AUTH" "$GATEWAY_PID"
+for ROUND in $(seq "$ROUNDS"); do
+    [ "$ROUNDS" -eq 1 ] || log "round $ROUND of $ROUNDS"
+    measure direct "$DIRECT_URL" "$DIRECT_AUTH"
+    measure nginx "$PROXY_URL" "$AGENT_AUTH" "$PROXY_PID"
+    measure agentgate "$GATEWAY_URL" "$AGENT_AUTH" "$GATEWAY_PID"
+done
 SESSION_BYTES=$(du -sb "$SESSIONS" | cut -f1)
 SESSION_FILES=$(find "$SESSIONS" -name '*.jsonl' | wc -l)
 SESSIONS_FS=$(df -T "$SESSIONS" | awk 'NR==2 {print $2}')
@@ -579,7 +587,7 @@ OUT="$RESULTS/http-$(date -u +%Y-%m-%d).md"
 [ -e "$OUT" ] && OUT="$RESULTS/http-$(date -u +%Y-%m-%d-%H%M%S).md"
 COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 git -C "$ROOT" diff --quiet HEAD -- gateway crds 2>/dev/null || COMMIT="$COMMIT+changes"
-export IDLE WORK DURATION CONNECTIONS SESSIONS_FS LOADAVG WRK_THREADS RATE PINNING CLK_TCK COMMIT NCPU GATEWAY_WORKERS \
+export IDLE WORK DURATION ROUNDS CONNECTIONS SESSIONS_FS LOADAVG WRK_THREADS RATE PINNING CLK_TCK COMMIT NCPU GATEWAY_WORKERS \
     SESSION_BYTES SESSION_FILES GATEWAY_THREADS
 CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' || echo unknown)
 KERNEL=$(uname -r)
@@ -594,47 +602,56 @@ env = os.environ
 work = env["WORK"]
 tck = int(env["CLK_TCK"])
 dur = float(env["DURATION"])
-rows = {}
-cpus = {}
+rounds = int(env["ROUNDS"])
 problems = []
-for name in ("direct", "nginx", "agentgate"):
-    text = open(f"{work}/{name}.wrk.txt").read()
+
+def measured(name, r):
+    """One round's figures for one target, from its wrk, oha and CPU files."""
+    tag = f"{name}.{r}"
+    text = open(f"{work}/{tag}.wrk.txt").read()
     m = re.search(r"^WRK_RESULT (\{.*\})$", text, re.M)
     if not m:
-        sys.exit(f"no wrk result for {name}:\n{text}")
+        sys.exit(f"no wrk result for {tag}:\n{text}")
     w = json.loads(m.group(1))
-    o = json.load(open(f"{work}/{name}.oha.json"))
+    o = json.load(open(f"{work}/{tag}.oha.json"))
     codes = o.get("statusCodeDistribution", {})
     oha_ok = int(codes.get("200", 0))
     # oha -z aborts the requests still in flight at the deadline: not failures.
     oha_bad = sum(int(v) for k, v in codes.items() if k != "200") + sum(
         int(v) for k, v in o.get("errorDistribution", {}).items() if k != "aborted due to deadline")
     if w["socket_errors"] or w["non2xx"]:
-        problems.append(f"{name} closed loop: {w['socket_errors']} socket errors, {w['non2xx']} non-2xx")
+        problems.append(f"{tag} closed loop: {w['socket_errors']} socket errors, {w['non2xx']} non-2xx")
     if oha_bad:
-        problems.append(f"{name} fixed rate: {oha_bad} failed or non-200 responses {codes} {o.get('errorDistribution')}")
+        problems.append(f"{tag} fixed rate: {oha_bad} failed or non-200 responses {codes} {o.get('errorDistribution')}")
     def cpu(mode):
-        proxy, sut, harness, other, t0, t1 = open(f"{work}/{name}.{mode}.cpu").read().split()
+        proxy, sut, harness, other, t0, t1 = open(f"{work}/{tag}.{mode}.cpu").read().split()
         wall = float(t1) - float(t0)
         return {"proxy": int(proxy) / tck, "sut_pct": 100 * int(sut) / tck / wall,
                 "harness_pct": 100 * int(harness) / tck / wall, "other_pct": 100 * int(other) / tck / wall}
     cpu_w, cpu_o = cpu("wrk"), cpu("oha")
-    cpus[name] = (cpu_w, cpu_o)
-    cpu_closed = cpu_w["proxy"]
-    cpu_fixed = cpu_o["proxy"]
     pct = o["latencyPercentiles"]
-    rows[name] = {
+    return {
         "rps": w["requests"] / (w["duration_us"] / 1e6),
         "p50": w["p50_us"],
         "p99": w["p99_us"],
         "rate_rps": o["summary"]["requestsPerSec"],
         "rate_p50": pct["p50"] * 1e6,
         "rate_p99": pct["p99"] * 1e6,
-        "cpu_closed_us": cpu_closed * 1e6 / max(w["requests"], 1),
-        "cpu_closed_pct": 100 * cpu_closed / (w["duration_us"] / 1e6),
-        "cpu_fixed_pct": 100 * cpu_fixed / dur,
+        "cpu_closed_us": cpu_w["proxy"] * 1e6 / max(w["requests"], 1),
+        "cpu_closed_pct": 100 * cpu_w["proxy"] / (w["duration_us"] / 1e6),
+        "cpu_fixed_pct": 100 * cpu_o["proxy"] / dur,
         "oha_ok": oha_ok,
+        "cpu": (cpu_w, cpu_o),
     }
+
+def median(values):
+    v = sorted(values)
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+
+by_round = {name: [measured(name, r) for r in range(1, rounds + 1)] for name in ("direct", "nginx", "agentgate")}
+# Each figure of a target is its median over the rounds (with one round, that round's figure).
+rows = {name: {k: median([x[k] for x in runs]) for k in runs[0] if k != "cpu"} for name, runs in by_round.items()}
 
 d, n, g = rows["direct"], rows["nginx"], rows["agentgate"]
 labels = {"direct": "upstream direct", "nginx": "nginx proxy", "agentgate": "agentgate"}
@@ -666,33 +683,52 @@ cpu_lines = [
     "| target, run | proxy core busy | harness core busy | other processes (all cores) |",
     "|---|---:|---:|---:|",
 ]
-for name in ("direct", "nginx", "agentgate"):
-    for mode, c in zip(("closed loop", f"{int(env['RATE']):,} req/s"), cpus[name]):
-        sut = f"{c['sut_pct']:.0f}%" if pinned else "—"
-        harness = f"{c['harness_pct']:.0f}%" if pinned else "—"
-        cpu_lines.append(f"| {labels[name]}, {mode} | {sut} | {harness} | {max(c['other_pct'], 0):.0f}% |")
+for r in range(rounds):
+    for name in ("direct", "nginx", "agentgate"):
+        for mode, c in zip(("closed loop", f"{int(env['RATE']):,} req/s"), by_round[name][r]["cpu"]):
+            sut = f"{c['sut_pct']:.0f}%" if pinned else "—"
+            harness = f"{c['harness_pct']:.0f}%" if pinned else "—"
+            label = f"{labels[name]}, {mode}" + (f", round {r + 1}" if rounds > 1 else "")
+            cpu_lines.append(f"| {label} | {sut} | {harness} | {max(c['other_pct'], 0):.0f}% |")
 cpu_table = "\n".join(cpu_lines)
 
-rps_ratio = g["rps"] / n["rps"]
+def ratios(g, n, d):
+    """The gateway/nginx ratios the targets are about, for one set of figures."""
+    g_added = g["rate_p50"] - d["rate_p50"]
+    n_added = n["rate_p50"] - d["rate_p50"]
+    return {
+        "rps": g["rps"] / n["rps"],
+        "added": g_added / n_added if n_added > 0 else float("inf"),
+        "closed_added": (g["p50"] - d["p50"]) / (n["p50"] - d["p50"]) if n["p50"] > d["p50"] else float("inf"),
+        "cpu": g["cpu_closed_us"] / n["cpu_closed_us"],
+    }
+
+# Ratios within a round compare measurements minutes apart; their median is the run's ratio.
+per_round = [ratios(by_round["agentgate"][r], by_round["nginx"][r], by_round["direct"][r]) for r in range(rounds)]
+ratio = {k: median([x[k] for x in per_round]) for k in per_round[0]}
+rps_ratio, added_ratio, closed_added_ratio = ratio["rps"], ratio["added"], ratio["closed_added"]
 g_added = g["rate_p50"] - d["rate_p50"]
 n_added = n["rate_p50"] - d["rate_p50"]
-added_ratio = g_added / n_added if n_added > 0 else float("inf")
-closed_added_ratio = (g["p50"] - d["p50"]) / (n["p50"] - d["p50"]) if n["p50"] > d["p50"] else float("inf")
 rate = int(env["RATE"])
 summary = [
     f"- gateway/nginx req/s (closed loop): **{rps_ratio:.2f}** (target ≥ 1.00: {'met' if rps_ratio >= 1 else 'NOT met'})",
     f"- gateway/nginx added p50 at {rate:,} req/s: **{added_ratio:.2f}** ({us(g_added)} µs vs {us(n_added)} µs; "
     f"target ≤ 1.00: {'met' if added_ratio <= 1 else 'NOT met'})",
     f"- gateway/nginx added p50 (closed loop): {closed_added_ratio:.2f}",
-    f"- gateway/nginx CPU per request (closed loop): {g['cpu_closed_us'] / n['cpu_closed_us']:.2f} "
+    f"- gateway/nginx CPU per request (closed loop): {ratio['cpu']:.2f} "
     f"({g['cpu_closed_us']:.1f} vs {n['cpu_closed_us']:.1f} µs)",
 ]
+if rounds > 1:
+    summary.insert(0, f"- {rounds} interleaved rounds: each figure in the table is its median over the rounds, each ratio "
+                   "the median of the rounds' ratios")
+    summary.append("- ratios per round (req/s, added p50 at the fixed rate, CPU per request): " + "; ".join(
+        f"{x['rps']:.2f} / {x['added']:.2f} / {x['cpu']:.2f}" for x in per_round))
 if problems:
     summary.append("- **errors during the run:** " + "; ".join(problems))
 
 setup = [
     f"- {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, agentgate {env['COMMIT']}, "
-    f"{env['NCPU']} CPUs ({env['CPU_MODEL']}), Linux {env['KERNEL']}",
+    f"{env['NCPU']} CPUs ({env['CPU_MODEL']}), Linux {env['KERNEL']}, {rounds} round(s)",
     f"- nginx {env['NGINX_VERSION']} (upstream and proxy, 1 worker each), wrk {env['WRK_VERSION']}, oha {env['OHA_VER']}; "
     f"agentgate with TOKIO_WORKER_THREADS={env['GATEWAY_WORKERS']} ({env['GATEWAY_THREADS']} threads in all)",
     f"- {env['CONNECTIONS']} connections for every target; closed loop `wrk -t{env['WRK_THREADS']} -c{env['CONNECTIONS']} "

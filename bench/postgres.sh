@@ -49,6 +49,10 @@
 #   CARGO_TARGET_DIR        where the release binary is built/found (default: <repo>/target-bench)
 #   AGENTGATE_BIN           use this agentgate binary instead
 #   BENCH_DURATION=20       seconds per measured run   BENCH_WARMUP=3   seconds of warm-up per target
+#   BENCH_ROUNDS=1          measure the targets this many times, interleaved (direct, pgbouncer,
+#                           gateway, direct, ...); the table shows each figure's median over the
+#                           rounds and the TPS ratios are the medians of each round's ratio (3 on
+#                           shared machines, where one noisy minute otherwise decides a ratio)
 #   BENCH_CLIENTS=16        pgbench clients            BENCH_THREADS=2  pgbench threads
 #   BENCH_RATE=5000         fixed rate, transactions/s BENCH_SCALE=10   pgbench scale (100,000 rows each)
 #   BENCH_IDLE_CLIENTS=200  idle clients for the memory figure
@@ -67,6 +71,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH="$ROOT/bench"
 TARGETS=${BENCH_TARGETS:-direct pgbouncer gateway}
 DURATION=${BENCH_DURATION:-20}
+ROUNDS=${BENCH_ROUNDS:-1}
 WARMUP=${BENCH_WARMUP:-3}
 CLIENTS=${BENCH_CLIENTS:-16}
 THREADS=${BENCH_THREADS:-2}
@@ -567,32 +572,35 @@ upstream_sessions() { # sessions of the bench role on the server, and how many u
 }
 printf 'SELECT 1;\n\\sleep %s s\n' 15 >"$WORK/idle.sql"
 
-# memory NAME: RSS of the proxy alone, then with IDLE_CLIENTS idle clients.
+# memory NAME: RSS of the proxy alone, then with IDLE_CLIENTS idle clients, once the server has
+# a session for each. Sessions are counted from the server's count before the clients came:
+# pgbouncer keeps its server connections pooled after its own clients leave.
 memory() {
-    local name=$1 pid before after sessions i
+    local name=$1 pid before after base sessions i
     pid=$(sut_pid "$name")
     [ -n "$pid" ] || return 0
     before=$(rss_kb "$pid")
+    read -r -a base <<<"$(upstream_sessions)"
     log "$name: $IDLE_CLIENTS idle clients"
     as_client "$name" "${HARNESS[@]}" "$PGBENCH" -n -c "$IDLE_CLIENTS" -j 1 -t 1 -f "$WORK/idle.sql" "$DB" \
         >"$WORK/$name.idle.log" 2>&1 &
     local bench=$!
-    sessions="0 0"
     for i in $(seq 100); do
-        sessions=$(upstream_sessions)
-        [ "${sessions%% *}" -ge "$IDLE_CLIENTS" ] && break
+        read -r -a sessions <<<"$(upstream_sessions)"
+        [ $((sessions[0] - base[0])) -ge "$IDLE_CLIENTS" ] && break
         sleep 0.1
     done
     sleep 1
     after=$(rss_kb "$pid")
-    sessions=$(upstream_sessions)
+    read -r -a sessions <<<"$(upstream_sessions)"
     wait "$bench" || die "$name: idle clients failed: $(tail -5 "$WORK/$name.idle.log")"
-    echo "$before $after $sessions" >"$WORK/$name.memory"
+    echo "$before $after $((sessions[0] - base[0])) $((sessions[1] - base[1]))" >"$WORK/$name.memory"
 }
 
-# run NAME MODE args...: one pgbench run with per-transaction logging, plus the proxy's CPU.
+# run NAME MODE args...: one pgbench run with per-transaction logging, plus the proxy's CPU. ROUND
+# (global) names the output files.
 run() {
-    local name=$1 mode=$2 pid c0 c1 t0 t1
+    local name=$1 mode=$2.$ROUND pid c0 c1 t0 t1
     shift 2
     pid=$(sut_pid "$name")
     rm -rf "$WORK/$name.$mode.d"
@@ -611,13 +619,16 @@ if awk -v l="${LOADAVG%% *}" 'BEGIN {exit !(l > 0.5)}'; then
     log "warning: load average $LOADAVG: other work on this machine will skew the figures"
 fi
 for t in $TARGETS; do memory "$t"; done
-for t in $TARGETS; do
-    log "$t: warm-up ${WARMUP}s"
-    as_client "$t" "${HARNESS[@]}" "$PGBENCH" -n -S -c "$CLIENTS" -j "$THREADS" -T "$WARMUP" "$DB" >/dev/null 2>&1 ||
-        die "$t: warm-up failed"
-    run "$t" simple -S
-    run "$t" prepared -S -M prepared
-    run "$t" rate -S -R "$RATE"
+for ROUND in $(seq "$ROUNDS"); do
+    [ "$ROUNDS" -eq 1 ] || log "round $ROUND of $ROUNDS"
+    for t in $TARGETS; do
+        log "$t: warm-up ${WARMUP}s"
+        as_client "$t" "${HARNESS[@]}" "$PGBENCH" -n -S -c "$CLIENTS" -j "$THREADS" -T "$WARMUP" "$DB" >/dev/null 2>&1 ||
+            die "$t: warm-up failed"
+        run "$t" simple -S
+        run "$t" prepared -S -M prepared
+        run "$t" rate -S -R "$RATE"
+    done
 done
 if has_target gateway && grep -q ' ERROR ' "$WORK/gateway.log"; then
     log "warning: agentgate logged errors (see $WORK/gateway.log with BENCH_KEEP=1)"
@@ -636,7 +647,7 @@ CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//' |
 KERNEL=$(uname -r)
 PG_VERSION=$("$PG_BIN/postgres" --version | awk '{print $3}')
 BOUNCER_VERSION=$("$PGBOUNCER" --version | awk 'NR==1 {print $2}')
-export IDLE WORK TARGETS DURATION CLIENTS THREADS RATE SCALE IDLE_CLIENTS PINNING CLK_TCK COMMIT NCPU \
+export IDLE WORK TARGETS DURATION ROUNDS CLIENTS THREADS RATE SCALE IDLE_CLIENTS PINNING CLK_TCK COMMIT NCPU \
     GATEWAY_WORKERS GATEWAY_THREADS TLS CPU_MODEL KERNEL PG_VERSION BOUNCER_VERSION LOADAVG
 python3 - "$OUT" <<'PY'
 import datetime, glob, os, re, sys
@@ -682,13 +693,29 @@ def summary(name, mode):
             "cpu_pct": 100 * int(ticks) / tck / (float(t1) - float(t0))}
 
 
-rows = {t: {mode: summary(t, mode) for mode in ("simple", "prepared", "rate")} for t in targets}
+rounds = int(env["ROUNDS"])
+MODES = ("simple", "prepared", "rate")
+
+
+def median(values):
+    v = sorted(values)
+    mid = len(v) // 2
+    return v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+
+
+by_round = {t: [{mode: summary(t, f"{mode}.{r}") for mode in MODES} for r in range(1, rounds + 1)] for t in targets}
+# Each figure is its median over the rounds (with one round, that round's figure).
+rows = {t: {mode: {k: median([run[mode][k] for run in runs]) for k in runs[0][mode]} for mode in MODES}
+        for t, runs in by_round.items()}
 memory = {}
 for t in targets:
     path = f"{work}/{t}.memory"
     if os.path.exists(path):
         before, after, sessions, tls_sessions = open(path).read().split()
         memory[t] = (int(before), int(after), int(sessions), int(tls_sessions))
+        if int(sessions) < int(env["IDLE_CLIENTS"]):
+            problems.append(f"{t}: only {sessions} of {env['IDLE_CLIENTS']} idle clients had a server session when "
+                            "its memory was read")
 
 d = rows["direct"]
 us = lambda v: f"{v:,.0f}"
@@ -715,13 +742,15 @@ table = "\n".join(lines)
 
 notes = []
 for t, (before, after, sessions, tls_sessions) in memory.items():
-    notes.append(f"- {labels[t]}: {sessions} upstream sessions of the bench role with the idle clients open, "
+    notes.append(f"- {labels[t]}: {sessions} more upstream sessions of the bench role with the idle clients open, "
                  f"{tls_sessions} of them over TLS")
 if "pgbouncer" in rows and "gateway" in rows:
     g, b = rows["gateway"], rows["pgbouncer"]
     for mode, what in (("simple", "-S"), ("prepared", "-S -M prepared")):
-        ratio = g[mode]["tps"] / b[mode]["tps"]
-        notes.append(f"- gateway/pgbouncer TPS ({what}, closed loop): **{ratio:.2f}**")
+        # Ratios within a round compare runs minutes apart; their median is the run's ratio.
+        each = [gr[mode]["tps"] / br[mode]["tps"] for gr, br in zip(by_round["gateway"], by_round["pgbouncer"])]
+        rounds_note = f" (rounds: {', '.join(f'{x:.2f}' for x in each)})" if rounds > 1 else ""
+        notes.append(f"- gateway/pgbouncer TPS ({what}, closed loop): **{median(each):.2f}**{rounds_note}")
     g_added = g["rate"]["p50"] - d["rate"]["p50"]
     b_added = b["rate"]["p50"] - d["rate"]["p50"]
     ratio = g_added / b_added if b_added > 0 else float("inf")
@@ -740,7 +769,8 @@ if problems:
 tls = "TLS (verify-full) from proxies and direct clients to postgres" if env["TLS"] == "1" else "plaintext everywhere"
 setup = [
     f"- {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, agentgate {env['COMMIT']}, "
-    f"{env['NCPU']} CPUs ({env['CPU_MODEL']}), Linux {env['KERNEL']}",
+    f"{env['NCPU']} CPUs ({env['CPU_MODEL']}), Linux {env['KERNEL']}, {rounds} round(s)"
+    + (" interleaved, each figure its median over the rounds" if rounds > 1 else ""),
     f"- PostgreSQL {env['PG_VERSION']} (fsync off, shared_buffers 256MB), pgbench scale {env['SCALE']}"
     + (f"; pgbouncer {env['BOUNCER_VERSION']} (pool_mode session, 1 process)" if "pgbouncer" in targets else "")
     + (f"; agentgate with TOKIO_WORKER_THREADS={env['GATEWAY_WORKERS']} ({env['GATEWAY_THREADS']} threads in all)"
