@@ -566,35 +566,35 @@ sut_pid() {
         gateway) echo "$GATEWAY_PID" ;;
     esac
 }
-upstream_sessions() { # sessions of the bench role on the server, and how many use TLS
+upstream_sessions() { # $1 application_name: the server's sessions with it, and how many use TLS
     su_psql -d postgres -c "SELECT count(*) || ' ' || count(*) FILTER (WHERE s.ssl) FROM pg_stat_activity a
-        JOIN pg_stat_ssl s USING (pid) WHERE a.usename = '$BENCH_USER'"
+        JOIN pg_stat_ssl s USING (pid) WHERE a.usename = '$BENCH_USER' AND a.application_name = '$1'"
 }
 printf 'SELECT 1;\n\\sleep %s s\n' 15 >"$WORK/idle.sql"
 
-# memory NAME: RSS of the proxy alone, then with IDLE_CLIENTS idle clients, once the server has
-# a session for each. Sessions are counted from the server's count before the clients came:
-# pgbouncer keeps its server connections pooled after its own clients leave.
+# memory NAME: RSS of the proxy alone, then with IDLE_CLIENTS idle clients, once the server has a
+# session for each. The idle clients carry their own application_name, which both proxies pass
+# on, so the count is theirs alone (pgbouncer keeps other clients' server connections pooled).
 memory() {
-    local name=$1 pid before after base sessions i
+    local name=$1 pid before after sessions i app=agentgate-bench-idle-$1
     pid=$(sut_pid "$name")
     [ -n "$pid" ] || return 0
     before=$(rss_kb "$pid")
-    read -r -a base <<<"$(upstream_sessions)"
     log "$name: $IDLE_CLIENTS idle clients"
-    as_client "$name" "${HARNESS[@]}" "$PGBENCH" -n -c "$IDLE_CLIENTS" -j 1 -t 1 -f "$WORK/idle.sql" "$DB" \
-        >"$WORK/$name.idle.log" 2>&1 &
+    PGAPPNAME=$app as_client "$name" "${HARNESS[@]}" "$PGBENCH" -n -c "$IDLE_CLIENTS" -j 1 -t 1 -f "$WORK/idle.sql" \
+        "$DB" >"$WORK/$name.idle.log" 2>&1 &
     local bench=$!
+    sessions="0 0"
     for i in $(seq 100); do
-        read -r -a sessions <<<"$(upstream_sessions)"
-        [ $((sessions[0] - base[0])) -ge "$IDLE_CLIENTS" ] && break
+        sessions=$(upstream_sessions "$app")
+        [ "${sessions%% *}" -ge "$IDLE_CLIENTS" ] && break
         sleep 0.1
     done
     sleep 1
     after=$(rss_kb "$pid")
-    read -r -a sessions <<<"$(upstream_sessions)"
+    sessions=$(upstream_sessions "$app")
     wait "$bench" || die "$name: idle clients failed: $(tail -5 "$WORK/$name.idle.log")"
-    echo "$before $after $((sessions[0] - base[0])) $((sessions[1] - base[1]))" >"$WORK/$name.memory"
+    echo "$before $after $sessions" >"$WORK/$name.memory"
 }
 
 # run NAME MODE args...: one pgbench run with per-transaction logging, plus the proxy's CPU. ROUND
@@ -742,7 +742,7 @@ table = "\n".join(lines)
 
 notes = []
 for t, (before, after, sessions, tls_sessions) in memory.items():
-    notes.append(f"- {labels[t]}: {sessions} more upstream sessions of the bench role with the idle clients open, "
+    notes.append(f"- {labels[t]}: {sessions} upstream sessions of the idle clients (their application_name) when read, "
                  f"{tls_sessions} of them over TLS")
 if "pgbouncer" in rows and "gateway" in rows:
     g, b = rows["gateway"], rows["pgbouncer"]
