@@ -51,7 +51,7 @@
 #   BENCH_ROUNDS=1          measure the three targets this many times, interleaved (direct, nginx,
 #                           agentgate, direct, ...); the tables show each figure's median over the
 #                           rounds and the ratios are the medians of each round's ratio, so noise
-#                           that hits one round moves no figure (3 on shared machines)
+#                           that hits one round of three does not decide a figure (3 on shared machines)
 #   BENCH_CONNECTIONS=32    connections, all targets      BENCH_WRK_THREADS=1
 #   BENCH_RATE=5000         fixed rate, requests/s        BENCH_GATEWAY_WORKERS=1  tokio workers
 #   BENCH_NO_IDLE=1         hold /dev/cpu_dma_latency at 0 while running (0: leave cpuidle alone)
