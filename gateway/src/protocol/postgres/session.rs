@@ -770,8 +770,11 @@ impl Live {
             Ok(Ok(r)) => r,
             _ => "aborted".to_string(),
         };
-        if let Some(r) = &this.recording {
-            let _ = r.close(json!({ "reason": reason, "upstream": down_reason }));
+        if let Some(r) = this.recording.clone() {
+            // Closing signs and fsyncs the file: off the async worker, which other sessions share
+            // (an fsync takes milliseconds on network block storage).
+            let end = json!({ "reason": reason, "upstream": down_reason });
+            let _ = tokio::task::spawn_blocking(move || r.close(end)).await;
         }
         tracing::info!(identity = %this.identity, connection = %this.connection, reason, "postgres session ended");
     }
