@@ -15,6 +15,8 @@ pub mod dev;
 pub mod identity;
 pub mod masking;
 pub mod metrics;
+#[cfg(test)]
+pub(crate) mod mutate;
 pub mod policy;
 pub mod protocol;
 pub mod recording;

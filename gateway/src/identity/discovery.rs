@@ -72,4 +72,12 @@ mod tests {
                 .contains("jwks_uri")
         );
     }
+
+    #[test]
+    fn hostile_metadata_is_refused_without_panic() {
+        let doc: &[u8] = br#"{"issuer":"https://idp.example/oauth2/default","jwks_uri":"https://idp.example/keys","introspection_endpoint":"https://idp.example/introspect"}"#;
+        crate::mutate::each_mutant(&[doc], 3_000, |b| {
+            let _ = parse("https://idp.example/oauth2/default", b);
+        });
+    }
 }

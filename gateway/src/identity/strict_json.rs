@@ -106,4 +106,19 @@ mod tests {
         assert!(parse(deep.as_bytes()).unwrap_err().contains("deeper"));
         assert!(parse(br#"{"a":1} x"#).is_err());
     }
+
+    #[test]
+    fn hostile_documents_are_refused_without_panic() {
+        let seeds: [&[u8]; 2] = [
+            br#"{"keys":[{"kty":"EC","crv":"P-256","x":"fHE2","y":"7iTF","kid":"k1","alg":"ES256"}],"n":-1.5e300}"#,
+            "{\"a\":[[[[{}]]]],\"\\u00e9\":\"\\ud83d\\ude00\",\"b\":null,\"c\":true}".as_bytes(),
+        ];
+        crate::mutate::each_mutant(&seeds, 4_000, |b| {
+            if let Ok(v) = parse(b) {
+                // Whatever it accepts is JSON serde_json reads the same way.
+                let plain: serde_json::Value = serde_json::from_slice(b).expect("accepted input is JSON");
+                assert_eq!(v, plain);
+            }
+        });
+    }
 }

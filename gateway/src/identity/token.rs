@@ -247,4 +247,31 @@ mod tests {
         assert!(audiences(&serde_json::json!({ "aud": many })).is_err());
         assert!(audiences(&serde_json::json!({"aud": [1]})).is_err());
     }
+
+    #[test]
+    fn hostile_tokens_are_refused_without_panic() {
+        let seeds: [&[u8]; 3] = [
+            b"eyJhbGciOiJFUzI1NiIsInR5cCI6ImF0K2p3dCIsImtpZCI6ImsxIn0.eyJpc3MiOiJodHRwczovL2lkcC5leGFtcGxlIiwiYXVkIjpbImEiLCJiIl0sImV4cCI6MTgwMDAwMDAwMCwiY25mIjp7ImprdCI6IngifX0.c2lnbmF0dXJl",
+            b"eyJhbGciOiJub25lIn0.e30.",
+            b"eyJhbGciOiJSUzI1NiIsImNyaXQiOlsiZXhwIl0sImtpZCI6IlxcdTAwMDAifQ.eyJhdWQiOiJ4IiwibmJmIjoxLjV9.AAAA",
+        ];
+        let allowed = [Algorithm::ES256, Algorithm::RS256];
+        crate::mutate::each_mutant(&seeds, 3_000, |b| {
+            let s = String::from_utf8_lossy(b);
+            if let Ok(jws) = parse(&s, &allowed) {
+                let _ = jws.kid();
+            }
+        });
+        // Past the base64 layer: mutants of the header and claims JSON, encoded properly.
+        let header: &[u8] = br#"{"alg":"ES256","typ":"at+jwt","kid":"k1","crit":[]}"#;
+        let claims: &[u8] =
+            br#"{"iss":"https://idp.example","aud":["a","b"],"exp":1800000000,"cnf":{"jkt":"x"}}"#;
+        let e = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+        crate::mutate::each_mutant(&[header], 2_000, |h| {
+            let _ = parse(&format!("{}.{}.c2ln", e(h), e(claims)), &allowed);
+        });
+        crate::mutate::each_mutant(&[claims], 2_000, |c| {
+            let _ = parse(&format!("{}.{}.c2ln", e(header), e(c)), &allowed);
+        });
+    }
 }

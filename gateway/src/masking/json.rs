@@ -834,4 +834,39 @@ mod tests {
             assert!(started.elapsed().as_secs() < 3);
         }
     }
+
+    /// Fail closed on malformed JSON, and never emit malformed JSON: on mutants of valid
+    /// documents the masker accepts nothing serde_json refuses, its output always parses, and
+    /// masking the output again changes nothing (no detection left behind).
+    #[test]
+    fn hostile_documents_are_refused_or_masked_into_valid_json() {
+        let p = all_detectors().merge(&plan(
+            json!([{"jsonFields": ["$..profile.email", "$.data.*", "$.items[*].token"]}]),
+        ));
+        let seeds: [&[u8]; 5] = [
+            br#"{"id":"00u1","profile":{"email":"a@example.com","mobilePhone":"+1 415 555 0100","n":-1.5e3},"ok":true}"#,
+            br#"{"kind":"Secret","data":{"password":"c2VjcmV0"},"stringData":{"k":"v"},"items":[{"token":"00abcdefghijklmnopqrstuvwxyz0123456789ABCD"},null]}"#,
+            "[\"t\\u00e9\\n\\\"x\\\" \\ud83d\\ude00\", 4111111111111111, {\"\\u0065mail\": \"b@example.org\"}, [], {}]".as_bytes(),
+            b" 12 \"card 4111 1111 1111 1111\" false\n",
+            "{\"iban\":\"DE89 3704 0044 0532 0130 00\",\"\u{e9}\":\"\u{1F600}\",\"jwt\":\"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln\"}".as_bytes(),
+        ];
+        let parses = |b: &[u8]| {
+            serde_json::Deserializer::from_slice(b)
+                // Grammar only: a number out of f64's range is still JSON.
+                .into_iter::<serde::de::IgnoredAny>()
+                .all(|v| v.is_ok())
+        };
+        crate::mutate::each_mutant(&seeds, 4_000, |input| {
+            let mut out = Vec::new();
+            // Refusing is always safe; it may be stricter than serde_json's stream (which takes
+            // `{}0` as two values), never looser.
+            if p.mask_json(input, &mut out).is_ok() {
+                assert!(parses(input), "accepted malformed input");
+                assert!(parses(&out), "emitted malformed output");
+                let mut again = Vec::new();
+                p.mask_json(&out, &mut again).expect("masked output masks again");
+                assert_eq!(again, out, "masking is not a fixpoint");
+            }
+        });
+    }
 }

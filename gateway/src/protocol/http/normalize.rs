@@ -294,4 +294,32 @@ mod tests {
         assert_eq!(strip_prefix("/oktax/api", "/okta"), None);
         assert_eq!(strip_prefix("/x", "/"), Some("/x"));
     }
+
+    /// What the policy decides on is what the upstream gets: a normalized path normalizes to
+    /// itself, so the upstream's own normalization cannot turn it into another path.
+    #[test]
+    fn hostile_targets_are_refused_or_normalized_to_a_fixpoint() {
+        let seeds: [&[u8]; 4] = [
+            b"/okta/api/v1/users/00u1/lifecycle/activate?sendEmail=true&x=%2F&y=a+b",
+            b"/a/./b/../%2e%2E/c%41%2f//d/?q=a+b&q=%ZZ&&=&k",
+            b"/api/v1/namespaces/default/pods/web-0/exec?command=sh&stdin=true&tty=true",
+            "/%C3%A9t%C3%A9/\u{e9}/~user/a;b/%00/%u002e".as_bytes(),
+        ];
+        crate::mutate::each_mutant(&seeds, 3_000, |b| {
+            let s = String::from_utf8_lossy(b);
+            let (path, query) = match s.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (&*s, None),
+            };
+            if let Ok(t) = normalize(path, query) {
+                assert!(t.path.starts_with('/'), "{:?}", t.path);
+                let again = normalize(&t.path, None).expect("a normalized path is accepted");
+                assert_eq!(again.path, t.path);
+                assert_eq!(t.raw_query.as_deref(), query);
+            }
+            if let Some(q) = query {
+                let _ = parse_query(q);
+            }
+        });
+    }
 }

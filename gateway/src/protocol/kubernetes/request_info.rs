@@ -1034,4 +1034,30 @@ mod tests {
             assert_eq!(got, want.map(|o| o.map(str::to_owned)), "{selector:?}");
         }
     }
+
+    #[test]
+    fn hostile_paths_and_queries_are_refused_or_derived_without_panic() {
+        let seeds: [&[u8]; 4] = [
+            b"/api/v1/namespaces/default/pods/web-0/exec?command=sh&stdin=true&container=app",
+            b"/apis/apps/v1/namespaces/prod/deployments/web/scale?dryRun=All&fieldManager=x",
+            b"/api/v1/pods?watch=true&labelSelector=app%3Dweb&fieldSelector=metadata.name%3Dx,spec.nodeName!%3Dn",
+            b"/apis/rbac.authorization.k8s.io/v1/clusterroles/admin/status?resourceVersion=1&limit=5",
+        ];
+        crate::mutate::each_mutant(&seeds, 2_000, |b| {
+            let s = String::from_utf8_lossy(b);
+            let (path, query) = match s.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (&*s, None),
+            };
+            let Ok(target) = crate::protocol::http::normalize::normalize(path, query) else {
+                return;
+            };
+            for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+                if let Ok(info) = derive(method, &target.path, &target.query) {
+                    let _ = info.policy_verb();
+                    let _ = info.is_streaming();
+                }
+            }
+        });
+    }
 }

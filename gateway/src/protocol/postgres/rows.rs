@@ -351,4 +351,53 @@ mod tests {
             Some(&b"x@example.com"[..])
         );
     }
+
+    #[test]
+    fn hostile_data_rows_are_refused_or_masked_without_panic() {
+        let rows = RowDescription {
+            fields: vec![
+                field("email", 100, 25, 0),
+                field("note", 0, 25, 1),
+                field("amount", 0, NUMERIC, 1),
+                field("card", 0, INT8, 1),
+                field("id", 0, INT4, 1),
+                field("small", 0, INT2, 1),
+                field("doc", 0, JSONB, 1),
+            ],
+        };
+        let m = RowMasker::new(&plan(), true, &rows, |f| {
+            (f.table_oid == 100).then_some(MaskingStrategy::Redact)
+        });
+        let mut numeric = Vec::new();
+        for w in [4i16, 3, 0, 0, 4111, 1111, 1111, 1111] {
+            numeric.extend_from_slice(&w.to_be_bytes());
+        }
+        let card = 4111111111111111i64.to_be_bytes();
+        let id = 42i32.to_be_bytes();
+        let small = 7i16.to_be_bytes();
+        let values: [Option<&[u8]>; 7] = [
+            Some(b"a@example.com"),
+            Some(b"card 4111 1111 1111 1111"),
+            Some(&numeric),
+            Some(&card),
+            Some(&id),
+            Some(&small),
+            Some(b"\x01{\"mail\": \"x@example.org\"}"),
+        ];
+        let mut seed = BytesMut::new();
+        super::super::message::data_row::encode(&mut seed, &values);
+        crate::mutate::each_mutant(&[&seed[5..]], 5_000, |b| {
+            let mut out = BytesMut::new();
+            let mut report = MaskReport::default();
+            if m.mask(b, &mut out, &mut report, true).is_ok() {
+                let row = DataRow::parse(&out[5..]).expect("a masked row is a well-formed DataRow");
+                assert_eq!(row.values.len(), 7);
+                // Nothing a detector finds is left: masking the output again changes nothing.
+                let mut again = BytesMut::new();
+                m.mask(&out[5..], &mut again, &mut MaskReport::default(), false)
+                    .expect("a masked row masks again");
+                assert_eq!(again, out);
+            }
+        });
+    }
 }

@@ -372,4 +372,146 @@ mod tests {
         let c = Cursor::new(b"x", "test");
         assert!(c.finish().is_err());
     }
+
+    /// Builds a body from parts: `S` strings get their NUL, `I`/`H` are i32/i16 big-endian.
+    enum P<'a> {
+        S(&'a str),
+        I(i32),
+        H(i16),
+        B(&'a [u8]),
+    }
+
+    fn body(parts: &[P<'_>]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for p in parts {
+            match p {
+                P::S(s) => {
+                    v.extend_from_slice(s.as_bytes());
+                    v.push(0);
+                }
+                P::I(i) => v.extend_from_slice(&i.to_be_bytes()),
+                P::H(h) => v.extend_from_slice(&h.to_be_bytes()),
+                P::B(b) => v.extend_from_slice(b),
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn hostile_message_bodies_are_refused_without_panic() {
+        use P::*;
+        let seeds: Vec<Vec<u8>> = vec![
+            body(&[S("SELECT * FROM t WHERE id = $1")]),
+            body(&[S("s1"), S("SELECT $1::int"), H(2), I(23), I(25)]),
+            body(&[
+                S("p"),
+                S("s1"),
+                H(2),
+                H(0),
+                H(1),
+                H(2),
+                I(2),
+                B(b"42"),
+                I(-1),
+                H(1),
+                H(1),
+            ]),
+            body(&[B(b"S"), S("s1")]),
+            body(&[S("p"), I(100)]),
+            body(&[
+                I(196608),
+                S("user"),
+                S("agent"),
+                S("database"),
+                S("db"),
+                S("options"),
+                S("-c x=y"),
+                B(&[0]),
+            ]),
+            body(&[I(80877102), I(1234), I(5678)]),
+            body(&[I(80877103)]),
+            body(&[S("token")]),
+            body(&[I(10), S("SCRAM-SHA-256"), B(&[0])]),
+            body(&[I(11), B(b"r=abc,s=c2FsdA==,i=4096")]),
+            body(&[I(5), B(&[1, 2, 3, 4])]),
+            body(&[I(42), I(7)]),
+            body(&[S("server_version"), S("15.18")]),
+            body(&[B(b"T")]),
+            body(&[
+                H(2),
+                S("id"),
+                I(100),
+                H(1),
+                I(23),
+                H(4),
+                I(-1),
+                H(1),
+                S("email"),
+                I(100),
+                H(2),
+                I(25),
+                H(-1),
+                I(-1),
+                H(0),
+            ]),
+            body(&[H(3), I(2), B(b"42"), I(-1), I(3), B(b"a@b")]),
+            body(&[S("SELECT 3")]),
+            body(&[
+                B(b"S"),
+                S("ERROR"),
+                B(b"C"),
+                S("42501"),
+                B(b"M"),
+                S("denied"),
+                B(&[0]),
+            ]),
+        ];
+        let seeds: Vec<&[u8]> = seeds.iter().map(Vec::as_slice).collect();
+        crate::mutate::each_mutant(&seeds, 1_500, |b| {
+            let bytes = Bytes::copy_from_slice(b);
+            let _ = query::Query::parse(b);
+            let _ = parse::Parse::parse(b);
+            let _ = bind::Bind::parse(&bytes);
+            let _ = describe::Target::parse(b, "Describe");
+            let _ = execute::Execute::parse(b);
+            let _ = startup::StartupPacket::parse(b);
+            let _ = authentication::parse_password(b);
+            let _ = authentication::Authentication::parse(b);
+            let _ = backend_key_data::BackendKeyData::parse(b);
+            let _ = parameter_status::ParameterStatus::parse(b);
+            let _ = ready_for_query::TransactionStatus::parse(b);
+            let _ = row_description::RowDescription::parse(b);
+            let _ = data_row::DataRow::parse(b);
+            let _ = data_row::validate(b);
+            let _ = command_complete::CommandComplete::parse(b);
+            let _ = error_response::ErrorResponse::parse(b);
+        });
+    }
+
+    #[test]
+    fn hostile_streams_give_frames_or_an_error_without_panic() {
+        let mut stream = BytesMut::new();
+        Frame {
+            tag: b'Q',
+            body: Bytes::from_static(b"SELECT 1\0"),
+        }
+        .encode(&mut stream);
+        Frame {
+            tag: b'S',
+            body: Bytes::new(),
+        }
+        .encode(&mut stream);
+        Frame {
+            tag: b'X',
+            body: Bytes::new(),
+        }
+        .encode(&mut stream);
+        crate::mutate::each_mutant(&[&stream], 3_000, |b| {
+            let mut r = FrameReader::with_buffer(&b[..0], BytesMut::from(b));
+            // Each frame consumes at least its 5-byte header, so this ends.
+            while let Ok(Some(f)) = r.try_frame() {
+                assert!(f.body.len() <= MAX_FRAME_BYTES);
+            }
+        });
+    }
 }
