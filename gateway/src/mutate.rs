@@ -38,7 +38,7 @@ impl Mutator {
         Self(seed.max(1))
     }
 
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -48,8 +48,18 @@ impl Mutator {
     }
 
     /// A number in `0..n` (`n` > 0).
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
+    }
+
+    /// One of `items` (not empty).
+    pub(crate) fn pick<'a, T: ?Sized>(&mut self, items: &[&'a T]) -> &'a T {
+        items[self.below(items.len())]
+    }
+
+    /// Each of `items` with probability one half, in order.
+    pub(crate) fn subset<'a, T: ?Sized>(&mut self, items: &[&'a T]) -> Vec<&'a T> {
+        items.iter().copied().filter(|_| self.next() & 1 == 1).collect()
     }
 
     /// `input` with one to four random edits.
@@ -110,16 +120,20 @@ impl Mutator {
     }
 }
 
-/// Calls `check` with each seed and with `rounds` mutants of each. A panic in `check` fails the
-/// test naming the input (hex) that caused it, so the case can become a regression test.
-///
-/// `AGENTGATE_MUTATION_SCALE=N` multiplies the rounds (a longer search than CI's, by hand).
-pub(crate) fn each_mutant(seeds: &[&[u8]], rounds: usize, mut check: impl FnMut(&[u8])) {
-    let scale = std::env::var("AGENTGATE_MUTATION_SCALE")
+/// How many times CI's number of random cases to run: `AGENTGATE_MUTATION_SCALE=N` (default 1)
+/// for a longer search by hand.
+pub(crate) fn scale() -> usize {
+    std::env::var("AGENTGATE_MUTATION_SCALE")
         .ok()
         .and_then(|s| s.parse::<usize>().ok())
-        .unwrap_or(1);
-    let rounds = rounds.saturating_mul(scale);
+        .unwrap_or(1)
+}
+
+/// Calls `check` with each seed and with `rounds` mutants of each (times [`scale`]). A panic in
+/// `check` fails the test naming the input (hex) that caused it, so the case can become a
+/// regression test.
+pub(crate) fn each_mutant(seeds: &[&[u8]], rounds: usize, mut check: impl FnMut(&[u8])) {
+    let rounds = rounds.saturating_mul(scale());
     let mut m = Mutator::new(0x5eed_0fa9_e76a_7e00);
     for seed in seeds {
         let mut run = |input: &[u8]| {

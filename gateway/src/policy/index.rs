@@ -932,4 +932,230 @@ mod tests {
         let d = index.decide(&policies, "k8s", who, &op("pods", Some("exec")), 0);
         assert_eq!(d.rule_ref().as_deref(), Some("k/no-exec"));
     }
+
+    /// The index is an optimization only: on random policies (subjects, connections, `*`,
+    /// actions, method lists, path globs with `*`, `**` and partial segments, Kubernetes rules,
+    /// SQL rules by statement kind and table) and random operations, it decides exactly as scanning every rule of every applicable
+    /// policy in configuration order would, down to the rule that explains the decision.
+    #[test]
+    fn the_index_decides_as_a_scan_of_every_rule_would() {
+        use crate::policy::KubernetesOperation;
+        use agentgate_crds::policy::KubernetesVerb;
+        use serde_json::json;
+
+        const CONNECTIONS: [&str; 2] = ["c1", "c2"];
+        let path_segments = [
+            "api",
+            "v1",
+            "users",
+            "groups",
+            "00u1",
+            "lifecycle",
+            "api-tokens",
+            "a.b",
+            "",
+        ];
+        let glob_segments = [
+            "api",
+            "v1",
+            "users",
+            "groups",
+            "00u1",
+            "lifecycle",
+            "*",
+            "**",
+            "u*",
+            "*s",
+            "api-tok*",
+            "a.*",
+        ];
+        let methods = ["GET", "POST", "DELETE", "PUT"];
+        let verbs = ["get", "list", "create", "delete", "*"];
+        let resources = ["pods", "secrets", "deployments", "*"];
+        let subresources = ["exec", "status", "*"];
+        let kinds = [
+            "Select",
+            "Insert",
+            "Update",
+            "Delete",
+            "Ddl",
+            "Drop",
+            "Explain",
+            "ExplainAnalyze",
+        ];
+        let tables = ["public.t", "s.*", "*.u", "*"];
+        // Statements that trip no guardrail, so the scan below needs none.
+        let statements: Vec<Statement> = [
+            "SELECT * FROM t",
+            "SELECT * FROM s.x JOIN u ON true",
+            "UPDATE t SET a = 1",
+            "DELETE FROM s.x WHERE a = 1",
+            "WITH d AS (DELETE FROM u RETURNING *) SELECT * FROM d",
+            "INSERT INTO t SELECT * FROM s.x",
+            "DROP TABLE u",
+            "EXPLAIN ANALYZE UPDATE t SET a = 2 WHERE false",
+        ]
+        .iter()
+        .map(|sql| statement(sql))
+        .collect();
+        assert!(statements.iter().all(|st| tripped(st).is_empty()));
+
+        // What `decide` must equal: every rule of every policy that applies, strongest action
+        // first, then configuration order.
+        fn scan(
+            policies: &[CompiledPolicy],
+            connection: &str,
+            who: Subject<'_>,
+            op: &Operation<'_>,
+        ) -> (Action, Option<String>, bool) {
+            let mut best: Option<(u8, usize, usize)> = None;
+            let mut any_policy = false;
+            for (pi, p) in policies.iter().enumerate() {
+                let conns = &p.spec.connections;
+                let on_connection = conns.iter().any(|c| c == connection)
+                    || (conns.iter().any(|c| c == "*") && CONNECTIONS.contains(&connection));
+                let names = p.spec.subjects.identities.iter().any(|i| i == who.identity)
+                    || p.spec.subjects.groups.iter().any(|g| who.groups.contains(g));
+                if !(on_connection && names) {
+                    continue;
+                }
+                any_policy = true;
+                for (ri, r) in p.rules.iter().enumerate() {
+                    let key = (rank(r.action), pi, ri);
+                    if r.matcher.matches(r.action, op, 0) && best.is_none_or(|b| key < b) {
+                        best = Some(key);
+                    }
+                }
+            }
+            match best {
+                Some((_, pi, ri)) => {
+                    let (p, r) = (&policies[pi], &policies[pi].rules[ri]);
+                    (r.action, Some(format!("{}/{}", p.name, r.name)), any_policy)
+                }
+                None => (Action::Deny, None, any_policy),
+            }
+        }
+
+        let mut rng = crate::mutate::Mutator::new(42);
+        let mut decided = [0usize; 3];
+        for case in 0..250 * crate::mutate::scale() {
+            let mut policies = Vec::new();
+            for pi in 0..1 + rng.below(5) {
+                let mut rules = Vec::new();
+                for ri in 0..1 + rng.below(5) {
+                    let action = rng.pick(&["Allow", "Allow", "Deny", "RequireApproval"]);
+                    let mut rule = json!({"name": format!("r{ri}"), "action": action});
+                    if action == "RequireApproval" {
+                        rule["approval"] = json!({"approvers": {"groups": ["ops"]}});
+                    }
+                    if rng.below(4) == 0 {
+                        rule["sql"] = json!({
+                            "statements": rng.subset(&kinds),
+                            "tables": rng.subset(&tables),
+                            "withoutWhere": rng.below(4) == 0,
+                        });
+                    } else if rng.below(3) == 0 {
+                        rule["kubernetes"] = json!({
+                            "verbs": rng.subset(&verbs),
+                            "resources": rng.subset(&resources),
+                            "subresources": rng.subset(&subresources),
+                        });
+                    } else {
+                        let paths: Vec<String> = (0..rng.below(3))
+                            .map(|_| {
+                                let n = 1 + rng.below(4);
+                                let segs: Vec<&str> = (0..n).map(|_| rng.pick(&glob_segments)).collect();
+                                format!("/{}", segs.join("/"))
+                            })
+                            .collect();
+                        rule["http"] = json!({"methods": rng.subset(&methods), "paths": paths});
+                    }
+                    rules.push(rule);
+                }
+                let mut identities = rng.subset(&["a", "b"]);
+                let groups = rng.subset(&["g1", "g2"]);
+                if identities.is_empty() && groups.is_empty() {
+                    identities.push("a");
+                }
+                let mut connections = rng.subset(&["c1", "c2", "*"]);
+                if connections.is_empty() {
+                    connections.push("c1");
+                }
+                let spec = json!({
+                    "subjects": {"identities": identities, "groups": groups},
+                    "connections": connections,
+                    "rules": rules,
+                });
+                let spec = serde_json::from_value(spec).expect("a well-formed spec");
+                // Globs the compiler refuses (such as `**` in the middle) leave the policy out.
+                if let Ok(p) = CompiledPolicy::from_spec(&format!("p{pi}"), spec) {
+                    policies.push(p);
+                }
+            }
+            let index = PolicyIndex::build(&policies, CONNECTIONS);
+            let headers = HeaderMap::new();
+            for _ in 0..40 {
+                let identity = rng.pick(&["a", "b", "z"]);
+                let groups: Vec<String> = rng
+                    .subset(&["g1", "g2", "g3"])
+                    .into_iter()
+                    .map(String::from)
+                    .collect();
+                let who = Subject {
+                    identity,
+                    groups: &groups,
+                };
+                let connection = rng.pick(&["c1", "c2", "c3"]);
+                let path = format!(
+                    "/{}",
+                    (0..rng.below(5))
+                        .map(|_| rng.pick(&path_segments))
+                        .collect::<Vec<_>>()
+                        .join("/")
+                );
+                let op = if rng.below(4) == 0 {
+                    Operation::Sql(crate::policy::operation::SqlOperation {
+                        statement: &statements[rng.below(statements.len())],
+                    })
+                } else if rng.below(3) == 0 {
+                    Operation::Kubernetes(KubernetesOperation {
+                        verb: *rng.pick(&[
+                            &KubernetesVerb::Get,
+                            &KubernetesVerb::List,
+                            &KubernetesVerb::Delete,
+                        ]),
+                        api_group: "",
+                        api_version: "v1",
+                        resource: rng.pick(&["pods", "secrets", "deployments"]),
+                        subresource: if rng.below(2) == 0 {
+                            None
+                        } else {
+                            Some(rng.pick(&["exec", "status"]))
+                        },
+                        namespace: Some("default"),
+                        name: Some("x"),
+                    })
+                } else {
+                    get(rng.pick(&methods), &path, &headers)
+                };
+                let got = index.decide(&policies, connection, who, &op, 0);
+                let (action, rule, any_policy) = scan(&policies, connection, who, &op);
+                let context = || {
+                    format!(
+                        "case {case}: {} by {identity} {groups:?} on {connection}",
+                        op.summary()
+                    )
+                };
+                assert_eq!(got.action, action, "{}", context());
+                assert_eq!(got.rule_ref(), rule, "{}", context());
+                if rule.is_none() {
+                    let want = if any_policy { "NoRuleMatched" } else { "NoPolicy" };
+                    assert!(format!("{:?}", got.cause).starts_with(want), "{}", context());
+                }
+                decided[rank(action) as usize] += 1;
+            }
+        }
+        // The random cases reach every outcome, many times.
+        assert!(decided.iter().all(|&n| n > 500), "{decided:?}");
+    }
 }
