@@ -869,4 +869,62 @@ mod tests {
             }
         });
     }
+
+    /// A value inside JSON is masked exactly as the same text outside it: the detectors see the
+    /// decoded string whatever escapes carry it (the features that pick which detectors run are
+    /// gathered from the escaped bytes, so an escaped `@` or digit must still count).
+    #[test]
+    fn strings_are_masked_as_their_decoded_text_whatever_the_escaping() {
+        let p = all_detectors();
+        let pieces = [
+            "a@example.com",
+            "bob.smith+x@mail.example.org",
+            "4111 1111 1111 1111",
+            "4111111111111111",
+            "+1 415 555 0100",
+            "(415) 555-0100",
+            "DE89 3704 0044 0532 0130 00",
+            "AKIAIOSFODNN7EXAMPLE",
+            "AIzaSyA1234567890abcdefghijklmnopqrstu",
+            "00abcdefghijklmnopqrstuvwxyz0123456789ABCD",
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+            "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----",
+            "2026-12-03T07:15:02Z",
+            " ",
+            "x",
+            "é",
+            "😀",
+            "\n",
+            "\"",
+            "\\",
+            "@",
+            ".",
+            "-",
+            "1",
+            "00",
+        ];
+        let mut rng = crate::mutate::Mutator::new(11);
+        for _ in 0..3_000 * crate::mutate::scale() {
+            let text: String = (0..1 + rng.below(6)).map(|_| rng.pick(&pieces)).collect();
+            // JSON-encode it, each character raw or as a \u escape at random (raw only where
+            // JSON allows it).
+            let mut encoded = String::from("{\"k\":\"");
+            for c in text.chars() {
+                let must = c == '"' || c == '\\' || c < ' ';
+                if must || rng.below(4) == 0 {
+                    let mut units = [0u16; 2];
+                    for u in c.encode_utf16(&mut units) {
+                        encoded.push_str(&format!("\\u{u:04x}"));
+                    }
+                } else {
+                    encoded.push(c);
+                }
+            }
+            encoded.push_str("\"}");
+            let masked = mask(&p, &encoded).unwrap_or_else(|e| panic!("{encoded}: {e}"));
+            let value: serde_json::Value = serde_json::from_str(&masked).unwrap();
+            let (want, _) = p.mask_text(&text);
+            assert_eq!(value["k"].as_str(), Some(&*want), "{encoded}");
+        }
+    }
 }

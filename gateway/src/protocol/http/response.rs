@@ -545,4 +545,44 @@ mod scrub_tests {
         assert_eq!(&buf, b"x *************** y");
         assert!(credential_finder(b"short").is_none());
     }
+
+    /// However the upstream splits a body into chunks, the scrubbed stream is the scrubbed whole
+    /// body, and never shows the credential; credentials that overlap themselves included.
+    #[tokio::test]
+    async fn chunking_never_changes_what_is_scrubbed() {
+        let mut rng = crate::mutate::Mutator::new(5);
+        for secret in [&b"00CANARY-secret"[..], b"abababab", b"aaaaaaaaa", b"abcabcabd"] {
+            let finder = credential_finder(secret).expect("long enough");
+            let pieces: [&[u8]; 6] = [
+                secret,
+                &secret[..secret.len() / 2],
+                &secret[secret.len() / 2..],
+                b"a",
+                b"b",
+                b"x ",
+            ];
+            for _ in 0..300 * crate::mutate::scale() {
+                let body: Vec<u8> = (0..rng.below(12))
+                    .flat_map(|_| rng.pick(&pieces).to_vec())
+                    .collect();
+                let mut whole = body.clone();
+                overwrite(&finder, &mut whole);
+                let mut chunks = Vec::new();
+                let mut rest = &body[..];
+                while !rest.is_empty() {
+                    let n = 1 + rng.below(rest.len().min(12));
+                    chunks.push(Ok(Frame::data(Bytes::copy_from_slice(&rest[..n]))));
+                    rest = &rest[n..];
+                }
+                let stream: Body = StreamBody::new(futures_util::stream::iter(chunks)).boxed();
+                let out = scrubbed(stream, finder.clone())
+                    .collect()
+                    .await
+                    .unwrap()
+                    .to_bytes();
+                assert_eq!(&out[..], &whole[..], "{}", String::from_utf8_lossy(&body));
+                assert!(memchr::memmem::find(&out, secret).is_none());
+            }
+        }
+    }
 }
