@@ -409,6 +409,52 @@ mod tests {
         ));
     }
 
+    /// A watch stream masks the same however its events are split into chunks.
+    #[tokio::test]
+    async fn watch_lines_mask_the_same_for_any_chunking() {
+        let plan = MaskingPlan::empty(HashKey::from_bytes([3; 32]))
+            .with_kubernetes_secrets()
+            .merge(
+                &MaskingPlan::compile(
+                    &[&serde_json::from_value(serde_json::json!({"detectors": ["Email"]})).unwrap()],
+                    HashKey::from_bytes([3; 32]),
+                )
+                .unwrap(),
+            );
+        let events: [&[u8]; 3] = [
+            b"{\"type\":\"ADDED\",\"object\":{\"kind\":\"Secret\",\"data\":{\"k\":\"c2VjcmV0\"}}}\n",
+            b"{\"type\":\"MODIFIED\",\"object\":{\"kind\":\"ConfigMap\",\"data\":{\"owner\":\"a@example.com\"}}}\n",
+            b"{\"type\":\"BOOKMARK\",\"object\":{\"metadata\":{\"resourceVersion\":\"12\"}}}\n",
+        ];
+        let mut rng = crate::mutate::Mutator::new(9);
+        for _ in 0..200 * crate::mutate::scale() {
+            let body: Vec<u8> = (0..1 + rng.below(6))
+                .flat_map(|_| rng.pick(&events).to_vec())
+                .collect();
+            let mut whole = Vec::new();
+            plan.mask_json(&body, &mut whole).unwrap();
+            let mut frames = Vec::new();
+            let mut rest = &body[..];
+            while !rest.is_empty() {
+                let n = 1 + rng.below(rest.len().min(90));
+                frames.push(Ok(Frame::data(Bytes::copy_from_slice(&rest[..n]))));
+                rest = &rest[n..];
+            }
+            let stream: Body = http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed();
+            let out = masked_lines(stream, plan.clone(), Arc::new(|_: &MaskReport| {}))
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes();
+            assert_eq!(&out[..], &whole[..]);
+            let text = String::from_utf8_lossy(&out);
+            assert!(
+                !text.contains("c2VjcmV0") && !text.contains("a@example.com"),
+                "{text}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn watch_lines_are_masked_one_by_one() {
         let plan = MaskingPlan::empty(HashKey::process()).with_kubernetes_secrets();

@@ -514,4 +514,72 @@ mod tests {
             }
         });
     }
+
+    /// Reads a buffer in the pieces given (as TCP may deliver it).
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        sizes: Vec<usize>,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let size = if self.sizes.is_empty() {
+                usize::MAX
+            } else {
+                self.sizes.remove(0)
+            };
+            let n = size.min(buf.remaining()).min(self.data.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.data[at..at + n]);
+            self.at += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Frames come out the same however the bytes arrive: split anywhere, a byte at a time, a
+    /// large message across many reads, several messages in one.
+    #[tokio::test]
+    async fn frames_are_the_same_for_any_split_of_the_stream() {
+        let bodies: [&[u8]; 4] = [b"SELECT 1\0", b"", &[7u8; 5000], b"s1\0SELECT $1\0\0\0"];
+        let tags = [b'Q', b'S', b'd', b'P'];
+        let mut rng = crate::mutate::Mutator::new(3);
+        for _ in 0..300 * crate::mutate::scale() {
+            let sent: Vec<Frame> = (0..1 + rng.below(8))
+                .map(|_| {
+                    let i = rng.below(bodies.len());
+                    Frame {
+                        tag: tags[i],
+                        body: Bytes::copy_from_slice(bodies[i]),
+                    }
+                })
+                .collect();
+            let mut wire = BytesMut::new();
+            sent.iter().for_each(|f| f.encode(&mut wire));
+            let sizes = (0..wire.len())
+                .map(|_| {
+                    let scale = rng.below(8);
+                    1 + rng.below(64 << scale)
+                })
+                .collect();
+            let mut r = FrameReader::new(Trickle {
+                data: wire.to_vec(),
+                at: 0,
+                sizes,
+            });
+            let mut got = Vec::new();
+            loop {
+                match r.next().await {
+                    Ok(f) => got.push(f),
+                    Err(FrameError::Closed) => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            assert_eq!(got, sent);
+        }
+    }
 }
