@@ -187,6 +187,13 @@ fn a_cut_off_file_verifies_up_to_its_last_complete_event() {
 
     fs::write(&path, &full[..20]).unwrap();
     assert_eq!(err_at(&path, None).line, 1);
+
+    // Nothing is written after session.end, so a partial line there is an edit, not a crash
+    // (found by the mutation test below).
+    fs::write(&path, [&full[..], b"{\"seq\":5"].concat()).unwrap();
+    let e = err_at(&path, Some(rec.public_key()));
+    assert_eq!(e.line, 6);
+    assert!(e.reason.contains("after session.end"), "{e}");
 }
 
 #[test]
@@ -500,4 +507,54 @@ fn deferred_events_survive_a_failed_write_for_the_next_one() {
     drop(s);
     let r = verify_file(&path, None).unwrap();
     assert_eq!((r.events, r.closed), (3, false));
+}
+
+/// Tamper evidence against arbitrary edits: of thousands of mutants of a closed, signed session
+/// file (bytes flipped, inserted, deleted, duplicated, lines cut), none verifies as closed and
+/// signed unless it is the original, and whatever verifies at all is a prefix of the original
+/// events (what a crash mid-write leaves), never other content.
+#[test]
+fn no_edit_of_a_signed_session_verifies_as_anything_but_a_prefix() {
+    let (d, rec) = recorder(RecordingMode::Required);
+    let s = rec
+        .start_session(json!({"identity": "agent", "peer": "127.0.0.1:1"}))
+        .unwrap();
+    s.record(
+        "http.request",
+        json!({"method": "GET", "path": "/api/v1/users/00u1"}),
+    )
+    .unwrap();
+    s.record("decision", json!({"action": "Allow", "rule": "okta/read"}))
+        .unwrap();
+    s.record(
+        "http.response",
+        json!({"status": 200, "body": {"json": {"email": "[REDACTED]"}}}),
+    )
+    .unwrap();
+    s.close(json!({"reason": "client closed"})).unwrap();
+    let original = fs::read(s.path()).unwrap();
+    let mut hashes = Vec::new();
+    verify_events(s.path(), Some(rec.public_key()), |e| hashes.push(e.hash.clone())).unwrap();
+    let mutant_path = d.path().join("mutant.jsonl");
+    let mut verified_prefixes = 0;
+    crate::mutate::each_mutant(&[&original], 1_500, |bytes| {
+        fs::write(&mutant_path, bytes).unwrap();
+        let mut seen = Vec::new();
+        if let Ok(report) = verify_events(&mutant_path, Some(rec.public_key()), |e| {
+            seen.push(e.hash.clone())
+        }) {
+            if report.closed || report.signed {
+                // The final newline alone may be missing (a crash between the line and it).
+                let same = bytes == &original[..] || bytes == &original[..original.len() - 1];
+                assert!(same, "an edited file verified as closed");
+            }
+            assert!(
+                hashes.starts_with(&seen),
+                "verified events that are not the original's"
+            );
+            verified_prefixes += usize::from(bytes != &original[..]);
+        }
+    });
+    // Truncation is among the mutations, so some mutants are verified prefixes.
+    assert!(verified_prefixes > 0);
 }

@@ -3,7 +3,8 @@
 //! Every complete line must hash to its `hash`, carry the next `seq`, the session's id and the
 //! previous line's hash as `prev`; the first is `session.start` and nothing follows `session.end`.
 //! A final line without its newline is what a crash mid-write leaves: it counts if it verifies
-//! and is otherwise ignored, so a cut-off file verifies up to its last complete event.
+//! and is otherwise ignored, so a cut-off file verifies up to its last complete event. After
+//! `session.end` nothing at all may follow, not even a partial line.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -94,8 +95,9 @@ pub fn verify_events(
         }
         match state.check(line_no, line, key.as_ref()) {
             Ok(event) => visit(&event),
-            // A partial last line is a write the gateway never finished, not an edit.
-            Err(_) if !complete => break,
+            // A partial last line is a write the gateway never finished, not an edit; but the
+            // gateway writes nothing after session.end, so bytes there are an edit.
+            Err(_) if !complete && !state.closed => break,
             Err(e) => return Err(e),
         }
         if !complete {
