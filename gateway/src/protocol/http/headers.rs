@@ -88,6 +88,13 @@ fn is_identity_header(name: &str) -> bool {
     IDENTITY_HEADERS.contains(&name) || IDENTITY_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
+/// Whether `name` (lowercase) is hop-by-hop, in either spelling: a CGI-style upstream reads
+/// `Transfer_Encoding` as it reads `Transfer-Encoding`.
+fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP.contains(&name)
+        || (name.contains('_') && HOP_BY_HOP.contains(&name.replace('_', "-").as_str()))
+}
+
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
@@ -104,7 +111,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // and hashes the name whether it is there or not.
     let present: Vec<HeaderName> = headers
         .keys()
-        .filter(|n| HOP_BY_HOP.contains(&n.as_str()))
+        .filter(|n| is_hop_by_hop(n.as_str()))
         .cloned()
         .collect();
     for n in present {
@@ -182,7 +189,9 @@ impl<'a> Serialize for Recorded<'a> {
         use serde::ser::SerializeMap;
         let mut m = s.serialize_map(Some(self.0.keys_len()))?;
         for name in self.0.keys() {
-            let secret = SECRET_HEADERS.contains(&name.as_str());
+            let n = name.as_str();
+            let secret = SECRET_HEADERS.contains(&n)
+                || (n.contains('_') && SECRET_HEADERS.contains(&n.replace('_', "-").as_str()));
             let shown = |v: &'a HeaderValue| -> std::borrow::Cow<'a, str> {
                 if secret {
                     std::borrow::Cow::Borrowed("[REDACTED]")
@@ -295,10 +304,100 @@ mod tests {
             ("set-cookie", "sid=1"),
             ("x-a", "1"),
             ("x-a", "2"),
+            ("X_Api_Key", "k3y"),
         ]);
         let v = serde_json::to_value(for_record(&h)).unwrap();
         assert_eq!(v["authorization"], "[REDACTED]");
         assert_eq!(v["x-a"], serde_json::json!(["1", "2"]));
-        assert!(!v.to_string().contains("s3cr3t"));
+        assert_eq!(v["x_api_key"], "[REDACTED]", "either spelling");
+        assert!(!v.to_string().contains("s3cr3t") && !v.to_string().contains("k3y"));
+    }
+
+    /// On random header sets (names in any case, with `_` for `-`, repeated, named in
+    /// `Connection`), what is forwarded holds no identity, method-override or hop-by-hop header,
+    /// nothing `Connection` named, and exactly one Authorization: the injected credential.
+    #[test]
+    fn no_client_identity_survives_sanitizing_in_any_spelling() {
+        let names = [
+            "Authorization",
+            "DPoP",
+            "Cookie",
+            "Forwarded",
+            "X-Real-IP",
+            "X-Forwarded-For",
+            "X-Forwarded-User",
+            "Impersonate-User",
+            "Impersonate-Group",
+            "Impersonate-Extra-Scopes",
+            "Impersonate-Uid",
+            "X-Remote-User",
+            "X-Remote-Extra-Team",
+            "X-Auth-Request-Email",
+            "X-Authenticated-Userid",
+            "X-Agentgate-Identity",
+            "X-HTTP-Method-Override",
+            "X-Original-URL",
+            "X-Ms-Client-Principal",
+            "Proxy-Authorization",
+            "TE",
+            "Upgrade",
+            "Keep-Alive",
+            "Trailer",
+            "Accept",
+            "Content-Type",
+            "X-Request-Id",
+            "X-Custom",
+        ];
+        let cred = Credential {
+            scheme: CredentialScheme::Bearer,
+            username: None,
+            secret: Some(SecretValue::new(b"upstream-secret".to_vec())),
+            client_certificate: None,
+        };
+        let dashed_lower = |n: &str| n.to_ascii_lowercase().replace('_', "-");
+        let mut rng = crate::mutate::Mutator::new(17);
+        for _ in 0..2_000 * crate::mutate::scale() {
+            let mut h = HeaderMap::new();
+            let mut listed = Vec::new();
+            for _ in 0..rng.below(12) {
+                let mut name: String = rng
+                    .pick(&names)
+                    .chars()
+                    .map(|c| {
+                        if rng.below(2) == 0 {
+                            c.to_ascii_uppercase()
+                        } else {
+                            c.to_ascii_lowercase()
+                        }
+                    })
+                    .collect();
+                if rng.below(4) == 0 {
+                    name = name.replace('-', "_");
+                }
+                let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+                h.append(name.clone(), HeaderValue::from_static("v"));
+                if rng.below(5) == 0 {
+                    listed.push(name.as_str().to_string());
+                }
+            }
+            if !listed.is_empty() {
+                h.append(
+                    header::CONNECTION,
+                    HeaderValue::from_str(&listed.join(", ")).unwrap(),
+                );
+            }
+            sanitize_request(&mut h);
+            inject_credential(&mut h, Some(&cred)).unwrap();
+            for name in h.keys() {
+                let n = dashed_lower(name.as_str());
+                assert!(n == "authorization" || !is_identity_header(&n), "{n} forwarded");
+                assert!(!is_hop_by_hop(&n), "{n} forwarded");
+                // (Authorization is the injected one, added after the client's went.)
+                let named = listed.iter().any(|l| l == name.as_str());
+                assert!(n == "authorization" || !named, "{n} was named in Connection");
+            }
+            let auth: Vec<_> = h.get_all(header::AUTHORIZATION).iter().collect();
+            assert_eq!(auth, [&HeaderValue::from_static("Bearer upstream-secret")]);
+        }
     }
 }
