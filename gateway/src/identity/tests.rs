@@ -784,3 +784,73 @@ fn a_verifier_builds_from_the_example_configuration_without_network() {
     assert_eq!(v.issuers.len(), 1);
     assert!(v.issuers.contains_key("https://example.okta.com/oauth2/default"));
 }
+
+/// The signature proves who wrote a token, not that its claims are acceptable: tokens signed by
+/// the trusted key over thousands of mutants of the claims (and of the header) are accepted only
+/// when the claims pass every check, so no edit the issuer could be tricked into signing (a
+/// duplicated member, a number where a string goes, a nested aud) slips through.
+#[tokio::test]
+async fn signed_mutants_of_the_claims_are_accepted_only_when_every_check_passes() {
+    let key = SigningKey::ec("k1").unwrap();
+    let jwks = SigningKey::jwks(&[&key]);
+    let v = verifier(vec![identity("ci-agent", okta_spec(), Some(&jwks))]);
+    let header = json!({"alg": "ES256", "typ": "at+jwt", "kid": "k1"}).to_string();
+    let claims = claims().to_string();
+    assert!(
+        check(&v, &key.sign_raw(header.as_bytes(), claims.as_bytes()))
+            .await
+            .is_ok()
+    );
+    let mut candidates = Vec::new();
+    crate::mutate::each_mutant(&[claims.as_bytes()], 1_500, |c| {
+        candidates.push((header.as_bytes().to_vec(), c.to_vec()));
+    });
+    crate::mutate::each_mutant(&[header.as_bytes()], 500, |h| {
+        candidates.push((h.to_vec(), claims.as_bytes().to_vec()));
+    });
+    let mut accepted = 0;
+    for (h, c) in &candidates {
+        let Ok(p) = check(&v, &key.sign_raw(h, c)).await else {
+            continue;
+        };
+        accepted += 1;
+        let header = strict_json::parse(h).expect("an accepted header is strict JSON");
+        assert_eq!(header["alg"], "ES256");
+        // A header without kid is tried against the issuer's keys; one with a kid names it.
+        assert!(header.get("kid").is_none_or(|k| k == "k1"), "{header}");
+        // With no accessTokenType configured, typ is absent, JWT (Okta's) or at+jwt.
+        let typ = header
+            .get("typ")
+            .map(|t| t.as_str().expect("typ is a string").to_ascii_lowercase());
+        let typ = typ
+            .as_deref()
+            .map(|t| t.strip_prefix("application/").unwrap_or(t));
+        assert!(matches!(typ, None | Some("jwt" | "at+jwt")), "{header}");
+        let c = strict_json::parse(c).expect("accepted claims are strict JSON");
+        let num = |k: &str| c[k].as_i64();
+        assert_eq!(c["iss"], ISS);
+        let aud_ok = c["aud"] == "api://agentgate"
+            || c["aud"]
+                .as_array()
+                .is_some_and(|a| a.contains(&json!("api://agentgate")));
+        assert!(aud_ok, "{c}");
+        assert_eq!(c["cid"], "0oa-agent");
+        assert!(num("exp").is_some_and(|e| e > NOW), "{c}");
+        assert!(
+            num("exp").unwrap() - num("iat").expect("iat bounds the lifetime") <= 3600,
+            "{c}"
+        );
+        assert!(num("iat").unwrap() <= NOW + MAX_CLOCK_SKEW, "{c}");
+        assert!(
+            c.get("nbf")
+                .is_none_or(|n| n.as_i64().is_some_and(|n| n <= NOW + MAX_CLOCK_SKEW)),
+            "{c}"
+        );
+        assert_eq!(Some(p.subject.as_str()), c["sub"].as_str());
+        assert_eq!(p.identity, "ci-agent");
+    }
+    assert!(
+        accepted > 0,
+        "some mutants (of values that do not matter) are still valid"
+    );
+}
