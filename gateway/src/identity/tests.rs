@@ -854,3 +854,54 @@ async fn signed_mutants_of_the_claims_are_accepted_only_when_every_check_passes(
         "some mutants (of values that do not matter) are still valid"
     );
 }
+
+/// The same for DPoP proofs: proofs signed by the client's key over mutants of their header and
+/// claims are accepted only when typ, the key (by thumbprint, as the token binds it), htm, htu,
+/// iat, ath and a fresh jti all pass.
+#[tokio::test]
+async fn signed_mutants_of_a_dpop_proof_are_accepted_only_when_every_check_passes() {
+    use super::dpop::{PROOF_MAX_AGE, normalize_url, thumbprint};
+    let (issuer, client, v) = dpop_setup(true);
+    let token = bound_token(&issuer, &client);
+    let ath = URL_SAFE_NO_PAD.encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+    let header = json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": client.public_jwk()}).to_string();
+    let claims = json!({"jti": "j-0", "htm": "GET", "htu": URL, "iat": NOW, "ath": ath}).to_string();
+    let mut candidates = Vec::new();
+    crate::mutate::each_mutant(&[claims.as_bytes()], 1_500, |c| {
+        candidates.push((header.as_bytes().to_vec(), c.to_vec()));
+    });
+    crate::mutate::each_mutant(&[header.as_bytes()], 1_000, |h| {
+        // A fresh jti each, so a mutant is not refused merely as a replay.
+        let fresh = claims.replace("j-0", &format!("h-{}", candidates.len()));
+        candidates.push((h.to_vec(), fresh.into_bytes()));
+    });
+    let mut jtis = std::collections::HashSet::new();
+    for (h, c) in &candidates {
+        let proof = client.sign_raw(h, c);
+        if with_proof(&v, "DPoP", &token, &[&proof]).await.is_err() {
+            continue;
+        }
+        let header = strict_json::parse(h).expect("an accepted header is strict JSON");
+        assert_eq!(header["typ"], "dpop+jwt", "{header}");
+        assert_eq!(
+            thumbprint(&header["jwk"]).unwrap(),
+            client.thumbprint(),
+            "{header}"
+        );
+        let c = strict_json::parse(c).expect("accepted claims are strict JSON");
+        assert_eq!(c["htm"], "GET", "{c}");
+        assert_eq!(
+            normalize_url(c["htu"].as_str().unwrap()),
+            normalize_url(URL),
+            "{c}"
+        );
+        let iat = c["iat"].as_i64().expect("iat is an integer");
+        assert!((NOW - iat).unsigned_abs() <= PROOF_MAX_AGE.as_secs(), "{c}");
+        assert_eq!(c["ath"], ath.as_str(), "{c}");
+        assert!(
+            jtis.insert(c["jti"].as_str().unwrap().to_string()),
+            "jti reused: {c}"
+        );
+    }
+    assert!(!jtis.is_empty(), "some mutants (of the jti, say) are still valid");
+}
