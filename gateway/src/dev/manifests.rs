@@ -372,4 +372,43 @@ mod tests {
             "# kept\n"
         );
     }
+
+    /// Config errors name their file and never a secret: mutants of each manifest either load
+    /// or are refused with errors that all point into the manifests directory, and none of them
+    /// quotes the upstream token (even when the edit lands in the Secret). Nothing panics.
+    #[test]
+    fn hostile_edits_of_the_manifests_are_located_and_never_echo_the_secret() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("manifests");
+        let manifests = sample(&tmp.path().join("sessions"));
+        let token = String::from_utf8(manifests.upstream_token.expose().to_vec()).unwrap();
+        manifests.write(&dir).unwrap();
+        let options = LoadOptions {
+            manifests: dir.clone(),
+            secrets_dir: None,
+            gateway: Some(GATEWAY.into()),
+            reserved_ports: vec![9464],
+        };
+        let (mut loaded, mut refused) = (0, 0);
+        for (name, _) in TEMPLATES {
+            let path = dir.join(name);
+            let original = std::fs::read(&path).unwrap();
+            crate::mutate::each_mutant(&[&original], 25, |bytes| {
+                std::fs::write(&path, bytes).unwrap();
+                match load(&options) {
+                    Ok(_) => loaded += 1,
+                    Err(errors) => {
+                        refused += 1;
+                        assert!(!errors.0.is_empty());
+                        for e in &errors.0 {
+                            assert!(e.file.starts_with(&dir), "{e}");
+                            assert!(!e.to_string().contains(&token), "{e}");
+                        }
+                    }
+                }
+            });
+            std::fs::write(&path, &original).unwrap();
+        }
+        assert!(loaded > 0 && refused > 0, "{loaded} loaded, {refused} refused");
+    }
 }
