@@ -324,6 +324,7 @@ impl Recorder {
                 deferred: Vec::new(),
                 buf: Vec::new(),
                 json: Vec::new(),
+                hidden: Vec::new(),
             }),
         };
         let mut data = into_object(start);
@@ -359,6 +360,8 @@ struct State {
     buf: Vec<u8>,
     /// The data of the event being appended, kept likewise.
     json: Vec<u8>,
+    /// Secrets replaced by `[REDACTED]` wherever they appear in an event (see [`Session::hide`]).
+    hidden: Vec<Box<[u8]>>,
 }
 
 /// One recorded session. Shared by a connection's tasks; events are appended in lock order.
@@ -389,6 +392,30 @@ impl Session {
         &self.path
     }
 
+    /// From now on, writes `secret` as `[REDACTED]` wherever it appears in an event of this
+    /// session: the agent's own token, which a client may also send in a header of another
+    /// name, a query or a body, where no rule would know it for a secret. Only secrets of at
+    /// least [`MIN_HIDDEN_BYTES`] printable ASCII characters that JSON writes as they are (no `"`
+    /// or `\`), as bearer tokens are; the last [`MAX_HIDDEN`] given are kept.
+    pub fn hide(&self, secret: &[u8]) {
+        let fits = secret.len() >= MIN_HIDDEN_BYTES
+            && secret.len() <= MAX_EVENT_BYTES
+            && secret
+                .iter()
+                .all(|b| b.is_ascii_graphic() && *b != b'"' && *b != b'\\');
+        if !fits {
+            return;
+        }
+        let mut state = self.lock();
+        if state.hidden.iter().any(|h| **h == *secret) {
+            return;
+        }
+        if state.hidden.len() >= MAX_HIDDEN {
+            state.hidden.remove(0);
+        }
+        state.hidden.push(secret.into());
+    }
+
     /// Appends one event, written to the OS before returning. `Required`: an error means the
     /// event is not on record and the caller must refuse the operation. `BestEffort`: failures are
     /// logged and counted, and `Ok` returned.
@@ -415,7 +442,10 @@ impl Session {
             if state.closed {
                 Err(RecordingError::Closed(self.id.clone()))
             } else {
-                json.and_then(|json| {
+                json.and_then(|mut json| {
+                    if let Some(scrubbed) = scrub(json.as_bytes(), &state.hidden) {
+                        json = String::from_utf8(scrubbed).map_err(|_| RecordingError::Encode)?;
+                    }
                     state.deferred.push((kind.to_string(), ts, json));
                     if state.deferred.len() >= MAX_DEFERRED {
                         self.write_deferred(&mut state)
@@ -489,6 +519,11 @@ impl Session {
         json.clear();
         let result = serde_json::to_writer(&mut json, data)
             .map_err(|_| RecordingError::Encode)
+            .map(|()| {
+                if let Some(scrubbed) = scrub(&json, &state.hidden) {
+                    json = scrubbed;
+                }
+            })
             .and_then(|()| std::str::from_utf8(&json).map_err(|_| RecordingError::Encode))
             .and_then(|text| self.write_events(state, Some((kind, text))));
         if json.capacity() <= KEPT_BUFFER {
@@ -597,6 +632,38 @@ impl Drop for Session {
             let _ = self.close(json!({"reason": "dropped"}));
         }
     }
+}
+
+/// Shortest secret [`Session::hide`] takes: shorter ones would match ordinary text.
+pub const MIN_HIDDEN_BYTES: usize = 16;
+/// Secrets a session hides at once (a connection's agent refreshing its token keeps a few).
+pub const MAX_HIDDEN: usize = 4;
+
+/// `json` with every occurrence of each of `hidden` replaced by `[REDACTED]`, or `None` when
+/// none occurs (the common case, which copies nothing). The secrets hold no character JSON
+/// escapes, so an occurrence lies inside one string and the result stays valid JSON.
+fn scrub(json: &[u8], hidden: &[Box<[u8]>]) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    for secret in hidden {
+        let text = out.as_deref().unwrap_or(json);
+        let mut found = memchr::memmem::find_iter(text, &**secret).peekable();
+        if found.peek().is_none() {
+            continue;
+        }
+        let mut next = Vec::with_capacity(text.len());
+        let mut from = 0;
+        for at in found {
+            if at < from {
+                continue;
+            }
+            next.extend_from_slice(&text[from..at]);
+            next.extend_from_slice(b"[REDACTED]");
+            from = at + secret.len();
+        }
+        next.extend_from_slice(&text[from..]);
+        out = Some(next);
+    }
+    out
 }
 
 /// An event type: 1 to [`MAX_KIND_BYTES`] of a-z, 0-9, '.', '_', '-'.

@@ -558,3 +558,47 @@ fn no_edit_of_a_signed_session_verifies_as_anything_but_a_prefix() {
     // Truncation is among the mutations, so some mutants are verified prefixes.
     assert!(verified_prefixes > 0);
 }
+
+#[test]
+fn hidden_secrets_are_redacted_wherever_they_appear_and_the_file_still_verifies() {
+    let (_d, rec) = recorder(RecordingMode::Required);
+    let s = rec.start_session(json!({"identity": "agent"})).unwrap();
+    let token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
+    s.hide(token.as_bytes());
+    s.hide(token.as_bytes()); // once is enough
+    s.hide(b"short"); // too short to hide without mangling ordinary text: ignored
+    s.hide(b"has \"quotes\" and \\ escapes in it"); // not written as-is in JSON: ignored
+    s.record_deferred(
+        "http.request",
+        json!({"headers": {"x-token": format!("Bearer {token}")}, "query": format!("t={token}&u={token}")}),
+    )
+    .unwrap();
+    s.record(
+        "http.response",
+        json!({"body": {"json": {"echo": token}}, "status": 200}),
+    )
+    .unwrap();
+    s.close(json!({"reason": "done"})).unwrap();
+    let text = fs::read_to_string(s.path()).unwrap();
+    assert!(!text.contains(token), "{text}");
+    assert_eq!(text.matches("[REDACTED]").count(), 4, "{text}");
+    let report = verify_file(s.path(), Some(rec.public_key())).unwrap();
+    assert_eq!((report.events, report.closed, report.signed), (4, true, true));
+    let mut seen = Vec::new();
+    verify_events(s.path(), None, |e| seen.push(e.data.clone())).unwrap();
+    assert_eq!(seen[1]["query"], "t=[REDACTED]&u=[REDACTED]");
+    assert_eq!(seen[2]["body"]["json"]["echo"], "[REDACTED]");
+
+    // The last MAX_HIDDEN secrets are kept.
+    let s = rec.start_session(json!({})).unwrap();
+    let secrets: Vec<String> = (0..=MAX_HIDDEN)
+        .map(|i| format!("secret-number-{i:04}-abcdef"))
+        .collect();
+    for secret in &secrets {
+        s.hide(secret.as_bytes());
+    }
+    s.record("note", json!({"all": secrets})).unwrap();
+    let text = fs::read_to_string(s.path()).unwrap();
+    assert!(text.contains(&secrets[0]), "the oldest is no longer hidden");
+    assert!(secrets[1..].iter().all(|x| !text.contains(x.as_str())), "{text}");
+}

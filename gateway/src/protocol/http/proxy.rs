@@ -471,6 +471,18 @@ async fn proxy(
     // Masking plan and recording session, before anything is forwarded.
     let plan = plane.masking_plan(connection, &applicable);
     let session = session_for(&plane, gw, conn, &principal, connection)?;
+    if let Some(s) = session.as_deref() {
+        // The agent's token is redacted by header name; hidden by value too, wherever else the
+        // client may have put it (another header, the query, the body, echoed in a response).
+        if let Some((_, token)) = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+        {
+            s.hide(token.trim().as_bytes());
+        }
+    }
     let request_event = RequestEvent {
         request_id,
         method: parts.method.as_str(),
