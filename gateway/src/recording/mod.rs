@@ -29,6 +29,7 @@ use agentgate_crds::gateway::RecordingMode;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use memchr::memmem::Finder;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
@@ -360,8 +361,9 @@ struct State {
     buf: Vec<u8>,
     /// The data of the event being appended, kept likewise.
     json: Vec<u8>,
-    /// Secrets replaced by `[REDACTED]` wherever they appear in an event (see [`Session::hide`]).
-    hidden: Vec<Box<[u8]>>,
+    /// Searchers for the secrets replaced by `[REDACTED]` wherever they appear in an event (see
+    /// [`Session::hide`]); built once, as building one costs more than many searches.
+    hidden: Vec<Finder<'static>>,
 }
 
 /// One recorded session. Shared by a connection's tasks; events are appended in lock order.
@@ -398,6 +400,11 @@ impl Session {
     /// least [`MIN_HIDDEN_BYTES`] printable ASCII characters that JSON writes as they are (no `"`
     /// or `\`), as bearer tokens are; the last [`MAX_HIDDEN`] given are kept.
     pub fn hide(&self, secret: &[u8]) {
+        let mut state = self.lock();
+        // Every request of a connection presents the same token: the common case is a compare.
+        if state.hidden.iter().any(|h| h.needle() == secret) {
+            return;
+        }
         let fits = secret.len() >= MIN_HIDDEN_BYTES
             && secret.len() <= MAX_EVENT_BYTES
             && secret
@@ -406,14 +413,10 @@ impl Session {
         if !fits {
             return;
         }
-        let mut state = self.lock();
-        if state.hidden.iter().any(|h| **h == *secret) {
-            return;
-        }
         if state.hidden.len() >= MAX_HIDDEN {
             state.hidden.remove(0);
         }
-        state.hidden.push(secret.into());
+        state.hidden.push(Finder::new(secret).into_owned());
     }
 
     /// Appends one event, written to the OS before returning. `Required`: an error means the
@@ -642,23 +645,21 @@ pub const MAX_HIDDEN: usize = 4;
 /// `json` with every occurrence of each of `hidden` replaced by `[REDACTED]`, or `None` when
 /// none occurs (the common case, which copies nothing). The secrets hold no character JSON
 /// escapes, so an occurrence lies inside one string and the result stays valid JSON.
-fn scrub(json: &[u8], hidden: &[Box<[u8]>]) -> Option<Vec<u8>> {
+fn scrub(json: &[u8], hidden: &[Finder<'static>]) -> Option<Vec<u8>> {
     let mut out: Option<Vec<u8>> = None;
-    for secret in hidden {
+    for finder in hidden {
         let text = out.as_deref().unwrap_or(json);
-        let mut found = memchr::memmem::find_iter(text, &**secret).peekable();
-        if found.peek().is_none() {
+        let Some(first) = finder.find(text) else {
             continue;
-        }
+        };
+        let n = finder.needle().len();
         let mut next = Vec::with_capacity(text.len());
-        let mut from = 0;
-        for at in found {
-            if at < from {
-                continue;
-            }
-            next.extend_from_slice(&text[from..at]);
+        let (mut from, mut at) = (0, Some(first));
+        while let Some(i) = at {
+            next.extend_from_slice(&text[from..from + i]);
             next.extend_from_slice(b"[REDACTED]");
-            from = at + secret.len();
+            from += i + n;
+            at = finder.find(&text[from..]);
         }
         next.extend_from_slice(&text[from..]);
         out = Some(next);
