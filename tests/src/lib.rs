@@ -3,6 +3,7 @@
 
 pub mod gateway;
 pub mod kubernetes;
+pub mod mutate;
 pub mod oidc;
 pub mod postgres;
 

@@ -1088,28 +1088,9 @@ fn mutated_sessions_never_reach_what_policy_denies_nor_hurt_the_gateway() {
     frame(b'Q', b"DROP TABLE billing.invoices\0");
     frame(b'X', b"");
 
-    // A seeded xorshift: the same mutants on every run.
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move |n: usize| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state % n as u64) as usize
-    };
+    let mut m = agentgate_e2e::mutate::Mutator::new(0x9e37_79b9_7f4a_7c15);
     for round in 0..150 {
-        let mut bytes = script.clone();
-        for _ in 0..1 + next(4) {
-            let i = next(bytes.len());
-            match next(5) {
-                0 => bytes[i] ^= 1 << next(8),
-                1 => bytes[i] = b"\0\x01\xff';()$*x9 ".as_slice()[next(12)],
-                2 => bytes.insert(i, next(256) as u8),
-                3 => {
-                    bytes.remove(i);
-                }
-                _ => bytes.truncate(i.max(1)),
-            }
-        }
+        let bytes = m.mutate(&script, b"\0\x01\xff';()$*x9 ");
         let mut r = Raw::login(s.plain, &tok);
         let _ = r.0.write_all(&bytes);
         let _ = r.0.shutdown(std::net::Shutdown::Write);
