@@ -4,6 +4,8 @@
 //! only then is the Connection's credential added, so nothing the client sends can replace it
 //! or make the gateway drop it.
 
+use std::borrow::Cow;
+
 use base64::Engine;
 use hyper::http::{HeaderMap, HeaderName, HeaderValue, header};
 use serde::Serialize;
@@ -75,24 +77,25 @@ const SECRET_HEADERS: &[&str] = &[
     "x-auth-token",
 ];
 
-fn is_identity_header(name: &str) -> bool {
-    // CGI-style upstreams (WSGI, PHP, Rack) read `X_Forwarded_User` and `X-Forwarded-User` as
-    // the same variable, so both spellings go.
-    let dashed;
-    let name = if name.contains('_') {
-        dashed = name.replace('_', "-");
-        dashed.as_str()
+/// `name` with `_` read as `-`: CGI-style upstreams (WSGI, PHP, Rack) read `X_Forwarded_User`
+/// and `X-Forwarded-User`, or `Transfer_Encoding` and `Transfer-Encoding`, as the same variable,
+/// so every list of header names here is checked in both spellings.
+fn dashed(name: &str) -> Cow<'_, str> {
+    if name.contains('_') {
+        Cow::Owned(name.replace('_', "-"))
     } else {
-        name
-    };
-    IDENTITY_HEADERS.contains(&name) || IDENTITY_PREFIXES.iter().any(|p| name.starts_with(p))
+        Cow::Borrowed(name)
+    }
 }
 
-/// Whether `name` (lowercase) is hop-by-hop, in either spelling: a CGI-style upstream reads
-/// `Transfer_Encoding` as it reads `Transfer-Encoding`.
+fn is_identity_header(name: &str) -> bool {
+    let name = dashed(name);
+    IDENTITY_HEADERS.contains(&&*name) || IDENTITY_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Whether `name` (lowercase) is hop-by-hop, in either spelling.
 fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP.contains(&name)
-        || (name.contains('_') && HOP_BY_HOP.contains(&name.replace('_', "-").as_str()))
+    HOP_BY_HOP.contains(&&*dashed(name))
 }
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
@@ -189,12 +192,10 @@ impl<'a> Serialize for Recorded<'a> {
         use serde::ser::SerializeMap;
         let mut m = s.serialize_map(Some(self.0.keys_len()))?;
         for name in self.0.keys() {
-            let n = name.as_str();
-            let secret = SECRET_HEADERS.contains(&n)
-                || (n.contains('_') && SECRET_HEADERS.contains(&n.replace('_', "-").as_str()));
-            let shown = |v: &'a HeaderValue| -> std::borrow::Cow<'a, str> {
+            let secret = SECRET_HEADERS.contains(&&*dashed(name.as_str()));
+            let shown = |v: &'a HeaderValue| -> Cow<'a, str> {
                 if secret {
-                    std::borrow::Cow::Borrowed("[REDACTED]")
+                    Cow::Borrowed("[REDACTED]")
                 } else {
                     String::from_utf8_lossy(v.as_bytes())
                 }
@@ -354,7 +355,6 @@ mod tests {
             secret: Some(SecretValue::new(b"upstream-secret".to_vec())),
             client_certificate: None,
         };
-        let dashed_lower = |n: &str| n.to_ascii_lowercase().replace('_', "-");
         let mut rng = crate::mutate::Mutator::new(17);
         for _ in 0..2_000 * crate::mutate::scale() {
             let mut h = HeaderMap::new();
@@ -389,7 +389,7 @@ mod tests {
             sanitize_request(&mut h);
             inject_credential(&mut h, Some(&cred)).unwrap();
             for name in h.keys() {
-                let n = dashed_lower(name.as_str());
+                let n = dashed(name.as_str()); // header names are lowercase already
                 assert!(n == "authorization" || !is_identity_header(&n), "{n} forwarded");
                 assert!(!is_hop_by_hop(&n), "{n} forwarded");
                 // (Authorization is the injected one, added after the client's went.)
