@@ -141,7 +141,10 @@ where
     let now = unix_now();
     match route {
         Route::List => {
-            let items = approvals.list(now);
+            let items = match approvals.list_async(now).await {
+                Ok(items) => items,
+                Err(e) => return decide_problem(&DecideError::Store(e)),
+            };
             json_response(
                 StatusCode::OK,
                 &json!({
@@ -151,17 +154,20 @@ where
                 }),
             )
         }
-        Route::Get(name) => match approvals.get(&name, now) {
-            Some(r) => json_response(StatusCode::OK, &r),
-            None => decide_problem(&DecideError::NotFound { name }),
+        Route::Get(name) => match approvals.get_async(&name, now).await {
+            Ok(Some(r)) => json_response(StatusCode::OK, &r),
+            Ok(None) => decide_problem(&DecideError::NotFound { name }),
+            Err(e) => decide_problem(&DecideError::Store(e)),
         },
         Route::Decide(name, state) => {
             let body = match read_body(req).await {
                 Ok(b) => b,
                 Err(resp) => return resp,
             };
-            let Some(request) = approvals.get(&name, now) else {
-                return decide_problem(&DecideError::NotFound { name });
+            let request = match approvals.get_async(&name, now).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return decide_problem(&DecideError::NotFound { name }),
+                Err(e) => return decide_problem(&DecideError::Store(e)),
             };
             if principal.identity == request.spec.identity {
                 return problem(
@@ -175,15 +181,18 @@ where
                 );
             }
             let rule = configured_rule(cfg, &request.spec.policy.name, &request.spec.policy.rule);
-            match approvals.decide(
-                &name,
-                &approver,
-                state,
-                body.reason.clone(),
-                rule,
-                cfg.gateway.approvals.max_grant,
-                now,
-            ) {
+            let decided = approvals
+                .decide_async(
+                    &name,
+                    &approver,
+                    state,
+                    body.reason.clone(),
+                    rule,
+                    cfg.gateway.approvals.max_grant,
+                    now,
+                )
+                .await;
+            match decided {
                 Ok(r) => {
                     let status = r.status.clone().unwrap_or_default();
                     if let Some(gw) = gateway {
@@ -199,7 +208,9 @@ where
                                 .with_label_values(&[label])
                                 .observe((now - created).max(0) as f64);
                         }
-                        gw.metrics.approvals_pending.set(approvals.pending() as i64);
+                        if let Ok(pending) = approvals.pending_async().await {
+                            gw.metrics.approvals_pending.set(pending as i64);
+                        }
                     }
                     tracing::info!(
                         request = %name,

@@ -4,13 +4,18 @@
 //! held operations wake as soon as someone decides. Where they are kept durably depends on the mode:
 //! - standalone: one JSON file per request in a directory (a sibling of the sessions spool),
 //!   loaded at start, every change written before it takes effect; approvers decide through the
-//!   admin API ([`crate::admin`]) with [`Approvals::decide`];
+//!   admin API ([`crate::admin`]) with [`Approvals::decide_async`];
 //! - Kubernetes ([`kubernetes`]): ApprovalRequest objects in the gateway's namespace, created by the
 //!   gateway and watched back; approvers patch their decisions onto the object (`kubectl agentgate
 //!   approvals approve`), the operator turns them into a phase, and the gateway marks a Once grant
 //!   Used with a conditional write, so that two replicas can never both spend it.
 //!
 //! The data paths call [`Approvals::ask`] (and [`Approvals::wait`] in Hold mode).
+//!
+//! Standalone, a change is written and fsynced while the entries lock is held, so that memory
+//! and files agree. An async worker must neither do that nor wait for that lock (it would hold
+//! up every connection it serves), so async callers use the `async` methods, which run the
+//! synchronous ones on the blocking pool; the synchronous ones are for tests and tools.
 //!
 //! Lifecycle: `Pending` → `Approved` (enough distinct approvers) | `Denied` (any approver
 //! denied) | `Expired` (nobody decided before `spec.expiresAt`). An approved `Once` grant becomes
@@ -28,6 +33,7 @@ pub mod time;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -135,6 +141,8 @@ pub enum ApprovalError {
     },
     /// Kubernetes mode: the gateway has not yet read the existing requests from the API server.
     NotSynced,
+    /// The store's work on the blocking pool did not finish (the gateway is stopping).
+    Interrupted,
 }
 
 impl ApprovalError {
@@ -165,6 +173,7 @@ impl fmt::Display for ApprovalError {
                 f,
                 "approval requests: not yet read from the Kubernetes API server"
             ),
+            Self::Interrupted => write!(f, "approval store: the operation was interrupted"),
         }
     }
 }
@@ -424,6 +433,22 @@ impl Approvals {
         matches!(self.backend, Backend::Kubernetes(_))
     }
 
+    /// Runs `f`, which may write the standalone store, where it may block: on the blocking pool
+    /// standalone; in place in Kubernetes mode, whose lock is never held across I/O.
+    async fn off_worker<T, F>(self: &Arc<Self>, f: F) -> Result<T, ApprovalError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Approvals) -> T + Send + 'static,
+    {
+        if self.is_kubernetes() {
+            return Ok(f(self));
+        }
+        let store = Arc::clone(self);
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|_| ApprovalError::Interrupted)
+    }
+
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -491,9 +516,12 @@ impl Approvals {
     /// The data path asks: a RequireApproval rule matched `ask`. Returns a grant when an
     /// approval covers the operation (spending a Once grant), else the pending request (created
     /// when needed). Fails closed when the request cannot be stored.
-    pub async fn ask(&self, ask: &Ask, now: i64) -> Result<Ticket, ApprovalError> {
+    pub async fn ask(self: &Arc<Self>, ask: &Ask, now: i64) -> Result<Ticket, ApprovalError> {
         match &self.backend {
-            Backend::Dir(_) => self.request(ask, now),
+            Backend::Dir(_) => {
+                let ask = ask.clone();
+                self.off_worker(move |s| s.request(&ask, now)).await?
+            }
             Backend::Kubernetes(remote) => kubernetes::ask(self, remote, ask, now).await,
         }
     }
@@ -620,25 +648,18 @@ impl Approvals {
     /// Hold mode: waits until `name` is no longer Pending or `deadline` passes, and returns its
     /// phase. At the deadline a request still Pending becomes Expired. A request that does not
     /// exist (any more) counts as Expired.
-    pub async fn wait(&self, name: &str, deadline: tokio::time::Instant) -> ApprovalPhase {
+    /// The store's failure counts as Expired: nobody approved.
+    pub async fn wait(self: &Arc<Self>, name: &str, deadline: tokio::time::Instant) -> ApprovalPhase {
         let mut changes = self.changes.subscribe();
         loop {
             changes.borrow_and_update();
             let now = std::time::SystemTime::now();
             let unix = time::unix(now);
-            let expires_at = {
-                let mut entries = self.lock();
-                let Some(e) = entries.get(name) else {
-                    return ApprovalPhase::Expired;
-                };
-                if e.expired(unix).is_some() {
-                    self.apply_time(&mut entries, unix, |e| e.name() == name);
-                }
-                let e = &entries[name];
-                if e.phase() != ApprovalPhase::Pending {
-                    return e.phase();
-                }
-                e.expires_at
+            let owned = name.to_string();
+            let expires_at = match self.off_worker(move |s| s.waiting(&owned, unix)).await {
+                Ok(ControlFlow::Continue(expires_at)) => expires_at,
+                Ok(ControlFlow::Break(phase)) => return phase,
+                Err(_) => return ApprovalPhase::Expired,
             };
             // The store's own expiry can come before the caller's deadline (a collapsed duplicate).
             let to_expiry = (std::time::UNIX_EPOCH + Duration::from_secs(expires_at.max(0) as u64))
@@ -649,11 +670,32 @@ impl Approvals {
                 _ = changes.changed() => {}
                 _ = tokio::time::sleep_until(wake) => {
                     if tokio::time::Instant::now() >= deadline {
-                        return self.expire_now(name);
+                        let owned = name.to_string();
+                        return self
+                            .off_worker(move |s| s.expire_now(&owned))
+                            .await
+                            .unwrap_or(ApprovalPhase::Expired);
                     }
                 }
             }
         }
+    }
+
+    /// One look of [`Self::wait`]: the phase once `name` is no longer Pending, else when it
+    /// expires.
+    fn waiting(&self, name: &str, unix: i64) -> ControlFlow<ApprovalPhase, i64> {
+        let mut entries = self.lock();
+        let Some(e) = entries.get(name) else {
+            return ControlFlow::Break(ApprovalPhase::Expired);
+        };
+        if e.expired(unix).is_some() {
+            self.apply_time(&mut entries, unix, |e| e.name() == name);
+        }
+        let e = &entries[name];
+        if e.phase() != ApprovalPhase::Pending {
+            return ControlFlow::Break(e.phase());
+        }
+        ControlFlow::Continue(e.expires_at)
     }
 
     /// Marks `name` Expired when it is still Pending; returns its phase.
@@ -772,6 +814,44 @@ impl Approvals {
         self.commit(&mut entries, request.clone())
             .map_err(DecideError::Store)?;
         Ok(request)
+    }
+
+    /// [`Self::decide`] for async callers.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn decide_async(
+        self: &Arc<Self>,
+        name: &str,
+        approver: &Approver,
+        state: DecisionState,
+        reason: Option<String>,
+        rule: Option<&ApprovalRule>,
+        max_grant: Duration,
+        now: i64,
+    ) -> Result<ApprovalRequest, DecideError> {
+        let (name, approver, rule) = (name.to_string(), approver.clone(), rule.cloned());
+        self.off_worker(move |s| s.decide(&name, &approver, state, reason, rule.as_ref(), max_grant, now))
+            .await
+            .map_err(DecideError::Store)?
+    }
+
+    /// [`Self::list`] for async callers.
+    pub async fn list_async(self: &Arc<Self>, now: i64) -> Result<Vec<ApprovalRequest>, ApprovalError> {
+        self.off_worker(move |s| s.list(now)).await
+    }
+
+    /// [`Self::get`] for async callers.
+    pub async fn get_async(
+        self: &Arc<Self>,
+        name: &str,
+        now: i64,
+    ) -> Result<Option<ApprovalRequest>, ApprovalError> {
+        let name = name.to_string();
+        self.off_worker(move |s| s.get(&name, now)).await
+    }
+
+    /// [`Self::pending`] for async callers.
+    pub async fn pending_async(self: &Arc<Self>) -> Result<usize, ApprovalError> {
+        self.off_worker(|s| s.pending()).await
     }
 
     /// Every request, oldest first, with expiry applied.

@@ -22,6 +22,9 @@ const LOCK_FILE: &str = ".lock";
 pub(super) struct Dir {
     path: PathBuf,
     _lock: File,
+    /// Tests: how long each write takes at least (a slow or busy disk).
+    #[cfg(test)]
+    pub(super) slow_writes: std::sync::Mutex<std::time::Duration>,
 }
 
 impl Dir {
@@ -78,7 +81,13 @@ impl Dir {
             }
             requests.push(request);
         }
-        Ok((Self { path, _lock: lock }, requests))
+        let dir = Self {
+            path,
+            _lock: lock,
+            #[cfg(test)]
+            slow_writes: Default::default(),
+        };
+        Ok((dir, requests))
     }
 
     pub(super) fn path(&self) -> &Path {
@@ -92,6 +101,8 @@ impl Dir {
         let tmp = self.path.join(format!("{name}{TMP_SUFFIX}"));
         let target = self.path.join(format!("{name}{SUFFIX}"));
         let result = (|| {
+            #[cfg(test)]
+            std::thread::sleep(*self.slow_writes.lock().unwrap_or_else(|p| p.into_inner()));
             let mut f = File::create(&tmp)?;
             f.write_all(&bytes)?;
             f.write_all(b"\n")?;

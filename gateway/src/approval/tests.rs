@@ -614,3 +614,60 @@ async fn held_operations_end_at_the_request_expiry_before_their_deadline() {
     assert_eq!(phase, ApprovalPhase::Expired);
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// Standalone, a change is fsynced while the entries lock is held. On an async worker that
+/// would stall every connection the worker serves, and so would waiting for the lock. With one
+/// worker thread and a disk that takes 300 ms a write, a ticking task keeps running while an
+/// operation asks, an approver lists and decides, and a held operation waits.
+#[tokio::test(flavor = "current_thread")]
+async fn a_slow_disk_never_holds_up_the_async_worker() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir);
+    let now = unix_now();
+    let name = pending_name(a.request(&ask("aaaa1111"), now).unwrap());
+    let Backend::Dir(store) = &a.backend else {
+        unreachable!("a standalone store")
+    };
+    *store.slow_writes.lock().unwrap() = Duration::from_millis(300);
+    let ticks = Arc::new(AtomicUsize::new(0));
+    let ticker = {
+        let ticks = ticks.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                ticks.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let started = std::time::Instant::now();
+    let (other, alice, rule) = (ask("bbbb2222"), user("alice"), rule(1));
+    let (asked, listed, decided, waited, pending) = tokio::join!(
+        a.ask(&other, now),
+        a.list_async(now),
+        a.decide_async(
+            &name,
+            &alice,
+            DecisionState::Approved,
+            None,
+            Some(&rule),
+            HOUR,
+            now
+        ),
+        a.wait(&name, deadline),
+        a.pending_async(),
+    );
+    let elapsed = started.elapsed();
+    let ticked = ticks.load(Ordering::Relaxed);
+    ticker.abort();
+    assert!(matches!(asked.unwrap(), Ticket::Pending { created: true, .. }));
+    assert!(!listed.unwrap().is_empty());
+    assert_eq!(decided.unwrap().status.unwrap().phase, ApprovalPhase::Approved);
+    assert_eq!(waited, ApprovalPhase::Approved);
+    assert!(pending.unwrap() >= 1);
+    // Two writes of 300 ms, one after the other (the entries lock orders them).
+    assert!(elapsed >= Duration::from_millis(600), "{elapsed:?}");
+    // A worker blocked for those 600 ms would tick only before and after them.
+    assert!(ticked >= 20, "the worker ticked {ticked} times in {elapsed:?}");
+}

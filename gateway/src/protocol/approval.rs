@@ -101,8 +101,11 @@ pub async fn ask(store: Option<&Arc<Approvals>>, metrics: &Metrics, q: Question<
         .approval_outcomes
         .with_label_values(&[outcome.label()])
         .inc();
-    if let Some(store) = store {
-        metrics.approvals_pending.set(store.pending() as i64);
+    if let Some(Ok(pending)) = match store {
+        Some(store) => Some(store.pending_async().await),
+        None => None,
+    } {
+        metrics.approvals_pending.set(pending as i64);
     }
     outcome
 }
@@ -171,8 +174,11 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
 }
 
 /// The decisions on a request (approver, verdict, reason, time), for the session recording.
-pub fn decisions(store: Option<&Arc<Approvals>>, request: Option<&str>) -> serde_json::Value {
-    let found = store.zip(request).and_then(|(s, name)| s.get(name, unix_now()));
+pub async fn decisions(store: Option<&Arc<Approvals>>, request: Option<&str>) -> serde_json::Value {
+    let found = match store.zip(request) {
+        Some((s, name)) => s.get_async(name, unix_now()).await.ok().flatten(),
+        None => None,
+    };
     match found {
         Some(r) => serde_json::to_value(&r.spec.decisions).unwrap_or_default(),
         None => serde_json::Value::Null,

@@ -558,6 +558,7 @@ async fn proxy(
             reason,
         };
         let answer = approval::ask(gw.approvals.as_ref(), &gw.metrics, question, now).await;
+        let decisions = approval::decisions(gw.approvals.as_ref(), answer.request()).await;
         record(
             gw,
             &plane,
@@ -567,7 +568,7 @@ async fn proxy(
                 "request_id": request_id,
                 "outcome": answer.label(),
                 "approval_request": answer.request(),
-                "decisions": approval::decisions(gw.approvals.as_ref(), answer.request()),
+                "decisions": decisions,
             }),
         )?;
         let named = |kind: Kind, request: &str, what: String| {

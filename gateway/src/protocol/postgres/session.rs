@@ -1140,13 +1140,14 @@ impl ClientSide {
             unix_now(),
         )
         .await;
+        let decisions = approval::decisions(live.ctx.gateway.approvals.as_ref(), outcome.request()).await;
         let _ = live.record(
             "pg.approval",
             json!({
                 "outcome": outcome.label(),
                 "approval_request": outcome.request(),
                 "rule": v.rule,
-                "decisions": approval::decisions(live.ctx.gateway.approvals.as_ref(), outcome.request()),
+                "decisions": decisions,
             }),
         );
         let rule_ref = v.rule.clone().unwrap_or_default();
