@@ -512,6 +512,31 @@ fn kubectl_is_allowed_denied_and_asked_for_approval_as_the_policy_says() {
         "Error from server (Forbidden): list pods in namespace kube-system: denied: no rule of the AccessPolicies that apply allows it"
     );
 
+    // Discovery and /version are allowed, as kubectl needs them. The API server's own logs,
+    // metrics, profiles and health checks are not discovery: no rule can allow them.
+    let version = k.curl("/version", &[]);
+    assert_eq!(version.status, 200, "{}", version.body);
+    assert!(
+        json_of(&version.body)["gitVersion"].is_string(),
+        "{}",
+        version.body
+    );
+    for path in [
+        "/metrics",
+        "/logs/kube-apiserver.log",
+        "/debug/pprof/heap",
+        "/healthz",
+    ] {
+        let r = k.curl(path, &[]);
+        assert_eq!(r.status, 403, "{path}: {}", r.body);
+        assert!(
+            r.body
+                .contains("no AccessPolicy rule can allow this Kubernetes request"),
+            "{path}: {}",
+            r.body
+        );
+    }
+
     // Approval required (Defer): refused at once, naming the ApprovalRequest; nothing created,
     // whether by `create` or `apply`.
     let err = k.agent_err(&["create", "configmap", "new", "--from-literal=a=b"]);

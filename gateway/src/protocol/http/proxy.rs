@@ -251,13 +251,14 @@ fn refuse_upgrade(headers: &HeaderMap, kube_info: Option<&request_info::RequestI
     Ok(())
 }
 
-/// Whether a Kubernetes request no policy verb describes is allowed: only reads of non-resource
-/// paths (discovery, `/version`, `/openapi/...`), which clients need and which carry no object data,
-/// by an identity some policy names on the connection. A resource request without a policy verb
-/// (the deprecated `/proxy/` path verb) is never allowed.
+/// Whether a Kubernetes request no policy verb describes is allowed: only discovery reads
+/// ([`request_info::RequestInfo::is_discovery`]: `/api`, `/apis`, `/version`, `/openapi/...`), which
+/// clients need and which carry no object data, by an identity some policy names on the
+/// connection. Other non-resource paths (`/logs`, `/metrics`, `/debug/...`) and resource requests
+/// without a policy verb (the deprecated `/proxy/` path verb) are never allowed.
 fn non_resource_read_allowed(method: &Method, info: &request_info::RequestInfo, has_policy: bool) -> bool {
     let read = method == Method::GET || method == Method::HEAD;
-    read && !info.is_resource_request && has_policy
+    read && info.is_discovery() && has_policy
 }
 
 /// The authority the client addressed: `:authority`/absolute-form URI or Host, which must agree.
@@ -1297,7 +1298,17 @@ mod tests {
 
     #[test]
     fn only_non_resource_reads_are_allowed_without_a_rule() {
-        for path in ["/api", "/apis", "/apis/apps/v1", "/version", "/openapi/v3"] {
+        for path in [
+            "/api",
+            "/api/v1",
+            "/apis",
+            "/apis/apps",
+            "/apis/apps/v1",
+            "/version",
+            "/openapi/v2",
+            "/openapi/v3",
+            "/openapi/v3/apis/apps/v1",
+        ] {
             assert!(
                 non_resource_read_allowed(&Method::GET, &kube("GET", path), true),
                 "{path}"
@@ -1310,6 +1321,24 @@ mod tests {
                 !non_resource_read_allowed(&Method::POST, &kube("POST", path), true),
                 "{path}"
             );
+        }
+        // Other non-resource paths are the API server's own logs, metrics, profiles and health:
+        // no rule can name them, so nobody gets them.
+        for path in [
+            "/",
+            "/logs",
+            "/logs/kube-apiserver.log",
+            "/metrics",
+            "/debug/pprof/heap",
+            "/healthz",
+            "/livez/etcd",
+            "/openapi",
+            "/openid/v1/jwks",
+            "/versions",
+        ] {
+            let info = kube("GET", path);
+            assert!(!info.is_resource_request, "{path}");
+            assert!(!non_resource_read_allowed(&Method::GET, &info, true), "{path}");
         }
         // The deprecated proxy path verb is a resource request no policy verb names: a GET of
         // it is not discovery.

@@ -69,6 +69,30 @@ pub struct RequestInfo {
 }
 
 impl RequestInfo {
+    /// Whether this is a discovery request: API discovery (`/api`, `/api/<version>`, `/apis`,
+    /// `/apis/<group>`, `/apis/<group>/<version>`), `/version` or the OpenAPI documents
+    /// (`/openapi/v2`, `/openapi/v3` and below). Clients need these and they carry no object
+    /// data. Other non-resource paths (`/logs`, `/metrics`, `/debug/pprof`, `/healthz`, ...) are not.
+    pub fn is_discovery(&self) -> bool {
+        if self.is_resource_request {
+            return false;
+        }
+        let Ok(segments) = split_path(&self.path) else {
+            return false;
+        };
+        matches!(
+            segments.as_slice(),
+            [CORE_PREFIX]
+                | [CORE_PREFIX, _]
+                | [GROUP_PREFIX]
+                | [GROUP_PREFIX, _]
+                | [GROUP_PREFIX, _, _]
+                | ["version"]
+                | ["openapi", "v2"]
+                | ["openapi", "v3", ..]
+        )
+    }
+
     /// The verb as the policy names it: `None` for non-resource requests and for verbs outside the
     /// eight the policy knows (`proxy`, or none at all); a policy never allows those.
     pub fn policy_verb(&self) -> Option<KubernetesVerb> {
