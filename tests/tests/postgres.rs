@@ -516,6 +516,44 @@ fn security_catalogue_statements_are_refused() {
     assert_eq!(s.pg.psql("SELECT count(*) FROM billing.invoices"), "2");
 }
 
+/// A Parse message body: statement name, text, no parameter types.
+fn parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(name.as_bytes());
+    b.push(0);
+    b.extend_from_slice(sql.as_bytes());
+    b.push(0);
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b
+}
+
+/// A Bind message body: portal, statement, no parameters, default result formats.
+fn bind(portal: &str, statement: &str) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(portal.as_bytes());
+    b.push(0);
+    b.extend_from_slice(statement.as_bytes());
+    b.push(0);
+    b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    b
+}
+
+/// An Execute message body: portal and row count (0: all).
+fn execute_rows(portal: &str, max_rows: i32) -> Vec<u8> {
+    let mut b = portal.as_bytes().to_vec();
+    b.push(0);
+    b.extend_from_slice(&max_rows.to_be_bytes());
+    b
+}
+
+/// The SQLSTATEs of the errors among `msgs`.
+fn errors(msgs: &[(u8, Vec<u8>)]) -> Vec<String> {
+    msgs.iter()
+        .filter(|(t, _)| *t == b'E')
+        .map(|(_, b)| sqlstate(b))
+        .collect()
+}
+
 /// Minimal raw client for protocol abuse.
 struct Raw(TcpStream, (i32, i32));
 
@@ -629,30 +667,7 @@ fn protocol_abuse_is_refused_and_the_gateway_survives() {
 
     // Extended protocol: named Parse accepted, later Bind/Execute decided on the registered text;
     // Close and re-Parse of the unnamed statement are tracked.
-    let parse = |name: &str, sql: &str| {
-        let mut b = Vec::new();
-        b.extend_from_slice(name.as_bytes());
-        b.push(0);
-        b.extend_from_slice(sql.as_bytes());
-        b.push(0);
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b
-    };
-    let bind = |portal: &str, st: &str| {
-        let mut b = Vec::new();
-        b.extend_from_slice(portal.as_bytes());
-        b.push(0);
-        b.extend_from_slice(st.as_bytes());
-        b.push(0);
-        b.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-        b
-    };
-    let execute = |portal: &str| {
-        let mut b = portal.as_bytes().to_vec();
-        b.push(0);
-        b.extend_from_slice(&0i32.to_be_bytes());
-        b
-    };
+    let execute = |portal: &str| execute_rows(portal, 0);
     r.send(b'P', &parse("del", "DELETE FROM orders WHERE id = 1"));
     r.send(b'S', b"");
     let msgs = r.until_ready();
@@ -693,6 +708,123 @@ fn protocol_abuse_is_refused_and_the_gateway_survives() {
     let mut r = Raw::login(s.plain, &tok);
     r.send(b'Q', b"SELECT 1\0");
     assert!(r.until_ready().iter().any(|(t, _)| *t == b'D'));
+    s.assert_no_canary();
+}
+
+/// PostgreSQL keeps SQL PREPARE and protocol-level statements under one name space, runs
+/// nothing after an extended-protocol error until Sync (a simple Query included), and lets SQL
+/// DECLARE and CLOSE replace a portal. None of these may run a statement other than the one
+/// decided, or return what masking and row caps should have stopped.
+#[test]
+fn shared_names_and_pipelines_cannot_run_what_was_not_decided() {
+    let s = setup_with(false);
+    let tok = token(&s.idp);
+    let orders = || s.pg.psql("SELECT count(*) FROM orders");
+    let before = orders();
+
+    // A protocol statement, then a SQL PREPARE of its name (which the server refuses): EXECUTE
+    // must not be decided on the PREPARE's text.
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(b'P', &parse("s", "DELETE FROM orders"));
+    r.send(b'S', b"");
+    assert_eq!(r.until_ready()[0].0, b'1');
+    r.send(b'Q', b"PREPARE s AS SELECT 1\0");
+    assert_eq!(errors(&r.until_ready()), ["42P05"]);
+    r.send(b'Q', b"EXECUTE s\0");
+    assert_eq!(errors(&r.until_ready()), ["42501"]);
+    // A SQL PREPARE that never ran (its query failed first), then a protocol statement of its
+    // name: neither Bind nor EXECUTE may take the PREPARE's text for it.
+    r.send(b'Q', b"SELECT 1/0; PREPARE t AS SELECT 1\0");
+    assert_eq!(errors(&r.until_ready()), ["22012"]);
+    r.send(b'P', &parse("t", "DELETE FROM orders"));
+    r.send(b'B', &bind("", "t"));
+    r.send(b'E', &execute_rows("", 0));
+    r.send(b'S', b"");
+    assert!(!errors(&r.until_ready()).is_empty());
+    r.send(b'Q', b"EXECUTE t\0");
+    assert_eq!(errors(&r.until_ready()), ["42501"]);
+    // Closing a protocol statement frees the name on both sides: a new PREPARE is known again.
+    r.send(b'C', b"St\0");
+    r.send(b'S', b"");
+    r.until_ready();
+    r.send(b'Q', b"PREPARE t AS SELECT 7\0");
+    assert!(errors(&r.until_ready()).is_empty());
+    r.send(b'Q', b"EXECUTE t\0");
+    let msgs = r.until_ready();
+    assert!(errors(&msgs).is_empty(), "{msgs:?}");
+    assert!(msgs.iter().any(|(t, b)| *t == b'D' && b.ends_with(b"7")));
+    assert_eq!(orders(), before);
+
+    // After an extended-protocol error the server skips a simple Query up to Sync; the gateway
+    // would count an answer too many. Such a Query ends the session instead.
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(b'E', &execute_rows("nope", 0));
+    r.send(b'Q', b"SELECT 1\0");
+    r.send(b'S', b"");
+    let msgs = r.until_ready();
+    assert!(errors(&msgs).contains(&"08P01".to_string()), "{msgs:?}");
+
+    // A portal described, then replaced by a SQL cursor of its name: its Execute is refused
+    // (the gateway decided and described another statement), and no email leaves unmasked.
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(b'Q', b"BEGIN\0");
+    r.until_ready();
+    r.send(b'P', &parse("", "SELECT 'x'::text"));
+    r.send(b'B', &bind("p", ""));
+    r.send(b'D', b"Pp\0");
+    r.send(b'S', b"");
+    r.until_ready();
+    r.send(
+        b'Q',
+        b"CLOSE p; DECLARE p CURSOR FOR SELECT email || '' FROM customers\0",
+    );
+    assert!(errors(&r.until_ready()).is_empty());
+    r.send(b'E', &execute_rows("p", 0));
+    r.send(b'S', b"");
+    let msgs = r.until_ready();
+    assert!(!errors(&msgs).is_empty(), "{msgs:?}");
+    assert!(
+        !msgs
+            .iter()
+            .any(|(t, b)| *t == b'D' && b.windows(1).any(|w| w == b"@"))
+    );
+
+    // A row cap is not reset by fetching a portal in parts.
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(b'Q', b"BEGIN\0");
+    r.until_ready();
+    r.send(b'P', &parse("", "SELECT id FROM big_capped"));
+    r.send(b'B', &bind("q", ""));
+    r.send(b'E', &execute_rows("q", 800));
+    r.send(b'E', &execute_rows("q", 800));
+    r.send(b'S', b"");
+    let msgs = r.until_ready();
+    let rows = msgs.iter().filter(|(t, _)| *t == b'D').count();
+    assert!(rows <= 1000, "{rows} rows past the cap of 1000");
+    assert_eq!(
+        errors(&msgs).first().map(String::as_str),
+        Some("42501"),
+        "{msgs:?}"
+    );
+
+    // COPY FROM STDIN through tokio-postgres (Bind, Execute, Sync, data, CopyDone, Sync: the
+    // server ignores the first Sync), then masked reads: the session stays in step.
+    rt().block_on(async {
+        let c = connect(&s.plain_conninfo(&tok)).await;
+        let sink = c
+            .copy_in::<_, &'static [u8]>("COPY orders (customer_id, total) FROM STDIN")
+            .await
+            .unwrap();
+        futures_util::pin_mut!(sink);
+        use futures_util::SinkExt;
+        sink.send(&b"1\t9.50\n"[..]).await.unwrap();
+        assert_eq!(sink.finish().await.unwrap(), 1);
+        for _ in 0..3 {
+            let rows = c.query("SELECT email FROM customers", &[]).await.unwrap();
+            assert!(!rows.is_empty());
+            assert!(rows.iter().all(|r| r.get::<_, String>(0) == "[REDACTED]"));
+        }
+    });
     s.assert_no_canary();
 }
 

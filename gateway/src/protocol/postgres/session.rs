@@ -426,7 +426,10 @@ enum Pending {
         refused: Option<Refusal>,
     },
     Close,
-    Sync,
+    /// `in_copy`: sent while a COPY FROM STDIN may be running, when the server ignores a Sync.
+    Sync {
+        in_copy: bool,
+    },
     /// Not an answer: the client side stopped the session with this error.
     Fatal(Fatal),
 }
@@ -575,7 +578,11 @@ impl Live {
         let target: Arc<Statement>;
         let mut st = statement;
         if let Some(name) = &statement.execute {
-            match prepared.sql.get(name) {
+            // A protocol-level statement of the name (one namespace with PREPARE) may be what runs.
+            let sql = (!prepared.statements.contains_key(name))
+                .then(|| prepared.sql.get(name))
+                .flatten();
+            match sql {
                 Some(Some(inner)) => {
                     target = inner.clone();
                     st = &target;
@@ -753,6 +760,7 @@ impl Live {
             next_rows: None,
             out: BytesMut::new(),
             report: MaskReport::default(),
+            copy_in: false,
         };
         let down_task = tokio::spawn(down.run(up_reader, client_writer));
         let reason = ClientSide {
@@ -762,6 +770,7 @@ impl Live {
             out: BytesMut::new(),
             copy_in: false,
             described: None,
+            unsynced: false,
         }
         .run(client_reader, up_writer)
         .await;
@@ -801,9 +810,13 @@ struct ClientSide {
     out: BytesMut,
     /// A forwarded statement may start COPY FROM STDIN, so CopyData is expected.
     copy_in: bool,
-    /// The portal the client described since its last Bind or Execute: its Execute needs no
-    /// Describe from the gateway (libpq describes every portal it executes).
+    /// The portal the client's previous message described: an Execute of it right after needs
+    /// no Describe from the gateway (libpq describes every portal it executes). Anything in
+    /// between (a DECLARE or CLOSE of the name, a new Bind) could change what it describes.
     described: Option<String>,
+    /// Extended-protocol messages were sent since the last Sync. The server then skips a simple
+    /// Query after an error, as it skips everything up to Sync: a Query there is refused.
+    unsynced: bool,
 }
 
 /// A message that stops the session: sent to the client by the server side, which owns the
@@ -869,7 +882,19 @@ impl ClientSide {
 
     async fn handle(&mut self, frame: Frame) -> Result<Next, Stop> {
         let malformed = |s: &mut Self, e: FrameError| s.violation(e.to_string());
+        let described = self.described.take();
+        if matches!(
+            frame.tag,
+            frontend::PARSE | frontend::BIND | frontend::DESCRIBE | frontend::EXECUTE | frontend::CLOSE
+        ) {
+            self.unsynced = true;
+        }
         match frame.tag {
+            frontend::QUERY if self.unsynced => {
+                return Err(self.violation(
+                    "a simple Query inside an extended-protocol pipeline (send Sync first)".into(),
+                ));
+            }
             frontend::QUERY => {
                 let q = Query::parse(&frame.body).map_err(|e| malformed(self, e))?;
                 self.query(&frame, &q.sql).await?;
@@ -893,6 +918,7 @@ impl ClientSide {
             }
             frontend::EXECUTE => {
                 let e = Execute::parse(&frame.body).map_err(|e| malformed(self, e))?;
+                self.described = described;
                 self.execute(&frame, e).await?;
             }
             frontend::CLOSE => {
@@ -900,7 +926,11 @@ impl ClientSide {
                 {
                     let mut p = lock(&self.shared);
                     match &t {
-                        Target::Statement(n) => p.statements.remove(n),
+                        // One namespace with SQL PREPARE: the name is free on both sides after.
+                        Target::Statement(n) => {
+                            p.sql.remove(n);
+                            p.statements.remove(n)
+                        }
                         Target::Portal(n) => p.portals.remove(n).map(|_| Entry::Ambiguous),
                     };
                 }
@@ -908,8 +938,11 @@ impl ClientSide {
                 self.push(Pending::Close)?;
             }
             frontend::SYNC => {
+                self.unsynced = false;
                 self.forward(&frame);
-                self.push(Pending::Sync)?;
+                self.push(Pending::Sync {
+                    in_copy: self.copy_in,
+                })?;
             }
             frontend::FLUSH => {
                 self.forward(&frame);
@@ -1211,6 +1244,12 @@ impl ClientSide {
                 prepared.statements.insert(String::new(), known);
             } else {
                 match prepared.statements.get(&p.name) {
+                    // A SQL PREPARE used the name (one namespace): the server holds that statement
+                    // if the PREPARE succeeded, else this one. Neither Bind nor EXECUTE knows which.
+                    _ if prepared.sql.contains_key(&p.name) => {
+                        prepared.sql.insert(p.name.clone(), None);
+                        prepared.statements.insert(p.name.clone(), Entry::Ambiguous);
+                    }
                     // The upstream refuses a duplicate name and keeps the statement it has.
                     Some(Entry::Known { confirmed: true, .. }) | Some(Entry::Ambiguous) => {}
                     Some(Entry::Known { confirmed: false, .. }) => {
@@ -1323,6 +1362,13 @@ impl ClientSide {
                 "the statement was not run: session recording is required and failed",
             ));
         }
+        if v.row_limit.is_some() && e.max_rows > 0 {
+            // Each Execute of a suspended portal would count its rows afresh.
+            return self.refuse_extended(ErrorResponse::new(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                "where a rowLimit applies, a portal is executed whole (Execute with no row count); fetching it in parts is refused",
+            ));
+        }
         apply_effects(&mut lock(&self.shared), st);
         if st.copy.is_some_and(|c| c.from) {
             self.copy_in = true;
@@ -1340,6 +1386,22 @@ impl ClientSide {
     }
 }
 
+/// Why the session ends when an upstream answer is not the one the next pending message expects.
+fn out_of_step(answer: &str, front: Option<&Pending>) -> String {
+    let expected = match front {
+        None => "nothing",
+        Some(Pending::Query { .. }) => "a Query",
+        Some(Pending::Parse { .. }) => "a Parse",
+        Some(Pending::Bind) => "a Bind",
+        Some(Pending::Describe { .. }) => "a Describe",
+        Some(Pending::Execute { .. }) => "an Execute",
+        Some(Pending::Close) => "a Close",
+        Some(Pending::Sync { .. }) => "a Sync",
+        Some(Pending::Fatal(_)) => "a stop",
+    };
+    format!("the upstream answered {answer} where the gateway expected the answer to {expected}")
+}
+
 /// What the relay does after a client message.
 enum Next {
     Continue,
@@ -1347,11 +1409,15 @@ enum Next {
     Terminate,
 }
 
-/// SQL-level PREPARE and DEALLOCATE change what EXECUTE runs.
+/// SQL-level PREPARE and DEALLOCATE change what EXECUTE (and Bind) run; DECLARE and CLOSE
+/// change what a portal name means. The server keeps SQL and protocol-level prepared
+/// statements under one namespace, so a name either side has used is unknown to the other:
+/// refused rather than decided on a text the server may not hold.
 fn apply_effects(prepared: &mut Prepared, st: &Statement) {
     if let Some((name, inner)) = &st.prepare {
-        let entry = if prepared.sql.contains_key(name) {
+        let entry = if prepared.sql.contains_key(name) || prepared.statements.contains_key(name) {
             // A second PREPARE of a name fails upstream only if the first succeeded: unknown.
+            prepared.statements.insert(name.clone(), Entry::Ambiguous);
             None
         } else {
             Some(Arc::new((**inner).clone()))
@@ -1361,9 +1427,19 @@ fn apply_effects(prepared: &mut Prepared, st: &Statement) {
     match &st.deallocate {
         Some(Some(name)) => {
             prepared.sql.remove(name);
+            prepared.statements.remove(name);
         }
-        Some(None) => prepared.sql.clear(),
+        // DEALLOCATE ALL and DISCARD ALL drop every named statement (not the unnamed one).
+        Some(None) => {
+            prepared.sql.clear();
+            prepared.statements.retain(|name, _| name.is_empty());
+        }
         None => {}
+    }
+    if matches!(st.node, "DeclareCursorStmt" | "ClosePortalStmt") || st.deallocate == Some(None) {
+        // A cursor is a portal: its name now means what DECLARE says (or nothing). Cursor
+        // names are never empty, so the unnamed portal stays.
+        prepared.portals.retain(|name, _| name.is_empty());
     }
 }
 
@@ -1381,6 +1457,8 @@ struct ServerSide {
     next_rows: Option<Option<RowDescription>>,
     out: BytesMut,
     report: MaskReport,
+    /// The upstream is in COPY FROM STDIN (sent CopyInResponse): it ignores Sync until the copy ends.
+    copy_in: bool,
 }
 
 struct Streaming {
@@ -1472,7 +1550,7 @@ impl ServerSide {
             backend::READY_FOR_QUERY => {
                 TransactionStatus::parse(&frame.body).map_err(bad)?;
                 while let Some(p) = self.front.pop_front() {
-                    if matches!(p, Pending::Query { .. } | Pending::Sync) {
+                    if matches!(p, Pending::Query { .. } | Pending::Sync { .. }) {
                         break;
                     }
                 }
@@ -1480,14 +1558,31 @@ impl ServerSide {
                 self.query_index = 0;
                 frame.encode(&mut self.out);
             }
+            // An answer to another message than the one expected means the gateway's picture of
+            // the server's statements is wrong: the session ends rather than deciding on it.
             backend::PARSE_COMPLETE => {
-                if let Some(Pending::Parse { seq }) = self.front.pop_front() {
-                    lock(&self.shared).confirm(seq);
+                match self.front.pop_front() {
+                    Some(Pending::Parse { seq }) => lock(&self.shared).confirm(seq),
+                    other => return Err(out_of_step("ParseComplete", other.as_ref())),
                 }
                 frame.encode(&mut self.out);
             }
-            backend::BIND_COMPLETE | backend::CLOSE_COMPLETE => {
-                self.front.pop_front();
+            backend::BIND_COMPLETE => {
+                match self.front.pop_front() {
+                    Some(Pending::Bind) => {}
+                    other => return Err(out_of_step("BindComplete", other.as_ref())),
+                }
+                frame.encode(&mut self.out);
+            }
+            backend::CLOSE_COMPLETE => {
+                match self.front.pop_front() {
+                    Some(Pending::Close) => {}
+                    other => return Err(out_of_step("CloseComplete", other.as_ref())),
+                }
+                frame.encode(&mut self.out);
+            }
+            backend::COPY_IN => {
+                self.copy_in = true;
                 frame.encode(&mut self.out);
             }
             backend::ROW_DESCRIPTION => {
@@ -1541,7 +1636,6 @@ impl ServerSide {
                 }
             }
             backend::PARAMETER_DESCRIPTION
-            | backend::COPY_IN
             | backend::COPY_OUT
             | backend::COPY_DONE
             | backend::NOTICE_RESPONSE
@@ -1639,7 +1733,19 @@ impl ServerSide {
         Ok(())
     }
 
+    /// The COPY FROM STDIN in progress ended (CommandComplete or ErrorResponse): the Syncs the
+    /// client sent during it, which the server ignored, expect no answer.
+    fn end_copy(&mut self) {
+        if !std::mem::take(&mut self.copy_in) {
+            return;
+        }
+        while matches!(self.front.get(1), Some(Pending::Sync { in_copy: true })) {
+            self.front.remove(1);
+        }
+    }
+
     fn on_complete(&mut self, frame: Frame) -> Result<(), String> {
+        self.end_copy();
         self.ensure_streaming();
         let s = self.result.take();
         let mut tag = None;
@@ -1720,6 +1826,7 @@ impl ServerSide {
     fn on_error(&mut self, frame: Frame) -> Result<(), String> {
         let e = ErrorResponse::parse(&frame.body)
             .map_err(|e| format!("upstream sent a malformed message: {e}"))?;
+        self.end_copy();
         self.result = None;
         let code = e.code().unwrap_or_default().to_string();
         let substitute = match self.front.front() {
@@ -1745,11 +1852,11 @@ impl ServerSide {
         // and registrations by skipped Parse messages are void.
         if !matches!(
             self.front.front(),
-            None | Some(Pending::Query { .. }) | Some(Pending::Sync)
+            None | Some(Pending::Query { .. }) | Some(Pending::Sync { .. })
         ) {
             let mut void = Vec::new();
             while let Some(p) = self.front.front() {
-                if matches!(p, Pending::Sync | Pending::Query { .. }) {
+                if matches!(p, Pending::Sync { .. } | Pending::Query { .. }) {
                     break;
                 }
                 if let Some(Pending::Parse { seq }) = self.front.pop_front() {
