@@ -797,6 +797,35 @@ fn a_credential_with_a_line_break_is_never_sent() {
     );
 }
 
+/// An upstream that reflects a Basic credential hands back base64(user:secret), and one that
+/// compresses whatever the client accepts hides the credential from a byte search: neither
+/// reaches the agent.
+#[test]
+fn reflected_basic_tokens_and_compressed_bodies_never_reach_the_agent() {
+    use base64::Engine;
+    let s = start(CANARY, |yaml| {
+        yaml.replace("scheme: SSWS", "scheme: Basic\n    username: svc-agentgate")
+    });
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("svc-agentgate:{CANARY}"));
+    let r = s.curl(&[], "/okta/reflect");
+    assert_eq!(r.status, 200, "{r:?}");
+    for leak in [token.as_str(), CANARY] {
+        assert!(
+            !r.body.contains(leak) && !r.headers.contains(leak),
+            "{leak} reached the agent: {r:?}"
+        );
+    }
+    assert_eq!(r.json()["you_sent"], format!("Basic {}", "*".repeat(token.len())));
+    let r = s.curl(&[], "/okta/gzip-reflect");
+    assert_eq!(
+        (r.status, r.problem()),
+        (502, problem("masking-refused")),
+        "{r:?}"
+    );
+    assert!(r.body.contains("compressed"), "{}", r.body);
+    s.assert_no_secrets();
+}
+
 /// The events of the recordings that are about requests (session start and end left out).
 fn request_events(recordings: &str) -> Vec<Value> {
     recordings
@@ -1332,7 +1361,7 @@ fn mutated_request_streams_reach_the_upstream_only_as_allowed_requests() {
         let reads = path == "/api/v1/users"
             || path.starts_with("/api/v1/users/")
             || path.starts_with("/echo/")
-            || ["/text", "/binary", "/big", "/reflect"].contains(&path);
+            || ["/text", "/binary", "/big", "/reflect", "/gzip-reflect"].contains(&path);
         (matches!(method, "GET" | "HEAD") && reads)
             || (matches!(method, "POST" | "PUT" | "PATCH") && path.starts_with("/echo/"))
     };

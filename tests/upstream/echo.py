@@ -7,11 +7,13 @@ check exactly what the gateway forwarded. A few paths serve fixed content for ma
   /binary             application/octet-stream
   /big?bytes=N        a JSON document of about N bytes
   /reflect            the Authorization header it received, in a header and the body
+  /gzip-reflect       the same body, gzip-compressed whatever the client accepts (some do)
 Any path with `delay_ms=N` in its query is held N ms before the answer, after logging
 `HELD <path>`, so a test can look at the gateway while a request is upstream.
 Listens on 127.0.0.1:$PORT; stops on SIGTERM.
 """
 
+import gzip
 import hashlib
 import json
 import os
@@ -87,6 +89,15 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.send_header("X-Debug-Auth", raw)
+            self.end_headers()
+            self.wfile.write(payload)
+            return
+        if path == "/gzip-reflect":
+            payload = gzip.compress(json.dumps({"you_sent": self.headers.get("Authorization", "")}).encode())
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
             return

@@ -158,17 +158,24 @@ pub fn inject_credential(
     let value = match c.scheme {
         CredentialScheme::Bearer => [b"Bearer ".as_slice(), secret].concat(),
         CredentialScheme::Ssws => [b"SSWS ".as_slice(), secret].concat(),
-        CredentialScheme::Basic => {
-            let user = c.username.as_deref().unwrap_or_default();
-            let raw = [user.as_bytes(), b":", secret].concat();
-            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw)).into_bytes()
-        }
+        CredentialScheme::Basic => [b"Basic ".as_slice(), &basic_token(c).unwrap_or_default()].concat(),
         CredentialScheme::ClientCertificate | CredentialScheme::PostgresPassword => return Ok(()),
     };
     let mut v = HeaderValue::from_bytes(&value).map_err(|_| CredentialError)?;
     v.set_sensitive(true);
     headers.insert(header::AUTHORIZATION, v);
     Ok(())
+}
+
+/// The token of a Basic credential, `base64(user:secret)`; `None` for other schemes.
+pub fn basic_token(c: &Credential) -> Option<Vec<u8>> {
+    if c.scheme != CredentialScheme::Basic {
+        return None;
+    }
+    let secret = c.secret.as_ref().map(|s| s.expose()).unwrap_or_default();
+    let user = c.username.as_deref().unwrap_or_default();
+    let raw = [user.as_bytes(), b":", secret].concat();
+    Some(base64::engine::general_purpose::STANDARD.encode(raw).into_bytes())
 }
 
 /// Cleans an upstream response's headers before they go to the client.

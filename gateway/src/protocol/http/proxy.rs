@@ -687,13 +687,32 @@ async fn proxy(
     // The response: masked when a rule applies, recorded in any case.
     let (mut res_parts, res_body) = up_res.into_parts();
     headers::sanitize_response(&mut res_parts.headers);
+    // The gateway asks for identity encoding; an upstream that compresses anyway sends bytes
+    // that neither the masker nor the credential scrubber can read.
+    let encoded = res_parts
+        .headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded && (upstream.scrub.is_some() || !plan.is_empty()) {
+        let problem = Problem::new(
+            Kind::MaskingRefused,
+            "the upstream's response was withheld because it is compressed (Content-Encoding), which the gateway cannot mask or scrub",
+        );
+        gw.metrics
+            .masking_refusals
+            .with_label_values(&[&connection.name])
+            .inc();
+        record_upstream_failure(gw, &plane, session.as_deref(), request_id, &problem, sent);
+        return Err(problem);
+    }
     let mut res_body: Body = res_body.map_err(|e| -> BodyError { Box::new(e) }).boxed();
     // An upstream that reflects the credential it was sent must not hand it to the agent.
     if let Some(finder) = &upstream.scrub {
         let leaking: Vec<_> = res_parts
             .headers
             .iter()
-            .filter(|(_, v)| finder.find(v.as_bytes()).is_some())
+            .filter(|(_, v)| finder.found_in(v.as_bytes()))
             .map(|(n, _)| n.clone())
             .collect();
         for n in leaking {

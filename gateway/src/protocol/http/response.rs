@@ -492,25 +492,54 @@ pub const MIN_SCRUBBED_SECRET: usize = 8;
 /// back only a chunk's end that could begin an occurrence, so one split across chunks is still
 /// found and nothing else is delayed.
 pub struct Scrubber {
-    finder: Arc<CredentialFinder>,
+    finders: Arc<CredentialFinders>,
     held: BytesMut,
 }
 
-/// A searcher for one credential, built once per configuration: building it costs more than
-/// searching a small body.
-pub type CredentialFinder = memchr::memmem::Finder<'static>;
+/// Searchers for one credential in each form it travels in (the secret itself, and the Basic
+/// token the upstream receives, which it may reflect), built once per configuration: building
+/// them costs more than searching a small body.
+#[derive(Debug)]
+pub struct CredentialFinders(Vec<memchr::memmem::Finder<'static>>);
 
-/// The finder of `secret`, or `None` when it is too short to scrub without mangling ordinary text.
-pub fn credential_finder(secret: &[u8]) -> Option<Arc<CredentialFinder>> {
-    (secret.len() >= MIN_SCRUBBED_SECRET).then(|| Arc::new(memchr::memmem::Finder::new(secret).into_owned()))
+impl CredentialFinders {
+    /// Finders of the `forms` long enough to scrub without mangling ordinary text; `None` when
+    /// there is none.
+    pub fn new(forms: &[&[u8]]) -> Option<Arc<Self>> {
+        let finders: Vec<_> = forms
+            .iter()
+            .filter(|f| f.len() >= MIN_SCRUBBED_SECRET)
+            .map(|f| memchr::memmem::Finder::new(f).into_owned())
+            .collect();
+        (!finders.is_empty()).then(|| Arc::new(Self(finders)))
+    }
+
+    /// Whether any form occurs in `haystack`.
+    pub fn found_in(&self, haystack: &[u8]) -> bool {
+        self.0.iter().any(|f| f.find(haystack).is_some())
+    }
+
+    /// Overwrites every form in `buf`; returns whether there was one.
+    fn overwrite(&self, buf: &mut [u8]) -> bool {
+        self.0.iter().fold(false, |found, f| overwrite(f, buf) | found)
+    }
+
+    /// The longest tail of `buf` that could begin a form.
+    fn partial_match_len(&self, buf: &[u8]) -> usize {
+        self.0
+            .iter()
+            .map(|f| partial_match_len(buf, f.needle()))
+            .max()
+            .unwrap_or(0)
+    }
 }
 
-/// `inner` with the credential `finder` searches for scrubbed.
-pub fn scrubbed(inner: Body, finder: Arc<CredentialFinder>) -> Rewritten<Scrubber> {
+/// `inner` with every form `finders` search for scrubbed.
+pub fn scrubbed(inner: Body, finders: Arc<CredentialFinders>) -> Rewritten<Scrubber> {
     Rewritten::new(
         inner,
         Scrubber {
-            finder,
+            finders,
             held: BytesMut::new(),
         },
     )
@@ -520,15 +549,15 @@ impl Rewrite for Scrubber {
     fn chunk(&mut self, data: Bytes) -> Result<Option<Bytes>, BodyError> {
         self.held.extend_from_slice(&data);
         let mut buf = std::mem::take(&mut self.held);
-        overwrite(&self.finder, &mut buf);
-        let keep = partial_match_len(&buf, self.finder.needle());
+        self.finders.overwrite(&mut buf);
+        let keep = self.finders.partial_match_len(&buf);
         self.held = buf.split_off(buf.len() - keep);
         Ok((!buf.is_empty()).then(|| buf.freeze()))
     }
 
     fn end(&mut self) -> Result<Option<Bytes>, BodyError> {
         let mut rest = std::mem::take(&mut self.held);
-        overwrite(&self.finder, &mut rest);
+        self.finders.overwrite(&mut rest);
         Ok((!rest.is_empty()).then(|| rest.freeze()))
     }
 }
@@ -576,7 +605,7 @@ mod scrub_tests {
         .map(|c| Ok(Frame::data(Bytes::from(c))))
         .collect();
         let body: Body = StreamBody::new(futures_util::stream::iter(chunks)).boxed();
-        let s = scrubbed(body, credential_finder(secret).expect("long enough"));
+        let s = scrubbed(body, CredentialFinders::new(&[secret]).expect("long enough"));
         let out = s.collect().await.unwrap().to_bytes();
         let text = std::str::from_utf8(&out).unwrap();
         assert!(!text.contains("CANARY"), "{text}");
@@ -589,7 +618,15 @@ mod scrub_tests {
         let mut buf = b"x 00CANARY-secret y".to_vec();
         assert!(scrub_bytes(&mut buf, secret));
         assert_eq!(&buf, b"x *************** y");
-        assert!(credential_finder(b"short").is_none());
+        assert!(CredentialFinders::new(&[b"short"]).is_none());
+        // Every form is scrubbed, whichever comes first; a short form is left alone.
+        let forms =
+            CredentialFinders::new(&[b"00CANARY-secret", b"c3ZjOjAwQ0FOQVJZLXNlY3JldA==", b"ab"]).unwrap();
+        let mut buf = b"Basic c3ZjOjAwQ0FOQVJZLXNlY3JldA== and 00CANARY-secret, ab".to_vec();
+        assert!(forms.overwrite(&mut buf));
+        assert!(!forms.found_in(&buf));
+        assert!(buf.ends_with(b", ab"));
+        assert_eq!(forms.partial_match_len(b"x c3ZjOjAw"), 8);
     }
 
     /// However the upstream splits a body into chunks, the scrubbed stream is the scrubbed whole
@@ -598,7 +635,7 @@ mod scrub_tests {
     async fn chunking_never_changes_what_is_scrubbed() {
         let mut rng = crate::mutate::Mutator::new(5);
         for secret in [&b"00CANARY-secret"[..], b"abababab", b"aaaaaaaaa", b"abcabcabd"] {
-            let finder = credential_finder(secret).expect("long enough");
+            let finder = CredentialFinders::new(&[secret]).expect("long enough");
             let pieces: [&[u8]; 6] = [
                 secret,
                 &secret[..secret.len() / 2],
@@ -612,7 +649,7 @@ mod scrub_tests {
                     .flat_map(|_| rng.pick(&pieces).to_vec())
                     .collect();
                 let mut whole = body.clone();
-                overwrite(&finder, &mut whole);
+                finder.overwrite(&mut whole);
                 let mut chunks = Vec::new();
                 let mut rest = &body[..];
                 while !rest.is_empty() {

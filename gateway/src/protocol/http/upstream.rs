@@ -11,8 +11,8 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::Body;
 use super::problem::{Kind, Problem};
-use super::response;
 use super::tls::{UpstreamTls, client_config};
+use super::{headers, response};
 use crate::config::CompiledConnection;
 
 /// Longest wait for a TCP (and TLS) connection to an upstream.
@@ -36,7 +36,7 @@ pub struct Upstream {
     /// The `Host` header sent upstream.
     pub authority: String,
     /// The searcher for the Connection's credential in responses (see [`response::Scrubber`]).
-    pub scrub: Option<Arc<response::CredentialFinder>>,
+    pub scrub: Option<Arc<response::CredentialFinders>>,
 }
 
 impl Upstream {
@@ -92,11 +92,13 @@ impl Upstream {
             origin: format!("{}://{host}:{}", c.endpoint.scheme, c.endpoint.port),
             base_path: c.endpoint.path.trim_end_matches('/').to_string(),
             authority,
-            scrub: c
-                .credential
-                .as_ref()
-                .and_then(|cred| cred.secret.as_ref())
-                .and_then(|s| response::credential_finder(s.expose())),
+            scrub: c.credential.as_ref().and_then(|cred| {
+                let secret = cred.secret.as_ref()?.expose();
+                // Basic sends base64(user:secret): an upstream reflecting its Authorization
+                // header hands the agent that token, which decodes to the secret.
+                let token = headers::basic_token(cred);
+                response::CredentialFinders::new(&[secret, token.as_deref().unwrap_or_default()])
+            }),
         })
     }
 
