@@ -409,6 +409,40 @@ fn http_defer_then_retry_and_hold_through_the_data_path() {
     );
     let r = post(r#"{"id": 1}"#);
     assert_eq!(r.status, 403, "a Once grant is used once");
+    // HTTP/2 needs no Content-Length: a body sent without one is part of the operation too.
+    let h2 = |body: &str| {
+        agentgate_e2e::curl(
+            &[
+                "--http2-prior-knowledge",
+                "-X",
+                "POST",
+                "-H",
+                &auth,
+                "-H",
+                "Content-Type: application/json",
+                "-H",
+                "Transfer-Encoding: chunked",
+                "--data-binary",
+                body,
+            ],
+            &gw.url("/orders/echo/orders"),
+        )
+    };
+    let r = h2(r#"{"id": 3}"#);
+    assert_eq!((r.status, r.version.as_str()), (403, "2"), "{r:?}");
+    let name3 = r.json()["approvalRequest"]
+        .as_str()
+        .expect("names the request")
+        .to_string();
+    let r = cli(&gw, Some(&alice), &["approve", &name3]);
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    let r = h2(r#"{"id": 4}"#);
+    assert_eq!(
+        r.status, 403,
+        "a different body over HTTP/2 is a different operation: {r:?}"
+    );
+    let r = h2(r#"{"id": 3}"#);
+    assert_eq!(r.status, 200, "{r:?}");
 
     // Hold: the request waits and goes through when approved.
     let (url, auth2) = (gw.url("/orders/echo/held"), auth.clone());
@@ -443,6 +477,20 @@ fn http_defer_then_retry_and_hold_through_the_data_path() {
         rec.contains("\"approval\"") && rec.contains("\"granted\""),
         "approvals are recorded"
     );
+    // The bodies of the operations approvers were asked about are on record, as forwarded.
+    let bodies: Vec<serde_json::Value> = rec
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["type"] == "http.request.body")
+        .map(|e| e["data"]["body"].clone())
+        .collect();
+    for id in [1, 3] {
+        let recorded = |b: &&serde_json::Value| {
+            b["json"] == json!({"id": id}) || b["text"] == format!("{{\"id\": {id}}}")
+        };
+        assert!(bodies.iter().any(|b| recorded(&b)), "{id}: {bodies:?}");
+    }
+    assert!(bodies.iter().any(|b| b["text"] == "x"), "{bodies:?}");
 }
 
 #[test]

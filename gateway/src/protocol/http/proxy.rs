@@ -519,7 +519,7 @@ async fn proxy(
     if let Some((policy, rule, summary)) = approval_rule {
         // The exact operation, body included, is what an approval covers.
         if read_body.is_none()
-            && has_body(&parts.headers)
+            && has_body(&parts.headers, body.as_ref())
             && let Some(incoming) = body.take()
         {
             let b: Body = incoming.map_err(|e| -> BodyError { Box::new(e) }).boxed();
@@ -529,6 +529,15 @@ async fn proxy(
                     format!("requests that need approval are read whole and must be at most {MAX_DECIDED_BODY} bytes"),
                 )
             })?;
+            // Read after the request went on record: its body goes on record now, before an
+            // approver is asked and before anything is forwarded.
+            let data = json!({
+                "request_id": request_id,
+                "bytes": bytes.len(),
+                "complete": true,
+                "body": response::body_for_record(Some(&plan), &bytes, true),
+            });
+            record(gw, &plane, session.as_deref(), "http.request.body", data)?;
             read_body = Some(bytes);
         }
         let fingerprint = approval::fingerprint(&[
@@ -619,7 +628,7 @@ async fn proxy(
             ));
         }
     };
-    let request_has_body = has_body(&parts.headers);
+    let request_has_body = has_body(&parts.headers, body.as_ref());
     // The request's own headers, edited in place: nothing reads them after this.
     let mut out_headers = std::mem::take(&mut parts.headers);
     let removed = headers::sanitize_request(&mut out_headers);
@@ -867,8 +876,12 @@ fn declared_length(h: &HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-fn has_body(h: &HeaderMap) -> bool {
-    h.contains_key(header::TRANSFER_ENCODING) || h.get(header::CONTENT_LENGTH).is_some_and(|v| v != "0")
+/// Whether a message has a body: framed by its headers, or (HTTP/2, which needs no
+/// Content-Length) a stream that did not end with its headers.
+fn has_body(h: &HeaderMap, body: Option<&Incoming>) -> bool {
+    h.contains_key(header::TRANSFER_ENCODING)
+        || h.get(header::CONTENT_LENGTH).is_some_and(|v| v != "0")
+        || body.is_some_and(|b| !hyper::body::Body::is_end_stream(b))
 }
 
 enum Masked {
