@@ -209,7 +209,7 @@ spec:
       action: Allow
       http:
         methods: [GET, HEAD]
-        paths: ["/api/v1/users", "/api/v1/users/**", "/echo/**", "/text", "/binary", "/big", "/reflect", "/gzip-reflect"]
+        paths: ["/api/v1/users", "/api/v1/users/**", "/echo/**", "/text", "/binary", "/big", "/reflect", "/gzip-reflect", "/lying-length"]
     - name: writes-echo
       action: Allow
       http:

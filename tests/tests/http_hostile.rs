@@ -826,6 +826,27 @@ fn reflected_basic_tokens_and_compressed_bodies_never_reach_the_agent() {
     s.assert_no_secrets();
 }
 
+/// An upstream that frames a body with Transfer-Encoding and also says `Content-Length: 0` (or
+/// adds trailers) must not get that body past masking, to the agent or into the recording.
+#[test]
+fn a_lying_content_length_does_not_skip_masking() {
+    let mut s = setup();
+    for http2 in [false, true] {
+        let args: &[&str] = if http2 { &["--http2-prior-knowledge"] } else { &[] };
+        let r = s.curl(args, "/okta/lying-length");
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(!r.body.contains("alice@example.com"), "{r:?}");
+        assert!(r.body.contains("[REDACTED]"), "the body is there, masked: {r:?}");
+    }
+    s.gw.stop();
+    let recorded = s.gw.recordings();
+    assert!(recorded.contains("lying-length"), "{recorded}");
+    assert!(
+        !recorded.contains("alice@example.com"),
+        "unmasked in the recording"
+    );
+}
+
 /// The events of the recordings that are about requests (session start and end left out).
 fn request_events(recordings: &str) -> Vec<Value> {
     recordings
@@ -1361,7 +1382,15 @@ fn mutated_request_streams_reach_the_upstream_only_as_allowed_requests() {
         let reads = path == "/api/v1/users"
             || path.starts_with("/api/v1/users/")
             || path.starts_with("/echo/")
-            || ["/text", "/binary", "/big", "/reflect", "/gzip-reflect"].contains(&path);
+            || [
+                "/text",
+                "/binary",
+                "/big",
+                "/reflect",
+                "/gzip-reflect",
+                "/lying-length",
+            ]
+            .contains(&path);
         (matches!(method, "GET" | "HEAD") && reads)
             || (matches!(method, "POST" | "PUT" | "PATCH") && path.starts_with("/echo/"))
     };

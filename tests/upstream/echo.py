@@ -8,6 +8,7 @@ check exactly what the gateway forwarded. A few paths serve fixed content for ma
   /big?bytes=N        a JSON document of about N bytes
   /reflect            the Authorization header it received, in a header and the body
   /gzip-reflect       the same body, gzip-compressed whatever the client accepts (some do)
+  /lying-length       the users list chunked, with a `Content-Length: 0` beside it
 Any path with `delay_ms=N` in its query is held N ms before the answer, after logging
 `HELD <path>`, so a test can look at the gateway while a request is upstream.
 Listens on 127.0.0.1:$PORT; stops on SIGTERM.
@@ -100,6 +101,15 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
+            return
+        if path == "/lying-length":
+            payload = json.dumps(USERS).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(payload), payload))
             return
         if path == "/text":
             return self._send(200, "text/plain; charset=utf-8", b"contact carol@example.net for access\n")

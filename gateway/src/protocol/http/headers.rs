@@ -180,6 +180,12 @@ pub fn basic_token(c: &Credential) -> Option<Vec<u8>> {
 
 /// Cleans an upstream response's headers before they go to the client.
 pub fn sanitize_response(headers: &mut HeaderMap) {
+    // Transfer-Encoding overrides Content-Length (RFC 9112 6.3), and hyper reads the body by it;
+    // a Content-Length left beside it would describe the body wrongly once Transfer-Encoding
+    // (hop-by-hop) is gone, e.g. `0` for a body that has data and so skips masking.
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     remove_hop_by_hop(headers);
 }
 
@@ -234,6 +240,21 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn a_content_length_beside_transfer_encoding_does_not_reach_the_client() {
+        let mut h = map(&[
+            ("transfer-encoding", "chunked"),
+            ("content-length", "0"),
+            ("content-type", "application/json"),
+        ]);
+        sanitize_response(&mut h);
+        assert!(h.get(header::CONTENT_LENGTH).is_none() && h.get(header::TRANSFER_ENCODING).is_none());
+        assert_eq!(h.get(header::CONTENT_TYPE).unwrap(), "application/json");
+        let mut h = map(&[("content-length", "12")]);
+        sanitize_response(&mut h);
+        assert_eq!(h.get(header::CONTENT_LENGTH).unwrap(), "12");
     }
 
     #[test]

@@ -170,7 +170,8 @@ impl<R: Rewrite> HttpBody for Rewritten<R> {
                 Poll::Ready(Some(Err(e))) => Err(e),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => self.rewrite.chunk(data),
-                    Err(other) => return Poll::Ready(Some(Ok(other))),
+                    // Trailers (HTTP/2 forwards them) are neither masked nor scrubbed: dropped.
+                    Err(_) => continue,
                 },
             };
             match step {
