@@ -68,6 +68,7 @@ const provider = new Provider(issuer, {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
+    revocation: { enabled: true },
     dPoP: { enabled: true },
     resourceIndicators: {
       enabled: true,

@@ -206,6 +206,40 @@ async fn opaque_tokens_are_introspected() {
     );
 }
 
+/// A revoked token stops working once the introspection answer's `cacheTtl` has passed: no
+/// other cache keeps it alive until its expiry.
+#[tokio::test(flavor = "multi_thread")]
+async fn revoked_opaque_tokens_stop_working_within_the_cache_ttl() {
+    let idp = OidcProvider::start();
+    let identity = identity(
+        "opaque-agent",
+        json!({
+            "issuer": idp.issuer, "audiences": ["api://opaque"], "tokenType": "Introspection",
+            "match": {"claims": {"client_id": "ci-agent"}},
+            "introspection": {"clientId": "agentgate", "authMethod": "client_secret_basic",
+                              "secretRef": {"name": "idp", "key": "secret"}, "cacheTtl": "1s"}
+        }),
+        Some("agentgate-introspection-secret"),
+    );
+    let v = verifier(vec![identity], Duration::from_secs(30));
+    let token = access_token(&idp.token("ci-agent", "api://opaque", None));
+    let auth = format!("Bearer {token}");
+    assert!(verify(&v, &auth, &[]).await.is_ok());
+    assert!(verify(&v, &auth, &[]).await.is_ok());
+    let revoked = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+        .args(["-u", "ci-agent:ci-agent-secret", "-d", &format!("token={token}")])
+        .arg(format!("{}/token/revocation", idp.issuer))
+        .output()
+        .expect("curl runs");
+    assert_eq!(String::from_utf8_lossy(&revoked.stdout), "200");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        verify(&v, &auth, &[]).await.unwrap_err().kind,
+        ErrorKind::TokenInactive
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn introspection_with_private_key_jwt_client_authentication() {
     let gateway_key = SigningKey::ec("gateway-client").unwrap();

@@ -28,11 +28,15 @@ impl VerificationCache {
         }
     }
 
-    /// The principal for `token` if it was verified before and has not expired.
+    /// The principal for `token` if it was verified before and may still be reused
+    /// ([`Principal::reuse_until`], never past its expiry).
     pub fn get(&self, token: &str, now: i64) -> Option<Arc<Principal>> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
-        entries.get(&key).filter(|p| p.expires_at > now).cloned()
+        entries
+            .get(&key)
+            .filter(|p| p.expires_at > now && p.reuse_until > now)
+            .cloned()
     }
 
     /// Remembers a verified token until its expiry. When full, expired entries are dropped first;
@@ -48,7 +52,7 @@ impl VerificationCache {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(i64::MAX);
-            entries.retain(|_, p| p.expires_at > now);
+            entries.retain(|_, p| p.expires_at > now && p.reuse_until > now);
             if entries.len() >= self.capacity {
                 return;
             }

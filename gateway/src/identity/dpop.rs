@@ -16,6 +16,9 @@ use super::token;
 
 /// How far a proof's `iat` may be from the gateway's clock.
 pub const PROOF_MAX_AGE: Duration = Duration::from_secs(60);
+/// How long a proof's jti is remembered: longer than the whole span in which its `iat` is
+/// accepted (twice the maximum age, with a margin for clock steps of a second).
+const REPLAY_RETENTION: Duration = Duration::from_secs(2 * PROOF_MAX_AGE.as_secs() + 5);
 /// Most `jti`s remembered for replay detection; beyond it, proofs are refused (fail closed) until
 /// old entries expire.
 pub const MAX_REPLAY_ENTRIES: usize = 1_000_000;
@@ -37,17 +40,26 @@ pub struct ReplayCache {
 }
 
 impl ReplayCache {
+    /// Tests: whether `key` was recorded.
+    #[cfg(test)]
+    pub(crate) fn remembers(&self, key: &str) -> bool {
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(key)
+    }
+
     /// Records `key`; false when it was already seen (a replay) or the cache is full.
     fn insert(&self, key: String, now: Instant) -> bool {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if seen.len() >= MAX_REPLAY_ENTRIES {
-            seen.retain(|_, t| now.duration_since(*t) < 2 * PROOF_MAX_AGE);
+            seen.retain(|_, t| now.duration_since(*t) < REPLAY_RETENTION);
             if seen.len() >= MAX_REPLAY_ENTRIES {
                 return false;
             }
         }
         match seen.get(&key) {
-            Some(t) if now.duration_since(*t) < 2 * PROOF_MAX_AGE => false,
+            Some(t) if now.duration_since(*t) < REPLAY_RETENTION => false,
             _ => {
                 seen.insert(key, now);
                 true
@@ -71,6 +83,7 @@ pub fn verify_proof(
     target: &RequestTarget<'_>,
     now_unix: i64,
     replay: &ReplayCache,
+    bound_to: &str,
 ) -> Result<String, String> {
     let jws = token::parse(proof, PROOF_ALGORITHMS)?;
     if jws.typ() != Some("dpop+jwt") {
@@ -109,7 +122,7 @@ pub fn verify_proof(
         return Err("proof htu does not match the request URL".into());
     }
     let iat = token::numeric_date(claims, "iat")?.ok_or("proof has no iat")?;
-    if (now_unix - iat).unsigned_abs() > PROOF_MAX_AGE.as_secs() {
+    if now_unix.abs_diff(iat) > PROOF_MAX_AGE.as_secs() {
         return Err("proof iat is outside the accepted window".into());
     }
     let ath = claims
@@ -120,6 +133,11 @@ pub fn verify_proof(
         return Err("proof ath does not match the access token".into());
     }
     let thumbprint = thumbprint(jwk)?;
+    // Before the jti is remembered: proofs by keys the token is not bound to must not fill the
+    // replay cache, which every client shares.
+    if thumbprint != bound_to {
+        return Err("proof key is not the key the token is bound to".into());
+    }
     if !replay.insert(format!("{thumbprint}:{jti}"), Instant::now()) {
         return Err("proof jti was already used".into());
     }

@@ -284,10 +284,29 @@ impl RemoteKeys {
                     return Err(KeyError::Unavailable(e));
                 }
             }
-            let (after, _) = self.lookup(kid, alg, Instant::now());
-            return after.or(known).ok_or(KeyError::UnknownKey);
+            // A fresh key set (this caller's fetch or another's) is the provider's answer: a key
+            // it no longer lists is withdrawn. Last-good keys stand in only while it cannot answer.
+            let (after, fresh) = self.lookup(kid, alg, Instant::now());
+            return if fresh { after } else { after.or(known) }.ok_or(KeyError::UnknownKey);
         }
         known.ok_or(KeyError::UnknownKey)
+    }
+
+    /// Tests: the cached key set is stale from now on.
+    #[cfg(test)]
+    pub(crate) fn make_stale(&self) {
+        if let Some(c) = self.cached.write().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            c.fresh_until = Instant::now();
+        }
+    }
+
+    /// Seconds the current key set stays fresh (0 when stale or never fetched): how long a
+    /// verification with one of its keys may be reused before the keys are asked for again.
+    pub fn fresh_for(&self) -> u64 {
+        let cached = self.cached.read().unwrap_or_else(|p| p.into_inner());
+        cached.as_ref().map_or(0, |c| {
+            c.fresh_until.saturating_duration_since(Instant::now()).as_secs()
+        })
     }
 
     fn lookup(&self, kid: Option<&str>, alg: Algorithm, now: Instant) -> (Option<VerificationKey>, bool) {

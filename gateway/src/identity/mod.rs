@@ -47,6 +47,11 @@ pub struct Principal {
     pub binding: Option<String>,
     /// Whether the identity requires DPoP.
     pub require_dpop: bool,
+    /// Unix time until which this verification may be reused for the same token: its expiry, or
+    /// sooner, when the key set that verified it goes stale (so a withdrawn key stops working for
+    /// cached tokens too). Introspected tokens are not reused here (the introspector keeps its
+    /// answers for its own `cacheTtl`, so a revocation shows within it).
+    pub reuse_until: i64,
 }
 
 /// Category of an identity failure: what the client is told.
@@ -351,7 +356,9 @@ impl Verifier {
             Some(p) => p,
             None => {
                 let p = Arc::new(self.verify_uncached(token, now).await?);
-                self.cache.insert(token, p.clone());
+                if p.reuse_until > now {
+                    self.cache.insert(token, p.clone());
+                }
                 p
             }
         };
@@ -386,14 +393,8 @@ impl Verifier {
                     .dpop
                     .first()
                     .ok_or_else(|| IdentityError::new(ErrorKind::BindingRequired, "no DPoP proof"))?;
-                let thumbprint = dpop::verify_proof(proof, token, &presented.target, now, &self.replay)
+                dpop::verify_proof(proof, token, &presented.target, now, &self.replay, jkt)
                     .map_err(|e| IdentityError::new(ErrorKind::InvalidProof, e))?;
-                if &thumbprint != jkt {
-                    return Err(IdentityError::new(
-                        ErrorKind::InvalidProof,
-                        "proof key is not the key the token is bound to",
-                    ));
-                }
                 Ok(())
             }
         }
@@ -430,11 +431,16 @@ impl Verifier {
                 format!("algorithm {:?} not allowed for {iss}", jws.alg),
             ));
         }
+        let mut keys_fresh_for = None;
         let key = match issuer.keys.as_ref() {
             Some(IssuerKeys::Static(set)) => {
                 set.find(jws.kid(), jws.alg).cloned().ok_or(KeyError::UnknownKey)
             }
-            Some(IssuerKeys::Remote(remote)) => remote.key(jws.kid(), jws.alg).await,
+            Some(IssuerKeys::Remote(remote)) => {
+                let key = remote.key(jws.kid(), jws.alg).await;
+                keys_fresh_for = Some(remote.fresh_for());
+                key
+            }
             None => Err(KeyError::UnknownKey),
         }
         .map_err(|e| match e {
@@ -454,7 +460,12 @@ impl Verifier {
             ));
         }
         check_type(&jws, issuer)?;
-        principal_from_claims(issuer, &jws.claims, iss, now)
+        let mut principal = principal_from_claims(issuer, &jws.claims, iss, now)?;
+        if let Some(secs) = keys_fresh_for {
+            let until = now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX));
+            principal.reuse_until = principal.reuse_until.min(until);
+        }
+        Ok(principal)
     }
 
     async fn introspect_any(&self, token: &str, now: i64) -> Result<Principal, IdentityError> {
@@ -498,7 +509,9 @@ impl Verifier {
                 "introspection names another issuer",
             ));
         }
-        principal_from_claims(issuer, &claims, &iss, now)
+        let mut principal = principal_from_claims(issuer, &claims, &iss, now)?;
+        principal.reuse_until = now;
+        Ok(principal)
     }
 }
 
@@ -642,6 +655,7 @@ fn principal_from_claims(
         expires_at: exp,
         binding,
         require_dpop: identity.spec.require_dpop,
+        reuse_until: exp,
     })
 }
 

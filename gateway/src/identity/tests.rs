@@ -585,6 +585,10 @@ async fn dpop_proof_catalogue() {
     ));
     let other = SigningKey::ec("other").unwrap();
     cases.push(("cnf.jkt mismatch", other.dpop_proof("GET", URL, &token, NOW, "i")));
+    cases.push((
+        "iat at the end of i64",
+        client.dpop_proof("GET", URL, &token, i64::MIN, "i-min"),
+    ));
     // Symmetric proof algorithm.
     let header = URL_SAFE_NO_PAD
         .encode(json!({"typ": "dpop+jwt", "alg": "HS256", "jwk": client.public_jwk()}).to_string());
@@ -597,6 +601,11 @@ async fn dpop_proof_catalogue() {
     // The valid proof still works after all of that.
     let ok = client.dpop_proof("GET", URL, &token, NOW, "k");
     assert!(with_proof(&v, "DPoP", &token, &[&ok]).await.is_ok());
+    // A proof by a key the token is not bound to is refused before its jti is remembered: such
+    // proofs cannot fill the replay cache that every client shares.
+    let jti_of_other = other.dpop_proof("GET", URL, &token, NOW, "shared-jti");
+    assert!(with_proof(&v, "DPoP", &token, &[&jti_of_other]).await.is_err());
+    assert!(!v.replay.remembers(&format!("{}:shared-jti", other.thumbprint())));
 }
 
 // --- Remote keys: cache, flood, outage ---------------------------------------------------------
@@ -708,6 +717,47 @@ async fn outage_keeps_last_good_keys_and_recovery_picks_up_new_ones() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     let mut c = claims();
     c["jti"] = json!("t3");
+    assert!(check(&v, &new.sign(&c)).await.is_ok());
+}
+
+/// A key the provider stopped listing (rotated out after a leak) verifies nothing once the
+/// provider has said so: neither new tokens nor tokens verified, and cached, before.
+#[tokio::test]
+async fn a_withdrawn_key_verifies_nothing_once_the_provider_answers() {
+    let (old, new) = (SigningKey::rsa("old").unwrap(), SigningKey::rsa("new").unwrap());
+    let server = jwks_server(SigningKey::jwks(&[&old])).await;
+    let v = verifier_with(
+        vec![identity("ci-agent", remote_spec(server.port), None)],
+        &KeyRegistry::default(),
+        Duration::from_millis(100),
+    );
+    let token = old.sign(&claims());
+    let auth = format!("Bearer {token}");
+    assert!(check(&v, &token).await.is_ok());
+    *server.body.lock().unwrap() = SigningKey::jwks(&[&new]).to_string();
+    let Some(IssuerKeys::Remote(remote)) = v.issuers[ISS].keys.as_ref() else {
+        unreachable!("remote keys")
+    };
+    // Reused while the key set that verified it is fresh, as any uncached token would be.
+    let fresh_for = i64::try_from(remote.fresh_for()).unwrap();
+    assert!(fresh_for > 0);
+    assert!(
+        v.verify(&presented(&auth, &[]), NOW + fresh_for - 5)
+            .await
+            .is_ok()
+    );
+    remote.make_stale();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut c = claims();
+    c["jti"] = json!("t2");
+    refused(&v, &old.sign(&c), ErrorKind::InvalidSignature).await;
+    assert_eq!(
+        v.verify(&presented(&auth, &[]), NOW + fresh_for + 1)
+            .await
+            .unwrap_err()
+            .kind,
+        ErrorKind::InvalidSignature
+    );
     assert!(check(&v, &new.sign(&c)).await.is_ok());
 }
 
