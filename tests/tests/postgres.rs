@@ -1107,6 +1107,20 @@ fn approvals_defer_hold_once_window_and_self_approval_for_sql() {
             3
         );
 
+        // Extended protocol: an approval covers the exact bound values, binary ones included
+        // (the record and the approver see only their size).
+        let delete = c.prepare("DELETE FROM orders WHERE id = $1").await.unwrap();
+        let e = c.execute(&delete, &[&2i32]).await.unwrap_err();
+        let (code, message) = db_error(&e);
+        assert_eq!(code, "42501", "{message}");
+        let for_two = request_name(&message);
+        assert!(approvals(&s.gw, &alice, &["approve", &for_two]).0);
+        let e = c.execute(&delete, &[&1i32]).await.unwrap_err();
+        let (code, message) = db_error(&e);
+        assert_eq!(code, "42501", "another value is another operation: {message}");
+        assert_ne!(request_name(&message), for_two);
+        assert_eq!(c.execute(&delete, &[&2i32]).await.unwrap(), 1);
+
         // Window: approved once, then matching statements pass until it ends, mid-session.
         let e = c
             .batch_execute("INSERT INTO customers (name, email) VALUES ('W1', 'w1@example.com')")

@@ -461,7 +461,12 @@ enum Entry {
 #[derive(Debug, Clone)]
 struct Portal {
     classified: Arc<Classified>,
+    /// As recorded: masked, text cut short, binary values by size only.
     params: Vec<Value>,
+    /// The exact bound values (format, NULL or bytes), for an approval's fingerprint: the
+    /// recorded form cannot tell apart values an approver did and did not see. Shares the
+    /// Bind message's buffer.
+    bound: Arc<[(i16, Option<Bytes>)]>,
 }
 
 impl Prepared {
@@ -1304,9 +1309,17 @@ impl ClientSide {
                 Some(v) => Value::String(format!("<binary, {} bytes>", v.len())),
             })
             .collect();
-        lock(&self.shared)
-            .portals
-            .insert(b.portal.clone(), Portal { classified, params });
+        let bound = (0..b.params.len())
+            .map(|i| (b.param_format(i), b.params[i].clone()))
+            .collect();
+        lock(&self.shared).portals.insert(
+            b.portal.clone(),
+            Portal {
+                classified,
+                params,
+                bound,
+            },
+        );
         self.described = None;
         self.forward(frame);
         self.push(Pending::Bind)
@@ -1336,8 +1349,15 @@ impl ClientSide {
         let mut approval_error = None;
         if v.action == Action::RequireApproval {
             // The exact statement with its bound values is what an approval covers.
-            let params = serde_json::to_string(&portal.params).unwrap_or_default();
-            let fingerprint = approval::fingerprint(&[b"extended", st.text.as_bytes(), params.as_bytes()]);
+            let mut parts: Vec<&[u8]> = vec![b"extended", st.text.as_bytes()];
+            let formats: Vec<[u8; 2]> = portal.bound.iter().map(|(f, _)| f.to_be_bytes()).collect();
+            for ((_, value), format) in portal.bound.iter().zip(&formats) {
+                // NULL and an empty value differ by the part that says which.
+                parts.push(format);
+                parts.push(if value.is_some() { b"v" } else { b"n" });
+                parts.push(value.as_deref().unwrap_or_default());
+            }
+            let fingerprint = approval::fingerprint(&parts);
             match self
                 .approve(&v, &st.text, fingerprint, approval::sql_reason(&st.text))
                 .await
