@@ -33,7 +33,9 @@ use crate::policy::Grant;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new("self.identity == oldSelf.identity && self.connection == oldSelf.connection && self.operation == oldSelf.operation && self.policy == oldSelf.policy && self.grant == oldSelf.grant").message("only decisions may change after creation"))]
+// The requester too: an approver who rewrote it could approve their own request. And the
+// expiry and the agent's stated reason, which approvers judge by.
+#[x_kube(validation = kube::core::Rule::new("self.identity == oldSelf.identity && self.requester == oldSelf.requester && self.connection == oldSelf.connection && self.operation == oldSelf.operation && self.policy == oldSelf.policy && self.grant == oldSelf.grant && self.expiresAt == oldSelf.expiresAt && has(self.reason) == has(oldSelf.reason) && (!has(self.reason) || self.reason == oldSelf.reason)").message("only decisions may change after creation"))]
 pub struct ApprovalRequestSpec {
     /// The AgentIdentity that asked.
     #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]

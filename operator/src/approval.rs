@@ -83,15 +83,17 @@ pub fn evaluate(
     };
     if e.phase == ApprovalPhase::Pending {
         let needed = rule.map_or(i32::MAX, |r| r.min_approvals.max(1));
-        if valid.iter().any(|(_, d)| d.state == DecisionState::Denied) {
+        // Expiry first: a decision seen after it (patched late, or while the operator was down)
+        // must not approve an operation whose agent was already told it expired.
+        if expires_at <= now {
+            e.phase = ApprovalPhase::Expired;
+        } else if valid.iter().any(|(_, d)| d.state == DecisionState::Denied) {
             e.phase = ApprovalPhase::Denied;
             e.decided_at = Some(now);
         } else if approvals >= needed {
             e.phase = ApprovalPhase::Approved;
             e.decided_at = Some(now);
             e.grant_expires_at = Some(now.saturating_add(secs(grant_length(&spec.grant, max_grant))));
-        } else if expires_at <= now {
-            e.phase = ApprovalPhase::Expired;
         } else {
             e.next_change = Some(expires_at);
         }

@@ -120,6 +120,16 @@ fn undecided_requests_expire_and_are_collected_after_retention() {
 }
 
 #[test]
+fn a_decision_seen_after_the_expiry_approves_nothing() {
+    for decisions in [approved("alice"), json!({"alice": {"state": "Denied"}})] {
+        let r = request(decisions, json!({"type": "Once"}));
+        let e = evaluate(&r, Some(&rule(1, &[], &["dba"])), HOUR, WEEK, NOW + 601);
+        assert_eq!(e.phase, ApprovalPhase::Expired);
+        assert_eq!(e.grant_expires_at, None);
+    }
+}
+
+#[test]
 fn a_request_whose_rule_is_gone_cannot_be_approved() {
     let r = request(approved("alice"), json!({"type": "Once"}));
     let e = evaluate(&r, None, HOUR, WEEK, NOW);

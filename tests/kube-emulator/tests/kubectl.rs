@@ -790,20 +790,41 @@ spec:
             "The approvalrequests \"req2\" is invalid: : ValidatingAdmissionPolicy '{policy}' with binding '{policy}' denied request: failed expression: object.spec.requester != request.userInfo.username"
         )
     );
-    // The CRD's own transition rule still applies.
-    let err = env.kubectl_err(
-        "admin",
-        &[
-            "patch",
-            "approvalrequest",
-            "req1",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"connection":"other"}}"#,
-        ],
-    );
-    assert!(err.contains("only decisions may change after creation"), "{err}");
+    // The CRD's own transition rule still applies: to the requester too (rewriting it in the
+    // same patch would let the requester approve), the expiry and the agent's stated reason.
+    for (who, patch) in [
+        ("admin", r#"{"spec":{"connection":"other"}}"#.to_string()),
+        (
+            "approver",
+            r#"{"spec":{"requester":"someone-else","decisions":{"approver":{"state":"Approved"}}}}"#
+                .to_string(),
+        ),
+        (
+            "admin",
+            r#"{"spec":{"expiresAt":"2099-01-01T00:00:00Z"}}"#.to_string(),
+        ),
+        (
+            "admin",
+            r#"{"spec":{"reason":"approved by the CISO"}}"#.to_string(),
+        ),
+    ] {
+        let err = env.kubectl_err(
+            who,
+            &[
+                "patch",
+                "approvalrequest",
+                "req2",
+                "--type",
+                "merge",
+                "-p",
+                &patch,
+            ],
+        );
+        assert!(
+            err.contains("only decisions may change after creation"),
+            "{patch}: {err}"
+        );
+    }
 }
 
 #[test]
