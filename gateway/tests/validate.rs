@@ -153,6 +153,27 @@ fn wrong_type() {
 }
 
 #[test]
+fn object_storage_for_recordings_is_refused_until_it_uploads() {
+    let (code, _, err, _d) = validate_edited(|d| {
+        replace(
+            d,
+            "10-gateway.yaml",
+            "      local:\n        path: .agentgate/sessions",
+            "      s3: {bucket: agentgate-sessions, region: eu-west-1}",
+        )
+    });
+    assert_one_error(
+        code,
+        &err,
+        &[
+            "10-gateway.yaml",
+            "spec.recording.storage.s3",
+            "object storage is not implemented yet",
+        ],
+    );
+}
+
+#[test]
 fn enum_violation() {
     let (code, _, err, _d) =
         validate_edited(|d| replace(d, "40-policies.yaml", "action: Deny", "action: Maybe"));

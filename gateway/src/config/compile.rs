@@ -527,6 +527,14 @@ fn compile_gateway(
         }
     }
     let storage = g.spec.recording.storage.as_ref();
+    if storage.is_some_and(|s| s.s3.is_some()) {
+        // Nothing uploads yet: recordings would stay in the pod's scratch space and be lost
+        // with it, while every operation looked recorded.
+        errors.push(m.error(
+            "spec.recording.storage.s3",
+            "Unsupported value: object storage is not implemented yet; use local (standalone) or volume (a PersistentVolumeClaim)",
+        ));
+    }
     let recording_dir = match (
         storage.and_then(|s| s.local.as_ref()),
         storage.and_then(|s| s.volume.as_ref()),
