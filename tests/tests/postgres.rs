@@ -835,6 +835,34 @@ fn shared_names_and_pipelines_cannot_run_what_was_not_decided() {
     s.assert_no_canary();
 }
 
+/// A password in SQL (ALTER ROLE, psql's \\password) and the agent's own token, sent back in a
+/// statement, never reach a recording: approvers and auditors read those.
+#[test]
+fn passwords_and_the_token_never_reach_a_recording() {
+    let s = setup_with(false);
+    let tok = token(&s.idp);
+    let mut r = Raw::login(s.plain, &tok);
+    for sql in [
+        "ALTER ROLE ci PASSWORD 'Hunter2-Password-Canary'".to_string(),
+        "alter user ci with encrypted password 'SCRAM-SHA-256$4096:c2FsdA==$Hunter2Verifier'".to_string(),
+        format!("SELECT '{tok}'::text AS echoed"),
+    ] {
+        r.send(b'Q', format!("{sql}\0").as_bytes());
+        r.until_ready();
+    }
+    r.send(b'X', b"");
+    std::thread::sleep(Duration::from_millis(500));
+    let recorded = s.gw.recordings();
+    assert!(recorded.contains("ALTER ROLE ci PASSWORD $1"), "{recorded}");
+    for secret in ["Hunter2", &tok] {
+        assert!(
+            !recorded.contains(secret),
+            "a password or the token in a recording"
+        );
+    }
+    assert!(recorded.contains("[REDACTED]"));
+}
+
 #[test]
 fn authentication_and_startup_are_strict() {
     let s = setup_with(false);

@@ -334,7 +334,12 @@ async fn start(
             "issuer": principal.issuer,
             "application_name": s.params.iter().find(|(k, _)| k == "application_name").map(|(_, v)| v),
         })) {
-            Ok(session) => Some(Arc::new(session)),
+            Ok(session) => {
+                // The token is the password: were it sent again in SQL (set_config, a comment),
+                // the recording shows it redacted.
+                session.hide(token.as_bytes());
+                Some(Arc::new(session))
+            }
             Err(e) if mode == RecordingMode::Required => {
                 tracing::error!(error = %e, "cannot start a session recording");
                 return Err(fatal(
@@ -521,7 +526,8 @@ struct StatementRecord<'a> {
     functions: &'a [String],
     decision: &'static str,
     rule: Option<&'a str>,
-    reason: Option<&'a str>,
+    /// Masked like the statement: a refusal's explanation quotes it.
+    reason: Option<String>,
 }
 
 /// `pg.query` (simple protocol) and `pg.execute` (extended: with the bound parameters, masked).
@@ -732,7 +738,7 @@ impl Live {
     }
 
     fn masked_sql(&self, sql: &str) -> String {
-        truncate(&self.plan.mask_text(sql).0, MAX_RECORDED_SQL)
+        truncate(&self.plan.mask_text(&without_passwords(sql)).0, MAX_RECORDED_SQL)
     }
 
     async fn run(self, up: Upstream, started: handshake::Started) {
@@ -1039,14 +1045,14 @@ impl ClientSide {
         e
     }
 
-    fn statement_record<'a>(st: &'a Statement, v: &'a Verdict) -> StatementRecord<'a> {
+    fn statement_record<'a>(live: &Live, st: &'a Statement, v: &'a Verdict) -> StatementRecord<'a> {
         StatementRecord {
             kinds: &st.kinds,
             tables: &st.tables,
             functions: &st.functions,
             decision: v.label,
             rule: v.rule.as_deref(),
-            reason: (!v.message.is_empty()).then_some(v.message.as_str()),
+            reason: (!v.message.is_empty()).then(|| live.masked_sql(&v.message)),
         }
     }
 
@@ -1108,7 +1114,7 @@ impl ClientSide {
                     .statements
                     .iter()
                     .zip(&verdicts)
-                    .map(|(st, v)| Self::statement_record(st, v))
+                    .map(|(st, v)| Self::statement_record(&live, st, v))
                     .collect(),
             },
         );
@@ -1372,7 +1378,7 @@ impl ClientSide {
                 sql: live.masked_sql(&st.text),
                 params: Some(&portal.params),
                 decision: v.label,
-                statements: vec![Self::statement_record(st, &v)],
+                statements: vec![Self::statement_record(&live, st, &v)],
             },
         );
         if let Some(error) = approval_error {
@@ -1408,6 +1414,24 @@ impl ClientSide {
             plan: live.result_plan(st, &v),
             refused: None,
         })
+    }
+}
+
+/// `sql` with every literal replaced by `$n` when it may carry a password (`ALTER ROLE ...
+/// PASSWORD '...'`, psql's `\password`, user mappings, connection strings): for recordings and
+/// approval summaries, which approvers and auditors read. Other text is returned as it is.
+fn without_passwords(sql: &str) -> std::borrow::Cow<'_, str> {
+    let b = sql.as_bytes();
+    let mentions = memchr::memchr2_iter(b'p', b'P', b).any(|i| {
+        b.get(i..i + 8)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"password"))
+    });
+    if !mentions {
+        return std::borrow::Cow::Borrowed(sql);
+    }
+    match pg_query::normalize(sql) {
+        Ok(normalized) => std::borrow::Cow::Owned(normalized),
+        Err(_) => std::borrow::Cow::Borrowed("[statement withheld: it may carry a password]"),
     }
 }
 
