@@ -213,7 +213,10 @@ pub struct GroupMapping {
 pub struct KeySource {
     /// JWKS URL, used instead of discovery (for issuers without a discovery document).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
+    #[schemars(
+        length(min = 1, max = 2048),
+        regex(pattern = r"^(https://|http://(127\.0\.0\.1|localhost|\[::1\])(:[0-9]+)?(/|$))[^\s]*$")
+    )]
     pub jwks_uri: Option<String>,
     /// A Secret key holding a static JWKS (a SPIFFE trust bundle, or a cluster's service-account keys).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -226,7 +229,10 @@ pub struct KeySource {
 pub struct Introspection {
     /// Introspection endpoint. Without it, the one named by the issuer's discovery document.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
+    #[schemars(
+        length(min = 1, max = 2048),
+        regex(pattern = r"^(https://|http://(127\.0\.0\.1|localhost|\[::1\])(:[0-9]+)?(/|$))[^\s]*$")
+    )]
     pub endpoint: Option<String>,
     /// OAuth client id the gateway authenticates as.
     #[schemars(length(min = 1, max = 256))]

@@ -174,6 +174,23 @@ fn object_storage_for_recordings_is_refused_until_it_uploads() {
 }
 
 #[test]
+fn key_sets_are_fetched_over_https_or_loopback_only() {
+    let (code, _, err, _d) = validate_edited(|d| {
+        replace(
+            d,
+            "20-identities.yaml",
+            "  issuer: https://example.okta.com/oauth2/default\n",
+            "  issuer: https://example.okta.com/oauth2/default\n  keys: {jwksUri: http://example.okta.com/keys}\n",
+        )
+    });
+    assert_one_error(
+        code,
+        &err,
+        &["20-identities.yaml", "spec.keys.jwksUri", "should match"],
+    );
+}
+
+#[test]
 fn enum_violation() {
     let (code, _, err, _d) =
         validate_edited(|d| replace(d, "40-policies.yaml", "action: Deny", "action: Maybe"));

@@ -44,12 +44,54 @@ pub fn parse(issuer: &str, body: &[u8]) -> Result<Metadata, String> {
         ));
     }
     let jwks_uri = field("jwks_uri").ok_or("discovery document has no jwks_uri")?;
+    let introspection_endpoint = field("introspection_endpoint");
+    let token_endpoint = field("token_endpoint");
+    // Keys fetched, or tokens sent, in the clear could be swapped or read on the way.
+    for (name, url) in [
+        ("jwks_uri", Some(&jwks_uri)),
+        ("introspection_endpoint", introspection_endpoint.as_ref()),
+        ("token_endpoint", token_endpoint.as_ref()),
+    ] {
+        if let Some(url) = url
+            && !is_secure_url(url)
+        {
+            return Err(format!(
+                "discovery document's {name} {url:?} is not https (plain http only on loopback)"
+            ));
+        }
+    }
     Ok(Metadata {
         issuer: found,
         jwks_uri,
-        introspection_endpoint: field("introspection_endpoint"),
-        token_endpoint: field("token_endpoint"),
+        introspection_endpoint,
+        token_endpoint,
     })
+}
+
+/// `https://...`, or `http://` to a loopback host (development): the rule for issuers, key sets
+/// and introspection endpoints alike.
+pub fn is_secure_url(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().map(|h| format!("[{h}]")),
+        None => authority.split(':').next().map(str::to_string),
+    };
+    let port_ok = |after: &str| {
+        after.is_empty()
+            || after
+                .strip_prefix(':')
+                .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    match host.as_deref() {
+        Some(h @ ("127.0.0.1" | "localhost" | "[::1]")) => port_ok(&authority[h.len()..]),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -71,6 +113,56 @@ mod tests {
                 .unwrap_err()
                 .contains("jwks_uri")
         );
+    }
+
+    #[test]
+    fn keys_and_introspection_are_fetched_over_https_or_loopback_only() {
+        let doc = |jwks: &str, introspect: &str| {
+            format!(
+                r#"{{"issuer":"https://idp.example","jwks_uri":"{jwks}","introspection_endpoint":"{introspect}"}}"#
+            )
+        };
+        let ok = [
+            "https://idp.example/keys",
+            "http://127.0.0.1:8080/keys",
+            "http://localhost/keys",
+            "http://[::1]:9/k",
+        ];
+        for url in ok {
+            assert!(is_secure_url(url), "{url}");
+            assert!(
+                parse("https://idp.example", doc(url, url).as_bytes()).is_ok(),
+                "{url}"
+            );
+        }
+        for url in [
+            "http://idp.example/keys",
+            "http://127.0.0.1.evil.example/keys",
+            "http://localhost.evil.example/keys",
+            "http://127.0.0.1:80@evil.example/keys",
+            "http://[::1].evil/keys",
+            "ftp://idp.example/keys",
+        ] {
+            assert!(!is_secure_url(url), "{url}");
+            assert!(
+                parse(
+                    "https://idp.example",
+                    doc(url, "https://idp.example/i").as_bytes()
+                )
+                .unwrap_err()
+                .contains("jwks_uri"),
+                "{url}"
+            );
+            assert!(
+                parse(
+                    "https://idp.example",
+                    doc("https://idp.example/k", url).as_bytes()
+                )
+                .unwrap_err()
+                .contains("introspection_endpoint"),
+                "{url}"
+            );
+        }
     }
 
     #[test]
