@@ -206,6 +206,32 @@ async fn opaque_tokens_are_introspected() {
     );
 }
 
+/// With two introspecting issuers, an opaque token (which names none) goes to neither: each would
+/// learn the other's tokens.
+#[tokio::test(flavor = "multi_thread")]
+async fn opaque_tokens_are_not_sent_to_several_issuers() {
+    let (one, two) = (OidcProvider::start(), OidcProvider::start());
+    let spec = |issuer: &str| {
+        json!({
+            "issuer": issuer, "audiences": ["api://opaque"], "tokenType": "Introspection",
+            "match": {"claims": {"client_id": "ci-agent"}},
+            "introspection": {"clientId": "agentgate", "authMethod": "client_secret_basic",
+                              "secretRef": {"name": "idp", "key": "secret"}}
+        })
+    };
+    let v = verifier(
+        vec![
+            identity("one", spec(&one.issuer), Some("agentgate-introspection-secret")),
+            identity("two", spec(&two.issuer), Some("agentgate-introspection-secret")),
+        ],
+        Duration::from_secs(30),
+    );
+    let token = access_token(&one.token("ci-agent", "api://opaque", None));
+    let e = verify(&v, &format!("Bearer {token}"), &[]).await.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::UnknownIssuer, "{e}");
+    assert!(e.to_string().contains("several issuers introspect"), "{e}");
+}
+
 /// A revoked token stops working once the introspection answer's `cacheTtl` has passed: no
 /// other cache keeps it alive until its expiry.
 #[tokio::test(flavor = "multi_thread")]

@@ -468,20 +468,24 @@ impl Verifier {
         Ok(principal)
     }
 
+    /// An opaque token names no issuer. It goes to the one issuer that introspects, never to
+    /// several in turn: each would learn (and could replay) tokens other issuers gave out.
     async fn introspect_any(&self, token: &str, now: i64) -> Result<Principal, IdentityError> {
-        let mut last = IdentityError::new(
-            ErrorKind::MalformedToken,
-            "opaque token and no issuer introspects",
-        );
-        for issuer in self.issuers.values() {
-            if let Some(i) = &issuer.introspector {
-                match self.finish_introspection(issuer, i, token, now).await {
-                    Ok(p) => return Ok(p),
-                    Err(e) => last = e,
-                }
-            }
+        let mut introspecting = self
+            .issuers
+            .values()
+            .filter_map(|issuer| issuer.introspector.as_ref().map(|i| (issuer, i)));
+        match (introspecting.next(), introspecting.next()) {
+            (Some((issuer, i)), None) => self.finish_introspection(issuer, i, token, now).await,
+            (None, _) => Err(IdentityError::new(
+                ErrorKind::MalformedToken,
+                "opaque token and no issuer introspects",
+            )),
+            (Some(_), Some(_)) => Err(IdentityError::new(
+                ErrorKind::UnknownIssuer,
+                "an opaque token names no issuer, and several issuers introspect: the gateway sends a token to no issuer that may not have issued it (use JWT access tokens, or one introspecting issuer per gateway)",
+            )),
         }
-        Err(last)
     }
 
     async fn finish_introspection(
