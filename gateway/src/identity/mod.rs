@@ -248,8 +248,30 @@ impl Verifier {
         options: &VerifierOptions,
     ) -> Result<Self, String> {
         let mut issuers: HashMap<String, Issuer> = HashMap::new();
+        // Where each issuer's keys come from, and which identity said so: an issuer has one key
+        // set, so identities that name different ones are a configuration error, not a choice.
+        let mut key_origins: HashMap<String, KeyOrigin> = HashMap::new();
         for identity in identities {
             let spec = &identity.spec;
+            if spec.token_type == TokenType::Jwt {
+                let origin = KeyOrigin {
+                    identity: identity.name.clone(),
+                    jwks: identity.static_jwks.as_ref().map(|j| j.expose().to_vec()),
+                    uri: spec.keys.as_ref().and_then(|k| k.jwks_uri.clone()),
+                };
+                match key_origins.get(&spec.issuer) {
+                    Some(first) if (&first.jwks, &first.uri) != (&origin.jwks, &origin.uri) => {
+                        return Err(format!(
+                            "AgentIdentity {}: issuer {} takes its keys from AgentIdentity {}'s keys; identities of one issuer must name the same keys",
+                            identity.name, spec.issuer, first.identity
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        key_origins.insert(spec.issuer.clone(), origin);
+                    }
+                }
+            }
             let entry = issuers.entry(spec.issuer.clone()).or_insert_with(|| Issuer {
                 identities: Vec::new(),
                 algorithms: Vec::new(),
@@ -460,7 +482,7 @@ impl Verifier {
             ));
         }
         check_type(&jws, issuer)?;
-        let mut principal = principal_from_claims(issuer, &jws.claims, iss, now)?;
+        let mut principal = principal_from_claims(issuer, &jws.claims, iss, Verified::Jwt(jws.alg), now)?;
         if let Some(secs) = keys_fresh_for {
             let until = now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX));
             principal.reuse_until = principal.reuse_until.min(until);
@@ -513,7 +535,7 @@ impl Verifier {
                 "introspection names another issuer",
             ));
         }
-        let mut principal = principal_from_claims(issuer, &claims, &iss, now)?;
+        let mut principal = principal_from_claims(issuer, &claims, &iss, Verified::Introspected, now)?;
         principal.reuse_until = now;
         Ok(principal)
     }
@@ -580,10 +602,28 @@ fn check_type(jws: &token::Jws<'_>, issuer: &Issuer) -> Result<(), IdentityError
 }
 
 /// Time, subject and identity checks on verified claims (from a JWT or an introspection answer).
+/// Where an issuer's keys come from (a static JWKS, a URI, or discovery when neither), and which
+/// identity named them first.
+struct KeyOrigin {
+    identity: String,
+    jwks: Option<Vec<u8>>,
+    uri: Option<String>,
+}
+
+/// How a token's claims were established.
+#[derive(Clone, Copy, Debug)]
+enum Verified {
+    /// A JWT checked here, signed with this algorithm.
+    Jwt(Algorithm),
+    /// Claims from the issuer's introspection endpoint.
+    Introspected,
+}
+
 fn principal_from_claims(
     issuer: &Issuer,
     claims: &Value,
     iss: &str,
+    verified: Verified,
     now: i64,
 ) -> Result<Principal, IdentityError> {
     let malformed = |e: String| IdentityError::new(ErrorKind::MalformedToken, e);
@@ -621,7 +661,27 @@ fn principal_from_claims(
         .ok_or_else(|| malformed("claim sub is missing".into()))?
         .to_string();
     let audiences = token::audiences(claims).map_err(|e| IdentityError::new(ErrorKind::WrongAudience, e))?;
-    let identity = matching::select(&issuer.identities, claims, &audiences)?;
+    // Identities of one issuer share its keys, but each says how its tokens are checked: an
+    // identity that introspects never matches a token checked locally (an Okta org server's
+    // JWT, say), nor the other way round; and each accepts only its own algorithms.
+    let candidates: Vec<Arc<CompiledIdentity>> = issuer
+        .identities
+        .iter()
+        .filter(|i| match verified {
+            Verified::Jwt(_) => i.spec.token_type == TokenType::Jwt,
+            Verified::Introspected => i.spec.token_type == TokenType::Introspection,
+        })
+        .cloned()
+        .collect();
+    let identity = matching::select(&candidates, claims, &audiences)?;
+    if let Verified::Jwt(alg) = verified
+        && !identity.spec.algorithms.iter().any(|a| algorithm(*a) == alg)
+    {
+        return Err(IdentityError::new(
+            ErrorKind::MalformedToken,
+            format!("algorithm {alg:?} is not allowed for identity {}", identity.name),
+        ));
+    }
     if let Some(max) = identity.max_token_lifetime {
         let issued = iat
             .ok_or_else(|| IdentityError::new(ErrorKind::LifetimeTooLong, "no iat to bound the lifetime"))?;

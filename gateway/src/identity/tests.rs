@@ -761,6 +761,59 @@ async fn a_withdrawn_key_verifies_nothing_once_the_provider_answers() {
     assert!(check(&v, &new.sign(&c)).await.is_ok());
 }
 
+/// Identities of one issuer share its keys, not their rules: a JWT checked locally never matches
+/// an identity that wants its tokens introspected, and each identity accepts only its own
+/// algorithms.
+#[tokio::test]
+async fn identities_of_one_issuer_keep_their_own_token_type_and_algorithms() {
+    let key = SigningKey::rsa("k1").unwrap();
+    let ec = SigningKey::ec("e1").unwrap();
+    let jwks = SigningKey::jwks(&[&key, &ec]);
+    let mut introspected = okta_spec();
+    introspected["tokenType"] = json!("Introspection");
+    introspected["introspection"] = json!({
+        "clientId": "agentgate", "authMethod": "client_secret_basic",
+        "secretRef": {"name": "idp", "key": "secret"}, "endpoint": "https://idp.example/introspect"
+    });
+    introspected.as_object_mut().unwrap().remove("keys");
+    let mut introspected = Arc::try_unwrap(identity("okta-org", introspected, None)).unwrap();
+    introspected.introspection_secret = Some(SecretValue::new(b"s".to_vec()));
+    let mut local = okta_spec();
+    local["match"] = json!({"claims": {"cid": "0oa-other"}});
+    local["algorithms"] = json!(["ES256"]);
+    let v = verifier(vec![
+        Arc::new(introspected),
+        identity("local", local, Some(&jwks)),
+    ]);
+    // The introspecting identity's token, signed with the issuer's key: no local match.
+    refused(&v, &key.sign(&claims()), ErrorKind::NoMatchingIdentity).await;
+    // The local identity's token: only with its own algorithm.
+    let mut c = claims();
+    c["cid"] = json!("0oa-other");
+    c["jti"] = json!("rs");
+    refused(&v, &key.sign(&c), ErrorKind::MalformedToken).await;
+    c["jti"] = json!("es");
+    assert_eq!(check(&v, &ec.sign(&c)).await.unwrap().identity, "local");
+    // Two identities of one issuer naming different keys: refused, not the first one's keys used.
+    let other = SigningKey::jwks(&[&SigningKey::ec("e2").unwrap()]);
+    let mut second = okta_spec();
+    second["match"] = json!({"claims": {"cid": "0oa-second"}});
+    let refused = Verifier::new(
+        vec![
+            identity("first", okta_spec(), Some(&jwks)),
+            identity("second", second, Some(&other)),
+        ],
+        &KeyRegistry::default(),
+        &HttpFetcher::new().unwrap(),
+        Arc::new(ReplayCache::default()),
+        &VerifierOptions::default(),
+    );
+    let Err(err) = refused else {
+        panic!("two key sets for one issuer accepted")
+    };
+    assert!(err.contains("must name the same keys"), "{err}");
+}
+
 #[tokio::test]
 async fn an_unreachable_provider_without_cached_keys_fails_closed() {
     let key = SigningKey::rsa("k1").unwrap();
