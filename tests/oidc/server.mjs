@@ -78,6 +78,10 @@ const provider = new Provider(issuer, {
         if (resource === 'api://agentgate') {
           return { scope: 'orders.read orders.write', audience: 'api://agentgate', accessTokenTTL: 600, accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } } };
         }
+        // Short-lived tokens for tests of what happens when a session outlives its token.
+        if (resource === 'api://agentgate-short') {
+          return { scope: 'orders.read', audience: 'api://agentgate', accessTokenTTL: 3, accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } } };
+        }
         if (resource === 'api://opaque') {
           return { scope: 'orders.read', audience: 'api://opaque', accessTokenTTL: 600, accessTokenFormat: 'opaque' };
         }

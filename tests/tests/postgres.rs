@@ -863,6 +863,30 @@ fn passwords_and_the_token_never_reach_a_recording() {
     assert!(recorded.contains("[REDACTED]"));
 }
 
+/// A session lasts as long as the token it was opened with, as an HTTP request with that token
+/// would be refused after.
+#[test]
+fn a_session_ends_when_its_token_expires() {
+    let s = setup_with(false);
+    let answer = s.idp.token("ci-agent", "api://agentgate-short", None);
+    let short = answer["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .to_string();
+    let mut r = Raw::login(s.plain, &short);
+    r.send(b'Q', b"SELECT 1\0");
+    assert!(r.until_ready().iter().any(|(t, _)| *t == b'D'));
+    std::thread::sleep(Duration::from_secs(5));
+    let msgs = r.until_ready();
+    assert_eq!(errors(&msgs), ["28000"], "{msgs:?}");
+    // The connection is closed: nothing more is served on it.
+    let mut m = vec![b'Q'];
+    m.extend_from_slice(&13i32.to_be_bytes());
+    m.extend_from_slice(b"SELECT 1\0");
+    let _ = r.0.write_all(&m);
+    assert!(r.until_ready().is_empty());
+}
+
 #[test]
 fn authentication_and_startup_are_strict() {
     let s = setup_with(false);

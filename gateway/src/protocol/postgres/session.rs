@@ -182,6 +182,9 @@ struct Live {
     /// The token's subject (never its own approver).
     subject: String,
     groups: Vec<String>,
+    /// Unix time the token expires: the session ends then, as an HTTP request with it would
+    /// be refused.
+    token_expires_at: i64,
     plan: MaskingPlan,
     masked: Arc<MaskedColumns>,
     recording: Option<Arc<Recording>>,
@@ -375,6 +378,7 @@ async fn start(
             identity: principal.identity.clone(),
             subject: principal.subject.clone(),
             groups: principal.groups.clone(),
+            token_expires_at: principal.expires_at,
             plan,
             masked: Arc::new(masked),
             recording,
@@ -779,7 +783,8 @@ impl Live {
             copy_in: false,
         };
         let down_task = tokio::spawn(down.run(up_reader, client_writer));
-        let reason = ClientSide {
+        let stop = tx.clone();
+        let client_side = ClientSide {
             live: this.clone(),
             queue: tx,
             shared,
@@ -788,8 +793,22 @@ impl Live {
             described: None,
             unsynced: false,
         }
-        .run(client_reader, up_writer)
-        .await;
+        .run(client_reader, up_writer);
+        // Bounded: a token may claim any expiry (tokio's sleep saturates too).
+        let left = u64::try_from(this.token_expires_at.saturating_sub(unix_now()))
+            .unwrap_or(0)
+            .min(10 * 365 * 24 * 3600);
+        let expiry = tokio::time::sleep(std::time::Duration::from_secs(left));
+        let reason = tokio::select! {
+            reason = client_side => reason,
+            () = expiry => {
+                let _ = stop.send(Pending::Fatal(Fatal(ErrorResponse::fatal(
+                    sqlstate::INVALID_AUTHORIZATION,
+                    "the token this session was opened with has expired; connect again with a fresh one",
+                ))));
+                "token expired".to_string()
+            }
+        };
         // The server side ends when the upstream closes or the client writer fails.
         let down_reason = match tokio::time::timeout(std::time::Duration::from_secs(5), down_task).await {
             Ok(Ok(r)) => r,
