@@ -809,6 +809,8 @@ impl Live {
                 "token expired".to_string()
             }
         };
+        // The server side ends when every sender is gone (the client side's went with it).
+        drop(stop);
         // The server side ends when the upstream closes or the client writer fails.
         let down_reason = match tokio::time::timeout(std::time::Duration::from_secs(5), down_task).await {
             Ok(Ok(r)) => r,
