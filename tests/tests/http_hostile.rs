@@ -727,6 +727,54 @@ fn client_sent_identity_headers_never_reach_the_upstream() {
     s.assert_no_secrets();
 }
 
+/// `_method` in the query or a form makes Rails, Laravel or Express run another method than the
+/// one decided: a POST allowed on `/echo/` would be a DELETE upstream.
+#[test]
+fn method_overrides_in_the_query_or_a_form_are_refused() {
+    let s = setup();
+    let form = "Content-Type: application/x-www-form-urlencoded";
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["-X", "POST", "--data", "x"],
+            "/okta/echo/override-q?_method=DELETE",
+        ),
+        (
+            &["-H", form, "--data", "name=x&_method=DELETE"],
+            "/okta/echo/override-form",
+        ),
+        (
+            &[
+                "-H",
+                "content-type: Application/X-WWW-Form-Urlencoded; charset=utf-8",
+                "--data",
+                "%5Fmethod=PUT",
+            ],
+            "/okta/echo/override-case",
+        ),
+        // Rack parses a POST without a content type as a form.
+        (
+            &["-H", "Content-Type:", "--data-binary", "a=1&_METHOD=delete"],
+            "/okta/echo/override-bare",
+        ),
+    ];
+    for (args, path) in cases {
+        let r = s.curl(args, path);
+        assert_eq!(r.status, 400, "{path}: {r:?}");
+        assert_eq!(r.problem(), problem("bad-request"), "{path}");
+        assert!(r.body.contains("another method"), "{path}: {}", r.body);
+    }
+    s.assert_not_forwarded("/echo/override-");
+    // Forms without an override pass, byte for byte.
+    let echo = s
+        .curl(
+            &["-H", form, "--data", "method=DELETE&my_method=x"],
+            "/okta/echo/form",
+        )
+        .echo();
+    assert_eq!(echo.body(), "method=DELETE&my_method=x");
+    s.assert_no_secrets();
+}
+
 #[test]
 fn crlf_cannot_be_injected_into_forwarded_headers() {
     let s = setup();

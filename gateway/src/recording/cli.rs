@@ -30,7 +30,7 @@ pub enum SessionsCommand {
         /// A session file.
         file: PathBuf,
     },
-    /// Verify session files; exit 1 if any is tampered with.
+    /// Verify session files; exit 1 if any is tampered with (or, with --require-closed, open).
     Verify {
         /// Session files.
         #[arg(required = true)]
@@ -38,6 +38,11 @@ pub enum SessionsCommand {
         /// Base64url Ed25519 public key of the gateway; when given, closing signatures are checked.
         #[arg(long)]
         public_key: Option<String>,
+        /// Fail a file that has no closing event (signed, with --public-key). A file cut off
+        /// mid-session verifies up to its last event, so only a closing event shows that nothing
+        /// was removed from its end: archived evidence should be checked with this flag.
+        #[arg(long)]
+        require_closed: bool,
     },
 }
 
@@ -63,7 +68,11 @@ fn execute(cmd: SessionsCommand, out: &mut impl Write) -> io::Result<bool> {
             connection,
         } => list(&dir, identity.as_deref(), connection.as_deref(), out),
         SessionsCommand::Show { file } => show(&file, out),
-        SessionsCommand::Verify { files, public_key } => verify(&files, public_key.as_deref(), out),
+        SessionsCommand::Verify {
+            files,
+            public_key,
+            require_closed,
+        } => verify(&files, public_key.as_deref(), require_closed, out),
     }
 }
 
@@ -136,10 +145,29 @@ fn show(file: &Path, out: &mut impl Write) -> io::Result<bool> {
     Ok(ok)
 }
 
-fn verify(files: &[PathBuf], public_key: Option<&str>, out: &mut impl Write) -> io::Result<bool> {
+fn verify(
+    files: &[PathBuf],
+    public_key: Option<&str>,
+    require_closed: bool,
+    out: &mut impl Write,
+) -> io::Result<bool> {
     let mut all = true;
     for file in files {
         let result = verify_file(file, public_key);
+        let incomplete = result
+            .as_ref()
+            .is_ok_and(|r| !r.closed || (public_key.is_some() && !r.signed));
+        if require_closed && incomplete {
+            all = false;
+            let r = result.as_ref().map_or(0, |r| r.events);
+            writeln!(
+                out,
+                "INCOMPLETE {}: {r} events and no {}closing event; later events may have been removed",
+                safe(&file.display().to_string()),
+                if public_key.is_some() { "signed " } else { "" },
+            )?;
+            continue;
+        }
         all &= result.is_ok();
         writeln!(out, "{}", outcome(file, &result))?;
     }
@@ -248,6 +276,7 @@ mod tests {
         let (ok, text) = run_to_string(SessionsCommand::Verify {
             files: vec![a.path().into(), b.path().into()],
             public_key: Some(key.clone()),
+            require_closed: false,
         });
         assert!(ok, "{text}");
         assert!(text.contains(&format!(
@@ -256,12 +285,35 @@ mod tests {
         )));
         assert!(text.contains(&format!("ok {} 2 events (not closed)", b.path().display())));
 
+        // Archived evidence: an open (or cut-off) file fails when a closing event is required.
+        let (ok, text) = run_to_string(SessionsCommand::Verify {
+            files: vec![a.path().into(), b.path().into()],
+            public_key: Some(key.clone()),
+            require_closed: true,
+        });
+        assert!(!ok, "{text}");
+        assert!(text.contains(&format!(
+            "ok {} 3 events (closed, signature verified)",
+            a.path().display()
+        )));
+        assert!(text.contains(&format!(
+            "INCOMPLETE {}: 2 events and no signed closing event",
+            b.path().display()
+        )));
+        let (ok, text) = run_to_string(SessionsCommand::Verify {
+            files: vec![a.path().into()],
+            public_key: None,
+            require_closed: true,
+        });
+        assert!(ok, "{text}");
+
         // One altered file fails the whole command and is named with its line.
         let content = std::fs::read_to_string(a.path()).unwrap();
         std::fs::write(a.path(), content.replace("select 1", "select 2")).unwrap();
         let (ok, text) = run_to_string(SessionsCommand::Verify {
             files: vec![b.path().into(), a.path().into()],
             public_key: Some(key),
+            require_closed: false,
         });
         assert!(!ok);
         assert!(

@@ -11,6 +11,52 @@ pub const MAX_QUERY_BYTES: usize = 16 * 1024;
 /// Most query parameters accepted.
 pub const MAX_QUERY_PARAMS: usize = 256;
 
+/// Parameter names some frameworks (Rails and Rack, Laravel, Symfony, Express's method-override)
+/// read as the request's real method, from the query or a form body: a request decided as
+/// `POST /users` would act upstream as `DELETE /users`.
+const METHOD_OVERRIDE_PARAMS: &[&str] = &[
+    "_method",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Whether a decoded parameter name asks for another method (`_method`, `_method[]`, any case).
+pub fn is_method_override(name: &str) -> bool {
+    let base = name.split('[').next().unwrap_or(name).trim();
+    METHOD_OVERRIDE_PARAMS
+        .iter()
+        .any(|p| base.eq_ignore_ascii_case(p))
+}
+
+/// Whether an `application/x-www-form-urlencoded` body has a method-override field. Names are
+/// decoded leniently (a bad escape is kept as it is), as the frameworks that honour them do.
+pub fn form_overrides_method(body: &[u8]) -> bool {
+    body.split(|&b| b == b'&').any(|pair| {
+        let name = pair.split(|&b| b == b'=').next().unwrap_or(pair);
+        let mut decoded = Vec::with_capacity(name.len());
+        let mut i = 0;
+        while i < name.len() {
+            match name[i] {
+                b'+' => decoded.push(b' '),
+                b'%' => match (
+                    name.get(i + 1).copied().and_then(hex_val),
+                    name.get(i + 2).copied().and_then(hex_val),
+                ) {
+                    (Some(h), Some(l)) => {
+                        decoded.push(h << 4 | l);
+                        i += 2;
+                    }
+                    _ => decoded.push(b'%'),
+                },
+                b => decoded.push(b),
+            }
+            i += 1;
+        }
+        is_method_override(&String::from_utf8_lossy(&decoded))
+    })
+}
+
 /// A normalized request target.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
@@ -133,6 +179,11 @@ pub fn normalize(path: &str, query: Option<&str>) -> Result<Target, TargetError>
         None => (None, Vec::new()),
         Some(q) => (Some(q.to_string()), parse_query(q)?),
     };
+    if let Some((name, _)) = query.iter().find(|(k, _)| is_method_override(k)) {
+        return Err(err(format!(
+            "the query parameter {name:?} would make the upstream run another method than the one decided; send the method itself"
+        )));
+    }
     Ok(Target {
         path: out,
         raw_query,
@@ -284,6 +335,35 @@ mod tests {
         assert_eq!(t.raw_query.as_deref(), Some("a=1&b=x%20y&b=z+w&flag&=e"));
         for q in ["a=1;b=2", "a=%zz", "a=%0d%0a", "a=%ff"] {
             assert!(normalize("/x", Some(q)).is_err(), "{q}");
+        }
+    }
+
+    #[test]
+    fn method_overrides_are_refused_in_the_query_and_found_in_forms() {
+        for q in [
+            "_method=DELETE",
+            "a=1&_METHOD=delete",
+            "%5Fmethod=DELETE",
+            "_method%5B%5D=DELETE",
+            "X-HTTP-Method-Override=PUT",
+            "+_method=DELETE",
+        ] {
+            let e = normalize("/api/v1/users", Some(q)).unwrap_err();
+            assert!(e.0.contains("another method"), "{q}: {e}");
+        }
+        assert!(normalize("/x", Some("method=DELETE&my_method=x&_methods=1")).is_ok());
+
+        for body in [
+            &b"_method=DELETE"[..],
+            b"profile%5Bname%5D=x&_method=delete",
+            b"%5f%6Dethod=PUT",
+            b"_method[]=DELETE",
+            b"x=%zz&+_method+=PATCH",
+        ] {
+            assert!(form_overrides_method(body), "{}", String::from_utf8_lossy(body));
+        }
+        for body in [&b""[..], b"method=DELETE", b"a=_method", b"_method_x=1", b"%"] {
+            assert!(!form_overrides_method(body), "{}", String::from_utf8_lossy(body));
         }
     }
 

@@ -229,6 +229,18 @@ fn check_framing(req: &Parts) -> Result<(), Problem> {
     Ok(())
 }
 
+/// Whether the upstream may parse the body as a form: it says so, or (as Rack reads it) it is a
+/// POST that names no content type.
+fn is_form(req: &Parts) -> bool {
+    match req.headers.get(header::CONTENT_TYPE) {
+        Some(ct) => ct.as_bytes().split(|&b| b == b';').next().is_some_and(|t| {
+            t.trim_ascii()
+                .eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
+        }),
+        None => req.method == Method::POST,
+    }
+}
+
 /// Refuses what the gateway does not proxy even when a policy allows it: Kubernetes exec, attach,
 /// port-forward and proxy, and any protocol upgrade. Called after the decision is recorded, so a
 /// policy's refusal (403, naming the rule) wins and an attempted shell leaves a record.
@@ -346,8 +358,10 @@ async fn proxy(
         .policy_index
         .applicable(&cfg.policies, &connection.name, subject);
     let needs_body = applicable.iter().any(|p| p.reads_body);
-    // The body is read before the decision only when a rule reads it.
-    let (mut read_body, mut body) = if needs_body
+    let form = is_form(&parts);
+    // The body is read before the decision only when a rule reads it, or when it is a form,
+    // which may carry a method override.
+    let (mut read_body, mut body) = if (needs_body || form)
         && parts.method != Method::GET
         && parts.method != Method::HEAD
     {
@@ -359,6 +373,11 @@ async fn proxy(
             ),
             _ => bad_request("the request body could not be read"),
         })?;
+        if form && normalize::form_overrides_method(&bytes) {
+            return Err(bad_request(
+                "the form has a _method field, which would make the upstream run another method than the one decided; send the method itself",
+            ));
+        }
         (Some(bytes), None)
     } else {
         (None, Some(body))
