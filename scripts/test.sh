@@ -40,6 +40,12 @@ if ! python3 -c 'import helm_python' 2>/dev/null; then
   python3 -m pip install --quiet helm-python-sdk==0.2.2 2>/dev/null ||
     python3 -m pip install --quiet --break-system-packages helm-python-sdk==0.2.2
 fi
+if ! python3 -c 'import moto.server, flask, flask_cors' 2>/dev/null; then
+  # The S3-compatible store that recordings are shipped to in tests/tests/recording_s3.rs.
+  echo "==> installing moto[server] (pip)"
+  python3 -m pip install --quiet 'moto[server]==5.2.1' 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages 'moto[server]==5.2.1'
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "==> installing cargo-nextest"
   cargo install --locked cargo-nextest

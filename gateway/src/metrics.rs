@@ -45,6 +45,10 @@ pub struct Metrics {
     pub masking_refusals: IntCounterVec,
     /// Recording writes that failed, by recording mode.
     pub recording_failures: IntCounterVec,
+    /// Closed sessions shipped to object storage, by result (`shipped`, `failed`).
+    pub recording_uploads: IntCounterVec,
+    /// Session files in the spool waiting to be shipped (as of the last sweep).
+    pub recording_upload_backlog: IntGauge,
     /// PostgreSQL statements decided, by connection, identity and decision.
     pub postgres_statements: IntCounterVec,
     /// ApprovalRequests waiting for a decision (updated when asked and when decided).
@@ -145,6 +149,19 @@ impl Metrics {
             &["mode"],
         )
         .expect("valid metric");
+        let recording_uploads = IntCounterVec::new(
+            Opts::new(
+                "recording_uploads_total",
+                "Session files shipped to object storage, by result",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let recording_upload_backlog = IntGauge::new(
+            "recording_upload_backlog",
+            "Session files in the spool waiting to be shipped to object storage",
+        )
+        .expect("valid metric");
         let postgres_statements = IntCounterVec::new(
             Opts::new(
                 "postgres_statements_total",
@@ -193,6 +210,8 @@ impl Metrics {
             Box::new(masked_values.clone()),
             Box::new(masking_refusals.clone()),
             Box::new(recording_failures.clone()),
+            Box::new(recording_uploads.clone()),
+            Box::new(recording_upload_backlog.clone()),
         ] {
             registry.register(c).expect("metrics are registered once");
         }
@@ -228,6 +247,8 @@ impl Metrics {
             approval_decision_seconds,
             approval_outcomes,
             recording_failures,
+            recording_uploads,
+            recording_upload_backlog,
         }
     }
 

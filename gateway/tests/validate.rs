@@ -153,22 +153,44 @@ fn wrong_type() {
 }
 
 #[test]
-fn object_storage_for_recordings_is_refused_until_it_uploads() {
-    let (code, _, err, _d) = validate_edited(|d| {
-        replace(
-            d,
-            "10-gateway.yaml",
-            "      local:\n        path: .agentgate/sessions",
-            "      s3: {bucket: agentgate-sessions, region: eu-west-1}",
-        )
-    });
+fn object_storage_needs_credentials_and_a_secure_endpoint() {
+    let s3 = |spec: &'static str| {
+        validate_edited(move |d| {
+            replace(
+                d,
+                "10-gateway.yaml",
+                "      local:\n        path: .agentgate/sessions",
+                spec,
+            )
+        })
+    };
+    let (code, _, err, _d) = s3("      s3: {bucket: agentgate-sessions, region: eu-west-1}");
     assert_one_error(
         code,
         &err,
         &[
             "10-gateway.yaml",
-            "spec.recording.storage.s3",
-            "object storage is not implemented yet",
+            "spec.recording.storage.s3.credentialsSecretRef",
+            "Required value",
+        ],
+    );
+    let (code, _, err, _d) = s3(
+        "      s3: {bucket: agentgate-sessions, endpoint: \"http://s3.example.com\", credentialsSecretRef: {name: okta-admin-token, key: token}}",
+    );
+    assert!(
+        err.contains("spec.recording.storage.s3.endpoint")
+            && err.contains("must be https (http only to a loopback address)"),
+        "{code:?}: {err}"
+    );
+    let (code, _, err, _d) = s3(
+        "      s3: {bucket: agentgate-sessions, credentialsSecretRef: {name: no-such-secret, key: accessKeyId}}",
+    );
+    assert_one_error(
+        code,
+        &err,
+        &[
+            "spec.recording.storage.s3.credentialsSecretRef",
+            "Secret agentgate/no-such-secret not found",
         ],
     );
 }

@@ -53,8 +53,27 @@ pub struct GatewaySettings {
     /// Where sessions are spooled: the local storage path (relative paths resolved against the
     /// manifests directory), else the volume's mount path, else `.agentgate/sessions`.
     pub recording_dir: std::path::PathBuf,
+    /// Where closed sessions are shipped from the spool (`recording.storage.s3`).
+    pub object_storage: Option<ObjectStorage>,
     pub approvals: ApprovalBounds,
 }
+
+/// An S3-compatible bucket that closed sessions are shipped to, credentials resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectStorage {
+    pub bucket: String,
+    /// Key prefix: empty, or ending with `/`.
+    pub prefix: String,
+    /// The store's URL (path-style addressing); `None` is AWS (virtual-host style).
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key_id: SecretValue,
+    pub secret_access_key: SecretValue,
+}
+
+/// The key of the S3 credentials Secret that holds the secret access key (the access key id's
+/// key is the one `credentialsSecretRef` names).
+pub const SECRET_ACCESS_KEY: &str = "secretAccessKey";
 
 /// Approval bounds, parsed.
 #[derive(Clone, Copy, Debug)]
@@ -527,14 +546,9 @@ fn compile_gateway(
         }
     }
     let storage = g.spec.recording.storage.as_ref();
-    if storage.is_some_and(|s| s.s3.is_some()) {
-        // Nothing uploads yet: recordings would stay in the pod's scratch space and be lost
-        // with it, while every operation looked recorded.
-        errors.push(m.error(
-            "spec.recording.storage.s3",
-            "Unsupported value: object storage is not implemented yet; use local (standalone) or volume (a PersistentVolumeClaim)",
-        ));
-    }
+    let object_storage = storage
+        .and_then(|s| s.s3.as_ref())
+        .and_then(|s3| object_storage(m, s3, secrets, errors));
     let recording_dir = match (
         storage.and_then(|s| s.local.as_ref()),
         storage.and_then(|s| s.volume.as_ref()),
@@ -566,8 +580,80 @@ fn compile_gateway(
         listener_tls,
         recording: g.spec.recording.clone(),
         recording_dir,
+        object_storage,
         approvals,
     }
+}
+
+/// Resolves `spec.recording.storage.s3`. The endpoint follows the rule for identity-provider
+/// URLs (https, or http to loopback), as the sessions it receives hold what the agents did.
+fn object_storage(
+    m: &Manifest,
+    s3: &agentgate_crds::gateway::S3Storage,
+    secrets: &SecretStore,
+    errors: &mut Vec<ConfigError>,
+) -> Option<ObjectStorage> {
+    let before = errors.len();
+    if let Some(endpoint) = &s3.endpoint
+        && !crate::identity::discovery::is_secure_url(endpoint)
+    {
+        errors.push(m.error(
+            "spec.recording.storage.s3.endpoint",
+            format!("Invalid value: {endpoint:?}: must be https (http only to a loopback address)"),
+        ));
+    }
+    let prefix = s3.prefix.trim_matches('/');
+    if !prefix.is_empty()
+        && prefix
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        errors.push(m.error(
+            "spec.recording.storage.s3.prefix",
+            "Invalid value: must not contain empty, '.' or '..' segments",
+        ));
+    }
+    let field = "spec.recording.storage.s3.credentialsSecretRef";
+    let Some(r) = &s3.credentials_secret_ref else {
+        errors.push(m.error(
+            field,
+            "Required value: name the Secret holding the access key id (this key) and secretAccessKey; ambient credentials are not read",
+        ));
+        return None;
+    };
+    let read = |key: &str| {
+        let v = secrets.get(m.namespace(), &r.name, key)?;
+        let text = std::str::from_utf8(v.expose()).map(str::trim).unwrap_or_default();
+        if text.is_empty() {
+            return Err(format!(
+                "Secret {}/{} key {key:?} must be non-empty text",
+                m.namespace(),
+                r.name
+            ));
+        }
+        Ok(SecretValue::new(text.as_bytes().to_vec()))
+    };
+    // A missing Secret is one error, not one per key.
+    let keys = read(&r.key).and_then(|id| Ok((id, read(SECRET_ACCESS_KEY)?)));
+    let (access_key_id, secret_access_key) = match keys {
+        Ok(keys) => keys,
+        Err(e) => {
+            errors.push(m.error(field, e));
+            return None;
+        }
+    };
+    (errors.len() == before).then(|| ObjectStorage {
+        bucket: s3.bucket.clone(),
+        prefix: if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}/")
+        },
+        endpoint: s3.endpoint.clone(),
+        region: s3.region.clone(),
+        access_key_id,
+        secret_access_key,
+    })
 }
 
 fn parse_approvals(m: &Manifest, a: &ApprovalSettings, errors: &mut Vec<ConfigError>) -> ApprovalBounds {

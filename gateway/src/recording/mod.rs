@@ -11,10 +11,14 @@
 //! the end event's `prev` in hex. `prev` commits to every earlier event, so the signature vouches
 //! for the whole session up to its close; the end event's own data is bound by the chain only.
 //!
+//! A session's file is locked (`flock`) while the session is open; closing it, or the process
+//! ending, releases the lock.
+//!
 //! Callers mask secrets before recording; this module never logs what it records.
 
 pub mod chain;
 pub mod cli;
+pub mod shipping;
 pub mod verify;
 
 use std::borrow::Cow;
@@ -302,6 +306,9 @@ impl Recorder {
             .create_new(true)
             .mode(0o600)
             .open(&path);
+        // Locked while the session is open, so that a shipper (see [`shipping`]) can tell a file
+        // still being written from one whose process died.
+        let opened = opened.and_then(|file| file.try_lock().map(|()| file).map_err(std::io::Error::from));
         let (file, error) = match opened {
             Ok(file) => (Some(file), None),
             Err(source) => (

@@ -10,6 +10,7 @@ use agentgate_crds::connection::ConnectionType;
 use agentgate_crds::gateway::RecordingMode;
 
 use super::upstream::Upstream;
+use crate::config::compile::ObjectStorage;
 use crate::config::watch::Snapshot;
 use crate::config::{CompiledConnection, CompiledPolicy};
 use crate::identity::dpop::ReplayCache;
@@ -98,6 +99,8 @@ pub struct Gateway {
     /// The recorder of the current recording directory and mode; kept across reloads so one
     /// signing key covers the process's sessions.
     recorder: Mutex<Option<(PathBuf, RecordingMode, Arc<Recorder>)>>,
+    /// The task shipping the spool to object storage, with what it was started for.
+    shipper: Mutex<Option<(PathBuf, ObjectStorage, tokio::task::AbortHandle)>>,
     /// The approval store (standalone mode); `None` when it could not be opened, and then
     /// operations that need approval are refused.
     pub approvals: Option<Arc<crate::approval::Approvals>>,
@@ -123,6 +126,7 @@ impl Gateway {
                 replay: Arc::new(ReplayCache::default()),
             },
             recorder: Mutex::new(None),
+            shipper: Mutex::new(None),
             listening: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -189,6 +193,7 @@ impl Gateway {
             &cfg.gateway.namespace,
             &cfg.gateway.name,
         );
+        self.ship(&cfg.gateway.recording_dir, cfg.gateway.object_storage.as_ref());
         let plane = Plane {
             verifier,
             upstreams,
@@ -200,6 +205,28 @@ impl Gateway {
             snapshot,
         };
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(plane));
+    }
+
+    /// Ships `dir` to `storage` (or stops shipping), restarting the shipper when either changed.
+    /// A shipper that cannot start leaves sessions in the spool, where they stay the record.
+    fn ship(&self, dir: &PathBuf, storage: Option<&ObjectStorage>) {
+        let mut slot = self.shipper.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some((d, s, _)), Some(storage)) = (slot.as_ref(), storage)
+            && d == dir
+            && s == storage
+        {
+            return;
+        }
+        if let Some((_, _, task)) = slot.take() {
+            task.abort();
+        }
+        let Some(storage) = storage else { return };
+        match crate::recording::shipping::spawn(dir, storage, self.metrics.clone()) {
+            Ok(task) => *slot = Some((dir.clone(), storage.clone(), task)),
+            Err(e) => {
+                tracing::error!(error = %e, "sessions cannot be shipped to object storage; they stay in the spool")
+            }
+        }
     }
 
     fn recorder_for(

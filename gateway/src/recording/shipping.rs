@@ -1,0 +1,521 @@
+//! Shipping sessions from the local spool to S3-compatible storage (`recording.storage.s3`).
+//! DESIGN.md section 4: sessions are spooled durably to local disk first, then shipped.
+//!
+//! A task sweeps the spool every [`SWEEP_INTERVAL`]. A file is shipped once its session is closed
+//! (its last line is the signed `session.end`), or once no process holds its lock and it has not
+//! changed for [`CUT_OFF_GRACE`]: its session was cut off by a crash or a restart and will never
+//! close, and shipping it still preserves everything up to the cut. Each file is PUT whole as `<prefix><file name>`,
+//! streamed from disk, with a request signed for [`URL_VALIDITY`] (SigV4, by rusty-s3), and is
+//! removed from the spool only after the store answered 2xx. A failed upload stays in the spool
+//! and is retried with backoff; until it is shipped the spool is the record, so the recording
+//! mode's promise (Required: no record, no operation) holds whatever the store does.
+//!
+//! Objects are never deleted by the gateway: retention in the bucket is its lifecycle rule's job.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Limited, StreamBody};
+use hyper::body::Frame;
+use hyper::{Method, Request, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+use tokio::io::AsyncReadExt;
+
+use crate::config::compile::ObjectStorage;
+use crate::metrics::Metrics;
+
+/// How long an unlocked, unclosed file must be left unchanged before it counts as cut off (a
+/// recorder creates a file, then locks it).
+pub const CUT_OFF_GRACE: Duration = Duration::from_secs(10);
+/// How often the spool is swept for sessions to ship.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+/// Longest wait between sweeps after failures.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How long a signed upload request stays valid.
+pub const URL_VALIDITY: Duration = Duration::from_secs(15 * 60);
+/// Longest time one upload may take.
+pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// The largest object one PUT may create (S3's limit); larger sessions are not shipped.
+pub const MAX_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+/// How much of a file's end is read to find its last line.
+const TAIL_BYTES: u64 = 16 * 1024;
+/// Upload chunk size.
+const CHUNK_BYTES: usize = 64 * 1024;
+/// Most bytes read of an error answer (for its `<Code>`).
+const MAX_ERROR_BODY: usize = 16 * 1024;
+
+/// Why a file was not shipped. Messages name the object and the store's error code, never a
+/// signed URL or a credential.
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    #[error("object storage settings: {0}")]
+    Settings(String),
+    #[error("{}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{} is {bytes} bytes, more than one upload may carry ({MAX_OBJECT_BYTES})", path.display())]
+    TooLarge { path: PathBuf, bytes: u64 },
+    #[error("uploading {key}: the store answered {status} {code}")]
+    Refused { key: String, status: u16, code: String },
+    #[error("uploading {key}: {message}")]
+    Transport { key: String, message: String },
+    #[error("uploading {key}: timed out after {}s", UPLOAD_TIMEOUT.as_secs())]
+    Timeout { key: String },
+}
+
+type UploadBody = BoxBody<Bytes, std::io::Error>;
+
+/// What one sweep did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Sweep {
+    pub shipped: usize,
+    pub failed: usize,
+    /// Files left in the spool: open sessions and failed uploads.
+    pub waiting: usize,
+}
+
+/// Ships one spool directory to one bucket.
+pub struct Shipper {
+    dir: PathBuf,
+    bucket: Bucket,
+    credentials: Credentials,
+    prefix: String,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, UploadBody>,
+    /// Unclosed files by length, so an unchanged file's end is not read again.
+    open: HashMap<PathBuf, u64>,
+}
+
+impl std::fmt::Debug for Shipper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shipper")
+            .field("dir", &self.dir)
+            .field("bucket", &self.bucket.name())
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shipper {
+    /// A shipper of `dir` to `storage`.
+    pub fn new(dir: &Path, storage: &ObjectStorage) -> Result<Self, ShipError> {
+        let (endpoint, style) = match &storage.endpoint {
+            Some(url) => (url.clone(), UrlStyle::Path),
+            None => (
+                format!("https://s3.{}.amazonaws.com", storage.region),
+                UrlStyle::VirtualHost,
+            ),
+        };
+        let endpoint = endpoint
+            .parse()
+            .map_err(|e| ShipError::Settings(format!("endpoint {endpoint:?}: {e}")))?;
+        let bucket = Bucket::new(endpoint, style, storage.bucket.clone(), storage.region.clone())
+            .map_err(|e| ShipError::Settings(format!("bucket {:?}: {e}", storage.bucket)))?;
+        let text = |v: &crate::config::SecretValue| String::from_utf8_lossy(v.expose()).into_owned();
+        let credentials = Credentials::new(text(&storage.access_key_id), text(&storage.secret_access_key));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(|e| ShipError::Settings(format!("cannot load the platform's root certificates: {e}")))?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            bucket,
+            credentials,
+            prefix: storage.prefix.clone(),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            open: HashMap::new(),
+        })
+    }
+
+    /// The object key of a spooled file.
+    pub fn key_of(&self, file: &Path) -> String {
+        let name = file.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        format!("{}{name}", self.prefix)
+    }
+
+    /// One pass over the spool: ships every file that is ready, oldest name first.
+    pub async fn sweep(&mut self) -> Sweep {
+        let mut report = Sweep::default();
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "session spool cannot be read");
+                return report;
+            }
+        };
+        files.sort();
+        self.open.retain(|p, _| files.contains(p));
+        for file in files {
+            match self.ready(&file) {
+                Ok(true) => {}
+                Ok(false) => {
+                    report.waiting += 1;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "spooled session cannot be read");
+                    report.waiting += 1;
+                    report.failed += 1;
+                    continue;
+                }
+            }
+            match self.upload(&file).await {
+                Ok(key) => {
+                    // Shipped: the spool copy goes. If it cannot, it is shipped again next time
+                    // (the same bytes to the same key).
+                    if let Err(e) = std::fs::remove_file(&file) {
+                        tracing::warn!(file = %file.display(), error = %e, "shipped session not removed from the spool");
+                    }
+                    tracing::info!(object = %key, bucket = %self.bucket.name(), "session shipped");
+                    self.open.remove(&file);
+                    report.shipped += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "session not shipped; it stays in the spool");
+                    report.failed += 1;
+                    report.waiting += 1;
+                }
+            }
+        }
+        report
+    }
+
+    /// Whether `file` is ready to ship: closed, or cut off (unlocked and left unchanged).
+    fn ready(&mut self, file: &Path) -> Result<bool, ShipError> {
+        let read_err = |source| ShipError::Read {
+            path: file.to_path_buf(),
+            source,
+        };
+        let meta = std::fs::metadata(file).map_err(read_err)?;
+        if self.open.get(file) != Some(&meta.len()) {
+            if last_line_closes(file).map_err(read_err)? {
+                return Ok(true);
+            }
+            self.open.insert(file.to_path_buf(), meta.len());
+        }
+        let settled = meta
+            .modified()
+            .map_err(read_err)?
+            .elapsed()
+            .is_ok_and(|age| age >= CUT_OFF_GRACE);
+        Ok(settled && !locked(file).map_err(read_err)?)
+    }
+
+    /// PUTs `file`, streamed from disk.
+    async fn upload(&self, file: &Path) -> Result<String, ShipError> {
+        let key = self.key_of(file);
+        let read_err = |source| ShipError::Read {
+            path: file.to_path_buf(),
+            source,
+        };
+        let handle = tokio::fs::File::open(file).await.map_err(read_err)?;
+        let length = handle.metadata().await.map_err(read_err)?.len();
+        if length > MAX_OBJECT_BYTES {
+            return Err(ShipError::TooLarge {
+                path: file.to_path_buf(),
+                bytes: length,
+            });
+        }
+        let url =
+            rusty_s3::actions::PutObject::new(&self.bucket, Some(&self.credentials), &key).sign(URL_VALIDITY);
+        let transport = |message: String| ShipError::Transport {
+            key: key.clone(),
+            message,
+        };
+        let uri: Uri = url
+            .as_str()
+            .parse()
+            .map_err(|_| transport("the signed URL is not a valid URI".into()))?;
+        // The file is read as it is sent, never whole into memory; it is only read up to the
+        // length declared, so a session appended to meanwhile (it cannot be: it is closed) could
+        // not make the body disagree with Content-Length.
+        let chunks =
+            futures_util::stream::try_unfold((handle.take(length), length), |(mut f, left)| async move {
+                if left == 0 {
+                    return Ok(None);
+                }
+                let mut buf = vec![0u8; CHUNK_BYTES.min(left as usize)];
+                let n = f.read(&mut buf).await?;
+                if n == 0 {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the file shrank while it was uploaded",
+                    ));
+                }
+                buf.truncate(n);
+                Ok(Some((Frame::data(Bytes::from(buf)), (f, left - n as u64))))
+            });
+        let body: UploadBody = BodyExt::boxed(StreamBody::new(chunks));
+        let req = Request::builder()
+            .method(Method::PUT)
+            .uri(uri)
+            .header(hyper::header::CONTENT_LENGTH, length)
+            .header(hyper::header::CONTENT_TYPE, "application/x-ndjson")
+            .body(body)
+            .map_err(|e| transport(format!("request: {e}")))?;
+        let exchange = async {
+            // The client's errors can quote the URI, whose query holds the signature: only their
+            // kind is kept.
+            let resp = self.client.request(req).await.map_err(|e| {
+                transport(if e.is_connect() {
+                    "cannot connect to the store".into()
+                } else {
+                    "the request failed before an answer".into()
+                })
+            })?;
+            let status = resp.status();
+            let body = Limited::new(resp.into_body(), MAX_ERROR_BODY)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            if status.is_success() {
+                Ok(key.clone())
+            } else {
+                Err(ShipError::Refused {
+                    key: key.clone(),
+                    status: status.as_u16(),
+                    code: error_code(&body),
+                })
+            }
+        };
+        tokio::time::timeout(UPLOAD_TIMEOUT, exchange)
+            .await
+            .map_err(|_| ShipError::Timeout { key: key.clone() })?
+    }
+
+    /// Sweeps until the task is aborted, backing off while uploads fail.
+    pub async fn run(mut self, metrics: Metrics) {
+        let mut wait = SWEEP_INTERVAL;
+        loop {
+            let sweep = self.sweep().await;
+            metrics
+                .recording_uploads
+                .with_label_values(&["shipped"])
+                .inc_by(sweep.shipped as u64);
+            metrics
+                .recording_uploads
+                .with_label_values(&["failed"])
+                .inc_by(sweep.failed as u64);
+            metrics.recording_upload_backlog.set(sweep.waiting as i64);
+            wait = if sweep.failed > 0 {
+                (wait * 2).min(MAX_BACKOFF)
+            } else {
+                SWEEP_INTERVAL
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Whether a process holds `file`'s lock (its session is open).
+fn locked(file: &Path) -> std::io::Result<bool> {
+    match std::fs::File::open(file)?.try_lock_shared() {
+        Ok(()) => Ok(false),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Whether the last line of `file` is a `session.end` event (the recorder writes it last, signed).
+fn last_line_closes(file: &Path) -> std::io::Result<bool> {
+    let mut f = std::fs::File::open(file)?;
+    let len = f.metadata()?.len();
+    let start = len.saturating_sub(TAIL_BYTES);
+    f.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::with_capacity((len - start) as usize);
+    f.read_to_end(&mut tail)?;
+    let Some(body) = tail.strip_suffix(b"\n") else {
+        return Ok(false);
+    };
+    let line = match memchr::memrchr(b'\n', body) {
+        Some(i) => &body[i + 1..],
+        // The whole tail is one line: only trustworthy when it is the whole file.
+        None if start == 0 => body,
+        None => return Ok(false),
+    };
+    let event: serde_json::Value = match serde_json::from_slice(line) {
+        Ok(v) => v,
+        Err(_) => return Ok(false),
+    };
+    Ok(event["type"] == super::END)
+}
+
+/// The `<Code>` of an S3 error document, or `-`.
+fn error_code(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    text.split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map(|(code, _)| {
+            code.chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .take(64)
+                .collect()
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Starts shipping `dir` to `storage` on the current runtime.
+pub fn spawn(
+    dir: &Path,
+    storage: &ObjectStorage,
+    metrics: Metrics,
+) -> Result<tokio::task::AbortHandle, ShipError> {
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|_| ShipError::Settings("no async runtime to ship sessions on".into()))?;
+    let shipper = Shipper::new(dir, storage)?;
+    tracing::info!(dir = %dir.display(), bucket = %storage.bucket, prefix = %storage.prefix, "shipping closed sessions to object storage");
+    Ok(runtime.spawn(shipper.run(metrics)).abort_handle())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn storage(endpoint: Option<&str>, prefix: &str) -> ObjectStorage {
+        ObjectStorage {
+            bucket: "sessions".into(),
+            prefix: prefix.into(),
+            endpoint: endpoint.map(Into::into),
+            region: "eu-west-1".into(),
+            access_key_id: crate::config::SecretValue::new(b"AKIDEXAMPLE".to_vec()),
+            secret_access_key: crate::config::SecretValue::new(b"wJalrXUtnFEMI/K7MDENG".to_vec()),
+        }
+    }
+
+    #[test]
+    fn keys_and_urls() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Shipper::new(dir.path(), &storage(Some("http://127.0.0.1:9000"), "gw/main/")).unwrap();
+        assert_eq!(
+            s.key_of(&dir.path().join("20261203T120000Z-ab.jsonl")),
+            "gw/main/20261203T120000Z-ab.jsonl"
+        );
+        let url = rusty_s3::actions::PutObject::new(&s.bucket, Some(&s.credentials), "k").sign(URL_VALIDITY);
+        let url = url.as_str();
+        assert!(url.starts_with("http://127.0.0.1:9000/sessions/k?"), "{url}");
+        assert!(
+            url.contains("X-Amz-Credential=AKIDEXAMPLE%2F")
+                && url.contains("%2Feu-west-1%2Fs3%2Faws4_request"),
+            "{url}"
+        );
+        assert!(
+            url.contains("X-Amz-Signature=") && !url.contains("wJalr"),
+            "{url}"
+        );
+        assert!(!format!("{s:?}").contains("AKID"));
+
+        let aws = Shipper::new(dir.path(), &storage(None, "")).unwrap();
+        let url =
+            rusty_s3::actions::PutObject::new(&aws.bucket, Some(&aws.credentials), "k").sign(URL_VALIDITY);
+        assert!(
+            url.as_str()
+                .starts_with("https://sessions.s3.eu-west-1.amazonaws.com/k?"),
+            "{url}"
+        );
+    }
+
+    #[test]
+    fn closed_or_cut_off_files_are_ready_open_ones_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = super::super::Recorder::new(
+            dir.path(),
+            agentgate_crds::gateway::RecordingMode::Required,
+            "ns/gw",
+        )
+        .unwrap();
+        let open = rec.start_session(serde_json::json!({})).unwrap();
+        open.record("x", serde_json::json!({"big": "y".repeat(40_000)}))
+            .unwrap();
+        let closed = rec.start_session(serde_json::json!({})).unwrap();
+        closed
+            .record("x", serde_json::json!({"big": "y".repeat(40_000)}))
+            .unwrap();
+        closed.close(serde_json::json!({})).unwrap();
+        let stray = dir.path().join("19700101T000000Z-cut.jsonl");
+        std::fs::write(&stray, b"{\"type\":\"session.end\"").unwrap();
+        let age = |p: &Path| {
+            let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+            std::fs::File::options()
+                .append(true)
+                .open(p)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        };
+
+        let mut s = Shipper::new(dir.path(), &storage(Some("http://127.0.0.1:9"), "")).unwrap();
+        assert!(s.ready(closed.path()).unwrap());
+        // Open and recent; then open and old: the lock says it is still being written.
+        assert!(!s.ready(open.path()).unwrap());
+        assert!(s.open.contains_key(open.path()));
+        age(open.path());
+        assert!(!s.ready(open.path()).unwrap());
+        // Cut off mid-line by a process that is gone: shipped once it has settled.
+        assert!(!s.ready(&stray).unwrap());
+        age(&stray);
+        assert!(s.ready(&stray).unwrap());
+        // A whole file nobody holds, unclosed: cut off too.
+        let left = dir.path().join("19700101T000001Z-left.jsonl");
+        std::fs::write(&left, b"{\"type\":\"session.start\"}\n").unwrap();
+        age(&left);
+        assert!(s.ready(&left).unwrap());
+    }
+
+    #[test]
+    fn store_errors_show_their_code_only() {
+        assert_eq!(
+            error_code(b"<?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code><StringToSign>AWS4</StringToSign></Error>"),
+            "SignatureDoesNotMatch"
+        );
+        assert_eq!(error_code(b"<Code><script>x</script></Code>"), "scriptxscript");
+        assert_eq!(error_code(b"gateway timeout"), "-");
+    }
+
+    /// Nothing listens on the port: the file stays, the failure is counted, and the message holds
+    /// neither the signature nor the key.
+    #[tokio::test]
+    async fn a_failed_upload_leaves_the_file_in_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = super::super::Recorder::new(
+            dir.path(),
+            agentgate_crds::gateway::RecordingMode::Required,
+            "ns/gw",
+        )
+        .unwrap();
+        let s1 = rec.start_session(serde_json::json!({})).unwrap();
+        s1.close(serde_json::json!({})).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut s = Shipper::new(
+            dir.path(),
+            &storage(Some(&format!("http://127.0.0.1:{port}")), ""),
+        )
+        .unwrap();
+        let err = s.upload(s1.path()).await.unwrap_err().to_string();
+        assert!(err.contains("cannot connect to the store"), "{err}");
+        assert!(!err.contains("Signature") && !err.contains("AKID"), "{err}");
+        assert_eq!(
+            s.sweep().await,
+            Sweep {
+                shipped: 0,
+                failed: 1,
+                waiting: 1
+            }
+        );
+        assert!(s1.path().exists());
+    }
+}

@@ -1,0 +1,207 @@
+//! Sessions shipped to S3-compatible storage: moto's server on 127.0.0.1, the gateway with
+//! `recording.storage.s3`, curl as the agent. A session closed while the store is down stays in
+//! the spool and is shipped once it is back; what arrives in the bucket verifies with the
+//! gateway's key, and the spool is emptied behind it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use agentgate_e2e::gateway::{EchoUpstream, Gateway, OktaSetup, okta_manifests};
+use agentgate_e2e::oidc::OidcProvider;
+use agentgate_e2e::{Process, binary, curl, curl_get, free_port, wait_for};
+
+const BUCKET: &str = "agentgate-sessions";
+const PREFIX: &str = "e2e/gw";
+const SECRET_ACCESS_KEY: &str = "s3-secret-canary-5f2c9d";
+
+/// moto's S3 server.
+struct Moto {
+    port: u16,
+    _process: Process,
+}
+
+impl Moto {
+    fn start_on(port: u16) -> Self {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()]);
+        let process = Process::start("moto", cmd);
+        let up = wait_for(Duration::from_secs(60), || {
+            (curl_get(&format!("http://127.0.0.1:{port}/")).0 == 200).then_some(())
+        });
+        assert!(up.is_some(), "moto did not start:\n{}", process.output());
+        Self {
+            port,
+            _process: process,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn create_bucket(&self) {
+        let r = curl(&["-X", "PUT"], &self.url(&format!("/{BUCKET}")));
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+
+    /// The bucket's keys under `PREFIX`.
+    fn keys(&self) -> Vec<String> {
+        let (status, body) = curl_get(&self.url(&format!("/{BUCKET}?list-type=2&prefix={PREFIX}/")));
+        assert_eq!(status, 200, "{body}");
+        body.split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split_once("</Key>").map(|(k, _)| k.to_string()))
+            .collect()
+    }
+
+    /// An object, read with a signed request (moto refuses anonymous reads of objects).
+    fn object(&self, key: &str) -> String {
+        use rusty_s3::S3Action;
+        let bucket = rusty_s3::Bucket::new(
+            self.url("").parse().unwrap(),
+            rusty_s3::UrlStyle::Path,
+            BUCKET,
+            "us-east-1",
+        )
+        .unwrap();
+        let reader = rusty_s3::Credentials::new("AKIAREADER", "reader-secret");
+        let url =
+            rusty_s3::actions::GetObject::new(&bucket, Some(&reader), key).sign(Duration::from_secs(60));
+        let (status, body) = curl_get(url.as_str());
+        assert_eq!(status, 200, "{key}: {body}");
+        body
+    }
+}
+
+fn spooled(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A counter's value in the Prometheus text, 0 when absent.
+fn counter(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn closed_sessions_are_shipped_once_the_store_is_reachable_and_verify_there() {
+    let idp = OidcProvider::start();
+    let upstream = EchoUpstream::start();
+    let moto_port = free_port();
+    let yaml = okta_manifests(&OktaSetup {
+        issuer: &idp.issuer,
+        upstream: &upstream.url(),
+        upstream_token: "okta-token",
+        require_dpop: false,
+    })
+    .replace(
+        r#"storage: {local: {path: "${SESSIONS}"}}"#,
+        &format!(
+            "storage: {{s3: {{bucket: {BUCKET}, prefix: {PREFIX}, endpoint: \"http://127.0.0.1:{moto_port}\", credentialsSecretRef: {{name: s3-credentials, key: accessKeyId}}}}}}"
+        ),
+    ) + &format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: s3-credentials, namespace: e2e}}\nstringData: {{accessKeyId: AKIAAGENTGATETEST, secretAccessKey: {SECRET_ACCESS_KEY}}}\n"
+    );
+    assert!(yaml.contains("s3: {bucket"), "the storage line was not replaced");
+    let gw = Gateway::start(&yaml);
+    let spool = gw.manifests().join(".agentgate/sessions");
+    let token = idp.token("ci-agent", "api://agentgate", None)["access_token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let auth = format!("Authorization: Bearer {token}");
+    let call = |path: &str| {
+        let r = curl(&["-H", &auth], &gw.url(path));
+        assert_eq!(r.status, 200, "{r:?}");
+    };
+
+    // The store is down: the closed session stays in the spool and the failure is counted.
+    call("/okta/echo/while-down");
+    let failed = wait_for(Duration::from_secs(30), || {
+        (counter(
+            &gw.metrics(),
+            "agentgate_recording_uploads_total{result=\"failed\"}",
+        ) >= 1.0)
+            .then_some(())
+    });
+    assert!(failed.is_some(), "no failed upload counted:\n{}", gw.metrics());
+    assert_eq!(spooled(&spool).len(), 1, "the session must stay in the spool");
+
+    // The store comes up: the session is shipped and leaves the spool.
+    let moto = Moto::start_on(moto_port);
+    moto.create_bucket();
+    let shipped = wait_for(Duration::from_secs(60), || {
+        (moto.keys().len() == 1 && spooled(&spool).is_empty()).then_some(())
+    });
+    assert!(
+        shipped.is_some(),
+        "not shipped: keys {:?}, spool {:?}\n{}",
+        moto.keys(),
+        spooled(&spool),
+        gw.output()
+    );
+
+    // Another session, with the store up, follows within a few sweeps.
+    call("/okta/echo/while-up");
+    let keys = wait_for(Duration::from_secs(30), || {
+        let keys = moto.keys();
+        (keys.len() == 2).then_some(keys)
+    })
+    .expect("the second session was not shipped");
+
+    // What is in the bucket is the signed session, and verifies as such.
+    let log = gw.output();
+    let public_key: String = log
+        .split("public_key=")
+        .nth(1)
+        .expect("the gateway logs its recording key")
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut texts = String::new();
+    for key in &keys {
+        assert!(
+            key.starts_with(&format!("{PREFIX}/")) && key.ends_with(".jsonl"),
+            "{key}"
+        );
+        let text = moto.object(key);
+        let file = dir.path().join(key.rsplit('/').next().unwrap());
+        std::fs::write(&file, &text).unwrap();
+        let out = Command::new(binary("agentgate"))
+            .args([
+                "sessions",
+                "verify",
+                "--require-closed",
+                "--public-key",
+                &public_key,
+            ])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{key}: {stdout}");
+        assert!(stdout.contains("(closed, signature verified)"), "{stdout}");
+        texts.push_str(&text);
+    }
+    assert!(texts.contains("/echo/while-down") && texts.contains("/echo/while-up"));
+    assert!(
+        counter(
+            &gw.metrics(),
+            "agentgate_recording_uploads_total{result=\"shipped\"}"
+        ) >= 2.0
+    );
+    // Neither the secret key nor a signed URL is ever logged.
+    for leak in [SECRET_ACCESS_KEY, "X-Amz-Signature", &token] {
+        assert!(!log.contains(leak), "{leak} is in the gateway's log");
+    }
+}
