@@ -102,7 +102,9 @@ pub struct Recording {
     /// Where finished sessions are shipped. Sessions are always spooled to local disk first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<RecordingStorage>,
-    /// How long recordings are kept before they are deleted.
+    /// How long recordings on the gateway's own storage (local, volume) are kept before they are
+    /// deleted (sessions still open are kept). Shipped recordings (s3) are kept by the bucket's
+    /// lifecycle rule.
     #[serde(default = "default_retention")]
     pub retention: DurationString,
 }

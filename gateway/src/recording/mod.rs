@@ -18,6 +18,7 @@
 
 pub mod chain;
 pub mod cli;
+pub mod retention;
 pub mod shipping;
 pub mod verify;
 

@@ -319,7 +319,7 @@ impl Shipper {
 }
 
 /// Whether a process holds `file`'s lock (its session is open).
-fn locked(file: &Path) -> std::io::Result<bool> {
+pub(super) fn locked(file: &Path) -> std::io::Result<bool> {
     match std::fs::File::open(file)?.try_lock_shared() {
         Ok(()) => Ok(false),
         Err(std::fs::TryLockError::WouldBlock) => Ok(true),

@@ -101,6 +101,8 @@ pub struct Gateway {
     recorder: Mutex<Option<(PathBuf, RecordingMode, Arc<Recorder>)>>,
     /// The task shipping the spool to object storage, with what it was started for.
     shipper: Mutex<Option<(PathBuf, ObjectStorage, tokio::task::AbortHandle)>>,
+    /// The task deleting expired sessions from the gateway's own storage.
+    retention: Mutex<Option<(PathBuf, std::time::Duration, tokio::task::AbortHandle)>>,
     /// The approval store (standalone mode); `None` when it could not be opened, and then
     /// operations that need approval are refused.
     pub approvals: Option<Arc<crate::approval::Approvals>>,
@@ -127,6 +129,7 @@ impl Gateway {
             },
             recorder: Mutex::new(None),
             shipper: Mutex::new(None),
+            retention: Mutex::new(None),
             listening: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -194,6 +197,12 @@ impl Gateway {
             &cfg.gateway.name,
         );
         self.ship(&cfg.gateway.recording_dir, cfg.gateway.object_storage.as_ref());
+        // Sessions on the gateway's own storage expire here; shipped ones, in the bucket.
+        let retention = cfg.gateway.recording.retention.to_std().ok();
+        self.retain(
+            &cfg.gateway.recording_dir,
+            retention.filter(|_| cfg.gateway.object_storage.is_none()),
+        );
         let plane = Plane {
             verifier,
             upstreams,
@@ -226,6 +235,24 @@ impl Gateway {
             Err(e) => {
                 tracing::error!(error = %e, "sessions cannot be shipped to object storage; they stay in the spool")
             }
+        }
+    }
+
+    /// Prunes `dir` to `retention` (or stops), restarting the task when either changed.
+    fn retain(&self, dir: &PathBuf, retention: Option<std::time::Duration>) {
+        let mut slot = self.retention.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some((d, r, _)), Some(retention)) = (slot.as_ref(), retention)
+            && d == dir
+            && *r == retention
+        {
+            return;
+        }
+        if let Some((_, _, task)) = slot.take() {
+            task.abort();
+        }
+        let Some(retention) = retention else { return };
+        if let Some(task) = crate::recording::retention::spawn(dir, retention) {
+            *slot = Some((dir.clone(), retention, task));
         }
     }
 

@@ -1,0 +1,99 @@
+//! `recording.retention` for sessions kept on the gateway's own storage (`local` or `volume`):
+//! session files last written longer ago than the retention are deleted, hourly. A file whose
+//! session is still open (its lock is held) is kept, however old. With `s3` storage the spool is
+//! emptied by shipping, and retention in the bucket is its lifecycle rule's job.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+/// How often the directory is pruned.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Deletes the session files in `dir` last modified before `now - retention` whose sessions are
+/// not open. Returns how many were deleted.
+pub fn prune(dir: &Path, retention: Duration, now: SystemTime) -> usize {
+    let Some(cutoff) = now.checked_sub(retention) else {
+        return 0;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut deleted = 0;
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        if path.extension().is_none_or(|e| e != "jsonl") {
+            continue;
+        }
+        let old = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < cutoff);
+        if !old || super::shipping::locked(&path).unwrap_or(true) {
+            continue;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => deleted += 1,
+            Err(e) => tracing::warn!(file = %path.display(), error = %e, "expired session not deleted"),
+        }
+    }
+    deleted
+}
+
+/// Prunes `dir` now and every [`PRUNE_INTERVAL`] on the current runtime.
+pub fn spawn(dir: &Path, retention: Duration) -> Option<tokio::task::AbortHandle> {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    let dir = dir.to_path_buf();
+    Some(
+        runtime
+            .spawn(async move {
+                loop {
+                    let d = dir.clone();
+                    let deleted = tokio::task::spawn_blocking(move || prune(&d, retention, SystemTime::now()))
+                        .await
+                        .unwrap_or(0);
+                    if deleted > 0 {
+                        tracing::info!(dir = %dir.display(), deleted, retention_secs = retention.as_secs(), "expired sessions deleted");
+                    }
+                    tokio::time::sleep(PRUNE_INTERVAL).await;
+                }
+            })
+            .abort_handle(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recording::Recorder;
+    use agentgate_crds::gateway::RecordingMode;
+
+    #[test]
+    fn only_expired_files_of_closed_sessions_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Recorder::new(dir.path(), RecordingMode::Required, "ns/gw").unwrap();
+        let day = Duration::from_secs(86_400);
+        let age = |p: &Path, by: Duration| {
+            let f = std::fs::File::options().append(true).open(p).unwrap();
+            f.set_modified(SystemTime::now() - by).unwrap();
+        };
+        let expired = rec.start_session(serde_json::json!({})).unwrap();
+        expired.close(serde_json::json!({})).unwrap();
+        age(expired.path(), 8 * day);
+        let recent = rec.start_session(serde_json::json!({})).unwrap();
+        recent.close(serde_json::json!({})).unwrap();
+        age(recent.path(), 6 * day);
+        let open = rec.start_session(serde_json::json!({})).unwrap();
+        age(open.path(), 30 * day);
+        let other = dir.path().join("notes.txt");
+        std::fs::write(&other, "x").unwrap();
+        age(&other, 30 * day);
+
+        assert_eq!(prune(dir.path(), 7 * day, SystemTime::now()), 1);
+        assert!(!expired.path().exists());
+        assert!(recent.path().exists() && open.path().exists() && other.exists());
+        // Once the long session closes (and its file is old), it goes too.
+        open.close(serde_json::json!({})).unwrap();
+        age(open.path(), 30 * day);
+        assert_eq!(prune(dir.path(), 7 * day, SystemTime::now()), 1);
+        assert!(!open.path().exists());
+        assert_eq!(prune(dir.path(), 7 * day, SystemTime::now()), 0);
+    }
+}
