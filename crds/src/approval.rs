@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{CommonStatus, DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN};
-use crate::policy::Grant;
+use crate::policy::{Approvers, Grant};
 
 /// A request for a human decision, created by a gateway when a RequireApproval rule matches.
 /// Approvers decide by adding their entry to `spec.decisions`, keyed by their own user name:
@@ -33,9 +33,10 @@ use crate::policy::Grant;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-// The requester too: an approver who rewrote it could approve their own request. And the
-// expiry and the agent's stated reason, which approvers judge by.
-#[x_kube(validation = kube::core::Rule::new("self.identity == oldSelf.identity && self.requester == oldSelf.requester && self.connection == oldSelf.connection && self.operation == oldSelf.operation && self.policy == oldSelf.policy && self.grant == oldSelf.grant && self.expiresAt == oldSelf.expiresAt && has(self.reason) == has(oldSelf.reason) && (!has(self.reason) || self.reason == oldSelf.reason)").message("only decisions may change after creation"))]
+// The requester too: an approver who rewrote it could approve their own request. The approvers:
+// one who added themselves could decide. And the expiry and the agent's stated reason, which
+// approvers judge by.
+#[x_kube(validation = kube::core::Rule::new("self.identity == oldSelf.identity && self.requester == oldSelf.requester && self.connection == oldSelf.connection && self.operation == oldSelf.operation && self.policy == oldSelf.policy && self.grant == oldSelf.grant && self.expiresAt == oldSelf.expiresAt && has(self.reason) == has(oldSelf.reason) && (!has(self.reason) || self.reason == oldSelf.reason) && has(self.approvers) == has(oldSelf.approvers) && (!has(self.approvers) || self.approvers == oldSelf.approvers)").message("only decisions may change after creation"))]
 pub struct ApprovalRequestSpec {
     /// The AgentIdentity that asked.
     #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
@@ -59,6 +60,10 @@ pub struct ApprovalRequestSpec {
     /// When the request expires if not decided (RFC 3339).
     #[schemars(extend("format" = "date-time"))]
     pub expires_at: String,
+    /// Who may decide: the approvers of the rule that asked, as the rule stood when the request was
+    /// made. The chart's admission policy admits a decision only from one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<Approvers>,
     /// Decisions by approver user name. Each approver writes only their own entry.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 16))]

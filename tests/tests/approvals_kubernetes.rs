@@ -757,6 +757,10 @@ fn once_ask() -> agentgate::approval::Ask {
         policy: "ci-agent-api".into(),
         rule: "delete-users-held".into(),
         grant: Grant::default(),
+        approvers: agentgate_crds::policy::Approvers {
+            users: vec![],
+            groups: vec!["approvers".into()],
+        },
         reason: None,
         timeout: Duration::from_secs(60),
     }

@@ -109,6 +109,10 @@ fn ask(rule: &str, fingerprint: &str, summary: &str) -> Ask {
         } else {
             Grant::default()
         },
+        approvers: agentgate_crds::policy::Approvers {
+            users: vec![],
+            groups: vec!["dba".into()],
+        },
         reason: Some("nightly sync".into()),
         timeout: Duration::from_secs(3600),
     }

@@ -876,8 +876,18 @@ fn the_rendered_chart_is_accepted_by_the_api_server() {
     }
 }
 
-/// An ApprovalRequest as a gateway creates it.
+/// An ApprovalRequest as a gateway creates it, for a rule whose approvers are the group
+/// `agentgate-approvers` and the user `carol`.
 fn approval_request(name: &str, requester: &str, decisions: &str) -> String {
+    approval_request_for(
+        name,
+        requester,
+        "{groups: [agentgate-approvers], users: [carol]}",
+        decisions,
+    )
+}
+
+fn approval_request_for(name: &str, requester: &str, approvers: &str, decisions: &str) -> String {
     format!(
         r#"apiVersion: agentgate.dev/v1alpha1
 kind: ApprovalRequest
@@ -889,6 +899,7 @@ spec:
   operation: {{kind: SQL, summary: "DELETE FROM orders WHERE id = $1", fingerprint: 0123456789abcdef}}
   policy: {{name: ci-agent-db, rule: writes-need-a-human}}
   grant: {{type: Once}}
+  approvers: {approvers}
   expiresAt: "2030-01-01T00:00:00Z"
 {decisions}"#
     )
@@ -1034,6 +1045,27 @@ fn the_approval_admission_policy_lets_approvers_write_only_their_own_decision() 
     );
     // A listed approver user needs no group.
     ok(run_patch("carol", &[], "req1", &decide("carol", "Approved")));
+
+    // Each rule's own approvers: an approver of the chart who is not one of the rule's is refused,
+    // and nobody can add themselves to a request's approvers.
+    let r4 = approval_request_for("req4", "ci-agent@example.com", "{users: [carol]}", "");
+    env.kubectl_ok("admin", &["create", "-f", &env.file("r4.yaml", &r4)]);
+    let e = err(run_patch(
+        "alice",
+        &approvers,
+        "req4",
+        &decide("alice", "Approved"),
+    ));
+    assert!(
+        e.contains(
+            "user \"alice\" is not an approver of rule \"writes-need-a-human\" of AccessPolicy \"ci-agent-db\", which names the approvers of this request"
+        ),
+        "{e}"
+    );
+    let widen = json!({"spec": {"approvers": {"users": ["carol", "alice"]}, "decisions": {"alice": {"state": "Approved"}}}}).to_string();
+    let e = err(run_patch("alice", &approvers, "req4", &widen));
+    assert!(e.contains("only decisions may change after creation"), "{e}");
+    ok(run_patch("carol", &[], "req4", &decide("carol", "Approved")));
 
     // Approvers cannot touch status (kubectl reads it first), nor create requests.
     let e = err(as_user(

@@ -152,6 +152,7 @@ impl Fixture {
                 r#type: agentgate_crds::policy::GrantType::Window,
                 duration: Some("30m".into()),
             },
+            approvers: Default::default(),
             reason: None,
             timeout: Duration::from_secs(600),
         };

@@ -397,6 +397,7 @@ mod tests {
                     rule: "writes".into(),
                 },
                 grant: Grant::default(),
+                approvers: None,
                 reason: None,
                 expires_at: format_time(now + 540),
                 decisions: Default::default(),

@@ -275,6 +275,7 @@ mod tests {
                 rule: "r".into(),
             },
             grant: Default::default(),
+            approvers: None,
             reason: None,
             expires_at: format_time(created + 600),
             decisions: Default::default(),

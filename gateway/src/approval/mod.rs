@@ -43,7 +43,7 @@ use agentgate_crds::approval::{
     ApprovalPhase, ApprovalRequestSpec, ApprovalRequestStatus, Decision, DecisionState, OperationKind,
     OperationSummary, PolicyRuleRef,
 };
-use agentgate_crds::policy::{ApprovalRule, Grant, GrantType};
+use agentgate_crds::policy::{ApprovalRule, Approvers, Grant, GrantType};
 use tokio::sync::watch;
 
 use store::Dir;
@@ -91,6 +91,8 @@ pub struct Ask {
     pub rule: String,
     /// What an approval grants.
     pub grant: Grant,
+    /// Who may decide (the rule's approvers), written onto the request for admission to check.
+    pub approvers: Approvers,
     /// The agent's stated reason.
     pub reason: Option<String>,
     /// How long the request waits for a decision.
@@ -601,6 +603,7 @@ impl Approvals {
                 rule: ask.rule.clone(),
             },
             grant: ask.grant.clone(),
+            approvers: Some(ask.approvers.clone()),
             reason: ask.reason.clone(),
             expires_at: format_time(now.saturating_add(timeout)),
             decisions: BTreeMap::new(),

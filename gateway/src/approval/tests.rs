@@ -24,6 +24,10 @@ fn ask(fingerprint: &str) -> Ask {
         policy: "orders".into(),
         rule: "writes".into(),
         grant: Grant::default(),
+        approvers: agentgate_crds::policy::Approvers {
+            users: vec![],
+            groups: vec!["dba".into()],
+        },
         reason: Some("INC-1".into()),
         timeout: Duration::from_secs(600),
     }
