@@ -204,6 +204,23 @@ async fn opaque_tokens_are_introspected() {
         verify(&v, "Bearer not-a-real-token", &[]).await.unwrap_err().kind,
         ErrorKind::TokenInactive
     );
+    // Both answers are kept a while: with the provider gone, the live token still verifies and
+    // the dead one is still refused as inactive, without a call (a replayed dead token must not
+    // make the gateway call the provider each time).
+    let mut idp = idp;
+    idp.stop();
+    assert!(verify(&v, &format!("Bearer {token}"), &[]).await.is_ok());
+    assert_eq!(
+        verify(&v, "Bearer not-a-real-token", &[]).await.unwrap_err().kind,
+        ErrorKind::TokenInactive
+    );
+    assert_eq!(
+        verify(&v, "Bearer another-unknown-token", &[])
+            .await
+            .unwrap_err()
+            .kind,
+        ErrorKind::ProviderUnavailable
+    );
 }
 
 /// With two introspecting issuers, an opaque token (which names none) goes to neither: each would

@@ -1,6 +1,8 @@
 //! RFC 7662 token introspection: for opaque tokens and for issuers whose tokens must not be
 //! validated locally (Okta's org authorization server). Answers are cached by token hash, never
-//! beyond the token's `exp` nor the configured TTL.
+//! beyond the token's `exp` nor the configured TTL; "not active" answers for [`NEGATIVE_TTL`], so
+//! that replaying a dead token does not make the gateway call the provider each time. The
+//! discovered endpoint is kept for [`DISCOVERY_TTL`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -21,6 +23,13 @@ use crate::config::{CompiledIdentity, SecretValue};
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Most answers cached.
 pub const MAX_CACHED: usize = 100_000;
+/// How long a "not active" answer is reused (never longer than the configured TTL).
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(10);
+/// How long a discovered introspection endpoint is reused.
+pub const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
+
+/// A cached answer: the active token's claims, or `None` for not active; reused until a unix time.
+type Answer = (Option<Value>, i64);
 
 /// Introspects tokens of one issuer.
 #[derive(Debug)]
@@ -32,8 +41,9 @@ pub struct Introspector {
     secret: SecretValue,
     ttl: Duration,
     fetcher: HttpFetcher,
-    /// token hash -> (active claims, reuse until unix time)
-    cache: Mutex<HashMap<[u8; 32], (Value, i64)>>,
+    cache: Mutex<HashMap<[u8; 32], Answer>>,
+    /// The endpoint found by discovery, and until when it is reused.
+    discovered: Mutex<Option<(String, i64)>>,
 }
 
 impl Introspector {
@@ -64,6 +74,7 @@ impl Introspector {
             ttl,
             fetcher,
             cache: Mutex::new(HashMap::new()),
+            discovered: Mutex::new(None),
         })
     }
 
@@ -75,19 +86,21 @@ impl Introspector {
     /// The claims of an active token, or an error (inactive tokens are `TokenInactive`).
     pub async fn introspect(&self, token: &str, now: i64) -> Result<Value, IdentityError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let inactive = || {
+            IdentityError::new(
+                ErrorKind::TokenInactive,
+                "introspection says the token is not active",
+            )
+        };
         if let Some((claims, until)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
             && *until > now
         {
-            return Ok(claims.clone());
+            return claims.clone().ok_or_else(inactive);
         }
         let unavailable = |e: String| IdentityError::new(ErrorKind::ProviderUnavailable, e);
         let endpoint = match &self.endpoint {
             Some(e) => e.clone(),
-            None => super::discovery::discover(&self.fetcher, &self.issuer)
-                .await
-                .map_err(unavailable)?
-                .introspection_endpoint
-                .ok_or_else(|| unavailable("discovery names no introspection_endpoint".into()))?,
+            None => self.discovered_endpoint(now).await.map_err(unavailable)?,
         };
         let mut form = format!("token={}&token_type_hint=access_token", form_encode(token));
         let mut headers = Vec::new();
@@ -119,22 +132,38 @@ impl Introspector {
         }
         let claims = super::strict_json::parse(&resp.body)
             .map_err(|e| unavailable(format!("introspection answer: {e}")))?;
-        if claims.get("active") != Some(&Value::Bool(true)) {
-            return Err(IdentityError::new(
-                ErrorKind::TokenInactive,
-                "introspection says the token is not active",
-            ));
-        }
-        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
-        let until = exp.min(now + self.ttl.as_secs() as i64);
+        let ttl = self.ttl.as_secs() as i64;
+        let (answer, until) = if claims.get("active") == Some(&Value::Bool(true)) {
+            let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
+            (Some(claims), exp.min(now + ttl))
+        } else {
+            (None, now + ttl.min(NEGATIVE_TTL.as_secs() as i64))
+        };
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_CACHED {
             cache.retain(|_, (_, u)| *u > now);
         }
         if cache.len() < MAX_CACHED {
-            cache.insert(key, (claims.clone(), until));
+            cache.insert(key, (answer.clone(), until));
         }
-        Ok(claims)
+        answer.ok_or_else(inactive)
+    }
+
+    /// The introspection endpoint named by the issuer's discovery document, fetched at most once
+    /// per [`DISCOVERY_TTL`].
+    async fn discovered_endpoint(&self, now: i64) -> Result<String, String> {
+        if let Some((endpoint, until)) = &*self.discovered.lock().unwrap_or_else(|p| p.into_inner())
+            && *until > now
+        {
+            return Ok(endpoint.clone());
+        }
+        let endpoint = super::discovery::discover(&self.fetcher, &self.issuer)
+            .await?
+            .introspection_endpoint
+            .ok_or("discovery names no introspection_endpoint")?;
+        *self.discovered.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((endpoint.clone(), now + DISCOVERY_TTL.as_secs() as i64));
+        Ok(endpoint)
     }
 
     /// RFC 7523 client assertion signed with the private key held in the secret (PEM).
