@@ -143,3 +143,33 @@ fn the_published_configuration_loads_in_the_gateway() {
     let config = compile_manifests(docs, &options).expect("the gateway accepts it");
     assert_eq!(config.connections.len(), 2);
 }
+
+/// Recordings shipped to S3: the credentials Secret travels with the configuration (the gateway
+/// reads no Secret of its own), and a missing one keeps the gateway from being configured.
+#[test]
+fn object_storage_credentials_are_published_with_the_configuration() {
+    let mut ns = fixtures::namespace("team", 1, 1, 1);
+    ns.gateways[0].spec.recording.storage = Some(
+        serde_json::from_value(serde_json::json!({"s3": {
+            "bucket": "agentgate-sessions",
+            "prefix": "team/main",
+            "credentialsSecretRef": {"name": "s3-credentials", "key": "accessKeyId"}
+        }}))
+        .unwrap(),
+    );
+    let c = compile(&ns, "main");
+    let e = c.gateway.expect_err("no credentials Secret yet");
+    assert!(
+        e.contains("spec.recording.storage.s3.credentialsSecretRef") && e.contains("s3-credentials"),
+        "{e}"
+    );
+
+    let mut secret = fixtures::secret("team", "s3-credentials", "accessKeyId", "AKIAEXAMPLE");
+    secret.data.as_mut().unwrap().insert(
+        "secretAccessKey".into(),
+        k8s_openapi::ByteString(b"example-secret".to_vec()),
+    );
+    ns.secrets.push(secret);
+    let published = compile(&ns, "main").gateway.expect("compiles");
+    assert!(published.manifests.contains("\"name\":\"s3-credentials\""));
+}
