@@ -393,6 +393,10 @@ mod tests {
         }
     }
 
+    fn recorder(dir: &Path) -> super::super::Recorder {
+        super::super::Recorder::new(dir, agentgate_crds::gateway::RecordingMode::Required, "ns/gw").unwrap()
+    }
+
     #[test]
     fn keys_and_urls() {
         let dir = tempfile::tempdir().unwrap();
@@ -428,12 +432,7 @@ mod tests {
     #[test]
     fn closed_or_cut_off_files_are_ready_open_ones_are_not() {
         let dir = tempfile::tempdir().unwrap();
-        let rec = super::super::Recorder::new(
-            dir.path(),
-            agentgate_crds::gateway::RecordingMode::Required,
-            "ns/gw",
-        )
-        .unwrap();
+        let rec = recorder(dir.path());
         let open = rec.start_session(serde_json::json!({})).unwrap();
         open.record("x", serde_json::json!({"big": "y".repeat(40_000)}))
             .unwrap();
@@ -487,12 +486,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_upload_leaves_the_file_in_the_spool() {
         let dir = tempfile::tempdir().unwrap();
-        let rec = super::super::Recorder::new(
-            dir.path(),
-            agentgate_crds::gateway::RecordingMode::Required,
-            "ns/gw",
-        )
-        .unwrap();
+        let rec = recorder(dir.path());
         let s1 = rec.start_session(serde_json::json!({})).unwrap();
         s1.close(serde_json::json!({})).unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
