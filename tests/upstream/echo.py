@@ -10,7 +10,8 @@ check exactly what the gateway forwarded. A few paths serve fixed content for ma
   /gzip-reflect       the same body, gzip-compressed whatever the client accepts (some do)
   /lying-length       the users list chunked, with a `Content-Length: 0` beside it
 Any path with `delay_ms=N` in its query is held N ms before the answer, after logging
-`HELD <path>`, so a test can look at the gateway while a request is upstream.
+`HELD <path>`, so a test can look at the gateway while a request is upstream. A request whose
+body is cut off is not answered and logs `CUT <path>`.
 Listens on 127.0.0.1:$PORT; stops on SIGTERM.
 """
 
@@ -60,7 +61,14 @@ class Handler(BaseHTTPRequestHandler):
                 data += self.rfile.read(size)
                 self.rfile.readline()
             return data
-        return self.rfile.read(length) if length else b""
+        data = self.rfile.read(length) if length else b""
+        if len(data) < length:
+            # The body was cut off: like a real server, answer nothing and run no handler.
+            sys.stderr.write("CUT %s\n" % self.path)
+            sys.stderr.flush()
+            self.close_connection = True
+            return None
+        return data
 
     def _send(self, status, content_type, payload):
         self.send_response(status)
@@ -73,6 +81,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _handle(self):
         body = self._body()
+        if body is None:
+            return
         path = self.path.split("?")[0]
         for part in self.path.split("?", 1)[1:]:
             for kv in part.split("&"):

@@ -229,6 +229,43 @@ fn check_framing(req: &Parts) -> Result<(), Problem> {
     Ok(())
 }
 
+fn method_override_refused() -> Problem {
+    bad_request(
+        "the form has a _method field, which would make the upstream run another method than the one decided; send the method itself",
+    )
+}
+
+/// Whether the request is a multipart POST, whose parts frameworks read a method override from.
+fn multipart_post(req: &Parts) -> bool {
+    req.method == Method::POST
+        && req.headers.get(header::CONTENT_TYPE).is_some_and(|ct| {
+            ct.as_bytes()
+                .trim_ascii_start()
+                .to_ascii_lowercase()
+                .starts_with(b"multipart/")
+        })
+}
+
+/// Cuts a streamed multipart body off at a part named like a method override, and says so.
+struct OverrideGuard {
+    scan: normalize::MultipartOverrideScan,
+    found: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl response::Rewrite for OverrideGuard {
+    fn chunk(&mut self, data: Bytes) -> Result<Option<Bytes>, BodyError> {
+        if self.scan.push(&data) {
+            self.found.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err("a multipart part is named like a method override".into());
+        }
+        Ok(Some(data))
+    }
+
+    fn end(&mut self) -> Result<Option<Bytes>, BodyError> {
+        Ok(None)
+    }
+}
+
 /// Whether the upstream may parse the body as a form: it says so, or (as Rack reads it) it is a
 /// POST that names no content type.
 fn is_form(req: &Parts) -> bool {
@@ -359,6 +396,7 @@ async fn proxy(
         .applicable(&cfg.policies, &connection.name, subject);
     let needs_body = applicable.iter().any(|p| p.reads_body);
     let form = is_form(&parts);
+    let multipart = multipart_post(&parts);
     // The body is read before the decision only when a rule reads it, or when it is a form,
     // which may carry a method override.
     let (mut read_body, mut body) = if (needs_body || form)
@@ -373,10 +411,10 @@ async fn proxy(
             ),
             _ => bad_request("the request body could not be read"),
         })?;
-        if form && normalize::form_overrides_method(&bytes) {
-            return Err(bad_request(
-                "the form has a _method field, which would make the upstream run another method than the one decided; send the method itself",
-            ));
+        if (form && normalize::form_overrides_method(&bytes))
+            || (multipart && normalize::MultipartOverrideScan::default().push(&bytes))
+        {
+            return Err(method_override_refused());
         }
         (Some(bytes), None)
     } else {
@@ -672,11 +710,19 @@ async fn proxy(
     }
     headers::inject_credential(&mut out_headers, connection.credential.as_ref())
         .map_err(|e| Problem::new(Kind::UpstreamUnavailable, e.to_string()))?;
+    let override_found = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let out_body: Body = match (read_body, body) {
         (Some(bytes), _) => full(bytes),
         (None, Some(incoming)) => {
             let limited = http_body_util::Limited::new(incoming, MAX_REQUEST_BODY as usize);
-            let boxed: Body = limited.boxed();
+            let mut boxed: Body = limited.boxed();
+            if multipart {
+                let guard = OverrideGuard {
+                    scan: Default::default(),
+                    found: override_found.clone(),
+                };
+                boxed = response::Rewritten::new(boxed, guard).boxed();
+            }
             match &session {
                 Some(s) if request_has_body => Recorded::new(
                     boxed,
@@ -705,6 +751,11 @@ async fn proxy(
     let sent = Instant::now();
     let up_res = match upstream.send(up_req).await {
         Ok(res) => res,
+        Err(_) if override_found.load(std::sync::atomic::Ordering::Relaxed) => {
+            let problem = method_override_refused();
+            record_upstream_failure(gw, &plane, session.as_deref(), request_id, &problem, sent);
+            return Err(problem);
+        }
         Err(problem) => {
             record_upstream_failure(gw, &plane, session.as_deref(), request_id, &problem, sent);
             return Err(problem);
