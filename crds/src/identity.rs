@@ -64,6 +64,11 @@ pub struct AgentIdentitySpec {
     /// Requires a DPoP proof (RFC 9449) bound to the token, so a leaked token alone is useless.
     #[serde(default, rename = "requireDPoP")]
     pub require_dpop: bool,
+    /// Tokens of this identity may decide approvals on the gateway's admin API (standalone mode):
+    /// set it on the identity your human approvers sign in with. Agent identities leave it unset,
+    /// so that no agent can approve another agent's request, whatever its groups.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub approver: bool,
     /// The `typ` header this issuer puts on access tokens, e.g. `at+jwt` (RFC 9068); tokens with
     /// another `typ` are refused. Unset: `typ` may be absent, `JWT` or `at+jwt`, and any other type
     /// (ID-token, DPoP-proof, logout or event tokens) is refused.

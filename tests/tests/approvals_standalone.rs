@@ -51,6 +51,7 @@ spec:
   audiences: [agentgate-approvals]
   match: {{claims: {{azp: agentgate-cli}}}}
   groups: {{claim: groups}}
+  approver: true
   keys: {{secretRef: {{name: keys, key: humans}}}}
 ---
 apiVersion: agentgate.dev/v1alpha1

@@ -103,6 +103,7 @@ spec:
   audiences: [agentgate-approvals]
   match: {{claims: {{azp: agentgate-cli}}}}
   groups: {{claim: groups}}
+  approver: true
   keys: {{secretRef: {{name: approver-keys, key: jwks}}}}
 ---
 apiVersion: v1

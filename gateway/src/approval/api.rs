@@ -6,14 +6,15 @@
 //!   (optional): the caller's decision; answers the updated ApprovalRequest.
 //!
 //! Approvers authenticate with a bearer token (or DPoP) verified exactly like an agent's: by the
-//! gateway's AgentIdentities. The approver's user name is the token's `sub`, their groups are the
-//! identity's group mapping (`spec.groups`), and `approvers.users`/`approvers.groups` of the
-//! rule name them. So a human approver signs in at an OIDC provider that an AgentIdentity
+//! gateway's AgentIdentities, of which only those with `spec.approver: true` may decide (agents'
+//! identities do not, so an agent cannot approve another agent's request whatever its groups).
+//! The approver's user name is the token's `sub`, their groups are the identity's group mapping
+//! (`spec.groups`), and `approvers.users`/`approvers.groups` of the rule name them. So a human approver signs in at an OIDC provider that an AgentIdentity
 //! trusts (for instance an `approvers` identity matching the provider's issuer and the
 //! audience of the approval tool), and nothing about approvers is configured twice.
 //!
-//! Refused: a caller whose token does not verify (401); a caller who approves no rule at all
-//! (403, also for reading); a caller not listed for the request's rule, the requester (same
+//! Refused: a caller whose token does not verify (401); a caller whose identity is not an
+//! approver identity, or who approves no rule at all (403, also for reading); a caller not listed for the request's rule, the requester (same
 //! subject), or anyone authenticated as the identity that asked (403); a request that is
 //! unknown (404), no longer pending, already decided by the caller, or whose rule no longer
 //! requires approval (409). Every error is `application/problem+json`.
@@ -121,6 +122,22 @@ where
         Ok(p) => p,
         Err(resp) => return resp,
     };
+    if !cfg
+        .identities
+        .get(&principal.identity)
+        .is_some_and(|i| i.spec.approver)
+    {
+        tracing::info!(identity = %principal.identity, "approvals API refused: not an approver identity");
+        return problem(
+            StatusCode::FORBIDDEN,
+            "not-an-approver",
+            "Not an approver",
+            format!(
+                "tokens of AgentIdentity {} cannot decide approvals; approvers sign in through an identity with spec.approver: true",
+                principal.identity
+            ),
+        );
+    }
     let approver = Approver {
         user: principal.subject.clone(),
         groups: principal.groups.clone(),

@@ -53,6 +53,7 @@ spec:
   audiences: [agentgate-approvals]
   match: {{claims: {{azp: approval-cli}}}}
   groups: {{claim: groups}}
+  approver: true
   keys: {{secretRef: {{name: keys, key: humans}}}}
 ---
 apiVersion: agentgate.dev/v1alpha1
@@ -283,10 +284,20 @@ async fn callers_are_authenticated_and_authorized() {
     assert_eq!(p["type"], "https://agentgate.dev/problems/not-an-approver");
     let (status, _) = f.call("POST", &approve, Some(&mallory), "").await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    // The agent that asked is in group dba, but it asked: self-approval.
-    let (status, p) = f.call("POST", &approve, Some(&f.agent()), "").await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{p}");
-    assert_eq!(p["type"], "https://agentgate.dev/problems/self-approval");
+    // The agent is in group dba, but agents' identities are not approver identities: no agent
+    // approves, or even reads, requests (its own or another agent's).
+    for (method, path) in [("POST", approve.as_str()), ("GET", "/approvals")] {
+        let (status, p) = f.call(method, path, Some(&f.agent()), "").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{p}");
+        assert_eq!(p["type"], "https://agentgate.dev/problems/not-an-approver");
+        assert!(
+            p["detail"]
+                .as_str()
+                .unwrap()
+                .contains("tokens of AgentIdentity ci-agent cannot decide approvals"),
+            "{p}"
+        );
+    }
     // A human whose subject is the requester's: self-approval too.
     let (status, p) = f.call("POST", &approve, Some(&f.human("ci", &["dba"])), "").await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{p}");
