@@ -761,6 +761,7 @@ fn once_ask() -> agentgate::approval::Ask {
             users: vec![],
             groups: vec!["approvers".into()],
         },
+        min_approvals: 1,
         reason: None,
         timeout: Duration::from_secs(60),
     }
@@ -809,27 +810,60 @@ fn two_replicas_cannot_both_spend_one_once_grant() {
             created: false
         }
     );
-    // The operator's verdict, written directly.
+    // A verdict alone, which any writer of the status subresource (another gateway's service
+    // account) could set, grants nothing: the request's decisions must back it.
     let until = agentgate::approval::format_time(unix_now() + 600);
     let status = format!(r#"{{"status":{{"phase":"Approved","approvals":1,"grantExpiresAt":"{until}"}}}}"#);
+    let set_status = || {
+        env.kubectl_ok(
+            "admin",
+            &[
+                "patch",
+                "approvalrequest",
+                &name,
+                "--subresource",
+                "status",
+                "--type",
+                "merge",
+                "-p",
+                &status,
+            ],
+        )
+    };
+    set_status();
+    let forged = wait_for(Duration::from_secs(10), || {
+        a.get(&name, unix_now())
+            .and_then(|r| r.status)
+            .is_some_and(|st| st.phase == agentgate_crds::approval::ApprovalPhase::Approved)
+            .then_some(())
+    });
+    assert!(forged.is_some(), "replica a never saw the verdict");
+    let t = runtime.block_on(a.ask(&ask, unix_now())).unwrap();
+    assert!(
+        !matches!(t, Ticket::Granted { .. }),
+        "a bare verdict granted: {t:?}"
+    );
+    // An approver's decision (admission would check who may write it; no chart here), then the
+    // operator's verdict again.
     env.kubectl_ok(
         "admin",
         &[
             "patch",
             "approvalrequest",
             &name,
-            "--subresource",
-            "status",
             "--type",
             "merge",
             "-p",
-            &status,
+            r#"{"spec":{"decisions":{"alice":{"state":"Approved"}}}}"#,
         ],
     );
+    set_status();
     let approved = |s: &Approvals| {
-        s.get(&name, unix_now())
-            .and_then(|r| r.status)
-            .is_some_and(|st| st.phase == agentgate_crds::approval::ApprovalPhase::Approved)
+        s.get(&name, unix_now()).is_some_and(|r| {
+            !r.spec.decisions.is_empty()
+                && r.status
+                    .is_some_and(|st| st.phase == agentgate_crds::approval::ApprovalPhase::Approved)
+        })
     };
     let both = wait_for(Duration::from_secs(10), || {
         (approved(&a) && approved(&b)).then_some(())

@@ -114,6 +114,7 @@ fn ask(rule: &str, fingerprint: &str, summary: &str) -> Ask {
             users: vec![],
             groups: vec!["dba".into()],
         },
+        min_approvals: 1,
         reason: Some("nightly sync".into()),
         timeout: Duration::from_secs(3600),
     }

@@ -154,6 +154,7 @@ impl Fixture {
                 duration: Some("30m".into()),
             },
             approvers: Default::default(),
+            min_approvals: 2,
             reason: None,
             timeout: Duration::from_secs(600),
         };

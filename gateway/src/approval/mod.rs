@@ -93,6 +93,9 @@ pub struct Ask {
     pub grant: Grant,
     /// Who may decide (the rule's approvers), written onto the request for admission to check.
     pub approvers: Approvers,
+    /// Distinct approvals the rule needs: an Approved request counts only when its own decisions
+    /// reach it.
+    pub min_approvals: i32,
     /// The agent's stated reason.
     pub reason: Option<String>,
     /// How long the request waits for a decision.
@@ -344,6 +347,29 @@ impl Entry {
         })
     }
 
+    /// Whether the request's own decisions approve it under the rule that asks now. The phase
+    /// alone is not enough: in a cluster, whoever may write the status subresource (any gateway's
+    /// service account) could set Approved, while decisions are admitted only from approvers.
+    /// Counted as the operator counts them: never the requester's, and only listed users' when
+    /// the rule names users but no groups.
+    fn backed(&self, ask: &Ask) -> bool {
+        let s = &self.request.spec;
+        if self.grant_expires_at.is_none() {
+            return false;
+        }
+        let mut approvals = 0;
+        for (user, d) in &s.decisions {
+            let counts = *user != s.requester
+                && (!ask.approvers.groups.is_empty() || ask.approvers.users.contains(user));
+            match d.state {
+                _ if !counts => {}
+                DecisionState::Denied => return false,
+                DecisionState::Approved => approvals += 1,
+            }
+        }
+        approvals >= ask.min_approvals.max(1)
+    }
+
     fn same_target(&self, ask: &Ask) -> bool {
         let s = &self.request.spec;
         s.identity == ask.identity
@@ -564,7 +590,10 @@ impl Approvals {
         self.apply_time(entries, now, |e| e.same_target(ask));
         // A window covers every operation of the rule; prefer it to spending a Once grant.
         let approved = |e: &&Entry, t: GrantType| {
-            e.phase() == ApprovalPhase::Approved && e.same_target(ask) && e.request.spec.grant.r#type == t
+            e.phase() == ApprovalPhase::Approved
+                && e.same_target(ask)
+                && e.request.spec.grant.r#type == t
+                && e.backed(ask)
         };
         if let Some(e) = entries.values().find(|e| approved(e, GrantType::Window)) {
             return Ok(Plan::Window(e.name().to_string()));

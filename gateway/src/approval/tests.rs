@@ -28,6 +28,7 @@ fn ask(fingerprint: &str) -> Ask {
             users: vec![],
             groups: vec!["dba".into()],
         },
+        min_approvals: 1,
         reason: Some("INC-1".into()),
         timeout: Duration::from_secs(600),
     }
@@ -674,4 +675,62 @@ async fn a_slow_disk_never_holds_up_the_async_worker() {
     assert!(elapsed >= Duration::from_millis(600), "{elapsed:?}");
     // A worker blocked for those 600 ms would tick only before and after them.
     assert!(ticked >= 20, "the worker ticked {ticked} times in {elapsed:?}");
+}
+
+/// An Approved phase that the request's own decisions do not back grants nothing: a forged
+/// status (in a cluster, any writer of the status subresource; here, an edited store file), one
+/// without a grant end, or one approved only by the requester.
+#[test]
+fn an_approved_phase_without_the_decisions_behind_it_grants_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = unix_now();
+    let store = open(&dir);
+    let name = pending_name(store.request(&ask("f1"), now).unwrap());
+    drop(store);
+    let file = dir.path().join("approvals").join(format!("{name}.json"));
+    let original: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let until = format_time(now + 600);
+    let requester = ask("f1").requester;
+    for (what, decisions, grant_end) in [
+        ("no decision at all", serde_json::json!({}), Some(until.clone())),
+        (
+            "the requester's own",
+            serde_json::json!({ requester.clone(): {"state": "Approved"} }),
+            Some(until.clone()),
+        ),
+        (
+            "no grant end",
+            serde_json::json!({"alice": {"state": "Approved"}}),
+            None,
+        ),
+        (
+            "an approval and a denial",
+            serde_json::json!({"alice": {"state": "Approved"}, "bob": {"state": "Denied"}}),
+            Some(until.clone()),
+        ),
+    ] {
+        let mut forged = original.clone();
+        forged["spec"]["decisions"] = decisions;
+        forged["status"]["phase"] = "Approved".into();
+        forged["status"]["grantExpiresAt"] = grant_end.map_or(serde_json::Value::Null, Into::into);
+        std::fs::write(&file, serde_json::to_vec(&forged).unwrap()).unwrap();
+        let store = open(&dir);
+        let t = store.request(&ask("f1"), now).unwrap();
+        assert!(!matches!(t, Ticket::Granted { .. }), "{what}: {t:?}");
+        drop(store);
+        for f in std::fs::read_dir(dir.path().join("approvals")).unwrap() {
+            let p = f.unwrap().path();
+            if p != file && p.extension().is_some_and(|e| e == "json") {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+    }
+    // Backed by an approver's decision, the same request grants.
+    let mut backed = original.clone();
+    backed["spec"]["decisions"] = serde_json::json!({"alice": {"state": "Approved"}});
+    backed["status"]["phase"] = "Approved".into();
+    backed["status"]["grantExpiresAt"] = until.into();
+    std::fs::write(&file, serde_json::to_vec(&backed).unwrap()).unwrap();
+    let store = open(&dir);
+    assert_eq!(store.request(&ask("f1"), now).unwrap(), Ticket::Granted { name });
 }

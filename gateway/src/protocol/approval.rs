@@ -139,6 +139,7 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
         rule: q.rule.name.clone(),
         grant,
         approvers: spec.approvers.clone(),
+        min_approvals: spec.min_approvals,
         reason: q.reason.map(|r| truncate(&r, MAX_REASON_BYTES)),
         // The store keeps whole seconds; one more keeps its expiry from ending a Hold early.
         timeout: timeout + Duration::from_secs(1),
