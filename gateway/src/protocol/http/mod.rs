@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod headers;
+pub mod method_override;
 pub mod normalize;
 pub mod plane;
 pub mod problem;

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use super::body::{Body, BodyError, full};
 use super::headers;
+use super::method_override::{self, BodyKind};
 use super::normalize;
 use super::plane::{Gateway, Plane};
 use super::problem::{self, Kind, Problem, StatusTarget};
@@ -231,50 +232,17 @@ fn check_framing(req: &Parts) -> Result<(), Problem> {
 
 fn method_override_refused() -> Problem {
     bad_request(
-        "the form has a _method field, which would make the upstream run another method than the one decided; send the method itself",
+        "the request has a _method parameter (in a form, a multipart part or a JSON body), which would make the upstream run another method than the one decided; send the method itself",
     )
 }
 
-/// Whether the request is a multipart POST, whose parts frameworks read a method override from.
-fn multipart_post(req: &Parts) -> bool {
-    req.method == Method::POST
-        && req.headers.get(header::CONTENT_TYPE).is_some_and(|ct| {
-            ct.as_bytes()
-                .trim_ascii_start()
-                .to_ascii_lowercase()
-                .starts_with(b"multipart/")
-        })
-}
-
-/// Cuts a streamed multipart body off at a part named like a method override, and says so.
-struct OverrideGuard {
-    scan: normalize::MultipartOverrideScan,
-    found: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl response::Rewrite for OverrideGuard {
-    fn chunk(&mut self, data: Bytes) -> Result<Option<Bytes>, BodyError> {
-        if self.scan.push(&data) {
-            self.found.store(true, std::sync::atomic::Ordering::Relaxed);
-            return Err("a multipart part is named like a method override".into());
-        }
-        Ok(Some(data))
-    }
-
-    fn end(&mut self) -> Result<Option<Bytes>, BodyError> {
-        Ok(None)
-    }
-}
-
-/// Whether the upstream may parse the body as a form: it says so, or (as Rack reads it) it is a
-/// POST that names no content type.
-fn is_form(req: &Parts) -> bool {
-    match req.headers.get(header::CONTENT_TYPE) {
-        Some(ct) => ct.as_bytes().split(|&b| b == b';').next().is_some_and(|t| {
-            t.trim_ascii()
-                .eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
-        }),
-        None => req.method == Method::POST,
+/// Whether a body read whole names a method override.
+fn body_overrides(kind: BodyKind, boundary: Option<&[u8]>, bytes: &[u8]) -> bool {
+    match (kind, boundary) {
+        (BodyKind::Form, _) => method_override::form_overrides(bytes),
+        (BodyKind::Json, _) => method_override::json_overrides(bytes),
+        (BodyKind::Multipart, Some(b)) => method_override::MultipartScan::new(b).push(bytes).is_err(),
+        _ => false,
     }
 }
 
@@ -395,11 +363,33 @@ async fn proxy(
         .policy_index
         .applicable(&cfg.policies, &connection.name, subject);
     let needs_body = applicable.iter().any(|p| p.reads_body);
-    let form = is_form(&parts);
-    let multipart = multipart_post(&parts);
-    // The body is read before the decision only when a rule reads it, or when it is a form,
-    // which may carry a method override.
-    let (mut read_body, mut body) = if (needs_body || form)
+    // Bodies that frameworks read a method override from (the Kubernetes API server reads none).
+    let kind = if connection.kind == ConnectionType::Kubernetes {
+        BodyKind::Other
+    } else {
+        method_override::body_kind(&parts.method, &parts.headers)
+    };
+    if kind != BodyKind::Other
+        && parts
+            .headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+    {
+        return Err(bad_request(
+            "a compressed (Content-Encoding) form, multipart or JSON POST body cannot be checked for a method override; send it uncompressed",
+        ));
+    }
+    let boundary = match kind {
+        BodyKind::Multipart => Some(
+            method_override::boundary(&parts.headers)
+                .ok_or_else(|| bad_request("a multipart body needs a boundary parameter in its Content-Type: without one, frameworks read it as a form, which may carry a method override"))?,
+        ),
+        _ => None,
+    };
+    // The body is read before the decision only when a rule reads it, or when it is a form or
+    // JSON, which may carry a method override (multipart bodies are scanned as they stream).
+    let (mut read_body, mut body) = if (needs_body || matches!(kind, BodyKind::Form | BodyKind::Json))
         && parts.method != Method::GET
         && parts.method != Method::HEAD
     {
@@ -411,9 +401,7 @@ async fn proxy(
             ),
             _ => bad_request("the request body could not be read"),
         })?;
-        if (form && normalize::form_overrides_method(&bytes))
-            || (multipart && normalize::MultipartOverrideScan::default().push(&bytes))
-        {
+        if body_overrides(kind, boundary.as_deref(), &bytes) {
             return Err(method_override_refused());
         }
         (Some(bytes), None)
@@ -595,6 +583,9 @@ async fn proxy(
                 "body": response::body_for_record(Some(&plan), &bytes, true),
             });
             record(gw, &plane, session.as_deref(), "http.request.body", data)?;
+            if body_overrides(kind, boundary.as_deref(), &bytes) {
+                return Err(method_override_refused());
+            }
             read_body = Some(bytes);
         }
         let fingerprint = approval::fingerprint(&[
@@ -716,9 +707,9 @@ async fn proxy(
         (None, Some(incoming)) => {
             let limited = http_body_util::Limited::new(incoming, MAX_REQUEST_BODY as usize);
             let mut boxed: Body = limited.boxed();
-            if multipart {
-                let guard = OverrideGuard {
-                    scan: Default::default(),
+            if let Some(b) = &boundary {
+                let guard = method_override::Guard {
+                    scan: method_override::MultipartScan::new(b),
                     found: override_found.clone(),
                 };
                 boxed = response::Rewritten::new(boxed, guard).boxed();
