@@ -331,8 +331,14 @@ pub(crate) async fn run_gateway(
     let _ = admin_task.await;
     let _ = http_task.await;
     let _ = watch_task.await;
+    // Sessions are closed now; ship them before the pod's spool goes.
+    gateway.drain_spool(SPOOL_DRAIN_LIMIT).await;
     ExitCode::SUCCESS
 }
+
+/// How long shutdown waits for the last sessions to be shipped (within Kubernetes' default
+/// 30 s termination grace period, after connections have drained).
+const SPOOL_DRAIN_LIMIT: Duration = Duration::from_secs(15);
 
 /// How long Kubernetes mode waits for the first configuration before serving without one.
 const FIRST_CONFIG_WAIT: Duration = Duration::from_secs(30);

@@ -157,6 +157,39 @@ fn closed_sessions_are_shipped_once_the_store_is_reachable_and_verify_there() {
         (keys.len() == 2).then_some(keys)
     })
     .expect("the second session was not shipped");
+    assert!(
+        counter(
+            &gw.metrics(),
+            "agentgate_recording_uploads_total{result=\"shipped\"}"
+        ) >= 2.0
+    );
+    drop(keys);
+
+    // A session still open when the gateway stops is closed and shipped on the way out: in a
+    // cluster the spool is the pod's scratch space. Its connection stays open until the stop.
+    let mut held = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    std::io::Write::write_all(
+        &mut held,
+        format!(
+            "GET /okta/echo/at-shutdown HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut answer = [0u8; 12];
+    std::io::Read::read_exact(&mut held, &mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200");
+    let mut gw = gw;
+    gw.stop();
+    drop(held);
+    let keys = moto.keys();
+    assert_eq!(
+        keys.len(),
+        3,
+        "the last session was not shipped at exit: {keys:?}\n{}",
+        gw.output()
+    );
+    assert!(spooled(&spool).is_empty(), "{:?}", spooled(&spool));
 
     // What is in the bucket is the signed session, and verifies as such.
     let log = gw.output();
@@ -193,12 +226,10 @@ fn closed_sessions_are_shipped_once_the_store_is_reachable_and_verify_there() {
         assert!(stdout.contains("(closed, signature verified)"), "{stdout}");
         texts.push_str(&text);
     }
-    assert!(texts.contains("/echo/while-down") && texts.contains("/echo/while-up"));
     assert!(
-        counter(
-            &gw.metrics(),
-            "agentgate_recording_uploads_total{result=\"shipped\"}"
-        ) >= 2.0
+        texts.contains("/echo/while-down")
+            && texts.contains("/echo/while-up")
+            && texts.contains("/echo/at-shutdown")
     );
     // Neither the secret key nor a signed URL is ever logged.
     for leak in [SECRET_ACCESS_KEY, "X-Amz-Signature", &token] {

@@ -23,13 +23,16 @@ use crate::config::{CompiledIdentity, SecretValue};
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Most answers cached.
 pub const MAX_CACHED: usize = 100_000;
+/// Most "not active" answers kept, apart from the active ones: anyone can make the gateway ask
+/// about junk tokens, so they must not push out the answers for live ones.
+pub const MAX_CACHED_INACTIVE: usize = 10_000;
 /// How long a "not active" answer is reused (never longer than the configured TTL).
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(10);
 /// How long a discovered introspection endpoint is reused.
 pub const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
 
-/// A cached answer: the active token's claims, or `None` for not active; reused until a unix time.
-type Answer = (Option<Value>, i64);
+/// A cached answer for an active token: its claims, reused until a unix time.
+type Answer = (Value, i64);
 
 /// Introspects tokens of one issuer.
 #[derive(Debug)]
@@ -42,6 +45,8 @@ pub struct Introspector {
     ttl: Duration,
     fetcher: HttpFetcher,
     cache: Mutex<HashMap<[u8; 32], Answer>>,
+    /// Token hash -> reuse "not active" until unix time.
+    inactive: Mutex<HashMap<[u8; 32], i64>>,
     /// The endpoint found by discovery, and until when it is reused.
     discovered: Mutex<Option<(String, i64)>>,
 }
@@ -74,6 +79,7 @@ impl Introspector {
             ttl,
             fetcher,
             cache: Mutex::new(HashMap::new()),
+            inactive: Mutex::new(HashMap::new()),
             discovered: Mutex::new(None),
         })
     }
@@ -95,7 +101,16 @@ impl Introspector {
         if let Some((claims, until)) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
             && *until > now
         {
-            return claims.clone().ok_or_else(inactive);
+            return Ok(claims.clone());
+        }
+        if self
+            .inactive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .is_some_and(|until| *until > now)
+        {
+            return Err(inactive());
         }
         let unavailable = |e: String| IdentityError::new(ErrorKind::ProviderUnavailable, e);
         let endpoint = match &self.endpoint {
@@ -133,20 +148,28 @@ impl Introspector {
         let claims = super::strict_json::parse(&resp.body)
             .map_err(|e| unavailable(format!("introspection answer: {e}")))?;
         let ttl = self.ttl.as_secs() as i64;
-        let (answer, until) = if claims.get("active") == Some(&Value::Bool(true)) {
-            let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
-            (Some(claims), exp.min(now + ttl))
-        } else {
-            (None, now + ttl.min(NEGATIVE_TTL.as_secs() as i64))
-        };
+        if claims.get("active") != Some(&Value::Bool(true)) {
+            let until = now + ttl.min(NEGATIVE_TTL.as_secs() as i64);
+            let mut inactive_cache = self.inactive.lock().unwrap_or_else(|p| p.into_inner());
+            if inactive_cache.len() >= MAX_CACHED_INACTIVE {
+                inactive_cache.retain(|_, u| *u > now);
+                if inactive_cache.len() >= MAX_CACHED_INACTIVE {
+                    inactive_cache.clear();
+                }
+            }
+            inactive_cache.insert(key, until);
+            return Err(inactive());
+        }
+        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
+        let until = exp.min(now + ttl);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_CACHED {
             cache.retain(|_, (_, u)| *u > now);
         }
         if cache.len() < MAX_CACHED {
-            cache.insert(key, (answer.clone(), until));
+            cache.insert(key, (claims.clone(), until));
         }
-        answer.ok_or_else(inactive)
+        Ok(claims)
     }
 
     /// The introspection endpoint named by the issuer's discovery document, fetched at most once

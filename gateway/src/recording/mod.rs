@@ -57,6 +57,27 @@ pub const START: &str = "session.start";
 /// The last event of a closed session, signed.
 pub const END: &str = "session.end";
 
+/// Whether `path` is a session file as [`Recorder`] names them (`<yyyymmddThhmmssZ>-<32 hex>.jsonl`)
+/// and a regular file, not a link: what the shipper and retention may upload or delete, however
+/// the directory is shared.
+pub fn is_session_file(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let b = name.as_bytes();
+    let shape = b.len() == 16 + 1 + 32 + 6
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'Z'
+        && b[16] == b'-'
+        && b[17..49]
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+        && name.ends_with(".jsonl");
+    shape && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file())
+}
+
 /// Why an event was not recorded. Messages carry file names and OS errors, never record contents.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordingError {

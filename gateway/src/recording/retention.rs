@@ -20,7 +20,7 @@ pub fn prune(dir: &Path, retention: Duration, now: SystemTime) -> usize {
     };
     let mut deleted = 0;
     for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
-        if path.extension().is_none_or(|e| e != "jsonl") {
+        if !super::is_session_file(&path) {
             continue;
         }
         let old = std::fs::metadata(&path)
@@ -85,10 +85,19 @@ mod tests {
         let other = dir.path().join("notes.txt");
         std::fs::write(&other, "x").unwrap();
         age(&other, 30 * day);
+        // Another program's `.jsonl`, and a link named like a session: never ours to delete.
+        let foreign = dir.path().join("events.jsonl");
+        std::fs::write(&foreign, "{}\n").unwrap();
+        age(&foreign, 30 * day);
+        let link = dir
+            .path()
+            .join(format!("20200101T000000Z-{}.jsonl", "a".repeat(32)));
+        std::os::unix::fs::symlink(&foreign, &link).unwrap();
 
         assert_eq!(prune(dir.path(), 7 * day, SystemTime::now()), 1);
         assert!(!expired.path().exists());
         assert!(recent.path().exists() && open.path().exists() && other.exists());
+        assert!(foreign.exists() && link.symlink_metadata().is_ok());
         // Once the long session closes (and its file is old), it goes too.
         open.close(serde_json::json!({})).unwrap();
         age(open.path(), 30 * day);

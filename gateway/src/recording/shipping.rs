@@ -142,11 +142,21 @@ impl Shipper {
 
     /// One pass over the spool: ships every file that is ready, oldest name first.
     pub async fn sweep(&mut self) -> Sweep {
+        self.sweep_with(CUT_OFF_GRACE).await
+    }
+
+    /// The last pass before this process exits: its own sessions are closed by then, so an
+    /// unlocked file needs no grace.
+    pub async fn final_sweep(&mut self) -> Sweep {
+        self.sweep_with(Duration::ZERO).await
+    }
+
+    async fn sweep_with(&mut self, grace: Duration) -> Sweep {
         let mut report = Sweep::default();
         let mut files: Vec<PathBuf> = match std::fs::read_dir(&self.dir) {
             Ok(entries) => entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+                .filter(|p| super::is_session_file(p))
                 .collect(),
             Err(e) => {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "session spool cannot be read");
@@ -156,7 +166,7 @@ impl Shipper {
         files.sort();
         self.open.retain(|p, _| files.contains(p));
         for file in files {
-            match self.ready(&file) {
+            match self.ready(&file, grace) {
                 Ok(true) => {}
                 Ok(false) => {
                     report.waiting += 1;
@@ -191,7 +201,7 @@ impl Shipper {
     }
 
     /// Whether `file` is ready to ship: closed, or cut off (unlocked and left unchanged).
-    fn ready(&mut self, file: &Path) -> Result<bool, ShipError> {
+    fn ready(&mut self, file: &Path, grace: Duration) -> Result<bool, ShipError> {
         let read_err = |source| ShipError::Read {
             path: file.to_path_buf(),
             source,
@@ -207,7 +217,7 @@ impl Shipper {
             .modified()
             .map_err(read_err)?
             .elapsed()
-            .is_ok_and(|age| age >= CUT_OFF_GRACE);
+            .is_ok_and(|age| age >= grace);
         Ok(settled && !locked(file).map_err(read_err)?)
     }
 
@@ -441,7 +451,9 @@ mod tests {
             .record("x", serde_json::json!({"big": "y".repeat(40_000)}))
             .unwrap();
         closed.close(serde_json::json!({})).unwrap();
-        let stray = dir.path().join("19700101T000000Z-cut.jsonl");
+        let stray = dir
+            .path()
+            .join(format!("19700101T000000Z-{}.jsonl", "c".repeat(32)));
         std::fs::write(&stray, b"{\"type\":\"session.end\"").unwrap();
         let age = |p: &Path| {
             let old = std::time::SystemTime::now() - Duration::from_secs(3600);
@@ -454,21 +466,23 @@ mod tests {
         };
 
         let mut s = Shipper::new(dir.path(), &storage(Some("http://127.0.0.1:9"), "")).unwrap();
-        assert!(s.ready(closed.path()).unwrap());
+        assert!(s.ready(closed.path(), CUT_OFF_GRACE).unwrap());
         // Open and recent; then open and old: the lock says it is still being written.
-        assert!(!s.ready(open.path()).unwrap());
+        assert!(!s.ready(open.path(), CUT_OFF_GRACE).unwrap());
         assert!(s.open.contains_key(open.path()));
         age(open.path());
-        assert!(!s.ready(open.path()).unwrap());
+        assert!(!s.ready(open.path(), CUT_OFF_GRACE).unwrap());
         // Cut off mid-line by a process that is gone: shipped once it has settled.
-        assert!(!s.ready(&stray).unwrap());
+        assert!(!s.ready(&stray, CUT_OFF_GRACE).unwrap());
         age(&stray);
-        assert!(s.ready(&stray).unwrap());
+        assert!(s.ready(&stray, CUT_OFF_GRACE).unwrap());
         // A whole file nobody holds, unclosed: cut off too.
-        let left = dir.path().join("19700101T000001Z-left.jsonl");
+        let left = dir
+            .path()
+            .join(format!("19700101T000001Z-{}.jsonl", "1".repeat(32)));
         std::fs::write(&left, b"{\"type\":\"session.start\"}\n").unwrap();
         age(&left);
-        assert!(s.ready(&left).unwrap());
+        assert!(s.ready(&left, CUT_OFF_GRACE).unwrap());
     }
 
     #[test]

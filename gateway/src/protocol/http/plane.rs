@@ -238,6 +238,48 @@ impl Gateway {
         }
     }
 
+    /// Ships what the spool holds one last time before the process exits, sessions closed at
+    /// shutdown included (in a cluster the spool is the pod's scratch space, gone with it).
+    /// Bounded by `limit`; what is left is logged.
+    pub async fn drain_spool(&self, limit: std::time::Duration) {
+        let Some((dir, storage, task)) = self.shipper.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        task.abort();
+        let mut shipper = match crate::recording::shipping::Shipper::new(&dir, &storage) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, dir = %dir.display(), "sessions not shipped before exit");
+                return;
+            }
+        };
+        // Connections close their sessions as they wind down: sweep until nothing is left.
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut shipped = 0;
+        let left = loop {
+            match tokio::time::timeout_at(deadline, shipper.final_sweep()).await {
+                Ok(sweep) => {
+                    shipped += sweep.shipped;
+                    if sweep.waiting == 0 || tokio::time::Instant::now() >= deadline {
+                        break sweep.waiting;
+                    }
+                }
+                Err(_) => break usize::MAX,
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        };
+        if left == 0 {
+            tracing::info!(shipped, "session spool drained before exit");
+        } else {
+            tracing::error!(
+                shipped,
+                dir = %dir.display(),
+                secs = limit.as_secs(),
+                "sessions left unshipped at exit (still open, or the store failed)"
+            );
+        }
+    }
+
     /// Prunes `dir` to `retention` (or stops), restarting the task when either changed.
     fn retain(&self, dir: &PathBuf, retention: Option<std::time::Duration>) {
         let mut slot = self.retention.lock().unwrap_or_else(|p| p.into_inner());
