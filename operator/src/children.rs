@@ -70,7 +70,8 @@ pub fn service_account(g: &AgentGateway) -> Value {
 }
 
 /// Least privilege: read its own configuration Secret, create and follow ApprovalRequests
-/// (Kubernetes-mode approvals), write Events.
+/// (Kubernetes-mode approvals) and mark spent grants in their status, write Events. No patch or
+/// update of a request itself: the gateway never writes decisions, so its token cannot either.
 pub fn role(g: &AgentGateway) -> Value {
     json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -78,8 +79,8 @@ pub fn role(g: &AgentGateway) -> Value {
         "metadata": metadata(g, &child_name(&g.name_any())),
         "rules": [
             {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [config_secret_name(&g.name_any())], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": [agentgate_crds::GROUP], "resources": ["approvalrequests"], "verbs": ["get", "list", "watch", "create", "patch", "update"]},
-            {"apiGroups": [agentgate_crds::GROUP], "resources": ["approvalrequests/status"], "verbs": ["get", "patch", "update"]},
+            {"apiGroups": [agentgate_crds::GROUP], "resources": ["approvalrequests"], "verbs": ["get", "list", "watch", "create"]},
+            {"apiGroups": [agentgate_crds::GROUP], "resources": ["approvalrequests/status"], "verbs": ["get", "patch"]},
             {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
         ],
     })

@@ -460,8 +460,19 @@ fn the_values_schema_refuses_unknown_keys_wrong_types_and_bad_enums() {
             "'/image/pullPolicy': value must be one of 'Always', 'IfNotPresent', 'Never'",
         ),
         (
-            vec!["--set", "approvals.admissionPolicy.failurePolicy=Warn"],
-            "value must be one of 'Fail', 'Ignore'",
+            vec!["--set", "approvals.admissionPolicy.failurePolicy=Ignore"],
+            "failurePolicy",
+        ),
+        (
+            vec!["--set", "approvals.approverGroups={system:authenticated}"],
+            "approverGroups/0",
+        ),
+        (
+            vec![
+                "--set",
+                "approvals.approverUsers={system:serviceaccount:agents:ci}",
+            ],
+            "approverUsers/0",
         ),
         (vec!["--set", "approvals.approverGroups=admins"], "want array"),
         (vec!["--set", "image.digest=latest"], "image/digest"),
@@ -598,9 +609,16 @@ fn optional_objects_follow_their_values() {
     assert!(of_kind(&objects, "PodDisruptionBudget").is_empty());
     let objects = render(&["--set", "podDisruptionBudget.enabled=false"]);
     assert!(of_kind(&objects, "PodDisruptionBudget").is_empty());
-    let objects = render(&["--set", "approvals.admissionPolicy.enabled=false"]);
+    let objects = render_values(
+        "approvals: {approverGroups: [], admissionPolicy: {enabled: false}}",
+        &[],
+    );
     assert!(of_kind(&objects, "ValidatingAdmissionPolicy").is_empty());
     assert!(of_kind(&objects, "ValidatingAdmissionPolicyBinding").is_empty());
+    // Approvers bound without the policy could write each other's decisions: refused.
+    let err = helm("render", &["--set", "approvals.admissionPolicy.enabled=false"])
+        .expect_err("approvers bound without the admission policy");
+    assert!(err.contains("RBAC alone would let any approver write"), "{err}");
 
     // Without approvers there is no binding; with users they are bound as Users.
     let objects = render_values("approvals: {approverGroups: []}", &[]);
