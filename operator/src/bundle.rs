@@ -163,13 +163,29 @@ pub fn compile(ns: &Namespace, gateway: &str) -> Compiled {
                 Some(Manifest::from_value(&source, value))
             })
             .collect();
-        let text = manifests
-            .iter()
-            .map(|m| m.value.to_string())
-            .collect::<Vec<_>>()
-            .join("\n---\n");
         let errors = match compile_manifests(manifests, &options) {
             Ok(config) => {
+                // Published: the objects as compiled, and of each Secret only the keys the
+                // configuration looked up. The rest of a Secret (its other keys, or a Secret only a
+                // left-out object named) never reaches the gateway.
+                let used = &config.secret_keys_used;
+                let text = candidates
+                    .iter()
+                    .filter(|c| !excluded.contains_key(&c.key))
+                    .filter_map(|c| prune_references(c, &excluded))
+                    .filter_map(|mut value| {
+                        if value["kind"] == "Secret" {
+                            let name = value["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                            let data = value["data"].as_object_mut()?;
+                            data.retain(|k, _| used.contains(&(ns.name.clone(), name.clone(), k.clone())));
+                            if data.is_empty() {
+                                return None;
+                            }
+                        }
+                        Some(value.to_string())
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n---\n");
                 break Ok(Published {
                     hash: hex(&Sha256::digest(text.as_bytes())),
                     compressed: agentgate::config::kubernetes::encode_config(&text),

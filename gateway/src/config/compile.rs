@@ -36,6 +36,8 @@ pub struct GatewayConfig {
     pub policies: Vec<CompiledPolicy>,
     /// The policies' rules filed for decisions.
     pub policy_index: PolicyIndex,
+    /// (namespace, name, key) of the Secret manifest values this configuration uses.
+    pub secret_keys_used: std::collections::BTreeSet<(String, String, String)>,
 }
 
 /// Where the operator mounts a recording volume in gateway pods.
@@ -391,6 +393,7 @@ pub fn compile(
         identities,
         policies,
         policy_index,
+        secret_keys_used: secrets.used(),
     })
 }
 

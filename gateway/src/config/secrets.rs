@@ -1,6 +1,6 @@
 //! Secrets in standalone mode: `Secret` manifests, or mounted-Secret-style directories.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -54,6 +54,9 @@ impl fmt::Display for SecretValue {
 pub struct SecretStore {
     manifests: BTreeMap<(String, String), BTreeMap<String, SecretValue>>,
     dir: Option<PathBuf>,
+    /// (namespace, name, key) of every manifest value looked up: what a configuration needs, so
+    /// that the operator publishes those keys and nothing else of a Secret.
+    used: std::sync::Mutex<BTreeSet<(String, String, String)>>,
 }
 
 impl SecretStore {
@@ -62,6 +65,7 @@ impl SecretStore {
         Self {
             manifests: BTreeMap::new(),
             dir,
+            used: Default::default(),
         }
     }
 
@@ -120,6 +124,11 @@ impl SecretStore {
             .insert((m.namespace().to_string(), m.name().to_string()), values);
     }
 
+    /// The (namespace, name, key) of every Secret manifest value looked up so far.
+    pub fn used(&self) -> BTreeSet<(String, String, String)> {
+        self.used.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Whether a Secret manifest of that name exists.
     pub fn has_manifest(&self, namespace: &str, name: &str) -> bool {
         self.manifests
@@ -129,6 +138,13 @@ impl SecretStore {
     /// Looks a key up: first in Secret manifests, then in `<dir>/<name>/<key>`.
     pub fn get(&self, namespace: &str, name: &str, key: &str) -> Result<SecretValue, String> {
         if let Some(values) = self.manifests.get(&(namespace.to_string(), name.to_string())) {
+            if values.contains_key(key) {
+                self.used.lock().unwrap_or_else(|p| p.into_inner()).insert((
+                    namespace.to_string(),
+                    name.to_string(),
+                    key.to_string(),
+                ));
+            }
             return values.get(key).cloned().ok_or_else(|| {
                 let keys: Vec<&str> = values.keys().map(String::as_str).collect();
                 format!("Secret {namespace}/{name} has no key {key:?} (it has {keys:?})")

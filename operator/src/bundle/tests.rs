@@ -173,3 +173,47 @@ fn object_storage_credentials_are_published_with_the_configuration() {
     let published = compile(&ns, "main").gateway.expect("compiles");
     assert!(published.manifests.contains("\"name\":\"s3-credentials\""));
 }
+
+/// Of a Secret, only the keys the configuration looks up are published: a Connection's author
+/// cannot get the rest of a Secret into the gateway, nor a Secret named only by a left-out object.
+#[test]
+fn only_the_secret_keys_in_use_are_published() {
+    let mut ns = fixtures::namespace("team", 2, 1, 1);
+    for s in ns.secrets.iter_mut() {
+        s.data.as_mut().unwrap().insert(
+            "unrelated".into(),
+            k8s_openapi::ByteString(b"do-not-publish".to_vec()),
+        );
+    }
+    // conn-1 is invalid (its endpoint is not a URL): left out, and its Secret with it.
+    ns.connections[1].spec.endpoint = "not a url".into();
+    let c = compile(&ns, "main");
+    assert!(matches!(
+        c.verdicts[&key("Connection", "conn-1")],
+        Verdict::Invalid(_)
+    ));
+    let published = c.gateway.expect("compiles");
+    assert!(published.manifests.contains("\"name\":\"conn-0-token\""));
+    assert!(
+        !published.manifests.contains("\"unrelated\""),
+        "{}",
+        published.manifests
+    );
+    assert!(
+        !published.manifests.contains("conn-1-token"),
+        "{}",
+        published.manifests
+    );
+    // What is published compiles on its own, as the gateway compiles it.
+    let parsed =
+        agentgate::config::manifest::parse_documents(std::path::Path::new("published"), &published.manifests)
+            .expect("published manifests parse");
+    let options = LoadOptions {
+        manifests: PathBuf::from(GATEWAY_DATA_DIR),
+        secrets_dir: None,
+        gateway: Some("main".into()),
+        reserved_ports: vec![GATEWAY_ADMIN_PORT],
+    };
+    let config = compile_manifests(parsed, &options).expect("the published configuration compiles");
+    assert_eq!(config.connections.len(), 1);
+}
