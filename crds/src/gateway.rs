@@ -40,7 +40,9 @@ pub struct AgentGatewaySpec {
     /// Bounds for just-in-time approvals on this gateway.
     #[serde(default)]
     pub approvals: ApprovalSettings,
-    /// Container image of the gateway pods (operator only). Defaults to the operator's own version.
+    /// Container image of the gateway pods (operator only). Defaults to the operator's gateway
+    /// image; any other must be one the operator's `--allowed-gateway-image` names, or the gateway
+    /// is not run (it would hold the gateway's credentials).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,

@@ -111,13 +111,33 @@ pub fn config_secret(g: &AgentGateway, compressed: &[u8], hash: &str) -> Value {
     })
 }
 
+/// The image a gateway runs: the operator's, or `spec.image` when it is that one or one the
+/// operator allows (`--allowed-gateway-image`: an exact reference, or a prefix ending in `/`, `:`
+/// or `@`). Otherwise whoever may write an AgentGateway would choose the code that runs with the
+/// gateway's service account and reads its configuration, credentials included.
+pub fn gateway_image(g: &AgentGateway, default: &str, allowed: &[String]) -> Result<String, String> {
+    match &g.spec.image {
+        None => Ok(default.to_string()),
+        Some(image)
+            if image == default
+                || allowed.iter().any(|a| {
+                    image == a || (a.ends_with(['/', ':', '@']) && image.starts_with(a.as_str()))
+                }) =>
+        {
+            Ok(image.clone())
+        }
+        Some(image) => Err(format!(
+            "spec.image: {image:?} is not allowed: gateways run {default:?} or an image the operator's --allowed-gateway-image names"
+        )),
+    }
+}
+
 /// The gateway Deployment: non-root, read-only root file system, no capabilities, RuntimeDefault
 /// seccomp; probes on the admin listener; rolling updates that keep every replica serving. The
 /// configuration is watched through the API, so a change needs no rollout.
-pub fn deployment(g: &AgentGateway, default_image: &str) -> Value {
+pub fn deployment(g: &AgentGateway, image: &str) -> Value {
     let gw = g.name_any();
     let name = child_name(&gw);
-    let image = g.spec.image.clone().unwrap_or_else(|| default_image.to_string());
     let mut ports: Vec<Value> = g
         .spec
         .listeners
@@ -254,6 +274,37 @@ mod tests {
             );
             assert_eq!(child["metadata"]["namespace"], "team");
         }
+    }
+
+    #[test]
+    fn only_allowed_images_run() {
+        let mut g = fixtures::gateway("team", "main");
+        let default = "ghcr.io/agentgate/agentgate:1";
+        assert_eq!(gateway_image(&g, default, &[]).unwrap(), default);
+        g.spec.image = Some("evil.example/backdoor:latest".into());
+        let e = gateway_image(&g, default, &[]).unwrap_err();
+        assert!(
+            e.starts_with("spec.image: \"evil.example/backdoor:latest\" is not allowed"),
+            "{e}"
+        );
+        let allowed = [
+            "registry.internal/agentgate/".to_string(),
+            "ghcr.io/agentgate/agentgate@".to_string(),
+        ];
+        assert!(gateway_image(&g, default, &allowed).is_err());
+        for ok in [
+            "registry.internal/agentgate/agentgate:2",
+            "ghcr.io/agentgate/agentgate@sha256:ab",
+            default,
+        ] {
+            g.spec.image = Some(ok.into());
+            assert_eq!(gateway_image(&g, default, &allowed).unwrap(), ok);
+        }
+        g.spec.image = Some("registry.internal/agentgate-fork:1".into());
+        assert!(
+            gateway_image(&g, default, &allowed).is_err(),
+            "a prefix is a whole path segment"
+        );
     }
 
     #[test]

@@ -15,6 +15,8 @@ use crate::telemetry::Metrics;
 pub struct Settings {
     /// The gateway image, when an AgentGateway does not name one.
     pub gateway_image: String,
+    /// Images (or prefixes ending in `/`, `:` or `@`) an AgentGateway's `spec.image` may name.
+    pub allowed_gateway_images: Vec<String>,
     /// How long decided ApprovalRequests are kept before they are deleted.
     pub approval_retention: Duration,
 }

@@ -39,7 +39,7 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
     let name = gw.name_any();
     let snapshot = ctx.stores.namespace(&ns);
     let started = Instant::now();
-    let compiled = {
+    let mut compiled = {
         let name = name.clone();
         let snapshot = snapshot.clone();
         tokio::task::spawn_blocking(move || bundle::compile(&snapshot, &name))
@@ -51,6 +51,15 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
         .with_label_values(&[if compiled.gateway.is_ok() { "ok" } else { "invalid" }])
         .observe(started.elapsed().as_secs_f64());
 
+    let image = children::gateway_image(
+        &gw,
+        &ctx.settings.gateway_image,
+        &ctx.settings.allowed_gateway_images,
+    );
+    if let Err(e) = &image {
+        // Not run, not published: the gateway reports why, and keeps what it had.
+        compiled.gateway = Err(e.clone());
+    }
     let pp = PatchParams::apply(MANAGER).force();
     let client = &ctx.client;
     apply::<ServiceAccount>(client, &ns, children::service_account(&gw), &pp).await?;
@@ -87,13 +96,9 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
             .await;
         }
     }
-    apply::<Deployment>(
-        client,
-        &ns,
-        children::deployment(&gw, &ctx.settings.gateway_image),
-        &pp,
-    )
-    .await?;
+    if let Ok(image) = &image {
+        apply::<Deployment>(client, &ns, children::deployment(&gw, image), &pp).await?;
+    }
     apply::<Service>(client, &ns, children::service(&gw), &pp).await?;
     apply::<PodDisruptionBudget>(client, &ns, children::pod_disruption_budget(&gw), &pp).await?;
 

@@ -45,6 +45,10 @@ enum Command {
         /// Gateway image for AgentGateways that do not name one.
         #[arg(long, default_value = concat!("ghcr.io/agentgate/agentgate:", env!("CARGO_PKG_VERSION")))]
         gateway_image: String,
+        /// An image an AgentGateway's spec.image may name (exact, or a prefix ending in `/`, `:`
+        /// or `@`); repeatable. Without one, spec.image may only name the gateway image.
+        #[arg(long = "allowed-gateway-image")]
+        allowed_gateway_images: Vec<String>,
         /// How long decided, expired and used ApprovalRequests are kept.
         #[arg(long, default_value = "7d", value_parser = agentgate_crds::common::parse_duration)]
         approval_retention: Duration,
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
             lease_namespace,
             identity,
             gateway_image,
+            allowed_gateway_images,
             approval_retention,
         } => {
             agentgate::cli::init_tracing();
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
                 identity,
                 settings: Settings {
                     gateway_image,
+                    allowed_gateway_images,
                     approval_retention,
                 },
             };

@@ -280,6 +280,47 @@ spec:
     );
     assert!(events.contains("ConfigPublished"), "{events}");
 
+    // Whoever writes an AgentGateway cannot choose the code that runs with its credentials: an
+    // image the operator does not allow is not run, and the gateway says why.
+    let image_path = "{.spec.template.spec.containers[0].image}";
+    let image = jsonpath(&env, "deployment", "agentgate-main", image_path);
+    env.kubectl_ok(
+        "admin",
+        &[
+            "patch",
+            "agentgateway",
+            "main",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"spec":{"image":"evil.example/backdoor:1"}}"#,
+        ],
+    );
+    eventually("the image to be refused", &op, Duration::from_secs(10), || {
+        ready_message(&env, "agentgateway", "main")
+            .contains("spec.image: \"evil.example/backdoor:1\" is not allowed")
+    });
+    assert_eq!(ready(&env, "agentgateway", "main"), "False");
+    assert_eq!(jsonpath(&env, "deployment", "agentgate-main", image_path), image);
+    env.kubectl_ok(
+        "admin",
+        &[
+            "patch",
+            "agentgateway",
+            "main",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"remove","path":"/spec/image"}]"#,
+        ],
+    );
+    eventually(
+        "the gateway to be Ready again",
+        &op,
+        Duration::from_secs(10),
+        || ready(&env, "agentgateway", "main") == "True",
+    );
+
     // Deleting the gateway deletes everything it owns.
     env.kubectl_ok("admin", &["delete", "agentgateway", "main"]);
     eventually("the children to be deleted", &op, Duration::from_secs(30), || {

@@ -739,6 +739,18 @@ impl Store {
         }
         let stored = self.commit(&key, Some(object), EventType::Added);
         self.after_crd_write(rt, &stored);
+        // The garbage collector also deletes a dependent created after all its owners were
+        // deleted (a controller's write racing the owner's deletion), as it finds it.
+        let refs = stored["metadata"]["ownerReferences"].as_array();
+        if refs.is_some_and(|refs| {
+            !refs.is_empty()
+                && refs.iter().all(|r| {
+                    let uid = r["uid"].as_str().unwrap_or_default();
+                    !self.objects.values().any(|o| meta_str(o, "uid") == Some(uid))
+                })
+        }) {
+            self.delete_key(&key, false);
+        }
         Ok(Self::present(rt, &stored))
     }
 
@@ -1330,6 +1342,30 @@ mod tests {
             .update(&cm, "default", "dep", released, None, &opts())
             .unwrap();
         assert_eq!(store.get(&cm, "default", "dep").unwrap_err().code, 404);
+    }
+
+    /// A controller that writes a child after its owner was deleted (a race every operator has)
+    /// leaves nothing behind: the garbage collector deletes dependents whose owners are all gone.
+    #[test]
+    fn a_dependent_created_after_its_owner_went_is_collected() {
+        let (mut store, cm) = store_and_cm();
+        let owner = store
+            .create(&cm, "default", json!({"metadata": {"name": "owner"}}), &opts())
+            .unwrap();
+        let uid = owner["metadata"]["uid"].as_str().unwrap().to_string();
+        store
+            .delete(&cm, "default", "owner", &DeleteOptions::default())
+            .unwrap();
+        let late = json!({"metadata": {"name": "late", "ownerReferences": [
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}
+        ]}});
+        store.create(&cm, "default", late, &opts()).unwrap();
+        assert_eq!(store.get(&cm, "default", "late").unwrap_err().code, 404);
+        // Without owner references, or with one owner left, an object stays.
+        store
+            .create(&cm, "default", json!({"metadata": {"name": "free"}}), &opts())
+            .unwrap();
+        assert!(store.get(&cm, "default", "free").is_ok());
     }
 
     #[test]
