@@ -661,8 +661,12 @@ fn rbac_is_least_privilege_and_covers_what_the_operator_grants() {
         "approvalrequests",
     ];
     for kind in kinds {
-        for verb in ["get", "list", "watch", "patch", "update"] {
+        for verb in ["get", "list", "watch"] {
             assert!(allows(operator, "agentgate.dev", kind, verb), "{kind} {verb}");
+        }
+        // It writes their status, never their spec.
+        for verb in ["patch", "update"] {
+            assert!(!allows(operator, "agentgate.dev", kind, verb), "{kind} {verb}");
         }
         for verb in ["get", "patch", "update"] {
             let status = format!("{kind}/status");
@@ -678,7 +682,6 @@ fn rbac_is_least_privilege_and_covers_what_the_operator_grants() {
         ("", "secrets"),
         ("", "serviceaccounts"),
         ("", "services"),
-        ("", "configmaps"),
         ("apps", "deployments"),
         ("policy", "poddisruptionbudgets"),
         ("rbac.authorization.k8s.io", "roles"),
@@ -695,13 +698,9 @@ fn rbac_is_least_privilege_and_covers_what_the_operator_grants() {
         (
             "agentgate.dev",
             "approvalrequests",
-            &["get", "list", "watch", "create", "patch", "update"][..],
+            &["get", "list", "watch", "create"][..],
         ),
-        (
-            "agentgate.dev",
-            "approvalrequests/status",
-            &["get", "patch", "update"][..],
-        ),
+        ("agentgate.dev", "approvalrequests/status", &["get", "patch"][..]),
         ("", "events", &["create"][..]),
     ] {
         for verb in verbs {
@@ -850,12 +849,7 @@ fn the_rendered_chart_is_accepted_by_the_api_server() {
             "-n",
             "agentgate",
         ],
-        &[
-            "get",
-            "secrets,configmaps,services,serviceaccounts",
-            "-n",
-            "agentgate",
-        ],
+        &["get", "secrets,services,serviceaccounts", "-n", "agentgate"],
         &[
             "get",
             "deployments,poddisruptionbudgets,roles,rolebindings",
@@ -885,6 +879,10 @@ fn the_rendered_chart_is_accepted_by_the_api_server() {
             "cannot create resource \"leases\"",
         ),
         (&["get", "clusterroles"], "cannot list resource \"clusterroles\""),
+        (
+            &["get", "configmaps", "-n", "agentgate"],
+            "cannot list resource \"configmaps\"",
+        ),
     ];
     for (args, expected) in refused {
         let mut all = vec![sa.as_str()];
