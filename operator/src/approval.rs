@@ -67,6 +67,13 @@ pub fn evaluate(
                 !r.approvers.groups.is_empty() || r.approvers.users.iter().any(|u| u == *user)
             })
         })
+        // And by the approvers frozen on the request when it was made: someone added to the rule
+        // later does not count for it.
+        .filter(|(user, _)| {
+            spec.approvers
+                .as_ref()
+                .is_none_or(|a| !a.groups.is_empty() || a.users.iter().any(|u| u == *user))
+        })
         .collect();
     let approvals = valid
         .iter()

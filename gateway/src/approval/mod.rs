@@ -351,7 +351,7 @@ impl Entry {
     /// alone is not enough: in a cluster, whoever may write the status subresource (any gateway's
     /// service account) could set Approved, while decisions are admitted only from approvers.
     /// Counted as the operator counts them: never the requester's, and only listed users' when
-    /// the rule names users but no groups.
+    /// the rule (as it is, and as it was when the request was made) names users but no groups.
     fn backed(&self, ask: &Ask) -> bool {
         let s = &self.request.spec;
         if self.grant_expires_at.is_none() {
@@ -359,8 +359,10 @@ impl Entry {
         }
         let mut approvals = 0;
         for (user, d) in &s.decisions {
+            let listed = |a: &Approvers| !a.groups.is_empty() || a.users.contains(user);
             let counts = *user != s.requester
-                && (!ask.approvers.groups.is_empty() || ask.approvers.users.contains(user));
+                && listed(&ask.approvers)
+                && s.approvers.as_ref().is_none_or(listed);
             match d.state {
                 _ if !counts => {}
                 DecisionState::Denied => return false,

@@ -89,6 +89,20 @@ fn unlisted_users_do_not_count_when_the_rule_names_users_only() {
 }
 
 #[test]
+fn users_added_to_the_rule_after_the_request_do_not_count() {
+    let mut r = request(approved("mallory"), json!({"type": "Once"}));
+    r.spec.approvers = Some(agentgate_crds::policy::Approvers {
+        users: vec!["alice".into()],
+        groups: vec![],
+    });
+    let e = evaluate(&r, Some(&rule(1, &["alice", "mallory"], &[])), HOUR, WEEK, NOW);
+    assert_eq!(e.phase, ApprovalPhase::Pending);
+    r.spec.decisions = serde_json::from_value(approved("alice")).unwrap();
+    let e = evaluate(&r, Some(&rule(1, &["alice", "mallory"], &[])), HOUR, WEEK, NOW);
+    assert_eq!(e.phase, ApprovalPhase::Approved);
+}
+
+#[test]
 fn any_denial_denies() {
     let r = request(
         json!({"alice": {"state": "Approved"}, "bob": {"state": "Denied"}}),
