@@ -284,36 +284,20 @@ spec:
     // image the operator does not allow is not run, and the gateway says why.
     let image_path = "{.spec.template.spec.containers[0].image}";
     let image = jsonpath(&env, "deployment", "agentgate-main", image_path);
-    env.kubectl_ok(
-        "admin",
-        &[
-            "patch",
-            "agentgateway",
-            "main",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"spec":{"image":"evil.example/backdoor:1"}}"#,
-        ],
-    );
+    let patch_gateway = |kind: &str, patch: &str| {
+        env.kubectl_ok(
+            "admin",
+            &["patch", "agentgateway", "main", "--type", kind, "-p", patch],
+        );
+    };
+    patch_gateway("merge", r#"{"spec":{"image":"evil.example/backdoor:1"}}"#);
     eventually("the image to be refused", &op, Duration::from_secs(10), || {
         ready_message(&env, "agentgateway", "main")
             .contains("spec.image: \"evil.example/backdoor:1\" is not allowed")
     });
     assert_eq!(ready(&env, "agentgateway", "main"), "False");
     assert_eq!(jsonpath(&env, "deployment", "agentgate-main", image_path), image);
-    env.kubectl_ok(
-        "admin",
-        &[
-            "patch",
-            "agentgateway",
-            "main",
-            "--type",
-            "json",
-            "-p",
-            r#"[{"op":"remove","path":"/spec/image"}]"#,
-        ],
-    );
+    patch_gateway("json", r#"[{"op":"remove","path":"/spec/image"}]"#);
     eventually(
         "the gateway to be Ready again",
         &op,

@@ -360,9 +360,8 @@ impl Entry {
         let mut approvals = 0;
         for (user, d) in &s.decisions {
             let listed = |a: &Approvers| !a.groups.is_empty() || a.users.contains(user);
-            let counts = *user != s.requester
-                && listed(&ask.approvers)
-                && s.approvers.as_ref().is_none_or(listed);
+            let counts =
+                *user != s.requester && listed(&ask.approvers) && s.approvers.as_ref().is_none_or(listed);
             match d.state {
                 _ if !counts => {}
                 DecisionState::Denied => return false,
