@@ -888,6 +888,25 @@ fn a_session_ends_when_its_token_expires() {
     assert!(r.until_ready().is_empty());
 }
 
+/// Stopping the gateway ends its PostgreSQL sessions as PostgreSQL's own shutdown does (FATAL
+/// 57P01), so each record is closed and signed (and shipped, with s3) before the process goes.
+#[test]
+fn sessions_end_with_57p01_and_a_closed_record_when_the_gateway_stops() {
+    let mut s = setup_with(false);
+    let mut r = Raw::login(s.plain, &token(&s.idp));
+    r.send(b'Q', b"SELECT 1\0");
+    assert!(r.until_ready().iter().any(|(t, _)| *t == b'D'));
+    s.gw.stop();
+    let msgs = r.until_ready();
+    assert_eq!(errors(&msgs), ["57P01"], "{msgs:?}");
+    let recorded = s.gw.recordings();
+    let end = recorded
+        .lines()
+        .filter(|l| l.contains("\"type\":\"session.end\""))
+        .find(|l| l.contains("gateway shutdown"));
+    assert!(end.is_some(), "no session closed by the shutdown:\n{recorded}");
+}
+
 #[test]
 fn authentication_and_startup_are_strict() {
     let s = setup_with(false);

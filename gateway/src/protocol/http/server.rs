@@ -50,7 +50,7 @@ struct Running {
 /// Runs the listeners of each configuration until `shutdown` turns true.
 pub async fn run(gw: Arc<Gateway>, mut snapshots: SnapshotReceiver, mut shutdown: watch::Receiver<bool>) {
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
-    let postgres = PostgresContext::new(gw.clone());
+    let postgres = PostgresContext::with_shutdown(gw.clone(), shutdown.clone());
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
         if let Some(snapshot) = snapshot {

@@ -70,15 +70,26 @@ pub struct Context {
     pub classifier: Classifier,
     /// Upstream TLS configurations by connection, with the snapshot they were built for.
     tls: Mutex<HashMap<String, (usize, Arc<ClientConfig>)>>,
+    /// Turns true when the gateway shuts down: sessions end then (FATAL 57P01, as PostgreSQL's
+    /// own shutdown does), so their records are closed and shipped before the process goes.
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Context {
     pub fn new(gateway: Arc<Gateway>) -> Arc<Self> {
+        // Never shut down: the sender is dropped, and `changed` never fires on a closed channel
+        // whose value stays false (see `shut_down`).
+        Self::with_shutdown(gateway, tokio::sync::watch::channel(false).1)
+    }
+
+    /// A context whose sessions end when `shutdown` turns true.
+    pub fn with_shutdown(gateway: Arc<Gateway>, shutdown: tokio::sync::watch::Receiver<bool>) -> Arc<Self> {
         Arc::new(Self {
             gateway,
             cancels: Arc::new(CancelRegistry::default()),
             classifier: Classifier::new(CLASSIFIER_CAPACITY),
             tls: Mutex::new(HashMap::new()),
+            shutdown,
         })
     }
 
@@ -808,6 +819,13 @@ impl Live {
                 ))));
                 "token expired".to_string()
             }
+            () = shut_down(this.ctx.shutdown.clone()) => {
+                let _ = stop.send(Pending::Fatal(Fatal(ErrorResponse::fatal(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    "terminating connection because the gateway is shutting down",
+                ))));
+                "gateway shutdown".to_string()
+            }
         };
         // The server side ends when every sender is gone (the client side's went with it).
         drop(stop);
@@ -823,6 +841,13 @@ impl Live {
             let _ = tokio::task::spawn_blocking(move || r.close(end)).await;
         }
         tracing::info!(identity = %this.identity, connection = %this.connection, reason, "postgres session ended");
+    }
+}
+
+/// Resolves once `shutdown` is true; never, if its sender is gone while it is false.
+async fn shut_down(mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    if shutdown.wait_for(|down| *down).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
