@@ -155,37 +155,18 @@ pub fn compile(ns: &Namespace, gateway: &str) -> Compiled {
     let mut excluded: BTreeMap<ObjectKey, Verdict> = BTreeMap::new();
     let source = format!("namespace/{}", ns.name);
     let outcome = loop {
-        let manifests: Vec<Manifest> = candidates
+        let values: Vec<Value> = candidates
             .iter()
             .filter(|c| !excluded.contains_key(&c.key))
-            .filter_map(|c| {
-                let value = prune_references(c, &excluded)?;
-                Some(Manifest::from_value(&source, value))
-            })
+            .filter_map(|c| prune_references(c, &excluded))
+            .collect();
+        let manifests: Vec<Manifest> = values
+            .iter()
+            .map(|v| Manifest::from_value(&source, v.clone()))
             .collect();
         let errors = match compile_manifests(manifests, &options) {
             Ok(config) => {
-                // Published: the objects as compiled, and of each Secret only the keys the
-                // configuration looked up. The rest of a Secret (its other keys, or a Secret only a
-                // left-out object named) never reaches the gateway.
-                let used = &config.secret_keys_used;
-                let text = candidates
-                    .iter()
-                    .filter(|c| !excluded.contains_key(&c.key))
-                    .filter_map(|c| prune_references(c, &excluded))
-                    .filter_map(|mut value| {
-                        if value["kind"] == "Secret" {
-                            let name = value["metadata"]["name"].as_str().unwrap_or_default().to_string();
-                            let data = value["data"].as_object_mut()?;
-                            data.retain(|k, _| used.contains(&(ns.name.clone(), name.clone(), k.clone())));
-                            if data.is_empty() {
-                                return None;
-                            }
-                        }
-                        Some(value.to_string())
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n---\n");
+                let text = published_text(values, &ns.name, &config.secret_keys_used);
                 break Ok(Published {
                     hash: hex(&Sha256::digest(text.as_bytes())),
                     compressed: agentgate::config::kubernetes::encode_config(&text),
@@ -311,6 +292,26 @@ fn secret_value(namespace: &str, s: &Secret) -> Value {
         v["type"] = Value::String(t.clone());
     }
     v
+}
+
+/// The objects as compiled, of each Secret only the keys the configuration looked up: the rest
+/// of a Secret (its other keys, or a Secret only a left-out object named) never reaches the gateway.
+fn published_text(values: Vec<Value>, namespace: &str, used: &BTreeSet<(String, String, String)>) -> String {
+    values
+        .into_iter()
+        .filter_map(|mut value| {
+            if value["kind"] == "Secret" {
+                let name = value["metadata"]["name"].as_str().unwrap_or_default().to_string();
+                let data = value["data"].as_object_mut()?;
+                data.retain(|k, _| used.contains(&(namespace.to_string(), name.clone(), k.clone())));
+                if data.is_empty() {
+                    return None;
+                }
+            }
+            Some(value.to_string())
+        })
+        .collect::<Vec<_>>()
+        .join("\n---\n")
 }
 
 /// Names of the Secrets an object's spec refers to (`*SecretRef.name`, `secretRef.name`,

@@ -23,6 +23,17 @@ pub struct Fetched {
     pub body: Bytes,
 }
 
+/// An HTTP/1 connector for https (rustls on aws-lc-rs, the platform's roots) and plain http:
+/// for the services the gateway calls itself (identity providers, object storage).
+pub fn native_roots_connector() -> Result<hyper_rustls::HttpsConnector<HttpConnector>, String> {
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .map_err(|e| format!("cannot load the platform's root certificates: {e}"))?
+        .https_or_http()
+        .enable_http1()
+        .build())
+}
+
 /// The client used for every identity-provider call.
 #[derive(Clone, Debug)]
 pub struct HttpFetcher {
@@ -32,14 +43,8 @@ pub struct HttpFetcher {
 impl HttpFetcher {
     /// A client trusting the platform's root certificates.
     pub fn new() -> Result<Self, String> {
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(|e| format!("cannot load the platform's root certificates: {e}"))?
-            .https_or_http()
-            .enable_http1()
-            .build();
         Ok(Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: Client::builder(TokioExecutor::new()).build(native_roots_connector()?),
         })
     }
 

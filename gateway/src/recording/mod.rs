@@ -78,6 +78,15 @@ pub fn is_session_file(path: &Path) -> bool {
     shape && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file())
 }
 
+/// Whether a process holds `file`'s lock: its session is open (see [`Recorder::start_session`]).
+pub fn is_open(file: &Path) -> std::io::Result<bool> {
+    match File::open(file)?.try_lock_shared() {
+        Ok(()) => Ok(false),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
 /// Why an event was not recorded. Messages carry file names and OS errors, never record contents.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordingError {

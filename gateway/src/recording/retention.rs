@@ -26,7 +26,7 @@ pub fn prune(dir: &Path, retention: Duration, now: SystemTime) -> usize {
         let old = std::fs::metadata(&path)
             .and_then(|m| m.modified())
             .is_ok_and(|t| t < cutoff);
-        if !old || super::shipping::locked(&path).unwrap_or(true) {
+        if !old || super::is_open(&path).unwrap_or(true) {
             continue;
         }
         match std::fs::remove_file(&path) {

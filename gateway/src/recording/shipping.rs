@@ -118,12 +118,7 @@ impl Shipper {
             .map_err(|e| ShipError::Settings(format!("bucket {:?}: {e}", storage.bucket)))?;
         let text = |v: &crate::config::SecretValue| String::from_utf8_lossy(v.expose()).into_owned();
         let credentials = Credentials::new(text(&storage.access_key_id), text(&storage.secret_access_key));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .map_err(|e| ShipError::Settings(format!("cannot load the platform's root certificates: {e}")))?
-            .https_or_http()
-            .enable_http1()
-            .build();
+        let connector = crate::identity::fetch::native_roots_connector().map_err(ShipError::Settings)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             bucket,
@@ -164,7 +159,7 @@ impl Shipper {
             }
         };
         files.sort();
-        self.open.retain(|p, _| files.contains(p));
+        self.open.retain(|p, _| files.binary_search(p).is_ok());
         for file in files {
             match self.ready(&file, grace) {
                 Ok(true) => {}
@@ -218,7 +213,7 @@ impl Shipper {
             .map_err(read_err)?
             .elapsed()
             .is_ok_and(|age| age >= grace);
-        Ok(settled && !locked(file).map_err(read_err)?)
+        Ok(settled && !super::is_open(file).map_err(read_err)?)
     }
 
     /// PUTs `file`, streamed from disk.
@@ -325,15 +320,6 @@ impl Shipper {
             };
             tokio::time::sleep(wait).await;
         }
-    }
-}
-
-/// Whether a process holds `file`'s lock (its session is open).
-pub(super) fn locked(file: &Path) -> std::io::Result<bool> {
-    match std::fs::File::open(file)?.try_lock_shared() {
-        Ok(()) => Ok(false),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
-        Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
 }
 

@@ -740,31 +740,12 @@ spec:
     let decide = |who: &str| {
         format!(r#"{{"spec":{{"decisions":{{"{who}":{{"state":"Approved","reason":"INC-1234"}}}}}}}}"#)
     };
+    fn merge_patch<'a>(name: &'a str, patch: &'a str) -> [&'a str; 7] {
+        ["patch", "approvalrequest", name, "--type", "merge", "-p", patch]
+    }
     // Deciding as oneself is allowed; deciding for someone else is refused.
-    env.kubectl_ok(
-        "approver",
-        &[
-            "patch",
-            "approvalrequest",
-            "req1",
-            "--type",
-            "merge",
-            "-p",
-            &decide("approver"),
-        ],
-    );
-    let err = env.kubectl_err(
-        "approver",
-        &[
-            "patch",
-            "approvalrequest",
-            "req1",
-            "--type",
-            "merge",
-            "-p",
-            &decide("alice"),
-        ],
-    );
+    env.kubectl_ok("approver", &merge_patch("req1", &decide("approver")));
+    let err = env.kubectl_err("approver", &merge_patch("req1", &decide("alice")));
     assert_eq!(
         err.trim(),
         format!(
@@ -772,18 +753,7 @@ spec:
         )
     );
     // No self-approval: a validation without message and reason (Invalid, naming the expression).
-    let err = env.kubectl_err(
-        "approver",
-        &[
-            "patch",
-            "approvalrequest",
-            "req2",
-            "--type",
-            "merge",
-            "-p",
-            &decide("approver"),
-        ],
-    );
+    let err = env.kubectl_err("approver", &merge_patch("req2", &decide("approver")));
     assert_eq!(
         err.trim(),
         format!(
@@ -808,18 +778,7 @@ spec:
             r#"{"spec":{"reason":"approved by the CISO"}}"#.to_string(),
         ),
     ] {
-        let err = env.kubectl_err(
-            who,
-            &[
-                "patch",
-                "approvalrequest",
-                "req2",
-                "--type",
-                "merge",
-                "-p",
-                &patch,
-            ],
-        );
+        let err = env.kubectl_err(who, &merge_patch("req2", &patch));
         assert!(
             err.contains("only decisions may change after creation"),
             "{patch}: {err}"

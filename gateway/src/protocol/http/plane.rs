@@ -3,7 +3,7 @@
 //! on the plane they started with.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use agentgate_crds::connection::ConnectionType;
@@ -90,6 +90,45 @@ struct IdentityShared {
     replay: Arc<ReplayCache>,
 }
 
+/// A background task run for a setting (a directory and what to do with it), kept across
+/// reloads while the setting stays the same.
+#[derive(Debug)]
+struct TaskSlot<K>(Mutex<Option<(K, tokio::task::AbortHandle)>>);
+
+impl<K> Default for TaskSlot<K> {
+    fn default() -> Self {
+        Self(Mutex::new(None))
+    }
+}
+
+impl<K: PartialEq> TaskSlot<K> {
+    /// Runs the task for `key` (`None`: no task). A task already running for an equal key is
+    /// kept; otherwise it is stopped and `start` starts the new one (`None` if it could not).
+    fn set(&self, key: Option<K>, start: impl FnOnce(&K) -> Option<tokio::task::AbortHandle>) {
+        let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let (Some((running, _)), Some(key)) = (slot.as_ref(), key.as_ref())
+            && running == key
+        {
+            return;
+        }
+        if let Some((_, task)) = slot.take() {
+            task.abort();
+        }
+        if let Some(key) = key
+            && let Some(task) = start(&key)
+        {
+            *slot = Some((key, task));
+        }
+    }
+
+    /// Stops the task; returns what it ran for.
+    fn stop(&self) -> Option<K> {
+        let (key, task) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        task.abort();
+        Some(key)
+    }
+}
+
 /// The process-wide HTTP data plane: the current [`Plane`] and what survives reloads.
 #[derive(Debug)]
 pub struct Gateway {
@@ -99,10 +138,10 @@ pub struct Gateway {
     /// The recorder of the current recording directory and mode; kept across reloads so one
     /// signing key covers the process's sessions.
     recorder: Mutex<Option<(PathBuf, RecordingMode, Arc<Recorder>)>>,
-    /// The task shipping the spool to object storage, with what it was started for.
-    shipper: Mutex<Option<(PathBuf, ObjectStorage, tokio::task::AbortHandle)>>,
+    /// The task shipping the spool to object storage.
+    shipper: TaskSlot<(PathBuf, ObjectStorage)>,
     /// The task deleting expired sessions from the gateway's own storage.
-    retention: Mutex<Option<(PathBuf, std::time::Duration, tokio::task::AbortHandle)>>,
+    retention: TaskSlot<(PathBuf, std::time::Duration)>,
     /// The approval store (standalone mode); `None` when it could not be opened, and then
     /// operations that need approval are refused.
     pub approvals: Option<Arc<crate::approval::Approvals>>,
@@ -128,8 +167,8 @@ impl Gateway {
                 replay: Arc::new(ReplayCache::default()),
             },
             recorder: Mutex::new(None),
-            shipper: Mutex::new(None),
-            retention: Mutex::new(None),
+            shipper: TaskSlot::default(),
+            retention: TaskSlot::default(),
             listening: std::sync::atomic::AtomicU64::new(0),
         })
     }
@@ -218,34 +257,24 @@ impl Gateway {
 
     /// Ships `dir` to `storage` (or stops shipping), restarting the shipper when either changed.
     /// A shipper that cannot start leaves sessions in the spool, where they stay the record.
-    fn ship(&self, dir: &PathBuf, storage: Option<&ObjectStorage>) {
-        let mut slot = self.shipper.lock().unwrap_or_else(|p| p.into_inner());
-        if let (Some((d, s, _)), Some(storage)) = (slot.as_ref(), storage)
-            && d == dir
-            && s == storage
-        {
-            return;
-        }
-        if let Some((_, _, task)) = slot.take() {
-            task.abort();
-        }
-        let Some(storage) = storage else { return };
-        match crate::recording::shipping::spawn(dir, storage, self.metrics.clone()) {
-            Ok(task) => *slot = Some((dir.clone(), storage.clone(), task)),
-            Err(e) => {
-                tracing::error!(error = %e, "sessions cannot be shipped to object storage; they stay in the spool")
-            }
-        }
+    fn ship(&self, dir: &Path, storage: Option<&ObjectStorage>) {
+        let key = storage.map(|s| (dir.to_path_buf(), s.clone()));
+        self.shipper.set(key, |(dir, storage)| {
+            crate::recording::shipping::spawn(dir, storage, self.metrics.clone())
+                .inspect_err(|e| {
+                    tracing::error!(error = %e, "sessions cannot be shipped to object storage; they stay in the spool")
+                })
+                .ok()
+        });
     }
 
     /// Ships what the spool holds one last time before the process exits, sessions closed at
     /// shutdown included (in a cluster the spool is the pod's scratch space, gone with it).
     /// Bounded by `limit`; what is left is logged.
     pub async fn drain_spool(&self, limit: std::time::Duration) {
-        let Some((dir, storage, task)) = self.shipper.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        let Some((dir, storage)) = self.shipper.stop() else {
             return;
         };
-        task.abort();
         let mut shipper = match crate::recording::shipping::Shipper::new(&dir, &storage) {
             Ok(s) => s,
             Err(e) => {
@@ -281,21 +310,11 @@ impl Gateway {
     }
 
     /// Prunes `dir` to `retention` (or stops), restarting the task when either changed.
-    fn retain(&self, dir: &PathBuf, retention: Option<std::time::Duration>) {
-        let mut slot = self.retention.lock().unwrap_or_else(|p| p.into_inner());
-        if let (Some((d, r, _)), Some(retention)) = (slot.as_ref(), retention)
-            && d == dir
-            && *r == retention
-        {
-            return;
-        }
-        if let Some((_, _, task)) = slot.take() {
-            task.abort();
-        }
-        let Some(retention) = retention else { return };
-        if let Some(task) = crate::recording::retention::spawn(dir, retention) {
-            *slot = Some((dir.clone(), retention, task));
-        }
+    fn retain(&self, dir: &Path, retention: Option<std::time::Duration>) {
+        let key = retention.map(|r| (dir.to_path_buf(), r));
+        self.retention.set(key, |(dir, retention)| {
+            crate::recording::retention::spawn(dir, *retention)
+        });
     }
 
     fn recorder_for(

@@ -236,6 +236,15 @@ fn method_override_refused() -> Problem {
     )
 }
 
+/// Whether a message's body is compressed or otherwise encoded (Content-Encoding other than
+/// `identity`): bytes the gateway can neither check nor mask.
+fn is_encoded(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
 /// Whether a body read whole names a method override.
 fn body_overrides(kind: BodyKind, boundary: Option<&[u8]>, bytes: &[u8]) -> bool {
     match (kind, boundary) {
@@ -369,13 +378,7 @@ async fn proxy(
     } else {
         method_override::body_kind(&parts.method, &parts.headers)
     };
-    if kind != BodyKind::Other
-        && parts
-            .headers
-            .get_all(header::CONTENT_ENCODING)
-            .iter()
-            .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
-    {
+    if kind != BodyKind::Other && is_encoded(&parts.headers) {
         return Err(bad_request(
             "a compressed (Content-Encoding) form, multipart or JSON POST body cannot be checked for a method override; send it uncompressed",
         ));
@@ -759,12 +762,7 @@ async fn proxy(
     headers::sanitize_response(&mut res_parts.headers);
     // The gateway asks for identity encoding; an upstream that compresses anyway sends bytes
     // that neither the masker nor the credential scrubber can read.
-    let encoded = res_parts
-        .headers
-        .get_all(header::CONTENT_ENCODING)
-        .iter()
-        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if encoded && (upstream.scrub.is_some() || !plan.is_empty()) {
+    if is_encoded(&res_parts.headers) && (upstream.scrub.is_some() || !plan.is_empty()) {
         let problem = Problem::new(
             Kind::MaskingRefused,
             "the upstream's response was withheld because it is compressed (Content-Encoding), which the gateway cannot mask or scrub",
