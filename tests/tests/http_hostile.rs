@@ -1077,6 +1077,39 @@ fn writes_are_recorded_before_forwarding_and_reads_with_their_response() {
     assert_eq!(kinds, ["http.request", "decision", "http.response"], "{after}");
 }
 
+/// Stopping the gateway lets a request in flight finish: the agent gets its answer and the
+/// record has it, before the process goes.
+#[test]
+fn a_request_in_flight_when_the_gateway_stops_is_answered_and_recorded() {
+    let mut s = setup();
+    let url = s.gw.url("/okta/echo/at-shutdown?delay_ms=2000");
+    let auth = s.auth();
+    let client = std::thread::spawn(move || curl(&["-H", &auth], &url));
+    let seen = wait_for(Duration::from_secs(20), || {
+        s.upstream
+            .requests()
+            .contains("HELD /echo/at-shutdown")
+            .then_some(())
+    });
+    assert!(seen.is_some(), "{}", s.upstream.requests());
+    s.gw.stop();
+    let reply = client.join().unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let after = s.gw.recordings();
+    let events = request_events(&after);
+    let id = events
+        .iter()
+        .find(|e| e["type"] == "http.request" && e["data"]["path"] == "/echo/at-shutdown")
+        .map(|e| e["data"]["request_id"].clone())
+        .unwrap_or_else(|| panic!("{after}"));
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "http.response" && e["data"]["request_id"] == id),
+        "{after}"
+    );
+}
+
 /// Without masking, a small body with a declared length is on record in its response's event
 /// (one write, made before the agent has it); a body too large to record whole still streams,
 /// and its start is recorded when it ends.

@@ -32,6 +32,14 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Most concurrent HTTP/2 streams per connection.
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// How long shutdown waits for open connections to end (HTTP requests in flight to finish,
+/// PostgreSQL sessions to send 57P01) so their records close as such and are shipped; within
+/// Kubernetes' default 30 s termination grace period, with the spool drain after it.
+pub const CONNECTION_DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// Held by every connection task; shutdown waits until no copy is left (the receiver then
+/// reads `None`).
+type Alive = tokio::sync::mpsc::Sender<()>;
 
 /// What identifies a running listener: when any of it changes, the listener is rebound.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +59,7 @@ struct Running {
 pub async fn run(gw: Arc<Gateway>, mut snapshots: SnapshotReceiver, mut shutdown: watch::Receiver<bool>) {
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
     let postgres = PostgresContext::with_shutdown(gw.clone(), shutdown.clone());
+    let (alive, mut all_gone) = tokio::sync::mpsc::channel::<()>(1);
     loop {
         let snapshot = snapshots.borrow_and_update().clone();
         if let Some(snapshot) = snapshot {
@@ -126,12 +135,21 @@ pub async fn run(gw: Arc<Gateway>, mut snapshots: SnapshotReceiver, mut shutdown
                 tracing::info!(listener = %l.name, %addr, tls = acceptor.is_some(), protocol = ?l.protocol, "listener up");
                 let (stop, stop_rx) = watch::channel(false);
                 let task = match l.protocol {
-                    ListenerProtocol::Http => {
-                        tokio::spawn(accept_loop(socket, acceptor, gw.clone(), l.name.clone(), stop_rx))
-                    }
-                    ListenerProtocol::Postgres => {
-                        tokio::spawn(postgres_accept_loop(socket, acceptor, postgres.clone(), stop_rx))
-                    }
+                    ListenerProtocol::Http => tokio::spawn(accept_loop(
+                        socket,
+                        acceptor,
+                        gw.clone(),
+                        l.name.clone(),
+                        stop_rx,
+                        alive.clone(),
+                    )),
+                    ListenerProtocol::Postgres => tokio::spawn(postgres_accept_loop(
+                        socket,
+                        acceptor,
+                        postgres.clone(),
+                        stop_rx,
+                        alive.clone(),
+                    )),
                 };
                 running.insert(l.name.clone(), Running { key, stop, task });
             }
@@ -145,6 +163,16 @@ pub async fn run(gw: Arc<Gateway>, mut snapshots: SnapshotReceiver, mut shutdown
     for (_, r) in running {
         let _ = r.stop.send(true);
         let _ = r.task.await;
+    }
+    // Connections were told to end (HTTP by the listener's stop, PostgreSQL by `shutdown`).
+    // Those still open after the limit are dropped with the runtime; their records then close
+    // as "dropped".
+    drop(alive);
+    if tokio::time::timeout(CONNECTION_DRAIN_LIMIT, all_gone.recv())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the drain limit are cut");
     }
 }
 
@@ -174,6 +202,7 @@ async fn accept_loop(
     gw: Arc<Gateway>,
     name: String,
     mut stop: watch::Receiver<bool>,
+    alive: Alive,
 ) {
     while let Some((stream, peer)) = accept(&socket, &mut stop).await {
         let _ = stream.set_nodelay(true);
@@ -181,7 +210,9 @@ async fn accept_loop(
         let acceptor = acceptor.clone();
         let name = name.clone();
         let stop = stop.clone();
+        let alive = alive.clone();
         tokio::spawn(async move {
+            let _alive = alive;
             match acceptor {
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -214,14 +245,15 @@ async fn postgres_accept_loop(
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     ctx: Arc<PostgresContext>,
     mut stop: watch::Receiver<bool>,
+    alive: Alive,
 ) {
     while let Some((stream, peer)) = accept(&socket, &mut stop).await {
-        tokio::spawn(crate::protocol::postgres::session::serve(
-            ctx.clone(),
-            stream,
-            peer,
-            acceptor.clone(),
-        ));
+        let session = crate::protocol::postgres::session::serve(ctx.clone(), stream, peer, acceptor.clone());
+        let alive = alive.clone();
+        tokio::spawn(async move {
+            let _alive = alive;
+            session.await
+        });
     }
 }
 
