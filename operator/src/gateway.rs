@@ -26,6 +26,8 @@ use crate::{Error, MANAGER, children, objects};
 pub const CONTROLLER: &str = "gateway";
 /// How often a gateway is reconciled without any change (drift repair).
 pub const RESYNC: Duration = Duration::from_secs(300);
+/// How often a gateway blocked by an object of a child's name that it does not own looks again.
+pub const CONFLICT_RECHECK: Duration = Duration::from_secs(10);
 
 /// Reconciles one AgentGateway.
 pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -62,6 +64,27 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
     }
     let pp = PatchParams::apply(MANAGER).force();
     let client = &ctx.client;
+    // Force only settles fields between this operator's own versions: an object of a child's
+    // name that this gateway does not own is someone else's, and is left alone.
+    let uid = gw.uid().unwrap_or_default();
+    let mut foreign = Vec::new();
+    foreign.extend(not_owned::<ServiceAccount>(client, &ns, &children::child_name(&name), &uid).await?);
+    foreign.extend(not_owned::<Role>(client, &ns, &children::child_name(&name), &uid).await?);
+    foreign.extend(not_owned::<RoleBinding>(client, &ns, &children::child_name(&name), &uid).await?);
+    foreign.extend(not_owned::<Secret>(client, &ns, &children::config_secret_name(&name), &uid).await?);
+    foreign.extend(not_owned::<Deployment>(client, &ns, &children::child_name(&name), &uid).await?);
+    foreign.extend(not_owned::<Service>(client, &ns, &children::child_name(&name), &uid).await?);
+    foreign.extend(not_owned::<PodDisruptionBudget>(client, &ns, &children::child_name(&name), &uid).await?);
+    if !foreign.is_empty() {
+        compiled.gateway = Err(format!(
+            "{} already exist(s) and belong(s) to something else; the operator takes over nothing: rename the gateway, or delete or rename the object",
+            foreign.join(", ")
+        ));
+        report_objects(&ctx, &name, &snapshot, &compiled).await?;
+        report_gateway(&ctx, &gw, &ns, &compiled).await?;
+        // Deleting an object this operator does not own wakes no watch of its own.
+        return Ok(Action::requeue(CONFLICT_RECHECK));
+    }
     apply::<ServiceAccount>(client, &ns, children::service_account(&gw), &pp).await?;
     apply::<Role>(client, &ns, children::role(&gw), &pp).await?;
     apply::<RoleBinding>(client, &ns, children::role_binding(&gw), &pp).await?;
@@ -128,6 +151,26 @@ where
         .patch(&name, pp, &Patch::Apply(&object))
         .await?;
     Ok(())
+}
+
+/// `"<Kind> <name>"` when an object of that name exists and is not controlled by the gateway
+/// with `uid`.
+async fn not_owned<K>(client: &kube::Client, ns: &str, name: &str, uid: &str) -> Result<Option<String>, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let Some(existing) = Api::<K>::namespaced(client.clone(), ns).get_opt(name).await? else {
+        return Ok(None);
+    };
+    let ours = existing
+        .owner_references()
+        .iter()
+        .any(|o| o.uid == uid && o.controller == Some(true));
+    Ok((!ours).then(|| format!("{} {name}", K::kind(&K::DynamicType::default()))))
 }
 
 async fn publish_event(ctx: &Context, gw: &AgentGateway, type_: EventType, reason: &str, note: &str) {

@@ -344,6 +344,67 @@ spec:
     );
 }
 
+/// An object that already has a child's name and is not the gateway's own is left alone: the
+/// gateway says which, and is set up once the object is gone.
+#[test]
+fn objects_of_a_childs_name_that_the_gateway_does_not_own_are_not_taken_over() {
+    let env = TestEnv::start();
+    let ns = env.namespace().to_string();
+    let theirs = format!(
+        r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: agentgate-main, namespace: {ns}}}
+rules:
+  - {{apiGroups: [""], resources: [configmaps], verbs: [get]}}
+"#
+    );
+    env.kubectl_ok("admin", &["apply", "-f", &env.file("theirs.yaml", &theirs)]);
+    env.kubectl_ok(
+        "admin",
+        &["apply", "-f", &env.file("objects.yaml", &objects(&ns))],
+    );
+    let op = start_operator(&env, "operator-a");
+    eventually(
+        "the gateway to name the object",
+        &op,
+        Duration::from_secs(30),
+        || {
+            ready(&env, "agentgateway", "main") == "False"
+                && ready_message(&env, "agentgateway", "main").contains("Role agentgate-main")
+        },
+    );
+    // Untouched: its rules, no owner, and nothing else of the gateway's was made.
+    assert_eq!(
+        jsonpath(
+            &env,
+            "role",
+            "agentgate-main",
+            "{.rules[0].resources[0]}/{.metadata.ownerReferences}"
+        ),
+        "configmaps/"
+    );
+    for (kind, name) in [
+        ("deployment", "agentgate-main"),
+        ("secret", "agentgate-main-config"),
+    ] {
+        assert!(
+            !env.kubectl("admin", &["get", kind, name]).status.success(),
+            "{kind}/{name} was made"
+        );
+    }
+    env.kubectl_ok("admin", &["delete", "role", "agentgate-main"]);
+    eventually("the gateway to be Ready", &op, Duration::from_secs(40), || {
+        ready(&env, "agentgateway", "main") == "True"
+    });
+    let owner = jsonpath(
+        &env,
+        "role",
+        "agentgate-main",
+        "{.metadata.ownerReferences[0].name}",
+    );
+    assert_eq!(owner, "main");
+}
+
 #[test]
 fn a_second_replica_waits_on_the_lease_and_takes_over() {
     let env = TestEnv::start();
