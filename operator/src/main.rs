@@ -49,6 +49,10 @@ enum Command {
         /// or `@`); repeatable. Without one, spec.image may only name the gateway image.
         #[arg(long = "allowed-gateway-image")]
         allowed_gateway_images: Vec<String>,
+        /// Watch and manage only this namespace: a namespace-scoped install, whose operator needs a
+        /// Role there instead of a ClusterRole. Empty or unset: every namespace.
+        #[arg(long, env = "AGENTGATE_WATCH_NAMESPACE")]
+        watch_namespace: Option<String>,
         /// How long decided, expired and used ApprovalRequests are kept.
         #[arg(long, default_value = "7d", value_parser = agentgate_crds::common::parse_duration)]
         approval_retention: Duration,
@@ -80,6 +84,7 @@ fn main() -> ExitCode {
             identity,
             gateway_image,
             allowed_gateway_images,
+            watch_namespace,
             approval_retention,
         } => {
             agentgate::cli::init_tracing();
@@ -101,6 +106,7 @@ fn main() -> ExitCode {
                     allowed_gateway_images,
                     approval_retention,
                 },
+                watch_namespace: watch_namespace.filter(|ns| !ns.is_empty()),
             };
             runtime.block_on(async move {
                 let client = match kube::Client::try_default().await {

@@ -32,6 +32,9 @@ pub struct Options {
     pub lease_name: String,
     pub identity: String,
     pub settings: Settings,
+    /// Watch and manage only this namespace (a namespace-scoped install, with a Role rather than
+    /// a ClusterRole); `None`: every namespace.
+    pub watch_namespace: Option<String>,
 }
 
 /// Runs until `shutdown` resolves or leadership is lost.
@@ -71,6 +74,18 @@ pub async fn run(
     result
 }
 
+/// The objects of kind `K` the operator watches: in every namespace, or only in `namespace`.
+fn watched<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
 fn cache<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -102,18 +117,19 @@ async fn controllers(
     metrics: Metrics,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let scope = options.watch_namespace.as_deref();
     let all = watcher::Config::default();
-    let (connections, connection_events) = cache(Api::<Connection>::all(client.clone()), all.clone());
-    let (identities, identity_events) = cache(Api::<AgentIdentity>::all(client.clone()), all.clone());
-    let (policies, policy_events) = cache(Api::<AccessPolicy>::all(client.clone()), all.clone());
+    let (connections, connection_events) = cache(watched::<Connection>(&client, scope), all.clone());
+    let (identities, identity_events) = cache(watched::<AgentIdentity>(&client, scope), all.clone());
+    let (policies, policy_events) = cache(watched::<AccessPolicy>(&client, scope), all.clone());
     // Service-account tokens and Helm release records are never referenced; leaving them out of the
     // cache keeps its memory to the Secrets that can matter.
     let (secrets, secret_events) = cache(
-        Api::<Secret>::all(client.clone()),
+        watched::<Secret>(&client, scope),
         all.clone()
             .fields("type!=kubernetes.io/service-account-token,type!=helm.sh/release.v1"),
     );
-    let gateways_controller = Controller::new(Api::<AgentGateway>::all(client.clone()), all.clone());
+    let gateways_controller = Controller::new(watched::<AgentGateway>(&client, scope), all.clone());
     let gateways = gateways_controller.store();
     let recorder = Recorder::new(
         client.clone(),
@@ -144,7 +160,7 @@ async fn controllers(
     );
     let gateway_loop = gateways_controller
         .owns(
-            Api::<Deployment>::all(client.clone()),
+            watched::<Deployment>(&client, scope),
             watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}")),
         )
         .watches_stream(connection_events, move |c: Connection| {
@@ -166,7 +182,7 @@ async fn controllers(
             }
         });
     // No debounce for decisions: each is one object's change, and a held operation waits on it.
-    let approval_loop = Controller::new(Api::<ApprovalRequest>::all(client.clone()), all.clone())
+    let approval_loop = Controller::new(watched::<ApprovalRequest>(&client, scope), all.clone())
         .with_config(controller::Config::default())
         .graceful_shutdown_on(stopped(stop.clone()))
         .run(approval::reconcile, approval::error_policy, ctx.clone())
@@ -179,9 +195,9 @@ async fn controllers(
     tokio::join!(
         gateway_loop,
         approval_loop,
-        object_loop::<Connection>(client.clone(), ctx.clone(), stop_objects.clone()),
-        object_loop::<AgentIdentity>(client.clone(), ctx.clone(), stop_objects.clone()),
-        object_loop::<AccessPolicy>(client, ctx, stop_objects),
+        object_loop::<Connection>(client.clone(), scope, ctx.clone(), stop_objects.clone()),
+        object_loop::<AgentIdentity>(client.clone(), scope, ctx.clone(), stop_objects.clone()),
+        object_loop::<AccessPolicy>(client.clone(), scope, ctx, stop_objects),
     );
 }
 
@@ -194,22 +210,27 @@ async fn stopped(mut rx: tokio::sync::watch::Receiver<bool>) {
 /// there appears or goes.
 async fn object_loop<K: Reported>(
     client: kube::Client,
+    scope: Option<&str>,
     ctx: Arc<Context>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let all = watcher::Config::default();
-    let controller = Controller::new(Api::<K>::all(client.clone()), all.clone());
+    let controller = Controller::new(watched::<K>(&client, scope), all.clone());
     let store = controller.store();
     controller
-        .watches(Api::<AgentGateway>::all(client), all, move |g: AgentGateway| {
-            let ns = g.namespace();
-            store
-                .state()
-                .iter()
-                .filter(|o| o.namespace() == ns)
-                .map(|o| ObjectRef::from_obj(&**o))
-                .collect::<Vec<_>>()
-        })
+        .watches(
+            watched::<AgentGateway>(&client, scope),
+            all,
+            move |g: AgentGateway| {
+                let ns = g.namespace();
+                store
+                    .state()
+                    .iter()
+                    .filter(|o| o.namespace() == ns)
+                    .map(|o| ObjectRef::from_obj(&**o))
+                    .collect::<Vec<_>>()
+            },
+        )
         .with_config(controller::Config::default().debounce(DEBOUNCE))
         .graceful_shutdown_on(stopped(stop))
         .run(objects::reconcile::<K>, objects::error_policy::<K>, ctx)

@@ -18,14 +18,27 @@ pub struct Operator {
 impl Operator {
     /// Starts the operator with `kubeconfig` in `namespace` and waits until it is healthy.
     pub fn start(kubeconfig: &Path, namespace: &str, identity: &str) -> Self {
+        Self::start_with(kubeconfig, namespace, identity, &[], &[])
+    }
+
+    /// [`Operator::start`] with more arguments and environment variables.
+    pub fn start_with(
+        kubeconfig: &Path,
+        namespace: &str,
+        identity: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Self {
         let metrics = free_port();
         let mut cmd = Command::new(binary("agentgate-operator"));
         cmd.args(["run", "--metrics-addr", &format!("127.0.0.1:{metrics}")])
             .args(["--gateway-image", "registry.test/agentgate:e2e"])
+            .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAMESPACE", namespace)
             .env("POD_NAME", identity)
-            .env("AGENTGATE_LOG", "info,agentgate_operator=debug");
+            .env("AGENTGATE_LOG", "info,agentgate_operator=debug")
+            .envs(envs.iter().copied());
         let process = Process::start(identity, cmd);
         let op = Self { process, metrics };
         let up = wait_for(Duration::from_secs(30), || {

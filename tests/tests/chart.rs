@@ -8,7 +8,10 @@
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use agentgate_e2e::workspace_root;
+use std::time::Duration;
+
+use agentgate_e2e::kubernetes::Operator;
+use agentgate_e2e::{wait_for, workspace_root};
 use agentgate_kube_emulator::harness::{TestEnv, kubectl_binary};
 use agentgate_kube_emulator::server::Config;
 use serde_json::{Value, json};
@@ -150,7 +153,9 @@ fn the_chart_lints_clean_and_renders_the_expected_objects() {
             "Service/agentgate-operator-metrics",
             "ServiceAccount/agentgate-operator",
             "ValidatingAdmissionPolicy/agentgate-approval-decisions",
+            "ValidatingAdmissionPolicy/agentgate-approval-request-metadata",
             "ValidatingAdmissionPolicyBinding/agentgate-approval-decisions",
+            "ValidatingAdmissionPolicyBinding/agentgate-approval-request-metadata",
         ]
     );
     for o in &objects {
@@ -238,6 +243,8 @@ fn the_chart_lints_clean_and_renders_the_expected_objects() {
         "image.tag=v9,gatewayImage.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
         "--set",
         "leaderElection.leaseName=my-lease,extraArgs={--x=1},replicaCount=3",
+        "--set",
+        "gatewayImage.allowed={registry.example.com/agentgate/agentgate@,ghcr.io/agentgate/agentgate:v2}",
     ]);
     let deployment = named(&objects, "Deployment", "agentgate-operator");
     assert_eq!(deployment["spec"]["replicas"], 3);
@@ -249,7 +256,16 @@ fn the_chart_lints_clean_and_renders_the_expected_objects() {
         args[6],
         "ghcr.io/agentgate/agentgate@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
     );
-    assert_eq!(args[7], "--x=1");
+    assert_eq!(
+        args[7..],
+        [
+            "--allowed-gateway-image",
+            "registry.example.com/agentgate/agentgate@",
+            "--allowed-gateway-image",
+            "ghcr.io/agentgate/agentgate:v2",
+            "--x=1"
+        ]
+    );
 }
 
 /// The `version` of `[workspace.package]` in the root Cargo.toml.
@@ -476,6 +492,11 @@ fn the_values_schema_refuses_unknown_keys_wrong_types_and_bad_enums() {
         ),
         (vec!["--set", "approvals.approverGroups=admins"], "want array"),
         (vec!["--set", "image.digest=latest"], "image/digest"),
+        (vec!["--set", "gatewayImage.allowed=ghcr.io/x/y:v1"], "want array"),
+        (
+            vec!["--set", "gatewayImage.allowed={a b}"],
+            "gatewayImage/allowed/0",
+        ),
     ] {
         let err = helm("render", &args).expect_err(&format!("{args:?} was accepted"));
         assert!(err.contains(expected), "{args:?}: {err}");
@@ -775,16 +796,34 @@ fn apply_chart(env: &TestEnv, args: &[&str]) -> Vec<Value> {
     let mut render_args = vec!["--namespace", env.namespace()];
     render_args.extend_from_slice(args);
     let objects = render(&render_args);
-    let servable: Vec<String> = objects
+    // By namespace, as Helm sends them: kubectl refuses objects of another namespace than its own.
+    let mut by_namespace: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for o in objects
         .iter()
         .filter(|o| !NOT_EMULATED.contains(&o["kind"].as_str().unwrap()))
-        .map(|o| serde_json::to_string(o).unwrap())
-        .collect();
-    let path = env.file("chart.yaml", &servable.join("\n---\n"));
-    env.kubectl_ok(
-        "admin",
-        &["apply", "--server-side", "--field-manager", "helm", "-f", &path],
-    );
+    {
+        let ns = o["metadata"]["namespace"].as_str().unwrap_or(env.namespace());
+        by_namespace
+            .entry(ns)
+            .or_default()
+            .push(serde_json::to_string(o).unwrap());
+    }
+    for (ns, servable) in by_namespace {
+        let path = env.file(&format!("chart-{ns}.yaml"), &servable.join("\n---\n"));
+        env.kubectl_ok(
+            "admin",
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager",
+                "helm",
+                "-n",
+                ns,
+                "-f",
+                &path,
+            ],
+        );
+    }
     objects
 }
 
@@ -892,6 +931,91 @@ fn the_rendered_chart_is_accepted_by_the_api_server() {
     }
 }
 
+/// A namespace-scoped install (`watchNamespace`): the operator, holding nothing but the chart's
+/// Role in that namespace (and its Lease's), runs that namespace's gateway and leaves the others be.
+#[test]
+fn a_namespace_scoped_install_runs_its_namespace_with_only_a_role_there() {
+    let env = TestEnv::start_configured(false, |c: &mut Config| c.authorization = true);
+    if !env.is_emulated() {
+        eprintln!("skipped on a real cluster: the chart's cluster-scoped objects would collide");
+        return;
+    }
+    let release = env.namespace().to_string();
+    for ns in ["team-a", "team-b"] {
+        env.kubectl_ok("admin", &["create", "namespace", ns]);
+    }
+    let objects = apply_chart(&env, &["--set", "watchNamespace=team-a"]);
+    let operator_rbac: Vec<String> = objects
+        .iter()
+        .filter(|o| {
+            o["metadata"]["name"] == "agentgate-operator" && o["kind"].as_str().unwrap().contains("Role")
+        })
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o["kind"].as_str().unwrap(),
+                o["metadata"]["namespace"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(operator_rbac, ["Role/team-a", "RoleBinding/team-a"]);
+    let gateway = |ns: &str| {
+        format!(
+            "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {{name: main, namespace: {ns}}}\nspec:\n  listeners: [{{name: https, protocol: HTTP, port: 8443}}]\n"
+        )
+    };
+    for ns in ["team-a", "team-b"] {
+        let file = env.file(&format!("{ns}.yaml"), &gateway(ns));
+        env.kubectl_ok("admin", &["apply", "-n", ns, "-f", &file]);
+    }
+    let sa = format!("system:serviceaccount:{release}:agentgate-operator");
+    let op = Operator::start_with(
+        &env.kubeconfig("admin"),
+        &release,
+        "operator-a",
+        &[
+            "--watch-namespace",
+            "team-a",
+            "--lease-name",
+            "agentgate-operator",
+        ],
+        &[("KUBE_RS_DEBUG_IMPERSONATE_USER", &sa)],
+    );
+    let status = |ns: &str, path: &str| {
+        let out = env.kubectl(
+            "admin",
+            &[
+                "get",
+                "agentgateway",
+                "main",
+                "-n",
+                ns,
+                "-o",
+                &format!("jsonpath={path}"),
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ready = wait_for(Duration::from_secs(30), || {
+        (status("team-a", "{.status.conditions[?(@.type==\"Ready\")].status}") == "True").then_some(())
+    });
+    assert!(
+        ready.is_some(),
+        "team-a's gateway is not Ready\n{}",
+        op.process.output()
+    );
+    env.kubectl_ok("admin", &["get", "deployment", "agentgate-main", "-n", "team-a"]);
+    // The other namespace is not the operator's: no status, no children, and no refused watch.
+    assert_eq!(status("team-b", "{.status}"), "");
+    assert!(
+        !env.kubectl("admin", &["get", "deployment", "agentgate-main", "-n", "team-b"])
+            .status
+            .success()
+    );
+    let output = op.process.output();
+    assert!(!output.to_lowercase().contains("forbidden"), "{output}");
+}
+
 /// An ApprovalRequest as a gateway creates it, for a rule whose approvers are the group
 /// `agentgate-approvers` and the user `carol`.
 fn approval_request(name: &str, requester: &str, decisions: &str) -> String {
@@ -907,7 +1031,7 @@ fn approval_request_for(name: &str, requester: &str, approvers: &str, decisions:
     format!(
         r#"apiVersion: agentgate.dev/v1alpha1
 kind: ApprovalRequest
-metadata: {{name: {name}}}
+metadata: {{name: {name}, labels: {{agentgate.dev/gateway: main}}}}
 spec:
   identity: ci-agent
   requester: {requester}
@@ -1113,7 +1237,30 @@ fn the_approval_admission_policy_lets_approvers_write_only_their_own_decision() 
     ));
     assert!(e.contains("cannot create resource \"approvalrequests\""), "{e}");
 
-    // Writes that leave the decisions alone pass: labels, and status (not matched).
+    // Approvers keep to their decision: the labels the gateway follows its requests by, the
+    // finalizers and the owners stay as they were.
+    for (what, body) in [
+        (
+            "labels",
+            r#"{"metadata":{"labels":{"agentgate.dev/gateway":null}}}"#,
+        ),
+        ("labels", r#"{"metadata":{"labels":{"reviewed":"yes"}}}"#),
+        (
+            "finalizers",
+            r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
+        ),
+        (
+            "ownerReferences",
+            r#"{"metadata":{"ownerReferences":[{"apiVersion":"v1","kind":"ConfigMap","name":"x","uid":"1"}]}}"#,
+        ),
+    ] {
+        let e = err(run_patch("carol", &[], "req1", body));
+        assert!(
+            e.contains("approvers may change only their decision; an ApprovalRequest's labels, finalizers and ownerReferences stay as the gateway set them"),
+            "{what}: {e}"
+        );
+    }
+    // Writes that leave the decisions alone pass for others: labels, and status (not matched).
     env.kubectl_ok("admin", &["label", "approvalrequest", "req1", "reviewed=yes"]);
     env.kubectl_ok(
         "admin",
