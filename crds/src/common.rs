@@ -149,8 +149,9 @@ pub struct CommonStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
-    /// Name of the Secret. In standalone mode: a `Secret` manifest in the manifests directory, or a
-    /// directory `<secrets-dir>/<name>/` holding one file per key (the layout of a mounted Secret volume).
+    /// Name of the Secret. In a cluster it must be labelled `agentgate.dev/credential: "true"`. In
+    /// standalone mode: a `Secret` manifest in the manifests directory, or a directory
+    /// `<secrets-dir>/<name>/` holding one file per key (the layout of a mounted Secret volume).
     #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
     pub name: String,
     /// Key within the Secret.
@@ -162,7 +163,7 @@ pub struct SecretKeyRef {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretRef {
-    /// Name of the Secret.
+    /// Name of the Secret. In a cluster it must be labelled `agentgate.dev/credential: "true"`.
     #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
     pub name: String,
 }

@@ -88,7 +88,8 @@ pub enum ListenerProtocol {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ListenerTls {
-    /// A `kubernetes.io/tls` Secret holding `tls.crt` and `tls.key`.
+    /// A `kubernetes.io/tls` Secret holding `tls.crt` and `tls.key`. In a cluster it must be
+    /// labelled `agentgate.dev/credential: "true"`.
     #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
     pub secret_name: String,
 }

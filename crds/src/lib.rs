@@ -27,3 +27,7 @@ pub const GROUP: &str = "agentgate.dev";
 pub const VERSION: &str = "v1alpha1";
 /// `apiVersion` as written in manifests.
 pub const API_VERSION: &str = "agentgate.dev/v1alpha1";
+/// In a cluster, the operator gives gateways only Secrets labelled `agentgate.dev/credential: "true"`:
+/// whoever may write a Connection can then use only the Secrets an owner of them opted in, not
+/// send any Secret of the namespace to an endpoint of their choosing.
+pub const CREDENTIAL_LABEL: &str = "agentgate.dev/credential";

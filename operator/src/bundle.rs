@@ -128,11 +128,15 @@ pub fn compile(ns: &Namespace, gateway: &str) -> Compiled {
             secret_refs(&c.value, &mut referenced_secrets);
         }
     }
+    // Referenced, but not opted in: left out, and the references say why.
+    let mut unlabelled = BTreeSet::new();
     for s in &ns.secrets {
         let Some(name) = s.metadata.name.as_deref() else {
             continue;
         };
-        if referenced_secrets.contains(name) {
+        if referenced_secrets.contains(name) && !is_credential(s) {
+            unlabelled.insert(name);
+        } else if referenced_secrets.contains(name) {
             candidates.push(Candidate {
                 key: ObjectKey::new("Secret", name),
                 value: secret_value(&ns.name, s),
@@ -176,7 +180,11 @@ pub fn compile(ns: &Namespace, gateway: &str) -> Compiled {
                     manifests: text,
                 });
             }
-            Err(errors) => errors.0,
+            Err(errors) => errors
+                .0
+                .into_iter()
+                .map(|e| explain_unlabelled(e, &ns.name, &unlabelled))
+                .collect::<Vec<_>>(),
         };
         let mut gateway_errors = Vec::new();
         let before = excluded.len();
@@ -275,6 +283,30 @@ fn push_all<K: Serialize + kube::Resource>(out: &mut Vec<Candidate>, kind: &'sta
 
 /// A Secret as the loader takes it: only its name, type and data (k8s-openapi decoded the data;
 /// the loader takes it base64, as the API serves it).
+/// Whether the Secret's owner opted it in for gateways ([`agentgate_crds::CREDENTIAL_LABEL`]).
+fn is_credential(s: &Secret) -> bool {
+    s.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(agentgate_crds::CREDENTIAL_LABEL))
+        .is_some_and(|v| v == "true")
+}
+
+/// The loader reports a Secret left out for want of the label as not found; this says why.
+fn explain_unlabelled(mut e: ConfigError, namespace: &str, unlabelled: &BTreeSet<&str>) -> ConfigError {
+    for name in unlabelled {
+        if e.message
+            .starts_with(&format!("Secret {namespace}/{name} not found"))
+        {
+            e.message = format!(
+                "Secret {namespace}/{name} is not labelled {}: \"true\"; gateways are given only Secrets so labelled",
+                agentgate_crds::CREDENTIAL_LABEL
+            );
+        }
+    }
+    e
+}
+
 fn secret_value(namespace: &str, s: &Secret) -> Value {
     let data: Map<String, Value> = s
         .data

@@ -100,12 +100,16 @@ fn one_rule_policy(
     )
 }
 
-/// An Opaque Secret with one key.
+/// An Opaque Secret with one key, labelled for gateways' use.
 pub fn secret(ns: &str, name: &str, key: &str, value: &str) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(name.into()),
             namespace: Some(ns.into()),
+            labels: Some(BTreeMap::from([(
+                agentgate_crds::CREDENTIAL_LABEL.to_string(),
+                "true".to_string(),
+            )])),
             ..ObjectMeta::default()
         },
         data: Some(BTreeMap::from([(

@@ -195,7 +195,7 @@ spec:
 ---
 apiVersion: v1
 kind: Secret
-metadata: {{name: okta-token, namespace: e2e}}
+metadata: {{name: okta-token, namespace: e2e, labels: {{agentgate.dev/credential: "true"}}}}
 stringData: {{token: "{token}"}}
 ---
 apiVersion: agentgate.dev/v1alpha1

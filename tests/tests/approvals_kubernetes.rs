@@ -80,7 +80,7 @@ spec:
 ---
 apiVersion: v1
 kind: Secret
-metadata: {{name: api-token, namespace: {ns}}}
+metadata: {{name: api-token, namespace: {ns}, labels: {{agentgate.dev/credential: "true"}}}}
 stringData: {{token: upstream-token}}
 ---
 apiVersion: agentgate.dev/v1alpha1
@@ -99,12 +99,12 @@ spec:
 ---
 apiVersion: v1
 kind: Secret
-metadata: {{name: shop-db, namespace: {ns}}}
+metadata: {{name: shop-db, namespace: {ns}, labels: {{agentgate.dev/credential: "true"}}}}
 stringData: {{password: "{password}"}}
 ---
 apiVersion: v1
 kind: Secret
-metadata: {{name: shop-ca, namespace: {ns}}}
+metadata: {{name: shop-ca, namespace: {ns}, labels: {{agentgate.dev/credential: "true"}}}}
 stringData:
   ca.crt: |
 {ca}

@@ -99,7 +99,7 @@ spec:
 ---
 apiVersion: v1
 kind: Secret
-metadata: {{name: okta-admin-token, namespace: {ns}}}
+metadata: {{name: okta-admin-token, namespace: {ns}, labels: {{agentgate.dev/credential: "true"}}}}
 stringData: {{token: okta-canary-token}}
 "#
     )
@@ -212,6 +212,16 @@ fn applied_objects_become_a_gateway_deployment_and_statuses() {
         &format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: github-token, namespace: {ns}}}\nstringData: {{token: gh}}\n"),
     );
     env.kubectl_ok("admin", &["apply", "-f", &secret]);
+    // Only a Secret its owner opted in is given to gateways.
+    eventually("github to want the label", &op, Duration::from_secs(10), || {
+        ready_message(&env, "connection", "github").contains(&format!(
+            "Secret {ns}/github-token is not labelled agentgate.dev/credential: \"true\""
+        ))
+    });
+    env.kubectl_ok(
+        "admin",
+        &["label", "secret", "github-token", "agentgate.dev/credential=true"],
+    );
     eventually("github to become Ready", &op, Duration::from_secs(10), || {
         ready(&env, "connection", "github") == "True"
     });

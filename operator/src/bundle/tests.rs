@@ -39,6 +39,37 @@ fn the_same_objects_compile_to_the_same_hash() {
 }
 
 #[test]
+fn a_secret_without_the_credential_label_is_not_used_and_its_connection_says_why() {
+    let mut ns = fixtures::namespace("team", 2, 1, 2);
+    for s in ns.secrets.iter_mut() {
+        if s.metadata.name.as_deref() == Some("conn-1-token") {
+            s.metadata.labels = None;
+        }
+    }
+    let c = compile(&ns, "main");
+    let published = c.gateway.expect("the others still compile");
+    assert_eq!(published.connections, 1);
+    assert_eq!(
+        c.verdicts[&key("Connection", "conn-1")],
+        Verdict::Invalid(
+            "spec.credentials.secretRef: Secret team/conn-1-token is not labelled agentgate.dev/credential: \"true\"; gateways are given only Secrets so labelled".into()
+        )
+    );
+    assert!(!published.manifests.contains("conn-1-token"));
+    // "false" is not opting in either.
+    for s in ns.secrets.iter_mut() {
+        if s.metadata.name.as_deref() == Some("conn-1-token") {
+            s.metadata.labels =
+                Some([(agentgate_crds::CREDENTIAL_LABEL.to_string(), "false".to_string())].into());
+        }
+    }
+    assert!(matches!(
+        compile(&ns, "main").verdicts[&key("Connection", "conn-1")],
+        Verdict::Invalid(_)
+    ));
+}
+
+#[test]
 fn a_missing_secret_leaves_out_only_its_connection() {
     let mut ns = fixtures::namespace("team", 2, 1, 2);
     ns.secrets
