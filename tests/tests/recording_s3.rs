@@ -222,7 +222,11 @@ fn closed_sessions_are_shipped_once_the_store_is_reachable_and_verify_there() {
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{key}: {stdout}");
+        assert!(
+            out.status.success(),
+            "{key}: {stdout}{}\n{text}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(stdout.contains("(closed, signature verified)"), "{stdout}");
         texts.push_str(&text);
     }

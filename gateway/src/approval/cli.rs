@@ -33,7 +33,8 @@ pub struct ApprovalsArgs {
     #[arg(long, global = true, default_value = crate::cli::DEFAULT_ADMIN_ADDR)]
     pub admin_addr: String,
     /// The approver's OIDC access token (default: the AGENTGATE_TOKEN environment variable).
-    #[arg(long, global = true)]
+    // Opaque tokens may start with '-'.
+    #[arg(long, global = true, allow_hyphen_values = true)]
     pub token: Option<String>,
     #[command(subcommand)]
     pub command: ApprovalsCommand,

@@ -36,7 +36,8 @@ pub enum SessionsCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Base64url Ed25519 public key of the gateway; when given, closing signatures are checked.
-        #[arg(long)]
+        // One key in 64 starts with '-', which is still the value, not an option.
+        #[arg(long, allow_hyphen_values = true)]
         public_key: Option<String>,
         /// Fail a file that has no closing event (signed, with --public-key). A file cut off
         /// mid-session verifies up to its last event, so only a closing event shows that nothing
@@ -209,6 +210,33 @@ mod tests {
 
     use super::*;
     use crate::recording::Recorder;
+
+    #[derive(clap::Parser, Debug)]
+    struct Args {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    }
+
+    #[test]
+    fn a_public_key_may_start_with_a_hyphen() {
+        let args = <Args as clap::Parser>::try_parse_from([
+            "sessions",
+            "verify",
+            "--public-key",
+            "-Zq3_x",
+            "a.jsonl",
+        ])
+        .unwrap();
+        match args.command {
+            SessionsCommand::Verify {
+                public_key, files, ..
+            } => {
+                assert_eq!(public_key.as_deref(), Some("-Zq3_x"));
+                assert_eq!(files, [PathBuf::from("a.jsonl")]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     fn run_to_string(cmd: SessionsCommand) -> (bool, String) {
         let mut out = Vec::new();
