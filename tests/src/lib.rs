@@ -41,21 +41,57 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A port that was free a moment ago on 127.0.0.1, and that this process has not handed out
-/// before (the kernel may offer a just-closed port again, and a test that takes two ports before
-/// starting anything would get the same one twice).
+/// A port that was free a moment ago on 127.0.0.1, and that no test process has handed out
+/// before: the kernel may offer a just-closed port again, to this process (a test that takes two
+/// ports before starting anything would get the same one twice) or to another (nextest runs
+/// each test in its own process, two at a time, and a port handed to a child is free until the
+/// child binds it).
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    static GIVEN: std::sync::Mutex<Vec<(u16, Option<std::fs::File>)>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("bind an ephemeral port")
             .port();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
+        if given.iter().any(|(p, _)| *p == port) {
+            continue;
         }
+        match reserve_port(port) {
+            Reservation::Taken => continue,
+            Reservation::Held(lock) => {
+                given.push((port, lock));
+                return port;
+            }
+        }
+    }
+}
+
+enum Reservation {
+    /// This process holds the port's lock until it exits (or no lock could be made: then the
+    /// port is used unreserved).
+    Held(Option<std::fs::File>),
+    /// Another test process holds it.
+    Taken,
+}
+
+/// An exclusive lock on `<tmp>/agentgate-e2e-ports/<port>`, held for the life of the process.
+fn reserve_port(port: u16) -> Reservation {
+    let dir = std::env::temp_dir().join("agentgate-e2e-ports");
+    let file = std::fs::create_dir_all(&dir).and_then(|()| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(port.to_string()))
+    });
+    match file {
+        Err(_) => Reservation::Held(None),
+        Ok(f) => match f.try_lock() {
+            Ok(()) => Reservation::Held(Some(f)),
+            Err(std::fs::TryLockError::WouldBlock) => Reservation::Taken,
+            Err(std::fs::TryLockError::Error(_)) => Reservation::Held(None),
+        },
     }
 }
 

@@ -20,8 +20,12 @@ use agentgate_kube_emulator::{Config, User};
 /// The agent's token subject (oidc-provider's client-credentials tokens carry the client id), and
 /// an emulator user of the same name: the requester trying to approve their own request.
 const AGENT: &str = "ci-agent";
-/// A Window grant's length in these tests.
-const WINDOW_SECS: u64 = 3;
+/// A Window grant's length in these tests (grants end on whole seconds, so one may be up to a
+/// second shorter; the operations under it must fit on a busy machine).
+const WINDOW_SECS: u64 = 6;
+/// How long an operation is retried while the gateway's watch has not yet delivered an approval
+/// the plugin has already seen.
+const WATCH_LAG: Duration = Duration::from_secs(10);
 
 /// The emulator, the operator, an OIDC provider, an HTTP upstream, PostgreSQL, and the gateway
 /// in Kubernetes mode serving both.
@@ -275,6 +279,20 @@ impl Cluster {
         curl(&args, &format!("http://127.0.0.1:{}/api{path}", self.http))
     }
 
+    /// [`Cluster::http`], retried while it is refused for want of the approval of `name`: the
+    /// plugin returns once the operator has set Approved, which the gateway learns by its watch.
+    fn http_approved(&self, name: &str, method: &str, path: &str, body: Option<&str>) -> Reply {
+        let end = Instant::now() + WATCH_LAG;
+        loop {
+            let r = self.http(method, path, body);
+            let waiting = r.status == 403 && problem(&r)["approvalRequest"].as_str() == Some(name);
+            if !waiting || Instant::now() > end {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn sql_conninfo(&self) -> String {
         format!(
             "host=127.0.0.1 port={} dbname=shop user=ci-agent password={} sslmode=disable",
@@ -442,7 +460,7 @@ fn http_requests_wait_for_decisions_made_with_kubectl() {
     assert_ne!(request_of(&other), name);
     let out = c.approve("approver", &name);
     assert!(out.contains("Approved"), "{out}");
-    let r = c.http("POST", "/users", Some(create));
+    let r = c.http_approved(&name, "POST", "/users", Some(create));
     assert_eq!(r.status, 200, "{}\n{}", r.body, c.logs());
     assert!(c.upstream.requests().contains("POST /users"));
     c.eventually("Used", Duration::from_secs(5), || c.phase(&name) == "Used");
@@ -528,7 +546,7 @@ fn http_requests_wait_for_decisions_made_with_kubectl() {
     let name = request_of(&r);
     c.approve("approver", &name);
     assert_eq!(
-        c.http("PUT", "/users/00u4", Some("{}")).status,
+        c.http_approved(&name, "PUT", "/users/00u4", Some("{}")).status,
         200,
         "{}",
         c.logs()
@@ -555,6 +573,24 @@ fn http_requests_wait_for_decisions_made_with_kubectl() {
 }
 
 /// The SQLSTATE and message of a refused statement, and the ApprovalRequest it names.
+/// Runs `sql`, retried while it is refused for want of the approval of `name` (see
+/// [`Cluster::http_approved`]).
+async fn execute_approved(
+    db: &tokio_postgres::Client,
+    name: &str,
+    sql: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let end = Instant::now() + WATCH_LAG;
+    loop {
+        match db.batch_execute(sql).await {
+            Err(e) if Instant::now() < end && e.as_db_error().is_some() && refused(&e).1 == name => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 fn refused(e: &tokio_postgres::Error) -> (String, String) {
     let d = e
         .as_db_error()
@@ -594,7 +630,7 @@ fn sql_statements_wait_for_decisions_and_survive_a_gateway_restart() {
                 .unwrap_err(),
         );
         assert_ne!(other, name, "a different statement needs its own approval");
-        db.batch_execute(sql)
+        execute_approved(&db, &name, sql)
             .await
             .unwrap_or_else(|e| panic!("approved statement refused: {e}\n{}", c.logs()));
         assert_eq!(count("SELECT count(*) FROM orders").await, orders - 1);
@@ -607,7 +643,7 @@ fn sql_statements_wait_for_decisions_and_survive_a_gateway_restart() {
         let insert = "INSERT INTO customers (name, email) VALUES ('W', 'w@example.com')";
         let (_, name) = refused(&db.batch_execute(insert).await.unwrap_err());
         c.approve("approver", &name);
-        db.batch_execute(insert).await.unwrap();
+        execute_approved(&db, &name, insert).await.unwrap();
         db.batch_execute(insert).await.unwrap();
         tokio::time::sleep(Duration::from_secs(WINDOW_SECS + 1)).await;
         let (_, after) = refused(&db.batch_execute(insert).await.unwrap_err());
@@ -688,7 +724,7 @@ fn sql_statements_wait_for_decisions_and_survive_a_gateway_restart() {
     let conninfo = c.sql_conninfo();
     rt().block_on(async {
         let db = connect(&conninfo).await;
-        db.batch_execute("DELETE FROM scratch WHERE id = 1")
+        execute_approved(&db, &granted, "DELETE FROM scratch WHERE id = 1")
             .await
             .unwrap_or_else(|e| panic!("the grant did not survive the restart: {e}\n{}", c.logs()));
         let (_, same) = refused(
@@ -698,7 +734,7 @@ fn sql_statements_wait_for_decisions_and_survive_a_gateway_restart() {
         );
         assert_eq!(same, pending, "the pending request survived the restart");
         c.approve("approver", &pending);
-        db.batch_execute("DELETE FROM scratch WHERE id = 2")
+        execute_approved(&db, &pending, "DELETE FROM scratch WHERE id = 2")
             .await
             .unwrap();
     });

@@ -26,6 +26,9 @@ const CANARY: &str = "00CANARY-hostile-upstream-secret-4d2e";
 const PROBLEM: &str = "https://agentgate.dev/problems/";
 /// How long a raw exchange waits for more bytes before taking the gateway's answer as complete.
 const QUIET: Duration = Duration::from_millis(1000);
+/// How long it waits for the first byte: a first request fetches the issuer's keys, and a busy
+/// machine can stall longer than [`QUIET`] (still below the gateway's header read timeout).
+const FIRST_BYTE: Duration = Duration::from_secs(5);
 /// Slack on top of the header read timeout for a slow client to be cut off.
 const SLACK: Duration = Duration::from_secs(3);
 
@@ -242,11 +245,11 @@ impl RawResponse {
     }
 }
 
-/// Writes `request` on a fresh connection, then reads until the gateway closes it or stays quiet
-/// for [`QUIET`].
+/// Writes `request` on a fresh connection, then reads until the gateway closes it or, once it has
+/// answered, stays quiet for [`QUIET`].
 fn exchange(port: u16, request: &[u8]) -> Exchange {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
-    s.set_read_timeout(Some(QUIET)).unwrap();
+    s.set_read_timeout(Some(FIRST_BYTE)).unwrap();
     // The gateway may stop reading early (an oversized head): a failed write is an answer too.
     let _ = s.write_all(request);
     let mut bytes = Vec::new();
@@ -254,7 +257,10 @@ fn exchange(port: u16, request: &[u8]) -> Exchange {
     let closed = loop {
         match s.read(&mut buf) {
             Ok(0) => break true,
-            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Ok(n) => {
+                bytes.extend_from_slice(&buf[..n]);
+                s.set_read_timeout(Some(QUIET)).unwrap();
+            }
             Err(e)
                 if matches!(
                     e.kind(),

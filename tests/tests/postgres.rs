@@ -201,7 +201,7 @@ spec:
       approval:
         approvers: {{groups: [dba]}}
         mode: Defer
-        grant: {{type: Window, duration: 4s}}
+        grant: {{type: Window, duration: 6s}}
   masking:
     - columns: ["public.customers.email"]
       strategy: Redact
@@ -869,6 +869,8 @@ fn passwords_and_the_token_never_reach_a_recording() {
 #[test]
 fn a_session_ends_when_its_token_expires() {
     let s = setup_with(false);
+    // The gateway fetches the issuer's keys on its first login: not on the short token's clock.
+    drop(Raw::login(s.plain, &token(&s.idp)));
     let answer = s.idp.token("ci-agent", "api://agentgate-short", None);
     let short = answer["access_token"]
         .as_str()
@@ -948,7 +950,13 @@ fn cancel_requests_reach_only_the_right_backend() {
         let other = connect(&s.plain_conninfo(&tok)).await;
         let token_c = c.cancel_token();
         let slow = tokio::spawn(async move { c.batch_execute("SELECT pg_sleep(20) FROM customers").await });
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // A cancel reaching a backend before its query does cancels nothing.
+        let active = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(20)%'";
+        let waiting_since = Instant::now();
+        while s.pg.psql(active) != "1" {
+            assert!(waiting_since.elapsed() < Duration::from_secs(10), "the slow query never started");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let started = Instant::now();
         token_c.cancel_query(tokio_postgres::NoTls).await.unwrap();
         let e = slow.await.unwrap().unwrap_err();
@@ -1206,7 +1214,7 @@ fn approvals_defer_hold_once_window_and_self_approval_for_sql() {
         c.batch_execute("INSERT INTO customers (name, email) VALUES ('W2', 'w2@example.com')")
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_secs(7)).await;
         let e = c
             .batch_execute("INSERT INTO customers (name, email) VALUES ('W3', 'w3@example.com')")
             .await

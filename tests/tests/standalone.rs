@@ -30,7 +30,11 @@ fn edit(dir: &Path, file: &str, from: &str, to: &str) {
     let path = dir.join(file);
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.contains(from));
-    std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    // Whole or not at all, as editors and `kubectl cp` do: the gateway polls the directory and
+    // must not read a half-written file (the loader skips hidden files).
+    let staged = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&staged, text.replacen(from, to, 1)).unwrap();
+    std::fs::rename(&staged, &path).unwrap();
 }
 
 #[test]
