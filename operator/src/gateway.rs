@@ -135,14 +135,29 @@ pub fn error_policy(_gw: Arc<AgentGateway>, error: &Error, ctx: Arc<Context>) ->
     ctx.retry(CONTROLLER, error)
 }
 
-async fn apply<K>(client: &kube::Client, ns: &str, object: Value, pp: &PatchParams) -> Result<(), Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+/// A kind of the gateway's children: namespaced, read and applied through the API.
+trait Child:
+    Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> Child for K where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
         + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-    K::DynamicType: Default,
+        + std::fmt::Debug
 {
+}
+
+async fn apply<K: Child>(
+    client: &kube::Client,
+    ns: &str,
+    object: Value,
+    pp: &PatchParams,
+) -> Result<(), Error> {
     let name = object["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
@@ -155,14 +170,12 @@ where
 
 /// `"<Kind> <name>"` when an object of that name exists and is not controlled by the gateway
 /// with `uid`.
-async fn not_owned<K>(client: &kube::Client, ns: &str, name: &str, uid: &str) -> Result<Option<String>, Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
+async fn not_owned<K: Child>(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    uid: &str,
+) -> Result<Option<String>, Error> {
     let Some(existing) = Api::<K>::namespaced(client.clone(), ns).get_opt(name).await? else {
         return Ok(None);
     };
@@ -170,7 +183,7 @@ where
         .owner_references()
         .iter()
         .any(|o| o.uid == uid && o.controller == Some(true));
-    Ok((!ours).then(|| format!("{} {name}", K::kind(&K::DynamicType::default()))))
+    Ok((!ours).then(|| format!("{} {name}", K::kind(&()))))
 }
 
 async fn publish_event(ctx: &Context, gw: &AgentGateway, type_: EventType, reason: &str, note: &str) {
