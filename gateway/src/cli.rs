@@ -331,7 +331,9 @@ pub(crate) async fn run_gateway(
     let _ = admin_task.await;
     let _ = http_task.await;
     let _ = watch_task.await;
-    // Sessions are closed now; ship them before the pod's spool goes.
+    // Sessions are closed now (those of connections cut at the drain limit, here); ship them
+    // before the pod's spool goes.
+    gateway.close_open_sessions().await;
     gateway.drain_spool(SPOOL_DRAIN_LIMIT).await;
     ExitCode::SUCCESS
 }

@@ -126,8 +126,10 @@ impl Gateway {
     }
 
     /// Stops the process (SIGTERM), so sessions are closed and signed.
+    /// SIGTERM, and SIGKILL if the gateway has not exited after its connection drain (10 s) and
+    /// spool drain (15 s).
     pub fn stop(&mut self) {
-        self.process.terminate(Duration::from_secs(10));
+        self.process.terminate(Duration::from_secs(30));
     }
 }
 

@@ -1083,6 +1083,37 @@ fn writes_are_recorded_before_forwarding_and_reads_with_their_response() {
     assert_eq!(kinds, ["http.request", "decision", "http.response"], "{after}");
 }
 
+/// A connection still open when the gateway's connection drain limit passes is cut, and its
+/// session is closed (signed, "gateway shutdown") before the process goes, not dropped with it:
+/// with S3 storage only a closed session is shipped before the pod's spool goes.
+#[test]
+fn a_session_still_open_at_the_drain_limit_is_closed_before_exit() {
+    let mut s = setup();
+    let url = s.gw.url("/okta/echo/outlives-the-drain?delay_ms=20000");
+    let auth = s.auth();
+    let client = std::thread::spawn(move || curl(&["-H", &auth, "--max-time", "40"], &url));
+    let seen = wait_for(Duration::from_secs(20), || {
+        s.upstream
+            .requests()
+            .contains("HELD /echo/outlives-the-drain")
+            .then_some(())
+    });
+    assert!(seen.is_some(), "{}", s.upstream.requests());
+    s.gw.stop();
+    let _ = client.join();
+    let recorded = s.gw.recordings();
+    let ends: Vec<&str> = recorded
+        .lines()
+        .filter(|l| l.contains(r#""type":"session.end""#))
+        .collect();
+    assert_eq!(ends.len(), 1, "{recorded}");
+    assert!(
+        ends[0].contains(r#""reason":"gateway shutdown""#) && ends[0].contains("drain limit"),
+        "{recorded}\n{}",
+        s.gw.output()
+    );
+}
+
 /// Stopping the gateway lets a request in flight finish: the agent gets its answer and the
 /// record has it, before the process goes.
 #[test]

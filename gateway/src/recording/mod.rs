@@ -240,6 +240,9 @@ struct Inner {
     public_key: String,
     key_id: String,
     failures: AtomicU64,
+    /// The sessions started here, so that shutdown can close those still open (see
+    /// [`Recorder::close_open`]); dead entries are pruned as the list grows.
+    open: Mutex<Vec<std::sync::Weak<Session>>>,
 }
 
 /// Opens sessions in one directory and signs them with one key.
@@ -302,6 +305,7 @@ impl Recorder {
                 gateway: gateway.to_string(),
                 key,
                 failures: AtomicU64::new(0),
+                open: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -324,7 +328,7 @@ impl Recorder {
     ///
     /// In `BestEffort` mode a session whose file cannot be created is still returned: its events
     /// are counted as failures and dropped, so callers need no second code path.
-    pub fn start_session(&self, start: Value) -> Result<Session, RecordingError> {
+    pub fn start_session(&self, start: Value) -> Result<Arc<Session>, RecordingError> {
         let mut raw = [0u8; 16];
         aws_lc_rs::rand::fill(&mut raw).map_err(|_| RecordingError::Key("random generator failed"))?;
         let id = chain::hex(&raw);
@@ -381,7 +385,32 @@ impl Recorder {
             session.lock().closed = true;
             return Err(e);
         }
+        let session = Arc::new(session);
+        let mut open = self.inner.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if open.len() == open.capacity() {
+            // Before the list would grow: amortized, so starting a session stays O(1).
+            open.retain(|s| s.strong_count() > 0);
+        }
+        open.push(Arc::downgrade(&session));
         Ok(session)
+    }
+
+    /// Closes every session of this recorder that is still open, with `data` as the closing
+    /// event's (signed, and synced like any close). At shutdown, once connections have had their
+    /// time: a session cut off later would close only when the process drops it ("dropped"),
+    /// after the spool has been shipped. Returns how many were closed.
+    pub fn close_open(&self, data: &Value) -> usize {
+        let open: Vec<Arc<Session>> = self
+            .inner
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        open.iter()
+            .filter(|s| !s.lock().closed && s.close(data.clone()).is_ok())
+            .count()
     }
 }
 

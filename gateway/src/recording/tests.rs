@@ -300,6 +300,37 @@ fn a_file_that_cannot_be_repaired_is_given_up_and_still_verifies() {
 }
 
 #[test]
+fn shutdown_closes_the_sessions_still_open_and_only_those() {
+    let (_d, rec) = recorder(RecordingMode::Required);
+    let done = closed_session(&rec, 3);
+    let open = rec.start_session(json!({})).unwrap();
+    open.record("http.request", json!({"path": "/long"})).unwrap();
+    let gone = rec.start_session(json!({})).unwrap();
+    let gone_path = gone.path().to_path_buf();
+    drop(gone);
+    let end = json!({"reason": "gateway shutdown"});
+    assert_eq!(rec.close_open(&end), 1);
+    let last = lines(open.path()).pop().unwrap();
+    assert!(
+        last.contains(r#""type":"session.end""#) && last.contains("gateway shutdown"),
+        "{last}"
+    );
+    let r = verify_file(open.path(), Some(rec.public_key())).unwrap();
+    assert!(r.closed && r.signed);
+    // The session's own later events are refused, and dropping it adds nothing.
+    assert!(matches!(
+        open.record("http.request", json!({})),
+        Err(RecordingError::Closed(_))
+    ));
+    let path = open.path().to_path_buf();
+    drop(open);
+    assert_eq!(lines(&path).len(), 3);
+    assert_eq!(lines(&done).len(), 3);
+    assert!(lines(&gone_path).last().unwrap().contains("dropped"));
+    assert_eq!(rec.close_open(&end), 0);
+}
+
+#[test]
 fn best_effort_counts_and_continues() {
     let (d, rec) = recorder(RecordingMode::BestEffort);
     let s = rec.start_session(json!({})).unwrap();

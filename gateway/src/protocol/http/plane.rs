@@ -268,6 +268,26 @@ impl Gateway {
         });
     }
 
+    /// Closes the sessions still open at shutdown (connections that outlived the drain limit),
+    /// signed, with `"reason": "gateway shutdown"`, so that they are shipped with the rest; off
+    /// the async workers, as each close syncs its file.
+    pub async fn close_open_sessions(&self) {
+        let recorder = self
+            .recorder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(_, _, r)| r.clone());
+        let Some(recorder) = recorder else {
+            return;
+        };
+        let end = serde_json::json!({"reason": "gateway shutdown", "cut": "still open at the connection drain limit"});
+        match tokio::task::spawn_blocking(move || recorder.close_open(&end)).await {
+            Ok(0) | Err(_) => {}
+            Ok(closed) => tracing::warn!(closed, "sessions still open at shutdown closed"),
+        }
+    }
+
     /// Ships what the spool holds one last time before the process exits, sessions closed at
     /// shutdown included (in a cluster the spool is the pod's scratch space, gone with it).
     /// Bounded by `limit`; what is left is logged.

@@ -1118,7 +1118,6 @@ fn session_for(
     });
     match recorder.start_session(start) {
         Ok(s) => {
-            let s = Arc::new(s);
             sessions.push((principal.identity.clone(), connection.name.clone(), s.clone()));
             Ok(Some(s))
         }

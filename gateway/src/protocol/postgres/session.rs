@@ -352,7 +352,7 @@ async fn start(
                 // The token is the password: were it sent again in SQL (set_config, a comment),
                 // the recording shows it redacted.
                 session.hide(token.as_bytes());
-                Some(Arc::new(session))
+                Some(session)
             }
             Err(e) if mode == RecordingMode::Required => {
                 tracing::error!(error = %e, "cannot start a session recording");
