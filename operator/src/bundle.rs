@@ -134,9 +134,12 @@ pub fn compile(ns: &Namespace, gateway: &str) -> Compiled {
         let Some(name) = s.metadata.name.as_deref() else {
             continue;
         };
-        if referenced_secrets.contains(name) && !is_credential(s) {
+        if !referenced_secrets.contains(name) {
+            continue;
+        }
+        if !is_credential(s) {
             unlabelled.insert(name);
-        } else if referenced_secrets.contains(name) {
+        } else {
             candidates.push(Candidate {
                 key: ObjectKey::new("Secret", name),
                 value: secret_value(&ns.name, s),

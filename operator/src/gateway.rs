@@ -67,14 +67,19 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
     // Force only settles fields between this operator's own versions: an object of a child's
     // name that this gateway does not own is someone else's, and is left alone.
     let uid = gw.uid().unwrap_or_default();
-    let mut foreign = Vec::new();
-    foreign.extend(not_owned::<ServiceAccount>(client, &ns, &children::child_name(&name), &uid).await?);
-    foreign.extend(not_owned::<Role>(client, &ns, &children::child_name(&name), &uid).await?);
-    foreign.extend(not_owned::<RoleBinding>(client, &ns, &children::child_name(&name), &uid).await?);
-    foreign.extend(not_owned::<Secret>(client, &ns, &children::config_secret_name(&name), &uid).await?);
-    foreign.extend(not_owned::<Deployment>(client, &ns, &children::child_name(&name), &uid).await?);
-    foreign.extend(not_owned::<Service>(client, &ns, &children::child_name(&name), &uid).await?);
-    foreign.extend(not_owned::<PodDisruptionBudget>(client, &ns, &children::child_name(&name), &uid).await?);
+    let child = children::child_name(&name);
+    let foreign: Vec<String> = [
+        not_owned::<ServiceAccount>(client, &ns, &child, &uid).await?,
+        not_owned::<Role>(client, &ns, &child, &uid).await?,
+        not_owned::<RoleBinding>(client, &ns, &child, &uid).await?,
+        not_owned::<Secret>(client, &ns, &children::config_secret_name(&name), &uid).await?,
+        not_owned::<Deployment>(client, &ns, &child, &uid).await?,
+        not_owned::<Service>(client, &ns, &child, &uid).await?,
+        not_owned::<PodDisruptionBudget>(client, &ns, &child, &uid).await?,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     if !foreign.is_empty() {
         compiled.gateway = Err(format!(
             "{} already exist(s) and belong(s) to something else; the operator takes over nothing: rename the gateway, or delete or rename the object",

@@ -408,9 +408,14 @@ impl Recorder {
             .iter()
             .filter_map(std::sync::Weak::upgrade)
             .collect();
-        open.iter()
-            .filter(|s| !s.lock().closed && s.close(data.clone()).is_ok())
-            .count()
+        let mut closed = 0;
+        for s in open {
+            let was_open = !s.lock().closed;
+            if was_open && s.close(data.clone()).is_ok() {
+                closed += 1;
+            }
+        }
+        closed
     }
 }
 

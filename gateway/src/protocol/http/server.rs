@@ -165,8 +165,8 @@ pub async fn run(gw: Arc<Gateway>, mut snapshots: SnapshotReceiver, mut shutdown
         let _ = r.task.await;
     }
     // Connections were told to end (HTTP by the listener's stop, PostgreSQL by `shutdown`).
-    // Those still open after the limit are dropped with the runtime; their records then close
-    // as "dropped".
+    // The sessions of those still open after the limit are closed by the caller
+    // (`Gateway::close_open_sessions`) before the spool is shipped.
     drop(alive);
     if tokio::time::timeout(CONNECTION_DRAIN_LIMIT, all_gone.recv())
         .await
