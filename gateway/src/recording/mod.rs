@@ -395,6 +395,12 @@ impl Recorder {
         Ok(session)
     }
 
+    /// A handle that does not keep this recorder alive: a recorder replaced on reload lives on
+    /// only as long as the sessions it opened, and shutdown must still find those.
+    pub fn downgrade(&self) -> WeakRecorder {
+        WeakRecorder(Arc::downgrade(&self.inner))
+    }
+
     /// Closes every session of this recorder that is still open, with `data` as the closing
     /// event's (signed, and synced like any close). At shutdown, once connections have had their
     /// time: a session cut off later would close only when the process drops it ("dropped"),
@@ -416,6 +422,17 @@ impl Recorder {
             }
         }
         closed
+    }
+}
+
+/// See [`Recorder::downgrade`].
+#[derive(Clone, Debug)]
+pub struct WeakRecorder(std::sync::Weak<Inner>);
+
+impl WeakRecorder {
+    /// The recorder, while any session it opened (or any other handle) is alive.
+    pub fn upgrade(&self) -> Option<Recorder> {
+        self.0.upgrade().map(|inner| Recorder { inner })
     }
 }
 

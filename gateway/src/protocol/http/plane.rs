@@ -18,7 +18,7 @@ use crate::identity::fetch::HttpFetcher;
 use crate::identity::{KeyRegistry, Verifier, VerifierOptions};
 use crate::masking::{HashKey, MaskingPlan};
 use crate::metrics::Metrics;
-use crate::recording::Recorder;
+use crate::recording::{Recorder, WeakRecorder};
 
 /// Most cached masking plans (one per connection and set of applicable policies).
 const MAX_CACHED_PLANS: usize = 4096;
@@ -138,6 +138,9 @@ pub struct Gateway {
     /// The recorder of the current recording directory and mode; kept across reloads so one
     /// signing key covers the process's sessions.
     recorder: Mutex<Option<(PathBuf, RecordingMode, Arc<Recorder>)>>,
+    /// Recorders replaced by a reload (another directory or mode), while sessions they opened
+    /// live: shutdown closes those too.
+    retired: Mutex<Vec<WeakRecorder>>,
     /// The task shipping the spool to object storage.
     shipper: TaskSlot<(PathBuf, ObjectStorage)>,
     /// The task deleting expired sessions from the gateway's own storage.
@@ -167,6 +170,7 @@ impl Gateway {
                 replay: Arc::new(ReplayCache::default()),
             },
             recorder: Mutex::new(None),
+            retired: Mutex::new(Vec::new()),
             shipper: TaskSlot::default(),
             retention: TaskSlot::default(),
             listening: std::sync::atomic::AtomicU64::new(0),
@@ -272,17 +276,26 @@ impl Gateway {
     /// signed, with `"reason": "gateway shutdown"`, so that they are shipped with the rest; off
     /// the async workers, as each close syncs its file.
     pub async fn close_open_sessions(&self) {
-        let recorder = self
+        let mut recorders: Vec<Recorder> = self
+            .retired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(WeakRecorder::upgrade)
+            .collect();
+        let current = self
             .recorder
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .map(|(_, _, r)| r.clone());
-        let Some(recorder) = recorder else {
+            .map(|(_, _, r)| Recorder::clone(r));
+        recorders.extend(current);
+        if recorders.is_empty() {
             return;
-        };
+        }
         let end = serde_json::json!({"reason": "gateway shutdown", "cut": "still open at the connection drain limit"});
-        match tokio::task::spawn_blocking(move || recorder.close_open(&end)).await {
+        let close = move || recorders.iter().map(|r| r.close_open(&end)).sum::<usize>();
+        match tokio::task::spawn_blocking(close).await {
             Ok(0) | Err(_) => {}
             Ok(closed) => tracing::warn!(closed, "sessions still open at shutdown closed"),
         }
@@ -355,13 +368,80 @@ impl Gateway {
             Ok(r) => {
                 let r = Arc::new(r);
                 tracing::info!(dir = %dir.display(), ?mode, public_key = %r.public_key(), "recording sessions");
-                *slot = Some((dir.clone(), mode, r.clone()));
+                if let Some((_, _, old)) = slot.replace((dir.clone(), mode, r.clone())) {
+                    let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+                    retired.retain(|w| w.upgrade().is_some());
+                    retired.push(old.downgrade());
+                }
                 Ok(r)
             }
             Err(e) => {
                 tracing::error!(error = %e, "session recording unavailable");
                 Err(e.to_string())
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::config::LoadOptions;
+    use crate::metrics::Metrics;
+
+    fn snapshot(dir: &Path, generation: u64, mode: &str) -> Arc<Snapshot> {
+        let manifests = dir.join("manifests");
+        std::fs::create_dir_all(&manifests).unwrap();
+        let yaml = format!(
+            "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {{name: gw, namespace: agents}}\n\
+             spec:\n  listeners: [{{name: http, protocol: HTTP, port: 18080, address: 127.0.0.1}}]\n  \
+             recording: {{mode: {mode}, storage: {{local: {{path: sessions}}}}}}\n"
+        );
+        std::fs::write(manifests.join("gw.yaml"), yaml).unwrap();
+        let config = crate::config::load(&LoadOptions {
+            manifests,
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        Arc::new(Snapshot {
+            generation,
+            config,
+            loaded_at: SystemTime::now(),
+        })
+    }
+
+    fn recorder(gateway: &Gateway) -> Arc<Recorder> {
+        gateway.plane().unwrap().recorder.clone().unwrap()
+    }
+
+    /// A session opened before a reload that changed the recording mode (so the recorder was
+    /// replaced) is still closed, signed, at shutdown; before, only the current recorder's were,
+    /// and the older one's closed as "dropped" once the spool had been shipped.
+    #[tokio::test]
+    async fn shutdown_closes_the_sessions_of_a_recorder_replaced_by_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = Gateway::new(Metrics::new());
+        gateway.install(snapshot(dir.path(), 1, "Required"));
+        let first = recorder(&gateway);
+        let before = first.start_session(json!({})).unwrap();
+        let first_key = first.public_key().to_string();
+        drop(first);
+        gateway.install(snapshot(dir.path(), 2, "BestEffort"));
+        let second = recorder(&gateway);
+        assert_ne!(second.public_key(), first_key, "the reload kept the recorder");
+        let after = second.start_session(json!({})).unwrap();
+        gateway.close_open_sessions().await;
+        for s in [&before, &after] {
+            let last = std::fs::read_to_string(s.path()).unwrap();
+            let last = last.lines().last().unwrap();
+            assert!(
+                last.contains(r#""type":"session.end""#) && last.contains("gateway shutdown"),
+                "{last}"
+            );
         }
     }
 }
