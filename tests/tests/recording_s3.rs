@@ -240,3 +240,95 @@ fn closed_sessions_are_shipped_once_the_store_is_reachable_and_verify_there() {
         assert!(!log.contains(leak), "{leak} is in the gateway's log");
     }
 }
+
+/// A session larger than one part is shipped as a multipart upload (a single PUT is capped at
+/// 5 GiB by S3, and a long exec or log stream can outgrow that): the object is the file byte for
+/// byte, its ETag is a multipart one, and no upload is left unfinished. With the bucket missing,
+/// the upload is refused with the store's code and the file stays in the spool.
+#[tokio::test]
+async fn a_session_larger_than_one_part_is_shipped_in_parts() {
+    use agentgate::recording::shipping::{MIN_PART_BYTES, Shipper, Sweep};
+    let moto = Moto::start_on(free_port());
+    let spool = tempfile::tempdir().unwrap();
+    let recorder = agentgate::recording::Recorder::new(
+        spool.path(),
+        agentgate_crds::gateway::RecordingMode::Required,
+        "e2e/gw",
+    )
+    .unwrap();
+    let session = recorder.start_session(serde_json::json!({})).unwrap();
+    let mut n = 0u64;
+    while std::fs::metadata(session.path()).unwrap().len() < 2 * MIN_PART_BYTES + MIN_PART_BYTES / 2 {
+        // Text that does not repeat from event to event, so no layer can shrink it.
+        let body: String = (0..2_000)
+            .map(|i| format!("{:x}", (n * 2_000 + i) * 2_654_435_761 % 1_000_003))
+            .collect();
+        session
+            .record("http.response", serde_json::json!({"n": n, "body": body}))
+            .unwrap();
+        n += 1;
+    }
+    session.close(serde_json::json!({"reason": "done"})).unwrap();
+    let file = session.path().to_path_buf();
+    let bytes = std::fs::read(&file).unwrap();
+
+    let storage = agentgate::config::compile::ObjectStorage {
+        bucket: BUCKET.into(),
+        prefix: format!("{PREFIX}/"),
+        endpoint: Some(moto.url("")),
+        region: "us-east-1".into(),
+        access_key_id: agentgate::config::SecretValue::new(b"AKIAAGENTGATETEST".to_vec()),
+        secret_access_key: agentgate::config::SecretValue::new(SECRET_ACCESS_KEY.as_bytes().to_vec()),
+    };
+    let mut shipper = Shipper::new(spool.path(), &storage)
+        .unwrap()
+        .with_part_bytes(MIN_PART_BYTES);
+
+    // No bucket yet: refused, and the file stays.
+    assert_eq!(
+        shipper.final_sweep().await,
+        Sweep {
+            shipped: 0,
+            failed: 1,
+            waiting: 1
+        }
+    );
+    assert!(file.exists());
+
+    moto.create_bucket();
+    assert_eq!(
+        shipper.final_sweep().await,
+        Sweep {
+            shipped: 1,
+            failed: 0,
+            waiting: 0
+        }
+    );
+    assert!(!file.exists(), "shipped, so gone from the spool");
+    let key = shipper.key_of(&file);
+    assert_eq!(moto.keys(), vec![key.clone()]);
+    let object = moto.object(&key);
+    assert!(
+        object.as_bytes() == bytes,
+        "the object differs from the spooled file ({} vs {} bytes)",
+        object.len(),
+        bytes.len()
+    );
+    let (_, listing) = curl_get(&moto.url(&format!("/{BUCKET}?list-type=2&prefix={PREFIX}/")));
+    assert!(
+        listing.contains("-3&#34;</ETag>")
+            || listing.contains("-3&quot;</ETag>")
+            || listing.contains("-3\"</ETag>"),
+        "not a three-part object: {listing}"
+    );
+    let (_, uploads) = curl_get(&moto.url(&format!("/{BUCKET}?uploads")));
+    assert!(
+        !uploads.contains("<UploadId>"),
+        "an upload was left unfinished: {uploads}"
+    );
+
+    let copy = spool.path().join("copy.jsonl");
+    std::fs::write(&copy, &object).unwrap();
+    let report = agentgate::recording::verify_file(&copy, Some(recorder.public_key())).unwrap();
+    assert!(report.closed && report.signed, "{report:?}");
+}

@@ -4,11 +4,14 @@
 //! A task sweeps the spool every [`SWEEP_INTERVAL`]. A file is shipped once its session is closed
 //! (its last line is the signed `session.end`), or once no process holds its lock and it has not
 //! changed for [`CUT_OFF_GRACE`]: its session was cut off by a crash or a restart and will never
-//! close, and shipping it still preserves everything up to the cut. Each file is PUT whole as `<prefix><file name>`,
-//! streamed from disk, with a request signed for [`URL_VALIDITY`] (SigV4, by rusty-s3), and is
-//! removed from the spool only after the store answered 2xx. A failed upload stays in the spool
-//! and is retried with backoff; until it is shipped the spool is the record, so the recording
-//! mode's promise (Required: no record, no operation) holds whatever the store does.
+//! close, and shipping it still preserves everything up to the cut. Each file becomes the object
+//! `<prefix><file name>`, streamed from disk with requests signed for [`URL_VALIDITY`] (SigV4, by
+//! rusty-s3): one PUT up to [`PART_BYTES`], a multipart upload above (a long `kubectl exec` or
+//! log stream can outgrow S3's 5 GiB limit for one PUT, and one part failing costs one part). A
+//! file is removed from the spool only after the store confirmed the whole object. A failed
+//! upload stays in the spool and is retried with backoff (an unfinished multipart upload is
+//! aborted, so its parts are not left stored); until it is shipped the spool is the record, so
+//! the recording mode's promise (Required: no record, no operation) holds whatever the store does.
 //!
 //! Objects are never deleted by the gateway: retention in the bucket is its lifecycle rule's job.
 
@@ -19,14 +22,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Limited, StreamBody};
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Frame;
 use hyper::{Method, Request, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::config::compile::ObjectStorage;
 use crate::metrics::Metrics;
@@ -40,16 +43,21 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How long a signed upload request stays valid.
 pub const URL_VALIDITY: Duration = Duration::from_secs(15 * 60);
-/// Longest time one upload may take.
+/// Longest time one request (a whole PUT, or one part) may take.
 pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(10 * 60);
-/// The largest object one PUT may create (S3's limit); larger sessions are not shipped.
-pub const MAX_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024;
+/// Files up to this size are sent in one PUT; larger ones in parts of this size (more when
+/// [`MAX_PARTS`] would not do).
+pub const PART_BYTES: u64 = 64 * 1024 * 1024;
+/// S3's limits: parts but the last of at least 5 MiB, at most 10,000 parts, objects up to 5 TiB.
+pub const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
+pub const MAX_PARTS: u64 = 10_000;
+pub const MAX_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024 * 1024;
 /// How much of a file's end is read to find its last line.
 const TAIL_BYTES: u64 = 16 * 1024;
 /// Upload chunk size.
 const CHUNK_BYTES: usize = 64 * 1024;
-/// Most bytes read of an error answer (for its `<Code>`).
-const MAX_ERROR_BODY: usize = 16 * 1024;
+/// Most bytes read of an answer (an error's `<Code>`, a multipart upload's id or result).
+const MAX_ANSWER_BODY: usize = 16 * 1024;
 
 /// Why a file was not shipped. Messages name the object and the store's error code, never a
 /// signed URL or a credential.
@@ -59,7 +67,7 @@ pub enum ShipError {
     Settings(String),
     #[error("{}: {source}", path.display())]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("{} is {bytes} bytes, more than one upload may carry ({MAX_OBJECT_BYTES})", path.display())]
+    #[error("{} is {bytes} bytes, more than one object may hold ({MAX_OBJECT_BYTES})", path.display())]
     TooLarge { path: PathBuf, bytes: u64 },
     #[error("uploading {key}: the store answered {status} {code}")]
     Refused { key: String, status: u16, code: String },
@@ -89,6 +97,8 @@ pub struct Shipper {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, UploadBody>,
     /// Unclosed files by length, so an unchanged file's end is not read again.
     open: HashMap<PathBuf, u64>,
+    /// See [`PART_BYTES`].
+    part_bytes: u64,
 }
 
 impl std::fmt::Debug for Shipper {
@@ -126,7 +136,14 @@ impl Shipper {
             prefix: storage.prefix.clone(),
             client: Client::builder(TokioExecutor::new()).build(connector),
             open: HashMap::new(),
+            part_bytes: PART_BYTES,
         })
+    }
+
+    /// Uses parts of `bytes` (at least S3's minimum) instead of [`PART_BYTES`].
+    pub fn with_part_bytes(mut self, bytes: u64) -> Self {
+        self.part_bytes = bytes.max(MIN_PART_BYTES);
+        self
     }
 
     /// The object key of a spooled file.
@@ -216,87 +233,179 @@ impl Shipper {
         Ok(settled && !super::is_open(file).map_err(read_err)?)
     }
 
-    /// PUTs `file`, streamed from disk.
+    /// Uploads `file`, streamed from disk: one PUT, or a multipart upload when it is larger than
+    /// one part.
     async fn upload(&self, file: &Path) -> Result<String, ShipError> {
         let key = self.key_of(file);
         let read_err = |source| ShipError::Read {
             path: file.to_path_buf(),
             source,
         };
-        let handle = tokio::fs::File::open(file).await.map_err(read_err)?;
-        let length = handle.metadata().await.map_err(read_err)?.len();
+        let length = tokio::fs::metadata(file).await.map_err(read_err)?.len();
         if length > MAX_OBJECT_BYTES {
             return Err(ShipError::TooLarge {
                 path: file.to_path_buf(),
                 bytes: length,
             });
         }
-        let url =
-            rusty_s3::actions::PutObject::new(&self.bucket, Some(&self.credentials), &key).sign(URL_VALIDITY);
-        let transport = |message: String| ShipError::Transport {
-            key: key.clone(),
-            message,
+        if length <= self.part_bytes {
+            let url = rusty_s3::actions::PutObject::new(&self.bucket, Some(&self.credentials), &key)
+                .sign(URL_VALIDITY);
+            let body = file_range(file, 0, length).await.map_err(read_err)?;
+            self.exchange(&key, Method::PUT, url.as_str(), body, length)
+                .await?;
+            return Ok(key);
+        }
+        let url = rusty_s3::actions::CreateMultipartUpload::new(&self.bucket, Some(&self.credentials), &key)
+            .sign(URL_VALIDITY);
+        let (_, answer) = self
+            .exchange(&key, Method::POST, url.as_str(), empty(), 0)
+            .await?;
+        let created = std::str::from_utf8(&answer)
+            .ok()
+            .and_then(|a| rusty_s3::actions::CreateMultipartUpload::parse_response(a).ok())
+            .ok_or_else(|| ShipError::Transport {
+                key: key.clone(),
+                message: "the store did not answer with an upload id".into(),
+            })?;
+        let upload_id = created.upload_id();
+        let result = self.upload_parts(file, &key, upload_id, length).await;
+        if result.is_err() {
+            // Parts of an unfinished upload stay stored (and billed) until it is aborted; the
+            // next sweep starts a new upload.
+            let url = rusty_s3::actions::AbortMultipartUpload::new(
+                &self.bucket,
+                Some(&self.credentials),
+                &key,
+                upload_id,
+            )
+            .sign(URL_VALIDITY);
+            if let Err(e) = self
+                .exchange(&key, Method::DELETE, url.as_str(), empty(), 0)
+                .await
+            {
+                tracing::warn!(error = %e, "an unfinished multipart upload could not be aborted");
+            }
+        }
+        result.map(|()| key)
+    }
+
+    /// Sends `file` as the parts of upload `upload_id`, in order, then completes the upload.
+    async fn upload_parts(
+        &self,
+        file: &Path,
+        key: &str,
+        upload_id: &str,
+        length: u64,
+    ) -> Result<(), ShipError> {
+        let part = self.part_bytes.max(length.div_ceil(MAX_PARTS));
+        let transport = |message: &str| ShipError::Transport {
+            key: key.to_string(),
+            message: message.to_string(),
+        };
+        let mut etags = Vec::new();
+        let mut offset = 0;
+        while offset < length {
+            let size = part.min(length - offset);
+            let number = u16::try_from(etags.len() + 1).map_err(|_| transport("too many parts"))?;
+            let url = rusty_s3::actions::UploadPart::new(
+                &self.bucket,
+                Some(&self.credentials),
+                key,
+                number,
+                upload_id,
+            )
+            .sign(URL_VALIDITY);
+            let body = file_range(file, offset, size)
+                .await
+                .map_err(|source| ShipError::Read {
+                    path: file.to_path_buf(),
+                    source,
+                })?;
+            let (headers, _) = self.exchange(key, Method::PUT, url.as_str(), body, size).await?;
+            let etag = headers
+                .get(hyper::header::ETAG)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| transport("the store answered a part without an ETag"))?;
+            etags.push(etag.to_string());
+            offset += size;
+        }
+        let complete = rusty_s3::actions::CompleteMultipartUpload::new(
+            &self.bucket,
+            Some(&self.credentials),
+            key,
+            upload_id,
+            etags.iter().map(String::as_str),
+        );
+        let url = complete.sign(URL_VALIDITY);
+        let xml = Bytes::from(complete.body());
+        let len = xml.len() as u64;
+        let body = BodyExt::boxed(Full::new(xml).map_err(|never| match never {}));
+        let (_, answer) = self.exchange(key, Method::POST, url.as_str(), body, len).await?;
+        // S3 may answer 200 and report a failure in the body, as an `<Error>` document. (The
+        // success document's root is not checked: moto names it differently from AWS.)
+        if memchr::memmem::find(&answer, b"<Error>").is_some() {
+            return Err(ShipError::Refused {
+                key: key.to_string(),
+                status: 200,
+                code: error_code(&answer),
+            });
+        }
+        Ok(())
+    }
+
+    /// One request to the store: the answer's headers and (capped) body when it is 2xx.
+    async fn exchange(
+        &self,
+        key: &str,
+        method: Method,
+        url: &str,
+        body: UploadBody,
+        length: u64,
+    ) -> Result<(hyper::HeaderMap, Bytes), ShipError> {
+        let transport = |message: &str| ShipError::Transport {
+            key: key.to_string(),
+            message: message.to_string(),
         };
         let uri: Uri = url
-            .as_str()
             .parse()
-            .map_err(|_| transport("the signed URL is not a valid URI".into()))?;
-        // The file is read as it is sent, never whole into memory; it is only read up to the
-        // length declared, so a session appended to meanwhile (it cannot be: it is closed) could
-        // not make the body disagree with Content-Length.
-        let chunks =
-            futures_util::stream::try_unfold((handle.take(length), length), |(mut f, left)| async move {
-                if left == 0 {
-                    return Ok(None);
-                }
-                let mut buf = vec![0u8; CHUNK_BYTES.min(left as usize)];
-                let n = f.read(&mut buf).await?;
-                if n == 0 {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "the file shrank while it was uploaded",
-                    ));
-                }
-                buf.truncate(n);
-                Ok(Some((Frame::data(Bytes::from(buf)), (f, left - n as u64))))
-            });
-        let body: UploadBody = BodyExt::boxed(StreamBody::new(chunks));
+            .map_err(|_| transport("the signed URL is not a valid URI"))?;
         let req = Request::builder()
-            .method(Method::PUT)
+            .method(method)
             .uri(uri)
             .header(hyper::header::CONTENT_LENGTH, length)
             .header(hyper::header::CONTENT_TYPE, "application/x-ndjson")
             .body(body)
-            .map_err(|e| transport(format!("request: {e}")))?;
+            .map_err(|_| transport("the request cannot be built"))?;
         let exchange = async {
             // The client's errors can quote the URI, whose query holds the signature: only their
             // kind is kept.
             let resp = self.client.request(req).await.map_err(|e| {
                 transport(if e.is_connect() {
-                    "cannot connect to the store".into()
+                    "cannot connect to the store"
                 } else {
-                    "the request failed before an answer".into()
+                    "the request failed before an answer"
                 })
             })?;
-            let status = resp.status();
-            let body = Limited::new(resp.into_body(), MAX_ERROR_BODY)
+            let (head, body) = resp.into_parts();
+            let body = Limited::new(body, MAX_ANSWER_BODY)
                 .collect()
                 .await
                 .map(|b| b.to_bytes())
                 .unwrap_or_default();
-            if status.is_success() {
-                Ok(key.clone())
+            if head.status.is_success() {
+                Ok((head.headers, body))
             } else {
                 Err(ShipError::Refused {
-                    key: key.clone(),
-                    status: status.as_u16(),
+                    key: key.to_string(),
+                    status: head.status.as_u16(),
                     code: error_code(&body),
                 })
             }
         };
         tokio::time::timeout(UPLOAD_TIMEOUT, exchange)
             .await
-            .map_err(|_| ShipError::Timeout { key: key.clone() })?
+            .map_err(|_| ShipError::Timeout { key: key.to_string() })?
     }
 
     /// Sweeps until the task is aborted, backing off while uploads fail.
@@ -345,6 +454,34 @@ fn last_line_closes(file: &Path) -> std::io::Result<bool> {
         Err(_) => return Ok(false),
     };
     Ok(event["type"] == super::END)
+}
+
+/// `length` bytes of `file` from `offset`, read as they are sent, never whole into memory. Only
+/// `length` bytes are read, so the body cannot disagree with its Content-Length.
+async fn file_range(file: &Path, offset: u64, length: u64) -> std::io::Result<UploadBody> {
+    let mut handle = tokio::fs::File::open(file).await?;
+    handle.seek(SeekFrom::Start(offset)).await?;
+    let chunks =
+        futures_util::stream::try_unfold((handle.take(length), length), |(mut f, left)| async move {
+            if left == 0 {
+                return Ok(None);
+            }
+            let mut buf = vec![0u8; CHUNK_BYTES.min(left as usize)];
+            let n = f.read(&mut buf).await?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file shrank while it was uploaded",
+                ));
+            }
+            buf.truncate(n);
+            Ok(Some((Frame::data(Bytes::from(buf)), (f, left - n as u64))))
+        });
+    Ok(BodyExt::boxed(StreamBody::new(chunks)))
+}
+
+fn empty() -> UploadBody {
+    BodyExt::boxed(http_body_util::Empty::new().map_err(|never| match never {}))
 }
 
 /// The `<Code>` of an S3 error document, or `-`.
