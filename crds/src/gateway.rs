@@ -165,7 +165,8 @@ pub struct LocalStorage {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeStorage {
-    /// Name of the PersistentVolumeClaim in the gateway's namespace.
+    /// Name of the PersistentVolumeClaim in the gateway's namespace. It must be labelled
+    /// `agentgate.dev/recordings: "true"` (the operator mounts no other claim).
     #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
     pub claim_name: String,
 }

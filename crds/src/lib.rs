@@ -31,3 +31,8 @@ pub const API_VERSION: &str = "agentgate.dev/v1alpha1";
 /// whoever may write a Connection can then use only the Secrets an owner of them opted in, not
 /// send any Secret of the namespace to an endpoint of their choosing.
 pub const CREDENTIAL_LABEL: &str = "agentgate.dev/credential";
+/// Likewise, the operator mounts into a gateway (`recording.storage.volume`) only a
+/// PersistentVolumeClaim labelled `agentgate.dev/recordings: "true"`: the gateway writes there and
+/// deletes expired session files there, so whoever may write an AgentGateway must not be able to
+/// point it at another application's volume.
+pub const RECORDINGS_LABEL: &str = "agentgate.dev/recordings";

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use agentgate_crds::{AgentGateway, Condition};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{Patch, PatchParams};
@@ -53,11 +53,20 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
         .with_label_values(&[if compiled.gateway.is_ok() { "ok" } else { "invalid" }])
         .observe(started.elapsed().as_secs_f64());
 
-    let image = children::gateway_image(
+    let mut image = children::gateway_image(
         &gw,
         &ctx.settings.gateway_image,
         &ctx.settings.allowed_gateway_images,
     );
+    // A claim is not watched: a refused one is looked at again after a pause.
+    let claim_refused = if image.is_ok() {
+        recordings_claim_refusal(&ctx.client, &ns, &gw).await?
+    } else {
+        None
+    };
+    if let Some(refusal) = &claim_refused {
+        image = Err(refusal.clone());
+    }
     if let Err(e) = &image {
         // Not run, not published: the gateway reports why, and keeps what it had.
         compiled.gateway = Err(e.clone());
@@ -132,7 +141,37 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
 
     report_objects(&ctx, &name, &snapshot, &compiled).await?;
     report_gateway(&ctx, &gw, &ns, &compiled).await?;
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(if claim_refused.is_some() {
+        CONFLICT_RECHECK
+    } else {
+        RESYNC
+    }))
+}
+
+/// Why the gateway's `recording.storage.volume` claim may not be mounted, if it may not: it does
+/// not exist, or its owner has not opted it in ([`agentgate_crds::RECORDINGS_LABEL`]).
+async fn recordings_claim_refusal(
+    client: &kube::Client,
+    ns: &str,
+    gw: &AgentGateway,
+) -> Result<Option<String>, Error> {
+    let Some(volume) = gw.spec.recording.storage.as_ref().and_then(|s| s.volume.as_ref()) else {
+        return Ok(None);
+    };
+    let name = &volume.claim_name;
+    let field = "spec.recording.storage.volume.claimName";
+    let Some(claim) = Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await?
+    else {
+        return Ok(Some(format!("{field}: PersistentVolumeClaim {name} not found")));
+    };
+    let label = agentgate_crds::RECORDINGS_LABEL;
+    Ok((claim.labels().get(label).map(String::as_str) != Some("true")).then(|| {
+        format!(
+            "{field}: PersistentVolumeClaim {name} is not labelled {label}: \"true\"; the operator mounts only claims their owner opted in for session recordings"
+        )
+    }))
 }
 
 /// Failed reconciles are retried after a short pause.

@@ -415,6 +415,79 @@ rules:
     assert_eq!(owner, "main");
 }
 
+/// A gateway's recording volume is mounted only from a claim its owner labelled
+/// `agentgate.dev/recordings: "true"`: whoever may write an AgentGateway cannot have the gateway
+/// write to (and prune) another application's volume. A missing or unlabelled claim is named in
+/// the gateway's status and no Deployment is made; once the claim is labelled, it is mounted.
+#[test]
+fn only_a_claim_labelled_for_recordings_is_mounted() {
+    let env = TestEnv::start();
+    let ns = env.namespace().to_string();
+    let manifests = objects(&ns).replace(
+        "  replicas: 2\n",
+        "  replicas: 2\n  recording: {storage: {volume: {claimName: app-data}}}\n",
+    );
+    assert!(manifests.contains("claimName: app-data"));
+    env.kubectl_ok("admin", &["apply", "-f", &env.file("objects.yaml", &manifests)]);
+    let op = start_operator(&env, "operator-a");
+    eventually(
+        "the gateway to name the missing claim",
+        &op,
+        Duration::from_secs(30),
+        || {
+            ready(&env, "agentgateway", "main") == "False"
+                && ready_message(&env, "agentgateway", "main")
+                    .contains("PersistentVolumeClaim app-data not found")
+        },
+    );
+    let claim = |labels: &str| {
+        format!(
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: app-data, namespace: {ns}{labels}}}\n\
+             spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 1Gi}}}}}}\n"
+        )
+    };
+    env.kubectl_ok("admin", &["apply", "-f", &env.file("claim.yaml", &claim(""))]);
+    eventually(
+        "the gateway to refuse the unlabelled claim",
+        &op,
+        Duration::from_secs(30),
+        || {
+            ready_message(&env, "agentgateway", "main").contains(
+                "spec.recording.storage.volume.claimName: PersistentVolumeClaim app-data is not labelled agentgate.dev/recordings",
+            )
+        },
+    );
+    assert!(
+        !env.kubectl("admin", &["get", "deployment", "agentgate-main"])
+            .status
+            .success(),
+        "a Deployment mounting the unlabelled claim was made"
+    );
+    env.kubectl_ok(
+        "admin",
+        &[
+            "apply",
+            "-f",
+            &env.file(
+                "claim.yaml",
+                &claim(", labels: {agentgate.dev/recordings: \"true\"}"),
+            ),
+        ],
+    );
+    eventually("the gateway to be Ready", &op, Duration::from_secs(40), || {
+        ready(&env, "agentgateway", "main") == "True"
+    });
+    assert_eq!(
+        jsonpath(
+            &env,
+            "deployment",
+            "agentgate-main",
+            "{.spec.template.spec.volumes[?(@.name==\"sessions\")].persistentVolumeClaim.claimName}"
+        ),
+        "app-data"
+    );
+}
+
 #[test]
 fn a_second_replica_waits_on_the_lease_and_takes_over() {
     let env = TestEnv::start();

@@ -125,6 +125,9 @@ pub fn builtins() -> Vec<ResourceType> {
             .short(&["po"])
             .in_all()
             .with_status(),
+        ResourceType::builtin("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", true)
+            .short(&["pvc"])
+            .with_status(),
         ResourceType::builtin("", "v1", "Event", "events", true).short(&["ev"]),
         ResourceType::builtin("apps", "v1", "Deployment", "deployments", true)
             .short(&["deploy"])
