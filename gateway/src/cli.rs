@@ -112,6 +112,7 @@ impl Source {
             secrets_dir: self.secrets_dir.clone(),
             gateway: self.gateway.clone(),
             reserved_ports,
+            ..Default::default()
         }
     }
 }
@@ -148,6 +149,7 @@ pub fn main() -> ExitCode {
                         secrets_dir: source.secrets_dir,
                         gateway: source.gateway,
                         reserved_ports,
+                        ..Default::default()
                     },
                     ConfigSource::Directory(watch_interval),
                 ),
@@ -157,6 +159,7 @@ pub fn main() -> ExitCode {
                         secrets_dir: None,
                         gateway: source.gateway,
                         reserved_ports,
+                        ..Default::default()
                     },
                     ConfigSource::Kubernetes(config::kubernetes::SecretSource {
                         namespace: source.namespace,

@@ -158,6 +158,16 @@ pub fn compile(ns: &Namespace, gateway: &str) -> Compiled {
         secrets_dir: None,
         gateway: Some(gateway.to_string()),
         reserved_ports: vec![GATEWAY_ADMIN_PORT],
+        withheld_secrets: unlabelled
+            .iter()
+            .map(|name| {
+                let why = format!(
+                    "is not labelled {}: \"true\"; gateways are given only Secrets so labelled",
+                    agentgate_crds::CREDENTIAL_LABEL
+                );
+                ((ns.name.to_string(), name.to_string()), why)
+            })
+            .collect(),
     };
     let mut excluded: BTreeMap<ObjectKey, Verdict> = BTreeMap::new();
     let source = format!("namespace/{}", ns.name);
@@ -183,11 +193,7 @@ pub fn compile(ns: &Namespace, gateway: &str) -> Compiled {
                     manifests: text,
                 });
             }
-            Err(errors) => errors
-                .0
-                .into_iter()
-                .map(|e| explain_unlabelled(e, &ns.name, &unlabelled))
-                .collect::<Vec<_>>(),
+            Err(errors) => errors.0.into_iter().collect::<Vec<_>>(),
         };
         let mut gateway_errors = Vec::new();
         let before = excluded.len();
@@ -284,8 +290,6 @@ fn push_all<K: Serialize + kube::Resource>(out: &mut Vec<Candidate>, kind: &'sta
     }
 }
 
-/// A Secret as the loader takes it: only its name, type and data (k8s-openapi decoded the data;
-/// the loader takes it base64, as the API serves it).
 /// Whether the Secret's owner opted it in for gateways ([`agentgate_crds::CREDENTIAL_LABEL`]).
 fn is_credential(s: &Secret) -> bool {
     s.metadata
@@ -295,21 +299,8 @@ fn is_credential(s: &Secret) -> bool {
         .is_some_and(|v| v == "true")
 }
 
-/// The loader reports a Secret left out for want of the label as not found; this says why.
-fn explain_unlabelled(mut e: ConfigError, namespace: &str, unlabelled: &BTreeSet<&str>) -> ConfigError {
-    for name in unlabelled {
-        if e.message
-            .starts_with(&format!("Secret {namespace}/{name} not found"))
-        {
-            e.message = format!(
-                "Secret {namespace}/{name} is not labelled {}: \"true\"; gateways are given only Secrets so labelled",
-                agentgate_crds::CREDENTIAL_LABEL
-            );
-        }
-    }
-    e
-}
-
+/// A Secret as the loader takes it: only its name, type and data (k8s-openapi decoded the data;
+/// the loader takes it base64, as the API serves it).
 fn secret_value(namespace: &str, s: &Secret) -> Value {
     let data: Map<String, Value> = s
         .data

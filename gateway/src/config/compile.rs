@@ -209,7 +209,8 @@ pub fn compile(
     errors: &mut Vec<ConfigError>,
 ) -> Option<GatewayConfig> {
     let validators: HashMap<String, SchemaValidator> = generate::validators().into_iter().collect();
-    let mut secrets = SecretStore::new(options.secrets_dir.clone());
+    let mut secrets =
+        SecretStore::new(options.secrets_dir.clone()).withholding(options.withheld_secrets.clone());
     let mut objects = Objects::default();
     let mut seen: HashMap<(String, String, String), &Manifest> = HashMap::new();
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();

@@ -93,6 +93,10 @@ pub struct LoadOptions {
     pub gateway: Option<String>,
     /// Ports that are taken by the gateway itself (the admin listener), which listeners may not use.
     pub reserved_ports: Vec<u16>,
+    /// Secrets that exist but are not given to the gateway, by (namespace, name), with why: a
+    /// reference to one fails with that reason instead of "not found" (the operator withholds
+    /// Secrets not labelled for gateways).
+    pub withheld_secrets: std::collections::BTreeMap<(String, String), String>,
 }
 
 /// Loads, validates and compiles a manifests directory.

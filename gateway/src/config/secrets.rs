@@ -57,6 +57,8 @@ pub struct SecretStore {
     /// (namespace, name, key) of every manifest value looked up: what a configuration needs, so
     /// that the operator publishes those keys and nothing else of a Secret.
     used: std::sync::Mutex<BTreeSet<(String, String, String)>>,
+    /// See [`super::LoadOptions::withheld_secrets`].
+    withheld: BTreeMap<(String, String), String>,
 }
 
 impl SecretStore {
@@ -66,7 +68,15 @@ impl SecretStore {
             manifests: BTreeMap::new(),
             dir,
             used: Default::default(),
+            withheld: BTreeMap::new(),
         }
+    }
+
+    /// Answers a lookup of one of `withheld` with its reason (see
+    /// [`super::LoadOptions::withheld_secrets`]).
+    pub fn withholding(mut self, withheld: BTreeMap<(String, String), String>) -> Self {
+        self.withheld = withheld;
+        self
     }
 
     /// Adds a `v1 Secret` manifest, decoding `data` (base64) and `stringData`.
@@ -149,6 +159,9 @@ impl SecretStore {
                 let keys: Vec<&str> = values.keys().map(String::as_str).collect();
                 format!("Secret {namespace}/{name} has no key {key:?} (it has {keys:?})")
             });
+        }
+        if let Some(why) = self.withheld.get(&(namespace.to_string(), name.to_string())) {
+            return Err(format!("Secret {namespace}/{name} {why}"));
         }
         if let Some(dir) = &self.dir {
             let path = dir.join(name).join(key);

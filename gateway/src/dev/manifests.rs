@@ -174,6 +174,7 @@ mod tests {
             secrets_dir: None,
             gateway: Some(GATEWAY.into()),
             reserved_ports: vec![9464],
+            ..Default::default()
         })
         .unwrap_or_else(|e| panic!("{e}"))
     }
@@ -388,6 +389,7 @@ mod tests {
             secrets_dir: None,
             gateway: Some(GATEWAY.into()),
             reserved_ports: vec![9464],
+            ..Default::default()
         };
         let (mut loaded, mut refused) = (0, 0);
         for (name, _) in TEMPLATES {

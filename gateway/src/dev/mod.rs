@@ -177,6 +177,7 @@ impl DevEnvironment {
             secrets_dir: None,
             gateway: Some(manifests::GATEWAY.into()),
             reserved_ports: vec![self.admin_addr.port()],
+            ..Default::default()
         }
     }
 

@@ -170,6 +170,7 @@ fn the_published_configuration_loads_in_the_gateway() {
         secrets_dir: None,
         gateway: None,
         reserved_ports: vec![GATEWAY_ADMIN_PORT],
+        ..Default::default()
     };
     let config = compile_manifests(docs, &options).expect("the gateway accepts it");
     assert_eq!(config.connections.len(), 2);
@@ -244,6 +245,7 @@ fn only_the_secret_keys_in_use_are_published() {
         secrets_dir: None,
         gateway: Some("main".into()),
         reserved_ports: vec![GATEWAY_ADMIN_PORT],
+        ..Default::default()
     };
     let config = compile_manifests(parsed, &options).expect("the published configuration compiles");
     assert_eq!(config.connections.len(), 1);
