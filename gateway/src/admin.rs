@@ -86,6 +86,10 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not ready: the configuration's listeners are not all bound\n",
             ),
+            // Serving, but refusing every operation: better another replica.
+            Some(_) if let Some(why) = state.gateway.as_ref().and_then(|g| g.plane()?.unusable()) => {
+                text(StatusCode::SERVICE_UNAVAILABLE, &format!("not ready: {why}\n"))
+            }
             Some(s) => text(
                 StatusCode::OK,
                 &format!("ready: configuration generation {}\n", s.generation),

@@ -59,8 +59,18 @@ pub struct Gateway {
 
 impl Gateway {
     /// Writes `yaml` (where `${LISTEN_PORT}` and `${SESSIONS}` are replaced) and starts the
-    /// gateway on it, waiting until the listener accepts connections.
+    /// gateway on it, waiting until the listener accepts connections and it reports ready.
     pub fn start(yaml: &str) -> Self {
+        Self::launch(yaml, true)
+    }
+
+    /// Like [`Gateway::start`], for a gateway that is expected to serve but not to report ready
+    /// (it would refuse every operation): waits for the listener and any readiness answer.
+    pub fn start_unready(yaml: &str) -> Self {
+        Self::launch(yaml, false)
+    }
+
+    fn launch(yaml: &str, until_ready: bool) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let admin = free_port();
@@ -78,7 +88,8 @@ impl Gateway {
             .env("AGENTGATE_LOG", "info,agentgate=debug");
         let process = Process::start("agentgate", cmd);
         let ready = wait_for(Duration::from_secs(30), || {
-            let ok = curl_get(&format!("http://127.0.0.1:{admin}/readyz")).0 == 200
+            let status = curl_get(&format!("http://127.0.0.1:{admin}/readyz")).0;
+            let ok = (status == 200 || (!until_ready && status == 503))
                 && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
             ok.then_some(())
         });

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use agentgate::identity::mint::SigningKey;
 use agentgate_e2e::gateway::{EchoUpstream, Gateway, OktaSetup, okta_manifests};
 use agentgate_e2e::oidc::OidcProvider;
-use agentgate_e2e::{Reply, binary, curl};
+use agentgate_e2e::{Reply, binary, curl, curl_get};
 
 /// The upstream's SSWS token: must never reach the agent, a log, a metric or a recording.
 const CANARY: &str = "00CANARY-upstream-secret-7f3a9c";
@@ -341,6 +341,7 @@ fn dpop_bound_tokens_are_required_and_checked_per_request() {
 }
 
 /// Required recording that cannot be written refuses the operation: the upstream never sees it.
+/// The gateway reports itself not ready, saying why, so a Service sends traffic elsewhere.
 #[test]
 fn required_recording_that_cannot_be_written_refuses_requests() {
     let idp = OidcProvider::start();
@@ -357,7 +358,14 @@ fn required_recording_that_cannot_be_written_refuses_requests() {
         "${SESSIONS}",
         &blocker.path().join("sessions").display().to_string(),
     );
-    let gw = Gateway::start(&yaml);
+    let gw = Gateway::start_unready(&yaml);
+    let (status, body) = curl_get(&format!("http://127.0.0.1:{}/readyz", gw.admin));
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.starts_with("not ready: session recording (mode Required) is unavailable:")
+            && body.contains("sessions"),
+        "{body}"
+    );
     let tok = token(&idp);
     let r = curl(
         &["-H", &format!("Authorization: Bearer {tok}")],
@@ -367,6 +375,11 @@ fn required_recording_that_cannot_be_written_refuses_requests() {
     assert_eq!(
         r.problem_type(),
         "https://agentgate.dev/problems/recording-unavailable"
+    );
+    assert!(
+        !upstream.requests().contains("/echo/x"),
+        "{}",
+        upstream.requests()
     );
     assert!(
         gw.metrics()

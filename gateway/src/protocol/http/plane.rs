@@ -40,6 +40,21 @@ pub struct Plane {
 }
 
 impl Plane {
+    /// Why this plane would refuse every operation, if it would: its Required recorder or its
+    /// identity verifier could not be built. Readiness reports it, so that a Service sends the
+    /// traffic to replicas that can serve it.
+    pub fn unusable(&self) -> Option<String> {
+        if let Err(e) = &self.recorder
+            && self.snapshot.config.gateway.recording.mode == RecordingMode::Required
+        {
+            return Some(format!("session recording (mode Required) is unavailable: {e}"));
+        }
+        self.verifier
+            .as_ref()
+            .err()
+            .map(|e| format!("identity verification is unavailable: {e}"))
+    }
+
     /// The connection a request is for, and the path it addresses there: by host first (the
     /// whole path), then by the longest path prefix (removed from the path).
     pub fn route(&self, host: &str, path: &str) -> Option<(&CompiledConnection, String)> {
