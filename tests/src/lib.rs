@@ -21,10 +21,19 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Path of a workspace binary, built (once per test process) so it is never stale.
+/// Set by a runner that has just built the workspace's binaries (scripts/test.sh), so that test
+/// processes need not each ask cargo again.
+pub const PREBUILT_ENV: &str = "AGENTGATE_E2E_BINARIES_BUILT";
+
+/// Path of a workspace binary, built (once per test process) so it is never stale: nextest runs
+/// each test in its own process, and cargo's no-op check costs about 0.45 s, so a runner that has
+/// built them just before says so with [`PREBUILT_ENV`].
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
+        if std::env::var_os(PREBUILT_ENV).is_some_and(|v| v == "1") {
+            return;
+        }
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--quiet", "--workspace", "--bins"])
