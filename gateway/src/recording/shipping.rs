@@ -164,38 +164,30 @@ impl Shipper {
     }
 
     async fn sweep_with(&mut self, grace: Duration) -> Sweep {
-        let mut report = Sweep::default();
-        let mut files: Vec<PathBuf> = match std::fs::read_dir(&self.dir) {
-            Ok(entries) => entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| super::is_session_file(p))
-                .collect(),
-            Err(e) => {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "session spool cannot be read");
-                return report;
-            }
+        // Listing the spool and reading the ends of its files is blocking I/O, over as many files
+        // as the store has missed: off the async workers, which serve the data path.
+        let dir = self.dir.clone();
+        let open = std::mem::take(&mut self.open);
+        let Ok((scan, open)) = tokio::task::spawn_blocking(move || {
+            let mut open = open;
+            (scan(&dir, &mut open, grace), open)
+        })
+        .await
+        else {
+            return Sweep::default();
         };
-        files.sort();
-        self.open.retain(|p, _| files.binary_search(p).is_ok());
-        for file in files {
-            match self.ready(&file, grace) {
-                Ok(true) => {}
-                Ok(false) => {
-                    report.waiting += 1;
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "spooled session cannot be read");
-                    report.waiting += 1;
-                    report.failed += 1;
-                    continue;
-                }
-            }
+        self.open = open;
+        let mut report = Sweep {
+            waiting: scan.waiting,
+            failed: scan.failed,
+            ..Sweep::default()
+        };
+        for file in scan.ready {
             match self.upload(&file).await {
                 Ok(key) => {
                     // Shipped: the spool copy goes. If it cannot, it is shipped again next time
                     // (the same bytes to the same key).
-                    if let Err(e) = std::fs::remove_file(&file) {
+                    if let Err(e) = tokio::fs::remove_file(&file).await {
                         tracing::warn!(file = %file.display(), error = %e, "shipped session not removed from the spool");
                     }
                     tracing::info!(object = %key, bucket = %self.bucket.name(), "session shipped");
@@ -212,25 +204,9 @@ impl Shipper {
         report
     }
 
-    /// Whether `file` is ready to ship: closed, or cut off (unlocked and left unchanged).
+    #[cfg(test)]
     fn ready(&mut self, file: &Path, grace: Duration) -> Result<bool, ShipError> {
-        let read_err = |source| ShipError::Read {
-            path: file.to_path_buf(),
-            source,
-        };
-        let meta = std::fs::metadata(file).map_err(read_err)?;
-        if self.open.get(file) != Some(&meta.len()) {
-            if last_line_closes(file).map_err(read_err)? {
-                return Ok(true);
-            }
-            self.open.insert(file.to_path_buf(), meta.len());
-        }
-        let settled = meta
-            .modified()
-            .map_err(read_err)?
-            .elapsed()
-            .is_ok_and(|age| age >= grace);
-        Ok(settled && !super::is_open(file).map_err(read_err)?)
+        ready(&mut self.open, file, grace)
     }
 
     /// Uploads `file`, streamed from disk: one PUT, or a multipart upload when it is larger than
@@ -430,6 +406,70 @@ impl Shipper {
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// What one look at the spool found.
+struct Scan {
+    /// Files to ship now, oldest name first.
+    ready: Vec<PathBuf>,
+    waiting: usize,
+    failed: usize,
+}
+
+/// Lists the spool's session files and sorts out those ready to ship; `open` remembers the
+/// lengths of unclosed files, so an unchanged file's end is not read again, and forgets files
+/// that are gone.
+fn scan(dir: &Path, open: &mut HashMap<PathBuf, u64>, grace: Duration) -> Scan {
+    let mut out = Scan {
+        ready: Vec::new(),
+        waiting: 0,
+        failed: 0,
+    };
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| super::is_session_file(p))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "session spool cannot be read");
+            return out;
+        }
+    };
+    files.sort();
+    open.retain(|p, _| files.binary_search(p).is_ok());
+    for file in files {
+        match ready(open, &file, grace) {
+            Ok(true) => out.ready.push(file),
+            Ok(false) => out.waiting += 1,
+            Err(e) => {
+                tracing::warn!(error = %e, "spooled session cannot be read");
+                out.waiting += 1;
+                out.failed += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Whether `file` is ready to ship: closed, or cut off (unlocked and left unchanged).
+fn ready(open: &mut HashMap<PathBuf, u64>, file: &Path, grace: Duration) -> Result<bool, ShipError> {
+    let read_err = |source| ShipError::Read {
+        path: file.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(file).map_err(read_err)?;
+    if open.get(file) != Some(&meta.len()) {
+        if last_line_closes(file).map_err(read_err)? {
+            return Ok(true);
+        }
+        open.insert(file.to_path_buf(), meta.len());
+    }
+    let settled = meta
+        .modified()
+        .map_err(read_err)?
+        .elapsed()
+        .is_ok_and(|age| age >= grace);
+    Ok(settled && !super::is_open(file).map_err(read_err)?)
 }
 
 /// Whether the last line of `file` is a `session.end` event (the recorder writes it last, signed).
