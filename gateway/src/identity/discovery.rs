@@ -89,7 +89,8 @@ pub fn is_secure_url(url: &str) -> bool {
                 .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
     };
     match host.as_deref() {
-        Some(h @ ("127.0.0.1" | "localhost" | "[::1]")) => port_ok(&authority[h.len()..]),
+        // `get`: the host was rebuilt with a `]` that an unclosed `[::1` lacks.
+        Some(h @ ("127.0.0.1" | "localhost" | "[::1]")) => authority.get(h.len()..).is_some_and(port_ok),
         _ => false,
     }
 }
@@ -97,6 +98,23 @@ pub fn is_secure_url(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An unclosed IPv6 bracket once sliced past the end of the authority (a panic, from a
+    /// discovery document's `jwks_uri` or from configuration).
+    #[test]
+    fn unclosed_ipv6_loopback_is_refused_not_a_panic() {
+        for url in [
+            "http://[::1",
+            "http://[::1/keys",
+            "http://[::1?x",
+            "http://[::1:8080",
+        ] {
+            assert!(!is_secure_url(url), "{url}");
+        }
+        assert!(is_secure_url("http://[::1]:8080/keys"));
+        let doc = br#"{"issuer":"https://idp.example/","jwks_uri":"http://[::1"}"#;
+        assert!(parse("https://idp.example/", doc).is_err());
+    }
 
     #[test]
     fn issuer_is_pinned_exactly() {

@@ -358,7 +358,8 @@ impl Verifier {
         if !dpop_scheme && !scheme.eq_ignore_ascii_case("Bearer") {
             return Err(IdentityError::new(
                 ErrorKind::MalformedToken,
-                format!("unsupported scheme {scheme:?}"),
+                // Not echoed: a client that sends the token alone has it taken for the scheme.
+                "unsupported scheme (only Bearer and DPoP)",
             ));
         }
         let token = token.trim();
@@ -685,10 +686,12 @@ fn principal_from_claims(
     if let Some(max) = identity.max_token_lifetime {
         let issued = iat
             .ok_or_else(|| IdentityError::new(ErrorKind::LifetimeTooLong, "no iat to bound the lifetime"))?;
-        if exp - issued > max.as_secs() as i64 {
+        // Saturating: an `iat` far in the past (i64::MIN) must not wrap the lifetime negative.
+        let lifetime = exp.saturating_sub(issued);
+        if lifetime > max.as_secs() as i64 {
             return Err(IdentityError::new(
                 ErrorKind::LifetimeTooLong,
-                format!("lifetime {}s", exp - issued),
+                format!("lifetime {lifetime}s"),
             ));
         }
     }

@@ -262,6 +262,11 @@ async fn lifetime_is_bounded() {
     let mut c = claims();
     c["exp"] = json!(NOW + 7200);
     refused(&v, &key.sign(&c), ErrorKind::LifetimeTooLong).await;
+    // An iat at the bottom of i64 once overflowed exp - iat (a panic in debug builds; in
+    // release, a negative lifetime that passed the bound).
+    let mut c = claims();
+    c["iat"] = json!(i64::MIN);
+    refused(&v, &key.sign(&c), ErrorKind::LifetimeTooLong).await;
 }
 
 #[tokio::test]
@@ -1007,4 +1012,19 @@ async fn signed_mutants_of_a_dpop_proof_are_accepted_only_when_every_check_passe
         );
     }
     assert!(!jtis.is_empty(), "some mutants (of the jti, say) are still valid");
+}
+
+/// A client that sends `Authorization: <token> <something>` has its token taken for the scheme:
+/// the refusal (logged by the data paths) must not quote it.
+#[tokio::test]
+async fn an_unsupported_scheme_is_not_echoed() {
+    let (key, v) = okta_setup();
+    let token = key.sign(&claims());
+    let err = v
+        .verify(&presented(&format!("{token} extra"), &[]), NOW)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::MalformedToken);
+    let shown = format!("{err} {err:?} {}", err.www_authenticate());
+    assert!(!shown.contains(&token[..20]), "{shown}");
 }
