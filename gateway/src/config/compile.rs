@@ -598,13 +598,19 @@ fn object_storage(
     errors: &mut Vec<ConfigError>,
 ) -> Option<ObjectStorage> {
     let before = errors.len();
-    if let Some(endpoint) = &s3.endpoint
-        && !crate::identity::discovery::is_secure_url(endpoint)
-    {
-        errors.push(m.error(
-            "spec.recording.storage.s3.endpoint",
-            format!("Invalid value: {endpoint:?}: must be https (http only to a loopback address)"),
-        ));
+    if let Some(endpoint) = &s3.endpoint {
+        let shown = without_userinfo(endpoint);
+        if shown != *endpoint {
+            errors.push(m.error(
+                "spec.recording.storage.s3.endpoint",
+                format!("Invalid value: {shown:?}: credentials in the URL are not allowed; use credentialsSecretRef"),
+            ));
+        } else if !crate::identity::discovery::is_secure_url(endpoint) {
+            errors.push(m.error(
+                "spec.recording.storage.s3.endpoint",
+                format!("Invalid value: {shown:?}: must be https (http only to a loopback address)"),
+            ));
+        }
     }
     let prefix = s3.prefix.trim_matches('/');
     if !prefix.is_empty()
@@ -671,6 +677,18 @@ fn parse_approvals(m: &Manifest, a: &ApprovalSettings, errors: &mut Vec<ConfigEr
     ApprovalBounds {
         default_timeout: parse("spec.approvals.defaultTimeout", &a.default_timeout),
         max_grant: parse("spec.approvals.maxGrant", &a.max_grant),
+    }
+}
+
+/// `url` with any user info (`user:password@`) of its authority replaced by `***`: an endpoint
+/// refused for carrying credentials is quoted in errors and statuses without them.
+pub fn without_userinfo(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) if scheme.is_empty() => format!("***{}", &rest[at..]),
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_string(),
     }
 }
 
@@ -741,7 +759,7 @@ fn compile_connection(
         Err(e) => {
             errors.push(m.error(
                 "spec.endpoint",
-                format!("Invalid value: {:?}: {e}", c.spec.endpoint),
+                format!("Invalid value: {:?}: {e}", without_userinfo(&c.spec.endpoint)),
             ));
             return None;
         }
@@ -958,6 +976,37 @@ mod tests {
             errors.iter().all(|e| e.message.starts_with("Invalid value: ")),
             "{errors:?}"
         );
+    }
+
+    /// An endpoint refused for carrying credentials is quoted without them: the message reaches
+    /// logs, `agentgate validate` and, in a cluster, the object's Ready condition.
+    #[test]
+    fn endpoints_with_credentials_are_refused_without_quoting_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {name: gw, namespace: ns}\n\
+            spec:\n  listeners: [{name: pg, protocol: Postgres, port: 15432}]\n  \
+            recording: {storage: {s3: {bucket: sessions, endpoint: 'https://AKIAEXAMPLE:s3-hunter2@minio.internal', \
+            credentialsSecretRef: {name: s3, key: id}}}}\n---\n\
+            apiVersion: agentgate.dev/v1alpha1\nkind: Connection\nmetadata: {name: db, namespace: ns}\n\
+            spec: {gatewayRef: {name: gw}, type: Postgres, endpoint: 'postgres://app:pg-hunter2@db:5432/orders'}\n---\n\
+            apiVersion: v1\nkind: Secret\nmetadata: {name: s3, namespace: ns}\nstringData: {id: a, secretAccessKey: b}\n";
+        std::fs::write(dir.path().join("all.yaml"), yaml).unwrap();
+        let errors = crate::config::load(&crate::config::LoadOptions {
+            manifests: dir.path().to_path_buf(),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            !errors.contains("hunter2") && !errors.contains("AKIAEXAMPLE"),
+            "{errors}"
+        );
+        assert!(
+            errors.contains("\"postgres://***@db:5432/orders\": credentials in the URL are not allowed")
+                && errors.contains("\"https://***@minio.internal\": credentials in the URL are not allowed"),
+            "{errors}"
+        );
+        assert_eq!(without_userinfo("https://host/a@b"), "https://host/a@b");
     }
 
     #[test]
