@@ -847,15 +847,30 @@ fn passwords_and_the_token_never_reach_a_recording() {
         "ALTER ROLE ci PASSWORD 'Hunter2-Password-Canary'".to_string(),
         "alter user ci with encrypted password 'SCRAM-SHA-256$4096:c2FsdA==$Hunter2Verifier'".to_string(),
         format!("SELECT '{tok}'::text AS echoed"),
+        // Unparseable: the parser's message quotes where it failed.
+        "ALTER ROLE ci PASSWORD 'Hunter2-Unterminated".to_string(),
+        "ALTER ROLE ci PASSWORD Hunter2Unquoted".to_string(),
     ] {
         r.send(b'Q', format!("{sql}\0").as_bytes());
         r.until_ready();
     }
+    // Allowed statements are recorded twice, as the query and with their result: both masked
+    // (the result's event once carried the statement's raw text).
+    let insert =
+        |card: &str| format!("INSERT INTO orders (customer_id, total, card_number) VALUES (1, 1, '{card}')");
+    r.send(b'Q', format!("{}\0", insert("5500 0000 0000 0004")).as_bytes());
+    assert!(errors(&r.until_ready()).is_empty());
+    r.send(b'P', &parse("", &insert("4012 8888 8888 1881")));
+    r.send(b'B', &bind("", ""));
+    r.send(b'E', &execute_rows("", 0));
+    r.send(b'S', b"");
+    assert!(errors(&r.until_ready()).is_empty());
     r.send(b'X', b"");
     std::thread::sleep(Duration::from_millis(500));
     let recorded = s.gw.recordings();
     assert!(recorded.contains("ALTER ROLE ci PASSWORD $1"), "{recorded}");
-    for secret in ["Hunter2", &tok] {
+    assert_eq!(recorded.matches(r#""type":"pg.result""#).count(), 3, "{recorded}");
+    for secret in ["Hunter2", &tok, "5500 0000", "4012 8888"] {
         assert!(
             !recorded.contains(secret),
             "a password or the token in a recording"

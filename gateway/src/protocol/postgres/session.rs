@@ -742,9 +742,11 @@ impl Live {
         })
     }
 
-    fn result_plan(&self, st: &Statement, v: &Verdict) -> ResultPlan {
+    /// `sql`: the statement as recorded, from [`LiveSession::masked_sql`] (passwords and
+    /// detected values out, like every other event's SQL).
+    fn result_plan(&self, sql: String, st: &Statement, v: &Verdict) -> ResultPlan {
         ResultPlan {
-            sql: truncate(&st.text, MAX_RECORDED_SQL),
+            sql,
             row_limit: v.row_limit,
             limit_rule: v.rule.clone(),
             mask_computed: self.computes_over_masked(st),
@@ -754,6 +756,19 @@ impl Live {
 
     fn masked_sql(&self, sql: &str) -> String {
         truncate(&self.plan.mask_text(&without_passwords(sql)).0, MAX_RECORDED_SQL)
+    }
+
+    /// The recorded reason for refusing `sql` that does not parse. The parser's message quotes
+    /// the text where it failed (`... at or near "'hunter2"`), so it is masked, and withheld
+    /// when the statement may carry a password.
+    fn unparseable(&self, sql: &str, e: &impl std::fmt::Display) -> String {
+        if mentions_password(sql) {
+            return "unparseable: [parser message withheld: the statement may carry a password]".into();
+        }
+        truncate(
+            &self.plan.mask_text(&format!("unparseable: {e}")).0,
+            MAX_RECORDED_SQL,
+        )
     }
 
     async fn run(self, up: Upstream, started: handshake::Started) {
@@ -1109,7 +1124,7 @@ impl ClientSide {
             Err(e) => {
                 let _ = live.record(
                     "pg.query",
-                    json!({"sql": live.masked_sql(sql), "decision": "deny", "reason": format!("unparseable: {e}")}),
+                    json!({"sql": live.masked_sql(sql), "decision": "deny", "reason": live.unparseable(sql, &e)}),
                 );
                 return self.refuse_simple(ErrorResponse::new(
                     sqlstate::SYNTAX_ERROR,
@@ -1150,10 +1165,11 @@ impl ClientSide {
                 .or_else(|| refused.find(|(_, (_, v))| v.action != Action::Allow));
             first.map(|(i, (st, v))| Self::refusal_error(v, i, count, st))
         });
+        let masked = live.masked_sql(sql);
         let recorded = live.record(
             "pg.query",
             QueryEvent {
-                sql: live.masked_sql(sql),
+                sql: masked.clone(),
                 params: None,
                 decision: if refusal.is_some() { "deny" } else { "allow" },
                 statements: classified
@@ -1177,7 +1193,14 @@ impl ClientSide {
             .statements
             .iter()
             .zip(&verdicts)
-            .map(|(st, v)| live.result_plan(st, v))
+            .map(|(st, v)| {
+                // One statement: its result is recorded with the query's text, masked once.
+                let sql = match count {
+                    1 => masked.clone(),
+                    _ => live.masked_sql(&st.text),
+                };
+                live.result_plan(sql, st, v)
+            })
             .collect();
         {
             let mut prepared = lock(&self.shared);
@@ -1285,7 +1308,7 @@ impl ClientSide {
             Err(e) => {
                 let _ = self.live.record(
                     "pg.parse",
-                    json!({"sql": self.live.masked_sql(&p.sql), "decision": "deny", "reason": format!("unparseable: {e}")}),
+                    json!({"sql": self.live.masked_sql(&p.sql), "decision": "deny", "reason": self.live.unparseable(&p.sql, &e)}),
                 );
                 return self.refuse_extended(ErrorResponse::new(
                     sqlstate::SYNTAX_ERROR,
@@ -1418,10 +1441,11 @@ impl ClientSide {
                 Err(e) => approval_error = Some(e),
             }
         }
+        let masked = live.masked_sql(&st.text);
         let recorded = live.record(
             "pg.execute",
             QueryEvent {
-                sql: live.masked_sql(&st.text),
+                sql: masked.clone(),
                 params: Some(&portal.params),
                 decision: v.label,
                 statements: vec![Self::statement_record(&live, st, &v)],
@@ -1457,7 +1481,7 @@ impl ClientSide {
         }
         self.forward(frame);
         self.push(Pending::Execute {
-            plan: live.result_plan(st, &v),
+            plan: live.result_plan(masked, st, &v),
             refused: None,
         })
     }
@@ -1467,18 +1491,21 @@ impl ClientSide {
 /// PASSWORD '...'`, psql's `\password`, user mappings, connection strings): for recordings and
 /// approval summaries, which approvers and auditors read. Other text is returned as it is.
 fn without_passwords(sql: &str) -> std::borrow::Cow<'_, str> {
-    let b = sql.as_bytes();
-    let mentions = memchr::memchr2_iter(b'p', b'P', b).any(|i| {
-        b.get(i..i + 8)
-            .is_some_and(|w| w.eq_ignore_ascii_case(b"password"))
-    });
-    if !mentions {
+    if !mentions_password(sql) {
         return std::borrow::Cow::Borrowed(sql);
     }
     match pg_query::normalize(sql) {
         Ok(normalized) => std::borrow::Cow::Owned(normalized),
         Err(_) => std::borrow::Cow::Borrowed("[statement withheld: it may carry a password]"),
     }
+}
+
+fn mentions_password(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    memchr::memchr2_iter(b'p', b'P', b).any(|i| {
+        b.get(i..i + 8)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"password"))
+    })
 }
 
 /// Why the session ends when an upstream answer is not the one the next pending message expects.
