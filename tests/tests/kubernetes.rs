@@ -184,6 +184,13 @@ spec:
         apiGroups: [""]
         resources: [pods, configmaps, secrets]
         namespaces: [{ns}]
+    - name: write-agent-secrets
+      action: Allow
+      kubernetes:
+        verbs: [create, patch]
+        apiGroups: [""]
+        resources: [secrets]
+        namespaces: [{ns}]
     - name: read-secrets-elsewhere
       action: Allow
       kubernetes:
@@ -606,6 +613,82 @@ fn kubectl_is_allowed_denied_and_asked_for_approval_as_the_policy_says() {
         "{decisions:?}"
     );
     assert!(!rec.contains("\"fast\""), "ConfigMap data in a recording");
+}
+
+/// Secret values the agent writes stay out of the recording too: a JSON body is masked by the
+/// Secret field rules, and bodies those rules cannot read are withheld (their size kept): YAML
+/// (or protobuf), and a JSON patch, whose value sits under `value`.
+#[test]
+fn secret_values_an_agent_writes_are_not_recorded() {
+    let mut k = Kube::start();
+    let ns = k.env.namespace().to_string();
+    let values = [
+        "applied-kube-canary-71d0",
+        "json-patched-kube-canary-2b9e",
+        "merged-kube-canary-c44a",
+        "yaml-posted-kube-canary-0e5b",
+    ];
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "agent-one"},
+        "stringData": {"password": values[0]},
+    });
+    k.agent_ok(&["apply", "-f", &k.env.file("agent-one.json", &secret.to_string())]);
+    let patch = json!([{"op": "replace", "path": "/data/password", "value": BASE64.encode(values[1])}]);
+    k.agent_ok(&[
+        "patch",
+        "secret",
+        "agent-one",
+        "--type=json",
+        "-p",
+        &patch.to_string(),
+    ]);
+    let merge = json!({"data": {"password": BASE64.encode(values[2])}});
+    k.agent_ok(&[
+        "patch",
+        "secret",
+        "agent-one",
+        "--type=merge",
+        "-p",
+        &merge.to_string(),
+    ]);
+    let stored = json_of(
+        &k.env
+            .kubectl_ok("admin", &["get", "secret", "agent-one", "-o", "json"]),
+    );
+    assert_eq!(stored["data"]["password"], BASE64.encode(values[2]).as_str());
+    let yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: agent-two}}\nstringData: {{password: {}}}\n",
+        values[3]
+    );
+    let auth = format!("Authorization: Bearer {}", k.agent_token);
+    let cacert = k.gateway_ca.display().to_string();
+    let posted = curl(
+        &[
+            "--cacert",
+            &cacert,
+            "-H",
+            &auth,
+            "-H",
+            "Content-Type: application/yaml",
+            "--data-binary",
+            &yaml,
+        ],
+        &format!(
+            "https://127.0.0.1:{}/k8s/api/v1/namespaces/{ns}/secrets",
+            k.gw.port
+        ),
+    );
+    assert_ne!(posted.status, 403, "{posted:?}");
+
+    let rec = k.stop_and_read_recordings();
+    for v in values {
+        assert!(
+            !rec.contains(v) && !rec.contains(&BASE64.encode(v)),
+            "{v} is in the recording:\n{rec}"
+        );
+    }
+    assert!(rec.contains("this body is not JSON the masker can read"), "{rec}");
+    assert!(rec.contains("a Secret's patch"), "{rec}");
 }
 
 #[test]

@@ -107,6 +107,8 @@ struct Inner {
     active: DetectorSet,
     columns: Vec<ColumnRule>,
     refuse: bool,
+    /// Bodies are withheld from records whatever they hold (see [`MaskingPlan::withholding_bodies`]).
+    withhold: bool,
     key: HashKey,
 }
 
@@ -163,6 +165,7 @@ impl MaskingPlan {
                 active: DetectorSet::default(),
                 columns: Vec::new(),
                 refuse: false,
+                withhold: false,
                 key,
             }),
         }
@@ -220,6 +223,21 @@ impl MaskingPlan {
         }
     }
 
+    /// This plan, for a body whose secrets sit where no rule can find them (a JSON patch of a
+    /// Kubernetes Secret puts the value under `value`, not `data`): records keep its size only.
+    pub fn withholding_bodies(self) -> Self {
+        let mut inner = Arc::unwrap_or_clone(self.inner);
+        inner.withhold = true;
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Whether records keep bodies' sizes only (see [`MaskingPlan::withholding_bodies`]).
+    pub fn withholds_bodies(&self) -> bool {
+        self.inner.withhold
+    }
+
     /// Both plans' masking, the strongest strategy winning where they overlap. The hash key is
     /// `self`'s.
     pub fn merge(&self, other: &MaskingPlan) -> MaskingPlan {
@@ -233,6 +251,7 @@ impl MaskingPlan {
         }
         inner.columns.extend(b.columns.iter().cloned());
         inner.refuse |= b.refuse;
+        inner.withhold |= b.withhold;
         Self {
             inner: Arc::new(inner),
         }
@@ -241,6 +260,11 @@ impl MaskingPlan {
     /// No field selectors, no detectors, no column rules.
     pub fn is_empty(&self) -> bool {
         self.inner.paths.is_empty() && self.inner.active.is_empty() && self.inner.columns.is_empty()
+    }
+
+    /// Whether any JSON field rule applies.
+    pub fn has_field_rules(&self) -> bool {
+        !self.inner.paths.is_empty()
     }
 
     /// Whether any rule masks result columns (PostgreSQL).

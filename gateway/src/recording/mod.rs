@@ -144,6 +144,8 @@ enum Kept<'a> {
     Binary(Cow<'a, [u8]>),
     /// One JSON value on one line, embedded as it is.
     Json(Box<RawValue>),
+    /// Nothing kept, and why (a body that must be masked and cannot be).
+    Withheld(&'static str),
 }
 
 impl<'a> CappedBody<'a> {
@@ -176,6 +178,15 @@ impl<'a> CappedBody<'a> {
             },
             total,
             truncated,
+        }
+    }
+
+    /// The record of a body of `total` bytes of which nothing is kept, saying `why`.
+    pub fn withheld(total: usize, why: &'static str) -> Self {
+        Self {
+            kept: Kept::Withheld(why),
+            total,
+            truncated: total > 0,
         }
     }
 
@@ -225,6 +236,7 @@ impl Serialize for CappedBody<'_> {
             }
             Kept::Binary(b) => m.serialize_entry("base64", &STANDARD.encode(b))?,
             Kept::Json(raw) => m.serialize_entry("json", raw)?,
+            Kept::Withheld(why) => m.serialize_entry("withheld", why)?,
         }
         m.serialize_entry("bytes", &self.total)?;
         m.serialize_entry("truncated", &self.truncated)?;

@@ -255,6 +255,15 @@ fn body_overrides(kind: BodyKind, boundary: Option<&[u8]>, bytes: &[u8]) -> bool
     }
 }
 
+/// Whether the request's body is a JSON patch (RFC 6902).
+fn is_json_patch(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json-patch+json"))
+}
+
 /// Refuses what the gateway does not proxy even when a policy allows it: Kubernetes exec, attach,
 /// port-forward and proxy, and any protocol upgrade. Called after the decision is recorded, so a
 /// policy's refusal (403, naming the rule) wins and an attempted shell leaves a record.
@@ -519,6 +528,14 @@ async fn proxy(
 
     // Masking plan and recording session, before anything is forwarded.
     let plan = plane.masking_plan(connection, &applicable);
+    // What the request's body is recorded under: a JSON patch of a Secret carries the value
+    // under `value`, where no field rule looks, so such bodies are withheld from the record.
+    let request_plan = match &kube_info {
+        Some(k) if k.resource == "secrets" && is_json_patch(&parts.headers) => {
+            plan.clone().withholding_bodies()
+        }
+        _ => plan.clone(),
+    };
     let session = session_for(&plane, gw, conn, &principal, connection)?;
     if let Some(s) = session.as_deref() {
         // The agent's token is redacted by header name; hidden by value too, wherever else the
@@ -544,7 +561,7 @@ async fn proxy(
         query: target.raw_query.as_deref().map(|q| plan.mask_text(q).0),
         body: read_body
             .as_ref()
-            .map(|b| response::body_for_record(Some(&plan), b, true)),
+            .map(|b| response::body_for_record(Some(&request_plan), b, true)),
     };
     // The request and its decision are on record before anything is forwarded, in one write.
     // An allowed GET or HEAD changes nothing upstream, so its request and decision may wait for
@@ -583,7 +600,7 @@ async fn proxy(
                 "request_id": request_id,
                 "bytes": bytes.len(),
                 "complete": true,
-                "body": response::body_for_record(Some(&plan), &bytes, true),
+                "body": response::body_for_record(Some(&request_plan), &bytes, true),
             });
             record(gw, &plane, session.as_deref(), "http.request.body", data)?;
             if body_overrides(kind, boundary.as_deref(), &bytes) {
@@ -724,7 +741,7 @@ async fn proxy(
                         session: s.clone(),
                         kind: "http.request.body",
                         request_id: request_id.to_string(),
-                        plan: Some(plan.clone()),
+                        plan: Some(request_plan.clone()),
                         declared: declared_length(&out_headers),
                         on_failure: failure_counter(gw, &plane),
                     }),

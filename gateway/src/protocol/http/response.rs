@@ -15,6 +15,7 @@ use serde_json::json;
 use super::body::{Body, BodyError};
 use crate::masking::{MAX_MASKED_BODY, MaskReport, MaskingPlan};
 use crate::recording::{CappedBody, MAX_RECORDED_BODY, Session, cap_body};
+use agentgate_crds::policy::UnparseablePolicy;
 
 /// What a content type lets the masker do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,16 +107,30 @@ pub fn mask_whole(
 
 /// A body for a recording: capped text (base64 when not UTF-8), masked under `plan` when one
 /// applies (whole JSON when the body is complete and parses, else detectors over its text).
-/// JSON is kept as text rather than parsed into the event: parsing and copying the tree cost
-/// more than the rest of the recording (profiled with `bench/http.sh`), and the text is exactly
-/// what crossed the gateway.
+/// When the plan has JSON field rules and fails closed (`Refuse`, as on Kubernetes connections,
+/// whose Secret values only field rules find), a body that is not complete JSON is withheld
+/// instead: detectors over its text would pass a Secret's value in YAML or protobuf. JSON is kept as text rather than
+/// parsed into the event: parsing and copying the tree cost more than the rest of the recording
+/// (profiled with `bench/http.sh`), and the text is exactly what crossed the gateway.
 pub fn body_for_record<'a>(plan: Option<&MaskingPlan>, bytes: &'a [u8], complete: bool) -> CappedBody<'a> {
+    if plan.is_some_and(MaskingPlan::withholds_bodies) {
+        return CappedBody::withheld(bytes.len(), "this body cannot be masked (a Secret's patch)");
+    }
     let Some(plan) = plan.filter(|p| !p.is_empty()) else {
         return cap_body(bytes, MAX_RECORDED_BODY);
     };
     let mut out = Vec::new();
     if complete && plan.mask_json(bytes, &mut out).is_ok() {
         return CappedBody::json(Cow::Owned(out), MAX_RECORDED_BODY);
+    }
+    // Field rules cannot reach into other formats; detectors alone read text as well as JSON.
+    if plan.has_field_rules() && plan.on_unparseable() == UnparseablePolicy::Refuse {
+        let why = if complete {
+            "this body is not JSON the masker can read"
+        } else {
+            "this body was cut before its end, so it cannot be masked whole"
+        };
+        return CappedBody::withheld(bytes.len(), why);
     }
     let text = String::from_utf8_lossy(bytes);
     let (masked, _) = plan.mask_text(&text);
