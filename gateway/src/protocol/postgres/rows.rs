@@ -192,6 +192,19 @@ impl RowMasker {
     fn record_value(&self, i: usize, v: Option<&[u8]>) -> Value {
         let Some(v) = v else { return Value::Null };
         let col = self.columns.get(i).copied();
+        if v.len() > MAX_RECORDED_VALUE {
+            // A value may be as large as a frame (64 MiB), and a record holds up to 100 rows of
+            // them: what it keeps of one is a prefix (text, or nothing of binary) and the size.
+            let binary = col.is_some_and(|c| c.binary && !TEXT_LIKE.contains(&c.type_oid));
+            let kept = if binary {
+                String::new()
+            } else {
+                let head = &v[..MAX_RECORDED_VALUE];
+                let valid = std::str::from_utf8(head).map_or_else(|e| e.valid_up_to(), str::len);
+                String::from_utf8_lossy(&head[..valid]).into_owned()
+            };
+            return Value::String(format!("{kept}<{} bytes in all>", v.len()));
+        }
         match col {
             Some(c) if c.binary && !TEXT_LIKE.contains(&c.type_oid) => match decode_number(c.type_oid, v) {
                 Some(d) => Value::String(d),
@@ -205,6 +218,12 @@ impl RowMasker {
     }
 }
 
+/// Most bytes of one value a recording keeps (the rest is counted).
+pub const MAX_RECORDED_VALUE: usize = 4 * 1024;
+
+/// Most base-10000 groups a binary numeric is decoded to (256 digits).
+const MAX_NUMERIC_GROUPS: i32 = 64;
+
 /// The decimal text of a binary int2/int4/int8/numeric value.
 fn decode_number(type_oid: u32, v: &[u8]) -> Option<String> {
     match (type_oid, v.len()) {
@@ -214,29 +233,38 @@ fn decode_number(type_oid: u32, v: &[u8]) -> Option<String> {
         (NUMERIC, n) if n >= 8 => {
             let word = |i: usize| i16::from_be_bytes([v[2 * i], v[2 * i + 1]]);
             let ndigits = usize::try_from(word(0)).ok()?;
-            let weight = word(1);
+            let weight = i32::from(word(1));
             let sign = word(2) as u16;
             if v.len() != 8 + 2 * ndigits || sign == 0xC000 {
                 return None;
             }
+            // Base-10000 digits, the first at power `weight`. Ten bytes can claim a weight of
+            // 32767 (131,072 digits): past what a detector can match or a record should hold,
+            // the value is not decoded.
+            let highest = weight.max(0);
+            let lowest = (weight - ndigits as i32 + 1).min(0);
+            if highest - lowest >= MAX_NUMERIC_GROUPS {
+                return None;
+            }
+            let group = |power: i32| {
+                usize::try_from(weight - power)
+                    .ok()
+                    .filter(|j| *j < ndigits)
+                    .map_or(0, |j| word(4 + j))
+            };
             let mut s = String::new();
             if sign == 0x4000 {
                 s.push('-');
             }
-            // Base-10000 digits; the integer part is what card and phone detectors look at.
-            for i in 0..ndigits {
-                let d = word(4 + i);
-                if i == 0 {
-                    s.push_str(&d.to_string());
-                } else {
-                    s.push_str(&format!("{d:04}"));
-                }
-                if i as i16 == weight && i + 1 < ndigits {
-                    s.push('.');
-                }
+            s.push_str(&group(highest).to_string());
+            for power in (0..highest).rev() {
+                s.push_str(&format!("{:04}", group(power)));
             }
-            for _ in ndigits as i16..=weight {
-                s.push_str("0000");
+            if lowest < 0 {
+                s.push('.');
+                for power in (lowest..0).rev() {
+                    s.push_str(&format!("{:04}", group(power)));
+                }
             }
             Some(s)
         }
@@ -337,6 +365,54 @@ mod tests {
             v.extend_from_slice(&(w as u16).to_be_bytes());
         }
         assert_eq!(decode_number(NUMERIC, &v).unwrap(), "-12.5000");
+        let numeric = |words: &[i16]| {
+            let mut v = Vec::new();
+            for w in words {
+                v.extend_from_slice(&w.to_be_bytes());
+            }
+            decode_number(NUMERIC, &v)
+        };
+        // 0.0005 (weight -1) and 20000 (weight 1, one digit): the point and the zero groups.
+        assert_eq!(numeric(&[1, -1, 0, 4, 5]).unwrap(), "0.0005");
+        assert_eq!(numeric(&[1, -2, 0, 8, 5]).unwrap(), "0.00000005");
+        assert_eq!(numeric(&[1, 1, 0, 0, 2]).unwrap(), "20000");
+        // Ten bytes claiming 131,072 digits are not expanded (each would cost 128 KiB of text
+        // in the masker and the record).
+        assert_eq!(numeric(&[1, i16::MAX, 0, 0, 1]), None);
+        assert_eq!(numeric(&[1, i16::MIN, 0, 0, 1]), None);
+        assert_eq!(numeric(&[1, 63, 0, 0, 1]).unwrap().len(), 253);
+    }
+
+    /// A record keeps a prefix of a large value and its size: a result of 100 rows of 64 MiB
+    /// values once held them all in memory for the record.
+    #[test]
+    fn recorded_values_are_capped() {
+        let rows = RowDescription {
+            fields: vec![field("note", 0, 25, 0), field("blob", 0, 17, 1)],
+        };
+        let m = RowMasker::new(&plan(), false, &rows, |_| None);
+        let text = "é".repeat(60_000);
+        let blob = vec![7u8; 200_000];
+        let mut body = BytesMut::new();
+        super::super::message::data_row::encode(&mut body, &[Some(text.as_bytes()), Some(&blob)]);
+        let mut out = BytesMut::new();
+        let recorded = m
+            .mask(&body[5..], &mut out, &mut MaskReport::default(), true)
+            .unwrap()
+            .unwrap();
+        let note = recorded[0].as_str().unwrap();
+        assert!(
+            note.starts_with("éé") && note.ends_with("<120000 bytes in all>"),
+            "{}",
+            &note[note.len() - 40..]
+        );
+        assert!(note.len() <= MAX_RECORDED_VALUE + 32, "{}", note.len());
+        assert_eq!(recorded[1], Value::String("<200000 bytes in all>".into()));
+        // The client still gets every byte.
+        assert_eq!(
+            DataRow::parse(&out[5..]).unwrap().values[0],
+            Some(text.as_bytes())
+        );
     }
 
     #[test]

@@ -1588,6 +1588,8 @@ struct Streaming {
     masker: Option<RowMasker>,
     rows: u64,
     captured: Vec<Value>,
+    /// About how much `captured` holds: capture stops at an event's size.
+    captured_bytes: usize,
     truncated: bool,
 }
 
@@ -1792,6 +1794,7 @@ impl ServerSide {
             masker,
             rows: 0,
             captured: Vec::new(),
+            captured_bytes: 0,
             truncated: false,
         }
     }
@@ -1828,10 +1831,18 @@ impl ServerSide {
             s.truncated = true;
             return Ok(());
         }
-        let record = recording && s.captured.len() < MAX_RECORDED_ROWS;
+        let record = recording
+            && s.captured.len() < MAX_RECORDED_ROWS
+            && s.captured_bytes < crate::recording::MAX_EVENT_BYTES;
         match &s.masker {
             Some(m) => match m.mask(&frame.body, &mut self.out, &mut self.report, record) {
-                Ok(Some(values)) => s.captured.push(Value::Array(values)),
+                Ok(Some(values)) => {
+                    s.captured_bytes += values
+                        .iter()
+                        .map(|v| v.as_str().map_or(4, str::len) + 4)
+                        .sum::<usize>();
+                    s.captured.push(Value::Array(values));
+                }
                 Ok(None) => {}
                 Err(e) => {
                     return Err(format!(
