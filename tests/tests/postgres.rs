@@ -560,6 +560,25 @@ struct Raw(TcpStream, (i32, i32));
 
 impl Raw {
     fn login(port: u16, token: &str) -> Raw {
+        let mut raw = Raw::startup(port);
+        let mut pw = token.as_bytes().to_vec();
+        pw.push(0);
+        raw.send(b'p', &pw);
+        loop {
+            let (tag, body) = raw.read();
+            assert_ne!(tag, b'E', "{}", String::from_utf8_lossy(&body));
+            if tag == b'K' {
+                let int = |i: usize| i32::from_be_bytes([body[i], body[i + 1], body[i + 2], body[i + 3]]);
+                raw.1 = (int(0), int(4));
+            }
+            if tag == b'Z' {
+                return raw;
+            }
+        }
+    }
+
+    /// Connected and started up, asked for the password.
+    fn startup(port: u16) -> Raw {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut body = Vec::new();
@@ -577,20 +596,7 @@ impl Raw {
         let mut raw = Raw(s, (0, 0));
         let (tag, _) = raw.read();
         assert_eq!(tag, b'R');
-        let mut pw = token.as_bytes().to_vec();
-        pw.push(0);
-        raw.send(b'p', &pw);
-        loop {
-            let (tag, body) = raw.read();
-            assert_ne!(tag, b'E', "{}", String::from_utf8_lossy(&body));
-            if tag == b'K' {
-                let int = |i: usize| i32::from_be_bytes([body[i], body[i + 1], body[i + 2], body[i + 3]]);
-                raw.1 = (int(0), int(4));
-            }
-            if tag == b'Z' {
-                return raw;
-            }
-        }
+        raw
     }
 
     fn send(&mut self, tag: u8, body: &[u8]) {
@@ -705,6 +711,24 @@ fn protocol_abuse_is_refused_and_the_gateway_survives() {
             tag as char
         );
     }
+    // Before authentication only a token-sized password message is read: one declared at 64
+    // MiB is refused at once (it was buffered for up to the startup timeout, by any client).
+    let mut r = Raw::startup(s.plain);
+    let started = std::time::Instant::now();
+    let mut m = vec![b'p'];
+    m.extend_from_slice(&0x0400_0004i32.to_be_bytes());
+    m.extend_from_slice(&[b'x'; 1024]);
+    r.0.write_all(&m).unwrap();
+    let msgs = r.until_ready();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed after {:?}: {msgs:?}",
+        started.elapsed()
+    );
+    assert!(
+        msgs.iter().all(|(t, b)| *t == b'E' && sqlstate(b) == "08P01"),
+        "{msgs:?}"
+    );
     // Still serving.
     let mut r = Raw::login(s.plain, &tok);
     r.send(b'Q', b"SELECT 1\0");

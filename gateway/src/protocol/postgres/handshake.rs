@@ -262,6 +262,9 @@ fn check_parameters(params: Vec<(String, String)>) -> Result<Parameters, Startup
 
 /// Asks for the password (the agent's token) and returns it. Cleartext passwords are accepted
 /// only over TLS or from a loopback peer.
+/// The largest password message accepted: a token of the largest size verified, and its NUL.
+pub const MAX_PASSWORD_MESSAGE_BYTES: usize = crate::identity::token::MAX_TOKEN_BYTES + 1;
+
 pub async fn read_token(s: &mut Started, peer: SocketAddr) -> Result<String, StartupError> {
     if !s.tls && !peer.ip().is_loopback() {
         return Err(StartupError::Reject(ErrorResponse::fatal(
@@ -279,9 +282,13 @@ pub async fn read_token(s: &mut Started, peer: SocketAddr) -> Result<String, Sta
         .flush()
         .await
         .map_err(|e| StartupError::Drop(e.to_string()))?;
+    // Unauthenticated: a token and its NUL, not the 64 MiB an authenticated session may send
+    // (PostgreSQL itself caps messages before authentication).
+    s.reader.set_limit(MAX_PASSWORD_MESSAGE_BYTES);
     let frame = tokio::time::timeout(STARTUP_TIMEOUT, s.reader.next())
         .await
         .map_err(|_| StartupError::Drop("timed out waiting for the password".into()))??;
+    s.reader.set_limit(super::message::MAX_FRAME_BYTES);
     if frame.tag != frontend::PASSWORD {
         return Err(StartupError::Reject(ErrorResponse::fatal(
             sqlstate::PROTOCOL_VIOLATION,

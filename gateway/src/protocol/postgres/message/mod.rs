@@ -25,6 +25,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// 1 GiB; the gateway holds whole messages in memory (to decide, mask and record them), so it
 /// allows less.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+/// Most buffer grown ahead of the bytes of one large message.
+const RESERVE_STEP_BYTES: usize = 1024 * 1024;
 /// Largest startup packet (PostgreSQL's MAX_STARTUP_PACKET_LENGTH).
 pub const MAX_STARTUP_BYTES: usize = 10_000;
 /// Read buffer each side starts with; it grows for large messages and shrinks back when idle.
@@ -85,8 +87,8 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
     #[error("message length {0} is below the minimum of 4")]
     TooShort(i32),
-    #[error("message length {0} exceeds the gateway's limit of {MAX_FRAME_BYTES} bytes")]
-    TooLong(usize),
+    #[error("message length {len} exceeds the gateway's limit of {limit} bytes")]
+    TooLong { len: usize, limit: usize },
     #[error("malformed {what} message: {problem}")]
     Malformed {
         what: &'static str,
@@ -122,6 +124,8 @@ impl Frame {
 pub struct FrameReader<R> {
     io: R,
     buf: BytesMut,
+    /// The largest body accepted now ([`MAX_FRAME_BYTES`] unless lowered).
+    limit: usize,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -129,14 +133,25 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Self {
             io,
             buf: BytesMut::with_capacity(READ_BUFFER_BYTES),
+            limit: MAX_FRAME_BYTES,
         }
+    }
+
+    /// Accepts bodies of at most `limit` bytes (at most [`MAX_FRAME_BYTES`]) from now on: before
+    /// authentication a client may send only a password message, which need not be large.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.min(MAX_FRAME_BYTES);
     }
 
     /// Bytes already read but not yet returned as frames (0 means a flush point: the peer has
     /// nothing more in flight that we know of).
     /// A reader that starts with bytes already read from `io`.
     pub fn with_buffer(io: R, buf: BytesMut) -> Self {
-        Self { io, buf }
+        Self {
+            io,
+            buf,
+            limit: MAX_FRAME_BYTES,
+        }
     }
 
     pub fn buffered(&self) -> usize {
@@ -177,11 +192,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             return Err(FrameError::TooShort(len));
         }
         let body_len = len as usize - 4;
-        if body_len > MAX_FRAME_BYTES {
-            return Err(FrameError::TooLong(body_len));
+        if body_len > self.limit {
+            return Err(FrameError::TooLong {
+                len: body_len,
+                limit: self.limit,
+            });
         }
         if self.buf.len() < 5 + body_len {
-            self.buf.reserve(5 + body_len - self.buf.len());
+            // Room for what is declared, a megabyte at a time: memory follows the bytes that
+            // arrive, not a length a client merely claims.
+            self.buf
+                .reserve((5 + body_len - self.buf.len()).min(RESERVE_STEP_BYTES));
             return Ok(None);
         }
         let mut whole = self.buf.split_to(5 + body_len);
@@ -204,7 +225,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 }
                 let len = len as usize;
                 if len > max {
-                    return Err(FrameError::TooLong(len));
+                    return Err(FrameError::TooLong { len, limit: max });
                 }
                 if self.buf.len() >= len {
                     let mut whole = self.buf.split_to(len);
