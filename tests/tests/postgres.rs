@@ -711,6 +711,21 @@ fn protocol_abuse_is_refused_and_the_gateway_survives() {
             tag as char
         );
     }
+    // A statement text over the classification cap is refused before it is parsed, and the
+    // session goes on.
+    let mut r = Raw::login(s.plain, &tok);
+    let huge = format!("SELECT 1 /*{}*/\0", "x".repeat(2 * 1024 * 1024));
+    r.send(b'Q', huge.as_bytes());
+    let msgs = r.until_ready();
+    let err = msgs.iter().find(|(t, _)| *t == b'E').expect("refused");
+    assert!(
+        String::from_utf8_lossy(&err.1).contains("load bulk data with COPY"),
+        "{}",
+        String::from_utf8_lossy(&err.1)
+    );
+    r.send(b'Q', b"SELECT 1\0");
+    assert!(r.until_ready().iter().any(|(t, _)| *t == b'D'));
+
     // Before authentication only a token-sized password message is read: one declared at 64
     // MiB is refused at once (it was buffered for up to the startup timeout, by any client).
     let mut r = Raw::startup(s.plain);

@@ -145,8 +145,19 @@ impl ClassifyError {
     }
 }
 
+/// The longest SQL text classified. The parse tree of a statement costs some hundred times its
+/// text in memory, and any identity with a grant on the connection can send one before a
+/// decision; bulk data goes through COPY, whose rows are not statements.
+pub const MAX_CLASSIFIED_SQL: usize = 1024 * 1024;
+
 /// Classifies every statement of `sql` (uncached).
 pub fn classify(sql: &str) -> Result<Classified, ClassifyError> {
+    if sql.len() > MAX_CLASSIFIED_SQL {
+        return Err(ClassifyError::new(format!(
+            "the statement text is {} bytes, more than the {MAX_CLASSIFIED_SQL} the gateway classifies; load bulk data with COPY",
+            sql.len()
+        )));
+    }
     let parsed = pg_query::parse(sql).map_err(|e| ClassifyError::from_pg(e, sql))?;
     let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
     for raw in &parsed.protobuf.stmts {
@@ -713,12 +724,22 @@ impl<'t> Analysis<'t> {
 
     /// A single-name column reference that names a relation (or its alias) reads the whole row.
     fn resolve_whole_rows(&mut self) {
+        if self.single_names.is_empty() {
+            return;
+        }
+        // Looked up, not scanned: a statement naming many columns and many aliases once cost
+        // their product.
+        let mut aliases = std::collections::HashMap::with_capacity(self.aliases.len());
+        for (a, rel) in &self.aliases {
+            aliases.entry(*a).or_insert(*rel);
+        }
+        let items: std::collections::HashSet<&str> = self.item_aliases.iter().copied().collect();
         for name in std::mem::take(&mut self.single_names) {
-            if let Some((_, rel)) = self.aliases.iter().find(|(a, _)| *a == name) {
+            if let Some(rel) = aliases.get(name) {
                 self.columns.push((*rel).to_string());
             }
             // The whole row of a join, subquery or CTE: every column it has.
-            if self.item_aliases.contains(&name) {
+            if items.contains(name) {
                 self.columns.push("*".into());
             }
         }
@@ -1553,6 +1574,24 @@ mod tests {
 
     fn strs(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Text over the cap is refused before the parser sees it (its tree would cost some hundred
+    /// times its size); text at the cap still classifies.
+    #[test]
+    fn statements_over_the_size_cap_are_refused_before_parsing() {
+        let head = "SELECT 1 AS a";
+        let pad = MAX_CLASSIFIED_SQL - head.len() - 5;
+        let at_cap = format!("{head} /*{}*/", " ".repeat(pad));
+        assert_eq!(at_cap.len(), MAX_CLASSIFIED_SQL);
+        assert!(classify(&at_cap).is_ok());
+        let over = format!("{at_cap} ");
+        let err = classify(&over).unwrap_err();
+        assert!(
+            err.message
+                .contains("more than the 1048576 the gateway classifies"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -755,7 +755,19 @@ impl Live {
     }
 
     fn masked_sql(&self, sql: &str) -> String {
-        truncate(&self.plan.mask_text(&without_passwords(sql)).0, MAX_RECORDED_SQL)
+        // Only what a record keeps is masked: normalizing parses the text, which may be 64 MiB.
+        let mut end = sql.len().min(MAX_RECORDED_SQL);
+        while !sql.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut masked = truncate(
+            &self.plan.mask_text(&without_passwords(&sql[..end])).0,
+            MAX_RECORDED_SQL,
+        );
+        if end < sql.len() && !masked.ends_with('…') {
+            masked.push('…');
+        }
+        masked
     }
 
     /// The recorded reason for refusing `sql` that does not parse. The parser's message quotes
