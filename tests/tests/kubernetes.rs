@@ -498,10 +498,10 @@ fn kubectl_is_allowed_denied_and_asked_for_approval_as_the_policy_says() {
     assert_eq!(cm["kind"], "ConfigMap");
     assert_eq!(cm["metadata"]["uid"], stored["metadata"]["uid"]);
     assert_eq!(cm["metadata"]["namespace"], ns.as_str());
-    // Secret masking on Kubernetes connections is `$..data` whatever the kind, so a ConfigMap's
-    // data is withheld too.
+    // Secret masking on Kubernetes connections is `$..data.*` whatever the kind, so a
+    // ConfigMap's data values are withheld too (its keys and shape stay).
     assert_eq!(stored["data"]["mode"], "fast");
-    assert_eq!(cm["data"], "[REDACTED]");
+    assert_eq!(cm["data"], json!({"mode": "REDACTED"}));
 
     // Denied: kubectl prints the gateway's reason; the object is still there.
     let err = k.agent_err(&["delete", "configmap", "settings"]);
@@ -725,7 +725,7 @@ fn secrets_never_leave_the_gateway_unmasked() {
     assert_eq!(leaks(&got), None, "{got}");
     let got = json_of(&got);
     assert_eq!(got["metadata"]["uid"], stored["metadata"]["uid"]);
-    assert_eq!(got["data"], "[REDACTED]");
+    assert_eq!(got["data"], json!({"password": "REDACTED"}));
     assert_eq!(
         got["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"],
         "[REDACTED]"
@@ -736,13 +736,17 @@ fn secrets_never_leave_the_gateway_unmasked() {
         &["get", "secrets", "-o", "yaml"],
         &["get", "secrets"],
         &["get", "secret", "db", "-o", "jsonpath={.data.password}"],
+        // Typed decoding: a string where the data map belongs made these fail.
+        &["describe", "secret", "db"],
     ] {
         let out = k.agent_ok(args);
         assert_eq!(leaks(&out), None, "kubectl {args:?}: {out}");
     }
+    let described = k.agent_ok(&["describe", "secret", "db"]);
+    assert!(described.contains("password:  6 bytes"), "{described}");
     let list = json_of(&k.agent_ok(&["get", "secrets", "-o", "json"]));
     assert_eq!(list["items"][0]["metadata"]["name"], "db");
-    assert_eq!(list["items"][0]["data"], "[REDACTED]");
+    assert_eq!(list["items"][0]["data"]["password"], "REDACTED");
 
     // A ConfigMap applied by the admin: its last-applied annotation is masked too (it may repeat
     // anything). So client-side apply through the gateway fails, kubectl needing the annotation
@@ -784,7 +788,7 @@ fn secrets_never_leave_the_gateway_unmasked() {
     });
     drop(watch);
     assert_eq!(leaks(&out), None, "{out}");
-    assert!(out.contains("\"data\": \"[REDACTED]\""), "{out}");
+    assert!(out.contains("\"password\": \"REDACTED\""), "{out}");
 
     let rec = k.stop_and_read_recordings();
     assert_eq!(leaks(&rec), None, "a Secret value in a recording");

@@ -5,12 +5,12 @@
 
 use std::ops::Range;
 
-use agentgate_crds::policy::{Detector, MaskingStrategy};
+use agentgate_crds::policy::Detector;
 use memchr::memchr;
 
 use super::detectors::{self, FeatureScan, Features, Span};
 use super::path::Label;
-use super::strategy;
+use super::strategy::{self, FieldMask};
 use super::{Inner, MAX_JSON_DEPTH, MAX_MASKED_BODY, MaskError, MaskReport};
 
 /// Rewrites `input` into `out` (appended); on error `out` is left as it was.
@@ -60,7 +60,7 @@ struct Frame {
     /// Elements seen so far (arrays).
     index: u64,
     /// Where it starts and how it is masked, when a selector picked it.
-    replace: Option<(usize, MaskingStrategy)>,
+    replace: Option<(usize, FieldMask)>,
 }
 
 struct Rewriter<'p, 'i, 'o> {
@@ -172,7 +172,7 @@ impl<'i> Rewriter<'_, 'i, '_> {
 
     /// Reads up to the next child of the innermost container (for an object, its member name and
     /// colon). Returns whether a selector picks the child, and the child's selector states.
-    fn child(&mut self) -> Result<(Option<MaskingStrategy>, Range<usize>), MaskError> {
+    fn child(&mut self) -> Result<(Option<FieldMask>, Range<usize>), MaskError> {
         let input = self.input;
         let Some(frame) = self.frames.last_mut() else {
             return Err(malformed(self.pos, "expected a value"));
@@ -235,7 +235,7 @@ impl<'i> Rewriter<'_, 'i, '_> {
         Ok(())
     }
 
-    fn string(&mut self, selected: Option<MaskingStrategy>) -> Result<(), MaskError> {
+    fn string(&mut self, selected: Option<FieldMask>) -> Result<(), MaskError> {
         let start = self.pos;
         let (content, escaped, features) = self.scan_string()?;
         if let Some(strategy) = selected {
@@ -258,7 +258,7 @@ impl<'i> Rewriter<'_, 'i, '_> {
         Ok(())
     }
 
-    fn number(&mut self, selected: Option<MaskingStrategy>) -> Result<(), MaskError> {
+    fn number(&mut self, selected: Option<FieldMask>) -> Result<(), MaskError> {
         let start = self.pos;
         let plain = self.scan_number()?;
         let range = start..self.pos;
@@ -288,11 +288,7 @@ impl<'i> Rewriter<'_, 'i, '_> {
         Ok(())
     }
 
-    fn literal(
-        &mut self,
-        literal: &'static [u8],
-        selected: Option<MaskingStrategy>,
-    ) -> Result<(), MaskError> {
+    fn literal(&mut self, literal: &'static [u8], selected: Option<FieldMask>) -> Result<(), MaskError> {
         let start = self.pos;
         if self.input.get(start..start + literal.len()) != Some(literal) {
             return Err(malformed(start, "invalid literal"));
@@ -306,9 +302,9 @@ impl<'i> Rewriter<'_, 'i, '_> {
     }
 
     /// Writes the masked form of the selected value at `range` (whose value is `value`).
-    fn replace(&mut self, range: Range<usize>, strategy: MaskingStrategy, value: &str, container: bool) {
+    fn replace(&mut self, range: Range<usize>, mask: FieldMask, value: &str, container: bool) {
         self.masked.clear();
-        strategy::mask_whole(strategy, value, container, &self.plan.key, &mut self.masked);
+        strategy::mask_field(mask, value, container, &self.plan.key, &mut self.masked);
         self.out.extend_from_slice(&self.input[self.copied..range.start]);
         write_json_string(self.out, &self.masked);
         self.copied = range.end;

@@ -19,23 +19,30 @@ use agentgate_crds::policy::{Detector, MaskingRule, MaskingStrategy, Unparseable
 use crate::policy::glob::Glob;
 use detectors::DetectorSet;
 use path::PathSet;
+use strategy::FieldMask;
 
 pub use detectors::{ALL_DETECTORS, label as detector_label};
 pub use path::{MAX_FIELD_SELECTORS, MAX_PATH_INDEX, MAX_PATH_STEPS};
-pub use strategy::{HASH_CHARS, HASH_PREFIX, HashKey, PARTIAL_KEEP, PARTIAL_MIN_LEN, REDACTED};
+pub use strategy::{
+    HASH_CHARS, HASH_PREFIX, HashKey, PARTIAL_KEEP, PARTIAL_MIN_LEN, REDACTED, SECRET_REDACTED,
+};
 
 /// Bodies bigger than this are refused when masking applies: the rewriter holds the whole body.
 pub const MAX_MASKED_BODY: usize = 16 * 1024 * 1024;
 /// Deepest nesting of objects and arrays accepted.
 pub const MAX_JSON_DEPTH: usize = 128;
 
-/// Selectors that hide the values of Kubernetes Secrets: `data` and `stringData` at any depth
-/// (a Secret, a SecretList, a watch event), and the last-applied annotation, which repeats the
-/// whole manifest as a string.
-const KUBERNETES_SECRET_FIELDS: [&str; 3] = [
-    "$..data",
-    "$..stringData",
-    "$..['kubectl.kubernetes.io/last-applied-configuration']",
+/// Selectors that hide the values of Kubernetes Secrets: each value of `data` and `stringData` at
+/// any depth (a Secret, a SecretList, a watch event), as [`strategy::SECRET_REDACTED`] so the
+/// object keeps its shape and typed clients still decode it, and the last-applied annotation,
+/// which repeats the whole manifest as a string.
+const KUBERNETES_SECRET_FIELDS: [(&str, FieldMask); 3] = [
+    ("$..data.*", FieldMask::SecretValue),
+    ("$..stringData.*", FieldMask::SecretValue),
+    (
+        "$..['kubectl.kubernetes.io/last-applied-configuration']",
+        FieldMask::Strategy(MaskingStrategy::Redact),
+    ),
 ];
 
 /// What masking did to one body or text.
@@ -184,7 +191,7 @@ impl MaskingPlan {
             for (j, field) in rule.json_fields.iter().enumerate() {
                 let parsed =
                     path::parse(field).map_err(|p| error("jsonFields", j, format!("{field:?}: {p}")))?;
-                selectors.push((parsed, rule.strategy));
+                selectors.push((parsed, FieldMask::from(rule.strategy)));
             }
             for (j, column) in rule.columns.iter().enumerate() {
                 let compiled =
@@ -214,8 +221,7 @@ impl MaskingPlan {
         let mut inner = Arc::unwrap_or_clone(self.inner);
         let secrets = KUBERNETES_SECRET_FIELDS
             .iter()
-            .filter_map(|p| path::parse(p).ok())
-            .map(|p| (p, MaskingStrategy::Redact));
+            .filter_map(|(p, mask)| Some((path::parse(p).ok()?, *mask)));
         inner.paths = PathSet::new(inner.paths.rules().iter().cloned().chain(secrets));
         inner.refuse = true;
         Self {

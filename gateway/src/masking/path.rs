@@ -4,9 +4,7 @@
 //! Supported: `$.a.b`, `$.a[0]`, `$.a[*]`, `$.*`, `$['key with.dots']`, `$..name` (any depth),
 //! `$..*`, `$..['k']`, `$..[0]`, and combinations. Filters, slices, unions and scripts are refused.
 
-use agentgate_crds::policy::MaskingStrategy;
-
-use super::strategy::strongest;
+use super::strategy::{FieldMask, strongest_field};
 
 /// Most steps in one selector.
 pub const MAX_PATH_STEPS: usize = 64;
@@ -177,7 +175,7 @@ fn bracket(path: &str, i: &mut usize) -> Result<Selector, String> {
 #[derive(Clone, Debug)]
 enum Node {
     Step(Step),
-    Accept(MaskingStrategy),
+    Accept(FieldMask),
 }
 
 /// All selectors of a plan as one automaton. A value's state is the set of positions live at it
@@ -185,18 +183,18 @@ enum Node {
 /// the rewriter keeps one set per open container and never looks back.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct PathSet {
-    rules: Vec<(FieldPath, MaskingStrategy)>,
+    rules: Vec<(FieldPath, FieldMask)>,
     nodes: Vec<Node>,
     roots: Vec<u32>,
 }
 
 impl PathSet {
     /// Builds the automaton; the same selector twice keeps the strongest strategy.
-    pub fn new(rules: impl IntoIterator<Item = (FieldPath, MaskingStrategy)>) -> Self {
-        let mut deduped: Vec<(FieldPath, MaskingStrategy)> = Vec::new();
+    pub fn new(rules: impl IntoIterator<Item = (FieldPath, FieldMask)>) -> Self {
+        let mut deduped: Vec<(FieldPath, FieldMask)> = Vec::new();
         for (path, strategy) in rules {
             match deduped.iter_mut().find(|(p, _)| *p == path) {
-                Some((_, s)) => *s = strongest(*s, strategy),
+                Some((_, s)) => *s = strongest_field(*s, strategy),
                 None => deduped.push((path, strategy)),
             }
         }
@@ -214,7 +212,7 @@ impl PathSet {
         }
     }
 
-    pub fn rules(&self) -> &[(FieldPath, MaskingStrategy)] {
+    pub fn rules(&self) -> &[(FieldPath, FieldMask)] {
         &self.rules
     }
 
@@ -236,7 +234,7 @@ impl PathSet {
         states: &mut Vec<u32>,
         parent: std::ops::Range<usize>,
         label: Label<'_>,
-    ) -> Option<MaskingStrategy> {
+    ) -> Option<FieldMask> {
         let first = states.len();
         let mut selected = None;
         for k in parent {
@@ -256,7 +254,7 @@ impl PathSet {
             }
             if step.selector.matches(label) {
                 match self.nodes.get(p as usize + 1) {
-                    Some(Node::Accept(s)) => selected = Some(selected.map_or(*s, |t| strongest(t, *s))),
+                    Some(Node::Accept(s)) => selected = Some(selected.map_or(*s, |t| strongest_field(t, *s))),
                     Some(Node::Step(_)) => push(p + 1, states),
                     None => {}
                 }
@@ -269,19 +267,26 @@ impl PathSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use MaskingStrategy::*;
+    use agentgate_crds::policy::MaskingStrategy::{self, *};
 
     /// Walks `labels` from the root and returns the strategy of the last one, if selected; `None`
     /// also when an earlier label is already selected (its value would have been replaced).
     fn select(paths: &[(&str, MaskingStrategy)], labels: &[Label<'_>]) -> Option<MaskingStrategy> {
-        let set = PathSet::new(paths.iter().map(|(p, s)| (parse(p).unwrap(), *s)));
+        let set = PathSet::new(
+            paths
+                .iter()
+                .map(|(p, s)| (parse(p).unwrap(), FieldMask::from(*s))),
+        );
         let mut states = set.roots().to_vec();
         let mut parent = 0..states.len();
         for (k, label) in labels.iter().enumerate() {
             let start = states.len();
             let selected = set.step(&mut states, parent.clone(), *label);
             if k + 1 == labels.len() {
-                return selected;
+                return selected.map(|m| match m {
+                    FieldMask::Strategy(s) => s,
+                    FieldMask::SecretValue => unreachable!("only strategies are given here"),
+                });
             }
             if selected.is_some() {
                 return None;
@@ -358,13 +363,17 @@ mod tests {
         ];
         assert_eq!(select(&rules, &[n("user"), n("email")]), Some(Hash));
         assert_eq!(select(&rules, &[n("other"), n("email")]), Some(Partial));
-        let set = PathSet::new(rules.iter().map(|(p, s)| (parse(p).unwrap(), *s)));
+        let set = PathSet::new(
+            rules
+                .iter()
+                .map(|(p, s)| (parse(p).unwrap(), FieldMask::from(*s))),
+        );
         assert_eq!(set.rules().len(), 2);
     }
 
     #[test]
     fn states_stay_deduplicated() {
-        let set = PathSet::new([(parse("$..a..a..a").unwrap(), Redact)]);
+        let set = PathSet::new([(parse("$..a..a..a").unwrap(), FieldMask::from(Redact))]);
         let mut states = set.roots().to_vec();
         let mut parent = 0..states.len();
         let labels = [n("a"), n("a")]

@@ -78,6 +78,42 @@ pub(crate) fn strongest(a: MaskingStrategy, b: MaskingStrategy) -> MaskingStrate
     if rank(a) >= rank(b) { a } else { b }
 }
 
+/// What a field selected by a path becomes: a policy's strategy, or, for the values of a
+/// Kubernetes Secret, [`SECRET_REDACTED`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FieldMask {
+    Strategy(MaskingStrategy),
+    SecretValue,
+}
+
+impl From<MaskingStrategy> for FieldMask {
+    fn from(s: MaskingStrategy) -> Self {
+        Self::Strategy(s)
+    }
+}
+
+/// What a Kubernetes Secret's value becomes: a redaction that is also valid base64 (eight
+/// letters), so that typed clients (`kubectl describe`, client-go) still decode the object, where
+/// `[REDACTED]` in place of `data` or of a value made them fail.
+pub const SECRET_REDACTED: &str = "REDACTED";
+
+/// The stronger of two field masks: a Secret's value hides as much as Redact, and keeps the
+/// object decodable.
+pub(crate) fn strongest_field(a: FieldMask, b: FieldMask) -> FieldMask {
+    match (a, b) {
+        (FieldMask::SecretValue, _) | (_, FieldMask::SecretValue) => FieldMask::SecretValue,
+        (FieldMask::Strategy(a), FieldMask::Strategy(b)) => FieldMask::Strategy(strongest(a, b)),
+    }
+}
+
+/// Appends the masked form of a selected field (see [`mask_whole`]).
+pub(crate) fn mask_field(mask: FieldMask, value: &str, container: bool, key: &HashKey, out: &mut String) {
+    match mask {
+        FieldMask::Strategy(s) => mask_whole(s, value, container, key, out),
+        FieldMask::SecretValue => out.push_str(SECRET_REDACTED),
+    }
+}
+
 /// Appends the masked form of a span `detector` found.
 pub(crate) fn mask_span(
     strategy: MaskingStrategy,

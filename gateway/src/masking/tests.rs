@@ -148,8 +148,16 @@ fn kubernetes_secrets_are_redacted() {
         "stringData": {"user": "admin"}
     });
     let out = mask(&plan, &secret.to_string());
-    assert_eq!(out["data"], "[REDACTED]");
-    assert_eq!(out["stringData"], "[REDACTED]");
+    // Each value, not the map: the object keeps its shape, and `REDACTED` is valid base64, so
+    // typed clients (kubectl describe, client-go) still decode it.
+    assert_eq!(out["data"], json!({"password": "REDACTED"}));
+    assert_eq!(out["stringData"], json!({"user": "REDACTED"}));
+    use base64::Engine;
+    assert!(
+        base64::engine::general_purpose::STANDARD
+            .decode(SECRET_REDACTED)
+            .is_ok()
+    );
     assert_eq!(
         out["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"],
         "[REDACTED]"
@@ -160,8 +168,8 @@ fn kubernetes_secrets_are_redacted() {
     let list = json!({"kind": "SecretList", "items": [secret.clone(), {"kind": "Secret", "data": {"token": "eA=="}}]});
     let text = list.to_string();
     let out = mask(&plan, &text);
-    assert_eq!(out["items"][0]["data"], "[REDACTED]");
-    assert_eq!(out["items"][1]["data"], "[REDACTED]");
+    assert_eq!(out["items"][0]["data"]["password"], SECRET_REDACTED);
+    assert_eq!(out["items"][1]["data"]["token"], SECRET_REDACTED);
     assert!(!serde_json::to_string(&out).unwrap().contains("aHVudGVyMg"));
 
     let watch = format!(
