@@ -711,6 +711,23 @@ fn protocol_abuse_is_refused_and_the_gateway_survives() {
             tag as char
         );
     }
+    // Statements held by different rules in one query: one approval would have covered both
+    // (asked under the first rule only); the query is refused and nothing is asked or run.
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(
+        b'Q',
+        b"DELETE FROM orders WHERE id = 3; INSERT INTO customers (name, email) VALUES ('x', 'x@example.com')\0",
+    );
+    let msgs = r.until_ready();
+    let err = msgs.iter().find(|(t, _)| *t == b'E').expect("refused");
+    let text = String::from_utf8_lossy(&err.1);
+    assert!(
+        sqlstate(&err.1) == "42501" && text.contains("need approval under different rules"),
+        "{text}"
+    );
+    assert_eq!(s.pg.psql("SELECT count(*) FROM orders"), "4");
+    assert_eq!(s.pg.psql("SELECT count(*) FROM customers"), "3");
+
     // A statement text over the classification cap is refused before it is parsed, and the
     // session goes on.
     let mut r = Raw::login(s.plain, &tok);

@@ -1159,8 +1159,24 @@ impl ClientSide {
         if !verdicts.iter().any(|v| v.action == Action::Deny)
             && let Some(v) = verdicts.iter().find(|v| v.action == Action::RequireApproval)
         {
+            // One request is asked, under the first such statement's rule: statements held by
+            // other rules (other approvers, other counts) would ride on its grant.
+            let other_rule = verdicts
+                .iter()
+                .find(|w| w.action == Action::RequireApproval && w.approval != v.approval);
             let fingerprint = approval::fingerprint(&[b"simple", sql.as_bytes()]);
-            match self.approve(v, sql, fingerprint, approval::sql_reason(sql)).await {
+            let answer = match other_rule {
+                Some(w) => Err(ErrorResponse::new(
+                    sqlstate::INSUFFICIENT_PRIVILEGE,
+                    format!(
+                        "statements of this query need approval under different rules ({} and {}); send them as separate queries",
+                        rule_name(v),
+                        rule_name(w)
+                    ),
+                )),
+                None => self.approve(v, sql, fingerprint, approval::sql_reason(sql)).await,
+            };
+            match answer {
                 Ok(()) => verdicts
                     .iter_mut()
                     .filter(|v| v.action == Action::RequireApproval)
@@ -1496,6 +1512,14 @@ impl ClientSide {
             plan: live.result_plan(masked, st, &v),
             refused: None,
         })
+    }
+}
+
+/// `rule "R" of AccessPolicy "P"`, for messages.
+fn rule_name(v: &Verdict) -> String {
+    match &v.approval {
+        Some((policy, rule)) => format!("rule {rule:?} of AccessPolicy {policy:?}"),
+        None => "a rule".into(),
     }
 }
 
