@@ -216,6 +216,20 @@ spec:
         resources: [configmaps]
         namespaces: [{ns}]
         names: ["applied-*"]
+    - name: read-clusterroles
+      action: Allow
+      kubernetes:
+        verbs: [get]
+        apiGroups: [rbac.authorization.k8s.io]
+        resources: [clusterroles]
+    - name: no-system-roles
+      action: Deny
+      description: Built-in roles are not the agent's to change.
+      kubernetes:
+        verbs: ["*"]
+        apiGroups: [rbac.authorization.k8s.io]
+        resources: [clusterroles]
+        names: ["system:*"]
     - name: never-delete
       action: Deny
       description: Agents never delete cluster objects.
@@ -907,6 +921,20 @@ fn protobuf_never_reaches_the_agent_and_ambiguous_requests_are_refused() {
     let ns = k.ns().to_string();
     create_pods(&k);
     let pods_path = format!("/api/v1/namespaces/{ns}/pods");
+
+    // A name is decided as the API server reads it, decoded: `system%3Aedit` is `system:edit`.
+    for name in ["system:edit", "system%3Aedit", "system%3aedit"] {
+        let r = k.curl(
+            &format!("/apis/rbac.authorization.k8s.io/v1/clusterroles/{name}"),
+            &[],
+        );
+        assert!(
+            r.status == 403 && r.body.contains("no-system-roles"),
+            "{name}: {r:?}"
+        );
+    }
+    let r = k.curl("/apis/rbac.authorization.k8s.io/v1/clusterroles/agent-role", &[]);
+    assert_ne!(r.status, 403, "{r:?}");
 
     // kubectl asks for protobuf first for built-in kinds; the gateway rewrites Accept to JSON.
     let list = json_of(&k.agent_ok(&["get", "pods", "-o", "json"]));

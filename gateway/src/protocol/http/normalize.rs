@@ -15,7 +15,8 @@ pub const MAX_QUERY_PARAMS: usize = 256;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     /// Normalized path: starts with `/`, no empty or dot segments except a trailing `/`,
-    /// unreserved characters decoded, other escapes kept with uppercase hex.
+    /// characters that may stand raw in a segment (unreserved, sub-delims but `;`, `:`, `@`)
+    /// decoded, other escapes kept with uppercase hex.
     pub path: String,
     /// The query as the client sent it (forwarded unchanged), without `?`.
     pub raw_query: Option<String>,
@@ -107,7 +108,9 @@ pub fn normalize(path: &str, query: Option<&str>) -> Result<Target, TargetError>
                     _ => {}
                 }
                 decoded.push(v);
-                if is_unreserved(v) {
+                // What may stand raw in a segment is written raw: `%3A` and `:` are one path to
+                // an upstream, so they must be one path to a rule (`system:*`, `ceo@...`).
+                if is_path_char(v) {
                     out.push(v as char);
                 } else {
                     out.push('%');
@@ -143,6 +146,35 @@ pub fn normalize(path: &str, query: Option<&str>) -> Result<Target, TargetError>
         raw_query,
         query,
     })
+}
+
+/// `path` (a [`Target::path`]) with its remaining escapes decoded: the path as an upstream that
+/// decodes it reads it (Kubernetes' API server takes names from the decoded path). Normalizing
+/// refused `%2F` and `%25` and checked the bytes are UTF-8, so this adds no segment and no escape.
+pub fn decode(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains('%') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex_val),
+            b.get(i + 2).copied().and_then(hex_val),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(h << 4 | l);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Parses a query string strictly: valid escapes, valid UTF-8, no `;` separators, no controls.
@@ -238,6 +270,25 @@ mod tests {
         ] {
             assert_eq!(path(p).as_deref(), Ok(p), "{p}");
         }
+    }
+
+    /// `%3A` and `:` reach an upstream as one path, so a rule sees one spelling: a Deny on
+    /// `/users/ceo@example.com/**` is not passed by `ceo%40example.com`.
+    #[test]
+    fn escapes_of_characters_allowed_raw_are_decoded() {
+        assert_eq!(
+            path("/api/v1/users/ceo%40example.com/lifecycle").unwrap(),
+            "/api/v1/users/ceo@example.com/lifecycle"
+        );
+        assert_eq!(
+            path("/roles/system%3aedit%2C%21%24%26%27%28%29%2A%2B%3D").unwrap(),
+            "/roles/system:edit,!$&'()*+="
+        );
+        // Characters that may not stand raw stay escaped; `;` stays refused either way.
+        assert_eq!(path("/a%20b%3Fc%23d%5B").unwrap(), "/a%20b%3Fc%23d%5B");
+        assert!(path("/a%3Bb").is_err());
+        assert_eq!(decode("/a%20b%3Fc/%C3%A9"), "/a b?c/é");
+        assert_eq!(decode("/plain"), "/plain");
     }
 
     #[test]

@@ -441,7 +441,9 @@ async fn proxy(
 
     // The operation, as the upstream will understand it.
     let kube_info = if connection.kind == ConnectionType::Kubernetes {
-        let info = request_info::derive(parts.method.as_str(), &path, &target.query)
+        // Decided on the path as the API server reads it: decoded (a name `system%3Aedit` is
+        // `system:edit` there).
+        let info = request_info::derive(parts.method.as_str(), &normalize::decode(&path), &target.query)
             .map_err(|e| bad_request(e.to_string()))?;
         if info.is_resource_request {
             outcome.kubernetes = Some(Some(StatusTarget {
