@@ -372,7 +372,7 @@ fn http_defer_then_retry_and_hold_through_the_data_path() {
         alice,
     } = data_path("30s");
     let gw = Gateway::start(&yaml);
-    let post = |body: &str| {
+    let post_as = |content_type: &str, body: &str| {
         agentgate_e2e::curl(
             &[
                 "-X",
@@ -380,13 +380,14 @@ fn http_defer_then_retry_and_hold_through_the_data_path() {
                 "-H",
                 &auth,
                 "-H",
-                "Content-Type: application/json",
+                &format!("Content-Type: {content_type}"),
                 "--data",
                 body,
             ],
             &gw.url("/orders/echo/orders"),
         )
     };
+    let post = |body: &str| post_as("application/json", body);
 
     // Defer: refused at once with the request's name; approved, the identical request passes once.
     let r = post(r#"{"id": 1}"#);
@@ -405,6 +406,11 @@ fn http_defer_then_retry_and_hold_through_the_data_path() {
     let other = post(r#"{"id": 2}"#);
     assert_eq!(other.status, 403, "a different body is a different operation");
     assert_ne!(other.json()["approvalRequest"].as_str(), Some(name.as_str()));
+    // The same bytes of another type (a merge patch where a strategic merge was approved) are
+    // another operation too.
+    let retyped = post_as("application/merge-patch+json", r#"{"id": 1}"#);
+    assert_eq!(retyped.status, 403, "{retyped:?}");
+    assert_ne!(retyped.json()["approvalRequest"].as_str(), Some(name.as_str()));
     let r = post(r#"{"id": 1}"#);
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(

@@ -610,11 +610,21 @@ async fn proxy(
             }
             read_body = Some(bytes);
         }
+        // The body's type is part of the operation: the same bytes as a strategic-merge and as
+        // a merge patch replace different things.
+        let content_type = parts
+            .headers
+            .get_all(header::CONTENT_TYPE)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect::<Vec<_>>()
+            .join(&b'\n');
         let fingerprint = approval::fingerprint(&[
             parts.method.as_str().as_bytes(),
             path.as_bytes(),
             target.raw_query.as_deref().unwrap_or_default().as_bytes(),
             read_body.as_deref().unwrap_or_default(),
+            &content_type,
         ]);
         let reason = parts
             .headers
