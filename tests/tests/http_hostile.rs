@@ -455,6 +455,25 @@ fn obfuscated_transfer_encodings_are_refused() {
         r.text()
     );
     s.assert_not_forwarded("te-hop");
+    // Connection may name only hop-by-hop headers: a header it names is removed before
+    // forwarding, after the decision read it (a required `X-Dry-Run: true` would vanish).
+    let r = s.raw(format!(
+        "GET /okta/echo/connection-named HTTP/1.1\r\n{}Connection: keep-alive, X-Dry-Run\r\nX-Dry-Run: true\r\n\r\n",
+        s.creds()
+    ));
+    let res = r.only();
+    assert_eq!(
+        (res.status, res.problem()),
+        (400, problem("bad-request")),
+        "{}",
+        r.text()
+    );
+    s.assert_not_forwarded("connection-named");
+    let r = s.raw(format!(
+        "GET /okta/echo/connection-hop HTTP/1.1\r\n{}Connection: keep-alive, TE, close\r\nTE: trailers\r\n\r\n",
+        s.creds()
+    ));
+    assert_eq!(r.only().status, 200, "{}", r.text());
     s.assert_no_secrets();
 }
 

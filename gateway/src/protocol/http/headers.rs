@@ -98,6 +98,18 @@ fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.contains(&&*dashed(name))
 }
 
+/// The first token of the `Connection` header that is neither `close` nor a hop-by-hop header's
+/// name. Such a header would be decided on and then removed before forwarding (`Connection:
+/// x-dry-run` would strip the `X-Dry-Run: true` an Allow rule required), so it is refused.
+pub fn connection_names_end_to_end(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|t| String::from_utf8_lossy(t).trim().to_ascii_lowercase())
+        .find(|t| !t.is_empty() && t != "close" && !is_hop_by_hop(t))
+}
+
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers

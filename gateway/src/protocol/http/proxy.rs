@@ -213,6 +213,11 @@ fn check_framing(req: &Parts) -> Result<(), Problem> {
     if h.get_all(header::HOST).iter().count() > 1 {
         return Err(bad_request("a request must carry at most one Host header"));
     }
+    if let Some(token) = headers::connection_names_end_to_end(h) {
+        return Err(bad_request(format!(
+            "the Connection header may name only hop-by-hop headers, not {token:?}: a header it names would be removed after the decision read it"
+        )));
+    }
     if h.get_all(header::AUTHORIZATION).iter().count() > 1 {
         return Err(Problem::new(
             Kind::Unauthenticated,
