@@ -54,6 +54,9 @@ pub use time::{format_time, parse_time, unix_now};
 /// `agentgate approvals list` shows.
 pub const RETAIN_FINISHED: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Most requests one AgentIdentity may have waiting for a decision at once.
+pub const MAX_PENDING_PER_IDENTITY: usize = 32;
+
 /// Longest identity prefix of a request name: `<identity>-<8 hex>` stays a DNS-1123 subdomain.
 const MAX_NAME_PREFIX: usize = 253 - 9;
 
@@ -148,6 +151,8 @@ pub enum ApprovalError {
     NotSynced,
     /// The store's work on the blocking pool did not finish (the gateway is stopping).
     Interrupted,
+    /// The identity has [`MAX_PENDING_PER_IDENTITY`] requests waiting already.
+    TooManyPending { identity: String },
 }
 
 impl ApprovalError {
@@ -179,6 +184,10 @@ impl fmt::Display for ApprovalError {
                 "approval requests: not yet read from the Kubernetes API server"
             ),
             Self::Interrupted => write!(f, "approval store: the operation was interrupted"),
+            Self::TooManyPending { identity } => write!(
+                f,
+                "approval requests: {identity} has {MAX_PENDING_PER_IDENTITY} waiting already; no more are filed until some are decided or expire"
+            ),
         }
     }
 }
@@ -615,6 +624,17 @@ impl Approvals {
                 && e.request.spec.operation.fingerprint == ask.fingerprint
         }) {
             return Ok(Plan::Waiting(e.name().to_string()));
+        }
+        // Each distinct operation files a request: an agent looping over ids would fill the
+        // store (in a cluster, etcd) and the approvers' list.
+        let pending = entries
+            .values()
+            .filter(|e| e.phase() == ApprovalPhase::Pending && e.request.spec.identity == ask.identity)
+            .count();
+        if pending >= MAX_PENDING_PER_IDENTITY {
+            return Err(ApprovalError::TooManyPending {
+                identity: ask.identity.clone(),
+            });
         }
         self.prune(entries, now);
         let name = unique_name(&ask.identity, |n| entries.contains_key(n))?;

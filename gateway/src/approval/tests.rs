@@ -92,6 +92,32 @@ fn phase_of(a: &Approvals, name: &str, now: i64) -> ApprovalPhase {
     a.get(name, now).unwrap().status.unwrap().phase
 }
 
+/// An agent looping over distinct operations files at most [`MAX_PENDING_PER_IDENTITY`]
+/// requests; identical asks still find theirs, other identities are not affected, and a decision
+/// makes room.
+#[test]
+fn pending_requests_per_identity_are_capped() {
+    let t0 = start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir);
+    let names: Vec<String> = (0..MAX_PENDING_PER_IDENTITY)
+        .map(|i| pending_name(a.request(&ask(&format!("{i:08x}")), t0).unwrap()))
+        .collect();
+    let err = a.request(&ask("ffffffff"), t0).unwrap_err().to_string();
+    assert!(err.contains("ci-agent has 32 waiting already"), "{err}");
+    assert!(matches!(
+        a.request(&ask("00000000"), t0).unwrap(),
+        Ticket::Pending { created: false, .. }
+    ));
+    let other = Ask {
+        identity: "reporting".into(),
+        ..ask("ffffffff")
+    };
+    pending_name(a.request(&other, t0).unwrap());
+    approve(&a, &names[0], "alice", 1, t0).unwrap();
+    pending_name(a.request(&ask("ffffffff"), t0).unwrap());
+}
+
 #[test]
 fn a_request_is_created_with_its_evidence_and_persisted() {
     let t0 = start();
