@@ -365,7 +365,10 @@ fn truncate(s: &str, width: usize) -> String {
 pub(super) fn escape_controls(s: &str, keep_newlines: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
-        if c.is_control() && !(keep_newlines && c == '\n') {
+        // Bidirectional overrides and isolates, and invisible marks, reorder or hide what an
+        // approver reads (a SQL comment with U+202E can show a DROP as something else).
+        let reorders = matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}');
+        if (c.is_control() || reorders) && !(keep_newlines && c == '\n') {
             out.extend(c.escape_unicode());
         } else {
             out.push(c);
@@ -378,6 +381,16 @@ pub(super) fn escape_controls(s: &str, keep_newlines: bool) -> String {
 mod tests {
     use super::*;
     use crate::approval::format_time;
+
+    #[test]
+    fn bidirectional_and_invisible_characters_are_shown_escaped() {
+        let s = "DELETE FROM t /* \u{202E}ecnanif */ WHERE\u{200B} x\u{2066}\u{FEFF}\n";
+        let shown = escape_controls(s, true);
+        assert_eq!(
+            shown,
+            "DELETE FROM t /* \\u{202e}ecnanif */ WHERE\\u{200b} x\\u{2066}\\u{feff}\n"
+        );
+    }
     use agentgate_crds::approval::{ApprovalRequestSpec, OperationKind, OperationSummary, PolicyRuleRef};
     use agentgate_crds::policy::Grant;
 

@@ -152,7 +152,9 @@ pub enum ApprovalError {
     /// The store's work on the blocking pool did not finish (the gateway is stopping).
     Interrupted,
     /// The identity has [`MAX_PENDING_PER_IDENTITY`] requests waiting already.
-    TooManyPending { identity: String },
+    TooManyPending {
+        identity: String,
+    },
 }
 
 impl ApprovalError {
