@@ -227,8 +227,11 @@ impl HttpMatcher {
                 BodyView::Empty => return false,
             };
             for (path, globs) in &self.json_body {
-                let Some(value) = lookup(body, path) else {
-                    return false;
+                let value = match lookup(body, path) {
+                    Lookup::Found(v) => v,
+                    Lookup::Missing => return false,
+                    // Two keys an upstream could take for this one: Deny still matches.
+                    Lookup::Ambiguous => return !strict,
                 };
                 if globs.is_empty() {
                     continue;
@@ -286,14 +289,47 @@ fn parse_json_path(p: &str) -> Option<Vec<Step>> {
     (!steps.is_empty()).then_some(steps)
 }
 
-fn lookup<'v>(mut v: &'v Value, path: &[Step]) -> Option<&'v Value> {
+enum Lookup<'v> {
+    Found(&'v Value),
+    Missing,
+    Ambiguous,
+}
+
+/// The value at `path`, with keys matched as Go's `encoding/json` and ASP.NET Core match them:
+/// case-insensitively (`{"ROLE":"admin"}` sets a Go upstream's `role`). An exact key alone is
+/// found directly; several keys that fold to the step's are ambiguous.
+fn lookup<'v>(mut v: &'v Value, path: &[Step]) -> Lookup<'v> {
     for step in path {
-        v = match step {
-            Step::Key(k) => v.as_object()?.get(k)?,
-            Step::Index(i) => v.as_array()?.get(*i)?,
+        let next = match step {
+            Step::Key(k) => {
+                let Some(object) = v.as_object() else {
+                    return Lookup::Missing;
+                };
+                let folded = fold_case(k);
+                let mut matches = object.iter().filter(|(key, _)| fold_case(key) == folded);
+                match (matches.next(), matches.next()) {
+                    (Some((_, value)), None) => Some(value),
+                    (Some(_), Some(_)) => return Lookup::Ambiguous,
+                    (None, _) => None,
+                }
+            }
+            Step::Index(i) => v.as_array().and_then(|a| a.get(*i)),
         };
+        match next {
+            Some(n) => v = n,
+            None => return Lookup::Missing,
+        }
     }
-    Some(v)
+    Lookup::Found(v)
+}
+
+/// Case folding as Go's `strings.EqualFold` needs it here: lowercase, and the long s and the
+/// Kelvin sign, which fold to `s` and `k`.
+fn fold_case(s: &str) -> String {
+    s.chars()
+        .flat_map(char::to_lowercase)
+        .map(|c| if c == '\u{17F}' { 's' } else { c })
+        .collect()
 }
 
 /// Kubernetes conditions, compiled, in RBAC's terms.
@@ -624,6 +660,25 @@ mod tests {
         assert!(m.matches(Action::Deny, &op(BodyView::NotJson), 0));
         assert!(!m.matches(Action::Allow, &op(BodyView::NotJson), 0));
         assert!(m.needs_body());
+        // Keys are matched as Go and ASP.NET Core upstreams match them, case-insensitively: a
+        // Deny is not escaped by `Login`, and two spellings are ambiguous.
+        let folded = [
+            serde_json::json!({"Profile": {"LOGIN": "eve@admin.example"}}),
+            serde_json::json!({"profile": {"LOGIN": "x", "login": "bob@example.com"}}),
+        ];
+        for body in &folded {
+            assert!(m.matches(Action::Deny, &op(BodyView::Json(body)), 0), "{body}");
+        }
+        let allow = compile(&rule(
+            "name: r\naction: Allow\nhttp:\n  jsonBody:\n  - path: $.role\n    values: [viewer]\n",
+        ))
+        .unwrap();
+        let both: Value = serde_json::json!({"role": "viewer", "ROLE": "admin"});
+        let one: Value = serde_json::json!({"Role": "viewer"});
+        assert!(!allow.matches(Action::Allow, &op(BodyView::Json(&both)), 0));
+        assert!(allow.matches(Action::Allow, &op(BodyView::Json(&one)), 0));
+        // The long s folds to `s`, as in Go.
+        assert_eq!(fold_case("\u{17F}TATU\u{17F}"), "status");
     }
 
     #[test]
