@@ -96,6 +96,20 @@ impl Setup {
         curl(&all, &self.gw.url(path))
     }
 
+    /// Sends `request` raw and asserts a 400 `bad-request` that did not reach the upstream (its
+    /// path contains `marker`).
+    fn assert_bad_request(&self, request: String, marker: &str) {
+        let r = self.raw(request);
+        let res = r.only();
+        assert_eq!(
+            (res.status, res.problem()),
+            (400, problem("bad-request")),
+            "{}",
+            r.text()
+        );
+        self.assert_not_forwarded(marker);
+    }
+
     /// Asserts that no request whose path contains `marker` reached the upstream.
     fn assert_not_forwarded(&self, marker: &str) {
         let seen = self.upstream.requests();
@@ -443,32 +457,22 @@ fn obfuscated_transfer_encodings_are_refused() {
     assert_eq!(r.only().status, 400, "{}", r.text());
     s.assert_not_forwarded("te-http10");
     // TE (the hop-by-hop request header, not Transfer-Encoding) may only say "trailers".
-    let r = s.raw(format!(
-        "GET /okta/echo/te-hop HTTP/1.1\r\n{}TE: chunked\r\n\r\n",
-        s.creds()
-    ));
-    let res = r.only();
-    assert_eq!(
-        (res.status, res.problem()),
-        (400, problem("bad-request")),
-        "{}",
-        r.text()
+    s.assert_bad_request(
+        format!(
+            "GET /okta/echo/te-hop HTTP/1.1\r\n{}TE: chunked\r\n\r\n",
+            s.creds()
+        ),
+        "te-hop",
     );
-    s.assert_not_forwarded("te-hop");
     // Connection may name only hop-by-hop headers: a header it names is removed before
     // forwarding, after the decision read it (a required `X-Dry-Run: true` would vanish).
-    let r = s.raw(format!(
-        "GET /okta/echo/connection-named HTTP/1.1\r\n{}Connection: keep-alive, X-Dry-Run\r\nX-Dry-Run: true\r\n\r\n",
-        s.creds()
-    ));
-    let res = r.only();
-    assert_eq!(
-        (res.status, res.problem()),
-        (400, problem("bad-request")),
-        "{}",
-        r.text()
+    s.assert_bad_request(
+        format!(
+            "GET /okta/echo/connection-named HTTP/1.1\r\n{}Connection: keep-alive, X-Dry-Run\r\nX-Dry-Run: true\r\n\r\n",
+            s.creds()
+        ),
+        "connection-named",
     );
-    s.assert_not_forwarded("connection-named");
     let r = s.raw(format!(
         "GET /okta/echo/connection-hop HTTP/1.1\r\n{}Connection: keep-alive, TE, close\r\nTE: trailers\r\n\r\n",
         s.creds()
