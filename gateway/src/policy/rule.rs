@@ -200,10 +200,12 @@ impl HttpMatcher {
             return false;
         }
         for (name, glob) in &self.query {
+            // Every key an upstream may read as this one counts as a repeat of it.
+            let wanted = query_key(name);
             let values = op
                 .query
                 .iter()
-                .filter(|(k, _)| k == name)
+                .filter(|(k, _)| k == name || query_key(k) == wanted)
                 .map(|(_, v)| v.as_str());
             if !values_match(values, glob, strict) {
                 return false;
@@ -321,6 +323,16 @@ fn lookup<'v>(mut v: &'v Value, path: &[Step]) -> Lookup<'v> {
         }
     }
     Lookup::Found(v)
+}
+
+/// A query key as the frameworks an upstream may run on read it: case-insensitively (ASP.NET
+/// Core), and with `.`, space and `[` read as `_` and leading spaces dropped (PHP, which makes
+/// `?include.deleted=1` its `include_deleted`).
+fn query_key(k: &str) -> String {
+    fold_case(k.trim_start_matches(' '))
+        .chars()
+        .map(|c| if matches!(c, '.' | ' ' | '[') { '_' } else { c })
+        .collect()
 }
 
 /// Case folding as Go's `strings.EqualFold` needs it here: lowercase, and the long s and the
@@ -635,6 +647,23 @@ mod tests {
         ];
         assert!(!m.matches(Action::Allow, &http("GET", "/api/v1/users/00u1", &dup, &h), 0));
         assert!(m.matches(Action::Deny, &http("GET", "/api/v1/users/00u1", &dup, &h), 0));
+        // Keys another framework reads as `limit` are repeats of it: `LIMIT` (ASP.NET Core).
+        let variant = vec![
+            ("limit".to_string(), "10".to_string()),
+            ("LIMIT".to_string(), "500".to_string()),
+        ];
+        assert!(!m.matches(Action::Allow, &http("GET", "/api/v1/users/00u1", &variant, &h), 0));
+        assert!(m.matches(Action::Deny, &http("GET", "/api/v1/users/00u1", &variant, &h), 0));
+        // PHP reads `.`, space and `[` in a key as `_`: a Deny is not escaped by spelling.
+        let deny = compile(&rule(
+            "name: r\naction: Deny\nhttp:\n  query: {include_deleted: 'true'}\n",
+        ))
+        .unwrap();
+        let php = vec![("include.deleted".to_string(), "true".to_string())];
+        assert!(deny.matches(Action::Deny, &http("GET", "/api/v1/users", &php, &h), 0));
+        assert_eq!(query_key(" include.deleted"), "include_deleted");
+        assert_eq!(query_key("Dry Run"), "dry_run");
+        assert_eq!(query_key("a[b"), "a_b");
     }
 
     #[test]
