@@ -512,10 +512,10 @@ fn kubectl_is_allowed_denied_and_asked_for_approval_as_the_policy_says() {
     assert_eq!(cm["kind"], "ConfigMap");
     assert_eq!(cm["metadata"]["uid"], stored["metadata"]["uid"]);
     assert_eq!(cm["metadata"]["namespace"], ns.as_str());
-    // Secret masking on Kubernetes connections is `$..data.*` whatever the kind, so a
-    // ConfigMap's data values are withheld too (its keys and shape stay).
+    // Secret masking applies to Secrets only: a ConfigMap's data is configuration, served and
+    // recorded as it is (no rule of this policy masks it).
     assert_eq!(stored["data"]["mode"], "fast");
-    assert_eq!(cm["data"], json!({"mode": "REDACTED"}));
+    assert_eq!(cm["data"], json!({"mode": "fast"}));
 
     // Denied: kubectl prints the gateway's reason; the object is still there.
     let err = k.agent_err(&["delete", "configmap", "settings"]);
@@ -626,7 +626,12 @@ fn kubectl_is_allowed_denied_and_asked_for_approval_as_the_policy_says() {
             .is_some_and(|r| r.ends_with("allowed: API discovery"))),
         "{decisions:?}"
     );
-    assert!(!rec.contains("\"fast\""), "ConfigMap data in a recording");
+    assert!(
+        rec.contains("\"mode\":\"fast\""),
+        "ConfigMap data is not in the recording"
+    );
+    // (Secret values become "REDACTED"; the agent's own token, "[REDACTED]", is still hidden.)
+    assert!(!rec.contains("\"REDACTED\""), "a value was masked: {rec}");
 }
 
 /// Secret values the agent writes stay out of the recording too: a JSON body is masked by the
@@ -762,32 +767,51 @@ fn secrets_never_leave_the_gateway_unmasked() {
     assert_eq!(list["items"][0]["metadata"]["name"], "db");
     assert_eq!(list["items"][0]["data"]["password"], "REDACTED");
 
-    // A ConfigMap applied by the admin: its last-applied annotation is masked too (it may repeat
-    // anything). So client-side apply through the gateway fails, kubectl needing the annotation
-    // to compute its patch; server-side apply works (forced: the field is client-side apply's).
+    // A ConfigMap is no Secret: its data and last-applied annotation reach the agent as they
+    // are, so client-side apply works through the gateway.
     let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied-cm"}, "data": {"k": "v1"}});
     let file = k.env.file("applied-cm.json", &cm.to_string());
     k.env.kubectl_ok("admin", &["apply", "-f", &file]);
     let got = json_of(&k.agent_ok(&["get", "configmap", "applied-cm", "-o", "json"]));
-    assert_eq!(
-        got["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"],
-        "[REDACTED]"
+    assert_eq!(got["data"]["k"], "v1");
+    assert!(
+        got["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+            .as_str()
+            .is_some_and(|a| a.contains("\"v1\"")),
+        "{got}"
     );
-
     let cm2 = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied-cm"}, "data": {"k": "v2"}});
     let file = k.env.file("applied-cm-2.json", &cm2.to_string());
+    let out = k.agent_ok(&["apply", "-f", &file]);
+    assert_eq!(out.trim(), "configmap/applied-cm configured");
+    let stored = json_of(
+        &k.env
+            .kubectl_ok("admin", &["get", "configmap", "applied-cm", "-o", "json"]),
+    );
+    assert_eq!(stored["data"]["k"], "v2");
+
+    // A Secret's annotation repeats its data, so it is masked: client-side apply of a Secret
+    // through the gateway fails (kubectl needs the annotation to compute its patch), and
+    // server-side apply works (forced: the field is client-side apply's).
+    let applied = |value: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "applied-secret"}, "stringData": {"token": value}})
+            .to_string()
+    };
+    let file = k.env.file("applied-secret.json", &applied(SECRET_VALUE));
+    k.env.kubectl_ok("admin", &["apply", "-f", &file]);
+    let file = k.env.file("applied-secret-2.json", &applied(SECRET_VALUE_2));
     let err = k.agent_err(&["apply", "-f", &file]);
     assert!(
         err.contains("creating patch with:\noriginal:\n[REDACTED]\n"),
         "{err}"
     );
     let out = k.agent_ok(&["apply", "--server-side", "--force-conflicts", "-f", &file]);
-    assert_eq!(out.trim(), "configmap/applied-cm serverside-applied");
+    assert_eq!(out.trim(), "secret/applied-secret serverside-applied");
     let stored = json_of(
         &k.env
-            .kubectl_ok("admin", &["get", "configmap", "applied-cm", "-o", "json"]),
+            .kubectl_ok("admin", &["get", "secret", "applied-secret", "-o", "json"]),
     );
-    assert_eq!(stored["data"]["k"], "v2");
+    assert_eq!(stored["data"]["token"], encoded_2.as_str());
 
     // Watch: the first object comes from the list, the next from the watch stream; both masked.
     let watch = Streaming::spawn(k.agent_command(&["get", "secrets", "-w", "-o", "json"]));

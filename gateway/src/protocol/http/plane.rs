@@ -68,19 +68,29 @@ impl Plane {
         })
     }
 
-    /// The merged masking plan of `policies` (those that apply to the subject on `connection`)
-    /// plus Secret masking on Kubernetes connections.
-    pub fn masking_plan(&self, connection: &CompiledConnection, policies: &[&CompiledPolicy]) -> MaskingPlan {
+    /// The merged masking plan of `policies` (those that apply to the subject on `connection`),
+    /// plus Secret masking when `secrets`: a Kubernetes request for the resource `secrets`, the
+    /// only kind whose `data` is secret (a ConfigMap's `data` is configuration an agent reads).
+    pub fn masking_plan(
+        &self,
+        connection: &CompiledConnection,
+        policies: &[&CompiledPolicy],
+        secrets: bool,
+    ) -> MaskingPlan {
+        let secrets = secrets && connection.kind == ConnectionType::Kubernetes;
         let mut key = connection.name.clone();
         for p in policies {
             key.push('\0');
             key.push_str(&p.name);
         }
+        if secrets {
+            key.push_str("\0\0secrets");
+        }
         let mut cache = self.plans.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(plan) = cache.get(&key) {
             return plan.clone();
         }
-        let mut plan = if connection.kind == ConnectionType::Kubernetes {
+        let mut plan = if secrets {
             self.kubernetes_plan.clone()
         } else {
             MaskingPlan::empty(HashKey::process())

@@ -534,7 +534,12 @@ async fn proxy(
     };
 
     // Masking plan and recording session, before anything is forwarded.
-    let plan = plane.masking_plan(connection, &applicable);
+    // Secret masking by default on responses about Secrets (in any API group: a same-named
+    // custom resource is as likely to hold secrets).
+    let secrets = kube_info
+        .as_ref()
+        .is_some_and(|k| k.is_resource_request && k.resource == "secrets");
+    let plan = plane.masking_plan(connection, &applicable, secrets);
     // What the request's body is recorded under: a JSON patch of a Secret carries the value
     // under `value`, where no field rule looks, so such bodies are withheld from the record.
     let request_plan = match &kube_info {

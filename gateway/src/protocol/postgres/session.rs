@@ -308,7 +308,7 @@ async fn start(
             ),
         ));
     }
-    let plan = plane.masking_plan(conn, &applicable);
+    let plan = plane.masking_plan(conn, &applicable, false);
     let mut row_limit_rules = Vec::new();
     for (pi, p) in cfg.policies.iter().enumerate() {
         if applicable.iter().any(|a| std::ptr::eq(*a, p)) {
