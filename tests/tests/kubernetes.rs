@@ -15,7 +15,7 @@ use agentgate_e2e::gateway::{Gateway, ServingCert};
 use agentgate_e2e::oidc::OidcProvider;
 use agentgate_e2e::{Reply, binary, curl};
 use agentgate_kube_emulator::harness::{Streaming, TestEnv, kubectl_binary};
-use agentgate_kube_emulator::server::Config;
+use agentgate_kube_emulator::server::{Config, LOG_ANNOTATION};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
@@ -244,6 +244,14 @@ spec:
         resources: [pods]
         subresources: [exec, attach]
         names: ["app-*"]
+    - name: read-app-logs
+      action: Allow
+      kubernetes:
+        verbs: [get]
+        apiGroups: [""]
+        resources: [pods]
+        subresources: [log]
+        names: ["app-*"]
     - name: sandbox-shells
       action: Allow
       kubernetes:
@@ -258,6 +266,9 @@ spec:
         verbs: [create]
         apiGroups: [authentication.k8s.io]
         resources: [selfsubjectreviews]
+  masking:
+    - detectors: [Email]
+      strategy: Redact
 "#,
         by_prefix = connection("kube", "{pathPrefix: /k8s}"),
         by_host = connection("kube-by-host", "{host: localhost}"),
@@ -469,11 +480,19 @@ fn json_of(text: &str) -> Value {
 }
 
 /// Creates pods `app-1` (no shells) and `sandbox-1` (shells allowed, but not proxied) as admin.
+/// What each test pod's container prints: to its log on a real cluster; the emulator, which runs
+/// no containers, serves its log from an annotation.
+const POD_LOG: &str = "ready; paging ops@example.com";
+
 fn create_pods(k: &Kube) {
     for name in ["app-1", "sandbox-1"] {
         let pod = json!({
-            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-            "spec": {"containers": [{"name": "main", "image": "busybox", "command": ["sleep", "3600"]}]},
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "annotations": {LOG_ANNOTATION: format!("{POD_LOG}\n")}},
+            "spec": {"containers": [{
+                "name": "main", "image": "busybox",
+                "command": ["sh", "-c", format!("echo '{POD_LOG}'; sleep 3600")],
+            }]},
         });
         let file = k.env.file(&format!("{name}.json"), &pod.to_string());
         k.env.kubectl_ok("admin", &["apply", "-f", &file]);
@@ -516,6 +535,25 @@ fn kubectl_is_allowed_denied_and_asked_for_approval_as_the_policy_says() {
     // recorded as it is (no rule of this policy masks it).
     assert_eq!(stored["data"]["mode"], "fast");
     assert_eq!(cm["data"], json!({"mode": "fast"}));
+
+    // Logs: allowed by a rule for pods/log, streamed as text and masked by the policy's
+    // detectors (the container's output, which a real cluster has once the pod runs).
+    let mut log = String::new();
+    for _ in 0..120 {
+        log = k.agent_ok(&["logs", "app-1"]);
+        if !log.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(log, "ready; paging [REDACTED:EMAIL]\n");
+    let err = k.agent_err(&["logs", "sandbox-1"]);
+    assert_eq!(
+        err.trim(),
+        format!(
+            "Error from server (Forbidden): get pods/log in namespace {ns} named sandbox-1: denied: no rule of the AccessPolicies that apply allows it"
+        )
+    );
 
     // Denied: kubectl prints the gateway's reason; the object is still there.
     let err = k.agent_err(&["delete", "configmap", "settings"]);

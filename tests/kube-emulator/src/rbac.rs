@@ -18,7 +18,7 @@ pub struct Request<'a> {
     pub verb: &'a str,
     /// The resource.
     pub rt: &'a ResourceType,
-    /// `status`, if the subresource.
+    /// The subresource (`status`, `log`), if one.
     pub subresource: Option<&'a str>,
     /// The namespace, if namespaced.
     pub namespace: Option<&'a str>,

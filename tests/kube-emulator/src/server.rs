@@ -247,6 +247,9 @@ async fn accept_loop(
     }
 }
 
+/// The annotation whose value the emulator serves as a pod's log (`pods/log`).
+pub const LOG_ANNOTATION: &str = "kube-emulator.agentgate.dev/log";
+
 fn json_response(code: u16, value: &Value) -> Response<Body> {
     Response::builder()
         .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
@@ -508,12 +511,17 @@ fn resource(
         [] => (None, None),
         [name] => (Some(*name), None),
         [name, "status"] if rt.status_subresource => (Some(*name), Some("status")),
+        [name, "log"] if group.is_empty() && plural == "pods" => (Some(*name), Some("log")),
         _ => return Err(ApiError::path_not_found()),
     };
     if rt.namespaced && name.is_some() && namespace.is_none() {
         return Err(ApiError::path_not_found());
     }
-    if !accepts_json(parts) {
+    if subresource == Some("log") && parts.method != Method::GET {
+        return Err(ApiError::method_not_allowed());
+    }
+    // A container's log is text, whatever the client accepts.
+    if !accepts_json(parts) && subresource != Some("log") {
         return Err(ApiError::not_acceptable("application/json"));
     }
     if shared.authorization
@@ -626,6 +634,19 @@ fn resource(
                 200,
                 &if table { table::from_list(&rt, &list) } else { list },
             ))
+        }
+        (&Method::GET, Some(name)) if subresource == Some("log") => {
+            // No container runs here: a pod's log is its LOG_ANNOTATION, as its container would
+            // have printed it (tests give the real container a command that prints the same).
+            let object = store.get(&rt, ns, name)?;
+            let log = object["metadata"]["annotations"][LOG_ANNOTATION]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            Ok(Response::builder()
+                .header("Content-Type", "text/plain")
+                .body(Full::new(Bytes::from(log)).boxed())
+                .expect("static response parts are valid"))
         }
         (&Method::GET, Some(name)) => {
             let object = store.get(&rt, ns, name)?;
