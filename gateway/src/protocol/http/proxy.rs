@@ -878,8 +878,17 @@ async fn proxy(
         );
         record(gw, &plane, session.as_deref(), "http.response", event)?;
         tee(res_body, session.as_ref(), request_id, None, declared, gw, &plane)
-    } else if is_watch && class == ContentClass::Json {
-        let note = json!({"streamed": true, "masked": "per event"});
+    } else if (is_watch && class == ContentClass::Json) || (class == ContentClass::Text && declared.is_none())
+    {
+        // Streams are masked as each line completes: a watch event by event, unframed text (a
+        // followed log, server-sent events) line by line, so a stream that never ends still
+        // flows instead of waiting to be read whole.
+        let per = if class == ContentClass::Json {
+            "per event"
+        } else {
+            "per line"
+        };
+        let note = json!({"streamed": true, "masked": per});
         let event = meta.event(&res_parts.headers, ResponseBody::Note(note), None);
         record(gw, &plane, session.as_deref(), "http.response", event)?;
         res_parts.headers.remove(header::CONTENT_LENGTH);
@@ -887,6 +896,7 @@ async fn proxy(
         let masked = response::masked_lines(
             res_body,
             plan.clone(),
+            class,
             Arc::new(move |r: &MaskReport| metrics.count_masking(&connection_name, r)),
         )
         .boxed();

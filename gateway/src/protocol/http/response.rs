@@ -205,58 +205,76 @@ impl<R: Rewrite> HttpBody for Rewritten<R> {
     }
 }
 
-/// Masks a stream of newline-separated JSON values (a watch) value by value. A line longer
-/// than the masking cap, or one that does not parse, ends the stream with an error.
+/// Masks a stream line by line: newline-separated JSON values (a watch) value by value, or
+/// text (a followed log, server-sent events) by detectors as each line completes. A line longer
+/// than the masking cap, a JSON line that does not parse, or text that is not UTF-8 ends the
+/// stream with an error.
 pub struct LineMasker {
     plan: MaskingPlan,
+    class: ContentClass,
     buf: BytesMut,
     on_report: Arc<dyn Fn(&MaskReport) + Send + Sync>,
 }
 
-/// `inner` masked line by line under `plan`; `on_report` counts what was masked.
+/// `inner` masked line by line under `plan` as `class` (JSON or text); `on_report` counts what
+/// was masked.
 pub fn masked_lines(
     inner: Body,
     plan: MaskingPlan,
+    class: ContentClass,
     on_report: Arc<dyn Fn(&MaskReport) + Send + Sync>,
 ) -> Rewritten<LineMasker> {
     Rewritten::new(
         inner,
         LineMasker {
             plan,
+            class,
             buf: BytesMut::new(),
             on_report,
         },
     )
 }
 
+/// Opens a PEM block, the one detected value that spans lines.
+const PEM_BEGIN: &[u8] = b"-----BEGIN ";
+const PEM_END: &[u8] = b"-----END ";
+
 impl LineMasker {
     /// Masks every complete line in the buffer (everything when `all`).
     fn drain(&mut self, all: bool) -> Result<Option<Bytes>, BodyError> {
-        let end = if all {
+        let mut end = if all {
             self.buf.len()
         } else {
-            match memchr::memrchr(b'\n', &self.buf) {
-                Some(i) => i + 1,
-                None => {
-                    if self.buf.len() > MAX_MASKED_BODY {
-                        return Err("a streamed event exceeds the masking limit".into());
-                    }
-                    return Ok(None);
-                }
-            }
+            memchr::memrchr(b'\n', &self.buf).map_or(0, |i| i + 1)
         };
+        if !all && self.class == ContentClass::Text {
+            end = pem_safe_end(&self.buf[..end]);
+        }
         if end == 0 {
+            if self.buf.len() > MAX_MASKED_BODY {
+                return Err("a streamed line exceeds the masking limit".into());
+            }
             return Ok(None);
         }
         let chunk = self.buf.split_to(end);
-        let mut out = Vec::with_capacity(chunk.len());
-        let report = self
-            .plan
-            .mask_json(&chunk, &mut out)
-            .map_err(|_| -> BodyError { "a streamed event could not be masked".into() })?;
+        let (out, report) = mask_whole(&self.plan, self.class, &chunk)
+            .map_err(|_| -> BodyError { "a streamed line could not be masked".into() })?;
         (self.on_report)(&report);
         Ok(Some(Bytes::from(out)))
     }
+}
+
+/// Where whole lines of `text` may be masked up to: before the line of a PEM block that has not
+/// ended yet, which is held until its end line arrives (line by line, the detector would see
+/// neither its start nor its end with the key between).
+fn pem_safe_end(text: &[u8]) -> usize {
+    let Some(begin) = memchr::memmem::rfind(text, PEM_BEGIN) else {
+        return text.len();
+    };
+    if memchr::memmem::find(&text[begin..], PEM_END).is_some() {
+        return text.len();
+    }
+    memchr::memrchr(b'\n', &text[..begin]).map_or(0, |i| i + 1)
 }
 
 impl Rewrite for LineMasker {
@@ -457,11 +475,16 @@ mod tests {
                 rest = &rest[n..];
             }
             let stream: Body = http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed();
-            let out = masked_lines(stream, plan.clone(), Arc::new(|_: &MaskReport| {}))
-                .collect()
-                .await
-                .unwrap()
-                .to_bytes();
+            let out = masked_lines(
+                stream,
+                plan.clone(),
+                ContentClass::Json,
+                Arc::new(|_: &MaskReport| {}),
+            )
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
             assert_eq!(&out[..], &whole[..]);
             let text = String::from_utf8_lossy(&out);
             assert!(
@@ -469,6 +492,81 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    fn text_plan() -> MaskingPlan {
+        let rules: Vec<agentgate_crds::policy::MaskingRule> =
+            serde_json::from_value(serde_json::json!([{"detectors": ["Email", "PrivateKey"]}])).unwrap();
+        MaskingPlan::compile(&rules.iter().collect::<Vec<_>>(), HashKey::process()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn streamed_text_is_masked_as_each_line_completes() {
+        use hyper::body::Body as _;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok(Frame::data(b)), rx))
+        });
+        let inner: Body = http_body_util::StreamBody::new(stream).boxed();
+        let mut body = std::pin::pin!(masked_lines(
+            inner,
+            text_plan(),
+            ContentClass::Text,
+            Arc::new(|_: &MaskReport| {})
+        ));
+        let mut next = async || {
+            std::future::poll_fn(|cx| body.as_mut().poll_frame(cx))
+                .await
+                .map(|f| f.unwrap().into_data().unwrap())
+        };
+        // A line flows once complete, while the stream is still open; a partial one waits.
+        tx.send(Bytes::from_static(b"data: ready, ops@exa")).unwrap();
+        tx.send(Bytes::from_static(b"mple.com\ndata: ne")).unwrap();
+        assert_eq!(next().await.unwrap(), "data: ready, [REDACTED:EMAIL]\n");
+        // A private key spans lines: held from its BEGIN line until its END line.
+        tx.send(Bytes::from_static(b"xt\n-----BEGIN PRIVATE KEY-----\n"))
+            .unwrap();
+        assert_eq!(next().await.unwrap(), "data: next\n");
+        tx.send(Bytes::from_static(b"MIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n"))
+            .unwrap();
+        tx.send(Bytes::from_static(b"-----END PRIVATE KEY-----\nbye"))
+            .unwrap();
+        let key = next().await.unwrap();
+        assert!(!String::from_utf8_lossy(&key).contains("MIIEvQ"), "{key:?}");
+        assert!(key.ends_with(b"\n"), "{key:?}");
+        drop(tx);
+        assert_eq!(next().await.unwrap(), "bye");
+        assert!(next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn streamed_text_fails_closed() {
+        // Not UTF-8: the masker cannot read it, so the stream is cut.
+        let bad = http_body_util::StreamBody::new(futures_util::stream::iter([Ok(Frame::data(
+            Bytes::from_static(b"caf\xc3(\n"),
+        ))]))
+        .boxed();
+        let out = masked_lines(
+            bad,
+            text_plan(),
+            ContentClass::Text,
+            Arc::new(|_: &MaskReport| {}),
+        );
+        assert!(out.collect().await.is_err());
+        // A PEM block that never ends is held to the stream's end, then masked to it.
+        let key: &'static str = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n";
+        let out = masked_lines(
+            frames(&["before\n", key]),
+            text_plan(),
+            ContentClass::Text,
+            Arc::new(|_: &MaskReport| {}),
+        )
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("before\n") && !text.contains("MIIEvQ"), "{text}");
     }
 
     #[tokio::test]
@@ -480,6 +578,7 @@ mod tests {
         let body = masked_lines(
             full(Bytes::from_static(events)),
             plan,
+            ContentClass::Json,
             Arc::new(move |r: &MaskReport| {
                 s.fetch_add(r.fields, std::sync::atomic::Ordering::Relaxed);
             }),
@@ -493,6 +592,7 @@ mod tests {
         let body = masked_lines(
             full(Bytes::from_static(b"{\"data\":1}\nnot json\n")),
             MaskingPlan::empty(HashKey::process()).with_kubernetes_secrets(),
+            ContentClass::Json,
             Arc::new(|_: &MaskReport| {}),
         );
         assert!(body.collect().await.is_err());
