@@ -405,3 +405,33 @@ fn responses_over_the_masking_limit_are_refused() {
     assert_eq!(r.problem_type(), "https://agentgate.dev/problems/masking-refused");
     assert!(r.json()["detail"].as_str().unwrap().contains("masking limit"));
 }
+
+/// Server-sent events (text without a Content-Length) under masking stream through, masked line
+/// by line: the first event reaches curl while the upstream still holds the second.
+#[test]
+fn server_sent_events_stream_masked_as_they_come() {
+    let mut s = setup(false);
+    let auth = format!("Authorization: Bearer {}", token(&s.idp));
+    let url = s.gw.url("/okta/events");
+    let first = curl(&["-N", "--max-time", "1.5", "-H", &auth], &url);
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.body, "data: first, from [REDACTED:EMAIL]\n\n");
+    let whole = curl(&["-N", "-H", &auth], &url);
+    assert_eq!(whole.status, 200, "{whole:?}");
+    assert!(
+        whole
+            .body
+            .starts_with("data: first, from [REDACTED:EMAIL]\n\ndata: second, card ")
+            && !whole.body.contains("4111")
+            && whole.body.ends_with("\n\n"),
+        "{whole:?}"
+    );
+    assert!(whole.content_type.starts_with("text/event-stream"), "{whole:?}");
+    s.gw.stop();
+    let rec = s.gw.recordings();
+    assert!(rec.contains("\"masked\":\"per line\""), "{rec}");
+    assert!(
+        !rec.contains("dave@example.org") && !rec.contains("4111 1111"),
+        "{rec}"
+    );
+}
