@@ -82,6 +82,11 @@ pub struct OperationSummary {
     /// Fingerprint of the exact operation; a deferred retry must match it.
     #[schemars(length(min = 8, max = 128), regex(pattern = r"^[0-9a-f]+$"))]
     pub fingerprint: String,
+    /// What the approval covers beyond the summary, masked as the recording is: an HTTP or
+    /// Kubernetes request's query and body (the approver sees what the fingerprint binds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8192))]
+    pub detail: Option<String>,
 }
 
 /// Protocol of an operation.

@@ -790,6 +790,7 @@ fn once_ask() -> agentgate::approval::Ask {
         kind: OperationKind::Http,
         summary: "DELETE /users/00u9".into(),
         fingerprint: "5eed5eed5eed5eed".into(),
+        detail: Some("query: force=true".into()),
         policy: "ci-agent-api".into(),
         rule: "delete-users-held".into(),
         grant: Grant::default(),
@@ -839,6 +840,18 @@ fn two_replicas_cannot_both_spend_one_once_grant() {
     // Replica b collapses onto the same request once its watch has it.
     let seen = wait_for(Duration::from_secs(10), || b.get(&name, unix_now()).map(|_| ()));
     assert!(seen.is_some(), "replica b never saw {name}");
+    // The detail an approver reads is stored with the request (the schema keeps it).
+    let stored = env.kubectl_ok(
+        "admin",
+        &[
+            "get",
+            "approvalrequest",
+            &name,
+            "-o",
+            "jsonpath={.spec.operation.detail}",
+        ],
+    );
+    assert_eq!(stored, "query: force=true");
     assert_eq!(
         runtime.block_on(b.ask(&ask, unix_now())).unwrap(),
         Ticket::Pending {

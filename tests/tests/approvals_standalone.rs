@@ -78,6 +78,9 @@ spec:
       action: RequireApproval
       http: {{methods: [DELETE]}}
       approval: {{approvers: {{groups: [dba]}}, minApprovals: 2, grant: {{type: Window, duration: 30m}}}}
+  masking:
+    - detectors: [Email]
+      strategy: Redact
 ---
 apiVersion: v1
 kind: Secret
@@ -100,6 +103,7 @@ fn ask(rule: &str, fingerprint: &str, summary: &str) -> Ask {
         kind: OperationKind::Http,
         summary: summary.into(),
         fingerprint: fingerprint.into(),
+        detail: None,
         policy: "orders".into(),
         rule: rule.into(),
         grant: if rule == "bulk" {
@@ -401,6 +405,18 @@ fn http_defer_then_retry_and_hold_through_the_data_path() {
         .as_str()
         .expect("names the request")
         .to_string();
+    // The approver reads what the approval covers, body included, masked as the record is.
+    let detail = |name: &str| {
+        let shown = cli(&gw, Some(&alice), &["show", name]);
+        assert!(shown.ok, "{}", shown.stderr);
+        let shown: serde_json::Value = serde_json::from_str(&shown.stdout).unwrap();
+        assert_eq!(shown["spec"]["operation"]["summary"], "POST /echo/orders");
+        shown["spec"]["operation"]["detail"].clone()
+    };
+    assert_eq!(detail(&name), r#"body: {"id": 1}"#);
+    let owned = post(r#"{"id": 5, "owner": "ops@example.com"}"#);
+    let owned = owned.json()["approvalRequest"].as_str().unwrap().to_string();
+    assert_eq!(detail(&owned), r#"body: {"id": 5, "owner": "[REDACTED:EMAIL]"}"#);
     let r = cli(&gw, Some(&alice), &["approve", &name, "--reason", "INC-7"]);
     assert!(r.ok, "{}{}", r.stdout, r.stderr);
     let other = post(r#"{"id": 2}"#);

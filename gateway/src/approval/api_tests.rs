@@ -147,6 +147,7 @@ impl Fixture {
             kind: OperationKind::Http,
             summary: "POST /orders".into(),
             fingerprint: "ab12cd34".into(),
+            detail: None,
             policy: "orders".into(),
             rule: "writes".into(),
             grant: Grant {

@@ -405,6 +405,7 @@ mod tests {
                     kind: OperationKind::Sql,
                     summary: summary.into(),
                     fingerprint: "ab12cd34".into(),
+                    detail: None,
                 },
                 policy: PolicyRuleRef {
                     name: "orders".into(),

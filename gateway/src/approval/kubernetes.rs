@@ -269,6 +269,7 @@ mod tests {
                 kind: OperationKind::Http,
                 summary: "DELETE /users/1".into(),
                 fingerprint: "0123456789abcdef".into(),
+                detail: None,
             },
             policy: PolicyRuleRef {
                 name: "p".into(),

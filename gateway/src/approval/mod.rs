@@ -89,6 +89,8 @@ pub struct Ask {
     pub summary: String,
     /// Hex fingerprint of the exact operation.
     pub fingerprint: String,
+    /// The query and body the fingerprint covers, masked (HTTP and Kubernetes).
+    pub detail: Option<String>,
     /// The AccessPolicy and the rule that matched.
     pub policy: String,
     pub rule: String,
@@ -649,6 +651,7 @@ impl Approvals {
                 kind: ask.kind,
                 summary: ask.summary.clone(),
                 fingerprint: ask.fingerprint.clone(),
+                detail: ask.detail.clone(),
             },
             policy: PolicyRuleRef {
                 name: ask.policy.clone(),

@@ -21,6 +21,7 @@ fn ask(fingerprint: &str) -> Ask {
         kind: OperationKind::Sql,
         summary: "DELETE FROM orders WHERE id = $1".into(),
         fingerprint: fingerprint.into(),
+        detail: None,
         policy: "orders".into(),
         rule: "writes".into(),
         grant: Grant::default(),

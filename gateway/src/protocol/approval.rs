@@ -90,6 +90,8 @@ pub struct Question<'a> {
     /// Masked.
     pub summary: String,
     pub fingerprint: String,
+    /// Masked; see [`Ask::detail`].
+    pub detail: Option<String>,
     pub reason: Option<String>,
 }
 
@@ -135,6 +137,7 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
         kind: q.kind,
         summary: q.summary,
         fingerprint: q.fingerprint,
+        detail: q.detail,
         policy: q.policy.name.clone(),
         rule: q.rule.name.clone(),
         grant,

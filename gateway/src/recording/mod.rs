@@ -225,6 +225,20 @@ impl<'a> CappedBody<'a> {
     }
 }
 
+impl CappedBody<'_> {
+    /// The body as a person reads it (an approver): text and JSON as they are, `…` where cut;
+    /// binary and withheld bodies as a note of their size.
+    pub fn for_reading(&self) -> String {
+        let cut = if self.truncated { "…" } else { "" };
+        match &self.kept {
+            Kept::Text(text) => format!("{}{cut}", String::from_utf8_lossy(text)),
+            Kept::Json(raw) => format!("{}{cut}", raw.get()),
+            Kept::Binary(_) => format!("({} bytes, not text)", self.total),
+            Kept::Withheld(why) => format!("({} bytes, withheld: {why})", self.total),
+        }
+    }
+}
+
 impl Serialize for CappedBody<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;

@@ -636,6 +636,14 @@ async fn proxy(
             read_body.as_deref().unwrap_or_default(),
             &content_type,
         ]);
+        // What the approver sees beyond method and path, masked as the record is.
+        let detail = approval_detail(
+            target.raw_query.as_deref().map(|q| plan.mask_text(q).0),
+            read_body
+                .as_deref()
+                .filter(|b| !b.is_empty())
+                .map(|b| response::body_for_record(Some(&request_plan), b, true)),
+        );
         let reason = parts
             .headers
             .get("agentgate-reason")
@@ -655,6 +663,7 @@ async fn proxy(
             },
             summary: plan.mask_text(&summary).0.into_owned(),
             fingerprint,
+            detail,
             reason,
         };
         let answer = approval::ask(gw.approvals.as_ref(), &gw.metrics, question, now).await;
@@ -948,6 +957,35 @@ async fn proxy(
         HeaderValue::from_str(request_id).unwrap_or(HeaderValue::from_static("unknown")),
     );
     Ok(Response::from_parts(res_parts, body))
+}
+
+/// Longest [`approval_detail`], in characters: enough to read a request body, well within the
+/// ApprovalRequest's limit.
+const MAX_APPROVAL_DETAIL_CHARS: usize = 4096;
+
+/// An HTTP or Kubernetes approval's detail: the query and the body, already masked, one per
+/// line, cut at [`MAX_APPROVAL_DETAIL_CHARS`]; `None` when the request has neither.
+fn approval_detail(
+    query: Option<std::borrow::Cow<'_, str>>,
+    body: Option<crate::recording::CappedBody<'_>>,
+) -> Option<String> {
+    let mut lines = Vec::new();
+    if let Some(q) = query {
+        lines.push(format!("query: {q}"));
+    }
+    if let Some(b) = body {
+        lines.push(format!("body: {}", b.for_reading()));
+    }
+    if lines.is_empty() {
+        return None;
+    }
+    let text = lines.join("\n");
+    let mut chars = text.chars();
+    let mut out: String = chars.by_ref().take(MAX_APPROVAL_DETAIL_CHARS).collect();
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    Some(out)
 }
 
 /// Records that the request went out and what came of it: an upstream that failed, as the

@@ -1277,6 +1277,7 @@ impl ClientSide {
             kind: OperationKind::Sql,
             summary: live.masked_sql(sql),
             fingerprint,
+            detail: None,
             reason,
         };
         let outcome = approval::ask(
