@@ -1265,6 +1265,18 @@ fn approvals_defer_hold_once_window_and_self_approval_for_sql() {
         let (code, message) = db_error(&e);
         assert_eq!(code, "42501", "{message}");
         let for_two = request_name(&message);
+        let (ok, shown) = approvals(&s.gw, &alice, &["show", &for_two]);
+        assert!(ok, "{shown}");
+        let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+        assert_eq!(
+            shown["spec"]["operation"]["summary"],
+            "DELETE FROM orders WHERE id = $1"
+        );
+        // The approver reads the bound values as the record has them: this binary int4 by size.
+        assert_eq!(
+            shown["spec"]["operation"]["detail"],
+            r#"params: ["<binary, 4 bytes>"]"#
+        );
         assert!(approvals(&s.gw, &alice, &["approve", &for_two]).0);
         let e = c.execute(&delete, &[&1i32]).await.unwrap_err();
         let (code, message) = db_error(&e);

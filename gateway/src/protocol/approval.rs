@@ -95,6 +95,20 @@ pub struct Question<'a> {
     pub reason: Option<String>,
 }
 
+/// Longest approval detail, in characters: enough to read a request body or a statement's
+/// parameters, well within the ApprovalRequest's limit.
+pub const MAX_DETAIL_CHARS: usize = 4096;
+
+/// `text` cut to [`MAX_DETAIL_CHARS`], `…` marking the cut.
+pub fn cut_detail(text: &str) -> String {
+    let mut chars = text.chars();
+    let mut out: String = chars.by_ref().take(MAX_DETAIL_CHARS).collect();
+    if chars.next().is_some() {
+        out.push('…');
+    }
+    out
+}
+
 /// Asks the store (in Hold mode waiting for the decision, bounded by the rule's timeout), and
 /// counts the outcome.
 pub async fn ask(store: Option<&Arc<Approvals>>, metrics: &Metrics, q: Question<'_>, now: i64) -> Outcome {

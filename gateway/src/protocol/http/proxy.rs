@@ -959,12 +959,8 @@ async fn proxy(
     Ok(Response::from_parts(res_parts, body))
 }
 
-/// Longest [`approval_detail`], in characters: enough to read a request body, well within the
-/// ApprovalRequest's limit.
-const MAX_APPROVAL_DETAIL_CHARS: usize = 4096;
-
 /// An HTTP or Kubernetes approval's detail: the query and the body, already masked, one per
-/// line, cut at [`MAX_APPROVAL_DETAIL_CHARS`]; `None` when the request has neither.
+/// line, cut as [`approval::cut_detail`] cuts; `None` when the request has neither.
 fn approval_detail(
     query: Option<std::borrow::Cow<'_, str>>,
     body: Option<crate::recording::CappedBody<'_>>,
@@ -979,13 +975,7 @@ fn approval_detail(
     if lines.is_empty() {
         return None;
     }
-    let text = lines.join("\n");
-    let mut chars = text.chars();
-    let mut out: String = chars.by_ref().take(MAX_APPROVAL_DETAIL_CHARS).collect();
-    if chars.next().is_some() {
-        out.push('…');
-    }
-    Some(out)
+    Some(approval::cut_detail(&lines.join("\n")))
 }
 
 /// Records that the request went out and what came of it: an upstream that failed, as the

@@ -1174,7 +1174,10 @@ impl ClientSide {
                         rule_name(w)
                     ),
                 )),
-                None => self.approve(v, sql, fingerprint, approval::sql_reason(sql)).await,
+                None => {
+                    self.approve(v, sql, fingerprint, None, approval::sql_reason(sql))
+                        .await
+                }
             };
             match answer {
                 Ok(()) => verdicts
@@ -1253,6 +1256,7 @@ impl ClientSide {
         v: &Verdict,
         sql: &str,
         fingerprint: String,
+        detail: Option<String>,
         reason: Option<String>,
     ) -> Result<(), ErrorResponse> {
         let live = &self.live;
@@ -1277,7 +1281,7 @@ impl ClientSide {
             kind: OperationKind::Sql,
             summary: live.masked_sql(sql),
             fingerprint,
-            detail: None,
+            detail,
             reason,
         };
         let outcome = approval::ask(
@@ -1462,8 +1466,13 @@ impl ClientSide {
                 parts.push(value.as_deref().unwrap_or_default());
             }
             let fingerprint = approval::fingerprint(&parts);
+            // The approver reads the values too, as recorded (masked, long text cut).
+            let detail = (!portal.params.is_empty()).then(|| {
+                let params = serde_json::to_string(&portal.params).unwrap_or_default();
+                approval::cut_detail(&format!("params: {params}"))
+            });
             match self
-                .approve(&v, &st.text, fingerprint, approval::sql_reason(&st.text))
+                .approve(&v, &st.text, fingerprint, detail, approval::sql_reason(&st.text))
                 .await
             {
                 Ok(()) => v.approved(),
