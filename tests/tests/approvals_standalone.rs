@@ -413,10 +413,24 @@ fn http_defer_then_retry_and_hold_through_the_data_path() {
         assert_eq!(shown["spec"]["operation"]["summary"], "POST /echo/orders");
         shown["spec"]["operation"]["detail"].clone()
     };
-    assert_eq!(detail(&name), r#"body: {"id": 1}"#);
+    assert_eq!(detail(&name), "content-type: application/json\nbody: {\"id\": 1}");
     let owned = post(r#"{"id": 5, "owner": "ops@example.com"}"#);
     let owned = owned.json()["approvalRequest"].as_str().unwrap().to_string();
-    assert_eq!(detail(&owned), r#"body: {"id": 5, "owner": "[REDACTED:EMAIL]"}"#);
+    assert_eq!(
+        detail(&owned),
+        "content-type: application/json\nbody: {\"id\": 5, \"owner\": \"[REDACTED:EMAIL]\"}"
+    );
+    // The agent's own token, sent in the body, is hidden from the approver too.
+    let bearer = auth.trim_start_matches("Authorization: Bearer ").to_string();
+    let leaky = post(&format!(r#"{{"id": 6, "note": "{bearer}"}}"#));
+    let leaky = leaky.json()["approvalRequest"].as_str().unwrap().to_string();
+    let shown = detail(&leaky);
+    assert!(
+        shown
+            .as_str()
+            .is_some_and(|d| !d.contains(&bearer) && d.contains("[REDACTED]")),
+        "{shown}"
+    );
     let r = cli(&gw, Some(&alice), &["approve", &name, "--reason", "INC-7"]);
     assert!(r.ok, "{}{}", r.stdout, r.stderr);
     let other = post(r#"{"id": 2}"#);

@@ -538,15 +538,20 @@ fn kubectl_is_allowed_denied_and_asked_for_approval_as_the_policy_says() {
 
     // Logs: allowed by a rule for pods/log, streamed as text and masked by the policy's
     // detectors (the container's output, which a real cluster has once the pod runs).
-    let mut log = String::new();
+    // (On a real cluster kubectl fails while the container starts: retried.)
+    let mut log = k.agent(&["logs", "app-1"]);
     for _ in 0..120 {
-        log = k.agent_ok(&["logs", "app-1"]);
-        if !log.is_empty() {
+        if log.status.success() && !log.stdout.is_empty() {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(500));
+        log = k.agent(&["logs", "app-1"]);
     }
-    assert_eq!(log, "ready; paging [REDACTED:EMAIL]\n");
+    assert!(log.status.success(), "{}", show(&log));
+    assert_eq!(
+        String::from_utf8_lossy(&log.stdout),
+        "ready; paging [REDACTED:EMAIL]\n"
+    );
     let err = k.agent_err(&["logs", "sandbox-1"]);
     assert_eq!(
         err.trim(),

@@ -367,7 +367,16 @@ pub(super) fn escape_controls(s: &str, keep_newlines: bool) -> String {
     for c in s.chars() {
         // Bidirectional overrides and isolates, and invisible marks, reorder or hide what an
         // approver reads (a SQL comment with U+202E can show a DROP as something else).
-        let reorders = matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}');
+        let reorders = matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{FEFF}'
+                | '\u{E0000}'..='\u{E007F}'
+        );
         if (c.is_control() || reorders) && !(keep_newlines && c == '\n') {
             out.extend(c.escape_unicode());
         } else {
@@ -389,6 +398,12 @@ mod tests {
         assert_eq!(
             shown,
             "DELETE FROM t /* \\u{202e}ecnanif */ WHERE\\u{200b} x\\u{2066}\\u{feff}\n"
+        );
+        // Arabic letter mark, line and paragraph separators, word joiner, soft hyphen, tags.
+        let s = "a\u{061C}b\u{2028}c\u{2029}d\u{2060}e\u{00AD}f\u{E0041}";
+        assert_eq!(
+            escape_controls(s, false),
+            "a\\u{61c}b\\u{2028}c\\u{2029}d\\u{2060}e\\u{ad}f\\u{e0041}"
         );
     }
     use agentgate_crds::approval::{ApprovalRequestSpec, OperationKind, OperationSummary, PolicyRuleRef};

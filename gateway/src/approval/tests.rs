@@ -698,7 +698,9 @@ async fn a_slow_disk_never_holds_up_the_async_worker() {
     assert!(!listed.unwrap().is_empty());
     assert_eq!(decided.unwrap().status.unwrap().phase, ApprovalPhase::Approved);
     assert_eq!(waited, ApprovalPhase::Approved);
-    assert!(pending.unwrap() >= 1);
+    // Counted while the other calls run, in whatever order the blocking pool takes them: the
+    // first request approved, the second not yet filed, it may be 0.
+    assert!(pending.unwrap() <= 2);
     // Two writes of 300 ms, one after the other (the entries lock orders them).
     assert!(elapsed >= Duration::from_millis(600), "{elapsed:?}");
     // A worker blocked for those 600 ms would tick only before and after them.

@@ -109,6 +109,18 @@ pub fn cut_detail(text: &str) -> String {
     out
 }
 
+/// `text` with every occurrence of the agent's `token` as `[REDACTED]`: an agent may send its
+/// token in a query, a body or SQL, and what approvers read is not a recording, which hides it
+/// by value on its own (tokens shorter than 16 characters are not searched for, as there).
+pub fn hide_token(text: String, token: Option<&str>) -> String {
+    match token {
+        Some(t) if t.len() >= crate::recording::MIN_HIDDEN_BYTES && text.contains(t) => {
+            text.replace(t, "[REDACTED]")
+        }
+        _ => text,
+    }
+}
+
 /// Asks the store (in Hold mode waiting for the decision, bounded by the rule's timeout), and
 /// counts the outcome.
 pub async fn ask(store: Option<&Arc<Approvals>>, metrics: &Metrics, q: Question<'_>, now: i64) -> Outcome {

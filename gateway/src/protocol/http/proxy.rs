@@ -636,8 +636,17 @@ async fn proxy(
             read_body.as_deref().unwrap_or_default(),
             &content_type,
         ]);
-        // What the approver sees beyond method and path, masked as the record is.
+        // What the approver sees beyond method and path, masked as the record is, and with the
+        // agent's token hidden wherever the agent put it (the record hides it by value).
+        let agent_token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .map(|(_, t)| t.trim());
+        let content_type = String::from_utf8_lossy(&content_type).into_owned();
         let detail = approval_detail(
+            (!content_type.is_empty()).then_some(content_type.as_str()),
             target.raw_query.as_deref().map(|q| plan.mask_text(q).0),
             read_body
                 .as_deref()
@@ -661,9 +670,9 @@ async fn proxy(
             } else {
                 OperationKind::Http
             },
-            summary: plan.mask_text(&summary).0.into_owned(),
+            summary: approval::hide_token(plan.mask_text(&summary).0.into_owned(), agent_token),
             fingerprint,
-            detail,
+            detail: detail.map(|d| approval::hide_token(d, agent_token)),
             reason,
         };
         let answer = approval::ask(gw.approvals.as_ref(), &gw.metrics, question, now).await;
@@ -959,13 +968,19 @@ async fn proxy(
     Ok(Response::from_parts(res_parts, body))
 }
 
-/// An HTTP or Kubernetes approval's detail: the query and the body, already masked, one per
-/// line, cut as [`approval::cut_detail`] cuts; `None` when the request has neither.
+/// An HTTP or Kubernetes approval's detail: the body's type, the query and the body (the last
+/// two already masked), one per line, cut as [`approval::cut_detail`] cuts; `None` when the
+/// request has none of them.
 fn approval_detail(
+    content_type: Option<&str>,
     query: Option<std::borrow::Cow<'_, str>>,
     body: Option<crate::recording::CappedBody<'_>>,
 ) -> Option<String> {
     let mut lines = Vec::new();
+    if let Some(ct) = content_type {
+        // Part of the operation: the same bytes as a merge and a strategic-merge patch differ.
+        lines.push(format!("content-type: {ct}"));
+    }
     if let Some(q) = query {
         lines.push(format!("query: {q}"));
     }

@@ -213,6 +213,11 @@ pub struct LineMasker {
     plan: MaskingPlan,
     class: ContentClass,
     buf: BytesMut,
+    /// How much of `buf` was searched for line breaks already.
+    scanned: usize,
+    /// Where the complete lines held back (a private key awaiting its END) end, relative to
+    /// the buffer's start: still complete lines when no new break arrives.
+    ended: usize,
     on_report: Arc<dyn Fn(&MaskReport) + Send + Sync>,
 }
 
@@ -230,26 +235,40 @@ pub fn masked_lines(
             plan,
             class,
             buf: BytesMut::new(),
+            scanned: 0,
+            ended: 0,
             on_report,
         },
     )
 }
 
-/// Opens a PEM block, the one detected value that spans lines.
+/// Opens and closes a PEM block; a private key's is the one detected value that spans lines.
 const PEM_BEGIN: &[u8] = b"-----BEGIN ";
 const PEM_END: &[u8] = b"-----END ";
+const PRIVATE_KEY: &[u8] = b"PRIVATE KEY";
+/// Most bytes of complete lines held back for one private key awaiting its END line (a real key
+/// is under 10 KiB): past this the stream is cut rather than the key passed in parts.
+pub const MAX_PEM_HOLD: usize = 64 * 1024;
 
 impl LineMasker {
     /// Masks every complete line in the buffer (everything when `all`).
     fn drain(&mut self, all: bool) -> Result<Option<Bytes>, BodyError> {
-        let mut end = if all {
+        let lines_end = if all {
             self.buf.len()
         } else {
-            memchr::memrchr(b'\n', &self.buf).map_or(0, |i| i + 1)
+            // Only what arrived since the last look can hold a new line break.
+            let found = memchr::memrchr(b'\n', &self.buf[self.scanned..]).map(|i| self.scanned + i + 1);
+            self.scanned = self.buf.len();
+            found.unwrap_or(self.ended)
         };
+        let mut end = lines_end;
         if !all && self.class == ContentClass::Text {
-            end = pem_safe_end(&self.buf[..end]);
+            end = pem_safe_end(&self.buf[..lines_end]);
+            if lines_end - end > MAX_PEM_HOLD {
+                return Err("a private key in a streamed text did not end within the hold limit".into());
+            }
         }
+        self.ended = lines_end - end;
         if end == 0 {
             if self.buf.len() > MAX_MASKED_BODY {
                 return Err("a streamed line exceeds the masking limit".into());
@@ -257,24 +276,53 @@ impl LineMasker {
             return Ok(None);
         }
         let chunk = self.buf.split_to(end);
-        let (out, report) = mask_whole(&self.plan, self.class, &chunk)
-            .map_err(|_| -> BodyError { "a streamed line could not be masked".into() })?;
+        self.scanned = self.buf.len();
+        let (out, report) = match mask_whole(&self.plan, self.class, &chunk) {
+            Ok(masked) => masked,
+            // Text the masker cannot read (not UTF-8) passes as it is only where every rule
+            // says so, as a whole body would.
+            Err(_) if self.plan.on_unparseable() == UnparseablePolicy::Allow => {
+                (chunk.to_vec(), MaskReport::default())
+            }
+            Err(_) => return Err("a streamed line could not be masked".into()),
+        };
         (self.on_report)(&report);
         Ok(Some(Bytes::from(out)))
     }
 }
 
-/// Where whole lines of `text` may be masked up to: before the line of a PEM block that has not
-/// ended yet, which is held until its end line arrives (line by line, the detector would see
-/// neither its start nor its end with the key between).
+/// Where whole lines of `text` may be masked up to: before the line of the first private key
+/// whose END line has not arrived, which is held until it does (line by line, the detector
+/// would see neither its start nor its end with the key between). Other PEM blocks
+/// (certificates) hold nothing.
 fn pem_safe_end(text: &[u8]) -> usize {
-    let Some(begin) = memchr::memmem::rfind(text, PEM_BEGIN) else {
-        return text.len();
-    };
-    if memchr::memmem::find(&text[begin..], PEM_END).is_some() {
-        return text.len();
+    let line_end = |from: usize| memchr::memchr(b'\n', &text[from..]).map_or(text.len(), |i| from + i);
+    let mut from = 0;
+    while let Some(i) = memchr::memmem::find(&text[from..], PEM_BEGIN) {
+        let begin = from + i;
+        let header_end = line_end(begin);
+        from = header_end;
+        if memchr::memmem::find(&text[begin..header_end], PRIVATE_KEY).is_none() {
+            continue;
+        }
+        // Its END: the next END line that names a private key.
+        let mut search = header_end;
+        let mut closed = None;
+        while let Some(j) = memchr::memmem::find(&text[search..], PEM_END) {
+            let at = search + j;
+            let end_line = line_end(at);
+            if memchr::memmem::find(&text[at..end_line], PRIVATE_KEY).is_some() {
+                closed = Some(end_line);
+                break;
+            }
+            search = end_line;
+        }
+        match closed {
+            Some(after) => from = after,
+            None => return memchr::memrchr(b'\n', &text[..begin]).map_or(0, |i| i + 1),
+        }
     }
-    memchr::memrchr(b'\n', &text[..begin]).map_or(0, |i| i + 1)
+    text.len()
 }
 
 impl Rewrite for LineMasker {
@@ -537,6 +585,78 @@ mod tests {
         drop(tx);
         assert_eq!(next().await.unwrap(), "bye");
         assert!(next().await.is_none());
+    }
+
+    /// `chunks` through a text line masker, one frame each.
+    async fn masked_text(plan: MaskingPlan, chunks: &[&'static str]) -> Result<String, BodyError> {
+        let out = masked_lines(
+            frames(chunks),
+            plan,
+            ContentClass::Text,
+            Arc::new(|_: &MaskReport| {}),
+        )
+        .collect()
+        .await?
+        .to_bytes();
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_private_key_is_held_until_its_own_end_and_certificates_hold_nothing() {
+        // A certificate between a key's BEGIN and its END does not end the key.
+        let out = masked_text(
+            text_plan(),
+            &[
+                "-----BEGIN PRIVATE KEY-----\nKEYPART1\n",
+                "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+                "KEYPART2\n",
+                "-----END PRIVATE KEY-----\nafter\n",
+            ],
+        )
+        .await
+        .unwrap();
+        assert!(!out.contains("KEYPART"), "{out}");
+        assert!(out.ends_with("after\n"), "{out}");
+        // A certificate alone flows line by line: nothing to hold.
+        let a = super::pem_safe_end(b"-----BEGIN CERTIFICATE-----\nMIIB\n");
+        assert_eq!(a, "-----BEGIN CERTIFICATE-----\nMIIB\n".len());
+        // Two keys: held from the second, unended one.
+        let two = b"x\n-----BEGIN EC PRIVATE KEY-----\nA\n-----END EC PRIVATE KEY-----\ny\n-----BEGIN PRIVATE KEY-----\nB\n";
+        let held = super::pem_safe_end(two);
+        assert_eq!(&two[held..], b"-----BEGIN PRIVATE KEY-----\nB\n");
+        // A key that never ends is not held forever: the stream is cut.
+        let filler: &'static str = Box::leak(format!("{}\n", "A".repeat(1000)).into_boxed_str());
+        let mut chunks = vec!["-----BEGIN PRIVATE KEY-----\n"];
+        chunks.extend(std::iter::repeat_n(filler, MAX_PEM_HOLD / 1000 + 2));
+        assert!(masked_text(text_plan(), &chunks).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn unreadable_streamed_text_passes_only_where_the_rules_allow() {
+        let rules: Vec<agentgate_crds::policy::MaskingRule> =
+            serde_json::from_value(serde_json::json!([{"detectors": ["Email"], "onUnparseable": "Allow"}]))
+                .unwrap();
+        let allow = MaskingPlan::compile(&rules.iter().collect::<Vec<_>>(), HashKey::process()).unwrap();
+        let bad = || {
+            http_body_util::StreamBody::new(futures_util::stream::iter([
+                Ok(Frame::data(Bytes::from_static(b"a@example.com\n"))),
+                Ok(Frame::data(Bytes::from_static(b"caf\xc3(\n"))),
+            ]))
+            .boxed()
+        };
+        let out = masked_lines(bad(), allow, ContentClass::Text, Arc::new(|_: &MaskReport| {}))
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&out[..], b"[REDACTED:EMAIL]\ncaf\xc3(\n");
+        let refused = masked_lines(
+            bad(),
+            text_plan(),
+            ContentClass::Text,
+            Arc::new(|_: &MaskReport| {}),
+        );
+        assert!(refused.collect().await.is_err());
     }
 
     #[tokio::test]

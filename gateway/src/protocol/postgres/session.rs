@@ -196,6 +196,8 @@ struct Live {
     /// Unix time the token expires: the session ends then, as an HTTP request with it would
     /// be refused.
     token_expires_at: i64,
+    /// The token itself, hidden from what approvers read (the recording hides it on its own).
+    token: String,
     plan: MaskingPlan,
     masked: Arc<MaskedColumns>,
     recording: Option<Arc<Recording>>,
@@ -390,6 +392,7 @@ async fn start(
             subject: principal.subject.clone(),
             groups: principal.groups.clone(),
             token_expires_at: principal.expires_at,
+            token: token.clone(),
             plan,
             masked: Arc::new(masked),
             recording,
@@ -1279,9 +1282,9 @@ impl ClientSide {
             requester: &live.subject,
             connection: &live.connection,
             kind: OperationKind::Sql,
-            summary: live.masked_sql(sql),
+            summary: approval::hide_token(live.masked_sql(sql), Some(&live.token)),
             fingerprint,
-            detail,
+            detail: detail.map(|d| approval::hide_token(d, Some(&live.token))),
             reason,
         };
         let outcome = approval::ask(
