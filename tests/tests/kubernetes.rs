@@ -552,6 +552,12 @@ fn kubectl_is_allowed_denied_and_asked_for_approval_as_the_policy_says() {
         String::from_utf8_lossy(&log.stdout),
         "ready; paging [REDACTED:EMAIL]\n"
     );
+    // Followed, the log streams (no Content-Length) and is masked line by line as it comes,
+    // not held until the stream ends, which it does not while the container runs.
+    let follow = Streaming::spawn(k.agent_command(&["logs", "-f", "app-1"]));
+    let out = follow.wait_for("the followed log line", |o| o.contains('\n'));
+    drop(follow);
+    assert_eq!(out, "ready; paging [REDACTED:EMAIL]\n");
     let err = k.agent_err(&["logs", "sandbox-1"]);
     assert_eq!(
         err.trim(),

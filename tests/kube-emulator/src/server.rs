@@ -643,9 +643,22 @@ fn resource(
                 .as_str()
                 .unwrap_or_default()
                 .to_string();
+            if !flag("follow") {
+                return Ok(Response::builder()
+                    .header("Content-Type", "text/plain")
+                    .body(Full::new(Bytes::from(log)).boxed())
+                    .expect("static response parts are valid"));
+            }
+            // Followed: the log so far, then the stream stays open (a container that runs on)
+            // until the client goes away.
+            let stream = futures_util::StreamExt::chain(
+                futures_util::stream::once(async move { Ok::<_, Infallible>(Frame::data(Bytes::from(log))) }),
+                futures_util::stream::pending(),
+            );
             Ok(Response::builder()
                 .header("Content-Type", "text/plain")
-                .body(Full::new(Bytes::from(log)).boxed())
+                .header("Transfer-Encoding", "chunked")
+                .body(StreamBody::new(stream).boxed())
                 .expect("static response parts are valid"))
         }
         (&Method::GET, Some(name)) => {
