@@ -549,17 +549,17 @@ async fn proxy(
         _ => plan.clone(),
     };
     let session = session_for(&plane, gw, conn, &principal, connection)?;
-    if let Some(s) = session.as_deref() {
-        // The agent's token is redacted by header name; hidden by value too, wherever else the
-        // client may have put it (another header, the query, the body, echoed in a response).
-        if let Some((_, token)) = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-        {
-            s.hide(token.trim().as_bytes());
-        }
+    // The agent's token is redacted by header name; hidden by value too, wherever else the
+    // client may have put it (another header, the query, the body, echoed in a response), in
+    // the record and in what an approver reads.
+    let agent_token = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .map(|(_, t)| t.trim());
+    if let (Some(s), Some(token)) = (session.as_deref(), agent_token) {
+        s.hide(token.as_bytes());
     }
     let request_event = RequestEvent {
         request_id,
@@ -636,14 +636,7 @@ async fn proxy(
             read_body.as_deref().unwrap_or_default(),
             &content_type,
         ]);
-        // What the approver sees beyond method and path, masked as the record is, and with the
-        // agent's token hidden wherever the agent put it (the record hides it by value).
-        let agent_token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .map(|(_, t)| t.trim());
+        // What the approver sees beyond method and path, masked as the record is.
         let content_type = String::from_utf8_lossy(&content_type).into_owned();
         let detail = approval_detail(
             (!content_type.is_empty()).then_some(content_type.as_str()),
