@@ -2,6 +2,7 @@
 //! their token as the password, and every statement is classified by PostgreSQL's own grammar and
 //! decided before it reaches the database.
 
+pub mod binary;
 pub mod cancel;
 pub mod catalog;
 pub mod classify;

@@ -8,18 +8,11 @@ use agentgate_crds::policy::MaskingStrategy;
 use bytes::{BufMut, BytesMut};
 use serde_json::Value;
 
+use super::binary::{JSONB, TEXT_LIKE, decode_number, to_text};
 use super::message::data_row::DataRow;
 use super::message::row_description::{Field, RowDescription};
 use super::message::{FrameError, backend, frame};
 use crate::masking::{MaskReport, MaskingPlan};
-
-/// Type OIDs whose binary form is the text itself.
-const TEXT_LIKE: &[u32] = &[25, 1043, 1042, 19, 114, 142, 705, 18];
-const JSONB: u32 = 3802;
-const INT2: u32 = 21;
-const INT4: u32 = 23;
-const INT8: u32 = 20;
-const NUMERIC: u32 = 1700;
 
 /// What happens to one column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,10 +170,15 @@ impl RowMasker {
             // No masked form fits a binary number, date or UUID: withhold the value.
             return None;
         }
-        if self.detect
-            && let Some(digits) = decode_number(col.type_oid, v)
-        {
-            let (_, r) = self.plan.mask_text(&digits);
+        if self.detect {
+            // Numbers are looked at as their digits; any other binary value (bytea, arrays,
+            // composite types) as the text its bytes hold, since an array of text carries each
+            // element's bytes as they are. A find withholds the value: no masked form fits it.
+            let text = match decode_number(col.type_oid, v) {
+                Some(digits) => Cow::Owned(digits),
+                None => String::from_utf8_lossy(v),
+            };
+            let (_, r) = self.plan.mask_text(&text);
             if !r.is_empty() {
                 report.add(&r);
                 return None;
@@ -206,11 +204,8 @@ impl RowMasker {
             return Value::String(format!("{kept}<{} bytes in all>", v.len()));
         }
         match col {
-            Some(c) if c.binary && !TEXT_LIKE.contains(&c.type_oid) => match decode_number(c.type_oid, v) {
-                Some(d) => Value::String(d),
-                None if c.type_oid == JSONB && v.first() == Some(&1) => {
-                    Value::String(String::from_utf8_lossy(&v[1..]).into_owned())
-                }
+            Some(c) if c.binary && !TEXT_LIKE.contains(&c.type_oid) => match to_text(c.type_oid, v) {
+                Some(text) => Value::String(text),
                 None => Value::String(format!("<binary, {} bytes>", v.len())),
             },
             _ => Value::String(String::from_utf8_lossy(v).into_owned()),
@@ -221,61 +216,11 @@ impl RowMasker {
 /// Most bytes of one value a recording keeps (the rest is counted).
 pub const MAX_RECORDED_VALUE: usize = 4 * 1024;
 
-/// Most base-10000 groups a binary numeric is decoded to (256 digits).
-const MAX_NUMERIC_GROUPS: i32 = 64;
-
-/// The decimal text of a binary int2/int4/int8/numeric value.
-fn decode_number(type_oid: u32, v: &[u8]) -> Option<String> {
-    match (type_oid, v.len()) {
-        (INT2, 2) => Some(i16::from_be_bytes([v[0], v[1]]).to_string()),
-        (INT4, 4) => Some(i32::from_be_bytes([v[0], v[1], v[2], v[3]]).to_string()),
-        (INT8, 8) => Some(i64::from_be_bytes(v.try_into().ok()?).to_string()),
-        (NUMERIC, n) if n >= 8 => {
-            let word = |i: usize| i16::from_be_bytes([v[2 * i], v[2 * i + 1]]);
-            let ndigits = usize::try_from(word(0)).ok()?;
-            let weight = i32::from(word(1));
-            let sign = word(2) as u16;
-            if v.len() != 8 + 2 * ndigits || sign == 0xC000 {
-                return None;
-            }
-            // Base-10000 digits, the first at power `weight`. Ten bytes can claim a weight of
-            // 32767 (131,072 digits): past what a detector can match or a record should hold,
-            // the value is not decoded.
-            let highest = weight.max(0);
-            let lowest = (weight - ndigits as i32 + 1).min(0);
-            if highest - lowest >= MAX_NUMERIC_GROUPS {
-                return None;
-            }
-            let group = |power: i32| {
-                usize::try_from(weight - power)
-                    .ok()
-                    .filter(|j| *j < ndigits)
-                    .map_or(0, |j| word(4 + j))
-            };
-            let mut s = String::new();
-            if sign == 0x4000 {
-                s.push('-');
-            }
-            s.push_str(&group(highest).to_string());
-            for power in (0..highest).rev() {
-                s.push_str(&format!("{:04}", group(power)));
-            }
-            if lowest < 0 {
-                s.push('.');
-                for power in (lowest..0).rev() {
-                    s.push_str(&format!("{:04}", group(power)));
-                }
-            }
-            Some(s)
-        }
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::masking::HashKey;
+    use crate::protocol::postgres::binary::{INT2, INT4, INT8, NUMERIC};
     use agentgate_crds::policy::{Detector, MaskingRule};
 
     fn plan() -> MaskingPlan {
@@ -350,37 +295,6 @@ mod tests {
         assert_eq!(got[2], None, "a binary card number is withheld");
         assert!(!String::from_utf8_lossy(got[3].as_deref().unwrap()).contains("c@example.com"));
         assert_eq!(got[4].as_deref(), Some(&id[..]), "other numbers pass untouched");
-    }
-
-    #[test]
-    fn numeric_binary_is_decoded_for_detectors() {
-        // 4111111111111111 as numeric: digits 4111 1111 1111 1111, weight 3.
-        let mut v = Vec::new();
-        for w in [4i16, 3, 0, 0, 4111, 1111, 1111, 1111] {
-            v.extend_from_slice(&w.to_be_bytes());
-        }
-        assert_eq!(decode_number(NUMERIC, &v).unwrap(), "4111111111111111");
-        let mut v = Vec::new();
-        for w in [2i16, 0, 0x4000, 2, 12, 5000] {
-            v.extend_from_slice(&(w as u16).to_be_bytes());
-        }
-        assert_eq!(decode_number(NUMERIC, &v).unwrap(), "-12.5000");
-        let numeric = |words: &[i16]| {
-            let mut v = Vec::new();
-            for w in words {
-                v.extend_from_slice(&w.to_be_bytes());
-            }
-            decode_number(NUMERIC, &v)
-        };
-        // 0.0005 (weight -1) and 20000 (weight 1, one digit): the point and the zero groups.
-        assert_eq!(numeric(&[1, -1, 0, 4, 5]).unwrap(), "0.0005");
-        assert_eq!(numeric(&[1, -2, 0, 8, 5]).unwrap(), "0.00000005");
-        assert_eq!(numeric(&[1, 1, 0, 0, 2]).unwrap(), "20000");
-        // Ten bytes claiming 131,072 digits are not expanded (each would cost 128 KiB of text
-        // in the masker and the record).
-        assert_eq!(numeric(&[1, i16::MAX, 0, 0, 1]), None);
-        assert_eq!(numeric(&[1, i16::MIN, 0, 0, 1]), None);
-        assert_eq!(numeric(&[1, 63, 0, 0, 1]).unwrap().len(), 253);
     }
 
     /// A record keeps a prefix of a large value and its size: a result of 100 rows of 64 MiB
@@ -475,5 +389,46 @@ mod tests {
                 assert_eq!(again, out);
             }
         });
+    }
+
+    #[test]
+    fn other_binary_values_are_scanned_and_recorded_as_text() {
+        // A binary text[] carries each element's bytes as they are: an email in it is found.
+        let mut array = Vec::new();
+        for w in [1i32, 0, 25, 1, 1] {
+            array.extend_from_slice(&w.to_be_bytes());
+        }
+        let element = b"d@example.com";
+        array.extend_from_slice(&(element.len() as i32).to_be_bytes());
+        array.extend_from_slice(element);
+        let uuid: Vec<u8> = (0u8..16).collect();
+        let rows = RowDescription {
+            fields: vec![
+                field("emails", 0, 1009, 1),
+                field("id", 0, 2950, 1),
+                field("ok", 0, 16, 1),
+            ],
+        };
+        let m = RowMasker::new(&plan(), true, &rows, |_| None);
+        let got = run(&m, &[Some(&array), Some(&uuid), Some(&[1])]);
+        assert_eq!(got[0], None, "a binary array holding an email is withheld");
+        assert_eq!(got[1].as_deref(), Some(&uuid[..]));
+        let mut body = BytesMut::new();
+        super::super::message::data_row::encode(
+            &mut body,
+            &[Some(&array[..]), Some(&uuid[..]), Some(&[1u8][..])],
+        );
+        let mut out = BytesMut::new();
+        let mut report = MaskReport::default();
+        let recorded = m.mask(&body[5..], &mut out, &mut report, true).unwrap().unwrap();
+        assert_eq!(report.detections, 1);
+        assert_eq!(
+            recorded,
+            vec![
+                Value::Null,
+                Value::String("00010203-0405-0607-0809-0a0b0c0d0e0f".into()),
+                Value::String("t".into()),
+            ]
+        );
     }
 }

@@ -24,6 +24,7 @@ use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use super::binary;
 use super::cancel::{self, CancelRegistry, CancelTarget};
 use super::catalog::{self, MaskedColumns};
 use super::classify::{Classified, Classifier, Statement};
@@ -34,12 +35,13 @@ use super::message::command_complete::CommandComplete;
 use super::message::describe::Target;
 use super::message::error_response::{ErrorResponse, sqlstate};
 use super::message::execute::Execute;
+use super::message::parameter_description::ParameterDescription;
 use super::message::parse::Parse;
 use super::message::query::Query;
 use super::message::ready_for_query::TransactionStatus;
 use super::message::row_description::RowDescription;
 use super::message::{Frame, FrameError, FrameReader, backend, frontend};
-use super::rows::RowMasker;
+use super::rows::{MAX_RECORDED_VALUE, RowMasker};
 use super::stream::Stream;
 use super::upstream::{self, Upstream};
 use crate::approval::unix_now;
@@ -441,8 +443,11 @@ enum Pending {
     },
     Bind,
     /// A Describe; `internal` ones were added by the gateway to learn a portal's columns.
+    /// `statement`: the Parse number of the statement described, whose parameter types the
+    /// answer's ParameterDescription gives.
     Describe {
         internal: bool,
+        statement: Option<u64>,
     },
     Execute {
         plan: ResultPlan,
@@ -475,6 +480,9 @@ enum Entry {
         classified: Arc<Classified>,
         seq: u64,
         confirmed: bool,
+        /// Parameter types: as the Parse named them (0 = unspecified), then as the server's
+        /// ParameterDescription resolved them. Binary parameters are read as text by them.
+        param_types: Arc<[u32]>,
     },
     /// A named Parse while an earlier one with the name was unconfirmed: which one the upstream
     /// holds depends on answers not seen yet, so the name is refused until closed.
@@ -499,6 +507,17 @@ impl Prepared {
             Entry::Known { seq, confirmed, .. } => *confirmed || !seqs.contains(seq),
             Entry::Ambiguous => true,
         });
+    }
+
+    /// The parameter types the server resolved for the statement Parse number `s` registered.
+    fn describe_params(&mut self, s: u64, types: Vec<u32>) {
+        for e in self.statements.values_mut() {
+            if let Entry::Known { seq, param_types, .. } = e
+                && *seq == s
+            {
+                *param_types = types.clone().into();
+            }
+        }
     }
 
     fn confirm(&mut self, s: u64) {
@@ -1001,12 +1020,22 @@ impl ClientSide {
             }
             frontend::DESCRIBE => {
                 let t = Target::parse(&frame.body, "Describe").map_err(|e| malformed(self, e))?;
+                let statement = match &t {
+                    Target::Statement(name) => match lock(&self.shared).statements.get(name) {
+                        Some(Entry::Known { seq, .. }) => Some(*seq),
+                        _ => None,
+                    },
+                    Target::Portal(_) => None,
+                };
                 self.described = match t {
                     Target::Portal(name) => Some(name),
                     Target::Statement(_) => None,
                 };
                 self.forward(&frame);
-                self.push(Pending::Describe { internal: false })?;
+                self.push(Pending::Describe {
+                    internal: false,
+                    statement,
+                })?;
             }
             frontend::EXECUTE => {
                 let e = Execute::parse(&frame.body).map_err(|e| malformed(self, e))?;
@@ -1360,6 +1389,7 @@ impl ClientSide {
                 classified,
                 seq,
                 confirmed: false,
+                param_types: p.param_types.clone().into(),
             };
             if p.name.is_empty() {
                 prepared.statements.insert(String::new(), known);
@@ -1389,8 +1419,12 @@ impl ClientSide {
 
     fn bind(&mut self, frame: &Frame, b: Bind) -> Result<(), Stop> {
         let entry = lock(&self.shared).statements.get(&b.statement).cloned();
-        let classified = match entry {
-            Some(Entry::Known { classified, .. }) => classified,
+        let (classified, types) = match entry {
+            Some(Entry::Known {
+                classified,
+                param_types,
+                ..
+            }) => (classified, param_types),
             Some(Entry::Ambiguous) => {
                 return self.refuse_extended(ErrorResponse::new(
                     sqlstate::INVALID_SQL_STATEMENT_NAME,
@@ -1417,7 +1451,16 @@ impl ClientSide {
                     let text = String::from_utf8_lossy(v);
                     Value::String(truncate(&self.live.plan.mask_text(&text).0, 1024))
                 }
-                Some(v) => Value::String(format!("<binary, {} bytes>", v.len())),
+                // Read as text by the statement's parameter types (a client that sends binary
+                // parameters learned them from a Describe), then masked as text is.
+                Some(v) => match types
+                    .get(i)
+                    .filter(|_| v.len() <= MAX_RECORDED_VALUE)
+                    .and_then(|t| binary::to_text(*t, v))
+                {
+                    Some(text) => Value::String(truncate(&self.live.plan.mask_text(&text).0, 1024)),
+                    None => Value::String(format!("<binary, {} bytes>", v.len())),
+                },
             })
             .collect();
         let bound = (0..b.params.len())
@@ -1518,7 +1561,10 @@ impl ClientSide {
         // Learn the portal's columns (and formats) for masking, unless the client just asked.
         if self.described.take().as_ref() != Some(&e.portal) {
             Target::Portal(e.portal.clone()).encode(frontend::DESCRIBE, &mut self.out);
-            self.push(Pending::Describe { internal: true })?;
+            self.push(Pending::Describe {
+                internal: true,
+                statement: None,
+            })?;
         }
         self.forward(frame);
         self.push(Pending::Execute {
@@ -1766,7 +1812,7 @@ impl ServerSide {
                         self.result = Some(self.streaming(plan, Some(&rows)));
                         frame.encode(&mut self.out);
                     }
-                    Some(Pending::Describe { internal }) => {
+                    Some(Pending::Describe { internal, .. }) => {
                         let internal = *internal;
                         self.front.pop_front();
                         self.next_rows = Some(Some(rows));
@@ -1778,7 +1824,7 @@ impl ServerSide {
                 }
             }
             backend::NO_DATA => {
-                if let Some(Pending::Describe { internal }) = self.front.front() {
+                if let Some(Pending::Describe { internal, .. }) = self.front.front() {
                     let internal = *internal;
                     self.front.pop_front();
                     self.next_rows = Some(None);
@@ -1808,8 +1854,17 @@ impl ServerSide {
                     frame.encode(&mut self.out);
                 }
             }
-            backend::PARAMETER_DESCRIPTION
-            | backend::COPY_OUT
+            backend::PARAMETER_DESCRIPTION => {
+                let described = ParameterDescription::parse(&frame.body).map_err(bad)?;
+                if let Some(Pending::Describe {
+                    statement: Some(seq), ..
+                }) = self.front.front()
+                {
+                    lock(&self.shared).describe_params(*seq, described.type_oids);
+                }
+                frame.encode(&mut self.out);
+            }
+            backend::COPY_OUT
             | backend::COPY_DONE
             | backend::NOTICE_RESPONSE
             | backend::NOTIFICATION

@@ -11,6 +11,7 @@ pub mod data_row;
 pub mod describe;
 pub mod error_response;
 pub mod execute;
+pub mod parameter_description;
 pub mod parameter_status;
 pub mod parse;
 pub mod query;
@@ -477,6 +478,7 @@ mod tests {
             ]),
             body(&[H(3), I(2), B(b"42"), I(-1), I(3), B(b"a@b")]),
             body(&[S("SELECT 3")]),
+            body(&[H(2), I(23), I(3802)]),
             body(&[
                 B(b"S"),
                 S("ERROR"),
@@ -495,6 +497,7 @@ mod tests {
             let _ = bind::Bind::parse(&bytes);
             let _ = describe::Target::parse(b, "Describe");
             let _ = execute::Execute::parse(b);
+            let _ = parameter_description::ParameterDescription::parse(b);
             let _ = startup::StartupPacket::parse(b);
             let _ = authentication::parse_password(b);
             let _ = authentication::Authentication::parse(b);
