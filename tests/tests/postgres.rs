@@ -831,6 +831,54 @@ fn shared_names_and_pipelines_cannot_run_what_was_not_decided() {
     let msgs = r.until_ready();
     assert!(errors(&msgs).contains(&"08P01".to_string()), "{msgs:?}");
 
+    // After an error the server skips everything up to Sync, also what the client sends once
+    // it has read the error: a skipped Close and Parse must not rename a statement the server
+    // still holds (named or unnamed), nor a skipped Bind a portal.
+    for name in ["s1", ""] {
+        let mut r = Raw::login(s.plain, &tok);
+        // Denied by policy, and it would delete nothing: only its command tag tells it ran.
+        r.send(b'P', &parse(name, "DELETE FROM orders WHERE id = -1"));
+        r.send(b'S', b"");
+        assert!(errors(&r.until_ready()).is_empty());
+        r.send(b'E', &execute_rows("nope", 0));
+        r.send(b'H', b"");
+        while r.read().0 != b'E' {}
+        if !name.is_empty() {
+            r.send(b'C', format!("S{name}\0").as_bytes());
+        }
+        r.send(b'P', &parse(name, "SELECT 1"));
+        r.send(b'S', b"");
+        r.until_ready();
+        r.send(b'B', &bind("", name));
+        r.send(b'E', &execute_rows("", 0));
+        r.send(b'S', b"");
+        let msgs = r.until_ready();
+        // The gateway knows of no statement by the name: the skipped Parse registered none.
+        assert_eq!(errors(&msgs), ["26000"], "{name:?}: {msgs:?}");
+        assert!(!msgs.iter().any(|(t, b)| *t == b'C' && b.starts_with(b"DELETE")));
+        assert_eq!(orders(), before, "statement {name:?}");
+    }
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(b'Q', b"BEGIN\0");
+    r.until_ready();
+    r.send(b'P', &parse("del", "DELETE FROM orders"));
+    r.send(b'P', &parse("sel", "SELECT 1"));
+    r.send(b'E', &execute_rows("nope", 0));
+    r.send(b'H', b"");
+    while r.read().0 != b'E' {}
+    r.send(b'B', &bind("p", "sel"));
+    r.send(b'S', b"");
+    r.until_ready();
+    r.send(b'Q', b"ROLLBACK\0");
+    r.until_ready();
+    r.send(b'E', &execute_rows("p", 0));
+    r.send(b'S', b"");
+    assert!(
+        !errors(&r.until_ready()).is_empty(),
+        "a skipped Bind made no portal"
+    );
+    assert_eq!(orders(), before);
+
     // A portal described, then replaced by a SQL cursor of its name: its Execute is refused
     // (the gateway decided and described another statement), and no email leaves unmasked.
     let mut r = Raw::login(s.plain, &tok);

@@ -1767,12 +1767,28 @@ impl ServerSide {
         match frame.tag {
             backend::ERROR_RESPONSE => self.on_error(frame)?,
             backend::READY_FOR_QUERY => {
-                TransactionStatus::parse(&frame.body).map_err(bad)?;
+                let status = TransactionStatus::parse(&frame.body).map_err(bad)?;
+                // Messages still pending here were skipped: after an error the server ignores
+                // everything up to Sync, including what the client sent once it had read the
+                // error. A skipped Parse registered nothing.
+                let mut void = Vec::new();
                 while let Some(p) = self.front.pop_front() {
-                    if matches!(p, Pending::Query { .. } | Pending::Sync { .. }) {
-                        break;
+                    match p {
+                        Pending::Query { .. } | Pending::Sync { .. } => break,
+                        Pending::Parse { seq } => void.push(seq),
+                        _ => {}
                     }
                 }
+                let mut prepared = lock(&self.shared);
+                if !void.is_empty() {
+                    prepared.void(&void);
+                }
+                // Portals live until their transaction ends, and a failed one runs none: what a
+                // skipped Bind would have named must not be taken for the server's.
+                if status != TransactionStatus::InTransaction {
+                    prepared.portals.clear();
+                }
+                drop(prepared);
                 self.result = None;
                 self.query_index = 0;
                 frame.encode(&mut self.out);
