@@ -334,6 +334,15 @@ fn psql_over_tls_decides_masks_and_records() {
     );
     let err = s.psql("SELECT * FROM billing.invoices").unwrap_err();
     assert!(err.contains("no-billing"), "{err}");
+    // Unqualified names are decided as public.*, and the session resolves them there too,
+    // whatever search_path the connection's role has (else this would read billing.invoices).
+    s.pg.psql(&format!(
+        "ALTER ROLE {} SET search_path = billing, public",
+        s.pg.scram.name
+    ));
+    let err = s.psql("SELECT * FROM invoices").unwrap_err();
+    assert!(err.contains("does not exist"), "{err}");
+    s.pg.psql(&format!("ALTER ROLE {} RESET search_path", s.pg.scram.name));
     let err = s.psql("DELETE FROM orders WHERE id = 1").unwrap_err();
     assert!(
         err.contains("deletes-need-approval") && err.to_lowercase().contains("approv"),

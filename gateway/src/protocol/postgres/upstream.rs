@@ -137,7 +137,20 @@ async fn connect_inner(
         ("user".to_string(), user.clone()),
         ("database".to_string(), ep.path.clone()),
     ];
-    startup.extend(params.iter().cloned());
+    startup.extend(
+        params
+            .iter()
+            .filter(|(k, _)| !PINNED_SETTINGS.iter().any(|(p, _)| k.eq_ignore_ascii_case(p)))
+            .cloned(),
+    );
+    // The classifier resolves unqualified names in `public` and reads string literals as
+    // standard SQL does: the session must too, whatever the role or database defaults say
+    // (startup parameters override `ALTER ROLE ... SET` and `ALTER DATABASE ... SET`).
+    startup.extend(
+        PINNED_SETTINGS
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
     let mut out = BytesMut::new();
     StartupPacket::Startup {
         minor: 0,
@@ -212,6 +225,17 @@ async fn connect_inner(
             }
             backend::READY_FOR_QUERY => {
                 let key = key.ok_or_else(|| UpstreamError::Protocol("no BackendKeyData".into()))?;
+                // A server that reports a pinned setting otherwise did not take it.
+                for st in &statuses {
+                    if let Some((name, want)) = PINNED_SETTINGS.iter().find(|(n, _)| *n == st.name)
+                        && st.value != *want
+                    {
+                        return Err(UpstreamError::Protocol(format!(
+                            "the server reports {name} = {:?}; the gateway needs {want:?}",
+                            st.value
+                        )));
+                    }
+                }
                 return Ok(Upstream {
                     reader,
                     writer: write,
