@@ -1296,6 +1296,22 @@ fn upgrades_are_refused_and_never_reach_the_upstream() {
     let res = r.only();
     assert_eq!((res.status, res.problem()), (501, problem("unsupported-upgrade")));
     s.assert_not_forwarded("CONNECT");
+    // A lower-case method would escape rules that name DELETE or POST, and frameworks that
+    // upper-case it would run it as one (`_method` bodies are only looked for in POSTs too).
+    for (method, marker) in [("delete", "lower-delete"), ("post", "lower-post")] {
+        let r = s.raw(format!(
+            "{method} /okta/echo/{marker} HTTP/1.1\r\n{}Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 14\r\n\r\n_method=DELETE",
+            s.creds()
+        ));
+        let res = r.only();
+        assert_eq!(
+            (res.status, res.problem()),
+            (400, problem("bad-request")),
+            "{method}: {}",
+            r.text()
+        );
+        s.assert_not_forwarded(marker);
+    }
     s.assert_no_secrets();
 }
 

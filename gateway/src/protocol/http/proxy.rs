@@ -188,6 +188,13 @@ fn check_framing(req: &Parts) -> Result<(), Problem> {
     if req.method == Method::CONNECT {
         return Err(Problem::new(Kind::UnsupportedUpgrade, "CONNECT is not supported"));
     }
+    // Methods are case-sensitive, and policies name them in upper case; but many frameworks
+    // upper-case what they receive, so `delete` would pass a rule about DELETE and run as one.
+    if req.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(bad_request(
+            "method names must be sent in upper case (a policy decides on DELETE, not delete)",
+        ));
+    }
     if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
         return Err(bad_request(
             "a request must not carry both Transfer-Encoding and Content-Length",
@@ -1422,6 +1429,31 @@ mod tests {
         let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
         let target = normalize::normalize(path, (!query.is_empty()).then_some(query)).unwrap();
         request_info::derive(method, &target.path, &target.query).unwrap()
+    }
+
+    #[test]
+    fn lower_case_methods_are_refused() {
+        for m in ["delete", "Post", "pUT", "purge"] {
+            let (parts, ()) = Request::builder()
+                .method(m)
+                .uri("/api/v1/users/1")
+                .header(header::HOST, "gw")
+                .body(())
+                .unwrap()
+                .into_parts();
+            assert_eq!(check_framing(&parts).unwrap_err().kind, Kind::BadRequest, "{m}");
+        }
+        let (parts, ()) = Request::builder()
+            .method("PURGE")
+            .uri("/api/v1/users/1")
+            .header(header::HOST, "gw")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert!(
+            check_framing(&parts).is_ok(),
+            "an upper-case extension method is decided"
+        );
     }
 
     #[test]
