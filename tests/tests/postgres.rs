@@ -938,6 +938,41 @@ fn shared_names_and_pipelines_cannot_run_what_was_not_decided() {
     assert_eq!(errors(&msgs), ["42501"], "{msgs:?}");
     assert!(!msgs.iter().any(|(t, _)| *t == b'd'));
 
+    // A message other than COPY data during COPY FROM STDIN, had the server swallowed it, would
+    // leave the gateway an answer short, deciding later results by the wrong statement: the
+    // server ends the session (protocol synchronization lost), and so the gateway's.
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(b'Q', b"COPY orders (customer_id, total) FROM STDIN\0");
+    while r.read().0 != b'G' {}
+    r.send(b'Q', b"SELECT 1\0");
+    r.send(b'Q', b"SELECT email || '' FROM customers\0");
+    // The session ends; were it to go on, the second cycle would carry the SELECT's rows.
+    let mut msgs = r.until_ready();
+    msgs.extend(r.until_ready());
+    assert!(
+        msgs.iter()
+            .any(|(t, b)| *t == b'E' && b.windows(5).any(|w| w == b"FATAL")),
+        "{msgs:?}"
+    );
+    assert!(
+        !msgs
+            .iter()
+            .any(|(t, b)| *t == b'D' && b.windows(1).any(|w| w == b"@"))
+    );
+    // A COPY that fails before copying (or during it) ends its cycle: the session goes on.
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(b'Q', b"COPY orders (no_such_column) FROM STDIN\0");
+    assert_eq!(errors(&r.until_ready()), ["42703"]);
+    r.send(b'Q', b"COPY orders (customer_id, total) FROM STDIN\0");
+    while r.read().0 != b'G' {}
+    r.send(b'd', b"not a number\tx\n");
+    r.send(b'c', b"");
+    assert_eq!(errors(&r.until_ready()), ["22P02"]);
+    r.send(b'Q', b"SELECT 1\0");
+    let msgs = r.until_ready();
+    assert!(errors(&msgs).is_empty(), "{msgs:?}");
+    assert_eq!(orders(), before);
+
     // COPY FROM STDIN through tokio-postgres (Bind, Execute, Sync, data, CopyDone, Sync: the
     // server ignores the first Sync), then masked reads: the session stays in step.
     rt().block_on(async {
