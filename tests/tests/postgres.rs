@@ -343,6 +343,27 @@ fn psql_over_tls_decides_masks_and_records() {
     let err = s.psql("SELECT * FROM invoices").unwrap_err();
     assert!(err.contains("does not exist"), "{err}");
     s.pg.psql(&format!("ALTER ROLE {} RESET search_path", s.pg.scram.name));
+    // Server messages quote values: masked by the detectors, and withheld when the statement
+    // reads a masked column (a column rule's values may match no detector).
+    let err = s
+        .psql("SELECT email::int FROM customers WHERE id = 1")
+        .unwrap_err();
+    assert!(
+        err.contains("22P02") || err.contains("withheld"),
+        "the SQLSTATE or the reason remains: {err}"
+    );
+    assert!(!err.contains("ada@example.com"), "{err}");
+    let err = s
+        .psql("SELECT name::int + 0 * length(email) FROM customers WHERE id = 1")
+        .unwrap_err();
+    assert!(!err.contains("Ada Lovelace") && err.contains("withheld"), "{err}");
+    let err = s.psql("SELECT '4111 1111 1111 1111'::int").unwrap_err();
+    // (psql then quotes its own statement, by the error's position.)
+    let message = err.lines().find(|l| l.contains("ERROR")).unwrap_or_default();
+    assert!(
+        !message.contains("4111 1111") && message.contains("REDACTED"),
+        "{err}"
+    );
     let err = s.psql("DELETE FROM orders WHERE id = 1").unwrap_err();
     assert!(
         err.contains("deletes-need-approval") && err.to_lowercase().contains("approv"),

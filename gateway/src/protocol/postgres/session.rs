@@ -1880,11 +1880,13 @@ impl ServerSide {
                 }
                 frame.encode(&mut self.out);
             }
-            backend::COPY_OUT
-            | backend::COPY_DONE
-            | backend::NOTICE_RESPONSE
-            | backend::NOTIFICATION
-            | backend::PARAMETER_STATUS => frame.encode(&mut self.out),
+            backend::NOTICE_RESPONSE => {
+                let notice = ErrorResponse::parse(&frame.body).map_err(bad)?;
+                self.masked_server_message(notice).encode_notice(&mut self.out);
+            }
+            backend::COPY_OUT | backend::COPY_DONE | backend::NOTIFICATION | backend::PARAMETER_STATUS => {
+                frame.encode(&mut self.out)
+            }
             other => {
                 return Err(format!(
                     "unexpected message {:?} from the upstream",
@@ -1984,6 +1986,42 @@ impl ServerSide {
             }
         }
         Ok(())
+    }
+
+    /// An error or notice from the server as the client may read it. Messages quote values
+    /// (`invalid input syntax for type integer: "ada@example.com"`, a unique violation's
+    /// `Key (email)=(...)`, a function's RAISE): the detectors run over their text, and when the
+    /// statement reads masked columns, whose values no detector may recognise, the texts are
+    /// withheld and only the SQLSTATE, position and object names remain.
+    fn masked_server_message(&self, mut e: ErrorResponse) -> ErrorResponse {
+        // Fields that carry free text; the others are severity, code, position, source location
+        // and object names.
+        const TEXT: &[u8] = b"MDHWq";
+        let reads_masked = match self.front.front() {
+            Some(Pending::Query { results, .. }) => results.iter().any(|r| r.mask_computed),
+            Some(Pending::Execute { plan, .. }) => plan.mask_computed,
+            _ => false,
+        };
+        if reads_masked {
+            let code = e.code().unwrap_or("?").to_string();
+            e.fields.retain(|(f, _)| !TEXT.contains(f));
+            e.fields.push((
+                b'M',
+                format!(
+                    "the statement failed with SQLSTATE {code}; the server's message is withheld by the gateway because the statement reads masked columns, whose values it may quote"
+                ),
+            ));
+            return e;
+        }
+        for (f, value) in e.fields.iter_mut() {
+            if TEXT.contains(f) {
+                let (masked, report) = self.live.plan.mask_text(value);
+                if !report.is_empty() {
+                    *value = masked.into_owned();
+                }
+            }
+        }
+        e
     }
 
     /// The COPY FROM STDIN in progress ended (CommandComplete or ErrorResponse): the Syncs the
@@ -2094,7 +2132,8 @@ impl ServerSide {
         match substitute {
             Some(ours) => ours.encode(&mut self.out),
             None => {
-                frame.encode(&mut self.out);
+                let e = self.masked_server_message(e);
+                e.encode(&mut self.out);
                 let _ = self.live.record(
                     "pg.error",
                     json!({"code": code, "message": e.message().map(|m| self.live.masked_sql(m))}),
