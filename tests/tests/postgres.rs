@@ -343,6 +343,20 @@ fn psql_over_tls_decides_masks_and_records() {
     let err = s.psql("SELECT * FROM invoices").unwrap_err();
     assert!(err.contains("does not exist"), "{err}");
     s.pg.psql(&format!("ALTER ROLE {} RESET search_path", s.pg.scram.name));
+    // Cursors and SQL-level prepared statements: FETCH and EXECUTE name no column, yet what
+    // they return is masked as the query they stand for.
+    for sql in [
+        "BEGIN; DECLARE c CURSOR FOR SELECT email || '' AS e FROM customers; FETCH ALL FROM c; COMMIT;",
+        "BEGIN; DECLARE c CURSOR WITH HOLD FOR SELECT lower(email) FROM customers; COMMIT; FETCH 2 FROM c; MOVE ABSOLUTE 0 IN c; FETCH c;",
+        "PREPARE p AS SELECT email || '' AS e FROM customers; EXECUTE p;",
+    ] {
+        let out = s.psql(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert!(
+            !out.contains("@example.com"),
+            "{sql} leaked the masked column: {out}"
+        );
+        assert!(out.contains("REDACTED"), "{sql}: {out}");
+    }
     // Server messages quote values: masked by the detectors, and withheld when the statement
     // reads a masked column (a column rule's values may match no detector).
     let err = s

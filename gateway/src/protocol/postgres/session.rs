@@ -598,6 +598,8 @@ struct Verdict {
     label: &'static str,
     /// (policy, rule) of a RequireApproval decision.
     approval: Option<(String, String)>,
+    /// What runs reads masked columns: its computed result columns are masked whole.
+    reads_masked: bool,
 }
 
 impl Verdict {
@@ -610,6 +612,7 @@ impl Verdict {
             row_limit: None,
             label: "deny",
             approval: None,
+            reads_masked: false,
         }
     }
 
@@ -689,7 +692,13 @@ impl Live {
             );
         }
         self.counters.count(d.action);
+        // Judged on what runs: EXECUTE's prepared statement. A FETCH names only its cursor,
+        // whose query the gateway does not keep: where any column is masked, its computed
+        // columns are masked whole.
+        let reads_masked =
+            self.computes_over_masked(st) || (st.node == "FetchStmt" && !self.masked.is_empty());
         Verdict {
+            reads_masked,
             action: d.action,
             rule: d.rule_ref(),
             // Explanations are for refusals; an allowed statement's record names its rule.
@@ -771,7 +780,7 @@ impl Live {
             sql,
             row_limit: v.row_limit,
             limit_rule: v.rule.clone(),
-            mask_computed: self.computes_over_masked(st),
+            mask_computed: v.reads_masked || self.computes_over_masked(st),
             copy_out: st.copy.is_some_and(|c| !c.from),
         }
     }
