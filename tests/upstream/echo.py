@@ -9,8 +9,8 @@ check exactly what the gateway forwarded. A few paths serve fixed content for ma
   /reflect            the Authorization header it received, in a header and the body
   /gzip-reflect       the same body, gzip-compressed whatever the client accepts (some do)
   /lying-length       the users list chunked, with a `Content-Length: 0` beside it
-  /events             server-sent events, chunked: one with an email, a second (with a card
-                      number) 2 s later, then the end
+  /events             server-sent events, chunked: one with an email, 2 s later a second (with a
+                      card number) and a JSON one (with a mobilePhone), then the end
 Any path with `delay_ms=N` in its query is held N ms before the answer, after logging
 `HELD <path>`, so a test can look at the gateway while a request is upstream. A request whose
 body is cut off is not answered and logs `CUT <path>`.
@@ -128,7 +128,10 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            events = [b"data: first, from dave@example.org\n\n", b"data: second, card 4111 1111 1111 1111\n\n"]
+            events = [
+                b"data: first, from dave@example.org\n\n",
+                b'data: second, card 4111 1111 1111 1111\n\ndata: {"profile": {"mobilePhone": "+1 415 555 0199"}}\n\n',
+            ]
             for i, event in enumerate(events):
                 if i:
                     time.sleep(2)

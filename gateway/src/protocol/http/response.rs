@@ -96,6 +96,9 @@ pub fn mask_whole(
         ContentClass::Text => {
             let text = std::str::from_utf8(input)
                 .map_err(|_| MaskFailure::Unparseable("the response text is not UTF-8"))?;
+            if plan.has_field_rules() {
+                return Ok(mask_text_with_json(plan, text));
+            }
             let (masked, report) = plan.mask_text(text);
             Ok((masked.into_owned().into_bytes(), report))
         }
@@ -103,6 +106,63 @@ pub fn mask_whole(
             "the masker cannot read this content type",
         )),
     }
+}
+
+/// Text under rules with JSON fields: JSON labelled as text, and the JSON lines of a text
+/// stream (an event stream's `data: {...}`, NDJSON sent as text/plain), get the field rules as
+/// JSON does; the other lines get the detectors, a run of them at a time (a private key spans
+/// lines).
+fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport) {
+    let mut out = Vec::with_capacity(text.len());
+    let mut report = MaskReport::default();
+    if let Ok(r) = plan.mask_json(text.as_bytes(), &mut out) {
+        return (out, r);
+    }
+    out.clear();
+    let mut run_start: Option<usize> = None;
+    let flush_run = |out: &mut Vec<u8>, report: &mut MaskReport, run: &str| {
+        let (masked, r) = plan.mask_text(run);
+        report.add(&r);
+        out.extend_from_slice(masked.as_bytes());
+    };
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let start = at;
+        at += line.len();
+        let body = line.trim_end_matches(['\n', '\r']);
+        let (prefix, payload) = match body.strip_prefix("data:") {
+            Some(rest) => {
+                let rest_trimmed = rest.strip_prefix(' ').unwrap_or(rest);
+                (&body[..body.len() - rest_trimmed.len()], rest_trimmed)
+            }
+            None => ("", body),
+        };
+        let looks_json = payload.starts_with('{') || payload.starts_with('[');
+        let mut masked_json = Vec::new();
+        let json = if looks_json {
+            plan.mask_json(payload.as_bytes(), &mut masked_json).ok()
+        } else {
+            None
+        };
+        match json {
+            Some(r) => {
+                if let Some(from) = run_start.take() {
+                    flush_run(&mut out, &mut report, &text[from..start]);
+                }
+                report.add(&r);
+                out.extend_from_slice(prefix.as_bytes());
+                out.extend_from_slice(&masked_json);
+                out.extend_from_slice(&line.as_bytes()[body.len()..]);
+            }
+            None => {
+                run_start.get_or_insert(start);
+            }
+        }
+    }
+    if let Some(from) = run_start {
+        flush_run(&mut out, &mut report, &text[from..]);
+    }
+    (out, report)
 }
 
 /// A body for a recording: capped text (base64 when not UTF-8), masked under `plan` when one
@@ -546,6 +606,41 @@ mod tests {
         let rules: Vec<agentgate_crds::policy::MaskingRule> =
             serde_json::from_value(serde_json::json!([{"detectors": ["Email", "PrivateKey"]}])).unwrap();
         MaskingPlan::compile(&rules.iter().collect::<Vec<_>>(), HashKey::process()).unwrap()
+    }
+
+    #[test]
+    fn text_under_field_rules_masks_its_json_lines_as_json() {
+        let rules: Vec<agentgate_crds::policy::MaskingRule> = serde_json::from_value(serde_json::json!([
+            {"jsonFields": ["$..phone"]},
+            {"detectors": ["Email", "PrivateKey"]}
+        ]))
+        .unwrap();
+        let plan = MaskingPlan::compile(&rules.iter().collect::<Vec<_>>(), HashKey::process()).unwrap();
+        // JSON labelled text/plain: the field rule applies.
+        let (out, report) =
+            mask_whole(&plan, ContentClass::Text, br#"{"phone": "+1 415 555 0199"}"#).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), r#"{"phone": "[REDACTED]"}"#);
+        assert_eq!(report.fields, 1);
+        // An event stream: JSON data lines by field rules, other lines by detectors, and a
+        // private key across lines still found whole.
+        let text = "event: a\ndata: {\"phone\": \"555 0199\", \"to\": \"e@example.com\"}\r\n\n: note f@example.com\n-----BEGIN PRIVATE KEY-----\nMIIEv\n-----END PRIVATE KEY-----\ndata: [1]\n";
+        let (out, report) = mask_whole(&plan, ContentClass::Text, text.as_bytes()).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.starts_with(
+                "event: a\ndata: {\"phone\": \"[REDACTED]\", \"to\": \"[REDACTED:EMAIL]\"}\r\n\n"
+            ),
+            "{out}"
+        );
+        assert!(
+            !out.contains("555 0199") && !out.contains("f@example.com") && !out.contains("MIIEv"),
+            "{out}"
+        );
+        assert!(out.ends_with("data: [1]\n"), "{out}");
+        assert_eq!((report.fields, report.detections), (1, 3));
+        // Without field rules text is the detectors' alone, byte for byte elsewhere.
+        let (out, _) = mask_whole(&text_plan(), ContentClass::Text, b"data: {\"phone\": 1}\n").unwrap();
+        assert_eq!(out, b"data: {\"phone\": 1}\n");
     }
 
     #[tokio::test]
