@@ -431,6 +431,31 @@ fn http_defer_then_retry_and_hold_through_the_data_path() {
             .is_some_and(|d| !d.contains(&bearer) && d.contains("[REDACTED]")),
         "{shown}"
     );
+    // The agent's stated reason is its to write, but masked and token-free like the rest.
+    let reason = format!("Agentgate-Reason: ask ops@example.com, key {bearer}");
+    let r = agentgate_e2e::curl(
+        &[
+            "-X",
+            "POST",
+            "-H",
+            &auth,
+            "-H",
+            &reason,
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            r#"{"id": 7}"#,
+        ],
+        &gw.url("/orders/echo/orders"),
+    );
+    let reasoned = r.json()["approvalRequest"].as_str().unwrap().to_string();
+    let shown = cli(&gw, Some(&alice), &["show", &reasoned]);
+    let shown: serde_json::Value = serde_json::from_str(&shown.stdout).unwrap();
+    let stated = shown["spec"]["reason"].as_str().unwrap_or_default();
+    assert!(
+        stated.starts_with("ask [REDACTED:EMAIL], key ") && !stated.contains(&bearer),
+        "{shown}"
+    );
     let r = cli(&gw, Some(&alice), &["approve", &name, "--reason", "INC-7"]);
     assert!(r.ok, "{}{}", r.stdout, r.stderr);
     let other = post(r#"{"id": 2}"#);

@@ -653,11 +653,12 @@ async fn proxy(
                 .filter(|b| !b.is_empty())
                 .map(|b| response::body_for_record(Some(&request_plan), b, true)),
         );
+        // The agent's to write, so masked and token-free as the summary is.
         let reason = parts
             .headers
             .get("agentgate-reason")
             .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+            .map(|r| approval::hide_token(plan.mask_text(r).0.into_owned(), agent_token));
         let question = approval::Question {
             cfg,
             policy,

@@ -1323,7 +1323,7 @@ impl ClientSide {
             summary: approval::hide_token(live.masked_sql(sql), Some(&live.token)),
             fingerprint,
             detail: detail.map(|d| approval::hide_token(d, Some(&live.token))),
-            reason,
+            reason: reason.map(|r| approval::hide_token(live.masked_sql(&r), Some(&live.token))),
         };
         let outcome = approval::ask(
             live.ctx.gateway.approvals.as_ref(),
