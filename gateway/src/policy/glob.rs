@@ -15,6 +15,8 @@ pub struct Glob {
     /// `None` for patterns without wildcards, compared as plain strings (the common case, and
     /// several times faster than a regex).
     regex: Option<Regex>,
+    /// The regex ignoring ASCII case, for [`Glob::matches_ignoring_case`] (path globs only).
+    folded: Option<Regex>,
 }
 
 impl Glob {
@@ -44,6 +46,7 @@ impl Glob {
             return Ok(Self {
                 source: pattern.to_string(),
                 regex: None,
+                folded: None,
             });
         }
         let mut re = String::with_capacity(pattern.len() * 2 + 2);
@@ -70,10 +73,29 @@ impl Glob {
         }
         re.push('$');
         let regex = Regex::new(&re).map_err(|e| format!("invalid glob {pattern:?}: {e}"))?;
+        let folded = match separator {
+            Some('/') => Some(
+                regex::RegexBuilder::new(&re)
+                    .case_insensitive(true)
+                    .build()
+                    .map_err(|e| format!("invalid glob {pattern:?}: {e}"))?,
+            ),
+            _ => None,
+        };
         Ok(Self {
             source: pattern.to_string(),
             regex: Some(regex),
+            folded,
         })
+    }
+
+    /// Whether `s` matches when ASCII case is ignored (path globs; others compare exactly).
+    pub fn matches_ignoring_case(&self, s: &str) -> bool {
+        match (&self.regex, &self.folded) {
+            (None, _) => self.source.eq_ignore_ascii_case(s),
+            (Some(_), Some(folded)) => folded.is_match(s),
+            (Some(re), None) => re.is_match(s),
+        }
     }
 
     /// Whether `s` matches.

@@ -109,6 +109,15 @@ impl Bucket {
                         segs.pop();
                     }
                     self.http.insert(&segs, r);
+                    // Restricting rules also match paths in other case (see rule::path_matches),
+                    // which are looked up lower-cased.
+                    if rule.action != Action::Allow
+                        && segs.iter().any(|s| s.bytes().any(|b| b.is_ascii_uppercase()))
+                    {
+                        let lower: Vec<String> = segs.iter().map(|s| s.to_ascii_lowercase()).collect();
+                        let lower: Vec<&str> = lower.iter().map(String::as_str).collect();
+                        self.http.insert(&lower, r);
+                    }
                 }
             }
             Matcher::Kubernetes(k) => {
@@ -149,7 +158,12 @@ impl Bucket {
 
     fn candidates<'a>(&'a self, op: &Operation<'_>, out: &mut Vec<&'a [RuleRef]>) {
         match op {
-            Operation::Http(h) => self.http.collect(h.path, out),
+            Operation::Http(h) => {
+                self.http.collect(h.path, out);
+                if h.path.bytes().any(|b| b.is_ascii_uppercase()) {
+                    self.http.collect(&h.path.to_ascii_lowercase(), out);
+                }
+            }
             Operation::Kubernetes(k) => {
                 if let Some(l) = self.kube_by_resource.get(k.resource) {
                     out.push(l);
@@ -625,6 +639,45 @@ mod tests {
                  - {name: no-deletes, action: Deny, http: {methods: [DELETE]}}\n",
             ),
         ]
+    }
+
+    #[test]
+    fn restricting_rules_ignore_case_and_a_trailing_slash_allow_rules_do_not() {
+        let policies = vec![policy(
+            "p",
+            "subjects: {identities: [a]}\nconnections: [c]\nrules:\n\
+             - {name: reads, action: Allow, http: {paths: ['/api/**']}}\n\
+             - {name: no-user-deletes, action: Deny, http: {methods: [DELETE], paths: ['/api/v1/users/*']}}\n\
+             - {name: no-Keys, action: Deny, http: {paths: ['/API/v1/Keys']}}\n\
+             - {name: exact, action: Allow, http: {paths: ['/other/Thing']}}\n",
+        )];
+        let index = PolicyIndex::build(&policies, ["c"]);
+        let h = HeaderMap::new();
+        let who = Subject {
+            identity: "a",
+            groups: &[],
+        };
+        let decide = |m: &str, path: &str| {
+            let d = index.decide(&policies, "c", who, &get(m, path, &h), 0);
+            (d.action, d.rule_ref())
+        };
+        let denied = |rule: &str| (Action::Deny, Some(format!("p/{rule}")));
+        for path in [
+            "/api/v1/users/00u1",
+            "/api/v1/users/00u1/",
+            "/api/v1/Users/00u1",
+            "/API/V1/USERS/00u1//",
+        ] {
+            assert_eq!(decide("DELETE", path), denied("no-user-deletes"), "{path}");
+        }
+        for path in ["/api/v1/keys", "/Api/V1/keys/", "/API/v1/Keys"] {
+            assert_eq!(decide("GET", path), denied("no-Keys"), "{path}");
+        }
+        assert_eq!(decide("GET", "/api/v1/Users/00u1").0, Action::Allow);
+        // An Allow rule matches the path as forwarded, case and slash included.
+        assert_eq!(decide("GET", "/other/Thing").0, Action::Allow);
+        assert_eq!(decide("GET", "/other/thing").0, Action::Deny);
+        assert_eq!(decide("GET", "/other/Thing/").0, Action::Deny);
     }
 
     #[test]

@@ -196,7 +196,7 @@ impl HttpMatcher {
         if self.methods != 0 && self.methods & method_bit(op.method) == 0 {
             return false;
         }
-        if !self.paths.is_empty() && !self.paths.iter().any(|g| g.matches(op.path)) {
+        if !self.paths.is_empty() && !self.paths.iter().any(|g| path_matches(g, op.path, strict)) {
             return false;
         }
         for (name, glob) in &self.query {
@@ -251,6 +251,24 @@ impl HttpMatcher {
         }
         true
     }
+}
+
+/// Whether a path glob matches. Allow rules match the path exactly as it is forwarded. Many
+/// upstreams route paths ignoring case (Express, ASP.NET) or a trailing slash (Express, Laravel),
+/// so for Deny and RequireApproval rules `/api/v1/Users/1/` is also `/api/v1/users/1`: an
+/// ambiguity never widens access.
+fn path_matches(glob: &Glob, path: &str, strict: bool) -> bool {
+    if glob.matches(path) {
+        return true;
+    }
+    if strict {
+        return false;
+    }
+    let trimmed = match path.trim_end_matches('/') {
+        "" => "/",
+        t => t,
+    };
+    glob.matches_ignoring_case(path) || glob.matches_ignoring_case(trimmed)
 }
 
 /// At least one value must exist; then any (restricting rules) or all (Allow) must match.
