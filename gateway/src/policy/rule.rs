@@ -149,7 +149,7 @@ impl HttpMatcher {
             r.map_err(|e| errors.push((field, e))).ok()
         }
         let paths = (h.paths.iter().enumerate())
-            .filter_map(|(i, p)| glob(errors, format!("http.paths[{i}]"), Glob::path(p)))
+            .filter_map(|(i, p)| glob(errors, format!("http.paths[{i}]"), normalized_path_glob(p)))
             .collect();
         let query = (h.query.iter())
             .filter_map(|(k, v)| {
@@ -250,6 +250,25 @@ impl HttpMatcher {
             }
         }
         true
+    }
+}
+
+/// A path glob, which must be written as request paths are decided: normalized (see
+/// `protocol::http::normalize`). Written otherwise (`%40` for `@`, a raw `é`, `//`, a dot
+/// segment) it would never match, and a Deny rule that never matches fails open.
+fn normalized_path_glob(pattern: &str) -> Result<Glob, String> {
+    // Wildcards stand as a character normalization leaves alone.
+    let probe = pattern.replace("**", "x").replace(['*', '?'], "x");
+    match crate::protocol::http::normalize::normalize(&probe, None) {
+        Ok(t) if t.path == probe => Glob::path(pattern),
+        Ok(t) => Err(format!(
+            "path glob {pattern:?} is not written as request paths are decided (normalized: percent-escapes of characters that may stand raw decoded, others in upper-case hex, no empty or dot segments), so it would never match; its literal parts normalize to {:?}",
+            t.path
+        )),
+        Err(e) => Err(format!(
+            "path glob {pattern:?} can never match: no request path that reaches a policy looks like it ({})",
+            e.0
+        )),
     }
 }
 
@@ -938,6 +957,31 @@ mod tests {
             vec!["sql.tables[1]", "sql.functions[0]"]
         );
         assert!(compile(&rule("name: r\naction: Allow\nsql:\n  tables: ['.x']\n")).is_err());
+    }
+
+    #[test]
+    fn path_globs_must_be_written_normalized() {
+        for ok in [
+            "/api/v1/users/*",
+            "/**",
+            "/a/**/b",
+            "/users/ceo@example.com/**",
+            "/x/caf%C3%A9",
+            "/t/",
+        ] {
+            assert!(normalized_path_glob(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "/api/v1/users/ceo%40example.com/**",
+            "/x/café",
+            "/x/caf%c3%a9",
+            "/a//b",
+            "/a/./b",
+            "/a/../b",
+        ] {
+            let e = normalized_path_glob(bad).unwrap_err();
+            assert!(e.contains("never match"), "{bad}: {e}");
+        }
     }
 
     #[test]
