@@ -31,7 +31,7 @@ pub mod kubernetes;
 mod store;
 pub mod time;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
@@ -56,6 +56,11 @@ pub const RETAIN_FINISHED: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Most requests one AgentIdentity may have waiting for a decision at once.
 pub const MAX_PENDING_PER_IDENTITY: usize = 32;
+/// Most operations of one identity held open at once for a decision (Hold mode). Identical asks
+/// share one request, so [`MAX_PENDING_PER_IDENTITY`] does not bound them, and each held
+/// operation keeps its connection and up to a 1 MiB body: past this, asks are answered at once,
+/// as in Defer mode.
+pub const MAX_HELD_PER_IDENTITY: usize = 16;
 
 /// Longest identity prefix of a request name: `<identity>-<8 hex>` stays a DNS-1123 subdomain.
 const MAX_NAME_PREFIX: usize = 253 - 9;
@@ -427,6 +432,27 @@ pub struct Approvals {
     entries: Mutex<BTreeMap<String, Entry>>,
     /// Bumped on every change; held operations watch it.
     changes: watch::Sender<u64>,
+    /// Operations held for a decision, by identity.
+    held: Mutex<HashMap<String, usize>>,
+}
+
+/// One operation's place among its identity's held operations; given back on drop.
+#[derive(Debug)]
+pub struct HeldSlot {
+    store: Arc<Approvals>,
+    identity: String,
+}
+
+impl Drop for HeldSlot {
+    fn drop(&mut self) {
+        let mut held = self.store.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = held.get_mut(&self.identity) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.identity);
+            }
+        }
+    }
 }
 
 impl Approvals {
@@ -459,7 +485,23 @@ impl Approvals {
             namespace: namespace.to_string(),
             entries: Mutex::new(BTreeMap::new()),
             changes: watch::channel(0).0,
+            held: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A place for one more of `identity`'s operations to be held for a decision, unless it has
+    /// [`MAX_HELD_PER_IDENTITY`] held already.
+    pub fn hold(self: &Arc<Self>, identity: &str) -> Option<HeldSlot> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(identity.to_string()).or_default();
+        if *n >= MAX_HELD_PER_IDENTITY {
+            return None;
+        }
+        *n += 1;
+        Some(HeldSlot {
+            store: self.clone(),
+            identity: identity.to_string(),
+        })
     }
 
     /// The standalone store's directory (`None` in Kubernetes mode).

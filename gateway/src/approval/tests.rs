@@ -96,6 +96,24 @@ fn phase_of(a: &Approvals, name: &str, now: i64) -> ApprovalPhase {
 /// An agent looping over distinct operations files at most [`MAX_PENDING_PER_IDENTITY`]
 /// requests; identical asks still find theirs, other identities are not affected, and a decision
 /// makes room.
+/// Identical asks share one request, so the pending cap does not bound held operations: their
+/// own cap does, per identity, and a slot is given back when its operation stops waiting.
+#[test]
+fn held_operations_per_identity_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir);
+    let mut slots: Vec<HeldSlot> = (0..MAX_HELD_PER_IDENTITY)
+        .map(|_| a.hold("ci-agent").expect("room"))
+        .collect();
+    assert!(a.hold("ci-agent").is_none());
+    let other = a.hold("reporting").expect("another identity has its own");
+    slots.pop();
+    let again = a.hold("ci-agent").expect("a slot given back");
+    assert!(a.hold("ci-agent").is_none());
+    drop((slots, again, other));
+    assert!(a.held.lock().unwrap().is_empty(), "nothing left counted");
+}
+
 #[test]
 fn pending_requests_per_identity_are_capped() {
     let t0 = start();

@@ -181,9 +181,14 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
         Ticket::Granted { name } => return Outcome::Granted { request: name },
         Ticket::Pending { name, created } => (name, created),
     };
-    if spec.mode == ApprovalMode::Defer {
+    let Some(_slot) = (spec.mode == ApprovalMode::Hold)
+        .then(|| store.hold(&ask.identity))
+        .flatten()
+    else {
+        // Defer mode, or too many of the identity's operations held already: answered at once,
+        // and the identical request passes once approved.
         return Outcome::Pending { request, created };
-    }
+    };
     let deadline = tokio::time::Instant::now() + timeout.min(Duration::from_secs(24 * 3600));
     match store.wait(&request, deadline).await {
         ApprovalPhase::Approved => match store.ask(&ask, unix_now()).await {
