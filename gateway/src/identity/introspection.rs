@@ -30,6 +30,13 @@ pub const MAX_CACHED_INACTIVE: usize = 10_000;
 pub const NEGATIVE_TTL: Duration = Duration::from_secs(10);
 /// How long a discovered introspection endpoint is reused.
 pub const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
+/// Most calls to the provider per second, on average (a burst may use a second's worth at
+/// once). Any client can send a fresh junk token with each request, which no cache answers: the
+/// gateway must not pass that flood on, or the provider rate-limits it and every agent's new
+/// token fails.
+pub const MAX_CALLS_PER_SECOND: u32 = 50;
+/// Most calls to the provider waiting for an answer at once.
+pub const MAX_CALLS_IN_FLIGHT: usize = 32;
 
 /// A cached answer for an active token: its claims, reused until a unix time.
 type Answer = (Value, i64);
@@ -49,6 +56,50 @@ pub struct Introspector {
     inactive: Mutex<HashMap<[u8; 32], i64>>,
     /// The endpoint found by discovery, and until when it is reused.
     discovered: Mutex<Option<(String, i64)>>,
+    calls: Mutex<CallBudget>,
+}
+
+/// The provider calls allowed now: a token bucket refilled at [`MAX_CALLS_PER_SECOND`], and a
+/// count of calls in flight.
+#[derive(Debug)]
+struct CallBudget {
+    tokens: f64,
+    refilled: std::time::Instant,
+    in_flight: usize,
+}
+
+impl CallBudget {
+    fn new(now: std::time::Instant) -> Self {
+        Self {
+            tokens: f64::from(MAX_CALLS_PER_SECOND),
+            refilled: now,
+            in_flight: 0,
+        }
+    }
+
+    /// Takes one call if the budget allows it.
+    fn take(&mut self, now: std::time::Instant) -> bool {
+        let rate = f64::from(MAX_CALLS_PER_SECOND);
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(rate);
+        self.refilled = now;
+        if self.tokens < 1.0 || self.in_flight >= MAX_CALLS_IN_FLIGHT {
+            return false;
+        }
+        self.tokens -= 1.0;
+        self.in_flight += 1;
+        true
+    }
+}
+
+/// A call in flight; counted out when dropped.
+struct Call<'a>(&'a Mutex<CallBudget>);
+
+impl Drop for Call<'_> {
+    fn drop(&mut self) {
+        let mut b = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        b.in_flight = b.in_flight.saturating_sub(1);
+    }
 }
 
 impl Introspector {
@@ -81,6 +132,7 @@ impl Introspector {
             cache: Mutex::new(HashMap::new()),
             inactive: Mutex::new(HashMap::new()),
             discovered: Mutex::new(None),
+            calls: Mutex::new(CallBudget::new(std::time::Instant::now())),
         })
     }
 
@@ -113,6 +165,17 @@ impl Introspector {
             return Err(inactive());
         }
         let unavailable = |e: String| IdentityError::new(ErrorKind::ProviderUnavailable, e);
+        let admitted = self
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(std::time::Instant::now());
+        if !admitted {
+            return Err(unavailable(format!(
+                "too many token introspections at once (at most {MAX_CALLS_PER_SECOND} a second, {MAX_CALLS_IN_FLIGHT} waiting); retry shortly"
+            )));
+        }
+        let _call = Call(&self.calls);
         let endpoint = match &self.endpoint {
             Some(e) => e.clone(),
             None => self.discovered_endpoint(now).await.map_err(unavailable)?,
@@ -224,4 +287,42 @@ pub fn form_encode(s: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn provider_calls_are_budgeted_per_second_and_in_flight() {
+        let t0 = Instant::now();
+        let mut b = CallBudget::new(t0);
+        for _ in 0..MAX_CALLS_IN_FLIGHT {
+            assert!(b.take(t0));
+        }
+        assert!(!b.take(t0), "no more in flight");
+        b.in_flight = 0;
+        for _ in MAX_CALLS_IN_FLIGHT..MAX_CALLS_PER_SECOND as usize {
+            assert!(b.take(t0));
+            b.in_flight = 0;
+        }
+        assert!(!b.take(t0), "a second's calls are spent");
+        let soon = t0 + Duration::from_millis(25);
+        assert!(b.take(soon), "refilled at 50 a second: one per 20 ms");
+        b.in_flight = 0;
+        assert!(!b.take(soon));
+        let later = t0 + Duration::from_secs(10);
+        let burst = (0..200)
+            .take_while(|_| {
+                let ok = b.take(later);
+                b.in_flight = 0;
+                ok
+            })
+            .count();
+        assert_eq!(
+            burst, MAX_CALLS_PER_SECOND as usize,
+            "a burst is at most a second's worth"
+        );
+    }
 }
