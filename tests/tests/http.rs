@@ -159,6 +159,17 @@ fn allowed_denied_and_approval_required_with_credential_injection_and_masking() 
     let users = r.json();
     assert_eq!(users[0]["id"], "00u1alice", "unmasked fields are intact");
     assert_eq!(users[0]["profile"]["mobilePhone"], "[REDACTED]");
+    // Header values and the recorded path are masked too: a Location naming a user, and a
+    // path addressing one.
+    let r = curl(&["-H", &auth], &s.gw.url("/okta/echo/where"));
+    assert_eq!(r.status, 302, "{r:?}");
+    assert!(
+        r.headers.contains("users/[REDACTED:EMAIL]") && !r.headers.contains("carol@"),
+        "{r:?}"
+    );
+    let r = curl(&["-H", &auth], &s.gw.url("/okta/echo/users/jane@example.com"));
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(!r.body.contains("jane@example.com"), "{r:?}");
     // Text is masked by detectors; a body the masker cannot read is refused (fail closed).
     let r = curl(&["-H", &auth], &s.gw.url("/okta/text"));
     assert_eq!(r.status, 200);
@@ -270,6 +281,11 @@ fn allowed_denied_and_approval_required_with_credential_injection_and_masking() 
         !rec.contains("alice@example.com"),
         "unmasked value in a recording"
     );
+    assert!(
+        !rec.contains("jane@example.com") && !rec.contains("carol@example.net"),
+        "an addressed path or a header value unmasked in a recording"
+    );
+    assert!(rec.contains("/echo/users/[REDACTED:EMAIL]"), "{rec}");
     let files: Vec<_> = std::fs::read_dir(&s.gw.sessions)
         .unwrap()
         .map(|e| e.unwrap().path())

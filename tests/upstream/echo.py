@@ -3,6 +3,7 @@
 Every answer describes the request it received (method, raw path, headers, body), so a test can
 check exactly what the gateway forwarded. A few paths serve fixed content for masking tests:
   /api/v1/users       an Okta-style users list with emails, phones and a card number
+  /echo/where         a redirect whose Location names an email
   /text               text/plain with an email in it
   /binary             application/octet-stream
   /big?bytes=N        a JSON document of about N bytes
@@ -138,6 +139,12 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")
+            return
+        if path == "/echo/where":
+            self.send_response(302)
+            self.send_header("Location", "https://example.invalid/users/carol@example.net")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         if path == "/text":
             return self._send(200, "text/plain; charset=utf-8", b"contact carol@example.net for access\n")

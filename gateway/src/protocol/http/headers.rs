@@ -201,6 +201,48 @@ pub fn sanitize_response(headers: &mut HeaderMap) {
     remove_hop_by_hop(headers);
 }
 
+/// Runs the detectors over response header values (a `Location` naming a user's email, a debug
+/// header echoing a key), replacing what they find; a value that cannot hold its masked form is
+/// removed. Returns what was masked.
+pub fn mask_values(
+    headers: &mut HeaderMap,
+    plan: &crate::masking::MaskingPlan,
+) -> crate::masking::MaskReport {
+    let mut report = crate::masking::MaskReport::default();
+    if !plan.has_detectors() {
+        return report;
+    }
+    let mut found: Vec<HeaderName> = Vec::new();
+    for (name, v) in headers.iter() {
+        if !found.contains(name)
+            && !plan
+                .mask_text(&String::from_utf8_lossy(v.as_bytes()))
+                .1
+                .is_empty()
+        {
+            found.push(name.clone());
+        }
+    }
+    // Every value of such a name is put back in order, masked where something was found.
+    for name in found {
+        let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
+        headers.remove(&name);
+        for v in values {
+            let text = String::from_utf8_lossy(v.as_bytes());
+            let (masked, r) = plan.mask_text(&text);
+            if r.is_empty() {
+                headers.append(&name, v);
+            } else {
+                report.add(&r);
+                if let Ok(m) = HeaderValue::from_str(&masked) {
+                    headers.append(&name, m);
+                }
+            }
+        }
+    }
+    report
+}
+
 /// Headers as a JSON object for a recording: names lowercased, repeats as arrays, secret values
 /// replaced.
 pub fn for_record(headers: &HeaderMap) -> Recorded<'_> {

@@ -568,10 +568,16 @@ async fn proxy(
     if let (Some(s), Some(token)) = (session.as_deref(), agent_token) {
         s.hide(token.as_bytes());
     }
+    // The path names what the agent addressed (a user's email): masked like the query, as is
+    // the decision's explanation, which quotes it.
+    let decision_record = DecisionEvent {
+        reason: plan.mask_text(&decision_record.reason).0.into_owned(),
+        ..decision_record
+    };
     let request_event = RequestEvent {
         request_id,
         method: parts.method.as_str(),
-        path: &path,
+        path: plan.mask_text(&path).0,
         host: &authority,
         peer: conn.peer,
         version: version_label(parts.version),
@@ -818,6 +824,11 @@ async fn proxy(
     // The response: masked when a rule applies, recorded in any case.
     let (mut res_parts, res_body) = up_res.into_parts();
     headers::sanitize_response(&mut res_parts.headers);
+    // Header values quote data too (a Location naming a user's email).
+    let header_report = headers::mask_values(&mut res_parts.headers, &plan);
+    if !header_report.is_empty() {
+        gw.metrics.count_masking(&connection.name, &header_report);
+    }
     // The gateway asks for identity encoding; an upstream that compresses anyway sends bytes
     // that neither the masker nor the credential scrubber can read.
     if is_encoded(&res_parts.headers) && (upstream.scrub.is_some() || !plan.is_empty()) {
@@ -1315,7 +1326,7 @@ impl<'a> DecisionEvent<'a> {
 struct RequestEvent<'a> {
     request_id: &'a str,
     method: &'a str,
-    path: &'a str,
+    path: std::borrow::Cow<'a, str>,
     host: &'a str,
     peer: SocketAddr,
     version: &'static str,
