@@ -801,6 +801,7 @@ fn once_ask() -> agentgate::approval::Ask {
         min_approvals: 1,
         reason: None,
         timeout: Duration::from_secs(60),
+        grant_limit: Duration::from_secs(3600),
     }
 }
 

@@ -121,6 +121,7 @@ fn ask(rule: &str, fingerprint: &str, summary: &str) -> Ask {
         min_approvals: 1,
         reason: Some("nightly sync".into()),
         timeout: Duration::from_secs(3600),
+        grant_limit: Duration::from_secs(3600),
     }
 }
 

@@ -158,6 +158,7 @@ impl Fixture {
             min_approvals: 2,
             reason: None,
             timeout: Duration::from_secs(600),
+            grant_limit: Duration::from_secs(30 * 24 * 3600),
         };
         match self.approvals.request(&ask, unix_now()).unwrap() {
             Ticket::Pending { name, .. } => name,

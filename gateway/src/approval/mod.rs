@@ -110,6 +110,10 @@ pub struct Ask {
     pub reason: Option<String>,
     /// How long the request waits for a decision.
     pub timeout: Duration,
+    /// The longest grant the rule gives ([`grant_length`] under the gateway's `maxGrant`): a
+    /// grant that claims to end later than its request could have been approved for plus this
+    /// was not written by the approval path.
+    pub grant_limit: Duration,
 }
 
 /// The answer to [`Approvals::request`].
@@ -372,7 +376,23 @@ impl Entry {
     /// the rule (as it is, and as it was when the request was made) names users but no groups.
     fn backed(&self, ask: &Ask) -> bool {
         let s = &self.request.spec;
-        if self.grant_expires_at.is_none() {
+        let Some(grant_end) = self.grant_expires_at else {
+            return false;
+        };
+        // The status is as untrusted as the phase: a grant it says was used, or one that ends
+        // later than a decision before the request's expiry could have made it end, backs
+        // nothing. The spec is the creator's (any gateway's service account in a cluster): its
+        // approvers and grant must be the rule's, or the creator chose who approves and what.
+        let limit = i64::try_from(ask.grant_limit.as_secs()).unwrap_or(i64::MAX);
+        if self
+            .request
+            .status
+            .as_ref()
+            .is_some_and(|st| st.used_at.is_some())
+            || grant_end > self.expires_at.saturating_add(limit)
+            || s.approvers.as_ref().is_some_and(|a| *a != ask.approvers)
+            || s.grant.r#type != ask.grant.r#type
+        {
             return false;
         }
         let mut approvals = 0;

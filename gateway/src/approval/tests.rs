@@ -32,6 +32,7 @@ fn ask(fingerprint: &str) -> Ask {
         min_approvals: 1,
         reason: Some("INC-1".into()),
         timeout: Duration::from_secs(600),
+        grant_limit: 30 * 24 * HOUR,
     }
 }
 
@@ -761,6 +762,44 @@ fn an_approved_phase_without_the_decisions_behind_it_grants_nothing() {
         forged["spec"]["decisions"] = decisions;
         forged["status"]["phase"] = "Approved".into();
         forged["status"]["grantExpiresAt"] = grant_end.map_or(serde_json::Value::Null, Into::into);
+        std::fs::write(&file, serde_json::to_vec(&forged).unwrap()).unwrap();
+        let store = open(&dir);
+        let t = store.request(&ask("f1"), now).unwrap();
+        assert!(!matches!(t, Ticket::Granted { .. }), "{what}: {t:?}");
+        drop(store);
+        for f in std::fs::read_dir(dir.path().join("approvals")).unwrap() {
+            let p = f.unwrap().path();
+            if p != file && p.extension().is_some_and(|e| e == "json") {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+    }
+    // Backed by an approver's decision, yet with a status or spec the approval path did not
+    // write: a spent grant made Approved again, a grant end past what the rule allows, approvers
+    // or a grant type the creator chose.
+    let limit = ask("f1").grant_limit.as_secs() as i64;
+    type Forge = fn(&mut serde_json::Value);
+    let forgeries: [(&str, Forge); 4] = [
+        ("a used grant", |r| {
+            r["status"]["usedAt"] = format_time(unix_now()).into()
+        }),
+        ("a grant end past the limit", |r| {
+            r["status"]["grantExpiresAt"] = format_time(unix_now() + 2 * 365 * 24 * 3600).into()
+        }),
+        ("approvers the rule does not name", |r| {
+            r["spec"]["approvers"] = serde_json::json!({"groups": ["everyone"]})
+        }),
+        ("a Window for a Once rule", |r| {
+            r["spec"]["grant"] = serde_json::json!({"type": "Window", "duration": "30m"})
+        }),
+    ];
+    assert!(limit < 2 * 365 * 24 * 3600);
+    for (what, forge) in forgeries {
+        let mut forged = original.clone();
+        forged["spec"]["decisions"] = serde_json::json!({"alice": {"state": "Approved"}});
+        forged["status"]["phase"] = "Approved".into();
+        forged["status"]["grantExpiresAt"] = until.clone().into();
+        forge(&mut forged);
         std::fs::write(&file, serde_json::to_vec(&forged).unwrap()).unwrap();
         let store = open(&dir);
         let t = store.request(&ask("f1"), now).unwrap();

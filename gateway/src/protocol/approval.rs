@@ -156,6 +156,7 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
             d.as_secs()
         )));
     }
+    let grant_limit = crate::approval::grant_length(&grant, q.cfg.gateway.approvals.max_grant);
     let ask = Ask {
         identity: q.identity.to_string(),
         requester: q.requester.to_string(),
@@ -172,6 +173,7 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
         reason: q.reason.map(|r| truncate(&r, MAX_REASON_BYTES)),
         // The store keeps whole seconds; one more keeps its expiry from ending a Hold early.
         timeout: timeout + Duration::from_secs(1),
+        grant_limit,
     };
     let ticket = match store.ask(&ask, now).await {
         Ok(t) => t,
