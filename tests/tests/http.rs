@@ -454,3 +454,78 @@ fn server_sent_events_stream_masked_as_they_come() {
         "{rec}"
     );
 }
+
+/// A session records in the mode and place of the recording configuration it began under, so a
+/// connection kept open across a reload that changes them gets a new session: one begun under
+/// BestEffort would otherwise go on swallowing failures after Required was set.
+#[test]
+fn a_reload_of_the_recording_configuration_starts_new_sessions_on_open_connections() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let s = setup(false);
+    let tok = token(&s.idp);
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", s.gw.port)).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut get = |path: &str| {
+        write!(
+            conn,
+            "GET /okta/echo/{path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {tok}\r\n\r\n"
+        )
+        .unwrap();
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        assert!(status.contains(" 200 "), "{status}");
+    };
+    get("before-reload");
+    let reloaded = || {
+        s.gw.metrics()
+            .lines()
+            .find(|l| l.starts_with("agentgate_config_last_reload_timestamp_seconds "))
+            .map(str::to_string)
+    };
+    let before = reloaded();
+    let file = s.gw.manifests().join("all.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("mode: Required"));
+    let staged = file.with_extension("staged");
+    std::fs::write(&staged, text.replacen("mode: Required", "mode: BestEffort", 1)).unwrap();
+    std::fs::rename(&staged, &file).unwrap();
+    let changed = agentgate_e2e::wait_for(std::time::Duration::from_secs(15), || {
+        (reloaded() != before).then_some(())
+    });
+    assert!(changed.is_some(), "no reload:\n{}", s.gw.output());
+    get("after-reload");
+    let file_with = |needle: &str| {
+        std::fs::read_dir(&s.gw.sessions)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| std::fs::read_to_string(p).unwrap_or_default().contains(needle))
+    };
+    let first = file_with("/echo/before-reload").expect("recorded");
+    let second = file_with("/echo/after-reload").expect("recorded");
+    assert_ne!(
+        first, second,
+        "the request after the reload went into the old session"
+    );
+    let closed = agentgate_e2e::wait_for(std::time::Duration::from_secs(10), || {
+        std::fs::read_to_string(&first)
+            .unwrap_or_default()
+            .contains("recording configuration changed")
+            .then_some(())
+    });
+    assert!(closed.is_some(), "the old session was not closed");
+}

@@ -277,6 +277,13 @@ pub struct Recorder {
     inner: Arc<Inner>,
 }
 
+impl Recorder {
+    /// Whether `session` was started by this recorder (and so records in its mode and place).
+    pub fn started(&self, session: &Session) -> bool {
+        Arc::ptr_eq(&self.inner, &session.inner)
+    }
+}
+
 impl std::fmt::Debug for Recorder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Recorder")
@@ -588,10 +595,14 @@ impl Session {
         if state.closed {
             return Ok(());
         }
-        // Deferred events go before the end, so the signature covers them.
+        // Deferred events go before the end, so the signature covers them. Ones that cannot be
+        // written are dropped, and the end says how many: written later, after the end's
+        // signature was made over the chain without them, they would break a genuine file.
+        let mut lost = 0;
         if let Err(e) = self.write_deferred(&mut state) {
             self.inner.failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(session = %self.id, error = %e, "deferred session events not recorded");
+            lost = std::mem::take(&mut state.deferred).len();
         }
         let signature = self
             .inner
@@ -599,6 +610,9 @@ impl Session {
             .try_sign(&signing_message(&state.prev))
             .map_err(|_| RecordingError::Key("signing failed"))?;
         let mut data = into_object(data);
+        if lost > 0 {
+            data.insert("unrecorded_events".into(), json!(lost));
+        }
         data.insert("key_id".into(), json!(self.inner.key_id));
         data.insert(
             "signature".into(),

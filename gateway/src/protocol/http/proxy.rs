@@ -1201,11 +1201,22 @@ fn session_for(
         Err(_) => return Ok(None),
     };
     let mut sessions = conn.sessions.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, _, s)) = sessions
+    if let Some(at) = sessions
         .iter()
-        .find(|(i, c, _)| *i == principal.identity && *c == connection.name)
+        .position(|(i, c, _)| *i == principal.identity && *c == connection.name)
     {
-        return Ok(Some(s.clone()));
+        if recorder.started(&sessions[at].2) {
+            return Ok(Some(sessions[at].2.clone()));
+        }
+        // The recording configuration changed (mode or directory) since this connection's
+        // session began: a session keeps its recorder's mode, so one begun under BestEffort
+        // would go on swallowing failures under Required. It is closed; a new one begins.
+        let (_, _, old) = sessions.swap_remove(at);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = old.close(json!({"reason": "recording configuration changed"})) {
+                tracing::warn!(error = %e, "closing a session record failed");
+            }
+        });
     }
     let start = json!({
         "identity": principal.identity,
