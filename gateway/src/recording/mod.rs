@@ -277,6 +277,22 @@ pub struct Recorder {
     inner: Arc<Inner>,
 }
 
+/// Longest a data path keeps appending to one session before closing (signing) it and starting
+/// the next: a session is signed, and can be shipped, only once closed, and an agent that keeps
+/// one connection open for days would otherwise keep all it did unsigned and local.
+pub const MAX_SESSION_AGE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+impl Session {
+    /// Whether the session has reached [`MAX_SESSION_AGE`].
+    pub fn is_old(&self) -> bool {
+        self.is_old_at(std::time::Instant::now())
+    }
+
+    fn is_old_at(&self, now: std::time::Instant) -> bool {
+        now.saturating_duration_since(self.began) >= MAX_SESSION_AGE
+    }
+}
+
 impl Recorder {
     /// Whether `session` was started by this recorder (and so records in its mode and place).
     pub fn started(&self, session: &Session) -> bool {
@@ -391,6 +407,7 @@ impl Recorder {
             inner: self.inner.clone(),
             id,
             path,
+            began: std::time::Instant::now(),
             state: Mutex::new(State {
                 file,
                 seq: 0,
@@ -493,6 +510,8 @@ pub struct Session {
     inner: Arc<Inner>,
     id: String,
     path: PathBuf,
+    /// When the session began (see [`MAX_SESSION_AGE`]).
+    began: std::time::Instant,
     state: Mutex<State>,
 }
 

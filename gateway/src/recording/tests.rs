@@ -633,3 +633,13 @@ fn hidden_secrets_are_redacted_wherever_they_appear_and_the_file_still_verifies(
     assert!(text.contains(&secrets[0]), "the oldest is no longer hidden");
     assert!(secrets[1..].iter().all(|x| !text.contains(x.as_str())), "{text}");
 }
+
+#[test]
+fn sessions_age_out_after_the_limit() {
+    let (_d, rec) = recorder(RecordingMode::Required);
+    let s = rec.start_session(json!({})).unwrap();
+    assert!(!s.is_old());
+    let now = std::time::Instant::now();
+    assert!(!s.is_old_at(now + MAX_SESSION_AGE / 2));
+    assert!(s.is_old_at(now + MAX_SESSION_AGE));
+}

@@ -1205,15 +1205,23 @@ fn session_for(
         .iter()
         .position(|(i, c, _)| *i == principal.identity && *c == connection.name)
     {
-        if recorder.started(&sessions[at].2) {
-            return Ok(Some(sessions[at].2.clone()));
-        }
-        // The recording configuration changed (mode or directory) since this connection's
-        // session began: a session keeps its recorder's mode, so one begun under BestEffort
-        // would go on swallowing failures under Required. It is closed; a new one begins.
+        let current = &sessions[at].2;
+        let reason = if !recorder.started(current) {
+            // The recording configuration changed (mode or directory) since this connection's
+            // session began: a session keeps its recorder's mode, so one begun under BestEffort
+            // would go on swallowing failures under Required.
+            "recording configuration changed"
+        } else if current.is_old() {
+            // Signed and shippable only once closed: a connection held open for days must not
+            // keep its evidence unsigned that long.
+            "session age limit"
+        } else {
+            return Ok(Some(current.clone()));
+        };
+        // Closed (signed, synced) off the request's thread; a new one begins.
         let (_, _, old) = sessions.swap_remove(at);
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = old.close(json!({"reason": "recording configuration changed"})) {
+            if let Err(e) = old.close(json!({"reason": reason})) {
                 tracing::warn!(error = %e, "closing a session record failed");
             }
         });
