@@ -112,8 +112,9 @@ fn list(
             None => ("-", "-"),
         };
         let state = match &result {
+            // No key here: the hashes are checked, which anyone who rewrites a file can redo.
             Ok(r) => format!(
-                "{} events  {}  verified",
+                "{} events  {}  chain intact (signature not checked)",
                 r.events,
                 if r.closed { "closed" } else { "open" }
             ),
@@ -155,6 +156,20 @@ fn verify(
     let mut all = true;
     for file in files {
         let result = verify_file(file, public_key);
+        // A file holds the session its name says: one copied over another's name (an older
+        // signed session replacing a newer one) is caught here, as the chain cannot catch it.
+        if let Ok(r) = &result
+            && !names_session(file, &r.session)
+        {
+            all = false;
+            writeln!(
+                out,
+                "MISNAMED {}: it holds session {}, whose file is named for it",
+                safe(&file.display().to_string()),
+                safe(&r.session)
+            )?;
+            continue;
+        }
         let incomplete = result
             .as_ref()
             .is_ok_and(|r| !r.closed || (public_key.is_some() && !r.signed));
@@ -175,13 +190,21 @@ fn verify(
     Ok(all)
 }
 
+/// Whether the file's name (`<start>-<session id>.jsonl`) names `session`.
+fn names_session(file: &Path, session: &str) -> bool {
+    file.file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.rsplit_once('-'))
+        .is_some_and(|(_, id)| id == session)
+}
+
 fn outcome(file: &Path, result: &Result<VerifyReport, VerifyError>) -> String {
     let name = safe(&file.display().to_string());
     match result {
         Ok(r) => {
             let state = match (r.closed, r.signed) {
                 (true, true) => "closed, signature verified",
-                (true, false) => "closed",
+                (true, false) => "closed; hash chain only, signature not checked (pass --public-key)",
                 (false, _) => "not closed",
             };
             format!("ok {name} {} events ({state})", r.events)
@@ -275,11 +298,14 @@ mod tests {
         let all = list(None, None);
         assert_eq!(all.lines().count(), 2, "{all}");
         assert!(
-            all.contains(&format!("{}  agent-a  db  3 events  closed  verified", a.id())),
+            all.contains(&format!(
+                "{}  agent-a  db  3 events  closed  chain intact (signature not checked)",
+                a.id()
+            )),
             "{all}"
         );
         assert!(
-            all.contains("agent\\u{1b}[2Jb  api  2 events  open  verified"),
+            all.contains("agent\\u{1b}[2Jb  api  2 events  open  chain intact (signature not checked)"),
             "escaped: {all}"
         );
         let only_a = list(Some("agent-a"), None);
@@ -334,6 +360,28 @@ mod tests {
             require_closed: true,
         });
         assert!(ok, "{text}");
+        assert!(text.contains("hash chain only, signature not checked"), "{text}");
+
+        // A signed session copied over another session's file verifies, but not under that name.
+        let swapped = b
+            .path()
+            .with_file_name("20260101T000000Z-0123456789abcdef0123456789abcdef.jsonl");
+        std::fs::copy(a.path(), &swapped).unwrap();
+        let (ok, text) = run_to_string(SessionsCommand::Verify {
+            files: vec![swapped.clone()],
+            public_key: Some(key.clone()),
+            require_closed: true,
+        });
+        assert!(!ok, "{text}");
+        assert!(
+            text.starts_with(&format!(
+                "MISNAMED {}: it holds session {}",
+                swapped.display(),
+                a.id()
+            )),
+            "{text}"
+        );
+        std::fs::remove_file(&swapped).unwrap();
 
         // One altered file fails the whole command and is named with its line.
         let content = std::fs::read_to_string(a.path()).unwrap();
