@@ -271,6 +271,20 @@ fn allowed_denied_and_approval_required_with_credential_injection_and_masking() 
     );
     assert!(m.contains("agentgate_http_gateway_overhead_seconds_bucket"));
 
+    // Logs are masked as recordings are: a refused request's path and explanation.
+    let r = curl(
+        &["-X", "DELETE", "-H", &auth],
+        &s.gw.url("/okta/api/v1/api-tokens/logged.user@example.com"),
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(
+        r.body.contains("logged.user@example.com"),
+        "the agent reads its own request"
+    );
+    let logged = s.gw.output();
+    assert!(logged.contains("request refused"), "{logged}");
+    assert!(!logged.contains("logged.user@example.com"), "{logged}");
+
     // Recordings: every decision with its rule, masked bodies; they verify after a clean stop.
     s.gw.stop();
     let rec = s.gw.recordings();

@@ -82,6 +82,8 @@ struct Outcome {
     /// Set once the request is routed to a Kubernetes connection: refusals are then `Status`es,
     /// about this object when it is known.
     kubernetes: Option<Option<StatusTarget>>,
+    /// The masking that applies, once known: the log masks the path and the refusal with it.
+    plan: Option<MaskingPlan>,
 }
 
 /// hyper's entry point: never fails; every error is a response.
@@ -97,6 +99,7 @@ pub async fn handle(
         identity: "none".into(),
         decision: "none",
         kubernetes: None,
+        plan: None,
     };
     let problem_json = problem::accepts_problem_json(req.headers());
     let method = req.method().clone();
@@ -120,14 +123,23 @@ pub async fn handle(
                 .http_problems
                 .with_label_values(&[problem.kind.slug()])
                 .inc();
+            // Logs are masked as recordings are: the path and the explanation quote what the
+            // agent addressed (a user's email).
+            let (path, detail) = match &outcome.plan {
+                Some(plan) => (
+                    plan.mask_text(uri_for_log.path()).0.into_owned(),
+                    plan.mask_text(&problem.detail).0.into_owned(),
+                ),
+                None => (uri_for_log.path().to_string(), problem.detail.clone()),
+            };
             tracing::info!(
                 request_id = %request_id,
                 method = %method,
-                path = %uri_for_log.path(),
+                path = %path,
                 connection = %outcome.connection,
                 identity = %outcome.identity,
                 problem = problem.kind.slug(),
-                detail = %problem.detail,
+                detail = %detail,
                 "request refused"
             );
             match &outcome.kubernetes {
@@ -547,6 +559,7 @@ async fn proxy(
         .as_ref()
         .is_some_and(|k| k.is_resource_request && k.resource == "secrets");
     let plan = plane.masking_plan(connection, &applicable, secrets);
+    outcome.plan = Some(plan.clone());
     // What the request's body is recorded under: a JSON patch of a Secret carries the value
     // under `value`, where no field rule looks, so such bodies are withheld from the record.
     let request_plan = match &kube_info {
