@@ -251,13 +251,24 @@ async fn report_objects(
     snapshot: &bundle::Namespace,
     compiled: &Compiled,
 ) -> Result<(), Error> {
+    // A valid object is in force only once its gateway's configuration is published.
+    let unpublished = compiled.gateway.as_ref().err();
     for (key, verdict) in &compiled.verdicts {
         let (ready, reason, message) = match verdict {
-            Verdict::Ready => (
-                true,
-                "Compiled",
-                format!("in the configuration of AgentGateway {gateway}"),
-            ),
+            Verdict::Ready => match unpublished {
+                None => (
+                    true,
+                    "Compiled",
+                    format!("in the configuration of AgentGateway {gateway}"),
+                ),
+                Some(why) => (
+                    false,
+                    "NotPublished",
+                    format!(
+                        "valid, but not in force: the configuration of AgentGateway {gateway} is not published ({why})"
+                    ),
+                ),
+            },
             Verdict::Invalid(m) => (false, "Invalid", m.clone()),
             Verdict::Quarantined(m) => (false, "Quarantined", m.clone()),
         };

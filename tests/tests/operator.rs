@@ -307,12 +307,25 @@ spec:
     });
     assert_eq!(ready(&env, "agentgateway", "main"), "False");
     assert_eq!(jsonpath(&env, "deployment", "agentgate-main", image_path), image);
+    // Nor do its objects claim to be in force while its configuration is not published.
+    eventually(
+        "the policy to say it is not in force",
+        &op,
+        Duration::from_secs(10),
+        || {
+            ready(&env, "accesspolicy", "okta-read") == "False"
+                && ready_message(&env, "accesspolicy", "okta-read").contains("not published")
+        },
+    );
     patch_gateway("json", r#"[{"op":"remove","path":"/spec/image"}]"#);
     eventually(
         "the gateway to be Ready again",
         &op,
         Duration::from_secs(10),
-        || ready(&env, "agentgateway", "main") == "True",
+        || {
+            ready(&env, "agentgateway", "main") == "True"
+                && ready(&env, "accesspolicy", "okta-read") == "True"
+        },
     );
 
     // Deleting the gateway deletes everything it owns.
