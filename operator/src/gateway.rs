@@ -104,12 +104,20 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
     apply::<RoleBinding>(client, &ns, children::role_binding(&gw), &pp).await?;
     if let Ok(published) = &compiled.gateway {
         // Only a configuration that compiled is published; an invalid gateway keeps the last one.
+        // Current when both the hash annotation and the data are what this configuration
+        // makes: the gateway loads the data, so an edit of it alone is repaired too.
         let current = ctx
             .stores
             .secrets
             .get(&ObjectRef::new(&children::config_secret_name(&name)).within(&ns))
-            .and_then(|s| s.annotations().get(children::HASH_ANNOTATION).cloned());
-        if current.as_deref() != Some(published.hash.as_str()) {
+            .is_some_and(|s| {
+                s.annotations().get(children::HASH_ANNOTATION) == Some(&published.hash)
+                    && s.data
+                        .as_ref()
+                        .and_then(|d| d.get(children::CONFIG_KEY))
+                        .is_some_and(|b| b.0 == published.compressed)
+            });
+        if !current {
             apply::<Secret>(
                 client,
                 &ns,

@@ -283,6 +283,29 @@ spec:
     // One bad object does not stop the others.
     assert_eq!(ready(&env, "accesspolicy", "okta-read"), "True");
     assert_eq!(ready(&env, "agentgateway", "main"), "True");
+    // The gateway loads the config Secret's data: an edit of the data alone (the hash
+    // annotation kept) is put back.
+    let data_path = "{.data.manifests\\.yaml\\.gz}";
+    let published = jsonpath(&env, "secret", "agentgate-main-config", data_path);
+    assert!(!published.is_empty());
+    env.kubectl_ok(
+        "admin",
+        &[
+            "patch",
+            "secret",
+            "agentgate-main-config",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"data":{"manifests.yaml.gz":"H4sIAAAAAAAAAwMAAAAAAAAAAAA="}}"#,
+        ],
+    );
+    eventually(
+        "the config data to be repaired",
+        &op,
+        Duration::from_secs(10),
+        || jsonpath(&env, "secret", "agentgate-main-config", data_path) == published,
+    );
     // Events tell what happened.
     let events = env.kubectl_ok(
         "admin",
