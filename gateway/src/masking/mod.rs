@@ -229,6 +229,21 @@ impl MaskingPlan {
         }
     }
 
+    /// This plan, also redacting the token a Kubernetes TokenRequest answers with
+    /// (`status.token`): for its record, since the agent that asked for it gets it, but no
+    /// live token may sit in a recording.
+    pub fn with_kubernetes_token(self) -> Self {
+        let mut inner = Arc::unwrap_or_clone(self.inner);
+        let token = path::parse("$.status.token")
+            .ok()
+            .map(|p| (p, FieldMask::Strategy(MaskingStrategy::Redact)));
+        inner.paths = PathSet::new(inner.paths.rules().iter().cloned().chain(token));
+        inner.refuse = true;
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
     /// This plan, for a body whose secrets sit where no rule can find them (a JSON patch of a
     /// Kubernetes Secret puts the value under `value`, not `data`): records keep its size only.
     pub fn withholding_bodies(self) -> Self {

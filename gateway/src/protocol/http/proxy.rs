@@ -892,6 +892,11 @@ async fn proxy(
         total_us: started.elapsed().as_micros() as u64,
     };
     let discovery = kube_info.as_ref().is_some_and(|k| !k.is_resource_request);
+    // A TokenRequest's answer is a live token: the agent gets it, its record does not.
+    let token_plan = kube_info
+        .as_ref()
+        .is_some_and(|k| k.resource == "serviceaccounts" && k.subresource.as_deref() == Some("token"))
+        .then(|| plan.clone().with_kubernetes_token());
     let declared = declared_length(&res_parts.headers);
     let unmasked = plan.is_empty() || bodiless || discovery;
     // An unmasked body small enough to be recorded whole, with its length declared, is read
@@ -910,7 +915,11 @@ async fn proxy(
                 return Err(problem);
             }
         };
-        let event = meta.event(&res_parts.headers, recorded_whole_body(class, &bytes), None);
+        let event = meta.event(
+            &res_parts.headers,
+            recorded_whole_body(class, &bytes, token_plan.as_ref()),
+            None,
+        );
         record(gw, &plane, session.as_deref(), "http.response", event)?;
         full(bytes)
     } else if unmasked {
@@ -920,7 +929,15 @@ async fn proxy(
             None,
         );
         record(gw, &plane, session.as_deref(), "http.response", event)?;
-        tee(res_body, session.as_ref(), request_id, None, declared, gw, &plane)
+        tee(
+            res_body,
+            session.as_ref(),
+            request_id,
+            token_plan.clone(),
+            declared,
+            gw,
+            &plane,
+        )
     } else if (is_watch && class == ContentClass::Json) || (class == ContentClass::Text && declared.is_none())
     {
         // Streams are masked as each line completes: a watch event by event, unframed text (a
@@ -952,7 +969,7 @@ async fn proxy(
                 res_parts
                     .headers
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-                let body = recorded_whole_body(class, &bytes);
+                let body = recorded_whole_body(class, &bytes, token_plan.as_ref());
                 let event = meta.event(&res_parts.headers, body, Some(&report));
                 record(gw, &plane, session.as_deref(), "http.response", event)?;
                 full(bytes)
@@ -1038,8 +1055,16 @@ fn record_upstream_failure(
 }
 
 /// A whole response body as its `http.response` event records it: as JSON when it is JSON
-/// (already masked, when masking applies), else as text or base64, up to the recording cap.
-fn recorded_whole_body(class: ContentClass, bytes: &[u8]) -> ResponseBody<'_> {
+/// (already masked, when masking applies), else as text or base64, up to the recording cap;
+/// masked again under `for_record` when the record must hide more than the agent's copy.
+fn recorded_whole_body<'a>(
+    class: ContentClass,
+    bytes: &'a [u8],
+    for_record: Option<&MaskingPlan>,
+) -> ResponseBody<'a> {
+    if let Some(plan) = for_record {
+        return ResponseBody::Recorded(response::body_for_record(Some(plan), bytes, true));
+    }
     ResponseBody::Recorded(if class == ContentClass::Json {
         crate::recording::CappedBody::json(bytes.into(), MAX_RECORDED_BODY)
     } else {
@@ -1458,6 +1483,26 @@ fn refusal_for(d: &Decision<'_>, explained: String) -> Option<Problem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_request_answer_is_recorded_without_its_token() {
+        let body = br#"{"kind":"TokenRequest","status":{"token":"eyJhbGciOi.live.token","expirationTimestamp":"2026-12-04T21:00:00Z"}}"#;
+        let plan = MaskingPlan::empty(crate::masking::HashKey::process()).with_kubernetes_token();
+        let ResponseBody::Recorded(recorded) = recorded_whole_body(ContentClass::Json, body, Some(&plan))
+        else {
+            panic!("recorded");
+        };
+        let text = serde_json::to_string(&recorded).unwrap();
+        assert!(
+            !text.contains("live.token") && text.contains("expirationTimestamp"),
+            "{text}"
+        );
+        // Other answers are recorded as they were sent.
+        let ResponseBody::Recorded(plain) = recorded_whole_body(ContentClass::Json, body, None) else {
+            panic!("recorded");
+        };
+        assert!(serde_json::to_string(&plain).unwrap().contains("live.token"));
+    }
 
     #[test]
     fn hosts_lose_their_port_and_case() {
