@@ -690,6 +690,11 @@ impl Raw {
     }
 }
 
+/// Whether any DataRow among `msgs` holds an `@` (an email that masking should have stopped).
+fn rows_hold_an_email(msgs: &[(u8, Vec<u8>)]) -> bool {
+    msgs.iter().any(|(t, b)| *t == b'D' && b.contains(&b'@'))
+}
+
 fn sqlstate(body: &[u8]) -> String {
     let mut i = 0;
     while i < body.len() && body[i] != 0 {
@@ -942,11 +947,7 @@ fn shared_names_and_pipelines_cannot_run_what_was_not_decided() {
     r.send(b'S', b"");
     let msgs = r.until_ready();
     assert!(!errors(&msgs).is_empty(), "{msgs:?}");
-    assert!(
-        !msgs
-            .iter()
-            .any(|(t, b)| *t == b'D' && b.windows(1).any(|w| w == b"@"))
-    );
+    assert!(!rows_hold_an_email(&msgs), "{msgs:?}");
 
     // A row cap is not reset by fetching a portal in parts.
     let mut r = Raw::login(s.plain, &tok);
@@ -989,11 +990,7 @@ fn shared_names_and_pipelines_cannot_run_what_was_not_decided() {
             .any(|(t, b)| *t == b'E' && b.windows(5).any(|w| w == b"FATAL")),
         "{msgs:?}"
     );
-    assert!(
-        !msgs
-            .iter()
-            .any(|(t, b)| *t == b'D' && b.windows(1).any(|w| w == b"@"))
-    );
+    assert!(!rows_hold_an_email(&msgs), "{msgs:?}");
     // A COPY that fails before copying (or during it) ends its cycle: the session goes on.
     let mut r = Raw::login(s.plain, &tok);
     r.send(b'Q', b"COPY orders (no_such_column) FROM STDIN\0");

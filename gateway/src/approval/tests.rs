@@ -740,6 +740,21 @@ fn an_approved_phase_without_the_decisions_behind_it_grants_nothing() {
     let original: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     let until = format_time(now + 600);
     let requester = ask("f1").requester;
+    // Writes `request` as the store's file, asks for its operation, and removes what the ask
+    // filed anew.
+    let ask_over = |request: &serde_json::Value| {
+        std::fs::write(&file, serde_json::to_vec(request).unwrap()).unwrap();
+        let store = open(&dir);
+        let t = store.request(&ask("f1"), now).unwrap();
+        drop(store);
+        for f in std::fs::read_dir(dir.path().join("approvals")).unwrap() {
+            let p = f.unwrap().path();
+            if p != file && p.extension().is_some_and(|e| e == "json") {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+        t
+    };
     for (what, decisions, grant_end) in [
         ("no decision at all", serde_json::json!({}), Some(until.clone())),
         (
@@ -762,17 +777,8 @@ fn an_approved_phase_without_the_decisions_behind_it_grants_nothing() {
         forged["spec"]["decisions"] = decisions;
         forged["status"]["phase"] = "Approved".into();
         forged["status"]["grantExpiresAt"] = grant_end.map_or(serde_json::Value::Null, Into::into);
-        std::fs::write(&file, serde_json::to_vec(&forged).unwrap()).unwrap();
-        let store = open(&dir);
-        let t = store.request(&ask("f1"), now).unwrap();
+        let t = ask_over(&forged);
         assert!(!matches!(t, Ticket::Granted { .. }), "{what}: {t:?}");
-        drop(store);
-        for f in std::fs::read_dir(dir.path().join("approvals")).unwrap() {
-            let p = f.unwrap().path();
-            if p != file && p.extension().is_some_and(|e| e == "json") {
-                std::fs::remove_file(p).unwrap();
-            }
-        }
     }
     // Backed by an approver's decision, yet with a status or spec the approval path did not
     // write: a spent grant made Approved again, a grant end past what the rule allows, approvers
@@ -800,17 +806,8 @@ fn an_approved_phase_without_the_decisions_behind_it_grants_nothing() {
         forged["status"]["phase"] = "Approved".into();
         forged["status"]["grantExpiresAt"] = until.clone().into();
         forge(&mut forged);
-        std::fs::write(&file, serde_json::to_vec(&forged).unwrap()).unwrap();
-        let store = open(&dir);
-        let t = store.request(&ask("f1"), now).unwrap();
+        let t = ask_over(&forged);
         assert!(!matches!(t, Ticket::Granted { .. }), "{what}: {t:?}");
-        drop(store);
-        for f in std::fs::read_dir(dir.path().join("approvals")).unwrap() {
-            let p = f.unwrap().path();
-            if p != file && p.extension().is_some_and(|e| e == "json") {
-                std::fs::remove_file(p).unwrap();
-            }
-        }
     }
     // Backed by an approver's decision, the same request grants.
     let mut backed = original.clone();

@@ -118,17 +118,9 @@ fn float(f: f64) -> String {
 }
 
 /// `YYYY-MM-DD` (with ` BC` before year 1) of a day counted from 1970-01-01, in the proleptic
-/// Gregorian calendar PostgreSQL uses (Howard Hinnant's civil-from-days).
+/// Gregorian calendar PostgreSQL uses.
 fn date(days: i64) -> String {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = crate::recording::chain::civil_from_days(days);
     if y <= 0 {
         format!("{:04}-{m:02}-{d:02} BC", 1 - y)
     } else {
