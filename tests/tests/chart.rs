@@ -497,6 +497,31 @@ fn the_values_schema_refuses_unknown_keys_wrong_types_and_bad_enums() {
             vec!["--set", "gatewayImage.allowed={a b}"],
             "gatewayImage/allowed/0",
         ),
+        // Secure pod defaults cannot be loosened past what the operator needs.
+        (
+            vec!["--set", "securityContext.privileged=true"],
+            "securityContext/privileged",
+        ),
+        (
+            vec!["--set", "securityContext.allowPrivilegeEscalation=true"],
+            "securityContext/allowPrivilegeEscalation",
+        ),
+        (
+            vec!["--set", "securityContext.runAsNonRoot=false"],
+            "securityContext/runAsNonRoot",
+        ),
+        (
+            vec!["--set", "podSecurityContext.runAsUser=0"],
+            "podSecurityContext/runAsUser",
+        ),
+        (
+            vec!["--set", "securityContext.capabilities.add={SYS_ADMIN}"],
+            "securityContext/capabilities/add/0",
+        ),
+        (
+            vec!["--set", "podSecurityContext.seccompProfile.type=Unconfined"],
+            "podSecurityContext/seccompProfile/type",
+        ),
     ] {
         let err = helm("render", &args).expect_err(&format!("{args:?} was accepted"));
         assert!(err.contains(expected), "{args:?}: {err}");
