@@ -202,8 +202,8 @@ pub fn sanitize_response(headers: &mut HeaderMap) {
 }
 
 /// Runs the detectors over response header values (a `Location` naming a user's email, a debug
-/// header echoing a key), replacing what they find; a value that cannot hold its masked form is
-/// removed. Returns what was masked.
+/// header echoing a key), replacing what they find; a value that cannot hold its masked form
+/// becomes `[REDACTED]` whole. Returns what was masked.
 pub fn mask_values(
     headers: &mut HeaderMap,
     plan: &crate::masking::MaskingPlan,
@@ -212,33 +212,16 @@ pub fn mask_values(
     if !plan.has_detectors() {
         return report;
     }
-    let mut found: Vec<HeaderName> = Vec::new();
-    for (name, v) in headers.iter() {
-        if !found.contains(name)
-            && !plan
-                .mask_text(&String::from_utf8_lossy(v.as_bytes()))
-                .1
-                .is_empty()
-        {
-            found.push(name.clone());
+    // In place, one look per value; order and repeats stay as they were.
+    for (_, v) in headers.iter_mut() {
+        let text = String::from_utf8_lossy(v.as_bytes());
+        let (masked, r) = plan.mask_text(&text);
+        if r.is_empty() {
+            continue;
         }
-    }
-    // Every value of such a name is put back in order, masked where something was found.
-    for name in found {
-        let values: Vec<HeaderValue> = headers.get_all(&name).iter().cloned().collect();
-        headers.remove(&name);
-        for v in values {
-            let text = String::from_utf8_lossy(v.as_bytes());
-            let (masked, r) = plan.mask_text(&text);
-            if r.is_empty() {
-                headers.append(&name, v);
-            } else {
-                report.add(&r);
-                if let Ok(m) = HeaderValue::from_str(&masked) {
-                    headers.append(&name, m);
-                }
-            }
-        }
+        report.add(&r);
+        let masked = HeaderValue::from_str(&masked).unwrap_or(HeaderValue::from_static("[REDACTED]"));
+        *v = masked;
     }
     report
 }

@@ -583,10 +583,10 @@ async fn proxy(
     }
     // The path names what the agent addressed (a user's email): masked like the query, as is
     // the decision's explanation, which quotes it.
-    let decision_record = DecisionEvent {
-        reason: plan.mask_text(&decision_record.reason).0.into_owned(),
-        ..decision_record
-    };
+    let mut decision_record = decision_record;
+    if let std::borrow::Cow::Owned(masked) = plan.mask_text(&decision_record.reason).0 {
+        decision_record.reason = masked;
+    }
     let request_event = RequestEvent {
         request_id,
         method: parts.method.as_str(),
