@@ -771,6 +771,17 @@ impl Session {
         }
     }
 
+    /// Points the open session at /dev/full, where every write fails with ENOSPC, even for root.
+    #[cfg(test)]
+    pub(crate) fn break_disk(&self) {
+        self.lock().file = Some(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open("/dev/full")
+                .unwrap(),
+        );
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // Nothing panics while holding the lock; should that change, the state is still whole.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)

@@ -256,9 +256,8 @@ fn closing_signature_binds_the_chain_to_the_key() {
     assert_eq!((e.line, e.reason.as_str()), (4, "signature does not verify"));
 }
 
-/// Points an open session at /dev/full, where every write fails with ENOSPC, even for root.
 fn break_disk(s: &Session) {
-    s.lock().file = Some(OpenOptions::new().append(true).open("/dev/full").unwrap());
+    s.break_disk();
 }
 
 #[test]

@@ -782,6 +782,7 @@ async fn proxy(
     headers::inject_credential(&mut out_headers, connection.credential.as_ref())
         .map_err(|e| Problem::new(Kind::UpstreamUnavailable, e.to_string()))?;
     let override_found = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let body_unrecorded = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let out_body: Body = match (read_body, body) {
         (Some(bytes), _) => full(bytes),
         (None, Some(incoming)) => {
@@ -803,7 +804,15 @@ async fn proxy(
                         request_id: request_id.to_string(),
                         plan: Some(request_plan.clone()),
                         declared: declared_length(&out_headers),
-                        on_failure: failure_counter(gw, &plane),
+                        on_failure: {
+                            let count = failure_counter(gw, &plane);
+                            let flag = body_unrecorded.clone();
+                            Arc::new(move || {
+                                count();
+                                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                            })
+                        },
+                        required: required(&plane),
                     }),
                 )
                 .boxed(),
@@ -826,6 +835,13 @@ async fn proxy(
             let problem = method_override_refused();
             record_upstream_failure(gw, &plane, session.as_deref(), request_id, &problem, sent);
             return Err(problem);
+        }
+        // Its last bytes were held back: the upstream never had the request whole.
+        Err(_) if body_unrecorded.load(std::sync::atomic::Ordering::Relaxed) => {
+            return Err(Problem::new(
+                Kind::RecordingUnavailable,
+                "session recording is required and the request body could not be recorded; the request was not completed upstream",
+            ));
         }
         Err(problem) => {
             record_upstream_failure(gw, &plane, session.as_deref(), request_id, &problem, sent);
@@ -1148,6 +1164,7 @@ fn tee(
                 plan,
                 declared,
                 on_failure: failure_counter(gw, plane),
+                required: required(plane),
             }),
         )
         .boxed(),
@@ -1170,6 +1187,10 @@ fn mode_label(plane: &Plane) -> &'static str {
     }
 }
 
+fn required(plane: &Plane) -> bool {
+    plane.snapshot.config.gateway.recording.mode == RecordingMode::Required
+}
+
 /// Writes one event; in Required mode a failure refuses the operation.
 fn record(
     gw: &Gateway,
@@ -1178,9 +1199,8 @@ fn record(
     kind: &str,
     data: impl serde::Serialize,
 ) -> Result<(), Problem> {
-    let required = plane.snapshot.config.gateway.recording.mode == RecordingMode::Required;
     let Some(session) = session else {
-        return if required {
+        return if required(plane) {
             Err(Problem::new(
                 Kind::RecordingUnavailable,
                 "session recording is required and unavailable",
@@ -1198,7 +1218,6 @@ fn settle(
     plane: &Plane,
     result: Result<(), crate::recording::RecordingError>,
 ) -> Result<(), Problem> {
-    let required = plane.snapshot.config.gateway.recording.mode == RecordingMode::Required;
     match result {
         Ok(()) => Ok(()),
         Err(e) => {
@@ -1207,7 +1226,7 @@ fn settle(
                 .with_label_values(&[mode_label(plane)])
                 .inc();
             tracing::error!(error = %e, "recording an event failed");
-            if required {
+            if required(plane) {
                 Err(Problem::new(
                     Kind::RecordingUnavailable,
                     "session recording is required and failed",
@@ -1227,7 +1246,7 @@ fn session_for(
     principal: &Principal,
     connection: &CompiledConnection,
 ) -> Result<Option<Arc<Session>>, Problem> {
-    let required = plane.snapshot.config.gateway.recording.mode == RecordingMode::Required;
+    let required = required(plane);
     let recorder = match &plane.recorder {
         Ok(r) => r,
         Err(_) if required => {

@@ -397,7 +397,10 @@ impl Rewrite for LineMasker {
 }
 
 /// Passes a body through while keeping its first [`MAX_RECORDED_BODY`] bytes; when the body
-/// ends (or is dropped) the kept bytes are recorded as one event.
+/// ends (or is dropped) the kept bytes are recorded as one event. The event is written before
+/// the body's last frame (or its end) is passed on: when recording is required and the write
+/// fails, the body ends in an error instead, so its receiver never has it whole (hyper aborts
+/// the message: an upstream never sees a complete request, an agent a complete response).
 pub struct Recorded {
     inner: Body,
     kept: Vec<u8>,
@@ -417,7 +420,14 @@ pub struct RecordSink {
     /// it is complete, though hyper stops reading there and drops it without an end of stream.
     pub declared: Option<u64>,
     pub on_failure: Arc<dyn Fn() + Send + Sync>,
+    /// Recording mode Required: a failed write fails the body.
+    pub required: bool,
 }
+
+/// The error a [`Recorded`] body ends with when its required record could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("the body's session record could not be written, and recording is required")]
+pub struct RecordingFailed;
 
 impl Recorded {
     pub fn new(inner: Body, sink: Option<RecordSink>) -> Self {
@@ -430,8 +440,9 @@ impl Recorded {
         }
     }
 
-    fn flush(&mut self) {
-        let Some(sink) = self.sink.take() else { return };
+    /// Writes the event once; false when the write failed and recording is required.
+    fn flush(&mut self) -> bool {
+        let Some(sink) = self.sink.take() else { return true };
         let finished = self.finished || sink.declared == Some(self.total);
         let complete = finished && self.total as usize == self.kept.len();
         // Only a prefix is kept of a long body: the record says how long it was.
@@ -444,12 +455,15 @@ impl Recorded {
         });
         if sink.session.record(sink.kind, data).is_err() {
             (sink.on_failure)();
+            return !sink.required;
         }
+        true
     }
 }
 
 impl Drop for Recorded {
     fn drop(&mut self) {
+        // Too late to fail anything: the failure is counted.
         self.flush();
     }
 }
@@ -463,22 +477,28 @@ impl HttpBody for Recorded {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(d) = frame.data_ref() {
+        let last = match &polled {
+            Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
+                Some(d) => {
                     self.total += d.len() as u64;
                     if self.sink.is_some() {
                         let room = MAX_RECORDED_BODY.saturating_sub(self.kept.len());
                         let take = room.min(d.len());
                         self.kept.extend_from_slice(&d[..take]);
                     }
+                    // hyper stops reading a body at its declared length: this frame is its last.
+                    self.sink.as_ref().is_some_and(|s| s.declared == Some(self.total))
                 }
-            }
+                None => false,
+            },
             Poll::Ready(None) => {
                 self.finished = true;
-                self.flush();
+                true
             }
-            _ => {}
+            _ => false,
+        };
+        if last && !self.flush() {
+            return Poll::Ready(Some(Err(Box::new(RecordingFailed))));
         }
         polled
     }
@@ -549,6 +569,67 @@ mod tests {
             read_capped(frames(&["12345678"]), 7).await,
             Err(MaskFailure::TooLarge)
         ));
+    }
+
+    fn sink(session: &Arc<crate::recording::Session>, declared: Option<u64>, required: bool) -> RecordSink {
+        RecordSink {
+            session: session.clone(),
+            kind: "http.request.body",
+            request_id: "r1".into(),
+            plan: None,
+            declared,
+            on_failure: Arc::new(|| {}),
+            required,
+        }
+    }
+
+    /// Polls a body to its end: the data passed on, then how it ended.
+    async fn drain(mut body: Body) -> (Vec<u8>, Result<(), String>) {
+        let mut data = Vec::new();
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => data.extend_from_slice(f.data_ref().map_or(&[][..], |d| &d[..])),
+                Err(e) => return (data, Err(e.to_string())),
+            }
+        }
+        (data, Ok(()))
+    }
+
+    /// The record is written before a body's last frame is passed on; when recording is
+    /// required and that write fails, the last frame is withheld and the body fails, so the
+    /// receiver never gets it whole. Best effort passes it on.
+    #[tokio::test]
+    async fn a_body_whose_required_record_fails_is_never_passed_on_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = crate::recording::Recorder::new(
+            dir.path().join("spool"),
+            agentgate_crds::gateway::RecordingMode::Required,
+            "team/gw",
+        )
+        .unwrap();
+        let s = rec.start_session(json!({})).unwrap();
+        // Recorded: the whole body is passed on, and its record is on disk.
+        for declared in [Some(6), None] {
+            let body = Recorded::new(frames(&["abc", "def"]), Some(sink(&s, declared, true))).boxed();
+            assert_eq!(drain(body).await, (b"abcdef".to_vec(), Ok(())));
+        }
+        let written = std::fs::read_to_string(s.path()).unwrap();
+        assert_eq!(written.matches("\"text\":\"abcdef\"").count(), 2, "{written}");
+
+        s.break_disk();
+        // Framed by a declared length: the frame that completes it is withheld.
+        let body = Recorded::new(frames(&["abc", "def"]), Some(sink(&s, Some(6), true))).boxed();
+        let (data, end) = drain(body).await;
+        assert_eq!(data, b"abc");
+        assert!(end.unwrap_err().contains("could not be written"));
+        // Unframed: the end of the stream becomes an error.
+        let body = Recorded::new(frames(&["abc", "def"]), Some(sink(&s, None, true))).boxed();
+        let (data, end) = drain(body).await;
+        assert_eq!(data, b"abcdef");
+        assert!(end.is_err());
+        // Best effort: passed on whole; the failure is only counted.
+        let body = Recorded::new(frames(&["abc", "def"]), Some(sink(&s, Some(6), false))).boxed();
+        assert_eq!(drain(body).await, (b"abcdef".to_vec(), Ok(())));
     }
 
     /// A watch stream masks the same however its events are split into chunks.
