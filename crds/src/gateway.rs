@@ -110,6 +110,14 @@ pub struct Recording {
     /// lifecycle rule.
     #[serde(default = "default_retention")]
     pub retention: DurationString,
+    /// The Ed25519 private key (PKCS#8 PEM, as `openssl genpkey -algorithm ed25519` writes it)
+    /// that signs each session's closing event. Set it so that every replica and every restart
+    /// signs with one key whose public half auditors pin (`agentgate sessions public-key` prints
+    /// it; `agentgate sessions verify --public-key` checks it). Unset, each gateway process signs
+    /// with a key of its own, made at start and logged: the hash chains still show edits, but a
+    /// signature proves less, as nobody holds that key's public half ahead of time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key_secret_ref: Option<SecretKeyRef>,
 }
 
 impl Default for Recording {
@@ -118,6 +126,7 @@ impl Default for Recording {
             mode: RecordingMode::default(),
             storage: None,
             retention: default_retention(),
+            signing_key_secret_ref: None,
         }
     }
 }

@@ -417,6 +417,83 @@ fn required_recording_that_cannot_be_written_refuses_requests() {
     );
 }
 
+/// `recording.signingKeySecretRef`: every gateway run signs with the configured key, made by
+/// OpenSSL, whose public key (`agentgate sessions public-key`) the auditor pins; a run without it
+/// signs with a key of its own, which the pinned key rejects. The key is never logged.
+#[test]
+fn a_configured_signing_key_signs_the_sessions_of_every_run() {
+    let idp = OidcProvider::start();
+    let upstream = EchoUpstream::start();
+    let keys = tempfile::tempdir().unwrap();
+    let pem_file = keys.path().join("recording.pem");
+    let made = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&pem_file)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let pem = std::fs::read_to_string(&pem_file).unwrap();
+    let printed = Command::new(binary("agentgate"))
+        .args(["sessions", "public-key"])
+        .arg(&pem_file)
+        .output()
+        .unwrap();
+    assert!(printed.status.success(), "{printed:?}");
+    let public = String::from_utf8(printed.stdout).unwrap().trim().to_string();
+    assert_eq!(public.len(), 43, "{public}");
+
+    let base = okta_manifests(&OktaSetup {
+        issuer: &idp.issuer,
+        upstream: &upstream.url(),
+        upstream_token: CANARY,
+        require_dpop: false,
+    });
+    let keyed = base.replace(
+        "    mode: Required\n",
+        "    mode: Required\n    signingKeySecretRef: {name: recording-key, key: recording.pem}\n",
+    ) + &format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: recording-key, namespace: e2e}}\nstringData:\n  recording.pem: |\n{}",
+        pem.lines().map(|l| format!("    {l}\n")).collect::<String>()
+    );
+    assert!(
+        keyed.contains("signingKeySecretRef"),
+        "the recording block was not found"
+    );
+    let tok = token(&idp);
+    let verify = |gw: &Gateway| {
+        let files: Vec<_> = std::fs::read_dir(&gw.sessions)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        Command::new(binary("agentgate"))
+            .args(["sessions", "verify", "--require-closed", "--public-key", &public])
+            .args(&files)
+            .output()
+            .unwrap()
+    };
+    for (yaml, signed) in [(&keyed, true), (&keyed, true), (&base, false)] {
+        let mut gw = Gateway::start(yaml);
+        let r = curl(
+            &["-H", &format!("Authorization: Bearer {tok}")],
+            &gw.url("/okta/echo/signed"),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        gw.stop();
+        let out = verify(&gw);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.success(), signed, "{stdout}");
+        if signed {
+            assert!(stdout.contains("(closed, signature verified)"), "{stdout}");
+            assert!(gw.output().contains(&format!("public_key={public}")));
+        } else {
+            assert!(stdout.contains("signed by another key"), "{stdout}");
+        }
+        let secret = pem.lines().nth(1).unwrap();
+        assert!(!gw.output().contains(secret), "the signing key was logged");
+    }
+}
+
 /// A JSON response larger than the masking limit is withheld rather than passed unmasked; one
 /// under the limit is masked whole.
 #[test]

@@ -57,6 +57,9 @@ pub struct GatewaySettings {
     pub recording_dir: std::path::PathBuf,
     /// Where closed sessions are shipped from the spool (`recording.storage.s3`).
     pub object_storage: Option<ObjectStorage>,
+    /// The key that signs sessions (`recording.signingKeySecretRef`): PKCS#8 DER, checked to be
+    /// Ed25519. `None`: each recorder makes its own.
+    pub signing_key: Option<SecretValue>,
     pub approvals: ApprovalBounds,
 }
 
@@ -577,6 +580,30 @@ fn compile_gateway(
     if let Err(e) = g.spec.recording.retention.to_std() {
         errors.push(m.error("spec.recording.retention", format!("Invalid value: {e}")));
     }
+    let signing_key = g.spec.recording.signing_key_secret_ref.as_ref().and_then(|r| {
+        let field = "spec.recording.signingKeySecretRef";
+        match secrets.get(m.namespace(), &r.name, &r.key) {
+            Ok(pem) => match crate::recording::signing_key_from_pem(pem.expose()) {
+                Ok((der, _)) => Some(SecretValue::new(der)),
+                Err(why) => {
+                    errors.push(m.error(
+                        field,
+                        format!(
+                            "Invalid value: Secret {}/{} key {:?}: {why}",
+                            m.namespace(),
+                            r.name,
+                            r.key
+                        ),
+                    ));
+                    None
+                }
+            },
+            Err(e) => {
+                errors.push(m.error(field, e));
+                None
+            }
+        }
+    });
     GatewaySettings {
         name: m.name().to_string(),
         namespace: m.namespace().to_string(),
@@ -585,6 +612,7 @@ fn compile_gateway(
         recording: g.spec.recording.clone(),
         recording_dir,
         object_storage,
+        signing_key,
         approvals,
     }
 }
@@ -1007,6 +1035,53 @@ mod tests {
             "{errors}"
         );
         assert_eq!(without_userinfo("https://host/a@b"), "https://host/a@b");
+    }
+
+    /// `recording.signingKeySecretRef`: an Ed25519 PEM is read into the settings; another key,
+    /// or no such Secret, is an error naming the field, without quoting the key.
+    #[test]
+    fn a_recording_signing_key_is_read_and_checked() {
+        let ed25519 = "-----BEGIN PRIVATE KEY-----\n    MC4CAQAwBQYDK2VwBCIEIHDTMBYzFEDzt61lQgr0pvavuJ62cTsdwc6NmLbwPnNx\n    -----END PRIVATE KEY-----\n";
+        let p256_body = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgIow/cx/LCxx41MO9\n    l+Hx2Nk9rbsNeLGFqpg5w0E1FIWhRANCAATwMi+0UpgkIpB3VZ16x/Jg+I55BXLw\n    QICA0WoUyH8E1QjxijqmQXtjyUczfgJF3ZhVni8ECp88kYaevF82DdRe";
+        let p256 = format!("-----BEGIN PRIVATE KEY-----\n    {p256_body}\n    -----END PRIVATE KEY-----\n");
+        let load = |key: &str, secret_key: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let yaml = format!(
+                "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {{name: gw, namespace: ns}}\n\
+                spec:\n  listeners: [{{name: pg, protocol: Postgres, port: 15432}}]\n  \
+                recording: {{signingKeySecretRef: {{name: signing, key: {key}}}}}\n---\n\
+                apiVersion: v1\nkind: Secret\nmetadata: {{name: signing, namespace: ns}}\nstringData:\n  {secret_key}: |\n    {}",
+                if secret_key == "p256" { &p256 } else { ed25519 }
+            );
+            std::fs::write(dir.path().join("all.yaml"), yaml).unwrap();
+            crate::config::load(&crate::config::LoadOptions {
+                manifests: dir.path().to_path_buf(),
+                ..Default::default()
+            })
+        };
+        let cfg = load("key.pem", "key.pem").unwrap();
+        let der = cfg.gateway.signing_key.expect("the key is read");
+        let rec = crate::recording::Recorder::with_key(
+            tempfile::tempdir().unwrap().path(),
+            agentgate_crds::gateway::RecordingMode::Required,
+            "ns/gw",
+            der.expose(),
+        )
+        .unwrap();
+        assert_eq!(rec.public_key(), "tWc4mikiJztVNCdKM4jEArFnTBi4uvX49_Y0dec5iSw");
+
+        let wrong = load("p256", "p256").unwrap_err().to_string();
+        assert!(
+            wrong.contains("spec.recording.signingKeySecretRef")
+                && wrong.contains("Secret ns/signing key \"p256\": not an Ed25519 private key"),
+            "{wrong}"
+        );
+        assert!(!wrong.contains("MIGHAgEA"), "{wrong}");
+        let missing = load("other", "key.pem").unwrap_err().to_string();
+        assert!(
+            missing.contains("spec.recording.signingKeySecretRef") && missing.contains("no key \"other\""),
+            "{missing}"
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `agentgate sessions list|show|verify`: reading recordings back.
+//! `agentgate sessions list|show|verify|public-key`: reading recordings back.
 //!
 //! Files are untrusted input: strings from them are printed with control characters escaped, so a
 //! recording cannot rewrite the operator's terminal.
@@ -45,6 +45,12 @@ pub enum SessionsCommand {
         #[arg(long)]
         require_closed: bool,
     },
+    /// Print the base64url public key of a signing key (the PKCS#8 PEM that
+    /// `recording.signingKeySecretRef` names), for `verify --public-key`.
+    PublicKey {
+        /// The private key's PEM file; `-` reads standard input.
+        file: PathBuf,
+    },
 }
 
 /// Runs a `sessions` subcommand, printing to stdout.
@@ -74,6 +80,25 @@ fn execute(cmd: SessionsCommand, out: &mut impl Write) -> io::Result<bool> {
             public_key,
             require_closed,
         } => verify(&files, public_key.as_deref(), require_closed, out),
+        SessionsCommand::PublicKey { file } => public_key(&file, out),
+    }
+}
+
+fn public_key(file: &Path, out: &mut impl Write) -> io::Result<bool> {
+    let pem = if file == Path::new("-") {
+        let mut pem = Vec::new();
+        io::Read::read_to_end(&mut io::stdin().lock(), &mut pem)?;
+        pem
+    } else {
+        std::fs::read(file)?
+    };
+    match super::signing_key_from_pem(&pem) {
+        Ok((_, public)) => writeln!(out, "{public}").map(|()| true),
+        // The file's contents are a secret: only the reason is printed.
+        Err(why) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {why}", file.display()),
+        )),
     }
 }
 
@@ -265,6 +290,26 @@ mod tests {
         let mut out = Vec::new();
         let ok = execute(cmd, &mut out).unwrap();
         (ok, String::from_utf8(out).unwrap())
+    }
+
+    /// The public key of a signing key's PEM; a file that is not one is an error that does not
+    /// quote it.
+    #[test]
+    fn public_key_prints_the_public_half_of_a_signing_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key.pem");
+        std::fs::write(
+            &file,
+            "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIHDTMBYzFEDzt61lQgr0pvavuJ62cTsdwc6NmLbwPnNx\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let (ok, out) = run_to_string(SessionsCommand::PublicKey { file: file.clone() });
+        assert!(ok);
+        assert_eq!(out, "tWc4mikiJztVNCdKM4jEArFnTBi4uvX49_Y0dec5iSw\n");
+        std::fs::write(&file, "MC4CAQAwBQYDK2VwBCIEIHDTMBYz hunter2").unwrap();
+        let e = execute(SessionsCommand::PublicKey { file }, &mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains("not a PKCS#8 PEM private key"), "{e}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
     #[test]

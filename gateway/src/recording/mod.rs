@@ -114,6 +114,19 @@ pub enum RecordingError {
     Key(&'static str),
 }
 
+/// Reads an Ed25519 private key from PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`, as
+/// `openssl genpkey -algorithm ed25519` writes it) into the DER that [`Recorder::with_key`]
+/// takes, with the base64url public key that verifies its signatures.
+pub fn signing_key_from_pem(pem: &[u8]) -> Result<(Vec<u8>, String), &'static str> {
+    use rustls::pki_types::PrivatePkcs8KeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let der = PrivatePkcs8KeyDer::from_pem_slice(pem)
+        .map_err(|_| "not a PKCS#8 PEM private key (-----BEGIN PRIVATE KEY-----)")?;
+    let key = Ed25519KeyPair::from_pkcs8(der.secret_pkcs8_der()).map_err(|_| "not an Ed25519 private key")?;
+    let public = URL_SAFE_NO_PAD.encode(key.public_key().as_ref());
+    Ok((der.secret_pkcs8_der().to_vec(), public))
+}
+
 /// Key id of a raw Ed25519 public key: the first 16 hex digits of its SHA-256.
 pub fn key_id(public_key: &[u8]) -> String {
     let mut id = sha256_hex(public_key);
@@ -318,7 +331,8 @@ impl Recorder {
         Self::build(dir.into(), mode, gateway, key)
     }
 
-    /// Like [`Recorder::new`], signing with a given Ed25519 key (PKCS#8 v1 or v2, DER).
+    /// Like [`Recorder::new`], signing with a given Ed25519 key (PKCS#8 v1 or v2, DER; see
+    /// [`signing_key_from_pem`]).
     pub fn with_key(
         dir: impl Into<PathBuf>,
         mode: RecordingMode,

@@ -642,3 +642,43 @@ fn sessions_age_out_after_the_limit() {
     assert!(!s.is_old_at(now + MAX_SESSION_AGE / 2));
     assert!(s.is_old_at(now + MAX_SESSION_AGE));
 }
+
+/// `openssl genpkey -algorithm ed25519` (PKCS#8 v1, no public key inside); its public key by
+/// `openssl pkey -pubout`. A test key, used nowhere else.
+const OPENSSL_ED25519: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIHDTMBYzFEDzt61lQgr0pvavuJ62cTsdwc6NmLbwPnNx\n-----END PRIVATE KEY-----\n";
+const OPENSSL_ED25519_PUBLIC: &str = "tWc4mikiJztVNCdKM4jEArFnTBi4uvX49_Y0dec5iSw";
+/// `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256`: PKCS#8, not Ed25519.
+const OPENSSL_P256: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgIow/cx/LCxx41MO9\nl+Hx2Nk9rbsNeLGFqpg5w0E1FIWhRANCAATwMi+0UpgkIpB3VZ16x/Jg+I55BXLw\nQICA0WoUyH8E1QjxijqmQXtjyUczfgJF3ZhVni8ECp88kYaevF82DdRe\n-----END PRIVATE KEY-----\n";
+
+/// A configured signing key: read from the PEM OpenSSL writes, it signs every session of every
+/// recorder made with it, so one public key, known ahead, verifies them all.
+#[test]
+fn a_configured_signing_key_signs_sessions_that_its_public_key_verifies() {
+    let (der, public) = signing_key_from_pem(OPENSSL_ED25519.as_bytes()).unwrap();
+    assert_eq!(public, OPENSSL_ED25519_PUBLIC);
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    // Two recorders, as two replicas or a restart would make.
+    for _ in 0..2 {
+        let rec = Recorder::with_key(dir.path(), RecordingMode::Required, "ns/gw", &der).unwrap();
+        assert_eq!(rec.public_key(), OPENSSL_ED25519_PUBLIC);
+        let s = rec.start_session(json!({})).unwrap();
+        s.record("http.request", json!({"path": "/x"})).unwrap();
+        s.close(json!({})).unwrap();
+        files.push(s.path().to_path_buf());
+    }
+    for f in &files {
+        let report = verify_file(f, Some(OPENSSL_ED25519_PUBLIC)).unwrap();
+        assert!(report.closed && report.signed, "{report:?}");
+    }
+    // A process's own key verifies nothing else.
+    let other = Recorder::new(dir.path(), RecordingMode::Required, "ns/gw").unwrap();
+    assert!(verify_file(&files[0], Some(other.public_key())).is_err());
+
+    assert_eq!(
+        signing_key_from_pem(OPENSSL_P256.as_bytes()).unwrap_err(),
+        "not an Ed25519 private key"
+    );
+    assert!(signing_key_from_pem(b"MC4CAQAwBQYDK2VwBCIEIHDTMBYz").is_err());
+    assert!(signing_key_from_pem(b"").is_err());
+}

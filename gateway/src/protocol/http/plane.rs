@@ -160,9 +160,9 @@ pub struct Gateway {
     current: RwLock<Option<Arc<Plane>>>,
     pub metrics: Metrics,
     identity: IdentityShared,
-    /// The recorder of the current recording directory and mode; kept across reloads so one
-    /// signing key covers the process's sessions.
-    recorder: Mutex<Option<(PathBuf, RecordingMode, Arc<Recorder>)>>,
+    /// The recorder of the current recording directory, mode and configured signing key; kept
+    /// across reloads so one signing key covers the process's sessions.
+    recorder: Mutex<Option<(RecorderKey, Arc<Recorder>)>>,
     /// Recorders replaced by a reload (another directory or mode), while sessions they opened
     /// live: shutdown closes those too.
     retired: Mutex<Vec<WeakRecorder>>,
@@ -259,8 +259,11 @@ impl Gateway {
         }
         routes_by_prefix.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
         let recorder = self.recorder_for(
-            &cfg.gateway.recording_dir,
-            cfg.gateway.recording.mode,
+            RecorderKey {
+                dir: cfg.gateway.recording_dir.clone(),
+                mode: cfg.gateway.recording.mode,
+                signing_key: cfg.gateway.signing_key.clone(),
+            },
             &cfg.gateway.namespace,
             &cfg.gateway.name,
         );
@@ -313,7 +316,7 @@ impl Gateway {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .map(|(_, _, r)| Recorder::clone(r));
+            .map(|(_, r)| Recorder::clone(r));
         recorders.extend(current);
         if recorders.is_empty() {
             return;
@@ -375,25 +378,29 @@ impl Gateway {
         });
     }
 
-    fn recorder_for(
-        &self,
-        dir: &PathBuf,
-        mode: RecordingMode,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Arc<Recorder>, String> {
+    fn recorder_for(&self, key: RecorderKey, namespace: &str, name: &str) -> Result<Arc<Recorder>, String> {
         let mut slot = self.recorder.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((d, m, r)) = slot.as_ref()
-            && d == dir
-            && *m == mode
+        if let Some((k, r)) = slot.as_ref()
+            && *k == key
         {
             return Ok(r.clone());
         }
-        match Recorder::new(dir.clone(), mode, &format!("{namespace}/{name}")) {
+        let gateway = format!("{namespace}/{name}");
+        let made = match &key.signing_key {
+            Some(der) => Recorder::with_key(key.dir.clone(), key.mode, &gateway, der.expose()),
+            None => Recorder::new(key.dir.clone(), key.mode, &gateway),
+        };
+        match made {
             Ok(r) => {
                 let r = Arc::new(r);
-                tracing::info!(dir = %dir.display(), ?mode, public_key = %r.public_key(), "recording sessions");
-                if let Some((_, _, old)) = slot.replace((dir.clone(), mode, r.clone())) {
+                tracing::info!(
+                    dir = %key.dir.display(),
+                    mode = ?key.mode,
+                    public_key = %r.public_key(),
+                    signing_key = if key.signing_key.is_some() { "configured" } else { "this process's own" },
+                    "recording sessions"
+                );
+                if let Some((_, old)) = slot.replace((key, r.clone())) {
                     let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
                     retired.retain(|w| w.upgrade().is_some());
                     retired.push(old.downgrade());
@@ -405,6 +412,24 @@ impl Gateway {
                 Err(e.to_string())
             }
         }
+    }
+}
+
+/// What a recorder is made for: a change of any part (a reload) makes a new one.
+#[derive(PartialEq)]
+struct RecorderKey {
+    dir: PathBuf,
+    mode: RecordingMode,
+    signing_key: Option<crate::config::secrets::SecretValue>,
+}
+
+impl std::fmt::Debug for RecorderKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecorderKey")
+            .field("dir", &self.dir)
+            .field("mode", &self.mode)
+            .field("signing_key", &self.signing_key.as_ref().map(|_| "configured"))
+            .finish()
     }
 }
 
