@@ -508,6 +508,128 @@ fn tokio_postgres_simple_extended_and_binary_with_session_kept_usable() {
     s.assert_no_canary();
 }
 
+/// Replaces `from` with `to` in the gateway's manifests, atomically (staged outside the watched
+/// directory), so the gateway reloads.
+fn edit_manifests(gw: &Gateway, from: &str, to: &str) {
+    let file = gw.manifests().join("all.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains(from), "{from:?} is not in the manifests");
+    let staged = gw.manifests().parent().unwrap().join("staged.yaml");
+    std::fs::write(&staged, text.replace(from, to)).unwrap();
+    std::fs::rename(&staged, &file).unwrap();
+}
+
+/// An open session is decided by the configuration in force, not the one it was opened under:
+/// a write revoked by a reload is refused on the next statement of the same connection. When a
+/// reload changes what the session was opened on (here its masking), it refuses every statement
+/// but transaction control, saying to connect again; a new connection gets the new masking. A
+/// change of the recording directory closes (signs) its recording, continued in the new place.
+#[test]
+fn open_sessions_follow_reloads() {
+    let s = setup_with(false);
+    let tok = token(&s.idp);
+    let wait = |what: &str, mut done: Box<dyn FnMut() -> bool + '_>| {
+        let until = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(
+                Instant::now() < until,
+                "{what}: not seen within 30 s\n{}",
+                s.gw.output()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    rt().block_on(async {
+        let c = connect(&s.plain_conninfo(&tok)).await;
+        let insert = "INSERT INTO orders (customer_id, total) VALUES (1, 1.00)";
+        c.execute(insert, &[]).await.unwrap();
+
+        // The write is revoked: refused on this same connection once the reload lands.
+        edit_manifests(
+            &s.gw,
+            "statements: [Insert, Update, Copy]",
+            "statements: [Update, Copy]",
+        );
+        let until = Instant::now() + Duration::from_secs(30);
+        let refused = loop {
+            match c.execute(insert, &[]).await {
+                Err(e) => break db_error(&e),
+                Ok(_) => assert!(Instant::now() < until, "the revoked write still runs"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(refused.0, "42501", "{refused:?}");
+        // Still usable for what the policy allows.
+        c.query_one("SELECT count(*) FROM orders", &[]).await.unwrap();
+
+        // The recording moves: the open session's record is closed and continued there.
+        let moved = s.gw.sessions.parent().unwrap().join("sessions-moved");
+        edit_manifests(
+            &s.gw,
+            &format!("path: \"{}\"", s.gw.sessions.display()),
+            &format!("path: \"{}\"", moved.display()),
+        );
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            c.query_one("SELECT 1", &[]).await.unwrap();
+            let continued = std::fs::read_dir(&moved).map(|d| d.count() > 0).unwrap_or(false);
+            if continued {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "the recording did not move\n{}",
+                s.gw.output()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        // The masking changes: the session cannot follow and says so; transaction control
+        // still answers; a new connection masks by the new rules.
+        edit_manifests(
+            &s.gw,
+            "columns: [\"public.customers.email\"]",
+            "columns: [\"public.customers.email\", \"public.customers.name\"]",
+        );
+        let until = Instant::now() + Duration::from_secs(30);
+        let stale = loop {
+            match c.query("SELECT name FROM customers WHERE id = 1", &[]).await {
+                Err(e) => break db_error(&e),
+                Ok(_) => assert!(Instant::now() < until, "the session kept the old masking"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(stale.0, "42501", "{stale:?}");
+        assert!(
+            stale
+                .1
+                .contains("the masking rules that apply to this session changed")
+                && stale.1.contains("connect again"),
+            "{stale:?}"
+        );
+        c.batch_execute("BEGIN; ROLLBACK").await.unwrap();
+        let fresh = connect(&s.plain_conninfo(&tok)).await;
+        let name: String = fresh
+            .query_one("SELECT name FROM customers WHERE id = 1", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(name.contains("REDACTED"), "{name}");
+    });
+    wait(
+        "the moved recording closed",
+        Box::new(|| s.gw.recordings().contains("recording configuration changed")),
+    );
+    let old = s.gw.recordings();
+    assert!(old.contains("\"continued_by\""), "{old}");
+    let mut moved = String::new();
+    for e in std::fs::read_dir(s.gw.sessions.parent().unwrap().join("sessions-moved")).unwrap() {
+        moved.push_str(&std::fs::read_to_string(e.unwrap().path()).unwrap());
+    }
+    assert!(moved.contains("\"continues\""), "{moved}");
+    s.assert_no_canary();
+}
+
 #[test]
 fn security_catalogue_statements_are_refused() {
     let s = setup_with(false);

@@ -28,6 +28,7 @@ use super::binary;
 use super::cancel::{self, CancelRegistry, CancelTarget};
 use super::catalog::{self, MaskedColumns};
 use super::classify::{Classified, Classifier, Statement};
+use super::follow;
 use super::handshake::{self, Opening, StartupError};
 use super::message::authentication::Authentication;
 use super::message::bind::Bind;
@@ -189,7 +190,10 @@ fn fatal(code: &str, message: impl Into<String>) -> StartupError {
 /// Everything a running session holds.
 struct Live {
     ctx: Arc<Context>,
-    plane: Arc<Plane>,
+    /// The configuration the session was opened under: its upstream, identity and masking.
+    opened: Arc<Plane>,
+    /// The configuration its statements are decided by (see [`follow`]).
+    current: Mutex<Arc<Current>>,
     connection: String,
     identity: String,
     /// The token's subject (never its own approver).
@@ -202,15 +206,25 @@ struct Live {
     token: String,
     plan: MaskingPlan,
     masked: Arc<MaskedColumns>,
-    recording: Option<Arc<Recording>>,
-    mode: RecordingMode,
+    /// The session's recording, when it has one; replaced (see [`Live::recording`]) when it
+    /// reaches its age limit or the recording configuration changes.
+    recording: Option<Mutex<Arc<Recording>>>,
+    /// The recording's `session.start` data, for the sessions that continue it.
+    recording_start: Value,
     _cancel: cancel::Registration,
     /// Unique per session, so no client text can collide with the gateway's refusal markers.
     marker: String,
-    /// The applicable Allow rules that cap rows, as (policy, rule) indexes into the session's
-    /// configuration: found once, so each decision checks only these.
-    row_limit_rules: Vec<(usize, usize)>,
     counters: Counters,
+}
+
+/// The configuration a session's statements are decided by.
+struct Current {
+    plane: Arc<Plane>,
+    /// The applicable Allow rules that cap rows, as (policy, rule) indexes into `plane`'s
+    /// configuration: found once per configuration, so each decision checks only these.
+    row_limit_rules: Vec<(usize, usize)>,
+    /// Why the session can no longer follow the configuration (it refuses every statement).
+    stale: Option<String>,
 }
 
 /// The session's statement counters, looked up once.
@@ -313,16 +327,7 @@ async fn start(
         ));
     }
     let plan = plane.masking_plan(conn, &applicable, false);
-    let mut row_limit_rules = Vec::new();
-    for (pi, p) in cfg.policies.iter().enumerate() {
-        if applicable.iter().any(|a| std::ptr::eq(*a, p)) {
-            for (ri, r) in p.rules.iter().enumerate() {
-                if r.action == Action::Allow && r.matcher.row_limit().is_some() {
-                    row_limit_rules.push((pi, ri));
-                }
-            }
-        }
-    }
+    let row_limit_rules = follow::row_limit_rules(cfg, &applicable);
     let tls = ctx.upstream_tls(&plane, conn).map_err(|e| {
         fatal(
             sqlstate::CONNECTION_FAILURE,
@@ -342,21 +347,22 @@ async fn start(
         )
     })?;
     let mode = cfg.gateway.recording.mode;
+    let recording_start = json!({
+        "identity": principal.identity,
+        "connection": conn.name,
+        "protocol": "postgres",
+        "peer": peer.to_string(),
+        "subject": principal.subject,
+        "issuer": principal.issuer,
+        "application_name": s.params.iter().find(|(k, _)| k == "application_name").map(|(_, v)| v),
+    });
     let recording = match &plane.recorder {
-        Ok(r) => match r.start_session(json!({
-            "identity": principal.identity,
-            "connection": conn.name,
-            "protocol": "postgres",
-            "peer": peer.to_string(),
-            "subject": principal.subject,
-            "issuer": principal.issuer,
-            "application_name": s.params.iter().find(|(k, _)| k == "application_name").map(|(_, v)| v),
-        })) {
+        Ok(r) => match r.start_session(recording_start.clone()) {
             Ok(session) => {
                 // The token is the password: were it sent again in SQL (set_config, a comment),
                 // the recording shows it redacted.
                 session.hide(token.as_bytes());
-                Some(session)
+                Some(Mutex::new(session))
             }
             Err(e) if mode == RecordingMode::Required => {
                 tracing::error!(error = %e, "cannot start a session recording");
@@ -388,7 +394,12 @@ async fn start(
     Ok((
         Live {
             ctx: ctx.clone(),
-            plane: plane.clone(),
+            opened: plane.clone(),
+            current: Mutex::new(Arc::new(Current {
+                plane: plane.clone(),
+                row_limit_rules,
+                stale: None,
+            })),
             connection: conn.name.clone(),
             identity: principal.identity.clone(),
             subject: principal.subject.clone(),
@@ -398,10 +409,9 @@ async fn start(
             plan,
             masked: Arc::new(masked),
             recording,
-            mode,
+            recording_start,
             _cancel: registration,
             marker,
-            row_limit_rules,
             counters: Counters::new(&ctx.gateway.metrics, &conn.name, &principal.identity),
         },
         up,
@@ -624,6 +634,89 @@ impl Verdict {
 }
 
 impl Live {
+    /// The configuration to decide by: the one in force, when the session can follow it there
+    /// (see [`follow`]); else the session is stale from then on.
+    fn current(&self) -> Arc<Current> {
+        let latest = self.ctx.gateway.plane();
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(plane) = latest
+            && !Arc::ptr_eq(&plane, &current.plane)
+            && current.stale.is_none()
+        {
+            let subject = Subject {
+                identity: &self.identity,
+                groups: &self.groups,
+            };
+            let followed = follow::follow(
+                &self.opened.snapshot.config,
+                &plane.snapshot.config,
+                &self.connection,
+                subject,
+            );
+            if let Err(why) = &followed {
+                tracing::info!(identity = %self.identity, connection = %self.connection, reason = %why,
+                    "postgres session stale after a reload: its statements are refused");
+            }
+            let (row_limit_rules, stale) = match followed {
+                Ok(rules) => (rules, None),
+                Err(why) => (Vec::new(), Some(why)),
+            };
+            *current = Arc::new(Current {
+                plane,
+                row_limit_rules,
+                stale,
+            });
+        }
+        current.clone()
+    }
+
+    /// Recording mode Required, as configured now.
+    fn required(&self) -> bool {
+        let current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        current.plane.snapshot.config.gateway.recording.mode == RecordingMode::Required
+    }
+
+    /// The session's recording. With `rotate` (before a statement, so a statement and its
+    /// result share a file), a recording that reached its age limit, or that the recorder in
+    /// force did not start (the recording directory, mode or key changed), is closed (signed)
+    /// and a new one continues it, naming it: a connection held open for days does not keep its
+    /// evidence unsigned. Should the new one fail to start, the old one goes on.
+    fn recording(&self, rotate: bool) -> Option<Arc<Recording>> {
+        let slot = self.recording.as_ref()?;
+        let mut session = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if rotate {
+            let recorder = self.current().plane.recorder.clone();
+            let reason = match &recorder {
+                Ok(r) if !r.started(&session) => Some("recording configuration changed"),
+                Ok(_) if session.is_old() => Some("session age limit"),
+                _ => None,
+            };
+            if let (Some(reason), Ok(recorder)) = (reason, recorder) {
+                let mut start = self.recording_start.clone();
+                if let Some(o) = start.as_object_mut() {
+                    o.insert("continues".into(), json!(session.id()));
+                }
+                match recorder.start_session(start) {
+                    Ok(next) => {
+                        next.hide(self.token.as_bytes());
+                        let old = std::mem::replace(&mut *session, next);
+                        // Closing signs and fsyncs: off the async worker.
+                        let end = json!({"reason": reason, "continued_by": session.id()});
+                        tokio::task::spawn_blocking(move || {
+                            if let Err(e) = old.close(end) {
+                                tracing::warn!(error = %e, "closing a session record failed");
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, reason, "a postgres session's recording could not be continued in a new one")
+                    }
+                }
+            }
+        }
+        Some(session.clone())
+    }
+
     /// Decides one statement (after resolving SQL-level EXECUTE to its prepared statement).
     fn decide(&self, statement: &Statement, prepared: &Prepared) -> Verdict {
         let target: Arc<Statement>;
@@ -663,7 +756,15 @@ impl Live {
                 "COPY TO of a table with masked columns is refused (its columns cannot be masked); use SELECT",
             );
         }
-        let cfg = &self.plane.snapshot.config;
+        let current = self.current();
+        if let Some(why) = &current.stale
+            && st.node != "TransactionStmt"
+        {
+            return Verdict::refused(format!(
+                "this session can no longer be decided by the gateway's configuration: {why} since it was opened; connect again"
+            ));
+        }
+        let cfg = &current.plane.snapshot.config;
         let op = Operation::Sql(SqlOperation { statement: st });
         let subject = Subject {
             identity: &self.identity,
@@ -675,9 +776,9 @@ impl Live {
         // Every Allow rule that matches restricts: the smallest row cap among them applies, not
         // only the cap of the rule that decided.
         let mut row_limit: Option<u64> = None;
-        if d.action == Action::Allow && !self.row_limit_rules.is_empty() {
+        if d.action == Action::Allow && !current.row_limit_rules.is_empty() {
             let t = unix_now();
-            for &(pi, ri) in &self.row_limit_rules {
+            for &(pi, ri) in &current.row_limit_rules {
                 let r = &cfg.policies[pi].rules[ri];
                 if let Some(limit) = r.matcher.row_limit()
                     && r.matcher.matches(Action::Allow, &op, t)
@@ -721,21 +822,17 @@ impl Live {
     /// Records an event before the statement runs. `Err` means the statement must be refused
     /// (mode Required and the event is not on record).
     fn record(&self, kind: &str, data: impl serde::Serialize) -> Result<(), ()> {
-        let result = match &self.recording {
+        let result = match self.recording(true) {
             Some(r) => r.record(kind, data).map_err(|e| self.recording_failed(&e)),
             None => Err(()),
         };
-        if self.mode == RecordingMode::Required {
-            result
-        } else {
-            Ok(())
-        }
+        if self.required() { result } else { Ok(()) }
     }
 
     /// Records an event that follows what it records (a result already sent): written with the
     /// next event, in one system call. Failures are counted, never refuse (the rows are gone).
     fn record_after(&self, kind: &str, data: impl serde::Serialize) {
-        if let Some(r) = &self.recording
+        if let Some(r) = self.recording(false)
             && let Err(e) = r.record_deferred(kind, data)
         {
             self.recording_failed(&e);
@@ -743,7 +840,7 @@ impl Live {
     }
 
     fn recording_failed(&self, e: &crate::recording::RecordingError) {
-        let mode = if self.mode == RecordingMode::Required {
+        let mode = if self.required() {
             "required"
         } else {
             "best_effort"
@@ -892,7 +989,7 @@ impl Live {
             Ok(Ok(r)) => r,
             _ => "aborted".to_string(),
         };
-        if let Some(r) = this.recording.clone() {
+        if let Some(r) = this.recording(false) {
             // Closing signs and fsyncs the file: off the async worker, which other sessions share
             // (an fsync takes milliseconds on network block storage).
             let end = json!({ "reason": reason, "upstream": down_reason });
@@ -1301,7 +1398,8 @@ impl ClientSide {
         reason: Option<String>,
     ) -> Result<(), ErrorResponse> {
         let live = &self.live;
-        let cfg = &live.plane.snapshot.config;
+        let current = live.current();
+        let cfg = &current.plane.snapshot.config;
         let found = v.approval.as_ref().and_then(|(p, r)| {
             let policy = cfg.policies.iter().find(|x| &x.name == p)?;
             Some((policy, policy.rules.iter().find(|x| &x.name == r)?))
