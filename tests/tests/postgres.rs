@@ -508,6 +508,62 @@ fn tokio_postgres_simple_extended_and_binary_with_session_kept_usable() {
     s.assert_no_canary();
 }
 
+/// Views mask what they read, under any name: a renamed column, a swap of names (each column is
+/// what it reads, not what it is called), a view of a view, a whole row, and a view whose FROM
+/// renames columns inside a subquery (all its columns are masked).
+#[test]
+fn views_mask_masked_columns_under_any_name() {
+    let s = setup_with(false);
+    s.pg.psql(
+        "CREATE VIEW public.renamed AS SELECT id, email AS contact, name FROM public.customers;
+         CREATE VIEW public.swapped AS SELECT id, name AS email, email AS name FROM public.customers;
+         CREATE VIEW public.renamed_again AS SELECT id, contact AS c2 FROM public.renamed;
+         CREATE VIEW public.whole_rows AS SELECT c.id, c AS r FROM public.customers c;
+         CREATE VIEW public.nested AS SELECT s.id, s.x FROM (SELECT id, email AS x FROM public.customers) s;",
+    );
+    let tok = token(&s.idp);
+    rt().block_on(async {
+        let c = connect(&s.plain_conninfo(&tok)).await;
+        let one = |sql: &'static str| {
+            let c = &c;
+            async move {
+                let rows = c.simple_query(sql).await.unwrap();
+                rows.iter()
+                    .filter_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                            (0..r.len())
+                                .map(|i| r.get(i).unwrap_or("").to_string())
+                                .collect::<Vec<_>>()
+                                .join("|"),
+                        ),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+        };
+        for sql in [
+            "SELECT contact FROM renamed WHERE id = 1",
+            "SELECT c2 FROM renamed_again WHERE id = 1",
+            "SELECT r FROM whole_rows WHERE id = 1",
+            "SELECT x FROM nested WHERE id = 1",
+            "SELECT name FROM swapped WHERE id = 1",
+        ] {
+            let out = one(sql).await;
+            assert!(
+                !out.contains("ada@example.com") && !out.is_empty(),
+                "{sql}: {out}"
+            );
+        }
+        // The swap's other column holds a name, which no rule masks.
+        assert_eq!(
+            one("SELECT email FROM swapped WHERE id = 1").await,
+            "Ada Lovelace"
+        );
+        assert_eq!(one("SELECT name FROM renamed WHERE id = 1").await, "Ada Lovelace");
+    });
+}
+
 /// Replaces `from` with `to` in the gateway's manifests, atomically (staged outside the watched
 /// directory), so the gateway reloads.
 fn edit_manifests(gw: &Gateway, from: &str, to: &str) {

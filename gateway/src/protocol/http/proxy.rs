@@ -1680,8 +1680,12 @@ mod tests {
 
     #[test]
     fn request_ids_are_unique_hex() {
-        let ids: std::collections::BTreeSet<String> = (0..3 * REQUEST_IDS_PER_DRAW).map(|_| new_request_id()).collect();
+        let ids: std::collections::BTreeSet<String> =
+            (0..3 * REQUEST_IDS_PER_DRAW).map(|_| new_request_id()).collect();
         assert_eq!(ids.len(), 3 * REQUEST_IDS_PER_DRAW, "ids repeat across draws");
-        assert!(ids.iter().all(|id| id.len() == 24 && id.bytes().all(|b| b.is_ascii_hexdigit())));
+        assert!(
+            ids.iter()
+                .all(|id| id.len() == 24 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+        );
     }
 }

@@ -1,8 +1,11 @@
 //! Which result columns a session's column masking rules cover, resolved once per session from
 //! the upstream's catalog: a result field names its source by (table OID, attribute number), so
 //! rules written as `schema.table.column` are turned into that form. Views resolve through
-//! pg_depend to the base columns they read: a view column is masked when it reads a masked base
-//! column of the same name, or when a rule names the view's column itself.
+//! pg_depend to the masked columns they read, and through their definitions (parsed by
+//! PostgreSQL's grammar) to which of their columns read them: a view column is masked when its
+//! expression mentions a masked column it reads, under any name, or a whole row; every column
+//! of a view whose columns cannot be traced by name (a subquery or CTE in its FROM) is masked;
+//! and a rule may name a view's column itself.
 
 use std::collections::{HashMap, HashSet};
 
@@ -25,11 +28,15 @@ const COLUMNS_SQL: &str = "SELECT c.oid, n.nspname, c.relname, a.attnum, a.attna
      WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r','p','v','m','f') \
      AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%'";
 
-/// (view, base table, base attribute) for every column a view's rule reads.
+/// (view, base relation, base attribute) for what a view's rule reads (attribute 0: the relation
+/// as a whole).
 const VIEW_DEPENDENCIES_SQL: &str = "SELECT DISTINCT r.ev_class, d.refobjid, d.refobjsubid \
      FROM pg_catalog.pg_rewrite r \
      JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
-     WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjsubid > 0 AND d.refobjid <> r.ev_class";
+     WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjsubid >= 0 AND d.refobjid <> r.ev_class";
+
+/// Views of views followed when masking (a chain longer than this is not traced further).
+const MAX_VIEW_DEPTH: usize = 8;
 
 /// The masked columns of one session.
 #[derive(Debug, Default)]
@@ -95,32 +102,108 @@ pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColu
         .iter()
         .filter_map(|r| Some((r.first()?.parse().ok()?, format!("{}.{}", r.get(1)?, r.get(2)?))))
         .collect();
+    // (view, relation it reads).
+    let mut dependencies: HashSet<(u32, u32)> = HashSet::new();
     for row in query(up, VIEW_DEPENDENCIES_SQL).await? {
-        let [view, base, attnum] = row.as_slice() else {
-            continue;
-        };
-        let (Ok(view), Ok(base), Ok(attnum)) =
-            (view.parse::<u32>(), base.parse::<u32>(), attnum.parse::<i16>())
-        else {
-            continue;
-        };
-        let Some(strategy) = masked.by_field.get(&(base, attnum)).copied() else {
-            continue;
-        };
-        let Some(base_name) = names.get(&(base, attnum)).cloned() else {
-            continue;
-        };
-        // The view's columns of the same name read the masked base column.
-        let view_columns: Vec<i16> = names
-            .iter()
-            .filter(|((oid, _), n)| *oid == view && **n == base_name)
-            .map(|((_, a), _)| *a)
-            .collect();
-        for a in view_columns {
-            masked.by_field.entry((view, a)).or_insert(strategy);
+        if let [view, base, _] = row.as_slice()
+            && let (Ok(view), Ok(base)) = (view.parse(), base.parse())
+        {
+            dependencies.insert((view, base));
         }
-        if let Some(t) = table_names.get(&view) {
-            masked.tables.insert(t.clone());
+    }
+    // Views of views: each round masks the views that read what the last one masked.
+    let mut definitions: HashMap<u32, Option<Vec<Vec<String>>>> = HashMap::new();
+    for _ in 0..MAX_VIEW_DEPTH {
+        // The masked columns each view reads, by name.
+        let mut sources: HashMap<u32, HashMap<&str, MaskingStrategy>> = HashMap::new();
+        // Every masked column of a relation the view reads at all: a whole-row reference
+        // (`c.*`) is recorded only as a dependency on the columns named beside it, if any.
+        for (view, base) in &dependencies {
+            for ((oid, a), s) in &masked.by_field {
+                if oid == base
+                    && let Some(name) = names.get(&(*oid, *a))
+                {
+                    sources.entry(*view).or_default().insert(name, *s);
+                }
+            }
+        }
+        let unread: Vec<u32> = sources
+            .keys()
+            .filter(|v| !definitions.contains_key(v))
+            .copied()
+            .collect();
+        if !unread.is_empty() {
+            let list: Vec<String> = unread.iter().map(u32::to_string).collect();
+            let sql = format!(
+                "SELECT c.oid, pg_catalog.pg_get_viewdef(c.oid) FROM pg_catalog.pg_class c WHERE c.oid IN ({})",
+                list.join(",")
+            );
+            for row in query(up, &sql).await? {
+                if let [oid, definition] = row.as_slice()
+                    && let Ok(oid) = oid.parse()
+                {
+                    definitions.insert(oid, super::classify::view_column_sources(definition));
+                }
+            }
+            // A view whose definition was not returned is read as one that cannot be traced.
+            for v in unread {
+                definitions.entry(v).or_insert(None);
+            }
+        }
+        let before = masked.by_field.len();
+        let mut found = Vec::new();
+        for (view, read) in &sources {
+            // Several masked columns in one output column: the strongest strategy.
+            let strongest = |names: &mut dyn Iterator<Item = &MaskingStrategy>| {
+                let all: HashSet<&MaskingStrategy> = names.collect();
+                match all.len() {
+                    1 => *all.into_iter().next().unwrap_or(&MaskingStrategy::Redact),
+                    _ => MaskingStrategy::Redact,
+                }
+            };
+            let mut columns: Vec<i16> = names
+                .keys()
+                .filter(|(oid, _)| oid == view)
+                .map(|(_, a)| *a)
+                .collect();
+            columns.sort_unstable();
+            match definitions.get(view).and_then(Option::as_ref) {
+                // Untraceable: every column of the view is masked.
+                None => {
+                    let s = strongest(&mut read.values());
+                    found.extend(columns.iter().map(|a| (*view, *a, s)));
+                }
+                Some(outputs) => {
+                    for (i, mentioned) in outputs.iter().enumerate() {
+                        let whole_row = mentioned.iter().any(|m| m == "*");
+                        let hits: Vec<&MaskingStrategy> =
+                            mentioned.iter().filter_map(|m| read.get(m.as_str())).collect();
+                        if whole_row || !hits.is_empty() {
+                            let s = if whole_row {
+                                strongest(&mut read.values())
+                            } else {
+                                strongest(&mut hits.into_iter())
+                            };
+                            if let Ok(a) = i16::try_from(i + 1) {
+                                found.push((*view, a, s));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (view, a, s) in found {
+            masked.by_field.entry((view, a)).or_insert(s);
+            if let Some(n) = names.get(&(view, a)) {
+                // A statement computing over the view's column computes over masked data.
+                masked.names.insert(n.to_lowercase());
+            }
+            if let Some(t) = table_names.get(&view) {
+                masked.tables.insert(t.clone());
+            }
+        }
+        if masked.by_field.len() == before {
+            break;
         }
     }
     Ok(masked)

@@ -1224,6 +1224,122 @@ const READ_ONLY_FUNCTIONS: &[&str] = &[
 // ---------------------------------------------------------------------------------------------
 // The generic tree.
 
+// ---------------------------------------------------------------------------------------------
+// View definitions, for masking.
+
+/// What each output column of a view reads, from its definition (`pg_get_viewdef`): for each
+/// column in order, the names of the columns its expression mentions anywhere (subqueries
+/// included), `*` for a whole-row reference (`t.*`, or a relation named as a value, `row_to_json(t)`).
+/// `None` when a column's source cannot be told by name: the FROM clause has a subquery,
+/// function or CTE (whose output columns are renamed inside it), a set operation's sides
+/// disagree, or the definition does not parse as one SELECT.
+pub fn view_column_sources(definition: &str) -> Option<Vec<Vec<String>>> {
+    let parsed = pg_query::parse(definition).ok()?;
+    let [raw] = parsed.protobuf.stmts.as_slice() else {
+        return None;
+    };
+    let node = tree::build(&**raw.stmt.as_ref()?).ok()?;
+    // Names a whole row may go by, at any depth (a subquery's own FROM included).
+    let mut relations = Vec::new();
+    row_names(&node, &mut relations);
+    select_sources(&node, &relations)
+}
+
+fn select_sources(v: &V, relations: &[String]) -> Option<Vec<Vec<String>>> {
+    if v.name() != "SelectStmt" || v.get("with_clause").is_some() || v.get("values_lists").is_some() {
+        return None;
+    }
+    if let (Some(l), Some(r)) = (v.get("larg"), v.get("rarg")) {
+        let (mut l, r) = (select_sources(l, relations)?, select_sources(r, relations)?);
+        if l.len() != r.len() {
+            return None;
+        }
+        for (a, b) in l.iter_mut().zip(r) {
+            a.extend(b);
+        }
+        return Some(l);
+    }
+    if !v.list("from_clause").iter().all(plain_relations) {
+        return None;
+    }
+    let mut columns = Vec::new();
+    for target in v.list("target_list") {
+        let mut names = Vec::new();
+        if let Some(val) = target.get("val") {
+            mentioned_columns(val, relations, &mut names);
+        }
+        columns.push(names);
+    }
+    Some(columns)
+}
+
+/// Whether a FROM item reads only tables and views, joined (no subquery, function or alias
+/// that renames columns).
+fn plain_relations(v: &V) -> bool {
+    match v.name() {
+        "RangeVar" => v.get("alias").is_none_or(|a| a.get("colnames").is_none()),
+        "JoinExpr" => {
+            v.get("alias").is_none()
+                && v.get("larg").is_some_and(plain_relations)
+                && v.get("rarg").is_some_and(plain_relations)
+        }
+        _ => false,
+    }
+}
+
+/// Every name a relation, subquery, function or CTE goes by, anywhere in `v`.
+fn row_names(v: &V, out: &mut Vec<String>) {
+    match v {
+        V::Obj(name, fields) => {
+            match *name {
+                "RangeVar" => out.push(v.str("relname").to_string()),
+                "Alias" => out.push(v.str("aliasname").to_string()),
+                "CommonTableExpr" => out.push(v.str("ctename").to_string()),
+                _ => {}
+            }
+            for (_, f) in fields {
+                row_names(f, out);
+            }
+        }
+        V::List(items) => {
+            for i in items {
+                row_names(i, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Every column an expression mentions, by name; `*` for whole rows.
+fn mentioned_columns(v: &V, relations: &[String], out: &mut Vec<String>) {
+    match v {
+        V::Obj("ColumnRef", _) => {
+            let fields = v.list("fields");
+            if fields.iter().any(|f| f.name() == "AStar") {
+                out.push("*".into());
+            }
+            if let Some(last) = fields.last().and_then(V::sval) {
+                // A lone name that is a relation's is that relation's whole row.
+                if fields.len() == 1 && relations.iter().any(|r| r == last) {
+                    out.push("*".into());
+                }
+                out.push(last.to_string());
+            }
+        }
+        V::Obj(_, fields) => {
+            for (_, f) in fields {
+                mentioned_columns(f, relations, out);
+            }
+        }
+        V::List(items) => {
+            for i in items {
+                mentioned_columns(i, relations, out);
+            }
+        }
+        _ => {}
+    }
+}
+
 mod tree {
     //! pg_query's parse tree, serialized into named nodes so the walk can visit every field of
     //! every node without knowing each node type. Default values (false, 0, "", empty lists,
@@ -1557,6 +1673,44 @@ mod tree {
 mod tests {
     use super::*;
     use StatementKind as K;
+
+    /// What a view's columns read, as `pg_get_viewdef` writes definitions: renames and
+    /// expressions are traced to the names they mention; whole rows are `*`; what cannot be
+    /// traced by name is `None`.
+    #[test]
+    fn view_columns_are_traced_to_the_names_they_read() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            view_column_sources(" SELECT customers.id,\n    customers.email AS e,\n    lower(customers.name) AS n\n   FROM customers;").unwrap(),
+            vec![s(&["id"]), s(&["email"]), s(&["name"])]
+        );
+        // Swapped names: each column is what it reads, not what it is called.
+        assert_eq!(
+            view_column_sources("SELECT c.name AS email, c.email AS name FROM customers c").unwrap(),
+            vec![s(&["name"]), s(&["email"])]
+        );
+        // Whole rows, at the top and in a subquery; a scalar subquery's inner names.
+        assert_eq!(
+            view_column_sources("SELECT row_to_json(c.*) AS j, c AS r, (SELECT x FROM orders o WHERE o.id = c.id) AS q, (SELECT o FROM orders o LIMIT 1) AS w FROM customers c").unwrap(),
+            vec![s(&["*"]), s(&["*", "c"]), s(&["x", "id", "id"]), s(&["*", "o"])]
+        );
+        // Joins keep names; a set operation merges its sides.
+        assert_eq!(
+            view_column_sources("SELECT a.id, b.card_number FROM customers a JOIN orders b ON a.id = b.customer_id UNION ALL SELECT 1, email FROM customers").unwrap(),
+            vec![s(&["id"]), s(&["card_number", "email"])]
+        );
+        for opaque in [
+            "SELECT x FROM (SELECT email AS x FROM customers) s",
+            "WITH s AS (SELECT email AS x FROM customers) SELECT x FROM s",
+            "SELECT x FROM customers AS c(i, n, x)",
+            "SELECT x FROM generate_series(1, 3) x",
+            "VALUES (1)",
+            "SELECT 1; SELECT 2",
+            "not sql",
+        ] {
+            assert_eq!(view_column_sources(opaque), None, "{opaque}");
+        }
+    }
 
     fn all(sql: &str) -> Vec<Statement> {
         classify(sql).unwrap_or_else(|e| panic!("{sql}: {e}")).statements
