@@ -820,15 +820,9 @@ async fn proxy(
                         request_id: request_id.to_string(),
                         plan: Some(request_plan.clone()),
                         declared: declared_length(&out_headers),
-                        on_failure: {
-                            let count = failure_counter(gw, &plane);
-                            let flag = body_unrecorded.clone();
-                            Arc::new(move || {
-                                count();
-                                flag.store(true, std::sync::atomic::Ordering::Relaxed);
-                            })
-                        },
+                        on_failure: failure_counter(gw, &plane),
                         required: required(&plane),
+                        withheld: Some(body_unrecorded.clone()),
                     }),
                 )
                 .boxed(),
@@ -1181,6 +1175,7 @@ fn tee(
                 declared,
                 on_failure: failure_counter(gw, plane),
                 required: required(plane),
+                withheld: None,
             }),
         )
         .boxed(),

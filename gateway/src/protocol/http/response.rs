@@ -407,6 +407,7 @@ pub struct Recorded {
     total: u64,
     finished: bool,
     sink: Option<RecordSink>,
+    withheld: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Where a [`Recorded`] body writes its event.
@@ -422,6 +423,8 @@ pub struct RecordSink {
     pub on_failure: Arc<dyn Fn() + Send + Sync>,
     /// Recording mode Required: a failed write fails the body.
     pub required: bool,
+    /// Set when the body was failed for that reason (its last frame withheld).
+    pub withheld: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// The error a [`Recorded`] body ends with when its required record could not be written.
@@ -436,6 +439,7 @@ impl Recorded {
             kept: Vec::new(),
             total: 0,
             finished: false,
+            withheld: sink.as_ref().and_then(|s| s.withheld.clone()),
             sink,
         }
     }
@@ -477,6 +481,8 @@ impl HttpBody for Recorded {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        // hyper stops polling a body once it has what ends it: its declared length, a frame after
+        // which the body says it is at its end, or trailers. Such a frame is its last.
         let last = match &polled {
             Poll::Ready(Some(Ok(frame))) => match frame.data_ref() {
                 Some(d) => {
@@ -486,10 +492,14 @@ impl HttpBody for Recorded {
                         let take = room.min(d.len());
                         self.kept.extend_from_slice(&d[..take]);
                     }
-                    // hyper stops reading a body at its declared length: this frame is its last.
                     self.sink.as_ref().is_some_and(|s| s.declared == Some(self.total))
+                        || self.inner.is_end_stream()
                 }
-                None => false,
+                // Trailers.
+                None => {
+                    self.finished = true;
+                    true
+                }
             },
             Poll::Ready(None) => {
                 self.finished = true;
@@ -498,13 +508,17 @@ impl HttpBody for Recorded {
             _ => false,
         };
         if last && !self.flush() {
+            if let Some(w) = &self.withheld {
+                w.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
             return Poll::Ready(Some(Err(Box::new(RecordingFailed))));
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        // Not before the record is written: hyper would end the message without polling again.
+        self.sink.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -580,6 +594,7 @@ mod tests {
             declared,
             on_failure: Arc::new(|| {}),
             required,
+            withheld: None,
         }
     }
 
@@ -630,6 +645,39 @@ mod tests {
         // Best effort: passed on whole; the failure is only counted.
         let body = Recorded::new(frames(&["abc", "def"]), Some(sink(&s, Some(6), false))).boxed();
         assert_eq!(drain(body).await, (b"abcdef".to_vec(), Ok(())));
+
+        // A body that says it has ended with its last frame (hyper then polls it no further):
+        // that frame is withheld, and the wrapper does not claim the end before its record.
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut failing = sink(&s, None, true);
+        failing.withheld = Some(flag.clone());
+        let wrapped = Recorded::new(full(Bytes::from_static(b"abcdef")), Some(failing));
+        assert!(
+            !wrapped.is_end_stream(),
+            "the end is claimed before the record is written"
+        );
+        let (data, end) = drain(wrapped.boxed()).await;
+        assert!(data.is_empty() && end.is_err(), "{data:?} {end:?}");
+        assert!(flag.load(std::sync::atomic::Ordering::Relaxed));
+        // Trailers end a body too: withheld when the record before them fails.
+        let with_trailers: Vec<Result<Frame<Bytes>, BodyError>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"abc"))),
+            Ok(Frame::trailers(hyper::HeaderMap::new())),
+        ];
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(with_trailers)).boxed();
+        let mut body = Recorded::new(body, Some(sink(&s, None, true))).boxed();
+        assert!(body.frame().await.unwrap().unwrap().is_data());
+        assert!(
+            body.frame().await.unwrap().is_err(),
+            "the trailers were passed on"
+        );
+        // Best effort does not report a withheld body.
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut lenient = sink(&s, None, false);
+        lenient.withheld = Some(flag.clone());
+        let body = Recorded::new(full(Bytes::from_static(b"abcdef")), Some(lenient)).boxed();
+        assert_eq!(drain(body).await, (b"abcdef".to_vec(), Ok(())));
+        assert!(!flag.load(std::sync::atomic::Ordering::Relaxed));
     }
 
     /// A watch stream masks the same however its events are split into chunks.
