@@ -82,7 +82,8 @@ pub struct Published {
     pub manifests: String,
     /// `manifests` compressed, as the configuration Secret carries them.
     pub compressed: Vec<u8>,
-    /// SHA-256 of `manifests`, hex.
+    /// SHA-256 of `manifests`, hex; the reconciler replaces it with the keyed hash it publishes
+    /// (`children::config_hash`), as the text holds credentials.
     pub hash: String,
     pub connections: usize,
     pub identities: usize,

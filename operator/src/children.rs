@@ -20,6 +20,28 @@ pub const GATEWAY_LABEL: &str = "agentgate.dev/gateway";
 pub use agentgate::config::kubernetes::CONFIG_KEY;
 /// Annotation on the Secret: the hash of the configuration in it.
 pub const HASH_ANNOTATION: &str = "agentgate.dev/config-hash";
+/// Annotation on the Secret: the random key of that hash (see [`config_hash`]).
+pub const SALT_ANNOTATION: &str = "agentgate.dev/config-hash-key";
+
+/// A new key for [`config_hash`]: 32 random bytes, hex.
+pub fn new_hash_key() -> Result<String, aws_lc_rs::error::Unspecified> {
+    let mut raw = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut raw)?;
+    Ok(raw.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The hash of a published configuration: HMAC-SHA-256 under a random key kept on the
+/// configuration Secret, hex. The hash is public (the gateway's status, events) while the text
+/// holds credentials: a plain digest would let anyone who reads the status test guesses of a
+/// password offline; the key is readable only where the credentials already are.
+pub fn config_hash(key: &str, manifests: &str) -> String {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key.as_bytes());
+    aws_lc_rs::hmac::sign(&key, manifests.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// Name of every child of gateway `gw` (the Secret adds `-config`).
 pub fn child_name(gw: &str) -> String {
@@ -99,9 +121,9 @@ pub fn role_binding(g: &AgentGateway) -> Value {
 }
 
 /// The compiled configuration. Data is base64, as the API takes it.
-pub fn config_secret(g: &AgentGateway, compressed: &[u8], hash: &str) -> Value {
+pub fn config_secret(g: &AgentGateway, compressed: &[u8], hash: &str, hash_key: &str) -> Value {
     let mut meta = metadata(g, &config_secret_name(&g.name_any()));
-    meta["annotations"] = json!({ HASH_ANNOTATION: hash });
+    meta["annotations"] = json!({ HASH_ANNOTATION: hash, SALT_ANNOTATION: hash_key });
     json!({
         "apiVersion": "v1",
         "kind": "Secret",
@@ -252,6 +274,22 @@ mod tests {
     use super::*;
     use crate::fixtures;
 
+    /// The published hash is keyed: stable under one key, different under another, and not the
+    /// plain SHA-256 of the text (which would let a reader of the status test password guesses).
+    #[test]
+    fn the_configuration_hash_is_keyed() {
+        use sha2::Digest;
+        let (a, b) = (new_hash_key().unwrap(), new_hash_key().unwrap());
+        assert!(a.len() == 64 && a != b);
+        let text = "stringData: {password: hunter2}";
+        assert_eq!(config_hash(&a, text), config_hash(&a, text));
+        assert_ne!(config_hash(&a, text), config_hash(&b, text));
+        let plain: String = sha2::Sha256::digest(text).iter().map(|x| format!("{x:02x}")).collect();
+        assert_ne!(config_hash(&a, text), plain);
+        let secret = config_secret(&fixtures::gateway("team", "main"), b"x", "h", &a);
+        assert_eq!(secret["metadata"]["annotations"][SALT_ANNOTATION], a);
+    }
+
     #[test]
     fn every_child_is_owned_by_the_gateway_and_labelled() {
         let g = fixtures::gateway("team", "main");
@@ -259,7 +297,7 @@ mod tests {
             service_account(&g),
             role(&g),
             role_binding(&g),
-            config_secret(&g, b"x", "h"),
+            config_secret(&g, b"x", "h", "k"),
             deployment(&g, "img"),
             service(&g),
             pod_disruption_budget(&g),

@@ -52,6 +52,23 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
         .compile_seconds
         .with_label_values(&[if compiled.gateway.is_ok() { "ok" } else { "invalid" }])
         .observe(started.elapsed().as_secs_f64());
+    // The published hash is keyed (see `children::config_hash`) by the key on the configuration
+    // Secret, made with the first one: the same configuration keeps its hash across restarts.
+    let config_secret = ctx
+        .stores
+        .secrets
+        .get(&ObjectRef::new(&children::config_secret_name(&name)).within(&ns));
+    let hash_key = match config_secret
+        .as_ref()
+        .and_then(|s| s.annotations().get(children::SALT_ANNOTATION))
+        .filter(|k| k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        Some(k) => k.clone(),
+        None => children::new_hash_key().map_err(|_| Error::Task("random generator failed".into()))?,
+    };
+    if let Ok(p) = &mut compiled.gateway {
+        p.hash = children::config_hash(&hash_key, &p.manifests);
+    }
 
     let mut image = children::gateway_image(
         &gw,
@@ -106,22 +123,18 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
         // Only a configuration that compiled is published; an invalid gateway keeps the last one.
         // Current when both the hash annotation and the data are what this configuration
         // makes: the gateway loads the data, so an edit of it alone is repaired too.
-        let current = ctx
-            .stores
-            .secrets
-            .get(&ObjectRef::new(&children::config_secret_name(&name)).within(&ns))
-            .is_some_and(|s| {
-                s.annotations().get(children::HASH_ANNOTATION) == Some(&published.hash)
-                    && s.data
-                        .as_ref()
-                        .and_then(|d| d.get(children::CONFIG_KEY))
-                        .is_some_and(|b| b.0 == published.compressed)
-            });
+        let current = config_secret.as_ref().is_some_and(|s| {
+            s.annotations().get(children::HASH_ANNOTATION) == Some(&published.hash)
+                && s.data
+                    .as_ref()
+                    .and_then(|d| d.get(children::CONFIG_KEY))
+                    .is_some_and(|b| b.0 == published.compressed)
+        });
         if !current {
             apply::<Secret>(
                 client,
                 &ns,
-                children::config_secret(&gw, &published.compressed, &published.hash),
+                children::config_secret(&gw, &published.compressed, &published.hash, &hash_key),
                 &pp,
             )
             .await?;
