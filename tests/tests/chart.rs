@@ -721,7 +721,12 @@ fn rbac_is_least_privilege_and_covers_what_the_operator_grants() {
                 "{status} {verb}"
             );
         }
-        assert!(!allows(operator, "agentgate.dev", &format!("{kind}/status"), "update"));
+        assert!(!allows(
+            operator,
+            "agentgate.dev",
+            &format!("{kind}/status"),
+            "update"
+        ));
     }
     assert!(allows(operator, "agentgate.dev", "approvalrequests", "delete"));
     // Children are written by server-side apply and collected with their gateway.
