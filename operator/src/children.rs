@@ -284,7 +284,10 @@ mod tests {
         let text = "stringData: {password: hunter2}";
         assert_eq!(config_hash(&a, text), config_hash(&a, text));
         assert_ne!(config_hash(&a, text), config_hash(&b, text));
-        let plain: String = sha2::Sha256::digest(text).iter().map(|x| format!("{x:02x}")).collect();
+        let plain: String = sha2::Sha256::digest(text)
+            .iter()
+            .map(|x| format!("{x:02x}"))
+            .collect();
         assert_ne!(config_hash(&a, text), plain);
         let secret = config_secret(&fixtures::gateway("team", "main"), b"x", "h", &a);
         assert_eq!(secret["metadata"]["annotations"][SALT_ANNOTATION], a);

@@ -510,7 +510,9 @@ fn tokio_postgres_simple_extended_and_binary_with_session_kept_usable() {
 
 /// Views mask what they read, under any name: a renamed column, a swap of names (each column is
 /// what it reads, not what it is called), a view of a view, a whole row, and a view whose FROM
-/// renames columns inside a subquery (all its columns are masked).
+/// renames columns inside a subquery (all its columns are masked), as is a view that calls a
+/// function of its own or reads the planner's statistics. An inheritance child is masked as its
+/// parent; the statistics themselves are refused.
 #[test]
 fn views_mask_masked_columns_under_any_name() {
     let s = setup_with(false);
@@ -519,7 +521,20 @@ fn views_mask_masked_columns_under_any_name() {
          CREATE VIEW public.swapped AS SELECT id, name AS email, email AS name FROM public.customers;
          CREATE VIEW public.renamed_again AS SELECT id, contact AS c2 FROM public.renamed;
          CREATE VIEW public.whole_rows AS SELECT c.id, c AS r FROM public.customers c;
-         CREATE VIEW public.nested AS SELECT s.id, s.x FROM (SELECT id, email AS x FROM public.customers) s;",
+         CREATE VIEW public.nested AS SELECT s.id, s.x FROM (SELECT id, email AS x FROM public.customers) s;
+         CREATE FUNCTION public.em(int) RETURNS text LANGUAGE sql STABLE AS 'SELECT email FROM public.customers WHERE id = $1';
+         CREATE VIEW public.via_function AS SELECT id, public.em(id) AS contact FROM public.orders;
+         CREATE TABLE public.customers_archive () INHERITS (public.customers);
+         INSERT INTO public.customers_archive (id, name, email) VALUES (100, 'Ada Lovelace', 'ada@example.com');
+         ANALYZE public.customers;
+         CREATE VIEW public.stats AS SELECT 1 AS id, most_common_vals::text AS v FROM pg_catalog.pg_stats WHERE tablename = 'customers' AND attname = 'email';",
+    );
+    // The statistics do hold the emails.
+    assert!(
+        s.pg.psql(
+            "SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'customers' AND attname = 'email'"
+        )
+        .contains("@example")
     );
     let tok = token(&s.idp);
     rt().block_on(async {
@@ -548,6 +563,9 @@ fn views_mask_masked_columns_under_any_name() {
             "SELECT r FROM whole_rows WHERE id = 1",
             "SELECT x FROM nested WHERE id = 1",
             "SELECT name FROM swapped WHERE id = 1",
+            "SELECT contact FROM via_function WHERE id = 1",
+            "SELECT email FROM customers_archive WHERE id = 100",
+            "SELECT v FROM stats",
         ] {
             let out = one(sql).await;
             assert!(
@@ -561,6 +579,16 @@ fn views_mask_masked_columns_under_any_name() {
             "Ada Lovelace"
         );
         assert_eq!(one("SELECT name FROM renamed WHERE id = 1").await, "Ada Lovelace");
+        let e = c
+            .simple_query("SELECT most_common_vals::text FROM pg_stats WHERE tablename = 'customers'")
+            .await
+            .unwrap_err();
+        assert!(
+            db_error(&e)
+                .1
+                .contains("pg_catalog.pg_stats is refused where columns are masked"),
+            "{e}"
+        );
     });
 }
 

@@ -539,6 +539,11 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
+    /// The mode of the recorder that started the session.
+    pub fn mode(&self) -> RecordingMode {
+        self.inner.mode
+    }
+
     /// 32 random hex digits.
     pub fn id(&self) -> &str {
         &self.id

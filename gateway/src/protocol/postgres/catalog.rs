@@ -13,6 +13,7 @@ use agentgate_crds::policy::MaskingStrategy;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
+use super::classify::ViewColumn;
 use super::message::data_row::DataRow;
 use super::message::error_response::ErrorResponse;
 use super::message::query::Query;
@@ -35,8 +36,22 @@ const VIEW_DEPENDENCIES_SQL: &str = "SELECT DISTINCT r.ev_class, d.refobjid, d.r
      JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
      WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjsubid >= 0 AND d.refobjid <> r.ev_class";
 
-/// Views of views followed when masking (a chain longer than this is not traced further).
-const MAX_VIEW_DEPTH: usize = 8;
+/// Rounds of tracing views of views; past this, the views still changing are masked whole.
+const MAX_VIEW_ROUNDS: usize = 64;
+
+/// Every inheritance edge (partitions included): (child, parent).
+const INHERITANCE_SQL: &str = "SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits";
+
+/// Views whose columns cannot be traced from their text: they call a function that is not
+/// built in (which may read any table), or read the planner's statistics (which hold sampled
+/// values of every column).
+const OPAQUE_VIEWS_SQL: &str = "SELECT DISTINCT r.ev_class \
+     FROM pg_catalog.pg_rewrite r \
+     JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
+     WHERE d.refclassid = 'pg_catalog.pg_proc'::regclass \
+     OR (d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid IN ( \
+         SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = 'pg_catalog' AND c.relname LIKE 'pg\\_stat%'))";
 
 /// The masked columns of one session.
 #[derive(Debug, Default)]
@@ -102,6 +117,43 @@ pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColu
         .iter()
         .filter_map(|r| Some((r.first()?.parse().ok()?, format!("{}.{}", r.get(1)?, r.get(2)?))))
         .collect();
+    // Each relation's columns, by name and in order, looked up per relation below.
+    let mut by_name: HashMap<(u32, &str), i16> = HashMap::new();
+    let mut by_relation: HashMap<u32, Vec<i16>> = HashMap::new();
+    for ((oid, a), n) in &names {
+        by_name.insert((*oid, n.as_str()), *a);
+        by_relation.entry(*oid).or_default().push(*a);
+    }
+    for columns in by_relation.values_mut() {
+        columns.sort_unstable();
+    }
+    // Partitions and inheritance children hold the parent's rows under the same column names
+    // (readable by naming them): they are masked as their parent is, at any depth.
+    let mut children: Vec<(u32, u32)> = Vec::new();
+    for row in query(up, INHERITANCE_SQL).await? {
+        if let [child, parent] = row.as_slice()
+            && let (Ok(child), Ok(parent)) = (child.parse(), parent.parse())
+        {
+            children.push((child, parent));
+        }
+    }
+    loop {
+        let mut found = Vec::new();
+        for (child, parent) in &children {
+            for ((oid, a), strategy) in &masked.by_field {
+                let Some(name) = (*oid == *parent).then(|| names.get(&(*oid, *a))).flatten() else {
+                    continue;
+                };
+                if let Some(c) = by_name.get(&(*child, name.as_str())) {
+                    found.push((*child, *c, *strategy));
+                }
+            }
+        }
+        if !mask_all(&mut masked, found, &names, &table_names) {
+            break;
+        }
+    }
+
     // (view, relation it reads).
     let mut dependencies: HashSet<(u32, u32)> = HashSet::new();
     for row in query(up, VIEW_DEPENDENCIES_SQL).await? {
@@ -111,11 +163,24 @@ pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColu
             dependencies.insert((view, base));
         }
     }
-    // Views of views: each round masks the views that read what the last one masked.
-    let mut definitions: HashMap<u32, Option<Vec<Vec<String>>>> = HashMap::new();
-    for _ in 0..MAX_VIEW_DEPTH {
+    // Views whose columns' sources cannot be told from their text: masked whole.
+    let mut definitions: HashMap<u32, Option<Vec<ViewColumn>>> = HashMap::new();
+    for row in query(up, OPAQUE_VIEWS_SQL).await? {
+        if let Some(Ok(view)) = row.first().map(|v| v.parse::<u32>()) {
+            definitions.insert(view, None);
+        }
+    }
+    let opaque: Vec<u32> = definitions.keys().copied().collect();
+    // Views of views: each round masks the views that read what the last one masked, until
+    // nothing changes (strategies only ever strengthen, so this ends).
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
         // The masked columns each view reads, by name.
         let mut sources: HashMap<u32, HashMap<&str, MaskingStrategy>> = HashMap::new();
+        for view in &opaque {
+            sources.entry(*view).or_default();
+        }
         // Every masked column of a relation the view reads at all: a whole-row reference
         // (`c.*`) is recorded only as a dependency on the columns named beside it, if any.
         for (view, base) in &dependencies {
@@ -123,7 +188,9 @@ pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColu
                 if oid == base
                     && let Some(name) = names.get(&(*oid, *a))
                 {
-                    sources.entry(*view).or_default().insert(name, *s);
+                    let entry = sources.entry(*view).or_default();
+                    let combined = entry.get(name.as_str()).map_or(*s, |e| strongest([*e, *s]));
+                    entry.insert(name, combined);
                 }
             }
         }
@@ -150,63 +217,87 @@ pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColu
                 definitions.entry(v).or_insert(None);
             }
         }
-        let before = masked.by_field.len();
         let mut found = Vec::new();
         for (view, read) in &sources {
-            // Several masked columns in one output column: the strongest strategy.
-            let strongest = |names: &mut dyn Iterator<Item = &MaskingStrategy>| {
-                let all: HashSet<&MaskingStrategy> = names.collect();
-                match all.len() {
-                    1 => *all.into_iter().next().unwrap_or(&MaskingStrategy::Redact),
-                    _ => MaskingStrategy::Redact,
+            let traced = definitions.get(view).and_then(Option::as_ref);
+            let columns = by_relation.get(view).map_or(&[][..], Vec::as_slice);
+            match traced {
+                // Untraceable (or past any sensible depth): every column of the view, redacted.
+                Some(_) if rounds > MAX_VIEW_ROUNDS => {
+                    found.extend(columns.iter().map(|a| (*view, *a, MaskingStrategy::Redact)));
                 }
-            };
-            let mut columns: Vec<i16> = names
-                .keys()
-                .filter(|(oid, _)| oid == view)
-                .map(|(_, a)| *a)
-                .collect();
-            columns.sort_unstable();
-            match definitions.get(view).and_then(Option::as_ref) {
-                // Untraceable: every column of the view is masked.
-                None => {
-                    let s = strongest(&mut read.values());
-                    found.extend(columns.iter().map(|a| (*view, *a, s)));
-                }
+                None => found.extend(columns.iter().map(|a| (*view, *a, MaskingStrategy::Redact))),
                 Some(outputs) => {
-                    for (i, mentioned) in outputs.iter().enumerate() {
-                        let whole_row = mentioned.iter().any(|m| m == "*");
-                        let hits: Vec<&MaskingStrategy> =
-                            mentioned.iter().filter_map(|m| read.get(m.as_str())).collect();
-                        if whole_row || !hits.is_empty() {
-                            let s = if whole_row {
-                                strongest(&mut read.values())
-                            } else {
-                                strongest(&mut hits.into_iter())
-                            };
-                            if let Ok(a) = i16::try_from(i + 1) {
-                                found.push((*view, a, s));
-                            }
+                    for (i, column) in outputs.iter().enumerate() {
+                        let whole_row = column.mentions.iter().any(|m| m == "*");
+                        let hits: Vec<MaskingStrategy> = column
+                            .mentions
+                            .iter()
+                            .filter_map(|m| read.get(m.as_str()).copied())
+                            .collect();
+                        if !whole_row && hits.is_empty() {
+                            continue;
+                        }
+                        // A column shown as it is keeps its rule's strategy; one computed over
+                        // masked values (or a whole row) is redacted, as computed columns are
+                        // in results: a partial mask of `reverse(card)` shows what it hides.
+                        let s = if column.bare && !whole_row {
+                            strongest(hits)
+                        } else {
+                            MaskingStrategy::Redact
+                        };
+                        if let Ok(a) = i16::try_from(i + 1) {
+                            found.push((*view, a, s));
                         }
                     }
                 }
             }
         }
-        for (view, a, s) in found {
-            masked.by_field.entry((view, a)).or_insert(s);
-            if let Some(n) = names.get(&(view, a)) {
-                // A statement computing over the view's column computes over masked data.
-                masked.names.insert(n.to_lowercase());
-            }
-            if let Some(t) = table_names.get(&view) {
-                masked.tables.insert(t.clone());
-            }
-        }
-        if masked.by_field.len() == before {
+        if !mask_all(&mut masked, found, &names, &table_names) || rounds > MAX_VIEW_ROUNDS {
             break;
         }
     }
     Ok(masked)
+}
+
+/// The strongest of several strategies for one value: their common one, else Redact.
+fn strongest(strategies: impl IntoIterator<Item = MaskingStrategy>) -> MaskingStrategy {
+    let all: HashSet<MaskingStrategy> = strategies.into_iter().collect();
+    match all.len() {
+        1 => all.into_iter().next().unwrap_or(MaskingStrategy::Redact),
+        _ => MaskingStrategy::Redact,
+    }
+}
+
+/// Masks each (relation, column) with its strategy, strengthening an existing one that differs;
+/// whether anything changed.
+fn mask_all(
+    masked: &mut MaskedColumns,
+    found: Vec<(u32, i16, MaskingStrategy)>,
+    names: &HashMap<(u32, i16), String>,
+    table_names: &HashMap<u32, String>,
+) -> bool {
+    let mut changed = false;
+    for (oid, a, s) in found {
+        let next = match masked.by_field.get(&(oid, a)) {
+            Some(e) if *e == s => continue,
+            Some(e) => strongest([*e, s]),
+            None => s,
+        };
+        if masked.by_field.get(&(oid, a)) == Some(&next) {
+            continue;
+        }
+        masked.by_field.insert((oid, a), next);
+        changed = true;
+        if let Some(n) = names.get(&(oid, a)) {
+            // A statement computing over this column computes over masked data.
+            masked.names.insert(n.to_lowercase());
+        }
+        if let Some(t) = table_names.get(&oid) {
+            masked.tables.insert(t.clone());
+        }
+    }
+    changed
 }
 
 /// Runs one simple query during session setup and returns its rows as text.

@@ -1227,13 +1227,22 @@ const READ_ONLY_FUNCTIONS: &[&str] = &[
 // ---------------------------------------------------------------------------------------------
 // View definitions, for masking.
 
-/// What each output column of a view reads, from its definition (`pg_get_viewdef`): for each
-/// column in order, the names of the columns its expression mentions anywhere (subqueries
-/// included), `*` for a whole-row reference (`t.*`, or a relation named as a value, `row_to_json(t)`).
+/// What one output column of a view reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ViewColumn {
+    /// The names of the columns its expression mentions anywhere (subqueries included); `*` for
+    /// a whole-row reference (`t.*`, or a relation named as a value, `row_to_json(t)`).
+    pub mentions: Vec<String>,
+    /// It is a plain column reference (on every side of a set operation): it shows a column's
+    /// values as they are, rather than computing over them.
+    pub bare: bool,
+}
+
+/// What each output column of a view reads, from its definition (`pg_get_viewdef`), in order.
 /// `None` when a column's source cannot be told by name: the FROM clause has a subquery,
 /// function or CTE (whose output columns are renamed inside it), a set operation's sides
 /// disagree, or the definition does not parse as one SELECT.
-pub fn view_column_sources(definition: &str) -> Option<Vec<Vec<String>>> {
+pub fn view_column_sources(definition: &str) -> Option<Vec<ViewColumn>> {
     let parsed = pg_query::parse(definition).ok()?;
     let [raw] = parsed.protobuf.stmts.as_slice() else {
         return None;
@@ -1245,7 +1254,7 @@ pub fn view_column_sources(definition: &str) -> Option<Vec<Vec<String>>> {
     select_sources(&node, &relations)
 }
 
-fn select_sources(v: &V, relations: &[String]) -> Option<Vec<Vec<String>>> {
+fn select_sources(v: &V, relations: &[String]) -> Option<Vec<ViewColumn>> {
     if v.name() != "SelectStmt" || v.get("with_clause").is_some() || v.get("values_lists").is_some() {
         return None;
     }
@@ -1255,7 +1264,8 @@ fn select_sources(v: &V, relations: &[String]) -> Option<Vec<Vec<String>>> {
             return None;
         }
         for (a, b) in l.iter_mut().zip(r) {
-            a.extend(b);
+            a.mentions.extend(b.mentions);
+            a.bare &= b.bare;
         }
         return Some(l);
     }
@@ -1264,11 +1274,12 @@ fn select_sources(v: &V, relations: &[String]) -> Option<Vec<Vec<String>>> {
     }
     let mut columns = Vec::new();
     for target in v.list("target_list") {
-        let mut names = Vec::new();
+        let mut column = ViewColumn::default();
         if let Some(val) = target.get("val") {
-            mentioned_columns(val, relations, &mut names);
+            mentioned_columns(val, relations, &mut column.mentions);
+            column.bare = val.name() == "ColumnRef" && !column.mentions.iter().any(|m| m == "*");
         }
-        columns.push(names);
+        columns.push(column);
     }
     Some(columns)
 }
@@ -1679,15 +1690,23 @@ mod tests {
     /// traced by name is `None`.
     #[test]
     fn view_columns_are_traced_to_the_names_they_read() {
-        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let names = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let bare = |v: &[&str]| ViewColumn {
+            mentions: names(v),
+            bare: true,
+        };
+        let s = |v: &[&str]| ViewColumn {
+            mentions: names(v),
+            bare: false,
+        };
         assert_eq!(
             view_column_sources(" SELECT customers.id,\n    customers.email AS e,\n    lower(customers.name) AS n\n   FROM customers;").unwrap(),
-            vec![s(&["id"]), s(&["email"]), s(&["name"])]
+            vec![bare(&["id"]), bare(&["email"]), s(&["name"])]
         );
         // Swapped names: each column is what it reads, not what it is called.
         assert_eq!(
             view_column_sources("SELECT c.name AS email, c.email AS name FROM customers c").unwrap(),
-            vec![s(&["name"]), s(&["email"])]
+            vec![bare(&["name"]), bare(&["email"])]
         );
         // Whole rows, at the top and in a subquery; a scalar subquery's inner names.
         assert_eq!(
@@ -1697,7 +1716,7 @@ mod tests {
         // Joins keep names; a set operation merges its sides.
         assert_eq!(
             view_column_sources("SELECT a.id, b.card_number FROM customers a JOIN orders b ON a.id = b.customer_id UNION ALL SELECT 1, email FROM customers").unwrap(),
-            vec![s(&["id"]), s(&["card_number", "email"])]
+            vec![s(&["id"]), bare(&["card_number", "email"])]
         );
         for opaque in [
             "SELECT x FROM (SELECT email AS x FROM customers) s",

@@ -756,6 +756,17 @@ impl Live {
                 "COPY TO of a table with masked columns is refused (its columns cannot be masked); use SELECT",
             );
         }
+        // The planner's statistics hold sampled values of every column, masked ones included.
+        if !self.masked.is_empty()
+            && let Some(t) = st.tables.iter().find(|t| {
+                t.strip_prefix("pg_catalog.pg_stat")
+                    .is_some_and(|rest| rest.starts_with('s') || rest.starts_with("istic"))
+            })
+        {
+            return Verdict::refused(format!(
+                "{t} is refused where columns are masked: it holds sampled values of every column"
+            ));
+        }
         let current = self.current();
         if let Some(why) = &current.stale
             && st.node != "TransactionStmt"
@@ -822,11 +833,15 @@ impl Live {
     /// Records an event before the statement runs. `Err` means the statement must be refused
     /// (mode Required and the event is not on record).
     fn record(&self, kind: &str, data: impl serde::Serialize) -> Result<(), ()> {
+        let required = self.required();
         let result = match self.recording(true) {
+            // A session begun under BestEffort swallows its write failures: while Required is
+            // in force it cannot carry a statement's record (its successor could not be started).
+            Some(r) if required && r.mode() != RecordingMode::Required => Err(()),
             Some(r) => r.record(kind, data).map_err(|e| self.recording_failed(&e)),
             None => Err(()),
         };
-        if self.required() { result } else { Ok(()) }
+        if required { result } else { Ok(()) }
     }
 
     /// Records an event that follows what it records (a result already sent): written with the
