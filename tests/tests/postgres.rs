@@ -627,6 +627,11 @@ fn open_sessions_follow_reloads() {
         let c = connect(&s.plain_conninfo(&tok)).await;
         let insert = "INSERT INTO orders (customer_id, total) VALUES (1, 1.00)";
         c.execute(insert, &[]).await.unwrap();
+        // A cursor held open across the reload.
+        c.batch_execute("BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT id FROM orders; COMMIT")
+            .await
+            .unwrap();
+        c.batch_execute("FETCH 1 FROM held").await.unwrap();
 
         // The write is revoked: refused on this same connection once the reload lands.
         edit_manifests(
@@ -645,6 +650,17 @@ fn open_sessions_follow_reloads() {
         assert_eq!(refused.0, "42501", "{refused:?}");
         // Still usable for what the policy allows.
         c.query_one("SELECT count(*) FROM orders", &[]).await.unwrap();
+        // The cursor's query was decided under the old configuration: it must be declared again.
+        let e = c.batch_execute("FETCH 1 FROM held").await.unwrap_err();
+        assert!(
+            db_error(&e).1.contains("declared under an earlier configuration"),
+            "{e}"
+        );
+        c.batch_execute(
+            "CLOSE held; BEGIN; DECLARE held CURSOR FOR SELECT id FROM orders; FETCH 1 FROM held; COMMIT",
+        )
+        .await
+        .unwrap();
 
         // The recording moves: the open session's record is closed and continued there.
         let moved = s.gw.sessions.parent().unwrap().join("sessions-moved");

@@ -88,6 +88,8 @@ pub struct Statement {
     pub deallocate: Option<Option<String>>,
     /// The parse node, such as `SelectStmt`, `AlterSystemStmt`, `LoadStmt` (guardrails, logs).
     pub node: &'static str,
+    /// The cursor a DECLARE, FETCH, MOVE or CLOSE names (empty for `CLOSE ALL`).
+    pub cursor: Option<String>,
     /// Settings the statement changes when executed (SET, RESET, `set_config`), lowercase; `*`
     /// for RESET ALL, DISCARD ALL and `set_config` with a computed name.
     pub settings: Vec<String>,
@@ -436,6 +438,7 @@ struct Analysis<'t> {
     prepare: Option<(String, Box<Statement>)>,
     execute: Option<String>,
     deallocate: Option<Option<String>>,
+    cursor: Option<String>,
     settings: Vec<String>,
     /// CTE names in scope.
     ctes: Vec<&'t str>,
@@ -534,7 +537,10 @@ impl<'t> Analysis<'t> {
                 }
             }
             // Cursors read: DECLARE is its query, FETCH and MOVE read from it.
-            "DeclareCursorStmt" | "FetchStmt" | "ClosePortalStmt" => K::Select,
+            "DeclareCursorStmt" | "FetchStmt" | "ClosePortalStmt" => {
+                self.cursor = Some(node.str("portalname").to_string());
+                K::Select
+            }
             "GrantStmt" | "GrantRoleStmt" => {
                 self.writes = true;
                 if node.flag("is_grant") {
@@ -718,6 +724,7 @@ impl<'t> Analysis<'t> {
             execute: self.execute,
             deallocate: self.deallocate,
             node: self.node,
+            cursor: self.cursor,
             settings: self.settings,
         })
     }

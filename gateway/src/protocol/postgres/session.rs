@@ -187,6 +187,9 @@ fn fatal(code: &str, message: impl Into<String>) -> StartupError {
     StartupError::Reject(ErrorResponse::fatal(code, message))
 }
 
+/// Cursors whose declaring configuration a session remembers.
+const MAX_TRACKED_CURSORS: usize = 1024;
+
 /// Everything a running session holds.
 struct Live {
     ctx: Arc<Context>,
@@ -194,6 +197,9 @@ struct Live {
     opened: Arc<Plane>,
     /// The configuration its statements are decided by (see [`follow`]).
     current: Mutex<Arc<Current>>,
+    /// The configuration generation each cursor was declared under: FETCH names only the
+    /// cursor, so one declared before a reload is not read under the new policy.
+    cursors: Mutex<HashMap<String, u64>>,
     connection: String,
     identity: String,
     /// The token's subject (never its own approver).
@@ -400,6 +406,7 @@ async fn start(
                 row_limit_rules,
                 stale: None,
             })),
+            cursors: Mutex::new(HashMap::new()),
             connection: conn.name.clone(),
             identity: principal.identity.clone(),
             subject: principal.subject.clone(),
@@ -775,6 +782,30 @@ impl Live {
                 "this session can no longer be decided by the gateway's configuration: {why} since it was opened; connect again"
             ));
         }
+        let generation = current.plane.snapshot.generation;
+        if let Some(name) = &st.cursor {
+            let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
+            match st.node {
+                "FetchStmt" => {
+                    // Unknown cursors (a function's refcursor) are read only while the
+                    // configuration is the one the session opened under.
+                    let declared = cursors
+                        .get(name)
+                        .copied()
+                        .unwrap_or(self.opened.snapshot.generation);
+                    if declared != generation {
+                        return Verdict::refused(format!(
+                            "cursor {name:?} was declared under an earlier configuration of the gateway; declare it again"
+                        ));
+                    }
+                }
+                "ClosePortalStmt" if name.is_empty() => cursors.clear(),
+                "ClosePortalStmt" => {
+                    cursors.remove(name);
+                }
+                _ => {}
+            }
+        }
         let cfg = &current.plane.snapshot.config;
         let op = Operation::Sql(SqlOperation { statement: st });
         let subject = Subject {
@@ -804,6 +835,16 @@ impl Live {
             );
         }
         self.counters.count(d.action);
+        if st.node == "DeclareCursorStmt"
+            && let Some(name) = &st.cursor
+        {
+            let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
+            // Bounded: forgotten cursors are read only under the session's first configuration.
+            if cursors.len() >= MAX_TRACKED_CURSORS {
+                cursors.clear();
+            }
+            cursors.insert(name.clone(), generation);
+        }
         // Judged on what runs: EXECUTE's prepared statement. A FETCH names only its cursor,
         // whose query the gateway does not keep: where any column is masked, its computed
         // columns are masked whole.
