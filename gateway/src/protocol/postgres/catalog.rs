@@ -61,15 +61,34 @@ pub struct MaskedColumns {
     names: HashSet<String>,
     /// `schema.table` of relations with a masked column.
     tables: HashSet<String>,
+    /// The user relations the catalog held when it was read (only when column rules apply).
+    known: HashSet<u32>,
 }
+
+/// PostgreSQL's FirstNormalObjectId: lower OIDs are the system's own (initdb's), never a user
+/// relation.
+const FIRST_USER_OID: u32 = 16384;
 
 impl MaskedColumns {
     pub fn is_empty(&self) -> bool {
         self.by_field.is_empty()
     }
 
+    /// How a result column read from `(table_oid, column)` is masked. A user relation the
+    /// catalog did not hold when the session read it (a temporary table or view made since, say
+    /// `CREATE TEMP VIEW v AS SELECT email AS x ...`) cannot be traced: its columns are redacted
+    /// wherever column rules apply, until the client connects again.
     pub fn strategy(&self, table_oid: u32, column: i16) -> Option<MaskingStrategy> {
-        self.by_field.get(&(table_oid, column)).copied()
+        match self.by_field.get(&(table_oid, column)) {
+            Some(s) => Some(*s),
+            None if !self.known.is_empty()
+                && table_oid >= FIRST_USER_OID
+                && !self.known.contains(&table_oid) =>
+            {
+                Some(MaskingStrategy::Redact)
+            }
+            None => None,
+        }
     }
 
     pub fn is_masked_name(&self, name: &str) -> bool {
@@ -107,6 +126,7 @@ pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColu
             continue;
         };
         names.insert((oid, attnum), column.clone());
+        masked.known.insert(oid);
         if let Some(s) = plan.column_strategy(schema, table, column) {
             masked.by_field.insert((oid, attnum), s);
             masked.names.insert(column.to_lowercase());
