@@ -612,6 +612,18 @@ fn edit_manifests(gw: &Gateway, from: &str, to: &str) {
     std::fs::rename(&staged, &file).unwrap();
 }
 
+/// Runs `sql` until it fails (a reload landing), at most 30 s; its SQLSTATE and message.
+async fn refused_within(c: &tokio_postgres::Client, sql: &str, what: &str) -> (String, String) {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Err(e) = c.batch_execute(sql).await {
+            return db_error(&e);
+        }
+        assert!(Instant::now() < until, "{what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// An open session is decided by the configuration in force, not the one it was opened under:
 /// a write revoked by a reload is refused on the next statement of the same connection. When a
 /// reload changes what the session was opened on (here its masking), it refuses every statement
@@ -648,14 +660,7 @@ fn open_sessions_follow_reloads() {
             "statements: [Insert, Update, Copy]",
             "statements: [Update, Copy]",
         );
-        let until = Instant::now() + Duration::from_secs(30);
-        let refused = loop {
-            match c.execute(insert, &[]).await {
-                Err(e) => break db_error(&e),
-                Ok(_) => assert!(Instant::now() < until, "the revoked write still runs"),
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let refused = refused_within(&c, insert, "the revoked write still runs").await;
         assert_eq!(refused.0, "42501", "{refused:?}");
         // Still usable for what the policy allows.
         c.query_one("SELECT count(*) FROM orders", &[]).await.unwrap();
@@ -700,14 +705,12 @@ fn open_sessions_follow_reloads() {
             "columns: [\"public.customers.email\"]",
             "columns: [\"public.customers.email\", \"public.customers.name\"]",
         );
-        let until = Instant::now() + Duration::from_secs(30);
-        let stale = loop {
-            match c.query("SELECT name FROM customers WHERE id = 1", &[]).await {
-                Err(e) => break db_error(&e),
-                Ok(_) => assert!(Instant::now() < until, "the session kept the old masking"),
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let stale = refused_within(
+            &c,
+            "SELECT name FROM customers WHERE id = 1",
+            "the session kept the old masking",
+        )
+        .await;
         assert_eq!(stale.0, "42501", "{stale:?}");
         assert!(
             stale
