@@ -217,6 +217,9 @@ struct Live {
     recording: Option<Mutex<Arc<Recording>>>,
     /// The recording's `session.start` data, for the sessions that continue it.
     recording_start: Value,
+    /// Recordings continued in a new file, with their end event: each is closed (signed) once
+    /// no pending result will still be written to it.
+    retiring: Mutex<Vec<(Arc<Recording>, Value)>>,
     _cancel: cancel::Registration,
     /// Unique per session, so no client text can collide with the gateway's refusal markers.
     marker: String,
@@ -417,6 +420,7 @@ async fn start(
             masked: Arc::new(masked),
             recording,
             recording_start,
+            retiring: Mutex::new(Vec::new()),
             _cancel: registration,
             marker,
             counters: Counters::new(&ctx.gateway.metrics, &conn.name, &principal.identity),
@@ -445,6 +449,9 @@ struct ResultPlan {
     mask_computed: bool,
     /// COPY TO output passes through the detectors.
     copy_out: bool,
+    /// The recording the statement went into: its result goes there too, even when the session
+    /// moved to a new file while the result was pending (a pipeline).
+    recording: Option<Arc<Recording>>,
 }
 
 /// One message forwarded upstream that the upstream will answer, in order.
@@ -690,6 +697,9 @@ impl Live {
     /// evidence unsigned. Should the new one fail to start, the old one goes on.
     fn recording(&self, rotate: bool) -> Option<Arc<Recording>> {
         let slot = self.recording.as_ref()?;
+        if rotate {
+            self.close_retired(false);
+        }
         let mut session = slot.lock().unwrap_or_else(PoisonError::into_inner);
         if rotate {
             let recorder = self.current().plane.recorder.clone();
@@ -707,13 +717,11 @@ impl Live {
                     Ok(next) => {
                         next.hide(self.token.as_bytes());
                         let old = std::mem::replace(&mut *session, next);
-                        // Closing signs and fsyncs: off the async worker.
                         let end = json!({"reason": reason, "continued_by": session.id()});
-                        tokio::task::spawn_blocking(move || {
-                            if let Err(e) = old.close(end) {
-                                tracing::warn!(error = %e, "closing a session record failed");
-                            }
-                        });
+                        self.retiring
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .push((old, end));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, reason, "a postgres session's recording could not be continued in a new one")
@@ -722,6 +730,26 @@ impl Live {
             }
         }
         Some(session.clone())
+    }
+
+    /// Closes (signs) the continued recordings that no pending result holds any more, or, at the
+    /// session's end (`all`), every one; off the async worker, as closing fsyncs.
+    fn close_retired(&self, all: bool) -> Option<tokio::task::JoinHandle<()>> {
+        let mut retiring = self.retiring.lock().unwrap_or_else(PoisonError::into_inner);
+        let (done, held): (Vec<_>, Vec<_>) = std::mem::take(&mut *retiring)
+            .into_iter()
+            .partition(|(r, _)| all || Arc::strong_count(r) == 1);
+        *retiring = held;
+        if done.is_empty() {
+            return None;
+        }
+        Some(tokio::task::spawn_blocking(move || {
+            for (r, end) in done {
+                if let Err(e) = r.close(end) {
+                    tracing::warn!(error = %e, "closing a session record failed");
+                }
+            }
+        }))
     }
 
     /// Decides one statement (after resolving SQL-level EXECUTE to its prepared statement).
@@ -887,8 +915,8 @@ impl Live {
 
     /// Records an event that follows what it records (a result already sent): written with the
     /// next event, in one system call. Failures are counted, never refuse (the rows are gone).
-    fn record_after(&self, kind: &str, data: impl serde::Serialize) {
-        if let Some(r) = self.recording(false)
+    fn record_after(&self, into: Option<&Arc<Recording>>, kind: &str, data: impl serde::Serialize) {
+        if let Some(r) = into.cloned().or_else(|| self.recording(false))
             && let Err(e) = r.record_deferred(kind, data)
         {
             self.recording_failed(&e);
@@ -935,6 +963,7 @@ impl Live {
             limit_rule: v.rule.clone(),
             mask_computed: v.reads_masked || self.computes_over_masked(st),
             copy_out: st.copy.is_some_and(|c| !c.from),
+            recording: self.recording(false),
         }
     }
 
@@ -1050,6 +1079,9 @@ impl Live {
             // (an fsync takes milliseconds on network block storage).
             let end = json!({ "reason": reason, "upstream": down_reason });
             let _ = tokio::task::spawn_blocking(move || r.close(end)).await;
+        }
+        if let Some(closing) = this.close_retired(true) {
+            let _ = closing.await;
         }
         tracing::info!(identity = %this.identity, connection = %this.connection, reason, "postgres session ended");
     }
@@ -2251,6 +2283,7 @@ impl ServerSide {
                 let columns = s.masker.as_ref().map(|m| m.names());
                 let rows = s.rows.min(s.plan.row_limit.unwrap_or(u64::MAX));
                 self.live.record_after(
+                    s.plan.recording.as_ref(),
                     "pg.result",
                     ResultEvent {
                         sql: &s.plan.sql,
