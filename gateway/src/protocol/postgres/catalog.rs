@@ -299,12 +299,9 @@ fn mask_all(
 ) -> bool {
     let mut changed = false;
     for (oid, a, s) in found {
-        let next = match masked.by_field.get(&(oid, a)) {
-            Some(e) if *e == s => continue,
-            Some(e) => strongest([*e, s]),
-            None => s,
-        };
-        if masked.by_field.get(&(oid, a)) == Some(&next) {
+        let existing = masked.by_field.get(&(oid, a)).copied();
+        let next = existing.map_or(s, |e| strongest([e, s]));
+        if existing == Some(next) {
             continue;
         }
         masked.by_field.insert((oid, a), next);

@@ -187,6 +187,16 @@ fn fatal(code: &str, message: impl Into<String>) -> StartupError {
     StartupError::Reject(ErrorResponse::fatal(code, message))
 }
 
+/// The planner's statistics: sampled values of every column.
+const STATISTICS_RELATIONS: [&str; 6] = [
+    "pg_catalog.pg_statistic",
+    "pg_catalog.pg_statistic_ext",
+    "pg_catalog.pg_statistic_ext_data",
+    "pg_catalog.pg_stats",
+    "pg_catalog.pg_stats_ext",
+    "pg_catalog.pg_stats_ext_exprs",
+];
+
 /// Cursors whose declaring configuration a session remembers.
 const MAX_TRACKED_CURSORS: usize = 1024;
 
@@ -793,10 +803,10 @@ impl Live {
         }
         // The planner's statistics hold sampled values of every column, masked ones included.
         if !self.masked.is_empty()
-            && let Some(t) = st.tables.iter().find(|t| {
-                t.strip_prefix("pg_catalog.pg_stat")
-                    .is_some_and(|rest| rest.starts_with('s') || rest.starts_with("istic"))
-            })
+            && let Some(t) = st
+                .tables
+                .iter()
+                .find(|t| STATISTICS_RELATIONS.contains(&t.as_str()))
         {
             return Verdict::refused(format!(
                 "{t} is refused where columns are masked: it holds sampled values of every column"
