@@ -601,6 +601,90 @@ fn views_mask_masked_columns_under_any_name() {
     });
 }
 
+/// Result masking covers what leaves in results, so where column rules apply the gateway refuses
+/// what would keep a masked column's values elsewhere for a later plain read: a write that reads
+/// one (into another table or column, a table made from a query, a setting). Writing a masked
+/// column itself is not reading it. Computed columns that cannot be traced by name are masked
+/// whole: a column-alias list renames columns by position, and a function of the database's own
+/// may read any table.
+#[test]
+fn masked_columns_cannot_be_copied_out_of_masking() {
+    let s = setup_with(false);
+    s.pg.psql(
+        "CREATE FUNCTION public.em(int) RETURNS text LANGUAGE sql STABLE AS 'SELECT email FROM public.customers WHERE id = $1'",
+    );
+    // A grant wide enough for each copy to be allowed by policy.
+    edit_manifests(
+        &s.gw,
+        "  rules:\n",
+        "  rules:\n    - name: copy-attempts\n      action: Allow\n      sql:\n        \
+         statements: [Select, Insert, Update, Create, Set]\n        \
+         tables: [public.orders, public.customers, public.copies]\n        \
+         functions: [em, set_config, upper]\n",
+    );
+    let tok = token(&s.idp);
+    rt().block_on(async {
+        let c = connect(&s.plain_conninfo(&tok)).await;
+        // Writing a masked column is allowed (once the reload lands).
+        let until = Instant::now() + Duration::from_secs(30);
+        while let Err(e) = c
+            .batch_execute("UPDATE customers SET email = 'alan@example.net' WHERE id = 3")
+            .await
+        {
+            assert!(Instant::now() < until, "the wider grant never applied: {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        c.batch_execute("INSERT INTO orders (customer_id, total, status) VALUES (1, 1.00, 'new')")
+            .await
+            .unwrap();
+        for sql in [
+            "UPDATE orders SET status = (SELECT email FROM customers WHERE id = 1) WHERE id = 1",
+            "INSERT INTO orders (customer_id, total, status) SELECT id, 1, email FROM customers WHERE id = 1",
+            "UPDATE customers SET name = email WHERE id = 1",
+            "CREATE TABLE public.copies AS SELECT * FROM customers",
+            "SELECT set_config('my.x', email, false) FROM customers WHERE id = 1",
+            "PREPARE copy_out AS INSERT INTO orders (customer_id, total, status) SELECT id, 1, email FROM customers",
+        ] {
+            let e = c.batch_execute(sql).await.unwrap_err();
+            let (code, message) = db_error(&e);
+            assert_eq!(code, "42501", "{sql}: {message}");
+            assert!(message.contains("writes and reads a masked column"), "{sql}: {message}");
+        }
+        let rows = |sql: &'static str| {
+            let c = &c;
+            async move {
+                let mut out = String::new();
+                for m in c.simple_query(sql).await.unwrap() {
+                    if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                        for i in 0..r.len() {
+                            out.push_str(r.get(i).unwrap_or(""));
+                            out.push('|');
+                        }
+                    }
+                }
+                out
+            }
+        };
+        let stored = rows("SELECT status, (SELECT name FROM customers WHERE id = 1) FROM orders").await;
+        assert!(!stored.contains("ada@example.com") && stored.contains("Ada Lovelace"), "{stored}");
+        for sql in [
+            "SELECT upper(x) FROM customers AS t(a, b, x) WHERE a = 1",
+            "SELECT public.em(1)",
+        ] {
+            let out = rows(sql).await.to_lowercase();
+            assert!(!out.contains("ada@example.com") && !out.is_empty(), "{sql}: {out}");
+        }
+        // What names no masked column is untouched.
+        assert_eq!(rows("SELECT upper(name) FROM customers WHERE id = 1").await, "ADA LOVELACE|");
+    });
+    assert!(
+        s.pg.psql("SELECT status FROM public.orders")
+            .lines()
+            .all(|l| !l.contains('@')),
+        "a masked value was stored"
+    );
+}
+
 /// Replaces `from` with `to` in the gateway's manifests, atomically (staged outside the watched
 /// directory), so the gateway reloads.
 fn edit_manifests(gw: &Gateway, from: &str, to: &str) {

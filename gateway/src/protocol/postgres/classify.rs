@@ -73,10 +73,21 @@ pub struct Statement {
     /// `*` for a star, and for a whole-row reference (`row_to_json(t)`, `SELECT t FROM users t`)
     /// the name itself and the table it stands for (`users`).
     pub columns: Vec<String>,
+    /// The columns among `columns` that are only written (`SET x = ...`, `INSERT INTO t (x)`),
+    /// never read.
+    pub assigned_only: Vec<String>,
     /// An UPDATE or DELETE, anywhere in the statement, without WHERE (`WHERE CURRENT OF` is one).
     pub without_where: bool,
     /// The statement may write (see the module documentation).
     pub writes: bool,
+    /// What the statement reads may be kept where result masking cannot follow it: rows it
+    /// writes (INSERT, UPDATE, MERGE, anywhere in it), a relation filled from a query (CREATE
+    /// TABLE AS, SELECT INTO), a setting (`set_config`), or code the gateway cannot read (DO,
+    /// CALL, a function or operator that is not built in and read-only).
+    pub stores: bool,
+    /// The statement calls a function or operator that is not built in and read-only: its
+    /// results may hold anything it reads, under no column's name.
+    pub opaque_calls: bool,
     /// For COPY.
     pub copy: Option<CopyInfo>,
     /// SQL-level `PREPARE name AS <statement>`, with the inner statement classified (its kinds,
@@ -432,8 +443,13 @@ struct Analysis<'t> {
     tables: Vec<String>,
     functions: Vec<String>,
     columns: Vec<String>,
+    /// Columns named as assignment targets (each also pushed to `columns`).
+    assigned: Vec<&'t str>,
+    assigned_only: Vec<String>,
     without_where: bool,
     writes: bool,
+    stores: bool,
+    opaque_calls: bool,
     copy: Option<CopyInfo>,
     prepare: Option<(String, Box<Statement>)>,
     execute: Option<String>,
@@ -493,10 +509,13 @@ impl<'t> Analysis<'t> {
             }
             "DoStmt" => {
                 self.writes = true;
+                self.stores = true;
+                self.opaque_calls = true;
                 K::Do
             }
             "CallStmt" => {
                 self.writes = true;
+                self.stores = true;
                 K::Call
             }
             "ExecuteStmt" => K::Execute,
@@ -573,6 +592,8 @@ impl<'t> Analysis<'t> {
             }
             n if n.starts_with("Create") => {
                 self.writes = true;
+                // CREATE TABLE AS and CREATE MATERIALIZED VIEW fill a relation from a query.
+                self.stores |= n == "CreateTableAsStmt";
                 K::Create
             }
             n if n.starts_with("Alter") => {
@@ -668,6 +689,8 @@ impl<'t> Analysis<'t> {
         self.tables = inner.tables;
         self.functions = inner.functions;
         self.columns = inner.columns;
+        self.assigned = inner.assigned;
+        self.opaque_calls = inner.opaque_calls;
         // EXPLAIN [ANALYZE] EXECUTE plans (and runs) the prepared statement.
         self.execute = inner.execute;
         if analyze {
@@ -676,6 +699,7 @@ impl<'t> Analysis<'t> {
             }
             self.without_where = inner.without_where;
             self.writes = inner.writes;
+            self.stores = inner.stores;
             self.settings = inner.settings;
             self.refused = inner.refused;
         }
@@ -696,8 +720,11 @@ impl<'t> Analysis<'t> {
         self.tables = inner.tables.clone();
         self.functions = inner.functions.clone();
         self.columns = inner.columns.clone();
+        self.assigned_only = inner.assigned_only.clone();
         self.without_where = inner.without_where;
         self.writes = inner.writes;
+        self.stores = inner.stores;
+        self.opaque_calls = inner.opaque_calls;
         self.prepare = Some((node.str("name").to_string(), Box::new(inner)));
         Ok(())
     }
@@ -707,9 +734,22 @@ impl<'t> Analysis<'t> {
             return Err(ClassifyError::new(message));
         }
         self.resolve_whole_rows();
+        if !self.assigned.is_empty() {
+            // Named only as often as assigned: never read.
+            let mut named: HashMap<&str, isize> = HashMap::new();
+            for c in &self.columns {
+                *named.entry(c.as_str()).or_default() += 1;
+            }
+            for a in &self.assigned {
+                *named.entry(a).or_default() -= 1;
+            }
+            let only = self.assigned.iter().filter(|a| named.get(**a) == Some(&0));
+            self.assigned_only.extend(only.map(|a| (*a).to_string()));
+        }
         dedup(&mut self.tables);
         dedup(&mut self.functions);
         dedup(&mut self.columns);
+        dedup(&mut self.assigned_only);
         dedup(&mut self.settings);
         Ok(Statement {
             kinds: self.kinds,
@@ -717,8 +757,11 @@ impl<'t> Analysis<'t> {
             tables: self.tables,
             functions: self.functions,
             columns: self.columns,
+            assigned_only: self.assigned_only,
             without_where: self.without_where,
             writes: self.writes,
+            stores: self.stores,
+            opaque_calls: self.opaque_calls,
             copy: self.copy,
             prepare: self.prepare,
             execute: self.execute,
@@ -804,11 +847,18 @@ impl<'t> Analysis<'t> {
                 );
                 if assigned && !v.str("name").is_empty() {
                     self.columns.push(v.str("name").to_string());
+                    self.assigned.push(v.str("name"));
                 }
                 self.walk_fields(v, &[]);
             }
             "SelectStmt" | "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => self.query(v),
-            "Alias" => self.item_aliases.push(v.str("aliasname")),
+            "Alias" => {
+                self.item_aliases.push(v.str("aliasname"));
+                // A join's column aliases rename its relations' columns, as a table's do.
+                if (parent, field) == ("JoinExpr", "alias") {
+                    self.column_aliases(v);
+                }
+            }
             "AExpr" => {
                 self.operator(v.list("name"));
                 self.walk_fields(v, &["name"]);
@@ -835,6 +885,7 @@ impl<'t> Analysis<'t> {
             "IntoClause" => {
                 // SELECT INTO creates a table.
                 self.writes = true;
+                self.stores = true;
                 self.push_kind(StatementKind::Create);
                 self.walk_fields(v, &[]);
             }
@@ -885,6 +936,7 @@ impl<'t> Analysis<'t> {
         if let Some(k) = kind {
             self.push_kind(k);
             self.writes = true;
+            self.stores |= k != StatementKind::Delete;
             // pg_settings' update rule calls set_config: a SET out of sight of the checks above.
             if let Some(rel) = v.get("relation")
                 && rel.str("relname") == "pg_settings"
@@ -920,6 +972,7 @@ impl<'t> Analysis<'t> {
         let rel = v.str("relname");
         if let Some(alias) = v.get("alias") {
             self.aliases.push((alias.str("aliasname"), rel));
+            self.column_aliases(alias);
         }
         self.aliases.push((rel, rel));
         let schema = v.str("schemaname");
@@ -931,6 +984,14 @@ impl<'t> Analysis<'t> {
             return;
         }
         self.table(schema, rel);
+    }
+
+    /// `FROM customers AS t(a, b, x)` names the columns by position, out of sight of their
+    /// names (`upper(x)` is `upper(email)`): read as a star.
+    fn column_aliases(&mut self, alias: &'t V) {
+        if !alias.list("colnames").is_empty() {
+            self.columns.push("*".into());
+        }
     }
 
     fn table(&mut self, schema: &str, rel: &str) {
@@ -969,6 +1030,8 @@ impl<'t> Analysis<'t> {
         let trusted_path = schema.is_empty() || schema == "pg_catalog";
         if !(trusted_path && read_only_functions().contains(name)) {
             self.writes = true;
+            self.stores = true;
+            self.opaque_calls = true;
         }
     }
 
@@ -1005,6 +1068,8 @@ impl<'t> Analysis<'t> {
         };
         if !((schema.is_empty() || schema == "pg_catalog") && BUILTIN_OPERATORS.contains(&op)) {
             self.writes = true;
+            self.stores = true;
+            self.opaque_calls = true;
         }
     }
 
@@ -2078,9 +2143,70 @@ mod tests {
                 .columns
                 .contains(&"*".to_string())
         );
+        // Column aliases of a relation or a join rename its columns by position: a star.
+        for sql in [
+            "SELECT upper(x) FROM users AS t(a, b, x)",
+            "SELECT upper(j.x) FROM (users JOIN accounts USING (id)) AS j(a, x)",
+        ] {
+            assert!(one(sql).columns.contains(&"*".to_string()), "{sql}");
+        }
+        assert!(
+            !one("SELECT upper(x) FROM users AS t")
+                .columns
+                .contains(&"*".to_string())
+        );
         // A plain column is not a whole row.
         assert_eq!(one("SELECT email FROM users").columns, strs(&["email"]));
         assert!(one("SELECT count(*) FROM users").columns.is_empty());
+    }
+
+    #[test]
+    fn what_may_keep_what_it_reads() {
+        for sql in [
+            "INSERT INTO orders (note) SELECT email FROM users",
+            "UPDATE orders SET note = (SELECT email FROM users LIMIT 1) WHERE id = 1",
+            "MERGE INTO orders o USING users u ON o.id = u.id WHEN MATCHED THEN UPDATE SET note = u.email",
+            "WITH w AS (INSERT INTO orders (note) VALUES ('x') RETURNING id) SELECT * FROM w",
+            "CREATE TABLE copy AS SELECT email FROM users",
+            "CREATE MATERIALIZED VIEW m AS SELECT email FROM users",
+            "SELECT email INTO copy FROM users",
+            "SELECT set_config('my.x', email, false) FROM users",
+            "SELECT public.keep(email) FROM users",
+            "DO 'BEGIN END'",
+            "CALL keep()",
+            "PREPARE p AS INSERT INTO orders (note) SELECT email FROM users",
+            "EXPLAIN ANALYZE INSERT INTO orders (note) SELECT email FROM users",
+        ] {
+            assert!(one(sql).stores, "{sql}");
+        }
+        for sql in [
+            "SELECT email FROM users",
+            "SELECT email FROM users FOR UPDATE",
+            "DELETE FROM users WHERE email = 'x'",
+            "CREATE VIEW v AS SELECT email FROM users",
+            "EXPLAIN INSERT INTO orders (note) SELECT email FROM users",
+            "COPY users TO STDOUT",
+        ] {
+            assert!(!one(sql).stores, "{sql}");
+        }
+        // Functions of the database's own may read anything; built-in read-only ones do not.
+        assert!(one("SELECT public.f(1)").opaque_calls);
+        assert!(one("SELECT f(id) FROM users").opaque_calls);
+        assert!(one("PREPARE p AS SELECT f(1)").opaque_calls);
+        assert!(!one("SELECT upper(email), count(*) FROM users GROUP BY 1").opaque_calls);
+        // Columns only written are told apart from columns read.
+        let s = one("UPDATE t SET a = 1, b = b + 1 WHERE c = 2");
+        assert_eq!(s.assigned_only, strs(&["a"]));
+        assert!(["a", "b", "c"].iter().all(|c| s.columns.contains(&c.to_string())));
+        assert_eq!(
+            one("INSERT INTO t (a, b) VALUES (1, 2)").assigned_only,
+            strs(&["a", "b"])
+        );
+        assert!(one("INSERT INTO t (a) SELECT a FROM u").assigned_only.is_empty());
+        assert_eq!(
+            one("PREPARE p AS UPDATE t SET a = $1 WHERE id = $2").assigned_only,
+            strs(&["a"])
+        );
     }
 
     #[test]

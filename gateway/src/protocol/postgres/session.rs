@@ -801,6 +801,14 @@ impl Live {
                 "COPY TO of a table with masked columns is refused (its columns cannot be masked); use SELECT",
             );
         }
+        // Result masking covers what leaves in results: a statement that keeps a masked column's
+        // values elsewhere (another column or table, a setting, a function's doing) would let
+        // a later, plain read of them through.
+        if st.stores && self.reads_masked_names(st) {
+            return Verdict::refused(
+                "a statement that writes and reads a masked column is refused where column masking applies (it could copy the column's values where masking cannot follow); select the rows' keys, then write by key",
+            );
+        }
         // The planner's statistics hold sampled values of every column, masked ones included.
         if !self.masked.is_empty()
             && let Some(t) = st
@@ -949,12 +957,36 @@ impl Live {
     }
 
     /// Whether computed result columns of `st` must be masked: it reads masked columns by name,
-    /// by `*`, or as whole rows.
+    /// by `*`, or as whole rows, or calls code that may read them (a function of the
+    /// database's own, as a view calling one is masked whole).
     fn computes_over_masked(&self, st: &Statement) -> bool {
+        self.names_masked(st) || (st.opaque_calls && !self.masked.is_empty())
+    }
+
+    /// Whether `st` names a masked column (read or written), by `*`, or as a whole row.
+    fn names_masked(&self, st: &Statement) -> bool {
+        self.masked_name_among(st, &st.columns)
+    }
+
+    /// Whether `st` reads a masked column by name, by `*`, or as a whole row (writing one,
+    /// `SET email = 'x'`, is not reading it).
+    fn reads_masked_names(&self, st: &Statement) -> bool {
+        if st.assigned_only.is_empty() {
+            return self.names_masked(st);
+        }
+        let read: Vec<&String> = st
+            .columns
+            .iter()
+            .filter(|c| !st.assigned_only.contains(c))
+            .collect();
+        self.masked_name_among(st, read)
+    }
+
+    fn masked_name_among<'c>(&self, st: &Statement, columns: impl IntoIterator<Item = &'c String>) -> bool {
         if self.masked.is_empty() {
             return false;
         }
-        st.columns.iter().any(|c| {
+        columns.into_iter().any(|c| {
             self.masked.is_masked_name(c)
                 || (c == "*" && st.tables.iter().any(|t| self.masked.has_masked_table(t)))
                 || st
