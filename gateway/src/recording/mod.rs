@@ -261,7 +261,11 @@ impl Serialize for CappedBody<'_> {
                 let text = std::str::from_utf8(text).map_err(serde::ser::Error::custom)?;
                 m.serialize_entry("text", text)?;
             }
-            Kept::Binary(b) => m.serialize_entry("base64", &STANDARD.encode(b))?,
+            Kept::Binary(b) => {
+                // Encoded, a hidden secret would pass the event's scrub: replaced in the bytes.
+                let scrubbed = HIDING.with(|h| h.borrow().as_ref().and_then(|h| scrub(b, h)));
+                m.serialize_entry("base64", &STANDARD.encode(scrubbed.as_deref().unwrap_or(b)))?
+            }
             Kept::Json(raw) => m.serialize_entry("json", raw)?,
             Kept::Withheld(why) => m.serialize_entry("withheld", why)?,
         }
@@ -431,7 +435,7 @@ impl Recorder {
                 deferred: Vec::new(),
                 buf: Vec::new(),
                 json: Vec::new(),
-                hidden: Vec::new(),
+                hidden: Arc::new(Vec::new()),
             }),
         };
         let mut data = into_object(start);
@@ -516,7 +520,7 @@ struct State {
     json: Vec<u8>,
     /// Searchers for the secrets replaced by `[REDACTED]` wherever they appear in an event (see
     /// [`Session::hide`]); built once, as building one costs more than many searches.
-    hidden: Vec<Finder<'static>>,
+    hidden: Arc<Vec<Finder<'static>>>,
 }
 
 /// One recorded session. Shared by a connection's tasks; events are appended in lock order.
@@ -573,10 +577,11 @@ impl Session {
         if !fits {
             return;
         }
-        if state.hidden.len() >= MAX_HIDDEN {
-            state.hidden.remove(0);
+        let hidden = Arc::make_mut(&mut state.hidden);
+        if hidden.len() >= MAX_HIDDEN {
+            hidden.remove(0);
         }
-        state.hidden.push(Finder::new(secret).into_owned());
+        hidden.push(Finder::new(secret).into_owned());
     }
 
     /// Appends one event, written to the OS before returning. `Required`: an error means the
@@ -600,7 +605,8 @@ impl Session {
             Err(RecordingError::InvalidKind)
         } else {
             let ts = Timestamp::now().rfc3339();
-            let json = serde_json::to_string(&data).map_err(|_| RecordingError::Encode);
+            let hidden = self.lock().hidden.clone();
+            let json = hiding(&hidden, || serde_json::to_string(&data)).map_err(|_| RecordingError::Encode);
             let mut state = self.lock();
             if state.closed {
                 Err(RecordingError::Closed(self.id.clone()))
@@ -687,7 +693,7 @@ impl Session {
         // size took several allocations per event.
         let mut json = std::mem::take(&mut state.json);
         json.clear();
-        let result = serde_json::to_writer(&mut json, data)
+        let result = hiding(&state.hidden.clone(), || serde_json::to_writer(&mut json, data))
             .map_err(|_| RecordingError::Encode)
             .map(|()| {
                 if let Some(scrubbed) = scrub(&json, &state.hidden) {
@@ -819,6 +825,23 @@ impl Drop for Session {
 pub const MIN_HIDDEN_BYTES: usize = 16;
 /// Secrets a session hides at once (a connection's agent refreshing its token keeps a few).
 pub const MAX_HIDDEN: usize = 4;
+
+thread_local! {
+    /// The secrets of the session whose event is being encoded on this thread (see [`hiding`]).
+    static HIDING: std::cell::RefCell<Option<Arc<Vec<Finder<'static>>>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `encode` with `hidden` as the secrets [`CappedBody`] replaces in binary bodies before
+/// encoding them (base64 hides a secret from the scrub of the encoded event).
+fn hiding<T>(hidden: &Arc<Vec<Finder<'static>>>, encode: impl FnOnce() -> T) -> T {
+    if hidden.is_empty() {
+        return encode();
+    }
+    let before = HIDING.with(|h| h.replace(Some(hidden.clone())));
+    let out = encode();
+    HIDING.with(|h| *h.borrow_mut() = before);
+    out
+}
 
 /// `json` with every occurrence of each of `hidden` replaced by `[REDACTED]`, or `None` when
 /// none occurs (the common case, which copies nothing). The secrets hold no character JSON

@@ -608,16 +608,49 @@ fn hidden_secrets_are_redacted_wherever_they_appear_and_the_file_still_verifies(
         json!({"body": {"json": {"echo": token}}, "status": 200}),
     )
     .unwrap();
+    // A body that is not text is recorded in base64, where the token would not be seen.
+    let mut binary = vec![0xff, 0x00];
+    binary.extend_from_slice(token.as_bytes());
+    binary.push(0xfe);
+    // Serialized as the proxy's events are, within the record call (not through `json!`).
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        body: CappedBody<'a>,
+    }
+    s.record(
+        "http.request.body",
+        Body {
+            body: cap_body(&binary, 1024),
+        },
+    )
+    .unwrap();
+    s.record_deferred(
+        "http.response.body",
+        Body {
+            body: cap_body(&binary, 1024),
+        },
+    )
+    .unwrap();
     s.close(json!({"reason": "done"})).unwrap();
     let text = fs::read_to_string(s.path()).unwrap();
     assert!(!text.contains(token), "{text}");
     assert_eq!(text.matches("[REDACTED]").count(), 4, "{text}");
     let report = verify_file(s.path(), Some(rec.public_key())).unwrap();
-    assert_eq!((report.events, report.closed, report.signed), (4, true, true));
+    assert_eq!((report.events, report.closed, report.signed), (6, true, true));
     let mut seen = Vec::new();
     verify_events(s.path(), None, |e| seen.push(e.data.clone())).unwrap();
     assert_eq!(seen[1]["query"], "t=[REDACTED]&u=[REDACTED]");
     assert_eq!(seen[2]["body"]["json"]["echo"], "[REDACTED]");
+    for event in &seen[3..5] {
+        let b64 = event["body"]["base64"].as_str().unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        assert_eq!(bytes, b"\xff\x00[REDACTED]\xfe", "{event}");
+        assert_eq!(
+            event["body"]["bytes"],
+            binary.len(),
+            "the recorded length is the body's"
+        );
+    }
 
     // The last MAX_HIDDEN secrets are kept.
     let s = rec.start_session(json!({})).unwrap();
