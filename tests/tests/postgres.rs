@@ -637,6 +637,9 @@ fn masked_columns_cannot_be_copied_out_of_masking() {
         c.batch_execute("INSERT INTO orders (customer_id, total, status) VALUES (1, 1.00, 'new')")
             .await
             .unwrap();
+        c.batch_execute("PREPARE every_customer AS SELECT * FROM customers")
+            .await
+            .unwrap();
         for sql in [
             "UPDATE orders SET status = (SELECT email FROM customers WHERE id = 1) WHERE id = 1",
             "INSERT INTO orders (customer_id, total, status) SELECT id, 1, email FROM customers WHERE id = 1",
@@ -644,6 +647,10 @@ fn masked_columns_cannot_be_copied_out_of_masking() {
             "CREATE TABLE public.copies AS SELECT * FROM customers",
             "SELECT set_config('my.x', email, false) FROM customers WHERE id = 1",
             "PREPARE copy_out AS INSERT INTO orders (customer_id, total, status) SELECT id, 1, email FROM customers",
+            // `c.row_to_json` is row_to_json(c): customers has no such column.
+            "UPDATE orders o SET status = c.row_to_json::text FROM customers c WHERE c.id = o.customer_id AND o.id = 1",
+            // A prepared read run inside a CREATE TABLE AS.
+            "CREATE TABLE public.copies AS EXECUTE every_customer",
         ] {
             let e = c.batch_execute(sql).await.unwrap_err();
             let (code, message) = db_error(&e);
@@ -670,12 +677,29 @@ fn masked_columns_cannot_be_copied_out_of_masking() {
         for sql in [
             "SELECT upper(x) FROM customers AS t(a, b, x) WHERE a = 1",
             "SELECT public.em(1)",
+            // Whole rows: by alias (a result column of the table's OID, attribute 0), in
+            // attribute notation, and under an alias that also names another table elsewhere.
+            "SELECT c FROM customers c WHERE id = 1",
+            "SELECT c.row_to_json FROM customers c WHERE id = 1",
+            "SELECT customers.to_jsonb FROM customers WHERE id = 1",
+            "WITH d AS (SELECT 1 FROM orders c) SELECT row_to_json(c) FROM customers c WHERE c.id = 1",
         ] {
             let out = rows(sql).await.to_lowercase();
             assert!(!out.contains("ada@example.com") && !out.is_empty(), "{sql}: {out}");
         }
         // What names no masked column is untouched.
         assert_eq!(rows("SELECT upper(name) FROM customers WHERE id = 1").await, "ADA LOVELACE|");
+        assert_eq!(rows("SELECT upper(c.name) FROM customers c WHERE c.id = 1").await, "ADA LOVELACE|");
+        // A failed write to a table with masked columns: the server's DETAIL ("Failing row
+        // contains (...)") would quote the row.
+        let e = c
+            .batch_execute("UPDATE customers SET name = NULL WHERE id = 1")
+            .await
+            .unwrap_err();
+        let d = e.as_db_error().unwrap();
+        assert_eq!(d.code().code(), "23502");
+        let all = format!("{} {:?} {:?}", d.message(), d.detail(), d.hint());
+        assert!(!all.contains("ada@example.com") && all.contains("withheld"), "{all}");
     });
     assert!(
         s.pg.psql("SELECT status FROM public.orders")

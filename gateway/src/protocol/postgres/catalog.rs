@@ -57,10 +57,15 @@ const OPAQUE_VIEWS_SQL: &str = "SELECT DISTINCT r.ev_class \
 #[derive(Debug, Default)]
 pub struct MaskedColumns {
     by_field: HashMap<(u32, i16), MaskingStrategy>,
-    /// Lowercase names of masked columns, for statements that compute over them.
+    /// Names of masked columns (as the catalog spells them, as the parser reads identifiers),
+    /// for statements that compute over them.
     names: HashSet<String>,
     /// `schema.table` of relations with a masked column.
     tables: HashSet<String>,
+    /// Every column name of each relation with a masked column, by `schema.table`.
+    columns_of: HashMap<String, HashSet<String>>,
+    /// Relations with a masked column, by OID.
+    relations: HashSet<u32>,
     /// The user relations the catalog held when it was read (only when column rules apply).
     known: HashSet<u32>,
 }
@@ -81,6 +86,8 @@ impl MaskedColumns {
     pub fn strategy(&self, table_oid: u32, column: i16) -> Option<MaskingStrategy> {
         match self.by_field.get(&(table_oid, column)) {
             Some(s) => Some(*s),
+            // Column 0: the whole row (`SELECT c FROM customers c`), masked columns included.
+            None if column <= 0 && self.relations.contains(&table_oid) => Some(MaskingStrategy::Redact),
             None if !self.known.is_empty()
                 && table_oid >= FIRST_USER_OID
                 && !self.known.contains(&table_oid) =>
@@ -97,6 +104,11 @@ impl MaskedColumns {
 
     pub fn has_masked_table(&self, table: &str) -> bool {
         self.tables.contains(table)
+    }
+
+    /// Whether `column` is a column of `table`, a relation with a masked column.
+    pub fn has_column(&self, table: &str, column: &str) -> bool {
+        self.columns_of.get(table).is_some_and(|c| c.contains(column))
     }
 }
 
@@ -129,7 +141,7 @@ pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColu
         masked.known.insert(oid);
         if let Some(s) = plan.column_strategy(schema, table, column) {
             masked.by_field.insert((oid, attnum), s);
-            masked.names.insert(column.to_lowercase());
+            masked.names.insert(column.clone());
             masked.tables.insert(format!("{schema}.{table}"));
         }
     }
@@ -277,6 +289,18 @@ pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColu
             break;
         }
     }
+    masked.relations = masked.by_field.keys().map(|(oid, _)| *oid).collect();
+    for ((oid, _), name) in &names {
+        if masked.relations.contains(oid)
+            && let Some(t) = table_names.get(oid)
+        {
+            masked
+                .columns_of
+                .entry(t.clone())
+                .or_default()
+                .insert(name.clone());
+        }
+    }
     Ok(masked)
 }
 
@@ -308,7 +332,7 @@ fn mask_all(
         changed = true;
         if let Some(n) = names.get(&(oid, a)) {
             // A statement computing over this column computes over masked data.
-            masked.names.insert(n.to_lowercase());
+            masked.names.insert(n.clone());
         }
         if let Some(t) = table_names.get(&oid) {
             masked.tables.insert(t.clone());

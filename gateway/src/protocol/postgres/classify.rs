@@ -73,6 +73,10 @@ pub struct Statement {
     /// `*` for a star, and for a whole-row reference (`row_to_json(t)`, `SELECT t FROM users t`)
     /// the name itself and the table it stands for (`users`).
     pub columns: Vec<String>,
+    /// `q.name` references whose qualifier `q` names a relation (or its alias), as (relation,
+    /// name): when `name` is not a column of the relation, PostgreSQL reads it as the function
+    /// call `name(q)` over the whole row (`c.row_to_json`).
+    pub qualified: Vec<(String, String)>,
     /// The columns among `columns` that are only written (`SET x = ...`, `INSERT INTO t (x)`),
     /// never read.
     pub assigned_only: Vec<String>,
@@ -445,6 +449,13 @@ struct Analysis<'t> {
     columns: Vec<String>,
     /// Columns named as assignment targets (each also pushed to `columns`).
     assigned: Vec<&'t str>,
+    /// (qualifier, name) of every qualified column reference, resolved into `qualified`.
+    qualified_names: Vec<(&'t str, &'t str)>,
+    qualified: Vec<(String, String)>,
+    /// Aliases of joins, which stand for their relations' columns.
+    join_aliases: Vec<&'t str>,
+    /// Columns named as `excluded.x`.
+    excluded: Vec<&'t str>,
     assigned_only: Vec<String>,
     without_where: bool,
     writes: bool,
@@ -690,6 +701,7 @@ impl<'t> Analysis<'t> {
         self.functions = inner.functions;
         self.columns = inner.columns;
         self.assigned = inner.assigned;
+        self.qualified = inner.qualified;
         self.opaque_calls = inner.opaque_calls;
         // EXPLAIN [ANALYZE] EXECUTE plans (and runs) the prepared statement.
         self.execute = inner.execute;
@@ -721,6 +733,7 @@ impl<'t> Analysis<'t> {
         self.functions = inner.functions.clone();
         self.columns = inner.columns.clone();
         self.assigned_only = inner.assigned_only.clone();
+        self.qualified = inner.qualified.clone();
         self.without_where = inner.without_where;
         self.writes = inner.writes;
         self.stores = inner.stores;
@@ -750,6 +763,7 @@ impl<'t> Analysis<'t> {
         dedup(&mut self.functions);
         dedup(&mut self.columns);
         dedup(&mut self.assigned_only);
+        dedup(&mut self.qualified);
         dedup(&mut self.settings);
         Ok(Statement {
             kinds: self.kinds,
@@ -757,6 +771,7 @@ impl<'t> Analysis<'t> {
             tables: self.tables,
             functions: self.functions,
             columns: self.columns,
+            qualified: self.qualified,
             assigned_only: self.assigned_only,
             without_where: self.without_where,
             writes: self.writes,
@@ -772,24 +787,42 @@ impl<'t> Analysis<'t> {
         })
     }
 
-    /// A single-name column reference that names a relation (or its alias) reads the whole row.
+    /// A single-name column reference that names a relation (or its alias) reads the whole row;
+    /// a qualified one is resolved to its relation (see [`Statement::qualified`]).
     fn resolve_whole_rows(&mut self) {
-        if self.single_names.is_empty() {
+        if self.single_names.is_empty() && self.qualified_names.is_empty() {
             return;
         }
         // Looked up, not scanned: a statement naming many columns and many aliases once cost
-        // their product.
-        let mut aliases = std::collections::HashMap::with_capacity(self.aliases.len());
+        // their product. One name may stand for several relations in different scopes: each.
+        let mut aliases: HashMap<&str, Vec<&str>> = HashMap::with_capacity(self.aliases.len());
         for (a, rel) in &self.aliases {
-            aliases.entry(*a).or_insert(*rel);
+            let rels = aliases.entry(*a).or_default();
+            if !rels.contains(rel) {
+                rels.push(*rel);
+            }
         }
-        let items: std::collections::HashSet<&str> = self.item_aliases.iter().copied().collect();
+        // ON CONFLICT's EXCLUDED row is the one being inserted, named in the statement (its
+        // values are read where they are written), unless a relation goes by that name.
+        if !aliases.contains_key("excluded") {
+            self.assigned.append(&mut self.excluded);
+        }
+        let items: HashSet<&str> = self.item_aliases.iter().copied().collect();
         for name in std::mem::take(&mut self.single_names) {
-            if let Some(rel) = aliases.get(name) {
+            for rel in aliases.get(name).into_iter().flatten() {
                 self.columns.push((*rel).to_string());
             }
             // The whole row of a join, subquery or CTE: every column it has.
             if items.contains(name) {
+                self.columns.push("*".into());
+            }
+        }
+        for (q, name) in std::mem::take(&mut self.qualified_names) {
+            for rel in aliases.get(q).into_iter().flatten() {
+                self.qualified.push(((*rel).to_string(), name.to_string()));
+            }
+            // `j.f` over a join may be `f(j)`, every column of its relations.
+            if self.join_aliases.contains(&q) {
                 self.columns.push("*".into());
             }
         }
@@ -857,6 +890,7 @@ impl<'t> Analysis<'t> {
                 // A join's column aliases rename its relations' columns, as a table's do.
                 if (parent, field) == ("JoinExpr", "alias") {
                     self.column_aliases(v);
+                    self.join_aliases.push(v.str("aliasname"));
                 }
             }
             "AExpr" => {
@@ -1084,8 +1118,51 @@ impl<'t> Analysis<'t> {
             self.columns.push(last.to_string());
             if fields.len() == 1 {
                 self.single_names.push(last);
+            } else if let Some(q) = fields[fields.len() - 2].sval() {
+                self.qualified_names.push((q, last));
+                if fields.len() == 2 && q == "excluded" {
+                    self.excluded.push(last);
+                }
             }
         }
+    }
+}
+
+impl Statement {
+    /// This statement (`CREATE TABLE t AS EXECUTE p`, `EXPLAIN ANALYZE EXECUTE p`) with the
+    /// prepared statement it runs inside it: everything either does.
+    pub fn running(&self, prepared: &Statement) -> Statement {
+        let mut s = prepared.clone();
+        s.kinds = self
+            .kinds
+            .iter()
+            .copied()
+            .filter(|k| *k != StatementKind::Execute)
+            .collect();
+        for k in &prepared.kinds {
+            if !s.kinds.contains(k) {
+                s.kinds.push(*k);
+            }
+        }
+        s.text.clone_from(&self.text);
+        s.node = self.node;
+        s.tables.extend(self.tables.iter().cloned());
+        s.functions.extend(self.functions.iter().cloned());
+        s.columns.extend(self.columns.iter().cloned());
+        s.qualified.extend(self.qualified.iter().cloned());
+        s.settings.extend(self.settings.iter().cloned());
+        dedup(&mut s.tables);
+        dedup(&mut s.functions);
+        dedup(&mut s.columns);
+        dedup(&mut s.qualified);
+        dedup(&mut s.settings);
+        s.writes |= self.writes;
+        s.stores |= self.stores;
+        s.opaque_calls |= self.opaque_calls;
+        s.without_where |= self.without_where;
+        s.execute = None;
+        s.prepare = None;
+        s
     }
 }
 
@@ -1162,7 +1239,7 @@ fn prepared_text(text: &str) -> String {
     text.trim().to_string()
 }
 
-fn dedup(v: &mut Vec<String>) {
+fn dedup<T: Clone + Eq + std::hash::Hash>(v: &mut Vec<T>) {
     if v.len() < 2 {
         return;
     }
@@ -2207,6 +2284,61 @@ mod tests {
             one("PREPARE p AS UPDATE t SET a = $1 WHERE id = $2").assigned_only,
             strs(&["a"])
         );
+        assert_eq!(
+            one("EXPLAIN ANALYZE UPDATE t SET a = 1 WHERE id = 2").assigned_only,
+            strs(&["a"])
+        );
+        // An upsert's EXCLUDED row is the one it inserts, named in the statement.
+        let s = one("INSERT INTO t (id, a) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET a = EXCLUDED.a");
+        assert_eq!(s.assigned_only, strs(&["id", "a"]));
+        assert!(
+            one("INSERT INTO t (a) SELECT a FROM u ON CONFLICT (id) DO UPDATE SET a = EXCLUDED.a")
+                .assigned_only
+                .is_empty()
+        );
+        // A relation called excluded is read like any other.
+        let s = one("UPDATE t SET a = (SELECT excluded.email FROM users excluded LIMIT 1) WHERE id = 1");
+        assert_eq!(s.assigned_only, strs(&["a"]));
+    }
+
+    #[test]
+    fn qualified_names_and_scopes_reach_their_relations() {
+        // `c.row_to_json` is `row_to_json(c)` unless customers has such a column: kept with
+        // its relation for the session to tell.
+        let s = one("SELECT c.row_to_json, c.id FROM customers c");
+        assert!(
+            s.qualified
+                .contains(&("customers".to_string(), "row_to_json".to_string()))
+        );
+        assert!(s.qualified.contains(&("customers".to_string(), "id".to_string())));
+        let s = one("SELECT public.customers.to_jsonb FROM public.customers");
+        assert_eq!(
+            s.qualified,
+            vec![("customers".to_string(), "to_jsonb".to_string())]
+        );
+        assert!(
+            one("SELECT j.to_json FROM (users JOIN accounts USING (id)) AS j")
+                .columns
+                .contains(&"*".to_string())
+        );
+        // One alias in two scopes stands for both relations.
+        let s = one("WITH d AS (SELECT 1 FROM orders c) SELECT row_to_json(c) FROM customers c");
+        assert!(
+            ["customers", "orders"]
+                .iter()
+                .all(|t| s.columns.contains(&t.to_string())),
+            "{:?}",
+            s.columns
+        );
+        // A statement running a prepared one is both.
+        let p = one("SELECT * FROM customers");
+        let s = one("CREATE TABLE c AS EXECUTE p").running(&p);
+        assert_eq!(s.kinds, vec![K::Create, K::Select]);
+        assert!(s.stores && s.writes && s.columns.contains(&"*".to_string()));
+        assert!(
+            s.tables.contains(&"public.customers".to_string()) && s.tables.contains(&"public.c".to_string())
+        );
+        assert_eq!(s.node, "CreateTableAsStmt");
     }
 
     #[test]

@@ -457,6 +457,9 @@ struct ResultPlan {
     limit_rule: Option<String>,
     /// Mask computed columns entirely (the statement computes over masked columns).
     mask_computed: bool,
+    /// Replace the server's error texts: they may quote masked values (the statement reads
+    /// masked columns, or writes a relation with one: "Failing row contains (...)").
+    withhold_errors: bool,
     /// COPY TO output passes through the detectors.
     copy_out: bool,
     /// The recording the statement went into: its result goes there too, even when the session
@@ -634,6 +637,8 @@ struct Verdict {
     approval: Option<(String, String)>,
     /// What runs reads masked columns: its computed result columns are masked whole.
     reads_masked: bool,
+    /// What runs writes a relation with masked columns (its errors may quote a row).
+    writes_masked: bool,
 }
 
 impl Verdict {
@@ -647,6 +652,7 @@ impl Verdict {
             label: "deny",
             approval: None,
             reads_masked: false,
+            writes_masked: false,
         }
     }
 
@@ -772,6 +778,12 @@ impl Live {
                 .then(|| prepared.sql.get(name))
                 .flatten();
             match sql {
+                // `CREATE TABLE t AS EXECUTE p` and `EXPLAIN [ANALYZE] EXECUTE p` run (or plan)
+                // the prepared statement inside their own: decided as both.
+                Some(Some(inner)) if statement.node != "ExecuteStmt" => {
+                    target = Arc::new(statement.running(inner));
+                    st = &target;
+                }
                 Some(Some(inner)) => {
                     target = inner.clone();
                     st = &target;
@@ -896,8 +908,10 @@ impl Live {
         // columns are masked whole.
         let reads_masked =
             self.computes_over_masked(st) || (st.node == "FetchStmt" && !self.masked.is_empty());
+        let writes_masked = st.writes && st.tables.iter().any(|t| self.masked.has_masked_table(t));
         Verdict {
             reads_masked,
+            writes_masked,
             action: d.action,
             rule: d.rule_ref(),
             // Explanations are for refusals; an allowed statement's record names its rule.
@@ -989,11 +1003,18 @@ impl Live {
         columns.into_iter().any(|c| {
             self.masked.is_masked_name(c)
                 || (c == "*" && st.tables.iter().any(|t| self.masked.has_masked_table(t)))
-                || st
-                    .tables
-                    .iter()
-                    .any(|t| t.rsplit('.').next() == Some(c.as_str()) && self.masked.has_masked_table(t))
+                || self.masked_relations(st, c).next().is_some()
+        }) || st.qualified.iter().any(|(rel, name)| {
+            self.masked_relations(st, rel)
+                .any(|t| !self.masked.has_column(t, name))
         })
+    }
+
+    /// The relations of `st` with masked columns that a bare relation name may be.
+    fn masked_relations<'a>(&'a self, st: &'a Statement, rel: &'a str) -> impl Iterator<Item = &'a String> {
+        st.tables
+            .iter()
+            .filter(move |t| t.rsplit('.').next() == Some(rel) && self.masked.has_masked_table(t))
     }
 
     /// `sql`: the statement as recorded, from [`LiveSession::masked_sql`] (passwords and
@@ -1004,6 +1025,7 @@ impl Live {
             row_limit: v.row_limit,
             limit_rule: v.rule.clone(),
             mask_computed: v.reads_masked || self.computes_over_masked(st),
+            withhold_errors: v.reads_masked || v.writes_masked || self.computes_over_masked(st),
             copy_out: st.copy.is_some_and(|c| !c.from),
             recording: self.recording(false),
         }
@@ -2235,8 +2257,8 @@ impl ServerSide {
         // and object names.
         const TEXT: &[u8] = b"MDHWq";
         let reads_masked = match self.front.front() {
-            Some(Pending::Query { results, .. }) => results.iter().any(|r| r.mask_computed),
-            Some(Pending::Execute { plan, .. }) => plan.mask_computed,
+            Some(Pending::Query { results, .. }) => results.iter().any(|r| r.withhold_errors),
+            Some(Pending::Execute { plan, .. }) => plan.withhold_errors,
             _ => false,
         };
         if reads_masked {
@@ -2245,7 +2267,7 @@ impl ServerSide {
             e.fields.push((
                 b'M',
                 format!(
-                    "the statement failed with SQLSTATE {code}; the server's message is withheld by the gateway because the statement reads masked columns, whose values it may quote"
+                    "the statement failed with SQLSTATE {code}; the server's message is withheld by the gateway because the statement reads masked columns or writes a table with them, whose values it may quote"
                 ),
             ));
             return e;
