@@ -618,8 +618,8 @@ fn masked_columns_cannot_be_copied_out_of_masking() {
         &s.gw,
         "  rules:\n",
         "  rules:\n    - name: copy-attempts\n      action: Allow\n      sql:\n        \
-         statements: [Select, Insert, Update, Create, Set]\n        \
-         tables: [public.orders, public.customers, public.copies]\n        \
+         statements: [Select, Insert, Update, Create, Alter, Set]\n        \
+         tables: [public.orders, public.customers, public.copies, public.customer_contacts]\n        \
          functions: [em, set_config, upper]\n",
     );
     let tok = token(&s.idp);
@@ -656,6 +656,17 @@ fn masked_columns_cannot_be_copied_out_of_masking() {
             let (code, message) = db_error(&e);
             assert_eq!(code, "42501", "{sql}: {message}");
             assert!(message.contains("writes and reads a masked column"), "{sql}: {message}");
+        }
+        // Nor may it change the names and definitions its masking was resolved from (here or
+        // in another of its sessions): a renamed column would compute unmasked by its new name.
+        for sql in [
+            "ALTER TABLE customers RENAME COLUMN email TO mail",
+            "CREATE OR REPLACE VIEW public.customer_contacts AS SELECT id, name, name AS email, phone FROM public.customers",
+        ] {
+            let e = c.batch_execute(sql).await.unwrap_err();
+            let (code, message) = db_error(&e);
+            assert_eq!(code, "42501", "{sql}: {message}");
+            assert!(message.contains("relation with masked columns is refused"), "{sql}: {message}");
         }
         let rows = |sql: &'static str| {
             let c = &c;

@@ -92,6 +92,10 @@ pub struct Statement {
     /// The statement calls a function or operator that is not built in and read-only: its
     /// results may hold anything it reads, under no column's name.
     pub opaque_calls: bool,
+    /// The statement changes what names or definitions mean to a session that resolved them
+    /// before: a rename, ALTER TABLE (columns, inheritance, partitions), SET SCHEMA, CREATE OR
+    /// REPLACE VIEW, a rule or a trigger.
+    pub reshapes: bool,
     /// For COPY.
     pub copy: Option<CopyInfo>,
     /// SQL-level `PREPARE name AS <statement>`, with the inner statement classified (its kinds,
@@ -461,6 +465,7 @@ struct Analysis<'t> {
     writes: bool,
     stores: bool,
     opaque_calls: bool,
+    reshapes: bool,
     copy: Option<CopyInfo>,
     prepare: Option<(String, Box<Statement>)>,
     execute: Option<String>,
@@ -622,6 +627,11 @@ impl<'t> Analysis<'t> {
                 K::Other
             }
         };
+        self.reshapes = match self.node {
+            "RenameStmt" | "AlterTableStmt" | "AlterObjectSchemaStmt" | "RuleStmt" | "CreateTrigStmt" => true,
+            "ViewStmt" => node.flag("replace"),
+            _ => false,
+        };
         self.push_kind(kind);
         self.walk(node, "", "");
         Ok(())
@@ -777,6 +787,7 @@ impl<'t> Analysis<'t> {
             writes: self.writes,
             stores: self.stores,
             opaque_calls: self.opaque_calls,
+            reshapes: self.reshapes,
             copy: self.copy,
             prepare: self.prepare,
             execute: self.execute,
@@ -2299,6 +2310,35 @@ mod tests {
         // A relation called excluded is read like any other.
         let s = one("UPDATE t SET a = (SELECT excluded.email FROM users excluded LIMIT 1) WHERE id = 1");
         assert_eq!(s.assigned_only, strs(&["a"]));
+    }
+
+    #[test]
+    fn what_reshapes_names_and_definitions() {
+        for sql in [
+            "ALTER TABLE customers RENAME COLUMN email TO e",
+            "ALTER TABLE customers RENAME TO c2",
+            "ALTER SCHEMA public RENAME TO p2",
+            "ALTER TABLE x INHERIT customers",
+            "ALTER TABLE customers SET SCHEMA other",
+            "CREATE OR REPLACE VIEW v AS SELECT email FROM customers",
+            "CREATE RULE r AS ON INSERT TO customers DO ALSO NOTIFY c",
+            "CREATE TRIGGER t AFTER UPDATE ON customers FOR EACH ROW EXECUTE FUNCTION f()",
+        ] {
+            assert!(one(sql).reshapes, "{sql}");
+        }
+        for sql in [
+            "CREATE VIEW v AS SELECT email FROM customers",
+            "CREATE TABLE t (a int)",
+            "DROP TABLE customers",
+            "SELECT 1",
+        ] {
+            assert!(!one(sql).reshapes, "{sql}");
+        }
+        assert!(
+            one("ALTER TABLE x INHERIT customers")
+                .tables
+                .contains(&"public.customers".to_string())
+        );
     }
 
     #[test]

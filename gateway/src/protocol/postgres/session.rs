@@ -821,6 +821,16 @@ impl Live {
                 "a statement that writes and reads a masked column is refused where column masking applies (it could copy the column's values where masking cannot follow); select the rows' keys, then write by key",
             );
         }
+        // The session's masking was resolved from names and definitions: changing them under it
+        // (or under another session of this agent) would turn its column rules aside.
+        if st.reshapes
+            && !self.masked.is_empty()
+            && (st.tables.is_empty() || st.tables.iter().any(|t| self.masked.has_masked_table(t)))
+        {
+            return Verdict::refused(
+                "renaming, altering, replacing or attaching rules or triggers to a relation with masked columns is refused where column masking applies (masking was resolved from their names and definitions); change the schema through a connection without column rules",
+            );
+        }
         // The planner's statistics hold sampled values of every column, masked ones included.
         if !self.masked.is_empty()
             && let Some(t) = st
