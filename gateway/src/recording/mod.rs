@@ -142,6 +142,17 @@ pub fn cap_body(bytes: &[u8], max: usize) -> CappedBody<'_> {
     CappedBody::new(Cow::Borrowed(bytes), max)
 }
 
+/// A body's own event (`http.request.body`, `http.response.body`). A typed event, serialized
+/// within the record call (not through `json!`), so a hidden secret is replaced in a binary
+/// body's bytes too.
+#[derive(Serialize)]
+pub struct BodyEvent<'a> {
+    pub request_id: &'a str,
+    pub bytes: u64,
+    pub complete: bool,
+    pub body: CappedBody<'a>,
+}
+
 /// See [`cap_body`].
 #[derive(Clone, Debug)]
 pub struct CappedBody<'a> {
@@ -837,10 +848,16 @@ fn hiding<T>(hidden: &Arc<Vec<Finder<'static>>>, encode: impl FnOnce() -> T) -> 
     if hidden.is_empty() {
         return encode();
     }
-    let before = HIDING.with(|h| h.replace(Some(hidden.clone())));
-    let out = encode();
-    HIDING.with(|h| *h.borrow_mut() = before);
-    out
+    /// Restores the thread's previous secrets, even when encoding panics.
+    struct Restore(Option<Arc<Vec<Finder<'static>>>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let before = self.0.take();
+            HIDING.with(|h| *h.borrow_mut() = before);
+        }
+    }
+    let _restore = Restore(HIDING.with(|h| h.replace(Some(hidden.clone()))));
+    encode()
 }
 
 /// `json` with every occurrence of each of `hidden` replaced by `[REDACTED]`, or `None` when

@@ -650,12 +650,12 @@ async fn proxy(
             })?;
             // Read after the request went on record: its body goes on record now, before an
             // approver is asked and before anything is forwarded.
-            let data = json!({
-                "request_id": request_id,
-                "bytes": bytes.len(),
-                "complete": true,
-                "body": response::body_for_record(Some(&request_plan), &bytes, true),
-            });
+            let data = crate::recording::BodyEvent {
+                request_id,
+                bytes: bytes.len() as u64,
+                complete: true,
+                body: response::body_for_record(Some(&request_plan), &bytes, true),
+            };
             record(gw, &plane, session.as_deref(), "http.request.body", data)?;
             if body_overrides(kind, boundary.as_deref(), &bytes) {
                 return Err(method_override_refused());

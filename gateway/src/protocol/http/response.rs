@@ -10,7 +10,6 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use serde_json::json;
 
 use super::body::{Body, BodyError};
 use crate::masking::{MAX_MASKED_BODY, MaskReport, MaskingPlan};
@@ -451,12 +450,12 @@ impl Recorded {
         let complete = finished && self.total as usize == self.kept.len();
         // Only a prefix is kept of a long body: the record says how long it was.
         let body = body_for_record(sink.plan.as_ref(), &self.kept, complete).of_total(self.total as usize);
-        let data = json!({
-            "request_id": sink.request_id,
-            "bytes": self.total,
-            "complete": finished,
-            "body": body,
-        });
+        let data = crate::recording::BodyEvent {
+            request_id: &sink.request_id,
+            bytes: self.total,
+            complete: finished,
+            body,
+        };
         if sink.session.record(sink.kind, data).is_err() {
             (sink.on_failure)();
             return !sink.required;
@@ -531,6 +530,7 @@ mod tests {
     use super::*;
     use crate::masking::HashKey;
     use crate::protocol::http::body::full;
+    use serde_json::json;
 
     #[test]
     fn content_types_are_classified() {
@@ -608,6 +608,42 @@ mod tests {
             }
         }
         (data, Ok(()))
+    }
+
+    /// A streamed body's record hides the agent's token in bytes that are not text, which
+    /// are recorded in base64 (where the event's scrub cannot see it).
+    #[tokio::test]
+    async fn a_recorded_binary_body_hides_the_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = crate::recording::Recorder::new(
+            dir.path().join("spool"),
+            agentgate_crds::gateway::RecordingMode::Required,
+            "team/gw",
+        )
+        .unwrap();
+        let s = rec.start_session(json!({})).unwrap();
+        let token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJl";
+        s.hide(token.as_bytes());
+        let mut bytes = vec![0xffu8, 0xfe];
+        bytes.extend_from_slice(token.as_bytes());
+        let body: Body = http_body_util::Full::new(Bytes::from(bytes))
+            .map_err(|e| -> BodyError { match e {} })
+            .boxed();
+        let body = Recorded::new(body, Some(sink(&s, None, true))).boxed();
+        assert!(drain(body).await.1.is_ok());
+        s.close(json!({})).unwrap();
+        let written = std::fs::read_to_string(s.path()).unwrap();
+        let event: serde_json::Value = written
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|e| e["type"] == "http.request.body")
+            .unwrap_or_else(|| panic!("{written}"));
+        let b64 = event["data"]["body"]["base64"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{event}"));
+        use base64::Engine;
+        let kept = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
+        assert_eq!(kept, b"\xff\xfe[REDACTED]");
     }
 
     /// The record is written before a body's last frame is passed on; when recording is

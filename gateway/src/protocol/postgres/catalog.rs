@@ -66,9 +66,15 @@ pub struct MaskedColumns {
     columns_of: HashMap<String, HashSet<String>>,
     /// Relations with a masked column, by OID.
     relations: HashSet<u32>,
+    /// `schema.table` of the views that read a relation with masked columns, at any depth
+    /// (through an updatable one a write reaches the row).
+    over_masked: HashSet<String>,
     /// The user relations the catalog held when it was read (only when column rules apply).
     known: HashSet<u32>,
 }
+
+/// Every relation's system columns (negative attribute numbers): no row data.
+const SYSTEM_COLUMNS: &[&str] = &["tableoid", "ctid", "xmin", "xmax", "cmin", "cmax", "oid"];
 
 /// PostgreSQL's FirstNormalObjectId: lower OIDs are the system's own (initdb's), never a user
 /// relation.
@@ -87,7 +93,7 @@ impl MaskedColumns {
         match self.by_field.get(&(table_oid, column)) {
             Some(s) => Some(*s),
             // Column 0: the whole row (`SELECT c FROM customers c`), masked columns included.
-            None if column <= 0 && self.relations.contains(&table_oid) => Some(MaskingStrategy::Redact),
+            None if column == 0 && self.relations.contains(&table_oid) => Some(MaskingStrategy::Redact),
             None if !self.known.is_empty()
                 && table_oid >= FIRST_USER_OID
                 && !self.known.contains(&table_oid) =>
@@ -106,9 +112,15 @@ impl MaskedColumns {
         self.tables.contains(table)
     }
 
-    /// Whether `column` is a column of `table`, a relation with a masked column.
+    /// Whether `column` is a column of `table`, a relation with a masked column (its system
+    /// columns included).
     pub fn has_column(&self, table: &str, column: &str) -> bool {
-        self.columns_of.get(table).is_some_and(|c| c.contains(column))
+        SYSTEM_COLUMNS.contains(&column) || self.columns_of.get(table).is_some_and(|c| c.contains(column))
+    }
+
+    /// Whether rows of `table` hold masked columns: it has one, or is a view over one.
+    pub fn holds_masked_rows(&self, table: &str) -> bool {
+        self.tables.contains(table) || self.over_masked.contains(table)
     }
 }
 
@@ -290,6 +302,23 @@ pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColu
         }
     }
     masked.relations = masked.by_field.keys().map(|(oid, _)| *oid).collect();
+    let mut over: HashSet<u32> = masked.relations.clone();
+    loop {
+        let before = over.len();
+        for (view, base) in &dependencies {
+            if over.contains(base) {
+                over.insert(*view);
+            }
+        }
+        if over.len() == before {
+            break;
+        }
+    }
+    masked.over_masked = over
+        .iter()
+        .filter(|oid| !masked.relations.contains(oid))
+        .filter_map(|oid| table_names.get(oid).cloned())
+        .collect();
     for ((oid, _), name) in &names {
         if masked.relations.contains(oid)
             && let Some(t) = table_names.get(oid)
