@@ -576,12 +576,18 @@ fn views_mask_masked_columns_under_any_name() {
         }
         // A relation made after the session read the catalog cannot be traced by it: redacted
         // whole (here a view made by another client; a temporary one made by the agent alike).
-        s.pg.psql("CREATE VIEW public.late AS SELECT id, email AS x, name FROM public.customers");
+        s.pg.psql(
+            "CREATE VIEW public.late AS SELECT id, email AS x, name FROM public.customers;
+             CREATE VIEW public.late_email AS SELECT id, email FROM public.customers;",
+        );
         let late = one("SELECT x, name FROM late WHERE id = 1").await;
         assert!(
             !late.contains("ada@example.com") && !late.contains("Ada"),
             "{late}"
         );
+        // Computed over a masked column's name, it is masked as anywhere else.
+        let late = one("SELECT email || '' FROM late_email WHERE id = 1").await;
+        assert!(!late.contains("ada@example.com") && !late.is_empty(), "{late}");
         // The swap's other column holds a name, which no rule masks.
         assert_eq!(
             one("SELECT email FROM swapped WHERE id = 1").await,
@@ -659,6 +665,7 @@ fn masked_columns_cannot_be_copied_out_of_masking() {
             "CREATE TABLE public.copies AS EXECUTE every_customer",
             // A view made in this session is not traced until the next one.
             "CREATE VIEW public.contact_copy AS SELECT id, email AS x FROM customers",
+            "CREATE SCHEMA copies CREATE VIEW v AS SELECT id, email AS x FROM public.customers",
         ] {
             let e = c.batch_execute(sql).await.unwrap_err();
             let (code, message) = db_error(&e);

@@ -66,6 +66,8 @@ pub struct MaskedColumns {
     columns_of: HashMap<String, HashSet<String>>,
     /// Relations with a masked column, by OID.
     relations: HashSet<u32>,
+    /// `schema.table` of every user relation the catalog held when it was read.
+    known_names: HashSet<String>,
     /// `schema.table` of the views that read a relation with masked columns, at any depth
     /// (through an updatable one a write reaches the row).
     over_masked: HashSet<String>,
@@ -73,8 +75,16 @@ pub struct MaskedColumns {
     known: HashSet<u32>,
 }
 
-/// Every relation's system columns (negative attribute numbers): no row data.
-const SYSTEM_COLUMNS: &[&str] = &["tableoid", "ctid", "xmin", "xmax", "cmin", "cmax", "oid"];
+/// A table's system columns (negative attribute numbers, no row data; `oid` is not one since
+/// PostgreSQL 12). Views have none: there `v.xmin` is a function call over the row.
+const SYSTEM_COLUMNS: &[(i16, &str)] = &[
+    (-1, "ctid"),
+    (-2, "xmin"),
+    (-3, "cmin"),
+    (-4, "xmax"),
+    (-5, "cmax"),
+    (-6, "tableoid"),
+];
 
 /// PostgreSQL's FirstNormalObjectId: lower OIDs are the system's own (initdb's), never a user
 /// relation.
@@ -112,10 +122,19 @@ impl MaskedColumns {
         self.tables.contains(table)
     }
 
-    /// Whether `column` is a column of `table`, a relation with a masked column (its system
-    /// columns included).
+    /// Whether `column` is a column of `table`, a relation with a masked column (a table's
+    /// system columns included).
     pub fn has_column(&self, table: &str, column: &str) -> bool {
-        SYSTEM_COLUMNS.contains(&column) || self.columns_of.get(table).is_some_and(|c| c.contains(column))
+        self.columns_of.get(table).is_some_and(|c| c.contains(column))
+    }
+
+    /// Whether `table` is a user relation the catalog did not hold when it was read (only
+    /// known when column rules apply).
+    pub fn is_unknown(&self, table: &str) -> bool {
+        !self.known_names.is_empty()
+            && !self.known_names.contains(table)
+            && !table.starts_with("pg_catalog.")
+            && !table.starts_with("information_schema.")
     }
 
     /// Whether rows of `table` hold masked columns: it has one, or is a view over one.
@@ -143,7 +162,7 @@ pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColu
     let columns = query(up, COLUMNS_SQL).await?;
     let mut names: HashMap<(u32, i16), String> = HashMap::new();
     for row in &columns {
-        let [oid, schema, table, attnum, column, _kind] = row.as_slice() else {
+        let [oid, schema, table, attnum, column, kind] = row.as_slice() else {
             continue;
         };
         let (Ok(oid), Ok(attnum)) = (oid.parse::<u32>(), attnum.parse::<i16>()) else {
@@ -151,6 +170,11 @@ pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColu
         };
         names.insert((oid, attnum), column.clone());
         masked.known.insert(oid);
+        if kind != "v" && !names.contains_key(&(oid, -1)) {
+            for (a, system) in SYSTEM_COLUMNS {
+                names.insert((oid, *a), (*system).to_string());
+            }
+        }
         if let Some(s) = plan.column_strategy(schema, table, column) {
             masked.by_field.insert((oid, attnum), s);
             masked.names.insert(column.clone());
@@ -164,7 +188,7 @@ pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColu
     // Each relation's columns, by name and in order, looked up per relation below.
     let mut by_name: HashMap<(u32, &str), i16> = HashMap::new();
     let mut by_relation: HashMap<u32, Vec<i16>> = HashMap::new();
-    for ((oid, a), n) in &names {
+    for ((oid, a), n) in names.iter().filter(|((_, a), _)| *a > 0) {
         by_name.insert((*oid, n.as_str()), *a);
         by_relation.entry(*oid).or_default().push(*a);
     }
@@ -319,6 +343,23 @@ pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColu
         .filter(|oid| !masked.relations.contains(oid))
         .filter_map(|oid| table_names.get(oid).cloned())
         .collect();
+    masked.known_names = table_names.values().cloned().collect();
+    // The classifier reads an unqualified `pg_x` as `pg_catalog.pg_x`, which PostgreSQL searches
+    // first; a user relation `public.pg_x` is what it finds when the catalog has none.
+    for set in [
+        &mut masked.tables,
+        &mut masked.over_masked,
+        &mut masked.known_names,
+    ] {
+        let aliases: Vec<String> = set
+            .iter()
+            .filter_map(|t| {
+                t.strip_prefix("public.pg_")
+                    .map(|rest| format!("pg_catalog.pg_{rest}"))
+            })
+            .collect();
+        set.extend(aliases);
+    }
     for ((oid, _), name) in &names {
         if masked.relations.contains(oid)
             && let Some(t) = table_names.get(oid)
@@ -330,6 +371,17 @@ pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColu
                 .insert(name.clone());
         }
     }
+    let aliases: Vec<(String, HashSet<String>)> = masked
+        .columns_of
+        .iter()
+        .filter_map(|(t, c)| {
+            Some((
+                format!("pg_catalog.pg_{}", t.strip_prefix("public.pg_")?),
+                c.clone(),
+            ))
+        })
+        .collect();
+    masked.columns_of.extend(aliases);
     Ok(masked)
 }
 

@@ -96,6 +96,8 @@ pub struct Statement {
     /// before: a rename, ALTER TABLE (columns, inheritance, partitions), SET SCHEMA, CREATE OR
     /// REPLACE VIEW, a rule or a trigger.
     pub reshapes: bool,
+    /// The statement makes a view (also inside CREATE SCHEMA).
+    pub makes_view: bool,
     /// For COPY.
     pub copy: Option<CopyInfo>,
     /// SQL-level `PREPARE name AS <statement>`, with the inner statement classified (its kinds,
@@ -466,6 +468,7 @@ struct Analysis<'t> {
     stores: bool,
     opaque_calls: bool,
     reshapes: bool,
+    makes_view: bool,
     copy: Option<CopyInfo>,
     prepare: Option<(String, Box<Statement>)>,
     execute: Option<String>,
@@ -788,6 +791,7 @@ impl<'t> Analysis<'t> {
             stores: self.stores,
             opaque_calls: self.opaque_calls,
             reshapes: self.reshapes,
+            makes_view: self.makes_view,
             copy: self.copy,
             prepare: self.prepare,
             execute: self.execute,
@@ -935,12 +939,24 @@ impl<'t> Analysis<'t> {
                 self.walk_fields(v, &[]);
             }
             "CreateTrigStmt" | "CreateEventTrigStmt" => {
+                // Also as an element of CREATE SCHEMA.
+                self.reshapes |= v.name() == "CreateTrigStmt";
                 // The function runs on every event from now on.
                 let parts = name_parts(v.list("funcname"));
                 if let Some(f) = parts.last() {
                     self.functions.push((*f).to_string());
                 }
                 self.walk_fields(v, &["funcname"]);
+            }
+            // Also as elements of CREATE SCHEMA.
+            "ViewStmt" => {
+                self.makes_view = true;
+                self.reshapes |= v.flag("replace");
+                self.walk_fields(v, &[]);
+            }
+            "RuleStmt" => {
+                self.reshapes = true;
+                self.walk_fields(v, &[]);
             }
             "DropStmt" => {
                 if is_relation_type(v.int("remove_type")) {
@@ -2334,6 +2350,13 @@ mod tests {
         ] {
             assert!(!one(sql).reshapes, "{sql}");
         }
+        // Elements of CREATE SCHEMA too.
+        let s = one(
+            "CREATE SCHEMA s CREATE VIEW v AS SELECT email AS x FROM customers CREATE TRIGGER t AFTER UPDATE ON customers FOR EACH ROW EXECUTE FUNCTION f()",
+        );
+        assert!(s.makes_view && s.reshapes);
+        assert!(one("CREATE VIEW v AS SELECT 1").makes_view);
+        assert!(!one("CREATE TABLE v (a int)").makes_view);
         assert!(
             one("ALTER TABLE x INHERIT customers")
                 .tables

@@ -818,7 +818,7 @@ impl Live {
         // a later, plain read of them through.
         // A view made here is not traced until the next session: reads through it would not
         // know its columns for masked ones.
-        if (st.stores || st.node == "ViewStmt") && self.reads_masked_names(st) {
+        if (st.stores || st.makes_view) && self.reads_masked_names(st) {
             return Verdict::refused(
                 "a statement that writes (or makes a view) and reads a masked column is refused where column masking applies (it could copy the column's values where masking cannot follow); select the rows' keys, then write by key",
             );
@@ -1004,12 +1004,18 @@ impl Live {
     /// column's name elsewhere (`suppliers.email`) is another column. `read` tells whether a
     /// masked name counts (asked only of masked names).
     fn masked_name_among(&self, st: &Statement, read: impl Fn(&str) -> bool) -> bool {
-        if self.masked.is_empty() || !st.tables.iter().any(|t| self.masked.has_masked_table(t)) {
+        if self.masked.is_empty() {
+            return false;
+        }
+        let masked_table = st.tables.iter().any(|t| self.masked.has_masked_table(t));
+        // A relation made since the catalog was read (another client's view of `email`, a new
+        // partition) may hold masked columns under their names.
+        if !masked_table && !st.tables.iter().any(|t| self.masked.is_unknown(t)) {
             return false;
         }
         st.columns.iter().any(|c| {
             (self.masked.is_masked_name(c) && read(c))
-                || c == "*"
+                || (c == "*" && masked_table)
                 || self.masked_relations(st, c).next().is_some()
         }) || st.qualified.iter().any(|(rel, name)| {
             self.masked_relations(st, rel)
