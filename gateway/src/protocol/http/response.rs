@@ -610,10 +610,8 @@ mod tests {
         (data, Ok(()))
     }
 
-    /// A streamed body's record hides the agent's token in bytes that are not text, which
-    /// are recorded in base64 (where the event's scrub cannot see it).
-    #[tokio::test]
-    async fn a_recorded_binary_body_hides_the_token() {
+    /// A session recorded in Required mode, in a directory kept as long as the guard.
+    fn required_session() -> (tempfile::TempDir, Arc<crate::recording::Session>) {
         let dir = tempfile::tempdir().unwrap();
         let rec = crate::recording::Recorder::new(
             dir.path().join("spool"),
@@ -622,6 +620,14 @@ mod tests {
         )
         .unwrap();
         let s = rec.start_session(json!({})).unwrap();
+        (dir, s)
+    }
+
+    /// A streamed body's record hides the agent's token in bytes that are not text, which
+    /// are recorded in base64 (where the event's scrub cannot see it).
+    #[tokio::test]
+    async fn a_recorded_binary_body_hides_the_token() {
+        let (_dir, s) = required_session();
         let token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJl";
         s.hide(token.as_bytes());
         let mut bytes = vec![0xffu8, 0xfe];
@@ -651,14 +657,7 @@ mod tests {
     /// receiver never gets it whole. Best effort passes it on.
     #[tokio::test]
     async fn a_body_whose_required_record_fails_is_never_passed_on_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let rec = crate::recording::Recorder::new(
-            dir.path().join("spool"),
-            agentgate_crds::gateway::RecordingMode::Required,
-            "team/gw",
-        )
-        .unwrap();
-        let s = rec.start_session(json!({})).unwrap();
+        let (_dir, s) = required_session();
         // Recorded: the whole body is passed on, and its record is on disk.
         for declared in [Some(6), None] {
             let body = Recorded::new(frames(&["abc", "def"]), Some(sink(&s, declared, true))).boxed();
