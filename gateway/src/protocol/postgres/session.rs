@@ -639,6 +639,8 @@ struct Verdict {
     reads_masked: bool,
     /// What runs writes a relation with masked columns (its errors may quote a row).
     writes_masked: bool,
+    /// What runs reads a relation the session's catalog does not hold.
+    untraced: bool,
 }
 
 impl Verdict {
@@ -653,6 +655,7 @@ impl Verdict {
             approval: None,
             reads_masked: false,
             writes_masked: false,
+            untraced: false,
         }
     }
 
@@ -924,6 +927,7 @@ impl Live {
         Verdict {
             reads_masked,
             writes_masked,
+            untraced: self.reads_untraced(st),
             action: d.action,
             rule: d.rule_ref(),
             // Explanations are for refusals; an allowed statement's record names its rule.
@@ -989,6 +993,13 @@ impl Live {
         self.names_masked(st) || (st.opaque_calls && !self.masked.is_empty())
     }
 
+    /// Whether `st` reads a relation made since the catalog was read (or one that does not
+    /// exist): it cannot be traced, so its results are redacted whole, computed columns
+    /// included, until the client reconnects.
+    fn reads_untraced(&self, st: &Statement) -> bool {
+        !self.masked.is_empty() && st.tables.iter().any(|t| self.masked.is_unknown(t))
+    }
+
     /// Whether `st` names a masked column (read or written), by `*`, or as a whole row.
     fn names_masked(&self, st: &Statement) -> bool {
         self.masked_name_among(st, |_| true)
@@ -1037,7 +1048,10 @@ impl Live {
             sql,
             row_limit: v.row_limit,
             limit_rule: v.rule.clone(),
-            mask_computed: v.reads_masked || self.computes_over_masked(st),
+            mask_computed: v.reads_masked
+                || v.untraced
+                || self.computes_over_masked(st)
+                || self.reads_untraced(st),
             withhold_errors: v.reads_masked || v.writes_masked || self.computes_over_masked(st),
             copy_out: st.copy.is_some_and(|c| !c.from),
             recording: self.recording(false),
