@@ -102,6 +102,16 @@ fn kubernetes(
     if ns != Some(sa.namespace.as_str()) || name != Some(sa.name.as_str()) {
         return Err("kubernetes.io claims do not match the service account".into());
     }
+    // A workload's projected token is bound to its pod and dies with it; a token made with
+    // `kubectl create token` (no bound object) outlives every workload and is refused.
+    let bound_to_pod = k8s.get("pod").is_some_and(|p| {
+        ["name", "uid"]
+            .iter()
+            .all(|k| p.get(k).and_then(Value::as_str).is_some_and(|v| !v.is_empty()))
+    });
+    if !bound_to_pod {
+        return Err("Kubernetes token is not bound to a pod (kubernetes.io.pod)".into());
+    }
     Ok(())
 }
 

@@ -407,6 +407,15 @@ async fn kubernetes_service_account_tokens() {
     let mut other = k8s_claims("agentgate");
     other["sub"] = json!("system:serviceaccount:ci:other");
     refused(&v, &sign(&other), ErrorKind::NoMatchingIdentity).await;
+    // `kubectl create token` without a bound object: no pod, or a secret bound instead.
+    let mut unbound = k8s_claims("agentgate");
+    unbound["kubernetes.io"].as_object_mut().unwrap().remove("pod");
+    refused(&v, &sign(&unbound), ErrorKind::NoMatchingIdentity).await;
+    unbound["kubernetes.io"]["secret"] = json!({"name": "s", "uid": "u3"});
+    refused(&v, &sign(&unbound), ErrorKind::NoMatchingIdentity).await;
+    let mut nameless = k8s_claims("agentgate");
+    nameless["kubernetes.io"]["pod"] = json!({"name": "", "uid": "u2"});
+    refused(&v, &sign(&nameless), ErrorKind::NoMatchingIdentity).await;
 }
 
 #[tokio::test]
