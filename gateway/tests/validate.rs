@@ -196,6 +196,29 @@ fn object_storage_needs_credentials_and_a_secure_endpoint() {
 }
 
 #[test]
+fn injected_credentials_travel_over_tls_or_loopback_only() {
+    let endpoint = |to: &'static str| {
+        validate_edited(move |d| replace(d, "30-connections.yaml", "endpoint: https://example.okta.com", to))
+    };
+    let (code, _, err, _d) = endpoint("endpoint: http://example.okta.com");
+    assert_one_error(
+        code,
+        &err,
+        &[
+            "30-connections.yaml",
+            "Connection agentgate/okta-admin",
+            "spec.endpoint",
+            "the credential would be sent in plaintext",
+        ],
+    );
+    let (code, _, err, _d) = endpoint("endpoint: http://127.0.0.1:8080");
+    assert_eq!(code, 0, "loopback is not a network: {err}");
+    let (code, _, err, _d) =
+        endpoint("endpoint: http://127.0.0.1:8080\n  tls: {serverName: okta.example.com}");
+    assert_one_error(code, &err, &["okta-admin", "spec.tls", "http:// endpoint"]);
+}
+
+#[test]
 fn key_sets_are_fetched_over_https_or_loopback_only() {
     let (code, _, err, _d) = validate_edited(|d| {
         replace(

@@ -98,6 +98,9 @@ pub struct CompiledConnection {
     pub ca: Option<SecretValue>,
     pub server_name: Option<String>,
     pub insecure_skip_verify: bool,
+    /// The Connection sets `spec.tls` or a client certificate: a server that declines TLS is
+    /// refused even on loopback.
+    pub tls_required: bool,
     pub route_host: Option<String>,
     pub route_path_prefix: Option<String>,
 }
@@ -110,6 +113,17 @@ pub struct Endpoint {
     pub port: u16,
     /// Path (HTTP) or database name (Postgres, without the leading `/`).
     pub path: String,
+}
+
+impl Endpoint {
+    /// Whether the target is on this host, where plaintext does not cross a network.
+    pub fn is_loopback(&self) -> bool {
+        self.host.eq_ignore_ascii_case("localhost")
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
 }
 
 /// A credential the gateway injects.
@@ -827,6 +841,27 @@ fn compile_connection(
         .ca_secret_ref
         .as_ref()
         .and_then(|r| resolve("spec.tls.caSecretRef", &r.name, &r.key));
+    if endpoint.scheme == "http" {
+        // The injected credential would cross the network readable by anyone on the path.
+        if credential.is_some() && !endpoint.is_loopback() {
+            errors.push(m.error(
+                "spec.endpoint",
+                format!(
+                    "Invalid value: {:?}: the credential would be sent in plaintext; use https:// (plaintext is for targets on loopback)",
+                    without_userinfo(&c.spec.endpoint)
+                ),
+            ));
+        }
+        if c.spec.tls.is_some() {
+            errors.push(m.error(
+                "spec.tls",
+                "Invalid value: TLS settings for an http:// endpoint; use https://",
+            ));
+        }
+    }
+    let client_certificate = credential
+        .as_ref()
+        .is_some_and(|c| c.client_certificate.is_some());
     if tls.insecure_skip_verify == Some(true) {
         tracing::warn!(
             connection = m.name(),
@@ -841,6 +876,7 @@ fn compile_connection(
         ca,
         server_name: tls.server_name,
         insecure_skip_verify: tls.insecure_skip_verify == Some(true),
+        tls_required: c.spec.tls.is_some() || client_certificate,
         route_host: c.spec.route.as_ref().and_then(|r| r.host.clone()),
         route_path_prefix: c.spec.route.as_ref().and_then(|r| r.path_prefix.clone()),
     })

@@ -39,7 +39,7 @@ pub enum UpstreamError {
     #[error("timed out connecting to the upstream database")]
     Timeout,
     #[error(
-        "the upstream database does not offer TLS, and the gateway requires it for non-loopback upstreams"
+        "the upstream database does not offer TLS, which the gateway requires (the Connection sets spec.tls, or the server is not on loopback)"
     )]
     TlsRefused,
     #[error("TLS with the upstream database failed: {0}")]
@@ -68,10 +68,6 @@ pub struct Upstream {
     /// Parameter statuses to pass to the client.
     pub params: Vec<ParameterStatus>,
     pub addr: SocketAddr,
-}
-
-fn is_loopback(host: &str) -> bool {
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Connects and authenticates. `params` are the client's allowlisted startup parameters.
@@ -120,7 +116,9 @@ async fn connect_inner(
             Stream::ClientTls(Box::new(tls))
         }
         (b'S', None) => return Err(UpstreamError::Tls("no TLS configuration".into())),
-        (b'N', _) if is_loopback(&ep.host) => Stream::Plain(tcp),
+        // Plaintext only where it does not cross a network, and only if the Connection did
+        // not ask for TLS (a server that declines it is then not the one configured).
+        (b'N', _) if ep.is_loopback() && !conn.tls_required => Stream::Plain(tcp),
         (b'N', _) => return Err(UpstreamError::TlsRefused),
         _ => return Err(UpstreamError::Protocol("unexpected answer to SSLRequest".into())),
     };
@@ -170,7 +168,7 @@ async fn connect_inner(
             backend::AUTHENTICATION => match Authentication::parse(&frame.body)? {
                 Authentication::Ok => {}
                 Authentication::CleartextPassword => {
-                    if !encrypted && !is_loopback(&ep.host) {
+                    if !encrypted && !ep.is_loopback() {
                         return Err(UpstreamError::Auth(
                             "the upstream asks for a cleartext password over plaintext".into(),
                         ));
