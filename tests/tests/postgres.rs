@@ -207,6 +207,8 @@ spec:
       strategy: Redact
     - detectors: [CreditCard]
       strategy: Redact
+    - jsonFields: ["$..ssn"]
+      strategy: Redact
 "#,
         crt = indent(&cert.cert_pem),
         key = indent(&cert.key_pem),
@@ -298,6 +300,38 @@ fn db_error(e: &tokio_postgres::Error) -> (String, String) {
     (d.code().code().to_string(), d.message().to_string())
 }
 
+/// SECURITY.md, SSL negotiation: a server on loopback that declines TLS is used in plaintext
+/// only when the Connection does not ask for TLS; where it sets `spec.tls`, the answer `N` is a
+/// downgrade (or another server on the port) and the session is refused.
+#[test]
+fn a_server_declining_tls_is_refused_where_the_connection_asks_for_it() {
+    let idp = OidcProvider::start();
+    let pg = PgServer::options().conf("ssl = off").start();
+    let role = pg.scram.name.clone();
+    set_password(&pg, &role);
+    let cert = ServingCert::generate();
+    let tok = token(&idp);
+    let tls_block = "  tls:\n    caSecretRef: {name: shop-ca, key: ca.crt}\n";
+    for refused in [true, false] {
+        let plain = free_port();
+        let mut manifest = manifests(&idp.issuer, &pg, &cert, plain, &role, pg.port);
+        assert!(manifest.contains(tls_block), "{manifest}");
+        if !refused {
+            manifest = manifest.replace(tls_block, "");
+        }
+        let gw = Gateway::start(&manifest);
+        let conninfo = format!("host=127.0.0.1 port={plain} dbname=shop user=ci-agent sslmode=disable");
+        let answer = psql_conninfo(&conninfo, Some(&tok), "SELECT count(*) FROM orders");
+        if refused {
+            let err = answer.expect_err("plaintext to a Connection that sets spec.tls");
+            assert!(err.contains("does not offer TLS"), "{err}\n{}", gw.output());
+        } else {
+            assert_eq!(answer.unwrap_or_else(|e| panic!("{e}\n{}", gw.output())), "4");
+        }
+        assert!(!gw.output().contains(CANARY));
+    }
+}
+
 #[test]
 fn psql_over_tls_decides_masks_and_records() {
     let s = setup_with(false);
@@ -324,6 +358,15 @@ fn psql_over_tls_decides_masks_and_records() {
         assert!(
             !out.to_lowercase().contains("ada@example.com"),
             "{sql} leaked the masked column: {out}"
+        );
+    }
+    // JSON field rules reach json and jsonb values in psql's text format.
+    for cast in ["json", "jsonb"] {
+        let sql = format!(r#"SELECT '{{"name": "Ada", "ids": {{"ssn": "078-05-1120"}}}}'::{cast} AS doc"#);
+        let out = s.psql(&sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert!(
+            out.contains("Ada") && !out.contains("078-05-1120"),
+            "{sql}: {out}"
         );
     }
     // Denied: the error names policy and rule, SQLSTATE 42501.
@@ -934,6 +977,8 @@ fn security_catalogue_statements_are_refused() {
             "SELECT set_config('search_path', 'billing', false)",
             "BEGIN; DECLARE c CURSOR FOR SELECT id FROM big_capped",
             "SELECT * FROM orders FOR UPDATE",
+            // write-orders names orders; the function writes billing, where no-billing cannot see.
+            "UPDATE orders SET total = total FROM (SELECT billing.mark_paid(2)) x WHERE orders.id = 1",
         ] {
             let e = match c.batch_execute(sql).await {
                 Ok(()) => panic!("{sql} was allowed; recordings:\n{}", s.gw.recordings()),
@@ -960,6 +1005,7 @@ fn security_catalogue_statements_are_refused() {
     });
     assert_eq!(s.pg.psql("SELECT count(*) FROM orders"), "4");
     assert_eq!(s.pg.psql("SELECT count(*) FROM billing.invoices"), "2");
+    assert_eq!(s.pg.psql("SELECT paid FROM billing.invoices WHERE id = 2"), "f");
 }
 
 /// A Parse message body: statement name, text, no parameter types.
@@ -1121,6 +1167,30 @@ fn protocol_abuse_is_refused_and_the_gateway_survives() {
     r.send(b'Q', b"SELECT 1\0");
     let msgs = r.until_ready();
     assert!(msgs.iter().any(|(t, _)| *t == b'D'), "session still usable");
+    // Inside a pipeline that failed, the server skips everything up to Sync, the refusal's own
+    // round trip included: the gateway would then match each later answer to the statement
+    // before it (an unmasked `upper(email)`, a row cap not applied). It is a protocol violation.
+    let mut failed = Raw::login(s.plain, &tok);
+    let mut pipeline = Vec::new();
+    for (tag, body) in [
+        (b'E', execute_rows("no_such_portal", 0)),
+        (b'F', f.clone()),
+        (b'S', Vec::new()),
+    ] {
+        pipeline.push(tag);
+        pipeline.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        pipeline.extend_from_slice(&body);
+    }
+    failed.0.write_all(&pipeline).unwrap(); // in one write: the gateway closes once it reads F
+    let msgs = failed.until_ready();
+    assert!(
+        msgs.iter().any(|(t, b)| *t == b'E' && sqlstate(b) == "08P01"),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter().all(|(t, _)| *t != b'Z'),
+        "the session ended: {msgs:?}"
+    );
 
     // Extended protocol: named Parse accepted, later Bind/Execute decided on the registered text;
     // Close and re-Parse of the unnamed statement are tracked.

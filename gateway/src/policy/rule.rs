@@ -582,8 +582,14 @@ impl SqlMatcher {
             return false;
         }
         // Likewise a rule scoped to tables does not allow a write whose tables the gateway cannot
-        // see (inside a function called by a statement that names no table).
-        if all && st.writes && st.tables.is_empty() && !self.tables.is_empty() && self.functions.is_empty() {
+        // see: a statement that names no table, or one calling code that is not built in and
+        // read-only (`UPDATE orders ... FROM (SELECT billing.mark_paid(1)) x` writes billing).
+        if all
+            && st.writes
+            && (st.tables.is_empty() || st.opaque_calls)
+            && !self.tables.is_empty()
+            && self.functions.is_empty()
+        {
             return false;
         }
         if self.writes && !st.writes {
@@ -869,6 +875,28 @@ mod tests {
         );
         assert!(sql_matches(scoped, "SELECT 1"));
         assert!(sql_matches(scoped, "UPDATE orders SET total = 1 WHERE id = 2"));
+        // Naming a listed table does not make a call's writes visible.
+        for sql in [
+            "UPDATE orders SET total = total FROM (SELECT billing.mark_paid(1)) x WHERE orders.id = 1",
+            "SELECT billing.mark_paid(id) FROM orders",
+            "UPDATE orders SET total = total + 1 WHERE id = 2 AND total ### 1",
+        ] {
+            assert!(!sql_matches(scoped, sql), "{sql}");
+        }
+        assert!(sql_matches(
+            scoped,
+            "UPDATE orders SET status = lower(status), total = round(total * random()) WHERE id = 2"
+        ));
+        // A rule that lists functions has named what may run.
+        let named = "name: r\naction: Allow\nsql:\n  tables: [orders]\n  functions: [nextval]\n";
+        assert!(sql_matches(
+            named,
+            "INSERT INTO orders (id) VALUES (nextval('orders_id_seq'))"
+        ));
+        assert!(!sql_matches(
+            "name: r\naction: Allow\nsql:\n  tables: [orders]\n",
+            "INSERT INTO orders (id) VALUES (nextval('orders_id_seq'))"
+        ));
     }
 
     #[test]

@@ -22,13 +22,26 @@ struct Column {
     type_oid: u32,
 }
 
+impl Column {
+    /// A `json` value (its binary form is its text too) or a text-format `jsonb` value: JSON
+    /// text that field rules apply to.
+    fn json_text(self) -> bool {
+        self.type_oid == JSON || (self.type_oid == JSONB && !self.binary)
+    }
+}
+
+/// `json`'s type OID.
+const JSON: u32 = 114;
+
 /// The masking of one result set.
 #[derive(Debug)]
 pub struct RowMasker {
     plan: MaskingPlan,
     columns: Vec<Column>,
     detect: bool,
-    /// No column rule and no detector: rows pass as they are.
+    /// JSON field rules apply (to `json` and `jsonb` values).
+    fields: bool,
+    /// No column rule, no detector, and no field rule a column could hold: rows pass as they are.
     noop: bool,
     names: Vec<String>,
 }
@@ -50,11 +63,16 @@ impl RowMasker {
                 type_oid: f.type_oid,
             })
             .collect();
+        let fields = plan.has_field_rules();
         Self {
             plan: plan.clone(),
-            noop: !detect && columns.iter().all(|c| c.whole.is_none()),
+            noop: !detect
+                && columns
+                    .iter()
+                    .all(|c| c.whole.is_none() && !(fields && (c.json_text() || c.type_oid == JSONB))),
             columns,
             detect,
+            fields,
             names: rows.fields.iter().map(|f| f.name.clone()).collect(),
         }
     }
@@ -127,6 +145,21 @@ impl RowMasker {
         report: &mut MaskReport,
     ) -> Option<std::borrow::Cow<'v, [u8]>> {
         use std::borrow::Cow;
+        if col.whole.is_none() && self.fields && col.json_text() {
+            let mut out = Vec::new();
+            return match self.plan.mask_json(v, &mut out) {
+                Ok(r) if r.is_empty() => Some(Cow::Borrowed(v)),
+                Ok(r) => {
+                    report.add(&r);
+                    Some(Cow::Owned(out))
+                }
+                // A json value the masker cannot parse is withheld, as a binary jsonb one is.
+                Err(_) => {
+                    report.fields += 1;
+                    None
+                }
+            };
+        }
         if !col.binary || TEXT_LIKE.contains(&col.type_oid) {
             let text = String::from_utf8_lossy(v);
             if let Some(strategy) = col.whole {
@@ -232,6 +265,59 @@ mod tests {
             on_unparseable: Default::default(),
         };
         MaskingPlan::compile(&[&rule], HashKey::from_bytes([7; 32])).unwrap()
+    }
+
+    /// JSON field rules reach `json` and `jsonb` values in text format (what psql asks for) as
+    /// well as binary `jsonb`; a value that is not JSON is withheld.
+    #[test]
+    fn json_field_rules_reach_json_and_jsonb_in_either_format() {
+        let rule = MaskingRule {
+            columns: vec![],
+            json_fields: vec!["$..ssn".into()],
+            detectors: vec![],
+            strategy: MaskingStrategy::Redact,
+            on_unparseable: Default::default(),
+        };
+        let plan = MaskingPlan::compile(&[&rule], HashKey::from_bytes([7; 32])).unwrap();
+        let rows = RowDescription {
+            fields: vec![
+                field("doc", 0, 3802, 0),
+                field("raw", 0, JSON, 0),
+                field("bin", 0, 3802, 1),
+                field("json_bin", 0, JSON, 1),
+                field("note", 0, 25, 0),
+            ],
+        };
+        let m = RowMasker::new(&plan, false, &rows, |_| None);
+        assert!(!m.is_noop());
+        let doc = br#"{"name": "Ada", "ssn": "078-05-1120"}"#;
+        let mut bin = vec![1u8];
+        bin.extend_from_slice(doc);
+        let note = br#"{"ssn": "078-05-1120"} as plain text"#;
+        let got = run(&m, &[Some(doc), Some(doc), Some(&bin), Some(doc), Some(note)]);
+        for (i, v) in got[..4].iter().enumerate() {
+            let v = String::from_utf8(v.clone().unwrap()).unwrap();
+            assert!(!v.contains("078-05-1120") && v.contains("Ada"), "column {i}: {v}");
+        }
+        assert_eq!(
+            got[4].as_deref(),
+            Some(&note[..]),
+            "field rules are for JSON values"
+        );
+        let got = run(
+            &m,
+            &[Some(b"{not json"), Some(b"[1,"), Some(doc), Some(doc), None],
+        );
+        assert_eq!(
+            (got[0].clone(), got[1].clone()),
+            (None, None),
+            "unparseable JSON is withheld"
+        );
+        // Without a json column there is nothing for the rules to do.
+        let text_only = RowDescription {
+            fields: vec![field("note", 0, 25, 0)],
+        };
+        assert!(RowMasker::new(&plan, false, &text_only, |_| None).is_noop());
     }
 
     fn field(name: &str, table: u32, type_oid: u32, format: i16) -> Field {

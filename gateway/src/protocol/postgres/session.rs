@@ -1358,6 +1358,13 @@ impl ClientSide {
                 self.forward(&frame);
                 return Ok(Next::Terminate);
             }
+            // Its refusal is a simple-protocol round trip, which a pipeline after an error
+            // would skip up to Sync: the answers would then be matched to the wrong messages.
+            frontend::FUNCTION_CALL if self.unsynced => {
+                return Err(self.violation(
+                    "a FunctionCall inside an extended-protocol pipeline (send Sync first)".into(),
+                ));
+            }
             frontend::FUNCTION_CALL => {
                 let _ = self.live.record(
                     "pg.function_call",
