@@ -283,7 +283,9 @@ pub struct SqlMatch {
     /// calls); with action Deny this makes sessions read-only.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub writes: bool,
-    /// For Allow rules: stop a SELECT after this many rows with a clear error.
+    /// For Allow rules: pass at most this many rows of a result; the rest are dropped, and the
+    /// client gets a WARNING naming the rule and how many rows were withheld (the command tag
+    /// counts the rows passed). Cursors are refused where it applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100000000))]
     pub row_limit: Option<i64>,
