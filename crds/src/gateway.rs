@@ -40,6 +40,9 @@ pub struct AgentGatewaySpec {
     /// Bounds for just-in-time approvals on this gateway.
     #[serde(default)]
     pub approvals: ApprovalSettings,
+    /// Masking settings of the whole gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masking: Option<GatewayMasking>,
     /// Container image of the gateway pods (operator only). Defaults to the operator's gateway
     /// image; any other must be one the operator's `--allowed-gateway-image` names, or the gateway
     /// is not run (it would hold the gateway's credentials).
@@ -50,6 +53,18 @@ pub struct AgentGatewaySpec {
 
 fn default_replicas() -> i32 {
     2
+}
+
+/// Masking settings of the whole gateway.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayMasking {
+    /// The key of the Hash strategy: at least 32 bytes, random (`openssl rand -base64 48`). Set
+    /// it so that every replica and every restart turns one value into the same hash, and hashes
+    /// join across sessions and recordings. Unset, each gateway process draws a key of its own,
+    /// and hashes join only within that process. Changing it changes every hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_key_secret_ref: Option<SecretKeyRef>,
 }
 
 /// One port the gateway listens on.

@@ -468,7 +468,8 @@ pub enum MaskingStrategy {
     Redact,
     /// All but the last few characters replaced.
     Partial,
-    /// Replaced by a keyed hash, so equal values still compare equal.
+    /// Replaced by a keyed hash, so equal values still compare equal (across replicas and
+    /// restarts when the AgentGateway sets `masking.hashKeySecretRef`).
     Hash,
 }
 

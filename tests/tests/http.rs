@@ -494,6 +494,61 @@ fn a_configured_signing_key_signs_the_sessions_of_every_run() {
     }
 }
 
+/// `masking.hashKeySecretRef`: the Hash strategy turns one value into the same text in every run
+/// of the gateway (as in every replica), so hashed fields join across sessions; a run without
+/// the key hashes with a key of its own.
+#[test]
+fn a_configured_hash_key_hashes_alike_in_every_run() {
+    let idp = OidcProvider::start();
+    let upstream = EchoUpstream::start();
+    let base = okta_manifests(&OktaSetup {
+        issuer: &idp.issuer,
+        upstream: &upstream.url(),
+        upstream_token: CANARY,
+        require_dpop: false,
+    })
+    .replace(
+        "    - jsonFields: [\"$..profile.mobilePhone\"]\n      strategy: Redact\n",
+        "    - jsonFields: [\"$..profile.mobilePhone\"]\n      strategy: Hash\n",
+    );
+    assert!(base.contains("strategy: Hash"), "the masking rule was not found");
+    let key = "2f0c1c7e5d3b4a69f8e7d6c5b4a392817f6e5d4c3b2a1908";
+    let keyed = base.replace(
+        "  recording:\n    mode: Required\n",
+        "  masking: {hashKeySecretRef: {name: hashing, key: key}}\n  recording:\n    mode: Required\n",
+    ) + &format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: hashing, namespace: e2e}}\nstringData: {{key: {key}}}\n"
+    );
+    assert!(
+        keyed.contains("hashKeySecretRef"),
+        "the recording block was not found"
+    );
+    let tok = token(&idp);
+    let phones = |yaml: &str| {
+        let mut gw = Gateway::start(yaml);
+        let r = curl(
+            &["-H", &format!("Authorization: Bearer {tok}")],
+            &gw.url("/okta/api/v1/users"),
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        gw.stop();
+        assert!(!gw.output().contains(key), "the hash key was logged");
+        let users: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        let phones: Vec<String> = users
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["profile"]["mobilePhone"].as_str().unwrap().to_string())
+            .collect();
+        assert!(phones.iter().all(|p| p.starts_with("hash:")), "{phones:?}");
+        assert!(!r.body.contains("555 0100"), "{}", r.body);
+        phones
+    };
+    let first = phones(&keyed);
+    assert_eq!(phones(&keyed), first, "a second run hashes alike");
+    assert_ne!(phones(&base), first, "a run without the key hashes with its own");
+}
+
 /// A JSON response larger than the masking limit is withheld rather than passed unmasked; one
 /// under the limit is masked whole.
 #[test]

@@ -60,6 +60,8 @@ pub struct GatewaySettings {
     /// The key that signs sessions (`recording.signingKeySecretRef`): PKCS#8 DER, checked to be
     /// Ed25519. `None`: each recorder makes its own.
     pub signing_key: Option<SecretValue>,
+    /// The Hash strategy's key (`masking.hashKeySecretRef`), else the process's own.
+    pub hash_key: HashKey,
     pub approvals: ApprovalBounds,
 }
 
@@ -377,7 +379,7 @@ pub fn compile(
             .filter_map(|(i, r)| compile_rule(m, &format!("spec.rules[{i}]"), r, &settings.approvals, errors))
             .collect();
         let masking_rules: Vec<_> = p.spec.masking.iter().collect();
-        let masking = match MaskingPlan::compile(&masking_rules, HashKey::process()) {
+        let masking = match MaskingPlan::compile(&masking_rules, settings.hash_key.clone()) {
             Ok(plan) => Some(plan),
             Err(e) => {
                 errors.push(m.error(
@@ -618,6 +620,35 @@ fn compile_gateway(
             }
         }
     });
+    let hash_key = g
+        .spec
+        .masking
+        .as_ref()
+        .and_then(|k| k.hash_key_secret_ref.as_ref())
+        .and_then(|r| {
+            let field = "spec.masking.hashKeySecretRef";
+            match secrets.get(m.namespace(), &r.name, &r.key) {
+                Ok(key) if key.expose().len() >= MIN_HASH_KEY_BYTES => Some(HashKey::from_secret(key.expose())),
+                Ok(key) => {
+                    errors.push(m.error(
+                        field,
+                        format!(
+                            "Invalid value: Secret {}/{} key {:?} holds {} bytes; a hash key needs at least {MIN_HASH_KEY_BYTES}",
+                            m.namespace(),
+                            r.name,
+                            r.key,
+                            key.expose().len()
+                        ),
+                    ));
+                    None
+                }
+                Err(e) => {
+                    errors.push(m.error(field, e));
+                    None
+                }
+            }
+        })
+        .unwrap_or_else(HashKey::process);
     GatewaySettings {
         name: m.name().to_string(),
         namespace: m.namespace().to_string(),
@@ -627,9 +658,13 @@ fn compile_gateway(
         recording_dir,
         object_storage,
         signing_key,
+        hash_key,
         approvals,
     }
 }
+
+/// The shortest `masking.hashKeySecretRef` accepted: the HMAC-SHA256 key's own size.
+const MIN_HASH_KEY_BYTES: usize = 32;
 
 /// Resolves `spec.recording.storage.s3`. The endpoint follows the rule for identity-provider
 /// URLs (https, or http to loopback), as the sessions it receives hold what the agents did.
@@ -1118,6 +1153,47 @@ mod tests {
             missing.contains("spec.recording.signingKeySecretRef") && missing.contains("no key \"other\""),
             "{missing}"
         );
+    }
+
+    /// `masking.hashKeySecretRef`: the Hash strategy's output depends on the configured key
+    /// alone (so replicas and restarts agree), not on the process; a short key is an error
+    /// naming the field, without quoting the key.
+    #[test]
+    fn a_configured_hash_key_makes_hashes_the_same_in_every_process() {
+        use agentgate_crds::policy::MaskingStrategy;
+        const KEY: &str = "c2VjcmV0LWhhc2gta2V5LWZvci10aGUtd2hvbGUtZmxlZXQ";
+        let load = |masking: &str, key: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let yaml = format!(
+                "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {{name: gw, namespace: ns}}\n\
+                spec:\n  listeners: [{{name: pg, protocol: Postgres, port: 15432}}]\n{masking}---\n\
+                apiVersion: v1\nkind: Secret\nmetadata: {{name: hashing, namespace: ns}}\nstringData: {{key: {key}}}\n"
+            );
+            std::fs::write(dir.path().join("all.yaml"), yaml).unwrap();
+            crate::config::load(&crate::config::LoadOptions {
+                manifests: dir.path().to_path_buf(),
+                ..Default::default()
+            })
+        };
+        let configured = "  masking: {hashKeySecretRef: {name: hashing, key: key}}\n";
+        let hash = |key: &HashKey| {
+            MaskingPlan::empty(key.clone()).mask_value(MaskingStrategy::Hash, "ada@example.com")
+        };
+        let cfg = load(configured, KEY).unwrap();
+        assert_eq!(
+            hash(&cfg.gateway.hash_key),
+            hash(&HashKey::from_secret(KEY.as_bytes()))
+        );
+        assert_ne!(hash(&cfg.gateway.hash_key), hash(&HashKey::process()));
+        let unset = load("", KEY).unwrap();
+        assert_eq!(hash(&unset.gateway.hash_key), hash(&HashKey::process()));
+
+        let short = load(configured, "too-short-a-key").unwrap_err().to_string();
+        assert!(
+            short.contains("spec.masking.hashKeySecretRef") && short.contains("holds 15 bytes"),
+            "{short}"
+        );
+        assert!(!short.contains("too-short"), "{short}");
     }
 
     #[test]

@@ -21,7 +21,8 @@ pub const PARTIAL_MIN_LEN: usize = 12;
 pub const PARTIAL_KEEP: usize = 4;
 
 /// The key of the Hash strategy: HMAC-SHA256, so hashes cannot be reversed by hashing guesses
-/// without the key. One key per gateway keeps hashes joinable across responses.
+/// without the key. One key per gateway keeps hashes joinable across responses; a configured key
+/// (`masking.hashKeySecretRef`) keeps them joinable across replicas and restarts.
 #[derive(Clone)]
 pub struct HashKey(hmac::Key);
 
@@ -40,6 +41,11 @@ impl HashKey {
     pub fn process() -> Self {
         static KEY: std::sync::OnceLock<HashKey> = std::sync::OnceLock::new();
         KEY.get_or_init(HashKey::random).clone()
+    }
+
+    /// A configured key (`masking.hashKeySecretRef`), so replicas and restarts hash alike.
+    pub fn from_secret(bytes: &[u8]) -> Self {
+        Self(hmac::Key::new(hmac::HMAC_SHA256, bytes))
     }
 
     pub fn from_bytes(bytes: [u8; 32]) -> Self {

@@ -16,7 +16,7 @@ use crate::config::{CompiledConnection, CompiledPolicy};
 use crate::identity::dpop::ReplayCache;
 use crate::identity::fetch::HttpFetcher;
 use crate::identity::{KeyRegistry, Verifier, VerifierOptions};
-use crate::masking::{HashKey, MaskingPlan};
+use crate::masking::MaskingPlan;
 use crate::metrics::Metrics;
 use crate::recording::{Recorder, WeakRecorder};
 
@@ -93,7 +93,7 @@ impl Plane {
         let mut plan = if secrets {
             self.kubernetes_plan.clone()
         } else {
-            MaskingPlan::empty(HashKey::process())
+            MaskingPlan::empty(self.snapshot.config.gateway.hash_key.clone())
         };
         for p in policies {
             plan = plan.merge(&p.masking);
@@ -281,7 +281,7 @@ impl Gateway {
             routes_by_prefix,
             recorder,
             plans: Mutex::new(HashMap::new()),
-            kubernetes_plan: MaskingPlan::empty(HashKey::process()).with_kubernetes_secrets(),
+            kubernetes_plan: MaskingPlan::empty(cfg.gateway.hash_key.clone()).with_kubernetes_secrets(),
             snapshot,
         };
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(plane));
