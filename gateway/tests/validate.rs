@@ -144,7 +144,7 @@ fn wrong_type() {
         code,
         &err,
         &[
-            "10-gateway.yaml:13:",
+            "10-gateway.yaml:16:",
             "AgentGateway agentgate/main",
             "spec.listeners[0].port",
             "must be of type integer",
@@ -258,7 +258,7 @@ fn pattern_violation() {
         code,
         &err,
         &[
-            "10-gateway.yaml:28:",
+            "10-gateway.yaml:32:",
             "spec.approvals.maxGrant: Invalid value: \"8 hours\"",
             "should match",
         ],

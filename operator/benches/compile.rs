@@ -14,7 +14,7 @@ fn compile(c: &mut Criterion) {
         let ns = fixtures::namespace("bench", connections, identities, policies);
         group.bench_function(format!("{policies}_policies_{identities}_identities"), |b| {
             b.iter(|| {
-                let compiled = bundle::compile(black_box(&ns), "main");
+                let compiled = bundle::compile(black_box(&ns), "main", true);
                 assert!(compiled.gateway.is_ok());
                 compiled
             })

@@ -105,8 +105,9 @@ struct Candidate {
     value: Value,
 }
 
-/// Compiles the configuration of gateway `gateway` of `ns`.
-pub fn compile(ns: &Namespace, gateway: &str) -> Compiled {
+/// Compiles the configuration of gateway `gateway` of `ns`; `in_cluster`: for pods behind a
+/// Service, where a loopback listener is an error.
+pub fn compile(ns: &Namespace, gateway: &str, in_cluster: bool) -> Compiled {
     let ours: BTreeSet<&str> = ns
         .connections
         .iter()
@@ -169,6 +170,7 @@ pub fn compile(ns: &Namespace, gateway: &str) -> Compiled {
                 ((ns.name.to_string(), name.to_string()), why)
             })
             .collect(),
+        in_cluster,
     };
     let mut excluded: BTreeMap<ObjectKey, Verdict> = BTreeMap::new();
     let source = format!("namespace/{}", ns.name);

@@ -19,6 +19,9 @@ pub struct Settings {
     pub allowed_gateway_images: Vec<String>,
     /// How long decided ApprovalRequests are kept before they are deleted.
     pub approval_retention: Duration,
+    /// Accept listeners on loopback addresses (gateways run beside the operator, outside pods:
+    /// development and tests). Off, such a listener is an error: no Service reaches it.
+    pub allow_loopback_listeners: bool,
 }
 
 /// The caches the controllers fill (reflectors).

@@ -44,7 +44,8 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
     let mut compiled = {
         let name = name.clone();
         let snapshot = snapshot.clone();
-        tokio::task::spawn_blocking(move || bundle::compile(&snapshot, &name))
+        let in_pods = !ctx.settings.allow_loopback_listeners;
+        tokio::task::spawn_blocking(move || bundle::compile(&snapshot, &name, in_pods))
             .await
             .map_err(|e| Error::Task(e.to_string()))?
     };
@@ -162,6 +163,11 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
 
     report_objects(&ctx, &name, &snapshot, &compiled).await?;
     report_gateway(&ctx, &gw, &ns, &compiled).await?;
+    if compiled.gateway.is_ok()
+        && let Some(why) = recordings_not_persistent(&gw)
+    {
+        publish_event(&ctx, &gw, EventType::Warning, "RecordingsNotPersistent", why).await;
+    }
     Ok(Action::requeue(if claim_refused.is_some() {
         CONFLICT_RECHECK
     } else {
@@ -193,6 +199,21 @@ async fn recordings_claim_refusal(
             "{field}: PersistentVolumeClaim {name} is not labelled {label}: \"true\"; the operator mounts only claims their owner opted in for session recordings"
         )
     }))
+}
+
+/// Why the gateway's session recordings would not outlive its pods, if they would not: without
+/// `storage.volume` or `storage.s3` they stay in the pod's scratch space (an emptyDir).
+fn recordings_not_persistent(gw: &AgentGateway) -> Option<&'static str> {
+    let storage = gw.spec.recording.storage.as_ref();
+    match storage {
+        Some(s) if s.volume.is_some() || s.s3.is_some() => None,
+        Some(s) if s.local.is_some() => Some(
+            "recording.storage.local is the pod's scratch space in a cluster: session recordings are lost with the pod; set recording.storage.volume or recording.storage.s3",
+        ),
+        _ => Some(
+            "no recording.storage: session recordings stay in the pod's scratch space and are lost with it; set recording.storage.volume or recording.storage.s3",
+        ),
+    }
 }
 
 /// Failed reconciles are retried after a short pause.

@@ -56,6 +56,10 @@ enum Command {
         /// How long decided, expired and used ApprovalRequests are kept.
         #[arg(long, default_value = "7d", value_parser = agentgate_crds::common::parse_duration)]
         approval_retention: Duration,
+        /// Accept AgentGateway listeners on loopback addresses, for gateways run outside pods
+        /// (development, tests). Off by default: in a pod no Service reaches such a listener.
+        #[arg(long)]
+        allow_loopback_listeners: bool,
     },
 }
 
@@ -86,6 +90,7 @@ fn main() -> ExitCode {
             allowed_gateway_images,
             watch_namespace,
             approval_retention,
+            allow_loopback_listeners,
         } => {
             agentgate::cli::init_tracing();
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -105,6 +110,7 @@ fn main() -> ExitCode {
                     gateway_image,
                     allowed_gateway_images,
                     approval_retention,
+                    allow_loopback_listeners,
                 },
                 watch_namespace: watch_namespace.filter(|ns| !ns.is_empty()),
             };

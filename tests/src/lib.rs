@@ -260,7 +260,8 @@ pub fn curl_get(url: &str) -> (u16, String) {
 pub const EXAMPLE_LISTENER_PORTS: [u16; 2] = [8443, 15432];
 
 /// Copies the example manifests into a fresh directory, for tests that edit them. The listeners'
-/// ports become free ones: tests run at once, and a gateway is ready only once it holds them all.
+/// ports become free ones on 127.0.0.1: tests run at once, a gateway is ready only once it holds
+/// them all, and a test listens on loopback only (the examples bind every interface).
 pub fn examples_copy() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     for entry in std::fs::read_dir(workspace_root().join("deploy/examples")).expect("examples exist") {
@@ -268,7 +269,10 @@ pub fn examples_copy() -> tempfile::TempDir {
         if path.is_file() {
             let mut text = std::fs::read_to_string(&path).expect("example manifest");
             for port in EXAMPLE_LISTENER_PORTS {
-                text = text.replace(&format!("port: {port}\n"), &format!("port: {}\n", free_port()));
+                text = text.replace(
+                    &format!("      port: {port}\n"),
+                    &format!("      port: {}\n      address: 127.0.0.1\n", free_port()),
+                );
             }
             std::fs::write(dir.path().join(path.file_name().expect("file name")), text).expect("copy");
         }

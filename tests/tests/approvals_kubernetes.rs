@@ -228,7 +228,14 @@ impl Cluster {
         let (http, sql) = (parts.http, parts.sql);
         let file = env.file("objects.yaml", &manifests(&ns, &parts));
         env.kubectl_ok("admin", &["apply", "-f", &file]);
-        let op = Operator::start(&env.kubeconfig("operator"), &ns, "operator-a");
+        // The gateway runs here, outside a pod, listening on loopback as tests do.
+        let op = Operator::start_with(
+            &env.kubeconfig("operator"),
+            &ns,
+            "operator-a",
+            &["--allow-loopback-listeners"],
+            &[],
+        );
         let published = wait_for(Duration::from_secs(30), || {
             (jsonpath(
                 &env,

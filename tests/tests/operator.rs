@@ -312,6 +312,8 @@ spec:
         &["get", "events.events.k8s.io", "-o", "jsonpath={.items[*].reason}"],
     );
     assert!(events.contains("ConfigPublished"), "{events}");
+    // Without recording.storage.volume or s3, recordings die with the pod: the operator warns.
+    assert!(events.contains("RecordingsNotPersistent"), "{events}");
 
     // Whoever writes an AgentGateway cannot choose the code that runs with its credentials: an
     // image the operator does not allow is not run, and the gateway says why.
@@ -522,6 +524,23 @@ fn only_a_claim_labelled_for_recordings_is_mounted() {
         ),
         "app-data"
     );
+    // A listener on loopback could never be reached through the Service: named, not run.
+    let loopback = manifests.replace(
+        "{name: https, protocol: HTTP, port: 8443}",
+        "{name: https, protocol: HTTP, port: 8443, address: 127.0.0.1}",
+    );
+    assert!(loopback.contains("address: 127.0.0.1"));
+    env.kubectl_ok("admin", &["apply", "-f", &env.file("objects.yaml", &loopback)]);
+    eventually(
+        "the gateway to name the loopback listener",
+        &op,
+        Duration::from_secs(30),
+        || {
+            ready(&env, "agentgateway", "main") == "False"
+                && ready_message(&env, "agentgateway", "main")
+                    .contains("spec.listeners[0].address: Invalid value: \"127.0.0.1\": a loopback address is unreachable")
+        },
+    );
 }
 
 #[test]
@@ -591,7 +610,14 @@ impl KubernetesMode {
             .expect("documents");
         let file = env.file("okta.yaml", &yaml);
         env.kubectl_ok("admin", &["apply", "-f", &file]);
-        let op = start_operator(&env, "operator-a");
+        // The gateway runs here, outside a pod, listening on loopback as tests do.
+        let op = Operator::start_with(
+            &env.kubeconfig("operator"),
+            env.namespace(),
+            "operator-a",
+            &["--allow-loopback-listeners"],
+            &[],
+        );
         eventually("the gateway configuration", &op, Duration::from_secs(30), || {
             ready(&env, "agentgateway", "gw") == "True"
         });

@@ -77,7 +77,15 @@ fn serves_health_readiness_and_metrics_and_reloads_on_change() {
     assert_eq!(metric(port, "agentgate_config_last_reload_success"), Some(0.0));
     assert_eq!(curl_get(&format!("http://127.0.0.1:{port}/readyz")).0, 200);
     let output = gw.output();
-    assert!(output.contains("10-gateway.yaml:21: AgentGateway agentgate/main: spec.recording.mode: Unsupported value: \"Sometimes\""), "{output}");
+    let line = 1 + std::fs::read_to_string(dir.path().join("10-gateway.yaml"))
+        .unwrap()
+        .lines()
+        .position(|l| l.contains("mode: Sometimes"))
+        .unwrap();
+    let expected = format!(
+        "10-gateway.yaml:{line}: AgentGateway agentgate/main: spec.recording.mode: Unsupported value: \"Sometimes\""
+    );
+    assert!(output.contains(&expected), "{output}");
 
     // Fixing it is picked up again.
     edit(

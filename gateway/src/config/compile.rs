@@ -582,6 +582,19 @@ fn compile_gateway(
         (None, None) => options.manifests.join(".agentgate/sessions"),
     };
     for (i, l) in g.spec.listeners.iter().enumerate() {
+        let loopback = l.address.as_deref().is_some_and(|a| {
+            a.eq_ignore_ascii_case("localhost")
+                || a.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        });
+        if options.in_cluster && loopback {
+            errors.push(m.error(
+                &format!("spec.listeners[{i}].address"),
+                format!(
+                    "Invalid value: {:?}: a loopback address is unreachable through the gateway's Service; omit address in a cluster",
+                    l.address.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
         if options.reserved_ports.contains(&(l.port as u16)) {
             errors.push(m.error(
                 &format!("spec.listeners[{i}].port"),

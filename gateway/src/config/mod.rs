@@ -97,6 +97,9 @@ pub struct LoadOptions {
     /// reference to one fails with that reason instead of "not found" (the operator withholds
     /// Secrets not labelled for gateways).
     pub withheld_secrets: std::collections::BTreeMap<(String, String), String>,
+    /// Compiled for pods behind a Service (the operator): a listener on a loopback address could
+    /// never be reached there, and is an error.
+    pub in_cluster: bool,
 }
 
 /// Loads, validates and compiles a manifests directory.

@@ -8,7 +8,7 @@ fn key(kind: &'static str, name: &str) -> ObjectKey {
 #[test]
 fn a_valid_namespace_compiles_and_every_object_is_ready() {
     let ns = fixtures::namespace("team", 2, 2, 3);
-    let c = compile(&ns, "main");
+    let c = compile(&ns, "main", true);
     let published = c.gateway.expect("compiles");
     assert_eq!(
         (published.connections, published.identities, published.policies),
@@ -33,8 +33,8 @@ fn the_same_objects_compile_to_the_same_hash() {
     shuffled.policies.reverse();
     shuffled.connections.reverse();
     assert_eq!(
-        compile(&ns, "main").gateway.unwrap().hash,
-        compile(&shuffled, "main").gateway.unwrap().hash
+        compile(&ns, "main", true).gateway.unwrap().hash,
+        compile(&shuffled, "main", true).gateway.unwrap().hash
     );
 }
 
@@ -46,7 +46,7 @@ fn a_secret_without_the_credential_label_is_not_used_and_its_connection_says_why
             s.metadata.labels = None;
         }
     }
-    let c = compile(&ns, "main");
+    let c = compile(&ns, "main", true);
     let published = c.gateway.expect("the others still compile");
     assert_eq!(published.connections, 1);
     assert_eq!(
@@ -64,7 +64,7 @@ fn a_secret_without_the_credential_label_is_not_used_and_its_connection_says_why
         }
     }
     assert!(matches!(
-        compile(&ns, "main").verdicts[&key("Connection", "conn-1")],
+        compile(&ns, "main", true).verdicts[&key("Connection", "conn-1")],
         Verdict::Invalid(_)
     ));
 }
@@ -74,7 +74,7 @@ fn a_missing_secret_leaves_out_only_its_connection() {
     let mut ns = fixtures::namespace("team", 2, 1, 2);
     ns.secrets
         .retain(|s| s.metadata.name.as_deref() != Some("conn-1-token"));
-    let c = compile(&ns, "main");
+    let c = compile(&ns, "main", true);
     let published = c.gateway.expect("the others still compile");
     assert_eq!(published.connections, 1);
     match &c.verdicts[&key("Connection", "conn-1")] {
@@ -95,7 +95,7 @@ fn a_reference_to_an_unknown_identity_names_the_field() {
     let mut ns = fixtures::namespace("team", 1, 1, 1);
     ns.policies
         .push(fixtures::allow_policy("team", "typo", "agent-nope", "conn-0"));
-    let c = compile(&ns, "main");
+    let c = compile(&ns, "main", true);
     assert!(c.gateway.is_ok());
     match &c.verdicts[&key("AccessPolicy", "typo")] {
         Verdict::Invalid(m) => assert_eq!(
@@ -114,7 +114,7 @@ fn an_invalid_restricting_policy_quarantines_its_connections_instead_of_lifting_
     let mut deny = fixtures::deny_policy("team", "no-deletes", "agent-0", "conn-0");
     deny.spec.subjects.identities.push("ghost".into());
     ns.policies.push(deny);
-    let c = compile(&ns, "main");
+    let c = compile(&ns, "main", true);
     let published = c.gateway.expect("compiles without the quarantined connection");
     assert_eq!(published.connections, 1, "only conn-1 is served");
     assert!(
@@ -131,7 +131,7 @@ fn an_invalid_restricting_policy_quarantines_its_connections_instead_of_lifting_
 fn an_invalid_gateway_is_reported_as_the_gateways_own_error() {
     let mut ns = fixtures::namespace("team", 1, 1, 1);
     ns.gateways[0].spec.listeners[0].port = i32::from(GATEWAY_ADMIN_PORT);
-    let c = compile(&ns, "main");
+    let c = compile(&ns, "main", true);
     let e = c.gateway.expect_err("the listener collides with the admin port");
     assert!(e.contains("spec.listeners[0].port"), "{e}");
 }
@@ -144,7 +144,7 @@ fn connections_of_other_gateways_are_not_ours_to_report_or_publish() {
         .push(fixtures::connection("team", "theirs", "other"));
     ns.secrets
         .push(fixtures::secret("team", "theirs-token", "token", "their-secret"));
-    let c = compile(&ns, "main");
+    let c = compile(&ns, "main", true);
     assert!(c.gateway.is_ok());
     assert!(!c.verdicts.contains_key(&key("Connection", "theirs")));
     // Their credential Secret is not copied into our configuration.
@@ -161,7 +161,7 @@ fn connections_of_other_gateways_are_not_ours_to_report_or_publish() {
 #[test]
 fn the_published_configuration_loads_in_the_gateway() {
     let ns = fixtures::namespace("team", 2, 2, 2);
-    let published = compile(&ns, "main").gateway.unwrap();
+    let published = compile(&ns, "main", true).gateway.unwrap();
     let docs =
         agentgate::config::manifest::parse_documents(std::path::Path::new("secret"), &published.manifests)
             .expect("parses as YAML");
@@ -189,7 +189,7 @@ fn object_storage_credentials_are_published_with_the_configuration() {
         }}))
         .unwrap(),
     );
-    let c = compile(&ns, "main");
+    let c = compile(&ns, "main", true);
     let e = c.gateway.expect_err("no credentials Secret yet");
     assert!(
         e.contains("spec.recording.storage.s3.credentialsSecretRef") && e.contains("s3-credentials"),
@@ -202,7 +202,7 @@ fn object_storage_credentials_are_published_with_the_configuration() {
         k8s_openapi::ByteString(b"example-secret".to_vec()),
     );
     ns.secrets.push(secret);
-    let published = compile(&ns, "main").gateway.expect("compiles");
+    let published = compile(&ns, "main", true).gateway.expect("compiles");
     assert!(published.manifests.contains("\"name\":\"s3-credentials\""));
 }
 
@@ -219,7 +219,7 @@ fn only_the_secret_keys_in_use_are_published() {
     }
     // conn-1 is invalid (its endpoint is not a URL): left out, and its Secret with it.
     ns.connections[1].spec.endpoint = "not a url".into();
-    let c = compile(&ns, "main");
+    let c = compile(&ns, "main", true);
     assert!(matches!(
         c.verdicts[&key("Connection", "conn-1")],
         Verdict::Invalid(_)
