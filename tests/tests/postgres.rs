@@ -457,6 +457,27 @@ fn psql_over_tls_decides_masks_and_records() {
     assert!(rec.contains("no-unbounded-writes"), "decisions recorded");
     assert!(rec.contains("Ada Lovelace"), "result rows recorded");
     assert!(!rec.contains("ada@example.com"), "recorded rows are masked");
+    // Played back, each psql session reads as statements, decisions and masked rows.
+    let mut played = String::new();
+    for file in std::fs::read_dir(&s.gw.sessions).unwrap() {
+        let out = std::process::Command::new(binary("agentgate"))
+            .args(["sessions", "replay"])
+            .arg(file.unwrap().path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        played.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    for expected in [
+        "SQL> SELECT name, email FROM customers ORDER BY id",
+        "allow by ci-agent-shop/read-public",
+        "      Ada Lovelace | ",
+        "deny by ci-agent-shop/no-unbounded-writes",
+        "identity ci-agent, connection shop",
+    ] {
+        assert!(played.contains(expected), "{expected:?} missing:\n{played}");
+    }
+    assert!(!played.contains("ada@example.com"), "{played}");
     let metrics = s.gw.metrics();
     assert!(
         metrics.contains(

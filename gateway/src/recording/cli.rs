@@ -1,4 +1,4 @@
-//! `agentgate sessions list|show|verify|public-key`: reading recordings back.
+//! `agentgate sessions list|show|replay|verify|public-key`: reading recordings back.
 //!
 //! Files are untrusted input: strings from them are printed with control characters escaped, so a
 //! recording cannot rewrite the operator's terminal.
@@ -24,11 +24,29 @@ pub enum SessionsCommand {
         /// Only sessions on this connection.
         #[arg(long)]
         connection: Option<String>,
+        /// Only sessions started at or after this time: RFC 3339 (`2026-12-05T04:00:00Z`) or an
+        /// age (`90m`, `2h`, `7d`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only sessions started before this time (RFC 3339 or an age, as for --since).
+        #[arg(long)]
+        until: Option<String>,
     },
     /// Print a session's events; exit 1 if it does not verify.
     Show {
         /// A session file.
         file: PathBuf,
+    },
+    /// Play a session back as a transcript: each request and its decision, response and body,
+    /// each SQL statement, decision and result rows, with the time since the session began.
+    /// Exit 1 if it does not verify (what verified up to there is played).
+    Replay {
+        /// A session file.
+        file: PathBuf,
+        /// Pause between events as they were spaced when recorded, this many times faster
+        /// (pauses capped at 5 s); without it, print at once.
+        #[arg(long)]
+        speed: Option<f64>,
     },
     /// Verify session files; exit 1 if any is tampered with (or, with --require-closed, open).
     Verify {
@@ -73,8 +91,21 @@ fn execute(cmd: SessionsCommand, out: &mut impl Write) -> io::Result<bool> {
             dir,
             identity,
             connection,
-        } => list(&dir, identity.as_deref(), connection.as_deref(), out),
+            since,
+            until,
+        } => {
+            let now = crate::approval::time::unix_now();
+            let bound = |arg: &str, value: Option<String>| match value {
+                None => Ok(None),
+                Some(v) => time_bound(&v, now)
+                    .map(Some)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("--{arg}: {e}"))),
+            };
+            let window = (bound("since", since)?, bound("until", until)?);
+            list(&dir, identity.as_deref(), connection.as_deref(), window, out)
+        }
         SessionsCommand::Show { file } => show(&file, out),
+        SessionsCommand::Replay { file, speed } => replay(&file, speed, out),
         SessionsCommand::Verify {
             files,
             public_key,
@@ -102,10 +133,21 @@ fn public_key(file: &Path, out: &mut impl Write) -> io::Result<bool> {
     }
 }
 
+/// `--since`/`--until`: an RFC 3339 time, or an age before `now`, in Unix seconds.
+fn time_bound(value: &str, now: i64) -> Result<i64, String> {
+    if let Some(t) = crate::approval::time::parse_time(value) {
+        return Ok(t);
+    }
+    agentgate_crds::common::parse_duration(value)
+        .map(|age| now.saturating_sub(i64::try_from(age.as_secs()).unwrap_or(i64::MAX)))
+        .map_err(|_| format!("{:?} is neither an RFC 3339 time nor an age like 2h", safe(value)))
+}
+
 fn list(
     dir: &Path,
     identity: Option<&str>,
     connection: Option<&str>,
+    (since, until): (Option<i64>, Option<i64>),
     out: &mut impl Write,
 ) -> io::Result<bool> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
@@ -131,6 +173,18 @@ fn list(
         let (who, conn) = (field("identity"), field("connection"));
         if identity.is_some_and(|i| i != who) || connection.is_some_and(|c| c != conn) {
             continue;
+        }
+        if since.is_some() || until.is_some() {
+            // A session whose start cannot be read is outside every window.
+            let Some(started) = start
+                .as_ref()
+                .and_then(|e| crate::approval::time::parse_time(&e.ts))
+            else {
+                continue;
+            };
+            if since.is_some_and(|t| started < t) || until.is_some_and(|t| started >= t) {
+                continue;
+            }
         }
         let (ts, id) = match &start {
             Some(e) => (e.ts.as_str(), e.session.as_str()),
@@ -170,6 +224,216 @@ fn show(file: &Path, out: &mut impl Write) -> io::Result<bool> {
     let ok = result.is_ok();
     writeln!(out, "{}", outcome(file, &result))?;
     Ok(ok)
+}
+
+/// The longest pause `replay --speed` makes between two events.
+const MAX_REPLAY_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn replay(file: &Path, speed: Option<f64>, out: &mut impl Write) -> io::Result<bool> {
+    let speed = speed.filter(|s| s.is_finite() && *s > 0.0);
+    let micros = |ts: &str| {
+        ts.parse::<k8s_openapi::jiff::Timestamp>()
+            .ok()
+            .map(|t| t.as_microsecond())
+    };
+    let mut began: Option<i64> = None;
+    let mut last: Option<i64> = None;
+    let mut written = Ok(());
+    let result = verify_events(file, None, |e| {
+        if written.is_err() {
+            return;
+        }
+        let at = micros(&e.ts);
+        if let (Some(speed), Some(at), Some(last)) = (speed, at, last) {
+            let gap = std::time::Duration::from_micros(u64::try_from(at - last).unwrap_or(0));
+            std::thread::sleep(gap.div_f64(speed).min(MAX_REPLAY_PAUSE));
+        }
+        let first = *began.get_or_insert(at.unwrap_or(0));
+        last = at.or(last);
+        let offset = at.map_or(0.0, |t| (t - first) as f64 / 1e6);
+        written = transcript(offset, e, out).and_then(|()| out.flush());
+    });
+    written?;
+    let ok = result.is_ok();
+    writeln!(out, "{}", outcome(file, &result))?;
+    Ok(ok)
+}
+
+/// One event of a transcript: what happened, in the words of its protocol.
+fn transcript(offset: f64, e: &Event, out: &mut impl Write) -> io::Result<()> {
+    let d = &e.data;
+    let text = |name: &str| d.get(name).and_then(Value::as_str).map(safe);
+    let number = |name: &str| d.get(name).and_then(Value::as_u64);
+    let at = format!("[+{offset:>9.3}s]");
+    let pad = " ".repeat(at.len());
+    match e.kind.as_str() {
+        "session.start" => writeln!(
+            out,
+            "{at} session {} started: identity {}, connection {}",
+            safe(&e.session),
+            text("identity").unwrap_or_else(|| "-".into()),
+            text("connection").unwrap_or_else(|| "-".into()),
+        ),
+        "session.end" => writeln!(
+            out,
+            "{at} session ended{}",
+            text("reason").map(|r| format!(": {r}")).unwrap_or_default()
+        ),
+        "http.request" => {
+            let query = text("query").map(|q| format!("?{q}")).unwrap_or_default();
+            writeln!(
+                out,
+                "{at} -> {} {}{query}",
+                text("method").unwrap_or_default(),
+                text("path").unwrap_or_default()
+            )?;
+            body(d.get("body"), &pad, out)
+        }
+        "decision" => writeln!(
+            out,
+            "{at}    {}{}{}",
+            text("action").unwrap_or_default(),
+            rule_of(d),
+            text("reason").map(|r| format!(": {r}")).unwrap_or_default()
+        ),
+        "http.response" => {
+            let ms = |name: &str| number(name).map(|us| us as f64 / 1e3);
+            writeln!(
+                out,
+                "{at} <- {}{}",
+                number("status").unwrap_or_default(),
+                match (ms("upstream_us"), ms("total_us")) {
+                    (Some(u), Some(t)) => format!(" (upstream {u:.1} ms, total {t:.1} ms)"),
+                    _ => String::new(),
+                }
+            )?;
+            body(d.get("body"), &pad, out)
+        }
+        "http.request.body" | "http.response.body" => body(d.get("body"), &pad, out),
+        "pg.query" | "pg.execute" => {
+            writeln!(out, "{at} SQL> {}", text("sql").unwrap_or_default())?;
+            if let Some(params) = d.get("params").filter(|p| !p.is_null()) {
+                writeln!(
+                    out,
+                    "{pad}      parameters {}",
+                    serde_json::to_string(params).unwrap_or_default()
+                )?;
+            }
+            for st in d
+                .get("statements")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let field = |name: &str| st.get(name).and_then(Value::as_str).map(safe);
+                writeln!(
+                    out,
+                    "{pad}      {}{}{}",
+                    field("decision").unwrap_or_default(),
+                    field("rule").map(|r| format!(" by {r}")).unwrap_or_default(),
+                    field("reason").map(|r| format!(": {r}")).unwrap_or_default()
+                )?;
+            }
+            Ok(())
+        }
+        "pg.result" => {
+            if let Some(columns) = d.get("columns").and_then(Value::as_array) {
+                writeln!(out, "{pad}      {}", cells(columns))?;
+            }
+            for row in d.get("data").and_then(Value::as_array).into_iter().flatten() {
+                writeln!(
+                    out,
+                    "{pad}      {}",
+                    cells(row.as_array().map_or(&[][..], Vec::as_slice))
+                )?;
+            }
+            let kept = d.get("data").and_then(Value::as_array).map_or(0, Vec::len) as u64;
+            let rows = number("rows").unwrap_or(kept);
+            writeln!(
+                out,
+                "{at}    {}{}{}",
+                text("tag").unwrap_or_else(|| format!("{rows} rows")),
+                if d.get("truncated").and_then(Value::as_bool) == Some(true) {
+                    ", capped by a rowLimit"
+                } else {
+                    ""
+                },
+                if rows > kept {
+                    format!(" ({kept} of {rows} rows recorded)")
+                } else {
+                    String::new()
+                }
+            )
+        }
+        "pg.error" => writeln!(
+            out,
+            "{at}    ERROR {}: {}",
+            text("code").unwrap_or_default(),
+            text("message").unwrap_or_default()
+        ),
+        other => writeln!(
+            out,
+            "{at} {} {}",
+            safe(other),
+            serde_json::to_string(d).unwrap_or_default()
+        ),
+    }
+}
+
+fn rule_of(d: &Value) -> String {
+    let field = |name: &str| d.get(name).and_then(Value::as_str).map(safe);
+    match (field("policy"), field("rule")) {
+        (Some(p), Some(r)) => format!(" by {p}/{r}"),
+        (None, Some(r)) => format!(" by {r}"),
+        _ => String::new(),
+    }
+}
+
+/// A recorded body (masked when it was written: `text`, `json`, `base64` or `withheld`, with
+/// `bytes` and `truncated`), indented under its event.
+fn body(body: Option<&Value>, pad: &str, out: &mut impl Write) -> io::Result<()> {
+    let Some(body) = body.filter(|b| !b.is_null()) else {
+        return Ok(());
+    };
+    let bytes = body.get("bytes").and_then(Value::as_u64);
+    let text = if let Some(t) = body.get("text").and_then(Value::as_str) {
+        t.to_string()
+    } else if let Some(j) = body.get("json") {
+        serde_json::to_string_pretty(j).unwrap_or_default()
+    } else if body.get("base64").is_some() {
+        format!("({} bytes, not text: base64 in the record)", bytes.unwrap_or(0))
+    } else if let Some(why) = body.get("withheld") {
+        format!(
+            "(body withheld: {})",
+            why.as_str().map_or_else(|| why.to_string(), str::to_string)
+        )
+    } else {
+        serde_json::to_string(body).unwrap_or_default()
+    };
+    for line in text.lines() {
+        writeln!(out, "{pad}      {}", safe(line))?;
+    }
+    if body.get("truncated").and_then(Value::as_bool) == Some(true) {
+        writeln!(
+            out,
+            "{pad}      (recorded in part; {} bytes in all)",
+            bytes.unwrap_or(0)
+        )?;
+    }
+    Ok(())
+}
+
+/// Result cells separated by ` | ` (NULL for a null).
+fn cells(values: &[Value]) -> String {
+    values
+        .iter()
+        .map(|v| match v {
+            Value::Null => "NULL".to_string(),
+            Value::String(s) => safe(s),
+            other => safe(&other.to_string()),
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 fn verify(
@@ -312,6 +576,132 @@ mod tests {
         assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
+    /// `list --since/--until` keep the sessions that started inside the window; a bound is an
+    /// RFC 3339 time or an age, and anything else is an error.
+    #[test]
+    fn list_filters_by_start_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Recorder::new(dir.path(), RecordingMode::Required, "ns/gw").unwrap();
+        let s = rec
+            .start_session(json!({"identity": "a", "connection": "c"}))
+            .unwrap();
+        s.close(json!({})).unwrap();
+        let list = |since: Option<&str>, until: Option<&str>| {
+            let cmd = SessionsCommand::List {
+                dir: dir.path().into(),
+                identity: None,
+                connection: None,
+                since: since.map(Into::into),
+                until: until.map(Into::into),
+            };
+            let mut out = Vec::new();
+            execute(cmd, &mut out).map(|_| String::from_utf8(out).unwrap().lines().count())
+        };
+        assert_eq!(list(Some("1h"), None).unwrap(), 1);
+        assert_eq!(
+            list(Some("2020-01-01T00:00:00Z"), Some("1h")).unwrap(),
+            0,
+            "started within the hour"
+        );
+        assert_eq!(list(None, Some("2999-01-01T00:00:00+02:00")).unwrap(), 1);
+        assert_eq!(list(Some("2999-01-01T00:00:00Z"), None).unwrap(), 0);
+        let e = list(Some("yesterday\u{1b}[2J"), None).unwrap_err().to_string();
+        assert!(
+            e.contains("--since") && e.contains("neither an RFC 3339 time nor an age"),
+            "{e}"
+        );
+        assert!(!e.contains('\u{1b}'), "{e}");
+        assert_eq!(time_bound("2h", 10_000), Ok(10_000 - 7_200));
+    }
+
+    /// `replay` prints each event as its protocol would say it, bodies and result rows
+    /// included, with the offset from the session's start; a tampered file plays up to the edit
+    /// and fails.
+    #[test]
+    fn replay_reads_as_a_transcript() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Recorder::new(dir.path(), RecordingMode::Required, "ns/gw").unwrap();
+        let s = rec
+            .start_session(json!({"identity": "ci-agent", "connection": "okta"}))
+            .unwrap();
+        s.record(
+            "http.request",
+            json!({"request_id": "r1", "method": "GET", "path": "/api/v1/users", "query": "limit=2", "headers": {}}),
+        )
+        .unwrap();
+        s.record(
+            "decision",
+            json!({"request_id": "r1", "action": "allow", "reason": "", "policy": "p", "rule": "read"}),
+        )
+        .unwrap();
+        s.record(
+            "http.response",
+            json!({"request_id": "r1", "status": 200, "headers": {}, "upstream_us": 1500, "total_us": 2100,
+                   "body": {"json": {"email": "[REDACTED]"}, "bytes": 24, "truncated": false}}),
+        )
+        .unwrap();
+        s.record(
+            "pg.query",
+            json!({"sql": "SELECT name, email FROM customers", "decision": "allow",
+                   "statements": [{"kinds": ["Select"], "tables": ["public.customers"], "functions": [],
+                                   "decision": "allow", "rule": "p/read-public", "reason": null}]}),
+        )
+        .unwrap();
+        s.record(
+            "pg.result",
+            json!({"sql": "SELECT name, email FROM customers", "tag": "SELECT 2", "rows": 2, "truncated": false,
+                   "columns": ["name", "email"], "data": [["Ada", "[REDACTED]"], ["Grace", null]], "data_truncated": false}),
+        )
+        .unwrap();
+        s.record("pg.error", json!({"code": "42501", "message": "denied\u{1b}[2J"}))
+            .unwrap();
+        s.close(json!({"reason": "client closed"})).unwrap();
+
+        let (ok, text) = run_to_string(SessionsCommand::Replay {
+            file: s.path().into(),
+            speed: Some(1000.0),
+        });
+        assert!(ok, "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[0].starts_with("[+    0.000s] session ")
+                && lines[0].ends_with("identity ci-agent, connection okta"),
+            "{text}"
+        );
+        for expected in [
+            "] -> GET /api/v1/users?limit=2",
+            "]    allow by p/read",
+            "] <- 200 (upstream 1.5 ms, total 2.1 ms)",
+            "\"email\": \"[REDACTED]\"",
+            "] SQL> SELECT name, email FROM customers",
+            "      allow by p/read-public",
+            "      name | email",
+            "      Ada | [REDACTED]",
+            "      Grace | NULL",
+            "]    SELECT 2",
+            "]    ERROR 42501: denied\\u{1b}[2J",
+            "] session ended: client closed",
+        ] {
+            assert!(text.contains(expected), "{expected:?} missing:\n{text}");
+        }
+        assert!(lines.last().unwrap().starts_with("ok "), "{text}");
+
+        // An edited event: played up to it, then refused.
+        let edited = std::fs::read_to_string(s.path())
+            .unwrap()
+            .replace("Grace", "Mallory");
+        std::fs::write(s.path(), edited).unwrap();
+        let (ok, text) = run_to_string(SessionsCommand::Replay {
+            file: s.path().into(),
+            speed: None,
+        });
+        assert!(!ok && text.contains("TAMPERED"), "{text}");
+        assert!(
+            !text.contains("Mallory") && text.contains("SQL> SELECT"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn clap_definition_is_valid() {
         use clap::Subcommand;
@@ -337,6 +727,8 @@ mod tests {
                 dir: dir.path().into(),
                 identity: identity.map(Into::into),
                 connection: connection.map(Into::into),
+                since: None,
+                until: None,
             })
             .1
         };
