@@ -22,6 +22,7 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use crate::Error;
+use crate::conditions::{self, Desired};
 use crate::context::Context;
 
 /// The controller's name in metrics and logs.
@@ -177,6 +178,10 @@ pub async fn reconcile(request: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Resu
         return Ok(Action::await_change());
     }
     let status = request.status.clone().unwrap_or_default();
+    let (conditions, condition_changed) = conditions::set(
+        &status.common.conditions,
+        &approved_condition(&e, request.metadata.generation),
+    );
     let desired = json!({
         "observedGeneration": request.metadata.generation,
         "phase": e.phase,
@@ -191,7 +196,9 @@ pub async fn reconcile(request: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Resu
         "decidedAt": status.decided_at.as_deref().and_then(parse_time).map(format_time),
         "grantExpiresAt": status.grant_expires_at.as_deref().and_then(parse_time).map(format_time),
     });
-    if desired != current {
+    if desired != current || condition_changed {
+        let mut desired = desired;
+        desired["conditions"] = json!(conditions);
         tracing::info!(request = %name, namespace = %ns, phase = ?e.phase, approvals = e.approvals, "approval request updated");
         // Conditional on the version evaluated: a stale cache must never write Approved over the
         // Used a gateway has just set (that would let a Once grant be spent twice).
@@ -215,6 +222,45 @@ pub async fn reconcile(request: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Resu
         Duration::from_secs(u64::try_from((t - now).max(1)).unwrap_or(1)).min(RESYNC)
     });
     Ok(Action::requeue(wait))
+}
+
+/// The `Approved` condition: True once the grant is given (Approved, or a Once grant Used),
+/// False while pending and after a denial or expiry, the phase as its reason, so that
+/// `kubectl wait --for=condition=Approved approvalrequest/NAME` waits for a decision.
+pub fn approved_condition(e: &Evaluation, generation: Option<i64>) -> Desired<'static> {
+    let (status, reason, message) = match e.phase {
+        ApprovalPhase::Pending => (
+            false,
+            "Pending",
+            format!("waiting for approvers ({} approval(s) so far)", e.approvals),
+        ),
+        ApprovalPhase::Approved => (
+            true,
+            "Approved",
+            match e.grant_expires_at {
+                Some(t) => format!(
+                    "approved by {} approver(s); the grant ends at {}",
+                    e.approvals,
+                    format_time(t)
+                ),
+                None => format!("approved by {} approver(s)", e.approvals),
+            },
+        ),
+        ApprovalPhase::Used => (true, "Used", "approved, and the Once grant was used".to_string()),
+        ApprovalPhase::Denied => (false, "Denied", "denied by an approver".to_string()),
+        ApprovalPhase::Expired => (
+            false,
+            "Expired",
+            "expired: undecided in time, or the grant ran out".to_string(),
+        ),
+    };
+    Desired {
+        r#type: "Approved",
+        status,
+        reason,
+        message,
+        observed_generation: generation,
+    }
 }
 
 /// Failed reconciles are retried after a short pause.

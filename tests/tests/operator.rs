@@ -815,6 +815,28 @@ spec:
     eventually("expiry", &op, Duration::from_secs(15), || {
         phase("nobody") == "Expired"
     });
+    // The Approved condition says the same, with the generation it was computed from (what
+    // `kubectl wait --for=condition=Approved` waits on).
+    let condition = |name: &str| {
+        jsonpath(
+            &env,
+            "approvalrequest",
+            name,
+            "{.status.conditions[?(@.type==\"Approved\")].status}/{.status.conditions[?(@.type==\"Approved\")].reason}/{.status.conditions[?(@.type==\"Approved\")].observedGeneration}",
+        )
+    };
+    let generation = |name: &str| jsonpath(&env, "approvalrequest", name, "{.metadata.generation}");
+    for (name, expected) in [
+        ("two", "True/Approved"),
+        ("deny-me", "False/Denied"),
+        ("nobody", "False/Expired"),
+    ] {
+        assert_eq!(
+            condition(name),
+            format!("{expected}/{}", generation(name)),
+            "{name}"
+        );
+    }
     // The printer columns show the phase to approvers.
     let table = env.kubectl_ok("admin", &["get", "approvalrequests"]);
     assert!(

@@ -178,3 +178,78 @@ fn a_used_grant_stays_used() {
     assert_eq!(e.phase, ApprovalPhase::Used);
     assert_eq!(e.next_change, Some(NOW + 5 + WEEK.as_secs() as i64));
 }
+
+/// The `Approved` condition follows the phase: False while pending, True once approved (and
+/// after a Once grant is used), False with the reason after a denial or expiry.
+#[test]
+fn the_approved_condition_follows_the_phase() {
+    let pending = evaluate(
+        &request(json!({}), json!({"type": "Once"})),
+        Some(&rule(1, &[], &["dba"])),
+        HOUR,
+        WEEK,
+        NOW,
+    );
+    let approved = evaluate(
+        &request(approved("alice"), json!({"type": "Once"})),
+        Some(&rule(1, &[], &["dba"])),
+        HOUR,
+        WEEK,
+        NOW,
+    );
+    let denied = evaluate(
+        &request(
+            json!({"bob": {"state": "Denied", "reason": "no"}}),
+            json!({"type": "Once"}),
+        ),
+        Some(&rule(1, &[], &["dba"])),
+        HOUR,
+        WEEK,
+        NOW,
+    );
+    let expired = evaluate(
+        &request(json!({}), json!({"type": "Once"})),
+        Some(&rule(1, &[], &["dba"])),
+        HOUR,
+        WEEK,
+        NOW + 601,
+    );
+    let cases = [
+        (
+            &pending,
+            false,
+            "Pending",
+            "waiting for approvers (0 approval(s) so far)".to_string(),
+        ),
+        (
+            &approved,
+            true,
+            "Approved",
+            format!(
+                "approved by 1 approver(s); the grant ends at {}",
+                format_time(NOW + 3600)
+            ),
+        ),
+        (&denied, false, "Denied", "denied by an approver".to_string()),
+        (
+            &expired,
+            false,
+            "Expired",
+            "expired: undecided in time, or the grant ran out".to_string(),
+        ),
+    ];
+    for (e, status, reason, message) in cases {
+        let c = approved_condition(e, Some(4));
+        assert_eq!(
+            (c.r#type, c.status, c.reason, c.message, c.observed_generation),
+            ("Approved", status, reason, message, Some(4)),
+            "{:?}",
+            e.phase
+        );
+    }
+    let used = Evaluation {
+        phase: ApprovalPhase::Used,
+        ..approved.clone()
+    };
+    assert!(approved_condition(&used, Some(4)).status);
+}
