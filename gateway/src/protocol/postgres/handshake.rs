@@ -298,3 +298,86 @@ pub async fn read_token(s: &mut Started, peer: SocketAddr) -> Result<String, Sta
     let token = parse_password(&frame.body)?;
     Ok(token.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn refused(pairs: &[(&str, &str)]) -> (String, String) {
+        match check_parameters(params(pairs)) {
+            Err(StartupError::Reject(e)) => (
+                e.code().unwrap_or_default().to_string(),
+                e.message().unwrap_or_default().to_string(),
+            ),
+            other => panic!("{pairs:?} was not refused: {other:?}"),
+        }
+    }
+
+    /// SECURITY.md, startup: `options` (`-c role=...`) and `replication` (a walsender that reads
+    /// everything) are refused in any case; settings that change who or where the session is
+    /// (`role`, `search_path`, `session_authorization`, protocol extensions) are dropped, never
+    /// forwarded; only a short list of client-presentation settings passes.
+    #[test]
+    fn startup_parameters_are_checked() {
+        for (name, value) in [
+            ("options", "-c role=postgres"),
+            ("Options", "-c search_path=billing"),
+            ("replication", "database"),
+            ("REPLICATION", "true"),
+        ] {
+            let (code, message) = refused(&[("user", "agent"), (name, value)]);
+            assert_eq!(code, sqlstate::CONNECTION_REJECTED, "{name}");
+            assert!(
+                message.contains(&format!("{:?}", name.to_ascii_lowercase())),
+                "{message}"
+            );
+        }
+        let (user, database, forwarded, dropped) = check_parameters(params(&[
+            ("user", "agent"),
+            ("role", "postgres"),
+            ("search_path", "billing"),
+            ("session_authorization", "postgres"),
+            ("_pq_.compression", "on"),
+            ("application_name", "psql"),
+            ("TimeZone", "UTC"),
+            ("client_encoding", "utf-8"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (user.as_str(), database.as_str()),
+            ("agent", "agent"),
+            "libpq's default database"
+        );
+        assert_eq!(
+            forwarded,
+            params(&[
+                ("application_name", "psql"),
+                ("timezone", "UTC"),
+                ("client_encoding", "UTF8")
+            ])
+        );
+        assert_eq!(
+            dropped,
+            ["role", "search_path", "session_authorization", "_pq_.compression"]
+        );
+        assert_eq!(
+            refused(&[("user", "agent"), ("client_encoding", "LATIN1")]).0,
+            sqlstate::FEATURE_NOT_SUPPORTED
+        );
+        assert_eq!(
+            refused(&[("database", "shop")]).0,
+            sqlstate::INVALID_AUTHORIZATION
+        );
+        assert_eq!(
+            refused(&[("user", ""), ("database", "shop")]).0,
+            sqlstate::INVALID_AUTHORIZATION
+        );
+    }
+}
