@@ -45,7 +45,7 @@ pub enum SessionsCommand {
         file: PathBuf,
         /// Pause between events as they were spaced when recorded, this many times faster
         /// (pauses capped at 5 s); without it, print at once.
-        #[arg(long)]
+        #[arg(long, value_parser = parse_speed)]
         speed: Option<f64>,
     },
     /// Verify session files; exit 1 if any is tampered with (or, with --require-closed, open).
@@ -133,6 +133,25 @@ fn public_key(file: &Path, out: &mut impl Write) -> io::Result<bool> {
     }
 }
 
+/// The pause for a gap of `micros` between two events played `speed` times faster: capped, and
+/// never a panic however small `speed` is.
+fn replay_pause(micros: i64, speed: f64) -> std::time::Duration {
+    let secs = micros.max(0) as f64 / 1e6 / speed;
+    std::time::Duration::try_from_secs_f64(secs)
+        .unwrap_or(MAX_REPLAY_PAUSE)
+        .min(MAX_REPLAY_PAUSE)
+}
+
+/// `replay --speed`: a positive, finite factor.
+fn parse_speed(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 => Ok(s),
+        _ => Err(format!(
+            "{value:?} is not a positive number (1 plays in recorded time, 10 ten times faster)"
+        )),
+    }
+}
+
 /// `--since`/`--until`: an RFC 3339 time, or an age before `now`, in Unix seconds.
 fn time_bound(value: &str, now: i64) -> Result<i64, String> {
     if let Some(t) = crate::approval::time::parse_time(value) {
@@ -215,8 +234,9 @@ fn show(file: &Path, out: &mut impl Write) -> io::Result<bool> {
     let mut written = Ok(());
     let result = verify_events(file, None, |e| {
         if written.is_ok() {
-            // serde_json escapes control characters in `data`.
-            let data = serde_json::to_string(&e.data).unwrap_or_default();
+            // serde_json escapes only characters below 0x20: DEL and C1 controls (U+009B is a
+            // CSI to many terminals) would pass, so the text goes through `safe` too.
+            let data = safe(&serde_json::to_string(&e.data).unwrap_or_default());
             written = writeln!(out, "{:>6}  {}  {}  {data}", e.seq, safe(&e.ts), safe(&e.kind));
         }
     });
@@ -230,27 +250,33 @@ fn show(file: &Path, out: &mut impl Write) -> io::Result<bool> {
 const MAX_REPLAY_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn replay(file: &Path, speed: Option<f64>, out: &mut impl Write) -> io::Result<bool> {
-    let speed = speed.filter(|s| s.is_finite() && *s > 0.0);
     let micros = |ts: &str| {
         ts.parse::<k8s_openapi::jiff::Timestamp>()
             .ok()
             .map(|t| t.as_microsecond())
     };
     let mut began: Option<i64> = None;
-    let mut last: Option<i64> = None;
+    // The latest time seen: an event stamped earlier (a clock step) neither pauses nor rewinds.
+    let mut latest: Option<i64> = None;
     let mut written = Ok(());
     let result = verify_events(file, None, |e| {
         if written.is_err() {
             return;
         }
         let at = micros(&e.ts);
-        if let (Some(speed), Some(at), Some(last)) = (speed, at, last) {
-            let gap = std::time::Duration::from_micros(u64::try_from(at - last).unwrap_or(0));
-            std::thread::sleep(gap.div_f64(speed).min(MAX_REPLAY_PAUSE));
+        if let (Some(speed), Some(at), Some(last)) = (speed, at, latest)
+            && at > last
+        {
+            std::thread::sleep(replay_pause(at - last, speed));
         }
-        let first = *began.get_or_insert(at.unwrap_or(0));
-        last = at.or(last);
-        let offset = at.map_or(0.0, |t| (t - first) as f64 / 1e6);
+        if let Some(at) = at {
+            began.get_or_insert(at);
+            latest = Some(latest.map_or(at, |l| l.max(at)));
+        }
+        let offset = match (at, began) {
+            (Some(t), Some(first)) => (t - first).max(0) as f64 / 1e6,
+            _ => 0.0,
+        };
         written = transcript(offset, e, out).and_then(|()| out.flush());
     });
     written?;
@@ -316,7 +342,7 @@ fn transcript(offset: f64, e: &Event, out: &mut impl Write) -> io::Result<()> {
                 writeln!(
                     out,
                     "{pad}      parameters {}",
-                    serde_json::to_string(params).unwrap_or_default()
+                    safe(&serde_json::to_string(params).unwrap_or_default())
                 )?;
             }
             for st in d
@@ -375,7 +401,7 @@ fn transcript(offset: f64, e: &Event, out: &mut impl Write) -> io::Result<()> {
             out,
             "{at} {} {}",
             safe(other),
-            serde_json::to_string(d).unwrap_or_default()
+            safe(&serde_json::to_string(d).unwrap_or_default())
         ),
     }
 }
@@ -700,6 +726,35 @@ mod tests {
             !text.contains("Mallory") && text.contains("SQL> SELECT"),
             "{text}"
         );
+
+        // C1 controls (U+009B is CSI) and DEL reach no terminal, whatever event carries them.
+        let t = rec.start_session(json!({"identity": "a\u{9b}2J"})).unwrap();
+        t.record("pg.parse", json!({"sql": "\u{9b}2J\u{7f}x"})).unwrap();
+        t.record(
+            "pg.execute",
+            json!({"sql": "SELECT $1", "params": ["\u{9b}H"], "statements": []}),
+        )
+        .unwrap();
+        for cmd in [
+            SessionsCommand::Replay {
+                file: t.path().into(),
+                speed: None,
+            },
+            SessionsCommand::Show {
+                file: t.path().into(),
+            },
+        ] {
+            let (ok, text) = run_to_string(cmd);
+            assert!(ok, "{text}");
+            assert!(!text.contains(['\u{9b}', '\u{7f}']), "{text:?}");
+            assert!(text.contains("\\u{9b}2J"), "{text}");
+        }
+        assert!(parse_speed("0").is_err() && parse_speed("NaN").is_err() && parse_speed("-1").is_err());
+        assert_eq!(parse_speed("2.5"), Ok(2.5));
+        assert_eq!(replay_pause(1, 1e-300), MAX_REPLAY_PAUSE);
+        assert_eq!(replay_pause(86_400_000_000, 1e-15), MAX_REPLAY_PAUSE);
+        assert_eq!(replay_pause(500_000, 2.0), std::time::Duration::from_millis(250));
+        assert_eq!(replay_pause(-5, 1.0), std::time::Duration::ZERO);
     }
 
     #[test]
