@@ -897,6 +897,21 @@ mod tests {
             "name: r\naction: Allow\nsql:\n  tables: [orders]\n",
             "INSERT INTO orders (id) VALUES (nextval('orders_id_seq'))"
         ));
+        // Operators that are not built in are named like functions: listing one allows it, and
+        // listing functions does not let an unlisted operator through.
+        let vector = "name: r\naction: Allow\nsql:\n  tables: [docs]\n  functions: ['<=>']\n";
+        assert!(sql_matches(
+            vector,
+            "SELECT id FROM docs ORDER BY embedding <=> '[1,2]' LIMIT 5"
+        ));
+        assert!(!sql_matches(
+            named,
+            "INSERT INTO orders (id) SELECT 1 WHERE 1 ### 2"
+        ));
+        assert!(sql_matches(
+            "name: r\naction: Deny\nsql:\n  functions: ['###']\n",
+            "SELECT 1 FROM orders WHERE 1 ### 2"
+        ));
     }
 
     #[test]

@@ -1128,6 +1128,8 @@ impl<'t> Analysis<'t> {
             ""
         };
         if !((schema.is_empty() || schema == "pg_catalog") && BUILTIN_OPERATORS.contains(&op)) {
+            // Listed with the functions, so a rule can name it (`functions: ["<=>"]`) or deny it.
+            self.functions.push(op.to_string());
             self.writes = true;
             self.stores = true;
             self.opaque_calls = true;
