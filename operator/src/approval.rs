@@ -226,7 +226,8 @@ pub async fn reconcile(request: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Resu
 
 /// The `Approved` condition: True once the grant is given (Approved, or a Once grant Used),
 /// False while pending and after a denial or expiry, the phase as its reason, so that
-/// `kubectl wait --for=condition=Approved approvalrequest/NAME` waits for a decision.
+/// `kubectl wait --for=condition=Approved approvalrequest/NAME` waits for an approval (a denial
+/// leaves it False, with reason Denied).
 pub fn approved_condition(e: &Evaluation, generation: Option<i64>) -> Desired<'static> {
     let (status, reason, message) = match e.phase {
         ApprovalPhase::Pending => (

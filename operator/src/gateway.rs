@@ -153,6 +153,10 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
                 ),
             )
             .await;
+            // Said with each configuration published, so a resync writes no event.
+            if let Some(why) = recordings_not_persistent(&gw) {
+                publish_event(&ctx, &gw, EventType::Warning, "RecordingsNotPersistent", why).await;
+            }
         }
     }
     if let Ok(image) = &image {
@@ -163,11 +167,6 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
 
     report_objects(&ctx, &name, &snapshot, &compiled).await?;
     report_gateway(&ctx, &gw, &ns, &compiled).await?;
-    if compiled.gateway.is_ok()
-        && let Some(why) = recordings_not_persistent(&gw)
-    {
-        publish_event(&ctx, &gw, EventType::Warning, "RecordingsNotPersistent", why).await;
-    }
     Ok(Action::requeue(if claim_refused.is_some() {
         CONFLICT_RECHECK
     } else {

@@ -102,8 +102,9 @@ fn kubernetes(
     if ns != Some(sa.namespace.as_str()) || name != Some(sa.name.as_str()) {
         return Err("kubernetes.io claims do not match the service account".into());
     }
-    // A workload's projected token is bound to its pod and dies with it; a token made with
-    // `kubectl create token` (no bound object) outlives every workload and is refused.
+    // A workload's projected token is bound to its pod (the API server stops honouring it when
+    // the pod goes; the gateway, verifying offline, honours it until `exp`). A token with no
+    // bound pod (`kubectl create token` without --bound-object-kind Pod) is not a workload's.
     let bound_to_pod = k8s.get("pod").is_some_and(|p| {
         ["name", "uid"]
             .iter()

@@ -108,6 +108,15 @@ pub async fn run(gw: Arc<Gateway>, mut snapshots: SnapshotReceiver, mut shutdown
                     let _ = old.stop.send(true);
                     let _ = old.task.await;
                 }
+                if tls.is_none() && l.protocol == ListenerProtocol::Http && !addr.ip().is_loopback() {
+                    // PostgreSQL refuses such clients itself; HTTP may sit behind a proxy that
+                    // terminates TLS, so it is said loudly rather than refused.
+                    tracing::warn!(
+                        listener = %l.name,
+                        %addr,
+                        "plaintext HTTP on a non-loopback address: agents' tokens cross the network in clear unless a proxy in front terminates TLS; set tls.secretName, or address 127.0.0.1 for local use"
+                    );
+                }
                 let acceptor = match tls
                     .map(|(c, k)| match l.protocol {
                         ListenerProtocol::Http => server_config(c, k),
