@@ -123,6 +123,12 @@ pub enum ConditionStatus {
     Unknown,
 }
 
+impl From<bool> for ConditionStatus {
+    fn from(b: bool) -> Self {
+        if b { Self::True } else { Self::False }
+    }
+}
+
 /// Marks a `Vec<Condition>` field as a list-map keyed by `type`, as Kubernetes does for conditions,
 /// so server-side apply merges conditions by type instead of replacing the list.
 pub fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {

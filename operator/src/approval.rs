@@ -24,6 +24,7 @@ use serde_json::json;
 use crate::Error;
 use crate::conditions::{self, Desired};
 use crate::context::Context;
+use agentgate_crds::common::ConditionStatus;
 
 /// The controller's name in metrics and logs.
 pub const CONTROLLER: &str = "approval";
@@ -224,19 +225,19 @@ pub async fn reconcile(request: Arc<ApprovalRequest>, ctx: Arc<Context>) -> Resu
     Ok(Action::requeue(wait))
 }
 
-/// The `Approved` condition: True once the grant is given (Approved, or a Once grant Used),
-/// False while pending and after a denial or expiry, the phase as its reason, so that
-/// `kubectl wait --for=condition=Approved approvalrequest/NAME` waits for an approval (a denial
-/// leaves it False, with reason Denied).
+/// The `Approved` condition: Unknown while pending, True once the grant is given (Approved, or
+/// a Once grant Used), False after a denial or expiry; the phase is its reason. So
+/// `kubectl wait --for=condition=Approved` waits for an approval and
+/// `--for=condition=Approved=false` for a denial or expiry.
 pub fn approved_condition(e: &Evaluation, generation: Option<i64>) -> Desired<'static> {
     let (status, reason, message) = match e.phase {
         ApprovalPhase::Pending => (
-            false,
+            ConditionStatus::Unknown,
             "Pending",
             format!("waiting for approvers ({} approval(s) so far)", e.approvals),
         ),
         ApprovalPhase::Approved => (
-            true,
+            ConditionStatus::True,
             "Approved",
             match e.grant_expires_at {
                 Some(t) => format!(
@@ -247,10 +248,18 @@ pub fn approved_condition(e: &Evaluation, generation: Option<i64>) -> Desired<'s
                 None => format!("approved by {} approver(s)", e.approvals),
             },
         ),
-        ApprovalPhase::Used => (true, "Used", "approved, and the Once grant was used".to_string()),
-        ApprovalPhase::Denied => (false, "Denied", "denied by an approver".to_string()),
+        ApprovalPhase::Used => (
+            ConditionStatus::True,
+            "Used",
+            "approved, and the Once grant was used".to_string(),
+        ),
+        ApprovalPhase::Denied => (
+            ConditionStatus::False,
+            "Denied",
+            "denied by an approver".to_string(),
+        ),
         ApprovalPhase::Expired => (
-            false,
+            ConditionStatus::False,
             "Expired",
             "expired: undecided in time, or the grant ran out".to_string(),
         ),

@@ -9,7 +9,7 @@ use agentgate_crds::common::ConditionStatus;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Desired<'a> {
     pub r#type: &'a str,
-    pub status: bool,
+    pub status: ConditionStatus,
     pub reason: &'a str,
     pub message: String,
     pub observed_generation: Option<i64>,
@@ -17,11 +17,7 @@ pub struct Desired<'a> {
 
 /// The condition list after setting `desired`, and whether anything changed.
 pub fn set(current: &[Condition], desired: &Desired<'_>) -> (Vec<Condition>, bool) {
-    let status = if desired.status {
-        ConditionStatus::True
-    } else {
-        ConditionStatus::False
-    };
+    let status = desired.status;
     let mut out: Vec<Condition> = current.to_vec();
     let existing = out.iter_mut().find(|c| c.r#type == desired.r#type);
     match existing {
@@ -64,7 +60,7 @@ mod tests {
     fn ready(status: bool, message: &str) -> Desired<'static> {
         Desired {
             r#type: "Ready",
-            status,
+            status: status.into(),
             reason: if status { "Compiled" } else { "Invalid" },
             message: message.into(),
             observed_generation: Some(3),

@@ -364,7 +364,7 @@ async fn report_gateway(
     let ready = match &compiled.gateway {
         Ok(p) => Desired {
             r#type: "Ready",
-            status: true,
+            status: true.into(),
             reason: "ConfigPublished",
             message: if invalid.is_empty() {
                 format!(
@@ -384,7 +384,7 @@ async fn report_gateway(
         },
         Err(e) => Desired {
             r#type: "Ready",
-            status: false,
+            status: false.into(),
             reason: "Invalid",
             message: e.clone(),
             observed_generation: generation,
@@ -410,7 +410,7 @@ async fn report_gateway(
         .unwrap_or(0);
     let available = Desired {
         r#type: "Available",
-        status: available_replicas > 0,
+        status: (available_replicas > 0).into(),
         reason: if available_replicas > 0 {
             "MinimumReplicasAvailable"
         } else {

@@ -98,7 +98,7 @@ pub async fn report_ready<K: Reported>(
     let current = object.status().map(|s| s.conditions.clone()).unwrap_or_default();
     let desired = Desired {
         r#type: "Ready",
-        status: ready,
+        status: ready.into(),
         reason,
         message,
         observed_generation: generation,

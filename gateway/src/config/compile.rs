@@ -124,7 +124,7 @@ impl Endpoint {
             || self
                 .host
                 .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
+                .is_ok_and(|ip| ip.to_canonical().is_loopback())
     }
 }
 
@@ -584,7 +584,8 @@ fn compile_gateway(
     for (i, l) in g.spec.listeners.iter().enumerate() {
         let loopback = l.address.as_deref().is_some_and(|a| {
             a.eq_ignore_ascii_case("localhost")
-                || a.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+                || a.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.to_canonical().is_loopback())
         });
         if options.in_cluster && loopback {
             errors.push(m.error(
@@ -1211,6 +1212,18 @@ mod tests {
 
     #[test]
     fn endpoints_parse_strictly() {
+        // Loopback in any spelling, IPv4-mapped IPv6 included; nothing else.
+        for (url, loopback) in [
+            ("http://127.0.0.1:8080", true),
+            ("http://localhost", true),
+            ("http://[::1]:80", true),
+            ("http://[::ffff:127.0.0.1]:80", true),
+            ("http://[::ffff:10.0.0.1]:80", false),
+            ("http://10.0.0.1", false),
+            ("http://okta.internal", false),
+        ] {
+            assert_eq!(parse_endpoint(url).unwrap().is_loopback(), loopback, "{url}");
+        }
         let e = parse_endpoint("postgres://db.internal:5433/orders").unwrap();
         assert_eq!(
             (e.host.as_str(), e.port, e.path.as_str()),

@@ -179,7 +179,7 @@ fn a_used_grant_stays_used() {
     assert_eq!(e.next_change, Some(NOW + 5 + WEEK.as_secs() as i64));
 }
 
-/// The `Approved` condition follows the phase: False while pending, True once approved (and
+/// The `Approved` condition follows the phase: Unknown while pending, True once approved (and
 /// after a Once grant is used), False with the reason after a denial or expiry.
 #[test]
 fn the_approved_condition_follows_the_phase() {
@@ -217,23 +217,28 @@ fn the_approved_condition_follows_the_phase() {
     let cases = [
         (
             &pending,
-            false,
+            ConditionStatus::Unknown,
             "Pending",
             "waiting for approvers (0 approval(s) so far)".to_string(),
         ),
         (
             &approved,
-            true,
+            ConditionStatus::True,
             "Approved",
             format!(
                 "approved by 1 approver(s); the grant ends at {}",
                 format_time(NOW + 3600)
             ),
         ),
-        (&denied, false, "Denied", "denied by an approver".to_string()),
+        (
+            &denied,
+            ConditionStatus::False,
+            "Denied",
+            "denied by an approver".to_string(),
+        ),
         (
             &expired,
-            false,
+            ConditionStatus::False,
             "Expired",
             "expired: undecided in time, or the grant ran out".to_string(),
         ),
@@ -251,5 +256,5 @@ fn the_approved_condition_follows_the_phase() {
         phase: ApprovalPhase::Used,
         ..approved.clone()
     };
-    assert!(approved_condition(&used, Some(4)).status);
+    assert_eq!(approved_condition(&used, Some(4)).status, ConditionStatus::True);
 }

@@ -108,7 +108,10 @@ pub async fn run(gw: Arc<Gateway>, mut snapshots: SnapshotReceiver, mut shutdown
                     let _ = old.stop.send(true);
                     let _ = old.task.await;
                 }
-                if tls.is_none() && l.protocol == ListenerProtocol::Http && !addr.ip().is_loopback() {
+                if tls.is_none()
+                    && l.protocol == ListenerProtocol::Http
+                    && !addr.ip().to_canonical().is_loopback()
+                {
                     // PostgreSQL refuses such clients itself; HTTP may sit behind a proxy that
                     // terminates TLS, so it is said loudly rather than refused.
                     tracing::warn!(
