@@ -120,12 +120,16 @@ pub struct Endpoint {
 impl Endpoint {
     /// Whether the target is on this host, where plaintext does not cross a network.
     pub fn is_loopback(&self) -> bool {
-        self.host.eq_ignore_ascii_case("localhost")
-            || self
-                .host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.to_canonical().is_loopback())
+        is_loopback_host(&self.host)
     }
+}
+
+/// Whether `host` (a name or an IP address, IPv4-mapped IPv6 included) is this host's loopback.
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// A credential the gateway injects.
@@ -582,12 +586,7 @@ fn compile_gateway(
         (None, None) => options.manifests.join(".agentgate/sessions"),
     };
     for (i, l) in g.spec.listeners.iter().enumerate() {
-        let loopback = l.address.as_deref().is_some_and(|a| {
-            a.eq_ignore_ascii_case("localhost")
-                || a.parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.to_canonical().is_loopback())
-        });
-        if options.in_cluster && loopback {
+        if options.in_cluster && l.address.as_deref().is_some_and(is_loopback_host) {
             errors.push(m.error(
                 &format!("spec.listeners[{i}].address"),
                 format!(

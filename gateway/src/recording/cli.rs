@@ -288,7 +288,7 @@ fn replay(file: &Path, speed: Option<f64>, out: &mut impl Write) -> io::Result<b
 /// One event of a transcript: what happened, in the words of its protocol.
 fn transcript(offset: f64, e: &Event, out: &mut impl Write) -> io::Result<()> {
     let d = &e.data;
-    let text = |name: &str| d.get(name).and_then(Value::as_str).map(safe);
+    let text = |name: &str| text_field(d, name);
     let number = |name: &str| d.get(name).and_then(Value::as_u64);
     let at = format!("[+{offset:>9.3}s]");
     let pad = " ".repeat(at.len());
@@ -351,7 +351,7 @@ fn transcript(offset: f64, e: &Event, out: &mut impl Write) -> io::Result<()> {
                 .into_iter()
                 .flatten()
             {
-                let field = |name: &str| st.get(name).and_then(Value::as_str).map(safe);
+                let field = |name: &str| text_field(st, name);
                 writeln!(
                     out,
                     "{pad}      {}{}{}",
@@ -406,9 +406,13 @@ fn transcript(offset: f64, e: &Event, out: &mut impl Write) -> io::Result<()> {
     }
 }
 
+/// A string member of a recorded object, escaped for the terminal.
+fn text_field(v: &Value, name: &str) -> Option<String> {
+    v.get(name).and_then(Value::as_str).map(safe)
+}
+
 fn rule_of(d: &Value) -> String {
-    let field = |name: &str| d.get(name).and_then(Value::as_str).map(safe);
-    match (field("policy"), field("rule")) {
+    match (text_field(d, "policy"), text_field(d, "rule")) {
         (Some(p), Some(r)) => format!(" by {p}/{r}"),
         (None, Some(r)) => format!(" by {r}"),
         _ => String::new(),
