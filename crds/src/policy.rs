@@ -426,6 +426,8 @@ pub struct MaskingRule {
     )]
     pub columns: Vec<String>,
     /// JSON fields in response bodies: `$..email` (any depth), `$.profile.email`, `$.items[*].x`.
+    /// On PostgreSQL, fields of the `json` and `jsonb` values in results; there a value computed
+    /// from a column holding JSON (`doc->>'x'`, `doc::text`) is redacted whole.
     #[serde(default)]
     #[schemars(length(max = 128), inner(length(min = 2, max = 512), regex(pattern = r"^\$")))]
     pub json_fields: Vec<String>,

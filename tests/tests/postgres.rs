@@ -680,6 +680,96 @@ fn views_mask_masked_columns_under_any_name() {
     });
 }
 
+/// JSON field rules mask fields of the documents a result shows. A value taken out of a
+/// document (`doc->>'ssn'`, a path query, a cast to text) is no document: where field rules
+/// apply, it is redacted, as a computed column over a masked column is, and so are arrays and
+/// records of documents, which the field rules do not reach into. Views and domains are traced
+/// like tables and base types.
+#[test]
+fn json_documents_keep_masked_fields_masked_when_taken_apart() {
+    let s = setup_with(false);
+    s.pg.psql(
+        r#"CREATE DOMAIN public.profile_doc AS jsonb;
+         CREATE TABLE public.profiles (id int PRIMARY KEY, doc jsonb, legacy json, typed public.profile_doc, history jsonb[], note text);
+         INSERT INTO public.profiles VALUES (1,
+           '{"name": "Ada", "ids": {"ssn": "078-05-1120"}}',
+           '{"name": "Ada", "ids": {"ssn": "078-05-1120"}}',
+           '{"name": "Ada", "ids": {"ssn": "078-05-1120"}}',
+           ARRAY['{"ssn": "078-05-1120"}'::jsonb],
+           'plain note');
+         CREATE VIEW public.profile_docs AS SELECT id, doc FROM public.profiles;
+         CREATE VIEW public.profile_ssns AS SELECT id, doc->'ids'->>'ssn' AS s FROM public.profiles;"#,
+    );
+    // The data is there, directly.
+    assert!(
+        s.pg.psql("SELECT doc->'ids'->>'ssn' FROM public.profiles")
+            .contains("078-05-1120")
+    );
+    let tok = token(&s.idp);
+    rt().block_on(async {
+        let c = connect(&s.plain_conninfo(&tok)).await;
+        let one = |sql: &'static str| {
+            let c = &c;
+            async move {
+                let rows = c.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+                rows.iter()
+                    .filter_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                            (0..r.len())
+                                .map(|i| r.get(i).unwrap_or("NULL").to_string())
+                                .collect::<Vec<_>>()
+                                .join("|"),
+                        ),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+        };
+        // Documents shown as they are keep their other fields; the masked one is masked.
+        for sql in [
+            "SELECT doc FROM profiles",
+            "SELECT legacy FROM profiles",
+            "SELECT typed FROM profiles",
+            "SELECT doc FROM profile_docs",
+        ] {
+            let out = one(sql).await;
+            assert!(
+                out.contains("Ada") && !out.contains("078-05-1120"),
+                "{sql}: {out}"
+            );
+        }
+        // Taken apart, cast, or held in an array or a row: redacted whole.
+        for sql in [
+            "SELECT doc->'ids'->>'ssn' FROM profiles",
+            "SELECT doc #>> '{ids,ssn}' FROM profiles",
+            "SELECT legacy->'ids'->>'ssn' FROM profiles",
+            "SELECT typed->'ids'->>'ssn' FROM profiles",
+            "SELECT jsonb_path_query(doc, '$.ids.ssn') FROM profiles",
+            "SELECT doc::text FROM profiles",
+            "SELECT history FROM profiles",
+            "SELECT history[1]->>'ssn' FROM profiles",
+            "SELECT p FROM profiles p",
+            "SELECT doc->'ids'->>'ssn' FROM profile_docs",
+            "SELECT s FROM profile_ssns",
+        ] {
+            let out = one(sql).await;
+            assert!(
+                !out.contains("078-05-1120") && out.contains("REDACTED"),
+                "{sql}: {out}"
+            );
+        }
+        // What holds no document is as it was.
+        assert_eq!(one("SELECT id, note FROM profiles").await, "1|plain note");
+        // Nor can the document be copied where its fields would not be masked.
+        let e = c
+            .simple_query("CREATE TEMP TABLE copied AS SELECT doc->'ids'->>'ssn' AS s FROM profiles")
+            .await
+            .unwrap_err();
+        assert!(db_error(&e).1.contains("reads a masked column"), "{e}");
+    });
+}
+
 /// Result masking covers what leaves in results, so where column rules apply the gateway refuses
 /// what would keep a masked column's values elsewhere for a later plain read: a write that reads
 /// one (into another table or column, a table made from a query, a setting). Writing a masked

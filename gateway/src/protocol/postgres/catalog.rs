@@ -6,6 +6,11 @@
 //! expression mentions a masked column it reads, under any name, or a whole row; every column
 //! of a view whose columns cannot be traced by name (a subquery or CTE in its FROM) is masked;
 //! and a rule may name a view's column itself.
+//!
+//! JSON field rules mask fields of the documents a result shows, but a value taken out of a
+//! document (`doc->>'ssn'`, `doc::text`) is no longer one: where field rules apply, every column
+//! holding JSON is traced the same way, so a document shown as it is has its fields masked and
+//! anything computed from it (or an array or record holding it) is redacted.
 
 use std::collections::{HashMap, HashSet};
 
@@ -21,8 +26,8 @@ use super::message::{FrameError, backend};
 use super::upstream::Upstream;
 use crate::masking::MaskingPlan;
 
-/// Every column of every user relation, with its schema and table.
-const COLUMNS_SQL: &str = "SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname, c.relkind \
+/// Every column of every user relation, with its schema, table and type.
+const COLUMNS_SQL: &str = "SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname, c.relkind, a.atttypid \
      FROM pg_catalog.pg_attribute a \
      JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
@@ -35,6 +40,21 @@ const VIEW_DEPENDENCIES_SQL: &str = "SELECT DISTINCT r.ev_class, d.refobjid, d.r
      FROM pg_catalog.pg_rewrite r \
      JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
      WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjsubid >= 0 AND d.refobjid <> r.ev_class";
+
+/// Every type that holds JSON, with whether its values are JSON documents themselves (`json`,
+/// `jsonb` and domains over them: result fields of a domain carry its base type) or hold them
+/// inside (arrays, composite types and table row types, domains over those), at any depth.
+const JSON_TYPES_SQL: &str = "WITH RECURSIVE edge(child, parent, direct) AS ( \
+       SELECT oid, typbasetype, true FROM pg_catalog.pg_type WHERE typtype = 'd' \
+       UNION ALL SELECT typarray, oid, false FROM pg_catalog.pg_type WHERE typarray <> 0 \
+       UNION ALL SELECT c.reltype, a.atttypid, false FROM pg_catalog.pg_attribute a \
+         JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+         WHERE a.attnum > 0 AND NOT a.attisdropped AND c.reltype <> 0), \
+     holds(oid, direct) AS ( \
+       VALUES ('pg_catalog.json'::pg_catalog.regtype::pg_catalog.oid, true), \
+              ('pg_catalog.jsonb'::pg_catalog.regtype::pg_catalog.oid, true) \
+       UNION SELECT e.child, h.direct AND e.direct FROM edge e JOIN holds h ON e.parent = h.oid) \
+     SELECT oid, pg_catalog.bool_and(direct) FROM holds GROUP BY oid";
 
 /// Rounds of tracing views of views; past this, the views still changing are masked whole.
 const MAX_VIEW_ROUNDS: usize = 64;
@@ -53,10 +73,20 @@ const OPAQUE_VIEWS_SQL: &str = "SELECT DISTINCT r.ev_class \
          SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
          WHERE n.nspname = 'pg_catalog' AND c.relname LIKE 'pg\\_stat%'))";
 
+/// How one column's values are masked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Mask {
+    /// Entirely: by its column rule's strategy, or redacted when computed over masked values.
+    Whole(MaskingStrategy),
+    /// A JSON document shown as it is: the field rules mask its fields, as they do every
+    /// document in a result.
+    Fields,
+}
+
 /// The masked columns of one session.
 #[derive(Debug, Default)]
 pub struct MaskedColumns {
-    by_field: HashMap<(u32, i16), MaskingStrategy>,
+    by_field: HashMap<(u32, i16), Mask>,
     /// Names of masked columns (as the catalog spells them, as the parser reads identifiers),
     /// for statements that compute over them.
     names: HashSet<String>,
@@ -101,7 +131,8 @@ impl MaskedColumns {
     /// wherever column rules apply, until the client connects again.
     pub fn strategy(&self, table_oid: u32, column: i16) -> Option<MaskingStrategy> {
         match self.by_field.get(&(table_oid, column)) {
-            Some(s) => Some(*s),
+            Some(Mask::Whole(s)) => Some(*s),
+            Some(Mask::Fields) => None,
             // Column 0: the whole row (`SELECT c FROM customers c`), masked columns included.
             None if column == 0 && self.relations.contains(&table_oid) => Some(MaskingStrategy::Redact),
             None if !self.known.is_empty()
@@ -153,16 +184,28 @@ pub enum CatalogError {
     Refused(String),
 }
 
-/// Resolves the plan's column rules against the upstream's catalog.
+/// Resolves the plan's column rules, and its JSON field rules' reach, against the upstream's
+/// catalog.
 pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColumns, CatalogError> {
     let mut masked = MaskedColumns::default();
-    if !plan.has_column_rules() {
+    if !plan.has_column_rules() && !plan.has_field_rules() {
         return Ok(masked);
+    }
+    // Type OID -> whether its values are documents (else they hold documents inside).
+    let mut json_types: HashMap<u32, bool> = HashMap::new();
+    if plan.has_field_rules() {
+        for row in query(up, JSON_TYPES_SQL).await? {
+            if let [oid, direct] = row.as_slice()
+                && let Ok(oid) = oid.parse()
+            {
+                json_types.insert(oid, direct == "t");
+            }
+        }
     }
     let columns = query(up, COLUMNS_SQL).await?;
     let mut names: HashMap<(u32, i16), String> = HashMap::new();
     for row in &columns {
-        let [oid, schema, table, attnum, column, kind] = row.as_slice() else {
+        let [oid, schema, table, attnum, column, kind, type_oid] = row.as_slice() else {
             continue;
         };
         let (Ok(oid), Ok(attnum)) = (oid.parse::<u32>(), attnum.parse::<i16>()) else {
@@ -175,8 +218,17 @@ pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColu
                 names.insert((oid, *a), (*system).to_string());
             }
         }
-        if let Some(s) = plan.column_strategy(schema, table, column) {
-            masked.by_field.insert((oid, attnum), s);
+        let mask = match plan.column_strategy(schema, table, column) {
+            Some(s) => Some(Mask::Whole(s)),
+            None => match type_oid.parse().ok().and_then(|t: u32| json_types.get(&t)) {
+                Some(true) => Some(Mask::Fields),
+                // An array or record of documents: field rules do not reach inside.
+                Some(false) => Some(Mask::Whole(MaskingStrategy::Redact)),
+                None => None,
+            },
+        };
+        if let Some(mask) = mask {
+            masked.by_field.insert((oid, attnum), mask);
             masked.names.insert(column.clone());
             masked.tables.insert(format!("{schema}.{table}"));
         }
@@ -245,7 +297,7 @@ pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColu
     loop {
         rounds += 1;
         // The masked columns each view reads, by name.
-        let mut sources: HashMap<u32, HashMap<&str, MaskingStrategy>> = HashMap::new();
+        let mut sources: HashMap<u32, HashMap<&str, Mask>> = HashMap::new();
         for view in &opaque {
             sources.entry(*view).or_default();
         }
@@ -292,13 +344,13 @@ pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColu
             match traced {
                 // Untraceable (or past any sensible depth): every column of the view, redacted.
                 Some(_) if rounds > MAX_VIEW_ROUNDS => {
-                    found.extend(columns.iter().map(|a| (*view, *a, MaskingStrategy::Redact)));
+                    found.extend(columns.iter().map(|a| (*view, *a, REDACT)));
                 }
-                None => found.extend(columns.iter().map(|a| (*view, *a, MaskingStrategy::Redact))),
+                None => found.extend(columns.iter().map(|a| (*view, *a, REDACT))),
                 Some(outputs) => {
                     for (i, column) in outputs.iter().enumerate() {
                         let whole_row = column.mentions.iter().any(|m| m == "*");
-                        let hits: Vec<MaskingStrategy> = column
+                        let hits: Vec<Mask> = column
                             .mentions
                             .iter()
                             .filter_map(|m| read.get(m.as_str()).copied())
@@ -306,13 +358,14 @@ pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColu
                         if !whole_row && hits.is_empty() {
                             continue;
                         }
-                        // A column shown as it is keeps its rule's strategy; one computed over
-                        // masked values (or a whole row) is redacted, as computed columns are
-                        // in results: a partial mask of `reverse(card)` shows what it hides.
+                        // A column shown as it is keeps its rule's strategy (a document, its
+                        // field rules); one computed over masked values (or a whole row) is
+                        // redacted, as computed columns are in results: a partial mask of
+                        // `reverse(card)` shows what it hides, `doc->>'ssn'` a masked field.
                         let s = if column.bare && !whole_row {
                             strongest(hits)
                         } else {
-                            MaskingStrategy::Redact
+                            REDACT
                         };
                         if let Ok(a) = i16::try_from(i + 1) {
                             found.push((*view, a, s));
@@ -385,12 +438,14 @@ pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColu
     Ok(masked)
 }
 
-/// The strongest of several strategies for one value: their common one, else Redact.
-fn strongest(strategies: impl IntoIterator<Item = MaskingStrategy>) -> MaskingStrategy {
-    let all: HashSet<MaskingStrategy> = strategies.into_iter().collect();
+const REDACT: Mask = Mask::Whole(MaskingStrategy::Redact);
+
+/// The strongest of several masks for one value: their common one, else Redact.
+fn strongest(masks: impl IntoIterator<Item = Mask>) -> Mask {
+    let all: HashSet<Mask> = masks.into_iter().collect();
     match all.len() {
-        1 => all.into_iter().next().unwrap_or(MaskingStrategy::Redact),
-        _ => MaskingStrategy::Redact,
+        1 => all.into_iter().next().unwrap_or(REDACT),
+        _ => REDACT,
     }
 }
 
@@ -398,7 +453,7 @@ fn strongest(strategies: impl IntoIterator<Item = MaskingStrategy>) -> MaskingSt
 /// whether anything changed.
 fn mask_all(
     masked: &mut MaskedColumns,
-    found: Vec<(u32, i16, MaskingStrategy)>,
+    found: Vec<(u32, i16, Mask)>,
     names: &HashMap<(u32, i16), String>,
     table_names: &HashMap<u32, String>,
 ) -> bool {
@@ -456,5 +511,40 @@ async fn query(up: &mut Upstream, sql: &str) -> Result<Vec<Vec<String>>, Catalog
     match error {
         Some(e) => Err(CatalogError::Refused(e)),
         None => Ok(rows),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A document shown as it is keeps the field rules; combined with anything else, or with a
+    /// column rule, the value is redacted; a column rule's own strategy stands alone.
+    #[test]
+    fn masks_combine_to_the_strongest() {
+        let partial = Mask::Whole(MaskingStrategy::Partial);
+        assert_eq!(strongest([Mask::Fields, Mask::Fields]), Mask::Fields);
+        assert_eq!(strongest([partial, partial]), partial);
+        assert_eq!(strongest([Mask::Fields, partial]), REDACT);
+        assert_eq!(strongest([partial, Mask::Whole(MaskingStrategy::Hash)]), REDACT);
+        assert_eq!(strongest([]), REDACT);
+    }
+
+    /// Field-masked documents are left to the field rules (no whole-value strategy), but their
+    /// relation counts as masked: its whole rows are redacted and its columns' names are known.
+    #[test]
+    fn documents_are_masked_by_their_fields_and_their_rows_whole() {
+        let mut masked = MaskedColumns::default();
+        masked.by_field.insert((20000, 2), Mask::Fields);
+        masked.by_field.insert((20000, 3), REDACT);
+        masked.relations.insert(20000);
+        masked.known.insert(20000);
+        assert!(!masked.is_empty());
+        assert_eq!(masked.strategy(20000, 2), None);
+        assert_eq!(masked.strategy(20000, 3), Some(MaskingStrategy::Redact));
+        assert_eq!(masked.strategy(20000, 1), None);
+        assert_eq!(masked.strategy(20000, 0), Some(MaskingStrategy::Redact));
+        // A relation made since the catalog was read is redacted whole.
+        assert_eq!(masked.strategy(20001, 1), Some(MaskingStrategy::Redact));
     }
 }
