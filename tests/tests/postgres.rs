@@ -1546,25 +1546,44 @@ fn shared_names_and_pipelines_cannot_run_what_was_not_decided() {
     assert_eq!(errors(&msgs), ["42501"], "{msgs:?}");
     assert!(!msgs.iter().any(|(t, _)| *t == b'd'));
 
-    // A message other than COPY data during COPY FROM STDIN, had the server swallowed it, would
-    // leave the gateway an answer short, deciding later results by the wrong statement: the
-    // server ends the session (protocol synchronization lost), and so the gateway's.
+    // A message other than COPY data during COPY FROM STDIN ends the copy with an error, and a
+    // server before PostgreSQL 14 drops the message unanswered: the gateway, an answer short,
+    // would decide later results by the wrong statement. So the gateway itself ends the session
+    // (it does not rely on the server's version), whether the message came after the server
+    // started copying or was sent before it could know.
+    for wait in [true, false] {
+        let mut r = Raw::login(s.plain, &tok);
+        r.send(b'Q', b"COPY orders (customer_id, total) FROM STDIN\0");
+        if wait {
+            while r.read().0 != b'G' {}
+        }
+        r.send(b'Q', b"SELECT 1\0");
+        r.send(b'Q', b"SELECT email || '' FROM customers\0");
+        // Were the session to go on, a later cycle would carry the SELECT's rows.
+        let mut msgs = r.until_ready();
+        msgs.extend(r.until_ready());
+        let fatal = msgs
+            .iter()
+            .find(|(t, b)| *t == b'E' && b.windows(5).any(|w| w == b"FATAL"))
+            .unwrap_or_else(|| panic!("{msgs:?}"));
+        assert_eq!(sqlstate(&fatal.1), "08P01", "{msgs:?}");
+        assert!(
+            String::from_utf8_lossy(&fatal.1).contains("during COPY FROM STDIN"),
+            "{msgs:?}"
+        );
+        assert!(!rows_hold_an_email(&msgs), "{msgs:?}");
+    }
+    // A COPY that fails before copying (or during it) ends its cycle: the session goes on, even
+    // when the next query was sent before the answer came.
     let mut r = Raw::login(s.plain, &tok);
-    r.send(b'Q', b"COPY orders (customer_id, total) FROM STDIN\0");
-    while r.read().0 != b'G' {}
-    r.send(b'Q', b"SELECT 1\0");
-    r.send(b'Q', b"SELECT email || '' FROM customers\0");
-    // The session ends; were it to go on, the second cycle would carry the SELECT's rows.
-    let mut msgs = r.until_ready();
-    msgs.extend(r.until_ready());
+    r.send(b'Q', b"COPY orders (no_such_column) FROM STDIN\0");
+    r.send(b'Q', b"SELECT 41 + 1\0");
+    assert_eq!(errors(&r.until_ready()), ["42703"]);
+    let msgs = r.until_ready();
     assert!(
-        msgs.iter()
-            .any(|(t, b)| *t == b'E' && b.windows(5).any(|w| w == b"FATAL")),
+        errors(&msgs).is_empty() && msgs.iter().any(|(t, b)| *t == b'D' && b.ends_with(b"42")),
         "{msgs:?}"
     );
-    assert!(!rows_hold_an_email(&msgs), "{msgs:?}");
-    // A COPY that fails before copying (or during it) ends its cycle: the session goes on.
-    let mut r = Raw::login(s.plain, &tok);
     r.send(b'Q', b"COPY orders (no_such_column) FROM STDIN\0");
     assert_eq!(errors(&r.until_ready()), ["42703"]);
     r.send(b'Q', b"COPY orders (customer_id, total) FROM STDIN\0");

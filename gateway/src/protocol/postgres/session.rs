@@ -22,7 +22,7 @@ use rustls::ClientConfig;
 use serde_json::{Value, json};
 use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::binary;
 use super::cancel::{self, CancelRegistry, CancelTarget};
@@ -462,6 +462,8 @@ struct ResultPlan {
     withhold_errors: bool,
     /// COPY TO output passes through the detectors.
     copy_out: bool,
+    /// The client side's count of COPY FROM STDIN messages, when this statement is one (else 0).
+    copy_from: u64,
     /// The recording the statement went into: its result goes there too, even when the session
     /// moved to a new file while the result was pending (a pipeline).
     recording: Option<Arc<Recording>>,
@@ -470,10 +472,13 @@ struct ResultPlan {
 /// One message forwarded upstream that the upstream will answer, in order.
 #[derive(Debug)]
 enum Pending {
-    /// A simple Query (or its refusal marker): ends at ReadyForQuery.
+    /// A simple Query (or its refusal marker): ends at ReadyForQuery. `copies`: the client
+    /// side's count of COPY FROM STDIN messages when it sent this (its ReadyForQuery means each
+    /// of them was answered).
     Query {
         results: Vec<ResultPlan>,
         refused: Option<Refusal>,
+        copies: u64,
     },
     Parse {
         seq: u64,
@@ -492,8 +497,10 @@ enum Pending {
     },
     Close,
     /// `in_copy`: sent while a COPY FROM STDIN may be running, when the server ignores a Sync.
+    /// `copies` as for a Query.
     Sync {
         in_copy: bool,
+        copies: u64,
     },
     /// Not an answer: the client side stopped the session with this error.
     Fatal(Fatal),
@@ -1054,6 +1061,7 @@ impl Live {
                 || self.reads_untraced(st),
             withhold_errors: v.reads_masked || v.writes_masked || self.computes_over_masked(st),
             copy_out: st.copy.is_some_and(|c| !c.from),
+            copy_from: 0,
             recording: self.recording(false),
         }
     }
@@ -1105,6 +1113,7 @@ impl Live {
             return;
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        let (copy_tx, copy_rx) = watch::channel(CopyProgress::default());
         let shared: Shared = Arc::new(Mutex::new(Prepared::default()));
         let Upstream {
             reader: up_reader,
@@ -1123,6 +1132,7 @@ impl Live {
             out: BytesMut::new(),
             report: MaskReport::default(),
             copy_in: false,
+            copy_progress: copy_tx,
         };
         let down_task = tokio::spawn(down.run(up_reader, client_writer));
         let stop = tx.clone();
@@ -1132,6 +1142,8 @@ impl Live {
             shared,
             out: BytesMut::new(),
             copy_in: false,
+            copies: 0,
+            copy_progress: copy_rx,
             described: None,
             unsynced: false,
         }
@@ -1206,6 +1218,10 @@ struct ClientSide {
     out: BytesMut,
     /// A forwarded statement may start COPY FROM STDIN, so CopyData is expected.
     copy_in: bool,
+    /// COPY FROM STDIN messages forwarded so far (the last one's number, for `copy_progress`).
+    copies: u64,
+    /// How far the server side has seen the upstream answer them.
+    copy_progress: watch::Receiver<CopyProgress>,
     /// The portal the client's previous message described: an Execute of it right after needs
     /// no Describe from the gateway (libpq describes every portal it executes). Anything in
     /// between (a DECLARE or CLOSE of the name, a new Bind) could change what it describes.
@@ -1238,6 +1254,24 @@ impl ClientSide {
                 }
                 Err(e) => return self.violation(format!("{e}")),
             };
+            if self.copy_in
+                && !matches!(
+                    frame.tag,
+                    frontend::COPY_DATA
+                        | frontend::COPY_DONE
+                        | frontend::COPY_FAIL
+                        | frontend::FLUSH
+                        | frontend::SYNC
+                        | frontend::TERMINATE
+                )
+            {
+                if flush(&mut up, &mut self.out).await.is_err() {
+                    return "upstream write failed".into();
+                }
+                if let Err(stop) = self.copy_settled(frame.tag).await {
+                    return stop;
+                }
+            }
             match self.handle(frame).await {
                 Ok(Next::Continue) => {}
                 Ok(Next::Flush) => {
@@ -1256,6 +1290,34 @@ impl ClientSide {
                 return "upstream write failed".into();
             }
         }
+    }
+
+    /// Before a message that is not COPY data, after a COPY FROM STDIN was forwarded: waits
+    /// until the upstream has answered that COPY. Had it started copying, the message would
+    /// end the copy with an error, and a server before PostgreSQL 14 then drops the message
+    /// (a Query, say) without an answer: every later answer would be matched to the wrong
+    /// statement. So the session ends then; when the COPY failed, or ended, the message goes on.
+    async fn copy_settled(&mut self, tag: u8) -> Result<(), Stop> {
+        // Before Sync the server may never answer (after an error it waits for Sync).
+        if self.unsynced {
+            return Err(self.violation(format!(
+                "message type {:?} after an Execute of COPY FROM STDIN (send Sync, then the COPY data)",
+                tag as char
+            )));
+        }
+        let copy = self.copies;
+        let copying = match self.copy_progress.wait_for(|p| p.answered >= copy).await {
+            Ok(p) => p.copying,
+            Err(_) => return Err("server side ended".into()),
+        };
+        if copying {
+            return Err(self.violation(format!(
+                "message type {:?} during COPY FROM STDIN (send CopyDone or CopyFail first)",
+                tag as char
+            )));
+        }
+        self.copy_in = false;
+        Ok(())
     }
 
     /// Ends the session with a protocol-violation error (nothing more is forwarded).
@@ -1348,6 +1410,7 @@ impl ClientSide {
                 self.forward(&frame);
                 self.push(Pending::Sync {
                     in_copy: self.copy_in,
+                    copies: self.copies,
                 })?;
             }
             frontend::FLUSH => {
@@ -1404,6 +1467,7 @@ impl ClientSide {
                 error,
                 marker_code: sqlstate::SYNTAX_ERROR,
             }),
+            copies: self.copies,
         })
     }
 
@@ -1544,7 +1608,7 @@ impl ClientSide {
                 "the statement was not run: session recording is required and failed",
             ));
         }
-        let results = classified
+        let mut results: Vec<ResultPlan> = classified
             .statements
             .iter()
             .zip(&verdicts)
@@ -1561,8 +1625,18 @@ impl ClientSide {
             let mut prepared = lock(&self.shared);
             for st in &classified.statements {
                 apply_effects(&mut prepared, st);
+            }
+        }
+        if classified
+            .statements
+            .iter()
+            .any(|st| st.copy.is_some_and(|c| c.from))
+        {
+            self.copies += 1;
+            self.copy_in = true;
+            for (plan, st) in results.iter_mut().zip(&classified.statements) {
                 if st.copy.is_some_and(|c| c.from) {
-                    self.copy_in = true;
+                    plan.copy_from = self.copies;
                 }
             }
         }
@@ -1570,6 +1644,7 @@ impl ClientSide {
         self.push(Pending::Query {
             results,
             refused: None,
+            copies: self.copies,
         })
     }
 
@@ -1848,8 +1923,11 @@ impl ClientSide {
             ));
         }
         apply_effects(&mut lock(&self.shared), st);
+        let mut plan = live.result_plan(masked, st, &v);
         if st.copy.is_some_and(|c| c.from) {
+            self.copies += 1;
             self.copy_in = true;
+            plan.copy_from = self.copies;
         }
         // Learn the portal's columns (and formats) for masking, unless the client just asked.
         if self.described.take().as_ref() != Some(&e.portal) {
@@ -1860,10 +1938,7 @@ impl ClientSide {
             })?;
         }
         self.forward(frame);
-        self.push(Pending::Execute {
-            plan: live.result_plan(masked, st, &v),
-            refused: None,
-        })
+        self.push(Pending::Execute { plan, refused: None })
     }
 }
 
@@ -1969,6 +2044,17 @@ struct ServerSide {
     report: MaskReport,
     /// The upstream is in COPY FROM STDIN (sent CopyInResponse): it ignores Sync until the copy ends.
     copy_in: bool,
+    /// Tells the client side how far the upstream answered its COPY FROM STDIN messages.
+    copy_progress: watch::Sender<CopyProgress>,
+}
+
+/// How far the upstream answered the client side's COPY FROM STDIN messages (numbered from 1).
+#[derive(Clone, Copy, Debug, Default)]
+struct CopyProgress {
+    /// The last one it answered, by starting the copy or by ReadyForQuery after it.
+    answered: u64,
+    /// It is copying now (between CopyInResponse and the copy's end).
+    copying: bool,
 }
 
 struct Streaming {
@@ -2067,7 +2153,14 @@ impl ServerSide {
                 let mut void = Vec::new();
                 while let Some(p) = self.front.pop_front() {
                     match p {
-                        Pending::Query { .. } | Pending::Sync { .. } => break,
+                        Pending::Query { copies, .. } | Pending::Sync { copies, .. } => {
+                            self.copy_progress.send_if_modified(|p| {
+                                let later = copies > p.answered;
+                                p.answered = p.answered.max(copies);
+                                later
+                            });
+                            break;
+                        }
                         Pending::Parse { seq } => void.push(seq),
                         _ => {}
                     }
@@ -2111,6 +2204,17 @@ impl ServerSide {
             }
             backend::COPY_IN => {
                 self.copy_in = true;
+                let copy = match self.front.front() {
+                    Some(Pending::Query { results, .. }) => {
+                        results.get(self.query_index).map_or(0, |r| r.copy_from)
+                    }
+                    Some(Pending::Execute { plan, .. }) => plan.copy_from,
+                    _ => 0,
+                };
+                self.copy_progress.send_modify(|p| {
+                    p.answered = p.answered.max(copy);
+                    p.copying = true;
+                });
                 frame.encode(&mut self.out);
             }
             backend::ROW_DESCRIPTION => {
@@ -2323,7 +2427,8 @@ impl ServerSide {
         if !std::mem::take(&mut self.copy_in) {
             return;
         }
-        while matches!(self.front.get(1), Some(Pending::Sync { in_copy: true })) {
+        self.copy_progress.send_modify(|p| p.copying = false);
+        while matches!(self.front.get(1), Some(Pending::Sync { in_copy: true, .. })) {
             self.front.remove(1);
         }
     }
