@@ -690,12 +690,15 @@ fn json_documents_keep_masked_fields_masked_when_taken_apart() {
     let s = setup_with(false);
     s.pg.psql(
         r#"CREATE DOMAIN public.profile_doc AS jsonb;
-         CREATE TABLE public.profiles (id int PRIMARY KEY, doc jsonb, legacy json, typed public.profile_doc, history jsonb[], note text);
+         CREATE TYPE public.docrange AS RANGE (subtype = jsonb);
+         CREATE TABLE public.profiles (id int PRIMARY KEY, doc jsonb, legacy json, typed public.profile_doc, history jsonb[], span public.docrange, spans public.docmultirange, note text);
          INSERT INTO public.profiles VALUES (1,
            '{"name": "Ada", "ids": {"ssn": "078-05-1120"}}',
            '{"name": "Ada", "ids": {"ssn": "078-05-1120"}}',
            '{"name": "Ada", "ids": {"ssn": "078-05-1120"}}',
            ARRAY['{"ssn": "078-05-1120"}'::jsonb],
+           public.docrange('{"ssn": "078-05-1120"}', '{"ssn": "078-05-1121"}'),
+           public.docmultirange(public.docrange('{"ssn": "078-05-1120"}', '{"ssn": "078-05-1121"}')),
            'plain note');
          CREATE VIEW public.profile_docs AS SELECT id, doc FROM public.profiles;
          CREATE VIEW public.profile_ssns AS SELECT id, doc->'ids'->>'ssn' AS s FROM public.profiles;"#,
@@ -749,6 +752,9 @@ fn json_documents_keep_masked_fields_masked_when_taken_apart() {
             "SELECT doc::text FROM profiles",
             "SELECT history FROM profiles",
             "SELECT history[1]->>'ssn' FROM profiles",
+            "SELECT span FROM profiles",
+            "SELECT lower(span)->>'ssn' FROM profiles",
+            "SELECT spans FROM profiles",
             "SELECT p FROM profiles p",
             "SELECT doc->'ids'->>'ssn' FROM profile_docs",
             "SELECT s FROM profile_ssns",

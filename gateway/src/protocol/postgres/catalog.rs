@@ -43,13 +43,18 @@ const VIEW_DEPENDENCIES_SQL: &str = "SELECT DISTINCT r.ev_class, d.refobjid, d.r
 
 /// Every type that holds JSON, with whether its values are JSON documents themselves (`json`,
 /// `jsonb` and domains over them: result fields of a domain carry its base type) or hold them
-/// inside (arrays, composite types and table row types, domains over those), at any depth.
+/// inside (arrays, composite types and table row types, ranges and multiranges, domains over
+/// those), at any depth. (`pg_range.rngmultitypid` is read through `to_jsonb`: PostgreSQL 13
+/// has no such column, nor multiranges.)
 const JSON_TYPES_SQL: &str = "WITH RECURSIVE edge(child, parent, direct) AS ( \
        SELECT oid, typbasetype, true FROM pg_catalog.pg_type WHERE typtype = 'd' \
        UNION ALL SELECT typarray, oid, false FROM pg_catalog.pg_type WHERE typarray <> 0 \
        UNION ALL SELECT c.reltype, a.atttypid, false FROM pg_catalog.pg_attribute a \
          JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
-         WHERE a.attnum > 0 AND NOT a.attisdropped AND c.reltype <> 0), \
+         WHERE a.attnum > 0 AND NOT a.attisdropped AND c.reltype <> 0 \
+       UNION ALL SELECT rngtypid, rngsubtype, false FROM pg_catalog.pg_range \
+       UNION ALL SELECT (pg_catalog.to_jsonb(r) OPERATOR(pg_catalog.->>) 'rngmultitypid')::pg_catalog.oid, r.rngtypid, false \
+         FROM pg_catalog.pg_range r WHERE pg_catalog.to_jsonb(r) OPERATOR(pg_catalog.?) 'rngmultitypid'), \
      holds(oid, direct) AS ( \
        VALUES ('pg_catalog.json'::pg_catalog.regtype::pg_catalog.oid, true), \
               ('pg_catalog.jsonb'::pg_catalog.regtype::pg_catalog.oid, true) \
@@ -101,8 +106,12 @@ pub struct MaskedColumns {
     /// `schema.table` of the views that read a relation with masked columns, at any depth
     /// (through an updatable one a write reaches the row).
     over_masked: HashSet<String>,
-    /// The user relations the catalog held when it was read (only when column rules apply).
+    /// The user relations the catalog held when it was read (only when column or field rules
+    /// apply).
     known: HashSet<u32>,
+    /// JSON field rules apply: a relation made since the catalog was read may hold documents,
+    /// so the session's guards are on even when nothing was masked when it was read.
+    fields: bool,
 }
 
 /// A table's system columns (negative attribute numbers, no row data; `oid` is not one since
@@ -121,21 +130,22 @@ const SYSTEM_COLUMNS: &[(i16, &str)] = &[
 const FIRST_USER_OID: u32 = 16384;
 
 impl MaskedColumns {
+    /// Nothing is masked by column, and no field rule applies.
     pub fn is_empty(&self) -> bool {
-        self.by_field.is_empty()
+        self.by_field.is_empty() && !self.fields
     }
 
     /// How a result column read from `(table_oid, column)` is masked. A user relation the
     /// catalog did not hold when the session read it (a temporary table or view made since, say
     /// `CREATE TEMP VIEW v AS SELECT email AS x ...`) cannot be traced: its columns are redacted
-    /// wherever column rules apply, until the client connects again.
+    /// wherever column or field rules apply, until the client connects again.
     pub fn strategy(&self, table_oid: u32, column: i16) -> Option<MaskingStrategy> {
         match self.by_field.get(&(table_oid, column)) {
             Some(Mask::Whole(s)) => Some(*s),
             Some(Mask::Fields) => None,
             // Column 0: the whole row (`SELECT c FROM customers c`), masked columns included.
             None if column == 0 && self.relations.contains(&table_oid) => Some(MaskingStrategy::Redact),
-            None if !self.known.is_empty()
+            None if (!self.known.is_empty() || self.fields)
                 && table_oid >= FIRST_USER_OID
                 && !self.known.contains(&table_oid) =>
             {
@@ -160,9 +170,9 @@ impl MaskedColumns {
     }
 
     /// Whether `table` is a user relation the catalog did not hold when it was read (only
-    /// known when column rules apply).
+    /// known when column or field rules apply).
     pub fn is_unknown(&self, table: &str) -> bool {
-        !self.known_names.is_empty()
+        (!self.known_names.is_empty() || self.fields)
             && !self.known_names.contains(table)
             && !table.starts_with("pg_catalog.")
             && !table.starts_with("information_schema.")
@@ -193,7 +203,8 @@ pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColu
     }
     // Type OID -> whether its values are documents (else they hold documents inside).
     let mut json_types: HashMap<u32, bool> = HashMap::new();
-    if plan.has_field_rules() {
+    masked.fields = plan.has_field_rules();
+    if masked.fields {
         for row in query(up, JSON_TYPES_SQL).await? {
             if let [oid, direct] = row.as_slice()
                 && let Ok(oid) = oid.parse()
@@ -546,5 +557,20 @@ mod tests {
         assert_eq!(masked.strategy(20000, 0), Some(MaskingStrategy::Redact));
         // A relation made since the catalog was read is redacted whole.
         assert_eq!(masked.strategy(20001, 1), Some(MaskingStrategy::Redact));
+    }
+
+    /// Where field rules apply, a database that held no document when the session read it
+    /// still has its guards on: a relation made since may hold documents.
+    #[test]
+    fn field_rules_keep_the_guards_on_with_nothing_masked_yet() {
+        let mut masked = MaskedColumns::default();
+        assert!(masked.is_empty());
+        assert!(!masked.is_unknown("public.later"));
+        masked.fields = true;
+        assert!(!masked.is_empty());
+        assert!(masked.is_unknown("public.later"));
+        assert!(!masked.is_unknown("pg_catalog.pg_class"));
+        assert_eq!(masked.strategy(20001, 1), Some(MaskingStrategy::Redact));
+        assert_eq!(masked.strategy(1259, 1), None);
     }
 }

@@ -136,6 +136,13 @@ pub struct CopyInfo {
     pub binary: bool,
 }
 
+impl CopyInfo {
+    /// COPY FROM STDIN: the client sends the data (the COPY sub-protocol).
+    pub fn from_stdin(self) -> bool {
+        self.from && !self.program && !self.file
+    }
+}
+
 /// Text the PostgreSQL parser refuses (or that the gateway cannot classify safely).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}{}", .position.map(|p| format!(" at character {p}")).unwrap_or_default())]
@@ -2736,6 +2743,16 @@ mod tests {
         assert_eq!(s.copy.map(|c| (c.program, c.file)), Some((false, true)));
         let s = one("COPY orders TO '/tmp/x'");
         assert!(s.writes && s.copy.is_some_and(|c| c.file && !c.from));
+        // Only FROM STDIN has the client send data.
+        for (sql, stdin) in [
+            ("COPY orders FROM STDIN", true),
+            ("COPY orders (id) FROM STDIN (FORMAT csv)", true),
+            ("COPY orders FROM '/etc/passwd'", false),
+            ("COPY orders FROM PROGRAM 'id'", false),
+            ("COPY orders TO STDOUT", false),
+        ] {
+            assert_eq!(one(sql).copy.map(|c| c.from_stdin()), Some(stdin), "{sql}");
+        }
     }
 
     #[test]

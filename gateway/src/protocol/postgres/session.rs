@@ -1630,12 +1630,12 @@ impl ClientSide {
         if classified
             .statements
             .iter()
-            .any(|st| st.copy.is_some_and(|c| c.from))
+            .any(|st| st.copy.is_some_and(|c| c.from_stdin()))
         {
             self.copies += 1;
             self.copy_in = true;
             for (plan, st) in results.iter_mut().zip(&classified.statements) {
-                if st.copy.is_some_and(|c| c.from) {
+                if st.copy.is_some_and(|c| c.from_stdin()) {
                     plan.copy_from = self.copies;
                 }
             }
@@ -1924,7 +1924,7 @@ impl ClientSide {
         }
         apply_effects(&mut lock(&self.shared), st);
         let mut plan = live.result_plan(masked, st, &v);
-        if st.copy.is_some_and(|c| c.from) {
+        if st.copy.is_some_and(|c| c.from_stdin()) {
             self.copies += 1;
             self.copy_in = true;
             plan.copy_from = self.copies;
