@@ -1592,6 +1592,36 @@ fn shared_names_and_pipelines_cannot_run_what_was_not_decided() {
     );
     r.send(b'Q', b"COPY orders (no_such_column) FROM STDIN\0");
     assert_eq!(errors(&r.until_ready()), ["42703"]);
+    // Two copies in one Query, one after the other (as psql runs them; rolled back here); a
+    // message sent between them, before the second could start, waits for it and ends the
+    // session when it starts.
+    let two = b"BEGIN; COPY orders (customer_id, total) FROM STDIN; COPY orders (customer_id, total) FROM STDIN; ROLLBACK\0";
+    for interloper in [false, true] {
+        let mut r = Raw::login(s.plain, &tok);
+        r.send(b'Q', two);
+        while r.read().0 != b'G' {}
+        r.send(b'd', b"1\t1.00\n");
+        r.send(b'c', b"");
+        if interloper {
+            r.send(b'Q', b"SELECT email || '' FROM customers\0");
+            let msgs = r.until_ready();
+            assert!(
+                msgs.iter().any(|(t, b)| *t == b'E'
+                    && sqlstate(b) == "08P01"
+                    && String::from_utf8_lossy(b).contains("during COPY FROM STDIN")),
+                "{msgs:?}"
+            );
+            assert!(!rows_hold_an_email(&msgs), "{msgs:?}");
+            continue;
+        }
+        while r.read().0 != b'G' {}
+        r.send(b'd', b"1\t2.00\n");
+        r.send(b'c', b"");
+        let msgs = r.until_ready();
+        assert!(errors(&msgs).is_empty(), "{msgs:?}");
+        // The second COPY's CommandComplete and the ROLLBACK's.
+        assert_eq!(msgs.iter().filter(|(t, _)| *t == b'C').count(), 2, "{msgs:?}");
+    }
     r.send(b'Q', b"COPY orders (customer_id, total) FROM STDIN\0");
     while r.read().0 != b'G' {}
     r.send(b'd', b"not a number\tx\n");

@@ -462,7 +462,7 @@ struct ResultPlan {
     withhold_errors: bool,
     /// COPY TO output passes through the detectors.
     copy_out: bool,
-    /// The client side's count of COPY FROM STDIN messages, when this statement is one (else 0).
+    /// The client side's number for this statement, when it is a COPY FROM STDIN (else 0).
     copy_from: u64,
     /// The recording the statement went into: its result goes there too, even when the session
     /// moved to a new file while the result was pending (a pipeline).
@@ -473,7 +473,7 @@ struct ResultPlan {
 #[derive(Debug)]
 enum Pending {
     /// A simple Query (or its refusal marker): ends at ReadyForQuery. `copies`: the client
-    /// side's count of COPY FROM STDIN messages when it sent this (its ReadyForQuery means each
+    /// side's count of COPY FROM STDIN statements when it sent this (its ReadyForQuery means each
     /// of them was answered).
     Query {
         results: Vec<ResultPlan>,
@@ -1218,7 +1218,7 @@ struct ClientSide {
     out: BytesMut,
     /// A forwarded statement may start COPY FROM STDIN, so CopyData is expected.
     copy_in: bool,
-    /// COPY FROM STDIN messages forwarded so far (the last one's number, for `copy_progress`).
+    /// COPY FROM STDIN statements forwarded so far (the last one's number, for `copy_progress`).
     copies: u64,
     /// How far the server side has seen the upstream answer them.
     copy_progress: watch::Receiver<CopyProgress>,
@@ -1440,7 +1440,9 @@ impl ClientSide {
                 self.refuse_simple(error)?;
             }
             frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL if self.copy_in => {
-                if frame.tag != frontend::COPY_DATA {
+                // Another COPY FROM STDIN of the same Query may follow this one: the data is
+                // still expected until the server has answered the last.
+                if frame.tag != frontend::COPY_DATA && self.copy_progress.borrow().answered >= self.copies {
                     self.copy_in = false;
                 }
                 self.forward(&frame);
@@ -1627,17 +1629,12 @@ impl ClientSide {
                 apply_effects(&mut prepared, st);
             }
         }
-        if classified
-            .statements
-            .iter()
-            .any(|st| st.copy.is_some_and(|c| c.from_stdin()))
-        {
-            self.copies += 1;
-            self.copy_in = true;
-            for (plan, st) in results.iter_mut().zip(&classified.statements) {
-                if st.copy.is_some_and(|c| c.from_stdin()) {
-                    plan.copy_from = self.copies;
-                }
+        // Numbered per statement: a Query may hold several, one copy after another.
+        for (plan, st) in results.iter_mut().zip(&classified.statements) {
+            if st.copy.is_some_and(|c| c.from_stdin()) {
+                self.copies += 1;
+                self.copy_in = true;
+                plan.copy_from = self.copies;
             }
         }
         self.forward(frame);
@@ -2048,7 +2045,7 @@ struct ServerSide {
     copy_progress: watch::Sender<CopyProgress>,
 }
 
-/// How far the upstream answered the client side's COPY FROM STDIN messages (numbered from 1).
+/// How far the upstream answered the client side's COPY FROM STDIN statements (numbered from 1).
 #[derive(Clone, Copy, Debug, Default)]
 struct CopyProgress {
     /// The last one it answered, by starting the copy or by ReadyForQuery after it.
