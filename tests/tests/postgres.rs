@@ -293,6 +293,24 @@ impl Setup {
     }
 }
 
+/// What a simple query returns: each row's values joined by `|` (NULL as nothing), rows by
+/// newlines.
+async fn simple_rows(c: &tokio_postgres::Client, sql: &str) -> String {
+    let rows = c.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|i| r.get(i).unwrap_or("").to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            ),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn db_error(e: &tokio_postgres::Error) -> (String, String) {
     let d = e
         .as_db_error()
@@ -604,24 +622,7 @@ fn views_mask_masked_columns_under_any_name() {
     let tok = token(&s.idp);
     rt().block_on(async {
         let c = connect(&s.plain_conninfo(&tok)).await;
-        let one = |sql: &'static str| {
-            let c = &c;
-            async move {
-                let rows = c.simple_query(sql).await.unwrap();
-                rows.iter()
-                    .filter_map(|m| match m {
-                        tokio_postgres::SimpleQueryMessage::Row(r) => Some(
-                            (0..r.len())
-                                .map(|i| r.get(i).unwrap_or("").to_string())
-                                .collect::<Vec<_>>()
-                                .join("|"),
-                        ),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            }
-        };
+        let one = |sql: &'static str| simple_rows(&c, sql);
         for sql in [
             "SELECT contact FROM renamed WHERE id = 1",
             "SELECT c2 FROM renamed_again WHERE id = 1",
@@ -711,24 +712,7 @@ fn json_documents_keep_masked_fields_masked_when_taken_apart() {
     let tok = token(&s.idp);
     rt().block_on(async {
         let c = connect(&s.plain_conninfo(&tok)).await;
-        let one = |sql: &'static str| {
-            let c = &c;
-            async move {
-                let rows = c.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-                rows.iter()
-                    .filter_map(|m| match m {
-                        tokio_postgres::SimpleQueryMessage::Row(r) => Some(
-                            (0..r.len())
-                                .map(|i| r.get(i).unwrap_or("NULL").to_string())
-                                .collect::<Vec<_>>()
-                                .join("|"),
-                        ),
-                        _ => None,
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            }
-        };
+        let one = |sql: &'static str| simple_rows(&c, sql);
         // Documents shown as they are keep their other fields; the masked one is masked.
         for sql in [
             "SELECT doc FROM profiles",
