@@ -236,7 +236,7 @@ fn show(file: &Path, out: &mut impl Write) -> io::Result<bool> {
         if written.is_ok() {
             // serde_json escapes only characters below 0x20: DEL and C1 controls (U+009B is a
             // CSI to many terminals) would pass, so the text goes through `safe` too.
-            let data = safe(&serde_json::to_string(&e.data).unwrap_or_default());
+            let data = safe_json(&e.data);
             written = writeln!(out, "{:>6}  {}  {}  {data}", e.seq, safe(&e.ts), safe(&e.kind));
         }
     });
@@ -339,11 +339,7 @@ fn transcript(offset: f64, e: &Event, out: &mut impl Write) -> io::Result<()> {
         "pg.query" | "pg.execute" => {
             writeln!(out, "{at} SQL> {}", text("sql").unwrap_or_default())?;
             if let Some(params) = d.get("params").filter(|p| !p.is_null()) {
-                writeln!(
-                    out,
-                    "{pad}      parameters {}",
-                    safe(&serde_json::to_string(params).unwrap_or_default())
-                )?;
+                writeln!(out, "{pad}      parameters {}", safe_json(params))?;
             }
             for st in d
                 .get("statements")
@@ -397,13 +393,13 @@ fn transcript(offset: f64, e: &Event, out: &mut impl Write) -> io::Result<()> {
             text("code").unwrap_or_default(),
             text("message").unwrap_or_default()
         ),
-        other => writeln!(
-            out,
-            "{at} {} {}",
-            safe(other),
-            safe(&serde_json::to_string(d).unwrap_or_default())
-        ),
+        other => writeln!(out, "{at} {} {}", safe(other), safe_json(d)),
     }
+}
+
+/// A recorded value as JSON, escaped for the terminal.
+fn safe_json(v: &Value) -> String {
+    safe(&serde_json::to_string(v).unwrap_or_default())
 }
 
 /// A string member of a recorded object, escaped for the terminal.

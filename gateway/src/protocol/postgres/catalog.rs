@@ -130,6 +130,12 @@ const SYSTEM_COLUMNS: &[(i16, &str)] = &[
 const FIRST_USER_OID: u32 = 16384;
 
 impl MaskedColumns {
+    /// Whether the session traces relations by the catalog it read (column or field rules
+    /// apply): one it did not hold then cannot be traced.
+    fn traced(&self) -> bool {
+        !self.known.is_empty() || self.fields
+    }
+
     /// Nothing is masked by column, and no field rule applies.
     pub fn is_empty(&self) -> bool {
         self.by_field.is_empty() && !self.fields
@@ -145,10 +151,7 @@ impl MaskedColumns {
             Some(Mask::Fields) => None,
             // Column 0: the whole row (`SELECT c FROM customers c`), masked columns included.
             None if column == 0 && self.relations.contains(&table_oid) => Some(MaskingStrategy::Redact),
-            None if (!self.known.is_empty() || self.fields)
-                && table_oid >= FIRST_USER_OID
-                && !self.known.contains(&table_oid) =>
-            {
+            None if self.traced() && table_oid >= FIRST_USER_OID && !self.known.contains(&table_oid) => {
                 Some(MaskingStrategy::Redact)
             }
             None => None,
@@ -172,7 +175,7 @@ impl MaskedColumns {
     /// Whether `table` is a user relation the catalog did not hold when it was read (only
     /// known when column or field rules apply).
     pub fn is_unknown(&self, table: &str) -> bool {
-        (!self.known_names.is_empty() || self.fields)
+        self.traced()
             && !self.known_names.contains(table)
             && !table.starts_with("pg_catalog.")
             && !table.starts_with("information_schema.")

@@ -1131,7 +1131,6 @@ impl Live {
             next_rows: None,
             out: BytesMut::new(),
             report: MaskReport::default(),
-            copy_in: false,
             copy_progress: copy_tx,
         };
         let down_task = tokio::spawn(down.run(up_reader, client_writer));
@@ -1318,6 +1317,15 @@ impl ClientSide {
         }
         self.copy_in = false;
         Ok(())
+    }
+
+    /// When `st` is a COPY FROM STDIN about to be forwarded: numbers it, and expects its data.
+    fn number_copy(&mut self, plan: &mut ResultPlan, st: &Statement) {
+        if st.copy.is_some_and(|c| c.from_stdin()) {
+            self.copies += 1;
+            self.copy_in = true;
+            plan.copy_from = self.copies;
+        }
     }
 
     /// Ends the session with a protocol-violation error (nothing more is forwarded).
@@ -1631,11 +1639,7 @@ impl ClientSide {
         }
         // Numbered per statement: a Query may hold several, one copy after another.
         for (plan, st) in results.iter_mut().zip(&classified.statements) {
-            if st.copy.is_some_and(|c| c.from_stdin()) {
-                self.copies += 1;
-                self.copy_in = true;
-                plan.copy_from = self.copies;
-            }
+            self.number_copy(plan, st);
         }
         self.forward(frame);
         self.push(Pending::Query {
@@ -1921,11 +1925,7 @@ impl ClientSide {
         }
         apply_effects(&mut lock(&self.shared), st);
         let mut plan = live.result_plan(masked, st, &v);
-        if st.copy.is_some_and(|c| c.from_stdin()) {
-            self.copies += 1;
-            self.copy_in = true;
-            plan.copy_from = self.copies;
-        }
+        self.number_copy(&mut plan, st);
         // Learn the portal's columns (and formats) for masking, unless the client just asked.
         if self.described.take().as_ref() != Some(&e.portal) {
             Target::Portal(e.portal.clone()).encode(frontend::DESCRIBE, &mut self.out);
@@ -2039,9 +2039,8 @@ struct ServerSide {
     next_rows: Option<Option<RowDescription>>,
     out: BytesMut,
     report: MaskReport,
-    /// The upstream is in COPY FROM STDIN (sent CopyInResponse): it ignores Sync until the copy ends.
-    copy_in: bool,
-    /// Tells the client side how far the upstream answered its COPY FROM STDIN messages.
+    /// How far the upstream answered the client side's COPY FROM STDIN statements, for the
+    /// client side; `copying`: it sent CopyInResponse, and ignores Sync until the copy ends.
     copy_progress: watch::Sender<CopyProgress>,
 }
 
@@ -2200,7 +2199,6 @@ impl ServerSide {
                 frame.encode(&mut self.out);
             }
             backend::COPY_IN => {
-                self.copy_in = true;
                 let copy = match self.front.front() {
                     Some(Pending::Query { results, .. }) => {
                         results.get(self.query_index).map_or(0, |r| r.copy_from)
@@ -2421,10 +2419,12 @@ impl ServerSide {
     /// The COPY FROM STDIN in progress ended (CommandComplete or ErrorResponse): the Syncs the
     /// client sent during it, which the server ignored, expect no answer.
     fn end_copy(&mut self) {
-        if !std::mem::take(&mut self.copy_in) {
+        if !self
+            .copy_progress
+            .send_if_modified(|p| std::mem::take(&mut p.copying))
+        {
             return;
         }
-        self.copy_progress.send_modify(|p| p.copying = false);
         while matches!(self.front.get(1), Some(Pending::Sync { in_copy: true, .. })) {
             self.front.remove(1);
         }
