@@ -25,6 +25,7 @@ use crate::common::{CommonStatus, DNS_SUBDOMAIN_PATTERN, DurationString, SecretK
     printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.provider"}"#,
     printcolumn = r#"{"name":"Issuer","type":"string","jsonPath":".spec.issuer"}"#,
     printcolumn = r#"{"name":"DPoP","type":"boolean","jsonPath":".spec.requireDPoP"}"#,
+    printcolumn = r#"{"name":"Suspended","type":"boolean","jsonPath":".spec.suspend"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -69,6 +70,13 @@ pub struct AgentIdentitySpec {
     /// so that no agent can approve another agent's request, whatever its groups.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub approver: bool,
+    /// Cuts the identity off at once and keeps its definition, as `spec.suspend` pauses a CronJob:
+    /// set it when a token may have leaked. While true, the identity's tokens are refused (HTTP
+    /// 403 `identity-suspended`, PostgreSQL SQLSTATE 28000), its open PostgreSQL sessions refuse
+    /// every further statement, and an approver identity cannot decide approvals. Its tokens
+    /// still match it, so no other identity whose matchers also fit takes them over.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub suspend: bool,
     /// The `typ` header this issuer puts on access tokens, e.g. `at+jwt` (RFC 9068); tokens with
     /// another `typ` are refused. Unset: `typ` may be absent, `JWT` or `at+jwt`, and any other type
     /// (ID-token, DPoP-proof, logout or event tokens) is refused.

@@ -601,6 +601,51 @@ fn server_sent_events_stream_masked_as_they_come() {
     );
 }
 
+/// `spec.suspend` on the AgentIdentity cuts its agent off on the next request, with a 403 that
+/// names the cause (not a 401, which would send the agent to fetch another token); lifting it
+/// lets the same token in again.
+#[test]
+fn a_suspended_identity_is_refused_until_the_suspension_is_lifted() {
+    let s = setup(false);
+    let tok = token(&s.idp);
+    let auth = format!("Authorization: Bearer {tok}");
+    let get = || curl(&["-H", &auth], &s.gw.url("/okta/echo/suspend"));
+    assert_eq!(get().status, 200);
+    let file = s.gw.manifests().join("all.yaml");
+    let edit = |from: &str, to: &str| {
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert!(text.contains(from), "{from:?} is not in the manifests");
+        let staged = s.gw.manifests().with_extension("staged");
+        std::fs::write(&staged, text.replacen(from, to, 1)).unwrap();
+        std::fs::rename(&staged, &file).unwrap();
+    };
+    edit("requireDPoP: false\n", "requireDPoP: false\n  suspend: true\n");
+    let refused = agentgate_e2e::wait_for(std::time::Duration::from_secs(15), || {
+        let r = get();
+        (r.status != 200).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("still allowed after suspension\n{}", s.gw.output()));
+    assert_eq!(refused.status, 403, "{refused:?}");
+    let problem = refused.json();
+    assert_eq!(
+        problem["type"], "https://agentgate.dev/problems/identity-suspended",
+        "{problem}"
+    );
+    assert!(
+        problem["detail"].as_str().unwrap().contains("suspended"),
+        "{problem}"
+    );
+    assert!(
+        !refused.body.contains(&tok) && !refused.headers.contains(&tok),
+        "the token was echoed"
+    );
+    edit("  suspend: true\n", "");
+    let back = agentgate_e2e::wait_for(std::time::Duration::from_secs(15), || {
+        (get().status == 200).then_some(())
+    });
+    assert!(back.is_some(), "still refused after lifting\n{}", s.gw.output());
+}
+
 /// A session records in the mode and place of the recording configuration it began under, so a
 /// connection kept open across a reload that changes them gets a new session: one begun under
 /// BestEffort would otherwise go on swallowing failures after Required was set.

@@ -1028,6 +1028,23 @@ fn open_sessions_follow_reloads() {
             .unwrap()
             .get(0);
         assert!(name.contains("REDACTED"), "{name}");
+
+        // Suspending the identity cuts it off: its open session refuses the next statement,
+        // saying why, and a new connection with a still-valid token is refused at startup.
+        edit_manifests(
+            &s.gw,
+            "match: {claims: {client_id: ci-agent}}\n",
+            "match: {claims: {client_id: ci-agent}}\n  suspend: true\n",
+        );
+        let cut = refused_within(&fresh, "SELECT 1", "the suspended identity's session went on").await;
+        assert!(cut.1.contains("AgentIdentity ci-agent was suspended"), "{cut:?}");
+        let e = tokio_postgres::connect(&s.plain_conninfo(&tok), tokio_postgres::NoTls)
+            .await
+            .err()
+            .expect("a suspended identity connects");
+        let (code, message) = db_error(&e);
+        assert_eq!(code, "28000", "{message}");
+        assert!(message.contains("suspended"), "{message}");
     });
     wait(
         "the moved recording closed",

@@ -72,6 +72,8 @@ pub enum ErrorKind {
     BindingRequired,
     InvalidProof,
     ProviderUnavailable,
+    /// The token verified and matched an identity that is suspended (`spec.suspend`).
+    Suspended,
 }
 
 impl ErrorKind {
@@ -92,6 +94,7 @@ impl ErrorKind {
             Self::BindingRequired => "a DPoP-bound access token and a DPoP proof are required",
             Self::InvalidProof => "the DPoP proof is invalid",
             Self::ProviderUnavailable => "the identity provider cannot be reached to verify the token",
+            Self::Suspended => "the agent identity this token belongs to is suspended",
         }
     }
 
@@ -112,6 +115,7 @@ impl ErrorKind {
             Self::BindingRequired => "token-binding",
             Self::InvalidProof => "invalid-dpop-proof",
             Self::ProviderUnavailable => "provider-unavailable",
+            Self::Suspended => "identity-suspended",
         }
     }
 }
@@ -713,6 +717,14 @@ fn principal_from_claims(
                 .to_string(),
         ),
     };
+    // Last, so a suspended identity's bad tokens are still told what is wrong with them; never
+    // cached, so lifting the suspension takes effect with the configuration that lifts it.
+    if identity.spec.suspend {
+        return Err(IdentityError::new(
+            ErrorKind::Suspended,
+            format!("AgentIdentity {} is suspended (spec.suspend)", identity.name),
+        ));
+    }
     Ok(Principal {
         identity: identity.name.clone(),
         issuer: iss.to_string(),

@@ -106,6 +106,35 @@ async fn a_valid_okta_token_maps_to_its_identity() {
     assert_eq!(p.token_id.as_deref(), Some("t1"));
 }
 
+/// A suspended identity's valid tokens are refused as suspended (and its bad ones as bad), and
+/// another identity whose matchers also fit does not take them over.
+#[tokio::test]
+async fn a_suspended_identity_s_tokens_are_refused_and_not_taken_over() {
+    let key = SigningKey::rsa("k1").unwrap();
+    let jwks = SigningKey::jwks(&[&key]);
+    let mut suspended = okta_spec();
+    suspended["suspend"] = json!(true);
+    let mut broad = okta_spec();
+    broad["match"] = json!({"claims": {"scp": "users.read"}});
+    let v = verifier(vec![identity("ci-agent", suspended.clone(), Some(&jwks))]);
+    refused(&v, &key.sign(&claims()), ErrorKind::Suspended).await;
+    let mut expired = claims();
+    expired["exp"] = json!(NOW - 600);
+    refused(&v, &key.sign(&expired), ErrorKind::Expired).await;
+    // Both match: refused as ambiguous, never verified as the broader identity.
+    let v = verifier(vec![
+        identity("ci-agent", suspended, Some(&jwks)),
+        identity("readers", broad, Some(&jwks)),
+    ]);
+    refused(&v, &key.sign(&claims()), ErrorKind::NoMatchingIdentity).await;
+    // Lifting the suspension (a new configuration, so a new verifier) lets the token in again.
+    let v = verifier(vec![identity("ci-agent", okta_spec(), Some(&jwks))]);
+    assert_eq!(
+        check(&v, &key.sign(&claims())).await.unwrap().identity,
+        "ci-agent"
+    );
+}
+
 #[tokio::test]
 async fn alg_none_and_empty_signatures() {
     let (key, v) = okta_setup();

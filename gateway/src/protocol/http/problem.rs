@@ -34,6 +34,8 @@ pub enum Kind {
     UnsupportedUpgrade,
     ConfigurationUnavailable,
     IdentityProviderUnavailable,
+    /// The token is valid but its AgentIdentity is suspended (`spec.suspend`).
+    IdentitySuspended,
 }
 
 impl Kind {
@@ -57,15 +59,18 @@ impl Kind {
             Kind::UnsupportedUpgrade => "unsupported-upgrade",
             Kind::ConfigurationUnavailable => "configuration-unavailable",
             Kind::IdentityProviderUnavailable => "identity-provider-unavailable",
+            Kind::IdentitySuspended => "identity-suspended",
         }
     }
 
     fn status(self) -> StatusCode {
         match self {
             Kind::Unauthenticated | Kind::TokenBinding => StatusCode::UNAUTHORIZED,
-            Kind::DeniedByPolicy | Kind::ApprovalRequired | Kind::ApprovalDenied | Kind::ApprovalExpired => {
-                StatusCode::FORBIDDEN
-            }
+            Kind::DeniedByPolicy
+            | Kind::ApprovalRequired
+            | Kind::ApprovalDenied
+            | Kind::ApprovalExpired
+            | Kind::IdentitySuspended => StatusCode::FORBIDDEN,
             Kind::UpstreamUnavailable | Kind::UpstreamTls | Kind::MaskingRefused => StatusCode::BAD_GATEWAY,
             Kind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Kind::RecordingUnavailable
@@ -115,6 +120,7 @@ impl Kind {
             Kind::UnsupportedUpgrade => "Protocol upgrade not supported",
             Kind::ConfigurationUnavailable => "Gateway not configured",
             Kind::IdentityProviderUnavailable => "Identity provider unavailable",
+            Kind::IdentitySuspended => "Identity suspended",
         }
     }
 }

@@ -1372,6 +1372,11 @@ async fn authenticate(
         let kind = match e.kind {
             ErrorKind::BindingRequired | ErrorKind::InvalidProof => Kind::TokenBinding,
             ErrorKind::ProviderUnavailable => Kind::IdentityProviderUnavailable,
+            // Authenticated, and refused: a 401 would send the agent to fetch another token.
+            ErrorKind::Suspended => {
+                return Problem::new(Kind::IdentitySuspended, e.kind.describe())
+                    .with("reason", e.kind.slug());
+            }
             _ => Kind::Unauthenticated,
         };
         let mut p = Problem::new(kind, e.kind.describe()).with("reason", e.kind.slug());

@@ -47,6 +47,9 @@ pub fn follow(
     }
     let identity = subject.identity;
     match (opened.identities.get(identity), next.identities.get(identity)) {
+        (_, Some(is)) if is.spec.suspend => {
+            return Err(format!("AgentIdentity {identity} was suspended"));
+        }
         (Some(was), Some(is))
             if was.spec == is.spec
                 && was.static_jwks == is.static_jwks
@@ -116,8 +119,12 @@ mod tests {
         spec: {subjects: {identities: [agent]}, connections: [db], rules: [{name: r, action: Allow, sql: {statements: [Select]ROWLIMIT}}]MASKING}\n";
 
     fn load(password: &str, row_limit: bool, masking: &str) -> GatewayConfig {
+        load_yaml(BASE.to_string(), password, row_limit, masking)
+    }
+
+    fn load_yaml(base: String, password: &str, row_limit: bool, masking: &str) -> GatewayConfig {
         let dir = tempfile::tempdir().unwrap();
-        let yaml = BASE
+        let yaml = base
             .replace("PASSWORD", password)
             .replace("ROWLIMIT", if row_limit { ", rowLimit: 10" } else { "" })
             .replace("MASKING", masking);
@@ -176,6 +183,23 @@ mod tests {
             follow(&opened, &opened, "elsewhere", subject())
                 .unwrap_err()
                 .contains("Connection elsewhere was removed")
+        );
+    }
+
+    /// Suspending the identity stops its open sessions with that reason, not a generic change.
+    #[test]
+    fn a_suspended_identity_s_sessions_stop() {
+        let opened = load("pw", false, "");
+        let suspended = load_yaml(
+            BASE.replace("{client_id: agent}}}", "{client_id: agent}}, suspend: true}"),
+            "pw",
+            false,
+            "",
+        );
+        assert!(suspended.identities.values().any(|i| i.spec.suspend));
+        assert_eq!(
+            follow(&opened, &suspended, "db", subject()).unwrap_err(),
+            "AgentIdentity agent was suspended"
         );
     }
 }
