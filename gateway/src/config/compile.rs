@@ -407,6 +407,10 @@ pub fn compile(
     if !errors.is_empty() {
         return None;
     }
+    for (path, digest) in secrets.files_read() {
+        hasher.update(path.to_string_lossy().as_bytes());
+        hasher.update(digest);
+    }
     let source_hash = hex(&hasher.finalize());
     let policy_index = PolicyIndex::build(&policies, connections.keys().map(String::as_str));
     Some(GatewayConfig {

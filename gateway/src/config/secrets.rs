@@ -4,6 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use sha2::{Digest, Sha256};
+
 use super::ConfigError;
 use super::manifest::Manifest;
 
@@ -59,6 +61,9 @@ pub struct SecretStore {
     used: std::sync::Mutex<BTreeSet<(String, String, String)>>,
     /// See [`super::LoadOptions::withheld_secrets`].
     withheld: BTreeMap<(String, String), String>,
+    /// SHA-256 of every file read from the secrets directory, by path: part of the configuration's
+    /// source, so a rotated key or credential is a new configuration, not the one already in force.
+    files_read: std::sync::Mutex<BTreeMap<PathBuf, [u8; 32]>>,
 }
 
 impl SecretStore {
@@ -69,6 +74,7 @@ impl SecretStore {
             dir,
             used: Default::default(),
             withheld: BTreeMap::new(),
+            files_read: Default::default(),
         }
     }
 
@@ -134,6 +140,11 @@ impl SecretStore {
             .insert((m.namespace().to_string(), m.name().to_string()), values);
     }
 
+    /// Path and SHA-256 of every secrets-directory file read so far.
+    pub fn files_read(&self) -> BTreeMap<PathBuf, [u8; 32]> {
+        self.files_read.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// The (namespace, name, key) of every Secret manifest value looked up so far.
     pub fn used(&self) -> BTreeSet<(String, String, String)> {
         self.used.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -166,7 +177,13 @@ impl SecretStore {
         if let Some(dir) = &self.dir {
             let path = dir.join(name).join(key);
             if is_safe_component(name) && is_safe_component(key) && path.is_file() {
-                return read_limited(&path).map(SecretValue::new);
+                let bytes = read_limited(&path)?;
+                let digest: [u8; 32] = Sha256::digest(&bytes).into();
+                self.files_read
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(path, digest);
+                return Ok(SecretValue::new(bytes));
             }
         }
         Err(match &self.dir {
@@ -249,6 +266,40 @@ mod tests {
         let s = SecretValue::new(b"hunter2".to_vec());
         assert_eq!(format!("{s}"), "<redacted>");
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    /// A rotated file is a new configuration source: without it, a reload that reads the new key
+    /// hashes like the one in force and is never published (the old key stays trusted).
+    #[test]
+    fn a_rotated_secrets_dir_file_changes_the_configuration_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifests = dir.path().join("manifests");
+        let secrets = dir.path().join("secrets");
+        std::fs::create_dir_all(secrets.join("okta")).unwrap();
+        std::fs::create_dir_all(&manifests).unwrap();
+        std::fs::write(
+            manifests.join("all.yaml"),
+            "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {name: gw, namespace: ns}\n\
+             spec:\n  listeners: [{name: http, protocol: HTTP, port: 18080, address: 127.0.0.1}]\n---\n\
+             apiVersion: agentgate.dev/v1alpha1\nkind: Connection\nmetadata: {name: okta, namespace: ns}\n\
+             spec: {gatewayRef: {name: gw}, type: HTTP, endpoint: 'https://okta.example', route: {pathPrefix: /okta}, \
+             credentials: {scheme: SSWS, secretRef: {name: okta, key: token}}}\n",
+        )
+        .unwrap();
+        let options = crate::config::LoadOptions {
+            manifests,
+            secrets_dir: Some(secrets.clone()),
+            ..Default::default()
+        };
+        std::fs::write(secrets.join("okta").join("token"), "old-token").unwrap();
+        let before = crate::config::load(&options).unwrap();
+        assert_eq!(
+            crate::config::load(&options).unwrap().source_hash,
+            before.source_hash
+        );
+        std::fs::write(secrets.join("okta").join("token"), "new-token").unwrap();
+        let after = crate::config::load(&options).unwrap();
+        assert_ne!(after.source_hash, before.source_hash);
     }
 
     #[test]
