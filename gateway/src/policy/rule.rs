@@ -73,7 +73,7 @@ impl CompiledMatcher {
         }
         match (&self.matcher, op) {
             (Matcher::Http(m), Operation::Http(op)) => m.matches(action, op),
-            (Matcher::Kubernetes(m), Operation::Kubernetes(op)) => m.matches(op),
+            (Matcher::Kubernetes(m), Operation::Kubernetes(op)) => m.matches(action, op),
             (Matcher::Sql(m), Operation::Sql(op)) => m.matches(action, op.statement),
             _ => false,
         }
@@ -212,11 +212,14 @@ impl HttpMatcher {
             }
         }
         for (name, glob) in &self.headers {
+            // `X_Dry_Run` is `X-Dry-Run` to a CGI-style upstream (Rack, PHP): a repeat of it.
             let values = op
                 .headers
-                .get_all(name.as_str())
                 .iter()
-                .map(|v| v.to_str().unwrap_or("\u{fffd}"));
+                .filter(|(k, _)| {
+                    k.as_str() == name || (k.as_str().contains('_') && k.as_str().replace('_', "-") == *name)
+                })
+                .map(|(_, v)| v.to_str().unwrap_or("\u{fffd}"));
             if !values_match(values, glob, strict) {
                 return false;
             }
@@ -363,10 +366,16 @@ fn lookup<'v>(mut v: &'v Value, path: &[Step]) -> Lookup<'v> {
 }
 
 /// A query key as the frameworks an upstream may run on read it: case-insensitively (ASP.NET
-/// Core), and with `.`, space and `[` read as `_` and leading spaces dropped (PHP, which makes
-/// `?include.deleted=1` its `include_deleted`).
+/// Core), with a bracketed suffix dropped (`a[]`, `a[0]`, `a[x]` are all `a`, as an array or map,
+/// to PHP, Rack and Express's `qs`), and with `.`, space and an unclosed `[` read as `_` and
+/// leading spaces dropped (PHP, which makes `?include.deleted=1` its `include_deleted`).
 fn query_key(k: &str) -> String {
-    fold_case(k.trim_start_matches(' '))
+    let k = k.trim_start_matches(' ');
+    let base = match k.find('[') {
+        Some(i) if i > 0 && k[i..].contains(']') => &k[..i],
+        _ => k,
+    };
+    fold_case(base)
         .chars()
         .map(|c| if matches!(c, '.' | ' ' | '[') { '_' } else { c })
         .collect()
@@ -434,7 +443,7 @@ impl KubernetesMatcher {
         }
     }
 
-    fn matches(&self, op: &KubernetesOperation<'_>) -> bool {
+    fn matches(&self, action: Action, op: &KubernetesOperation<'_>) -> bool {
         if !self.verbs.is_empty() && !self.verbs.contains(&op.verb) {
             return false;
         }
@@ -449,6 +458,13 @@ impl KubernetesMatcher {
         match (&self.subresources, op.subresource) {
             (None, Some(_)) => return false,
             (Some(list), Some(sub)) if !list.is_empty() && !list.iter().any(|s| s == sub) => return false,
+            (Some(list), Some(sub))
+                if list.is_empty()
+                    && action == Action::Allow
+                    && crate::protocol::kubernetes::NAMED_ONLY_SUBRESOURCES.contains(&sub) =>
+            {
+                return false;
+            }
             // Named subresources only: `pods` itself is not `pods/exec`.
             (Some(list), None) if !list.is_empty() => return false,
             _ => {}
@@ -707,6 +723,11 @@ mod tests {
         assert_eq!(query_key(" include.deleted"), "include_deleted");
         assert_eq!(query_key("Dry Run"), "dry_run");
         assert_eq!(query_key("a[b"), "a_b");
+        for key in ["include_deleted[]", "include_deleted[0]", "Include.Deleted[x][y]"] {
+            let q = vec![(key.to_string(), "true".to_string())];
+            assert!(deny.matches(Action::Deny, &http("GET", "/x", &q, &h), 0), "{key}");
+        }
+        assert_eq!(query_key("[x]"), "_x]");
     }
 
     #[test]
@@ -761,6 +782,11 @@ mod tests {
         h.insert("x-tenant", "acme".parse().unwrap());
         assert!(m.matches(Action::Allow, &http("GET", "/", &[], &h), 0));
         h.append("x-tenant", "other".parse().unwrap());
+        assert!(!m.matches(Action::Allow, &http("GET", "/", &[], &h), 0));
+        // An underscore spelling is the same header to a CGI-style upstream: a repeat of it.
+        let mut h = HeaderMap::new();
+        h.insert("x-tenant", "acme".parse().unwrap());
+        h.insert("x_tenant", "other".parse().unwrap());
         assert!(!m.matches(Action::Allow, &http("GET", "/", &[], &h), 0));
     }
 
@@ -822,6 +848,32 @@ mod tests {
             &kube(KubernetesVerb::Create, "pods", None, Some("x"), None),
             0
         ));
+        // SECURITY.md: ephemeral containers execute. A Deny's `*` covers them; an Allow's does
+        // not, only an Allow that names them.
+        let patch = kube(
+            KubernetesVerb::Patch,
+            "pods",
+            Some("ephemeralcontainers"),
+            Some("x"),
+            Some("p"),
+        );
+        assert!(m.matches(Action::Deny, &patch, 0));
+        let any = "name: r\naction: Allow\nkubernetes:\n  resources: [pods]\n  subresources: ['*']\n";
+        let m = compile(&rule(any)).unwrap();
+        assert!(!m.matches(Action::Allow, &patch, 0));
+        assert!(m.matches(
+            Action::Allow,
+            &kube(
+                KubernetesVerb::Patch,
+                "pods",
+                Some("status"),
+                Some("x"),
+                Some("p")
+            ),
+            0
+        ));
+        let named = any.replace("['*']", "[ephemeralcontainers]");
+        assert!(compile(&rule(&named)).unwrap().matches(Action::Allow, &patch, 0));
     }
 
     fn sql_matches(yaml_rule: &str, sql: &str) -> bool {

@@ -11,10 +11,15 @@ pub use request_info::{RequestInfo, RequestInfoError, derive};
 /// `services/proxy`, `nodes/proxy` (arbitrary HTTP, upgrades included, to the target). The gateway
 /// refuses them in this version.
 ///
-/// `pods/ephemeralcontainers` executes too, but it is an ordinary write (`update` or `patch` of the
-/// pod's ephemeral containers, then `exec` into them), so it is not listed here: a policy allows or
-/// denies it like any other subresource.
+/// `pods/ephemeralcontainers` executes too, but it is an ordinary write (`update` or `patch`), so it
+/// is not listed here: see [`NAMED_ONLY_SUBRESOURCES`].
 pub const EXEC_LIKE_SUBRESOURCES: &[&str] = &["exec", "attach", "portforward", "proxy"];
+
+/// Subresources an Allow rule grants only by name, never through `subresources: ["*"]`:
+/// `pods/ephemeralcontainers` runs the container's own `command` as soon as it is written, in the
+/// pod's network and (with `targetContainerName`) its processes, with its volumes and mounted
+/// tokens: exec without an upgrade. A Deny or RequireApproval rule's `*` still covers it.
+pub const NAMED_ONLY_SUBRESOURCES: &[&str] = &["ephemeralcontainers"];
 
 /// Whether a subresource needs a connection upgrade or tunnel: one of [`EXEC_LIKE_SUBRESOURCES`].
 /// Case-sensitive, as the API server's routes are.
