@@ -40,6 +40,9 @@ pub struct GatewayConfig {
     pub secret_keys_used: std::collections::BTreeSet<(String, String, String)>,
 }
 
+/// GitHub Actions' OIDC issuer (GitHub Enterprise Cloud adds a path to it).
+const GITHUB_ACTIONS_ISSUER: &str = "https://token.actions.githubusercontent.com";
+
 /// Where the operator mounts a recording volume in gateway pods.
 pub const SESSIONS_VOLUME_MOUNT: &str = "/var/lib/agentgate/sessions";
 
@@ -958,6 +961,19 @@ fn compile_identity(
             "Invalid value: \"JWT\": tokens of the Okta org authorization server (issuer without /oauth2/) must be introspected; set tokenType: Introspection",
         ));
     }
+    if i.spec.issuer.starts_with(GITHUB_ACTIONS_ISSUER)
+        && i.spec.provider != agentgate_crds::identity::IdentityProvider::GitHubActions
+    {
+        // Any workflow can mint a token for any audience: only numeric repository ids tell them
+        // apart, and only provider GitHubActions requires them.
+        errors.push(m.error(
+            "spec.provider",
+            format!(
+                "Invalid value: {}: tokens of GitHub Actions' issuer must be matched by provider: GitHubActions (match.github, numeric ids)",
+                serde_json::to_string(&i.spec.provider).unwrap_or_default()
+            ),
+        ));
+    }
     if i.spec.provider == agentgate_crds::identity::IdentityProvider::Kubernetes {
         for (n, aud) in i.spec.audiences.iter().enumerate() {
             if crate::identity::matching::KUBERNETES_DEFAULT_AUDIENCES.contains(&aud.as_str()) {
@@ -1092,6 +1108,35 @@ mod tests {
             errors.iter().all(|e| e.message.starts_with("Invalid value: ")),
             "{errors:?}"
         );
+    }
+
+    /// GitHub Actions' issuer under a generic provider would match tokens by repository name,
+    /// which any later owner of the name can mint: refused, naming the field.
+    #[test]
+    fn github_actions_issuer_needs_its_provider() {
+        let load = |provider: &str, matcher: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let yaml = format!(
+                "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {{name: gw, namespace: ns}}\n\
+                spec: {{listeners: [{{name: pg, protocol: Postgres, port: 15432}}]}}\n---\n\
+                apiVersion: agentgate.dev/v1alpha1\nkind: AgentIdentity\nmetadata: {{name: deploy, namespace: ns}}\n\
+                spec: {{provider: {provider}, issuer: 'https://token.actions.githubusercontent.com', \
+                audiences: [agentgate], match: {matcher}}}\n"
+            );
+            std::fs::write(dir.path().join("all.yaml"), yaml).unwrap();
+            crate::config::load(&crate::config::LoadOptions {
+                manifests: dir.path().to_path_buf(),
+                ..Default::default()
+            })
+        };
+        let errors = load("OIDC", "{claims: {repository: octo/deploy}}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            errors.contains("spec.provider: Invalid value: \"OIDC\": tokens of GitHub Actions' issuer"),
+            "{errors}"
+        );
+        load("GitHubActions", "{github: {repositoryId: '123456'}}").unwrap();
     }
 
     /// An endpoint refused for carrying credentials is quoted without them: the message reaches

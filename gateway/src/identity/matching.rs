@@ -55,7 +55,21 @@ pub fn matches(identity: &CompiledIdentity, claims: &Value, audiences: &[&str]) 
         IdentityProvider::Kubernetes => kubernetes(identity, claims, sub, audiences)?,
         IdentityProvider::GitHubActions => github(identity, claims)?,
         IdentityProvider::Spiffe => spiffe(identity, sub)?,
-        IdentityProvider::Okta | IdentityProvider::Oidc => {}
+        // Such a token under a generic identity would skip the checks its issuer needs (pod
+        // binding, legacy tokens, numeric repository ids): it matches only the provider's own.
+        IdentityProvider::Okta | IdentityProvider::Oidc => {
+            if claims.get("kubernetes.io").is_some() {
+                return Err(
+                    "a Kubernetes service-account token matches only identities with provider: Kubernetes"
+                        .into(),
+                );
+            }
+            if claims.get("job_workflow_ref").is_some() {
+                return Err(
+                    "a GitHub Actions token matches only identities with provider: GitHubActions".into(),
+                );
+            }
+        }
     }
     Ok(())
 }

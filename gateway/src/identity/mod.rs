@@ -486,8 +486,9 @@ impl Verifier {
                 "signature does not verify",
             ));
         }
-        check_type(&jws, issuer)?;
-        let mut principal = principal_from_claims(issuer, &jws.claims, iss, Verified::Jwt(jws.alg), now)?;
+        let typ = check_type(&jws, issuer)?;
+        let mut principal =
+            principal_from_claims(issuer, &jws.claims, iss, Verified::Jwt(jws.alg, typ), now)?;
         if let Some(secs) = keys_fresh_for {
             let until = now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX));
             principal.reuse_until = principal.reuse_until.min(until);
@@ -572,24 +573,15 @@ fn algorithm(a: SigningAlgorithm) -> Algorithm {
     }
 }
 
-/// Access tokens must not be ID tokens or other kinds of JWT (RFC 8725 §3.11).
-fn check_type(jws: &token::Jws<'_>, issuer: &Issuer) -> Result<(), IdentityError> {
-    let typ = jws.typ().map(|t| t.to_ascii_lowercase());
-    let typ = typ
-        .as_deref()
-        .map(|t| t.strip_prefix("application/").unwrap_or(t));
-    let expected: Vec<String> = issuer
-        .identities
-        .iter()
-        .filter_map(|i| i.spec.access_token_type.as_ref())
-        .map(|t| t.to_ascii_lowercase())
-        .collect();
-    let ok = if expected.is_empty() {
-        matches!(typ, None | Some("jwt") | Some("at+jwt"))
-    } else {
-        typ.is_some_and(|t| expected.iter().any(|e| e == t))
-    };
-    if !ok {
+/// Access tokens must not be ID tokens or other kinds of JWT (RFC 8725 §3.11). The `typ` must
+/// suit some identity of the issuer (the one the token matches is checked once it is known);
+/// returns it, lower-case and without `application/`.
+fn check_type(jws: &token::Jws<'_>, issuer: &Issuer) -> Result<Option<String>, IdentityError> {
+    let typ = jws.typ().map(|t| {
+        let t = t.to_ascii_lowercase();
+        t.strip_prefix("application/").map(str::to_string).unwrap_or(t)
+    });
+    if !issuer.identities.iter().any(|i| type_fits(i, typ.as_deref())) {
         return Err(IdentityError::new(
             ErrorKind::WrongTokenType,
             format!("typ {typ:?} is not an access token type here"),
@@ -603,7 +595,16 @@ fn check_type(jws: &token::Jws<'_>, issuer: &Issuer) -> Result<(), IdentityError
             ));
         }
     }
-    Ok(())
+    Ok(typ)
+}
+
+/// Whether a JWT `typ` (normalized as [`check_type`] returns it) is an access token type for
+/// `identity`: its `accessTokenType`, else absent, `JWT` or `at+jwt`.
+fn type_fits(identity: &CompiledIdentity, typ: Option<&str>) -> bool {
+    match &identity.spec.access_token_type {
+        Some(expected) => typ.is_some_and(|t| expected.eq_ignore_ascii_case(t)),
+        None => matches!(typ, None | Some("jwt") | Some("at+jwt")),
+    }
 }
 
 /// Time, subject and identity checks on verified claims (from a JWT or an introspection answer).
@@ -616,10 +617,10 @@ struct KeyOrigin {
 }
 
 /// How a token's claims were established.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Verified {
-    /// A JWT checked here, signed with this algorithm.
-    Jwt(Algorithm),
+    /// A JWT checked here, signed with this algorithm, of this `typ` (see [`check_type`]).
+    Jwt(Algorithm, Option<String>),
     /// Claims from the issuer's introspection endpoint.
     Introspected,
 }
@@ -673,18 +674,29 @@ fn principal_from_claims(
         .identities
         .iter()
         .filter(|i| match verified {
-            Verified::Jwt(_) => i.spec.token_type == TokenType::Jwt,
+            Verified::Jwt(..) => i.spec.token_type == TokenType::Jwt,
             Verified::Introspected => i.spec.token_type == TokenType::Introspection,
         })
         .cloned()
         .collect();
     let identity = matching::select(&candidates, claims, &audiences)?;
-    if let Verified::Jwt(alg) = verified
+    if let Verified::Jwt(alg, _) = verified
         && !identity.spec.algorithms.iter().any(|a| algorithm(*a) == alg)
     {
         return Err(IdentityError::new(
             ErrorKind::MalformedToken,
             format!("algorithm {alg:?} is not allowed for identity {}", identity.name),
+        ));
+    }
+    if let Verified::Jwt(_, typ) = &verified
+        && !type_fits(identity, typ.as_deref())
+    {
+        return Err(IdentityError::new(
+            ErrorKind::WrongTokenType,
+            format!(
+                "typ {typ:?} is not an access token type of identity {}",
+                identity.name
+            ),
         ));
     }
     if let Some(max) = identity.max_token_lifetime {

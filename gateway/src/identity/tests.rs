@@ -342,6 +342,32 @@ async fn id_tokens_and_other_types_are_refused() {
     )
     .await;
     assert!(check(&strict, &key.sign(&claims())).await.is_ok());
+    // Each identity of the issuer gets its own: the strict one's type is not relaxed by a lax
+    // neighbour, nor the lax one's narrowed by the strict one.
+    let mut strict_spec = okta_spec();
+    strict_spec["accessTokenType"] = json!("at+jwt");
+    let mut lax_spec = okta_spec();
+    lax_spec["match"] = json!({"claims": {"cid": "0oa-other"}});
+    let jwks = SigningKey::jwks(&[&key]);
+    let both = verifier(vec![
+        identity("ci-agent", strict_spec, Some(&jwks)),
+        identity("other", lax_spec, Some(&jwks)),
+    ]);
+    let jwt = json!({"typ": "JWT", "kid": "k1"});
+    refused(
+        &both,
+        &key.sign_with_header(jwt.clone(), &claims()),
+        ErrorKind::WrongTokenType,
+    )
+    .await;
+    let mut other = claims();
+    other["cid"] = json!("0oa-other");
+    let p = check(&both, &key.sign_with_header(jwt, &other)).await.unwrap();
+    assert_eq!(p.identity, "other");
+    assert_eq!(
+        check(&both, &key.sign(&claims())).await.unwrap().identity,
+        "ci-agent"
+    );
 }
 
 #[tokio::test]
@@ -415,6 +441,13 @@ async fn kubernetes_service_account_tokens() {
         check(&v, &sign(&k8s_claims("agentgate"))).await.unwrap().identity,
         "ci-sa"
     );
+    // A generic identity does not take a service-account token: it would skip the pod binding.
+    let mut generic = k8s_spec("agentgate");
+    generic["provider"] = json!("OIDC");
+    generic["match"] = json!({"subject": "system:serviceaccount:ci:agent"});
+    let lax = verifier(vec![identity("any-sa", generic, Some(&jwks))]);
+    let err = check(&lax, &sign(&k8s_claims("agentgate"))).await.unwrap_err();
+    assert!(err.detail.contains("provider: Kubernetes"), "{err}");
     // The API server's default audience is never enough, even if configured.
     let default_aud = verifier(vec![identity(
         "ci-sa",
@@ -467,6 +500,20 @@ async fn github_actions_tokens_match_numeric_ids_not_names() {
     let mut renamed = base.clone();
     renamed["repository_id"] = json!("999999");
     refused(&v, &sign(&renamed), ErrorKind::NoMatchingIdentity).await;
+    // Under a generic identity (another issuer URL, say GitHub Enterprise Server's), the same
+    // token would be matched by name alone: it matches only provider GitHubActions.
+    let generic = json!({
+        "issuer": "https://token.actions.githubusercontent.com", "audiences": ["agentgate"],
+        "match": {"claims": {"repository": "octo/deploy"}}, "keys": {"secretRef": {"name": "gh", "key": "jwks"}}
+    });
+    let v = verifier(vec![identity(
+        "by-name",
+        generic,
+        Some(&SigningKey::jwks(&[&key])),
+    )]);
+    let err = check(&v, &sign(&base)).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::NoMatchingIdentity);
+    assert!(err.detail.contains("provider: GitHubActions"), "{err}");
 }
 
 #[tokio::test]
