@@ -21,13 +21,51 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 pub(crate) const HASH_MARKER: &[u8] = b",\"hash\":\"";
 pub(crate) const HASH_SUFFIX_LEN: usize = HASH_MARKER.len() + 64 + 2;
 
-/// Domain separation for the closing signature, so the key signs nothing else by accident.
-pub const SIGNING_CONTEXT: &[u8] = b"agentgate-recording-v1:";
+/// Domain separation for the closing signature, so the key signs nothing else by accident. v2
+/// signs the end event's own time and data too; v1 signed `prev` alone, which left the close's
+/// `reason` and `unrecorded_events` editable under a valid signature.
+pub const SIGNING_CONTEXT: &[u8] = b"agentgate-recording-v2:";
 
-/// The message the closing event's signature covers: the context, then the end event's `prev`
-/// (hex), which commits to every earlier event of the session.
-pub fn signing_message(prev: &str) -> Vec<u8> {
-    [SIGNING_CONTEXT, prev.as_bytes()].concat()
+/// The message the closing event's signature covers: the context; the end event's `prev` (hex),
+/// which commits to every earlier event of the session; its `ts`; and its data without
+/// `signature`, as canonical JSON (object keys sorted at every level), which a verifier rebuilds
+/// from the parsed line whatever order a JSON library keeps keys in.
+pub fn signing_message(prev: &str, ts: &str, data: &serde_json::Map<String, serde_json::Value>) -> Vec<u8> {
+    let mut out = [SIGNING_CONTEXT, prev.as_bytes(), b"\n", ts.as_bytes(), b"\n"].concat();
+    canonical(&serde_json::Value::Object(data.clone()), &mut out);
+    out
+}
+
+/// Compact JSON with every object's keys in byte order.
+fn canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                // Strings and numbers serialise infallibly.
+                out.extend(serde_json::to_vec(k).unwrap_or_default());
+                out.push(b':');
+                canonical(v, out);
+            }
+            out.push(b'}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push(b'[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical(v, out);
+            }
+            out.push(b']');
+        }
+        scalar => out.extend(serde_json::to_vec(scalar).unwrap_or_default()),
+    }
 }
 
 /// Lowercase hex.

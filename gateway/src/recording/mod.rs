@@ -7,9 +7,9 @@
 //! `agentgate sessions list` shows and filters on.
 //!
 //! Signature scheme: `session.end`'s data carries `key_id` (first 16 hex digits of SHA-256 of the
-//! raw public key) and `signature`, base64url Ed25519 over [`chain::SIGNING_CONTEXT`] followed by
-//! the end event's `prev` in hex. `prev` commits to every earlier event, so the signature vouches
-//! for the whole session up to its close; the end event's own data is bound by the chain only.
+//! raw public key) and `signature`, base64url Ed25519 over [`chain::signing_message`]: the end
+//! event's `prev` in hex, which commits to every earlier event, its time, and its data but the
+//! signature, so the signature vouches for the whole session and how it closed.
 //!
 //! A session's file is locked (`flock`) while the session is open; closing it, or the process
 //! ending, releases the lock.
@@ -659,21 +659,27 @@ impl Session {
             tracing::warn!(session = %self.id, error = %e, "deferred session events not recorded");
             lost = std::mem::take(&mut state.deferred).len();
         }
-        let signature = self
-            .inner
-            .key
-            .try_sign(&signing_message(&state.prev))
-            .map_err(|_| RecordingError::Key("signing failed"))?;
         let mut data = into_object(data);
         if lost > 0 {
             data.insert("unrecorded_events".into(), json!(lost));
         }
         data.insert("key_id".into(), json!(self.inner.key_id));
+        // Signed as it will be written: with the session's secrets hidden, as every event is.
+        let mut data = match serde_json::from_slice(&self.encode_data(&mut state, &Value::Object(data))?) {
+            Ok(Value::Object(map)) => map,
+            _ => return Err(RecordingError::Encode),
+        };
+        let ts = Timestamp::now().rfc3339();
+        let signature = self
+            .inner
+            .key
+            .try_sign(&signing_message(&state.prev, &ts, &data))
+            .map_err(|_| RecordingError::Key("signing failed"))?;
         data.insert(
             "signature".into(),
             json!(URL_SAFE_NO_PAD.encode(signature.as_ref())),
         );
-        self.append(&mut state, END, &Value::Object(data))?;
+        self.append_at(&mut state, END, &Value::Object(data), Some(ts))?;
         state.closed = true;
         let sync = |e| RecordingError::Sync {
             session: self.id.clone(),
@@ -690,10 +696,29 @@ impl Session {
 
     /// Writes the deferred events alone.
     fn write_deferred(&self, state: &mut State) -> Result<(), RecordingError> {
-        self.write_events(state, None)
+        self.write_events(state, None, None)
+    }
+
+    /// `data` as JSON with the session's secrets hidden: what an event's line carries.
+    fn encode_data(&self, state: &mut State, data: &impl Serialize) -> Result<Vec<u8>, RecordingError> {
+        let mut json = Vec::new();
+        hiding(&state.hidden.clone(), || serde_json::to_writer(&mut json, data))
+            .map_err(|_| RecordingError::Encode)?;
+        Ok(scrub(&json, &state.hidden).unwrap_or(json))
     }
 
     fn append(&self, state: &mut State, kind: &str, data: &impl Serialize) -> Result<(), RecordingError> {
+        self.append_at(state, kind, data, None)
+    }
+
+    /// Appends an event stamped `ts` (now when `None`).
+    fn append_at(
+        &self,
+        state: &mut State,
+        kind: &str,
+        data: &impl Serialize,
+        ts: Option<String>,
+    ) -> Result<(), RecordingError> {
         if !valid_kind(kind) {
             return Err(RecordingError::InvalidKind);
         }
@@ -712,7 +737,7 @@ impl Session {
                 }
             })
             .and_then(|()| std::str::from_utf8(&json).map_err(|_| RecordingError::Encode))
-            .and_then(|text| self.write_events(state, Some((kind, text))));
+            .and_then(|text| self.write_events(state, Some((kind, text)), ts));
         if json.capacity() <= KEPT_BUFFER {
             state.json = json;
         }
@@ -721,7 +746,12 @@ impl Session {
 
     /// Encodes the deferred events, then `event`, chained in that order, and writes them in one
     /// system call. The chain advances only once the bytes are written.
-    fn write_events(&self, state: &mut State, event: Option<(&str, &str)>) -> Result<(), RecordingError> {
+    fn write_events(
+        &self,
+        state: &mut State,
+        event: Option<(&str, &str)>,
+        ts: Option<String>,
+    ) -> Result<(), RecordingError> {
         let deferred = std::mem::take(&mut state.deferred);
         if deferred.is_empty() && event.is_none() {
             return Ok(());
@@ -732,7 +762,7 @@ impl Session {
         let (mut seq, mut prev) = (state.seq, state.prev.clone());
         let mut lines = std::mem::take(&mut state.buf);
         lines.clear();
-        let now = event.map(|_| Timestamp::now().rfc3339());
+        let now = event.map(|_| ts.unwrap_or_else(|| Timestamp::now().rfc3339()));
         let pending = deferred
             .iter()
             .map(|(kind, ts, data)| (kind.as_str(), ts.as_str(), data.as_str()));

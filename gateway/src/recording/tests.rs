@@ -589,6 +589,45 @@ fn no_edit_of_a_signed_session_verifies_as_anything_but_a_prefix() {
     assert!(verified_prefixes > 0);
 }
 
+/// Whoever can write the archive can rewrite the last line and its hash: the signature must
+/// still refuse an edited close (its reason, its count of lost events, its time).
+#[test]
+fn the_closing_signature_covers_the_close_itself() {
+    let (d, rec) = recorder(RecordingMode::Required);
+    let s = rec.start_session(json!({"identity": "agent"})).unwrap();
+    s.record("decision", json!({"action": "Allow"})).unwrap();
+    s.close(json!({"reason": "client closed", "unrecorded_events": 3}))
+        .unwrap();
+    let original = fs::read_to_string(s.path()).unwrap();
+    let report = verify_events(s.path(), Some(rec.public_key()), |_| {}).unwrap();
+    assert!(report.closed && report.signed, "{report:?}");
+    let (head, end) = original.trim_end().rsplit_once('\n').unwrap();
+    // Rehash the edited line as a forger would: SHA-256 of every byte before `,"hash":"`.
+    let rehashed = |line: &str| {
+        let cut = line.rfind(",\"hash\":\"").unwrap();
+        let body = &line[..cut];
+        format!(
+            "{head}\n{body},\"hash\":\"{}\"}}\n",
+            super::chain::sha256_hex(body.as_bytes())
+        )
+    };
+    assert_eq!(rehashed(end), original, "the forger's rehash is faithful");
+    let ts = end.split("\"ts\":\"").nth(1).unwrap().split('"').next().unwrap();
+    for edited in [
+        end.replace(",\"unrecorded_events\":3", ""),
+        end.replace("client closed", "server closed"),
+        end.replace(ts, "2020-01-01T00:00:00.000000Z"),
+    ] {
+        assert_ne!(edited, end);
+        let path = d.path().join("edited.jsonl");
+        fs::write(&path, rehashed(&edited)).unwrap();
+        // The chain holds (the line was rehashed); the signature does not.
+        assert!(verify_events(&path, None, |_| {}).is_ok(), "{edited}");
+        let err = verify_events(&path, Some(rec.public_key()), |_| {}).unwrap_err();
+        assert!(err.to_string().contains("signature does not verify"), "{err}");
+    }
+}
+
 #[test]
 fn hidden_secrets_are_redacted_wherever_they_appear_and_the_file_still_verifies() {
     let (_d, rec) = recorder(RecordingMode::Required);

@@ -194,6 +194,13 @@ impl Chain {
     }
 }
 
+/// The end event's data as it was signed: without its `signature`.
+fn signed_data(end: &Event) -> serde_json::Map<String, Value> {
+    let mut data = end.data.as_object().cloned().unwrap_or_default();
+    data.remove("signature");
+    data
+}
+
 fn check_signature(end: &Event, key: &[u8]) -> Result<(), String> {
     let signature = end
         .data
@@ -209,6 +216,9 @@ fn check_signature(end: &Event, key: &[u8]) -> Result<(), String> {
         _ => return Err(format!("signed by another key (expected key id {want})")),
     }
     UnparsedPublicKey::new(&ED25519, key)
-        .verify(&signing_message(&end.prev), &signature)
+        .verify(
+            &signing_message(&end.prev, &end.ts, &signed_data(end)),
+            &signature,
+        )
         .map_err(|_| "signature does not verify".to_string())
 }
