@@ -147,8 +147,14 @@ pub enum ApprovalPhase {
 }
 
 /// Observed state of a request.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+// Every gateway's service account may write the status subresource (to spend Once grants), so the
+// API server itself keeps what has ended ended: otherwise one compromised gateway could re-arm a
+// used grant, revive a denied or expired request, or lengthen a grant for another.
+#[x_kube(validation = kube::core::Rule::new("!has(oldSelf.phase) || !(oldSelf.phase in ['Denied', 'Expired', 'Used']) || (has(self.phase) && self.phase == oldSelf.phase)").message("an ApprovalRequest that has ended (Denied, Expired, Used) stays ended"))]
+#[x_kube(validation = kube::core::Rule::new("!has(oldSelf.usedAt) || (has(self.usedAt) && self.usedAt == oldSelf.usedAt)").message("usedAt is set once"))]
+#[x_kube(validation = kube::core::Rule::new("!has(oldSelf.grantExpiresAt) || (has(self.grantExpiresAt) && self.grantExpiresAt == oldSelf.grantExpiresAt)").message("grantExpiresAt is set once"))]
 pub struct ApprovalRequestStatus {
     /// Conditions and observed generation.
     #[serde(flatten)]

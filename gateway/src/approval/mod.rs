@@ -418,6 +418,24 @@ impl Entry {
     }
 }
 
+/// Why `next` may not replace `known`: an ended request revived, a used grant's `usedAt` cleared
+/// or changed, or a grant lengthened. Every gateway's service account may write the status, so a
+/// compromised one could otherwise spend another gateway's Once grant twice.
+fn regression(known: &Entry, next: &Entry) -> Option<&'static str> {
+    let used_at = |e: &Entry| e.request.status.as_ref().and_then(|s| s.used_at.clone());
+    if known.ended_at.is_some() && next.phase() != known.phase() {
+        Some("a request that has ended stays ended")
+    } else if used_at(known).is_some() && used_at(next) != used_at(known) {
+        Some("usedAt is set once")
+    } else if let Some(end) = known.grant_expires_at
+        && next.grant_expires_at.is_none_or(|t| t > end)
+    {
+        Some("a grant never lengthens")
+    } else {
+        None
+    }
+}
+
 fn phase(r: &ApprovalRequest) -> ApprovalPhase {
     r.status.as_ref().map(|s| s.phase).unwrap_or_default()
 }
@@ -740,10 +758,20 @@ impl Approvals {
     /// phase it had here before (`None` when it was not known).
     fn ingest(&self, request: ApprovalRequest) -> Option<ApprovalPhase> {
         let entry = Entry::new(request);
-        let before = self
-            .lock()
-            .insert(entry.name().to_string(), entry)
-            .map(|e| e.phase());
+        let mut entries = self.lock();
+        if let Some(known) = entries.get(entry.name())
+            && let Some(why) = regression(known, &entry)
+        {
+            // The API server refuses these (the CRD's status rules); a cluster without them, or
+            // a status written around them, still cannot re-arm what this gateway saw end.
+            tracing::warn!(
+                request = entry.name(),
+                "ApprovalRequest status change ignored: {why}"
+            );
+            return Some(known.phase());
+        }
+        let before = entries.insert(entry.name().to_string(), entry).map(|e| e.phase());
+        drop(entries);
         self.changed();
         before
     }

@@ -726,6 +726,40 @@ async fn a_slow_disk_never_holds_up_the_async_worker() {
     assert!(ticked >= 20, "the worker ticked {ticked} times in {elapsed:?}");
 }
 
+/// In a cluster every gateway's service account may write the status: what the watch brings in
+/// cannot revive a request this gateway saw end (a spent Once grant made Approved again) or
+/// lengthen a grant.
+#[test]
+fn a_status_that_revives_an_ended_request_is_not_taken_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = unix_now();
+    let store = open(&dir);
+    let name = pending_name(store.request(&ask("f1"), now).unwrap());
+    let approved = approve(&store, &name, "alice", 1, now).unwrap();
+    assert_eq!(approved.status.as_ref().unwrap().phase, ApprovalPhase::Approved);
+    // Lengthening the grant is ignored (the watch would bring it in from the API server).
+    let mut longer = approved.clone();
+    longer.status.as_mut().unwrap().grant_expires_at = Some(format_time(now + 7 * 24 * 3600));
+    store.ingest(longer);
+    assert_eq!(
+        store.get(&name, now).unwrap().status.unwrap().grant_expires_at,
+        approved.status.as_ref().unwrap().grant_expires_at
+    );
+    // Spent once, as the data path spends it.
+    assert!(matches!(
+        store.request(&ask("f1"), now).unwrap(),
+        Ticket::Granted { .. }
+    ));
+    assert_eq!(phase_of(&store, &name, now), ApprovalPhase::Used);
+    // Another gateway's service account writes it back to Approved without usedAt.
+    let mut rearmed = approved.clone();
+    rearmed.status.as_mut().unwrap().used_at = None;
+    assert_eq!(store.ingest(rearmed), Some(ApprovalPhase::Used));
+    assert_eq!(phase_of(&store, &name, now), ApprovalPhase::Used);
+    let again = store.request(&ask("f1"), now).unwrap();
+    assert!(!matches!(again, Ticket::Granted { .. }), "{again:?}");
+}
+
 /// An Approved phase that the request's own decisions do not back grants nothing: a forged
 /// status (in a cluster, any writer of the status subresource; here, an edited store file), one
 /// without a grant end, or one approved only by the requester.

@@ -784,6 +784,43 @@ spec:
             "{patch}: {err}"
         );
     }
+    // The status too, which every gateway's service account may write: what has ended stays
+    // ended, and usedAt and grantExpiresAt are set once.
+    let status = |name: &'static str, patch: &str| {
+        [
+            "patch",
+            "approvalrequest",
+            name,
+            "--subresource=status",
+            "--type",
+            "merge",
+            "-p",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([patch.to_string()])
+        .collect::<Vec<_>>()
+    };
+    let run_ok = |patch: &str| {
+        let args = status("req1", patch);
+        env.kubectl_ok("admin", &args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let run_err = |patch: &str| {
+        let args = status("req1", patch);
+        env.kubectl_err("admin", &args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    run_ok(r#"{"status":{"phase":"Approved","grantExpiresAt":"2099-01-01T00:00:00Z"}}"#);
+    let err = run_err(r#"{"status":{"grantExpiresAt":"2099-06-01T00:00:00Z"}}"#);
+    assert!(err.contains("grantExpiresAt is set once"), "{err}");
+    run_ok(r#"{"status":{"phase":"Used","usedAt":"2098-01-01T00:00:00Z"}}"#);
+    for (patch, message) in [
+        (r#"{"status":{"phase":"Approved","usedAt":null}}"#, "stays ended"),
+        (r#"{"status":{"usedAt":null}}"#, "usedAt is set once"),
+        (r#"{"status":{"phase":"Pending"}}"#, "stays ended"),
+    ] {
+        let err = run_err(patch);
+        assert!(err.contains(message), "{patch}: {err}");
+    }
 }
 
 #[test]
