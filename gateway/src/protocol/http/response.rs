@@ -107,10 +107,10 @@ pub fn mask_whole(
     }
 }
 
-/// Text under rules with JSON fields: JSON labelled as text, and the JSON lines of a text
-/// stream (an event stream's `data: {...}`, NDJSON sent as text/plain), get the field rules as
-/// JSON does; the other lines get the detectors, a run of them at a time (a private key spans
-/// lines).
+/// Text under rules with JSON fields: JSON labelled as text, the JSON lines of a text stream (an
+/// event stream's `data: {...}`, NDJSON sent as text/plain), and JSON documents spread over lines
+/// (pretty-printed) get the field rules as JSON does; the other lines get the detectors, a run of
+/// them at a time (a private key spans lines).
 fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport) {
     let mut out = Vec::with_capacity(text.len());
     let mut report = MaskReport::default();
@@ -124,44 +124,164 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport) 
         report.add(&r);
         out.extend_from_slice(masked.as_bytes());
     };
+    let bytes = text.as_bytes();
     let mut at = 0;
-    for line in text.split_inclusive('\n') {
+    while at < text.len() {
         let start = at;
-        at += line.len();
+        let line_end = memchr::memchr(b'\n', &bytes[at..]).map_or(text.len(), |i| at + i + 1);
+        at = line_end;
+        let line = &text[start..line_end];
         let body = line.trim_end_matches(['\n', '\r']);
         let (prefix, payload) = match body.strip_prefix("data:") {
             Some(rest) => {
-                let rest_trimmed = rest.strip_prefix(' ').unwrap_or(rest);
+                let rest_trimmed = rest.trim_start_matches([' ', '\t']);
                 (&body[..body.len() - rest_trimmed.len()], rest_trimmed)
             }
-            None => ("", body),
+            None => {
+                let trimmed = body.trim_start_matches([' ', '\t']);
+                (&body[..body.len() - trimmed.len()], trimmed)
+            }
         };
         let looks_json = payload.starts_with('{') || payload.starts_with('[');
         let mut masked_json = Vec::new();
-        let json = if looks_json {
-            plan.mask_json(payload.as_bytes(), &mut masked_json).ok()
-        } else {
-            None
-        };
-        match json {
-            Some(r) => {
-                if let Some(from) = run_start.take() {
-                    flush_run(&mut out, &mut report, &text[from..start]);
-                }
-                report.add(&r);
-                out.extend_from_slice(prefix.as_bytes());
-                out.extend_from_slice(&masked_json);
-                out.extend_from_slice(&line.as_bytes()[body.len()..]);
-            }
-            None => {
-                run_start.get_or_insert(start);
-            }
+        if !looks_json {
+            run_start.get_or_insert(start);
+            continue;
         }
+        // The document: this line's payload, or (not on `data:` lines, each its own event) as
+        // many lines as it takes to close what it opens.
+        let from = start + prefix.len();
+        let (doc_end, rest) = match plan.mask_json(payload.as_bytes(), &mut masked_json) {
+            Ok(r) => (Some(from + payload.len()), Some(r)),
+            Err(_) if !body.starts_with("data:") => match json_close(&bytes[from..]) {
+                Some(n) if from + n > start + body.len() => {
+                    masked_json.clear();
+                    let doc = &text[from..from + n];
+                    (
+                        Some(from + n),
+                        plan.mask_json(doc.as_bytes(), &mut masked_json).ok(),
+                    )
+                }
+                _ => (None, None),
+            },
+            Err(_) => (None, None),
+        };
+        let (Some(doc_end), Some(r)) = (doc_end, rest) else {
+            run_start.get_or_insert(start);
+            continue;
+        };
+        if let Some(from) = run_start.take() {
+            flush_run(&mut out, &mut report, &text[from..start]);
+        }
+        report.add(&r);
+        out.extend_from_slice(prefix.as_bytes());
+        out.extend_from_slice(&masked_json);
+        // What follows the document on its last line is text like any other.
+        let after = memchr::memchr(b'\n', &bytes[doc_end..]).map_or(text.len(), |i| doc_end + i + 1);
+        if text[doc_end..after].trim().is_empty() {
+            out.extend_from_slice(&bytes[doc_end..after]);
+        } else {
+            run_start = Some(doc_end);
+        }
+        at = at.max(after);
     }
     if let Some(from) = run_start {
         flush_run(&mut out, &mut report, &text[from..]);
     }
     (out, report)
+}
+
+/// Where the JSON value that `text` opens (with `{` or `[`) closes: the index after its last
+/// bracket, or `None` when `text` ends first. Brackets inside strings do not count.
+fn json_close(text: &[u8]) -> Option<usize> {
+    JsonScan::default().feed(text)
+}
+
+/// A bracket count over a JSON value that may arrive in pieces.
+#[derive(Clone, Copy, Debug, Default)]
+struct JsonScan {
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+    /// Bytes of the value scanned so far.
+    scanned: usize,
+}
+
+impl JsonScan {
+    /// Scans `value` (the whole value from its first byte) past what was scanned before: where
+    /// it closes, or `None` while it is still open.
+    fn feed(&mut self, value: &[u8]) -> Option<usize> {
+        for (i, &b) in value.iter().enumerate().skip(self.scanned) {
+            self.scanned = i + 1;
+            if self.in_string {
+                match b {
+                    _ if self.escaped => self.escaped = false,
+                    b'\\' => self.escaped = true,
+                    b'"' => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    if self.depth == 0 {
+                        return Some(i + 1);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+}
+
+/// Where whole lines of streamed `text` may be masked up to under JSON field rules: before the
+/// first line that opens a JSON document (`{` or `[`, after optional blanks) that has not closed
+/// yet. Masked line by line, its inner lines (`  "ssn": "..."`) would get the detectors only.
+/// `open` carries such a document's start and scan from one look to the next, so a large one
+/// arriving in many pieces is scanned once.
+fn json_safe_end(text: &[u8], open: &mut Option<(usize, JsonScan)>) -> usize {
+    let mut at = 0;
+    if let Some((start, mut scan)) = open.take() {
+        match scan.feed(&text[start..]) {
+            None => {
+                *open = Some((start, scan));
+                return start;
+            }
+            Some(n) => {
+                let close = start + n;
+                at = memchr::memchr(b'\n', &text[close..]).map_or(text.len(), |i| close + i + 1);
+            }
+        }
+    }
+    while at < text.len() {
+        let line_end = memchr::memchr(b'\n', &text[at..]).map_or(text.len(), |i| at + i + 1);
+        let blanks = text[at..line_end]
+            .iter()
+            .take_while(|b| matches!(b, b' ' | b'\t'))
+            .count();
+        let from = at + blanks;
+        if matches!(text.get(from), Some(b'{' | b'[')) {
+            let mut scan = JsonScan::default();
+            match scan.feed(&text[from..]) {
+                None => {
+                    // Held from its line's start; the scan resumes at the document's first byte.
+                    *open = Some((from, scan));
+                    return at;
+                }
+                Some(n) => {
+                    let close = from + n;
+                    at = memchr::memchr(b'\n', &text[close..]).map_or(text.len(), |i| close + i + 1);
+                    continue;
+                }
+            }
+        }
+        at = line_end;
+    }
+    text.len()
 }
 
 /// A body for a recording: capped text (base64 when not UTF-8), masked under `plan` when one
@@ -277,6 +397,8 @@ pub struct LineMasker {
     /// Where the complete lines held back (a private key awaiting its END) end, relative to
     /// the buffer's start: still complete lines when no new break arrives.
     ended: usize,
+    /// A JSON document held open in `buf` (see [`json_safe_end`]).
+    open_json: Option<(usize, JsonScan)>,
     on_report: Arc<dyn Fn(&MaskReport) + Send + Sync>,
 }
 
@@ -296,6 +418,7 @@ pub fn masked_lines(
             buf: BytesMut::new(),
             scanned: 0,
             ended: 0,
+            open_json: None,
             on_report,
         },
     )
@@ -327,6 +450,18 @@ impl LineMasker {
                 return Err("a private key in a streamed text did not end within the hold limit".into());
             }
         }
+        if self.class == ContentClass::Text && self.plan.has_field_rules() {
+            let json_end = json_safe_end(&self.buf[..lines_end], &mut self.open_json);
+            if all && json_end < lines_end && self.plan.on_unparseable() == UnparseablePolicy::Refuse {
+                return Err("a JSON document in a streamed text ended unfinished".into());
+            }
+            if !all {
+                if lines_end - json_end > MAX_MASKED_BODY {
+                    return Err("a JSON document in a streamed text exceeds the masking limit".into());
+                }
+                end = end.min(json_end);
+            }
+        }
         self.ended = lines_end - end;
         if end == 0 {
             if self.buf.len() > MAX_MASKED_BODY {
@@ -336,6 +471,12 @@ impl LineMasker {
         }
         let chunk = self.buf.split_to(end);
         self.scanned = self.buf.len();
+        // The buffer now starts `end` bytes later; a held document starts at or after it.
+        match &mut self.open_json {
+            Some((start, _)) if *start >= end => *start -= end,
+            // Passed on at the stream's end: nothing is held any more.
+            _ => self.open_json = None,
+        }
         let (out, report) = match mask_whole(&self.plan, self.class, &chunk) {
             Ok(masked) => masked,
             // Text the masker cannot read (not UTF-8) passes as it is only where every rule
@@ -805,6 +946,60 @@ mod tests {
         // Without field rules text is the detectors' alone, byte for byte elsewhere.
         let (out, _) = mask_whole(&text_plan(), ContentClass::Text, b"data: {\"phone\": 1}\n").unwrap();
         assert_eq!(out, b"data: {\"phone\": 1}\n");
+    }
+
+    fn phone_plan(on_unparseable: &str) -> MaskingPlan {
+        let rules: Vec<agentgate_crds::policy::MaskingRule> = serde_json::from_value(serde_json::json!([
+            {"jsonFields": ["$..phone"], "onUnparseable": on_unparseable},
+            {"detectors": ["Email"], "onUnparseable": on_unparseable}
+        ]))
+        .unwrap();
+        MaskingPlan::compile(&rules.iter().collect::<Vec<_>>(), HashKey::process()).unwrap()
+    }
+
+    /// A pretty-printed document in text (`?pretty=true` from an upstream that labels it
+    /// text/plain) gets the field rules, whole or streamed: line by line, `  "phone": ...` would
+    /// meet the detectors alone.
+    #[tokio::test]
+    async fn json_documents_over_several_lines_of_text_keep_their_field_rules() {
+        let text = "start e@example.com\n  {\n  \"phone\": \"+1 415 555 0199\",\n  \"tags\": [\"}\", 1]\n} tail f@example.com\nend\n";
+        let (out, report) = mask_whole(&phone_plan("Refuse"), ContentClass::Text, text.as_bytes()).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            !out.contains("555 0199") && !out.contains("@example.com"),
+            "{out}"
+        );
+        assert!(out.contains("\"phone\": \"[REDACTED]\""), "{out}");
+        assert!(
+            out.starts_with("start [REDACTED:EMAIL]\n  {") && out.ends_with("tail [REDACTED:EMAIL]\nend\n"),
+            "{out}"
+        );
+        assert_eq!((report.fields, report.detections), (1, 2));
+        // Streamed, with the document's end arriving last and no final newline.
+        let out = masked_text(
+            phone_plan("Refuse"),
+            &["{\n", "  \"phone\": \"+1 415 555 0199\",\n", "  \"n\": 1\n", "}"],
+        )
+        .await
+        .unwrap();
+        assert!(!out.contains("555 0199") && out.contains("[REDACTED]"), "{out}");
+        // A document that never closes is not passed line by line: under Refuse the stream is
+        // cut; where the rules allow it, its lines get the detectors at the end.
+        let open = ["log\n", "{\n", "  \"phone\": \"+1 415 555 0199\",\n"];
+        assert!(masked_text(phone_plan("Refuse"), &open).await.is_err());
+        let allowed = masked_text(phone_plan("Allow"), &open).await.unwrap();
+        assert!(allowed.starts_with("log\n{\n"), "{allowed}");
+        assert_eq!(json_close(br#"{"a": "]}", "b": [1, {"c": "\""}]} x"#), Some(34));
+        assert_eq!(json_close(b"{\"a\": [1, 2"), None);
+        assert_eq!(json_safe_end(b"x\n{\"a\":1}\n[\n1\n", &mut None), 10);
+        // Resumed where it stopped: the held document closes in a later piece.
+        let mut open = None;
+        let text = b"x\n  {\"a\": \"}\n";
+        assert_eq!(json_safe_end(text, &mut open), 2);
+        assert_eq!(open.map(|(start, scan)| (start, scan.scanned)), Some((4, 9)));
+        let more = b"x\n  {\"a\": \"}\n\"}\nnext\n";
+        assert_eq!(json_safe_end(more, &mut open), more.len());
+        assert!(open.is_none());
     }
 
     #[tokio::test]
