@@ -711,9 +711,15 @@ impl Approvals {
         }
         // Each distinct operation files a request: an agent looping over ids would fill the
         // store (in a cluster, etcd) and the approvers' list.
+        // Past their expiry they wait for nothing, whether or not time was applied to them yet
+        // (only this target's were): they must not lock the identity out of other targets.
         let pending = entries
             .values()
-            .filter(|e| e.phase() == ApprovalPhase::Pending && e.request.spec.identity == ask.identity)
+            .filter(|e| {
+                e.phase() == ApprovalPhase::Pending
+                    && e.expires_at > now
+                    && e.request.spec.identity == ask.identity
+            })
             .count();
         if pending >= MAX_PENDING_PER_IDENTITY {
             return Err(ApprovalError::TooManyPending {

@@ -136,6 +136,13 @@ fn pending_requests_per_identity_are_capped() {
     pending_name(a.request(&other, t0).unwrap());
     approve(&a, &names[0], "alice", 1, t0).unwrap();
     pending_name(a.request(&ask("ffffffff"), t0).unwrap());
+    // Once they expire they count no more, for another target of the same identity too.
+    let later = t0 + 601;
+    let elsewhere = Ask {
+        connection: "billing-db".into(),
+        ..ask("eeeeeeee")
+    };
+    pending_name(a.request(&elsewhere, later).unwrap());
 }
 
 #[test]

@@ -101,6 +101,13 @@ pub const MAX_DETAIL_CHARS: usize = 4096;
 
 /// `text` cut to [`MAX_DETAIL_CHARS`], `…` marking the cut.
 pub fn cut_detail(text: &str) -> String {
+    cut_detail_hiding(text, None)
+}
+
+/// [`cut_detail`] of `text` with the agent's `token` hidden first ([`hide_token`]): cut first,
+/// a token the cut went through would be searched for whole and its start kept.
+pub fn cut_detail_hiding(text: &str, token: Option<&str>) -> String {
+    let text = hide_token(text.to_string(), token);
     let mut chars = text.chars();
     let mut out: String = chars.by_ref().take(MAX_DETAIL_CHARS).collect();
     if chars.next().is_some() {
@@ -253,6 +260,21 @@ pub fn sql_reason(sql: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The detail is cut after the token is hidden: cut first, the token's start would stay.
+    #[test]
+    fn details_never_keep_part_of_the_agent_s_token() {
+        let token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
+        let text = format!("{}{token}", "a".repeat(MAX_DETAIL_CHARS - 10));
+        let cut = cut_detail_hiding(&text, Some(token));
+        assert_eq!(cut, format!("{}[REDACTED]", "a".repeat(MAX_DETAIL_CHARS - 10)));
+        let near = format!("{}{token}{}", "a".repeat(MAX_DETAIL_CHARS - 30), "b".repeat(100));
+        let cut = cut_detail_hiding(&near, Some(token));
+        assert!(
+            !cut.contains("eyJ") && cut.ends_with("[REDACTED]bbbbbbbbbbbbbbbbbbbb…"),
+            "{cut}"
+        );
+    }
 
     #[test]
     fn fingerprints_separate_their_parts() {

@@ -263,17 +263,48 @@ impl CappedBody<'_> {
     }
 }
 
+/// How many bytes at the end of `kept` are the start of `secret` (a proper prefix of it, so not
+/// the whole secret, which the scrub finds): what a cut through the secret left.
+fn partial_secret_at_end(kept: &[u8], secret: &[u8]) -> usize {
+    let Some(&first) = secret.first() else { return 0 };
+    let from = kept.len().saturating_sub(secret.len().saturating_sub(1));
+    memchr::memchr_iter(first, &kept[from..])
+        .map(|i| from + i)
+        .find(|&p| secret.starts_with(&kept[p..]))
+        .map_or(0, |p| kept.len() - p)
+}
+
+/// `kept` without the start of a hidden secret that a cut left at its end.
+fn without_partial_secret(kept: &[u8]) -> &[u8] {
+    let cut = HIDING.with(|h| {
+        h.borrow().as_ref().map_or(0, |h| {
+            h.iter()
+                .map(|f| partial_secret_at_end(kept, f.needle()))
+                .max()
+                .unwrap_or(0)
+        })
+    });
+    &kept[..kept.len() - cut]
+}
+
 impl Serialize for CappedBody<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let mut m = s.serialize_map(Some(3))?;
+        // Cut before a hidden secret ended, its start would pass the scrub, which looks for it
+        // whole. Secrets are printable ASCII, so text stays cut on a character boundary.
+        fn kept(b: &[u8], truncated: bool) -> &[u8] {
+            if truncated { without_partial_secret(b) } else { b }
+        }
         match &self.kept {
             Kept::Text(text) => {
-                let text = std::str::from_utf8(text).map_err(serde::ser::Error::custom)?;
+                let text =
+                    std::str::from_utf8(kept(text, self.truncated)).map_err(serde::ser::Error::custom)?;
                 m.serialize_entry("text", text)?;
             }
             Kept::Binary(b) => {
                 // Encoded, a hidden secret would pass the event's scrub: replaced in the bytes.
+                let b = kept(b, self.truncated);
                 let scrubbed = HIDING.with(|h| h.borrow().as_ref().and_then(|h| scrub(b, h)));
                 m.serialize_entry("base64", &STANDARD.encode(scrubbed.as_deref().unwrap_or(b)))?
             }

@@ -628,6 +628,43 @@ fn the_closing_signature_covers_the_close_itself() {
     }
 }
 
+/// A body cut through a hidden secret keeps none of it: the scrub looks for the whole secret,
+/// so the part before the cut would pass it.
+#[test]
+fn a_body_cut_through_a_hidden_secret_keeps_none_of_it() {
+    let (_d, rec) = recorder(RecordingMode::Required);
+    let s = rec.start_session(json!({"identity": "agent"})).unwrap();
+    let token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
+    s.hide(token.as_bytes());
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        body: CappedBody<'a>,
+    }
+    let mut text = "x".repeat(1000);
+    text.push_str(token);
+    let mut binary = vec![0xff];
+    binary.extend_from_slice(text.as_bytes());
+    for (cut, body) in [(1020, text.as_bytes()), (1031, &binary[..])] {
+        s.record(
+            "http.request.body",
+            Body {
+                body: cap_body(body, cut),
+            },
+        )
+        .unwrap();
+    }
+    s.close(json!({"reason": "done"})).unwrap();
+    let recorded = fs::read_to_string(s.path()).unwrap();
+    assert!(!recorded.contains(&token[..20]), "{recorded}");
+    assert!(recorded.contains(&"x".repeat(1000)), "{recorded}");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&binary[..1001]);
+    assert!(recorded.contains(&b64), "{recorded}");
+    assert_eq!(partial_secret_at_end(b"abc-eyJ", b"eyJhb"), 3);
+    assert_eq!(partial_secret_at_end(b"abc-eyJhb", b"eyJhb"), 0);
+    assert_eq!(partial_secret_at_end(b"e", b"eyJhb"), 1);
+    assert_eq!(partial_secret_at_end(b"", b"eyJhb"), 0);
+}
+
 #[test]
 fn hidden_secrets_are_redacted_wherever_they_appear_and_the_file_still_verifies() {
     let (_d, rec) = recorder(RecordingMode::Required);

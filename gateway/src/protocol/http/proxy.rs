@@ -681,6 +681,7 @@ async fn proxy(
         // What the approver sees beyond method and path, masked as the record is.
         let content_type = String::from_utf8_lossy(&content_type).into_owned();
         let detail = approval_detail(
+            agent_token,
             (!content_type.is_empty()).then_some(content_type.as_str()),
             target.raw_query.as_deref().map(|q| plan.mask_text(q).0),
             read_body
@@ -708,7 +709,7 @@ async fn proxy(
             },
             summary: approval::hide_token(plan.mask_text(&summary).0.into_owned(), agent_token),
             fingerprint,
-            detail: detail.map(|d| approval::hide_token(d, agent_token)),
+            detail,
             reason,
         };
         let answer = approval::ask(gw.approvals.as_ref(), &gw.metrics, question, now).await;
@@ -1037,9 +1038,11 @@ async fn proxy(
 }
 
 /// An HTTP or Kubernetes approval's detail: the body's type, the query and the body (the last
-/// two already masked), one per line, cut as [`approval::cut_detail`] cuts; `None` when the
+/// two already masked), one per line, without the agent's token, cut as [`approval::cut_detail`]
+/// cuts; `None` when the
 /// request has none of them.
 fn approval_detail(
+    agent_token: Option<&str>,
     content_type: Option<&str>,
     query: Option<std::borrow::Cow<'_, str>>,
     body: Option<crate::recording::CappedBody<'_>>,
@@ -1058,7 +1061,7 @@ fn approval_detail(
     if lines.is_empty() {
         return None;
     }
-    Some(approval::cut_detail(&lines.join("\n")))
+    Some(approval::cut_detail_hiding(&lines.join("\n"), agent_token))
 }
 
 /// Records that the request went out and what came of it: an upstream that failed, as the
