@@ -12,6 +12,22 @@ use crate::config::{GatewayConfig, LoadOptions};
 use crate::metrics::Metrics;
 use crate::{admin, config};
 
+/// Whether `c` reorders or hides what a terminal shows without being a control character:
+/// bidirectional overrides and isolates, and invisible marks (a SQL comment with U+202E can show
+/// a `DROP` as something else). Printed escaped wherever recorded or requested text is shown.
+pub(crate) fn reorders_text(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{FEFF}'
+            | '\u{E0000}'..='\u{E007F}'
+    )
+}
+
 /// Default admin address: loopback, so a standalone gateway exposes nothing by accident.
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9464";
 

@@ -365,19 +365,7 @@ fn truncate(s: &str, width: usize) -> String {
 pub(super) fn escape_controls(s: &str, keep_newlines: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
-        // Bidirectional overrides and isolates, and invisible marks, reorder or hide what an
-        // approver reads (a SQL comment with U+202E can show a DROP as something else).
-        let reorders = matches!(
-            c,
-            '\u{00AD}'
-                | '\u{061C}'
-                | '\u{200B}'..='\u{200F}'
-                | '\u{2028}'..='\u{202E}'
-                | '\u{2060}'..='\u{2069}'
-                | '\u{FEFF}'
-                | '\u{E0000}'..='\u{E007F}'
-        );
-        if (c.is_control() || reorders) && !(keep_newlines && c == '\n') {
+        if (c.is_control() || crate::cli::reorders_text(c)) && !(keep_newlines && c == '\n') {
             out.extend(c.escape_unicode());
         } else {
             out.push(c);

@@ -534,6 +534,8 @@ fn safe(s: &str) -> String {
         .map(|c| {
             if c.is_control() {
                 c.escape_default().to_string()
+            } else if crate::cli::reorders_text(c) {
+                c.escape_unicode().to_string()
             } else {
                 c.to_string()
             }
@@ -681,6 +683,12 @@ mod tests {
         .unwrap();
         s.record("pg.error", json!({"code": "42501", "message": "denied\u{1b}[2J"}))
             .unwrap();
+        // A right-to-left override would show this DROP reordered: escaped, as controls are.
+        s.record(
+            "pg.query",
+            json!({"sql": "SELECT 1 /*\u{202E} ,DROP TABLE x */", "decision": {"action": "Allow"}}),
+        )
+        .unwrap();
         s.close(json!({"reason": "client closed"})).unwrap();
 
         let (ok, text) = run_to_string(SessionsCommand::Replay {
@@ -706,6 +714,7 @@ mod tests {
             "      Grace | NULL",
             "]    SELECT 2",
             "]    ERROR 42501: denied\\u{1b}[2J",
+            "SELECT 1 /*\\u{202e} ,DROP TABLE x */",
             "] session ended: client closed",
         ] {
             assert!(text.contains(expected), "{expected:?} missing:\n{text}");
