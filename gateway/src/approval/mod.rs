@@ -150,6 +150,11 @@ pub enum ApprovalError {
     Locked {
         dir: PathBuf,
     },
+    /// The store directory could hold requests planted by another user.
+    Insecure {
+        dir: PathBuf,
+        why: String,
+    },
     Encode(String),
     /// No random bytes for a name.
     Random,
@@ -187,6 +192,11 @@ impl fmt::Display for ApprovalError {
             Self::Locked { dir } => write!(
                 f,
                 "approval store {} is in use by another agentgate process",
+                dir.display()
+            ),
+            Self::Insecure { dir, why } => write!(
+                f,
+                "approval store {} is refused: {why}; use a directory only the gateway's user can write",
                 dir.display()
             ),
             Self::Encode(e) => write!(f, "approval store: cannot encode a request: {e}"),

@@ -2,8 +2,9 @@
 //! written atomically (temporary file, fsync, rename, fsync of the directory), and a lock file so
 //! that two gateways never share a directory.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use agentgate_crds::ApprovalRequest;
@@ -28,14 +29,21 @@ pub(super) struct Dir {
 }
 
 impl Dir {
-    /// Creates the directory when missing, locks it and returns the requests it holds.
+    /// Creates the directory when missing (0700), checks that nobody else can have planted
+    /// requests in it, locks it and returns the requests it holds.
     pub(super) fn open(path: PathBuf) -> Result<(Self, Vec<ApprovalRequest>), ApprovalError> {
-        fs::create_dir_all(&path).map_err(|e| ApprovalError::io(&path, "cannot create the directory", e))?;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&path)
+            .map_err(|e| ApprovalError::io(&path, "cannot create the directory", e))?;
+        check_owner(&path)?;
         let lock_path = path.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&lock_path)
             .map_err(|e| ApprovalError::io(&lock_path, "cannot open the lock file", e))?;
         match lock.try_lock() {
@@ -103,7 +111,13 @@ impl Dir {
         let result = (|| {
             #[cfg(test)]
             std::thread::sleep(*self.slow_writes.lock().unwrap_or_else(|p| p.into_inner()));
-            let mut f = File::create(&tmp)?;
+            // Requests name who asked for what; only the gateway's user reads them.
+            let mut f = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&tmp)?;
             f.write_all(&bytes)?;
             f.write_all(b"\n")?;
             f.sync_all()?;
@@ -129,10 +143,43 @@ impl Dir {
         }
     }
 
+    #[cfg(test)]
+    pub(super) fn mode(path: &Path) -> u32 {
+        fs::metadata(path).map_or(0, |m| m.mode() & 0o777)
+    }
+
     fn sync_dir(&self) -> std::io::Result<()> {
         // Makes the rename (or deletion) itself durable.
         #[cfg(unix)]
         File::open(&self.path)?.sync_all()?;
         Ok(())
     }
+}
+
+/// Refuses a store directory that another user could have filled with approved requests: one
+/// anybody may write to, or one owned by another user than the gateway's (or root, who owns
+/// mounted volumes). `/tmp/approvals`, made first by someone else, is the case in point.
+fn check_owner(path: &Path) -> Result<(), ApprovalError> {
+    let meta = fs::metadata(path).map_err(|e| ApprovalError::io(path, "cannot inspect the directory", e))?;
+    let insecure = |why: String| ApprovalError::Insecure {
+        dir: path.to_path_buf(),
+        why,
+    };
+    if meta.mode() & 0o002 != 0 {
+        return Err(insecure(format!(
+            "anybody may write to it (mode {:o})",
+            meta.mode() & 0o7777
+        )));
+    }
+    // The process's own user: the owner of its /proc entry (Linux, where the gateway runs).
+    if let Ok(own) = fs::metadata("/proc/self").map(|m| m.uid())
+        && meta.uid() != own
+        && meta.uid() != 0
+    {
+        return Err(insecure(format!(
+            "it belongs to user {}, not to the gateway's user {own}",
+            meta.uid()
+        )));
+    }
+    Ok(())
 }

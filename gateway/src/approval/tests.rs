@@ -145,6 +145,26 @@ fn pending_requests_per_identity_are_capped() {
     pending_name(a.request(&elsewhere, later).unwrap());
 }
 
+/// The store is the gateway's own: made 0700 with 0600 files; a directory anybody may write to
+/// is refused, as someone else may have planted an approved request in it.
+#[test]
+fn the_store_directory_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir);
+    let name = pending_name(store.request(&ask("f1"), start()).unwrap());
+    let path = dir.path().join("approvals");
+    assert_eq!(super::store::Dir::mode(&path), 0o700);
+    assert_eq!(super::store::Dir::mode(&path.join(format!("{name}.json"))), 0o600);
+    drop(store);
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = Approvals::open(&path, "agents").unwrap_err().to_string();
+    assert!(
+        err.contains("is refused: anybody may write to it (mode 777)"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_request_is_created_with_its_evidence_and_persisted() {
     let t0 = start();
