@@ -2,7 +2,7 @@
 //! token copied out of a log cannot be replayed without that key.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -33,38 +33,78 @@ pub const PROOF_ALGORITHMS: &[Algorithm] = &[
 /// The `algs` advertised in `WWW-Authenticate: DPoP`.
 pub const PROOF_ALGS_HEADER: &str = "ES256 ES384 RS256 PS256 EdDSA";
 
-/// Remembers proof ids for the proof lifetime.
+/// Most `jti`s remembered for one proof key (about 800 proofs a second over the retention): one
+/// agent, however fast it sends fresh proofs, cannot fill the cache and lock every other out.
+pub const MAX_REPLAY_PER_KEY: usize = 100_000;
+
+/// Remembers proof ids (by key thumbprint and `jti`) for the proof lifetime, oldest first, so
+/// expiry costs nothing per proof and a full cache is never scanned.
 #[derive(Debug, Default)]
 pub struct ReplayCache {
-    seen: Mutex<HashMap<String, Instant>>,
+    state: Mutex<ReplayState>,
+}
+
+#[derive(Debug, Default)]
+struct ReplayState {
+    /// SHA-256 of `thumbprint:jti` → when it was seen.
+    seen: HashMap<[u8; 32], Instant>,
+    /// The same, in the order seen (which is time order), with the key's thumbprint.
+    order: std::collections::VecDeque<([u8; 32], Instant, Arc<str>)>,
+    /// Ids remembered per key thumbprint.
+    per_key: HashMap<Arc<str>, usize>,
+}
+
+fn replay_id(thumbprint: &str, jti: &str) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(thumbprint.as_bytes())
+        .chain_update(b":")
+        .chain_update(jti.as_bytes())
+        .finalize()
+        .into()
 }
 
 impl ReplayCache {
-    /// Tests: whether `key` was recorded.
+    /// Tests: whether `jti` of the key `thumbprint` was recorded.
     #[cfg(test)]
-    pub(crate) fn remembers(&self, key: &str) -> bool {
-        self.seen
+    pub(crate) fn remembers(&self, thumbprint: &str, jti: &str) -> bool {
+        self.state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains_key(key)
+            .seen
+            .contains_key(&replay_id(thumbprint, jti))
     }
 
-    /// Records `key`; false when it was already seen (a replay) or the cache is full.
-    fn insert(&self, key: String, now: Instant) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= MAX_REPLAY_ENTRIES {
-            seen.retain(|_, t| now.duration_since(*t) < REPLAY_RETENTION);
-            if seen.len() >= MAX_REPLAY_ENTRIES {
-                return false;
+    /// Records `jti` of the key `thumbprint`; false when it was already seen (a replay), or when
+    /// the cache or the key's share of it is full.
+    fn insert(&self, thumbprint: &str, jti: &str, now: Instant) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let ReplayState { seen, order, per_key } = &mut *state;
+        while let Some((id, at, key)) = order.front() {
+            if now.saturating_duration_since(*at) < REPLAY_RETENTION {
+                break;
             }
-        }
-        match seen.get(&key) {
-            Some(t) if now.duration_since(*t) < REPLAY_RETENTION => false,
-            _ => {
-                seen.insert(key, now);
-                true
+            seen.remove(id);
+            if let Some(n) = per_key.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    per_key.remove(key);
+                }
             }
+            order.pop_front();
         }
+        let id = replay_id(thumbprint, jti);
+        if seen.contains_key(&id) || seen.len() >= MAX_REPLAY_ENTRIES {
+            return false;
+        }
+        let key: Arc<str> = match per_key.get_key_value(thumbprint) {
+            Some((_, n)) if *n >= MAX_REPLAY_PER_KEY => return false,
+            Some((k, _)) => k.clone(),
+            None => Arc::from(thumbprint),
+        };
+        *per_key.entry(key.clone()).or_insert(0) += 1;
+        seen.insert(id, now);
+        order.push_back((id, now, key));
+        true
     }
 }
 
@@ -138,7 +178,7 @@ pub fn verify_proof(
     if thumbprint != bound_to {
         return Err("proof key is not the key the token is bound to".into());
     }
-    if !replay.insert(format!("{thumbprint}:{jti}"), Instant::now()) {
+    if !replay.insert(&thumbprint, jti, Instant::now()) {
         return Err("proof jti was already used".into());
     }
     Ok(thumbprint)
@@ -213,8 +253,26 @@ mod tests {
     fn replays_are_detected() {
         let cache = ReplayCache::default();
         let now = Instant::now();
-        assert!(cache.insert("k:1".into(), now));
-        assert!(!cache.insert("k:1".into(), now));
-        assert!(cache.insert("k:2".into(), now));
+        assert!(cache.insert("k", "1", now));
+        assert!(!cache.insert("k", "1", now));
+        assert!(cache.insert("k", "2", now));
+        // Another key's proof may use the same jti.
+        assert!(cache.insert("other", "1", now));
+        // Forgotten once the retention has passed.
+        assert!(cache.insert("k", "1", now + REPLAY_RETENTION));
+    }
+
+    /// One key sending fresh proofs as fast as it can fills its own share, not the cache: the
+    /// next key's proofs still pass, and the share frees as its ids expire.
+    #[test]
+    fn one_key_cannot_fill_the_replay_cache() {
+        let cache = ReplayCache::default();
+        let now = Instant::now();
+        for i in 0..MAX_REPLAY_PER_KEY {
+            assert!(cache.insert("greedy", &i.to_string(), now));
+        }
+        assert!(!cache.insert("greedy", "one-more", now));
+        assert!(cache.insert("modest", "1", now));
+        assert!(cache.insert("greedy", "one-more", now + REPLAY_RETENTION));
     }
 }

@@ -695,7 +695,7 @@ async fn dpop_proof_catalogue() {
     // proofs cannot fill the replay cache that every client shares.
     let jti_of_other = other.dpop_proof("GET", URL, &token, NOW, "shared-jti");
     assert!(with_proof(&v, "DPoP", &token, &[&jti_of_other]).await.is_err());
-    assert!(!v.replay.remembers(&format!("{}:shared-jti", other.thumbprint())));
+    assert!(!v.replay.remembers(&other.thumbprint(), "shared-jti"));
 }
 
 // --- Remote keys: cache, flood, outage ---------------------------------------------------------
