@@ -236,7 +236,7 @@ impl Cluster {
             &["--allow-loopback-listeners"],
             &[],
         );
-        let published = wait_for(Duration::from_secs(30), || {
+        let published = wait_for(Duration::from_secs(60), || {
             (jsonpath(
                 &env,
                 "agentgateway",
