@@ -136,8 +136,10 @@ pub fn key_from_jwk(entry: &Value) -> Result<VerificationKey, String> {
             return Err(format!("carries private or symmetric key material ({private})"));
         }
     }
+    // `jwt-svid` is a SPIFFE bundle's signing use; its `x509-svid` keys sign certificates.
     if let Some(u) = obj.get("use")
         && u != "sig"
+        && u != "jwt-svid"
     {
         return Err(format!("use is {u}, not sig"));
     }

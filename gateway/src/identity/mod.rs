@@ -433,15 +433,27 @@ impl Verifier {
         }
         let jws = token::parse(token, ALL_ALGORITHMS)
             .map_err(|e| IdentityError::new(ErrorKind::MalformedToken, e))?;
-        let iss = jws
-            .claims
-            .get("iss")
-            .and_then(Value::as_str)
-            .ok_or_else(|| IdentityError::new(ErrorKind::MalformedToken, "claim iss is missing"))?;
+        let iss_claim = jws.claims.get("iss").and_then(Value::as_str);
+        let missing_iss = || IdentityError::new(ErrorKind::MalformedToken, "claim iss is missing");
+        // A JWT-SVID need not carry `iss` (SPIRE leaves it out unless configured to set one):
+        // the trust domain of its SPIFFE ID names the issuer then, for SPIFFE identities only.
+        let from_sub = match iss_claim {
+            Some(_) => None,
+            None => Some(spiffe_trust_domain(&jws.claims).ok_or_else(missing_iss)?),
+        };
+        let iss = iss_claim.or(from_sub.as_deref()).unwrap_or_default();
         let issuer = self
             .issuers
             .get(iss)
             .ok_or_else(|| IdentityError::new(ErrorKind::UnknownIssuer, format!("issuer {iss:?}")))?;
+        if from_sub.is_some()
+            && !issuer
+                .identities
+                .iter()
+                .all(|i| i.spec.provider == IdentityProvider::Spiffe)
+        {
+            return Err(missing_iss());
+        }
         if !issuer.jwt_allowed {
             // Okta org authorization servers and opaque-token issuers are only ever introspected.
             return match &issuer.introspector {
@@ -571,6 +583,13 @@ fn algorithm(a: SigningAlgorithm) -> Algorithm {
         SigningAlgorithm::ES384 => Algorithm::ES384,
         SigningAlgorithm::EdDSA => Algorithm::EdDSA,
     }
+}
+
+/// `spiffe://<trust domain>` of a token whose `sub` is a SPIFFE ID.
+fn spiffe_trust_domain(claims: &Value) -> Option<String> {
+    let sub = claims.get("sub")?.as_str()?;
+    let domain = sub.strip_prefix("spiffe://")?.split('/').next()?;
+    (!domain.is_empty()).then(|| format!("spiffe://{domain}"))
 }
 
 /// Access tokens must not be ID tokens or other kinds of JWT (RFC 8725 §3.11). The `typ` must

@@ -533,6 +533,50 @@ async fn spiffe_jwt_svids() {
     let mut no_aud = svid.clone();
     no_aud.as_object_mut().unwrap().remove("aud");
     refused(&v, &sign(&no_aud), ErrorKind::WrongAudience).await;
+    // As SPIRE serves them: the bundle's keys marked `use: jwt-svid` (its `x509-svid` keys are
+    // not for JWTs), and SVIDs without `iss`, whose trust domain names the issuer.
+    let mut bundle = SigningKey::jwks(&[&key]);
+    bundle["keys"][0]["use"] = json!("jwt-svid");
+    let mut x509 = bundle["keys"][0].clone();
+    x509["use"] = json!("x509-svid");
+    x509["kid"] = json!("x509");
+    bundle["keys"].as_array_mut().unwrap().push(x509);
+    let spec = json!({
+        "provider": "Spiffe", "issuer": "spiffe://prod.example", "audiences": ["agentgate"],
+        "match": {"spiffeId": "spiffe://prod.example/ns/agents/sa/*"}, "keys": {"secretRef": {"name": "bundle", "key": "jwks"}}
+    });
+    let spire = verifier(vec![identity("agents", spec, Some(&bundle))]);
+    let mut no_iss = svid.clone();
+    no_iss.as_object_mut().unwrap().remove("iss");
+    let p = check(&spire, &sign(&no_iss)).await.unwrap();
+    assert_eq!(
+        (p.identity.as_str(), p.issuer.as_str()),
+        ("agents", "spiffe://prod.example")
+    );
+    let x509_signed = key.sign_with_header(json!({"typ": "JWT", "kid": "x509"}), &svid);
+    refused(&spire, &x509_signed, ErrorKind::InvalidSignature).await;
+    // Another trust domain, or a token that is not an SVID, has no issuer to be checked by.
+    let mut elsewhere = no_iss.clone();
+    elsewhere["sub"] = json!("spiffe://other.example/ns/agents/sa/coder");
+    refused(&spire, &sign(&elsewhere), ErrorKind::UnknownIssuer).await;
+    let mut plain = no_iss.clone();
+    plain["sub"] = json!("coder");
+    refused(&spire, &sign(&plain), ErrorKind::MalformedToken).await;
+}
+
+/// Only SPIFFE identities take a token without `iss`: an OIDC issuer named like a trust
+/// domain does not.
+#[tokio::test]
+async fn tokens_without_iss_are_svids_or_nothing() {
+    let key = SigningKey::ec("k").unwrap();
+    let spec = json!({
+        "issuer": "spiffe://prod.example", "audiences": ["agentgate"],
+        "match": {"subject": "spiffe://prod.example/ns/agents/sa/coder"}, "keys": {"secretRef": {"name": "k", "key": "jwks"}}
+    });
+    let v = verifier(vec![identity("oidc", spec, Some(&SigningKey::jwks(&[&key])))]);
+    let claims = json!({"sub": "spiffe://prod.example/ns/agents/sa/coder", "aud": ["agentgate"], "exp": NOW + 300, "iat": NOW});
+    let token = key.sign_with_header(json!({"typ": "JWT", "kid": "k"}), &claims);
+    refused(&v, &token, ErrorKind::MalformedToken).await;
 }
 
 #[tokio::test]
