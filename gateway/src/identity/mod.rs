@@ -553,6 +553,9 @@ impl Verifier {
                 "introspection names another issuer",
             ));
         }
+        if let Some(why) = not_an_access_token(&claims) {
+            return Err(IdentityError::new(ErrorKind::WrongTokenType, why));
+        }
         let mut principal = principal_from_claims(issuer, &claims, &iss, Verified::Introspected, now)?;
         principal.reuse_until = now;
         Ok(principal)
@@ -583,6 +586,35 @@ fn algorithm(a: SigningAlgorithm) -> Algorithm {
         SigningAlgorithm::ES384 => Algorithm::ES384,
         SigningAlgorithm::EdDSA => Algorithm::EdDSA,
     }
+}
+
+/// Why an introspection answer is for some other kind of token than an access token: the
+/// provider answers "active" for any of its tokens, and a refresh token lives for days. Known by
+/// RFC 7662's `token_type` (or RFC 8693's URN for it), Keycloak's `typ`, or ID-token claims; a
+/// provider that says nothing (oidc-provider omits `token_type` for refresh tokens) cannot be
+/// told apart here.
+fn not_an_access_token(claims: &Value) -> Option<String> {
+    let text = |name: &str| {
+        claims
+            .get(name)
+            .and_then(Value::as_str)
+            .map(str::to_ascii_lowercase)
+    };
+    if let Some(t) = text("token_type") {
+        let kind = t.rsplit(':').next().unwrap_or_default();
+        if matches!(kind, "refresh_token" | "id_token") {
+            return Some(format!("introspection says this is a {kind}"));
+        }
+    }
+    if let Some(t) = text("typ")
+        && matches!(t.as_str(), "refresh" | "offline" | "id")
+    {
+        return Some(format!("introspection says this token's typ is {t}"));
+    }
+    ["nonce", "at_hash", "c_hash"]
+        .into_iter()
+        .find(|c| claims.get(*c).is_some())
+        .map(|c| format!("token carries {c}: an ID token"))
 }
 
 /// `spiffe://<trust domain>` of a token whose `sub` is a SPIFFE ID.

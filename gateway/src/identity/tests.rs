@@ -564,6 +564,29 @@ async fn spiffe_jwt_svids() {
     refused(&spire, &sign(&plain), ErrorKind::MalformedToken).await;
 }
 
+/// An introspection answer for a refresh token or an ID token is active, and no access token.
+#[test]
+fn introspected_refresh_and_id_tokens_are_not_access_tokens() {
+    for refused in [
+        json!({"active": true, "token_type": "refresh_token"}),
+        json!({"active": true, "token_type": "urn:ietf:params:oauth:token-type:refresh_token"}),
+        json!({"active": true, "token_type": "ID_TOKEN"}),
+        json!({"active": true, "typ": "Refresh"}),
+        json!({"active": true, "typ": "Offline"}),
+        json!({"active": true, "nonce": "n-0S6"}),
+    ] {
+        assert!(not_an_access_token(&refused).is_some(), "{refused}");
+    }
+    for accepted in [
+        json!({"active": true, "token_type": "Bearer"}),
+        json!({"active": true, "token_type": "DPoP"}),
+        json!({"active": true, "typ": "Bearer"}),
+        json!({"active": true}),
+    ] {
+        assert_eq!(not_an_access_token(&accepted), None, "{accepted}");
+    }
+}
+
 /// Only SPIFFE identities take a token without `iss`: an OIDC issuer named like a trust
 /// domain does not.
 #[tokio::test]
