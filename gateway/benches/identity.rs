@@ -82,6 +82,7 @@ fn bench(c: &mut Criterion) {
             authorization: Some(&auth),
             dpop: &[],
             target: target.clone(),
+            peer: None,
         };
         assert!(run(v.verify(&presented, NOW)).is_ok());
         c.bench_function(&format!("verify/{name}/cached-keys"), |b| {
@@ -96,6 +97,7 @@ fn bench(c: &mut Criterion) {
         authorization: Some(&auth),
         dpop: &[],
         target: target.clone(),
+        peer: None,
     };
     run(v.verify(&presented, NOW)).unwrap();
     c.bench_function("verify/repeated-token/verification-cache", |b| {
@@ -113,6 +115,7 @@ fn bench(c: &mut Criterion) {
         authorization: Some(&flood),
         dpop: &[],
         target,
+        peer: None,
     };
     c.bench_function("verify/unknown-kid/refused", |b| {
         b.iter(|| run(v.verify(&presented, NOW)).unwrap_err())

@@ -86,6 +86,7 @@ async fn verify(
                 method: "GET",
                 url: URL,
             },
+            peer: None,
         },
         now(),
     )

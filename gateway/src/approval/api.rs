@@ -324,6 +324,8 @@ async fn authenticate<B>(
             method: req.method().as_str(),
             url: &url,
         },
+        // Approvers are few; their tokens share the provider budget without a per-address share.
+        peer: None,
     };
     verifier.verify(&presented, unix_now()).await.map_err(|e| {
         tracing::info!(error = %e, "approvals API: token refused");

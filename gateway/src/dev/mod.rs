@@ -372,6 +372,7 @@ mod tests {
                     authorization: Some(&authorization),
                     dpop: &[],
                     target,
+                    peer: None,
                 },
                 now,
             )

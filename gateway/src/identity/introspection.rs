@@ -56,49 +56,132 @@ pub struct Introspector {
     inactive: Mutex<HashMap<[u8; 32], i64>>,
     /// The endpoint found by discovery, and until when it is reused.
     discovered: Mutex<Option<(String, i64)>>,
-    calls: Mutex<CallBudget>,
+    calls: Mutex<Budgets>,
 }
 
-/// The provider calls allowed now: a token bucket refilled at [`MAX_CALLS_PER_SECOND`], and a
-/// count of calls in flight.
+/// A client address's share of the provider budget: a quarter of its calls a second and of
+/// those in flight. A client sending a fresh junk token with each request spends its own share,
+/// not every agent's (behind one address translation, clients share one share).
+pub const PEER_SHARE: u32 = 4;
+/// Most client addresses tracked (an IPv6 /64 is one). Idle ones are forgotten to make room;
+/// while all are busy, a new address's uncached tokens are refused.
+pub const MAX_PEERS: usize = 10_000;
+
+/// A token bucket of calls a second, and a count of calls in flight.
 #[derive(Debug)]
 struct CallBudget {
     tokens: f64,
     refilled: std::time::Instant,
     in_flight: usize,
+    rate: f64,
+    max_in_flight: usize,
 }
 
 impl CallBudget {
-    fn new(now: std::time::Instant) -> Self {
+    fn new(now: std::time::Instant, rate: u32, max_in_flight: usize) -> Self {
         Self {
-            tokens: f64::from(MAX_CALLS_PER_SECOND),
+            tokens: f64::from(rate),
             refilled: now,
             in_flight: 0,
+            rate: f64::from(rate),
+            max_in_flight,
         }
+    }
+
+    /// Whether a call may start now (refilling first).
+    fn admits(&mut self, now: std::time::Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.refilled = now;
+        self.tokens >= 1.0 && self.in_flight < self.max_in_flight
     }
 
     /// Takes one call if the budget allows it.
     fn take(&mut self, now: std::time::Instant) -> bool {
-        let rate = f64::from(MAX_CALLS_PER_SECOND);
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate).min(rate);
-        self.refilled = now;
-        if self.tokens < 1.0 || self.in_flight >= MAX_CALLS_IN_FLIGHT {
+        if !self.admits(now) {
             return false;
         }
         self.tokens -= 1.0;
         self.in_flight += 1;
         true
     }
+
+    /// Full again and nothing in flight: forgetting it changes nothing.
+    fn idle(&mut self, now: std::time::Instant) -> bool {
+        self.admits(now) && self.in_flight == 0 && self.tokens >= self.rate
+    }
+}
+
+/// The provider budget, and each client address's share of it.
+#[derive(Debug)]
+struct Budgets {
+    all: CallBudget,
+    peers: HashMap<std::net::IpAddr, CallBudget>,
+}
+
+impl Budgets {
+    fn new(now: std::time::Instant) -> Self {
+        Self {
+            all: CallBudget::new(now, MAX_CALLS_PER_SECOND, MAX_CALLS_IN_FLIGHT),
+            peers: HashMap::new(),
+        }
+    }
+
+    /// Takes one call for `peer` (its share and the whole budget), if both allow it.
+    fn take(&mut self, peer: Option<std::net::IpAddr>, now: std::time::Instant) -> bool {
+        let Some(peer) = peer.map(peer_key) else {
+            return self.all.take(now);
+        };
+        if !self.peers.contains_key(&peer) && self.peers.len() >= MAX_PEERS {
+            self.peers.retain(|_, b| !b.idle(now));
+            if self.peers.len() >= MAX_PEERS {
+                return false;
+            }
+        }
+        let share = self.peers.entry(peer).or_insert_with(|| {
+            CallBudget::new(
+                now,
+                MAX_CALLS_PER_SECOND / PEER_SHARE,
+                MAX_CALLS_IN_FLIGHT / PEER_SHARE as usize,
+            )
+        });
+        if !share.admits(now) || !self.all.take(now) {
+            return false;
+        }
+        share.take(now)
+    }
+
+    /// A call of `peer` ended.
+    fn done(&mut self, peer: Option<std::net::IpAddr>) {
+        self.all.in_flight = self.all.in_flight.saturating_sub(1);
+        if let Some(b) = peer.and_then(|p| self.peers.get_mut(&peer_key(p))) {
+            b.in_flight = b.in_flight.saturating_sub(1);
+        }
+    }
+}
+
+/// A client's address as budgets count it: IPv4 (IPv4-mapped IPv6 too), or an IPv6 /64, which
+/// one host may hold whole.
+fn peer_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv6Addr};
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
 }
 
 /// A call in flight; counted out when dropped.
-struct Call<'a>(&'a Mutex<CallBudget>);
+struct Call<'a>(&'a Mutex<Budgets>, Option<std::net::IpAddr>);
 
 impl Drop for Call<'_> {
     fn drop(&mut self) {
-        let mut b = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        b.in_flight = b.in_flight.saturating_sub(1);
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).done(self.1);
     }
 }
 
@@ -132,7 +215,7 @@ impl Introspector {
             cache: Mutex::new(HashMap::new()),
             inactive: Mutex::new(HashMap::new()),
             discovered: Mutex::new(None),
-            calls: Mutex::new(CallBudget::new(std::time::Instant::now())),
+            calls: Mutex::new(Budgets::new(std::time::Instant::now())),
         })
     }
 
@@ -141,8 +224,14 @@ impl Introspector {
         &self.issuer
     }
 
-    /// The claims of an active token, or an error (inactive tokens are `TokenInactive`).
-    pub async fn introspect(&self, token: &str, now: i64) -> Result<Value, IdentityError> {
+    /// The claims of an active token, or an error (inactive tokens are `TokenInactive`). `peer`
+    /// is the client's address, whose share of the provider budget an uncached token spends.
+    pub async fn introspect(
+        &self,
+        token: &str,
+        now: i64,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<Value, IdentityError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let inactive = || {
             IdentityError::new(
@@ -169,13 +258,13 @@ impl Introspector {
             .calls
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take(std::time::Instant::now());
+            .take(peer, std::time::Instant::now());
         if !admitted {
             return Err(unavailable(format!(
-                "too many token introspections at once (at most {MAX_CALLS_PER_SECOND} a second, {MAX_CALLS_IN_FLIGHT} waiting); retry shortly"
+                "too many token introspections at once (at most {MAX_CALLS_PER_SECOND} a second, {MAX_CALLS_IN_FLIGHT} waiting, a quarter of each per client address); retry shortly"
             )));
         }
-        let _call = Call(&self.calls);
+        let _call = Call(&self.calls, peer);
         let endpoint = match &self.endpoint {
             Some(e) => e.clone(),
             None => self.discovered_endpoint(now).await.map_err(unavailable)?,
@@ -297,7 +386,7 @@ mod tests {
     #[test]
     fn provider_calls_are_budgeted_per_second_and_in_flight() {
         let t0 = Instant::now();
-        let mut b = CallBudget::new(t0);
+        let mut b = CallBudget::new(t0, MAX_CALLS_PER_SECOND, MAX_CALLS_IN_FLIGHT);
         for _ in 0..MAX_CALLS_IN_FLIGHT {
             assert!(b.take(t0));
         }
@@ -324,5 +413,33 @@ mod tests {
             burst, MAX_CALLS_PER_SECOND as usize,
             "a burst is at most a second's worth"
         );
+    }
+
+    /// One client address flooding junk tokens spends its quarter of the provider budget; an
+    /// agent at another address still gets its new token introspected.
+    #[test]
+    fn one_client_address_cannot_spend_the_whole_budget() {
+        let t0 = Instant::now();
+        let mut b = Budgets::new(t0);
+        let flood: std::net::IpAddr = "10.0.0.9".parse().unwrap();
+        let share =
+            (MAX_CALLS_IN_FLIGHT / PEER_SHARE as usize).min((MAX_CALLS_PER_SECOND / PEER_SHARE) as usize);
+        let taken = (0..100).take_while(|_| b.take(Some(flood), t0)).count();
+        assert_eq!(taken, share);
+        // Its other addresses in the same IPv6 /64 are the same client.
+        let v6a: std::net::IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let v6b: std::net::IpAddr = "2001:db8:1:2::ffff".parse().unwrap();
+        let v6_taken = (0..100)
+            .take_while(|i| b.take(Some(if i % 2 == 0 { v6a } else { v6b }), t0))
+            .count();
+        assert_eq!(v6_taken, share);
+        let agent: std::net::IpAddr = "10.0.0.7".parse().unwrap();
+        assert!(b.take(Some(agent), t0));
+        // Calls ending give the share back.
+        for _ in 0..share {
+            b.done(Some(flood));
+        }
+        assert!(b.take(Some(flood), t0 + Duration::from_secs(1)));
+        assert_eq!(peer_key("::ffff:10.0.0.9".parse().unwrap()), flood);
     }
 }

@@ -168,6 +168,8 @@ pub struct Presented<'a> {
     pub dpop: &'a [&'a str],
     /// The request, for `htm`/`htu`.
     pub target: RequestTarget<'a>,
+    /// The client's address: an uncached introspection spends its share of the provider budget.
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// Verification keys of one issuer.
@@ -382,7 +384,7 @@ impl Verifier {
         let principal = match self.cache.get(token, now) {
             Some(p) => p,
             None => {
-                let p = Arc::new(self.verify_uncached(token, now).await?);
+                let p = Arc::new(self.verify_uncached(token, now, presented.peer).await?);
                 if p.reuse_until > now {
                     self.cache.insert(token, p.clone());
                 }
@@ -427,9 +429,14 @@ impl Verifier {
         }
     }
 
-    async fn verify_uncached(&self, token: &str, now: i64) -> Result<Principal, IdentityError> {
+    async fn verify_uncached(
+        &self,
+        token: &str,
+        now: i64,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<Principal, IdentityError> {
         if !token::looks_like_jwt(token) {
-            return self.introspect_any(token, now).await;
+            return self.introspect_any(token, now, peer).await;
         }
         let jws = token::parse(token, ALL_ALGORITHMS)
             .map_err(|e| IdentityError::new(ErrorKind::MalformedToken, e))?;
@@ -457,7 +464,7 @@ impl Verifier {
         if !issuer.jwt_allowed {
             // Okta org authorization servers and opaque-token issuers are only ever introspected.
             return match &issuer.introspector {
-                Some(i) => self.finish_introspection(issuer, i, token, now).await,
+                Some(i) => self.finish_introspection(issuer, i, token, now, peer).await,
                 None => Err(IdentityError::new(
                     ErrorKind::UnknownIssuer,
                     "issuer accepts no JWTs",
@@ -510,13 +517,18 @@ impl Verifier {
 
     /// An opaque token names no issuer. It goes to the one issuer that introspects, never to
     /// several in turn: each would learn (and could replay) tokens other issuers gave out.
-    async fn introspect_any(&self, token: &str, now: i64) -> Result<Principal, IdentityError> {
+    async fn introspect_any(
+        &self,
+        token: &str,
+        now: i64,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<Principal, IdentityError> {
         let mut introspecting = self
             .issuers
             .values()
             .filter_map(|issuer| issuer.introspector.as_ref().map(|i| (issuer, i)));
         match (introspecting.next(), introspecting.next()) {
-            (Some((issuer, i)), None) => self.finish_introspection(issuer, i, token, now).await,
+            (Some((issuer, i)), None) => self.finish_introspection(issuer, i, token, now, peer).await,
             (None, _) => Err(IdentityError::new(
                 ErrorKind::MalformedToken,
                 "opaque token and no issuer introspects",
@@ -534,8 +546,9 @@ impl Verifier {
         introspector: &introspection::Introspector,
         token: &str,
         now: i64,
+        peer: Option<std::net::IpAddr>,
     ) -> Result<Principal, IdentityError> {
-        let mut claims = introspector.introspect(token, now).await?;
+        let mut claims = introspector.introspect(token, now, peer).await?;
         // RFC 7662 makes `sub` optional; a client-credentials token's subject is its client.
         if claims.get("sub").is_none()
             && let Some(client) = claims.get("client_id").cloned()

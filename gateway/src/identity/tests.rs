@@ -77,6 +77,7 @@ fn presented<'a>(authorization: &'a str, dpop: &'a [&'a str]) -> Presented<'a> {
             method: "GET",
             url: URL,
         },
+        peer: None,
     }
 }
 
@@ -1012,7 +1013,8 @@ async fn repeated_tokens_come_from_the_cache_and_errors_never_echo_the_token() {
                 target: RequestTarget {
                     method: "GET",
                     url: URL
-                }
+                },
+                peer: None,
             },
             NOW
         )

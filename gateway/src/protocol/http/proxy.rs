@@ -1368,6 +1368,7 @@ async fn authenticate(
             method: req.method.as_str(),
             url: &url,
         },
+        peer: Some(conn.peer.ip()),
     };
     let now = unix_now();
     verifier.verify(&presented, now).await.map_err(|e| {

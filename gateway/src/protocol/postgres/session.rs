@@ -300,6 +300,7 @@ async fn start(
             method: "CONNECT",
             url: &url,
         },
+        peer: Some(peer.ip()),
     };
     let principal = verifier.verify(&presented, unix_now()).await.map_err(|e| {
         tracing::info!(%peer, error = %e, "postgres token refused");
