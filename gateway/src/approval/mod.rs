@@ -321,6 +321,10 @@ struct Entry {
     grant_expires_at: Option<i64>,
     /// When the request stopped mattering (decided and unusable, used, expired).
     ended_at: Option<i64>,
+    /// Kubernetes mode: the status the API server last reported (what [`regression`] guards);
+    /// `None` for what only this gateway has seen, such as its own expiry of a held request,
+    /// which the API server may still overtake with an approval.
+    reported: Option<ApprovalRequestStatus>,
 }
 
 impl Entry {
@@ -353,6 +357,7 @@ impl Entry {
             expires_at,
             grant_expires_at,
             ended_at,
+            reported: None,
         }
     }
 
@@ -428,22 +433,39 @@ impl Entry {
     }
 }
 
-/// Why `next` may not replace `known`: an ended request revived, a used grant's `usedAt` cleared
-/// or changed, or a grant lengthened. Every gateway's service account may write the status, so a
-/// compromised one could otherwise spend another gateway's Once grant twice.
+/// Why `next` may not replace what the API server reported of `known`: an ended request
+/// revived, a used grant's `usedAt` cleared or changed, or a grant lengthened. Every gateway's
+/// service account may write the status, so a compromised one could otherwise spend another
+/// gateway's Once grant twice.
 fn regression(known: &Entry, next: &Entry) -> Option<&'static str> {
-    let used_at = |e: &Entry| e.request.status.as_ref().and_then(|s| s.used_at.clone());
-    if known.ended_at.is_some() && next.phase() != known.phase() {
+    let was = known.reported.as_ref()?;
+    let used_at = next.request.status.as_ref().and_then(|s| s.used_at.clone());
+    let grant_end = |s: &ApprovalRequestStatus| {
+        s.grant_expires_at
+            .as_deref()
+            .map(|t| parse_time(t).unwrap_or(i64::MIN))
+    };
+    let ended = matches!(
+        was.phase,
+        ApprovalPhase::Denied | ApprovalPhase::Expired | ApprovalPhase::Used
+    );
+    if ended && next.phase() != was.phase {
         Some("a request that has ended stays ended")
-    } else if used_at(known).is_some() && used_at(next) != used_at(known) {
+    } else if was.used_at.is_some() && used_at != was.used_at {
         Some("usedAt is set once")
-    } else if let Some(end) = known.grant_expires_at
+    } else if let Some(end) = grant_end(was)
         && next.grant_expires_at.is_none_or(|t| t > end)
     {
         Some("a grant never lengthens")
     } else {
         None
     }
+}
+
+/// Puts `entry` in place of its name's, keeping what the API server last reported of it.
+fn keep_reported(entries: &mut BTreeMap<String, Entry>, mut entry: Entry) {
+    entry.reported = entries.get(entry.name()).and_then(|e| e.reported.clone());
+    entries.insert(entry.name().to_string(), entry);
 }
 
 fn phase(r: &ApprovalRequest) -> ApprovalPhase {
@@ -599,8 +621,7 @@ impl Approvals {
         if let Backend::Dir(dir) = &self.backend {
             dir.write(&request)?;
         }
-        let entry = Entry::new(request);
-        entries.insert(entry.name().to_string(), entry);
+        keep_reported(entries, Entry::new(request));
         self.changed();
         Ok(())
     }
@@ -616,8 +637,7 @@ impl Approvals {
         for r in expired {
             if let Err(e) = self.commit(entries, r.clone()) {
                 tracing::warn!(error = %e, "cannot persist an approval request's expiry");
-                let entry = Entry::new(r);
-                entries.insert(entry.name().to_string(), entry);
+                keep_reported(entries, Entry::new(r));
                 self.changed();
             }
         }
@@ -773,7 +793,8 @@ impl Approvals {
     /// Kubernetes mode: takes the API server's version of a request into the cache. Returns the
     /// phase it had here before (`None` when it was not known).
     fn ingest(&self, request: ApprovalRequest) -> Option<ApprovalPhase> {
-        let entry = Entry::new(request);
+        let mut entry = Entry::new(request);
+        entry.reported = Some(entry.request.status.clone().unwrap_or_default());
         let mut entries = self.lock();
         if let Some(known) = entries.get(entry.name())
             && let Some(why) = regression(known, &entry)
@@ -875,8 +896,7 @@ impl Approvals {
         r.status.get_or_insert_with(Default::default).phase = ApprovalPhase::Expired;
         if let Err(err) = self.commit(&mut entries, r.clone()) {
             tracing::warn!(error = %err, "cannot persist an approval request's expiry");
-            let entry = Entry::new(r);
-            entries.insert(name.to_string(), entry);
+            keep_reported(&mut entries, Entry::new(r));
             self.changed();
         }
         ApprovalPhase::Expired

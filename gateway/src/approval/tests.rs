@@ -764,7 +764,9 @@ fn a_status_that_revives_an_ended_request_is_not_taken_in() {
     let name = pending_name(store.request(&ask("f1"), now).unwrap());
     let approved = approve(&store, &name, "alice", 1, now).unwrap();
     assert_eq!(approved.status.as_ref().unwrap().phase, ApprovalPhase::Approved);
-    // Lengthening the grant is ignored (the watch would bring it in from the API server).
+    // What the watch brings in from the API server.
+    store.ingest(approved.clone());
+    // Lengthening the grant is ignored.
     let mut longer = approved.clone();
     longer.status.as_mut().unwrap().grant_expires_at = Some(format_time(now + 7 * 24 * 3600));
     store.ingest(longer);
@@ -772,12 +774,12 @@ fn a_status_that_revives_an_ended_request_is_not_taken_in() {
         store.get(&name, now).unwrap().status.unwrap().grant_expires_at,
         approved.status.as_ref().unwrap().grant_expires_at
     );
-    // Spent once, as the data path spends it.
-    assert!(matches!(
-        store.request(&ask("f1"), now).unwrap(),
-        Ticket::Granted { .. }
-    ));
-    assert_eq!(phase_of(&store, &name, now), ApprovalPhase::Used);
+    // Spent, as the API server reports it after a gateway's conditional write.
+    let mut used = approved.clone();
+    let status = used.status.as_mut().unwrap();
+    status.phase = ApprovalPhase::Used;
+    status.used_at = Some(format_time(now));
+    store.ingest(used);
     // Another gateway's service account writes it back to Approved without usedAt.
     let mut rearmed = approved.clone();
     rearmed.status.as_mut().unwrap().used_at = None;
@@ -785,6 +787,21 @@ fn a_status_that_revives_an_ended_request_is_not_taken_in() {
     assert_eq!(phase_of(&store, &name, now), ApprovalPhase::Used);
     let again = store.request(&ask("f1"), now).unwrap();
     assert!(!matches!(again, Ticket::Granted { .. }), "{again:?}");
+
+    // This gateway's own expiry of a held request is not the API server's word: an approval
+    // the server reports afterwards (decided in the hold's last moment) is taken in.
+    let other = pending_name(store.request(&ask("f2"), now).unwrap());
+    let pending = store.get(&other, now).unwrap();
+    store.ingest(pending);
+    assert_eq!(store.expire_now(&other), ApprovalPhase::Expired);
+    let decided = approve(&store, &other, "alice", 1, now);
+    assert!(decided.is_err(), "expired here: {decided:?}");
+    let mut from_server = store.get(&other, now).unwrap();
+    let status = from_server.status.as_mut().unwrap();
+    status.phase = ApprovalPhase::Approved;
+    status.grant_expires_at = Some(format_time(now + 600));
+    assert_eq!(store.ingest(from_server), Some(ApprovalPhase::Expired));
+    assert_eq!(phase_of(&store, &other, now), ApprovalPhase::Approved);
 }
 
 /// An Approved phase that the request's own decisions do not back grants nothing: a forged
