@@ -96,7 +96,14 @@ pub fn mask_whole(
             let text = std::str::from_utf8(input)
                 .map_err(|_| MaskFailure::Unparseable("the response text is not UTF-8"))?;
             if plan.has_field_rules() {
-                return Ok(mask_text_with_json(plan, text));
+                let (out, report, unclosed) = mask_text_with_json(plan, text);
+                // Its lines would get the detectors alone: a document cut short is unreadable.
+                if unclosed && plan.on_unparseable() == UnparseablePolicy::Refuse {
+                    return Err(MaskFailure::Unparseable(
+                        "a JSON document in the text never closes",
+                    ));
+                }
+                return Ok((out, report));
             }
             let (masked, report) = plan.mask_text(text);
             Ok((masked.into_owned().into_bytes(), report))
@@ -110,13 +117,16 @@ pub fn mask_whole(
 /// Text under rules with JSON fields: JSON labelled as text, the JSON lines of a text stream (an
 /// event stream's `data: {...}`, NDJSON sent as text/plain), and JSON documents spread over lines
 /// (pretty-printed) get the field rules as JSON does; the other lines get the detectors, a run of
-/// them at a time (a private key spans lines).
-fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport) {
+/// them at a time (a private key spans lines). Also says whether a line opened a document that
+/// never closes. Linear: a bracketed span that is not JSON is passed over whole, and after an
+/// unclosed one no line is looked ahead from again.
+fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, bool) {
     let mut out = Vec::with_capacity(text.len());
     let mut report = MaskReport::default();
     if let Ok(r) = plan.mask_json(text.as_bytes(), &mut out) {
-        return (out, r);
+        return (out, r, false);
     }
+    let mut unclosed = false;
     out.clear();
     let mut run_start: Option<usize> = None;
     let flush_run = |out: &mut Vec<u8>, report: &mut MaskReport, run: &str| {
@@ -153,7 +163,7 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport) 
         let from = start + prefix.len();
         let (doc_end, rest) = match plan.mask_json(payload.as_bytes(), &mut masked_json) {
             Ok(r) => (Some(from + payload.len()), Some(r)),
-            Err(_) if !body.starts_with("data:") => match json_close(&bytes[from..]) {
+            Err(_) if !body.starts_with("data:") && !unclosed => match json_close(&bytes[from..]) {
                 Some(n) if from + n > start + body.len() => {
                     masked_json.clear();
                     let doc = &text[from..from + n];
@@ -162,12 +172,22 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport) 
                         plan.mask_json(doc.as_bytes(), &mut masked_json).ok(),
                     )
                 }
-                _ => (None, None),
+                Some(_) => (None, None),
+                None => {
+                    unclosed = true;
+                    (None, None)
+                }
             },
             Err(_) => (None, None),
         };
-        let (Some(doc_end), Some(r)) = (doc_end, rest) else {
+        let Some(doc_end) = doc_end else {
             run_start.get_or_insert(start);
+            continue;
+        };
+        let Some(r) = rest else {
+            // Brackets that close but hold no JSON (code, say): text, passed over whole.
+            run_start.get_or_insert(start);
+            at = memchr::memchr(b'\n', &bytes[doc_end..]).map_or(text.len(), |i| doc_end + i + 1);
             continue;
         };
         if let Some(from) = run_start.take() {
@@ -188,7 +208,7 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport) 
     if let Some(from) = run_start {
         flush_run(&mut out, &mut report, &text[from..]);
     }
-    (out, report)
+    (out, report, unclosed)
 }
 
 /// Where the JSON value that `text` opens (with `{` or `[`) closes: the index after its last
@@ -424,6 +444,10 @@ pub fn masked_lines(
     )
 }
 
+/// Most bytes of complete lines held back for one JSON document spread over lines of a streamed
+/// text: past this the stream is cut (or, where the rules allow it, the lines go on as text).
+pub const MAX_JSON_HOLD: usize = 1024 * 1024;
+
 /// Opens and closes a PEM block; a private key's is the one detected value that spans lines.
 const PEM_BEGIN: &[u8] = b"-----BEGIN ";
 const PEM_END: &[u8] = b"-----END ";
@@ -452,13 +476,19 @@ impl LineMasker {
         }
         if self.class == ContentClass::Text && self.plan.has_field_rules() {
             let json_end = json_safe_end(&self.buf[..lines_end], &mut self.open_json);
-            if all && json_end < lines_end && self.plan.on_unparseable() == UnparseablePolicy::Refuse {
+            let refuse = self.plan.on_unparseable() == UnparseablePolicy::Refuse;
+            if all && json_end < lines_end && refuse {
                 return Err("a JSON document in a streamed text ended unfinished".into());
             }
-            if !all {
-                if lines_end - json_end > MAX_MASKED_BODY {
-                    return Err("a JSON document in a streamed text exceeds the masking limit".into());
+            if !all && lines_end - json_end > MAX_JSON_HOLD {
+                if refuse {
+                    return Err(
+                        "a JSON document in a streamed text did not close within the hold limit".into(),
+                    );
                 }
+                // Where the rules allow it, the held lines go on as text rather than stall.
+                self.open_json = None;
+            } else if !all {
                 end = end.min(json_end);
             }
         }
@@ -1000,6 +1030,62 @@ mod tests {
         let more = b"x\n  {\"a\": \"}\n\"}\nnext\n";
         assert_eq!(json_safe_end(more, &mut open), more.len());
         assert!(open.is_none());
+    }
+
+    /// Lines that open brackets they never close, or close only far below (code, nested
+    /// blocks), cost one look each, not a scan to the end per line; under Refuse a text holding
+    /// an unclosed document is refused whole, as its stream would be cut.
+    #[test]
+    fn text_with_unclosed_or_nested_brackets_stays_linear() {
+        let nested = format!("{}{}", "{\n".repeat(100_000), "}\n".repeat(100_000));
+        for (text, unclosed) in [
+            ("[\n".repeat(200_000), true),
+            ("{\"x\n".repeat(200_000), true),
+            (nested, false),
+        ] {
+            let started = std::time::Instant::now();
+            let refused = mask_whole(&phone_plan("Refuse"), ContentClass::Text, text.as_bytes());
+            assert_eq!(refused.is_err(), unclosed);
+            let (out, _) = mask_whole(&phone_plan("Allow"), ContentClass::Text, text.as_bytes()).unwrap();
+            assert_eq!(out.len(), text.len());
+            assert!(started.elapsed().as_secs() < 3, "{:?}", &text[..4]);
+        }
+    }
+
+    /// Under Allow a document that does not close within the hold limit goes on as text, so a
+    /// followed log with one cut-off line does not stall; under Refuse the stream is cut.
+    #[tokio::test]
+    async fn a_held_document_is_released_or_cut_at_the_hold_limit() {
+        let filler: &'static str = Box::leak(format!("{}\n", "a".repeat(1000)).into_boxed_str());
+        let mut chunks = vec!["{\"msg\": \"cut off\n"];
+        chunks.extend(std::iter::repeat_n(filler, MAX_JSON_HOLD / 1000 + 2));
+        assert!(masked_text(phone_plan("Refuse"), &chunks).await.is_err());
+        // Under Allow the lines flow once past the limit, while the stream is still open.
+        use hyper::body::Body as _;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok(Frame::data(b)), rx))
+        });
+        let inner: Body = http_body_util::StreamBody::new(stream).boxed();
+        let mut body = std::pin::pin!(masked_lines(
+            inner,
+            phone_plan("Allow"),
+            ContentClass::Text,
+            Arc::new(|_: &MaskReport| {})
+        ));
+        for c in &chunks {
+            tx.send(Bytes::from_static(c.as_bytes())).unwrap();
+        }
+        let next = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx));
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), next)
+            .await
+            .expect("the held lines stalled the stream")
+            .unwrap()
+            .unwrap()
+            .into_data()
+            .unwrap();
+        assert!(first.starts_with(b"{\"msg\": \"cut off\n"));
+        drop(tx);
     }
 
     #[tokio::test]
