@@ -200,12 +200,14 @@ impl HttpMatcher {
             return false;
         }
         for (name, glob) in &self.query {
-            // Every key an upstream may read as this one counts as a repeat of it.
-            let wanted = query_key(name);
+            // Every key an upstream may read as this one counts as a repeat of it. A condition
+            // that names a bracketed key (`page[size]`) means that key, not its siblings.
+            let brackets = name.contains('[');
+            let wanted = query_key(name, !brackets);
             let values = op
                 .query
                 .iter()
-                .filter(|(k, _)| k == name || query_key(k) == wanted)
+                .filter(|(k, _)| k == name || query_key(k, !brackets) == wanted)
                 .map(|(_, v)| v.as_str());
             if !values_match(values, glob, strict) {
                 return false;
@@ -369,10 +371,10 @@ fn lookup<'v>(mut v: &'v Value, path: &[Step]) -> Lookup<'v> {
 /// Core), with a bracketed suffix dropped (`a[]`, `a[0]`, `a[x]` are all `a`, as an array or map,
 /// to PHP, Rack and Express's `qs`), and with `.`, space and an unclosed `[` read as `_` and
 /// leading spaces dropped (PHP, which makes `?include.deleted=1` its `include_deleted`).
-fn query_key(k: &str) -> String {
+fn query_key(k: &str, strip_brackets: bool) -> String {
     let k = k.trim_start_matches(' ');
     let base = match k.find('[') {
-        Some(i) if i > 0 && k[i..].contains(']') => &k[..i],
+        Some(i) if strip_brackets && i > 0 && k[i..].contains(']') => &k[..i],
         _ => k,
     };
     fold_case(base)
@@ -400,6 +402,8 @@ pub struct KubernetesMatcher {
     pub(crate) resources: Vec<Glob>,
     /// `None`: only requests without a subresource. `Some(empty)`: any subresource, or none.
     subresources: Option<Vec<String>>,
+    /// Of the subresources an Allow grants only by name, those named next to `*`.
+    named_with_any: Vec<String>,
     namespaces: Vec<Glob>,
     names: Vec<Glob>,
 }
@@ -420,6 +424,12 @@ impl KubernetesMatcher {
         } else {
             Some(k.subresources.clone())
         };
+        let named_with_any = k
+            .subresources
+            .iter()
+            .filter(|s| crate::protocol::kubernetes::NAMED_ONLY_SUBRESOURCES.contains(&s.as_str()))
+            .cloned()
+            .collect();
         let mut globs = |field: &str, list: &[String]| -> Vec<Glob> {
             let mut out = Vec::new();
             for (i, v) in list.iter().enumerate() {
@@ -438,6 +448,7 @@ impl KubernetesMatcher {
             api_groups,
             resources,
             subresources,
+            named_with_any,
             namespaces,
             names,
         }
@@ -461,7 +472,8 @@ impl KubernetesMatcher {
             (Some(list), Some(sub))
                 if list.is_empty()
                     && action == Action::Allow
-                    && crate::protocol::kubernetes::NAMED_ONLY_SUBRESOURCES.contains(&sub) =>
+                    && crate::protocol::kubernetes::NAMED_ONLY_SUBRESOURCES.contains(&sub)
+                    && !self.named_with_any.iter().any(|s| s == sub) =>
             {
                 return false;
             }
@@ -720,14 +732,29 @@ mod tests {
         .unwrap();
         let php = vec![("include.deleted".to_string(), "true".to_string())];
         assert!(deny.matches(Action::Deny, &http("GET", "/api/v1/users", &php, &h), 0));
-        assert_eq!(query_key(" include.deleted"), "include_deleted");
-        assert_eq!(query_key("Dry Run"), "dry_run");
-        assert_eq!(query_key("a[b"), "a_b");
+        assert_eq!(query_key(" include.deleted", true), "include_deleted");
+        assert_eq!(query_key("Dry Run", true), "dry_run");
+        assert_eq!(query_key("a[b", true), "a_b");
         for key in ["include_deleted[]", "include_deleted[0]", "Include.Deleted[x][y]"] {
             let q = vec![(key.to_string(), "true".to_string())];
             assert!(deny.matches(Action::Deny, &http("GET", "/x", &q, &h), 0), "{key}");
         }
-        assert_eq!(query_key("[x]"), "_x]");
+        assert_eq!(query_key("[x]", true), "_x]");
+        // A condition naming a bracketed key means that key alone (JSON:API's `page[size]`).
+        let page = compile(&rule(
+            "name: r\naction: Allow\nhttp:\n  query: {'page[size]': '1?'}\n",
+        ))
+        .unwrap();
+        let q = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let ok = q(&[("page[size]", "10"), ("page[number]", "200")]);
+        assert!(page.matches(Action::Allow, &http("GET", "/x", &ok, &h), 0));
+        let big = q(&[("page[size]", "10"), ("PAGE[SIZE]", "500")]);
+        assert!(!page.matches(Action::Allow, &http("GET", "/x", &big, &h), 0));
     }
 
     #[test]
@@ -874,6 +901,8 @@ mod tests {
         ));
         let named = any.replace("['*']", "[ephemeralcontainers]");
         assert!(compile(&rule(&named)).unwrap().matches(Action::Allow, &patch, 0));
+        let both = any.replace("['*']", "['*', ephemeralcontainers]");
+        assert!(compile(&rule(&both)).unwrap().matches(Action::Allow, &patch, 0));
     }
 
     fn sql_matches(yaml_rule: &str, sql: &str) -> bool {
