@@ -1683,12 +1683,34 @@ fn passwords_and_the_token_never_reach_a_recording() {
     r.send(b'E', &execute_rows("", 0));
     r.send(b'S', b"");
     assert!(errors(&r.until_ready()).is_empty());
+    // Where a record cuts a long text, the token across the cut leaves none of itself: a
+    // statement past the recorded length, a parameter past its 1 KiB, a value past its 4 KiB.
+    r.send(
+        b'Q',
+        format!("SELECT '{}{tok}' AS long\0", "y".repeat(16 * 1024 - 20)).as_bytes(),
+    );
+    assert!(errors(&r.until_ready()).is_empty());
+    for pad in [1000, 4090] {
+        let value = format!("{}{tok}", "x".repeat(pad));
+        let mut b = Vec::new();
+        b.extend_from_slice(b"\0\0");
+        b.extend_from_slice(&0i16.to_be_bytes());
+        b.extend_from_slice(&1i16.to_be_bytes());
+        b.extend_from_slice(&(value.len() as i32).to_be_bytes());
+        b.extend_from_slice(value.as_bytes());
+        b.extend_from_slice(&0i16.to_be_bytes());
+        r.send(b'P', &parse("", "SELECT $1::text AS echoed"));
+        r.send(b'B', &b);
+        r.send(b'E', &execute_rows("", 0));
+        r.send(b'S', b"");
+        assert!(errors(&r.until_ready()).is_empty());
+    }
     r.send(b'X', b"");
     std::thread::sleep(Duration::from_millis(500));
     let recorded = s.gw.recordings();
     assert!(recorded.contains("ALTER ROLE ci PASSWORD $1"), "{recorded}");
-    assert_eq!(recorded.matches(r#""type":"pg.result""#).count(), 3, "{recorded}");
-    for secret in ["Hunter2", &tok, "5500 0000", "4012 8888"] {
+    assert_eq!(recorded.matches(r#""type":"pg.result""#).count(), 6, "{recorded}");
+    for secret in ["Hunter2", &tok, &tok[..16], "5500 0000", "4012 8888"] {
         assert!(
             !recorded.contains(secret),
             "a password or the token in a recording"

@@ -265,7 +265,7 @@ impl CappedBody<'_> {
 
 /// How many bytes at the end of `kept` are the start of `secret` (a proper prefix of it, so not
 /// the whole secret, which the scrub finds): what a cut through the secret left.
-fn partial_secret_at_end(kept: &[u8], secret: &[u8]) -> usize {
+pub(crate) fn partial_secret_at_end(kept: &[u8], secret: &[u8]) -> usize {
     let Some(&first) = secret.first() else { return 0 };
     let from = kept.len().saturating_sub(secret.len().saturating_sub(1));
     memchr::memchr_iter(first, &kept[from..])

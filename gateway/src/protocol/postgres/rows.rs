@@ -44,6 +44,8 @@ pub struct RowMasker {
     /// No column rule, no detector, and no field rule a column could hold: rows pass as they are.
     noop: bool,
     names: Vec<String>,
+    /// The agent's token: a recorded value cut through it keeps none of it (see [`Self::hiding`]).
+    hidden: Option<std::sync::Arc<str>>,
 }
 
 impl RowMasker {
@@ -74,7 +76,15 @@ impl RowMasker {
             detect,
             fields,
             names: rows.fields.iter().map(|f| f.name.clone()).collect(),
+            hidden: None,
         }
+    }
+
+    /// Hides `token` where a recorded value is cut through it: the recording replaces the
+    /// whole token wherever it appears, not the start a cut leaves.
+    pub fn hiding(mut self, token: std::sync::Arc<str>) -> Self {
+        self.hidden = Some(token);
+        self
     }
 
     /// Nothing to mask in this result.
@@ -231,7 +241,10 @@ impl RowMasker {
                 String::new()
             } else {
                 let head = &v[..MAX_RECORDED_VALUE];
-                let valid = std::str::from_utf8(head).map_or_else(|e| e.valid_up_to(), str::len);
+                let mut valid = std::str::from_utf8(head).map_or_else(|e| e.valid_up_to(), str::len);
+                if let Some(token) = &self.hidden {
+                    valid -= crate::recording::partial_secret_at_end(&head[..valid], token.as_bytes());
+                }
                 String::from_utf8_lossy(&head[..valid]).into_owned()
             };
             return Value::String(format!("{kept}<{} bytes in all>", v.len()));

@@ -219,7 +219,7 @@ struct Live {
     /// be refused.
     token_expires_at: i64,
     /// The token itself, hidden from what approvers read (the recording hides it on its own).
-    token: String,
+    token: Arc<str>,
     plan: MaskingPlan,
     masked: Arc<MaskedColumns>,
     /// The session's recording, when it has one; replaced (see [`Live::recording`]) when it
@@ -426,7 +426,7 @@ async fn start(
             subject: principal.subject.clone(),
             groups: principal.groups.clone(),
             token_expires_at: principal.expires_at,
-            token: token.clone(),
+            token: token.as_str().into(),
             plan,
             masked: Arc::new(masked),
             recording,
@@ -1073,14 +1073,26 @@ impl Live {
         while !sql.is_char_boundary(end) {
             end -= 1;
         }
+        // A cut through the agent's token would keep its start, which hiding (of the whole
+        // token) does not find: cut before it (the token is ASCII, so on a character boundary).
+        if end < sql.len() && self.token.len() >= crate::recording::MIN_HIDDEN_BYTES {
+            end -= crate::recording::partial_secret_at_end(&sql.as_bytes()[..end], self.token.as_bytes());
+        }
+        let kept = approval::hide_token(sql[..end].to_string(), Some(&self.token));
         let mut masked = truncate(
-            &self.plan.mask_text(&without_passwords(&sql[..end])).0,
+            &self.plan.mask_text(&without_passwords(&kept)).0,
             MAX_RECORDED_SQL,
         );
         if end < sql.len() && !masked.ends_with('…') {
             masked.push('…');
         }
         masked
+    }
+
+    /// `text` cut to `max` bytes with the agent's token hidden first: cut first, the start of a
+    /// token the cut went through would stay.
+    fn cut_hiding(&self, text: &str, max: usize) -> String {
+        truncate(&approval::hide_token(text.to_string(), Some(&self.token)), max)
     }
 
     /// The recorded reason for refusing `sql` that does not parse. The parser's message quotes
@@ -1819,7 +1831,7 @@ impl ClientSide {
                 None => Value::Null,
                 Some(v) if b.param_format(i) == 0 => {
                     let text = String::from_utf8_lossy(v);
-                    Value::String(truncate(&self.live.plan.mask_text(&text).0, 1024))
+                    Value::String(self.live.cut_hiding(&self.live.plan.mask_text(&text).0, 1024))
                 }
                 // Read as text by the statement's parameter types (a client that sends binary
                 // parameters learned them from a Describe), then masked as text is.
@@ -1828,7 +1840,9 @@ impl ClientSide {
                     .filter(|_| v.len() <= MAX_RECORDED_VALUE)
                     .and_then(|t| binary::to_text(*t, v))
                 {
-                    Some(text) => Value::String(truncate(&self.live.plan.mask_text(&text).0, 1024)),
+                    Some(text) => {
+                        Value::String(self.live.cut_hiding(&self.live.plan.mask_text(&text).0, 1024))
+                    }
                     None => Value::String(format!("<binary, {} bytes>", v.len())),
                 },
             })
@@ -1885,7 +1899,7 @@ impl ClientSide {
             // The approver reads the values too, as recorded (masked, long text cut).
             let detail = (!portal.params.is_empty()).then(|| {
                 let params = serde_json::to_string(&portal.params).unwrap_or_default();
-                approval::cut_detail(&format!("params: {params}"))
+                approval::cut_detail_hiding(&format!("params: {params}"), Some(&self.live.token))
             });
             match self
                 .approve(&v, &st.text, fingerprint, detail, approval::sql_reason(&st.text))
@@ -2303,6 +2317,7 @@ impl ServerSide {
                     None
                 }
             })
+            .hiding(self.live.token.clone())
         });
         Streaming {
             plan,
