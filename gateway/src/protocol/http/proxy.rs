@@ -1149,10 +1149,18 @@ async fn mask_response(
     };
     match response::mask_whole(plan, class, &bytes) {
         Ok((out, report)) => Ok(Masked::Done(Bytes::from(out), report)),
-        Err(MaskFailure::Unparseable(why)) if allow_unmasked => {
-            tracing::debug!(why, "response passed unmasked as the masking rules allow");
-            Ok(Masked::PassThrough(full(bytes)))
-        }
+        Err(MaskFailure::Unparseable(why)) if allow_unmasked => match std::str::from_utf8(&bytes) {
+            // Passed unparsed, text still meets the detectors: one value the parser refuses (a
+            // lone surrogate) must not unmask every other value of the body.
+            Ok(text) if plan.has_detectors() => {
+                let (masked, report) = plan.mask_text(text);
+                Ok(Masked::Done(Bytes::from(masked.into_owned()), report))
+            }
+            _ => {
+                tracing::debug!(why, "response passed unmasked as the masking rules allow");
+                Ok(Masked::PassThrough(full(bytes)))
+            }
+        },
         Err(MaskFailure::Unparseable(why)) => Err(why.to_string()),
         Err(_) => Err("the body could not be masked".into()),
     }
@@ -1522,6 +1530,35 @@ fn refusal_for(d: &Decision<'_>, explained: String) -> Option<Problem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Under `onUnparseable: Allow`, JSON the parser refuses passes unparsed, yet its text still
+    /// gets the detectors.
+    #[tokio::test]
+    async fn unparseable_json_let_through_still_meets_the_detectors() {
+        let rules: Vec<agentgate_crds::policy::MaskingRule> =
+            serde_json::from_value(json!([{"detectors": ["Email"], "onUnparseable": "Allow"}])).unwrap();
+        let plan = MaskingPlan::compile(
+            &rules.iter().collect::<Vec<_>>(),
+            crate::masking::HashKey::process(),
+        )
+        .unwrap();
+        let body = br#"[{"note":"\ud800"},{"email":"ada@example.com"}]"#;
+        assert!(
+            response::mask_whole(&plan, ContentClass::Json, body).is_err(),
+            "the parser refuses it"
+        );
+        let masked = mask_response(&plan, ContentClass::Json, None, full(Bytes::from_static(body)))
+            .await
+            .unwrap();
+        let Masked::Done(out, report) = masked else {
+            panic!("passed through unmasked");
+        };
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"[{"note":"\ud800"},{"email":"[REDACTED:EMAIL]"}]"#
+        );
+        assert_eq!(report.detections, 1);
+    }
 
     #[test]
     fn a_token_request_answer_is_recorded_without_its_token() {
