@@ -155,7 +155,9 @@ impl RowMasker {
         report: &mut MaskReport,
     ) -> Option<std::borrow::Cow<'v, [u8]>> {
         use std::borrow::Cow;
-        if col.whole.is_none() && self.fields && col.json_text() {
+        // Detectors read JSON through its escapes (`\u0040` is an `@`), which they would not on
+        // its text: json values go through the JSON masker for them too.
+        if col.whole.is_none() && (self.fields || self.detect) && col.json_text() {
             let mut out = Vec::new();
             return match self.plan.mask_json(v, &mut out) {
                 Ok(r) if r.is_empty() => Some(Cow::Borrowed(v)),
@@ -278,6 +280,24 @@ mod tests {
             on_unparseable: Default::default(),
         };
         MaskingPlan::compile(&[&rule], HashKey::from_bytes([7; 32])).unwrap()
+    }
+
+    /// Detectors alone still read json values as JSON: an escaped `@` hides no email.
+    #[test]
+    fn detectors_read_json_values_through_their_escapes() {
+        let rows = RowDescription {
+            fields: vec![field("doc", 0, JSON, 0), field("bdoc", 0, 3802, 0)],
+        };
+        let m = RowMasker::new(&plan(), true, &rows, |_| None);
+        let doc = br#"{"e": "john\u0040example.com"}"#;
+        let got = run(&m, &[Some(doc), Some(doc)]);
+        for v in got {
+            let v = String::from_utf8(v.unwrap()).unwrap();
+            assert!(
+                v.contains("[REDACTED:EMAIL]") && !v.contains("example.com"),
+                "{v}"
+            );
+        }
     }
 
     /// JSON field rules reach `json` and `jsonb` values in text format (what psql asks for) as
