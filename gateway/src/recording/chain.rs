@@ -25,6 +25,8 @@ pub(crate) const HASH_SUFFIX_LEN: usize = HASH_MARKER.len() + 64 + 2;
 /// signs the end event's own time and data too; v1 signed `prev` alone, which left the close's
 /// `reason` and `unrecorded_events` editable under a valid signature.
 pub const SIGNING_CONTEXT: &[u8] = b"agentgate-recording-v2:";
+/// The v1 context, recognised only to say why such a file is not accepted as signed.
+pub const SIGNING_CONTEXT_V1: &[u8] = b"agentgate-recording-v1:";
 
 /// The message the closing event's signature covers: the context; the end event's `prev` (hex),
 /// which commits to every earlier event of the session; its `ts`; and its data without

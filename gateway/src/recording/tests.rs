@@ -626,6 +626,24 @@ fn the_closing_signature_covers_the_close_itself() {
         let err = verify_events(&path, Some(rec.public_key()), |_| {}).unwrap_err();
         assert!(err.to_string().contains("signature does not verify"), "{err}");
     }
+    // A file signed under v1 (its `prev` alone) is named as such, not as tampered with.
+    let prev = end.split("\"prev\":\"").nth(1).unwrap()[..64].to_string();
+    let v1 = rec
+        .inner
+        .key
+        .sign(&[chain::SIGNING_CONTEXT_V1, prev.as_bytes()].concat());
+    let sig = end
+        .split("\"signature\":\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let old = end.replace(sig, &URL_SAFE_NO_PAD.encode(v1.as_ref()));
+    let path = d.path().join("v1.jsonl");
+    fs::write(&path, rehashed(&old)).unwrap();
+    let err = verify_events(&path, Some(rec.public_key()), |_| {}).unwrap_err();
+    assert!(err.to_string().contains("signed under the v1 scheme"), "{err}");
 }
 
 /// A body cut through a hidden secret keeps none of it: the scrub looks for the whole secret,

@@ -220,5 +220,13 @@ fn check_signature(end: &Event, key: &[u8]) -> Result<(), String> {
             &signing_message(&end.prev, &end.ts, &signed_data(end)),
             &signature,
         )
-        .map_err(|_| "signature does not verify".to_string())
+        .map_err(|_| {
+            // Told apart from tampering: a file closed before v2 signed its events, not its close.
+            let v1 = [super::chain::SIGNING_CONTEXT_V1, end.prev.as_bytes()].concat();
+            if UnparsedPublicKey::new(&ED25519, key).verify(&v1, &signature).is_ok() {
+                "signed under the v1 scheme, which covers the events but not the close itself: not accepted as signed".to_string()
+            } else {
+                "signature does not verify".to_string()
+            }
+        })
 }
