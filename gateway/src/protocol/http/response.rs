@@ -264,17 +264,17 @@ impl JsonScan {
 /// `open` carries such a document's start and scan from one look to the next, so a large one
 /// arriving in many pieces is scanned once.
 fn json_safe_end(text: &[u8], open: &mut Option<(usize, JsonScan)>) -> usize {
+    // Past the line on which a document closed.
+    let after = |close: usize| memchr::memchr(b'\n', &text[close..]).map_or(text.len(), |i| close + i + 1);
     let mut at = 0;
     if let Some((start, mut scan)) = open.take() {
         match scan.feed(&text[start..]) {
             None => {
                 *open = Some((start, scan));
-                return start;
+                // Held from the start of its line (only blanks precede it there).
+                return memchr::memrchr(b'\n', &text[..start]).map_or(0, |i| i + 1);
             }
-            Some(n) => {
-                let close = start + n;
-                at = memchr::memchr(b'\n', &text[close..]).map_or(text.len(), |i| close + i + 1);
-            }
+            Some(n) => at = after(start + n),
         }
     }
     while at < text.len() {
@@ -293,8 +293,7 @@ fn json_safe_end(text: &[u8], open: &mut Option<(usize, JsonScan)>) -> usize {
                     return at;
                 }
                 Some(n) => {
-                    let close = from + n;
-                    at = memchr::memchr(b'\n', &text[close..]).map_or(text.len(), |i| close + i + 1);
+                    at = after(from + n);
                     continue;
                 }
             }
@@ -1027,7 +1026,10 @@ mod tests {
         let text = b"x\n  {\"a\": \"}\n";
         assert_eq!(json_safe_end(text, &mut open), 2);
         assert_eq!(open.map(|(start, scan)| (start, scan.scanned)), Some((4, 9)));
-        let more = b"x\n  {\"a\": \"}\n\"}\nnext\n";
+        // Still open on the next look: held from its line's start again, blanks included.
+        let still = b"x\n  {\"a\": \"}\n1\n";
+        assert_eq!(json_safe_end(still, &mut open), 2);
+        let more = b"x\n  {\"a\": \"}\n1\n\"}\nnext\n";
         assert_eq!(json_safe_end(more, &mut open), more.len());
         assert!(open.is_none());
     }
