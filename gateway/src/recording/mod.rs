@@ -648,15 +648,14 @@ impl Session {
         } else {
             let ts = Timestamp::now().rfc3339();
             let hidden = self.lock().hidden.clone();
-            let json = hiding(&hidden, || serde_json::to_string(&data)).map_err(|_| RecordingError::Encode);
+            let mut json = Vec::new();
+            let json = encode_hidden(&hidden, &data, &mut json)
+                .and_then(|()| String::from_utf8(json).map_err(|_| RecordingError::Encode));
             let mut state = self.lock();
             if state.closed {
                 Err(RecordingError::Closed(self.id.clone()))
             } else {
-                json.and_then(|mut json| {
-                    if let Some(scrubbed) = scrub(json.as_bytes(), &state.hidden) {
-                        json = String::from_utf8(scrubbed).map_err(|_| RecordingError::Encode)?;
-                    }
+                json.and_then(|json| {
                     state.deferred.push((kind.to_string(), ts, json));
                     if state.deferred.len() >= MAX_DEFERRED {
                         self.write_deferred(&mut state)
@@ -733,9 +732,8 @@ impl Session {
     /// `data` as JSON with the session's secrets hidden: what an event's line carries.
     fn encode_data(&self, state: &mut State, data: &impl Serialize) -> Result<Vec<u8>, RecordingError> {
         let mut json = Vec::new();
-        hiding(&state.hidden.clone(), || serde_json::to_writer(&mut json, data))
-            .map_err(|_| RecordingError::Encode)?;
-        Ok(scrub(&json, &state.hidden).unwrap_or(json))
+        encode_hidden(&state.hidden, data, &mut json)?;
+        Ok(json)
     }
 
     fn append(&self, state: &mut State, kind: &str, data: &impl Serialize) -> Result<(), RecordingError> {
@@ -760,13 +758,7 @@ impl Session {
         // size took several allocations per event.
         let mut json = std::mem::take(&mut state.json);
         json.clear();
-        let result = hiding(&state.hidden.clone(), || serde_json::to_writer(&mut json, data))
-            .map_err(|_| RecordingError::Encode)
-            .map(|()| {
-                if let Some(scrubbed) = scrub(&json, &state.hidden) {
-                    json = scrubbed;
-                }
-            })
+        let result = encode_hidden(&state.hidden.clone(), data, &mut json)
             .and_then(|()| std::str::from_utf8(&json).map_err(|_| RecordingError::Encode))
             .and_then(|text| self.write_events(state, Some((kind, text)), ts));
         if json.capacity() <= KEPT_BUFFER {
@@ -919,6 +911,20 @@ fn hiding<T>(hidden: &Arc<Vec<Finder<'static>>>, encode: impl FnOnce() -> T) -> 
     }
     let _restore = Restore(HIDING.with(|h| h.replace(Some(hidden.clone()))));
     encode()
+}
+
+/// Appends `data` as JSON to `json` with the session's secrets `hidden`: hidden from binary
+/// bodies before they are encoded (see [`hiding`]), then scrubbed from the encoded text.
+fn encode_hidden(
+    hidden: &Arc<Vec<Finder<'static>>>,
+    data: &impl Serialize,
+    json: &mut Vec<u8>,
+) -> Result<(), RecordingError> {
+    hiding(hidden, || serde_json::to_writer(&mut *json, data)).map_err(|_| RecordingError::Encode)?;
+    if let Some(scrubbed) = scrub(json, hidden) {
+        *json = scrubbed;
+    }
+    Ok(())
 }
 
 /// `json` with every occurrence of each of `hidden` replaced by `[REDACTED]`, or `None` when

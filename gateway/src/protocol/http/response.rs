@@ -1054,6 +1054,15 @@ mod tests {
         }
     }
 
+    /// A body fed chunk by chunk through the sender, open until the sender is dropped.
+    fn channel_body() -> (tokio::sync::mpsc::UnboundedSender<Bytes>, Body) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok(Frame::data(b)), rx))
+        });
+        (tx, http_body_util::StreamBody::new(stream).boxed())
+    }
+
     /// Under Allow a document that does not close within the hold limit goes on as text, so a
     /// followed log with one cut-off line does not stall; under Refuse the stream is cut.
     #[tokio::test]
@@ -1064,11 +1073,7 @@ mod tests {
         assert!(masked_text(phone_plan("Refuse"), &chunks).await.is_err());
         // Under Allow the lines flow once past the limit, while the stream is still open.
         use hyper::body::Body as _;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|b| (Ok(Frame::data(b)), rx))
-        });
-        let inner: Body = http_body_util::StreamBody::new(stream).boxed();
+        let (tx, inner) = channel_body();
         let mut body = std::pin::pin!(masked_lines(
             inner,
             phone_plan("Allow"),
@@ -1093,11 +1098,7 @@ mod tests {
     #[tokio::test]
     async fn streamed_text_is_masked_as_each_line_completes() {
         use hyper::body::Body as _;
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
-        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|b| (Ok(Frame::data(b)), rx))
-        });
-        let inner: Body = http_body_util::StreamBody::new(stream).boxed();
+        let (tx, inner) = channel_body();
         let mut body = std::pin::pin!(masked_lines(
             inner,
             text_plan(),
