@@ -336,12 +336,49 @@ fn ends_number(t: &[u8], j: usize) -> bool {
 
 // ---- Email ------------------------------------------------------------------------------------
 
+/// A byte of an address's local part; non-ASCII bytes are taken in for internationalized
+/// addresses, and [`idn_start`] keeps only letters and digits among them.
 fn is_local(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-')
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-') || !b.is_ascii()
 }
 
+/// A byte of a domain, IDN labels included (see [`idn_end`]).
 fn is_domain(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-')
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-') || !b.is_ascii()
+}
+
+/// Where a local part ending at `at` starts when it reaches back to `start` over non-ASCII
+/// bytes: after the last non-ASCII character that is not a letter or digit (an ellipsis or a
+/// dash glued to the address); in text that is not UTF-8, after the last non-ASCII byte.
+fn idn_start(t: &[u8], start: usize, at: usize) -> usize {
+    let part = &t[start..at];
+    if part.is_ascii() {
+        return start;
+    }
+    match std::str::from_utf8(part) {
+        Ok(text) => text
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| !c.is_ascii() && !c.is_alphanumeric())
+            .map_or(start, |(k, c)| start + k + c.len_utf8()),
+        Err(_) => at - part.iter().rev().take_while(|b| b.is_ascii()).count(),
+    }
+}
+
+/// Where a domain starting at `from` ends when it runs on to `end` over non-ASCII bytes, by the
+/// rule of [`idn_start`].
+fn idn_end(t: &[u8], from: usize, end: usize) -> usize {
+    let part = &t[from..end];
+    if part.is_ascii() {
+        return end;
+    }
+    match std::str::from_utf8(part) {
+        Ok(text) => text
+            .char_indices()
+            .find(|&(_, c)| !c.is_ascii() && !c.is_alphanumeric())
+            .map_or(end, |(k, _)| from + k),
+        Err(_) => from + part.iter().take_while(|b| b.is_ascii()).count(),
+    }
 }
 
 fn emails(t: &[u8], out: &mut Vec<Span>) {
@@ -356,6 +393,7 @@ fn emails(t: &[u8], out: &mut Vec<Span>) {
         while start > 0 && is_local(t[start - 1]) {
             start -= 1;
         }
+        start = idn_start(t, start, at);
         while start < at && t[start] == b'.' {
             start += 1;
         }
@@ -363,6 +401,7 @@ fn emails(t: &[u8], out: &mut Vec<Span>) {
         while end < t.len() && is_domain(t[end]) {
             end += 1;
         }
+        end = idn_end(t, at + 1, end);
         while end > at + 1 && matches!(t[end - 1], b'.' | b'-') {
             end -= 1;
         }
@@ -382,8 +421,12 @@ fn valid_domain(d: &[u8]) -> bool {
         return false;
     };
     let tld = &d[dot + 1..];
+    // Letters, an internationalized name, or its punycode form (`xn--p1ai`).
+    let punycode = tld.len() > 4
+        && tld[..4].eq_ignore_ascii_case(b"xn--")
+        && tld[4..].iter().all(u8::is_ascii_alphanumeric);
     tld.len() >= 2
-        && tld.iter().all(u8::is_ascii_alphabetic)
+        && (tld.iter().all(|b| b.is_ascii_alphabetic() || !b.is_ascii()) || punycode)
         && d.split(|&b| b == b'.')
             .all(|label| !label.is_empty() && label[0] != b'-')
 }
@@ -403,7 +446,14 @@ fn numbers(t: &[u8], set: DetectorSet, digits: usize, out: &mut Vec<Span>) {
     while i < t.len() {
         let b = t[i];
         let found = if b.is_ascii_alphanumeric() {
-            if !starts_number(t, i) {
+            if i > 0 && t[i - 1] == b'_' && b.is_ascii_digit() {
+                // A card number glued to a name by `_` (`card_4111…`): cards only, whose length
+                // and Luhn check keep identifiers like `build_20261124` out.
+                (cards && matches!(b, b'2'..=b'6'))
+                    .then(|| card_at(t, i))
+                    .flatten()
+                    .map(|end| (end, Detector::CreditCard))
+            } else if !starts_number(t, i) {
                 None
             } else if b.is_ascii_digit() {
                 if let Some(end) = datetime_at(t, i) {
@@ -422,7 +472,7 @@ fn numbers(t: &[u8], set: DetectorSet, digits: usize, out: &mut Vec<Span>) {
                         .flatten()
                         .map(|end| (end, Detector::Phone))
                 })
-            } else if ibans && b.is_ascii_uppercase() {
+            } else if ibans && b.is_ascii_alphabetic() {
                 iban_at(t, i).map(|end| (end, Detector::Iban))
             } else {
                 None
@@ -612,7 +662,7 @@ fn card_at(t: &[u8], i: usize) -> Option<usize> {
     }
     ends[..n].iter().rev().find_map(|&(end, d)| {
         let bounded = if whole_run && end == ends[n - 1].0 {
-            ends_number(t, end)
+            card_ends(t, end)
         } else {
             // A shorter run ends at a separator followed by another group.
             true
@@ -621,8 +671,30 @@ fn card_at(t: &[u8], i: usize) -> Option<usize> {
     })
 }
 
-/// Whether a JSON integer's digits are a card number (same rules as in text).
-pub(crate) fn is_card_number(digits: &[u8]) -> bool {
+/// Whether a card number may end at `j`: where a number may ([`ends_number`]), before `_` (a
+/// name glued on), or before a zero fraction (`4111111111111111.0`, a card held as a float).
+fn card_ends(t: &[u8], j: usize) -> bool {
+    match t.get(j) {
+        Some(b'_') => true,
+        Some(b'.') if t.get(j + 1) == Some(&b'0') => {
+            let k = j + 1 + t[j + 1..].iter().take_while(|&&b| b == b'0').count();
+            ends_number(t, k)
+        }
+        _ => ends_number(t, j),
+    }
+}
+
+/// Whether a JSON number is a card number (same rules as in text): unsigned digits, with at most
+/// a zero fraction.
+pub(crate) fn is_card_number(number: &[u8]) -> bool {
+    if number.len() < MIN_CARD_DIGITS {
+        return false;
+    }
+    let digits = match memchr::memchr(b'.', number) {
+        Some(dot) if dot + 1 < number.len() && number[dot + 1..].iter().all(|&b| b == b'0') => &number[..dot],
+        Some(_) => return false,
+        None => number,
+    };
     (13..=19).contains(&digits.len())
         && matches!(digits[0], b'2'..=b'6')
         && digits.iter().all(u8::is_ascii_digit)
@@ -666,26 +738,30 @@ fn iban_length(country: [u8; 2]) -> Option<usize> {
     Some(usize::from(entry[2] - b'0') * 10 + usize::from(entry[3] - b'0'))
 }
 
-/// An IBAN starting at `i`: its country's length in uppercase letters and digits, compact or in
-/// groups of four separated by single spaces, with check digits that make it 1 modulo 97.
+/// An IBAN starting at `i`: its country's length in letters of one case and digits, compact or
+/// in groups of four separated by single spaces, with check digits that make it 1 modulo 97.
 fn iban_at(t: &[u8], i: usize) -> Option<usize> {
     let head = t.get(i..i + 4)?;
-    if !(head[0].is_ascii_uppercase()
-        && head[1].is_ascii_uppercase()
-        && head[2].is_ascii_digit()
-        && head[3].is_ascii_digit())
-    {
+    let lower = head[0].is_ascii_lowercase();
+    let letter = |b: &u8| {
+        if lower {
+            b.is_ascii_lowercase()
+        } else {
+            b.is_ascii_uppercase()
+        }
+    };
+    if !(letter(&head[0]) && letter(&head[1]) && head[2].is_ascii_digit() && head[3].is_ascii_digit()) {
         return None;
     }
-    let country = [head[0], head[1]];
+    let country = [head[0].to_ascii_uppercase(), head[1].to_ascii_uppercase()];
     let len = iban_length(country)?;
     let mut chars = [0u8; 34];
     let mut count = 0;
     let mut j = i;
     while count < len {
         match t.get(j) {
-            Some(&b) if b.is_ascii_uppercase() || b.is_ascii_digit() => {
-                chars[count] = b;
+            Some(&b) if letter(&b) || b.is_ascii_digit() => {
+                chars[count] = b.to_ascii_uppercase();
                 count += 1;
                 j += 1;
             }
@@ -795,7 +871,11 @@ fn jwts(t: &[u8], out: &mut Vec<Span>) {
         if i < resume || (i > 0 && is_token(t[i - 1])) {
             continue;
         }
-        let run = |from: usize| from + t[from..].iter().take_while(|&&b| is_token(b)).count();
+        // A part may carry base64 padding, which JWS omits but some encoders keep.
+        let run = |from: usize| {
+            let end = from + t[from..].iter().take_while(|&&b| is_token(b)).count();
+            end + t[end..].iter().take(2).take_while(|&&b| b == b'=').count()
+        };
         let header_end = run(i);
         resume = header_end;
         if header_end - i < MIN_JWT_HEADER || t.get(header_end) != Some(&b'.') {
@@ -896,6 +976,27 @@ mod tests {
         ] {
             assert!(only(no, Detector::Email).is_empty(), "{no}");
         }
+        // Internationalized addresses are whole, and punctuation glued to them stays out.
+        for yes in [
+            "jürgen@exämple.de",
+            "почта@пример.рф",
+            "user@example.xn--p1ai",
+            "李@例子.中国",
+        ] {
+            assert_eq!(only(&format!("to {yes}, thanks"), Detector::Email), [yes]);
+        }
+        assert_eq!(
+            only("…bob@example.com—thanks", Detector::Email),
+            ["bob@example.com"]
+        );
+        // Text that is not UTF-8 keeps to the ASCII around the `@`.
+        let mut out = Vec::new();
+        let text = b"x\xffbob@example.com\xfe.de";
+        find(text, Features::of(text), DetectorSet::ALL, &mut out);
+        assert_eq!(
+            out.iter().map(|s| &text[s.start..s.end]).collect::<Vec<_>>(),
+            [b"bob@example.com".as_slice()]
+        );
     }
 
     #[test]
@@ -947,6 +1048,15 @@ mod tests {
         ] {
             assert_eq!(only(&format!("card: {yes}."), Detector::CreditCard), [yes]);
         }
+        // Glued to a name by `_`, or held as a float with a zero fraction.
+        for (text, card) in [
+            ("card_4111111111111111", "4111111111111111"),
+            ("4111111111111111_exp", "4111111111111111"),
+            ("pan=4111111111111111.0;", "4111111111111111"),
+            ("4111111111111111.00.", "4111111111111111"),
+        ] {
+            assert_eq!(only(text, Detector::CreditCard), [card], "{text}");
+        }
         // A CVV after the number is not part of it.
         assert_eq!(
             only("4111 1111 1111 1111 123", Detector::CreditCard),
@@ -959,6 +1069,10 @@ mod tests {
             "1700000000007",
             "123e4567-e89b-12d3-a456-426614174000",
             "4111111111111111.5",
+            "4111111111111111.05",
+            "4111111111111111.0.1",
+            "a4111111111111111",
+            "build_20261124",
         ] {
             assert!(only(no, Detector::CreditCard).is_empty(), "{no}");
         }
@@ -971,10 +1085,15 @@ mod tests {
             "GB82 WEST 1234 5698 7654 32",
             "DE89370400440532013000",
             "NO9386011117947",
+            "de89370400440532013000",
+            "gb82 west 1234 5698 7654 32",
         ] {
             assert_eq!(only(&format!("pay to {yes} today"), Detector::Iban), [yes]);
         }
         for no in [
+            "gb82WEST12345698765432",
+            "Gb82west12345698765432",
+            "gb83west12345698765432",
             "GB83WEST12345698765432",
             "GB82WEST1234569876543",
             "XX82WEST12345698765432",
@@ -1025,6 +1144,9 @@ mod tests {
         assert_eq!(only(unsigned, Detector::Jwt), [unsigned]);
         assert!(only("eyJhbGciOiJIUzI1NiJ9 only a header", Detector::Jwt).is_empty());
         assert!(only("xeyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.sig", Detector::Jwt).is_empty());
+        // Base64 padding on a part does not end the token there.
+        let padded = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0=.c2lnbmF0dXJl==";
+        assert_eq!(only(&format!("token={padded}&x=1"), Detector::Jwt), [padded]);
     }
 
     #[test]

@@ -260,12 +260,12 @@ impl<'i> Rewriter<'_, 'i, '_> {
 
     fn number(&mut self, selected: Option<FieldMask>) -> Result<(), MaskError> {
         let start = self.pos;
-        let plain = self.scan_number()?;
+        let unsigned = self.scan_number()?;
         let range = start..self.pos;
         let raw = self.str_at(range.clone())?;
         if let Some(strategy) = selected {
             self.replace(range, strategy, raw, false);
-        } else if plain
+        } else if unsigned
             && self.quiet == 0
             && self.plan.active.contains(Detector::CreditCard)
             && detectors::is_card_number(raw.as_bytes())
@@ -440,8 +440,8 @@ impl<'i> Rewriter<'_, 'i, '_> {
         Ok(())
     }
 
-    /// Validates the number at `pos` and moves past it; returns whether it is a plain
-    /// non-negative integer (the only kind that can be a card number).
+    /// Validates the number at `pos` and moves past it; returns whether it is non-negative
+    /// without an exponent (the only kind that can be a card number, fraction aside).
     fn scan_number(&mut self) -> Result<bool, MaskError> {
         let b = self.input;
         let mut i = self.pos;
@@ -459,7 +459,6 @@ impl<'i> Rewriter<'_, 'i, '_> {
         }
         let mut plain = !negative;
         if b.get(i) == Some(&b'.') {
-            plain = false;
             let j = skip_digits(b, i + 1);
             if j == i + 1 {
                 return Err(malformed(j, "expected a digit after `.`"));
@@ -709,8 +708,17 @@ mod tests {
     fn card_numbers_stored_as_numbers() {
         let p = all_detectors();
         assert_eq!(
-            mask(&p, r#"[4111111111111111, 4111111111111112, 1700000000000, 4111111111111111.0, -4111111111111111]"#).unwrap(),
-            r#"["[REDACTED:CREDIT_CARD]", 4111111111111112, 1700000000000, 4111111111111111.0, -4111111111111111]"#
+            mask(&p, r#"[4111111111111111, 4111111111111112, 1700000000000, -4111111111111111, 4111111111111111e0]"#).unwrap(),
+            r#"["[REDACTED:CREDIT_CARD]", 4111111111111112, 1700000000000, -4111111111111111, 4111111111111111e0]"#
+        );
+        // A card held as a float prints with a zero fraction; any other fraction is a measure.
+        assert_eq!(
+            mask(
+                &p,
+                r#"[4111111111111111.0, 4111111111111111.00, 4111111111111111.5, 4111111111111111.05]"#
+            )
+            .unwrap(),
+            r#"["[REDACTED:CREDIT_CARD]", "[REDACTED:CREDIT_CARD]", 4111111111111111.5, 4111111111111111.05]"#
         );
     }
 
