@@ -153,7 +153,7 @@ spec:
     - name: big-capped
       action: Allow
       sql:
-        statements: [Select]
+        statements: [Select, Copy]
         tables: ["public.big_capped"]
         rowLimit: 1000
     - name: write-orders
@@ -1120,6 +1120,17 @@ fn security_catalogue_statements_are_refused() {
         c.batch_execute("EXECUTE q").await.unwrap();
         let e = c.batch_execute("EXECUTE never_prepared").await.unwrap_err();
         assert_eq!(db_error(&e).0, "42501");
+        // EXECUTE's own arguments run too: decided with the statement, not dropped for it.
+        c.batch_execute("PREPARE echo(text) AS SELECT $1").await.unwrap();
+        c.batch_execute("EXECUTE echo('plain')").await.unwrap();
+        for sql in [
+            "EXECUTE echo(billing.mark_paid(2)::text)",
+            "EXECUTE echo(pg_read_file('/etc/passwd'))",
+            "EXECUTE echo(set_config('search_path', 'billing', false))",
+        ] {
+            let e = c.batch_execute(sql).await.unwrap_err();
+            assert_eq!(db_error(&e).0, "42501", "{sql}");
+        }
     });
     assert_eq!(s.pg.psql("SELECT count(*) FROM orders"), "4");
     assert_eq!(s.pg.psql("SELECT count(*) FROM billing.invoices"), "2");
@@ -1449,6 +1460,42 @@ fn shared_names_and_pipelines_cannot_run_what_was_not_decided() {
     assert!(errors(&msgs).is_empty(), "{msgs:?}");
     assert!(msgs.iter().any(|(t, b)| *t == b'D' && b.ends_with(b"7")));
     assert_eq!(orders(), before);
+
+    // A Close or DEALLOCATE the server did not run (skipped after an error, or in a Query that
+    // failed first) leaves it holding the statement: a PREPARE of the name, which the server
+    // then refuses as a duplicate, must not be what EXECUTE is decided on.
+    let mut r = Raw::login(s.plain, &tok);
+    for name in ["u1", "u2"] {
+        r.send(b'P', &parse(name, "DELETE FROM orders"));
+        r.send(b'S', b"");
+        assert_eq!(r.until_ready()[0].0, b'1');
+    }
+    r.send(b'E', &execute_rows("nope", 0));
+    r.send(b'C', b"Su1\0");
+    r.send(b'S', b"");
+    assert_eq!(errors(&r.until_ready()), ["34000"]);
+    r.send(b'Q', b"SELECT 1/0; DEALLOCATE u2\0");
+    assert_eq!(errors(&r.until_ready()), ["22012"]);
+    for name in ["u1", "u2"] {
+        r.send(b'Q', format!("PREPARE {name} AS SELECT 1\0").as_bytes());
+        assert_eq!(errors(&r.until_ready()), ["42P05"], "{name}");
+        r.send(b'Q', format!("EXECUTE {name}\0").as_bytes());
+        let msgs = r.until_ready();
+        assert_eq!(errors(&msgs), ["42501"], "{name}: {msgs:?}");
+    }
+    assert_eq!(orders(), before);
+    // Freeing them for real makes the names usable again; so does a DEALLOCATE of a name the
+    // server never held.
+    r.send(b'Q', b"DEALLOCATE u1; DEALLOCATE nothing_here\0");
+    assert_eq!(errors(&r.until_ready()), ["26000"]);
+    for name in ["u1", "nothing_here"] {
+        r.send(b'Q', format!("PREPARE {name} AS SELECT 8\0").as_bytes());
+        assert!(errors(&r.until_ready()).is_empty(), "{name}");
+        r.send(b'Q', format!("EXECUTE {name}\0").as_bytes());
+        let msgs = r.until_ready();
+        assert!(errors(&msgs).is_empty(), "{name}: {msgs:?}");
+        assert!(msgs.iter().any(|(t, b)| *t == b'D' && b.ends_with(b"8")));
+    }
 
     // After an extended-protocol error the server skips a simple Query up to Sync; the gateway
     // would count an answer too many. Such a Query ends the session instead.
@@ -1849,6 +1896,14 @@ fn row_cap_streams_and_upstream_down_is_prompt() {
     });
     let out = s.psql("SELECT id FROM big_capped").unwrap();
     assert_eq!(out.lines().count(), 1000);
+    // COPY TO's rows are not counted: refused under the cap rather than streamed whole.
+    for sql in [
+        "COPY big_capped TO STDOUT",
+        "COPY (SELECT id FROM big_capped) TO STDOUT",
+    ] {
+        let e = s.psql(sql).unwrap_err();
+        assert!(e.contains("rowLimit"), "{sql}: {e}");
+    }
     let conninfo = s.plain_conninfo(&tok);
     drop(s.pg);
     let started = Instant::now();

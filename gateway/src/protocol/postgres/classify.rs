@@ -1118,10 +1118,14 @@ impl<'t> Analysis<'t> {
                 });
                 self.settings.push(name);
             }
-            // A computed name may be any setting.
+            // A computed name may be any setting, those the gateway pins included.
             None => {
                 self.push_kind(StatementKind::SetRole);
                 self.settings.push("*".into());
+                self.refused = Some(
+                    "set_config with a computed setting name is refused by the gateway (it could change how statements are read); name the setting literally"
+                        .into(),
+                );
             }
         }
     }
@@ -2625,8 +2629,6 @@ mod tests {
             "SELECT pg_catalog.set_config('ROLE', 'admin', true)",
             "SELECT set_config('session_authorization', 'admin', false)",
             "SELECT * FROM set_config('role', 'admin', false)",
-            "SELECT set_config('rol' || 'e', 'admin', false)",
-            "SELECT set_config($1, $2, false)",
             "SELECT 1 WHERE set_config('role'::text, 'admin', false) IS NOT NULL",
         ] {
             let s = one(sql);
@@ -2667,6 +2669,11 @@ mod tests {
             "SELECT set_config('client_encoding', 'GBK', false)",
             "EXPLAIN ANALYZE SELECT set_config('client_encoding', 'GBK', false)",
             "SELECT 1; SET client_encoding = 'SJIS'",
+            "SELECT set_config('standard_conforming' || '_strings', 'off', false)",
+            "SELECT set_config($1, 'off', false)",
+            // A computed name may be any setting: refused whatever the policy says of SetRole.
+            "SELECT set_config('rol' || 'e', 'admin', false)",
+            "SELECT set_config($1, $2, false)",
         ] {
             assert!(classify(sql).is_err(), "{sql}");
         }

@@ -37,6 +37,7 @@ use super::message::describe::Target;
 use super::message::error_response::{ErrorResponse, sqlstate};
 use super::message::execute::Execute;
 use super::message::parameter_description::ParameterDescription;
+use super::message::parameter_status::ParameterStatus;
 use super::message::parse::Parse;
 use super::message::query::Query;
 use super::message::ready_for_query::TransactionStatus;
@@ -468,6 +469,9 @@ struct ResultPlan {
     /// The recording the statement went into: its result goes there too, even when the session
     /// moved to a new file while the result was pending (a pipeline).
     recording: Option<Arc<Recording>>,
+    /// Statement names the statement frees (DEALLOCATE, DISCARD ALL), forgotten when it was
+    /// sent: if it fails or is skipped, the server may still hold them (see [`Prepared::unsure`]).
+    freed: Vec<String>,
 }
 
 /// One message forwarded upstream that the upstream will answer, in order.
@@ -496,7 +500,10 @@ enum Pending {
         plan: ResultPlan,
         refused: Option<Refusal>,
     },
-    Close,
+    /// `freed`: the statement name a Close forgot when it was sent (see [`Prepared::unsure`]).
+    Close {
+        freed: Option<String>,
+    },
     /// `in_copy`: sent while a COPY FROM STDIN may be running, when the server ignores a Sync.
     /// `copies` as for a Query.
     Sync {
@@ -562,6 +569,16 @@ impl Prepared {
             {
                 *param_types = types.clone().into();
             }
+        }
+    }
+
+    /// Names a DEALLOCATE, DISCARD ALL or Close freed when it was sent, which the server skipped
+    /// or refused: it may still hold a statement by each, which neither Bind nor EXECUTE may be
+    /// decided on (a PREPARE the server then refuses as a duplicate would name other text).
+    fn unsure(&mut self, names: impl IntoIterator<Item = String>) {
+        for name in names {
+            self.sql.insert(name.clone(), None);
+            self.statements.insert(name, Entry::Ambiguous);
         }
     }
 
@@ -795,8 +812,12 @@ impl Live {
                     target = Arc::new(statement.running(inner));
                     st = &target;
                 }
+                // EXECUTE's own arguments are evaluated too (any function, volatile ones
+                // included): decided with the prepared statement, as what runs.
                 Some(Some(inner)) => {
-                    target = inner.clone();
+                    let mut running = statement.running(inner);
+                    running.node = inner.node;
+                    target = Arc::new(running);
                     st = &target;
                 }
                 _ => {
@@ -913,6 +934,11 @@ impl Live {
         if row_limit.is_some() && st.node == "DeclareCursorStmt" {
             return Verdict::refused(
                 "cursors are refused where a rowLimit applies (FETCH would read past it); use SELECT",
+            );
+        }
+        if row_limit.is_some() && st.copy.is_some_and(|c| !c.from) {
+            return Verdict::refused(
+                "COPY TO is refused where a rowLimit applies (its rows are not counted); use SELECT",
             );
         }
         self.counters.count(d.action);
@@ -1064,6 +1090,7 @@ impl Live {
             copy_out: st.copy.is_some_and(|c| !c.from),
             copy_from: 0,
             recording: self.recording(false),
+            freed: Vec::new(),
         }
     }
 
@@ -1412,19 +1439,24 @@ impl ClientSide {
             }
             frontend::CLOSE => {
                 let t = Target::parse(&frame.body, "Close").map_err(|e| malformed(self, e))?;
-                {
+                let freed = {
                     let mut p = lock(&self.shared);
-                    match &t {
-                        // One namespace with SQL PREPARE: the name is free on both sides after.
+                    match t {
+                        // One namespace with SQL PREPARE: the name is free on both sides after
+                        // (unless the server skips the Close).
                         Target::Statement(n) => {
-                            p.sql.remove(n);
-                            p.statements.remove(n)
+                            p.sql.remove(&n);
+                            p.statements.remove(&n);
+                            Some(n)
                         }
-                        Target::Portal(n) => p.portals.remove(n).map(|_| Entry::Ambiguous),
-                    };
-                }
+                        Target::Portal(n) => {
+                            p.portals.remove(&n);
+                            None
+                        }
+                    }
+                };
                 self.forward(&frame);
-                self.push(Pending::Close)?;
+                self.push(Pending::Close { freed })?;
             }
             frontend::SYNC => {
                 self.unsynced = false;
@@ -1646,8 +1678,8 @@ impl ClientSide {
             .collect();
         {
             let mut prepared = lock(&self.shared);
-            for st in &classified.statements {
-                apply_effects(&mut prepared, st);
+            for (plan, st) in results.iter_mut().zip(&classified.statements) {
+                plan.freed = apply_effects(&mut prepared, st);
             }
         }
         // Numbered per statement: a Query may hold several, one copy after another.
@@ -1811,7 +1843,7 @@ impl ClientSide {
                 return self.refuse_extended(ErrorResponse::new(
                     sqlstate::INVALID_SQL_STATEMENT_NAME,
                     format!(
-                        "prepared statement {:?} was prepared twice without an answer in between; close it and prepare it again",
+                        "the gateway cannot tell which statement the server holds as {:?} (it was prepared twice without an answer in between, or freed by a message the server did not run); close it and prepare it again",
                         b.statement
                     ),
                 ));
@@ -1938,8 +1970,9 @@ impl ClientSide {
                 "where a rowLimit applies, a portal is executed whole (Execute with no row count); fetching it in parts is refused",
             ));
         }
-        apply_effects(&mut lock(&self.shared), st);
+        let freed = apply_effects(&mut lock(&self.shared), st);
         let mut plan = live.result_plan(masked, st, &v);
+        plan.freed = freed;
         self.number_copy(&mut plan, st);
         // Learn the portal's columns (and formats) for masking, unless the client just asked.
         if self.described.take().as_ref() != Some(&e.portal) {
@@ -1992,7 +2025,7 @@ fn out_of_step(answer: &str, front: Option<&Pending>) -> String {
         Some(Pending::Bind) => "a Bind",
         Some(Pending::Describe { .. }) => "a Describe",
         Some(Pending::Execute { .. }) => "an Execute",
-        Some(Pending::Close) => "a Close",
+        Some(Pending::Close { .. }) => "a Close",
         Some(Pending::Sync { .. }) => "a Sync",
         Some(Pending::Fatal(_)) => "a stop",
     };
@@ -2009,8 +2042,9 @@ enum Next {
 /// SQL-level PREPARE and DEALLOCATE change what EXECUTE (and Bind) run; DECLARE and CLOSE
 /// change what a portal name means. The server keeps SQL and protocol-level prepared
 /// statements under one namespace, so a name either side has used is unknown to the other:
-/// refused rather than decided on a text the server may not hold.
-fn apply_effects(prepared: &mut Prepared, st: &Statement) {
+/// refused rather than decided on a text the server may not hold. Returns the names freed, for
+/// [`Prepared::unsure`] should the statement not run.
+fn apply_effects(prepared: &mut Prepared, st: &Statement) -> Vec<String> {
     if let Some((name, inner)) = &st.prepare {
         let entry = if prepared.sql.contains_key(name) || prepared.statements.contains_key(name) {
             // A second PREPARE of a name fails upstream only if the first succeeded: unknown.
@@ -2021,23 +2055,27 @@ fn apply_effects(prepared: &mut Prepared, st: &Statement) {
         };
         prepared.sql.insert(name.clone(), entry);
     }
-    match &st.deallocate {
+    let freed = match &st.deallocate {
         Some(Some(name)) => {
             prepared.sql.remove(name);
             prepared.statements.remove(name);
+            vec![name.clone()]
         }
         // DEALLOCATE ALL and DISCARD ALL drop every named statement (not the unnamed one).
         Some(None) => {
-            prepared.sql.clear();
+            let mut names: Vec<String> = prepared.sql.drain().map(|(name, _)| name).collect();
+            names.extend(prepared.statements.keys().filter(|n| !n.is_empty()).cloned());
             prepared.statements.retain(|name, _| name.is_empty());
+            names
         }
-        None => {}
-    }
+        None => Vec::new(),
+    };
     if matches!(st.node, "DeclareCursorStmt" | "ClosePortalStmt") || st.deallocate == Some(None) {
         // A cursor is a portal: its name now means what DECLARE says (or nothing). Cursor
         // names are never empty, so the unnamed portal stays.
         prepared.portals.retain(|name, _| name.is_empty());
     }
+    freed
 }
 
 /// Reads upstream messages and writes them (masked, or substituted) to the client.
@@ -2161,7 +2199,7 @@ impl ServerSide {
                 // Messages still pending here were skipped: after an error the server ignores
                 // everything up to Sync, including what the client sent once it had read the
                 // error. A skipped Parse registered nothing.
-                let mut void = Vec::new();
+                let (mut void, mut unsure) = (Vec::new(), Vec::new());
                 while let Some(p) = self.front.pop_front() {
                     match p {
                         Pending::Query { copies, .. } | Pending::Sync { copies, .. } => {
@@ -2173,6 +2211,8 @@ impl ServerSide {
                             break;
                         }
                         Pending::Parse { seq } => void.push(seq),
+                        Pending::Close { freed } => unsure.extend(freed),
+                        Pending::Execute { plan, .. } => unsure.extend(plan.freed),
                         _ => {}
                     }
                 }
@@ -2180,6 +2220,7 @@ impl ServerSide {
                 if !void.is_empty() {
                     prepared.void(&void);
                 }
+                prepared.unsure(unsure);
                 // Portals live until their transaction ends, and a failed one runs none: what a
                 // skipped Bind would have named must not be taken for the server's.
                 if status != TransactionStatus::InTransaction {
@@ -2208,7 +2249,7 @@ impl ServerSide {
             }
             backend::CLOSE_COMPLETE => {
                 match self.front.pop_front() {
-                    Some(Pending::Close) => {}
+                    Some(Pending::Close { .. }) => {}
                     other => return Err(out_of_step("CloseComplete", other.as_ref())),
                 }
                 frame.encode(&mut self.out);
@@ -2291,9 +2332,16 @@ impl ServerSide {
                 let notice = ErrorResponse::parse(&frame.body).map_err(bad)?;
                 self.masked_server_message(notice).encode_notice(&mut self.out);
             }
-            backend::COPY_OUT | backend::COPY_DONE | backend::NOTIFICATION | backend::PARAMETER_STATUS => {
-                frame.encode(&mut self.out)
+            backend::PARAMETER_STATUS => {
+                // A setting the gateway pins changed all the same (a function's set_config, say):
+                // statements would no longer be read as the server reads them.
+                let status = ParameterStatus::parse(&frame.body).map_err(bad)?;
+                if let Some(why) = upstream::unpinned(&status) {
+                    return Err(why);
+                }
+                frame.encode(&mut self.out);
             }
+            backend::COPY_OUT | backend::COPY_DONE | backend::NOTIFICATION => frame.encode(&mut self.out),
             other => {
                 return Err(format!(
                     "unexpected message {:?} from the upstream",
@@ -2552,25 +2600,44 @@ impl ServerSide {
                 );
             }
         }
+        // A Query's failed statement and those after it did not run. A DEALLOCATE that failed
+        // because the server holds no such statement leaves nothing unsure.
+        if let Some(Pending::Query { results, .. }) = self.front.front() {
+            let from = self.query_index + usize::from(code == sqlstate::INVALID_SQL_STATEMENT_NAME);
+            let freed = results.iter().skip(from).flat_map(|r| r.freed.iter().cloned());
+            let freed: Vec<String> = freed.collect();
+            if !freed.is_empty() {
+                lock(&self.shared).unsure(freed);
+            }
+        }
         // In the extended protocol the upstream now skips to Sync: so do the pending answers,
-        // and registrations by skipped Parse messages are void.
+        // registrations by skipped Parse messages are void, and names freed by what failed or
+        // was skipped are unsure.
         if !matches!(
             self.front.front(),
             None | Some(Pending::Query { .. }) | Some(Pending::Sync { .. })
         ) {
-            let mut void = Vec::new();
+            let (mut void, mut unsure) = (Vec::new(), Vec::new());
+            // The first is the message that failed, as above.
+            let mut failed = code == sqlstate::INVALID_SQL_STATEMENT_NAME;
             while let Some(p) = self.front.front() {
                 if matches!(p, Pending::Sync { .. } | Pending::Query { .. }) {
                     break;
                 }
-                if let Some(Pending::Parse { seq }) = self.front.pop_front() {
-                    void.push(seq);
+                match self.front.pop_front() {
+                    Some(Pending::Parse { seq }) => void.push(seq),
+                    Some(Pending::Close { freed }) => unsure.extend(freed),
+                    Some(Pending::Execute { plan, .. }) if !failed => unsure.extend(plan.freed),
+                    _ => {}
                 }
+                failed = false;
             }
             self.next_rows = None;
+            let mut prepared = lock(&self.shared);
             if !void.is_empty() {
-                lock(&self.shared).void(&void);
+                prepared.void(&void);
             }
+            prepared.unsure(unsure);
         }
         Ok(())
     }

@@ -27,6 +27,21 @@ use crate::config::CompiledConnection;
 pub const PINNED_SETTINGS: [(&str, &str); 2] =
     [("search_path", "public"), ("standard_conforming_strings", "on")];
 
+/// Why a setting the server reports (ParameterStatus) breaks what the gateway pins, if it does:
+/// the pinned settings and the client encoding, UTF8.
+pub fn unpinned(status: &ParameterStatus) -> Option<String> {
+    let name = status.name.to_ascii_lowercase();
+    let pinned = match name.as_str() {
+        "client_encoding" => "UTF8",
+        _ => PINNED_SETTINGS.iter().find(|(n, _)| *n == name)?.1,
+    };
+    (!status.value.eq_ignore_ascii_case(pinned)).then(|| {
+        format!(
+            "the server reports {name} changed from {pinned}: the gateway reads statements with it pinned, so the session ends"
+        )
+    })
+}
+
 /// Longest wait for the upstream's TCP connect, TLS handshake and authentication together.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -252,6 +267,36 @@ async fn connect_inner(
         if !out.is_empty() {
             write.write_all(&out).await.map_err(unreachable)?;
             write.flush().await.map_err(unreachable)?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pinned_setting_reported_changed_ends_the_session() {
+        let status = |name: &str, value: &str| ParameterStatus {
+            name: name.into(),
+            value: value.into(),
+        };
+        for (name, value) in [
+            ("standard_conforming_strings", "off"),
+            ("client_encoding", "SJIS"),
+            ("search_path", "billing, public"),
+        ] {
+            let why = unpinned(&status(name, value)).expect(name);
+            assert!(why.contains(name), "{why}");
+        }
+        for (name, value) in [
+            ("standard_conforming_strings", "on"),
+            ("client_encoding", "UTF8"),
+            ("search_path", "public"),
+            ("TimeZone", "UTC"),
+            ("application_name", "x"),
+        ] {
+            assert_eq!(unpinned(&status(name, value)), None, "{name}");
         }
     }
 }
