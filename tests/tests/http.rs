@@ -179,6 +179,25 @@ fn allowed_denied_and_approval_required_with_credential_injection_and_masking() 
         (r.status, r.problem_type().as_str()),
         (502, "https://agentgate.dev/problems/masking-refused")
     );
+    // Ranges are not asked for where masking applies (a value cut out of its document is valid
+    // JSON that no field rule reaches), and a partial body is refused.
+    let r = curl(
+        &["-H", &auth, "-H", "Range: bytes=10-40", "-H", "If-Range: \"x\""],
+        &s.gw.url("/okta/echo/ranged"),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let forwarded = r.json()["headers"].to_string().to_ascii_lowercase();
+    assert!(
+        !forwarded.contains("\"range\"") && !forwarded.contains("if-range"),
+        "{forwarded}"
+    );
+    let r = curl(&["-H", &auth], &s.gw.url("/okta/partial"));
+    assert_eq!(
+        (r.status, r.problem_type().as_str()),
+        (502, "https://agentgate.dev/problems/masking-refused"),
+        "{r:?}"
+    );
+    assert!(!r.body.contains("alice@"), "{r:?}");
 
     // An upstream that reflects the injected credential does not hand it to the agent: the
     // header carrying it is dropped and the body has it overwritten (same length).

@@ -10,6 +10,7 @@ check exactly what the gateway forwarded. A few paths serve fixed content for ma
   /reflect            the Authorization header it received, in a header and the body
   /gzip-reflect       the same body, gzip-compressed whatever the client accepts (some do)
   /lying-length       the users list chunked, with a `Content-Length: 0` beside it
+  /partial           206 Partial Content: a slice of the users list, whatever was asked
   /events             server-sent events, chunked: one with an email, 2 s later a second (with a
                       card number) and a JSON one (with a mobilePhone), then the end
 Any path with `delay_ms=N` in its query is held N ms before the answer, after logging
@@ -95,6 +96,18 @@ class Handler(BaseHTTPRequestHandler):
                     time.sleep(int(kv[9:]) / 1000)
         if path == "/api/v1/users" and self.command == "GET":
             return self._send(200, "application/json", json.dumps(USERS).encode())
+        if path == "/partial":
+            # An upstream that serves ranges: a value cut out of its document.
+            whole = json.dumps(USERS).encode()
+            start = whole.index(b'"alice@example.com"')
+            part = whole[start : start + 19]
+            self.send_response(206)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Range", "bytes %d-%d/%d" % (start, start + 18, len(whole)))
+            self.send_header("Content-Length", str(len(part)))
+            self.end_headers()
+            self.wfile.write(part)
+            return
         if path == "/reflect":
             # A careless upstream that reflects the credential it was sent, in a header and body.
             raw = self.headers.get("Authorization", "")

@@ -780,6 +780,14 @@ async fn proxy(
     if !removed.is_empty() {
         tracing::debug!(request_id, removed = ?removed, "client identity headers removed");
     }
+    // Masking and the credential scrub read whole bodies: a value cut out of its document by a
+    // range escapes field rules and detectors alike, and a reflected credential asked for in
+    // parts, the scrub.
+    let whole_bodies = !plan.is_empty() || upstream.scrub.is_some();
+    if whole_bodies {
+        out_headers.remove(header::RANGE);
+        out_headers.remove(header::IF_RANGE);
+    }
     out_headers.remove(header::HOST);
     if let Ok(v) = HeaderValue::from_str(&upstream.authority) {
         out_headers.insert(header::HOST, v);
@@ -869,12 +877,19 @@ async fn proxy(
     if !header_report.is_empty() {
         gw.metrics.count_masking(&connection.name, &header_report);
     }
-    // The gateway asks for identity encoding; an upstream that compresses anyway sends bytes
-    // that neither the masker nor the credential scrubber can read.
-    if is_encoded(&res_parts.headers) && (upstream.scrub.is_some() || !plan.is_empty()) {
+    // The gateway asks for identity encoding and whole bodies; an upstream that compresses
+    // anyway, or sends part of a body, sends bytes that neither the masker nor the credential
+    // scrubber can read.
+    let partial = res_parts.status == StatusCode::PARTIAL_CONTENT
+        || res_parts.headers.contains_key(header::CONTENT_RANGE);
+    if whole_bodies && (is_encoded(&res_parts.headers) || partial) {
         let problem = Problem::new(
             Kind::MaskingRefused,
-            "the upstream's response was withheld because it is compressed (Content-Encoding), which the gateway cannot mask or scrub",
+            if partial {
+                "the upstream's response was withheld because it is part of a body (206 Partial Content), which the gateway cannot mask or scrub"
+            } else {
+                "the upstream's response was withheld because it is compressed (Content-Encoding), which the gateway cannot mask or scrub"
+            },
         );
         gw.metrics
             .masking_refusals
