@@ -118,7 +118,8 @@ pub enum HttpMethod {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpMatch {
-    /// Request methods.
+    /// Request methods. A Deny or RequireApproval rule naming GET also covers HEAD (servers
+    /// run GET's handler for it); an Allow rule grants only the methods it names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 7), extend("x-kubernetes-list-type" = "set"))]
     pub methods: Vec<HttpMethod>,

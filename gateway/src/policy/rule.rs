@@ -193,7 +193,13 @@ impl HttpMatcher {
     fn matches(&self, action: Action, op: &HttpOperation<'_>) -> bool {
         // Deny and RequireApproval match on any matching value; Allow needs all of them to match.
         let strict = action == Action::Allow;
-        if self.methods != 0 && self.methods & method_bit(op.method) == 0 {
+        // Servers run GET's handler for HEAD (its effects and headers): a rule that restricts
+        // GET restricts HEAD too. Allow grants only the methods it names.
+        let mut bits = method_bit(op.method);
+        if !strict && bits == method_bit("HEAD") {
+            bits |= method_bit("GET");
+        }
+        if self.methods != 0 && self.methods & bits == 0 {
             return false;
         }
         if !self.paths.is_empty() && !self.paths.iter().any(|g| path_matches(g, op.path, strict)) {
@@ -711,6 +717,12 @@ mod tests {
         assert!(!m.matches(Action::Allow, &http("POST", "/api/v1/users/00u1", &q, &h), 0));
         assert!(!m.matches(Action::Allow, &http("GET", "/api/v1/users/00u1/x", &q, &h), 0));
         assert!(!m.matches(Action::Allow, &http("GET", "/api/v1/users/00u1", &[], &h), 0));
+        // HEAD runs GET's handler: restricting GET restricts HEAD; allowing GET allows only GET.
+        assert!(!m.matches(Action::Allow, &http("HEAD", "/api/v1/users/00u1", &q, &h), 0));
+        for action in [Action::Deny, Action::RequireApproval] {
+            assert!(m.matches(action, &http("HEAD", "/api/v1/users/00u1", &q, &h), 0));
+            assert!(!m.matches(action, &http("OPTIONS", "/api/v1/users/00u1", &q, &h), 0));
+        }
         // A repeated parameter: Allow needs every value to match, Deny any.
         let dup = vec![
             ("limit".to_string(), "10".to_string()),
