@@ -96,12 +96,12 @@ pub fn mask_whole(
             let text = std::str::from_utf8(input)
                 .map_err(|_| MaskFailure::Unparseable("the response text is not UTF-8"))?;
             if plan.has_field_rules() {
-                let (out, report, unclosed) = mask_text_with_json(plan, text);
-                // Its lines would get the detectors alone: a document cut short is unreadable.
-                if unclosed && plan.on_unparseable() == UnparseablePolicy::Refuse {
-                    return Err(MaskFailure::Unparseable(
-                        "a JSON document in the text never closes",
-                    ));
+                let (out, report, unreadable) = mask_text_with_json(plan, text);
+                // Its lines would get the detectors alone, not the field rules.
+                if let Some(why) = unreadable
+                    && plan.on_unparseable() == UnparseablePolicy::Refuse
+                {
+                    return Err(MaskFailure::Unparseable(why));
                 }
                 return Ok((out, report));
             }
@@ -117,16 +117,19 @@ pub fn mask_whole(
 /// Text under rules with JSON fields: JSON labelled as text, the JSON lines of a text stream (an
 /// event stream's `data: {...}`, NDJSON sent as text/plain), and JSON documents spread over lines
 /// (pretty-printed) get the field rules as JSON does; the other lines get the detectors, a run of
-/// them at a time (a private key spans lines). Also says whether a line opened a document that
-/// never closes. Linear: a bracketed span that is not JSON is passed over whole, and after an
-/// unclosed one no line is looked ahead from again.
-fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, bool) {
+/// them at a time (a private key spans lines). Also says why the field rules could not reach a
+/// document: one that never closes, or one that starts as JSON does but does not parse (`NaN`,
+/// a lone surrogate, an event's document split over `data:` lines). Linear: a bracketed span
+/// that is not JSON is passed over whole, and after an unclosed one no line is looked ahead
+/// from again.
+fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, Option<&'static str>) {
     let mut out = Vec::with_capacity(text.len());
     let mut report = MaskReport::default();
     if let Ok(r) = plan.mask_json(text.as_bytes(), &mut out) {
-        return (out, r, false);
+        return (out, r, None);
     }
     let mut unclosed = false;
+    let mut malformed = false;
     out.clear();
     let mut run_start: Option<usize> = None;
     let flush_run = |out: &mut Vec<u8>, report: &mut MaskReport, run: &str| {
@@ -181,11 +184,13 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
             Err(_) => (None, None),
         };
         let Some(doc_end) = doc_end else {
+            malformed |= json_like(&bytes[from..]);
             run_start.get_or_insert(start);
             continue;
         };
         let Some(r) = rest else {
             // Brackets that close but hold no JSON (code, say): text, passed over whole.
+            malformed |= json_like(&bytes[from..]);
             run_start.get_or_insert(start);
             at = memchr::memchr(b'\n', &bytes[doc_end..]).map_or(text.len(), |i| doc_end + i + 1);
             continue;
@@ -208,7 +213,26 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
     if let Some(from) = run_start {
         flush_run(&mut out, &mut report, &text[from..]);
     }
-    (out, report, unclosed)
+    let unreadable = if unclosed {
+        Some("a JSON document in the text never closes")
+    } else if malformed {
+        Some("a JSON document in the text does not parse")
+    } else {
+        None
+    };
+    (out, report, unreadable)
+}
+
+/// Whether `text`, which opens a bracket, goes on as a JSON document does (`{"`, `{}`, `[{`,
+/// `[[`, `["`, `[]`, across blank space and lines), not as code, a log line's `[INFO]` or
+/// `[2026-12-05 …]`, or an event stream's `[DONE]`.
+fn json_like(text: &[u8]) -> bool {
+    let next = text.iter().skip(1).find(|b| !b.is_ascii_whitespace());
+    match text.first() {
+        Some(b'{') => matches!(next, Some(b'"' | b'}')),
+        Some(b'[') => matches!(next, Some(b'{' | b'[' | b'"' | b']')),
+        _ => false,
+    }
 }
 
 /// Where the JSON value that `text` opens (with `{` or `[`) closes: the index after its last
@@ -1039,6 +1063,28 @@ mod tests {
     /// an unclosed document is refused whole, as its stream would be cut.
     #[test]
     fn text_with_unclosed_or_nested_brackets_stays_linear() {
+        // A document that starts as JSON but does not parse is as unreadable to the field rules.
+        for text in [
+            "data: [{\"name\":\"agent\",\"score\":NaN},{\"ssn\":\"123-45-6789\"}]\n\n",
+            "data: {\"a\":\"\\ud800\",\"ssn\":\"123-45-6789\"}\n\n",
+            "data: {\"ssn\":\ndata: \"123-45-6789\"}\n\n",
+            "log line\n{\n  \"ssn\": \"123-45-6789\",\n  \"score\": NaN\n}\n",
+        ] {
+            let refused = mask_whole(&phone_plan("Refuse"), ContentClass::Text, text.as_bytes());
+            assert!(refused.is_err(), "{text}");
+            mask_whole(&phone_plan("Allow"), ContentClass::Text, text.as_bytes()).unwrap();
+        }
+        // Brackets that do not start JSON are text.
+        for text in [
+            "[INFO] started\n",
+            "[2026-12-05 10:00:00] ok {not json}\n",
+            "data: [DONE]\n\n",
+            "fn main() {\n    run();\n}\n",
+            "{\n{\n}\n}\n",
+        ] {
+            mask_whole(&phone_plan("Refuse"), ContentClass::Text, text.as_bytes())
+                .unwrap_or_else(|e| panic!("{text}: {e:?}"));
+        }
         let nested = format!("{}{}", "{\n".repeat(100_000), "}\n".repeat(100_000));
         for (text, unclosed) in [
             ("[\n".repeat(200_000), true),
