@@ -1142,7 +1142,15 @@ async fn mask_response(
     body: Body,
 ) -> Result<Masked, String> {
     let allow_unmasked = plan.on_unparseable() == UnparseablePolicy::Allow;
-    if class == ContentClass::Other || declared.is_some_and(|n| n > MAX_MASKED_BODY as u64) {
+    // A type the masker cannot parse, let through, still meets the detectors when it is text
+    // (XML, CSV, YAML): read whole when its declared length is within the limit.
+    let readable_other = class == ContentClass::Other
+        && allow_unmasked
+        && plan.has_detectors()
+        && declared.is_some_and(|n| n <= MAX_MASKED_BODY as u64);
+    if !readable_other
+        && (class == ContentClass::Other || declared.is_some_and(|n| n > MAX_MASKED_BODY as u64))
+    {
         return if allow_unmasked {
             Ok(Masked::PassThrough(body))
         } else if class == ContentClass::Other {
@@ -1573,6 +1581,31 @@ mod tests {
             r#"[{"note":"\ud800"},{"email":"[REDACTED:EMAIL]"}]"#
         );
         assert_eq!(report.detections, 1);
+        // A type the masker cannot parse (XML, CSV), let through, meets the detectors when it
+        // is text of a declared length within the limit; bytes that are not text pass as sent.
+        let xml = b"<user><email>ada@example.com</email></user>";
+        let masked = mask_response(
+            &plan,
+            ContentClass::Other,
+            Some(xml.len() as u64),
+            full(Bytes::from_static(xml)),
+        )
+        .await
+        .unwrap();
+        let Masked::Done(out, _) = masked else {
+            panic!("passed through unmasked");
+        };
+        assert_eq!(out, "<user><email>[REDACTED:EMAIL]</email></user>");
+        let binary = b"\xff\x00ada@example.com";
+        let passed = mask_response(
+            &plan,
+            ContentClass::Other,
+            Some(binary.len() as u64),
+            full(Bytes::from_static(binary)),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(passed, Masked::PassThrough(_)));
     }
 
     #[test]
