@@ -148,7 +148,7 @@ spec:
     - name: read-public
       action: Allow
       sql:
-        statements: [Select, Transaction, Show, Explain, Prepare, Execute, Deallocate, Set]
+        statements: [Select, Transaction, Show, Explain, Prepare, Execute, Deallocate, Set, Listen]
         tables: ["public.*"]
     - name: big-capped
       action: Allow
@@ -1415,6 +1415,26 @@ fn protocol_abuse_is_refused_and_the_gateway_survives() {
     r.send(b'Q', b"SELECT 1\0");
     assert!(r.until_ready().iter().any(|(t, _)| *t == b'D'));
     s.assert_no_canary();
+}
+
+/// A notification's payload is data a trigger or another session chose (a changed row, say):
+/// where column rules apply it is withheld, since it may quote masked columns by value.
+#[test]
+fn notification_payloads_are_withheld_where_columns_are_masked() {
+    let s = setup_with(false);
+    let tok = token(&s.idp);
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(b'Q', b"LISTEN customer_changes\0");
+    assert!(errors(&r.until_ready()).is_empty());
+    s.pg.psql(
+        "SELECT pg_notify('customer_changes', (SELECT row_to_json(c)::text FROM customers c ORDER BY id LIMIT 1))",
+    );
+    let (tag, body) = r.read();
+    assert_eq!(tag, b'A', "{:?}", String::from_utf8_lossy(&body));
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("customer_changes"), "{text:?}");
+    assert!(text.ends_with("[REDACTED]\0"), "{text:?}");
+    assert!(!text.contains('@'), "{text:?}");
 }
 
 /// PostgreSQL keeps SQL PREPARE and protocol-level statements under one name space, runs

@@ -36,6 +36,7 @@ use super::message::command_complete::CommandComplete;
 use super::message::describe::Target;
 use super::message::error_response::{ErrorResponse, sqlstate};
 use super::message::execute::Execute;
+use super::message::notification::Notification;
 use super::message::parameter_description::ParameterDescription;
 use super::message::parameter_status::ParameterStatus;
 use super::message::parse::Parse;
@@ -197,6 +198,9 @@ const STATISTICS_RELATIONS: [&str; 6] = [
     "pg_catalog.pg_stats_ext",
     "pg_catalog.pg_stats_ext_exprs",
 ];
+
+/// What a notification's payload becomes where column masking applies.
+const WITHHELD_PAYLOAD: &str = "[REDACTED]";
 
 /// Cursors whose declaring configuration a session remembers.
 const MAX_TRACKED_CURSORS: usize = 1024;
@@ -2341,7 +2345,21 @@ impl ServerSide {
                 }
                 frame.encode(&mut self.out);
             }
-            backend::COPY_OUT | backend::COPY_DONE | backend::NOTIFICATION => frame.encode(&mut self.out),
+            backend::NOTIFICATION => {
+                // A payload is whatever a trigger or another session sent (`pg_notify(ch,
+                // row_to_json(NEW)::text)`): where column rules apply it may quote masked columns,
+                // which nothing in it names, so it is withheld; elsewhere it meets the detectors.
+                let mut n = Notification::parse(&frame.body).map_err(bad)?;
+                if !self.live.masked.is_empty() {
+                    n.payload = WITHHELD_PAYLOAD.into();
+                } else if self.live.plan.has_detectors() {
+                    let (masked, report) = self.live.plan.mask_text(&n.payload);
+                    self.report.add(&report);
+                    n.payload = masked.into_owned();
+                }
+                n.encode(&mut self.out);
+            }
+            backend::COPY_OUT | backend::COPY_DONE => frame.encode(&mut self.out),
             other => {
                 return Err(format!(
                     "unexpected message {:?} from the upstream",

@@ -11,6 +11,7 @@ pub mod data_row;
 pub mod describe;
 pub mod error_response;
 pub mod execute;
+pub mod notification;
 pub mod parameter_description;
 pub mod parameter_status;
 pub mod parse;
