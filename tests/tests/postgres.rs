@@ -819,6 +819,10 @@ fn masked_columns_cannot_be_copied_out_of_masking() {
             // A view made in this session is not traced until the next one.
             "CREATE VIEW public.contact_copy AS SELECT id, email AS x FROM customers",
             "CREATE SCHEMA copies CREATE VIEW v AS SELECT id, email AS x FROM public.customers",
+            // PostgreSQL 18's whole old and new rows of RETURNING.
+            "UPDATE customers SET name = name WHERE id = 1 RETURNING row_to_json(old)",
+            "UPDATE customers SET name = name WHERE id = 1 RETURNING new::text",
+            "UPDATE customers SET name = name WHERE id = 1 RETURNING old.email",
         ] {
             let e = c.batch_execute(sql).await.unwrap_err();
             let (code, message) = db_error(&e);

@@ -1062,13 +1062,20 @@ impl Live {
         if !masked_table && !st.tables.iter().any(|t| self.masked.is_unknown(t)) {
             return false;
         }
+        // PostgreSQL 18 reads `old` and `new` in RETURNING as the written row before and after
+        // (`RETURNING row_to_json(old)`, `old.email`), which the parser, of an older grammar,
+        // takes for a column and a relation: whole rows of the masked table here.
+        let row_alias = |c: &str| matches!(c, "old" | "new") && masked_table;
         st.columns.iter().any(|c| {
             (self.masked.is_masked_name(c) && read(c))
                 || (c == "*" && masked_table)
+                || (row_alias(c) && read(c))
                 || self.masked_relations(st, c).next().is_some()
         }) || st.qualified.iter().any(|(rel, name)| {
-            self.masked_relations(st, rel)
-                .any(|t| !self.masked.has_column(t, name))
+            (row_alias(rel) && self.masked.is_masked_name(name))
+                || self
+                    .masked_relations(st, rel)
+                    .any(|t| !self.masked.has_column(t, name))
         })
     }
 
