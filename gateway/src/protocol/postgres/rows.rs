@@ -8,7 +8,7 @@ use agentgate_crds::policy::MaskingStrategy;
 use bytes::{BufMut, BytesMut};
 use serde_json::Value;
 
-use super::binary::{JSONB, TEXT_LIKE, decode_number, to_text};
+use super::binary::{BYTEA, JSONB, TEXT_LIKE, decode_number, to_text};
 use super::message::data_row::DataRow;
 use super::message::row_description::{Field, RowDescription};
 use super::message::{FrameError, backend, frame};
@@ -172,6 +172,21 @@ impl RowMasker {
                 }
             };
         }
+        // Text-format bytea is hex (`\x6164…`), which hides its bytes from the detectors: they
+        // read the bytes, and a find withholds the value, as in binary format.
+        if !col.binary
+            && col.type_oid == BYTEA
+            && col.whole.is_none()
+            && self.detect
+            && let Some(bytes) = bytea_hex(v)
+        {
+            let (_, r) = self.plan.mask_text(&String::from_utf8_lossy(&bytes));
+            if !r.is_empty() {
+                report.add(&r);
+                return None;
+            }
+            return Some(Cow::Borrowed(v));
+        }
         if !col.binary || TEXT_LIKE.contains(&col.type_oid) {
             let text = String::from_utf8_lossy(v);
             if let Some(strategy) = col.whole {
@@ -261,6 +276,18 @@ impl RowMasker {
     }
 }
 
+/// The bytes of a bytea in PostgreSQL's hex output format (`\x` and two hex digits a byte).
+fn bytea_hex(v: &[u8]) -> Option<Vec<u8>> {
+    let hex = v.strip_prefix(b"\\x")?;
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    let digit = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    hex.chunks_exact(2)
+        .map(|p| Some(digit(p[0])? << 4 | digit(p[1])?))
+        .collect()
+}
+
 /// Most bytes of one value a recording keeps (the rest is counted).
 pub const MAX_RECORDED_VALUE: usize = 4 * 1024;
 
@@ -280,6 +307,30 @@ mod tests {
             on_unparseable: Default::default(),
         };
         MaskingPlan::compile(&[&rule], HashKey::from_bytes([7; 32])).unwrap()
+    }
+
+    /// Text-format bytea is hex: the detectors read its bytes, and a find withholds the value.
+    #[test]
+    fn detectors_read_text_bytea_through_its_hex() {
+        let rows = RowDescription {
+            fields: vec![field("blob", 0, BYTEA, 0)],
+        };
+        let m = RowMasker::new(&plan(), true, &rows, |_| None);
+        let hex = |s: &[u8]| {
+            let mut v = b"\\x".to_vec();
+            v.extend(s.iter().flat_map(|b| format!("{b:02x}").into_bytes()));
+            v
+        };
+        let card = hex(b"card 4111 1111 1111 1111 on file");
+        assert_eq!(run(&m, &[Some(&card)]), [None]);
+        let plain = hex(b"nothing to see");
+        assert_eq!(run(&m, &[Some(&plain)]), [Some(plain.clone())]);
+        // Not hex output (the escape format shows printable bytes as they are): read as text.
+        let escaped = b"card 4111 1111 1111 1111".to_vec();
+        assert_ne!(run(&m, &[Some(&escaped)]), [Some(escaped.clone())]);
+        assert_eq!(bytea_hex(b"\\x4g"), None);
+        assert_eq!(bytea_hex(b"\\x414"), None);
+        assert_eq!(bytea_hex(b"\\x4142"), Some(b"AB".to_vec()));
     }
 
     /// Detectors alone still read json values as JSON: an escaped `@` hides no email.
