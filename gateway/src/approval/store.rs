@@ -4,7 +4,7 @@
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use agentgate_crds::ApprovalRequest;
@@ -73,6 +73,12 @@ impl Dir {
             let Some(stem) = file_name.strip_suffix(SUFFIX) else {
                 continue;
             };
+            // The gateway writes its requests 0600: one that another user owns, or that others
+            // may write to (a group-writable volume), may have been planted or edited.
+            if let Some(why) = foreign_file(&file) {
+                tracing::error!(file = %file.display(), why, "ignoring an approval request the gateway did not write");
+                continue;
+            }
             let bytes = fs::read(&file).map_err(|e| ApprovalError::io(&file, "cannot read", e))?;
             let request: ApprovalRequest = match serde_json::from_slice(&bytes) {
                 Ok(r) => r,
@@ -159,6 +165,28 @@ impl Dir {
 /// Refuses a store directory that another user could have filled with approved requests: one
 /// anybody may write to, or one owned by another user than the gateway's (or root, who owns
 /// mounted volumes). `/tmp/approvals`, made first by someone else, is the case in point.
+/// The process's own user: the owner of its /proc entry (Linux, where the gateway runs).
+fn own_uid() -> Option<u32> {
+    fs::metadata("/proc/self").map(|m| m.uid()).ok()
+}
+
+/// Why a request file may not be the gateway's own writing, if it may not.
+fn foreign_file(file: &Path) -> Option<&'static str> {
+    let Ok(meta) = fs::symlink_metadata(file) else {
+        return Some("it cannot be inspected");
+    };
+    if !meta.file_type().is_file() {
+        return Some("it is not a regular file");
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Some("others may write to it");
+    }
+    match own_uid() {
+        Some(own) if meta.uid() != own => Some("another user owns it"),
+        _ => None,
+    }
+}
+
 fn check_owner(path: &Path) -> Result<(), ApprovalError> {
     let meta = fs::metadata(path).map_err(|e| ApprovalError::io(path, "cannot inspect the directory", e))?;
     let insecure = |why: String| ApprovalError::Insecure {
@@ -171,8 +199,8 @@ fn check_owner(path: &Path) -> Result<(), ApprovalError> {
             meta.mode() & 0o7777
         )));
     }
-    // The process's own user: the owner of its /proc entry (Linux, where the gateway runs).
-    if let Ok(own) = fs::metadata("/proc/self").map(|m| m.uid())
+    let own = own_uid();
+    if let Some(own) = own
         && meta.uid() != own
         && meta.uid() != 0
     {
@@ -180,6 +208,13 @@ fn check_owner(path: &Path) -> Result<(), ApprovalError> {
             "it belongs to user {}, not to the gateway's user {own}",
             meta.uid()
         )));
+    }
+    // A directory of the gateway's own that others may read or write is made private again. A
+    // group-writable volume root of another owner (Kubernetes `fsGroup`) is kept: its files
+    // are checked one by one instead.
+    if own == Some(meta.uid()) && meta.mode() & 0o077 != 0 {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+            .map_err(|e| ApprovalError::io(path, "cannot make the directory private", e))?;
     }
     Ok(())
 }

@@ -157,6 +157,17 @@ fn the_store_directory_is_private() {
     assert_eq!(super::store::Dir::mode(&path), 0o700);
     assert_eq!(super::store::Dir::mode(&path.join(format!("{name}.json"))), 0o600);
     drop(store);
+    // One of the gateway's own that others may read is made private again; a request file that
+    // others may write to is not served.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let file = path.join(format!("{name}.json"));
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o660)).unwrap();
+    let store = Approvals::open(&path, "agents").unwrap();
+    assert_eq!(super::store::Dir::mode(&path), 0o700);
+    assert_eq!(store.pending(), 0);
+    drop(store);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(Approvals::open(&path, "agents").unwrap().pending(), 1);
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).unwrap();
     let err = Approvals::open(&path, "agents").unwrap_err().to_string();
     assert!(
