@@ -385,6 +385,21 @@ pub fn compile(
             .enumerate()
             .filter_map(|(i, r)| compile_rule(m, &format!("spec.rules[{i}]"), r, &settings.approvals, errors))
             .collect();
+        // Column rules read PostgreSQL results only: on a policy of no PostgreSQL connection
+        // they would never apply, a mistake better named than kept silently.
+        let reaches_postgres = objects.connections.iter().any(|(cm, c)| {
+            cm.namespace() == namespace
+                && c.spec.r#type == ConnectionType::Postgres
+                && p.spec.connections.iter().any(|n| n == "*" || n == cm.name())
+        });
+        for (i, rule) in p.spec.masking.iter().enumerate() {
+            if !rule.columns.is_empty() && !reaches_postgres {
+                errors.push(m.error(
+                    &format!("spec.masking[{i}].columns"),
+                    "column rules mask PostgreSQL results, and none of this policy's Connections is PostgreSQL (use jsonFields or detectors for HTTP)".to_string(),
+                ));
+            }
+        }
         let masking_rules: Vec<_> = p.spec.masking.iter().collect();
         let masking = match MaskingPlan::compile(&masking_rules, settings.hash_key.clone()) {
             Ok(plan) => Some(plan),
@@ -1137,6 +1152,37 @@ mod tests {
             "{errors}"
         );
         load("GitHubActions", "{github: {repositoryId: '123456'}}").unwrap();
+    }
+
+    /// Column rules mask PostgreSQL results: on a policy of HTTP connections only they would
+    /// never apply, so they are an error naming the rule.
+    #[test]
+    fn column_rules_need_a_postgres_connection() {
+        let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+        let load = |edit: &dyn Fn(String) -> String| {
+            let dir = tempfile::tempdir().unwrap();
+            for entry in std::fs::read_dir(&examples).unwrap() {
+                let path = entry.unwrap().path();
+                let text = std::fs::read_to_string(&path).unwrap();
+                std::fs::write(dir.path().join(path.file_name().unwrap()), edit(text)).unwrap();
+            }
+            crate::config::load(&crate::config::LoadOptions {
+                manifests: dir.path().to_path_buf(),
+                ..Default::default()
+            })
+        };
+        load(&|t| t).unwrap();
+        let okta_columns = |t: String| {
+            t.replace(
+                "    - jsonFields: [\"$..profile.email\", \"$..profile.mobilePhone\"]\n",
+                "    - columns: [\"public.users.email\"]\n      strategy: Redact\n    - jsonFields: [\"$..profile.email\", \"$..profile.mobilePhone\"]\n",
+            )
+        };
+        let errors = load(&okta_columns).unwrap_err().to_string();
+        assert!(
+            errors.contains("AccessPolicy agentgate/ci-agent-okta: spec.masking[0].columns: column rules mask PostgreSQL results"),
+            "{errors}"
+        );
     }
 
     /// An endpoint refused for carrying credentials is quoted without them: the message reaches
