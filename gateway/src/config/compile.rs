@@ -386,12 +386,19 @@ pub fn compile(
             .filter_map(|(i, r)| compile_rule(m, &format!("spec.rules[{i}]"), r, &settings.approvals, errors))
             .collect();
         // Column rules read PostgreSQL results only: on a policy of no PostgreSQL connection
-        // they would never apply, a mistake better named than kept silently.
-        let reaches_postgres = objects.connections.iter().any(|(cm, c)| {
-            cm.namespace() == namespace
-                && c.spec.r#type == ConnectionType::Postgres
-                && p.spec.connections.iter().any(|n| n == "*" || n == cm.name())
-        });
+        // they would never apply, a mistake better named than kept silently (unless a
+        // connection it names is missing, which is the error to fix first).
+        let dangling = p
+            .spec
+            .connections
+            .iter()
+            .any(|n| n != "*" && !all_connections.contains(&n.as_str()));
+        let reaches_postgres = dangling
+            || objects.connections.iter().any(|(cm, c)| {
+                cm.namespace() == namespace
+                    && c.spec.r#type == ConnectionType::Postgres
+                    && p.spec.connections.iter().any(|n| n == "*" || n == cm.name())
+            });
         for (i, rule) in p.spec.masking.iter().enumerate() {
             if !rule.columns.is_empty() && !reaches_postgres {
                 errors.push(m.error(
