@@ -1131,6 +1131,7 @@ fn security_catalogue_statements_are_refused() {
             "EXECUTE echo(billing.mark_paid(2)::text)",
             "EXECUTE echo(pg_read_file('/etc/passwd'))",
             "EXECUTE echo(set_config('search_path', 'billing', false))",
+            "EXPLAIN EXECUTE echo(billing.mark_paid(2)::text)",
         ] {
             let e = c.batch_execute(sql).await.unwrap_err();
             assert_eq!(db_error(&e).0, "42501", "{sql}");

@@ -723,9 +723,11 @@ impl<'t> Analysis<'t> {
         self.assigned = inner.assigned;
         self.qualified = inner.qualified;
         self.opaque_calls = inner.opaque_calls;
-        // EXPLAIN [ANALYZE] EXECUTE plans (and runs) the prepared statement.
+        // EXPLAIN [ANALYZE] EXECUTE plans (and runs) the prepared statement; even without
+        // ANALYZE it evaluates EXECUTE's arguments, which may call anything.
+        let executes = inner.execute.is_some();
         self.execute = inner.execute;
-        if analyze {
+        if analyze || executes {
             for k in inner.kinds {
                 self.push_kind(k);
             }
@@ -2455,6 +2457,16 @@ mod tests {
         let s = one("EXPLAIN ANALYZE EXECUTE del(1)");
         assert_eq!(s.kinds, vec![K::ExplainAnalyze, K::Execute]);
         assert_eq!(s.execute.as_deref(), Some("del"));
+        // Without ANALYZE, EXPLAIN EXECUTE still evaluates EXECUTE's arguments.
+        let s = one("EXPLAIN EXECUTE echo(billing.mark_paid(2)::text)");
+        assert_eq!((s.kinds.clone(), s.writes), (vec![K::Explain, K::Execute], true));
+        let s = one("EXPLAIN EXECUTE echo(set_config('search_path', 'billing', false))");
+        assert_eq!(s.settings, ["search_path"]);
+        assert!(
+            classify("EXPLAIN EXECUTE echo(set_config('standard_conforming_strings', 'off', false))")
+                .is_err()
+        );
+        assert!(!one("EXPLAIN EXECUTE del(1)").writes);
     }
 
     #[test]
