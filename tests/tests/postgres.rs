@@ -1509,6 +1509,48 @@ fn shared_names_and_pipelines_cannot_run_what_was_not_decided() {
         assert_eq!(errors(&msgs), ["42501"], "{name}: {msgs:?}");
     }
     assert_eq!(orders(), before);
+    // The same, pipelined: the PREPARE and EXECUTE are decided before the server has answered
+    // the DEALLOCATE or Close, so a name freed in an earlier segment is not free yet.
+    for name in ["u3", "u4", "u5", "u6"] {
+        r.send(b'P', &parse(name, "DELETE FROM orders"));
+    }
+    r.send(b'S', b"");
+    assert!(errors(&r.until_ready()).is_empty());
+    r.send(b'Q', b"SELECT 1/0; DEALLOCATE u3\0");
+    r.send(b'Q', b"PREPARE u3 AS SELECT 1\0");
+    r.send(b'Q', b"EXECUTE u3\0");
+    assert_eq!(errors(&r.until_ready()), ["22012"]);
+    assert_eq!(errors(&r.until_ready()), ["42P05"]);
+    assert_eq!(errors(&r.until_ready()), ["42501"]);
+    r.send(b'E', &execute_rows("nope", 0));
+    r.send(b'C', b"Su4\0");
+    r.send(b'S', b"");
+    r.send(b'P', &parse("u4", "SELECT 1"));
+    r.send(b'S', b"");
+    r.send(b'B', &bind("", "u4"));
+    r.send(b'E', &execute_rows("", 0));
+    r.send(b'S', b"");
+    assert_eq!(errors(&r.until_ready()), ["34000"]);
+    assert_eq!(errors(&r.until_ready()), ["42P05"]);
+    assert_eq!(errors(&r.until_ready()), ["26000"]);
+    // A DEALLOCATE after one that failed for want of its statement did not run either.
+    r.send(b'Q', b"DEALLOCATE nothing_here; DEALLOCATE u5\0");
+    assert_eq!(errors(&r.until_ready()), ["26000"]);
+    r.send(b'Q', b"PREPARE u5 AS SELECT 1\0");
+    assert_eq!(errors(&r.until_ready()), ["42P05"]);
+    r.send(b'Q', b"EXECUTE u5\0");
+    assert_eq!(errors(&r.until_ready()), ["42501"]);
+    assert_eq!(orders(), before);
+    // Closing and preparing a name again in one segment (a driver's statement cache) works:
+    // the new statement runs only if the Close did.
+    r.send(b'C', b"Su6\0");
+    r.send(b'P', &parse("u6", "SELECT 6"));
+    r.send(b'B', &bind("", "u6"));
+    r.send(b'E', &execute_rows("", 0));
+    r.send(b'S', b"");
+    let msgs = r.until_ready();
+    assert!(errors(&msgs).is_empty(), "{msgs:?}");
+    assert!(msgs.iter().any(|(t, b)| *t == b'D' && b.ends_with(b"6")));
     // Freeing them for real makes the names usable again; so does a DEALLOCATE of a name the
     // server never held.
     r.send(b'Q', b"DEALLOCATE u1; DEALLOCATE nothing_here\0");

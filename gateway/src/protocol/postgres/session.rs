@@ -527,6 +527,12 @@ struct Prepared {
     portals: HashMap<String, Portal>,
     /// SQL-level `PREPARE name AS ...`.
     sql: HashMap<String, Option<Arc<Statement>>>,
+    /// Counts the Sync and Query boundaries sent: after an error the server skips what follows
+    /// it up to the next one, so what lies between two of them runs only together.
+    segment: u64,
+    /// Names a Close or DEALLOCATE freed that the server has not answered yet: the segment of
+    /// the latest, and how many are unanswered.
+    freeing: HashMap<String, (u64, u32)>,
 }
 
 #[derive(Debug, Clone)]
@@ -579,11 +585,40 @@ impl Prepared {
     /// Names a DEALLOCATE, DISCARD ALL or Close freed when it was sent, which the server skipped
     /// or refused: it may still hold a statement by each, which neither Bind nor EXECUTE may be
     /// decided on (a PREPARE the server then refuses as a duplicate would name other text).
-    fn unsure(&mut self, names: impl IntoIterator<Item = String>) {
+    fn unsure(&mut self, names: Vec<String>) {
+        self.settle(&names);
         for name in names {
             self.sql.insert(name.clone(), None);
             self.statements.insert(name, Entry::Ambiguous);
         }
+    }
+
+    /// `name` is freed by a message sent now (see [`Prepared::freed_earlier`]).
+    fn free(&mut self, name: &str) {
+        let e = self.freeing.entry(name.to_string()).or_default();
+        *e = (self.segment, e.1 + 1);
+    }
+
+    /// The server answered (or skipped) the messages that freed `names`.
+    fn settle(&mut self, names: &[String]) {
+        for name in names {
+            if let Some(e) = self.freeing.get_mut(name) {
+                e.1 -= 1;
+                if e.1 == 0 {
+                    self.freeing.remove(name);
+                }
+            }
+        }
+    }
+
+    /// Whether a statement prepared under `name` now may meet the old one still held: a Close
+    /// or DEALLOCATE of it sent before the last boundary is unanswered, and if the server
+    /// skipped it, it refuses the new statement as a duplicate and keeps the old. (One sent
+    /// since the boundary runs only if the Close or DEALLOCATE did.)
+    fn freed_earlier(&self, name: &str) -> bool {
+        self.freeing
+            .get(name)
+            .is_some_and(|(segment, _)| *segment != self.segment)
     }
 
     fn confirm(&mut self, s: u64) {
@@ -1414,7 +1449,10 @@ impl ClientSide {
             }
             frontend::QUERY => {
                 let q = Query::parse(&frame.body).map_err(|e| malformed(self, e))?;
+                // A Query is a segment of its own (see `Prepared::segment`).
+                lock(&self.shared).segment += 1;
                 self.query(&frame, &q.sql).await?;
+                lock(&self.shared).segment += 1;
             }
             frontend::PARSE => {
                 let p = Parse::parse(&frame.body).map_err(|e| malformed(self, e))?;
@@ -1458,6 +1496,7 @@ impl ClientSide {
                         Target::Statement(n) => {
                             p.sql.remove(&n);
                             p.statements.remove(&n);
+                            p.free(&n);
                             Some(n)
                         }
                         Target::Portal(n) => {
@@ -1471,6 +1510,7 @@ impl ClientSide {
             }
             frontend::SYNC => {
                 self.unsynced = false;
+                lock(&self.shared).segment += 1;
                 self.forward(&frame);
                 self.push(Pending::Sync {
                     in_copy: self.copy_in,
@@ -1826,6 +1866,9 @@ impl ClientSide {
                         prepared.sql.insert(p.name.clone(), None);
                         prepared.statements.insert(p.name.clone(), Entry::Ambiguous);
                     }
+                    _ if prepared.freed_earlier(&p.name) => {
+                        prepared.statements.insert(p.name.clone(), Entry::Ambiguous);
+                    }
                     // The upstream refuses a duplicate name and keeps the statement it has.
                     Some(Entry::Known { confirmed: true, .. }) | Some(Entry::Ambiguous) => {}
                     Some(Entry::Known { confirmed: false, .. }) => {
@@ -2057,7 +2100,10 @@ enum Next {
 /// [`Prepared::unsure`] should the statement not run.
 fn apply_effects(prepared: &mut Prepared, st: &Statement) -> Vec<String> {
     if let Some((name, inner)) = &st.prepare {
-        let entry = if prepared.sql.contains_key(name) || prepared.statements.contains_key(name) {
+        let entry = if prepared.sql.contains_key(name)
+            || prepared.statements.contains_key(name)
+            || prepared.freed_earlier(name)
+        {
             // A second PREPARE of a name fails upstream only if the first succeeded: unknown.
             prepared.statements.insert(name.clone(), Entry::Ambiguous);
             None
@@ -2077,10 +2123,15 @@ fn apply_effects(prepared: &mut Prepared, st: &Statement) -> Vec<String> {
             let mut names: Vec<String> = prepared.sql.drain().map(|(name, _)| name).collect();
             names.extend(prepared.statements.keys().filter(|n| !n.is_empty()).cloned());
             prepared.statements.retain(|name, _| name.is_empty());
+            names.sort_unstable();
+            names.dedup();
             names
         }
         None => Vec::new(),
     };
+    for name in &freed {
+        prepared.free(name);
+    }
     if matches!(st.node, "DeclareCursorStmt" | "ClosePortalStmt") || st.deallocate == Some(None) {
         // A cursor is a portal: its name now means what DECLARE says (or nothing). Cursor
         // names are never empty, so the unnamed portal stays.
@@ -2260,7 +2311,7 @@ impl ServerSide {
             }
             backend::CLOSE_COMPLETE => {
                 match self.front.pop_front() {
-                    Some(Pending::Close { .. }) => {}
+                    Some(Pending::Close { freed }) => lock(&self.shared).settle(freed.as_slice()),
                     other => return Err(out_of_step("CloseComplete", other.as_ref())),
                 }
                 frame.encode(&mut self.out);
@@ -2590,9 +2641,20 @@ impl ServerSide {
             frame.encode(&mut self.out);
         }
         match self.front.front() {
-            Some(Pending::Query { .. }) => self.query_index += 1,
+            Some(Pending::Query { results, .. }) => {
+                if let Some(r) = results.get(self.query_index)
+                    && !r.freed.is_empty()
+                {
+                    lock(&self.shared).settle(&r.freed);
+                }
+                self.query_index += 1;
+            }
             Some(Pending::Execute { .. }) => {
-                self.front.pop_front();
+                if let Some(Pending::Execute { plan, .. }) = self.front.pop_front()
+                    && !plan.freed.is_empty()
+                {
+                    lock(&self.shared).settle(&plan.freed);
+                }
             }
             _ => {}
         }
@@ -2628,11 +2690,16 @@ impl ServerSide {
         // A Query's failed statement and those after it did not run. A DEALLOCATE that failed
         // because the server holds no such statement leaves nothing unsure.
         if let Some(Pending::Query { results, .. }) = self.front.front() {
-            let from = self.query_index + usize::from(code == sqlstate::INVALID_SQL_STATEMENT_NAME);
-            let freed = results.iter().skip(from).flat_map(|r| r.freed.iter().cloned());
-            let freed: Vec<String> = freed.collect();
+            let mut rest = results.iter().skip(self.query_index);
+            let mut prepared = lock(&self.shared);
+            if code == sqlstate::INVALID_SQL_STATEMENT_NAME
+                && let Some(failed) = rest.next()
+            {
+                prepared.settle(&failed.freed);
+            }
+            let freed: Vec<String> = rest.flat_map(|r| r.freed.iter().cloned()).collect();
             if !freed.is_empty() {
-                lock(&self.shared).unsure(freed);
+                prepared.unsure(freed);
             }
         }
         // In the extended protocol the upstream now skips to Sync: so do the pending answers,
@@ -2642,7 +2709,7 @@ impl ServerSide {
             self.front.front(),
             None | Some(Pending::Query { .. }) | Some(Pending::Sync { .. })
         ) {
-            let (mut void, mut unsure) = (Vec::new(), Vec::new());
+            let (mut void, mut unsure, mut settled) = (Vec::new(), Vec::new(), Vec::new());
             // The first is the message that failed, as above.
             let mut failed = code == sqlstate::INVALID_SQL_STATEMENT_NAME;
             while let Some(p) = self.front.front() {
@@ -2653,6 +2720,7 @@ impl ServerSide {
                     Some(Pending::Parse { seq }) => void.push(seq),
                     Some(Pending::Close { freed }) => unsure.extend(freed),
                     Some(Pending::Execute { plan, .. }) if !failed => unsure.extend(plan.freed),
+                    Some(Pending::Execute { plan, .. }) => settled.extend(plan.freed),
                     _ => {}
                 }
                 failed = false;
@@ -2662,6 +2730,7 @@ impl ServerSide {
             if !void.is_empty() {
                 prepared.void(&void);
             }
+            prepared.settle(&settled);
             prepared.unsure(unsure);
         }
         Ok(())
