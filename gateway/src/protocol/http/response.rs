@@ -161,30 +161,36 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
             run_start.get_or_insert(start);
             continue;
         }
-        // The document: this line's payload, or (not on `data:` lines, each its own event) as
-        // many lines as it takes to close what it opens.
+        // The document: this line's payload, or what it opens up to where that closes: on the
+        // line (text may follow it), or (not on `data:` lines, each its own event) as many
+        // lines below as it takes.
         let from = start + prefix.len();
+        let data_line = body.starts_with("data:");
         let (doc_end, rest) = match plan.mask_json(payload.as_bytes(), &mut masked_json) {
             Ok(r) => (Some(from + payload.len()), Some(r)),
-            Err(_) if !body.starts_with("data:") && !unclosed => match json_close(&bytes[from..]) {
-                Some(n) if from + n > start + body.len() => {
-                    masked_json.clear();
-                    let doc = &text[from..from + n];
-                    (
-                        Some(from + n),
-                        plan.mask_json(doc.as_bytes(), &mut masked_json).ok(),
-                    )
+            Err(_) if unclosed => (None, None),
+            Err(_) => {
+                let scope = if data_line {
+                    &bytes[from..start + body.len()]
+                } else {
+                    &bytes[from..]
+                };
+                match json_close(scope) {
+                    Some(n) => {
+                        masked_json.clear();
+                        let doc = &bytes[from..from + n];
+                        (Some(from + n), plan.mask_json(doc, &mut masked_json).ok())
+                    }
+                    None if data_line => (None, None),
+                    None => {
+                        unclosed = true;
+                        (None, None)
+                    }
                 }
-                Some(_) => (None, None),
-                None => {
-                    unclosed = true;
-                    (None, None)
-                }
-            },
-            Err(_) => (None, None),
+            }
         };
         let Some(doc_end) = doc_end else {
-            malformed |= json_like(&bytes[from..]);
+            malformed |= !unclosed && json_like(&bytes[from..]);
             run_start.get_or_insert(start);
             continue;
         };
@@ -223,17 +229,90 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
     (out, report, unreadable)
 }
 
-/// Whether `text`, which opens a bracket, goes on as a JSON document does (`{"`, `{}`, `[{`,
-/// `[[`, `["`, `[]`, across blank space and lines), not as code, a log line's `[INFO]` or
-/// `[2026-12-05 …]`, or an event stream's `[DONE]`.
+/// Whether `text`, which opens a bracket, goes on as a JSON document does: an object's first
+/// key (`{"id":`), or an array's first element followed by a comma (`[1,`, `["a",`, `[null,`),
+/// inside any number of arrays, across blank space and lines. Not code, a log line's `[INFO]`
+/// or `[2026-12-05 …]`, TOML's `[[package]]`, Python's `[{'id': 1}]`, Ruby's `{"a"=>1}`, nor
+/// an event stream's `[DONE]`.
 fn json_like(text: &[u8]) -> bool {
-    let next = text.iter().skip(1).find(|b| !b.is_ascii_whitespace());
-    match text.first() {
-        Some(b'{') => matches!(next, Some(b'"' | b'}')),
-        Some(b'[') => matches!(next, Some(b'{' | b'[' | b'"' | b']')),
+    // Read within a window, so a run of brackets costs each line a bounded look.
+    let text = &text[..text.len().min(JSON_LIKE_WINDOW)];
+    let skip_blank = |i: usize| i + text[i..].iter().take_while(|b| b.is_ascii_whitespace()).count();
+    // The index after a JSON string starting at `i` (a quote), within a line's reach.
+    let string_end = |i: usize| {
+        let mut escaped = false;
+        for (k, &b) in text.iter().enumerate().skip(i + 1).take(MAX_JSON_LIKE_KEY) {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => return Some(k + 1),
+                b'\n' => return None,
+                _ => {}
+            }
+        }
+        None
+    };
+    let mut i = 0;
+    let mut in_array = false;
+    while text.get(i) == Some(&b'[') {
+        in_array = true;
+        i = skip_blank(i + 1);
+    }
+    match text.get(i) {
+        Some(b'{') => {
+            let k = skip_blank(i + 1);
+            text.get(k) == Some(&b'"')
+                && string_end(k).is_some_and(|e| text.get(skip_blank(e)) == Some(&b':'))
+        }
+        Some(b'"') if in_array => string_end(i).is_some_and(|e| text.get(skip_blank(e)) == Some(&b',')),
+        Some(_) if in_array => {
+            let scalar = text[i..]
+                .iter()
+                .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.'))
+                .count();
+            let word = &text[i..i + scalar];
+            (json_number(word) || matches!(word, b"true" | b"false" | b"null"))
+                && text.get(skip_blank(i + scalar)) == Some(&b',')
+        }
         _ => false,
     }
 }
+
+/// Whether `w` is a JSON number: `-?int(.digits)?([eE][+-]?digits)?` (not a date's `2026-12-05`).
+fn json_number(w: &[u8]) -> bool {
+    let digits = |i: usize| w[i..].iter().take_while(|b| b.is_ascii_digit()).count();
+    let mut i = usize::from(w.first() == Some(&b'-'));
+    let n = digits(i);
+    if n == 0 {
+        return false;
+    }
+    i += n;
+    if w.get(i) == Some(&b'.') {
+        let n = digits(i + 1);
+        if n == 0 {
+            return false;
+        }
+        i += 1 + n;
+    }
+    if matches!(w.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(w.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let n = digits(i);
+        if n == 0 {
+            return false;
+        }
+        i += n;
+    }
+    i == w.len()
+}
+
+/// Bytes [`json_like`] reads of a text.
+const JSON_LIKE_WINDOW: usize = 1024;
+
+/// Bytes a key or string element is read for by [`json_like`].
+const MAX_JSON_LIKE_KEY: usize = 256;
 
 /// Where the JSON value that `text` opens (with `{` or `[`) closes: the index after its last
 /// bracket, or `None` when `text` ends first. Brackets inside strings do not count.
@@ -1069,18 +1148,27 @@ mod tests {
             "data: {\"a\":\"\\ud800\",\"ssn\":\"123-45-6789\"}\n\n",
             "data: {\"ssn\":\ndata: \"123-45-6789\"}\n\n",
             "log line\n{\n  \"ssn\": \"123-45-6789\",\n  \"score\": NaN\n}\n",
+            "[1, {\"ssn\": \"123-45-6789\"}, NaN]\n",
+            "[null, {\"ssn\": \"123-45-6789\"}, NaN]\n",
+            "[\"a\", {\"ssn\": \"123-45-6789\"}, NaN]\n",
         ] {
             let refused = mask_whole(&phone_plan("Refuse"), ContentClass::Text, text.as_bytes());
             assert!(refused.is_err(), "{text}");
             mask_whole(&phone_plan("Allow"), ContentClass::Text, text.as_bytes()).unwrap();
         }
-        // Brackets that do not start JSON are text.
+        // Brackets that do not start JSON are text, and a document followed by text on its
+        // line is masked as JSON all the same.
         for text in [
             "[INFO] started\n",
             "[2026-12-05 10:00:00] ok {not json}\n",
+            "[2026-12-05, 10:00] ok\n",
             "data: [DONE]\n\n",
             "fn main() {\n    run();\n}\n",
             "{\n{\n}\n}\n",
+            "[{'id': 1}]\n",
+            "{\"name\"=>\"x\"}\n",
+            "[[package]]\nname = \"x\"\n",
+            "{\"a\":1} done\n",
         ] {
             mask_whole(&phone_plan("Refuse"), ContentClass::Text, text.as_bytes())
                 .unwrap_or_else(|e| panic!("{text}: {e:?}"));
