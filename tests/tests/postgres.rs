@@ -1440,6 +1440,39 @@ fn notification_payloads_are_withheld_where_columns_are_masked() {
     assert!(text.contains("customer_changes"), "{text:?}");
     assert!(text.ends_with("[REDACTED]\0"), "{text:?}");
     assert!(!text.contains('@'), "{text:?}");
+    // Without column (or json field) rules a payload is passed, through the detectors.
+    edit_manifests(
+        &s.gw,
+        "    - columns: [\"public.customers.email\"]\n      strategy: Redact\n",
+        "",
+    );
+    edit_manifests(
+        &s.gw,
+        "    - jsonFields: [\"$..ssn\"]\n      strategy: Redact\n",
+        "",
+    );
+    let until = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let mut r = Raw::login(s.plain, &tok);
+        r.send(b'Q', b"LISTEN customer_changes\0");
+        // A session opened between the two reloads is stale after the second: open another.
+        if !errors(&r.until_ready()).is_empty() && Instant::now() < until {
+            continue;
+        }
+        s.pg.psql("NOTIFY customer_changes, 'paid with 4111 1111 1111 1111'");
+        let (tag, body) = r.read();
+        assert_eq!(tag, b'A');
+        let text = String::from_utf8_lossy(&body).into_owned();
+        if !text.ends_with("[REDACTED]\0") || Instant::now() > until {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        text.ends_with("paid with [REDACTED:CREDIT_CARD]\0"),
+        "{text:?}\n{}",
+        s.gw.output()
+    );
 }
 
 /// PostgreSQL keeps SQL PREPARE and protocol-level statements under one name space, runs

@@ -2409,11 +2409,14 @@ impl ServerSide {
                 // which nothing in it names, so it is withheld; elsewhere it meets the detectors.
                 let mut n = Notification::parse(&frame.body).map_err(bad)?;
                 if !self.live.masked.is_empty() {
-                    n.payload = WITHHELD_PAYLOAD.into();
+                    n.payload = WITHHELD_PAYLOAD.as_bytes().to_vec();
                 } else if self.live.plan.has_detectors() {
-                    let (masked, report) = self.live.plan.mask_text(&n.payload);
-                    self.report.add(&report);
-                    n.payload = masked.into_owned();
+                    let text = String::from_utf8_lossy(&n.payload).into_owned();
+                    let (masked, report) = self.live.plan.mask_text(&text);
+                    if !report.is_empty() {
+                        self.report.add(&report);
+                        n.payload = masked.into_owned().into_bytes();
+                    }
                 }
                 n.encode(&mut self.out);
             }
