@@ -464,7 +464,7 @@ fn numbers(t: &[u8], set: DetectorSet, digits: usize, out: &mut Vec<Span>) {
                 // Payment cards start with 2–6 (Mastercard 2-series through Discover and
                 // UnionPay); this keeps millisecond timestamps (13 digits from 1) from being cards.
                 let card = (cards && matches!(b, b'2'..=b'6'))
-                    .then(|| card_at(t, i))
+                    .then(|| card_at(t, i).or_else(|| float_card_at(t, i)))
                     .flatten();
                 card.map(|end| (end, Detector::CreditCard)).or_else(|| {
                     phones
@@ -667,8 +667,22 @@ fn card_at(t: &[u8], i: usize) -> Option<usize> {
             // A shorter run ends at a separator followed by another group.
             true
         };
-        ((13..=19).contains(&d) && bounded && luhn(&t[i..end])).then_some(end)
+        (issued_length(t[i], d) && bounded && luhn(&t[i..end])).then_some(end)
     })
+}
+
+/// Whether card numbers of `digits` digits are issued starting with `first`: 13 for Visa's
+/// old cards (4), 14 and 15 for Diners Club and American Express (3), 16 for the schemes of
+/// 2–6, 17–19 for Visa, Maestro, Discover, JCB and UnionPay (3–6). Keeps timestamps
+/// (`20261124153002`) and other digit runs that pass Luhn by chance out.
+fn issued_length(first: u8, digits: usize) -> bool {
+    match digits {
+        13 => first == b'4',
+        14 | 15 => first == b'3',
+        16 => matches!(first, b'2'..=b'6'),
+        17..=19 => matches!(first, b'3'..=b'6'),
+        _ => false,
+    }
 }
 
 /// Whether a card number may end at `j`: where a number may ([`ends_number`]), before `_` (a
@@ -684,9 +698,54 @@ fn card_ends(t: &[u8], j: usize) -> bool {
     }
 }
 
+/// The digits of a whole number printed as a float in exponent form (`4.111111111111111e+15`,
+/// as PostgreSQL's float8 and Java print a card number held as a double).
+fn exponent_digits(w: &[u8]) -> Option<Vec<u8>> {
+    let e = w.iter().position(|&b| b == b'e' || b == b'E')?;
+    let (mantissa, exp) = (&w[..e], &w[e + 1..]);
+    let exp = exp.strip_prefix(b"+").unwrap_or(exp);
+    if exp.is_empty() || exp.len() > 2 || !exp.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = exp.iter().fold(0usize, |n, d| n * 10 + usize::from(d - b'0'));
+    let (int, frac) = match memchr::memchr(b'.', mantissa) {
+        Some(dot) => (&mantissa[..dot], &mantissa[dot + 1..]),
+        None => (mantissa, &[][..]),
+    };
+    if int.len() != 1 || !int[0].is_ascii_digit() || !frac.iter().all(u8::is_ascii_digit) || frac.len() > n {
+        return None;
+    }
+    let mut digits = Vec::with_capacity(1 + n);
+    digits.extend_from_slice(int);
+    digits.extend_from_slice(frac);
+    digits.resize(1 + n, b'0');
+    Some(digits)
+}
+
+/// A card number at `i` printed as a float in exponent form; returns its end.
+fn float_card_at(t: &[u8], i: usize) -> Option<usize> {
+    let len = t[i..]
+        .iter()
+        .take(MAX_FLOAT_CARD)
+        .take_while(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+'))
+        .count();
+    let end = i + len;
+    let digits = exponent_digits(&t[i..end])?;
+    (ends_number(t, end) && issued_length(digits[0], digits.len()) && luhn(&digits)).then_some(end)
+}
+
+/// Longest float form of a card number read: 19 digits, a dot, `e+18`.
+const MAX_FLOAT_CARD: usize = 24;
+
 /// Whether a JSON number is a card number (same rules as in text): unsigned digits, with at most
-/// a zero fraction.
+/// a zero fraction, or a whole number in exponent form.
 pub(crate) fn is_card_number(number: &[u8]) -> bool {
+    if number.len() < MIN_CARD_DIGITS - 8 {
+        return false;
+    }
+    if let Some(digits) = exponent_digits(number) {
+        return issued_length(digits[0], digits.len()) && luhn(&digits);
+    }
     if number.len() < MIN_CARD_DIGITS {
         return false;
     }
@@ -695,10 +754,7 @@ pub(crate) fn is_card_number(number: &[u8]) -> bool {
         Some(_) => return false,
         None => number,
     };
-    (13..=19).contains(&digits.len())
-        && matches!(digits[0], b'2'..=b'6')
-        && digits.iter().all(u8::is_ascii_digit)
-        && luhn(digits)
+    issued_length(digits[0], digits.len()) && digits.iter().all(u8::is_ascii_digit) && luhn(digits)
 }
 
 /// The Luhn checksum over the digits of `s` (separators skipped).
@@ -1054,6 +1110,11 @@ mod tests {
             ("4111111111111111_exp", "4111111111111111"),
             ("pan=4111111111111111.0;", "4111111111111111"),
             ("4111111111111111.00.", "4111111111111111"),
+            ("visa 4222222222222 old", "4222222222222"),
+            ("diners 36227206271667", "36227206271667"),
+            // A double printed by PostgreSQL's float8 or Java.
+            ("amount 4.111111111111111e+15 due", "4.111111111111111e+15"),
+            ("4.111111111111111E15", "4.111111111111111E15"),
         ] {
             assert_eq!(only(text, Detector::CreditCard), [card], "{text}");
         }
@@ -1073,6 +1134,13 @@ mod tests {
             "4111111111111111.0.1",
             "a4111111111111111",
             "build_20261124",
+            // A compact timestamp that passes Luhn: no card is issued in 14 digits from 2.
+            "build_20261124153002",
+            // Passes Luhn, but 13-digit cards start with 4.
+            "5000000000005",
+            "4.111111111111112e+15",
+            "4.1111111111111111e+15",
+            "4.111111111111111e+15.5",
         ] {
             assert!(only(no, Detector::CreditCard).is_empty(), "{no}");
         }

@@ -440,8 +440,8 @@ impl<'i> Rewriter<'_, 'i, '_> {
         Ok(())
     }
 
-    /// Validates the number at `pos` and moves past it; returns whether it is non-negative
-    /// without an exponent (the only kind that can be a card number, fraction aside).
+    /// Validates the number at `pos` and moves past it; returns whether it is non-negative (the
+    /// only kind that can be a card number).
     fn scan_number(&mut self) -> Result<bool, MaskError> {
         let b = self.input;
         let mut i = self.pos;
@@ -457,7 +457,7 @@ impl<'i> Rewriter<'_, 'i, '_> {
             Some(b'1'..=b'9') => i = skip_digits(b, i),
             _ => return Err(malformed(i, "expected a digit")),
         }
-        let mut plain = !negative;
+        let plain = !negative;
         if b.get(i) == Some(&b'.') {
             let j = skip_digits(b, i + 1);
             if j == i + 1 {
@@ -466,7 +466,6 @@ impl<'i> Rewriter<'_, 'i, '_> {
             i = j;
         }
         if let Some(b'e' | b'E') = b.get(i) {
-            plain = false;
             i += 1;
             if let Some(b'+' | b'-') = b.get(i) {
                 i += 1;
@@ -708,8 +707,8 @@ mod tests {
     fn card_numbers_stored_as_numbers() {
         let p = all_detectors();
         assert_eq!(
-            mask(&p, r#"[4111111111111111, 4111111111111112, 1700000000000, -4111111111111111, 4111111111111111e0]"#).unwrap(),
-            r#"["[REDACTED:CREDIT_CARD]", 4111111111111112, 1700000000000, -4111111111111111, 4111111111111111e0]"#
+            mask(&p, r#"[4111111111111111, 4111111111111112, 1700000000000, -4111111111111111, 4.111111111111111e15, 4.111111111111112E+15, 1e5]"#).unwrap(),
+            r#"["[REDACTED:CREDIT_CARD]", 4111111111111112, 1700000000000, -4111111111111111, "[REDACTED:CREDIT_CARD]", 4.111111111111112E+15, 1e5]"#
         );
         // A card held as a float prints with a zero fraction; any other fraction is a measure.
         assert_eq!(
