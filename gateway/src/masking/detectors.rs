@@ -505,7 +505,7 @@ fn numbers(t: &[u8], set: DetectorSet, digits: usize, out: &mut Vec<Span>) {
 
 /// An ISO 8601 date (`2026-11-24`) at `i`, with the time and offset that may follow it
 /// (`T10:30:00.000Z`, ` 10:30+02:00`); returns its end.
-fn datetime_at(t: &[u8], i: usize) -> Option<usize> {
+pub(crate) fn datetime_at(t: &[u8], i: usize) -> Option<usize> {
     // Each pattern byte is a digit (`9`) or a literal.
     let matches = |at: usize, pattern: &[u8]| {
         t.get(at..at + pattern.len()).is_some_and(|s| {

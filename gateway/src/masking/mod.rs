@@ -6,7 +6,7 @@
 //! (headers, log lines, SQL values) goes through the detectors alone ([`MaskingPlan::mask_text`]).
 //! Anything the masker cannot read is an error, so callers can fail closed.
 
-mod detectors;
+pub(crate) mod detectors;
 mod json;
 mod path;
 mod strategy;

@@ -151,7 +151,17 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
                 (&body[..body.len() - rest_trimmed.len()], rest_trimmed)
             }
             None => {
-                let trimmed = body.trim_start_matches([' ', '\t']);
+                let mut trimmed = body.trim_start_matches([' ', '\t']);
+                // A log line stamped by its collector (`kubectl logs --timestamps`): the
+                // document after the stamp is the payload.
+                if let Some(end) = crate::masking::detectors::datetime_at(trimmed.as_bytes(), 0)
+                    && trimmed[end..].starts_with(' ')
+                {
+                    let rest = trimmed[end..].trim_start_matches([' ', '\t']);
+                    if rest.starts_with(['{', '[']) {
+                        trimmed = rest;
+                    }
+                }
                 (&body[..body.len() - trimmed.len()], trimmed)
             }
         };
@@ -1140,6 +1150,21 @@ mod tests {
     /// Lines that open brackets they never close, or close only far below (code, nested
     /// blocks), cost one look each, not a scan to the end per line; under Refuse a text holding
     /// an unclosed document is refused whole, as its stream would be cut.
+    /// Log lines stamped by their collector (`kubectl logs --timestamps`) keep their JSON's
+    /// field rules.
+    #[test]
+    fn timestamped_json_log_lines_get_the_field_rules() {
+        let plan = phone_plan("Refuse");
+        let text =
+            "2026-12-05T10:00:00.123456789Z {\"phone\": \"x\", \"ok\": 1}\n2026-12-05T10:00:01Z plain\n";
+        let (out, report) = mask_whole(&plan, ContentClass::Text, text.as_bytes()).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "2026-12-05T10:00:00.123456789Z {\"phone\": \"[REDACTED]\", \"ok\": 1}\n2026-12-05T10:00:01Z plain\n"
+        );
+        assert_eq!(report.fields, 1);
+    }
+
     #[test]
     fn text_with_unclosed_or_nested_brackets_stays_linear() {
         // A document that starts as JSON but does not parse is as unreadable to the field rules.
