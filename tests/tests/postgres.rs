@@ -1544,7 +1544,7 @@ fn shared_names_and_pipelines_cannot_run_what_was_not_decided() {
     assert_eq!(orders(), before);
     // The same, pipelined: the PREPARE and EXECUTE are decided before the server has answered
     // the DEALLOCATE or Close, so a name freed in an earlier segment is not free yet.
-    for name in ["u3", "u4", "u5", "u6"] {
+    for name in ["u3", "u4", "u5", "u6", "u7", "u8"] {
         r.send(b'P', &parse(name, "DELETE FROM orders"));
     }
     r.send(b'S', b"");
@@ -1566,6 +1566,21 @@ fn shared_names_and_pipelines_cannot_run_what_was_not_decided() {
     assert_eq!(errors(&r.until_ready()), ["34000"]);
     assert_eq!(errors(&r.until_ready()), ["42P05"]);
     assert_eq!(errors(&r.until_ready()), ["26000"]);
+    // Freed and prepared again in one segment, then used in the next before any answer: the
+    // new text runs only if the server ran the Close or DEALLOCATE, which it skipped.
+    r.send(b'E', &execute_rows("nope", 0));
+    r.send(b'C', b"Su7\0");
+    r.send(b'P', &parse("u7", "SELECT 1"));
+    r.send(b'S', b"");
+    r.send(b'B', &bind("", "u7"));
+    r.send(b'E', &execute_rows("", 0));
+    r.send(b'S', b"");
+    assert_eq!(errors(&r.until_ready()), ["34000"]);
+    assert_eq!(errors(&r.until_ready()), ["26000"]);
+    r.send(b'Q', b"SELECT 1/0; DEALLOCATE u8; PREPARE u8 AS SELECT 1\0");
+    r.send(b'Q', b"EXECUTE u8\0");
+    assert_eq!(errors(&r.until_ready()), ["22012"]);
+    assert_eq!(errors(&r.until_ready()), ["42501"]);
     // A DEALLOCATE after one that failed for want of its statement did not run either.
     r.send(b'Q', b"DEALLOCATE nothing_here; DEALLOCATE u5\0");
     assert_eq!(errors(&r.until_ready()), ["26000"]);

@@ -841,7 +841,7 @@ impl Live {
         let mut st = statement;
         if let Some(name) = &statement.execute {
             // A protocol-level statement of the name (one namespace with PREPARE) may be what runs.
-            let sql = (!prepared.statements.contains_key(name))
+            let sql = (!prepared.statements.contains_key(name) && !prepared.freed_earlier(name))
                 .then(|| prepared.sql.get(name))
                 .flatten();
             match sql {
@@ -1886,7 +1886,16 @@ impl ClientSide {
     }
 
     fn bind(&mut self, frame: &Frame, b: Bind) -> Result<(), Stop> {
-        let entry = lock(&self.shared).statements.get(&b.statement).cloned();
+        let entry = {
+            let prepared = lock(&self.shared);
+            // Freed before the last boundary and not yet answered: what a Parse since then
+            // registered runs only if the server ran the Close or DEALLOCATE.
+            if prepared.freed_earlier(&b.statement) {
+                Some(Entry::Ambiguous)
+            } else {
+                prepared.statements.get(&b.statement).cloned()
+            }
+        };
         let (classified, types) = match entry {
             Some(Entry::Known {
                 classified,
@@ -1897,7 +1906,7 @@ impl ClientSide {
                 return self.refuse_extended(ErrorResponse::new(
                     sqlstate::INVALID_SQL_STATEMENT_NAME,
                     format!(
-                        "the gateway cannot tell which statement the server holds as {:?} (it was prepared twice without an answer in between, or freed by a message the server did not run); close it and prepare it again",
+                        "the gateway cannot tell which statement the server holds as {:?} (it was prepared twice without an answer in between, or freed by a message the server did not run or has not answered yet); wait for the server's answers, or close it and prepare it again",
                         b.statement
                     ),
                 ));
