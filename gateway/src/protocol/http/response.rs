@@ -221,6 +221,13 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
         let after = memchr::memchr(b'\n', &bytes[doc_end..]).map_or(text.len(), |i| doc_end + i + 1);
         if text[doc_end..after].trim().is_empty() {
             out.extend_from_slice(&bytes[doc_end..after]);
+        } else if text[doc_end..after]
+            .trim_start_matches([' ', '\t'])
+            .starts_with(['{', '['])
+        {
+            // Another document on the line: read from its start as one more line.
+            at = doc_end;
+            continue;
         } else {
             run_start = Some(doc_end);
         }
@@ -1163,6 +1170,14 @@ mod tests {
             "2026-12-05T10:00:00.123456789Z {\"phone\": \"[REDACTED]\", \"ok\": 1}\n2026-12-05T10:00:01Z plain\n"
         );
         assert_eq!(report.fields, 1);
+        // Two documents on one line: each gets the rules, and text after them stays.
+        let text = "{\"id\": 1} {\"phone\": \"x\"}  [{\"phone\": \"y\"}] done\n";
+        let (out, report) = mask_whole(&plan, ContentClass::Text, text.as_bytes()).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "{\"id\": 1} {\"phone\": \"[REDACTED]\"}  [{\"phone\": \"[REDACTED]\"}] done\n"
+        );
+        assert_eq!(report.fields, 2);
     }
 
     #[test]
