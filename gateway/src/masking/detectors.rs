@@ -672,15 +672,14 @@ fn card_at(t: &[u8], i: usize) -> Option<usize> {
 }
 
 /// Whether card numbers of `digits` digits are issued starting with `first`: 13 for Visa's
-/// old cards (4), 14 and 15 for Diners Club and American Express (3), 16 for the schemes of
-/// 2–6, 17–19 for Visa, Maestro, Discover, JCB and UnionPay (3–6). Keeps timestamps
+/// old cards (4) and Maestro (5, 6), 14 and 15 for Diners Club and American Express (3) and
+/// Maestro (5, 6), 16 to 19 for the schemes of 2–6 (Mir's 2 included). Keeps timestamps
 /// (`20261124153002`) and other digit runs that pass Luhn by chance out.
 fn issued_length(first: u8, digits: usize) -> bool {
     match digits {
-        13 => first == b'4',
-        14 | 15 => first == b'3',
-        16 => matches!(first, b'2'..=b'6'),
-        17..=19 => matches!(first, b'3'..=b'6'),
+        13 => matches!(first, b'4'..=b'6'),
+        14 | 15 => matches!(first, b'3' | b'5' | b'6'),
+        16..=19 => matches!(first, b'2'..=b'6'),
         _ => false,
     }
 }
@@ -712,7 +711,13 @@ fn exponent_digits(w: &[u8]) -> Option<Vec<u8>> {
         Some(dot) => (&mantissa[..dot], &mantissa[dot + 1..]),
         None => (mantissa, &[][..]),
     };
-    if int.len() != 1 || !int[0].is_ascii_digit() || !frac.iter().all(u8::is_ascii_digit) || frac.len() > n {
+    // A card held as a double prints nearly all its digits (`4.2e+15` is a measure, not one).
+    if int.len() != 1
+        || !int[0].is_ascii_digit()
+        || !frac.iter().all(u8::is_ascii_digit)
+        || frac.len() > n
+        || frac.len() + 3 < n
+    {
         return None;
     }
     let mut digits = Vec::with_capacity(1 + n);
@@ -724,11 +729,15 @@ fn exponent_digits(w: &[u8]) -> Option<Vec<u8>> {
 
 /// A card number at `i` printed as a float in exponent form; returns its end.
 fn float_card_at(t: &[u8], i: usize) -> Option<usize> {
-    let len = t[i..]
+    let mut len = t[i..]
         .iter()
         .take(MAX_FLOAT_CARD)
         .take_while(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+'))
         .count();
+    // A full stop after the number ends the sentence, not the number.
+    if len > 0 && t[i + len - 1] == b'.' {
+        len -= 1;
+    }
     let end = i + len;
     let digits = exponent_digits(&t[i..end])?;
     (ends_number(t, end) && issued_length(digits[0], digits.len()) && luhn(&digits)).then_some(end)
@@ -1115,6 +1124,7 @@ mod tests {
             // A double printed by PostgreSQL's float8 or Java.
             ("amount 4.111111111111111e+15 due", "4.111111111111111e+15"),
             ("4.111111111111111E15", "4.111111111111111E15"),
+            ("card 4.111111111111111e+15.", "4.111111111111111e+15"),
         ] {
             assert_eq!(only(text, Detector::CreditCard), [card], "{text}");
         }
@@ -1136,8 +1146,10 @@ mod tests {
             "build_20261124",
             // A compact timestamp that passes Luhn: no card is issued in 14 digits from 2.
             "build_20261124153002",
-            // Passes Luhn, but 13-digit cards start with 4.
-            "5000000000005",
+            // Passes Luhn, but no 13-digit card starts with 3.
+            "3000000000007",
+            // A measure printed as a float, which pads with zeros into a Luhn-valid number.
+            "4.2e+15",
             "4.111111111111112e+15",
             "4.1111111111111111e+15",
             "4.111111111111111e+15.5",
