@@ -43,6 +43,9 @@ pub struct AgentGatewaySpec {
     /// Masking settings of the whole gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masking: Option<GatewayMasking>,
+    /// DPoP settings of the whole gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop: Option<GatewayDpop>,
     /// Container image of the gateway pods (operator only). Defaults to the operator's gateway
     /// image; any other must be one the operator's `--allowed-gateway-image` names, or the gateway
     /// is not run (it would hold the gateway's credentials).
@@ -65,6 +68,35 @@ pub struct GatewayMasking {
     /// and hashes join only within that process. Changing it changes every hash.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hash_key_secret_ref: Option<SecretKeyRef>,
+}
+
+/// DPoP settings of the whole gateway.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayDpop {
+    /// Whether DPoP proofs must carry a nonce issued by the gateway process that receives them
+    /// (RFC 9449 section 9). Each process remembers only the proofs it has seen, so without
+    /// nonces a proof captured on its way to one replica could be replayed once at another.
+    /// With them, a proof is good only at the process that issued its nonce, for one to two
+    /// minutes; a client learns the nonce from the `DPoP-Nonce` header of a `401` with
+    /// `error="use_dpop_nonce"` (and of every response to a DPoP request) and retries, as RFC
+    /// 9449 clients do. `Auto`: required when the operator runs more than one replica;
+    /// `Required`: always (several standalone gateways behind one load balancer); `Disabled`: never.
+    #[serde(default)]
+    pub nonce: DpopNonce,
+}
+
+/// When DPoP proofs must carry a gateway-issued nonce.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DpopNonce {
+    /// Required when the operator runs more than one replica (`spec.replicas` > 1).
+    #[default]
+    Auto,
+    /// Always required.
+    Required,
+    /// Never required (a nonce a client sends anyway is not checked). Not `Off`, which YAML
+    /// reads as `false`.
+    Disabled,
 }
 
 /// One port the gateway listens on.

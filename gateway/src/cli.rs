@@ -175,6 +175,7 @@ pub fn main() -> ExitCode {
                         secrets_dir: None,
                         gateway: source.gateway,
                         reserved_ports,
+                        replicated: true,
                         ..Default::default()
                     },
                     ConfigSource::Kubernetes(config::kubernetes::SecretSource {

@@ -222,6 +222,15 @@ impl Reply {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {self:?}"))
     }
+
+    /// The value of header `name` (any case) in the last response head, if it has one.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let head = self.headers.rsplit("\r\n\r\n").find(|h| !h.trim().is_empty())?;
+        head.lines().find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
 }
 
 /// One request with the real `curl` (`-s`, 10 s limit) and extra `args`.

@@ -389,6 +389,93 @@ fn dpop_bound_tokens_are_required_and_checked_per_request() {
     assert_eq!(r.status, 401);
 }
 
+/// Two gateway processes behind one address (replicas), each with its own replay cache: with
+/// `dpop.nonce: Required` a proof is good only at the process that issued its nonce, so a proof
+/// captured on its way to one cannot be replayed at the other. The client learns the nonce from
+/// a `401` with `use_dpop_nonce` and retries, as RFC 9449 clients do.
+#[test]
+fn dpop_nonces_stop_a_proof_replayed_at_another_replica() {
+    let idp = OidcProvider::start();
+    let upstream = EchoUpstream::start();
+    let yaml = okta_manifests(&OktaSetup {
+        issuer: &idp.issuer,
+        upstream: &upstream.url(),
+        upstream_token: CANARY,
+        require_dpop: true,
+    })
+    .replace(
+        "  recording:\n    mode: Required",
+        "  dpop: {nonce: Required}\n  recording:\n    mode: Required",
+    );
+    assert!(yaml.contains("nonce: Required"));
+    let a = Gateway::start(&yaml);
+    let b = Gateway::start(&yaml);
+    let key = SigningKey::ec("agent-key").unwrap();
+    let proof = key.dpop_token_request_proof(&idp.token_endpoint(), now(), "tok-1");
+    let answer = idp.token("ci-agent", "api://agentgate", Some(&proof));
+    let tok = answer["access_token"].as_str().unwrap().to_string();
+    // Both replicas answer for one address: the client addresses A, whichever process gets it.
+    let url = a.url("/okta/echo/dpop");
+    let host = url
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let send = |gw: &Gateway, proof: &str| {
+        curl(
+            &[
+                "-H",
+                &format!("Authorization: DPoP {tok}"),
+                "-H",
+                &format!("DPoP: {proof}"),
+                "-H",
+                &format!("Host: {host}"),
+            ],
+            &gw.url("/okta/echo/dpop"),
+        )
+    };
+
+    // No nonce yet: told to use the one given.
+    let r = send(&a, &key.dpop_proof("GET", &url, &tok, now(), "req-1"));
+    assert_eq!(
+        (r.status, r.problem_type().as_str()),
+        (401, "https://agentgate.dev/problems/token-binding"),
+        "{r:?}"
+    );
+    assert_eq!(r.json()["reason"], "use-dpop-nonce");
+    assert!(
+        r.header("www-authenticate")
+            .is_some_and(|w| w.starts_with("DPoP error=\"use_dpop_nonce\"")),
+        "{r:?}"
+    );
+    let nonce_a = r.header("dpop-nonce").expect("a DPoP-Nonce header");
+
+    // With it: through, and the answer hands the nonce on.
+    let proof = key.dpop_proof_with_nonce(("GET", &url), &tok, now(), "req-2", &nonce_a);
+    let r = send(&a, &proof);
+    assert_eq!(r.status, 200, "{r:?}\n{}", a.output());
+    assert!(r.header("dpop-nonce").is_some(), "{r:?}");
+    // The same proof again, at A: a replay. At B, whose replay cache never saw it: refused too.
+    assert_eq!(send(&a, &proof).status, 401);
+    let r = send(&b, &proof);
+    assert_eq!(r.status, 401, "replayed at the other replica: {r:?}");
+    assert_eq!(r.json()["reason"], "use-dpop-nonce");
+    let nonce_b = r.header("dpop-nonce").expect("B's nonce");
+    assert_ne!(nonce_a, nonce_b);
+
+    // The client's own retry at B, with B's nonce, goes through.
+    let proof = key.dpop_proof_with_nonce(("GET", &url), &tok, now(), "req-3", &nonce_b);
+    let r = send(&b, &proof);
+    assert_eq!(r.status, 200, "{r:?}\n{}", b.output());
+    let requests = upstream.requests();
+    assert_eq!(
+        requests.matches("/echo/dpop").count(),
+        2,
+        "only the two good proofs reached the upstream: {requests}"
+    );
+}
+
 /// Required recording that cannot be written refuses the operation: the upstream never sees it.
 /// The gateway reports itself not ready, saying why, so a Service sends traffic elsewhere.
 #[test]

@@ -327,9 +327,18 @@ async fn authenticate<B>(
         // Approvers are few; their tokens share the provider budget without a per-address share.
         peer: None,
     };
-    verifier.verify(&presented, unix_now()).await.map_err(|e| {
+    let now = unix_now();
+    verifier.verify(&presented, now).await.map_err(|e| {
         tracing::info!(error = %e, "approvals API: token refused");
-        unauthenticated(&e)
+        let mut resp = unauthenticated(&e);
+        if e.kind == crate::identity::ErrorKind::UseDpopNonce
+            && let Some(v) = verifier
+                .dpop_nonce(now)
+                .and_then(|n| HeaderValue::from_str(&n).ok())
+        {
+            resp.headers_mut().insert("dpop-nonce", v);
+        }
+        resp
     })
 }
 

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use agentgate_crds::connection::{ConnectionType, CredentialScheme};
-use agentgate_crds::gateway::{ApprovalSettings, Listener, Recording};
+use agentgate_crds::gateway::{ApprovalSettings, DpopNonce, Listener, Recording};
 use agentgate_crds::generate;
 use agentgate_crds::policy::{Action, PolicyRule};
 use agentgate_crds::validation::SchemaValidator;
@@ -66,6 +66,9 @@ pub struct GatewaySettings {
     /// The Hash strategy's key (`masking.hashKeySecretRef`), else the process's own.
     pub hash_key: HashKey,
     pub approvals: ApprovalBounds,
+    /// Whether DPoP proofs must carry a nonce this process issued (`spec.dpop.nonce`, `Auto`
+    /// resolved).
+    pub dpop_nonce_required: bool,
 }
 
 /// An S3-compatible bucket that closed sessions are shipped to, credentials resolved.
@@ -702,6 +705,12 @@ fn compile_gateway(
         signing_key,
         hash_key,
         approvals,
+        dpop_nonce_required: match g.spec.dpop.as_ref().map(|d| d.nonce).unwrap_or_default() {
+            DpopNonce::Required => true,
+            DpopNonce::Disabled => false,
+            // Each replica's replay cache sees only its own traffic.
+            DpopNonce::Auto => options.replicated && g.spec.replicas > 1,
+        },
     }
 }
 
@@ -1159,6 +1168,34 @@ mod tests {
             "{errors}"
         );
         load("GitHubActions", "{github: {repositoryId: '123456'}}").unwrap();
+    }
+
+    /// DPoP nonces: `Auto` requires them only of a gateway the operator runs as several replicas
+    /// (each replica's replay cache sees its own traffic alone); `Required` and `Off` say so.
+    #[test]
+    fn dpop_nonces_follow_the_replicas() {
+        let required = |dpop: &str, replicas: i32, replicated: bool| {
+            let dir = tempfile::tempdir().unwrap();
+            let yaml = format!(
+                "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {{name: gw, namespace: ns}}\n\
+                spec: {{replicas: {replicas}, {dpop} listeners: [{{name: pg, protocol: Postgres, port: 15432}}]}}\n"
+            );
+            std::fs::write(dir.path().join("all.yaml"), yaml).unwrap();
+            crate::config::load(&crate::config::LoadOptions {
+                manifests: dir.path().to_path_buf(),
+                replicated,
+                ..Default::default()
+            })
+            .unwrap()
+            .gateway
+            .dpop_nonce_required
+        };
+        assert!(required("", 2, true), "two replicas by the operator");
+        assert!(!required("", 1, true), "one replica");
+        assert!(!required("", 2, false), "standalone: replicas is ignored");
+        assert!(required("dpop: {nonce: Auto},", 3, true));
+        assert!(required("dpop: {nonce: Required},", 1, false));
+        assert!(!required("dpop: {nonce: Disabled},", 3, true));
     }
 
     /// Column rules mask PostgreSQL results: on a policy of HTTP connections only they would

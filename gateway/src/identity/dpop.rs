@@ -108,6 +108,90 @@ impl ReplayCache {
     }
 }
 
+/// How long one nonce is handed out; each is accepted for this period and the next, so a client
+/// that took one just before the period turned has a full period to use it.
+pub const NONCE_PERIOD: Duration = Duration::from_secs(60);
+/// Bytes of a nonce before encoding: the period's number and the HMAC-SHA256 over it.
+const NONCE_BYTES: usize = 8 + 32;
+
+/// Server-issued DPoP nonces (RFC 9449 section 9) of one gateway process: a period number and
+/// its HMAC under a key drawn at start and never shared, so no other process (another replica,
+/// this one restarted) accepts them. A proof is signed over its nonce, so one captured here
+/// cannot be replayed at a replica whose replay cache never saw it. Nothing is stored per nonce.
+pub struct Nonces {
+    key: aws_lc_rs::hmac::Key,
+}
+
+impl std::fmt::Debug for Nonces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Nonces")
+    }
+}
+
+impl Nonces {
+    /// Draws this process's key.
+    pub fn new() -> Result<Self, String> {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let key = aws_lc_rs::hmac::Key::generate(aws_lc_rs::hmac::HMAC_SHA256, &rng)
+            .map_err(|_| "no random key for DPoP nonces".to_string())?;
+        Ok(Self { key })
+    }
+
+    fn period(now_unix: i64) -> u64 {
+        u64::try_from(now_unix).unwrap_or(0) / NONCE_PERIOD.as_secs()
+    }
+
+    /// The nonce handed out at `now_unix`.
+    pub fn current(&self, now_unix: i64) -> String {
+        let period = Self::period(now_unix).to_be_bytes();
+        let tag = aws_lc_rs::hmac::sign(&self.key, &period);
+        let mut raw = [0u8; NONCE_BYTES];
+        raw[..8].copy_from_slice(&period);
+        raw[8..].copy_from_slice(tag.as_ref());
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// Whether `nonce` was handed out by this process in this period or the one before.
+    pub fn accepts(&self, nonce: &str, now_unix: i64) -> bool {
+        let Ok(raw) = URL_SAFE_NO_PAD.decode(nonce) else {
+            return false;
+        };
+        if raw.len() != NONCE_BYTES {
+            return false;
+        }
+        let (period, tag) = raw.split_at(8);
+        let Ok(bytes) = <[u8; 8]>::try_from(period) else {
+            return false;
+        };
+        let now = Self::period(now_unix);
+        let issued = u64::from_be_bytes(bytes);
+        (issued == now || issued.checked_add(1) == Some(now))
+            && aws_lc_rs::hmac::verify(&self.key, period, tag).is_ok()
+    }
+}
+
+/// Why a proof was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ProofError {
+    /// The proof is not acceptable as it is.
+    Invalid(String),
+    /// The proof is otherwise good but lacks a nonce this process issued (or its nonce
+    /// expired): the client is to retry with the nonce it is given.
+    UseNonce(&'static str),
+}
+
+impl From<String> for ProofError {
+    fn from(e: String) -> Self {
+        Self::Invalid(e)
+    }
+}
+
+impl From<&str> for ProofError {
+    fn from(e: &str) -> Self {
+        Self::Invalid(e.to_string())
+    }
+}
+
 /// What a request says about itself, for `htm`/`htu`.
 #[derive(Debug, Clone)]
 pub struct RequestTarget<'a> {
@@ -116,15 +200,17 @@ pub struct RequestTarget<'a> {
     pub url: &'a str,
 }
 
-/// Verifies one DPoP proof for `access_token` and returns the key's RFC 7638 thumbprint.
+/// Verifies one DPoP proof for `access_token` and returns the key's RFC 7638 thumbprint. With
+/// `nonces`, the proof must carry one of them.
 pub fn verify_proof(
     proof: &str,
     access_token: &str,
     target: &RequestTarget<'_>,
     now_unix: i64,
     replay: &ReplayCache,
+    nonces: Option<&Nonces>,
     bound_to: &str,
-) -> Result<String, String> {
+) -> Result<String, ProofError> {
     let jws = token::parse(proof, PROOF_ALGORITHMS)?;
     if jws.typ() != Some("dpop+jwt") {
         return Err("proof typ must be dpop+jwt".into());
@@ -177,6 +263,20 @@ pub fn verify_proof(
     // replay cache, which every client shares.
     if thumbprint != bound_to {
         return Err("proof key is not the key the token is bound to".into());
+    }
+    // Also before the jti is remembered: the retry with the nonce reuses nothing of this proof,
+    // but a proof refused here must not spend a place in the cache.
+    if let Some(nonces) = nonces {
+        match claims.get("nonce") {
+            None => return Err(ProofError::UseNonce("proof has no nonce")),
+            Some(Value::String(n)) if nonces.accepts(n, now_unix) => {}
+            Some(Value::String(_)) => {
+                return Err(ProofError::UseNonce(
+                    "proof nonce was not issued by this gateway process, or has expired",
+                ));
+            }
+            Some(_) => return Err("proof nonce is not a string".into()),
+        }
     }
     if !replay.insert(&thumbprint, jti, Instant::now()) {
         return Err("proof jti was already used".into());
@@ -260,6 +360,34 @@ mod tests {
         assert!(cache.insert("other", "1", now));
         // Forgotten once the retention has passed.
         assert!(cache.insert("k", "1", now + REPLAY_RETENTION));
+    }
+
+    /// A nonce is good at the process that issued it, for its period and the next; another
+    /// process (a replica, or this one restarted) and a forged or altered one are refused.
+    #[test]
+    fn nonces_are_accepted_only_where_and_while_issued() {
+        let here = Nonces::new().unwrap();
+        let replica = Nonces::new().unwrap();
+        let t = 1_800_000_000;
+        let n = here.current(t);
+        assert!(here.accepts(&n, t));
+        assert!(here.accepts(&n, t + NONCE_PERIOD.as_secs() as i64));
+        assert!(
+            !here.accepts(&n, t + 2 * NONCE_PERIOD.as_secs() as i64),
+            "expired"
+        );
+        assert!(
+            !here.accepts(&n, t - NONCE_PERIOD.as_secs() as i64),
+            "from the future"
+        );
+        assert!(!replica.accepts(&n, t), "another process's nonce");
+        // The period alone changed: the HMAC no longer fits.
+        let mut raw = URL_SAFE_NO_PAD.decode(&n).unwrap();
+        raw[7] ^= 1;
+        assert!(!here.accepts(&URL_SAFE_NO_PAD.encode(&raw), t));
+        for junk in ["", "x", "!!!!", &n[..n.len() - 1], &format!("{n}A")] {
+            assert!(!here.accepts(junk, t), "{junk:?}");
+        }
     }
 
     /// One key sending fresh proofs as fast as it can fills its own share, not the cache: the

@@ -139,6 +139,20 @@ impl SigningKey {
         )
     }
 
+    /// The same, carrying `nonce` (the gateway's `DPoP-Nonce`).
+    pub fn dpop_proof_with_nonce(
+        &self,
+        (method, url): (&str, &str),
+        access_token: &str,
+        iat: i64,
+        jti: &str,
+        nonce: &str,
+    ) -> String {
+        let ath = URL_SAFE_NO_PAD.encode(Sha256::digest(access_token.as_bytes()));
+        let claims = json!({"jti": jti, "htm": method, "htu": url, "iat": iat, "ath": ath, "nonce": nonce});
+        self.sign_with_header(json!({"typ": "dpop+jwt", "jwk": self.public}), &claims)
+    }
+
     /// A DPoP proof for a token request (no access token yet, so no `ath`).
     pub fn dpop_token_request_proof(&self, url: &str, iat: i64, jti: &str) -> String {
         self.sign_with_header(

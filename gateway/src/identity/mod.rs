@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::config::CompiledIdentity;
 use cache::VerificationCache;
-use dpop::{ReplayCache, RequestTarget};
+use dpop::{Nonces, ReplayCache, RequestTarget};
 use fetch::HttpFetcher;
 use keys::{KeyError, KeySet, RemoteKeys};
 
@@ -71,6 +71,9 @@ pub enum ErrorKind {
     /// A DPoP-bound token without a proof, or DPoP required and the token is not bound.
     BindingRequired,
     InvalidProof,
+    /// A proof without a nonce this gateway process issued, where nonces are required: the
+    /// client retries with the one it is given.
+    UseDpopNonce,
     ProviderUnavailable,
     /// The token verified and matched an identity that is suspended (`spec.suspend`).
     Suspended,
@@ -93,6 +96,7 @@ impl ErrorKind {
             Self::TokenInactive => "the access token is not active",
             Self::BindingRequired => "a DPoP-bound access token and a DPoP proof are required",
             Self::InvalidProof => "the DPoP proof is invalid",
+            Self::UseDpopNonce => "the DPoP proof must carry the nonce given in the DPoP-Nonce header",
             Self::ProviderUnavailable => "the identity provider cannot be reached to verify the token",
             Self::Suspended => "the agent identity this token belongs to is suspended",
         }
@@ -114,6 +118,7 @@ impl ErrorKind {
             Self::TokenInactive => "token-inactive",
             Self::BindingRequired => "token-binding",
             Self::InvalidProof => "invalid-dpop-proof",
+            Self::UseDpopNonce => "use-dpop-nonce",
             Self::ProviderUnavailable => "provider-unavailable",
             Self::Suspended => "identity-suspended",
         }
@@ -146,6 +151,10 @@ impl IdentityError {
                     dpop::PROOF_ALGS_HEADER
                 )
             }
+            ErrorKind::UseDpopNonce => format!(
+                "DPoP error=\"use_dpop_nonce\", error_description=\"{desc}\", algs=\"{}\"",
+                dpop::PROOF_ALGS_HEADER
+            ),
             _ => format!("Bearer error=\"invalid_token\", error_description=\"{desc}\""),
         }
     }
@@ -242,6 +251,8 @@ pub struct Verifier {
     issuers: HashMap<String, Issuer>,
     cache: VerificationCache,
     replay: Arc<ReplayCache>,
+    /// This process's nonces, when proofs must carry one.
+    nonces: Option<Arc<Nonces>>,
 }
 
 impl Verifier {
@@ -329,7 +340,19 @@ impl Verifier {
             issuers,
             cache: VerificationCache::new(options.cache_capacity),
             replay,
+            nonces: None,
         })
+    }
+
+    /// The same verifier, requiring DPoP proofs to carry one of `nonces`.
+    pub fn with_nonces(mut self, nonces: Arc<Nonces>) -> Self {
+        self.nonces = Some(nonces);
+        self
+    }
+
+    /// The nonce to hand a DPoP client at `now`, when proofs must carry one.
+    pub fn dpop_nonce(&self, now: i64) -> Option<String> {
+        self.nonces.as_ref().map(|n| n.current(now))
     }
 
     /// A verifier for every identity of a configuration snapshot.
@@ -422,8 +445,13 @@ impl Verifier {
                     .dpop
                     .first()
                     .ok_or_else(|| IdentityError::new(ErrorKind::BindingRequired, "no DPoP proof"))?;
-                dpop::verify_proof(proof, token, &presented.target, now, &self.replay, jkt)
-                    .map_err(|e| IdentityError::new(ErrorKind::InvalidProof, e))?;
+                let nonces = self.nonces.as_deref();
+                dpop::verify_proof(proof, token, &presented.target, now, &self.replay, nonces, jkt).map_err(
+                    |e| match e {
+                        dpop::ProofError::Invalid(e) => IdentityError::new(ErrorKind::InvalidProof, e),
+                        dpop::ProofError::UseNonce(e) => IdentityError::new(ErrorKind::UseDpopNonce, e),
+                    },
+                )?;
                 Ok(())
             }
         }

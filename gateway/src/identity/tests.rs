@@ -634,14 +634,19 @@ async fn generic_oidc_app_tokens_with_claim_mapping() {
 fn dpop_setup(require: bool) -> (SigningKey, SigningKey, Verifier) {
     let issuer_key = SigningKey::rsa("k1").unwrap();
     let client_key = SigningKey::ec("client").unwrap();
+    let v = dpop_verifier(&issuer_key, require);
+    (issuer_key, client_key, v)
+}
+
+/// A verifier (one gateway process, with its own replay cache) of tokens `issuer_key` signs.
+fn dpop_verifier(issuer_key: &SigningKey, require: bool) -> Verifier {
     let mut spec = okta_spec();
     spec["requireDPoP"] = json!(require);
-    let v = verifier(vec![identity(
+    verifier(vec![identity(
         "ci-agent",
         spec,
-        Some(&SigningKey::jwks(&[&issuer_key])),
-    )]);
-    (issuer_key, client_key, v)
+        Some(&SigningKey::jwks(&[issuer_key])),
+    )])
 }
 
 fn bound_token(issuer: &SigningKey, client: &SigningKey) -> String {
@@ -699,6 +704,86 @@ async fn dpop_bound_tokens_need_a_valid_proof() {
         with_proof(&v, "Bearer", &unbound, &[]).await.unwrap_err().kind,
         ErrorKind::BindingRequired
     );
+}
+
+/// What `v` says of the bound `token` with `proof` at `now`.
+async fn verdict(v: &Verifier, token: &str, proof: String, now: i64) -> Result<(), ErrorKind> {
+    v.verify(&presented(&format!("DPoP {token}"), &[&proof]), now)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.kind)
+}
+
+/// Two replicas each remember only the proofs they saw: without nonces, a proof captured on its
+/// way to one is good once more at the other. With nonces, a proof is good only at the process
+/// that issued its nonce, and only while the nonce lasts.
+#[tokio::test]
+async fn dpop_nonces_keep_a_proof_to_the_process_that_issued_its_nonce() {
+    let (issuer, client, _) = dpop_setup(true);
+    let token = bound_token(&issuer, &client);
+    // Nonces off: the replica that did not see the proof accepts it.
+    let (a, b) = (dpop_verifier(&issuer, true), dpop_verifier(&issuer, true));
+    assert_eq!(a.dpop_nonce(NOW), None);
+    let proof = client.dpop_proof("GET", URL, &token, NOW, "j1");
+    assert_eq!(verdict(&a, &token, proof.clone(), NOW).await, Ok(()));
+    assert_eq!(
+        verdict(&b, &token, proof, NOW).await,
+        Ok(()),
+        "the gap nonces close"
+    );
+
+    let a = dpop_verifier(&issuer, true).with_nonces(Arc::new(dpop::Nonces::new().unwrap()));
+    let b = dpop_verifier(&issuer, true).with_nonces(Arc::new(dpop::Nonces::new().unwrap()));
+    // No nonce: told to use one, and the refused proof spends nothing (its jti may come again).
+    let bare = client.dpop_proof("GET", URL, &token, NOW, "j1");
+    assert_eq!(
+        verdict(&a, &token, bare.clone(), NOW).await,
+        Err(ErrorKind::UseDpopNonce)
+    );
+    let err = a
+        .verify(&presented(&format!("DPoP {token}"), &[&bare]), NOW)
+        .await
+        .unwrap_err();
+    assert!(
+        err.www_authenticate()
+            .starts_with("DPoP error=\"use_dpop_nonce\""),
+        "{}",
+        err.www_authenticate()
+    );
+    let nonce_a = a.dpop_nonce(NOW).unwrap();
+    let proof = client.dpop_proof_with_nonce(("GET", URL), &token, NOW, "j1", &nonce_a);
+    assert_eq!(verdict(&a, &token, proof.clone(), NOW).await, Ok(()));
+    assert_eq!(
+        verdict(&a, &token, proof.clone(), NOW).await,
+        Err(ErrorKind::InvalidProof),
+        "a replay"
+    );
+    assert_eq!(
+        verdict(&b, &token, proof, NOW).await,
+        Err(ErrorKind::UseDpopNonce),
+        "replayed at the other replica"
+    );
+    let nonce_b = b.dpop_nonce(NOW).unwrap();
+    let proof = client.dpop_proof_with_nonce(("GET", URL), &token, NOW, "j2", &nonce_b);
+    assert_eq!(verdict(&b, &token, proof, NOW).await, Ok(()));
+    // Two periods on, the nonce has expired; the current one works.
+    let later = NOW + 2 * dpop::NONCE_PERIOD.as_secs() as i64;
+    let old = client.dpop_proof_with_nonce(("GET", URL), &token, later, "j3", &nonce_a);
+    assert_eq!(
+        verdict(&a, &token, old, later).await,
+        Err(ErrorKind::UseDpopNonce)
+    );
+    let fresh = a.dpop_nonce(later).unwrap();
+    assert_ne!(fresh, nonce_a);
+    let proof = client.dpop_proof_with_nonce(("GET", URL), &token, later, "j3", &fresh);
+    assert_eq!(verdict(&a, &token, proof, later).await, Ok(()));
+    // A nonce that is not a string is a malformed proof, not a missing nonce.
+    let ath = URL_SAFE_NO_PAD.encode(<sha2::Sha256 as sha2::Digest>::digest(token.as_bytes()));
+    let odd = client.sign_with_header(
+        json!({"typ": "dpop+jwt", "jwk": client.public_jwk()}),
+        &json!({"jti": "j4", "htm": "GET", "htu": URL, "iat": NOW, "ath": ath, "nonce": 7}),
+    );
+    assert_eq!(verdict(&a, &token, odd, NOW).await, Err(ErrorKind::InvalidProof));
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ use super::upstream::Upstream;
 use crate::config::compile::ObjectStorage;
 use crate::config::watch::Snapshot;
 use crate::config::{CompiledConnection, CompiledPolicy};
-use crate::identity::dpop::ReplayCache;
+use crate::identity::dpop::{Nonces, ReplayCache};
 use crate::identity::fetch::HttpFetcher;
 use crate::identity::{KeyRegistry, Verifier, VerifierOptions};
 use crate::masking::MaskingPlan;
@@ -113,6 +113,8 @@ struct IdentityShared {
     registry: KeyRegistry,
     fetcher: Result<HttpFetcher, String>,
     replay: Arc<ReplayCache>,
+    /// This process's DPoP nonces, used when the configuration requires them.
+    nonces: Result<Arc<Nonces>, String>,
 }
 
 /// A background task run for a setting (a directory and what to do with it), kept across
@@ -193,6 +195,7 @@ impl Gateway {
                 registry: KeyRegistry::default(),
                 fetcher: HttpFetcher::new(),
                 replay: Arc::new(ReplayCache::default()),
+                nonces: Nonces::new().map(Arc::new),
             },
             recorder: Mutex::new(None),
             retired: Mutex::new(Vec::new()),
@@ -231,6 +234,12 @@ impl Gateway {
                 &VerifierOptions::default(),
             ),
             Err(e) => Err(format!("identity provider client: {e}")),
+        };
+        let verifier = match (verifier, &self.identity.nonces) {
+            (Ok(v), Ok(nonces)) if cfg.gateway.dpop_nonce_required => Ok(v.with_nonces(nonces.clone())),
+            // Proofs must carry nonces and none can be issued: no proof can pass.
+            (Ok(_), Err(e)) if cfg.gateway.dpop_nonce_required => Err(e.clone()),
+            (v, _) => v,
         };
         if let Err(e) = &verifier {
             tracing::error!(error = %e, "identity verification unavailable for this configuration");

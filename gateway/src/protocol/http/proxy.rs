@@ -84,6 +84,9 @@ struct Outcome {
     kubernetes: Option<Option<StatusTarget>>,
     /// The masking that applies, once known: the log masks the path and the refusal with it.
     plan: Option<MaskingPlan>,
+    /// The DPoP nonce to hand the client (`DPoP-Nonce`), on any answer to a DPoP request where
+    /// proofs must carry one: a client keeps the latest, and needs no retry when it turns.
+    dpop_nonce: Option<String>,
 }
 
 /// hyper's entry point: never fails; every error is a response.
@@ -100,13 +103,14 @@ pub async fn handle(
         decision: "none",
         kubernetes: None,
         plan: None,
+        dpop_nonce: None,
     };
     let problem_json = problem::accepts_problem_json(req.headers());
     let method = req.method().clone();
     // Shares the request's buffer; only a refusal's log line reads it.
     let uri_for_log = req.uri().clone();
     let mut upstream_time = None;
-    let res = match proxy(
+    let mut res = match proxy(
         &gw,
         &conn,
         req,
@@ -150,6 +154,11 @@ pub async fn handle(
             }
         }
     };
+    if let Some(nonce) = outcome.dpop_nonce.take()
+        && let Ok(v) = HeaderValue::from_str(&nonce)
+    {
+        res.headers_mut().insert("dpop-nonce", v);
+    }
     let elapsed = started.elapsed();
     let status_class = match res.status().as_u16() {
         100..=199 => "1xx",
@@ -409,6 +418,11 @@ async fn proxy(
     }
 
     // Identity, on the URL as the client addressed it (DPoP's htu).
+    if let Ok(verifier) = &plane.verifier
+        && is_dpop_request(&parts.headers)
+    {
+        outcome.dpop_nonce = verifier.dpop_nonce(unix_now());
+    }
     let principal = authenticate(&plane, conn, &parts, &authority, &raw_path).await?;
     outcome.identity = principal.identity.clone();
     let subject = Subject {
@@ -1405,7 +1419,9 @@ async fn authenticate(
     verifier.verify(&presented, now).await.map_err(|e| {
         tracing::info!(reason = e.kind.slug(), detail = %e.detail, "token refused");
         let kind = match e.kind {
-            ErrorKind::BindingRequired | ErrorKind::InvalidProof => Kind::TokenBinding,
+            ErrorKind::BindingRequired | ErrorKind::InvalidProof | ErrorKind::UseDpopNonce => {
+                Kind::TokenBinding
+            }
             ErrorKind::ProviderUnavailable => Kind::IdentityProviderUnavailable,
             // Authenticated, and refused: a 401 would send the agent to fetch another token.
             ErrorKind::Suspended => {
@@ -1418,6 +1434,14 @@ async fn authenticate(
         p.www_authenticate = Some(e.www_authenticate());
         p
     })
+}
+
+/// Whether a request speaks DPoP: a proof, or the DPoP scheme.
+fn is_dpop_request(h: &HeaderMap) -> bool {
+    h.contains_key("dpop")
+        || h.get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().get(..5))
+            .is_some_and(|s| s.eq_ignore_ascii_case(b"dpop "))
 }
 
 /// The `decision` event.
