@@ -54,6 +54,18 @@ pub struct AgentGatewaySpec {
     pub image: Option<String>,
 }
 
+impl AgentGatewaySpec {
+    /// Whether DPoP proofs must carry a gateway-issued nonce, for a gateway the operator runs
+    /// (`operated`) or a standalone one.
+    pub fn dpop_nonce_required(&self, operated: bool) -> bool {
+        match self.dpop.as_ref().map(|d| d.nonce).unwrap_or_default() {
+            DpopNonce::Required => true,
+            DpopNonce::Disabled => false,
+            DpopNonce::Auto => operated,
+        }
+    }
+}
+
 fn default_replicas() -> i32 {
     2
 }
@@ -79,9 +91,13 @@ pub struct GatewayDpop {
     /// nonces a proof captured on its way to one replica could be replayed once at another.
     /// With them, a proof is good only at the process that issued its nonce, for one to two
     /// minutes; a client learns the nonce from the `DPoP-Nonce` header of a `401` with
-    /// `error="use_dpop_nonce"` (and of every response to a DPoP request) and retries, as RFC
-    /// 9449 clients do. `Auto`: required when the operator runs more than one replica;
-    /// `Required`: always (several standalone gateways behind one load balancer); `Disabled`: never.
+    /// `error="use_dpop_nonce"` (and of the answers to its DPoP requests) and retries, as RFC
+    /// 9449 clients do. A client must then keep reaching one replica: the operator's Service
+    /// pins each client address to a pod (`sessionAffinity: ClientIP`), and a mesh or ingress
+    /// in front must be as sticky. `Auto`: required of gateways the operator runs (several
+    /// replicas, two pods during a rollout, a restarted pod that forgot what it saw);
+    /// `Required`: always (several standalone gateways behind one load balancer); `Disabled`:
+    /// never.
     #[serde(default)]
     pub nonce: DpopNonce,
 }
@@ -89,7 +105,7 @@ pub struct GatewayDpop {
 /// When DPoP proofs must carry a gateway-issued nonce.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum DpopNonce {
-    /// Required when the operator runs more than one replica (`spec.replicas` > 1).
+    /// Required of gateways the operator runs; not standalone.
     #[default]
     Auto,
     /// Always required.

@@ -240,11 +240,16 @@ pub fn service(g: &AgentGateway) -> Value {
             p
         })
         .collect();
+    let mut spec = json!({"type": "ClusterIP", "selector": selector(&gw), "ports": ports});
+    if g.spec.dpop_nonce_required(true) {
+        // A DPoP nonce is good only at the pod that issued it: each client keeps to one pod.
+        spec["sessionAffinity"] = json!("ClientIP");
+    }
     json!({
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": metadata(g, &child_name(&gw)),
-        "spec": {"type": "ClusterIP", "selector": selector(&gw), "ports": ports},
+        "spec": spec,
     })
 }
 
@@ -315,6 +320,18 @@ mod tests {
             );
             assert_eq!(child["metadata"]["namespace"], "team");
         }
+    }
+
+    /// Gateway-issued DPoP nonces are good at one pod only, so the Service keeps each client
+    /// on one pod while they are required.
+    #[test]
+    fn the_service_is_sticky_while_dpop_nonces_are_required() {
+        let mut g = fixtures::gateway("team", "main");
+        assert_eq!(service(&g)["spec"]["sessionAffinity"], "ClientIP");
+        g.spec.dpop = Some(agentgate_crds::gateway::GatewayDpop {
+            nonce: agentgate_crds::gateway::DpopNonce::Disabled,
+        });
+        assert!(service(&g)["spec"].get("sessionAffinity").is_none());
     }
 
     #[test]

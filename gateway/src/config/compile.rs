@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use agentgate_crds::connection::{ConnectionType, CredentialScheme};
-use agentgate_crds::gateway::{ApprovalSettings, DpopNonce, Listener, Recording};
+use agentgate_crds::gateway::{ApprovalSettings, Listener, Recording};
 use agentgate_crds::generate;
 use agentgate_crds::policy::{Action, PolicyRule};
 use agentgate_crds::validation::SchemaValidator;
@@ -705,12 +705,7 @@ fn compile_gateway(
         signing_key,
         hash_key,
         approvals,
-        dpop_nonce_required: match g.spec.dpop.as_ref().map(|d| d.nonce).unwrap_or_default() {
-            DpopNonce::Required => true,
-            DpopNonce::Disabled => false,
-            // Each replica's replay cache sees only its own traffic.
-            DpopNonce::Auto => options.replicated && g.spec.replicas > 1,
-        },
+        dpop_nonce_required: g.spec.dpop_nonce_required(options.replicated),
     }
 }
 
@@ -1170,8 +1165,9 @@ mod tests {
         load("GitHubActions", "{github: {repositoryId: '123456'}}").unwrap();
     }
 
-    /// DPoP nonces: `Auto` requires them only of a gateway the operator runs as several replicas
-    /// (each replica's replay cache sees its own traffic alone); `Required` and `Off` say so.
+    /// DPoP nonces: `Auto` requires them of a gateway the operator runs (several replicas, or
+    /// two pods in a rollout, each replay cache seeing its own traffic alone), not of a
+    /// standalone one; `Required` and `Disabled` say so.
     #[test]
     fn dpop_nonces_follow_the_replicas() {
         let required = |dpop: &str, replicas: i32, replicated: bool| {
@@ -1191,7 +1187,7 @@ mod tests {
             .dpop_nonce_required
         };
         assert!(required("", 2, true), "two replicas by the operator");
-        assert!(!required("", 1, true), "one replica");
+        assert!(required("", 1, true), "one replica, two pods in a rollout");
         assert!(!required("", 2, false), "standalone: replicas is ignored");
         assert!(required("dpop: {nonce: Auto},", 3, true));
         assert!(required("dpop: {nonce: Required},", 1, false));

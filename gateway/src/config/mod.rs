@@ -100,8 +100,8 @@ pub struct LoadOptions {
     /// Compiled for pods behind a Service (the operator): a listener on a loopback address could
     /// never be reached there, and is an error.
     pub in_cluster: bool,
-    /// Run by the operator as one of `spec.replicas` pods behind one Service: `dpop.nonce: Auto`
-    /// then requires nonces when there are several.
+    /// Run by the operator, as one of the pods behind a Service: `dpop.nonce: Auto` then
+    /// requires nonces.
     pub replicated: bool,
 }
 
