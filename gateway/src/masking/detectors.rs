@@ -40,6 +40,9 @@ const MIN_PEM: usize = 27;
 static JWT_START: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"eyJ"));
 static OKTA_START: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"00"));
 static PEM_START: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(PEM_BEGIN));
+/// `@` percent-encoded.
+static PERCENT_AT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"%40"));
+const PERCENT_AT_LEN: usize = 3;
 
 /// Cheap facts about a text that rule most detectors out before any of them looks at the text:
 /// most strings have no `@`, few digits, and no capital `A` or `J`. Gathered eight bytes at a time
@@ -169,7 +172,9 @@ impl Features {
                 || (self.has(MARK_CAPITAL_A) && len >= AWS_KEY_LEN)
                 || (self.has(MARK_CAPITAL_J) && len >= MIN_JWT)
                 || (self.has(MARK_DASH) && len >= MIN_PEM)
-                || (len >= OKTA_TOKEN_LEN && digits >= 2))
+                || (len >= OKTA_TOKEN_LEN && digits >= 2)
+                // A percent-encoded address (`%40`) has two digits and no `@`.
+                || (digits >= 2 && set.contains(Detector::Email)))
     }
 
     /// The features of two texts together (runs of one string between escapes).
@@ -247,8 +252,18 @@ pub(crate) fn find(text: &[u8], features: Features, set: DetectorSet, out: &mut 
     if len < MIN_TEXT || set.is_empty() {
         return;
     }
-    if set.contains(Detector::Email) && features.has(MARK_AT) {
-        emails(text, out);
+    if set.contains(Detector::Email) {
+        if features.has(MARK_AT) {
+            emails(text, memchr_iter(b'@', text).map(|at| (at, 1)), out);
+        }
+        // In a URL or a query (`?email=alice%40example.com`, a link's search filter).
+        if features.digits() >= 2 {
+            emails(
+                text,
+                PERCENT_AT.find_iter(text).map(|at| (at, PERCENT_AT_LEN)),
+                out,
+            );
+        }
     }
     let digits = features.digits();
     if digits >= MIN_DIGITS
@@ -381,9 +396,11 @@ fn idn_end(t: &[u8], from: usize, end: usize) -> usize {
     }
 }
 
-fn emails(t: &[u8], out: &mut Vec<Span>) {
+/// Addresses around each separator (`@`, or `%40` percent-encoded) at the positions given,
+/// each with its length.
+fn emails(t: &[u8], separators: impl Iterator<Item = (usize, usize)>, out: &mut Vec<Span>) {
     let mut resume = 0;
-    for at in memchr_iter(b'@', t) {
+    for (at, sep) in separators {
         if at < resume {
             continue;
         }
@@ -397,15 +414,28 @@ fn emails(t: &[u8], out: &mut Vec<Span>) {
         while start < at && t[start] == b'.' {
             start += 1;
         }
-        let mut end = at + 1;
+        if sep > 1 {
+            // Encoded text: the escape of a byte no local part holds (`%20` a space, `%22` a
+            // quote, `%3D` an equals sign) ends what comes before it.
+            let mut k = start;
+            while k + 3 <= at {
+                match percent_escape(&t[k..k + 3]) {
+                    Some(b) if !is_local(b) => start = k + 3,
+                    _ => {}
+                }
+                k += 1;
+            }
+        }
+        let from = at + sep;
+        let mut end = from;
         while end < t.len() && is_domain(t[end]) {
             end += 1;
         }
-        end = idn_end(t, at + 1, end);
-        while end > at + 1 && matches!(t[end - 1], b'.' | b'-') {
+        end = idn_end(t, from, end);
+        while end > from && matches!(t[end - 1], b'.' | b'-') {
             end -= 1;
         }
-        if start < at && valid_domain(&t[at + 1..end]) {
+        if start < at && valid_domain(&t[from..end]) {
             out.push(Span {
                 start,
                 end,
@@ -413,6 +443,15 @@ fn emails(t: &[u8], out: &mut Vec<Span>) {
             });
             resume = end;
         }
+    }
+}
+
+/// The byte a percent-escape (`%2B`) stands for.
+fn percent_escape(e: &[u8]) -> Option<u8> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    match e {
+        [b'%', hi, lo] => Some((hex(*hi)? * 16 + hex(*lo)?) as u8),
+        _ => None,
     }
 }
 
@@ -1054,6 +1093,27 @@ mod tests {
             only("…bob@example.com—thanks", Detector::Email),
             ["bob@example.com"]
         );
+        // Percent-encoded, in a query or a link: the address, not the escapes around it.
+        assert_eq!(
+            only("/users?email=alice%40example.com&x=1", Detector::Email),
+            ["alice%40example.com"]
+        );
+        assert_eq!(
+            only(
+                "filter=profile.email%20eq%20%22bob.k%2Bx%40example.org%22",
+                Detector::Email
+            ),
+            ["bob.k%2Bx%40example.org"]
+        );
+        assert_eq!(only("a%40b.io", Detector::Email), ["a%40b.io"]);
+        for no in [
+            "100%40 of them",
+            "ratio%40",
+            "%40example.com",
+            "q=%20%40example.com",
+        ] {
+            assert!(only(no, Detector::Email).is_empty(), "{no}");
+        }
         // Text that is not UTF-8 keeps to the ASCII around the `@`.
         let mut out = Vec::new();
         let text = b"x\xffbob@example.com\xfe.de";

@@ -178,7 +178,10 @@ pub(crate) fn mask_whole(
 
 /// `j***@example.com`: the first character of the local part and the domain.
 fn partial_email(email: &str, out: &mut String) {
-    match (email.chars().next(), email.rfind('@')) {
+    match (
+        email.chars().next(),
+        email.rfind('@').or_else(|| email.rfind("%40")),
+    ) {
         (Some(first), Some(at)) => {
             out.push(first);
             out.push_str("***");
@@ -246,6 +249,10 @@ mod tests {
         assert_eq!(
             span(Partial, Detector::Email, "john@example.com"),
             "j***@example.com"
+        );
+        assert_eq!(
+            span(Partial, Detector::Email, "john%40example.com"),
+            "j***%40example.com"
         );
         assert_eq!(
             span(Partial, Detector::CreditCard, "4111 1111 1111 1111"),

@@ -421,3 +421,20 @@ fn generated_documents_mask_to_valid_json() {
     }
     assert!(masked_something > 250, "{masked_something}");
 }
+
+/// Addresses percent-encoded in links and queries (Okta's `search` filter, a `next` link, the
+/// query of a recorded request) are found inside JSON strings and in text.
+#[test]
+fn percent_encoded_emails_are_masked() {
+    let plan = compile(json!([{"detectors": ["Email"]}])).unwrap();
+    let doc = r#"{"_links":{"next":{"href":"https://acme.okta.com/api/v1/users?search=profile.email%20eq%20%22alice%40example.com%22&limit=2"}},"n":"a%40b.io"}"#;
+    let masked = mask(&plan, doc);
+    assert_eq!(
+        masked["_links"]["next"]["href"],
+        "https://acme.okta.com/api/v1/users?search=profile.email%20eq%20%22[REDACTED:EMAIL]%22&limit=2"
+    );
+    assert_eq!(masked["n"], "[REDACTED:EMAIL]");
+    let (text, report) = plan.mask_text("email=alice%40example.com&page=2");
+    assert_eq!(text, "email=[REDACTED:EMAIL]&page=2");
+    assert_eq!(report.detected(Detector::Email), 1);
+}
