@@ -57,6 +57,7 @@ const MARK_AT: u8 = 1;
 const MARK_CAPITAL_A: u8 = 2;
 const MARK_CAPITAL_J: u8 = 4;
 const MARK_DASH: u8 = 8;
+const MARK_PERCENT: u8 = 16;
 
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
@@ -92,6 +93,7 @@ pub(crate) struct FeatureScan {
     capital_a: u64,
     capital_j: u64,
     dash: u64,
+    percent: u64,
 }
 
 impl FeatureScan {
@@ -108,6 +110,7 @@ impl FeatureScan {
         self.capital_a |= bytes_equal(x, b'A') & valid;
         self.capital_j |= bytes_equal(x, b'J') & valid;
         self.dash |= bytes_equal(x, b'-') & valid;
+        self.percent |= bytes_equal(x, b'%') & valid;
     }
 
     fn sum_lanes(&mut self) {
@@ -127,7 +130,8 @@ impl FeatureScan {
             marks: mark(self.at, MARK_AT)
                 | mark(self.capital_a, MARK_CAPITAL_A)
                 | mark(self.capital_j, MARK_CAPITAL_J)
-                | mark(self.dash, MARK_DASH),
+                | mark(self.dash, MARK_DASH)
+                | mark(self.percent, MARK_PERCENT),
         }
     }
 }
@@ -173,8 +177,8 @@ impl Features {
                 || (self.has(MARK_CAPITAL_J) && len >= MIN_JWT)
                 || (self.has(MARK_DASH) && len >= MIN_PEM)
                 || (len >= OKTA_TOKEN_LEN && digits >= 2)
-                // A percent-encoded address (`%40`) has two digits and no `@`.
-                || (digits >= 2 && set.contains(Detector::Email)))
+                // A percent-encoded address (`%40`) has no `@`.
+                || (self.has(MARK_PERCENT) && digits >= 2 && set.contains(Detector::Email)))
     }
 
     /// The features of two texts together (runs of one string between escapes).
@@ -257,7 +261,7 @@ pub(crate) fn find(text: &[u8], features: Features, set: DetectorSet, out: &mut 
             emails(text, memchr_iter(b'@', text).map(|at| (at, 1)), out);
         }
         // In a URL or a query (`?email=alice%40example.com`, a link's search filter).
-        if features.digits() >= 2 {
+        if features.has(MARK_PERCENT) && features.digits() >= 2 {
             emails(
                 text,
                 PERCENT_AT.find_iter(text).map(|at| (at, PERCENT_AT_LEN)),
@@ -1364,6 +1368,7 @@ mod tests {
             assert_eq!(f.has(MARK_CAPITAL_A), t.contains(&b'A'));
             assert_eq!(f.has(MARK_CAPITAL_J), t.contains(&b'J'));
             assert_eq!(f.has(MARK_DASH), t.contains(&b'-'));
+            assert_eq!(f.has(MARK_PERCENT), t.contains(&b'%'));
         }
         let long = "7a".repeat(5000);
         assert_eq!(Features::of(long.as_bytes()).digits(), 5000);
