@@ -692,9 +692,11 @@ fn server_sent_events_stream_masked_as_they_come() {
             .starts_with("data: first, from [REDACTED:EMAIL]\n\ndata: second, card ")
             && !whole.body.contains("4111")
             && !whole.body.contains("555 0199")
-            && whole
-                .body
-                .ends_with("data: {\"profile\": {\"mobilePhone\": \"[REDACTED]\"}}\n\n"),
+            && !whole.body.contains("555 0177")
+            && whole.body.ends_with(
+                "data: {\"profile\": {\"mobilePhone\": \"[REDACTED]\"}}\n\n\
+                 data: {\ndata:   \"profile\": {\"mobilePhone\": \"[REDACTED]\"}\ndata: }\n\n"
+            ),
         "{whole:?}"
     );
     assert!(whole.content_type.starts_with("text/event-stream"), "{whole:?}");

@@ -12,7 +12,8 @@ check exactly what the gateway forwarded. A few paths serve fixed content for ma
   /lying-length       the users list chunked, with a `Content-Length: 0` beside it
   /partial           206 Partial Content: a slice of the users list, whatever was asked
   /events             server-sent events, chunked: one with an email, 2 s later a second (with a
-                      card number) and a JSON one (with a mobilePhone), then the end
+                      card number), a JSON one (with a mobilePhone) and a pretty-printed JSON one
+                      over three data lines, then the end
 Any path with `delay_ms=N` in its query is held N ms before the answer, after logging
 `HELD <path>`, so a test can look at the gateway while a request is upstream. A request whose
 body is cut off is not answered and logs `CUT <path>`.
@@ -144,7 +145,9 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             events = [
                 b"data: first, from dave@example.org\n\n",
-                b'data: second, card 4111 1111 1111 1111\n\ndata: {"profile": {"mobilePhone": "+1 415 555 0199"}}\n\n',
+                b'data: second, card 4111 1111 1111 1111\n\ndata: {"profile": {"mobilePhone": "+1 415 555 0199"}}\n\n'
+                # Pretty-printed, split over data lines as SSE libraries split multi-line data.
+                b'data: {\ndata:   "profile": {"mobilePhone": "+1 415 555 0177"}\ndata: }\n\n',
             ]
             for i, event in enumerate(events):
                 if i:

@@ -171,6 +171,28 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
             run_start.get_or_insert(start);
             continue;
         }
+        // An event whose data spans `data:` lines: the client joins them into one value, so
+        // they are one document (a pretty-printed one, split line by line by the server).
+        if body.starts_with("data:") {
+            let event_end = data_lines_end(bytes, line_end);
+            if event_end > line_end {
+                match mask_event(plan, &text[start..event_end]) {
+                    Ok((masked, r)) => {
+                        if let Some(from) = run_start.take() {
+                            flush_run(&mut out, &mut report, &text[from..start]);
+                        }
+                        report.add(&r);
+                        out.extend_from_slice(&masked);
+                    }
+                    Err(like_json) => {
+                        malformed |= like_json;
+                        run_start.get_or_insert(start);
+                    }
+                }
+                at = event_end;
+                continue;
+            }
+        }
         // The document: this line's payload, or what it opens up to where that closes: on the
         // line (text may follow it), or (not on `data:` lines, each its own event) as many
         // lines below as it takes.
@@ -244,6 +266,54 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
         None
     };
     (out, report, unreadable)
+}
+
+/// Where the run of `data:` lines from `from` ends: at the first line that is not one (the
+/// blank line that ends an event, another field) or at the end of `text`.
+fn data_lines_end(text: &[u8], mut from: usize) -> usize {
+    while text[from..].starts_with(b"data:") {
+        from = memchr::memchr(b'\n', &text[from..]).map_or(text.len(), |i| from + i + 1);
+    }
+    from
+}
+
+/// One event's `data:` lines (two or more) masked as the one document their values join into
+/// (`\n` between them, as a client joins them), each line keeping its prefix and line ending.
+/// `Err` says whether the joined value looked like JSON that does not parse.
+fn mask_event(plan: &MaskingPlan, event: &str) -> Result<(Vec<u8>, MaskReport), bool> {
+    let mut joined = String::with_capacity(event.len());
+    let mut frames = Vec::new();
+    for (i, line) in event.split_inclusive('\n').enumerate() {
+        let body = line.trim_end_matches(['\n', '\r']);
+        let rest = body.strip_prefix("data:").unwrap_or(body);
+        let value = if i == 0 {
+            rest.trim_start_matches([' ', '\t'])
+        } else {
+            rest.strip_prefix(' ').unwrap_or(rest)
+        };
+        if i > 0 {
+            joined.push('\n');
+        }
+        joined.push_str(value);
+        frames.push((&body[..body.len() - value.len()], &line[body.len()..]));
+    }
+    let mut masked = Vec::with_capacity(joined.len());
+    let report = plan
+        .mask_json(joined.as_bytes(), &mut masked)
+        .map_err(|_| json_like(joined.as_bytes()))?;
+    // The masker copies all but the values it replaces, and a replacement holds no line break:
+    // the document's lines are still the event's lines.
+    let lines: Vec<&[u8]> = masked.split(|&b| b == b'\n').collect();
+    if lines.len() != frames.len() {
+        return Err(true);
+    }
+    let mut out = Vec::with_capacity(event.len());
+    for ((prefix, ending), line) in frames.iter().zip(lines) {
+        out.extend_from_slice(prefix.as_bytes());
+        out.extend_from_slice(line);
+        out.extend_from_slice(ending.as_bytes());
+    }
+    Ok((out, report))
 }
 
 /// Whether `text`, which opens a bracket, goes on as a JSON document does: an object's first
@@ -337,6 +407,33 @@ fn json_close(text: &[u8]) -> Option<usize> {
     JsonScan::default().feed(text)
 }
 
+/// What a streamed text holds back for the JSON field rules, carried from one look to the next:
+/// a document open since its first byte, with its scan so far; an event whose `data:` lines
+/// have not ended, from its first line's start, with how far its lines were checked.
+#[derive(Clone, Copy, Debug, Default)]
+struct Held {
+    doc: Option<(usize, JsonScan)>,
+    event: Option<(usize, usize)>,
+}
+
+impl Held {
+    /// The buffer now starts `by` bytes later: what is held starts at or after that, or was
+    /// passed on (at the stream's end) and nothing is held any more.
+    fn shift(&mut self, by: usize) {
+        match &mut self.doc {
+            Some((start, _)) if *start >= by => *start -= by,
+            _ => self.doc = None,
+        }
+        match &mut self.event {
+            Some((start, checked)) if *start >= by => {
+                *start -= by;
+                *checked -= by;
+            }
+            _ => self.event = None,
+        }
+    }
+}
+
 /// A bracket count over a JSON value that may arrive in pieces.
 #[derive(Clone, Copy, Debug, Default)]
 struct JsonScan {
@@ -383,14 +480,23 @@ impl JsonScan {
 /// yet. Masked line by line, its inner lines (`  "ssn": "..."`) would get the detectors only.
 /// `open` carries such a document's start and scan from one look to the next, so a large one
 /// arriving in many pieces is scanned once.
-fn json_safe_end(text: &[u8], open: &mut Option<(usize, JsonScan)>) -> usize {
+fn json_safe_end(text: &[u8], open: &mut Held, at_end: bool) -> usize {
     // Past the line on which a document closed.
     let after = |close: usize| memchr::memchr(b'\n', &text[close..]).map_or(text.len(), |i| close + i + 1);
     let mut at = 0;
-    if let Some((start, mut scan)) = open.take() {
+    if let Some((start, checked)) = open.event.take() {
+        let end = data_lines_end(text, checked);
+        if end == text.len() && !at_end {
+            open.event = Some((start, end));
+            return start;
+        }
+        at = end;
+    }
+    let open_doc = &mut open.doc;
+    if let Some((start, mut scan)) = open_doc.take() {
         match scan.feed(&text[start..]) {
             None => {
-                *open = Some((start, scan));
+                *open_doc = Some((start, scan));
                 // Held from the start of its line (only blanks precede it there).
                 return memchr::memrchr(b'\n', &text[..start]).map_or(0, |i| i + 1);
             }
@@ -399,6 +505,22 @@ fn json_safe_end(text: &[u8], open: &mut Option<(usize, JsonScan)>) -> usize {
     }
     while at < text.len() {
         let line_end = memchr::memchr(b'\n', &text[at..]).map_or(text.len(), |i| at + i + 1);
+        // An event's data that opens a document: held until the event's `data:` lines end, so
+        // they are masked together (a server splits a pretty-printed document line by line).
+        if let Some(rest) = text[at..line_end].strip_prefix(b"data:")
+            && matches!(
+                rest.iter().find(|b| !matches!(b, b' ' | b'\t')),
+                Some(b'{' | b'[')
+            )
+        {
+            let end = data_lines_end(text, line_end);
+            if end == text.len() && !at_end {
+                open.event = Some((at, end));
+                return at;
+            }
+            at = end;
+            continue;
+        }
         let blanks = text[at..line_end]
             .iter()
             .take_while(|b| matches!(b, b' ' | b'\t'))
@@ -409,7 +531,7 @@ fn json_safe_end(text: &[u8], open: &mut Option<(usize, JsonScan)>) -> usize {
             match scan.feed(&text[from..]) {
                 None => {
                     // Held from its line's start; the scan resumes at the document's first byte.
-                    *open = Some((from, scan));
+                    open.doc = Some((from, scan));
                     return at;
                 }
                 Some(n) => {
@@ -537,7 +659,7 @@ pub struct LineMasker {
     /// the buffer's start: still complete lines when no new break arrives.
     ended: usize,
     /// A JSON document held open in `buf` (see [`json_safe_end`]).
-    open_json: Option<(usize, JsonScan)>,
+    open_json: Held,
     on_report: Arc<dyn Fn(&MaskReport) + Send + Sync>,
 }
 
@@ -557,7 +679,7 @@ pub fn masked_lines(
             buf: BytesMut::new(),
             scanned: 0,
             ended: 0,
-            open_json: None,
+            open_json: Held::default(),
             on_report,
         },
     )
@@ -594,7 +716,7 @@ impl LineMasker {
             }
         }
         if self.class == ContentClass::Text && self.plan.has_field_rules() {
-            let json_end = json_safe_end(&self.buf[..lines_end], &mut self.open_json);
+            let json_end = json_safe_end(&self.buf[..lines_end], &mut self.open_json, all);
             let refuse = self.plan.on_unparseable() == UnparseablePolicy::Refuse;
             if all && json_end < lines_end && refuse {
                 return Err("a JSON document in a streamed text ended unfinished".into());
@@ -606,7 +728,7 @@ impl LineMasker {
                     );
                 }
                 // Where the rules allow it, the held lines go on as text rather than stall.
-                self.open_json = None;
+                self.open_json = Held::default();
             } else if !all {
                 end = end.min(json_end);
             }
@@ -620,12 +742,7 @@ impl LineMasker {
         }
         let chunk = self.buf.split_to(end);
         self.scanned = self.buf.len();
-        // The buffer now starts `end` bytes later; a held document starts at or after it.
-        match &mut self.open_json {
-            Some((start, _)) if *start >= end => *start -= end,
-            // Passed on at the stream's end: nothing is held any more.
-            _ => self.open_json = None,
-        }
+        self.open_json.shift(end);
         let (out, report) = match mask_whole(&self.plan, self.class, &chunk) {
             Ok(masked) => masked,
             // Text the masker cannot read (not UTF-8) passes as it is only where every rule
@@ -1140,18 +1257,33 @@ mod tests {
         assert!(allowed.starts_with("log\n{\n"), "{allowed}");
         assert_eq!(json_close(br#"{"a": "]}", "b": [1, {"c": "\""}]} x"#), Some(34));
         assert_eq!(json_close(b"{\"a\": [1, 2"), None);
-        assert_eq!(json_safe_end(b"x\n{\"a\":1}\n[\n1\n", &mut None), 10);
+        assert_eq!(
+            json_safe_end(b"x\n{\"a\":1}\n[\n1\n", &mut Held::default(), false),
+            10
+        );
         // Resumed where it stopped: the held document closes in a later piece.
-        let mut open = None;
+        let mut open = Held::default();
         let text = b"x\n  {\"a\": \"}\n";
-        assert_eq!(json_safe_end(text, &mut open), 2);
-        assert_eq!(open.map(|(start, scan)| (start, scan.scanned)), Some((4, 9)));
+        assert_eq!(json_safe_end(text, &mut open, false), 2);
+        assert_eq!(open.doc.map(|(start, scan)| (start, scan.scanned)), Some((4, 9)));
         // Still open on the next look: held from its line's start again, blanks included.
         let still = b"x\n  {\"a\": \"}\n1\n";
-        assert_eq!(json_safe_end(still, &mut open), 2);
+        assert_eq!(json_safe_end(still, &mut open, false), 2);
         let more = b"x\n  {\"a\": \"}\n1\n\"}\nnext\n";
-        assert_eq!(json_safe_end(more, &mut open), more.len());
-        assert!(open.is_none());
+        assert_eq!(json_safe_end(more, &mut open, false), more.len());
+        assert!(open.doc.is_none());
+        // An event's data lines that open a document are held until a line that is not one.
+        let event = b"id: 1\ndata: {\ndata:   \"phone\": 1\n";
+        assert_eq!(json_safe_end(event, &mut open, false), 6);
+        assert_eq!(open.event, Some((6, event.len())));
+        let ended = b"id: 1\ndata: {\ndata:   \"phone\": 1\ndata: }\n\n";
+        assert_eq!(json_safe_end(ended, &mut open, false), ended.len());
+        assert!(open.event.is_none());
+        // At the stream's end an event is as complete as it will be.
+        assert_eq!(json_safe_end(event, &mut Held::default(), true), event.len());
+        // Data that opens no document holds nothing.
+        let plain = b"data: hello\n";
+        assert_eq!(json_safe_end(plain, &mut Held::default(), false), plain.len());
     }
 
     /// Lines that open brackets they never close, or close only far below (code, nested
@@ -1186,7 +1318,8 @@ mod tests {
         for text in [
             "data: [{\"name\":\"agent\",\"score\":NaN},{\"ssn\":\"123-45-6789\"}]\n\n",
             "data: {\"a\":\"\\ud800\",\"ssn\":\"123-45-6789\"}\n\n",
-            "data: {\"ssn\":\ndata: \"123-45-6789\"}\n\n",
+            "data: {\"ssn\":\ndata: NaN}\n\n",
+            "data: {\ndata:   \"ssn\": \"123-45-6789\",\ndata: }\n\n",
             "log line\n{\n  \"ssn\": \"123-45-6789\",\n  \"score\": NaN\n}\n",
             "[1, {\"ssn\": \"123-45-6789\"}, NaN]\n",
             "[null, {\"ssn\": \"123-45-6789\"}, NaN]\n",
@@ -1226,6 +1359,28 @@ mod tests {
             assert_eq!(out.len(), text.len());
             assert!(started.elapsed().as_secs() < 3, "{:?}", &text[..4]);
         }
+    }
+
+    /// An event whose data a server split over `data:` lines (a pretty-printed document) is the
+    /// one document the client joins them into: the field rules reach into it, whole or
+    /// streamed in any pieces, and each line keeps its prefix and ending.
+    #[tokio::test]
+    async fn an_event_split_over_data_lines_is_masked_as_one_document() {
+        let event = "event: user\r\ndata: {\r\ndata:   \"name\": \"x\",\r\ndata:   \"phone\": \"+1 415 555 0199\"\r\ndata: }\r\n\r\ndata: {\"phone\": 2}\n\n";
+        let want = "event: user\r\ndata: {\r\ndata:   \"name\": \"x\",\r\ndata:   \"phone\": \"[REDACTED]\"\r\ndata: }\r\n\r\ndata: {\"phone\": \"[REDACTED]\"}\n\n";
+        let (out, report) = mask_whole(&phone_plan("Refuse"), ContentClass::Text, event.as_bytes()).unwrap();
+        assert_eq!(std::str::from_utf8(&out).unwrap(), want);
+        assert_eq!(report.fields, 2);
+        // Streamed, cut anywhere: held until the event's lines end, then masked together.
+        for cut in [1, 7, 20, 33, 50, event.len() - 3] {
+            let pieces = [&event[..cut], &event[cut..]];
+            let out = masked_text(phone_plan("Refuse"), &pieces).await.unwrap();
+            assert_eq!(out, want, "cut at {cut}");
+        }
+        // Lines that join into no JSON stay refused where the rules say so.
+        let bad = "data: {\ndata:   \"phone\": \"555 0199\",\ndata: }\n\n";
+        assert!(mask_whole(&phone_plan("Refuse"), ContentClass::Text, bad.as_bytes()).is_err());
+        assert!(masked_text(phone_plan("Refuse"), &[bad]).await.is_err());
     }
 
     /// A body fed chunk by chunk through the sender, open until the sender is dropped.
