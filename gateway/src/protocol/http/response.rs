@@ -130,6 +130,8 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
     }
     let mut unclosed = false;
     let mut malformed = false;
+    // Where the last event whose data lines were joined ends.
+    let mut joined_until = 0;
     out.clear();
     let mut run_start: Option<usize> = None;
     let flush_run = |out: &mut Vec<u8>, report: &mut MaskReport, run: &str| {
@@ -165,39 +167,41 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
                 (&body[..body.len() - trimmed.len()], trimmed)
             }
         };
+        let data_line = body.starts_with("data:");
+        // A carriage return alone ends a line for an event stream's client, not for this
+        // reading: such data is not what the client will see.
+        if data_line && body.contains('\r') {
+            malformed = true;
+        }
         let looks_json = payload.starts_with('{') || payload.starts_with('[');
         let mut masked_json = Vec::new();
         if !looks_json {
             run_start.get_or_insert(start);
             continue;
         }
-        // An event whose data spans `data:` lines: the client joins them into one value, so
-        // they are one document (a pretty-printed one, split line by line by the server).
-        if body.starts_with("data:") {
-            let event_end = data_lines_end(bytes, line_end);
-            if event_end > line_end {
-                match mask_event(plan, &text[start..event_end]) {
-                    Ok((masked, r)) => {
-                        if let Some(from) = run_start.take() {
-                            flush_run(&mut out, &mut report, &text[from..start]);
-                        }
-                        report.add(&r);
-                        out.extend_from_slice(&masked);
+        // An event's document that does not close on its `data:` line: the client joins the
+        // event's data lines into one value (a server splits a pretty-printed document so), so
+        // they are masked as one. Tried once per event: its other lines are read one by one.
+        if data_line && at > joined_until && json_close(payload.as_bytes()).is_none() {
+            let end = event_end(bytes, line_end);
+            joined_until = end;
+            match mask_event(plan, &text[start..end]) {
+                Ok((masked, r)) => {
+                    if let Some(from) = run_start.take() {
+                        flush_run(&mut out, &mut report, &text[from..start]);
                     }
-                    Err(like_json) => {
-                        malformed |= like_json;
-                        run_start.get_or_insert(start);
-                    }
+                    report.add(&r);
+                    out.extend_from_slice(&masked);
+                    at = end;
+                    continue;
                 }
-                at = event_end;
-                continue;
+                Err(like_json) => malformed |= like_json,
             }
         }
         // The document: this line's payload, or what it opens up to where that closes: on the
         // line (text may follow it), or (not on `data:` lines, each its own event) as many
         // lines below as it takes.
         let from = start + prefix.len();
-        let data_line = body.starts_with("data:");
         let (doc_end, rest) = match plan.mask_json(payload.as_bytes(), &mut masked_json) {
             Ok(r) => (Some(from + payload.len()), Some(r)),
             Err(_) if unclosed => (None, None),
@@ -268,50 +272,71 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
     (out, report, unreadable)
 }
 
-/// Where the run of `data:` lines from `from` ends: at the first line that is not one (the
-/// blank line that ends an event, another field) or at the end of `text`.
-fn data_lines_end(text: &[u8], mut from: usize) -> usize {
-    while text[from..].starts_with(b"data:") {
-        from = memchr::memchr(b'\n', &text[from..]).map_or(text.len(), |i| from + i + 1);
+/// Where the event whose lines run from `from` ends: at its blank line (which dispatches it),
+/// or at the end of `text`. Comments and other fields between its data lines do not end it.
+fn event_end(text: &[u8], mut from: usize) -> usize {
+    while from < text.len() {
+        let line_end = memchr::memchr(b'\n', &text[from..]).map_or(text.len(), |i| from + i + 1);
+        if matches!(&text[from..line_end], b"\n" | b"\r\n") {
+            return from;
+        }
+        from = line_end;
     }
     from
 }
 
-/// One event's `data:` lines (two or more) masked as the one document their values join into
-/// (`\n` between them, as a client joins them), each line keeping its prefix and line ending.
-/// `Err` says whether the joined value looked like JSON that does not parse.
+/// One event (its lines up to its blank line) with its `data:` lines masked as the one
+/// document their values join into (`\n` between them, as a client joins them). Each data line
+/// keeps its prefix and ending; where a rule replaced a whole object or array, the document has
+/// fewer lines and the last data lines go, so the client still joins exactly the masked
+/// document. Other lines (comments, `id:`) pass as they are. `Err` says whether the joined
+/// value looked like JSON that does not parse.
 fn mask_event(plan: &MaskingPlan, event: &str) -> Result<(Vec<u8>, MaskReport), bool> {
     let mut joined = String::with_capacity(event.len());
-    let mut frames = Vec::new();
-    for (i, line) in event.split_inclusive('\n').enumerate() {
+    let mut data_lines = 0;
+    for line in event.split_inclusive('\n') {
         let body = line.trim_end_matches(['\n', '\r']);
-        let rest = body.strip_prefix("data:").unwrap_or(body);
-        let value = if i == 0 {
+        let Some(rest) = body.strip_prefix("data:") else {
+            continue;
+        };
+        let value = if data_lines == 0 {
             rest.trim_start_matches([' ', '\t'])
         } else {
+            joined.push('\n');
             rest.strip_prefix(' ').unwrap_or(rest)
         };
-        if i > 0 {
-            joined.push('\n');
-        }
         joined.push_str(value);
-        frames.push((&body[..body.len() - value.len()], &line[body.len()..]));
+        data_lines += 1;
     }
     let mut masked = Vec::with_capacity(joined.len());
     let report = plan
         .mask_json(joined.as_bytes(), &mut masked)
         .map_err(|_| json_like(joined.as_bytes()))?;
-    // The masker copies all but the values it replaces, and a replacement holds no line break:
-    // the document's lines are still the event's lines.
-    let lines: Vec<&[u8]> = masked.split(|&b| b == b'\n').collect();
-    if lines.len() != frames.len() {
-        return Err(true);
-    }
+    // The masker copies all but the values it replaces, and a replacement holds no line break.
+    let mut pieces = masked.split(|&b| b == b'\n');
     let mut out = Vec::with_capacity(event.len());
-    for ((prefix, ending), line) in frames.iter().zip(lines) {
-        out.extend_from_slice(prefix.as_bytes());
-        out.extend_from_slice(line);
-        out.extend_from_slice(ending.as_bytes());
+    let mut first = true;
+    for line in event.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\n', '\r']);
+        let Some(rest) = body.strip_prefix("data:") else {
+            out.extend_from_slice(line.as_bytes());
+            continue;
+        };
+        let Some(piece) = pieces.next() else {
+            continue;
+        };
+        let value = if first {
+            rest.trim_start_matches([' ', '\t'])
+        } else {
+            rest.strip_prefix(' ').unwrap_or(rest)
+        };
+        first = false;
+        out.extend_from_slice(&body.as_bytes()[..body.len() - value.len()]);
+        out.extend_from_slice(piece);
+        out.extend_from_slice(&line.as_bytes()[body.len()..]);
+    }
+    if pieces.next().is_some() {
+        return Err(true);
     }
     Ok((out, report))
 }
@@ -485,7 +510,7 @@ fn json_safe_end(text: &[u8], open: &mut Held, at_end: bool) -> usize {
     let after = |close: usize| memchr::memchr(b'\n', &text[close..]).map_or(text.len(), |i| close + i + 1);
     let mut at = 0;
     if let Some((start, checked)) = open.event.take() {
-        let end = data_lines_end(text, checked);
+        let end = event_end(text, checked);
         if end == text.len() && !at_end {
             open.event = Some((start, end));
             return start;
@@ -505,15 +530,15 @@ fn json_safe_end(text: &[u8], open: &mut Held, at_end: bool) -> usize {
     }
     while at < text.len() {
         let line_end = memchr::memchr(b'\n', &text[at..]).map_or(text.len(), |i| at + i + 1);
-        // An event's data that opens a document: held until the event's `data:` lines end, so
-        // they are masked together (a server splits a pretty-printed document line by line).
+        // An event's data that opens a document it does not close on its line: held until the
+        // event's blank line, so its data lines are masked together (a server splits a
+        // pretty-printed document line by line).
         if let Some(rest) = text[at..line_end].strip_prefix(b"data:")
-            && matches!(
-                rest.iter().find(|b| !matches!(b, b' ' | b'\t')),
-                Some(b'{' | b'[')
-            )
+            && let Some(k) = rest.iter().position(|b| !matches!(b, b' ' | b'\t'))
+            && matches!(rest[k], b'{' | b'[')
+            && json_close(&rest[k..]).is_none()
         {
-            let end = data_lines_end(text, line_end);
+            let end = event_end(text, line_end);
             if end == text.len() && !at_end {
                 open.event = Some((at, end));
                 return at;
@@ -1381,6 +1406,36 @@ mod tests {
         let bad = "data: {\ndata:   \"phone\": \"555 0199\",\ndata: }\n\n";
         assert!(mask_whole(&phone_plan("Refuse"), ContentClass::Text, bad.as_bytes()).is_err());
         assert!(masked_text(phone_plan("Refuse"), &[bad]).await.is_err());
+        // A comment or another field between the data lines does not end the event.
+        let (out, _) = mask_whole(
+            &phone_plan("Refuse"),
+            ContentClass::Text,
+            b"data: {\n: ping\nid: 7\ndata:   \"phone\": \"x\"\ndata: }\n\n",
+        )
+        .unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            "data: {\n: ping\nid: 7\ndata:   \"phone\": \"[REDACTED]\"\ndata: }\n\n"
+        );
+        // A rule that replaces a whole object leaves fewer lines: the last data lines go, and
+        // the client joins exactly the masked document.
+        let nested = "data: {\ndata:   \"phone\": {\ndata:     \"n\": 1\ndata:   }\ndata: }\n\n";
+        let want = "data: {\ndata:   \"phone\": \"[REDACTED]\"\ndata: }\n\n";
+        let (out, _) = mask_whole(&phone_plan("Refuse"), ContentClass::Text, nested.as_bytes()).unwrap();
+        assert_eq!(std::str::from_utf8(&out).unwrap(), want);
+        assert_eq!(masked_text(phone_plan("Refuse"), &[nested]).await.unwrap(), want);
+        // Documents each whole on their data line are masked line by line, held for nothing:
+        // a stream of them without blank lines still flows.
+        let lines = "data: {\"phone\": \"1\"}\ndata: {\"phone\": \"2\"}\n";
+        let mut open = Held::default();
+        assert_eq!(json_safe_end(lines.as_bytes(), &mut open, false), lines.len());
+        assert_eq!(
+            masked_text(phone_plan("Refuse"), &[lines]).await.unwrap(),
+            "data: {\"phone\": \"[REDACTED]\"}\ndata: {\"phone\": \"[REDACTED]\"}\n"
+        );
+        // A carriage return alone ends lines for the client, not for this reading: refused.
+        let cr = "data: {\rdata: \"phone\": \"x\"\rdata: }\n\n";
+        assert!(mask_whole(&phone_plan("Refuse"), ContentClass::Text, cr.as_bytes()).is_err());
     }
 
     /// A body fed chunk by chunk through the sender, open until the sender is dropped.
