@@ -468,6 +468,13 @@ fn dpop_nonces_stop_a_proof_replayed_at_another_replica() {
     let proof = key.dpop_proof_with_nonce(("GET", &url), &tok, now(), "req-3", &nonce_b);
     let r = send(&b, &proof);
     assert_eq!(r.status, 200, "{r:?}\n{}", b.output());
+    // A refusal before identity (no route here) hands the nonce on too.
+    let r = curl(
+        &["-H", &format!("Authorization: DPoP {tok}"), "-H", "DPoP: x"],
+        &a.url("/nowhere"),
+    );
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!(r.header("dpop-nonce").is_some(), "{r:?}");
     let requests = upstream.requests();
     assert_eq!(
         requests.matches("/echo/dpop").count(),

@@ -404,6 +404,12 @@ async fn proxy(
             "the gateway has no valid configuration loaded",
         )
     })?;
+    // Every answer from here on hands a DPoP client the current nonce, refusals included.
+    if let Ok(verifier) = &plane.verifier
+        && is_dpop_request(&parts.headers)
+    {
+        outcome.dpop_nonce = verifier.dpop_nonce(unix_now());
+    }
     let authority = authority(&parts)?;
     let host = host_without_port(&authority);
     let raw_path = parts.uri.path().to_string();
@@ -418,11 +424,6 @@ async fn proxy(
     }
 
     // Identity, on the URL as the client addressed it (DPoP's htu).
-    if let Ok(verifier) = &plane.verifier
-        && is_dpop_request(&parts.headers)
-    {
-        outcome.dpop_nonce = verifier.dpop_nonce(unix_now());
-    }
     let principal = authenticate(&plane, conn, &parts, &authority, &raw_path).await?;
     outcome.identity = principal.identity.clone();
     let subject = Subject {
