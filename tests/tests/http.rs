@@ -475,6 +475,13 @@ fn dpop_nonces_stop_a_proof_replayed_at_another_replica() {
     );
     assert_eq!(r.status, 404, "{r:?}");
     assert!(r.header("dpop-nonce").is_some(), "{r:?}");
+    // So does the approvals API of the admin listener (an approver on DPoP).
+    let r = curl(
+        &["-H", &format!("Authorization: DPoP {tok}"), "-H", "DPoP: x"],
+        &format!("http://127.0.0.1:{}/approvals", a.admin),
+    );
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(r.header("dpop-nonce").is_some(), "{r:?}");
     let requests = upstream.requests();
     assert_eq!(
         requests.matches("/echo/dpop").count(),

@@ -72,6 +72,28 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // An approver on DPoP is handed the current nonce with every answer, as an agent is.
+    let nonce = gateway
+        .and_then(|g| g.plane())
+        .filter(|_| crate::protocol::http::headers::speaks_dpop(req.headers()))
+        .and_then(|p| p.verifier.as_ref().ok()?.dpop_nonce(unix_now()))
+        .and_then(|n| HeaderValue::from_str(&n).ok());
+    let mut resp = answer(approvals, gateway, req).await;
+    if let Some(n) = nonce {
+        resp.headers_mut().insert("dpop-nonce", n);
+    }
+    resp
+}
+
+async fn answer<B>(
+    approvals: Option<&Arc<Approvals>>,
+    gateway: Option<&Arc<Gateway>>,
+    req: Request<B>,
+) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let path = req.uri().path().to_string();
     let rest = path.strip_prefix(PREFIX).unwrap_or_default();
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
@@ -327,18 +349,9 @@ async fn authenticate<B>(
         // Approvers are few; their tokens share the provider budget without a per-address share.
         peer: None,
     };
-    let now = unix_now();
-    verifier.verify(&presented, now).await.map_err(|e| {
+    verifier.verify(&presented, unix_now()).await.map_err(|e| {
         tracing::info!(error = %e, "approvals API: token refused");
-        let mut resp = unauthenticated(&e);
-        if e.kind == crate::identity::ErrorKind::UseDpopNonce
-            && let Some(v) = verifier
-                .dpop_nonce(now)
-                .and_then(|n| HeaderValue::from_str(&n).ok())
-        {
-            resp.headers_mut().insert("dpop-nonce", v);
-        }
-        resp
+        unauthenticated(&e)
     })
 }
 

@@ -13,6 +13,15 @@ use serde::Serialize;
 use crate::config::compile::Credential;
 use agentgate_crds::connection::CredentialScheme;
 
+/// Whether a request speaks DPoP: a proof, or the DPoP scheme. Its answers then carry the
+/// current `DPoP-Nonce` where nonces are required.
+pub fn speaks_dpop(h: &HeaderMap) -> bool {
+    h.contains_key("dpop")
+        || h.get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().get(..5))
+            .is_some_and(|s| s.eq_ignore_ascii_case(b"dpop "))
+}
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and their common non-standard relatives.
 const HOP_BY_HOP: &[&str] = &[
     "connection",

@@ -406,7 +406,7 @@ async fn proxy(
     })?;
     // Every answer from here on hands a DPoP client the current nonce, refusals included.
     if let Ok(verifier) = &plane.verifier
-        && is_dpop_request(&parts.headers)
+        && headers::speaks_dpop(&parts.headers)
     {
         outcome.dpop_nonce = verifier.dpop_nonce(unix_now());
     }
@@ -1435,14 +1435,6 @@ async fn authenticate(
         p.www_authenticate = Some(e.www_authenticate());
         p
     })
-}
-
-/// Whether a request speaks DPoP: a proof, or the DPoP scheme.
-fn is_dpop_request(h: &HeaderMap) -> bool {
-    h.contains_key("dpop")
-        || h.get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().get(..5))
-            .is_some_and(|s| s.eq_ignore_ascii_case(b"dpop "))
 }
 
 /// The `decision` event.
