@@ -132,11 +132,11 @@ impl SigningKey {
 
     /// A DPoP proof for `method url` bound to `access_token`.
     pub fn dpop_proof(&self, method: &str, url: &str, access_token: &str, iat: i64, jti: &str) -> String {
-        let ath = URL_SAFE_NO_PAD.encode(Sha256::digest(access_token.as_bytes()));
-        self.sign_with_header(
-            json!({"typ": "dpop+jwt", "jwk": self.public}),
-            &json!({"jti": jti, "htm": method, "htu": url, "iat": iat, "ath": ath}),
-        )
+        self.sign_proof(&proof_claims(method, url, access_token, iat, jti))
+    }
+
+    fn sign_proof(&self, claims: &Value) -> String {
+        self.sign_with_header(json!({"typ": "dpop+jwt", "jwk": self.public}), claims)
     }
 
     /// The same, carrying `nonce` (the gateway's `DPoP-Nonce`).
@@ -148,9 +148,9 @@ impl SigningKey {
         jti: &str,
         nonce: &str,
     ) -> String {
-        let ath = URL_SAFE_NO_PAD.encode(Sha256::digest(access_token.as_bytes()));
-        let claims = json!({"jti": jti, "htm": method, "htu": url, "iat": iat, "ath": ath, "nonce": nonce});
-        self.sign_with_header(json!({"typ": "dpop+jwt", "jwk": self.public}), &claims)
+        let mut claims = proof_claims(method, url, access_token, iat, jti);
+        claims["nonce"] = json!(nonce);
+        self.sign_proof(&claims)
     }
 
     /// A DPoP proof for a token request (no access token yet, so no `ath`).
@@ -160,6 +160,12 @@ impl SigningKey {
             &json!({"jti": jti, "htm": "POST", "htu": url, "iat": iat}),
         )
     }
+}
+
+/// A DPoP proof's claims for `method url`, bound to `access_token` by its hash.
+fn proof_claims(method: &str, url: &str, access_token: &str, iat: i64, jti: &str) -> Value {
+    let ath = URL_SAFE_NO_PAD.encode(Sha256::digest(access_token.as_bytes()));
+    json!({"jti": jti, "htm": method, "htu": url, "iat": iat, "ath": ath})
 }
 
 fn pem_wrap(label: &str, der: &[u8]) -> String {

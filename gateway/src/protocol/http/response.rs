@@ -179,10 +179,11 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
             run_start.get_or_insert(start);
             continue;
         }
+        let parsed = plan.mask_json(payload.as_bytes(), &mut masked_json);
         // An event's document that does not close on its `data:` line: the client joins the
         // event's data lines into one value (a server splits a pretty-printed document so), so
         // they are masked as one. Tried once per event: its other lines are read one by one.
-        if data_line && at > joined_until && json_close(payload.as_bytes()).is_none() {
+        if parsed.is_err() && data_line && at > joined_until && json_close(payload.as_bytes()).is_none() {
             let end = event_end(bytes, line_end);
             joined_until = end;
             match mask_event(plan, &text[start..end]) {
@@ -202,7 +203,7 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
         // line (text may follow it), or (not on `data:` lines, each its own event) as many
         // lines below as it takes.
         let from = start + prefix.len();
-        let (doc_end, rest) = match plan.mask_json(payload.as_bytes(), &mut masked_json) {
+        let (doc_end, rest) = match parsed {
             Ok(r) => (Some(from + payload.len()), Some(r)),
             Err(_) if unclosed => (None, None),
             Err(_) => {
@@ -285,6 +286,17 @@ fn event_end(text: &[u8], mut from: usize) -> usize {
     from
 }
 
+/// A data line's value: after `data:` and a space, or after all blanks on the event's first
+/// data line (blanks before a document are nothing to it). `None` for other lines.
+fn data_value(body: &str, first: bool) -> Option<&str> {
+    let rest = body.strip_prefix("data:")?;
+    Some(if first {
+        rest.trim_start_matches([' ', '\t'])
+    } else {
+        rest.strip_prefix(' ').unwrap_or(rest)
+    })
+}
+
 /// One event (its lines up to its blank line) with its `data:` lines masked as the one
 /// document their values join into (`\n` between them, as a client joins them). Each data line
 /// keeps its prefix and ending; where a rule replaced a whole object or array, the document has
@@ -293,20 +305,15 @@ fn event_end(text: &[u8], mut from: usize) -> usize {
 /// value looked like JSON that does not parse.
 fn mask_event(plan: &MaskingPlan, event: &str) -> Result<(Vec<u8>, MaskReport), bool> {
     let mut joined = String::with_capacity(event.len());
-    let mut data_lines = 0;
+    let mut first = true;
     for line in event.split_inclusive('\n') {
-        let body = line.trim_end_matches(['\n', '\r']);
-        let Some(rest) = body.strip_prefix("data:") else {
-            continue;
-        };
-        let value = if data_lines == 0 {
-            rest.trim_start_matches([' ', '\t'])
-        } else {
-            joined.push('\n');
-            rest.strip_prefix(' ').unwrap_or(rest)
-        };
-        joined.push_str(value);
-        data_lines += 1;
+        if let Some(v) = data_value(line.trim_end_matches(['\n', '\r']), first) {
+            if !first {
+                joined.push('\n');
+            }
+            joined.push_str(v);
+            first = false;
+        }
     }
     let mut masked = Vec::with_capacity(joined.len());
     let report = plan
@@ -315,23 +322,18 @@ fn mask_event(plan: &MaskingPlan, event: &str) -> Result<(Vec<u8>, MaskReport), 
     // The masker copies all but the values it replaces, and a replacement holds no line break.
     let mut pieces = masked.split(|&b| b == b'\n');
     let mut out = Vec::with_capacity(event.len());
-    let mut first = true;
+    first = true;
     for line in event.split_inclusive('\n') {
         let body = line.trim_end_matches(['\n', '\r']);
-        let Some(rest) = body.strip_prefix("data:") else {
+        let Some(v) = data_value(body, first) else {
             out.extend_from_slice(line.as_bytes());
             continue;
         };
         let Some(piece) = pieces.next() else {
             continue;
         };
-        let value = if first {
-            rest.trim_start_matches([' ', '\t'])
-        } else {
-            rest.strip_prefix(' ').unwrap_or(rest)
-        };
         first = false;
-        out.extend_from_slice(&body.as_bytes()[..body.len() - value.len()]);
+        out.extend_from_slice(&body.as_bytes()[..body.len() - v.len()]);
         out.extend_from_slice(piece);
         out.extend_from_slice(&line.as_bytes()[body.len()..]);
     }
