@@ -130,6 +130,15 @@ pub(crate) fn mask_span(
 ) {
     match strategy {
         MaskingStrategy::Redact => redact_span(detector, out),
+        // A percent-encoded address hashes as the address it encodes, so hashes still join.
+        MaskingStrategy::Hash if detector == Detector::Email => {
+            let (local, domain) = email_parts(span);
+            let mut canonical = String::with_capacity(span.len());
+            canonical.push_str(local);
+            canonical.push('@');
+            canonical.push_str(domain);
+            key.hash_into(canonical.as_bytes(), out)
+        }
         MaskingStrategy::Hash => key.hash_into(span.as_bytes(), out),
         MaskingStrategy::Partial => match detector {
             Detector::Email => partial_email(span, out),
@@ -176,16 +185,29 @@ pub(crate) fn mask_whole(
     }
 }
 
-/// `j***@example.com`: the first character of the local part and the domain.
+/// The local part and domain of an address the Email detector found, whose separator is `@`,
+/// or `%40` / `%2540` when the address sits percent-encoded (once or twice) in a URL or query.
+fn email_parts(email: &str) -> (&str, &str) {
+    if let Some(at) = email.rfind('@') {
+        return (&email[..at], &email[at + 1..]);
+    }
+    for sep in ["%2540", "%40"] {
+        if let Some(at) = email.rfind(sep) {
+            return (&email[..at], &email[at + sep.len()..]);
+        }
+    }
+    (email, "")
+}
+
+/// `j***@example.com`: the first character of the local part and the domain, with the
+/// separator as it was written.
 fn partial_email(email: &str, out: &mut String) {
-    match (
-        email.chars().next(),
-        email.rfind('@').or_else(|| email.rfind("%40")),
-    ) {
-        (Some(first), Some(at)) => {
+    let (local, _) = email_parts(email);
+    match local.chars().next() {
+        Some(first) if local.len() < email.len() => {
             out.push(first);
             out.push_str("***");
-            out.push_str(&email[at..]);
+            out.push_str(&email[local.len()..]);
         }
         _ => partial_generic(email, out),
     }
@@ -255,6 +277,10 @@ mod tests {
             "j***%40example.com"
         );
         assert_eq!(
+            span(Partial, Detector::Email, "john%2540example.com"),
+            "j***%2540example.com"
+        );
+        assert_eq!(
             span(Partial, Detector::CreditCard, "4111 1111 1111 1111"),
             "**** **** **** 1111"
         );
@@ -295,6 +321,10 @@ mod tests {
         );
         assert_eq!(h, whole(Hash, "john@example.com"));
         assert_eq!(h, span(Hash, Detector::Email, "john@example.com"));
+        // An address percent-encoded once or twice (in a URL, a query) joins its plain form.
+        assert_eq!(h, span(Hash, Detector::Email, "john%40example.com"));
+        assert_eq!(h, span(Hash, Detector::Email, "john%2540example.com"));
+        assert_ne!(h, span(Hash, Detector::Email, "john%40example.org"));
         assert_ne!(h, whole(Hash, "john@example.org"));
         let mut other = String::new();
         mask_whole(Hash, "john@example.com", false, &key(2), &mut other);
