@@ -318,6 +318,57 @@ fn db_error(e: &tokio_postgres::Error) -> (String, String) {
     (d.code().code().to_string(), d.message().to_string())
 }
 
+/// A `SQL_ASCII` (legacy) database holding Latin-1 bytes, through the gateway, which pins the
+/// client encoding to UTF8: the server itself refuses to send bytes that are not UTF-8 (22021),
+/// and the error reaches the client as the server's, with the session kept usable. (The
+/// gateway reads a server message that is not UTF-8 with replacement characters all the same:
+/// `error_response`'s unit test.)
+#[test]
+fn a_sql_ascii_database_holding_latin1_bytes_keeps_the_session() {
+    let idp = OidcProvider::start();
+    let pg = PgServer::start();
+    let role = pg.scram.name.clone();
+    set_password(&pg, &role);
+    pg.psql_in(
+        "postgres",
+        &format!(
+            "CREATE DATABASE legacy ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' \
+             TEMPLATE template0 OWNER {role}"
+        ),
+    )
+    .unwrap();
+    pg.psql_in(
+        "legacy",
+        &format!(
+            "CREATE TABLE public.notes (body text);
+             INSERT INTO public.notes VALUES (E'caf\\xe9 4111 1111 1111 1111');
+             GRANT ALL ON public.notes TO {role};"
+        ),
+    )
+    .unwrap();
+    let cert = ServingCert::generate();
+    let plain = free_port();
+    let manifests = manifests(&idp.issuer, &pg, &cert, plain, &role, pg.port);
+    let gw =
+        Gateway::start(&manifests.replace(&format!("{}/shop\n", pg.port), &format!("{}/legacy\n", pg.port)));
+    let tok = token(&idp);
+    let conninfo =
+        format!("host=127.0.0.1 port={plain} dbname=shop user=ci-agent password={tok} sslmode=disable");
+    rt().block_on(async {
+        let c = connect(&conninfo).await;
+        let e = c.simple_query("SELECT body FROM notes").await.unwrap_err();
+        let (code, message) = db_error(&e);
+        assert_eq!(code, "22021", "{e}");
+        assert!(message.contains("invalid byte sequence"), "{message}");
+        assert_eq!(simple_rows(&c, "SELECT count(*) FROM notes").await, "1");
+        assert_eq!(
+            simple_rows(&c, "SELECT octet_length(body) FROM notes").await,
+            "24"
+        );
+    });
+    assert!(gw.recordings().contains("22021"));
+}
+
 /// SECURITY.md, SSL negotiation: a server on loopback that declines TLS is used in plaintext
 /// only when the Connection does not ask for TLS; where it sets `spec.tls`, the answer `N` is a
 /// downgrade (or another server on the port) and the session is refused.

@@ -84,7 +84,7 @@ impl ErrorResponse {
             if code == 0 {
                 break;
             }
-            fields.push((code, c.cstr()?.to_string()));
+            fields.push((code, c.cstr_lossy()?));
         }
         c.finish()?;
         Ok(Self { fields })
@@ -127,6 +127,10 @@ mod tests {
         assert_eq!(back.code(), Some("42501"));
         assert_eq!(back.field(b'D'), Some("by rule x"));
         assert!(ErrorResponse::parse(b"Mno terminator").is_err());
+        // A SQL_ASCII database quotes stored Latin-1 bytes in its messages as they are.
+        let latin1 = ErrorResponse::parse(b"SERROR\0C22P02\0Minvalid input: \"caf\xe9\"\0\0").unwrap();
+        assert_eq!(latin1.message(), Some("invalid input: \"caf\u{fffd}\""));
+        assert_eq!(latin1.code(), Some("22P02"));
         let f = ErrorResponse::fatal("28000", "bad");
         assert_eq!(f.field(b'S'), Some("FATAL"));
     }

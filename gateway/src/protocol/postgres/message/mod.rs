@@ -304,6 +304,17 @@ impl<'a> Cursor<'a> {
         Ok(s)
     }
 
+    /// A NUL-terminated string of text the server wrote in its own encoding, which need not be
+    /// UTF-8 (a `SQL_ASCII` database quotes stored bytes as they are): read with replacement
+    /// characters, so the gateway still masks and forwards it rather than ending the session.
+    pub fn cstr_lossy(&mut self) -> Result<String, FrameError> {
+        let end = memchr::memchr(0, self.buf)
+            .ok_or_else(|| FrameError::malformed(self.what, "unterminated string"))?;
+        let s = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+        self.buf = &self.buf[end + 1..];
+        Ok(s)
+    }
+
     pub fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.buf)
     }
