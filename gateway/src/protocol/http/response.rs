@@ -177,6 +177,11 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
         let mut masked_json = Vec::new();
         if !looks_json {
             run_start.get_or_insert(start);
+            // A document after the line's own prefix (`[INFO] {...}`, `body={...}`): read from
+            // its start as one more line, the prefix staying in the run of text.
+            if !data_line && let Some(k) = embedded_doc(payload.as_bytes()) {
+                at = start + prefix.len() + k;
+            }
             continue;
         }
         let parsed = plan.mask_json(payload.as_bytes(), &mut masked_json);
@@ -236,6 +241,9 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
             malformed |= json_like(&bytes[from..]);
             run_start.get_or_insert(start);
             at = memchr::memchr(b'\n', &bytes[doc_end..]).map_or(text.len(), |i| doc_end + i + 1);
+            if !data_line && let Some(k) = embedded_doc(&bytes[doc_end..at]) {
+                at = doc_end + k;
+            }
             continue;
         };
         if let Some(from) = run_start.take() {
@@ -257,6 +265,10 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
             continue;
         } else {
             run_start = Some(doc_end);
+            if !data_line && let Some(k) = embedded_doc(&bytes[doc_end..after]) {
+                at = doc_end + k;
+                continue;
+            }
         }
         at = at.max(after);
     }
@@ -392,6 +404,20 @@ fn json_like(text: &[u8]) -> bool {
     }
 }
 
+/// Brackets of a line [`embedded_doc`] tries, so a line of code full of them costs a bounded look.
+const MAX_EMBEDDED_LOOKS: usize = 8;
+
+/// Where a document starts inside a line of text, after what the line's writer put before it
+/// (`[INFO] {"ssn": ...}`, `level=info body={...}`, `web-1 | {...}`): the first `{` or `[`
+/// at which [`json_like`] holds, of the first [`MAX_EMBEDDED_LOOKS`]. Its field rules reach it
+/// there as on a line of its own; brackets that do not open JSON (`{}` templates, `a[i]`) are
+/// text.
+fn embedded_doc(line: &[u8]) -> Option<usize> {
+    memchr::memchr2_iter(b'{', b'[', line)
+        .take(MAX_EMBEDDED_LOOKS)
+        .find(|&i| json_like(&line[i..]))
+}
+
 /// Whether `w` is a JSON number: `-?int(.digits)?([eE][+-]?digits)?` (not a date's `2026-12-05`).
 fn json_number(w: &[u8]) -> bool {
     let digits = |i: usize| w[i..].iter().take_while(|b| b.is_ascii_digit()).count();
@@ -503,8 +529,8 @@ impl JsonScan {
 }
 
 /// Where whole lines of streamed `text` may be masked up to under JSON field rules: before the
-/// first line that opens a JSON document (`{` or `[`, after optional blanks) that has not closed
-/// yet. Masked line by line, its inner lines (`  "ssn": "..."`) would get the detectors only.
+/// first line that opens a JSON document (`{` or `[` after optional blanks, or after a prefix
+/// as [`embedded_doc`] finds it) that has not closed yet. Masked line by line, its inner lines (`  "ssn": "..."`) would get the detectors only.
 /// `open` carries such a document's start and scan from one look to the next, so a large one
 /// arriving in many pieces is scanned once.
 fn json_safe_end(text: &[u8], open: &mut Held, at_end: bool) -> usize {
@@ -521,16 +547,19 @@ fn json_safe_end(text: &[u8], open: &mut Held, at_end: bool) -> usize {
     }
     let open_doc = &mut open.doc;
     if let Some((start, mut scan)) = open_doc.take() {
+        // Held from the start of its line (blanks or a prefix may precede it there).
+        let line_start = memchr::memrchr(b'\n', &text[..start]).map_or(0, |i| i + 1);
         match scan.feed(&text[start..]) {
             None => {
                 *open_doc = Some((start, scan));
-                // Held from the start of its line (only blanks precede it there).
-                return memchr::memrchr(b'\n', &text[..start]).map_or(0, |i| i + 1);
+                return line_start;
             }
+            // Closed on its own line: that line is read again whole, for what follows it there.
+            Some(n) if memchr::memchr(b'\n', &text[start..start + n]).is_none() => at = line_start,
             Some(n) => at = after(start + n),
         }
     }
-    while at < text.len() {
+    'lines: while at < text.len() {
         let line_end = memchr::memchr(b'\n', &text[at..]).map_or(text.len(), |i| at + i + 1);
         // An event's data that opens a document it does not close on its line: held until the
         // event's blank line, so its data lines are masked together (a server splits a
@@ -548,12 +577,11 @@ fn json_safe_end(text: &[u8], open: &mut Held, at_end: bool) -> usize {
             at = end;
             continue;
         }
-        let blanks = text[at..line_end]
-            .iter()
-            .take_while(|b| matches!(b, b' ' | b'\t'))
-            .count();
-        let from = at + blanks;
-        if matches!(text.get(from), Some(b'{' | b'[')) {
+        // The documents the line opens: at its start (after blanks), and after its prefix or
+        // after another document on it, as the masker reads them.
+        let data_line = text[at..line_end].starts_with(b"data:");
+        let mut doc = line_doc(&text[at..line_end], data_line).map(|k| at + k);
+        while let Some(from) = doc {
             let mut scan = JsonScan::default();
             match scan.feed(&text[from..]) {
                 None => {
@@ -561,15 +589,33 @@ fn json_safe_end(text: &[u8], open: &mut Held, at_end: bool) -> usize {
                     open.doc = Some((from, scan));
                     return at;
                 }
-                Some(n) => {
+                // Closed on a later line: what follows it there is passed with that line.
+                Some(n) if from + n >= line_end => {
                     at = after(from + n);
-                    continue;
+                    continue 'lines;
+                }
+                Some(n) => {
+                    let close = from + n;
+                    doc = line_doc(&text[close..line_end], data_line).map(|k| close + k);
                 }
             }
         }
         at = line_end;
     }
     text.len()
+}
+
+/// Where a document starts in (the rest of) a line: at its first byte after blanks, or, off an
+/// event's data lines, after a prefix ([`embedded_doc`]).
+fn line_doc(line: &[u8], data_line: bool) -> Option<usize> {
+    let blanks = line.iter().take_while(|b| matches!(b, b' ' | b'\t')).count();
+    if matches!(line.get(blanks), Some(b'{' | b'[')) {
+        Some(blanks)
+    } else if data_line {
+        None
+    } else {
+        embedded_doc(line)
+    }
 }
 
 /// A body for a recording: capped text (base64 when not UTF-8), masked under `plan` when one
@@ -1337,6 +1383,69 @@ mod tests {
             "{\"id\": 1} {\"phone\": \"[REDACTED]\"}  [{\"phone\": \"[REDACTED]\"}] done\n"
         );
         assert_eq!(report.fields, 2);
+    }
+
+    /// JSON after what a log line's writer put before it (a level, a key, a container's name)
+    /// gets the field rules as on a line of its own, whole or streamed in any pieces; the prefix
+    /// and any text after the document stay as they are.
+    #[tokio::test]
+    async fn json_after_a_prefix_on_its_line_gets_the_field_rules() {
+        let lines = [
+            "[INFO] {\"phone\": \"x\"}\n",
+            "INFO request {\"user\": {\"phone\": \"x\"}} done\n",
+            "level=info body={\"phone\": \"x\"}\n",
+            "web-1  | [{\"phone\": \"x\"}, 2]\n",
+            "2026-12-05T10:00:00Z INFO {\"phone\": \"x\"}\n",
+            "{\"id\": 1} then {\"phone\": \"x\"}\n",
+            "[1] {\"phone\": \"x\"}\n",
+            "see a[i] and {} then {\"phone\": \"x\"} end\n",
+            "INFO {\"phone\": \"x\",\n  \"n\": 1\n} end\n",
+        ];
+        for line in lines {
+            let want = line.replace("\"x\"", "\"[REDACTED]\"");
+            let (out, report) = mask_whole(&phone_plan("Refuse"), ContentClass::Text, line.as_bytes())
+                .unwrap_or_else(|e| panic!("{line}: {e:?}"));
+            assert_eq!(std::str::from_utf8(&out).unwrap(), want);
+            assert_eq!(report.fields, 1, "{line}");
+            // Streamed, cut inside the document, and after a closed one on the same line.
+            let at = line.find("\"x").unwrap();
+            let pieces: [&'static str; 2] = [
+                String::leak(line[..at].to_string()),
+                String::leak(line[at..].to_string()),
+            ];
+            assert_eq!(masked_text(phone_plan("Refuse"), &pieces).await.unwrap(), want);
+        }
+        // Streamed: a document after a prefix, open over lines that arrive one by one.
+        let out = masked_text(
+            phone_plan("Refuse"),
+            &["INFO {\"n\": 1,\n", "  \"phone\": \"x\"\n", "} end\n"],
+        )
+        .await
+        .unwrap();
+        assert_eq!(out, "INFO {\"n\": 1,\n  \"phone\": \"[REDACTED]\"\n} end\n");
+        // Streamed: a closed document, then one still open on the same line, then its end.
+        let out = masked_text(
+            phone_plan("Refuse"),
+            &["a {\"id\": 1} b {\"phone\":", " \"x\"} c\n"],
+        )
+        .await
+        .unwrap();
+        assert_eq!(out, "a {\"id\": 1} b {\"phone\": \"[REDACTED]\"} c\n");
+        // After a prefix, as at a line's start: JSON that does not parse is refused under Refuse.
+        let bad = "INFO {\"phone\": \"x\", \"n\": NaN}\n";
+        assert!(mask_whole(&phone_plan("Refuse"), ContentClass::Text, bad.as_bytes()).is_err());
+        mask_whole(&phone_plan("Allow"), ContentClass::Text, bad.as_bytes()).unwrap();
+        // Brackets that open no JSON stay text; a line of them costs a bounded look.
+        for text in ["use {} and {name} or a[i]\n", "x {'a': 1}\n", "{{ .Values.x }}\n"] {
+            let (out, _) = mask_whole(&phone_plan("Refuse"), ContentClass::Text, text.as_bytes()).unwrap();
+            assert_eq!(std::str::from_utf8(&out).unwrap(), text);
+        }
+        let many = format!("{}\n", "a[i] {x} ".repeat(100_000)).repeat(4);
+        let started = std::time::Instant::now();
+        mask_whole(&phone_plan("Refuse"), ContentClass::Text, many.as_bytes()).unwrap();
+        let open = "INFO {\"k\": [\n".repeat(100_000);
+        assert!(mask_whole(&phone_plan("Refuse"), ContentClass::Text, open.as_bytes()).is_err());
+        assert!(started.elapsed().as_secs() < 3);
     }
 
     #[test]
