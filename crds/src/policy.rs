@@ -205,11 +205,16 @@ pub struct KubernetesMatch {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(min = 1, max = 63)))]
     pub subresources: Vec<String>,
-    /// Namespaces (globs). Empty matches any namespace and cluster-scoped requests.
+    /// Namespaces (globs). Empty matches any namespace and cluster-scoped requests. On an
+    /// Allow, only requests in one of them match. On a Deny or RequireApproval, so does a
+    /// request that names no namespace (a list or watch across all namespaces) unless its
+    /// resource is a built-in cluster-scoped one: it reaches the objects in them too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 63)))]
     pub namespaces: Vec<String>,
-    /// Object names (globs).
+    /// Object names (globs). On an Allow, only requests naming one of them match. On a Deny or
+    /// RequireApproval, so does a request that names no object (list, watch, deletecollection,
+    /// create): it may reach or make one of them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
     pub names: Vec<String>,

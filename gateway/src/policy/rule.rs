@@ -487,15 +487,24 @@ impl KubernetesMatcher {
             (Some(list), None) if !list.is_empty() => return false,
             _ => {}
         }
+        // A Deny or RequireApproval that names namespaces or names also covers a request that
+        // names none: a list or watch across all namespaces, a collection's list, watch or
+        // delete, a create (its name is in the body) reach the very objects the rule names, and
+        // ambiguity never widens access. A built-in resource that lives in no namespace is in
+        // none of the rule's.
+        let widen = action != Action::Allow;
         if !self.namespaces.is_empty() {
             match op.namespace {
                 Some(ns) if self.namespaces.iter().any(|g| g.matches(ns)) => {}
+                None if widen
+                    && !crate::protocol::kubernetes::is_cluster_scoped(op.api_group, op.resource) => {}
                 _ => return false,
             }
         }
         if !self.names.is_empty() {
             match op.name {
                 Some(n) if self.names.iter().any(|g| g.matches(n)) => {}
+                None if widen => {}
                 _ => return false,
             }
         }
@@ -845,6 +854,61 @@ mod tests {
             namespace: ns,
             name,
         })
+    }
+
+    /// A Deny or RequireApproval scoped by namespace or name covers the requests that name
+    /// none but reach its objects (all namespaces, collections, creates); an Allow scoped so
+    /// grants none of them. Built-in cluster-scoped resources are in no namespace.
+    #[test]
+    fn scoped_denials_cover_requests_that_name_no_namespace_or_name() {
+        use KubernetesVerb::*;
+        let ns_deny = compile(&rule(
+            "name: r\naction: Deny\nkubernetes:\n  resources: ['*']\n  namespaces: [kube-system]\n",
+        ))
+        .unwrap();
+        let names_held = compile(&rule(
+            "name: r\naction: RequireApproval\nkubernetes:\n  resources: [pods]\n  names: [prod-*]\n",
+        ))
+        .unwrap();
+        let every_ns = kube(List, "configmaps", None, None, None);
+        assert!(ns_deny.matches(Action::Deny, &every_ns, 0));
+        assert!(ns_deny.matches(Action::Deny, &kube(Watch, "secrets", None, None, None), 0));
+        assert!(!ns_deny.matches(
+            Action::Deny,
+            &kube(List, "configmaps", None, Some("apps"), None),
+            0
+        ));
+        assert!(!ns_deny.matches(Action::Deny, &kube(List, "nodes", None, None, None), 0));
+        assert!(!ns_deny.matches(
+            Action::Deny,
+            &kube(Get, "persistentvolumes", None, None, Some("pv")),
+            0
+        ));
+        for op in [
+            kube(Deletecollection, "pods", None, Some("ns"), None),
+            kube(List, "pods", None, Some("ns"), None),
+            kube(Create, "pods", None, Some("ns"), None),
+            kube(Patch, "pods", None, Some("ns"), Some("prod-api")),
+        ] {
+            assert!(names_held.matches(Action::RequireApproval, &op, 0), "{op:?}");
+        }
+        assert!(!names_held.matches(
+            Action::RequireApproval,
+            &kube(Patch, "pods", None, Some("ns"), Some("dev")),
+            0
+        ));
+        // The same scopes on an Allow grant only what they name.
+        let ns_allow = compile(&rule(
+            "name: r\naction: Allow\nkubernetes:\n  resources: ['*']\n  namespaces: [apps]\n  names: [web-*]\n",
+        ))
+        .unwrap();
+        assert!(!ns_allow.matches(Action::Allow, &every_ns, 0));
+        assert!(!ns_allow.matches(Action::Allow, &kube(List, "pods", None, Some("apps"), None), 0));
+        assert!(ns_allow.matches(
+            Action::Allow,
+            &kube(Get, "pods", None, Some("apps"), Some("web-1")),
+            0
+        ));
     }
 
     #[test]

@@ -21,6 +21,74 @@ pub const EXEC_LIKE_SUBRESOURCES: &[&str] = &["exec", "attach", "portforward", "
 /// tokens: exec without an upgrade. A Deny or RequireApproval rule's `*` still covers it.
 pub const NAMED_ONLY_SUBRESOURCES: &[&str] = &["ephemeralcontainers"];
 
+/// Built-in resources that live in no namespace, by API group: a rule naming namespaces leaves
+/// them be. Any other resource (a custom one, say) may be namespaced, so a request for it that
+/// names no namespace may span them all.
+const CLUSTER_SCOPED: &[(&str, &[&str])] = &[
+    (
+        "",
+        &["nodes", "namespaces", "persistentvolumes", "componentstatuses"],
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        &["clusterroles", "clusterrolebindings"],
+    ),
+    (
+        "storage.k8s.io",
+        &[
+            "storageclasses",
+            "csidrivers",
+            "csinodes",
+            "volumeattachments",
+            "volumeattributesclasses",
+        ],
+    ),
+    ("apiextensions.k8s.io", &["customresourcedefinitions"]),
+    ("apiregistration.k8s.io", &["apiservices"]),
+    ("scheduling.k8s.io", &["priorityclasses"]),
+    (
+        "networking.k8s.io",
+        &["ingressclasses", "ipaddresses", "servicecidrs"],
+    ),
+    ("node.k8s.io", &["runtimeclasses"]),
+    (
+        "admissionregistration.k8s.io",
+        &[
+            "mutatingwebhookconfigurations",
+            "validatingwebhookconfigurations",
+            "validatingadmissionpolicies",
+            "validatingadmissionpolicybindings",
+            "mutatingadmissionpolicies",
+            "mutatingadmissionpolicybindings",
+        ],
+    ),
+    (
+        "certificates.k8s.io",
+        &["certificatesigningrequests", "clustertrustbundles"],
+    ),
+    ("authentication.k8s.io", &["tokenreviews", "selfsubjectreviews"]),
+    (
+        "authorization.k8s.io",
+        &[
+            "subjectaccessreviews",
+            "selfsubjectaccessreviews",
+            "selfsubjectrulesreviews",
+        ],
+    ),
+    (
+        "flowcontrol.apiserver.k8s.io",
+        &["flowschemas", "prioritylevelconfigurations"],
+    ),
+    ("resource.k8s.io", &["deviceclasses"]),
+];
+
+/// Whether `group`/`resource` is a built-in resource that lives in no namespace.
+pub fn is_cluster_scoped(group: &str, resource: &str) -> bool {
+    CLUSTER_SCOPED
+        .iter()
+        .any(|(g, list)| *g == group && list.contains(&resource))
+}
+
 /// Whether a subresource needs a connection upgrade or tunnel: one of [`EXEC_LIKE_SUBRESOURCES`].
 /// Case-sensitive, as the API server's routes are.
 pub fn is_streaming_subresource(sub: &str) -> bool {
