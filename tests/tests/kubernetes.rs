@@ -266,6 +266,12 @@ spec:
         verbs: [create]
         apiGroups: [authentication.k8s.io]
         resources: [selfsubjectreviews]
+    - name: token-reviews
+      action: Allow
+      kubernetes:
+        verbs: [create]
+        apiGroups: [authentication.k8s.io]
+        resources: [tokenreviews]
   masking:
     - detectors: [Email]
       strategy: Redact
@@ -986,6 +992,27 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: gateway}}]
     if k.env.is_emulated() {
         assert_eq!(through["status"]["userInfo"]["username"], "gateway");
     }
+}
+
+/// A TokenReview sends a live token in its spec, and the API server answers with it echoed: the
+/// agent gets its answer whole, the recording neither the token sent nor the one echoed.
+#[test]
+fn a_token_review_is_recorded_without_its_token() {
+    let mut k = Kube::start();
+    let token = format!("canary-review-{}", std::process::id());
+    let file = k.dir.path().join("review.json");
+    let review = json!({
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "spec": {"token": token},
+    });
+    std::fs::write(&file, review.to_string()).expect("write the review");
+    let answer = json_of(&k.agent_ok(&["create", "-f", &file.display().to_string(), "-o", "json"]));
+    assert_eq!(answer["spec"]["token"], token.as_str(), "{answer}");
+    assert_eq!(answer["status"]["authenticated"], false, "{answer}");
+    let rec = k.stop_and_read_recordings();
+    assert!(rec.contains("tokenreviews"), "the review is on record");
+    assert!(!rec.contains(&token), "a reviewed token is on record");
 }
 
 #[test]

@@ -229,15 +229,16 @@ impl MaskingPlan {
         }
     }
 
-    /// This plan, also redacting the token a Kubernetes TokenRequest answers with
-    /// (`status.token`): for its record, since the agent that asked for it gets it, but no
-    /// live token may sit in a recording.
+    /// This plan, also redacting the tokens of Kubernetes token requests and reviews: the one
+    /// a TokenRequest answers with (`status.token`) and the one a TokenReview sends and gets
+    /// back (`spec.token`). For records and approvers: the agent that sent or asked for a token
+    /// has it, but no live token may sit in a recording.
     pub fn with_kubernetes_token(self) -> Self {
         let mut inner = Arc::unwrap_or_clone(self.inner);
-        let token = path::parse("$.status.token")
-            .ok()
-            .map(|p| (p, FieldMask::Strategy(MaskingStrategy::Redact)));
-        inner.paths = PathSet::new(inner.paths.rules().iter().cloned().chain(token));
+        let tokens = ["$.status.token", "$.spec.token"]
+            .into_iter()
+            .filter_map(|p| Some((path::parse(p).ok()?, FieldMask::Strategy(MaskingStrategy::Redact))));
+        inner.paths = PathSet::new(inner.paths.rules().iter().cloned().chain(tokens));
         inner.refuse = true;
         Self {
             inner: Arc::new(inner),

@@ -194,6 +194,13 @@ pub fn builtins() -> Vec<ResourceType> {
             false,
         ),
         ResourceType::builtin(
+            "authentication.k8s.io",
+            "v1",
+            "TokenReview",
+            "tokenreviews",
+            false,
+        ),
+        ResourceType::builtin(
             "apiextensions.k8s.io",
             "v1",
             "CustomResourceDefinition",

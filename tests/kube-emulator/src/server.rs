@@ -428,6 +428,47 @@ fn route(
             });
             Ok(json_response(201, &review))
         }
+        ["apis", "authentication.k8s.io", "v1", "tokenreviews"] if parts.method == Method::POST => {
+            // Whether a token is one of this cluster's users'. Like the API server, the answer
+            // carries the request's spec, the token included, and the review's status.
+            let Some(requester) = user else {
+                return Err(ApiError::unauthorized());
+            };
+            if shared.authorization {
+                let rt = crate::resources::ResourceType::builtin(
+                    "authentication.k8s.io",
+                    "v1",
+                    "TokenReview",
+                    "tokenreviews",
+                    false,
+                );
+                let request = crate::rbac::Request {
+                    user: requester,
+                    verb: "create",
+                    rt: &rt,
+                    subresource: None,
+                    namespace: None,
+                    name: None,
+                };
+                crate::rbac::authorize(&shared.store(), &request)?;
+            }
+            let mut review: Value = serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("the TokenReview does not decode: {e}")))?;
+            let token = review["spec"]["token"].as_str().unwrap_or_default();
+            review["status"] = match shared
+                .users
+                .iter()
+                .find(|u| !token.is_empty() && u.token == token)
+            {
+                Some(u) => serde_json::json!({
+                    "authenticated": true,
+                    "user": {"username": u.name, "groups": u.groups},
+                }),
+                None => serde_json::json!({"authenticated": false, "error": "invalid bearer token"}),
+            };
+            review["metadata"] = serde_json::json!({"creationTimestamp": null});
+            Ok(json_response(201, &review))
+        }
         ["api", version, rest @ ..] => resource(shared, parts, body, user, "", version, rest),
         ["apis", group, version, rest @ ..] => resource(shared, parts, body, user, group, version, rest),
         _ => Err(ApiError::path_not_found()),

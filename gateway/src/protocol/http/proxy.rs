@@ -593,10 +593,21 @@ async fn proxy(
     outcome.plan = Some(plan.clone());
     // What the request's body is recorded under: a JSON patch of a Secret carries the value
     // under `value`, where no field rule looks, so such bodies are withheld from the record.
+    // A TokenRequest's answer is a live token, and so is a TokenReview's spec, sent and echoed:
+    // the agent has them, its record and its approver do not.
+    let carries_token = kube_info.as_ref().is_some_and(|k| {
+        k.is_resource_request
+            && match (k.resource.as_str(), k.subresource.as_deref()) {
+                ("serviceaccounts", Some("token")) => true,
+                ("tokenreviews", None) => k.api_group == "authentication.k8s.io",
+                _ => false,
+            }
+    });
     let request_plan = match &kube_info {
         Some(k) if k.resource == "secrets" && is_json_patch(&parts.headers) => {
             plan.clone().withholding_bodies()
         }
+        Some(_) if carries_token => plan.clone().with_kubernetes_token(),
         _ => plan.clone(),
     };
     let session = session_for(&plane, gw, conn, &principal, connection)?;
@@ -949,11 +960,7 @@ async fn proxy(
         total_us: started.elapsed().as_micros() as u64,
     };
     let discovery = kube_info.as_ref().is_some_and(|k| !k.is_resource_request);
-    // A TokenRequest's answer is a live token: the agent gets it, its record does not.
-    let token_plan = kube_info
-        .as_ref()
-        .is_some_and(|k| k.resource == "serviceaccounts" && k.subresource.as_deref() == Some("token"))
-        .then(|| plan.clone().with_kubernetes_token());
+    let token_plan = carries_token.then(|| plan.clone().with_kubernetes_token());
     let declared = declared_length(&res_parts.headers);
     let unmasked = plan.is_empty() || bodiless || discovery;
     // An unmasked body small enough to be recorded whole, with its length declared, is read
