@@ -34,13 +34,22 @@ pub const MAX_JSON_DEPTH: usize = 128;
 
 /// Selectors that hide the values of Kubernetes Secrets: each value of `data` and `stringData` at
 /// any depth (a Secret, a SecretList, a watch event), as [`strategy::SECRET_REDACTED`] so the
-/// object keeps its shape and typed clients still decode it, and the last-applied annotation,
-/// which repeats the whole manifest as a string.
-const KUBERNETES_SECRET_FIELDS: [(&str, FieldMask); 3] = [
+/// object keeps its shape and typed clients still decode it, and the annotations in which
+/// apply tools repeat the whole manifest, data included: kubectl's last-applied configuration,
+/// kapp's original and Rancher's applied object set (gzipped, where detectors would not see it).
+const KUBERNETES_SECRET_FIELDS: [(&str, FieldMask); 5] = [
     ("$..data.*", FieldMask::SecretValue),
     ("$..stringData.*", FieldMask::SecretValue),
     (
         "$..['kubectl.kubernetes.io/last-applied-configuration']",
+        FieldMask::Strategy(MaskingStrategy::Redact),
+    ),
+    (
+        "$..['kapp.k14s.io/original']",
+        FieldMask::Strategy(MaskingStrategy::Redact),
+    ),
+    (
+        "$..['objectset.rio.cattle.io/applied']",
         FieldMask::Strategy(MaskingStrategy::Redact),
     ),
 ];

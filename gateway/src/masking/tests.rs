@@ -143,6 +143,8 @@ fn kubernetes_secrets_are_redacted() {
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
         "metadata": {"name": "db", "namespace": "prod", "annotations": {
             "kubectl.kubernetes.io/last-applied-configuration": "{\"data\":{\"password\":\"aHVudGVyMg==\"}}",
+            "kapp.k14s.io/original": "{\"kind\":\"Secret\",\"data\":{\"password\":\"aHVudGVyMg==\"}}",
+            "objectset.rio.cattle.io/applied": "H4sIAAAAAAAA/6pWSkksSVSyUlAqSs1JTC4tSk1RqgUAAAD//w==",
             "team": "payments"}},
         "data": {"password": "aHVudGVyMg=="},
         "stringData": {"user": "admin"}
@@ -162,6 +164,9 @@ fn kubernetes_secrets_are_redacted() {
         out["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"],
         "[REDACTED]"
     );
+    for key in ["kapp.k14s.io/original", "objectset.rio.cattle.io/applied"] {
+        assert_eq!(out["metadata"]["annotations"][key], "[REDACTED]", "{key}");
+    }
     assert_eq!(out["metadata"]["annotations"]["team"], "payments");
     assert_eq!(out["metadata"]["name"], "db");
 
@@ -182,7 +187,8 @@ fn kubernetes_secrets_are_redacted() {
     let out = String::from_utf8(out).unwrap();
     assert_eq!(out.lines().count(), 2);
     assert!(!out.contains("aHVudGVyMg") && !out.contains("dg=="), "{out}");
-    assert_eq!(report.fields, 4);
+    // data, stringData, three annotations; then data.
+    assert_eq!(report.fields, 6);
 }
 
 #[test]
