@@ -11,5 +11,6 @@ pub mod handshake;
 pub mod message;
 pub mod rows;
 pub mod session;
+pub mod statement_text;
 pub mod stream;
 pub mod upstream;

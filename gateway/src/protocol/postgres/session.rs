@@ -1153,7 +1153,7 @@ impl Live {
         }
         let kept = approval::hide_token(sql[..end].to_string(), Some(&self.token));
         let mut masked = truncate(
-            &self.plan.mask_text(&without_passwords(&kept)).0,
+            &super::statement_text::mask(&self.plan, &without_passwords(&kept)),
             MAX_RECORDED_SQL,
         );
         if end < sql.len() && !masked.ends_with('…') {
