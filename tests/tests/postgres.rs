@@ -2285,6 +2285,21 @@ fn approvals_defer_hold_once_window_and_self_approval_for_sql() {
         assert_eq!(code, "42501", "another value is another operation: {message}");
         assert_ne!(request_name(&message), for_two);
         assert_eq!(c.execute(&delete, &[&2i32]).await.unwrap(), 1);
+        // The same bytes under another type are another value: an approval of `id < $1` with
+        // int8 -1 does not release float8 NaN (the same eight bytes), below which every id is.
+        use tokio_postgres::types::Type;
+        let below = "DELETE FROM orders WHERE id < $1";
+        let as_int8 = c.prepare_typed(below, &[Type::INT8]).await.unwrap();
+        let e = c.execute(&as_int8, &[&-1i64]).await.unwrap_err();
+        let for_minus_one = request_name(&db_error(&e).1);
+        assert!(approvals(&s.gw, &alice, &["approve", &for_minus_one]).0);
+        let as_float8 = c.prepare_typed(below, &[Type::FLOAT8]).await.unwrap();
+        let nan = f64::from_bits(u64::MAX);
+        let e = c.execute(&as_float8, &[&nan]).await.unwrap_err();
+        let (code, message) = db_error(&e);
+        assert_eq!(code, "42501", "{message}");
+        assert_ne!(request_name(&message), for_minus_one);
+        assert_eq!(c.execute(&as_int8, &[&-1i64]).await.unwrap(), 0);
 
         // Window: approved once, then matching statements pass until it ends, mid-session.
         let e = c

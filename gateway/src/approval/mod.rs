@@ -120,10 +120,11 @@ pub struct Ask {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ticket {
     /// Go ahead: an approved Once request for this exact operation (now marked Used), or an
-    /// approved Window for this identity, connection, policy and rule that has not ended.
+    /// approved Window for this identity, caller, connection, policy and rule that has not
+    /// ended.
     Granted { name: String },
     /// Waiting for a decision; `created` is false when an identical pending request existed
-    /// (duplicates collapse on identity, connection, fingerprint, policy and rule).
+    /// (duplicates collapse on identity, caller, connection, fingerprint, policy and rule).
     Pending { name: String, created: bool },
 }
 
@@ -424,9 +425,13 @@ impl Entry {
         approvals >= ask.min_approvals.max(1)
     }
 
+    /// Whether the request is for `ask`'s identity, caller, connection and rule. The caller (the
+    /// token's subject) too: agents may share an identity, and one that is also an approver
+    /// would otherwise approve a request another filed and spend the grant on its own operation.
     fn same_target(&self, ask: &Ask) -> bool {
         let s = &self.request.spec;
         s.identity == ask.identity
+            && s.requester == ask.requester
             && s.connection == ask.connection
             && s.policy.name == ask.policy
             && s.policy.rule == ask.rule

@@ -115,6 +115,39 @@ fn held_operations_per_identity_are_capped() {
     assert!(a.held.lock().unwrap().is_empty(), "nothing left counted");
 }
 
+/// Two callers sharing an identity: one that is also an approver cannot approve the other's
+/// request and spend it on its own identical operation, nor join it while it waits.
+#[test]
+fn grants_and_pending_requests_belong_to_their_caller() {
+    let now = start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir);
+    let alice = Ask {
+        requester: "sub-alice".into(),
+        ..ask("f1")
+    };
+    let bob = Ask {
+        requester: "sub-bob".into(),
+        ..ask("f1")
+    };
+    let filed = pending_name(a.request(&alice, now).unwrap());
+    // Bob's identical operation files its own request rather than joining Alice's.
+    let bobs = pending_name(a.request(&bob, now).unwrap());
+    assert_ne!(filed, bobs);
+    // Bob approves Alice's (he is not its requester): only Alice's operation may use it.
+    approve(&a, &filed, "bob", 1, now).unwrap();
+    assert!(matches!(
+        a.request(&bob, now + 1).unwrap(),
+        Ticket::Pending { created: false, .. }
+    ));
+    assert_eq!(
+        a.request(&alice, now + 1).unwrap(),
+        Ticket::Granted { name: filed }
+    );
+    // Bob cannot approve his own.
+    assert!(approve(&a, &bobs, "bob", 1, now).is_err());
+}
+
 #[test]
 fn pending_requests_per_identity_are_capped() {
     let t0 = start();

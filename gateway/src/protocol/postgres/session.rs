@@ -560,6 +560,10 @@ struct Portal {
     /// recorded form cannot tell apart values an approver did and did not see. Shares the
     /// Bind message's buffer.
     bound: Arc<[(i16, Option<Bytes>)]>,
+    /// The parameter types the statement had when bound (declared at Parse, or as the server
+    /// described them): the same bytes are another value under another type (int8 -1 and a
+    /// float8 NaN), so an approval's fingerprint covers them too.
+    types: Arc<[u32]>,
 }
 
 impl Prepared {
@@ -1951,6 +1955,7 @@ impl ClientSide {
                 classified,
                 params,
                 bound,
+                types,
             },
         );
         self.described = None;
@@ -1982,7 +1987,8 @@ impl ClientSide {
         let mut approval_error = None;
         if v.action == Action::RequireApproval {
             // The exact statement with its bound values is what an approval covers.
-            let mut parts: Vec<&[u8]> = vec![b"extended", st.text.as_bytes()];
+            let types: Vec<u8> = portal.types.iter().flat_map(|t| t.to_be_bytes()).collect();
+            let mut parts: Vec<&[u8]> = vec![b"extended", st.text.as_bytes(), &types];
             let formats: Vec<[u8; 2]> = portal.bound.iter().map(|(f, _)| f.to_be_bytes()).collect();
             for ((_, value), format) in portal.bound.iter().zip(&formats) {
                 // NULL and an empty value differ by the part that says which.
