@@ -647,10 +647,29 @@ fn not_an_access_token(claims: &Value) -> Option<String> {
             return Some(format!("introspection says this is a {kind}"));
         }
     }
+    payload_says_not_access(claims)
+}
+
+/// Claims by which a token says it is not an access token, whether read from a JWT or from an
+/// introspection answer: Keycloak's `typ` (`ID`, `Refresh`, `Offline`), Cognito's `token_use`
+/// (`id`), and the claims only ID tokens carry. An ID token often has the right `aud` (the
+/// client's id), and for Cognito it is the only token that has one.
+fn payload_says_not_access(claims: &Value) -> Option<String> {
+    let text = |name: &str| {
+        claims
+            .get(name)
+            .and_then(Value::as_str)
+            .map(str::to_ascii_lowercase)
+    };
     if let Some(t) = text("typ")
         && matches!(t.as_str(), "refresh" | "offline" | "id")
     {
-        return Some(format!("introspection says this token's typ is {t}"));
+        return Some(format!("the token's typ claim is {t}"));
+    }
+    if let Some(t) = text("token_use")
+        && t != "access"
+    {
+        return Some(format!("the token's token_use is {t}, not access"));
     }
     ["nonce", "at_hash", "c_hash"]
         .into_iter()
@@ -679,13 +698,8 @@ fn check_type(jws: &token::Jws<'_>, issuer: &Issuer) -> Result<Option<String>, I
             format!("typ {typ:?} is not an access token type here"),
         ));
     }
-    for id_claim in ["nonce", "at_hash", "c_hash"] {
-        if jws.claims.get(id_claim).is_some() {
-            return Err(IdentityError::new(
-                ErrorKind::WrongTokenType,
-                format!("token carries {id_claim}: an ID token"),
-            ));
-        }
+    if let Some(why) = payload_says_not_access(&jws.claims) {
+        return Err(IdentityError::new(ErrorKind::WrongTokenType, why));
     }
     Ok(typ)
 }

@@ -324,6 +324,23 @@ async fn id_tokens_and_other_types_are_refused() {
     let mut c = claims();
     c["nonce"] = json!("n-0S6_WzA2Mj");
     refused(&v, &key.sign(&c), ErrorKind::WrongTokenType).await;
+    // Keycloak's and Cognito's own words for ID and refresh tokens, in the payload.
+    for (claim, value) in [
+        ("typ", "ID"),
+        ("typ", "Refresh"),
+        ("typ", "Offline"),
+        ("token_use", "id"),
+        ("token_use", "refresh"),
+    ] {
+        let mut c = claims();
+        c[claim] = json!(value);
+        refused(&v, &key.sign(&c), ErrorKind::WrongTokenType).await;
+    }
+    for (claim, value) in [("typ", "Bearer"), ("token_use", "access")] {
+        let mut c = claims();
+        c[claim] = json!(value);
+        assert!(check(&v, &key.sign(&c)).await.is_ok(), "{claim}: {value}");
+    }
     for typ in ["dpop+jwt", "logout+jwt", "secevent+jwt", "id_token"] {
         refused(
             &v,
