@@ -1002,7 +1002,10 @@ fn compile_identity(
     }
     if i.spec.provider == agentgate_crds::identity::IdentityProvider::Kubernetes {
         for (n, aud) in i.spec.audiences.iter().enumerate() {
-            if crate::identity::matching::KUBERNETES_DEFAULT_AUDIENCES.contains(&aud.as_str()) {
+            // Without `--api-audiences`, the API server's default audience is its issuer.
+            if crate::identity::matching::KUBERNETES_DEFAULT_AUDIENCES.contains(&aud.as_str())
+                || aud.trim_end_matches('/') == i.spec.issuer.trim_end_matches('/')
+            {
                 errors.push(m.error(
                     &format!("spec.audiences[{n}]"),
                     format!("Invalid value: {aud:?}: the API server's default audience is accepted by every workload; require a gateway-specific audience"),
@@ -1163,6 +1166,44 @@ mod tests {
             "{errors}"
         );
         load("GitHubActions", "{github: {repositoryId: '123456'}}").unwrap();
+    }
+
+    /// A Kubernetes identity must require an audience of the gateway's own: not the API
+    /// server's defaults, nor its issuer, which is the default audience where the server runs
+    /// without `--api-audiences` (every pod's mounted token carries it).
+    #[test]
+    fn kubernetes_identities_need_their_own_audience() {
+        let load = |issuer: &str, audience: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let yaml = format!(
+                "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {{name: gw, namespace: ns}}\n\
+                spec: {{listeners: [{{name: pg, protocol: Postgres, port: 15432}}]}}\n---\n\
+                apiVersion: agentgate.dev/v1alpha1\nkind: AgentIdentity\nmetadata: {{name: sa, namespace: ns}}\n\
+                spec: {{provider: Kubernetes, issuer: '{issuer}', audiences: ['{audience}'], \
+                match: {{serviceAccount: {{namespace: ci, name: agent}}}}}}\n"
+            );
+            std::fs::write(dir.path().join("all.yaml"), yaml).unwrap();
+            crate::config::load(&crate::config::LoadOptions {
+                manifests: dir.path().to_path_buf(),
+                ..Default::default()
+            })
+        };
+        let gke = "https://container.googleapis.com/v1/projects/p/locations/l/clusters/c";
+        for (issuer, audience) in [
+            (gke, gke),
+            (
+                gke,
+                "https://container.googleapis.com/v1/projects/p/locations/l/clusters/c/",
+            ),
+            ("https://kubernetes.default.svc", "https://kubernetes.default.svc"),
+        ] {
+            let errors = load(issuer, audience).unwrap_err().to_string();
+            assert!(
+                errors.contains("spec.audiences[0]: Invalid value") && errors.contains("default audience"),
+                "{errors}"
+            );
+        }
+        load(gke, "agentgate").unwrap();
     }
 
     /// DPoP nonces: `Auto` requires them of a gateway the operator runs (several replicas, or

@@ -90,7 +90,12 @@ fn kubernetes(
     sub: &str,
     audiences: &[&str],
 ) -> Result<(), String> {
-    if audiences.iter().all(|a| KUBERNETES_DEFAULT_AUDIENCES.contains(a)) {
+    // Without `--api-audiences`, the API server's default audience is its issuer.
+    let issuer = identity.spec.issuer.trim_end_matches('/');
+    if audiences
+        .iter()
+        .all(|a| KUBERNETES_DEFAULT_AUDIENCES.contains(a) || a.trim_end_matches('/') == issuer)
+    {
         return Err("Kubernetes token carries only the API server's default audience".into());
     }
     // Projected tokens carry a `kubernetes.io` object claim; legacy secret-based tokens carry flat

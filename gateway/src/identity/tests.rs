@@ -478,6 +478,14 @@ async fn kubernetes_service_account_tokens() {
         ErrorKind::NoMatchingIdentity,
     )
     .await;
+    // Without `--api-audiences` (GKE, say) the default audience is the issuer itself.
+    let gke = "https://container.googleapis.com/v1/projects/p/locations/l/clusters/c";
+    let mut spec = k8s_spec(gke);
+    spec["issuer"] = json!(gke);
+    let issuer_aud = verifier(vec![identity("ci-sa", spec, Some(&jwks))]);
+    let mut c = k8s_claims(gke);
+    c["iss"] = json!(gke);
+    refused(&issuer_aud, &sign(&c), ErrorKind::NoMatchingIdentity).await;
     // Legacy secret-based token shape.
     let legacy = json!({
         "iss": "https://kubernetes.default.svc.cluster.local", "sub": "system:serviceaccount:ci:agent", "aud": ["agentgate"],
