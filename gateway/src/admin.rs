@@ -36,7 +36,7 @@ pub struct AdminState {
 /// Serves the admin endpoints on `listener` until `shutdown` flips.
 pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -48,8 +48,10 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
+            let service = service_fn(move |mut req: Request<Incoming>| {
                 let state = state.clone();
+                // Who is calling, for the approvals API's per-address introspection budget.
+                req.extensions_mut().insert(PeerIp(peer.ip()));
                 async move { Ok::<_, Infallible>(route(&state, req).await) }
             });
             let mut builder = http1::Builder::new();
@@ -62,6 +64,10 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
         });
     }
 }
+
+/// The address an admin request came from, in its extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerIp(pub std::net::IpAddr);
 
 /// Binds the admin address.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {

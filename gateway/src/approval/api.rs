@@ -346,8 +346,9 @@ async fn authenticate<B>(
             method: req.method().as_str(),
             url: &url,
         },
-        // Approvers are few; their tokens share the provider budget without a per-address share.
-        peer: None,
+        // Its own share of the introspection budget, as an agent's address has: a flood of
+        // junk tokens at the admin listener must not spend every agent's.
+        peer: req.extensions().get::<crate::admin::PeerIp>().map(|p| p.0),
     };
     verifier.verify(&presented, unix_now()).await.map_err(|e| {
         tracing::info!(error = %e, "approvals API: token refused");
