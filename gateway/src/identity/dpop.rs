@@ -33,9 +33,10 @@ pub const PROOF_ALGORITHMS: &[Algorithm] = &[
 /// The `algs` advertised in `WWW-Authenticate: DPoP`.
 pub const PROOF_ALGS_HEADER: &str = "ES256 ES384 RS256 PS256 EdDSA";
 
-/// Most `jti`s remembered for one proof key (about 800 proofs a second over the retention): one
-/// agent, however fast it sends fresh proofs, cannot fill the cache and lock every other out.
-pub const MAX_REPLAY_PER_KEY: usize = 100_000;
+/// Most `jti`s remembered for one caller (identity and token subject; about 800 proofs a second
+/// over the retention), whatever number of proof keys it binds its tokens to: one agent, however
+/// fast it sends fresh proofs, cannot fill the cache and lock every other out.
+pub const MAX_REPLAY_PER_CALLER: usize = 100_000;
 
 /// Remembers proof ids (by key thumbprint and `jti`) for the proof lifetime, oldest first, so
 /// expiry costs nothing per proof and a full cache is never scanned.
@@ -48,10 +49,10 @@ pub struct ReplayCache {
 struct ReplayState {
     /// SHA-256 of `thumbprint:jti` → when it was seen.
     seen: HashMap<[u8; 32], Instant>,
-    /// The same, in the order seen (which is time order), with the key's thumbprint.
+    /// The same, in the order seen (which is time order), with the caller.
     order: std::collections::VecDeque<([u8; 32], Instant, Arc<str>)>,
-    /// Ids remembered per key thumbprint.
-    per_key: HashMap<Arc<str>, usize>,
+    /// Ids remembered per caller.
+    per_caller: HashMap<Arc<str>, usize>,
 }
 
 fn replay_id(thumbprint: &str, jti: &str) -> [u8; 32] {
@@ -74,20 +75,24 @@ impl ReplayCache {
             .contains_key(&replay_id(thumbprint, jti))
     }
 
-    /// Records `jti` of the key `thumbprint`; false when it was already seen (a replay), or when
-    /// the cache or the key's share of it is full.
-    fn insert(&self, thumbprint: &str, jti: &str, now: Instant) -> bool {
+    /// Records `jti` of the key `thumbprint`, sent by `caller`; false when it was already seen
+    /// (a replay), or when the cache or the caller's share of it is full.
+    fn insert(&self, thumbprint: &str, jti: &str, caller: &str, now: Instant) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let ReplayState { seen, order, per_key } = &mut *state;
+        let ReplayState {
+            seen,
+            order,
+            per_caller,
+        } = &mut *state;
         while let Some((id, at, key)) = order.front() {
             if now.saturating_duration_since(*at) < REPLAY_RETENTION {
                 break;
             }
             seen.remove(id);
-            if let Some(n) = per_key.get_mut(key) {
+            if let Some(n) = per_caller.get_mut(key) {
                 *n -= 1;
                 if *n == 0 {
-                    per_key.remove(key);
+                    per_caller.remove(key);
                 }
             }
             order.pop_front();
@@ -96,12 +101,12 @@ impl ReplayCache {
         if seen.contains_key(&id) || seen.len() >= MAX_REPLAY_ENTRIES {
             return false;
         }
-        let key: Arc<str> = match per_key.get_key_value(thumbprint) {
-            Some((_, n)) if *n >= MAX_REPLAY_PER_KEY => return false,
+        let key: Arc<str> = match per_caller.get_key_value(caller) {
+            Some((_, n)) if *n >= MAX_REPLAY_PER_CALLER => return false,
             Some((k, _)) => k.clone(),
-            None => Arc::from(thumbprint),
+            None => Arc::from(caller),
         };
-        *per_key.entry(key.clone()).or_insert(0) += 1;
+        *per_caller.entry(key.clone()).or_insert(0) += 1;
         seen.insert(id, now);
         order.push_back((id, now, key));
         true
@@ -201,7 +206,9 @@ pub struct RequestTarget<'a> {
 }
 
 /// Verifies one DPoP proof for `access_token` and returns the key's RFC 7638 thumbprint. With
-/// `nonces`, the proof must carry one of them.
+/// `nonces`, the proof must carry one of them. `caller` (the token's identity and subject) is
+/// charged for its place in the replay cache.
+#[allow(clippy::too_many_arguments)]
 pub fn verify_proof(
     proof: &str,
     access_token: &str,
@@ -210,6 +217,7 @@ pub fn verify_proof(
     replay: &ReplayCache,
     nonces: Option<&Nonces>,
     bound_to: &str,
+    caller: &str,
 ) -> Result<String, ProofError> {
     let jws = token::parse(proof, PROOF_ALGORITHMS)?;
     if jws.typ() != Some("dpop+jwt") {
@@ -278,7 +286,7 @@ pub fn verify_proof(
             Some(_) => return Err("proof nonce is not a string".into()),
         }
     }
-    if !replay.insert(&thumbprint, jti, Instant::now()) {
+    if !replay.insert(&thumbprint, jti, caller, Instant::now()) {
         return Err("proof jti was already used".into());
     }
     Ok(thumbprint)
@@ -353,13 +361,13 @@ mod tests {
     fn replays_are_detected() {
         let cache = ReplayCache::default();
         let now = Instant::now();
-        assert!(cache.insert("k", "1", now));
-        assert!(!cache.insert("k", "1", now));
-        assert!(cache.insert("k", "2", now));
+        assert!(cache.insert("k", "1", "c", now));
+        assert!(!cache.insert("k", "1", "c", now));
+        assert!(cache.insert("k", "2", "c", now));
         // Another key's proof may use the same jti.
-        assert!(cache.insert("other", "1", now));
+        assert!(cache.insert("other", "1", "c", now));
         // Forgotten once the retention has passed.
-        assert!(cache.insert("k", "1", now + REPLAY_RETENTION));
+        assert!(cache.insert("k", "1", "c", now + REPLAY_RETENTION));
     }
 
     /// A nonce is good at the process that issued it, for its period and the next; another
@@ -390,17 +398,19 @@ mod tests {
         }
     }
 
-    /// One key sending fresh proofs as fast as it can fills its own share, not the cache: the
-    /// next key's proofs still pass, and the share frees as its ids expire.
+    /// One caller sending fresh proofs as fast as it can, over as many keys as it likes (a
+    /// client may bind each token to a new key), fills its own share, not the cache: another
+    /// caller's proofs still pass, and the share frees as its ids expire.
     #[test]
-    fn one_key_cannot_fill_the_replay_cache() {
+    fn one_caller_cannot_fill_the_replay_cache() {
         let cache = ReplayCache::default();
         let now = Instant::now();
-        for i in 0..MAX_REPLAY_PER_KEY {
-            assert!(cache.insert("greedy", &i.to_string(), now));
+        for i in 0..MAX_REPLAY_PER_CALLER {
+            let key = format!("key-{}", i % 10);
+            assert!(cache.insert(&key, &i.to_string(), "greedy", now));
         }
-        assert!(!cache.insert("greedy", "one-more", now));
-        assert!(cache.insert("modest", "1", now));
-        assert!(cache.insert("greedy", "one-more", now + REPLAY_RETENTION));
+        assert!(!cache.insert("key-new", "one-more", "greedy", now));
+        assert!(cache.insert("key-new", "1", "modest", now));
+        assert!(cache.insert("key-new", "one-more", "greedy", now + REPLAY_RETENTION));
     }
 }

@@ -446,12 +446,21 @@ impl Verifier {
                     .first()
                     .ok_or_else(|| IdentityError::new(ErrorKind::BindingRequired, "no DPoP proof"))?;
                 let nonces = self.nonces.as_deref();
-                dpop::verify_proof(proof, token, &presented.target, now, &self.replay, nonces, jkt).map_err(
-                    |e| match e {
-                        dpop::ProofError::Invalid(e) => IdentityError::new(ErrorKind::InvalidProof, e),
-                        dpop::ProofError::UseNonce(e) => IdentityError::new(ErrorKind::UseDpopNonce, e),
-                    },
-                )?;
+                let caller = format!("{}\u{0}{}", principal.identity, principal.subject);
+                dpop::verify_proof(
+                    proof,
+                    token,
+                    &presented.target,
+                    now,
+                    &self.replay,
+                    nonces,
+                    jkt,
+                    &caller,
+                )
+                .map_err(|e| match e {
+                    dpop::ProofError::Invalid(e) => IdentityError::new(ErrorKind::InvalidProof, e),
+                    dpop::ProofError::UseNonce(e) => IdentityError::new(ErrorKind::UseDpopNonce, e),
+                })?;
                 Ok(())
             }
         }
