@@ -117,10 +117,15 @@ impl Dir {
         let result = (|| {
             #[cfg(test)]
             std::thread::sleep(*self.slow_writes.lock().unwrap_or_else(|p| p.into_inner()));
+            // Made anew and exclusively, never through a link planted under the temporary name
+            // (in a group-writable volume): that would truncate whatever the link names.
+            match fs::remove_file(&tmp) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
             // Requests name who asked for what; only the gateway's user reads them.
             let mut f = OpenOptions::new()
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .write(true)
                 .mode(0o600)
                 .open(&tmp)?;

@@ -209,6 +209,23 @@ fn the_store_directory_is_private() {
     );
 }
 
+/// A link planted under a request's temporary name (a group member of a shared volume) is not
+/// written through: the file it names stays as it was, and the request is written.
+#[test]
+fn a_planted_link_is_never_written_through() {
+    let now = start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir);
+    let name = pending_name(a.request(&ask("f1"), now).unwrap());
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "keep me").unwrap();
+    let tmp = dir.path().join("approvals").join(format!("{name}.json.tmp"));
+    std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+    approve(&a, &name, "alice", 1, now).unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    assert_eq!(phase_of(&a, &name, now), ApprovalPhase::Approved);
+}
+
 #[test]
 fn a_request_is_created_with_its_evidence_and_persisted() {
     let t0 = start();
