@@ -114,6 +114,37 @@ pub enum RecordingError {
     Key(&'static str),
 }
 
+/// Refuses a recording directory that another user may write to, where sessions could be
+/// removed or planted before they are verified and shipped: one anybody may write to, or one
+/// owned by another user than the gateway's (or root, who owns mounted volumes). The gateway's
+/// own loses its group and other bits. A group-writable volume root of root's (Kubernetes
+/// `fsGroup`, whose group is the gateway's) is kept, as the approval store keeps one.
+fn check_private(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(dir)?;
+    let refused = |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
+    if meta.mode() & 0o002 != 0 {
+        return Err(refused(format!(
+            "refused: anybody may write to it (mode {:o})",
+            meta.mode() & 0o7777
+        )));
+    }
+    let own = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    if let Some(own) = own
+        && meta.uid() != own
+        && meta.uid() != 0
+    {
+        return Err(refused(format!(
+            "refused: it belongs to user {}, not to the gateway's user {own}",
+            meta.uid()
+        )));
+    }
+    if own == Some(meta.uid()) && meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(meta.mode() & 0o7700))?;
+    }
+    Ok(())
+}
+
 /// Reads an Ed25519 private key from PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`, as
 /// `openssl genpkey -algorithm ed25519` writes it) into the DER that [`Recorder::with_key`]
 /// takes, with the base64url public key that verifies its signatures.
@@ -400,6 +431,7 @@ impl Recorder {
             .recursive(true)
             .mode(0o700)
             .create(&dir)
+            .and_then(|()| check_private(&dir))
             .map_err(|source| RecordingError::Directory {
                 path: dir.clone(),
                 source,

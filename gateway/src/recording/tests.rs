@@ -809,3 +809,22 @@ fn a_configured_signing_key_signs_sessions_that_its_public_key_verifies() {
     assert!(signing_key_from_pem(b"MC4CAQAwBQYDK2VwBCIEIHDTMBYz").is_err());
     assert!(signing_key_from_pem(b"").is_err());
 }
+
+/// A spool another user may write to is refused (sessions could be removed or planted before
+/// they are shipped); the gateway's own loses its group and other bits.
+#[test]
+fn the_spool_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let spool = d.path().join("spool");
+    std::fs::create_dir(&spool).unwrap();
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = Recorder::new(&spool, RecordingMode::Required, "team/gw")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("anybody may write to it (mode 777)"), "{err}");
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o750)).unwrap();
+    Recorder::new(&spool, RecordingMode::Required, "team/gw").unwrap();
+    let mode = std::fs::metadata(&spool).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+}
