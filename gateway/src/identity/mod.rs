@@ -268,6 +268,10 @@ impl Verifier {
         // Where each issuer's keys come from, and which identity said so: an issuer has one key
         // set, so identities that name different ones are a configuration error, not a choice.
         let mut key_origins: HashMap<String, KeyOrigin> = HashMap::new();
+        let mut introspection_origins: HashMap<
+            String,
+            (String, Option<agentgate_crds::identity::Introspection>),
+        > = HashMap::new();
         for identity in identities {
             let spec = &identity.spec;
             if spec.token_type == TokenType::Jwt {
@@ -286,6 +290,25 @@ impl Verifier {
                     Some(_) => {}
                     None => {
                         key_origins.insert(spec.issuer.clone(), origin);
+                    }
+                }
+            }
+            // One introspector serves an issuer: identities that name other settings for it
+            // would have them ignored, so they are refused as keys are.
+            if spec.token_type == TokenType::Introspection {
+                match introspection_origins.get(&spec.issuer) {
+                    Some((first, settings)) if *settings != spec.introspection => {
+                        return Err(format!(
+                            "AgentIdentity {}: issuer {} is introspected as AgentIdentity {} says; identities of one issuer must name the same introspection settings",
+                            identity.name, spec.issuer, first
+                        ));
+                    }
+                    Some(_) => {}
+                    None => {
+                        introspection_origins.insert(
+                            spec.issuer.clone(),
+                            (identity.name.clone(), spec.introspection.clone()),
+                        );
                     }
                 }
             }

@@ -1080,6 +1080,38 @@ async fn identities_of_one_issuer_keep_their_own_token_type_and_algorithms() {
         panic!("two key sets for one issuer accepted")
     };
     assert!(err.contains("must name the same keys"), "{err}");
+    // Likewise two identities introspected at one issuer with other settings (another
+    // endpoint, client or secret): refused, not the first one's settings used for both.
+    let introspected_as = |name: &str, client: &str| {
+        let mut spec = okta_spec();
+        spec["tokenType"] = json!("Introspection");
+        spec["match"] = json!({"claims": {"cid": name}});
+        spec["introspection"] = json!({
+            "clientId": client, "authMethod": "client_secret_basic",
+            "secretRef": {"name": "idp", "key": "secret"}, "endpoint": "https://idp.example/introspect"
+        });
+        spec.as_object_mut().unwrap().remove("keys");
+        let mut i = Arc::try_unwrap(identity(name, spec, None)).unwrap();
+        i.introspection_secret = Some(SecretValue::new(b"s".to_vec()));
+        Arc::new(i)
+    };
+    let build = |second_client: &str| {
+        Verifier::new(
+            vec![
+                introspected_as("one", "agentgate"),
+                introspected_as("two", second_client),
+            ],
+            &KeyRegistry::default(),
+            &HttpFetcher::new().unwrap(),
+            Arc::new(ReplayCache::default()),
+            &VerifierOptions::default(),
+        )
+    };
+    let Err(err) = build("someone-else") else {
+        panic!("two introspection settings for one issuer accepted")
+    };
+    assert!(err.contains("must name the same introspection settings"), "{err}");
+    assert!(build("agentgate").is_ok());
 }
 
 #[tokio::test]
