@@ -1014,8 +1014,21 @@ fn jwts(t: &[u8], out: &mut Vec<Span>) {
     }
 }
 
-/// PEM private keys, from the BEGIN line through the matching END line, or to the end of the text
-/// when the END line is missing (a truncated key is still a secret).
+/// Bytes a PEM block's body may hold: base64, line breaks (also escaped, `\n` in JSON text),
+/// blanks of indentation, and the encapsulated headers of an encrypted key (`Proc-Type: 4,
+/// ENCRYPTED`, `DEK-Info: AES-128-CBC,...`).
+fn pem_body_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'+' | b'/' | b'=' | b'\\' | b':' | b',' | b'-' | b' ' | b'\t' | b'\r' | b'\n'
+        )
+}
+
+/// PEM private keys, from the BEGIN line through the matching END line; without one (a
+/// truncated key is still a secret), through as much as reads as a key's body. Nor does a match
+/// run past what a key's body may hold to reach an END line: text that is not one (`*/ OR
+/// true`, `&role=admin`) is never hidden with the key, from an approver above all.
 fn private_keys(t: &[u8], out: &mut Vec<Span>) {
     let mut from = 0;
     while let Some(k) = PEM_START.find(&t[from..]) {
@@ -1036,8 +1049,9 @@ fn private_keys(t: &[u8], out: &mut Vec<Span>) {
         end_line.extend_from_slice(b"-----END ");
         end_line.extend_from_slice(label);
         end_line.extend_from_slice(b"-----");
-        let end =
-            memmem::find(&t[header_end..], &end_line).map_or(t.len(), |e| header_end + e + end_line.len());
+        let body_end = header_end + t[header_end..].iter().take_while(|&&b| pem_body_byte(b)).count();
+        let end = memmem::find(&t[header_end..body_end], &end_line)
+            .map_or(body_end, |e| header_end + e + end_line.len());
         out.push(Span {
             start,
             end,
@@ -1334,6 +1348,29 @@ mod tests {
         );
         let open = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADAN";
         assert_eq!(only(&format!("x {open}"), Detector::PrivateKey), [open]);
+        // In JSON text (escaped line breaks), and encrypted with its headers.
+        let escaped = "-----BEGIN PRIVATE KEY-----\\nMIIE\\/x+\\n-----END PRIVATE KEY-----";
+        assert_eq!(
+            only(&format!("{{\"k\":\"{escaped}\\n\"}}"), Detector::PrivateKey),
+            [escaped]
+        );
+        let encrypted = "-----BEGIN RSA PRIVATE KEY-----\r\nProc-Type: 4,ENCRYPTED\r\nDEK-Info: AES-128-CBC,0A1B\r\n\r\n  MIIE==\r\n-----END RSA PRIVATE KEY-----";
+        assert_eq!(only(&format!("{encrypted}\n"), Detector::PrivateKey), [encrypted]);
+        // Nothing a key's body cannot hold is taken in, END line or not.
+        assert_eq!(
+            only(
+                "id = 1 /* -----BEGIN PRIVATE KEY----- */ OR true /* -----END PRIVATE KEY----- */",
+                Detector::PrivateKey
+            ),
+            ["-----BEGIN PRIVATE KEY----- "]
+        );
+        assert_eq!(
+            only(
+                "k=-----BEGIN PRIVATE KEY-----\nMIIE&role=admin",
+                Detector::PrivateKey
+            ),
+            ["-----BEGIN PRIVATE KEY-----\nMIIE"]
+        );
         assert!(
             only(
                 "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----",
