@@ -1017,7 +1017,7 @@ fn jwts(t: &[u8], out: &mut Vec<Span>) {
 /// Bytes a PEM block's body may hold: base64, line breaks (also escaped, `\n` in JSON text),
 /// blanks of indentation, and the encapsulated headers of an encrypted key (`Proc-Type: 4,
 /// ENCRYPTED`, `DEK-Info: AES-128-CBC,...`).
-fn pem_body_byte(b: u8) -> bool {
+pub(crate) fn pem_body_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,

@@ -886,10 +886,19 @@ fn pem_safe_end(text: &[u8]) -> usize {
         if memchr::memmem::find(&text[begin..header_end], PRIVATE_KEY).is_none() {
             continue;
         }
-        // Its END: the next END line that names a private key.
+        // Its END: the next END line that names a private key, within what a key's body may
+        // hold; past that the key's match has ended, and nothing is held for it.
+        let label = begin + PEM_BEGIN.len();
+        let marker_end =
+            memchr::memmem::find(&text[label..header_end], b"-----").map_or(header_end, |k| label + k + 5);
+        let body_end = marker_end
+            + text[marker_end..]
+                .iter()
+                .take_while(|&&b| crate::masking::detectors::pem_body_byte(b))
+                .count();
         let mut search = header_end;
         let mut closed = None;
-        while let Some(j) = memchr::memmem::find(&text[search..], PEM_END) {
+        while let Some(j) = memchr::memmem::find(&text[search.min(body_end)..body_end], PEM_END) {
             let at = search + j;
             let end_line = line_end(at);
             if memchr::memmem::find(&text[at..end_line], PRIVATE_KEY).is_some() {
@@ -900,6 +909,7 @@ fn pem_safe_end(text: &[u8]) -> usize {
         }
         match closed {
             Some(after) => from = after,
+            None if body_end < text.len() => from = body_end.max(header_end),
             None => return memchr::memrchr(b'\n', &text[..begin]).map_or(0, |i| i + 1),
         }
     }
@@ -1730,6 +1740,19 @@ mod tests {
         let mut chunks = vec!["-----BEGIN PRIVATE KEY-----\n"];
         chunks.extend(std::iter::repeat_n(filler, MAX_PEM_HOLD / 1000 + 2));
         assert!(masked_text(text_plan(), &chunks).await.is_err());
+        // A BEGIN line followed by what no key's body holds ends its match there: nothing
+        // after it is held, however long the text goes on without an END line.
+        let text = b"-----BEGIN PRIVATE KEY----- */ OR true\nnext\n";
+        assert_eq!(super::pem_safe_end(text), text.len());
+        let log: &'static str = Box::leak("log line; ok\n".repeat(MAX_PEM_HOLD / 10).into_boxed_str());
+        let out = masked_text(text_plan(), &["-----BEGIN PRIVATE KEY----- */ OR true\n", log])
+            .await
+            .unwrap();
+        assert!(
+            out.starts_with("[REDACTED:PRIVATE_KEY]*/ OR true\nlog line; ok\n"),
+            "{}",
+            &out[..60]
+        );
     }
 
     #[tokio::test]
