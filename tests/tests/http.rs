@@ -850,4 +850,22 @@ fn a_reload_of_the_recording_configuration_starts_new_sessions_on_open_connectio
             .then_some(())
     });
     assert!(closed.is_some(), "the old session was not closed");
+    // The two are chained: the old one's signed end names its successor, which names it.
+    let old = std::fs::read_to_string(&first).unwrap();
+    let id_of = |text: &str| -> String {
+        let start: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        start["session"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{start}"))
+            .to_string()
+    };
+    let successor = std::fs::read_dir(&s.gw.sessions)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .find(|t| t.contains(&format!("\"continues\":\"{}\"", id_of(&old))))
+        .expect("a session that continues the old one");
+    assert!(
+        old.contains(&format!("\"continued_by\":\"{}\"", id_of(&successor))),
+        "{old}"
+    );
 }

@@ -1325,6 +1325,7 @@ fn session_for(
         Err(_) => return Ok(None),
     };
     let mut sessions = conn.sessions.lock().unwrap_or_else(|p| p.into_inner());
+    let mut retired = None;
     if let Some(at) = sessions
         .iter()
         .position(|(i, c, _)| *i == principal.identity && *c == connection.name)
@@ -1342,15 +1343,13 @@ fn session_for(
         } else {
             return Ok(Some(current.clone()));
         };
-        // Closed (signed, synced) off the request's thread; a new one begins.
+        // A new one begins, naming the one it continues; the old one is closed (signed,
+        // synced) off the request's thread, naming its successor, so a file removed from the
+        // middle of a long connection's chain shows.
         let (_, _, old) = sessions.swap_remove(at);
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = old.close(json!({"reason": reason})) {
-                tracing::warn!(error = %e, "closing a session record failed");
-            }
-        });
+        retired = Some((old, reason));
     }
-    let start = json!({
+    let mut start = json!({
         "identity": principal.identity,
         "subject": principal.subject,
         "issuer": principal.issuer,
@@ -1363,7 +1362,22 @@ fn session_for(
         "dpop_bound": principal.binding.is_some(),
         "config_generation": plane.snapshot.generation,
     });
-    match recorder.start_session(start) {
+    if let (Some((old, _)), Some(o)) = (&retired, start.as_object_mut()) {
+        o.insert("continues".into(), json!(old.id()));
+    }
+    let started = recorder.start_session(start);
+    if let Some((old, reason)) = retired {
+        let end = match &started {
+            Ok(next) => json!({"reason": reason, "continued_by": next.id()}),
+            Err(_) => json!({"reason": reason}),
+        };
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = old.close(end) {
+                tracing::warn!(error = %e, "closing a session record failed");
+            }
+        });
+    }
+    match started {
         Ok(s) => {
             sessions.push((principal.identity.clone(), connection.name.clone(), s.clone()));
             Ok(Some(s))
