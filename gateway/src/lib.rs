@@ -18,5 +18,6 @@ pub mod metrics;
 #[cfg(test)]
 pub(crate) mod mutate;
 pub mod policy;
+pub mod private_dir;
 pub mod protocol;
 pub mod recording;

@@ -4,7 +4,7 @@
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use agentgate_crds::ApprovalRequest;
@@ -167,14 +167,6 @@ impl Dir {
     }
 }
 
-/// Refuses a store directory that another user could have filled with approved requests: one
-/// anybody may write to, or one owned by another user than the gateway's (or root, who owns
-/// mounted volumes). `/tmp/approvals`, made first by someone else, is the case in point.
-/// The process's own user: the owner of its /proc entry (Linux, where the gateway runs).
-fn own_uid() -> Option<u32> {
-    fs::metadata("/proc/self").map(|m| m.uid()).ok()
-}
-
 /// Why a request file may not be the gateway's own writing, if it may not.
 fn foreign_file(file: &Path) -> Option<&'static str> {
     let Ok(meta) = fs::symlink_metadata(file) else {
@@ -186,40 +178,22 @@ fn foreign_file(file: &Path) -> Option<&'static str> {
     if meta.mode() & 0o022 != 0 {
         return Some("others may write to it");
     }
-    match own_uid() {
+    match crate::private_dir::own_uid() {
         Some(own) if meta.uid() != own => Some("another user owns it"),
         _ => None,
     }
 }
 
+/// Refuses a store directory that another user could have filled with approved requests: one
+/// anybody may write to, or one owned by another user than the gateway's (or root, who owns
+/// mounted volumes). `/tmp/approvals`, made first by someone else, is the case in point.
 fn check_owner(path: &Path) -> Result<(), ApprovalError> {
-    let meta = fs::metadata(path).map_err(|e| ApprovalError::io(path, "cannot inspect the directory", e))?;
-    let insecure = |why: String| ApprovalError::Insecure {
-        dir: path.to_path_buf(),
-        why,
-    };
-    if meta.mode() & 0o002 != 0 {
-        return Err(insecure(format!(
-            "anybody may write to it (mode {:o})",
-            meta.mode() & 0o7777
-        )));
+    match crate::private_dir::check(path) {
+        Ok(None) => Ok(()),
+        Ok(Some(why)) => Err(ApprovalError::Insecure {
+            dir: path.to_path_buf(),
+            why,
+        }),
+        Err(e) => Err(ApprovalError::io(path, "cannot inspect the directory", e)),
     }
-    let own = own_uid();
-    if let Some(own) = own
-        && meta.uid() != own
-        && meta.uid() != 0
-    {
-        return Err(insecure(format!(
-            "it belongs to user {}, not to the gateway's user {own}",
-            meta.uid()
-        )));
-    }
-    // A directory of the gateway's own that others may read or write is made private again. A
-    // group-writable volume root of another owner (Kubernetes `fsGroup`) is kept: its files
-    // are checked one by one instead.
-    if own == Some(meta.uid()) && meta.mode() & 0o077 != 0 {
-        fs::set_permissions(path, fs::Permissions::from_mode(0o700))
-            .map_err(|e| ApprovalError::io(path, "cannot make the directory private", e))?;
-    }
-    Ok(())
 }

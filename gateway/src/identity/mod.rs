@@ -667,13 +667,7 @@ fn algorithm(a: SigningAlgorithm) -> Algorithm {
 /// provider that says nothing (oidc-provider omits `token_type` for refresh tokens) cannot be
 /// told apart here.
 fn not_an_access_token(claims: &Value) -> Option<String> {
-    let text = |name: &str| {
-        claims
-            .get(name)
-            .and_then(Value::as_str)
-            .map(str::to_ascii_lowercase)
-    };
-    if let Some(t) = text("token_type") {
+    if let Some(t) = claim_text(claims, "token_type") {
         let kind = t.rsplit(':').next().unwrap_or_default();
         if matches!(kind, "refresh_token" | "id_token") {
             return Some(format!("introspection says this is a {kind}"));
@@ -687,18 +681,12 @@ fn not_an_access_token(claims: &Value) -> Option<String> {
 /// (`id`), and the claims only ID tokens carry. An ID token often has the right `aud` (the
 /// client's id), and for Cognito it is the only token that has one.
 fn payload_says_not_access(claims: &Value) -> Option<String> {
-    let text = |name: &str| {
-        claims
-            .get(name)
-            .and_then(Value::as_str)
-            .map(str::to_ascii_lowercase)
-    };
-    if let Some(t) = text("typ")
+    if let Some(t) = claim_text(claims, "typ")
         && matches!(t.as_str(), "refresh" | "offline" | "id")
     {
         return Some(format!("the token's typ claim is {t}"));
     }
-    if let Some(t) = text("token_use")
+    if let Some(t) = claim_text(claims, "token_use")
         && t != "access"
     {
         return Some(format!("the token's token_use is {t}, not access"));
@@ -707,6 +695,14 @@ fn payload_says_not_access(claims: &Value) -> Option<String> {
         .into_iter()
         .find(|c| claims.get(*c).is_some())
         .map(|c| format!("token carries {c}: an ID token"))
+}
+
+/// A string claim, lower-case.
+fn claim_text(claims: &Value, name: &str) -> Option<String> {
+    claims
+        .get(name)
+        .and_then(Value::as_str)
+        .map(str::to_ascii_lowercase)
 }
 
 /// `spiffe://<trust domain>` of a token whose `sub` is a SPIFFE ID.

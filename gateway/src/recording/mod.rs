@@ -115,34 +115,15 @@ pub enum RecordingError {
 }
 
 /// Refuses a recording directory that another user may write to, where sessions could be
-/// removed or planted before they are verified and shipped: one anybody may write to, or one
-/// owned by another user than the gateway's (or root, who owns mounted volumes). The gateway's
-/// own loses its group and other bits. A group-writable volume root of root's (Kubernetes
-/// `fsGroup`, whose group is the gateway's) is kept, as the approval store keeps one.
+/// removed or planted before they are verified and shipped (see [`crate::private_dir`]).
 fn check_private(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let meta = std::fs::metadata(dir)?;
-    let refused = |why: String| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why);
-    if meta.mode() & 0o002 != 0 {
-        return Err(refused(format!(
-            "refused: anybody may write to it (mode {:o})",
-            meta.mode() & 0o7777
-        )));
+    match crate::private_dir::check(dir)? {
+        None => Ok(()),
+        Some(why) => Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("refused: {why}"),
+        )),
     }
-    let own = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
-    if let Some(own) = own
-        && meta.uid() != own
-        && meta.uid() != 0
-    {
-        return Err(refused(format!(
-            "refused: it belongs to user {}, not to the gateway's user {own}",
-            meta.uid()
-        )));
-    }
-    if own == Some(meta.uid()) && meta.mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(meta.mode() & 0o7700))?;
-    }
-    Ok(())
 }
 
 /// Reads an Ed25519 private key from PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`, as
