@@ -258,7 +258,7 @@ fn approvers_list_approve_and_deny_with_the_cli_and_decisions_survive_a_restart(
     let r = cli(&gw, None, &["list"]);
     assert!(!r.ok);
     assert!(r.stderr.contains("AGENTGATE_TOKEN"), "{}", r.stderr);
-    let r = cli(&gw, Some(&carol), &["deny", &once]);
+    let r = cli(&gw, Some(&carol), &["approve", &once]);
     assert!(!r.ok);
     assert!(
         r.stderr.contains("409") && r.stderr.contains("is Approved"),

@@ -235,14 +235,19 @@ async fn approvers_list_show_and_decide() {
         f.approvals.get(&name, unix_now()).unwrap().status.unwrap().phase,
         ApprovalPhase::Approved
     );
-    // Decided: no more decisions.
+    // Decided: no more approvals; a deny withdraws the unspent grant.
     let carol = f.human("carol", &["dba"]);
     let (status, p) = f
-        .call("POST", &format!("/approvals/{name}/deny"), Some(&carol), "")
+        .call("POST", &format!("/approvals/{name}/approve"), Some(&carol), "")
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(p["type"], "https://agentgate.dev/problems/not-pending");
     assert!(p["detail"].as_str().unwrap().contains("is Approved"), "{p}");
+    let (status, r) = f
+        .call("POST", &format!("/approvals/{name}/deny"), Some(&carol), "")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(r["status"]["phase"], "Denied");
 }
 
 #[tokio::test]

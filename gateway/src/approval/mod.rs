@@ -929,7 +929,10 @@ impl Approvals {
             return Err(DecideError::NotFound { name: name.into() });
         };
         let phase = entry.phase();
-        if phase != ApprovalPhase::Pending {
+        // An approval can be withdrawn while its grant is unspent (a Window's remaining time, an
+        // unused Once): an approver's deny ends it, as a later deny does in Kubernetes mode.
+        let withdrawing = phase == ApprovalPhase::Approved && state == DecisionState::Denied;
+        if phase != ApprovalPhase::Pending && !withdrawing {
             return Err(DecideError::NotPending {
                 name: name.into(),
                 phase,
@@ -962,7 +965,7 @@ impl Approvals {
                 user: approver.user.clone(),
             });
         }
-        if spec.decisions.contains_key(&approver.user) {
+        if spec.decisions.contains_key(&approver.user) && !withdrawing {
             return Err(DecideError::AlreadyDecided {
                 user: approver.user.clone(),
             });

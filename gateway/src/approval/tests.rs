@@ -209,6 +209,42 @@ fn the_store_directory_is_private() {
     );
 }
 
+/// An approval is withdrawn by an approver's deny while its grant is unspent: the Window ends
+/// at once, for the approver who gave it too; a used grant or a denial cannot be undone.
+#[test]
+fn an_unspent_grant_can_be_withdrawn() {
+    let now = start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir);
+    let w = window(ask("w1"), "8h");
+    let name = pending_name(a.request(&w, now).unwrap());
+    approve(&a, &name, "alice", 1, now).unwrap();
+    assert_eq!(
+        a.request(&w, now + 1).unwrap(),
+        Ticket::Granted { name: name.clone() }
+    );
+    let deny = |who: &str| {
+        a.decide(
+            &name,
+            &user(who),
+            DecisionState::Denied,
+            Some("revoked".into()),
+            Some(&rule(1)),
+            8 * HOUR,
+            now + 2,
+        )
+    };
+    deny("alice").unwrap();
+    assert_eq!(phase_of(&a, &name, now + 2), ApprovalPhase::Denied);
+    assert!(matches!(
+        a.request(&w, now + 3).unwrap(),
+        Ticket::Pending { created: true, .. }
+    ));
+    // Nothing to withdraw any more, nor can it be approved again.
+    assert!(deny("bob").is_err());
+    assert!(approve(&a, &name, "bob", 1, now + 4).is_err());
+}
+
 /// A link planted under a request's temporary name (a group member of a shared volume) is not
 /// written through: the file it names stays as it was, and the request is written.
 #[test]
