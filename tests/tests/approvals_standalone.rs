@@ -467,7 +467,34 @@ fn http_defer_then_retry_and_hold_through_the_data_path() {
     let retyped = post_as("application/merge-patch+json", r#"{"id": 1}"#);
     assert_eq!(retyped.status, 403, "{retyped:?}");
     assert_ne!(retyped.json()["approvalRequest"].as_str(), Some(name.as_str()));
-    let r = post(r#"{"id": 1}"#);
+    // A header that may change what the upstream does is part of the operation, shown to the
+    // approver; one a client draws afresh for each request (a trace id) is not.
+    let with_header = |h: &str| {
+        agentgate_e2e::curl(
+            &[
+                "-X",
+                "POST",
+                "-H",
+                &auth,
+                "-H",
+                "Content-Type: application/json",
+                "-H",
+                h,
+                "--data",
+                r#"{"id": 1}"#,
+            ],
+            &gw.url("/orders/echo/orders"),
+        )
+    };
+    let copied = with_header("X-Amz-Copy-Source: /secret/obj");
+    assert_eq!(copied.status, 403, "{copied:?}");
+    let copied = copied.json()["approvalRequest"].as_str().unwrap().to_string();
+    assert_ne!(copied, name);
+    assert_eq!(
+        detail(&copied),
+        "content-type: application/json\nx-amz-copy-source: /secret/obj\nbody: {\"id\": 1}"
+    );
+    let r = with_header("traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(
         upstream.requests().matches("POST /echo/orders").count(),

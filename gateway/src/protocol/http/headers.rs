@@ -86,6 +86,65 @@ const SECRET_HEADERS: &[&str] = &[
     "x-auth-token",
 ];
 
+/// Request headers an approval does not cover: credentials (the agent's, replaced on the way
+/// out), framing, the body's type (covered on its own), the agent's reason, and values a client
+/// draws afresh for every request (tracing ids, kubectl's session), which a retry after the
+/// approval would not repeat.
+const UNBOUND_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "dpop",
+    "cookie",
+    "host",
+    "content-length",
+    "content-type",
+    "expect",
+    "agentgate-reason",
+    "user-agent",
+    "accept",
+    "accept-encoding",
+    "accept-language",
+    "date",
+    "traceparent",
+    "tracestate",
+    "baggage",
+    "b3",
+    "sentry-trace",
+    "x-request-id",
+    "x-correlation-id",
+    "x-amzn-trace-id",
+    "x-cloud-trace-context",
+    "kubectl-session",
+    "kubectl-command",
+];
+/// Prefixes of tracing headers drawn afresh per request.
+const UNBOUND_PREFIXES: &[&str] = &["x-b3-", "x-datadog-"];
+
+/// The request headers an approval covers, sorted by name (repeats in order): every forwarded
+/// one that may change what the upstream does (`X-Amz-Copy-Source`, `Destination`, `If-Match`),
+/// which is all but [`UNBOUND_HEADERS`] and the hop-by-hop and identity headers the gateway
+/// never forwards.
+pub fn bound_for_approval(headers: &HeaderMap) -> Vec<(&str, &HeaderValue)> {
+    let mut bound: Vec<(&str, &HeaderValue)> = headers
+        .iter()
+        .filter(|(n, _)| {
+            let d = dashed(n.as_str());
+            !UNBOUND_HEADERS.contains(&&*d)
+                && !UNBOUND_PREFIXES.iter().any(|p| d.starts_with(p))
+                && !is_hop_by_hop(n.as_str())
+                && !is_identity_header(n.as_str())
+        })
+        .map(|(n, v)| (n.as_str(), v))
+        .collect();
+    bound.sort_by(|a, b| a.0.cmp(b.0));
+    bound
+}
+
+/// Whether a header's values are secrets, shown `[REDACTED]` wherever they are shown.
+pub fn is_secret(name: &str) -> bool {
+    SECRET_HEADERS.contains(&&*dashed(name))
+}
+
 /// `name` with `_` read as `-`: CGI-style upstreams (WSGI, PHP, Rack) read `X_Forwarded_User`
 /// and `X-Forwarded-User`, or `Transfer_Encoding` and `Transfer-Encoding`, as the same variable,
 /// so every list of header names here is checked in both spellings.
@@ -370,6 +429,37 @@ mod tests {
             client_certificate: None,
         };
         assert!(inject_credential(&mut h, Some(&bad)).is_err());
+    }
+
+    /// An approval covers the headers that may change what the upstream does, sorted; not
+    /// credentials, framing, per-request tracing, or what the gateway never forwards.
+    #[test]
+    fn approvals_cover_the_headers_that_change_the_operation() {
+        let h = map(&[
+            ("x-amz-copy-source", "/secret/obj"),
+            ("authorization", "Bearer t"),
+            ("traceparent", "00-ab-cd-01"),
+            ("x_request_id", "r1"),
+            ("x-b3-traceid", "1"),
+            ("if-match", "\"v2\""),
+            ("connection", "keep-alive"),
+            ("x-forwarded-user", "admin"),
+            ("destination", "/b"),
+            ("content-type", "application/json"),
+        ]);
+        let bound: Vec<(&str, &str)> = bound_for_approval(&h)
+            .into_iter()
+            .map(|(n, v)| (n, v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            bound,
+            [
+                ("destination", "/b"),
+                ("if-match", "\"v2\""),
+                ("x-amz-copy-source", "/secret/obj")
+            ]
+        );
+        assert!(is_secret("x_api_key") && !is_secret("destination"));
     }
 
     #[test]

@@ -697,18 +697,43 @@ async fn proxy(
             .map(HeaderValue::as_bytes)
             .collect::<Vec<_>>()
             .join(&b'\n');
+        // So are the headers that may change what the upstream does (an S3 PUT with
+        // `X-Amz-Copy-Source` is a copy of another object).
+        let bound = headers::bound_for_approval(&parts.headers);
+        let mut bound_bytes = Vec::new();
+        for (name, value) in &bound {
+            bound_bytes.extend_from_slice(name.as_bytes());
+            bound_bytes.extend_from_slice(b": ");
+            bound_bytes.extend_from_slice(value.as_bytes());
+            bound_bytes.push(b'\n');
+        }
         let fingerprint = approval::fingerprint(&[
             parts.method.as_str().as_bytes(),
             path.as_bytes(),
             target.raw_query.as_deref().unwrap_or_default().as_bytes(),
             read_body.as_deref().unwrap_or_default(),
             &content_type,
+            &bound_bytes,
         ]);
         // What the approver sees beyond method and path, masked as the record is.
         let content_type = String::from_utf8_lossy(&content_type).into_owned();
+        let shown_headers: Vec<String> = bound
+            .iter()
+            .map(|(name, value)| {
+                let value = if headers::is_secret(name) {
+                    "[REDACTED]".into()
+                } else {
+                    plan.mask_text(&String::from_utf8_lossy(value.as_bytes()))
+                        .0
+                        .into_owned()
+                };
+                format!("{name}: {value}")
+            })
+            .collect();
         let detail = approval_detail(
             agent_token,
             (!content_type.is_empty()).then_some(content_type.as_str()),
+            &shown_headers,
             target.raw_query.as_deref().map(|q| plan.mask_text(q).0),
             read_body
                 .as_deref()
@@ -1081,6 +1106,7 @@ async fn proxy(
 fn approval_detail(
     agent_token: Option<&str>,
     content_type: Option<&str>,
+    bound_headers: &[String],
     query: Option<std::borrow::Cow<'_, str>>,
     body: Option<crate::recording::CappedBody<'_>>,
 ) -> Option<String> {
@@ -1089,6 +1115,7 @@ fn approval_detail(
         // Part of the operation: the same bytes as a merge and a strategic-merge patch differ.
         lines.push(format!("content-type: {ct}"));
     }
+    lines.extend(bound_headers.iter().cloned());
     if let Some(q) = query {
         lines.push(format!("query: {q}"));
     }
