@@ -1017,12 +1017,18 @@ fn jwts(t: &[u8], out: &mut Vec<Span>) {
 /// Bytes a PEM block's body may hold: base64, line breaks (also escaped, `\n` in JSON text),
 /// blanks of indentation, and the encapsulated headers of an encrypted key (`Proc-Type: 4,
 /// ENCRYPTED`, `DEK-Info: AES-128-CBC,...`).
-pub(crate) fn pem_body_byte(b: u8) -> bool {
+fn pem_body_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
             b'+' | b'/' | b'=' | b'\\' | b':' | b',' | b'-' | b' ' | b'\t' | b'\r' | b'\n'
         )
+}
+
+/// Where the run of bytes a PEM block's body may hold, from `from`, ends: no private key's
+/// match, nor the streamed masker's hold for one, goes past it.
+pub(crate) fn pem_body_end(t: &[u8], from: usize) -> usize {
+    from + t[from..].iter().take_while(|&&b| pem_body_byte(b)).count()
 }
 
 /// PEM private keys, from the BEGIN line through the matching END line; without one (a
@@ -1049,7 +1055,7 @@ fn private_keys(t: &[u8], out: &mut Vec<Span>) {
         end_line.extend_from_slice(b"-----END ");
         end_line.extend_from_slice(label);
         end_line.extend_from_slice(b"-----");
-        let body_end = header_end + t[header_end..].iter().take_while(|&&b| pem_body_byte(b)).count();
+        let body_end = pem_body_end(t, header_end);
         let end = memmem::find(&t[header_end..body_end], &end_line)
             .map_or(body_end, |e| header_end + e + end_line.len());
         out.push(Span {

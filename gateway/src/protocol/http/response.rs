@@ -891,11 +891,7 @@ fn pem_safe_end(text: &[u8]) -> usize {
         let label = begin + PEM_BEGIN.len();
         let marker_end =
             memchr::memmem::find(&text[label..header_end], b"-----").map_or(header_end, |k| label + k + 5);
-        let body_end = marker_end
-            + text[marker_end..]
-                .iter()
-                .take_while(|&&b| crate::masking::detectors::pem_body_byte(b))
-                .count();
+        let body_end = crate::masking::detectors::pem_body_end(text, marker_end);
         let mut search = header_end;
         let mut closed = None;
         while let Some(j) = memchr::memmem::find(&text[search.min(body_end)..body_end], PEM_END) {
