@@ -294,8 +294,8 @@ impl RemoteKeys {
         known.ok_or(KeyError::UnknownKey)
     }
 
-    /// Tests: the cached key set is stale from now on.
-    #[cfg(test)]
+    /// The cached key set is stale from now on: the next key wanted refetches (within the
+    /// cooldown), and the set stands in only while the provider cannot answer.
     pub(crate) fn make_stale(&self) {
         if let Some(c) = self.cached.write().unwrap_or_else(|p| p.into_inner()).as_mut() {
             c.fresh_until = Instant::now();

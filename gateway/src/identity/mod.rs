@@ -200,13 +200,28 @@ struct Issuer {
 /// (issuer, configured JWKS URI or `None` for discovery).
 type RemoteKeysId = (String, Option<String>);
 
-/// Remote key caches that outlive configuration reloads, keyed by issuer and JWKS source.
+/// Remote key caches that outlive configuration reloads, keyed by issuer and JWKS source: a
+/// reload keeps the refetch cooldown and the last good keys (for a provider that is down), but
+/// asks the provider again before trusting them (see [`KeyRegistry::reloaded`]).
 #[derive(Debug, Default)]
 pub struct KeyRegistry {
     remotes: Mutex<HashMap<RemoteKeysId, Arc<RemoteKeys>>>,
 }
 
 impl KeyRegistry {
+    /// A new configuration uses the caches `used`. The others are dropped, so an issuer added
+    /// back later starts afresh. The used ones turn stale: an operator who reloads after a
+    /// provider withdrew a leaked key expects the key gone then, not when the provider's
+    /// `max-age` (up to a day) runs out. A stale set is refetched on the next token, within the
+    /// cooldown, and stands in only while the provider cannot answer.
+    fn reloaded(&self, used: &[Arc<RemoteKeys>]) {
+        let mut remotes = self.remotes.lock().unwrap_or_else(|p| p.into_inner());
+        remotes.retain(|_, r| used.iter().any(|u| Arc::ptr_eq(u, r)));
+        for r in remotes.values() {
+            r.make_stale();
+        }
+    }
+
     fn get(
         &self,
         issuer: &str,
@@ -256,7 +271,8 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// Builds a verifier for `identities`. Remote keys come from `registry`, so they survive reloads.
+    /// Builds a verifier for `identities`. Remote keys come from `registry`, which it tells of
+    /// the reload (see [`KeyRegistry`]).
     pub fn new(
         identities: impl IntoIterator<Item = Arc<CompiledIdentity>>,
         registry: &KeyRegistry,
@@ -265,6 +281,7 @@ impl Verifier {
         options: &VerifierOptions,
     ) -> Result<Self, String> {
         let mut issuers: HashMap<String, Issuer> = HashMap::new();
+        let mut remotes = Vec::new();
         // Where each issuer's keys come from, and which identity said so: an issuer has one key
         // set, so identities that name different ones are a configuration error, not a choice.
         let mut key_origins: HashMap<String, KeyOrigin> = HashMap::new();
@@ -340,12 +357,12 @@ impl Verifier {
                                     })?;
                                     IssuerKeys::Static(set)
                                 }
-                                (None, uri) => IssuerKeys::Remote(registry.get(
-                                    &spec.issuer,
-                                    uri,
-                                    fetcher,
-                                    options.refetch_cooldown,
-                                )),
+                                (None, uri) => {
+                                    let remote =
+                                        registry.get(&spec.issuer, uri, fetcher, options.refetch_cooldown);
+                                    remotes.push(remote.clone());
+                                    IssuerKeys::Remote(remote)
+                                }
                             },
                         );
                     }
@@ -359,6 +376,7 @@ impl Verifier {
             }
             entry.identities.push(identity);
         }
+        registry.reloaded(&remotes);
         Ok(Self {
             issuers,
             cache: VerificationCache::new(options.cache_capacity),

@@ -1029,6 +1029,60 @@ async fn a_withdrawn_key_verifies_nothing_once_the_provider_answers() {
     assert!(check(&v, &new.sign(&c)).await.is_ok());
 }
 
+/// A reload asks the provider again: an operator who reloads after the provider withdrew a
+/// leaked key need not wait out the cached set's `max-age`. The set still stands in while the
+/// provider is down, and an issuer the new configuration drops starts afresh when it returns.
+#[tokio::test]
+async fn a_reload_refetches_keys_before_trusting_them_again() {
+    let (old, new) = (SigningKey::rsa("old").unwrap(), SigningKey::rsa("new").unwrap());
+    let server = jwks_server(SigningKey::jwks(&[&old])).await;
+    let registry = KeyRegistry::default();
+    let cooldown = Duration::from_millis(100);
+    let build = |registry: &KeyRegistry| {
+        verifier_with(
+            vec![identity("ci-agent", remote_spec(server.port), None)],
+            registry,
+            cooldown,
+        )
+    };
+    let with_jti = |key: &SigningKey, jti: &str| {
+        let mut c = claims();
+        c["jti"] = json!(jti);
+        key.sign(&c)
+    };
+    assert!(check(&build(&registry), &old.sign(&claims())).await.is_ok());
+    assert_eq!(server.hits.load(Ordering::SeqCst), 1);
+
+    // Reloaded while the provider is down: the last good keys stand in.
+    server.up.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(check(&build(&registry), &with_jti(&old, "t2")).await.is_ok());
+    assert_eq!(server.hits.load(Ordering::SeqCst), 2);
+
+    // The provider withdraws the key and is back: the next reload's first token asks it.
+    *server.body.lock().unwrap() = SigningKey::jwks(&[&new]).to_string();
+    server.up.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let v = build(&registry);
+    refused(&v, &with_jti(&old, "t3"), ErrorKind::InvalidSignature).await;
+    assert!(check(&v, &with_jti(&new, "t4")).await.is_ok());
+    let hits = server.hits.load(Ordering::SeqCst);
+
+    // A configuration without the issuer drops its cache; one that names it again fetches.
+    let other = SigningKey::rsa("other").unwrap();
+    drop(verifier_with(
+        vec![identity(
+            "ci-agent",
+            okta_spec(),
+            Some(&SigningKey::jwks(&[&other])),
+        )],
+        &registry,
+        cooldown,
+    ));
+    assert!(check(&build(&registry), &with_jti(&new, "t5")).await.is_ok());
+    assert_eq!(server.hits.load(Ordering::SeqCst), hits + 1);
+}
+
 /// Identities of one issuer share its keys, not their rules: a JWT checked locally never matches
 /// an identity that wants its tokens introspected, and each identity accepts only its own
 /// algorithms.
