@@ -12,7 +12,8 @@
 //! signature, so the signature vouches for the whole session and how it closed.
 //!
 //! A session's file is locked (`flock`) while the session is open; closing it, or the process
-//! ending, releases the lock.
+//! ending, releases the lock. It is created and locked as `.<name>.new`, then renamed, so no file
+//! of a session's name is ever unlocked while its session is open.
 //!
 //! Callers mask secrets before recording; this module never logs what it records.
 
@@ -64,8 +65,13 @@ pub fn is_session_file(path: &Path) -> bool {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return false;
     };
+    is_session_file_name(name) && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file())
+}
+
+/// Whether `name` has a session file's shape.
+fn is_session_file_name(name: &str) -> bool {
     let b = name.as_bytes();
-    let shape = b.len() == 16 + 1 + 32 + 6
+    b.len() == 16 + 1 + 32 + 6
         && b[..8].iter().all(u8::is_ascii_digit)
         && b[8] == b'T'
         && b[9..15].iter().all(u8::is_ascii_digit)
@@ -74,8 +80,74 @@ pub fn is_session_file(path: &Path) -> bool {
         && b[17..49]
             .iter()
             .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
-        && name.ends_with(".jsonl");
-    shape && std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_file())
+        && name.ends_with(".jsonl")
+}
+
+/// The staging name of session file `name`, which no sweep, prune or listing takes for a session.
+fn staging_name(name: &str) -> String {
+    format!(".{name}{STAGING_SUFFIX}")
+}
+
+/// What ends a session file's staging name.
+const STAGING_SUFFIX: &str = ".new";
+
+/// How long a staging file may stand unlocked before it counts as left by a crash between its
+/// creation and its rename (which takes microseconds), and is removed.
+pub const STAGING_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Creates session file `name` in `dir`, locked. A session file is locked while its session is
+/// open, so a shipper (see [`shipping`]) or retention can tell a file still being written from one
+/// whose process died; created under its own name, it would stand unlocked between `open` and
+/// `flock`, and a sweep then could ship (and remove) a session just starting. So it is created
+/// and locked under a staging name, and renamed (the lock goes with the open file).
+fn open_locked(dir: &Path, name: &str) -> std::io::Result<File> {
+    let staging = dir.join(staging_name(name));
+    let file = OpenOptions::new()
+        .append(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&staging)?;
+    #[cfg(test)]
+    tests::before_lock(dir);
+    let renamed = file
+        .try_lock()
+        .map_err(std::io::Error::from)
+        .and_then(|()| std::fs::rename(&staging, dir.join(name)));
+    match renamed {
+        Ok(()) => Ok(file),
+        Err(e) => {
+            let _ = std::fs::remove_file(&staging);
+            Err(e)
+        }
+    }
+}
+
+/// Removes the staging files in `dir` (see [`open_locked`]) that are unlocked and were created
+/// more than [`STAGING_GRACE`] before `now`: left by a process that died mid-creation. Returns
+/// how many.
+pub fn remove_stale_staging(dir: &Path, now: std::time::SystemTime) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        let staged = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix('.'))
+            .and_then(|n| n.strip_suffix(STAGING_SUFFIX))
+            .is_some_and(is_session_file_name);
+        let stale = std::fs::symlink_metadata(&path).is_ok_and(|m| {
+            m.file_type().is_file()
+                && m.modified()
+                    .is_ok_and(|t| now.duration_since(t).is_ok_and(|age| age >= STAGING_GRACE))
+        });
+        if staged && stale && !is_open(&path).unwrap_or(true) && std::fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// Whether a process holds `file`'s lock: its session is open (see [`Recorder::start_session`]).
@@ -454,18 +526,9 @@ impl Recorder {
         let mut raw = [0u8; 16];
         aws_lc_rs::rand::fill(&mut raw).map_err(|_| RecordingError::Key("random generator failed"))?;
         let id = chain::hex(&raw);
-        let path = self
-            .inner
-            .dir
-            .join(format!("{}-{id}.jsonl", Timestamp::now().compact()));
-        let opened = OpenOptions::new()
-            .append(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path);
-        // Locked while the session is open, so that a shipper (see [`shipping`]) can tell a file
-        // still being written from one whose process died.
-        let opened = opened.and_then(|file| file.try_lock().map(|()| file).map_err(std::io::Error::from));
+        let name = format!("{}-{id}.jsonl", Timestamp::now().compact());
+        let path = self.inner.dir.join(&name);
+        let opened = open_locked(&self.inner.dir, &name);
         let (file, error) = match opened {
             Ok(file) => (Some(file), None),
             Err(source) => (

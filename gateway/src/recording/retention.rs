@@ -12,6 +12,7 @@ pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Deletes the session files in `dir` last modified before `now - retention` whose sessions are
 /// not open. Returns how many were deleted.
 pub fn prune(dir: &Path, retention: Duration, now: SystemTime) -> usize {
+    super::remove_stale_staging(dir, now);
     let Some(cutoff) = now.checked_sub(retention) else {
         return 0;
     };
@@ -93,9 +94,15 @@ mod tests {
             .path()
             .join(format!("20200101T000000Z-{}.jsonl", "a".repeat(32)));
         std::os::unix::fs::symlink(&foreign, &link).unwrap();
+        // A session file's staging name, left by a process that died creating it.
+        let staging = dir
+            .path()
+            .join(format!(".20200101T000000Z-{}.jsonl.new", "b".repeat(32)));
+        std::fs::write(&staging, "").unwrap();
+        age(&staging, 2 * super::super::STAGING_GRACE);
 
         assert_eq!(prune(dir.path(), 7 * day, SystemTime::now()), 1);
-        assert!(!expired.path().exists());
+        assert!(!expired.path().exists() && !staging.exists());
         assert!(recent.path().exists() && open.path().exists() && other.exists());
         assert!(foreign.exists() && link.symlink_metadata().is_ok());
         // Once the long session closes (and its file is old), it goes too.

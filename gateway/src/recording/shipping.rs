@@ -34,8 +34,8 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use crate::config::compile::ObjectStorage;
 use crate::metrics::Metrics;
 
-/// How long an unlocked, unclosed file must be left unchanged before it counts as cut off (a
-/// recorder creates a file, then locks it).
+/// How long an unlocked, unclosed file must be left unchanged before it counts as cut off: a
+/// session's file is locked before it takes its name, so this covers other writers of the spool.
 pub const CUT_OFF_GRACE: Duration = Duration::from_secs(10);
 /// How often the spool is swept for sessions to ship.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
@@ -436,6 +436,7 @@ fn scan(dir: &Path, open: &mut HashMap<PathBuf, u64>, grace: Duration) -> Scan {
         }
     };
     files.sort();
+    super::remove_stale_staging(dir, std::time::SystemTime::now());
     open.retain(|p, _| files.binary_search(p).is_ok());
     for file in files {
         match ready(open, &file, grace) {
@@ -646,6 +647,15 @@ mod tests {
         std::fs::write(&left, b"{\"type\":\"session.start\"}\n").unwrap();
         age(&left);
         assert!(s.ready(&left, CUT_OFF_GRACE).unwrap());
+        // A staging file left by a crash mid-creation is never shipped; the sweep removes it.
+        let staging = dir
+            .path()
+            .join(format!(".19700101T000002Z-{}.jsonl.new", "2".repeat(32)));
+        std::fs::write(&staging, b"").unwrap();
+        age(&staging);
+        let listed = scan(dir.path(), &mut HashMap::new(), Duration::ZERO);
+        assert!(!listed.ready.contains(&staging) && !staging.exists());
+        assert!(listed.ready.contains(&left));
     }
 
     #[test]

@@ -11,6 +11,82 @@ use serde_json::json;
 use super::chain::{self, GENESIS, HASH_SUFFIX_LEN, sha256_hex};
 use super::*;
 
+type Hook = Box<dyn Fn(&Path)>;
+
+thread_local! {
+    /// Run by [`open_locked`] between creating a session's file and locking it.
+    static BEFORE_LOCK: std::cell::RefCell<Option<Hook>> = const { std::cell::RefCell::new(None) };
+}
+
+pub(super) fn before_lock(dir: &Path) {
+    BEFORE_LOCK.with(|hook| {
+        if let Some(f) = hook.borrow().as_ref() {
+            f(dir);
+        }
+    });
+}
+
+/// A sweep that lists the spool while a session is being created never finds its file unlocked,
+/// which it would take for a session cut off by a crash (and, in the final sweep, ship at once).
+#[test]
+fn a_session_file_is_never_seen_unlocked_while_it_is_created() {
+    let (_dir, rec) = recorder(RecordingMode::Required);
+    let seen_unlocked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = seen_unlocked.clone();
+    BEFORE_LOCK.with(|hook| {
+        *hook.borrow_mut() = Some(Box::new(move |dir: &Path| {
+            for entry in fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if is_session_file(&path) && !is_open(&path).unwrap() {
+                    seen.lock().unwrap().push(path);
+                }
+            }
+        }));
+    });
+    let session = rec.start_session(json!({"identity": "agent"}));
+    BEFORE_LOCK.with(|hook| hook.borrow_mut().take());
+    let session = session.unwrap();
+    assert_eq!(*seen_unlocked.lock().unwrap(), Vec::<PathBuf>::new());
+    assert!(is_open(session.path()).unwrap());
+    let names: Vec<_> = fs::read_dir(session.path().parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        [session.path().file_name().unwrap()],
+        "no staging file is left"
+    );
+    session.close(json!({})).unwrap();
+    assert!(verify::verify_file(session.path(), None).is_ok());
+}
+
+/// Staging files left by a process that died between creating and renaming one are removed once
+/// unlocked and old; nothing else is.
+#[test]
+fn stale_staging_files_are_removed_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("20260101T000000Z-{}.jsonl", "a".repeat(32));
+    let make = |name: &str, age_secs: u64| {
+        let path = dir.path().join(name);
+        let f = fs::File::create(&path).unwrap();
+        f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(age_secs))
+            .unwrap();
+        (path, f)
+    };
+    let (stale, _) = make(&staging_name(&name), 120);
+    let (fresh, _) = make(&staging_name(&name.replace('a', "b")), 1);
+    let (locked, held) = make(&staging_name(&name.replace('a', "c")), 120);
+    held.try_lock().unwrap();
+    let (session, _) = make(&name, 120);
+    let (foreign, _) = make(".notes.txt.new", 120);
+    assert_eq!(remove_stale_staging(dir.path(), std::time::SystemTime::now()), 1);
+    assert!(!stale.exists());
+    for kept in [&fresh, &locked, &session, &foreign] {
+        assert!(kept.exists(), "{} was removed", kept.display());
+    }
+}
+
 fn recorder(mode: RecordingMode) -> (tempfile::TempDir, Recorder) {
     let dir = tempfile::tempdir().unwrap();
     let rec = Recorder::new(dir.path().join("spool"), mode, "team/gw").unwrap();
