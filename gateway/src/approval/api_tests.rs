@@ -26,6 +26,16 @@ struct Fixture {
 }
 
 fn write_manifests(dir: &Path, agent_jwks: &Value, human_jwks: &Value) {
+    write_manifests_with(
+        dir,
+        agent_jwks,
+        human_jwks,
+        "keys: {secretRef: {name: keys, key: humans}}",
+    );
+}
+
+/// The manifests, with `approver_keys` the approvers' AgentIdentity's way of checking tokens.
+fn write_manifests_with(dir: &Path, agent_jwks: &Value, human_jwks: &Value, approver_keys: &str) {
     let yaml = format!(
         r#"apiVersion: agentgate.dev/v1alpha1
 kind: AgentGateway
@@ -54,7 +64,7 @@ spec:
   match: {{claims: {{azp: approval-cli}}}}
   groups: {{claim: groups}}
   approver: true
-  keys: {{secretRef: {{name: keys, key: humans}}}}
+  {approver_keys}
 ---
 apiVersion: agentgate.dev/v1alpha1
 kind: Connection
@@ -86,6 +96,7 @@ metadata: {{name: keys, namespace: agents}}
 stringData:
   agents: '{agent_jwks}'
   humans: '{human_jwks}'
+  introspection: not-a-real-secret
 "#
     );
     std::fs::write(dir.join("all.yaml"), yaml).unwrap();
@@ -388,4 +399,101 @@ fn rules_are_looked_up_as_configured() {
     assert!(configured_rule(cfg, "orders", "writes").is_some());
     assert!(configured_rule(cfg, "orders", "reads").is_none());
     assert!(configured_rule(cfg, "other", "writes").is_none());
+}
+
+/// A flood of junk tokens at the admin listener spends the share of the introspection budget
+/// that its address has, as an agent's address would, not the whole provider budget that every
+/// agent's opaque token needs too.
+#[tokio::test]
+async fn approver_tokens_from_one_address_take_that_address_s_introspection_share() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let idp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let idp_port = idp.local_addr().unwrap().port();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    let idp_task = tokio::spawn(async move {
+        while let Ok((stream, _)) = idp.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    async {
+                        let mut resp = Response::new(Full::new(Bytes::from_static(br#"{"active":false}"#)));
+                        resp.headers_mut()
+                            .insert(CONTENT_TYPE, "application/json".parse().unwrap());
+                        Ok::<_, std::convert::Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let agent_key = SigningKey::ec("agents-1").unwrap();
+    write_manifests_with(
+        &manifests,
+        &SigningKey::jwks(&[&agent_key]),
+        &SigningKey::jwks(&[&agent_key]),
+        &format!(
+            "tokenType: Introspection\n  introspection: {{endpoint: 'http://127.0.0.1:{idp_port}/introspect', \
+             clientId: agentgate, authMethod: client_secret_basic, secretRef: {{name: keys, key: introspection}}}}"
+        ),
+    );
+    let config = crate::config::load(&LoadOptions {
+        manifests,
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let snapshot = Arc::new(Snapshot {
+        generation: 1,
+        config,
+        loaded_at: SystemTime::now(),
+    });
+    let gateway = Gateway::new(Metrics::new());
+    gateway.install(snapshot.clone());
+    let (_snapshots_tx, snapshots) = tokio::sync::watch::channel(Some(snapshot));
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let admin = crate::admin::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
+    let state = crate::admin::AdminState {
+        snapshots,
+        metrics: Metrics::new(),
+        approvals: Some(Approvals::open(dir.path().join("approvals"), "agents").unwrap()),
+        gateway: Some(gateway),
+    };
+    let admin_task = tokio::spawn(crate::admin::serve(admin, state, shutdown));
+
+    // Below the provider budget (50 a second), above an address's share of it (12).
+    const FLOOD: usize = 40;
+    for i in 0..FLOOD {
+        let mut conn = tokio::net::TcpStream::connect(admin_addr).await.unwrap();
+        let request = format!(
+            "GET /approvals HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer junk-opaque-token-{i:04}\r\nConnection: close\r\n\r\n"
+        );
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            !answer.contains("junk-opaque-token"),
+            "the token is echoed: {answer}"
+        );
+    }
+    let asked = hits.load(Ordering::SeqCst);
+    assert!(asked >= 1, "the provider was never asked");
+    assert!(
+        asked
+            <= 2 * (crate::identity::introspection::MAX_CALLS_PER_SECOND
+                / crate::identity::introspection::PEER_SHARE) as usize,
+        "{asked} of {FLOOD} junk tokens reached the provider"
+    );
+    let _ = stop.send(true);
+    let _ = admin_task.await;
+    idp_task.abort();
 }
