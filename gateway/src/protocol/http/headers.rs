@@ -116,9 +116,18 @@ const UNBOUND_HEADERS: &[&str] = &[
     "x-cloud-trace-context",
     "kubectl-session",
     "kubectl-command",
+    // SDKs' own per-request and per-attempt ids: AWS (`attempt=2; max=3` on a retry), Azure,
+    // and generic ones.
+    "amz-sdk-invocation-id",
+    "amz-sdk-request",
+    "x-ms-client-request-id",
+    "x-client-request-id",
+    "request-id",
 ];
-/// Prefixes of tracing headers drawn afresh per request.
-const UNBOUND_PREFIXES: &[&str] = &["x-b3-", "x-datadog-"];
+/// Prefixes of headers drawn afresh per request or describing the client, not the operation:
+/// tracing, and the Stainless-generated SDKs' (OpenAI's, Anthropic's) `X-Stainless-Retry-Count`,
+/// `-Timeout`, `-Lang` and the like.
+const UNBOUND_PREFIXES: &[&str] = &["x-b3-", "x-datadog-", "x-stainless-"];
 
 /// The request headers an approval covers, sorted by name (repeats in order): every forwarded
 /// one that may change what the upstream does (`X-Amz-Copy-Source`, `Destination`, `If-Match`),
@@ -441,6 +450,10 @@ mod tests {
             ("traceparent", "00-ab-cd-01"),
             ("x_request_id", "r1"),
             ("x-b3-traceid", "1"),
+            ("amz-sdk-request", "attempt=2; max=3"),
+            ("amz-sdk-invocation-id", "5e1c"),
+            ("x-stainless-retry-count", "1"),
+            ("idempotency-key", "k-1"),
             ("if-match", "\"v2\""),
             ("connection", "keep-alive"),
             ("x-forwarded-user", "admin"),
@@ -455,6 +468,7 @@ mod tests {
             bound,
             [
                 ("destination", "/b"),
+                ("idempotency-key", "k-1"),
                 ("if-match", "\"v2\""),
                 ("x-amz-copy-source", "/secret/obj")
             ]
