@@ -1014,27 +1014,92 @@ fn jwts(t: &[u8], out: &mut Vec<Span>) {
     }
 }
 
-/// Bytes a PEM block's body may hold: base64, line breaks (also escaped, `\n` in JSON text),
-/// blanks of indentation, and the encapsulated headers of an encrypted key (`Proc-Type: 4,
-/// ENCRYPTED`, `DEK-Info: AES-128-CBC,...`).
-fn pem_body_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'+' | b'/' | b'=' | b'\\' | b':' | b',' | b'-' | b' ' | b'\t' | b'\r' | b'\n'
-        )
+/// Shortest run of base64 a key's body line holds, but its last: encoders wrap at 64 (PEM),
+/// 70 (OpenSSH) or 76 (MIME) characters. A shorter word amid a "body" is text, not key.
+const MIN_PEM_CHUNK: usize = 16;
+
+/// The encapsulated headers an encrypted PEM key may carry before its base64.
+const PEM_HEADERS: [&[u8]; 2] = [b"Proc-Type:", b"DEK-Info:"];
+
+/// The end of the separators at `i`: blanks, line breaks, and escaped line breaks (`\n`,
+/// `\\r\\n` in JSON text escaped once or twice).
+fn pem_separators_end(t: &[u8], mut i: usize) -> usize {
+    loop {
+        match t.get(i) {
+            Some(b' ' | b'\t' | b'\r' | b'\n') => i += 1,
+            Some(b'\\') => {
+                let slashes = t[i..].iter().take_while(|&&b| b == b'\\').count();
+                match t.get(i + slashes) {
+                    Some(b'n' | b'r' | b't') => i += slashes + 1,
+                    _ => return i,
+                }
+            }
+            _ => return i,
+        }
+    }
 }
 
-/// Where the run of bytes a PEM block's body may hold, from `from`, ends: no private key's
-/// match, nor the streamed masker's hold for one, goes past it.
+/// The end of the run of base64 at `i` (`\/` is JSON's escaped `/`; `=` pads its end only).
+fn pem_chunk_end(t: &[u8], mut i: usize) -> usize {
+    let mut padded = false;
+    while let Some(&b) = t.get(i) {
+        match b {
+            b'=' => padded = true,
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'+' | b'/' if !padded => {}
+            b'\\' if !padded && t.get(i + 1) == Some(&b'/') => i += 1,
+            _ => break,
+        }
+        i += 1;
+    }
+    i
+}
+
+/// Where the body of a PEM block whose BEGIN line ends at `from` ends: what follows is its END
+/// line, if it has one. A body is what an encoder writes: base64 in runs of at least
+/// [`MIN_PEM_CHUNK`] characters but the last, separated by (escaped) line breaks and blanks of
+/// indentation or of a key flattened onto one line, after an encrypted key's headers. So no
+/// private key's match, nor the streamed masker's hold for one, takes in text that is not key
+/// (`*/ OR true`, `&role=admin`, `OR true` on the next line), END line or not. A body that
+/// reaches the end of `t` ends there: more of it may follow.
 pub(crate) fn pem_body_end(t: &[u8], from: usize) -> usize {
-    from + t[from..].iter().take_while(|&&b| pem_body_byte(b)).count()
+    let mut i = from;
+    let mut in_headers = true;
+    loop {
+        let j = pem_separators_end(t, i);
+        if j == t.len() {
+            return j;
+        }
+        if in_headers && PEM_HEADERS.iter().any(|h| t[j..].starts_with(h)) {
+            let value = t[j..]
+                .iter()
+                .take_while(|&&b| b.is_ascii_alphanumeric() || matches!(b, b':' | b',' | b'-' | b' '))
+                .count();
+            i = j + value;
+            continue;
+        }
+        in_headers = false;
+        let c = pem_chunk_end(t, j);
+        if c == j {
+            return j;
+        }
+        // Glued to what follows (the END line, `&`, `*/`, the end of `t`): the last run.
+        if !matches!(t.get(c), Some(b' ' | b'\t' | b'\r' | b'\n' | b'\\')) || pem_separators_end(t, c) == c {
+            return c;
+        }
+        let next = pem_separators_end(t, c);
+        let last = next == t.len() || t[next..].starts_with(b"-----END ");
+        if c - j < MIN_PEM_CHUNK && !last {
+            // A padded run ends a body: the key's last line, with text after it.
+            return if t[c - 1] == b'=' { c } else { j };
+        }
+        i = c;
+    }
 }
 
 /// PEM private keys, from the BEGIN line through the matching END line; without one (a
 /// truncated key is still a secret), through as much as reads as a key's body. Nor does a match
-/// run past what a key's body may hold to reach an END line: text that is not one (`*/ OR
-/// true`, `&role=admin`) is never hidden with the key, from an approver above all.
+/// run past what a key's body may hold to reach an END line (see [`pem_body_end`]): text that is
+/// not key is never hidden with one, from an approver above all.
 fn private_keys(t: &[u8], out: &mut Vec<Span>) {
     let mut from = 0;
     while let Some(k) = PEM_START.find(&t[from..]) {
@@ -1056,8 +1121,11 @@ fn private_keys(t: &[u8], out: &mut Vec<Span>) {
         end_line.extend_from_slice(label);
         end_line.extend_from_slice(b"-----");
         let body_end = pem_body_end(t, header_end);
-        let end = memmem::find(&t[header_end..body_end], &end_line)
-            .map_or(body_end, |e| header_end + e + end_line.len());
+        let end = if t[body_end..].starts_with(&end_line) {
+            body_end + end_line.len()
+        } else {
+            body_end
+        };
         out.push(Span {
             start,
             end,
@@ -1384,6 +1452,42 @@ mod tests {
             )
             .is_empty()
         );
+        // Words on the lines after a BEGIN line are not a key's body: a body's runs of base64
+        // are a line's length (64 here), but its last.
+        let line = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj";
+        assert_eq!(line.len(), 64);
+        assert_eq!(
+            only(
+                "-----BEGIN PRIVATE KEY-----\nOR true\n-----END PRIVATE KEY-----",
+                Detector::PrivateKey
+            ),
+            ["-----BEGIN PRIVATE KEY-----\n"]
+        );
+        let open = format!("-----BEGIN PRIVATE KEY-----\n{line}\n");
+        assert_eq!(
+            only(&format!("{open}OR true\nnext"), Detector::PrivateKey),
+            [open.as_str()]
+        );
+        // Flattened onto one line, escaped twice, or padded and followed by text: still a key.
+        let flat = format!("-----BEGIN PRIVATE KEY----- {line} {line} AB== -----END PRIVATE KEY-----");
+        assert_eq!(
+            only(&format!("KEY=\"{flat}\""), Detector::PrivateKey),
+            [flat.as_str()]
+        );
+        let twice = format!("-----BEGIN PRIVATE KEY-----\\\\n{line}\\\\nAB\\\\n-----END PRIVATE KEY-----");
+        assert_eq!(
+            only(&format!("{{\"k\":\"{twice}\"}}"), Detector::PrivateKey),
+            [twice.as_str()]
+        );
+        let padded = format!("-----BEGIN PRIVATE KEY-----\n{line}\nAB==");
+        assert_eq!(
+            only(&format!("{padded}\nremoved the key\n"), Detector::PrivateKey),
+            [padded.as_str()]
+        );
+        let openssh = format!(
+            "-----BEGIN OPENSSH PRIVATE KEY-----\n{line}AAAAAA\nAAAA\n-----END OPENSSH PRIVATE KEY-----"
+        );
+        assert_eq!(only(&openssh, Detector::PrivateKey), [openssh.as_str()]);
     }
 
     #[test]

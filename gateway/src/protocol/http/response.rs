@@ -886,23 +886,17 @@ fn pem_safe_end(text: &[u8]) -> usize {
         if memchr::memmem::find(&text[begin..header_end], PRIVATE_KEY).is_none() {
             continue;
         }
-        // Its END: the next END line that names a private key, within what a key's body may
-        // hold; past that the key's match has ended, and nothing is held for it.
+        // Its END: the END line right after what reads as a key's body, if it names a private
+        // key; where the body ends before the text does, the key's match has ended there, and
+        // nothing is held for it.
         let label = begin + PEM_BEGIN.len();
         let marker_end =
             memchr::memmem::find(&text[label..header_end], b"-----").map_or(header_end, |k| label + k + 5);
         let body_end = crate::masking::detectors::pem_body_end(text, marker_end);
-        let mut search = header_end;
-        let mut closed = None;
-        while let Some(j) = memchr::memmem::find(&text[search.min(body_end)..body_end], PEM_END) {
-            let at = search + j;
-            let end_line = line_end(at);
-            if memchr::memmem::find(&text[at..end_line], PRIVATE_KEY).is_some() {
-                closed = Some(end_line);
-                break;
-            }
-            search = end_line;
-        }
+        let closed = text[body_end..]
+            .starts_with(PEM_END)
+            .then(|| line_end(body_end))
+            .filter(|&end_line| memchr::memmem::find(&text[body_end..end_line], PRIVATE_KEY).is_some());
         match closed {
             Some(after) => from = after,
             None if body_end < text.len() => from = body_end.max(header_end),
@@ -1710,20 +1704,39 @@ mod tests {
 
     #[tokio::test]
     async fn a_private_key_is_held_until_its_own_end_and_certificates_hold_nothing() {
-        // A certificate between a key's BEGIN and its END does not end the key.
+        // A key's lines, one frame each, are held until its END line arrives.
+        let line = |tag: &str| -> &'static str {
+            Box::leak(format!("KEYPART{tag}{}\n", "A".repeat(57 - tag.len())).into_boxed_str())
+        };
         let out = masked_text(
             text_plan(),
             &[
-                "-----BEGIN PRIVATE KEY-----\nKEYPART1\n",
-                "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
-                "KEYPART2\n",
+                "-----BEGIN PRIVATE KEY-----\n",
+                line("ONE"),
+                line("TWO"),
                 "-----END PRIVATE KEY-----\nafter\n",
             ],
         )
         .await
         .unwrap();
         assert!(!out.contains("KEYPART"), "{out}");
-        assert!(out.ends_with("after\n"), "{out}");
+        assert_eq!(out, "[REDACTED:PRIVATE_KEY]\nafter\n");
+        // What is not key body (a certificate's BEGIN line) ends the key's match and its hold:
+        // the certificate flows on, with the key's lines before it masked.
+        let out = masked_text(
+            text_plan(),
+            &[
+                "-----BEGIN PRIVATE KEY-----\n",
+                line("ONE"),
+                "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            out,
+            "[REDACTED:PRIVATE_KEY]-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+        );
         // A certificate alone flows line by line: nothing to hold.
         let a = super::pem_safe_end(b"-----BEGIN CERTIFICATE-----\nMIIB\n");
         assert_eq!(a, "-----BEGIN CERTIFICATE-----\nMIIB\n".len());
