@@ -190,7 +190,7 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
             run_start.get_or_insert(start);
             // A document after the line's own prefix (`[INFO] {...}`, `body={...}`): read from
             // its start as one more line, the prefix staying in the run of text.
-            if !data_line && let Some(k) = embedded_doc(payload.as_bytes()) {
+            if !data_line && let Some(k) = embedded_doc(&bytes[start + prefix.len()..], payload.len()) {
                 at = start + prefix.len() + k;
                 embedded_until = line_end;
             }
@@ -235,7 +235,12 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
             Some(r) => (Some(from + payload.len()), Some(r)),
             None if unclosed => (None, None),
             None => {
-                let scope = if data_line || embedded {
+                // A document after a line's prefix is read on its line alone, unless its bracket
+                // ends the line (`body={` over a pretty-printed document): a bracket anyone
+                // can put in a logged value must neither hold a followed log nor refuse it.
+                let line_bound =
+                    data_line || (embedded && !opens_over_lines(&bytes[from..start + body.len()]));
+                let scope = if line_bound {
                     &bytes[from..start + body.len()]
                 } else {
                     &bytes[from..]
@@ -246,7 +251,7 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
                         let doc = &bytes[from..from + n];
                         (Some(from + n), plan.mask_json(doc, &mut masked_json).ok())
                     }
-                    None if data_line || embedded => (None, None),
+                    None if line_bound => (None, None),
                     None => {
                         unclosed = true;
                         (None, None)
@@ -267,7 +272,7 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
             malformed |= !embedded && json_like(&bytes[from..]);
             run_start.get_or_insert(start);
             at = after;
-            if !data_line && let Some(k) = embedded_doc(&bytes[doc_end..after]) {
+            if !data_line && let Some(k) = embedded_doc(&bytes[doc_end..], after - doc_end) {
                 at = doc_end + k;
                 embedded_until = after;
             }
@@ -291,7 +296,7 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
             continue;
         } else {
             run_start = Some(doc_end);
-            if !data_line && let Some(k) = embedded_doc(&bytes[doc_end..after]) {
+            if !data_line && let Some(k) = embedded_doc(&bytes[doc_end..], after - doc_end) {
                 at = doc_end + k;
                 embedded_until = after;
                 continue;
@@ -447,13 +452,21 @@ const MAX_EMBEDDED_LOOKS: usize = 8;
 
 /// Where a document starts inside a line of text, after what the line's writer put before it
 /// (`[INFO] {"ssn": ...}`, `level=info body={...}`, `web-1 | {...}`): the first `{` or `[`
-/// at which [`json_like`] holds, of the first [`MAX_EMBEDDED_LOOKS`]. Its field rules reach it
+/// of `text`'s first `line_len` bytes at which [`json_like`] holds (reading on past the line
+/// for a bracket that ends it), of the first [`MAX_EMBEDDED_LOOKS`]. Its field rules reach it
 /// there as on a line of its own; brackets that do not open JSON (`{}` templates, `a[i]`) are
 /// text.
-fn embedded_doc(line: &[u8]) -> Option<usize> {
-    memchr::memchr2_iter(b'{', b'[', line)
+fn embedded_doc(text: &[u8], line_len: usize) -> Option<usize> {
+    memchr::memchr2_iter(b'{', b'[', &text[..line_len])
         .take(MAX_EMBEDDED_LOOKS)
-        .find(|&i| json_like(&line[i..]))
+        .find(|&i| json_like(&text[i..]))
+}
+
+/// Whether the bracket that `line` (without its line break) starts with ends it: a document
+/// written over the lines below, as pretty-printers do (`body={`), which the masker reads over
+/// lines even after a prefix.
+fn opens_over_lines(line: &[u8]) -> bool {
+    line[1..].iter().all(|b| matches!(b, b' ' | b'\t' | b'\r'))
 }
 
 /// Whether `w` is a JSON number: `-?int(.digits)?([eE][+-]?digits)?` (not a date's `2026-12-05`).
@@ -574,9 +587,10 @@ impl JsonScan {
 /// Where whole lines of streamed `text` may be masked up to under JSON field rules: before the
 /// first line that opens a JSON document that has not closed yet, where the masker would read
 /// one over lines: `{` or `[` after optional blanks (or a collector's timestamp), or right
-/// after another document on its line. Masked line by line, its inner lines
-/// (`  "ssn": "..."`) would get the detectors only. A document after a line's prefix is read
-/// on its line alone, so it holds nothing. `open` carries a held document's start and scan from
+/// after another document on its line, or after the line's prefix where its bracket ends the
+/// line (`body={`). Masked line by line, its inner lines (`  "ssn": "..."`) would get the
+/// detectors only. Any other document after a line's prefix is read on its line alone, so it
+/// holds nothing. `open` carries a held document's start and scan from
 /// one look to the next, so a large one arriving in many pieces is scanned once.
 fn json_safe_end(text: &[u8], open: &mut Held, at_end: bool) -> usize {
     let line_after = |i: usize| memchr::memchr(b'\n', &text[i..]).map_or(text.len(), |k| i + k + 1);
@@ -594,7 +608,7 @@ fn json_safe_end(text: &[u8], open: &mut Held, at_end: bool) -> usize {
         // The document to scan, its scan so far, where to hold from, and the end of the line
         // being read (0: not found yet).
         let (mut doc, mut scan, hold_from, mut line_end) = match resumed.take() {
-            Some((start, scan, from)) => (Some(start), scan, from, 0),
+            Some((start, scan, from)) => (Some(NextDoc::OverLines(start)), scan, from, 0),
             None if at < text.len() => {
                 let line_end = line_after(at);
                 // An event's data that opens a document it does not close on its line: held
@@ -616,13 +630,28 @@ fn json_safe_end(text: &[u8], open: &mut Held, at_end: bool) -> usize {
                     }
                     continue;
                 }
-                let doc = line_doc(&text[at..line_end], true).map(|k| at + k);
-                (doc, JsonScan::default(), at, line_end)
+                match next_doc(text, at, line_end, true, at_end) {
+                    NextDoc::Pending => return at,
+                    next => (Some(next), JsonScan::default(), at, line_end),
+                }
             }
             None => break,
         };
-        while let Some(from) = doc {
-            match scan.feed(&text[from..]) {
+        while let Some(next) = doc.take() {
+            // A document read on its line alone that does not close there is text.
+            let (from, on_line) = match next {
+                NextDoc::OverLines(from) => (from, false),
+                NextDoc::OnLine(from) => (from, true),
+                NextDoc::None => break,
+                NextDoc::Pending => return hold_from,
+            };
+            let scope = if on_line {
+                &text[from..line_end]
+            } else {
+                &text[from..]
+            };
+            match scan.feed(scope) {
+                None if on_line => break,
                 None => {
                     open.doc = Some((from, scan, hold_from));
                     return hold_from;
@@ -634,13 +663,50 @@ fn json_safe_end(text: &[u8], open: &mut Held, at_end: bool) -> usize {
                         line_end = line_after(close);
                     }
                     scan = JsonScan::default();
-                    doc = line_doc(&text[close..line_end], false).map(|k| close + k);
+                    doc = Some(next_doc(text, close, line_end, false, at_end));
                 }
             }
         }
         at = line_end;
     }
     text.len()
+}
+
+/// The next document in (the rest of) a line of a streamed text, as the masker reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NextDoc {
+    None,
+    /// Starting here, read over as many lines as it takes.
+    OverLines(usize),
+    /// Starting here after the line's prefix, read on its line alone.
+    OnLine(usize),
+    /// A bracket ends the text's last line and nothing follows yet: whether a document opens
+    /// there shows with the next line.
+    Pending,
+}
+
+/// The next document in `text[from..line_end]` (`line_start`: `from` starts the line): where
+/// [`line_doc`] finds one, or after the line's own prefix where [`embedded_doc`] does.
+fn next_doc(text: &[u8], from: usize, line_end: usize, line_start: bool, at_end: bool) -> NextDoc {
+    let line = &text[from..line_end];
+    if let Some(k) = line_doc(line, line_start) {
+        return NextDoc::OverLines(from + k);
+    }
+    let content = line.len() - line.iter().rev().take_while(|&&b| b == b'\n').count();
+    for i in memchr::memchr2_iter(b'{', b'[', &line[..content]).take(MAX_EMBEDDED_LOOKS) {
+        let over_lines = opens_over_lines(&line[i..content]);
+        if json_like(&text[from + i..]) {
+            return if over_lines {
+                NextDoc::OverLines(from + i)
+            } else {
+                NextDoc::OnLine(from + i)
+            };
+        }
+        if over_lines && !at_end && text[from + i + 1..].iter().all(u8::is_ascii_whitespace) {
+            return NextDoc::Pending;
+        }
+    }
+    NextDoc::None
 }
 
 /// Where a document the masker reads over lines starts in (the rest of) a line: at its first
@@ -1501,6 +1567,46 @@ mod tests {
             assert_eq!(std::str::from_utf8(&out).unwrap(), want);
             assert_eq!(masked_text(phone_plan("Refuse"), &pieces).await.unwrap(), want);
         }
+        // A bracket that ends its line after the line's prefix opens a document written over
+        // the lines below (a logger's pretty-printed body): it is read over lines, whole and
+        // streamed a line at a time.
+        for pieces in [
+            ["DEBUG body={\n", "  \"phone\": \"x\"\n", "}\n"],
+            ["INFO payload=[\n", "  {\"phone\": \"x\"}\n", "] done\n"],
+            [
+                "2026-12-05T10:00:00Z INFO {\"id\": 1} then {\n",
+                "  \"phone\": \"x\"\n",
+                "}\n",
+            ],
+        ] {
+            let text = pieces.concat();
+            let want = text.replace("\"x\"", "\"[REDACTED]\"");
+            let (out, report) = mask_whole(&phone_plan("Refuse"), ContentClass::Text, text.as_bytes())
+                .unwrap_or_else(|e| panic!("{text}: {e:?}"));
+            assert_eq!(std::str::from_utf8(&out).unwrap(), want);
+            assert_eq!(report.fields, 1, "{text}");
+            assert_eq!(masked_text(phone_plan("Refuse"), &pieces).await.unwrap(), want);
+        }
+        // Such a document that never closes is unreadable to the field rules, as one at a
+        // line's start is; a bracket ending a line that opens no document is text, held only
+        // until the next line shows it.
+        let unclosed = ["DEBUG body={\n", "  \"phone\": \"x\"\n"];
+        assert!(
+            mask_whole(
+                &phone_plan("Refuse"),
+                ContentClass::Text,
+                unclosed.concat().as_bytes()
+            )
+            .is_err()
+        );
+        assert!(masked_text(phone_plan("Refuse"), &unclosed).await.is_err());
+        let allowed = masked_text(phone_plan("Allow"), &unclosed).await.unwrap();
+        assert_eq!(allowed, unclosed.concat());
+        let code = ["if (ok) {\n", "  run();\n", "}\n"];
+        assert_eq!(
+            masked_text(phone_plan("Refuse"), &code).await.unwrap(),
+            code.concat()
+        );
         // Many documents on one long line cost each its own length, not the line's.
         let started = std::time::Instant::now();
         for unit in ["x {\"a\":1} ", "x {\"a\":b} ", "{\"a\":1} ", "a[i] {x} "] {
