@@ -39,6 +39,16 @@ impl SecretValue {
     }
 }
 
+// Wiped when dropped: a configuration replaced by a reload leaves no credential behind in
+// freed memory for a core dump or a later allocation to show.
+impl Drop for SecretValue {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for SecretValue {}
+
 impl fmt::Debug for SecretValue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SecretValue(<{} bytes redacted>)", self.0.len())
@@ -248,6 +258,17 @@ pub fn decode_base64(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Secret values are wiped when dropped (a compile-time check: `ZeroizeOnDrop` is only
+    /// claimed beside the `Drop` that wipes), and never shown by `Debug` or `Display`.
+    #[test]
+    fn secret_values_are_wiped_on_drop_and_never_shown() {
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+        wiped_on_drop::<SecretValue>();
+        let v = SecretValue::new(b"hunter2-password".to_vec());
+        assert!(!format!("{v:?} {v}").contains("hunter2"));
+        assert_eq!(v.clone().expose(), b"hunter2-password");
+    }
 
     #[test]
     fn base64_round_trips_known_vectors() {
