@@ -471,6 +471,7 @@ async fn approver_tokens_from_one_address_take_that_address_s_introspection_shar
 
     // Below the provider budget (50 a second), above an address's share of it (12).
     const FLOOD: usize = 40;
+    let started = std::time::Instant::now();
     for i in 0..FLOOD {
         let mut conn = tokio::net::TcpStream::connect(admin_addr).await.unwrap();
         let request = format!(
@@ -487,11 +488,15 @@ async fn approver_tokens_from_one_address_take_that_address_s_introspection_shar
     }
     let asked = hits.load(Ordering::SeqCst);
     assert!(asked >= 1, "the provider was never asked");
+    // The share is a bucket of a second's calls, refilled as time passes: however slow the
+    // machine, no more than that reach the provider.
+    let share = f64::from(
+        crate::identity::introspection::MAX_CALLS_PER_SECOND / crate::identity::introspection::PEER_SHARE,
+    );
+    let allowed = (share * (1.0 + started.elapsed().as_secs_f64())).ceil() as usize;
     assert!(
-        asked
-            <= 2 * (crate::identity::introspection::MAX_CALLS_PER_SECOND
-                / crate::identity::introspection::PEER_SHARE) as usize,
-        "{asked} of {FLOOD} junk tokens reached the provider"
+        asked <= allowed,
+        "{asked} of {FLOOD} junk tokens reached the provider (the address's share allows {allowed})"
     );
     let _ = stop.send(true);
     let _ = admin_task.await;

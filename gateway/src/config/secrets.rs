@@ -39,8 +39,9 @@ impl SecretValue {
     }
 }
 
-// Wiped when dropped: a configuration replaced by a reload leaves no credential behind in
-// freed memory for a core dump or a later allocation to show.
+// Wiped when dropped, so a configuration replaced by a reload leaves its stored credentials
+// out of freed memory (a core dump, a later allocation). Copies made to use a secret (a header
+// value, a SCRAM exchange) are short-lived and not wiped.
 impl Drop for SecretValue {
     fn drop(&mut self) {
         zeroize::Zeroize::zeroize(&mut self.0);

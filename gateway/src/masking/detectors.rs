@@ -1021,51 +1021,111 @@ const MIN_PEM_CHUNK: usize = 16;
 /// The encapsulated headers an encrypted PEM key may carry before its base64.
 const PEM_HEADERS: [&[u8]; 2] = [b"Proc-Type:", b"DEK-Info:"];
 
-/// The end of the separators at `i`: blanks, line breaks, and escaped line breaks (`\n`,
-/// `\\r\\n` in JSON text escaped once or twice).
-fn pem_separators_end(t: &[u8], mut i: usize) -> usize {
+/// What an escape at `i` (a run of backslashes, for text escaped once or more) stands for,
+/// and where it ends: `\n`, `\r`, `\t` and a backslash before a real line break (a
+/// continued line) as `\n`; `\/` as `/`; `\uXXXX` as its character (.NET writes `+` as
+/// `\u002B`, Gson `=` as `\u003d`).
+fn pem_escape(t: &[u8], i: usize) -> Option<(u8, usize)> {
+    let slashes = t[i..].iter().take_while(|&&b| b == b'\\').count();
+    if slashes == 0 {
+        return None;
+    }
+    let at = i + slashes;
+    match *t.get(at)? {
+        b'n' | b'r' | b't' | b'\n' => Some((b'\n', at + 1)),
+        b'\r' if t.get(at + 1) == Some(&b'\n') => Some((b'\n', at + 2)),
+        b'\r' => Some((b'\n', at + 1)),
+        b'/' => Some((b'/', at + 1)),
+        b'u' => {
+            let hex = t.get(at + 1..at + 5)?;
+            let code = u8::from_str_radix(std::str::from_utf8(hex).ok()?.strip_prefix("00")?, 16).ok()?;
+            Some((
+                if matches!(code, b'\r' | b'\t') {
+                    b'\n'
+                } else {
+                    code
+                },
+                at + 5,
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// The end of the separators at `i`: blanks, line breaks, escaped line breaks (see
+/// [`pem_escape`]), and after a line break `prefix`, what the BEGIN line had before it (an
+/// event stream's `data: `, a comment's `# `), which each line of such a key repeats.
+fn pem_separators_end(t: &[u8], mut i: usize, prefix: &[u8]) -> usize {
     loop {
-        match t.get(i) {
-            Some(b' ' | b'\t' | b'\r' | b'\n') => i += 1,
-            Some(b'\\') => {
-                let slashes = t[i..].iter().take_while(|&&b| b == b'\\').count();
-                match t.get(i + slashes) {
-                    Some(b'n' | b'r' | b't') => i += slashes + 1,
-                    _ => return i,
-                }
+        let after_break = match t.get(i) {
+            Some(b' ' | b'\t' | b'\r') => {
+                i += 1;
+                false
             }
+            Some(b'\n') => {
+                i += 1;
+                true
+            }
+            Some(b'\\') => match pem_escape(t, i) {
+                Some((b' ' | b'\n', next)) => {
+                    i = next;
+                    true
+                }
+                _ => return i,
+            },
             _ => return i,
+        };
+        if after_break && !prefix.is_empty() && t[i..].starts_with(prefix) {
+            i += prefix.len();
         }
     }
 }
 
-/// The end of the run of base64 at `i` (`\/` is JSON's escaped `/`; `=` pads its end only).
-fn pem_chunk_end(t: &[u8], mut i: usize) -> usize {
+/// The end of the run of base64 at `i` (escaped characters too; `=` pads its end only), and
+/// whether it is padded.
+fn pem_chunk_end(t: &[u8], mut i: usize) -> (usize, bool) {
     let mut padded = false;
     while let Some(&b) = t.get(i) {
-        match b {
+        let (c, next) = if b == b'\\' {
+            match pem_escape(t, i) {
+                Some(e) => e,
+                None => break,
+            }
+        } else {
+            (b, i + 1)
+        };
+        match c {
             b'=' => padded = true,
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'+' | b'/' if !padded => {}
-            b'\\' if !padded && t.get(i + 1) == Some(&b'/') => i += 1,
             _ => break,
         }
-        i += 1;
+        i = next;
     }
-    i
+    (i, padded)
 }
 
-/// Where the body of a PEM block whose BEGIN line ends at `from` ends: what follows is its END
-/// line, if it has one. A body is what an encoder writes: base64 in runs of at least
-/// [`MIN_PEM_CHUNK`] characters but the last, separated by (escaped) line breaks and blanks of
-/// indentation or of a key flattened onto one line, after an encrypted key's headers. So no
-/// private key's match, nor the streamed masker's hold for one, takes in text that is not key
-/// (`*/ OR true`, `&role=admin`, `OR true` on the next line), END line or not. A body that
-/// reaches the end of `t` ends there: more of it may follow.
-pub(crate) fn pem_body_end(t: &[u8], from: usize) -> usize {
+/// Where the body of the PEM block whose BEGIN line starts at `begin` and ends at `from` ends:
+/// what follows is its END line, if it has one. A body is what an encoder writes: base64 in
+/// runs of at least [`MIN_PEM_CHUNK`] characters but the last, separated by (escaped) line
+/// breaks, each maybe after the prefix its BEGIN line had, and blanks of indentation or of a
+/// key flattened onto one line, after an encrypted key's headers. So no private key's match,
+/// nor the streamed masker's hold for one, takes in text that is not key (`*/ OR true`,
+/// `&role=admin`, `OR true` on the next line), END line or not. A body that reaches the end of
+/// `t` ends there: more of it may follow.
+pub(crate) fn pem_body_end(t: &[u8], begin: usize, from: usize) -> usize {
+    let line_start = memchr::memrchr(b'\n', &t[..begin]).map_or(0, |k| k + 1);
+    let prefix = &t[line_start..begin];
+    // A blank prefix is indentation, taken as blanks are.
+    let prefix = if prefix.iter().all(|b| matches!(b, b' ' | b'\t')) {
+        &[][..]
+    } else {
+        prefix
+    };
+    let separators_end = |i: usize| pem_separators_end(t, i, prefix);
     let mut i = from;
     let mut in_headers = true;
     loop {
-        let j = pem_separators_end(t, i);
+        let j = separators_end(i);
         if j == t.len() {
             return j;
         }
@@ -1078,19 +1138,19 @@ pub(crate) fn pem_body_end(t: &[u8], from: usize) -> usize {
             continue;
         }
         in_headers = false;
-        let c = pem_chunk_end(t, j);
+        let (c, padded) = pem_chunk_end(t, j);
         if c == j {
             return j;
         }
         // Glued to what follows (the END line, `&`, `*/`, the end of `t`): the last run.
-        if !matches!(t.get(c), Some(b' ' | b'\t' | b'\r' | b'\n' | b'\\')) || pem_separators_end(t, c) == c {
+        let next = separators_end(c);
+        if next == c {
             return c;
         }
-        let next = pem_separators_end(t, c);
         let last = next == t.len() || t[next..].starts_with(b"-----END ");
         if c - j < MIN_PEM_CHUNK && !last {
             // A padded run ends a body: the key's last line, with text after it.
-            return if t[c - 1] == b'=' { c } else { j };
+            return if padded { c } else { j };
         }
         i = c;
     }
@@ -1120,7 +1180,7 @@ fn private_keys(t: &[u8], out: &mut Vec<Span>) {
         end_line.extend_from_slice(b"-----END ");
         end_line.extend_from_slice(label);
         end_line.extend_from_slice(b"-----");
-        let body_end = pem_body_end(t, header_end);
+        let body_end = pem_body_end(t, start, header_end);
         let end = if t[body_end..].starts_with(&end_line) {
             body_end + end_line.len()
         } else {
@@ -1488,6 +1548,28 @@ mod tests {
             "-----BEGIN OPENSSH PRIVATE KEY-----\n{line}AAAAAA\nAAAA\n-----END OPENSSH PRIVATE KEY-----"
         );
         assert_eq!(only(&openssh, Detector::PrivateKey), [openssh.as_str()]);
+        // Escaped as .NET and Gson write JSON (`\u002B`, `\u003d`), continued lines, and each
+        // line after the BEGIN line's own prefix (an event stream's `data: `).
+        let plus = "MIIEvQIBADAN+gkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8/Kj";
+        let dotnet = format!(
+            "-----BEGIN PRIVATE KEY-----\\n{}\\nAB\\u003d\\u003D\\n-----END PRIVATE KEY-----",
+            plus.replace('+', "\\u002B").replace('/', "\\/")
+        );
+        assert_eq!(
+            only(&format!("{{\"k\":\"{dotnet}\"}}"), Detector::PrivateKey),
+            [dotnet.as_str()]
+        );
+        let continued = format!("-----BEGIN PRIVATE KEY-----\\\n{plus}\\\n-----END PRIVATE KEY-----");
+        assert_eq!(
+            only(&format!("key={continued}\n"), Detector::PrivateKey),
+            [continued.as_str()]
+        );
+        let event =
+            format!("-----BEGIN PRIVATE KEY-----\ndata: {plus}\ndata: AB==\ndata: -----END PRIVATE KEY-----");
+        assert_eq!(
+            only(&format!("data: {event}\n\n"), Detector::PrivateKey),
+            [event.as_str()]
+        );
     }
 
     #[test]

@@ -268,6 +268,13 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
         line_at = line_around(bytes, line_at, doc_end);
         let after = line_at.1;
         let Some(r) = rest else {
+            if embedded && doc_end > line_end {
+                // After a prefix, a bracket that ends its line and closes lines below around
+                // no document: those lines are read one by one, each document on them masked
+                // (a logged `[` must not turn the field rules off until a `]`).
+                run_start.get_or_insert(start);
+                continue;
+            }
             // Brackets that close but hold no JSON (code, say): text, passed over whole.
             malformed |= !embedded && json_like(&bytes[from..]);
             run_start.get_or_insert(start);
@@ -404,22 +411,40 @@ fn mask_event(plan: &MaskingPlan, event: &str) -> Result<(Vec<u8>, MaskReport), 
 /// or `[2026-12-05 …]`, TOML's `[[package]]`, Python's `[{'id': 1}]`, Ruby's `{"a"=>1}`, nor
 /// an event stream's `[DONE]`.
 fn json_like(text: &[u8]) -> bool {
+    json_like_so_far(text) == Some(true)
+}
+
+/// [`json_like`], or `None` when `text` (shorter than the window) ends before it can tell: a
+/// streamed document's next line may not have arrived yet.
+fn json_like_so_far(text: &[u8]) -> Option<bool> {
     // Read within a window, so a run of brackets costs each line a bounded look.
+    let cut = text.len() > JSON_LIKE_WINDOW;
     let text = &text[..text.len().min(JSON_LIKE_WINDOW)];
+    // Ran out of text before an answer: undecided, unless the window cut it.
+    let ran_out = if cut { Some(false) } else { None };
     let skip_blank = |i: usize| i + text[i..].iter().take_while(|b| b.is_ascii_whitespace()).count();
-    // The index after a JSON string starting at `i` (a quote), within a line's reach.
+    // The index after a JSON string starting at `i` (a quote), within a line's reach: `Err`
+    // with whether it ran out of text rather than reach a line break or its length limit.
     let string_end = |i: usize| {
         let mut escaped = false;
         for (k, &b) in text.iter().enumerate().skip(i + 1).take(MAX_JSON_LIKE_KEY) {
             match b {
                 _ if escaped => escaped = false,
                 b'\\' => escaped = true,
-                b'"' => return Some(k + 1),
-                b'\n' => return None,
+                b'"' => return Ok(k + 1),
+                b'\n' => return Err(false),
                 _ => {}
             }
         }
-        None
+        Err(text.len() - i - 1 < MAX_JSON_LIKE_KEY)
+    };
+    // What follows a key or an element must be `want`.
+    let followed_by = |e: usize, want: u8| {
+        let k = skip_blank(e);
+        match text.get(k) {
+            Some(&b) => Some(b == want),
+            None => ran_out,
+        }
     };
     let mut i = 0;
     let mut in_array = false;
@@ -428,22 +453,40 @@ fn json_like(text: &[u8]) -> bool {
         i = skip_blank(i + 1);
     }
     match text.get(i) {
+        None => ran_out,
         Some(b'{') => {
             let k = skip_blank(i + 1);
-            text.get(k) == Some(&b'"')
-                && string_end(k).is_some_and(|e| text.get(skip_blank(e)) == Some(&b':'))
+            match text.get(k) {
+                None => ran_out,
+                Some(b'"') => match string_end(k) {
+                    Ok(e) => followed_by(e, b':'),
+                    Err(true) => ran_out,
+                    Err(false) => Some(false),
+                },
+                Some(_) => Some(false),
+            }
         }
-        Some(b'"') if in_array => string_end(i).is_some_and(|e| text.get(skip_blank(e)) == Some(&b',')),
+        Some(b'"') if in_array => match string_end(i) {
+            Ok(e) => followed_by(e, b','),
+            Err(true) => ran_out,
+            Err(false) => Some(false),
+        },
         Some(_) if in_array => {
             let scalar = text[i..]
                 .iter()
                 .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.'))
                 .count();
+            if i + scalar == text.len() {
+                return ran_out;
+            }
             let word = &text[i..i + scalar];
-            (json_number(word) || matches!(word, b"true" | b"false" | b"null"))
-                && text.get(skip_blank(i + scalar)) == Some(&b',')
+            if json_number(word) || matches!(word, b"true" | b"false" | b"null") {
+                followed_by(i + scalar, b',')
+            } else {
+                Some(false)
+            }
         }
-        _ => false,
+        _ => Some(false),
     }
 }
 
@@ -695,15 +738,12 @@ fn next_doc(text: &[u8], from: usize, line_end: usize, line_start: bool, at_end:
     let content = line.len() - line.iter().rev().take_while(|&&b| b == b'\n').count();
     for i in memchr::memchr2_iter(b'{', b'[', &line[..content]).take(MAX_EMBEDDED_LOOKS) {
         let over_lines = opens_over_lines(&line[i..content]);
-        if json_like(&text[from + i..]) {
-            return if over_lines {
-                NextDoc::OverLines(from + i)
-            } else {
-                NextDoc::OnLine(from + i)
-            };
-        }
-        if over_lines && !at_end && text[from + i + 1..].iter().all(u8::is_ascii_whitespace) {
-            return NextDoc::Pending;
+        match json_like_so_far(&text[from + i..]) {
+            Some(true) if over_lines => return NextDoc::OverLines(from + i),
+            Some(true) => return NextDoc::OnLine(from + i),
+            // Only a bracket that ends its line reads on into lines yet to come.
+            None if over_lines && !at_end => return NextDoc::Pending,
+            _ => {}
         }
     }
     NextDoc::None
@@ -958,7 +998,7 @@ fn pem_safe_end(text: &[u8]) -> usize {
         let label = begin + PEM_BEGIN.len();
         let marker_end =
             memchr::memmem::find(&text[label..header_end], b"-----").map_or(header_end, |k| label + k + 5);
-        let body_end = crate::masking::detectors::pem_body_end(text, marker_end);
+        let body_end = crate::masking::detectors::pem_body_end(text, begin, marker_end);
         let closed = text[body_end..]
             .starts_with(PEM_END)
             .then(|| line_end(body_end))
@@ -1607,6 +1647,36 @@ mod tests {
             masked_text(phone_plan("Refuse"), &code).await.unwrap(),
             code.concat()
         );
+        // A logged `[` that ends its line and a `]` lines below, around no document, do not
+        // turn the field rules off for the documents between: their lines are read one by one.
+        let between = ["note: [\n", "{\"phone\": \"x\"}\n", "{\"phone\": \"y\"}\n", "]\n"];
+        let want = "note: [\n{\"phone\": \"[REDACTED]\"}\n{\"phone\": \"[REDACTED]\"}\n]\n";
+        let (out, _) = mask_whole(
+            &phone_plan("Refuse"),
+            ContentClass::Text,
+            between.concat().as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(std::str::from_utf8(&out).unwrap(), want);
+        assert_eq!(masked_text(phone_plan("Refuse"), &between).await.unwrap(), want);
+        // A rule by path reads the document as a whole, streamed a line at a time too: the
+        // line after the bracket may not yet tell whether a document opens there.
+        let plan = || {
+            let rules: Vec<agentgate_crds::policy::MaskingRule> =
+                serde_json::from_value(serde_json::json!([{"jsonFields": ["$[*].phone"]}])).unwrap();
+            MaskingPlan::compile(&rules.iter().collect::<Vec<_>>(), HashKey::process()).unwrap()
+        };
+        let pieces = [
+            "INFO payload=[\n",
+            "  {\n",
+            "    \"phone\": \"x\"\n",
+            "  }\n",
+            "]\n",
+        ];
+        let want = pieces.concat().replace("\"x\"", "\"[REDACTED]\"");
+        let (out, _) = mask_whole(&plan(), ContentClass::Text, pieces.concat().as_bytes()).unwrap();
+        assert_eq!(std::str::from_utf8(&out).unwrap(), want);
+        assert_eq!(masked_text(plan(), &pieces).await.unwrap(), want);
         // Many documents on one long line cost each its own length, not the line's.
         let started = std::time::Instant::now();
         for unit in ["x {\"a\":1} ", "x {\"a\":b} ", "{\"a\":1} ", "a[i] {x} "] {
