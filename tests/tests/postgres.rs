@@ -2051,6 +2051,73 @@ fn cancel_requests_reach_only_the_right_backend() {
     assert!(!msgs.iter().any(|(t, _)| *t == b'E'));
 }
 
+/// What the gateway decides at Execute, a SQL FETCH or MOVE of the portal (one namespace with
+/// cursors) would run undecided; a row cap reaches a statement that joins its table with
+/// another; COPY TO is refused wherever a SELECT of the same would mask by column.
+#[test]
+fn fetch_joins_and_copy_do_not_step_around_decisions_caps_or_masking() {
+    let s = setup_with(false);
+    let tok = token(&s.idp);
+    let billed = || s.pg.psql("SELECT sum(amount) FROM billing.invoices");
+    let before = billed();
+    for (between, sql) in [
+        ("", "FETCH ALL FROM p"),
+        ("", "MOVE ALL IN p"),
+        // A DECLARE in between does not make the gateway forget the portal.
+        ("DECLARE x CURSOR FOR SELECT 1", "FETCH ALL FROM p"),
+    ] {
+        let mut r = Raw::login(s.plain, &tok);
+        r.send(b'Q', b"BEGIN\0");
+        r.until_ready();
+        // Denied (billing, no WHERE) had it come to Execute: Parse and Bind decide nothing.
+        r.send(
+            b'P',
+            &parse(
+                "s",
+                "UPDATE billing.invoices SET amount = amount + 1000 RETURNING id",
+            ),
+        );
+        r.send(b'B', &bind("p", "s"));
+        r.send(b'S', b"");
+        let msgs = r.until_ready();
+        assert!(errors(&msgs).is_empty(), "{msgs:?}");
+        if !between.is_empty() {
+            r.send(b'Q', format!("{between}\0").as_bytes());
+            let msgs = r.until_ready();
+            assert!(errors(&msgs).is_empty(), "{between}: {msgs:?}");
+        }
+        r.send(b'Q', format!("{sql}\0").as_bytes());
+        let msgs = r.until_ready();
+        assert_eq!(errors(&msgs), ["42501"], "{sql}: {msgs:?}");
+        let detail = msgs
+            .iter()
+            .find(|(t, _)| *t == b'E')
+            .map(|(_, b)| String::from_utf8_lossy(b).into_owned());
+        assert!(
+            detail.as_deref().unwrap_or_default().contains("Bind"),
+            "{detail:?}"
+        );
+        r.send(b'Q', b"COMMIT\0");
+        r.until_ready();
+        assert_eq!(billed(), before, "{sql} ran the portal's UPDATE");
+    }
+    // The cap of the rule on big_capped reaches a UNION with a table it does not name.
+    let out = s
+        .psql("SELECT id FROM big_capped UNION ALL SELECT id FROM orders WHERE false")
+        .unwrap();
+    assert_eq!(out.lines().count(), 1000, "stopped at big-capped's rowLimit");
+    // COPY TO of code that may read a masked column: its output meets the detectors alone.
+    s.pg.psql(
+        "CREATE FUNCTION public.contact_of(int) RETURNS text STABLE LANGUAGE sql
+         AS 'SELECT email FROM public.customers WHERE id = $1'",
+    );
+    let e = s
+        .psql("COPY (SELECT id, contact_of(customer_id) FROM orders) TO STDOUT")
+        .unwrap_err();
+    assert!(e.contains("COPY TO is refused"), "{e}");
+    assert!(!e.contains("@example"), "{e}");
+}
+
 #[test]
 fn row_cap_streams_and_upstream_down_is_prompt() {
     let s = setup_with(false);

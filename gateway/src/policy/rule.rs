@@ -84,6 +84,13 @@ impl CompiledMatcher {
         matches!(&self.matcher, Matcher::Http(m) if !m.json_body.is_empty())
     }
 
+    /// Whether the rule names one element of `op` (a kind, a table, a function), as Deny and
+    /// RequireApproval rules match at Unix time `now`: where an Allow rule's row cap applies,
+    /// whatever else the statement reads.
+    pub fn reaches(&self, op: &Operation<'_>, now: i64) -> bool {
+        self.matches(Action::Deny, op, now)
+    }
+
     /// The row limit of an Allow rule's `sql.rowLimit`.
     pub fn row_limit(&self) -> Option<u64> {
         match &self.matcher {

@@ -551,7 +551,22 @@ impl<'t> Analysis<'t> {
             }
             "VariableSetStmt" => self.variable_set(node),
             "VariableShowStmt" => K::Show,
-            "TransactionStmt" | "ConstraintsSetStmt" => K::Transaction,
+            "TransactionStmt" => {
+                use protobuf::TransactionStmtKind as T;
+                // Two-phase commit acts beyond this session's own transaction: COMMIT or
+                // ROLLBACK PREPARED settles another session's prepared work, and PREPARE
+                // TRANSACTION leaves this one's locks held after the client has gone.
+                let kind = node.int("kind");
+                self.writes |= [
+                    T::TransStmtPrepare,
+                    T::TransStmtCommitPrepared,
+                    T::TransStmtRollbackPrepared,
+                ]
+                .iter()
+                .any(|k| *k as i64 == kind);
+                K::Transaction
+            }
+            "ConstraintsSetStmt" => K::Transaction,
             "ListenStmt" | "UnlistenStmt" => K::Listen,
             "NotifyStmt" => {
                 // Other sessions act on notifications.
@@ -2888,6 +2903,9 @@ mod tests {
             ("ROLLBACK TO SAVEPOINT a", K::Transaction, false),
             ("SAVEPOINT a", K::Transaction, false),
             ("SET CONSTRAINTS ALL DEFERRED", K::Transaction, false),
+            ("PREPARE TRANSACTION 'g1'", K::Transaction, true),
+            ("COMMIT PREPARED 'g1'", K::Transaction, true),
+            ("ROLLBACK PREPARED 'g1'", K::Transaction, true),
             ("LISTEN ch", K::Listen, false),
             ("UNLISTEN *", K::Listen, false),
             ("NOTIFY ch, 'x'", K::Notify, true),

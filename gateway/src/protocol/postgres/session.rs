@@ -9,7 +9,7 @@
 //! the next Sync, aborts an open transaction, and answers ReadyForQuery, in the order the
 //! client expects, whatever was pipelined around the refusal.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -525,6 +525,12 @@ struct Prepared {
     /// Protocol-level statements: text classification and the Parse that registered it.
     statements: HashMap<String, Entry>,
     portals: HashMap<String, Portal>,
+    /// Names of the portals Bind made since the transaction began, which SQL's FETCH and MOVE
+    /// can run too (one namespace with cursors), past the decision at Execute.
+    bound: HashSet<String>,
+    /// More than [`MAX_TRACKED_CURSORS`] were bound in the transaction: any cursor name the
+    /// gateway did not see declared may be one.
+    bound_overflow: bool,
     /// SQL-level `PREPARE name AS ...`.
     sql: HashMap<String, Option<Arc<Statement>>>,
     /// Counts the Sync and Query boundaries sent: after an error the server skips what follows
@@ -567,6 +573,20 @@ struct Portal {
 }
 
 impl Prepared {
+    /// Bind made the named portal `name`.
+    fn bind_portal(&mut self, name: &str) {
+        if self.bound.len() >= MAX_TRACKED_CURSORS {
+            self.bound_overflow = true;
+        } else {
+            self.bound.insert(name.to_string());
+        }
+    }
+
+    /// Whether cursor `name` may be a portal Bind made in this transaction.
+    fn may_be_bound(&self, name: &str) -> bool {
+        self.bound_overflow || self.bound.contains(name)
+    }
+
     /// Voids registrations by Parse messages the upstream skipped or refused (`seq` range).
     fn void(&mut self, seqs: &[u64]) {
         self.statements.retain(|_, e| match e {
@@ -883,9 +903,16 @@ impl Live {
                 "COPY TO in binary format is refused where masking detectors apply (they read COPY output as text); use FORMAT text or csv",
             );
         }
-        if st.copy.is_some_and(|c| !c.from) && st.tables.iter().any(|t| self.masked.has_masked_table(t)) {
+        // COPY's rows are read by the detectors alone: wherever a SELECT of the same would mask
+        // by column (a masked table, a relation made since the catalog was read, code that may
+        // read a masked column), COPY is refused.
+        if st.copy.is_some_and(|c| !c.from)
+            && (st.tables.iter().any(|t| self.masked.has_masked_table(t))
+                || self.computes_over_masked(st)
+                || self.reads_untraced(st))
+        {
             return Verdict::refused(
-                "COPY TO of a table with masked columns is refused (its columns cannot be masked); use SELECT",
+                "COPY TO is refused where it reads columns the gateway masks, or may (a table with masked columns, a relation made since the session began, a function of the database's own); use SELECT",
             );
         }
         // Result masking covers what leaves in results: a statement that keeps a masked column's
@@ -932,6 +959,23 @@ impl Live {
             let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
             match st.node {
                 "FetchStmt" => {
+                    // A portal Bind made runs its statement under FETCH or MOVE too, which
+                    // the gateway decided only for Execute (and which may never have been
+                    // allowed): it is read by Execute alone.
+                    if prepared.bound.contains(name.as_str())
+                        || (prepared.may_be_bound(name) && !cursors.contains_key(name))
+                    {
+                        return Verdict::refused(format!(
+                            "FETCH and MOVE of {name:?}, a portal made by the extended protocol's Bind, are refused: the gateway decides its statement at Execute; use Execute"
+                        ));
+                    }
+                    // Nor does a row cap reach rows fetched from a cursor the gateway did not
+                    // see declared (a function's refcursor).
+                    if !cursors.contains_key(name) && !current.row_limit_rules.is_empty() {
+                        return Verdict::refused(format!(
+                            "FETCH and MOVE of {name:?}, a cursor the gateway did not see declared, are refused where a rowLimit applies (its rows would not be counted)"
+                        ));
+                    }
                     // Unknown cursors (a function's refcursor) are read only while the
                     // configuration is the one the session opened under.
                     let declared = cursors
@@ -967,8 +1011,10 @@ impl Live {
             let t = unix_now();
             for &(pi, ri) in &current.row_limit_rules {
                 let r = &cfg.policies[pi].rules[ri];
+                // A capped rule reaches every statement that reads one of its tables, whatever
+                // else it reads (a join or UNION with a table another rule allows uncapped).
                 if let Some(limit) = r.matcher.row_limit()
-                    && r.matcher.matches(Action::Allow, &op, t)
+                    && r.matcher.reaches(&op, t)
                 {
                     row_limit = Some(row_limit.map_or(limit, |l| l.min(limit)));
                 }
@@ -1949,7 +1995,11 @@ impl ClientSide {
         let bound = (0..b.params.len())
             .map(|i| (b.param_format(i), b.params[i].clone()))
             .collect();
-        lock(&self.shared).portals.insert(
+        let mut prepared = lock(&self.shared);
+        if !b.portal.is_empty() {
+            prepared.bind_portal(&b.portal);
+        }
+        prepared.portals.insert(
             b.portal.clone(),
             Portal {
                 classified,
@@ -1958,6 +2008,7 @@ impl ClientSide {
                 types,
             },
         );
+        drop(prepared);
         self.described = None;
         self.forward(frame);
         self.push(Pending::Bind)
@@ -2302,6 +2353,8 @@ impl ServerSide {
                 // skipped Bind would have named must not be taken for the server's.
                 if status != TransactionStatus::InTransaction {
                     prepared.portals.clear();
+                    prepared.bound.clear();
+                    prepared.bound_overflow = false;
                 }
                 drop(prepared);
                 self.result = None;
