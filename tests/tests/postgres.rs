@@ -205,6 +205,8 @@ spec:
   masking:
     - columns: ["public.customers.email"]
       strategy: Redact
+    - columns: ["public.leads_eu.contact"]
+      strategy: Redact
     - detectors: [CreditCard]
       strategy: Redact
     - jsonFields: ["$..ssn"]
@@ -660,6 +662,9 @@ fn views_mask_masked_columns_under_any_name() {
          CREATE VIEW public.via_function AS SELECT id, public.em(id) AS contact FROM public.orders;
          CREATE TABLE public.customers_archive () INHERITS (public.customers);
          INSERT INTO public.customers_archive (id, name, email) VALUES (100, 'Ada Lovelace', 'ada@example.com');
+         CREATE TABLE public.leads (id int, contact text) PARTITION BY LIST (id);
+         CREATE TABLE public.leads_eu PARTITION OF public.leads FOR VALUES IN (1);
+         INSERT INTO public.leads VALUES (1, 'ada@example.com');
          ANALYZE public.customers;
          CREATE VIEW public.stats AS SELECT 1 AS id, most_common_vals::text AS v FROM pg_catalog.pg_stats WHERE tablename = 'customers' AND attname = 'email';",
     );
@@ -682,6 +687,8 @@ fn views_mask_masked_columns_under_any_name() {
             "SELECT name FROM swapped WHERE id = 1",
             "SELECT contact FROM via_function WHERE id = 1",
             "SELECT email FROM customers_archive WHERE id = 100",
+            // A column masked on a partition (or child) is masked where its parent shows it.
+            "SELECT contact FROM leads WHERE id = 1",
             "SELECT v FROM stats",
         ] {
             let out = one(sql).await;

@@ -262,7 +262,9 @@ pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColu
         columns.sort_unstable();
     }
     // Partitions and inheritance children hold the parent's rows under the same column names
-    // (readable by naming them): they are masked as their parent is, at any depth.
+    // (readable by naming them): they are masked as their parent is, at any depth. A parent
+    // shows its children's rows too: a column masked on a partition or child is masked on its
+    // ancestors.
     let mut children: Vec<(u32, u32)> = Vec::new();
     for row in query(up, INHERITANCE_SQL).await? {
         if let [child, parent] = row.as_slice()
@@ -273,13 +275,15 @@ pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColu
     }
     loop {
         let mut found = Vec::new();
-        for (child, parent) in &children {
-            for ((oid, a), strategy) in &masked.by_field {
-                let Some(name) = (*oid == *parent).then(|| names.get(&(*oid, *a))).flatten() else {
-                    continue;
-                };
-                if let Some(c) = by_name.get(&(*child, name.as_str())) {
-                    found.push((*child, *c, *strategy));
+        for &(child, parent) in &children {
+            for (from, to) in [(parent, child), (child, parent)] {
+                for ((oid, a), strategy) in &masked.by_field {
+                    let Some(name) = (*oid == from).then(|| names.get(&(*oid, *a))).flatten() else {
+                        continue;
+                    };
+                    if let Some(c) = by_name.get(&(to, name.as_str())) {
+                        found.push((to, *c, *strategy));
+                    }
                 }
             }
         }
