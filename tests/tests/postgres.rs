@@ -2123,6 +2123,27 @@ fn fetch_joins_and_copy_do_not_step_around_decisions_caps_or_masking() {
         .unwrap_err();
     assert!(e.contains("COPY TO is refused"), "{e}");
     assert!(!e.contains("@example"), "{e}");
+    // Field notation calls a function that takes the row (`o.f` is `f(o)`): code the gateway
+    // cannot read, which may write, or read a masked column, under a column's name.
+    s.pg.psql(
+        "CREATE FUNCTION public.mark_shipped(o public.orders) RETURNS text LANGUAGE sql
+         AS 'UPDATE public.orders SET status = ''shipped'' WHERE id = o.id RETURNING status';
+         CREATE FUNCTION public.contact(o public.orders) RETURNS text STABLE LANGUAGE sql
+         AS 'SELECT email FROM public.customers WHERE id = o.customer_id';",
+    );
+    let status = || s.pg.psql("SELECT status FROM orders WHERE id = 4");
+    let before = status();
+    for sql in [
+        "SELECT o.mark_shipped FROM orders o WHERE o.id = 4",
+        "SELECT (o).mark_shipped FROM orders o WHERE o.id = 4",
+        "SELECT orders.contact FROM orders WHERE id = 1",
+        "SELECT (o).contact FROM orders o WHERE o.id = 1",
+    ] {
+        let out = s.psql(sql);
+        assert!(out.is_err(), "{sql}: {out:?}");
+        assert!(!format!("{out:?}").contains("@example"), "{sql}: {out:?}");
+    }
+    assert_eq!(status(), before, "the UPDATE behind o.mark_shipped ran");
 }
 
 #[test]

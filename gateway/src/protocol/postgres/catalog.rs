@@ -67,6 +67,28 @@ const MAX_VIEW_ROUNDS: usize = 64;
 /// Every inheritance edge (partitions included): (child, parent).
 const INHERITANCE_SQL: &str = "SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits";
 
+/// The database's own functions callable with one argument that a row can be (a composite
+/// type, or a pseudo-type such as `record` or `anyelement`): PostgreSQL runs `o.name` or
+/// `(o).name` as `name(o)` where the row has no column of that name.
+const ROW_FUNCTIONS_SQL: &str = "SELECT DISTINCT p.proname \
+     FROM pg_catalog.pg_proc p \
+     JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+     JOIN pg_catalog.pg_type t ON t.oid = p.proargtypes[0] \
+     WHERE p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1 \
+     AND n.nspname NOT IN ('pg_catalog','information_schema') \
+     AND (t.typtype IN ('c','p') OR t.typrelid <> 0)";
+
+/// The names of the database's own functions that field notation (`o.name`) may call: see
+/// [`ROW_FUNCTIONS_SQL`]. Read for every session, column rules or not: such a call may write,
+/// or read what a rule masks, under a column's name.
+pub async fn row_functions(up: &mut Upstream) -> Result<HashSet<String>, CatalogError> {
+    Ok(query(up, ROW_FUNCTIONS_SQL)
+        .await?
+        .into_iter()
+        .filter_map(|row| row.into_iter().next())
+        .collect())
+}
+
 /// Views whose columns cannot be traced from their text: they call a function that is not
 /// built in (which may read any table), or read the planner's statistics (which hold sampled
 /// values of every column).

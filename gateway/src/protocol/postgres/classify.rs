@@ -77,6 +77,10 @@ pub struct Statement {
     /// name): when `name` is not a column of the relation, PostgreSQL reads it as the function
     /// call `name(q)` over the whole row (`c.row_to_json`).
     pub qualified: Vec<(String, String)>,
+    /// Names read as a field of a row: after a qualifier (`o.name`) or a parenthesized value
+    /// (`(o).name`). Where the row has no such column PostgreSQL calls the function `name(o)`,
+    /// so a session checks them against the database's functions that take a row.
+    pub fields: Vec<String>,
     /// The columns among `columns` that are only written (`SET x = ...`, `INSERT INTO t (x)`),
     /// never read.
     pub assigned_only: Vec<String>,
@@ -465,6 +469,7 @@ struct Analysis<'t> {
     /// (qualifier, name) of every qualified column reference, resolved into `qualified`.
     qualified_names: Vec<(&'t str, &'t str)>,
     qualified: Vec<(String, String)>,
+    fields: Vec<String>,
     /// Aliases of joins, which stand for their relations' columns.
     join_aliases: Vec<&'t str>,
     /// Columns named as `excluded.x`.
@@ -737,6 +742,7 @@ impl<'t> Analysis<'t> {
         self.columns = inner.columns;
         self.assigned = inner.assigned;
         self.qualified = inner.qualified;
+        self.fields = inner.fields;
         self.opaque_calls = inner.opaque_calls;
         // EXPLAIN [ANALYZE] EXECUTE plans (and runs) the prepared statement; even without
         // ANALYZE it evaluates EXECUTE's arguments, which may call anything.
@@ -771,6 +777,7 @@ impl<'t> Analysis<'t> {
         self.columns = inner.columns.clone();
         self.assigned_only = inner.assigned_only.clone();
         self.qualified = inner.qualified.clone();
+        self.fields = inner.fields.clone();
         self.without_where = inner.without_where;
         self.writes = inner.writes;
         self.stores = inner.stores;
@@ -801,6 +808,7 @@ impl<'t> Analysis<'t> {
         dedup(&mut self.columns);
         dedup(&mut self.assigned_only);
         dedup(&mut self.qualified);
+        dedup(&mut self.fields);
         dedup(&mut self.settings);
         Ok(Statement {
             kinds: self.kinds,
@@ -809,6 +817,7 @@ impl<'t> Analysis<'t> {
             functions: self.functions,
             columns: self.columns,
             qualified: self.qualified,
+            fields: self.fields,
             assigned_only: self.assigned_only,
             without_where: self.without_where,
             writes: self.writes,
@@ -903,7 +912,12 @@ impl<'t> Analysis<'t> {
                 }
                 for i in v.list("indirection") {
                     match i.name() {
-                        "String" => self.columns.extend(i.sval().map(str::to_string)),
+                        "String" => {
+                            if let Some(name) = i.sval() {
+                                self.columns.push(name.to_string());
+                                self.fields.push(name.to_string());
+                            }
+                        }
                         "AStar" => self.columns.push("*".into()),
                         _ => self.walk(i, "AIndirection", "indirection"),
                     }
@@ -1176,6 +1190,7 @@ impl<'t> Analysis<'t> {
             if fields.len() == 1 {
                 self.single_names.push(last);
             } else if let Some(q) = fields[fields.len() - 2].sval() {
+                self.fields.push(last.to_string());
                 self.qualified_names.push((q, last));
                 if fields.len() == 2 && q == "excluded" {
                     self.excluded.push(last);
@@ -1207,11 +1222,13 @@ impl Statement {
         s.functions.extend(self.functions.iter().cloned());
         s.columns.extend(self.columns.iter().cloned());
         s.qualified.extend(self.qualified.iter().cloned());
+        s.fields.extend(self.fields.iter().cloned());
         s.settings.extend(self.settings.iter().cloned());
         dedup(&mut s.tables);
         dedup(&mut s.functions);
         dedup(&mut s.columns);
         dedup(&mut s.qualified);
+        dedup(&mut s.fields);
         dedup(&mut s.settings);
         s.writes |= self.writes;
         s.stores |= self.stores;
@@ -2404,6 +2421,12 @@ mod tests {
                 .contains(&("customers".to_string(), "row_to_json".to_string()))
         );
         assert!(s.qualified.contains(&("customers".to_string(), "id".to_string())));
+        // Every name read as a field, qualified or of a parenthesized value, for the session
+        // to check against the database's functions that take a row.
+        let s = one("SELECT o.mark_shipped, (o).contact, (row(1)).f1 FROM orders o WHERE x = 1");
+        assert_eq!(s.fields, strs(&["mark_shipped", "contact", "f1"]));
+        let s = one("EXPLAIN SELECT o.f FROM orders o");
+        assert_eq!(s.fields, strs(&["f"]));
         let s = one("SELECT public.customers.to_jsonb FROM public.customers");
         assert_eq!(
             s.qualified,

@@ -227,6 +227,8 @@ struct Live {
     token: Arc<str>,
     plan: MaskingPlan,
     masked: Arc<MaskedColumns>,
+    /// The database's own functions that field notation (`o.name`) may call, read at startup.
+    row_functions: HashSet<String>,
     /// The session's recording, when it has one; replaced (see [`Live::recording`]) when it
     /// reaches its age limit or the recording configuration changes.
     recording: Option<Mutex<Arc<Recording>>>,
@@ -371,6 +373,12 @@ async fn start(
             format!("connection {}: {e}", conn.name),
         )
     })?;
+    let row_functions = catalog::row_functions(&mut up).await.map_err(|e| {
+        fatal(
+            sqlstate::CONNECTION_FAILURE,
+            format!("connection {}: {e}", conn.name),
+        )
+    })?;
     let mode = cfg.gateway.recording.mode;
     let recording_start = json!({
         "identity": principal.identity,
@@ -434,6 +442,7 @@ async fn start(
             token: token.as_str().into(),
             plan,
             masked: Arc::new(masked),
+            row_functions,
             recording,
             recording_start,
             retiring: Mutex::new(Vec::new()),
@@ -862,6 +871,7 @@ impl Live {
     /// Decides one statement (after resolving SQL-level EXECUTE to its prepared statement).
     fn decide(&self, statement: &Statement, prepared: &Prepared) -> Verdict {
         let target: Arc<Statement>;
+        let called_target: Arc<Statement>;
         let mut st = statement;
         if let Some(name) = &statement.execute {
             // A protocol-level statement of the name (one namespace with PREPARE) may be what runs.
@@ -889,6 +899,21 @@ impl Live {
                     ));
                 }
             }
+        }
+        // `o.name` where `name` is one of the database's functions that take a row: called as
+        // `name(o)` (unless `o` has such a column), it is code the gateway cannot read.
+        if st.fields.iter().any(|f| self.row_functions.contains(f)) {
+            let mut called = st.clone();
+            for f in &st.fields {
+                if self.row_functions.contains(f) && !called.functions.contains(f) {
+                    called.functions.push(f.clone());
+                }
+            }
+            called.writes = true;
+            called.stores = true;
+            called.opaque_calls = true;
+            called_target = Arc::new(called);
+            st = &called_target;
         }
         if let Some((name, _)) = upstream::PINNED_SETTINGS
             .iter()
@@ -1113,7 +1138,8 @@ impl Live {
     /// by `*`, or as whole rows, or calls code that may read them (a function of the
     /// database's own, as a view calling one is masked whole).
     fn computes_over_masked(&self, st: &Statement) -> bool {
-        self.names_masked(st) || (st.opaque_calls && !self.masked.is_empty())
+        let calls_by_field = || st.fields.iter().any(|f| self.row_functions.contains(f));
+        self.names_masked(st) || ((st.opaque_calls || calls_by_field()) && !self.masked.is_empty())
     }
 
     /// Whether `st` reads a relation made since the catalog was read (or one that does not
