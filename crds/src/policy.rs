@@ -283,7 +283,9 @@ pub struct SqlMatch {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 128), inner(length(min = 1, max = 256)))]
     pub functions: Vec<String>,
-    /// Matches only UPDATE and DELETE statements without a WHERE clause.
+    /// Matches only UPDATE and DELETE statements without a WHERE clause, anywhere in the
+    /// statement, and MERGE that updates or deletes every row of its target (unconditionally,
+    /// on a join condition naming no column, or `WHEN NOT MATCHED BY SOURCE`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub without_where: bool,
     /// Matches only statements that may write (DML, DDL, COPY FROM, data-modifying CTEs, volatile

@@ -1047,6 +1047,9 @@ impl<'t> Analysis<'t> {
         if matches!(name, "UpdateStmt" | "DeleteStmt") && v.get("where_clause").is_none() {
             self.without_where = true;
         }
+        if name == "MergeStmt" && merges_every_row(v) {
+            self.without_where = true;
+        }
         let base = self.ctes.len();
         if let Some(with) = v.get("with_clause") {
             let recursive = with.flag("recursive");
@@ -1256,6 +1259,31 @@ fn is_relation_type(t: i64) -> bool {
 }
 
 /// The strings of a name list (`List` of `String` nodes, or `String` nodes).
+/// Whether a MERGE updates or deletes every row of its target, as an UPDATE or DELETE without
+/// WHERE does: an unconditional UPDATE or DELETE for rows matched on a condition that names no
+/// column (`ON true`), or for every row the source does not match (`WHEN NOT MATCHED BY
+/// SOURCE`).
+fn merges_every_row(merge: &V) -> bool {
+    fn names_a_column(v: &V) -> bool {
+        match v {
+            V::Obj("ColumnRef", _) => true,
+            V::Obj(_, fields) => fields.iter().any(|(_, f)| names_a_column(f)),
+            V::List(items) => items.iter().any(names_a_column),
+            _ => false,
+        }
+    }
+    let constant_join = !merge.get("join_condition").is_some_and(names_a_column);
+    merge.list("merge_when_clauses").iter().any(|clause| {
+        let command = clause.int("command_type");
+        let modifies =
+            command == protobuf::CmdType::CmdUpdate as i64 || command == protobuf::CmdType::CmdDelete as i64;
+        let kind = clause.int("match_kind");
+        let every = kind == protobuf::MergeMatchKind::MergeWhenNotMatchedBySource as i64
+            || (kind == protobuf::MergeMatchKind::MergeWhenMatched as i64 && constant_join);
+        modifies && every && clause.get("condition").is_none()
+    })
+}
+
 fn name_parts(items: &[V]) -> Vec<&str> {
     let mut out = Vec::new();
     for i in items {
@@ -2588,6 +2616,32 @@ mod tests {
         assert!(one("WITH x AS (UPDATE t SET a = 1 RETURNING 1) SELECT * FROM x").without_where);
         assert!(!one("SELECT * FROM t").without_where);
         assert!(!one("TRUNCATE t").without_where);
+        // MERGE that updates or deletes every row of its target.
+        for (sql, every) in [
+            ("MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE", true),
+            (
+                "MERGE INTO t USING s ON 1 = 1 WHEN MATCHED THEN UPDATE SET a = 1",
+                true,
+            ),
+            (
+                "MERGE INTO t USING s ON t.id = s.id WHEN NOT MATCHED BY SOURCE THEN DELETE",
+                true,
+            ),
+            (
+                "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE",
+                false,
+            ),
+            (
+                "MERGE INTO t USING s ON true WHEN MATCHED AND t.a > 1 THEN DELETE",
+                false,
+            ),
+            (
+                "MERGE INTO t USING s ON true WHEN NOT MATCHED THEN INSERT VALUES (1)",
+                false,
+            ),
+        ] {
+            assert_eq!(one(sql).without_where, every, "{sql}");
+        }
     }
 
     #[test]
