@@ -2144,6 +2144,17 @@ fn fetch_joins_and_copy_do_not_step_around_decisions_caps_or_masking() {
         assert!(!format!("{out:?}").contains("@example"), "{sql}: {out:?}");
     }
     assert_eq!(status(), before, "the UPDATE behind o.mark_shipped ran");
+    // A function of the database's own named as a built-in one answers the call it fits best
+    // (`lower(4)` is `public.lower(int)`): code the gateway cannot read, not the built-in.
+    s.pg.psql(
+        "CREATE FUNCTION public.lower(i int) RETURNS text LANGUAGE sql
+         AS 'UPDATE public.orders SET status = ''lowered'' WHERE id = i RETURNING status'",
+    );
+    let out = s.psql("SELECT lower(4)");
+    assert!(out.is_err(), "{out:?}");
+    assert_eq!(status(), before, "the UPDATE behind lower(4) ran");
+    // Any call of the name may be either, so any is decided as such a call.
+    assert!(s.psql("SELECT lower('ABC')").is_err());
 }
 
 #[test]

@@ -67,26 +67,47 @@ const MAX_VIEW_ROUNDS: usize = 64;
 /// Every inheritance edge (partitions included): (child, parent).
 const INHERITANCE_SQL: &str = "SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits";
 
-/// The database's own functions callable with one argument that a row can be (a composite
-/// type, or a pseudo-type such as `record` or `anyelement`): PostgreSQL runs `o.name` or
-/// `(o).name` as `name(o)` where the row has no column of that name.
-const ROW_FUNCTIONS_SQL: &str = "SELECT DISTINCT p.proname \
+/// Functions of the database's own that change what a statement calls, as (name, why): `row`,
+/// callable with one argument that a row can be (a composite type, or a pseudo-type such as
+/// `record` or `anyelement`), which PostgreSQL runs for `o.name` or `(o).name` where the row
+/// has no column of that name; `shadow`, named as a built-in function is, which a call of that
+/// name may resolve to (`public.lower(int)` for `lower(1)`).
+const CALLED_FUNCTIONS_SQL: &str = "SELECT DISTINCT p.proname, 'row' \
      FROM pg_catalog.pg_proc p \
      JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
      JOIN pg_catalog.pg_type t ON t.oid = p.proargtypes[0] \
      WHERE p.pronargs >= 1 AND p.pronargs - p.pronargdefaults <= 1 \
      AND n.nspname NOT IN ('pg_catalog','information_schema') \
-     AND (t.typtype IN ('c','p') OR t.typrelid <> 0)";
+     AND (t.typtype IN ('c','p') OR t.typrelid <> 0) \
+     UNION SELECT DISTINCT p.proname, 'shadow' \
+     FROM pg_catalog.pg_proc p \
+     JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+     WHERE n.nspname NOT IN ('pg_catalog','information_schema') \
+     AND EXISTS (SELECT 1 FROM pg_catalog.pg_proc b \
+         WHERE b.pronamespace = 'pg_catalog'::regnamespace AND b.proname = p.proname)";
 
-/// The names of the database's own functions that field notation (`o.name`) may call: see
-/// [`ROW_FUNCTIONS_SQL`]. Read for every session, column rules or not: such a call may write,
-/// or read what a rule masks, under a column's name.
-pub async fn row_functions(up: &mut Upstream) -> Result<HashSet<String>, CatalogError> {
-    Ok(query(up, ROW_FUNCTIONS_SQL)
-        .await?
-        .into_iter()
-        .filter_map(|row| row.into_iter().next())
-        .collect())
+/// The database's own functions a statement may call without the classifier knowing it: see
+/// [`CALLED_FUNCTIONS_SQL`]. Read for every session, column rules or not: such a call may
+/// write, or read what a rule masks, under a column's or a built-in function's name.
+#[derive(Debug, Default)]
+pub struct CalledFunctions {
+    /// Callable by field notation (`o.name`).
+    pub by_field: HashSet<String>,
+    /// Named as built-in functions are.
+    pub shadowing: HashSet<String>,
+}
+
+pub async fn called_functions(up: &mut Upstream) -> Result<CalledFunctions, CatalogError> {
+    let mut out = CalledFunctions::default();
+    for row in query(up, CALLED_FUNCTIONS_SQL).await? {
+        if let [name, why] = row.as_slice() {
+            match why.as_str() {
+                "row" => out.by_field.insert(name.clone()),
+                _ => out.shadowing.insert(name.clone()),
+            };
+        }
+    }
+    Ok(out)
 }
 
 /// Views whose columns cannot be traced from their text: they call a function that is not

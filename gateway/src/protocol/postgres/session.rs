@@ -227,8 +227,9 @@ struct Live {
     token: Arc<str>,
     plan: MaskingPlan,
     masked: Arc<MaskedColumns>,
-    /// The database's own functions that field notation (`o.name`) may call, read at startup.
-    row_functions: HashSet<String>,
+    /// The database's own functions that field notation (`o.name`) may call, or that a call of
+    /// a built-in function's name may resolve to; read at startup.
+    called: catalog::CalledFunctions,
     /// The session's recording, when it has one; replaced (see [`Live::recording`]) when it
     /// reaches its age limit or the recording configuration changes.
     recording: Option<Mutex<Arc<Recording>>>,
@@ -373,7 +374,7 @@ async fn start(
             format!("connection {}: {e}", conn.name),
         )
     })?;
-    let row_functions = catalog::row_functions(&mut up).await.map_err(|e| {
+    let called = catalog::called_functions(&mut up).await.map_err(|e| {
         fatal(
             sqlstate::CONNECTION_FAILURE,
             format!("connection {}: {e}", conn.name),
@@ -442,7 +443,7 @@ async fn start(
             token: token.as_str().into(),
             plan,
             masked: Arc::new(masked),
-            row_functions,
+            called,
             recording,
             recording_start,
             retiring: Mutex::new(Vec::new()),
@@ -901,11 +902,13 @@ impl Live {
             }
         }
         // `o.name` where `name` is one of the database's functions that take a row: called as
-        // `name(o)` (unless `o` has such a column), it is code the gateway cannot read.
-        if st.fields.iter().any(|f| self.row_functions.contains(f)) {
+        // `name(o)` (unless `o` has such a column), it is code the gateway cannot read. So is
+        // a call of a built-in function's name that one of the database's own may answer.
+        let by_field = |f: &String| self.called.by_field.contains(f);
+        if st.fields.iter().any(by_field) || st.functions.iter().any(|f| self.called.shadowing.contains(f)) {
             let mut called = st.clone();
-            for f in &st.fields {
-                if self.row_functions.contains(f) && !called.functions.contains(f) {
+            for f in st.fields.iter().filter(|f| by_field(f)) {
+                if !called.functions.contains(f) {
                     called.functions.push(f.clone());
                 }
             }
@@ -1138,7 +1141,10 @@ impl Live {
     /// by `*`, or as whole rows, or calls code that may read them (a function of the
     /// database's own, as a view calling one is masked whole).
     fn computes_over_masked(&self, st: &Statement) -> bool {
-        let calls_by_field = || st.fields.iter().any(|f| self.row_functions.contains(f));
+        let calls_by_field = || {
+            st.fields.iter().any(|f| self.called.by_field.contains(f))
+                || st.functions.iter().any(|f| self.called.shadowing.contains(f))
+        };
         self.names_masked(st) || ((st.opaque_calls || calls_by_field()) && !self.masked.is_empty())
     }
 
