@@ -265,9 +265,14 @@ pub fn compile(ns: &Namespace, gateway: &str, in_cluster: bool) -> Compiled {
     }
 }
 
-/// Whether leaving the policy out would lift a restriction.
+/// Whether leaving the policy out would lift a restriction: masking, a Deny or RequireApproval
+/// rule, or a row cap (which restricts every matching Allow, other policies' too).
 fn restricts(p: &AccessPolicy) -> bool {
-    !p.spec.masking.is_empty() || p.spec.rules.iter().any(|r| r.action != RuleAction::Allow)
+    !p.spec.masking.is_empty()
+        || p.spec
+            .rules
+            .iter()
+            .any(|r| r.action != RuleAction::Allow || r.sql.as_ref().is_some_and(|s| s.row_limit.is_some()))
 }
 
 fn push_all<K: Serialize + kube::Resource>(out: &mut Vec<Candidate>, kind: &'static str, objects: &[K]) {

@@ -417,6 +417,14 @@ fn duplicate_content_lengths_are_refused_unless_identical() {
         s.creds()
     ));
     assert_eq!(r.only().echo().body(), "abc");
+    // Two Content-Types: servers join them (Apache) or take either, so the body's kind, and
+    // the method override it may carry, would be read otherwise than the gateway checked it.
+    let r = s.raw(format!(
+        "POST /okta/echo/dup-ct HTTP/1.1\r\n{}Content-Type: text/plain\r\nContent-Type: application/json\r\nContent-Length: 20\r\nConnection: close\r\n\r\n{{\"_method\":\"DELETE\"}}",
+        s.creds()
+    ));
+    assert_eq!(r.only().status, 400, "{}", r.text());
+    s.assert_not_forwarded("dup-ct");
     s.assert_no_secrets();
 }
 
@@ -759,7 +767,7 @@ fn client_sent_identity_headers_never_reach_the_upstream() {
 fn method_overrides_in_the_query_or_a_form_are_refused() {
     let s = setup();
     let form = "Content-Type: application/x-www-form-urlencoded";
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 12] = [
         (
             &["-X", "POST", "--data", "x"],
             "/okta/echo/override-q?_method=DELETE",
@@ -827,6 +835,30 @@ fn method_overrides_in_the_query_or_a_form_are_refused() {
         (
             &["-H", form, "--data", "%5B_method%5D=DELETE"],
             "/okta/echo/override-bracket",
+        ),
+        // PHP reads a name up to a NUL.
+        (
+            &["-H", form, "--data", "_method%00=DELETE"],
+            "/okta/echo/override-nul",
+        ),
+        // Laravel reads JSON wherever `/json` appears in the Content-Type.
+        (
+            &[
+                "-H",
+                "Content-Type: text/json",
+                "--data",
+                r#"{"_method":"DELETE"}"#,
+            ],
+            "/okta/echo/override-text-json",
+        ),
+        (
+            &[
+                "-H",
+                "Content-Type: application/x-www-form-urlencoded; a=/json",
+                "--data",
+                r#"{"_method":"DELETE"}"#,
+            ],
+            "/okta/echo/override-form-json",
         ),
     ];
     for (args, path) in cases {

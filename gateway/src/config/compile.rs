@@ -303,7 +303,32 @@ pub fn compile(
     let settings = compile_gateway(gm, gateway, options, &mut secrets, errors);
 
     let mut connections = BTreeMap::new();
-    let mut routes: HashMap<(Option<String>, Option<String>), &str> = HashMap::new();
+    // A host or a path prefix routes to one Connection. Where two claim one, neither is served:
+    // the one a tie-break (by name) would pick could be a newcomer's, taking the other's
+    // traffic and answering its agents.
+    let mut claims: HashMap<String, Vec<&str>> = HashMap::new();
+    for (m, c) in objects
+        .connections
+        .iter()
+        .filter(|(m, c)| m.namespace() == namespace && c.spec.gateway_ref.name == gm.name())
+    {
+        if let Some(route) = &c.spec.route {
+            if let Some(h) = &route.host {
+                claims
+                    .entry(format!("host {}", h.to_ascii_lowercase()))
+                    .or_default()
+                    .push(m.name());
+            }
+            if let Some(p) = &route.path_prefix {
+                let p = p.trim_end_matches('/');
+                claims
+                    .entry(format!("pathPrefix {}", if p.is_empty() { "/" } else { p }))
+                    .or_default()
+                    .push(m.name());
+            }
+        }
+    }
+    claims.retain(|_, names| names.len() > 1);
     for (m, c) in objects
         .connections
         .iter()
@@ -324,14 +349,24 @@ pub fn compile(
         if target != gm.name() {
             continue;
         }
-        if let Some(route) = &c.spec.route {
-            let key = (route.host.clone(), route.path_prefix.clone());
-            if let Some(other) = routes.insert(key, m.name()) {
-                errors.push(m.error(
-                    "spec.route",
-                    format!("Duplicate value: Connection {other} already has the same host and pathPrefix"),
-                ));
-            }
+        let mut contested: Vec<String> = claims
+            .iter()
+            .filter(|(_, names)| names.contains(&m.name()))
+            .map(|(route, names)| {
+                let others: Vec<&str> = names.iter().copied().filter(|n| *n != m.name()).collect();
+                format!("{route} (also Connection {})", others.join(", "))
+            })
+            .collect();
+        if !contested.is_empty() {
+            contested.sort();
+            errors.push(m.error(
+                "spec.route",
+                format!(
+                    "Duplicate value: {}; neither Connection is served until one route changes",
+                    contested.join("; ")
+                ),
+            ));
+            continue;
         }
         if let Some(compiled) = compile_connection(m, c, &secrets, errors) {
             connections.insert(m.name().to_string(), compiled);
@@ -1264,6 +1299,43 @@ mod tests {
             errors.contains("AccessPolicy agentgate/ci-agent-okta: spec.masking[0].columns: column rules mask PostgreSQL results"),
             "{errors}"
         );
+    }
+
+    /// A host or path prefix that two Connections claim serves neither: which one a tie-break
+    /// picked would be up to their names, and a newcomer's could take the other's traffic.
+    #[test]
+    fn a_route_two_connections_claim_serves_neither() {
+        let dir = tempfile::tempdir().unwrap();
+        let connection = |name: &str, route: &str| {
+            format!(
+                "apiVersion: agentgate.dev/v1alpha1\nkind: Connection\nmetadata: {{name: {name}, namespace: ns}}\n\
+                 spec: {{gatewayRef: {{name: gw}}, type: HTTP, endpoint: 'https://{name}.example', route: {route}}}\n---\n"
+            )
+        };
+        let yaml = format!(
+            "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {{name: gw, namespace: ns}}\n\
+             spec:\n  listeners: [{{name: http, protocol: HTTP, port: 18080}}]\n---\n{}{}{}{}",
+            connection("okta-admin", "{host: okta.internal, pathPrefix: /okta}"),
+            connection("0-evil", "{host: okta.internal}"),
+            connection("1-evil", "{pathPrefix: /okta}"),
+            connection("github", "{pathPrefix: /github}"),
+        );
+        std::fs::write(dir.path().join("all.yaml"), yaml).unwrap();
+        let errors = crate::config::load(&crate::config::LoadOptions {
+            manifests: dir.path().to_path_buf(),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        for name in ["okta-admin", "0-evil", "1-evil"] {
+            assert!(
+                errors.contains(&format!("Connection ns/{name}: spec.route")),
+                "{name}: {errors}"
+            );
+        }
+        assert!(errors.contains("host okta.internal (also Connection"), "{errors}");
+        assert!(errors.contains("pathPrefix /okta (also Connection"), "{errors}");
+        assert!(!errors.contains("Connection ns/github"), "{errors}");
     }
 
     /// An endpoint refused for carrying credentials is quoted without them: the message reaches

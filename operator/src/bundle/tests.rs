@@ -127,6 +127,27 @@ fn an_invalid_restricting_policy_quarantines_its_connections_instead_of_lifting_
     assert_eq!(c.verdicts[&key("Connection", "conn-1")], Verdict::Ready);
 }
 
+/// A row cap restricts every Allow that matches the statement, other policies' too: a policy
+/// that carries one and turns invalid quarantines its connections rather than lifting the cap.
+#[test]
+fn an_invalid_policy_with_a_row_cap_quarantines_its_connections() {
+    let mut ns = fixtures::namespace("team", 2, 1, 2);
+    let mut capped = fixtures::allow_policy("team", "capped", "agent-0", "conn-0");
+    capped.spec.subjects.identities.push("ghost".into());
+    capped.spec.rules[0].http = None;
+    capped.spec.rules[0].sql = Some(agentgate_crds::policy::SqlMatch {
+        row_limit: Some(1000),
+        ..Default::default()
+    });
+    ns.policies.push(capped);
+    let c = compile(&ns, "main", true);
+    match &c.verdicts[&key("Connection", "conn-0")] {
+        Verdict::Quarantined(m) => assert!(m.contains("AccessPolicy capped"), "{m}"),
+        v => panic!("{v:?}"),
+    }
+    assert_eq!(c.verdicts[&key("Connection", "conn-1")], Verdict::Ready);
+}
+
 #[test]
 fn an_invalid_gateway_is_reported_as_the_gateways_own_error() {
     let mut ns = fixtures::namespace("team", 1, 1, 1);

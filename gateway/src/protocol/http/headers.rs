@@ -51,9 +51,13 @@ const IDENTITY_HEADERS: &[&str] = &[
     "x-ssl-client-cert",
     "x-ssl-client-dn",
     "ssl-client-cert",
-    "x-amzn-oidc-data",
     "x-goog-authenticated-user-email",
-    "x-ms-client-principal",
+    "x-goog-authenticated-user-id",
+    "x-goog-iap-jwt-assertion",
+    "remote-user",
+    "remote-groups",
+    "remote-email",
+    "remote-name",
     // Headers some frameworks honour to change the method or path after the gateway decided:
     // they would let a request allowed as `GET /a` act as `DELETE /b`.
     "x-http-method-override",
@@ -73,6 +77,14 @@ const IDENTITY_PREFIXES: &[&str] = &[
     "x-auth-request-",
     "x-authenticated-",
     "x-agentgate-",
+    // Identity-aware proxies' own: AWS ALB, Azure App Service, Cloudflare Access, Kong,
+    // Pomerium, Grafana's auth proxy.
+    "x-amzn-oidc-",
+    "x-ms-client-principal",
+    "cf-access-",
+    "x-consumer-",
+    "x-pomerium-",
+    "x-webauth-",
 ];
 
 /// Header values never copied into recordings or logs.
@@ -517,6 +529,14 @@ mod tests {
             "X-HTTP-Method-Override",
             "X-Original-URL",
             "X-Ms-Client-Principal",
+            "X-Ms-Client-Principal-Name",
+            "X-Amzn-Oidc-Identity",
+            "Remote-User",
+            "Remote-Groups",
+            "Cf-Access-Authenticated-User-Email",
+            "X-Consumer-Username",
+            "X-Pomerium-Claim-Email",
+            "X-Webauth-User",
             "Proxy-Authorization",
             "TE",
             "Upgrade",
@@ -576,6 +596,21 @@ mod tests {
             }
             let auth: Vec<_> = h.get_all(header::AUTHORIZATION).iter().collect();
             assert_eq!(auth, [&HeaderValue::from_static("Bearer upstream-secret")]);
+        }
+        // Identity-aware proxies' headers, which upstreams behind one trust, are the client's
+        // claims here.
+        for n in [
+            "x-ms-client-principal-name",
+            "x-amzn-oidc-identity",
+            "remote-user",
+            "remote-groups",
+            "cf-access-authenticated-user-email",
+            "x-consumer-username",
+            "x-pomerium-claim-email",
+            "x-webauth-user",
+            "x-goog-iap-jwt-assertion",
+        ] {
+            assert!(is_identity_header(n), "{n}");
         }
     }
 }

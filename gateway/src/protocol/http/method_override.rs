@@ -30,6 +30,8 @@ pub const MAX_PART_HEADERS: usize = 16 * 1024;
 /// leading spaces and reads `.` and ` ` as `_`; Rack and `qs` read `[_method]` and `_method[]`
 /// as `_method`.
 pub fn is_override(name: &str) -> bool {
+    // PHP reads a name up to a NUL (`_method%00=DELETE` is `_method`).
+    let name = name.split('\0').next().unwrap_or(name);
     let name = name.trim_start().trim_start_matches('[');
     let base = name.split(['[', ']']).next().unwrap_or(name).trim_end();
     let base: String = base
@@ -46,8 +48,11 @@ pub enum BodyKind {
     Form,
     /// `multipart/*` with its boundary.
     Multipart,
-    /// JSON (`application/json`, `*+json`).
+    /// JSON: a Content-Type that mentions `json` anywhere (Laravel reads a JSON body's
+    /// `_method` wherever `/json` or `+json` appears, `text/json` and parameters included).
     Json,
+    /// A form whose Content-Type mentions `json` too: Rack reads it as a form, Laravel as JSON.
+    FormOrJson,
     /// Nothing reads an override from it.
     Other,
 }
@@ -74,11 +79,16 @@ pub fn body_kind(method: &Method, headers: &HeaderMap) -> BodyKind {
         return BodyKind::Form;
     };
     let media = media_type(ct.as_bytes());
+    let mentions_json = memchr::memmem::find(&ct.as_bytes().to_ascii_lowercase(), b"json").is_some();
     if media.is_empty() || media == "application/x-www-form-urlencoded" {
-        BodyKind::Form
+        if mentions_json {
+            BodyKind::FormOrJson
+        } else {
+            BodyKind::Form
+        }
     } else if media.starts_with("multipart/") {
         BodyKind::Multipart
-    } else if media == "application/json" || media.ends_with("+json") {
+    } else if mentions_json {
         BodyKind::Json
     } else {
         BodyKind::Other
@@ -86,14 +96,25 @@ pub fn body_kind(method: &Method, headers: &HeaderMap) -> BodyKind {
 }
 
 /// The `boundary` parameter of a multipart Content-Type (quoted or not).
+/// Only one, and only of the characters clients put in one (letters, digits, `-_.+/=:?()`):
+/// parsers split a boundary differently at quotes, backslashes, commas and blanks (Rack at `,`
+/// and `\`, PHP at the first `boundary` it finds, even inside another parameter's name), and
+/// a body split on another boundary than the gateway's hides its parts from the scan.
 pub fn boundary(headers: &HeaderMap) -> Option<Vec<u8>> {
     let ct = headers.get(header::CONTENT_TYPE)?.as_bytes();
+    if memchr::memmem::find_iter(&ct.to_ascii_lowercase(), b"boundary").count() != 1 {
+        return None;
+    }
     let text = String::from_utf8_lossy(ct);
     params(&text)
         .into_iter()
         .find(|(k, _)| k == "boundary")
         .map(|(_, v)| v.into_bytes())
         .filter(|b| !b.is_empty() && b.len() <= 200)
+        .filter(|b| {
+            b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.+/=:?()".contains(c))
+        })
 }
 
 /// Whether an urlencoded form body has an override field. Names are decoded leniently (a bad
@@ -202,6 +223,30 @@ fn params(value: &str) -> Vec<(String, String)> {
 /// Whether one part's header block names an override: its Content-Disposition `name` (or
 /// `name*`), or its Content-ID (Rack 2 names a part without a name by it).
 fn part_overrides(block: &[u8]) -> bool {
+    mentions_override(block) || named_override(block)
+}
+
+/// Whether an override's name stands as a word anywhere in a part's header block: Rack 2 finds
+/// a part's name with an unanchored pattern (`x="a;name=_method"` names it `_method`), so the
+/// block is not trusted to parse as the gateway parses it.
+fn mentions_override(block: &[u8]) -> bool {
+    let text: Vec<u8> = block
+        .iter()
+        .map(|b| match b.to_ascii_lowercase() {
+            b'.' => b'_',
+            b => b,
+        })
+        .collect();
+    let word = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+    OVERRIDE_NAMES.iter().any(|name| {
+        memchr::memmem::find_iter(&text, name.as_bytes())
+            .any(|i| !word(i.checked_sub(1).and_then(|j| text.get(j))) && !word(text.get(i + name.len())))
+    })
+}
+
+/// Whether a part's Content-Disposition `name` (or `name*`), or its Content-ID, names an
+/// override, parsed as PHP and Symfony read them.
+fn named_override(block: &[u8]) -> bool {
     let text = String::from_utf8_lossy(block);
     // Unfold continuation lines.
     let mut lines: Vec<String> = Vec::new();
@@ -254,9 +299,15 @@ impl MultipartScan {
         self.held.extend_from_slice(data);
         loop {
             if self.in_headers {
-                let end = memchr::memmem::find(&self.held, b"\r\n\r\n")
-                    .map(|i| (i, 4))
-                    .or_else(|| memchr::memmem::find(&self.held, b"\n\n").map(|i| (i, 2)));
+                // A blank line of a bare LF ends a part's headers for PHP, not for Rack, which
+                // reads on to CRLF CRLF: the headers of one would be the body of the other.
+                let crlf = memchr::memmem::find(&self.held, b"\r\n\r\n");
+                if memchr::memmem::find(&self.held, b"\n\n").is_some_and(|i| crlf.is_none_or(|c| i < c)) {
+                    return Err(
+                        "a multipart part's headers end with a bare line feed, which parsers read differently",
+                    );
+                }
+                let end = crlf.map(|i| (i, 4));
                 match end {
                     Some((i, sep)) => {
                         if part_overrides(&self.held[..i]) {
@@ -375,16 +426,33 @@ mod tests {
             (Some("multipart/mixed"), BodyKind::Multipart),
             (Some("application/json"), BodyKind::Json),
             (Some("application/merge-patch+json"), BodyKind::Json),
+            // Laravel reads JSON wherever `/json` or `+json` appears in the header.
+            (Some("text/json"), BodyKind::Json),
+            (Some("text/plain; x=/json"), BodyKind::Json),
+            (
+                Some("application/x-www-form-urlencoded; a=/json"),
+                BodyKind::FormOrJson,
+            ),
             (Some("text/plain"), BodyKind::Other),
         ] {
             assert_eq!(body_kind(&post, &headers(ct)), kind, "{ct:?}");
         }
         assert_eq!(body_kind(&Method::PUT, &headers(None)), BodyKind::Other);
         assert_eq!(
-            boundary(&headers(Some("multipart/form-data; boundary=\"a b\""))).as_deref(),
-            Some(&b"a b"[..])
+            boundary(&headers(Some("multipart/form-data; boundary=\"a-b_c.1\""))).as_deref(),
+            Some(&b"a-b_c.1"[..])
         );
         assert_eq!(boundary(&headers(Some("multipart/form-data"))), None);
+        // Where parsers would split on another boundary than the gateway's: none is taken.
+        for ct in [
+            "multipart/form-data; boundary=\"AAA\\\"BBB\"",
+            "multipart/form-data; boundary=AAA,BBB",
+            "multipart/form-data; boundary=\"a b\"",
+            "multipart/form-data; xboundary=AAA; boundary=BBB",
+            "multipart/form-data; boundary=AAA; boundary=BBB",
+        ] {
+            assert_eq!(boundary(&headers(Some(ct))), None, "{ct}");
+        }
     }
 
     #[test]
@@ -398,6 +466,8 @@ mod tests {
             b"%5B_method%5D=DELETE",
             b".method=DELETE",
             b"a=1;_method=DELETE",
+            // PHP reads a name up to a NUL.
+            b"_method%00=DELETE",
         ] {
             assert!(form_overrides(body), "{}", String::from_utf8_lossy(body));
         }
@@ -444,6 +514,9 @@ mod tests {
             "Content-Disposition: form-data; name*=UTF-8''%5Fmethod",
             "Content-Disposition: form-data;\r\n name=\"X-HTTP-Method-Override\"",
             "Content-ID: <_method>",
+            // Rack 2 finds `name=` anywhere in the header.
+            "Content-Disposition: form-data; x=\"a;name=_method\"",
+            "X-Note: Content-Disposition: x; name=_method\r\nContent-Disposition: form-data; name=\"a\"",
         ] {
             assert!(scan_all(&part(header, "DELETE")).is_err(), "{header}");
         }
@@ -467,6 +540,13 @@ mod tests {
         ) + &part("Content-Disposition: form-data; name=\"method\"", "x")
             + "--XyZ--\r\n";
         assert_eq!(scan_all(&upload), Ok(()));
+        // A blank line of a bare line feed ends headers for PHP, not for Rack: refused, however
+        // the body arrives.
+        let lf =
+            "--XyZ\r\nX: 1\n\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--XyZ--\r\n";
+        assert!(scan_all(lf).is_err());
+        let mut scan = MultipartScan::new(b"XyZ");
+        assert!(scan.push(b"--XyZ\r\nX: 1\n\n").is_err());
         // A header block that never ends is refused.
         let endless = format!("--XyZ\r\nX-Pad: {}", "a".repeat(MAX_PART_HEADERS + 1));
         assert!(scan_all(&endless).is_err());

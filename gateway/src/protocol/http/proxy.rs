@@ -257,6 +257,11 @@ fn check_framing(req: &Parts) -> Result<(), Problem> {
     if h.get_all(header::HOST).iter().count() > 1 {
         return Err(bad_request("a request must carry at most one Host header"));
     }
+    // Servers join repeated Content-Types (Apache: `a, b`) or take either: the body would be
+    // read as a kind the gateway did not check it as.
+    if h.get_all(header::CONTENT_TYPE).iter().count() > 1 {
+        return Err(bad_request("a request must carry at most one Content-Type"));
+    }
     if let Some(token) = headers::connection_names_end_to_end(h) {
         return Err(bad_request(format!(
             "the Connection header may name only hop-by-hop headers, not {token:?}: a header it names would be removed after the decision read it"
@@ -299,6 +304,9 @@ fn body_overrides(kind: BodyKind, boundary: Option<&[u8]>, bytes: &[u8]) -> bool
     match (kind, boundary) {
         (BodyKind::Form, _) => method_override::form_overrides(bytes),
         (BodyKind::Json, _) => method_override::json_overrides(bytes),
+        (BodyKind::FormOrJson, _) => {
+            method_override::form_overrides(bytes) || method_override::json_overrides(bytes)
+        }
         (BodyKind::Multipart, Some(b)) => method_override::MultipartScan::new(b).push(bytes).is_err(),
         _ => false,
     }
@@ -456,7 +464,8 @@ async fn proxy(
     };
     // The body is read before the decision only when a rule reads it, or when it is a form or
     // JSON, which may carry a method override (multipart bodies are scanned as they stream).
-    let (mut read_body, mut body) = if (needs_body || matches!(kind, BodyKind::Form | BodyKind::Json))
+    let (mut read_body, mut body) = if (needs_body
+        || matches!(kind, BodyKind::Form | BodyKind::Json | BodyKind::FormOrJson))
         && parts.method != Method::GET
         && parts.method != Method::HEAD
     {
