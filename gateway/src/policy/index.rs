@@ -163,6 +163,13 @@ impl Bucket {
                 if h.path.bytes().any(|b| b.is_ascii_uppercase()) {
                     self.http.collect(&h.path.to_ascii_lowercase(), out);
                 }
+                // Restricting rules also match the path without a format suffix.
+                if let Some(stem) = super::rule::without_format(h.path.trim_end_matches('/')) {
+                    self.http.collect(stem, out);
+                    if stem.bytes().any(|b| b.is_ascii_uppercase()) {
+                        self.http.collect(&stem.to_ascii_lowercase(), out);
+                    }
+                }
             }
             Operation::Kubernetes(k) => {
                 if let Some(l) = self.kube_by_resource.get(k.resource) {
@@ -649,7 +656,8 @@ mod tests {
              - {name: reads, action: Allow, http: {paths: ['/api/**']}}\n\
              - {name: no-user-deletes, action: Deny, http: {methods: [DELETE], paths: ['/api/v1/users/*']}}\n\
              - {name: no-Keys, action: Deny, http: {paths: ['/API/v1/Keys']}}\n\
-             - {name: exact, action: Allow, http: {paths: ['/other/Thing']}}\n",
+             - {name: exact, action: Allow, http: {paths: ['/other/Thing']}}\n\
+             - {name: slashed, action: Deny, http: {paths: ['/api/v1/trailing/']}}\n",
         )];
         let index = PolicyIndex::build(&policies, ["c"]);
         let h = HeaderMap::new();
@@ -674,6 +682,19 @@ mod tests {
             assert_eq!(decide("GET", path), denied("no-Keys"), "{path}");
         }
         assert_eq!(decide("GET", "/api/v1/Users/00u1").0, Action::Allow);
+        // A format suffix, and a slash a rule has and the path lacks, are folded too.
+        for path in ["/api/v1/keys.json", "/API/v1/Keys.XML/", "/api/v1/trailing"] {
+            assert_eq!(decide("GET", path).0, Action::Deny, "{path}");
+        }
+        assert_eq!(
+            decide("DELETE", "/api/v1/users/00uADMIN.json"),
+            denied("no-user-deletes")
+        );
+        assert_eq!(
+            decide("GET", "/api/v1/keys.d/x").0,
+            Action::Allow,
+            "only the last segment's suffix"
+        );
         // An Allow rule matches the path as forwarded, case and slash included.
         assert_eq!(decide("GET", "/other/Thing").0, Action::Allow);
         assert_eq!(decide("GET", "/other/thing").0, Action::Deny);

@@ -291,9 +291,10 @@ fn normalized_path_glob(pattern: &str) -> Result<Glob, String> {
 }
 
 /// Whether a path glob matches. Allow rules match the path exactly as it is forwarded. Many
-/// upstreams route paths ignoring case (Express, ASP.NET) or a trailing slash (Express, Laravel),
-/// so for Deny and RequireApproval rules `/api/v1/Users/1/` is also `/api/v1/users/1`: an
-/// ambiguity never widens access.
+/// upstreams route paths ignoring case (Express, ASP.NET), a trailing slash (Express, Laravel)
+/// or a format suffix (Rails' `(.:format)`, Spring's suffix matching), so for Deny and
+/// RequireApproval rules `/api/v1/Users/1/` and `/api/v1/users/1.json` are also
+/// `/api/v1/users/1` and `/api/v1/users/1/`: an ambiguity never widens access.
 fn path_matches(glob: &Glob, path: &str, strict: bool) -> bool {
     if glob.matches(path) {
         return true;
@@ -305,7 +306,21 @@ fn path_matches(glob: &Glob, path: &str, strict: bool) -> bool {
         "" => "/",
         t => t,
     };
-    glob.matches_ignoring_case(path) || glob.matches_ignoring_case(trimmed)
+    let slashed = |p: &str| glob.matches_ignoring_case(&format!("{}/", p.trim_end_matches('/')));
+    glob.matches_ignoring_case(path)
+        || glob.matches_ignoring_case(trimmed)
+        || slashed(trimmed)
+        || without_format(trimmed).is_some_and(|p| glob.matches_ignoring_case(p) || slashed(p))
+}
+
+/// `path` without a format suffix on its last segment (`/users/1.json` is `/users/1`): a dot
+/// followed by one to eight letters or digits, after a non-empty name.
+pub fn without_format(path: &str) -> Option<&str> {
+    let last = path.rfind('/').map_or(0, |i| i + 1);
+    let dot = path[last..].rfind('.').map(|i| last + i)?;
+    let ext = &path[dot + 1..];
+    (dot > last && (1..=8).contains(&ext.len()) && ext.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| &path[..dot])
 }
 
 /// At least one value must exist; then any (restricting rules) or all (Allow) must match.
