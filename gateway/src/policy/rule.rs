@@ -262,7 +262,20 @@ impl HttpMatcher {
                     // A structure never equals a scalar glob; Deny still matches what it cannot compare.
                     _ => return !strict,
                 };
-                if !globs.iter().any(|g| g.matches(&text)) {
+                // A number an upstream reads as a float (JavaScript, Python, Go's
+                // `interface{}`) is one value however written: `1e3` and `1000.0` are `1000` to a
+                // restricting rule.
+                let integral = (!strict)
+                    .then(|| value.as_f64())
+                    .flatten()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15)
+                    .map(|f| format!("{f:.0}"));
+                let matches = |t: &str| {
+                    globs
+                        .iter()
+                        .any(|g| g.matches(t) || (!strict && g.matches_ignoring_case(t)))
+                };
+                if !matches(&text) && !integral.as_deref().is_some_and(matches) {
                     return false;
                 }
             }
@@ -842,6 +855,31 @@ mod tests {
         assert!(allow.matches(Action::Allow, &op(BodyView::Json(&one)), 0));
         // The long s folds to `s`, as in Go.
         assert_eq!(fold_case("\u{17F}TATU\u{17F}"), "status");
+        // Values as upstreams read them: numbers as floats, enums case-insensitively (.NET), for
+        // a restricting rule; an Allow rule compares exactly.
+        let limit = compile(&rule(
+            "name: r\naction: Deny\nhttp:\n  jsonBody:\n  - path: $.amount\n    values: ['1000']\n  - path: $.role\n    values: [admin]\n",
+        ))
+        .unwrap();
+        let spellings = [
+            serde_json::json!({"amount": 1e3, "role": "Admin"}),
+            serde_json::json!({"amount": 1000.0, "role": "ADMIN"}),
+            serde_json::json!({"amount": 1000, "role": "admin"}),
+        ];
+        for body in &spellings {
+            assert!(
+                limit.matches(Action::Deny, &op(BodyView::Json(body)), 0),
+                "{body}"
+            );
+        }
+        let below = serde_json::json!({"amount": 999.5, "role": "admin"});
+        assert!(!limit.matches(Action::Deny, &op(BodyView::Json(&below)), 0));
+        let exact = compile(&rule(
+            "name: r\naction: Allow\nhttp:\n  jsonBody:\n  - path: $.role\n    values: [viewer]\n",
+        ))
+        .unwrap();
+        let shouted = serde_json::json!({"role": "VIEWER"});
+        assert!(!exact.matches(Action::Allow, &op(BodyView::Json(&shouted)), 0));
     }
 
     #[test]
