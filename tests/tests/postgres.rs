@@ -176,6 +176,15 @@ spec:
       description: Agents never touch billing.
       sql:
         tables: ["billing.*"]
+    - name: read-catalog
+      action: Allow
+      sql:
+        statements: [Select]
+        tables: ["pg_catalog.*"]
+    - name: no-pg-secret
+      action: Deny
+      sql:
+        tables: ["public.pg_secret"]
     - name: deletes-need-approval
       action: RequireApproval
       sql:
@@ -2153,6 +2162,13 @@ fn fetch_joins_and_copy_do_not_step_around_decisions_caps_or_masking() {
     let out = s.psql("SELECT lower(4)");
     assert!(out.is_err(), "{out:?}");
     assert_eq!(status(), before, "the UPDATE behind lower(4) ran");
+    // A relation of `public` named `pg_*` that the catalog lacks is what an unqualified name
+    // reads: its rules apply, not the catalog's.
+    s.pg.psql("CREATE TABLE public.pg_secret (v text); INSERT INTO public.pg_secret VALUES ('s3cr3t-row')");
+    let out = s.psql("SELECT v FROM pg_secret");
+    assert!(out.as_ref().is_err_and(|e| e.contains("no-pg-secret")), "{out:?}");
+    // The catalog itself is read as before.
+    assert_eq!(s.psql("SELECT count(*) > 0 FROM pg_class").as_deref(), Ok("t"));
     // Any call of the name may be either, so any is decided as such a call.
     assert!(s.psql("SELECT lower('ABC')").is_err());
 }

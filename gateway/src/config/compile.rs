@@ -1301,6 +1301,17 @@ mod tests {
         );
     }
 
+    /// The errors of loading `yaml` as the one manifest file in `dir`.
+    fn load_errors(dir: &std::path::Path, yaml: &str) -> String {
+        std::fs::write(dir.join("all.yaml"), yaml).unwrap();
+        crate::config::load(&crate::config::LoadOptions {
+            manifests: dir.to_path_buf(),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string()
+    }
+
     /// A host or path prefix that two Connections claim serves neither: which one a tie-break
     /// picked would be up to their names, and a newcomer's could take the other's traffic.
     #[test]
@@ -1320,13 +1331,7 @@ mod tests {
             connection("1-evil", "{pathPrefix: /okta}"),
             connection("github", "{pathPrefix: /github}"),
         );
-        std::fs::write(dir.path().join("all.yaml"), yaml).unwrap();
-        let errors = crate::config::load(&crate::config::LoadOptions {
-            manifests: dir.path().to_path_buf(),
-            ..Default::default()
-        })
-        .unwrap_err()
-        .to_string();
+        let errors = load_errors(dir.path(), &yaml);
         for name in ["okta-admin", "0-evil", "1-evil"] {
             assert!(
                 errors.contains(&format!("Connection ns/{name}: spec.route")),
@@ -1350,13 +1355,7 @@ mod tests {
             apiVersion: agentgate.dev/v1alpha1\nkind: Connection\nmetadata: {name: db, namespace: ns}\n\
             spec: {gatewayRef: {name: gw}, type: Postgres, endpoint: 'postgres://app:pg-hunter2@db:5432/orders'}\n---\n\
             apiVersion: v1\nkind: Secret\nmetadata: {name: s3, namespace: ns}\nstringData: {id: a, secretAccessKey: b}\n";
-        std::fs::write(dir.path().join("all.yaml"), yaml).unwrap();
-        let errors = crate::config::load(&crate::config::LoadOptions {
-            manifests: dir.path().to_path_buf(),
-            ..Default::default()
-        })
-        .unwrap_err()
-        .to_string();
+        let errors = load_errors(dir.path(), yaml);
         assert!(
             !errors.contains("hunter2") && !errors.contains("AKIAEXAMPLE"),
             "{errors}"

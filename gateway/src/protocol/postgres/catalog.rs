@@ -71,7 +71,9 @@ const INHERITANCE_SQL: &str = "SELECT inhrelid, inhparent FROM pg_catalog.pg_inh
 /// callable with one argument that a row can be (a composite type, or a pseudo-type such as
 /// `record` or `anyelement`), which PostgreSQL runs for `o.name` or `(o).name` where the row
 /// has no column of that name; `shadow`, named as a built-in function is, which a call of that
-/// name may resolve to (`public.lower(int)` for `lower(1)`).
+/// name may resolve to (`public.lower(int)` for `lower(1)`). And `pgrel`: a relation in `public`
+/// named `pg_*` that `pg_catalog` has none of, which an unqualified name resolves to although
+/// the classifier reads `pg_*` names as `pg_catalog`'s.
 const CALLED_FUNCTIONS_SQL: &str = "SELECT DISTINCT p.proname, 'row' \
      FROM pg_catalog.pg_proc p \
      JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
@@ -84,7 +86,12 @@ const CALLED_FUNCTIONS_SQL: &str = "SELECT DISTINCT p.proname, 'row' \
      JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
      WHERE n.nspname NOT IN ('pg_catalog','information_schema') \
      AND EXISTS (SELECT 1 FROM pg_catalog.pg_proc b \
-         WHERE b.pronamespace = 'pg_catalog'::regnamespace AND b.proname = p.proname)";
+         WHERE b.pronamespace = 'pg_catalog'::regnamespace AND b.proname = p.proname) \
+     UNION SELECT c.relname, 'pgrel' \
+     FROM pg_catalog.pg_class c \
+     WHERE c.relnamespace = 'public'::regnamespace AND c.relname LIKE 'pg\\_%' \
+     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class b \
+         WHERE b.relnamespace = 'pg_catalog'::regnamespace AND b.relname = c.relname)";
 
 /// The database's own functions a statement may call without the classifier knowing it: see
 /// [`CALLED_FUNCTIONS_SQL`]. Read for every session, column rules or not: such a call may
@@ -95,6 +102,8 @@ pub struct CalledFunctions {
     pub by_field: HashSet<String>,
     /// Named as built-in functions are.
     pub shadowing: HashSet<String>,
+    /// Relations in `public` named `pg_*`: an unqualified name is theirs, not `pg_catalog`'s.
+    pub public_pg_relations: HashSet<String>,
 }
 
 pub async fn called_functions(up: &mut Upstream) -> Result<CalledFunctions, CatalogError> {
@@ -103,6 +112,7 @@ pub async fn called_functions(up: &mut Upstream) -> Result<CalledFunctions, Cata
         if let [name, why] = row.as_slice() {
             match why.as_str() {
                 "row" => out.by_field.insert(name.clone()),
+                "pgrel" => out.public_pg_relations.insert(name.clone()),
                 _ => out.shadowing.insert(name.clone()),
             };
         }

@@ -918,6 +918,23 @@ impl Live {
             called_target = Arc::new(called);
             st = &called_target;
         }
+        // An unqualified `pg_*` name that only `public` has is `public`'s relation, which the
+        // classifier (reading `pg_*` as `pg_catalog`'s) would leave to rules on the catalog.
+        let relations_target: Arc<Statement>;
+        let in_public = |t: &String| {
+            t.strip_prefix("pg_catalog.")
+                .is_some_and(|name| self.called.public_pg_relations.contains(name))
+        };
+        if st.tables.iter().any(in_public) {
+            let mut resolved = st.clone();
+            for t in &mut resolved.tables {
+                if in_public(t) {
+                    *t = format!("public.{}", &t["pg_catalog.".len()..]);
+                }
+            }
+            relations_target = Arc::new(resolved);
+            st = &relations_target;
+        }
         if let Some((name, _)) = upstream::PINNED_SETTINGS
             .iter()
             .find(|(name, _)| st.settings.iter().any(|s| s == name))
