@@ -377,21 +377,17 @@ fn http_defer_then_retry_and_hold_through_the_data_path() {
         alice,
     } = data_path("30s");
     let gw = Gateway::start(&yaml);
-    let post_as = |content_type: &str, body: &str| {
-        agentgate_e2e::curl(
-            &[
-                "-X",
-                "POST",
-                "-H",
-                &auth,
-                "-H",
-                &format!("Content-Type: {content_type}"),
-                "--data",
-                body,
-            ],
-            &gw.url("/orders/echo/orders"),
-        )
+    // POST /orders with the agent's token, `headers` and `body`.
+    let post_with = |headers: &[&str], body: &str| {
+        let mut args = vec!["-X", "POST", "-H", auth.as_str()];
+        for h in headers {
+            args.extend(["-H", h]);
+        }
+        args.extend(["--data", body]);
+        agentgate_e2e::curl(&args, &gw.url("/orders/echo/orders"))
     };
+    let post_as =
+        |content_type: &str, body: &str| post_with(&[&format!("Content-Type: {content_type}")], body);
     let post = |body: &str| post_as("application/json", body);
 
     // Defer: refused at once with the request's name; approved, the identical request passes once.
@@ -434,21 +430,7 @@ fn http_defer_then_retry_and_hold_through_the_data_path() {
     );
     // The agent's stated reason is its to write, but masked and token-free like the rest.
     let reason = format!("Agentgate-Reason: ask ops@example.com, key {bearer}");
-    let r = agentgate_e2e::curl(
-        &[
-            "-X",
-            "POST",
-            "-H",
-            &auth,
-            "-H",
-            &reason,
-            "-H",
-            "Content-Type: application/json",
-            "--data",
-            r#"{"id": 7}"#,
-        ],
-        &gw.url("/orders/echo/orders"),
-    );
+    let r = post_with(&[&reason, "Content-Type: application/json"], r#"{"id": 7}"#);
     let reasoned = r.json()["approvalRequest"].as_str().unwrap().to_string();
     let shown = cli(&gw, Some(&alice), &["show", &reasoned]);
     let shown: serde_json::Value = serde_json::from_str(&shown.stdout).unwrap();
@@ -469,23 +451,7 @@ fn http_defer_then_retry_and_hold_through_the_data_path() {
     assert_ne!(retyped.json()["approvalRequest"].as_str(), Some(name.as_str()));
     // A header that may change what the upstream does is part of the operation, shown to the
     // approver; one a client draws afresh for each request (a trace id) is not.
-    let with_header = |h: &str| {
-        agentgate_e2e::curl(
-            &[
-                "-X",
-                "POST",
-                "-H",
-                &auth,
-                "-H",
-                "Content-Type: application/json",
-                "-H",
-                h,
-                "--data",
-                r#"{"id": 1}"#,
-            ],
-            &gw.url("/orders/echo/orders"),
-        )
-    };
+    let with_header = |h: &str| post_with(&["Content-Type: application/json", h], r#"{"id": 1}"#);
     let copied = with_header("X-Amz-Copy-Source: /secret/obj");
     assert_eq!(copied.status, 403, "{copied:?}");
     let copied = copied.json()["approvalRequest"].as_str().unwrap().to_string();

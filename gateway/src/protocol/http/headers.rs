@@ -331,7 +331,7 @@ impl<'a> Serialize for Recorded<'a> {
         use serde::ser::SerializeMap;
         let mut m = s.serialize_map(Some(self.0.keys_len()))?;
         for name in self.0.keys() {
-            let secret = SECRET_HEADERS.contains(&&*dashed(name.as_str()));
+            let secret = is_secret(name.as_str());
             let shown = |v: &'a HeaderValue| -> Cow<'a, str> {
                 if secret {
                     Cow::Borrowed("[REDACTED]")

@@ -446,6 +446,12 @@ fn json_like_so_far(text: &[u8]) -> Option<bool> {
             None => ran_out,
         }
     };
+    // A string at `i` followed by `want`.
+    let string_then = |i: usize, want: u8| match string_end(i) {
+        Ok(e) => followed_by(e, want),
+        Err(true) => ran_out,
+        Err(false) => Some(false),
+    };
     let mut i = 0;
     let mut in_array = false;
     while text.get(i) == Some(&b'[') {
@@ -458,19 +464,11 @@ fn json_like_so_far(text: &[u8]) -> Option<bool> {
             let k = skip_blank(i + 1);
             match text.get(k) {
                 None => ran_out,
-                Some(b'"') => match string_end(k) {
-                    Ok(e) => followed_by(e, b':'),
-                    Err(true) => ran_out,
-                    Err(false) => Some(false),
-                },
+                Some(b'"') => string_then(k, b':'),
                 Some(_) => Some(false),
             }
         }
-        Some(b'"') if in_array => match string_end(i) {
-            Ok(e) => followed_by(e, b','),
-            Err(true) => ran_out,
-            Err(false) => Some(false),
-        },
+        Some(b'"') if in_array => string_then(i, b','),
         Some(_) if in_array => {
             let scalar = text[i..]
                 .iter()

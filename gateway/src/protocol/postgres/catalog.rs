@@ -67,14 +67,14 @@ const MAX_VIEW_ROUNDS: usize = 64;
 /// Every inheritance edge (partitions included): (child, parent).
 const INHERITANCE_SQL: &str = "SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits";
 
-/// Functions of the database's own that change what a statement calls, as (name, why): `row`,
+/// Names of the database's own that change what a statement calls or reads, as (name, why): `row`,
 /// callable with one argument that a row can be (a composite type, or a pseudo-type such as
 /// `record` or `anyelement`), which PostgreSQL runs for `o.name` or `(o).name` where the row
 /// has no column of that name; `shadow`, named as a built-in function is, which a call of that
 /// name may resolve to (`public.lower(int)` for `lower(1)`). And `pgrel`: a relation in `public`
 /// named `pg_*` that `pg_catalog` has none of, which an unqualified name resolves to although
 /// the classifier reads `pg_*` names as `pg_catalog`'s.
-const CALLED_FUNCTIONS_SQL: &str = "SELECT DISTINCT p.proname, 'row' \
+const SHADOWS_SQL: &str = "SELECT DISTINCT p.proname, 'row' \
      FROM pg_catalog.pg_proc p \
      JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
      JOIN pg_catalog.pg_type t ON t.oid = p.proargtypes[0] \
@@ -93,11 +93,12 @@ const CALLED_FUNCTIONS_SQL: &str = "SELECT DISTINCT p.proname, 'row' \
      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class b \
          WHERE b.relnamespace = 'pg_catalog'::regnamespace AND b.relname = c.relname)";
 
-/// The database's own functions a statement may call without the classifier knowing it: see
-/// [`CALLED_FUNCTIONS_SQL`]. Read for every session, column rules or not: such a call may
-/// write, or read what a rule masks, under a column's or a built-in function's name.
+/// What the database's own functions and relations make of names the classifier reads otherwise:
+/// see [`SHADOWS_SQL`]. Read for every session, column rules or not: such a call may write, or
+/// read what a rule masks, under a column's or a built-in function's name, and such a relation
+/// is ruled by policies on `public`, not the catalog.
 #[derive(Debug, Default)]
-pub struct CalledFunctions {
+pub struct Shadows {
     /// Callable by field notation (`o.name`).
     pub by_field: HashSet<String>,
     /// Named as built-in functions are.
@@ -106,9 +107,9 @@ pub struct CalledFunctions {
     pub public_pg_relations: HashSet<String>,
 }
 
-pub async fn called_functions(up: &mut Upstream) -> Result<CalledFunctions, CatalogError> {
-    let mut out = CalledFunctions::default();
-    for row in query(up, CALLED_FUNCTIONS_SQL).await? {
+pub async fn shadows(up: &mut Upstream) -> Result<Shadows, CatalogError> {
+    let mut out = Shadows::default();
+    for row in query(up, SHADOWS_SQL).await? {
         if let [name, why] = row.as_slice() {
             match why.as_str() {
                 "row" => out.by_field.insert(name.clone()),

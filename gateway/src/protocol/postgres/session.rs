@@ -228,8 +228,9 @@ struct Live {
     plan: MaskingPlan,
     masked: Arc<MaskedColumns>,
     /// The database's own functions that field notation (`o.name`) may call, or that a call of
-    /// a built-in function's name may resolve to; read at startup.
-    called: catalog::CalledFunctions,
+    /// a built-in function's name may resolve to, and its `pg_*` relations in `public`; read at
+    /// startup.
+    shadows: catalog::Shadows,
     /// The session's recording, when it has one; replaced (see [`Live::recording`]) when it
     /// reaches its age limit or the recording configuration changes.
     recording: Option<Mutex<Arc<Recording>>>,
@@ -374,7 +375,7 @@ async fn start(
             format!("connection {}: {e}", conn.name),
         )
     })?;
-    let called = catalog::called_functions(&mut up).await.map_err(|e| {
+    let shadows = catalog::shadows(&mut up).await.map_err(|e| {
         fatal(
             sqlstate::CONNECTION_FAILURE,
             format!("connection {}: {e}", conn.name),
@@ -443,7 +444,7 @@ async fn start(
             token: token.as_str().into(),
             plan,
             masked: Arc::new(masked),
-            called,
+            shadows,
             recording,
             recording_start,
             retiring: Mutex::new(Vec::new()),
@@ -590,11 +591,6 @@ impl Prepared {
         } else {
             self.bound.insert(name.to_string());
         }
-    }
-
-    /// Whether cursor `name` may be a portal Bind made in this transaction.
-    fn may_be_bound(&self, name: &str) -> bool {
-        self.bound_overflow || self.bound.contains(name)
     }
 
     /// Voids registrations by Parse messages the upstream skipped or refused (`seq` range).
@@ -872,7 +868,7 @@ impl Live {
     /// Decides one statement (after resolving SQL-level EXECUTE to its prepared statement).
     fn decide(&self, statement: &Statement, prepared: &Prepared) -> Verdict {
         let target: Arc<Statement>;
-        let called_target: Arc<Statement>;
+        let resolved_target: Arc<Statement>;
         let mut st = statement;
         if let Some(name) = &statement.execute {
             // A protocol-level statement of the name (one namespace with PREPARE) may be what runs.
@@ -901,39 +897,9 @@ impl Live {
                 }
             }
         }
-        // `o.name` where `name` is one of the database's functions that take a row: called as
-        // `name(o)` (unless `o` has such a column), it is code the gateway cannot read. So is
-        // a call of a built-in function's name that one of the database's own may answer.
-        let by_field = |f: &String| self.called.by_field.contains(f);
-        if st.fields.iter().any(by_field) || st.functions.iter().any(|f| self.called.shadowing.contains(f)) {
-            let mut called = st.clone();
-            for f in st.fields.iter().filter(|f| by_field(f)) {
-                if !called.functions.contains(f) {
-                    called.functions.push(f.clone());
-                }
-            }
-            called.writes = true;
-            called.stores = true;
-            called.opaque_calls = true;
-            called_target = Arc::new(called);
-            st = &called_target;
-        }
-        // An unqualified `pg_*` name that only `public` has is `public`'s relation, which the
-        // classifier (reading `pg_*` as `pg_catalog`'s) would leave to rules on the catalog.
-        let relations_target: Arc<Statement>;
-        let in_public = |t: &String| {
-            t.strip_prefix("pg_catalog.")
-                .is_some_and(|name| self.called.public_pg_relations.contains(name))
-        };
-        if st.tables.iter().any(in_public) {
-            let mut resolved = st.clone();
-            for t in &mut resolved.tables {
-                if in_public(t) {
-                    *t = format!("public.{}", &t["pg_catalog.".len()..]);
-                }
-            }
-            relations_target = Arc::new(resolved);
-            st = &relations_target;
+        if let Some(resolved) = self.resolve_names(st) {
+            resolved_target = Arc::new(resolved);
+            st = &resolved_target;
         }
         if let Some((name, _)) = upstream::PINNED_SETTINGS
             .iter()
@@ -1008,7 +974,7 @@ impl Live {
                     // the gateway decided only for Execute (and which may never have been
                     // allowed): it is read by Execute alone.
                     if prepared.bound.contains(name.as_str())
-                        || (prepared.may_be_bound(name) && !cursors.contains_key(name))
+                        || (prepared.bound_overflow && !cursors.contains_key(name))
                     {
                         return Verdict::refused(format!(
                             "FETCH and MOVE of {name:?}, a portal made by the extended protocol's Bind, are refused: the gateway decides its statement at Execute; use Execute"
@@ -1158,11 +1124,46 @@ impl Live {
     /// by `*`, or as whole rows, or calls code that may read them (a function of the
     /// database's own, as a view calling one is masked whole).
     fn computes_over_masked(&self, st: &Statement) -> bool {
-        let calls_by_field = || {
-            st.fields.iter().any(|f| self.called.by_field.contains(f))
-                || st.functions.iter().any(|f| self.called.shadowing.contains(f))
+        self.names_masked(st) || ((st.opaque_calls || self.calls_hidden_code(st)) && !self.masked.is_empty())
+    }
+
+    /// Whether `st` calls code of the database's own that the classifier took for something
+    /// else: `o.name` where `name` is a function taking a row (PostgreSQL calls `name(o)` unless
+    /// `o` has such a column), or a built-in function's name that one of its own may answer.
+    fn calls_hidden_code(&self, st: &Statement) -> bool {
+        st.fields.iter().any(|f| self.shadows.by_field.contains(f))
+            || st.functions.iter().any(|f| self.shadows.shadowing.contains(f))
+    }
+
+    /// `st` as the session's database reads it, where that differs from the classifier's
+    /// reading: hidden calls (see [`Self::calls_hidden_code`]) are code that may write, and an
+    /// unqualified `pg_*` name that only `public` has is `public`'s relation, not the catalog's.
+    fn resolve_names(&self, st: &Statement) -> Option<Statement> {
+        let in_public = |t: &String| {
+            t.strip_prefix("pg_catalog.")
+                .is_some_and(|name| self.shadows.public_pg_relations.contains(name))
         };
-        self.names_masked(st) || ((st.opaque_calls || calls_by_field()) && !self.masked.is_empty())
+        let calls = self.calls_hidden_code(st);
+        if !calls && !st.tables.iter().any(in_public) {
+            return None;
+        }
+        let mut resolved = st.clone();
+        if calls {
+            for f in st.fields.iter().filter(|f| self.shadows.by_field.contains(*f)) {
+                if !resolved.functions.contains(f) {
+                    resolved.functions.push(f.clone());
+                }
+            }
+            resolved.writes = true;
+            resolved.stores = true;
+            resolved.opaque_calls = true;
+        }
+        for t in &mut resolved.tables {
+            if in_public(t) {
+                *t = format!("public.{}", &t["pg_catalog.".len()..]);
+            }
+        }
+        Some(resolved)
     }
 
     /// Whether `st` reads a relation made since the catalog was read (or one that does not
