@@ -134,7 +134,9 @@ pub struct HttpMatch {
     pub paths: Vec<String>,
     /// Query parameters that must be present, with a glob their value must match. When a
     /// parameter is repeated, an Allow rule needs every value to match, a Deny or RequireApproval
-    /// rule any one.
+    /// rule any one. The fields of a form or JSON body count as repeats (Rails, Laravel and PHP
+    /// merge them with the query's): an Allow rule needs them to match too, a Deny rule matches
+    /// on them, and on a body whose fields the gateway does not read (multipart, compressed).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 32))]
     pub query: BTreeMap<String, String>,
@@ -145,7 +147,9 @@ pub struct HttpMatch {
     pub headers: BTreeMap<String, String>,
     /// Conditions on fields of a JSON request body (read, up to 1 MiB, only when some rule has
     /// them). A body that is not JSON never matches an Allow rule and always matches a Deny or
-    /// RequireApproval rule.
+    /// RequireApproval rule. A query parameter named as the field (`role` for `$.role`,
+    /// `profile[login]` for `$.profile.login`) counts too: a Deny rule matches on it where the
+    /// body has no such field, and an Allow rule needs it to match as well.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub json_body: Vec<JsonCondition>,

@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use agentgate::config::CompiledPolicy;
-use agentgate::policy::{BodyView, HttpOperation, Operation, PolicyIndex, Subject};
+use agentgate::policy::{BodyParams, BodyView, HttpOperation, Operation, PolicyIndex, Subject};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use hyper::http::HeaderMap;
 
@@ -83,6 +83,7 @@ fn decisions(c: &mut Criterion) {
                 query: &[],
                 headers: &headers,
                 body: BodyView::NotRead,
+                params: BodyParams::None,
             });
             let expected = index.decide(&policies, "api", who, &op, 0).label();
             assert_eq!(

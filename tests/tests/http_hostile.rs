@@ -923,6 +923,99 @@ fn method_overrides_in_the_query_or_a_form_are_refused() {
     s.assert_no_secrets();
 }
 
+/// Rails, Laravel and PHP's `$_REQUEST` merge a form or JSON body's fields with the query's: a
+/// query condition is not escaped by moving the parameter into the body, nor a JSON-body
+/// condition by moving the field into the query.
+#[test]
+fn parameters_are_decided_wherever_the_upstream_reads_them() {
+    let s = start(CANARY, |yaml| {
+        yaml.replace(
+            "    - name: no-admin-header\n",
+            r#"    - name: no-forced-writes
+      action: Deny
+      http:
+        paths: ["/echo/forced/**"]
+        query: {force: "true"}
+    - name: no-admin-role
+      action: Deny
+      http:
+        paths: ["/echo/roles/**"]
+        jsonBody:
+        - path: $.role
+          values: [admin]
+    - name: no-admin-header
+"#,
+        )
+    });
+    let form = "Content-Type: application/x-www-form-urlencoded";
+    let json = "Content-Type: application/json";
+    let cases: [(&str, &[&str], &str); 7] = [
+        (
+            "no-forced-writes",
+            &["--data", "name=x&force=true"],
+            "/okta/echo/forced/form",
+        ),
+        (
+            "no-forced-writes",
+            &["-X", "PUT", "-H", json, "--data", r#"{"force":true}"#],
+            "/okta/echo/forced/put-json",
+        ),
+        (
+            "no-forced-writes",
+            &["-X", "PATCH", "-H", form, "--data", "Force=true"],
+            "/okta/echo/forced/patch-form",
+        ),
+        (
+            "no-forced-writes",
+            &["-H", json, "--data", r#"{"force":"true","name":"x"}"#],
+            "/okta/echo/forced/json",
+        ),
+        // A multipart body's fields are not read: it may carry the parameter, so it is refused.
+        (
+            "no-forced-writes",
+            &["-F", "name=x"],
+            "/okta/echo/forced/multipart",
+        ),
+        (
+            "no-admin-role",
+            &["-H", json, "--data", "{}"],
+            "/okta/echo/roles/query?role=admin",
+        ),
+        (
+            "no-admin-role",
+            &["-X", "POST"],
+            "/okta/echo/roles/empty?role%5B%5D=Admin",
+        ),
+    ];
+    for (rule, args, path) in cases {
+        let r = s.curl(args, path);
+        assert_eq!(
+            (r.status, r.problem()),
+            (403, problem("denied-by-policy")),
+            "{path}: {r:?}"
+        );
+        assert_eq!(r.json()["rule"], rule, "{path}");
+    }
+    s.assert_not_forwarded("/echo/forced/");
+    s.assert_not_forwarded("/echo/roles/");
+    // Other values pass, byte for byte.
+    let echo = s
+        .curl(
+            &["-H", form, "--data", "name=x&force=false"],
+            "/okta/echo/forced/ok",
+        )
+        .echo();
+    assert_eq!(echo.body(), "name=x&force=false");
+    let echo = s
+        .curl(
+            &["-H", json, "--data", r#"{"role":"viewer"}"#],
+            "/okta/echo/roles/ok?role=viewer",
+        )
+        .echo();
+    assert_eq!(echo.body(), r#"{"role":"viewer"}"#);
+    s.assert_no_secrets();
+}
+
 #[test]
 fn crlf_cannot_be_injected_into_forwarded_headers() {
     let s = setup();

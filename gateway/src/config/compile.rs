@@ -171,6 +171,9 @@ pub struct CompiledPolicy {
     pub masking: crate::masking::MaskingPlan,
     /// Whether a rule reads the request body (`jsonBody`), kept so requests need not scan rules.
     pub reads_body: bool,
+    /// Whether a rule reads the parameters of a form or JSON body (a query or `jsonBody`
+    /// condition).
+    pub reads_params: bool,
 }
 
 impl CompiledPolicy {
@@ -194,6 +197,7 @@ impl CompiledPolicy {
             name: name.to_string(),
             spec,
             reads_body: rules.iter().any(|r| r.matcher.needs_body()),
+            reads_params: rules.iter().any(|r| r.matcher.needs_params()),
             rules,
             masking,
         })
@@ -461,6 +465,7 @@ pub fn compile(
                 name: m.name().to_string(),
                 spec: p.spec.clone(),
                 reads_body: rules.iter().any(|r| r.matcher.needs_body()),
+                reads_params: rules.iter().any(|r| r.matcher.needs_params()),
                 rules,
                 masking,
             });

@@ -232,7 +232,7 @@ mod tests {
     /// the banner describes.
     #[test]
     fn the_policy_sorts_the_demo_requests_as_the_banner_says() {
-        use crate::policy::{BodyView, HttpOperation, Operation, Subject};
+        use crate::policy::{BodyParams, BodyView, HttpOperation, Operation, Subject};
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("m");
         sample(&tmp.path().join("s")).write(&dir).unwrap();
@@ -250,6 +250,7 @@ mod tests {
                 query: &[],
                 headers: &headers,
                 body: BodyView::NotRead,
+                params: BodyParams::None,
             });
             let d = cfg.policy_index.decide(&cfg.policies, CONNECTION, who, &op, 0);
             (

@@ -613,7 +613,7 @@ impl PolicyIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{BodyView, HttpOperation};
+    use crate::policy::{BodyParams, BodyView, HttpOperation};
     use hyper::http::HeaderMap;
 
     fn policy(name: &str, yaml: &str) -> CompiledPolicy {
@@ -627,6 +627,7 @@ mod tests {
             query: &[],
             headers: h,
             body: BodyView::NotRead,
+            params: BodyParams::None,
         })
     }
 

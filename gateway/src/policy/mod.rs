@@ -9,4 +9,4 @@ pub mod rule;
 pub mod schedule;
 
 pub use index::{Cause, Decision, PolicyIndex, Subject};
-pub use operation::{BodyView, HttpOperation, KubernetesOperation, Operation};
+pub use operation::{BodyParams, BodyView, HttpOperation, KubernetesOperation, Operation};

@@ -34,6 +34,22 @@ pub struct HttpOperation<'a> {
     pub query: &'a [(String, String)],
     pub headers: &'a HeaderMap,
     pub body: BodyView<'a>,
+    /// Parameters the upstream may read from the body alongside the query.
+    pub params: BodyParams<'a>,
+}
+
+/// Parameters a request body carries as frameworks read them: Rails, Laravel, PHP's `$_REQUEST`
+/// and Flask's `request.values` merge a form or JSON body's fields with the query's, so a query
+/// condition must see them too (and a JSON-body condition the query).
+#[derive(Clone, Copy, Debug)]
+pub enum BodyParams<'a> {
+    /// The body carries none: there is none, or no framework reads parameters from its type.
+    None,
+    /// The body's fields, named as in a query (`user[role]`, `tags[]`), in order.
+    Read(&'a [(String, String)]),
+    /// A body that may carry parameters the gateway did not read (multipart, or a form or JSON
+    /// body it could not parse): restricting rules take it to, Allow rules to hold other values.
+    Unread,
 }
 
 /// What the engine may read of a request body.

@@ -10,7 +10,7 @@ use agentgate_crds::policy::{
 use serde_json::Value;
 
 use super::glob::Glob;
-use super::operation::{BodyView, HttpOperation, KubernetesOperation, Operation};
+use super::operation::{BodyParams, BodyView, HttpOperation, KubernetesOperation, Operation};
 use super::schedule::Schedule;
 use crate::protocol::postgres::classify::Statement;
 
@@ -82,6 +82,12 @@ impl CompiledMatcher {
     /// Whether matching needs the request body parsed.
     pub fn needs_body(&self) -> bool {
         matches!(&self.matcher, Matcher::Http(m) if !m.json_body.is_empty())
+    }
+
+    /// Whether matching needs the parameters of a form or JSON body ([`BodyParams`]): a query
+    /// condition reads them, and so does a JSON-body condition.
+    pub fn needs_params(&self) -> bool {
+        matches!(&self.matcher, Matcher::Http(m) if !m.query.is_empty() || !m.json_body.is_empty())
     }
 
     /// Whether the rule names one element of `op` (a kind, a table, a function), as Deny and
@@ -217,12 +223,25 @@ impl HttpMatcher {
             // that names a bracketed key (`page[size]`) means that key, not its siblings.
             let brackets = name.contains('[');
             let wanted = query_key(name, !brackets);
-            let values = op
-                .query
-                .iter()
-                .filter(|(k, _)| k == name || query_key(k, !brackets) == wanted)
+            let named = |k: &str| k == name || query_key(k, !brackets) == wanted;
+            let in_query = (op.query.iter())
+                .filter(|(k, _)| named(k))
                 .map(|(_, v)| v.as_str());
-            if !values_match(values, glob, strict) {
+            // Frameworks that merge a body's fields with the query's read `force=true` in a form
+            // as `?force=true` (and let it override the query's): repeats of it, too.
+            let body: &[(String, String)] = match op.params {
+                BodyParams::None => &[],
+                BodyParams::Read(p) => p,
+                BodyParams::Unread if strict => return false,
+                BodyParams::Unread => continue,
+            };
+            let mut in_body = (body.iter()).filter(|(k, _)| named(k)).map(|(_, v)| v.as_str());
+            let holds = if strict {
+                values_match(in_query, glob, true) && in_body.all(|v| glob.matches(v))
+            } else {
+                values_match(in_query.chain(in_body), glob, false)
+            };
+            if !holds {
                 return false;
             }
         }
@@ -241,47 +260,98 @@ impl HttpMatcher {
         }
         if !self.json_body.is_empty() {
             let body = match op.body {
-                BodyView::Json(v) => v,
+                BodyView::Json(v) => Some(v),
                 // A body the gateway could not read matches only rules that restrict.
                 BodyView::NotJson | BodyView::NotRead => return !strict,
-                BodyView::Empty => return false,
+                BodyView::Empty => None,
             };
             for (path, globs) in &self.json_body {
-                let value = match lookup(body, path) {
-                    Lookup::Found(v) => v,
-                    Lookup::Missing => return false,
+                let found = match body.map(|b| lookup(b, path)) {
+                    Some(Lookup::Found(v)) => Some(v),
+                    Some(Lookup::Missing) | None => None,
                     // Two keys an upstream could take for this one: Deny still matches.
-                    Lookup::Ambiguous => return !strict,
+                    Some(Lookup::Ambiguous) => return !strict,
                 };
-                if globs.is_empty() {
-                    continue;
-                }
-                let text = match value {
-                    Value::String(s) => s.clone(),
-                    Value::Null | Value::Bool(_) | Value::Number(_) => value.to_string(),
-                    // A structure never equals a scalar glob; Deny still matches what it cannot compare.
-                    _ => return !strict,
+                // Rails and Laravel read `?role=admin` (or a form field) as the body's `role`
+                // where the body has none, and Flask's merged values prefer the query's.
+                let param_matches = |t: &str| {
+                    globs.is_empty()
+                        || globs
+                            .iter()
+                            .any(|g| g.matches(t) || (!strict && g.matches_ignoring_case(t)))
                 };
-                // A number an upstream reads as a float (JavaScript, Python, Go's
-                // `interface{}`) is one value however written: `1e3` and `1000.0` are `1000` to a
-                // restricting rule.
-                let integral = (!strict)
-                    .then(|| value.as_f64())
-                    .flatten()
-                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15)
-                    .map(|f| format!("{f:.0}"));
-                let matches = |t: &str| {
-                    globs
-                        .iter()
-                        .any(|g| g.matches(t) || (!strict && g.matches_ignoring_case(t)))
+                let mut named = named_params(path, op).map(|(_, v)| v.as_str());
+                let holds = match found {
+                    Some(v) if strict => {
+                        json_value_matches(v, globs, true) == Some(true) && named.all(param_matches)
+                    }
+                    // A structure never equals a scalar glob; Deny still matches what it cannot
+                    // compare.
+                    Some(v) => json_value_matches(v, globs, false) != Some(false) || named.any(param_matches),
+                    None if strict => false,
+                    None => matches!(op.params, BodyParams::Unread) || named.any(param_matches),
                 };
-                if !matches(&text) && !integral.as_deref().is_some_and(matches) {
+                if !holds {
                     return false;
                 }
             }
         }
         true
     }
+}
+
+/// Whether a JSON value matches a condition's globs (any; no globs: it exists). `None` for a
+/// structure, which never equals a scalar glob.
+fn json_value_matches(value: &Value, globs: &[Glob], strict: bool) -> Option<bool> {
+    if globs.is_empty() {
+        return Some(true);
+    }
+    let text = match value {
+        Value::String(s) => s.clone(),
+        Value::Null | Value::Bool(_) | Value::Number(_) => value.to_string(),
+        _ => return None,
+    };
+    // A number an upstream reads as a float (JavaScript, Python, Go's `interface{}`) is one value
+    // however written: `1e3` and `1000.0` are `1000` to a restricting rule; .NET reads an enum
+    // case-insensitively.
+    let integral = (!strict)
+        .then(|| value.as_f64())
+        .flatten()
+        .filter(|f| f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15)
+        .map(|f| format!("{f:.0}"));
+    let matches = |t: &str| {
+        globs
+            .iter()
+            .any(|g| g.matches(t) || (!strict && g.matches_ignoring_case(t)))
+    };
+    Some(matches(&text) || integral.as_deref().is_some_and(matches))
+}
+
+/// The query parameters and body fields a framework reads as the JSON path `path`: `$.role` is
+/// `role` (and `role[]`), `$.profile.login` is `profile[login]`, `$.items[0].id` `items[0][id]`.
+fn named_params<'o>(path: &[Step], op: &'o HttpOperation<'_>) -> impl Iterator<Item = &'o (String, String)> {
+    let mut name = String::new();
+    for (i, step) in path.iter().enumerate() {
+        match (i, step) {
+            (0, Step::Key(k)) => name.push_str(k),
+            (_, Step::Key(k)) => name.push_str(&format!("[{k}]")),
+            (_, Step::Index(n)) => name.push_str(&format!("[{n}]")),
+        }
+    }
+    let single = path.len() == 1;
+    let wanted = query_key(&name, single);
+    let body: &'o [(String, String)] = match op.params {
+        BodyParams::Read(p) => p,
+        _ => &[],
+    };
+    op.query.iter().chain(body).filter(move |(k, _)| {
+        let k = if single {
+            k.as_str()
+        } else {
+            k.strip_suffix("[]").unwrap_or(k)
+        };
+        query_key(k, single) == wanted
+    })
 }
 
 /// A path glob, which must be written as request paths are decided: normalized (see
@@ -746,6 +816,7 @@ mod tests {
             query,
             headers,
             body: BodyView::Empty,
+            params: BodyParams::None,
         })
     }
 
@@ -828,6 +899,7 @@ mod tests {
                 query: &[],
                 headers: &h,
                 body: b,
+                params: BodyParams::None,
             })
         };
         assert!(m.matches(Action::Deny, &op(BodyView::Json(&body)), 0));
@@ -880,6 +952,98 @@ mod tests {
         .unwrap();
         let shouted = serde_json::json!({"role": "VIEWER"});
         assert!(!exact.matches(Action::Allow, &op(BodyView::Json(&shouted)), 0));
+    }
+
+    #[test]
+    fn query_conditions_read_body_fields_and_body_conditions_the_query() {
+        let h = HeaderMap::new();
+        let op = |query, body, params| post(query, body, params, &h);
+        let deny = compile(&rule("name: r\naction: Deny\nhttp:\n  query: {force: 'true'}\n")).unwrap();
+        assert!(deny.needs_params() && !deny.needs_body());
+        // Rails reads a form's `force=true` (or a JSON body's) as `?force=true`.
+        let form = pairs(&[("name", "x"), ("Force", "true")]);
+        assert!(deny.matches(
+            Action::Deny,
+            &op(&[], BodyView::NotJson, BodyParams::Read(&form)),
+            0
+        ));
+        let other = pairs(&[("force", "false")]);
+        assert!(!deny.matches(
+            Action::Deny,
+            &op(&[], BodyView::NotJson, BodyParams::Read(&other)),
+            0
+        ));
+        assert!(!deny.matches(Action::Deny, &op(&[], BodyView::Empty, BodyParams::None), 0));
+        // A body that may carry it unread (multipart) is taken to.
+        assert!(deny.matches(Action::Deny, &op(&[], BodyView::NotRead, BodyParams::Unread), 0));
+        // Allow: the query must carry it, and the body may not hold another value.
+        let allow = compile(&rule(
+            "name: r\naction: Allow\nhttp:\n  query: {dryRun: 'true'}\n",
+        ))
+        .unwrap();
+        let dry = pairs(&[("dryRun", "true")]);
+        let wet = pairs(&[("dryRun", "false")]);
+        let allows = |query, params| allow.matches(Action::Allow, &op(query, BodyView::NotJson, params), 0);
+        assert!(allows(&dry, BodyParams::None));
+        assert!(allows(&dry, BodyParams::Read(&dry)));
+        assert!(!allows(&dry, BodyParams::Read(&wet)));
+        assert!(!allows(&dry, BodyParams::Unread));
+        assert!(!allows(&[], BodyParams::Read(&dry)));
+
+        // A JSON-body Deny is not escaped by `?role=admin` (or a form field) where the body has none.
+        let role = compile(&rule(
+            "name: r\naction: Deny\nhttp:\n  jsonBody:\n  - path: $.role\n    values: [admin]\n  - path: $.profile.login\n",
+        ))
+        .unwrap();
+        let body = serde_json::json!({"profile": {"login": "eve"}});
+        let denies = |query, body| role.matches(Action::Deny, &op(query, body, BodyParams::None), 0);
+        let (admin, viewer) = (pairs(&[("role[]", "Admin")]), pairs(&[("role", "viewer")]));
+        assert!(denies(&admin, BodyView::Json(&body)));
+        assert!(!denies(&viewer, BodyView::Json(&body)));
+        let both = pairs(&[("role", "admin"), ("profile[login]", "eve")]);
+        assert!(denies(&both, BodyView::Empty));
+        assert!(!denies(&admin, BodyView::Empty));
+        let form = pairs(&[("role", "admin"), ("profile[login]", "eve")]);
+        assert!(role.matches(
+            Action::Deny,
+            &op(&[], BodyView::Empty, BodyParams::Read(&form)),
+            0
+        ));
+        // Allow: a query value of the body's name must match as the body's does.
+        let viewer_only = compile(&rule(
+            "name: r\naction: Allow\nhttp:\n  jsonBody:\n  - path: $.role\n    values: [viewer]\n",
+        ))
+        .unwrap();
+        let as_viewer = serde_json::json!({"role": "viewer"});
+        let allows = |query| {
+            viewer_only.matches(
+                Action::Allow,
+                &op(query, BodyView::Json(&as_viewer), BodyParams::None),
+                0,
+            )
+        };
+        assert!(allows(&[]));
+        assert!(!allows(&pairs(&[("role", "admin")])));
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+        p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn post<'a>(
+        query: &'a [(String, String)],
+        body: BodyView<'a>,
+        params: BodyParams<'a>,
+        headers: &'a HeaderMap,
+    ) -> Operation<'a> {
+        Operation::Http(HttpOperation {
+            method: "POST",
+            path: "/api/v1/users",
+            query,
+            headers,
+            body,
+            params,
+        })
     }
 
     #[test]

@@ -75,11 +75,25 @@ pub fn body_kind(method: &Method, headers: &HeaderMap) -> BodyKind {
     if method != Method::POST {
         return BodyKind::Other;
     }
-    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
-        return BodyKind::Form;
-    };
-    let media = media_type(ct.as_bytes());
-    let mentions_json = memchr::memmem::find(&ct.as_bytes().to_ascii_lowercase(), b"json").is_some();
+    match headers.get(header::CONTENT_TYPE) {
+        Some(ct) => media_kind(ct.as_bytes()),
+        None => BodyKind::Form,
+    }
+}
+
+/// The kind of a body frameworks read parameters from, whatever the method: Rails and Symfony
+/// (Laravel) parse a PUT, PATCH or DELETE form or JSON body as they parse a POST's.
+pub fn params_kind(method: &Method, headers: &HeaderMap) -> BodyKind {
+    match headers.get(header::CONTENT_TYPE) {
+        _ if method == Method::POST => body_kind(method, headers),
+        Some(ct) => media_kind(ct.as_bytes()),
+        None => BodyKind::Other,
+    }
+}
+
+fn media_kind(ct: &[u8]) -> BodyKind {
+    let media = media_type(ct);
+    let mentions_json = memchr::memmem::find(&ct.to_ascii_lowercase(), b"json").is_some();
     if media.is_empty() || media == "application/x-www-form-urlencoded" {
         if mentions_json {
             BodyKind::FormOrJson
@@ -136,7 +150,7 @@ pub fn json_overrides(body: &[u8]) -> bool {
     }
 }
 
-fn percent_decode(s: &[u8]) -> Vec<u8> {
+pub(crate) fn percent_decode(s: &[u8]) -> Vec<u8> {
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;

@@ -5,6 +5,7 @@ pub mod body;
 pub mod headers;
 pub mod method_override;
 pub mod normalize;
+pub mod params;
 pub mod plane;
 pub mod problem;
 pub mod proxy;

@@ -23,6 +23,7 @@ use super::body::{Body, BodyError, full};
 use super::headers;
 use super::method_override::{self, BodyKind};
 use super::normalize;
+use super::params;
 use super::plane::{Gateway, Plane};
 use super::problem::{self, Kind, Problem, StatusTarget};
 use super::response::{self, ContentClass, MaskFailure, RecordSink, Recorded};
@@ -31,7 +32,9 @@ use crate::config::CompiledConnection;
 use crate::identity::dpop::RequestTarget;
 use crate::identity::{ErrorKind, Presented, Principal};
 use crate::masking::{MAX_MASKED_BODY, MaskReport, MaskingPlan};
-use crate::policy::{BodyView, Cause, Decision, HttpOperation, KubernetesOperation, Operation, Subject};
+use crate::policy::{
+    BodyParams, BodyView, Cause, Decision, HttpOperation, KubernetesOperation, Operation, Subject,
+};
 use crate::protocol::approval;
 use crate::protocol::kubernetes::{self, request_info};
 use crate::recording::MAX_RECORDED_BODY;
@@ -312,6 +315,17 @@ fn body_overrides(kind: BodyKind, boundary: Option<&[u8]>, bytes: &[u8]) -> bool
     }
 }
 
+/// A body's JSON document for its parameters: the one parsed for the decision, or the body
+/// parsed now (Laravel reads a body as JSON wherever its Content-Type mentions `json`).
+fn body_json<'v>(bytes: &[u8], parsed: &'v Option<Value>) -> Option<std::borrow::Cow<'v, Value>> {
+    match parsed {
+        Some(v) => Some(std::borrow::Cow::Borrowed(v)),
+        None => crate::identity::strict_json::parse(bytes)
+            .ok()
+            .map(std::borrow::Cow::Owned),
+    }
+}
+
 /// Whether the request's body is a JSON patch (RFC 6902).
 fn is_json_patch(headers: &HeaderMap) -> bool {
     headers
@@ -444,13 +458,20 @@ async fn proxy(
         .policy_index
         .applicable(&cfg.policies, &connection.name, subject);
     let needs_body = applicable.iter().any(|p| p.reads_body);
-    // Bodies that frameworks read a method override from (the Kubernetes API server reads none).
-    let kind = if connection.kind == ConnectionType::Kubernetes {
-        BodyKind::Other
+    let needs_params = applicable.iter().any(|p| p.reads_params);
+    // Bodies that frameworks read a method override from, and parameters (the Kubernetes API
+    // server reads neither).
+    let (kind, params_kind) = if connection.kind == ConnectionType::Kubernetes {
+        (BodyKind::Other, BodyKind::Other)
     } else {
-        method_override::body_kind(&parts.method, &parts.headers)
+        (
+            method_override::body_kind(&parts.method, &parts.headers),
+            method_override::params_kind(&parts.method, &parts.headers),
+        )
     };
-    if kind != BodyKind::Other && is_encoded(&parts.headers) {
+    let bodiless = parts.method == Method::GET || parts.method == Method::HEAD;
+    let encoded = is_encoded(&parts.headers);
+    if kind != BodyKind::Other && encoded {
         return Err(bad_request(
             "a compressed (Content-Encoding) form, multipart or JSON POST body cannot be checked for a method override; send it uncompressed",
         ));
@@ -462,12 +483,14 @@ async fn proxy(
         ),
         _ => None,
     };
-    // The body is read before the decision only when a rule reads it, or when it is a form or
-    // JSON, which may carry a method override (multipart bodies are scanned as they stream).
+    // The body is read before the decision only when a rule reads it or its parameters, or when
+    // it is a form or JSON, which may carry a method override (multipart bodies are scanned as
+    // they stream).
+    let form_or_json = |k| matches!(k, BodyKind::Form | BodyKind::Json | BodyKind::FormOrJson);
     let (mut read_body, mut body) = if (needs_body
-        || matches!(kind, BodyKind::Form | BodyKind::Json | BodyKind::FormOrJson))
-        && parts.method != Method::GET
-        && parts.method != Method::HEAD
+        || form_or_json(kind)
+        || (needs_params && form_or_json(params_kind) && !encoded))
+        && !bodiless
     {
         let body: Body = body.map_err(|e| -> BodyError { Box::new(e) }).boxed();
         let bytes = response::read_capped(body, MAX_DECIDED_BODY).await.map_err(|e| match e {
@@ -497,10 +520,32 @@ async fn proxy(
         }
     });
     let body_view = match (&read_body, &parsed_body) {
+        // GET and HEAD bodies are refused above.
+        (None, _) if bodiless => BodyView::Empty,
         (None, _) => BodyView::NotRead,
         (Some(b), _) if b.is_empty() => BodyView::Empty,
         (Some(_), Some(v)) => BodyView::Json(v),
         (Some(_), None) => BodyView::NotJson,
+    };
+    let body_fields = match (&read_body, params_kind) {
+        (Some(b), _) if b.is_empty() => Some(Vec::new()),
+        (Some(b), BodyKind::Form) => params::form_fields(b),
+        // A JSON body that does not parse is left unread.
+        (Some(b), BodyKind::Json) => body_json(b, &parsed_body).and_then(|v| params::json_fields(&v)),
+        // Rack reads it as a form, Laravel as JSON (when it parses): the fields of both.
+        (Some(b), BodyKind::FormOrJson) => params::form_fields(b).and_then(|mut f| {
+            if let Some(v) = body_json(b, &parsed_body) {
+                f.extend(params::json_fields(&v)?);
+            }
+            Some(f)
+        }),
+        _ => None,
+    };
+    let body_params = match (&body_fields, params_kind) {
+        _ if bodiless => BodyParams::None,
+        (_, BodyKind::Other) => BodyParams::None,
+        (Some(f), _) => BodyParams::Read(f),
+        (None, _) => BodyParams::Unread,
     };
 
     // The operation, as the upstream will understand it.
@@ -540,6 +585,7 @@ async fn proxy(
             query: &target.query,
             headers: &parts.headers,
             body: body_view,
+            params: body_params,
         }))
     };
     let now = unix_now();
