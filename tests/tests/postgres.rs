@@ -1883,6 +1883,129 @@ fn shared_names_and_pipelines_cannot_run_what_was_not_decided() {
     s.assert_no_canary();
 }
 
+/// Messages in one write, as a pipelining client sends them.
+fn pipeline(msgs: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (tag, body) in msgs {
+        out.push(*tag);
+        out.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+/// Whether `msgs` end the session with a FATAL 08P01 whose text mentions `what`.
+fn ended_with_violation(msgs: &[(u8, Vec<u8>)], what: &str) -> bool {
+    msgs.iter()
+        .any(|(t, b)| *t == b'E' && sqlstate(b) == "08P01" && String::from_utf8_lossy(b).contains(what))
+        && msgs.iter().all(|(t, _)| *t != b'Z')
+}
+
+/// The server's view of names, pipelines and copies, where it differs from a naive proxy's:
+/// PostgreSQL reads 63 bytes of a statement or portal name; a refusal's marker must not be
+/// something a client can name or see; a Sync after a pipelined CopyDone is answered; a
+/// pipeline after an error is skipped without answers; a deferred constraint quotes a row at
+/// COMMIT.
+#[test]
+fn names_markers_copies_and_pipelines_keep_the_session_in_step() {
+    let s = setup_with(false);
+    let tok = token(&s.idp);
+    let before = s.pg.psql("SELECT count(*) FROM orders");
+
+    // Two names sharing their first 63 bytes are one statement upstream.
+    let long = format!("{}1", "a".repeat(63));
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(b'P', &parse(&long, "SELECT 1"));
+    assert!(ended_with_violation(&r.until_ready(), "63 bytes"));
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(b'B', &bind(&long, ""));
+    assert!(ended_with_violation(&r.until_ready(), "63 bytes"));
+
+    // A refused query leaves only a constant text in pg_stat_activity, and no client portal may
+    // take the refusal marker's name.
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(b'Q', b"DELETE FROM orders\0");
+    assert_eq!(errors(&r.until_ready()), ["42501"]);
+    assert_eq!(
+        s.pg.psql("SELECT string_agg(query, ',') FROM pg_stat_activity WHERE query LIKE 'agentgate%'"),
+        "agentgate_refused"
+    );
+    r.send(b'P', &parse("", "SELECT 1"));
+    r.send(b'B', &bind("agentgate_refused_0123", ""));
+    assert!(ended_with_violation(&r.until_ready(), "gateway's own"));
+
+    // COPY data, CopyDone and Sync in one write, before the server could start the copy: the
+    // server answers that Sync (it has left copy mode when it reads it), and later results are
+    // masked by their own statements.
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(b'Q', b"BEGIN\0");
+    r.until_ready();
+    let mut msgs: Vec<(u8, &[u8])> = vec![(b'Q', b"COPY orders (customer_id, total) FROM STDIN\0")];
+    msgs.extend(std::iter::repeat_n((b'd', &b"1\t1.00\n"[..]), 3));
+    msgs.extend([(b'c', &b""[..]), (b'S', &b""[..])]);
+    r.0.write_all(&pipeline(&msgs)).unwrap();
+    let copied = r.until_ready();
+    assert!(errors(&copied).is_empty(), "{copied:?}");
+    assert!(
+        copied.iter().any(|(t, b)| *t == b'C' && b.starts_with(b"COPY 3")),
+        "{copied:?}"
+    );
+    // Sent before the Sync's answer is read: were that answer taken for the first SELECT's, its
+    // rows would be masked by the plan of the second, which computes over nothing masked.
+    r.send(b'Q', b"SELECT upper(email) FROM customers\0");
+    r.send(b'Q', b"SELECT 1\0");
+    assert_eq!(r.until_ready().len(), 1, "the Sync's answer alone");
+    let rows = r.until_ready();
+    assert!(rows.iter().any(|(t, _)| *t == b'D'), "{rows:?}");
+    assert!(!rows_hold_an_email(&rows), "{rows:?}");
+    r.until_ready();
+    r.send(b'Q', b"ROLLBACK\0");
+    r.until_ready();
+    // A Sync between COPY data: whether the server ignores it depends on when a bad row ends the
+    // copy.
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(b'Q', b"COPY orders (customer_id, total) FROM STDIN\0");
+    while r.read().0 != b'G' {}
+    r.0.write_all(&pipeline(&[(b'd', b"x\ty\n"), (b'S', b""), (b'c', b"")]))
+        .unwrap();
+    let mut msgs = r.until_ready();
+    msgs.extend(r.until_ready());
+    assert!(ended_with_violation(&msgs, "Sync during COPY"), "{msgs:?}");
+
+    // After an error the server skips everything up to Sync without a word: a pipeline that
+    // never syncs is cut off, not queued without end.
+    let mut r = Raw::login(s.plain, &tok);
+    let describe: &[u8] = b"Sno_such_statement\0";
+    let msgs = vec![(b'D', describe); agentgate::protocol::postgres::session::MAX_PIPELINED_MESSAGES + 1];
+    r.0.write_all(&pipeline(&msgs)).unwrap();
+    let answers = r.until_ready();
+    assert!(
+        ended_with_violation(&answers, "without a Sync"),
+        "{:?}",
+        answers.last()
+    );
+
+    // A deferred unique constraint fails at COMMIT, quoting the row an INSERT wrote earlier: the
+    // text is withheld where columns are masked.
+    s.pg.psql("ALTER TABLE orders ADD CONSTRAINT total_once UNIQUE (total) DEFERRABLE INITIALLY DEFERRED");
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(
+        b'Q',
+        b"BEGIN; INSERT INTO orders (customer_id, total) VALUES (2, 75.00)\0",
+    );
+    assert!(errors(&r.until_ready()).is_empty());
+    r.send(b'Q', b"COMMIT\0");
+    let msgs = r.until_ready();
+    assert_eq!(errors(&msgs), ["23505"], "{msgs:?}");
+    let text: String = msgs
+        .iter()
+        .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    assert!(!text.contains("75.00") && text.contains("withheld"), "{text}");
+    assert_eq!(s.pg.psql("SELECT count(*) FROM orders"), before);
+    s.assert_no_canary();
+}
+
 /// A password in SQL (ALTER ROLE, psql's \\password) and the agent's own token, sent back in a
 /// statement, never reach a recording: approvers and auditors read those.
 #[test]

@@ -111,6 +111,9 @@ pub struct Statement {
     pub execute: Option<String>,
     /// `DEALLOCATE name` is `Some(Some(name))`; `DEALLOCATE ALL` and `DISCARD ALL` are `Some(None)`.
     pub deallocate: Option<Option<String>>,
+    /// `COMMIT AND CHAIN`, `ROLLBACK AND CHAIN`, `ROLLBACK TO SAVEPOINT`: drops portals while
+    /// the session stays in a transaction.
+    pub drops_portals: bool,
     /// The parse node, such as `SelectStmt`, `AlterSystemStmt`, `LoadStmt` (guardrails, logs).
     pub node: &'static str,
     /// The cursor a DECLARE, FETCH, MOVE or CLOSE names (empty for `CLOSE ALL`).
@@ -485,6 +488,7 @@ struct Analysis<'t> {
     prepare: Option<(String, Box<Statement>)>,
     execute: Option<String>,
     deallocate: Option<Option<String>>,
+    drops_portals: bool,
     cursor: Option<String>,
     settings: Vec<String>,
     /// CTE names in scope.
@@ -569,6 +573,10 @@ impl<'t> Analysis<'t> {
                 ]
                 .iter()
                 .any(|k| *k as i64 == kind);
+                let ends = [T::TransStmtCommit, T::TransStmtRollback]
+                    .iter()
+                    .any(|k| *k as i64 == kind);
+                self.drops_portals |= (ends && node.flag("chain")) || kind == T::TransStmtRollbackTo as i64;
                 K::Transaction
             }
             "ConstraintsSetStmt" => K::Transaction,
@@ -829,6 +837,7 @@ impl<'t> Analysis<'t> {
             prepare: self.prepare,
             execute: self.execute,
             deallocate: self.deallocate,
+            drops_portals: self.drops_portals,
             node: self.node,
             cursor: self.cursor,
             settings: self.settings,
@@ -3001,6 +3010,17 @@ mod tests {
             assert_eq!((s.kinds.clone(), s.writes), (vec![kind], writes), "{sql}");
         }
         assert_eq!(one("VACUUM orders").tables, strs(&["public.orders"]));
+        // Portals end with these while the session stays in a transaction.
+        for (sql, drops) in [
+            ("COMMIT AND CHAIN", true),
+            ("ROLLBACK AND CHAIN", true),
+            ("ROLLBACK TO SAVEPOINT a", true),
+            ("COMMIT", false),
+            ("ROLLBACK AND NO CHAIN", false),
+            ("RELEASE SAVEPOINT a", false),
+        ] {
+            assert_eq!(one(sql).drops_portals, drops, "{sql}");
+        }
         assert_eq!(
             one("DECLARE c CURSOR FOR SELECT * FROM orders").tables,
             strs(&["public.orders"])

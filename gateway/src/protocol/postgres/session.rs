@@ -62,6 +62,16 @@ use crate::recording::Session as Recording;
 pub const MAX_RECORDED_ROWS: usize = 100;
 /// Statement text kept in recordings and error messages.
 pub const MAX_RECORDED_SQL: usize = 16 * 1024;
+
+/// What refusals send upstream in place of a refused message: the simple-protocol query text
+/// (a syntax error), and the start of the extended-protocol portal name.
+const MARKER_PREFIX: &str = "agentgate_refused";
+
+/// Most messages a client may send between two Syncs, and most statement text (as recorded) the
+/// answers to them may hold: clients pipeline batches (pgjdbc syncs every few thousand
+/// statements), not millions.
+pub const MAX_PIPELINED_MESSAGES: usize = 65_536;
+pub const MAX_PIPELINED_SQL_BYTES: usize = 64 * 1024 * 1024;
 /// Write buffer size at which the relay writes even if more messages are ready.
 const FLUSH_BYTES: usize = 64 * 1024;
 /// Distinct classified statements kept per gateway.
@@ -240,7 +250,8 @@ struct Live {
     /// no pending result will still be written to it.
     retiring: Mutex<Vec<(Arc<Recording>, Value)>>,
     _cancel: cancel::Registration,
-    /// Unique per session, so no client text can collide with the gateway's refusal markers.
+    /// The portal an extended-protocol refusal executes: unique per session and never shown to
+    /// anyone (not even in `pg_stat_activity`), so no client can name a portal after it.
     marker: String,
     counters: Counters,
 }
@@ -423,7 +434,7 @@ async fn start(
     let mut raw = [0u8; 12];
     aws_lc_rs::rand::fill(&mut raw)
         .map_err(|_| fatal(sqlstate::INTERNAL_ERROR, "random generator failed"))?;
-    let marker = format!("agentgate_refused_{}", crate::recording::chain::hex(&raw));
+    let marker = format!("{MARKER_PREFIX}_{}", crate::recording::chain::hex(&raw));
     tracing::info!(identity = %principal.identity, connection = %conn.name, %peer, dropped_parameters = ?s.dropped,
         "postgres session started");
     Ok((
@@ -1328,6 +1339,10 @@ impl Live {
             out: BytesMut::new(),
             copy_in: false,
             copies: 0,
+            copy_batch: 0,
+            copy_sent: false,
+            copy_ended: false,
+            pipelined: (0, 0),
             copy_progress: copy_rx,
             described: None,
             unsynced: false,
@@ -1405,6 +1420,15 @@ struct ClientSide {
     copy_in: bool,
     /// COPY FROM STDIN statements forwarded so far (the last one's number, for `copy_progress`).
     copies: u64,
+    /// COPY FROM STDIN statements in the last message that had any (a Query may hold several).
+    copy_batch: u64,
+    /// Whether the client sent COPY data (or its end) since then, and whether the last such
+    /// message ended a copy (CopyDone, CopyFail).
+    copy_sent: bool,
+    copy_ended: bool,
+    /// Messages awaiting an answer since the last Sync or Query, and the statement text they
+    /// hold (see [`MAX_PIPELINED_MESSAGES`]).
+    pipelined: (usize, usize),
     /// How far the server side has seen the upstream answer them.
     copy_progress: watch::Receiver<CopyProgress>,
     /// The portal the client's previous message described: an Execute of it right after needs
@@ -1505,11 +1529,35 @@ impl ClientSide {
         Ok(())
     }
 
+    /// Whether a Sync sent now reaches the server while it copies, which ignores it then. Only
+    /// where that cannot depend on timing: before any COPY data (the server reads the Sync after
+    /// starting the copy, and the copy ends only with data yet to come), or after the end of the
+    /// only copy the message started (the server has left copy mode when it reads the Sync). In
+    /// between, a bad row or CopyFail may end the copy before or after the server reads it.
+    fn sync_in_copy(&mut self) -> Result<bool, Stop> {
+        if !self.copy_in {
+            Ok(false)
+        } else if !self.copy_sent {
+            Ok(true)
+        } else if self.copy_ended && self.copy_batch == 1 {
+            Ok(false)
+        } else {
+            Err(self.violation(
+                "Sync during COPY FROM STDIN data (send it before the data, or after the CopyDone of a message with one COPY, or once the server has answered)".into(),
+            ))
+        }
+    }
+
     /// When `st` is a COPY FROM STDIN about to be forwarded: numbers it, and expects its data.
     fn number_copy(&mut self, plan: &mut ResultPlan, st: &Statement) {
         if st.copy.is_some_and(|c| c.from_stdin()) {
+            if !self.copy_in {
+                self.copy_batch = 0;
+            }
             self.copies += 1;
+            self.copy_batch += 1;
             self.copy_in = true;
+            self.copy_sent = false;
             plan.copy_from = self.copies;
         }
     }
@@ -1524,7 +1572,21 @@ impl ClientSide {
         format!("protocol violation: {what}")
     }
 
-    fn push(&self, p: Pending) -> Result<(), Stop> {
+    fn push(&mut self, p: Pending) -> Result<(), Stop> {
+        // After an error the server skips, without a word, everything up to Sync: with no
+        // answers to wait for, a pipeline would queue (and record) whatever the client sends.
+        match &p {
+            Pending::Sync { .. } | Pending::Query { .. } => self.pipelined = (0, 0),
+            Pending::Execute { plan, .. } => {
+                self.pipelined = (self.pipelined.0 + 1, self.pipelined.1 + plan.sql.len())
+            }
+            _ => self.pipelined.0 += 1,
+        }
+        if self.pipelined.0 > MAX_PIPELINED_MESSAGES || self.pipelined.1 > MAX_PIPELINED_SQL_BYTES {
+            return Err(self.violation(format!(
+                "more than {MAX_PIPELINED_MESSAGES} messages or {MAX_PIPELINED_SQL_BYTES} bytes of statements sent without a Sync"
+            )));
+        }
         self.queue.send(p).map_err(|_| "server side ended".to_string())
     }
 
@@ -1609,11 +1671,12 @@ impl ClientSide {
                 self.push(Pending::Close { freed })?;
             }
             frontend::SYNC => {
+                let in_copy = self.sync_in_copy()?;
                 self.unsynced = false;
                 lock(&self.shared).segment += 1;
                 self.forward(&frame);
                 self.push(Pending::Sync {
-                    in_copy: self.copy_in,
+                    in_copy,
                     copies: self.copies,
                 })?;
             }
@@ -1644,6 +1707,8 @@ impl ClientSide {
                 self.refuse_simple(error)?;
             }
             frontend::COPY_DATA | frontend::COPY_DONE | frontend::COPY_FAIL if self.copy_in => {
+                self.copy_sent = true;
+                self.copy_ended = frame.tag != frontend::COPY_DATA;
                 // Another COPY FROM STDIN of the same Query may follow this one: the data is
                 // still expected until the server has answered the last.
                 if frame.tag != frontend::COPY_DATA && self.copy_progress.borrow().answered >= self.copies {
@@ -1661,10 +1726,11 @@ impl ClientSide {
         Ok(Next::Continue)
     }
 
-    /// Refuses a simple-protocol message: the upstream gets a query that cannot parse.
+    /// Refuses a simple-protocol message: the upstream gets a query that cannot parse. Its text
+    /// is the same in every session: `pg_stat_activity` shows it to other sessions.
     fn refuse_simple(&mut self, error: ErrorResponse) -> Result<(), Stop> {
         Query {
-            sql: self.live.marker.clone(),
+            sql: MARKER_PREFIX.to_string(),
         }
         .encode(&mut self.out);
         self.push(Pending::Query {
@@ -1986,6 +2052,11 @@ impl ClientSide {
     }
 
     fn bind(&mut self, frame: &Frame, b: Bind) -> Result<(), Stop> {
+        if b.portal.starts_with(MARKER_PREFIX) {
+            return Err(self.violation(format!(
+                "portal names starting with {MARKER_PREFIX:?} are the gateway's own"
+            )));
+        }
         let entry = {
             let prepared = lock(&self.shared);
             // Freed before the last boundary and not yet answered: what a Parse since then
@@ -2252,6 +2323,10 @@ fn apply_effects(prepared: &mut Prepared, st: &Statement) -> Vec<String> {
         // A cursor is a portal: its name now means what DECLARE says (or nothing). Cursor
         // names are never empty, so the unnamed portal stays.
         prepared.portals.retain(|name, _| name.is_empty());
+    }
+    if st.drops_portals {
+        // Upstream, the transaction's portals are gone while it stays 'T' to ReadyForQuery.
+        prepared.portals.clear();
     }
     freed
 }
@@ -2650,11 +2725,16 @@ impl ServerSide {
         // Fields that carry free text; the others are severity, code, position, source location
         // and object names.
         const TEXT: &[u8] = b"MDHWq";
-        let reads_masked = match self.front.front() {
-            Some(Pending::Query { results, .. }) => results.iter().any(|r| r.withhold_errors),
-            Some(Pending::Execute { plan, .. }) => plan.withhold_errors,
-            _ => false,
-        };
+        // A constraint checked late (DEFERRABLE, at COMMIT, Sync's implicit commit, SET
+        // CONSTRAINTS, PREPARE TRANSACTION) quotes the row an earlier statement wrote, under a
+        // statement that reads nothing masked: class 23 quotes values wherever columns are masked.
+        let late_constraint = e.code().is_some_and(|c| c.starts_with("23")) && !self.live.masked.is_empty();
+        let reads_masked = late_constraint
+            || match self.front.front() {
+                Some(Pending::Query { results, .. }) => results.iter().any(|r| r.withhold_errors),
+                Some(Pending::Execute { plan, .. }) => plan.withhold_errors,
+                _ => false,
+            };
         if reads_masked {
             let code = e.code().unwrap_or("?").to_string();
             e.fields.retain(|(f, _)| !TEXT.contains(f));

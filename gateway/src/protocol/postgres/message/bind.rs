@@ -18,8 +18,8 @@ pub struct Bind {
 impl Bind {
     pub fn parse(body: &Bytes) -> Result<Self, FrameError> {
         let mut c = Cursor::new(body, "Bind");
-        let portal = c.cstr()?.to_string();
-        let statement = c.cstr()?.to_string();
+        let portal = c.name()?.to_string();
+        let statement = c.name()?.to_string();
         let n = c.count()?;
         let mut param_formats = Vec::with_capacity(n.min(1024));
         for _ in 0..n {

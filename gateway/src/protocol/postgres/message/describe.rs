@@ -16,7 +16,7 @@ impl Target {
     pub fn parse(body: &[u8], what: &'static str) -> Result<Self, FrameError> {
         let mut c = Cursor::new(body, what);
         let kind = c.u8()?;
-        let name = c.cstr()?.to_string();
+        let name = c.name()?.to_string();
         c.finish()?;
         match kind {
             b'S' => Ok(Self::Statement(name)),

@@ -14,7 +14,7 @@ pub struct Execute {
 impl Execute {
     pub fn parse(body: &[u8]) -> Result<Self, FrameError> {
         let mut c = Cursor::new(body, "Execute");
-        let portal = c.cstr()?.to_string();
+        let portal = c.name()?.to_string();
         let max_rows = c.i32()?;
         c.finish()?;
         Ok(Self { portal, max_rows })

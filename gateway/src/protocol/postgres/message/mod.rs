@@ -27,6 +27,10 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// 1 GiB; the gateway holds whole messages in memory (to decide, mask and record them), so it
 /// allows less.
 pub const MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+/// Longest prepared-statement or portal name accepted. PostgreSQL keys both tables on the first
+/// `NAMEDATALEN - 1` bytes, so two longer names that share them are one object to the server and
+/// two to the gateway, which would decide one statement's text and run the other's.
+pub const MAX_NAME_BYTES: usize = 63;
 /// Most buffer grown ahead of the bytes of one large message.
 const RESERVE_STEP_BYTES: usize = 1024 * 1024;
 /// Largest startup packet (PostgreSQL's MAX_STARTUP_PACKET_LENGTH).
@@ -301,6 +305,18 @@ impl<'a> Cursor<'a> {
         let s = std::str::from_utf8(&self.buf[..end])
             .map_err(|_| FrameError::malformed(self.what, "string is not UTF-8"))?;
         self.buf = &self.buf[end + 1..];
+        Ok(s)
+    }
+
+    /// A prepared-statement or portal name: a string of at most [`MAX_NAME_BYTES`].
+    pub fn name(&mut self) -> Result<&'a str, FrameError> {
+        let s = self.cstr()?;
+        if s.len() > MAX_NAME_BYTES {
+            return Err(FrameError::malformed(
+                self.what,
+                "a statement or portal name is longer than 63 bytes (PostgreSQL reads only the first 63)",
+            ));
+        }
         Ok(s)
     }
 

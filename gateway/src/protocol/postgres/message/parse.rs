@@ -16,7 +16,7 @@ pub struct Parse {
 impl Parse {
     pub fn parse(body: &[u8]) -> Result<Self, FrameError> {
         let mut c = Cursor::new(body, "Parse");
-        let name = c.cstr()?.to_string();
+        let name = c.name()?.to_string();
         let sql = c.cstr()?.to_string();
         let n = c.count()?;
         let mut param_types = Vec::with_capacity(n.min(1024));
