@@ -765,6 +765,71 @@ fn secret_values_an_agent_writes_are_not_recorded() {
     assert!(rec.contains("a Secret's patch"), "{rec}");
 }
 
+/// A JSON patch may copy or move a Secret's value into an annotation, which masking does not
+/// cover, and `test` confirms a guessed value: such patches are refused before they are sent.
+#[test]
+fn secret_values_cannot_be_patched_out_of_masking() {
+    let k = Kube::start();
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "agent-three"},
+        "stringData": {"password": SECRET_VALUE},
+    });
+    k.agent_ok(&[
+        "apply",
+        "-f",
+        &k.env.file("agent-three.json", &secret.to_string()),
+    ]);
+    let patch = |ops: Value| {
+        k.agent(&[
+            "patch",
+            "secret",
+            "agent-three",
+            "--type=json",
+            "-p",
+            &ops.to_string(),
+        ])
+    };
+    let refused = [
+        (
+            json!([{"op": "add", "path": "/metadata/annotations", "value": {}},
+                   {"op": "copy", "from": "/data/password", "path": "/metadata/annotations/x"}]),
+            "may not copy or move",
+        ),
+        (
+            json!([{"op": "move", "from": "/data", "path": "/metadata/labels"}]),
+            "may not copy or move",
+        ),
+        (
+            json!([{"op": "copy", "from": "", "path": "/metadata/annotations/all"}]),
+            "may not copy or move",
+        ),
+        (
+            json!([{"op": "test", "path": "/data/password", "value": BASE64.encode(SECRET_VALUE)}]),
+            "may not test",
+        ),
+    ];
+    for (ops, why) in refused {
+        let out = patch(ops.clone());
+        let text = show(&out);
+        assert!(!out.status.success() && text.contains(why), "{ops}: {text}");
+    }
+    // Within data, a copy stays masked and goes on.
+    let out = patch(json!([{"op": "copy", "from": "/data/password", "path": "/data/backup"}]));
+    assert!(out.status.success(), "{}", show(&out));
+    let stored = json_of(
+        &k.env
+            .kubectl_ok("admin", &["get", "secret", "agent-three", "-o", "json"]),
+    );
+    assert_eq!(stored["data"]["backup"], BASE64.encode(SECRET_VALUE).as_str());
+    assert!(
+        stored["metadata"]
+            .get("annotations")
+            .is_none_or(|a| a.get("x").is_none()),
+        "{stored}"
+    );
+    assert!(stored["metadata"].get("labels").is_none(), "{stored}");
+}
+
 #[test]
 fn secrets_never_leave_the_gateway_unmasked() {
     let mut k = Kube::start();

@@ -326,13 +326,12 @@ fn body_json<'v>(bytes: &[u8], parsed: &'v Option<Value>) -> Option<std::borrow:
     }
 }
 
-/// Whether the request's body is a JSON patch (RFC 6902).
+/// Whether the request's body is a JSON patch (RFC 6902), as the API server reads its type.
 fn is_json_patch(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json-patch+json"))
+        .is_some_and(kubernetes::is_json_patch)
 }
 
 /// Refuses what the gateway does not proxy even when a policy allows it: Kubernetes exec, attach,
@@ -565,6 +564,26 @@ async fn proxy(
     } else {
         None
     };
+    // A JSON patch can copy a Secret's values to fields that are not masked (annotations), or
+    // test them one guess at a time: its operations are read before anything is forwarded.
+    if kube_info.as_ref().is_some_and(|k| k.resource == "secrets") && is_json_patch(&parts.headers) {
+        if read_body.is_none()
+            && let Some(incoming) = body.take()
+        {
+            let b: Body = incoming.map_err(|e| -> BodyError { Box::new(e) }).boxed();
+            read_body = Some(response::read_capped(b, MAX_DECIDED_BODY).await.map_err(|_| {
+                Problem::new(
+                    Kind::RequestTooLarge,
+                    format!(
+                        "a JSON patch of a Secret is read whole and must be at most {MAX_DECIDED_BODY} bytes"
+                    ),
+                )
+            })?);
+        }
+        if let Some(why) = kubernetes::secret_patch_refusal(read_body.as_deref().unwrap_or_default()) {
+            return Err(bad_request(why));
+        }
+    }
     let op = if let Some(kube_info) = &kube_info {
         match kube_info.policy_verb() {
             Some(verb) if kube_info.is_resource_request => Some(Operation::Kubernetes(KubernetesOperation {

@@ -160,6 +160,73 @@ pub fn is_json_content_type(ct: &str) -> bool {
             .is_some_and(|base| !base.is_empty())
 }
 
+/// Whether the API server reads a body with this `Content-Type` as a JSON patch (RFC 6902).
+pub fn is_json_patch(ct: &str) -> bool {
+    let media_type: String = ct
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .map(go_lower)
+        .collect();
+    media_type == "application/json-patch+json"
+}
+
+/// Why a JSON patch of a Secret is refused, if it is: it copies or moves a value out of `data`
+/// or `stringData` (or the whole object) to a field masking does not cover, or `test`s one
+/// (an oracle that confirms guesses). A patch the gateway cannot read is refused too.
+pub fn secret_patch_refusal(body: &[u8]) -> Option<&'static str> {
+    const UNREADABLE: &str =
+        "a JSON patch of a Secret must be a JSON array of operations the gateway can read";
+    let Ok(serde_json::Value::Array(ops)) = crate::identity::strict_json::parse(body) else {
+        return Some(UNREADABLE);
+    };
+    for op in &ops {
+        let field = |k: &str| op.get(k).and_then(|v| v.as_str());
+        let Some(kind) = field("op") else {
+            return Some(UNREADABLE);
+        };
+        match kind {
+            "copy" | "move" => {
+                let (Some(from), Some(to)) = (field("from"), field("path")) else {
+                    return Some(UNREADABLE);
+                };
+                if holds_secret_values(from) && !(from_secret_field(to) && !to.is_empty()) {
+                    return Some(
+                        "a JSON patch of a Secret may not copy or move its data to another field, where masking would not cover it",
+                    );
+                }
+            }
+            "test" if field("path").is_none_or(holds_secret_values) => {
+                return Some(
+                    "a JSON patch of a Secret may not test its data: each test would confirm a guess",
+                );
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Whether a JSON pointer names a Secret's values or something holding them: the whole object,
+/// `data`, `stringData` or within them.
+fn holds_secret_values(pointer: &str) -> bool {
+    pointer.is_empty() || from_secret_field(pointer)
+}
+
+/// Whether a JSON pointer's first token is `data` or `stringData` (`~1` and `~0` unescaped).
+fn from_secret_field(pointer: &str) -> bool {
+    let first = pointer
+        .strip_prefix('/')
+        .unwrap_or(pointer)
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    let first = first.replace("~1", "/").replace("~0", "~");
+    first == "data" || first == "stringData"
+}
+
 /// Go's `unicode.ToLower` restricted to what matters for ASCII media types: the characters it maps
 /// into ASCII are `A`-`Z`, `İ` (U+0130) and the Kelvin sign (U+212A).
 fn go_lower(c: char) -> char {
@@ -173,6 +240,48 @@ fn go_lower(c: char) -> char {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_patches_may_not_copy_or_test_values() {
+        let refused = |ops: serde_json::Value| secret_patch_refusal(ops.to_string().as_bytes()).is_some();
+        assert!(refused(
+            serde_json::json!([{"op": "copy", "from": "/data/p", "path": "/metadata/annotations/x"}])
+        ));
+        assert!(refused(
+            serde_json::json!([{"op": "move", "from": "/stringData", "path": "/metadata/labels"}])
+        ));
+        assert!(refused(
+            serde_json::json!([{"op": "copy", "from": "", "path": "/metadata/annotations/a"}])
+        ));
+        assert!(refused(
+            serde_json::json!([{"op": "copy", "from": "/data/p", "path": ""}])
+        ));
+        assert!(refused(
+            serde_json::json!([{"op": "test", "path": "/data/p", "value": "x"}])
+        ));
+        assert!(refused(
+            serde_json::json!([{"op": "test", "path": "", "value": {}}])
+        ));
+        assert!(!refused(
+            serde_json::json!([{"op": "copy", "from": "/d~0ta", "path": "/x"}])
+        ));
+        // The gateway reads a patch as the server does, or refuses it.
+        assert!(secret_patch_refusal(b"[{\"op\":\"copy\",\"op\":\"add\"}]").is_some());
+        assert!(secret_patch_refusal(b"{}").is_some());
+        assert!(refused(serde_json::json!([{"from": "/data/p"}])));
+        // Within data, and everything that reads no value, goes on.
+        for ok in [
+            serde_json::json!([{"op": "copy", "from": "/data/p", "path": "/data/q"}]),
+            serde_json::json!([{"op": "move", "from": "/data/p", "path": "/stringData/q"}]),
+            serde_json::json!([{"op": "replace", "path": "/data/p", "value": "eA=="}]),
+            serde_json::json!([{"op": "test", "path": "/metadata/name", "value": "db"}]),
+            serde_json::json!([]),
+        ] {
+            assert_eq!(secret_patch_refusal(ok.to_string().as_bytes()), None, "{ok}");
+        }
+        assert!(is_json_patch("Application/JSON-Patch+JSON; charset=utf-8"));
+        assert!(!is_json_patch("application/merge-patch+json"));
+    }
 
     #[test]
     fn streaming_subresources() {
