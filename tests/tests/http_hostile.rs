@@ -1115,6 +1115,40 @@ fn reflected_basic_tokens_and_compressed_bodies_never_reach_the_agent() {
     s.assert_no_secrets();
 }
 
+/// Text the masker would read wrongly is refused where a field rule applies: a CSV export's
+/// `mobilePhone` column, which no JSON rule reaches, and UTF-16 text, whose letters the detectors
+/// read with a NUL between each (declared by its charset or not).
+#[test]
+fn text_the_masker_cannot_read_is_refused() {
+    let s = setup();
+    for query in [
+        "type=text/csv",
+        "type=text/html",
+        "type=text/plain%3B%20charset=utf-16le&enc=utf-16le",
+        "type=application/json%3B%20charset=%22UTF-16%22&enc=utf-16",
+        "type=text/plain&enc=utf-16le",
+    ] {
+        let r = s.curl(&[], &format!("/okta/export?{query}"));
+        assert_eq!(
+            (r.status, r.problem()),
+            (502, problem("masking-refused")),
+            "{query}: {r:?}"
+        );
+        assert!(
+            !r.body.contains("555") && !r.body.contains("erin"),
+            "{query}: {r:?}"
+        );
+    }
+    // Plain text in an ASCII-compatible charset is masked as text.
+    let r = s.curl(&[], "/okta/export?type=text/plain%3B%20charset=ISO-8859-1");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.body.contains("id,mobilePhone") && !r.body.contains("erin@example.com"),
+        "{r:?}"
+    );
+    s.assert_no_secrets();
+}
+
 /// An upstream that frames a body with Transfer-Encoding and also says `Content-Length: 0` (or
 /// adds trailers) must not get that body past masking, to the agent or into the recording.
 #[test]

@@ -5,6 +5,8 @@ check exactly what the gateway forwarded. A few paths serve fixed content for ma
   /api/v1/users       an Okta-style users list with emails, phones and a card number
   /echo/where         a redirect whose Location names an email
   /text               text/plain with an email in it
+  /export?type=T&enc=E  a CSV export with a mobilePhone column and an email, served as type T
+                      (URL-decoded) in encoding E (default utf-8)
   /binary             application/octet-stream
   /big?bytes=N        a JSON document of about N bytes
   /reflect            the Authorization header it received, in a header and the body
@@ -162,6 +164,12 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
+        if path == "/export":
+            from urllib.parse import parse_qs
+            q = parse_qs(self.path.split("?", 1)[1] if "?" in self.path else "")
+            csv = "id,mobilePhone,email\n1,+1 415 555 0100,erin@example.com\n"
+            payload = csv.encode(q.get("enc", ["utf-8"])[0])
+            return self._send(200, q.get("type", ["text/csv"])[0], payload)
         if path == "/text":
             return self._send(200, "text/plain; charset=utf-8", b"contact carol@example.net for access\n")
         if path == "/binary":

@@ -1037,11 +1037,12 @@ async fn proxy(
         }
         res_body = response::scrubbed(res_body, finder.clone()).boxed();
     }
-    let class = response::classify(
+    let class = response::masking_class(
         res_parts
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok()),
+        &plan,
     );
     let bodiless = parts.method == Method::HEAD
         || res_parts.status == StatusCode::NO_CONTENT

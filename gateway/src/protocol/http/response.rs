@@ -45,6 +45,50 @@ pub fn classify(content_type: Option<&str>) -> ContentClass {
     }
 }
 
+/// The class a response is masked as under `plan`: [`classify`]'s, unless the masker would read
+/// it wrongly. A charset that is not ASCII-compatible (UTF-16 text of ASCII letters is valid
+/// UTF-8 with a NUL between them, where no detector finds anything) is `Other`; so is text other
+/// than `text/plain` and `text/event-stream` when field rules apply and unreadable bodies are
+/// refused: a CSV, YAML, XML or HTML body carries its fields where no JSON rule reaches them.
+pub fn masking_class(content_type: Option<&str>, plan: &MaskingPlan) -> ContentClass {
+    let class = classify(content_type);
+    let ct = content_type.unwrap_or_default();
+    let mut params = ct.split(';');
+    let essence = params.next().unwrap_or_default().trim();
+    let charset_ok = params
+        .filter_map(|p| p.split_once('='))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("charset"))
+        .all(|(_, v)| {
+            let v = v.trim().trim_matches('"');
+            ASCII_COMPATIBLE.iter().any(|c| v.eq_ignore_ascii_case(c))
+        });
+    let plain = ["text/plain", "text/event-stream"]
+        .iter()
+        .any(|t| essence.eq_ignore_ascii_case(t));
+    match class {
+        ContentClass::Other => ContentClass::Other,
+        _ if !charset_ok => ContentClass::Other,
+        ContentClass::Text
+            if !plain && plan.has_field_rules() && plan.on_unparseable() == UnparseablePolicy::Refuse =>
+        {
+            ContentClass::Other
+        }
+        c => c,
+    }
+}
+
+/// Charsets in which ASCII text is the same bytes, so what the masker reads as UTF-8 is what a
+/// client reads (other bytes are not UTF-8, which the masker refuses).
+const ASCII_COMPATIBLE: &[&str] = &[
+    "utf-8",
+    "utf8",
+    "us-ascii",
+    "ascii",
+    "iso-8859-1",
+    "latin1",
+    "windows-1252",
+];
+
 /// Why a body was not masked.
 #[derive(Debug)]
 pub enum MaskFailure {
@@ -95,6 +139,11 @@ pub fn mask_whole(
         ContentClass::Text => {
             let text = std::str::from_utf8(input)
                 .map_err(|_| MaskFailure::Unparseable("the response text is not UTF-8"))?;
+            // UTF-16 text read as bytes: a NUL between letters hides every value from the
+            // detectors.
+            if input.contains(&0) {
+                return Err(MaskFailure::Unparseable("the response text contains NUL bytes"));
+            }
             if plan.has_field_rules() {
                 let (out, report, unreadable) = mask_text_with_json(plan, text);
                 // Its lines would get the detectors alone, not the field rules.
@@ -1390,6 +1439,44 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn masking_class_refuses_what_the_masker_would_misread() {
+        let fields: Vec<agentgate_crds::policy::MaskingRule> =
+            serde_json::from_value(json!([{"jsonFields": ["$..ssn"]}, {"detectors": ["Email"]}])).unwrap();
+        let fields = MaskingPlan::compile(&fields.iter().collect::<Vec<_>>(), HashKey::process()).unwrap();
+        let detectors = text_plan();
+        let class = |ct: &str, plan: &MaskingPlan| masking_class(Some(ct), plan);
+        // Text formats whose fields no JSON rule reaches, where field rules apply.
+        for ct in ["text/csv", "text/html; charset=utf-8", "text/yaml", "text/xml"] {
+            assert_eq!(class(ct, &fields), ContentClass::Other, "{ct}");
+            assert_eq!(class(ct, &detectors), ContentClass::Text, "{ct}");
+        }
+        for ct in ["text/plain", "Text/Event-Stream", "text/plain; charset=\"UTF-8\""] {
+            assert_eq!(class(ct, &fields), ContentClass::Text, "{ct}");
+        }
+        // Charsets in which ASCII is not itself.
+        for ct in [
+            "text/plain; charset=utf-16le",
+            "application/json; charset=UTF-16",
+            "text/plain;charset=utf-7",
+        ] {
+            assert_eq!(class(ct, &detectors), ContentClass::Other, "{ct}");
+        }
+        assert_eq!(
+            class("application/json; charset=iso-8859-1", &detectors),
+            ContentClass::Json
+        );
+        // UTF-16 without a charset: NUL bytes.
+        let utf16: Vec<u8> = "a@example.com"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        assert!(matches!(
+            mask_whole(&detectors, ContentClass::Text, &utf16),
+            Err(MaskFailure::Unparseable(_))
+        ));
     }
 
     fn text_plan() -> MaskingPlan {
