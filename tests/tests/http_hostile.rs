@@ -1115,6 +1115,45 @@ fn reflected_basic_tokens_and_compressed_bodies_never_reach_the_agent() {
     s.assert_no_secrets();
 }
 
+/// An ETag or digest of the unmasked body, beside the masked one, lets a masked value be
+/// guessed offline; `If-None-Match` with a guess confirms it online (304 or 200).
+#[test]
+fn validators_of_unmasked_bodies_are_not_passed_on() {
+    let s = setup();
+    let r = s.curl(&[], "/okta/api/v1/users");
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("[REDACTED"), "{r:?}");
+    let head = r.headers.to_ascii_lowercase();
+    assert!(
+        !head.contains("etag:") && !head.contains("repr-digest:"),
+        "{head}"
+    );
+    let echo = s
+        .curl(
+            &[
+                "-H",
+                "If-None-Match: \"guess\"",
+                "-H",
+                "If-Match: *",
+                "-H",
+                "Want-Repr-Digest: sha-256=1",
+            ],
+            "/okta/echo/validators",
+        )
+        .echo();
+    for gone in ["if-none-match", "if-match", "want-repr-digest"] {
+        assert!(echo.header(gone).is_empty(), "{gone} forwarded");
+    }
+    // A write keeps its If-Match: it guards the write.
+    let echo = s
+        .curl(
+            &["-X", "PUT", "-H", "If-Match: \"v1\"", "--data", "x"],
+            "/okta/echo/validators",
+        )
+        .echo();
+    assert_eq!(echo.header("if-match"), ["\"v1\""]);
+}
+
 /// Text the masker would read wrongly is refused where a field rule applies: a CSV export's
 /// `mobilePhone` column, which no JSON rule reaches, and UTF-16 text, whose letters the detectors
 /// read with a NUL between each (declared by its charset or not).

@@ -564,6 +564,11 @@ fn kubectl_is_allowed_denied_and_asked_for_approval_as_the_policy_says() {
     let out = follow.wait_for("the followed log line", |o| o.contains('\n'));
     drop(follow);
     assert_eq!(out, "ready; paging [REDACTED:EMAIL]\n");
+    // Cut at a byte count, a value could escape the detectors.
+    let err = k.agent_err(&["logs", "app-1", "--limit-bytes=20"]);
+    assert!(err.contains("limitBytes may cut a value"), "{err}");
+    let tail = k.agent_ok(&["logs", "app-1", "--tail=1"]);
+    assert_eq!(tail, "ready; paging [REDACTED:EMAIL]\n");
     let err = k.agent_err(&["logs", "sandbox-1"]);
     assert_eq!(
         err.trim(),

@@ -98,7 +98,16 @@ class Handler(BaseHTTPRequestHandler):
                     sys.stderr.flush()
                     time.sleep(int(kv[9:]) / 1000)
         if path == "/api/v1/users" and self.command == "GET":
-            return self._send(200, "application/json", json.dumps(USERS).encode())
+            payload = json.dumps(USERS).encode()
+            # Validators of the unmasked body, as Express and digest-aware servers send them.
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.send_header("ETag", 'W/"%x-%s"' % (len(payload), hashlib.sha1(payload).hexdigest()))
+            self.send_header("Repr-Digest", "sha-256=:%s:" % hashlib.sha256(payload).hexdigest())
+            self.end_headers()
+            self.wfile.write(payload)
+            return
         if path == "/partial":
             # An upstream that serves ranges: a value cut out of its document.
             whole = json.dumps(USERS).encode()

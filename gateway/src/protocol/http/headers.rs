@@ -23,6 +23,19 @@ pub fn speaks_dpop(h: &HeaderMap) -> bool {
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and their common non-standard relatives.
+/// Response headers that describe a body's bytes: removed wherever masking may rewrite it.
+pub const BODY_VALIDATORS: &[&str] = &["etag", "content-md5", "digest", "repr-digest", "content-digest"];
+
+/// Request headers that compare a body with a client's guess, or ask for its digest: removed
+/// wherever masking applies.
+pub const BODY_VALIDATORS_ASKED: &[&str] = &[
+    "if-none-match",
+    "if-match",
+    "want-digest",
+    "want-repr-digest",
+    "want-content-digest",
+];
+
 const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",

@@ -665,6 +665,22 @@ async fn proxy(
         .is_some_and(|k| k.is_resource_request && k.resource == "secrets");
     let plan = plane.masking_plan(connection, &applicable, secrets);
     outcome.plan = Some(plan.clone());
+    // `limitBytes` cuts a log at any byte: a card number cut before its check digit escapes the
+    // detectors, and the digit is then the only one that passes Luhn's check.
+    let log = kube_info
+        .as_ref()
+        .is_some_and(|k| k.resource == "pods" && k.subresource.as_deref() == Some("log"));
+    if log
+        && plan.has_detectors()
+        && target
+            .query
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("limitBytes"))
+    {
+        return Err(bad_request(
+            "limitBytes may cut a value the detectors must see whole: limit a masked log by lines (tailLines) or time (sinceSeconds)",
+        ));
+    }
     // What the request's body is recorded under: a JSON patch of a Secret carries the value
     // under `value`, where no field rule looks, so such bodies are withheld from the record.
     // A TokenRequest's answer is a live token, and so is a TokenReview's spec, sent and echoed:
@@ -913,6 +929,17 @@ async fn proxy(
         out_headers.remove(header::RANGE);
         out_headers.remove(header::IF_RANGE);
     }
+    // A validator names the unmasked body: matched against a guess (`If-None-Match: "<hash of
+    // the body with a guessed value>"`, 304 or 200) it confirms a masked value.
+    // A write's `If-Match` stays: it guards the write, and what it reveals costs one.
+    if !plan.is_empty() {
+        let read = parts.method == Method::GET || parts.method == Method::HEAD;
+        for name in headers::BODY_VALIDATORS_ASKED {
+            if read || *name != "if-match" {
+                out_headers.remove(*name);
+            }
+        }
+    }
     out_headers.remove(header::HOST);
     if let Ok(v) = HeaderValue::from_str(&upstream.authority) {
         out_headers.insert(header::HOST, v);
@@ -925,7 +952,8 @@ async fn proxy(
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        if let Ok(v) = HeaderValue::from_str(&kubernetes::json_accept(accept.as_deref())) {
+        let tables = !applicable.iter().any(|p| p.masking.has_field_rules());
+        if let Ok(v) = HeaderValue::from_str(&kubernetes::json_accept(accept.as_deref(), tables)) {
             out_headers.insert(header::ACCEPT, v);
         }
     }
@@ -1063,6 +1091,13 @@ async fn proxy(
     let token_plan = carries_token.then(|| plan.clone().with_kubernetes_token());
     let declared = declared_length(&res_parts.headers);
     let unmasked = plan.is_empty() || bodiless || discovery;
+    if !plan.is_empty() {
+        // They describe the body before masking: with the masked one, they let a masked value be
+        // guessed offline (Express's ETag is a SHA-1 of the body).
+        for name in headers::BODY_VALIDATORS {
+            res_parts.headers.remove(*name);
+        }
+    }
     // An unmasked body small enough to be recorded whole, with its length declared, is read
     // before it is sent: it goes on record with its response, in the same write, before the
     // agent has it. Larger or unframed bodies stream, and a tee records their start.

@@ -111,14 +111,23 @@ const JSON: &str = "application/json";
 /// Ranges are split on every `,` the way the API server's parser splits them (quotes do not
 /// protect a comma), so each range kept is read by the server as the same JSON range. The caller
 /// must send exactly one `Accept` header: the API server reads only the first.
-pub fn json_accept(accept: Option<&str>) -> String {
+///
+/// Without `tables`, `as=Table` ranges are dropped too: a Table's cells are values without
+/// field names (a printer column of `.spec.nodeName`), which field rules cannot reach.
+pub fn json_accept(accept: Option<&str>, tables: bool) -> String {
     let kept: Vec<&str> = accept
         .unwrap_or_default()
         .split(',')
         .map(str::trim)
         .filter(|range| {
-            let media_type = range.split(';').next().unwrap_or_default().trim();
-            media_type.eq_ignore_ascii_case(JSON)
+            let mut parts = range.split(';');
+            let media_type = parts.next().unwrap_or_default().trim();
+            let table = parts.any(|p| {
+                p.split_once('=').is_some_and(|(k, v)| {
+                    k.trim().eq_ignore_ascii_case("as") && v.trim().eq_ignore_ascii_case("Table")
+                })
+            });
+            media_type.eq_ignore_ascii_case(JSON) && (tables || !table)
         })
         .collect();
     if kept.is_empty() {
@@ -192,7 +201,8 @@ pub fn secret_patch_refusal(body: &[u8]) -> Option<&'static str> {
                 let (Some(from), Some(to)) = (field("from"), field("path")) else {
                     return Some(UNREADABLE);
                 };
-                if holds_secret_values(from) && !(from_secret_field(to) && !to.is_empty()) {
+                let stays_in_data = !to.is_empty() && from_secret_field(to);
+                if holds_secret_values(from) && !stays_in_data {
                     return Some(
                         "a JSON patch of a Secret may not copy or move its data to another field, where masking would not cover it",
                     );
@@ -373,10 +383,18 @@ mod tests {
             (Some(",,application/json,,"), "application/json"),
         ];
         for (accept, want) in cases {
-            let got = json_accept(*accept);
+            let got = json_accept(*accept, true);
             assert_eq!(got, *want, "{accept:?}");
             assert!(!got.to_ascii_lowercase().contains("protobuf"), "{accept:?}");
         }
+        // Where field rules apply, Tables go too (kubectl prints the plain list then).
+        let kubectl = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+        assert_eq!(json_accept(Some(kubectl), false), "application/json");
+        assert_eq!(
+            json_accept(Some("application/json; AS = table"), false),
+            "application/json"
+        );
+        assert!(json_accept(Some(kubectl), true).contains("as=Table"));
     }
 
     #[test]
