@@ -109,6 +109,26 @@ const SECRET_HEADERS: &[&str] = &[
     "set-cookie",
     "x-api-key",
     "x-auth-token",
+    // OpenStack Keystone's issued token; HTTP Digest's next nonce and response.
+    "x-subject-token",
+    "authentication-info",
+    "proxy-authentication-info",
+];
+
+/// Words that make a header name a secret's wherever they stand in it (`X-Vault-Token`,
+/// `Private-Token`, `X-Amz-Security-Token`, `X-Client-Secret`): a value no
+/// detector recognises is withheld by name.
+const SECRET_NAME_WORDS: &[&str] = &["token", "secret", "passw", "apikey", "api-key", "credential"];
+
+/// Query parameters of a URL header (`Location`) that carry OAuth codes and tokens, in a query or
+/// a fragment.
+const SECRET_URL_PARAMS: &[&str] = &[
+    "code",
+    "access_token",
+    "id_token",
+    "refresh_token",
+    "token",
+    "client_secret",
 ];
 
 /// Request headers an approval does not cover: credentials (the agent's, replaced on the way
@@ -176,7 +196,36 @@ pub fn bound_for_approval(headers: &HeaderMap) -> Vec<(&str, &HeaderValue)> {
 
 /// Whether a header's values are secrets, shown `[REDACTED]` wherever they are shown.
 pub fn is_secret(name: &str) -> bool {
-    SECRET_HEADERS.contains(&&*dashed(name))
+    let name = dashed(name);
+    SECRET_HEADERS.contains(&&*name) || SECRET_NAME_WORDS.iter().any(|w| name.contains(w))
+}
+
+/// A URL with the values of its [`SECRET_URL_PARAMS`] (in the query or the fragment) replaced by
+/// `[REDACTED]`.
+fn redact_url_params(url: &str) -> Cow<'_, str> {
+    let mut out = String::with_capacity(url.len());
+    let mut changed = false;
+    let mut rest = url;
+    while let Some(i) = rest.find(['?', '#', '&']) {
+        out.push_str(&rest[..=i]);
+        rest = &rest[i + 1..];
+        let end = rest.find(['&', '#']).unwrap_or(rest.len());
+        let (pair, after) = rest.split_at(end);
+        match pair.split_once('=') {
+            Some((k, _)) if SECRET_URL_PARAMS.iter().any(|p| k.eq_ignore_ascii_case(p)) => {
+                out.push_str(k);
+                out.push_str("=[REDACTED]");
+                changed = true;
+            }
+            _ => out.push_str(pair),
+        }
+        rest = after;
+    }
+    if !changed {
+        return Cow::Borrowed(url);
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
 }
 
 /// `name` with `_` read as `-`: CGI-style upstreams (WSGI, PHP, Rack) read `X_Forwarded_User`
@@ -345,9 +394,12 @@ impl<'a> Serialize for Recorded<'a> {
         let mut m = s.serialize_map(Some(self.0.keys_len()))?;
         for name in self.0.keys() {
             let secret = is_secret(name.as_str());
+            let url = matches!(name.as_str(), "location" | "content-location" | "refresh");
             let shown = |v: &'a HeaderValue| -> Cow<'a, str> {
                 if secret {
                     Cow::Borrowed("[REDACTED]")
+                } else if url {
+                    Cow::Owned(redact_url_params(&String::from_utf8_lossy(v.as_bytes())).into_owned())
                 } else {
                     String::from_utf8_lossy(v.as_bytes())
                 }
@@ -499,6 +551,35 @@ mod tests {
             ]
         );
         assert!(is_secret("x_api_key") && !is_secret("destination"));
+        for name in [
+            "x-vault-token",
+            "private-token",
+            "x-amz-security-token",
+            "x-subject-token",
+            "x-client-secret",
+        ] {
+            assert!(is_secret(name), "{name}");
+        }
+        for name in [
+            "x-request-id",
+            "content-type",
+            "etag",
+            "location",
+            "x-ratelimit-remaining",
+        ] {
+            assert!(!is_secret(name), "{name}");
+        }
+        assert_eq!(
+            redact_url_params("https://app/cb?state=s1&code=abc123#access_token=eyJ.x&token_type=bearer"),
+            "https://app/cb?state=s1&code=[REDACTED]#access_token=[REDACTED]&token_type=bearer"
+        );
+        assert!(matches!(redact_url_params("/users/42?page=2"), Cow::Borrowed(_)));
+        let h = map(&[("location", "/cb?CODE=zz9"), ("x-vault-token", "hvs.1")]);
+        let recorded = serde_json::to_string(&for_record(&h)).unwrap();
+        assert!(
+            !recorded.contains("zz9") && !recorded.contains("hvs.1"),
+            "{recorded}"
+        );
     }
 
     #[test]

@@ -2125,10 +2125,18 @@ pub struct CredentialFinders(Vec<memchr::memmem::Finder<'static>>);
 impl CredentialFinders {
     /// Finders of the `forms` long enough to scrub without mangling ordinary text; `None` when
     /// there is none.
+    /// Each form is also searched for as encoders write it inside a JSON string or a URL (see
+    /// [`encoded_forms`]).
     pub fn new(forms: &[&[u8]]) -> Option<Arc<Self>> {
-        let finders: Vec<_> = forms
+        let mut all: Vec<Vec<u8>> = forms
             .iter()
             .filter(|f| f.len() >= MIN_SCRUBBED_SECRET)
+            .flat_map(|f| encoded_forms(f))
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        let finders: Vec<_> = all
+            .iter()
             .map(|f| memchr::memmem::Finder::new(f).into_owned())
             .collect();
         (!finders.is_empty()).then(|| Arc::new(Self(finders)))
@@ -2152,6 +2160,28 @@ impl CredentialFinders {
             .max()
             .unwrap_or(0)
     }
+}
+
+/// A credential as an upstream may write it back: itself; escaped in a JSON string as PHP
+/// (`\/`), .NET's System.Text.Json (`\u002B` for `+`, and `<>&'"` likewise) and encoders that
+/// escape every non-alphanumeric byte (`\u002b`) write it; and percent-encoded (in a `Location`
+/// or a query it echoes), in upper- and lower-case hex.
+fn encoded_forms(secret: &[u8]) -> Vec<Vec<u8>> {
+    let escaped = |esc: &dyn Fn(u8) -> Option<String>| -> Vec<u8> {
+        secret
+            .iter()
+            .flat_map(|&b| esc(b).map_or_else(|| vec![b], String::into_bytes))
+            .collect()
+    };
+    let special = |b: u8| !b.is_ascii_alphanumeric();
+    vec![
+        secret.to_vec(),
+        escaped(&|b| (b == b'/').then(|| "\\/".to_string())),
+        escaped(&|b| b"+<>&'\"".contains(&b).then(|| format!("\\u{b:04X}"))),
+        escaped(&|b| (special(b) && b.is_ascii()).then(|| format!("\\u{b:04x}"))),
+        escaped(&|b| (special(b) && !b"-._~".contains(&b)).then(|| format!("%{b:02X}"))),
+        escaped(&|b| (special(b) && !b"-._~".contains(&b)).then(|| format!("%{b:02x}"))),
+    ]
 }
 
 /// `inner` with every form `finders` search for scrubbed.
@@ -2239,6 +2269,24 @@ mod scrub_tests {
         assert!(scrub_bytes(&mut buf, secret));
         assert_eq!(&buf, b"x *************** y");
         assert!(CredentialFinders::new(&[b"short"]).is_none());
+        // Reflected inside a JSON string or a URL, as encoders write it.
+        let token = b"c3Zj+OjAw/Q0FOQVJZ==";
+        let finders = CredentialFinders::new(&[token]).unwrap();
+        for reflected in [
+            &br#"{"auth":"Basic c3Zj+OjAw\/Q0FOQVJZ=="}"#[..],
+            br#"{"auth":"Basic c3Zj\u002BOjAw/Q0FOQVJZ=="}"#,
+            br#"{"auth":"Basic c3Zj\u002bOjAw\u002fQ0FOQVJZ\u003d\u003d"}"#,
+            b"Location: /cb?t=c3Zj%2BOjAw%2FQ0FOQVJZ%3D%3D",
+            b"Location: /cb?t=c3Zj%2bOjAw%2fQ0FOQVJZ%3d%3d",
+        ] {
+            assert!(
+                finders.found_in(reflected),
+                "{}",
+                String::from_utf8_lossy(reflected)
+            );
+        }
+        // A token of letters and digits has one form: no extra searches.
+        assert_eq!(CredentialFinders::new(&[b"00CANARYsecret42"]).unwrap().0.len(), 1);
         // Every form is scrubbed, whichever comes first; a short form is left alone.
         let forms =
             CredentialFinders::new(&[b"00CANARY-secret", b"c3ZjOjAwQ0FOQVJZLXNlY3JldA==", b"ab"]).unwrap();
