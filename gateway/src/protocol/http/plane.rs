@@ -178,6 +178,8 @@ pub struct Gateway {
     /// The configuration generation whose listeners are all bound (0: none yet, or one failed):
     /// what readiness reports, so no traffic is sent before the ports accept it.
     listening: std::sync::atomic::AtomicU64,
+    /// Body bytes held to be masked whole, over all requests.
+    pub masking_budget: tokio::sync::Semaphore,
 }
 
 impl Gateway {
@@ -202,6 +204,7 @@ impl Gateway {
             shipper: TaskSlot::default(),
             retention: TaskSlot::default(),
             listening: std::sync::atomic::AtomicU64::new(0),
+            masking_budget: super::response::masking_budget(),
         })
     }
 

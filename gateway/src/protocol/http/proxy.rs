@@ -26,7 +26,7 @@ use super::normalize;
 use super::params;
 use super::plane::{Gateway, Plane};
 use super::problem::{self, Kind, Problem, StatusTarget};
-use super::response::{self, ContentClass, MaskFailure, RecordSink, Recorded};
+use super::response::{self, ContentClass, MAX_MASKING_MEMORY, MaskFailure, RecordSink, Recorded};
 use crate::approval::unix_now;
 use crate::config::CompiledConnection;
 use crate::identity::dpop::RequestTarget;
@@ -1161,7 +1161,7 @@ async fn proxy(
         .boxed();
         tee(masked, session.as_ref(), request_id, None, None, gw, &plane)
     } else {
-        match mask_response(&plan, class, declared, res_body).await {
+        match mask_response(&plan, class, declared, res_body, &gw.masking_budget).await {
             Ok(Masked::Done(bytes, report)) => {
                 gw.metrics.count_masking(&connection_name, &report);
                 res_parts.headers.remove(header::CONTENT_LENGTH);
@@ -1299,6 +1299,7 @@ async fn mask_response(
     class: ContentClass,
     declared: Option<u64>,
     body: Body,
+    budget: &tokio::sync::Semaphore,
 ) -> Result<Masked, String> {
     let allow_unmasked = plan.on_unparseable() == UnparseablePolicy::Allow;
     // A type the masker cannot parse, let through, still meets the detectors when it is text
@@ -1320,11 +1321,17 @@ async fn mask_response(
             ))
         };
     }
-    let bytes = match response::read_capped(body, MAX_MASKED_BODY).await {
+    // Held until the body is masked.
+    let (bytes, _held) = match response::read_within(body, MAX_MASKED_BODY, Some(budget)).await {
         Ok(b) => b,
         Err(MaskFailure::TooLarge) => {
             return Err(format!(
                 "it is larger than the masking limit of {MAX_MASKED_BODY} bytes"
+            ));
+        }
+        Err(MaskFailure::Busy) => {
+            return Err(format!(
+                "the gateway already holds {MAX_MASKING_MEMORY} bytes of responses to mask; retry later"
             ));
         }
         Err(_) => return Err("the upstream's body could not be read".into()),
@@ -1745,9 +1752,16 @@ mod tests {
             response::mask_whole(&plan, ContentClass::Json, body).is_err(),
             "the parser refuses it"
         );
-        let masked = mask_response(&plan, ContentClass::Json, None, full(Bytes::from_static(body)))
-            .await
-            .unwrap();
+        let budget = response::masking_budget();
+        let masked = mask_response(
+            &plan,
+            ContentClass::Json,
+            None,
+            full(Bytes::from_static(body)),
+            &budget,
+        )
+        .await
+        .unwrap();
         let Masked::Done(out, report) = masked else {
             panic!("passed through unmasked");
         };
@@ -1764,6 +1778,7 @@ mod tests {
             ContentClass::Other,
             Some(xml.len() as u64),
             full(Bytes::from_static(xml)),
+            &budget,
         )
         .await
         .unwrap();
@@ -1777,10 +1792,33 @@ mod tests {
             ContentClass::Other,
             Some(binary.len() as u64),
             full(Bytes::from_static(binary)),
+            &budget,
         )
         .await
         .unwrap();
         assert!(matches!(passed, Masked::PassThrough(_)));
+        // Bytes held for masking count against the gateway's budget, and are given back.
+        let held = budget.available_permits();
+        assert_eq!(held, response::MAX_MASKING_MEMORY / 1024);
+        let small = tokio::sync::Semaphore::new(1);
+        let two_kib = Bytes::from(vec![b'a'; 2048]);
+        let busy = mask_response(
+            &plan,
+            ContentClass::Text,
+            Some(2048),
+            full(two_kib.clone()),
+            &small,
+        )
+        .await;
+        assert!(busy.is_err_and(|why| why.contains("retry later")));
+        assert_eq!(small.available_permits(), 1);
+        let roomy = tokio::sync::Semaphore::new(2);
+        assert!(
+            mask_response(&plan, ContentClass::Text, Some(2048), full(two_kib), &roomy)
+                .await
+                .is_ok()
+        );
+        assert_eq!(roomy.available_permits(), 2);
     }
 
     #[test]

@@ -95,19 +95,55 @@ pub enum MaskFailure {
     TooLarge,
     Unparseable(&'static str),
     Upstream(String),
+    /// The gateway holds [`MAX_MASKING_MEMORY`] of bodies already.
+    Busy,
+}
+
+/// Most body bytes held at once, over all requests, to be masked whole: without a bound, 256
+/// HTTP/2 streams of a connection, each asking for a 16 MiB list, would hold 4 GiB.
+pub const MAX_MASKING_MEMORY: usize = 512 * 1024 * 1024;
+
+/// The bytes of bodies held for masking, one permit per KiB (see [`MAX_MASKING_MEMORY`]).
+pub fn masking_budget() -> tokio::sync::Semaphore {
+    tokio::sync::Semaphore::new(MAX_MASKING_MEMORY / 1024)
 }
 
 /// Reads a whole body, at most `cap` bytes.
-pub async fn read_capped(mut body: Body, cap: usize) -> Result<Bytes, MaskFailure> {
+pub async fn read_capped(body: Body, cap: usize) -> Result<Bytes, MaskFailure> {
+    read_within(body, cap, None).await.map(|(bytes, _)| bytes)
+}
+
+/// Reads a whole body, at most `cap` bytes, holding a share of `budget` for the bytes read
+/// (returned, to be dropped once they are); [`MaskFailure::Busy`] when the budget is spent.
+pub async fn read_within(
+    mut body: Body,
+    cap: usize,
+    budget: Option<&tokio::sync::Semaphore>,
+) -> Result<(Bytes, Option<tokio::sync::SemaphorePermit<'_>>), MaskFailure> {
     // Most bodies arrive in one frame, which is then the body itself, not copied.
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
+    let mut held_permit: Option<tokio::sync::SemaphorePermit<'_>> = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| MaskFailure::Upstream(e.to_string()))?;
         let Ok(data) = frame.into_data() else { continue };
         let held = first.as_ref().map_or(buf.len(), Bytes::len);
         if held + data.len() > cap {
             return Err(MaskFailure::TooLarge);
+        }
+        if let Some(budget) = budget {
+            let have = held_permit.as_ref().map_or(0, |p| p.num_permits());
+            let need = (held + data.len()).div_ceil(1024).saturating_sub(have);
+            if need > 0 {
+                let more = u32::try_from(need)
+                    .ok()
+                    .and_then(|n| budget.try_acquire_many(n).ok())
+                    .ok_or(MaskFailure::Busy)?;
+                match &mut held_permit {
+                    Some(p) => p.merge(more),
+                    None => held_permit = Some(more),
+                }
+            }
         }
         match first.take() {
             Some(f) => {
@@ -119,7 +155,7 @@ pub async fn read_capped(mut body: Body, cap: usize) -> Result<Bytes, MaskFailur
             None => buf.extend_from_slice(&data),
         }
     }
-    Ok(first.unwrap_or_else(|| buf.freeze()))
+    Ok((first.unwrap_or_else(|| buf.freeze()), held_permit))
 }
 
 /// Masks a whole body of class `class`.
