@@ -342,7 +342,10 @@ impl SchemaValidator {
             errors.push(FieldError {
                 path: path.to_string(),
                 kind: FieldErrorKind::Invalid,
-                detail: format!("Invalid value: {value}: {path} in body should be at least {min} chars long"),
+                detail: format!(
+                    "Invalid value: {}: {path} in body should be at least {min} chars long",
+                    quoted(value)
+                ),
             });
         }
         if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
@@ -355,7 +358,10 @@ impl SchemaValidator {
                 errors.push(FieldError {
                     path: path.to_string(),
                     kind: FieldErrorKind::Invalid,
-                    detail: format!("Invalid value: {value}: {path} in body should match '{pattern}'"),
+                    detail: format!(
+                        "Invalid value: {}: {path} in body should match '{pattern}'",
+                        quoted(value)
+                    ),
                 });
             }
         }
@@ -451,6 +457,18 @@ fn type_error(path: &str, value: &Value, expected: &str) -> FieldError {
     }
 }
 
+/// A value as errors quote it (JSON), a URL's user info (`user:password@`) replaced by `***`:
+/// an endpoint refused by a rule must not put its password in an error, a log or a status.
+fn quoted(value: &Value) -> String {
+    match value.as_str().and_then(|s| s.split_once("://")) {
+        Some((scheme, rest)) if rest.contains('@') => {
+            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+            Value::String(format!("{scheme}://***@{host}")).to_string()
+        }
+        _ => value.to_string(),
+    }
+}
+
 fn unknown_field(path: &str) -> FieldError {
     FieldError {
         path: path.to_string(),
@@ -464,7 +482,7 @@ fn cel_error(e: &kube_cel::ValidationError, object: &Value) -> FieldError {
     let shown = match lookup(object, &path) {
         Some(Value::Object(_)) | None => "\"object\"".to_string(),
         Some(Value::Array(_)) => "\"array\"".to_string(),
-        Some(v) => v.to_string(),
+        Some(v) => quoted(v),
     };
     let kind = match e.reason.as_deref() {
         Some("FieldValueRequired") => FieldErrorKind::Required,
@@ -610,6 +628,20 @@ mod tests {
         );
         let ok = validator().validate(&json!({"spec": {"port": 80, "mode": "B", "window": "1h"}}), None);
         assert!(ok.is_empty(), "{ok:?}");
+    }
+
+    #[test]
+    fn urls_are_quoted_without_their_user_info() {
+        let m = messages(&validator().validate(
+            &json!({"spec": {"port": 80, "mode": "A", "name": "postgres://app:hunter2/x@db/orders"}}),
+            None,
+        ));
+        assert!(
+            m.iter().any(|e| e.contains("\"postgres://***@db/orders\"")),
+            "{m:?}"
+        );
+        assert!(m.iter().all(|e| !e.contains("hunter2")), "{m:?}");
+        assert_eq!(quoted(&json!("https://host/a")), "\"https://host/a\"");
     }
 
     #[test]

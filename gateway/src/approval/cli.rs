@@ -27,17 +27,29 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const SUMMARY_WIDTH: usize = 60;
 
 /// Arguments of `agentgate approvals`.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Clone)]
 pub struct ApprovalsArgs {
     /// Address of the gateway's admin listener (host:port).
     #[arg(long, global = true, default_value = crate::cli::DEFAULT_ADMIN_ADDR)]
     pub admin_addr: String,
-    /// The approver's OIDC access token (default: the AGENTGATE_TOKEN environment variable).
+    /// The approver's OIDC access token (default, and better: the AGENTGATE_TOKEN environment
+    /// variable; a command line is readable by every local user in the process list).
     // Opaque tokens may start with '-'.
     #[arg(long, global = true, allow_hyphen_values = true)]
     pub token: Option<String>,
     #[command(subcommand)]
     pub command: ApprovalsCommand,
+}
+
+/// Never the token.
+impl std::fmt::Debug for ApprovalsArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApprovalsArgs")
+            .field("admin_addr", &self.admin_addr)
+            .field("token", &self.token.as_ref().map(|_| "[REDACTED]"))
+            .field("command", &self.command)
+            .finish()
+    }
 }
 
 #[derive(clap::Subcommand, Debug, Clone)]

@@ -843,12 +843,13 @@ fn parse_approvals(m: &Manifest, a: &ApprovalSettings, errors: &mut Vec<ConfigEr
     }
 }
 
-/// `url` with any user info (`user:password@`) of its authority replaced by `***`: an endpoint
-/// refused for carrying credentials is quoted in errors and statuses without them.
+/// `url` with everything before its last `@` (after the scheme) replaced by `***`: an endpoint
+/// refused for carrying credentials is quoted in errors and statuses without them. A password
+/// may hold `/`, `?` or `#` (AWS secret keys hold `/`), so the authority cannot be told from
+/// the path until the last `@`.
 pub fn without_userinfo(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..end].rfind('@') {
+    match rest.rfind('@') {
         Some(at) if scheme.is_empty() => format!("***{}", &rest[at..]),
         Some(at) => format!("{scheme}://***{}", &rest[at..]),
         None => url.to_string(),
@@ -862,8 +863,11 @@ pub fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, ""),
     };
-    if authority.contains('@') {
-        return Err("credentials in the URL are not allowed; use spec.credentials".into());
+    // Anywhere: a password may hold `/` (see `without_userinfo`).
+    if rest.contains('@') {
+        return Err(
+            "credentials in the URL are not allowed (an endpoint may not contain '@'; write one in a path as %40); use spec.credentials".into(),
+        );
     }
     if path.contains(['?', '#']) {
         return Err("queries and fragments are not allowed in an endpoint".into());
@@ -962,6 +966,29 @@ fn compile_connection(
         .ca_secret_ref
         .as_ref()
         .and_then(|r| resolve("spec.tls.caSecretRef", &r.name, &r.key));
+    // Sent in a header (or a password message): a value that cannot be sent as it is written
+    // would fail every request. `kubectl create secret --from-file` keeps a file's last newline.
+    if let Some(cred) = &credential
+        && let Some(secret) = &cred.secret
+        && matches!(
+            cred.scheme,
+            CredentialScheme::Bearer
+                | CredentialScheme::Ssws
+                | CredentialScheme::Basic
+                | CredentialScheme::PostgresPassword
+        )
+    {
+        let v = secret.expose();
+        if v.iter().any(|b| b.is_ascii_control())
+            || v.first().is_some_and(u8::is_ascii_whitespace)
+            || v.last().is_some_and(u8::is_ascii_whitespace)
+        {
+            errors.push(m.error(
+                "spec.credentials.secretRef",
+                "Invalid value: the Secret's value begins or ends with white space or holds a control character (often the newline a file ends with: create it with --from-literal, or from a file without one), which the credential cannot carry",
+            ));
+        }
+    }
     if endpoint.scheme == "http" {
         // The injected credential would cross the network readable by anyone on the path.
         if credential.is_some() && !endpoint.is_loopback() {
@@ -1010,6 +1037,31 @@ fn compile_identity(
     errors: &mut Vec<ConfigError>,
 ) -> Option<CompiledIdentity> {
     let ns = m.namespace();
+    // A URL's password would be quoted in every fetch error (logs, readiness).
+    let urls = [
+        ("spec.issuer", Some(i.spec.issuer.as_str())),
+        (
+            "spec.keys.jwksUri",
+            i.spec.keys.as_ref().and_then(|k| k.jwks_uri.as_deref()),
+        ),
+        (
+            "spec.introspection.endpoint",
+            i.spec.introspection.as_ref().and_then(|x| x.endpoint.as_deref()),
+        ),
+    ];
+    for (field, url) in urls {
+        if let Some(url) = url
+            && without_userinfo(url) != url
+        {
+            errors.push(m.error(
+                field,
+                format!(
+                    "Invalid value: {:?}: credentials in the URL are not allowed",
+                    without_userinfo(url)
+                ),
+            ));
+        }
+    }
     let max_token_lifetime = match i.spec.max_token_lifetime.as_ref().map(|d| d.to_std()) {
         Some(Ok(d)) => Some(d),
         Some(Err(e)) => {
@@ -1351,6 +1403,24 @@ mod tests {
     /// An endpoint refused for carrying credentials is quoted without them: the message reaches
     /// logs, `agentgate validate` and, in a cluster, the object's Ready condition.
     #[test]
+    fn credentials_that_cannot_be_sent_as_written_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {name: gw, namespace: ns}\n\
+            spec:\n  listeners: [{name: http, protocol: HTTP, port: 18080}]\n---\n\
+            apiVersion: agentgate.dev/v1alpha1\nkind: Connection\nmetadata: {name: okta, namespace: ns}\n\
+            spec: {gatewayRef: {name: gw}, type: HTTP, endpoint: 'https://okta.example', route: {pathPrefix: /okta}, \
+            credentials: {scheme: SSWS, secretRef: {name: tok, key: token}}}\n---\n\
+            apiVersion: v1\nkind: Secret\nmetadata: {name: tok, namespace: ns}\nstringData: {token: \"00abc-token\\n\"}\n";
+        let errors = load_errors(dir.path(), yaml);
+        assert!(
+            errors.contains("spec.credentials.secretRef")
+                && errors.contains("--from-literal")
+                && !errors.contains("00abc"),
+            "{errors}"
+        );
+    }
+
+    #[test]
     fn endpoints_with_credentials_are_refused_without_quoting_them() {
         let dir = tempfile::tempdir().unwrap();
         let yaml = "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {name: gw, namespace: ns}\n\
@@ -1359,8 +1429,14 @@ mod tests {
             credentialsSecretRef: {name: s3, key: id}}}}\n---\n\
             apiVersion: agentgate.dev/v1alpha1\nkind: Connection\nmetadata: {name: db, namespace: ns}\n\
             spec: {gatewayRef: {name: gw}, type: Postgres, endpoint: 'postgres://app:pg-hunter2@db:5432/orders'}\n---\n\
-            apiVersion: v1\nkind: Secret\nmetadata: {name: s3, namespace: ns}\nstringData: {id: a, secretAccessKey: b}\n";
+            apiVersion: v1\nkind: Secret\nmetadata: {name: s3, namespace: ns}\nstringData: {id: a, secretAccessKey: b}\n---\n\
+            apiVersion: agentgate.dev/v1alpha1\nkind: AgentIdentity\nmetadata: {name: ci, namespace: ns}\n\
+            spec: {issuer: 'https://u:id-hunter2@idp.example', audiences: [a], match: {subject: x}}\n";
         let errors = load_errors(dir.path(), yaml);
+        assert!(
+            errors.contains("spec.issuer") && errors.contains("https://***@idp.example"),
+            "{errors}"
+        );
         assert!(
             !errors.contains("hunter2") && !errors.contains("AKIAEXAMPLE"),
             "{errors}"
@@ -1370,7 +1446,18 @@ mod tests {
                 && errors.contains("\"https://***@minio.internal\": credentials in the URL are not allowed"),
             "{errors}"
         );
-        assert_eq!(without_userinfo("https://host/a@b"), "https://host/a@b");
+        // A password with `/`, `?` or `#` in it is not taken for the path.
+        for (url, shown) in [
+            (
+                "postgres://app:pa/ss@db:5432/orders",
+                "postgres://***@db:5432/orders",
+            ),
+            ("postgres://app:p#ss@db/x", "postgres://***@db/x"),
+            ("https://AKIA:wJal/K7MDENG@minio:9000", "https://***@minio:9000"),
+        ] {
+            assert_eq!(without_userinfo(url), shown);
+            assert!(parse_endpoint(url).unwrap_err().contains("credentials"), "{url}");
+        }
     }
 
     /// `recording.signingKeySecretRef`: an Ed25519 PEM is read into the settings; another key,

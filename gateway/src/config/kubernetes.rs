@@ -106,8 +106,14 @@ pub async fn run(
                 let source = source.clone();
                 // Parsing and compiling is CPU work: keep it off the async workers.
                 config = match tokio::task::spawn_blocking(move || {
-                    let loaded = load_secret(&source, &secret, config.options());
-                    let _ = config.publish(loaded);
+                    // A bug in loading must not end the watch (see `watch::Watcher`).
+                    let published = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let loaded = load_secret(&source, &secret, config.options());
+                        let _ = config.publish(loaded);
+                    }));
+                    if published.is_err() {
+                        tracing::error!("loading the configuration Secret failed unexpectedly; the configuration in force stays");
+                    }
                     config
                 })
                 .await

@@ -128,7 +128,16 @@ impl ConfigWatcher {
             if current.is_some() && current != self.fingerprint {
                 // Loading parses and validates every file: keep it off the async workers.
                 self = match tokio::task::spawn_blocking(move || {
-                    let _ = self.reload();
+                    // A bug in loading must not end the watch: the configuration in force stays,
+                    // and the next edit is read again.
+                    let reloaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let _ = self.reload();
+                    }));
+                    if reloaded.is_err() {
+                        tracing::error!(
+                            "loading the manifests failed unexpectedly; the configuration in force stays"
+                        );
+                    }
                     self
                 })
                 .await

@@ -380,13 +380,19 @@ pub fn mask_values(
 /// Headers as a JSON object for a recording: names lowercased, repeats as arrays, secret values
 /// replaced.
 pub fn for_record(headers: &HeaderMap) -> Recorded<'_> {
-    Recorded(headers)
+    Recorded(headers, None)
+}
+
+/// [`for_record`], every value that is shown also masked under `plan` (a `Referer` naming an
+/// email, a debug header carrying a key).
+pub fn for_record_masked<'a>(headers: &'a HeaderMap, plan: &'a crate::masking::MaskingPlan) -> Recorded<'a> {
+    Recorded(headers, Some(plan))
 }
 
 /// Headers as recorded: name to value, or to an array of values when repeated; secret ones
 /// `[REDACTED]`. Serialized straight from the map.
 #[derive(Clone, Copy, Debug)]
-pub struct Recorded<'a>(&'a HeaderMap);
+pub struct Recorded<'a>(&'a HeaderMap, Option<&'a crate::masking::MaskingPlan>);
 
 impl<'a> Serialize for Recorded<'a> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -398,10 +404,16 @@ impl<'a> Serialize for Recorded<'a> {
             let shown = |v: &'a HeaderValue| -> Cow<'a, str> {
                 if secret {
                     Cow::Borrowed("[REDACTED]")
-                } else if url {
-                    Cow::Owned(redact_url_params(&String::from_utf8_lossy(v.as_bytes())).into_owned())
                 } else {
-                    String::from_utf8_lossy(v.as_bytes())
+                    let text = String::from_utf8_lossy(v.as_bytes());
+                    let text = match url {
+                        true => Cow::Owned(redact_url_params(&text).into_owned()),
+                        false => text,
+                    };
+                    match self.1.map(|plan| plan.mask_text(&text).0) {
+                        Some(Cow::Owned(masked)) => Cow::Owned(masked),
+                        _ => text,
+                    }
                 }
             };
             let mut values = self.0.get_all(name).iter();
@@ -578,6 +590,23 @@ mod tests {
         let recorded = serde_json::to_string(&for_record(&h)).unwrap();
         assert!(
             !recorded.contains("zz9") && !recorded.contains("hvs.1"),
+            "{recorded}"
+        );
+        // Under a plan, shown values meet its detectors too.
+        let rules: Vec<agentgate_crds::policy::MaskingRule> =
+            serde_json::from_value(serde_json::json!([{"detectors": ["Email"]}])).unwrap();
+        let plan = crate::masking::MaskingPlan::compile(
+            &rules.iter().collect::<Vec<_>>(),
+            crate::masking::HashKey::process(),
+        )
+        .unwrap();
+        let h = map(&[
+            ("referer", "https://app/users/alice@example.com"),
+            ("accept", "*/*"),
+        ]);
+        let recorded = serde_json::to_string(&for_record_masked(&h, &plan)).unwrap();
+        assert!(
+            !recorded.contains("alice@example.com") && recorded.contains("*/*"),
             "{recorded}"
         );
     }

@@ -726,7 +726,7 @@ async fn proxy(
         host: &authority,
         peer: conn.peer,
         version: version_label(parts.version),
-        headers: headers::for_record(&parts.headers),
+        headers: headers::for_record_masked(&parts.headers, &plan),
         // Query strings can carry secrets too.
         query: target.raw_query.as_deref().map(|q| plan.mask_text(q).0),
         body: read_body

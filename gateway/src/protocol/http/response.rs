@@ -2155,8 +2155,14 @@ pub struct Scrubber {
 /// Searchers for one credential in each form it travels in (the secret itself, and the Basic
 /// token the upstream receives, which it may reflect), built once per configuration: building
 /// them costs more than searching a small body.
-#[derive(Debug)]
 pub struct CredentialFinders(Vec<memchr::memmem::Finder<'static>>);
+
+/// Never the forms: they are the credential.
+impl std::fmt::Debug for CredentialFinders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CredentialFinders({} forms)", self.0.len())
+    }
+}
 
 impl CredentialFinders {
     /// Finders of the `forms` long enough to scrub without mangling ordinary text; `None` when

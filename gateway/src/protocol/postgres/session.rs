@@ -183,8 +183,9 @@ pub async fn serve(
                 .postgres_sessions
                 .with_label_values(&[e.code().unwrap_or("unknown")])
                 .inc();
-            tracing::info!(%peer, user = %started.user, database = %started.database,
-                code = e.code().unwrap_or_default(), error = e.message().unwrap_or_default(),
+            // Debug-quoted: the client chose them, and a line break would forge a log line.
+            tracing::info!(%peer, user = ?started.user, database = ?started.database,
+                code = e.code().unwrap_or_default(), error = ?e.message().unwrap_or_default(),
                 "postgres session refused");
             let mut out = BytesMut::new();
             e.encode(&mut out);
@@ -375,23 +376,26 @@ async fn start(
         )
     })?;
     let mut up = upstream::connect(conn, Some(tls), &s.params).await.map_err(|e| {
+        tracing::warn!(connection = %conn.name, error = %e, "postgres upstream session failed");
         fatal(
             sqlstate::CONNECTION_FAILURE,
-            format!("connection {}: {e}", conn.name),
+            format!("connection {}: {}", conn.name, e.for_client()),
         )
     })?;
-    let masked = catalog::resolve(&mut up, &plan).await.map_err(|e| {
+    let catalog_failed = |e: &dyn std::fmt::Display| {
+        tracing::warn!(connection = %conn.name, error = %e, "postgres upstream catalogue read failed");
         fatal(
             sqlstate::CONNECTION_FAILURE,
-            format!("connection {}: {e}", conn.name),
+            format!(
+                "connection {}: the gateway could not read the upstream database's catalogue (the gateway's log says why)",
+                conn.name
+            ),
         )
-    })?;
-    let shadows = catalog::shadows(&mut up).await.map_err(|e| {
-        fatal(
-            sqlstate::CONNECTION_FAILURE,
-            format!("connection {}: {e}", conn.name),
-        )
-    })?;
+    };
+    let masked = catalog::resolve(&mut up, &plan)
+        .await
+        .map_err(|e| catalog_failed(&e))?;
+    let shadows = catalog::shadows(&mut up).await.map_err(|e| catalog_failed(&e))?;
     let mode = cfg.gateway.recording.mode;
     let recording_start = json!({
         "identity": principal.identity,
@@ -2243,10 +2247,25 @@ fn without_passwords(sql: &str) -> std::borrow::Cow<'_, str> {
     if !mentions_password(sql) {
         return std::borrow::Cow::Borrowed(sql);
     }
+    const WITHHELD: &str = "[statement withheld: it may carry a password]";
     match pg_query::normalize(sql) {
+        // Some statements (`ALTER SERVER ... OPTIONS (password '...')`) keep their literals:
+        // libpg_query's normalizer walks only some node types, and passes others over whole.
+        Ok(normalized) if keeps_a_literal(&normalized) => std::borrow::Cow::Borrowed(WITHHELD),
         Ok(normalized) => std::borrow::Cow::Owned(normalized),
-        Err(_) => std::borrow::Cow::Borrowed("[statement withheld: it may carry a password]"),
+        Err(_) => std::borrow::Cow::Borrowed(WITHHELD),
     }
+}
+
+/// Whether normalized SQL still holds a string literal: a quote, or a dollar quote (`$$`,
+/// `$tag$`; `$1` is a parameter).
+fn keeps_a_literal(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    b.contains(&b'\'')
+        || memchr::memchr_iter(b'$', b).any(|i| {
+            b.get(i + 1)
+                .is_some_and(|c| *c == b'$' || c.is_ascii_alphabetic() || *c == b'_')
+        })
 }
 
 fn mentions_password(sql: &str) -> bool {
@@ -2935,5 +2954,29 @@ impl ServerSide {
             prepared.unsure(unsure);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_kept_out_of_recorded_statements() {
+        assert_eq!(
+            without_passwords("ALTER ROLE app PASSWORD 'hunter2'"),
+            "ALTER ROLE app PASSWORD $1"
+        );
+        // The normalizer passes some statements over with their literals: withheld whole.
+        for sql in [
+            "ALTER SERVER s OPTIONS (ADD password 'hunter2')",
+            "COMMENT ON TABLE t IS 'the password is hunter2'",
+            "DO $pw$ BEGIN PERFORM set_config('x.password', 'hunter2', false); END $pw$",
+        ] {
+            let shown = without_passwords(sql);
+            assert!(!shown.contains("hunter2"), "{sql}: {shown}");
+        }
+        assert_eq!(without_passwords("SELECT 1"), "SELECT 1");
+        assert!(!keeps_a_literal("SELECT $1, $2") && keeps_a_literal("SELECT $$x$$"));
     }
 }

@@ -67,6 +67,30 @@ pub enum UpstreamError {
     Protocol(String),
 }
 
+impl UpstreamError {
+    /// What the agent is told: the kind of failure, not the upstream's address, role, TLS
+    /// details or server text, which the gateway's log keeps.
+    pub fn for_client(&self) -> &'static str {
+        match self {
+            UpstreamError::Unreachable { .. } => "the upstream database cannot be reached",
+            UpstreamError::Timeout => "timed out connecting to the upstream database",
+            UpstreamError::TlsRefused => {
+                "the upstream database does not offer TLS, which the gateway requires (the Connection sets spec.tls, or the server is not on loopback)"
+            }
+            UpstreamError::Tls(_) => "TLS with the upstream database failed (the gateway's log says why)",
+            UpstreamError::Refused(_) => {
+                "the upstream database refused the gateway (the gateway's log says why)"
+            }
+            UpstreamError::Auth(_) => {
+                "the gateway could not authenticate to the upstream database (the gateway's log says why)"
+            }
+            UpstreamError::Protocol(_) => {
+                "the upstream database broke the protocol (the gateway's log says why)"
+            }
+        }
+    }
+}
+
 impl From<super::message::FrameError> for UpstreamError {
     fn from(e: super::message::FrameError) -> Self {
         UpstreamError::Protocol(e.to_string())
