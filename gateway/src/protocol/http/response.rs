@@ -215,6 +215,8 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
     }
     let mut unclosed = false;
     let mut malformed = false;
+    // A line whose prefix pushed a document past the brackets looked at.
+    let mut unlooked = false;
     // Where the last event whose data lines were joined ends.
     let mut joined_until = 0;
     out.clear();
@@ -275,9 +277,14 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
             run_start.get_or_insert(start);
             // A document after the line's own prefix (`[INFO] {...}`, `body={...}`): read from
             // its start as one more line, the prefix staying in the run of text.
-            if !data_line && let Some(k) = embedded_doc(&bytes[start + prefix.len()..], payload.len()) {
-                at = start + prefix.len() + k;
-                embedded_until = line_end;
+            if !data_line {
+                match embedded_doc(&bytes[start + prefix.len()..], payload.len()) {
+                    Some(k) => {
+                        at = start + prefix.len() + k;
+                        embedded_until = line_end;
+                    }
+                    None => unlooked |= beyond_looks(&bytes[start + prefix.len()..], payload.len()),
+                }
             }
             continue;
         }
@@ -364,9 +371,14 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
             malformed |= !embedded && json_like(&bytes[from..]);
             run_start.get_or_insert(start);
             at = after;
-            if !data_line && let Some(k) = embedded_doc(&bytes[doc_end..], after - doc_end) {
-                at = doc_end + k;
-                embedded_until = after;
+            if !data_line {
+                match embedded_doc(&bytes[doc_end..], after - doc_end) {
+                    Some(k) => {
+                        at = doc_end + k;
+                        embedded_until = after;
+                    }
+                    None => unlooked |= beyond_looks(&bytes[doc_end..], after - doc_end),
+                }
             }
             continue;
         };
@@ -388,10 +400,15 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
             continue;
         } else {
             run_start = Some(doc_end);
-            if !data_line && let Some(k) = embedded_doc(&bytes[doc_end..], after - doc_end) {
-                at = doc_end + k;
-                embedded_until = after;
-                continue;
+            if !data_line {
+                match embedded_doc(&bytes[doc_end..], after - doc_end) {
+                    Some(k) => {
+                        at = doc_end + k;
+                        embedded_until = after;
+                        continue;
+                    }
+                    None => unlooked |= beyond_looks(&bytes[doc_end..], after - doc_end),
+                }
             }
         }
         at = at.max(after);
@@ -403,6 +420,8 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
         Some("a JSON document in the text never closes")
     } else if malformed {
         Some("a JSON document in the text does not parse")
+    } else if unlooked {
+        Some("a line holds an object after more brackets than the masker looks through")
     } else {
         None
     };
@@ -586,6 +605,18 @@ fn embedded_doc(text: &[u8], line_len: usize) -> Option<usize> {
     memchr::memchr2_iter(b'{', b'[', &text[..line_len])
         .take(MAX_EMBEDDED_LOOKS)
         .find(|&i| json_like(&text[i..]))
+}
+
+/// Whether a line holds an object's start (`{`, blanks, `"`) after the first
+/// [`MAX_EMBEDDED_LOOKS`] brackets, which [`embedded_doc`] tries: a document pushed out of its
+/// reach by a prefix of brackets, which a logged value can supply. Linear.
+fn beyond_looks(text: &[u8], line_len: usize) -> bool {
+    let line = &text[..line_len];
+    let Some(past) = memchr::memchr2_iter(b'{', b'[', line).nth(MAX_EMBEDDED_LOOKS) else {
+        return false;
+    };
+    memchr::memchr_iter(b'{', &line[past..])
+        .any(|i| line[past + i + 1..].iter().find(|b| !matches!(b, b' ' | b'\t')) == Some(&b'"'))
 }
 
 /// Whether the bracket that `line` (without its line break) starts with ends it: a document
@@ -1504,6 +1535,21 @@ mod tests {
             class("application/json; charset=iso-8859-1", &detectors),
             ContentClass::Json
         );
+        // A document pushed past the brackets looked at by a prefix the agent can write.
+        let pushed = "GET /q=[][][][][][][][] user={\"ssn\":\"078-05-1120\"}\n";
+        assert!(matches!(
+            mask_whole(&fields, ContentClass::Text, pushed.as_bytes()),
+            Err(MaskFailure::Unparseable(_))
+        ));
+        let (out, _) = mask_whole(
+            &fields,
+            ContentClass::Text,
+            b"GET /q=[1] user={\"ssn\":\"078-05-1120\"}\n",
+        )
+        .unwrap();
+        assert!(!String::from_utf8(out).unwrap().contains("078-05"));
+        let code = "let v = [a[0], b[1], c[2], d[3], e[4], f[5], g[6], h[7], i[8]]; // {x}\n";
+        assert!(mask_whole(&fields, ContentClass::Text, code.as_bytes()).is_ok());
         // UTF-16 without a charset: NUL bytes.
         let utf16: Vec<u8> = "a@example.com"
             .encode_utf16()
