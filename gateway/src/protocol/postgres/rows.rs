@@ -277,7 +277,7 @@ impl RowMasker {
 }
 
 /// The bytes of a bytea in PostgreSQL's hex output format (`\x` and two hex digits a byte).
-fn bytea_hex(v: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn bytea_hex(v: &[u8]) -> Option<Vec<u8>> {
     let hex = v.strip_prefix(b"\\x")?;
     if !hex.len().is_multiple_of(2) {
         return None;

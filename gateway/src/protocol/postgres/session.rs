@@ -1277,6 +1277,21 @@ impl Live {
         masked
     }
 
+    /// A bound parameter as recorded (and shown to approvers): masked as text is, cut. A bytea
+    /// in hex (`\x6164...`) hides its bytes from the detectors: they read the bytes, and a find
+    /// withholds the value.
+    fn recorded_param(&self, text: &str) -> Value {
+        if let Some(bytes) = super::rows::bytea_hex(text.as_bytes())
+            && !self.plan.mask_text(&String::from_utf8_lossy(&bytes)).1.is_empty()
+        {
+            return Value::String(format!(
+                "<bytea, {} bytes, withheld by the detectors>",
+                bytes.len()
+            ));
+        }
+        Value::String(self.cut_hiding(&self.plan.mask_text(text).0, 1024))
+    }
+
     /// `text` cut to `max` bytes with the agent's token hidden first: cut first, the start of a
     /// token the cut went through would stay.
     fn cut_hiding(&self, text: &str, max: usize) -> String {
@@ -2099,10 +2114,7 @@ impl ClientSide {
             .enumerate()
             .map(|(i, p)| match p {
                 None => Value::Null,
-                Some(v) if b.param_format(i) == 0 => {
-                    let text = String::from_utf8_lossy(v);
-                    Value::String(self.live.cut_hiding(&self.live.plan.mask_text(&text).0, 1024))
-                }
+                Some(v) if b.param_format(i) == 0 => self.live.recorded_param(&String::from_utf8_lossy(v)),
                 // Read as text by the statement's parameter types (a client that sends binary
                 // parameters learned them from a Describe), then masked as text is.
                 Some(v) => match types
@@ -2110,10 +2122,12 @@ impl ClientSide {
                     .filter(|_| v.len() <= MAX_RECORDED_VALUE)
                     .and_then(|t| binary::to_text(*t, v))
                 {
-                    Some(text) => {
-                        Value::String(self.live.cut_hiding(&self.live.plan.mask_text(&text).0, 1024))
+                    Some(text) => self.live.recorded_param(&text),
+                    // Raw bytes of a type the gateway does not read still meet the detectors.
+                    None if self.live.plan.mask_text(&String::from_utf8_lossy(v)).1.is_empty() => {
+                        Value::String(format!("<binary, {} bytes>", v.len()))
                     }
-                    None => Value::String(format!("<binary, {} bytes>", v.len())),
+                    None => Value::String(format!("<binary, {} bytes, withheld by the detectors>", v.len())),
                 },
             })
             .collect();
