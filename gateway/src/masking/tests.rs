@@ -444,3 +444,14 @@ fn percent_encoded_emails_are_masked() {
     assert_eq!(text, "email=[REDACTED:EMAIL]&page=2");
     assert_eq!(report.detected(Detector::Email), 1);
 }
+
+#[test]
+fn every_detector_masks_what_any_policy_could() {
+    let plan = MaskingPlan::every_detector();
+    let (out, report) = plan.mask_text("/users/alice@example.com/cards/4111111111111111");
+    assert!(
+        !out.contains("alice@example.com") && !out.contains("4111111111111111"),
+        "{out}"
+    );
+    assert_eq!(report.detections, 2);
+}

@@ -137,7 +137,13 @@ pub async fn handle(
                     plan.mask_text(uri_for_log.path()).0.into_owned(),
                     plan.mask_text(&problem.detail).0.into_owned(),
                 ),
-                None => (uri_for_log.path().to_string(), problem.detail.clone()),
+                None => {
+                    let plan = MaskingPlan::every_detector();
+                    (
+                        plan.mask_text(uri_for_log.path()).0.into_owned(),
+                        plan.mask_text(&problem.detail).0.into_owned(),
+                    )
+                }
             };
             tracing::info!(
                 request_id = %request_id,
