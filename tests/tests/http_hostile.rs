@@ -1162,14 +1162,31 @@ fn validators_of_unmasked_bodies_are_not_passed_on() {
     for gone in ["if-none-match", "if-match", "want-repr-digest"] {
         assert!(echo.header(gone).is_empty(), "{gone} forwarded");
     }
-    // A write keeps its If-Match: it guards the write.
+    // A write keeps its conditions: they guard the write.
     let echo = s
         .curl(
-            &["-X", "PUT", "-H", "If-Match: \"v1\"", "--data", "x"],
+            &[
+                "-X",
+                "PUT",
+                "-H",
+                "If-Match: \"v1\"",
+                "-H",
+                "If-None-Match: *",
+                "--data",
+                "x",
+            ],
             "/okta/echo/validators",
         )
         .echo();
     assert_eq!(echo.header("if-match"), ["\"v1\""]);
+    assert_eq!(echo.header("if-none-match"), ["*"]);
+    // Where no body is masked, the validators stay.
+    let r = s.curl(&["-X", "POST", "--data", "x"], "/okta/echo/created");
+    assert_eq!(r.status, 201, "{r:?}");
+    assert!(
+        r.headers.to_ascii_lowercase().contains("etag: \"part-1\""),
+        "{r:?}"
+    );
 }
 
 /// Text the masker would read wrongly is refused where a field rule applies: a CSV export's

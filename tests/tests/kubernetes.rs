@@ -812,6 +812,16 @@ fn secret_values_cannot_be_patched_out_of_masking() {
             json!([{"op": "test", "path": "/data/password", "value": BASE64.encode(SECRET_VALUE)}]),
             "may not test",
         ),
+        // The API server drops whatever precedes a pointer's first `/`.
+        (
+            json!([{"op": "add", "path": "/metadata/annotations", "value": {}},
+                   {"op": "copy", "from": "x/data/password", "path": "/metadata/annotations/y"}]),
+            "may not copy or move",
+        ),
+        (
+            json!([{"op": "test", "path": "x/data/password", "value": BASE64.encode(SECRET_VALUE)}]),
+            "may not test",
+        ),
     ];
     for (ops, why) in refused {
         let out = patch(ops.clone());

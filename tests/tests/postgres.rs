@@ -1972,15 +1972,34 @@ fn names_markers_copies_and_pipelines_keep_the_session_in_step() {
     msgs.extend(r.until_ready());
     assert!(ended_with_violation(&msgs, "Sync during COPY"), "{msgs:?}");
 
+    // A long batch under one Sync (asyncpg's executemany, pgx's batches), answered as it goes,
+    // is not cut off.
+    let mut r = Raw::login(s.plain, &tok);
+    let (b, e) = (bind("", ""), execute_rows("", 0));
+    let mut batch: Vec<(u8, &[u8])> = Vec::new();
+    let select = parse("", "SELECT 1");
+    batch.push((b'P', &select));
+    for _ in 0..40_000 {
+        batch.extend([(b'B', &b[..]), (b'E', &e[..])]);
+    }
+    batch.push((b'S', b""));
+    let bytes = pipeline(&batch);
+    let mut writer = r.0.try_clone().unwrap();
+    let sender = std::thread::spawn(move || writer.write_all(&bytes).unwrap());
+    let answers = r.until_ready();
+    sender.join().unwrap();
+    assert!(errors(&answers).is_empty(), "{:?}", answers.last());
+    assert_eq!(answers.iter().filter(|(t, _)| *t == b'C').count(), 40_000);
+
     // After an error the server skips everything up to Sync without a word: a pipeline that
     // never syncs is cut off, not queued without end.
     let mut r = Raw::login(s.plain, &tok);
     let describe: &[u8] = b"Sno_such_statement\0";
-    let msgs = vec![(b'D', describe); agentgate::protocol::postgres::session::MAX_PIPELINED_MESSAGES + 1];
+    let msgs = vec![(b'D', describe); 2 * agentgate::protocol::postgres::session::MAX_AWAITING_MESSAGES];
     r.0.write_all(&pipeline(&msgs)).unwrap();
     let answers = r.until_ready();
     assert!(
-        ended_with_violation(&answers, "without a Sync"),
+        ended_with_violation(&answers, "await the server"),
         "{:?}",
         answers.last()
     );
@@ -2222,6 +2241,24 @@ fn fetch_joins_and_copy_do_not_step_around_decisions_caps_or_masking() {
     let tok = token(&s.idp);
     let billed = || s.pg.psql("SELECT sum(amount) FROM billing.invoices");
     let before = billed();
+    let orders = || s.pg.psql("SELECT count(*) FROM orders");
+    let orders_before = orders();
+    // A statement policy denies is refused at Bind, before the server plans it (planning runs
+    // the immutable functions it calls on constants).
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(
+        b'P',
+        &parse(
+            "s",
+            "UPDATE billing.invoices SET amount = amount + 1000 RETURNING id",
+        ),
+    );
+    r.send(b'B', &bind("p", "s"));
+    r.send(b'S', b"");
+    let msgs = r.until_ready();
+    assert_eq!(errors(&msgs), ["42501"], "{msgs:?}");
+    assert!(msgs.iter().all(|(t, _)| *t != b'2'), "no BindComplete: {msgs:?}");
+    assert_eq!(billed(), before);
     for (between, sql) in [
         ("", "FETCH ALL FROM p"),
         ("", "MOVE ALL IN p"),
@@ -2231,14 +2268,8 @@ fn fetch_joins_and_copy_do_not_step_around_decisions_caps_or_masking() {
         let mut r = Raw::login(s.plain, &tok);
         r.send(b'Q', b"BEGIN\0");
         r.until_ready();
-        // Denied (billing, no WHERE) had it come to Execute: Parse and Bind decide nothing.
-        r.send(
-            b'P',
-            &parse(
-                "s",
-                "UPDATE billing.invoices SET amount = amount + 1000 RETURNING id",
-            ),
-        );
+        // Held for approval had it come to Execute: Bind asks no approver.
+        r.send(b'P', &parse("s", "DELETE FROM orders WHERE id = 1 RETURNING id"));
         r.send(b'B', &bind("p", "s"));
         r.send(b'S', b"");
         let msgs = r.until_ready();
@@ -2261,7 +2292,7 @@ fn fetch_joins_and_copy_do_not_step_around_decisions_caps_or_masking() {
         );
         r.send(b'Q', b"COMMIT\0");
         r.until_ready();
-        assert_eq!(billed(), before, "{sql} ran the portal's UPDATE");
+        assert_eq!(orders(), orders_before, "{sql} ran the portal's DELETE");
     }
     // The cap of the rule on big_capped reaches a UNION with a table it does not name.
     let out = s

@@ -4,6 +4,7 @@ Every answer describes the request it received (method, raw path, headers, body)
 check exactly what the gateway forwarded. A few paths serve fixed content for masking tests:
   /api/v1/users       an Okta-style users list with emails, phones and a card number
   /echo/where         a redirect whose Location names an email
+  /echo/created       201 without a body, with an ETag
   /text               text/plain with an email in it
   /export?type=T&enc=E  a CSV export with a mobilePhone column and an email, served as type T
                       (URL-decoded) in encoding E (default utf-8)
@@ -166,6 +167,13 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")
+            return
+        if path == "/echo/created":
+            # A write's answer without a body, with the validator clients need (S3's part ETag).
+            self.send_response(201)
+            self.send_header("ETag", '"part-1"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         if path == "/echo/where":
             self.send_response(302)

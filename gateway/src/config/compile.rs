@@ -966,26 +966,29 @@ fn compile_connection(
         .ca_secret_ref
         .as_ref()
         .and_then(|r| resolve("spec.tls.caSecretRef", &r.name, &r.key));
-    // Sent in a header (or a password message): a value that cannot be sent as it is written
-    // would fail every request. `kubectl create secret --from-file` keeps a file's last newline.
+    // A token sent in a header cannot carry control characters, and white space around it is
+    // not part of it; a Basic or PostgreSQL password may hold spaces, but a line break at its end
+    // is the one a file ends with (`kubectl create secret --from-file`), and PostgreSQL reads a
+    // password up to a NUL. Such a value would fail every request: refused at load.
     if let Some(cred) = &credential
         && let Some(secret) = &cred.secret
-        && matches!(
-            cred.scheme,
-            CredentialScheme::Bearer
-                | CredentialScheme::Ssws
-                | CredentialScheme::Basic
-                | CredentialScheme::PostgresPassword
-        )
     {
         let v = secret.expose();
-        if v.iter().any(|b| b.is_ascii_control())
-            || v.first().is_some_and(u8::is_ascii_whitespace)
-            || v.last().is_some_and(u8::is_ascii_whitespace)
-        {
+        let token = matches!(cred.scheme, CredentialScheme::Bearer | CredentialScheme::Ssws);
+        let unsendable = if token {
+            v.iter().any(|b| b.is_ascii_control())
+                || v.first().is_some_and(u8::is_ascii_whitespace)
+                || v.last().is_some_and(u8::is_ascii_whitespace)
+        } else {
+            matches!(
+                cred.scheme,
+                CredentialScheme::Basic | CredentialScheme::PostgresPassword
+            ) && (v.last().is_some_and(|b| matches!(b, b'\n' | b'\r')) || v.contains(&0))
+        };
+        if unsendable {
             errors.push(m.error(
                 "spec.credentials.secretRef",
-                "Invalid value: the Secret's value begins or ends with white space or holds a control character (often the newline a file ends with: create it with --from-literal, or from a file without one), which the credential cannot carry",
+                "Invalid value: the Secret's value cannot be sent as it is: it ends with a line break (often the one a file ends with: create it with --from-literal, or from a file without one), or holds a control character, a NUL, or (a token) white space around it",
             ));
         }
     }

@@ -187,8 +187,6 @@ impl MaskingPlan {
         }
     }
 
-    /// Compiles the masking rules of several AccessPolicies. Errors name the rule index and field,
-    /// e.g. `masking[1].jsonFields[0]: ...`.
     /// Every detector, redacting: for text logged before the plan that applies is known (a
     /// refused request's path), which may name what a policy would have masked.
     pub fn every_detector() -> &'static MaskingPlan {
@@ -202,6 +200,8 @@ impl MaskingPlan {
         })
     }
 
+    /// Compiles the masking rules of several AccessPolicies. Errors name the rule index and field,
+    /// e.g. `masking[1].jsonFields[0]: ...`.
     pub fn compile(rules: &[&MaskingRule], key: HashKey) -> Result<Self, MaskingConfigError> {
         let mut inner = Arc::unwrap_or_clone(Self::empty(key).inner);
         let mut selectors = Vec::new();

@@ -494,7 +494,11 @@ async fn proxy(
     let form_or_json = |k| matches!(k, BodyKind::Form | BodyKind::Json | BodyKind::FormOrJson);
     let (mut read_body, mut body) = if (needs_body
         || form_or_json(kind)
-        || (needs_params && form_or_json(params_kind) && !encoded))
+        // Not a body declared past the cap: its fields count as unread, not refused.
+        || (needs_params
+            && form_or_json(params_kind)
+            && !encoded
+            && declared_length(&parts.headers).is_none_or(|n| n <= MAX_DECIDED_BODY as u64)))
         && !bodiless
     {
         let body: Body = body.map_err(|e| -> BodyError { Box::new(e) }).boxed();
@@ -534,6 +538,8 @@ async fn proxy(
     };
     let body_fields = match (&read_body, params_kind) {
         (Some(b), _) if b.is_empty() => Some(Vec::new()),
+        // Compressed: its fields are what the upstream decompresses, not these bytes.
+        _ if encoded => None,
         (Some(b), BodyKind::Form) => params::form_fields(b),
         // A JSON body that does not parse is left unread.
         (Some(b), BodyKind::Json) => body_json(b, &parsed_body).and_then(|v| params::json_fields(&v)),
@@ -937,11 +943,12 @@ async fn proxy(
     }
     // A validator names the unmasked body: matched against a guess (`If-None-Match: "<hash of
     // the body with a guessed value>"`, 304 or 200) it confirms a masked value.
-    // A write's `If-Match` stays: it guards the write, and what it reveals costs one.
+    // A write's conditions stay (`If-Match`, `If-None-Match: *` for create-only): they guard
+    // the write, and what they reveal costs one.
     if !plan.is_empty() {
         let read = parts.method == Method::GET || parts.method == Method::HEAD;
         for name in headers::BODY_VALIDATORS_ASKED {
-            if read || *name != "if-match" {
+            if read || !name.starts_with("if-") {
                 out_headers.remove(*name);
             }
         }
@@ -1097,9 +1104,10 @@ async fn proxy(
     let token_plan = carries_token.then(|| plan.clone().with_kubernetes_token());
     let declared = declared_length(&res_parts.headers);
     let unmasked = plan.is_empty() || bodiless || discovery;
-    if !plan.is_empty() {
-        // They describe the body before masking: with the masked one, they let a masked value be
-        // guessed offline (Express's ETag is a SHA-1 of the body).
+    // They describe the body before masking: with the masked one, they let a masked value be
+    // guessed offline (Express's ETag is a SHA-1 of the body). A HEAD's are its GET's. Where no
+    // body is masked (a write's 201 or 204, say) they stay: clients need them (S3's part ETags).
+    if !unmasked || (parts.method == Method::HEAD && !plan.is_empty()) {
         for name in headers::BODY_VALIDATORS {
             res_parts.headers.remove(*name);
         }

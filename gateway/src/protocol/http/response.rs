@@ -59,8 +59,8 @@ pub fn masking_class(content_type: Option<&str>, plan: &MaskingPlan) -> ContentC
         .filter_map(|p| p.split_once('='))
         .filter(|(k, _)| k.trim().eq_ignore_ascii_case("charset"))
         .all(|(_, v)| {
-            let v = v.trim().trim_matches('"');
-            ASCII_COMPATIBLE.iter().any(|c| v.eq_ignore_ascii_case(c))
+            let v = v.trim().trim_matches('"').to_ascii_lowercase();
+            !NOT_ASCII_COMPATIBLE.iter().any(|c| v.starts_with(c))
         });
     let plain = ["text/plain", "text/event-stream"]
         .iter()
@@ -77,16 +77,13 @@ pub fn masking_class(content_type: Option<&str>, plan: &MaskingPlan) -> ContentC
     }
 }
 
-/// Charsets in which ASCII text is the same bytes, so what the masker reads as UTF-8 is what a
-/// client reads (other bytes are not UTF-8, which the masker refuses).
-const ASCII_COMPATIBLE: &[&str] = &[
-    "utf-8",
-    "utf8",
-    "us-ascii",
-    "ascii",
-    "iso-8859-1",
-    "latin1",
-    "windows-1252",
+/// Charsets in which ASCII text is not the same bytes (UTF-16 and -32, UCS-2 and -4, UTF-7,
+/// EBCDIC code pages), by the start of their labels: the masker would read such text wrongly.
+/// Others (UTF-8, ASCII, the ISO-8859 and Windows code pages, KOI8) keep ASCII as it is, and
+/// their other bytes are not UTF-8, which the masker refuses.
+const NOT_ASCII_COMPATIBLE: &[&str] = &[
+    "utf-16", "utf16", "utf-32", "utf32", "ucs-2", "ucs2", "ucs-4", "ucs4", "utf-7", "utf7", "unicode",
+    "cp037", "ibm037", "cp500", "ibm500", "cp1026", "ibm1026", "cp875", "ebcdic",
 ];
 
 /// Why a body was not masked.
@@ -1535,6 +1532,13 @@ mod tests {
             class("application/json; charset=iso-8859-1", &detectors),
             ContentClass::Json
         );
+        for ct in [
+            "text/plain; charset=latin-1",
+            "text/plain; charset=cp1252",
+            "text/plain; charset=KOI8-R",
+        ] {
+            assert_eq!(class(ct, &detectors), ContentClass::Text, "{ct}");
+        }
         // A document pushed past the brackets looked at by a prefix the agent can write.
         let pushed = "GET /q=[][][][][][][][] user={\"ssn\":\"078-05-1120\"}\n";
         assert!(matches!(
@@ -2266,9 +2270,13 @@ fn encoded_forms(secret: &[u8]) -> Vec<Vec<u8>> {
         secret.to_vec(),
         escaped(&|b| (b == b'/').then(|| "\\/".to_string())),
         escaped(&|b| b"+<>&'\"".contains(&b).then(|| format!("\\u{b:04X}"))),
+        // Go's encoding/json: `<>&` only, lower-case hex.
+        escaped(&|b| b"<>&".contains(&b).then(|| format!("\\u{b:04x}"))),
         escaped(&|b| (special(b) && b.is_ascii()).then(|| format!("\\u{b:04x}"))),
         escaped(&|b| (special(b) && !b"-._~".contains(&b)).then(|| format!("%{b:02X}"))),
         escaped(&|b| (special(b) && !b"-._~".contains(&b)).then(|| format!("%{b:02x}"))),
+        // Python's `quote()` leaves `/` as it is.
+        escaped(&|b| (special(b) && !b"-._~/".contains(&b)).then(|| format!("%{b:02X}"))),
     ]
 }
 

@@ -220,19 +220,17 @@ pub fn secret_patch_refusal(body: &[u8]) -> Option<&'static str> {
 }
 
 /// Whether a JSON pointer names a Secret's values or something holding them: the whole object,
-/// `data`, `stringData` or within them.
+/// `data`, `stringData` or within them, or a pointer the gateway might read otherwise than the
+/// server (one without a leading `/`).
 fn holds_secret_values(pointer: &str) -> bool {
-    pointer.is_empty() || from_secret_field(pointer)
+    pointer.is_empty() || !pointer.starts_with('/') || from_secret_field(pointer)
 }
 
-/// Whether a JSON pointer's first token is `data` or `stringData` (`~1` and `~0` unescaped).
+/// Whether a JSON pointer's first token is `data` or `stringData` (`~1` and `~0` unescaped), as
+/// the API server's json-patch reads it: split at every `/`, whatever precedes the first
+/// dropped (`x/data/password` is `/data/password` there).
 fn from_secret_field(pointer: &str) -> bool {
-    let first = pointer
-        .strip_prefix('/')
-        .unwrap_or(pointer)
-        .split('/')
-        .next()
-        .unwrap_or_default();
+    let first = pointer.split('/').nth(1).unwrap_or_default();
     let first = first.replace("~1", "/").replace("~0", "~");
     first == "data" || first == "stringData"
 }
@@ -274,6 +272,19 @@ mod tests {
         ));
         assert!(!refused(
             serde_json::json!([{"op": "copy", "from": "/d~0ta", "path": "/x"}])
+        ));
+        // The server drops whatever precedes a pointer's first `/`.
+        assert!(refused(
+            serde_json::json!([{"op": "copy", "from": "x/data/p", "path": "/metadata/annotations/a"}])
+        ));
+        assert!(refused(
+            serde_json::json!([{"op": "test", "path": " /data/p", "value": "x"}])
+        ));
+        assert!(refused(
+            serde_json::json!([{"op": "copy", "from": "data", "path": "/metadata/annotations/a"}])
+        ));
+        assert!(refused(
+            serde_json::json!([{"op": "copy", "from": "/data/p", "path": "x/metadata/annotations/a"}])
         ));
         // The gateway reads a patch as the server does, or refuses it.
         assert!(secret_patch_refusal(b"[{\"op\":\"copy\",\"op\":\"add\"}]").is_some());

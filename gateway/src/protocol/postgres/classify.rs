@@ -111,8 +111,9 @@ pub struct Statement {
     pub execute: Option<String>,
     /// `DEALLOCATE name` is `Some(Some(name))`; `DEALLOCATE ALL` and `DISCARD ALL` are `Some(None)`.
     pub deallocate: Option<Option<String>>,
-    /// `COMMIT AND CHAIN`, `ROLLBACK AND CHAIN`, `ROLLBACK TO SAVEPOINT`: drops portals while
-    /// the session stays in a transaction.
+    /// `COMMIT AND CHAIN`, `ROLLBACK AND CHAIN`: drops every portal while the session stays in a
+    /// transaction. (`ROLLBACK TO SAVEPOINT` drops only those opened since the savepoint, which
+    /// the gateway keeps: what it would decide on them the server no longer holds.)
     pub drops_portals: bool,
     /// The parse node, such as `SelectStmt`, `AlterSystemStmt`, `LoadStmt` (guardrails, logs).
     pub node: &'static str,
@@ -576,7 +577,7 @@ impl<'t> Analysis<'t> {
                 let ends = [T::TransStmtCommit, T::TransStmtRollback]
                     .iter()
                     .any(|k| *k as i64 == kind);
-                self.drops_portals |= (ends && node.flag("chain")) || kind == T::TransStmtRollbackTo as i64;
+                self.drops_portals |= ends && node.flag("chain");
                 K::Transaction
             }
             "ConstraintsSetStmt" => K::Transaction,
@@ -3014,7 +3015,7 @@ mod tests {
         for (sql, drops) in [
             ("COMMIT AND CHAIN", true),
             ("ROLLBACK AND CHAIN", true),
-            ("ROLLBACK TO SAVEPOINT a", true),
+            ("ROLLBACK TO SAVEPOINT a", false),
             ("COMMIT", false),
             ("ROLLBACK AND NO CHAIN", false),
             ("RELEASE SAVEPOINT a", false),

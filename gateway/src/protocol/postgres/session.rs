@@ -67,11 +67,61 @@ pub const MAX_RECORDED_SQL: usize = 16 * 1024;
 /// (a syntax error), and the start of the extended-protocol portal name.
 const MARKER_PREFIX: &str = "agentgate_refused";
 
-/// Most messages a client may send between two Syncs, and most statement text (as recorded) the
-/// answers to them may hold: clients pipeline batches (pgjdbc syncs every few thousand
-/// statements), not millions.
-pub const MAX_PIPELINED_MESSAGES: usize = 65_536;
-pub const MAX_PIPELINED_SQL_BYTES: usize = 64 * 1024 * 1024;
+/// Most messages awaiting the server's answer, and most statement text (as recorded) their
+/// answers are to be read by. After an error the server skips everything up to Sync without a
+/// word: with no answers coming, a pipeline that never syncs would be held without end.
+pub const MAX_AWAITING_MESSAGES: usize = 262_144;
+pub const MAX_AWAITING_SQL_BYTES: usize = 64 * 1024 * 1024;
+
+/// The messages forwarded upstream and not answered yet, in order, with the statement text
+/// their plans hold (see [`MAX_AWAITING_MESSAGES`]).
+#[derive(Debug, Default)]
+struct Awaiting {
+    items: VecDeque<Pending>,
+    sql_bytes: usize,
+}
+
+impl Awaiting {
+    fn sql_bytes(p: &Pending) -> usize {
+        match p {
+            Pending::Execute { plan, .. } => plan.sql.len(),
+            Pending::Query { results, .. } => results.iter().map(|r| r.sql.len()).sum(),
+            _ => 0,
+        }
+    }
+
+    /// Appends `p`, or says why the session ends.
+    fn push_back(&mut self, p: Pending) -> Result<(), String> {
+        self.sql_bytes += Self::sql_bytes(&p);
+        self.items.push_back(p);
+        if self.items.len() > MAX_AWAITING_MESSAGES || self.sql_bytes > MAX_AWAITING_SQL_BYTES {
+            return Err(format!(
+                "more than {MAX_AWAITING_MESSAGES} messages, or {MAX_AWAITING_SQL_BYTES} bytes of statements, await the server's answer (after an error it skips all up to Sync)"
+            ));
+        }
+        Ok(())
+    }
+
+    fn pop_front(&mut self) -> Option<Pending> {
+        let p = self.items.pop_front()?;
+        self.sql_bytes -= Self::sql_bytes(&p);
+        Some(p)
+    }
+
+    fn remove(&mut self, i: usize) -> Option<Pending> {
+        let p = self.items.remove(i)?;
+        self.sql_bytes -= Self::sql_bytes(&p);
+        Some(p)
+    }
+
+    fn front(&self) -> Option<&Pending> {
+        self.items.front()
+    }
+
+    fn get(&self, i: usize) -> Option<&Pending> {
+        self.items.get(i)
+    }
+}
 /// Write buffer size at which the relay writes even if more messages are ready.
 const FLUSH_BYTES: usize = 64 * 1024;
 /// Distinct classified statements kept per gateway.
@@ -1340,7 +1390,7 @@ impl Live {
         let down = ServerSide {
             live: this.clone(),
             queue: rx,
-            front: VecDeque::new(),
+            front: Awaiting::default(),
             shared: shared.clone(),
             result: None,
             query_index: 0,
@@ -1361,7 +1411,6 @@ impl Live {
             copy_batch: 0,
             copy_sent: false,
             copy_ended: false,
-            pipelined: (0, 0),
             copy_progress: copy_rx,
             described: None,
             unsynced: false,
@@ -1445,9 +1494,6 @@ struct ClientSide {
     /// message ended a copy (CopyDone, CopyFail).
     copy_sent: bool,
     copy_ended: bool,
-    /// Messages awaiting an answer since the last Sync or Query, and the statement text they
-    /// hold (see [`MAX_PIPELINED_MESSAGES`]).
-    pipelined: (usize, usize),
     /// How far the server side has seen the upstream answer them.
     copy_progress: watch::Receiver<CopyProgress>,
     /// The portal the client's previous message described: an Execute of it right after needs
@@ -1591,21 +1637,7 @@ impl ClientSide {
         format!("protocol violation: {what}")
     }
 
-    fn push(&mut self, p: Pending) -> Result<(), Stop> {
-        // After an error the server skips, without a word, everything up to Sync: with no
-        // answers to wait for, a pipeline would queue (and record) whatever the client sends.
-        match &p {
-            Pending::Sync { .. } | Pending::Query { .. } => self.pipelined = (0, 0),
-            Pending::Execute { plan, .. } => {
-                self.pipelined = (self.pipelined.0 + 1, self.pipelined.1 + plan.sql.len())
-            }
-            _ => self.pipelined.0 += 1,
-        }
-        if self.pipelined.0 > MAX_PIPELINED_MESSAGES || self.pipelined.1 > MAX_PIPELINED_SQL_BYTES {
-            return Err(self.violation(format!(
-                "more than {MAX_PIPELINED_MESSAGES} messages or {MAX_PIPELINED_SQL_BYTES} bytes of statements sent without a Sync"
-            )));
-        }
+    fn push(&self, p: Pending) -> Result<(), Stop> {
         self.queue.send(p).map_err(|_| "server side ended".to_string())
     }
 
@@ -2108,6 +2140,26 @@ impl ClientSide {
                 ));
             }
         };
+        // Bind plans the statement, and planning runs the immutable functions it calls on
+        // constants (whose errors may quote what they read): a statement policy denies is
+        // refused here, before the server plans it. (RequireApproval is asked at Execute.)
+        if let Some(st) = classified.statements.first() {
+            let live = self.live.clone();
+            let v = live.decide(st, &lock(&self.shared));
+            if v.action == Action::Deny {
+                lock(&self.shared).portals.remove(&b.portal);
+                let _ = live.record(
+                    "pg.bind",
+                    QueryEvent {
+                        sql: live.masked_sql(&st.text),
+                        params: None,
+                        decision: v.label,
+                        statements: vec![Self::statement_record(&live, st, &v)],
+                    },
+                );
+                return self.refuse_extended(Self::refusal_error(&v, 0, 1, st));
+            }
+        }
         let params = b
             .params
             .iter()
@@ -2368,7 +2420,7 @@ fn apply_effects(prepared: &mut Prepared, st: &Statement) -> Vec<String> {
 struct ServerSide {
     live: Arc<Live>,
     queue: mpsc::UnboundedReceiver<Pending>,
-    front: VecDeque<Pending>,
+    front: Awaiting,
     shared: Shared,
     /// The result being streamed: its masker, limits and captured rows.
     result: Option<Streaming>,
@@ -2433,7 +2485,10 @@ impl ServerSide {
                                 return "client protocol violation".into();
                             }
                             Some(p) => {
-                                self.front.push_back(p);
+                                if let Err(why) = self.front.push_back(p) {
+                                    self.fatal(&mut client, ErrorResponse::fatal(sqlstate::PROTOCOL_VIOLATION, why.clone())).await;
+                                    return why;
+                                }
                                 continue;
                             }
                             None => return "client side ended".into(),
@@ -2454,7 +2509,14 @@ impl ServerSide {
                     self.fatal(&mut client, e).await;
                     return "client protocol violation".into();
                 }
-                self.front.push_back(p);
+                if let Err(why) = self.front.push_back(p) {
+                    self.fatal(
+                        &mut client,
+                        ErrorResponse::fatal(sqlstate::PROTOCOL_VIOLATION, why.clone()),
+                    )
+                    .await;
+                    return why;
+                }
             }
             if let Err(why) = self.handle(frame) {
                 self.fatal(
