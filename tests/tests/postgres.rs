@@ -2243,16 +2243,10 @@ fn fetch_joins_and_copy_do_not_step_around_decisions_caps_or_masking() {
     let before = billed();
     let orders = || s.pg.psql("SELECT count(*) FROM orders");
     let orders_before = orders();
-    // A statement policy denies is refused at Bind, before the server plans it (planning runs
-    // the immutable functions it calls on constants).
+    // A statement that calls functions and that policy denies is refused at Bind, before the
+    // server plans it (planning runs the immutable functions it calls on constants).
     let mut r = Raw::login(s.plain, &tok);
-    r.send(
-        b'P',
-        &parse(
-            "s",
-            "UPDATE billing.invoices SET amount = amount + 1000 RETURNING id",
-        ),
-    );
+    r.send(b'P', &parse("s", "SELECT length(pg_read_file('/etc/hostname'))"));
     r.send(b'B', &bind("p", "s"));
     r.send(b'S', b"");
     let msgs = r.until_ready();

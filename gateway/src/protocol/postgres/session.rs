@@ -2141,9 +2141,13 @@ impl ClientSide {
             }
         };
         // Bind plans the statement, and planning runs the immutable functions it calls on
-        // constants (whose errors may quote what they read): a statement policy denies is
-        // refused here, before the server plans it. (RequireApproval is asked at Execute.)
-        if let Some(st) = classified.statements.first() {
+        // constants (whose errors may quote what they read): a statement that calls functions
+        // and that policy denies is refused here, before the server plans it. (RequireApproval
+        // is asked at Execute, where every statement is decided.)
+        if let Some(st) = classified.statements.first()
+            && !st.functions.is_empty()
+            && st.cursor.is_none()
+        {
             let live = self.live.clone();
             let v = live.decide(st, &lock(&self.shared));
             if v.action == Action::Deny {
