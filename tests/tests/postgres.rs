@@ -1231,6 +1231,20 @@ fn bind(portal: &str, statement: &str) -> Vec<u8> {
     b
 }
 
+/// A Bind message body of the unnamed portal: statement, one text parameter, default result
+/// formats.
+fn bind_text(statement: &str, value: &str) -> Vec<u8> {
+    let mut b = vec![0];
+    b.extend_from_slice(statement.as_bytes());
+    b.push(0);
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b.extend_from_slice(&1i16.to_be_bytes());
+    b.extend_from_slice(&(value.len() as i32).to_be_bytes());
+    b.extend_from_slice(value.as_bytes());
+    b.extend_from_slice(&0i16.to_be_bytes());
+    b
+}
+
 /// An Execute message body: portal and row count (0: all).
 fn execute_rows(portal: &str, max_rows: i32) -> Vec<u8> {
     let mut b = portal.as_bytes().to_vec();
@@ -2063,15 +2077,8 @@ fn passwords_and_the_token_never_reach_a_recording() {
     assert!(errors(&r.until_ready()).is_empty());
     for pad in [1000, 4090] {
         let value = format!("{}{tok}", "x".repeat(pad));
-        let mut b = Vec::new();
-        b.extend_from_slice(b"\0\0");
-        b.extend_from_slice(&0i16.to_be_bytes());
-        b.extend_from_slice(&1i16.to_be_bytes());
-        b.extend_from_slice(&(value.len() as i32).to_be_bytes());
-        b.extend_from_slice(value.as_bytes());
-        b.extend_from_slice(&0i16.to_be_bytes());
         r.send(b'P', &parse("", "SELECT $1::text AS echoed"));
-        r.send(b'B', &b);
+        r.send(b'B', &bind_text("", &value));
         r.send(b'E', &execute_rows("", 0));
         r.send(b'S', b"");
         assert!(errors(&r.until_ready()).is_empty());
@@ -2082,16 +2089,8 @@ fn passwords_and_the_token_never_reach_a_recording() {
         .bytes()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let value = format!("\\x{hex}");
-    let mut b = Vec::new();
-    b.extend_from_slice(b"\0\0");
-    b.extend_from_slice(&0i16.to_be_bytes());
-    b.extend_from_slice(&1i16.to_be_bytes());
-    b.extend_from_slice(&(value.len() as i32).to_be_bytes());
-    b.extend_from_slice(value.as_bytes());
-    b.extend_from_slice(&0i16.to_be_bytes());
     r.send(b'P', &parse("", "SELECT length($1::bytea) AS n"));
-    r.send(b'B', &b);
+    r.send(b'B', &bind_text("", &format!("\\x{hex}")));
     r.send(b'E', &execute_rows("", 0));
     r.send(b'S', b"");
     assert!(errors(&r.until_ready()).is_empty());

@@ -151,14 +151,7 @@ pub fn json_accept(accept: Option<&str>, tables: bool) -> String {
 /// which maps `İ` (U+0130) to `i` and the Kelvin sign to `k`, so no spelling the server takes for
 /// JSON escapes this check.
 pub fn is_json_content_type(ct: &str) -> bool {
-    let media_type: String = ct
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .chars()
-        .map(go_lower)
-        .collect();
+    let media_type = go_media_type(ct);
     if media_type.is_empty() {
         return true;
     }
@@ -171,14 +164,7 @@ pub fn is_json_content_type(ct: &str) -> bool {
 
 /// Whether the API server reads a body with this `Content-Type` as a JSON patch (RFC 6902).
 pub fn is_json_patch(ct: &str) -> bool {
-    let media_type: String = ct
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .chars()
-        .map(go_lower)
-        .collect();
+    let media_type = go_media_type(ct);
     media_type == "application/json-patch+json"
 }
 
@@ -235,6 +221,18 @@ fn from_secret_field(pointer: &str) -> bool {
     first == "data" || first == "stringData"
 }
 
+/// A Content-Type's media type as the API server reads it: before any parameter, trimmed,
+/// lower-cased by [`go_lower`].
+fn go_media_type(ct: &str) -> String {
+    ct.split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .map(go_lower)
+        .collect()
+}
+
 /// Go's `unicode.ToLower` restricted to what matters for ASCII media types: the characters it maps
 /// into ASCII are `A`-`Z`, `İ` (U+0130) and the Kelvin sign (U+212A).
 fn go_lower(c: char) -> char {
@@ -252,40 +250,29 @@ mod tests {
     #[test]
     fn secret_patches_may_not_copy_or_test_values() {
         let refused = |ops: serde_json::Value| secret_patch_refusal(ops.to_string().as_bytes()).is_some();
-        assert!(refused(
-            serde_json::json!([{"op": "copy", "from": "/data/p", "path": "/metadata/annotations/x"}])
-        ));
-        assert!(refused(
-            serde_json::json!([{"op": "move", "from": "/stringData", "path": "/metadata/labels"}])
-        ));
-        assert!(refused(
-            serde_json::json!([{"op": "copy", "from": "", "path": "/metadata/annotations/a"}])
-        ));
-        assert!(refused(
-            serde_json::json!([{"op": "copy", "from": "/data/p", "path": ""}])
-        ));
-        assert!(refused(
-            serde_json::json!([{"op": "test", "path": "/data/p", "value": "x"}])
-        ));
-        assert!(refused(
-            serde_json::json!([{"op": "test", "path": "", "value": {}}])
-        ));
-        assert!(!refused(
-            serde_json::json!([{"op": "copy", "from": "/d~0ta", "path": "/x"}])
-        ));
-        // The server drops whatever precedes a pointer's first `/`.
-        assert!(refused(
-            serde_json::json!([{"op": "copy", "from": "x/data/p", "path": "/metadata/annotations/a"}])
-        ));
-        assert!(refused(
-            serde_json::json!([{"op": "test", "path": " /data/p", "value": "x"}])
-        ));
-        assert!(refused(
-            serde_json::json!([{"op": "copy", "from": "data", "path": "/metadata/annotations/a"}])
-        ));
-        assert!(refused(
-            serde_json::json!([{"op": "copy", "from": "/data/p", "path": "x/metadata/annotations/a"}])
-        ));
+        let op = |op: &str, from: Option<&str>, path: &str| {
+            let mut o = serde_json::json!({"op": op, "path": path, "value": "x"});
+            if let Some(f) = from {
+                o["from"] = f.into();
+            }
+            serde_json::json!([o])
+        };
+        for (kind, from, path) in [
+            ("copy", Some("/data/p"), "/metadata/annotations/x"),
+            ("move", Some("/stringData"), "/metadata/labels"),
+            ("copy", Some(""), "/metadata/annotations/a"),
+            ("copy", Some("/data/p"), ""),
+            ("test", None, "/data/p"),
+            ("test", None, ""),
+            // The server drops whatever precedes a pointer's first `/`.
+            ("copy", Some("x/data/p"), "/metadata/annotations/a"),
+            ("test", None, " /data/p"),
+            ("copy", Some("data"), "/metadata/annotations/a"),
+            ("copy", Some("/data/p"), "x/metadata/annotations/a"),
+        ] {
+            assert!(refused(op(kind, from, path)), "{kind} {from:?} {path}");
+        }
+        assert!(!refused(op("copy", Some("/d~0ta"), "/x")));
         // The gateway reads a patch as the server does, or refuses it.
         assert!(secret_patch_refusal(b"[{\"op\":\"copy\",\"op\":\"add\"}]").is_some());
         assert!(secret_patch_refusal(b"{}").is_some());
