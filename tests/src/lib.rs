@@ -55,6 +55,15 @@ pub fn binary(name: &str) -> PathBuf {
 /// ports before starting anything would get the same one twice) or to another (nextest runs
 /// each test in its own process, two at a time, and a port handed to a child is free until the
 /// child binds it).
+/// What a finished command printed: its standard output, then its standard error.
+pub fn printed(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<(u16, Option<std::fs::File>)>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);

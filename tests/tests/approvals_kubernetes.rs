@@ -335,14 +335,7 @@ impl Cluster {
             .env("PATH", path)
             .output()
             .expect("kubectl runs");
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        (out.status.success(), agentgate_e2e::printed(&out))
     }
 
     fn approve(&self, user: &str, name: &str) -> String {

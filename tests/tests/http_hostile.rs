@@ -1091,11 +1091,7 @@ fn a_credential_with_a_line_break_is_never_sent() {
         .arg(dir.path())
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = agentgate_e2e::printed(&out);
     assert!(!out.status.success(), "{text}");
     assert!(
         text.contains("spec.credentials.secretRef") && text.contains("control character"),

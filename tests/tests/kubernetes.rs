@@ -394,11 +394,7 @@ impl Kube {
             "kubectl {args:?} succeeded: {}",
             show(&out)
         );
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
+        agentgate_e2e::printed(&out)
     }
 
     /// The real curl as the agent, through the gateway.

@@ -2458,11 +2458,7 @@ fn pgbench_runs_through_the_gateway() {
             .env("PGSSLMODE", "disable")
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = agentgate_e2e::printed(&out);
         assert!(
             out.status.success(),
             "pgbench {args:?}:\n{text}\n{}",
@@ -2489,14 +2485,7 @@ fn approvals(gw: &Gateway, token: &str, args: &[&str]) -> (bool, String) {
         .env("AGENTGATE_TOKEN", token)
         .output()
         .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    (out.status.success(), agentgate_e2e::printed(&out))
 }
 
 /// The ApprovalRequest an error message names.

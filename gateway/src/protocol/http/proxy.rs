@@ -321,6 +321,20 @@ fn body_overrides(kind: BodyKind, boundary: Option<&[u8]>, bytes: &[u8]) -> bool
     }
 }
 
+/// Reads a request body whole, at most [`MAX_DECIDED_BODY`] bytes; `why` says why it is read.
+async fn read_request_body(body: Incoming, why: &str) -> Result<Bytes, Problem> {
+    let body: Body = body.map_err(|e| -> BodyError { Box::new(e) }).boxed();
+    response::read_capped(body, MAX_DECIDED_BODY)
+        .await
+        .map_err(|e| match e {
+            MaskFailure::TooLarge => Problem::new(
+                Kind::RequestTooLarge,
+                format!("{why} and must be at most {MAX_DECIDED_BODY} bytes"),
+            ),
+            _ => bad_request("the request body could not be read"),
+        })
+}
+
 /// A body's JSON document for its parameters: the one parsed for the decision, or the body
 /// parsed now (Laravel reads a body as JSON wherever its Content-Type mentions `json`).
 fn body_json<'v>(bytes: &[u8], parsed: &'v Option<Value>) -> Option<std::borrow::Cow<'v, Value>> {
@@ -501,14 +515,8 @@ async fn proxy(
             && declared_length(&parts.headers).is_none_or(|n| n <= MAX_DECIDED_BODY as u64)))
         && !bodiless
     {
-        let body: Body = body.map_err(|e| -> BodyError { Box::new(e) }).boxed();
-        let bytes = response::read_capped(body, MAX_DECIDED_BODY).await.map_err(|e| match e {
-            MaskFailure::TooLarge => Problem::new(
-                Kind::RequestTooLarge,
-                format!("request bodies on this connection are read to decide them and must be at most {MAX_DECIDED_BODY} bytes"),
-            ),
-            _ => bad_request("the request body could not be read"),
-        })?;
+        let bytes =
+            read_request_body(body, "request bodies on this connection are read to decide them").await?;
         if body_overrides(kind, boundary.as_deref(), &bytes) {
             return Err(method_override_refused());
         }
@@ -582,15 +590,7 @@ async fn proxy(
         if read_body.is_none()
             && let Some(incoming) = body.take()
         {
-            let b: Body = incoming.map_err(|e| -> BodyError { Box::new(e) }).boxed();
-            read_body = Some(response::read_capped(b, MAX_DECIDED_BODY).await.map_err(|_| {
-                Problem::new(
-                    Kind::RequestTooLarge,
-                    format!(
-                        "a JSON patch of a Secret is read whole and must be at most {MAX_DECIDED_BODY} bytes"
-                    ),
-                )
-            })?);
+            read_body = Some(read_request_body(incoming, "a JSON patch of a Secret is read whole").await?);
         }
         if let Some(why) = kubernetes::secret_patch_refusal(read_body.as_deref().unwrap_or_default()) {
             return Err(bad_request(why));
@@ -769,13 +769,7 @@ async fn proxy(
             && has_body(&parts.headers, body.as_ref())
             && let Some(incoming) = body.take()
         {
-            let b: Body = incoming.map_err(|e| -> BodyError { Box::new(e) }).boxed();
-            let bytes = response::read_capped(b, MAX_DECIDED_BODY).await.map_err(|_| {
-                Problem::new(
-                    Kind::RequestTooLarge,
-                    format!("requests that need approval are read whole and must be at most {MAX_DECIDED_BODY} bytes"),
-                )
-            })?;
+            let bytes = read_request_body(incoming, "requests that need approval are read whole").await?;
             // Read after the request went on record: its body goes on record now, before an
             // approver is asked and before anything is forwarded.
             let data = crate::recording::BodyEvent {
