@@ -1,6 +1,7 @@
 //! The ApprovalRequest controller (Kubernetes mode): turns the decisions approvers patch into
 //! `spec.decisions` into a phase, expires requests nobody decided and grants that ran out, and
-//! deletes finished requests after the retention period.
+//! deletes finished requests after the retention period. A deny written after the approval
+//! withdraws a grant not yet spent.
 //!
 //! Who wrote a decision is established at admission: the chart's ValidatingAdmissionPolicy lets a
 //! user write only the decision keyed by their own user name, only if they are in an approver group,
@@ -113,6 +114,15 @@ pub fn evaluate(
             Some(t) => e.next_change = Some(t),
             None => {}
         }
+    }
+    // A deny after the approval withdraws the grant while it is unspent (a Window's remaining
+    // time, an unused Once), as `agentgate approvals deny` does standalone: an approver who
+    // approved by mistake, or another who disagrees, ends it at once. Any deny seen here is new,
+    // since a deny while Pending would have denied the request then.
+    if e.phase == ApprovalPhase::Approved && valid.iter().any(|(_, d)| d.state == DecisionState::Denied) {
+        e.phase = ApprovalPhase::Denied;
+        e.decided_at = Some(now);
+        e.next_change = None;
     }
     if matches!(
         e.phase,

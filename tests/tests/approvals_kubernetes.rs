@@ -141,6 +141,10 @@ spec:
       action: RequireApproval
       http: {{methods: [PATCH], paths: ["/users/**"]}}
       approval: {two}
+    - name: group-members-window
+      action: RequireApproval
+      http: {{methods: [POST], paths: ["/groups/**"]}}
+      approval: {long_window}
 ---
 apiVersion: agentgate.dev/v1alpha1
 kind: AccessPolicy
@@ -186,6 +190,7 @@ spec:
             &format!(", grant: {{type: Window, duration: {WINDOW_SECS}s}}")
         ),
         two = approval("Defer", ", minApprovals: 2"),
+        long_window = approval("Defer", ", grant: {type: Window, duration: 10m}"),
     )
 }
 
@@ -559,6 +564,29 @@ fn http_requests_wait_for_decisions_made_with_kubectl() {
     c.eventually("the window's expiry", Duration::from_secs(10), || {
         c.phase(&name) == "Expired"
     });
+
+    // Withdrawal: the approver's own deny ends a Window at once, and nothing approves it again.
+    let r = c.http("POST", "/groups/g2/members", Some("{}"));
+    let name = request_of(&r);
+    c.approve("approver", &name);
+    assert_eq!(
+        c.http_approved(&name, "POST", "/groups/g2/members", Some("{}"))
+            .status,
+        200,
+        "{}",
+        c.logs()
+    );
+    let (ok, out) = c.plugin("approver", &["approvals", "approve", &name]);
+    assert!(!ok && out.contains("`deny` withdraws the grant"), "{out}");
+    let (ok, out) = c.plugin("approver", &["approvals", "deny", &name, "--reason", "revoked"]);
+    assert!(ok && out.contains("approval withdrawn; now Denied"), "{out}");
+    assert_eq!(c.get(&name, "{.spec.decisions.approver.reason}"), "revoked");
+    c.eventually("the gateway to see the withdrawal", WATCH_LAG, || {
+        let r = c.http("POST", "/groups/g3/members", Some("{}"));
+        r.status == 403 && request_of(&r) != name
+    });
+    let (ok, out) = c.plugin("bob", &["approvals", "approve", &name]);
+    assert!(!ok && out.contains("is Denied"), "{out}");
 
     // Decisions are counted in the gateway's metrics.
     let metrics = c.gateway.metrics();

@@ -247,7 +247,11 @@ pub(super) fn decided_line(r: &ApprovalRequest, verb: &str) -> String {
     let name = r.metadata.name.as_deref().unwrap_or_default();
     let status = r.status.clone().unwrap_or_default();
     let approvals = status.approvals.unwrap_or(0);
-    let done = if verb == "approve" { "approved" } else { "denied" };
+    let done = match verb {
+        "approve" => "approved",
+        "withdraw" => "approval withdrawn",
+        _ => "denied",
+    };
     let plural = if approvals == 1 { "" } else { "s" };
     match status.phase {
         ApprovalPhase::Pending => format!(

@@ -82,7 +82,8 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         wait: Duration,
     },
-    /// Deny a pending request as the current Kubernetes user.
+    /// Deny a pending request as the current Kubernetes user, or withdraw an approved one's
+    /// unspent grant (a Window's remaining time, an unused Once).
     Deny {
         name: String,
         /// Why; recorded with the decision.
@@ -207,12 +208,12 @@ async fn execute(plugin: &Plugin, out: &mut impl Write) -> Result<(), String> {
             writeln!(out, "{}", escape_controls(&text, true)).map_err(write_err)
         }
         Command::Approve { name, reason, wait } => {
-            let r = decide(client, &namespace, name, DecisionState::Approved, reason, *wait).await?;
-            writeln!(out, "{}", decided_line(&r, "approve")).map_err(write_err)
+            let (r, verb) = decide(client, &namespace, name, DecisionState::Approved, reason, *wait).await?;
+            writeln!(out, "{}", decided_line(&r, verb)).map_err(write_err)
         }
         Command::Deny { name, reason, wait } => {
-            let r = decide(client, &namespace, name, DecisionState::Denied, reason, *wait).await?;
-            writeln!(out, "{}", decided_line(&r, "deny")).map_err(write_err)
+            let (r, verb) = decide(client, &namespace, name, DecisionState::Denied, reason, *wait).await?;
+            writeln!(out, "{}", decided_line(&r, verb)).map_err(write_err)
         }
     }
 }
@@ -235,6 +236,7 @@ async fn whoami(client: Client) -> Result<String, String> {
 }
 
 /// Writes the caller's decision on `name` and waits up to `wait` for the operator's verdict.
+/// Returns the request as last read and what the decision did (`approve`, `deny`, `withdraw`).
 async fn decide(
     client: Client,
     namespace: &str,
@@ -242,7 +244,7 @@ async fn decide(
     state: DecisionState,
     reason: &Option<String>,
     wait: Duration,
-) -> Result<ApprovalRequest, String> {
+) -> Result<(ApprovalRequest, &'static str), String> {
     let name = path_segment(name)?;
     if reason.as_ref().is_some_and(|r| r.len() > MAX_REASON_BYTES) {
         return Err(format!("the reason is longer than {MAX_REASON_BYTES} bytes"));
@@ -254,25 +256,18 @@ async fn decide(
         .await
         .map_err(|e| api_error(&format!("cannot read approval request {name}"), e))?;
     let current = phase(&request);
-    if current != ApprovalPhase::Pending {
-        return Err(format!(
-            "ApprovalRequest {name} is {current:?}, no longer Pending: it cannot be decided"
-        ));
-    }
-    if request.spec.requester == user {
-        return Err(format!(
-            "{user} asked for this operation and cannot decide its own request"
-        ));
-    }
-    if request.spec.decisions.contains_key(&user) {
-        return Err(format!("{user} has already decided this request"));
-    }
+    check_decision(&request, &user, state)?;
+    let verb = match (state, current) {
+        (DecisionState::Approved, _) => "approve",
+        (DecisionState::Denied, ApprovalPhase::Approved) => "withdraw",
+        (DecisionState::Denied, _) => "deny",
+    };
     let decision = json!({
         "state": state,
         "reason": reason,
         "decidedAt": format_time(unix_now()),
     });
-    let patch = json!({"spec": {"decisions": {user.as_str(): decision}}});
+    let patch = decision_patch(&request, &user, decision)?;
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..Default::default()
@@ -290,11 +285,62 @@ async fn decide(
         let Ok(r) = api.get(name).await else { continue };
         let status = r.status.clone().unwrap_or_default();
         latest = r;
-        if status.phase != ApprovalPhase::Pending || status.approvals != before.approvals {
+        if status.phase != current || status.approvals != before.approvals {
             break;
         }
     }
-    Ok(latest)
+    Ok((latest, verb))
+}
+
+/// Refuses early, with a clear message, a decision the operator or the admission policy would
+/// ignore or refuse: on a request that has ended, the requester's own, a second one, or an
+/// approval of a request already approved. A deny on an Approved request withdraws its unspent
+/// grant (the approver's own earlier approval included).
+fn check_decision(request: &ApprovalRequest, user: &str, state: DecisionState) -> Result<(), String> {
+    let name = request.metadata.name.as_deref().unwrap_or_default();
+    let current = phase(request);
+    let withdrawing = current == ApprovalPhase::Approved && state == DecisionState::Denied;
+    if current != ApprovalPhase::Pending && !withdrawing {
+        return Err(format!(
+            "ApprovalRequest {name} is {current:?}, no longer Pending: it cannot be {}",
+            if current == ApprovalPhase::Approved {
+                "approved again (`deny` withdraws the grant)"
+            } else {
+                "decided"
+            }
+        ));
+    }
+    if request.spec.requester == user {
+        return Err(format!(
+            "{user} asked for this operation and cannot decide its own request"
+        ));
+    }
+    match request.spec.decisions.get(user) {
+        Some(d) if d.state == DecisionState::Denied => Err(format!("{user} has already denied this request")),
+        Some(_) if !withdrawing => Err(format!("{user} has already decided this request")),
+        _ => Ok(()),
+    }
+}
+
+/// The merge patch of `user`'s decision. It names the request's uid, which the API server keeps
+/// from changing: if the request read (and checked) was deleted and another of the same name
+/// made since, the patch is refused instead of deciding an operation the approver never saw.
+fn decision_patch(
+    request: &ApprovalRequest,
+    user: &str,
+    decision: serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let name = request.metadata.name.as_deref().unwrap_or_default();
+    let uid = request
+        .metadata
+        .uid
+        .as_deref()
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| format!("the API server gave ApprovalRequest {name} without a uid"))?;
+    Ok(json!({
+        "metadata": {"uid": uid},
+        "spec": {"decisions": {user: decision}},
+    }))
 }
 
 #[cfg(test)]
@@ -337,5 +383,70 @@ mod tests {
         ));
         // A decision needs a request name.
         assert!(Plugin::try_parse_from(["kubectl-agentgate", "approvals", "deny"]).is_err());
+    }
+
+    fn request(phase: ApprovalPhase, decisions: serde_json::Value) -> ApprovalRequest {
+        serde_json::from_value(json!({
+            "apiVersion": "agentgate.dev/v1alpha1",
+            "kind": "ApprovalRequest",
+            "metadata": {"name": "ci-agent-0a1b2c3d", "namespace": "agents", "uid": "u-1"},
+            "spec": {
+                "identity": "ci-agent", "requester": "ci-agent", "connection": "api",
+                "operation": {"kind": "HTTP", "summary": "PUT /users/1", "fingerprint": "ab12"},
+                "policy": {"name": "p", "rule": "r"},
+                "grant": {"type": "Window", "duration": "1h"},
+                "expiresAt": "2030-01-01T00:00:00Z",
+                "decisions": decisions,
+            },
+            "status": {"phase": phase},
+        }))
+        .expect("valid request")
+    }
+
+    /// A deny withdraws an approved request's grant, the approver's own approval included; a
+    /// second approval, a decision on an ended request, a repeated deny and the requester's own
+    /// decision are refused before anything is written.
+    #[test]
+    fn decisions_the_operator_would_ignore_are_refused_early() {
+        use ApprovalPhase::*;
+        use DecisionState::{Approved as Approve, Denied as Deny};
+        let alice_approved = json!({"alice": {"state": "Approved"}});
+        let check = |phase, decisions: &serde_json::Value, user, state| {
+            check_decision(&request(phase, decisions.clone()), user, state)
+        };
+        assert!(check(Pending, &json!({}), "alice", Approve).is_ok());
+        assert!(check(Pending, &json!({}), "alice", Deny).is_ok());
+        assert!(
+            check(Approved, &alice_approved, "alice", Deny).is_ok(),
+            "withdrawing one's own approval"
+        );
+        assert!(check(Approved, &alice_approved, "bob", Deny).is_ok());
+        let again = check(Approved, &alice_approved, "bob", Approve).unwrap_err();
+        assert!(again.contains("`deny` withdraws the grant"), "{again}");
+        let twice = check(Pending, &alice_approved, "alice", Approve).unwrap_err();
+        assert!(twice.contains("alice has already decided"), "{twice}");
+        let denied = json!({"alice": {"state": "Denied"}});
+        assert!(check(Pending, &denied, "alice", Deny).is_err());
+        for ended in [Denied, Expired, Used] {
+            let e = check(ended, &alice_approved, "bob", Deny).unwrap_err();
+            assert!(e.contains("cannot be decided"), "{e}");
+        }
+        let own = check(Pending, &json!({}), "ci-agent", Approve).unwrap_err();
+        assert!(own.contains("cannot decide its own request"), "{own}");
+    }
+
+    /// The decision names the uid read, so a request deleted and made again under the same name
+    /// is not decided unseen; without a uid nothing is written.
+    #[test]
+    fn a_decision_is_bound_to_the_request_read() {
+        let r = request(ApprovalPhase::Pending, json!({}));
+        let patch = decision_patch(&r, "alice", json!({"state": "Approved"})).unwrap();
+        assert_eq!(
+            patch,
+            json!({"metadata": {"uid": "u-1"}, "spec": {"decisions": {"alice": {"state": "Approved"}}}})
+        );
+        let mut no_uid = r;
+        no_uid.metadata.uid = None;
+        assert!(decision_patch(&no_uid, "alice", json!({})).is_err());
     }
 }

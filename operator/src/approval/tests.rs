@@ -179,6 +179,84 @@ fn a_used_grant_stays_used() {
     assert_eq!(e.next_change, Some(NOW + 5 + WEEK.as_secs() as i64));
 }
 
+/// A deny written after the approval withdraws the unspent grant: a Window ends at once (by the
+/// approver who gave it, or another); the requester's own deny, an unlisted user's, or one on a
+/// used grant changes nothing.
+#[test]
+fn a_deny_after_the_approval_withdraws_the_unspent_grant() {
+    let approved_at = |decisions: Value, phase: ApprovalPhase| {
+        let mut r = request(decisions, json!({"type": "Window", "duration": "30m"}));
+        r.status = Some(ApprovalRequestStatus {
+            phase,
+            decided_at: Some(format_time(NOW)),
+            grant_expires_at: Some(format_time(NOW + 1800)),
+            used_at: (phase == ApprovalPhase::Used).then(|| format_time(NOW + 5)),
+            ..Default::default()
+        });
+        r
+    };
+    let withdrawn = |by: &str| json!({ by: {"state": "Denied", "reason": "revoked"} });
+    let dba = rule(1, &["carol"], &["dba"]);
+    let e = evaluate(
+        &approved_at(withdrawn("alice"), ApprovalPhase::Approved),
+        Some(&dba),
+        HOUR,
+        WEEK,
+        NOW + 60,
+    );
+    assert_eq!((e.phase, e.decided_at), (ApprovalPhase::Denied, Some(NOW + 60)));
+    assert_eq!(
+        e.next_change,
+        Some(NOW + 60 + WEEK.as_secs() as i64),
+        "collected after retention"
+    );
+    let mut both = approved("alice");
+    both["bob"] = json!({"state": "Denied"});
+    let e = evaluate(
+        &approved_at(both, ApprovalPhase::Approved),
+        Some(&dba),
+        HOUR,
+        WEEK,
+        NOW + 60,
+    );
+    assert_eq!(e.phase, ApprovalPhase::Denied);
+    // Not an approver's: the requester, or a user a users-only rule does not list.
+    let e = evaluate(
+        &approved_at(withdrawn("agent-subject"), ApprovalPhase::Approved),
+        Some(&dba),
+        HOUR,
+        WEEK,
+        NOW + 60,
+    );
+    assert_eq!(e.phase, ApprovalPhase::Approved);
+    let users_only = rule(1, &["carol"], &[]);
+    let e = evaluate(
+        &approved_at(withdrawn("mallory"), ApprovalPhase::Approved),
+        Some(&users_only),
+        HOUR,
+        WEEK,
+        NOW + 60,
+    );
+    assert_eq!(e.phase, ApprovalPhase::Approved);
+    // A used grant cannot be withdrawn; an expired one has nothing left.
+    let e = evaluate(
+        &approved_at(withdrawn("alice"), ApprovalPhase::Used),
+        Some(&dba),
+        HOUR,
+        WEEK,
+        NOW + 60,
+    );
+    assert_eq!(e.phase, ApprovalPhase::Used);
+    let e = evaluate(
+        &approved_at(withdrawn("alice"), ApprovalPhase::Approved),
+        Some(&dba),
+        HOUR,
+        WEEK,
+        NOW + 1800,
+    );
+    assert_eq!(e.phase, ApprovalPhase::Expired);
+}
+
 /// The `Approved` condition follows the phase: Unknown while pending, True once approved (and
 /// after a Once grant is used), False with the reason after a denial or expiry.
 #[test]

@@ -816,6 +816,20 @@ impl Store {
         record_fields: bool,
     ) -> Result<Value, ApiError> {
         Self::check_kind(rt, &mut new)?;
+        // A uid in the new object must be the stored one (metadata.uid is immutable): clients
+        // send it so that a write meant for a deleted object never lands on its successor.
+        if let (Some(sent), Some(stored)) = (meta_str(&new, "uid"), meta_str(&current, "uid"))
+            && sent != stored
+        {
+            let name = meta_str(&current, "name").unwrap_or_default();
+            return Err(Self::invalid(
+                rt,
+                name,
+                "metadata.uid",
+                FieldErrorKind::Invalid,
+                format!("Invalid value: \"{sent}\": field is immutable"),
+            ));
+        }
         for field in [
             "uid",
             "creationTimestamp",
@@ -1318,6 +1332,41 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code, 409);
         assert_eq!(err.reason, "Conflict");
+    }
+
+    /// A write naming another uid than the stored one is refused (422), as the API server's
+    /// immutable-field check does; one naming the same uid, or none, goes through.
+    #[test]
+    fn the_uid_cannot_change() {
+        let (mut store, cm) = store_and_cm();
+        let created = store
+            .create(&cm, "default", json!({"metadata": {"name": "a"}}), &opts())
+            .unwrap();
+        let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
+        let merge = |uid: &str| json!({"metadata": {"uid": uid}, "data": {"k": "v"}}).to_string();
+        let mut patch = |uid: &str| {
+            let body = merge(uid);
+            store.patch(
+                &cm,
+                "default",
+                "a",
+                "application/merge-patch+json",
+                body.as_bytes(),
+                None,
+                &opts(),
+            )
+        };
+        let err = patch("other").unwrap_err();
+        assert_eq!((err.code, err.reason), (422, "Invalid"));
+        assert!(
+            err.message
+                .contains("metadata.uid: Invalid value: \"other\": field is immutable"),
+            "{}",
+            err.message
+        );
+        let (same, _) = patch(&uid).unwrap();
+        assert_eq!(same["metadata"]["uid"], json!(uid));
+        assert_eq!(same["data"]["k"], "v");
     }
 
     #[test]
