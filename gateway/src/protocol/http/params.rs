@@ -13,6 +13,11 @@ pub const MAX_BODY_PARAMS: usize = 10_000;
 /// Deepest JSON nesting flattened into field names.
 const MAX_DEPTH: usize = 32;
 
+/// Most bytes of names and values flattened from one JSON body. Each nested value's name repeats
+/// its parents' names, so a long key over a wide array would otherwise grow to the key's length
+/// times the array's (a 1 MiB body to gigabytes); past this the body is left unread.
+pub const MAX_JSON_FIELD_BYTES: usize = 4 << 20;
+
 /// The fields of an `application/x-www-form-urlencoded` body, names and values percent-decoded
 /// (`+` is a space), split at `&` and at `;` (which older Rack and Python read as `&`), or
 /// `None` past [`MAX_BODY_PARAMS`]. Bad escapes are kept as they are, as frameworks keep them.
@@ -39,44 +44,65 @@ pub fn form_fields(body: &[u8]) -> Option<Vec<(String, String)>> {
 /// The fields of a JSON body's top-level object, flattened as Rails and PHP name nested ones:
 /// `{"user": {"role": "admin"}, "tags": ["a"]}` is `user[role]=admin` and `tags[]=a`. Scalars
 /// other than strings stand as their JSON text. A body that is not an object has none; `None`
-/// past [`MAX_BODY_PARAMS`] or [`MAX_DEPTH`].
+/// past [`MAX_BODY_PARAMS`], [`MAX_DEPTH`] or [`MAX_JSON_FIELD_BYTES`].
 pub fn json_fields(body: &Value) -> Option<Vec<(String, String)>> {
-    let mut out = Vec::new();
+    let mut fields = Fields {
+        out: Vec::new(),
+        bytes: 0,
+    };
     if let Value::Object(map) = body {
         for (k, v) in map {
-            flatten(k.clone(), v, 1, &mut out)?;
+            fields.flatten(&mut k.clone(), v, 1)?;
         }
     }
-    Some(out)
+    Some(fields.out)
 }
 
-fn flatten(name: String, v: &Value, depth: usize, out: &mut Vec<(String, String)>) -> Option<()> {
-    if depth > MAX_DEPTH {
-        return None;
+/// The fields flattened so far and their size in bytes.
+struct Fields {
+    out: Vec<(String, String)>,
+    bytes: usize,
+}
+
+impl Fields {
+    /// Adds the fields under `name`; `name` is one buffer, extended for each child and cut back
+    /// after it, so nothing is allocated for a name the budget refuses.
+    fn flatten(&mut self, name: &mut String, v: &Value, depth: usize) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        let parent = name.len();
+        match v {
+            Value::Object(map) => {
+                for (k, x) in map {
+                    name.push('[');
+                    name.push_str(k);
+                    name.push(']');
+                    self.flatten(name, x, depth + 1)?;
+                    name.truncate(parent);
+                }
+            }
+            Value::Array(items) => {
+                for x in items {
+                    name.push_str("[]");
+                    self.flatten(name, x, depth + 1)?;
+                    name.truncate(parent);
+                }
+            }
+            scalar => {
+                let text = match scalar {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                self.bytes = self.bytes.saturating_add(name.len() + text.len());
+                if self.out.len() == MAX_BODY_PARAMS || self.bytes > MAX_JSON_FIELD_BYTES {
+                    return None;
+                }
+                self.out.push((name.clone(), text));
+            }
+        }
+        Some(())
     }
-    match v {
-        Value::Object(map) => {
-            for (k, x) in map {
-                flatten(format!("{name}[{k}]"), x, depth + 1, out)?;
-            }
-        }
-        Value::Array(items) => {
-            for x in items {
-                flatten(format!("{name}[]"), x, depth + 1, out)?;
-            }
-        }
-        scalar => {
-            if out.len() == MAX_BODY_PARAMS {
-                return None;
-            }
-            let text = match scalar {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            out.push((name, text));
-        }
-    }
-    Some(())
 }
 
 #[cfg(test)]
@@ -127,5 +153,20 @@ mod tests {
         assert!(json_fields(&serde_json::json!({ "a": deep })).is_none());
         let wide = Value::Array(vec![Value::Bool(true); MAX_BODY_PARAMS + 1]);
         assert!(json_fields(&serde_json::json!({ "a": wide })).is_none());
+    }
+
+    /// A long key over a wide array names every element after the key: a 1 MiB body would have
+    /// flattened to 10,000 names of 1 MB each. Past the byte budget it is left unread, having
+    /// allocated no more than the budget.
+    #[test]
+    fn repeated_long_names_are_bounded_by_the_byte_budget() {
+        let key = "A".repeat(1_000_000);
+        let body = serde_json::json!({ key.clone(): vec![0; 10_000] });
+        assert!(json_fields(&body).is_none());
+        // Within the budget the same shape is read.
+        let body = serde_json::json!({ "A".repeat(100): vec![0; 1_000] });
+        let fields = json_fields(&body).unwrap();
+        assert_eq!(fields.len(), 1_000);
+        assert_eq!(fields[0], (format!("{}[]", "A".repeat(100)), "0".to_string()));
     }
 }

@@ -31,6 +31,10 @@ pub enum Kind {
     BadRequest,
     NoRoute,
     RequestTooLarge,
+    /// A request body read before the decision did not arrive in time.
+    RequestTimeout,
+    /// The gateway holds as many bodies as its memory budget allows.
+    GatewayBusy,
     UnsupportedUpgrade,
     ConfigurationUnavailable,
     IdentityProviderUnavailable,
@@ -56,6 +60,8 @@ impl Kind {
             Kind::BadRequest => "bad-request",
             Kind::NoRoute => "no-route",
             Kind::RequestTooLarge => "request-too-large",
+            Kind::RequestTimeout => "request-timeout",
+            Kind::GatewayBusy => "gateway-busy",
             Kind::UnsupportedUpgrade => "unsupported-upgrade",
             Kind::ConfigurationUnavailable => "configuration-unavailable",
             Kind::IdentityProviderUnavailable => "identity-provider-unavailable",
@@ -75,10 +81,12 @@ impl Kind {
             Kind::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Kind::RecordingUnavailable
             | Kind::ConfigurationUnavailable
-            | Kind::IdentityProviderUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | Kind::IdentityProviderUnavailable
+            | Kind::GatewayBusy => StatusCode::SERVICE_UNAVAILABLE,
             Kind::BadRequest => StatusCode::BAD_REQUEST,
             Kind::NoRoute => StatusCode::NOT_FOUND,
             Kind::RequestTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Kind::UnsupportedUpgrade => StatusCode::NOT_IMPLEMENTED,
         }
     }
@@ -93,6 +101,7 @@ impl Kind {
             StatusCode::FORBIDDEN => "Forbidden",
             StatusCode::NOT_FOUND => "NotFound",
             StatusCode::PAYLOAD_TOO_LARGE => "RequestEntityTooLarge",
+            StatusCode::REQUEST_TIMEOUT => "Timeout",
             StatusCode::SERVICE_UNAVAILABLE => "ServiceUnavailable",
             StatusCode::GATEWAY_TIMEOUT => "Timeout",
             StatusCode::NOT_IMPLEMENTED => "NotImplemented",
@@ -117,6 +126,8 @@ impl Kind {
             Kind::BadRequest => "Bad request",
             Kind::NoRoute => "No route",
             Kind::RequestTooLarge => "Request too large",
+            Kind::RequestTimeout => "Request body timed out",
+            Kind::GatewayBusy => "Gateway busy",
             Kind::UnsupportedUpgrade => "Protocol upgrade not supported",
             Kind::ConfigurationUnavailable => "Gateway not configured",
             Kind::IdentityProviderUnavailable => "Identity provider unavailable",

@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use agentgate_crds::approval::OperationKind;
 use agentgate_crds::connection::ConnectionType;
@@ -43,6 +43,9 @@ use agentgate_crds::policy::UnparseablePolicy;
 
 /// Largest request body read to evaluate `jsonBody` conditions.
 pub const MAX_DECIDED_BODY: usize = 1024 * 1024;
+/// Longest a request body read before the decision may take to arrive: a client trickling it
+/// would otherwise hold its share of the body budget, and its task, for as long as it likes.
+pub const REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest request body forwarded at all.
 pub const MAX_REQUEST_BODY: u64 = 64 * 1024 * 1024;
 
@@ -321,18 +324,46 @@ fn body_overrides(kind: BodyKind, boundary: Option<&[u8]>, bytes: &[u8]) -> bool
     }
 }
 
-/// Reads a request body whole, at most [`MAX_DECIDED_BODY`] bytes; `why` says why it is read.
-async fn read_request_body(body: Incoming, why: &str) -> Result<Bytes, Problem> {
+/// Reads a request body whole, at most [`MAX_DECIDED_BODY`] bytes within
+/// [`REQUEST_BODY_TIMEOUT`], holding a share of the gateway's body budget (the one masking
+/// draws on) for as long as the returned permit lives; `why` says why it is read.
+async fn read_request_body<'g>(
+    gw: &'g Gateway,
+    body: Incoming,
+    why: &str,
+) -> Result<(Bytes, Option<tokio::sync::SemaphorePermit<'g>>), Problem> {
     let body: Body = body.map_err(|e| -> BodyError { Box::new(e) }).boxed();
-    response::read_capped(body, MAX_DECIDED_BODY)
-        .await
-        .map_err(|e| match e {
-            MaskFailure::TooLarge => Problem::new(
-                Kind::RequestTooLarge,
-                format!("{why} and must be at most {MAX_DECIDED_BODY} bytes"),
+    read_body_within(body, &gw.masking_budget, REQUEST_BODY_TIMEOUT, why).await
+}
+
+/// [`read_request_body`] of any body, with its budget and time limit.
+async fn read_body_within<'g>(
+    body: Body,
+    budget: &'g tokio::sync::Semaphore,
+    timeout: Duration,
+    why: &str,
+) -> Result<(Bytes, Option<tokio::sync::SemaphorePermit<'g>>), Problem> {
+    let read = response::read_within(body, MAX_DECIDED_BODY, Some(budget));
+    let Ok(read) = tokio::time::timeout(timeout, read).await else {
+        return Err(Problem::new(
+            Kind::RequestTimeout,
+            format!(
+                "{why}, and the body did not arrive within {} ms",
+                timeout.as_millis()
             ),
-            _ => bad_request("the request body could not be read"),
-        })
+        ));
+    };
+    read.map_err(|e| match e {
+        MaskFailure::TooLarge => Problem::new(
+            Kind::RequestTooLarge,
+            format!("{why} and must be at most {MAX_DECIDED_BODY} bytes"),
+        ),
+        MaskFailure::Busy => Problem::new(
+            Kind::GatewayBusy,
+            format!("the gateway already holds {MAX_MASKING_MEMORY} bytes of bodies; retry later"),
+        ),
+        _ => bad_request("the request body could not be read"),
+    })
 }
 
 /// A body's JSON document for its parameters: the one parsed for the decision, or the body
@@ -433,6 +464,9 @@ async fn proxy(
     started: Instant,
 ) -> Result<Response<Body>, Problem> {
     let (mut parts, body) = req.into_parts();
+    // Shares of the body budget for the request body read before the decision; released when
+    // the request has been forwarded or refused.
+    let mut body_permits = Vec::new();
     check_framing(&parts)?;
     if (parts.method == Method::GET || parts.method == Method::HEAD)
         && !hyper::body::Body::is_end_stream(&body)
@@ -515,8 +549,13 @@ async fn proxy(
             && declared_length(&parts.headers).is_none_or(|n| n <= MAX_DECIDED_BODY as u64)))
         && !bodiless
     {
-        let bytes =
-            read_request_body(body, "request bodies on this connection are read to decide them").await?;
+        let (bytes, permit) = read_request_body(
+            gw,
+            body,
+            "request bodies on this connection are read to decide them",
+        )
+        .await?;
+        body_permits.extend(permit);
         if body_overrides(kind, boundary.as_deref(), &bytes) {
             return Err(method_override_refused());
         }
@@ -545,6 +584,8 @@ async fn proxy(
         (Some(_), None) => BodyView::NotJson,
     };
     let body_fields = match (&read_body, params_kind) {
+        // No rule reads them: not worth the flattening.
+        _ if !needs_params => None,
         (Some(b), _) if b.is_empty() => Some(Vec::new()),
         // Compressed: its fields are what the upstream decompresses, not these bytes.
         _ if encoded => None,
@@ -590,7 +631,10 @@ async fn proxy(
         if read_body.is_none()
             && let Some(incoming) = body.take()
         {
-            read_body = Some(read_request_body(incoming, "a JSON patch of a Secret is read whole").await?);
+            let (bytes, permit) =
+                read_request_body(gw, incoming, "a JSON patch of a Secret is read whole").await?;
+            body_permits.extend(permit);
+            read_body = Some(bytes);
         }
         if let Some(why) = kubernetes::secret_patch_refusal(read_body.as_deref().unwrap_or_default()) {
             return Err(bad_request(why));
@@ -769,7 +813,9 @@ async fn proxy(
             && has_body(&parts.headers, body.as_ref())
             && let Some(incoming) = body.take()
         {
-            let bytes = read_request_body(incoming, "requests that need approval are read whole").await?;
+            let (bytes, permit) =
+                read_request_body(gw, incoming, "requests that need approval are read whole").await?;
+            body_permits.extend(permit);
             // Read after the request went on record: its body goes on record now, before an
             // approver is asked and before anything is forwarded.
             let data = crate::recording::BodyEvent {
@@ -1743,6 +1789,46 @@ fn refusal_for(d: &Decision<'_>, explained: String) -> Option<Problem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request body read before the decision is bounded in time (a client that sends part of
+    /// it and stalls gets 408) and in memory (the gateway's body budget spent: 503); one within
+    /// both is read whole and holds its share of the budget until the permit is dropped.
+    #[tokio::test]
+    async fn request_bodies_read_to_decide_are_bounded_in_time_and_memory() {
+        let frame = || Ok::<_, BodyError>(hyper::body::Frame::data(Bytes::from_static(b"{\"a\":")));
+        let stalled = || -> Body {
+            let frames = futures_util::StreamExt::chain(
+                futures_util::stream::iter([frame()]),
+                futures_util::stream::pending(),
+            );
+            http_body_util::StreamBody::new(frames).boxed()
+        };
+        let budget = response::masking_budget();
+        let wait = Duration::from_millis(100);
+        let e = read_body_within(stalled(), &budget, wait, "read")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.kind, e.status()),
+            (Kind::RequestTimeout, StatusCode::REQUEST_TIMEOUT)
+        );
+        assert!(e.detail.contains("did not arrive within 100 ms"), "{}", e.detail);
+        let spent = tokio::sync::Semaphore::new(0);
+        let e = read_body_within(full(Bytes::from_static(b"{}")), &spent, wait, "read")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (e.kind, e.status()),
+            (Kind::GatewayBusy, StatusCode::SERVICE_UNAVAILABLE)
+        );
+        let (bytes, permit) = read_body_within(full(Bytes::from(vec![b' '; 4096])), &budget, wait, "read")
+            .await
+            .unwrap();
+        assert_eq!(bytes.len(), 4096);
+        assert_eq!(budget.available_permits(), MAX_MASKING_MEMORY / 1024 - 4);
+        drop(permit);
+        assert_eq!(budget.available_permits(), MAX_MASKING_MEMORY / 1024);
+    }
 
     /// Under `onUnparseable: Allow`, JSON the parser refuses passes unparsed, yet its text still
     /// gets the detectors.
