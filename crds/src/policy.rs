@@ -204,8 +204,10 @@ pub struct KubernetesMatch {
     #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
     pub resources: Vec<String>,
     /// Subresources, e.g. `exec`, `attach`, `portforward`, `proxy`, `ephemeralcontainers`, `status`;
-    /// `*` any, except that an Allow rule grants `ephemeralcontainers` (which runs code in the pod)
-    /// only when it names it. Empty: only requests without a subresource.
+    /// `*` any, except that an Allow rule grants `ephemeralcontainers` (which runs code in the pod),
+    /// `token` (a ServiceAccount's TokenRequest, a live token for another identity) and `approval`
+    /// (a CertificateSigningRequest's, which issues a client certificate) only when it names them.
+    /// Empty: only requests without a subresource.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(min = 1, max = 63)))]
     pub subresources: Vec<String>,

@@ -818,6 +818,17 @@ fn secret_values_cannot_be_patched_out_of_masking() {
             json!([{"op": "test", "path": "x/data/password", "value": BASE64.encode(SECRET_VALUE)}]),
             "may not test",
         ),
+        // `kubectl apply` repeated the data in its annotation, masked by that key only.
+        (
+            json!([{"op": "copy",
+                    "from": "/metadata/annotations/kubectl.kubernetes.io~1last-applied-configuration",
+                    "path": "/metadata/annotations/leak"}]),
+            "may not copy or move",
+        ),
+        (
+            json!([{"op": "move", "from": "/metadata/annotations", "path": "/metadata/labels"}]),
+            "may not copy or move",
+        ),
     ];
     for (ops, why) in refused {
         let out = patch(ops.clone());

@@ -32,6 +32,15 @@ pub const MAX_MASKED_BODY: usize = 16 * 1024 * 1024;
 /// Deepest nesting of objects and arrays accepted.
 pub const MAX_JSON_DEPTH: usize = 128;
 
+/// The annotations in which apply tools repeat a whole manifest, a Secret's data included: each
+/// has a selector in [`KUBERNETES_SECRET_FIELDS`], and a JSON patch of a Secret may not copy out
+/// of them.
+pub const SECRET_COPY_ANNOTATIONS: [&str; 3] = [
+    "kubectl.kubernetes.io/last-applied-configuration",
+    "kapp.k14s.io/original",
+    "objectset.rio.cattle.io/applied",
+];
+
 /// Selectors that hide the values of Kubernetes Secrets: each value of `data` and `stringData` at
 /// any depth (a Secret, a SecretList, a watch event), as [`strategy::SECRET_REDACTED`] so the
 /// object keeps its shape and typed clients still decode it, and the annotations in which

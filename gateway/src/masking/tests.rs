@@ -455,3 +455,15 @@ fn every_detector_masks_what_any_policy_could() {
     );
     assert_eq!(report.detections, 2);
 }
+
+/// Every annotation a Secret patch may not copy from is one the Secret masking hides.
+#[test]
+fn the_annotations_patches_may_not_copy_from_are_the_masked_ones() {
+    for annotation in SECRET_COPY_ANNOTATIONS {
+        let selector = format!("$..['{annotation}']");
+        assert!(
+            KUBERNETES_SECRET_FIELDS.iter().any(|(s, _)| *s == selector),
+            "{annotation} is not masked"
+        );
+    }
+}

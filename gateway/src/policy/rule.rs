@@ -1203,6 +1203,36 @@ mod tests {
         assert!(compile(&rule(&named)).unwrap().matches(Action::Allow, &patch, 0));
         let both = any.replace("['*']", "['*', ephemeralcontainers]");
         assert!(compile(&rule(&both)).unwrap().matches(Action::Allow, &patch, 0));
+        // A TokenRequest mints a credential for another identity; approving a CSR issues one.
+        let token = kube(
+            KubernetesVerb::Create,
+            "serviceaccounts",
+            Some("token"),
+            Some("ci"),
+            Some("deployer"),
+        );
+        let any_sa = "name: r\naction: Allow\nkubernetes:\n  resources: ['*']\n  subresources: ['*']\n";
+        assert!(!compile(&rule(any_sa)).unwrap().matches(Action::Allow, &token, 0));
+        let named = any_sa.replace("subresources: ['*']", "subresources: [token]");
+        assert!(compile(&rule(&named)).unwrap().matches(Action::Allow, &token, 0));
+        let approval = kube(
+            KubernetesVerb::Update,
+            "certificatesigningrequests",
+            Some("approval"),
+            None,
+            Some("csr-1"),
+        );
+        assert!(
+            !compile(&rule(any_sa))
+                .unwrap()
+                .matches(Action::Allow, &approval, 0)
+        );
+        let deny_any = any_sa.replace("Allow", "Deny");
+        assert!(
+            compile(&rule(&deny_any))
+                .unwrap()
+                .matches(Action::Deny, &token, 0)
+        );
     }
 
     fn sql_matches(yaml_rule: &str, sql: &str) -> bool {

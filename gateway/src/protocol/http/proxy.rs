@@ -1005,7 +1005,13 @@ async fn proxy(
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let tables = !applicable.iter().any(|p| p.masking.has_field_rules());
+        // Table cells carry values without their field names, out of the field rules' reach.
+        // A core Secret's cells are safe (name, type, a count of keys, age); a `secrets`
+        // resource of another group is masked like one, but its printer columns may show data.
+        let other_secrets = kube_info
+            .as_ref()
+            .is_some_and(|k| k.resource == "secrets" && !k.api_group.is_empty());
+        let tables = !applicable.iter().any(|p| p.masking.has_field_rules()) && !other_secrets;
         if let Ok(v) = HeaderValue::from_str(&kubernetes::json_accept(accept.as_deref(), tables)) {
             out_headers.insert(header::ACCEPT, v);
         }

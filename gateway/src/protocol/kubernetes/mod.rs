@@ -6,6 +6,8 @@ pub mod request_info;
 
 pub use request_info::{RequestInfo, RequestInfoError, derive};
 
+use crate::masking::SECRET_COPY_ANNOTATIONS;
+
 /// Subresources that open a shell, a stream or a tunnel into a workload or node: `pods/exec`,
 /// `pods/attach`, `pods/portforward` (SPDY or WebSocket upgrades) and `pods/proxy`,
 /// `services/proxy`, `nodes/proxy` (arbitrary HTTP, upgrades included, to the target). The gateway
@@ -16,10 +18,16 @@ pub use request_info::{RequestInfo, RequestInfoError, derive};
 pub const EXEC_LIKE_SUBRESOURCES: &[&str] = &["exec", "attach", "portforward", "proxy"];
 
 /// Subresources an Allow rule grants only by name, never through `subresources: ["*"]`:
-/// `pods/ephemeralcontainers` runs the container's own `command` as soon as it is written, in the
-/// pod's network and (with `targetContainerName`) its processes, with its volumes and mounted
-/// tokens: exec without an upgrade. A Deny or RequireApproval rule's `*` still covers it.
-pub const NAMED_ONLY_SUBRESOURCES: &[&str] = &["ephemeralcontainers"];
+/// - `pods/ephemeralcontainers` runs the container's own `command` as soon as it is written, in
+///   the pod's network and (with `targetContainerName`) its processes, with its volumes and
+///   mounted tokens: exec without an upgrade;
+/// - `serviceaccounts/token` answers with a live token of another ServiceAccount, made with the
+///   gateway's credential: usable against the API server directly, or as another identity;
+/// - `certificatesigningrequests/approval` approves a CSR, whose certificate is then a client
+///   credential of its own.
+///
+/// A Deny or RequireApproval rule's `*` still covers them.
+pub const NAMED_ONLY_SUBRESOURCES: &[&str] = &["ephemeralcontainers", "token", "approval"];
 
 /// Built-in resources that live in no namespace, by API group: a rule naming namespaces leaves
 /// them be. Any other resource (a custom one, say) may be namespaced, so a request for it that
@@ -206,10 +214,28 @@ pub fn secret_patch_refusal(body: &[u8]) -> Option<&'static str> {
 }
 
 /// Whether a JSON pointer names a Secret's values or something holding them: the whole object,
-/// `data`, `stringData` or within them, or a pointer the gateway might read otherwise than the
-/// server (one without a leading `/`).
+/// `data`, `stringData` or within them, the annotations in which apply tools repeat the data
+/// ([`SECRET_COPY_ANNOTATIONS`], masked by their key, so a copy under another key would not
+/// be), `metadata` or `metadata/annotations` whole, or a pointer the gateway might read otherwise
+/// than the server (one without a leading `/`).
 fn holds_secret_values(pointer: &str) -> bool {
-    pointer.is_empty() || !pointer.starts_with('/') || from_secret_field(pointer)
+    if pointer.is_empty() || !pointer.starts_with('/') || from_secret_field(pointer) {
+        return true;
+    }
+    let tokens: Vec<String> = pointer
+        .split('/')
+        .skip(1)
+        .map(|t| t.replace("~1", "/").replace("~0", "~"))
+        .collect();
+    match tokens.as_slice() {
+        [m] | [m, _] if m != "metadata" => false,
+        [_] => true,
+        [_, a] => a == "annotations",
+        [m, a, key, ..] => {
+            m == "metadata" && a == "annotations" && SECRET_COPY_ANNOTATIONS.contains(&key.as_str())
+        }
+        [] => true,
+    }
 }
 
 /// Whether a JSON pointer's first token is `data` or `stringData` (`~1` and `~0` unescaped), as
@@ -269,6 +295,24 @@ mod tests {
             ("test", None, " /data/p"),
             ("copy", Some("data"), "/metadata/annotations/a"),
             ("copy", Some("/data/p"), "x/metadata/annotations/a"),
+            // The annotations that repeat the data, masked by their key only.
+            (
+                "copy",
+                Some("/metadata/annotations/kubectl.kubernetes.io~1last-applied-configuration"),
+                "/metadata/annotations/x",
+            ),
+            (
+                "move",
+                Some("/metadata/annotations/kapp.k14s.io~1original"),
+                "/metadata/labels/x",
+            ),
+            ("copy", Some("/metadata/annotations"), "/metadata/labels"),
+            ("copy", Some("/metadata"), "/metadata/annotations/x"),
+            (
+                "test",
+                None,
+                "/metadata/annotations/objectset.rio.cattle.io~1applied",
+            ),
         ] {
             assert!(refused(op(kind, from, path)), "{kind} {from:?} {path}");
         }
@@ -283,6 +327,8 @@ mod tests {
             serde_json::json!([{"op": "move", "from": "/data/p", "path": "/stringData/q"}]),
             serde_json::json!([{"op": "replace", "path": "/data/p", "value": "eA=="}]),
             serde_json::json!([{"op": "test", "path": "/metadata/name", "value": "db"}]),
+            serde_json::json!([{"op": "copy", "from": "/metadata/annotations/team", "path": "/metadata/labels/team"}]),
+            serde_json::json!([{"op": "copy", "from": "/metadata/labels", "path": "/metadata/annotations/l"}]),
             serde_json::json!([]),
         ] {
             assert_eq!(secret_patch_refusal(ok.to_string().as_bytes()), None, "{ok}");
