@@ -36,6 +36,10 @@ pub enum SessionsCommand {
     Show {
         /// A session file.
         file: PathBuf,
+        /// Base64url Ed25519 public key of the gateway: also check the closing signature, and
+        /// exit 1 unless the session is closed and signed by this key.
+        #[arg(long, allow_hyphen_values = true)]
+        public_key: Option<String>,
     },
     /// Play a session back as a transcript: each request and its decision, response and body,
     /// each SQL statement, decision and result rows, with the time since the session began.
@@ -43,6 +47,10 @@ pub enum SessionsCommand {
     Replay {
         /// A session file.
         file: PathBuf,
+        /// Base64url Ed25519 public key of the gateway: also check the closing signature, and
+        /// exit 1 unless the session is closed and signed by this key.
+        #[arg(long, allow_hyphen_values = true)]
+        public_key: Option<String>,
         /// Pause between events as they were spaced when recorded, this many times faster
         /// (pauses capped at 5 s); without it, print at once.
         #[arg(long, value_parser = parse_speed)]
@@ -53,15 +61,22 @@ pub enum SessionsCommand {
         /// Session files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// Base64url Ed25519 public key of the gateway; when given, closing signatures are checked.
+        /// Base64url Ed25519 public key of the gateway; when given, closing signatures are
+        /// checked, and a file without a signed closing event fails (see --allow-open).
         // One key in 64 starts with '-', which is still the value, not an option.
         #[arg(long, allow_hyphen_values = true)]
         public_key: Option<String>,
         /// Fail a file that has no closing event (signed, with --public-key). A file cut off
         /// mid-session verifies up to its last event, so only a closing event shows that nothing
-        /// was removed from its end: archived evidence should be checked with this flag.
+        /// was removed from its end: archived evidence should be checked with this flag. Implied
+        /// by --public-key: only the closing signature covers the events, and an unsigned file is
+        /// one anybody who can write the archive could have written.
         #[arg(long)]
         require_closed: bool,
+        /// With --public-key, accept files still open (or cut off by a crash) on their hash
+        /// chain alone, as sessions in progress: they are reported as not signed.
+        #[arg(long, conflicts_with = "require_closed")]
+        allow_open: bool,
     },
     /// Print the base64url public key of a signing key (the PKCS#8 PEM that
     /// `recording.signingKeySecretRef` names), for `verify --public-key`.
@@ -104,13 +119,21 @@ fn execute(cmd: SessionsCommand, out: &mut impl Write) -> io::Result<bool> {
             let window = (bound("since", since)?, bound("until", until)?);
             list(&dir, identity.as_deref(), connection.as_deref(), window, out)
         }
-        SessionsCommand::Show { file } => show(&file, out),
-        SessionsCommand::Replay { file, speed } => replay(&file, speed, out),
+        SessionsCommand::Show { file, public_key } => show(&file, public_key.as_deref(), out),
+        SessionsCommand::Replay {
+            file,
+            public_key,
+            speed,
+        } => replay(&file, public_key.as_deref(), speed, out),
         SessionsCommand::Verify {
             files,
             public_key,
             require_closed,
-        } => verify(&files, public_key.as_deref(), require_closed, out),
+            allow_open,
+        } => {
+            let require_closed = require_closed || (public_key.is_some() && !allow_open);
+            verify(&files, public_key.as_deref(), require_closed, out)
+        }
         SessionsCommand::PublicKey { file } => public_key(&file, out),
     }
 }
@@ -230,9 +253,9 @@ fn list(
     Ok(true)
 }
 
-fn show(file: &Path, out: &mut impl Write) -> io::Result<bool> {
+fn show(file: &Path, public_key: Option<&str>, out: &mut impl Write) -> io::Result<bool> {
     let mut written = Ok(());
-    let result = verify_events(file, None, |e| {
+    let result = verify_events(file, public_key, |e| {
         if written.is_ok() {
             // serde_json escapes only characters below 0x20: DEL and C1 controls (U+009B is a
             // CSI to many terminals) would pass, so the text goes through `safe` too.
@@ -241,15 +264,42 @@ fn show(file: &Path, out: &mut impl Write) -> io::Result<bool> {
         }
     });
     written?;
-    let ok = result.is_ok();
-    writeln!(out, "{}", outcome(file, &result))?;
-    Ok(ok)
+    finish(file, public_key, &result, out)
+}
+
+/// The last line of `show` and `replay`: the file's verification, and whether it passes (with a
+/// key, only a closed file signed by it does).
+fn finish(
+    file: &Path,
+    public_key: Option<&str>,
+    result: &Result<VerifyReport, VerifyError>,
+    out: &mut impl Write,
+) -> io::Result<bool> {
+    if public_key.is_some()
+        && let Ok(r) = result
+        && !r.signed
+    {
+        writeln!(
+            out,
+            "INCOMPLETE {}: {} events and no signed closing event; nothing above is vouched for by the key",
+            safe(&file.display().to_string()),
+            r.events
+        )?;
+        return Ok(false);
+    }
+    writeln!(out, "{}", outcome(file, result))?;
+    Ok(result.is_ok())
 }
 
 /// The longest pause `replay --speed` makes between two events.
 const MAX_REPLAY_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn replay(file: &Path, speed: Option<f64>, out: &mut impl Write) -> io::Result<bool> {
+fn replay(
+    file: &Path,
+    public_key: Option<&str>,
+    speed: Option<f64>,
+    out: &mut impl Write,
+) -> io::Result<bool> {
     let micros = |ts: &str| {
         ts.parse::<k8s_openapi::jiff::Timestamp>()
             .ok()
@@ -259,7 +309,7 @@ fn replay(file: &Path, speed: Option<f64>, out: &mut impl Write) -> io::Result<b
     // The latest time seen: an event stamped earlier (a clock step) neither pauses nor rewinds.
     let mut latest: Option<i64> = None;
     let mut written = Ok(());
-    let result = verify_events(file, None, |e| {
+    let result = verify_events(file, public_key, |e| {
         if written.is_err() {
             return;
         }
@@ -280,9 +330,7 @@ fn replay(file: &Path, speed: Option<f64>, out: &mut impl Write) -> io::Result<b
         written = transcript(offset, e, out).and_then(|()| out.flush());
     });
     written?;
-    let ok = result.is_ok();
-    writeln!(out, "{}", outcome(file, &result))?;
-    Ok(ok)
+    finish(file, public_key, &result, out)
 }
 
 /// One event of a transcript: what happened, in the words of its protocol.
@@ -693,6 +741,7 @@ mod tests {
 
         let (ok, text) = run_to_string(SessionsCommand::Replay {
             file: s.path().into(),
+            public_key: None,
             speed: Some(1000.0),
         });
         assert!(ok, "{text}");
@@ -720,6 +769,17 @@ mod tests {
             assert!(text.contains(expected), "{expected:?} missing:\n{text}");
         }
         assert!(lines.last().unwrap().starts_with("ok "), "{text}");
+        // With the gateway's key, the closed session's signature is checked too.
+        let (ok, text) = run_to_string(SessionsCommand::Replay {
+            file: s.path().into(),
+            public_key: Some(rec.public_key().to_string()),
+            speed: None,
+        });
+        assert!(ok, "{text}");
+        assert!(
+            text.trim_end().ends_with("(closed, signature verified)"),
+            "{text}"
+        );
 
         // An edited event: played up to it, then refused.
         let edited = std::fs::read_to_string(s.path())
@@ -728,6 +788,7 @@ mod tests {
         std::fs::write(s.path(), edited).unwrap();
         let (ok, text) = run_to_string(SessionsCommand::Replay {
             file: s.path().into(),
+            public_key: None,
             speed: None,
         });
         assert!(!ok && text.contains("TAMPERED"), "{text}");
@@ -747,16 +808,37 @@ mod tests {
         for cmd in [
             SessionsCommand::Replay {
                 file: t.path().into(),
+                public_key: None,
                 speed: None,
             },
             SessionsCommand::Show {
                 file: t.path().into(),
+                public_key: None,
             },
         ] {
             let (ok, text) = run_to_string(cmd);
             assert!(ok, "{text}");
             assert!(!text.contains(['\u{9b}', '\u{7f}']), "{text:?}");
             assert!(text.contains("\\u{9b}2J"), "{text}");
+        }
+        // Open, so nothing signed: with a key, shown and played but not passed.
+        for cmd in [
+            SessionsCommand::Replay {
+                file: t.path().into(),
+                public_key: Some(rec.public_key().to_string()),
+                speed: None,
+            },
+            SessionsCommand::Show {
+                file: t.path().into(),
+                public_key: Some(rec.public_key().to_string()),
+            },
+        ] {
+            let (ok, text) = run_to_string(cmd);
+            assert!(!ok, "{text}");
+            assert!(
+                text.contains("INCOMPLETE") && text.contains("no signed closing event"),
+                "{text}"
+            );
         }
         assert!(parse_speed("0").is_err() && parse_speed("NaN").is_err() && parse_speed("-1").is_err());
         assert_eq!(parse_speed("2.5"), Ok(2.5));
@@ -817,6 +899,7 @@ mod tests {
 
         let (ok, shown) = run_to_string(SessionsCommand::Show {
             file: a.path().into(),
+            public_key: None,
         });
         assert!(ok);
         let lines: Vec<&str> = shown.lines().collect();
@@ -828,10 +911,20 @@ mod tests {
         assert!(lines[3].starts_with("ok "));
 
         let key = rec.public_key().to_string();
+        // With a key, an open file fails unless --allow-open: nothing signed vouches for it.
+        let (ok, text) = run_to_string(SessionsCommand::Verify {
+            files: vec![b.path().into()],
+            public_key: Some(key.clone()),
+            require_closed: false,
+            allow_open: false,
+        });
+        assert!(!ok, "{text}");
+        assert!(text.contains("no signed closing event"), "{text}");
         let (ok, text) = run_to_string(SessionsCommand::Verify {
             files: vec![a.path().into(), b.path().into()],
             public_key: Some(key.clone()),
             require_closed: false,
+            allow_open: true,
         });
         assert!(ok, "{text}");
         assert!(text.contains(&format!(
@@ -845,6 +938,7 @@ mod tests {
             files: vec![a.path().into(), b.path().into()],
             public_key: Some(key.clone()),
             require_closed: true,
+            allow_open: false,
         });
         assert!(!ok, "{text}");
         assert!(text.contains(&format!(
@@ -859,6 +953,7 @@ mod tests {
             files: vec![a.path().into()],
             public_key: None,
             require_closed: true,
+            allow_open: false,
         });
         assert!(ok, "{text}");
         assert!(text.contains("hash chain only, signature not checked"), "{text}");
@@ -872,6 +967,7 @@ mod tests {
             files: vec![swapped.clone()],
             public_key: Some(key.clone()),
             require_closed: true,
+            allow_open: false,
         });
         assert!(!ok, "{text}");
         assert!(
@@ -891,6 +987,7 @@ mod tests {
             files: vec![b.path().into(), a.path().into()],
             public_key: Some(key),
             require_closed: false,
+            allow_open: false,
         });
         assert!(!ok);
         assert!(
@@ -899,6 +996,7 @@ mod tests {
         );
         let (ok, shown) = run_to_string(SessionsCommand::Show {
             file: a.path().into(),
+            public_key: None,
         });
         assert!(!ok);
         assert_eq!(

@@ -554,6 +554,7 @@ impl Recorder {
                 buf: Vec::new(),
                 json: Vec::new(),
                 hidden: Arc::new(Vec::new()),
+                lost: 0,
             }),
         };
         let mut data = into_object(start);
@@ -611,6 +612,26 @@ impl Recorder {
     }
 }
 
+/// How often [`close_when_released`] looks whether the last other holder is done.
+const RELEASE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Closes `session` with `end` (off the async workers) once nothing else holds it, or after
+/// `limit` all the same: a session retired while requests still use it (other HTTP/2 streams, a
+/// watch) takes their events first instead of refusing them as closed.
+pub async fn close_when_released(session: Arc<Session>, end: Value, limit: std::time::Duration) {
+    let mut waited = std::time::Duration::ZERO;
+    while Arc::strong_count(&session) > 1 && waited < limit {
+        tokio::time::sleep(RELEASE_POLL).await;
+        waited += RELEASE_POLL;
+    }
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Err(e) = session.close(end) {
+            tracing::warn!(error = %e, "closing a session record failed");
+        }
+    })
+    .await;
+}
+
 /// See [`Recorder::downgrade`].
 #[derive(Clone, Debug)]
 pub struct WeakRecorder(std::sync::Weak<Inner>);
@@ -639,6 +660,11 @@ struct State {
     /// Searchers for the secrets replaced by `[REDACTED]` wherever they appear in an event (see
     /// [`Session::hide`]); built once, as building one costs more than many searches.
     hidden: Arc<Vec<Finder<'static>>>,
+    /// Events that never reached the file: failed writes (refused in Required mode, swallowed in
+    /// BestEffort), deferred events dropped past [`MAX_DEFERRED`], events after the close. The
+    /// signed end says how many (`unrecorded_events`), so the chain's unbroken `seq` does not
+    /// vouch for a session with holes.
+    lost: u64,
 }
 
 /// One recorded session. Shared by a connection's tasks; events are appended in lock order.
@@ -759,11 +785,11 @@ impl Session {
         // Deferred events go before the end, so the signature covers them. Ones that cannot be
         // written are dropped, and the end says how many: written later, after the end's
         // signature was made over the chain without them, they would break a genuine file.
-        let mut lost = 0;
+        let mut lost = state.lost;
         if let Err(e) = self.write_deferred(&mut state) {
             self.inner.failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(session = %self.id, error = %e, "deferred session events not recorded");
-            lost = std::mem::take(&mut state.deferred).len();
+            lost += std::mem::take(&mut state.deferred).len() as u64;
         }
         let mut data = into_object(data);
         if lost > 0 {
@@ -885,11 +911,15 @@ impl Session {
         if lines.capacity() <= KEPT_BUFFER {
             state.buf = lines;
         }
-        if written.is_err() && deferred.len() < MAX_DEFERRED {
-            // The chain did not advance: the deferred events wait for the next write (another
-            // request's on a shared session may succeed) rather than being lost with this one;
-            // bounded, so a file that keeps failing does not hold them forever.
-            state.deferred = deferred;
+        if written.is_err() {
+            if deferred.len() < MAX_DEFERRED {
+                // The chain did not advance: the deferred events wait for the next write
+                // (another request's on a shared session may succeed) rather than being lost
+                // with this one; bounded, so a file that keeps failing does not hold them forever.
+                state.deferred = deferred;
+            } else {
+                state.lost += deferred.len() as u64;
+            }
         }
         written?;
         state.seq = seq;
@@ -924,6 +954,9 @@ impl Session {
     fn settle(&self, kind: &str, result: Result<(), RecordingError>) -> Result<(), RecordingError> {
         let Err(error) = result else { return Ok(()) };
         self.inner.failures.fetch_add(1, Ordering::Relaxed);
+        if kind != END {
+            self.lock().lost += 1;
+        }
         let kind = if matches!(error, RecordingError::InvalidKind) {
             "invalid"
         } else {

@@ -466,7 +466,7 @@ fn drop_closes_the_session() {
 #[test]
 fn concurrent_records_keep_one_chain() {
     let (_d, rec) = recorder(RecordingMode::Required);
-    let s = Arc::new(rec.start_session(json!({})).unwrap());
+    let s = rec.start_session(json!({})).unwrap();
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let s = s.clone();
@@ -702,6 +702,17 @@ fn the_closing_signature_covers_the_close_itself() {
         let err = verify_events(&path, Some(rec.public_key()), |_| {}).unwrap_err();
         assert!(err.to_string().contains("signature does not verify"), "{err}");
     }
+    // A name repeated in front of the signed one: serde keeps the last (the signature verifies
+    // over it), a reader keeping the first would see another reason. Refused before the key.
+    let doubled = end.replace(
+        "\"reason\":\"client closed\"",
+        "\"reason\":\"forged\",\"reason\":\"client closed\"",
+    );
+    assert_ne!(doubled, end);
+    let path = d.path().join("doubled.jsonl");
+    fs::write(&path, rehashed(&doubled)).unwrap();
+    let err = verify_events(&path, None, |_| {}).unwrap_err();
+    assert!(err.to_string().contains("repeats a name"), "{err}");
     // A file signed under v1 (its `prev` alone) is named as such, not as tampered with.
     let prev = end.split("\"prev\":\"").nth(1).unwrap()[..64].to_string();
     let v1 = rec
@@ -903,4 +914,60 @@ fn the_spool_is_private() {
     Recorder::new(&spool, RecordingMode::Required, "team/gw").unwrap();
     let mode = std::fs::metadata(&spool).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
+}
+
+/// Events that never reached the file are counted in the signed end: the unbroken chain of the
+/// events that did does not vouch for a session with holes.
+#[test]
+fn events_lost_to_failed_writes_are_counted_in_the_signed_end() {
+    let (_d, rec) = recorder(RecordingMode::BestEffort);
+    let s = rec.start_session(json!({})).unwrap();
+    s.record("http.request", json!({"n": 1})).unwrap();
+    break_disk(&s);
+    // Swallowed in BestEffort mode: the first write fails, the second finds no file.
+    s.record("http.request", json!({"n": 2})).unwrap();
+    s.record("http.request", json!({"n": 3})).unwrap();
+    // The disk is back (the file as it was: the failed write was never on it).
+    s.lock().file = Some(fs::OpenOptions::new().append(true).open(s.path()).unwrap());
+    s.record("http.request", json!({"n": 4})).unwrap();
+    s.close(json!({"reason": "client closed"})).unwrap();
+    let r = verify_file(s.path(), Some(rec.public_key())).unwrap();
+    assert!(r.closed && r.signed, "{r:?}");
+    let end = lines(s.path()).pop().unwrap();
+    assert!(end.contains("\"unrecorded_events\":2"), "{end}");
+}
+
+/// A retired session is closed once the requests still holding it are done, so their events
+/// are recorded, not refused; past the limit it is closed all the same.
+#[tokio::test]
+async fn a_retired_session_is_closed_once_released() {
+    let (_d, rec) = recorder(RecordingMode::Required);
+    let s = rec.start_session(json!({})).unwrap();
+    let held = s.clone();
+    let closing = tokio::spawn(close_when_released(
+        s,
+        json!({"reason": "session age limit"}),
+        std::time::Duration::from_secs(60),
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // A stream still in flight records its response into it.
+    held.record("http.response", json!({"status": 200})).unwrap();
+    let path = held.path().to_path_buf();
+    drop(held);
+    tokio::time::timeout(std::time::Duration::from_secs(5), closing)
+        .await
+        .expect("closed once released")
+        .unwrap();
+    let all = lines(&path);
+    assert!(all[1].contains("http.response"), "{all:?}");
+    assert!(all[2].contains("session age limit"), "{all:?}");
+
+    // Held past the limit: closed anyway, and the holder's later event is refused and counted.
+    let s = rec.start_session(json!({})).unwrap();
+    let held = s.clone();
+    close_when_released(s, json!({}), std::time::Duration::from_millis(200)).await;
+    assert!(matches!(
+        held.record("http.response", json!({})),
+        Err(RecordingError::Closed(_))
+    ));
 }

@@ -182,6 +182,11 @@ impl Chain {
             Some(_) => {}
         }
         if event.kind == END {
+            // The signature covers the data as parsed, where a repeated name keeps its last
+            // value; a reader keeping the first would see another close under the same signature.
+            if crate::identity::strict_json::parse(line).is_err() {
+                return Err(fail(n, "session.end repeats a name or nests too deep"));
+            }
             if let Some(key) = key {
                 check_signature(&event, key).map_err(|r| fail(n, r))?;
                 self.signed = true;

@@ -46,6 +46,9 @@ pub const MAX_DECIDED_BODY: usize = 1024 * 1024;
 /// Longest a request body read before the decision may take to arrive: a client trickling it
 /// would otherwise hold its share of the body budget, and its task, for as long as it likes.
 pub const REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a retired session (rotated for its age or a recording change) waits for the requests
+/// still using it before it is closed all the same; their later events are then counted lost.
+const RETIRED_SESSION_WAIT: Duration = Duration::from_secs(3600);
 /// Largest request body forwarded at all.
 pub const MAX_REQUEST_BODY: u64 = 64 * 1024 * 1024;
 
@@ -1575,11 +1578,14 @@ fn session_for(
             Ok(next) => json!({"reason": reason, "continued_by": next.id()}),
             Err(_) => json!({"reason": reason}),
         };
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = old.close(end) {
-                tracing::warn!(error = %e, "closing a session record failed");
-            }
-        });
+        // Requests still in flight on the connection (other HTTP/2 streams, a watch) hold the
+        // old session and record their responses into it: it is closed once they are done, so
+        // their events are neither refused nor lost.
+        tokio::spawn(crate::recording::close_when_released(
+            old,
+            end,
+            RETIRED_SESSION_WAIT,
+        ));
     }
     match started {
         Ok(s) => {
