@@ -529,6 +529,15 @@ fn psql_over_tls_decides_masks_and_records() {
     assert!(!out.contains("4111") && out.lines().count() == 4, "{out}");
     let err = s.psql("COPY customers TO STDOUT").unwrap_err();
     assert!(err.contains("masked columns"), "{err}");
+    // A delimiter the server escapes inside values (`4111\ 1111 ...`) hides them from the
+    // detectors: refused.
+    let err = s
+        .psql("COPY (SELECT card_number FROM orders WHERE card_number IS NOT NULL) TO STDOUT (DELIMITER ' ')")
+        .unwrap_err();
+    assert!(err.contains("unusual DELIMITER"), "{err}");
+    // Other sessions' statements carry the values they wrote.
+    let err = s.psql("SELECT query FROM pg_stat_activity").unwrap_err();
+    assert!(err.contains("other sessions' statements"), "{err}");
     let err = s.psql("COPY orders FROM PROGRAM 'id'").unwrap_err();
     assert!(err.contains("ERROR"), "{err}");
 
@@ -595,6 +604,22 @@ fn tokio_postgres_simple_extended_and_binary_with_session_kept_usable() {
             let v: Option<String> = r.get(0);
             assert!(!v.unwrap_or_default().contains("4111"), "binary text masked");
         }
+        // Binary results of an int8[] and a float8 carry their numbers as bytes: the detectors
+        // read their digits, and withhold them.
+        let row = c
+            .query_one(
+                "SELECT array_agg(replace(card_number, ' ', '')::bigint), \
+                 max(replace(card_number, ' ', '')::float8) FROM orders WHERE card_number IS NOT NULL",
+                &[],
+            )
+            .await
+            .unwrap();
+        let cards: Option<Vec<i64>> = row.get(0);
+        let biggest: Option<f64> = row.get(1);
+        assert!(
+            !format!("{cards:?}").contains("4111111111111111") && biggest != Some(4_111_111_111_111_111.0),
+            "{cards:?} {biggest:?}"
+        );
         // A denied statement leaves the session usable and the transaction state PostgreSQL's.
         c.batch_execute("BEGIN").await.unwrap();
         c.execute("INSERT INTO orders (customer_id, total) VALUES (1, 9.99)", &[])
@@ -849,7 +874,7 @@ fn masked_columns_cannot_be_copied_out_of_masking() {
         &s.gw,
         "  rules:\n",
         "  rules:\n    - name: copy-attempts\n      action: Allow\n      sql:\n        \
-         statements: [Select, Insert, Update, Create, Alter, Set]\n        \
+         statements: [Select, Insert, Update, Create, Alter, Set, Do]\n        \
          tables: [public.orders, public.customers, public.copies, public.customer_contacts, \
          public.suppliers, public.cust_names, public.contact_copy]\n        \
          functions: [em, set_config, upper, lower]\n",
@@ -896,6 +921,14 @@ fn masked_columns_cannot_be_copied_out_of_masking() {
             assert_eq!(code, "42501", "{sql}: {message}");
             assert!(message.contains("and reads a masked column"), "{sql}: {message}");
         }
+        // Anonymous code, whose reads and writes the gateway cannot see, even where allowed.
+        let e = c
+            .batch_execute("DO $$ BEGIN INSERT INTO orders (customer_id, total, status) SELECT id, 1, email FROM customers; END $$")
+            .await
+            .unwrap_err();
+        let (code, message) = db_error(&e);
+        assert_eq!(code, "42501", "{message}");
+        assert!(message.contains("DO is refused where column masking applies"), "{message}");
         // Nor may it change the names and definitions its masking was resolved from (here or
         // in another of its sessions): a renamed column would compute unmasked by its new name.
         for sql in [

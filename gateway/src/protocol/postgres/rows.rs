@@ -8,7 +8,7 @@ use agentgate_crds::policy::MaskingStrategy;
 use bytes::{BufMut, BytesMut};
 use serde_json::Value;
 
-use super::binary::{BYTEA, JSONB, TEXT_LIKE, decode_number, to_text};
+use super::binary::{BYTEA, JSONB, TEXT_LIKE, detector_text, to_text};
 use super::message::data_row::DataRow;
 use super::message::row_description::{Field, RowDescription};
 use super::message::{FrameError, backend, frame};
@@ -231,13 +231,10 @@ impl RowMasker {
             return None;
         }
         if self.detect {
-            // Numbers are looked at as their digits; any other binary value (bytea, arrays,
-            // composite types) as the text its bytes hold, since an array of text carries each
-            // element's bytes as they are. A find withholds the value: no masked form fits it.
-            let text = match decode_number(col.type_oid, v) {
-                Some(digits) => Cow::Owned(digits),
-                None => String::from_utf8_lossy(v),
-            };
+            // Numbers are looked at as their digits, arrays and composite values element by
+            // element, anything else as the text its bytes hold. A find withholds the value: no
+            // masked form fits it.
+            let text = detector_text(col.type_oid, v);
             let (_, r) = self.plan.mask_text(&text);
             if !r.is_empty() {
                 report.add(&r);

@@ -260,6 +260,13 @@ const STATISTICS_RELATIONS: [&str; 6] = [
     "pg_catalog.pg_stats_ext_exprs",
 ];
 
+/// Other sessions' statements as they were sent, with the values they wrote or looked up (an
+/// `UPDATE customers SET email = '...'` of a session with no column rules): relations and the
+/// functions behind them, refused where columns are masked. `pg_stat_statements` lives in the
+/// schema its extension was made in, so it is matched by its own name.
+const ACTIVITY_RELATIONS: [&str; 2] = ["pg_stat_activity", "pg_stat_statements"];
+const ACTIVITY_FUNCTIONS: [&str; 2] = ["pg_stat_get_activity", "pg_stat_statements"];
+
 /// What a notification's payload becomes where column masking applies.
 const WITHHELD_PAYLOAD: &str = "[REDACTED]";
 
@@ -974,6 +981,11 @@ impl Live {
                 "changing {name} is refused by the gateway: policies read statements with the value it pins"
             ));
         }
+        if st.copy.is_some_and(|c| !c.from && c.reshapes_text) && self.plan.has_detectors() {
+            return Verdict::refused(
+                "COPY TO with an unusual DELIMITER, QUOTE or ESCAPE is refused where masking detectors apply (the server escapes that character inside values, which hides them from the detectors); use a tab, comma, | or ; and the usual quotes",
+            );
+        }
         if st.copy.is_some_and(|c| !c.from && c.binary) && self.plan.has_detectors() {
             return Verdict::refused(
                 "COPY TO in binary format is refused where masking detectors apply (they read COPY output as text); use FORMAT text or csv",
@@ -1010,6 +1022,27 @@ impl Live {
             return Verdict::refused(
                 "renaming, altering, replacing or attaching rules or triggers to a relation with masked columns is refused where column masking applies (masking was resolved from their names and definitions); change the schema through a connection without column rules",
             );
+        }
+        if !self.masked.is_empty() {
+            let relation = st
+                .tables
+                .iter()
+                .find(|t| ACTIVITY_RELATIONS.contains(&t.rsplit('.').next().unwrap_or_default()));
+            let function = st
+                .functions
+                .iter()
+                .find(|f| ACTIVITY_FUNCTIONS.contains(&f.as_str()));
+            if let Some(name) = relation.or(function) {
+                return Verdict::refused(format!(
+                    "{name} is refused where columns are masked: it shows other sessions' statements with the values they carried"
+                ));
+            }
+            // Anonymous code is not parsed: what it reads and where it writes are unknown.
+            if st.kinds.contains(&StatementKind::Do) {
+                return Verdict::refused(
+                    "DO is refused where column masking applies: its code could copy a masked column's values where masking cannot follow",
+                );
+            }
         }
         // The planner's statistics hold sampled values of every column, masked ones included.
         if !self.masked.is_empty()
