@@ -555,6 +555,59 @@ fn http_defer_then_retry_and_hold_through_the_data_path() {
         assert!(bodies.iter().any(|b| recorded(&b)), "{id}: {bodies:?}");
     }
     assert!(bodies.iter().any(|b| b["text"] == "x"), "{bodies:?}");
+
+    // Held across a reload: released not under the configuration it was decided by (a
+    // suspension or a new Deny there would not apply to it), but refused, the grant unspent;
+    // sent again, it is decided anew and the approval lets it through.
+    let (url, auth2) = (gw.url("/orders/echo/held-2"), auth.clone());
+    let held = std::thread::spawn(move || {
+        agentgate_e2e::curl(
+            &["-X", "PUT", "-H", &auth2, "--data", "y", "--max-time", "40"],
+            &url,
+        )
+    });
+    let name = agentgate_e2e::wait_for(Duration::from_secs(20), || {
+        let out = cli(&gw, Some(&alice), &["list", "--pending"]).stdout;
+        out.lines()
+            .find(|l| l.contains("held-2"))
+            .and_then(|l| l.split_whitespace().next())
+            .map(str::to_string)
+    })
+    .expect("the second held request is listed");
+    let reloaded = || {
+        gw.metrics()
+            .lines()
+            .find(|l| l.starts_with("agentgate_config_generation "))
+            .map(str::to_string)
+    };
+    let before = reloaded();
+    let file = gw.manifests().join("all.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let changed = text.replacen(
+        "    - name: held\n",
+        "    - name: heads\n      action: Allow\n      http: {methods: [HEAD]}\n    - name: held\n",
+        1,
+    );
+    assert_ne!(changed, text);
+    let staged = gw.manifests().with_extension("staged");
+    std::fs::write(&staged, changed).unwrap();
+    std::fs::rename(&staged, &file).unwrap();
+    agentgate_e2e::wait_for(Duration::from_secs(15), || (reloaded() != before).then_some(()))
+        .expect("the gateway reloads");
+    let r = cli(&gw, Some(&alice), &["approve", &name]);
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    let r = held.join().unwrap();
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(
+        r.body
+            .contains("configuration changed while the operation was held"),
+        "{r:?}"
+    );
+    let again = agentgate_e2e::curl(
+        &["-X", "PUT", "-H", &auth, "--data", "y"],
+        &gw.url("/orders/echo/held-2"),
+    );
+    assert_eq!(again.status, 200, "{again:?}");
 }
 
 #[test]

@@ -202,6 +202,14 @@ spec:
         approvers: {{groups: [dba]}}
         mode: Hold
         timeout: 30s
+    - name: copy-in-approval
+      action: RequireApproval
+      sql:
+        statements: [Copy]
+        tables: ["public.suppliers"]
+      approval:
+        approvers: {{groups: [dba]}}
+        mode: Defer
     - name: customer-window
       action: RequireApproval
       sql:
@@ -540,6 +548,9 @@ fn psql_over_tls_decides_masks_and_records() {
     assert!(err.contains("other sessions' statements"), "{err}");
     let err = s.psql("COPY orders FROM PROGRAM 'id'").unwrap_err();
     assert!(err.contains("ERROR"), "{err}");
+    // An approval would cover the statement, not the rows that follow it.
+    let err = s.psql("COPY suppliers FROM STDIN").unwrap_err();
+    assert!(err.contains("COPY FROM cannot be approved"), "{err}");
 
     let rec = s.gw.recordings();
     assert!(rec.contains("\"pg.query\""), "{rec}");

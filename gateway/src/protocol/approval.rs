@@ -76,10 +76,24 @@ pub fn rule_spec<'a>(policy: &'a CompiledPolicy, rule: &CompiledRule) -> Option<
         .and_then(|r| r.approval.as_ref())
 }
 
+/// Whether the configuration an operation was decided under is still the one in force. A held
+/// operation is released only then: a suspension of its identity or a tightened policy since
+/// it was decided would otherwise not apply to it. When it is not, the operation is refused
+/// before the grant is spent, and sent again it is decided afresh (and the grant, unspent,
+/// still covers it if the new configuration asks the same approval).
+pub struct StillCurrent<'a>(pub &'a (dyn Fn() -> bool + Send + Sync));
+
+impl std::fmt::Debug for StillCurrent<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StillCurrent")
+    }
+}
+
 /// Everything needed to ask, besides the operation itself.
 #[derive(Debug)]
 pub struct Question<'a> {
     pub cfg: &'a GatewayConfig,
+    pub still_current: StillCurrent<'a>,
     pub policy: &'a CompiledPolicy,
     pub rule: &'a CompiledRule,
     pub identity: &'a str,
@@ -99,7 +113,7 @@ pub struct Question<'a> {
 /// parameters, well within the ApprovalRequest's limit.
 pub const MAX_DETAIL_CHARS: usize = 4096;
 
-/// `text` cut to [`MAX_DETAIL_CHARS`], `…` marking the cut.
+/// `text` cut to [`MAX_DETAIL_CHARS`] (see [`cut_chars`]).
 pub fn cut_detail(text: &str) -> String {
     cut_detail_hiding(text, None)
 }
@@ -107,11 +121,19 @@ pub fn cut_detail(text: &str) -> String {
 /// [`cut_detail`] of `text` with the agent's `token` hidden first ([`hide_token`]): cut first,
 /// a token the cut went through would be searched for whole and its start kept.
 pub fn cut_detail_hiding(text: &str, token: Option<&str>) -> String {
-    let text = hide_token(text.to_string(), token);
+    cut_chars(&hide_token(text.to_string(), token), MAX_DETAIL_CHARS)
+}
+
+/// `text` cut to `max` characters. A cut says how much it left out and that the approval covers
+/// that too: an approver reading a long query must not take its end for the whole request.
+pub fn cut_chars(text: &str, max: usize) -> String {
     let mut chars = text.chars();
-    let mut out: String = chars.by_ref().take(MAX_DETAIL_CHARS).collect();
-    if chars.next().is_some() {
-        out.push('…');
+    let mut out: String = chars.by_ref().take(max).collect();
+    let left = chars.count();
+    if left > 0 {
+        out.push_str(&format!(
+            "… [{left} more characters not shown; the approval covers them too]"
+        ));
     }
     out
 }
@@ -149,6 +171,7 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
     let Some(store) = store else {
         return Outcome::Unavailable("approvals are not available on this gateway".into());
     };
+    let still_current = q.still_current;
     let Some(spec) = rule_spec(q.policy, q.rule) else {
         return Outcome::Unavailable(format!("rule {} has no approval block", q.rule.name));
     };
@@ -200,6 +223,10 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
     };
     let deadline = tokio::time::Instant::now() + timeout.min(Duration::from_secs(24 * 3600));
     match store.wait(&request, deadline).await {
+        ApprovalPhase::Approved if !(still_current.0)() => Outcome::Unavailable(
+            "the gateway's configuration changed while the operation was held; send it again: it is decided anew, and the approval, still unspent, covers it if the same approval is asked"
+                .into(),
+        ),
         ApprovalPhase::Approved => match store.ask(&ask, unix_now()).await {
             Ok(Ticket::Granted { name }) => Outcome::Granted { request: name },
             // Another held copy of the same operation used the Once grant first.
@@ -271,7 +298,10 @@ mod tests {
         let near = format!("{}{token}{}", "a".repeat(MAX_DETAIL_CHARS - 30), "b".repeat(100));
         let cut = cut_detail_hiding(&near, Some(token));
         assert!(
-            !cut.contains("eyJ") && cut.ends_with("[REDACTED]bbbbbbbbbbbbbbbbbbbb…"),
+            !cut.contains("eyJ")
+                && cut.ends_with(
+                    "[REDACTED]bbbbbbbbbbbbbbbbbbbb… [80 more characters not shown; the approval covers them too]"
+                ),
             "{cut}"
         );
     }

@@ -891,8 +891,11 @@ async fn proxy(
             .get("agentgate-reason")
             .and_then(|v| v.to_str().ok())
             .map(|r| approval::hide_token(plan.mask_text(r).0.into_owned(), agent_token));
+        let generation = plane.snapshot.generation;
+        let still_current = || gw.plane().is_some_and(|p| p.snapshot.generation == generation);
         let question = approval::Question {
             cfg,
+            still_current: approval::StillCurrent(&still_current),
             policy,
             rule,
             identity: &principal.identity,
@@ -1283,23 +1286,39 @@ fn approval_detail(
     query: Option<std::borrow::Cow<'_, str>>,
     body: Option<crate::recording::CappedBody<'_>>,
 ) -> Option<String> {
+    // Each part has its own share of the detail, the body first: a long query (or header) must
+    // not crowd out of view the body the approval covers.
+    let part = |text: String, max: usize| approval::cut_chars(&approval::hide_token(text, agent_token), max);
     let mut lines = Vec::new();
     if let Some(ct) = content_type {
         // Part of the operation: the same bytes as a merge and a strategic-merge patch differ.
-        lines.push(format!("content-type: {ct}"));
+        lines.push(part(format!("content-type: {ct}"), DETAIL_HEADER_CHARS));
     }
-    lines.extend(bound_headers.iter().cloned());
-    if let Some(q) = query {
-        lines.push(format!("query: {q}"));
+    let mut headers = bound_headers.iter().map(|h| part(h.clone(), DETAIL_HEADER_CHARS));
+    lines.extend(headers.by_ref().take(DETAIL_HEADERS));
+    let more = headers.count();
+    if more > 0 {
+        lines.push(format!(
+            "[{more} more headers not shown; the approval covers them too]"
+        ));
     }
     if let Some(b) = body {
-        lines.push(format!("body: {}", b.for_reading()));
+        lines.push(part(format!("body: {}", b.for_reading()), DETAIL_BODY_CHARS));
+    }
+    if let Some(q) = query {
+        lines.push(part(format!("query: {q}"), DETAIL_QUERY_CHARS));
     }
     if lines.is_empty() {
         return None;
     }
     Some(approval::cut_detail_hiding(&lines.join("\n"), agent_token))
 }
+
+/// The shares of an HTTP approval's detail ([`approval::MAX_DETAIL_CHARS`] in all).
+const DETAIL_BODY_CHARS: usize = 2048;
+const DETAIL_QUERY_CHARS: usize = 768;
+const DETAIL_HEADER_CHARS: usize = 160;
+const DETAIL_HEADERS: usize = 4;
 
 /// Records that the request went out and what came of it: an upstream that failed, as the
 /// response. The problem is the answer either way, so a failure to record it changes nothing.
@@ -1801,6 +1820,40 @@ fn refusal_for(d: &Decision<'_>, explained: String) -> Option<Problem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A long query does not crowd the body out of the approver's view: each part has its share,
+    /// the body first, and every cut says that the approval covers what it left out.
+    #[test]
+    fn approval_details_show_every_part_and_say_what_they_cut() {
+        let query = format!("note={}", "x".repeat(5000));
+        let body = br#"{"name":"bob","role":"admin"}"#;
+        let detail = approval_detail(
+            None,
+            Some("application/json"),
+            &[],
+            Some(std::borrow::Cow::Borrowed(query.as_str())),
+            Some(crate::recording::CappedBody::json(
+                std::borrow::Cow::Borrowed(&body[..]),
+                4096,
+            )),
+        )
+        .unwrap();
+        assert!(
+            detail.contains(r#"body: {"name":"bob","role":"admin"}"#),
+            "{detail}"
+        );
+        assert!(
+            detail.contains("more characters not shown; the approval covers them too]"),
+            "{detail}"
+        );
+        assert!(detail.chars().count() < approval::MAX_DETAIL_CHARS, "{detail}");
+        let headers: Vec<String> = (0..6).map(|i| format!("x-h{i}: v")).collect();
+        let detail = approval_detail(None, None, &headers, None, None).unwrap();
+        assert!(
+            detail.ends_with("x-h3: v\n[2 more headers not shown; the approval covers them too]"),
+            "{detail}"
+        );
+    }
 
     /// A request body read before the decision is bounded in time (a client that sends part of
     /// it and stalls gets 408) and in memory (the gateway's body budget spent: 503); one within

@@ -1139,6 +1139,13 @@ impl Live {
                 "COPY TO is refused where a rowLimit applies (its rows are not counted); use SELECT",
             );
         }
+        // An approval covers the statement as the approver saw it; the rows COPY FROM STDIN
+        // loads come after, unseen and unbounded.
+        if d.action == Action::RequireApproval && st.copy.is_some_and(|c| c.from) {
+            return Verdict::refused(
+                "COPY FROM cannot be approved: the rows it loads arrive after the statement an approver would see; load them with INSERT statements",
+            );
+        }
         self.counters.count(d.action);
         if st.node == "DeclareCursorStmt"
             && let Some(name) = &st.cursor
@@ -2018,15 +2025,34 @@ impl ClientSide {
                 v.message.clone(),
             ));
         };
+        let generation = current.plane.snapshot.generation;
+        let still_current = || {
+            live.ctx
+                .gateway
+                .plane()
+                .is_some_and(|p| p.snapshot.generation == generation)
+        };
         let question = approval::Question {
             cfg,
+            still_current: approval::StillCurrent(&still_current),
             policy,
             rule,
             identity: &live.identity,
             requester: &live.subject,
             connection: &live.connection,
             kind: OperationKind::Sql,
-            summary: approval::hide_token(live.masked_sql(sql), Some(&live.token)),
+            summary: {
+                let mut summary = approval::hide_token(live.masked_sql(sql), Some(&live.token));
+                // A long statement is cut where a record cuts it: the approver is told that the
+                // approval covers the rest (a second statement after a long comment, say).
+                if sql.len() > MAX_RECORDED_SQL {
+                    summary.push_str(&format!(
+                        " [{} more bytes not shown; the approval covers them too]",
+                        sql.len() - MAX_RECORDED_SQL
+                    ));
+                }
+                summary
+            },
             fingerprint,
             detail: detail.map(|d| approval::hide_token(d, Some(&live.token))),
             reason: reason.map(|r| approval::hide_token(live.masked_sql(&r), Some(&live.token))),
