@@ -83,7 +83,9 @@ pub struct AgentIdentitySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     pub access_token_type: Option<String>,
-    /// Refuses tokens whose lifetime (`exp - iat`) exceeds this.
+    /// Refuses tokens whose lifetime (`exp - iat`) exceeds this; tokens without `iat` are then
+    /// refused. Unset: signed tokens may live 24h at most (`exp - iat`, or what is left of them
+    /// when they carry no `iat`); introspected ones are not bounded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_token_lifetime: Option<DurationString>,
     /// Signature algorithms accepted from this issuer. `none` and HMAC are never accepted.

@@ -1095,6 +1095,30 @@ fn compile_identity(
             ),
         ));
     }
+    if i.spec.provider == agentgate_crds::identity::IdentityProvider::GitHubActions {
+        use crate::identity::matching::{GITHUB_SHARED_AUDIENCE_PREFIX, GITHUB_SHARED_AUDIENCES};
+        for (n, aud) in i.spec.audiences.iter().enumerate() {
+            if aud.starts_with(GITHUB_SHARED_AUDIENCE_PREFIX)
+                || GITHUB_SHARED_AUDIENCES.contains(&aud.as_str())
+            {
+                errors.push(m.error(
+                    &format!("spec.audiences[{n}]"),
+                    format!("Invalid value: {aud:?}: workflows get tokens for this audience by default or for other services, and any step may hand one on; require a gateway-specific audience (getIDToken('<it>'))"),
+                ));
+            }
+        }
+        // An owner's id alone admits every workflow of every repository of the owner, on any
+        // branch anyone with write access pushes: the workflow must be named too.
+        if let Some(g) = &i.spec.r#match.github
+            && g.repository_id.is_none()
+            && g.job_workflow_ref.is_none()
+        {
+            errors.push(m.error(
+                "spec.match.github.jobWorkflowRef",
+                "Required value: with repositoryOwnerId alone, any workflow of any of the owner's repositories would be this agent; name the workflow (jobWorkflowRef) or the repository (repositoryId)",
+            ));
+        }
+    }
     if i.spec.provider == agentgate_crds::identity::IdentityProvider::Kubernetes {
         for (n, aud) in i.spec.audiences.iter().enumerate() {
             // Without `--api-audiences`, the API server's default audience is its issuer.
@@ -1261,6 +1285,47 @@ mod tests {
             "{errors}"
         );
         load("GitHubActions", "{github: {repositoryId: '123456'}}").unwrap();
+        // An owner alone names no workflow.
+        let errors = load("GitHubActions", "{github: {repositoryOwnerId: '42'}}")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            errors.contains("spec.match.github.jobWorkflowRef: Required value: with repositoryOwnerId alone"),
+            "{errors}"
+        );
+        load(
+            "GitHubActions",
+            "{github: {repositoryOwnerId: '42', jobWorkflowRef: 'octo/deploy/.github/workflows/d.yml@refs/heads/main'}}",
+        )
+        .unwrap();
+    }
+
+    /// GitHub's default audience (the owner's URL) and the shared ones of cloud services are
+    /// carried by tokens meant for others: refused, naming the field.
+    #[test]
+    fn github_identities_need_their_own_audience() {
+        for audience in ["https://github.com/octo", "sts.amazonaws.com", "sigstore"] {
+            let dir = tempfile::tempdir().unwrap();
+            let yaml = format!(
+                "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {{name: gw, namespace: ns}}\n\
+                spec: {{listeners: [{{name: pg, protocol: Postgres, port: 15432}}]}}\n---\n\
+                apiVersion: agentgate.dev/v1alpha1\nkind: AgentIdentity\nmetadata: {{name: deploy, namespace: ns}}\n\
+                spec: {{provider: GitHubActions, issuer: 'https://token.actions.githubusercontent.com', \
+                audiences: ['{audience}'], match: {{github: {{repositoryId: '123456'}}}}}}\n"
+            );
+            std::fs::write(dir.path().join("all.yaml"), yaml).unwrap();
+            let errors = crate::config::load(&crate::config::LoadOptions {
+                manifests: dir.path().to_path_buf(),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(
+                errors.contains("spec.audiences[0]: Invalid value")
+                    && errors.contains("gateway-specific audience"),
+                "{audience}: {errors}"
+            );
+        }
     }
 
     /// A Kubernetes identity must require an audience of the gateway's own: not the API

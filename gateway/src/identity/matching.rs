@@ -15,6 +15,12 @@ pub const KUBERNETES_DEFAULT_AUDIENCES: &[&str] = &[
     "api",
 ];
 
+/// Audiences GitHub Actions tokens carry for others: the default of `core.getIDToken()` (the
+/// owner's URL, `https://github.com/<owner>`, matched by prefix) and the well-known ones of
+/// cloud and signing services, which any action step may request and hand on.
+pub const GITHUB_SHARED_AUDIENCE_PREFIX: &str = "https://github.com/";
+pub const GITHUB_SHARED_AUDIENCES: &[&str] = &["sts.amazonaws.com", "sigstore", "api://AzureADTokenExchange"];
+
 /// Whether `identity` accepts these (signature-verified) claims.
 pub fn matches(identity: &CompiledIdentity, claims: &Value, audiences: &[&str]) -> Result<(), String> {
     let spec = &identity.spec;

@@ -30,6 +30,8 @@ use keys::{KeyError, KeySet, RemoteKeys};
 
 /// Clock skew tolerated on `nbf` and `iat` (never on `exp`).
 pub const MAX_CLOCK_SKEW: i64 = 30;
+/// Longest lifetime (`exp - iat`) of a signed token whose identity sets no `maxTokenLifetime`.
+pub const DEFAULT_MAX_TOKEN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// Who is calling, as every later stage sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -860,6 +862,19 @@ fn principal_from_claims(
             return Err(IdentityError::new(
                 ErrorKind::LifetimeTooLong,
                 format!("lifetime {lifetime}s"),
+            ));
+        }
+    } else if matches!(verified, Verified::Jwt(..)) {
+        // Unset, a signed token is still short-lived: a year-long service account token or a
+        // forgotten long-lived one is exactly what leaks. Without `iat`, what is left of it counts.
+        let lifetime = exp.saturating_sub(iat.unwrap_or(now));
+        if lifetime > DEFAULT_MAX_TOKEN_LIFETIME.as_secs() as i64 {
+            return Err(IdentityError::new(
+                ErrorKind::LifetimeTooLong,
+                format!(
+                    "lifetime {lifetime}s, past the default {}s (set spec.maxTokenLifetime to allow longer)",
+                    DEFAULT_MAX_TOKEN_LIFETIME.as_secs()
+                ),
             ));
         }
     }

@@ -297,6 +297,20 @@ async fn lifetime_is_bounded() {
     let mut c = claims();
     c["iat"] = json!(i64::MIN);
     refused(&v, &key.sign(&c), ErrorKind::LifetimeTooLong).await;
+
+    // Without maxTokenLifetime, signed tokens may live 24h: a year-long one (with or without
+    // iat) is refused; a day's is not.
+    let key = SigningKey::rsa("k1").unwrap();
+    let mut spec = okta_spec();
+    spec.as_object_mut().unwrap().remove("maxTokenLifetime");
+    let v = verifier(vec![identity("ci-agent", spec, Some(&SigningKey::jwks(&[&key])))]);
+    let mut c = claims();
+    c["exp"] = json!(NOW + 365 * 86_400);
+    refused(&v, &key.sign(&c), ErrorKind::LifetimeTooLong).await;
+    c.as_object_mut().unwrap().remove("iat");
+    refused(&v, &key.sign(&c), ErrorKind::LifetimeTooLong).await;
+    c["exp"] = json!(NOW + 86_000);
+    assert!(check(&v, &key.sign(&c)).await.is_ok());
 }
 
 #[tokio::test]

@@ -269,7 +269,7 @@ pub async fn read_token(s: &mut Started, peer: SocketAddr) -> Result<String, Sta
     if !s.tls && !peer.ip().is_loopback() {
         return Err(StartupError::Reject(ErrorResponse::fatal(
             sqlstate::INVALID_AUTHORIZATION,
-            "the gateway accepts tokens only over TLS from non-loopback clients (use sslmode=require)",
+            "the gateway accepts tokens only over TLS from non-loopback clients (use sslmode=verify-full with sslrootcert naming the gateway's CA: require does not check the certificate, and the token is sent as a password)",
         )));
     }
     let mut out = BytesMut::new();
