@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use agentgate_crds::gateway::{Listener, ListenerProtocol};
@@ -18,6 +18,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use http_body_util::BodyExt;
+
+use super::body::{Body, BodyError};
 use super::plane::Gateway;
 use super::proxy::{ConnContext, handle};
 use super::tls::{server_config, server_config_with_alpn};
@@ -32,6 +35,19 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Most concurrent HTTP/2 streams per connection.
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Longest an HTTP connection may sit with no request in flight: HTTP/1's keep-alive wait is
+/// bounded by [`HEADER_READ_TIMEOUT`] already, HTTP/2's only by this (a client that sent one
+/// request and then nothing would hold its connection, and its task, forever).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often an HTTP/2 connection's peer is pinged, and how long its answer may take: a peer
+/// gone without closing is found out.
+pub const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Most connections one listener holds at once; past it, accepting waits for one to end (the
+/// kernel's backlog holds the rest), so a flood of idle sockets exhausts neither descriptors nor
+/// memory. Head, idle and handshake timeouts bound how long each may be held.
+pub const MAX_CONNECTIONS_PER_LISTENER: usize = 16_384;
+
 /// How long shutdown waits for open connections to end (HTTP requests in flight to finish,
 /// PostgreSQL sessions to send 57P01) so their records close as such and are shipped; within
 /// Kubernetes' default 30 s termination grace period, with the spool drain after it.
@@ -216,7 +232,18 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
     alive: Alive,
 ) {
-    while let Some((stream, peer)) = accept(&socket, &mut stop).await {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_LISTENER));
+    loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => return,
+            },
+            _ = stop.changed() => return,
+        };
+        let Some((stream, peer)) = accept(&socket, &mut stop).await else {
+            return;
+        };
         let _ = stream.set_nodelay(true);
         let gw = gw.clone();
         let acceptor = acceptor.clone();
@@ -224,29 +251,16 @@ async fn accept_loop(
         let stop = stop.clone();
         let alive = alive.clone();
         tokio::spawn(async move {
-            let _alive = alive;
+            let (_alive, _slot) = (alive, slot);
             match acceptor {
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            serve(TokioIo::new(tls), peer, true, gw, name, stop, HEADER_READ_TIMEOUT).await
-                        }
+                        Ok(Ok(tls)) => serve(TokioIo::new(tls), peer, true, gw, name, stop, TIMEOUTS).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 }
-                None => {
-                    serve(
-                        TokioIo::new(stream),
-                        peer,
-                        false,
-                        gw,
-                        name,
-                        stop,
-                        HEADER_READ_TIMEOUT,
-                    )
-                    .await
-                }
+                None => serve(TokioIo::new(stream), peer, false, gw, name, stop, TIMEOUTS).await,
             }
         });
     }
@@ -270,8 +284,96 @@ async fn postgres_accept_loop(
     }
 }
 
-/// Serves one connection. `head_timeout` bounds the wait for each HTTP/1 request head and, for
-/// any protocol, for the first request.
+/// Requests in flight on one connection, and when the last one ended.
+struct Activity {
+    in_flight: AtomicUsize,
+    since: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            since: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+}
+
+impl Activity {
+    /// How long the connection has had no request in flight (zero while one is).
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        self.since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .elapsed()
+    }
+}
+
+/// One request in flight; ends when dropped (with its response body).
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(activity: Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self
+            .0
+            .since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tokio::time::Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request in flight until it is sent or dropped.
+struct Guarded {
+    inner: Body,
+    _guard: InFlight,
+}
+
+impl hyper::body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A connection's time limits.
+#[derive(Clone, Copy, Debug)]
+struct Timeouts {
+    /// The wait for each HTTP/1 request head and, for any protocol, for the first request.
+    head: Duration,
+    /// The time with no request in flight.
+    idle: Duration,
+}
+
+const TIMEOUTS: Timeouts = Timeouts {
+    head: HEADER_READ_TIMEOUT,
+    idle: IDLE_TIMEOUT,
+};
+
+/// Serves one connection within `timeouts`.
 async fn serve<I>(
     io: I,
     peer: SocketAddr,
@@ -279,19 +381,38 @@ async fn serve<I>(
     gw: Arc<Gateway>,
     listener: String,
     mut stop: watch::Receiver<bool>,
-    head_timeout: Duration,
+    timeouts: Timeouts,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let Timeouts {
+        head: head_timeout,
+        idle: idle_timeout,
+    } = timeouts;
     let ctx = Arc::new(ConnContext::new(peer, tls, listener));
     // Set once a request head has been read, whatever the protocol.
     let arrived = Arc::new(AtomicBool::new(false));
+    let activity = Arc::new(Activity::default());
     let service = {
         let ctx = ctx.clone();
         let arrived = arrived.clone();
+        let activity = activity.clone();
         service_fn(move |req| {
             arrived.store(true, Ordering::Release);
-            handle(gw.clone(), ctx.clone(), req)
+            // In flight until its response body has been sent (or dropped): a watch or a
+            // download streaming for hours is not idleness.
+            let guard = InFlight::new(activity.clone());
+            let response = handle(gw.clone(), ctx.clone(), req);
+            async move {
+                let response = response.await?;
+                Ok::<_, std::convert::Infallible>(response.map(|b| {
+                    Guarded {
+                        inner: b,
+                        _guard: guard,
+                    }
+                    .boxed()
+                }))
+            }
         })
     };
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -305,7 +426,9 @@ async fn serve<I>(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32)
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     // hyper's header read timeout starts only once the connection is known to be HTTP/1: a
@@ -314,6 +437,9 @@ async fn serve<I>(
     let first_head = tokio::time::sleep(head_timeout);
     tokio::pin!(first_head);
     let mut waiting = true;
+    let mut idle_check = tokio::time::interval(idle_timeout / 4);
+    idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut draining = false;
     let result = loop {
         tokio::select! {
             r = conn.as_mut() => break r,
@@ -322,6 +448,14 @@ async fn serve<I>(
                 if !arrived.load(Ordering::Acquire) {
                     tracing::debug!(%peer, "no request within the header read timeout; closing");
                     break Ok(());
+                }
+            }
+            _ = idle_check.tick(), if !draining => {
+                if activity.idle_for() >= idle_timeout {
+                    tracing::debug!(%peer, "no request in flight within the idle timeout; closing");
+                    // Graceful: HTTP/2 says GOAWAY, HTTP/1 closes between requests.
+                    conn.as_mut().graceful_shutdown();
+                    draining = true;
                 }
             }
             _ = stop.changed() => {
@@ -360,7 +494,10 @@ mod tests {
             gw,
             "test".into(),
             stop_rx,
-            head_timeout,
+            Timeouts {
+                head: head_timeout,
+                idle: IDLE_TIMEOUT,
+            },
         ));
         client.write_all(first).await.unwrap();
         let mut got = Vec::new();
@@ -368,6 +505,63 @@ mod tests {
         let closed = tokio::time::timeout(wait, client.read_to_end(&mut got)).await;
         task.abort();
         closed.ok().map(|_| got)
+    }
+
+    /// An HTTP/2 connection that was answered and then sends nothing is closed after the idle
+    /// timeout (GOAWAY, then the socket); a request in flight, its body included, keeps it open.
+    #[tokio::test]
+    async fn idle_http2_connections_are_closed() {
+        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let (_stop, stop_rx) = watch::channel(false);
+        let gw = Gateway::new(Metrics::new());
+        let idle = Duration::from_millis(400);
+        let server = tokio::spawn(async move {
+            let (s, peer) = socket.accept().await.unwrap();
+            let started = tokio::time::Instant::now();
+            serve(
+                TokioIo::new(s),
+                peer,
+                false,
+                gw,
+                "test".into(),
+                stop_rx,
+                Timeouts {
+                    head: Duration::from_secs(5),
+                    idle,
+                },
+            )
+            .await;
+            started.elapsed()
+        });
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        let conn = tokio::spawn(conn);
+        let request = hyper::Request::get("http://x/")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let res = send.send_request(request).await.unwrap();
+        // No configuration is loaded: 503, and then nothing more from the client.
+        assert_eq!(res.status(), 503);
+        drop(res);
+        let open_for = tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the idle connection was closed")
+            .unwrap();
+        assert!(open_for >= idle, "{open_for:?}");
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+
+        // While a response is in flight the connection is not idle.
+        let activity = Arc::new(Activity::default());
+        let guard = InFlight::new(activity.clone());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(activity.idle_for(), Duration::ZERO);
+        drop(guard);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(activity.idle_for() >= Duration::from_millis(40));
     }
 
     #[tokio::test]
