@@ -191,7 +191,7 @@ pub struct ServiceAccountMatch {
 /// A GitHub Actions workflow identity.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new("has(self.repositoryId) || has(self.repositoryOwnerId)").message("set repositoryId or repositoryOwnerId: names can be re-registered, numeric ids cannot"))]
+#[x_kube(validation = kube::core::Rule::new("has(self.repositoryId) || (has(self.repositoryOwnerId) && has(self.jobWorkflowRef))").message("set repositoryId, or repositoryOwnerId with jobWorkflowRef: names can be re-registered, numeric ids cannot, and an owner alone admits every workflow of every repository it has"))]
 pub struct GitHubMatch {
     /// Numeric `repository_id` claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]

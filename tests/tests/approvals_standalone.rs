@@ -594,13 +594,19 @@ fn http_defer_then_retry_and_hold_through_the_data_path() {
     std::fs::rename(&staged, &file).unwrap();
     agentgate_e2e::wait_for(Duration::from_secs(15), || (reloaded() != before).then_some(()))
         .expect("the gateway reloads");
+    // In force once the new rule answers (the plane is built after the load is counted).
+    agentgate_e2e::wait_for(Duration::from_secs(15), || {
+        let r = agentgate_e2e::curl(&["-I", "-H", &auth], &gw.url("/orders/echo/head"));
+        (r.status == 200).then_some(())
+    })
+    .expect("the new rule applies");
     let r = cli(&gw, Some(&alice), &["approve", &name]);
     assert!(r.ok, "{}{}", r.stdout, r.stderr);
     let r = held.join().unwrap();
     assert_eq!(r.status, 403, "{r:?}");
     assert!(
         r.body
-            .contains("configuration changed while the operation was held"),
+            .contains("configuration for this identity changed while the operation was held"),
         "{r:?}"
     );
     let again = agentgate_e2e::curl(

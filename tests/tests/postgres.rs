@@ -2054,8 +2054,15 @@ fn names_markers_copies_and_pipelines_keep_the_session_in_step() {
     let mut r = Raw::login(s.plain, &tok);
     let describe: &[u8] = b"Sno_such_statement\0";
     let msgs = vec![(b'D', describe); 2 * agentgate::protocol::postgres::session::MAX_AWAITING_MESSAGES];
-    r.0.write_all(&pipeline(&msgs)).unwrap();
+    // The gateway cuts the session off while the rest is still being sent: the sender's write
+    // may then fail, and only what the reader gets counts.
+    let mut writer = r.0.try_clone().unwrap();
+    let bytes = pipeline(&msgs);
+    let sender = std::thread::spawn(move || {
+        let _ = writer.write_all(&bytes);
+    });
     let answers = r.until_ready();
+    sender.join().unwrap();
     assert!(
         ended_with_violation(&answers, "await the server"),
         "{:?}",

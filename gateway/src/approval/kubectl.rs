@@ -5,8 +5,10 @@
 //! says the caller is (a SelfSubjectReview, as `kubectl auth whoami`), so the approver never types
 //! their own name; the chart's ValidatingAdmissionPolicy checks the same thing server-side, and
 //! the operator turns decisions into the phase. The plugin refuses early what would be refused
-//! anyway (the requester deciding, a request no longer pending, a second decision) with a clear
-//! message, then waits briefly for the operator's verdict and prints it.
+//! or ignored anyway (the requester deciding, a request that has ended, a second decision) with a
+//! clear message, then waits briefly for the operator's verdict and prints it. A deny on an
+//! Approved request withdraws its unspent grant. The patch names the request's uid, so a request
+//! deleted and made again under the same name is never decided unseen.
 
 use std::io::{self, Write};
 use std::path::PathBuf;

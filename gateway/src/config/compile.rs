@@ -1289,8 +1289,9 @@ mod tests {
         let errors = load("GitHubActions", "{github: {repositoryOwnerId: '42'}}")
             .unwrap_err()
             .to_string();
+        // The schema's rule says so first (the loader checks the same for sources that skip it).
         assert!(
-            errors.contains("spec.match.github.jobWorkflowRef: Required value: with repositoryOwnerId alone"),
+            errors.contains("set repositoryId, or repositoryOwnerId with jobWorkflowRef"),
             "{errors}"
         );
         load(

@@ -76,17 +76,44 @@ pub fn rule_spec<'a>(policy: &'a CompiledPolicy, rule: &CompiledRule) -> Option<
         .and_then(|r| r.approval.as_ref())
 }
 
-/// Whether the configuration an operation was decided under is still the one in force. A held
-/// operation is released only then: a suspension of its identity or a tightened policy since
-/// it was decided would otherwise not apply to it. When it is not, the operation is refused
-/// before the grant is spent, and sent again it is decided afresh (and the grant, unspent,
-/// still covers it if the new configuration asks the same approval).
+/// Whether the configuration in force still decides the operation as the one it was decided
+/// under did (see [`decides_alike`]). A held operation is released only then: a suspension of
+/// its identity or a tightened policy since it was decided would otherwise not apply to it.
+/// When it does not, the operation is refused before the grant is spent, and sent again it is
+/// decided afresh (and the grant, unspent, still covers it if the new configuration asks the
+/// same approval).
 pub struct StillCurrent<'a>(pub &'a (dyn Fn() -> bool + Send + Sync));
 
 impl std::fmt::Debug for StillCurrent<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("StillCurrent")
     }
+}
+
+/// Whether configuration `now` decides the operations of `identity` (with `groups`) on
+/// `connection` as `then` did: the identity is the same and not suspended, and the same
+/// policies apply to it there, spec for spec. A reload that changes anything else (another
+/// team's policy, a rotated credential) leaves a held operation's decision standing.
+pub fn decides_alike(
+    then: &GatewayConfig,
+    now: &GatewayConfig,
+    identity: &str,
+    groups: &[String],
+    connection: &str,
+) -> bool {
+    let subject = crate::policy::index::Subject { identity, groups };
+    let specs = |cfg: &GatewayConfig| {
+        cfg.policy_index
+            .applicable(&cfg.policies, connection, subject)
+            .into_iter()
+            .map(|p| (p.name.clone(), p.spec.clone()))
+            .collect::<Vec<_>>()
+    };
+    let same_identity = match (then.identities.get(identity), now.identities.get(identity)) {
+        (Some(a), Some(b)) => a.spec == b.spec && !b.spec.suspend,
+        _ => false,
+    };
+    same_identity && specs(then) == specs(now)
 }
 
 /// Everything needed to ask, besides the operation itself.
@@ -112,6 +139,9 @@ pub struct Question<'a> {
 /// Longest approval detail, in characters: enough to read a request body or a statement's
 /// parameters, well within the ApprovalRequest's limit.
 pub const MAX_DETAIL_CHARS: usize = 4096;
+/// Longest approval summary, in characters, leaving room under the ApprovalRequest's 4096 for
+/// the note of a cut.
+pub const MAX_SUMMARY_CHARS: usize = 3968;
 
 /// `text` cut to [`MAX_DETAIL_CHARS`] (see [`cut_chars`]).
 pub fn cut_detail(text: &str) -> String {
@@ -192,7 +222,8 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
         requester: q.requester.to_string(),
         connection: q.connection.to_string(),
         kind: q.kind,
-        summary: q.summary,
+        // Within the ApprovalRequest's limit (4096), the cut saying what it left out.
+        summary: cut_chars(&q.summary, MAX_SUMMARY_CHARS),
         fingerprint: q.fingerprint,
         detail: q.detail,
         policy: q.policy.name.clone(),
@@ -224,7 +255,7 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
     let deadline = tokio::time::Instant::now() + timeout.min(Duration::from_secs(24 * 3600));
     match store.wait(&request, deadline).await {
         ApprovalPhase::Approved if !(still_current.0)() => Outcome::Unavailable(
-            "the gateway's configuration changed while the operation was held; send it again: it is decided anew, and the approval, still unspent, covers it if the same approval is asked"
+            "the gateway's configuration for this identity changed while the operation was held (its policies, or the identity itself); send it again: it is decided anew, and the approval, still unspent, covers it if the same approval is asked"
                 .into(),
         ),
         ApprovalPhase::Approved => match store.ask(&ask, unix_now()).await {
@@ -287,6 +318,46 @@ pub fn sql_reason(sql: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(extra: &str, suspend: bool) -> GatewayConfig {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {{name: gw, namespace: ns}}\n\
+            spec: {{listeners: [{{name: http, protocol: HTTP, port: 18080}}]}}\n---\n\
+            apiVersion: agentgate.dev/v1alpha1\nkind: AgentIdentity\nmetadata: {{name: ci, namespace: ns}}\n\
+            spec: {{issuer: 'https://idp.example', audiences: [agentgate], suspend: {suspend}, match: {{claims: {{sub: ci}}}}}}\n---\n\
+            apiVersion: agentgate.dev/v1alpha1\nkind: Connection\nmetadata: {{name: api, namespace: ns}}\n\
+            spec: {{gatewayRef: {{name: gw}}, type: HTTP, endpoint: 'http://127.0.0.1:9', route: {{pathPrefix: /api}}}}\n---\n\
+            apiVersion: agentgate.dev/v1alpha1\nkind: AccessPolicy\nmetadata: {{name: ci-api, namespace: ns}}\n\
+            spec: {{subjects: {{identities: [ci]}}, connections: [api], rules: [{{name: read, action: Allow, http: {{methods: [GET]}}}}]}}\n{extra}"
+        );
+        std::fs::write(dir.path().join("all.yaml"), yaml).unwrap();
+        crate::config::load(&crate::config::LoadOptions {
+            manifests: dir.path().to_path_buf(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    /// A held operation's decision stands across a reload that leaves its identity and the
+    /// policies applying to it as they were; a suspension or a change to one of those policies
+    /// ends it.
+    #[test]
+    fn decisions_stand_across_reloads_that_do_not_concern_them() {
+        let then = config("", false);
+        let alike = |now: &GatewayConfig| decides_alike(&then, now, "ci", &[], "api");
+        assert!(alike(&config("", false)));
+        // Another identity's policy.
+        let other = "---\napiVersion: agentgate.dev/v1alpha1\nkind: AccessPolicy\nmetadata: {name: others, namespace: ns}\n\
+            spec: {subjects: {groups: [someone-else]}, connections: [api], rules: [{name: all, action: Allow, http: {methods: [POST]}}]}\n";
+        assert!(alike(&config(other, false)));
+        // A Deny for this identity, or its suspension.
+        let deny = other
+            .replace("groups: [someone-else]", "identities: [ci]")
+            .replace("action: Allow", "action: Deny");
+        assert!(!alike(&config(&deny, false)));
+        assert!(!alike(&config("", true)));
+    }
 
     /// The detail is cut after the token is hidden: cut first, the token's start would stay.
     #[test]

@@ -785,12 +785,13 @@ impl Session {
         // Deferred events go before the end, so the signature covers them. Ones that cannot be
         // written are dropped, and the end says how many: written later, after the end's
         // signature was made over the chain without them, they would break a genuine file.
-        let mut lost = state.lost;
         if let Err(e) = self.write_deferred(&mut state) {
             self.inner.failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(session = %self.id, error = %e, "deferred session events not recorded");
-            lost += std::mem::take(&mut state.deferred).len() as u64;
+            // Kept in the state: should the end fail too, a later close still counts them.
+            state.lost += std::mem::take(&mut state.deferred).len() as u64;
         }
+        let lost = state.lost;
         let mut data = into_object(data);
         if lost > 0 {
             data.insert("unrecorded_events".into(), json!(lost));

@@ -891,8 +891,17 @@ async fn proxy(
             .get("agentgate-reason")
             .and_then(|v| v.to_str().ok())
             .map(|r| approval::hide_token(plan.mask_text(r).0.into_owned(), agent_token));
-        let generation = plane.snapshot.generation;
-        let still_current = || gw.plane().is_some_and(|p| p.snapshot.generation == generation);
+        let still_current = || {
+            gw.plane().is_some_and(|p| {
+                approval::decides_alike(
+                    cfg,
+                    &p.snapshot.config,
+                    &principal.identity,
+                    &principal.groups,
+                    &connection.name,
+                )
+            })
+        };
         let question = approval::Question {
             cfg,
             still_current: approval::StillCurrent(&still_current),
@@ -1086,6 +1095,8 @@ async fn proxy(
         }
     };
     *upstream_time = Some(sent.elapsed().as_secs_f64());
+    // The request body has gone upstream: its share of the budget is free for responses.
+    drop(body_permits);
 
     // The response: masked when a rule applies, recorded in any case.
     let (mut res_parts, res_body) = up_res.into_parts();
@@ -1302,19 +1313,28 @@ fn approval_detail(
             "[{more} more headers not shown; the approval covers them too]"
         ));
     }
+    let query = query.map(|q| part(format!("query: {q}"), DETAIL_QUERY_CHARS));
+    // The body has what the other parts leave, and never less than its own share.
+    let used: usize = lines.iter().chain(&query).map(|l| l.chars().count() + 1).sum();
     if let Some(b) = body {
-        lines.push(part(format!("body: {}", b.for_reading()), DETAIL_BODY_CHARS));
+        let share = approval::MAX_DETAIL_CHARS
+            .saturating_sub(used)
+            .max(DETAIL_BODY_CHARS);
+        lines.push(part(format!("body: {}", b.for_reading()), share));
     }
-    if let Some(q) = query {
-        lines.push(part(format!("query: {q}"), DETAIL_QUERY_CHARS));
-    }
+    lines.extend(query);
     if lines.is_empty() {
         return None;
     }
-    Some(approval::cut_detail_hiding(&lines.join("\n"), agent_token))
+    // Each part is cut already; this bounds the whole (notes included) under the CRD's limit.
+    Some(approval::cut_chars(
+        &lines.join("\n"),
+        2 * approval::MAX_DETAIL_CHARS,
+    ))
 }
 
-/// The shares of an HTTP approval's detail ([`approval::MAX_DETAIL_CHARS`] in all).
+/// The shares of an HTTP approval's detail ([`approval::MAX_DETAIL_CHARS`] in all): the body
+/// takes what the others leave, at least its own.
 const DETAIL_BODY_CHARS: usize = 2048;
 const DETAIL_QUERY_CHARS: usize = 768;
 const DETAIL_HEADER_CHARS: usize = 160;
@@ -1847,6 +1867,20 @@ mod tests {
             "{detail}"
         );
         assert!(detail.chars().count() < approval::MAX_DETAIL_CHARS, "{detail}");
+        // Alone, the body has the whole detail.
+        let long = format!(r#"{{"note":"{}"}}"#, "y".repeat(3500));
+        let detail = approval_detail(
+            None,
+            None,
+            &[],
+            None,
+            Some(crate::recording::CappedBody::json(
+                std::borrow::Cow::Borrowed(long.as_bytes()),
+                8192,
+            )),
+        )
+        .unwrap();
+        assert!(detail.ends_with(r#""}"#), "{detail}");
         let headers: Vec<String> = (0..6).map(|i| format!("x-h{i}: v")).collect();
         let detail = approval_detail(None, None, &headers, None, None).unwrap();
         assert!(

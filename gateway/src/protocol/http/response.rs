@@ -177,10 +177,15 @@ pub fn mask_whole(
             if input.contains(&0) {
                 return Err(MaskFailure::Unparseable("the response text contains NUL bytes"));
             }
-            if plan.has_field_rules() {
+            // JSON inside text (an event stream's `data: {...}`, NDJSON as text/plain) is read
+            // as JSON even by the detectors alone: scanned raw, an escape glued to a value
+            // (`"Ada\t4111..."`, `\u00e4`) would make it one word with the letter before it.
+            if plan.has_field_rules() || plan.has_detectors() {
                 let (out, report, unreadable) = mask_text_with_json(plan, text);
-                // Its lines would get the detectors alone, not the field rules.
+                // Its lines would get the detectors alone, not the field rules (without field
+                // rules, the detectors have read them as text already).
                 if let Some(why) = unreadable
+                    && plan.has_field_rules()
                     && plan.on_unparseable() == UnparseablePolicy::Refuse
                 {
                     return Err(MaskFailure::Unparseable(why));
@@ -1047,9 +1052,10 @@ impl LineMasker {
                 return Err("a private key in a streamed text did not end within the hold limit".into());
             }
         }
-        if self.class == ContentClass::Text && self.plan.has_field_rules() {
+        if self.class == ContentClass::Text && (self.plan.has_field_rules() || self.plan.has_detectors()) {
             let json_end = json_safe_end(&self.buf[..lines_end], &mut self.open_json, all);
-            let refuse = self.plan.on_unparseable() == UnparseablePolicy::Refuse;
+            let refuse =
+                self.plan.has_field_rules() && self.plan.on_unparseable() == UnparseablePolicy::Refuse;
             if all && json_end < lines_end && refuse {
                 return Err("a JSON document in a streamed text ended unfinished".into());
             }
@@ -1079,8 +1085,18 @@ impl LineMasker {
             Ok(masked) => masked,
             // Text the masker cannot read (not UTF-8) passes as it is only where every rule
             // says so, as a whole body would.
+            // Its text still meets the detectors, the bytes that are not text passing as they
+            // are: a NUL or a stray byte must not carry the values beside it out unread.
             Err(_) if self.plan.on_unparseable() == UnparseablePolicy::Allow => {
-                (chunk.to_vec(), MaskReport::default())
+                let mut out = Vec::with_capacity(chunk.len());
+                let mut report = MaskReport::default();
+                for piece in chunk.utf8_chunks() {
+                    let (masked, r) = self.plan.mask_text(piece.valid());
+                    report.add(&r);
+                    out.extend_from_slice(masked.as_bytes());
+                    out.extend_from_slice(piece.invalid());
+                }
+                (out, report)
             }
             Err(_) => return Err("a streamed line could not be masked".into()),
         };
@@ -1604,6 +1620,25 @@ mod tests {
         // Without field rules text is the detectors' alone, byte for byte elsewhere.
         let (out, _) = mask_whole(&text_plan(), ContentClass::Text, b"data: {\"phone\": 1}\n").unwrap();
         assert_eq!(out, b"data: {\"phone\": 1}\n");
+        // The detectors read JSON in text as JSON: an escape glued to a value (`\t4111...`) is
+        // not a letter of it.
+        let rules: Vec<agentgate_crds::policy::MaskingRule> = serde_json::from_value(serde_json::json!([
+            {"detectors": ["CreditCard", "AwsAccessKey", "Email"]}
+        ]))
+        .unwrap();
+        let plan = MaskingPlan::compile(&rules.iter().collect::<Vec<_>>(), HashKey::process()).unwrap();
+        let event = b"data: {\"t\":\"Ada\\t4111111111111111\\nAKIAIOSFODNN7EXAMPLE\\tada@example.com\"}\n\n";
+        let (out, report) = mask_whole(&plan, ContentClass::Text, event).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            !out.contains("4111111111111111")
+                && !out.contains("AKIAIOSFODNN7EXAMPLE")
+                && !out.contains("ada@"),
+            "{out}"
+        );
+        assert_eq!(report.detections, 3, "{out}");
+        serde_json::from_str::<serde_json::Value>(out.trim().strip_prefix("data: ").unwrap())
+            .expect("still JSON");
     }
 
     fn phone_plan(on_unparseable: &str) -> MaskingPlan {
@@ -2113,10 +2148,14 @@ mod tests {
 
     #[tokio::test]
     async fn unreadable_streamed_text_passes_only_where_the_rules_allow() {
-        let rules: Vec<agentgate_crds::policy::MaskingRule> =
-            serde_json::from_value(serde_json::json!([{"detectors": ["Email"], "onUnparseable": "Allow"}]))
-                .unwrap();
-        let allow = MaskingPlan::compile(&rules.iter().collect::<Vec<_>>(), HashKey::process()).unwrap();
+        let allow_plan = || {
+            let rules: Vec<agentgate_crds::policy::MaskingRule> = serde_json::from_value(
+                serde_json::json!([{"detectors": ["Email"], "onUnparseable": "Allow"}]),
+            )
+            .unwrap();
+            MaskingPlan::compile(&rules.iter().collect::<Vec<_>>(), HashKey::process()).unwrap()
+        };
+        let allow = allow_plan();
         let bad = || {
             http_body_util::StreamBody::new(futures_util::stream::iter([
                 Ok(Frame::data(Bytes::from_static(b"a@example.com\n"))),
@@ -2130,6 +2169,22 @@ mod tests {
             .unwrap()
             .to_bytes();
         assert_eq!(&out[..], b"[REDACTED:EMAIL]\ncaf\xc3(\n");
+        // A NUL (or a stray byte) beside a value does not carry it out unread.
+        let nul = http_body_util::StreamBody::new(futures_util::stream::iter([Ok::<_, BodyError>(
+            Frame::data(Bytes::from_static(b"b@example.com \x00 caf\xc3(\n")),
+        )]))
+        .boxed();
+        let out = masked_lines(
+            nul,
+            allow_plan(),
+            ContentClass::Text,
+            Arc::new(|_: &MaskReport| {}),
+        )
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+        assert_eq!(&out[..], b"[REDACTED:EMAIL] \x00 caf\xc3(\n");
         let refused = masked_lines(
             bad(),
             text_plan(),

@@ -185,23 +185,24 @@ impl<'a> Reader<'a> {
 
 /// Appends the texts of `v`'s elements, read as a binary array or composite value (as
 /// `array_send` and `record_send` write them, every byte accounted for); false, appending
-/// nothing, when it is laid out as neither.
+/// nothing, when it is laid out as neither. The layout is checked whole before any element is
+/// read into, so each level reads its bytes once: at most [`MAX_NESTING`] times the value in all.
 fn elements(v: &[u8], depth: usize, out: &mut Vec<String>) -> bool {
-    if depth >= MAX_NESTING || MIN_STRUCTURED_BYTES > v.len() {
+    if depth >= MAX_NESTING || v.len() < MIN_STRUCTURED_BYTES {
         return false;
     }
-    let start = out.len();
-    let parsed = array_elements(v, depth, out).is_some() || {
-        out.truncate(start);
-        record_elements(v, depth, out).is_some()
+    let items = array_layout(v).or_else(|| record_layout(v));
+    let Some(items) = items else {
+        return false;
     };
-    if !parsed {
-        out.truncate(start);
+    for (oid, bytes) in items {
+        out.push(element_text(oid, bytes, depth + 1));
     }
-    parsed
+    true
 }
 
-fn array_elements(v: &[u8], depth: usize, out: &mut Vec<String>) -> Option<()> {
+/// The non-NULL elements of a binary array, each with the element type.
+fn array_layout(v: &[u8]) -> Option<Vec<(u32, &[u8])>> {
     let mut r = Reader(v);
     let ndim = r.i32()?;
     let flags = r.i32()?;
@@ -219,27 +220,30 @@ fn array_elements(v: &[u8], depth: usize, out: &mut Vec<String>) -> Option<()> {
     if count > r.0.len() / 4 {
         return None;
     }
+    let mut items = Vec::with_capacity(count);
     for _ in 0..count {
         if let Some(bytes) = r.element()? {
-            out.push(element_text(elem, bytes, depth + 1));
+            items.push((elem, bytes));
         }
     }
-    r.0.is_empty().then_some(())
+    r.0.is_empty().then_some(items)
 }
 
-fn record_elements(v: &[u8], depth: usize, out: &mut Vec<String>) -> Option<()> {
+/// The non-NULL columns of a binary composite value, each with its type.
+fn record_layout(v: &[u8]) -> Option<Vec<(u32, &[u8])>> {
     let mut r = Reader(v);
     let columns = r.i32()?;
     if !(0..=MAX_RECORD_COLUMNS).contains(&columns) {
         return None;
     }
+    let mut items = Vec::new();
     for _ in 0..columns {
         let oid = r.u32()?;
         if let Some(bytes) = r.element()? {
-            out.push(element_text(oid, bytes, depth + 1));
+            items.push((oid, bytes));
         }
     }
-    r.0.is_empty().then_some(())
+    r.0.is_empty().then_some(items)
 }
 
 /// A value's text for the detectors: a number's digits; an array's or composite value's
@@ -342,7 +346,7 @@ mod tests {
         assert_eq!(detector_text(17, b"plain"), "plain");
         let mut cut = array.clone();
         cut.truncate(array.len() - 3);
-        assert!(!detector_text(1016, &cut).contains("4111111111111111"));
+        assert_eq!(detector_text(1016, &cut), String::from_utf8_lossy(&cut));
     }
     use super::*;
 

@@ -265,7 +265,11 @@ const STATISTICS_RELATIONS: [&str; 6] = [
 /// functions behind them, refused where columns are masked. `pg_stat_statements` lives in the
 /// schema its extension was made in, so it is matched by its own name.
 const ACTIVITY_RELATIONS: [&str; 2] = ["pg_stat_activity", "pg_stat_statements"];
-const ACTIVITY_FUNCTIONS: [&str; 2] = ["pg_stat_get_activity", "pg_stat_statements"];
+const ACTIVITY_FUNCTIONS: [&str; 3] = [
+    "pg_stat_get_activity",
+    "pg_stat_get_backend_activity",
+    "pg_stat_statements",
+];
 
 /// What a notification's payload becomes where column masking applies.
 const WITHHELD_PAYLOAD: &str = "[REDACTED]";
@@ -2025,12 +2029,16 @@ impl ClientSide {
                 v.message.clone(),
             ));
         };
-        let generation = current.plane.snapshot.generation;
         let still_current = || {
-            live.ctx
-                .gateway
-                .plane()
-                .is_some_and(|p| p.snapshot.generation == generation)
+            live.ctx.gateway.plane().is_some_and(|p| {
+                approval::decides_alike(
+                    cfg,
+                    &p.snapshot.config,
+                    &live.identity,
+                    &live.groups,
+                    &live.connection,
+                )
+            })
         };
         let question = approval::Question {
             cfg,
