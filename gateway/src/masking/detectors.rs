@@ -685,6 +685,9 @@ fn card_at(t: &[u8], i: usize) -> Option<usize> {
     let mut j = i;
     let mut digits = 0;
     let mut whole_run = true;
+    // The separator of the groups so far, once one is seen: the same one throughout.
+    let mut separator: Option<&[u8]> = None;
+    let mut group_start = i;
     loop {
         while j < t.len() && t[j].is_ascii_digit() {
             j += 1;
@@ -699,13 +702,26 @@ fn card_at(t: &[u8], i: usize) -> Option<usize> {
         }
         ends[n] = (j, digits);
         n += 1;
-        let continues = matches!(t.get(j), Some(b' ' | b'-'))
-            && t.get(j + 1).is_some_and(u8::is_ascii_digit)
+        let Some(sep) = card_separator(&t[j..]) else {
+            break;
+        };
+        // Spaces and dashes separate groups of any length (Amex's 4-6-5); the others only
+        // groups of four, as printed cards have them, so decimals and versions stay numbers.
+        let loose = matches!(sep, b" " | b"-");
+        let continues = separator.is_none_or(|s| s == sep)
+            && (loose || j - group_start == 4)
+            && t.get(j + sep.len()).is_some_and(u8::is_ascii_digit)
             && n < ends.len();
         if !continues {
             break;
         }
-        j += 1;
+        separator = Some(sep);
+        j += sep.len();
+        group_start = j;
+    }
+    // A strict separator's last group is four digits or fewer.
+    if separator.is_some_and(|s| !matches!(s, b" " | b"-")) && j - group_start > 4 {
+        return None;
     }
     ends[..n].iter().rev().find_map(|&(end, d)| {
         let bounded = if whole_run && end == ends[n - 1].0 {
@@ -716,6 +732,22 @@ fn card_at(t: &[u8], i: usize) -> Option<usize> {
         };
         (issued_length(t[i], d) && bounded && luhn(&t[i..end])).then_some(end)
     })
+}
+
+/// The separator between two groups of a card number at the start of `t`: a space, a dash, a
+/// no-break or thin space (as formatters print them), or a dot, underscore or slash.
+fn card_separator(t: &[u8]) -> Option<&'static [u8]> {
+    const SEPARATORS: [&[u8]; 8] = [
+        b" ",
+        b"-",
+        b".",
+        b"_",
+        b"/",
+        "\u{a0}".as_bytes(),
+        "\u{2009}".as_bytes(),
+        "\u{202f}".as_bytes(),
+    ];
+    SEPARATORS.into_iter().find(|s| t.starts_with(s))
 }
 
 /// Whether card numbers of `digits` digits are issued starting with `first`: 13 for Visa's
@@ -793,24 +825,65 @@ fn float_card_at(t: &[u8], i: usize) -> Option<usize> {
 /// Longest float form of a card number read: 19 digits, a dot, `e+18`.
 const MAX_FLOAT_CARD: usize = 24;
 
-/// Whether a JSON number is a card number (same rules as in text): unsigned digits, with at most
-/// a zero fraction, or a whole number in exponent form.
+/// Whether a JSON number is a card number (same rules as in text): any JSON number whose value
+/// is a whole number of a card's digits, whatever its form (`4111111111111111`, `-4111...`,
+/// `4111111111111111.0`, `4.111111111111111e15`, `41111111111111110e-1`).
 pub(crate) fn is_card_number(number: &[u8]) -> bool {
-    if number.len() < MIN_CARD_DIGITS - 8 {
+    // Most numbers are short and plain: too few digits for a card, whatever their exponent.
+    let exponent = memchr::memchr2(b'e', b'E', number);
+    let mantissa_digits = number[..exponent.unwrap_or(number.len())]
+        .iter()
+        .filter(|b| b.is_ascii_digit())
+        .count();
+    if exponent.is_none() && mantissa_digits < MIN_CARD_DIGITS || mantissa_digits < 2 {
         return false;
     }
-    if let Some(digits) = exponent_digits(number) {
-        return issued_length(digits[0], digits.len()) && luhn(&digits);
-    }
-    if number.len() < MIN_CARD_DIGITS {
-        return false;
-    }
-    let digits = match memchr::memchr(b'.', number) {
-        Some(dot) if dot + 1 < number.len() && number[dot + 1..].iter().all(|&b| b == b'0') => &number[..dot],
-        Some(_) => return false,
-        None => number,
+    whole_number_digits(number).is_some_and(|d| issued_length(d[0], d.len()) && luhn(&d))
+}
+
+/// The decimal digits of a JSON number's value, sign dropped, when it is a whole number of at
+/// most 19 digits; `None` otherwise (a fraction, or out of a card number's range).
+fn whole_number_digits(number: &[u8]) -> Option<Vec<u8>> {
+    let number = number.strip_prefix(b"-").unwrap_or(number);
+    let (mantissa, exp) = match number.iter().position(|&b| b == b'e' || b == b'E') {
+        Some(e) => (&number[..e], &number[e + 1..]),
+        None => (number, &b"0"[..]),
     };
-    issued_length(digits[0], digits.len()) && digits.iter().all(u8::is_ascii_digit) && luhn(digits)
+    let (negative, exp) = match exp.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        Some((b'+', rest)) => (false, rest),
+        _ => (false, exp),
+    };
+    // Beyond this the value is no card number anyway.
+    if exp.is_empty() || exp.len() > 3 || !exp.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let exp = exp.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
+    let exp = if negative { -exp } else { exp };
+    let (int, frac) = match memchr::memchr(b'.', mantissa) {
+        Some(dot) => (&mantissa[..dot], &mantissa[dot + 1..]),
+        None => (mantissa, &[][..]),
+    };
+    if int.is_empty() || !int.iter().chain(frac).all(u8::is_ascii_digit) || int.len() + frac.len() > 64 {
+        return None;
+    }
+    // All the digits, and where the point falls among them once the exponent is applied.
+    let all: Vec<u8> = int.iter().chain(frac).copied().collect();
+    let point = i64::try_from(int.len()).ok()? + exp;
+    let point = usize::try_from(point).ok()?;
+    let (whole, fraction) = if point >= all.len() {
+        let mut whole = all.clone();
+        whole.resize(point, b'0');
+        (whole, Vec::new())
+    } else {
+        (all[..point].to_vec(), all[point..].to_vec())
+    };
+    if fraction.iter().any(|&d| d != b'0') {
+        return None;
+    }
+    let start = whole.iter().position(|&d| d != b'0')?;
+    let digits = whole[start..].to_vec();
+    (digits.len() <= 19).then_some(digits)
 }
 
 /// The Luhn checksum over the digits of `s` (separators skipped).
@@ -1377,6 +1450,29 @@ mod tests {
             only("4111 1111 1111 1111 123", Detector::CreditCard),
             ["4111 1111 1111 1111"]
         );
+        // Groups of four by other separators, one separator throughout.
+        for card in [
+            "4111.1111.1111.1111",
+            "4111_1111_1111_1111",
+            "4111/1111/1111/1111",
+            "4111\u{a0}1111\u{a0}1111\u{a0}1111",
+            "4111\u{2009}1111\u{2009}1111\u{2009}1111",
+        ] {
+            assert_eq!(
+                only(&format!("pan {card} ok"), Detector::CreditCard),
+                [card],
+                "{card}"
+            );
+        }
+        // Not groups of four, or separators mixed: a decimal, a version, a path.
+        for no in [
+            "4111111111111.111",
+            "4111.1111_1111.1111",
+            "41111.1111.1111.111",
+            "4111/1111/1111/11111",
+        ] {
+            assert!(only(no, Detector::CreditCard).is_empty(), "{no}");
+        }
         for no in [
             "4111111111111112",
             "4111 1111 1111 1112",

@@ -260,13 +260,13 @@ impl<'i> Rewriter<'_, 'i, '_> {
 
     fn number(&mut self, selected: Option<FieldMask>) -> Result<(), MaskError> {
         let start = self.pos;
-        let unsigned = self.scan_number()?;
+        // A negative number holds the same digits: its sign does not hide a card.
+        let _unsigned = self.scan_number()?;
         let range = start..self.pos;
         let raw = self.str_at(range.clone())?;
         if let Some(strategy) = selected {
             self.replace(range, strategy, raw, false);
-        } else if unsigned
-            && self.quiet == 0
+        } else if self.quiet == 0
             && self.plan.active.contains(Detector::CreditCard)
             && detectors::is_card_number(raw.as_bytes())
         {
@@ -708,7 +708,12 @@ mod tests {
         let p = all_detectors();
         assert_eq!(
             mask(&p, r#"[4111111111111111, 4111111111111112, 1700000000000, -4111111111111111, 4.111111111111111e15, 4.111111111111112E+15, 1e5]"#).unwrap(),
-            r#"["[REDACTED:CREDIT_CARD]", 4111111111111112, 1700000000000, -4111111111111111, "[REDACTED:CREDIT_CARD]", 4.111111111111112E+15, 1e5]"#
+            r#"["[REDACTED:CREDIT_CARD]", 4111111111111112, 1700000000000, "[REDACTED:CREDIT_CARD]", "[REDACTED:CREDIT_CARD]", 4.111111111111112E+15, 1e5]"#
+        );
+        // Any form of the same value: its exponent, a fraction of zeros, a negative exponent.
+        assert_eq!(
+            mask(&p, r#"[4111111111111111e0, 4.1111111111111110e15, 41111111111111110e-1, 4.111111111111111e015, 411111111111111.1e1, 4111111111111111e-1]"#).unwrap(),
+            r#"["[REDACTED:CREDIT_CARD]", "[REDACTED:CREDIT_CARD]", "[REDACTED:CREDIT_CARD]", "[REDACTED:CREDIT_CARD]", "[REDACTED:CREDIT_CARD]", 4111111111111111e-1]"#
         );
         // A card held as a float prints with a zero fraction; any other fraction is a measure.
         assert_eq!(

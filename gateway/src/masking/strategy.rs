@@ -204,6 +204,11 @@ fn email_parts(email: &str) -> (&str, &str) {
 fn partial_email(email: &str, out: &mut String) {
     let (local, _) = email_parts(email);
     match local.chars().next() {
+        // A local part of one or two characters would be shown whole, or nearly.
+        Some(_) if local.len() < email.len() && local.chars().count() <= 2 => {
+            out.push_str("***");
+            out.push_str(&email[local.len()..]);
+        }
         Some(first) if local.len() < email.len() => {
             out.push(first);
             out.push_str("***");
@@ -213,14 +218,20 @@ fn partial_email(email: &str, out: &mut String) {
     }
 }
 
-/// Letters and digits starred except the last four; separators kept (`**** **** **** 1111`).
+/// Letters and digits starred except the last four (two of fewer than ten, none of fewer than
+/// six: never near half of a short number); separators kept (`**** **** **** 1111`).
 fn partial_digits(s: &str, out: &mut String) {
     let total = s.chars().filter(char::is_ascii_alphanumeric).count();
+    let keep = match total {
+        0..6 => 0,
+        6..10 => 2,
+        _ => PARTIAL_KEEP,
+    };
     let mut seen = 0;
     for c in s.chars() {
         if c.is_ascii_alphanumeric() {
             seen += 1;
-            out.push(if seen + PARTIAL_KEEP > total { c } else { '*' });
+            out.push(if seen + keep > total { c } else { '*' });
         } else {
             out.push(c);
         }
@@ -298,6 +309,11 @@ mod tests {
             "[REDACTED:PRIVATE_KEY]"
         );
         assert_eq!(whole(Partial, "short"), "*****");
+        // Short values show little: a one- or two-letter local part none of it, a short
+        // number two digits.
+        assert_eq!(span(Partial, Detector::Email, "a@corp.com"), "***@corp.com");
+        assert_eq!(span(Partial, Detector::Email, "al@corp.com"), "***@corp.com");
+        assert_eq!(span(Partial, Detector::Phone, "+12345678"), "+******78");
         assert_eq!(whole(Partial, "a long value here"), "*************here");
         assert_eq!(whole(Partial, "jane@example.org"), "j***@example.org");
         assert_eq!(whole(Partial, "415-555-0132"), "***-***-0132");
