@@ -378,10 +378,17 @@ fn idn_start(t: &[u8], start: usize, at: usize) -> usize {
         Ok(text) => text
             .char_indices()
             .rev()
-            .find(|&(_, c)| !c.is_ascii() && !c.is_alphanumeric())
+            .find(|&(_, c)| !c.is_ascii() && !c.is_alphanumeric() && !is_invisible(c))
             .map_or(start, |(k, c)| start + k + c.len_utf8()),
         Err(_) => at - part.iter().rev().take_while(|b| b.is_ascii()).count(),
     }
+}
+
+/// Characters that print as nothing (zero-width spaces and joiners, the word joiner, a byte
+/// order mark, a soft hyphen): inside an address they hide it from a reader of bytes, not from a
+/// person, so they are taken as part of it.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}' | '\u{00AD}')
 }
 
 /// Where a domain starting at `from` ends when it runs on to `end` over non-ASCII bytes, by the
@@ -394,7 +401,7 @@ fn idn_end(t: &[u8], from: usize, end: usize) -> usize {
     match std::str::from_utf8(part) {
         Ok(text) => text
             .char_indices()
-            .find(|&(_, c)| !c.is_ascii() && !c.is_alphanumeric())
+            .find(|&(_, c)| !c.is_ascii() && !c.is_alphanumeric() && !is_invisible(c))
             .map_or(end, |(k, _)| from + k),
         Err(_) => from + part.iter().take_while(|b| b.is_ascii()).count(),
     }
@@ -1308,6 +1315,14 @@ mod tests {
             "x@1.23",
         ] {
             assert!(only(no, Detector::Email).is_empty(), "{no}");
+        }
+        // Characters that print as nothing are part of the address they hide in.
+        for yes in [
+            "ada\u{200b}@example.com",
+            "ada@ex\u{200d}ample.com",
+            "a\u{ad}da@example.com",
+        ] {
+            assert_eq!(only(&format!("to {yes}, thanks"), Detector::Email), [yes], "{yes:?}");
         }
         // Internationalized addresses are whole, and punctuation glued to them stays out.
         for yes in [
