@@ -292,6 +292,9 @@ pub(crate) fn find(text: &[u8], features: Features, set: DetectorSet, out: &mut 
     if set.contains(Detector::PrivateKey) && features.has(MARK_DASH) && len >= MIN_PEM {
         private_keys(text, out);
     }
+    if set.contains(Detector::PrivateKey) && features.has(MARK_CAPITAL_J) && len >= MIN_PEM {
+        encoded_private_keys(text, out);
+    }
     if out.len() > 1 {
         merge_overlaps(out);
     }
@@ -1275,6 +1278,63 @@ fn private_keys(t: &[u8], out: &mut Vec<Span>) {
     }
 }
 
+/// `-----BEGIN` as base64 encodes it at the start of a file: a whole PEM file carried base64
+/// encoded (a repository's contents API, a Helm value, a ConfigMap's binaryData).
+static ENCODED_PEM_START: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"LS0tLS1CRUdJTi"));
+
+/// Base64 characters decoded after [`ENCODED_PEM_START`] to read the BEGIN line's label.
+const ENCODED_LABEL_CHARS: usize = 64;
+
+/// PEM private keys carried base64 encoded, whole: from `LS0tLS1CRUdJTi` through the base64
+/// that follows (over line breaks, raw or escaped), when the decoded BEGIN line names a private
+/// key (certificates, also carried so, stay).
+fn encoded_private_keys(t: &[u8], out: &mut Vec<Span>) {
+    use base64::Engine;
+    let is_b64 = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=');
+    let mut from = 0;
+    while let Some(k) = ENCODED_PEM_START.find(&t[from..]) {
+        let start = from + k;
+        // Not the middle of a longer base64 run: that would decode at another alignment.
+        if start > 0 && is_b64(t[start - 1]) {
+            from = start + 1;
+            continue;
+        }
+        let head: Vec<u8> = t[start..]
+            .iter()
+            .copied()
+            .take_while(|&b| is_b64(b) && b != b'=')
+            .take(ENCODED_LABEL_CHARS)
+            .collect();
+        let usable = head.len() / 4 * 4;
+        let names_a_key = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(&head[..usable])
+            .is_ok_and(|d| memmem::find(&d, b"PRIVATE KEY").is_some());
+        let mut end = start;
+        loop {
+            while end < t.len() && is_b64(t[end]) {
+                end += 1;
+            }
+            // A wrapped line: `\n`, `\r\n`, or the escaped `\\n` of a JSON string.
+            let wrap = [&b"\r\n"[..], b"\n", b"\\r\\n", b"\\n"]
+                .into_iter()
+                .find(|w| t[end..].starts_with(w))
+                .map_or(0, <[u8]>::len);
+            if wrap == 0 || !t.get(end + wrap).is_some_and(|&b| is_b64(b)) {
+                break;
+            }
+            end += wrap;
+        }
+        if names_a_key {
+            out.push(Span {
+                start,
+                end,
+                detector: Detector::PrivateKey,
+            });
+        }
+        from = end.max(start + 1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1322,7 +1382,11 @@ mod tests {
             "ada@ex\u{200d}ample.com",
             "a\u{ad}da@example.com",
         ] {
-            assert_eq!(only(&format!("to {yes}, thanks"), Detector::Email), [yes], "{yes:?}");
+            assert_eq!(
+                only(&format!("to {yes}, thanks"), Detector::Email),
+                [yes],
+                "{yes:?}"
+            );
         }
         // Internationalized addresses are whole, and punctuation glued to them stays out.
         for yes in [
@@ -1659,6 +1723,25 @@ mod tests {
             "-----BEGIN OPENSSH PRIVATE KEY-----\n{line}AAAAAA\nAAAA\n-----END OPENSSH PRIVATE KEY-----"
         );
         assert_eq!(only(&openssh, Detector::PrivateKey), [openssh.as_str()]);
+        // A whole key file carried base64 encoded, wrapped or not; a certificate so carried stays.
+        let key_file = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj\n-----END PRIVATE KEY-----\n";
+        let encoded = {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(key_file)
+        };
+        let wrapped = format!("{}\\n{}", &encoded[..60], &encoded[60..]);
+        for body in [encoded.clone(), wrapped] {
+            assert_eq!(
+                only(&format!("{{\"content\":\"{body}\"}}"), Detector::PrivateKey),
+                [body.as_str()]
+            );
+        }
+        let cert = {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .encode("-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUJ\n-----END CERTIFICATE-----\n")
+        };
+        assert!(only(&format!("ca: {cert}"), Detector::PrivateKey).is_empty());
         // Escaped as .NET and Gson write JSON (`\u002B`, `\u003d`), continued lines, and each
         // line after the BEGIN line's own prefix (an event stream's `data: `).
         let plus = "MIIEvQIBADAN+gkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8/Kj";
