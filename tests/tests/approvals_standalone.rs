@@ -410,12 +410,15 @@ fn http_defer_then_retry_and_hold_through_the_data_path() {
         assert_eq!(shown["spec"]["operation"]["summary"], "POST /echo/orders");
         shown["spec"]["operation"]["detail"].clone()
     };
-    assert_eq!(detail(&name), "content-type: application/json\nbody: {\"id\": 1}");
+    assert_eq!(
+        detail(&name),
+        "content-type: application/json\naccept: */*\nbody: {\"id\": 1}"
+    );
     let owned = post(r#"{"id": 5, "owner": "ops@example.com"}"#);
     let owned = owned.json()["approvalRequest"].as_str().unwrap().to_string();
     assert_eq!(
         detail(&owned),
-        "content-type: application/json\nbody: {\"id\": 5, \"owner\": \"[REDACTED:EMAIL]\"}"
+        "content-type: application/json\naccept: */*\nbody: {\"id\": 5, \"owner\": \"[REDACTED:EMAIL]\"}"
     );
     // The agent's own token, sent in the body, is hidden from the approver too.
     let bearer = auth.trim_start_matches("Authorization: Bearer ").to_string();
@@ -458,7 +461,7 @@ fn http_defer_then_retry_and_hold_through_the_data_path() {
     assert_ne!(copied, name);
     assert_eq!(
         detail(&copied),
-        "content-type: application/json\nx-amz-copy-source: /secret/obj\nbody: {\"id\": 1}"
+        "content-type: application/json\naccept: */*\nx-amz-copy-source: /secret/obj\nbody: {\"id\": 1}"
     );
     let r = with_header("traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
     assert_eq!(r.status, 200, "{r:?}");

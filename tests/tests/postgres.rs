@@ -2633,6 +2633,21 @@ fn approvals_defer_hold_once_window_and_self_approval_for_sql() {
         assert_ne!(request_name(&message), for_minus_one);
         assert_eq!(c.execute(&as_int8, &[&-1i64]).await.unwrap(), 0);
 
+        // SQL-level EXECUTE: the approver reads the prepared statement it runs, which the
+        // approval binds.
+        let prepare = "PREPARE del(int) AS DELETE FROM orders WHERE id = $1";
+        let e = c.batch_execute(prepare).await.unwrap_err();
+        assert!(approvals(&s.gw, &alice, &["approve", &request_name(&db_error(&e).1)]).0);
+        c.batch_execute(prepare).await.unwrap();
+        let e = c.batch_execute("EXECUTE del(99)").await.unwrap_err();
+        let (ok, shown) = approvals(&s.gw, &alice, &["show", &request_name(&db_error(&e).1)]);
+        assert!(ok, "{shown}");
+        let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+        assert_eq!(
+            shown["spec"]["operation"]["detail"],
+            "prepared del: DELETE FROM orders WHERE id = $1"
+        );
+
         // Window: approved once, then matching statements pass until it ends, mid-session.
         let e = c
             .batch_execute("INSERT INTO customers (name, email) VALUES ('W1', 'w1@example.com')")

@@ -139,6 +139,33 @@ pub struct Question<'a> {
 /// Longest approval detail, in characters: enough to read a request body or a statement's
 /// parameters, well within the ApprovalRequest's limit.
 pub const MAX_DETAIL_CHARS: usize = 4096;
+/// `text` with the characters that change how it reads without showing themselves written out
+/// (`\u{202e}`): bidirectional overrides and isolates, zero-width and other format characters,
+/// and controls but the line break. An agent shapes what approvers read (a path, a query, SQL);
+/// `kubectl get approvalrequests` prints it as it is.
+pub fn visible(text: &str) -> String {
+    let hidden = |c: char| {
+        (c.is_control() && c != '\n')
+            || matches!(c,
+                '\u{00AD}' | '\u{0600}'..='\u{0605}' | '\u{061C}' | '\u{06DD}' | '\u{070F}'
+                | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}')
+    };
+    if !text.chars().any(hidden) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if hidden(c) {
+                format!("\\u{{{:x}}}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// Longest approval summary, in characters, leaving room under the ApprovalRequest's 4096 for
 /// the note of a cut.
 pub const MAX_SUMMARY_CHARS: usize = 3968;
@@ -223,15 +250,15 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
         connection: q.connection.to_string(),
         kind: q.kind,
         // Within the ApprovalRequest's limit (4096), the cut saying what it left out.
-        summary: cut_chars(&q.summary, MAX_SUMMARY_CHARS),
+        summary: cut_chars(&visible(&q.summary), MAX_SUMMARY_CHARS),
         fingerprint: q.fingerprint,
-        detail: q.detail,
+        detail: q.detail.as_deref().map(visible),
         policy: q.policy.name.clone(),
         rule: q.rule.name.clone(),
         grant,
         approvers: spec.approvers.clone(),
         min_approvals: spec.min_approvals,
-        reason: q.reason.map(|r| truncate(&r, MAX_REASON_BYTES)),
+        reason: q.reason.map(|r| truncate(&visible(&r), MAX_REASON_BYTES)),
         // The store keeps whole seconds; one more keeps its expiry from ending a Hold early.
         timeout: timeout + Duration::from_secs(1),
         grant_limit,
@@ -375,6 +402,16 @@ mod tests {
                 ),
             "{cut}"
         );
+    }
+
+    /// What approvers read shows the characters that would reorder or hide text.
+    #[test]
+    fn approvers_see_hidden_characters_written_out() {
+        assert_eq!(
+            visible("DELETE /users/\u{202e}1\u{200b}2\tx\nnext"),
+            "DELETE /users/\\u{202e}1\\u{200b}2\\u{9}x\nnext"
+        );
+        assert_eq!(visible("plain /path?q=1"), "plain /path?q=1");
     }
 
     #[test]

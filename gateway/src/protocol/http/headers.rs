@@ -146,7 +146,7 @@ const UNBOUND_HEADERS: &[&str] = &[
     "expect",
     "agentgate-reason",
     "user-agent",
-    "accept",
+    // `Accept` is bound: APIs pick a version or a preview by it (GitHub's `vnd.github.*`).
     "accept-encoding",
     "accept-language",
     "date",

@@ -1919,7 +1919,32 @@ impl ClientSide {
             let other_rule = verdicts
                 .iter()
                 .find(|w| w.action == Action::RequireApproval && w.approval != v.approval);
-            let fingerprint = approval::fingerprint(&[b"simple", sql.as_bytes()]);
+            // An EXECUTE names a prepared statement: what it runs is part of the operation, bound
+            // and shown (a name prepared anew before the grant is spent is another operation).
+            let executed: Vec<(String, String)> = {
+                let prepared = lock(&self.shared);
+                classified
+                    .statements
+                    .iter()
+                    .filter_map(|st| {
+                        let name = st.execute.as_ref()?;
+                        let inner = prepared.sql.get(name)?.as_ref()?;
+                        Some((name.clone(), inner.text.clone()))
+                    })
+                    .collect()
+            };
+            let mut parts: Vec<&[u8]> = vec![b"simple", sql.as_bytes()];
+            for (name, text) in &executed {
+                parts.extend([name.as_bytes(), text.as_bytes()]);
+            }
+            let fingerprint = approval::fingerprint(&parts);
+            let detail = (!executed.is_empty()).then(|| {
+                let shown: Vec<String> = executed
+                    .iter()
+                    .map(|(name, text)| format!("prepared {name}: {}", live.masked_sql(text)))
+                    .collect();
+                approval::cut_detail_hiding(&shown.join("\n"), Some(&live.token))
+            });
             let answer = match other_rule {
                 Some(w) => Err(ErrorResponse::new(
                     sqlstate::INSUFFICIENT_PRIVILEGE,
@@ -1930,7 +1955,7 @@ impl ClientSide {
                     ),
                 )),
                 None => {
-                    self.approve(v, sql, fingerprint, None, approval::sql_reason(sql))
+                    self.approve(v, sql, fingerprint, detail, approval::sql_reason(sql))
                         .await
                 }
             };
