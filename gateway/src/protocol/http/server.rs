@@ -245,6 +245,7 @@ async fn accept_loop(
             return;
         };
         let _ = stream.set_nodelay(true);
+        let timeouts = Timeouts::of_listener(&slots);
         let gw = gw.clone();
         let acceptor = acceptor.clone();
         let name = name.clone();
@@ -255,12 +256,12 @@ async fn accept_loop(
             match acceptor {
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => serve(TokioIo::new(tls), peer, true, gw, name, stop, TIMEOUTS).await,
+                        Ok(Ok(tls)) => serve(TokioIo::new(tls), peer, true, gw, name, stop, timeouts).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
                 }
-                None => serve(TokioIo::new(stream), peer, false, gw, name, stop, TIMEOUTS).await,
+                None => serve(TokioIo::new(stream), peer, false, gw, name, stop, timeouts).await,
             }
         });
     }
@@ -360,18 +361,44 @@ impl hyper::body::Body for Guarded {
 }
 
 /// A connection's time limits.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Timeouts {
     /// The wait for each HTTP/1 request head and, for any protocol, for the first request.
     head: Duration,
     /// The time with no request in flight.
     idle: Duration,
+    /// The listener's free connection slots: when few are left, idle connections get
+    /// [`PRESSED_IDLE_TIMEOUT`], so holding slots open with a request now and then does not
+    /// lock others out.
+    slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
-const TIMEOUTS: Timeouts = Timeouts {
-    head: HEADER_READ_TIMEOUT,
-    idle: IDLE_TIMEOUT,
-};
+impl Timeouts {
+    fn of_listener(slots: &Arc<tokio::sync::Semaphore>) -> Self {
+        Self {
+            head: HEADER_READ_TIMEOUT,
+            idle: IDLE_TIMEOUT,
+            slots: Some(slots.clone()),
+        }
+    }
+
+    /// The idle limit now: shorter while the listener is short of slots.
+    fn idle_now(&self) -> Duration {
+        let pressed = self
+            .slots
+            .as_ref()
+            .is_some_and(|s| s.available_permits() < MAX_CONNECTIONS_PER_LISTENER / PRESSED_FRACTION);
+        if pressed {
+            self.idle.min(PRESSED_IDLE_TIMEOUT)
+        } else {
+            self.idle
+        }
+    }
+}
+
+/// The idle limit while fewer than 1/[`PRESSED_FRACTION`] of a listener's slots are free.
+pub const PRESSED_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+const PRESSED_FRACTION: usize = 10;
 
 /// Serves one connection within `timeouts`.
 async fn serve<I>(
@@ -385,10 +412,7 @@ async fn serve<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let Timeouts {
-        head: head_timeout,
-        idle: idle_timeout,
-    } = timeouts;
+    let (head_timeout, idle_timeout) = (timeouts.head, timeouts.idle);
     let ctx = Arc::new(ConnContext::new(peer, tls, listener));
     // Set once a request head has been read, whatever the protocol.
     let arrived = Arc::new(AtomicBool::new(false));
@@ -437,7 +461,8 @@ async fn serve<I>(
     let first_head = tokio::time::sleep(head_timeout);
     tokio::pin!(first_head);
     let mut waiting = true;
-    let mut idle_check = tokio::time::interval(idle_timeout / 4);
+    // Often enough for the shorter limit a listener short of slots applies.
+    let mut idle_check = tokio::time::interval((idle_timeout / 4).min(PRESSED_IDLE_TIMEOUT));
     idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut draining = false;
     let result = loop {
@@ -451,7 +476,7 @@ async fn serve<I>(
                 }
             }
             _ = idle_check.tick(), if !draining => {
-                if activity.idle_for() >= idle_timeout {
+                if activity.idle_for() >= timeouts.idle_now() {
                     tracing::debug!(%peer, "no request in flight within the idle timeout; closing");
                     // Graceful: HTTP/2 says GOAWAY, HTTP/1 closes between requests.
                     conn.as_mut().graceful_shutdown();
@@ -497,6 +522,7 @@ mod tests {
             Timeouts {
                 head: head_timeout,
                 idle: IDLE_TIMEOUT,
+                slots: None,
             },
         ));
         client.write_all(first).await.unwrap();
@@ -529,6 +555,7 @@ mod tests {
                 Timeouts {
                     head: Duration::from_secs(5),
                     idle,
+                    slots: None,
                 },
             )
             .await;
@@ -562,6 +589,21 @@ mod tests {
         drop(guard);
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(activity.idle_for() >= Duration::from_millis(40));
+    }
+
+    /// Short of free slots, a listener gives idle connections the shorter limit.
+    #[test]
+    fn a_listener_short_of_slots_shortens_the_idle_limit() {
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_LISTENER));
+        let timeouts = Timeouts::of_listener(&slots);
+        assert_eq!(timeouts.idle_now(), IDLE_TIMEOUT);
+        let held = slots
+            .clone()
+            .try_acquire_many_owned((MAX_CONNECTIONS_PER_LISTENER - 10) as u32)
+            .unwrap();
+        assert_eq!(timeouts.idle_now(), PRESSED_IDLE_TIMEOUT);
+        drop(held);
+        assert_eq!(timeouts.idle_now(), IDLE_TIMEOUT);
     }
 
     #[tokio::test]
