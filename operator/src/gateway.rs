@@ -85,10 +85,9 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
     if let Some(refusal) = &claim_refused {
         image = Err(refusal.clone());
     }
-    if let Err(e) = &image {
-        // Not run, not published: the gateway reports why, and keeps what it had.
-        compiled.gateway = Err(e.clone());
-    }
+    // A refused image or claim stops the Deployment from changing, not the configuration: a
+    // policy, a revoked identity or a rotated credential still reaches the gateway that runs,
+    // so whoever may write the AgentGateway cannot hold the security team's changes back.
     let pp = PatchParams::apply(MANAGER).force();
     let client = &ctx.client;
     // Force only settles fields between this operator's own versions: an object of a child's
@@ -166,6 +165,12 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
     apply::<PodDisruptionBudget>(client, &ns, children::pod_disruption_budget(&gw), &pp).await?;
 
     report_objects(&ctx, &name, &snapshot, &compiled).await?;
+    if let (Err(e), Ok(_)) = (&image, &compiled.gateway) {
+        // The gateway itself is not as asked: said on it, while its configuration is in force.
+        compiled.gateway = Err(format!(
+            "{e}; the running gateway keeps its image and volumes, and takes the configuration"
+        ));
+    }
     report_gateway(&ctx, &gw, &ns, &compiled).await?;
     Ok(Action::requeue(if claim_refused.is_some() {
         CONFLICT_RECHECK
@@ -297,10 +302,12 @@ async fn report_objects(
     for (key, verdict) in &compiled.verdicts {
         let (ready, reason, message) = match verdict {
             Verdict::Ready => match unpublished {
+                // The same words from every gateway of the namespace: two of them writing
+                // their own names would rewrite each other's conditions without end.
                 None => (
                     true,
                     "Compiled",
-                    format!("in the configuration of AgentGateway {gateway}"),
+                    "in the published configuration of its AgentGateway(s)".to_string(),
                 ),
                 Some(why) => (
                     false,

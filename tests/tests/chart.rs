@@ -699,6 +699,25 @@ fn allows(rules: &Value, group: &str, resource: &str, verb: &str) -> bool {
 fn rbac_is_least_privilege_and_covers_what_the_operator_grants() {
     let objects = render(&[]);
     let operator = &named(&objects, "ClusterRole", "agentgate-operator")["rules"];
+    // Children's blockOwnerDeletion needs this where OwnerReferencesPermissionEnforcement runs.
+    assert!(allows(
+        operator,
+        "agentgate.dev",
+        "agentgateways/finalizers",
+        "update"
+    ));
+    // The admission policies of a namespace-scoped release govern its namespace only.
+    let bindings = render(&["--set", "watchNamespace=team-a"]);
+    for b in of_kind(&bindings, "ValidatingAdmissionPolicyBinding") {
+        assert_eq!(
+            b["spec"]["matchResources"]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+            "team-a",
+            "{b}"
+        );
+    }
+    for b in of_kind(&objects, "ValidatingAdmissionPolicyBinding") {
+        assert!(b["spec"]["matchResources"].is_null(), "{b}");
+    }
     let kinds = [
         "agentgateways",
         "connections",

@@ -332,16 +332,34 @@ spec:
     });
     assert_eq!(ready(&env, "agentgateway", "main"), "False");
     assert_eq!(jsonpath(&env, "deployment", "agentgate-main", image_path), image);
-    // Nor do its objects claim to be in force while its configuration is not published.
+    // Its configuration is still published to the gateway that runs: a policy written now is
+    // in force, whoever holds the AgentGateway back.
+    let published = jsonpath(&env, "secret", "agentgate-main-config", data_path);
+    env.kubectl_ok(
+        "admin",
+        &[
+            "patch",
+            "accesspolicy",
+            "okta-read",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"add","path":"/spec/rules/-","value":{"name":"no-deletes","action":"Deny","http":{"methods":["DELETE"]}}}]"#,
+        ],
+    );
     eventually(
-        "the policy to say it is not in force",
+        "the new policy to be published all the same",
         &op,
         Duration::from_secs(10),
-        || {
-            ready(&env, "accesspolicy", "okta-read") == "False"
-                && ready_message(&env, "accesspolicy", "okta-read").contains("not published")
-        },
+        || jsonpath(&env, "secret", "agentgate-main-config", data_path) != published,
     );
+    assert_eq!(ready(&env, "accesspolicy", "okta-read"), "True");
+    assert!(
+        ready_message(&env, "agentgateway", "main").contains("keeps its image"),
+        "{}",
+        ready_message(&env, "agentgateway", "main")
+    );
+    assert_eq!(jsonpath(&env, "deployment", "agentgate-main", image_path), image);
     patch_gateway("json", r#"[{"op":"remove","path":"/spec/image"}]"#);
     eventually(
         "the gateway to be Ready again",
