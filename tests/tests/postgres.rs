@@ -2338,6 +2338,32 @@ fn fetch_joins_and_copy_do_not_step_around_decisions_caps_or_masking() {
         r.until_ready();
         assert_eq!(orders(), orders_before, "{sql} ran the portal's DELETE");
     }
+    // A pipeline sent ahead: the Bind is handled before the server answers the Query before it,
+    // whose ReadyForQuery (outside a transaction) ends only the portals bound before it. The
+    // name was a declared cursor once, which a FETCH may read.
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(b'Q', b"BEGIN; DECLARE p CURSOR FOR SELECT 1; COMMIT\0");
+    r.until_ready();
+    let delete = parse("s", "DELETE FROM orders WHERE id = 1 RETURNING id");
+    let portal = bind("p", "s");
+    let ahead: Vec<(u8, &[u8])> = vec![
+        (b'Q', b"SELECT 1\0"),
+        (b'Q', b"BEGIN\0"),
+        (b'P', &delete),
+        (b'B', &portal),
+        (b'S', b""),
+    ];
+    r.0.write_all(&pipeline(&ahead)).unwrap();
+    for _ in 0..3 {
+        let msgs = r.until_ready();
+        assert!(errors(&msgs).is_empty(), "{msgs:?}");
+    }
+    r.send(b'Q', b"FETCH ALL FROM p\0");
+    let msgs = r.until_ready();
+    assert_eq!(errors(&msgs), ["42501"], "{msgs:?}");
+    r.send(b'Q', b"ROLLBACK\0");
+    r.until_ready();
+    assert_eq!(orders(), orders_before, "the pipelined portal's DELETE ran");
     // The cap of the rule on big_capped reaches a UNION with a table it does not name.
     let out = s
         .psql("SELECT id FROM big_capped UNION ALL SELECT id FROM orders WHERE false")

@@ -1072,6 +1072,38 @@ impl<'t> Analysis<'t> {
         if matches!(name, "UpdateStmt" | "DeleteStmt") && v.get("where_clause").is_none() {
             self.without_where = true;
         }
+        // An upsert updates what it conflicts with: an UPDATE as much as an INSERT (PostgreSQL
+        // asks for both privileges), of every row a query as its source may name.
+        if name == "InsertStmt"
+            && let Some(conflict) = v.get("on_conflict_clause")
+            && conflict.int("action") == protobuf::OnConflictAction::OnconflictUpdate as i64
+        {
+            self.push_kind(StatementKind::Update);
+            let from_a_query = v
+                .get("select_stmt")
+                .is_some_and(|s| !s.list("from_clause").is_empty());
+            if from_a_query && conflict.get("where_clause").is_none() {
+                self.without_where = true;
+            }
+        }
+        // MERGE is what its actions are.
+        if name == "MergeStmt" {
+            for clause in v.list("merge_when_clauses") {
+                let command = clause.int("command_type");
+                let kind = if command == protobuf::CmdType::CmdUpdate as i64 {
+                    Some(StatementKind::Update)
+                } else if command == protobuf::CmdType::CmdDelete as i64 {
+                    Some(StatementKind::Delete)
+                } else if command == protobuf::CmdType::CmdInsert as i64 {
+                    Some(StatementKind::Insert)
+                } else {
+                    None
+                };
+                if let Some(k) = kind {
+                    self.push_kind(k);
+                }
+            }
+        }
         if name == "MergeStmt" && merges_every_row(v) {
             self.without_where = true;
         }
@@ -1153,6 +1185,13 @@ impl<'t> Analysis<'t> {
         self.functions.push(name.to_string());
         if name.eq_ignore_ascii_case("set_config") {
             self.set_config(v.list("args"));
+        }
+        // These run any portal by name, a Bind-made or the unnamed one included, past what the
+        // gateway checks of FETCH (which portals, under which configuration, how many rows).
+        if CURSOR_READING_FUNCTIONS.contains(&name) {
+            self.refused = Some(format!(
+                "{name} reads a cursor or portal past the gateway's decisions; use FETCH"
+            ));
         }
         let trusted_path = schema.is_empty() || schema == "pg_catalog";
         if !(trusted_path && read_only_functions().contains(name)) {
@@ -1288,6 +1327,9 @@ fn is_relation_type(t: i64) -> bool {
 /// WHERE does: an unconditional UPDATE or DELETE for rows matched on a condition that names no
 /// column (`ON true`), or for every row the source does not match (`WHEN NOT MATCHED BY
 /// SOURCE`).
+/// Functions that read a cursor or portal by name (`PortalRunFetch`).
+const CURSOR_READING_FUNCTIONS: [&str; 2] = ["cursor_to_xml", "cursor_to_xmlschema"];
+
 fn merges_every_row(merge: &V) -> bool {
     fn names_a_column(v: &V) -> bool {
         match v {
@@ -2073,12 +2115,38 @@ mod tests {
         let s = one("MERGE INTO orders o USING customers c ON o.customer_id = c.id \
              WHEN MATCHED THEN UPDATE SET status = 'merged' \
              WHEN NOT MATCHED THEN INSERT (customer_id) VALUES (c.id)");
+        // MERGE is what its actions are: a Deny of Update or Delete sees them.
         assert_eq!(
             (s.kinds.clone(), s.writes, s.without_where),
-            (vec![K::Merge], true, false)
+            (vec![K::Merge, K::Update, K::Insert], true, false)
         );
         assert_eq!(s.tables, strs(&["public.orders", "public.customers"]));
         assert!(s.columns.contains(&"status".to_string()) && s.columns.contains(&"customer_id".to_string()));
+        // An upsert updates too; from a query and without a WHERE, maybe every row.
+        let s = one("INSERT INTO t (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET a = 1");
+        assert_eq!(
+            (s.kinds.clone(), s.without_where),
+            (vec![K::Insert, K::Update], false)
+        );
+        let s = one("INSERT INTO orders SELECT * FROM orders ON CONFLICT (id) DO UPDATE SET total = 0");
+        assert_eq!(
+            (s.kinds.clone(), s.without_where),
+            (vec![K::Insert, K::Update], true)
+        );
+        let s = one(
+            "INSERT INTO orders SELECT * FROM orders ON CONFLICT (id) DO UPDATE SET total = 0 WHERE orders.id = 1",
+        );
+        assert!(!s.without_where);
+        let s = one("INSERT INTO t (id) VALUES (1) ON CONFLICT DO NOTHING");
+        assert_eq!(s.kinds, vec![K::Insert]);
+        // Reading a portal by name through a function skips FETCH's checks.
+        for sql in [
+            "SELECT cursor_to_xml('', 100, false, false, '')",
+            "SELECT pg_catalog.cursor_to_xmlschema('p', false, false, '')",
+        ] {
+            let e = classify(sql).unwrap_err();
+            assert!(e.to_string().contains("use FETCH"), "{sql}: {e}");
+        }
     }
 
     #[test]
@@ -2206,7 +2274,7 @@ mod tests {
             "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3), \
              i AS (MERGE INTO t USING r ON t.id = r.n WHEN MATCHED THEN DELETE) SELECT 1",
         );
-        assert_eq!(s.kinds, vec![K::Select, K::Merge]);
+        assert_eq!(s.kinds, vec![K::Select, K::Merge, K::Delete]);
         assert_eq!(s.tables, strs(&["public.t"]));
         // Nested below a subquery (PostgreSQL refuses it, the classifier still sees it).
         let s = one("SELECT * FROM (WITH x AS (DELETE FROM t RETURNING 1) SELECT * FROM x) s");

@@ -9,7 +9,7 @@
 //! the next Sync, aborts an open transaction, and answers ReadyForQuery, in the order the
 //! client expects, whatever was pipelined around the refusal.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -575,6 +575,8 @@ enum Pending {
         results: Vec<ResultPlan>,
         refused: Option<Refusal>,
         copies: u64,
+        /// The segment it ends (see [`Prepared::clear_portals_before`]).
+        through: u64,
     },
     Parse {
         seq: u64,
@@ -600,6 +602,8 @@ enum Pending {
     Sync {
         in_copy: bool,
         copies: u64,
+        /// The segment it ends (see [`Prepared::clear_portals_before`]).
+        through: u64,
     },
     /// Not an answer: the client side stopped the session with this error.
     Fatal(Fatal),
@@ -614,7 +618,7 @@ struct Prepared {
     portals: HashMap<String, Portal>,
     /// Names of the portals Bind made since the transaction began, which SQL's FETCH and MOVE
     /// can run too (one namespace with cursors), past the decision at Execute.
-    bound: HashSet<String>,
+    bound: HashMap<String, u64>,
     /// More than [`MAX_TRACKED_CURSORS`] were bound in the transaction: any cursor name the
     /// gateway did not see declared may be one.
     bound_overflow: bool,
@@ -657,6 +661,8 @@ struct Portal {
     /// described them): the same bytes are another value under another type (int8 -1 and a
     /// float8 NaN), so an approval's fingerprint covers them too.
     types: Arc<[u32]>,
+    /// The segment it was bound in.
+    segment: u64,
 }
 
 impl Prepared {
@@ -665,7 +671,18 @@ impl Prepared {
         if self.bound.len() >= MAX_TRACKED_CURSORS {
             self.bound_overflow = true;
         } else {
-            self.bound.insert(name.to_string());
+            self.bound.insert(name.to_string(), self.segment);
+        }
+    }
+
+    /// Forgets the portals bound before segment `through`, whose transaction a ReadyForQuery
+    /// outside one has ended. Portals bound after it (a pipeline sent ahead: a Bind in the next
+    /// transaction, already handled) are the server's still, and stay known.
+    fn clear_portals_before(&mut self, through: u64) {
+        self.portals.retain(|_, p| p.segment >= through);
+        self.bound.retain(|_, segment| *segment >= through);
+        if self.bound.is_empty() {
+            self.bound_overflow = false;
         }
     }
 
@@ -1075,7 +1092,7 @@ impl Live {
                     // A portal Bind made runs its statement under FETCH or MOVE too, which
                     // the gateway decided only for Execute (and which may never have been
                     // allowed): it is read by Execute alone.
-                    if prepared.bound.contains(name.as_str())
+                    if prepared.bound.contains_key(name.as_str())
                         || (prepared.bound_overflow && !cursors.contains_key(name))
                     {
                         return Verdict::refused(format!(
@@ -1770,9 +1787,11 @@ impl ClientSide {
                 self.unsynced = false;
                 lock(&self.shared).segment += 1;
                 self.forward(&frame);
+                let through = lock(&self.shared).segment;
                 self.push(Pending::Sync {
                     in_copy,
                     copies: self.copies,
+                    through,
                 })?;
             }
             frontend::FLUSH => {
@@ -1828,6 +1847,7 @@ impl ClientSide {
             sql: MARKER_PREFIX.to_string(),
         }
         .encode(&mut self.out);
+        let through = lock(&self.shared).segment;
         self.push(Pending::Query {
             results: Vec::new(),
             refused: Some(Refusal {
@@ -1835,6 +1855,7 @@ impl ClientSide {
                 marker_code: sqlstate::SYNTAX_ERROR,
             }),
             copies: self.copies,
+            through,
         })
     }
 
@@ -2024,10 +2045,12 @@ impl ClientSide {
             self.number_copy(plan, st);
         }
         self.forward(frame);
+        let through = lock(&self.shared).segment;
         self.push(Pending::Query {
             results,
             refused: None,
             copies: self.copies,
+            through,
         })
     }
 
@@ -2286,6 +2309,7 @@ impl ClientSide {
         if !b.portal.is_empty() {
             prepared.bind_portal(&b.portal);
         }
+        let segment = prepared.segment;
         prepared.portals.insert(
             b.portal.clone(),
             Portal {
@@ -2293,6 +2317,7 @@ impl ClientSide {
                 params,
                 bound,
                 types,
+                segment,
             },
         );
         drop(prepared);
@@ -2644,9 +2669,12 @@ impl ServerSide {
                 // everything up to Sync, including what the client sent once it had read the
                 // error. A skipped Parse registered nothing.
                 let (mut void, mut unsure) = (Vec::new(), Vec::new());
+                // Unanswered by any Query or Sync (it should not be): every portal is forgotten.
+                let mut ended = u64::MAX;
                 while let Some(p) = self.front.pop_front() {
                     match p {
-                        Pending::Query { copies, .. } | Pending::Sync { copies, .. } => {
+                        Pending::Query { copies, through, .. } | Pending::Sync { copies, through, .. } => {
+                            ended = through;
                             self.copy_progress.send_if_modified(|p| {
                                 let later = copies > p.answered;
                                 p.answered = p.answered.max(copies);
@@ -2668,9 +2696,7 @@ impl ServerSide {
                 // Portals live until their transaction ends, and a failed one runs none: what a
                 // skipped Bind would have named must not be taken for the server's.
                 if status != TransactionStatus::InTransaction {
-                    prepared.portals.clear();
-                    prepared.bound.clear();
-                    prepared.bound_overflow = false;
+                    prepared.clear_portals_before(ended);
                 }
                 drop(prepared);
                 self.result = None;

@@ -33,8 +33,9 @@ impl Bind {
                 params.push(None);
             } else {
                 let v = c.bytes(len as usize)?;
-                // Slices of the frame, not copies.
-                params.push(Some(body.slice_ref(v)));
+                // Copies: a portal keeps its values, and a slice would keep the whole read buffer
+                // the frame came in (up to a frame's 64 MiB) alive with it.
+                params.push(Some(Bytes::copy_from_slice(v)));
             }
         }
         let n = c.count()?;
