@@ -73,6 +73,42 @@ const MARKER_PREFIX: &str = "agentgate_refused";
 pub const MAX_AWAITING_MESSAGES: usize = 262_144;
 pub const MAX_AWAITING_SQL_BYTES: usize = 64 * 1024 * 1024;
 
+/// What the client side has queued for the server side and it has not taken in yet, held to
+/// the same caps as [`Awaiting`] (an unbounded channel would otherwise hold whatever a client
+/// sends while never reading).
+#[derive(Debug, Default)]
+struct Queued {
+    messages: std::sync::atomic::AtomicUsize,
+    sql_bytes: std::sync::atomic::AtomicUsize,
+}
+
+impl Queued {
+    fn add(&self, p: &Pending) -> Result<(), String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        // A Fatal ends the session; it is sent by several hands, and counted by none.
+        if matches!(p, Pending::Fatal(_)) {
+            return Ok(());
+        }
+        let messages = self.messages.fetch_add(1, Relaxed) + 1;
+        let bytes = self.sql_bytes.fetch_add(Awaiting::sql_bytes(p), Relaxed) + Awaiting::sql_bytes(p);
+        if messages > MAX_AWAITING_MESSAGES || bytes > MAX_AWAITING_SQL_BYTES {
+            return Err(format!(
+                "more than {MAX_AWAITING_MESSAGES} messages, or {MAX_AWAITING_SQL_BYTES} bytes of statements, await the server's answer while the client reads none"
+            ));
+        }
+        Ok(())
+    }
+
+    fn take(&self, p: &Pending) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if matches!(p, Pending::Fatal(_)) {
+            return;
+        }
+        self.messages.fetch_sub(1, Relaxed);
+        self.sql_bytes.fetch_sub(Awaiting::sql_bytes(p), Relaxed);
+    }
+}
+
 /// The messages forwarded upstream and not answered yet, in order, with the statement text
 /// their plans hold (see [`MAX_AWAITING_MESSAGES`]).
 #[derive(Debug, Default)]
@@ -1440,6 +1476,7 @@ impl Live {
             return;
         }
         let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(Queued::default());
         let (copy_tx, copy_rx) = watch::channel(CopyProgress::default());
         let shared: Shared = Arc::new(Mutex::new(Prepared::default()));
         let Upstream {
@@ -1451,6 +1488,7 @@ impl Live {
         let down = ServerSide {
             live: this.clone(),
             queue: rx,
+            queued: queued.clone(),
             front: Awaiting::default(),
             shared: shared.clone(),
             result: None,
@@ -1465,6 +1503,7 @@ impl Live {
         let client_side = ClientSide {
             live: this.clone(),
             queue: tx,
+            queued,
             shared,
             out: BytesMut::new(),
             copy_in: false,
@@ -1543,6 +1582,8 @@ type Stop = String;
 struct ClientSide {
     live: Arc<Live>,
     queue: mpsc::UnboundedSender<Pending>,
+    /// What sits in `queue` (messages, statement bytes), shared with the server side.
+    queued: Arc<Queued>,
     shared: Shared,
     out: BytesMut,
     /// A forwarded statement may start COPY FROM STDIN, so CopyData is expected.
@@ -1698,7 +1739,12 @@ impl ClientSide {
         format!("protocol violation: {what}")
     }
 
-    fn push(&self, p: Pending) -> Result<(), Stop> {
+    fn push(&mut self, p: Pending) -> Result<(), Stop> {
+        // The server side counts what it has taken in against the caps; what waits in the
+        // channel (while it is blocked writing to a client that does not read) counts here.
+        if let Err(why) = self.queued.add(&p) {
+            return Err(self.violation(why));
+        }
         self.queue.send(p).map_err(|_| "server side ended".to_string())
     }
 
@@ -2541,6 +2587,7 @@ fn apply_effects(prepared: &mut Prepared, st: &Statement) -> Vec<String> {
 struct ServerSide {
     live: Arc<Live>,
     queue: mpsc::UnboundedReceiver<Pending>,
+    queued: Arc<Queued>,
     front: Awaiting,
     shared: Shared,
     /// The result being streamed: its masker, limits and captured rows.
@@ -2600,7 +2647,7 @@ impl ServerSide {
                                 return format!("upstream: {e}");
                             }
                         },
-                        item = self.queue.recv() => match item {
+                        item = self.queue.recv() => match item.inspect(|p| self.queued.take(p)) {
                             Some(Pending::Fatal(Fatal(e))) => {
                                 self.fatal(&mut client, e).await;
                                 return "client protocol violation".into();
@@ -2626,6 +2673,7 @@ impl ServerSide {
                 }
             };
             while let Ok(p) = self.queue.try_recv() {
+                self.queued.take(&p);
                 if let Pending::Fatal(Fatal(e)) = p {
                     self.fatal(&mut client, e).await;
                     return "client protocol violation".into();
