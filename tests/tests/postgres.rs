@@ -1086,6 +1086,18 @@ fn open_sessions_follow_reloads() {
             db_error(&e).1.contains("declared under an earlier configuration"),
             "{e}"
         );
+        // A DECLARE the server refuses (the name is in use) does not pass the old cursor off as
+        // declared anew.
+        let e = c
+            .batch_execute("DECLARE held CURSOR WITH HOLD FOR SELECT 1")
+            .await
+            .unwrap_err();
+        assert_eq!(db_error(&e).0, "42P03", "{e}");
+        let e = c.batch_execute("FETCH 1 FROM held").await.unwrap_err();
+        assert!(
+            db_error(&e).1.contains("declared under an earlier configuration"),
+            "{e}"
+        );
         c.batch_execute(
             "CLOSE held; BEGIN; DECLARE held CURSOR FOR SELECT id FROM orders; FETCH 1 FROM held; COMMIT",
         )

@@ -599,6 +599,9 @@ struct ResultPlan {
     /// Statement names the statement frees (DEALLOCATE, DISCARD ALL), forgotten when it was
     /// sent: if it fails or is skipped, the server may still hold them (see [`Prepared::unsure`]).
     freed: Vec<String>,
+    /// The cursor a DECLARE makes and the configuration it is decided under, noted when the
+    /// server completes it.
+    declares: Option<(String, u64)>,
 }
 
 /// One message forwarded upstream that the upstream will answer, in order.
@@ -1207,12 +1210,12 @@ impl Live {
         if st.node == "DeclareCursorStmt"
             && let Some(name) = &st.cursor
         {
-            let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
-            // Bounded: forgotten cursors are read only under the session's first configuration.
-            if cursors.len() >= MAX_TRACKED_CURSORS {
-                cursors.clear();
+            // Known from here for the statements after it in the same text; a name known already
+            // keeps its configuration until the server confirms a new cursor of it (a DECLARE
+            // the server refuses, of a name in use, must not pass an old cursor off as new).
+            if d.action == Action::Allow {
+                self.note_cursor(name, generation, false);
             }
-            cursors.insert(name.clone(), generation);
         }
         // Judged on what runs: EXECUTE's prepared statement. A FETCH names only its cursor,
         // whose query the gateway does not keep: where any column is masked, its computed
@@ -1385,8 +1388,28 @@ impl Live {
 
     /// `sql`: the statement as recorded, from [`LiveSession::masked_sql`] (passwords and
     /// detected values out, like every other event's SQL).
+    /// Remembers cursor `name` as declared under configuration `generation`; `confirmed`: the
+    /// server made it (its DECLARE completed), which replaces what was known of the name.
+    fn note_cursor(&self, name: &str, generation: u64, confirmed: bool) {
+        let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
+        // Bounded: forgotten cursors are read only under the session's first configuration.
+        if cursors.len() >= MAX_TRACKED_CURSORS && !cursors.contains_key(name) {
+            cursors.clear();
+        }
+        if confirmed {
+            cursors.insert(name.to_string(), generation);
+        } else {
+            cursors.entry(name.to_string()).or_insert(generation);
+        }
+    }
+
     fn result_plan(&self, sql: String, st: &Statement, v: &Verdict) -> ResultPlan {
+        let declares = (st.node == "DeclareCursorStmt")
+            .then(|| st.cursor.clone())
+            .flatten()
+            .map(|name| (name, self.current().plane.snapshot.generation));
         ResultPlan {
+            declares,
             sql,
             row_limit: v.row_limit,
             limit_rule: v.rule.clone(),
@@ -3047,6 +3070,12 @@ impl ServerSide {
                     .map_err(|e| format!("upstream sent a malformed message: {e}"))?
                     .tag,
             );
+        }
+        if let (Some(s), Some(t)) = (&s, &tag)
+            && t.starts_with("DECLARE CURSOR")
+            && let Some((name, generation)) = &s.plan.declares
+        {
+            self.live.note_cursor(name, *generation, true);
         }
         let mut forwarded = false;
         if !self.report.is_empty() {
