@@ -509,21 +509,26 @@ fn http_defer_then_retry_and_hold_through_the_data_path() {
     assert_eq!(r.status, 200, "{r:?}");
 
     // Hold: the request waits and goes through when approved.
-    let (url, auth2) = (gw.url("/orders/echo/held"), auth.clone());
-    let held = std::thread::spawn(move || {
-        agentgate_e2e::curl(
-            &["-X", "PUT", "-H", &auth2, "--data", "x", "--max-time", "40"],
-            &url,
-        )
-    });
-    let name = agentgate_e2e::wait_for(Duration::from_secs(20), || {
-        let out = cli(&gw, Some(&alice), &["list", "--pending"]).stdout;
-        out.lines()
-            .find(|l| l.contains("orders/held"))
-            .and_then(|l| l.split_whitespace().next())
-            .map(str::to_string)
-    })
-    .expect("the held request is listed");
+    // PUT `path` with `body` in a thread, held under rule `held`; its request's name once listed.
+    let hold = |path: &str, body: &str| {
+        let (url, auth2, body) = (gw.url(path), auth.clone(), body.to_string());
+        let held = std::thread::spawn(move || {
+            agentgate_e2e::curl(
+                &["-X", "PUT", "-H", &auth2, "--data", &body, "--max-time", "40"],
+                &url,
+            )
+        });
+        let name = agentgate_e2e::wait_for(Duration::from_secs(20), || {
+            let out = cli(&gw, Some(&alice), &["list", "--pending"]).stdout;
+            out.lines()
+                .find(|l| l.contains("orders/held"))
+                .and_then(|l| l.split_whitespace().next())
+                .map(str::to_string)
+        })
+        .expect("the held request is listed");
+        (held, name)
+    };
+    let (held, name) = hold("/orders/echo/held", "x");
     let started = std::time::Instant::now();
     let r = cli(&gw, Some(&alice), &["approve", &name]);
     assert!(r.ok, "{}{}", r.stdout, r.stderr);
@@ -562,21 +567,7 @@ fn http_defer_then_retry_and_hold_through_the_data_path() {
     // Held across a reload: released not under the configuration it was decided by (a
     // suspension or a new Deny there would not apply to it), but refused, the grant unspent;
     // sent again, it is decided anew and the approval lets it through.
-    let (url, auth2) = (gw.url("/orders/echo/held-2"), auth.clone());
-    let held = std::thread::spawn(move || {
-        agentgate_e2e::curl(
-            &["-X", "PUT", "-H", &auth2, "--data", "y", "--max-time", "40"],
-            &url,
-        )
-    });
-    let name = agentgate_e2e::wait_for(Duration::from_secs(20), || {
-        let out = cli(&gw, Some(&alice), &["list", "--pending"]).stdout;
-        out.lines()
-            .find(|l| l.contains("held-2"))
-            .and_then(|l| l.split_whitespace().next())
-            .map(str::to_string)
-    })
-    .expect("the second held request is listed");
+    let (held, name) = hold("/orders/echo/held-2", "y");
     let reloaded = || {
         gw.metrics()
             .lines()

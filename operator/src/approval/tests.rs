@@ -184,27 +184,23 @@ fn a_used_grant_stays_used() {
 /// used grant changes nothing.
 #[test]
 fn a_deny_after_the_approval_withdraws_the_unspent_grant() {
-    let approved_at = |decisions: Value, phase: ApprovalPhase| {
+    use ApprovalPhase::{Approved, Denied, Expired, Used};
+    // A Window approved at NOW for 30 minutes, in `phase`, with `decisions`, evaluated at `at`.
+    let evaluated = |decisions: Value, phase: ApprovalPhase, rule: &ApprovalRule, at: i64| {
         let mut r = request(decisions, json!({"type": "Window", "duration": "30m"}));
         r.status = Some(ApprovalRequestStatus {
             phase,
             decided_at: Some(format_time(NOW)),
             grant_expires_at: Some(format_time(NOW + 1800)),
-            used_at: (phase == ApprovalPhase::Used).then(|| format_time(NOW + 5)),
+            used_at: (phase == Used).then(|| format_time(NOW + 5)),
             ..Default::default()
         });
-        r
+        evaluate(&r, Some(rule), HOUR, WEEK, at)
     };
     let withdrawn = |by: &str| json!({ by: {"state": "Denied", "reason": "revoked"} });
     let dba = rule(1, &["carol"], &["dba"]);
-    let e = evaluate(
-        &approved_at(withdrawn("alice"), ApprovalPhase::Approved),
-        Some(&dba),
-        HOUR,
-        WEEK,
-        NOW + 60,
-    );
-    assert_eq!((e.phase, e.decided_at), (ApprovalPhase::Denied, Some(NOW + 60)));
+    let e = evaluated(withdrawn("alice"), Approved, &dba, NOW + 60);
+    assert_eq!((e.phase, e.decided_at), (Denied, Some(NOW + 60)));
     assert_eq!(
         e.next_change,
         Some(NOW + 60 + WEEK.as_secs() as i64),
@@ -212,49 +208,21 @@ fn a_deny_after_the_approval_withdraws_the_unspent_grant() {
     );
     let mut both = approved("alice");
     both["bob"] = json!({"state": "Denied"});
-    let e = evaluate(
-        &approved_at(both, ApprovalPhase::Approved),
-        Some(&dba),
-        HOUR,
-        WEEK,
-        NOW + 60,
-    );
-    assert_eq!(e.phase, ApprovalPhase::Denied);
+    assert_eq!(evaluated(both, Approved, &dba, NOW + 60).phase, Denied);
     // Not an approver's: the requester, or a user a users-only rule does not list.
-    let e = evaluate(
-        &approved_at(withdrawn("agent-subject"), ApprovalPhase::Approved),
-        Some(&dba),
-        HOUR,
-        WEEK,
-        NOW + 60,
-    );
-    assert_eq!(e.phase, ApprovalPhase::Approved);
+    let requester = evaluated(withdrawn("agent-subject"), Approved, &dba, NOW + 60);
+    assert_eq!(requester.phase, Approved);
     let users_only = rule(1, &["carol"], &[]);
-    let e = evaluate(
-        &approved_at(withdrawn("mallory"), ApprovalPhase::Approved),
-        Some(&users_only),
-        HOUR,
-        WEEK,
-        NOW + 60,
+    assert_eq!(
+        evaluated(withdrawn("mallory"), Approved, &users_only, NOW + 60).phase,
+        Approved
     );
-    assert_eq!(e.phase, ApprovalPhase::Approved);
     // A used grant cannot be withdrawn; an expired one has nothing left.
-    let e = evaluate(
-        &approved_at(withdrawn("alice"), ApprovalPhase::Used),
-        Some(&dba),
-        HOUR,
-        WEEK,
-        NOW + 60,
+    assert_eq!(evaluated(withdrawn("alice"), Used, &dba, NOW + 60).phase, Used);
+    assert_eq!(
+        evaluated(withdrawn("alice"), Approved, &dba, NOW + 1800).phase,
+        Expired
     );
-    assert_eq!(e.phase, ApprovalPhase::Used);
-    let e = evaluate(
-        &approved_at(withdrawn("alice"), ApprovalPhase::Approved),
-        Some(&dba),
-        HOUR,
-        WEEK,
-        NOW + 1800,
-    );
-    assert_eq!(e.phase, ApprovalPhase::Expired);
 }
 
 /// The `Approved` condition follows the phase: Unknown while pending, True once approved (and

@@ -502,6 +502,27 @@ mod tests {
     use crate::metrics::Metrics;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// Serves one accepted connection of a gateway with no configuration, within these limits.
+    async fn serve_one(stream: tokio::net::TcpStream, peer: SocketAddr, head: Duration, idle: Duration) {
+        let (_stop, stop_rx) = watch::channel(false);
+        let timeouts = Timeouts {
+            head,
+            idle,
+            slots: None,
+        };
+        let gw = Gateway::new(Metrics::new());
+        serve(
+            TokioIo::new(stream),
+            peer,
+            false,
+            gw,
+            "test".into(),
+            stop_rx,
+            timeouts,
+        )
+        .await
+    }
+
     /// Opens a connection to `serve`, writes `first` and returns what the server sent before
     /// closing, or `None` if it was still open after `wait`.
     async fn until_closed(first: &[u8], head_timeout: Duration, wait: Duration) -> Option<Vec<u8>> {
@@ -510,21 +531,7 @@ mod tests {
             .await
             .unwrap();
         let (server, peer) = socket.accept().await.unwrap();
-        let (_stop, stop_rx) = watch::channel(false);
-        let gw = Gateway::new(Metrics::new());
-        let task = tokio::spawn(serve(
-            TokioIo::new(server),
-            peer,
-            false,
-            gw,
-            "test".into(),
-            stop_rx,
-            Timeouts {
-                head: head_timeout,
-                idle: IDLE_TIMEOUT,
-                slots: None,
-            },
-        ));
+        let task = tokio::spawn(serve_one(server, peer, head_timeout, IDLE_TIMEOUT));
         client.write_all(first).await.unwrap();
         let mut got = Vec::new();
         // A reset counts as closed.
@@ -539,26 +546,11 @@ mod tests {
     async fn idle_http2_connections_are_closed() {
         let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
-        let (_stop, stop_rx) = watch::channel(false);
-        let gw = Gateway::new(Metrics::new());
         let idle = Duration::from_millis(400);
         let server = tokio::spawn(async move {
             let (s, peer) = socket.accept().await.unwrap();
             let started = tokio::time::Instant::now();
-            serve(
-                TokioIo::new(s),
-                peer,
-                false,
-                gw,
-                "test".into(),
-                stop_rx,
-                Timeouts {
-                    head: Duration::from_secs(5),
-                    idle,
-                    slots: None,
-                },
-            )
-            .await;
+            serve_one(s, peer, Duration::from_secs(5), idle).await;
             started.elapsed()
         });
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
