@@ -378,7 +378,7 @@ fn truncate(s: &str, width: usize) -> String {
 }
 
 /// Control characters as `\u{..}` escapes (newlines kept when `keep_newlines`).
-pub(super) fn escape_controls(s: &str, keep_newlines: bool) -> String {
+pub(crate) fn escape_controls(s: &str, keep_newlines: bool) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if (c.is_control() || crate::cli::reorders_text(c)) && !(keep_newlines && c == '\n') {

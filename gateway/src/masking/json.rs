@@ -261,7 +261,7 @@ impl<'i> Rewriter<'_, 'i, '_> {
     fn number(&mut self, selected: Option<FieldMask>) -> Result<(), MaskError> {
         let start = self.pos;
         // A negative number holds the same digits: its sign does not hide a card.
-        let _unsigned = self.scan_number()?;
+        self.scan_number()?;
         let range = start..self.pos;
         let raw = self.str_at(range.clone())?;
         if let Some(strategy) = selected {
@@ -440,9 +440,8 @@ impl<'i> Rewriter<'_, 'i, '_> {
         Ok(())
     }
 
-    /// Validates the number at `pos` and moves past it; returns whether it is non-negative (the
-    /// only kind that can be a card number).
-    fn scan_number(&mut self) -> Result<bool, MaskError> {
+    /// Validates the number at `pos` and moves past it.
+    fn scan_number(&mut self) -> Result<(), MaskError> {
         let b = self.input;
         let mut i = self.pos;
         let negative = b.get(i) == Some(&b'-');
@@ -457,7 +456,6 @@ impl<'i> Rewriter<'_, 'i, '_> {
             Some(b'1'..=b'9') => i = skip_digits(b, i),
             _ => return Err(malformed(i, "expected a digit")),
         }
-        let plain = !negative;
         if b.get(i) == Some(&b'.') {
             let j = skip_digits(b, i + 1);
             if j == i + 1 {
@@ -477,7 +475,7 @@ impl<'i> Rewriter<'_, 'i, '_> {
             i = j;
         }
         self.pos = i;
-        Ok(plain)
+        Ok(())
     }
 }
 

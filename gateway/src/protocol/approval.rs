@@ -140,30 +140,10 @@ pub struct Question<'a> {
 /// parameters, well within the ApprovalRequest's limit.
 pub const MAX_DETAIL_CHARS: usize = 4096;
 /// `text` with the characters that change how it reads without showing themselves written out
-/// (`\u{202e}`): bidirectional overrides and isolates, zero-width and other format characters,
-/// and controls but the line break. An agent shapes what approvers read (a path, a query, SQL);
-/// `kubectl get approvalrequests` prints it as it is.
+/// (`\u{202e}`), line breaks kept: what the approvals CLI shows, applied before storing, as
+/// `kubectl get approvalrequests` prints what an agent shaped (a path, a query, SQL) as it is.
 pub fn visible(text: &str) -> String {
-    let hidden = |c: char| {
-        (c.is_control() && c != '\n')
-            || matches!(c,
-                '\u{00AD}' | '\u{0600}'..='\u{0605}' | '\u{061C}' | '\u{06DD}' | '\u{070F}'
-                | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-                | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}'
-                | '\u{FFF9}'..='\u{FFFB}')
-    };
-    if !text.chars().any(hidden) {
-        return text.to_string();
-    }
-    text.chars()
-        .map(|c| {
-            if hidden(c) {
-                format!("\\u{{{:x}}}", c as u32)
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    crate::approval::cli::escape_controls(text, true)
 }
 
 /// Longest approval summary, in characters, leaving room under the ApprovalRequest's 4096 for

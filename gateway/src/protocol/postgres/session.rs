@@ -73,6 +73,17 @@ const MARKER_PREFIX: &str = "agentgate_refused";
 pub const MAX_AWAITING_MESSAGES: usize = 262_144;
 pub const MAX_AWAITING_SQL_BYTES: usize = 64 * 1024 * 1024;
 
+/// Whether `messages` and `bytes` of statements awaiting the server are within the caps; the
+/// session-ending message otherwise, `why` saying how they piled up.
+fn awaiting_within_caps(messages: usize, bytes: usize, why: &str) -> Result<(), String> {
+    if messages > MAX_AWAITING_MESSAGES || bytes > MAX_AWAITING_SQL_BYTES {
+        return Err(format!(
+            "more than {MAX_AWAITING_MESSAGES} messages, or {MAX_AWAITING_SQL_BYTES} bytes of statements, await the server's answer {why}"
+        ));
+    }
+    Ok(())
+}
+
 /// What the client side has queued for the server side and it has not taken in yet, held to
 /// the same caps as [`Awaiting`] (an unbounded channel would otherwise hold whatever a client
 /// sends while never reading).
@@ -91,12 +102,7 @@ impl Queued {
         }
         let messages = self.messages.fetch_add(1, Relaxed) + 1;
         let bytes = self.sql_bytes.fetch_add(Awaiting::sql_bytes(p), Relaxed) + Awaiting::sql_bytes(p);
-        if messages > MAX_AWAITING_MESSAGES || bytes > MAX_AWAITING_SQL_BYTES {
-            return Err(format!(
-                "more than {MAX_AWAITING_MESSAGES} messages, or {MAX_AWAITING_SQL_BYTES} bytes of statements, await the server's answer while the client reads none"
-            ));
-        }
-        Ok(())
+        awaiting_within_caps(messages, bytes, "while the client reads none")
     }
 
     fn take(&self, p: &Pending) {
@@ -130,12 +136,11 @@ impl Awaiting {
     fn push_back(&mut self, p: Pending) -> Result<(), String> {
         self.sql_bytes += Self::sql_bytes(&p);
         self.items.push_back(p);
-        if self.items.len() > MAX_AWAITING_MESSAGES || self.sql_bytes > MAX_AWAITING_SQL_BYTES {
-            return Err(format!(
-                "more than {MAX_AWAITING_MESSAGES} messages, or {MAX_AWAITING_SQL_BYTES} bytes of statements, await the server's answer (after an error it skips all up to Sync)"
-            ));
-        }
-        Ok(())
+        awaiting_within_caps(
+            self.items.len(),
+            self.sql_bytes,
+            "(after an error it skips all up to Sync)",
+        )
     }
 
     fn pop_front(&mut self) -> Option<Pending> {
