@@ -56,18 +56,18 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    tokio::select! {
+    let held_since = tokio::select! {
         r = elector.acquire() => r?,
         () = stopped(stop_rx.clone()) => {
             metrics.set_phase(Phase::Stopping);
             server.abort();
             return Ok(());
         }
-    }
+    };
     metrics.set_phase(Phase::Leading);
     let result = tokio::select! {
         () = controllers(client, options, metrics.clone(), stop_rx.clone()) => Ok(()),
-        e = elector.keep() => Err(e),
+        e = elector.keep(held_since) => Err(e),
     };
     metrics.set_phase(Phase::Stopping);
     server.abort();
