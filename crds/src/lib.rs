@@ -31,6 +31,12 @@ pub const API_VERSION: &str = "agentgate.dev/v1alpha1";
 /// whoever may write a Connection can then use only the Secrets an owner of them opted in, not
 /// send any Secret of the namespace to an endpoint of their choosing.
 pub const CREDENTIAL_LABEL: &str = "agentgate.dev/credential";
+/// A credential Secret annotated with origins (`https://acme.okta.com`, `postgres://db:5432`,
+/// separated by commas or white space) may be sent only to them: a Connection that names the Secret
+/// with any other endpoint, or with TLS verification off, is refused. The label says which Secrets
+/// gateways may use; this says where each may go, so whoever may write a Connection cannot point
+/// an opted-in credential at an endpoint of their own.
+pub const CREDENTIAL_ENDPOINTS_ANNOTATION: &str = "agentgate.dev/credential-endpoints";
 /// Likewise, the operator mounts into a gateway (`recording.storage.volume`) only a
 /// PersistentVolumeClaim labelled `agentgate.dev/recordings: "true"`: the gateway writes there and
 /// deletes expired session files there, so whoever may write an AgentGateway must not be able to

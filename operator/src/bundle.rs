@@ -326,6 +326,11 @@ fn secret_value(namespace: &str, s: &Secret) -> Value {
     if let Some(t) = &s.type_ {
         v["type"] = Value::String(t.clone());
     }
+    // The origins its owner bound it to travel with it: the gateway's loader enforces them.
+    let bound = agentgate_crds::CREDENTIAL_ENDPOINTS_ANNOTATION;
+    if let Some(origins) = s.metadata.annotations.as_ref().and_then(|a| a.get(bound)) {
+        v["metadata"]["annotations"] = json!({ bound: origins });
+    }
     v
 }
 

@@ -16,7 +16,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::manifest::Manifest;
-use super::secrets::{SecretStore, SecretValue};
+use super::secrets::{Origin, SecretStore, SecretValue};
 use super::{ConfigError, LoadOptions};
 
 /// The immutable configuration one gateway runs with. Swapped whole when configuration changes.
@@ -937,6 +937,49 @@ fn compile_connection(
             "Invalid value: a Postgres endpoint must name the database: postgres://host:port/DATABASE",
         ));
     }
+    // A Secret bound to origins goes to none other, and never over unverified TLS.
+    let secret_refs = c.spec.credentials.iter().flat_map(|cred| {
+        let token = cred
+            .secret_ref
+            .as_ref()
+            .map(|r| ("spec.credentials.secretRef", r.name.as_str()));
+        let certificate = cred
+            .certificate_secret_ref
+            .as_ref()
+            .map(|r| ("spec.credentials.certificateSecretRef", r.name.as_str()));
+        token.into_iter().chain(certificate)
+    });
+    for (path, name) in secret_refs {
+        let Some(origins) = secrets.bound_origins(ns, name) else {
+            continue;
+        };
+        let origin = Origin::of(&endpoint);
+        let listed = || {
+            origins
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !origins.contains(&origin) {
+            errors.push(m.error(
+                "spec.endpoint",
+                format!(
+                    "Invalid value: {origin}: the Secret {ns}/{name} of {path} may be sent only to {} (its annotation {})",
+                    listed(),
+                    agentgate_crds::CREDENTIAL_ENDPOINTS_ANNOTATION
+                ),
+            ));
+        } else if c.spec.tls.as_ref().and_then(|t| t.insecure_skip_verify) == Some(true) {
+            errors.push(m.error(
+                "spec.tls.insecureSkipVerify",
+                format!(
+                    "Invalid value: true: the Secret {ns}/{name} of {path} is bound to {}, which only a verified server can prove to be",
+                    listed()
+                ),
+            ));
+        }
+    }
     let mut resolve = |path: &str, name: &str, key: &str| match secrets.get(ns, name, key) {
         Ok(v) => Some(v),
         Err(e) => {
@@ -1256,6 +1299,76 @@ mod tests {
             errors.iter().all(|e| e.message.starts_with("Invalid value: ")),
             "{errors:?}"
         );
+    }
+
+    /// A credential Secret bound to origins reaches only them: a Connection naming it with another
+    /// endpoint, or with verification off, is refused with the field and the origins it may use.
+    #[test]
+    fn a_bound_credential_goes_only_to_its_origins() {
+        let load = |annotation: &str, endpoint: &str, tls: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let yaml = format!(
+                "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {{name: gw, namespace: ns}}\n\
+                spec: {{listeners: [{{name: web, protocol: HTTP, port: 18080}}]}}\n---\n\
+                apiVersion: v1\nkind: Secret\nmetadata: {{name: okta-token, namespace: ns, \
+                annotations: {{agentgate.dev/credential-endpoints: '{annotation}'}}}}\n\
+                stringData: {{token: 00abc}}\n---\n\
+                apiVersion: agentgate.dev/v1alpha1\nkind: Connection\nmetadata: {{name: okta, namespace: ns}}\n\
+                spec: {{gatewayRef: {{name: gw}}, type: HTTP, endpoint: '{endpoint}', {tls}\
+                route: {{pathPrefix: /okta}}, credentials: {{scheme: SSWS, secretRef: {{name: okta-token, key: token}}}}}}\n"
+            );
+            std::fs::write(dir.path().join("all.yaml"), yaml).unwrap();
+            crate::config::load(&crate::config::LoadOptions {
+                manifests: dir.path().to_path_buf(),
+                ..Default::default()
+            })
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        let bound = "https://acme.okta.com, https://backup.okta.com:8443";
+        load(bound, "https://ACME.okta.com/api", "").unwrap();
+        load(bound, "https://acme.okta.com:443", "").unwrap();
+        load(bound, "https://backup.okta.com:8443/", "").unwrap();
+        for elsewhere in [
+            "https://attacker.example",
+            "https://acme.okta.com:8443",
+            "https://backup.okta.com",
+            "https://acme.okta.com.attacker.example",
+        ] {
+            let e = load(bound, elsewhere, "").unwrap_err();
+            assert!(
+                e.contains("Connection ns/okta")
+                    && e.contains("spec.endpoint: Invalid value: ")
+                    && e.contains("the Secret ns/okta-token of spec.credentials.secretRef may be sent only to https://acme.okta.com:443, https://backup.okta.com:8443 (its annotation agentgate.dev/credential-endpoints)"),
+                "{elsewhere}: {e}"
+            );
+            assert!(!e.contains("00abc"), "{e}");
+        }
+        let e = load(
+            bound,
+            "https://acme.okta.com",
+            "tls: {insecureSkipVerify: true}, ",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("spec.tls.insecureSkipVerify: Invalid value: true: the Secret ns/okta-token"),
+            "{e}"
+        );
+        for (annotation, says) in [
+            ("https://acme.okta.com/api/v1", "without a path"),
+            ("ftp://acme.okta.com", "unsupported scheme"),
+            (" , ", "name at least one origin"),
+        ] {
+            let e = load(annotation, "https://acme.okta.com", "").unwrap_err();
+            assert!(
+                e.contains("Secret ns/okta-token")
+                    && e.contains(
+                        "metadata.annotations[agentgate.dev/credential-endpoints]: Invalid value: "
+                    )
+                    && e.contains(says),
+                "{annotation}: {e}"
+            );
+        }
     }
 
     /// GitHub Actions' issuer under a generic provider would match tokens by repository name,

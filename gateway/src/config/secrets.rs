@@ -72,6 +72,9 @@ pub struct SecretStore {
     used: std::sync::Mutex<BTreeSet<(String, String, String)>>,
     /// See [`super::LoadOptions::withheld_secrets`].
     withheld: BTreeMap<(String, String), String>,
+    /// The origins each annotated Secret manifest may be sent to
+    /// ([`agentgate_crds::CREDENTIAL_ENDPOINTS_ANNOTATION`]).
+    bound: BTreeMap<(String, String), Vec<Origin>>,
     /// SHA-256 of every file read from the secrets directory, by path: part of the configuration's
     /// source, so a rotated key or credential is a new configuration, not the one already in force.
     files_read: std::sync::Mutex<BTreeMap<PathBuf, [u8; 32]>>,
@@ -85,6 +88,7 @@ impl SecretStore {
             dir,
             used: Default::default(),
             withheld: BTreeMap::new(),
+            bound: BTreeMap::new(),
             files_read: Default::default(),
         }
     }
@@ -147,8 +151,32 @@ impl SecretStore {
                 None => errors.push(m.error("stringData", "Invalid value: must be a map of key to string")),
             }
         }
-        self.manifests
-            .insert((m.namespace().to_string(), m.name().to_string()), values);
+        let key = (m.namespace().to_string(), m.name().to_string());
+        let annotation = m
+            .value
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(agentgate_crds::CREDENTIAL_ENDPOINTS_ANNOTATION));
+        if let Some(annotation) = annotation {
+            let path = format!(
+                "metadata.annotations[{}]",
+                agentgate_crds::CREDENTIAL_ENDPOINTS_ANNOTATION
+            );
+            match annotation.as_str().map(parse_origins) {
+                Some(Ok(origins)) => {
+                    self.bound.insert(key.clone(), origins);
+                }
+                Some(Err(e)) => errors.push(m.error(&path, format!("Invalid value: {e}"))),
+                None => errors.push(m.error(&path, "Invalid value: must be a string")),
+            }
+        }
+        self.manifests.insert(key, values);
+    }
+
+    /// The origins a Secret manifest may be sent to, when its owner bound it to some.
+    pub fn bound_origins(&self, namespace: &str, name: &str) -> Option<&[Origin]> {
+        self.bound
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(Vec::as_slice)
     }
 
     /// Path and SHA-256 of every secrets-directory file read so far.
@@ -205,6 +233,61 @@ impl SecretStore {
             None => format!("Secret {namespace}/{name} not found: no Secret manifest (and no --secrets-dir)"),
         })
     }
+}
+
+/// Where a credential may go: scheme, host and port of an endpoint, compared as a URL origin
+/// (the host without case; `postgresql` is `postgres`; default ports filled in).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    scheme: &'static str,
+    host: String,
+    port: u16,
+}
+
+impl Origin {
+    /// The origin of a parsed endpoint.
+    pub fn of(endpoint: &super::compile::Endpoint) -> Self {
+        Self {
+            scheme: match endpoint.scheme.as_str() {
+                "https" => "https",
+                "http" => "http",
+                _ => "postgres",
+            },
+            host: endpoint.host.to_ascii_lowercase(),
+            port: endpoint.port,
+        }
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "{}://[{}]:{}", self.scheme, self.host, self.port)
+        } else {
+            write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+        }
+    }
+}
+
+/// Parses the credential-endpoints annotation: origins separated by commas or white space.
+fn parse_origins(text: &str) -> Result<Vec<Origin>, String> {
+    let mut out = Vec::new();
+    for item in text
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+    {
+        let endpoint = super::compile::parse_endpoint(item).map_err(|e| format!("{item:?}: {e}"))?;
+        if !matches!(endpoint.path.as_str(), "" | "/") {
+            return Err(format!(
+                "{item:?}: name an origin (scheme://host[:port]) without a path: a credential is bound to a server, not to part of it"
+            ));
+        }
+        out.push(Origin::of(&endpoint));
+    }
+    if out.is_empty() {
+        return Err("name at least one origin (scheme://host[:port]); remove the annotation to leave the Secret unbound".into());
+    }
+    Ok(out)
 }
 
 fn is_safe_component(s: &str) -> bool {

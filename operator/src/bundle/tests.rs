@@ -69,6 +69,57 @@ fn a_secret_without_the_credential_label_is_not_used_and_its_connection_says_why
     ));
 }
 
+/// A Connection writer cannot send a credential bound to origins elsewhere: the annotation is
+/// published with the Secret, and the loader refuses the Connection that points away from them.
+#[test]
+fn a_secret_bound_to_origins_leaves_out_a_connection_pointing_elsewhere() {
+    let mut ns = fixtures::namespace("team", 2, 1, 2);
+    let endpoint = |ns: &Namespace, name: &str| {
+        ns.connections
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some(name))
+            .unwrap()
+            .spec
+            .endpoint
+            .clone()
+    };
+    let conn0 = endpoint(&ns, "conn-0");
+    for s in ns.secrets.iter_mut() {
+        s.metadata.annotations = Some(
+            [(
+                agentgate_crds::CREDENTIAL_ENDPOINTS_ANNOTATION.to_string(),
+                conn0.clone(),
+            )]
+            .into(),
+        );
+    }
+    // conn-1's Secret is bound to conn-0's endpoint, not conn-1's.
+    assert_ne!(conn0, endpoint(&ns, "conn-1"));
+    let c = compile(&ns, "main", true);
+    let published = c.gateway.expect("the others still compile");
+    assert_eq!(published.connections, 1);
+    assert_eq!(c.verdicts[&key("Connection", "conn-0")], Verdict::Ready);
+    match &c.verdicts[&key("Connection", "conn-1")] {
+        Verdict::Invalid(m) => assert!(
+            m.starts_with("spec.endpoint: Invalid value: ")
+                && m.contains(
+                    "the Secret team/conn-1-token of spec.credentials.secretRef may be sent only to"
+                ),
+            "{m}"
+        ),
+        v => panic!("{v:?}"),
+    }
+    // The binding travels with the Secret, so the gateway enforces it on what it loads.
+    assert!(
+        published.manifests.contains(&format!(
+            "\"annotations\":{{\"agentgate.dev/credential-endpoints\":{}}}",
+            serde_json::to_string(&conn0).unwrap()
+        )),
+        "{}",
+        published.manifests
+    );
+}
+
 #[test]
 fn a_missing_secret_leaves_out_only_its_connection() {
     let mut ns = fixtures::namespace("team", 2, 1, 2);
