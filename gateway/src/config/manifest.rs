@@ -134,15 +134,8 @@ pub fn list_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
 
 /// Reads and parses one file into its documents. Empty documents are skipped.
 pub fn read_file(path: &Path) -> Result<Vec<Manifest>, ConfigError> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| ConfigError::file(path, format!("cannot read file: {e}")))?;
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(ConfigError::file(
-            path,
-            format!("file is larger than {MAX_FILE_BYTES} bytes"),
-        ));
-    }
-    let bytes = std::fs::read(path).map_err(|e| ConfigError::file(path, format!("cannot read file: {e}")))?;
+    let bytes =
+        super::secrets::read_regular_file(path, MAX_FILE_BYTES).map_err(|e| ConfigError::file(path, e))?;
     let text = String::from_utf8(bytes).map_err(|_| ConfigError::file(path, "file is not UTF-8"))?;
     parse_documents(path, &text)
 }
@@ -337,6 +330,26 @@ impl<'de> Visitor<'de> for NodeVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A FIFO among the manifests would block the loader (and every later reload) for good.
+    #[test]
+    fn only_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("x.yaml");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let e = read_file(&fifo).unwrap_err().to_string();
+        assert!(e.contains("x.yaml") && e.contains("not a regular file"), "{e}");
+        let big = dir.path().join("big.yaml");
+        std::fs::write(&big, vec![b'#'; MAX_FILE_BYTES as usize + 1]).unwrap();
+        let e = read_file(&big).unwrap_err().to_string();
+        assert!(e.contains("file is larger than"), "{e}");
+    }
 
     #[test]
     fn documents_and_field_lines() {

@@ -295,14 +295,30 @@ fn is_safe_component(s: &str) -> bool {
 }
 
 fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if meta.len() > MAX_SECRET_BYTES {
-        return Err(format!(
-            "{} is larger than {MAX_SECRET_BYTES} bytes",
-            path.display()
-        ));
+    read_regular_file(path, MAX_SECRET_BYTES).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Reads a regular file of at most `max` bytes. Anything else (a FIFO would block the loader for
+/// good, a device or `/proc` file reports no size) is refused, and the cap holds while reading, so
+/// a file that grows after the check is not read whole.
+pub(crate) fn read_regular_file(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read file: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
     }
-    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    if meta.len() > max {
+        return Err(format!("file is larger than {max} bytes"));
+    }
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read file: {e}"))?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read file: {e}"))?;
+    if bytes.len() as u64 > max {
+        return Err(format!("file is larger than {max} bytes"));
+    }
+    Ok(bytes)
 }
 
 /// Standard base64 with padding, as Kubernetes writes Secret data. Whitespace is not allowed.

@@ -150,17 +150,23 @@ impl ConfigWatcher {
     }
 }
 
-/// A cheap fingerprint of the inputs: paths, sizes and modification times of the manifests and of
-/// the secrets directory.
+/// A cheap fingerprint of the inputs: paths, sizes, modification and change times, inodes and
+/// modes of the manifest files (what [`super::manifest::list_files`] reads) and of the secrets
+/// directory's files. Change times and modes make a `chmod` or `chown` that lets a refused load
+/// read its files a change too; hidden entries are skipped (a recording or approvals directory
+/// kept beside the manifests changes with every event), but the kubelet's `..data` layout of a
+/// mounted Secret is still followed through the visible names' symbolic links.
 pub fn fingerprint(options: &LoadOptions) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    for root in std::iter::once(&options.manifests).chain(options.secrets_dir.as_ref()) {
-        walk(root, &mut hasher, 0);
+    walk(&options.manifests, &mut hasher, 0, true);
+    if let Some(dir) = &options.secrets_dir {
+        walk(dir, &mut hasher, 0, false);
     }
     hasher.finish()
 }
 
-fn walk(dir: &Path, hasher: &mut impl Hasher, depth: usize) {
+fn walk(dir: &Path, hasher: &mut impl Hasher, depth: usize, manifests_only: bool) {
+    use std::os::unix::fs::MetadataExt;
     if depth > 16 {
         return;
     }
@@ -168,21 +174,70 @@ fn walk(dir: &Path, hasher: &mut impl Hasher, depth: usize) {
         "unreadable".hash(hasher);
         return;
     };
-    let mut entries: Vec<_> = entries.flatten().collect();
+    let mut entries: Vec<_> = entries
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let path = e.path();
-        path.hash(hasher);
-        if let Ok(meta) = std::fs::metadata(&path) {
-            if meta.is_dir() {
-                walk(&path, hasher, depth + 1);
-            } else {
-                meta.len().hash(hasher);
-                meta.modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                    .hash(hasher);
-            }
+        let Ok(meta) = std::fs::metadata(&path) else {
+            path.hash(hasher);
+            continue;
+        };
+        if meta.is_dir() {
+            path.hash(hasher);
+            walk(&path, hasher, depth + 1, manifests_only);
+        } else if !manifests_only || matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
+        {
+            path.hash(hasher);
+            (
+                meta.len(),
+                meta.mtime(),
+                meta.mtime_nsec(),
+                meta.ctime(),
+                meta.ctime_nsec(),
+            )
+                .hash(hasher);
+            (meta.dev(), meta.ino(), meta.mode(), meta.uid(), meta.gid()).hash(hasher);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// What the loader reads changes the fingerprint, a `chmod` included (it can let a refused
+    /// load read its files); what it does not read (recordings beside the manifests, files of
+    /// other kinds) does not, so recording traffic does not reload the configuration.
+    #[test]
+    fn the_fingerprint_follows_what_the_loader_reads() {
+        let manifests = tempfile::tempdir().unwrap();
+        let secrets = tempfile::tempdir().unwrap();
+        let options = LoadOptions {
+            manifests: manifests.path().to_path_buf(),
+            secrets_dir: Some(secrets.path().to_path_buf()),
+            ..Default::default()
+        };
+        let gw = manifests.path().join("gw.yaml");
+        std::fs::write(&gw, "kind: AgentGateway\n").unwrap();
+        let token = secrets.path().join("okta").join("token");
+        std::fs::create_dir_all(token.parent().unwrap()).unwrap();
+        std::fs::write(&token, "t").unwrap();
+        let sessions = manifests.path().join(".agentgate/sessions");
+        std::fs::create_dir_all(&sessions).unwrap();
+        let first = fingerprint(&options);
+
+        std::fs::write(sessions.join("s.jsonl"), "{}\n").unwrap();
+        std::fs::write(manifests.path().join("notes.txt"), "x").unwrap();
+        assert_eq!(fingerprint(&options), first, "recordings and other files");
+
+        std::fs::set_permissions(&gw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let chmodded = fingerprint(&options);
+        assert_ne!(chmodded, first, "a chmod of a manifest");
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_ne!(fingerprint(&options), chmodded, "a chmod of a secret file");
     }
 }
