@@ -307,6 +307,13 @@ pub(crate) async fn run_gateway(
         }
     };
     tracing::info!(addr = %admin_addr, "admin listener up");
+    if client.is_none() && !admin_addr.ip().to_canonical().is_loopback() {
+        // In a cluster the port serves probes and metrics, and decisions are refused there.
+        tracing::warn!(
+            addr = %admin_addr,
+            "the admin listener is on a non-loopback address and speaks plain HTTP: approvers' tokens sent to it cross the network in clear, and `agentgate approvals` refuses such an address; use 127.0.0.1 and a tunnel"
+        );
+    }
     let approvals = match client {
         None => open_approvals(&snapshots, &manifests),
         // Kubernetes mode: requests are API objects, decided by patching them.

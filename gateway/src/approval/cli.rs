@@ -112,13 +112,29 @@ pub fn run(args: ApprovalsArgs) -> ExitCode {
     }
 }
 
+/// The admin listener speaks plain HTTP, so the approver's token goes only to this host.
+fn loopback_admin_addr(addr: &str) -> Result<String, String> {
+    let addr = addr.trim_start_matches("http://").trim_end_matches('/');
+    let host = match addr.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => addr.rsplit_once(':').map_or(addr, |(h, _)| h),
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback());
+    if loopback {
+        Ok(addr.to_string())
+    } else {
+        Err(format!(
+            "--admin-addr {addr:?} is not a loopback address: the admin listener speaks plain HTTP, and the approver's token would cross the network in clear; reach a remote gateway through a loopback tunnel (ssh -L 9464:127.0.0.1:9464, kubectl port-forward) and pass 127.0.0.1:PORT"
+        ))
+    }
+}
+
 async fn execute(args: &ApprovalsArgs, token: &str, out: &mut impl Write) -> Result<(), String> {
     let client = Client {
-        addr: args
-            .admin_addr
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string(),
+        addr: loopback_admin_addr(&args.admin_addr)?,
         token: token.to_string(),
     };
     let write_err = |e: io::Error| format!("cannot write the output: {e}");
@@ -393,6 +409,32 @@ pub(crate) fn escape_controls(s: &str, keep_newlines: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_goes_only_to_a_loopback_admin_listener() {
+        for ok in [
+            "127.0.0.1:9464",
+            "http://127.0.0.1:9464/",
+            "localhost:9464",
+            "[::1]:9464",
+            "127.8.0.1:1",
+        ] {
+            assert!(loopback_admin_addr(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(loopback_admin_addr("http://[::1]:9464/").unwrap(), "[::1]:9464");
+        for remote in [
+            "10.0.0.5:9464",
+            "gateway.internal:9464",
+            "[2001:db8::1]:9464",
+            "0.0.0.0:9464",
+        ] {
+            let e = loopback_admin_addr(remote).unwrap_err();
+            assert!(
+                e.contains("not a loopback address") && e.contains("ssh -L"),
+                "{remote}: {e}"
+            );
+        }
+    }
     use crate::approval::format_time;
 
     #[test]
