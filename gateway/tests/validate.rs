@@ -197,8 +197,18 @@ fn object_storage_needs_credentials_and_a_secure_endpoint() {
 
 #[test]
 fn injected_credentials_travel_over_tls_or_loopback_only() {
+    // Unbound from its origin (the example binds it to https://example.okta.com), so that the
+    // plaintext check speaks alone.
     let endpoint = |to: &'static str| {
-        validate_edited(move |d| replace(d, "30-connections.yaml", "endpoint: https://example.okta.com", to))
+        validate_edited(move |d| {
+            replace(
+                d,
+                "50-secrets.yaml",
+                "  annotations: {agentgate.dev/credential-endpoints: \"https://example.okta.com\"}\n",
+                "",
+            );
+            replace(d, "30-connections.yaml", "endpoint: https://example.okta.com", to)
+        })
     };
     let (code, _, err, _d) = endpoint("endpoint: http://example.okta.com");
     assert_one_error(

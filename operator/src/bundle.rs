@@ -172,6 +172,7 @@ pub fn compile(ns: &Namespace, gateway: &str, in_cluster: bool) -> Compiled {
             .collect(),
         in_cluster,
         replicated: true,
+        loopback_only: false,
     };
     let mut excluded: BTreeMap<ObjectKey, Verdict> = BTreeMap::new();
     let source = format!("namespace/{}", ns.name);

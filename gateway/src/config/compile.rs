@@ -386,6 +386,17 @@ pub fn compile(
             identities.insert(m.name().to_string(), std::sync::Arc::new(compiled));
         }
     }
+    // What the verifier would refuse, refused here with the field: a configuration called valid
+    // must not leave the gateway unable to verify anyone.
+    for refusal in crate::identity::refusals(identities.values().map(AsRef::as_ref)) {
+        if let Some((m, _)) = objects
+            .identities
+            .iter()
+            .find(|(m, _)| m.namespace() == namespace && m.name() == refusal.identity)
+        {
+            errors.push(m.error(refusal.field, format!("Invalid value: {}", refusal.message)));
+        }
+    }
 
     let all_connections: Vec<&str> = objects
         .connections
@@ -639,7 +650,17 @@ fn compile_gateway(
         let key = secrets.get(m.namespace(), &tls.secret_name, "tls.key");
         match (crt, key) {
             (Ok(crt), Ok(key)) => {
-                listener_tls.insert(l.name.clone(), (crt, key));
+                // Checked here, so that a renewal with a bad pair is refused at load and the
+                // listener in force keeps its certificate.
+                match crate::protocol::http::tls::server_config(&crt, &key) {
+                    Ok(_) => {
+                        listener_tls.insert(l.name.clone(), (crt, key));
+                    }
+                    Err(e) => errors.push(m.error(
+                        &field,
+                        format!("Invalid value: Secret {}/{}: {e}", m.namespace(), tls.secret_name),
+                    )),
+                }
             }
             (Err(e), _) | (_, Err(e)) => errors.push(m.error(&field, e)),
         }
@@ -658,6 +679,15 @@ fn compile_gateway(
         (None, None) => options.manifests.join(".agentgate/sessions"),
     };
     for (i, l) in g.spec.listeners.iter().enumerate() {
+        if options.loopback_only && !l.address.as_deref().is_some_and(is_loopback_host) {
+            errors.push(m.error(
+                &format!("spec.listeners[{i}].address"),
+                format!(
+                    "Invalid value: {:?}: development mode serves only on loopback (127.0.0.1 or ::1): its tokens are issued to anyone who asks",
+                    l.address.as_deref().unwrap_or("(all addresses)")
+                ),
+            ));
+        }
         if options.in_cluster && l.address.as_deref().is_some_and(is_loopback_host) {
             errors.push(m.error(
                 &format!("spec.listeners[{i}].address"),
@@ -1009,6 +1039,37 @@ fn compile_connection(
         .ca_secret_ref
         .as_ref()
         .and_then(|r| resolve("spec.tls.caSecretRef", &r.name, &r.key));
+    // What the upstream client is built from, checked here: refused at load rather than failing
+    // every request after the swap.
+    use crate::protocol::http::tls::{UpstreamTls, check_client_config};
+    if let Some(ca) = &ca
+        && let Err(e) = check_client_config(&UpstreamTls {
+            ca: Some(ca),
+            ..UpstreamTls::default()
+        })
+    {
+        errors.push(m.error("spec.tls.caSecretRef", format!("Invalid value: {e}")));
+    }
+    if let Some((crt, key)) = credential.as_ref().and_then(|c| c.client_certificate.as_ref())
+        && let Err(e) = check_client_config(&UpstreamTls {
+            insecure_skip_verify: true,
+            client_certificate: Some((crt, key)),
+            ..UpstreamTls::default()
+        })
+    {
+        errors.push(m.error(
+            "spec.credentials.certificateSecretRef",
+            format!("Invalid value: {e}"),
+        ));
+    }
+    if let Some(name) = &tls.server_name
+        && rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
+    {
+        errors.push(m.error(
+            "spec.tls.serverName",
+            format!("Invalid value: {name:?}: not a DNS name or IP address"),
+        ));
+    }
     // A token sent in a header cannot carry control characters, and white space around it is
     // not part of it; a Basic or PostgreSQL password may hold spaces, but a line break at its end
     // is the one a file ends with (`kubectl create secret --from-file`), and PostgreSQL reads a
@@ -1369,6 +1430,108 @@ mod tests {
                 "{annotation}: {e}"
             );
         }
+    }
+
+    /// What the data plane builds from a configuration (listener TLS, upstream TLS, the identity
+    /// verifier) is checked at load, so that a configuration called valid cannot replace a
+    /// working one and then refuse every request.
+    #[test]
+    fn what_the_data_plane_builds_is_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = |name: &str| {
+            let ok = std::process::Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                ])
+                .args(["-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-keyout"])
+                .arg(dir.path().join(format!("{name}.key")))
+                .arg("-out")
+                .arg(dir.path().join(format!("{name}.crt")))
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok);
+            let read = |ext: &str| std::fs::read_to_string(dir.path().join(format!("{name}.{ext}"))).unwrap();
+            (read("crt"), read("key"))
+        };
+        let (crt_a, key_a) = pair("a");
+        let (_, key_b) = pair("b");
+        let load = |listener_key: &str, ca: &str, identities: &str| {
+            let manifests = tempfile::tempdir().unwrap();
+            let block = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
+            let yaml = format!(
+                "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {{name: gw, namespace: ns}}\n\
+                spec: {{listeners: [{{name: web, protocol: HTTP, port: 18443, tls: {{secretName: web-tls}}}}]}}\n---\n\
+                apiVersion: v1\nkind: Secret\nmetadata: {{name: web-tls, namespace: ns}}\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}---\n\
+                apiVersion: v1\nkind: Secret\nmetadata: {{name: ca, namespace: ns}}\nstringData:\n  ca.crt: |\n{}---\n\
+                apiVersion: agentgate.dev/v1alpha1\nkind: Connection\nmetadata: {{name: api, namespace: ns}}\n\
+                spec: {{gatewayRef: {{name: gw}}, type: HTTP, endpoint: 'https://api.example.com', \
+                tls: {{caSecretRef: {{name: ca, key: ca.crt}}}}, route: {{pathPrefix: /api}}}}\n{identities}",
+                block(&crt_a),
+                block(listener_key),
+                block(ca),
+            );
+            std::fs::write(manifests.path().join("all.yaml"), yaml).unwrap();
+            crate::config::load(&crate::config::LoadOptions {
+                manifests: manifests.path().to_path_buf(),
+                ..Default::default()
+            })
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        let identity = |name: &str, keys: &str| {
+            format!(
+                "---\napiVersion: agentgate.dev/v1alpha1\nkind: AgentIdentity\nmetadata: {{name: {name}, namespace: ns}}\n\
+                spec: {{issuer: 'https://issuer.example.com', audiences: [agentgate], match: {{subject: {name}}}, keys: {keys}}}\n"
+            )
+        };
+        let one = identity("a", "{jwksUri: 'https://issuer.example.com/jwks'}");
+        load(&key_a, &crt_a, &one).unwrap();
+
+        let e = load(&key_b, &crt_a, &one).unwrap_err();
+        assert!(
+            e.contains(
+                "spec.listeners[0].tls.secretName: Invalid value: Secret ns/web-tls: listener certificate:"
+            ),
+            "{e}"
+        );
+        assert!(!e.contains("PRIVATE KEY"), "{e}");
+        let e = load(&key_a, "not a certificate\n", &one).unwrap_err();
+        assert!(
+            e.contains("spec.tls.caSecretRef: Invalid value: CA bundle: no certificate found"),
+            "{e}"
+        );
+
+        let two = format!(
+            "{one}{}",
+            identity("b", "{jwksUri: 'https://elsewhere.example.com/jwks'}")
+        );
+        let e = load(&key_a, &crt_a, &two).unwrap_err();
+        assert!(
+            e.contains("AgentIdentity ns/b")
+                && e.contains("spec.keys: Invalid value: issuer https://issuer.example.com takes its keys from AgentIdentity a's keys"),
+            "{e}"
+        );
+        let jwks = "---\napiVersion: v1\nkind: Secret\nmetadata: {name: jwks, namespace: ns}\nstringData: {jwks.json: 'not json'}\n";
+        let e = load(
+            &key_a,
+            &crt_a,
+            &format!(
+                "{}{jwks}",
+                identity("a", "{secretRef: {name: jwks, key: jwks.json}}")
+            ),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("spec.keys.secretRef: Invalid value: static keys:"),
+            "{e}"
+        );
     }
 
     /// GitHub Actions' issuer under a generic provider would match tokens by repository name,

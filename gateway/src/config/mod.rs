@@ -103,6 +103,9 @@ pub struct LoadOptions {
     /// Run by the operator, as one of the pods behind a Service: `dpop.nonce: Auto` then
     /// requires nonces.
     pub replicated: bool,
+    /// Development mode: its token issuer signs for anyone who asks, so every listener must stay
+    /// on loopback, at every reload of the manifests it invites one to edit.
+    pub loopback_only: bool,
 }
 
 /// Loads, validates and compiles a manifests directory.

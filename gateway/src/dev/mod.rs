@@ -177,6 +177,7 @@ impl DevEnvironment {
             secrets_dir: None,
             gateway: Some(manifests::GATEWAY.into()),
             reserved_ports: vec![self.admin_addr.port()],
+            loopback_only: true,
             ..Default::default()
         }
     }
@@ -385,6 +386,33 @@ mod tests {
 
         assert!(env.manifests_dir().starts_with(tmp.path()));
         assert!(env.sessions_dir().is_dir());
+    }
+
+    /// The manifests are there to be edited while dev mode runs; an edit that moves the listener
+    /// off loopback is refused at reload, as the issuer signs tokens for anyone who asks.
+    #[tokio::test]
+    async fn an_edit_moving_the_listener_off_loopback_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let env = DevEnvironment::start(&args(tmp.path())).await.unwrap();
+        crate::config::load(&env.load_options()).unwrap_or_else(|e| panic!("{e}"));
+        let path = env.manifests_dir().join("10-gateway.yaml");
+        let yaml = std::fs::read_to_string(&path).unwrap();
+        for edited in [
+            yaml.replace("address: 127.0.0.1", "address: 0.0.0.0"),
+            yaml.lines()
+                .filter(|l| !l.contains("address: 127.0.0.1"))
+                .map(|l| format!("{l}\n"))
+                .collect(),
+        ] {
+            assert_ne!(edited, yaml);
+            std::fs::write(&path, edited).unwrap();
+            let e = crate::config::load(&env.load_options()).unwrap_err().to_string();
+            assert!(
+                e.contains("spec.listeners[0].address: Invalid value: ")
+                    && e.contains("development mode serves only on loopback"),
+                "{e}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -272,6 +272,81 @@ pub struct Verifier {
     nonces: Option<Arc<Nonces>>,
 }
 
+/// Why a verifier would refuse a set of identities: the identity, its field and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub identity: String,
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// What [`Verifier::new`] refuses in a set of identities. The loader reports the same at load,
+/// naming the field, so that a configuration it calls valid never leaves the gateway without a
+/// verifier: identities of one issuer that name different keys or introspection settings (an
+/// issuer has one of each), and static keys that do not parse.
+pub fn refusals<'a>(identities: impl IntoIterator<Item = &'a CompiledIdentity>) -> Vec<Refusal> {
+    let mut out = Vec::new();
+    // Where each issuer's keys come from, and which identity said so.
+    let mut key_origins: HashMap<&str, KeyOrigin> = HashMap::new();
+    let mut introspection_origins: HashMap<&str, (&str, Option<&agentgate_crds::identity::Introspection>)> =
+        HashMap::new();
+    for identity in identities {
+        let spec = &identity.spec;
+        let refuse = |field, message| Refusal {
+            identity: identity.name.clone(),
+            field,
+            message,
+        };
+        if spec.token_type == TokenType::Jwt {
+            let origin = KeyOrigin {
+                identity: identity.name.clone(),
+                jwks: identity.static_jwks.as_ref().map(|j| j.expose().to_vec()),
+                uri: spec.keys.as_ref().and_then(|k| k.jwks_uri.clone()),
+            };
+            if let Some(jwks) = &identity.static_jwks
+                && let Err(e) = KeySet::from_jwks(jwks.expose())
+            {
+                out.push(refuse("spec.keys.secretRef", format!("static keys: {e}")));
+            }
+            match key_origins.get(spec.issuer.as_str()) {
+                Some(first) if (&first.jwks, &first.uri) != (&origin.jwks, &origin.uri) => {
+                    out.push(refuse(
+                        "spec.keys",
+                        format!(
+                            "issuer {} takes its keys from AgentIdentity {}'s keys; identities of one issuer must name the same keys",
+                            spec.issuer, first.identity
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    key_origins.insert(&spec.issuer, origin);
+                }
+            }
+        }
+        // One introspector serves an issuer: identities that name other settings for it would
+        // have them ignored, so they are refused as keys are.
+        if spec.token_type == TokenType::Introspection {
+            match introspection_origins.get(spec.issuer.as_str()) {
+                Some((first, settings)) if *settings != spec.introspection.as_ref() => {
+                    out.push(refuse(
+                        "spec.introspection",
+                        format!(
+                            "issuer {} is introspected as AgentIdentity {first} says; identities of one issuer must name the same introspection settings",
+                            spec.issuer
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    introspection_origins.insert(&spec.issuer, (&identity.name, spec.introspection.as_ref()));
+                }
+            }
+        }
+    }
+    out
+}
+
 impl Verifier {
     /// Builds a verifier for `identities`. Remote keys come from `registry`, which it tells of
     /// the reload (see [`KeyRegistry`]).
@@ -282,55 +357,14 @@ impl Verifier {
         replay: Arc<ReplayCache>,
         options: &VerifierOptions,
     ) -> Result<Self, String> {
+        let identities: Vec<Arc<CompiledIdentity>> = identities.into_iter().collect();
+        if let Some(refusal) = refusals(identities.iter().map(Arc::as_ref)).into_iter().next() {
+            return Err(format!("AgentIdentity {}: {}", refusal.identity, refusal.message));
+        }
         let mut issuers: HashMap<String, Issuer> = HashMap::new();
         let mut remotes = Vec::new();
-        // Where each issuer's keys come from, and which identity said so: an issuer has one key
-        // set, so identities that name different ones are a configuration error, not a choice.
-        let mut key_origins: HashMap<String, KeyOrigin> = HashMap::new();
-        let mut introspection_origins: HashMap<
-            String,
-            (String, Option<agentgate_crds::identity::Introspection>),
-        > = HashMap::new();
         for identity in identities {
             let spec = &identity.spec;
-            if spec.token_type == TokenType::Jwt {
-                let origin = KeyOrigin {
-                    identity: identity.name.clone(),
-                    jwks: identity.static_jwks.as_ref().map(|j| j.expose().to_vec()),
-                    uri: spec.keys.as_ref().and_then(|k| k.jwks_uri.clone()),
-                };
-                match key_origins.get(&spec.issuer) {
-                    Some(first) if (&first.jwks, &first.uri) != (&origin.jwks, &origin.uri) => {
-                        return Err(format!(
-                            "AgentIdentity {}: issuer {} takes its keys from AgentIdentity {}'s keys; identities of one issuer must name the same keys",
-                            identity.name, spec.issuer, first.identity
-                        ));
-                    }
-                    Some(_) => {}
-                    None => {
-                        key_origins.insert(spec.issuer.clone(), origin);
-                    }
-                }
-            }
-            // One introspector serves an issuer: identities that name other settings for it
-            // would have them ignored, so they are refused as keys are.
-            if spec.token_type == TokenType::Introspection {
-                match introspection_origins.get(&spec.issuer) {
-                    Some((first, settings)) if *settings != spec.introspection => {
-                        return Err(format!(
-                            "AgentIdentity {}: issuer {} is introspected as AgentIdentity {} says; identities of one issuer must name the same introspection settings",
-                            identity.name, spec.issuer, first
-                        ));
-                    }
-                    Some(_) => {}
-                    None => {
-                        introspection_origins.insert(
-                            spec.issuer.clone(),
-                            (identity.name.clone(), spec.introspection.clone()),
-                        );
-                    }
-                }
-            }
             let entry = issuers.entry(spec.issuer.clone()).or_insert_with(|| Issuer {
                 identities: Vec::new(),
                 algorithms: Vec::new(),

@@ -120,10 +120,6 @@ pub async fn run(gw: Arc<Gateway>, mut snapshots: SnapshotReceiver, mut shutdown
                 {
                     continue;
                 }
-                if let Some(old) = running.remove(&l.name) {
-                    let _ = old.stop.send(true);
-                    let _ = old.task.await;
-                }
                 if tls.is_none()
                     && l.protocol == ListenerProtocol::Http
                     && !addr.ip().to_canonical().is_loopback()
@@ -147,11 +143,17 @@ pub async fn run(gw: Arc<Gateway>, mut snapshots: SnapshotReceiver, mut shutdown
                 {
                     Ok(cfg) => cfg.map(tokio_rustls::TlsAcceptor::from),
                     Err(e) => {
+                        // The listener in force, if any, keeps serving with what it has.
                         tracing::error!(listener = %l.name, error = %e, "listener TLS configuration refused");
                         all_bound = false;
                         continue;
                     }
                 };
+                // Only now that the new one can be built: the address must be free to bind.
+                if let Some(old) = running.remove(&l.name) {
+                    let _ = old.stop.send(true);
+                    let _ = old.task.await;
+                }
                 let socket = match TcpListener::bind(addr).await {
                     Ok(s) => s,
                     Err(e) => {

@@ -62,6 +62,16 @@ pub struct UpstreamTls<'a> {
 /// verification at all when the Connection says so (loudly logged at load), plus a client
 /// certificate when the Connection's credential is one. ALPN is set by the connector.
 pub fn client_config(t: &UpstreamTls<'_>) -> Result<ClientConfig, String> {
+    client_config_from(t, true)
+}
+
+/// Whether [`client_config`] would build, without reading the platform's roots: the loader's
+/// check of a Connection's CA bundle and client certificate.
+pub fn check_client_config(t: &UpstreamTls<'_>) -> Result<(), String> {
+    client_config_from(t, false).map(|_| ())
+}
+
+fn client_config_from(t: &UpstreamTls<'_>, platform_roots: bool) -> Result<ClientConfig, String> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
@@ -77,6 +87,7 @@ pub fn client_config(t: &UpstreamTls<'_>) -> Result<ClientConfig, String> {
                     roots.add(c).map_err(|e| format!("CA bundle: {e}"))?;
                 }
             }
+            None if !platform_roots => {}
             None => {
                 let found = rustls_native_certs::load_native_certs();
                 for c in found.certs {
