@@ -331,4 +331,83 @@ async fn a_session_larger_than_one_part_is_shipped_in_parts() {
     std::fs::write(&copy, &object).unwrap();
     let report = agentgate::recording::verify_file(&copy, Some(recorder.public_key())).unwrap();
     assert!(report.closed && report.signed, "{report:?}");
+    std::fs::remove_file(&copy).unwrap();
+
+    // The spool removal was lost (a crash after the upload): the file is shipped again, the
+    // store refuses to replace the object, and the object of the file's length is taken as it.
+    std::fs::write(&file, &bytes).unwrap();
+    assert_eq!(
+        shipper.final_sweep().await,
+        Sweep {
+            shipped: 1,
+            failed: 0,
+            waiting: 0
+        }
+    );
+    assert!(!file.exists());
+    let (_, uploads) = curl_get(&moto.url(&format!("/{BUCKET}?uploads")));
+    assert!(!uploads.contains("<UploadId>"), "{uploads}");
+}
+
+/// An upload never replaces an object: another object at a session's key (an attacker's, or a
+/// store's stale copy) stays as it is, and the session stays in the spool, with the reason.
+#[tokio::test]
+async fn an_upload_does_not_replace_an_object_at_its_key() {
+    use agentgate::recording::shipping::{Shipper, Sweep};
+    use rusty_s3::S3Action;
+    let moto = Moto::start_on(free_port());
+    moto.create_bucket();
+    let spool = tempfile::tempdir().unwrap();
+    let recorder = agentgate::recording::Recorder::new(
+        spool.path(),
+        agentgate_crds::gateway::RecordingMode::Required,
+        "e2e/gw",
+    )
+    .unwrap();
+    let session = recorder.start_session(serde_json::json!({})).unwrap();
+    session.close(serde_json::json!({"reason": "done"})).unwrap();
+    let file = session.path().to_path_buf();
+    let storage = agentgate::config::compile::ObjectStorage {
+        bucket: BUCKET.into(),
+        prefix: format!("{PREFIX}/"),
+        endpoint: Some(moto.url("")),
+        region: "us-east-1".into(),
+        access_key_id: agentgate::config::SecretValue::new(b"AKIAAGENTGATETEST".to_vec()),
+        secret_access_key: agentgate::config::SecretValue::new(SECRET_ACCESS_KEY.as_bytes().to_vec()),
+    };
+    let mut shipper = Shipper::new(spool.path(), &storage).unwrap();
+    let key = shipper.key_of(&file);
+    let bucket = rusty_s3::Bucket::new(
+        moto.url("").parse().unwrap(),
+        rusty_s3::UrlStyle::Path,
+        BUCKET,
+        "us-east-1",
+    )
+    .unwrap();
+    let writer = rusty_s3::Credentials::new("AKIAWRITER", "writer-secret");
+    let url = rusty_s3::actions::PutObject::new(&bucket, Some(&writer), &key).sign(Duration::from_secs(60));
+    // A form content type would have moto's web framework take the body as form fields.
+    let r = curl(
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "content-type: application/octet-stream",
+            "--data-binary",
+            "planted",
+        ],
+        url.as_str(),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+
+    assert_eq!(
+        shipper.final_sweep().await,
+        Sweep {
+            shipped: 0,
+            failed: 1,
+            waiting: 1
+        }
+    );
+    assert!(file.exists(), "not shipped, so kept");
+    assert_eq!(moto.object(&key), "planted");
 }

@@ -58,6 +58,9 @@ const TAIL_BYTES: u64 = 16 * 1024;
 const CHUNK_BYTES: usize = 64 * 1024;
 /// Most bytes read of an answer (an error's `<Code>`, a multipart upload's id or result).
 const MAX_ANSWER_BODY: usize = 16 * 1024;
+/// Uploads create objects and never replace one: a bucket's evidence is not overwritten by the
+/// gateway's own credentials (a store without conditional writes ignores the header).
+const NEW_OBJECT_ONLY: &[(&str, &str)] = &[("if-none-match", "*")];
 
 /// Why a file was not shipped. Messages name the object and the store's error code, never a
 /// signed URL or a credential.
@@ -224,18 +227,62 @@ impl Shipper {
                 bytes: length,
             });
         }
-        if length <= self.part_bytes {
+        let stored = if length <= self.part_bytes {
             let url = rusty_s3::actions::PutObject::new(&self.bucket, Some(&self.credentials), &key)
                 .sign(URL_VALIDITY);
             let body = file_range(file, 0, length).await.map_err(read_err)?;
-            self.exchange(&key, Method::PUT, url.as_str(), body, length)
-                .await?;
-            return Ok(key);
+            self.exchange(&key, Method::PUT, url.as_str(), body, length, NEW_OBJECT_ONLY)
+                .await
+                .map(|_| ())
+        } else {
+            self.upload_in_parts(file, &key, length).await
+        };
+        match stored {
+            Ok(()) => {}
+            // An object is at the key already: this file, when an earlier sweep's answer or
+            // removal was lost (the key names a session, each of which is unique); anything else
+            // is left as it is, and the file stays.
+            Err(ShipError::Refused { status: 412, .. }) => {}
+            Err(e) => return Err(e),
         }
+        // The spool copy goes only once the store shows an object of the file's length: a 2xx
+        // whose answer was cut off, or an `<Error>` the store wrote after it, is not enough.
+        self.confirm(&key, length).await?;
+        Ok(key)
+    }
+
+    /// Whether the object at `key` has `length` bytes.
+    async fn confirm(&self, key: &str, length: u64) -> Result<(), ShipError> {
+        let url =
+            rusty_s3::actions::HeadObject::new(&self.bucket, Some(&self.credentials), key).sign(URL_VALIDITY);
+        let (headers, _) = self
+            .exchange(key, Method::HEAD, url.as_str(), empty(), 0, &[])
+            .await?;
+        let stored = headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if stored == Some(length) {
+            return Ok(());
+        }
+        Err(ShipError::Transport {
+            key: key.to_string(),
+            message: match stored {
+                Some(n) => format!(
+                    "the store holds {n} bytes at this key, the file {length}: the object is left as it is and the file stays in the spool"
+                ),
+                None => "the store did not say how long the stored object is".into(),
+            },
+        })
+    }
+
+    /// Uploads `file` as a multipart upload, aborted when it cannot be completed.
+    async fn upload_in_parts(&self, file: &Path, key: &str, length: u64) -> Result<(), ShipError> {
+        let key = key.to_string();
         let url = rusty_s3::actions::CreateMultipartUpload::new(&self.bucket, Some(&self.credentials), &key)
             .sign(URL_VALIDITY);
         let (_, answer) = self
-            .exchange(&key, Method::POST, url.as_str(), empty(), 0)
+            .exchange(&key, Method::POST, url.as_str(), empty(), 0, &[])
             .await?;
         let created = std::str::from_utf8(&answer)
             .ok()
@@ -257,13 +304,13 @@ impl Shipper {
             )
             .sign(URL_VALIDITY);
             if let Err(e) = self
-                .exchange(&key, Method::DELETE, url.as_str(), empty(), 0)
+                .exchange(&key, Method::DELETE, url.as_str(), empty(), 0, &[])
                 .await
             {
                 tracing::warn!(error = %e, "an unfinished multipart upload could not be aborted");
             }
         }
-        result.map(|()| key)
+        result
     }
 
     /// Sends `file` as the parts of upload `upload_id`, in order, then completes the upload.
@@ -298,7 +345,9 @@ impl Shipper {
                     path: file.to_path_buf(),
                     source,
                 })?;
-            let (headers, _) = self.exchange(key, Method::PUT, url.as_str(), body, size).await?;
+            let (headers, _) = self
+                .exchange(key, Method::PUT, url.as_str(), body, size, &[])
+                .await?;
             let etag = headers
                 .get(hyper::header::ETAG)
                 .and_then(|v| v.to_str().ok())
@@ -317,7 +366,9 @@ impl Shipper {
         let xml = Bytes::from(complete.body());
         let len = xml.len() as u64;
         let body = BodyExt::boxed(Full::new(xml).map_err(|never| match never {}));
-        let (_, answer) = self.exchange(key, Method::POST, url.as_str(), body, len).await?;
+        let (_, answer) = self
+            .exchange(key, Method::POST, url.as_str(), body, len, NEW_OBJECT_ONLY)
+            .await?;
         // S3 may answer 200 and report a failure in the body, as an `<Error>` document. (The
         // success document's root is not checked: moto names it differently from AWS.)
         if memchr::memmem::find(&answer, b"<Error>").is_some() {
@@ -338,6 +389,7 @@ impl Shipper {
         url: &str,
         body: UploadBody,
         length: u64,
+        headers: &[(&str, &str)],
     ) -> Result<(hyper::HeaderMap, Bytes), ShipError> {
         let transport = |message: &str| ShipError::Transport {
             key: key.to_string(),
@@ -346,11 +398,16 @@ impl Shipper {
         let uri: Uri = url
             .parse()
             .map_err(|_| transport("the signed URL is not a valid URI"))?;
-        let req = Request::builder()
+        let head_only = method == Method::HEAD;
+        let mut req = Request::builder()
             .method(method)
             .uri(uri)
             .header(hyper::header::CONTENT_LENGTH, length)
-            .header(hyper::header::CONTENT_TYPE, "application/x-ndjson")
+            .header(hyper::header::CONTENT_TYPE, "application/x-ndjson");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req
             .body(body)
             .map_err(|_| transport("the request cannot be built"))?;
         let exchange = async {
@@ -364,14 +421,28 @@ impl Shipper {
                 })
             })?;
             let (head, body) = resp.into_parts();
+            if head_only {
+                return if head.status.is_success() {
+                    Ok((head.headers, Bytes::new()))
+                } else {
+                    Err(ShipError::Refused {
+                        key: key.to_string(),
+                        status: head.status.as_u16(),
+                        code: String::new(),
+                    })
+                };
+            }
             let body = Limited::new(body, MAX_ANSWER_BODY)
                 .collect()
                 .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+                .map(|b| b.to_bytes());
             if head.status.is_success() {
+                // A success whose answer cannot be read whole may hide an error the store
+                // wrote after its status line.
+                let body = body.map_err(|_| transport("the store's answer was cut off or too long"))?;
                 Ok((head.headers, body))
             } else {
+                let body = body.unwrap_or_default();
                 Err(ShipError::Refused {
                     key: key.to_string(),
                     status: head.status.as_u16(),
