@@ -81,9 +81,27 @@ impl Gateway {
             .replace("${LISTEN_PORT}", &port.to_string())
             .replace("${SESSIONS}", &sessions.display().to_string());
         std::fs::write(manifests.join("all.yaml"), text).expect("write manifests");
+        let process = Self::run(&manifests, port, admin, until_ready);
+        Self {
+            port,
+            admin,
+            sessions,
+            dir,
+            process,
+        }
+    }
+
+    /// Kills the process (SIGKILL: nothing is closed or flushed) and starts another on the same
+    /// manifests, ports and sessions directory, as a crashed pod's restart does.
+    pub fn crash_and_restart(&mut self) {
+        self.process.signal("KILL", Duration::from_secs(10));
+        self.process = Self::run(&self.manifests(), self.port, self.admin, true);
+    }
+
+    fn run(manifests: &Path, port: u16, admin: u16, until_ready: bool) -> Process {
         let mut cmd = Command::new(binary("agentgate"));
         cmd.args(["run", "--manifests"])
-            .arg(&manifests)
+            .arg(manifests)
             .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
             .env("AGENTGATE_LOG", "info,agentgate=debug");
         let process = Process::start("agentgate", cmd);
@@ -98,13 +116,7 @@ impl Gateway {
             "gateway did not become ready:\n{}",
             process.output()
         );
-        Self {
-            port,
-            admin,
-            sessions,
-            dir,
-            process,
-        }
+        process
     }
 
     pub fn url(&self, path: &str) -> String {

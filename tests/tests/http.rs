@@ -4,12 +4,12 @@
 //! stripping, masking, recording and metrics; and a canary secret searched for in every output.
 
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agentgate::identity::mint::SigningKey;
 use agentgate_e2e::gateway::{EchoUpstream, Gateway, OktaSetup, okta_manifests};
 use agentgate_e2e::oidc::OidcProvider;
-use agentgate_e2e::{Reply, binary, curl, curl_get};
+use agentgate_e2e::{Reply, binary, curl, curl_get, wait_for};
 
 /// The upstream's SSWS token: must never reach the agent, a log, a metric or a recording.
 const CANARY: &str = "00CANARY-upstream-secret-7f3a9c";
@@ -612,6 +612,80 @@ fn a_configured_signing_key_signs_the_sessions_of_every_run() {
         let secret = pem.lines().nth(1).unwrap();
         assert!(!gw.output().contains(secret), "the signing key was logged");
     }
+}
+
+/// A gateway killed while a connection's session is open leaves its file unclosed; the next
+/// process on the directory seals it with a signed end (`"reason": "cut off"`), so the auditor's
+/// `verify --require-closed --public-key` passes without accepting open files.
+#[test]
+fn a_session_cut_off_by_a_crash_is_sealed_at_the_next_start() {
+    use std::io::{Read, Write};
+    let idp = OidcProvider::start();
+    let upstream = EchoUpstream::start();
+    let mut gw = Gateway::start(&okta_manifests(&OktaSetup {
+        issuer: &idp.issuer,
+        upstream: &upstream.url(),
+        upstream_token: CANARY,
+        require_dpop: false,
+    }));
+    let tok = token(&idp);
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        conn,
+        "GET /okta/echo/kept-open HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {tok}\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = [0u8; 12];
+    conn.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&answer));
+    let sessions = gw.sessions.clone();
+    let files = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&sessions)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+    let recorded = wait_for(Duration::from_secs(10), || {
+        let f = files();
+        (f.len() == 1 && std::fs::read_to_string(&f[0]).unwrap().contains("kept-open")).then_some(f)
+    })
+    .expect("the request is recorded");
+    assert!(
+        !std::fs::read_to_string(&recorded[0])
+            .unwrap()
+            .contains("session.end")
+    );
+
+    gw.crash_and_restart();
+    drop(conn);
+    let output = gw.output();
+    let public = output
+        .split("public_key=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("the new process logs its public key")
+        .to_string();
+    assert_eq!(files(), recorded, "no other session");
+    let text = std::fs::read_to_string(&recorded[0]).unwrap();
+    let end = text.lines().last().unwrap();
+    assert!(
+        end.contains("\"type\":\"session.end\"") && end.contains("\"reason\":\"cut off\""),
+        "{end}"
+    );
+    let out = Command::new(binary("agentgate"))
+        .args(["sessions", "verify", "--require-closed", "--public-key", &public])
+        .args(&recorded)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("(closed, signature verified)"), "{stdout}");
+    assert!(output.contains("were sealed"), "{output}");
 }
 
 /// `masking.hashKeySecretRef`: the Hash strategy turns one value into the same text in every run

@@ -612,6 +612,99 @@ impl Recorder {
     }
 }
 
+/// What [`Recorder::seal_cut_off`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Sealed {
+    /// Cut-off sessions now closed with a signed end.
+    pub sealed: usize,
+    /// Unclosed files that do not verify, left as they are: sealing them would vouch for edits.
+    pub unverifiable: usize,
+}
+
+impl Recorder {
+    /// Closes, with a signed `session.end` (`"reason": "cut off"`), every session file of this
+    /// recorder's directory that no process holds and that never closed: what a crash or a kill
+    /// leaves. Without it such a file is vouched for by nothing, and an auditor has to accept open
+    /// files (`verify --allow-open`), which accepts invented ones too. A partial last line (the
+    /// write the crash interrupted) is cut off first, and the end says how many bytes went
+    /// (`recovery.dropped_bytes`). Only files whose chain verifies are sealed, and the end says
+    /// the recovering gateway sealed it (`recovery`), not the one that recorded it.
+    pub fn seal_cut_off(&self) -> Sealed {
+        let mut out = Sealed::default();
+        let Ok(entries) = std::fs::read_dir(&self.inner.dir) else {
+            return out;
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| is_session_file(p))
+            .collect();
+        files.sort();
+        for path in files {
+            match self.seal(&path) {
+                Ok(true) => out.sealed += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    out.unverifiable += 1;
+                    tracing::error!(file = %path.display(), error = %e, "a cut-off session file does not verify; left unsealed");
+                }
+            }
+        }
+        out
+    }
+
+    /// Seals one file if it is cut off: `Ok(false)` when it is closed or held by a process.
+    fn seal(&self, path: &Path) -> Result<bool, String> {
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("cannot open: {e}"))?;
+        // Held: a live session, or another sealer.
+        if file.try_lock().is_err() {
+            return Ok(false);
+        }
+        let report = verify::verify_file(path, None).map_err(|e| e.to_string())?;
+        if report.closed {
+            return Ok(false);
+        }
+        let length = file.metadata().map_err(|e| format!("cannot stat: {e}"))?.len();
+        let dropped = length.saturating_sub(report.bytes);
+        file.set_len(report.bytes)
+            .map_err(|e| format!("cannot cut the partial line: {e}"))?;
+        let mut len = report.bytes;
+        if report.unterminated {
+            (&file)
+                .write_all(b"\n")
+                .map_err(|e| format!("cannot write: {e}"))?;
+            len += 1;
+        }
+        let session = Session {
+            inner: self.inner.clone(),
+            id: report.session,
+            path: path.to_path_buf(),
+            began: std::time::Instant::now(),
+            state: Mutex::new(State {
+                file: Some(file),
+                seq: report.events,
+                prev: report.last_hash,
+                len,
+                closed: false,
+                deferred: Vec::new(),
+                buf: Vec::new(),
+                json: Vec::new(),
+                hidden: Arc::new(Vec::new()),
+                lost: 0,
+            }),
+        };
+        let end = json!({
+            "reason": "cut off",
+            "recovery": {"gateway": self.inner.gateway, "dropped_bytes": dropped},
+        });
+        session.close_inner(end).map_err(|e| e.to_string())?;
+        Ok(true)
+    }
+}
+
 /// How often [`close_when_released`] looks whether the last other holder is done.
 const RELEASE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 

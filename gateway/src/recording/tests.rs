@@ -272,6 +272,68 @@ fn a_cut_off_file_verifies_up_to_its_last_complete_event() {
     assert!(e.reason.contains("after session.end"), "{e}");
 }
 
+/// A session a crash cut off is closed by the next recorder of its directory with a signed end
+/// that says so, its partial last line cut; a closed, a held or an edited file is left as it is.
+#[test]
+fn cut_off_sessions_are_sealed_by_the_next_recorder() {
+    let (_d, old) = recorder(RecordingMode::Required);
+    let closed = closed_session(&old, 4);
+    let full = fs::read(&closed).unwrap();
+    let through_three: usize = lines(&closed)[..3].iter().map(|l| l.len() + 1).sum();
+    let spool = tempfile::tempdir().unwrap();
+    let name = |n: u8| {
+        let name = closed.file_name().unwrap().to_str().unwrap().to_string();
+        spool
+            .path()
+            .join(format!("{}{:02x}.jsonl", &name[..name.len() - 8], n))
+    };
+    // Cut mid-line after three events; cut between an event and its newline; closed; edited.
+    let (mid_line, no_newline, whole, edited) = (name(1), name(2), name(3), name(4));
+    fs::write(&mid_line, &full[..through_three + 25]).unwrap();
+    fs::write(&no_newline, &full[..through_three - 1]).unwrap();
+    fs::write(&whole, &full).unwrap();
+    let mut bytes = full[..through_three].to_vec();
+    bytes[through_three / 2] ^= 1;
+    fs::write(&edited, &bytes).unwrap();
+
+    let rec = Recorder::new(spool.path(), RecordingMode::Required, "team/gw").unwrap();
+    let live = rec.start_session(json!({})).unwrap();
+    assert_eq!(
+        rec.seal_cut_off(),
+        Sealed {
+            sealed: 2,
+            unverifiable: 1
+        }
+    );
+    for (path, dropped) in [(&mid_line, 25), (&no_newline, 0)] {
+        let r = verify_file(path, Some(rec.public_key())).unwrap();
+        assert_eq!((r.events, r.closed, r.signed), (4, true, true), "{path:?}");
+        let end: serde_json::Value = serde_json::from_str(lines(path).last().unwrap()).unwrap();
+        assert_eq!(end["data"]["reason"], "cut off");
+        assert_eq!(end["data"]["recovery"]["dropped_bytes"], dropped);
+        assert_eq!(end["data"]["recovery"]["gateway"], "team/gw");
+        assert_eq!(end["seq"], 3);
+        // The start names the key that recorded it; the end, the one that sealed it.
+        assert_eq!(
+            end["data"]["key_id"],
+            key_id(&URL_SAFE_NO_PAD.decode(rec.public_key()).unwrap())
+        );
+    }
+    assert_eq!(fs::read(&whole).unwrap(), full);
+    assert_eq!(fs::read(&edited).unwrap(), bytes);
+    // The live session is held, so it is not sealed; nor is anything sealed twice.
+    assert!(!verify_file(live.path(), None).unwrap().closed);
+    assert_eq!(
+        rec.seal_cut_off(),
+        Sealed {
+            sealed: 0,
+            unverifiable: 1
+        }
+    );
+    live.close(json!({})).unwrap();
+    assert!(verify_file(live.path(), Some(rec.public_key())).unwrap().signed);
+}
+
 #[test]
 fn closing_signature_binds_the_chain_to_the_key() {
     let (d, rec) = recorder(RecordingMode::Required);

@@ -30,6 +30,11 @@ pub struct VerifyReport {
     pub closed: bool,
     /// A public key was given and the closing signature verified against it.
     pub signed: bool,
+    /// Bytes of the verified events from the file's start, their newlines included: where a
+    /// partial last line (a write cut off by a crash) begins, if there is one.
+    pub bytes: u64,
+    /// The last verified event is whole but lacks its newline (the crash came between them).
+    pub unterminated: bool,
 }
 
 /// Why a file does not verify. Reasons never quote record contents.
@@ -78,6 +83,7 @@ pub fn verify_events(
     let mut reader = BufReader::new(file);
     let mut state = Chain::default();
     let mut buf = Vec::new();
+    let (mut bytes, mut unterminated) = (0u64, false);
     for line_no in 1u64.. {
         buf.clear();
         // One byte over the limit plus the newline tells "too long" from "last line".
@@ -94,7 +100,11 @@ pub fn verify_events(
             return Err(fail(line_no, "line longer than the event limit"));
         }
         match state.check(line_no, line, key.as_ref()) {
-            Ok(event) => visit(&event),
+            Ok(event) => {
+                bytes += buf.len() as u64;
+                unterminated = !complete;
+                visit(&event);
+            }
             // A partial last line is a write the gateway never finished, not an edit; but the
             // gateway writes nothing after session.end, so bytes there are an edit.
             Err(_) if !complete && !state.closed => break,
@@ -111,6 +121,8 @@ pub fn verify_events(
         last_hash: state.prev,
         closed: state.closed,
         signed: state.signed,
+        bytes,
+        unterminated,
     })
 }
 

@@ -412,6 +412,12 @@ impl Gateway {
                     signing_key = if key.signing_key.is_some() { "configured" } else { "this process's own" },
                     "recording sessions"
                 );
+                // Before the shipper or retention takes them: sessions a crash cut off are closed,
+                // signed, so that no archive needs open files accepted.
+                let sealed = r.seal_cut_off();
+                if sealed.sealed > 0 {
+                    tracing::warn!(dir = %key.dir.display(), sealed = sealed.sealed, "sessions cut off by an earlier process were sealed (reason \"cut off\")");
+                }
                 if let Some((_, old)) = slot.replace((key, r.clone())) {
                     let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
                     retired.retain(|w| w.upgrade().is_some());
