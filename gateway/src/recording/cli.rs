@@ -192,9 +192,11 @@ fn list(
     (since, until): (Option<i64>, Option<i64>),
     out: &mut impl Write,
 ) -> io::Result<bool> {
+    // Session files only, as the recorder names them and never a link or a FIFO (which would
+    // hang the listing).
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .filter(|p| super::is_session_file(p))
         .collect();
     // Names start with the UTC start time, so name order is chronological.
     files.sort();
@@ -233,6 +235,9 @@ fn list(
             None => ("-", "-"),
         };
         let state = match &result {
+            Ok(r) if !names_session(&file, &r.session) => {
+                "MISNAMED: the file holds another session".to_string()
+            }
             // No key here: the hashes are checked, which anyone who rewrites a file can redo.
             Ok(r) => format!(
                 "{} events  {}  chain intact (signature not checked)",
@@ -275,6 +280,18 @@ fn finish(
     result: &Result<VerifyReport, VerifyError>,
     out: &mut impl Write,
 ) -> io::Result<bool> {
+    // What was shown is another session than the file's name says (see `verify`).
+    if let Ok(r) = result
+        && !names_session(file, &r.session)
+    {
+        writeln!(
+            out,
+            "MISNAMED {}: it holds session {}, whose file is named for it",
+            safe(&file.display().to_string()),
+            safe(&r.session)
+        )?;
+        return Ok(false);
+    }
     if public_key.is_some()
         && let Ok(r) = result
         && !r.signed
@@ -978,6 +995,45 @@ mod tests {
             )),
             "{text}"
         );
+        // `show` and `replay` say so too, after what they showed; `list` marks it. Files that
+        // are not session files (a FIFO would hang the listing) are not listed.
+        for command in [
+            SessionsCommand::Show {
+                file: swapped.clone(),
+                public_key: Some(key.clone()),
+            },
+            SessionsCommand::Replay {
+                file: swapped.clone(),
+                public_key: Some(key.clone()),
+                speed: None,
+            },
+        ] {
+            let (ok, text) = run_to_string(command);
+            assert!(!ok, "{text}");
+            assert!(
+                text.lines().last().unwrap().starts_with(&format!(
+                    "MISNAMED {}: it holds session {}",
+                    swapped.display(),
+                    a.id()
+                )),
+                "{text}"
+            );
+        }
+        let fifo = dir.path().join("pipe.jsonl");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let listed = list(None, None);
+        assert_eq!(listed.lines().count(), 3, "{listed}");
+        assert!(
+            listed.contains("MISNAMED: the file holds another session"),
+            "{listed}"
+        );
+        std::fs::remove_file(&fifo).unwrap();
         std::fs::remove_file(&swapped).unwrap();
 
         // One altered file fails the whole command and is named with its line.

@@ -560,13 +560,27 @@ impl Recorder {
         let mut data = into_object(start);
         data.insert("gateway".into(), json!(self.inner.gateway));
         data.insert("key_id".into(), json!(self.inner.key_id));
+        let created = error.is_none();
         let result = match error {
             Some(e) => Err(e),
             None => {
                 let mut state = session.lock();
+                #[cfg(test)]
+                tests::before_start(&mut state);
                 session.append(&mut state, START, &Value::Object(data))
             }
         };
+        if result.is_err() {
+            // A file without its start would read as tampered evidence, and events after it as
+            // a chain without a start: it goes (its lock is still held, so no sweep has taken
+            // it), and BestEffort counts the session's events as lost.
+            let mut state = session.lock();
+            if created && state.len == 0 {
+                // Removed before the handle (and with it the lock) goes.
+                let _ = std::fs::remove_file(&session.path);
+                state.file = None;
+            }
+        }
         if let Err(e) = session.settle(START, result) {
             // Nothing to close: the caller refuses the operation and drops the session.
             session.lock().closed = true;

@@ -18,6 +18,17 @@ thread_local! {
     static BEFORE_LOCK: std::cell::RefCell<Option<Hook>> = const { std::cell::RefCell::new(None) };
 }
 
+thread_local! {
+    /// Makes the next session's start fail, as a full disk would.
+    static FAIL_START: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+pub(super) fn before_start(state: &mut State) {
+    if FAIL_START.with(|f| f.replace(false)) {
+        state.file = Some(fs::OpenOptions::new().append(true).open("/dev/full").unwrap());
+    }
+}
+
 pub(super) fn before_lock(dir: &Path) {
     BEFORE_LOCK.with(|hook| {
         if let Some(f) = hook.borrow().as_ref() {
@@ -415,6 +426,30 @@ fn required_mode_surfaces_write_failures() {
     let e = rec.start_session(json!({})).unwrap_err();
     assert!(matches!(e, RecordingError::Create { .. }), "{e}");
     assert_eq!(rec.failures(), 3);
+}
+
+/// A session whose start cannot be written leaves no file: an empty one would read as tampered
+/// evidence, and in BestEffort later events would chain from no start.
+#[test]
+fn a_start_that_cannot_be_written_leaves_no_file() {
+    let session_files = |rec: &Recorder| {
+        fs::read_dir(&rec.inner.dir)
+            .unwrap()
+            .filter(|e| is_session_file(&e.as_ref().unwrap().path()))
+            .count()
+    };
+    let (_d, rec) = recorder(RecordingMode::Required);
+    FAIL_START.with(|f| f.set(true));
+    assert!(rec.start_session(json!({})).is_err());
+    assert_eq!(session_files(&rec), 0);
+
+    let (_d, rec) = recorder(RecordingMode::BestEffort);
+    FAIL_START.with(|f| f.set(true));
+    let s = rec.start_session(json!({})).unwrap();
+    assert_eq!(session_files(&rec), 0);
+    s.record("http.request", json!({})).unwrap();
+    assert_eq!(rec.failures(), 2);
+    assert_eq!(session_files(&rec), 0);
 }
 
 #[test]
