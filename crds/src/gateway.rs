@@ -208,15 +208,17 @@ pub enum RecordingMode {
     BestEffort,
 }
 
-/// Destination of finished recordings: exactly one of `local`, `volume` or `s3`.
+/// Destination of finished recordings: `local`, `volume` or `s3`; with `s3`, `volume` (or `local`)
+/// is where sessions wait to be shipped, instead of the pod's scratch space.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = kube::core::Rule::new("(has(self.local) ? 1 : 0) + (has(self.volume) ? 1 : 0) + (has(self.s3) ? 1 : 0) == 1").message("set exactly one of local, volume or s3"))]
+#[x_kube(validation = kube::core::Rule::new("(has(self.local) || has(self.volume) || has(self.s3)) && !(has(self.local) && has(self.volume))").message("set local, volume or s3, or s3 with one of local or volume as its spool; not local and volume together"))]
 pub struct RecordingStorage {
     /// A directory on the gateway's file system (standalone mode).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local: Option<LocalStorage>,
-    /// A PersistentVolumeClaim mounted into the gateway pods.
+    /// A PersistentVolumeClaim mounted into the gateway pods. With `s3`, the spool: sessions
+    /// wait there for upload and outlive a pod deleted while the store is unreachable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<VolumeStorage>,
     /// An S3-compatible bucket.

@@ -182,6 +182,17 @@ fn object_storage_needs_credentials_and_a_secure_endpoint() {
             && err.contains("must be https (http only to a loopback address)"),
         "{code:?}: {err}"
     );
+    // A local directory (or, in a cluster, a volume) may be the spool of s3; not both.
+    let (code, _, err, _d) = s3(
+        "      local: {path: .agentgate/spool}\n      s3: {bucket: agentgate-sessions, credentialsSecretRef: {name: no-such-secret, key: accessKeyId}}",
+    );
+    assert_one_error(code, &err, &["Secret agentgate/no-such-secret not found"]);
+    let (code, _, err, _d) = s3("      local: {path: .agentgate/spool}\n      volume: {claimName: sessions}");
+    assert_one_error(
+        code,
+        &err,
+        &["spec.recording.storage", "not local and volume together"],
+    );
     let (code, _, err, _d) = s3(
         "      s3: {bucket: agentgate-sessions, credentialsSecretRef: {name: no-such-secret, key: accessKeyId}}",
     );

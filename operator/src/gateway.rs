@@ -210,7 +210,10 @@ async fn recordings_claim_refusal(
 fn recordings_not_persistent(gw: &AgentGateway) -> Option<&'static str> {
     let storage = gw.spec.recording.storage.as_ref();
     match storage {
-        Some(s) if s.volume.is_some() || s.s3.is_some() => None,
+        Some(s) if s.volume.is_some() => None,
+        Some(s) if s.s3.is_some() => Some(
+            "recording.storage.s3 without recording.storage.volume spools sessions in the pod's scratch space: sessions not yet shipped are lost with the pod (a store unreachable while the pod is replaced); set recording.storage.volume as the spool",
+        ),
         Some(s) if s.local.is_some() => Some(
             "recording.storage.local is the pod's scratch space in a cluster: session recordings are lost with the pod; set recording.storage.volume or recording.storage.s3",
         ),

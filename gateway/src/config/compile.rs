@@ -1765,6 +1765,28 @@ mod tests {
         );
     }
 
+    /// With s3, a volume is the spool: sessions wait for upload on the claim the operator mounts,
+    /// not in the pod's scratch space, and are shipped from there.
+    #[test]
+    fn a_volume_spools_for_object_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {name: gw, namespace: ns}\n\
+            spec:\n  listeners: [{name: pg, protocol: Postgres, port: 15432}]\n  \
+            recording: {storage: {volume: {claimName: spool}, s3: {bucket: sessions, credentialsSecretRef: {name: s3, key: id}}}}\n---\n\
+            apiVersion: v1\nkind: Secret\nmetadata: {name: s3, namespace: ns}\nstringData: {id: a, secretAccessKey: b}\n";
+        std::fs::write(dir.path().join("all.yaml"), yaml).unwrap();
+        let config = crate::config::load(&crate::config::LoadOptions {
+            manifests: dir.path().to_path_buf(),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.gateway.recording_dir,
+            std::path::Path::new(SESSIONS_VOLUME_MOUNT)
+        );
+        assert_eq!(config.gateway.object_storage.as_ref().unwrap().bucket, "sessions");
+    }
+
     #[test]
     fn endpoints_with_credentials_are_refused_without_quoting_them() {
         let dir = tempfile::tempdir().unwrap();
