@@ -119,7 +119,9 @@ pub enum DpopNonce {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Listener {
-    /// Name of the listener, unique within the gateway (a DNS label).
+    /// Name of the listener, unique within the gateway (a DNS label). In a cluster it is also the
+    /// pod's port name: at most 15 characters, at least one letter, no two hyphens in a row, and
+    /// not `admin`.
     #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
     pub name: String,
     /// Wire protocol spoken on this port.

@@ -166,7 +166,7 @@ pub fn deployment(g: &AgentGateway, image: &str) -> Value {
         .iter()
         .map(|l| json!({"name": port_name(&l.name), "containerPort": l.port, "protocol": "TCP"}))
         .collect();
-    ports.push(json!({"name": "admin", "containerPort": GATEWAY_ADMIN_PORT, "protocol": "TCP"}));
+    ports.push(json!({"name": agentgate::config::compile::ADMIN_PORT_NAME, "containerPort": GATEWAY_ADMIN_PORT, "protocol": "TCP"}));
     let mut volumes = vec![json!({"name": "data", "emptyDir": {}})];
     let mut mounts = vec![json!({"name": "data", "mountPath": GATEWAY_DATA_DIR})];
     if let Some(volume) = g.spec.recording.storage.as_ref().and_then(|s| s.volume.as_ref()) {
@@ -265,13 +265,10 @@ pub fn pod_disruption_budget(g: &AgentGateway) -> Value {
 }
 
 /// Port names are at most 15 characters (IANA_SVC_NAME).
+/// A listener's port name is its name: the loader refuses, in a cluster, names that are not
+/// valid port names, so two listeners never share one.
 fn port_name(listener: &str) -> String {
-    listener
-        .chars()
-        .take(15)
-        .collect::<String>()
-        .trim_end_matches('-')
-        .to_string()
+    listener.to_string()
 }
 
 #[cfg(test)]

@@ -130,6 +130,25 @@ impl Endpoint {
     }
 }
 
+/// The port name the operator gives a listener's container port, and the admin port's.
+pub const ADMIN_PORT_NAME: &str = "admin";
+
+/// Why a listener name cannot be a container port name (Kubernetes' IANA_SVC_NAME: at most 15
+/// characters of lowercase letters, digits and single hyphens, at least one letter), if it cannot.
+fn port_name_refusal(name: &str) -> Option<&'static str> {
+    if name.len() > 15 {
+        Some("is at most 15 characters")
+    } else if !name.bytes().any(|b| b.is_ascii_lowercase()) {
+        Some("holds at least one letter")
+    } else if name.contains("--") {
+        Some("holds no two hyphens in a row")
+    } else if name == ADMIN_PORT_NAME {
+        Some("is taken by the admin port")
+    } else {
+        None
+    }
+}
+
 /// Whether `host` (a name or an IP address, IPv4-mapped IPv6 included) is this host's loopback.
 fn is_loopback_host(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
@@ -685,6 +704,17 @@ fn compile_gateway(
                 format!(
                     "Invalid value: {:?}: development mode serves only on loopback (127.0.0.1 or ::1): its tokens are issued to anyone who asks",
                     l.address.as_deref().unwrap_or("(all addresses)")
+                ),
+            ));
+        }
+        if options.in_cluster
+            && let Some(why) = port_name_refusal(&l.name)
+        {
+            errors.push(m.error(
+                &format!("spec.listeners[{i}].name"),
+                format!(
+                    "Invalid value: {:?}: in a cluster a listener's name is also its pod's port name, which {why}",
+                    l.name
                 ),
             ));
         }

@@ -208,6 +208,30 @@ fn an_invalid_gateway_is_reported_as_the_gateways_own_error() {
     assert!(e.contains("spec.listeners[0].port"), "{e}");
 }
 
+/// A listener's name is its pod's port name: one that cannot be (too long, so two would share a
+/// truncation; no letter; a double hyphen; the admin port's) is the gateway's error, naming it.
+#[test]
+fn a_listener_name_that_cannot_name_a_port_is_refused() {
+    for (name, why) in [
+        ("postgres-primary-a", "at most 15 characters"),
+        ("5432", "at least one letter"),
+        ("pg--main", "no two hyphens in a row"),
+        ("admin", "taken by the admin port"),
+    ] {
+        let mut ns = fixtures::namespace("team", 1, 1, 1);
+        ns.gateways[0].spec.listeners[1].name = name.into();
+        let e = compile(&ns, "main", true).gateway.expect_err(name);
+        assert!(
+            e.contains(&format!(
+                "spec.listeners[1].name: Invalid value: \"{name}\": in a cluster"
+            )) && e.contains(why),
+            "{e}"
+        );
+        // Outside a cluster there is no port to name.
+        assert!(compile(&ns, "main", false).gateway.is_ok(), "{name}");
+    }
+}
+
 #[test]
 fn connections_of_other_gateways_are_not_ours_to_report_or_publish() {
     let mut ns = fixtures::namespace("team", 1, 1, 1);
