@@ -1612,6 +1612,52 @@ fn notification_payloads_are_withheld_where_columns_are_masked() {
     );
 }
 
+/// A column rule that matches no column of the database (a misspelt table) masks nothing: the
+/// gateway says so in its log, once, and in the recording of every session it applies to.
+#[test]
+fn a_column_rule_matching_nothing_is_reported() {
+    let s = setup_with(false);
+    let tok = token(&s.idp);
+    edit_manifests(
+        &s.gw,
+        "    - columns: [\"public.customers.email\"]\n",
+        "    - columns: [\"public.customers.email\", \"public.customer.phone\"]\n",
+    );
+    let warned = |output: &str| {
+        output
+            .lines()
+            .filter(|l| {
+                l.contains("column masking rules match no column") && l.contains("public.customer.phone")
+            })
+            .count()
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    while warned(&s.gw.output()) == 0 {
+        assert!(Instant::now() < until, "no warning:\n{}", s.gw.output());
+        let mut r = Raw::login(s.plain, &tok);
+        r.send(b'Q', b"SELECT 1\0");
+        r.until_ready();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let output = s.gw.output();
+    let warning = output
+        .lines()
+        .find(|l| l.contains("public.customer.phone"))
+        .unwrap();
+    assert!(!warning.contains("public.customers.email"), "{warning}");
+    // Logged once, however many sessions start.
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(b'Q', b"SELECT 1\0");
+    r.until_ready();
+    assert_eq!(warned(&s.gw.output()), 1);
+    let recordings = s.gw.recordings();
+    let named = recordings
+        .lines()
+        .filter(|l| l.contains("\"unmatched_column_rules\":[") && l.contains("\"public.customer.phone\""))
+        .count();
+    assert!(named >= 2, "the recordings do not name the rule");
+}
+
 /// PostgreSQL keeps SQL PREPARE and protocol-level statements under one name space, runs
 /// nothing after an extended-protocol error until Sync (a simple Query included), and lets SQL
 /// DECLARE and CLOSE replace a portal. None of these may run a statement other than the one

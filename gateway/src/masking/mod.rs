@@ -152,6 +152,8 @@ impl Inner {
 /// `schema.table.column`, each part a glob.
 #[derive(Clone, Debug)]
 struct ColumnRule {
+    /// As written, for saying which rule matches nothing.
+    spec: String,
     schema: Glob,
     table: Glob,
     column: Glob,
@@ -171,6 +173,7 @@ impl ColumnRule {
             Glob::value(part).map_err(|e| format!("{spec:?}: {e}"))
         };
         Ok(Self {
+            spec: spec.to_string(),
             schema: glob(schema)?,
             table: glob(table)?,
             column: glob(column)?,
@@ -387,6 +390,34 @@ impl MaskingPlan {
             .filter(|r| r.schema.matches(schema) && r.table.matches(table) && r.column.matches(column))
             .map(|r| r.strategy)
             .reduce(strategy::strongest)
+    }
+
+    /// The column rules, as written, that match none of `columns` (schema, table, column): a
+    /// misspelt name masks nothing, silently unless someone is told.
+    pub fn unmatched_column_rules<'a>(
+        &self,
+        columns: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+    ) -> Vec<String> {
+        let rules = &self.inner.columns;
+        let mut matched = vec![false; rules.len()];
+        for (schema, table, column) in columns {
+            for (hit, r) in matched.iter_mut().zip(rules) {
+                *hit =
+                    *hit || (r.schema.matches(schema) && r.table.matches(table) && r.column.matches(column));
+            }
+            if matched.iter().all(|m| *m) {
+                break;
+            }
+        }
+        let mut unmatched: Vec<String> = rules
+            .iter()
+            .zip(matched)
+            .filter(|(_, m)| !m)
+            .map(|(r, _)| r.spec.clone())
+            .collect();
+        unmatched.sort();
+        unmatched.dedup();
+        unmatched
     }
 
     /// Applies a strategy to a whole value (a masked column): `[REDACTED]`, the Partial form, or

@@ -57,6 +57,31 @@ fn compile_errors_name_the_rule_and_field() {
     assert!(compile(json!([{"columns": ["a.b.c.d"]}])).is_err());
 }
 
+/// A rule matching no column of the database is named, as written, so a misspelling is seen.
+#[test]
+fn column_rules_matching_nothing_are_named() {
+    let plan = compile(json!([
+        {"columns": ["public.users.email", "public.user.ssn", "billing.*.card_*", "*.*.emial"]}
+    ]))
+    .unwrap();
+    let columns = [
+        ("public", "users", "email"),
+        ("public", "users", "ssn"),
+        ("billing", "invoices", "card_number"),
+    ];
+    assert_eq!(
+        plan.unmatched_column_rules(columns),
+        vec!["*.*.emial".to_string(), "public.user.ssn".to_string()]
+    );
+    assert_eq!(plan.unmatched_column_rules([]).len(), 4);
+    assert!(
+        compile(json!([{"detectors": ["Email"]}]))
+            .unwrap()
+            .unmatched_column_rules([])
+            .is_empty()
+    );
+}
+
 #[test]
 fn columns_match_by_glob_and_the_strongest_wins() {
     let plan = compile(json!([

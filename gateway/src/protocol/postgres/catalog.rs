@@ -166,6 +166,8 @@ pub struct MaskedColumns {
     /// JSON field rules apply: a relation made since the catalog was read may hold documents,
     /// so the session's guards are on even when nothing was masked when it was read.
     fields: bool,
+    /// Column rules (as written) that matched no column of the database when it was read.
+    pub unmatched: Vec<String>,
 }
 
 /// A table's system columns (negative attribute numbers, no row data; `oid` is not one since
@@ -271,6 +273,10 @@ pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColu
         }
     }
     let columns = query(up, COLUMNS_SQL).await?;
+    masked.unmatched = plan.unmatched_column_rules(columns.iter().filter_map(|row| match row.as_slice() {
+        [_, schema, table, _, column, ..] => Some((schema.as_str(), table.as_str(), column.as_str())),
+        _ => None,
+    }));
     let mut names: HashMap<(u32, i16), String> = HashMap::new();
     for row in &columns {
         let [oid, schema, table, attnum, column, kind, type_oid] = row.as_slice() else {

@@ -222,6 +222,27 @@ impl Context {
     }
 }
 
+/// Most (connection, unmatched rules) pairs remembered as already logged.
+const MAX_UNMATCHED_LOGGED: usize = 1024;
+
+/// Logs once per process that `connection`'s column rules `rules` match no column.
+fn warn_unmatched_once(connection: &str, rules: &[String]) {
+    static LOGGED: std::sync::Mutex<Vec<(String, Vec<String>)>> = std::sync::Mutex::new(Vec::new());
+    let mut logged = LOGGED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if logged.iter().any(|(c, r)| c == connection && r == rules) {
+        return;
+    }
+    if logged.len() >= MAX_UNMATCHED_LOGGED {
+        logged.clear();
+    }
+    logged.push((connection.to_string(), rules.to_vec()));
+    tracing::warn!(
+        connection = %connection,
+        rules = ?rules,
+        "column masking rules match no column of the database, so they mask nothing: check the schema, table and column names"
+    );
+}
+
 /// Serves one accepted TCP connection until it ends.
 pub async fn serve(
     ctx: Arc<Context>,
@@ -499,7 +520,7 @@ async fn start(
         .map_err(|e| catalog_failed(&e))?;
     let shadows = catalog::shadows(&mut up).await.map_err(|e| catalog_failed(&e))?;
     let mode = cfg.gateway.recording.mode;
-    let recording_start = json!({
+    let mut recording_start = json!({
         "identity": principal.identity,
         "connection": conn.name,
         "protocol": "postgres",
@@ -508,6 +529,12 @@ async fn start(
         "issuer": principal.issuer,
         "application_name": s.params.iter().find(|(k, _)| k == "application_name").map(|(_, v)| v),
     });
+    if !masked.unmatched.is_empty() {
+        // A misspelt rule masks nothing: said in the log (once per connection and rules) and in
+        // every session's recording, where an auditor reads what was masked.
+        warn_unmatched_once(&conn.name, &masked.unmatched);
+        recording_start["unmatched_column_rules"] = json!(masked.unmatched);
+    }
     let recording = match &plane.recorder {
         Ok(r) => match r.start_session(recording_start.clone()) {
             Ok(session) => {
