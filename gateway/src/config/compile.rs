@@ -130,6 +130,50 @@ impl Endpoint {
     }
 }
 
+/// Whether Secret `name`, named by field `path`, may be sent to `to` (a field and the endpoint
+/// there); when its owner bound it to other origins (or `to` is unset), an error names both
+/// fields. `true` when the Secret is bound and the origin is one of its.
+fn check_bound(
+    m: &Manifest,
+    secrets: &SecretStore,
+    path: &str,
+    name: &str,
+    (to_field, to): (&str, Option<&Endpoint>),
+    errors: &mut Vec<ConfigError>,
+) -> bool {
+    let ns = m.namespace();
+    let Some(origins) = secrets.bound_origins(ns, name) else {
+        return false;
+    };
+    let listed = origins
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let annotation = agentgate_crds::CREDENTIAL_ENDPOINTS_ANNOTATION;
+    match to.map(Origin::of) {
+        Some(origin) if origins.contains(&origin) => true,
+        Some(origin) => {
+            errors.push(m.error(
+                to_field,
+                format!(
+                    "Invalid value: {origin}: the Secret {ns}/{name} of {path} may be sent only to {listed} (its annotation {annotation})"
+                ),
+            ));
+            false
+        }
+        None => {
+            errors.push(m.error(
+                to_field,
+                format!(
+                    "Required value: the Secret {ns}/{name} of {path} may be sent only to {listed} (its annotation {annotation}): name the endpoint"
+                ),
+            ));
+            false
+        }
+    }
+}
+
 /// The port name the operator gives a listener's container port, and the admin port's.
 pub const ADMIN_PORT_NAME: &str = "admin";
 
@@ -854,6 +898,15 @@ fn object_storage(
         ));
         return None;
     };
+    let endpoint = s3.endpoint.as_deref().and_then(|e| parse_endpoint(e).ok());
+    check_bound(
+        m,
+        secrets,
+        field,
+        &r.name,
+        ("spec.recording.storage.s3.endpoint", endpoint.as_ref()),
+        errors,
+    );
     let read = |key: &str| {
         let v = secrets.get(m.namespace(), &r.name, key)?;
         let text = std::str::from_utf8(v.expose()).map(str::trim).unwrap_or_default();
@@ -1010,32 +1063,12 @@ fn compile_connection(
         token.into_iter().chain(certificate)
     });
     for (path, name) in secret_refs {
-        let Some(origins) = secrets.bound_origins(ns, name) else {
-            continue;
-        };
-        let origin = Origin::of(&endpoint);
-        let listed = || {
-            origins
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        if !origins.contains(&origin) {
-            errors.push(m.error(
-                "spec.endpoint",
-                format!(
-                    "Invalid value: {origin}: the Secret {ns}/{name} of {path} may be sent only to {} (its annotation {})",
-                    listed(),
-                    agentgate_crds::CREDENTIAL_ENDPOINTS_ANNOTATION
-                ),
-            ));
-        } else if c.spec.tls.as_ref().and_then(|t| t.insecure_skip_verify) == Some(true) {
+        let sent = check_bound(m, secrets, path, name, ("spec.endpoint", Some(&endpoint)), errors);
+        if sent && c.spec.tls.as_ref().and_then(|t| t.insecure_skip_verify) == Some(true) {
             errors.push(m.error(
                 "spec.tls.insecureSkipVerify",
                 format!(
-                    "Invalid value: true: the Secret {ns}/{name} of {path} is bound to {}, which only a verified server can prove to be",
-                    listed()
+                    "Invalid value: true: the Secret {ns}/{name} of {path} is bound to origins, which only a verified server can prove to be"
                 ),
             ));
         }
@@ -1266,6 +1299,18 @@ fn compile_identity(
             }
         }
     }
+    if let Some(x) = &i.spec.introspection {
+        // Without an endpoint it is discovered from the issuer, past what a binding can check.
+        let endpoint = x.endpoint.as_deref().and_then(|e| parse_endpoint(e).ok());
+        check_bound(
+            m,
+            secrets,
+            "spec.introspection.secretRef",
+            &x.secret_ref.name,
+            ("spec.introspection.endpoint", endpoint.as_ref()),
+            errors,
+        );
+    }
     let mut resolve =
         |path: &str, r: &agentgate_crds::common::SecretKeyRef| match secrets.get(ns, &r.name, &r.key) {
             Ok(v) => Some(v),
@@ -1449,6 +1494,10 @@ mod tests {
             ("https://acme.okta.com/api/v1", "without a path"),
             ("ftp://acme.okta.com", "unsupported scheme"),
             (" , ", "name at least one origin"),
+            (
+                "https://u:pw-hunter2@acme.okta.com",
+                "credentials in the URL are not allowed",
+            ),
         ] {
             let e = load(annotation, "https://acme.okta.com", "").unwrap_err();
             assert!(
@@ -1459,7 +1508,65 @@ mod tests {
                     && e.contains(says),
                 "{annotation}: {e}"
             );
+            assert!(!e.contains("hunter2"), "{e}");
         }
+    }
+
+    /// A bound Secret is bound wherever it would be sent: as an identity's introspection
+    /// secret, or the object store's credentials, too.
+    #[test]
+    fn a_bound_secret_is_bound_in_every_field_that_sends_it() {
+        let load = |extra: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let yaml = format!(
+                "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {{name: gw, namespace: ns}}\n\
+                spec: {{listeners: [{{name: web, protocol: HTTP, port: 18080}}]{extra}}}\n---\n\
+                apiVersion: v1\nkind: Secret\nmetadata: {{name: okta-token, namespace: ns, \
+                annotations: {{agentgate.dev/credential-endpoints: 'https://acme.okta.com'}}}}\n\
+                stringData: {{token: 00abc, secretAccessKey: s}}\n"
+            );
+            std::fs::write(dir.path().join("all.yaml"), yaml).unwrap();
+            crate::config::load(&crate::config::LoadOptions {
+                manifests: dir.path().to_path_buf(),
+                ..Default::default()
+            })
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        };
+        let s3 = |endpoint: &str| {
+            format!(
+                ", recording: {{storage: {{s3: {{bucket: sessions, {endpoint}credentialsSecretRef: {{name: okta-token, key: token}}}}}}}}"
+            )
+        };
+        let e = load(&s3("endpoint: 'https://attacker.example', ")).unwrap_err();
+        assert!(
+            e.contains("spec.recording.storage.s3.endpoint: Invalid value: https://attacker.example:443: the Secret ns/okta-token of spec.recording.storage.s3.credentialsSecretRef may be sent only to https://acme.okta.com:443"),
+            "{e}"
+        );
+        let e = load(&s3("")).unwrap_err();
+        assert!(
+            e.contains("spec.recording.storage.s3.endpoint: Required value: the Secret ns/okta-token"),
+            "{e}"
+        );
+        load(&s3("endpoint: 'https://acme.okta.com', ")).unwrap();
+
+        let identity = |endpoint: &str| {
+            format!(
+                "}}\n---\napiVersion: agentgate.dev/v1alpha1\nkind: AgentIdentity\nmetadata: {{name: a, namespace: ns}}\n\
+                spec: {{issuer: 'https://acme.okta.com', audiences: [x], match: {{subject: a}}, tokenType: Introspection, \
+                introspection: {{{endpoint}clientId: c, secretRef: {{name: okta-token, key: token}}}}"
+            )
+        };
+        let e = load(&identity("endpoint: 'https://attacker.example/introspect', ")).unwrap_err();
+        assert!(
+            e.contains("AgentIdentity ns/a")
+                && e.contains("spec.introspection.endpoint: Invalid value: https://attacker.example:443: the Secret ns/okta-token of spec.introspection.secretRef may be sent only to"),
+            "{e}"
+        );
+        load(&identity(
+            "endpoint: 'https://acme.okta.com/oauth2/v1/introspect', ",
+        ))
+        .unwrap();
     }
 
     /// What the data plane builds from a configuration (listener TLS, upstream TLS, the identity

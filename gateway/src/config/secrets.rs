@@ -276,10 +276,12 @@ fn parse_origins(text: &str) -> Result<Vec<Origin>, String> {
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|s| !s.is_empty())
     {
-        let endpoint = super::compile::parse_endpoint(item).map_err(|e| format!("{item:?}: {e}"))?;
+        // Quoted without any user:password a careless origin might carry.
+        let shown = super::compile::without_userinfo(item);
+        let endpoint = super::compile::parse_endpoint(item).map_err(|e| format!("{shown:?}: {e}"))?;
         if !matches!(endpoint.path.as_str(), "" | "/") {
             return Err(format!(
-                "{item:?}: name an origin (scheme://host[:port]) without a path: a credential is bound to a server, not to part of it"
+                "{shown:?}: name an origin (scheme://host[:port]) without a path: a credential is bound to a server, not to part of it"
             ));
         }
         out.push(Origin::of(&endpoint));
