@@ -215,10 +215,10 @@ fn recordings_not_persistent(gw: &AgentGateway) -> Option<&'static str> {
             "recording.storage.s3 without recording.storage.volume spools sessions in the pod's scratch space: sessions not yet shipped are lost with the pod (a store unreachable while the pod is replaced); set recording.storage.volume as the spool",
         ),
         Some(s) if s.local.is_some() => Some(
-            "recording.storage.local is the pod's scratch space in a cluster: session recordings are lost with the pod; set recording.storage.volume or recording.storage.s3",
+            "recording.storage.local is the pod's scratch space in a cluster: session recordings are lost with the pod; set recording.storage.volume (alone, or as the spool of recording.storage.s3)",
         ),
         _ => Some(
-            "no recording.storage: session recordings stay in the pod's scratch space and are lost with it; set recording.storage.volume or recording.storage.s3",
+            "no recording.storage: session recordings stay in the pod's scratch space and are lost with it; set recording.storage.volume (alone, or as the spool of recording.storage.s3)",
         ),
     }
 }

@@ -153,9 +153,9 @@ impl ConfigWatcher {
 /// A cheap fingerprint of the inputs: paths, sizes, modification and change times, inodes and
 /// modes of the manifest files (what [`super::manifest::list_files`] reads) and of the secrets
 /// directory's files. Change times and modes make a `chmod` or `chown` that lets a refused load
-/// read its files a change too; hidden entries are skipped (a recording or approvals directory
-/// kept beside the manifests changes with every event), but the kubelet's `..data` layout of a
-/// mounted Secret is still followed through the visible names' symbolic links.
+/// read its files a change too; hidden entries beside the manifests are skipped (a recording or
+/// approvals directory kept there changes with every event), and in the secrets directory the
+/// kubelet's `..data` layout of a mounted Secret is followed through the keys' symbolic links.
 pub fn fingerprint(options: &LoadOptions) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     walk(&options.manifests, &mut hasher, 0, true);
@@ -174,9 +174,12 @@ fn walk(dir: &Path, hasher: &mut impl Hasher, depth: usize, manifests_only: bool
         "unreadable".hash(hasher);
         return;
     };
+    // The loader reads no hidden manifest; a Secret's key may start with a dot, but the kubelet's
+    // own entries start with two (`..data`, reached through the keys' links).
+    let hidden = if manifests_only { "." } else { ".." };
     let mut entries: Vec<_> = entries
         .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| !e.file_name().to_string_lossy().starts_with(hidden))
         .collect();
     entries.sort_by_key(|e| e.file_name());
     for e in entries {

@@ -242,7 +242,11 @@ fn list(
             Ok(r) => format!(
                 "{} events  {}  chain intact (signature not checked)",
                 r.events,
-                if r.closed { "closed" } else { "open" }
+                match (r.closed, r.recovered) {
+                    (true, true) => "cut off, sealed later",
+                    (true, false) => "closed",
+                    (false, _) => "open",
+                }
             ),
             Err(e) => format!("TAMPERED {e}"),
         };
@@ -583,6 +587,9 @@ fn outcome(file: &Path, result: &Result<VerifyReport, VerifyError>) -> String {
     match result {
         Ok(r) => {
             let state = match (r.closed, r.signed) {
+                (true, true) if r.recovered => {
+                    "cut off, sealed by a later gateway process; signature verified: it vouches for the file as that process found it"
+                }
                 (true, true) => "closed, signature verified",
                 (true, false) => "closed; hash chain only, signature not checked (pass --public-key)",
                 (false, _) => "not closed",

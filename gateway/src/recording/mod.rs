@@ -490,18 +490,18 @@ impl Recorder {
                 source,
             })?;
         let public = key.public_key().as_ref();
-        Ok(Self {
-            inner: Arc::new(Inner {
-                public_key: URL_SAFE_NO_PAD.encode(public),
-                key_id: key_id(public),
-                dir,
-                mode,
-                gateway: gateway.to_string(),
-                key,
-                failures: AtomicU64::new(0),
-                open: Mutex::new(Vec::new()),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            public_key: URL_SAFE_NO_PAD.encode(public),
+            key_id: key_id(public),
+            dir,
+            mode,
+            gateway: gateway.to_string(),
+            key,
+            failures: AtomicU64::new(0),
+            open: Mutex::new(Vec::new()),
+        });
+        register_sealer(&inner);
+        Ok(Self { inner })
     }
 
     pub fn mode(&self) -> RecordingMode {
@@ -666,8 +666,13 @@ impl Recorder {
         out
     }
 
-    /// Seals one file if it is cut off: `Ok(false)` when it is closed or held by a process.
+    /// Seals one file if it is cut off: `Ok(false)` when it is closed, held by a process, or
+    /// another gateway's (its start names it).
     fn seal(&self, path: &Path) -> Result<bool, String> {
+        // Cheap first: a closed file's last line says so, without reading the rest.
+        if last_line_closes(path).unwrap_or(false) {
+            return Ok(false);
+        }
         let file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -677,8 +682,18 @@ impl Recorder {
         if file.try_lock().is_err() {
             return Ok(false);
         }
-        let report = verify::verify_file(path, None).map_err(|e| e.to_string())?;
+        let mut gateway: Option<Option<String>> = None;
+        let report = verify::verify_events(path, None, |e| {
+            if gateway.is_none() {
+                gateway = Some(e.data.get("gateway").and_then(Value::as_str).map(String::from));
+            }
+        })
+        .map_err(|e| e.to_string())?;
         if report.closed {
+            return Ok(false);
+        }
+        // A directory shared by gateways (one volume for several): each seals its own.
+        if gateway.flatten().as_deref() != Some(self.inner.gateway.as_str()) {
             return Ok(false);
         }
         let length = file.metadata().map_err(|e| format!("cannot stat: {e}"))?.len();
@@ -714,9 +729,76 @@ impl Recorder {
             "reason": "cut off",
             "recovery": {"gateway": self.inner.gateway, "dropped_bytes": dropped},
         });
-        session.close_inner(end).map_err(|e| e.to_string())?;
-        Ok(true)
+        let sealed = session.close_inner(end).map_err(|e| e.to_string());
+        // Not closed again when dropped, as "dropped": the file stays as the failure left it.
+        session.lock().closed = true;
+        sealed.map(|()| true)
     }
+}
+
+/// Recorders by directory, so that whoever finds a cut-off session file (the shipper) can have
+/// it sealed by a recorder of its directory.
+static SEALERS: Mutex<Vec<(PathBuf, std::sync::Weak<Inner>)>> = Mutex::new(Vec::new());
+
+fn register_sealer(inner: &Arc<Inner>) {
+    let mut sealers = SEALERS.lock().unwrap_or_else(PoisonError::into_inner);
+    sealers.retain(|(_, w)| w.strong_count() > 0);
+    sealers.push((inner.dir.clone(), Arc::downgrade(inner)));
+}
+
+/// Seals `file` (see [`Recorder::seal_cut_off`]) with the latest live recorder of its directory;
+/// `false` when there is none, or the file was not sealed.
+pub(crate) fn seal_found(file: &Path) -> bool {
+    let Some(dir) = file.parent() else {
+        return false;
+    };
+    let recorder = SEALERS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .rev()
+        .find(|(d, _)| d == dir)
+        .and_then(|(_, w)| w.upgrade());
+    let Some(inner) = recorder else {
+        return false;
+    };
+    match (Recorder { inner }).seal(file) {
+        Ok(sealed) => sealed,
+        Err(e) => {
+            tracing::error!(file = %file.display(), error = %e, "a cut-off session file does not verify; left unsealed");
+            false
+        }
+    }
+}
+
+/// Bytes read from a file's end to find its last line (longer lines are events with large
+/// bodies, which are never the closing event).
+const TAIL_BYTES: u64 = 64 * 1024;
+
+/// Whether the file's last complete line is a `session.end` event (cheap: reads the tail only).
+/// A partial last line (no newline) means the session did not close.
+pub(crate) fn last_line_closes(file: &Path) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(file)?;
+    let len = f.metadata()?.len();
+    let start = len.saturating_sub(TAIL_BYTES);
+    f.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::with_capacity((len - start) as usize);
+    f.read_to_end(&mut tail)?;
+    let Some(body) = tail.strip_suffix(b"\n") else {
+        return Ok(false);
+    };
+    let line = match memchr::memrchr(b'\n', body) {
+        Some(i) => &body[i + 1..],
+        // The whole tail is one line: only trustworthy when it is the whole file.
+        None if start == 0 => body,
+        None => return Ok(false),
+    };
+    let event: serde_json::Value = match serde_json::from_slice(line) {
+        Ok(v) => v,
+        Err(_) => return Ok(false),
+    };
+    Ok(event["type"] == END)
 }
 
 /// How often [`close_when_released`] looks whether the last other holder is done.

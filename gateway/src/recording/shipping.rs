@@ -16,7 +16,7 @@
 //! Objects are never deleted by the gateway: retention in the bucket is its lifecycle rule's job.
 
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -52,8 +52,6 @@ pub const PART_BYTES: u64 = 64 * 1024 * 1024;
 pub const MIN_PART_BYTES: u64 = 5 * 1024 * 1024;
 pub const MAX_PARTS: u64 = 10_000;
 pub const MAX_OBJECT_BYTES: u64 = 5 * 1024 * 1024 * 1024 * 1024;
-/// How much of a file's end is read to find its last line.
-const TAIL_BYTES: u64 = 16 * 1024;
 /// Upload chunk size.
 const CHUNK_BYTES: usize = 64 * 1024;
 /// Most bytes read of an answer (an error's `<Code>`, a multipart upload's id or result).
@@ -237,18 +235,33 @@ impl Shipper {
         } else {
             self.upload_in_parts(file, &key, length).await
         };
-        match stored {
-            Ok(()) => {}
+        let conflict = match stored {
+            Ok(()) => false,
             // An object is at the key already: this file, when an earlier sweep's answer or
             // removal was lost (the key names a session, each of which is unique); anything else
             // is left as it is, and the file stays.
-            Err(ShipError::Refused { status: 412, .. }) => {}
+            Err(ShipError::Refused { status: 412, .. }) => true,
             Err(e) => return Err(e),
-        }
+        };
         // The spool copy goes only once the store shows an object of the file's length: a 2xx
         // whose answer was cut off, or an `<Error>` the store wrote after it, is not enough.
-        self.confirm(&key, length).await?;
-        Ok(key)
+        match self.confirm(&key, length).await {
+            Ok(()) => Ok(key),
+            // Credentials that may write but not read: the upload's own whole 2xx answer is
+            // taken as it is, and said once.
+            Err(ShipError::Refused { status: 403, .. }) if !conflict => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    tracing::warn!(bucket = %self.bucket.name(), "the store refuses to show uploaded objects (HEAD): uploads are not checked against the spooled files; grant s3:GetObject on the prefix");
+                });
+                Ok(key)
+            }
+            Err(ShipError::Refused { status: 403, .. }) => Err(ShipError::Transport {
+                key,
+                message: "an object is already at this key and the store refuses to show it (HEAD), so it cannot be compared with the file, which stays in the spool; grant s3:GetObject on the prefix".into(),
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     /// Whether the object at `key` has `length` bytes.
@@ -531,7 +544,7 @@ fn ready(open: &mut HashMap<PathBuf, u64>, file: &Path, grace: Duration) -> Resu
     };
     let meta = std::fs::metadata(file).map_err(read_err)?;
     if open.get(file) != Some(&meta.len()) {
-        if last_line_closes(file).map_err(read_err)? {
+        if super::last_line_closes(file).map_err(read_err)? {
             return Ok(true);
         }
         open.insert(file.to_path_buf(), meta.len());
@@ -541,31 +554,15 @@ fn ready(open: &mut HashMap<PathBuf, u64>, file: &Path, grace: Duration) -> Resu
         .map_err(read_err)?
         .elapsed()
         .is_ok_and(|age| age >= grace);
-    Ok(settled && !super::is_open(file).map_err(read_err)?)
-}
-
-/// Whether the last line of `file` is a `session.end` event (the recorder writes it last, signed).
-fn last_line_closes(file: &Path) -> std::io::Result<bool> {
-    let mut f = std::fs::File::open(file)?;
-    let len = f.metadata()?.len();
-    let start = len.saturating_sub(TAIL_BYTES);
-    f.seek(SeekFrom::Start(start))?;
-    let mut tail = Vec::with_capacity((len - start) as usize);
-    f.read_to_end(&mut tail)?;
-    let Some(body) = tail.strip_suffix(b"\n") else {
+    if !settled || super::is_open(file).map_err(read_err)? {
         return Ok(false);
-    };
-    let line = match memchr::memrchr(b'\n', body) {
-        Some(i) => &body[i + 1..],
-        // The whole tail is one line: only trustworthy when it is the whole file.
-        None if start == 0 => body,
-        None => return Ok(false),
-    };
-    let event: serde_json::Value = match serde_json::from_slice(line) {
-        Ok(v) => v,
-        Err(_) => return Ok(false),
-    };
-    Ok(event["type"] == super::END)
+    }
+    // Cut off by a crash: sealed first by a recorder of this directory, when this process has
+    // one, so that the archive holds a signed close; shipped as it is otherwise.
+    if super::seal_found(file) {
+        open.remove(file);
+    }
+    Ok(true)
 }
 
 /// `length` bytes of `file` from `offset`, read as they are sent, never whole into memory. Only
@@ -718,6 +715,19 @@ mod tests {
         std::fs::write(&left, b"{\"type\":\"session.start\"}\n").unwrap();
         age(&left);
         assert!(s.ready(&left, CUT_OFF_GRACE).unwrap());
+        // A session of this gateway that a crash cut off is sealed by this process's recorder
+        // before it is shipped.
+        let whole = std::fs::read(closed.path()).unwrap();
+        let cut = dir
+            .path()
+            .join(format!("19700101T000003Z-{}.jsonl", "3".repeat(32)));
+        let second_line = memchr::memchr_iter(b'\n', &whole).nth(1).unwrap() + 1;
+        std::fs::write(&cut, &whole[..second_line + 10]).unwrap();
+        age(&cut);
+        assert!(s.ready(&cut, CUT_OFF_GRACE).unwrap());
+        let report = super::super::verify_file(&cut, Some(rec.public_key())).unwrap();
+        assert!(report.closed && report.signed && report.recovered, "{report:?}");
+        assert_eq!(report.events, 3);
         // A staging file left by a crash mid-creation is never shipped; the sweep removes it.
         let staging = dir
             .path()

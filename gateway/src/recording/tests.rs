@@ -318,7 +318,11 @@ fn cut_off_sessions_are_sealed_by_the_next_recorder() {
     );
     for (path, dropped) in [(&mid_line, 25), (&no_newline, 0)] {
         let r = verify_file(path, Some(rec.public_key())).unwrap();
-        assert_eq!((r.events, r.closed, r.signed), (4, true, true), "{path:?}");
+        assert_eq!(
+            (r.events, r.closed, r.signed, r.recovered),
+            (4, true, true, true),
+            "{path:?}"
+        );
         let end: serde_json::Value = serde_json::from_str(lines(path).last().unwrap()).unwrap();
         assert_eq!(end["data"]["reason"], "cut off");
         assert_eq!(end["data"]["recovery"]["dropped_bytes"], dropped);

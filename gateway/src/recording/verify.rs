@@ -30,6 +30,10 @@ pub struct VerifyReport {
     pub closed: bool,
     /// A public key was given and the closing signature verified against it.
     pub signed: bool,
+    /// The closing event was written by a later gateway process that found the session cut off
+    /// (see [`super::Recorder::seal_cut_off`]): the signature vouches for the file as that process
+    /// found it, not as the events were recorded.
+    pub recovered: bool,
     /// Bytes of the verified events from the file's start, their newlines included: where a
     /// partial last line (a write cut off by a crash) begins, if there is one.
     pub bytes: u64,
@@ -121,6 +125,7 @@ pub fn verify_events(
         last_hash: state.prev,
         closed: state.closed,
         signed: state.signed,
+        recovered: state.recovered,
         bytes,
         unterminated,
     })
@@ -143,6 +148,7 @@ struct Chain {
     prev: String,
     closed: bool,
     signed: bool,
+    recovered: bool,
 }
 
 impl Chain {
@@ -204,6 +210,7 @@ impl Chain {
                 self.signed = true;
             }
             self.closed = true;
+            self.recovered = event.data.get("recovery").is_some();
         }
         self.events += 1;
         self.prev = event.hash.clone();

@@ -412,11 +412,20 @@ impl Gateway {
                     signing_key = if key.signing_key.is_some() { "configured" } else { "this process's own" },
                     "recording sessions"
                 );
-                // Before the shipper or retention takes them: sessions a crash cut off are closed,
-                // signed, so that no archive needs open files accepted.
-                let sealed = r.seal_cut_off();
-                if sealed.sealed > 0 {
-                    tracing::warn!(dir = %key.dir.display(), sealed = sealed.sealed, "sessions cut off by an earlier process were sealed (reason \"cut off\")");
+                // Sessions a crash cut off are closed, signed, so that no archive needs open files
+                // accepted; off the configuration's path, as it reads each unclosed file whole.
+                // (The shipper seals what it finds first; each file's lock keeps the two apart.)
+                let sealer = r.clone();
+                let dir = key.dir.clone();
+                let seal = move || {
+                    let sealed = sealer.seal_cut_off();
+                    if sealed.sealed > 0 {
+                        tracing::warn!(dir = %dir.display(), sealed = sealed.sealed, "sessions cut off by an earlier process were sealed (reason \"cut off\")");
+                    }
+                };
+                match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => drop(runtime.spawn_blocking(seal)),
+                    Err(_) => seal(),
                 }
                 if let Some((_, old)) = slot.replace((key, r.clone())) {
                     let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
