@@ -77,6 +77,12 @@ pub enum SessionsCommand {
         /// chain alone, as sessions in progress: they are reported as not signed.
         #[arg(long, conflicts_with = "require_closed")]
         allow_open: bool,
+        /// The files are a whole set (a connection's sessions, a day's archive): fail when a
+        /// session continues one that is not among them, or says it is continued by one that is
+        /// not (a connection's session is closed and a new one begun every 15 minutes and at
+        /// some reloads, each naming the other, so a file removed from the middle shows).
+        #[arg(long)]
+        require_links: bool,
     },
     /// Print the base64url public key of a signing key (the PKCS#8 PEM that
     /// `recording.signingKeySecretRef` names), for `verify --public-key`.
@@ -130,9 +136,12 @@ fn execute(cmd: SessionsCommand, out: &mut impl Write) -> io::Result<bool> {
             public_key,
             require_closed,
             allow_open,
+            require_links,
         } => {
             let require_closed = require_closed || (public_key.is_some() && !allow_open);
-            verify(&files, public_key.as_deref(), require_closed, out)
+            let verified = verify(&files, public_key.as_deref(), require_closed, out)?;
+            let linked = !require_links || links(&files, out)?;
+            Ok(verified && linked)
         }
         SessionsCommand::PublicKey { file } => public_key(&file, out),
     }
@@ -574,6 +583,62 @@ fn verify(
     Ok(all)
 }
 
+/// Checks the continuation links among `files` (see `--require-links`): each link must point to
+/// a session among them that points back. Files that do not verify are reported by `verify`.
+fn links(files: &[PathBuf], out: &mut impl Write) -> io::Result<bool> {
+    // Session id -> (what its start continues, what its end says continues it).
+    let mut sessions: std::collections::BTreeMap<String, (Option<String>, Option<String>)> =
+        std::collections::BTreeMap::new();
+    for file in files {
+        let (mut continues, mut continued_by) = (None, None);
+        let text = |e: &Event, name: &str| e.data.get(name).and_then(Value::as_str).map(String::from);
+        let Ok(report) = verify_events(file, None, |e| match e.kind.as_str() {
+            super::START => continues = text(e, "continues"),
+            super::END => continued_by = text(e, "continued_by"),
+            _ => {}
+        }) else {
+            continue;
+        };
+        sessions.insert(report.session, (continues, continued_by));
+    }
+    let mut all = true;
+    for (id, (continues, continued_by)) in &sessions {
+        if let Some(prev) = continues
+            && sessions.get(prev).and_then(|(_, next)| next.as_ref()) != Some(id)
+        {
+            all = false;
+            writeln!(
+                out,
+                "BROKEN LINK: session {} continues session {}, which is {}",
+                safe(id),
+                safe(prev),
+                if sessions.contains_key(prev) {
+                    "not continued by it"
+                } else {
+                    "not among the files"
+                }
+            )?;
+        }
+        if let Some(next) = continued_by
+            && sessions.get(next).and_then(|(prev, _)| prev.as_ref()) != Some(id)
+        {
+            all = false;
+            writeln!(
+                out,
+                "BROKEN LINK: session {} is continued by session {}, which is {}",
+                safe(id),
+                safe(next),
+                if sessions.contains_key(next) {
+                    "not its continuation"
+                } else {
+                    "not among the files"
+                }
+            )?;
+        }
+    }
+    Ok(all)
+}
+
 /// Whether the file's name (`<start>-<session id>.jsonl`) names `session`.
 fn names_session(file: &Path, session: &str) -> bool {
     file.file_stem()
@@ -878,6 +943,70 @@ mod tests {
         SessionsCommand::augment_subcommands(clap::Command::new("sessions")).debug_assert();
     }
 
+    /// A connection's sessions name each other (`continues`, `continued_by`): with
+    /// `--require-links`, a file removed from the middle of the set shows.
+    #[test]
+    fn a_removed_file_breaks_the_links_of_its_neighbours() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Recorder::new(dir.path(), RecordingMode::Required, "ns/gw").unwrap();
+        let mut files: Vec<PathBuf> = Vec::new();
+        let mut previous: Option<std::sync::Arc<crate::recording::Session>> = None;
+        for i in 0..3 {
+            let start = match &previous {
+                Some(p) => json!({"identity": "a", "continues": p.id()}),
+                None => json!({"identity": "a"}),
+            };
+            let s = rec.start_session(start).unwrap();
+            s.record("http.request", json!({"i": i})).unwrap();
+            if let Some(p) = previous.take() {
+                p.close(json!({"reason": "session age", "continued_by": s.id()}))
+                    .unwrap();
+            }
+            files.push(s.path().to_path_buf());
+            previous = Some(s);
+        }
+        previous
+            .unwrap()
+            .close(json!({"reason": "client closed"}))
+            .unwrap();
+        let ids: Vec<String> = files
+            .iter()
+            .map(|f| verify_file(f, None).unwrap().session)
+            .collect();
+        let check = |files: Vec<PathBuf>| {
+            run_to_string(SessionsCommand::Verify {
+                files,
+                public_key: Some(rec.public_key().to_string()),
+                require_closed: false,
+                allow_open: false,
+                require_links: true,
+            })
+        };
+        let (ok, text) = check(files.clone());
+        assert!(ok, "{text}");
+        let (ok, text) = check(vec![files[0].clone(), files[2].clone()]);
+        assert!(!ok, "{text}");
+        assert!(
+            text.contains(&format!(
+                "BROKEN LINK: session {} is continued by session {}, which is not among the files",
+                ids[0], ids[1]
+            )) && text.contains(&format!(
+                "BROKEN LINK: session {} continues session {}, which is not among the files",
+                ids[2], ids[1]
+            )),
+            "{text}"
+        );
+        // Each file alone still verifies without the flag.
+        let (ok, text) = run_to_string(SessionsCommand::Verify {
+            files: vec![files[1].clone()],
+            public_key: Some(rec.public_key().to_string()),
+            require_closed: false,
+            allow_open: false,
+            require_links: false,
+        });
+        assert!(ok, "{text}");
+    }
+
     #[test]
     fn list_show_verify() {
         let dir = tempfile::tempdir().unwrap();
@@ -941,6 +1070,7 @@ mod tests {
             public_key: Some(key.clone()),
             require_closed: false,
             allow_open: false,
+            require_links: false,
         });
         assert!(!ok, "{text}");
         assert!(text.contains("no signed closing event"), "{text}");
@@ -949,6 +1079,7 @@ mod tests {
             public_key: Some(key.clone()),
             require_closed: false,
             allow_open: true,
+            require_links: false,
         });
         assert!(ok, "{text}");
         assert!(text.contains(&format!(
@@ -963,6 +1094,7 @@ mod tests {
             public_key: Some(key.clone()),
             require_closed: true,
             allow_open: false,
+            require_links: false,
         });
         assert!(!ok, "{text}");
         assert!(text.contains(&format!(
@@ -978,6 +1110,7 @@ mod tests {
             public_key: None,
             require_closed: true,
             allow_open: false,
+            require_links: false,
         });
         assert!(ok, "{text}");
         assert!(text.contains("hash chain only, signature not checked"), "{text}");
@@ -992,6 +1125,7 @@ mod tests {
             public_key: Some(key.clone()),
             require_closed: true,
             allow_open: false,
+            require_links: false,
         });
         assert!(!ok, "{text}");
         assert!(
@@ -1051,6 +1185,7 @@ mod tests {
             public_key: Some(key),
             require_closed: false,
             allow_open: false,
+            require_links: false,
         });
         assert!(!ok);
         assert!(
