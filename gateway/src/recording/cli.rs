@@ -62,7 +62,9 @@ pub enum SessionsCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Base64url Ed25519 public key of the gateway; when given, closing signatures are
-        /// checked, and a file without a signed closing event fails (see --allow-open).
+        /// checked, and a file without a signed closing event fails (see --allow-open). Several,
+        /// separated by commas (the keys of several processes, or before and after a rotation):
+        /// each file must be signed by one of them.
         // One key in 64 starts with '-', which is still the value, not an option.
         #[arg(long, allow_hyphen_values = true)]
         public_key: Option<String>,
@@ -540,15 +542,35 @@ fn cells(values: &[Value]) -> String {
         .join(" | ")
 }
 
+/// Verifies `file` with the first of `keys` that verifies its signature (the first key's
+/// outcome when none does, or the chain alone without keys).
+fn verify_with_any(file: &Path, keys: &[&str]) -> Result<VerifyReport, VerifyError> {
+    let mut first = None;
+    for key in keys {
+        let result = verify_file(file, Some(key));
+        if result.as_ref().is_ok_and(|r| r.signed) {
+            return result;
+        }
+        first.get_or_insert(result);
+    }
+    first.unwrap_or_else(|| verify_file(file, None))
+}
+
 fn verify(
     files: &[PathBuf],
     public_key: Option<&str>,
     require_closed: bool,
     out: &mut impl Write,
 ) -> io::Result<bool> {
+    let keys: Vec<&str> = public_key
+        .iter()
+        .flat_map(|k| k.split(','))
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .collect();
     let mut all = true;
     for file in files {
-        let result = verify_file(file, public_key);
+        let result = verify_with_any(file, &keys);
         // A file holds the session its name says: one copied over another's name (an older
         // signed session replacing a newer one) is caught here, as the chain cannot catch it.
         if let Ok(r) = &result
@@ -692,6 +714,40 @@ mod tests {
     struct Args {
         #[command(subcommand)]
         command: SessionsCommand,
+    }
+
+    /// Archives span processes (each with its key, unless one is configured) and rotations:
+    /// `--public-key` takes several, and each file must be signed by one of them.
+    #[test]
+    fn files_signed_by_any_of_several_keys_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            Recorder::new(dir.path(), RecordingMode::Required, "ns/gw").unwrap(),
+            Recorder::new(dir.path(), RecordingMode::Required, "ns/gw").unwrap(),
+        );
+        let files: Vec<PathBuf> = [&a, &b]
+            .iter()
+            .map(|r| {
+                let s = r.start_session(json!({})).unwrap();
+                s.close(json!({})).unwrap();
+                s.path().to_path_buf()
+            })
+            .collect();
+        let check = |keys: String| {
+            run_to_string(SessionsCommand::Verify {
+                files: files.clone(),
+                public_key: Some(keys),
+                require_closed: false,
+                allow_open: false,
+                require_links: false,
+            })
+        };
+        let (ok, text) = check(format!("{}, {}", a.public_key(), b.public_key()));
+        assert!(ok, "{text}");
+        assert_eq!(text.matches("(closed, signature verified)").count(), 2, "{text}");
+        let (ok, text) = check(a.public_key().to_string());
+        assert!(!ok, "{text}");
+        assert!(text.contains("signed by another key"), "{text}");
     }
 
     #[test]
