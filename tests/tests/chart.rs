@@ -154,8 +154,12 @@ fn the_chart_lints_clean_and_renders_the_expected_objects() {
             "ServiceAccount/agentgate-operator",
             "ValidatingAdmissionPolicy/agentgate-approval-decisions",
             "ValidatingAdmissionPolicy/agentgate-approval-request-metadata",
+            "ValidatingAdmissionPolicy/agentgate-gateway-approval-requests",
+            "ValidatingAdmissionPolicy/agentgate-gateway-approval-status",
             "ValidatingAdmissionPolicyBinding/agentgate-approval-decisions",
             "ValidatingAdmissionPolicyBinding/agentgate-approval-request-metadata",
+            "ValidatingAdmissionPolicyBinding/agentgate-gateway-approval-requests",
+            "ValidatingAdmissionPolicyBinding/agentgate-gateway-approval-status",
         ]
     );
     for o in &objects {
@@ -1100,6 +1104,85 @@ spec:
 
 fn decide(who: &str, state: &str) -> String {
     json!({"spec": {"decisions": {who: {"state": state, "reason": "INC-1234"}}}}).to_string()
+}
+
+/// Gateways may create ApprovalRequests and write their status (the operator grants that per
+/// namespace); the admission policy keeps each to its own requests and to spending a grant, so
+/// one gateway of a namespace cannot approve another's request, or its own.
+#[test]
+fn a_gateway_writes_only_its_own_requests_and_only_spends_grants() {
+    let env = TestEnv::start_configured(false, |c: &mut Config| c.authorization = true);
+    if !env.is_emulated() {
+        eprintln!("skipped on a real cluster: impersonated users and cluster-scoped objects");
+        return;
+    }
+    apply_chart(&env, &[]);
+    let ns = env.namespace().to_string();
+    // What the operator grants each gateway's ServiceAccount.
+    let rbac = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: gateways, namespace: {ns}}}\n\
+         rules:\n- {{apiGroups: [agentgate.dev], resources: [approvalrequests], verbs: [get, list, watch, create]}}\n\
+         - {{apiGroups: [agentgate.dev], resources: [approvalrequests/status], verbs: [get, patch]}}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: gateways, namespace: {ns}}}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: gateways}}\n\
+         subjects:\n- {{kind: ServiceAccount, name: agentgate-main, namespace: {ns}}}\n\
+         - {{kind: ServiceAccount, name: agentgate-other, namespace: {ns}}}\n"
+    );
+    env.kubectl_ok("admin", &["apply", "-f", &env.file("rbac.yaml", &rbac)]);
+    let sa = |gw: &str| format!("--as=system:serviceaccount:{ns}:agentgate-{gw}");
+    let r1 = approval_request("req1", "ci-agent@example.com", "");
+    // Another gateway cannot create a request in main's name; main can.
+    let e = env.kubectl_err(
+        "admin",
+        &[&sa("other"), "create", "-f", &env.file("r1.yaml", &r1)],
+    );
+    assert!(
+        e.contains(
+            "a gateway creates ApprovalRequests labelled agentgate.dev/gateway with its own name only"
+        ),
+        "{e}"
+    );
+    env.kubectl_ok("admin", &[&sa("main"), "create", "-f", &env.file("r1.yaml", &r1)]);
+    let status = |who: &[String], phase: &str| {
+        let mut args: Vec<&str> = who.iter().map(String::as_str).collect();
+        let body = format!("{{\"status\": {{\"phase\": \"{phase}\"}}}}");
+        args.extend([
+            "patch",
+            "approvalrequest",
+            "req1",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+        ]);
+        args.push(&body);
+        env.kubectl("admin", &args)
+    };
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    // A gateway cannot approve, not even its own request.
+    let o = status(&[sa("main")], "Approved");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("a gateway only marks an approved request Used"),
+        "{}",
+        stderr(&o)
+    );
+    // The operator (here the admin) approves; then only main may spend it.
+    let o = status(&[], "Approved");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = status(&[sa("other")], "Used");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("a gateway writes the status of its own ApprovalRequests only"),
+        "{}",
+        stderr(&o)
+    );
+    let o = status(&[sa("main")], "Used");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let phase = env.kubectl_ok(
+        "admin",
+        &["get", "approvalrequest", "req1", "-o", "jsonpath={.status.phase}"],
+    );
+    assert_eq!(phase, "Used");
 }
 
 #[test]

@@ -195,3 +195,4 @@ fn refusal(a: &Admission<'_>, reason: &str, why: &str) -> ApiError {
         _ => ApiError::forbidden(names, a.name, why),
     }
 }
+
