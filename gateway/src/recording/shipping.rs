@@ -76,7 +76,15 @@ pub enum ShipError {
     Transport { key: String, message: String },
     #[error("uploading {key}: timed out after {}s", UPLOAD_TIMEOUT.as_secs())]
     Timeout { key: String },
+    #[error(
+        "uploading {key}: another object ({stored} bytes) is at this key, and the file has {length}; both are left as they are"
+    )]
+    Conflict { key: String, stored: u64, length: u64 },
 }
+
+/// What ends the name of a spool file set aside because another object holds its key: no sweep,
+/// prune or listing takes it for a session, and it waits for someone to compare the two.
+pub const CONFLICT_SUFFIX: &str = ".conflict";
 
 type UploadBody = BoxBody<Bytes, std::io::Error>;
 
@@ -85,6 +93,8 @@ type UploadBody = BoxBody<Bytes, std::io::Error>;
 pub struct Sweep {
     pub shipped: usize,
     pub failed: usize,
+    /// Files set aside ([`CONFLICT_SUFFIX`]): another object holds their key.
+    pub set_aside: usize,
     /// Files left in the spool: open sessions and failed uploads.
     pub waiting: usize,
 }
@@ -195,6 +205,23 @@ impl Shipper {
                     self.open.remove(&file);
                     report.shipped += 1;
                 }
+                // Retrying cannot help, and would hold every other file at the longest backoff.
+                Err(e @ ShipError::Conflict { .. }) => {
+                    let mut aside = file.clone().into_os_string();
+                    aside.push(CONFLICT_SUFFIX);
+                    match tokio::fs::rename(&file, &aside).await {
+                        Ok(()) => {
+                            tracing::error!(error = %e, file = %std::path::Path::new(&aside).display(), "session set aside: compare it with the object at its key");
+                            self.open.remove(&file);
+                            report.set_aside += 1;
+                        }
+                        Err(rename) => {
+                            tracing::error!(error = %e, %rename, "session not shipped, nor set aside; it stays in the spool");
+                            report.failed += 1;
+                            report.waiting += 1;
+                        }
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "session not shipped; it stays in the spool");
                     report.failed += 1;
@@ -245,8 +272,16 @@ impl Shipper {
         };
         // The spool copy goes only once the store shows an object of the file's length: a 2xx
         // whose answer was cut off, or an `<Error>` the store wrote after it, is not enough.
-        match self.confirm(&key, length).await {
-            Ok(()) => Ok(key),
+        match self.stored_length(&key).await {
+            Ok(Some(n)) if n == length => Ok(key),
+            Ok(Some(stored)) if conflict => Err(ShipError::Conflict { key, stored, length }),
+            Ok(stored) => Err(ShipError::Transport {
+                key,
+                message: match stored {
+                    Some(n) => format!("the store holds {n} bytes at this key, the file {length}; the file stays in the spool"),
+                    None => "the store did not say how long the stored object is".into(),
+                },
+            }),
             // Credentials that may write but not read: the upload's own whole 2xx answer is
             // taken as it is, and said once.
             Err(ShipError::Refused { status: 403, .. }) if !conflict => {
@@ -264,29 +299,17 @@ impl Shipper {
         }
     }
 
-    /// Whether the object at `key` has `length` bytes.
-    async fn confirm(&self, key: &str, length: u64) -> Result<(), ShipError> {
+    /// How long the object at `key` is, as a HEAD says.
+    async fn stored_length(&self, key: &str) -> Result<Option<u64>, ShipError> {
         let url =
             rusty_s3::actions::HeadObject::new(&self.bucket, Some(&self.credentials), key).sign(URL_VALIDITY);
         let (headers, _) = self
             .exchange(key, Method::HEAD, url.as_str(), empty(), 0, &[])
             .await?;
-        let stored = headers
+        Ok(headers
             .get(hyper::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if stored == Some(length) {
-            return Ok(());
-        }
-        Err(ShipError::Transport {
-            key: key.to_string(),
-            message: match stored {
-                Some(n) => format!(
-                    "the store holds {n} bytes at this key, the file {length}: the object is left as it is and the file stays in the spool"
-                ),
-                None => "the store did not say how long the stored object is".into(),
-            },
-        })
+            .and_then(|v| v.parse::<u64>().ok()))
     }
 
     /// Uploads `file` as a multipart upload, aborted when it cannot be completed.
@@ -481,6 +504,10 @@ impl Shipper {
                 .recording_uploads
                 .with_label_values(&["failed"])
                 .inc_by(sweep.failed as u64);
+            metrics
+                .recording_uploads
+                .with_label_values(&["set_aside"])
+                .inc_by(sweep.set_aside as u64);
             metrics.recording_upload_backlog.set(sweep.waiting as i64);
             wait = if sweep.failed > 0 {
                 (wait * 2).min(MAX_BACKOFF)
@@ -775,7 +802,8 @@ mod tests {
             Sweep {
                 shipped: 0,
                 failed: 1,
-                waiting: 1
+                waiting: 1,
+                set_aside: 0,
             }
         );
         assert!(s1.path().exists());

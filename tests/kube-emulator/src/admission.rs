@@ -195,4 +195,3 @@ fn refusal(a: &Admission<'_>, reason: &str, why: &str) -> ApiError {
         _ => ApiError::forbidden(names, a.name, why),
     }
 }
-
