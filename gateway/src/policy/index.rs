@@ -226,6 +226,15 @@ pub enum Cause<'a> {
     NoRuleMatched,
     /// No policy names the subject on the connection.
     NoPolicy,
+    /// Two RequireApproval rules that ask differently (approvers, count, grant, mode or timeout)
+    /// both match: asking under one would skip the other's approvers, so neither is asked and the
+    /// operation is refused until the rules are made not to overlap.
+    ApprovalConflict {
+        policy: &'a CompiledPolicy,
+        rule: &'a CompiledRule,
+        other_policy: &'a CompiledPolicy,
+        other_rule: &'a CompiledRule,
+    },
     /// A built-in guardrail refused the statement, before any policy.
     Guardrail {
         /// The guardrail's name, such as `dangerous-function`.
@@ -441,6 +450,15 @@ impl Decision<'_> {
             Cause::NoPolicy => {
                 format!("{what}: denied: no AccessPolicy applies to this identity on this connection")
             }
+            Cause::ApprovalConflict {
+                policy,
+                rule,
+                other_policy,
+                other_rule,
+            } => format!(
+                "{what}: denied: rule {:?} of AccessPolicy {:?} and rule {:?} of AccessPolicy {:?} both require approval, from different approvers or under different terms, and one approval cannot stand for the other; narrow the rules so that one applies",
+                rule.name, policy.name, other_rule.name, other_policy.name
+            ),
             Cause::Guardrail { name, detail } => {
                 let tripped = match op {
                     Operation::Sql(q) => tripped(q.statement),
@@ -460,6 +478,47 @@ impl Decision<'_> {
             }
         }
     }
+}
+
+/// The terms a RequireApproval rule asks under.
+fn approval_terms<'p>(
+    policy: &'p CompiledPolicy,
+    rule: &CompiledRule,
+) -> Option<&'p agentgate_crds::policy::ApprovalRule> {
+    policy
+        .spec
+        .rules
+        .iter()
+        .find(|r| r.name == rule.name)
+        .and_then(|r| r.approval.as_ref())
+}
+
+/// Another RequireApproval rule that matches `op` and asks under other terms than `chosen`'s, if
+/// one does (only read when approval is required, so the common decisions pay nothing for it).
+fn asks_otherwise<'p>(
+    policies: &'p [CompiledPolicy],
+    lists: &[&[RuleRef]],
+    chosen: RuleRef,
+    op: &Operation<'_>,
+    now: i64,
+) -> Option<(&'p CompiledPolicy, &'p CompiledRule)> {
+    let wanted = rank(Action::RequireApproval);
+    let policy = &policies[chosen.policy as usize];
+    let terms = approval_terms(policy, &policy.rules[chosen.rule as usize]);
+    for list in lists {
+        let start = list.partition_point(|r| r.rank < wanted);
+        for r in list[start..].iter().take_while(|r| r.rank == wanted) {
+            if (r.policy, r.rule) == (chosen.policy, chosen.rule) {
+                continue;
+            }
+            let other_policy = &policies[r.policy as usize];
+            let other = &other_policy.rules[r.rule as usize];
+            if approval_terms(other_policy, other) != terms && other.matcher.matches(other.action, op, now) {
+                return Some((other_policy, other));
+            }
+        }
+    }
+    None
 }
 
 impl PolicyIndex {
@@ -571,6 +630,19 @@ impl PolicyIndex {
             if let Some(r) = best {
                 let policy = &policies[r.policy as usize];
                 let rule = &policy.rules[r.rule as usize];
+                if rule.action == Action::RequireApproval
+                    && let Some((other_policy, other_rule)) = asks_otherwise(policies, &lists, r, op, now)
+                {
+                    return Decision {
+                        action: Action::Deny,
+                        cause: Cause::ApprovalConflict {
+                            policy,
+                            rule,
+                            other_policy,
+                            other_rule,
+                        },
+                    };
+                }
                 return Decision {
                     action: rule.action,
                     cause: Cause::Rule { policy, rule },
@@ -758,6 +830,54 @@ mod tests {
         assert!(matches!(d.cause, Cause::NoPolicy));
         assert!(!index.has_policy("other", alone) && index.has_policy("okta", alone));
         assert_eq!(index.applicable(&policies, "okta", who).len(), 2);
+    }
+
+    /// An operation two approval rules match, asking different approvers or under different
+    /// grants, is refused: asking under the first would let its approvers stand in for the
+    /// other's. Rules that ask alike are one question, asked under the first.
+    #[test]
+    fn approval_rules_that_ask_differently_refuse_together() {
+        let policies = vec![
+            policy(
+                "ops",
+                "subjects: {identities: [a]}\nconnections: [c]\nrules:\n\
+                 - name: writes\n  action: RequireApproval\n  http: {methods: [DELETE], paths: ['/api/**']}\n  \
+                 approval: {approvers: {groups: [oncall]}, grant: {type: Window, duration: 1h}}\n\
+                 - name: reads\n  action: RequireApproval\n  http: {methods: [GET], paths: ['/api/**']}\n  \
+                 approval: {approvers: {groups: [security]}}\n",
+            ),
+            policy(
+                "security",
+                "subjects: {identities: [a]}\nconnections: [c]\nrules:\n\
+                 - name: admins\n  action: RequireApproval\n  http: {methods: [DELETE, GET], paths: ['/api/v1/users/admin*']}\n  \
+                 approval: {approvers: {groups: [security]}}\n",
+            ),
+        ];
+        let index = PolicyIndex::build(&policies, ["c"]);
+        let h = HeaderMap::new();
+        let who = Subject {
+            identity: "a",
+            groups: &[],
+        };
+        let op = get("DELETE", "/api/v1/users/admin1", &h);
+        let d = index.decide(&policies, "c", who, &op, 0);
+        assert_eq!(d.action, Action::Deny);
+        assert_eq!(
+            d.explain(&op),
+            "DELETE /api/v1/users/admin1: denied: rule \"writes\" of AccessPolicy \"ops\" and rule \"admins\" of AccessPolicy \"security\" both require approval, from different approvers or under different terms, and one approval cannot stand for the other; narrow the rules so that one applies"
+        );
+        // Only one approval rule matches: asked as it says.
+        let d = index.decide(&policies, "c", who, &get("DELETE", "/api/v1/groups/g1", &h), 0);
+        assert_eq!(
+            (d.action, d.rule_ref().as_deref()),
+            (Action::RequireApproval, Some("ops/writes"))
+        );
+        // Two that ask alike: one question, under the first.
+        let d = index.decide(&policies, "c", who, &get("GET", "/api/v1/users/admin1", &h), 0);
+        assert_eq!(
+            (d.action, d.rule_ref().as_deref()),
+            (Action::RequireApproval, Some("ops/reads"))
+        );
     }
 
     #[test]
@@ -1082,7 +1202,7 @@ mod tests {
             connection: &str,
             who: Subject<'_>,
             op: &Operation<'_>,
-        ) -> (Action, Option<String>, bool) {
+        ) -> (Action, Option<String>, &'static str) {
             let mut best: Option<(u8, usize, usize)> = None;
             let mut any_policy = false;
             for (pi, p) in policies.iter().enumerate() {
@@ -1102,17 +1222,54 @@ mod tests {
                     }
                 }
             }
+            // Approval rules that ask under other terms than the chosen one refuse together.
+            let terms = |pi: usize, ri: usize| {
+                let (p, r) = (&policies[pi], &policies[pi].rules[ri]);
+                p.spec
+                    .rules
+                    .iter()
+                    .find(|s| s.name == r.name)
+                    .and_then(|s| s.approval.clone())
+            };
+            let applies = |p: &CompiledPolicy| {
+                let conns = &p.spec.connections;
+                (conns.iter().any(|c| c == connection)
+                    || (conns.iter().any(|c| c == "*") && CONNECTIONS.contains(&connection)))
+                    && (p.spec.subjects.identities.iter().any(|i| i == who.identity)
+                        || p.spec.subjects.groups.iter().any(|g| who.groups.contains(g)))
+            };
             match best {
+                Some((_, pi, ri)) if policies[pi].rules[ri].action == Action::RequireApproval => {
+                    let conflict = policies
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, p)| applies(p))
+                        .any(|(pj, p)| {
+                            p.rules.iter().enumerate().any(|(rj, r)| {
+                                r.action == Action::RequireApproval
+                                    && terms(pj, rj) != terms(pi, ri)
+                                    && r.matcher.matches(r.action, op, 0)
+                            })
+                        });
+                    let (p, r) = (&policies[pi], &policies[pi].rules[ri]);
+                    if conflict {
+                        (Action::Deny, None, "ApprovalConflict")
+                    } else {
+                        (r.action, Some(format!("{}/{}", p.name, r.name)), "Rule")
+                    }
+                }
                 Some((_, pi, ri)) => {
                     let (p, r) = (&policies[pi], &policies[pi].rules[ri]);
-                    (r.action, Some(format!("{}/{}", p.name, r.name)), any_policy)
+                    (r.action, Some(format!("{}/{}", p.name, r.name)), "Rule")
                 }
-                None => (Action::Deny, None, any_policy),
+                None if any_policy => (Action::Deny, None, "NoRuleMatched"),
+                None => (Action::Deny, None, "NoPolicy"),
             }
         }
 
         let mut rng = crate::mutate::Mutator::new(42);
         let mut decided = [0usize; 3];
+        let mut conflicts = 0usize;
         for case in 0..250 * crate::mutate::scale() {
             let mut policies = Vec::new();
             for pi in 0..1 + rng.below(5) {
@@ -1121,7 +1278,9 @@ mod tests {
                     let action = rng.pick(&["Allow", "Allow", "Deny", "RequireApproval"]);
                     let mut rule = json!({"name": format!("r{ri}"), "action": action});
                     if action == "RequireApproval" {
-                        rule["approval"] = json!({"approvers": {"groups": ["ops"]}});
+                        // Overlapping approval rules both agree and conflict.
+                        let group = rng.pick(&["ops", "security"]);
+                        rule["approval"] = json!({"approvers": {"groups": [group]}});
                     }
                     if rng.below(4) == 0 {
                         rule["sql"] = json!({
@@ -1214,7 +1373,7 @@ mod tests {
                     get(rng.pick(&methods), &path, &headers)
                 };
                 let got = index.decide(&policies, connection, who, &op, 0);
-                let (action, rule, any_policy) = scan(&policies, connection, who, &op);
+                let (action, rule, cause) = scan(&policies, connection, who, &op);
                 let context = || {
                     format!(
                         "case {case}: {} by {identity} {groups:?} on {connection}",
@@ -1223,14 +1382,13 @@ mod tests {
                 };
                 assert_eq!(got.action, action, "{}", context());
                 assert_eq!(got.rule_ref(), rule, "{}", context());
-                if rule.is_none() {
-                    let want = if any_policy { "NoRuleMatched" } else { "NoPolicy" };
-                    assert!(format!("{:?}", got.cause).starts_with(want), "{}", context());
-                }
+                assert!(format!("{:?}", got.cause).starts_with(cause), "{}", context());
+                conflicts += usize::from(cause == "ApprovalConflict");
                 decided[rank(action) as usize] += 1;
             }
         }
         // The random cases reach every outcome, many times.
         assert!(decided.iter().all(|&n| n > 500), "{decided:?}");
+        assert!(conflicts > 10, "{conflicts} approval conflicts");
     }
 }
