@@ -73,8 +73,9 @@ impl Glob {
         }
         re.push('$');
         let regex = Regex::new(&re).map_err(|e| format!("invalid glob {pattern:?}: {e}"))?;
+        // Restricting rules match paths and values without regard to ASCII case.
         let folded = match separator {
-            Some('/') => Some(
+            Some('/') | None => Some(
                 regex::RegexBuilder::new(&re)
                     .case_insensitive(true)
                     .build()
@@ -89,7 +90,8 @@ impl Glob {
         })
     }
 
-    /// Whether `s` matches when ASCII case is ignored (path globs; others compare exactly).
+    /// Whether `s` matches when ASCII case is ignored (path and value globs; qualified names
+    /// compare exactly).
     pub fn matches_ignoring_case(&self, s: &str) -> bool {
         match (&self.regex, &self.folded) {
             (None, _) => self.source.eq_ignore_ascii_case(s),

@@ -411,7 +411,9 @@ fn values_match<'v>(values: impl Iterator<Item = &'v str>, glob: &Glob, all: boo
     let mut seen = false;
     for v in values {
         seen = true;
-        let m = glob.matches(v);
+        // A restricting rule's value matches whatever its case: `?role=Admin` is `admin` to an
+        // upstream that compares without it (.NET enums, case-insensitive collations).
+        let m = glob.matches(v) || (!all && glob.matches_ignoring_case(v));
         if all && !m {
             return false;
         }
@@ -859,6 +861,15 @@ mod tests {
         .unwrap();
         let php = vec![("include.deleted".to_string(), "true".to_string())];
         assert!(deny.matches(Action::Deny, &http("GET", "/api/v1/users", &php, &h), 0));
+        // Nor by the value's case (an upstream may compare without it); an Allow still must
+        // match as written.
+        let shouted = vec![("include_deleted".to_string(), "TRUE".to_string())];
+        assert!(deny.matches(Action::Deny, &http("GET", "/api/v1/users", &shouted, &h), 0));
+        let allow = compile(&rule(
+            "name: r\naction: Allow\nhttp:\n  query: {include_deleted: 'true'}\n",
+        ))
+        .unwrap();
+        assert!(!allow.matches(Action::Allow, &http("GET", "/api/v1/users", &shouted, &h), 0));
         assert_eq!(query_key(" include.deleted", true), "include_deleted");
         assert_eq!(query_key("Dry Run", true), "dry_run");
         assert_eq!(query_key("a[b", true), "a_b");
@@ -903,6 +914,9 @@ mod tests {
             })
         };
         assert!(m.matches(Action::Deny, &op(BodyView::Json(&body)), 0));
+        // Whatever the case of the value, under a wildcard too.
+        let shouted: Value = serde_json::json!({"profile": {"login": "eve@ADMIN.EXAMPLE"}});
+        assert!(m.matches(Action::Deny, &op(BodyView::Json(&shouted)), 0));
         let other: Value = serde_json::json!({"profile": {"login": "bob@example.com"}});
         assert!(!m.matches(Action::Deny, &op(BodyView::Json(&other)), 0));
         assert!(m.matches(Action::Deny, &op(BodyView::NotJson), 0));
