@@ -207,7 +207,8 @@ pub struct KubernetesMatch {
     /// `*` any, except that an Allow rule grants `ephemeralcontainers` (which runs code in the pod),
     /// `token` (a ServiceAccount's TokenRequest, a live token for another identity) and `approval`
     /// (a CertificateSigningRequest's, which issues a client certificate) only when it names them.
-    /// Empty: only requests without a subresource.
+    /// Empty: only requests without a subresource, except that a Deny or RequireApproval over
+    /// every resource (`resources` empty or `*`) covers subresources too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(min = 1, max = 63)))]
     pub subresources: Vec<String>,

@@ -579,8 +579,11 @@ impl KubernetesMatcher {
         if !self.resources.is_empty() && !self.resources.iter().any(|g| g.matches(op.resource)) {
             return false;
         }
+        // A Deny or RequireApproval over every resource covers their subresources too, as RBAC's
+        // `*` does: `resources: ['*']` in kube-system must stop `pods/exec` there.
+        let every_resource = self.resources.is_empty() || self.resources.iter().any(|g| g.as_str() == "*");
         match (&self.subresources, op.subresource) {
-            (None, Some(_)) => return false,
+            (None, Some(_)) if action == Action::Allow || !every_resource => return false,
             (Some(list), Some(sub)) if !list.is_empty() && !list.iter().any(|s| s == sub) => return false,
             (Some(list), Some(sub))
                 if list.is_empty()
@@ -1177,6 +1180,23 @@ mod tests {
             &kube(KubernetesVerb::Delete, "pods", None, Some("team-a"), None),
             0
         ));
+        // A restricting rule over every resource covers its subresources, named or not; one over
+        // named resources covers them without subresources only, as an Allow does.
+        let every = compile(&rule(
+            "name: r\naction: Deny\nkubernetes:\n  resources: ['*']\n  namespaces: [kube-system]\n",
+        ))
+        .unwrap();
+        let exec = kube(
+            KubernetesVerb::Create,
+            "pods",
+            Some("exec"),
+            Some("kube-system"),
+            Some("p"),
+        );
+        assert!(every.matches(Action::Deny, &exec, 0));
+        assert!(!every.matches(Action::Allow, &exec, 0));
+        let pods = compile(&rule("name: r\naction: Deny\nkubernetes:\n  resources: [pods]\n")).unwrap();
+        assert!(!pods.matches(Action::Deny, &exec, 0));
         let r = rule("name: r\naction: Deny\nkubernetes:\n  resources: ['*']\n  subresources: ['*']\n");
         let m = compile(&r).unwrap();
         assert!(m.matches(
