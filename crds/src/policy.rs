@@ -119,7 +119,9 @@ pub enum HttpMethod {
 #[serde(rename_all = "camelCase")]
 pub struct HttpMatch {
     /// Request methods. A Deny or RequireApproval rule naming GET also covers HEAD (servers
-    /// run GET's handler for it); an Allow rule grants only the methods it names.
+    /// run GET's handler for it), and one naming any of POST, PUT, PATCH or DELETE also covers
+    /// methods outside this list (MOVE, COPY, MERGE, PURGE: writes to whoever serves them); an
+    /// Allow rule grants only the methods it names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 7), extend("x-kubernetes-list-type" = "set"))]
     pub methods: Vec<HttpMethod>,

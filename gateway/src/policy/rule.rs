@@ -212,6 +212,12 @@ impl HttpMatcher {
         if !strict && bits == method_bit("HEAD") {
             bits |= method_bit("GET");
         }
+        // A method outside the standard ones (WebDAV's MOVE and COPY, OData's MERGE, PURGE) is
+        // a write to whoever serves it: a restricting rule that names any write method names it.
+        const WRITES: u8 = 4 | 8 | 16 | 32;
+        if !strict && bits == method_bit("OTHER") && self.methods & WRITES != 0 {
+            bits |= self.methods & WRITES;
+        }
         if self.methods != 0 && self.methods & bits == 0 {
             return false;
         }
@@ -842,6 +848,20 @@ mod tests {
         for action in [Action::Deny, Action::RequireApproval] {
             assert!(m.matches(action, &http("HEAD", "/api/v1/users/00u1", &q, &h), 0));
             assert!(!m.matches(action, &http("OPTIONS", "/api/v1/users/00u1", &q, &h), 0));
+        }
+        // A method no list names is a write to whoever serves it: a restricting rule that names
+        // writes names it too; one that names only reads, or an Allow, does not.
+        let writes = compile(&rule(
+            "name: r\naction: Deny\nhttp:\n  methods: [POST, PUT, PATCH, DELETE]\n",
+        ))
+        .unwrap();
+        let reads = compile(&rule("name: r\naction: Deny\nhttp:\n  methods: [GET]\n")).unwrap();
+        let allow = compile(&rule("name: r\naction: Allow\nhttp:\n  methods: [DELETE]\n")).unwrap();
+        for method in ["MOVE", "COPY", "MERGE", "PURGE"] {
+            let op = http(method, "/files/a", &[], &h);
+            assert!(writes.matches(Action::Deny, &op, 0), "{method}");
+            assert!(!reads.matches(Action::Deny, &op, 0), "{method}");
+            assert!(!allow.matches(Action::Allow, &op, 0), "{method}");
         }
         // A repeated parameter: Allow needs every value to match, Deny any.
         let dup = vec![
