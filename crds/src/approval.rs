@@ -109,6 +109,12 @@ pub struct PolicyRuleRef {
     /// Rule name within the policy.
     #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
     pub rule: String,
+    /// SHA-256 (32 hex digits) of the rule as it was when the request was made (its conditions
+    /// and approval terms) and of the connection's endpoint: an approval backs operations only
+    /// while both are unchanged, so editing a rule under the same name does not widen a grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9a-f]{32}$"))]
+    pub digest: Option<String>,
 }
 
 /// One approver's decision.

@@ -821,6 +821,7 @@ fn once_ask() -> agentgate::approval::Ask {
         detail: Some("query: force=true".into()),
         policy: "ci-agent-api".into(),
         rule: "delete-users-held".into(),
+        rule_digest: "0".repeat(32),
         grant: Grant::default(),
         approvers: agentgate_crds::policy::Approvers {
             users: vec![],

@@ -106,6 +106,7 @@ fn ask(rule: &str, fingerprint: &str, summary: &str) -> Ask {
         detail: None,
         policy: "orders".into(),
         rule: rule.into(),
+        rule_digest: "0".repeat(32),
         grant: if rule == "bulk" {
             Grant {
                 r#type: GrantType::Window,

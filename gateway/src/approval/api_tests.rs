@@ -161,6 +161,7 @@ impl Fixture {
             detail: None,
             policy: "orders".into(),
             rule: "writes".into(),
+            rule_digest: "0".repeat(32),
             grant: Grant {
                 r#type: agentgate_crds::policy::GrantType::Window,
                 duration: Some("30m".into()),

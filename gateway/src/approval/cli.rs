@@ -471,6 +471,7 @@ mod tests {
                 policy: PolicyRuleRef {
                     name: "orders".into(),
                     rule: "writes".into(),
+                    digest: None,
                 },
                 grant: Grant::default(),
                 approvers: None,

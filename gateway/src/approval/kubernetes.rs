@@ -274,6 +274,7 @@ mod tests {
             policy: PolicyRuleRef {
                 name: "p".into(),
                 rule: "r".into(),
+                digest: None,
             },
             grant: Default::default(),
             approvers: None,

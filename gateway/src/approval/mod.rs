@@ -99,6 +99,8 @@ pub struct Ask {
     /// The AccessPolicy and the rule that matched.
     pub policy: String,
     pub rule: String,
+    /// [`agentgate_crds::approval::PolicyRuleRef::digest`] of the rule and connection in force.
+    pub rule_digest: String,
     /// What an approval grants.
     pub grant: Grant,
     /// Who may decide (the rule's approvers), written onto the request for admission to check.
@@ -435,6 +437,8 @@ impl Entry {
             && s.connection == ask.connection
             && s.policy.name == ask.policy
             && s.policy.rule == ask.rule
+            // The rule (and where its connection leads) as the approvers saw it.
+            && s.policy.digest.as_deref() == Some(ask.rule_digest.as_str())
     }
 }
 
@@ -777,6 +781,7 @@ impl Approvals {
             policy: PolicyRuleRef {
                 name: ask.policy.clone(),
                 rule: ask.rule.clone(),
+                digest: Some(ask.rule_digest.clone()),
             },
             grant: ask.grant.clone(),
             approvers: Some(ask.approvers.clone()),

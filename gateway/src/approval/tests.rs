@@ -24,6 +24,7 @@ fn ask(fingerprint: &str) -> Ask {
         detail: None,
         policy: "orders".into(),
         rule: "writes".into(),
+        rule_digest: "0".repeat(32),
         grant: Grant::default(),
         approvers: agentgate_crds::policy::Approvers {
             users: vec![],
@@ -407,13 +408,22 @@ fn window_covers_the_rule_until_it_ends_capped_by_max_grant() {
         );
     }
     assert_eq!(phase_of(&a, &name, t0 + 1899), ApprovalPhase::Approved);
-    // Another rule is not covered.
+    // Another rule is not covered; nor is this one once edited under the same name (its
+    // conditions widened, or its connection pointed elsewhere).
     let other_rule = Ask {
         rule: "deletes".into(),
         ..window(ask("aaaa1111"), "30m")
     };
     assert!(matches!(
         a.request(&other_rule, t0 + 300).unwrap(),
+        Ticket::Pending { .. }
+    ));
+    let edited = Ask {
+        rule_digest: "1".repeat(32),
+        ..window(ask("aaaa1111"), "30m")
+    };
+    assert!(matches!(
+        a.request(&edited, t0 + 300).unwrap(),
         Ticket::Pending { .. }
     ));
     // Ended (mid-session): new requests.

@@ -76,6 +76,27 @@ pub fn rule_spec<'a>(policy: &'a CompiledPolicy, rule: &CompiledRule) -> Option<
         .and_then(|r| r.approval.as_ref())
 }
 
+/// [`agentgate_crds::approval::PolicyRuleRef::digest`]: the rule as written (conditions and
+/// approval terms) and the endpoint of the connection it is asked on.
+pub fn rule_digest(
+    policy: &CompiledPolicy,
+    rule: &CompiledRule,
+    connection: Option<&crate::config::CompiledConnection>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let written = policy.spec.rules.iter().find(|r| r.name == rule.name);
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(&written).unwrap_or_default());
+    h.update(b"\n");
+    if let Some(c) = connection {
+        let e = &c.endpoint;
+        h.update(format!("{}://{}:{}/{}", e.scheme, e.host, e.port, e.path).as_bytes());
+    }
+    let mut hex = crate::recording::chain::hex(&h.finalize());
+    hex.truncate(32);
+    hex
+}
+
 /// Whether the configuration in force still decides the operation as the one it was decided
 /// under did (see [`decides_alike`]). A held operation is released only then: a suspension of
 /// its identity or a tightened policy since it was decided would otherwise not apply to it.
@@ -235,6 +256,7 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
         detail: q.detail.as_deref().map(visible),
         policy: q.policy.name.clone(),
         rule: q.rule.name.clone(),
+        rule_digest: rule_digest(q.policy, q.rule, q.cfg.connections.get(q.connection)),
         grant,
         approvers: spec.approvers.clone(),
         min_approvals: spec.min_approvals,
@@ -364,6 +386,29 @@ mod tests {
             .replace("action: Allow", "action: Deny");
         assert!(!alike(&config(&deny, false)));
         assert!(!alike(&config("", true)));
+    }
+
+    /// A grant names the rule as it was and where its connection led: an edit of either under
+    /// the same names is another digest, so the approval no longer backs operations.
+    #[test]
+    fn the_rule_digest_follows_the_rule_and_the_endpoint() {
+        let digest = |cfg: &GatewayConfig| {
+            let p = &cfg.policies[0];
+            rule_digest(p, &p.rules[0], cfg.connections.get("api"))
+        };
+        let base = config("", false);
+        assert_eq!(digest(&base), digest(&config("", false)));
+        assert_eq!(digest(&base).len(), 32);
+        // Another rule under the same name: its conditions widened.
+        let mut widened = config("", false);
+        let p = &mut widened.policies[0];
+        p.spec.rules[0].http.as_mut().unwrap().methods.clear();
+        assert_ne!(digest(&widened), digest(&base));
+        // The connection pointed elsewhere.
+        let mut moved = config("", false);
+        let c = moved.connections.get_mut("api").unwrap();
+        c.endpoint.host = "attacker.example".into();
+        assert_ne!(digest(&moved), digest(&base));
     }
 
     /// The detail is cut after the token is hidden: cut first, the token's start would stay.
