@@ -56,6 +56,10 @@ pub const RETAIN_FINISHED: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Most requests one AgentIdentity may have waiting for a decision at once.
 pub const MAX_PENDING_PER_IDENTITY: usize = 32;
+/// Most requests one AgentIdentity may have in the store, finished ones (kept
+/// [`RETAIN_FINISHED`]) included: short timeouts would otherwise let one agent file requests as
+/// fast as they expire, each a file (in a cluster, an object in etcd) scanned at every ask.
+pub const MAX_KEPT_PER_IDENTITY: usize = 2048;
 /// Most operations of one identity held open at once for a decision (Hold mode). Identical asks
 /// share one request, so [`MAX_PENDING_PER_IDENTITY`] does not bound them, and each held
 /// operation keeps its connection and up to a 1 MiB body: past this, asks are answered at once,
@@ -174,6 +178,9 @@ pub enum ApprovalError {
     TooManyPending {
         identity: String,
     },
+    TooManyKept {
+        identity: String,
+    },
 }
 
 impl ApprovalError {
@@ -213,6 +220,11 @@ impl fmt::Display for ApprovalError {
             Self::TooManyPending { identity } => write!(
                 f,
                 "approval requests: {identity} has {MAX_PENDING_PER_IDENTITY} waiting already; no more are filed until some are decided or expire"
+            ),
+            Self::TooManyKept { identity } => write!(
+                f,
+                "approval requests: {identity} has {MAX_KEPT_PER_IDENTITY} in the store (finished ones are kept {} days); no more are filed until they are pruned",
+                RETAIN_FINISHED.as_secs() / 86_400
             ),
         }
     }
@@ -766,6 +778,15 @@ impl Approvals {
             });
         }
         self.prune(entries, now);
+        let kept = entries
+            .values()
+            .filter(|e| e.request.spec.identity == ask.identity)
+            .count();
+        if kept >= MAX_KEPT_PER_IDENTITY {
+            return Err(ApprovalError::TooManyKept {
+                identity: ask.identity.clone(),
+            });
+        }
         let name = unique_name(&ask.identity, |n| entries.contains_key(n))?;
         let timeout = i64::try_from(ask.timeout.as_secs()).unwrap_or(i64::MAX).max(1);
         let spec = ApprovalRequestSpec {

@@ -179,6 +179,37 @@ fn pending_requests_per_identity_are_capped() {
     pending_name(a.request(&elsewhere, later).unwrap());
 }
 
+/// Requests that expire as fast as they are filed do not grow the store without bound: an
+/// identity keeps at most MAX_KEPT_PER_IDENTITY, finished ones included, until they are pruned.
+#[test]
+fn requests_kept_per_identity_are_capped() {
+    let mut t = start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(&dir);
+    let short = |fp: String| Ask {
+        timeout: Duration::from_secs(1),
+        ..ask(&fp)
+    };
+    let mut filed = 0;
+    while filed < MAX_KEPT_PER_IDENTITY {
+        for _ in 0..MAX_PENDING_PER_IDENTITY.min(MAX_KEPT_PER_IDENTITY - filed) {
+            pending_name(a.request(&short(format!("{filed:08x}")), t).unwrap());
+            filed += 1;
+        }
+        t += 2;
+    }
+    let err = a.request(&short("ffffffff".into()), t).unwrap_err().to_string();
+    assert!(err.contains("ci-agent has 2048 in the store"), "{err}");
+    // Another identity files as before; and once the finished ones are pruned, this one too.
+    let other = Ask {
+        identity: "reporting".into(),
+        ..short("ffffffff".into())
+    };
+    pending_name(a.request(&other, t).unwrap());
+    let week = i64::try_from(RETAIN_FINISHED.as_secs()).unwrap();
+    pending_name(a.request(&short("ffffffff".into()), t + week + 10).unwrap());
+}
+
 /// The store is the gateway's own: made 0700 with 0600 files; a directory anybody may write to
 /// is refused, as someone else may have planted an approved request in it.
 #[test]
