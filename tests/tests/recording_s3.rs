@@ -40,6 +40,24 @@ impl Moto {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// What a gateway's `recording.storage.s3` compiles to for this store.
+    fn storage(&self) -> agentgate::config::compile::ObjectStorage {
+        agentgate::config::compile::ObjectStorage {
+            bucket: BUCKET.into(),
+            prefix: format!("{PREFIX}/"),
+            endpoint: Some(self.url("")),
+            region: "us-east-1".into(),
+            access_key_id: agentgate::config::SecretValue::new(b"AKIAAGENTGATETEST".to_vec()),
+            secret_access_key: agentgate::config::SecretValue::new(SECRET_ACCESS_KEY.as_bytes().to_vec()),
+        }
+    }
+
+    /// A Required recorder of the spool `dir`, as the gateway `e2e/gw`.
+    fn recorder(&self, dir: &Path) -> agentgate::recording::Recorder {
+        agentgate::recording::Recorder::new(dir, agentgate_crds::gateway::RecordingMode::Required, "e2e/gw")
+            .unwrap()
+    }
+
     fn create_bucket(&self) {
         let r = curl(&["-X", "PUT"], &self.url(&format!("/{BUCKET}")));
         assert_eq!(r.status, 200, "{r:?}");
@@ -250,12 +268,7 @@ async fn a_session_larger_than_one_part_is_shipped_in_parts() {
     use agentgate::recording::shipping::{MIN_PART_BYTES, Shipper, Sweep};
     let moto = Moto::start_on(free_port());
     let spool = tempfile::tempdir().unwrap();
-    let recorder = agentgate::recording::Recorder::new(
-        spool.path(),
-        agentgate_crds::gateway::RecordingMode::Required,
-        "e2e/gw",
-    )
-    .unwrap();
+    let recorder = moto.recorder(spool.path());
     let session = recorder.start_session(serde_json::json!({})).unwrap();
     let mut n = 0u64;
     while std::fs::metadata(session.path()).unwrap().len() < 2 * MIN_PART_BYTES + MIN_PART_BYTES / 2 {
@@ -272,14 +285,7 @@ async fn a_session_larger_than_one_part_is_shipped_in_parts() {
     let file = session.path().to_path_buf();
     let bytes = std::fs::read(&file).unwrap();
 
-    let storage = agentgate::config::compile::ObjectStorage {
-        bucket: BUCKET.into(),
-        prefix: format!("{PREFIX}/"),
-        endpoint: Some(moto.url("")),
-        region: "us-east-1".into(),
-        access_key_id: agentgate::config::SecretValue::new(b"AKIAAGENTGATETEST".to_vec()),
-        secret_access_key: agentgate::config::SecretValue::new(SECRET_ACCESS_KEY.as_bytes().to_vec()),
-    };
+    let storage = moto.storage();
     let mut shipper = Shipper::new(spool.path(), &storage)
         .unwrap()
         .with_part_bytes(MIN_PART_BYTES);
@@ -361,23 +367,11 @@ async fn an_upload_does_not_replace_an_object_at_its_key() {
     let moto = Moto::start_on(free_port());
     moto.create_bucket();
     let spool = tempfile::tempdir().unwrap();
-    let recorder = agentgate::recording::Recorder::new(
-        spool.path(),
-        agentgate_crds::gateway::RecordingMode::Required,
-        "e2e/gw",
-    )
-    .unwrap();
+    let recorder = moto.recorder(spool.path());
     let session = recorder.start_session(serde_json::json!({})).unwrap();
     session.close(serde_json::json!({"reason": "done"})).unwrap();
     let file = session.path().to_path_buf();
-    let storage = agentgate::config::compile::ObjectStorage {
-        bucket: BUCKET.into(),
-        prefix: format!("{PREFIX}/"),
-        endpoint: Some(moto.url("")),
-        region: "us-east-1".into(),
-        access_key_id: agentgate::config::SecretValue::new(b"AKIAAGENTGATETEST".to_vec()),
-        secret_access_key: agentgate::config::SecretValue::new(SECRET_ACCESS_KEY.as_bytes().to_vec()),
-    };
+    let storage = moto.storage();
     let mut shipper = Shipper::new(spool.path(), &storage).unwrap();
     let key = shipper.key_of(&file);
     let bucket = rusty_s3::Bucket::new(

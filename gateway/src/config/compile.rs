@@ -1442,7 +1442,6 @@ mod tests {
     #[test]
     fn a_bound_credential_goes_only_to_its_origins() {
         let load = |annotation: &str, endpoint: &str, tls: &str| {
-            let dir = tempfile::tempdir().unwrap();
             let yaml = format!(
                 "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {{name: gw, namespace: ns}}\n\
                 spec: {{listeners: [{{name: web, protocol: HTTP, port: 18080}}]}}\n---\n\
@@ -1453,13 +1452,7 @@ mod tests {
                 spec: {{gatewayRef: {{name: gw}}, type: HTTP, endpoint: '{endpoint}', {tls}\
                 route: {{pathPrefix: /okta}}, credentials: {{scheme: SSWS, secretRef: {{name: okta-token, key: token}}}}}}\n"
             );
-            std::fs::write(dir.path().join("all.yaml"), yaml).unwrap();
-            crate::config::load(&crate::config::LoadOptions {
-                manifests: dir.path().to_path_buf(),
-                ..Default::default()
-            })
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+            load_yaml(&yaml).map(|_| ())
         };
         let bound = "https://acme.okta.com, https://backup.okta.com:8443";
         load(bound, "https://ACME.okta.com/api", "").unwrap();
@@ -1517,7 +1510,6 @@ mod tests {
     #[test]
     fn a_bound_secret_is_bound_in_every_field_that_sends_it() {
         let load = |extra: &str| {
-            let dir = tempfile::tempdir().unwrap();
             let yaml = format!(
                 "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {{name: gw, namespace: ns}}\n\
                 spec: {{listeners: [{{name: web, protocol: HTTP, port: 18080}}]{extra}}}\n---\n\
@@ -1525,13 +1517,7 @@ mod tests {
                 annotations: {{agentgate.dev/credential-endpoints: 'https://acme.okta.com'}}}}\n\
                 stringData: {{token: 00abc, secretAccessKey: s}}\n"
             );
-            std::fs::write(dir.path().join("all.yaml"), yaml).unwrap();
-            crate::config::load(&crate::config::LoadOptions {
-                manifests: dir.path().to_path_buf(),
-                ..Default::default()
-            })
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+            load_yaml(&yaml).map(|_| ())
         };
         let s3 = |endpoint: &str| {
             format!(
@@ -1841,6 +1827,17 @@ mod tests {
     }
 
     /// The errors of loading `yaml` as the one manifest file in `dir`.
+    /// Loads `yaml` as the one manifest file of a directory.
+    fn load_yaml(yaml: &str) -> Result<GatewayConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("all.yaml"), yaml).unwrap();
+        crate::config::load(&crate::config::LoadOptions {
+            manifests: dir.path().to_path_buf(),
+            ..Default::default()
+        })
+        .map_err(|e| e.to_string())
+    }
+
     fn load_errors(dir: &std::path::Path, yaml: &str) -> String {
         std::fs::write(dir.join("all.yaml"), yaml).unwrap();
         crate::config::load(&crate::config::LoadOptions {

@@ -480,19 +480,6 @@ impl Decision<'_> {
     }
 }
 
-/// The terms a RequireApproval rule asks under.
-fn approval_terms<'p>(
-    policy: &'p CompiledPolicy,
-    rule: &CompiledRule,
-) -> Option<&'p agentgate_crds::policy::ApprovalRule> {
-    policy
-        .spec
-        .rules
-        .iter()
-        .find(|r| r.name == rule.name)
-        .and_then(|r| r.approval.as_ref())
-}
-
 /// Another RequireApproval rule that matches `op` and asks under other terms than `chosen`'s, if
 /// one does (only read when approval is required, so the common decisions pay nothing for it).
 fn asks_otherwise<'p>(
@@ -504,7 +491,7 @@ fn asks_otherwise<'p>(
 ) -> Option<(&'p CompiledPolicy, &'p CompiledRule)> {
     let wanted = rank(Action::RequireApproval);
     let policy = &policies[chosen.policy as usize];
-    let terms = approval_terms(policy, &policy.rules[chosen.rule as usize]);
+    let terms = crate::protocol::approval::rule_spec(policy, &policy.rules[chosen.rule as usize]);
     for list in lists {
         let start = list.partition_point(|r| r.rank < wanted);
         for r in list[start..].iter().take_while(|r| r.rank == wanted) {
@@ -513,7 +500,9 @@ fn asks_otherwise<'p>(
             }
             let other_policy = &policies[r.policy as usize];
             let other = &other_policy.rules[r.rule as usize];
-            if approval_terms(other_policy, other) != terms && other.matcher.matches(other.action, op, now) {
+            if crate::protocol::approval::rule_spec(other_policy, other) != terms
+                && other.matcher.matches(other.action, op, now)
+            {
                 return Some((other_policy, other));
             }
         }

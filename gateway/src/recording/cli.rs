@@ -625,33 +625,27 @@ fn links(files: &[PathBuf], out: &mut impl Write) -> io::Result<bool> {
     }
     let mut all = true;
     for (id, (continues, continued_by)) in &sessions {
-        if let Some(prev) = continues
-            && sessions.get(prev).and_then(|(_, next)| next.as_ref()) != Some(id)
-        {
+        // Each link must be answered by the other end's link back.
+        let links = [
+            (continues, "continues", "not continued by it", true),
+            (continued_by, "is continued by", "not its continuation", false),
+        ];
+        for (other, says, unanswered, backwards) in links {
+            let Some(other) = other else { continue };
+            let back = sessions
+                .get(other)
+                .and_then(|(prev, next)| if backwards { next } else { prev }.as_ref());
+            if back == Some(id) {
+                continue;
+            }
             all = false;
             writeln!(
                 out,
-                "BROKEN LINK: session {} continues session {}, which is {}",
+                "BROKEN LINK: session {} {says} session {}, which is {}",
                 safe(id),
-                safe(prev),
-                if sessions.contains_key(prev) {
-                    "not continued by it"
-                } else {
-                    "not among the files"
-                }
-            )?;
-        }
-        if let Some(next) = continued_by
-            && sessions.get(next).and_then(|(prev, _)| prev.as_ref()) != Some(id)
-        {
-            all = false;
-            writeln!(
-                out,
-                "BROKEN LINK: session {} is continued by session {}, which is {}",
-                safe(id),
-                safe(next),
-                if sessions.contains_key(next) {
-                    "not its continuation"
+                safe(other),
+                if sessions.contains_key(other) {
+                    unanswered
                 } else {
                     "not among the files"
                 }

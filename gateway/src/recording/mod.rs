@@ -544,18 +544,7 @@ impl Recorder {
             id,
             path,
             began: std::time::Instant::now(),
-            state: Mutex::new(State {
-                file,
-                seq: 0,
-                prev: GENESIS.to_string(),
-                len: 0,
-                closed: false,
-                deferred: Vec::new(),
-                buf: Vec::new(),
-                json: Vec::new(),
-                hidden: Arc::new(Vec::new()),
-                lost: 0,
-            }),
+            state: Mutex::new(State::at(file, 0, GENESIS.to_string(), 0)),
         };
         let mut data = into_object(start);
         data.insert("gateway".into(), json!(self.inner.gateway));
@@ -712,18 +701,7 @@ impl Recorder {
             id: report.session,
             path: path.to_path_buf(),
             began: std::time::Instant::now(),
-            state: Mutex::new(State {
-                file: Some(file),
-                seq: report.events,
-                prev: report.last_hash,
-                len,
-                closed: false,
-                deferred: Vec::new(),
-                buf: Vec::new(),
-                json: Vec::new(),
-                hidden: Arc::new(Vec::new()),
-                lost: 0,
-            }),
+            state: Mutex::new(State::at(Some(file), report.events, report.last_hash, len)),
         };
         let end = json!({
             "reason": "cut off",
@@ -854,6 +832,25 @@ struct State {
     /// signed end says how many (`unrecorded_events`), so the chain's unbroken `seq` does not
     /// vouch for a session with holes.
     lost: u64,
+}
+
+impl State {
+    /// A session's state with `len` bytes of events written, the last `seq - 1` hashing to
+    /// `prev`.
+    fn at(file: Option<File>, seq: u64, prev: String, len: u64) -> Self {
+        Self {
+            file,
+            seq,
+            prev,
+            len,
+            closed: false,
+            deferred: Vec::new(),
+            buf: Vec::new(),
+            json: Vec::new(),
+            hidden: Arc::new(Vec::new()),
+            lost: 0,
+        }
+    }
 }
 
 /// One recorded session. Shared by a connection's tasks; events are appended in lock order.
