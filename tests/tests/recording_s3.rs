@@ -40,6 +40,17 @@ impl Moto {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// The bucket, for signing requests to it.
+    fn bucket(&self) -> rusty_s3::Bucket {
+        rusty_s3::Bucket::new(
+            self.url("").parse().unwrap(),
+            rusty_s3::UrlStyle::Path,
+            BUCKET,
+            "us-east-1",
+        )
+        .unwrap()
+    }
+
     /// What a gateway's `recording.storage.s3` compiles to for this store.
     fn storage(&self) -> agentgate::config::compile::ObjectStorage {
         agentgate::config::compile::ObjectStorage {
@@ -76,13 +87,7 @@ impl Moto {
     /// An object, read with a signed request (moto refuses anonymous reads of objects).
     fn object(&self, key: &str) -> String {
         use rusty_s3::S3Action;
-        let bucket = rusty_s3::Bucket::new(
-            self.url("").parse().unwrap(),
-            rusty_s3::UrlStyle::Path,
-            BUCKET,
-            "us-east-1",
-        )
-        .unwrap();
+        let bucket = self.bucket();
         let reader = rusty_s3::Credentials::new("AKIAREADER", "reader-secret");
         let url =
             rusty_s3::actions::GetObject::new(&bucket, Some(&reader), key).sign(Duration::from_secs(60));
@@ -374,13 +379,7 @@ async fn an_upload_does_not_replace_an_object_at_its_key() {
     let storage = moto.storage();
     let mut shipper = Shipper::new(spool.path(), &storage).unwrap();
     let key = shipper.key_of(&file);
-    let bucket = rusty_s3::Bucket::new(
-        moto.url("").parse().unwrap(),
-        rusty_s3::UrlStyle::Path,
-        BUCKET,
-        "us-east-1",
-    )
-    .unwrap();
+    let bucket = moto.bucket();
     let writer = rusty_s3::Credentials::new("AKIAWRITER", "writer-secret");
     let url = rusty_s3::actions::PutObject::new(&bucket, Some(&writer), &key).sign(Duration::from_secs(60));
     // A form content type would have moto's web framework take the body as form fields.

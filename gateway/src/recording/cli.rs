@@ -296,15 +296,7 @@ fn finish(
     out: &mut impl Write,
 ) -> io::Result<bool> {
     // What was shown is another session than the file's name says (see `verify`).
-    if let Ok(r) = result
-        && !names_session(file, &r.session)
-    {
-        writeln!(
-            out,
-            "MISNAMED {}: it holds session {}, whose file is named for it",
-            safe(&file.display().to_string()),
-            safe(&r.session)
-        )?;
+    if misnamed(file, result, out)? {
         return Ok(false);
     }
     if public_key.is_some()
@@ -573,16 +565,8 @@ fn verify(
         let result = verify_with_any(file, &keys);
         // A file holds the session its name says: one copied over another's name (an older
         // signed session replacing a newer one) is caught here, as the chain cannot catch it.
-        if let Ok(r) = &result
-            && !names_session(file, &r.session)
-        {
+        if misnamed(file, &result, out)? {
             all = false;
-            writeln!(
-                out,
-                "MISNAMED {}: it holds session {}, whose file is named for it",
-                safe(&file.display().to_string()),
-                safe(&r.session)
-            )?;
             continue;
         }
         let incomplete = result
@@ -653,6 +637,25 @@ fn links(files: &[PathBuf], out: &mut impl Write) -> io::Result<bool> {
         }
     }
     Ok(all)
+}
+
+/// Says MISNAMED when `file` verified but holds another session than its name says.
+fn misnamed(
+    file: &Path,
+    result: &Result<VerifyReport, VerifyError>,
+    out: &mut impl Write,
+) -> io::Result<bool> {
+    let Ok(r) = result else { return Ok(false) };
+    if names_session(file, &r.session) {
+        return Ok(false);
+    }
+    writeln!(
+        out,
+        "MISNAMED {}: it holds session {}, whose file is named for it",
+        safe(&file.display().to_string()),
+        safe(&r.session)
+    )?;
+    Ok(true)
 }
 
 /// Whether the file's name (`<start>-<session id>.jsonl`) names `session`.
