@@ -139,11 +139,13 @@ pub struct HttpMatch {
     /// rule any one. The fields of a form or JSON body count as repeats (Rails, Laravel and PHP
     /// merge them with the query's): an Allow rule needs them to match too, a Deny rule matches
     /// on them, and on a body whose fields the gateway does not read (multipart, compressed).
+    /// A Deny or RequireApproval rule matches values without regard to ASCII case.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 32))]
     pub query: BTreeMap<String, String>,
     /// Request headers (case-insensitive names) that must be present, with a glob for the value;
-    /// repeated headers are treated like repeated query parameters.
+    /// repeated headers are treated like repeated query parameters (a Deny or RequireApproval
+    /// rule matches values without regard to ASCII case).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 32))]
     pub headers: BTreeMap<String, String>,

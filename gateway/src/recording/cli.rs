@@ -592,9 +592,14 @@ fn verify(
 /// Checks the continuation links among `files` (see `--require-links`): each link must point to
 /// a session among them that points back. Files that do not verify are reported by `verify`.
 fn links(files: &[PathBuf], out: &mut impl Write) -> io::Result<bool> {
-    // Session id -> (what its start continues, what its end says continues it).
-    let mut sessions: std::collections::BTreeMap<String, (Option<String>, Option<String>)> =
-        std::collections::BTreeMap::new();
+    /// One session's links: what its start continues, what its end says continues it, and
+    /// whether that end was written by a later process that found it cut off.
+    struct Links {
+        continues: Option<String>,
+        continued_by: Option<String>,
+        recovered: bool,
+    }
+    let mut sessions: std::collections::BTreeMap<String, Links> = std::collections::BTreeMap::new();
     for file in files {
         let (mut continues, mut continued_by) = (None, None);
         let text = |e: &Event, name: &str| e.data.get(name).and_then(Value::as_str).map(String::from);
@@ -605,21 +610,28 @@ fn links(files: &[PathBuf], out: &mut impl Write) -> io::Result<bool> {
         }) else {
             continue;
         };
-        sessions.insert(report.session, (continues, continued_by));
+        let links = Links {
+            continues,
+            continued_by,
+            recovered: report.recovered,
+        };
+        sessions.insert(report.session, links);
     }
     let mut all = true;
-    for (id, (continues, continued_by)) in &sessions {
-        // Each link must be answered by the other end's link back.
+    for (id, l) in &sessions {
+        // Each link must be answered by the other end's link back; a predecessor a crash cut
+        // off before its end could name its successor answers by having no successor named.
         let links = [
-            (continues, "continues", "not continued by it", true),
-            (continued_by, "is continued by", "not its continuation", false),
+            (&l.continues, "continues", "not continued by it", true),
+            (&l.continued_by, "is continued by", "not its continuation", false),
         ];
         for (other, says, unanswered, backwards) in links {
             let Some(other) = other else { continue };
-            let back = sessions
-                .get(other)
-                .and_then(|(prev, next)| if backwards { next } else { prev }.as_ref());
-            if back == Some(id) {
+            let answered = sessions.get(other).is_some_and(|o| {
+                let back = if backwards { &o.continued_by } else { &o.continues };
+                back.as_ref() == Some(id) || (backwards && o.recovered && back.is_none())
+            });
+            if answered {
                 continue;
             }
             all = false;
@@ -1049,6 +1061,34 @@ mod tests {
             )),
             "{text}"
         );
+        // A predecessor a crash cut off before its end could name its successor, sealed later,
+        // answers the successor's link by naming none.
+        let crashed = tempfile::tempdir().unwrap();
+        let first = rec.start_session(json!({"identity": "a"})).unwrap();
+        first.record("http.request", json!({})).unwrap();
+        let second = rec
+            .start_session(json!({"identity": "a", "continues": first.id()}))
+            .unwrap();
+        second.close(json!({"reason": "client closed"})).unwrap();
+        let copies: Vec<PathBuf> = [first.path(), second.path()]
+            .iter()
+            .map(|p| {
+                let to = crashed.path().join(p.file_name().unwrap());
+                std::fs::copy(p, &to).unwrap();
+                to
+            })
+            .collect();
+        let sealer = Recorder::new(crashed.path(), RecordingMode::Required, "ns/gw").unwrap();
+        assert_eq!(sealer.seal_cut_off().sealed, 1);
+        let (ok, text) = run_to_string(SessionsCommand::Verify {
+            files: copies,
+            public_key: Some(format!("{},{}", rec.public_key(), sealer.public_key())),
+            require_closed: false,
+            allow_open: false,
+            require_links: true,
+        });
+        assert!(ok, "{text}");
+        drop(first);
         // Each file alone still verifies without the flag.
         let (ok, text) = run_to_string(SessionsCommand::Verify {
             files: vec![files[1].clone()],

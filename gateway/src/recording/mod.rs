@@ -644,8 +644,8 @@ impl Recorder {
         files.sort();
         for path in files {
             match self.seal(&path) {
-                Ok(true) => out.sealed += 1,
-                Ok(false) => {}
+                Ok(Seal::Sealed) => out.sealed += 1,
+                Ok(_) => {}
                 Err(e) => {
                     out.unverifiable += 1;
                     tracing::error!(file = %path.display(), error = %e, "a cut-off session file does not verify; left unsealed");
@@ -655,21 +655,20 @@ impl Recorder {
         out
     }
 
-    /// Seals one file if it is cut off: `Ok(false)` when it is closed, held by a process, or
-    /// another gateway's (its start names it).
-    fn seal(&self, path: &Path) -> Result<bool, String> {
+    /// Seals one file if it is cut off and this gateway's (its start names it).
+    fn seal(&self, path: &Path) -> Result<Seal, String> {
         // Cheap first: a closed file's last line says so, without reading the rest.
         if last_line_closes(path).unwrap_or(false) {
-            return Ok(false);
+            return Ok(Seal::Left);
         }
         let file = OpenOptions::new()
             .read(true)
             .append(true)
             .open(path)
             .map_err(|e| format!("cannot open: {e}"))?;
-        // Held: a live session, or another sealer.
+        // Held: a live session, another sealer, or a shipper uploading it.
         if file.try_lock().is_err() {
-            return Ok(false);
+            return Ok(Seal::Held);
         }
         let mut gateway: Option<Option<String>> = None;
         let report = verify::verify_events(path, None, |e| {
@@ -679,11 +678,11 @@ impl Recorder {
         })
         .map_err(|e| e.to_string())?;
         if report.closed {
-            return Ok(false);
+            return Ok(Seal::Left);
         }
         // A directory shared by gateways (one volume for several): each seals its own.
         if gateway.flatten().as_deref() != Some(self.inner.gateway.as_str()) {
-            return Ok(false);
+            return Ok(Seal::Left);
         }
         let length = file.metadata().map_err(|e| format!("cannot stat: {e}"))?.len();
         let dropped = length.saturating_sub(report.bytes);
@@ -710,8 +709,18 @@ impl Recorder {
         let sealed = session.close_inner(end).map_err(|e| e.to_string());
         // Not closed again when dropped, as "dropped": the file stays as the failure left it.
         session.lock().closed = true;
-        sealed.map(|()| true)
+        sealed.map(|()| Seal::Sealed)
     }
+}
+
+/// What sealing a file did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Seal {
+    Sealed,
+    /// Closed already, another gateway's, or no recorder of its directory here.
+    Left,
+    /// Someone holds its lock (a live session, another sealer, a shipper uploading it).
+    Held,
 }
 
 /// Recorders by directory, so that whoever finds a cut-off session file (the shipper) can have
@@ -724,27 +733,25 @@ fn register_sealer(inner: &Arc<Inner>) {
     sealers.push((inner.dir.clone(), Arc::downgrade(inner)));
 }
 
-/// Seals `file` (see [`Recorder::seal_cut_off`]) with the latest live recorder of its directory;
-/// `false` when there is none, or the file was not sealed.
-pub(crate) fn seal_found(file: &Path) -> bool {
+/// Seals `file` (see [`Recorder::seal_cut_off`]) with the latest live recorder of its directory.
+pub(crate) fn seal_found(file: &Path) -> Seal {
     let Some(dir) = file.parent() else {
-        return false;
+        return Seal::Left;
     };
     let recorder = SEALERS
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .iter()
         .rev()
-        .find(|(d, _)| d == dir)
-        .and_then(|(_, w)| w.upgrade());
+        .find_map(|(d, w)| (d == dir).then(|| w.upgrade()).flatten());
     let Some(inner) = recorder else {
-        return false;
+        return Seal::Left;
     };
     match (Recorder { inner }).seal(file) {
-        Ok(sealed) => sealed,
+        Ok(outcome) => outcome,
         Err(e) => {
             tracing::error!(file = %file.display(), error = %e, "a cut-off session file does not verify; left unsealed");
-            false
+            Seal::Left
         }
     }
 }

@@ -194,7 +194,18 @@ impl Shipper {
             ..Sweep::default()
         };
         for file in scan.ready {
-            match self.upload(&file).await {
+            // Held shared from the upload's first read to the removal: a sealer (which locks it
+            // exclusively) cannot change the file under the upload. Taken by someone since the
+            // scan: left for the next sweep.
+            let Ok(held) = std::fs::File::open(&file)
+                .and_then(|f| f.try_lock_shared().map(|()| f).map_err(std::io::Error::from))
+            else {
+                report.waiting += 1;
+                continue;
+            };
+            let shipped = self.upload(&file).await;
+            let _held = held;
+            match shipped {
                 Ok(key) => {
                     // Shipped: the spool copy goes. If it cannot, it is shipped again next time
                     // (the same bytes to the same key).
@@ -585,11 +596,16 @@ fn ready(open: &mut HashMap<PathBuf, u64>, file: &Path, grace: Duration) -> Resu
         return Ok(false);
     }
     // Cut off by a crash: sealed first by a recorder of this directory, when this process has
-    // one, so that the archive holds a signed close; shipped as it is otherwise.
-    if super::seal_found(file) {
-        open.remove(file);
+    // one, so that the archive holds a signed close; shipped as it is otherwise. One being
+    // sealed elsewhere is left for the next sweep.
+    match super::seal_found(file) {
+        super::Seal::Sealed => {
+            open.remove(file);
+            Ok(true)
+        }
+        super::Seal::Held => Ok(false),
+        super::Seal::Left => Ok(true),
     }
-    Ok(true)
 }
 
 /// `length` bytes of `file` from `offset`, read as they are sent, never whole into memory. Only
