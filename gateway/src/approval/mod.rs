@@ -58,7 +58,8 @@ pub const RETAIN_FINISHED: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const MAX_PENDING_PER_IDENTITY: usize = 32;
 /// Most requests one AgentIdentity may have in the store, finished ones (kept
 /// [`RETAIN_FINISHED`]) included: short timeouts would otherwise let one agent file requests as
-/// fast as they expire, each a file (in a cluster, an object in etcd) scanned at every ask.
+/// fast as they expire, each a file (in a cluster, an object in etcd) scanned at every ask. On
+/// the gateway's own storage the oldest finished ones make room early.
 pub const MAX_KEPT_PER_IDENTITY: usize = 2048;
 /// Most operations of one identity held open at once for a decision (Hold mode). Identical asks
 /// share one request, so [`MAX_PENDING_PER_IDENTITY`] does not bound them, and each held
@@ -223,8 +224,7 @@ impl fmt::Display for ApprovalError {
             ),
             Self::TooManyKept { identity } => write!(
                 f,
-                "approval requests: {identity} has {MAX_KEPT_PER_IDENTITY} in the store (finished ones are kept {} days); no more are filed until they are pruned",
-                RETAIN_FINISHED.as_secs() / 86_400
+                "approval requests: {identity} has {MAX_KEPT_PER_IDENTITY} in the store; no more are filed until the oldest finished ones are pruned"
             ),
         }
     }
@@ -686,6 +686,37 @@ impl Approvals {
         }
     }
 
+    /// Keeps `identity` under [`MAX_KEPT_PER_IDENTITY`] requests: on the gateway's own storage its
+    /// oldest finished ones go early (they are kept only for listing; the recordings hold the
+    /// evidence). In a cluster the operator prunes, so a full identity files nothing more.
+    fn make_room(&self, entries: &mut BTreeMap<String, Entry>, identity: &str) -> Result<(), ApprovalError> {
+        let mine = |e: &&Entry| e.request.spec.identity == identity;
+        let kept = entries.values().filter(mine).count();
+        if kept < MAX_KEPT_PER_IDENTITY {
+            return Ok(());
+        }
+        let full = || ApprovalError::TooManyKept {
+            identity: identity.to_string(),
+        };
+        let Backend::Dir(dir) = &self.backend else {
+            return Err(full());
+        };
+        let mut finished: Vec<(i64, String)> = entries
+            .values()
+            .filter(mine)
+            .filter_map(|e| Some((e.ended_at?, e.name().to_string())))
+            .collect();
+        finished.sort();
+        for (_, name) in finished.into_iter().take(kept + 1 - MAX_KEPT_PER_IDENTITY) {
+            dir.remove(&name).map_err(|_| full())?;
+            entries.remove(&name);
+        }
+        if entries.values().filter(mine).count() >= MAX_KEPT_PER_IDENTITY {
+            return Err(full());
+        }
+        Ok(())
+    }
+
     /// The data path asks: a RequireApproval rule matched `ask`. Returns a grant when an
     /// approval covers the operation (spending a Once grant), else the pending request (created
     /// when needed). Fails closed when the request cannot be stored.
@@ -778,15 +809,7 @@ impl Approvals {
             });
         }
         self.prune(entries, now);
-        let kept = entries
-            .values()
-            .filter(|e| e.request.spec.identity == ask.identity)
-            .count();
-        if kept >= MAX_KEPT_PER_IDENTITY {
-            return Err(ApprovalError::TooManyKept {
-                identity: ask.identity.clone(),
-            });
-        }
+        self.make_room(entries, &ask.identity)?;
         let name = unique_name(&ask.identity, |n| entries.contains_key(n))?;
         let timeout = i64::try_from(ask.timeout.as_secs()).unwrap_or(i64::MAX).max(1);
         let spec = ApprovalRequestSpec {

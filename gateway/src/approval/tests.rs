@@ -180,7 +180,8 @@ fn pending_requests_per_identity_are_capped() {
 }
 
 /// Requests that expire as fast as they are filed do not grow the store without bound: an
-/// identity keeps at most MAX_KEPT_PER_IDENTITY, finished ones included, until they are pruned.
+/// identity keeps at most MAX_KEPT_PER_IDENTITY, finished ones included; the oldest finished
+/// ones make room, and a store of waiting ones only refuses.
 #[test]
 fn requests_kept_per_identity_are_capped() {
     let mut t = start();
@@ -190,24 +191,30 @@ fn requests_kept_per_identity_are_capped() {
         timeout: Duration::from_secs(1),
         ..ask(&fp)
     };
-    let mut filed = 0;
-    while filed < MAX_KEPT_PER_IDENTITY {
-        for _ in 0..MAX_PENDING_PER_IDENTITY.min(MAX_KEPT_PER_IDENTITY - filed) {
-            pending_name(a.request(&short(format!("{filed:08x}")), t).unwrap());
-            filed += 1;
+    let mut names = Vec::new();
+    while names.len() < MAX_KEPT_PER_IDENTITY {
+        for _ in 0..MAX_PENDING_PER_IDENTITY.min(MAX_KEPT_PER_IDENTITY - names.len()) {
+            let fp = format!("{:08x}", names.len());
+            names.push(pending_name(a.request(&short(fp), t).unwrap()));
         }
         t += 2;
     }
-    let err = a.request(&short("ffffffff".into()), t).unwrap_err().to_string();
-    assert!(err.contains("ci-agent has 2048 in the store"), "{err}");
-    // Another identity files as before; and once the finished ones are pruned, this one too.
-    let other = Ask {
-        identity: "reporting".into(),
-        ..short("ffffffff".into())
-    };
-    pending_name(a.request(&other, t).unwrap());
-    let week = i64::try_from(RETAIN_FINISHED.as_secs()).unwrap();
-    pending_name(a.request(&short("ffffffff".into()), t + week + 10).unwrap());
+    let files = || std::fs::read_dir(dir.path().join("approvals")).unwrap().count();
+    let before = files();
+    let newest = pending_name(a.request(&short("ffffffff".into()), t).unwrap());
+    // The oldest finished one made room: the store did not grow.
+    assert_eq!(files(), before);
+    // One of the first to end is gone (they ended together); every later one is kept.
+    let kept = |names: &[String]| names.iter().filter(|n| a.get(n, t).is_some()).count();
+    assert_eq!(
+        kept(&names[..MAX_PENDING_PER_IDENTITY]),
+        MAX_PENDING_PER_IDENTITY - 1
+    );
+    assert_eq!(
+        kept(&names[MAX_PENDING_PER_IDENTITY..]),
+        names.len() - MAX_PENDING_PER_IDENTITY
+    );
+    assert!(a.get(&newest, t).is_some());
 }
 
 /// The store is the gateway's own: made 0700 with 0600 files; a directory anybody may write to

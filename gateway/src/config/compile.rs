@@ -102,6 +102,9 @@ pub struct CompiledConnection {
     pub kind: ConnectionType,
     pub endpoint: Endpoint,
     pub credential: Option<Credential>,
+    /// Where the credential comes from, never its value (scheme, user name, Secret and key): part
+    /// of what an approval was given for.
+    pub credential_source: Option<String>,
     /// PEM CA bundle for the upstream, when configured.
     pub ca: Option<SecretValue>,
     pub server_name: Option<String>,
@@ -1191,6 +1194,24 @@ fn compile_connection(
         kind: c.spec.r#type,
         endpoint,
         credential,
+        credential_source: c.spec.credentials.as_ref().map(|cred| {
+            let secret = |r: Option<(&str, &str)>| r.map(|(n, k)| format!("{n}/{k}")).unwrap_or_default();
+            format!(
+                "{:?} user={} secret={} certificate={}",
+                cred.scheme,
+                cred.username.as_deref().unwrap_or_default(),
+                secret(
+                    cred.secret_ref
+                        .as_ref()
+                        .map(|r| (r.name.as_str(), r.key.as_str()))
+                ),
+                secret(
+                    cred.certificate_secret_ref
+                        .as_ref()
+                        .map(|r| (r.name.as_str(), "tls"))
+                ),
+            )
+        }),
         ca,
         server_name: tls.server_name,
         insecure_skip_verify: tls.insecure_skip_verify == Some(true),

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use agentgate_crds::policy::{Action, StatementKind};
+use agentgate_crds::policy::{Action, ApprovalRule, StatementKind};
 
 use super::operation::Operation;
 use super::rule::Matcher;
@@ -480,6 +480,34 @@ impl Decision<'_> {
     }
 }
 
+/// Whether two approval blocks ask alike: the same approvers (in any order), count, mode, grant
+/// and timeout (however written: `1h` is `60m`).
+fn ask_alike(a: Option<&ApprovalRule>, b: Option<&ApprovalRule>) -> bool {
+    fn sorted(v: &[String]) -> Vec<&str> {
+        let mut v: Vec<&str> = v.iter().map(String::as_str).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+    fn length(
+        d: Option<&agentgate_crds::common::DurationString>,
+    ) -> Option<Result<std::time::Duration, String>> {
+        d.map(|d| agentgate_crds::common::parse_duration(&d.0))
+    }
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            sorted(&a.approvers.users) == sorted(&b.approvers.users)
+                && sorted(&a.approvers.groups) == sorted(&b.approvers.groups)
+                && a.min_approvals == b.min_approvals
+                && a.mode == b.mode
+                && a.grant.r#type == b.grant.r#type
+                && length(a.grant.duration.as_ref()) == length(b.grant.duration.as_ref())
+                && length(a.timeout.as_ref()) == length(b.timeout.as_ref())
+        }
+        (a, b) => a.is_none() && b.is_none(),
+    }
+}
+
 /// Another RequireApproval rule that matches `op` and asks under other terms than `chosen`'s, if
 /// one does (only read when approval is required, so the common decisions pay nothing for it).
 fn asks_otherwise<'p>(
@@ -500,7 +528,7 @@ fn asks_otherwise<'p>(
             }
             let other_policy = &policies[r.policy as usize];
             let other = &other_policy.rules[r.rule as usize];
-            if crate::protocol::approval::rule_spec(other_policy, other) != terms
+            if !ask_alike(crate::protocol::approval::rule_spec(other_policy, other), terms)
                 && other.matcher.matches(other.action, op, now)
             {
                 return Some((other_policy, other));
@@ -833,13 +861,13 @@ mod tests {
                  - name: writes\n  action: RequireApproval\n  http: {methods: [DELETE], paths: ['/api/**']}\n  \
                  approval: {approvers: {groups: [oncall]}, grant: {type: Window, duration: 1h}}\n\
                  - name: reads\n  action: RequireApproval\n  http: {methods: [GET], paths: ['/api/**']}\n  \
-                 approval: {approvers: {groups: [security]}}\n",
+                 approval: {approvers: {groups: [security, audit]}, timeout: 1h}\n",
             ),
             policy(
                 "security",
                 "subjects: {identities: [a]}\nconnections: [c]\nrules:\n\
                  - name: admins\n  action: RequireApproval\n  http: {methods: [DELETE, GET], paths: ['/api/v1/users/admin*']}\n  \
-                 approval: {approvers: {groups: [security]}}\n",
+                 approval: {approvers: {groups: [audit, security]}, timeout: 60m}\n",
             ),
         ];
         let index = PolicyIndex::build(&policies, ["c"]);
@@ -861,7 +889,7 @@ mod tests {
             (d.action, d.rule_ref().as_deref()),
             (Action::RequireApproval, Some("ops/writes"))
         );
-        // Two that ask alike: one question, under the first.
+        // Two that ask alike, however their terms are spelled: one question, under the first.
         let d = index.decide(&policies, "c", who, &get("GET", "/api/v1/users/admin1", &h), 0);
         assert_eq!(
             (d.action, d.rule_ref().as_deref()),
@@ -1236,7 +1264,7 @@ mod tests {
                         .any(|(pj, p)| {
                             p.rules.iter().enumerate().any(|(rj, r)| {
                                 r.action == Action::RequireApproval
-                                    && terms(pj, rj) != terms(pi, ri)
+                                    && !ask_alike(terms(pj, rj).as_ref(), terms(pi, ri).as_ref())
                                     && r.matcher.matches(r.action, op, 0)
                             })
                         });

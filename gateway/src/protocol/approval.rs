@@ -77,20 +77,41 @@ pub fn rule_spec<'a>(policy: &'a CompiledPolicy, rule: &CompiledRule) -> Option<
 }
 
 /// [`agentgate_crds::approval::PolicyRuleRef::digest`]: the rule as written (conditions and
-/// approval terms) and the endpoint of the connection it is asked on.
+/// approval terms, not its description) and what its connection leads to: the endpoint, where
+/// the credential comes from (never its value) and how the server is verified. Serialised as the
+/// CRD types write it, unset fields left out, so a field added later changes no digest of a rule
+/// that does not set it.
 pub fn rule_digest(
     policy: &CompiledPolicy,
     rule: &CompiledRule,
     connection: Option<&crate::config::CompiledConnection>,
 ) -> String {
     use sha2::{Digest, Sha256};
-    let written = policy.spec.rules.iter().find(|r| r.name == rule.name);
+    let written = policy.spec.rules.iter().find(|r| r.name == rule.name).map(|r| {
+        let mut r = r.clone();
+        r.description = None;
+        r
+    });
     let mut h = Sha256::new();
+    h.update(b"agentgate-rule-digest-v1\n");
     h.update(serde_json::to_vec(&written).unwrap_or_default());
     h.update(b"\n");
     if let Some(c) = connection {
         let e = &c.endpoint;
-        h.update(format!("{}://{}:{}/{}", e.scheme, e.host, e.port, e.path).as_bytes());
+        h.update(format!("{}://{}:{}/{}\n", e.scheme, e.host, e.port, e.path).as_bytes());
+        h.update(c.credential_source.as_deref().unwrap_or_default().as_bytes());
+        let ca =
+            c.ca.as_ref()
+                .map(|ca| crate::recording::chain::hex(&Sha256::digest(ca.expose())));
+        h.update(
+            format!(
+                "\nca={} server_name={} insecure={}",
+                ca.unwrap_or_default(),
+                c.server_name.as_deref().unwrap_or_default(),
+                c.insecure_skip_verify
+            )
+            .as_bytes(),
+        );
     }
     let mut hex = crate::recording::chain::hex(&h.finalize());
     hex.truncate(32);
@@ -404,11 +425,25 @@ mod tests {
         let p = &mut widened.policies[0];
         p.spec.rules[0].http.as_mut().unwrap().methods.clear();
         assert_ne!(digest(&widened), digest(&base));
-        // The connection pointed elsewhere.
+        // The connection pointed elsewhere, or given another credential or TLS.
         let mut moved = config("", false);
-        let c = moved.connections.get_mut("api").unwrap();
-        c.endpoint.host = "attacker.example".into();
+        moved.connections.get_mut("api").unwrap().endpoint.host = "attacker.example".into();
         assert_ne!(digest(&moved), digest(&base));
+        let mut rekeyed = config("", false);
+        rekeyed.connections.get_mut("api").unwrap().credential_source =
+            Some("Bearer secret=admin/token".into());
+        assert_ne!(digest(&rekeyed), digest(&base));
+        let mut unverified = config("", false);
+        unverified
+            .connections
+            .get_mut("api")
+            .unwrap()
+            .insecure_skip_verify = true;
+        assert_ne!(digest(&unverified), digest(&base));
+        // A description is no part of what was approved.
+        let mut described = config("", false);
+        described.policies[0].spec.rules[0].description = Some("reads".into());
+        assert_eq!(digest(&described), digest(&base));
     }
 
     /// The detail is cut after the token is hidden: cut first, the token's start would stay.
