@@ -119,11 +119,7 @@ fn loopback_admin_addr(addr: &str) -> Result<String, String> {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
         None => addr.rsplit_once(':').map_or(addr, |(h, _)| h),
     };
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.to_canonical().is_loopback());
-    if loopback {
+    if crate::config::compile::is_loopback_host(host) {
         Ok(addr.to_string())
     } else {
         Err(format!(

@@ -197,7 +197,7 @@ fn port_name_refusal(name: &str) -> Option<&'static str> {
 }
 
 /// Whether `host` (a name or an IP address, IPv4-mapped IPv6 included) is this host's loopback.
-fn is_loopback_host(host: &str) -> bool {
+pub(crate) fn is_loopback_host(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()

@@ -3,13 +3,14 @@
 //! Files are untrusted input: strings from them are printed with control characters escaped, so a
 //! recording cannot rewrite the operator's terminal.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use serde_json::Value;
 
-use super::verify::{Event, VerifyError, VerifyReport, verify_events, verify_file};
+use super::verify::{Event, VerifyError, VerifyReport, verify_events, verify_with_keys};
 
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum SessionsCommand {
@@ -141,8 +142,8 @@ fn execute(cmd: SessionsCommand, out: &mut impl Write) -> io::Result<bool> {
             require_links,
         } => {
             let require_closed = require_closed || (public_key.is_some() && !allow_open);
-            let verified = verify(&files, public_key.as_deref(), require_closed, out)?;
-            let linked = !require_links || links(&files, out)?;
+            let (verified, sessions) = verify(&files, public_key.as_deref(), require_closed, out)?;
+            let linked = !require_links || links(&sessions, out)?;
             Ok(verified && linked)
         }
         SessionsCommand::PublicKey { file } => public_key(&file, out),
@@ -534,26 +535,22 @@ fn cells(values: &[Value]) -> String {
         .join(" | ")
 }
 
-/// Verifies `file` with the first of `keys` that verifies its signature (the first key's
-/// outcome when none does, or the chain alone without keys).
-fn verify_with_any(file: &Path, keys: &[&str]) -> Result<VerifyReport, VerifyError> {
-    let mut first = None;
-    for key in keys {
-        let result = verify_file(file, Some(key));
-        if result.as_ref().is_ok_and(|r| r.signed) {
-            return result;
-        }
-        first.get_or_insert(result);
-    }
-    first.unwrap_or_else(|| verify_file(file, None))
+/// One verified session's links: what its start continues, what its end says continues it, and
+/// whether that end was written by a later process that found it cut off.
+struct Links {
+    continues: Option<String>,
+    continued_by: Option<String>,
+    recovered: bool,
 }
 
+/// Verifies `files`, saying what each is; `true` when all pass. The links of every file that
+/// verifies are kept, by session, for `--require-links`.
 fn verify(
     files: &[PathBuf],
     public_key: Option<&str>,
     require_closed: bool,
     out: &mut impl Write,
-) -> io::Result<bool> {
+) -> io::Result<(bool, BTreeMap<String, Links>)> {
     let keys: Vec<&str> = public_key
         .iter()
         .flat_map(|k| k.split(','))
@@ -561,8 +558,23 @@ fn verify(
         .filter(|k| !k.is_empty())
         .collect();
     let mut all = true;
+    let mut sessions = BTreeMap::new();
     for file in files {
-        let result = verify_with_any(file, &keys);
+        let (mut continues, mut continued_by) = (None, None);
+        let text = |e: &Event, name: &str| e.data.get(name).and_then(Value::as_str).map(String::from);
+        let result = verify_with_keys(file, &keys, |e| match e.kind.as_str() {
+            super::START => continues = text(e, "continues"),
+            super::END => continued_by = text(e, "continued_by"),
+            _ => {}
+        });
+        if let Ok(r) = &result {
+            let links = Links {
+                continues,
+                continued_by,
+                recovered: r.recovered,
+            };
+            sessions.insert(r.session.clone(), links);
+        }
         // A file holds the session its name says: one copied over another's name (an older
         // signed session replacing a newer one) is caught here, as the chain cannot catch it.
         if misnamed(file, &result, out)? {
@@ -586,39 +598,14 @@ fn verify(
         all &= result.is_ok();
         writeln!(out, "{}", outcome(file, &result))?;
     }
-    Ok(all)
+    Ok((all, sessions))
 }
 
-/// Checks the continuation links among `files` (see `--require-links`): each link must point to
-/// a session among them that points back. Files that do not verify are reported by `verify`.
-fn links(files: &[PathBuf], out: &mut impl Write) -> io::Result<bool> {
-    /// One session's links: what its start continues, what its end says continues it, and
-    /// whether that end was written by a later process that found it cut off.
-    struct Links {
-        continues: Option<String>,
-        continued_by: Option<String>,
-        recovered: bool,
-    }
-    let mut sessions: std::collections::BTreeMap<String, Links> = std::collections::BTreeMap::new();
-    for file in files {
-        let (mut continues, mut continued_by) = (None, None);
-        let text = |e: &Event, name: &str| e.data.get(name).and_then(Value::as_str).map(String::from);
-        let Ok(report) = verify_events(file, None, |e| match e.kind.as_str() {
-            super::START => continues = text(e, "continues"),
-            super::END => continued_by = text(e, "continued_by"),
-            _ => {}
-        }) else {
-            continue;
-        };
-        let links = Links {
-            continues,
-            continued_by,
-            recovered: report.recovered,
-        };
-        sessions.insert(report.session, links);
-    }
+/// Checks the continuation links among the sessions `verify` read (see `--require-links`): each
+/// link must point to a session among them that points back.
+fn links(sessions: &BTreeMap<String, Links>, out: &mut impl Write) -> io::Result<bool> {
     let mut all = true;
-    for (id, l) in &sessions {
+    for (id, l) in sessions {
         // Each link must be answered by the other end's link back; a predecessor a crash cut
         // off before its end could name its successor answers by having no successor named.
         let links = [
@@ -717,7 +704,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::recording::Recorder;
+    use crate::recording::{Recorder, verify_file};
 
     #[derive(clap::Parser, Debug)]
     struct Args {

@@ -80,9 +80,23 @@ pub fn verify_file(path: &Path, public_key: Option<&str>) -> Result<VerifyReport
 pub fn verify_events(
     path: &Path,
     public_key: Option<&str>,
+    visit: impl FnMut(&Event),
+) -> Result<VerifyReport, VerifyError> {
+    verify_with_keys(path, public_key.as_slice(), visit)
+}
+
+/// Like [`verify_events`], with the closing signature checked against whichever of `public_keys`
+/// it names (archives span processes, each with its key, and key rotations); none: the chain only.
+pub fn verify_with_keys(
+    path: &Path,
+    public_keys: &[&str],
     mut visit: impl FnMut(&Event),
 ) -> Result<VerifyReport, VerifyError> {
-    let key = public_key.map(decode_key).transpose().map_err(|r| fail(0, r))?;
+    let keys: Vec<Vec<u8>> = public_keys
+        .iter()
+        .map(|k| decode_key(k))
+        .collect::<Result<_, _>>()
+        .map_err(|r| fail(0, r))?;
     let file = File::open(path).map_err(|e| fail(0, format!("cannot open: {e}")))?;
     let mut reader = BufReader::new(file);
     let mut state = Chain::default();
@@ -103,7 +117,7 @@ pub fn verify_events(
         if line.len() > MAX_EVENT_BYTES {
             return Err(fail(line_no, "line longer than the event limit"));
         }
-        match state.check(line_no, line, key.as_ref()) {
+        match state.check(line_no, line, &keys) {
             Ok(event) => {
                 bytes += buf.len() as u64;
                 unterminated = !complete;
@@ -152,7 +166,7 @@ struct Chain {
 }
 
 impl Chain {
-    fn check(&mut self, n: u64, line: &[u8], key: Option<&Vec<u8>>) -> Result<Event, VerifyError> {
+    fn check(&mut self, n: u64, line: &[u8], keys: &[Vec<u8>]) -> Result<Event, VerifyError> {
         if self.closed {
             return Err(fail(n, "event after session.end"));
         }
@@ -205,8 +219,8 @@ impl Chain {
             if crate::identity::strict_json::parse(line).is_err() {
                 return Err(fail(n, "session.end repeats a name or nests too deep"));
             }
-            if let Some(key) = key {
-                check_signature(&event, key).map_err(|r| fail(n, r))?;
+            if !keys.is_empty() {
+                check_signature(&event, keys).map_err(|r| fail(n, r))?;
                 self.signed = true;
             }
             self.closed = true;
@@ -225,7 +239,8 @@ fn signed_data(end: &Event) -> serde_json::Map<String, Value> {
     data
 }
 
-fn check_signature(end: &Event, key: &[u8]) -> Result<(), String> {
+/// Checks the end's signature with the one of `keys` its `key_id` names.
+fn check_signature(end: &Event, keys: &[Vec<u8>]) -> Result<(), String> {
     let signature = end
         .data
         .get("signature")
@@ -234,11 +249,14 @@ fn check_signature(end: &Event, key: &[u8]) -> Result<(), String> {
     let signature = URL_SAFE_NO_PAD
         .decode(signature)
         .map_err(|_| "signature is not base64url")?;
-    let want = key_id(key);
-    match end.data.get("key_id").and_then(Value::as_str) {
-        Some(id) if id == want => {}
-        _ => return Err(format!("signed by another key (expected key id {want})")),
-    }
+    let named = end.data.get("key_id").and_then(Value::as_str);
+    let Some(key) = keys.iter().find(|k| named == Some(key_id(k).as_str())) else {
+        let want: Vec<String> = keys.iter().map(|k| key_id(k)).collect();
+        return Err(format!(
+            "signed by another key (expected key id {})",
+            want.join(" or ")
+        ));
+    };
     UnparsedPublicKey::new(&ED25519, key)
         .verify(
             &signing_message(&end.prev, &end.ts, &signed_data(end)),
