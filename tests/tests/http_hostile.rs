@@ -1205,7 +1205,8 @@ fn text_the_masker_cannot_read_is_refused() {
             "{query}: {r:?}"
         );
         assert!(
-            !r.body.contains("555") && !r.body.contains("erin"),
+            // Not a bare "555": the problem's random request id may hold it.
+            !r.body.contains("555 0100") && !r.body.contains("5\u{0}5\u{0}5") && !r.body.contains("erin"),
             "{query}: {r:?}"
         );
     }
