@@ -302,17 +302,23 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
 
 /// Reads a regular file of at most `max` bytes. Anything else (a FIFO would block the loader for
 /// good, a device or `/proc` file reports no size) is refused, and the cap holds while reading, so
-/// a file that grows after the check is not read whole.
+/// a file that grows after the check is not read whole. The file is opened without blocking and
+/// checked through its handle, so a FIFO swapped in after a check by name cannot hang the open.
 pub(crate) fn read_regular_file(path: &Path, max: u64) -> Result<Vec<u8>, String> {
     use std::io::Read;
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read file: {e}"))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("cannot read file: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot read file: {e}"))?;
     if !meta.is_file() {
         return Err("not a regular file".into());
     }
     if meta.len() > max {
         return Err(format!("file is larger than {max} bytes"));
     }
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read file: {e}"))?;
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     file.take(max + 1)
         .read_to_end(&mut bytes)
