@@ -48,8 +48,23 @@ impl Selector {
             (Self::Any, _) => true,
             (Self::Name(n), Label::Name(l)) => **n == *l,
             (Self::Index(i), Label::Index(l)) => *i == l,
-            _ => false,
+            // An array may arrive as an object keyed by its indexes (PHP's `json_encode` of a
+            // sparse array does this), and a name of digits may meet an array: the rule still
+            // names that place, so both read it. Masking more is the safe side.
+            (Self::Index(i), Label::Name(l)) => index_name(l) == Some(*i),
+            (Self::Name(n), Label::Index(l)) => index_name(n) == Some(l),
         }
+    }
+}
+
+/// The index a member name spells in canonical decimal (`"0"`, `"17"`; not `"07"` or `"+1"`).
+fn index_name(name: &[u8]) -> Option<u64> {
+    match name {
+        [b'0'] => Some(0),
+        [b'1'..=b'9', rest @ ..] if rest.len() < 20 && rest.iter().all(u8::is_ascii_digit) => {
+            std::str::from_utf8(name).ok()?.parse().ok()
+        }
+        _ => None,
     }
 }
 
@@ -324,7 +339,18 @@ mod tests {
         assert_eq!(select(&[("$.a[*].b", Redact)], &[n("a"), n("k"), n("b")]), r);
         assert_eq!(select(&[("$.naïve", Redact)], &[n("naïve")]), r);
         assert_eq!(select(&[("$[0]", Redact)], &[Label::Index(0)]), r);
-        assert_eq!(select(&[("$[0]", Redact)], &[n("0")]), None);
+        // Indexes and names of canonical digits read each other's places.
+        assert_eq!(select(&[("$[0]", Redact)], &[n("0")]), r);
+        assert_eq!(
+            select(&[("$.items[1].ssn", Redact)], &[n("items"), n("1"), n("ssn")]),
+            r
+        );
+        assert_eq!(select(&[("$.a.2", Redact)], &[n("a"), Label::Index(2)]), r);
+        assert_eq!(select(&[("$['3']", Redact)], &[Label::Index(3)]), r);
+        assert_eq!(select(&[("$[0]", Redact)], &[n("00")]), None);
+        assert_eq!(select(&[("$[1]", Redact)], &[n("+1")]), None);
+        assert_eq!(select(&[("$[1]", Redact)], &[n("01")]), None);
+        assert_eq!(select(&[("$.a.1", Redact)], &[n("a"), Label::Index(2)]), None);
     }
 
     #[test]

@@ -100,6 +100,20 @@ fn columns_match_by_glob_and_the_strongest_wins() {
     assert!(!plan.is_empty());
 }
 
+/// An array sent as an object keyed by its indexes (as PHP encodes sparse arrays) keeps the
+/// masking its rule names, and so does a rule that spells an index as a name.
+#[test]
+fn indexes_and_digit_names_select_each_other() {
+    let plan = compile(json!([{"jsonFields": ["$.items[1].ssn", "$.rows.0.pin"]}])).unwrap();
+    assert_eq!(
+        mask(
+            &plan,
+            r#"{"items":{"0":{"ssn":"a"},"1":{"ssn":"b"}},"rows":[{"pin":"1234"}]}"#
+        ),
+        json!({"items":{"0":{"ssn":"a"},"1":{"ssn":REDACTED}},"rows":[{"pin":REDACTED}]})
+    );
+}
+
 #[test]
 fn strategies_apply_to_whole_values() {
     let plan = MaskingPlan::empty(HashKey::from_bytes([3; 32]));
