@@ -1,7 +1,8 @@
 //! The approvals part of the admin API (standalone mode):
 //!
-//! - `GET /approvals`: every ApprovalRequest, oldest first, as an `ApprovalRequestList`;
-//! - `GET /approvals/{name}`: one ApprovalRequest;
+//! - `GET /approvals`: the ApprovalRequests the caller may read (those whose rule lists them, and
+//!   those they decided), oldest first, as an `ApprovalRequestList`;
+//! - `GET /approvals/{name}`: one of them (404 for any other);
 //! - `POST /approvals/{name}/approve` and `POST /approvals/{name}/deny`, body `{"reason": "..."}`
 //!   (optional): the caller's decision; answers the updated ApprovalRequest.
 //!
@@ -22,6 +23,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use agentgate_crds::ApprovalRequest;
 use agentgate_crds::approval::DecisionState;
 use agentgate_crds::policy::{Action, ApprovalRule};
 use bytes::Bytes;
@@ -180,10 +182,11 @@ where
     let now = unix_now();
     match route {
         Route::List => {
-            let items = match approvals.list_async(now).await {
+            let mut items = match approvals.list_async(now).await {
                 Ok(items) => items,
                 Err(e) => return decide_problem(&DecideError::Store(e)),
             };
+            items.retain(|r| may_read(cfg, &approver, r));
             json_response(
                 StatusCode::OK,
                 &json!({
@@ -194,8 +197,9 @@ where
             )
         }
         Route::Get(name) => match approvals.get_async(&name, now).await {
-            Ok(Some(r)) => json_response(StatusCode::OK, &r),
-            Ok(None) => decide_problem(&DecideError::NotFound { name }),
+            Ok(Some(r)) if may_read(cfg, &approver, &r) => json_response(StatusCode::OK, &r),
+            // Not found either way, so names of hidden requests cannot be probed.
+            Ok(_) => decide_problem(&DecideError::NotFound { name }),
             Err(e) => decide_problem(&DecideError::Store(e)),
         },
         Route::Decide(name, state) => {
@@ -297,10 +301,16 @@ pub fn approves_anything(cfg: &GatewayConfig, approver: &Approver) -> bool {
         .flat_map(|p| p.spec.rules.iter())
         .filter(|r| r.action == Action::RequireApproval)
         .filter_map(|r| r.approval.as_ref())
-        .any(|a| {
-            a.approvers.users.iter().any(|u| u == &approver.user)
-                || a.approvers.groups.iter().any(|g| approver.groups.contains(g))
-        })
+        .any(|a| approver.is_listed(a))
+}
+
+/// Whether `approver` may read `request`: its rule, as configured now, lists them, or they
+/// decided it. Other approvers' requests (their operations, reasons and requesters) stay hidden,
+/// as Kubernetes RBAC would scope them.
+fn may_read(cfg: &GatewayConfig, approver: &Approver, request: &ApprovalRequest) -> bool {
+    let policy = &request.spec.policy;
+    configured_rule(cfg, &policy.name, &policy.rule).is_some_and(|rule| approver.is_listed(rule))
+        || request.spec.decisions.contains_key(&approver.user)
 }
 
 async fn authenticate<B>(

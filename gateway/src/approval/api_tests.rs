@@ -86,6 +86,10 @@ spec:
       action: RequireApproval
       http: {{methods: [POST]}}
       approval: {{approvers: {{users: [alice], groups: [dba]}}, minApprovals: 2, grant: {{type: Window, duration: 30m}}}}
+    - name: deletes
+      action: RequireApproval
+      http: {{methods: [DELETE]}}
+      approval: {{approvers: {{users: [dave]}}}}
     - name: reads
       action: Allow
       http: {{methods: [GET]}}
@@ -151,6 +155,10 @@ impl Fixture {
     }
 
     fn pending(&self) -> String {
+        self.pending_for("writes")
+    }
+
+    fn pending_for(&self, rule: &str) -> String {
         let ask = Ask {
             identity: "ci-agent".into(),
             requester: "ci".into(),
@@ -160,7 +168,7 @@ impl Fixture {
             fingerprint: "ab12cd34".into(),
             detail: None,
             policy: "orders".into(),
-            rule: "writes".into(),
+            rule: rule.into(),
             rule_digest: "0".repeat(32),
             grant: Grant {
                 r#type: agentgate_crds::policy::GrantType::Window,
@@ -260,6 +268,42 @@ async fn approvers_list_show_and_decide() {
         .await;
     assert_eq!(status, StatusCode::OK, "{r}");
     assert_eq!(r["status"]["phase"], "Denied");
+}
+
+/// An approver reads the requests of the rules that list them, and those they decided; another
+/// rule's requests are hidden from the list and answer 404, as a name that does not exist.
+#[tokio::test]
+async fn approvers_read_only_the_requests_of_their_rules() {
+    let f = fixture();
+    let write = f.pending();
+    let delete = f.pending_for("deletes");
+    let names = |list: &Value| -> Vec<String> {
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (who, groups, mine, theirs) in [
+        ("alice", &[][..], &write, &delete),
+        ("bob", &["dba"][..], &write, &delete),
+        ("dave", &[][..], &delete, &write),
+    ] {
+        let token = f.human(who, groups);
+        let (status, list) = f.call("GET", "/approvals", Some(&token), "").await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        assert_eq!(names(&list), std::slice::from_ref(mine), "{who}");
+        let (status, _) = f
+            .call("GET", &format!("/approvals/{mine}"), Some(&token), "")
+            .await;
+        assert_eq!(status, StatusCode::OK, "{who}");
+        let (status, p) = f
+            .call("GET", &format!("/approvals/{theirs}"), Some(&token), "")
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{who}: {p}");
+        assert_eq!(p["type"], "https://agentgate.dev/problems/not-found");
+    }
 }
 
 #[tokio::test]

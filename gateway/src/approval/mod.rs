@@ -146,6 +146,17 @@ pub struct Approver {
     pub subject: String,
 }
 
+impl Approver {
+    /// Whether the rule's `approvers` name this user or one of its groups.
+    pub fn is_listed(&self, rule: &ApprovalRule) -> bool {
+        rule.approvers.users.iter().any(|u| u == &self.user)
+            || self
+                .groups
+                .iter()
+                .any(|g| rule.approvers.groups.iter().any(|x| x == g))
+    }
+}
+
 /// A store failure: the data path must fail closed.
 #[derive(Debug)]
 pub enum ApprovalError {
@@ -1004,12 +1015,7 @@ impl Approvals {
                 user: approver.user.clone(),
             });
         }
-        let listed = rule.approvers.users.iter().any(|u| u == &approver.user)
-            || approver
-                .groups
-                .iter()
-                .any(|g| rule.approvers.groups.iter().any(|x| x == g));
-        if !listed {
+        if !approver.is_listed(rule) {
             return Err(DecideError::NotAnApprover {
                 user: approver.user.clone(),
             });
