@@ -952,3 +952,65 @@ fn a_reload_of_the_recording_configuration_starts_new_sessions_on_open_connectio
         "{old}"
     );
 }
+
+/// One keep-alive connection may carry tokens of several subjects of one identity (the users of
+/// one agent app): each subject's requests go into a session whose start names that subject,
+/// never into the session of whoever came first.
+#[test]
+fn each_subject_on_one_connection_is_recorded_in_its_own_session() {
+    use std::io::{Read, Write};
+    let upstream = EchoUpstream::start();
+    let key = SigningKey::ec("app-key").unwrap();
+    let issuer = "https://idp.example/app";
+    let yaml = okta_manifests(&OktaSetup {
+        issuer,
+        upstream: &upstream.url(),
+        upstream_token: CANARY,
+        require_dpop: false,
+    })
+    .replace(
+        "  groups: {static: [ai-agents]}\n",
+        "  groups: {static: [ai-agents]}\n  keys: {secretRef: {name: app-keys, key: jwks}}\n",
+    );
+    let yaml = format!(
+        "{yaml}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: app-keys, namespace: e2e}}\nstringData:\n  jwks: '{}'\n",
+        SigningKey::jwks(&[&key])
+    );
+    let mut gw = Gateway::start(&yaml);
+    let token = |sub: &str| {
+        key.sign(&serde_json::json!({
+            "iss": issuer, "sub": sub, "aud": "api://agentgate", "client_id": "ci-agent",
+            "iat": now(), "exp": now() + 300,
+        }))
+    };
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        conn,
+        "GET /okta/echo/by-alice HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\r\n\
+         GET /okta/echo/by-bob HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        token("alice"),
+        token("bob"),
+    )
+    .unwrap();
+    let mut answers = String::new();
+    conn.read_to_string(&mut answers).unwrap();
+    assert_eq!(answers.matches("HTTP/1.1 200 OK").count(), 2, "{answers}");
+    gw.stop();
+    let mut subjects = Vec::new();
+    for entry in std::fs::read_dir(&gw.sessions).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        let start: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        let subject = start["data"]["subject"].as_str().unwrap_or_else(|| panic!("{start}"));
+        let mine = format!("/echo/by-{subject}");
+        let other = if subject == "alice" {
+            "/echo/by-bob"
+        } else {
+            "/echo/by-alice"
+        };
+        assert!(text.contains(&mine) && !text.contains(other), "{text}");
+        subjects.push(subject.to_string());
+    }
+    subjects.sort();
+    assert_eq!(subjects, ["alice", "bob"]);
+}

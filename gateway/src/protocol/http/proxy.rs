@@ -53,13 +53,23 @@ const RETIRED_SESSION_WAIT: Duration = Duration::from_secs(3600);
 pub const MAX_REQUEST_BODY: u64 = 64 * 1024 * 1024;
 
 /// One downstream connection: its peer and the recording sessions opened on it, one per
-/// (identity, connection) pair, closed when the connection ends.
+/// identity, subject and connection, closed when the connection ends. The subject is part of the
+/// key because one connection may carry tokens of several subjects of one identity (users of one
+/// agent app), and a session's start names whose requests it records.
 #[derive(Debug)]
 pub struct ConnContext {
     pub peer: SocketAddr,
     pub tls: bool,
     pub listener: String,
-    sessions: Mutex<Vec<(String, String, Arc<Session>)>>,
+    sessions: Mutex<Vec<(SessionKey, Arc<Session>)>>,
+}
+
+/// Whose requests to which Connection one recording session holds.
+#[derive(Debug, PartialEq, Eq)]
+struct SessionKey {
+    identity: String,
+    subject: String,
+    connection: String,
 }
 
 impl ConnContext {
@@ -75,7 +85,7 @@ impl ConnContext {
     /// Closes (signs and syncs) every session opened on this connection.
     pub fn close_sessions(&self) {
         let sessions = std::mem::take(&mut *self.sessions.lock().unwrap_or_else(|p| p.into_inner()));
-        for (_, _, s) in sessions {
+        for (_, s) in sessions {
             if let Err(e) = s.close(json!({"reason": "connection closed"})) {
                 tracing::warn!(error = %e, "closing a session record failed");
             }
@@ -1572,11 +1582,13 @@ fn session_for(
     };
     let mut sessions = conn.sessions.lock().unwrap_or_else(|p| p.into_inner());
     let mut retired = None;
-    if let Some(at) = sessions
-        .iter()
-        .position(|(i, c, _)| *i == principal.identity && *c == connection.name)
-    {
-        let current = &sessions[at].2;
+    let key = SessionKey {
+        identity: principal.identity.clone(),
+        subject: principal.subject.clone(),
+        connection: connection.name.clone(),
+    };
+    if let Some(at) = sessions.iter().position(|(k, _)| *k == key) {
+        let current = &sessions[at].1;
         let reason = if !recorder.started(current) {
             // The recording configuration changed (mode or directory) since this connection's
             // session began: a session keeps its recorder's mode, so one begun under BestEffort
@@ -1592,7 +1604,7 @@ fn session_for(
         // A new one begins, naming the one it continues; the old one is closed (signed,
         // synced) off the request's thread, naming its successor, so a file removed from the
         // middle of a long connection's chain shows.
-        let (_, _, old) = sessions.swap_remove(at);
+        let (_, old) = sessions.swap_remove(at);
         retired = Some((old, reason));
     }
     let mut start = json!({
@@ -1628,7 +1640,7 @@ fn session_for(
     }
     match started {
         Ok(s) => {
-            sessions.push((principal.identity.clone(), connection.name.clone(), s.clone()));
+            sessions.push((key, s.clone()));
             Ok(Some(s))
         }
         Err(e) => {
