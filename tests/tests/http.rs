@@ -1001,7 +1001,9 @@ fn each_subject_on_one_connection_is_recorded_in_its_own_session() {
     for entry in std::fs::read_dir(&gw.sessions).unwrap() {
         let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
         let start: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-        let subject = start["data"]["subject"].as_str().unwrap_or_else(|| panic!("{start}"));
+        let subject = start["data"]["subject"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{start}"));
         let mine = format!("/echo/by-{subject}");
         let other = if subject == "alice" {
             "/echo/by-bob"

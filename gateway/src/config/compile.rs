@@ -1900,6 +1900,34 @@ mod tests {
         assert!(!errors.contains("Connection ns/github"), "{errors}");
     }
 
+    /// Two rules of one name in a policy would share one rule's approvers, grants and digest:
+    /// the CRD's list-map key refuses them, in a directory of manifests as in a cluster.
+    #[test]
+    fn rule_names_are_unique_within_a_policy() {
+        let yaml = "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {name: gw, namespace: ns}\n\
+            spec:\n  listeners: [{name: http, protocol: HTTP, port: 18080}]\n---\n\
+            apiVersion: agentgate.dev/v1alpha1\nkind: Connection\nmetadata: {name: orders, namespace: ns}\n\
+            spec: {gatewayRef: {name: gw}, type: HTTP, endpoint: 'https://orders.example', route: {pathPrefix: /orders}}\n---\n\
+            apiVersion: agentgate.dev/v1alpha1\nkind: AccessPolicy\nmetadata: {name: orders, namespace: ns}\n\
+            spec:\n  subjects: {groups: [ai]}\n  connections: [orders]\n  rules:\n\
+            \x20   - {name: writes, action: RequireApproval, http: {methods: [POST]}, approval: {approvers: {users: [alice]}}}\n\
+            \x20   - {name: reads, action: Allow, http: {methods: [GET]}}\n\
+            \x20   - {name: writes, action: RequireApproval, http: {methods: [DELETE]}, approval: {approvers: {users: [bob]}, minApprovals: 1}}\n";
+        let errors = load_yaml(yaml).unwrap_err();
+        assert!(
+            errors.contains("AccessPolicy ns/orders: spec.rules[2]: Duplicate value")
+                && errors.contains("\"name\":\"writes\""),
+            "{errors}"
+        );
+        assert!(!errors.contains("spec.rules[1]"), "{errors}");
+        load_yaml(&yaml.replacen(
+            "name: writes, action: RequireApproval, http: {methods: [DELETE]}",
+            "name: deletes, action: RequireApproval, http: {methods: [DELETE]}",
+            1,
+        ))
+        .unwrap();
+    }
+
     /// An endpoint refused for carrying credentials is quoted without them: the message reaches
     /// logs, `agentgate validate` and, in a cluster, the object's Ready condition.
     #[test]
