@@ -207,9 +207,12 @@ where
                 Ok(b) => b,
                 Err(resp) => return resp,
             };
+            // Read again: the body may have taken seconds, and a decision is timed when made.
+            let now = unix_now();
             let request = match approvals.get_async(&name, now).await {
-                Ok(Some(r)) => r,
-                Ok(None) => return decide_problem(&DecideError::NotFound { name }),
+                Ok(Some(r)) if may_read(cfg, &approver, &r) => r,
+                // A hidden request is not found here either, so its phase cannot be probed.
+                Ok(_) => return decide_problem(&DecideError::NotFound { name }),
                 Err(e) => return decide_problem(&DecideError::Store(e)),
             };
             if principal.identity == request.spec.identity {
@@ -223,7 +226,7 @@ where
                     ),
                 );
             }
-            let rule = configured_rule(cfg, &request.spec.policy.name, &request.spec.policy.rule);
+            let rule = rule_in_force(cfg, &request);
             let decided = approvals
                 .decide_async(
                     &name,
@@ -301,16 +304,39 @@ pub fn approves_anything(cfg: &GatewayConfig, approver: &Approver) -> bool {
         .flat_map(|p| p.spec.rules.iter())
         .filter(|r| r.action == Action::RequireApproval)
         .filter_map(|r| r.approval.as_ref())
-        .any(|a| approver.is_listed(a))
+        .any(|a| approver.is_listed(&a.approvers))
 }
 
-/// Whether `approver` may read `request`: its rule, as configured now, lists them, or they
-/// decided it. Other approvers' requests (their operations, reasons and requesters) stay hidden,
-/// as Kubernetes RBAC would scope them.
+/// Whether `approver` may read `request`: its approvers (frozen on it when it was made; for a
+/// request made before they were, its rule's as configured now) list them, or they decided it.
+/// Other approvers' requests (their operations, reasons and requesters) stay hidden, as
+/// Kubernetes RBAC would scope them.
 fn may_read(cfg: &GatewayConfig, approver: &Approver, request: &ApprovalRequest) -> bool {
     let policy = &request.spec.policy;
-    configured_rule(cfg, &policy.name, &policy.rule).is_some_and(|rule| approver.is_listed(rule))
-        || request.spec.decisions.contains_key(&approver.user)
+    let listed = match &request.spec.approvers {
+        Some(frozen) => approver.is_listed(frozen),
+        None => configured_rule(cfg, &policy.name, &policy.rule)
+            .is_some_and(|rule| approver.is_listed(&rule.approvers)),
+    };
+    listed || request.spec.decisions.contains_key(&approver.user)
+}
+
+/// The approval block of `request`'s rule when the rule in force is the one it was asked under
+/// (same digest: conditions, approval terms and what the connection leads to). Deciding under a
+/// changed rule would let approvers added since count, and its approval could never be used.
+fn rule_in_force<'a>(cfg: &'a GatewayConfig, request: &ApprovalRequest) -> Option<&'a ApprovalRule> {
+    let asked = &request.spec.policy;
+    let policy = cfg.policies.iter().find(|p| p.name == asked.name)?;
+    let rule = policy
+        .rules
+        .iter()
+        .find(|r| r.name == asked.rule && r.action == Action::RequireApproval)?;
+    let digest =
+        crate::protocol::approval::rule_digest(policy, rule, cfg.connections.get(&request.spec.connection));
+    if asked.digest.as_deref() != Some(digest.as_str()) {
+        return None;
+    }
+    crate::protocol::approval::rule_spec(policy, rule)
 }
 
 async fn authenticate<B>(
@@ -393,11 +419,25 @@ where
         Limited::new(req.into_body(), MAX_BODY_BYTES).collect(),
     )
     .await
-    .map_err(|_| bad("the body did not arrive in time".into()))?
+    .map_err(|_| {
+        problem(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            "Request timeout",
+            format!("the body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
+        )
+    })?
     .map_err(|e| {
-        bad(format!(
-            "the body cannot be read (at most {MAX_BODY_BYTES} bytes): {e}"
-        ))
+        if e.is::<http_body_util::LengthLimitError>() {
+            problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request-too-large",
+                "Request too large",
+                format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+            )
+        } else {
+            bad(format!("the body cannot be read: {e}"))
+        }
     })?
     .to_bytes();
     if collected.iter().all(u8::is_ascii_whitespace) {

@@ -159,6 +159,10 @@ impl Fixture {
     }
 
     fn pending_for(&self, rule: &str) -> String {
+        let plane = self.gateway.plane().unwrap();
+        let cfg = &plane.snapshot.config;
+        let policy = cfg.policies.iter().find(|p| p.name == "orders").unwrap();
+        let compiled = policy.rules.iter().find(|r| r.name == rule).unwrap();
         let ask = Ask {
             identity: "ci-agent".into(),
             requester: "ci".into(),
@@ -169,12 +173,19 @@ impl Fixture {
             detail: None,
             policy: "orders".into(),
             rule: rule.into(),
-            rule_digest: "0".repeat(32),
+            rule_digest: crate::protocol::approval::rule_digest(
+                policy,
+                compiled,
+                cfg.connections.get("orders"),
+            ),
             grant: Grant {
                 r#type: agentgate_crds::policy::GrantType::Window,
                 duration: Some("30m".into()),
             },
-            approvers: Default::default(),
+            approvers: crate::protocol::approval::rule_spec(policy, compiled)
+                .unwrap()
+                .approvers
+                .clone(),
             min_approvals: 2,
             reason: None,
             timeout: Duration::from_secs(600),
@@ -303,7 +314,97 @@ async fn approvers_read_only_the_requests_of_their_rules() {
             .await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{who}: {p}");
         assert_eq!(p["type"], "https://agentgate.dev/problems/not-found");
+        // Deciding it is not found either: no 403 or 409 tells that it exists, or its phase.
+        let (status, p) = f
+            .call("POST", &format!("/approvals/{theirs}/deny"), Some(&token), "")
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{who}: {p}");
     }
+    assert!(
+        f.approvals
+            .get(&write, unix_now())
+            .unwrap()
+            .spec
+            .decisions
+            .is_empty()
+    );
+    assert!(
+        f.approvals
+            .get(&delete, unix_now())
+            .unwrap()
+            .spec
+            .decisions
+            .is_empty()
+    );
+}
+
+/// A request is decided under the rule it was asked under: once the rule changes (here, an
+/// approver added), deciding it is refused as `rule-gone` (its approval could never be used),
+/// the newcomer cannot decide it at all, and the agent's next attempt asks anew under the rule
+/// in force.
+#[tokio::test]
+async fn a_request_of_a_changed_rule_cannot_be_decided() {
+    let f = fixture();
+    let name = f.pending();
+    let file = f._dir.path().join("manifests/all.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let old = "approvers: {users: [alice], groups: [dba]}";
+    assert!(text.contains(old));
+    std::fs::write(
+        &file,
+        text.replace(old, "approvers: {users: [alice, mallory], groups: [dba]}"),
+    )
+    .unwrap();
+    let config = crate::config::load(&LoadOptions {
+        manifests: file.parent().unwrap().to_path_buf(),
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    f.gateway.install(Arc::new(Snapshot {
+        generation: 2,
+        config,
+        loaded_at: SystemTime::now(),
+    }));
+    // Mallory, added since, is not among the approvers frozen on the request: not found for her.
+    // Alice is, but the rule changed under the request.
+    for (who, expected, problem) in [
+        ("mallory", StatusCode::NOT_FOUND, "not-found"),
+        ("alice", StatusCode::CONFLICT, "rule-gone"),
+    ] {
+        let (status, p) = f
+            .call(
+                "POST",
+                &format!("/approvals/{name}/approve"),
+                Some(&f.human(who, &[])),
+                "",
+            )
+            .await;
+        assert_eq!(status, expected, "{who}: {p}");
+        assert_eq!(
+            p["type"],
+            format!("https://agentgate.dev/problems/{problem}"),
+            "{p}"
+        );
+    }
+    // Nor is it listed for her.
+    let (status, list) = f
+        .call("GET", "/approvals", Some(&f.human("mallory", &[])), "")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["items"], json!([]), "{list}");
+    let (status, list) = f
+        .call("GET", "/approvals", Some(&f.human("alice", &[])), "")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["items"][0]["metadata"]["name"], name.as_str(), "{list}");
+    assert!(
+        f.approvals
+            .get(&name, unix_now())
+            .unwrap()
+            .spec
+            .decisions
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -397,6 +498,13 @@ async fn malformed_calls_are_refused_clearly() {
         .call("POST", &format!("/approvals/{name}/approve"), Some(&alice), &long)
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // A body past the cap is too large, as on the data plane.
+    let huge = format!(r#"{{"reason":"{}"}}"#, "x".repeat(20_000));
+    let (status, p) = f
+        .call("POST", &format!("/approvals/{name}/approve"), Some(&alice), &huge)
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{p}");
+    assert_eq!(p["type"], "https://agentgate.dev/problems/request-too-large");
     let (status, _) = f
         .call("DELETE", &format!("/approvals/{name}"), Some(&alice), "")
         .await;

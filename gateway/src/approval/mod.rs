@@ -147,13 +147,14 @@ pub struct Approver {
 }
 
 impl Approver {
-    /// Whether the rule's `approvers` name this user or one of its groups.
-    pub fn is_listed(&self, rule: &ApprovalRule) -> bool {
-        rule.approvers.users.iter().any(|u| u == &self.user)
+    /// Whether `approvers` (a rule's, or those frozen on a request) name this user or one of its
+    /// groups.
+    pub fn is_listed(&self, approvers: &Approvers) -> bool {
+        approvers.users.iter().any(|u| u == &self.user)
             || self
                 .groups
                 .iter()
-                .any(|g| rule.approvers.groups.iter().any(|x| x == g))
+                .any(|g| approvers.groups.iter().any(|x| x == g))
     }
 }
 
@@ -1015,7 +1016,7 @@ impl Approvals {
                 user: approver.user.clone(),
             });
         }
-        if !approver.is_listed(rule) {
+        if !approver.is_listed(&rule.approvers) {
             return Err(DecideError::NotAnApprover {
                 user: approver.user.clone(),
             });
