@@ -375,6 +375,7 @@ pub struct ApprovalRule {
     #[serde(default)]
     pub grant: Grant,
     /// How long a request waits for a decision. Defaults to the gateway's `approvals.defaultTimeout`.
+    /// A held operation (mode `Hold`) waits at most 24h, and its request expires then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<DurationString>,
 }

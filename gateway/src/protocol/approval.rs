@@ -178,6 +178,19 @@ pub struct Question<'a> {
     pub reason: Option<String>,
 }
 
+/// Longest an operation is held waiting for a decision, whatever the rule's timeout.
+pub const MAX_HOLD: Duration = Duration::from_secs(24 * 3600);
+
+/// How long a request waits for a decision. A held operation stops waiting at [`MAX_HOLD`], and
+/// its request expires then too, so approvers are not shown a later expiry that no decision
+/// could meet (the store would mark it Expired when the wait ends).
+fn request_timeout(mode: ApprovalMode, configured: Duration) -> Duration {
+    match mode {
+        ApprovalMode::Hold => configured.min(MAX_HOLD),
+        ApprovalMode::Defer => configured,
+    }
+}
+
 /// Longest approval detail, in characters: enough to read a request body or a statement's
 /// parameters, well within the ApprovalRequest's limit.
 pub const MAX_DETAIL_CHARS: usize = 4096;
@@ -186,6 +199,12 @@ pub const MAX_DETAIL_CHARS: usize = 4096;
 /// `kubectl get approvalrequests` prints what an agent shaped (a path, a query, SQL) as it is.
 pub fn visible(text: &str) -> String {
     crate::approval::cli::escape_controls(text, true)
+}
+
+/// A detail as the ApprovalRequest stores it: [`visible`], and cut again after, as escaping a
+/// control character writes it out in several (`\u{9}`), and the object's limit is 8192.
+fn stored_detail(detail: &str) -> String {
+    cut_chars(&visible(detail), MAX_DETAIL_CHARS)
 }
 
 /// Longest approval summary, in characters, leaving room under the ApprovalRequest's 4096 for
@@ -254,10 +273,12 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
     let Some(spec) = rule_spec(q.policy, q.rule) else {
         return Outcome::Unavailable(format!("rule {} has no approval block", q.rule.name));
     };
-    let timeout = q
-        .rule
-        .approval_timeout
-        .unwrap_or(q.cfg.gateway.approvals.default_timeout);
+    let timeout = request_timeout(
+        spec.mode,
+        q.rule
+            .approval_timeout
+            .unwrap_or(q.cfg.gateway.approvals.default_timeout),
+    );
     let mut grant = spec.grant.clone();
     if let Some(d) = q.rule.grant_duration {
         grant.duration = Some(agentgate_crds::common::DurationString(format!(
@@ -274,7 +295,7 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
         // Within the ApprovalRequest's limit (4096), the cut saying what it left out.
         summary: cut_chars(&visible(&q.summary), MAX_SUMMARY_CHARS),
         fingerprint: q.fingerprint,
-        detail: q.detail.as_deref().map(visible),
+        detail: q.detail.as_deref().map(stored_detail),
         policy: q.policy.name.clone(),
         rule: q.rule.name.clone(),
         rule_digest: rule_digest(q.policy, q.rule, q.cfg.connections.get(q.connection)),
@@ -302,7 +323,7 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
         // and the identical request passes once approved.
         return Outcome::Pending { request, created };
     };
-    let deadline = tokio::time::Instant::now() + timeout.min(Duration::from_secs(24 * 3600));
+    let deadline = tokio::time::Instant::now() + timeout;
     match store.wait(&request, deadline).await {
         ApprovalPhase::Approved if !(still_current.0)() => Outcome::Unavailable(
             "the gateway's configuration for this identity changed while the operation was held (its policies, or the identity itself); send it again: it is decided anew, and the approval, still unspent, covers it if the same approval is asked"
@@ -368,6 +389,27 @@ pub fn sql_reason(sql: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A detail of control characters, cut to its length before escaping, would be stored
+    /// several times longer than the ApprovalRequest admits, and no approval could be asked.
+    #[test]
+    fn an_escaped_detail_stays_within_the_object_limit() {
+        let detail = cut_detail(&"\u{7}".repeat(10_000));
+        assert!(detail.chars().count() < 4200);
+        let stored = stored_detail(&detail);
+        assert!(stored.chars().count() <= 8192, "{}", stored.len());
+        assert!(stored.starts_with("\\u{7}\\u{7}") && stored.contains("more characters not shown"));
+        assert_eq!(stored_detail("body: {\"a\": 1}\n"), "body: {\"a\": 1}\n");
+    }
+
+    #[test]
+    fn a_held_request_expires_when_its_wait_ends() {
+        let two_days = Duration::from_secs(48 * 3600);
+        assert_eq!(request_timeout(ApprovalMode::Hold, two_days), MAX_HOLD);
+        assert_eq!(request_timeout(ApprovalMode::Defer, two_days), two_days);
+        let minutes = Duration::from_secs(600);
+        assert_eq!(request_timeout(ApprovalMode::Hold, minutes), minutes);
+    }
 
     fn config(extra: &str, suspend: bool) -> GatewayConfig {
         let dir = tempfile::tempdir().unwrap();

@@ -930,7 +930,9 @@ async fn proxy(
             detail,
             reason,
         };
-        let answer = approval::ask(gw.approvals.as_ref(), &gw.metrics, question, now).await;
+        // The clock is read again: the body read above may have taken up to its timeout, and a
+        // grant's window or a request's expiry is judged when the approval is asked.
+        let answer = approval::ask(gw.approvals.as_ref(), &gw.metrics, question, unix_now()).await;
         let decisions = approval::decisions(gw.approvals.as_ref(), answer.request()).await;
         record(
             gw,
