@@ -197,7 +197,26 @@ pub fn bound_for_approval(headers: &HeaderMap) -> Vec<(&str, &HeaderValue)> {
 /// Whether a header's values are secrets, shown `[REDACTED]` wherever they are shown.
 pub fn is_secret(name: &str) -> bool {
     let name = dashed(name);
-    SECRET_HEADERS.contains(&&*name) || SECRET_NAME_WORDS.iter().any(|w| name.contains(w))
+    SECRET_HEADERS.contains(&&*name)
+        || SECRET_NAME_WORDS.iter().any(|w| name.contains(w))
+        || names_a_key(&name)
+}
+
+/// A header name with a `key` word not followed by `id` or `name`: encryption keys
+/// (`X-Amz-Server-Side-Encryption-Customer-Key`, `X-Goog-Encryption-Key`, `X-Ms-Encryption-Key`,
+/// and the key's `-Key-MD5`), API keys (`Ocp-Apim-Subscription-Key`, `X-Functions-Key`). Not
+/// `Idempotency-Key`, an id the client draws, or a key's id (`...-Aws-Kms-Key-Id`).
+fn names_a_key(dashed: &str) -> bool {
+    if dashed == "idempotency-key" {
+        return false;
+    }
+    let mut words = dashed.split('-').peekable();
+    while let Some(w) = words.next() {
+        if w == "key" && !matches!(words.peek(), Some(&("id" | "name"))) {
+            return true;
+        }
+    }
+    false
 }
 
 /// A URL with the values of its [`SECRET_URL_PARAMS`] (in the query or the fragment) replaced by
@@ -569,6 +588,13 @@ mod tests {
             "x-amz-security-token",
             "x-subject-token",
             "x-client-secret",
+            "x-amz-server-side-encryption-customer-key",
+            "x-amz-server-side-encryption-customer-key-md5",
+            "x-amz-copy-source-server-side-encryption-customer-key",
+            "x-goog-encryption-key",
+            "x-ms-encryption-key",
+            "ocp-apim-subscription-key",
+            "x-functions-key",
         ] {
             assert!(is_secret(name), "{name}");
         }
@@ -578,6 +604,10 @@ mod tests {
             "etag",
             "location",
             "x-ratelimit-remaining",
+            "idempotency-key",
+            "x-amz-server-side-encryption-aws-kms-key-id",
+            "x-keyboard",
+            "monkey",
         ] {
             assert!(!is_secret(name), "{name}");
         }
