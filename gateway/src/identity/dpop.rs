@@ -19,9 +19,13 @@ pub const PROOF_MAX_AGE: Duration = Duration::from_secs(60);
 /// How long a proof's jti is remembered: longer than the whole span in which its `iat` is
 /// accepted (twice the maximum age, with a margin for clock steps of a second).
 const REPLAY_RETENTION: Duration = Duration::from_secs(2 * PROOF_MAX_AGE.as_secs() + 5);
-/// Most `jti`s remembered for replay detection; beyond it, proofs are refused (fail closed) until
-/// old entries expire.
+/// `jti`s remembered for replay detection past which only callers holding less than an equal share
+/// of them (this over the number of callers) may add theirs; the others are refused (fail closed,
+/// as busy, not as a replay) until their old entries expire. So callers that fill it together
+/// lock out none of the lighter ones.
 pub const MAX_REPLAY_ENTRIES: usize = 1_000_000;
+/// `jti`s remembered at most, whoever sends them: the memory bound (about 200 bytes each).
+pub const REPLAY_HARD_LIMIT: usize = MAX_REPLAY_ENTRIES + MAX_REPLAY_ENTRIES / 4;
 /// Algorithms accepted for proofs: asymmetric only.
 pub const PROOF_ALGORITHMS: &[Algorithm] = &[
     Algorithm::ES256,
@@ -40,9 +44,31 @@ pub const MAX_REPLAY_PER_CALLER: usize = 100_000;
 
 /// Remembers proof ids (by key thumbprint and `jti`) for the proof lifetime, oldest first, so
 /// expiry costs nothing per proof and a full cache is never scanned.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ReplayCache {
     state: Mutex<ReplayState>,
+    limits: ReplayLimits,
+}
+
+/// [`MAX_REPLAY_ENTRIES`], [`REPLAY_HARD_LIMIT`] and [`MAX_REPLAY_PER_CALLER`], smaller in tests.
+#[derive(Clone, Copy, Debug)]
+struct ReplayLimits {
+    shared: usize,
+    hard: usize,
+    per_caller: usize,
+}
+
+impl Default for ReplayCache {
+    fn default() -> Self {
+        Self {
+            state: Mutex::default(),
+            limits: ReplayLimits {
+                shared: MAX_REPLAY_ENTRIES,
+                hard: REPLAY_HARD_LIMIT,
+                per_caller: MAX_REPLAY_PER_CALLER,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -75,9 +101,8 @@ impl ReplayCache {
             .contains_key(&replay_id(thumbprint, jti))
     }
 
-    /// Records `jti` of the key `thumbprint`, sent by `caller`; false when it was already seen
-    /// (a replay), or when the cache or the caller's share of it is full.
-    fn insert(&self, thumbprint: &str, jti: &str, caller: &str, now: Instant) -> bool {
+    /// Records `jti` of the key `thumbprint`, sent by `caller`.
+    fn insert(&self, thumbprint: &str, jti: &str, caller: &str, now: Instant) -> Remembered {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let ReplayState {
             seen,
@@ -97,20 +122,43 @@ impl ReplayCache {
             }
             order.pop_front();
         }
-        let id = replay_id(thumbprint, jti);
-        if seen.contains_key(&id) || seen.len() >= MAX_REPLAY_ENTRIES {
-            return false;
+        if seen.capacity() > 4096 && seen.len() < seen.capacity() / 4 {
+            // A flood passed: give most of its memory back (rarely: only after a fourfold fall).
+            seen.shrink_to(seen.len() * 2);
+            order.shrink_to(order.len() * 2);
+            per_caller.shrink_to(per_caller.len() * 2);
         }
-        let key: Arc<str> = match per_caller.get_key_value(caller) {
-            Some((_, n)) if *n >= MAX_REPLAY_PER_CALLER => return false,
-            Some((k, _)) => k.clone(),
-            None => Arc::from(caller),
+        let id = replay_id(thumbprint, jti);
+        if seen.contains_key(&id) {
+            return Remembered::Replayed;
+        }
+        let (key, held) = match per_caller.get_key_value(caller) {
+            Some((k, n)) => (k.clone(), *n),
+            None => (Arc::from(caller), 0),
         };
+        let limits = self.limits;
+        let share = limits.shared / (per_caller.len() + usize::from(held == 0)).max(1);
+        if held >= limits.per_caller
+            || seen.len() >= limits.hard
+            || (seen.len() >= limits.shared && held >= share)
+        {
+            return Remembered::Full;
+        }
         *per_caller.entry(key.clone()).or_insert(0) += 1;
         seen.insert(id, now);
         order.push_back((id, now, key));
-        true
+        Remembered::New
     }
+}
+
+/// What [`ReplayCache::insert`] did with a proof's id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Remembered {
+    New,
+    /// Seen before: a replay.
+    Replayed,
+    /// Not recorded: the caller holds its share of a full cache, or the cache is at its limit.
+    Full,
 }
 
 /// How long one nonce is handed out; each is accepted for this period and the next, so a client
@@ -183,6 +231,10 @@ pub enum ProofError {
     /// The proof is otherwise good but lacks a nonce this process issued (or its nonce
     /// expired): the client is to retry with the nonce it is given.
     UseNonce(&'static str),
+    /// The proof's id cannot be remembered now (see [`MAX_REPLAY_ENTRIES`]), so it cannot be
+    /// told from a replay: refused as the gateway being busy, for a retry later, not as a bad
+    /// proof that would send the client for a new token.
+    Busy,
 }
 
 impl From<String> for ProofError {
@@ -286,8 +338,10 @@ pub fn verify_proof(
             Some(_) => return Err("proof nonce is not a string".into()),
         }
     }
-    if !replay.insert(&thumbprint, jti, caller, Instant::now()) {
-        return Err("proof jti was already used".into());
+    match replay.insert(&thumbprint, jti, caller, Instant::now()) {
+        Remembered::New => {}
+        Remembered::Replayed => return Err("proof jti was already used".into()),
+        Remembered::Full => return Err(ProofError::Busy),
     }
     Ok(thumbprint)
 }
@@ -359,15 +413,16 @@ mod tests {
 
     #[test]
     fn replays_are_detected() {
+        use Remembered::*;
         let cache = ReplayCache::default();
         let now = Instant::now();
-        assert!(cache.insert("k", "1", "c", now));
-        assert!(!cache.insert("k", "1", "c", now));
-        assert!(cache.insert("k", "2", "c", now));
+        assert_eq!(cache.insert("k", "1", "c", now), New);
+        assert_eq!(cache.insert("k", "1", "c", now), Replayed);
+        assert_eq!(cache.insert("k", "2", "c", now), New);
         // Another key's proof may use the same jti.
-        assert!(cache.insert("other", "1", "c", now));
+        assert_eq!(cache.insert("other", "1", "c", now), New);
         // Forgotten once the retention has passed.
-        assert!(cache.insert("k", "1", "c", now + REPLAY_RETENTION));
+        assert_eq!(cache.insert("k", "1", "c", now + REPLAY_RETENTION), New);
     }
 
     /// A nonce is good at the process that issued it, for its period and the next; another
@@ -403,14 +458,59 @@ mod tests {
     /// caller's proofs still pass, and the share frees as its ids expire.
     #[test]
     fn one_caller_cannot_fill_the_replay_cache() {
+        use Remembered::*;
         let cache = ReplayCache::default();
         let now = Instant::now();
         for i in 0..MAX_REPLAY_PER_CALLER {
             let key = format!("key-{}", i % 10);
-            assert!(cache.insert(&key, &i.to_string(), "greedy", now));
+            assert_eq!(cache.insert(&key, &i.to_string(), "greedy", now), New);
         }
-        assert!(!cache.insert("key-new", "one-more", "greedy", now));
-        assert!(cache.insert("key-new", "1", "modest", now));
-        assert!(cache.insert("key-new", "one-more", "greedy", now + REPLAY_RETENTION));
+        assert_eq!(cache.insert("key-new", "one-more", "greedy", now), Full);
+        assert_eq!(cache.insert("key-new", "1", "modest", now), New);
+        assert_eq!(
+            cache.insert("key-new", "one-more", "greedy", now + REPLAY_RETENTION),
+            New
+        );
+    }
+
+    /// Callers that fill the shared part together (ten at their own limit, or many subjects
+    /// of one identity) are refused past their equal share, and a light caller still gets in;
+    /// only the hard limit refuses everyone.
+    #[test]
+    fn callers_filling_the_cache_together_lock_out_no_lighter_one() {
+        use Remembered::*;
+        let cache = ReplayCache {
+            state: Mutex::default(),
+            limits: ReplayLimits {
+                shared: 100,
+                hard: 125,
+                per_caller: 10,
+            },
+        };
+        let now = Instant::now();
+        for caller in 0..10 {
+            for i in 0..10 {
+                assert_eq!(
+                    cache.insert("k", &format!("{caller}-{i}"), &caller.to_string(), now),
+                    New
+                );
+            }
+        }
+        // Full: the heavy callers hold their share (100 / 11 for a newcomer's sake) and are
+        // refused as busy, not as replays; a newcomer passes, up to its share.
+        assert_eq!(cache.insert("k", "0-x", "0", now), Full);
+        for i in 0..9 {
+            assert_eq!(cache.insert("k", &format!("new-{i}"), "new", now), New, "{i}");
+        }
+        assert_eq!(cache.insert("k", "new-9", "new", now), Full);
+        assert_eq!(cache.insert("k", "0-1", "0", now), Replayed);
+        // Newcomers fill the rest up to the hard limit; past it nobody gets in.
+        for n in 0..16 {
+            let _ = cache.insert("k", &format!("more-{n}"), &format!("more-{n}"), now);
+        }
+        assert_eq!(cache.state.lock().unwrap().seen.len(), 125);
+        assert_eq!(cache.insert("k", "late", "late", now), Full);
+        // As they expire, everyone gets in again.
+        assert_eq!(cache.insert("k", "0-x", "0", now + REPLAY_RETENTION), New);
     }
 }

@@ -76,6 +76,9 @@ pub enum ErrorKind {
     /// A proof without a nonce this gateway process issued, where nonces are required: the
     /// client retries with the one it is given.
     UseDpopNonce,
+    /// A proof's id cannot be remembered now (the replay cache is full), so the request is
+    /// refused as busy, for a retry.
+    ProofsBusy,
     ProviderUnavailable,
     /// The token verified and matched an identity that is suspended (`spec.suspend`).
     Suspended,
@@ -99,6 +102,7 @@ impl ErrorKind {
             Self::BindingRequired => "a DPoP-bound access token and a DPoP proof are required",
             Self::InvalidProof => "the DPoP proof is invalid",
             Self::UseDpopNonce => "the DPoP proof must carry the nonce given in the DPoP-Nonce header",
+            Self::ProofsBusy => "the gateway cannot check DPoP proofs for replay now; retry shortly",
             Self::ProviderUnavailable => "the identity provider cannot be reached to verify the token",
             Self::Suspended => "the agent identity this token belongs to is suspended",
         }
@@ -121,6 +125,7 @@ impl ErrorKind {
             Self::BindingRequired => "token-binding",
             Self::InvalidProof => "invalid-dpop-proof",
             Self::UseDpopNonce => "use-dpop-nonce",
+            Self::ProofsBusy => "dpop-proofs-busy",
             Self::ProviderUnavailable => "provider-unavailable",
             Self::Suspended => "identity-suspended",
         }
@@ -537,6 +542,10 @@ impl Verifier {
                 .map_err(|e| match e {
                     dpop::ProofError::Invalid(e) => IdentityError::new(ErrorKind::InvalidProof, e),
                     dpop::ProofError::UseNonce(e) => IdentityError::new(ErrorKind::UseDpopNonce, e),
+                    dpop::ProofError::Busy => IdentityError::new(
+                        ErrorKind::ProofsBusy,
+                        "too many DPoP proofs are remembered for replay detection; refused until older ones expire",
+                    ),
                 })?;
                 Ok(())
             }

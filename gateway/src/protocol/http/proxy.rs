@@ -1708,6 +1708,10 @@ async fn authenticate(
                 Kind::TokenBinding
             }
             ErrorKind::ProviderUnavailable => Kind::IdentityProviderUnavailable,
+            // Not the agent's fault: a 401 would send it for a new token, which would not help.
+            ErrorKind::ProofsBusy => {
+                return Problem::new(Kind::GatewayBusy, e.kind.describe()).with("reason", e.kind.slug());
+            }
             // Authenticated, and refused: a 401 would send the agent to fetch another token.
             ErrorKind::Suspended => {
                 return Problem::new(Kind::IdentitySuspended, e.kind.describe())
