@@ -3,6 +3,7 @@
 //! token itself is never stored.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
@@ -17,6 +18,9 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 pub struct VerificationCache {
     entries: RwLock<HashMap<[u8; 32], Arc<Principal>>>,
     capacity: usize,
+    /// When a full cache was last swept (Unix seconds): at most once a second, so a cache kept
+    /// full by live tokens does not cost every new token a scan under the write lock.
+    swept_at: AtomicI64,
 }
 
 impl VerificationCache {
@@ -25,6 +29,7 @@ impl VerificationCache {
         Self {
             entries: RwLock::new(HashMap::new()),
             capacity,
+            swept_at: AtomicI64::new(i64::MIN),
         }
     }
 
@@ -39,22 +44,29 @@ impl VerificationCache {
             .cloned()
     }
 
-    /// Remembers a verified token until its expiry. When full, expired entries are dropped first;
-    /// if none are, the new entry is simply not cached (verification stays correct, only slower).
+    /// Remembers a verified token until its expiry. When full, expired entries are dropped (at
+    /// most once a second); if that frees nothing, the cache is emptied, so it keeps the tokens
+    /// in use now (a token dropped is verified again, only slower).
     pub fn insert(&self, token: &str, principal: Arc<Principal>) {
+        self.insert_at(token, principal, unix_now());
+    }
+
+    fn insert_at(&self, token: &str, principal: Arc<Principal>, now: i64) {
         if self.capacity == 0 {
             return;
         }
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= self.capacity {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(i64::MAX);
-            entries.retain(|_, p| p.expires_at > now && p.reuse_until > now);
+        if entries.len() >= self.capacity && !entries.contains_key(&key) {
+            if self.swept_at.load(Ordering::Relaxed) < now {
+                self.swept_at.store(now, Ordering::Relaxed);
+                entries.retain(|_, p| p.expires_at > now && p.reuse_until > now);
+            }
             if entries.len() >= self.capacity {
-                return;
+                // Full of live tokens: start again. Once per `capacity` new tokens, so the
+                // cost per token stays constant, and the tokens in use are cached again as
+                // they come back.
+                entries.clear();
             }
         }
         entries.insert(key, principal);
@@ -68,5 +80,56 @@ impl VerificationCache {
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(expires_at: i64) -> Arc<Principal> {
+        Arc::new(Principal {
+            identity: "ci".into(),
+            issuer: "https://idp.example".into(),
+            subject: "ci".into(),
+            groups: Vec::new(),
+            token_id: None,
+            expires_at,
+            binding: None,
+            require_dpop: false,
+            reuse_until: expires_at,
+        })
+    }
+
+    /// A cache full of live tokens takes new ones (it does not scan itself for every one, and
+    /// does not stop caching); expired ones make room first.
+    #[test]
+    fn a_full_cache_keeps_taking_the_tokens_in_use() {
+        let cache = VerificationCache::new(4);
+        let now = 1_000;
+        for t in ["a", "b", "c"] {
+            cache.insert_at(t, principal(now + 60), now);
+        }
+        cache.insert_at("old", principal(now + 1), now);
+        assert_eq!(cache.len(), 4);
+        // One expired entry makes room.
+        cache.insert_at("d", principal(now + 60), now + 2);
+        assert_eq!(cache.len(), 4);
+        assert!(cache.get("d", now + 2).is_some() && cache.get("a", now + 2).is_some());
+        // Full of live tokens, swept this second already: the new token is cached all the same.
+        cache.insert_at("e", principal(now + 60), now + 2);
+        assert!(cache.get("e", now + 2).is_some());
+        assert!(cache.len() <= 4);
+        // A token already cached replaces its entry without emptying the cache.
+        let before = cache.len();
+        cache.insert_at("e", principal(now + 90), now + 2);
+        assert_eq!(cache.len(), before);
     }
 }
