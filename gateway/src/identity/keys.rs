@@ -338,11 +338,22 @@ impl RemoteKeys {
             }
             (None, None) => return Err("no JWKS URI configured".into()),
         };
-        let resp = self.fetcher.get(&jwks_uri).await?;
-        if !resp.status.is_success() {
-            return Err(format!("{jwks_uri} answered {}", resp.status));
-        }
-        let (keys, dropped) = KeySet::from_jwks(&resp.body)?;
+        let fetched = match self.fetcher.get(&jwks_uri).await {
+            Ok(resp) if resp.status.is_success() => KeySet::from_jwks(&resp.body).map(|k| (k, resp)),
+            Ok(resp) => Err(format!("{jwks_uri} answered {}", resp.status)),
+            Err(e) => Err(e),
+        };
+        let ((keys, dropped), resp) = match fetched {
+            Ok(f) => f,
+            Err(e) => {
+                if self.discover_issuer.is_some() {
+                    // The provider may have moved its keys: the next fetch reads its discovery
+                    // document again, rather than asking a dead address for good.
+                    *self.jwks_uri.write().unwrap_or_else(|p| p.into_inner()) = None;
+                }
+                return Err(e);
+            }
+        };
         for d in dropped {
             tracing::debug!(%jwks_uri, "ignored JWK: {d}");
         }
@@ -399,6 +410,59 @@ mod tests {
         assert!(set.find(Some("r1"), Algorithm::ES256).is_none());
         assert!(set.find(Some("sym"), Algorithm::RS256).is_none());
         assert!(set.find(None, Algorithm::RS256).is_some());
+    }
+
+    /// A provider that moved its keys (the old address now 404) is asked for its discovery
+    /// document again, so its new keys are found rather than the last good ones standing in
+    /// for good.
+    #[tokio::test]
+    async fn a_moved_jwks_address_is_discovered_again() {
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let mut r2 = rsa_jwk();
+        r2["kid"] = json!("r2");
+        let jwks = Arc::new(Mutex::new(("/jwks-a", json!({"keys": [rsa_jwk()]}))));
+        let served = jwks.clone();
+        let issuer = base.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0; 4096];
+                let n = stream.read(&mut buf).await.unwrap();
+                let line = String::from_utf8_lossy(&buf[..n]).to_string();
+                let path = line.split(' ').nth(1).unwrap_or("").to_string();
+                let (current, keys) = served.lock().unwrap().clone();
+                let body = if path == "/.well-known/openid-configuration" {
+                    Some(json!({"issuer": issuer, "jwks_uri": format!("{issuer}{current}")}))
+                } else if path == current {
+                    Some(keys)
+                } else {
+                    None
+                };
+                let answer = match body {
+                    Some(b) => {
+                        let b = b.to_string();
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}",
+                            b.len()
+                        )
+                    }
+                    None => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into(),
+                };
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        let keys = RemoteKeys::discover(base.clone(), HttpFetcher::new().unwrap(), Duration::ZERO);
+        assert!(keys.key(Some("r1"), Algorithm::RS256).await.is_ok());
+        *jwks.lock().unwrap() = ("/jwks-b", json!({"keys": [rsa_jwk(), r2]}));
+        // The old address answers 404: the last good keys stand in meanwhile.
+        keys.make_stale();
+        assert!(keys.key(Some("r1"), Algorithm::RS256).await.is_ok());
+        // The next fetch reads the discovery document again and finds the new address.
+        assert!(keys.key(Some("r2"), Algorithm::RS256).await.is_ok());
+        server.abort();
     }
 
     #[test]
