@@ -59,10 +59,11 @@ pub struct Introspector {
     calls: Mutex<Budgets>,
 }
 
-/// A client address's share of the provider budget: a quarter of its calls a second and of
+/// A client address's share of the provider budget: an eighth of its calls a second and of
 /// those in flight. A client sending a fresh junk token with each request spends its own share,
-/// not every agent's (behind one address translation, clients share one share).
-pub const PEER_SHARE: u32 = 4;
+/// not every agent's (behind one address translation, clients share one share); it takes four
+/// such addresses to spend the half that addresses not proven share.
+pub const PEER_SHARE: u32 = 8;
 /// Most client addresses tracked (an IPv6 /64 is one). Idle ones are forgotten to make room;
 /// while all are busy, a new address's uncached tokens are refused.
 pub const MAX_PEERS: usize = 10_000;
@@ -112,32 +113,64 @@ impl CallBudget {
     }
 }
 
-/// The provider budget, and each client address's share of it.
+/// How long a client address whose token introspection said active counts as proven.
+pub const PROVEN_FOR: Duration = Duration::from_secs(3600);
+
+/// The provider budget, each client address's share of it, and the part of it that addresses
+/// not proven may spend.
 #[derive(Debug)]
 struct Budgets {
     all: CallBudget,
+    /// Half the budget: what addresses that sent no active token lately may spend together, so
+    /// a few addresses flooding junk tokens (each within its share) leave the other half to
+    /// agents whose tokens introspected active before, renewing theirs.
+    unproven: CallBudget,
     peers: HashMap<std::net::IpAddr, CallBudget>,
+    /// Addresses whose token introspected active, until when they count as proven.
+    proven: HashMap<std::net::IpAddr, std::time::Instant>,
 }
 
 impl Budgets {
     fn new(now: std::time::Instant) -> Self {
         Self {
             all: CallBudget::new(now, MAX_CALLS_PER_SECOND, MAX_CALLS_IN_FLIGHT),
+            unproven: CallBudget::new(now, MAX_CALLS_PER_SECOND / 2, MAX_CALLS_IN_FLIGHT / 2),
             peers: HashMap::new(),
+            proven: HashMap::new(),
         }
     }
 
-    /// Takes one call for `peer` (its share and the whole budget), if both allow it.
-    fn take(&mut self, peer: Option<std::net::IpAddr>, now: std::time::Instant) -> bool {
+    fn is_proven(&self, peer: std::net::IpAddr, now: std::time::Instant) -> bool {
+        self.proven.get(&peer).is_some_and(|until| *until > now)
+    }
+
+    /// `peer` sent a token the provider said is active.
+    fn prove(&mut self, peer: Option<std::net::IpAddr>, now: std::time::Instant) {
         let Some(peer) = peer.map(peer_key) else {
-            return self.all.take(now);
+            return;
+        };
+        if !self.proven.contains_key(&peer) && self.proven.len() >= MAX_PEERS {
+            self.proven.retain(|_, until| *until > now);
+            if self.proven.len() >= MAX_PEERS {
+                return;
+            }
+        }
+        self.proven.insert(peer, now + PROVEN_FOR);
+    }
+
+    /// Takes one call for `peer` (its share, the unproven part unless it is proven, and the
+    /// whole budget), if all allow it. Answers whether the call took from the unproven part.
+    fn take(&mut self, peer: Option<std::net::IpAddr>, now: std::time::Instant) -> Option<bool> {
+        let Some(peer) = peer.map(peer_key) else {
+            return self.all.take(now).then_some(false);
         };
         if !self.peers.contains_key(&peer) && self.peers.len() >= MAX_PEERS {
             self.peers.retain(|_, b| !b.idle(now));
             if self.peers.len() >= MAX_PEERS {
-                return false;
+                return None;
             }
         }
+        let unproven = !self.is_proven(peer, now);
         let share = self.peers.entry(peer).or_insert_with(|| {
             CallBudget::new(
                 now,
@@ -145,15 +178,21 @@ impl Budgets {
                 MAX_CALLS_IN_FLIGHT / PEER_SHARE as usize,
             )
         });
-        if !share.admits(now) || !self.all.take(now) {
-            return false;
+        if !share.admits(now) || (unproven && !self.unproven.admits(now)) || !self.all.take(now) {
+            return None;
         }
-        share.take(now)
+        if unproven {
+            self.unproven.take(now);
+        }
+        share.take(now).then_some(unproven)
     }
 
-    /// A call of `peer` ended.
-    fn done(&mut self, peer: Option<std::net::IpAddr>) {
+    /// A call of `peer` ended (`unproven`: it took from the unproven part).
+    fn done(&mut self, peer: Option<std::net::IpAddr>, unproven: bool) {
         self.all.in_flight = self.all.in_flight.saturating_sub(1);
+        if unproven {
+            self.unproven.in_flight = self.unproven.in_flight.saturating_sub(1);
+        }
         if let Some(b) = peer.and_then(|p| self.peers.get_mut(&peer_key(p))) {
             b.in_flight = b.in_flight.saturating_sub(1);
         }
@@ -177,11 +216,14 @@ fn peer_key(ip: std::net::IpAddr) -> std::net::IpAddr {
 }
 
 /// A call in flight; counted out when dropped.
-struct Call<'a>(&'a Mutex<Budgets>, Option<std::net::IpAddr>);
+struct Call<'a>(&'a Mutex<Budgets>, Option<std::net::IpAddr>, bool);
 
 impl Drop for Call<'_> {
     fn drop(&mut self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).done(self.1);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .done(self.1, self.2);
     }
 }
 
@@ -259,12 +301,12 @@ impl Introspector {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take(peer, std::time::Instant::now());
-        if !admitted {
+        let Some(unproven) = admitted else {
             return Err(unavailable(format!(
-                "too many token introspections at once (at most {MAX_CALLS_PER_SECOND} a second, {MAX_CALLS_IN_FLIGHT} waiting, a quarter of each per client address); retry shortly"
+                "too many token introspections at once (at most {MAX_CALLS_PER_SECOND} a second, {MAX_CALLS_IN_FLIGHT} waiting, an eighth of each per client address, half of each for addresses that sent no active token lately); retry shortly"
             )));
-        }
-        let _call = Call(&self.calls, peer);
+        };
+        let _call = Call(&self.calls, peer, unproven);
         let endpoint = match &self.endpoint {
             Some(e) => e.clone(),
             None => self.discovered_endpoint(now).await.map_err(unavailable)?,
@@ -312,15 +354,21 @@ impl Introspector {
             inactive_cache.insert(key, until);
             return Err(inactive());
         }
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .prove(peer, std::time::Instant::now());
         let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
         let until = exp.min(now + ttl);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= MAX_CACHED {
+        if cache.len() >= MAX_CACHED && !cache.contains_key(&key) {
             cache.retain(|_, (_, u)| *u > now);
+            if cache.len() >= MAX_CACHED {
+                // Full of live answers: start again rather than scan it for every new token.
+                cache.clear();
+            }
         }
-        if cache.len() < MAX_CACHED {
-            cache.insert(key, (claims.clone(), until));
-        }
+        cache.insert(key, (claims.clone(), until));
         Ok(claims)
     }
 
@@ -415,7 +463,7 @@ mod tests {
         );
     }
 
-    /// One client address flooding junk tokens spends its quarter of the provider budget; an
+    /// One client address flooding junk tokens spends its eighth of the provider budget; an
     /// agent at another address still gets its new token introspected.
     #[test]
     fn one_client_address_cannot_spend_the_whole_budget() {
@@ -424,22 +472,52 @@ mod tests {
         let flood: std::net::IpAddr = "10.0.0.9".parse().unwrap();
         let share =
             (MAX_CALLS_IN_FLIGHT / PEER_SHARE as usize).min((MAX_CALLS_PER_SECOND / PEER_SHARE) as usize);
-        let taken = (0..100).take_while(|_| b.take(Some(flood), t0)).count();
+        let taken = (0..100).take_while(|_| b.take(Some(flood), t0).is_some()).count();
         assert_eq!(taken, share);
         // Its other addresses in the same IPv6 /64 are the same client.
         let v6a: std::net::IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let v6b: std::net::IpAddr = "2001:db8:1:2::ffff".parse().unwrap();
         let v6_taken = (0..100)
-            .take_while(|i| b.take(Some(if i % 2 == 0 { v6a } else { v6b }), t0))
+            .take_while(|i| b.take(Some(if i % 2 == 0 { v6a } else { v6b }), t0).is_some())
             .count();
         assert_eq!(v6_taken, share);
         let agent: std::net::IpAddr = "10.0.0.7".parse().unwrap();
-        assert!(b.take(Some(agent), t0));
+        assert!(b.take(Some(agent), t0).is_some());
         // Calls ending give the share back.
         for _ in 0..share {
-            b.done(Some(flood));
+            b.done(Some(flood), true);
         }
-        assert!(b.take(Some(flood), t0 + Duration::from_secs(1)));
+        assert!(b.take(Some(flood), t0 + Duration::from_secs(1)).is_some());
         assert_eq!(peer_key("::ffff:10.0.0.9".parse().unwrap()), flood);
+    }
+
+    /// Four addresses flooding junk tokens, each within its share, spend at most the unproven
+    /// half of the budget: an agent whose earlier token introspected active still gets its new
+    /// one introspected, while a newcomer waits with the flood.
+    #[test]
+    fn a_few_flooding_addresses_leave_proven_agents_their_half() {
+        let t0 = Instant::now();
+        let mut b = Budgets::new(t0);
+        let agent: std::net::IpAddr = "10.0.0.7".parse().unwrap();
+        assert_eq!(b.take(Some(agent), t0), Some(true));
+        b.done(Some(agent), true);
+        b.prove(Some(agent), t0);
+        let mut flooded = 0;
+        for n in 1..=4u8 {
+            let peer = std::net::IpAddr::from([10, 0, 1, n]);
+            while b.take(Some(peer), t0).is_some() {
+                flooded += 1;
+            }
+        }
+        assert!(flooded <= (MAX_CALLS_PER_SECOND / 2) as usize, "{flooded}");
+        assert_eq!(
+            b.take(Some("10.0.2.1".parse().unwrap()), t0),
+            None,
+            "a newcomer waits"
+        );
+        assert_eq!(b.take(Some(agent), t0), Some(false), "the proven agent does not");
+        // Proof lapses.
+        let later = t0 + PROVEN_FOR + Duration::from_secs(1);
+        assert!(!b.is_proven(peer_key(agent), later));
     }
 }
