@@ -1016,3 +1016,49 @@ fn each_subject_on_one_connection_is_recorded_in_its_own_session() {
     subjects.sort();
     assert_eq!(subjects, ["alice", "bob"]);
 }
+
+/// Behind a TLS-terminating ingress the gateway is reached over plain HTTP at an inner address,
+/// while the agent signs its proofs for the public origin: `spec.dpop.origins` names it, and a
+/// proof for the address the gateway itself sees is then refused.
+#[test]
+fn dpop_proofs_name_the_public_origin_a_proxy_in_front_serves() {
+    let idp = OidcProvider::start();
+    let upstream = EchoUpstream::start();
+    let yaml = okta_manifests(&OktaSetup {
+        issuer: &idp.issuer,
+        upstream: &upstream.url(),
+        upstream_token: CANARY,
+        require_dpop: true,
+    })
+    .replace(
+        "  recording:\n    mode: Required",
+        "  dpop: {origins: [\"https://agents.example.com\"]}\n  recording:\n    mode: Required",
+    );
+    assert!(yaml.contains("origins:"));
+    let gw = Gateway::start(&yaml);
+    let key = SigningKey::ec("agent-key").unwrap();
+    let proof = key.dpop_token_request_proof(&idp.token_endpoint(), now(), "tok-1");
+    let answer = idp.token("ci-agent", "api://agentgate", Some(&proof));
+    let tok = answer["access_token"].as_str().unwrap().to_string();
+    let url = gw.url("/okta/echo/behind-ingress");
+    let with_proof = |htu: &str, jti: &str| {
+        let proof = key.dpop_proof("GET", htu, &tok, now(), jti);
+        curl(
+            &[
+                "-H",
+                &format!("Authorization: DPoP {tok}"),
+                "-H",
+                &format!("DPoP: {proof}"),
+            ],
+            &url,
+        )
+    };
+    let r = with_proof("https://agents.example.com/okta/echo/behind-ingress", "p-1");
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.output());
+    let r = with_proof(&url, "p-2");
+    assert_eq!(
+        (r.status, r.problem_type().as_str()),
+        (401, "https://agentgate.dev/problems/token-binding"),
+        "{r:?}"
+    );
+}

@@ -378,10 +378,7 @@ async fn authenticate<B>(
     let presented = Presented {
         authorization,
         dpop: &dpop,
-        target: RequestTarget {
-            method: req.method().as_str(),
-            url: &url,
-        },
+        target: RequestTarget::at(req.method().as_str(), &url),
         // Its own share of the introspection budget, as an agent's address has: a flood of
         // junk tokens at the admin listener must not spend every agent's.
         peer: req.extensions().get::<crate::admin::PeerIp>().map(|p| p.0),

@@ -69,6 +69,8 @@ pub struct GatewaySettings {
     /// Whether DPoP proofs must carry a nonce this process issued (`spec.dpop.nonce`, `Auto`
     /// resolved).
     pub dpop_nonce_required: bool,
+    /// The origins a proof's `htu` must name (`spec.dpop.origins`); empty: the request's own.
+    pub dpop_origins: Vec<String>,
 }
 
 /// An S3-compatible bucket that closed sessions are shipped to, credentials resolved.
@@ -853,6 +855,12 @@ fn compile_gateway(
         hash_key,
         approvals,
         dpop_nonce_required: g.spec.dpop_nonce_required(options.replicated),
+        dpop_origins: g
+            .spec
+            .dpop
+            .as_ref()
+            .map(|d| d.origins.clone())
+            .unwrap_or_default(),
     }
 }
 

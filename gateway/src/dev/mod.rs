@@ -363,10 +363,7 @@ mod tests {
         .unwrap();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
         let authorization = format!("Bearer {}", env.token());
-        let target = RequestTarget {
-            method: "GET",
-            url: "http://127.0.0.1:18443/okta/api/v1/users",
-        };
+        let target = RequestTarget::at("GET", "http://127.0.0.1:18443/okta/api/v1/users");
         let principal = verifier
             .verify(
                 &Presented {

@@ -255,6 +255,36 @@ pub struct RequestTarget<'a> {
     pub method: &'a str,
     /// The request URL as the client addressed it (scheme, authority, path), without query.
     pub url: &'a str,
+    /// Where a proxy in front changes the origin (`spec.dpop.origins`): the origins a proof may
+    /// name instead, with `path`. Empty: `url` is the one.
+    pub origins: &'a [String],
+    /// The request's path, after one of `origins`.
+    pub path: &'a str,
+}
+
+impl<'a> RequestTarget<'a> {
+    /// A request whose origin is as it arrived (no `spec.dpop.origins`).
+    pub fn at(method: &'a str, url: &'a str) -> Self {
+        Self {
+            method,
+            url,
+            origins: &[],
+            path: "",
+        }
+    }
+
+    /// Whether a proof's `htu` names this request.
+    fn named_by(&self, htu: &str) -> bool {
+        let Some(htu) = normalize_url(htu) else {
+            return false;
+        };
+        if self.origins.is_empty() {
+            return normalize_url(self.url).is_some_and(|u| u == htu);
+        }
+        self.origins
+            .iter()
+            .any(|o| normalize_url(&format!("{o}{}", self.path)).is_some_and(|u| u == htu))
+    }
 }
 
 /// Verifies one DPoP proof for `access_token` and returns the key's RFC 7638 thumbprint. With
@@ -304,7 +334,7 @@ pub fn verify_proof(
         .get("htu")
         .and_then(Value::as_str)
         .ok_or("proof has no htu")?;
-    if normalize_url(htu).as_deref() != Some(normalize_url(target.url).unwrap_or_default().as_str()) {
+    if !target.named_by(htu) {
         return Err("proof htu does not match the request URL".into());
     }
     let iat = token::numeric_date(claims, "iat")?.ok_or("proof has no iat")?;
@@ -409,6 +439,32 @@ mod tests {
             "http://127.0.0.1:8080/"
         );
         assert!(normalize_url("no-scheme").is_none());
+    }
+
+    /// Behind a TLS-terminating ingress the gateway sees `http://` and an inner Host, while the
+    /// client signed the public origin: `spec.dpop.origins` names what proofs may say, and
+    /// then only that (a proof for the inner address, or for another host, is refused).
+    #[test]
+    fn proofs_name_the_configured_origins_when_a_proxy_changes_them() {
+        let direct = RequestTarget::at("GET", "http://10.0.0.5:8080/okta/api/v1/users");
+        assert!(direct.named_by("http://10.0.0.5:8080/okta/api/v1/users"));
+        assert!(!direct.named_by("https://agents.example.com/okta/api/v1/users"));
+        let origins = [
+            "https://agents.example.com".to_string(),
+            "https://agents.internal:8443".to_string(),
+        ];
+        let behind = RequestTarget {
+            origins: &origins,
+            path: "/okta/api/v1/users",
+            ..direct
+        };
+        assert!(behind.named_by("https://agents.example.com/okta/api/v1/users"));
+        assert!(behind.named_by("HTTPS://Agents.Example.com:443/okta/api/v1/users?x=1"));
+        assert!(behind.named_by("https://agents.internal:8443/okta/api/v1/users"));
+        assert!(!behind.named_by("http://10.0.0.5:8080/okta/api/v1/users"));
+        assert!(!behind.named_by("https://agents.example.com/okta/api/v1/groups"));
+        assert!(!behind.named_by("https://evil.example/okta/api/v1/users"));
+        assert!(!behind.named_by("not a url"));
     }
 
     #[test]

@@ -73,10 +73,7 @@ fn presented<'a>(authorization: &'a str, dpop: &'a [&'a str]) -> Presented<'a> {
     Presented {
         authorization: Some(authorization),
         dpop,
-        target: RequestTarget {
-            method: "GET",
-            url: URL,
-        },
+        target: RequestTarget::at("GET", URL),
         peer: None,
     }
 }
@@ -1220,10 +1217,7 @@ async fn repeated_tokens_come_from_the_cache_and_errors_never_echo_the_token() {
             &Presented {
                 authorization: None,
                 dpop: &[],
-                target: RequestTarget {
-                    method: "GET",
-                    url: URL
-                },
+                target: RequestTarget::at("GET", URL),
                 peer: None,
             },
             NOW

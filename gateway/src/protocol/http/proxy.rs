@@ -1697,6 +1697,8 @@ async fn authenticate(
         target: RequestTarget {
             method: req.method.as_str(),
             url: &url,
+            origins: &plane.snapshot.config.gateway.dpop_origins,
+            path: raw_path,
         },
         peer: Some(conn.peer.ip()),
     };

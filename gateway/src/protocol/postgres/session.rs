@@ -440,10 +440,7 @@ async fn start(
     let presented = Presented {
         authorization: Some(&authorization),
         dpop: &[],
-        target: RequestTarget {
-            method: "CONNECT",
-            url: &url,
-        },
+        target: RequestTarget::at("CONNECT", &url),
         peer: Some(peer.ip()),
     };
     let principal = verifier.verify(&presented, unix_now()).await.map_err(|e| {
