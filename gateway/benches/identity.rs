@@ -68,10 +68,7 @@ fn run<F: Future>(fut: F) -> F::Output {
 }
 
 fn bench(c: &mut Criterion) {
-    let target = RequestTarget {
-        method: "GET",
-        url: "https://gw.example/api/v1/users",
-    };
+    let target = RequestTarget::at("GET", "https://gw.example/api/v1/users");
     for (name, key) in [
         ("rs256", SigningKey::rsa("k1").unwrap()),
         ("es256", SigningKey::ec("k1").unwrap()),

@@ -82,10 +82,7 @@ async fn verify(
         &Presented {
             authorization: Some(authorization),
             dpop,
-            target: RequestTarget {
-                method: "GET",
-                url: URL,
-            },
+            target: RequestTarget::at("GET", URL),
             peer: None,
         },
         now(),
