@@ -327,6 +327,7 @@ mod tests {
         assert_eq!(service(&g)["spec"]["sessionAffinity"], "ClientIP");
         g.spec.dpop = Some(agentgate_crds::gateway::GatewayDpop {
             nonce: agentgate_crds::gateway::DpopNonce::Disabled,
+            origins: Vec::new(),
         });
         assert!(service(&g)["spec"].get("sessionAffinity").is_none());
     }
