@@ -75,8 +75,9 @@ impl Default for ReplayCache {
 struct ReplayState {
     /// SHA-256 of `thumbprint:jti` → when it was seen.
     seen: HashMap<[u8; 32], Instant>,
-    /// The same, in the order seen (which is time order), with the caller.
-    order: std::collections::VecDeque<([u8; 32], Instant, Arc<str>)>,
+    /// The same, in the order seen (which is time order), with the caller and the last wall-clock
+    /// second at which the proof's `iat` is accepted.
+    order: std::collections::VecDeque<([u8; 32], Instant, Arc<str>, i64)>,
     /// Ids remembered per caller.
     per_caller: HashMap<Arc<str>, usize>,
 }
@@ -101,16 +102,35 @@ impl ReplayCache {
             .contains_key(&replay_id(thumbprint, jti))
     }
 
-    /// Records `jti` of the key `thumbprint`, sent by `caller`.
+    /// Tests: [`Self::remember`] with the wall clock kept out of it.
+    #[cfg(test)]
     fn insert(&self, thumbprint: &str, jti: &str, caller: &str, now: Instant) -> Remembered {
+        self.remember(
+            thumbprint,
+            jti,
+            caller,
+            now,
+            Wall {
+                now: 0,
+                until: i64::MIN,
+            },
+        )
+    }
+
+    /// Records `jti` of the key `thumbprint`, sent by `caller`, at `now` (monotonic) and `wall`.
+    fn remember(&self, thumbprint: &str, jti: &str, caller: &str, now: Instant, wall: Wall) -> Remembered {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let ReplayState {
             seen,
             order,
             per_caller,
         } = &mut *state;
-        while let Some((id, at, key)) = order.front() {
-            if now.saturating_duration_since(*at) < REPLAY_RETENTION {
+        while let Some((id, at, key, until)) = order.front() {
+            let kept = now.saturating_duration_since(*at);
+            // A proof is judged by the wall clock (`iat`): stepped back, it could accept a proof
+            // again after the retention, so an id stays while the wall clock still admits its
+            // proof, up to a bounded extra time.
+            if kept < REPLAY_RETENTION || (wall.now <= *until && kept < REPLAY_RETENTION + MAX_CLOCK_STEP) {
                 break;
             }
             seen.remove(id);
@@ -146,12 +166,22 @@ impl ReplayCache {
         }
         *per_caller.entry(key.clone()).or_insert(0) += 1;
         seen.insert(id, now);
-        order.push_back((id, now, key));
+        order.push_back((id, now, key, wall.until));
         Remembered::New
     }
 }
 
-/// What [`ReplayCache::insert`] did with a proof's id.
+/// The wall clock when a proof is remembered, and the last second at which its `iat` is accepted.
+#[derive(Clone, Copy, Debug)]
+struct Wall {
+    now: i64,
+    until: i64,
+}
+
+/// Longest extra time an id is kept for a wall clock stepped back (see [`ReplayCache::remember`]).
+const MAX_CLOCK_STEP: Duration = Duration::from_secs(600);
+
+/// What [`ReplayCache::remember`] did with a proof's id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Remembered {
     New,
@@ -368,7 +398,11 @@ pub fn verify_proof(
             Some(_) => return Err("proof nonce is not a string".into()),
         }
     }
-    match replay.insert(&thumbprint, jti, caller, Instant::now()) {
+    let wall = Wall {
+        now: now_unix,
+        until: iat.saturating_add(PROOF_MAX_AGE.as_secs() as i64),
+    };
+    match replay.remember(&thumbprint, jti, caller, Instant::now(), wall) {
         Remembered::New => {}
         Remembered::Replayed => return Err("proof jti was already used".into()),
         Remembered::Full => return Err(ProofError::Busy),
@@ -465,6 +499,24 @@ mod tests {
         assert!(!behind.named_by("https://agents.example.com/okta/api/v1/groups"));
         assert!(!behind.named_by("https://evil.example/okta/api/v1/users"));
         assert!(!behind.named_by("not a url"));
+    }
+
+    /// The wall clock stepped back after a proof was seen: its id is kept while the clock still
+    /// admits the proof's `iat`, so the proof cannot pass again once the retention has run.
+    #[test]
+    fn a_wall_clock_stepped_back_does_not_let_a_proof_pass_again() {
+        let cache = ReplayCache::default();
+        let t0 = Instant::now();
+        let iat = 1_000_050; // The client's clock is 50 s fast.
+        let until = iat + PROOF_MAX_AGE.as_secs() as i64;
+        let seen = |mono: Instant, wall: i64| cache.remember("k", "1", "c", mono, Wall { now: wall, until });
+        assert_eq!(seen(t0, 1_000_000), Remembered::New);
+        // 125 monotonic seconds later the wall clock, stepped back 20 s, reads 1_000_105: the
+        // proof's iat is still within 60 s of it.
+        assert_eq!(seen(t0 + REPLAY_RETENTION, 1_000_105), Remembered::Replayed);
+        // Once the wall clock is past the proof's window it goes, as without a step.
+        let later = t0 + REPLAY_RETENTION + Duration::from_secs(10);
+        assert_eq!(seen(later, until + 1), Remembered::New);
     }
 
     #[test]
