@@ -302,11 +302,18 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
 
 /// Reads a regular file of at most `max` bytes. Anything else (a FIFO would block the loader for
 /// good, a device or `/proc` file reports no size) is refused, and the cap holds while reading, so
-/// a file that grows after the check is not read whole. The file is opened without blocking and
-/// checked through its handle, so a FIFO swapped in after a check by name cannot hang the open.
+/// a file that grows after the check is not read whole. It is checked by name first (so no
+/// device is ever opened, which for some has effects), then opened without blocking and checked
+/// again through its handle, so a FIFO swapped in between cannot hang the open.
 pub(crate) fn read_regular_file(path: &Path, max: u64) -> Result<Vec<u8>, String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
+    if !std::fs::metadata(path)
+        .map_err(|e| format!("cannot read file: {e}"))?
+        .is_file()
+    {
+        return Err("not a regular file".into());
+    }
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
