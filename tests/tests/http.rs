@@ -953,15 +953,17 @@ fn a_reload_of_the_recording_configuration_starts_new_sessions_on_open_connectio
     );
 }
 
-/// One keep-alive connection may carry tokens of several subjects of one identity (the users of
-/// one agent app): each subject's requests go into a session whose start names that subject,
-/// never into the session of whoever came first.
-#[test]
-fn each_subject_on_one_connection_is_recorded_in_its_own_session() {
-    use std::io::{Read, Write};
-    let upstream = EchoUpstream::start();
-    let key = SigningKey::ec("app-key").unwrap();
-    let issuer = "https://idp.example/app";
+/// A token of the app identity `ci-agent` of `issuer`, for the user `sub`.
+fn app_token(key: &SigningKey, issuer: &str, sub: &str) -> String {
+    key.sign(&serde_json::json!({
+        "iss": issuer, "sub": sub, "aud": "api://agentgate", "client_id": "ci-agent",
+        "iat": now(), "exp": now() + 300,
+    }))
+}
+
+/// Manifests whose identity `ci-agent` of `issuer` is checked with `key` (so tests mint tokens
+/// of any subject).
+fn app_manifests(upstream: &EchoUpstream, key: &SigningKey, issuer: &str) -> String {
     let yaml = okta_manifests(&OktaSetup {
         issuer,
         upstream: &upstream.url(),
@@ -972,17 +974,23 @@ fn each_subject_on_one_connection_is_recorded_in_its_own_session() {
         "  groups: {static: [ai-agents]}\n",
         "  groups: {static: [ai-agents]}\n  keys: {secretRef: {name: app-keys, key: jwks}}\n",
     );
-    let yaml = format!(
+    format!(
         "{yaml}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: app-keys, namespace: e2e}}\nstringData:\n  jwks: '{}'\n",
-        SigningKey::jwks(&[&key])
-    );
-    let mut gw = Gateway::start(&yaml);
-    let token = |sub: &str| {
-        key.sign(&serde_json::json!({
-            "iss": issuer, "sub": sub, "aud": "api://agentgate", "client_id": "ci-agent",
-            "iat": now(), "exp": now() + 300,
-        }))
-    };
+        SigningKey::jwks(&[key])
+    )
+}
+
+/// One keep-alive connection may carry tokens of several subjects of one identity (the users of
+/// one agent app): each subject's requests go into a session whose start names that subject,
+/// never into the session of whoever came first.
+#[test]
+fn each_subject_on_one_connection_is_recorded_in_its_own_session() {
+    use std::io::{Read, Write};
+    let upstream = EchoUpstream::start();
+    let key = SigningKey::ec("app-key").unwrap();
+    let issuer = "https://idp.example/app";
+    let mut gw = Gateway::start(&app_manifests(&upstream, &key, issuer));
+    let token = |sub: &str| app_token(&key, issuer, sub);
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
@@ -1061,4 +1069,67 @@ fn dpop_proofs_name_the_public_origin_a_proxy_in_front_serves() {
         (401, "https://agentgate.dev/problems/token-binding"),
         "{r:?}"
     );
+}
+
+/// An agent backend sending many users' tokens over one connection keeps at most 32 sessions
+/// open on it: the least recently used are closed (signed) while the connection goes on.
+#[test]
+fn many_subjects_on_one_connection_keep_a_bounded_number_of_sessions_open() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let upstream = EchoUpstream::start();
+    let key = SigningKey::ec("app-key").unwrap();
+    let issuer = "https://idp.example/app";
+    let gw = Gateway::start(&app_manifests(&upstream, &key, issuer));
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    for n in 0..40 {
+        write!(
+            conn,
+            "GET /okta/echo/user-{n} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\r\n",
+            app_token(&key, issuer, &format!("user-{n}"))
+        )
+        .unwrap();
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        assert!(status.contains(" 200 "), "{status}");
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+    }
+    // The connection is still open: the first eight subjects' sessions are closed and signed.
+    let closed = |text: &str| text.contains("\"type\":\"session.end\"");
+    let ended = wait_for(Duration::from_secs(10), || {
+        let files: Vec<String> = std::fs::read_dir(&gw.sessions)
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+            .collect();
+        let done: Vec<&String> = files.iter().filter(|t| closed(t)).collect();
+        (files.len() == 40 && done.len() == 8).then(|| done.iter().map(|t| t.to_string()).collect::<Vec<_>>())
+    });
+    let ended = ended.unwrap_or_else(|| panic!("{}", gw.output()));
+    for n in 0..8 {
+        let mine = format!("/echo/user-{n}\"");
+        assert!(
+            ended.iter().any(|t| t.contains(&mine)),
+            "user-{n} not among the closed"
+        );
+    }
+    assert!(
+        ended
+            .iter()
+            .all(|t| t.contains("session limit of the connection"))
+    );
+    drop(reader);
+    drop(conn);
 }

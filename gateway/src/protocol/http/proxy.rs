@@ -49,6 +49,10 @@ pub const REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a retired session (rotated for its age or a recording change) waits for the requests
 /// still using it before it is closed all the same; their later events are then counted lost.
 const RETIRED_SESSION_WAIT: Duration = Duration::from_secs(3600);
+/// Most recording sessions open on one downstream connection (one per identity, subject and
+/// Connection): an agent backend multiplexing its users' tokens over one connection keeps this
+/// many files open, the least recently used closed to make room.
+const MAX_SESSIONS_PER_CONNECTION: usize = 32;
 /// Largest request body forwarded at all.
 pub const MAX_REQUEST_BODY: u64 = 64 * 1024 * 1024;
 
@@ -64,11 +68,13 @@ pub struct ConnContext {
     sessions: Mutex<Vec<(SessionKey, Arc<Session>)>>,
 }
 
-/// Whose requests to which Connection one recording session holds.
+/// Whose requests to which Connection one recording session holds (with the key a DPoP-bound
+/// token is bound to, which the session's start names).
 #[derive(Debug, PartialEq, Eq)]
 struct SessionKey {
     identity: String,
     subject: String,
+    binding: Option<String>,
     connection: String,
 }
 
@@ -1587,6 +1593,7 @@ fn session_for(
     let key = SessionKey {
         identity: principal.identity.clone(),
         subject: principal.subject.clone(),
+        binding: principal.binding.clone(),
         connection: connection.name.clone(),
     };
     if let Some(at) = sessions.iter().position(|(k, _)| *k == key) {
@@ -1601,13 +1608,39 @@ fn session_for(
             // keep its evidence unsigned that long.
             "session age limit"
         } else {
-            return Ok(Some(current.clone()));
+            // Kept in the order of use, so the least recently used is first.
+            let entry = sessions.remove(at);
+            let current = entry.1.clone();
+            sessions.push(entry);
+            return Ok(Some(current));
         };
         // A new one begins, naming the one it continues; the old one is closed (signed,
         // synced) off the request's thread, naming its successor, so a file removed from the
         // middle of a long connection's chain shows.
         let (_, old) = sessions.swap_remove(at);
         retired = Some((old, reason));
+    }
+    // Other sessions of the connection past their age limit, and beyond the limit of open
+    // sessions the least recently used, are closed: one whose subject never comes back would
+    // otherwise stay open, and unsigned, as long as the connection.
+    let mut at = 0;
+    while at < sessions.len() {
+        let too_many = sessions.len() >= MAX_SESSIONS_PER_CONNECTION;
+        if too_many || sessions[at].1.is_old() {
+            let (_, idle) = sessions.remove(at);
+            let reason = if too_many {
+                "session limit of the connection"
+            } else {
+                "session age limit"
+            };
+            tokio::spawn(crate::recording::close_when_released(
+                idle,
+                json!({"reason": reason}),
+                RETIRED_SESSION_WAIT,
+            ));
+        } else {
+            at += 1;
+        }
     }
     let mut start = json!({
         "identity": principal.identity,
