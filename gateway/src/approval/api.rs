@@ -390,6 +390,23 @@ async fn authenticate<B>(
 }
 
 fn unauthenticated(e: &IdentityError) -> Response<Full<Bytes>> {
+    use crate::identity::ErrorKind;
+    // Not the approver's token at fault: a 401 would send them for another, which would not help.
+    let unavailable = match e.kind {
+        ErrorKind::ProviderUnavailable => {
+            Some(("identity-provider-unavailable", "Identity provider unavailable"))
+        }
+        ErrorKind::ProofsBusy => Some(("gateway-busy", "Gateway busy")),
+        _ => None,
+    };
+    if let Some((slug, title)) = unavailable {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            slug,
+            title,
+            e.kind.describe().into(),
+        );
+    }
     let mut resp = problem(
         StatusCode::UNAUTHORIZED,
         "unauthenticated",

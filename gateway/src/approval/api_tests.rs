@@ -554,6 +554,27 @@ fn rules_are_looked_up_as_configured() {
     assert!(configured_rule(cfg, "other", "writes").is_none());
 }
 
+/// A refusal that is not the approver's token's fault is a 503 without a challenge, which would
+/// send them for another token.
+#[test]
+fn an_unavailable_provider_or_full_replay_cache_is_no_401() {
+    use crate::identity::{ErrorKind, IdentityError};
+    for (kind, slug) in [
+        (ErrorKind::ProofsBusy, "gateway-busy"),
+        (ErrorKind::ProviderUnavailable, "identity-provider-unavailable"),
+    ] {
+        let resp = super::unauthenticated(&IdentityError::new(kind, "x"));
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE, "{slug}");
+        assert!(
+            resp.headers().get(hyper::header::WWW_AUTHENTICATE).is_none(),
+            "{slug}"
+        );
+    }
+    let resp = super::unauthenticated(&IdentityError::new(ErrorKind::Expired, "x"));
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(resp.headers().get(hyper::header::WWW_AUTHENTICATE).is_some());
+}
+
 /// A flood of junk tokens at the admin listener spends the share of the introspection budget
 /// that its address has, as an agent's address would, not the whole provider budget that every
 /// agent's opaque token needs too.
