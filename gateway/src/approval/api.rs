@@ -309,8 +309,7 @@ pub fn approves_anything(cfg: &GatewayConfig, approver: &Approver) -> bool {
 
 /// Whether `approver` may read `request`: its approvers (frozen on it when it was made; for a
 /// request made before they were, its rule's as configured now) list them, or they decided it.
-/// Other approvers' requests (their operations, reasons and requesters) stay hidden, as
-/// Kubernetes RBAC would scope them.
+/// Other approvers' requests (their operations, reasons and requesters) stay hidden.
 fn may_read(cfg: &GatewayConfig, approver: &Approver, request: &ApprovalRequest) -> bool {
     let policy = &request.spec.policy;
     let listed = match &request.spec.approvers {

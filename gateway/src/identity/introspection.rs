@@ -57,13 +57,15 @@ pub struct Introspector {
     /// The endpoint found by discovery, and until when it is reused.
     discovered: Mutex<Option<(String, i64)>>,
     calls: Mutex<Budgets>,
+    /// When the full answer cache was last swept (Unix seconds): at most once a second.
+    swept_at: std::sync::atomic::AtomicI64,
 }
 
-/// A client address's share of the provider budget: an eighth of its calls a second and of
+/// A client address's share of the provider budget: a quarter of its calls a second and of
 /// those in flight. A client sending a fresh junk token with each request spends its own share,
-/// not every agent's (behind one address translation, clients share one share); it takes four
-/// such addresses to spend the half that addresses not proven share.
-pub const PEER_SHARE: u32 = 8;
+/// not every agent's (behind one address translation, or an ingress, clients share one share);
+/// it takes three such addresses to spend the three quarters that addresses not proven share.
+pub const PEER_SHARE: u32 = 4;
 /// Most client addresses tracked (an IPv6 /64 is one). Idle ones are forgotten to make room;
 /// while all are busy, a new address's uncached tokens are refused.
 pub const MAX_PEERS: usize = 10_000;
@@ -121,9 +123,9 @@ pub const PROVEN_FOR: Duration = Duration::from_secs(3600);
 #[derive(Debug)]
 struct Budgets {
     all: CallBudget,
-    /// Half the budget: what addresses that sent no active token lately may spend together, so
-    /// a few addresses flooding junk tokens (each within its share) leave the other half to
-    /// agents whose tokens introspected active before, renewing theirs.
+    /// Three quarters of the budget: what addresses that sent no active token lately may spend
+    /// together, so a few addresses flooding junk tokens (each within its share) leave a quarter
+    /// to agents whose tokens introspected active before, renewing theirs.
     unproven: CallBudget,
     peers: HashMap<std::net::IpAddr, CallBudget>,
     /// Addresses whose token introspected active, until when they count as proven.
@@ -134,7 +136,7 @@ impl Budgets {
     fn new(now: std::time::Instant) -> Self {
         Self {
             all: CallBudget::new(now, MAX_CALLS_PER_SECOND, MAX_CALLS_IN_FLIGHT),
-            unproven: CallBudget::new(now, MAX_CALLS_PER_SECOND / 2, MAX_CALLS_IN_FLIGHT / 2),
+            unproven: CallBudget::new(now, MAX_CALLS_PER_SECOND * 3 / 4, MAX_CALLS_IN_FLIGHT * 3 / 4),
             peers: HashMap::new(),
             proven: HashMap::new(),
         }
@@ -258,7 +260,17 @@ impl Introspector {
             inactive: Mutex::new(HashMap::new()),
             discovered: Mutex::new(None),
             calls: Mutex::new(Budgets::new(std::time::Instant::now())),
+            swept_at: std::sync::atomic::AtomicI64::new(i64::MIN),
         })
+    }
+
+    /// `peer` sent a token that introspected active and matched an identity that is not
+    /// suspended: its address counts as an agent's for an hour ([`PROVEN_FOR`]).
+    pub fn prove(&self, peer: Option<std::net::IpAddr>) {
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .prove(peer, std::time::Instant::now());
     }
 
     /// The issuer this introspector serves.
@@ -303,7 +315,7 @@ impl Introspector {
             .take(peer, std::time::Instant::now());
         let Some(unproven) = admitted else {
             return Err(unavailable(format!(
-                "too many token introspections at once (at most {MAX_CALLS_PER_SECOND} a second, {MAX_CALLS_IN_FLIGHT} waiting, an eighth of each per client address, half of each for addresses that sent no active token lately); retry shortly"
+                "too many token introspections at once (at most {MAX_CALLS_PER_SECOND} a second, {MAX_CALLS_IN_FLIGHT} waiting, a quarter of each per client address, three quarters of each for addresses that sent no active token lately); retry shortly"
             )));
         };
         let _call = Call(&self.calls, peer, unproven);
@@ -331,12 +343,24 @@ impl Introspector {
                 ));
             }
         }
-        let resp = self
-            .fetcher
-            .post_form(&endpoint, &headers, &form)
-            .await
-            .map_err(unavailable)?;
+        // A discovered endpoint that is gone (refused, or answering that no such resource is
+        // there) is looked up again next time: the provider may have moved it.
+        let forget = || {
+            if self.endpoint.is_none() {
+                *self.discovered.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+        };
+        let resp = match self.fetcher.post_form(&endpoint, &headers, &form).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                forget();
+                return Err(unavailable(e));
+            }
+        };
         if !resp.status.is_success() {
+            if matches!(resp.status.as_u16(), 404 | 405 | 410) {
+                forget();
+            }
             return Err(unavailable(format!("introspection answered {}", resp.status)));
         }
         let claims = super::strict_json::parse(&resp.body)
@@ -354,15 +378,15 @@ impl Introspector {
             inactive_cache.insert(key, until);
             return Err(inactive());
         }
-        self.calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .prove(peer, std::time::Instant::now());
         let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
         let until = exp.min(now + ttl);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= MAX_CACHED && !cache.contains_key(&key) {
-            cache.retain(|_, (_, u)| *u > now);
+            use std::sync::atomic::Ordering::Relaxed;
+            if self.swept_at.load(Relaxed) < now {
+                self.swept_at.store(now, Relaxed);
+                cache.retain(|_, (_, u)| *u > now);
+            }
             if cache.len() >= MAX_CACHED {
                 // Full of live answers: start again rather than scan it for every new token.
                 cache.clear();
@@ -463,7 +487,7 @@ mod tests {
         );
     }
 
-    /// One client address flooding junk tokens spends its eighth of the provider budget; an
+    /// One client address flooding junk tokens spends its quarter of the provider budget; an
     /// agent at another address still gets its new token introspected.
     #[test]
     fn one_client_address_cannot_spend_the_whole_budget() {
@@ -491,11 +515,11 @@ mod tests {
         assert_eq!(peer_key("::ffff:10.0.0.9".parse().unwrap()), flood);
     }
 
-    /// Four addresses flooding junk tokens, each within its share, spend at most the unproven
-    /// half of the budget: an agent whose earlier token introspected active still gets its new
-    /// one introspected, while a newcomer waits with the flood.
+    /// Three addresses flooding junk tokens, each within its share, spend at most the unproven
+    /// three quarters of the budget: an agent whose earlier token introspected active still gets
+    /// its new one introspected, while a newcomer waits with the flood.
     #[test]
-    fn a_few_flooding_addresses_leave_proven_agents_their_half() {
+    fn a_few_flooding_addresses_leave_proven_agents_their_quarter() {
         let t0 = Instant::now();
         let mut b = Budgets::new(t0);
         let agent: std::net::IpAddr = "10.0.0.7".parse().unwrap();
@@ -503,13 +527,13 @@ mod tests {
         b.done(Some(agent), true);
         b.prove(Some(agent), t0);
         let mut flooded = 0;
-        for n in 1..=4u8 {
+        for n in 1..=3u8 {
             let peer = std::net::IpAddr::from([10, 0, 1, n]);
             while b.take(Some(peer), t0).is_some() {
                 flooded += 1;
             }
         }
-        assert!(flooded <= (MAX_CALLS_PER_SECOND / 2) as usize, "{flooded}");
+        assert!(flooded <= (MAX_CALLS_PER_SECOND * 3 / 4) as usize, "{flooded}");
         assert_eq!(
             b.take(Some("10.0.2.1".parse().unwrap()), t0),
             None,

@@ -694,6 +694,9 @@ impl Verifier {
         }
         let mut principal = principal_from_claims(issuer, &claims, &iss, Verified::Introspected, now)?;
         principal.reuse_until = now;
+        // Only now, matched to an identity that is not suspended, does the address count as an
+        // agent's for the introspection budget.
+        introspector.prove(peer);
         Ok(principal)
     }
 }
