@@ -70,7 +70,7 @@ pub struct ConnContext {
 
 /// Whose requests to which Connection one recording session holds (with the key a DPoP-bound
 /// token is bound to, which the session's start names).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 struct SessionKey {
     identity: String,
     subject: String,
@@ -1590,13 +1590,14 @@ fn session_for(
     };
     let mut sessions = conn.sessions.lock().unwrap_or_else(|p| p.into_inner());
     let mut retired = None;
-    let key = SessionKey {
-        identity: principal.identity.clone(),
-        subject: principal.subject.clone(),
-        binding: principal.binding.clone(),
-        connection: connection.name.clone(),
+    // Compared in place: every request looks its session up, and only a new one needs a key.
+    let is_ours = |k: &SessionKey| {
+        k.identity == principal.identity
+            && k.subject == principal.subject
+            && k.binding == principal.binding
+            && k.connection == connection.name
     };
-    if let Some(at) = sessions.iter().position(|(k, _)| *k == key) {
+    if let Some(at) = sessions.iter().position(|(k, _)| is_ours(k)) {
         let current = &sessions[at].1;
         let reason = if !recorder.started(current) {
             // The recording configuration changed (mode or directory) since this connection's
@@ -1675,6 +1676,12 @@ fn session_for(
     }
     match started {
         Ok(s) => {
+            let key = SessionKey {
+                identity: principal.identity.clone(),
+                subject: principal.subject.clone(),
+                binding: principal.binding.clone(),
+                connection: connection.name.clone(),
+            };
             sessions.push((key, s.clone()));
             Ok(Some(s))
         }
