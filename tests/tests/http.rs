@@ -389,14 +389,8 @@ fn dpop_bound_tokens_are_required_and_checked_per_request() {
     assert_eq!(r.status, 401);
 }
 
-/// Two gateway processes behind one address (replicas), each with its own replay cache: with
-/// `dpop.nonce: Required` a proof is good only at the process that issued its nonce, so a proof
-/// captured on its way to one cannot be replayed at the other. The client learns the nonce from
-/// a `401` with `use_dpop_nonce` and retries, as RFC 9449 clients do.
-#[test]
-fn dpop_nonces_stop_a_proof_replayed_at_another_replica() {
-    let idp = OidcProvider::start();
-    let upstream = EchoUpstream::start();
+/// The Okta manifests with DPoP required and the AgentGateway's `dpop` settings.
+fn dpop_manifests(idp: &OidcProvider, upstream: &EchoUpstream, dpop: &str) -> String {
     let yaml = okta_manifests(&OktaSetup {
         issuer: &idp.issuer,
         upstream: &upstream.url(),
@@ -405,15 +399,32 @@ fn dpop_nonces_stop_a_proof_replayed_at_another_replica() {
     })
     .replace(
         "  recording:\n    mode: Required",
-        "  dpop: {nonce: Required}\n  recording:\n    mode: Required",
+        &format!("  dpop: {dpop}\n  recording:\n    mode: Required"),
     );
-    assert!(yaml.contains("nonce: Required"));
+    assert!(yaml.contains("  dpop: "));
+    yaml
+}
+
+/// An access token of `ci-agent` bound to `key`.
+fn dpop_token(idp: &OidcProvider, key: &SigningKey) -> String {
+    let proof = key.dpop_token_request_proof(&idp.token_endpoint(), now(), "tok-1");
+    let answer = idp.token("ci-agent", "api://agentgate", Some(&proof));
+    answer["access_token"].as_str().unwrap().to_string()
+}
+
+/// Two gateway processes behind one address (replicas), each with its own replay cache: with
+/// `dpop.nonce: Required` a proof is good only at the process that issued its nonce, so a proof
+/// captured on its way to one cannot be replayed at the other. The client learns the nonce from
+/// a `401` with `use_dpop_nonce` and retries, as RFC 9449 clients do.
+#[test]
+fn dpop_nonces_stop_a_proof_replayed_at_another_replica() {
+    let idp = OidcProvider::start();
+    let upstream = EchoUpstream::start();
+    let yaml = dpop_manifests(&idp, &upstream, "{nonce: Required}");
     let a = Gateway::start(&yaml);
     let b = Gateway::start(&yaml);
     let key = SigningKey::ec("agent-key").unwrap();
-    let proof = key.dpop_token_request_proof(&idp.token_endpoint(), now(), "tok-1");
-    let answer = idp.token("ci-agent", "api://agentgate", Some(&proof));
-    let tok = answer["access_token"].as_str().unwrap().to_string();
+    let tok = dpop_token(&idp, &key);
     // Both replicas answer for one address: the client addresses A, whichever process gets it.
     let url = a.url("/okta/echo/dpop");
     let host = url
@@ -851,12 +862,32 @@ fn a_suspended_identity_is_refused_until_the_suspension_is_lifted() {
     assert!(back.is_some(), "still refused after lifting\n{}", s.gw.output());
 }
 
+/// Reads one HTTP/1.1 reply framed by Content-Length off a kept-alive connection; its status line.
+fn read_reply(reader: &mut impl std::io::BufRead) -> String {
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    status
+}
+
 /// A session records in the mode and place of the recording configuration it began under, so a
 /// connection kept open across a reload that changes them gets a new session: one begun under
 /// BestEffort would otherwise go on swallowing failures after Required was set.
 #[test]
 fn a_reload_of_the_recording_configuration_starts_new_sessions_on_open_connections() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufReader, Write};
     let s = setup(false);
     let tok = token(&s.idp);
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", s.gw.port)).unwrap();
@@ -869,21 +900,7 @@ fn a_reload_of_the_recording_configuration_starts_new_sessions_on_open_connectio
             "GET /okta/echo/{path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {tok}\r\n\r\n"
         )
         .unwrap();
-        let mut status = String::new();
-        reader.read_line(&mut status).unwrap();
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
+        let status = read_reply(&mut reader);
         assert!(status.contains(" 200 "), "{status}");
     };
     get("before-reload");
@@ -1032,22 +1049,13 @@ fn each_subject_on_one_connection_is_recorded_in_its_own_session() {
 fn dpop_proofs_name_the_public_origin_a_proxy_in_front_serves() {
     let idp = OidcProvider::start();
     let upstream = EchoUpstream::start();
-    let yaml = okta_manifests(&OktaSetup {
-        issuer: &idp.issuer,
-        upstream: &upstream.url(),
-        upstream_token: CANARY,
-        require_dpop: true,
-    })
-    .replace(
-        "  recording:\n    mode: Required",
-        "  dpop: {origins: [\"https://agents.example.com\"]}\n  recording:\n    mode: Required",
-    );
-    assert!(yaml.contains("origins:"));
-    let gw = Gateway::start(&yaml);
+    let gw = Gateway::start(&dpop_manifests(
+        &idp,
+        &upstream,
+        "{origins: [\"https://agents.example.com\"]}",
+    ));
     let key = SigningKey::ec("agent-key").unwrap();
-    let proof = key.dpop_token_request_proof(&idp.token_endpoint(), now(), "tok-1");
-    let answer = idp.token("ci-agent", "api://agentgate", Some(&proof));
-    let tok = answer["access_token"].as_str().unwrap().to_string();
+    let tok = dpop_token(&idp, &key);
     let url = gw.url("/okta/echo/behind-ingress");
     let with_proof = |htu: &str, jti: &str| {
         let proof = key.dpop_proof("GET", htu, &tok, now(), jti);
@@ -1075,7 +1083,7 @@ fn dpop_proofs_name_the_public_origin_a_proxy_in_front_serves() {
 /// open on it: the least recently used are closed (signed) while the connection goes on.
 #[test]
 fn many_subjects_on_one_connection_keep_a_bounded_number_of_sessions_open() {
-    use std::io::{BufRead, BufReader, Read, Write};
+    use std::io::{BufReader, Write};
     let upstream = EchoUpstream::start();
     let key = SigningKey::ec("app-key").unwrap();
     let issuer = "https://idp.example/app";
@@ -1090,22 +1098,8 @@ fn many_subjects_on_one_connection_keep_a_bounded_number_of_sessions_open() {
             app_token(&key, issuer, &format!("user-{n}"))
         )
         .unwrap();
-        let mut status = String::new();
-        reader.read_line(&mut status).unwrap();
+        let status = read_reply(&mut reader);
         assert!(status.contains(" 200 "), "{status}");
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            if line == "\r\n" {
-                break;
-            }
-            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).unwrap();
     }
     // The connection is still open: the first eight subjects' sessions are closed and signed.
     let closed = |text: &str| text.contains("\"type\":\"session.end\"");

@@ -154,6 +154,16 @@ impl Fixture {
         }))
     }
 
+    /// Whether no one has decided the request `name`.
+    fn undecided(&self, name: &str) -> bool {
+        self.approvals
+            .get(name, unix_now())
+            .unwrap()
+            .spec
+            .decisions
+            .is_empty()
+    }
+
     fn pending(&self) -> String {
         self.pending_for("writes")
     }
@@ -320,22 +330,8 @@ async fn approvers_read_only_the_requests_of_their_rules() {
             .await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{who}: {p}");
     }
-    assert!(
-        f.approvals
-            .get(&write, unix_now())
-            .unwrap()
-            .spec
-            .decisions
-            .is_empty()
-    );
-    assert!(
-        f.approvals
-            .get(&delete, unix_now())
-            .unwrap()
-            .spec
-            .decisions
-            .is_empty()
-    );
+    assert!(f.undecided(&write));
+    assert!(f.undecided(&delete));
 }
 
 /// A request is decided under the rule it was asked under: once the rule changes (here, an
@@ -397,14 +393,7 @@ async fn a_request_of_a_changed_rule_cannot_be_decided() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list["items"][0]["metadata"]["name"], name.as_str(), "{list}");
-    assert!(
-        f.approvals
-            .get(&name, unix_now())
-            .unwrap()
-            .spec
-            .decisions
-            .is_empty()
-    );
+    assert!(f.undecided(&name));
 }
 
 #[tokio::test]
@@ -518,14 +507,7 @@ async fn malformed_calls_are_refused_clearly() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     // Nothing was decided.
-    assert!(
-        f.approvals
-            .get(&name, unix_now())
-            .unwrap()
-            .spec
-            .decisions
-            .is_empty()
-    );
+    assert!(f.undecided(&name));
 }
 
 #[tokio::test]
