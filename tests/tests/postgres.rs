@@ -2396,6 +2396,32 @@ fn fetch_joins_and_copy_do_not_step_around_decisions_caps_or_masking() {
         r.until_ready();
         assert_eq!(orders(), orders_before, "{sql} ran the portal's DELETE");
     }
+    // A failed transaction rolled back to a savepoint made after the Bind keeps the server's
+    // portal: the gateway does not forget it either.
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(b'Q', b"BEGIN\0");
+    r.until_ready();
+    r.send(b'P', &parse("s", "DELETE FROM orders WHERE id = 1 RETURNING id"));
+    r.send(b'B', &bind("p", "s"));
+    r.send(b'S', b"");
+    assert!(errors(&r.until_ready()).is_empty());
+    r.send(b'Q', b"SAVEPOINT sp\0");
+    assert!(errors(&r.until_ready()).is_empty());
+    // The server refuses a cursor of the portal's name (42P03), which fails the transaction.
+    r.send(b'Q', b"DECLARE p CURSOR FOR SELECT 1\0");
+    assert_eq!(errors(&r.until_ready()), ["42P03"]);
+    r.send(b'Q', b"ROLLBACK TO SAVEPOINT sp\0");
+    assert!(errors(&r.until_ready()).is_empty());
+    r.send(b'Q', b"FETCH ALL FROM p\0");
+    let msgs = r.until_ready();
+    assert_eq!(errors(&msgs), ["42501"], "{msgs:?}");
+    r.send(b'Q', b"ROLLBACK\0");
+    r.until_ready();
+    assert_eq!(
+        orders(),
+        orders_before,
+        "the portal's DELETE ran after the savepoint"
+    );
     // A pipeline sent ahead: the Bind is handled before the server answers the Query before it,
     // whose ReadyForQuery (outside a transaction) ends only the portals bound before it. The
     // name was a declared cursor once, which a FETCH may read.

@@ -744,13 +744,18 @@ impl Prepared {
     }
 
     /// Forgets the portals bound before segment `through`, whose transaction a ReadyForQuery
-    /// outside one has ended. Portals bound after it (a pipeline sent ahead: a Bind in the next
-    /// transaction, already handled) are the server's still, and stay known.
-    fn clear_portals_before(&mut self, through: u64) {
+    /// outside one has ended or failed. Portals bound after it (a pipeline sent ahead: a Bind in
+    /// the next transaction, already handled) are the server's still, and stay known. What
+    /// refuses FETCH of Bind's portals (`bound`) is forgotten only once the transaction is over
+    /// (`idle`): a failed one may be rolled back to a savepoint made after the Bind, and the
+    /// server's portal with it lives on.
+    fn clear_portals_before(&mut self, through: u64, idle: bool) {
         self.portals.retain(|_, p| p.segment >= through);
-        self.bound.retain(|_, segment| *segment >= through);
-        if self.bound.is_empty() {
-            self.bound_overflow = false;
+        if idle {
+            self.bound.retain(|_, segment| *segment >= through);
+            if self.bound.is_empty() {
+                self.bound_overflow = false;
+            }
         }
     }
 
@@ -2796,7 +2801,7 @@ impl ServerSide {
                 // Portals live until their transaction ends, and a failed one runs none: what a
                 // skipped Bind would have named must not be taken for the server's.
                 if status != TransactionStatus::InTransaction {
-                    prepared.clear_portals_before(ended);
+                    prepared.clear_portals_before(ended, status == TransactionStatus::Idle);
                 }
                 drop(prepared);
                 self.result = None;
