@@ -1247,6 +1247,35 @@ fn security_catalogue_statements_are_refused() {
         c.batch_execute("EXECUTE q").await.unwrap();
         let e = c.batch_execute("EXECUTE never_prepared").await.unwrap_err();
         assert_eq!(db_error(&e).0, "42501");
+        // In one query, an EXECUTE after a DEALLOCATE and PREPARE of its name runs the new
+        // statement: decided (and masked, and capped) as that, not as what the name meant before.
+        for (first, again) in [
+            ("SELECT 1", "SELECT email || '' AS e FROM customers"),
+            ("SELECT 1", "SELECT * FROM big_capped"),
+        ] {
+            c.batch_execute(&format!("PREPARE renamed AS {first}"))
+                .await
+                .unwrap();
+            let sql = format!("DEALLOCATE renamed; PREPARE renamed AS {again}; EXECUTE renamed");
+            match c.simple_query(&sql).await {
+                Ok(messages) => {
+                    let rows: Vec<String> = messages
+                        .iter()
+                        .filter_map(|m| match m {
+                            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                            _ => None,
+                        })
+                        .collect();
+                    assert!(
+                        rows.iter().all(|r| !r.contains("@example.com")),
+                        "{sql}: {rows:?}"
+                    );
+                    assert!(rows.len() <= 1000, "{sql}: {} rows past the cap", rows.len());
+                }
+                Err(e) => assert_eq!(db_error(&e).0, "42501", "{sql}"),
+            }
+            let _ = c.batch_execute("DEALLOCATE ALL").await;
+        }
         // EXECUTE's own arguments run too: decided with the statement, not dropped for it.
         c.batch_execute("PREPARE echo(text) AS SELECT $1").await.unwrap();
         c.batch_execute("EXECUTE echo('plain')").await.unwrap();

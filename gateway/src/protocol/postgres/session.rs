@@ -678,7 +678,7 @@ enum Pending {
 }
 
 /// Prepared statements and portals, as the client side expects the upstream to hold them.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Prepared {
     seq: u64,
     /// Protocol-level statements: text classification and the Parse that registered it.
@@ -2026,11 +2026,30 @@ impl ClientSide {
         let count = classified.statements.len();
         let mut verdicts: Vec<Verdict> = {
             let prepared = lock(&self.shared);
-            classified
+            let renames = classified
                 .statements
                 .iter()
-                .map(|st| live.decide(st, &prepared))
-                .collect()
+                .any(|st| st.prepare.is_some() || st.deallocate.is_some());
+            if count > 1 && renames {
+                // Statements run in order: an EXECUTE after a PREPARE or DEALLOCATE of its name
+                // in the same query runs what they leave, not what the name meant before.
+                let mut scratch = prepared.clone();
+                classified
+                    .statements
+                    .iter()
+                    .map(|st| {
+                        let v = live.decide(st, &scratch);
+                        apply_effects(&mut scratch, st);
+                        v
+                    })
+                    .collect()
+            } else {
+                classified
+                    .statements
+                    .iter()
+                    .map(|st| live.decide(st, &prepared))
+                    .collect()
+            }
         };
         // Statements that need approval go ahead only once approved (one request covers the
         // exact query text); a denied statement refuses the query whatever else is approved.
@@ -2045,15 +2064,19 @@ impl ClientSide {
                 .find(|w| w.action == Action::RequireApproval && w.approval != v.approval);
             // An EXECUTE names a prepared statement: what it runs is part of the operation, bound
             // and shown (a name prepared anew before the grant is spent is another operation).
+            // Read as the statements before each leave the names (see the verdicts above).
             let executed: Vec<(String, String)> = {
-                let prepared = lock(&self.shared);
+                let mut scratch = lock(&self.shared).clone();
                 classified
                     .statements
                     .iter()
                     .filter_map(|st| {
-                        let name = st.execute.as_ref()?;
-                        let inner = prepared.sql.get(name)?.as_ref()?;
-                        Some((name.clone(), inner.text.clone()))
+                        let found = st.execute.as_ref().and_then(|name| {
+                            let inner = scratch.sql.get(name)?.as_ref()?;
+                            Some((name.clone(), inner.text.clone()))
+                        });
+                        apply_effects(&mut scratch, st);
+                        found
                     })
                     .collect()
             };
