@@ -1220,6 +1220,7 @@ fn security_catalogue_statements_are_refused() {
             "DeLeTe\tFROM\norders",
             "SET search_path = billing, public",
             "SELECT set_config('search_path', 'billing', false)",
+            "PREPARE pinned AS SELECT set_config('search_path', 'billing', false)",
             "BEGIN; DECLARE c CURSOR FOR SELECT id FROM big_capped",
             "SELECT * FROM orders FOR UPDATE",
             // write-orders names orders; the function writes billing, where no-billing cannot see.

@@ -806,6 +806,8 @@ impl<'t> Analysis<'t> {
         self.writes = inner.writes;
         self.stores = inner.stores;
         self.opaque_calls = inner.opaque_calls;
+        // Preparing a statement that changes a pinned setting is refused as running it is.
+        self.settings = inner.settings.clone();
         self.prepare = Some((node.str("name").to_string(), Box::new(inner)));
         Ok(())
     }
