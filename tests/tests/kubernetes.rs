@@ -931,6 +931,22 @@ fn secrets_never_leave_the_gateway_unmasked() {
             .kubectl_ok("admin", &["get", "configmap", "applied-cm", "-o", "json"]),
     );
     assert_eq!(stored["data"]["k"], "v2");
+    // A server-side apply of a ConfigMap that does not exist would create it: decided as create
+    // too, which needs approval, however patch is allowed.
+    let new_cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied-new"}, "data": {"k": "v"}});
+    let file = k.env.file("applied-new.json", &new_cm.to_string());
+    let err = k.agent_err(&["apply", "--server-side", "-f", &file]);
+    assert!(
+        err.contains("needs approval by rule \"configmaps-need-approval\""),
+        "{err}"
+    );
+    assert!(
+        !k.env
+            .kubectl("admin", &["get", "configmap", "applied-new"])
+            .status
+            .success(),
+        "the ConfigMap was created"
+    );
 
     // A Secret's annotation repeats its data, so it is masked: client-side apply of a Secret
     // through the gateway fails (kubectl needs the annotation to compute its patch), and

@@ -684,11 +684,46 @@ async fn proxy(
     };
     let now = unix_now();
     let mut approval_rule = None;
+    // A server-side apply of an object that does not exist creates it, as does an update (PUT)
+    // of the resources whose API allows create-on-update, and the API server authorizes that as
+    // `create` too: so is it decided here, the stricter answer standing (a rule allowing `patch`
+    // must not create what `create` needs approval for). The gateway cannot know whether the
+    // object exists, so both are asked.
+    let creating = match &op {
+        Some(Operation::Kubernetes(k))
+            if k.subresource.is_none()
+                && ((k.verb == agentgate_crds::policy::KubernetesVerb::Update
+                    && kubernetes::creates_on_update(k.api_group, k.resource))
+                    || (k.verb == agentgate_crds::policy::KubernetesVerb::Patch
+                        && parts
+                            .headers
+                            .get(header::CONTENT_TYPE)
+                            .and_then(|v| v.to_str().ok())
+                            .is_some_and(kubernetes::is_apply_patch))) =>
+        {
+            Some(Operation::Kubernetes(KubernetesOperation {
+                verb: agentgate_crds::policy::KubernetesVerb::Create,
+                ..k.clone()
+            }))
+        }
+        _ => None,
+    };
     let (action, decision_record, refusal) = match &op {
         Some(op) => {
             let d = cfg
                 .policy_index
                 .decide(&cfg.policies, &connection.name, subject, op, now);
+            let (d, op) = match &creating {
+                Some(create) => stricter(
+                    (d, op),
+                    (
+                        cfg.policy_index
+                            .decide(&cfg.policies, &connection.name, subject, create, now),
+                        create,
+                    ),
+                ),
+                None => (d, op),
+            };
             let explained = d.explain(op);
             if let (Action::RequireApproval, Cause::Rule { policy, rule }) = (d.action, d.cause) {
                 approval_rule = Some((policy, rule, op.summary()));
@@ -1765,6 +1800,47 @@ async fn authenticate(
         p.www_authenticate = Some(e.www_authenticate());
         p
     })
+}
+
+/// Of two decisions on one request (as an update and as the create it may be), the stricter:
+/// Deny over RequireApproval over Allow. Two approvals under different rules conflict (one
+/// approval must not stand in for the other's approvers): refused, naming both.
+fn stricter<'p, 'o>(
+    first: (Decision<'p>, &'o Operation<'o>),
+    second: (Decision<'p>, &'o Operation<'o>),
+) -> (Decision<'p>, &'o Operation<'o>) {
+    let rank = |a: Action| match a {
+        Action::Allow => 0,
+        Action::RequireApproval => 1,
+        Action::Deny => 2,
+    };
+    if let (
+        Action::RequireApproval,
+        Action::RequireApproval,
+        Cause::Rule { policy, rule },
+        Cause::Rule {
+            policy: other_policy,
+            rule: other_rule,
+        },
+    ) = (first.0.action, second.0.action, first.0.cause, second.0.cause)
+        && !(std::ptr::eq(policy, other_policy) && std::ptr::eq(rule, other_rule))
+    {
+        let conflict = Decision {
+            action: Action::Deny,
+            cause: Cause::ApprovalConflict {
+                policy,
+                rule,
+                other_policy,
+                other_rule,
+            },
+        };
+        return (conflict, first.1);
+    }
+    if rank(second.0.action) > rank(first.0.action) {
+        second
+    } else {
+        first
+    }
 }
 
 /// The `decision` event.

@@ -170,6 +170,25 @@ pub fn is_json_content_type(ct: &str) -> bool {
             .is_some_and(|base| !base.is_empty())
 }
 
+/// Whether an update (PUT) of a missing object of this resource creates it: the built-in
+/// resources whose API allows create-on-update (RBAC's, Endpoints, Leases, API priority and
+/// fairness). Custom resources and the rest answer 404.
+pub fn creates_on_update(api_group: &str, resource: &str) -> bool {
+    matches!(
+        (api_group, resource),
+        ("rbac.authorization.k8s.io", _)
+            | ("flowcontrol.apiserver.k8s.io", _)
+            | ("", "endpoints")
+            | ("coordination.k8s.io", "leases")
+    )
+}
+
+/// Whether the API server reads a PATCH with this `Content-Type` as a server-side apply, which
+/// creates the object when it does not exist.
+pub fn is_apply_patch(ct: &str) -> bool {
+    go_media_type(ct).starts_with("application/apply-patch+")
+}
+
 /// Whether the API server reads a body with this `Content-Type` as a JSON patch (RFC 6902).
 pub fn is_json_patch(ct: &str) -> bool {
     let media_type = go_media_type(ct);
