@@ -963,6 +963,21 @@ fn secrets_never_leave_the_gateway_unmasked() {
         err.contains("creating patch with:\noriginal:\n[REDACTED]\n"),
         "{err}"
     );
+    // Unforced, or as a dry run, its answer would tell a guessed value from another: refused.
+    for args in [
+        &["apply", "--server-side", "-f", &file][..],
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--dry-run=server",
+            "-f",
+            &file,
+        ][..],
+    ] {
+        let err = k.agent_err(args);
+        assert!(err.contains("of a Secret"), "{args:?}: {err}");
+    }
     let out = k.agent_ok(&["apply", "--server-side", "--force-conflicts", "-f", &file]);
     assert_eq!(out.trim(), "secret/applied-secret serverside-applied");
     let stored = json_of(

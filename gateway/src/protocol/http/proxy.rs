@@ -644,6 +644,19 @@ async fn proxy(
     } else {
         None
     };
+    if kube_info
+        .as_ref()
+        .is_some_and(|k| k.resource == "secrets" && k.subresource.is_none())
+        && matches!(parts.method, Method::POST | Method::PUT | Method::PATCH)
+    {
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        if let Some(why) = kubernetes::secret_write_refusal(content_type, &target.query) {
+            return Err(bad_request(why));
+        }
+    }
     // A JSON patch can copy a Secret's values to fields that are not masked (annotations), or
     // test them one guess at a time: its operations are read before anything is forwarded.
     if kube_info.as_ref().is_some_and(|k| k.resource == "secrets") && is_json_patch(&parts.headers) {

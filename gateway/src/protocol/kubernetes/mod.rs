@@ -189,6 +189,25 @@ pub fn is_apply_patch(ct: &str) -> bool {
     go_media_type(ct).starts_with("application/apply-patch+")
 }
 
+/// Why a write to a Secret is refused for how it is asked, if it is: a dry run, or a
+/// server-side apply that is not forced, answers differently when a value sent equals the one
+/// stored (no conflict, no change in `managedFields`), which confirms guesses of a value the
+/// agent may not read, and writes nothing.
+pub fn secret_write_refusal(content_type: Option<&str>, query: &[(String, String)]) -> Option<&'static str> {
+    if query.iter().any(|(k, v)| k == "dryRun" && !v.is_empty()) {
+        return Some(
+            "a dry-run write of a Secret is refused: its answer tells whether a value sent equals the stored one",
+        );
+    }
+    let forced = query.iter().any(|(k, v)| k == "force" && v == "true");
+    if content_type.is_some_and(is_apply_patch) && !forced {
+        return Some(
+            "a server-side apply of a Secret must be forced (kubectl apply --server-side --force-conflicts): its conflicts tell whether a value sent equals the stored one",
+        );
+    }
+    None
+}
+
 /// Whether the API server reads a body with this `Content-Type` as a JSON patch (RFC 6902).
 pub fn is_json_patch(ct: &str) -> bool {
     let media_type = go_media_type(ct);
@@ -290,6 +309,26 @@ fn go_lower(c: char) -> char {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn secret_writes_that_confirm_guesses_are_refused() {
+        let q = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let apply = Some("application/apply-patch+yaml");
+        assert!(secret_write_refusal(apply, &q(&[("fieldManager", "kubectl")])).is_some());
+        assert!(secret_write_refusal(apply, &q(&[("force", "true")])).is_none());
+        assert!(secret_write_refusal(apply, &q(&[("force", "true"), ("dryRun", "All")])).is_some());
+        assert!(
+            secret_write_refusal(Some("application/merge-patch+json"), &q(&[("dryRun", "All")])).is_some()
+        );
+        assert!(secret_write_refusal(Some("application/merge-patch+json"), &q(&[])).is_none());
+        assert!(secret_write_refusal(None, &q(&[("dryRun", "")])).is_none());
+    }
+
     use super::*;
 
     #[test]
