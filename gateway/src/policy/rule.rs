@@ -549,6 +549,18 @@ impl KubernetesMatcher {
             .filter(|s| crate::protocol::kubernetes::NAMED_ONLY_SUBRESOURCES.contains(&s.as_str()))
             .cloned()
             .collect();
+        for (i, r) in k.resources.iter().enumerate() {
+            // RBAC writes `deployments/scale`; here the subresource has its own field, and such
+            // an entry would match nothing (a Deny written so would do nothing).
+            if let Some((resource, sub)) = r.split_once('/') {
+                errors.push((
+                    format!("kubernetes.resources[{i}]"),
+                    format!(
+                        "{r:?} names a subresource: write resources: [{resource}] and subresources: [{sub}]"
+                    ),
+                ));
+            }
+        }
         let mut globs = |field: &str, list: &[String]| -> Vec<Glob> {
             let mut out = Vec::new();
             for (i, v) in list.iter().enumerate() {
@@ -829,6 +841,22 @@ mod tests {
             body: BodyView::Empty,
             params: BodyParams::None,
         })
+    }
+
+    /// RBAC's `deployments/scale` matches nothing here (the subresource has its own field): a
+    /// Deny written so would do nothing, so it is refused, saying how to write it.
+    #[test]
+    fn a_resource_naming_a_subresource_is_refused() {
+        let errors = compile(&rule(
+            "name: r\naction: Deny\nkubernetes:\n  resources: [pods, deployments/scale]\n",
+        ))
+        .unwrap_err();
+        let (field, message) = &errors[0];
+        assert_eq!(field, "kubernetes.resources[1]");
+        assert!(
+            message.contains("resources: [deployments] and subresources: [scale]"),
+            "{message}"
+        );
     }
 
     #[test]
