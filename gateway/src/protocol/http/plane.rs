@@ -179,7 +179,7 @@ pub struct Gateway {
     /// what readiness reports, so no traffic is sent before the ports accept it.
     listening: std::sync::atomic::AtomicU64,
     /// Body bytes held to be masked whole, over all requests.
-    pub masking_budget: tokio::sync::Semaphore,
+    pub masking_budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl Gateway {

@@ -346,22 +346,22 @@ fn body_overrides(kind: BodyKind, boundary: Option<&[u8]>, bytes: &[u8]) -> bool
 /// Reads a request body whole, at most [`MAX_DECIDED_BODY`] bytes within
 /// [`REQUEST_BODY_TIMEOUT`], holding a share of the gateway's body budget (the one masking
 /// draws on) for as long as the returned permit lives; `why` says why it is read.
-async fn read_request_body<'g>(
-    gw: &'g Gateway,
+async fn read_request_body(
+    gw: &Gateway,
     body: Incoming,
     why: &str,
-) -> Result<(Bytes, Option<tokio::sync::SemaphorePermit<'g>>), Problem> {
+) -> Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>), Problem> {
     let body: Body = body.map_err(|e| -> BodyError { Box::new(e) }).boxed();
     read_body_within(body, &gw.masking_budget, REQUEST_BODY_TIMEOUT, why).await
 }
 
 /// [`read_request_body`] of any body, with its budget and time limit.
-async fn read_body_within<'g>(
+async fn read_body_within(
     body: Body,
-    budget: &'g tokio::sync::Semaphore,
+    budget: &Arc<tokio::sync::Semaphore>,
     timeout: Duration,
     why: &str,
-) -> Result<(Bytes, Option<tokio::sync::SemaphorePermit<'g>>), Problem> {
+) -> Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>), Problem> {
     let read = response::read_within(body, MAX_DECIDED_BODY, Some(budget));
     let Ok(read) = tokio::time::timeout(timeout, read).await else {
         return Err(Problem::new(
@@ -1295,17 +1295,18 @@ async fn proxy(
         record(gw, &plane, session.as_deref(), "http.response", event)?;
         res_parts.headers.remove(header::CONTENT_LENGTH);
         let metrics = gw.metrics.clone();
-        let masked = response::masked_lines(
+        let masked = response::masked_lines_within(
             res_body,
             plan.clone(),
             class,
             Arc::new(move |r: &MaskReport| metrics.count_masking(&connection_name, r)),
+            Some(gw.masking_budget.clone()),
         )
         .boxed();
         tee(masked, session.as_ref(), request_id, None, None, gw, &plane)
     } else {
         match mask_response(&plan, class, declared, res_body, &gw.masking_budget).await {
-            Ok(Masked::Done(bytes, report)) => {
+            Ok(Masked::Done(bytes, report, held)) => {
                 gw.metrics.count_masking(&connection_name, &report);
                 res_parts.headers.remove(header::CONTENT_LENGTH);
                 res_parts
@@ -1314,7 +1315,13 @@ async fn proxy(
                 let body = recorded_whole_body(class, &bytes, token_plan.as_ref());
                 let event = meta.event(&res_parts.headers, body, Some(&report));
                 record(gw, &plane, session.as_deref(), "http.response", event)?;
+                // The budget's share goes with the body, given back once it is sent.
                 full(bytes)
+                    .map_frame(move |frame| {
+                        let _ = &held;
+                        frame
+                    })
+                    .boxed()
             }
             Ok(Masked::PassThrough(body)) => {
                 let note = json!({"streamed": true, "masked": false});
@@ -1457,7 +1464,8 @@ fn has_body(h: &HeaderMap, body: Option<&Incoming>) -> bool {
 }
 
 enum Masked {
-    Done(Bytes, MaskReport),
+    /// Masked, with the share of the masking budget the body holds until it is sent.
+    Done(Bytes, MaskReport, Option<tokio::sync::OwnedSemaphorePermit>),
     /// The masker could not read it and the rules let it through unmasked.
     PassThrough(Body),
 }
@@ -1467,7 +1475,7 @@ async fn mask_response(
     class: ContentClass,
     declared: Option<u64>,
     body: Body,
-    budget: &tokio::sync::Semaphore,
+    budget: &Arc<tokio::sync::Semaphore>,
 ) -> Result<Masked, String> {
     let allow_unmasked = plan.on_unparseable() == UnparseablePolicy::Allow;
     // A type the masker cannot parse, let through, still meets the detectors when it is text
@@ -1489,8 +1497,8 @@ async fn mask_response(
             ))
         };
     }
-    // Held until the body is masked.
-    let (bytes, _held) = match response::read_within(body, MAX_MASKED_BODY, Some(budget)).await {
+    // Held until the masked body is sent (or dropped): a client reading slowly holds it.
+    let (bytes, held) = match response::read_within(body, MAX_MASKED_BODY, Some(budget)).await {
         Ok(b) => b,
         Err(MaskFailure::TooLarge) => {
             return Err(format!(
@@ -1505,13 +1513,13 @@ async fn mask_response(
         Err(_) => return Err("the upstream's body could not be read".into()),
     };
     match response::mask_whole(plan, class, &bytes) {
-        Ok((out, report)) => Ok(Masked::Done(Bytes::from(out), report)),
+        Ok((out, report)) => Ok(Masked::Done(Bytes::from(out), report, held)),
         Err(MaskFailure::Unparseable(why)) if allow_unmasked => match std::str::from_utf8(&bytes) {
             // Passed unparsed, text still meets the detectors: one value the parser refuses (a
             // lone surrogate) must not unmask every other value of the body.
             Ok(text) if plan.has_detectors() => {
                 let (masked, report) = plan.mask_text(text);
-                Ok(Masked::Done(Bytes::from(masked.into_owned()), report))
+                Ok(Masked::Done(Bytes::from(masked.into_owned()), report, held))
             }
             _ => {
                 tracing::debug!(why, "response passed unmasked as the masking rules allow");
@@ -2061,7 +2069,7 @@ mod tests {
             (Kind::RequestTimeout, StatusCode::REQUEST_TIMEOUT)
         );
         assert!(e.detail.contains("did not arrive within 100 ms"), "{}", e.detail);
-        let spent = tokio::sync::Semaphore::new(0);
+        let spent = Arc::new(tokio::sync::Semaphore::new(0));
         let e = read_body_within(full(Bytes::from_static(b"{}")), &spent, wait, "read")
             .await
             .unwrap_err();
@@ -2104,9 +2112,10 @@ mod tests {
         )
         .await
         .unwrap();
-        let Masked::Done(out, report) = masked else {
+        let Masked::Done(out, report, held) = masked else {
             panic!("passed through unmasked");
         };
+        drop(held);
         assert_eq!(
             std::str::from_utf8(&out).unwrap(),
             r#"[{"note":"\ud800"},{"email":"[REDACTED:EMAIL]"}]"#
@@ -2124,9 +2133,10 @@ mod tests {
         )
         .await
         .unwrap();
-        let Masked::Done(out, _) = masked else {
+        let Masked::Done(out, _, held) = masked else {
             panic!("passed through unmasked");
         };
+        drop(held);
         assert_eq!(out, "<user><email>[REDACTED:EMAIL]</email></user>");
         let binary = b"\xff\x00ada@example.com";
         let passed = mask_response(
@@ -2142,7 +2152,7 @@ mod tests {
         // Bytes held for masking count against the gateway's budget, and are given back.
         let held = budget.available_permits();
         assert_eq!(held, response::MAX_MASKING_MEMORY / 1024);
-        let small = tokio::sync::Semaphore::new(1);
+        let small = Arc::new(tokio::sync::Semaphore::new(1));
         let two_kib = Bytes::from(vec![b'a'; 2048]);
         let busy = mask_response(
             &plan,
@@ -2154,12 +2164,13 @@ mod tests {
         .await;
         assert!(busy.is_err_and(|why| why.contains("retry later")));
         assert_eq!(small.available_permits(), 1);
-        let roomy = tokio::sync::Semaphore::new(2);
-        assert!(
-            mask_response(&plan, ContentClass::Text, Some(2048), full(two_kib), &roomy)
-                .await
-                .is_ok()
-        );
+        let roomy = Arc::new(tokio::sync::Semaphore::new(2));
+        let masked = mask_response(&plan, ContentClass::Text, Some(2048), full(two_kib), &roomy)
+            .await
+            .unwrap();
+        // Held while the masked body waits to be sent, given back with it.
+        assert_eq!(roomy.available_permits(), 0);
+        drop(masked);
         assert_eq!(roomy.available_permits(), 2);
     }
 

@@ -101,8 +101,8 @@ pub enum MaskFailure {
 pub const MAX_MASKING_MEMORY: usize = 512 * 1024 * 1024;
 
 /// The bytes of bodies held for masking, one permit per KiB (see [`MAX_MASKING_MEMORY`]).
-pub fn masking_budget() -> tokio::sync::Semaphore {
-    tokio::sync::Semaphore::new(MAX_MASKING_MEMORY / 1024)
+pub fn masking_budget() -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new(MAX_MASKING_MEMORY / 1024))
 }
 
 /// Reads a whole body, at most `cap` bytes.
@@ -115,12 +115,12 @@ pub async fn read_capped(body: Body, cap: usize) -> Result<Bytes, MaskFailure> {
 pub async fn read_within(
     mut body: Body,
     cap: usize,
-    budget: Option<&tokio::sync::Semaphore>,
-) -> Result<(Bytes, Option<tokio::sync::SemaphorePermit<'_>>), MaskFailure> {
+    budget: Option<&Arc<tokio::sync::Semaphore>>,
+) -> Result<(Bytes, Option<tokio::sync::OwnedSemaphorePermit>), MaskFailure> {
     // Most bodies arrive in one frame, which is then the body itself, not copied.
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
-    let mut held_permit: Option<tokio::sync::SemaphorePermit<'_>> = None;
+    let mut held_permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| MaskFailure::Upstream(e.to_string()))?;
         let Ok(data) = frame.into_data() else { continue };
@@ -134,7 +134,7 @@ pub async fn read_within(
             if need > 0 {
                 let more = u32::try_from(need)
                     .ok()
-                    .and_then(|n| budget.try_acquire_many(n).ok())
+                    .and_then(|n| budget.clone().try_acquire_many_owned(n).ok())
                     .ok_or(MaskFailure::Busy)?;
                 match &mut held_permit {
                     Some(p) => p.merge(more),
@@ -998,6 +998,12 @@ pub struct LineMasker {
     /// A JSON document held open in `buf` (see [`json_safe_end`]).
     open_json: Held,
     on_report: Arc<dyn Fn(&MaskReport) + Send + Sync>,
+    /// The gateway's masking budget, and the share of it `buf` holds (one permit per KiB): a
+    /// long line waiting for its end is memory like a whole body being masked.
+    budget: Option<(
+        Arc<tokio::sync::Semaphore>,
+        Option<tokio::sync::OwnedSemaphorePermit>,
+    )>,
 }
 
 /// `inner` masked line by line under `plan` as `class` (JSON or text); `on_report` counts what
@@ -1007,6 +1013,17 @@ pub fn masked_lines(
     plan: MaskingPlan,
     class: ContentClass,
     on_report: Arc<dyn Fn(&MaskReport) + Send + Sync>,
+) -> Rewritten<LineMasker> {
+    masked_lines_within(inner, plan, class, on_report, None)
+}
+
+/// [`masked_lines`], the bytes it holds back drawn from `budget` (see [`MAX_MASKING_MEMORY`]).
+pub fn masked_lines_within(
+    inner: Body,
+    plan: MaskingPlan,
+    class: ContentClass,
+    on_report: Arc<dyn Fn(&MaskReport) + Send + Sync>,
+    budget: Option<Arc<tokio::sync::Semaphore>>,
 ) -> Rewritten<LineMasker> {
     Rewritten::new(
         inner,
@@ -1018,6 +1035,7 @@ pub fn masked_lines(
             ended: 0,
             open_json: Held::default(),
             on_report,
+            budget: budget.map(|b| (b, None)),
         },
     )
 }
@@ -1139,10 +1157,41 @@ fn pem_safe_end(text: &[u8]) -> usize {
     text.len()
 }
 
+impl LineMasker {
+    /// Holds as much of the budget as `buf` now takes: more as it grows, the rest given back.
+    fn charge(&mut self) -> Result<(), BodyError> {
+        let Some((budget, held)) = &mut self.budget else {
+            return Ok(());
+        };
+        let need = self.buf.len().div_ceil(1024);
+        let have = held.as_ref().map_or(0, |p| p.num_permits());
+        if need > have {
+            let more = u32::try_from(need - have)
+                .ok()
+                .and_then(|n| budget.clone().try_acquire_many_owned(n).ok())
+                .ok_or_else(|| -> BodyError {
+                    format!("the gateway already holds {MAX_MASKING_MEMORY} bytes of bodies to mask").into()
+                })?;
+            match held {
+                Some(p) => p.merge(more),
+                None => *held = Some(more),
+            }
+        } else if need < have
+            && let Some(p) = held
+        {
+            drop(p.split(have - need));
+        }
+        Ok(())
+    }
+}
+
 impl Rewrite for LineMasker {
     fn chunk(&mut self, data: Bytes) -> Result<Option<Bytes>, BodyError> {
         self.buf.extend_from_slice(&data);
-        self.drain(false)
+        self.charge()?;
+        let out = self.drain(false);
+        self.charge()?;
+        out
     }
 
     fn end(&mut self) -> Result<Option<Bytes>, BodyError> {
@@ -2001,6 +2050,44 @@ mod tests {
             rx.recv().await.map(|b| (Ok(Frame::data(b)), rx))
         });
         (tx, http_body_util::StreamBody::new(stream).boxed())
+    }
+
+    /// A line held back until its end draws on the gateway's masking budget, as a whole body
+    /// does: past what is left of it the stream is cut, and what it held is given back.
+    #[tokio::test]
+    async fn a_long_line_held_back_draws_on_the_masking_budget() {
+        use hyper::body::Body as _;
+        let budget = Arc::new(tokio::sync::Semaphore::new(2));
+        let (tx, inner) = channel_body();
+        let mut body = Box::pin(masked_lines_within(
+            inner,
+            phone_plan("Refuse"),
+            ContentClass::Text,
+            Arc::new(|_: &MaskReport| {}),
+            Some(budget.clone()),
+        ));
+        let wait = std::time::Duration::from_secs(10);
+        // A KiB of an unfinished line is held: one permit.
+        tx.send(Bytes::from(vec![b'a'; 1000])).unwrap();
+        tx.send(Bytes::from_static(b"\nrest")).unwrap();
+        let first = tokio::time::timeout(wait, std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .into_data()
+            .unwrap();
+        assert_eq!(first.len(), 1001);
+        assert_eq!(budget.available_permits(), 1, "the unfinished `rest` holds one");
+        // Past the budget: cut.
+        tx.send(Bytes::from(vec![b'b'; 4096])).unwrap();
+        let cut = tokio::time::timeout(wait, std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(cut.is_err());
+        drop(body);
+        assert_eq!(budget.available_permits(), 2);
     }
 
     /// Under Allow a document that does not close within the hold limit goes on as text, so a
