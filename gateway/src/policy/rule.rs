@@ -90,11 +90,20 @@ impl CompiledMatcher {
         matches!(&self.matcher, Matcher::Http(m) if !m.query.is_empty() || !m.json_body.is_empty())
     }
 
-    /// Whether the rule names one element of `op` (a kind, a table, a function), as Deny and
-    /// RequireApproval rules match at Unix time `now`: where an Allow rule's row cap applies,
-    /// whatever else the statement reads.
+    /// Whether an Allow rule's row cap reaches `op` at Unix time `now`: the statement reads one
+    /// of the rule's tables or calls one of its functions, whatever its kind (the cap of a rule
+    /// listing only SELECT also bounds `COPY t TO STDOUT` and `UPDATE t ... RETURNING *`) and
+    /// whatever else it reads. A rule naming neither reaches every statement.
     pub fn reaches(&self, op: &Operation<'_>, now: i64) -> bool {
-        self.matches(Action::Deny, op, now)
+        if let Some(s) = &self.schedule
+            && !s.in_force(now)
+        {
+            return false;
+        }
+        match (&self.matcher, op) {
+            (Matcher::Sql(m), Operation::Sql(q)) => m.reaches(q.statement),
+            _ => self.matches(Action::Deny, op, now),
+        }
     }
 
     /// The row limit of an Allow rule's `sql.rowLimit`.
@@ -788,6 +797,18 @@ impl SqlMatcher {
         true
     }
 
+    /// See [`CompiledMatcher::reaches`].
+    fn reaches(&self, st: &Statement) -> bool {
+        if self.tables.is_empty() && self.functions.is_empty() {
+            return true;
+        }
+        st.tables.iter().any(|t| self.table_matches(t, false))
+            || st
+                .functions
+                .iter()
+                .any(|f| self.functions.iter().any(|g| g.matches(f)))
+    }
+
     /// `schema.table`, where a quoted name may itself contain dots: every way of splitting the
     /// name must match for an Allow rule, one for the others.
     fn table_matches(&self, name: &str, all: bool) -> bool {
@@ -1326,6 +1347,34 @@ mod tests {
             statement: &c.statements[0],
         });
         m.matches(r.action, &op, 0)
+    }
+
+    /// A row cap reaches every statement that reads the rule's tables, whatever kinds the rule
+    /// lists: COPY TO and RETURNING return rows as SELECT does.
+    #[test]
+    fn a_row_cap_reaches_its_tables_under_any_statement_kind() {
+        let capped = rule(
+            "name: r\naction: Allow\nsql:\n  statements: [Select]\n  tables: [public.big_capped]\n  rowLimit: 1000\n",
+        );
+        let m = compile(&capped).unwrap();
+        let reaches = |sql: &str| {
+            let c = crate::protocol::postgres::classify::classify(sql).unwrap();
+            let op = Operation::Sql(crate::policy::operation::SqlOperation {
+                statement: &c.statements[0],
+            });
+            m.reaches(&op, 0)
+        };
+        for sql in [
+            "SELECT * FROM big_capped",
+            "COPY big_capped TO STDOUT",
+            "COPY (SELECT * FROM big_capped) TO STDOUT",
+            "UPDATE big_capped SET id = id WHERE id > 0 RETURNING *",
+            "SELECT * FROM orders JOIN big_capped USING (id)",
+        ] {
+            assert!(reaches(sql), "{sql}");
+        }
+        assert!(!reaches("COPY orders TO STDOUT"));
+        assert!(!reaches("SELECT * FROM orders"));
     }
 
     #[test]
