@@ -1468,6 +1468,25 @@ fn protocol_abuse_is_refused_and_the_gateway_survives() {
     r.send(b'Q', b"SELECT 1\0");
     let msgs = r.until_ready();
     assert!(msgs.iter().any(|(t, _)| *t == b'D'), "session still usable");
+    // Portals kept bound hold their parameters for the session: past 1024 in one transaction a
+    // Bind is refused (54000), and the session goes on.
+    r.send(b'Q', b"BEGIN\0");
+    r.until_ready();
+    r.send(b'P', &parse("one", "SELECT 1"));
+    r.send(b'S', b"");
+    assert!(errors(&r.until_ready()).is_empty());
+    let mut binds = Vec::new();
+    for i in 0..1025 {
+        binds.push((b'B', bind(&format!("p{i}"), "one")));
+    }
+    binds.push((b'S', Vec::new()));
+    let frames: Vec<(u8, &[u8])> = binds.iter().map(|(t, b)| (*t, b.as_slice())).collect();
+    r.0.write_all(&pipeline(&frames)).unwrap();
+    let msgs = r.until_ready();
+    assert_eq!(errors(&msgs), ["54000"], "the 1025th portal");
+    assert_eq!(msgs.iter().filter(|(t, _)| *t == b'2').count(), 1024);
+    r.send(b'Q', b"ROLLBACK\0");
+    assert!(errors(&r.until_ready()).is_empty());
     // Inside a pipeline that failed, the server skips everything up to Sync, the refusal's own
     // round trip included: the gateway would then match each later answer to the statement
     // before it (an unmasked `upper(email)`, a row cap not applied). It is a protocol violation.

@@ -338,6 +338,14 @@ const WITHHELD_PAYLOAD: &str = "[REDACTED]";
 
 /// Cursors whose declaring configuration a session remembers.
 const MAX_TRACKED_CURSORS: usize = 1024;
+/// Most named prepared statements one session keeps: each holds its classified statement, and
+/// every agent's session shares the process.
+const MAX_NAMED_STATEMENTS: usize = 4096;
+/// Most portals one session keeps bound, and most bytes of parameter values they hold (kept
+/// for an approval's fingerprint): past either, a Bind is refused until portals are closed or
+/// the transaction ends.
+const MAX_PORTALS: usize = 1024;
+const MAX_BOUND_BYTES: usize = 256 * 1024 * 1024;
 
 /// Everything a running session holds.
 struct Live {
@@ -2304,6 +2312,19 @@ impl ClientSide {
                 ));
             }
         };
+        if !p.name.is_empty() {
+            let prepared = lock(&self.shared);
+            if !prepared.statements.contains_key(&p.name) && prepared.statements.len() >= MAX_NAMED_STATEMENTS
+            {
+                drop(prepared);
+                return self.refuse_extended(ErrorResponse::new(
+                    sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                    format!(
+                        "the gateway keeps at most {MAX_NAMED_STATEMENTS} named prepared statements per session; close some first"
+                    ),
+                ));
+            }
+        }
         let seq = {
             let mut prepared = lock(&self.shared);
             prepared.seq += 1;
@@ -2428,10 +2449,27 @@ impl ClientSide {
                 },
             })
             .collect();
-        let bound = (0..b.params.len())
+        let bound: Arc<[(i16, Option<Bytes>)]> = (0..b.params.len())
             .map(|i| (b.param_format(i), b.params[i].clone()))
             .collect();
         let mut prepared = lock(&self.shared);
+        let size = |values: &[(i16, Option<Bytes>)]| {
+            values
+                .iter()
+                .map(|(_, v)| v.as_ref().map_or(0, Bytes::len))
+                .sum::<usize>()
+        };
+        let others = prepared.portals.iter().filter(|(name, _)| **name != b.portal);
+        let (count, held) = others.fold((0, 0), |(n, bytes), (_, p)| (n + 1, bytes + size(&p.bound)));
+        if count >= MAX_PORTALS || held + size(&bound) > MAX_BOUND_BYTES {
+            drop(prepared);
+            return self.refuse_extended(ErrorResponse::new(
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "the gateway keeps at most {MAX_PORTALS} portals and {MAX_BOUND_BYTES} bytes of their parameters per session; close portals or end the transaction first"
+                ),
+            ));
+        }
         if !b.portal.is_empty() {
             prepared.bind_portal(&b.portal);
         }
