@@ -2949,3 +2949,40 @@ fn mutated_sessions_never_reach_what_policy_denies_nor_hurt_the_gateway() {
     assert!(!log.contains("panicked"), "the gateway panicked:\n{log}");
     s.assert_no_canary();
 }
+
+/// A function the session itself defines under a built-in's name (`upper`) is its own code, not
+/// the built-in the classifier trusts: the names were read from the catalog when the session
+/// began, so once it defines code, its calls are read as code that may read anything.
+#[test]
+fn code_a_session_defines_under_a_built_in_name_is_not_trusted() {
+    let s = setup_with(false);
+    s.pg.psql(&format!("GRANT CREATE ON SCHEMA public TO {}", s.pg.scram.name));
+    edit_manifests(
+        &s.gw,
+        "  rules:\n",
+        "  rules:\n    - name: define-code\n      action: Allow\n      sql:\n        statements: [Select, Create]\n",
+    );
+    let tok = token(&s.idp);
+    rt().block_on(async {
+        let c = connect(&s.plain_conninfo(&tok)).await;
+        let define = "CREATE FUNCTION public.upper(int) RETURNS text LANGUAGE sql \
+                      AS 'SELECT email FROM public.customers WHERE id = $1'";
+        let until = Instant::now() + Duration::from_secs(30);
+        while let Err(e) = c.batch_execute(define).await {
+            assert!(Instant::now() < until, "the grant never applied: {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        match c.simple_query("SELECT upper(1)").await {
+            Ok(messages) => {
+                for m in messages {
+                    if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+                        let value = r.get(0).unwrap_or_default().to_string();
+                        assert!(!value.contains("@example"), "unmasked: {value}");
+                    }
+                }
+            }
+            Err(e) => assert_eq!(db_error(&e).0, "42501", "{e}"),
+        }
+    });
+    s.pg.psql("DROP FUNCTION public.upper(int)");
+}

@@ -338,6 +338,22 @@ const WITHHELD_PAYLOAD: &str = "[REDACTED]";
 
 /// Cursors whose declaring configuration a session remembers.
 const MAX_TRACKED_CURSORS: usize = 1024;
+/// Statements that may define code a later call reaches under a name the classifier trusts
+/// (a built-in function's or operator's): functions, procedures, aggregates, operators, casts
+/// and extensions created, renamed or moved between schemas.
+const DEFINES_CODE: &[&str] = &[
+    "CreateFunctionStmt",
+    "AlterFunctionStmt",
+    "RenameStmt",
+    "AlterObjectSchemaStmt",
+    "CreateExtensionStmt",
+    "AlterExtensionStmt",
+    "AlterExtensionContentsStmt",
+    "DefineStmt",
+    "CreateCastStmt",
+    "CreateTransformStmt",
+];
+
 /// Most named prepared statements one session keeps: each holds its classified statement, and
 /// every agent's session shares the process.
 const MAX_NAMED_STATEMENTS: usize = 4096;
@@ -373,6 +389,11 @@ struct Live {
     /// a built-in function's name may resolve to, and its `pg_*` relations in `public`; read at
     /// startup.
     shadows: catalog::Shadows,
+    /// Set once the session sent a statement that may define or rename functions or operators
+    /// (CREATE FUNCTION, ALTER ... RENAME or SET SCHEMA, CREATE EXTENSION, CREATE OPERATOR):
+    /// `shadows` was read at startup, so from then on any function call may be the session's
+    /// own code under a built-in's name.
+    catalog_changed: std::sync::atomic::AtomicBool,
     /// The session's recording, when it has one; replaced (see [`Live::recording`]) when it
     /// reaches its age limit or the recording configuration changes.
     recording: Option<Mutex<Arc<Recording>>>,
@@ -594,6 +615,7 @@ async fn start(
             plan,
             masked: Arc::new(masked),
             shadows,
+            catalog_changed: std::sync::atomic::AtomicBool::new(false),
             recording,
             recording_start,
             retiring: Mutex::new(Vec::new()),
@@ -1041,6 +1063,17 @@ impl Live {
 
     /// Decides one statement (after resolving SQL-level EXECUTE to its prepared statement).
     fn decide(&self, statement: &Statement, prepared: &Prepared) -> Verdict {
+        let v = self.decide_once(statement, prepared);
+        if v.action != Action::Deny && DEFINES_CODE.contains(&statement.node) {
+            // Sent on, whether or not it succeeds: the calls decided after it (in this query
+            // too) are read the stricter way.
+            self.catalog_changed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        v
+    }
+
+    fn decide_once(&self, statement: &Statement, prepared: &Prepared) -> Verdict {
         let target: Arc<Statement>;
         let resolved_target: Arc<Statement>;
         let mut st = statement;
@@ -1340,6 +1373,7 @@ impl Live {
     fn calls_hidden_code(&self, st: &Statement) -> bool {
         st.fields.iter().any(|f| self.shadows.by_field.contains(f))
             || st.functions.iter().any(|f| self.shadows.shadowing.contains(f))
+            || (!st.functions.is_empty() && self.catalog_changed.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// `st` as the session's database reads it, where that differs from the classifier's
