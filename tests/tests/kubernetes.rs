@@ -770,7 +770,7 @@ fn secret_values_an_agent_writes_are_not_recorded() {
 /// cover, and `test` confirms a guessed value: such patches are refused before they are sent.
 #[test]
 fn secret_values_cannot_be_patched_out_of_masking() {
-    let k = Kube::start();
+    let mut k = Kube::start();
     let secret = json!({
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "agent-three"},
         "stringData": {"password": SECRET_VALUE},
@@ -830,6 +830,7 @@ fn secret_values_cannot_be_patched_out_of_masking() {
             "may not copy or move",
         ),
     ];
+    let refused_count = refused.len();
     for (ops, why) in refused {
         let out = patch(ops.clone());
         let text = show(&out);
@@ -850,6 +851,19 @@ fn secret_values_cannot_be_patched_out_of_masking() {
         "{stored}"
     );
     assert!(stored["metadata"].get("labels").is_none(), "{stored}");
+    // Each refused attempt is on record, its request and decision, without the value.
+    let rec = k.stop_and_read_recordings();
+    let attempts = rec
+        .lines()
+        .filter(|l| {
+            l.contains("\"type\":\"http.request\"") && l.contains("PATCH") && l.contains("agent-three")
+        })
+        .count();
+    assert!(
+        attempts > refused_count,
+        "{attempts} PATCH requests on record\n{rec}"
+    );
+    assert!(!rec.contains(SECRET_VALUE) && !rec.contains(BASE64.encode(SECRET_VALUE).as_str()));
 }
 
 #[test]

@@ -644,6 +644,9 @@ async fn proxy(
     } else {
         None
     };
+    // Writes of a Secret the gateway refuses for how they are asked: refused once the request
+    // and its decision are on record, so an attempt leaves evidence.
+    let mut secret_refusal = None;
     if kube_info
         .as_ref()
         .is_some_and(|k| k.resource == "secrets" && k.subresource.is_none())
@@ -653,9 +656,7 @@ async fn proxy(
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
-        if let Some(why) = kubernetes::secret_write_refusal(content_type, &target.query) {
-            return Err(bad_request(why));
-        }
+        secret_refusal = kubernetes::secret_write_refusal(content_type, &target.query);
     }
     // A JSON patch can copy a Secret's values to fields that are not masked (annotations), or
     // test them one guess at a time: its operations are read before anything is forwarded.
@@ -668,9 +669,9 @@ async fn proxy(
             body_permits.extend(permit);
             read_body = Some(bytes);
         }
-        if let Some(why) = kubernetes::secret_patch_refusal(read_body.as_deref().unwrap_or_default()) {
-            return Err(bad_request(why));
-        }
+        secret_refusal = secret_refusal.or(kubernetes::secret_patch_refusal(
+            read_body.as_deref().unwrap_or_default(),
+        ));
     }
     let op = if let Some(kube_info) = &kube_info {
         match kube_info.policy_verb() {
@@ -872,6 +873,13 @@ async fn proxy(
     }
     // It borrows the body read so far, which the approval path below may still extend.
     drop(request_event);
+    // A policy's Deny is the answer where there is one; an approval is never asked for a write
+    // refused anyway.
+    if let Some(why) = secret_refusal
+        && action != Action::Deny
+    {
+        return Err(bad_request(why));
+    }
 
     let mut refusal = refusal;
     if let Some((policy, rule, summary)) = approval_rule {

@@ -239,6 +239,17 @@ pub fn secret_patch_refusal(body: &[u8]) -> Option<&'static str> {
                         "a JSON patch of a Secret may not copy or move its data to another field, where masking would not cover it",
                     );
                 }
+                // The API server parses these keys of a docker-config Secret as JSON, and its
+                // error quotes where a copied value stops parsing: an oracle for its bytes.
+                let docker_config = to
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|key| matches!(key, ".dockerconfigjson" | ".dockercfg"));
+                if holds_secret_values(from) && docker_config {
+                    return Some(
+                        "a JSON patch of a Secret may not copy or move a value into .dockerconfigjson or .dockercfg, whose parse error would describe it",
+                    );
+                }
             }
             "test" if field("path").is_none_or(holds_secret_values) => {
                 return Some(
@@ -379,6 +390,13 @@ mod tests {
         assert!(secret_patch_refusal(b"[{\"op\":\"copy\",\"op\":\"add\"}]").is_some());
         assert!(secret_patch_refusal(b"{}").is_some());
         assert!(refused(serde_json::json!([{"from": "/data/p"}])));
+        // Into a docker config key, whose parse error would describe the value.
+        for to in ["/data/.dockerconfigjson", "/stringData/.dockercfg"] {
+            assert!(
+                refused(serde_json::json!([{"op": "copy", "from": "/data/password", "path": to}])),
+                "{to}"
+            );
+        }
         // Within data, and everything that reads no value, goes on.
         for ok in [
             serde_json::json!([{"op": "copy", "from": "/data/p", "path": "/data/q"}]),
