@@ -781,6 +781,12 @@ impl<'t> Analysis<'t> {
             self.stores = inner.stores;
             self.settings = inner.settings;
             self.refused = inner.refused;
+        } else if inner.opaque_calls {
+            // Planning runs the immutable functions a statement calls on constants, and a
+            // function of the database's own may be labelled immutable whatever it does:
+            // EXPLAIN of one may write as running it would.
+            self.writes = inner.writes;
+            self.stores = inner.stores;
         }
         Ok(())
     }
@@ -2628,6 +2634,10 @@ mod tests {
                 .is_err()
         );
         assert!(!one("EXPLAIN EXECUTE del(1)").writes);
+        // Planning folds immutable calls on constants, and the database's own function may be
+        // labelled immutable whatever it does: EXPLAIN of it may write.
+        assert!(one("EXPLAIN VERBOSE SELECT public.f(1)").writes);
+        assert!(!one("EXPLAIN SELECT lower('A')").writes);
     }
 
     #[test]
