@@ -174,6 +174,10 @@ pub struct Context {
     pub gateway: Arc<Gateway>,
     pub cancels: Arc<CancelRegistry>,
     pub classifier: Classifier,
+    /// Counts statements sent on that may define code under names the classifier trusts (see
+    /// [`DEFINES_CODE`]): a session whose catalog reading is older than the last one reads
+    /// every call as code that may read anything (another session's new `public.upper(int)`).
+    code_generation: std::sync::atomic::AtomicU64,
     /// Upstream TLS configurations by connection, with the snapshot they were built for.
     tls: Mutex<HashMap<String, (usize, Arc<ClientConfig>)>>,
     /// Turns true when the gateway shuts down: sessions end then (FATAL 57P01, as PostgreSQL's
@@ -194,6 +198,7 @@ impl Context {
             gateway,
             cancels: Arc::new(CancelRegistry::default()),
             classifier: Classifier::new(CLASSIFIER_CAPACITY),
+            code_generation: std::sync::atomic::AtomicU64::new(0),
             tls: Mutex::new(HashMap::new()),
             shutdown,
         })
@@ -344,15 +349,40 @@ const MAX_TRACKED_CURSORS: usize = 1024;
 const DEFINES_CODE: &[&str] = &[
     "CreateFunctionStmt",
     "AlterFunctionStmt",
-    "RenameStmt",
-    "AlterObjectSchemaStmt",
     "CreateExtensionStmt",
     "AlterExtensionStmt",
     "AlterExtensionContentsStmt",
     "DefineStmt",
     "CreateCastStmt",
     "CreateTransformStmt",
+    // Code that may run any of the above.
+    "DoStmt",
+    "CallStmt",
 ];
+
+/// Whether `st` may define code (see [`DEFINES_CODE`]); a rename or move between schemas only
+/// when it names a routine, an operator or a schema (not a table's or column's).
+fn defines_code(st: &Statement) -> bool {
+    if DEFINES_CODE.contains(&st.node) {
+        return true;
+    }
+    matches!(st.node, "RenameStmt" | "AlterObjectSchemaStmt") && {
+        let text = st.text.to_ascii_uppercase();
+        [
+            "FUNCTION",
+            "PROCEDURE",
+            "ROUTINE",
+            "AGGREGATE",
+            "OPERATOR",
+            "SCHEMA",
+        ]
+        .iter()
+        .any(|w| {
+            text.split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                .any(|t| t == *w)
+        })
+    }
+}
 
 /// Most named prepared statements one session keeps: each holds its classified statement, and
 /// every agent's session shares the process.
@@ -389,11 +419,10 @@ struct Live {
     /// a built-in function's name may resolve to, and its `pg_*` relations in `public`; read at
     /// startup.
     shadows: catalog::Shadows,
-    /// Set once the session sent a statement that may define or rename functions or operators
-    /// (CREATE FUNCTION, ALTER ... RENAME or SET SCHEMA, CREATE EXTENSION, CREATE OPERATOR):
-    /// `shadows` was read at startup, so from then on any function call may be the session's
-    /// own code under a built-in's name.
-    catalog_changed: std::sync::atomic::AtomicBool,
+    /// [`Context::code_generation`] when `shadows` was read: once any session (this one too) has
+    /// sent a statement that may define code since, a call may be that code under a built-in's
+    /// name.
+    code_generation: u64,
     /// The session's recording, when it has one; replaced (see [`Live::recording`]) when it
     /// reaches its age limit or the recording configuration changes.
     recording: Option<Mutex<Arc<Recording>>>,
@@ -544,6 +573,8 @@ async fn start(
     let masked = catalog::resolve(&mut up, &plan)
         .await
         .map_err(|e| catalog_failed(&e))?;
+    // Read before the catalog: code defined while it is read makes this session strict.
+    let code_generation = ctx.code_generation.load(std::sync::atomic::Ordering::Relaxed);
     let shadows = catalog::shadows(&mut up).await.map_err(|e| catalog_failed(&e))?;
     let mode = cfg.gateway.recording.mode;
     let mut recording_start = json!({
@@ -615,7 +646,7 @@ async fn start(
             plan,
             masked: Arc::new(masked),
             shadows,
-            catalog_changed: std::sync::atomic::AtomicBool::new(false),
+            code_generation,
             recording,
             recording_start,
             retiring: Mutex::new(Vec::new()),
@@ -1064,11 +1095,12 @@ impl Live {
     /// Decides one statement (after resolving SQL-level EXECUTE to its prepared statement).
     fn decide(&self, statement: &Statement, prepared: &Prepared) -> Verdict {
         let v = self.decide_once(statement, prepared);
-        if v.action != Action::Deny && DEFINES_CODE.contains(&statement.node) {
+        if v.action != Action::Deny && defines_code(statement) {
             // Sent on, whether or not it succeeds: the calls decided after it (in this query
-            // too) are read the stricter way.
-            self.catalog_changed
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            // too, and in every session open now) are read the stricter way.
+            self.ctx
+                .code_generation
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         v
     }
@@ -1373,7 +1405,12 @@ impl Live {
     fn calls_hidden_code(&self, st: &Statement) -> bool {
         st.fields.iter().any(|f| self.shadows.by_field.contains(f))
             || st.functions.iter().any(|f| self.shadows.shadowing.contains(f))
-            || (!st.functions.is_empty() && self.catalog_changed.load(std::sync::atomic::Ordering::Relaxed))
+            || ((!st.functions.is_empty() || !st.fields.is_empty())
+                && self
+                    .ctx
+                    .code_generation
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    != self.code_generation)
     }
 
     /// `st` as the session's database reads it, where that differs from the classifier's
@@ -2066,6 +2103,29 @@ impl ClientSide {
             }
         };
         let count = classified.statements.len();
+        {
+            // SQL-level PREPARE shares the protocol's namespace, and its cap.
+            let prepared = lock(&self.shared);
+            let new_names = classified
+                .statements
+                .iter()
+                .filter_map(|st| st.prepare.as_ref())
+                .filter(|(name, _)| {
+                    !prepared.sql.contains_key(name) && !prepared.statements.contains_key(name)
+                })
+                .count();
+            if new_names > 0
+                && prepared.sql.len() + prepared.statements.len() + new_names > MAX_NAMED_STATEMENTS
+            {
+                drop(prepared);
+                return self.refuse_simple(ErrorResponse::new(
+                    sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                    format!(
+                        "the gateway keeps at most {MAX_NAMED_STATEMENTS} named prepared statements per session; DEALLOCATE some first"
+                    ),
+                ));
+            }
+        }
         let mut verdicts: Vec<Verdict> = {
             let prepared = lock(&self.shared);
             let renames = classified
@@ -2348,7 +2408,9 @@ impl ClientSide {
         };
         if !p.name.is_empty() {
             let prepared = lock(&self.shared);
-            if !prepared.statements.contains_key(&p.name) && prepared.statements.len() >= MAX_NAMED_STATEMENTS
+            if !prepared.statements.contains_key(&p.name)
+                && !prepared.sql.contains_key(&p.name)
+                && prepared.statements.len() + prepared.sql.len() >= MAX_NAMED_STATEMENTS
             {
                 drop(prepared);
                 return self.refuse_extended(ErrorResponse::new(
