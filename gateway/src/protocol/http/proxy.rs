@@ -722,6 +722,7 @@ async fn proxy(
         }
         _ => None,
     };
+    let requested = op.as_ref();
     let (action, decision_record, refusal) = match &op {
         Some(op) => {
             let d = cfg
@@ -740,7 +741,15 @@ async fn proxy(
             };
             let explained = d.explain(op);
             if let (Action::RequireApproval, Cause::Rule { policy, rule }) = (d.action, d.cause) {
-                approval_rule = Some((policy, rule, op.summary()));
+                // Decided as the create it may be, it is still the update or apply it is: the
+                // approver reads both.
+                let summary = match (&creating, &requested) {
+                    (Some(create), Some(asked)) if std::ptr::eq(op, create) => {
+                        format!("{} (which creates it if it does not exist)", asked.summary())
+                    }
+                    _ => op.summary(),
+                };
+                approval_rule = Some((policy, rule, summary));
             }
             let record = DecisionEvent::of(request_id, &d, explained.clone());
             (d.action, record, refusal_for(&d, explained))

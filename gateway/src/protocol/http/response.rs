@@ -1188,7 +1188,7 @@ impl LineMasker {
 impl Rewrite for LineMasker {
     fn chunk(&mut self, data: Bytes) -> Result<Option<Bytes>, BodyError> {
         self.buf.extend_from_slice(&data);
-        self.charge()?;
+        // Charged for what stays held once the complete lines are out.
         let out = self.drain(false);
         self.charge()?;
         out
