@@ -2389,6 +2389,20 @@ fn cancel_requests_reach_only_the_right_backend() {
     assert!(!msgs.iter().any(|(t, _)| *t == b'E'));
 }
 
+/// A session in a transaction with portal `p` bound to a DELETE, which policy holds for
+/// approval had it come to Execute (Bind asks no approver).
+fn delete_bound_in_a_transaction(port: u16, token: &str) -> Raw {
+    let mut r = Raw::login(port, token);
+    r.send(b'Q', b"BEGIN\0");
+    r.until_ready();
+    r.send(b'P', &parse("s", "DELETE FROM orders WHERE id = 1 RETURNING id"));
+    r.send(b'B', &bind("p", "s"));
+    r.send(b'S', b"");
+    let msgs = r.until_ready();
+    assert!(errors(&msgs).is_empty(), "{msgs:?}");
+    r
+}
+
 /// What the gateway decides at Execute, a SQL FETCH or MOVE of the portal (one namespace with
 /// cursors) would run undecided; a row cap reaches a statement that joins its table with
 /// another; COPY TO is refused wherever a SELECT of the same would mask by column.
@@ -2416,15 +2430,7 @@ fn fetch_joins_and_copy_do_not_step_around_decisions_caps_or_masking() {
         // A DECLARE in between does not make the gateway forget the portal.
         ("DECLARE x CURSOR FOR SELECT 1", "FETCH ALL FROM p"),
     ] {
-        let mut r = Raw::login(s.plain, &tok);
-        r.send(b'Q', b"BEGIN\0");
-        r.until_ready();
-        // Held for approval had it come to Execute: Bind asks no approver.
-        r.send(b'P', &parse("s", "DELETE FROM orders WHERE id = 1 RETURNING id"));
-        r.send(b'B', &bind("p", "s"));
-        r.send(b'S', b"");
-        let msgs = r.until_ready();
-        assert!(errors(&msgs).is_empty(), "{msgs:?}");
+        let mut r = delete_bound_in_a_transaction(s.plain, &tok);
         if !between.is_empty() {
             r.send(b'Q', format!("{between}\0").as_bytes());
             let msgs = r.until_ready();
@@ -2447,13 +2453,7 @@ fn fetch_joins_and_copy_do_not_step_around_decisions_caps_or_masking() {
     }
     // A failed transaction rolled back to a savepoint made after the Bind keeps the server's
     // portal: the gateway does not forget it either.
-    let mut r = Raw::login(s.plain, &tok);
-    r.send(b'Q', b"BEGIN\0");
-    r.until_ready();
-    r.send(b'P', &parse("s", "DELETE FROM orders WHERE id = 1 RETURNING id"));
-    r.send(b'B', &bind("p", "s"));
-    r.send(b'S', b"");
-    assert!(errors(&r.until_ready()).is_empty());
+    let mut r = delete_bound_in_a_transaction(s.plain, &tok);
     r.send(b'Q', b"SAVEPOINT sp\0");
     assert!(errors(&r.until_ready()).is_empty());
     // The server refuses a cursor of the portal's name (42P03), which fails the transaction.

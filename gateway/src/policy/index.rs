@@ -393,7 +393,25 @@ pub struct Decision<'a> {
     pub cause: Cause<'a>,
 }
 
-impl Decision<'_> {
+impl<'a> Decision<'a> {
+    /// Deny, for two RequireApproval rules that ask differently (see [`Cause::ApprovalConflict`]).
+    pub fn approval_conflict(
+        policy: &'a CompiledPolicy,
+        rule: &'a CompiledRule,
+        other_policy: &'a CompiledPolicy,
+        other_rule: &'a CompiledRule,
+    ) -> Self {
+        Self {
+            action: Action::Deny,
+            cause: Cause::ApprovalConflict {
+                policy,
+                rule,
+                other_policy,
+                other_rule,
+            },
+        }
+    }
+
     /// Stable label for metrics and recordings: allow, deny or require_approval.
     pub fn label(&self) -> &'static str {
         match self.action {
@@ -650,15 +668,7 @@ impl PolicyIndex {
                 if rule.action == Action::RequireApproval
                     && let Some((other_policy, other_rule)) = asks_otherwise(policies, &lists, r, op, now)
                 {
-                    return Decision {
-                        action: Action::Deny,
-                        cause: Cause::ApprovalConflict {
-                            policy,
-                            rule,
-                            other_policy,
-                            other_rule,
-                        },
-                    };
+                    return Decision::approval_conflict(policy, rule, other_policy, other_rule);
                 }
                 return Decision {
                     action: rule.action,

@@ -1863,16 +1863,10 @@ fn stricter<'p, 'o>(
     ) = (first.0.action, second.0.action, first.0.cause, second.0.cause)
         && !(std::ptr::eq(policy, other_policy) && std::ptr::eq(rule, other_rule))
     {
-        let conflict = Decision {
-            action: Action::Deny,
-            cause: Cause::ApprovalConflict {
-                policy,
-                rule,
-                other_policy,
-                other_rule,
-            },
-        };
-        return (conflict, first.1);
+        return (
+            Decision::approval_conflict(policy, rule, other_policy, other_rule),
+            first.1,
+        );
     }
     if rank(second.0.action) > rank(first.0.action) {
         second
