@@ -174,10 +174,11 @@ pub struct Context {
     pub gateway: Arc<Gateway>,
     pub cancels: Arc<CancelRegistry>,
     pub classifier: Classifier,
-    /// Counts statements sent on that may define code under names the classifier trusts (see
-    /// [`DEFINES_CODE`]): a session whose catalog reading is older than the last one reads
-    /// every call as code that may read anything (another session's new `public.upper(int)`).
-    code_generation: std::sync::atomic::AtomicU64,
+    /// By Connection, counts statements sent on that may define code under names the
+    /// classifier trusts (see [`DEFINES_CODE`]): a session of that Connection whose catalog
+    /// reading is older than the last one reads every call as code that may read anything
+    /// (another session's new `public.upper(int)`).
+    code_generations: Mutex<HashMap<String, Arc<std::sync::atomic::AtomicU64>>>,
     /// Upstream TLS configurations by connection, with the snapshot they were built for.
     tls: Mutex<HashMap<String, (usize, Arc<ClientConfig>)>>,
     /// Turns true when the gateway shuts down: sessions end then (FATAL 57P01, as PostgreSQL's
@@ -198,7 +199,7 @@ impl Context {
             gateway,
             cancels: Arc::new(CancelRegistry::default()),
             classifier: Classifier::new(CLASSIFIER_CAPACITY),
-            code_generation: std::sync::atomic::AtomicU64::new(0),
+            code_generations: Mutex::new(HashMap::new()),
             tls: Mutex::new(HashMap::new()),
             shutdown,
         })
@@ -419,10 +420,11 @@ struct Live {
     /// a built-in function's name may resolve to, and its `pg_*` relations in `public`; read at
     /// startup.
     shadows: catalog::Shadows,
-    /// [`Context::code_generation`] when `shadows` was read: once any session (this one too) has
-    /// sent a statement that may define code since, a call may be that code under a built-in's
-    /// name.
-    code_generation: u64,
+    /// The Connection's count of statements that may define code (see
+    /// [`Context::code_generations`]), and its value when `shadows` was read: once any session
+    /// of the Connection (this one too) has sent such a statement since, a call may be that code
+    /// under a built-in's name.
+    code_generation: (Arc<std::sync::atomic::AtomicU64>, u64),
     /// The session's recording, when it has one; replaced (see [`Live::recording`]) when it
     /// reaches its age limit or the recording configuration changes.
     recording: Option<Mutex<Arc<Recording>>>,
@@ -574,7 +576,17 @@ async fn start(
         .await
         .map_err(|e| catalog_failed(&e))?;
     // Read before the catalog: code defined while it is read makes this session strict.
-    let code_generation = ctx.code_generation.load(std::sync::atomic::Ordering::Relaxed);
+    let code_generation = {
+        let count = ctx
+            .code_generations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(conn.name.clone())
+            .or_default()
+            .clone();
+        let at = count.load(std::sync::atomic::Ordering::Relaxed);
+        (count, at)
+    };
     let shadows = catalog::shadows(&mut up).await.map_err(|e| catalog_failed(&e))?;
     let mode = cfg.gateway.recording.mode;
     let mut recording_start = json!({
@@ -1097,9 +1109,9 @@ impl Live {
         let v = self.decide_once(statement, prepared);
         if v.action != Action::Deny && defines_code(statement) {
             // Sent on, whether or not it succeeds: the calls decided after it (in this query
-            // too, and in every session open now) are read the stricter way.
-            self.ctx
-                .code_generation
+            // too, and in every session of the Connection open now) are read the stricter way.
+            self.code_generation
+                .0
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         v
@@ -1406,11 +1418,8 @@ impl Live {
         st.fields.iter().any(|f| self.shadows.by_field.contains(f))
             || st.functions.iter().any(|f| self.shadows.shadowing.contains(f))
             || ((!st.functions.is_empty() || !st.fields.is_empty())
-                && self
-                    .ctx
-                    .code_generation
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    != self.code_generation)
+                && self.code_generation.0.load(std::sync::atomic::Ordering::Relaxed)
+                    != self.code_generation.1)
     }
 
     /// `st` as the session's database reads it, where that differs from the classifier's
