@@ -289,6 +289,12 @@ impl RemoteKeys {
             // A fresh key set (this caller's fetch or another's) is the provider's answer: a key
             // it no longer lists is withdrawn. Last-good keys stand in only while it cannot answer.
             let (after, fresh) = self.lookup(kid, alg, Instant::now());
+            if fresh && after.is_none() && self.discover_issuer.is_some() {
+                // A key the provider's answer lacks: it may have moved its keys while the old
+                // address still answers, so the next fetch (a cooldown later) reads the
+                // discovery document again.
+                *self.jwks_uri.write().unwrap_or_else(|p| p.into_inner()) = None;
+            }
             return if fresh { after } else { after.or(known) }.ok_or(KeyError::UnknownKey);
         }
         known.ok_or(KeyError::UnknownKey)
@@ -412,57 +418,80 @@ mod tests {
         assert!(set.find(None, Algorithm::RS256).is_some());
     }
 
-    /// A provider that moved its keys (the old address now 404) is asked for its discovery
-    /// document again, so its new keys are found rather than the last good ones standing in
-    /// for good.
+    /// A provider that moved its keys is asked for its discovery document again, so its new keys
+    /// are found rather than the last good ones standing in for good: whether the old address
+    /// now answers 404, or still answers with the old keys.
     #[tokio::test]
     async fn a_moved_jwks_address_is_discovered_again() {
+        use std::collections::HashMap;
         use std::sync::Arc;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let mut r2 = rsa_jwk();
-        r2["kid"] = json!("r2");
-        let jwks = Arc::new(Mutex::new(("/jwks-a", json!({"keys": [rsa_jwk()]}))));
-        let served = jwks.clone();
-        let issuer = base.clone();
-        let server = tokio::spawn(async move {
-            loop {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                let mut buf = vec![0; 4096];
-                let n = stream.read(&mut buf).await.unwrap();
-                let line = String::from_utf8_lossy(&buf[..n]).to_string();
-                let path = line.split(' ').nth(1).unwrap_or("").to_string();
-                let (current, keys) = served.lock().unwrap().clone();
-                let body = if path == "/.well-known/openid-configuration" {
-                    Some(json!({"issuer": issuer, "jwks_uri": format!("{issuer}{current}")}))
-                } else if path == current {
-                    Some(keys)
-                } else {
-                    None
-                };
-                let answer = match body {
-                    Some(b) => {
-                        let b = b.to_string();
-                        format!(
-                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}",
-                            b.len()
-                        )
-                    }
-                    None => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into(),
-                };
-                let _ = stream.write_all(answer.as_bytes()).await;
+        for old_address_stays in [false, true] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            let mut r2 = rsa_jwk();
+            r2["kid"] = json!("r2");
+            // The address discovery names, and what each address serves.
+            type Served = (&'static str, HashMap<&'static str, Value>);
+            let state: Arc<Mutex<Served>> = Arc::new(Mutex::new((
+                "/jwks-a",
+                HashMap::from([("/jwks-a", json!({"keys": [rsa_jwk()]}))]),
+            )));
+            let served = state.clone();
+            let issuer = base.clone();
+            let server = tokio::spawn(async move {
+                loop {
+                    let (mut stream, _) = listener.accept().await.unwrap();
+                    let mut buf = vec![0; 4096];
+                    let n = stream.read(&mut buf).await.unwrap();
+                    let line = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let path = line.split(' ').nth(1).unwrap_or("").to_string();
+                    let (current, by_path) = served.lock().unwrap().clone();
+                    let body = if path == "/.well-known/openid-configuration" {
+                        Some(json!({"issuer": issuer, "jwks_uri": format!("{issuer}{current}")}))
+                    } else {
+                        by_path.get(path.as_str()).cloned()
+                    };
+                    let answer = match body {
+                        Some(b) => {
+                            let b = b.to_string();
+                            format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{b}",
+                                b.len()
+                            )
+                        }
+                        None => {
+                            "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into()
+                        }
+                    };
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                }
+            });
+            let keys = RemoteKeys::discover(base.clone(), HttpFetcher::new().unwrap(), Duration::ZERO);
+            assert!(keys.key(Some("r1"), Algorithm::RS256).await.is_ok());
+            {
+                let mut s = state.lock().unwrap();
+                s.0 = "/jwks-b";
+                s.1.insert("/jwks-b", json!({"keys": [rsa_jwk(), r2.clone()]}));
+                if !old_address_stays {
+                    s.1.remove("/jwks-a");
+                }
             }
-        });
-        let keys = RemoteKeys::discover(base.clone(), HttpFetcher::new().unwrap(), Duration::ZERO);
-        assert!(keys.key(Some("r1"), Algorithm::RS256).await.is_ok());
-        *jwks.lock().unwrap() = ("/jwks-b", json!({"keys": [rsa_jwk(), r2]}));
-        // The old address answers 404: the last good keys stand in meanwhile.
-        keys.make_stale();
-        assert!(keys.key(Some("r1"), Algorithm::RS256).await.is_ok());
-        // The next fetch reads the discovery document again and finds the new address.
-        assert!(keys.key(Some("r2"), Algorithm::RS256).await.is_ok());
-        server.abort();
+            // The old address fails (the last good keys stand in) or lacks the new key; either
+            // way the next fetch reads the discovery document again.
+            keys.make_stale();
+            let _ = keys
+                .key(
+                    Some(if old_address_stays { "r2" } else { "r1" }),
+                    Algorithm::RS256,
+                )
+                .await;
+            assert!(
+                keys.key(Some("r2"), Algorithm::RS256).await.is_ok(),
+                "old address stays: {old_address_stays}"
+            );
+            server.abort();
+        }
     }
 
     #[test]
