@@ -48,7 +48,7 @@ impl VerificationCache {
     /// most once a second); if that frees nothing, the cache is emptied, so it keeps the tokens
     /// in use now (a token dropped is verified again, only slower).
     pub fn insert(&self, token: &str, principal: Arc<Principal>) {
-        self.insert_at(token, principal, unix_now());
+        self.insert_at(token, principal, crate::approval::unix_now());
     }
 
     fn insert_at(&self, token: &str, principal: Arc<Principal>, now: i64) {
@@ -57,17 +57,11 @@ impl VerificationCache {
         }
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= self.capacity && !entries.contains_key(&key) {
-            if self.swept_at.load(Ordering::Relaxed) < now {
-                self.swept_at.store(now, Ordering::Relaxed);
-                entries.retain(|_, p| p.expires_at > now && p.reuse_until > now);
-            }
-            if entries.len() >= self.capacity {
-                // Full of live tokens: start again. Once per `capacity` new tokens, so the
-                // cost per token stays constant, and the tokens in use are cached again as
-                // they come back.
-                entries.clear();
-            }
+        if !entries.contains_key(&key) {
+            // Emptied when full of live tokens: those in use are cached again as they come back.
+            make_room(&mut entries, self.capacity, &self.swept_at, now, |_, p| {
+                p.expires_at > now && p.reuse_until > now
+            });
         }
         entries.insert(key, principal);
     }
@@ -83,11 +77,27 @@ impl VerificationCache {
     }
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(i64::MAX)
+/// Makes room in `map`, full at `capacity`, for a new key at Unix time `now`: drops the entries
+/// `live` says are over (at most once a second, `swept_at` keeping when), and empties the map if
+/// that freed nothing. Once per `capacity` new keys, so the cost per key stays constant where
+/// every entry is live, instead of a scan (under the caller's lock) for every new one.
+pub(super) fn make_room<V>(
+    map: &mut HashMap<[u8; 32], V>,
+    capacity: usize,
+    swept_at: &AtomicI64,
+    now: i64,
+    live: impl FnMut(&[u8; 32], &mut V) -> bool,
+) {
+    if map.len() < capacity {
+        return;
+    }
+    if swept_at.load(Ordering::Relaxed) < now {
+        swept_at.store(now, Ordering::Relaxed);
+        map.retain(live);
+    }
+    if map.len() >= capacity {
+        map.clear();
+    }
 }
 
 #[cfg(test)]

@@ -381,16 +381,8 @@ impl Introspector {
         let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(now);
         let until = exp.min(now + ttl);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= MAX_CACHED && !cache.contains_key(&key) {
-            use std::sync::atomic::Ordering::Relaxed;
-            if self.swept_at.load(Relaxed) < now {
-                self.swept_at.store(now, Relaxed);
-                cache.retain(|_, (_, u)| *u > now);
-            }
-            if cache.len() >= MAX_CACHED {
-                // Full of live answers: start again rather than scan it for every new token.
-                cache.clear();
-            }
+        if !cache.contains_key(&key) {
+            super::cache::make_room(&mut cache, MAX_CACHED, &self.swept_at, now, |_, (_, u)| *u > now);
         }
         cache.insert(key, (claims.clone(), until));
         Ok(claims)

@@ -26,7 +26,8 @@ struct RuleRef {
     rule: u32,
 }
 
-fn rank(action: Action) -> u8 {
+/// Deny-overrides order: the strictest action ranks lowest.
+pub(crate) fn rank(action: Action) -> u8 {
     match action {
         Action::Deny => 0,
         Action::RequireApproval => 1,

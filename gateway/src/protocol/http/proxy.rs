@@ -722,13 +722,12 @@ async fn proxy(
         }
         _ => None,
     };
-    let requested = op.as_ref();
     let (action, decision_record, refusal) = match &op {
         Some(op) => {
             let d = cfg
                 .policy_index
                 .decide(&cfg.policies, &connection.name, subject, op, now);
-            let (d, op) = match &creating {
+            let (d, decided) = match &creating {
                 Some(create) => stricter(
                     (d, op),
                     (
@@ -739,15 +738,14 @@ async fn proxy(
                 ),
                 None => (d, op),
             };
-            let explained = d.explain(op);
+            let explained = d.explain(decided);
             if let (Action::RequireApproval, Cause::Rule { policy, rule }) = (d.action, d.cause) {
                 // Decided as the create it may be, it is still the update or apply it is: the
                 // approver reads both.
-                let summary = match (&creating, &requested) {
-                    (Some(create), Some(asked)) if std::ptr::eq(op, create) => {
-                        format!("{} (which creates it if it does not exist)", asked.summary())
-                    }
-                    _ => op.summary(),
+                let summary = if std::ptr::eq(decided, op) {
+                    op.summary()
+                } else {
+                    format!("{} (which creates it if it does not exist)", op.summary())
                 };
                 approval_rule = Some((policy, rule, summary));
             }
@@ -1847,11 +1845,6 @@ fn stricter<'p, 'o>(
     first: (Decision<'p>, &'o Operation<'o>),
     second: (Decision<'p>, &'o Operation<'o>),
 ) -> (Decision<'p>, &'o Operation<'o>) {
-    let rank = |a: Action| match a {
-        Action::Allow => 0,
-        Action::RequireApproval => 1,
-        Action::Deny => 2,
-    };
     if let (
         Action::RequireApproval,
         Action::RequireApproval,
@@ -1868,7 +1861,7 @@ fn stricter<'p, 'o>(
             first.1,
         );
     }
-    if rank(second.0.action) > rank(first.0.action) {
+    if crate::policy::index::rank(second.0.action) < crate::policy::index::rank(first.0.action) {
         second
     } else {
         first

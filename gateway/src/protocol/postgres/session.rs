@@ -2135,33 +2135,10 @@ impl ClientSide {
                 ));
             }
         }
-        let mut verdicts: Vec<Verdict> = {
-            let prepared = lock(&self.shared);
-            let renames = classified
-                .statements
-                .iter()
-                .any(|st| st.prepare.is_some() || st.deallocate.is_some());
-            if count > 1 && renames {
-                // Statements run in order: an EXECUTE after a PREPARE or DEALLOCATE of its name
-                // in the same query runs what they leave, not what the name meant before.
-                let mut scratch = prepared.clone();
-                classified
-                    .statements
-                    .iter()
-                    .map(|st| {
-                        let v = live.decide(st, &scratch);
-                        apply_effects(&mut scratch, st);
-                        v
-                    })
-                    .collect()
-            } else {
-                classified
-                    .statements
-                    .iter()
-                    .map(|st| live.decide(st, &prepared))
-                    .collect()
-            }
-        };
+        let mut verdicts: Vec<Verdict> =
+            in_order(&lock(&self.shared), &classified.statements, |st, prepared| {
+                live.decide(st, prepared)
+            });
         // Statements that need approval go ahead only once approved (one request covers the
         // exact query text); a denied statement refuses the query whatever else is approved.
         let mut approval_error = None;
@@ -2175,22 +2152,15 @@ impl ClientSide {
                 .find(|w| w.action == Action::RequireApproval && w.approval != v.approval);
             // An EXECUTE names a prepared statement: what it runs is part of the operation, bound
             // and shown (a name prepared anew before the grant is spent is another operation).
-            // Read as the statements before each leave the names (see the verdicts above).
-            let executed: Vec<(String, String)> = {
-                let mut scratch = lock(&self.shared).clone();
-                classified
-                    .statements
-                    .iter()
-                    .filter_map(|st| {
-                        let found = st.execute.as_ref().and_then(|name| {
-                            let inner = scratch.sql.get(name)?.as_ref()?;
-                            Some((name.clone(), inner.text.clone()))
-                        });
-                        apply_effects(&mut scratch, st);
-                        found
-                    })
-                    .collect()
-            };
+            let executed: Vec<(String, String)> =
+                in_order(&lock(&self.shared), &classified.statements, |st, prepared| {
+                    let name = st.execute.as_ref()?;
+                    let inner = prepared.sql.get(name)?.as_ref()?;
+                    Some((name.clone(), inner.text.clone()))
+                })
+                .into_iter()
+                .flatten()
+                .collect();
             let mut parts: Vec<&[u8]> = vec![b"simple", sql.as_bytes()];
             for (name, text) in &executed {
                 parts.extend([name.as_bytes(), text.as_bytes()]);
@@ -2753,6 +2723,32 @@ enum Next {
     Continue,
     Flush,
     Terminate,
+}
+
+/// `f` of each statement of one query against the prepared statements the statements before it
+/// leave: they run in order, so an EXECUTE after a PREPARE or DEALLOCATE of its name runs what
+/// those leave, not what the name meant before. A copy is replayed only where that can matter.
+fn in_order<T>(
+    prepared: &Prepared,
+    statements: &[Statement],
+    mut f: impl FnMut(&Statement, &Prepared) -> T,
+) -> Vec<T> {
+    let renames = statements.len() > 1
+        && statements
+            .iter()
+            .any(|st| st.prepare.is_some() || st.deallocate.is_some());
+    if !renames {
+        return statements.iter().map(|st| f(st, prepared)).collect();
+    }
+    let mut scratch = prepared.clone();
+    statements
+        .iter()
+        .map(|st| {
+            let v = f(st, &scratch);
+            apply_effects(&mut scratch, st);
+            v
+        })
+        .collect()
 }
 
 /// SQL-level PREPARE and DEALLOCATE change what EXECUTE (and Bind) run; DECLARE and CLOSE
