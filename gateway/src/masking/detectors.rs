@@ -852,7 +852,9 @@ pub(crate) fn is_card_number(number: &[u8]) -> bool {
 }
 
 /// The decimal digits of a JSON number's value, sign dropped, when it is a whole number of at
-/// most 19 digits; `None` otherwise (a fraction, or out of a card number's range).
+/// most 19 digits; `None` otherwise (a fraction, or out of a card number's range). Zeros that
+/// do not change the value (`e0015`, `4111….000…`, `0.41…e16`) do not count against the bounds:
+/// JSON allows them, and a wide `numeric` column prints them.
 fn whole_number_digits(number: &[u8]) -> Option<Vec<u8>> {
     let number = number.strip_prefix(b"-").unwrap_or(number);
     let (mantissa, exp) = match number.iter().position(|&b| b == b'e' || b == b'E') {
@@ -864,8 +866,12 @@ fn whole_number_digits(number: &[u8]) -> Option<Vec<u8>> {
         Some((b'+', rest)) => (false, rest),
         _ => (false, exp),
     };
+    if exp.is_empty() || !exp.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let exp = &exp[exp.iter().position(|&d| d != b'0').unwrap_or(exp.len())..];
     // Beyond this the value is no card number anyway.
-    if exp.is_empty() || exp.len() > 3 || !exp.iter().all(u8::is_ascii_digit) {
+    if exp.len() > 3 {
         return None;
     }
     let exp = exp.iter().fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
@@ -874,26 +880,26 @@ fn whole_number_digits(number: &[u8]) -> Option<Vec<u8>> {
         Some(dot) => (&mantissa[..dot], &mantissa[dot + 1..]),
         None => (mantissa, &[][..]),
     };
-    if int.is_empty() || !int.iter().chain(frac).all(u8::is_ascii_digit) || int.len() + frac.len() > 64 {
+    if int.is_empty() || !int.iter().chain(frac).all(u8::is_ascii_digit) {
         return None;
     }
-    // All the digits, and where the point falls among them once the exponent is applied.
+    // The significant digits, and where the point falls after the first of them.
     let all: Vec<u8> = int.iter().chain(frac).copied().collect();
-    let point = i64::try_from(int.len()).ok()? + exp;
-    let point = usize::try_from(point).ok()?;
-    let (whole, fraction) = if point >= all.len() {
-        let mut whole = all.clone();
-        whole.resize(point, b'0');
-        (whole, Vec::new())
-    } else {
-        (all[..point].to_vec(), all[point..].to_vec())
-    };
-    if fraction.iter().any(|&d| d != b'0') {
+    let first = all.iter().position(|&d| d != b'0')?;
+    let last = all.iter().rposition(|&d| d != b'0')?;
+    let significant = &all[first..=last];
+    if significant.len() > 19 {
         return None;
     }
-    let start = whole.iter().position(|&d| d != b'0')?;
-    let digits = whole[start..].to_vec();
-    (digits.len() <= 19).then_some(digits)
+    let point = i64::try_from(int.len()).ok()? + exp - i64::try_from(first).ok()?;
+    let point = usize::try_from(point).ok()?;
+    // A non-zero digit after the point is a fraction; more than 19 places is out of range.
+    if point < significant.len() || point > 19 {
+        return None;
+    }
+    let mut digits = significant.to_vec();
+    digits.resize(point, b'0');
+    Some(digits)
 }
 
 /// The Luhn checksum over the digits of `s` (separators skipped).

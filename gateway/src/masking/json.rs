@@ -722,6 +722,21 @@ mod tests {
             .unwrap(),
             r#"["[REDACTED:CREDIT_CARD]", "[REDACTED:CREDIT_CARD]", 4111111111111111.5, 4111111111111111.05]"#
         );
+        // Zeros that do not change the value do not hide it: an exponent's leading zeros, the
+        // long zero fraction of a wide numeric column, leading zeros before a small exponent.
+        let wide = format!("4111111111111111.{}", "0".repeat(60));
+        let many_zeros =
+            format!("[4.111111111111111e0015, 4111111111111111e0000, {wide}, 0.4111111111111111e16, 41e00]");
+        assert_eq!(
+            mask(&p, &many_zeros).unwrap(),
+            r#"["[REDACTED:CREDIT_CARD]", "[REDACTED:CREDIT_CARD]", "[REDACTED:CREDIT_CARD]", "[REDACTED:CREDIT_CARD]", 41e00]"#
+        );
+        // Still not cards: a value past 19 digits, a real fraction far out.
+        let long_fraction = format!("4111111111111111.{}1", "0".repeat(60));
+        assert_eq!(
+            mask(&p, &format!("[4111111111111111e10, {long_fraction}]")).unwrap(),
+            format!("[4111111111111111e10, {long_fraction}]")
+        );
     }
 
     #[test]
