@@ -159,7 +159,7 @@ pub struct IdentityMatch {
     /// Claims that must equal the given strings (for Okta: `cid`; for Entra: `azp`, `appid`).
     /// A claim holding a list matches when the list contains the value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("maxProperties" = 16))]
+    #[schemars(extend("minProperties" = 1, "maxProperties" = 16))]
     pub claims: Option<BTreeMap<String, String>>,
     /// A Kubernetes service account.
     #[serde(default, skip_serializing_if = "Option::is_none")]

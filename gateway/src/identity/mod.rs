@@ -285,6 +285,70 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// Why `spec`'s matchers would admit tokens its author did not mean: none that its provider
+/// reads (an identity would then accept every token its issuer mints for the audience), or one
+/// its provider ignores (`spiffeId` under OIDC reads as a restriction and restricts nothing).
+fn unmatched_tokens(spec: &agentgate_crds::identity::AgentIdentitySpec) -> Option<(&'static str, String)> {
+    use agentgate_crds::identity::IdentityProvider as P;
+    let m = &spec.r#match;
+    if m.claims.as_ref().is_some_and(|c| c.is_empty()) {
+        return Some((
+            "spec.match.claims",
+            "an empty claims matcher matches every token: name at least one claim".into(),
+        ));
+    }
+    let provider = match spec.provider {
+        P::Oidc => "OIDC",
+        P::Okta => "Okta",
+        P::Kubernetes => "Kubernetes",
+        P::GitHubActions => "GitHubActions",
+        P::Spiffe => "Spiffe",
+    };
+    let (read, needed): (&[&str], Option<(&'static str, bool)>) = match spec.provider {
+        P::Oidc | P::Okta => (&["subject", "claims"], None),
+        P::Kubernetes => (
+            &["subject", "claims", "serviceAccount"],
+            Some(("spec.match.serviceAccount", m.service_account.is_some())),
+        ),
+        P::GitHubActions => (
+            &["subject", "claims", "github"],
+            Some(("spec.match.github", m.github.is_some())),
+        ),
+        P::Spiffe => (
+            &["subject", "claims", "spiffeId"],
+            Some(("spec.match.spiffeId", m.spiffe_id.is_some())),
+        ),
+    };
+    let set = [
+        (
+            "serviceAccount",
+            "spec.match.serviceAccount",
+            m.service_account.is_some(),
+        ),
+        ("github", "spec.match.github", m.github.is_some()),
+        ("spiffeId", "spec.match.spiffeId", m.spiffe_id.is_some()),
+    ];
+    if let Some((name, field, _)) = set.iter().find(|(name, _, set)| *set && !read.contains(name)) {
+        return Some((
+            field,
+            format!(
+                "provider {provider} does not read {name}, so it would restrict nothing: set the provider that issues such tokens, or match on subject or claims"
+            ),
+        ));
+    }
+    match needed {
+        Some((field, false)) => Some((field, format!("provider {provider} needs this matcher"))),
+        Some(_) => None,
+        None if m.subject.is_none() && m.claims.is_none() => Some((
+            "spec.match",
+            format!(
+                "provider {provider} reads subject and claims: set one, or the identity accepts every token its issuer mints"
+            ),
+        )),
+        None => None,
+    }
+}
+
 /// What [`Verifier::new`] refuses in a set of identities. The loader reports the same at load,
 /// naming the field, so that a configuration it calls valid never leaves the gateway without a
 /// verifier: identities of one issuer that name different keys or introspection settings (an
@@ -302,6 +366,9 @@ pub fn refusals<'a>(identities: impl IntoIterator<Item = &'a CompiledIdentity>) 
             field,
             message,
         };
+        if let Some((field, message)) = unmatched_tokens(spec) {
+            out.push(refuse(field, message));
+        }
         if spec.token_type == TokenType::Jwt {
             let origin = KeyOrigin {
                 identity: identity.name.clone(),

@@ -444,6 +444,66 @@ async fn okta_org_server_tokens_are_never_validated_locally() {
     refused(&v, &key.sign(&c), ErrorKind::UnknownIssuer).await;
 }
 
+#[test]
+fn identities_whose_matchers_restrict_nothing_are_refused() {
+    let refused = |provider: &str, matcher: Value| {
+        let mut spec = okta_spec();
+        spec["provider"] = json!(provider);
+        spec["match"] = matcher;
+        let refusals = refusals([identity("id", spec, Some(&json!({"keys": []}))).as_ref()]);
+        refusals
+            .into_iter()
+            .find(|r| r.field.starts_with("spec.match"))
+            .map(|r| (r.field, r.message))
+    };
+    // Nothing its provider reads: every token of the issuer for the audience would match.
+    let (field, message) = refused("Okta", json!({"claims": {}})).expect("empty claims");
+    assert_eq!(field, "spec.match.claims");
+    assert!(message.contains("matches every token"), "{message}");
+    let (field, message) = refused("OIDC", json!({"spiffeId": "spiffe://example.org/ns/x/sa/agent"}))
+        .expect("spiffeId under OIDC");
+    assert_eq!(field, "spec.match.spiffeId");
+    assert!(
+        message.contains("provider OIDC does not read spiffeId"),
+        "{message}"
+    );
+    let (field, _) = refused(
+        "Okta",
+        json!({"serviceAccount": {"namespace": "ci", "name": "a"}, "subject": "x"}),
+    )
+    .expect("serviceAccount under Okta");
+    assert_eq!(field, "spec.match.serviceAccount");
+    let (field, _) = refused(
+        "Spiffe",
+        json!({"github": {"repositoryId": "1"}, "spiffeId": "spiffe://example.org/a"}),
+    )
+    .expect("github under Spiffe");
+    assert_eq!(field, "spec.match.github");
+    // A provider's own matcher is needed, not just allowed.
+    let (field, message) = refused("Kubernetes", json!({"subject": "system:serviceaccount:ci:agent"}))
+        .expect("Kubernetes without serviceAccount");
+    assert_eq!(field, "spec.match.serviceAccount");
+    assert!(message.contains("needs this matcher"), "{message}");
+    assert_eq!(
+        refused("GitHubActions", json!({"claims": {"ref": "refs/heads/main"}})).map(|r| r.0),
+        Some("spec.match.github")
+    );
+    // Matchers the provider reads pass.
+    assert_eq!(refused("Okta", json!({"claims": {"cid": "0oa-agent"}})), None);
+    assert_eq!(refused("OIDC", json!({"subject": "agent"})), None);
+    assert_eq!(
+        refused("Spiffe", json!({"spiffeId": "spiffe://example.org/a"})),
+        None
+    );
+    assert_eq!(
+        refused(
+            "Kubernetes",
+            json!({"serviceAccount": {"namespace": "ci", "name": "a"}, "claims": {"x": "y"}})
+        ),
+        None
+    );
+}
+
 fn k8s_spec(audience: &str) -> Value {
     json!({
         "provider": "Kubernetes", "issuer": "https://kubernetes.default.svc.cluster.local",
