@@ -349,10 +349,36 @@ fn published_text(values: Vec<Value>, namespace: &str, used: &BTreeSet<(String, 
                     return None;
                 }
             }
-            Some(value.to_string())
+            Some(yaml_printable(value.to_string()))
         })
         .collect::<Vec<_>>()
         .join("\n---\n")
+}
+
+/// JSON text the gateway's YAML parser reads back as the same value. JSON escapes only control
+/// characters below U+0020; YAML refuses DEL and the C1 controls in any scalar (one such
+/// character in a description would make every gateway refuse the configuration while the
+/// operator called it Ready), and YAML 1.1 readers break lines at NEL, U+2028 and U+2029. Such
+/// characters appear only inside strings, where `\uXXXX` means the same in both languages.
+fn yaml_printable(text: String) -> String {
+    let unsafe_char = |c: char| {
+        matches!(
+            c,
+            '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
+        )
+    };
+    if !text.contains(unsafe_char) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Names of the Secrets an object's spec refers to (`*SecretRef.name`, `secretRef.name`,

@@ -272,6 +272,30 @@ fn the_published_configuration_loads_in_the_gateway() {
     assert_eq!(config.connections.len(), 2);
 }
 
+/// Characters JSON leaves raw and YAML refuses (DEL, C1 controls) or reads as line breaks: a
+/// description holding one must not keep every gateway from loading the configuration.
+#[test]
+fn every_character_a_string_may_hold_is_published_as_the_gateway_reads_it() {
+    let mut ns = fixtures::namespace("team", 1, 1, 1);
+    // Within a description's 1,024: every control and Latin-1 character, and the rest that matter.
+    let every: String = (1u32..=0x2ff)
+        .chain([
+            0x2028, 0x2029, 0xd7ff, 0xe000, 0xfeff, 0xfffd, 0xfffe, 0xffff, 0x1f600, 0x10ffff,
+        ])
+        .filter_map(char::from_u32)
+        .collect();
+    ns.policies[0].spec.rules[0].description = Some(every.clone());
+    let published = compile(&ns, "main", true).gateway.expect("compiles");
+    let docs =
+        agentgate::config::manifest::parse_documents(std::path::Path::new("secret"), &published.manifests)
+            .expect("parses as YAML");
+    let policy = docs
+        .iter()
+        .find(|d| d.value["kind"] == "AccessPolicy")
+        .expect("the policy is published");
+    assert_eq!(policy.value["spec"]["rules"][0]["description"], every);
+}
+
 /// Recordings shipped to S3: the credentials Secret travels with the configuration (the gateway
 /// reads no Secret of its own), and a missing one keeps the gateway from being configured.
 #[test]
