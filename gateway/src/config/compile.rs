@@ -8,7 +8,7 @@ use std::time::Duration;
 use agentgate_crds::connection::{ConnectionType, CredentialScheme};
 use agentgate_crds::gateway::{ApprovalSettings, Listener, Recording};
 use agentgate_crds::generate;
-use agentgate_crds::policy::{Action, PolicyRule};
+use agentgate_crds::policy::{Action, GrantType, PolicyRule};
 use agentgate_crds::validation::SchemaValidator;
 use agentgate_crds::{AccessPolicy, AgentGateway, AgentIdentity, Connection};
 use serde::de::DeserializeOwned;
@@ -1397,6 +1397,12 @@ fn compile_rule(
         if let Some(t) = &a.timeout {
             approval_timeout = t.to_std().ok();
         }
+        if a.grant.r#type == GrantType::Window && a.grant.duration.is_none() {
+            errors.push(m.error(
+                &format!("{path}.approval.grant.duration"),
+                "Required value: a Window grant needs a duration".to_string(),
+            ));
+        }
         if let Some(d) = &a.grant.duration {
             match d.to_std() {
                 Ok(d) if d > bounds.max_grant => errors.push(m.error(
@@ -1932,6 +1938,48 @@ mod tests {
             "name: writes, action: RequireApproval, http: {methods: [DELETE]}",
             "name: deletes, action: RequireApproval, http: {methods: [DELETE]}",
             1,
+        ))
+        .unwrap();
+    }
+
+    /// `null` is validated as an absent field, as it decodes: a Window grant whose duration is
+    /// an empty value (an unset template variable) is refused, not given the longest window.
+    #[test]
+    fn null_fields_are_absent_fields() {
+        let yaml = |rule: &str| {
+            format!(
+                "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {{name: gw, namespace: ns}}\n\
+                 spec:\n  listeners: [{{name: http, protocol: HTTP, port: 18080}}]\n---\n\
+                 apiVersion: agentgate.dev/v1alpha1\nkind: Connection\nmetadata: {{name: orders, namespace: ns}}\n\
+                 spec: {{gatewayRef: {{name: gw}}, type: HTTP, endpoint: 'https://orders.example', route: {{pathPrefix: /orders}}}}\n---\n\
+                 apiVersion: agentgate.dev/v1alpha1\nkind: AccessPolicy\nmetadata: {{name: orders, namespace: ns}}\n\
+                 spec:\n  subjects: {{groups: [ai]}}\n  connections: [orders]\n  rules:\n  - {rule}\n"
+            )
+        };
+        let errors = load_yaml(&yaml(
+            "{name: w, action: RequireApproval, http: {methods: [POST]}, approval: {approvers: {users: [alice]}, grant: {type: Window, duration: }}}",
+        ))
+        .unwrap_err();
+        assert!(
+            errors.contains("AccessPolicy ns/orders: spec.rules[0].approval.grant")
+                && errors.contains("duration"),
+            "{errors}"
+        );
+        let errors = load_yaml(&yaml(
+            "{name: w, action: RequireApproval, http: {methods: [POST]}, approval: null}",
+        ))
+        .unwrap_err();
+        assert!(
+            errors.contains("AccessPolicy ns/orders: spec.rules[0]"),
+            "{errors}"
+        );
+        // A null list is an absent one, not an undecodable object.
+        load_yaml(&yaml(
+            "{name: r, action: Allow, http: {methods: null, paths: [/orders/*]}}",
+        ))
+        .unwrap();
+        load_yaml(&yaml(
+            "{name: w, action: RequireApproval, http: {methods: [POST]}, approval: {approvers: {users: [alice]}, grant: {type: Window, duration: 1h}}}",
         ))
         .unwrap();
     }

@@ -31,10 +31,26 @@ pub struct Manifest {
     lines: HashMap<String, usize>,
 }
 
+/// Removes every member whose value is `null`, at any depth. A null field decodes as an absent
+/// one, so it must be validated as one too: CEL's `has()` sees a null member as set, and
+/// `duration: ` (an unset template variable) then passed "a Window grant needs a duration" and
+/// decoded as no duration. Null list elements stay, and fail their type check.
+fn drop_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(drop_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
+}
+
 impl Manifest {
     /// An object that did not come from a file (an API object, say): `source` names where it came
     /// from, and errors point at the field path without a line.
-    pub fn from_value(source: impl Into<PathBuf>, value: Value) -> Self {
+    pub fn from_value(source: impl Into<PathBuf>, mut value: Value) -> Self {
+        drop_nulls(&mut value);
         Self {
             file: source.into(),
             line: 1,
@@ -158,10 +174,11 @@ pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Manifest>, ConfigE
             message: format!("YAML syntax error: {}", first_line(&e.to_string())),
         })?;
         let mut lines = HashMap::new();
-        let value = root.value.into_json(String::new(), start_line - 1, &mut lines);
+        let mut value = root.value.into_json(String::new(), start_line - 1, &mut lines);
         if value.is_null() {
             continue;
         }
+        drop_nulls(&mut value);
         if !value.is_object() {
             return Err(ConfigError {
                 file: path.to_path_buf(),
@@ -381,12 +398,13 @@ mod tests {
     fn scalars_keep_their_types() {
         let docs = parse_documents(
             Path::new("f.yaml"),
-            "a: 1\nb: true\nc: \"1\"\nd: 1.5\ne: null\nf: ~\n",
+            "a: 1\nb: true\nc: \"1\"\nd: 1.5\ne: null\nf: ~\ng:\nh: [1, null]\n",
         )
         .unwrap();
+        // A null member is an absent one; a null list element stays (and fails its type check).
         assert_eq!(
             docs[0].value,
-            serde_json::json!({"a": 1, "b": true, "c": "1", "d": 1.5, "e": null, "f": null})
+            serde_json::json!({"a": 1, "b": true, "c": "1", "d": 1.5, "h": [1, null]})
         );
     }
 }
