@@ -526,6 +526,28 @@ fn the_values_schema_refuses_unknown_keys_wrong_types_and_bad_enums() {
             vec!["--set", "podSecurityContext.seccompProfile.type=Unconfined"],
             "podSecurityContext/seccompProfile/type",
         ),
+        // Nor removed: Helm deletes a default set to null, then validates what is left.
+        (
+            vec!["--set", "securityContext.capabilities=null"],
+            "securityContext",
+        ),
+        (
+            vec!["--set", "securityContext.allowPrivilegeEscalation=null"],
+            "securityContext",
+        ),
+        (
+            vec!["--set", "podSecurityContext.seccompProfile=null"],
+            "podSecurityContext",
+        ),
+        (vec!["--set", "securityContext=null"], "securityContext"),
+        (
+            vec!["--set", "securityContext.capabilities.drop={NET_RAW}"],
+            "securityContext/capabilities/drop",
+        ),
+        (
+            vec!["--set", "securityContext.readOnlyRootFilesystem=false"],
+            "securityContext/readOnlyRootFilesystem",
+        ),
     ] {
         let err = helm("render", &args).expect_err(&format!("{args:?} was accepted"));
         assert!(err.contains(expected), "{args:?}: {err}");
