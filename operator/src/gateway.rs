@@ -112,7 +112,14 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
             foreign.join(", ")
         ));
         report_objects(&ctx, &name, &snapshot, &compiled).await?;
-        report_gateway(&ctx, &gw, &ns, &compiled).await?;
+        report_gateway(
+            &ctx,
+            &gw,
+            &ns,
+            &compiled,
+            reports_shared_objects(&name, &snapshot),
+        )
+        .await?;
         // Deleting an object this operator does not own wakes no watch of its own.
         return Ok(Action::requeue(CONFLICT_RECHECK));
     }
@@ -171,7 +178,14 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
             "{e}; the running gateway keeps its image and volumes, and takes the configuration"
         ));
     }
-    report_gateway(&ctx, &gw, &ns, &compiled).await?;
+    report_gateway(
+        &ctx,
+        &gw,
+        &ns,
+        &compiled,
+        reports_shared_objects(&name, &snapshot),
+    )
+    .await?;
     Ok(Action::requeue(if claim_refused.is_some() {
         CONFLICT_RECHECK
     } else {
@@ -302,6 +316,7 @@ async fn report_objects(
 ) -> Result<(), Error> {
     // A valid object is in force only once its gateway's configuration is published.
     let unpublished = compiled.gateway.as_ref().err();
+    let shared = reports_shared_objects(gateway, snapshot);
     for (key, verdict) in &compiled.verdicts {
         let (ready, reason, message) = match verdict {
             Verdict::Ready => match unpublished {
@@ -325,12 +340,29 @@ async fn report_objects(
         };
         match key.kind {
             "Connection" => report(ctx, &snapshot.connections, key, ready, reason, message).await?,
-            "AgentIdentity" => report(ctx, &snapshot.identities, key, ready, reason, message).await?,
-            "AccessPolicy" => report(ctx, &snapshot.policies, key, ready, reason, message).await?,
+            "AgentIdentity" if shared => {
+                report(ctx, &snapshot.identities, key, ready, reason, message).await?
+            }
+            "AccessPolicy" if shared => report(ctx, &snapshot.policies, key, ready, reason, message).await?,
             _ => {}
         }
     }
     Ok(())
+}
+
+/// Whether `gateway` writes the conditions of the namespace's AgentIdentities and
+/// AccessPolicies, which every gateway of the namespace compiles. One does, the first by name:
+/// two whose verdicts differ (one not published, another's `approvals.maxGrant` refusing a
+/// grant) would rewrite each other's conditions without end, each write waking the other.
+/// The others say what they left out on their own status.
+fn reports_shared_objects(gateway: &str, snapshot: &bundle::Namespace) -> bool {
+    snapshot
+        .gateways
+        .iter()
+        .filter(|g| g.metadata.deletion_timestamp.is_none())
+        .map(|g| g.name_any())
+        .min()
+        .is_none_or(|first| first == gateway)
 }
 
 async fn report<K: objects::Reported>(
@@ -357,6 +389,7 @@ async fn report_gateway(
     gw: &AgentGateway,
     ns: &str,
     compiled: &Compiled,
+    reports_shared: bool,
 ) -> Result<(), Error> {
     let name = gw.name_any();
     let generation = gw.meta().generation;
@@ -369,7 +402,15 @@ async fn report_gateway(
         .verdicts
         .iter()
         .filter(|(_, v)| **v != Verdict::Ready)
-        .map(|(k, _)| k.to_string())
+        .map(|(k, v)| match v {
+            // Their own status shows another gateway's verdict: this one's is said here.
+            Verdict::Invalid(why) | Verdict::Quarantined(why)
+                if !reports_shared && matches!(k.kind, "AgentIdentity" | "AccessPolicy") =>
+            {
+                format!("{k} ({why})")
+            }
+            _ => k.to_string(),
+        })
         .collect();
     let ready = match &compiled.gateway {
         Ok(p) => Desired {

@@ -1,7 +1,9 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, the way client-go's leaderelection does it:
 //! the holder renews `renewTime` every [`RENEW_EVERY`]; another replica takes the Lease only after
 //! [`LEASE_DURATION`] without a renewal. Writes carry the resourceVersion they read, so two replicas
-//! racing for an expired Lease cannot both win (the loser gets 409 Conflict).
+//! racing for an expired Lease cannot both win (the loser gets 409 Conflict). "Without a renewal"
+//! is measured on this replica's own clock, from when it last saw the Lease change: `renewTime`
+//! is the holder's clock, and a standby whose clock ran ahead would take a Lease being renewed.
 
 use std::time::Duration;
 
@@ -26,6 +28,9 @@ pub struct Elector {
     api: Api<Lease>,
     name: String,
     identity: String,
+    /// The other holder's Lease as last seen (holder, renewTime, resourceVersion), and when, by
+    /// this replica's monotonic clock.
+    seen: std::sync::Arc<std::sync::Mutex<Option<(String, tokio::time::Instant)>>>,
 }
 
 /// How long the holder may go without a successful renewal before it stops leading: less than
@@ -105,6 +110,7 @@ impl Elector {
             api: Api::namespaced(client, namespace),
             name: name.to_string(),
             identity: identity.to_string(),
+            seen: Default::default(),
         }
     }
 
@@ -162,10 +168,26 @@ impl Elector {
             spec.lease_duration_seconds
                 .unwrap_or(LEASE_DURATION.as_secs() as i32),
         );
-        let expired = spec
-            .renew_time
-            .as_ref()
-            .is_none_or(|t| t.0.as_second() + duration < now.as_second());
+        let record = format!(
+            "{holder}\n{:?}\n{}",
+            spec.renew_time.as_ref().map(|t| t.0),
+            lease.metadata.resource_version.as_deref().unwrap_or_default()
+        );
+        let expired = spec.renew_time.is_none() || {
+            let mut seen = self
+                .seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let local = tokio::time::Instant::now();
+            let since = match &*seen {
+                Some((last, at)) if *last == record => *at,
+                _ => {
+                    *seen = Some((record, local));
+                    local
+                }
+            };
+            local.duration_since(since) > Duration::from_secs(u64::try_from(duration).unwrap_or(0))
+        };
         if !ours && !holder.is_empty() && !expired {
             return Ok(false);
         }

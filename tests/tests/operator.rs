@@ -412,6 +412,45 @@ spec:
 
 /// An object that already has a child's name and is not the gateway's own is left alone: the
 /// gateway says which, and is set up once the object is gone.
+/// Identities and policies belong to every gateway of their namespace. Two gateways whose
+/// verdicts differ (one cannot publish) must not rewrite the objects' conditions in turn: the
+/// first by name reports them, and stays the one that does.
+#[test]
+fn two_gateways_of_a_namespace_do_not_fight_over_shared_conditions() {
+    let env = TestEnv::start();
+    let ns = env.namespace().to_string();
+    let broken = format!(
+        "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {{name: z-broken, namespace: {ns}}}\n\
+         spec:\n  listeners:\n    - {{name: https, protocol: HTTP, port: 8443, tls: {{secretName: no-such-secret}}}}\n"
+    );
+    let file = env.file("objects.yaml", &format!("{}---\n{broken}", objects(&ns)));
+    env.kubectl_ok("admin", &["apply", "-f", &file]);
+    let op = start_operator(&env, "operator-a");
+    eventually(
+        "main Ready and z-broken not",
+        &op,
+        Duration::from_secs(30),
+        || {
+            ready(&env, "agentgateway", "main") == "True"
+                && ready(&env, "agentgateway", "z-broken") == "False"
+        },
+    );
+    eventually("the policy to be Ready", &op, Duration::from_secs(30), || {
+        ready(&env, "accesspolicy", "okta-read") == "True"
+    });
+    let version = || jsonpath(&env, "accesspolicy", "okta-read", "{.metadata.resourceVersion}");
+    let before = version();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        version(),
+        before,
+        "the policy's status is being rewritten:\n{}",
+        op.process.output()
+    );
+    assert_eq!(ready(&env, "accesspolicy", "okta-read"), "True");
+    assert_eq!(ready(&env, "agentidentity", "ci-agent"), "True");
+}
+
 #[test]
 fn objects_of_a_childs_name_that_the_gateway_does_not_own_are_not_taken_over() {
     let env = TestEnv::start();
@@ -589,6 +628,42 @@ fn a_second_replica_waits_on_the_lease_and_takes_over() {
         jsonpath(&env, "lease", "agentgate-operator", "{.spec.holderIdentity}"),
         "operator-b"
     );
+}
+
+/// A Lease's `renewTime` is its holder's clock: a holder whose clock runs behind (here, years)
+/// still holds the Lease while it renews it. A standby times the Lease by its own clock, from
+/// when it last saw the Lease change, as client-go does.
+#[test]
+fn a_lease_renewed_by_a_holder_with_a_slow_clock_is_not_taken() {
+    let env = TestEnv::start();
+    let renewed = |second: u32| {
+        format!(
+            "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: agentgate-operator}}\n\
+             spec: {{holderIdentity: ghost-replica, leaseDurationSeconds: 15, renewTime: \"2020-01-01T00:00:{second:02}.000000Z\"}}\n"
+        )
+    };
+    env.kubectl_ok("admin", &["apply", "-f", &env.file("lease.yaml", &renewed(0))]);
+    let standby = start_operator(&env, "operator-a");
+    for second in 1..=4 {
+        std::thread::sleep(Duration::from_secs(2));
+        env.kubectl_ok(
+            "admin",
+            &["apply", "-f", &env.file("lease.yaml", &renewed(second))],
+        );
+        assert!(
+            !standby.is_leader(),
+            "took a Lease being renewed:\n{}",
+            standby.process.output()
+        );
+    }
+    assert_eq!(
+        jsonpath(&env, "lease", "agentgate-operator", "{.spec.holderIdentity}"),
+        "ghost-replica"
+    );
+    // The holder stops renewing: the Lease is free a lease duration later.
+    eventually("operator-a to lead", &standby, Duration::from_secs(40), || {
+        standby.is_leader()
+    });
 }
 
 /// The operator and the gateway binary in Kubernetes mode, with the Okta-like setup of the HTTP
