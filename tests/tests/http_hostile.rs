@@ -1517,6 +1517,33 @@ fn upgrades_are_refused_and_never_reach_the_upstream() {
         );
         s.assert_not_forwarded(marker);
     }
+    // The refusal of an allowed GET's upgrade is on record before it is answered, not held
+    // for the response a forwarded read would have shared its write with: read while the
+    // connection (and so its session) is still open.
+    let mut open = TcpStream::connect(("127.0.0.1", s.gw.port)).unwrap();
+    open.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    open.write_all(
+        format!(
+            "GET /okta/echo/upgrade-on-record HTTP/1.1\r\n{}Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            s.creds()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut answer = [0u8; 64];
+    let n = open.read(&mut answer).unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 501"),
+        "{}",
+        String::from_utf8_lossy(&answer[..n])
+    );
+    let recorded = s.gw.recordings();
+    assert!(
+        recorded.contains("\"path\":\"/echo/upgrade-on-record\"")
+            && recorded.contains("GET /echo/upgrade-on-record: allowed"),
+        "the refused upgrade is not on record yet:\n{recorded}"
+    );
+    drop(open);
     // CONNECT would make the gateway a tunnel to anywhere.
     let target = format!("127.0.0.1:{}", s.upstream.port);
     let r = s.raw(format!(

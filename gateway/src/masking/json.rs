@@ -22,22 +22,7 @@ pub(super) fn rewrite(plan: &Inner, input: &[u8], out: &mut Vec<u8>) -> Result<M
     // ASCII delimiters be used as `str` without checking again.
     let text = std::str::from_utf8(input).map_err(|e| malformed(e.valid_up_to(), "invalid UTF-8"))?;
     let mark = out.len();
-    out.reserve(input.len());
-    let mut r = Rewriter {
-        plan,
-        text,
-        input,
-        pos: 0,
-        out,
-        copied: 0,
-        report: MaskReport::default(),
-        frames: Vec::new(),
-        states: Vec::new(),
-        quiet: 0,
-        decoded: String::new(),
-        masked: String::new(),
-        spans: Vec::new(),
-    };
+    let mut r = Rewriter::new(plan, text, out, false);
     let result = r.document().map(|()| {
         r.out.extend_from_slice(&input[r.copied..]);
         r.report
@@ -46,6 +31,40 @@ pub(super) fn rewrite(plan: &Inner, input: &[u8], out: &mut Vec<u8>) -> Result<M
         out.truncate(mark);
     }
     result
+}
+
+/// Rewrites the first bytes of a JSON text that was cut (a recording's capped prefix): every
+/// value that ends before the cut is masked as in [`rewrite`], and the output stops after the
+/// last of them. What follows it, a value the cut went through or text that is not JSON, is
+/// left out: a number cut short, or a string whose end would have made it a detector's find,
+/// could not be judged. Returns the report and how many bytes of `input` the output stands
+/// for (0 when not even the first value ended).
+pub(super) fn rewrite_prefix(
+    plan: &Inner,
+    input: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(MaskReport, usize), MaskError> {
+    if input.len() > MAX_MASKED_BODY {
+        return Err(MaskError::TooLarge);
+    }
+    // A cut may split a character.
+    let text = match std::str::from_utf8(input) {
+        Ok(t) => t,
+        Err(e) => std::str::from_utf8(&input[..e.valid_up_to()]).unwrap_or_default(),
+    };
+    let mut r = Rewriter::new(plan, text, out, true);
+    if r.document().is_ok() {
+        let end = r.settled;
+        if r.copied < end {
+            r.out.extend_from_slice(&r.input[r.copied..end]);
+        }
+        return Ok((r.report, end));
+    }
+    let end = r.settled;
+    if r.copied < end {
+        r.out.extend_from_slice(&r.input[r.copied..end]);
+    }
+    Ok((r.report, end.max(r.copied)))
 }
 
 fn malformed(offset: usize, reason: &'static str) -> MaskError {
@@ -65,6 +84,10 @@ struct Frame {
 
 struct Rewriter<'p, 'i, 'o> {
     plan: &'p Inner,
+    /// The input is a cut prefix: a number that runs to its end may go on.
+    prefix: bool,
+    /// `input[..settled]` is whole values (and the containers open around them), masked.
+    settled: usize,
     text: &'i str,
     input: &'i [u8],
     pos: usize,
@@ -80,6 +103,37 @@ struct Rewriter<'p, 'i, 'o> {
     decoded: String,
     masked: String,
     spans: Vec<Span>,
+}
+
+impl<'p, 'i, 'o> Rewriter<'p, 'i, 'o> {
+    fn new(plan: &'p Inner, text: &'i str, out: &'o mut Vec<u8>, prefix: bool) -> Self {
+        out.reserve(text.len());
+        Rewriter {
+            plan,
+            prefix,
+            settled: 0,
+            text,
+            input: text.as_bytes(),
+            pos: 0,
+            out,
+            copied: 0,
+            report: MaskReport::default(),
+            frames: Vec::new(),
+            states: Vec::new(),
+            quiet: 0,
+            decoded: String::new(),
+            masked: String::new(),
+            spans: Vec::new(),
+        }
+    }
+
+    /// Everything read so far is whole and masked, unless a selected container is still open
+    /// (its masked form is written only when it closes).
+    fn settle(&mut self) {
+        if self.quiet == 0 {
+            self.settled = self.pos;
+        }
+    }
 }
 
 impl<'i> Rewriter<'_, 'i, '_> {
@@ -125,10 +179,12 @@ impl<'i> Rewriter<'_, 'i, '_> {
                         index: 0,
                         replace: selected.map(|s| (start, s)),
                     });
+                    self.settle();
                     self.skip_ws();
                     if self.input.get(self.pos) == Some(if object { &b'}' } else { &b']' }) {
                         self.pos += 1;
                         self.close()?;
+                        self.settle();
                     } else {
                         (selected, states) = self.child()?;
                         continue 'value;
@@ -142,6 +198,7 @@ impl<'i> Rewriter<'_, 'i, '_> {
                 _ => return Err(malformed(start, "expected a value")),
             }
             // A value is complete: close containers until one has a next child.
+            self.settle();
             loop {
                 let Some(frame) = self.frames.last() else {
                     return Ok(());
@@ -158,10 +215,12 @@ impl<'i> Rewriter<'_, 'i, '_> {
                     Some(b'}') if object => {
                         self.pos += 1;
                         self.close()?;
+                        self.settle();
                     }
                     Some(b']') if !object => {
                         self.pos += 1;
                         self.close()?;
+                        self.settle();
                     }
                     _ if object => return Err(malformed(self.pos, "expected `,` or `}`")),
                     _ => return Err(malformed(self.pos, "expected `,` or `]`")),
@@ -262,6 +321,9 @@ impl<'i> Rewriter<'_, 'i, '_> {
         let start = self.pos;
         // A negative number holds the same digits: its sign does not hide a card.
         self.scan_number()?;
+        if self.prefix && self.pos == self.input.len() {
+            return Err(malformed(start, "a number cut short"));
+        }
         let range = start..self.pos;
         let raw = self.str_at(range.clone())?;
         if let Some(strategy) = selected {

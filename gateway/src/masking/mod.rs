@@ -352,6 +352,47 @@ impl MaskingPlan {
         json::rewrite(&self.inner, input, out)
     }
 
+    /// Masks the first bytes of a JSON text that was cut (see `json::rewrite_prefix`): the
+    /// output covers the values that ended before the cut. Returns how many input bytes it
+    /// covers, 0 when the text does not start as JSON does or no value ended.
+    pub fn mask_json_prefix(
+        &self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(MaskReport, usize), MaskError> {
+        json::rewrite_prefix(&self.inner, input, out)
+    }
+
+    /// Masks the first bytes of a text that was cut: the detectors, as decoded too (see
+    /// [`MaskingPlan::mask_escaped_text`]), over the text up to its last separator. The word the
+    /// cut went through is left out: `4111 1111 1111 111` is no card to a detector, and one
+    /// more digit makes it one.
+    pub fn mask_text_prefix<'a>(&self, input: &'a str, url_encoded: bool) -> (Cow<'a, str>, MaskReport) {
+        let whole = input
+            .rfind(|c: char| {
+                matches!(
+                    c,
+                    '\n' | '\r'
+                        | '"'
+                        | '\''
+                        | ','
+                        | ';'
+                        | '&'
+                        | '='
+                        | '<'
+                        | '>'
+                        | '{'
+                        | '}'
+                        | '['
+                        | ']'
+                        | '|'
+                        | '\t'
+                )
+            })
+            .map_or(0, |i| i + 1);
+        self.mask_escaped_text(&input[..whole], url_encoded)
+    }
+
     /// Runs the detectors over free text (bodies a rule lets through unparsed, header values, SQL
     /// values, log lines). Borrows the input when nothing is found.
     pub fn mask_text<'a>(&self, input: &'a str) -> (Cow<'a, str>, MaskReport) {
@@ -375,6 +416,68 @@ impl MaskingPlan {
             let found = input.get(span.start..span.end).unwrap_or_default();
             let strategy = self.inner.strategy_of(span.detector);
             strategy::mask_span(strategy, span.detector, found, &self.inner.key, &mut out);
+            report.count(span.detector);
+            prev = span.end;
+        }
+        out.push_str(input.get(prev..).unwrap_or_default());
+        (Cow::Owned(out), report)
+    }
+
+    /// Runs the detectors over text as written and as unescaped: percent escapes (and `+` as a
+    /// space when `plus_is_space`, as in a query or a form) and JSON string escapes (JSON the
+    /// masker could not parse). A card sent as `4111+1111+1111+1111`, `card%3A4111111111111111`
+    /// or `"\n4111111111111111"`, or an address as `a\u0040b.com`, hides from a scan of the
+    /// bytes alone. A value found unescaped replaces the escapes it came from, masked as decoded.
+    pub fn mask_escaped_text<'a>(&self, input: &'a str, plus_is_space: bool) -> (Cow<'a, str>, MaskReport) {
+        let bytes = input.as_bytes();
+        if !bytes
+            .iter()
+            .any(|&b| b == b'%' || b == b'\\' || (plus_is_space && b == b'+'))
+        {
+            return self.mask_text(input);
+        }
+        let (decoded, origin) = unescaped(bytes, plus_is_space);
+        let mut spans = Vec::new();
+        detectors::find(
+            bytes,
+            detectors::Features::of(bytes),
+            self.inner.active,
+            &mut spans,
+        );
+        let mut found = Vec::new();
+        detectors::find(
+            &decoded,
+            detectors::Features::of(&decoded),
+            self.inner.active,
+            &mut found,
+        );
+        spans.extend(found.iter().map(|s| detectors::Span {
+            start: origin[s.start],
+            end: origin[s.end],
+            detector: s.detector,
+        }));
+        if spans.is_empty() {
+            return (Cow::Borrowed(input), MaskReport::default());
+        }
+        spans.sort_by_key(|s| s.start);
+        // Overlapping finds of the two views are masked as one.
+        let mut merged: Vec<detectors::Span> = Vec::with_capacity(spans.len());
+        for span in spans {
+            match merged.last_mut() {
+                Some(last) if span.start < last.end => last.end = last.end.max(span.end),
+                _ => merged.push(span),
+            }
+        }
+        let mut report = MaskReport::default();
+        let mut out = String::with_capacity(input.len());
+        let mut prev = 0;
+        for span in &merged {
+            out.push_str(input.get(prev..span.start).unwrap_or_default());
+            let raw = bytes.get(span.start..span.end).unwrap_or_default();
+            let (value, _) = unescaped(raw, plus_is_space);
+            let value = String::from_utf8_lossy(&value);
+            let strategy = self.inner.strategy_of(span.detector);
+            strategy::mask_span(strategy, span.detector, &value, &self.inner.key, &mut out);
             report.count(span.detector);
             prev = span.end;
         }
@@ -427,6 +530,65 @@ impl MaskingPlan {
         strategy::mask_whole(strategy, value, false, &self.inner.key, &mut out);
         out
     }
+}
+
+/// `bytes` with percent escapes and JSON string escapes decoded (and `+` read as a space when
+/// asked), and for each decoded byte, where the escape or byte it comes from starts in `bytes`
+/// (one more entry: `bytes.len()`). What is not a whole escape stays as it is; a `\u` escape of
+/// a lone surrogate decodes to U+FFFD.
+fn unescaped(bytes: &[u8], plus_is_space: bool) -> (Vec<u8>, Vec<usize>) {
+    let hex = |at: usize| bytes.get(at).and_then(|&b| char::from(b).to_digit(16));
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut origin = Vec::with_capacity(bytes.len() + 1);
+    let mut i = 0;
+    while i < bytes.len() {
+        let (from, len) = (i, decoded.len());
+        let percent = (bytes[i] == b'%')
+            .then(|| Some(hex(i + 1)? * 16 + hex(i + 2)?))
+            .flatten();
+        match bytes[i] {
+            b'%' if percent.is_some() => {
+                decoded.push(percent.and_then(|p| u8::try_from(p).ok()).unwrap_or(b'?'));
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                decoded.push(b' ');
+                i += 1;
+            }
+            b'\\' => {
+                let simple = match bytes.get(i + 1) {
+                    Some(b'n') => Some(b'\n'),
+                    Some(b'r') => Some(b'\r'),
+                    Some(b't') => Some(b'\t'),
+                    Some(b'b') => Some(0x08),
+                    Some(b'f') => Some(0x0c),
+                    Some(&c @ (b'"' | b'\\' | b'/')) => Some(c),
+                    _ => None,
+                };
+                let unicode = (bytes.get(i + 1) == Some(&b'u'))
+                    .then(|| (2..6).try_fold(0u32, |n, k| Some(n * 16 + hex(i + k)?)))
+                    .flatten();
+                if let Some(c) = simple {
+                    decoded.push(c);
+                    i += 2;
+                } else if let Some(code) = unicode {
+                    let c = char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER);
+                    decoded.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                    i += 6;
+                } else {
+                    decoded.push(b'\\');
+                    i += 1;
+                }
+            }
+            b => {
+                decoded.push(b);
+                i += 1;
+            }
+        }
+        origin.resize(origin.len() + (decoded.len() - len), from);
+    }
+    origin.push(bytes.len());
+    (decoded, origin)
 }
 
 #[cfg(test)]

@@ -250,6 +250,101 @@ fn mask_text_masks_a_log_line() {
     assert!(matches!(fields_only.mask_text(line).0, Cow::Borrowed(_)));
 }
 
+/// Queries and form bodies are scanned as decoded too: escapes and `+` hide values from a
+/// scan of their bytes.
+#[test]
+fn url_encoded_values_are_found_as_decoded() {
+    let plan = compile(json!([{"detectors": ALL}])).unwrap();
+    for (query, hidden) in [
+        ("card=4111+1111+1111+1111&x=1", "1111+1111"),
+        ("card=4111%201111%201111%201111", "1111%201111"),
+        ("q=card%3A4111111111111111", "4111111111111111"),
+        ("note=x%0A4111111111111111", "4111111111111111"),
+        ("phone=%2B14155550132", "4155550132"),
+        ("iban=DE89%203704%200044%200532%200130%2000", "3704%200044"),
+        ("e=alice%2540example.com", "example.com"),
+        ("n=%204111111111111111", "4111111111111111"),
+    ] {
+        let (masked, report) = plan.mask_escaped_text(query, true);
+        assert!(
+            !masked.contains(hidden) && report.detections == 1,
+            "{query}: {masked}"
+        );
+        assert_eq!(
+            masked.split('=').next(),
+            query.split('=').next(),
+            "{query}: {masked}"
+        );
+    }
+    assert_eq!(
+        plan.mask_escaped_text("card=4111+1111+1111+1111&x=1", true).0,
+        "card=[REDACTED:CREDIT_CARD]&x=1"
+    );
+    // A value found in both views is masked once; the raw view's finds stay found.
+    let (masked, report) = plan.mask_escaped_text("a=bob%40example.org&b=carol@example.org%20x", true);
+    assert_eq!(masked, "a=[REDACTED:EMAIL]&b=[REDACTED:EMAIL]%20x");
+    assert_eq!(report.detections, 2);
+    // In a path `+` is itself; nothing found leaves the text borrowed.
+    let (masked, _) = plan.mask_escaped_text("/v1/a+b/100%25", false);
+    assert!(matches!(masked, Cow::Borrowed("/v1/a+b/100%25")));
+    // Equal values hash equal whatever their escaping.
+    let hashed = compile(json!([{"detectors": ["CreditCard"], "strategy": "Hash"}])).unwrap();
+    assert_eq!(
+        hashed.mask_escaped_text("c=4111%201111%201111%201111", true).0,
+        hashed.mask_text("c=4111 1111 1111 1111").0
+    );
+}
+
+/// JSON that the masker could not parse is scanned with its escapes decoded.
+#[test]
+fn json_escapes_do_not_hide_values_from_text_scans() {
+    let plan = compile(json!([{"detectors": ALL}])).unwrap();
+    let text = r#"{"note":"card\n4111111111111111","e":"a\u0040b.com","bad":"\ud800"}"#;
+    let (masked, report) = plan.mask_escaped_text(text, false);
+    assert_eq!(
+        masked,
+        r#"{"note":"card\n[REDACTED:CREDIT_CARD]","e":"[REDACTED:EMAIL]","bad":"\ud800"}"#
+    );
+    assert_eq!(report.detections, 2);
+}
+
+/// A cut body is recorded up to what could be judged whole.
+#[test]
+fn cut_prefixes_leave_out_the_value_the_cut_went_through() {
+    let plan = compile(json!([{"detectors": ALL}, {"jsonFields": ["$.items[*].secret"]}])).unwrap();
+    let prefix = |text: &str| {
+        let mut out = Vec::new();
+        let (_, covered) = plan.mask_json_prefix(text.as_bytes(), &mut out).unwrap();
+        (String::from_utf8(out).unwrap(), covered)
+    };
+    // A number that ran to the cut may go on: 15 digits of a card and Luhn give the 16th.
+    assert_eq!(
+        prefix(r#"{"items":[{"n":1},{"n":411111111111111"#),
+        (r#"{"items":[{"n":1},{"#.to_string(), 19)
+    );
+    // Whole strings are masked by detectors and field rules; a selected value still open is
+    // not written at all.
+    let (out, _) = prefix(r#"{"e":"a\u0040b.com","card":"x\n4111111111111111","items":[{"secret":{"k":"v""#);
+    assert_eq!(
+        out,
+        r#"{"e":"[REDACTED:EMAIL]","card":"x\n[REDACTED:CREDIT_CARD]","items":[{"#
+    );
+    let (out, _) = prefix(r#"{"items":[{"secret":{"k":"v"}},{"secret":"#);
+    assert_eq!(out, r#"{"items":[{"secret":"[REDACTED]"},{"#);
+    // A string cut open is left out whole, and so is a character the cut split.
+    let (out, _) = prefix("{\"a\":\"alice@example.co");
+    assert_eq!(out, "{");
+    let cut = "[\"é\",\"é".as_bytes();
+    let mut out = Vec::new();
+    plan.mask_json_prefix(&cut[..cut.len() - 1], &mut out).unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), "[\"é\"");
+    // Text: the word the cut went through is left out.
+    let (masked, _) = plan.mask_text_prefix("id,card\n1,4111 1111 1111 111", false);
+    assert_eq!(masked, "id,card\n1,");
+    let (masked, _) = plan.mask_text_prefix("to=alice.smith@example", true);
+    assert_eq!(masked, "to=");
+}
+
 #[test]
 fn every_detector_is_reported_by_name() {
     let plan = compile(json!([{"detectors": ALL}])).unwrap();

@@ -79,6 +79,30 @@ const IDENTITY_HEADERS: &[&str] = &[
     "x-original-url",
     "x-rewrite-url",
     "x-original-method",
+    // The client's address as CDNs and load balancers assert it: frameworks that trust the
+    // gateway's private address as a proxy take these for the caller's (Rails' remote_ip,
+    // nginx's real_ip_header), so an agent could choose the address an allowlist or a log sees.
+    "client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "x-originating-ip",
+    "proxy-client-ip",
+    "wl-proxy-client-ip",
+];
+
+/// Response headers that hand the agent a credential the upstream made from the injected one
+/// (a session cookie, a Keystone token, Digest's next nonce): with it the agent could call the
+/// upstream directly, past policy and recording. Through the gateway it is of no use anyway:
+/// `Cookie` and `Authorization` are the gateway's to send.
+const CREDENTIAL_RESPONSE_HEADERS: &[&str] = &[
+    "set-cookie",
+    "set-cookie2",
+    "x-subject-token",
+    "authentication-info",
+    "proxy-authentication-info",
 ];
 
 /// Prefixes of request headers that assert an identity (`Impersonate-User`,
@@ -369,6 +393,9 @@ pub fn sanitize_response(headers: &mut HeaderMap) {
         headers.remove(header::CONTENT_LENGTH);
     }
     remove_hop_by_hop(headers);
+    for name in CREDENTIAL_RESPONSE_HEADERS {
+        headers.remove(*name);
+    }
 }
 
 /// Runs the detectors over response header values (a `Location` naming a user's email, a debug
@@ -385,7 +412,7 @@ pub fn mask_values(
     // In place, one look per value; order and repeats stay as they were.
     for (_, v) in headers.iter_mut() {
         let text = String::from_utf8_lossy(v.as_bytes());
-        let (masked, r) = plan.mask_text(&text);
+        let (masked, r) = plan.mask_escaped_text(&text, false);
         if r.is_empty() {
             continue;
         }
@@ -429,7 +456,7 @@ impl<'a> Serialize for Recorded<'a> {
                         true => Cow::Owned(redact_url_params(&text).into_owned()),
                         false => text,
                     };
-                    match self.1.map(|plan| plan.mask_text(&text).0) {
+                    match self.1.map(|plan| plan.mask_escaped_text(&text, false).0) {
                         Some(Cow::Owned(masked)) => Cow::Owned(masked),
                         _ => text,
                     }
@@ -762,8 +789,28 @@ mod tests {
             "x-pomerium-claim-email",
             "x-webauth-user",
             "x-goog-iap-jwt-assertion",
+            "true-client-ip",
+            "cf-connecting-ip",
+            "client-ip",
         ] {
             assert!(is_identity_header(n), "{n}");
         }
+    }
+
+    /// What an upstream made from the injected credential does not reach the agent.
+    #[test]
+    fn credentials_an_upstream_issues_are_not_passed_on() {
+        let mut h = map(&[
+            ("set-cookie", "JSESSIONID=4F1C; HttpOnly"),
+            ("Set-Cookie", "b=2"),
+            ("x-subject-token", "gAAAAAB"),
+            ("authentication-info", "nextnonce=\"abc\""),
+            ("content-type", "application/json"),
+            ("location", "/users/1"),
+        ]);
+        sanitize_response(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "location"]);
     }
 }

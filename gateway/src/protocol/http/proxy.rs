@@ -156,13 +156,13 @@ pub async fn handle(
             // agent addressed (a user's email).
             let (path, detail) = match &outcome.plan {
                 Some(plan) => (
-                    plan.mask_text(uri_for_log.path()).0.into_owned(),
+                    plan.mask_escaped_text(uri_for_log.path(), false).0.into_owned(),
                     plan.mask_text(&problem.detail).0.into_owned(),
                 ),
                 None => {
                     let plan = MaskingPlan::every_detector();
                     (
-                        plan.mask_text(uri_for_log.path()).0.into_owned(),
+                        plan.mask_escaped_text(uri_for_log.path(), false).0.into_owned(),
                         plan.mask_text(&problem.detail).0.into_owned(),
                     )
                 }
@@ -284,6 +284,21 @@ fn check_framing(req: &Parts) -> Result<(), Problem> {
                 .is_some_and(|v| v.as_bytes() != b"0"))
     {
         return Err(bad_request("GET and HEAD requests must not carry a body"));
+    }
+    // HTTP/1 parsers trim a value's surrounding whitespace; HTTP/2 passes it through (RFC 9113
+    // §8.2.1 calls such a request malformed). A rule would decide on ` production`, and the
+    // HTTP/1 upstream read `production`.
+    if let Some(name) = h
+        .iter()
+        .find(|(_, v)| {
+            let b = v.as_bytes();
+            matches!(b.first(), Some(b' ' | b'\t')) || matches!(b.last(), Some(b' ' | b'\t'))
+        })
+        .map(|(n, _)| n)
+    {
+        return Err(bad_request(format!(
+            "the value of header {name} begins or ends with whitespace, which the upstream would read trimmed"
+        )));
     }
     if h.get_all(header::HOST).iter().count() > 1 {
         return Err(bad_request("a request must carry at most one Host header"));
@@ -847,30 +862,44 @@ async fn proxy(
     // The path names what the agent addressed (a user's email): masked like the query, as is
     // the decision's explanation, which quotes it.
     let mut decision_record = decision_record;
-    if let std::borrow::Cow::Owned(masked) = plan.mask_text(&decision_record.reason).0 {
+    // A form's text is read as decoded, `+` as a space, as its parser will.
+    let form = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+    if let std::borrow::Cow::Owned(masked) = plan.mask_escaped_text(&decision_record.reason, false).0 {
         decision_record.reason = masked;
     }
     let request_event = RequestEvent {
         request_id,
         method: parts.method.as_str(),
-        path: plan.mask_text(&path).0,
+        path: plan.mask_escaped_text(&path, false).0,
         host: &authority,
         peer: conn.peer,
         version: version_label(parts.version),
         headers: headers::for_record_masked(&parts.headers, &plan),
         // Query strings can carry secrets too.
-        query: target.raw_query.as_deref().map(|q| plan.mask_text(q).0),
+        query: target
+            .raw_query
+            .as_deref()
+            .map(|q| plan.mask_escaped_text(q, true).0),
         body: read_body
             .as_ref()
-            .map(|b| response::body_for_record(Some(&request_plan), b, true)),
+            .map(|b| response::body_for_record(Some(&request_plan), b, true, form)),
     };
     // The request and its decision are on record before anything is forwarded, in one write.
     // An allowed GET or HEAD changes nothing upstream, so its request and decision may wait for
     // its response and share that write, made before the response is sent: the agent still
     // learns nothing the record lacks, and a read costs one write instead of two.
+    // Only a request that will be forwarded waits: one refused below (an upgrade, an upstream
+    // not configured) is on record before its refusal is sent, as every refusal is.
     let with_response = refusal.is_none()
         && approval_rule.is_none()
-        && (parts.method == Method::GET || parts.method == Method::HEAD);
+        && (parts.method == Method::GET || parts.method == Method::HEAD)
+        && refuse_upgrade(&parts.headers, kube_info.as_ref()).is_ok()
+        && matches!(plane.upstreams.get(&connection.name), Some(Ok(_)));
     if let Some(s) = session.as_deref() {
         settle(gw, &plane, s.record_deferred("http.request", &request_event))?;
     }
@@ -904,7 +933,7 @@ async fn proxy(
                 request_id,
                 bytes: bytes.len() as u64,
                 complete: true,
-                body: response::body_for_record(Some(&request_plan), &bytes, true),
+                body: response::body_for_record(Some(&request_plan), &bytes, true, form),
             };
             record(gw, &plane, session.as_deref(), "http.request.body", data)?;
             if body_overrides(kind, boundary.as_deref(), &bytes) {
@@ -958,11 +987,14 @@ async fn proxy(
             agent_token,
             (!content_type.is_empty()).then_some(content_type.as_str()),
             &shown_headers,
-            target.raw_query.as_deref().map(|q| plan.mask_text(q).0),
+            target
+                .raw_query
+                .as_deref()
+                .map(|q| plan.mask_escaped_text(q, true).0),
             read_body
                 .as_deref()
                 .filter(|b| !b.is_empty())
-                .map(|b| response::body_for_record(Some(&request_plan), b, true)),
+                .map(|b| response::body_for_record(Some(&request_plan), b, true, form)),
         );
         // The agent's to write, so masked and token-free as the summary is.
         let reason = parts
@@ -994,7 +1026,10 @@ async fn proxy(
             } else {
                 OperationKind::Http
             },
-            summary: approval::hide_token(plan.mask_text(&summary).0.into_owned(), agent_token),
+            summary: approval::hide_token(
+                plan.mask_escaped_text(&summary, false).0.into_owned(),
+                agent_token,
+            ),
             fingerprint,
             detail,
             reason,
@@ -1456,12 +1491,12 @@ fn recorded_whole_body<'a>(
     for_record: Option<&MaskingPlan>,
 ) -> ResponseBody<'a> {
     if let Some(plan) = for_record {
-        return ResponseBody::Recorded(response::body_for_record(Some(plan), bytes, true));
+        return ResponseBody::Recorded(response::body_for_record(Some(plan), bytes, true, false));
     }
     ResponseBody::Recorded(if class == ContentClass::Json {
         crate::recording::CappedBody::json(bytes.into(), MAX_RECORDED_BODY)
     } else {
-        response::body_for_record(None, bytes, true)
+        response::body_for_record(None, bytes, true, false)
     })
 }
 
@@ -1533,7 +1568,7 @@ async fn mask_response(
             // Passed unparsed, text still meets the detectors: one value the parser refuses (a
             // lone surrogate) must not unmask every other value of the body.
             Ok(text) if plan.has_detectors() => {
-                let (masked, report) = plan.mask_text(text);
+                let (masked, report) = plan.mask_escaped_text(text, false);
                 Ok(Masked::Done(Bytes::from(masked.into_owned()), report, held))
             }
             _ => {
@@ -2236,6 +2271,39 @@ mod tests {
         assert!(
             check_framing(&parts).is_ok(),
             "an upper-case extension method is decided"
+        );
+    }
+
+    /// HTTP/2 carries a value's surrounding whitespace, which an HTTP/1 upstream trims: a rule
+    /// on `x-environment: prod*` would decide on ` production` and the upstream act on
+    /// `production`.
+    #[test]
+    fn header_values_with_surrounding_whitespace_are_refused() {
+        for value in [" production", "production\t", "\tproduction ", " "] {
+            let (parts, ()) = Request::builder()
+                .method("POST")
+                .version(hyper::Version::HTTP_2)
+                .uri("/deploy/api/v1/deploy")
+                .header(header::HOST, "gw")
+                .header("x-environment", value)
+                .body(())
+                .unwrap()
+                .into_parts();
+            let refused = check_framing(&parts).unwrap_err();
+            assert_eq!(refused.kind, Kind::BadRequest, "{value:?}");
+            assert!(refused.detail.contains("x-environment"), "{}", refused.detail);
+        }
+        let (parts, ()) = Request::builder()
+            .method("POST")
+            .uri("/deploy/api/v1/deploy")
+            .header(header::HOST, "gw")
+            .header("x-environment", "prod uction")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert!(
+            check_framing(&parts).is_ok(),
+            "inner whitespace is the value's own"
         );
     }
 

@@ -889,7 +889,14 @@ fn line_doc(line: &[u8], line_start: bool) -> Option<usize> {
 /// instead: detectors over its text would pass a Secret's value in YAML or protobuf. JSON is kept as text rather than
 /// parsed into the event: parsing and copying the tree cost more than the rest of the recording
 /// (profiled with `bench/http.sh`), and the text is exactly what crossed the gateway.
-pub fn body_for_record<'a>(plan: Option<&MaskingPlan>, bytes: &'a [u8], complete: bool) -> CappedBody<'a> {
+///
+/// `url_encoded` says the body is a form: its text is scanned as decoded too, `+` as a space.
+pub fn body_for_record<'a>(
+    plan: Option<&MaskingPlan>,
+    bytes: &'a [u8],
+    complete: bool,
+    url_encoded: bool,
+) -> CappedBody<'a> {
     if plan.is_some_and(MaskingPlan::withholds_bodies) {
         return CappedBody::withheld(bytes.len(), "this body cannot be masked (a Secret's patch)");
     }
@@ -909,8 +916,22 @@ pub fn body_for_record<'a>(plan: Option<&MaskingPlan>, bytes: &'a [u8], complete
         };
         return CappedBody::withheld(bytes.len(), why);
     }
+    // A cut JSON text: its whole values, masked, as text (it no longer parses).
+    if !complete
+        && matches!(bytes.iter().find(|b| !b.is_ascii_whitespace()), Some(b'{' | b'['))
+        && let Ok((_, covered)) = plan.mask_json_prefix(bytes, &mut out)
+        && covered > 0
+    {
+        return CappedBody::new(Cow::Owned(out), MAX_RECORDED_BODY);
+    }
     let text = String::from_utf8_lossy(bytes);
-    let (masked, _) = plan.mask_text(&text);
+    // Escaped values (`%0A4111…`) hide from a scan of the bytes; a `%` in other text decodes
+    // to nothing a detector reads differently.
+    let (masked, _) = if complete {
+        plan.mask_escaped_text(&text, url_encoded)
+    } else {
+        plan.mask_text_prefix(&text, url_encoded)
+    };
     CappedBody::new(Cow::Owned(masked.into_owned().into_bytes()), MAX_RECORDED_BODY)
 }
 
@@ -1253,7 +1274,8 @@ impl Recorded {
         let finished = self.finished || sink.declared == Some(self.total);
         let complete = finished && self.total as usize == self.kept.len();
         // Only a prefix is kept of a long body: the record says how long it was.
-        let body = body_for_record(sink.plan.as_ref(), &self.kept, complete).of_total(self.total as usize);
+        let body =
+            body_for_record(sink.plan.as_ref(), &self.kept, complete, false).of_total(self.total as usize);
         let data = crate::recording::BodyEvent {
             request_id: &sink.request_id,
             bytes: self.total,
@@ -1358,6 +1380,35 @@ mod tests {
         assert_eq!(classify(Some("TEXT/csv")), ContentClass::Text);
         assert_eq!(classify(Some("text")), ContentClass::Other);
         assert_eq!(classify(Some("+json")), ContentClass::Json);
+    }
+
+    /// A body cut at the recording's cap is recorded as far as it could be judged: a cut JSON
+    /// text as its whole values masked (escapes decoded), other text up to the word the cut
+    /// went through, a form as decoded.
+    #[test]
+    fn cut_and_encoded_bodies_are_recorded_masked() {
+        let plan = MaskingPlan::compile(
+            &[&serde_json::from_value(json!({"detectors": ["Email", "CreditCard"]})).unwrap()],
+            HashKey::from_bytes([1; 32]),
+        )
+        .unwrap();
+        let recorded = |bytes: &[u8], complete: bool, form: bool| {
+            serde_json::to_string(&body_for_record(Some(&plan), bytes, complete, form)).unwrap()
+        };
+        let json = recorded(
+            br#"{"a":"x\u0040y.com","n":"card\n4111111111111111","m":"4111 1111 1111 111"#,
+            false,
+            false,
+        );
+        assert!(
+            json.contains("[REDACTED:EMAIL]") && json.contains("[REDACTED:CREDIT_CARD]"),
+            "{json}"
+        );
+        assert!(!json.contains("1111 111") && !json.contains("u0040y"), "{json}");
+        let csv = recorded(b"id,card\n1,4111 1111 1111 111", false, false);
+        assert!(!csv.contains("1111 111"), "{csv}");
+        let form = recorded(b"card=4111+1111+1111+1111&to=a%40b.io", true, true);
+        assert!(!form.contains("4111") && !form.contains("a%40b"), "{form}");
     }
 
     fn frames(chunks: &[&'static str]) -> Body {
