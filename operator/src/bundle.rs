@@ -349,6 +349,8 @@ fn published_text(values: Vec<Value>, namespace: &str, used: &BTreeSet<(String, 
                     return None;
                 }
             }
+            // As compiled (`Manifest::from_value` drops them); the gateway refuses nulls it reads.
+            agentgate::config::manifest::drop_nulls(&mut value);
             Some(yaml_printable(value.to_string()))
         })
         .collect::<Vec<_>>()

@@ -1942,10 +1942,11 @@ mod tests {
         .unwrap();
     }
 
-    /// `null` is validated as an absent field, as it decodes: a Window grant whose duration is
-    /// an empty value (an unset template variable) is refused, not given the longest window.
+    /// An empty value (an unset template variable) is refused where it is written, not read as
+    /// an absent field: a Window grant without its duration would get the longest window, and
+    /// a rule without its methods would match every method.
     #[test]
-    fn null_fields_are_absent_fields() {
+    fn null_fields_are_refused_where_written() {
         let yaml = |rule: &str| {
             format!(
                 "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {{name: gw, namespace: ns}}\n\
@@ -1973,11 +1974,14 @@ mod tests {
             errors.contains("AccessPolicy ns/orders: spec.rules[0]"),
             "{errors}"
         );
-        // A null list is an absent one, not an undecodable object.
-        load_yaml(&yaml(
-            "{name: r, action: Allow, http: {methods: null, paths: [/orders/*]}}",
+        let errors = load_yaml(&yaml(
+            "{name: r, action: Allow, http: {methods: , paths: [/orders/*]}}",
         ))
-        .unwrap();
+        .unwrap_err();
+        assert!(
+            errors.contains("AccessPolicy ns/orders: spec.rules[0].http.methods: Invalid value: null"),
+            "{errors}"
+        );
         load_yaml(&yaml(
             "{name: w, action: RequireApproval, http: {methods: [POST]}, approval: {approvers: {users: [alice]}, grant: {type: Window, duration: 1h}}}",
         ))

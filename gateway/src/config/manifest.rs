@@ -31,11 +31,10 @@ pub struct Manifest {
     lines: HashMap<String, usize>,
 }
 
-/// Removes every member whose value is `null`, at any depth. A null field decodes as an absent
-/// one, so it must be validated as one too: CEL's `has()` sees a null member as set, and
-/// `duration: ` (an unset template variable) then passed "a Window grant needs a duration" and
-/// decoded as no duration. Null list elements stay, and fail their type check.
-fn drop_nulls(value: &mut Value) {
+/// Removes every member whose value is `null`, at any depth, as the API server prunes them: an
+/// API object's null field decodes as an absent one, so it is validated as one too (CEL's
+/// `has()` sees a null member as set). Null list elements stay, and fail their type check.
+pub fn drop_nulls(value: &mut Value) {
     match value {
         Value::Object(map) => {
             map.retain(|_, v| !v.is_null());
@@ -174,11 +173,10 @@ pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Manifest>, ConfigE
             message: format!("YAML syntax error: {}", first_line(&e.to_string())),
         })?;
         let mut lines = HashMap::new();
-        let mut value = root.value.into_json(String::new(), start_line - 1, &mut lines);
+        let value = root.value.into_json(String::new(), start_line - 1, &mut lines);
         if value.is_null() {
             continue;
         }
-        drop_nulls(&mut value);
         if !value.is_object() {
             return Err(ConfigError {
                 file: path.to_path_buf(),
@@ -188,14 +186,47 @@ pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Manifest>, ConfigE
                 message: "a manifest must be a mapping with apiVersion, kind and metadata".into(),
             });
         }
-        manifests.push(Manifest {
+        let mut manifest = Manifest {
             file: path.to_path_buf(),
             line: start_line,
             value,
             lines,
-        });
+        };
+        // An empty value (an unset template variable) would read as an absent field: for a
+        // rule's methods or paths, as matching everything. Written by hand, it is refused.
+        // Metadata's (`creationTimestamp: null`, as kubectl prints it) says nothing.
+        if let Some(map) = manifest.value.as_object_mut() {
+            map.get_mut("metadata").into_iter().for_each(drop_nulls);
+            map.get_mut("status").into_iter().for_each(drop_nulls);
+        }
+        if let Some(field) = null_member(&manifest.value, "") {
+            return Err(manifest.error(
+                &field,
+                "Invalid value: null: give the field a value, or leave it out",
+            ));
+        }
+        manifests.push(manifest);
     }
     Ok(manifests)
+}
+
+/// The path of the first member whose value is `null`, if any.
+fn null_member(value: &Value, path: &str) -> Option<String> {
+    match value {
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let p = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            if v.is_null() { Some(p) } else { null_member(v, &p) }
+        }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| null_member(v, &format!("{path}[{i}]"))),
+        _ => None,
+    }
 }
 
 /// (first line of the document, 1-based; document text). The `---` line itself is not included.
@@ -398,13 +429,26 @@ mod tests {
     fn scalars_keep_their_types() {
         let docs = parse_documents(
             Path::new("f.yaml"),
-            "a: 1\nb: true\nc: \"1\"\nd: 1.5\ne: null\nf: ~\ng:\nh: [1, null]\n",
+            "a: 1\nb: true\nc: \"1\"\nd: 1.5\nh: [1, null]\nmetadata: {name: x, creationTimestamp: null}\n",
         )
         .unwrap();
-        // A null member is an absent one; a null list element stays (and fails its type check).
+        // A null list element stays (and fails its type check); metadata's nulls say nothing.
         assert_eq!(
             docs[0].value,
-            serde_json::json!({"a": 1, "b": true, "c": "1", "d": 1.5, "h": [1, null]})
+            serde_json::json!({"a": 1, "b": true, "c": "1", "d": 1.5, "h": [1, null], "metadata": {"name": "x"}})
         );
+        // Elsewhere a null is refused where it is, not read as an absent field.
+        for (text, path) in [
+            (
+                "kind: A\nspec:\n  rules:\n  - methods:\n",
+                "spec.rules[0].methods",
+            ),
+            ("kind: A\nspec: {grant: {duration: ~}}\n", "spec.grant.duration"),
+            ("kind: A\nspec: null\n", "spec"),
+        ] {
+            let err = parse_documents(Path::new("f.yaml"), text).unwrap_err();
+            assert_eq!(err.path.as_deref(), Some(path), "{text}");
+            assert!(err.message.contains("null"), "{err}");
+        }
     }
 }
