@@ -1,6 +1,8 @@
 //! The AgentGateway controller: compiles the gateway's configuration from its namespace, applies
 //! its children with server-side apply, and reports the verdict on every object it uses in that
 //! object's `status.conditions` (Ready, or Invalid with the field or missing reference named).
+//! AgentIdentities and AccessPolicies serve every gateway of their namespace; one gateway
+//! reports them (see [`reports_shared_objects`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -351,17 +353,31 @@ async fn report_objects(
 }
 
 /// Whether `gateway` writes the conditions of the namespace's AgentIdentities and
-/// AccessPolicies, which every gateway of the namespace compiles. One does, the first by name:
-/// two whose verdicts differ (one not published, another's `approvals.maxGrant` refusing a
-/// grant) would rewrite each other's conditions without end, each write waking the other.
-/// The others say what they left out on their own status.
+/// AccessPolicies, which every gateway of the namespace compiles. One does: two whose verdicts
+/// differ (one not published, another's `approvals.maxGrant` refusing a grant) would rewrite
+/// each other's conditions without end, each write waking the other. It is the first by name of
+/// the gateways that are Ready (in force, so their verdicts are the ones that hold), else the
+/// first by name. The others say what they left out on their own status.
 fn reports_shared_objects(gateway: &str, snapshot: &bundle::Namespace) -> bool {
-    snapshot
-        .gateways
-        .iter()
-        .filter(|g| g.metadata.deletion_timestamp.is_none())
+    let live = || {
+        snapshot
+            .gateways
+            .iter()
+            .filter(|g| g.metadata.deletion_timestamp.is_none())
+    };
+    let is_ready = |g: &&AgentGateway| {
+        g.status.as_ref().is_some_and(|s| {
+            s.common
+                .conditions
+                .iter()
+                .any(|c| c.r#type == "Ready" && c.status == agentgate_crds::common::ConditionStatus::True)
+        })
+    };
+    live()
+        .filter(is_ready)
         .map(|g| g.name_any())
         .min()
+        .or_else(|| live().map(|g| g.name_any()).min())
         .is_none_or(|first| first == gateway)
 }
 

@@ -410,29 +410,27 @@ spec:
     );
 }
 
-/// An object that already has a child's name and is not the gateway's own is left alone: the
-/// gateway says which, and is set up once the object is gone.
 /// Identities and policies belong to every gateway of their namespace. Two gateways whose
-/// verdicts differ (one cannot publish) must not rewrite the objects' conditions in turn: the
-/// first by name reports them, and stays the one that does.
+/// verdicts differ (one cannot publish) must not rewrite the objects' conditions in turn: one
+/// reports them, the first by name of those that are Ready, and stays the one that does.
 #[test]
 fn two_gateways_of_a_namespace_do_not_fight_over_shared_conditions() {
     let env = TestEnv::start();
     let ns = env.namespace().to_string();
     let broken = format!(
-        "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {{name: z-broken, namespace: {ns}}}\n\
+        "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {{name: a-broken, namespace: {ns}}}\n\
          spec:\n  listeners:\n    - {{name: https, protocol: HTTP, port: 8443, tls: {{secretName: no-such-secret}}}}\n"
     );
     let file = env.file("objects.yaml", &format!("{}---\n{broken}", objects(&ns)));
     env.kubectl_ok("admin", &["apply", "-f", &file]);
     let op = start_operator(&env, "operator-a");
     eventually(
-        "main Ready and z-broken not",
+        "main Ready and a-broken not",
         &op,
         Duration::from_secs(30),
         || {
             ready(&env, "agentgateway", "main") == "True"
-                && ready(&env, "agentgateway", "z-broken") == "False"
+                && ready(&env, "agentgateway", "a-broken") == "False"
         },
     );
     eventually("the policy to be Ready", &op, Duration::from_secs(30), || {
@@ -451,6 +449,8 @@ fn two_gateways_of_a_namespace_do_not_fight_over_shared_conditions() {
     assert_eq!(ready(&env, "agentidentity", "ci-agent"), "True");
 }
 
+/// An object that already has a child's name and is not the gateway's own is left alone: the
+/// gateway says which, and is set up once the object is gone.
 #[test]
 fn objects_of_a_childs_name_that_the_gateway_does_not_own_are_not_taken_over() {
     let env = TestEnv::start();
