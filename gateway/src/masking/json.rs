@@ -35,30 +35,40 @@ pub(super) fn rewrite(plan: &Inner, input: &[u8], out: &mut Vec<u8>) -> Result<M
 
 /// Rewrites the first bytes of a JSON text that was cut (a recording's capped prefix): every
 /// value that ends before the cut is masked as in [`rewrite`], and the output stops after the
-/// last of them. What follows it, a value the cut went through or text that is not JSON, is
-/// left out: a number cut short, or a string whose end would have made it a detector's find,
-/// could not be judged. Returns the report and how many bytes of `input` the output stands
-/// for (0 when not even the first value ended).
+/// last of them. The value the cut went through is left out: a number cut short, or a string
+/// whose end would have made it a detector's find, could not be judged. Returns the report and
+/// how many bytes of `input` the output stands for; an error when the text is not JSON cut
+/// short (it fails before its last bytes), for the caller to read it as text.
 pub(super) fn rewrite_prefix(
     plan: &Inner,
     input: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(MaskReport, usize), MaskError> {
+    /// The longest token a cut can leave failing: a surrogate pair's `\uD83D\uDE00`.
+    const LONGEST_TOKEN: usize = 12;
     if input.len() > MAX_MASKED_BODY {
         return Err(MaskError::TooLarge);
     }
-    // A cut may split a character.
+    // A cut may split a character; invalid UTF-8 before the last one is not a cut.
     let text = match std::str::from_utf8(input) {
         Ok(t) => t,
-        Err(e) => std::str::from_utf8(&input[..e.valid_up_to()]).unwrap_or_default(),
-    };
-    let mut r = Rewriter::new(plan, text, out, true);
-    if r.document().is_ok() {
-        let end = r.settled;
-        if r.copied < end {
-            r.out.extend_from_slice(&r.input[r.copied..end]);
+        Err(e) if e.error_len().is_none() => {
+            std::str::from_utf8(&input[..e.valid_up_to()]).unwrap_or_default()
         }
-        return Ok((r.report, end));
+        Err(e) => return Err(malformed(e.valid_up_to(), "invalid UTF-8")),
+    };
+    let mark = out.len();
+    let mut r = Rewriter::new(plan, text, out, true);
+    match r.document() {
+        Ok(()) => {}
+        Err(MaskError::Malformed { offset, reason })
+            if reason == "unterminated string"
+                || reason == NUMBER_CUT
+                || offset + LONGEST_TOKEN >= text.len() => {}
+        Err(e) => {
+            out.truncate(mark);
+            return Err(e);
+        }
     }
     let end = r.settled;
     if r.copied < end {
@@ -66,6 +76,9 @@ pub(super) fn rewrite_prefix(
     }
     Ok((r.report, end.max(r.copied)))
 }
+
+/// Why a number running to the end of a cut text is not read: it may go on.
+const NUMBER_CUT: &str = "a number cut short";
 
 fn malformed(offset: usize, reason: &'static str) -> MaskError {
     MaskError::Malformed { offset, reason }
@@ -322,7 +335,7 @@ impl<'i> Rewriter<'_, 'i, '_> {
         // A negative number holds the same digits: its sign does not hide a card.
         self.scan_number()?;
         if self.prefix && self.pos == self.input.len() {
-            return Err(malformed(start, "a number cut short"));
+            return Err(malformed(start, NUMBER_CUT));
         }
         let range = start..self.pos;
         let raw = self.str_at(range.clone())?;

@@ -306,6 +306,19 @@ fn json_escapes_do_not_hide_values_from_text_scans() {
         r#"{"note":"card\n[REDACTED:CREDIT_CARD]","e":"[REDACTED:EMAIL]","bad":"\ud800"}"#
     );
     assert_eq!(report.detections, 2);
+    // Escapes that decode to several bytes, before and inside a find, map back to whole escapes.
+    // (The scan of the bytes as written reads `%C3%A9` after an address as more of its domain.)
+    let (masked, _) = plan.mask_escaped_text(
+        r#""\u00e9\u00e9 bob\u0040x.io \u00e9" %C3%A9 carol%40x.io%C3%A9"#,
+        false,
+    );
+    assert_eq!(
+        masked,
+        r#""\u00e9\u00e9 [REDACTED:EMAIL] \u00e9" %C3%A9 [REDACTED:EMAIL]"#
+    );
+    // A `%` or `\` that starts no escape is text.
+    let (masked, _) = plan.mask_escaped_text(r"100% \q \u12 dave@x.io", false);
+    assert_eq!(masked, r"100% \q \u12 [REDACTED:EMAIL]");
 }
 
 /// A cut body is recorded up to what could be judged whole.
@@ -338,6 +351,22 @@ fn cut_prefixes_leave_out_the_value_the_cut_went_through() {
     let mut out = Vec::new();
     plan.mask_json_prefix(&cut[..cut.len() - 1], &mut out).unwrap();
     assert_eq!(String::from_utf8(out).unwrap(), "[\"é\"");
+    // Text that starts as JSON does but fails before its end is no cut JSON: the caller reads
+    // it as text.
+    let mut out = Vec::new();
+    assert!(
+        plan.mask_json_prefix(b"[INFO] card 4111 1111 1111 1111 and much more text", &mut out)
+            .is_err()
+    );
+    assert!(
+        plan.mask_json_prefix(b"[2025-01-01T00:00:00Z] started, and more text follows", &mut out)
+            .is_err()
+    );
+    assert!(
+        plan.mask_json_prefix(b"{\"a\":\"\xe9\"} and more text follows here", &mut out)
+            .is_err()
+    );
+    assert!(out.is_empty());
     // Text: the word the cut went through is left out.
     let (masked, _) = plan.mask_text_prefix("id,card\n1,4111 1111 1111 111", false);
     assert_eq!(masked, "id,card\n1,");

@@ -410,9 +410,9 @@ pub fn mask_values(
         return report;
     }
     // In place, one look per value; order and repeats stay as they were.
-    for (_, v) in headers.iter_mut() {
+    for (name, v) in headers.iter_mut() {
         let text = String::from_utf8_lossy(v.as_bytes());
-        let (masked, r) = plan.mask_escaped_text(&text, false);
+        let (masked, r) = mask_value(plan, name.as_str(), &text);
         if r.is_empty() {
             continue;
         }
@@ -421,6 +421,32 @@ pub fn mask_values(
         *v = masked;
     }
     report
+}
+
+/// One header value through the detectors, as unescaped too; a URL's query (`Location`,
+/// `Referer`) with `+` read as a space, as its server reads it.
+fn mask_value<'a>(
+    plan: &crate::masking::MaskingPlan,
+    name: &str,
+    text: &'a str,
+) -> (Cow<'a, str>, crate::masking::MaskReport) {
+    let url = matches!(
+        name,
+        "location" | "content-location" | "refresh" | "referer" | "link"
+    );
+    match text.split_once('?') {
+        Some((path, query)) if url => {
+            let (p, mut report) = plan.mask_escaped_text(path, false);
+            let (q, r) = plan.mask_escaped_text(query, true);
+            report.add(&r);
+            if matches!((&p, &q), (Cow::Borrowed(_), Cow::Borrowed(_))) {
+                (Cow::Borrowed(text), report)
+            } else {
+                (Cow::Owned(format!("{p}?{q}")), report)
+            }
+        }
+        _ => plan.mask_escaped_text(text, false),
+    }
 }
 
 /// Headers as a JSON object for a recording: names lowercased, repeats as arrays, secret values
@@ -456,7 +482,7 @@ impl<'a> Serialize for Recorded<'a> {
                         true => Cow::Owned(redact_url_params(&text).into_owned()),
                         false => text,
                     };
-                    match self.1.map(|plan| plan.mask_escaped_text(&text, false).0) {
+                    match self.1.map(|plan| mask_value(plan, name.as_str(), &text).0) {
                         Some(Cow::Owned(masked)) => Cow::Owned(masked),
                         _ => text,
                     }
@@ -666,6 +692,36 @@ mod tests {
             !recorded.contains("alice@example.com") && recorded.contains("*/*"),
             "{recorded}"
         );
+    }
+
+    /// A URL's query is read as its server reads it (`+` a space); every value as unescaped.
+    #[test]
+    fn header_values_are_masked_as_unescaped() {
+        let rules: Vec<agentgate_crds::policy::MaskingRule> =
+            serde_json::from_value(serde_json::json!([{"detectors": ["Email", "CreditCard"]}])).unwrap();
+        let plan = crate::masking::MaskingPlan::compile(
+            &rules.iter().collect::<Vec<_>>(),
+            crate::masking::HashKey::process(),
+        )
+        .unwrap();
+        let mut h = map(&[
+            ("location", "/r?card=4111+1111+1111+1111&to=a%40b.io"),
+            ("x-note", "card%3A4111111111111111"),
+            ("x-plain", "a+b"),
+        ]);
+        let recorded = serde_json::to_string(&for_record_masked(&h, &plan)).unwrap();
+        assert!(
+            !recorded.contains("4111") && !recorded.contains("a%40b"),
+            "{recorded}"
+        );
+        let report = mask_values(&mut h, &plan);
+        assert_eq!(report.detections, 3);
+        assert_eq!(
+            h["location"],
+            "/r?card=[REDACTED:CREDIT_CARD]&to=[REDACTED:EMAIL]"
+        );
+        assert_eq!(h["x-note"], "card%3A[REDACTED:CREDIT_CARD]");
+        assert_eq!(h["x-plain"], "a+b");
     }
 
     #[test]

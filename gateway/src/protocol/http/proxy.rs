@@ -157,13 +157,13 @@ pub async fn handle(
             let (path, detail) = match &outcome.plan {
                 Some(plan) => (
                     plan.mask_escaped_text(uri_for_log.path(), false).0.into_owned(),
-                    plan.mask_text(&problem.detail).0.into_owned(),
+                    plan.mask_escaped_text(&problem.detail, false).0.into_owned(),
                 ),
                 None => {
                     let plan = MaskingPlan::every_detector();
                     (
                         plan.mask_escaped_text(uri_for_log.path(), false).0.into_owned(),
-                        plan.mask_text(&problem.detail).0.into_owned(),
+                        plan.mask_escaped_text(&problem.detail, false).0.into_owned(),
                     )
                 }
             };
@@ -976,7 +976,7 @@ async fn proxy(
                 let value = if headers::is_secret(name) {
                     "[REDACTED]".into()
                 } else {
-                    plan.mask_text(&String::from_utf8_lossy(value.as_bytes()))
+                    plan.mask_escaped_text(&String::from_utf8_lossy(value.as_bytes()), false)
                         .0
                         .into_owned()
                 };
@@ -1001,7 +1001,7 @@ async fn proxy(
             .headers
             .get("agentgate-reason")
             .and_then(|v| v.to_str().ok())
-            .map(|r| approval::hide_token(plan.mask_text(r).0.into_owned(), agent_token));
+            .map(|r| approval::hide_token(plan.mask_escaped_text(r, false).0.into_owned(), agent_token));
         let still_current = || {
             gw.plane().is_some_and(|p| {
                 approval::decides_alike(
@@ -1147,8 +1147,21 @@ async fn proxy(
             out_headers.insert(header::ACCEPT, v);
         }
     }
+    // A refusal from here on comes after the decision, which an allowed read defers to the
+    // response's write: the refusal is that response, on record before it is sent.
+    let refused_after_decision = |problem: Problem| {
+        record_upstream_failure(
+            gw,
+            &plane,
+            session.as_deref(),
+            request_id,
+            &problem,
+            Instant::now(),
+        );
+        problem
+    };
     headers::inject_credential(&mut out_headers, connection.credential.as_ref())
-        .map_err(|e| Problem::new(Kind::UpstreamUnavailable, e.to_string()))?;
+        .map_err(|e| refused_after_decision(Problem::new(Kind::UpstreamUnavailable, e.to_string())))?;
     let override_found = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let body_unrecorded = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let out_body: Body = match (read_body, body) {
@@ -1188,7 +1201,7 @@ async fn proxy(
         .method(parts.method.clone())
         .uri(&uri)
         .body(out_body)
-        .map_err(|_| bad_request("the request cannot be forwarded"))?;
+        .map_err(|_| refused_after_decision(bad_request("the request cannot be forwarded")))?;
     *up_req.headers_mut() = out_headers;
     let sent = Instant::now();
     let up_res = match upstream.send(up_req).await {
@@ -1463,8 +1476,9 @@ const DETAIL_QUERY_CHARS: usize = 768;
 const DETAIL_HEADER_CHARS: usize = 160;
 const DETAIL_HEADERS: usize = 4;
 
-/// Records that the request went out and what came of it: an upstream that failed, as the
-/// response. The problem is the answer either way, so a failure to record it changes nothing.
+/// Records what came of a decided request that got no upstream response: an upstream that
+/// failed, or a refusal after the decision, as the response. The problem is the answer either
+/// way, so a failure to record it changes nothing.
 fn record_upstream_failure(
     gw: &Gateway,
     plane: &Plane,

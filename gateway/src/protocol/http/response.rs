@@ -192,7 +192,7 @@ pub fn mask_whole(
                 }
                 return Ok((out, report));
             }
-            let (masked, report) = plan.mask_text(text);
+            let (masked, report) = plan.mask_escaped_text(text, false);
             Ok((masked.into_owned().into_bytes(), report))
         }
         ContentClass::Other => Err(MaskFailure::Unparseable(
@@ -224,7 +224,7 @@ fn mask_text_with_json(plan: &MaskingPlan, text: &str) -> (Vec<u8>, MaskReport, 
     out.clear();
     let mut run_start: Option<usize> = None;
     let flush_run = |out: &mut Vec<u8>, report: &mut MaskReport, run: &str| {
-        let (masked, r) = plan.mask_text(run);
+        let (masked, r) = plan.mask_escaped_text(run, false);
         report.add(&r);
         out.extend_from_slice(masked.as_bytes());
     };
@@ -1130,7 +1130,7 @@ impl LineMasker {
                 let mut out = Vec::with_capacity(chunk.len());
                 let mut report = MaskReport::default();
                 for piece in chunk.utf8_chunks() {
-                    let (masked, r) = self.plan.mask_text(piece.valid());
+                    let (masked, r) = self.plan.mask_escaped_text(piece.valid(), false);
                     report.add(&r);
                     out.extend_from_slice(masked.as_bytes());
                     out.extend_from_slice(piece.invalid());
@@ -1405,6 +1405,15 @@ mod tests {
             "{json}"
         );
         assert!(!json.contains("1111 111") && !json.contains("u0040y"), "{json}");
+        let log = recorded(
+            b"[INFO] paid with 4111 1111 1111 1111 by x@y.io\n[INFO] next lin",
+            false,
+            false,
+        );
+        assert!(
+            log.contains("[INFO] paid with [REDACTED:CREDIT_CARD] by [REDACTED:EMAIL]"),
+            "{log}"
+        );
         let csv = recorded(b"id,card\n1,4111 1111 1111 111", false, false);
         assert!(!csv.contains("1111 111"), "{csv}");
         let form = recorded(b"card=4111+1111+1111+1111&to=a%40b.io", true, true);
