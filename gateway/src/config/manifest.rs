@@ -196,14 +196,24 @@ pub fn parse_documents(path: &Path, text: &str) -> Result<Vec<Manifest>, ConfigE
         // rule's methods or paths, as matching everything. Written by hand, it is refused.
         // Metadata's (`creationTimestamp: null`, as kubectl prints it) says nothing.
         if let Some(map) = manifest.value.as_object_mut() {
+            map.retain(|k, v| !(matches!(k.as_str(), "metadata" | "status") && v.is_null()));
             map.get_mut("metadata").into_iter().for_each(drop_nulls);
             map.get_mut("status").into_iter().for_each(drop_nulls);
         }
         if let Some(field) = null_member(&manifest.value, "") {
-            return Err(manifest.error(
-                &field,
-                "Invalid value: null: give the field a value, or leave it out",
-            ));
+            // A Secret's keys may be values pasted in the wrong place: named, never quoted.
+            let secret_data =
+                manifest.kind() == "Secret" && ["data.", "stringData."].iter().any(|p| field.starts_with(p));
+            return Err(match secret_data {
+                true => manifest.error(
+                    field.split('.').next().unwrap_or_default(),
+                    "Invalid value: a key has no value (null)",
+                ),
+                false => manifest.error(
+                    &field,
+                    "Invalid value: null: give the field a value, or leave it out",
+                ),
+            });
         }
         manifests.push(manifest);
     }
@@ -445,10 +455,14 @@ mod tests {
             ),
             ("kind: A\nspec: {grant: {duration: ~}}\n", "spec.grant.duration"),
             ("kind: A\nspec: null\n", "spec"),
+            ("kind: Secret\nstringData: {sk-live-abc123}\n", "stringData"),
         ] {
             let err = parse_documents(Path::new("f.yaml"), text).unwrap_err();
             assert_eq!(err.path.as_deref(), Some(path), "{text}");
             assert!(err.message.contains("null"), "{err}");
+            assert!(!err.to_string().contains("sk-live"), "{err}");
         }
+        let docs = parse_documents(Path::new("f.yaml"), "kind: A\nmetadata: null\nstatus: ~\n").unwrap();
+        assert_eq!(docs[0].value, serde_json::json!({"kind": "A"}));
     }
 }
