@@ -897,6 +897,7 @@ async fn proxy(
     // not configured) is on record before its refusal is sent, as every refusal is.
     let with_response = refusal.is_none()
         && approval_rule.is_none()
+        && secret_refusal.is_none()
         && (parts.method == Method::GET || parts.method == Method::HEAD)
         && refuse_upgrade(&parts.headers, kube_info.as_ref()).is_ok()
         && matches!(plane.upstreams.get(&connection.name), Some(Ok(_)));
