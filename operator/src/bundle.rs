@@ -4,7 +4,9 @@
 //! would publish, so what it calls Ready is exactly what a gateway accepts. Objects the compiler
 //! refuses are left out, one wave at a time, and the rest is compiled again, so one bad object does
 //! not stop the others. Leaving an object out must never widen access:
-//! - a Connection, AgentIdentity or Secret left out only removes reachability or callers;
+//! - a Connection or Secret left out only removes reachability;
+//! - an AgentIdentity left out stays as a suspended stand-in (its issuer, audiences and
+//!   matchers), so its tokens are refused as its and not taken over by an identity it overlaps;
 //! - an allow-only AccessPolicy left out only removes access;
 //! - an AccessPolicy that restricts (Deny or RequireApproval rules, or masking) cannot be left out
 //!   alone, since that would lift its restriction: its Connections are quarantined with it
@@ -175,12 +177,19 @@ pub fn compile(ns: &Namespace, gateway: &str, in_cluster: bool) -> Compiled {
         loopback_only: false,
     };
     let mut excluded: BTreeMap<ObjectKey, Verdict> = BTreeMap::new();
+    // Left-out identities whose stand-in was refused too: left out bare.
+    let mut bare: BTreeSet<ObjectKey> = BTreeSet::new();
     let source = format!("namespace/{}", ns.name);
     let outcome = loop {
         let values: Vec<Value> = candidates
             .iter()
-            .filter(|c| !excluded.contains_key(&c.key))
-            .filter_map(|c| prune_references(c, &excluded))
+            .filter_map(|c| match excluded.contains_key(&c.key) {
+                false => prune_references(c, &excluded),
+                true if c.key.kind == "AgentIdentity" && !bare.contains(&c.key) => {
+                    stand_in(c, &candidates, &excluded)
+                }
+                true => None,
+            })
             .collect();
         let manifests: Vec<Manifest> = values
             .iter()
@@ -201,9 +210,13 @@ pub fn compile(ns: &Namespace, gateway: &str, in_cluster: bool) -> Compiled {
             Err(errors) => errors.0.into_iter().collect::<Vec<_>>(),
         };
         let mut gateway_errors = Vec::new();
-        let before = excluded.len();
+        let before = excluded.len() + bare.len();
         for e in &errors {
             match attribute(e) {
+                Some(key) if excluded.contains_key(&key) => {
+                    // Its stand-in's error: only an identity left out has one.
+                    bare.insert(key);
+                }
                 Some(key) if !(key.kind == "AgentGateway" && key.name == gateway) => {
                     let message = describe(e);
                     if key.kind == "AccessPolicy"
@@ -233,7 +246,7 @@ pub fn compile(ns: &Namespace, gateway: &str, in_cluster: bool) -> Compiled {
         if !gateway_errors.is_empty() {
             break Err(gateway_errors.join("; "));
         }
-        if excluded.len() == before {
+        if excluded.len() + bare.len() == before {
             // Nothing attributable left out: the error is the gateway's to report.
             break Err(errors.iter().map(describe).collect::<Vec<_>>().join("; "));
         }
@@ -434,6 +447,39 @@ fn prune_references(c: &Candidate, excluded: &BTreeMap<ObjectKey, Verdict>) -> O
         }
     }
     (!changed_to_empty).then_some(value)
+}
+
+/// What stands in for a left-out AgentIdentity: its issuer, audiences, provider and matchers,
+/// suspended, with the keys of an identity of its issuer that stays. Left out bare, its tokens
+/// would match only the other identities, and one that overlapped it (refused as ambiguous
+/// until then) would take them over with its own policies; suspended, they are refused as its.
+/// None when no identity of its issuer stays (then none can take its tokens).
+fn stand_in(
+    c: &Candidate,
+    candidates: &[Candidate],
+    excluded: &BTreeMap<ObjectKey, Verdict>,
+) -> Option<Value> {
+    let spec = c.value.get("spec")?;
+    let issuer = spec.get("issuer")?;
+    let sibling = candidates.iter().find(|o| {
+        o.key.kind == "AgentIdentity"
+            && !excluded.contains_key(&o.key)
+            && o.value["spec"]["issuer"] == *issuer
+    })?;
+    let mut stand_in = sibling.value["spec"].as_object()?.clone();
+    for field in ["audiences", "provider", "match"] {
+        match spec.get(field) {
+            Some(v) => stand_in.insert(field.to_string(), v.clone()),
+            None => stand_in.remove(field),
+        };
+    }
+    stand_in.insert("suspend".into(), Value::Bool(true));
+    Some(json!({
+        "apiVersion": c.value["apiVersion"],
+        "kind": "AgentIdentity",
+        "metadata": {"name": c.key.name, "namespace": c.value["metadata"]["namespace"]},
+        "spec": stand_in,
+    }))
 }
 
 /// The object an error is about, from its `Kind namespace/name`.

@@ -119,7 +119,7 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
             &gw,
             &ns,
             &compiled,
-            reports_shared_objects(&name, &snapshot),
+            reports_shared_objects(&name, compiled.gateway.is_ok(), &snapshot),
         )
         .await?;
         // Deleting an object this operator does not own wakes no watch of its own.
@@ -185,7 +185,7 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
         &gw,
         &ns,
         &compiled,
-        reports_shared_objects(&name, &snapshot),
+        reports_shared_objects(&name, compiled.gateway.is_ok(), &snapshot),
     )
     .await?;
     Ok(Action::requeue(if claim_refused.is_some() {
@@ -318,7 +318,7 @@ async fn report_objects(
 ) -> Result<(), Error> {
     // A valid object is in force only once its gateway's configuration is published.
     let unpublished = compiled.gateway.as_ref().err();
-    let shared = reports_shared_objects(gateway, snapshot);
+    let shared = reports_shared_objects(gateway, unpublished.is_none(), snapshot);
     for (key, verdict) in &compiled.verdicts {
         let (ready, reason, message) = match verdict {
             Verdict::Ready => match unpublished {
@@ -358,7 +358,8 @@ async fn report_objects(
 /// each other's conditions without end, each write waking the other. It is the first by name of
 /// the gateways that are Ready (in force, so their verdicts are the ones that hold), else the
 /// first by name. The others say what they left out on their own status.
-fn reports_shared_objects(gateway: &str, snapshot: &bundle::Namespace) -> bool {
+/// `ready` is this gateway's own Ready as this reconcile makes it (its stored one may be stale).
+fn reports_shared_objects(gateway: &str, ready: bool, snapshot: &bundle::Namespace) -> bool {
     let live = || {
         snapshot
             .gateways
@@ -366,6 +367,9 @@ fn reports_shared_objects(gateway: &str, snapshot: &bundle::Namespace) -> bool {
             .filter(|g| g.metadata.deletion_timestamp.is_none())
     };
     let is_ready = |g: &&AgentGateway| {
+        if g.name_any() == gateway {
+            return ready;
+        }
         g.status.as_ref().is_some_and(|s| {
             s.common
                 .conditions
@@ -400,6 +404,10 @@ async fn report<K: objects::Reported>(
 
 /// The gateway's own status: `Ready` (its configuration compiled and is published), `Available`
 /// (its Deployment has available pods), the published hash and the ready replicas.
+/// How much of a gateway's Ready message lists what it left out (a condition's message holds
+/// 32,768 characters; a longer one would fail every status write).
+const MAX_LEFT_OUT_MESSAGE: usize = 16 * 1024;
+
 async fn report_gateway(
     ctx: &Context,
     gw: &AgentGateway,
@@ -428,6 +436,24 @@ async fn report_gateway(
             _ => k.to_string(),
         })
         .collect();
+    // Within what a condition's message holds, with room for the counts.
+    let mut kept = 0;
+    let mut length = 0;
+    for entry in &invalid {
+        if length + entry.len() + 2 > MAX_LEFT_OUT_MESSAGE {
+            break;
+        }
+        length += entry.len() + 2;
+        kept += 1;
+    }
+    let invalid: Vec<String> = match invalid.len() - kept {
+        0 => invalid,
+        more => invalid
+            .into_iter()
+            .take(kept)
+            .chain([format!("and {more} more, see their status")])
+            .collect(),
+    };
     let ready = match &compiled.gateway {
         Ok(p) => Desired {
             r#type: "Ready",
@@ -453,7 +479,7 @@ async fn report_gateway(
             r#type: "Ready",
             status: false.into(),
             reason: "Invalid",
-            message: e.clone(),
+            message: e.chars().take(MAX_LEFT_OUT_MESSAGE).collect(),
             observed_generation: generation,
         },
     };

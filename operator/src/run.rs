@@ -152,7 +152,8 @@ async fn controllers(
         recorder,
     });
     let config = controller::Config::default().debounce(DEBOUNCE);
-    let (g1, g2, g3, g4) = (
+    let (g1, g2, g3, g4, g5) = (
+        gateways.clone(),
         gateways.clone(),
         gateways.clone(),
         gateways.clone(),
@@ -173,6 +174,13 @@ async fn controllers(
             gateways_of(&g3, p.namespace())
         })
         .watches_stream(secret_events, move |s: Secret| gateways_of(&g4, s.namespace()))
+        // A gateway that becomes Ready or stops being so may hand over reporting the
+        // namespace's identities and policies (see gateway::reports_shared_objects).
+        .watches(
+            watched::<AgentGateway>(&client, scope),
+            all.clone(),
+            move |g: AgentGateway| gateways_of(&g5, g.namespace()),
+        )
         .with_config(config)
         .graceful_shutdown_on(stopped(stop.clone()))
         .run(gateway::reconcile, gateway::error_policy, ctx.clone())

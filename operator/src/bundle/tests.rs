@@ -272,6 +272,60 @@ fn the_published_configuration_loads_in_the_gateway() {
     assert_eq!(config.connections.len(), 2);
 }
 
+/// A left-out identity stays as a suspended stand-in with its matchers: dropped, its tokens
+/// would match only an identity it overlaps, which would take them over.
+#[test]
+fn a_left_out_identity_stands_in_suspended() {
+    let mut ns = fixtures::namespace("team", 1, 2, 2);
+    // Its keys differ from the other identity's of its issuer: refused.
+    ns.identities[1].spec.keys = Some(
+        serde_json::from_value(serde_json::json!({"jwksUri": "https://elsewhere.example/keys"})).unwrap(),
+    );
+    let c = compile(&ns, "main", true);
+    assert!(
+        matches!(c.verdicts.get(&key("AgentIdentity", "agent-1")), Some(Verdict::Invalid(m)) if m.contains("spec.keys")),
+        "{:?}",
+        c.verdicts
+    );
+    let published = c.gateway.expect("compiles");
+    let docs =
+        agentgate::config::manifest::parse_documents(std::path::Path::new("secret"), &published.manifests)
+            .expect("parses as YAML");
+    let stand_in = docs
+        .iter()
+        .find(|d| d.value["kind"] == "AgentIdentity" && d.value["metadata"]["name"] == "agent-1")
+        .expect("the left-out identity stands in");
+    assert_eq!(stand_in.value["spec"]["suspend"], true);
+    assert_eq!(
+        stand_in.value["spec"]["match"],
+        serde_json::json!({"claims": {"cid": "agent-1"}})
+    );
+    assert!(
+        stand_in.value["spec"].get("keys").is_none(),
+        "the staying identity's keys"
+    );
+    // The policy naming it is still left out, and the gateway loads the stand-in.
+    assert!(!published.manifests.contains("\"policy-1\""));
+    let options = LoadOptions {
+        manifests: PathBuf::from(GATEWAY_DATA_DIR),
+        secrets_dir: None,
+        gateway: None,
+        reserved_ports: vec![GATEWAY_ADMIN_PORT],
+        ..Default::default()
+    };
+    let config = compile_manifests(docs, &options).expect("the gateway accepts it");
+    assert_eq!(config.identities.len(), 2);
+    // An identity whose stand-in is refused too is left out bare.
+    ns.identities[1].spec.r#match = serde_json::from_value(serde_json::json!({"claims": {}})).unwrap();
+    let c = compile(&ns, "main", true);
+    let published = c.gateway.expect("compiles");
+    assert!(
+        !published.manifests.contains("\"agent-1\""),
+        "{}",
+        published.manifests
+    );
+}
+
 /// Characters JSON leaves raw and YAML refuses (DEL, C1 controls) or reads as line breaks: a
 /// description holding one must not keep every gateway from loading the configuration.
 #[test]
