@@ -114,14 +114,7 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
             foreign.join(", ")
         ));
         report_objects(&ctx, &name, &snapshot, &compiled).await?;
-        report_gateway(
-            &ctx,
-            &gw,
-            &ns,
-            &compiled,
-            reports_shared_objects(&name, compiled.gateway.is_ok(), &snapshot),
-        )
-        .await?;
+        report_gateway(&ctx, &gw, &ns, &compiled, &snapshot).await?;
         // Deleting an object this operator does not own wakes no watch of its own.
         return Ok(Action::requeue(CONFLICT_RECHECK));
     }
@@ -180,14 +173,7 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
             "{e}; the running gateway keeps its image and volumes, and takes the configuration"
         ));
     }
-    report_gateway(
-        &ctx,
-        &gw,
-        &ns,
-        &compiled,
-        reports_shared_objects(&name, compiled.gateway.is_ok(), &snapshot),
-    )
-    .await?;
+    report_gateway(&ctx, &gw, &ns, &compiled, &snapshot).await?;
     Ok(Action::requeue(if claim_refused.is_some() {
         CONFLICT_RECHECK
     } else {
@@ -413,9 +399,10 @@ async fn report_gateway(
     gw: &AgentGateway,
     ns: &str,
     compiled: &Compiled,
-    reports_shared: bool,
+    snapshot: &bundle::Namespace,
 ) -> Result<(), Error> {
     let name = gw.name_any();
+    let reports_shared = reports_shared_objects(&name, compiled.gateway.is_ok(), snapshot);
     let generation = gw.meta().generation;
     let current: Vec<Condition> = gw
         .status

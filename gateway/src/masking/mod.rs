@@ -393,18 +393,18 @@ impl MaskingPlan {
         self.mask_escaped_text(&input[..whole], url_encoded)
     }
 
+    /// What the plan's detectors find in `text`, sorted and merged.
+    fn find(&self, text: &[u8]) -> Vec<detectors::Span> {
+        let mut spans = Vec::new();
+        detectors::find(text, detectors::Features::of(text), self.inner.active, &mut spans);
+        spans
+    }
+
     /// Runs the detectors over free text (bodies a rule lets through unparsed, header values, SQL
     /// values, log lines). Borrows the input when nothing is found.
     pub fn mask_text<'a>(&self, input: &'a str) -> (Cow<'a, str>, MaskReport) {
         let mut report = MaskReport::default();
-        let bytes = input.as_bytes();
-        let mut spans = Vec::new();
-        detectors::find(
-            bytes,
-            detectors::Features::of(bytes),
-            self.inner.active,
-            &mut spans,
-        );
+        let spans = self.find(input.as_bytes());
         if spans.is_empty() {
             return (Cow::Borrowed(input), report);
         }
@@ -440,20 +440,8 @@ impl MaskingPlan {
             return self.mask_text(input);
         }
         let decoded = unescaped(bytes, plus_is_space);
-        let mut spans = Vec::new();
-        detectors::find(
-            bytes,
-            detectors::Features::of(bytes),
-            self.inner.active,
-            &mut spans,
-        );
-        let mut found = Vec::new();
-        detectors::find(
-            &decoded,
-            detectors::Features::of(&decoded),
-            self.inner.active,
-            &mut found,
-        );
+        let mut spans = self.find(bytes);
+        let found = self.find(&decoded);
         // Where each find's ends fall in the text as written, in one more pass over it: a table
         // of every byte's origin would cost eight bytes per byte of a 16 MiB body.
         let points: Vec<usize> = found.iter().flat_map(|s| [s.start, s.end]).collect();

@@ -1,6 +1,17 @@
 use super::*;
 use crate::fixtures;
 
+/// What a gateway in the cluster loads its published configuration with.
+fn gateway_options() -> LoadOptions {
+    LoadOptions {
+        manifests: PathBuf::from(GATEWAY_DATA_DIR),
+        secrets_dir: None,
+        gateway: None,
+        reserved_ports: vec![GATEWAY_ADMIN_PORT],
+        ..Default::default()
+    }
+}
+
 fn key(kind: &'static str, name: &str) -> ObjectKey {
     ObjectKey::new(kind, name)
 }
@@ -261,14 +272,7 @@ fn the_published_configuration_loads_in_the_gateway() {
     let docs =
         agentgate::config::manifest::parse_documents(std::path::Path::new("secret"), &published.manifests)
             .expect("parses as YAML");
-    let options = LoadOptions {
-        manifests: PathBuf::from(GATEWAY_DATA_DIR),
-        secrets_dir: None,
-        gateway: None,
-        reserved_ports: vec![GATEWAY_ADMIN_PORT],
-        ..Default::default()
-    };
-    let config = compile_manifests(docs, &options).expect("the gateway accepts it");
+    let config = compile_manifests(docs, &gateway_options()).expect("the gateway accepts it");
     assert_eq!(config.connections.len(), 2);
 }
 
@@ -306,14 +310,7 @@ fn a_left_out_identity_stands_in_suspended() {
     );
     // The policy naming it is still left out, and the gateway loads the stand-in.
     assert!(!published.manifests.contains("\"policy-1\""));
-    let options = LoadOptions {
-        manifests: PathBuf::from(GATEWAY_DATA_DIR),
-        secrets_dir: None,
-        gateway: None,
-        reserved_ports: vec![GATEWAY_ADMIN_PORT],
-        ..Default::default()
-    };
-    let config = compile_manifests(docs, &options).expect("the gateway accepts it");
+    let config = compile_manifests(docs, &gateway_options()).expect("the gateway accepts it");
     assert_eq!(config.identities.len(), 2);
     // An identity whose stand-in is refused too is left out bare.
     ns.identities[1].spec.r#match = serde_json::from_value(serde_json::json!({"claims": {}})).unwrap();
