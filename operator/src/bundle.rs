@@ -299,6 +299,8 @@ fn push_all<K: Serialize + kube::Resource>(out: &mut Vec<Candidate>, kind: &'sta
         let Ok(mut value) = serde_json::to_value(o) else {
             continue;
         };
+        // Compiled and published alike without nulls: the gateway refuses nulls it reads.
+        agentgate::config::manifest::drop_nulls(&mut value);
         if let Some(obj) = value.as_object_mut() {
             obj.remove("status");
             obj.insert(
@@ -362,8 +364,6 @@ fn published_text(values: Vec<Value>, namespace: &str, used: &BTreeSet<(String, 
                     return None;
                 }
             }
-            // As compiled (`Manifest::from_value` drops them); the gateway refuses nulls it reads.
-            agentgate::config::manifest::drop_nulls(&mut value);
             Some(yaml_printable(value.to_string()))
         })
         .collect::<Vec<_>>()

@@ -107,4 +107,7 @@ pub struct Context {
     pub metrics: Metrics,
     pub stores: Stores,
     pub recorder: kube::runtime::events::Recorder,
+    /// Gateways to reconcile again: the namespace's others, when one becomes Ready or stops
+    /// being so (which gateway reports shared objects may change).
+    pub requeue: tokio::sync::mpsc::UnboundedSender<kube::runtime::reflector::ObjectRef<AgentGateway>>,
 }

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agentgate_crds::common::ConditionStatus;
 use agentgate_crds::{AgentGateway, Condition};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service, ServiceAccount};
@@ -360,7 +361,7 @@ fn reports_shared_objects(gateway: &str, ready: bool, snapshot: &bundle::Namespa
             s.common
                 .conditions
                 .iter()
-                .any(|c| c.r#type == "Ready" && c.status == agentgate_crds::common::ConditionStatus::True)
+                .any(|c| c.r#type == "Ready" && c.status == ConditionStatus::True)
         })
     };
     live()
@@ -474,6 +475,15 @@ async fn report_gateway(
         .iter()
         .find(|c| c.r#type == "Ready")
         .map(|c| c.message.clone());
+    let was_ready = current
+        .iter()
+        .any(|c| c.r#type == "Ready" && c.status == ConditionStatus::True);
+    if was_ready != compiled.gateway.is_ok() {
+        for peer in snapshot.gateways.iter().filter(|g| g.name_any() != name) {
+            // Only fails once the controller has stopped.
+            let _ = ctx.requeue.send(ObjectRef::from_obj(peer));
+        }
+    }
     let (conditions, _) = conditions::set(&current, &ready);
     let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), ns)
         .get_opt(&children::child_name(&name))

@@ -138,7 +138,9 @@ async fn controllers(
             instance: Some(options.identity.clone()),
         },
     );
+    let (requeue, mut requeued) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
+        requeue,
         client: client.clone(),
         settings: options.settings.clone(),
         metrics,
@@ -152,8 +154,7 @@ async fn controllers(
         recorder,
     });
     let config = controller::Config::default().debounce(DEBOUNCE);
-    let (g1, g2, g3, g4, g5) = (
-        gateways.clone(),
+    let (g1, g2, g3, g4) = (
         gateways.clone(),
         gateways.clone(),
         gateways.clone(),
@@ -176,11 +177,7 @@ async fn controllers(
         .watches_stream(secret_events, move |s: Secret| gateways_of(&g4, s.namespace()))
         // A gateway that becomes Ready or stops being so may hand over reporting the
         // namespace's identities and policies (see gateway::reports_shared_objects).
-        .watches(
-            watched::<AgentGateway>(&client, scope),
-            all.clone(),
-            move |g: AgentGateway| gateways_of(&g5, g.namespace()),
-        )
+        .reconcile_on(futures_util::stream::poll_fn(move |cx| requeued.poll_recv(cx)))
         .with_config(config)
         .graceful_shutdown_on(stopped(stop.clone()))
         .run(gateway::reconcile, gateway::error_policy, ctx.clone())

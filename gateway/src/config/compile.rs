@@ -8,7 +8,7 @@ use std::time::Duration;
 use agentgate_crds::connection::{ConnectionType, CredentialScheme};
 use agentgate_crds::gateway::{ApprovalSettings, Listener, Recording};
 use agentgate_crds::generate;
-use agentgate_crds::policy::{Action, GrantType, PolicyRule};
+use agentgate_crds::policy::{Action, PolicyRule};
 use agentgate_crds::validation::SchemaValidator;
 use agentgate_crds::{AccessPolicy, AgentGateway, AgentIdentity, Connection};
 use serde::de::DeserializeOwned;
@@ -1396,12 +1396,6 @@ fn compile_rule(
     if let Some(a) = &r.approval {
         if let Some(t) = &a.timeout {
             approval_timeout = t.to_std().ok();
-        }
-        if a.grant.r#type == GrantType::Window && a.grant.duration.is_none() {
-            errors.push(m.error(
-                &format!("{path}.approval.grant.duration"),
-                "Required value: a Window grant needs a duration".to_string(),
-            ));
         }
         if let Some(d) = &a.grant.duration {
             match d.to_std() {

@@ -297,29 +297,18 @@ fn unmatched_tokens(spec: &agentgate_crds::identity::AgentIdentitySpec) -> Optio
             "an empty claims matcher matches every token: name at least one claim".into(),
         ));
     }
-    let provider = match spec.provider {
-        P::Oidc => "OIDC",
-        P::Okta => "Okta",
-        P::Kubernetes => "Kubernetes",
-        P::GitHubActions => "GitHubActions",
-        P::Spiffe => "Spiffe",
+    let provider = serde_json::to_value(spec.provider)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default();
+    // The matcher each provider reads besides subject and claims, and which are set.
+    let own = match spec.provider {
+        P::Oidc | P::Okta => None,
+        P::Kubernetes => Some("serviceAccount"),
+        P::GitHubActions => Some("github"),
+        P::Spiffe => Some("spiffeId"),
     };
-    let (read, needed): (&[&str], Option<(&'static str, bool)>) = match spec.provider {
-        P::Oidc | P::Okta => (&["subject", "claims"], None),
-        P::Kubernetes => (
-            &["subject", "claims", "serviceAccount"],
-            Some(("spec.match.serviceAccount", m.service_account.is_some())),
-        ),
-        P::GitHubActions => (
-            &["subject", "claims", "github"],
-            Some(("spec.match.github", m.github.is_some())),
-        ),
-        P::Spiffe => (
-            &["subject", "claims", "spiffeId"],
-            Some(("spec.match.spiffeId", m.spiffe_id.is_some())),
-        ),
-    };
-    let set = [
+    let specific = [
         (
             "serviceAccount",
             "spec.match.serviceAccount",
@@ -328,7 +317,7 @@ fn unmatched_tokens(spec: &agentgate_crds::identity::AgentIdentitySpec) -> Optio
         ("github", "spec.match.github", m.github.is_some()),
         ("spiffeId", "spec.match.spiffeId", m.spiffe_id.is_some()),
     ];
-    if let Some((name, field, _)) = set.iter().find(|(name, _, set)| *set && !read.contains(name)) {
+    if let Some((name, field, _)) = specific.iter().find(|(name, _, set)| *set && own != Some(*name)) {
         return Some((
             field,
             format!(
@@ -336,16 +325,15 @@ fn unmatched_tokens(spec: &agentgate_crds::identity::AgentIdentitySpec) -> Optio
             ),
         ));
     }
-    match needed {
-        Some((field, false)) => Some((field, format!("provider {provider} needs this matcher"))),
-        Some(_) => None,
+    match own.and_then(|own| specific.iter().find(|(name, _, _)| *name == own)) {
+        Some((_, field, false)) => Some((field, format!("provider {provider} needs this matcher"))),
         None if m.subject.is_none() && m.claims.is_none() => Some((
             "spec.match",
             format!(
                 "provider {provider} reads subject and claims: set one, or the identity accepts every token its issuer mints"
             ),
         )),
-        None => None,
+        _ => None,
     }
 }
 

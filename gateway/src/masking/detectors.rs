@@ -301,7 +301,7 @@ pub(crate) fn find(text: &[u8], features: Features, set: DetectorSet, out: &mut 
 }
 
 /// Sorts spans and merges overlapping ones; the merged span takes the detector of the longest part.
-fn merge_overlaps(spans: &mut Vec<Span>) {
+pub(crate) fn merge_overlaps(spans: &mut Vec<Span>) {
     spans.sort_unstable_by_key(|s| (s.start, s.end));
     let mut kept = 0;
     let mut longest = 0;
@@ -465,7 +465,7 @@ fn emails(t: &[u8], separators: impl Iterator<Item = (usize, usize)>, out: &mut 
 }
 
 /// The byte a percent-escape stands for: `%2B`, or `%252B` encoded twice.
-fn escaped_byte(e: &[u8]) -> Option<u8> {
+pub(crate) fn escaped_byte(e: &[u8]) -> Option<u8> {
     let hex = |b: u8| (b as char).to_digit(16);
     match e {
         [b'%', hi, lo] | [b'%', b'2', b'5', hi, lo] => Some((hex(*hi)? * 16 + hex(*lo)?) as u8),

@@ -601,7 +601,7 @@ fn scan_run(b: &[u8], mut i: usize) -> (usize, Features) {
 
 /// Decodes the escape at `i` (a backslash): the character and the index after the escape.
 /// Lone surrogates are refused, as RFC 8259 text cannot carry them into UTF-8.
-fn unescape(b: &[u8], i: usize) -> Result<(char, usize), MaskError> {
+pub(super) fn unescape(b: &[u8], i: usize) -> Result<(char, usize), MaskError> {
     let simple = match b.get(i + 1) {
         Some(b'"') => '"',
         Some(b'\\') => '\\',

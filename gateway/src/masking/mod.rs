@@ -403,19 +403,30 @@ impl MaskingPlan {
     /// Runs the detectors over free text (bodies a rule lets through unparsed, header values, SQL
     /// values, log lines). Borrows the input when nothing is found.
     pub fn mask_text<'a>(&self, input: &'a str) -> (Cow<'a, str>, MaskReport) {
-        let mut report = MaskReport::default();
         let spans = self.find(input.as_bytes());
+        self.replace_spans(input, &spans, |found| Cow::Borrowed(found))
+    }
+
+    /// `input` with each of `spans` (sorted, not overlapping) masked as the value `value` reads
+    /// from its text; borrowed when there are none.
+    fn replace_spans<'a>(
+        &self,
+        input: &'a str,
+        spans: &[detectors::Span],
+        value: impl Fn(&str) -> Cow<'_, str>,
+    ) -> (Cow<'a, str>, MaskReport) {
+        let mut report = MaskReport::default();
         if spans.is_empty() {
             return (Cow::Borrowed(input), report);
         }
         let mut out = String::with_capacity(input.len());
         let mut prev = 0;
-        for span in &spans {
-            // Spans start and end on ASCII bytes, so `get` always succeeds.
+        for span in spans {
+            // Spans start and end on ASCII bytes or whole escapes, so `get` always succeeds.
             out.push_str(input.get(prev..span.start).unwrap_or_default());
-            let found = input.get(span.start..span.end).unwrap_or_default();
+            let found = value(input.get(span.start..span.end).unwrap_or_default());
             let strategy = self.inner.strategy_of(span.detector);
-            strategy::mask_span(strategy, span.detector, found, &self.inner.key, &mut out);
+            strategy::mask_span(strategy, span.detector, &found, &self.inner.key, &mut out);
             report.count(span.detector);
             prev = span.end;
         }
@@ -456,33 +467,11 @@ impl MaskingPlan {
                     detector: s.detector,
                 }),
         );
-        if spans.is_empty() {
-            return (Cow::Borrowed(input), MaskReport::default());
-        }
-        spans.sort_by_key(|s| s.start);
         // Overlapping finds of the two views are masked as one.
-        let mut merged: Vec<detectors::Span> = Vec::with_capacity(spans.len());
-        for span in spans {
-            match merged.last_mut() {
-                Some(last) if span.start < last.end => last.end = last.end.max(span.end),
-                _ => merged.push(span),
-            }
-        }
-        let mut report = MaskReport::default();
-        let mut out = String::with_capacity(input.len());
-        let mut prev = 0;
-        for span in &merged {
-            out.push_str(input.get(prev..span.start).unwrap_or_default());
-            let raw = bytes.get(span.start..span.end).unwrap_or_default();
-            let value = unescaped(raw, plus_is_space);
-            let value = String::from_utf8_lossy(&value);
-            let strategy = self.inner.strategy_of(span.detector);
-            strategy::mask_span(strategy, span.detector, &value, &self.inner.key, &mut out);
-            report.count(span.detector);
-            prev = span.end;
-        }
-        out.push_str(input.get(prev..).unwrap_or_default());
-        (Cow::Owned(out), report)
+        detectors::merge_overlaps(&mut spans);
+        self.replace_spans(input, &spans, |raw| {
+            Cow::Owned(String::from_utf8_lossy(&unescaped(raw.as_bytes(), plus_is_space)).into_owned())
+        })
     }
 
     /// The strategy for a result column, if a column rule matches it (the strongest, if several do).
@@ -533,8 +522,7 @@ impl MaskingPlan {
 }
 
 /// `bytes` with percent escapes and JSON string escapes decoded, and `+` read as a space when
-/// asked. What is not a whole escape stays as it is; a `\u` escape of a lone surrogate decodes
-/// to U+FFFD.
+/// asked. What is not a whole escape stays as it is.
 fn unescaped(bytes: &[u8], plus_is_space: bool) -> Vec<u8> {
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -566,43 +554,24 @@ fn source_offsets(bytes: &[u8], plus_is_space: bool, points: &[usize]) -> Vec<us
 }
 
 /// The escape or byte at `i`: how many bytes of `bytes` it takes, what it decodes to, and how
-/// many bytes of that.
+/// many bytes of that. A `\u` escape of a lone surrogate is no escape here, as in JSON.
 fn escape_at(bytes: &[u8], i: usize, plus_is_space: bool) -> (usize, [u8; 4], usize) {
-    let hex = |at: usize| bytes.get(at).and_then(|&b| char::from(b).to_digit(16));
-    let one = |b: u8| [b, 0, 0, 0];
+    let one = |b: u8| (1, [b, 0, 0, 0], 1);
     match bytes[i] {
-        b'%' => match (hex(i + 1), hex(i + 2)) {
-            (Some(h), Some(l)) => (3, one(u8::try_from(h * 16 + l).unwrap_or(b'?')), 1),
-            _ => (1, one(b'%'), 1),
+        b'%' => match bytes.get(i..i + 3).and_then(detectors::escaped_byte) {
+            Some(b) => (3, [b, 0, 0, 0], 1),
+            None => one(b'%'),
         },
-        b'+' if plus_is_space => (1, one(b' '), 1),
-        b'\\' => {
-            let simple = match bytes.get(i + 1) {
-                Some(b'n') => Some(b'\n'),
-                Some(b'r') => Some(b'\r'),
-                Some(b't') => Some(b'\t'),
-                Some(b'b') => Some(0x08),
-                Some(b'f') => Some(0x0c),
-                Some(&c @ (b'"' | b'\\' | b'/')) => Some(c),
-                _ => None,
-            };
-            let unicode = (bytes.get(i + 1) == Some(&b'u'))
-                .then(|| (2..6).try_fold(0u32, |n, k| Some(n * 16 + hex(i + k)?)))
-                .flatten();
-            if let Some(c) = simple {
-                (2, one(c), 1)
-            } else if let Some(code) = unicode {
+        b'+' if plus_is_space => one(b' '),
+        b'\\' => match json::unescape(bytes, i) {
+            Ok((c, next)) => {
                 let mut unit = [0; 4];
-                let n = char::from_u32(code)
-                    .unwrap_or(char::REPLACEMENT_CHARACTER)
-                    .encode_utf8(&mut unit)
-                    .len();
-                (6, unit, n)
-            } else {
-                (1, one(b'\\'), 1)
+                let n = c.encode_utf8(&mut unit).len();
+                (next - i, unit, n)
             }
-        }
-        b => (1, one(b), 1),
+            Err(_) => one(b'\\'),
+        },
+        b => one(b),
     }
 }
 
