@@ -86,6 +86,11 @@ pub enum SessionsCommand {
         /// some reloads, each naming the other, so a file removed from the middle shows).
         #[arg(long)]
         require_links: bool,
+        /// Fail a file closed by a later gateway process that found it cut off (a crash, a
+        /// kill). Such a seal vouches for the file as that process found it: events cut from its
+        /// end before then, by a crash or by someone who could write the spool, do not show.
+        #[arg(long)]
+        reject_recovered: bool,
     },
     /// Print the base64url public key of a signing key (the PKCS#8 PEM that
     /// `recording.signingKeySecretRef` names), for `verify --public-key`.
@@ -140,9 +145,13 @@ fn execute(cmd: SessionsCommand, out: &mut impl Write) -> io::Result<bool> {
             require_closed,
             allow_open,
             require_links,
+            reject_recovered,
         } => {
-            let require_closed = require_closed || (public_key.is_some() && !allow_open);
-            let (verified, sessions) = verify(&files, public_key.as_deref(), require_closed, out)?;
+            let require = Require {
+                closed: require_closed || (public_key.is_some() && !allow_open),
+                recorded_close: reject_recovered,
+            };
+            let (verified, sessions) = verify(&files, public_key.as_deref(), require, out)?;
             let linked = !require_links || links(&sessions, out)?;
             Ok(verified && linked)
         }
@@ -543,12 +552,21 @@ struct Links {
     recovered: bool,
 }
 
+/// What `verify` demands of each file beyond an intact chain (and signature, given a key).
+#[derive(Clone, Copy, Default)]
+struct Require {
+    /// A closing event (`--require-closed`, implied by `--public-key`).
+    closed: bool,
+    /// A close written by the recording process, not a later one's seal (`--reject-recovered`).
+    recorded_close: bool,
+}
+
 /// Verifies `files`, saying what each is; `true` when all pass. The links of every file that
 /// verifies are kept, by session, for `--require-links`.
 fn verify(
     files: &[PathBuf],
     public_key: Option<&str>,
-    require_closed: bool,
+    require: Require,
     out: &mut impl Write,
 ) -> io::Result<(bool, BTreeMap<String, Links>)> {
     let keys: Vec<&str> = public_key
@@ -584,7 +602,7 @@ fn verify(
         let incomplete = result
             .as_ref()
             .is_ok_and(|r| !r.closed || (public_key.is_some() && !r.signed));
-        if require_closed && incomplete {
+        if require.closed && incomplete {
             all = false;
             let r = result.as_ref().map_or(0, |r| r.events);
             writeln!(
@@ -592,6 +610,15 @@ fn verify(
                 "INCOMPLETE {}: {r} events and no {}closing event; later events may have been removed",
                 safe(&file.display().to_string()),
                 if public_key.is_some() { "signed " } else { "" },
+            )?;
+            continue;
+        }
+        if require.recorded_close && result.as_ref().is_ok_and(|r| r.recovered) {
+            all = false;
+            writeln!(
+                out,
+                "RECOVERED {}: cut off, and closed by a later gateway process as it found the file; events cut from its end before then would not show",
+                safe(&file.display().to_string()),
             )?;
             continue;
         }
@@ -736,6 +763,7 @@ mod tests {
                 require_closed: false,
                 allow_open: false,
                 require_links: false,
+                reject_recovered: false,
             })
         };
         let (ok, text) = check(format!("{}, {}", a.public_key(), b.public_key()));
@@ -1032,6 +1060,7 @@ mod tests {
                 require_closed: false,
                 allow_open: false,
                 require_links: true,
+                reject_recovered: false,
             })
         };
         let (ok, text) = check(files.clone());
@@ -1051,9 +1080,12 @@ mod tests {
         // A predecessor a crash cut off before its end could name its successor, sealed later,
         // answers the successor's link by naming none.
         let crashed = tempfile::tempdir().unwrap();
-        let first = rec.start_session(json!({"identity": "a"})).unwrap();
+        let earlier = super::super::tests::as_earlier_process(|| {
+            Recorder::new(dir.path().join("earlier"), RecordingMode::Required, "ns/gw").unwrap()
+        });
+        let first = earlier.start_session(json!({"identity": "a"})).unwrap();
         first.record("http.request", json!({})).unwrap();
-        let second = rec
+        let second = earlier
             .start_session(json!({"identity": "a", "continues": first.id()}))
             .unwrap();
         second.close(json!({"reason": "client closed"})).unwrap();
@@ -1068,13 +1100,32 @@ mod tests {
         let sealer = Recorder::new(crashed.path(), RecordingMode::Required, "ns/gw").unwrap();
         assert_eq!(sealer.seal_cut_off().sealed, 1);
         let (ok, text) = run_to_string(SessionsCommand::Verify {
-            files: copies,
-            public_key: Some(format!("{},{}", rec.public_key(), sealer.public_key())),
+            files: copies.clone(),
+            public_key: Some(format!("{},{}", earlier.public_key(), sealer.public_key())),
             require_closed: false,
             allow_open: false,
             require_links: true,
+            reject_recovered: false,
         });
         assert!(ok, "{text}");
+        // The sealed one fails where only closes written by the recording process are accepted.
+        let (ok, text) = run_to_string(SessionsCommand::Verify {
+            files: copies.clone(),
+            public_key: Some(format!("{},{}", earlier.public_key(), sealer.public_key())),
+            require_closed: false,
+            allow_open: false,
+            require_links: false,
+            reject_recovered: true,
+        });
+        assert!(!ok, "{text}");
+        assert!(
+            text.contains(&format!("RECOVERED {}: cut off", copies[0].display()))
+                && text.contains(&format!(
+                    "ok {} 2 events (closed, signature verified)",
+                    copies[1].display()
+                )),
+            "{text}"
+        );
         drop(first);
         // Each file alone still verifies without the flag.
         let (ok, text) = run_to_string(SessionsCommand::Verify {
@@ -1083,6 +1134,7 @@ mod tests {
             require_closed: false,
             allow_open: false,
             require_links: false,
+            reject_recovered: false,
         });
         assert!(ok, "{text}");
     }
@@ -1151,6 +1203,7 @@ mod tests {
             require_closed: false,
             allow_open: false,
             require_links: false,
+            reject_recovered: false,
         });
         assert!(!ok, "{text}");
         assert!(text.contains("no signed closing event"), "{text}");
@@ -1160,6 +1213,7 @@ mod tests {
             require_closed: false,
             allow_open: true,
             require_links: false,
+            reject_recovered: false,
         });
         assert!(ok, "{text}");
         assert!(text.contains(&format!(
@@ -1175,6 +1229,7 @@ mod tests {
             require_closed: true,
             allow_open: false,
             require_links: false,
+            reject_recovered: false,
         });
         assert!(!ok, "{text}");
         assert!(text.contains(&format!(
@@ -1191,6 +1246,7 @@ mod tests {
             require_closed: true,
             allow_open: false,
             require_links: false,
+            reject_recovered: false,
         });
         assert!(ok, "{text}");
         assert!(text.contains("hash chain only, signature not checked"), "{text}");
@@ -1206,6 +1262,7 @@ mod tests {
             require_closed: true,
             allow_open: false,
             require_links: false,
+            reject_recovered: false,
         });
         assert!(!ok, "{text}");
         assert!(
@@ -1266,6 +1323,7 @@ mod tests {
             require_closed: false,
             allow_open: false,
             require_links: false,
+            reject_recovered: false,
         });
         assert!(!ok);
         assert!(

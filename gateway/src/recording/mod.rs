@@ -405,6 +405,8 @@ struct Inner {
     dir: PathBuf,
     mode: RecordingMode,
     gateway: String,
+    /// [`process_id`], which tests may stand in for another process's.
+    process: String,
     key: Ed25519KeyPair,
     public_key: String,
     key_id: String,
@@ -496,6 +498,10 @@ impl Recorder {
             dir,
             mode,
             gateway: gateway.to_string(),
+            #[cfg(not(test))]
+            process: process_id().to_string(),
+            #[cfg(test)]
+            process: tests::process_id_for_new_recorders(),
             key,
             failures: AtomicU64::new(0),
             open: Mutex::new(Vec::new()),
@@ -548,6 +554,7 @@ impl Recorder {
         };
         let mut data = into_object(start);
         data.insert("gateway".into(), json!(self.inner.gateway));
+        data.insert("process".into(), json!(self.inner.process));
         data.insert("key_id".into(), json!(self.inner.key_id));
         let created = error.is_none();
         let result = match error {
@@ -670,18 +677,27 @@ impl Recorder {
         if file.try_lock().is_err() {
             return Ok(Seal::Held);
         }
-        let mut gateway: Option<Option<String>> = None;
+        let mut start: Option<(Option<String>, Option<String>)> = None;
         let report = verify::verify_events(path, None, |e| {
-            if gateway.is_none() {
-                gateway = Some(e.data.get("gateway").and_then(Value::as_str).map(String::from));
+            if start.is_none() {
+                let text = |name: &str| e.data.get(name).and_then(Value::as_str).map(String::from);
+                start = Some((text("gateway"), text("process")));
             }
         })
         .map_err(|e| e.to_string())?;
         if report.closed {
             return Ok(Seal::Left);
         }
+        let (gateway, process) = start.unwrap_or_default();
         // A directory shared by gateways (one volume for several): each seals its own.
-        if gateway.flatten().as_deref() != Some(self.inner.gateway.as_str()) {
+        if gateway.as_deref() != Some(self.inner.gateway.as_str()) {
+            return Ok(Seal::Left);
+        }
+        // This process closes every session it starts, so one of its own found unclosed either
+        // failed to close (a full disk) or had its signed end cut away since: sealing it would
+        // sign whatever was left. It stays unclosed, for `verify` to report.
+        if process.as_deref() == Some(self.inner.process.as_str()) {
+            tracing::error!(file = %path.display(), "a session of this process is unclosed and unlocked: its close failed, or its end was cut off since; left unsealed");
             return Ok(Seal::Left);
         }
         let length = file.metadata().map_err(|e| format!("cannot stat: {e}"))?.len();
@@ -704,13 +720,26 @@ impl Recorder {
         };
         let end = json!({
             "reason": "cut off",
-            "recovery": {"gateway": self.inner.gateway, "dropped_bytes": dropped},
+            "recovery": {"gateway": self.inner.gateway, "process": self.inner.process, "dropped_bytes": dropped},
         });
         let sealed = session.close_inner(end).map_err(|e| e.to_string());
         // Not closed again when dropped, as "dropped": the file stays as the failure left it.
         session.lock().closed = true;
         sealed.map(|()| Seal::Sealed)
     }
+}
+
+/// This process's id in the recordings (`process` in each start and in a seal's `recovery`):
+/// random, so that a process can tell its own sessions from those a crash of an earlier one cut
+/// off, and `verify` can refuse a seal made by the process that recorded the session.
+pub(crate) fn process_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let mut raw = [0u8; 8];
+        // A failed generator leaves zeros: a weaker id, never a refusal to record.
+        let _ = aws_lc_rs::rand::fill(&mut raw);
+        chain::hex(&raw)
+    })
 }
 
 /// What sealing a file did.

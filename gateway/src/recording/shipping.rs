@@ -717,11 +717,12 @@ mod tests {
     #[test]
     fn closed_or_cut_off_files_are_ready_open_ones_are_not() {
         let dir = tempfile::tempdir().unwrap();
+        let earlier = super::super::tests::as_earlier_process(|| recorder(dir.path()));
         let rec = recorder(dir.path());
         let open = rec.start_session(serde_json::json!({})).unwrap();
         open.record("x", serde_json::json!({"big": "y".repeat(40_000)}))
             .unwrap();
-        let closed = rec.start_session(serde_json::json!({})).unwrap();
+        let closed = earlier.start_session(serde_json::json!({})).unwrap();
         closed
             .record("x", serde_json::json!({"big": "y".repeat(40_000)}))
             .unwrap();
@@ -758,8 +759,8 @@ mod tests {
         std::fs::write(&left, b"{\"type\":\"session.start\"}\n").unwrap();
         age(&left);
         assert!(s.ready(&left, CUT_OFF_GRACE).unwrap());
-        // A session of this gateway that a crash cut off is sealed by this process's recorder
-        // before it is shipped.
+        // A session of this gateway that a crash of an earlier process cut off is sealed by this
+        // process's recorder before it is shipped.
         let whole = std::fs::read(closed.path()).unwrap();
         let cut = dir
             .path()
@@ -771,6 +772,18 @@ mod tests {
         let report = super::super::verify_file(&cut, Some(rec.public_key())).unwrap();
         assert!(report.closed && report.signed && report.recovered, "{report:?}");
         assert_eq!(report.events, 3);
+        // One of this process's own, found without its end (cut since): shipped as it is,
+        // unsealed, since this process's seal would vouch for the cut.
+        let own = rec.start_session(serde_json::json!({})).unwrap();
+        own.record("x", serde_json::json!({})).unwrap();
+        own.close(serde_json::json!({})).unwrap();
+        let own_whole = std::fs::read(own.path()).unwrap();
+        let own_cut = memchr::memchr_iter(b'\n', &own_whole).nth(1).unwrap() + 1;
+        std::fs::write(own.path(), &own_whole[..own_cut]).unwrap();
+        age(own.path());
+        assert!(s.ready(own.path(), CUT_OFF_GRACE).unwrap());
+        let report = super::super::verify_file(own.path(), None).unwrap();
+        assert!(!report.closed && report.events == 2, "{report:?}");
         // A staging file left by a crash mid-creation is never shipped; the sweep removes it.
         let staging = dir
             .path()

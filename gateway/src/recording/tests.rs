@@ -23,6 +23,32 @@ thread_local! {
     static FAIL_START: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+thread_local! {
+    /// The process id recorders made on this thread get; set by [`as_earlier_process`].
+    static PROCESS_ID: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// What `f` builds records as another process would, one a crash cut off: its sessions are
+/// not this process's to refuse to seal.
+pub(crate) fn as_earlier_process<T>(f: impl FnOnce() -> T) -> T {
+    PROCESS_ID.with(|p| *p.borrow_mut() = Some(format!("earlier-{}", chain::hex(&rand::<4>()))));
+    let built = f();
+    PROCESS_ID.with(|p| p.borrow_mut().take());
+    built
+}
+
+fn rand<const N: usize>() -> [u8; N] {
+    let mut raw = [0u8; N];
+    aws_lc_rs::rand::fill(&mut raw).unwrap();
+    raw
+}
+
+pub(super) fn process_id_for_new_recorders() -> String {
+    PROCESS_ID
+        .with(|p| p.borrow().clone())
+        .unwrap_or_else(|| process_id().to_string())
+}
+
 pub(super) fn before_start(state: &mut State) {
     if FAIL_START.with(|f| f.replace(false)) {
         state.file = Some(fs::OpenOptions::new().append(true).open("/dev/full").unwrap());
@@ -155,7 +181,7 @@ fn chain_round_trip() {
     );
     assert_eq!(
         events[0]["data"],
-        json!({"connection": "db", "gateway": "team/gw", "key_id": rec.inner.key_id})
+        json!({"connection": "db", "gateway": "team/gw", "process": process_id(), "key_id": rec.inner.key_id})
     );
     assert_eq!(events[1]["prev"], events[0]["hash"]);
     assert_eq!(events[2]["data"]["reason"], "client closed");
@@ -287,7 +313,7 @@ fn a_cut_off_file_verifies_up_to_its_last_complete_event() {
 /// that says so, its partial last line cut; a closed, a held or an edited file is left as it is.
 #[test]
 fn cut_off_sessions_are_sealed_by_the_next_recorder() {
-    let (_d, old) = recorder(RecordingMode::Required);
+    let (_d, old) = as_earlier_process(|| recorder(RecordingMode::Required));
     let closed = closed_session(&old, 4);
     let full = fs::read(&closed).unwrap();
     let through_three: usize = lines(&closed)[..3].iter().map(|l| l.len() + 1).sum();
@@ -327,6 +353,7 @@ fn cut_off_sessions_are_sealed_by_the_next_recorder() {
         assert_eq!(end["data"]["reason"], "cut off");
         assert_eq!(end["data"]["recovery"]["dropped_bytes"], dropped);
         assert_eq!(end["data"]["recovery"]["gateway"], "team/gw");
+        assert_eq!(end["data"]["recovery"]["process"], process_id());
         assert_eq!(end["seq"], 3);
         // The start names the key that recorded it; the end, the one that sealed it.
         assert_eq!(
@@ -347,6 +374,42 @@ fn cut_off_sessions_are_sealed_by_the_next_recorder() {
     );
     live.close(json!({})).unwrap();
     assert!(verify_file(live.path(), Some(rec.public_key())).unwrap().signed);
+}
+
+/// A process closes every session it starts, so one of its own found unclosed lost its end (a
+/// failed close, or a cut since): it is not sealed, which would sign what was left. `verify`
+/// refuses such a seal all the same, made by a gateway without this check.
+#[test]
+fn a_process_never_seals_its_own_sessions() {
+    let (_d, rec) = recorder(RecordingMode::Required);
+    let own = closed_session(&rec, 4);
+    let full = fs::read(&own).unwrap();
+    let through_three: usize = lines(&own)[..3].iter().map(|l| l.len() + 1).sum();
+    fs::write(&own, &full[..through_three]).unwrap();
+    assert_eq!(rec.seal_cut_off(), Sealed::default());
+    assert_eq!(fs::read(&own).unwrap(), &full[..through_three]);
+    assert!(!verify_file(&own, None).unwrap().closed);
+
+    // An earlier process's, cut the same way, is sealed; its seal, edited to name the process
+    // that recorded it (rehashed, as a forger would), no longer verifies.
+    let (_e, old) = as_earlier_process(|| recorder(RecordingMode::Required));
+    let theirs = closed_session(&old, 4);
+    let cut = rec.inner.dir.join(theirs.file_name().unwrap());
+    fs::write(&cut, &fs::read(&theirs).unwrap()[..through_three]).unwrap();
+    assert_eq!(rec.seal_cut_off().sealed, 1);
+    assert!(verify_file(&cut, Some(rec.public_key())).unwrap().recovered);
+    let mut edited = lines(&cut);
+    let start: serde_json::Value = serde_json::from_str(&edited[0]).unwrap();
+    let recorder_process = start["data"]["process"].as_str().unwrap().to_string();
+    assert_ne!(recorder_process, process_id());
+    let end = edited.pop().unwrap();
+    let end = end.replace(process_id(), &recorder_process);
+    let body = &end[..end.rfind(",\"hash\":\"").unwrap()];
+    edited.push(format!("{body},\"hash\":\"{}\"}}", sha256_hex(body.as_bytes())));
+    write_lines(&cut, &edited);
+    let e = err_at(&cut, None);
+    assert_eq!(e.line, 4);
+    assert!(e.reason.contains("by the process that recorded it"), "{e}");
 }
 
 #[test]

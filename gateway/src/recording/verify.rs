@@ -163,6 +163,8 @@ struct Chain {
     closed: bool,
     signed: bool,
     recovered: bool,
+    /// The recording process's id, as the start names it.
+    process: Option<String>,
 }
 
 impl Chain {
@@ -208,7 +210,10 @@ impl Chain {
         }
         match &self.session {
             None if event.kind != START => return Err(fail(n, "first event is not session.start")),
-            None => self.session = Some(event.session.clone()),
+            None => {
+                self.session = Some(event.session.clone());
+                self.process = text(&event.data, "process");
+            }
             Some(s) if *s != event.session => return Err(fail(n, "event from another session")),
             Some(_) if event.kind == START => return Err(fail(n, "second session.start")),
             Some(_) => {}
@@ -223,13 +228,24 @@ impl Chain {
                 check_signature(&event, keys).map_err(|r| fail(n, r))?;
                 self.signed = true;
             }
+            // A process closes its own sessions; a seal of one by the process that recorded it
+            // vouches for a cut made since (the gateway refuses to make one).
+            if let Some(recovery) = event.data.get("recovery") {
+                if self.process.is_some() && text(recovery, "process") == self.process {
+                    return Err(fail(n, "sealed as cut off by the process that recorded it"));
+                }
+                self.recovered = true;
+            }
             self.closed = true;
-            self.recovered = event.data.get("recovery").is_some();
         }
         self.events += 1;
         self.prev = event.hash.clone();
         Ok(event)
     }
+}
+
+fn text(data: &Value, name: &str) -> Option<String> {
+    data.get(name).and_then(Value::as_str).map(String::from)
 }
 
 /// The end event's data as it was signed: without its `signature`.
