@@ -156,10 +156,12 @@ fn the_chart_lints_clean_and_renders_the_expected_objects() {
             "ValidatingAdmissionPolicy/agentgate-approval-request-metadata",
             "ValidatingAdmissionPolicy/agentgate-gateway-approval-requests",
             "ValidatingAdmissionPolicy/agentgate-gateway-approval-status",
+            "ValidatingAdmissionPolicy/agentgate-operator-writes",
             "ValidatingAdmissionPolicyBinding/agentgate-approval-decisions",
             "ValidatingAdmissionPolicyBinding/agentgate-approval-request-metadata",
             "ValidatingAdmissionPolicyBinding/agentgate-gateway-approval-requests",
             "ValidatingAdmissionPolicyBinding/agentgate-gateway-approval-status",
+            "ValidatingAdmissionPolicyBinding/agentgate-operator-writes",
         ]
     );
     for o in &objects {
@@ -685,8 +687,28 @@ fn optional_objects_follow_their_values() {
         "approvals: {approverGroups: [], admissionPolicy: {enabled: false}}",
         &[],
     );
-    assert!(of_kind(&objects, "ValidatingAdmissionPolicy").is_empty());
-    assert!(of_kind(&objects, "ValidatingAdmissionPolicyBinding").is_empty());
+    let names = |objects: &[Value], kind: &str| -> Vec<String> {
+        of_kind(objects, kind)
+            .iter()
+            .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(&objects, "ValidatingAdmissionPolicy"),
+        ["agentgate-operator-writes"]
+    );
+    assert_eq!(
+        names(&objects, "ValidatingAdmissionPolicyBinding"),
+        ["agentgate-operator-writes"]
+    );
+    // The operator's fence goes with its RBAC, or alone.
+    for off in ["rbac.create=false", "rbac.admissionPolicy.enabled=false"] {
+        let objects = render(&["--set", off]);
+        assert!(
+            !names(&objects, "ValidatingAdmissionPolicy").contains(&"agentgate-operator-writes".to_string()),
+            "{off}"
+        );
+    }
     // Approvers bound without the policy could write each other's decisions: refused.
     let err = helm("render", &["--set", "approvals.admissionPolicy.enabled=false"])
         .expect_err("approvers bound without the admission policy");
@@ -951,15 +973,32 @@ fn the_rendered_chart_is_accepted_by_the_api_server() {
         "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: agentgate-operator}\nspec: {holderIdentity: x}\n",
     );
     // What the operator creates per gateway (kubectl's typed `create deployment` would send
-    // protobuf, which the emulator does not read).
-    let deployment = env.file(
-        "deployment.yaml",
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: gw}\nspec:\n  selector: {matchLabels: {app: gw}}\n  template:\n    metadata: {labels: {app: gw}}\n    spec: {containers: [{name: gw, image: gateway}]}\n",
+    // protobuf, which the emulator does not read), as its own (labelled, owned by a gateway).
+    let image = format!("ghcr.io/agentgate/agentgate:{}", cargo_workspace_version());
+    let meta = "metadata:\n  name: agentgate-gw\n  labels: {app.kubernetes.io/managed-by: agentgate-operator}\n  ownerReferences: [{apiVersion: agentgate.dev/v1alpha1, kind: AgentGateway, name: gw, uid: 0a1b2c3d, controller: true}]\n";
+    let deployment_with = |pod: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\n{meta}spec:\n  selector: {{matchLabels: {{app: gw}}}}\n  template:\n    metadata: {{labels: {{app: gw}}}}\n    spec: {pod}\n"
+        )
+    };
+    let gateway_pod = format!(
+        "{{serviceAccountName: agentgate-gw, containers: [{{name: gw, image: \"{image}\"}}], volumes: [{{name: data, emptyDir: {{}}}}]}}"
     );
+    let deployment = env.file("deployment.yaml", &deployment_with(&gateway_pod));
+    let role_with =
+        |rules: &str| format!("apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\n{meta}rules:\n{rules}");
     let role = env.file(
         "role.yaml",
-        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: gw}\nrules:\n  - {apiGroups: [\"\"], resources: [secrets], verbs: [get, list, watch]}\n  - {apiGroups: [agentgate.dev], resources: [approvalrequests], verbs: [get, list, watch, create, patch, update]}\n",
+        &role_with(
+            "  - {apiGroups: [\"\"], resources: [secrets], resourceNames: [agentgate-gw-config], verbs: [get, list, watch]}\n  - {apiGroups: [agentgate.dev], resources: [approvalrequests], verbs: [get, list, watch, create]}\n  - {apiGroups: [agentgate.dev], resources: [approvalrequests/status], verbs: [get, patch]}\n",
+        ),
     );
+    let binding_to = |kind: &str, name: &str| {
+        format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n{meta}roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: {kind}, name: {name}}}\nsubjects: [{{kind: ServiceAccount, name: agentgate-gw, namespace: agentgate}}]\n"
+        )
+    };
+    let binding = env.file("binding.yaml", &binding_to("Role", "agentgate-gw"));
     let allowed: &[&[&str]] = &[
         &[
             "get",
@@ -976,6 +1015,7 @@ fn the_rendered_chart_is_accepted_by_the_api_server() {
         ],
         &["create", "-f", &deployment, "-n", "agentgate", "--dry-run=server"],
         &["create", "-f", &role, "-n", "agentgate", "--dry-run=server"],
+        &["create", "-f", &binding, "-n", "agentgate", "--dry-run=server"],
         &["create", "-f", &lease, "--dry-run=server"],
     ];
     for args in allowed {
@@ -1008,6 +1048,96 @@ fn the_rendered_chart_is_accepted_by_the_api_server() {
         let e = env.kubectl_err("admin", &all);
         assert!(e.contains(expected), "{args:?}: {e}");
     }
+
+    // RBAC lets the operator create and patch any Deployment, Role, Secret...; the chart's
+    // admission policy fences it to what it makes for its gateways.
+    let fenced = |name: &str, text: String| (env.file(name, &text), name.to_string());
+    let not_gateway_shaped = [
+        // Not labelled as the operator's, nor owned by a gateway.
+        fenced(
+            "unowned.yaml",
+            deployment_with(&gateway_pod).replace(meta, "metadata: {name: agentgate-gw}\n"),
+        ),
+        fenced(
+            "host-path.yaml",
+            deployment_with(&gateway_pod.replace("emptyDir: {}", "hostPath: {path: /}")),
+        ),
+        fenced(
+            "other-image.yaml",
+            deployment_with(&gateway_pod.replace(&image, "evil.example/shell:1")),
+        ),
+        fenced(
+            "other-account.yaml",
+            deployment_with(
+                &gateway_pod.replace("serviceAccountName: agentgate-gw", "serviceAccountName: default"),
+            ),
+        ),
+        fenced(
+            "privileged.yaml",
+            deployment_with(&gateway_pod.replace(
+                "name: gw, image",
+                "name: gw, securityContext: {privileged: true}, image",
+            )),
+        ),
+        fenced(
+            "all-secrets.yaml",
+            role_with("  - {apiGroups: [\"\"], resources: [secrets], verbs: [get, list, watch]}\n"),
+        ),
+        fenced(
+            "pods.yaml",
+            role_with("  - {apiGroups: [\"\"], resources: [pods], verbs: [get]}\n"),
+        ),
+        fenced(
+            "cluster-role-binding.yaml",
+            binding_to("ClusterRole", "agentgate-gw"),
+        ),
+    ];
+    let expected = [
+        "the operator writes only objects labelled app.kubernetes.io/managed-by=agentgate-operator and owned by an AgentGateway",
+        "a gateway Deployment runs the gateway image",
+        "a gateway Deployment runs the gateway image",
+        "a gateway Deployment runs the gateway image",
+        "a gateway Deployment runs the gateway image",
+        "a gateway Role grants only its configuration Secret (by name), ApprovalRequests and Events",
+        "a gateway Role grants only its configuration Secret (by name), ApprovalRequests and Events",
+        "a gateway RoleBinding binds the Role of its own name to the ServiceAccount of that name",
+    ];
+    for ((file, name), expected) in not_gateway_shaped.iter().zip(expected) {
+        let e = env.kubectl_err(
+            "admin",
+            &[&sa, "create", "-f", file, "-n", "agentgate", "--dry-run=server"],
+        );
+        assert!(
+            e.contains("ValidatingAdmissionPolicy 'agentgate-operator-writes'") && e.contains(expected),
+            "{name}: {e}"
+        );
+        // The same object from anyone else is RBAC's business only.
+        env.kubectl_ok(
+            "admin",
+            &["create", "-f", file, "-n", "agentgate", "--dry-run=server"],
+        );
+    }
+    // Someone else's Deployment cannot be taken over by labelling it as the operator's.
+    env.kubectl_ok(
+        "admin",
+        &["create", "-f", &not_gateway_shaped[0].0, "-n", "agentgate"],
+    );
+    let e = env.kubectl_err(
+        "admin",
+        &[
+            &sa,
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager",
+            "agentgate-operator",
+            "-f",
+            &deployment,
+            "-n",
+            "agentgate",
+        ],
+    );
+    assert!(e.contains("the operator changes only objects it made"), "{e}");
 }
 
 /// A namespace-scoped install (`watchNamespace`): the operator, holding nothing but the chart's
@@ -1023,7 +1153,16 @@ fn a_namespace_scoped_install_runs_its_namespace_with_only_a_role_there() {
     for ns in ["team-a", "team-b"] {
         env.kubectl_ok("admin", &["create", "namespace", ns]);
     }
-    let objects = apply_chart(&env, &["--set", "watchNamespace=team-a"]);
+    // The gateway image the operator runs here (Operator::start_with), which the chart's
+    // admission policy admits for gateway Deployments: every child the operator writes below
+    // passes that policy.
+    let objects = apply_chart(
+        &env,
+        &[
+            "--set",
+            "watchNamespace=team-a,gatewayImage.repository=registry.test/agentgate,gatewayImage.tag=e2e",
+        ],
+    );
     let operator_rbac: Vec<String> = objects
         .iter()
         .filter(|o| {
