@@ -387,6 +387,27 @@ fn dpop_bound_tokens_are_required_and_checked_per_request() {
     let other = key.dpop_proof("GET", &s.gw.url("/okta/echo/elsewhere"), &tok, now(), "req-3");
     let r = with_proof(&other);
     assert_eq!(r.status, 401);
+    // Nor can a Host header carry the URL a proof names while the path says another: the
+    // URL read as `.../elsewhere?/okta/echo/dpop` would match the proof.
+    let elsewhere = s.gw.url("/okta/echo/elsewhere");
+    let other = key.dpop_proof("GET", &elsewhere, &tok, now(), "req-4");
+    let host = format!("Host: {}?", elsewhere.trim_start_matches("http://"));
+    let r = curl(
+        &[
+            "-H",
+            &format!("Authorization: DPoP {tok}"),
+            "-H",
+            &format!("DPoP: {other}"),
+            "-H",
+            &host,
+        ],
+        &url,
+    );
+    assert_eq!(
+        (r.status, r.problem_type().as_str()),
+        (400, "https://agentgate.dev/problems/bad-request"),
+        "{r:?}"
+    );
 }
 
 /// The Okta manifests with DPoP required and the AgentGateway's `dpop` settings.

@@ -373,6 +373,16 @@ async fn authenticate<B>(
         .get(hyper::header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("localhost");
+    // The Host is part of the URL a DPoP proof names: anything but host[:port] could make it
+    // read as another path than this request's.
+    if !crate::protocol::http::headers::is_plain_authority(host) {
+        return Err(problem(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            "the Host header is not a plain host[:port]".into(),
+        ));
+    }
     let url = format!("http://{host}{}", req.uri().path());
     let presented = Presented {
         authorization,

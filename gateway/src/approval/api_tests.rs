@@ -208,10 +208,18 @@ impl Fixture {
     }
 
     async fn call(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> (StatusCode, Value) {
-        let mut b = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "127.0.0.1:9464");
+        self.call_at("127.0.0.1:9464", method, path, token, body).await
+    }
+
+    async fn call_at(
+        &self,
+        host: &str,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> (StatusCode, Value) {
+        let mut b = Request::builder().method(method).uri(path).header("host", host);
         if let Some(t) = token {
             b = b.header("authorization", format!("Bearer {t}"));
         }
@@ -431,6 +439,15 @@ async fn callers_are_authenticated_and_authorized() {
     }));
     let (status, _) = f.call("GET", "/approvals", Some(&wrong), "").await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // A Host that carries a path would make the URL a DPoP proof names read as another request's.
+    let alice = f.human("alice", &[]);
+    let host = format!("127.0.0.1:9464/approvals/{name}/deny?");
+    let (status, p) = f.call_at(&host, "POST", &approve, Some(&alice), "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
+    assert!(
+        p["detail"].as_str().unwrap().contains("not a plain host[:port]"),
+        "{p}"
+    );
     // Authenticated but approves nothing: cannot even read.
     let mallory = f.human("mallory", &["dev"]);
     let (status, p) = f.call("GET", "/approvals", Some(&mallory), "").await;

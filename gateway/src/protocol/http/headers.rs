@@ -22,6 +22,26 @@ pub fn speaks_dpop(h: &HeaderMap) -> bool {
             .is_some_and(|s| s.eq_ignore_ascii_case(b"dpop "))
 }
 
+/// Whether `value` is a plain `host[:port]`, as Host and `:authority` must be (RFC 9110 §7.2):
+/// no userinfo, path, query or fragment. The authority becomes part of the URL a DPoP proof must
+/// name (`htu`): a Host of `gw/allowed/path?` would make the URL read as another path than the
+/// one routed and forwarded.
+pub fn is_plain_authority(value: &str) -> bool {
+    let Ok(authority) = value.parse::<hyper::http::uri::Authority>() else {
+        return false;
+    };
+    let host = authority.host();
+    // The host is where the text starts, so what follows it is the port, if anything.
+    let port = value.get(host.len()..).unwrap_or("x");
+    !value.contains('@')
+        && !host.is_empty()
+        && value.starts_with(host)
+        && (port.is_empty()
+            || port
+                .strip_prefix(':')
+                .is_some_and(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit())))
+}
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and their common non-standard relatives.
 /// Response headers that describe a body's bytes: removed wherever masking may rewrite it.
 pub const BODY_VALIDATORS: &[&str] = &["etag", "content-md5", "digest", "repr-digest", "content-digest"];
@@ -503,6 +523,34 @@ impl<'a> Serialize for Recorded<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_plain_host_and_port_is_an_authority() {
+        for ok in [
+            "gw.example",
+            "gw.example:8443",
+            "127.0.0.1:1",
+            "[::1]:8080",
+            "[::1]",
+            "GW.Example",
+        ] {
+            assert!(super::is_plain_authority(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "gw.example/okta/x?",
+            "gw.example?x",
+            "gw.example#x",
+            "user@gw.example",
+            "gw.example:",
+            "gw.example:http",
+            "gw.example:123456",
+            ":8080",
+            "gw example",
+        ] {
+            assert!(!super::is_plain_authority(bad), "{bad}");
+        }
+    }
+
     use super::*;
     use crate::config::SecretValue;
 

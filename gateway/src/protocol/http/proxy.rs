@@ -461,6 +461,11 @@ fn authority(req: &Parts) -> Result<String, Problem> {
         None => None,
     };
     let uri_auth = req.uri.authority().map(|a| a.as_str());
+    if uri_auth.or(host).is_some_and(|a| !headers::is_plain_authority(a)) {
+        return Err(bad_request(
+            "the request's authority (Host) is not a plain host[:port]",
+        ));
+    }
     match (uri_auth, host) {
         (Some(a), Some(h)) if !a.eq_ignore_ascii_case(h) => Err(bad_request(
             "the request URI's authority and the Host header disagree",
