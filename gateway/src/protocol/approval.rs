@@ -203,7 +203,7 @@ pub fn visible(text: &str) -> String {
 
 /// A detail as the ApprovalRequest stores it: [`visible`], and cut again after, as escaping a
 /// control character writes it out in several (`\u{9}`), and the object's limit is 8192.
-fn stored_detail(detail: &str) -> String {
+pub(crate) fn stored_detail(detail: &str) -> String {
     cut_chars(&visible(detail), MAX_DETAIL_CHARS)
 }
 
@@ -219,7 +219,8 @@ pub fn cut_detail(text: &str) -> String {
 /// [`cut_detail`] of `text` with the agent's `token` hidden first ([`hide_token`]): cut first,
 /// a token the cut went through would be searched for whole and its start kept.
 pub fn cut_detail_hiding(text: &str, token: Option<&str>) -> String {
-    cut_chars(&hide_token(text.to_string(), token), MAX_DETAIL_CHARS)
+    // Written out before the cut, which then counts characters as stored (see `stored_detail`).
+    cut_chars(&visible(&hide_token(text.to_string(), token)), MAX_DETAIL_CHARS)
 }
 
 /// `text` cut to `max` characters. A cut says how much it left out and that the approval covers

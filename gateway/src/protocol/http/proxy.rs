@@ -1440,8 +1440,12 @@ fn approval_detail(
     body: Option<crate::recording::CappedBody<'_>>,
 ) -> Option<String> {
     // Each part has its own share of the detail, the body first: a long query (or header) must
-    // not crowd out of view the body the approval covers.
-    let part = |text: String, max: usize| approval::cut_chars(&approval::hide_token(text, agent_token), max);
+    // not crowd out of view the body the approval covers. Shares count characters as stored,
+    // control characters written out (`\u{9}`): counted before, a body of tabs would grow past
+    // its share when stored and push the query out of view.
+    let part = |text: String, max: usize| {
+        approval::cut_chars(&approval::visible(&approval::hide_token(text, agent_token)), max)
+    };
     let mut lines = Vec::new();
     if let Some(ct) = content_type {
         // Part of the operation: the same bytes as a merge and a strategic-merge patch differ.
@@ -1455,16 +1459,16 @@ fn approval_detail(
             "[{more} more headers not shown; the approval covers them too]"
         ));
     }
-    let query = query.map(|q| part(format!("query: {q}"), DETAIL_QUERY_CHARS));
+    // The query before the body: should the whole still be cut when stored, the body's end goes.
+    lines.extend(query.map(|q| part(format!("query: {q}"), DETAIL_QUERY_CHARS)));
     // The body has what the other parts leave, and never less than its own share.
-    let used: usize = lines.iter().chain(&query).map(|l| l.chars().count() + 1).sum();
+    let used: usize = lines.iter().map(|l| l.chars().count() + 1).sum();
     if let Some(b) = body {
         let share = approval::MAX_DETAIL_CHARS
             .saturating_sub(used)
             .max(DETAIL_BODY_CHARS);
         lines.push(part(format!("body: {}", b.for_reading()), share));
     }
-    lines.extend(query);
     if lines.is_empty() {
         return None;
     }
@@ -2083,6 +2087,23 @@ mod tests {
             "{detail}"
         );
         assert!(detail.chars().count() < approval::MAX_DETAIL_CHARS, "{detail}");
+        // A body of control characters, written out when stored, keeps to its share: the query
+        // stays in view.
+        let tabs = format!("{{{}}}", "\t".repeat(3800));
+        let detail = approval_detail(
+            None,
+            None,
+            &[],
+            Some(std::borrow::Cow::Borrowed("sendEmail=false")),
+            Some(crate::recording::CappedBody::json(
+                std::borrow::Cow::Borrowed(tabs.as_bytes()),
+                8192,
+            )),
+        )
+        .unwrap();
+        let stored = approval::stored_detail(&detail);
+        assert!(stored.contains("query: sendEmail=false"), "{stored}");
+        assert!(stored.contains("body: {\\u{9}"), "{stored}");
         // Alone, the body has the whole detail.
         let long = format!(r#"{{"note":"{}"}}"#, "y".repeat(3500));
         let detail = approval_detail(

@@ -2668,7 +2668,9 @@ fn rule_name(v: &Verdict) -> String {
 
 /// `sql` with every literal replaced by `$n` when it may carry a password (`ALTER ROLE ...
 /// PASSWORD '...'`, psql's `\password`, user mappings, connection strings): for recordings and
-/// approval summaries, which approvers and auditors read. Other text is returned as it is.
+/// approval summaries, which approvers and auditors read. It then says so in front, so that an
+/// approver never takes `SET role = $1` for the whole of what they approve. Other text is
+/// returned as it is.
 fn without_passwords(sql: &str) -> std::borrow::Cow<'_, str> {
     if !mentions_password(sql) {
         return std::borrow::Cow::Borrowed(sql);
@@ -2678,7 +2680,9 @@ fn without_passwords(sql: &str) -> std::borrow::Cow<'_, str> {
         // Some statements (`ALTER SERVER ... OPTIONS (password '...')`) keep their literals:
         // libpg_query's normalizer walks only some node types, and passes others over whole.
         Ok(normalized) if keeps_a_literal(&normalized) => std::borrow::Cow::Borrowed(WITHHELD),
-        Ok(normalized) => std::borrow::Cow::Owned(normalized),
+        Ok(normalized) => std::borrow::Cow::Owned(format!(
+            "[values withheld: the statement may carry a password] {normalized}"
+        )),
         Err(_) => std::borrow::Cow::Borrowed(WITHHELD),
     }
 }
@@ -2694,12 +2698,33 @@ fn keeps_a_literal(sql: &str) -> bool {
         })
 }
 
+/// Whether `sql` may carry a password: the word outside comments, as a keyword, a name or in a
+/// literal (a connection string). A comment carries nothing the statement does, and an agent's
+/// `-- password reset` must not withhold the values an approver needs. Text that does not scan
+/// (an unterminated literal) counts whole.
 fn mentions_password(sql: &str) -> bool {
-    let b = sql.as_bytes();
-    memchr::memchr2_iter(b'p', b'P', b).any(|i| {
-        b.get(i..i + 8)
-            .is_some_and(|w| w.eq_ignore_ascii_case(b"password"))
-    })
+    fn has_word(text: &str) -> bool {
+        let b = text.as_bytes();
+        memchr::memchr2_iter(b'p', b'P', b).any(|i| {
+            b.get(i..i + 8)
+                .is_some_and(|w| w.eq_ignore_ascii_case(b"password"))
+        })
+    }
+    if !has_word(sql) {
+        return false;
+    }
+    use pg_query::protobuf::Token;
+    match pg_query::scan(sql) {
+        Ok(scanned) => scanned.tokens.iter().any(|t| {
+            !matches!(t.token(), Token::SqlComment | Token::CComment)
+                && usize::try_from(t.start)
+                    .ok()
+                    .zip(usize::try_from(t.end).ok())
+                    .and_then(|(start, end)| sql.get(start..end))
+                    .is_none_or(has_word)
+        }),
+        Err(_) => true,
+    }
 }
 
 /// Why the session ends when an upstream answer is not the one the next pending message expects.
@@ -3436,8 +3461,23 @@ mod tests {
     fn passwords_are_kept_out_of_recorded_statements() {
         assert_eq!(
             without_passwords("ALTER ROLE app PASSWORD 'hunter2'"),
-            "ALTER ROLE app PASSWORD $1"
+            "[values withheld: the statement may carry a password] ALTER ROLE app PASSWORD $1"
         );
+        // A mention in a comment withholds nothing: the approver sees the values.
+        let commented = "UPDATE users SET role = 'admin' WHERE email = 'm@x' -- password-reset ticket 42";
+        assert_eq!(without_passwords(commented), commented);
+        let commented = "/* password */ SELECT 'a'";
+        assert_eq!(without_passwords(commented), commented);
+        // In a literal, a name or a keyword it counts; so does text that does not scan.
+        for sql in [
+            "SELECT dblink_connect('host=db password=hunter2')",
+            "UPDATE users SET password = 'hunter2'",
+            "SELECT 'hunter2' AS \"Password\"",
+            "SELECT 'unterminated password",
+        ] {
+            assert!(mentions_password(sql), "{sql}");
+            assert!(!without_passwords(sql).contains("hunter2"), "{sql}");
+        }
         // The normalizer passes some statements over with their literals: withheld whole.
         for sql in [
             "ALTER SERVER s OPTIONS (ADD password 'hunter2')",
