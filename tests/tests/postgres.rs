@@ -2270,6 +2270,37 @@ fn passwords_and_the_token_never_reach_a_recording() {
     assert!(recorded.contains("[REDACTED]"));
 }
 
+/// Rows that reached the client before their statement failed are on record, masked, with the
+/// failure: an auditor reading only the error would take it that nothing was returned.
+#[test]
+fn rows_sent_before_a_statement_fails_are_recorded() {
+    let s = setup_with(false);
+    let tok = token(&s.idp);
+    let mut r = Raw::login(s.plain, &tok);
+    // The second branch fails at run time, after the first has streamed its rows.
+    r.send(
+        b'Q',
+        b"SELECT email FROM customers UNION ALL SELECT (1 / (random() * 0)::int)::text\0",
+    );
+    let msgs = r.until_ready();
+    assert_eq!(errors(&msgs), ["22012"], "{msgs:?}");
+    let sent = msgs.iter().filter(|(tag, _)| *tag == b'D').count();
+    assert!(sent > 0, "{msgs:?}");
+    r.send(b'X', b"");
+    std::thread::sleep(Duration::from_millis(500));
+    let recorded = s.gw.recordings();
+    let result = recorded
+        .lines()
+        .find(|l| l.contains(r#""type":"pg.result""#))
+        .unwrap_or_else(|| panic!("no pg.result: {recorded}"));
+    let event: serde_json::Value = serde_json::from_str(result).unwrap();
+    assert_eq!(event["data"]["failed"], true, "{event}");
+    assert_eq!(event["data"]["rows"], sent as u64, "{event}");
+    assert!(!result.contains("@example.com"), "masked as sent: {result}");
+    let error = recorded.find(r#""type":"pg.error""#).unwrap();
+    assert!(recorded.find(r#""type":"pg.result""#).unwrap() < error);
+}
+
 /// A session lasts as long as the token it was opened with, as an HTTP request with that token
 /// would be refused after.
 #[test]

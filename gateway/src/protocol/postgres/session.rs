@@ -957,6 +957,9 @@ struct ResultEvent<'a> {
     columns: Option<&'a [String]>,
     data: &'a [Value],
     data_truncated: bool,
+    /// The statement failed after these rows had gone to the client.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    failed: bool,
 }
 
 /// How one statement was decided.
@@ -3335,23 +3338,7 @@ impl ServerSide {
                     forwarded = true;
                 }
             }
-            if self.live.recording.is_some() {
-                let columns = s.masker.as_ref().map(|m| m.names());
-                let rows = s.rows.min(s.plan.row_limit.unwrap_or(u64::MAX));
-                self.live.record_after(
-                    s.plan.recording.as_ref(),
-                    "pg.result",
-                    ResultEvent {
-                        sql: &s.plan.sql,
-                        tag: tag.as_deref(),
-                        rows,
-                        truncated: s.truncated,
-                        columns,
-                        data: &s.captured,
-                        data_truncated: s.captured.len() < rows as usize,
-                    },
-                );
-            }
+            self.record_result(s, tag.as_deref(), false);
         }
         if !forwarded {
             frame.encode(&mut self.out);
@@ -3377,11 +3364,40 @@ impl ServerSide {
         Ok(())
     }
 
+    /// Records what a statement returned (`pg.result`), rows after masking and capped.
+    fn record_result(&self, s: &Streaming, tag: Option<&str>, failed: bool) {
+        if self.live.recording.is_none() {
+            return;
+        }
+        let columns = s.masker.as_ref().map(|m| m.names());
+        let rows = s.rows.min(s.plan.row_limit.unwrap_or(u64::MAX));
+        self.live.record_after(
+            s.plan.recording.as_ref(),
+            "pg.result",
+            ResultEvent {
+                sql: &s.plan.sql,
+                tag,
+                rows,
+                truncated: s.truncated,
+                columns,
+                data: &s.captured,
+                data_truncated: s.captured.len() < rows as usize,
+                failed,
+            },
+        );
+    }
+
     fn on_error(&mut self, frame: Frame) -> Result<(), String> {
         let e = ErrorResponse::parse(&frame.body)
             .map_err(|e| format!("upstream sent a malformed message: {e}"))?;
         self.end_copy();
-        self.result = None;
+        // Rows that reached the client before the statement failed are on record too: an
+        // auditor reading only the error would take it that nothing was returned.
+        if let Some(s) = self.result.take()
+            && s.rows > 0
+        {
+            self.record_result(&s, None, true);
+        }
         let code = e.code().unwrap_or_default().to_string();
         let substitute = match self.front.front() {
             Some(Pending::Query { refused: Some(r), .. })
