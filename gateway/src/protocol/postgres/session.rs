@@ -388,6 +388,10 @@ fn defines_code(st: &Statement) -> bool {
 /// Most named prepared statements one session keeps: each holds its classified statement, and
 /// every agent's session shares the process.
 const MAX_NAMED_STATEMENTS: usize = 4096;
+
+/// Most text the named prepared statements of one session hold together: at 1 MiB each
+/// ([`super::classify::MAX_CLASSIFIED_SQL`]), the count alone would let one session keep 4 GiB.
+const MAX_NAMED_STATEMENT_BYTES: usize = 64 * 1024 * 1024;
 /// Most portals one session keeps bound, and most bytes of parameter values they hold (kept
 /// for an approval's fingerprint): past either, a Bind is refused until portals are closed or
 /// the transaction ends.
@@ -854,12 +858,32 @@ impl Prepared {
     /// Names a DEALLOCATE, DISCARD ALL or Close freed when it was sent, which the server skipped
     /// or refused: it may still hold a statement by each, which neither Bind nor EXECUTE may be
     /// decided on (a PREPARE the server then refuses as a duplicate would name other text).
-    fn unsure(&mut self, names: Vec<String>) {
+    ///
+    /// The server decides which names end here, not the cap on PREPARE and Parse: a client can
+    /// have it skip Closes of any number of names. Past the cap the session ends (`Err`), as
+    /// its names would otherwise grow without bound.
+    fn unsure(&mut self, names: Vec<String>) -> Result<(), String> {
         self.settle(&names);
         for name in names {
             self.sql.insert(name.clone(), None);
             self.statements.insert(name, Entry::Ambiguous);
         }
+        if self.sql.len() + self.statements.len() > 2 * MAX_NAMED_STATEMENTS {
+            return Err(format!(
+                "more than {MAX_NAMED_STATEMENTS} prepared statement names are in doubt (closed or deallocated in what the server skipped)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Text the named statements hold (Parse and SQL PREPARE), shared texts once per name.
+    fn held_text_bytes(&self) -> usize {
+        let parsed = self.statements.values().map(|e| match e {
+            Entry::Known { classified, .. } => classified.statements.iter().map(|s| s.text.len()).sum(),
+            Entry::Ambiguous => 0,
+        });
+        let prepared = self.sql.values().flatten().map(|s| s.text.len());
+        parsed.chain(prepared).sum()
     }
 
     /// `name` is freed by a message sent now (see [`Prepared::freed_earlier`]).
@@ -2118,22 +2142,24 @@ impl ClientSide {
         {
             // SQL-level PREPARE shares the protocol's namespace, and its cap.
             let prepared = lock(&self.shared);
-            let new_names = classified
-                .statements
-                .iter()
+            let prepares = || classified.statements.iter().filter(|st| st.prepare.is_some());
+            let new_names = prepares()
                 .filter_map(|st| st.prepare.as_ref())
                 .filter(|(name, _)| {
                     !prepared.sql.contains_key(name) && !prepared.statements.contains_key(name)
                 })
                 .count();
-            if new_names > 0
-                && prepared.sql.len() + prepared.statements.len() + new_names > MAX_NAMED_STATEMENTS
+            let text: usize = prepares().map(|st| st.text.len()).sum();
+            if (new_names > 0
+                && prepared.sql.len() + prepared.statements.len() + new_names > MAX_NAMED_STATEMENTS)
+                || (text > 0 && prepared.held_text_bytes() + text > MAX_NAMED_STATEMENT_BYTES)
             {
                 drop(prepared);
                 return self.refuse_simple(ErrorResponse::new(
                     sqlstate::PROGRAM_LIMIT_EXCEEDED,
                     format!(
-                        "the gateway keeps at most {MAX_NAMED_STATEMENTS} named prepared statements per session; DEALLOCATE some first"
+                        "the gateway keeps at most {MAX_NAMED_STATEMENTS} named prepared statements, of {} MiB of text in all, per session; DEALLOCATE some first",
+                        MAX_NAMED_STATEMENT_BYTES >> 20
                     ),
                 ));
             }
@@ -2390,15 +2416,17 @@ impl ClientSide {
         };
         if !p.name.is_empty() {
             let prepared = lock(&self.shared);
-            if !prepared.statements.contains_key(&p.name)
+            let text: usize = classified.statements.iter().map(|s| s.text.len()).sum();
+            let too_many = !prepared.statements.contains_key(&p.name)
                 && !prepared.sql.contains_key(&p.name)
-                && prepared.statements.len() + prepared.sql.len() >= MAX_NAMED_STATEMENTS
-            {
+                && prepared.statements.len() + prepared.sql.len() >= MAX_NAMED_STATEMENTS;
+            if too_many || prepared.held_text_bytes() + text > MAX_NAMED_STATEMENT_BYTES {
                 drop(prepared);
                 return self.refuse_extended(ErrorResponse::new(
                     sqlstate::PROGRAM_LIMIT_EXCEEDED,
                     format!(
-                        "the gateway keeps at most {MAX_NAMED_STATEMENTS} named prepared statements per session; close some first"
+                        "the gateway keeps at most {MAX_NAMED_STATEMENTS} named prepared statements, of {} MiB of text in all, per session; close some first",
+                        MAX_NAMED_STATEMENT_BYTES >> 20
                     ),
                 ));
             }
@@ -2987,7 +3015,7 @@ impl ServerSide {
                 if !void.is_empty() {
                     prepared.void(&void);
                 }
-                prepared.unsure(unsure);
+                prepared.unsure(unsure)?;
                 // Portals live until their transaction ends, and a failed one runs none: what a
                 // skipped Bind would have named must not be taken for the server's.
                 if status != TransactionStatus::InTransaction {
@@ -3431,7 +3459,7 @@ impl ServerSide {
             }
             let freed: Vec<String> = rest.flat_map(|r| r.freed.iter().cloned()).collect();
             if !freed.is_empty() {
-                prepared.unsure(freed);
+                prepared.unsure(freed)?;
             }
         }
         // In the extended protocol the upstream now skips to Sync: so do the pending answers,
@@ -3463,7 +3491,7 @@ impl ServerSide {
                 prepared.void(&void);
             }
             prepared.settle(&settled);
-            prepared.unsure(unsure);
+            prepared.unsure(unsure)?;
         }
         Ok(())
     }
@@ -3472,6 +3500,37 @@ impl ServerSide {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The server decides which names a skipped Close leaves in doubt, so no cap on PREPARE or
+    /// Parse bounds them: past the cap the session ends. The text named statements hold is
+    /// counted too, each name once.
+    #[test]
+    fn names_in_doubt_and_the_text_of_named_statements_are_bounded() {
+        let mut p = Prepared::default();
+        let names: Vec<String> = (0..MAX_NAMED_STATEMENTS).map(|i| format!("n{i}")).collect();
+        assert!(p.unsure(names.clone()).is_ok());
+        // The same names again hold nothing more.
+        assert!(p.unsure(names).is_ok());
+        let e = p.unsure(vec!["one more".into()]).unwrap_err();
+        assert!(e.contains("in doubt"), "{e}");
+
+        let mut p = Prepared::default();
+        let sql = format!("SELECT '{}'", "x".repeat(1000));
+        let classified = Arc::new(super::super::classify::classify(&sql).unwrap());
+        for (i, name) in ["a", "b"].into_iter().enumerate() {
+            let known = Entry::Known {
+                classified: classified.clone(),
+                seq: i as u64,
+                confirmed: true,
+                param_types: Arc::from([]),
+            };
+            p.statements.insert(name.into(), known);
+        }
+        p.sql
+            .insert("c".into(), Some(Arc::new(classified.statements[0].clone())));
+        p.sql.insert("d".into(), None);
+        assert_eq!(p.held_text_bytes(), 3 * sql.len());
+    }
 
     #[test]
     fn passwords_are_kept_out_of_recorded_statements() {
