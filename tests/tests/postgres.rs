@@ -2739,6 +2739,38 @@ fn request_name(message: &str) -> String {
         .to_string()
 }
 
+/// An approval lifts the RequireApproval rule it answers, not the rowLimit of the Allow rules
+/// whose tables the statement reads: the approved statement's result is capped as any other.
+#[test]
+fn an_approved_statement_keeps_the_row_cap() {
+    let s = setup_with(false);
+    let tok = token(&s.idp);
+    let alice = approver_token("alice", &["dba"]);
+    rt().block_on(async {
+        let c = connect(&s.plain_conninfo(&tok)).await;
+        // A DELETE that removes nothing asks for approval; the SELECT reads the capped table.
+        let sql = "WITH d AS (DELETE FROM orders WHERE false RETURNING 1) SELECT id FROM big_capped";
+        let e = c.simple_query(sql).await.unwrap_err();
+        let (code, message) = db_error(&e);
+        assert_eq!(code, "42501", "{message}");
+        let (ok, out) = approvals(&s.gw, &alice, &["approve", &request_name(&message)]);
+        assert!(ok, "{out}");
+        let rows = c
+            .simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("approved statement refused: {e}"));
+        let rows = rows
+            .iter()
+            .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+            .count();
+        assert_eq!(rows, 1000, "stopped at big-capped's rowLimit");
+        // A cursor over it is refused where the cap applies, approved or not.
+        let cursor = "BEGIN; DECLARE c CURSOR FOR WITH d AS (DELETE FROM orders WHERE false RETURNING 1) SELECT id FROM big_capped";
+        let e = c.batch_execute(cursor).await.unwrap_err();
+        assert!(db_error(&e).1.contains("rowLimit"), "{e:?}");
+    });
+}
+
 #[test]
 fn approvals_defer_hold_once_window_and_self_approval_for_sql() {
     let s = setup_with(false);

@@ -1320,9 +1320,11 @@ impl Live {
             .policy_index
             .decide(&cfg.policies, &self.connection, subject, &op, unix_now());
         // Every Allow rule that matches restricts: the smallest row cap among them applies, not
-        // only the cap of the rule that decided.
+        // only the cap of the rule that decided. Also to what needs approval: an approval lifts
+        // its rule, not the caps of the tables the statement reads.
         let mut row_limit: Option<u64> = None;
-        if d.action == Action::Allow && !current.row_limit_rules.is_empty() {
+        if matches!(d.action, Action::Allow | Action::RequireApproval) && !current.row_limit_rules.is_empty()
+        {
             let t = unix_now();
             for &(pi, ri) in &current.row_limit_rules {
                 let r = &cfg.policies[pi].rules[ri];
