@@ -1030,10 +1030,15 @@ impl<'t> Analysis<'t> {
                 self.walk_fields(v, &[]);
             }
             "DropStmt" => {
-                if is_relation_type(v.int("remove_type")) {
-                    for o in v.list("objects") {
-                        let parts = name_parts(std::slice::from_ref(o));
+                let kind = v.int("remove_type");
+                for o in v.list("objects") {
+                    let parts = name_parts(std::slice::from_ref(o));
+                    if is_relation_type(kind) {
                         self.qualified_table(&parts);
+                    } else if is_table_member_type(kind) && parts.len() >= 2 {
+                        // `DROP TRIGGER t ON s.orders`: [s, orders, t]. The table's rules guard
+                        // its triggers, policies and rules too.
+                        self.qualified_table(&parts[..parts.len() - 1]);
                     }
                 }
                 self.walk_fields(v, &["objects"]);
@@ -1047,6 +1052,8 @@ impl<'t> Analysis<'t> {
                         self.columns.push(parts[parts.len() - 1].to_string());
                     } else if is_relation_type(objtype) {
                         self.qualified_table(&parts);
+                    } else if is_table_member_type(objtype) && parts.len() >= 2 {
+                        self.qualified_table(&parts[..parts.len() - 1]);
                     }
                 }
                 self.walk_fields(v, &["object"]);
@@ -1328,6 +1335,15 @@ fn is_relation_type(t: i64) -> bool {
     ]
     .iter()
     .any(|o| *o as i64 == t)
+}
+
+/// Objects named with their table, last (`trigger ON table`): a trigger, a row-level security
+/// policy, a rewrite rule.
+fn is_table_member_type(t: i64) -> bool {
+    use protobuf::ObjectType as O;
+    [O::ObjectTrigger, O::ObjectPolicy, O::ObjectRule]
+        .iter()
+        .any(|o| *o as i64 == t)
 }
 
 /// The strings of a name list (`List` of `String` nodes, or `String` nodes).
@@ -3051,6 +3067,25 @@ mod tests {
             strs(&["public.a", "billing.b"])
         );
         assert_eq!(one("TRUNCATE a, b").tables, strs(&["public.a", "public.b"]));
+        // A table's triggers, row-level security policies and rules are named with it.
+        for (sql, table) in [
+            ("DROP TRIGGER orders_audit ON public.orders", "public.orders"),
+            (
+                "DROP POLICY IF EXISTS tenant ON billing.invoices",
+                "billing.invoices",
+            ),
+            ("DROP RULE r ON orders", "public.orders"),
+            (
+                "COMMENT ON TRIGGER orders_audit ON orders IS 'x'",
+                "public.orders",
+            ),
+            (
+                "COMMENT ON POLICY tenant ON billing.invoices IS 'x'",
+                "billing.invoices",
+            ),
+        ] {
+            assert_eq!(one(sql).tables, strs(&[table]), "{sql}");
+        }
         assert_eq!(
             one("GRANT SELECT ON orders TO PUBLIC").tables,
             strs(&["public.orders"])
