@@ -3013,6 +3013,43 @@ fn mutated_sessions_never_reach_what_policy_denies_nor_hurt_the_gateway() {
     s.assert_no_canary();
 }
 
+/// Code of the database's own reached without calling it by name is not trusted: an operator
+/// under a built-in's symbol, a cast to a domain whose check calls a function, a view calling
+/// a volatile function. Each reads as code that may write, so rules that allow only reads
+/// refuse it, and the DELETE the code holds never runs.
+#[test]
+fn operators_casts_and_views_that_run_database_code_are_not_trusted() {
+    let s = setup_with(false);
+    s.pg.psql(&format!(
+        "CREATE FUNCTION public.plus_text(int, text) RETURNS int LANGUAGE sql \
+             AS 'DELETE FROM public.orders RETURNING 1'; \
+         CREATE OPERATOR public.+ (LEFTARG = int, RIGHTARG = text, FUNCTION = public.plus_text); \
+         CREATE DOMAIN public.checked AS int CHECK (public.plus_text(VALUE, 'x') IS NULL OR true); \
+         CREATE VIEW public.deleting AS SELECT public.plus_text(1, 'x') AS n; \
+         GRANT SELECT ON public.deleting TO {}",
+        s.pg.scram.name
+    ));
+    let before = s.pg.psql("SELECT count(*) FROM orders");
+    let tok = token(&s.idp);
+    rt().block_on(async {
+        let c = connect(&s.plain_conninfo(&tok)).await;
+        for sql in [
+            "SELECT 1 + 'x'::text",
+            "SELECT 1::checked",
+            "SELECT CAST(2 AS public.checked)",
+            "SELECT n FROM deleting",
+        ] {
+            let e = c.simple_query(sql).await.unwrap_err();
+            assert_eq!(db_error(&e).0, "42501", "{sql}: {e}");
+        }
+        // What calls none of it still runs.
+        c.simple_query("SELECT id FROM orders WHERE id = 1")
+            .await
+            .unwrap();
+    });
+    assert_eq!(s.pg.psql("SELECT count(*) FROM orders"), before);
+}
+
 /// A function the session itself defines under a built-in's name (`upper`) is its own code, not
 /// the built-in the classifier trusts: the names were read from the catalog when the session
 /// began, so once it defines code, its calls are read as code that may read anything.

@@ -74,7 +74,49 @@ const INHERITANCE_SQL: &str = "SELECT inhrelid, inhparent FROM pg_catalog.pg_inh
 /// name may resolve to (`public.lower(int)` for `lower(1)`). And `pgrel`: a relation in `public`
 /// named `pg_*` that `pg_catalog` has none of, which an unqualified name resolves to although
 /// the classifier reads `pg_*` names as `pg_catalog`'s.
-const SHADOWS_SQL: &str = "SELECT DISTINCT p.proname, 'row' \
+///
+/// Code reached without a function's name, the database's own and not an extension's (which a
+/// privileged user installed; an agent's `CREATE EXTENSION` trips [`super::session`]'s check of
+/// code defined since): `operator`, an operator's symbol, which a built-in's use may resolve to
+/// (`1 + 'x'::text` to `public.+(int, text)`); `type`, a type a cast to or from runs code for
+/// (a cast's function, a domain's checks, and domains over such a domain); `implicit`, there
+/// is a cast with such code that PostgreSQL applies unwritten; `view`, a view whose query calls
+/// such code that may write (a volatile function, or an operator of one), itself or through the
+/// views it reads. (A view calling only stable code writes nothing; what it reads is masked as
+/// an opaque view's, see [`OPAQUE_VIEWS_SQL`].)
+const SHADOWS_SQL: &str = "WITH RECURSIVE own_procs AS ( \
+         SELECT p.oid, p.provolatile = 'v' AS volatile FROM pg_catalog.pg_proc p \
+         JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+         WHERE n.nspname NOT IN ('pg_catalog','information_schema') \
+         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e \
+             WHERE e.classid = 'pg_catalog.pg_proc'::regclass AND e.objid = p.oid AND e.deptype = 'e')), \
+     own_operators AS ( \
+         SELECT o.oid, o.oprname, o.oprcode FROM pg_catalog.pg_operator o \
+         JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace \
+         WHERE n.nspname NOT IN ('pg_catalog','information_schema') \
+         AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e \
+             WHERE e.classid = 'pg_catalog.pg_operator'::regclass AND e.objid = o.oid AND e.deptype = 'e')), \
+     own_casts AS ( \
+         SELECT c.castsource, c.casttarget, c.castcontext FROM pg_catalog.pg_cast c \
+         WHERE c.castfunc IN (SELECT oid FROM own_procs)), \
+     coded_types(oid) AS ( \
+         SELECT c.contypid FROM pg_catalog.pg_constraint c \
+         JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = c.oid \
+         WHERE c.contypid <> 0 AND d.refclassid = 'pg_catalog.pg_proc'::regclass \
+         AND d.refobjid IN (SELECT oid FROM own_procs) \
+         UNION SELECT castsource FROM own_casts UNION SELECT casttarget FROM own_casts \
+         UNION SELECT t.oid FROM pg_catalog.pg_type t JOIN coded_types c ON t.typbasetype = c.oid), \
+     coded_views(oid) AS ( \
+         SELECT r.ev_class FROM pg_catalog.pg_rewrite r \
+         JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
+         WHERE (d.refclassid = 'pg_catalog.pg_proc'::regclass \
+             AND d.refobjid IN (SELECT oid FROM own_procs WHERE volatile)) \
+         OR (d.refclassid = 'pg_catalog.pg_operator'::regclass AND d.refobjid IN ( \
+             SELECT o.oid FROM own_operators o JOIN own_procs p ON p.oid = o.oprcode::oid WHERE p.volatile)) \
+         UNION SELECT r.ev_class FROM pg_catalog.pg_rewrite r \
+         JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
+         JOIN coded_views v ON d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = v.oid) \
+     SELECT DISTINCT p.proname, 'row' \
      FROM pg_catalog.pg_proc p \
      JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
      JOIN pg_catalog.pg_type t ON t.oid = p.proargtypes[0] \
@@ -91,7 +133,12 @@ const SHADOWS_SQL: &str = "SELECT DISTINCT p.proname, 'row' \
      FROM pg_catalog.pg_class c \
      WHERE c.relnamespace = 'public'::regnamespace AND c.relname LIKE 'pg\\_%' \
      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class b \
-         WHERE b.relnamespace = 'pg_catalog'::regnamespace AND b.relname = c.relname)";
+         WHERE b.relnamespace = 'pg_catalog'::regnamespace AND b.relname = c.relname) \
+     UNION SELECT oprname, 'operator' FROM own_operators \
+     UNION SELECT t.typname, 'type' FROM coded_types c JOIN pg_catalog.pg_type t ON t.oid = c.oid \
+     UNION SELECT 'any', 'implicit' FROM own_casts WHERE castcontext IN ('i', 'a') \
+     UNION SELECT n.nspname || '.' || c.relname, 'view' FROM coded_views v \
+         JOIN pg_catalog.pg_class c ON c.oid = v.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace";
 
 /// What the database's own functions and relations make of names the classifier reads otherwise:
 /// see [`SHADOWS_SQL`]. Read for every session, column rules or not: such a call may write, or
@@ -105,6 +152,15 @@ pub struct Shadows {
     pub shadowing: HashSet<String>,
     /// Relations in `public` named `pg_*`: an unqualified name is theirs, not `pg_catalog`'s.
     pub public_pg_relations: HashSet<String>,
+    /// The database's own operators' symbols.
+    pub operators: HashSet<String>,
+    /// Types a cast to or from runs the database's own code for.
+    pub coded_types: HashSet<String>,
+    /// A cast that runs the database's own code is applied unwritten (implicit or on
+    /// assignment): any expression may call it.
+    pub implicit_casts: bool,
+    /// Views that call the database's own code (`schema.view`).
+    pub code_views: HashSet<String>,
 }
 
 pub async fn shadows(up: &mut Upstream) -> Result<Shadows, CatalogError> {
@@ -114,6 +170,13 @@ pub async fn shadows(up: &mut Upstream) -> Result<Shadows, CatalogError> {
             match why.as_str() {
                 "row" => out.by_field.insert(name.clone()),
                 "pgrel" => out.public_pg_relations.insert(name.clone()),
+                "operator" => out.operators.insert(name.clone()),
+                "type" => out.coded_types.insert(name.clone()),
+                "implicit" => {
+                    out.implicit_casts = true;
+                    true
+                }
+                "view" => out.code_views.insert(name.clone()),
                 _ => out.shadowing.insert(name.clone()),
             };
         }

@@ -69,6 +69,15 @@ pub struct Statement {
     /// Every function called anywhere (including CTEs, subqueries, defaults, CALL, and the
     /// functions CREATE TRIGGER and CREATE EVENT TRIGGER attach), by its name without schema.
     pub functions: Vec<String>,
+    /// The built-in operator symbols used (`+`, `||`, and `=` for `CASE x WHEN` and `JOIN ...
+    /// USING`): PostgreSQL picks an operator by its argument types, so one the database defines
+    /// itself under such a symbol (`public.+(int, text)`) may answer them. A session checks
+    /// them against the database's own operators.
+    pub operators: Vec<String>,
+    /// Types named by casts (`x::name`, `CAST(x AS name)`, `name 'literal'`), by name without
+    /// schema: a cast runs the cast's function and a domain's checks, which may be the
+    /// database's own code. A session checks them against its types with such code.
+    pub types: Vec<String>,
     /// Column names referenced anywhere (select lists, conditions, SET and INSERT column lists),
     /// `*` for a star, and for a whole-row reference (`row_to_json(t)`, `SELECT t FROM users t`)
     /// the name itself and the table it stands for (`users`).
@@ -471,6 +480,8 @@ struct Analysis<'t> {
     kinds: Vec<StatementKind>,
     tables: Vec<String>,
     functions: Vec<String>,
+    operators: Vec<String>,
+    types: Vec<String>,
     columns: Vec<String>,
     /// Columns named as assignment targets (each also pushed to `columns`).
     assigned: Vec<&'t str>,
@@ -837,6 +848,8 @@ impl<'t> Analysis<'t> {
         }
         dedup(&mut self.tables);
         dedup(&mut self.functions);
+        dedup(&mut self.operators);
+        dedup(&mut self.types);
         dedup(&mut self.columns);
         dedup(&mut self.assigned_only);
         dedup(&mut self.qualified);
@@ -847,6 +860,8 @@ impl<'t> Analysis<'t> {
             text: text.trim().to_string(),
             tables: self.tables,
             functions: self.functions,
+            operators: self.operators,
+            types: self.types,
             columns: self.columns,
             qualified: self.qualified,
             fields: self.fields,
@@ -982,6 +997,29 @@ impl<'t> Analysis<'t> {
             "AExpr" => {
                 self.operator(v.list("name"));
                 self.walk_fields(v, &["name"]);
+            }
+            // `CASE x WHEN y` compares with `=`, as `JOIN ... USING (c)` does, with no operator
+            // written.
+            "CaseExpr" => {
+                if v.get("arg").is_some() {
+                    self.operators.push("=".into());
+                }
+                self.walk_fields(v, &[]);
+            }
+            "JoinExpr" if !v.list("using_clause").is_empty() => {
+                self.operators.push("=".into());
+                self.walk_fields(v, &[]);
+            }
+            "TypeCast" => {
+                if let Some(&name) = v
+                    .get("type_name")
+                    .map(|t| name_parts(t.list("names")))
+                    .as_deref()
+                    .and_then(<[&str]>::last)
+                {
+                    self.types.push(name.to_string());
+                }
+                self.walk_fields(v, &[]);
             }
             "SubLink" => {
                 self.operator(v.list("oper_name"));
@@ -1257,6 +1295,9 @@ impl<'t> Analysis<'t> {
             self.writes = true;
             self.stores = true;
             self.opaque_calls = true;
+        } else if schema.is_empty() {
+            // Resolved by argument types along the search path, the database's own included.
+            self.operators.push(op.to_string());
         }
     }
 

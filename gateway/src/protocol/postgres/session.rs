@@ -355,6 +355,9 @@ const DEFINES_CODE: &[&str] = &[
     "AlterExtensionContentsStmt",
     "DefineStmt",
     "CreateCastStmt",
+    // A domain's checks run at every cast to it.
+    "CreateDomainStmt",
+    "AlterDomainStmt",
     "CreateTransformStmt",
     // Code that may run any of the above.
     "DoStmt",
@@ -1442,11 +1445,21 @@ impl Live {
 
     /// Whether `st` calls code of the database's own that the classifier took for something
     /// else: `o.name` where `name` is a function taking a row (PostgreSQL calls `name(o)` unless
-    /// `o` has such a column), or a built-in function's name that one of its own may answer.
+    /// `o` has such a column), a built-in function's name or operator symbol that one of its own
+    /// may answer, a cast that runs its code, or a view that calls it.
     fn calls_hidden_code(&self, st: &Statement) -> bool {
-        st.fields.iter().any(|f| self.shadows.by_field.contains(f))
-            || st.functions.iter().any(|f| self.shadows.shadowing.contains(f))
-            || ((!st.functions.is_empty() || !st.fields.is_empty())
+        let sh = &self.shadows;
+        let expressions = !st.functions.is_empty()
+            || !st.fields.is_empty()
+            || !st.operators.is_empty()
+            || !st.types.is_empty();
+        st.fields.iter().any(|f| sh.by_field.contains(f))
+            || st.functions.iter().any(|f| sh.shadowing.contains(f))
+            || st.operators.iter().any(|o| sh.operators.contains(o))
+            || st.types.iter().any(|t| sh.coded_types.contains(t))
+            || st.tables.iter().any(|t| sh.code_views.contains(t))
+            || (sh.implicit_casts && (expressions || !st.tables.is_empty()))
+            || (expressions
                 && self.code_generation.0.load(std::sync::atomic::Ordering::Relaxed)
                     != self.code_generation.1)
     }
@@ -1465,7 +1478,18 @@ impl Live {
         }
         let mut resolved = st.clone();
         if calls {
-            for f in st.fields.iter().filter(|f| self.shadows.by_field.contains(*f)) {
+            // Listed with the functions, as operators that are not built in are, so a rule can
+            // name or deny them.
+            let hidden = st
+                .fields
+                .iter()
+                .filter(|f| self.shadows.by_field.contains(*f))
+                .chain(
+                    st.operators
+                        .iter()
+                        .filter(|o| self.shadows.operators.contains(*o)),
+                );
+            for f in hidden {
                 if !resolved.functions.contains(f) {
                     resolved.functions.push(f.clone());
                 }
