@@ -321,6 +321,7 @@ impl<'a> CappedBody<'a> {
         // the bytes.
         let raw = std::str::from_utf8(&bytes)
             .ok()
+            .filter(|text| reader_parses(text))
             .and_then(|text| serde_json::from_str::<Box<RawValue>>(text).ok());
         match raw {
             Some(raw) => CappedBody {
@@ -331,6 +332,54 @@ impl<'a> CappedBody<'a> {
             None => CappedBody::new(bytes, max),
         }
     }
+}
+
+/// Deepest a body recorded as JSON may nest: the event around it takes a few of the 128 levels
+/// the reader (serde_json) allows.
+const MAX_RECORDED_JSON_DEPTH: usize = 96;
+
+/// Whether `verify`, which reads each event into a `serde_json::Value`, reads `text` back inside
+/// one. `RawValue` checks less: a lone surrogate escape (`"\ud800"`), a number out of range
+/// (`1e400`) and any depth pass it, and the reader's refusal of one such body would make a whole
+/// genuine file read as tampered, from that event on. A scan sends only bodies with something of
+/// those (a `\u` escape of a surrogate, an exponent, a long run of digits) to a full parse.
+fn reader_parses(text: &str) -> bool {
+    let b = text.as_bytes();
+    let (mut depth, mut digits, mut in_string, mut suspect) = (0usize, 0usize, false, false);
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if in_string {
+            match c {
+                b'\\' => {
+                    suspect |= b.get(i + 1) == Some(&b'u') && matches!(b.get(i + 2), Some(b'd' | b'D'));
+                    i += 2;
+                    continue;
+                }
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            digits = if c.is_ascii_digit() { digits + 1 } else { 0 };
+            match c {
+                b'"' => in_string = true,
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > MAX_RECORDED_JSON_DEPTH {
+                        return false;
+                    }
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                // An exponent (`true` and `false` end in an `e` after a letter).
+                b'e' | b'E' if i > 0 && (b[i - 1].is_ascii_digit() || b[i - 1] == b'.') => suspect = true,
+                _ => {}
+            }
+            // f64 holds about 10^308: a longer integer is out of range.
+            suspect |= digits > 300;
+        }
+        i += 1;
+    }
+    !suspect || serde_json::from_str::<Value>(text).is_ok()
 }
 
 impl CappedBody<'_> {

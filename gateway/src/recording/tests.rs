@@ -723,6 +723,34 @@ fn json_bodies_are_recorded_as_json_only_when_one_value_fits_on_one_line() {
         assert!(v.get("json").is_none(), "{v}");
         assert!(v["text"].is_string(), "{v}");
     }
+    // What serde_json's raw value takes but its reader into values refuses, and would make the
+    // genuine file fail `verify` from that event on: recorded as text. Their valid relatives
+    // stay JSON.
+    let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    let long = "9".repeat(400);
+    for body in [
+        r#"{"n":1e400}"#,
+        r#"{"n":-2E+999}"#,
+        r#""\ud800""#,
+        r#"["\uDC00x"]"#,
+        long.as_str(),
+        deep(120).as_str(),
+    ] {
+        let v = as_value(body.as_bytes(), 1024);
+        assert!(v["text"].is_string(), "{body}: {v}");
+    }
+    for body in [r#"{"n":1e300,"b":true}"#, r#""\ud83d\ude00""#, "[1.5e-3]", deep(90).as_str()] {
+        let v = as_value(body.as_bytes(), 1024);
+        assert!(v.get("json").is_some(), "{body}: {v}");
+    }
+    let (_d, rec) = recorder(RecordingMode::Required);
+    let s = rec.start_session(json!({})).unwrap();
+    for body in [r#"{"n":1e400}"#, r#""\ud800""#, deep(126).as_str()] {
+        s.record("http.request.body", CappedBody::json(body.as_bytes().into(), 1024))
+            .unwrap();
+    }
+    s.close(json!({})).unwrap();
+    assert!(verify_file(s.path(), Some(rec.public_key())).unwrap().signed);
     // The line stays one valid JSON document with the body inside it.
     let encoded = serde_json::to_string(&CappedBody::json(br#"{"k":"v"}"#.into(), 64)).unwrap();
     assert_eq!(encoded, r#"{"json":{"k":"v"},"bytes":9,"truncated":false}"#);
