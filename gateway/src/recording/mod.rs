@@ -26,7 +26,7 @@ pub mod verify;
 use std::borrow::Cow;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -456,6 +456,9 @@ struct Inner {
     gateway: String,
     /// [`process_id`], which tests may stand in for another process's.
     process: String,
+    /// When this process began recording (see [`process_started`]); in tests, when this
+    /// recorder was made.
+    started: std::time::SystemTime,
     key: Ed25519KeyPair,
     public_key: String,
     key_id: String,
@@ -551,6 +554,10 @@ impl Recorder {
             process: process_id().to_string(),
             #[cfg(test)]
             process: tests::process_id_for_new_recorders(),
+            #[cfg(not(test))]
+            started: process_started(),
+            #[cfg(test)]
+            started: std::time::SystemTime::now(),
             key,
             failures: AtomicU64::new(0),
             open: Mutex::new(Vec::new()),
@@ -726,6 +733,19 @@ impl Recorder {
         if file.try_lock().is_err() {
             return Ok(Seal::Held);
         }
+        // Only a crash before this process began leaves files to seal: one changed since (its
+        // status change time, which no one sets at will) was cut, or edited, during this
+        // process's life, and a seal would sign that. It stays unclosed, for `verify` to report.
+        let meta = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+        let changed = std::time::UNIX_EPOCH
+            + std::time::Duration::new(
+                u64::try_from(meta.ctime()).unwrap_or(0),
+                u32::try_from(meta.ctime_nsec()).unwrap_or(0),
+            );
+        if changed + CTIME_SLACK >= self.inner.started {
+            tracing::error!(file = %path.display(), "an unclosed session file changed while this process ran: it was cut or edited since, not by a crash before; left unsealed");
+            return Ok(Seal::Left);
+        }
         let mut start: Option<(Option<String>, Option<String>)> = None;
         let report = verify::verify_events(path, None, |e| {
             if start.is_none() {
@@ -789,6 +809,17 @@ pub(crate) fn process_id() -> &'static str {
         let _ = aws_lc_rs::rand::fill(&mut raw);
         chain::hex(&raw)
     })
+}
+
+/// How far a file's times may lag the clock: the kernel stamps them from a coarse clock, a tick
+/// behind. A file changed this close before a process began counts as changed since.
+const CTIME_SLACK: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// When this process made its first recorder: files a crash cut off are older.
+#[cfg(not(test))]
+fn process_started() -> std::time::SystemTime {
+    static STARTED: std::sync::OnceLock<std::time::SystemTime> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(std::time::SystemTime::now)
 }
 
 /// What sealing a file did.

@@ -714,6 +714,9 @@ mod tests {
         );
     }
 
+    /// Longer than the recorder's allowance for coarse file times.
+    const CTIME_TICK: Duration = Duration::from_millis(50);
+
     #[test]
     fn closed_or_cut_off_files_are_ready_open_ones_are_not() {
         let dir = tempfile::tempdir().unwrap();
@@ -768,8 +771,21 @@ mod tests {
         let second_line = memchr::memchr_iter(b'\n', &whole).nth(1).unwrap() + 1;
         std::fs::write(&cut, &whole[..second_line + 10]).unwrap();
         age(&cut);
+        // The next process's recorder seals what was cut before it began...
+        std::thread::sleep(CTIME_TICK);
+        let sealer = recorder(dir.path());
+        std::thread::sleep(CTIME_TICK);
+        // ...not what changed while it ran (cut or edited since, not by a crash before): that
+        // is shipped as it is, unsealed.
+        let copy = dir
+            .path()
+            .join(format!("19700101T000004Z-{}.jsonl", "4".repeat(32)));
+        std::fs::write(&copy, &whole[..second_line + 10]).unwrap();
+        age(&copy);
+        assert!(s.ready(&copy, CUT_OFF_GRACE).unwrap());
+        assert!(!super::super::verify_file(&copy, None).unwrap().closed);
         assert!(s.ready(&cut, CUT_OFF_GRACE).unwrap());
-        let report = super::super::verify_file(&cut, Some(rec.public_key())).unwrap();
+        let report = super::super::verify_file(&cut, Some(sealer.public_key())).unwrap();
         assert!(report.closed && report.signed && report.recovered, "{report:?}");
         assert_eq!(report.events, 3);
         // One of this process's own, found without its end (cut since): shipped as it is,

@@ -333,6 +333,8 @@ fn cut_off_sessions_are_sealed_by_the_next_recorder() {
     bytes[through_three / 2] ^= 1;
     fs::write(&edited, &bytes).unwrap();
 
+    // File times lag the clock by a tick: the next process starts later than that.
+    std::thread::sleep(std::time::Duration::from_millis(50));
     let rec = Recorder::new(spool.path(), RecordingMode::Required, "team/gw").unwrap();
     let live = rec.start_session(json!({})).unwrap();
     assert_eq!(
@@ -396,6 +398,12 @@ fn a_process_never_seals_its_own_sessions() {
     let theirs = closed_session(&old, 4);
     let cut = rec.inner.dir.join(theirs.file_name().unwrap());
     fs::write(&cut, &fs::read(&theirs).unwrap()[..through_three]).unwrap();
+    // Cut while this recorder ran, the file is not one a crash before it left: not sealed
+    // (whoever cut it could have rewritten its start to name another process).
+    assert_eq!(rec.seal_cut_off(), Sealed::default());
+    // A recorder made after the cut, as the next process's is, seals it.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let rec = Recorder::new(rec.inner.dir.clone(), RecordingMode::Required, "team/gw").unwrap();
     assert_eq!(rec.seal_cut_off().sealed, 1);
     assert!(verify_file(&cut, Some(rec.public_key())).unwrap().recovered);
     let mut edited = lines(&cut);
@@ -739,15 +747,23 @@ fn json_bodies_are_recorded_as_json_only_when_one_value_fits_on_one_line() {
         let v = as_value(body.as_bytes(), 1024);
         assert!(v["text"].is_string(), "{body}: {v}");
     }
-    for body in [r#"{"n":1e300,"b":true}"#, r#""\ud83d\ude00""#, "[1.5e-3]", deep(90).as_str()] {
+    for body in [
+        r#"{"n":1e300,"b":true}"#,
+        r#""\ud83d\ude00""#,
+        "[1.5e-3]",
+        deep(90).as_str(),
+    ] {
         let v = as_value(body.as_bytes(), 1024);
         assert!(v.get("json").is_some(), "{body}: {v}");
     }
     let (_d, rec) = recorder(RecordingMode::Required);
     let s = rec.start_session(json!({})).unwrap();
     for body in [r#"{"n":1e400}"#, r#""\ud800""#, deep(126).as_str()] {
-        s.record("http.request.body", CappedBody::json(body.as_bytes().into(), 1024))
-            .unwrap();
+        s.record(
+            "http.request.body",
+            CappedBody::json(body.as_bytes().into(), 1024),
+        )
+        .unwrap();
     }
     s.close(json!({})).unwrap();
     assert!(verify_file(s.path(), Some(rec.public_key())).unwrap().signed);
