@@ -3,7 +3,7 @@
 Every answer describes the request it received (method, raw path, headers, body), so a test can
 check exactly what the gateway forwarded. A few paths serve fixed content for masking tests:
   /api/v1/users       an Okta-style users list with emails, phones and a card number
-  /echo/where         a redirect whose Location names an email
+  /echo/where         a redirect whose Location and reason phrase name an email
   /echo/created       201 without a body, with an ETag
   /text               text/plain with an email in it
   /export?type=T&enc=E  a CSV export with a mobilePhone column and an email, served as type T
@@ -176,7 +176,8 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             return
         if path == "/echo/where":
-            self.send_response(302)
+            # The reason phrase names the user too, as `send_error(404, msg)` servers do.
+            self.send_response(302, "Moved to carol@example.net")
             self.send_header("Location", "https://example.invalid/users/carol@example.net")
             self.send_header("Content-Length", "0")
             self.end_headers()

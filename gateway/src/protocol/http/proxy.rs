@@ -1235,6 +1235,10 @@ async fn proxy(
 
     // The response: masked when a rule applies, recorded in any case.
     let (mut res_parts, res_body) = up_res.into_parts();
+    // What hyper read beside the headers rides in the extensions, and its HTTP/1 server writes
+    // one of them back: the upstream's reason phrase (`404 No user alice@example.com`), which
+    // neither the masker nor the credential scrubber sees. The agent gets the standard phrase.
+    res_parts.extensions = hyper::http::Extensions::new();
     headers::sanitize_response(&mut res_parts.headers);
     // Header values quote data too (a Location naming a user's email).
     let header_report = headers::mask_values(&mut res_parts.headers, &plan);
