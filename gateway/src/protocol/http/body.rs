@@ -19,3 +19,53 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 pub fn empty() -> Body {
     full(Bytes::new())
 }
+
+/// Frames a body read whole (to mask it) is sent in. hyper asks for a body's next frame once it
+/// has written the last, so the client's reading paces them; one frame of the whole body would
+/// be taken at once, and the body (with its share of the masking budget) dropped before a byte
+/// reached a client that never reads.
+pub const WHOLE_BODY_FRAME: usize = 64 * 1024;
+
+/// `bytes` as a body of [`WHOLE_BODY_FRAME`] frames that keeps `held` (a budget share) until
+/// the body is done or dropped.
+pub fn paced<T: Send + Sync + 'static>(bytes: Bytes, held: T) -> Body {
+    let len = bytes.len();
+    let frames = (0..len).step_by(WHOLE_BODY_FRAME).map(move |at| {
+        let end = (at + WHOLE_BODY_FRAME).min(len);
+        Ok::<_, BodyError>(hyper::body::Frame::data(bytes.slice(at..end)))
+    });
+    http_body_util::StreamBody::new(futures_util::stream::iter(frames))
+        .map_frame(move |frame| {
+            let _ = &held;
+            frame
+        })
+        .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A whole body goes in bounded frames, all of it, and what it holds stays until its end.
+    #[tokio::test]
+    async fn paced_bodies_are_sent_in_bounded_frames_holding_their_share() {
+        let bytes = Bytes::from(vec![7u8; 3 * WHOLE_BODY_FRAME + 5]);
+        let share = std::sync::Arc::new(());
+        let mut body = paced(bytes.clone(), share.clone());
+        let mut sizes = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let data = frame.unwrap().into_data().unwrap();
+            sizes.push(data.len());
+            assert_eq!(
+                std::sync::Arc::strong_count(&share),
+                2,
+                "held while frames remain"
+            );
+        }
+        assert_eq!(sizes, [WHOLE_BODY_FRAME, WHOLE_BODY_FRAME, WHOLE_BODY_FRAME, 5]);
+        drop(body);
+        assert_eq!(std::sync::Arc::strong_count(&share), 1);
+        let mut empty = paced(Bytes::new(), ());
+        assert!(empty.frame().await.is_none());
+    }
+}

@@ -1388,13 +1388,10 @@ async fn proxy(
                 let body = recorded_whole_body(class, &bytes, token_plan.as_ref());
                 let event = meta.event(&res_parts.headers, body, Some(&report));
                 record(gw, &plane, session.as_deref(), "http.response", event)?;
-                // The budget's share goes with the body, given back once it is sent.
-                full(bytes)
-                    .map_frame(move |frame| {
-                        let _ = &held;
-                        frame
-                    })
-                    .boxed()
+                // The budget's share goes with the body, given back once it is sent: in frames
+                // the client's reading paces, so a client that stops reading holds the share
+                // (and the connection's stall limit ends it), not memory outside the budget.
+                super::body::paced(bytes, held)
             }
             Ok(Masked::PassThrough(body)) => {
                 let note = json!({"streamed": true, "masked": false});

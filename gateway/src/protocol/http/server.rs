@@ -287,10 +287,13 @@ async fn postgres_accept_loop(
     }
 }
 
-/// Requests in flight on one connection, and when the last one ended.
+/// Requests in flight on one connection, and when the last one ended; response bodies that
+/// handed hyper a frame it has not come back from, and when hyper last asked any for one.
 struct Activity {
     in_flight: AtomicUsize,
     since: std::sync::Mutex<tokio::time::Instant>,
+    handed: AtomicUsize,
+    last_poll: std::sync::Mutex<tokio::time::Instant>,
 }
 
 impl Default for Activity {
@@ -298,9 +301,19 @@ impl Default for Activity {
         Self {
             in_flight: AtomicUsize::new(0),
             since: std::sync::Mutex::new(tokio::time::Instant::now()),
+            handed: AtomicUsize::new(0),
+            last_poll: std::sync::Mutex::new(tokio::time::Instant::now()),
         }
     }
 }
+
+/// How long a client may take nothing of a response it has been handed before its connection
+/// is cut: hyper asks a body for its next frame once it has written the last, so a client that
+/// stops reading holds that frame, the rest of the body and its share of the masking budget.
+pub const STALLED_CLIENT_LIMIT: Duration = Duration::from_secs(60);
+
+/// How long a connection told to close for idleness may take to finish writing.
+pub const IDLE_CLOSE_LIMIT: Duration = Duration::from_secs(30);
 
 impl Activity {
     /// How long the connection has had no request in flight (zero while one is).
@@ -312,6 +325,20 @@ impl Activity {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .elapsed()
+    }
+
+    /// How long, at `now`, a frame handed to hyper has waited for the client (zero while none
+    /// waits).
+    fn stalled_at(&self, now: tokio::time::Instant) -> Duration {
+        if self.handed.load(Ordering::Acquire) == 0 {
+            return Duration::ZERO;
+        }
+        now.saturating_duration_since(
+            *self
+                .last_poll
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 }
 
@@ -336,10 +363,32 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request in flight until it is sent or dropped.
+/// A response body that keeps its request in flight until it is sent or dropped, and tells the
+/// connection whether the client is taking what it was handed.
 struct Guarded {
     inner: Body,
-    _guard: InFlight,
+    guard: InFlight,
+    /// The last poll gave hyper a frame: counted in [`Activity::handed`].
+    handed: bool,
+}
+
+impl Guarded {
+    fn set_handed(&mut self, handed: bool) {
+        if handed != self.handed {
+            self.handed = handed;
+            if handed {
+                self.guard.0.handed.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.guard.0.handed.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        self.set_handed(false);
+    }
 }
 
 impl hyper::body::Body for Guarded {
@@ -350,7 +399,16 @@ impl hyper::body::Body for Guarded {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+        *self
+            .guard
+            .0
+            .last_poll
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = tokio::time::Instant::now();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        let handed = matches!(&polled, std::task::Poll::Ready(Some(Ok(f))) if f.is_data());
+        self.set_handed(handed);
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -434,7 +492,8 @@ async fn serve<I>(
                 Ok::<_, std::convert::Infallible>(response.map(|b| {
                     Guarded {
                         inner: b,
-                        _guard: guard,
+                        guard,
+                        handed: false,
                     }
                     .boxed()
                 }))
@@ -466,7 +525,9 @@ async fn serve<I>(
     // Often enough for the shorter limit a listener short of slots applies.
     let mut idle_check = tokio::time::interval((idle_timeout / 4).min(PRESSED_IDLE_TIMEOUT));
     idle_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut draining = false;
+    // When the connection was told to close; it is dropped if it has not within IDLE_CLOSE_LIMIT
+    // (a client that reads nothing keeps hyper's last write waiting for ever).
+    let mut draining: Option<tokio::time::Instant> = None;
     let result = loop {
         tokio::select! {
             r = conn.as_mut() => break r,
@@ -477,12 +538,24 @@ async fn serve<I>(
                     break Ok(());
                 }
             }
-            _ = idle_check.tick(), if !draining => {
-                if activity.idle_for() >= timeouts.idle_now() {
-                    tracing::debug!(%peer, "no request in flight within the idle timeout; closing");
-                    // Graceful: HTTP/2 says GOAWAY, HTTP/1 closes between requests.
-                    conn.as_mut().graceful_shutdown();
-                    draining = true;
+            _ = idle_check.tick() => {
+                if activity.stalled_at(tokio::time::Instant::now()) >= STALLED_CLIENT_LIMIT {
+                    tracing::debug!(%peer, "the client took nothing of its response within the limit; closing");
+                    break Ok(());
+                }
+                match draining {
+                    Some(at) if at.elapsed() >= IDLE_CLOSE_LIMIT => {
+                        tracing::debug!(%peer, "the connection did not finish closing within the limit; dropped");
+                        break Ok(());
+                    }
+                    Some(_) => {}
+                    None if activity.idle_for() >= timeouts.idle_now() => {
+                        tracing::debug!(%peer, "no request in flight within the idle timeout; closing");
+                        // Graceful: HTTP/2 says GOAWAY, HTTP/1 closes between requests.
+                        conn.as_mut().graceful_shutdown();
+                        draining = Some(tokio::time::Instant::now());
+                    }
+                    None => {}
                 }
             }
             _ = stop.changed() => {
@@ -544,6 +617,40 @@ mod tests {
 
     /// An HTTP/2 connection that was answered and then sends nothing is closed after the idle
     /// timeout (GOAWAY, then the socket); a request in flight, its body included, keeps it open.
+    /// A response frame handed to hyper that the client does not take makes the connection
+    /// stalled after the limit; asking for the next frame, or the body's end, clears it.
+    #[tokio::test]
+    async fn a_client_that_takes_nothing_it_was_handed_is_stalled() {
+        use crate::protocol::http::body::{WHOLE_BODY_FRAME, paced};
+        use http_body_util::BodyExt;
+        let activity = Arc::new(Activity::default());
+        let later = || tokio::time::Instant::now() + STALLED_CLIENT_LIMIT;
+        let mut body = Guarded {
+            inner: paced(bytes::Bytes::from(vec![0u8; 2 * WHOLE_BODY_FRAME]), ()),
+            guard: InFlight::new(activity.clone()),
+            handed: false,
+        };
+        assert_eq!(activity.stalled_at(later()), Duration::ZERO);
+        body.frame().await.unwrap().unwrap();
+        assert!(activity.stalled_at(later()) >= STALLED_CLIENT_LIMIT);
+        // hyper asks for the next: the client took the first.
+        body.frame().await.unwrap().unwrap();
+        assert!(activity.stalled_at(tokio::time::Instant::now()) < STALLED_CLIENT_LIMIT);
+        assert!(body.frame().await.is_none());
+        assert_eq!(activity.stalled_at(later()), Duration::ZERO);
+        drop(body);
+        // A body dropped while it waits (hyper took its last frame) leaves nothing waiting.
+        let mut body = Guarded {
+            inner: paced(bytes::Bytes::from(vec![0u8; 10]), ()),
+            guard: InFlight::new(activity.clone()),
+            handed: false,
+        };
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        assert_eq!(activity.stalled_at(later()), Duration::ZERO);
+        assert_eq!(activity.in_flight.load(Ordering::Acquire), 0);
+    }
+
     #[tokio::test]
     async fn idle_http2_connections_are_closed() {
         let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
