@@ -3024,7 +3024,11 @@ fn operators_casts_and_views_that_run_database_code_are_not_trusted() {
         "CREATE FUNCTION public.plus_text(int, text) RETURNS int LANGUAGE sql \
              AS 'DELETE FROM public.orders RETURNING 1'; \
          CREATE OPERATOR public.+ (LEFTARG = int, RIGHTARG = text, FUNCTION = public.plus_text); \
+         CREATE FUNCTION public.eq_text(int, text) RETURNS bool LANGUAGE sql \
+             AS 'DELETE FROM public.orders RETURNING true'; \
+         CREATE OPERATOR public.= (LEFTARG = int, RIGHTARG = text, FUNCTION = public.eq_text); \
          CREATE DOMAIN public.checked AS int CHECK (public.plus_text(VALUE, 'x') IS NULL OR true); \
+         CREATE DOMAIN public.by_operator AS int CHECK ((VALUE + 'x'::text) IS NULL OR true); \
          CREATE VIEW public.deleting AS SELECT public.plus_text(1, 'x') AS n; \
          GRANT SELECT ON public.deleting TO {}",
         s.pg.scram.name
@@ -3033,17 +3037,25 @@ fn operators_casts_and_views_that_run_database_code_are_not_trusted() {
     let tok = token(&s.idp);
     rt().block_on(async {
         let c = connect(&s.plain_conninfo(&tok)).await;
+        c.simple_query("PREPARE p(int) AS SELECT $1").await.unwrap();
         for sql in [
             "SELECT 1 + 'x'::text",
+            "SELECT 1 IN (SELECT 'x'::text)",
             "SELECT 1::checked",
             "SELECT CAST(2 AS public.checked)",
+            "SELECT '{1}'::_checked",
+            "SELECT * FROM jsonb_to_record('{\"c\": 1}') AS x(c checked)",
+            "SELECT 1::by_operator",
             "SELECT n FROM deleting",
+            // Run by EXECUTE's arguments, and by what EXPLAIN evaluates.
+            "EXECUTE p(1 + 'x'::text)",
+            "EXPLAIN EXECUTE p(1::checked)",
         ] {
             let e = c.simple_query(sql).await.unwrap_err();
             assert_eq!(db_error(&e).0, "42501", "{sql}: {e}");
         }
-        // What calls none of it still runs.
-        c.simple_query("SELECT id FROM orders WHERE id = 1")
+        // What calls none of it still runs (`=` is the database's own here too).
+        c.simple_query("SELECT id FROM orders ORDER BY id LIMIT 1")
             .await
             .unwrap();
     });

@@ -78,11 +78,13 @@ const INHERITANCE_SQL: &str = "SELECT inhrelid, inhparent FROM pg_catalog.pg_inh
 /// Code reached without a function's name, the database's own and not an extension's (which a
 /// privileged user installed; an agent's `CREATE EXTENSION` trips [`super::session`]'s check of
 /// code defined since): `operator`, an operator's symbol, which a built-in's use may resolve to
-/// (`1 + 'x'::text` to `public.+(int, text)`); `type`, a type a cast to or from runs code for
-/// (a cast's function, a domain's checks, and domains over such a domain); `implicit`, there
-/// is a cast with such code that PostgreSQL applies unwritten; `view`, a view whose query calls
-/// such code that may write (a volatile function, or an operator of one), itself or through the
-/// views it reads. (A view calling only stable code writes nothing; what it reads is masked as
+/// (`1 + 'x'::text` to `public.+(int, text)`); `type`, a type a value made into runs such code
+/// for (the target of a cast with such a function, a domain whose checks call it or such an
+/// operator, and what holds one: domains over it, arrays, ranges, composite types);
+/// `implicit`, there is a cast with such code that PostgreSQL applies unwritten in any
+/// expression (assignment casts run only where a statement writes); `view`, a view whose query
+/// calls such code that may write (a volatile function, or an operator of one) or makes such a
+/// type, itself or through the views it reads. (A view calling only stable code writes nothing; what it reads is masked as
 /// an opaque view's, see [`OPAQUE_VIEWS_SQL`].)
 const SHADOWS_SQL: &str = "WITH RECURSIVE own_procs AS ( \
          SELECT p.oid, p.provolatile = 'v' AS volatile FROM pg_catalog.pg_proc p \
@@ -97,25 +99,34 @@ const SHADOWS_SQL: &str = "WITH RECURSIVE own_procs AS ( \
          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e \
              WHERE e.classid = 'pg_catalog.pg_operator'::regclass AND e.objid = o.oid AND e.deptype = 'e')), \
      own_casts AS ( \
-         SELECT c.castsource, c.casttarget, c.castcontext FROM pg_catalog.pg_cast c \
+         SELECT c.casttarget, c.castcontext FROM pg_catalog.pg_cast c \
          WHERE c.castfunc IN (SELECT oid FROM own_procs)), \
      coded_types(oid) AS ( \
          SELECT c.contypid FROM pg_catalog.pg_constraint c \
          JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = c.oid \
-         WHERE c.contypid <> 0 AND d.refclassid = 'pg_catalog.pg_proc'::regclass \
-         AND d.refobjid IN (SELECT oid FROM own_procs) \
-         UNION SELECT castsource FROM own_casts UNION SELECT casttarget FROM own_casts \
-         UNION SELECT t.oid FROM pg_catalog.pg_type t JOIN coded_types c ON t.typbasetype = c.oid), \
+         WHERE c.contypid <> 0 \
+         AND ((d.refclassid = 'pg_catalog.pg_proc'::regclass AND d.refobjid IN (SELECT oid FROM own_procs)) \
+             OR (d.refclassid = 'pg_catalog.pg_operator'::regclass AND d.refobjid IN (SELECT oid FROM own_operators))) \
+         UNION SELECT casttarget FROM own_casts \
+         UNION SELECT t.oid FROM pg_catalog.pg_type t JOIN coded_types c \
+             ON t.typbasetype = c.oid OR t.typelem = c.oid \
+             OR t.typrelid IN (SELECT a.attrelid FROM pg_catalog.pg_attribute a \
+                 WHERE a.atttypid = c.oid AND NOT a.attisdropped) \
+             OR t.oid IN (SELECT r.rngtypid FROM pg_catalog.pg_range r WHERE r.rngsubtype = c.oid)), \
      coded_views(oid) AS ( \
          SELECT r.ev_class FROM pg_catalog.pg_rewrite r \
+         JOIN pg_catalog.pg_class v ON v.oid = r.ev_class AND v.relkind = 'v' \
          JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
-         WHERE (d.refclassid = 'pg_catalog.pg_proc'::regclass \
+         WHERE r.ev_type = '1' AND ((d.refclassid = 'pg_catalog.pg_proc'::regclass \
              AND d.refobjid IN (SELECT oid FROM own_procs WHERE volatile)) \
          OR (d.refclassid = 'pg_catalog.pg_operator'::regclass AND d.refobjid IN ( \
              SELECT o.oid FROM own_operators o JOIN own_procs p ON p.oid = o.oprcode::oid WHERE p.volatile)) \
+         OR (d.refclassid = 'pg_catalog.pg_type'::regclass AND d.refobjid IN (SELECT oid FROM coded_types))) \
          UNION SELECT r.ev_class FROM pg_catalog.pg_rewrite r \
+         JOIN pg_catalog.pg_class v ON v.oid = r.ev_class AND v.relkind = 'v' \
          JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
-         JOIN coded_views v ON d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = v.oid) \
+         JOIN coded_views cv ON d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = cv.oid \
+         WHERE r.ev_type = '1') \
      SELECT DISTINCT p.proname, 'row' \
      FROM pg_catalog.pg_proc p \
      JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
@@ -136,7 +147,7 @@ const SHADOWS_SQL: &str = "WITH RECURSIVE own_procs AS ( \
          WHERE b.relnamespace = 'pg_catalog'::regnamespace AND b.relname = c.relname) \
      UNION SELECT oprname, 'operator' FROM own_operators \
      UNION SELECT t.typname, 'type' FROM coded_types c JOIN pg_catalog.pg_type t ON t.oid = c.oid \
-     UNION SELECT 'any', 'implicit' FROM own_casts WHERE castcontext IN ('i', 'a') \
+     UNION SELECT 'any', 'implicit' FROM own_casts WHERE castcontext = 'i' \
      UNION SELECT n.nspname || '.' || c.relname, 'view' FROM coded_views v \
          JOIN pg_catalog.pg_class c ON c.oid = v.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace";
 

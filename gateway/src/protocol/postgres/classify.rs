@@ -774,6 +774,8 @@ impl<'t> Analysis<'t> {
         }];
         self.tables = inner.tables;
         self.functions = inner.functions;
+        self.operators = inner.operators;
+        self.types = inner.types;
         self.columns = inner.columns;
         self.assigned = inner.assigned;
         self.qualified = inner.qualified;
@@ -815,6 +817,8 @@ impl<'t> Analysis<'t> {
         }
         self.tables = inner.tables.clone();
         self.functions = inner.functions.clone();
+        self.operators = inner.operators.clone();
+        self.types = inner.types.clone();
         self.columns = inner.columns.clone();
         self.assigned_only = inner.assigned_only.clone();
         self.qualified = inner.qualified.clone();
@@ -1006,22 +1010,26 @@ impl<'t> Analysis<'t> {
                 }
                 self.walk_fields(v, &[]);
             }
-            "JoinExpr" if !v.list("using_clause").is_empty() => {
+            "JoinExpr" if !v.list("using_clause").is_empty() || v.flag("is_natural") => {
                 self.operators.push("=".into());
                 self.walk_fields(v, &[]);
             }
-            "TypeCast" => {
-                if let Some(&name) = v
-                    .get("type_name")
-                    .map(|t| name_parts(t.list("names")))
-                    .as_deref()
-                    .and_then(<[&str]>::last)
-                {
+            // Wherever a type is named: casts, and also column definition lists
+            // (`AS x(c checked)`), `RETURNING` types of JSON functions and table functions'
+            // columns, whose values are made into that type.
+            "TypeName" => {
+                if let Some(&name) = name_parts(v.list("names")).last() {
                     self.types.push(name.to_string());
                 }
                 self.walk_fields(v, &[]);
             }
             "SubLink" => {
+                // `x IN (SELECT ...)` is `= ANY`, its operator not written.
+                if v.list("oper_name").is_empty()
+                    && v.int("sub_link_type") == protobuf::SubLinkType::AnySublink as i64
+                {
+                    self.operators.push("=".into());
+                }
                 self.operator(v.list("oper_name"));
                 self.walk_fields(v, &["oper_name"]);
             }
@@ -1297,7 +1305,14 @@ impl<'t> Analysis<'t> {
             self.opaque_calls = true;
         } else if schema.is_empty() {
             // Resolved by argument types along the search path, the database's own included.
-            self.operators.push(op.to_string());
+            // BETWEEN is its comparisons.
+            match op {
+                "BETWEEN" | "BETWEEN SYMMETRIC" => self.operators.extend([">=".into(), "<=".into()]),
+                "NOT BETWEEN" | "NOT BETWEEN SYMMETRIC" => {
+                    self.operators.extend(["<".into(), ">".into()]);
+                }
+                _ => self.operators.push(op.to_string()),
+            }
         }
     }
 
@@ -1343,12 +1358,16 @@ impl Statement {
         s.node = self.node;
         s.tables.extend(self.tables.iter().cloned());
         s.functions.extend(self.functions.iter().cloned());
+        s.operators.extend(self.operators.iter().cloned());
+        s.types.extend(self.types.iter().cloned());
         s.columns.extend(self.columns.iter().cloned());
         s.qualified.extend(self.qualified.iter().cloned());
         s.fields.extend(self.fields.iter().cloned());
         s.settings.extend(self.settings.iter().cloned());
         dedup(&mut s.tables);
         dedup(&mut s.functions);
+        dedup(&mut s.operators);
+        dedup(&mut s.types);
         dedup(&mut s.columns);
         dedup(&mut s.qualified);
         dedup(&mut s.fields);
@@ -3108,6 +3127,37 @@ mod tests {
             strs(&["public.a", "billing.b"])
         );
         assert_eq!(one("TRUNCATE a, b").tables, strs(&["public.a", "public.b"]));
+        // The built-in operator symbols a statement uses, written or not, and the types it makes
+        // values into: a session checks them against the database's own.
+        for (sql, operators, types) in [
+            ("SELECT 1 + 2 * 3", &["+", "*"][..], &[][..]),
+            (
+                "SELECT 1 BETWEEN 0 AND 2, 3 NOT BETWEEN 4 AND 5",
+                &[">=", "<=", "<", ">"],
+                &[],
+            ),
+            ("SELECT 1 IN (SELECT 2)", &["="], &[]),
+            ("SELECT * FROM a NATURAL JOIN b", &["="], &[]),
+            ("SELECT * FROM a JOIN b USING (k)", &["="], &[]),
+            ("SELECT CASE x WHEN 1 THEN 2 END FROM t", &["="], &[]),
+            (
+                "SELECT 1::checked, CAST(2 AS public.d), text 'x'",
+                &[],
+                &["checked", "d", "text"],
+            ),
+            ("SELECT * FROM f() AS x(c checked)", &[], &["checked"]),
+            ("SELECT OPERATOR(pg_catalog.+)(1, 2)", &[], &[]),
+        ] {
+            let s = one(sql);
+            assert_eq!((s.operators, s.types), (strs(operators), strs(types)), "{sql}");
+        }
+        for sql in ["EXPLAIN SELECT 1 + 'x'::t", "PREPARE p AS SELECT 1 + 'x'::t"] {
+            let s = one(sql);
+            assert_eq!((s.operators, s.types), (strs(&["+"]), strs(&["t"])), "{sql}");
+        }
+        let execute = one("EXECUTE p(1 + 'x'::t)").running(&one("SELECT $1 || 'y'"));
+        assert_eq!(execute.operators, strs(&["||", "+"]));
+        assert_eq!(execute.types, strs(&["t"]));
         // A table's triggers, row-level security policies and rules are named with it.
         for (sql, table) in [
             ("DROP TRIGGER orders_audit ON public.orders", "public.orders"),
