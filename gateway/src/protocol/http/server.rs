@@ -288,12 +288,15 @@ async fn postgres_accept_loop(
 }
 
 /// Requests in flight on one connection, and when the last one ended; response bodies that
-/// handed hyper a frame it has not come back from, and when hyper last asked any for one.
+/// handed hyper a frame it has not come back from, and when the client last made progress (a
+/// byte written to it, or hyper asking a body for more).
 struct Activity {
     in_flight: AtomicUsize,
     since: std::sync::Mutex<tokio::time::Instant>,
     handed: AtomicUsize,
-    last_poll: std::sync::Mutex<tokio::time::Instant>,
+    base: tokio::time::Instant,
+    /// Nanoseconds from `base` to the last progress.
+    progress: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Activity {
@@ -302,7 +305,8 @@ impl Default for Activity {
             in_flight: AtomicUsize::new(0),
             since: std::sync::Mutex::new(tokio::time::Instant::now()),
             handed: AtomicUsize::new(0),
-            last_poll: std::sync::Mutex::new(tokio::time::Instant::now()),
+            base: tokio::time::Instant::now(),
+            progress: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -333,12 +337,15 @@ impl Activity {
         if self.handed.load(Ordering::Acquire) == 0 {
             return Duration::ZERO;
         }
-        now.saturating_duration_since(
-            *self
-                .last_poll
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        let last = self.base + Duration::from_nanos(self.progress.load(Ordering::Acquire));
+        now.saturating_duration_since(last)
+    }
+
+    /// The client made progress now.
+    fn progressed(&self) {
+        let nanos = self.base.elapsed().as_nanos();
+        self.progress
+            .store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Release);
     }
 }
 
@@ -360,6 +367,67 @@ impl Drop for InFlight {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = tokio::time::Instant::now();
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connection's I/O that counts every byte written to the client as progress: a client reading
+/// slowly, but reading, is not stalled (as nginx's `send_timeout` counts any write).
+struct Progress<I> {
+    inner: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: hyper::rt::Read + Unpin> hyper::rt::Read for Progress<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for Progress<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(written, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.progressed();
+        }
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(written, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.progressed();
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -399,12 +467,7 @@ impl hyper::body::Body for Guarded {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        *self
-            .guard
-            .0
-            .last_poll
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = tokio::time::Instant::now();
+        self.guard.0.progressed();
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         let handed = matches!(&polled, std::task::Poll::Ready(Some(Ok(f))) if f.is_data());
         self.set_handed(handed);
@@ -514,6 +577,10 @@ async fn serve<I>(
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
         .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT);
+    let io = Progress {
+        inner: io,
+        activity: activity.clone(),
+    };
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     // hyper's header read timeout starts only once the connection is known to be HTTP/1: a
@@ -544,6 +611,11 @@ async fn serve<I>(
                     break Ok(());
                 }
                 match draining {
+                    // A request admitted as the close began is served: the limit runs from
+                    // when none is left in flight.
+                    Some(_) if activity.in_flight.load(Ordering::Acquire) > 0 => {
+                        draining = Some(tokio::time::Instant::now());
+                    }
                     Some(at) if at.elapsed() >= IDLE_CLOSE_LIMIT => {
                         tracing::debug!(%peer, "the connection did not finish closing within the limit; dropped");
                         break Ok(());
@@ -617,6 +689,26 @@ mod tests {
 
     /// An HTTP/2 connection that was answered and then sends nothing is closed after the idle
     /// timeout (GOAWAY, then the socket); a request in flight, its body included, keeps it open.
+    /// A byte written to the client is progress: a slow reader that reads is not stalled.
+    #[tokio::test]
+    async fn bytes_written_to_the_client_are_progress() {
+        let activity = Arc::new(Activity::default());
+        activity.handed.store(1, Ordering::Release);
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let mut io = Progress {
+            inner: TokioIo::new(ours),
+            activity: activity.clone(),
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(activity.stalled_at(tokio::time::Instant::now()) >= Duration::from_millis(30));
+        let written =
+            std::future::poll_fn(|cx| hyper::rt::Write::poll_write(std::pin::Pin::new(&mut io), cx, b"x"));
+        assert_eq!(written.await.unwrap(), 1);
+        assert!(activity.stalled_at(tokio::time::Instant::now()) < Duration::from_millis(30));
+        let mut byte = [0u8; 1];
+        theirs.read_exact(&mut byte).await.unwrap();
+    }
+
     /// A response frame handed to hyper that the client does not take makes the connection
     /// stalled after the limit; asking for the next frame, or the body's end, clears it.
     #[tokio::test]
