@@ -733,19 +733,6 @@ impl Recorder {
         if file.try_lock().is_err() {
             return Ok(Seal::Held);
         }
-        // Only a crash before this process began leaves files to seal: one changed since (its
-        // status change time, which no one sets at will) was cut, or edited, during this
-        // process's life, and a seal would sign that. It stays unclosed, for `verify` to report.
-        let meta = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
-        let changed = std::time::UNIX_EPOCH
-            + std::time::Duration::new(
-                u64::try_from(meta.ctime()).unwrap_or(0),
-                u32::try_from(meta.ctime_nsec()).unwrap_or(0),
-            );
-        if changed + CTIME_SLACK >= self.inner.started {
-            tracing::error!(file = %path.display(), "an unclosed session file changed while this process ran: it was cut or edited since, not by a crash before; left unsealed");
-            return Ok(Seal::Left);
-        }
         let mut start: Option<(Option<String>, Option<String>)> = None;
         let report = verify::verify_events(path, None, |e| {
             if start.is_none() {
@@ -767,7 +754,21 @@ impl Recorder {
         // sign whatever was left. It stays unclosed, for `verify` to report.
         if process.as_deref() == Some(self.inner.process.as_str()) {
             tracing::error!(file = %path.display(), "a session of this process is unclosed and unlocked: its close failed, or its end was cut off since; left unsealed");
-            return Ok(Seal::Left);
+            return Ok(Seal::Refused);
+        }
+        // Nor does it seal what changed while it ran (its status change time, which no one sets
+        // at will): a crash of another replica on the same volume, which a process started
+        // later seals, or a cut or an edit (the start rewritten to name another process), which
+        // a seal would sign.
+        let meta = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+        let changed = std::time::UNIX_EPOCH
+            + std::time::Duration::new(
+                u64::try_from(meta.ctime()).unwrap_or(0),
+                u32::try_from(meta.ctime_nsec()).unwrap_or(0),
+            );
+        if changed + CTIME_SLACK >= self.inner.started {
+            tracing::warn!(file = %path.display(), "an unclosed session file changed while this process ran: left for a process started later to seal");
+            return Ok(Seal::Refused);
         }
         let length = file.metadata().map_err(|e| format!("cannot stat: {e}"))?.len();
         let dropped = length.saturating_sub(report.bytes);
@@ -828,6 +829,9 @@ pub(crate) enum Seal {
     Sealed,
     /// Closed already, another gateway's, or no recorder of its directory here.
     Left,
+    /// Cut off, but not for this process to seal: its own session (a close failed, or its end
+    /// was cut since), or changed while this process ran (another replica's crash, or an edit).
+    Refused,
     /// Someone holds its lock (a live session, another sealer, a shipper uploading it).
     Held,
 }

@@ -107,7 +107,7 @@ pub struct Shipper {
     prefix: String,
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, UploadBody>,
     /// Unclosed files by length, so an unchanged file's end is not read again.
-    open: HashMap<PathBuf, u64>,
+    open: HashMap<PathBuf, Seen>,
     /// See [`PART_BYTES`].
     part_bytes: u64,
 }
@@ -541,7 +541,7 @@ struct Scan {
 /// Lists the spool's session files and sorts out those ready to ship; `open` remembers the
 /// lengths of unclosed files, so an unchanged file's end is not read again, and forgets files
 /// that are gone.
-fn scan(dir: &Path, open: &mut HashMap<PathBuf, u64>, grace: Duration) -> Scan {
+fn scan(dir: &Path, open: &mut HashMap<PathBuf, Seen>, grace: Duration) -> Scan {
     let mut out = Scan {
         ready: Vec::new(),
         waiting: 0,
@@ -574,18 +574,36 @@ fn scan(dir: &Path, open: &mut HashMap<PathBuf, u64>, grace: Duration) -> Scan {
     out
 }
 
+/// What a sweep remembers of an unclosed file.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    /// Its length when last read: an unchanged file's end is not read again.
+    len: u64,
+    /// This process's recorder refused to seal it (see [`super::Seal::Refused`]).
+    refused: bool,
+}
+
+/// How long a cut-off file this process may not seal (another replica's on a shared volume,
+/// or one changed while this process ran) waits in the spool for a process started later to
+/// seal it, before it is shipped as it is, unsealed.
+pub const UNSEALED_WAIT: Duration = Duration::from_secs(3600);
+
 /// Whether `file` is ready to ship: closed, or cut off (unlocked and left unchanged).
-fn ready(open: &mut HashMap<PathBuf, u64>, file: &Path, grace: Duration) -> Result<bool, ShipError> {
+fn ready(open: &mut HashMap<PathBuf, Seen>, file: &Path, grace: Duration) -> Result<bool, ShipError> {
     let read_err = |source| ShipError::Read {
         path: file.to_path_buf(),
         source,
     };
     let meta = std::fs::metadata(file).map_err(read_err)?;
-    if open.get(file) != Some(&meta.len()) {
+    if open.get(file).map(|s| s.len) != Some(meta.len()) {
         if super::last_line_closes(file).map_err(read_err)? {
             return Ok(true);
         }
-        open.insert(file.to_path_buf(), meta.len());
+        let seen = Seen {
+            len: meta.len(),
+            refused: false,
+        };
+        open.insert(file.to_path_buf(), seen);
     }
     let settled = meta
         .modified()
@@ -594,6 +612,19 @@ fn ready(open: &mut HashMap<PathBuf, u64>, file: &Path, grace: Duration) -> Resu
         .is_ok_and(|age| age >= grace);
     if !settled || super::is_open(file).map_err(read_err)? {
         return Ok(false);
+    }
+    // Refused a seal here: it waits for a process started later, then goes as it is (at once
+    // in the last sweep before this process exits, as the spool may go with it).
+    let waited = || {
+        grace.is_zero()
+            || meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age >= UNSEALED_WAIT)
+    };
+    if open.get(file).is_some_and(|s| s.refused) {
+        return Ok(waited());
     }
     // Cut off by a crash: sealed first by a recorder of this directory, when this process has
     // one, so that the archive holds a signed close; shipped as it is otherwise. One being
@@ -604,6 +635,12 @@ fn ready(open: &mut HashMap<PathBuf, u64>, file: &Path, grace: Duration) -> Resu
             Ok(true)
         }
         super::Seal::Held => Ok(false),
+        super::Seal::Refused => {
+            if let Some(seen) = open.get_mut(file) {
+                seen.refused = true;
+            }
+            Ok(waited())
+        }
         super::Seal::Left => Ok(true),
     }
 }
@@ -734,8 +771,8 @@ mod tests {
             .path()
             .join(format!("19700101T000000Z-{}.jsonl", "c".repeat(32)));
         std::fs::write(&stray, b"{\"type\":\"session.end\"").unwrap();
-        let age = |p: &Path| {
-            let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+        let age_by = |p: &Path, by: Duration| {
+            let old = std::time::SystemTime::now() - by;
             std::fs::File::options()
                 .append(true)
                 .open(p)
@@ -743,6 +780,7 @@ mod tests {
                 .set_modified(old)
                 .unwrap();
         };
+        let age = |p: &Path| age_by(p, UNSEALED_WAIT);
 
         let mut s = Shipper::new(dir.path(), &storage(Some("http://127.0.0.1:9"), "")).unwrap();
         assert!(s.ready(closed.path(), CUT_OFF_GRACE).unwrap());
@@ -775,12 +813,15 @@ mod tests {
         std::thread::sleep(CTIME_TICK);
         let sealer = recorder(dir.path());
         std::thread::sleep(CTIME_TICK);
-        // ...not what changed while it ran (cut or edited since, not by a crash before): that
-        // is shipped as it is, unsealed.
+        // ...not what changed while it ran (another replica's crash, or a cut or an edit since):
+        // that waits for a process started later to seal it, then is shipped as it is.
         let copy = dir
             .path()
             .join(format!("19700101T000004Z-{}.jsonl", "4".repeat(32)));
         std::fs::write(&copy, &whole[..second_line + 10]).unwrap();
+        age_by(&copy, 2 * CUT_OFF_GRACE);
+        assert!(!s.ready(&copy, CUT_OFF_GRACE).unwrap());
+        assert!(!s.ready(&copy, CUT_OFF_GRACE).unwrap());
         age(&copy);
         assert!(s.ready(&copy, CUT_OFF_GRACE).unwrap());
         assert!(!super::super::verify_file(&copy, None).unwrap().closed);
@@ -796,6 +837,8 @@ mod tests {
         let own_whole = std::fs::read(own.path()).unwrap();
         let own_cut = memchr::memchr_iter(b'\n', &own_whole).nth(1).unwrap() + 1;
         std::fs::write(own.path(), &own_whole[..own_cut]).unwrap();
+        age_by(own.path(), 2 * CUT_OFF_GRACE);
+        assert!(!s.ready(own.path(), CUT_OFF_GRACE).unwrap());
         age(own.path());
         assert!(s.ready(own.path(), CUT_OFF_GRACE).unwrap());
         let report = super::super::verify_file(own.path(), None).unwrap();
