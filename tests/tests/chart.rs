@@ -976,9 +976,17 @@ fn the_rendered_chart_is_accepted_by_the_api_server() {
     // protobuf, which the emulator does not read), as its own (labelled, owned by a gateway).
     let image = format!("ghcr.io/agentgate/agentgate:{}", cargo_workspace_version());
     let meta = "metadata:\n  name: agentgate-gw\n  labels: {app.kubernetes.io/managed-by: agentgate-operator}\n  ownerReferences: [{apiVersion: agentgate.dev/v1alpha1, kind: AgentGateway, name: gw, uid: 0a1b2c3d, controller: true}]\n";
+    let selects = "{app.kubernetes.io/name: agentgate-gateway, agentgate.dev/gateway: gw}";
+    let service_with = |spec: &str| format!("apiVersion: v1\nkind: Service\n{meta}spec: {spec}\n");
+    let budget_with = |labels: &str| {
+        format!(
+            "apiVersion: policy/v1\nkind: PodDisruptionBudget\n{meta}spec: {{maxUnavailable: 1, selector: {{matchLabels: {labels}}}}}\n"
+        )
+    };
+    let service = format!("{{type: ClusterIP, selector: {selects}, ports: [{{port: 80}}]}}");
     let deployment_with = |pod: &str| {
         format!(
-            "apiVersion: apps/v1\nkind: Deployment\n{meta}spec:\n  selector: {{matchLabels: {{app: gw}}}}\n  template:\n    metadata: {{labels: {{app: gw}}}}\n    spec: {pod}\n"
+            "apiVersion: apps/v1\nkind: Deployment\n{meta}spec:\n  selector: {{matchLabels: {selects}}}\n  template:\n    metadata: {{labels: {selects}}}\n    spec: {pod}\n"
         )
     };
     let gateway_pod = format!(
@@ -1016,6 +1024,22 @@ fn the_rendered_chart_is_accepted_by_the_api_server() {
         &["create", "-f", &deployment, "-n", "agentgate", "--dry-run=server"],
         &["create", "-f", &role, "-n", "agentgate", "--dry-run=server"],
         &["create", "-f", &binding, "-n", "agentgate", "--dry-run=server"],
+        &[
+            "create",
+            "-f",
+            &env.file("service.yaml", &service_with(&service)),
+            "-n",
+            "agentgate",
+            "--dry-run=server",
+        ],
+        &[
+            "create",
+            "-f",
+            &env.file("budget.yaml", &budget_with(selects)),
+            "-n",
+            "agentgate",
+            "--dry-run=server",
+        ],
         &["create", "-f", &lease, "--dry-run=server"],
     ];
     for args in allowed {
@@ -1079,6 +1103,39 @@ fn the_rendered_chart_is_accepted_by_the_api_server() {
                 "name: gw, securityContext: {privileged: true}, image",
             )),
         ),
+        // Pods that another Service selects, a port on the node, a command of its own.
+        fenced(
+            "victim-pods.yaml",
+            deployment_with(&gateway_pod).replacen(
+                "labels: {app.kubernetes.io/name: agentgate-gateway,",
+                "labels: {app: victim, app.kubernetes.io/name: agentgate-gateway,",
+                1,
+            ),
+        ),
+        fenced(
+            "host-port.yaml",
+            deployment_with(&gateway_pod.replace(
+                "name: gw, image",
+                "name: gw, ports: [{containerPort: 80, hostPort: 80}], image",
+            )),
+        ),
+        fenced(
+            "command.yaml",
+            deployment_with(&gateway_pod.replace("name: gw, image", "name: gw, command: [sh], image")),
+        ),
+        fenced(
+            "load-balancer.yaml",
+            service_with(&service.replace("type: ClusterIP", "type: LoadBalancer")),
+        ),
+        fenced(
+            "external-ips.yaml",
+            service_with(&service.replace("type: ClusterIP", "type: ClusterIP, externalIPs: [10.0.0.1]")),
+        ),
+        fenced(
+            "other-pods.yaml",
+            service_with(&service.replace(selects, "{app: victim}")),
+        ),
+        fenced("blocking-budget.yaml", budget_with("{app: victim}")),
         fenced(
             "all-secrets.yaml",
             role_with("  - {apiGroups: [\"\"], resources: [secrets], verbs: [get, list, watch]}\n"),
@@ -1094,14 +1151,22 @@ fn the_rendered_chart_is_accepted_by_the_api_server() {
     ];
     let expected = [
         "the operator writes only objects labelled app.kubernetes.io/managed-by=agentgate-operator and owned by an AgentGateway",
-        "a gateway Deployment runs the gateway image",
-        "a gateway Deployment runs the gateway image",
-        "a gateway Deployment runs the gateway image",
-        "a gateway Deployment runs the gateway image",
+        "a gateway Deployment selects and labels its own gateway's pods only",
+        "a gateway Deployment selects and labels its own gateway's pods only",
+        "a gateway Deployment selects and labels its own gateway's pods only",
+        "a gateway Deployment selects and labels its own gateway's pods only",
+        "a gateway Deployment selects and labels its own gateway's pods only",
+        "a gateway Deployment selects and labels its own gateway's pods only",
+        "a gateway Deployment selects and labels its own gateway's pods only",
+        "a gateway Service is a ClusterIP Service, without external IPs, that selects its own gateway's pods",
+        "a gateway Service is a ClusterIP Service, without external IPs, that selects its own gateway's pods",
+        "a gateway Service is a ClusterIP Service, without external IPs, that selects its own gateway's pods",
+        "a gateway PodDisruptionBudget selects its own gateway's pods only",
         "a gateway Role grants only its configuration Secret (by name), ApprovalRequests and Events",
         "a gateway Role grants only its configuration Secret (by name), ApprovalRequests and Events",
         "a gateway RoleBinding binds the Role of its own name to the ServiceAccount of that name",
     ];
+    assert_eq!(not_gateway_shaped.len(), expected.len());
     for ((file, name), expected) in not_gateway_shaped.iter().zip(expected) {
         let e = env.kubectl_err(
             "admin",
