@@ -101,6 +101,13 @@ const SHADOWS_SQL: &str = "WITH RECURSIVE own_procs AS ( \
      own_casts AS ( \
          SELECT c.casttarget, c.castcontext FROM pg_catalog.pg_cast c \
          WHERE c.castfunc IN (SELECT oid FROM own_procs)), \
+     type_edges(holder, held) AS ( \
+         SELECT oid, typbasetype FROM pg_catalog.pg_type WHERE typbasetype <> 0 \
+         UNION ALL SELECT oid, typelem FROM pg_catalog.pg_type WHERE typelem <> 0 \
+         UNION ALL SELECT t.oid, a.atttypid FROM pg_catalog.pg_type t \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = t.typrelid \
+             WHERE t.typrelid <> 0 AND a.attnum > 0 AND NOT a.attisdropped \
+         UNION ALL SELECT rngtypid, rngsubtype FROM pg_catalog.pg_range), \
      coded_types(oid) AS ( \
          SELECT c.contypid FROM pg_catalog.pg_constraint c \
          JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = c.oid \
@@ -108,11 +115,7 @@ const SHADOWS_SQL: &str = "WITH RECURSIVE own_procs AS ( \
          AND ((d.refclassid = 'pg_catalog.pg_proc'::regclass AND d.refobjid IN (SELECT oid FROM own_procs)) \
              OR (d.refclassid = 'pg_catalog.pg_operator'::regclass AND d.refobjid IN (SELECT oid FROM own_operators))) \
          UNION SELECT casttarget FROM own_casts \
-         UNION SELECT t.oid FROM pg_catalog.pg_type t JOIN coded_types c \
-             ON t.typbasetype = c.oid OR t.typelem = c.oid \
-             OR t.typrelid IN (SELECT a.attrelid FROM pg_catalog.pg_attribute a \
-                 WHERE a.atttypid = c.oid AND NOT a.attisdropped) \
-             OR t.oid IN (SELECT r.rngtypid FROM pg_catalog.pg_range r WHERE r.rngsubtype = c.oid)), \
+         UNION SELECT e.holder FROM type_edges e JOIN coded_types c ON e.held = c.oid), \
      coded_views(oid) AS ( \
          SELECT r.ev_class FROM pg_catalog.pg_rewrite r \
          JOIN pg_catalog.pg_class v ON v.oid = r.ev_class AND v.relkind = 'v' \
@@ -627,6 +630,16 @@ fn mask_all(
         }
     }
     changed
+}
+
+/// Turns the server's JIT compilation off while the catalog is read (`false`), and back to the
+/// session's own setting after (`true`). The catalog queries join large catalogs, whose cost
+/// estimates pass `jit_above_cost` on big schemas: compiling them took 1.5 s of every session's
+/// start, where running them takes milliseconds.
+pub async fn jit(up: &mut Upstream, restore: bool) -> Result<(), CatalogError> {
+    query(up, if restore { "RESET jit" } else { "SET jit = off" })
+        .await
+        .map(drop)
 }
 
 /// Runs one simple query during session setup and returns its rows as text.

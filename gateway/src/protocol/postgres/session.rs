@@ -579,6 +579,9 @@ async fn start(
             ),
         )
     };
+    catalog::jit(&mut up, false)
+        .await
+        .map_err(|e| catalog_failed(&e))?;
     let masked = catalog::resolve(&mut up, &plan)
         .await
         .map_err(|e| catalog_failed(&e))?;
@@ -595,6 +598,9 @@ async fn start(
         (count, at)
     };
     let shadows = catalog::shadows(&mut up).await.map_err(|e| catalog_failed(&e))?;
+    catalog::jit(&mut up, true)
+        .await
+        .map_err(|e| catalog_failed(&e))?;
     let mode = cfg.gateway.recording.mode;
     let mut recording_start = json!({
         "identity": principal.identity,
