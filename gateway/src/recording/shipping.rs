@@ -579,8 +579,8 @@ fn scan(dir: &Path, open: &mut HashMap<PathBuf, Seen>, grace: Duration) -> Scan 
 struct Seen {
     /// Its length when last read: an unchanged file's end is not read again.
     len: u64,
-    /// This process's recorder refused to seal it (see [`super::Seal::Refused`]).
-    refused: bool,
+    /// When this process's recorder first refused to seal it (see [`super::Seal::Refused`]).
+    refused: Option<std::time::Instant>,
 }
 
 /// How long a cut-off file this process may not seal (another replica's on a shared volume,
@@ -601,7 +601,7 @@ fn ready(open: &mut HashMap<PathBuf, Seen>, file: &Path, grace: Duration) -> Res
         }
         let seen = Seen {
             len: meta.len(),
-            refused: false,
+            refused: None,
         };
         open.insert(file.to_path_buf(), seen);
     }
@@ -613,18 +613,12 @@ fn ready(open: &mut HashMap<PathBuf, Seen>, file: &Path, grace: Duration) -> Res
     if !settled || super::is_open(file).map_err(read_err)? {
         return Ok(false);
     }
-    // Refused a seal here: it waits for a process started later, then goes as it is (at once
-    // in the last sweep before this process exits, as the spool may go with it).
-    let waited = || {
-        grace.is_zero()
-            || meta
-                .modified()
-                .ok()
-                .and_then(|m| m.elapsed().ok())
-                .is_some_and(|age| age >= UNSEALED_WAIT)
-    };
-    if open.get(file).is_some_and(|s| s.refused) {
-        return Ok(waited());
+    // Refused a seal here: it waits for a process started later, from when it was first
+    // refused (its times say when it was last written, not when it was cut off), then goes as it
+    // is; at once in the last sweep before this process exits, as the spool may go with it.
+    let waited = |since: std::time::Instant| grace.is_zero() || since.elapsed() >= UNSEALED_WAIT;
+    if let Some(since) = open.get(file).and_then(|s| s.refused) {
+        return Ok(waited(since));
     }
     // Cut off by a crash: sealed first by a recorder of this directory, when this process has
     // one, so that the archive holds a signed close; shipped as it is otherwise. One being
@@ -636,10 +630,11 @@ fn ready(open: &mut HashMap<PathBuf, Seen>, file: &Path, grace: Duration) -> Res
         }
         super::Seal::Held => Ok(false),
         super::Seal::Refused => {
+            let now = std::time::Instant::now();
             if let Some(seen) = open.get_mut(file) {
-                seen.refused = true;
+                seen.refused = Some(now);
             }
-            Ok(waited())
+            Ok(waited(now))
         }
         super::Seal::Left => Ok(true),
     }
@@ -821,8 +816,12 @@ mod tests {
         std::fs::write(&copy, &whole[..second_line + 10]).unwrap();
         age_by(&copy, 2 * CUT_OFF_GRACE);
         assert!(!s.ready(&copy, CUT_OFF_GRACE).unwrap());
-        assert!(!s.ready(&copy, CUT_OFF_GRACE).unwrap());
+        // Its last write long ago (an idle session) does not shorten the wait: it runs from the
+        // refusal.
         age(&copy);
+        assert!(!s.ready(&copy, CUT_OFF_GRACE).unwrap());
+        let refused_long_ago = std::time::Instant::now() - UNSEALED_WAIT;
+        s.open.get_mut(&copy).unwrap().refused = Some(refused_long_ago);
         assert!(s.ready(&copy, CUT_OFF_GRACE).unwrap());
         assert!(!super::super::verify_file(&copy, None).unwrap().closed);
         assert!(s.ready(&cut, CUT_OFF_GRACE).unwrap());
@@ -839,8 +838,8 @@ mod tests {
         std::fs::write(own.path(), &own_whole[..own_cut]).unwrap();
         age_by(own.path(), 2 * CUT_OFF_GRACE);
         assert!(!s.ready(own.path(), CUT_OFF_GRACE).unwrap());
-        age(own.path());
-        assert!(s.ready(own.path(), CUT_OFF_GRACE).unwrap());
+        // The last sweep before the process exits ships it at once.
+        assert!(s.ready(own.path(), Duration::ZERO).unwrap());
         let report = super::super::verify_file(own.path(), None).unwrap();
         assert!(!report.closed && report.events == 2, "{report:?}");
         // A staging file left by a crash mid-creation is never shipped; the sweep removes it.

@@ -3,7 +3,7 @@
 //! connection preface in plaintext) with bounded header size and header read time; PostgreSQL
 //! connections are handed to [`crate::protocol::postgres::session`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -287,16 +287,21 @@ async fn postgres_accept_loop(
     }
 }
 
-/// Requests in flight on one connection, and when the last one ended; response bodies that
-/// handed hyper a frame it has not come back from, and when the client last made progress (a
-/// byte written to it, or hyper asking a body for more).
+/// Requests in flight on one connection, and when the last one ended; the response bodies
+/// that handed hyper a frame it has not come back for, each since when; and, on HTTP/1, when a
+/// byte was last written to the client.
 struct Activity {
     in_flight: AtomicUsize,
     since: std::sync::Mutex<tokio::time::Instant>,
-    handed: AtomicUsize,
+    /// By body: when its frame waiting for the client was handed.
+    handed: std::sync::Mutex<HashMap<u64, tokio::time::Instant>>,
+    next_body: std::sync::atomic::AtomicU64,
+    /// The connection speaks HTTP/2: writes are not one body's progress there (other streams,
+    /// and hyper's own PINGs, write too).
+    http2: std::sync::atomic::AtomicBool,
     base: tokio::time::Instant,
-    /// Nanoseconds from `base` to the last progress.
-    progress: std::sync::atomic::AtomicU64,
+    /// Nanoseconds from `base` to the last byte written (HTTP/1).
+    written: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Activity {
@@ -304,9 +309,11 @@ impl Default for Activity {
         Self {
             in_flight: AtomicUsize::new(0),
             since: std::sync::Mutex::new(tokio::time::Instant::now()),
-            handed: AtomicUsize::new(0),
+            handed: std::sync::Mutex::new(HashMap::new()),
+            next_body: std::sync::atomic::AtomicU64::new(0),
+            http2: std::sync::atomic::AtomicBool::new(false),
             base: tokio::time::Instant::now(),
-            progress: std::sync::atomic::AtomicU64::new(0),
+            written: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -333,19 +340,43 @@ impl Activity {
 
     /// How long, at `now`, a frame handed to hyper has waited for the client (zero while none
     /// waits).
+    /// How long, at `now`, the longest-waiting frame handed to hyper has waited for the client
+    /// (zero while none waits). On HTTP/1 a byte written since counts as the client reading.
     fn stalled_at(&self, now: tokio::time::Instant) -> Duration {
-        if self.handed.load(Ordering::Acquire) == 0 {
+        let oldest = self
+            .handed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .min()
+            .copied();
+        let Some(mut since) = oldest else {
             return Duration::ZERO;
+        };
+        if !self.http2.load(Ordering::Acquire) {
+            since = since.max(self.base + Duration::from_nanos(self.written.load(Ordering::Acquire)));
         }
-        let last = self.base + Duration::from_nanos(self.progress.load(Ordering::Acquire));
-        now.saturating_duration_since(last)
+        now.saturating_duration_since(since)
     }
 
-    /// The client made progress now.
-    fn progressed(&self) {
+    /// A byte was written to the client now.
+    fn wrote(&self) {
         let nanos = self.base.elapsed().as_nanos();
-        self.progress
+        self.written
             .store(u64::try_from(nanos).unwrap_or(u64::MAX), Ordering::Release);
+    }
+
+    /// Body `id` handed hyper a frame now (`true`), or is waiting for none (`false`).
+    fn set_handed(&self, id: u64, handed: bool) {
+        let mut bodies = self
+            .handed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if handed {
+            bodies.insert(id, tokio::time::Instant::now());
+        } else {
+            bodies.remove(&id);
+        }
     }
 }
 
@@ -370,7 +401,7 @@ impl Drop for InFlight {
     }
 }
 
-/// A connection's I/O that counts every byte written to the client as progress: a client reading
+/// A connection's I/O that notes every byte written to the client: on HTTP/1 a client reading
 /// slowly, but reading, is not stalled (as nginx's `send_timeout` counts any write).
 struct Progress<I> {
     inner: I,
@@ -395,7 +426,7 @@ impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for Progress<I> {
     ) -> std::task::Poll<std::io::Result<usize>> {
         let written = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(written, std::task::Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.progressed();
+            self.activity.wrote();
         }
         written
     }
@@ -407,7 +438,7 @@ impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for Progress<I> {
     ) -> std::task::Poll<std::io::Result<usize>> {
         let written = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(written, std::task::Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.progressed();
+            self.activity.wrote();
         }
         written
     }
@@ -436,26 +467,29 @@ impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for Progress<I> {
 struct Guarded {
     inner: Body,
     guard: InFlight,
-    /// The last poll gave hyper a frame: counted in [`Activity::handed`].
+    /// Its key in [`Activity::handed`].
+    id: u64,
+    /// The last poll gave hyper a frame.
     handed: bool,
 }
 
 impl Guarded {
-    fn set_handed(&mut self, handed: bool) {
-        if handed != self.handed {
-            self.handed = handed;
-            if handed {
-                self.guard.0.handed.fetch_add(1, Ordering::AcqRel);
-            } else {
-                self.guard.0.handed.fetch_sub(1, Ordering::AcqRel);
-            }
+    fn new(inner: Body, guard: InFlight) -> Self {
+        let id = guard.0.next_body.fetch_add(1, Ordering::Relaxed);
+        Self {
+            inner,
+            guard,
+            id,
+            handed: false,
         }
     }
 }
 
 impl Drop for Guarded {
     fn drop(&mut self) {
-        self.set_handed(false);
+        if self.handed {
+            self.guard.0.set_handed(self.id, false);
+        }
     }
 }
 
@@ -467,10 +501,13 @@ impl hyper::body::Body for Guarded {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        self.guard.0.progressed();
         let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         let handed = matches!(&polled, std::task::Poll::Ready(Some(Ok(f))) if f.is_data());
-        self.set_handed(handed);
+        // Asked again: the frame handed before was taken; a new one waits from now.
+        if handed || self.handed {
+            self.guard.0.set_handed(self.id, handed);
+        }
+        self.handed = handed;
         polled
     }
 
@@ -546,20 +583,16 @@ async fn serve<I>(
         let activity = activity.clone();
         service_fn(move |req| {
             arrived.store(true, Ordering::Release);
+            if req.version() == hyper::Version::HTTP_2 {
+                activity.http2.store(true, Ordering::Release);
+            }
             // In flight until its response body has been sent (or dropped): a watch or a
             // download streaming for hours is not idleness.
             let guard = InFlight::new(activity.clone());
             let response = handle(gw.clone(), ctx.clone(), req);
             async move {
                 let response = response.await?;
-                Ok::<_, std::convert::Infallible>(response.map(|b| {
-                    Guarded {
-                        inner: b,
-                        guard,
-                        handed: false,
-                    }
-                    .boxed()
-                }))
+                Ok::<_, std::convert::Infallible>(response.map(|b| Guarded::new(b, guard).boxed()))
             }
         })
     };
@@ -689,42 +722,62 @@ mod tests {
 
     /// An HTTP/2 connection that was answered and then sends nothing is closed after the idle
     /// timeout (GOAWAY, then the socket); a request in flight, its body included, keeps it open.
-    /// A byte written to the client is progress: a slow reader that reads is not stalled.
+    /// On HTTP/1 a byte written to the client is progress: a slow reader that reads is not
+    /// stalled. On HTTP/2 it is not (other streams, and hyper's PINGs, write too).
     #[tokio::test]
-    async fn bytes_written_to_the_client_are_progress() {
-        let activity = Arc::new(Activity::default());
-        activity.handed.store(1, Ordering::Release);
-        let (ours, mut theirs) = tokio::io::duplex(64);
-        let mut io = Progress {
-            inner: TokioIo::new(ours),
-            activity: activity.clone(),
-        };
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        assert!(activity.stalled_at(tokio::time::Instant::now()) >= Duration::from_millis(30));
-        let written =
-            std::future::poll_fn(|cx| hyper::rt::Write::poll_write(std::pin::Pin::new(&mut io), cx, b"x"));
-        assert_eq!(written.await.unwrap(), 1);
-        assert!(activity.stalled_at(tokio::time::Instant::now()) < Duration::from_millis(30));
-        let mut byte = [0u8; 1];
-        theirs.read_exact(&mut byte).await.unwrap();
+    async fn bytes_written_to_the_client_are_progress_on_http1_only() {
+        for http2 in [false, true] {
+            let activity = Arc::new(Activity::default());
+            activity.http2.store(http2, Ordering::Release);
+            activity.set_handed(0, true);
+            let (ours, mut theirs) = tokio::io::duplex(64);
+            let mut io = Progress {
+                inner: TokioIo::new(ours),
+                activity: activity.clone(),
+            };
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let waited = |a: &Activity| a.stalled_at(tokio::time::Instant::now());
+            assert!(waited(&activity) >= Duration::from_millis(30));
+            let written = std::future::poll_fn(|cx| {
+                hyper::rt::Write::poll_write(std::pin::Pin::new(&mut io), cx, b"x")
+            });
+            assert_eq!(written.await.unwrap(), 1);
+            assert_eq!(
+                waited(&activity) < Duration::from_millis(30),
+                !http2,
+                "http2: {http2}"
+            );
+            let mut byte = [0u8; 1];
+            theirs.read_exact(&mut byte).await.unwrap();
+        }
     }
 
     /// A response frame handed to hyper that the client does not take makes the connection
-    /// stalled after the limit; asking for the next frame, or the body's end, clears it.
+    /// stalled after the limit, whatever other bodies of it do; asking for the next frame, or
+    /// the body's end, clears it.
     #[tokio::test]
     async fn a_client_that_takes_nothing_it_was_handed_is_stalled() {
         use crate::protocol::http::body::{WHOLE_BODY_FRAME, paced};
         use http_body_util::BodyExt;
         let activity = Arc::new(Activity::default());
+        activity.http2.store(true, Ordering::Release);
         let later = || tokio::time::Instant::now() + STALLED_CLIENT_LIMIT;
-        let mut body = Guarded {
-            inner: paced(bytes::Bytes::from(vec![0u8; 2 * WHOLE_BODY_FRAME]), ()),
-            guard: InFlight::new(activity.clone()),
-            handed: false,
+        let body_of = |len: usize| {
+            Guarded::new(
+                paced(bytes::Bytes::from(vec![0u8; len]), ()),
+                InFlight::new(activity.clone()),
+            )
         };
+        let mut body = body_of(2 * WHOLE_BODY_FRAME);
         assert_eq!(activity.stalled_at(later()), Duration::ZERO);
         body.frame().await.unwrap().unwrap();
         assert!(activity.stalled_at(later()) >= STALLED_CLIENT_LIMIT);
+        // Another stream's progress does not clear it.
+        let mut other = body_of(3 * WHOLE_BODY_FRAME);
+        other.frame().await.unwrap().unwrap();
+        other.frame().await.unwrap().unwrap();
+        assert!(activity.stalled_at(later()) >= STALLED_CLIENT_LIMIT);
+        drop(other);
         // hyper asks for the next: the client took the first.
         body.frame().await.unwrap().unwrap();
         assert!(activity.stalled_at(tokio::time::Instant::now()) < STALLED_CLIENT_LIMIT);
@@ -732,11 +785,7 @@ mod tests {
         assert_eq!(activity.stalled_at(later()), Duration::ZERO);
         drop(body);
         // A body dropped while it waits (hyper took its last frame) leaves nothing waiting.
-        let mut body = Guarded {
-            inner: paced(bytes::Bytes::from(vec![0u8; 10]), ()),
-            guard: InFlight::new(activity.clone()),
-            handed: false,
-        };
+        let mut body = body_of(10);
         body.frame().await.unwrap().unwrap();
         drop(body);
         assert_eq!(activity.stalled_at(later()), Duration::ZERO);
