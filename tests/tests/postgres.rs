@@ -3029,6 +3029,7 @@ fn operators_casts_and_views_that_run_database_code_are_not_trusted() {
          CREATE OPERATOR public.= (LEFTARG = int, RIGHTARG = text, FUNCTION = public.eq_text); \
          CREATE DOMAIN public.checked AS int CHECK (public.plus_text(VALUE, 'x') IS NULL OR true); \
          CREATE DOMAIN public.by_operator AS int CHECK ((VALUE + 'x'::text) IS NULL OR true); \
+         CREATE DOMAIN public.nested AS int CHECK ((VALUE::public.checked) IS NOT NULL); \
          CREATE VIEW public.deleting AS SELECT public.plus_text(1, 'x') AS n; \
          GRANT SELECT ON public.deleting TO {}",
         s.pg.scram.name
@@ -3046,6 +3047,7 @@ fn operators_casts_and_views_that_run_database_code_are_not_trusted() {
             "SELECT '{1}'::_checked",
             "SELECT * FROM jsonb_to_record('{\"c\": 1}') AS x(c checked)",
             "SELECT 1::by_operator",
+            "SELECT 1::nested",
             "SELECT n FROM deleting",
             // Run by EXECUTE's arguments, and by what EXPLAIN evaluates.
             "EXECUTE p(1 + 'x'::text)",
@@ -3054,6 +3056,13 @@ fn operators_casts_and_views_that_run_database_code_are_not_trusted() {
             let e = c.simple_query(sql).await.unwrap_err();
             assert_eq!(db_error(&e).0, "42501", "{sql}: {e}");
         }
+        // The catalog was read with JIT off; the session has the server's setting back.
+        let shown = c.simple_query("SHOW jit").await.unwrap();
+        let jit = shown.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(String::from),
+            _ => None,
+        });
+        assert_eq!(jit.as_deref(), Some(s.pg.psql("SHOW jit").trim()));
         // What calls none of it still runs (`=` is the database's own here too).
         c.simple_query("SELECT id FROM orders ORDER BY id LIMIT 1")
             .await

@@ -338,8 +338,6 @@ impl Activity {
             .elapsed()
     }
 
-    /// How long, at `now`, a frame handed to hyper has waited for the client (zero while none
-    /// waits).
     /// How long, at `now`, the longest-waiting frame handed to hyper has waited for the client
     /// (zero while none waits). On HTTP/1 a byte written since counts as the client reading.
     fn stalled_at(&self, now: tokio::time::Instant) -> Duration {
@@ -771,16 +769,21 @@ mod tests {
         let mut body = body_of(2 * WHOLE_BODY_FRAME);
         assert_eq!(activity.stalled_at(later()), Duration::ZERO);
         body.frame().await.unwrap().unwrap();
+        let handed = tokio::time::Instant::now();
         assert!(activity.stalled_at(later()) >= STALLED_CLIENT_LIMIT);
-        // Another stream's progress does not clear it.
+        // Another stream's progress does not clear it: the longest wait counts.
+        tokio::time::sleep(Duration::from_millis(30)).await;
         let mut other = body_of(3 * WHOLE_BODY_FRAME);
         other.frame().await.unwrap().unwrap();
         other.frame().await.unwrap().unwrap();
-        assert!(activity.stalled_at(later()) >= STALLED_CLIENT_LIMIT);
+        let now = tokio::time::Instant::now();
+        assert!(activity.stalled_at(now) >= now - handed);
         drop(other);
+        // Each frame waits from when it was handed, not from the body's first.
+        tokio::time::sleep(Duration::from_millis(30)).await;
         // hyper asks for the next: the client took the first.
         body.frame().await.unwrap().unwrap();
-        assert!(activity.stalled_at(tokio::time::Instant::now()) < STALLED_CLIENT_LIMIT);
+        assert!(activity.stalled_at(tokio::time::Instant::now()) < Duration::from_millis(30));
         assert!(body.frame().await.is_none());
         assert_eq!(activity.stalled_at(later()), Duration::ZERO);
         drop(body);

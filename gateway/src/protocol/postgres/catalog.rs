@@ -107,7 +107,10 @@ const SHADOWS_SQL: &str = "WITH RECURSIVE own_procs AS ( \
          UNION ALL SELECT t.oid, a.atttypid FROM pg_catalog.pg_type t \
              JOIN pg_catalog.pg_attribute a ON a.attrelid = t.typrelid \
              WHERE t.typrelid <> 0 AND a.attnum > 0 AND NOT a.attisdropped \
-         UNION ALL SELECT rngtypid, rngsubtype FROM pg_catalog.pg_range), \
+         UNION ALL SELECT rngtypid, rngsubtype FROM pg_catalog.pg_range \
+         UNION ALL SELECT c.contypid, d.refobjid FROM pg_catalog.pg_constraint c \
+             JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = c.oid \
+             WHERE c.contypid <> 0 AND d.refclassid = 'pg_catalog.pg_type'::regclass), \
      coded_types(oid) AS ( \
          SELECT c.contypid FROM pg_catalog.pg_constraint c \
          JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = c.oid \
@@ -637,9 +640,13 @@ fn mask_all(
 /// estimates pass `jit_above_cost` on big schemas: compiling them took 1.5 s of every session's
 /// start, where running them takes milliseconds.
 pub async fn jit(up: &mut Upstream, restore: bool) -> Result<(), CatalogError> {
-    query(up, if restore { "RESET jit" } else { "SET jit = off" })
-        .await
-        .map(drop)
+    // Through pg_settings: servers before 11 have no `jit`, and `SET` would fail there.
+    let sql = if restore {
+        "SELECT pg_catalog.set_config(name, reset_val, false) FROM pg_catalog.pg_settings WHERE name = 'jit'"
+    } else {
+        "SELECT pg_catalog.set_config(name, 'off', false) FROM pg_catalog.pg_settings WHERE name = 'jit'"
+    };
+    query(up, sql).await.map(drop)
 }
 
 /// Runs one simple query during session setup and returns its rows as text.
