@@ -341,45 +341,66 @@ const MAX_RECORDED_JSON_DEPTH: usize = 96;
 /// Whether `verify`, which reads each event into a `serde_json::Value`, reads `text` back inside
 /// one. `RawValue` checks less: a lone surrogate escape (`"\ud800"`), a number out of range
 /// (`1e400`) and any depth pass it, and the reader's refusal of one such body would make a whole
-/// genuine file read as tampered, from that event on. A scan sends only bodies with something of
-/// those (a `\u` escape of a surrogate, an exponent, a long run of digits) to a full parse.
+/// genuine file read as tampered, from that event on. Cheap searches send only bodies with
+/// something of those (a `\u` escape of a surrogate, an exponent, a long run of digits, many
+/// brackets) to the full checks; every body recorded as JSON goes through here.
 fn reader_parses(text: &str) -> bool {
     let b = text.as_bytes();
-    let (mut depth, mut digits, mut in_string, mut suspect) = (0usize, 0usize, false, false);
-    let mut i = 0;
+    let many_brackets = memchr::memchr2_iter(b'{', b'[', b)
+        .nth(MAX_RECORDED_JSON_DEPTH)
+        .is_some();
+    if many_brackets && nesting(b) > MAX_RECORDED_JSON_DEPTH {
+        return false;
+    }
+    let surrogate =
+        || memchr::memmem::find_iter(b, b"\\u").any(|i| matches!(b.get(i + 2), Some(b'd' | b'D')));
+    // An exponent (`true` and `false` end in an `e` after a letter).
+    let exponent = || {
+        memchr::memchr2_iter(b'e', b'E', b).any(|i| i > 0 && (b[i - 1].is_ascii_digit() || b[i - 1] == b'.'))
+    };
+    let suspect = surrogate() || exponent() || long_digit_run(b);
+    !suspect || serde_json::from_str::<Value>(text).is_ok()
+}
+
+/// Digits in a row past which a number is out of f64's range (about 10^308).
+const MAX_DIGIT_RUN: usize = 300;
+
+/// Whether `b` has more than [`MAX_DIGIT_RUN`] digits in a row. Such a run covers two samples
+/// half a run apart, so only bytes at that stride are looked at first.
+fn long_digit_run(b: &[u8]) -> bool {
+    let stride = MAX_DIGIT_RUN / 2;
+    (0..b.len()).step_by(stride).any(|i| {
+        b[i].is_ascii_digit() && b.get(i + stride).is_some_and(u8::is_ascii_digit) && {
+            let start = b[..i]
+                .iter()
+                .rposition(|c| !c.is_ascii_digit())
+                .map_or(0, |p| p + 1);
+            let end = b[i..]
+                .iter()
+                .position(|c| !c.is_ascii_digit())
+                .map_or(b.len(), |p| i + p);
+            end - start > MAX_DIGIT_RUN
+        }
+    })
+}
+
+/// How deep `b`'s arrays and objects nest, brackets inside strings not counted.
+fn nesting(b: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut i) = (0usize, 0usize, false, 0);
     while i < b.len() {
-        let c = b[i];
-        if in_string {
-            match c {
-                b'\\' => {
-                    suspect |= b.get(i + 1) == Some(&b'u') && matches!(b.get(i + 2), Some(b'd' | b'D'));
-                    i += 2;
-                    continue;
-                }
-                b'"' => in_string = false,
-                _ => {}
+        match (in_string, b[i]) {
+            (true, b'\\') => i += 1,
+            (true, b'"') | (false, b'"') => in_string = !in_string,
+            (false, b'{' | b'[') => {
+                depth += 1;
+                deepest = deepest.max(depth);
             }
-        } else {
-            digits = if c.is_ascii_digit() { digits + 1 } else { 0 };
-            match c {
-                b'"' => in_string = true,
-                b'{' | b'[' => {
-                    depth += 1;
-                    if depth > MAX_RECORDED_JSON_DEPTH {
-                        return false;
-                    }
-                }
-                b'}' | b']' => depth = depth.saturating_sub(1),
-                // An exponent (`true` and `false` end in an `e` after a letter).
-                b'e' | b'E' if i > 0 && (b[i - 1].is_ascii_digit() || b[i - 1] == b'.') => suspect = true,
-                _ => {}
-            }
-            // f64 holds about 10^308: a longer integer is out of range.
-            suspect |= digits > 300;
+            (false, b'}' | b']') => depth = depth.saturating_sub(1),
+            _ => {}
         }
         i += 1;
     }
-    !suspect || serde_json::from_str::<Value>(text).is_ok()
+    deepest
 }
 
 impl CappedBody<'_> {

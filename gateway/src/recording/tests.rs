@@ -756,6 +756,13 @@ fn json_bodies_are_recorded_as_json_only_when_one_value_fits_on_one_line() {
         let v = as_value(body.as_bytes(), 1024);
         assert!(v.get("json").is_some(), "{body}: {v}");
     }
+    // Runs of digits at every offset around the limit, seen by the sampling search.
+    for pad in 0..160 {
+        for (run, long) in [(300, false), (301, true)] {
+            let body = format!("[{},{}]", "1".repeat(pad), "9".repeat(run));
+            assert_eq!(super::long_digit_run(body.as_bytes()), long, "{pad} {run}");
+        }
+    }
     let (_d, rec) = recorder(RecordingMode::Required);
     let s = rec.start_session(json!({})).unwrap();
     for body in [r#"{"n":1e400}"#, r#""\ud800""#, deep(126).as_str()] {

@@ -3,7 +3,7 @@
 //! connection preface in plaintext) with bounded header size and header read time; PostgreSQL
 //! connections are handed to [`crate::protocol::postgres::session`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -293,8 +293,9 @@ async fn postgres_accept_loop(
 struct Activity {
     in_flight: AtomicUsize,
     since: std::sync::Mutex<tokio::time::Instant>,
-    /// By body: when its frame waiting for the client was handed.
-    handed: std::sync::Mutex<HashMap<u64, tokio::time::Instant>>,
+    /// By body: when its frame waiting for the client was handed. A few at most (HTTP/2
+    /// streams), so a list: no hashing on every poll.
+    handed: std::sync::Mutex<Vec<(u64, tokio::time::Instant)>>,
     next_body: std::sync::atomic::AtomicU64,
     /// The connection speaks HTTP/2: writes are not one body's progress there (other streams,
     /// and hyper's own PINGs, write too).
@@ -309,7 +310,7 @@ impl Default for Activity {
         Self {
             in_flight: AtomicUsize::new(0),
             since: std::sync::Mutex::new(tokio::time::Instant::now()),
-            handed: std::sync::Mutex::new(HashMap::new()),
+            handed: std::sync::Mutex::new(Vec::new()),
             next_body: std::sync::atomic::AtomicU64::new(0),
             http2: std::sync::atomic::AtomicBool::new(false),
             base: tokio::time::Instant::now(),
@@ -345,9 +346,9 @@ impl Activity {
             .handed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-            .min()
-            .copied();
+            .iter()
+            .map(|(_, at)| *at)
+            .min();
         let Some(mut since) = oldest else {
             return Duration::ZERO;
         };
@@ -370,10 +371,14 @@ impl Activity {
             .handed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if handed {
-            bodies.insert(id, tokio::time::Instant::now());
-        } else {
-            bodies.remove(&id);
+        let at = bodies.iter().position(|(body, _)| *body == id);
+        match (handed, at) {
+            (true, Some(i)) => bodies[i].1 = tokio::time::Instant::now(),
+            (true, None) => bodies.push((id, tokio::time::Instant::now())),
+            (false, Some(i)) => {
+                bodies.swap_remove(i);
+            }
+            (false, None) => {}
         }
     }
 }
