@@ -579,10 +579,9 @@ fn verify(
     let mut sessions = BTreeMap::new();
     for file in files {
         let (mut continues, mut continued_by) = (None, None);
-        let text = |e: &Event, name: &str| e.data.get(name).and_then(Value::as_str).map(String::from);
         let result = verify_with_keys(file, &keys, |e| match e.kind.as_str() {
-            super::START => continues = text(e, "continues"),
-            super::END => continued_by = text(e, "continued_by"),
+            super::START => continues = super::verify::text(&e.data, "continues"),
+            super::END => continued_by = super::verify::text(&e.data, "continued_by"),
             _ => {}
         });
         if let Ok(r) = &result {

@@ -757,8 +757,7 @@ impl Recorder {
         let mut start: Option<(Option<String>, Option<String>)> = None;
         let report = verify::verify_events(path, None, |e| {
             if start.is_none() {
-                let text = |name: &str| e.data.get(name).and_then(Value::as_str).map(String::from);
-                start = Some((text("gateway"), text("process")));
+                start = Some((verify::text(&e.data, "gateway"), verify::text(&e.data, "process")));
             }
         })
         .map_err(|e| e.to_string())?;
@@ -791,7 +790,8 @@ impl Recorder {
             tracing::warn!(file = %path.display(), "an unclosed session file changed while this process ran: left for a process started later to seal");
             return Ok(Seal::Refused);
         }
-        let length = file.metadata().map_err(|e| format!("cannot stat: {e}"))?.len();
+        // Stat'ed above, under the lock: nothing has changed it since.
+        let length = meta.len();
         let dropped = length.saturating_sub(report.bytes);
         file.set_len(report.bytes)
             .map_err(|e| format!("cannot cut the partial line: {e}"))?;

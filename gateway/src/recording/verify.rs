@@ -244,7 +244,8 @@ impl Chain {
     }
 }
 
-fn text(data: &Value, name: &str) -> Option<String> {
+/// The string `data` holds under `name`, if any.
+pub(crate) fn text(data: &Value, name: &str) -> Option<String> {
     data.get(name).and_then(Value::as_str).map(String::from)
 }
 
