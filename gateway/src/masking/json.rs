@@ -153,6 +153,10 @@ impl<'i> Rewriter<'_, 'i, '_> {
     /// Whitespace-separated top-level values (one JSON text, NDJSON, a watch stream).
     fn document(&mut self) -> Result<(), MaskError> {
         let mut first = true;
+        // Whether the last top-level value was a number or literal: one on a line with another
+        // value is not JSON's but text's (`4111 1111 1111 1111` would be four numbers, none a
+        // card), for the caller to read as text. One per line is NDJSON's.
+        let mut bare = false;
         loop {
             let gap = self.pos;
             self.skip_ws();
@@ -161,6 +165,18 @@ impl<'i> Rewriter<'_, 'i, '_> {
             }
             if !first && self.pos == gap {
                 return Err(malformed(self.pos, "unexpected characters after a value"));
+            }
+            let was_bare = std::mem::replace(&mut bare, !matches!(self.input[self.pos], b'{' | b'[' | b'"'));
+            if !first
+                && (bare || was_bare)
+                && !self.input[gap..self.pos]
+                    .iter()
+                    .any(|&b| b == b'\n' || b == b'\r')
+            {
+                return Err(malformed(
+                    self.pos,
+                    "a number or literal on a line with another value",
+                ));
             }
             first = false;
             self.states.clear();
@@ -711,6 +727,40 @@ mod tests {
         assert_eq!(mask(&p, input).unwrap(), input);
     }
 
+    /// Numbers side by side are text's, not JSON's: `4111 1111 1111 1111` read as four numbers
+    /// holds no card, so a number or literal on a line with another value is left to the
+    /// caller's text reading; one such value alone or on its own line, and documents side by
+    /// side, are JSON.
+    #[test]
+    fn a_number_among_several_values_is_not_read_as_json() {
+        let p = all_detectors();
+        for input in [
+            "4111 1111 1111 1111\n",
+            "{\"a\":1} 4111 1111 1111 1111",
+            "[1]\n415 555 0132",
+            "true 4111111111111111",
+        ] {
+            assert!(
+                matches!(mask(&p, input), Err(MaskError::Malformed { .. })),
+                "{input}"
+            );
+        }
+        assert_eq!(
+            mask(&p, " 4111111111111111 ").unwrap(),
+            " \"[REDACTED:CREDIT_CARD]\" "
+        );
+        assert_eq!(mask(&p, "7\n").unwrap(), "7\n");
+        // One per line, as NDJSON has them: each is its own value.
+        assert_eq!(
+            mask(&p, "4111\n1111\r\n[1]\ntrue").unwrap(),
+            "4111\n1111\r\n[1]\ntrue"
+        );
+        assert_eq!(
+            mask(&p, "{\"a\":1}\n[2]\n\"x\"\n").unwrap(),
+            "{\"a\":1}\n[2]\n\"x\"\n"
+        );
+    }
+
     #[test]
     fn selected_values_of_any_type_become_strings() {
         let p = plan(json!([{"jsonFields": ["$.s", "$.n", "$.b", "$.z", "$.o", "$.a"]}]));
@@ -818,11 +868,11 @@ mod tests {
     fn several_top_level_values() {
         let p = all_detectors().merge(&plan(json!([{"jsonFields": ["$.k"], "strategy": "Partial"}])));
         let mut out = Vec::new();
-        let input = "{\"k\":\"0123456789abcdef\",\"e\":\"x@y.io\"}\n{\"k\":true}\n\n\"z@y.io\" 7\n";
+        let input = "{\"k\":\"0123456789abcdef\",\"e\":\"x@y.io\"}\n{\"k\":true}\n\n\"z@y.io\"\n7\n";
         let report = p.mask_json(input.as_bytes(), &mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "{\"k\":\"************cdef\",\"e\":\"[REDACTED:EMAIL]\"}\n{\"k\":\"****\"}\n\n\"[REDACTED:EMAIL]\" 7\n"
+            "{\"k\":\"************cdef\",\"e\":\"[REDACTED:EMAIL]\"}\n{\"k\":\"****\"}\n\n\"[REDACTED:EMAIL]\"\n7\n"
         );
         assert_eq!(
             (report.fields, report.detections, report.detected(Detector::Email)),

@@ -1690,6 +1690,38 @@ mod tests {
         ));
     }
 
+    /// A text body of digit groups is the detectors' text, with field rules or without: read
+    /// as a sequence of JSON numbers, each group alone was no card.
+    #[test]
+    fn digit_groups_in_text_are_found_by_the_detectors() {
+        let rules: Vec<agentgate_crds::policy::MaskingRule> =
+            serde_json::from_value(json!([{"detectors": ["CreditCard", "Phone"]}])).unwrap();
+        let detectors = MaskingPlan::compile(&rules.iter().collect::<Vec<_>>(), HashKey::process()).unwrap();
+        let rules: Vec<agentgate_crds::policy::MaskingRule> =
+            serde_json::from_value(json!([{"jsonFields": ["$..ssn"]}, {"detectors": ["CreditCard"]}]))
+                .unwrap();
+        let fields = MaskingPlan::compile(&rules.iter().collect::<Vec<_>>(), HashKey::process()).unwrap();
+        for plan in [&detectors, &fields] {
+            for body in [
+                "4111 1111 1111 1111\n",
+                "4111 1111 1111 1111\n3782 822463 10005\n",
+                "{\"ssn\":\"078-05-1120\"}\n4111 1111 1111 1111\n",
+            ] {
+                let (out, report) = mask_whole(plan, ContentClass::Text, body.as_bytes()).unwrap();
+                let out = String::from_utf8(out).unwrap();
+                assert!(!out.contains("1111 1111"), "{body:?} -> {out:?}");
+                assert!(report.detections >= 1, "{body:?}");
+            }
+        }
+        let (out, _) = mask_whole(&detectors, ContentClass::Text, b"415 555 0132\n").unwrap();
+        assert!(!String::from_utf8(out).unwrap().contains("555 0132"));
+        // Labelled JSON, such a body is not JSON: refused as unreadable, not passed on.
+        assert!(matches!(
+            mask_whole(&detectors, ContentClass::Json, b"4111 1111 1111 1111"),
+            Err(MaskFailure::Unparseable(_))
+        ));
+    }
+
     fn text_plan() -> MaskingPlan {
         let rules: Vec<agentgate_crds::policy::MaskingRule> =
             serde_json::from_value(serde_json::json!([{"detectors": ["Email", "PrivateKey"]}])).unwrap();
