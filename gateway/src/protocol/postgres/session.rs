@@ -1633,14 +1633,18 @@ impl Live {
     /// withholds the value.
     fn recorded_param(&self, text: &str) -> Value {
         if let Some(bytes) = super::rows::bytea_hex(text.as_bytes())
-            && !self.plan.mask_text(&String::from_utf8_lossy(&bytes)).1.is_empty()
+            && !self
+                .plan
+                .mask_escaped_text(&String::from_utf8_lossy(&bytes), false)
+                .1
+                .is_empty()
         {
             return Value::String(format!(
                 "<bytea, {} bytes, withheld by the detectors>",
                 bytes.len()
             ));
         }
-        Value::String(self.cut_hiding(&self.plan.mask_text(text).0, 1024))
+        Value::String(self.cut_hiding(&self.plan.mask_escaped_text(text, false).0, 1024))
     }
 
     /// `text` cut to `max` bytes with the agent's token hidden first: cut first, the start of a
@@ -1657,7 +1661,7 @@ impl Live {
             return "unparseable: [parser message withheld: the statement may carry a password]".into();
         }
         truncate(
-            &self.plan.mask_text(&format!("unparseable: {e}")).0,
+            &self.plan.mask_escaped_text(&format!("unparseable: {e}"), false).0,
             MAX_RECORDED_SQL,
         )
     }
@@ -2580,7 +2584,13 @@ impl ClientSide {
                 {
                     Some(text) => self.live.recorded_param(&text),
                     // Raw bytes of a type the gateway does not read still meet the detectors.
-                    None if self.live.plan.mask_text(&String::from_utf8_lossy(v)).1.is_empty() => {
+                    None if self
+                        .live
+                        .plan
+                        .mask_escaped_text(&String::from_utf8_lossy(v), false)
+                        .1
+                        .is_empty() =>
+                    {
                         Value::String(format!("<binary, {} bytes>", v.len()))
                     }
                     None => Value::String(format!("<binary, {} bytes, withheld by the detectors>", v.len())),
@@ -3134,7 +3144,7 @@ impl ServerSide {
                 let copy_out = self.result.as_ref().is_some_and(|s| s.plan.copy_out);
                 if copy_out && self.live.plan.has_detectors() {
                     let text = String::from_utf8_lossy(&frame.body);
-                    let (masked, report) = self.live.plan.mask_text(&text);
+                    let (masked, report) = self.live.plan.mask_escaped_text(&text, false);
                     self.report.add(&report);
                     Frame {
                         tag: frame.tag,
@@ -3177,7 +3187,7 @@ impl ServerSide {
                     n.payload = WITHHELD_PAYLOAD.as_bytes().to_vec();
                 } else if self.live.plan.has_detectors() {
                     let text = String::from_utf8_lossy(&n.payload).into_owned();
-                    let (masked, report) = self.live.plan.mask_text(&text);
+                    let (masked, report) = self.live.plan.mask_escaped_text(&text, false);
                     if !report.is_empty() {
                         self.report.add(&report);
                         n.payload = masked.into_owned().into_bytes();
@@ -3320,7 +3330,7 @@ impl ServerSide {
         }
         for (f, value) in e.fields.iter_mut() {
             if TEXT.contains(f) {
-                let (masked, report) = self.live.plan.mask_text(value);
+                let (masked, report) = self.live.plan.mask_escaped_text(value, false);
                 if !report.is_empty() {
                     *value = masked.into_owned();
                 }

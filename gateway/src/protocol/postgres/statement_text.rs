@@ -17,7 +17,11 @@ pub fn mask(plan: &MaskingPlan, sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     for piece in pieces(sql) {
         out.push_str(&sql[piece.start..piece.inner.0]);
-        out.push_str(&plan.mask_text(&sql[piece.inner.0..piece.inner.1]).0);
+        out.push_str(
+            &plan
+                .mask_escaped_text(&sql[piece.inner.0..piece.inner.1], false)
+                .0,
+        );
         out.push_str(&sql[piece.inner.1..piece.end]);
     }
     out
