@@ -1110,6 +1110,13 @@ const MIN_PEM_CHUNK: usize = 16;
 /// The encapsulated headers an encrypted PEM key may carry before its base64.
 const PEM_HEADERS: [&[u8]; 2] = [b"Proc-Type:", b"DEK-Info:"];
 
+/// The armor headers an OpenPGP key block may carry before its base64 (RFC 4880, 6.2), whose
+/// values are free text (`Version: GnuPG v1`, `Comment: https://...`) to the end of the line.
+const ARMOR_HEADERS: [&[u8]; 5] = [b"Version:", b"Comment:", b"Hash:", b"Charset:", b"MessageID:"];
+
+/// Longest armor header value taken in as the key's.
+const MAX_ARMOR_HEADER: usize = 512;
+
 /// What an escape at `i` (a run of backslashes, for text escaped once or more) stands for,
 /// and where it ends: `\n`, `\r`, `\t` and a backslash before a real line break (a
 /// continued line) as `\n`; `\/` as `/`; `\uXXXX` as its character (.NET writes `+` as
@@ -1222,6 +1229,16 @@ pub(crate) fn pem_body_end(t: &[u8], begin: usize, from: usize) -> usize {
             let value = t[j..]
                 .iter()
                 .take_while(|&&b| b.is_ascii_alphanumeric() || matches!(b, b':' | b',' | b'-' | b' '))
+                .count();
+            i = j + value;
+            continue;
+        }
+        if in_headers && ARMOR_HEADERS.iter().any(|h| t[j..].starts_with(h)) {
+            // To the line's end, written or escaped (a key in a JSON string).
+            let value = t[j..]
+                .iter()
+                .take(MAX_ARMOR_HEADER)
+                .take_while(|&&b| !matches!(b, b'\n' | b'\r' | b'\\' | b'"'))
                 .count();
             i = j + value;
             continue;
@@ -1671,6 +1688,19 @@ mod tests {
         );
         let encrypted = "-----BEGIN RSA PRIVATE KEY-----\r\nProc-Type: 4,ENCRYPTED\r\nDEK-Info: AES-128-CBC,0A1B\r\n\r\n  MIIE==\r\n-----END RSA PRIVATE KEY-----";
         assert_eq!(only(&format!("{encrypted}\n"), Detector::PrivateKey), [encrypted]);
+        // An OpenPGP key block's armor headers hold free text (GnuPG 1.x, BouncyCastle).
+        let line = "lQOYBF2x3kEBCADKz1Ln8JfF0Qk7oYw2vXxq9dJ0b8rT3yUe1sWkR5mNpLhZcA4gBt";
+        let pgp = format!(
+            "-----BEGIN PGP PRIVATE KEY BLOCK-----\nVersion: GnuPG v1 (https://gnupg.org)\nComment: BCPG C# v1.6.1.0\n\n{line}\n{line}\n"
+        );
+        let text = format!("{pgp}=AbCd\n-----END PGP PRIVATE KEY BLOCK-----\n");
+        let found = only(&text, Detector::PrivateKey);
+        assert_eq!(found.len(), 1);
+        assert!(found[0].starts_with(&pgp[..pgp.len() - 1]), "{found:?}");
+        let escaped = pgp.replace('\n', "\\n");
+        let text = format!("{{\"key\":\"{escaped}\"}}");
+        let found = only(&text, Detector::PrivateKey);
+        assert!(found.len() == 1 && found[0].contains(&line[..20]), "{found:?}");
         // Nothing a key's body cannot hold is taken in, END line or not.
         assert_eq!(
             only(
