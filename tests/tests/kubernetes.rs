@@ -808,6 +808,12 @@ fn secret_values_cannot_be_patched_out_of_masking() {
             json!([{"op": "test", "path": "/data/password", "value": BASE64.encode(SECRET_VALUE)}]),
             "may not test",
         ),
+        // A copy is a value to write guesses over, each confirmed by an unchanged
+        // resourceVersion.
+        (
+            json!([{"op": "copy", "from": "/data/password", "path": "/data/probe"}]),
+            "may not copy its data",
+        ),
         // The API server drops whatever precedes a pointer's first `/`.
         (
             json!([{"op": "add", "path": "/metadata/annotations", "value": {}},
@@ -836,14 +842,15 @@ fn secret_values_cannot_be_patched_out_of_masking() {
         let text = show(&out);
         assert!(!out.status.success() && text.contains(why), "{ops}: {text}");
     }
-    // Within data, a copy stays masked and goes on.
-    let out = patch(json!([{"op": "copy", "from": "/data/password", "path": "/data/backup"}]));
+    // Within data, a move stays masked and goes on.
+    let out = patch(json!([{"op": "move", "from": "/data/password", "path": "/data/backup"}]));
     assert!(out.status.success(), "{}", show(&out));
     let stored = json_of(
         &k.env
             .kubectl_ok("admin", &["get", "secret", "agent-three", "-o", "json"]),
     );
     assert_eq!(stored["data"]["backup"], BASE64.encode(SECRET_VALUE).as_str());
+    assert!(stored["data"].get("password").is_none(), "{stored}");
     assert!(
         stored["metadata"]
             .get("annotations")
@@ -1107,6 +1114,18 @@ subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: gateway}}]
             )
         );
     }
+
+    // The API server's audit event takes the gateway's request ID, not one the agent names.
+    let r = k.curl(
+        &format!("/api/v1/namespaces/{ns}/pods"),
+        &["Audit-ID: 3f1e0c4a-another-request"],
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    let audit_id = r.header("audit-id");
+    assert!(
+        audit_id.is_some() && audit_id == r.header("x-request-id"),
+        "{r:?}"
+    );
 
     // Who the API server thinks the agent is: the gateway's user, whatever the agent asks for.
     let direct = json_of(&k.env.kubectl_ok("gateway", &["auth", "whoami", "-o", "json"]));

@@ -303,25 +303,36 @@ fn query(parts: &Parts) -> HashMap<String, String> {
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    // As the API server's audit filter: the client's Audit-ID is the event's, or a new one, and
+    // is echoed on the response.
+    let audit_id = req.headers().get("audit-id").cloned().unwrap_or_else(|| {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        hyper::header::HeaderValue::from_str(&format!("emulated-{n}")).expect("ASCII")
+    });
+    let mut response = respond(shared, req).await;
+    response.headers_mut().insert("audit-id", audit_id);
+    Ok(response)
+}
+
+async fn respond(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let user = match auth::authenticate(&shared.users, &parts.headers) {
         Ok(Some(user)) => Some(user.clone()),
         Ok(None) if shared.allow_anonymous => None,
-        _ => return Ok(error_response(&ApiError::unauthorized())),
+        _ => return error_response(&ApiError::unauthorized()),
     };
     let user = match impersonate(&shared, user, &parts.headers) {
         Ok(user) => user,
-        Err(e) => return Ok(error_response(&e)),
+        Err(e) => return error_response(&e),
     };
     let body = match body.collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(e) => {
-            return Ok(error_response(&ApiError::bad_request(format!(
-                "reading the body: {e}"
-            ))));
+            return error_response(&ApiError::bad_request(format!("reading the body: {e}")));
         }
     };
-    Ok(route(&shared, &parts, &body, user.as_ref()).unwrap_or_else(|e| error_response(&e)))
+    route(&shared, &parts, &body, user.as_ref()).unwrap_or_else(|e| error_response(&e))
 }
 
 /// The user a request acts as: the authenticated one, or the one it impersonates if that user

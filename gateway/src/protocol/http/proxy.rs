@@ -226,6 +226,9 @@ pub async fn handle(
 const REQUEST_IDS_PER_DRAW: usize = 256;
 
 /// 24 random hex digits (unpredictable, so an id names one request and reveals no count).
+/// The request header whose value the Kubernetes API server records as its audit event's ID.
+const AUDIT_ID: header::HeaderName = header::HeaderName::from_static("audit-id");
+
 fn new_request_id() -> String {
     thread_local! {
         static POOL: std::cell::RefCell<(Vec<u8>, usize)> = const { std::cell::RefCell::new((Vec::new(), 0)) };
@@ -307,6 +310,20 @@ fn check_framing(req: &Parts) -> Result<(), Problem> {
     // read as a kind the gateway did not check it as.
     if h.get_all(header::CONTENT_TYPE).iter().count() > 1 {
         return Err(bad_request("a request must carry at most one Content-Type"));
+    }
+    // The gateway reads these as text to know what the body is (a JSON patch of a Secret, a
+    // server-side apply, a form, a multipart body); a byte past ASCII would make it read none,
+    // while the upstream reads the type before it (`application/json-patch+json;\xff`).
+    for name in [header::CONTENT_TYPE, header::CONTENT_ENCODING] {
+        if h.get_all(&name).iter().any(|v| {
+            v.as_bytes()
+                .iter()
+                .any(|&b| !(b == b'\t' || (b' '..=b'~').contains(&b)))
+        }) {
+            return Err(bad_request(format!(
+                "the {name} header may hold only visible ASCII characters"
+            )));
+        }
     }
     if let Some(token) = headers::connection_names_end_to_end(h) {
         return Err(bad_request(format!(
@@ -1133,6 +1150,13 @@ async fn proxy(
     out_headers.remove(header::HOST);
     if let Ok(v) = HeaderValue::from_str(&upstream.authority) {
         out_headers.insert(header::HOST, v);
+    }
+    // The API server takes an Audit-ID as its audit event's: the agent's own would let it give
+    // its actions another request's ID. The gateway's request ID links the two records instead.
+    if kube_info.is_some()
+        && let Ok(v) = HeaderValue::from_str(request_id)
+    {
+        out_headers.insert(AUDIT_ID, v);
     }
     // Resource responses must be JSON to be masked; discovery and OpenAPI documents carry no
     // object data and kubectl reads some of them only as protobuf.
@@ -2347,6 +2371,41 @@ mod tests {
             check_framing(&parts).is_ok(),
             "inner whitespace is the value's own"
         );
+    }
+
+    /// A Content-Type the gateway cannot read as text would hide a JSON patch of a Secret, a
+    /// server-side apply or a multipart body from its checks; the upstream reads it up to `;`.
+    #[test]
+    fn content_types_past_ascii_are_refused() {
+        for (name, value) in [
+            (header::CONTENT_TYPE, &b"application/json-patch+json;\xff"[..]),
+            (header::CONTENT_TYPE, b"application/apply-patch+yaml; x=\xc3\xa9"),
+            (header::CONTENT_ENCODING, b"gzip\x80"),
+        ] {
+            let (parts, ()) = Request::builder()
+                .method("PATCH")
+                .uri("/api/v1/namespaces/a/secrets/db")
+                .header(header::HOST, "gw")
+                .header(&name, HeaderValue::from_bytes(value).unwrap())
+                .body(())
+                .unwrap()
+                .into_parts();
+            let refused = check_framing(&parts).unwrap_err();
+            assert_eq!(refused.kind, Kind::BadRequest, "{value:?}");
+            assert!(refused.detail.contains("visible ASCII"), "{}", refused.detail);
+        }
+        let (parts, ()) = Request::builder()
+            .method("PATCH")
+            .uri("/api/v1/namespaces/a/secrets/db")
+            .header(header::HOST, "gw")
+            .header(
+                header::CONTENT_TYPE,
+                "application/merge-patch+json; charset=utf-8",
+            )
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert!(check_framing(&parts).is_ok());
     }
 
     #[test]

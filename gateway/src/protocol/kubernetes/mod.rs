@@ -215,9 +215,10 @@ pub fn is_json_patch(ct: &str) -> bool {
     media_type == "application/json-patch+json"
 }
 
-/// Why a JSON patch of a Secret is refused, if it is: it copies or moves a value out of `data`
-/// or `stringData` (or the whole object) to a field masking does not cover, or `test`s one
-/// (an oracle that confirms guesses). A patch the gateway cannot read is refused too.
+/// Why a JSON patch of a Secret is refused, if it is: it copies a value of `data` or
+/// `stringData` (or the whole object) anywhere, or moves one to a field masking does not cover,
+/// or `test`s one (an oracle that confirms guesses). A patch the gateway cannot read is refused
+/// too.
 pub fn secret_patch_refusal(body: &[u8]) -> Option<&'static str> {
     const UNREADABLE: &str =
         "a JSON patch of a Secret must be a JSON array of operations the gateway can read";
@@ -238,6 +239,14 @@ pub fn secret_patch_refusal(body: &[u8]) -> Option<&'static str> {
                 if holds_secret_values(from) && !stays_in_data {
                     return Some(
                         "a JSON patch of a Secret may not copy or move its data to another field, where masking would not cover it",
+                    );
+                }
+                // A copy kept in `data` is a value the agent may overwrite with guesses and
+                // copy again: a write that changes nothing keeps the resourceVersion, which
+                // confirms a guess without losing the value. (A move keeps no original.)
+                if kind == "copy" && holds_secret_values(from) {
+                    return Some(
+                        "a JSON patch of a Secret may not copy its data, even within data: guesses written over the copy would be confirmed by an unchanged resourceVersion",
                     );
                 }
                 // The API server parses these keys of a docker-config Secret as JSON, and its
@@ -398,9 +407,13 @@ mod tests {
                 "{to}"
             );
         }
-        // Within data, and everything that reads no value, goes on.
+        // A copy within data is a value to write guesses over.
+        assert!(refused(
+            serde_json::json!([{"op": "copy", "from": "/data/p", "path": "/data/q"}])
+        ));
+        // A move within data, and everything that reads no value, goes on.
         for ok in [
-            serde_json::json!([{"op": "copy", "from": "/data/p", "path": "/data/q"}]),
+            serde_json::json!([{"op": "move", "from": "/data/p", "path": "/data/q"}]),
             serde_json::json!([{"op": "move", "from": "/data/p", "path": "/stringData/q"}]),
             serde_json::json!([{"op": "replace", "path": "/data/p", "value": "eA=="}]),
             serde_json::json!([{"op": "test", "path": "/metadata/name", "value": "db"}]),
