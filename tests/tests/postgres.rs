@@ -2874,6 +2874,17 @@ fn approvals_defer_hold_once_window_and_self_approval_for_sql() {
             shown["spec"]["operation"]["detail"],
             "prepared del: DELETE FROM orders WHERE id = $1"
         );
+        // The same EXECUTE through the extended protocol: bound and shown alike.
+        let e = c.execute("EXECUTE del(99)", &[]).await.unwrap_err();
+        let (code, message) = db_error(&e);
+        assert_eq!(code, "42501", "{message}");
+        let (ok, shown) = approvals(&s.gw, &alice, &["show", &request_name(&message)]);
+        assert!(ok, "{shown}");
+        let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+        assert_eq!(
+            shown["spec"]["operation"]["detail"],
+            "prepared del: DELETE FROM orders WHERE id = $1"
+        );
 
         // Window: approved once, then matching statements pass until it ends, mid-session.
         let e = c

@@ -2671,12 +2671,29 @@ impl ClientSide {
                 parts.push(if value.is_some() { b"v" } else { b"n" });
                 parts.push(value.as_deref().unwrap_or_default());
             }
+            // A SQL-level EXECUTE runs what its name was prepared as in this session: that is
+            // part of the operation, bound and shown, as on the simple path (the same name
+            // prepared otherwise in another session is another operation).
+            let executed: Option<(String, String)> = st.execute.as_ref().and_then(|name| {
+                let prepared = lock(&self.shared);
+                let inner = prepared.sql.get(name)?.as_ref()?;
+                Some((name.clone(), inner.text.clone()))
+            });
+            if let Some((name, text)) = &executed {
+                parts.extend([b"prepared".as_slice(), name.as_bytes(), text.as_bytes()]);
+            }
             let fingerprint = approval::fingerprint(&parts);
             // The approver reads the values too, as recorded (masked, long text cut).
-            let detail = (!portal.params.is_empty()).then(|| {
+            let mut shown = Vec::new();
+            if let Some((name, text)) = &executed {
+                shown.push(format!("prepared {name}: {}", live.masked_sql(text)));
+            }
+            if !portal.params.is_empty() {
                 let params = serde_json::to_string(&portal.params).unwrap_or_default();
-                approval::cut_detail_hiding(&format!("params: {params}"), Some(&self.live.token))
-            });
+                shown.push(format!("params: {params}"));
+            }
+            let detail = (!shown.is_empty())
+                .then(|| approval::cut_detail_hiding(&shown.join("\n"), Some(&self.live.token)));
             match self
                 .approve(&v, &st.text, fingerprint, detail, approval::sql_reason(&st.text))
                 .await
