@@ -841,6 +841,31 @@ fn server_sent_events_stream_masked_as_they_come() {
     );
 }
 
+/// A response streams while the token it was asked with is valid: the event the upstream sends
+/// after the token expired does not reach the agent (the stream is cut), as a PostgreSQL session
+/// ends with its token.
+#[test]
+fn a_stream_ends_when_its_token_expires() {
+    let s = setup(false);
+    // The gateway fetches the issuer's keys on its first request: not on the short token's clock.
+    let warm = curl(
+        &["-H", &format!("Authorization: Bearer {}", token(&s.idp))],
+        &s.gw.url("/okta/users"),
+    );
+    assert_eq!(warm.status, 403, "verified, then denied: {warm:?}");
+    let answer = s.idp.token("ci-agent", "api://agentgate-short", None);
+    let short = answer["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"));
+    // Events now and in 4.5 seconds; the token lives 3 (2 to 3 from now, by its whole seconds).
+    let r = curl(
+        &["-N", "-H", &format!("Authorization: Bearer {short}")],
+        &s.gw.url("/okta/events?gap_ms=4500"),
+    );
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, "data: first, from [REDACTED:EMAIL]\n\n", "{r:?}");
+}
+
 /// `spec.suspend` on the AgentIdentity cuts its agent off on the next request, with a 403 that
 /// names the cause (not a 401, which would send the agent to fetch another token); lifting it
 /// lets the same token in again.

@@ -161,9 +161,14 @@ class Handler(BaseHTTPRequestHandler):
                 # Pretty-printed, split over data lines as SSE libraries split multi-line data.
                 b'data: {\ndata:   "profile": {"mobilePhone": "+1 415 555 0177"}\ndata: }\n\n',
             ]
+            gap = 2.0
+            for part in self.path.split("?", 1)[1:]:
+                for kv in part.split("&"):
+                    if kv.startswith("gap_ms="):
+                        gap = int(kv[7:]) / 1000
             for i, event in enumerate(events):
                 if i:
-                    time.sleep(2)
+                    time.sleep(gap)
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
                 self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")

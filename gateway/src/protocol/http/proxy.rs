@@ -19,7 +19,7 @@ use hyper::http::request::Parts;
 use hyper::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use serde_json::{Value, json};
 
-use super::body::{Body, BodyError, full};
+use super::body::{self, Body, BodyError, full};
 use super::headers;
 use super::method_override::{self, BodyKind};
 use super::normalize;
@@ -1290,7 +1290,10 @@ async fn proxy(
         record_upstream_failure(gw, &plane, session.as_deref(), request_id, &problem, sent);
         return Err(problem);
     }
-    let mut res_body: Body = res_body.map_err(|e| -> BodyError { Box::new(e) }).boxed();
+    let mut res_body: Body = body::until_expiry(
+        res_body.map_err(|e| -> BodyError { Box::new(e) }).boxed(),
+        principal.expires_at,
+    );
     // An upstream that reflects the credential it was sent must not hand it to the agent.
     if let Some(finder) = &upstream.scrub {
         let leaking: Vec<_> = res_parts
