@@ -1357,7 +1357,11 @@ struct Raw(TcpStream, (i32, i32));
 
 impl Raw {
     fn login(port: u16, token: &str) -> Raw {
-        let mut raw = Raw::startup(port);
+        Raw::login_as(port, "ci-agent", token)
+    }
+
+    fn login_as(port: u16, user: &str, token: &str) -> Raw {
+        let mut raw = Raw::startup_as(port, user);
         let mut pw = token.as_bytes().to_vec();
         pw.push(0);
         raw.send(b'p', &pw);
@@ -1376,11 +1380,15 @@ impl Raw {
 
     /// Connected and started up, asked for the password.
     fn startup(port: u16) -> Raw {
+        Raw::startup_as(port, "ci-agent")
+    }
+
+    fn startup_as(port: u16, user: &str) -> Raw {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut body = Vec::new();
         body.extend_from_slice(&196608i32.to_be_bytes());
-        for (k, v) in [("user", "ci-agent"), ("database", "shop")] {
+        for (k, v) in [("user", user), ("database", "shop")] {
             body.extend_from_slice(k.as_bytes());
             body.push(0);
             body.extend_from_slice(v.as_bytes());
@@ -2304,6 +2312,77 @@ fn rows_sent_before_a_statement_fails_are_recorded() {
     assert!(!result.contains("@example.com"), "masked as sent: {result}");
     let error = recorded.find(r#""type":"pg.error""#).unwrap();
     assert!(recorded.find(r#""type":"pg.result""#).unwrap() < error);
+}
+
+/// A session opened with an introspected token ends once the provider revokes it (within the
+/// introspection cache's TTL and the gateway's recheck), as an HTTP request with it would be
+/// refused: the token's expiry, hours away, is no bound for a revoked token.
+#[test]
+fn a_session_ends_when_its_introspected_token_is_revoked() {
+    let idp = OidcProvider::start();
+    let pg = PgServer::start();
+    let role = pg.scram.name.clone();
+    set_password(&pg, &role);
+    pg.psql(&format!("GRANT ALL ON ALL TABLES IN SCHEMA public TO {role};"));
+    let cert = ServingCert::generate();
+    let plain = free_port();
+    let opaque = r#"---
+apiVersion: agentgate.dev/v1alpha1
+kind: AgentIdentity
+metadata: {name: opaque-agent, namespace: e2e}
+spec:
+  issuer: ISSUER
+  audiences: ["api://opaque"]
+  tokenType: Introspection
+  match: {claims: {client_id: ci-agent}}
+  introspection:
+    clientId: agentgate
+    authMethod: client_secret_basic
+    secretRef: {name: idp, key: secret}
+    cacheTtl: 1s
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: idp, namespace: e2e}
+stringData: {secret: agentgate-introspection-secret}
+---
+apiVersion: agentgate.dev/v1alpha1
+kind: AccessPolicy
+metadata: {name: opaque-agent-shop, namespace: e2e}
+spec:
+  subjects: {identities: [opaque-agent]}
+  connections: [shop]
+  rules:
+    - {name: select, action: Allow, sql: {statements: [Select]}}
+"#
+    .replace("ISSUER", &idp.issuer);
+    let base = manifests(&idp.issuer, &pg, &cert, plain, &role, pg.port);
+    let gw = Gateway::start(&format!("{base}\n{opaque}"));
+    let answer = idp.token("ci-agent", "api://opaque", None);
+    let token = answer["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{answer}"))
+        .to_string();
+    let mut r = Raw::login_as(plain, "opaque-agent", &token);
+    r.send(b'Q', b"SELECT 1\0");
+    assert!(r.until_ready().iter().any(|(t, _)| *t == b'D'));
+    let revoked = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+        .args(["-u", "ci-agent:ci-agent-secret", "-d", &format!("token={token}")])
+        .arg(format!("{}/token/revocation", idp.issuer))
+        .output()
+        .expect("curl runs");
+    assert_eq!(String::from_utf8_lossy(&revoked.stdout), "200");
+    // The cache's second and the gateway's recheck, with room to spare.
+    std::thread::sleep(Duration::from_secs(8));
+    let msgs = r.until_ready();
+    assert_eq!(errors(&msgs), ["28000"], "{msgs:?}\n{}", gw.output());
+    let error = msgs.iter().find(|(t, _)| *t == b'E').unwrap();
+    let text = String::from_utf8_lossy(&error.1).into_owned();
+    assert!(
+        text.contains("no longer accepted") && !text.contains(&token),
+        "{text}"
+    );
 }
 
 /// A session lasts as long as the token it was opened with, as an HTTP request with that token

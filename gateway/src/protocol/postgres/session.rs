@@ -388,6 +388,12 @@ fn defines_code(st: &Statement) -> bool {
     }
 }
 
+/// How often a session's token is verified again: an introspected token revoked at its provider
+/// ends the session within the introspection cache's TTL and this, as it stops an HTTP request;
+/// a JWT, once its issuer withdraws the key that signed it. (Between these, the verifier's
+/// cache answers.)
+pub const TOKEN_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Most named prepared statements one session keeps: each holds its classified statement, and
 /// every agent's session shares the process.
 const MAX_NAMED_STATEMENTS: usize = 4096;
@@ -421,6 +427,9 @@ struct Live {
     token_expires_at: i64,
     /// The token itself, hidden from what approvers read (the recording hides it on its own).
     token: Arc<str>,
+    /// The startup packet's database and the client's address, as the token was verified for.
+    database: String,
+    peer: std::net::IpAddr,
     plan: MaskingPlan,
     masked: Arc<MaskedColumns>,
     /// The database's own functions that field notation (`o.name`) may call, or that a call of
@@ -668,6 +677,8 @@ async fn start(
             groups: principal.groups.clone(),
             token_expires_at: principal.expires_at,
             token: token.as_str().into(),
+            database: s.database.clone(),
+            peer: peer.ip(),
             plan,
             masked: Arc::new(masked),
             shadows,
@@ -1138,6 +1149,36 @@ impl Live {
                 }
             }
         }))
+    }
+
+    /// Verifies the session's token again every [`TOKEN_RECHECK`], as the current configuration
+    /// verifies; returns why once it is refused (or names another agent).
+    async fn token_refused(self: Arc<Self>) -> String {
+        let mut every = tokio::time::interval(TOKEN_RECHECK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        let authorization = format!("Bearer {}", self.token);
+        let url = format!("postgres://gateway/{}", self.database);
+        loop {
+            every.tick().await;
+            let Some(plane) = self.ctx.gateway.plane() else {
+                continue;
+            };
+            let Ok(verifier) = plane.verifier.as_ref() else {
+                return "the gateway cannot verify tokens (configuration error)".into();
+            };
+            let presented = Presented {
+                authorization: Some(&authorization),
+                dpop: &[],
+                target: RequestTarget::at("CONNECT", &url),
+                peer: Some(self.peer),
+            };
+            match verifier.verify(&presented, unix_now()).await {
+                Ok(p) if p.identity == self.identity && p.subject == self.subject => {}
+                Ok(_) => return "it now names another agent".into(),
+                Err(e) => return e.kind.describe().into(),
+            }
+        }
     }
 
     /// Decides one statement (after resolving SQL-level EXECUTE to its prepared statement).
@@ -1729,8 +1770,16 @@ impl Live {
             .unwrap_or(0)
             .min(10 * 365 * 24 * 3600);
         let expiry = tokio::time::sleep(std::time::Duration::from_secs(left));
+        let refused = this.clone().token_refused();
         let reason = tokio::select! {
             reason = client_side => reason,
+            why = refused => {
+                let _ = stop.send(Pending::Fatal(Fatal(ErrorResponse::fatal(
+                    sqlstate::INVALID_AUTHORIZATION,
+                    format!("the token this session was opened with is no longer accepted: {why}; connect again with a fresh one"),
+                ))));
+                "token refused".to_string()
+            }
             () = expiry => {
                 let _ = stop.send(Pending::Fatal(Fatal(ErrorResponse::fatal(
                     sqlstate::INVALID_AUTHORIZATION,
