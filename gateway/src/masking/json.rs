@@ -404,9 +404,12 @@ impl<'i> Rewriter<'_, 'i, '_> {
 
     /// Runs the detectors on the string whose content is at `content`, replacing what they find.
     fn detect(&mut self, content: Range<usize>, escaped: bool, features: Features) -> Result<(), MaskError> {
+        // A value inside a URL (`search=card%20eq%20%224111...%22`, `%2B1415...`) is
+        // percent-encoded in the string: read as decoded too, as text is.
+        let percent = memchr(b'%', &self.input[content.clone()]).is_some();
         // An escape can hide any character, so only unescaped text is ruled out by its raw
         // features; decoding only shortens text, so a short raw string is short decoded too.
-        let worth = if escaped {
+        let worth = if escaped || percent {
             !self.plan.active.is_empty() && content.len() >= detectors::MIN_TEXT
         } else {
             features.worth_scanning(content.len(), self.plan.active)
@@ -415,16 +418,27 @@ impl<'i> Rewriter<'_, 'i, '_> {
             return Ok(());
         }
         let mut spans = std::mem::take(&mut self.spans);
-        if escaped {
+        if escaped || percent {
             // Detect on the decoded text, so `\u0040` cannot hide an `@`.
-            self.decode(content.clone())?;
-            let decoded = std::mem::take(&mut self.decoded);
+            let decoded = if escaped {
+                self.decode(content.clone())?;
+                std::mem::take(&mut self.decoded)
+            } else {
+                let mut raw = std::mem::take(&mut self.decoded);
+                raw.clear();
+                raw.push_str(self.str_at(content.clone())?);
+                raw
+            };
             let bytes = decoded.as_bytes();
-            detectors::find(bytes, Features::of(bytes), self.plan.active, &mut spans);
+            if percent {
+                spans = super::escaped_spans(self.plan, bytes, false);
+            } else {
+                detectors::find(bytes, Features::of(bytes), self.plan.active, &mut spans);
+            }
             if !spans.is_empty() {
                 self.out
                     .extend_from_slice(&self.input[self.copied..content.start]);
-                self.write_masked(&decoded, &spans, true);
+                self.write_masked(&decoded, &spans, true, percent);
                 self.copied = content.end;
             }
             self.decoded = decoded;
@@ -439,7 +453,7 @@ impl<'i> Rewriter<'_, 'i, '_> {
                 self.out
                     .extend_from_slice(&self.input[self.copied..content.start]);
                 let text = self.str_at(content.clone())?;
-                self.write_masked(text, &spans, false);
+                self.write_masked(text, &spans, false, false);
                 self.copied = content.end;
             }
         }
@@ -448,8 +462,9 @@ impl<'i> Rewriter<'_, 'i, '_> {
     }
 
     /// Writes string content: `text` with `spans` masked. Unescaped text is copied as it is;
-    /// decoded text (`escape`) is escaped again.
-    fn write_masked(&mut self, text: &str, spans: &[Span], escape: bool) {
+    /// decoded text (`escape`) is escaped again. Found values are masked as percent-decoded
+    /// when `percent` (a Hash of `a%40b.com` is the hash of `a@b.com`).
+    fn write_masked(&mut self, text: &str, spans: &[Span], escape: bool, percent: bool) {
         let mut prev = 0;
         let copy = |out: &mut Vec<u8>, s: &str| {
             if escape {
@@ -463,6 +478,13 @@ impl<'i> Rewriter<'_, 'i, '_> {
             copy(self.out, text.get(prev..span.start).unwrap_or_default());
             self.masked.clear();
             let found = text.get(span.start..span.end).unwrap_or_default();
+            let decoded;
+            let found = if percent {
+                decoded = String::from_utf8_lossy(&super::unescaped(found.as_bytes(), false)).into_owned();
+                decoded.as_str()
+            } else {
+                found
+            };
             let strategy = self.plan.strategy_of(span.detector);
             strategy::mask_span(strategy, span.detector, found, &self.plan.key, &mut self.masked);
             write_escaped(self.out, &self.masked);
@@ -808,6 +830,42 @@ mod tests {
             mask(&p, r#""AKIAIOSFODNN7EXAMPLE""#).unwrap(),
             r#""[REDACTED:AWS_ACCESS_KEY]""#
         );
+    }
+
+    /// A value percent-encoded inside a string (a link's query) is found as decoded, as in text;
+    /// the rest of the string stays as written.
+    #[test]
+    fn percent_encoded_values_inside_strings_are_found() {
+        let p = all_detectors();
+        let out = mask(
+            &p,
+            r#"{"href":"https://acme.okta.com/api/v1/users?search=profile.card%20eq%20%224111111111111111%22"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            r#"{"href":"https://acme.okta.com/api/v1/users?search=profile.card%20eq%20%22[REDACTED:CREDIT_CARD]%22"}"#
+        );
+        for (input, gone) in [
+            (r#"{"u":"tel=%2B14155550132"}"#, "4155550132"),
+            (r#"{"u":"next%3DAKIAIOSFODNN7EXAMPLE"}"#, "AKIAIOSFODNN7EXAMPLE"),
+            (r#"{"u":"a\/b?x=1&card%3A4111111111111111"}"#, "4111111111111111"),
+            (r#"{"u":"mail=john%40example.com"}"#, "example.com"),
+        ] {
+            let out = mask(&p, input).unwrap();
+            assert!(
+                !out.contains(gone) && out.contains("[REDACTED:"),
+                "{input} -> {out}"
+            );
+            serde_json::from_str::<serde_json::Value>(&out).unwrap();
+        }
+        // Hashed as decoded: equal values compare equal however they were encoded.
+        let h = plan(json!([{"detectors": ["Email"], "strategy": "Hash"}]));
+        let encoded: serde_json::Value =
+            serde_json::from_str(&mask(&h, r#"{"u":"john%40example.com"}"#).unwrap()).unwrap();
+        let plain: serde_json::Value =
+            serde_json::from_str(&mask(&h, r#"{"u":"john@example.com"}"#).unwrap()).unwrap();
+        assert_eq!(encoded, plain);
     }
 
     #[test]

@@ -450,25 +450,7 @@ impl MaskingPlan {
         {
             return self.mask_text(input);
         }
-        let decoded = unescaped(bytes, plus_is_space);
-        let mut spans = self.find(bytes);
-        let found = self.find(&decoded);
-        // Where each find's ends fall in the text as written, in one more pass over it: a table
-        // of every byte's origin would cost eight bytes per byte of a 16 MiB body.
-        let points: Vec<usize> = found.iter().flat_map(|s| [s.start, s.end]).collect();
-        let origin = source_offsets(bytes, plus_is_space, &points);
-        spans.extend(
-            found
-                .iter()
-                .zip(origin.chunks_exact(2))
-                .map(|(s, o)| detectors::Span {
-                    start: o[0],
-                    end: o[1],
-                    detector: s.detector,
-                }),
-        );
-        // Overlapping finds of the two views are masked as one.
-        detectors::merge_overlaps(&mut spans);
+        let spans = escaped_spans(&self.inner, bytes, plus_is_space);
         self.replace_spans(input, &spans, |raw| {
             Cow::Owned(String::from_utf8_lossy(&unescaped(raw.as_bytes(), plus_is_space)).into_owned())
         })
@@ -519,6 +501,36 @@ impl MaskingPlan {
         strategy::mask_whole(strategy, value, false, &self.inner.key, &mut out);
         out
     }
+}
+
+/// What the detectors find in `bytes` as written and as unescaped (see
+/// [`MaskingPlan::mask_escaped_text`]), as spans of `bytes`, sorted, overlaps merged.
+fn escaped_spans(inner: &Inner, bytes: &[u8], plus_is_space: bool) -> Vec<detectors::Span> {
+    let find = |text: &[u8]| {
+        let mut spans = Vec::new();
+        detectors::find(text, detectors::Features::of(text), inner.active, &mut spans);
+        spans
+    };
+    let decoded = unescaped(bytes, plus_is_space);
+    let mut spans = find(bytes);
+    let found = find(&decoded);
+    // Where each find's ends fall in the text as written, in one more pass over it: a table
+    // of every byte's origin would cost eight bytes per byte of a 16 MiB body.
+    let points: Vec<usize> = found.iter().flat_map(|s| [s.start, s.end]).collect();
+    let origin = source_offsets(bytes, plus_is_space, &points);
+    spans.extend(
+        found
+            .iter()
+            .zip(origin.chunks_exact(2))
+            .map(|(s, o)| detectors::Span {
+                start: o[0],
+                end: o[1],
+                detector: s.detector,
+            }),
+    );
+    // Overlapping finds of the two views are masked as one.
+    detectors::merge_overlaps(&mut spans);
+    spans
 }
 
 /// `bytes` with percent escapes and JSON string escapes decoded, and `+` read as a space when
