@@ -42,6 +42,36 @@ static OKTA_START: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"00
 static PEM_START: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(PEM_BEGIN));
 /// `@` percent-encoded.
 static PERCENT_AT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"%40"));
+/// An AWS secret access key or session token after its name (`aws_secret_access_key = ...`,
+/// `"SecretAccessKey": "..."`, `AWS_SESSION_TOKEN=...`): unlike a key ID, the value has no
+/// shape of its own (40 characters of base64), so its name is what finds it.
+static AWS_SECRET: LazyLock<regex::bytes::Regex> = LazyLock::new(|| {
+    regex::bytes::Regex::new(
+        r#"(?i)(?:secret_?access_?key|session_?token)["']?[ \t]*[:=][ \t]*["']?([A-Za-z0-9/+=]{16,})"#,
+    )
+    .expect("a valid pattern")
+});
+/// Whether a JSON member's name is that of an AWS secret access key or session token
+/// (`SecretAccessKey`, `aws_secret_access_key`, `sessionToken`, ...).
+pub(crate) fn names_aws_secret(name: &[u8]) -> bool {
+    if !(12..=32).contains(&name.len()) {
+        return false;
+    }
+    let mut folded = [0u8; 32];
+    let mut n = 0;
+    for &b in name {
+        if b != b'_' && b != b'-' {
+            folded[n] = b.to_ascii_lowercase();
+            n += 1;
+        }
+    }
+    let folded = &folded[..n];
+    let folded = folded.strip_prefix(b"aws").unwrap_or(folded);
+    folded == b"secretaccesskey" || folded == b"sessiontoken"
+}
+
+/// Shortest text [`AWS_SECRET`] can match in.
+const MIN_AWS_SECRET_TEXT: usize = 30;
 /// `@` percent-encoded twice (a link inside a query: `next=%2Fu%3Femail%3Dalice%2540x.com`).
 static PERCENT_25_AT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"%2540"));
 
@@ -282,6 +312,17 @@ pub(crate) fn find(text: &[u8], features: Features, set: DetectorSet, out: &mut 
             || (set.contains(Detector::GcpApiKey) && len >= GCP_KEY_LEN))
     {
         cloud_keys(text, set, out);
+    }
+    if set.contains(Detector::AwsAccessKey) && len >= MIN_AWS_SECRET_TEXT {
+        for found in AWS_SECRET.captures_iter(text) {
+            if let Some(value) = found.get(1) {
+                out.push(Span {
+                    start: value.start(),
+                    end: value.end(),
+                    detector: Detector::AwsAccessKey,
+                });
+            }
+        }
     }
     if set.contains(Detector::OktaApiToken) && len >= OKTA_TOKEN_LEN && digits >= 2 {
         okta_tokens(text, out);
@@ -1669,6 +1710,49 @@ mod tests {
         // Base64 padding on a part does not end the token there.
         let padded = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0=.c2lnbmF0dXJl==";
         assert_eq!(only(&format!("token={padded}&x=1"), Detector::Jwt), [padded]);
+    }
+
+    /// An AWS secret access key or session token is found by the name before it, in the
+    /// shapes credentials files, environments and JSON written as text give it.
+    #[test]
+    fn aws_secrets_are_found_by_their_names() {
+        let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        for text in [
+            format!(
+                "[default]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\naws_secret_access_key = {secret}\n"
+            ),
+            format!("export AWS_SECRET_ACCESS_KEY={secret}"),
+            format!("{{\"AccessKeyId\":\"x\",\"SecretAccessKey\" : \"{secret}\"}}"),
+            format!("secretAccessKey: '{secret}'"),
+        ] {
+            let found = only(&text, Detector::AwsAccessKey);
+            assert!(found.contains(&secret), "{text}: {found:?}");
+        }
+        let token = "IQoJb3JpZ2luX2VjEJr//////////wEaCXVzLWVhc3QtMSJHMEUCIQ";
+        assert_eq!(
+            only(&format!("AWS_SESSION_TOKEN={token}\n"), Detector::AwsAccessKey),
+            [token]
+        );
+        // Named, but no value of a key's characters; or a value without its name.
+        assert!(
+            only(
+                "the secret_access_key is: rotated yesterday",
+                Detector::AwsAccessKey
+            )
+            .is_empty()
+        );
+        assert!(only(&format!("password = {secret}"), Detector::AwsAccessKey).is_empty());
+        for name in [
+            "SecretAccessKey",
+            "aws_secret_access_key",
+            "sessionToken",
+            "AWS-SESSION-TOKEN",
+        ] {
+            assert!(names_aws_secret(name.as_bytes()), "{name}");
+        }
+        for name in ["Token", "secret", "AccessKeyId", "secretAccessKeyId"] {
+            assert!(!names_aws_secret(name.as_bytes()), "{name}");
+        }
     }
 
     #[test]

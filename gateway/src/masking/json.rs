@@ -276,7 +276,7 @@ impl<'i> Rewriter<'_, 'i, '_> {
                 return Err(malformed(self.pos, "expected a member name"));
             }
             let (content, escaped, features) = self.scan_string()?;
-            let selected = if parent.is_empty() {
+            let mut selected = if parent.is_empty() {
                 None
             } else if escaped {
                 self.decode(content.clone())?;
@@ -288,6 +288,18 @@ impl<'i> Rewriter<'_, 'i, '_> {
                     .paths
                     .step(&mut self.states, parent, Label::Name(&input[content.clone()]))
             };
+            // An AWS secret access key or session token has no shape a detector knows: its
+            // member's name says what it is (`SecretAccessKey`, `aws_session_token`).
+            if selected.is_none() && self.quiet == 0 && self.plan.active.contains(Detector::AwsAccessKey) && {
+                if escaped {
+                    self.decode(content.clone())?;
+                    detectors::names_aws_secret(self.decoded.as_bytes())
+                } else {
+                    detectors::names_aws_secret(&input[content.clone()])
+                }
+            } {
+                selected = Some(FieldMask::Strategy(self.plan.strategy_of(Detector::AwsAccessKey)));
+            }
             // Names are scanned too: a map keyed by email addresses leaks them as surely as values.
             if self.quiet == 0 {
                 self.detect(content, escaped, features)?;
@@ -866,6 +878,22 @@ mod tests {
         let plain: serde_json::Value =
             serde_json::from_str(&mask(&h, r#"{"u":"john@example.com"}"#).unwrap()).unwrap();
         assert_eq!(encoded, plain);
+    }
+
+    /// An AWS secret access key or session token is masked by its member's name (the shape
+    /// the metadata service and STS give them), under the AWS detector.
+    #[test]
+    fn aws_secrets_are_masked_by_their_member_names() {
+        let p = all_detectors();
+        let input = r#"{"Code":"Success","AccessKeyId":"ASIAIOSFODNN7EXAMPLE","SecretAccessKey":"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY","Session\u0054oken":"IQoJb3JpZ2luX2Vj","Expiration":"2026-12-06T23:00:00Z"}"#;
+        let out: serde_json::Value = serde_json::from_str(&mask(&p, input).unwrap()).unwrap();
+        assert_eq!(out["AccessKeyId"], "[REDACTED:AWS_ACCESS_KEY]");
+        assert_eq!(out["SecretAccessKey"], "[REDACTED]");
+        assert_eq!(out["SessionToken"], "[REDACTED]");
+        assert_eq!(out["Expiration"], "2026-12-06T23:00:00Z");
+        // Without the AWS detector, the names mean nothing.
+        let email = plan(json!([{"detectors": ["Email"]}]));
+        assert_eq!(mask(&email, input).unwrap(), input);
     }
 
     #[test]
