@@ -462,6 +462,17 @@ fn http_defer_then_retry_and_hold_through_the_data_path() {
         detail(&owned),
         "content-type: application/json\naccept: */*\nbody: {\"id\": 5, \"owner\": \"[REDACTED:EMAIL]\"}"
     );
+    // What an approver could not read whole is not asked: a body past what it is shown.
+    let long = post(&format!(r#"{{"id": 7, "memo": "{}", "id": 8}}"#, "a".repeat(9000)));
+    assert_eq!(long.status, 403, "{long:?}");
+    let problem = long.json();
+    assert!(problem.get("approvalRequest").is_none(), "{problem}");
+    assert!(
+        problem["approval"]
+            .as_str()
+            .is_some_and(|why| why.contains("an approver is shown at most")),
+        "{problem}"
+    );
     // The agent's own token, sent in the body, is hidden from the approver too.
     let bearer = auth.trim_start_matches("Authorization: Bearer ").to_string();
     let leaky = post(&format!(r#"{{"id": 6, "note": "{bearer}"}}"#));

@@ -1538,6 +1538,28 @@ fn protocol_abuse_is_refused_and_the_gateway_survives() {
     let msgs = r.until_ready();
     let err = msgs.iter().find(|(t, _)| *t == b'E').expect("refused");
     assert_eq!(sqlstate(&err.1), "42501");
+    // A binary value of a type the client never named reads to the approver as its size only:
+    // no approval is asked for what the approver cannot read (the server takes it as int4).
+    r.send(b'P', &parse("below", "DELETE FROM orders WHERE id < $1"));
+    let mut b = vec![0];
+    b.extend_from_slice(b"below\0");
+    b.extend_from_slice(&1i16.to_be_bytes());
+    b.extend_from_slice(&1i16.to_be_bytes());
+    b.extend_from_slice(&1i16.to_be_bytes());
+    b.extend_from_slice(&4i32.to_be_bytes());
+    b.extend_from_slice(&i32::MAX.to_be_bytes());
+    b.extend_from_slice(&0i16.to_be_bytes());
+    r.send(b'B', &b);
+    r.send(b'E', &execute(""));
+    r.send(b'S', b"");
+    let msgs = r.until_ready();
+    let err = msgs.iter().find(|(t, _)| *t == b'E').expect("refused");
+    let text = String::from_utf8_lossy(&err.1);
+    assert_eq!(sqlstate(&err.1), "42501", "{text}");
+    assert!(
+        text.contains("parameter $1 is binary") && !text.contains("ApprovalRequest"),
+        "{text}"
+    );
     // Unnamed: allowed text, then Close, then re-Parse with a write: the write is decided.
     r.send(b'P', &parse("", "SELECT 1"));
     r.send(b'C', b"S\0");

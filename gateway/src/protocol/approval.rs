@@ -191,9 +191,9 @@ fn request_timeout(mode: ApprovalMode, configured: Duration) -> Duration {
     }
 }
 
-/// Longest approval detail, in characters: enough to read a request body or a statement's
-/// parameters, well within the ApprovalRequest's limit.
-pub const MAX_DETAIL_CHARS: usize = 4096;
+/// Longest approval detail, in characters as stored ([`visible`]): the ApprovalRequest's limit.
+/// A longer one is not asked: an approval covers only what its approver reads.
+pub const MAX_DETAIL_CHARS: usize = 8192;
 /// `text` with the characters that change how it reads without showing themselves written out
 /// (`\u{202e}`), line breaks kept: what the approvals CLI shows, applied before storing, as
 /// `kubectl get approvalrequests` prints what an agent shaped (a path, a query, SQL) as it is.
@@ -201,40 +201,31 @@ pub fn visible(text: &str) -> String {
     crate::approval::cli::escape_controls(text, true)
 }
 
-/// A detail as the ApprovalRequest stores it: [`visible`], and cut again after, as escaping a
-/// control character writes it out in several (`\u{9}`), and the object's limit is 8192.
-pub(crate) fn stored_detail(detail: &str) -> String {
-    cut_chars(&visible(detail), MAX_DETAIL_CHARS)
+/// Longest approval summary, in characters as stored ([`visible`]): the ApprovalRequest's
+/// limit. A longer one is not asked.
+pub const MAX_SUMMARY_CHARS: usize = 4096;
+
+/// `text` as an approval's detail: the agent's `token` hidden ([`hide_token`]), [`visible`].
+pub fn detail_hiding(text: &str, token: Option<&str>) -> String {
+    visible(&hide_token(text.to_string(), token))
 }
 
-/// Longest approval summary, in characters, leaving room under the ApprovalRequest's 4096 for
-/// the note of a cut.
-pub const MAX_SUMMARY_CHARS: usize = 3968;
-
-/// `text` cut to [`MAX_DETAIL_CHARS`] (see [`cut_chars`]).
-pub fn cut_detail(text: &str) -> String {
-    cut_detail_hiding(text, None)
-}
-
-/// [`cut_detail`] of `text` with the agent's `token` hidden first ([`hide_token`]): cut first,
-/// a token the cut went through would be searched for whole and its start kept.
-pub fn cut_detail_hiding(text: &str, token: Option<&str>) -> String {
-    // Written out before the cut, which then counts characters as stored (see `stored_detail`).
-    cut_chars(&visible(&hide_token(text.to_string(), token)), MAX_DETAIL_CHARS)
-}
-
-/// `text` cut to `max` characters. A cut says how much it left out and that the approval covers
-/// that too: an approver reading a long query must not take its end for the whole request.
-pub fn cut_chars(text: &str, max: usize) -> String {
-    let mut chars = text.chars();
-    let mut out: String = chars.by_ref().take(max).collect();
-    let left = chars.count();
-    if left > 0 {
-        out.push_str(&format!(
-            "… [{left} more characters not shown; the approval covers them too]"
+/// Why an approval of this summary and detail is not asked, if it is not: an approver would
+/// be shown less than the approval covers (the ApprovalRequest holds only so much).
+fn unshown(summary: &str, detail: Option<&str>) -> Option<String> {
+    let summary = visible(summary).chars().count();
+    if summary > MAX_SUMMARY_CHARS {
+        return Some(format!(
+            "the operation is {summary} characters long, and an approver is shown at most {MAX_SUMMARY_CHARS}: an approval covers only what its approver reads; send a shorter one"
         ));
     }
-    out
+    let detail = detail.map_or(0, |d| visible(d).chars().count());
+    if detail > MAX_DETAIL_CHARS {
+        return Some(format!(
+            "the operation's details (headers, query, body or parameters) are {detail} characters long, and an approver is shown at most {MAX_DETAIL_CHARS}: an approval covers only what its approver reads; send a smaller one"
+        ));
+    }
+    None
 }
 
 /// `text` with every occurrence of the agent's `token` as `[REDACTED]`: an agent may send its
@@ -274,6 +265,9 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
     let Some(spec) = rule_spec(q.policy, q.rule) else {
         return Outcome::Unavailable(format!("rule {} has no approval block", q.rule.name));
     };
+    if let Some(why) = unshown(&q.summary, q.detail.as_deref()) {
+        return Outcome::Unavailable(why);
+    }
     let timeout = request_timeout(
         spec.mode,
         q.rule
@@ -293,10 +287,10 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
         requester: q.requester.to_string(),
         connection: q.connection.to_string(),
         kind: q.kind,
-        // Within the ApprovalRequest's limit (4096), the cut saying what it left out.
-        summary: cut_chars(&visible(&q.summary), MAX_SUMMARY_CHARS),
+        // Within the ApprovalRequest's limits (see `unshown`).
+        summary: visible(&q.summary),
         fingerprint: q.fingerprint,
-        detail: q.detail.as_deref().map(stored_detail),
+        detail: q.detail.as_deref().map(visible),
         policy: q.policy.name.clone(),
         rule: q.rule.name.clone(),
         rule_digest: rule_digest(q.policy, q.rule, q.cfg.connections.get(q.connection)),
@@ -391,16 +385,30 @@ pub fn sql_reason(sql: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    /// A detail of control characters, cut to its length before escaping, would be stored
-    /// several times longer than the ApprovalRequest admits, and no approval could be asked.
+    /// An approval covers only what its approver reads: a summary or a detail longer than the
+    /// ApprovalRequest holds, counted as stored (control characters written out), is not asked.
     #[test]
-    fn an_escaped_detail_stays_within_the_object_limit() {
-        let detail = cut_detail(&"\u{7}".repeat(10_000));
-        assert!(detail.chars().count() < 4200);
-        let stored = stored_detail(&detail);
-        assert!(stored.chars().count() <= 8192, "{}", stored.len());
-        assert!(stored.starts_with("\\u{7}\\u{7}") && stored.contains("more characters not shown"));
-        assert_eq!(stored_detail("body: {\"a\": 1}\n"), "body: {\"a\": 1}\n");
+    fn what_an_approver_could_not_read_whole_is_not_asked() {
+        assert_eq!(
+            unshown("DELETE FROM t WHERE id = 1", Some("body: {\"a\": 1}\n")),
+            None
+        );
+        let bells = "\u{7}".repeat(2000);
+        assert_eq!(visible(&bells).chars().count(), 10_000);
+        let why = unshown("POST /x", Some(&bells)).unwrap();
+        assert!(
+            why.contains("10000 characters") && why.contains("send a smaller one"),
+            "{why}"
+        );
+        let why = unshown(&"s".repeat(MAX_SUMMARY_CHARS + 1), None).unwrap();
+        assert!(why.contains("send a shorter one"), "{why}");
+        assert_eq!(
+            unshown(
+                &"s".repeat(MAX_SUMMARY_CHARS),
+                Some(&"d".repeat(MAX_DETAIL_CHARS))
+            ),
+            None
+        );
     }
 
     #[test]
@@ -489,21 +497,15 @@ mod tests {
         assert_eq!(digest(&described), digest(&base));
     }
 
-    /// The detail is cut after the token is hidden: cut first, the token's start would stay.
+    /// The agent's token is hidden from the detail wherever it stands in it.
     #[test]
-    fn details_never_keep_part_of_the_agent_s_token() {
+    fn details_never_keep_the_agent_s_token() {
         let token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
-        let text = format!("{}{token}", "a".repeat(MAX_DETAIL_CHARS - 10));
-        let cut = cut_detail_hiding(&text, Some(token));
-        assert_eq!(cut, format!("{}[REDACTED]", "a".repeat(MAX_DETAIL_CHARS - 10)));
-        let near = format!("{}{token}{}", "a".repeat(MAX_DETAIL_CHARS - 30), "b".repeat(100));
-        let cut = cut_detail_hiding(&near, Some(token));
+        let text = format!("{}{token}{}", "a".repeat(MAX_DETAIL_CHARS - 30), "b".repeat(100));
+        let shown = detail_hiding(&text, Some(token));
         assert!(
-            !cut.contains("eyJ")
-                && cut.ends_with(
-                    "[REDACTED]bbbbbbbbbbbbbbbbbbbb… [80 more characters not shown; the approval covers them too]"
-                ),
-            "{cut}"
+            !shown.contains("eyJ") && shown.contains("a[REDACTED]b"),
+            "{shown}"
         );
     }
 

@@ -404,6 +404,17 @@ fn nesting(b: &[u8]) -> usize {
 }
 
 impl CappedBody<'_> {
+    /// Why [`Self::for_reading`] is not the whole body, if it is not: it was cut, is not text,
+    /// or was withheld.
+    pub fn unreadable(&self) -> Option<String> {
+        match &self.kept {
+            Kept::Binary(_) => Some(format!("{} bytes, not text", self.total)),
+            Kept::Withheld(why) => Some(format!("{} bytes, withheld: {why}", self.total)),
+            _ if self.truncated => Some(format!("{} bytes, more than the record keeps", self.total)),
+            _ => None,
+        }
+    }
+
     /// The body as a person reads it (an approver): text and JSON as they are, `…` where cut;
     /// binary and withheld bodies as a note of their size.
     pub fn for_reading(&self) -> String {

@@ -1006,7 +1006,7 @@ async fn proxy(
                 format!("{name}: {value}")
             })
             .collect();
-        let detail = approval_detail(
+        let (detail, unshowable) = match approval_detail(
             agent_token,
             (!content_type.is_empty()).then_some(content_type.as_str()),
             &shown_headers,
@@ -1018,7 +1018,10 @@ async fn proxy(
                 .as_deref()
                 .filter(|b| !b.is_empty())
                 .map(|b| response::body_for_record(Some(&request_plan), b, true, form)),
-        );
+        ) {
+            Ok(detail) => (detail, None),
+            Err(why) => (None, Some(why)),
+        };
         // The agent's to write, so masked and token-free as the summary is.
         let reason = parts
             .headers
@@ -1059,7 +1062,10 @@ async fn proxy(
         };
         // The clock is read again: the body read above may have taken up to its timeout, and a
         // grant's window or a request's expiry is judged when the approval is asked.
-        let answer = approval::ask(gw.approvals.as_ref(), &gw.metrics, question, unix_now()).await;
+        let answer = match unshowable {
+            Some(why) => approval::Outcome::Unavailable(why),
+            None => approval::ask(gw.approvals.as_ref(), &gw.metrics, question, unix_now()).await,
+        };
         let decisions = approval::decisions(gw.approvals.as_ref(), answer.request()).await;
         record(
             gw,
@@ -1456,63 +1462,37 @@ async fn proxy(
     Ok(Response::from_parts(res_parts, body))
 }
 
-/// An HTTP or Kubernetes approval's detail: the body's type, the query and the body (the last
-/// two already masked), one per line, without the agent's token, cut as [`approval::cut_detail`]
-/// cuts; `None` when the
-/// request has none of them.
+/// An HTTP or Kubernetes approval's detail: the body's type, the headers the approval binds,
+/// the query and the body (the last three masked as the record is), one per line, without the
+/// agent's token; `Ok(None)` when the request has none of them. An approval covers only what
+/// its approver reads, so nothing is cut: a body that is not text, was withheld or is longer
+/// than the record keeps is `Err` (why), and [`approval::ask`] refuses a detail longer than
+/// the ApprovalRequest holds.
 fn approval_detail(
     agent_token: Option<&str>,
     content_type: Option<&str>,
     bound_headers: &[String],
     query: Option<std::borrow::Cow<'_, str>>,
     body: Option<crate::recording::CappedBody<'_>>,
-) -> Option<String> {
-    // Each part has its own share of the detail, the body first: a long query (or header) must
-    // not crowd out of view the body the approval covers. Shares count characters as stored,
-    // control characters written out (`\u{9}`): counted before, a body of tabs would grow past
-    // its share when stored and push the query out of view.
-    let part = |text: String, max: usize| {
-        approval::cut_chars(&approval::visible(&approval::hide_token(text, agent_token)), max)
-    };
+) -> Result<Option<String>, String> {
+    let part = |text: String| approval::visible(&approval::hide_token(text, agent_token));
     let mut lines = Vec::new();
     if let Some(ct) = content_type {
         // Part of the operation: the same bytes as a merge and a strategic-merge patch differ.
-        lines.push(part(format!("content-type: {ct}"), DETAIL_HEADER_CHARS));
+        lines.push(part(format!("content-type: {ct}")));
     }
-    let mut headers = bound_headers.iter().map(|h| part(h.clone(), DETAIL_HEADER_CHARS));
-    lines.extend(headers.by_ref().take(DETAIL_HEADERS));
-    let more = headers.count();
-    if more > 0 {
-        lines.push(format!(
-            "[{more} more headers not shown; the approval covers them too]"
-        ));
-    }
-    // The query before the body: should the whole still be cut when stored, the body's end goes.
-    lines.extend(query.map(|q| part(format!("query: {q}"), DETAIL_QUERY_CHARS)));
-    // The body has what the other parts leave, and never less than its own share.
-    let used: usize = lines.iter().map(|l| l.chars().count() + 1).sum();
+    lines.extend(bound_headers.iter().map(|h| part(h.clone())));
+    lines.extend(query.map(|q| part(format!("query: {q}"))));
     if let Some(b) = body {
-        let share = approval::MAX_DETAIL_CHARS
-            .saturating_sub(used)
-            .max(DETAIL_BODY_CHARS);
-        lines.push(part(format!("body: {}", b.for_reading()), share));
+        if let Some(why) = b.unreadable() {
+            return Err(format!(
+                "an approver could not read this request's body ({why}), and an approval covers only what its approver reads"
+            ));
+        }
+        lines.push(part(format!("body: {}", b.for_reading())));
     }
-    if lines.is_empty() {
-        return None;
-    }
-    // Each part is cut already; this bounds the whole (notes included) under the CRD's limit.
-    Some(approval::cut_chars(
-        &lines.join("\n"),
-        2 * approval::MAX_DETAIL_CHARS,
-    ))
+    Ok((!lines.is_empty()).then(|| lines.join("\n")))
 }
-
-/// The shares of an HTTP approval's detail ([`approval::MAX_DETAIL_CHARS`] in all): the body
-/// takes what the others leave, at least its own.
-const DETAIL_BODY_CHARS: usize = 2048;
-const DETAIL_QUERY_CHARS: usize = 768;
-const DETAIL_HEADER_CHARS: usize = 160;
-const DETAIL_HEADERS: usize = 4;
 
 /// Records what came of a decided request that got no upstream response: an upstream that
 /// failed, or a refusal after the decision, as the response. The problem is the answer either
@@ -2089,69 +2069,54 @@ fn refusal_for(d: &Decision<'_>, explained: String) -> Option<Problem> {
 mod tests {
     use super::*;
 
-    /// A long query does not crowd the body out of the approver's view: each part has its share,
-    /// the body first, and every cut says that the approval covers what it left out.
+    /// The approver reads every part an approval covers, whole: every bound header, the query
+    /// and the body, control characters written out; a body it could not read is refused.
     #[test]
-    fn approval_details_show_every_part_and_say_what_they_cut() {
+    fn approval_details_show_every_part_whole() {
         let query = format!("note={}", "x".repeat(5000));
         let body = br#"{"name":"bob","role":"admin"}"#;
+        let headers: Vec<String> = (0..6).map(|i| format!("x-h{i}: v")).collect();
         let detail = approval_detail(
             None,
             Some("application/json"),
-            &[],
+            &headers,
             Some(std::borrow::Cow::Borrowed(query.as_str())),
             Some(crate::recording::CappedBody::json(
                 std::borrow::Cow::Borrowed(&body[..]),
                 4096,
             )),
         )
+        .unwrap()
         .unwrap();
+        assert!(detail.contains(&query) && detail.contains("x-h5: v"), "{detail}");
         assert!(
-            detail.contains(r#"body: {"name":"bob","role":"admin"}"#),
+            detail.ends_with(r#"body: {"name":"bob","role":"admin"}"#),
             "{detail}"
         );
-        assert!(
-            detail.contains("more characters not shown; the approval covers them too]"),
-            "{detail}"
-        );
-        assert!(detail.chars().count() < approval::MAX_DETAIL_CHARS, "{detail}");
-        // A body of control characters, written out when stored, keeps to its share: the query
-        // stays in view.
-        let tabs = format!("{{{}}}", "\t".repeat(3800));
+        let tabs = format!("{{{}}}", "\t".repeat(10));
         let detail = approval_detail(
             None,
             None,
             &[],
-            Some(std::borrow::Cow::Borrowed("sendEmail=false")),
+            None,
             Some(crate::recording::CappedBody::json(
                 std::borrow::Cow::Borrowed(tabs.as_bytes()),
                 8192,
             )),
         )
+        .unwrap()
         .unwrap();
-        let stored = approval::stored_detail(&detail);
-        assert!(stored.contains("query: sendEmail=false"), "{stored}");
-        assert!(stored.contains("body: {\\u{9}"), "{stored}");
-        // Alone, the body has the whole detail.
+        assert!(detail.starts_with("body: {\\u{9}"), "{detail}");
+        // Longer than the record keeps, or not text: not shown, so not asked.
         let long = format!(r#"{{"note":"{}"}}"#, "y".repeat(3500));
-        let detail = approval_detail(
-            None,
-            None,
-            &[],
-            None,
-            Some(crate::recording::CappedBody::json(
-                std::borrow::Cow::Borrowed(long.as_bytes()),
-                8192,
-            )),
-        )
-        .unwrap();
-        assert!(detail.ends_with(r#""}"#), "{detail}");
-        let headers: Vec<String> = (0..6).map(|i| format!("x-h{i}: v")).collect();
-        let detail = approval_detail(None, None, &headers, None, None).unwrap();
-        assert!(
-            detail.ends_with("x-h3: v\n[2 more headers not shown; the approval covers them too]"),
-            "{detail}"
-        );
+        for capped in [
+            crate::recording::CappedBody::json(std::borrow::Cow::Borrowed(long.as_bytes()), 1024),
+            crate::recording::CappedBody::new(std::borrow::Cow::Borrowed(&[0xff, 0xfe, 0][..]), 1024),
+        ] {
+            let why = approval_detail(None, None, &[], None, Some(capped)).unwrap_err();
+            assert!(why.contains("could not read this request's body"), "{why}");
+        }
+        assert_eq!(approval_detail(None, None, &[], None, None).unwrap(), None);
     }
 
     /// A request body read before the decision is bounded in time (a client that sends part of

@@ -951,6 +951,30 @@ fn lock(p: &Shared) -> std::sync::MutexGuard<'_, Prepared> {
     p.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Most bytes of a bound value's text a record (and an approver) is shown.
+const RECORDED_PARAM_BYTES: usize = 1024;
+
+/// Why the values bound to a portal, as recorded, cannot be shown to an approver whole, if they
+/// cannot: a binary value of a type the client did not name (the gateway cannot read it as
+/// text), or one cut to [`RECORDED_PARAM_BYTES`].
+fn params_unshown(params: &[Value]) -> Option<String> {
+    params.iter().enumerate().find_map(|(i, p)| {
+        let text = p.as_str()?;
+        let n = i + 1;
+        if text.starts_with("<binary, ") && !text.contains("withheld") {
+            Some(format!(
+                "parameter ${n} is binary, of a type the gateway was not told (name the parameter types in Parse, describe the statement first, or send the value as text)"
+            ))
+        } else if text.len() > RECORDED_PARAM_BYTES - 4 && text.ends_with('…') {
+            Some(format!(
+                "parameter ${n} is longer than the {RECORDED_PARAM_BYTES} bytes an approver is shown"
+            ))
+        } else {
+            None
+        }
+    })
+}
+
 fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
@@ -1685,7 +1709,7 @@ impl Live {
                 bytes.len()
             ));
         }
-        Value::String(self.cut_hiding(&self.plan.mask_escaped_text(text, false).0, 1024))
+        Value::String(self.cut_hiding(&self.plan.mask_escaped_text(text, false).0, RECORDED_PARAM_BYTES))
     }
 
     /// `text` cut to `max` bytes with the agent's token hidden first: cut first, the start of a
@@ -2285,7 +2309,7 @@ impl ClientSide {
                     .iter()
                     .map(|(name, text)| format!("prepared {name}: {}", live.masked_sql(text)))
                     .collect();
-                approval::cut_detail_hiding(&shown.join("\n"), Some(&live.token))
+                approval::detail_hiding(&shown.join("\n"), Some(&live.token))
             });
             let answer = match other_rule {
                 Some(w) => Err(ErrorResponse::new(
@@ -2418,18 +2442,9 @@ impl ClientSide {
             requester: &live.subject,
             connection: &live.connection,
             kind: OperationKind::Sql,
-            summary: {
-                let mut summary = approval::hide_token(live.masked_sql(sql), Some(&live.token));
-                // A long statement is cut where a record cuts it: the approver is told that the
-                // approval covers the rest (a second statement after a long comment, say).
-                if sql.len() > MAX_RECORDED_SQL {
-                    summary.push_str(&format!(
-                        " [{} more bytes not shown; the approval covers them too]",
-                        sql.len() - MAX_RECORDED_SQL
-                    ));
-                }
-                summary
-            },
+            // Whole: a statement longer than an approver is shown is not asked (a second
+            // statement after a long comment would hide past a cut).
+            summary: approval::hide_token(live.masked_sql(sql), Some(&live.token)),
             fingerprint,
             detail: detail.map(|d| approval::hide_token(d, Some(&live.token))),
             reason: reason.map(|r| approval::hide_token(live.masked_sql(&r), Some(&live.token))),
@@ -2742,11 +2757,20 @@ impl ClientSide {
                 shown.push(format!("params: {params}"));
             }
             let detail = (!shown.is_empty())
-                .then(|| approval::cut_detail_hiding(&shown.join("\n"), Some(&self.live.token)));
-            match self
-                .approve(&v, &st.text, fingerprint, detail, approval::sql_reason(&st.text))
-                .await
-            {
+                .then(|| approval::detail_hiding(&shown.join("\n"), Some(&self.live.token)));
+            let answer = match params_unshown(&portal.params) {
+                Some(why) => Err(
+                    ErrorResponse::new(sqlstate::INSUFFICIENT_PRIVILEGE, v.message.clone()).with(
+                        b'H',
+                        format!("{why}: an approval covers only what its approver reads"),
+                    ),
+                ),
+                None => {
+                    self.approve(&v, &st.text, fingerprint, detail, approval::sql_reason(&st.text))
+                        .await
+                }
+            };
+            match answer {
                 Ok(()) => v.approved(),
                 Err(e) => approval_error = Some(e),
             }
@@ -3608,6 +3632,27 @@ impl ServerSide {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bound values an approver would read as their size, or cut, are named as the reason no
+    /// approval is asked; values read whole, withheld ones and NULLs are not.
+    #[test]
+    fn values_an_approver_cannot_read_whole_are_named() {
+        let shown = |v: Vec<Value>| params_unshown(&v);
+        assert_eq!(
+            shown(vec![
+                Value::Null,
+                "42".into(),
+                "<binary, 16 bytes, withheld by the detectors>".into()
+            ]),
+            None
+        );
+        let why = shown(vec!["1".into(), "<binary, 4 bytes>".into()]).unwrap();
+        assert!(why.starts_with("parameter $2 is binary"), "{why}");
+        let cut = truncate(&"x".repeat(5000), RECORDED_PARAM_BYTES);
+        let why = shown(vec![cut.into()]).unwrap();
+        assert!(why.contains("longer than the 1024 bytes"), "{why}");
+        assert_eq!(shown(vec!["x".repeat(RECORDED_PARAM_BYTES).into()]), None);
+    }
 
     /// The server decides which names a skipped Close leaves in doubt, so no cap on PREPARE or
     /// Parse bounds them: past the cap the session ends. The text named statements hold is
