@@ -463,7 +463,10 @@ fn http_defer_then_retry_and_hold_through_the_data_path() {
         "content-type: application/json\naccept: */*\nbody: {\"id\": 5, \"owner\": \"[REDACTED:EMAIL]\"}"
     );
     // What an approver could not read whole is not asked: a body past what it is shown.
-    let long = post(&format!(r#"{{"id": 7, "memo": "{}", "id": 8}}"#, "a".repeat(9000)));
+    let long = post(&format!(
+        r#"{{"id": 7, "memo": "{}", "id": 8}}"#,
+        "a".repeat(9000)
+    ));
     assert_eq!(long.status, 403, "{long:?}");
     let problem = long.json();
     assert!(problem.get("approvalRequest").is_none(), "{problem}");

@@ -3188,6 +3188,52 @@ fn operators_casts_and_views_that_run_database_code_are_not_trusted() {
     assert_eq!(s.pg.psql("SELECT count(*) FROM orders"), before);
 }
 
+/// A view made after a session read its catalog may call code that writes, which that reading
+/// never saw: once any session of the Connection creates a view, the older sessions (and it)
+/// read every relation as code that may write, until they reconnect.
+#[test]
+fn a_view_made_after_a_session_began_is_not_trusted() {
+    let s = setup_with(false);
+    s.pg.psql(&format!(
+        "CREATE FUNCTION public.wipe_orders() RETURNS int LANGUAGE sql VOLATILE \
+           AS 'DELETE FROM public.orders RETURNING 1'; \
+         GRANT CREATE ON SCHEMA public TO {0}; GRANT EXECUTE ON FUNCTION public.wipe_orders() TO {0}",
+        s.pg.scram.name
+    ));
+    edit_manifests(
+        &s.gw,
+        "  rules:\n",
+        "  rules:\n    - name: define-views\n      action: Allow\n      sql:\n        statements: [Create]\n",
+    );
+    let before = s.pg.psql("SELECT count(*) FROM orders");
+    let tok = token(&s.idp);
+    rt().block_on(async {
+        // Open before the view exists: its catalog reading knows nothing of it.
+        let older = connect(&s.plain_conninfo(&tok)).await;
+        older.simple_query("SELECT 1").await.unwrap();
+        let c = connect(&s.plain_conninfo(&tok)).await;
+        let define = "CREATE VIEW public.later AS SELECT public.wipe_orders() AS n";
+        let until = Instant::now() + Duration::from_secs(30);
+        while let Err(e) = c.batch_execute(define).await {
+            assert!(
+                Instant::now() < until,
+                "the rule never applied: {:?}",
+                db_error(&e)
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for session in [&older, &c] {
+            let e = session.simple_query("SELECT n FROM later").await.unwrap_err();
+            assert_eq!(db_error(&e).0, "42501", "{e}");
+        }
+        // A session opened since reads the view from its catalog: still refused.
+        let newer = connect(&s.plain_conninfo(&tok)).await;
+        let e = newer.simple_query("SELECT n FROM later").await.unwrap_err();
+        assert_eq!(db_error(&e).0, "42501", "{e}");
+    });
+    assert_eq!(s.pg.psql("SELECT count(*) FROM orders"), before);
+}
+
 /// A function the session itself defines under a built-in's name (`upper`) is its own code, not
 /// the built-in the classifier trusts: the names were read from the catalog when the session
 /// began, so once it defines code, its calls are read as code that may read anything.

@@ -176,8 +176,9 @@ pub struct Context {
     pub classifier: Classifier,
     /// By Connection, counts statements sent on that may define code under names the
     /// classifier trusts (see [`DEFINES_CODE`]): a session of that Connection whose catalog
-    /// reading is older than the last one reads every call as code that may read anything
-    /// (another session's new `public.upper(int)`).
+    /// reading is older than the last one reads every call, and every read of a relation, as
+    /// code that may read or write anything (another session's new `public.upper(int)`, or its
+    /// view calling a function that deletes).
     code_generations: Mutex<HashMap<String, Arc<std::sync::atomic::AtomicU64>>>,
     /// Upstream TLS configurations by connection, with the snapshot they were built for.
     tls: Mutex<HashMap<String, (usize, Arc<ClientConfig>)>>,
@@ -346,8 +347,12 @@ const WITHHELD_PAYLOAD: &str = "[REDACTED]";
 const MAX_TRACKED_CURSORS: usize = 1024;
 /// Statements that may define code a later call reaches under a name the classifier trusts
 /// (a built-in function's or operator's): functions, procedures, aggregates, operators, casts
-/// and extensions created, renamed or moved between schemas.
+/// and extensions created, renamed or moved between schemas; or that a read of a relation
+/// reaches: views and rules created or replaced, relations renamed (a view calling code that
+/// writes, under a name the session's catalog reading knew as something else or not at all).
 const DEFINES_CODE: &[&str] = &[
+    "ViewStmt",
+    "RuleStmt",
     "CreateFunctionStmt",
     "AlterFunctionStmt",
     "CreateExtensionStmt",
@@ -365,7 +370,8 @@ const DEFINES_CODE: &[&str] = &[
 ];
 
 /// Whether `st` may define code (see [`DEFINES_CODE`]); a rename or move between schemas only
-/// when it names a routine, an operator or a schema (not a table's or column's).
+/// when it names a routine, an operator, a schema, a view or a table (`ALTER TABLE` renames
+/// views too), not an index's or a type's.
 fn defines_code(st: &Statement) -> bool {
     if DEFINES_CODE.contains(&st.node) {
         return true;
@@ -379,6 +385,8 @@ fn defines_code(st: &Statement) -> bool {
             "AGGREGATE",
             "OPERATOR",
             "SCHEMA",
+            "VIEW",
+            "TABLE",
         ]
         .iter()
         .any(|w| {
@@ -439,7 +447,7 @@ struct Live {
     /// The Connection's count of statements that may define code (see
     /// [`Context::code_generations`]), and its value when `shadows` was read: once any session
     /// of the Connection (this one too) has sent such a statement since, a call may be that code
-    /// under a built-in's name.
+    /// under a built-in's name, and a relation read a view calling it.
     code_generation: (Arc<std::sync::atomic::AtomicU64>, u64),
     /// The session's recording, when it has one; replaced (see [`Live::recording`]) when it
     /// reaches its age limit or the recording configuration changes.
@@ -1530,7 +1538,7 @@ impl Live {
             || st.types.iter().any(|t| sh.coded_types.contains(t))
             || st.tables.iter().any(|t| sh.code_views.contains(t))
             || (sh.implicit_casts && (expressions || !st.tables.is_empty()))
-            || (expressions
+            || ((expressions || !st.tables.is_empty())
                 && self.code_generation.0.load(std::sync::atomic::Ordering::Relaxed)
                     != self.code_generation.1)
     }
