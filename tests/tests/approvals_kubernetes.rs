@@ -831,6 +831,7 @@ fn once_ask() -> agentgate::approval::Ask {
         reason: None,
         timeout: Duration::from_secs(60),
         grant_limit: Duration::from_secs(3600),
+        unshown: None,
     }
 }
 

@@ -155,6 +155,7 @@ fn ask(rule: &str, fingerprint: &str, summary: &str) -> Ask {
         reason: Some("nightly sync".into()),
         timeout: Duration::from_secs(3600),
         grant_limit: Duration::from_secs(3600),
+        unshown: None,
     }
 }
 

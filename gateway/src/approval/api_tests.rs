@@ -200,6 +200,7 @@ impl Fixture {
             reason: None,
             timeout: Duration::from_secs(600),
             grant_limit: Duration::from_secs(30 * 24 * 3600),
+            unshown: None,
         };
         match self.approvals.request(&ask, unix_now()).unwrap() {
             Ticket::Pending { name, .. } => name,

@@ -121,6 +121,10 @@ pub struct Ask {
     /// grant that claims to end later than its request could have been approved for plus this
     /// was not written by the approval path.
     pub grant_limit: Duration,
+    /// Why an approver could not read the operation whole, if so: no request is filed for it
+    /// (an approval covers only what its approver reads), though a Window of its rule, which
+    /// covers every operation of the rule unread, still does.
+    pub unshown: Option<String>,
 }
 
 /// The answer to [`Approvals::request`].
@@ -194,6 +198,8 @@ pub enum ApprovalError {
     TooManyKept {
         identity: String,
     },
+    /// The operation cannot be shown to an approver whole (see [`Ask::unshown`]).
+    Unshown(String),
 }
 
 impl ApprovalError {
@@ -234,6 +240,7 @@ impl fmt::Display for ApprovalError {
                 f,
                 "approval requests: {identity} has {MAX_PENDING_PER_IDENTITY} waiting already; no more are filed until some are decided or expire"
             ),
+            Self::Unshown(why) => write!(f, "{why}"),
             Self::TooManyKept { identity } => write!(
                 f,
                 "approval requests: {identity} has {MAX_KEPT_PER_IDENTITY} in the store; no more are filed until the oldest finished ones are pruned"
@@ -785,6 +792,10 @@ impl Approvals {
         };
         if let Some(e) = entries.values().find(|e| approved(e, GrantType::Window)) {
             return Ok(Plan::Window(e.name().to_string()));
+        }
+        // Nothing else covers what was never filed.
+        if let Some(why) = &ask.unshown {
+            return Err(ApprovalError::Unshown(why.clone()));
         }
         if let Some(e) = entries
             .values()

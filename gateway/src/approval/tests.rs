@@ -34,6 +34,7 @@ fn ask(fingerprint: &str) -> Ask {
         reason: Some("INC-1".into()),
         timeout: Duration::from_secs(600),
         grant_limit: 30 * 24 * HOUR,
+        unshown: None,
     }
 }
 
@@ -429,12 +430,21 @@ fn window_covers_the_rule_until_it_ends_capped_by_max_grant() {
     let dir = tempfile::tempdir().unwrap();
     let a = open(&dir);
     let name = pending_name(a.request(&window(ask("aaaa1111"), "30m"), t0).unwrap());
+    let unshown = |fp: &str| Ask {
+        unshown: Some("too long to show".into()),
+        ..window(ask(fp), "30m")
+    };
+    assert!(matches!(
+        a.request(&unshown("ffff6666"), t0 + 50),
+        Err(ApprovalError::Unshown(why)) if why == "too long to show"
+    ));
     let r = approve(&a, &name, "bob", 1, t0 + 100).unwrap();
     assert_eq!(
         r.status.unwrap().grant_expires_at,
         Some(format_time(t0 + 100 + 1800))
     );
-    // Any operation of the rule on that connection, by that identity.
+    // Any operation of the rule on that connection, by that identity: one an approver could
+    // not have read whole too, which is never filed on its own.
     for (fp, t) in [
         ("aaaa1111", t0 + 200),
         ("cccc3333", t0 + 300),
@@ -445,6 +455,10 @@ fn window_covers_the_rule_until_it_ends_capped_by_max_grant() {
             Ticket::Granted { name: name.clone() }
         );
     }
+    assert_eq!(
+        a.request(&unshown("ffff6666"), t0 + 300).unwrap(),
+        Ticket::Granted { name: name.clone() }
+    );
     assert_eq!(phase_of(&a, &name, t0 + 1899), ApprovalPhase::Approved);
     // Another rule is not covered; nor is this one once edited under the same name (its
     // conditions widened, or its connection pointed elsewhere).

@@ -47,10 +47,36 @@ static PERCENT_AT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"%4
 /// shape of its own (40 characters of base64), so its name is what finds it.
 static AWS_SECRET: LazyLock<regex::bytes::Regex> = LazyLock::new(|| {
     regex::bytes::Regex::new(
-        r#"(?i)(?:secret_?access_?key|session_?token)["']?[ \t]*[:=][ \t]*["']?([A-Za-z0-9/+=]{16,})"#,
+        r#"(?i)(?:secret_?access_?key|session_?token)(?:["']?[ \t]*[:=][ \t]*["']?|>)([A-Za-z0-9/+=]{16,})"#,
     )
     .expect("a valid pattern")
 });
+/// What a JSON member's name says of AWS credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AwsName {
+    /// `AccessKeyId`, `aws_access_key_id`.
+    KeyId,
+    /// A secret access key or session token: `SecretAccessKey`, `aws_session_token`, ...
+    Secret,
+    /// `Token`: a session token beside a key (the metadata service's shape).
+    Token,
+}
+
+pub(crate) fn aws_name(name: &[u8]) -> Option<AwsName> {
+    if name.eq_ignore_ascii_case(b"token") {
+        return Some(AwsName::Token);
+    }
+    if names_aws_secret(name) {
+        return Some(AwsName::Secret);
+    }
+    let folded: Vec<u8> = name
+        .iter()
+        .filter(|b| !matches!(b, b'_' | b'-'))
+        .map(u8::to_ascii_lowercase)
+        .collect();
+    matches!(folded.as_slice(), b"accesskeyid" | b"awsaccesskeyid").then_some(AwsName::KeyId)
+}
+
 /// Whether a JSON member's name is that of an AWS secret access key or session token
 /// (`SecretAccessKey`, `aws_secret_access_key`, `sessionToken`, ...).
 pub(crate) fn names_aws_secret(name: &[u8]) -> bool {
@@ -1155,8 +1181,9 @@ const PEM_HEADERS: [&[u8]; 2] = [b"Proc-Type:", b"DEK-Info:"];
 /// values are free text (`Version: GnuPG v1`, `Comment: https://...`) to the end of the line.
 const ARMOR_HEADERS: [&[u8]; 5] = [b"Version:", b"Comment:", b"Hash:", b"Charset:", b"MessageID:"];
 
-/// Longest armor header value taken in as the key's.
+/// Longest armor header value taken in as the key's, and most armor header lines.
 const MAX_ARMOR_HEADER: usize = 512;
+const MAX_ARMOR_HEADER_LINES: usize = 8;
 
 /// What an escape at `i` (a run of backslashes, for text escaped once or more) stands for,
 /// and where it ends: `\n`, `\r`, `\t` and a backslash before a real line break (a
@@ -1261,6 +1288,7 @@ pub(crate) fn pem_body_end(t: &[u8], begin: usize, from: usize) -> usize {
     let separators_end = |i: usize| pem_separators_end(t, i, prefix);
     let mut i = from;
     let mut in_headers = true;
+    let mut armor_lines = 0;
     loop {
         let j = separators_end(i);
         if j == t.len() {
@@ -1275,13 +1303,32 @@ pub(crate) fn pem_body_end(t: &[u8], begin: usize, from: usize) -> usize {
             continue;
         }
         if in_headers && ARMOR_HEADERS.iter().any(|h| t[j..].starts_with(h)) {
-            // To the line's end, written or escaped (a key in a JSON string).
+            // A line of its own, written or escaped (a key in a JSON string), of text no query
+            // or form could go on in (`Comment: x&role=admin` ends the key before it): what a
+            // match takes in stays what a key's armor holds.
+            let broke = t[i..j].contains(&b'\n')
+                || t[i..j]
+                    .windows(2)
+                    .any(|w| w[0] == b'\\' && matches!(w[1], b'n' | b'r'));
             let value = t[j..]
                 .iter()
                 .take(MAX_ARMOR_HEADER)
-                .take_while(|&&b| !matches!(b, b'\n' | b'\r' | b'\\' | b'"'))
+                .take_while(|&&b| {
+                    (b' '..=b'~').contains(&b)
+                        && !matches!(b, b'&' | b'=' | b';' | b'"' | b'\'' | b'<' | b'>' | b'\\')
+                })
                 .count();
-            i = j + value;
+            let end = j + value;
+            let line_ends = match t.get(end) {
+                None | Some(b'\n' | b'\r') => true,
+                Some(b'\\') => pem_escape(t, end).is_some_and(|(c, _)| c == b'\n'),
+                Some(_) => false,
+            };
+            if !broke || !line_ends || armor_lines == MAX_ARMOR_HEADER_LINES {
+                return j;
+            }
+            armor_lines += 1;
+            i = end;
             continue;
         }
         in_headers = false;
@@ -1724,6 +1771,8 @@ mod tests {
             format!("export AWS_SECRET_ACCESS_KEY={secret}"),
             format!("{{\"AccessKeyId\":\"x\",\"SecretAccessKey\" : \"{secret}\"}}"),
             format!("secretAccessKey: '{secret}'"),
+            // STS's query API answers in XML.
+            format!("<Credentials><SecretAccessKey>{secret}</SecretAccessKey>"),
         ] {
             let found = only(&text, Detector::AwsAccessKey);
             assert!(found.contains(&secret), "{text}: {found:?}");
@@ -1753,6 +1802,10 @@ mod tests {
         for name in ["Token", "secret", "AccessKeyId", "secretAccessKeyId"] {
             assert!(!names_aws_secret(name.as_bytes()), "{name}");
         }
+        assert_eq!(aws_name(b"token"), Some(AwsName::Token));
+        assert_eq!(aws_name(b"aws_access_key_id"), Some(AwsName::KeyId));
+        assert_eq!(aws_name(b"SessionToken"), Some(AwsName::Secret));
+        assert_eq!(aws_name(b"nextToken"), None);
     }
 
     #[test]
@@ -1781,6 +1834,17 @@ mod tests {
         let found = only(&text, Detector::PrivateKey);
         assert_eq!(found.len(), 1);
         assert!(found[0].starts_with(&pgp[..pgp.len() - 1]), "{found:?}");
+        // Not on the BEGIN line, nor holding what a query or form goes on with.
+        for text in [
+            "-----BEGIN PGP PRIVATE KEY BLOCK----- Comment: x&role=admin",
+            "-----BEGIN PGP PRIVATE KEY BLOCK-----\nComment: x&role=admin\n",
+        ] {
+            let found = only(text, Detector::PrivateKey);
+            assert!(
+                found.len() == 1 && !found[0].contains("Comment"),
+                "{text:?}: {found:?}"
+            );
+        }
         let escaped = pgp.replace('\n', "\\n");
         let text = format!("{{\"key\":\"{escaped}\"}}");
         let found = only(&text, Detector::PrivateKey);

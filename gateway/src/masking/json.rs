@@ -93,6 +93,9 @@ struct Frame {
     index: u64,
     /// Where it starts and how it is masked, when a selector picked it.
     replace: Option<(usize, FieldMask)>,
+    /// An object that named AWS credentials (`AccessKeyId`, `SecretAccessKey`): its `Token` is
+    /// their session token (the metadata service's shape).
+    aws: bool,
 }
 
 struct Rewriter<'p, 'i, 'o> {
@@ -207,6 +210,7 @@ impl<'i> Rewriter<'_, 'i, '_> {
                         states,
                         index: 0,
                         replace: selected.map(|s| (start, s)),
+                        aws: false,
                     });
                     self.settle();
                     self.skip_ws();
@@ -290,15 +294,25 @@ impl<'i> Rewriter<'_, 'i, '_> {
             };
             // An AWS secret access key or session token has no shape a detector knows: its
             // member's name says what it is (`SecretAccessKey`, `aws_session_token`).
-            if selected.is_none() && self.quiet == 0 && self.plan.active.contains(Detector::AwsAccessKey) && {
-                if escaped {
+            if self.quiet == 0 && self.plan.active.contains(Detector::AwsAccessKey) {
+                let name = if escaped {
                     self.decode(content.clone())?;
-                    detectors::names_aws_secret(self.decoded.as_bytes())
+                    self.decoded.as_bytes()
                 } else {
-                    detectors::names_aws_secret(&input[content.clone()])
+                    &input[content.clone()]
+                };
+                let aws = detectors::aws_name(name);
+                if let Some(frame) = self.frames.last_mut() {
+                    let secret = match aws {
+                        Some(detectors::AwsName::Secret) => true,
+                        Some(detectors::AwsName::Token) => frame.aws,
+                        _ => false,
+                    };
+                    frame.aws |= matches!(aws, Some(detectors::AwsName::KeyId | detectors::AwsName::Secret));
+                    if secret && selected.is_none() {
+                        selected = Some(FieldMask::Strategy(self.plan.strategy_of(Detector::AwsAccessKey)));
+                    }
                 }
-            } {
-                selected = Some(FieldMask::Strategy(self.plan.strategy_of(Detector::AwsAccessKey)));
             }
             // Names are scanned too: a map keyed by email addresses leaks them as surely as values.
             if self.quiet == 0 {
@@ -891,6 +905,13 @@ mod tests {
         assert_eq!(out["SecretAccessKey"], "[REDACTED]");
         assert_eq!(out["SessionToken"], "[REDACTED]");
         assert_eq!(out["Expiration"], "2026-12-06T23:00:00Z");
+        // The metadata service names the session token `Token`, beside the key.
+        let imds = r#"{"Code":"Success","AccessKeyId":"ASIAIOSFODNN7EXAMPLE","Token":"IQoJb3JpZ2luX2Vj","Expiration":"x"}"#;
+        let out: serde_json::Value = serde_json::from_str(&mask(&p, imds).unwrap()).unwrap();
+        assert_eq!(out["Token"], "[REDACTED]");
+        // A `Token` of anything else is not taken for one.
+        let other = r#"{"Token":"page-2","items":[]}"#;
+        assert_eq!(mask(&p, other).unwrap(), other);
         // Without the AWS detector, the names mean nothing.
         let email = plan(json!([{"detectors": ["Email"]}]));
         assert_eq!(mask(&email, input).unwrap(), input);

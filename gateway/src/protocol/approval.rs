@@ -176,6 +176,9 @@ pub struct Question<'a> {
     /// Masked; see [`Ask::detail`].
     pub detail: Option<String>,
     pub reason: Option<String>,
+    /// Why the caller could not show the operation whole (see [`Ask::unshown`]); the summary's
+    /// and the detail's lengths are checked here too.
+    pub unshown: Option<String>,
 }
 
 /// Longest an operation is held waiting for a decision, whatever the rule's timeout.
@@ -265,9 +268,6 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
     let Some(spec) = rule_spec(q.policy, q.rule) else {
         return Outcome::Unavailable(format!("rule {} has no approval block", q.rule.name));
     };
-    if let Some(why) = unshown(&q.summary, q.detail.as_deref()) {
-        return Outcome::Unavailable(why);
-    }
     let timeout = request_timeout(
         spec.mode,
         q.rule
@@ -301,9 +301,11 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
         // The store keeps whole seconds; one more keeps its expiry from ending a Hold early.
         timeout: timeout + Duration::from_secs(1),
         grant_limit,
+        unshown: q.unshown.or_else(|| unshown(&q.summary, q.detail.as_deref())),
     };
     let ticket = match store.ask(&ask, now).await {
         Ok(t) => t,
+        Err(crate::approval::ApprovalError::Unshown(why)) => return Outcome::Unavailable(why),
         Err(e) => return Outcome::Unavailable(format!("the approval store failed: {e}")),
     };
     let (request, created) = match ticket {

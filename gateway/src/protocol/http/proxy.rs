@@ -1059,13 +1059,11 @@ async fn proxy(
             fingerprint,
             detail,
             reason,
+            unshown: unshowable,
         };
         // The clock is read again: the body read above may have taken up to its timeout, and a
         // grant's window or a request's expiry is judged when the approval is asked.
-        let answer = match unshowable {
-            Some(why) => approval::Outcome::Unavailable(why),
-            None => approval::ask(gw.approvals.as_ref(), &gw.metrics, question, unix_now()).await,
-        };
+        let answer = approval::ask(gw.approvals.as_ref(), &gw.metrics, question, unix_now()).await;
         let decisions = approval::decisions(gw.approvals.as_ref(), answer.request()).await;
         record(
             gw,

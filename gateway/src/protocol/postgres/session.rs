@@ -49,8 +49,8 @@ use super::stream::Stream;
 use super::upstream::{self, Upstream};
 use crate::approval::unix_now;
 use crate::config::CompiledConnection;
-use crate::identity::Presented;
 use crate::identity::dpop::RequestTarget;
+use crate::identity::{ErrorKind, Presented};
 use crate::masking::{MaskReport, MaskingPlan};
 use crate::policy::index::Subject;
 use crate::policy::operation::{Operation, SqlOperation};
@@ -401,6 +401,10 @@ fn defines_code(st: &Statement) -> bool {
 /// a JWT, once its issuer withdraws the key that signed it. (Between these, the verifier's
 /// cache answers.)
 pub const TOKEN_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Rechecks in a row that may fail to reach the identity provider before the session ends
+/// (a minute at [`TOKEN_RECHECK`]): what cannot be verified is not trusted for ever.
+pub const TOKEN_UNSURE_LIMIT: u32 = 12;
 
 /// Most named prepared statements one session keeps: each holds its classified statement, and
 /// every agent's session shares the process.
@@ -959,6 +963,17 @@ fn lock(p: &Shared) -> std::sync::MutexGuard<'_, Prepared> {
     p.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Why `sql` cannot be shown to an approver whole, if it cannot: longer than a record keeps
+/// (hiding the agent's token and masking may make the rest short, and hide what follows).
+fn sql_unshown(sql: &str) -> Option<String> {
+    (sql.len() > MAX_RECORDED_SQL).then(|| {
+        format!(
+            "the statement is {} bytes, and an approver is shown at most {MAX_RECORDED_SQL}: an approval covers only what its approver reads; send a shorter one",
+            sql.len()
+        )
+    })
+}
+
 /// Most bytes of a bound value's text a record (and an approver) is shown.
 const RECORDED_PARAM_BYTES: usize = 1024;
 
@@ -971,11 +986,11 @@ fn params_unshown(params: &[Value]) -> Option<String> {
         let n = i + 1;
         if text.starts_with("<binary, ") && !text.contains("withheld") {
             Some(format!(
-                "parameter ${n} is binary, of a type the gateway was not told (name the parameter types in Parse, describe the statement first, or send the value as text)"
+                "parameter ${n} is binary, of a type the gateway was not told (name the parameter types in Parse, describe the statement first, or send the value as text): an approval covers only what its approver reads"
             ))
         } else if text.len() > RECORDED_PARAM_BYTES - 4 && text.ends_with('…') {
             Some(format!(
-                "parameter ${n} is longer than the {RECORDED_PARAM_BYTES} bytes an approver is shown"
+                "parameter ${n} is longer than the {RECORDED_PARAM_BYTES} bytes an approver is shown: an approval covers only what its approver reads"
             ))
         } else {
             None
@@ -1191,6 +1206,8 @@ impl Live {
         every.tick().await;
         let authorization = format!("Bearer {}", self.token);
         let url = format!("postgres://gateway/{}", self.database);
+        // Rechecks in a row that could not reach the provider.
+        let mut unsure = 0;
         loop {
             every.tick().await;
             let Some(plane) = self.ctx.gateway.plane() else {
@@ -1206,8 +1223,13 @@ impl Live {
                 peer: Some(self.peer),
             };
             match verifier.verify(&presented, unix_now()).await {
-                Ok(p) if p.identity == self.identity && p.subject == self.subject => {}
+                Ok(p) if p.identity == self.identity && p.subject == self.subject => unsure = 0,
                 Ok(_) => return "it now names another agent".into(),
+                // The provider out of reach (or its budget spent) says nothing of the token: a
+                // blip ends no session, a provider gone for TOKEN_UNSURE_LIMIT rechecks does.
+                Err(e) if e.kind == ErrorKind::ProviderUnavailable && unsure + 1 < TOKEN_UNSURE_LIMIT => {
+                    unsure += 1;
+                }
                 Err(e) => return e.kind.describe().into(),
             }
         }
@@ -2329,7 +2351,8 @@ impl ClientSide {
                     ),
                 )),
                 None => {
-                    self.approve(v, sql, fingerprint, detail, approval::sql_reason(sql))
+                    let unshown = executed.iter().find_map(|(_, text)| sql_unshown(text));
+                    self.approve(v, sql, fingerprint, detail, approval::sql_reason(sql), unshown)
                         .await
                 }
             };
@@ -2416,6 +2439,7 @@ impl ClientSide {
         fingerprint: String,
         detail: Option<String>,
         reason: Option<String>,
+        unshown: Option<String>,
     ) -> Result<(), ErrorResponse> {
         let live = &self.live;
         let current = live.current();
@@ -2456,6 +2480,7 @@ impl ClientSide {
             fingerprint,
             detail: detail.map(|d| approval::hide_token(d, Some(&live.token))),
             reason: reason.map(|r| approval::hide_token(live.masked_sql(&r), Some(&live.token))),
+            unshown: sql_unshown(sql).or(unshown),
         };
         let outcome = approval::ask(
             live.ctx.gateway.approvals.as_ref(),
@@ -2766,18 +2791,18 @@ impl ClientSide {
             }
             let detail = (!shown.is_empty())
                 .then(|| approval::detail_hiding(&shown.join("\n"), Some(&self.live.token)));
-            let answer = match params_unshown(&portal.params) {
-                Some(why) => Err(
-                    ErrorResponse::new(sqlstate::INSUFFICIENT_PRIVILEGE, v.message.clone()).with(
-                        b'H',
-                        format!("{why}: an approval covers only what its approver reads"),
-                    ),
-                ),
-                None => {
-                    self.approve(&v, &st.text, fingerprint, detail, approval::sql_reason(&st.text))
-                        .await
-                }
-            };
+            let unshown = params_unshown(&portal.params)
+                .or_else(|| executed.as_ref().and_then(|(_, text)| sql_unshown(text)));
+            let answer = self
+                .approve(
+                    &v,
+                    &st.text,
+                    fingerprint,
+                    detail,
+                    approval::sql_reason(&st.text),
+                    unshown,
+                )
+                .await;
             match answer {
                 Ok(()) => v.approved(),
                 Err(e) => approval_error = Some(e),
@@ -3640,6 +3665,20 @@ impl ServerSide {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A statement longer than a record keeps is not shown cut: hiding the agent's token in it
+    /// could leave a short text ahead of what the cut hides.
+    #[test]
+    fn statements_longer_than_a_record_keeps_are_not_shown() {
+        assert_eq!(sql_unshown("DELETE FROM t WHERE id = 1"), None);
+        assert_eq!(sql_unshown(&"x".repeat(MAX_RECORDED_SQL)), None);
+        let why = sql_unshown(&format!(
+            "SELECT 1; /* {} */ DELETE FROM t",
+            "a".repeat(MAX_RECORDED_SQL)
+        ))
+        .unwrap();
+        assert!(why.contains("send a shorter one"), "{why}");
+    }
 
     /// Bound values an approver would read as their size, or cut, are named as the reason no
     /// approval is asked; values read whole, withheld ones and NULLs are not.
