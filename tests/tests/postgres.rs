@@ -1300,6 +1300,78 @@ fn security_catalogue_statements_are_refused() {
     assert_eq!(s.pg.psql("SELECT paid FROM billing.invoices WHERE id = 2"), "f");
 }
 
+/// A client that sends ahead past a failure must not have the gateway decide on what the server
+/// skipped: a Parse of the unnamed statement or a Bind the server did not run leaves the older
+/// one in place, which would then run under the newer one's decision.
+#[test]
+fn pipelined_messages_after_a_failure_are_not_decided_on_guesses() {
+    let s = setup_with(false);
+    let tok = token(&s.idp);
+    let before = s.pg.psql("SELECT count(*) FROM orders");
+    let errors_in = |msgs: &[(u8, Vec<u8>)]| -> Vec<String> {
+        msgs.iter()
+            .filter(|(t, _)| *t == b'E')
+            .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+            .collect()
+    };
+    // The unnamed statement: a DELETE parsed, then (after a failure, so skipped) a SELECT.
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(b'P', &parse("", "DELETE FROM orders WHERE id = 1"));
+    r.send(b'S', b"");
+    r.send(b'E', &execute_rows("nope", 0));
+    r.send(b'P', &parse("", "SELECT 1"));
+    r.send(b'S', b"");
+    r.send(b'B', &bind("", ""));
+    r.send(b'E', &execute_rows("", 0));
+    r.send(b'S', b"");
+    let mut msgs = r.until_ready();
+    msgs.extend(r.until_ready());
+    msgs.extend(r.until_ready());
+    let errors = errors_in(&msgs);
+    assert!(
+        errors.iter().any(|e| e.contains("cannot tell which statement")),
+        "{errors:?}"
+    );
+    assert!(msgs.iter().all(|(t, _)| *t != b'C'), "nothing ran: {msgs:?}");
+    assert_eq!(s.pg.psql("SELECT count(*) FROM orders"), before);
+
+    // A portal: a DELETE bound (not run), a savepoint, a Bind of the name the server refuses,
+    // a rollback to the savepoint (which keeps the DELETE's portal) and an Execute of the name.
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(b'Q', b"BEGIN\0");
+    r.until_ready();
+    r.send(b'P', &parse("s", "DELETE FROM orders WHERE id = 1 RETURNING id"));
+    r.send(b'B', &bind("p", "s"));
+    r.send(b'S', b"");
+    let msgs = r.until_ready();
+    assert!(errors_in(&msgs).is_empty(), "{msgs:?}");
+    r.send(b'Q', b"SAVEPOINT sp\0");
+    r.until_ready();
+    r.send(b'P', &parse("", "SELECT 1"));
+    r.send(b'B', &bind("p", ""));
+    r.send(b'S', b"");
+    r.send(b'Q', b"ROLLBACK TO SAVEPOINT sp\0");
+    r.send(b'E', &execute_rows("p", 0));
+    r.send(b'S', b"");
+    let mut msgs = r.until_ready();
+    msgs.extend(r.until_ready());
+    msgs.extend(r.until_ready());
+    let errors = errors_in(&msgs);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("has not answered that Bind yet")),
+        "{errors:?}"
+    );
+    assert!(
+        !msgs.iter().any(|(t, b)| *t == b'C' && b.starts_with(b"DELETE")),
+        "{msgs:?}"
+    );
+    r.send(b'Q', b"COMMIT\0");
+    r.until_ready();
+    assert_eq!(s.pg.psql("SELECT count(*) FROM orders"), before);
+}
+
 /// A Parse message body: statement name, text, no parameter types.
 fn parse(name: &str, sql: &str) -> Vec<u8> {
     let mut b = Vec::new();

@@ -758,7 +758,11 @@ enum Pending {
     Parse {
         seq: u64,
     },
-    Bind,
+    /// A Bind of `portal`, the gateway's `id` for it (see [`Portal::id`]).
+    Bind {
+        portal: String,
+        id: u64,
+    },
     /// A Describe; `internal` ones were added by the gateway to learn a portal's columns.
     /// `statement`: the Parse number of the statement described, whose parameter types the
     /// answer's ParameterDescription gives.
@@ -804,6 +808,8 @@ struct Prepared {
     /// Counts the Sync and Query boundaries sent: after an error the server skips what follows
     /// it up to the next one, so what lies between two of them runs only together.
     segment: u64,
+    /// Counts the Binds sent (see [`Portal::id`]).
+    binds: u64,
     /// Names a Close or DEALLOCATE freed that the server has not answered yet: the segment of
     /// the latest, and how many are unanswered.
     freeing: HashMap<String, (u64, u32)>,
@@ -816,6 +822,8 @@ enum Entry {
         classified: Arc<Classified>,
         seq: u64,
         confirmed: bool,
+        /// The segment the Parse was sent in (see [`Prepared::segment`]).
+        segment: u64,
         /// Parameter types: as the Parse named them (0 = unspecified), then as the server's
         /// ParameterDescription resolved them. Binary parameters are read as text by them.
         param_types: Arc<[u32]>,
@@ -840,9 +848,26 @@ struct Portal {
     types: Arc<[u32]>,
     /// The segment it was bound in.
     segment: u64,
+    /// The gateway's number for the Bind that made it, and whether the server answered that
+    /// Bind with BindComplete: a Bind the server refused or skipped made nothing, and the
+    /// server may hold an older portal of the name (bound before a savepoint rolled back to,
+    /// or a cursor a DECLARE made).
+    id: u64,
+    confirmed: bool,
 }
 
 impl Prepared {
+    /// The server answered Bind `id` of `portal` (`made`), or refused or skipped it.
+    fn bound_answered(&mut self, portal: &str, id: u64, made: bool) {
+        match self.portals.get_mut(portal) {
+            Some(p) if p.id == id && made => p.confirmed = true,
+            Some(p) if p.id == id => {
+                self.portals.remove(portal);
+            }
+            _ => {}
+        }
+    }
+
     /// Bind made the named portal `name`.
     fn bind_portal(&mut self, name: &str) {
         if self.bound.len() >= MAX_TRACKED_CURSORS {
@@ -2572,6 +2597,7 @@ impl ClientSide {
                 classified,
                 seq,
                 confirmed: false,
+                segment: prepared.segment,
                 param_types: p.param_types.clone().into(),
             };
             if p.name.is_empty() {
@@ -2611,12 +2637,18 @@ impl ClientSide {
         }
         let entry = {
             let prepared = lock(&self.shared);
-            // Freed before the last boundary and not yet answered: what a Parse since then
-            // registered runs only if the server ran the Close or DEALLOCATE.
-            if prepared.freed_earlier(&b.statement) {
-                Some(Entry::Ambiguous)
-            } else {
-                prepared.statements.get(&b.statement).cloned()
+            match prepared.statements.get(&b.statement) {
+                // Freed before the last boundary and not yet answered: what a Parse since then
+                // registered runs only if the server ran the Close or DEALLOCATE.
+                _ if prepared.freed_earlier(&b.statement) => Some(Entry::Ambiguous),
+                // The unnamed statement parsed before the last boundary, unanswered: if the
+                // server skipped that Parse (after an error), it holds the one before.
+                Some(Entry::Known {
+                    confirmed: false,
+                    segment,
+                    ..
+                }) if b.statement.is_empty() && *segment != prepared.segment => Some(Entry::Ambiguous),
+                e => e.cloned(),
             }
         };
         let (classified, types) = match entry {
@@ -2719,6 +2751,8 @@ impl ClientSide {
             prepared.bind_portal(&b.portal);
         }
         let segment = prepared.segment;
+        prepared.binds += 1;
+        let id = prepared.binds;
         prepared.portals.insert(
             b.portal.clone(),
             Portal {
@@ -2727,12 +2761,14 @@ impl ClientSide {
                 bound,
                 types,
                 segment,
+                id,
+                confirmed: false,
             },
         );
         drop(prepared);
         self.described = None;
         self.forward(frame);
-        self.push(Pending::Bind)
+        self.push(Pending::Bind { portal: b.portal, id })
     }
 
     async fn execute(&mut self, frame: &Frame, e: Execute) -> Result<(), Stop> {
@@ -2744,6 +2780,15 @@ impl ClientSide {
                 format!("portal {:?} does not exist", e.portal),
             ));
         };
+        if !portal.confirmed && portal.segment != lock(&self.shared).segment {
+            return self.refuse_extended(ErrorResponse::new(
+                sqlstate::INVALID_CURSOR_NAME,
+                format!(
+                    "portal {:?} was bound before the last Sync and the server has not answered that Bind yet: if it refused or skipped it, it may hold another portal of the name; wait for the server's answers before executing it",
+                    e.portal
+                ),
+            ));
+        }
         let Some(st) = portal.classified.statements.first() else {
             // An empty query: nothing to decide; the upstream answers EmptyQueryResponse.
             self.forward(frame);
@@ -2929,7 +2974,7 @@ fn out_of_step(answer: &str, front: Option<&Pending>) -> String {
         None => "nothing",
         Some(Pending::Query { .. }) => "a Query",
         Some(Pending::Parse { .. }) => "a Parse",
-        Some(Pending::Bind) => "a Bind",
+        Some(Pending::Bind { .. }) => "a Bind",
         Some(Pending::Describe { .. }) => "a Describe",
         Some(Pending::Execute { .. }) => "an Execute",
         Some(Pending::Close { .. }) => "a Close",
@@ -3156,7 +3201,7 @@ impl ServerSide {
                 // Messages still pending here were skipped: after an error the server ignores
                 // everything up to Sync, including what the client sent once it had read the
                 // error. A skipped Parse registered nothing.
-                let (mut void, mut unsure) = (Vec::new(), Vec::new());
+                let (mut void, mut unsure, mut unbound) = (Vec::new(), Vec::new(), Vec::new());
                 // Unanswered by any Query or Sync (it should not be): every portal is forgotten.
                 let mut ended = u64::MAX;
                 while let Some(p) = self.front.pop_front() {
@@ -3171,6 +3216,7 @@ impl ServerSide {
                             break;
                         }
                         Pending::Parse { seq } => void.push(seq),
+                        Pending::Bind { portal, id } => unbound.push((portal, id)),
                         Pending::Close { freed } => unsure.extend(freed),
                         Pending::Execute { plan, .. } => unsure.extend(plan.freed),
                         _ => {}
@@ -3179,6 +3225,9 @@ impl ServerSide {
                 let mut prepared = lock(&self.shared);
                 if !void.is_empty() {
                     prepared.void(&void);
+                }
+                for (portal, id) in unbound {
+                    prepared.bound_answered(&portal, id, false);
                 }
                 prepared.unsure(unsure)?;
                 // Portals live until their transaction ends, and a failed one runs none: what a
@@ -3202,7 +3251,9 @@ impl ServerSide {
             }
             backend::BIND_COMPLETE => {
                 match self.front.pop_front() {
-                    Some(Pending::Bind) => {}
+                    Some(Pending::Bind { portal, id }) => {
+                        lock(&self.shared).bound_answered(&portal, id, true)
+                    }
                     other => return Err(out_of_step("BindComplete", other.as_ref())),
                 }
                 frame.encode(&mut self.out);
@@ -3635,6 +3686,7 @@ impl ServerSide {
             None | Some(Pending::Query { .. }) | Some(Pending::Sync { .. })
         ) {
             let (mut void, mut unsure, mut settled) = (Vec::new(), Vec::new(), Vec::new());
+            let mut unbound = Vec::new();
             // The first is the message that failed, as above.
             let mut failed = code == sqlstate::INVALID_SQL_STATEMENT_NAME;
             while let Some(p) = self.front.front() {
@@ -3643,6 +3695,7 @@ impl ServerSide {
                 }
                 match self.front.pop_front() {
                     Some(Pending::Parse { seq }) => void.push(seq),
+                    Some(Pending::Bind { portal, id }) => unbound.push((portal, id)),
                     Some(Pending::Close { freed }) => unsure.extend(freed),
                     Some(Pending::Execute { plan, .. }) if !failed => unsure.extend(plan.freed),
                     Some(Pending::Execute { plan, .. }) => settled.extend(plan.freed),
@@ -3654,6 +3707,9 @@ impl ServerSide {
             let mut prepared = lock(&self.shared);
             if !void.is_empty() {
                 prepared.void(&void);
+            }
+            for (portal, id) in unbound {
+                prepared.bound_answered(&portal, id, false);
             }
             prepared.settle(&settled);
             prepared.unsure(unsure)?;
@@ -3722,6 +3778,7 @@ mod tests {
                 classified: classified.clone(),
                 seq: i as u64,
                 confirmed: true,
+                segment: 0,
                 param_types: Arc::from([]),
             };
             p.statements.insert(name.into(), known);
