@@ -165,7 +165,7 @@ impl Bucket {
                     self.http.collect(&h.path.to_ascii_lowercase(), out);
                 }
                 // Restricting rules also match the path without a format suffix.
-                if let Some(stem) = super::rule::without_format(h.path.trim_end_matches('/')) {
+                for stem in super::rule::without_format(h.path.trim_end_matches('/')) {
                     self.http.collect(stem, out);
                     if stem.bytes().any(|b| b.is_ascii_uppercase()) {
                         self.http.collect(&stem.to_ascii_lowercase(), out);
@@ -786,6 +786,16 @@ mod tests {
         // A format suffix, and a slash a rule has and the path lacks, are folded too.
         for path in ["/api/v1/keys.json", "/API/v1/Keys.XML/", "/api/v1/trailing"] {
             assert_eq!(decide("GET", path).0, Action::Deny, "{path}");
+        }
+        // Any suffix Rails or Spring reads as a format: past eight characters, with `_`, `-`,
+        // `~`, or dots of its own.
+        for path in [
+            "/api/v1/keys.a_b",
+            "/api/v1/keys.json-",
+            "/api/v1/keys.abcdefghijk",
+            "/api/v1/keys.a.b",
+        ] {
+            assert_eq!(decide("GET", path), denied("no-Keys"), "{path}");
         }
         assert_eq!(
             decide("DELETE", "/api/v1/users/00uADMIN.json"),

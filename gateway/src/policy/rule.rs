@@ -235,10 +235,21 @@ impl HttpMatcher {
         }
         for (name, glob) in &self.query {
             // Every key an upstream may read as this one counts as a repeat of it. A condition
-            // that names a bracketed key (`page[size]`) means that key, not its siblings.
+            // that names a bracketed key (`page[size]`) means that key, not its siblings, but
+            // also its array and map forms (`page[size][]`, `page[size][0]`), which qs and Rack
+            // read as holding its value.
             let brackets = name.contains('[');
             let wanted = query_key(name, !brackets);
-            let named = |k: &str| k == name || query_key(k, !brackets) == wanted;
+            let named = |k: &str| {
+                k == name
+                    || query_key(k, !brackets) == wanted
+                    || (brackets
+                        && k.len() > name.len()
+                        && k.is_char_boundary(name.len())
+                        && k[name.len()..].starts_with('[')
+                        && k[name.len()..].contains(']')
+                        && query_key(&k[..name.len()], false) == wanted)
+            };
             let in_query = (op.query.iter())
                 .filter(|(k, _)| named(k))
                 .map(|(_, v)| v.as_str());
@@ -281,11 +292,19 @@ impl HttpMatcher {
                 BodyView::Empty => None,
             };
             for (path, globs) in &self.json_body {
-                let found = match body.map(|b| lookup(b, path)) {
-                    Some(Lookup::Found(v)) => Some(v),
-                    Some(Lookup::Missing) | None => None,
+                let found = match body.map(|b| (lookup(b, path), b)) {
+                    Some((Lookup::Found(v), _)) => Some(v),
+                    Some((Lookup::Missing, _)) if strict => None,
+                    // Where Rails would wrap the body under the path's first key, a
+                    // restricting rule reads it so too.
+                    Some((Lookup::Missing, b)) => match wrapped_lookup(b, path) {
+                        Lookup::Found(v) => Some(v),
+                        Lookup::Missing => None,
+                        Lookup::Ambiguous => return !strict,
+                    },
+                    None => None,
                     // Two keys an upstream could take for this one: Deny still matches.
-                    Some(Lookup::Ambiguous) => return !strict,
+                    Some((Lookup::Ambiguous, _)) => return !strict,
                 };
                 // Rails and Laravel read `?role=admin` (or a form field) as the body's `role`
                 // where the body has none, and Flask's merged values prefer the query's.
@@ -334,12 +353,33 @@ fn json_value_matches(value: &Value, globs: &[Glob], strict: bool) -> Option<boo
         .flatten()
         .filter(|f| f.fract() == 0.0 && f.abs() < 9.007_199_254_740_992e15)
         .map(|f| format!("{f:.0}"));
+    // An Allow rule's `true` or `false` is a JSON boolean: the string `"false"` is truthy to
+    // JavaScript and Python handlers.
+    let string_boolean = strict && matches!(value, Value::String(s) if !boolean_spellings(s).is_empty());
     let matches = |t: &str| {
-        globs
-            .iter()
-            .any(|g| g.matches(t) || (!strict && g.matches_ignoring_case(t)))
+        globs.iter().any(|g| {
+            if string_boolean && g.is_literal() && matches!(g.as_str(), "true" | "false") {
+                return false;
+            }
+            g.matches(t)
+                || (!strict
+                    && (g.matches_ignoring_case(t)
+                        || boolean_spellings(t).iter().any(|b| g.matches_ignoring_case(b))))
+        })
     };
     Some(matches(&text) || integral.as_deref().is_some_and(matches))
+}
+
+/// The spellings a framework reads as the same boolean as `v` (Spring's StringToBoolean, Go's
+/// ParseBool, Rails' and Laravel's casts), for restricting rules: none when `v` is no boolean.
+fn boolean_spellings(v: &str) -> &'static [&'static str] {
+    const TRUE: &[&str] = &["true", "1"];
+    const FALSE: &[&str] = &["false", "0"];
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" | "t" | "y" => TRUE,
+        "false" | "0" | "no" | "off" | "f" | "n" => FALSE,
+        _ => &[],
+    }
 }
 
 /// The query parameters and body fields a framework reads as the JSON path `path`: `$.role` is
@@ -408,17 +448,24 @@ fn path_matches(glob: &Glob, path: &str, strict: bool) -> bool {
     glob.matches_ignoring_case(path)
         || glob.matches_ignoring_case(trimmed)
         || slashed(trimmed)
-        || without_format(trimmed).is_some_and(|p| glob.matches_ignoring_case(p) || slashed(p))
+        || without_format(trimmed).any(|p| glob.matches_ignoring_case(p) || slashed(p))
 }
 
-/// `path` without a format suffix on its last segment (`/users/1.json` is `/users/1`): a dot
-/// followed by one to eight letters or digits, after a non-empty name.
-pub fn without_format(path: &str) -> Option<&str> {
+/// `path` without a format suffix on its last segment (`/users/1.json` is `/users/1`): what
+/// follows its first dot, as Rails' `(.:format)` (a segment is `[^./?]+`, its format anything
+/// after) and Spring's suffix match read it (`roles.a_b`, `roles.x.y` are `roles`), and what
+/// follows its last (`x.tar.gz` is `x.tar` too); each after a non-empty name, before a
+/// non-empty suffix.
+pub fn without_format(path: &str) -> impl Iterator<Item = &str> {
     let last = path.rfind('/').map_or(0, |i| i + 1);
-    let dot = path[last..].rfind('.').map(|i| last + i)?;
-    let ext = &path[dot + 1..];
-    (dot > last && (1..=8).contains(&ext.len()) && ext.bytes().all(|b| b.is_ascii_alphanumeric()))
-        .then(|| &path[..dot])
+    let name = &path[last..];
+    let stem = |dot: Option<usize>| {
+        dot.filter(|&d| d > 0 && d + 1 < name.len())
+            .map(|d| &path[..last + d])
+    };
+    let first = stem(name.find('.'));
+    let second = stem(name.rfind('.')).filter(|s| Some(*s) != first);
+    first.into_iter().chain(second)
 }
 
 /// At least one value must exist; then any (restricting rules) or all (Allow) must match.
@@ -427,8 +474,12 @@ fn values_match<'v>(values: impl Iterator<Item = &'v str>, glob: &Glob, all: boo
     for v in values {
         seen = true;
         // A restricting rule's value matches whatever its case: `?role=Admin` is `admin` to an
-        // upstream that compares without it (.NET enums, case-insensitive collations).
-        let m = glob.matches(v) || (!all && glob.matches_ignoring_case(v));
+        // upstream that compares without it (.NET enums, case-insensitive collations); and a
+        // boolean however spelt (`?force=1` is `true` to Spring, Go, Rails and Laravel).
+        let m = glob.matches(v)
+            || (!all
+                && (glob.matches_ignoring_case(v)
+                    || boolean_spellings(v).iter().any(|b| glob.matches_ignoring_case(b))));
         if all && !m {
             return false;
         }
@@ -470,6 +521,20 @@ enum Lookup<'v> {
 /// The value at `path`, with keys matched as Go's `encoding/json` and ASP.NET Core match them:
 /// case-insensitively (`{"ROLE":"admin"}` sets a Go upstream's `role`). An exact key alone is
 /// found directly; several keys that fold to the step's are ambiguous.
+/// `path` as Rails' ParamsWrapper reads a JSON body without its first key (`{"role": "admin"}`
+/// is `params[:user][:role]` where the body has no `user`): the rest of the path, looked up in
+/// the body itself.
+fn wrapped_lookup<'v>(body: &'v Value, path: &[Step]) -> Lookup<'v> {
+    match (path.first(), body.as_object()) {
+        (Some(Step::Key(first)), Some(object))
+            if path.len() > 1 && !object.keys().any(|k| fold_case(k) == fold_case(first)) =>
+        {
+            lookup(body, &path[1..])
+        }
+        _ => Lookup::Missing,
+    }
+}
+
 fn lookup<'v>(mut v: &'v Value, path: &[Step]) -> Lookup<'v> {
     for step in path {
         let next = match step {
@@ -965,6 +1030,120 @@ mod tests {
         assert!(page.matches(Action::Allow, &http("GET", "/x", &ok, &h), 0));
         let big = q(&[("page[size]", "10"), ("PAGE[SIZE]", "500")]);
         assert!(!page.matches(Action::Allow, &http("GET", "/x", &big, &h), 0));
+        // Its array and map forms hold its value too (qs, Rack).
+        for key in ["page[size][]", "page[size][0]", "Page[Size][x]"] {
+            let nested = q(&[("page[size]", "10"), (key, "500")]);
+            assert!(
+                !page.matches(Action::Allow, &http("GET", "/x", &nested, &h), 0),
+                "{key}"
+            );
+        }
+        let deleted = compile(&rule(
+            "name: r\naction: Deny\nhttp:\n  query: {'filter[deleted]': 'true'}\n",
+        ))
+        .unwrap();
+        let nested = q(&[("filter[deleted][]", "true")]);
+        assert!(deleted.matches(Action::Deny, &http("GET", "/x", &nested, &h), 0));
+        let sibling = q(&[("filter[deletedAt]", "true")]);
+        assert!(!deleted.matches(Action::Deny, &http("GET", "/x", &sibling, &h), 0));
+    }
+
+    /// A boolean is one value however a framework spells it: `?force=1`, `on`, `yes` are `true`
+    /// to a restricting rule (Spring, Go, Rails, Laravel), JSON `1` too; an Allow rule's
+    /// `false` is a JSON boolean, not the string `"false"`, which handlers take as truthy.
+    #[test]
+    fn booleans_match_however_spelt() {
+        let h = HeaderMap::new();
+        let deny = compile(&rule("name: r\naction: Deny\nhttp:\n  query: {force: 'true'}\n")).unwrap();
+        for spelt in ["true", "TRUE", "1", "on", "yes", "t", "Y"] {
+            let query = [("force".to_string(), spelt.to_string())];
+            let op = Operation::Http(HttpOperation {
+                method: "DELETE",
+                path: "/x",
+                query: &query,
+                headers: &h,
+                body: BodyView::Empty,
+                params: BodyParams::None,
+            });
+            assert!(deny.matches(Action::Deny, &op, 0), "{spelt}");
+        }
+        let query = [("force".to_string(), "off".to_string())];
+        let op = Operation::Http(HttpOperation {
+            method: "DELETE",
+            path: "/x",
+            query: &query,
+            headers: &h,
+            body: BodyView::Empty,
+            params: BodyParams::None,
+        });
+        assert!(!deny.matches(Action::Deny, &op, 0));
+        let json_op = |b| {
+            Operation::Http(HttpOperation {
+                method: "POST",
+                path: "/x",
+                query: &[],
+                headers: &h,
+                body: BodyView::Json(b),
+                params: BodyParams::None,
+            })
+        };
+        let admin = compile(&rule(
+            "name: r\naction: Deny\nhttp:\n  jsonBody:\n  - path: $.admin\n    values: ['true']\n",
+        ))
+        .unwrap();
+        let (one, yes, zero) = (
+            serde_json::json!({"admin": 1}),
+            serde_json::json!({"admin": "yes"}),
+            serde_json::json!({"admin": 0}),
+        );
+        assert!(admin.matches(Action::Deny, &json_op(&one), 0));
+        assert!(admin.matches(Action::Deny, &json_op(&yes), 0));
+        assert!(!admin.matches(Action::Deny, &json_op(&zero), 0));
+        let allow = compile(&rule(
+            "name: r\naction: Allow\nhttp:\n  jsonBody:\n  - path: $.admin\n    values: ['false']\n",
+        ))
+        .unwrap();
+        let (typed, text) = (
+            serde_json::json!({"admin": false}),
+            serde_json::json!({"admin": "false"}),
+        );
+        assert!(allow.matches(Action::Allow, &json_op(&typed), 0));
+        assert!(!allow.matches(Action::Allow, &json_op(&text), 0));
+    }
+
+    /// Rails wraps a JSON body's keys under the controller's (`{"role": "admin"}` is
+    /// `params[:user][:role]` where the body has no `user`): a restricting rule on `$.user.role`
+    /// reads it so; where the body has `user`, only that.
+    #[test]
+    fn wrapped_json_parameters_meet_restricting_rules() {
+        let h = HeaderMap::new();
+        let deny = compile(&rule(
+            "name: r\naction: Deny\nhttp:\n  jsonBody:\n  - path: $.user.role\n    values: [admin]\n",
+        ))
+        .unwrap();
+        let op = |b| {
+            Operation::Http(HttpOperation {
+                method: "POST",
+                path: "/users",
+                query: &[],
+                headers: &h,
+                body: BodyView::Json(b),
+                params: BodyParams::None,
+            })
+        };
+        let (bare, nested, both) = (
+            serde_json::json!({"role": "admin"}),
+            serde_json::json!({"user": {"role": "admin"}}),
+            serde_json::json!({"user": {"role": "viewer"}, "role": "admin"}),
+        );
+        assert!(deny.matches(Action::Deny, &op(&bare), 0));
+        assert!(deny.matches(Action::Deny, &op(&nested), 0));
+        assert!(!deny.matches(Action::Deny, &op(&both), 0));
+        let allow = compile(&rule(
+            "name: r\naction: Allow\nhttp:\n  jsonBody:\n  - path: $.user.role\n    values: [admin]\n",
+        ))
+        .unwrap();
+        assert!(!allow.matches(Action::Allow, &op(&bare), 0));
     }
 
     #[test]
