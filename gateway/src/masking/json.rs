@@ -5,7 +5,7 @@
 
 use std::ops::Range;
 
-use agentgate_crds::policy::Detector;
+use agentgate_crds::policy::{Detector, MaskingStrategy};
 use memchr::memchr;
 
 use super::detectors::{self, FeatureScan, Features, Span};
@@ -341,8 +341,11 @@ impl<'i> Rewriter<'_, 'i, '_> {
             return Ok(());
         };
         self.states.truncate(frame.states.start);
-        if let Some((start, strategy)) = frame.replace {
+        if let Some((start, mut strategy)) = frame.replace {
             self.quiet -= 1;
+            if self.plan.secret_values && strategy == FieldMask::Strategy(MaskingStrategy::Hash) {
+                strategy = FieldMask::Strategy(MaskingStrategy::Redact);
+            }
             let raw = self.str_at(start..self.pos)?;
             self.replace(start..self.pos, strategy, raw, true);
         }

@@ -134,6 +134,10 @@ struct Inner {
     refuse: bool,
     /// Bodies are withheld from records whatever they hold (see [`MaskingPlan::withholding_bodies`]).
     withhold: bool,
+    /// Kubernetes Secrets' values are masked (see [`MaskingPlan::with_kubernetes_secrets`]): a
+    /// container a Hash rule selects is redacted instead, as its hash would be one of the values
+    /// inside, which an agent could match against objects it makes (a ConfigMap of guesses).
+    secret_values: bool,
     key: HashKey,
 }
 
@@ -194,6 +198,7 @@ impl MaskingPlan {
                 columns: Vec::new(),
                 refuse: false,
                 withhold: false,
+                secret_values: false,
                 key,
             }),
         }
@@ -258,6 +263,7 @@ impl MaskingPlan {
             .filter_map(|(p, mask)| Some((path::parse(p).ok()?, *mask)));
         inner.paths = PathSet::new(inner.paths.rules().iter().cloned().chain(secrets));
         inner.refuse = true;
+        inner.secret_values = true;
         Self {
             inner: Arc::new(inner),
         }
@@ -308,6 +314,7 @@ impl MaskingPlan {
         inner.columns.extend(b.columns.iter().cloned());
         inner.refuse |= b.refuse;
         inner.withhold |= b.withhold;
+        inner.secret_values |= b.secret_values;
         Self {
             inner: Arc::new(inner),
         }

@@ -209,6 +209,18 @@ fn kubernetes_secrets_are_redacted() {
     assert_eq!(out["metadata"]["annotations"]["team"], "payments");
     assert_eq!(out["metadata"]["name"], "db");
 
+    // A policy's Hash of a container above the data would be a comparable hash of its values
+    // (to a ConfigMap of guesses): redacted instead, where Secrets' values are masked.
+    let hashing = compile(json!([{"jsonFields": ["$..data", "$.metadata"], "strategy": "Hash"}])).unwrap();
+    let out = mask(&plan.merge(&hashing), &secret.to_string());
+    assert_eq!(out["data"], "[REDACTED]");
+    assert_eq!(out["metadata"], "[REDACTED]");
+    let out = mask(&hashing, &json!({"data": {"k": "v"}}).to_string());
+    assert!(
+        out["data"].as_str().is_some_and(|h| h.starts_with(HASH_PREFIX)),
+        "elsewhere a container still hashes: {out}"
+    );
+
     let list = json!({"kind": "SecretList", "items": [secret.clone(), {"kind": "Secret", "data": {"token": "eA=="}}]});
     let text = list.to_string();
     let out = mask(&plan, &text);
