@@ -794,6 +794,7 @@ mod tests {
             "/api/v1/keys.json-",
             "/api/v1/keys.abcdefghijk",
             "/api/v1/keys.a.b",
+            "/api/v1/keys.",
         ] {
             assert_eq!(decide("GET", path), denied("no-Keys"), "{path}");
         }

@@ -240,14 +240,14 @@ impl HttpMatcher {
             // read as holding its value.
             let brackets = name.contains('[');
             let wanted = query_key(name, !brackets);
+            // (Past a key's last `]`, PHP and qs drop what follows: `filter[deleted]x` is
+            // `filter[deleted]` to them.)
             let named = |k: &str| {
                 k == name
                     || query_key(k, !brackets) == wanted
-                    || (brackets
+                    || (name.ends_with(']')
                         && k.len() > name.len()
                         && k.is_char_boundary(name.len())
-                        && k[name.len()..].starts_with('[')
-                        && k[name.len()..].contains(']')
                         && query_key(&k[..name.len()], false) == wanted)
             };
             let in_query = (op.query.iter())
@@ -292,27 +292,30 @@ impl HttpMatcher {
                 BodyView::Empty => None,
             };
             for (path, globs) in &self.json_body {
-                let found = match body.map(|b| (lookup(b, path), b)) {
-                    Some((Lookup::Found(v), _)) => Some(v),
-                    Some((Lookup::Missing, _)) if strict => None,
-                    // Where Rails would wrap the body under the path's first key, a
-                    // restricting rule reads it so too.
-                    Some((Lookup::Missing, b)) => match wrapped_lookup(b, path) {
-                        Lookup::Found(v) => Some(v),
-                        Lookup::Missing => None,
-                        Lookup::Ambiguous => return !strict,
-                    },
-                    None => None,
+                let found = match body.map(|b| lookup(b, path)) {
+                    Some(Lookup::Found(v)) => Some(v),
+                    Some(Lookup::Missing) | None => None,
                     // Two keys an upstream could take for this one: Deny still matches.
-                    Some((Lookup::Ambiguous, _)) => return !strict,
+                    Some(Lookup::Ambiguous) => return !strict,
                 };
+                // Where Rails would wrap the body under the path's first key (none spelt
+                // exactly so), a restricting rule reads it so too.
+                let wrapped = match body.map(|b| wrapped_lookup(b, path)) {
+                    _ if strict => None,
+                    Some(Lookup::Found(v)) => Some(v),
+                    Some(Lookup::Missing) | None => None,
+                    Some(Lookup::Ambiguous) => return true,
+                };
+                if wrapped.is_some_and(|v| json_value_matches(v, globs, false) != Some(false)) {
+                    continue;
+                }
                 // Rails and Laravel read `?role=admin` (or a form field) as the body's `role`
                 // where the body has none, and Flask's merged values prefer the query's.
                 let param_matches = |t: &str| {
                     globs.is_empty()
                         || globs
                             .iter()
-                            .any(|g| g.matches(t) || (!strict && g.matches_ignoring_case(t)))
+                            .any(|g| g.matches(t) || (!strict && restricting_match(g, t)))
                 };
                 let mut named = named_params(path, op).map(|(_, v)| v.as_str());
                 let holds = match found {
@@ -355,30 +358,60 @@ fn json_value_matches(value: &Value, globs: &[Glob], strict: bool) -> Option<boo
         .map(|f| format!("{f:.0}"));
     // An Allow rule's `true` or `false` is a JSON boolean: the string `"false"` is truthy to
     // JavaScript and Python handlers.
-    let string_boolean = strict && matches!(value, Value::String(s) if !boolean_spellings(s).is_empty());
+    let string_boolean = strict && matches!(value, Value::String(s) if boolean_of(s).is_some());
     let matches = |t: &str| {
         globs.iter().any(|g| {
-            if string_boolean && g.is_literal() && matches!(g.as_str(), "true" | "false") {
+            if string_boolean && boolean_of(g.as_str()).is_some() && g.is_literal() {
                 return false;
             }
-            g.matches(t)
-                || (!strict
-                    && (g.matches_ignoring_case(t)
-                        || boolean_spellings(t).iter().any(|b| g.matches_ignoring_case(b))))
+            g.matches(t) || (!strict && restricting_match(g, t))
         })
     };
     Some(matches(&text) || integral.as_deref().is_some_and(matches))
 }
 
-/// The spellings a framework reads as the same boolean as `v` (Spring's StringToBoolean, Go's
-/// ParseBool, Rails' and Laravel's casts), for restricting rules: none when `v` is no boolean.
-fn boolean_spellings(v: &str) -> &'static [&'static str] {
-    const TRUE: &[&str] = &["true", "1"];
-    const FALSE: &[&str] = &["false", "0"];
-    match v.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" | "t" | "y" => TRUE,
-        "false" | "0" | "no" | "off" | "f" | "n" => FALSE,
-        _ => &[],
+/// Whether a restricting rule's value `glob` matches `v` as some upstream reads `v`: whatever
+/// its case (.NET enums, case-insensitive collations), and as a boolean however spelt (see
+/// [`boolean_readings`]).
+fn restricting_match(glob: &Glob, v: &str) -> bool {
+    if glob.matches_ignoring_case(v) {
+        return true;
+    }
+    match (
+        glob.is_literal().then(|| boolean_of(glob.as_str())).flatten(),
+        boolean_readings(v),
+    ) {
+        (Some(wanted), (as_true, as_false)) => (wanted && as_true) || (!wanted && as_false),
+        _ => false,
+    }
+}
+
+/// The boolean a spelling stands for to the frameworks that agree on it (Spring's
+/// StringToBoolean, Go's ParseBool, Laravel's `boolean()`, PHP's FILTER_VALIDATE_BOOLEAN), blanks
+/// around it trimmed as they trim them; `None` for anything else.
+fn boolean_of(v: &str) -> Option<bool> {
+    match v
+        .trim_matches([' ', '\t', '\n', '\r'])
+        .to_ascii_lowercase()
+        .as_str()
+    {
+        "true" | "1" | "yes" | "on" | "t" | "y" => Some(true),
+        "false" | "0" | "no" | "off" | "f" | "n" => Some(false),
+        _ => None,
+    }
+}
+
+/// Which booleans some framework reads `v` as: (true, false). Rails' cast reads as false only
+/// `0 f F false FALSE off OFF`, so `no`, `n` and `False` are true to it and false to the rest.
+fn boolean_readings(v: &str) -> (bool, bool) {
+    const RAILS_FALSE: [&str; 7] = ["0", "f", "F", "false", "FALSE", "off", "OFF"];
+    match boolean_of(v) {
+        Some(true) => (true, false),
+        Some(false) => (
+            !RAILS_FALSE.contains(&v.trim_matches([' ', '\t', '\n', '\r'])),
+            true,
+        ),
+        None => (false, false),
     }
 }
 
@@ -454,15 +487,12 @@ fn path_matches(glob: &Glob, path: &str, strict: bool) -> bool {
 /// `path` without a format suffix on its last segment (`/users/1.json` is `/users/1`): what
 /// follows its first dot, as Rails' `(.:format)` (a segment is `[^./?]+`, its format anything
 /// after) and Spring's suffix match read it (`roles.a_b`, `roles.x.y` are `roles`), and what
-/// follows its last (`x.tar.gz` is `x.tar` too); each after a non-empty name, before a
-/// non-empty suffix.
+/// follows its last (`x.tar.gz` is `x.tar` too); each after a non-empty name.
 pub fn without_format(path: &str) -> impl Iterator<Item = &str> {
     let last = path.rfind('/').map_or(0, |i| i + 1);
     let name = &path[last..];
-    let stem = |dot: Option<usize>| {
-        dot.filter(|&d| d > 0 && d + 1 < name.len())
-            .map(|d| &path[..last + d])
-    };
+    // A dot ending the segment too: Spring's `{x}.*` takes an empty suffix.
+    let stem = |dot: Option<usize>| dot.filter(|&d| d > 0).map(|d| &path[..last + d]);
     let first = stem(name.find('.'));
     let second = stem(name.rfind('.')).filter(|s| Some(*s) != first);
     first.into_iter().chain(second)
@@ -476,10 +506,7 @@ fn values_match<'v>(values: impl Iterator<Item = &'v str>, glob: &Glob, all: boo
         // A restricting rule's value matches whatever its case: `?role=Admin` is `admin` to an
         // upstream that compares without it (.NET enums, case-insensitive collations); and a
         // boolean however spelt (`?force=1` is `true` to Spring, Go, Rails and Laravel).
-        let m = glob.matches(v)
-            || (!all
-                && (glob.matches_ignoring_case(v)
-                    || boolean_spellings(v).iter().any(|b| glob.matches_ignoring_case(b))));
+        let m = glob.matches(v) || (!all && restricting_match(glob, v));
         if all && !m {
             return false;
         }
@@ -522,13 +549,11 @@ enum Lookup<'v> {
 /// case-insensitively (`{"ROLE":"admin"}` sets a Go upstream's `role`). An exact key alone is
 /// found directly; several keys that fold to the step's are ambiguous.
 /// `path` as Rails' ParamsWrapper reads a JSON body without its first key (`{"role": "admin"}`
-/// is `params[:user][:role]` where the body has no `user`): the rest of the path, looked up in
-/// the body itself.
+/// is `params[:user][:role]` where the body has no `user`, spelt so exactly): the rest of the
+/// path, looked up in the body itself.
 fn wrapped_lookup<'v>(body: &'v Value, path: &[Step]) -> Lookup<'v> {
     match (path.first(), body.as_object()) {
-        (Some(Step::Key(first)), Some(object))
-            if path.len() > 1 && !object.keys().any(|k| fold_case(k) == fold_case(first)) =>
-        {
+        (Some(Step::Key(first)), Some(object)) if path.len() > 1 && !object.contains_key(first) => {
             lookup(body, &path[1..])
         }
         _ => Lookup::Missing,
@@ -1042,8 +1067,20 @@ mod tests {
             "name: r\naction: Deny\nhttp:\n  query: {'filter[deleted]': 'true'}\n",
         ))
         .unwrap();
-        let nested = q(&[("filter[deleted][]", "true")]);
-        assert!(deleted.matches(Action::Deny, &http("GET", "/x", &nested, &h), 0));
+        for key in [
+            "filter[deleted][]",
+            "filter[deleted]x",
+            "filter[deleted]]",
+            "Filter[Deleted]x[]",
+        ] {
+            let nested = q(&[(key, "true")]);
+            assert!(
+                deleted.matches(Action::Deny, &http("GET", "/x", &nested, &h), 0),
+                "{key}"
+            );
+        }
+        let trailing = q(&[("page[size]", "10"), ("page[size]x", "500")]);
+        assert!(!page.matches(Action::Allow, &http("GET", "/x", &trailing, &h), 0));
         let sibling = q(&[("filter[deletedAt]", "true")]);
         assert!(!deleted.matches(Action::Deny, &http("GET", "/x", &sibling, &h), 0));
     }
@@ -1055,7 +1092,10 @@ mod tests {
     fn booleans_match_however_spelt() {
         let h = HeaderMap::new();
         let deny = compile(&rule("name: r\naction: Deny\nhttp:\n  query: {force: 'true'}\n")).unwrap();
-        for spelt in ["true", "TRUE", "1", "on", "yes", "t", "Y"] {
+        // `no` and `False` are true to Rails' cast.
+        for spelt in [
+            "true", "TRUE", "1", "on", "yes", "t", "Y", " true", "true\t", "no", "False",
+        ] {
             let query = [("force".to_string(), spelt.to_string())];
             let op = Operation::Http(HttpOperation {
                 method: "DELETE",
@@ -1067,16 +1107,37 @@ mod tests {
             });
             assert!(deny.matches(Action::Deny, &op, 0), "{spelt}");
         }
-        let query = [("force".to_string(), "off".to_string())];
-        let op = Operation::Http(HttpOperation {
-            method: "DELETE",
-            path: "/x",
-            query: &query,
-            headers: &h,
-            body: BodyView::Empty,
-            params: BodyParams::None,
-        });
-        assert!(!deny.matches(Action::Deny, &op, 0));
+        let op_with = |query: &[(String, String)]| {
+            deny.matches(
+                Action::Deny,
+                &Operation::Http(HttpOperation {
+                    method: "DELETE",
+                    path: "/x",
+                    query,
+                    headers: &h,
+                    body: BodyView::Empty,
+                    params: BodyParams::None,
+                }),
+                0,
+            )
+        };
+        for spelt in ["off", "false", "0", "F"] {
+            assert!(!op_with(&[("force".to_string(), spelt.to_string())]), "{spelt}");
+        }
+        // The rule's own spelling is read as its boolean too (an HTML checkbox sends `on`).
+        let checkbox = compile(&rule("name: r\naction: Deny\nhttp:\n  query: {force: 'on'}\n")).unwrap();
+        for spelt in ["true", "1", "on"] {
+            let query = [("force".to_string(), spelt.to_string())];
+            let op = Operation::Http(HttpOperation {
+                method: "DELETE",
+                path: "/x",
+                query: &query,
+                headers: &h,
+                body: BodyView::Empty,
+                params: BodyParams::None,
+            });
+            assert!(checkbox.matches(Action::Deny, &op, 0), "{spelt}");
+        }
         let json_op = |b| {
             Operation::Http(HttpOperation {
                 method: "POST",
@@ -1099,6 +1160,17 @@ mod tests {
         assert!(admin.matches(Action::Deny, &json_op(&one), 0));
         assert!(admin.matches(Action::Deny, &json_op(&yes), 0));
         assert!(!admin.matches(Action::Deny, &json_op(&zero), 0));
+        // In the query, which Rails and Laravel merge into the body's parameters.
+        let query = [("admin".to_string(), "1".to_string())];
+        let merged = Operation::Http(HttpOperation {
+            method: "POST",
+            path: "/x",
+            query: &query,
+            headers: &h,
+            body: BodyView::Empty,
+            params: BodyParams::None,
+        });
+        assert!(admin.matches(Action::Deny, &merged, 0));
         let allow = compile(&rule(
             "name: r\naction: Allow\nhttp:\n  jsonBody:\n  - path: $.admin\n    values: ['false']\n",
         ))
@@ -1131,14 +1203,17 @@ mod tests {
                 params: BodyParams::None,
             })
         };
-        let (bare, nested, both) = (
+        let (bare, nested, both, cased) = (
             serde_json::json!({"role": "admin"}),
             serde_json::json!({"user": {"role": "admin"}}),
             serde_json::json!({"user": {"role": "viewer"}, "role": "admin"}),
+            // Rails looks for `user` exactly: `User` does not stop it wrapping.
+            serde_json::json!({"User": {"role": "viewer"}, "role": "admin"}),
         );
         assert!(deny.matches(Action::Deny, &op(&bare), 0));
         assert!(deny.matches(Action::Deny, &op(&nested), 0));
         assert!(!deny.matches(Action::Deny, &op(&both), 0));
+        assert!(deny.matches(Action::Deny, &op(&cased), 0));
         let allow = compile(&rule(
             "name: r\naction: Allow\nhttp:\n  jsonBody:\n  - path: $.user.role\n    values: [admin]\n",
         ))

@@ -20,9 +20,9 @@ pub const MAX_JSON_FIELD_BYTES: usize = 4 << 20;
 
 /// The fields of an `application/x-www-form-urlencoded` body, names and values percent-decoded
 /// (`+` is a space), split at `&` and at `;` (which older Rack and Python read as `&`), or
-/// `None` past [`MAX_BODY_PARAMS`], or when a name holds a control character: PHP cuts a name
-/// at its NUL (`dryRun%00=false` is its `dryRun`), as the query refuses them. Bad escapes are
-/// kept as they are, as frameworks keep them.
+/// `None` past [`MAX_BODY_PARAMS`]. A name with a NUL is also read as PHP reads it, cut there
+/// (`dryRun%00=false` is its `dryRun`). Bad escapes are kept as they are, as frameworks keep
+/// them.
 pub fn form_fields(body: &[u8]) -> Option<Vec<(String, String)>> {
     let mut out = Vec::new();
     for pair in body.split(|&b| b == b'&' || b == b';') {
@@ -38,11 +38,11 @@ pub fn form_fields(body: &[u8]) -> Option<Vec<(String, String)>> {
         };
         let text =
             |s: &[u8]| String::from_utf8_lossy(&super::method_override::percent_decode(s)).into_owned();
-        let name = text(name);
-        if name.chars().any(char::is_control) {
-            return None;
+        let (name, value) = (text(name), text(value));
+        if let Some(cut) = name.split_once('\0').map(|(cut, _)| cut.to_string()) {
+            out.push((cut, value.clone()));
         }
-        out.push((name, text(value)));
+        out.push((name, value));
     }
     Some(out)
 }
@@ -126,11 +126,12 @@ mod tests {
             pairs(&[("force", "true"), ("name", "a b!"), ("flag", ""), ("bad", "%zz")])
         );
         assert_eq!(form_fields(b"").unwrap(), pairs(&[]));
-        // A name PHP reads up to its NUL (`dryRun`) is not read as another: unread.
-        for body in [&b"dryRun=true&dryRun%00=false"[..], b"a%0Ab=1", b"x%7F=1"] {
-            assert!(form_fields(body).is_none(), "{body:?}");
-        }
-        assert_eq!(form_fields(b"a=%00").unwrap(), pairs(&[("a", "\0")]));
+        // A name PHP reads up to its NUL is that name too.
+        assert_eq!(
+            form_fields(b"dryRun=true&dryRun%00x=false").unwrap(),
+            pairs(&[("dryRun", "true"), ("dryRun", "false"), ("dryRun\0x", "false")])
+        );
+        assert_eq!(form_fields(b"a%0Ab=1").unwrap(), pairs(&[("a\nb", "1")]));
         let many = "a=1&".repeat(MAX_BODY_PARAMS + 1);
         assert!(form_fields(many.as_bytes()).is_none());
         assert_eq!(
