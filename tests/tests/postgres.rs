@@ -1108,6 +1108,16 @@ fn open_sessions_follow_reloads() {
         )
         .await
         .unwrap();
+        // A DECLARE the server refuses (outside a transaction) made no cursor: its name is not
+        // taken for one the gateway saw declared where a rowLimit applies (a function's cursor
+        // of that name would be read past the cap).
+        let e = c
+            .batch_execute("DECLARE ghost CURSOR FOR SELECT 1")
+            .await
+            .unwrap_err();
+        assert_eq!(db_error(&e).0, "25P01", "{e}");
+        let e = c.batch_execute("BEGIN; FETCH ALL FROM ghost").await.unwrap_err();
+        assert!(db_error(&e).1.contains("did not see declared"), "{e}");
 
         // The recording moves: the open session's record is closed and continued there.
         let moved = s.gw.sessions.parent().unwrap().join("sessions-moved");

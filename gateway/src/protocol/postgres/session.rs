@@ -429,6 +429,10 @@ struct Live {
     /// The configuration generation each cursor was declared under: FETCH names only the
     /// cursor, so one declared before a reload is not read under the new policy.
     cursors: Mutex<HashMap<String, u64>>,
+    /// Cursor names noted when a DECLARE was allowed, for the statements after it in the same
+    /// text, that the server has not confirmed: forgotten at the next ReadyForQuery unless it
+    /// did (a DECLARE refused or failed made no cursor, and a function may open one of its name).
+    unconfirmed_cursors: Mutex<Vec<String>>,
     connection: String,
     identity: String,
     /// The token's subject (never its own approver).
@@ -683,6 +687,7 @@ async fn start(
                 stale: None,
             })),
             cursors: Mutex::new(HashMap::new()),
+            unconfirmed_cursors: Mutex::new(Vec::new()),
             connection: conn.name.clone(),
             identity: principal.identity.clone(),
             subject: principal.subject.clone(),
@@ -1697,10 +1702,29 @@ impl Live {
         if cursors.len() >= MAX_TRACKED_CURSORS && !cursors.contains_key(name) {
             cursors.clear();
         }
+        let mut unconfirmed = self
+            .unconfirmed_cursors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if confirmed {
             cursors.insert(name.to_string(), generation);
-        } else {
-            cursors.entry(name.to_string()).or_insert(generation);
+            unconfirmed.retain(|n| n != name);
+        } else if !cursors.contains_key(name) && unconfirmed.len() < MAX_TRACKED_CURSORS {
+            cursors.insert(name.to_string(), generation);
+            unconfirmed.push(name.to_string());
+        }
+    }
+
+    /// Forgets the cursors noted for a DECLARE that the server has not confirmed (see
+    /// [`Live::unconfirmed_cursors`]): called at ReadyForQuery.
+    fn forget_unconfirmed_cursors(&self) {
+        let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut unconfirmed = self
+            .unconfirmed_cursors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for name in unconfirmed.drain(..) {
+            cursors.remove(&name);
         }
     }
 
@@ -3236,6 +3260,7 @@ impl ServerSide {
                     prepared.clear_portals_before(ended, status == TransactionStatus::Idle);
                 }
                 drop(prepared);
+                self.live.forget_unconfirmed_cursors();
                 self.result = None;
                 self.query_index = 0;
                 frame.encode(&mut self.out);
