@@ -1126,6 +1126,13 @@ fn reflected_basic_tokens_and_compressed_bodies_never_reach_the_agent() {
         "{r:?}"
     );
     assert!(r.body.contains("compressed"), "{}", r.body);
+    let r = s.curl(&[], "/okta/te-gzip-reflect");
+    assert_eq!(
+        (r.status, r.problem()),
+        (502, problem("masking-refused")),
+        "{r:?}"
+    );
+    assert!(r.body.contains("Transfer-Encoding"), "{}", r.body);
     s.assert_no_secrets();
 }
 
@@ -1151,11 +1158,19 @@ fn validators_of_unmasked_bodies_are_not_passed_on() {
                 "If-Match: *",
                 "-H",
                 "Want-Repr-Digest: sha-256=1",
+                "-H",
+                "If-Modified-Since: Sun, 06 Dec 2026 00:00:00 GMT",
             ],
             "/okta/echo/validators",
         )
         .echo();
-    for gone in ["if-none-match", "if-match", "want-repr-digest"] {
+    // (A 304 to If-Modified-Since would carry the unmasked body's ETag.)
+    for gone in [
+        "if-none-match",
+        "if-match",
+        "want-repr-digest",
+        "if-modified-since",
+    ] {
         assert!(echo.header(gone).is_empty(), "{gone} forwarded");
     }
     // A write keeps its conditions: they guard the write.
@@ -1889,6 +1904,7 @@ fn mutated_request_streams_reach_the_upstream_only_as_allowed_requests() {
                 "/big",
                 "/reflect",
                 "/gzip-reflect",
+                "/te-gzip-reflect",
                 "/lying-length",
             ]
             .contains(&path);

@@ -12,6 +12,7 @@ check exactly what the gateway forwarded. A few paths serve fixed content for ma
   /big?bytes=N        a JSON document of about N bytes
   /reflect            the Authorization header it received, in a header and the body
   /gzip-reflect       the same body, gzip-compressed whatever the client accepts (some do)
+  /te-gzip-reflect    the same, compressed as a transfer coding (`Transfer-Encoding: gzip, chunked`)
   /lying-length       the users list chunked, with a `Content-Length: 0` beside it
   /partial           206 Partial Content: a slice of the users list, whatever was asked
   /events             server-sent events, chunked: one with an email, 2 s later a second (with a
@@ -140,6 +141,15 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
+            return
+        if path == "/te-gzip-reflect":
+            # Compressed as a transfer coding, which hyper leaves on the body.
+            payload = gzip.compress(json.dumps({"you_sent": self.headers.get("Authorization", "")}).encode())
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "gzip, chunked")
+            self.end_headers()
+            self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(payload), payload))
             return
         if path == "/lying-length":
             payload = json.dumps(USERS).encode()

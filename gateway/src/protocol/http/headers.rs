@@ -51,6 +51,9 @@ pub const BODY_VALIDATORS: &[&str] = &["etag", "content-md5", "digest", "repr-di
 pub const BODY_VALIDATORS_ASKED: &[&str] = &[
     "if-none-match",
     "if-match",
+    // A 304 answers them with the unmasked body's validators.
+    "if-modified-since",
+    "if-unmodified-since",
     "want-digest",
     "want-repr-digest",
     "want-content-digest",

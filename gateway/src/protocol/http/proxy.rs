@@ -1267,6 +1267,14 @@ async fn proxy(
     // one of them back: the upstream's reason phrase (`404 No user alice@example.com`), which
     // neither the masker nor the credential scrubber sees. The agent gets the standard phrase.
     res_parts.extensions = hyper::http::Extensions::new();
+    // A transfer coding other than chunked (`gzip, chunked`) is left on the body by hyper, and
+    // its header goes with the hop-by-hop ones: looked at before they are removed.
+    let transfer_coded = res_parts
+        .headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|t| !t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
     headers::sanitize_response(&mut res_parts.headers);
     // Header values quote data too (a Location naming a user's email).
     let header_report = headers::mask_values(&mut res_parts.headers, &plan);
@@ -1278,11 +1286,13 @@ async fn proxy(
     // scrubber can read.
     let partial = res_parts.status == StatusCode::PARTIAL_CONTENT
         || res_parts.headers.contains_key(header::CONTENT_RANGE);
-    if whole_bodies && (is_encoded(&res_parts.headers) || partial) {
+    if whole_bodies && (is_encoded(&res_parts.headers) || partial || transfer_coded) {
         let problem = Problem::new(
             Kind::MaskingRefused,
             if partial {
                 "the upstream's response was withheld because it is part of a body (206 Partial Content), which the gateway cannot mask or scrub"
+            } else if transfer_coded {
+                "the upstream's response was withheld because it is compressed (a Transfer-Encoding other than chunked), which the gateway cannot mask or scrub"
             } else {
                 "the upstream's response was withheld because it is compressed (Content-Encoding), which the gateway cannot mask or scrub"
             },
@@ -1340,19 +1350,40 @@ async fn proxy(
     // They describe the body before masking: with the masked one, they let a masked value be
     // guessed offline (Express's ETag is a SHA-1 of the body). A HEAD's are its GET's. Where no
     // body is masked (a write's 201 or 204, say) they stay: clients need them (S3's part ETags).
-    if !unmasked || (parts.method == Method::HEAD && !plan.is_empty()) {
+    // A 304 to a masked read is the same body's: its validators too.
+    let read = parts.method == Method::GET || parts.method == Method::HEAD;
+    if !unmasked || (read && !plan.is_empty()) {
         for name in headers::BODY_VALIDATORS {
             res_parts.headers.remove(*name);
         }
+    }
+    // A HEAD's length is its GET's unmasked body's.
+    if parts.method == Method::HEAD && !plan.is_empty() && !discovery {
+        res_parts.headers.remove(header::CONTENT_LENGTH);
     }
     // An unmasked body small enough to be recorded whole, with its length declared, is read
     // before it is sent: it goes on record with its response, in the same write, before the
     // agent has it. Larger or unframed bodies stream, and a tee records their start.
     let recorded_whole = !bodiless && !is_watch && declared.is_some_and(|n| n <= MAX_RECORDED_BODY as u64);
     let body: Body = if unmasked && recorded_whole {
-        let bytes = match response::read_capped(res_body, MAX_RECORDED_BODY).await {
-            Ok(bytes) => bytes,
+        let read = tokio::time::timeout(
+            UPSTREAM_BODY_TIMEOUT,
+            response::read_capped(res_body, MAX_RECORDED_BODY),
+        );
+        let bytes = match read.await {
+            Ok(Ok(bytes)) => bytes,
             Err(_) => {
+                let problem = Problem::new(
+                    Kind::UpstreamTimeout,
+                    format!(
+                        "the upstream did not send its response body within {} s",
+                        UPSTREAM_BODY_TIMEOUT.as_secs()
+                    ),
+                );
+                record_upstream_failure(gw, &plane, session.as_deref(), request_id, &problem, sent);
+                return Err(problem);
+            }
+            Ok(Err(_)) => {
                 let problem = Problem::new(
                     Kind::UpstreamUnavailable,
                     "the upstream's response body could not be read",
@@ -1550,6 +1581,10 @@ enum Masked {
     PassThrough(Body),
 }
 
+/// Longest the gateway waits for an upstream body it reads whole (to mask it, or to record it
+/// before sending): a stalled upstream would hold its share of the masking budget for ever.
+pub const UPSTREAM_BODY_TIMEOUT: Duration = Duration::from_secs(120);
+
 async fn mask_response(
     plan: &MaskingPlan,
     class: ContentClass,
@@ -1578,7 +1613,17 @@ async fn mask_response(
         };
     }
     // Held until the masked body is sent (or dropped): a client reading slowly holds it.
-    let (bytes, held) = match response::read_within(body, MAX_MASKED_BODY, Some(budget)).await {
+    let read = tokio::time::timeout(
+        UPSTREAM_BODY_TIMEOUT,
+        response::read_within(body, MAX_MASKED_BODY, Some(budget)),
+    );
+    let Ok(read) = read.await else {
+        return Err(format!(
+            "the upstream did not send the whole body within {} s",
+            UPSTREAM_BODY_TIMEOUT.as_secs()
+        ));
+    };
+    let (bytes, held) = match read {
         Ok(b) => b,
         Err(MaskFailure::TooLarge) => {
             return Err(format!(

@@ -2489,8 +2489,9 @@ impl CredentialFinders {
 }
 
 /// A credential as an upstream may write it back: itself; escaped in a JSON string as PHP
-/// (`\/`), .NET's System.Text.Json (`\u002B` for `+`, and `<>&'"` likewise) and encoders that
-/// escape every non-alphanumeric byte (`\u002b`) write it; and percent-encoded (in a `Location`
+/// (`\/`), .NET's System.Text.Json (`\u002B` for `+`, and `<>&'"` likewise), Gson (`\u003d`
+/// for `=`, and `<>&'`) and encoders that escape every non-alphanumeric byte (`\u002b`, or
+/// `\u002B`) write it; and percent-encoded (in a `Location`
 /// or a query it echoes), in upper- and lower-case hex.
 fn encoded_forms(secret: &[u8]) -> Vec<Vec<u8>> {
     let escaped = |esc: &dyn Fn(u8) -> Option<String>| -> Vec<u8> {
@@ -2506,7 +2507,10 @@ fn encoded_forms(secret: &[u8]) -> Vec<Vec<u8>> {
         escaped(&|b| b"+<>&'\"".contains(&b).then(|| format!("\\u{b:04X}"))),
         // Go's encoding/json: `<>&` only, lower-case hex.
         escaped(&|b| b"<>&".contains(&b).then(|| format!("\\u{b:04x}"))),
+        // Gson (Java): `<>&='`, lower-case hex.
+        escaped(&|b| b"<>&='".contains(&b).then(|| format!("\\u{b:04x}"))),
         escaped(&|b| (special(b) && b.is_ascii()).then(|| format!("\\u{b:04x}"))),
+        escaped(&|b| (special(b) && b.is_ascii()).then(|| format!("\\u{b:04X}"))),
         escaped(&|b| (special(b) && !b"-._~".contains(&b)).then(|| format!("%{b:02X}"))),
         escaped(&|b| (special(b) && !b"-._~".contains(&b)).then(|| format!("%{b:02x}"))),
         // Python's `quote()` leaves `/` as it is.
@@ -2606,6 +2610,9 @@ mod scrub_tests {
             &br#"{"auth":"Basic c3Zj+OjAw\/Q0FOQVJZ=="}"#[..],
             br#"{"auth":"Basic c3Zj\u002BOjAw/Q0FOQVJZ=="}"#,
             br#"{"auth":"Basic c3Zj\u002bOjAw\u002fQ0FOQVJZ\u003d\u003d"}"#,
+            // Gson escapes `=` (and `<>&'`) alone; some encoders write every byte upper-case.
+            br#"{"auth":"Basic c3Zj+OjAw/Q0FOQVJZ\u003d\u003d"}"#,
+            br#"{"auth":"Basic c3Zj\u002BOjAw\u002FQ0FOQVJZ\u003D\u003D"}"#,
             b"Location: /cb?t=c3Zj%2BOjAw%2FQ0FOQVJZ%3D%3D",
             b"Location: /cb?t=c3Zj%2bOjAw%2fQ0FOQVJZ%3d%3d",
         ] {
