@@ -62,38 +62,53 @@ pub(crate) enum AwsName {
     Token,
 }
 
+/// Called for every member name where the AWS detector is on: no allocation, and most names
+/// are told apart by their length and first letter.
 pub(crate) fn aws_name(name: &[u8]) -> Option<AwsName> {
-    if name.eq_ignore_ascii_case(b"token") {
-        return Some(AwsName::Token);
+    // `token`, or 11 (`accesskeyid`) to 18 (`awssecretaccesskey`) letters and a few separators.
+    if name.len() == 5 {
+        return name.eq_ignore_ascii_case(b"token").then_some(AwsName::Token);
     }
-    if names_aws_secret(name) {
-        return Some(AwsName::Secret);
+    if !(11..=24).contains(&name.len()) || !matches!(name[0] | 0x20, b'a' | b's' | b'_' | b'-') {
+        return None;
     }
-    let folded: Vec<u8> = name
-        .iter()
-        .filter(|b| !matches!(b, b'_' | b'-'))
-        .map(u8::to_ascii_lowercase)
-        .collect();
-    matches!(folded.as_slice(), b"accesskeyid" | b"awsaccesskeyid").then_some(AwsName::KeyId)
+    let mut buf = [0u8; 32];
+    let folded = fold_name(name, &mut buf);
+    let unprefixed = folded.strip_prefix(b"aws").unwrap_or(folded);
+    match unprefixed {
+        b"secretaccesskey" | b"sessiontoken" => Some(AwsName::Secret),
+        b"accesskeyid" => Some(AwsName::KeyId),
+        _ => None,
+    }
+}
+
+/// `name` lower-cased without `_` and `-`, in `buf` (names of at most 32 bytes).
+fn fold_name<'b>(name: &[u8], buf: &'b mut [u8; 32]) -> &'b [u8] {
+    let mut n = 0;
+    for &b in name.iter().take(32) {
+        if b != b'_' && b != b'-' {
+            buf[n] = b.to_ascii_lowercase();
+            n += 1;
+        }
+    }
+    &buf[..n]
 }
 
 /// Whether a JSON member's name is that of an AWS secret access key or session token
 /// (`SecretAccessKey`, `aws_secret_access_key`, `sessionToken`, ...).
-pub(crate) fn names_aws_secret(name: &[u8]) -> bool {
-    if !(12..=32).contains(&name.len()) {
-        return false;
-    }
-    let mut folded = [0u8; 32];
-    let mut n = 0;
-    for &b in name {
-        if b != b'_' && b != b'-' {
-            folded[n] = b.to_ascii_lowercase();
-            n += 1;
-        }
-    }
-    let folded = &folded[..n];
-    let folded = folded.strip_prefix(b"aws").unwrap_or(folded);
-    folded == b"secretaccesskey" || folded == b"sessiontoken"
+#[cfg(test)]
+fn names_aws_secret(name: &[u8]) -> bool {
+    aws_name(name) == Some(AwsName::Secret)
+}
+
+/// Whether `text` may hold a name [`AWS_SECRET`] looks for: `secret` or `session`, in any case,
+/// found by their second and third letters (`ec`, `es`) before the regex runs at all.
+fn names_aws_secret_inside(text: &[u8]) -> bool {
+    memchr::memchr2_iter(b'e', b'E', text).any(|i| {
+        i > 0
+            && text[i - 1] | 0x20 == b's'
+            && text.get(i + 1).is_some_and(|&b| matches!(b | 0x20, b'c' | b's'))
+    })
 }
 
 /// Shortest text [`AWS_SECRET`] can match in.
@@ -221,6 +236,11 @@ impl Features {
         self.marks & mark != 0
     }
 
+    /// Whether the text holds a `%`.
+    pub fn has_percent(self) -> bool {
+        self.has(MARK_PERCENT)
+    }
+
     /// Whether any detector in `set` might find something in a text of `len` bytes with these
     /// features; a cheap inline check that spares most strings a call to [`find`].
     #[inline]
@@ -339,7 +359,7 @@ pub(crate) fn find(text: &[u8], features: Features, set: DetectorSet, out: &mut 
     {
         cloud_keys(text, set, out);
     }
-    if set.contains(Detector::AwsAccessKey) && len >= MIN_AWS_SECRET_TEXT {
+    if set.contains(Detector::AwsAccessKey) && len >= MIN_AWS_SECRET_TEXT && names_aws_secret_inside(text) {
         for found in AWS_SECRET.captures_iter(text) {
             if let Some(value) = found.get(1) {
                 out.push(Span {
@@ -1802,6 +1822,11 @@ mod tests {
         for name in ["Token", "secret", "AccessKeyId", "secretAccessKeyId"] {
             assert!(!names_aws_secret(name.as_bytes()), "{name}");
         }
+        assert!(names_aws_secret_inside(b"x aws_secret_access_key = y"));
+        assert!(names_aws_secret_inside(b"AWS_SESSION_TOKEN=y"));
+        assert!(!names_aws_secret_inside(
+            b"nothing to see here, a perfectly plain line"
+        ));
         assert_eq!(aws_name(b"token"), Some(AwsName::Token));
         assert_eq!(aws_name(b"aws_access_key_id"), Some(AwsName::KeyId));
         assert_eq!(aws_name(b"SessionToken"), Some(AwsName::Secret));

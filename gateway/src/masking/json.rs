@@ -435,7 +435,8 @@ impl<'i> Rewriter<'_, 'i, '_> {
     fn detect(&mut self, content: Range<usize>, escaped: bool, features: Features) -> Result<(), MaskError> {
         // A value inside a URL (`search=card%20eq%20%224111...%22`, `%2B1415...`) is
         // percent-encoded in the string: read as decoded too, as text is.
-        let percent = memchr(b'%', &self.input[content.clone()]).is_some();
+        // (Gathered in the string's one scan: no second pass over it.)
+        let percent = features.has_percent();
         // An escape can hide any character, so only unescaped text is ruled out by its raw
         // features; decoding only shortens text, so a short raw string is short decoded too.
         let worth = if escaped || percent {

@@ -1357,8 +1357,14 @@ async fn proxy(
             res_parts.headers.remove(*name);
         }
     }
-    // A HEAD's length is its GET's unmasked body's.
-    if parts.method == Method::HEAD && !plan.is_empty() && !discovery {
+    // A HEAD's length is its GET's unmasked body's, where the GET's would be masked (a type
+    // the masker reads, within its limit).
+    if parts.method == Method::HEAD
+        && !plan.is_empty()
+        && !discovery
+        && class != ContentClass::Other
+        && declared.is_none_or(|n| n <= MAX_MASKED_BODY as u64)
+    {
         res_parts.headers.remove(header::CONTENT_LENGTH);
     }
     // An unmasked body small enough to be recorded whole, with its length declared, is read
