@@ -1092,28 +1092,15 @@ mod tests {
     fn booleans_match_however_spelt() {
         let h = HeaderMap::new();
         let deny = compile(&rule("name: r\naction: Deny\nhttp:\n  query: {force: 'true'}\n")).unwrap();
-        // `no` and `False` are true to Rails' cast.
-        for spelt in [
-            "true", "TRUE", "1", "on", "yes", "t", "Y", " true", "true\t", "no", "False",
-        ] {
+        // Whether `m` matches `DELETE /x?force=<spelt>`.
+        let deletes = |m: &CompiledMatcher, spelt: &str| {
             let query = [("force".to_string(), spelt.to_string())];
-            let op = Operation::Http(HttpOperation {
-                method: "DELETE",
-                path: "/x",
-                query: &query,
-                headers: &h,
-                body: BodyView::Empty,
-                params: BodyParams::None,
-            });
-            assert!(deny.matches(Action::Deny, &op, 0), "{spelt}");
-        }
-        let op_with = |query: &[(String, String)]| {
-            deny.matches(
+            m.matches(
                 Action::Deny,
                 &Operation::Http(HttpOperation {
                     method: "DELETE",
                     path: "/x",
-                    query,
+                    query: &query,
                     headers: &h,
                     body: BodyView::Empty,
                     params: BodyParams::None,
@@ -1121,22 +1108,19 @@ mod tests {
                 0,
             )
         };
+        // `no` and `False` are true to Rails' cast.
+        for spelt in [
+            "true", "TRUE", "1", "on", "yes", "t", "Y", " true", "true\t", "no", "False",
+        ] {
+            assert!(deletes(&deny, spelt), "{spelt}");
+        }
         for spelt in ["off", "false", "0", "F"] {
-            assert!(!op_with(&[("force".to_string(), spelt.to_string())]), "{spelt}");
+            assert!(!deletes(&deny, spelt), "{spelt}");
         }
         // The rule's own spelling is read as its boolean too (an HTML checkbox sends `on`).
         let checkbox = compile(&rule("name: r\naction: Deny\nhttp:\n  query: {force: 'on'}\n")).unwrap();
         for spelt in ["true", "1", "on"] {
-            let query = [("force".to_string(), spelt.to_string())];
-            let op = Operation::Http(HttpOperation {
-                method: "DELETE",
-                path: "/x",
-                query: &query,
-                headers: &h,
-                body: BodyView::Empty,
-                params: BodyParams::None,
-            });
-            assert!(checkbox.matches(Action::Deny, &op, 0), "{spelt}");
+            assert!(deletes(&checkbox, spelt), "{spelt}");
         }
         let json_op = |b| {
             Operation::Http(HttpOperation {
