@@ -1118,6 +1118,12 @@ fn open_sessions_follow_reloads() {
         assert_eq!(db_error(&e).0, "25P01", "{e}");
         let e = c.batch_execute("BEGIN; FETCH ALL FROM ghost").await.unwrap_err();
         assert!(db_error(&e).1.contains("did not see declared"), "{e}");
+        // Nor does a cursor without HOLD outlive its transaction.
+        c.batch_execute("BEGIN; DECLARE gone CURSOR FOR SELECT 1; COMMIT")
+            .await
+            .unwrap();
+        let e = c.batch_execute("BEGIN; FETCH ALL FROM gone").await.unwrap_err();
+        assert!(db_error(&e).1.contains("did not see declared"), "{e}");
 
         // The recording moves: the open session's record is closed and continued there.
         let moved = s.gw.sessions.parent().unwrap().join("sessions-moved");

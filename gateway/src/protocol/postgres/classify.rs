@@ -128,6 +128,8 @@ pub struct Statement {
     pub node: &'static str,
     /// The cursor a DECLARE, FETCH, MOVE or CLOSE names (empty for `CLOSE ALL`).
     pub cursor: Option<String>,
+    /// A DECLARE's cursor is `WITH HOLD`: it outlives its transaction (when that commits).
+    pub cursor_hold: bool,
     /// Settings the statement changes when executed (SET, RESET, `set_config`), lowercase; `*`
     /// for RESET ALL, DISCARD ALL and `set_config` with a computed name.
     pub settings: Vec<String>,
@@ -506,6 +508,7 @@ struct Analysis<'t> {
     deallocate: Option<Option<String>>,
     drops_portals: bool,
     cursor: Option<String>,
+    cursor_hold: bool,
     settings: Vec<String>,
     /// CTE names in scope.
     ctes: Vec<&'t str>,
@@ -639,6 +642,8 @@ impl<'t> Analysis<'t> {
             // Cursors read: DECLARE is its query, FETCH and MOVE read from it.
             "DeclareCursorStmt" | "FetchStmt" | "ClosePortalStmt" => {
                 self.cursor = Some(node.str("portalname").to_string());
+                // PostgreSQL's CURSOR_OPT_HOLD.
+                self.cursor_hold = self.node == "DeclareCursorStmt" && node.int("options") & 0x0020 != 0;
                 K::Select
             }
             "GrantStmt" | "GrantRoleStmt" => {
@@ -883,6 +888,7 @@ impl<'t> Analysis<'t> {
             drops_portals: self.drops_portals,
             node: self.node,
             cursor: self.cursor,
+            cursor_hold: self.cursor_hold,
             settings: self.settings,
         })
     }

@@ -433,6 +433,9 @@ struct Live {
     /// text, that the server has not confirmed: forgotten at the next ReadyForQuery unless it
     /// did (a DECLARE refused or failed made no cursor, and a function may open one of its name).
     unconfirmed_cursors: Mutex<Vec<String>>,
+    /// Cursor names noted without `WITH HOLD`: their cursors end with their transaction, so
+    /// they are forgotten at the ReadyForQuery outside one.
+    transaction_cursors: Mutex<Vec<String>>,
     connection: String,
     identity: String,
     /// The token's subject (never its own approver).
@@ -688,6 +691,7 @@ async fn start(
             })),
             cursors: Mutex::new(HashMap::new()),
             unconfirmed_cursors: Mutex::new(Vec::new()),
+            transaction_cursors: Mutex::new(Vec::new()),
             connection: conn.name.clone(),
             identity: principal.identity.clone(),
             subject: principal.subject.clone(),
@@ -742,9 +746,9 @@ struct ResultPlan {
     /// Statement names the statement frees (DEALLOCATE, DISCARD ALL), forgotten when it was
     /// sent: if it fails or is skipped, the server may still hold them (see [`Prepared::unsure`]).
     freed: Vec<String>,
-    /// The cursor a DECLARE makes and the configuration it is decided under, noted when the
-    /// server completes it.
-    declares: Option<(String, u64)>,
+    /// The cursor a DECLARE makes, the configuration it is decided under, and whether it is
+    /// `WITH HOLD`; noted when the server completes it.
+    declares: Option<(String, u64, bool)>,
 }
 
 /// One message forwarded upstream that the upstream will answer, in order.
@@ -1496,7 +1500,7 @@ impl Live {
             // keeps its configuration until the server confirms a new cursor of it (a DECLARE
             // the server refuses, of a name in use, must not pass an old cursor off as new).
             if d.action == Action::Allow {
-                self.note_cursor(name, generation, false);
+                self.note_cursor(name, generation, false, st.cursor_hold);
             }
         }
         // Judged on what runs: EXECUTE's prepared statement. A FETCH names only its cursor,
@@ -1696,7 +1700,16 @@ impl Live {
     /// detected values out, like every other event's SQL).
     /// Remembers cursor `name` as declared under configuration `generation`; `confirmed`: the
     /// server made it (its DECLARE completed), which replaces what was known of the name.
-    fn note_cursor(&self, name: &str, generation: u64, confirmed: bool) {
+    fn note_cursor(&self, name: &str, generation: u64, confirmed: bool, hold: bool) {
+        if !hold {
+            let mut ending = self
+                .transaction_cursors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if ending.len() < MAX_TRACKED_CURSORS && !ending.iter().any(|n| n == name) {
+                ending.push(name.to_string());
+            }
+        }
         let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
         // Bounded: forgotten cursors are read only under the session's first configuration.
         if cursors.len() >= MAX_TRACKED_CURSORS && !cursors.contains_key(name) {
@@ -1712,6 +1725,19 @@ impl Live {
         } else if !cursors.contains_key(name) && unconfirmed.len() < MAX_TRACKED_CURSORS {
             cursors.insert(name.to_string(), generation);
             unconfirmed.push(name.to_string());
+        }
+    }
+
+    /// Forgets the cursors without `WITH HOLD` (see [`Live::transaction_cursors`]): called at a
+    /// ReadyForQuery outside a transaction.
+    fn forget_transaction_cursors(&self) {
+        let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut ending = self
+            .transaction_cursors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for name in ending.drain(..) {
+            cursors.remove(&name);
         }
     }
 
@@ -1732,7 +1758,7 @@ impl Live {
         let declares = (st.node == "DeclareCursorStmt")
             .then(|| st.cursor.clone())
             .flatten()
-            .map(|name| (name, self.current().plane.snapshot.generation));
+            .map(|name| (name, self.current().plane.snapshot.generation, st.cursor_hold));
         ResultPlan {
             declares,
             sql,
@@ -3261,6 +3287,9 @@ impl ServerSide {
                 }
                 drop(prepared);
                 self.live.forget_unconfirmed_cursors();
+                if status == TransactionStatus::Idle {
+                    self.live.forget_transaction_cursors();
+                }
                 self.result = None;
                 self.query_index = 0;
                 frame.encode(&mut self.out);
@@ -3566,9 +3595,9 @@ impl ServerSide {
         }
         if let (Some(s), Some(t)) = (&s, &tag)
             && t.starts_with("DECLARE CURSOR")
-            && let Some((name, generation)) = &s.plan.declares
+            && let Some((name, generation, hold)) = &s.plan.declares
         {
-            self.live.note_cursor(name, *generation, true);
+            self.live.note_cursor(name, *generation, true, *hold);
         }
         let mut forwarded = false;
         if !self.report.is_empty() {
