@@ -1728,28 +1728,26 @@ impl Live {
         }
     }
 
-    /// Forgets the cursors without `WITH HOLD` (see [`Live::transaction_cursors`]): called at a
-    /// ReadyForQuery outside a transaction.
-    fn forget_transaction_cursors(&self) {
+    /// At ReadyForQuery: forgets the cursors noted for a DECLARE the server has not confirmed
+    /// (see [`Live::unconfirmed_cursors`]), and, outside a transaction (`idle`), those without
+    /// `WITH HOLD` (see [`Live::transaction_cursors`]).
+    fn forget_cursors_at_ready(&self, idle: bool) {
         let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut ending = self
-            .transaction_cursors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for name in ending.drain(..) {
-            cursors.remove(&name);
+        let mut gone = std::mem::take(
+            &mut *self
+                .unconfirmed_cursors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        if idle {
+            gone.append(
+                &mut self
+                    .transaction_cursors
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
         }
-    }
-
-    /// Forgets the cursors noted for a DECLARE that the server has not confirmed (see
-    /// [`Live::unconfirmed_cursors`]): called at ReadyForQuery.
-    fn forget_unconfirmed_cursors(&self) {
-        let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut unconfirmed = self
-            .unconfirmed_cursors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for name in unconfirmed.drain(..) {
+        for name in gone {
             cursors.remove(&name);
         }
     }
@@ -3286,10 +3284,8 @@ impl ServerSide {
                     prepared.clear_portals_before(ended, status == TransactionStatus::Idle);
                 }
                 drop(prepared);
-                self.live.forget_unconfirmed_cursors();
-                if status == TransactionStatus::Idle {
-                    self.live.forget_transaction_cursors();
-                }
+                self.live
+                    .forget_cursors_at_ready(status == TransactionStatus::Idle);
                 self.result = None;
                 self.query_index = 0;
                 frame.encode(&mut self.out);
