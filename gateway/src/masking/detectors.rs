@@ -101,14 +101,27 @@ fn names_aws_secret(name: &[u8]) -> bool {
     aws_name(name) == Some(AwsName::Secret)
 }
 
-/// Whether `text` may hold a name [`AWS_SECRET`] looks for: `secret` or `session`, in any case,
-/// found by their second and third letters (`ec`, `es`) before the regex runs at all.
+/// Whether `text` may hold what [`AWS_SECRET`] looks for, before the regex runs at all: a name
+/// ending in `key` or `token` (any case) just before a separator (`:`, `=`, after an optional
+/// quote and blanks; or `>`). Separators are rare in prose, where a scan for letters is not.
 fn names_aws_secret_inside(text: &[u8]) -> bool {
-    memchr::memchr2_iter(b'e', b'E', text).any(|i| {
-        i > 0
-            && text[i - 1] | 0x20 == b's'
-            && text.get(i + 1).is_some_and(|&b| matches!(b | 0x20, b'c' | b's'))
+    memchr::memchr3_iter(b':', b'=', b'>', text).any(|sep| {
+        let mut end = sep;
+        if text[sep] != b'>' {
+            while end > 0 && matches!(text[end - 1], b' ' | b'\t') {
+                end -= 1;
+            }
+            if end > 0 && matches!(text[end - 1], b'"' | b'\'') {
+                end -= 1;
+            }
+        }
+        let name = &text[..end];
+        ends_with_ignoring_case(name, b"key") || ends_with_ignoring_case(name, b"token")
     })
+}
+
+fn ends_with_ignoring_case(text: &[u8], suffix: &[u8]) -> bool {
+    text.len() >= suffix.len() && text[text.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
 }
 
 /// Shortest text [`AWS_SECRET`] can match in.
@@ -1824,8 +1837,13 @@ mod tests {
         }
         assert!(names_aws_secret_inside(b"x aws_secret_access_key = y"));
         assert!(names_aws_secret_inside(b"AWS_SESSION_TOKEN=y"));
+        assert!(names_aws_secret_inside(b"<SecretAccessKey>y"));
+        assert!(names_aws_secret_inside(b"{\"SecretAccessKey\" \t: \"y\"}"));
         assert!(!names_aws_secret_inside(
             b"nothing to see here, a perfectly plain line"
+        ));
+        assert!(!names_aws_secret_inside(
+            b"session secrets: https://example.com/a=b"
         ));
         assert_eq!(aws_name(b"token"), Some(AwsName::Token));
         assert_eq!(aws_name(b"aws_access_key_id"), Some(AwsName::KeyId));
