@@ -44,19 +44,25 @@ pub fn is_plain_authority(value: &str) -> bool {
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and their common non-standard relatives.
 /// Response headers that describe a body's bytes: removed wherever masking may rewrite it.
-pub const BODY_VALIDATORS: &[&str] = &["etag", "content-md5", "digest", "repr-digest", "content-digest"];
+pub const BODY_VALIDATORS: [HeaderName; 5] = [
+    header::ETAG,
+    HeaderName::from_static("content-md5"),
+    HeaderName::from_static("digest"),
+    HeaderName::from_static("repr-digest"),
+    HeaderName::from_static("content-digest"),
+];
 
 /// Request headers that compare a body with a client's guess, or ask for its digest: removed
 /// wherever masking applies.
-pub const BODY_VALIDATORS_ASKED: &[&str] = &[
-    "if-none-match",
-    "if-match",
+pub const BODY_VALIDATORS_ASKED: [HeaderName; 7] = [
+    header::IF_NONE_MATCH,
+    header::IF_MATCH,
     // A 304 answers them with the unmasked body's validators.
-    "if-modified-since",
-    "if-unmodified-since",
-    "want-digest",
-    "want-repr-digest",
-    "want-content-digest",
+    header::IF_MODIFIED_SINCE,
+    header::IF_UNMODIFIED_SINCE,
+    HeaderName::from_static("want-digest"),
+    HeaderName::from_static("want-repr-digest"),
+    HeaderName::from_static("want-content-digest"),
 ];
 
 const HOP_BY_HOP: &[&str] = &[
@@ -244,10 +250,32 @@ pub fn bound_for_approval(headers: &HeaderMap) -> Vec<(&str, &HeaderValue)> {
 /// Whether a header's values are secrets, shown `[REDACTED]` wherever they are shown.
 pub fn is_secret(name: &str) -> bool {
     let name = dashed(name);
-    SECRET_HEADERS.contains(&&*name)
-        || SECRET_NAME_WORDS.iter().any(|w| name.contains(w))
-        || names_a_key(&name)
+    SECRET_HEADERS.contains(&&*name) || has_secret_word(name.as_bytes()) || names_a_key(&name)
 }
+
+/// Whether one of [`SECRET_NAME_WORDS`] stands anywhere in `name`, in any case: one pass that
+/// compares words only where a byte can begin one (a header is checked on every recorded request).
+fn has_secret_word(name: &[u8]) -> bool {
+    (0..name.len()).any(|i| {
+        SECRET_WORD_STARTS[usize::from(name[i] | 0x20)]
+            && SECRET_NAME_WORDS.iter().any(|w| {
+                name[i..]
+                    .get(..w.len())
+                    .is_some_and(|r| r.eq_ignore_ascii_case(w.as_bytes()))
+            })
+    })
+}
+
+/// The first letters of [`SECRET_NAME_WORDS`] (lower case), indexed by byte.
+const SECRET_WORD_STARTS: [bool; 256] = {
+    let mut starts = [false; 256];
+    let mut i = 0;
+    while i < SECRET_NAME_WORDS.len() {
+        starts[SECRET_NAME_WORDS[i].as_bytes()[0] as usize] = true;
+        i += 1;
+    }
+    starts
+};
 
 /// A header name with a `key` word not followed by `id` or `name`: encryption keys
 /// (`X-Amz-Server-Side-Encryption-Customer-Key`, `X-Goog-Encryption-Key`, `X-Ms-Encryption-Key`,
@@ -701,6 +729,12 @@ mod tests {
             "x-functions-key",
         ] {
             assert!(is_secret(name), "{name}");
+        }
+        // Every word, wherever it stands, in any case.
+        for word in SECRET_NAME_WORDS {
+            for name in [word.to_string(), format!("x-{}-v", word.to_uppercase())] {
+                assert!(is_secret(&name), "{name}");
+            }
         }
         for name in [
             "x-request-id",
