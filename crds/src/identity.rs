@@ -219,6 +219,12 @@ pub struct GroupMapping {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
     pub r#static: Vec<String>,
+    /// Put before every group taken from `claim` (say `okta:`), as the Kubernetes API server's
+    /// `--oidc-groups-prefix` does: policies then name `okta:dba`, and a token of another issuer
+    /// whose claim says `dba` is not in it. `static` groups, which you name, are left as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub prefix: Option<String>,
 }
 
 /// Source of verification keys.

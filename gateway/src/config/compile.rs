@@ -454,6 +454,7 @@ pub fn compile(
             identities.insert(m.name().to_string(), std::sync::Arc::new(compiled));
         }
     }
+    warn_unprefixed_claim_groups(identities.values().map(AsRef::as_ref));
     // What the verifier would refuse, refused here with the field: a configuration called valid
     // must not leave the gateway unable to verify anyone.
     for refusal in crate::identity::refusals(identities.values().map(AsRef::as_ref)) {
@@ -1229,6 +1230,37 @@ fn compile_connection(
     })
 }
 
+/// Issuers whose identities take groups from a token claim without `spec.groups.prefix`, when
+/// there are several: a group one of them asserts is then a group policies wrote for another's.
+/// A warning, not an error: one issuer, or issuers an organization runs alike, may share names.
+fn unprefixed_claim_group_issuers<'a>(
+    identities: impl Iterator<Item = &'a CompiledIdentity>,
+) -> Vec<(&'a str, &'a str)> {
+    let unprefixed: Vec<(&str, &str)> = identities
+        .filter(|i| {
+            i.spec
+                .groups
+                .as_ref()
+                .is_some_and(|g| g.claim.is_some() && g.prefix.is_none())
+        })
+        .map(|i| (i.name.as_str(), i.spec.issuer.as_str()))
+        .collect();
+    let several = unprefixed.iter().any(|(_, issuer)| *issuer != unprefixed[0].1);
+    if several { unprefixed } else { Vec::new() }
+}
+
+fn warn_unprefixed_claim_groups<'a>(identities: impl Iterator<Item = &'a CompiledIdentity>) {
+    let found = unprefixed_claim_group_issuers(identities);
+    if !found.is_empty() {
+        let named: Vec<String> = found.iter().map(|(n, i)| format!("{n} ({i})")).collect();
+        tracing::warn!(
+            identities = %named.join(", "),
+            "identities of different issuers take groups from a token claim without spec.groups.prefix: \
+             a group one issuer asserts matches policies written for the other's; set a prefix on each"
+        );
+    }
+}
+
 fn compile_identity(
     m: &Manifest,
     i: &AgentIdentity,
@@ -1431,6 +1463,49 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Unprefixed claim groups are flagged only where issuers differ, and a prefix on all but
+    /// one identity settles it.
+    #[test]
+    fn unprefixed_claim_groups_of_several_issuers_are_flagged() {
+        let identity = |name: &str, issuer: &str, groups: serde_json::Value| CompiledIdentity {
+            name: name.into(),
+            spec: serde_json::from_value(serde_json::json!({
+                "provider": "OIDC", "issuer": issuer, "audiences": ["api://x"],
+                "match": {"subject": "s"}, "groups": groups,
+            }))
+            .unwrap(),
+            max_token_lifetime: None,
+            static_jwks: None,
+            introspection_secret: None,
+        };
+        let claim = || serde_json::json!({"claim": "groups"});
+        let okta = identity("okta", "https://okta.example", claim());
+        let entra = identity("entra", "https://entra.example", claim());
+        let okta_too = identity("okta-2", "https://okta.example", claim());
+        let named = identity(
+            "static",
+            "https://other.example",
+            serde_json::json!({"static": ["dba"]}),
+        );
+        let prefixed = identity(
+            "entra",
+            "https://entra.example",
+            serde_json::json!({"claim": "groups", "prefix": "entra:"}),
+        );
+        fn flagged<'a>(all: &[&'a CompiledIdentity]) -> Vec<(&'a str, &'a str)> {
+            unprefixed_claim_group_issuers(all.iter().copied())
+        }
+        assert_eq!(
+            flagged(&[&okta, &entra]),
+            [
+                ("okta", "https://okta.example"),
+                ("entra", "https://entra.example")
+            ]
+        );
+        assert!(flagged(&[&okta, &okta_too, &named]).is_empty());
+        assert!(flagged(&[&okta, &prefixed, &named]).is_empty());
+    }
 
     #[test]
     fn sql_rules_are_checked_with_field_paths() {

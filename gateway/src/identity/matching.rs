@@ -173,18 +173,17 @@ fn spiffe(identity: &CompiledIdentity, sub: &str) -> Result<(), String> {
     }
 }
 
-/// Groups from the identity's mapping: the claim's strings plus the static groups.
+/// Groups from the identity's mapping: the claim's strings, each after the mapping's prefix,
+/// plus the static groups.
 pub fn groups(identity: &CompiledIdentity, claims: &Value) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(mapping) = &identity.spec.groups {
         if let Some(claim) = &mapping.claim {
+            let prefix = mapping.prefix.as_deref().unwrap_or_default();
+            let prefixed = |g: &str| format!("{prefix}{g}");
             match claims.get(claim) {
-                Some(Value::Array(items)) => {
-                    out.extend(items.iter().filter_map(Value::as_str).map(str::to_string))
-                }
-                Some(Value::String(s)) => {
-                    out.extend(s.split(' ').filter(|g| !g.is_empty()).map(str::to_string))
-                }
+                Some(Value::Array(items)) => out.extend(items.iter().filter_map(Value::as_str).map(prefixed)),
+                Some(Value::String(s)) => out.extend(s.split(' ').filter(|g| !g.is_empty()).map(prefixed)),
                 _ => {}
             }
         }

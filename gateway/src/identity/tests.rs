@@ -104,6 +104,24 @@ async fn a_valid_okta_token_maps_to_its_identity() {
     assert_eq!(p.token_id.as_deref(), Some("t1"));
 }
 
+/// A prefix goes before the claim's groups, as a list or a space-separated string, and not
+/// before the static ones: a policy for another issuer's `dba` does not take this one's.
+#[tokio::test]
+async fn claim_groups_take_the_identity_s_prefix_and_static_ones_do_not() {
+    let key = SigningKey::rsa("k1").unwrap();
+    let jwks = SigningKey::jwks(&[&key]);
+    let mut spec = okta_spec();
+    spec["groups"]["prefix"] = json!("okta:");
+    let v = verifier(vec![identity("ci-agent", spec, Some(&jwks))]);
+    let p = check(&v, &key.sign(&claims())).await.unwrap();
+    assert_eq!(p.groups, ["ai-agents", "okta:dba"]);
+    let mut spaced = claims();
+    spaced["groups"] = json!("dba  ops");
+    spaced["jti"] = json!("t2");
+    let p = check(&v, &key.sign(&spaced)).await.unwrap();
+    assert_eq!(p.groups, ["ai-agents", "okta:dba", "okta:ops"]);
+}
+
 /// A suspended identity's valid tokens are refused as suspended (and its bad ones as bad), and
 /// another identity whose matchers also fit does not take them over.
 #[tokio::test]
