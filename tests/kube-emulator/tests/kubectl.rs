@@ -821,6 +821,51 @@ spec:
         let err = run_err(patch);
         assert!(err.contains(message), "{patch}: {err}");
     }
+    // Decisions stand once acted on: after the request was used, its approver can neither
+    // rewrite nor drop their approval, and nobody adds one.
+    let stands = "decisions stand once the request is decided";
+    for (who, patch) in [
+        (
+            "approver",
+            r#"{"spec":{"decisions":{"approver":{"state":"Denied"}}}}"#,
+        ),
+        (
+            "approver",
+            r#"{"spec":{"decisions":{"approver":{"state":"Approved","reason":"INC-9999"}}}}"#,
+        ),
+        ("approver", r#"{"spec":{"decisions":{"approver":null}}}"#),
+        (
+            "admin",
+            r#"{"spec":{"decisions":{"admin":{"state":"Approved"}}}}"#,
+        ),
+    ] {
+        let err = env.kubectl_err(who, &merge_patch("req1", patch));
+        assert!(err.contains(stands), "{patch}: {err}");
+    }
+    // While a grant stands, an approval may be withdrawn, and not given back.
+    env.kubectl_ok(
+        "gateway",
+        &[
+            "apply",
+            "-f",
+            &env.file("r3.yaml", &request("req3", "ci-agent@example.com")),
+        ],
+    );
+    env.kubectl_ok("approver", &merge_patch("req3", &decide("approver")));
+    let args = status(
+        "req3",
+        r#"{"status":{"phase":"Approved","grantExpiresAt":"2099-01-01T00:00:00Z"}}"#,
+    );
+    env.kubectl_ok("admin", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    env.kubectl_ok(
+        "approver",
+        &merge_patch(
+            "req3",
+            r#"{"spec":{"decisions":{"approver":{"state":"Denied"}}}}"#,
+        ),
+    );
+    let err = env.kubectl_err("approver", &merge_patch("req3", &decide("approver")));
+    assert!(err.contains(stands), "{err}");
 }
 
 #[test]
