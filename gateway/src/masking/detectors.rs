@@ -47,7 +47,7 @@ static PERCENT_AT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"%4
 /// shape of its own (40 characters of base64), so its name is what finds it.
 static AWS_SECRET: LazyLock<regex::bytes::Regex> = LazyLock::new(|| {
     regex::bytes::Regex::new(
-        r#"(?i)(?:secret_?access_?key|session_?token)(?:["']?[ \t]*[:=][ \t]*["']?|>)([A-Za-z0-9/+=]{16,})"#,
+        r#"(?i-u)(?:secret_?access_?key|session_?token)(?:["']?[ \t]*[:=][ \t]*["']?|>)([A-Za-z0-9/+=]{16,})"#,
     )
     .expect("a valid pattern")
 });
@@ -101,7 +101,8 @@ fn names_aws_secret(name: &[u8]) -> bool {
     aws_name(name) == Some(AwsName::Secret)
 }
 
-/// Whether `text` may hold what [`AWS_SECRET`] looks for, before the regex runs at all: a name
+/// Whether `text` may hold what [`AWS_SECRET`] (ASCII case folding only, as here: with Unicode's,
+/// the Kelvin sign would be a `k`) looks for, before the regex runs at all: a name
 /// ending in `key` or `token` (any case) just before a separator (`:`, `=`, after an optional
 /// quote and blanks; or `>`). Separators are rare in prose, where a scan for letters is not.
 fn names_aws_secret_inside(text: &[u8]) -> bool {
@@ -124,8 +125,8 @@ fn ends_with_ignoring_case(text: &[u8], suffix: &[u8]) -> bool {
     text.len() >= suffix.len() && text[text.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
 }
 
-/// Shortest text [`AWS_SECRET`] can match in.
-const MIN_AWS_SECRET_TEXT: usize = 30;
+/// Shortest text [`AWS_SECRET`] can match in (`sessiontoken=` and 16 characters).
+const MIN_AWS_SECRET_TEXT: usize = 29;
 /// `@` percent-encoded twice (a link inside a query: `next=%2Fu%3Femail%3Dalice%2540x.com`).
 static PERCENT_25_AT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"%2540"));
 
@@ -1838,6 +1839,10 @@ mod tests {
         assert!(names_aws_secret_inside(b"x aws_secret_access_key = y"));
         assert!(names_aws_secret_inside(b"AWS_SESSION_TOKEN=y"));
         assert!(names_aws_secret_inside(b"<SecretAccessKey>y"));
+        // The shortest text the regex finds a secret in is found.
+        let shortest = "sessiontoken=AAAAAAAAAAAAAAAA";
+        assert_eq!(shortest.len(), MIN_AWS_SECRET_TEXT);
+        assert_eq!(only(shortest, Detector::AwsAccessKey), ["AAAAAAAAAAAAAAAA"]);
         assert!(names_aws_secret_inside(b"{\"SecretAccessKey\" \t: \"y\"}"));
         assert!(!names_aws_secret_inside(
             b"nothing to see here, a perfectly plain line"

@@ -42,7 +42,6 @@ pub fn is_plain_authority(value: &str) -> bool {
                 .is_some_and(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit())))
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) and their common non-standard relatives.
 /// Response headers that describe a body's bytes: removed wherever masking may rewrite it.
 pub const BODY_VALIDATORS: [HeaderName; 5] = [
     header::ETAG,
@@ -65,6 +64,7 @@ pub const BODY_VALIDATORS_ASKED: [HeaderName; 7] = [
     HeaderName::from_static("want-content-digest"),
 ];
 
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and their common non-standard relatives.
 const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
