@@ -208,8 +208,9 @@ pub struct GitHubMatch {
 }
 
 /// Where the identity's groups come from; the result is the union.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("!has(self.prefix) || has(self.claim)").message("prefix applies to the groups of claim: set claim too"))]
 pub struct GroupMapping {
     /// Claim holding a list of group names (for Okta a custom `groups` claim; for Entra `roles`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -454,7 +454,7 @@ pub fn compile(
             identities.insert(m.name().to_string(), std::sync::Arc::new(compiled));
         }
     }
-    warn_unprefixed_claim_groups(identities.values().map(AsRef::as_ref));
+    warn_colliding_claim_groups(identities.values().map(AsRef::as_ref));
     // What the verifier would refuse, refused here with the field: a configuration called valid
     // must not leave the gateway unable to verify anyone.
     for refusal in crate::identity::refusals(identities.values().map(AsRef::as_ref)) {
@@ -1230,33 +1230,46 @@ fn compile_connection(
     })
 }
 
-/// Issuers whose identities take groups from a token claim without `spec.groups.prefix`, when
-/// there are several: a group one of them asserts is then a group policies wrote for another's.
-/// A warning, not an error: one issuer, or issuers an organization runs alike, may share names.
-fn unprefixed_claim_group_issuers<'a>(
+/// Identities whose claim groups can take the name of a group of another issuer's identity: with
+/// no `spec.groups.prefix`, or a prefix that overlaps the other's (one begins the other), or where
+/// the other's static groups lie inside the prefix. A token of that issuer could then put itself
+/// in the other's groups. A warning, not an error: issuers an organization runs alike may share
+/// names on purpose.
+fn colliding_claim_groups<'a>(
     identities: impl Iterator<Item = &'a CompiledIdentity>,
 ) -> Vec<(&'a str, &'a str)> {
-    let unprefixed: Vec<(&str, &str)> = identities
-        .filter(|i| {
-            i.spec
-                .groups
-                .as_ref()
-                .is_some_and(|g| g.claim.is_some() && g.prefix.is_none())
+    let all: Vec<&CompiledIdentity> = identities.collect();
+    let claim_prefix = |i: &CompiledIdentity| {
+        let groups = i.spec.groups.as_ref().filter(|g| g.claim.is_some())?;
+        Some(groups.prefix.clone().unwrap_or_default())
+    };
+    all.iter()
+        .filter(|a| {
+            let Some(mine) = claim_prefix(a) else {
+                return false;
+            };
+            all.iter().any(|b| {
+                b.spec.issuer != a.spec.issuer
+                    && (claim_prefix(b)
+                        .is_some_and(|theirs| mine.starts_with(&theirs) || theirs.starts_with(&mine))
+                        || b.spec
+                            .groups
+                            .as_ref()
+                            .is_some_and(|g| g.r#static.iter().any(|s| s.starts_with(&mine))))
+            })
         })
-        .map(|i| (i.name.as_str(), i.spec.issuer.as_str()))
-        .collect();
-    let several = unprefixed.iter().any(|(_, issuer)| *issuer != unprefixed[0].1);
-    if several { unprefixed } else { Vec::new() }
+        .map(|a| (a.name.as_str(), a.spec.issuer.as_str()))
+        .collect()
 }
 
-fn warn_unprefixed_claim_groups<'a>(identities: impl Iterator<Item = &'a CompiledIdentity>) {
-    let found = unprefixed_claim_group_issuers(identities);
+fn warn_colliding_claim_groups<'a>(identities: impl Iterator<Item = &'a CompiledIdentity>) {
+    let found = colliding_claim_groups(identities);
     if !found.is_empty() {
         let named: Vec<String> = found.iter().map(|(n, i)| format!("{n} ({i})")).collect();
         tracing::warn!(
             identities = %named.join(", "),
-            "identities of different issuers take groups from a token claim without spec.groups.prefix: \
-             a group one issuer asserts matches policies written for the other's; set a prefix on each"
+            "these identities take groups from a token claim that can name another issuer's groups: \
+             give each issuer's identities a spec.groups.prefix of their own"
         );
     }
 }
@@ -1464,10 +1477,10 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    /// Unprefixed claim groups are flagged only where issuers differ, and a prefix on all but
-    /// one identity settles it.
+    /// Claim groups are flagged where they can name another issuer's: unprefixed, or with
+    /// overlapping prefixes, or over another issuer's static groups; never within one issuer.
     #[test]
-    fn unprefixed_claim_groups_of_several_issuers_are_flagged() {
+    fn claim_groups_that_can_name_another_issuer_s_are_flagged() {
         let identity = |name: &str, issuer: &str, groups: serde_json::Value| CompiledIdentity {
             name: name.into(),
             spec: serde_json::from_value(serde_json::json!({
@@ -1479,32 +1492,35 @@ mod tests {
             static_jwks: None,
             introspection_secret: None,
         };
-        let claim = || serde_json::json!({"claim": "groups"});
-        let okta = identity("okta", "https://okta.example", claim());
-        let entra = identity("entra", "https://entra.example", claim());
-        let okta_too = identity("okta-2", "https://okta.example", claim());
+        let claim = |prefix: Option<&str>| match prefix {
+            Some(p) => serde_json::json!({"claim": "groups", "prefix": p}),
+            None => serde_json::json!({"claim": "groups"}),
+        };
+        let okta = identity("okta", "https://okta.example", claim(None));
+        let okta_too = identity("okta-2", "https://okta.example", claim(None));
+        let entra = identity("entra", "https://entra.example", claim(None));
         let named = identity(
             "static",
             "https://other.example",
             serde_json::json!({"static": ["dba"]}),
         );
-        let prefixed = identity(
-            "entra",
-            "https://entra.example",
-            serde_json::json!({"claim": "groups", "prefix": "entra:"}),
-        );
-        fn flagged<'a>(all: &[&'a CompiledIdentity]) -> Vec<(&'a str, &'a str)> {
-            unprefixed_claim_group_issuers(all.iter().copied())
+        let okta_p = identity("okta", "https://okta.example", claim(Some("okta:")));
+        let entra_p = identity("entra", "https://entra.example", claim(Some("entra:")));
+        let idp = identity("idp", "https://idp.example", claim(Some("idp:")));
+        let idp_x = identity("idp-x", "https://idp-x.example", claim(Some("idp:x:")));
+        fn flagged<'a>(all: &[&'a CompiledIdentity]) -> Vec<&'a str> {
+            colliding_claim_groups(all.iter().copied())
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect()
         }
-        assert_eq!(
-            flagged(&[&okta, &entra]),
-            [
-                ("okta", "https://okta.example"),
-                ("entra", "https://entra.example")
-            ]
-        );
-        assert!(flagged(&[&okta, &okta_too, &named]).is_empty());
-        assert!(flagged(&[&okta, &prefixed, &named]).is_empty());
+        assert_eq!(flagged(&[&okta, &entra]), ["okta", "entra"]);
+        assert!(flagged(&[&okta, &okta_too]).is_empty());
+        assert_eq!(flagged(&[&okta, &named]), ["okta"]);
+        assert!(flagged(&[&okta_p, &entra_p, &named]).is_empty());
+        assert_eq!(flagged(&[&idp, &idp_x, &named]), ["idp", "idp-x"]);
+        // An unprefixed issuer can assert the prefixed one's groups: both are named.
+        assert_eq!(flagged(&[&okta_p, &entra]), ["okta", "entra"]);
     }
 
     #[test]
