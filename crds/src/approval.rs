@@ -32,18 +32,18 @@ use crate::policy::{Approvers, Grant};
     printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".spec.expiresAt"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     // Decisions are evidence once they have been acted on: after the request left Pending no entry
-    // changes or goes, except that an approval may be withdrawn (Approved to Denied) while its
-    // grant stands, and after it ended (Denied, Expired, Used) none is added. Otherwise an
-    // approver could rewrite who approved an operation that already ran.
+    // changes or goes, and none is added, except that while its grant stands an approval may be
+    // withdrawn (Approved to Denied) and a denial added, either of which ends the grant. Otherwise
+    // an approver could rewrite who approved an operation that already ran.
     validation = kube::core::Rule::new(concat!(
         "!has(oldSelf.status) || !has(oldSelf.status.phase) || oldSelf.status.phase == 'Pending' || (",
         "(!has(oldSelf.spec.decisions) || oldSelf.spec.decisions.all(k, has(self.spec.decisions) && k in self.spec.decisions ",
         "&& (self.spec.decisions[k] == oldSelf.spec.decisions[k] || (oldSelf.status.phase == 'Approved' ",
         "&& oldSelf.spec.decisions[k].state == 'Approved' && self.spec.decisions[k].state == 'Denied')))) ",
-        "&& (oldSelf.status.phase == 'Approved' || !has(self.spec.decisions) ",
-        "|| self.spec.decisions.all(k, has(oldSelf.spec.decisions) && k in oldSelf.spec.decisions)))"
+        "&& (!has(self.spec.decisions) || self.spec.decisions.all(k, (has(oldSelf.spec.decisions) && k in oldSelf.spec.decisions) ",
+        "|| (oldSelf.status.phase == 'Approved' && self.spec.decisions[k].state == 'Denied'))))"
     ))
-    .message("decisions stand once the request is decided: an approval may only be withdrawn (Approved to Denied) while its grant stands, and none is added after the request ended")
+    .message("decisions stand once the request is decided: while its grant stands only a denial may be added or an approval withdrawn (Approved to Denied), and nothing changes after the request ended")
 )]
 #[serde(rename_all = "camelCase")]
 // The requester too: an approver who rewrote it could approve their own request. The approvers:

@@ -923,8 +923,23 @@ fn two_replicas_cannot_both_spend_one_once_grant() {
         !matches!(t, Ticket::Granted { .. }),
         "a bare verdict granted: {t:?}"
     );
-    // An approver's decision (admission would check who may write it; no chart here), then the
+    // The request goes back to Pending (the CRD admits no approval added to an Approved one),
+    // an approver decides (admission would check who may write it; no chart here), then the
     // operator's verdict again.
+    env.kubectl_ok(
+        "admin",
+        &[
+            "patch",
+            "approvalrequest",
+            &name,
+            "--subresource",
+            "status",
+            "--type",
+            "merge",
+            "-p",
+            r#"{"status":{"phase":"Pending"}}"#,
+        ],
+    );
     env.kubectl_ok(
         "admin",
         &[

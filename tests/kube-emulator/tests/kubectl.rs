@@ -842,7 +842,8 @@ spec:
         let err = env.kubectl_err(who, &merge_patch("req1", patch));
         assert!(err.contains(stands), "{patch}: {err}");
     }
-    // While a grant stands, an approval may be withdrawn, and not given back.
+    // While a grant stands, an approval may be withdrawn, and not given back; no approval is
+    // added to it.
     env.kubectl_ok(
         "gateway",
         &[
@@ -857,6 +858,8 @@ spec:
         r#"{"status":{"phase":"Approved","grantExpiresAt":"2099-01-01T00:00:00Z"}}"#,
     );
     env.kubectl_ok("admin", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = env.kubectl_err("admin", &merge_patch("req3", &decide("admin")));
+    assert!(err.contains(stands), "{err}");
     env.kubectl_ok(
         "approver",
         &merge_patch(
