@@ -1256,6 +1256,28 @@ fn a_lying_content_length_does_not_skip_masking() {
     );
 }
 
+/// An upstream that breaks off a body the gateway must mask is the upstream's failure (502
+/// upstream-unavailable, as for a body passed through), not masking's refusal; and nothing of the
+/// half-sent document reaches the agent.
+#[test]
+fn a_body_cut_short_upstream_is_an_upstream_failure() {
+    let mut s = setup();
+    for http2 in [false, true] {
+        let args: &[&str] = if http2 { &["--http2-prior-knowledge"] } else { &[] };
+        let r = s.curl(args, "/okta/cut-short");
+        assert_eq!(r.status, 502, "{r:?}");
+        assert!(r.body.contains("upstream-unavailable"), "{r:?}");
+        assert!(!r.body.contains("example.com"), "{r:?}");
+    }
+    s.gw.stop();
+    let recorded = s.gw.recordings();
+    assert!(
+        recorded.contains("\"problem\":\"upstream-unavailable\""),
+        "{recorded}"
+    );
+    s.assert_no_secrets();
+}
+
 /// The events of the recordings that are about requests (session start and end left out).
 fn request_events(recordings: &str) -> Vec<Value> {
     recordings

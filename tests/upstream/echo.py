@@ -122,6 +122,17 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(part)
             return
+        if path == "/cut-short":
+            # An upstream that breaks off its body: a JSON document promised whole, half sent.
+            payload = json.dumps(USERS).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload[: len(payload) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
         if path == "/reflect":
             # A careless upstream that reflects the credential it was sent, in a header and body.
             raw = self.headers.get("Authorization", "")

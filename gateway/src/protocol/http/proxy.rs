@@ -1475,7 +1475,11 @@ async fn proxy(
                     &plane,
                 )
             }
-            Err(reason) => {
+            Err(Withheld::Upstream(problem)) => {
+                record_upstream_failure(gw, &plane, session.as_deref(), request_id, &problem, sent);
+                return Err(problem);
+            }
+            Err(Withheld::Refused(reason)) => {
                 gw.metrics
                     .masking_refusals
                     .with_label_values(&[&connection_name])
@@ -1597,7 +1601,7 @@ async fn mask_response(
     declared: Option<u64>,
     body: Body,
     budget: &Arc<tokio::sync::Semaphore>,
-) -> Result<Masked, String> {
+) -> Result<Masked, Withheld> {
     let allow_unmasked = plan.on_unparseable() == UnparseablePolicy::Allow;
     // A type the masker cannot parse, let through, still meets the detectors when it is text
     // (XML, CSV, YAML): read whole when its declared length is within the limit.
@@ -1611,11 +1615,11 @@ async fn mask_response(
         return if allow_unmasked {
             Ok(Masked::PassThrough(body))
         } else if class == ContentClass::Other {
-            Err("its content type cannot be masked".into())
+            Err(Withheld::Refused("its content type cannot be masked".into()))
         } else {
-            Err(format!(
+            Err(Withheld::Refused(format!(
                 "it is larger than the masking limit of {MAX_MASKED_BODY} bytes"
-            ))
+            )))
         };
     }
     // Held until the masked body is sent (or dropped): a client reading slowly holds it.
@@ -1623,25 +1627,35 @@ async fn mask_response(
         UPSTREAM_BODY_TIMEOUT,
         response::read_within(body, MAX_MASKED_BODY, Some(budget)),
     );
+    // An upstream that stalls or breaks off its body is the upstream's failure, answered as
+    // the same failure of a body passed through is (504, 502), not as masking's refusal.
     let Ok(read) = read.await else {
-        return Err(format!(
-            "the upstream did not send the whole body within {} s",
-            UPSTREAM_BODY_TIMEOUT.as_secs()
-        ));
+        return Err(Withheld::Upstream(Problem::new(
+            Kind::UpstreamTimeout,
+            format!(
+                "the upstream did not send its response body within {} s",
+                UPSTREAM_BODY_TIMEOUT.as_secs()
+            ),
+        )));
     };
     let (bytes, held) = match read {
         Ok(b) => b,
         Err(MaskFailure::TooLarge) => {
-            return Err(format!(
+            return Err(Withheld::Refused(format!(
                 "it is larger than the masking limit of {MAX_MASKED_BODY} bytes"
-            ));
+            )));
         }
         Err(MaskFailure::Busy) => {
-            return Err(format!(
+            return Err(Withheld::Refused(format!(
                 "the gateway already holds {MAX_MASKING_MEMORY} bytes of responses to mask; retry later"
-            ));
+            )));
         }
-        Err(_) => return Err("the upstream's body could not be read".into()),
+        Err(_) => {
+            return Err(Withheld::Upstream(Problem::new(
+                Kind::UpstreamUnavailable,
+                "the upstream's response body could not be read",
+            )));
+        }
     };
     match response::mask_whole(plan, class, &bytes) {
         Ok((out, report)) => Ok(Masked::Done(Bytes::from(out), report, held)),
@@ -1657,9 +1671,19 @@ async fn mask_response(
                 Ok(Masked::PassThrough(full(bytes)))
             }
         },
-        Err(MaskFailure::Unparseable(why)) => Err(why.to_string()),
-        Err(_) => Err("the body could not be masked".into()),
+        Err(MaskFailure::Unparseable(why)) => Err(Withheld::Refused(why.to_string())),
+        Err(_) => Err(Withheld::Refused("the body could not be masked".into())),
     }
+}
+
+/// Why a response to be masked was not sent.
+#[derive(Debug)]
+enum Withheld {
+    /// Masking refused it (type, size, parse, memory): `masking-refused`, the reason completing
+    /// "withheld because masking applies and ...".
+    Refused(String),
+    /// The upstream did not deliver the body to mask.
+    Upstream(Problem),
 }
 
 fn tee(
@@ -2284,7 +2308,7 @@ mod tests {
             &small,
         )
         .await;
-        assert!(busy.is_err_and(|why| why.contains("retry later")));
+        assert!(busy.is_err_and(|why| matches!(why, Withheld::Refused(r) if r.contains("retry later"))));
         assert_eq!(small.available_permits(), 1);
         let roomy = Arc::new(tokio::sync::Semaphore::new(2));
         let masked = mask_response(&plan, ContentClass::Text, Some(2048), full(two_kib), &roomy)
