@@ -15,6 +15,7 @@ check exactly what the gateway forwarded. A few paths serve fixed content for ma
   /te-gzip-reflect    the same, compressed as a transfer coding (`Transfer-Encoding: gzip, chunked`)
   /lying-length       the users list chunked, with a `Content-Length: 0` beside it
   /partial           206 Partial Content: a slice of the users list, whatever was asked
+  /cut-short          the users list's Content-Length, half its bytes, then the connection closed
   /events             server-sent events, chunked: one with an email, 2 s later a second (with a
                       card number), a JSON one (with a mobilePhone) and a pretty-printed JSON one
                       over three data lines, then the end

@@ -1389,11 +1389,8 @@ async fn proxy(
                 record_upstream_failure(gw, &plane, session.as_deref(), request_id, &problem, sent);
                 return Err(problem);
             }
-            Ok(Err(_)) => {
-                let problem = Problem::new(
-                    Kind::UpstreamUnavailable,
-                    "the upstream's response body could not be read",
-                );
+            Ok(Err(e)) => {
+                let problem = body_unread(e);
                 record_upstream_failure(gw, &plane, session.as_deref(), request_id, &problem, sent);
                 return Err(problem);
             }
@@ -1475,7 +1472,7 @@ async fn proxy(
                     &plane,
                 )
             }
-            Err(Withheld::Upstream(problem)) => {
+            Err(Withheld::Unread(problem)) => {
                 record_upstream_failure(gw, &plane, session.as_deref(), request_id, &problem, sent);
                 return Err(problem);
             }
@@ -1630,7 +1627,7 @@ async fn mask_response(
     // An upstream that stalls or breaks off its body is the upstream's failure, answered as
     // the same failure of a body passed through is (504, 502), not as masking's refusal.
     let Ok(read) = read.await else {
-        return Err(Withheld::Upstream(Problem::new(
+        return Err(Withheld::Unread(Problem::new(
             Kind::UpstreamTimeout,
             format!(
                 "the upstream did not send its response body within {} s",
@@ -1645,17 +1642,7 @@ async fn mask_response(
                 "it is larger than the masking limit of {MAX_MASKED_BODY} bytes"
             )));
         }
-        Err(MaskFailure::Busy) => {
-            return Err(Withheld::Refused(format!(
-                "the gateway already holds {MAX_MASKING_MEMORY} bytes of responses to mask; retry later"
-            )));
-        }
-        Err(_) => {
-            return Err(Withheld::Upstream(Problem::new(
-                Kind::UpstreamUnavailable,
-                "the upstream's response body could not be read",
-            )));
-        }
+        Err(e) => return Err(Withheld::Unread(body_unread(e))),
     };
     match response::mask_whole(plan, class, &bytes) {
         Ok((out, report)) => Ok(Masked::Done(Bytes::from(out), report, held)),
@@ -1679,11 +1666,35 @@ async fn mask_response(
 /// Why a response to be masked was not sent.
 #[derive(Debug)]
 enum Withheld {
-    /// Masking refused it (type, size, parse, memory): `masking-refused`, the reason completing
+    /// Masking refused it (type, size, parse): `masking-refused`, the reason completing
     /// "withheld because masking applies and ...".
     Refused(String),
-    /// The upstream did not deliver the body to mask.
-    Upstream(Problem),
+    /// Its body was not read whole ([`body_unread`]; or the upstream stalled).
+    Unread(Problem),
+}
+
+/// The answer to a response body that could not be read whole, by whose doing: the upstream's
+/// (broken off), the agent's token's (it expired meanwhile), the gateway's (its memory for bodies
+/// is spent), never masking's.
+fn body_unread(e: MaskFailure) -> Problem {
+    match e {
+        MaskFailure::Expired => Problem::new(
+            Kind::Unauthenticated,
+            "the access token expired while the response was being read",
+        ),
+        MaskFailure::Busy => Problem::new(
+            Kind::GatewayBusy,
+            format!("the gateway already holds {MAX_MASKING_MEMORY} bytes of responses to mask; retry later"),
+        ),
+        MaskFailure::TooLarge => Problem::new(
+            Kind::UpstreamUnavailable,
+            "the upstream's response body is too large",
+        ),
+        MaskFailure::Upstream(_) | MaskFailure::Unparseable(_) => Problem::new(
+            Kind::UpstreamUnavailable,
+            "the upstream's response body could not be read",
+        ),
+    }
 }
 
 fn tee(
@@ -2308,7 +2319,14 @@ mod tests {
             &small,
         )
         .await;
-        assert!(busy.is_err_and(|why| matches!(why, Withheld::Refused(r) if r.contains("retry later"))));
+        assert!(busy.is_err_and(|why| matches!(why, Withheld::Unread(p) if p.kind == Kind::GatewayBusy)));
+        // A token that expires while the body is read is the agent's to renew, not the
+        // upstream's failure nor masking's refusal.
+        let expired = body::until_expiry(full(Bytes::from_static(b"[]")), crate::approval::time::unix_now());
+        let unread = mask_response(&plan, ContentClass::Json, Some(2), expired, &budget).await;
+        assert!(
+            unread.is_err_and(|why| matches!(why, Withheld::Unread(p) if p.kind == Kind::Unauthenticated)),
+        );
         assert_eq!(small.available_permits(), 1);
         let roomy = Arc::new(tokio::sync::Semaphore::new(2));
         let masked = mask_response(&plan, ContentClass::Text, Some(2048), full(two_kib), &roomy)

@@ -92,6 +92,8 @@ pub enum MaskFailure {
     TooLarge,
     Unparseable(&'static str),
     Upstream(String),
+    /// The agent's token expired while the body was read ([`super::body::until_expiry`]).
+    Expired,
     /// The gateway holds [`MAX_MASKING_MEMORY`] of bodies already.
     Busy,
 }
@@ -122,7 +124,13 @@ pub async fn read_within(
     let mut buf = BytesMut::new();
     let mut held_permit: Option<tokio::sync::OwnedSemaphorePermit> = None;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| MaskFailure::Upstream(e.to_string()))?;
+        let frame = frame.map_err(|e| {
+            if e.is::<super::body::TokenExpired>() {
+                MaskFailure::Expired
+            } else {
+                MaskFailure::Upstream(e.to_string())
+            }
+        })?;
         let Ok(data) = frame.into_data() else { continue };
         let held = first.as_ref().map_or(buf.len(), Bytes::len);
         if held + data.len() > cap {
