@@ -894,7 +894,7 @@ fn two_replicas_cannot_both_spend_one_once_grant() {
     // account) could set, grants nothing: the request's decisions must back it.
     let until = agentgate::approval::format_time(unix_now() + 600);
     let status = format!(r#"{{"status":{{"phase":"Approved","approvals":1,"grantExpiresAt":"{until}"}}}}"#);
-    let set_status = || {
+    let patch_status = |patch: &str| {
         env.kubectl_ok(
             "admin",
             &[
@@ -906,10 +906,11 @@ fn two_replicas_cannot_both_spend_one_once_grant() {
                 "--type",
                 "merge",
                 "-p",
-                &status,
+                patch,
             ],
         )
     };
+    let set_status = || patch_status(&status);
     set_status();
     let forged = wait_for(Duration::from_secs(10), || {
         a.get(&name, unix_now())
@@ -926,20 +927,7 @@ fn two_replicas_cannot_both_spend_one_once_grant() {
     // The request goes back to Pending (the CRD admits no approval added to an Approved one),
     // an approver decides (admission would check who may write it; no chart here), then the
     // operator's verdict again.
-    env.kubectl_ok(
-        "admin",
-        &[
-            "patch",
-            "approvalrequest",
-            &name,
-            "--subresource",
-            "status",
-            "--type",
-            "merge",
-            "-p",
-            r#"{"status":{"phase":"Pending"}}"#,
-        ],
-    );
+    patch_status(r#"{"status":{"phase":"Pending"}}"#);
     env.kubectl_ok(
         "admin",
         &[
