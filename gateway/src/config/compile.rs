@@ -1239,10 +1239,10 @@ fn colliding_claim_groups<'a>(
     identities: impl Iterator<Item = &'a CompiledIdentity>,
 ) -> Vec<(&'a str, &'a str)> {
     let all: Vec<&CompiledIdentity> = identities.collect();
-    let claim_prefix = |i: &CompiledIdentity| {
+    fn claim_prefix(i: &CompiledIdentity) -> Option<&str> {
         let groups = i.spec.groups.as_ref().filter(|g| g.claim.is_some())?;
-        Some(groups.prefix.clone().unwrap_or_default())
-    };
+        Some(groups.prefix.as_deref().unwrap_or_default())
+    }
     all.iter()
         .filter(|a| {
             let Some(mine) = claim_prefix(a) else {
@@ -1251,11 +1251,11 @@ fn colliding_claim_groups<'a>(
             all.iter().any(|b| {
                 b.spec.issuer != a.spec.issuer
                     && (claim_prefix(b)
-                        .is_some_and(|theirs| mine.starts_with(&theirs) || theirs.starts_with(&mine))
+                        .is_some_and(|theirs| mine.starts_with(theirs) || theirs.starts_with(mine))
                         || b.spec
                             .groups
                             .as_ref()
-                            .is_some_and(|g| g.r#static.iter().any(|s| s.starts_with(&mine))))
+                            .is_some_and(|g| g.r#static.iter().any(|s| s.starts_with(mine))))
             })
         })
         .map(|a| (a.name.as_str(), a.spec.issuer.as_str()))

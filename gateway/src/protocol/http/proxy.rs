@@ -1379,13 +1379,7 @@ async fn proxy(
         let bytes = match read.await {
             Ok(Ok(bytes)) => bytes,
             Err(_) => {
-                let problem = Problem::new(
-                    Kind::UpstreamTimeout,
-                    format!(
-                        "the upstream did not send its response body within {} s",
-                        UPSTREAM_BODY_TIMEOUT.as_secs()
-                    ),
-                );
+                let problem = body_stalled();
                 record_upstream_failure(gw, &plane, session.as_deref(), request_id, &problem, sent);
                 return Err(problem);
             }
@@ -1627,13 +1621,7 @@ async fn mask_response(
     // An upstream that stalls or breaks off its body is the upstream's failure, answered as
     // the same failure of a body passed through is (504, 502), not as masking's refusal.
     let Ok(read) = read.await else {
-        return Err(Withheld::Unread(Problem::new(
-            Kind::UpstreamTimeout,
-            format!(
-                "the upstream did not send its response body within {} s",
-                UPSTREAM_BODY_TIMEOUT.as_secs()
-            ),
-        )));
+        return Err(Withheld::Unread(body_stalled()));
     };
     let (bytes, held) = match read {
         Ok(b) => b,
@@ -1671,6 +1659,17 @@ enum Withheld {
     Refused(String),
     /// Its body was not read whole ([`body_unread`]; or the upstream stalled).
     Unread(Problem),
+}
+
+/// The answer to a response body the upstream did not finish within [`UPSTREAM_BODY_TIMEOUT`].
+fn body_stalled() -> Problem {
+    Problem::new(
+        Kind::UpstreamTimeout,
+        format!(
+            "the upstream did not send its response body within {} s",
+            UPSTREAM_BODY_TIMEOUT.as_secs()
+        ),
+    )
 }
 
 /// The answer to a response body that could not be read whole, by whose doing: the upstream's
