@@ -1728,6 +1728,22 @@ impl Live {
         }
     }
 
+    /// Forgets the cursors noted for DECLAREs that failed or were skipped, as soon as the error
+    /// says so: a client may send its next statement on the error, before ReadyForQuery.
+    fn forget_unconfirmed<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut unconfirmed = self
+            .unconfirmed_cursors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for name in names {
+            if let Some(i) = unconfirmed.iter().position(|n| n == name) {
+                unconfirmed.swap_remove(i);
+                cursors.remove(name);
+            }
+        }
+    }
+
     /// At ReadyForQuery: forgets the cursors noted for a DECLARE the server has not confirmed
     /// (see [`Live::unconfirmed_cursors`]), and, outside a transaction (`idle`), those without
     /// `WITH HOLD` (see [`Live::transaction_cursors`]).
@@ -3716,6 +3732,12 @@ impl ServerSide {
         // A Query's failed statement and those after it did not run. A DEALLOCATE that failed
         // because the server holds no such statement leaves nothing unsure.
         if let Some(Pending::Query { results, .. }) = self.front.front() {
+            self.live.forget_unconfirmed(
+                results
+                    .iter()
+                    .skip(self.query_index)
+                    .filter_map(|r| r.declares.as_ref().map(|d| d.0.as_str())),
+            );
             let mut rest = results.iter().skip(self.query_index);
             let mut prepared = lock(&self.shared);
             if code == sqlstate::INVALID_SQL_STATEMENT_NAME
@@ -3736,7 +3758,7 @@ impl ServerSide {
             None | Some(Pending::Query { .. }) | Some(Pending::Sync { .. })
         ) {
             let (mut void, mut unsure, mut settled) = (Vec::new(), Vec::new(), Vec::new());
-            let mut unbound = Vec::new();
+            let (mut unbound, mut undeclared) = (Vec::new(), Vec::new());
             // The first is the message that failed, as above.
             let mut failed = code == sqlstate::INVALID_SQL_STATEMENT_NAME;
             while let Some(p) = self.front.front() {
@@ -3747,13 +3769,21 @@ impl ServerSide {
                     Some(Pending::Parse { seq }) => void.push(seq),
                     Some(Pending::Bind { portal, id }) => unbound.push((portal, id)),
                     Some(Pending::Close { freed }) => unsure.extend(freed),
-                    Some(Pending::Execute { plan, .. }) if !failed => unsure.extend(plan.freed),
-                    Some(Pending::Execute { plan, .. }) => settled.extend(plan.freed),
+                    Some(Pending::Execute { plan, .. }) => {
+                        undeclared.extend(plan.declares.map(|d| d.0));
+                        if failed {
+                            settled.extend(plan.freed)
+                        } else {
+                            unsure.extend(plan.freed)
+                        }
+                    }
                     _ => {}
                 }
                 failed = false;
             }
             self.next_rows = None;
+            self.live
+                .forget_unconfirmed(undeclared.iter().map(String::as_str));
             let mut prepared = lock(&self.shared);
             if !void.is_empty() {
                 prepared.void(&void);
