@@ -234,7 +234,7 @@ spec:
       action: Allow
       http:
         methods: [GET, HEAD]
-        paths: ["/api/v1/users", "/api/v1/users/**", "/echo/**", "/text", "/export", "/events", "/binary", "/big", "/reflect", "/gzip-reflect", "/te-gzip-reflect", "/lying-length", "/cut-short", "/partial"]
+        paths: ["/api/v1/users", "/api/v1/users/**", "/echo/**", "/text", "/export", "/events", "/binary", "/big", "/reflect", "/gzip-reflect", "/te-gzip-reflect", "/lying-length", "/cut-short", "/partial", "/moved"]
     - name: writes-echo
       action: Allow
       http:

@@ -806,6 +806,41 @@ fn responses_over_the_masking_limit_are_refused() {
     assert!(r.json()["detail"].as_str().unwrap().contains("masking limit"));
 }
 
+/// The upstream's own URLs (an Okta `Link` to the next page, a redirect, a `Content-Location`)
+/// lead back through the gateway under the route's prefix: an agent following them neither
+/// leaves the gateway for the upstream nor asks for a path outside the prefix.
+#[test]
+fn upstream_urls_in_links_and_redirects_lead_back_through_the_gateway() {
+    let s = setup(false);
+    let auth = format!("Authorization: Bearer {}", token(&s.idp));
+    let r = curl(&["-H", &auth], &s.gw.url("/okta/api/v1/users?limit=2"));
+    assert_eq!(r.status, 200, "{r:?}");
+    let here = s.gw.url("/okta/api/v1/users");
+    assert_eq!(
+        r.header("link").as_deref(),
+        Some(format!("<{here}?limit=2>; rel=\"self\", <{here}?after=00u2&limit=2>; rel=\"next\"").as_str()),
+        "{r:?}"
+    );
+    // The next page, as a pagination client takes it from the Link.
+    let next = format!("{here}?after=00u2&limit=2");
+    let r = curl(&["-H", &auth], &next);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("00u1alice"), "{r:?}");
+
+    let r = curl(&["-H", &auth], &s.gw.url("/okta/moved"));
+    assert_eq!(r.status, 301, "{r:?}");
+    assert_eq!(
+        r.header("location"),
+        Some(s.gw.url("/okta/api/v1/users/00u1")),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.header("content-location").as_deref(),
+        Some("/okta/api/v1/users/00u1"),
+        "{r:?}"
+    );
+}
+
 /// Server-sent events (text without a Content-Length) under masking stream through, masked line
 /// by line: the first event reaches curl while the upstream still holds the second.
 #[test]

@@ -16,6 +16,8 @@ check exactly what the gateway forwarded. A few paths serve fixed content for ma
   /lying-length       the users list chunked, with a `Content-Length: 0` beside it
   /partial           206 Partial Content: a slice of the users list, whatever was asked
   /cut-short          the users list's Content-Length, half its bytes, then the connection closed
+  /moved              301 to a user by this server's absolute URL (`Location`), with a
+                      `Content-Location` by path, as upstreams name their own resources
   /events             server-sent events, chunked: one with an email, 2 s later a second (with a
                       card number), a JSON one (with a mobilePhone) and a pretty-printed JSON one
                       over three data lines, then the end
@@ -108,6 +110,12 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(payload)))
             self.send_header("ETag", 'W/"%x-%s"' % (len(payload), hashlib.sha1(payload).hexdigest()))
             self.send_header("Repr-Digest", "sha-256=:%s:" % hashlib.sha256(payload).hexdigest())
+            if "limit=" in self.path:
+                # Okta's pagination: its own absolute URLs, the next page's cursor in the query.
+                here = "http://%s/api/v1/users" % self.headers.get("Host")
+                self.send_header(
+                    "Link", '<%s?limit=2>; rel="self", <%s?after=00u2&limit=2>; rel="next"' % (here, here)
+                )
             self.end_headers()
             self.wfile.write(payload)
             return
@@ -122,6 +130,13 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(part)))
             self.end_headers()
             self.wfile.write(part)
+            return
+        if path == "/moved":
+            self.send_response(301)
+            self.send_header("Location", "http://%s/api/v1/users/00u1" % self.headers.get("Host"))
+            self.send_header("Content-Location", "/api/v1/users/00u1")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return
         if path == "/cut-short":
             # An upstream that breaks off its body: a JSON document promised whole, half sent.

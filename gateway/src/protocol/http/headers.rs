@@ -449,6 +449,150 @@ pub fn sanitize_response(headers: &mut HeaderMap) {
     }
 }
 
+/// Where an upstream's own URLs lead through the gateway: its origin and base path are the
+/// gateway's public origin and the route's path prefix. Without this an agent following a
+/// redirect or an Okta `Link: <...>; rel="next"` page would leave the gateway for the upstream
+/// itself, or, on a prefix route, ask the gateway for a path outside the prefix.
+#[derive(Clone, Copy, Debug)]
+pub struct Rebase<'a> {
+    /// The upstream's `scheme://host:port` (see [`super::upstream::Upstream::origin`]).
+    pub upstream_origin: &'a str,
+    /// The upstream's base path, no trailing slash (`""` for none).
+    pub base_path: &'a str,
+    /// `scheme://authority` the agent addressed the gateway by.
+    pub public_origin: &'a str,
+    /// The route's path prefix, no trailing slash (`""` for a route by host).
+    pub prefix: &'a str,
+}
+
+/// Response headers whose URLs [`Rebase`] rewrites (`Link` holds them in `<...>`).
+const REBASED: [HeaderName; 3] = [header::LOCATION, header::CONTENT_LOCATION, header::LINK];
+
+impl Rebase<'_> {
+    /// Whether `headers` hold any URL [`Rebase::apply`] may rewrite.
+    pub fn wanted(headers: &HeaderMap) -> bool {
+        REBASED.iter().any(|n| headers.contains_key(n))
+    }
+
+    /// Rewrites the upstream's URLs in `Location`, `Content-Location` and `Link`. URLs of other
+    /// origins, relative ones (`next`, `?page=2`: they resolve against the gateway's URL as
+    /// they would against the upstream's), and paths outside the base path stay as they are.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in REBASED {
+            let header::Entry::Occupied(mut values) = headers.entry(name.clone()) else {
+                continue;
+            };
+            for v in values.iter_mut() {
+                let Ok(text) = v.to_str() else { continue };
+                let rebased = match name == header::LINK {
+                    true => self.link(text),
+                    false => self.url(text),
+                };
+                if let Some(new) = rebased.and_then(|n| HeaderValue::from_str(&n).ok()) {
+                    *v = new;
+                }
+            }
+        }
+    }
+
+    /// A URI reference as the agent reaches it, if it names the upstream and changes.
+    fn url(&self, reference: &str) -> Option<String> {
+        let (absolute, rest) = if reference.starts_with('/') && !reference.starts_with("//") {
+            (false, reference)
+        } else {
+            let (scheme, after) = match reference.strip_prefix("//") {
+                // A network-path reference takes the scheme of the response's URL.
+                Some(after) => (self.upstream_origin.split(':').next()?, after),
+                None => {
+                    let (scheme, after) = reference.split_once("://")?;
+                    (scheme, after)
+                }
+            };
+            let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+            if !self.names_upstream(scheme, &after[..end]) {
+                return None;
+            }
+            (true, &after[end..])
+        };
+        let rest = match self.base_path {
+            "" => rest,
+            base => rest
+                .strip_prefix(base)
+                .filter(|r| r.is_empty() || r.starts_with(['/', '?', '#']))?,
+        };
+        let mut out = String::with_capacity(self.public_origin.len() + self.prefix.len() + rest.len() + 1);
+        if absolute {
+            out.push_str(self.public_origin);
+        }
+        out.push_str(self.prefix);
+        if !rest.starts_with('/') {
+            out.push('/');
+        }
+        out.push_str(rest);
+        (out != reference).then_some(out)
+    }
+
+    /// Whether `scheme://authority` is the upstream's origin (case and default ports aside).
+    fn names_upstream(&self, scheme: &str, authority: &str) -> bool {
+        let default_port = match scheme.to_ascii_lowercase().as_str() {
+            "http" => "80",
+            "https" => "443",
+            _ => return false,
+        };
+        if authority.contains('@') {
+            return false;
+        }
+        // The port follows the last `:` unless that is inside an IPv6 literal's brackets.
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !p.contains(']') => (h, p),
+            _ => (authority, default_port),
+        };
+        let Some(upstream) = self.upstream_origin.split_once("://") else {
+            return false;
+        };
+        upstream.0.eq_ignore_ascii_case(scheme)
+            && upstream
+                .1
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| h.eq_ignore_ascii_case(host) && p == port)
+    }
+
+    /// A `Link` value with each `<target>` that names the upstream rebased; `<` inside a quoted
+    /// parameter (`title="a<b"`) is not a target.
+    fn link(&self, value: &str) -> Option<String> {
+        let bytes = value.as_bytes();
+        let (mut out, mut copied) = (String::new(), 0);
+        let (mut quoted, mut escaped) = (false, false);
+        let mut i = 0;
+        while i < bytes.len() {
+            let b = bytes[i];
+            if quoted {
+                match b {
+                    _ if escaped => escaped = false,
+                    b'\\' => escaped = true,
+                    b'"' => quoted = false,
+                    _ => {}
+                }
+            } else if b == b'"' {
+                quoted = true;
+            } else if b == b'<' {
+                let end = i + 1 + value[i + 1..].find('>')?;
+                if let Some(new) = self.url(&value[i + 1..end]) {
+                    out.push_str(&value[copied..=i]);
+                    out.push_str(&new);
+                    copied = end;
+                }
+                i = end;
+            }
+            i += 1;
+        }
+        (copied > 0).then(|| {
+            out.push_str(&value[copied..]);
+            out
+        })
+    }
+}
+
 /// Runs the detectors over response header values (a `Location` naming a user's email, a debug
 /// header echoing a key), replacing what they find; a value that cannot hold its masked form
 /// becomes `[REDACTED]` whole. Returns what was masked.
@@ -584,6 +728,114 @@ mod tests {
 
     use super::*;
     use crate::config::SecretValue;
+
+    const PREFIXED: Rebase<'static> = Rebase {
+        upstream_origin: "https://acme.okta.com:443",
+        base_path: "",
+        public_origin: "https://gw.example:8443",
+        prefix: "/okta",
+    };
+
+    /// The upstream's own URLs lead back through the gateway, under the route's prefix; other
+    /// origins, relative references and lookalikes stay as they are.
+    #[test]
+    fn upstream_urls_are_rebased_onto_the_gateway() {
+        let r = PREFIXED;
+        for (from, to) in [
+            (
+                "https://acme.okta.com/api/v1/users/00u1?x=1#f",
+                Some("https://gw.example:8443/okta/api/v1/users/00u1?x=1#f"),
+            ),
+            (
+                "HTTPS://ACME.okta.com:443/a",
+                Some("https://gw.example:8443/okta/a"),
+            ),
+            ("https://acme.okta.com", Some("https://gw.example:8443/okta/")),
+            ("https://acme.okta.com?q", Some("https://gw.example:8443/okta/?q")),
+            ("//acme.okta.com/a", Some("https://gw.example:8443/okta/a")),
+            ("/api/v1/users", Some("/okta/api/v1/users")),
+            ("/", Some("/okta/")),
+            // Not the upstream: another host, scheme or port, userinfo, a lookalike host.
+            ("https://developer.okta.com/docs", None),
+            ("http://acme.okta.com/a", None),
+            ("https://acme.okta.com:8443/a", None),
+            ("https://u@acme.okta.com/a", None),
+            ("https://acme.okta.com.evil.example/a", None),
+            ("ftp://acme.okta.com/a", None),
+            // Relative references resolve against the gateway's URL as they would upstream.
+            ("users/1", None),
+            ("?after=2", None),
+        ] {
+            assert_eq!(r.url(from).as_deref(), to, "{from}");
+        }
+        // A route by host keeps paths; only absolute URLs change.
+        let by_host = Rebase { prefix: "", ..r };
+        assert_eq!(by_host.url("/api/v1/users"), None);
+        assert_eq!(
+            by_host.url("https://acme.okta.com/api").as_deref(),
+            Some("https://gw.example:8443/api")
+        );
+    }
+
+    /// The upstream's base path is what the route's prefix stands for; paths outside it cannot
+    /// be reached through the gateway and stay as they are.
+    #[test]
+    fn the_base_path_is_replaced_by_the_prefix() {
+        let r = Rebase {
+            upstream_origin: "http://[::1]:8080",
+            base_path: "/base",
+            ..PREFIXED
+        };
+        for (from, to) in [
+            (
+                "http://[::1]:8080/base/x?y",
+                Some("https://gw.example:8443/okta/x?y"),
+            ),
+            ("http://[::1]:8080/base", Some("https://gw.example:8443/okta/")),
+            ("/base/x", Some("/okta/x")),
+            ("/base?q", Some("/okta/?q")),
+            ("/basement/x", None),
+            ("/other", None),
+            ("http://[::1]/base/x", None),
+        ] {
+            assert_eq!(r.url(from).as_deref(), to, "{from}");
+        }
+    }
+
+    /// Every `<target>` of a Link value is rebased; a `<` inside a quoted parameter is not one.
+    #[test]
+    fn link_targets_are_rebased_and_quoted_text_is_not() {
+        let r = PREFIXED;
+        let mut h = map(&[
+            (
+                "link",
+                r#"<https://acme.okta.com/api/v1/users?limit=2>; rel="self", <https://acme.okta.com/api/v1/users?after=00u2&limit=2>; rel="next""#,
+            ),
+            (
+                "link",
+                r#"<https://developer.okta.com/docs>; rel="help"; title="a \"<b>\" <https://acme.okta.com/x>""#,
+            ),
+            ("location", "https://acme.okta.com/api/v1/users/00u3"),
+            ("content-location", "/api/v1/users/00u3"),
+            ("refresh", "0; url=https://acme.okta.com/"),
+        ]);
+        assert!(Rebase::wanted(&h));
+        r.apply(&mut h);
+        let links: Vec<_> = h.get_all("link").iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!(
+            links,
+            [
+                r#"<https://gw.example:8443/okta/api/v1/users?limit=2>; rel="self", <https://gw.example:8443/okta/api/v1/users?after=00u2&limit=2>; rel="next""#,
+                r#"<https://developer.okta.com/docs>; rel="help"; title="a \"<b>\" <https://acme.okta.com/x>""#,
+            ]
+        );
+        assert_eq!(h["location"], "https://gw.example:8443/okta/api/v1/users/00u3");
+        assert_eq!(h["content-location"], "/okta/api/v1/users/00u3");
+        assert_eq!(h["refresh"], "0; url=https://acme.okta.com/");
+        // A Link with an unclosed target is left whole.
+        assert_eq!(r.link("<https://acme.okta.com/a"), None);
+        assert!(!Rebase::wanted(&map(&[("content-type", "application/json")])));
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -55,16 +55,21 @@ impl Plane {
             .map(|e| format!("identity verification is unavailable: {e}"))
     }
 
-    /// The connection a request is for, and the path it addresses there: by host first (the
-    /// whole path), then by the longest path prefix (removed from the path).
-    pub fn route(&self, host: &str, path: &str) -> Option<(&CompiledConnection, String)> {
+    /// The connection a request is for, the path it addresses there, and the path prefix that
+    /// was removed (`""` by host, else without a trailing slash): by host first (the whole
+    /// path), then by the longest path prefix.
+    pub fn route<'a>(&'a self, host: &str, path: &str) -> Option<(&'a CompiledConnection, String, &'a str)> {
         let cfg = &self.snapshot.config;
         if let Some(c) = self.routes_by_host.get(host).and_then(|n| cfg.connections.get(n)) {
-            return Some((c, path.to_string()));
+            return Some((c, path.to_string(), ""));
         }
         self.routes_by_prefix.iter().find_map(|(prefix, name)| {
             let rest = super::normalize::strip_prefix(path, prefix)?;
-            Some((cfg.connections.get(name)?, rest.to_string()))
+            Some((
+                cfg.connections.get(name)?,
+                rest.to_string(),
+                prefix.trim_end_matches('/'),
+            ))
         })
     }
 

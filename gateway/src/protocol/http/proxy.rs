@@ -493,6 +493,19 @@ fn authority(req: &Parts) -> Result<String, Problem> {
     }
 }
 
+/// The origin the agent addressed: the configured public origin (`dpop.origins`, for a proxy
+/// in front) with the request's authority, else the listener's scheme and that authority.
+fn public_origin(tls: bool, authority: &str, configured: &[String]) -> String {
+    configured
+        .iter()
+        .find(|o| {
+            o.split_once("://")
+                .is_some_and(|(_, a)| a.eq_ignore_ascii_case(authority))
+        })
+        .cloned()
+        .unwrap_or_else(|| format!("{}://{authority}", if tls { "https" } else { "http" }))
+}
+
 fn host_without_port(authority: &str) -> String {
     let host = if let Some(rest) = authority.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
@@ -546,7 +559,7 @@ async fn proxy(
     let raw_path = parts.uri.path().to_string();
     // The target the policy decides on and the upstream receives.
     let target = normalize::normalize(&raw_path, parts.uri.query()).map_err(|e| bad_request(e.0))?;
-    let (connection, path) = plane
+    let (connection, path, route_prefix) = plane
         .route(&host, &target.path)
         .ok_or_else(|| Problem::new(Kind::NoRoute, "no Connection is routed for this host or path"))?;
     outcome.connection = connection.name.clone();
@@ -1276,6 +1289,15 @@ async fn proxy(
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .any(|t| !t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
     headers::sanitize_response(&mut res_parts.headers);
+    if headers::Rebase::wanted(&res_parts.headers) {
+        headers::Rebase {
+            upstream_origin: &upstream.origin,
+            base_path: &upstream.base_path,
+            public_origin: &public_origin(conn.tls, &authority, &cfg.gateway.dpop_origins),
+            prefix: route_prefix,
+        }
+        .apply(&mut res_parts.headers);
+    }
     // Header values quote data too (a Location naming a user's email).
     let header_report = headers::mask_values(&mut res_parts.headers, &plan);
     if !header_report.is_empty() {
