@@ -1124,6 +1124,25 @@ fn open_sessions_follow_reloads() {
             .unwrap();
         let e = c.batch_execute("BEGIN; FETCH ALL FROM gone").await.unwrap_err();
         assert!(db_error(&e).1.contains("did not see declared"), "{e}");
+        // Nor one WITH HOLD whose transaction was rolled back, or failed.
+        c.batch_execute("BEGIN; DECLARE undone CURSOR WITH HOLD FOR SELECT 1; ROLLBACK")
+            .await
+            .unwrap();
+        let e = c.batch_execute("BEGIN; FETCH ALL FROM undone").await.unwrap_err();
+        assert!(db_error(&e).1.contains("did not see declared"), "{e}");
+        let e = c
+            .batch_execute("BEGIN; DECLARE failed CURSOR WITH HOLD FOR SELECT 1; SELECT 1/0")
+            .await
+            .unwrap_err();
+        assert_eq!(db_error(&e).0, "22012", "{e}");
+        c.batch_execute("ROLLBACK").await.unwrap();
+        let e = c.batch_execute("BEGIN; FETCH ALL FROM failed").await.unwrap_err();
+        assert!(db_error(&e).1.contains("did not see declared"), "{e}");
+        // One whose transaction committed stays readable.
+        c.batch_execute("BEGIN; DECLARE kept CURSOR WITH HOLD FOR SELECT 1; COMMIT")
+            .await
+            .unwrap();
+        c.batch_execute("FETCH ALL FROM kept; CLOSE kept").await.unwrap();
 
         // The recording moves: the open session's record is closed and continued there.
         let moved = s.gw.sessions.parent().unwrap().join("sessions-moved");

@@ -436,6 +436,10 @@ struct Live {
     /// Cursor names noted without `WITH HOLD`: their cursors end with their transaction, so
     /// they are forgotten at the ReadyForQuery outside one.
     transaction_cursors: Mutex<Vec<String>>,
+    /// Cursor names made `WITH HOLD` in the transaction still open, and whether more were made
+    /// than are listed: a rollback (or an error, which ends in one) undoes them, and a function
+    /// may later open a cursor of one of their names.
+    uncommitted_hold_cursors: Mutex<(Vec<String>, bool)>,
     connection: String,
     identity: String,
     /// The token's subject (never its own approver).
@@ -692,6 +696,7 @@ async fn start(
             cursors: Mutex::new(HashMap::new()),
             unconfirmed_cursors: Mutex::new(Vec::new()),
             transaction_cursors: Mutex::new(Vec::new()),
+            uncommitted_hold_cursors: Mutex::new((Vec::new(), false)),
             connection: conn.name.clone(),
             identity: principal.identity.clone(),
             subject: principal.subject.clone(),
@@ -1722,6 +1727,17 @@ impl Live {
         if confirmed {
             cursors.insert(name.to_string(), generation);
             unconfirmed.retain(|n| n != name);
+            if hold {
+                let mut held = self
+                    .uncommitted_hold_cursors
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if held.0.len() < MAX_TRACKED_CURSORS {
+                    held.0.push(name.to_string());
+                } else {
+                    held.1 = true;
+                }
+            }
         } else if !cursors.contains_key(name) && unconfirmed.len() < MAX_TRACKED_CURSORS {
             cursors.insert(name.to_string(), generation);
             unconfirmed.push(name.to_string());
@@ -1744,6 +1760,28 @@ impl Live {
         }
     }
 
+    /// At an error or a ROLLBACK: forgets the cursors made `WITH HOLD` in the transaction, which
+    /// ends undone (all of them when more were made than listed). After `ROLLBACK TO SAVEPOINT`
+    /// some may remain: forgetting them only refuses a FETCH where a rowLimit applies.
+    fn forget_uncommitted_hold_cursors(&self) {
+        let (names, overflow) = std::mem::take(
+            &mut *self
+                .uncommitted_hold_cursors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        if names.is_empty() && !overflow {
+            return;
+        }
+        let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
+        if overflow {
+            cursors.clear();
+        }
+        for name in names {
+            cursors.remove(&name);
+        }
+    }
+
     /// At ReadyForQuery: forgets the cursors noted for a DECLARE the server has not confirmed
     /// (see [`Live::unconfirmed_cursors`]), and, outside a transaction (`idle`), those without
     /// `WITH HOLD` (see [`Live::transaction_cursors`]).
@@ -1762,6 +1800,11 @@ impl Live {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner),
             );
+            // Outside a transaction, what it made WITH HOLD was committed.
+            *self
+                .uncommitted_hold_cursors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = (Vec::new(), false);
         }
         for name in gone {
             cursors.remove(&name);
@@ -3611,6 +3654,10 @@ impl ServerSide {
         {
             self.live.note_cursor(name, *generation, true, *hold);
         }
+        // Also the tag of a COMMIT of a failed transaction, and of ROLLBACK TO SAVEPOINT.
+        if tag.as_deref() == Some("ROLLBACK") {
+            self.live.forget_uncommitted_hold_cursors();
+        }
         let mut forwarded = false;
         if !self.report.is_empty() {
             self.live
@@ -3709,6 +3756,8 @@ impl ServerSide {
             self.record_result(&s, None, true);
         }
         let code = e.code().unwrap_or_default().to_string();
+        // The transaction (explicit or implicit) the error happened in ends undone.
+        self.live.forget_uncommitted_hold_cursors();
         let substitute = match self.front.front() {
             Some(Pending::Query { refused: Some(r), .. })
             | Some(Pending::Execute { refused: Some(r), .. })
