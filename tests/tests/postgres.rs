@@ -1143,6 +1143,14 @@ fn open_sessions_follow_reloads() {
             .await
             .unwrap();
         c.batch_execute("FETCH ALL FROM kept; CLOSE kept").await.unwrap();
+        // A CLOSE after its DECLARE in one text: the DECLARE's completion, which comes after
+        // both were decided, does not bring the closed name back.
+        c.batch_execute("BEGIN; DECLARE shut CURSOR FOR SELECT 1; CLOSE shut")
+            .await
+            .unwrap();
+        let e = c.batch_execute("FETCH ALL FROM shut").await.unwrap_err();
+        assert!(db_error(&e).1.contains("did not see declared"), "{e}");
+        c.batch_execute("ROLLBACK").await.unwrap();
 
         // The recording moves: the open session's record is closed and continued there.
         let moved = s.gw.sessions.parent().unwrap().join("sessions-moved");

@@ -754,6 +754,10 @@ struct ResultPlan {
     /// The cursor a DECLARE makes, the configuration it is decided under, and whether it is
     /// `WITH HOLD`; noted when the server completes it.
     declares: Option<(String, u64, bool)>,
+    /// The cursor a CLOSE closes (`""`: all), forgotten when it is decided and again when the
+    /// server completes it: a DECLARE of the name before it in the same text or pipeline is
+    /// noted at its completion, which comes after the decision.
+    closes: Option<String>,
 }
 
 /// One message forwarded upstream that the upstream will answer, in order.
@@ -1760,6 +1764,16 @@ impl Live {
         }
     }
 
+    /// At a CLOSE's completion: forgets cursor `name` (all of them for `""`).
+    fn forget_cursor(&self, name: &str) {
+        let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
+        if name.is_empty() {
+            cursors.clear();
+        } else {
+            cursors.remove(name);
+        }
+    }
+
     /// At an error or a ROLLBACK: forgets the cursors made `WITH HOLD` in the transaction, which
     /// ends undone (all of them when more were made than listed). After `ROLLBACK TO SAVEPOINT`
     /// some may remain: forgetting them only refuses a FETCH where a rowLimit applies.
@@ -1818,6 +1832,9 @@ impl Live {
             .map(|name| (name, self.current().plane.snapshot.generation, st.cursor_hold));
         ResultPlan {
             declares,
+            closes: (st.node == "ClosePortalStmt")
+                .then(|| st.cursor.clone())
+                .flatten(),
             sql,
             row_limit: v.row_limit,
             limit_rule: v.rule.clone(),
@@ -3653,6 +3670,12 @@ impl ServerSide {
             && let Some((name, generation, hold)) = &s.plan.declares
         {
             self.live.note_cursor(name, *generation, true, *hold);
+        }
+        if let (Some(s), Some(t)) = (&s, &tag)
+            && t.starts_with("CLOSE CURSOR")
+            && let Some(name) = &s.plan.closes
+        {
+            self.live.forget_cursor(name);
         }
         // Also the tag of a COMMIT of a failed transaction, and of ROLLBACK TO SAVEPOINT.
         if tag.as_deref() == Some("ROLLBACK") {
