@@ -104,9 +104,10 @@ pub struct GatewayDpop {
     /// gateway sees: a TLS-terminating ingress (`https://agents.example.com`, while the gateway
     /// is reached over plain HTTP) or another host name. When set, a proof's `htu` must be one
     /// of them followed by the request's path, whatever the request's Host; unset, the scheme
-    /// the request arrived over and its Host. The one whose authority is the request's Host is
-    /// also where the upstream's own URLs in `Location`, `Content-Location` and `Link` response
-    /// headers are pointed (else the scheme the request arrived over and its Host).
+    /// the request arrived over and its Host. The one whose host and port are the request's
+    /// Host is also the origin the upstream's own absolute URLs in `Location`,
+    /// `Content-Location` and `Link` response headers are rewritten to (with none, they become
+    /// paths on the gateway).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(length(min = 8, max = 512), regex(pattern = r"^https?://[^/?#@\s]+$")), extend("x-kubernetes-list-type" = "set"))]
     pub origins: Vec<String>,

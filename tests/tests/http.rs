@@ -57,7 +57,7 @@ fn token(idp: &OidcProvider) -> String {
 
 struct Setup {
     idp: OidcProvider,
-    _upstream: EchoUpstream,
+    upstream: EchoUpstream,
     gw: Gateway,
 }
 
@@ -70,11 +70,7 @@ fn setup(require_dpop: bool) -> Setup {
         upstream_token: CANARY,
         require_dpop,
     }));
-    Setup {
-        idp,
-        _upstream: upstream,
-        gw,
-    }
+    Setup { idp, upstream, gw }
 }
 
 #[test]
@@ -808,35 +804,72 @@ fn responses_over_the_masking_limit_are_refused() {
 
 /// The upstream's own URLs (an Okta `Link` to the next page, a redirect, a `Content-Location`)
 /// lead back through the gateway under the route's prefix: an agent following them neither
-/// leaves the gateway for the upstream nor asks for a path outside the prefix.
+/// leaves the gateway for the upstream nor asks for a path outside the prefix. Absolute URLs
+/// name the gateway only by a configured public origin (`dpop.origins`) for the request's
+/// Host; without one they become paths, resolved against the URL the agent used.
 #[test]
 fn upstream_urls_in_links_and_redirects_lead_back_through_the_gateway() {
     let s = setup(false);
     let auth = format!("Authorization: Bearer {}", token(&s.idp));
     let r = curl(&["-H", &auth], &s.gw.url("/okta/api/v1/users?limit=2"));
     assert_eq!(r.status, 200, "{r:?}");
-    let here = s.gw.url("/okta/api/v1/users");
     assert_eq!(
         r.header("link").as_deref(),
-        Some(format!("<{here}?limit=2>; rel=\"self\", <{here}?after=00u2&limit=2>; rel=\"next\"").as_str()),
+        Some(
+            r#"</okta/api/v1/users?limit=2>; rel="self", </okta/api/v1/users?after=00u2&limit=2>; rel="next""#
+        ),
         "{r:?}"
     );
-    // The next page, as a pagination client takes it from the Link.
-    let next = format!("{here}?after=00u2&limit=2");
-    let r = curl(&["-H", &auth], &next);
+    // The next page, as a pagination client resolves it from the Link.
+    let r = curl(&["-H", &auth], &s.gw.url("/okta/api/v1/users?after=00u2&limit=2"));
     assert_eq!(r.status, 200, "{r:?}");
-    assert!(r.body.contains("00u1alice"), "{r:?}");
+    assert!(
+        s.upstream
+            .requests()
+            .contains("GET /api/v1/users?after=00u2&limit=2"),
+        "{}",
+        s.upstream.requests()
+    );
 
     let r = curl(&["-H", &auth], &s.gw.url("/okta/moved"));
     assert_eq!(r.status, 301, "{r:?}");
+    for name in ["location", "content-location"] {
+        assert_eq!(
+            r.header(name).as_deref(),
+            Some("/okta/api/v1/users/00u1"),
+            "{name}: {r:?}"
+        );
+    }
+
+    // With public origins configured: the one naming the request's Host, also where a proxy
+    // in front terminates TLS.
+    let yaml = okta_manifests(&OktaSetup {
+        issuer: &s.idp.issuer,
+        upstream: &s.upstream.url(),
+        upstream_token: CANARY,
+        require_dpop: false,
+    })
+    .replace(
+        "  recording:\n    mode: Required",
+        "  dpop: {origins: [\"http://127.0.0.1:${LISTEN_PORT}\", \"https://agents.example.com\"]}\n  recording:\n    mode: Required",
+    );
+    assert!(yaml.contains("agents.example.com"));
+    let gw = Gateway::start(&yaml);
+    let r = curl(&["-H", &auth], &gw.url("/okta/moved"));
     assert_eq!(
         r.header("location"),
-        Some(s.gw.url("/okta/api/v1/users/00u1")),
+        Some(gw.url("/okta/api/v1/users/00u1")),
         "{r:?}"
     );
-    assert_eq!(
-        r.header("content-location").as_deref(),
-        Some("/okta/api/v1/users/00u1"),
+    let r = curl(
+        &["-H", &auth, "-H", "Host: agents.example.com"],
+        &gw.url("/okta/api/v1/users?limit=2"),
+    );
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.output());
+    assert!(
+        r.header("link").is_some_and(|l| l.starts_with(
+            "<https://agents.example.com/okta/api/v1/users?limit=2>; rel=\"self\", <https://agents.example.com/okta/"
+        )),
         "{r:?}"
     );
 }

@@ -459,10 +459,21 @@ pub struct Rebase<'a> {
     pub upstream_origin: &'a str,
     /// The upstream's base path, no trailing slash (`""` for none).
     pub base_path: &'a str,
-    /// `scheme://authority` the agent addressed the gateway by.
-    pub public_origin: &'a str,
+    /// `scheme://authority` the agent addressed the gateway by, when it is known (a configured
+    /// public origin naming the request's Host): the upstream's absolute URLs become absolute
+    /// URLs there. Otherwise they become path-absolute references, which the client resolves
+    /// against the URL it used; the listener's own scheme and Host would name the gateway as a
+    /// proxy in front reaches it (`http://agentgate.ns.svc:8080`), not as the agent does.
+    pub public_origin: Option<&'a str>,
     /// The route's path prefix, no trailing slash (`""` for a route by host).
     pub prefix: &'a str,
+}
+
+/// Whether a path segment is `.` or `..`, also percent-encoded.
+fn is_dot_segment(segment: &str) -> bool {
+    let dot = |s: &str| s == "." || s.eq_ignore_ascii_case("%2e");
+    dot(segment)
+        || (1..segment.len()).any(|i| segment.is_char_boundary(i) && dot(&segment[..i]) && dot(&segment[i..]))
 }
 
 /// Response headers whose URLs [`Rebase`] rewrites (`Link` holds them in `<...>`).
@@ -514,21 +525,33 @@ impl Rebase<'_> {
             }
             (true, &after[end..])
         };
+        // Dot segments and backslashes would be resolved by the client after the rewrite,
+        // perhaps out of the prefix (`/base/../../other`, `/base/\evil.example`): left alone.
+        let path = &rest[..rest.find(['?', '#']).unwrap_or(rest.len())];
+        if path.contains('\\') || path.split('/').any(is_dot_segment) {
+            return None;
+        }
         let rest = match self.base_path {
             "" => rest,
             base => rest
                 .strip_prefix(base)
                 .filter(|r| r.is_empty() || r.starts_with(['/', '?', '#']))?,
         };
-        let mut out = String::with_capacity(self.public_origin.len() + self.prefix.len() + rest.len() + 1);
-        if absolute {
-            out.push_str(self.public_origin);
-        }
+        let origin = match (absolute, self.public_origin) {
+            (true, Some(origin)) => origin,
+            _ => "",
+        };
+        let mut out = String::with_capacity(origin.len() + self.prefix.len() + rest.len() + 1);
+        out.push_str(origin);
         out.push_str(self.prefix);
         if !rest.starts_with('/') {
             out.push('/');
         }
         out.push_str(rest);
+        // A reference that starts `//` names a host (`/base//evil.example/x` less its base).
+        if out.starts_with("//") {
+            return None;
+        }
         (out != reference).then_some(out)
     }
 
@@ -576,7 +599,11 @@ impl Rebase<'_> {
             } else if b == b'"' {
                 quoted = true;
             } else if b == b'<' {
-                let end = i + 1 + value[i + 1..].find('>')?;
+                // An unclosed target: the rest is passed on as it is.
+                let Some(close) = value[i + 1..].find('>') else {
+                    break;
+                };
+                let end = i + 1 + close;
                 if let Some(new) = self.url(&value[i + 1..end]) {
                     out.push_str(&value[copied..=i]);
                     out.push_str(&new);
@@ -732,7 +759,7 @@ mod tests {
     const PREFIXED: Rebase<'static> = Rebase {
         upstream_origin: "https://acme.okta.com:443",
         base_path: "",
-        public_origin: "https://gw.example:8443",
+        public_origin: Some("https://gw.example:8443"),
         prefix: "/okta",
     };
 
@@ -775,6 +802,65 @@ mod tests {
             by_host.url("https://acme.okta.com/api").as_deref(),
             Some("https://gw.example:8443/api")
         );
+        // Where the agent's origin is not known, an absolute URL becomes a path-absolute one
+        // (never the listener's own scheme and Host, which a proxy in front may hide).
+        let unknown = Rebase {
+            public_origin: None,
+            ..r
+        };
+        assert_eq!(
+            unknown.url("https://acme.okta.com/api?x#y").as_deref(),
+            Some("/okta/api?x#y")
+        );
+        let unknown_by_host = Rebase {
+            prefix: "",
+            ..unknown
+        };
+        assert_eq!(
+            unknown_by_host.url("https://acme.okta.com/api").as_deref(),
+            Some("/api")
+        );
+        // ... but not one that would name a host.
+        assert_eq!(unknown_by_host.url("https://acme.okta.com//evil.example/x"), None);
+    }
+
+    /// Nothing the client would resolve out of the prefix, or read as another host, is made:
+    /// dot segments and backslashes are left alone, and so is a base path's rest that starts
+    /// `//`.
+    #[test]
+    fn rebased_urls_cannot_climb_out_of_the_prefix_or_name_a_host() {
+        let r = Rebase {
+            base_path: "/base",
+            prefix: "",
+            ..PREFIXED
+        };
+        for from in [
+            "/base//evil.example/x",
+            "https://acme.okta.com/base//evil.example/x",
+            "/base/\\evil.example",
+            "/base/../../other/x",
+            "https://acme.okta.com/base/%2E%2e/other",
+            "/base/./x",
+            "/base/.%2E/x",
+        ] {
+            let rebased = Rebase {
+                public_origin: None,
+                ..r
+            }
+            .url(from);
+            assert_eq!(rebased, None, "{from}");
+        }
+        let prefixed = Rebase { prefix: "/okta", ..r };
+        assert_eq!(prefixed.url("/base/../../other/x"), None);
+        assert_eq!(prefixed.url("/base/\\x"), None);
+        // Under a prefix, `//` inside the path is a path.
+        assert_eq!(
+            prefixed.url("/base//evil.example/x").as_deref(),
+            Some("/okta//evil.example/x")
+        );
+        // Dots inside a segment, and in the query, are ordinary.
+        assert_eq!(r.url("/base/a..b/x?..").as_deref(), Some("/a..b/x?.."));
+        assert!(!is_dot_segment("a.") && !is_dot_segment("...") && is_dot_segment("%2e."));
     }
 
     /// The upstream's base path is what the route's prefix stands for; paths outside it cannot
@@ -832,8 +918,13 @@ mod tests {
         assert_eq!(h["location"], "https://gw.example:8443/okta/api/v1/users/00u3");
         assert_eq!(h["content-location"], "/okta/api/v1/users/00u3");
         assert_eq!(h["refresh"], "0; url=https://acme.okta.com/");
-        // A Link with an unclosed target is left whole.
+        // An unclosed target is passed on as it is; the targets before it are rebased.
         assert_eq!(r.link("<https://acme.okta.com/a"), None);
+        assert_eq!(
+            r.link("<https://acme.okta.com/a>; rel=x, <https://acme.okta.com/b")
+                .as_deref(),
+            Some("<https://gw.example:8443/okta/a>; rel=x, <https://acme.okta.com/b")
+        );
         assert!(!Rebase::wanted(&map(&[("content-type", "application/json")])));
     }
 

@@ -493,17 +493,20 @@ fn authority(req: &Parts) -> Result<String, Problem> {
     }
 }
 
-/// The origin the agent addressed: the configured public origin (`dpop.origins`, for a proxy
-/// in front) with the request's authority, else the listener's scheme and that authority.
-fn public_origin(tls: bool, authority: &str, configured: &[String]) -> String {
-    configured
-        .iter()
-        .find(|o| {
-            o.split_once("://")
-                .is_some_and(|(_, a)| a.eq_ignore_ascii_case(authority))
+/// The origin the agent addressed, when the configuration names it: the public origin
+/// (`dpop.origins`) whose host and port are the request's Host (default ports aside).
+fn public_origin<'a>(authority: &str, configured: &'a [String]) -> Option<&'a str> {
+    configured.iter().map(String::as_str).find(|o| {
+        o.split_once("://").is_some_and(|(scheme, a)| {
+            let default = if scheme.eq_ignore_ascii_case("https") {
+                ":443"
+            } else {
+                ":80"
+            };
+            let bare = |x: &str| x.strip_suffix(default).unwrap_or(x).to_ascii_lowercase();
+            bare(a) == bare(authority)
         })
-        .cloned()
-        .unwrap_or_else(|| format!("{}://{authority}", if tls { "https" } else { "http" }))
+    })
 }
 
 fn host_without_port(authority: &str) -> String {
@@ -1293,7 +1296,7 @@ async fn proxy(
         headers::Rebase {
             upstream_origin: &upstream.origin,
             base_path: &upstream.base_path,
-            public_origin: &public_origin(conn.tls, &authority, &cfg.gateway.dpop_origins),
+            public_origin: public_origin(&authority, &cfg.gateway.dpop_origins),
             prefix: route_prefix,
         }
         .apply(&mut res_parts.headers);
@@ -2584,6 +2587,27 @@ mod tests {
         let proxy = kube("GET", "/api/v1/proxy/namespaces/a/pods/p/metrics");
         assert!(proxy.is_resource_request && proxy.policy_verb().is_none());
         assert!(!non_resource_read_allowed(&Method::GET, &proxy, true));
+    }
+
+    /// The agent's origin is a configured public origin naming the request's Host, default
+    /// ports aside; without one it is unknown (the listener's view may be a proxy's).
+    #[test]
+    fn the_public_origin_is_the_configured_one_naming_the_host() {
+        let configured = [
+            "https://agents.example.com".to_string(),
+            "http://gw.local:8080".to_string(),
+        ];
+        for (host, origin) in [
+            ("agents.example.com", Some("https://agents.example.com")),
+            ("AGENTS.example.com:443", Some("https://agents.example.com")),
+            ("gw.local:8080", Some("http://gw.local:8080")),
+            ("agents.example.com:8443", None),
+            ("gw.local", None),
+            ("agentgate.agentgate-system.svc:8080", None),
+        ] {
+            assert_eq!(public_origin(host, &configured), origin, "{host}");
+        }
+        assert_eq!(public_origin("agents.example.com", &[]), None);
     }
 
     #[test]
