@@ -1151,6 +1151,54 @@ fn open_sessions_follow_reloads() {
         let e = c.batch_execute("FETCH ALL FROM shut").await.unwrap_err();
         assert!(db_error(&e).1.contains("did not see declared"), "{e}");
         c.batch_execute("ROLLBACK").await.unwrap();
+        // Nor cursors that a savepoint's rollback or COMMIT AND CHAIN ended while a transaction
+        // goes on.
+        c.batch_execute("BEGIN; SAVEPOINT s; DECLARE sp CURSOR FOR SELECT 1; ROLLBACK TO SAVEPOINT s")
+            .await
+            .unwrap();
+        let e = c.batch_execute("FETCH ALL FROM sp").await.unwrap_err();
+        assert!(db_error(&e).1.contains("did not see declared"), "{e}");
+        c.batch_execute("ROLLBACK").await.unwrap();
+        c.batch_execute("BEGIN; DECLARE chained CURSOR FOR SELECT 1; COMMIT AND CHAIN")
+            .await
+            .unwrap();
+        let e = c.batch_execute("FETCH ALL FROM chained").await.unwrap_err();
+        assert!(db_error(&e).1.contains("did not see declared"), "{e}");
+        c.batch_execute("ROLLBACK").await.unwrap();
+        // In one text, which is decided before any of it runs.
+        let e = c
+            .batch_execute(
+                "BEGIN; DECLARE one CURSOR WITH HOLD FOR SELECT 1; ROLLBACK; BEGIN; FETCH ALL FROM one",
+            )
+            .await
+            .unwrap_err();
+        assert!(db_error(&e).1.contains("did not see declared"), "{e}");
+        // A FETCH sent before the answer to what precedes it is not decided on a guess of what
+        // that did: it waits for the answer (here, that the DECLARE failed).
+        let (declare, fetch) = tokio::join!(
+            c.batch_execute("DECLARE ghost2 CURSOR FOR SELECT 1"),
+            c.batch_execute("BEGIN; FETCH ALL FROM ghost2")
+        );
+        assert_eq!(db_error(&declare.unwrap_err()).0, "25P01");
+        let e = fetch.unwrap_err();
+        assert!(db_error(&e).1.contains("did not see declared"), "{e}");
+        // And then reads what it may.
+        c.batch_execute("BEGIN; DECLARE ahead CURSOR WITH HOLD FOR SELECT 1; COMMIT")
+            .await
+            .unwrap();
+        let (slow, fetch) = tokio::join!(
+            c.simple_query("SELECT pg_sleep(0.3)"),
+            c.simple_query("FETCH ALL FROM ahead")
+        );
+        slow.unwrap();
+        // (Its computed column masked whole, as every FETCH's where columns are masked.)
+        let rows = fetch.unwrap();
+        assert!(
+            rows.iter()
+                .any(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))),
+            "{rows:?}"
+        );
+        c.batch_execute("CLOSE ahead").await.unwrap();
 
         // The recording moves: the open session's record is closed and continued there.
         let moved = s.gw.sessions.parent().unwrap().join("sessions-moved");

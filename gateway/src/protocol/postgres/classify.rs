@@ -124,6 +124,11 @@ pub struct Statement {
     /// transaction. (`ROLLBACK TO SAVEPOINT` drops only those opened since the savepoint, which
     /// the gateway keeps: what it would decide on them the server no longer holds.)
     pub drops_portals: bool,
+    /// How the statement ends the transaction's cursors, for those that do: COMMIT (also `END`,
+    /// `AND CHAIN`) closes those without `WITH HOLD`; ROLLBACK (also `ABORT`, `ROLLBACK TO
+    /// SAVEPOINT`, and PREPARE TRANSACTION, which a holdable cursor makes fail) undoes every
+    /// cursor made in it; DISCARD ALL closes every cursor of the session.
+    pub ends_cursors: Option<CursorsEnd>,
     /// The parse node, such as `SelectStmt`, `AlterSystemStmt`, `LoadStmt` (guardrails, logs).
     pub node: &'static str,
     /// The cursor a DECLARE, FETCH, MOVE or CLOSE names (empty for `CLOSE ALL`).
@@ -140,6 +145,14 @@ impl Statement {
     pub fn kind(&self) -> StatementKind {
         self.kinds.first().copied().unwrap_or(StatementKind::Other)
     }
+}
+
+/// See [`Statement::ends_cursors`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CursorsEnd {
+    Commit,
+    Rollback,
+    Discard,
 }
 
 /// What a COPY moves, and where.
@@ -507,6 +520,7 @@ struct Analysis<'t> {
     execute: Option<String>,
     deallocate: Option<Option<String>>,
     drops_portals: bool,
+    ends_cursors: Option<CursorsEnd>,
     cursor: Option<String>,
     cursor_hold: bool,
     settings: Vec<String>,
@@ -607,6 +621,16 @@ impl<'t> Analysis<'t> {
                     .iter()
                     .any(|k| *k as i64 == kind);
                 self.drops_portals |= ends && node.flag("chain");
+                self.ends_cursors = match kind {
+                    k if k == T::TransStmtCommit as i64 => Some(CursorsEnd::Commit),
+                    k if [T::TransStmtRollback, T::TransStmtRollbackTo, T::TransStmtPrepare]
+                        .iter()
+                        .any(|t| *t as i64 == k) =>
+                    {
+                        Some(CursorsEnd::Rollback)
+                    }
+                    _ => None,
+                };
                 K::Transaction
             }
             "ConstraintsSetStmt" => K::Transaction,
@@ -633,6 +657,7 @@ impl<'t> Analysis<'t> {
                 if node.int("target") == protobuf::DiscardMode::DiscardAll as i64 {
                     // DISCARD ALL is SET SESSION AUTHORIZATION DEFAULT, RESET ALL, DEALLOCATE ALL, ...
                     self.deallocate = Some(None);
+                    self.ends_cursors = Some(CursorsEnd::Discard);
                     self.settings.push("*".into());
                     K::SetRole
                 } else {
@@ -886,6 +911,7 @@ impl<'t> Analysis<'t> {
             execute: self.execute,
             deallocate: self.deallocate,
             drops_portals: self.drops_portals,
+            ends_cursors: self.ends_cursors,
             node: self.node,
             cursor: self.cursor,
             cursor_hold: self.cursor_hold,
@@ -3264,6 +3290,24 @@ mod tests {
             ("RELEASE SAVEPOINT a", false),
         ] {
             assert_eq!(one(sql).drops_portals, drops, "{sql}");
+        }
+        // And cursors with these.
+        for (sql, ends) in [
+            ("COMMIT", Some(CursorsEnd::Commit)),
+            ("END", Some(CursorsEnd::Commit)),
+            ("COMMIT AND CHAIN", Some(CursorsEnd::Commit)),
+            ("ROLLBACK", Some(CursorsEnd::Rollback)),
+            ("ABORT", Some(CursorsEnd::Rollback)),
+            ("ROLLBACK TO SAVEPOINT a", Some(CursorsEnd::Rollback)),
+            ("PREPARE TRANSACTION 'x'", Some(CursorsEnd::Rollback)),
+            ("DISCARD ALL", Some(CursorsEnd::Discard)),
+            ("BEGIN", None),
+            ("SAVEPOINT a", None),
+            ("RELEASE SAVEPOINT a", None),
+            ("COMMIT PREPARED 'x'", None),
+            ("DISCARD PLANS", None),
+        ] {
+            assert_eq!(one(sql).ends_cursors, ends, "{sql}");
         }
         assert_eq!(
             one("DECLARE c CURSOR FOR SELECT * FROM orders").tables,

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use super::binary;
 use super::cancel::{self, CancelRegistry, CancelTarget};
 use super::catalog::{self, MaskedColumns};
-use super::classify::{Classified, Classifier, Statement};
+use super::classify::{Classified, Classifier, CursorsEnd, Statement};
 use super::follow;
 use super::handshake::{self, Opening, StartupError};
 use super::message::authentication::Authentication;
@@ -828,6 +828,11 @@ struct Prepared {
     segment: u64,
     /// Counts the Binds sent (see [`Portal::id`]).
     binds: u64,
+    /// The segment of the latest Query or Sync sent, and of the latest the server answered
+    /// (ReadyForQuery): while they differ, what is decided now runs after statements whose
+    /// outcome the gateway has not seen.
+    pushed_through: u64,
+    answered_through: u64,
     /// Names a Close or DEALLOCATE freed that the server has not answered yet: the segment of
     /// the latest, and how many are unanswered.
     freeing: HashMap<String, (u64, u32)>,
@@ -1432,7 +1437,16 @@ impl Live {
                         ));
                     }
                     // Nor does a row cap reach rows fetched from a cursor the gateway did not
-                    // see declared (a function's refcursor).
+                    // see declared (a function's refcursor). Sent before the answers to what
+                    // came before it, it may find a cursor made after a DECLARE failed or
+                    // a transaction ended, under the declared one's name.
+                    if !current.row_limit_rules.is_empty()
+                        && prepared.answered_through < prepared.pushed_through
+                    {
+                        return Verdict::refused(format!(
+                            "FETCH and MOVE of {name:?} are refused where a rowLimit applies while statements sent before them are unanswered: the gateway did not see declared the cursor they would read then; send them after those answers"
+                        ));
+                    }
                     if !cursors.contains_key(name) && !current.row_limit_rules.is_empty() {
                         return Verdict::refused(format!(
                             "FETCH and MOVE of {name:?}, a cursor the gateway did not see declared, are refused where a rowLimit applies (its rows would not be counted)"
@@ -1456,6 +1470,10 @@ impl Live {
                 }
                 _ => {}
             }
+        }
+        // For the statements after it in the same text or pipeline.
+        if let Some(end) = st.ends_cursors {
+            self.end_cursors(end, false);
         }
         let cfg = &current.plane.snapshot.config;
         let op = Operation::Sql(SqlOperation { statement: st });
@@ -1715,7 +1733,11 @@ impl Live {
                 .transaction_cursors
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            if ending.len() < MAX_TRACKED_CURSORS && !ending.iter().any(|n| n == name) {
+            if !ending.iter().any(|n| n == name) {
+                // One that could not be forgotten at its transaction's end is not known at all.
+                if ending.len() >= MAX_TRACKED_CURSORS {
+                    return;
+                }
                 ending.push(name.to_string());
             }
         }
@@ -1774,25 +1796,47 @@ impl Live {
         }
     }
 
-    /// At an error or a ROLLBACK: forgets the cursors made `WITH HOLD` in the transaction, which
-    /// ends undone (all of them when more were made than listed). After `ROLLBACK TO SAVEPOINT`
-    /// some may remain: forgetting them only refuses a FETCH where a rowLimit applies.
-    fn forget_uncommitted_hold_cursors(&self) {
-        let (names, overflow) = std::mem::take(
-            &mut *self
-                .uncommitted_hold_cursors
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        if names.is_empty() && !overflow {
-            return;
-        }
+    /// Forgets the cursors a transaction's end closes (see [`CursorsEnd`]): when it is decided
+    /// (`answered` false), for the statements after it in the same text or pipeline; and when
+    /// the server has answered it (a COMMIT of a failed transaction answers `ROLLBACK`; an error
+    /// ends in a rollback), when the lists of what the transaction made are settled too.
+    /// Forgetting more than the server closed (`ROLLBACK TO SAVEPOINT` keeps what was made
+    /// before the savepoint) only refuses a FETCH where a rowLimit applies; forgetting less
+    /// would let a function's cursor of a closed name be read uncounted.
+    fn end_cursors(&self, end: CursorsEnd, answered: bool) {
         let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
-        if overflow {
-            cursors.clear();
+        let mut ending = self
+            .transaction_cursors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut held = self
+            .uncommitted_hold_cursors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let unconfirmed = self
+            .unconfirmed_cursors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match end {
+            CursorsEnd::Discard => cursors.clear(),
+            CursorsEnd::Commit => {
+                for name in ending.iter() {
+                    cursors.remove(name);
+                }
+            }
+            CursorsEnd::Rollback => {
+                if held.1 {
+                    cursors.clear();
+                }
+                for name in ending.iter().chain(&held.0).chain(unconfirmed.iter()) {
+                    cursors.remove(name);
+                }
+            }
         }
-        for name in names {
-            cursors.remove(&name);
+        if answered {
+            ending.clear();
+            // Committed, or gone.
+            *held = (Vec::new(), false);
         }
     }
 
@@ -2108,7 +2152,14 @@ impl ClientSide {
                     return stop;
                 }
             }
-            match self.handle(frame).await {
+            let mut handled = self.handle(frame).await;
+            if let Ok(Next::Again(frame)) = handled {
+                if let Err(stop) = self.answers_settled(&mut up).await {
+                    return stop;
+                }
+                handled = self.handle(frame).await;
+            }
+            match handled {
                 Ok(Next::Continue) => {}
                 Ok(Next::Flush) => {
                     if flush(&mut up, &mut self.out).await.is_err() {
@@ -2120,11 +2171,40 @@ impl ClientSide {
                     let _ = up.shutdown().await;
                     return "client terminated".into();
                 }
+                // Answered: it is not asked for twice.
+                Ok(Next::Again(_)) => return self.violation("a message waited for answers twice".into()),
                 Err(stop) => return stop,
             }
             if self.out.len() >= FLUSH_BYTES && flush(&mut up, &mut self.out).await.is_err() {
                 return "upstream write failed".into();
             }
+        }
+    }
+
+    /// Whether `statements` read a cursor (FETCH, MOVE) where a rowLimit applies while a Query
+    /// or Sync sent before them is unanswered: what that did (a DECLARE that failed, a
+    /// transaction ended, a function's cursor opened under a closed one's name) decides which
+    /// cursor the name reads and whether its rows are counted, so they wait for the answers.
+    /// Clients commonly send their next statement on CommandComplete, before ReadyForQuery.
+    fn fetch_waits(&self, statements: &[Statement]) -> bool {
+        statements.iter().any(|st| st.node == "FetchStmt")
+            && !self.live.current().row_limit_rules.is_empty()
+            && {
+                let p = lock(&self.shared);
+                p.answered_through < p.pushed_through
+            }
+    }
+
+    /// Sends what is buffered and waits until the server has answered every Query and Sync sent
+    /// (see [`ClientSide::fetch_waits`]).
+    async fn answers_settled(&mut self, up: &mut WriteHalf<Stream>) -> Result<(), Stop> {
+        if flush(up, &mut self.out).await.is_err() {
+            return Err("upstream write failed".into());
+        }
+        let sent = lock(&self.shared).pushed_through;
+        match self.copy_progress.wait_for(|p| p.through >= sent).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err("server side ended".into()),
         }
     }
 
@@ -2205,6 +2285,9 @@ impl ClientSide {
         if let Err(why) = self.queued.add(&p) {
             return Err(self.violation(why));
         }
+        if let Pending::Query { through, .. } | Pending::Sync { through, .. } = &p {
+            lock(&self.shared).pushed_through = *through;
+        }
         self.queue.send(p).map_err(|_| "server side ended".to_string())
     }
 
@@ -2229,6 +2312,11 @@ impl ClientSide {
             }
             frontend::QUERY => {
                 let q = Query::parse(&frame.body).map_err(|e| malformed(self, e))?;
+                if let Ok(c) = self.live.ctx.classifier.classify(&q.sql)
+                    && self.fetch_waits(&c.statements)
+                {
+                    return Ok(Next::Again(frame));
+                }
                 // A Query is a segment of its own (see `Prepared::segment`).
                 lock(&self.shared).segment += 1;
                 self.query(&frame, &q.sql).await?;
@@ -2264,6 +2352,10 @@ impl ClientSide {
             frontend::EXECUTE => {
                 let e = Execute::parse(&frame.body).map_err(|e| malformed(self, e))?;
                 self.described = described;
+                let portal = lock(&self.shared).portals.get(&e.portal).cloned();
+                if portal.is_some_and(|p| self.fetch_waits(&p.classified.statements)) {
+                    return Ok(Next::Again(frame));
+                }
                 self.execute(&frame, e).await?;
             }
             frontend::CLOSE => {
@@ -3113,6 +3205,9 @@ enum Next {
     Continue,
     Flush,
     Terminate,
+    /// Send what is buffered, wait until the server has answered every Query and Sync sent,
+    /// then handle the message again (see [`ClientSide::fetch_waits`]).
+    Again(Frame),
 }
 
 /// `f` of each statement of one query against the prepared statements the statements before it
@@ -3217,6 +3312,9 @@ struct ServerSide {
 struct CopyProgress {
     /// The last one it answered, by starting the copy or by ReadyForQuery after it.
     answered: u64,
+    /// The segment of the last Query or Sync the server answered (see
+    /// [`Prepared::answered_through`]).
+    through: u64,
     /// It is copying now (between CopyInResponse and the copy's end).
     copying: bool,
 }
@@ -3362,6 +3460,17 @@ impl ServerSide {
                 drop(prepared);
                 self.live
                     .forget_cursors_at_ready(status == TransactionStatus::Idle);
+                // Last: a FETCH decided after this answer is decided on all of the above.
+                if ended != u64::MAX {
+                    let mut prepared = lock(&self.shared);
+                    prepared.answered_through = prepared.answered_through.max(ended);
+                    drop(prepared);
+                    self.copy_progress.send_if_modified(|p| {
+                        let later = ended > p.through;
+                        p.through = p.through.max(ended);
+                        later
+                    });
+                }
                 self.result = None;
                 self.query_index = 0;
                 frame.encode(&mut self.out);
@@ -3648,7 +3757,22 @@ impl ServerSide {
         {
             return;
         }
-        while matches!(self.front.get(1), Some(Pending::Sync { in_copy: true, .. })) {
+        while let Some(Pending::Sync {
+            in_copy: true,
+            through,
+            ..
+        }) = self.front.get(1)
+        {
+            // Answered by none: the ReadyForQuery to come answers them too.
+            let through = *through;
+            let mut prepared = lock(&self.shared);
+            prepared.answered_through = prepared.answered_through.max(through);
+            drop(prepared);
+            self.copy_progress.send_if_modified(|p| {
+                let later = through > p.through;
+                p.through = p.through.max(through);
+                later
+            });
             self.front.remove(1);
         }
     }
@@ -3677,9 +3801,16 @@ impl ServerSide {
         {
             self.live.forget_cursor(name);
         }
-        // Also the tag of a COMMIT of a failed transaction, and of ROLLBACK TO SAVEPOINT.
-        if tag.as_deref() == Some("ROLLBACK") {
-            self.live.forget_uncommitted_hold_cursors();
+        // ROLLBACK is also the tag of a COMMIT of a failed transaction, and of ROLLBACK TO
+        // SAVEPOINT; COMMIT that of END and COMMIT AND CHAIN.
+        let ends = match tag.as_deref() {
+            Some("COMMIT") => Some(CursorsEnd::Commit),
+            Some("ROLLBACK") => Some(CursorsEnd::Rollback),
+            Some("DISCARD ALL") => Some(CursorsEnd::Discard),
+            _ => None,
+        };
+        if let Some(end) = ends {
+            self.live.end_cursors(end, true);
         }
         let mut forwarded = false;
         if !self.report.is_empty() {
@@ -3780,7 +3911,7 @@ impl ServerSide {
         }
         let code = e.code().unwrap_or_default().to_string();
         // The transaction (explicit or implicit) the error happened in ends undone.
-        self.live.forget_uncommitted_hold_cursors();
+        self.live.end_cursors(CursorsEnd::Rollback, true);
         let substitute = match self.front.front() {
             Some(Pending::Query { refused: Some(r), .. })
             | Some(Pending::Execute { refused: Some(r), .. })
