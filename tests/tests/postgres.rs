@@ -1199,6 +1199,37 @@ fn open_sessions_follow_reloads() {
             "{rows:?}"
         );
         c.batch_execute("CLOSE ahead").await.unwrap();
+        // Code of the database's own may close a declared cursor and open one over a capped
+        // table under its name: after a call of such code the name is no longer taken for the
+        // declared cursor.
+        s.pg.psql(
+            "CREATE FUNCTION public.reopen(name text) RETURNS int LANGUAGE plpgsql AS $$
+             DECLARE r refcursor := name;
+             BEGIN
+               BEGIN CLOSE r; EXCEPTION WHEN invalid_cursor_name THEN NULL; END;
+               OPEN r FOR SELECT id FROM public.big_capped;
+               RETURN 1;
+             END $$;",
+        );
+        edit_manifests(
+            &s.gw,
+            "    - name: write-orders\n",
+            "    - name: reopen-cursors\n      action: Allow\n      sql: {statements: [Select], functions: [reopen]}\n    - name: write-orders\n",
+        );
+        let until = Instant::now() + Duration::from_secs(30);
+        while let Err(e) = c.batch_execute("SELECT public.reopen('probe')").await {
+            assert!(Instant::now() < until, "the call is still refused: {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        c.batch_execute("BEGIN; DECLARE swapped CURSOR FOR SELECT 1")
+            .await
+            .unwrap();
+        c.batch_execute("SELECT public.reopen('swapped')")
+            .await
+            .unwrap();
+        let e = c.batch_execute("FETCH ALL FROM swapped").await.unwrap_err();
+        assert!(db_error(&e).1.contains("did not see declared"), "{e}");
+        c.batch_execute("ROLLBACK").await.unwrap();
 
         // The recording moves: the open session's record is closed and continued there.
         let moved = s.gw.sessions.parent().unwrap().join("sessions-moved");

@@ -6,6 +6,7 @@ pub mod binary;
 pub mod cancel;
 pub mod catalog;
 pub mod classify;
+pub mod cursors;
 pub mod follow;
 pub mod handshake;
 pub mod message;

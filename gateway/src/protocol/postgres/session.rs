@@ -28,6 +28,7 @@ use super::binary;
 use super::cancel::{self, CancelRegistry, CancelTarget};
 use super::catalog::{self, MaskedColumns};
 use super::classify::{Classified, Classifier, CursorsEnd, Statement};
+use super::cursors::{CursorBook, MAX_TRACKED_CURSORS};
 use super::follow;
 use super::handshake::{self, Opening, StartupError};
 use super::message::authentication::Authentication;
@@ -343,8 +344,6 @@ const ACTIVITY_FUNCTIONS: [&str; 3] = [
 /// What a notification's payload becomes where column masking applies.
 const WITHHELD_PAYLOAD: &str = "[REDACTED]";
 
-/// Cursors whose declaring configuration a session remembers.
-const MAX_TRACKED_CURSORS: usize = 1024;
 /// Statements that may define code a later call reaches under a name the classifier trusts
 /// (a built-in function's or operator's): functions, procedures, aggregates, operators, casts
 /// and extensions created, renamed or moved between schemas; or that a read of a relation
@@ -426,20 +425,8 @@ struct Live {
     opened: Arc<Plane>,
     /// The configuration its statements are decided by (see [`follow`]).
     current: Mutex<Arc<Current>>,
-    /// The configuration generation each cursor was declared under: FETCH names only the
-    /// cursor, so one declared before a reload is not read under the new policy.
-    cursors: Mutex<HashMap<String, u64>>,
-    /// Cursor names noted when a DECLARE was allowed, for the statements after it in the same
-    /// text, that the server has not confirmed: forgotten at the next ReadyForQuery unless it
-    /// did (a DECLARE refused or failed made no cursor, and a function may open one of its name).
-    unconfirmed_cursors: Mutex<Vec<String>>,
-    /// Cursor names noted without `WITH HOLD`: their cursors end with their transaction, so
-    /// they are forgotten at the ReadyForQuery outside one.
-    transaction_cursors: Mutex<Vec<String>>,
-    /// Cursor names made `WITH HOLD` in the transaction still open, and whether more were made
-    /// than are listed: a rollback (or an error, which ends in one) undoes them, and a function
-    /// may later open a cursor of one of their names.
-    uncommitted_hold_cursors: Mutex<(Vec<String>, bool)>,
+    /// The cursor names FETCH and MOVE may read (see [`CursorBook`]).
+    cursors: Mutex<CursorBook>,
     connection: String,
     identity: String,
     /// The token's subject (never its own approver).
@@ -693,10 +680,7 @@ async fn start(
                 row_limit_rules,
                 stale: None,
             })),
-            cursors: Mutex::new(HashMap::new()),
-            unconfirmed_cursors: Mutex::new(Vec::new()),
-            transaction_cursors: Mutex::new(Vec::new()),
-            uncommitted_hold_cursors: Mutex::new((Vec::new(), false)),
+            cursors: Mutex::new(CursorBook::default()),
             connection: conn.name.clone(),
             identity: principal.identity.clone(),
             subject: principal.subject.clone(),
@@ -751,9 +735,12 @@ struct ResultPlan {
     /// Statement names the statement frees (DEALLOCATE, DISCARD ALL), forgotten when it was
     /// sent: if it fails or is skipped, the server may still hold them (see [`Prepared::unsure`]).
     freed: Vec<String>,
-    /// The cursor a DECLARE makes, the configuration it is decided under, and whether it is
-    /// `WITH HOLD`; noted when the server completes it.
-    declares: Option<(String, u64, bool)>,
+    /// The cursor a DECLARE makes, the configuration it is decided under, whether it is
+    /// `WITH HOLD`, and the cursor book's epoch then; noted when the server completes it.
+    declares: Option<(String, u64, bool, u64)>,
+    /// How the statement ends cursors (see [`Statement::ends_cursors`]), applied again when
+    /// the server completes it.
+    ends_cursors: Option<CursorsEnd>,
     /// The cursor a CLOSE closes (`""`: all), forgotten when it is decided and again when the
     /// server completes it: a DECLARE of the name before it in the same text or pipeline is
     /// noted at its completion, which comes after the decision.
@@ -833,6 +820,8 @@ struct Prepared {
     /// outcome the gateway has not seen.
     pushed_through: u64,
     answered_through: u64,
+    /// A simple Query is being handled (see [`Prepared::answering`]).
+    in_query: bool,
     /// Names a Close or DEALLOCATE freed that the server has not answered yet: the segment of
     /// the latest, and how many are unanswered.
     freeing: HashMap<String, (u64, u32)>,
@@ -880,6 +869,16 @@ struct Portal {
 }
 
 impl Prepared {
+    /// The segment whose ReadyForQuery answers a message decided now: a Query's own, or the
+    /// next Sync's (which counts one up as it is sent).
+    fn answering(&self) -> u64 {
+        if self.in_query {
+            self.segment
+        } else {
+            self.segment + 1
+        }
+    }
+
     /// The server answered Bind `id` of `portal` (`made`), or refused or skipped it.
     fn bound_answered(&mut self, portal: &str, id: u64, made: bool) {
         match self.portals.get_mut(portal) {
@@ -1116,6 +1115,8 @@ struct Verdict {
     writes_masked: bool,
     /// What runs reads a relation the session's catalog does not hold.
     untraced: bool,
+    /// For a DECLARE: the cursor book's epoch when it was decided (see [`CursorBook::confirm`]).
+    cursor_epoch: u64,
 }
 
 impl Verdict {
@@ -1131,6 +1132,7 @@ impl Verdict {
             reads_masked: false,
             writes_masked: false,
             untraced: false,
+            cursor_epoch: 0,
         }
     }
 
@@ -1422,15 +1424,16 @@ impl Live {
             ));
         }
         let generation = current.plane.snapshot.generation;
+        let capped = !current.row_limit_rules.is_empty();
+        let mut book = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(name) = &st.cursor {
-            let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
             match st.node {
                 "FetchStmt" => {
                     // A portal Bind made runs its statement under FETCH or MOVE too, which
                     // the gateway decided only for Execute (and which may never have been
                     // allowed): it is read by Execute alone.
                     if prepared.bound.contains_key(name.as_str())
-                        || (prepared.bound_overflow && !cursors.contains_key(name))
+                        || (prepared.bound_overflow && book.get(name).is_none())
                     {
                         return Verdict::refused(format!(
                             "FETCH and MOVE of {name:?}, a portal made by the extended protocol's Bind, are refused: the gateway decides its statement at Execute; use Execute"
@@ -1440,41 +1443,48 @@ impl Live {
                     // see declared (a function's refcursor). Sent before the answers to what
                     // came before it, it may find a cursor made after a DECLARE failed or
                     // a transaction ended, under the declared one's name.
-                    if !current.row_limit_rules.is_empty()
-                        && prepared.answered_through < prepared.pushed_through
-                    {
+                    if capped && prepared.answered_through < prepared.pushed_through {
                         return Verdict::refused(format!(
                             "FETCH and MOVE of {name:?} are refused where a rowLimit applies while statements sent before them are unanswered: the gateway did not see declared the cursor they would read then; send them after those answers"
                         ));
                     }
-                    if !cursors.contains_key(name) && !current.row_limit_rules.is_empty() {
+                    if book.get(name).is_none() && capped {
                         return Verdict::refused(format!(
                             "FETCH and MOVE of {name:?}, a cursor the gateway did not see declared, are refused where a rowLimit applies (its rows would not be counted)"
                         ));
                     }
                     // Unknown cursors (a function's refcursor) are read only while the
                     // configuration is the one the session opened under.
-                    let declared = cursors
-                        .get(name)
-                        .copied()
-                        .unwrap_or(self.opened.snapshot.generation);
+                    let declared = book.get(name).unwrap_or(self.opened.snapshot.generation);
                     if declared != generation {
                         return Verdict::refused(format!(
                             "cursor {name:?} was declared under an earlier configuration of the gateway; declare it again"
                         ));
                     }
                 }
-                "ClosePortalStmt" if name.is_empty() => cursors.clear(),
-                "ClosePortalStmt" => {
-                    cursors.remove(name);
-                }
+                "ClosePortalStmt" => book.close(name, false),
                 _ => {}
             }
         }
         // For the statements after it in the same text or pipeline.
         if let Some(end) = st.ends_cursors {
-            self.end_cursors(end, false);
+            book.end(end, false);
         }
+        // Code the gateway cannot read (a function, a procedure) can close a cursor by name and
+        // open another under it, over a capped table. (Triggers are not counted: the gateway
+        // does not know which tables have them.)
+        let runs_code =
+            st.opaque_calls || matches!(st.node, "DoStmt" | "CallStmt") || self.calls_hidden_code(st);
+        if capped && runs_code {
+            if st.node == "DeclareCursorStmt" {
+                return Verdict::refused(
+                    "a cursor over code the gateway cannot read is refused where a rowLimit applies: each FETCH would run it, and it may close or open other cursors",
+                );
+            }
+            book.forget_all(false);
+        }
+        let cursor_epoch = book.epoch();
+        drop(book);
         let cfg = &current.plane.snapshot.config;
         let op = Operation::Sql(SqlOperation { statement: st });
         let subject = Subject {
@@ -1527,7 +1537,10 @@ impl Live {
             // keeps its configuration until the server confirms a new cursor of it (a DECLARE
             // the server refuses, of a name in use, must not pass an old cursor off as new).
             if d.action == Action::Allow {
-                self.note_cursor(name, generation, false, st.cursor_hold);
+                self.cursors
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .declare(name, generation, prepared.answering(), st.cursor_hold);
             }
         }
         // Judged on what runs: EXECUTE's prepared statement. A FETCH names only its cursor,
@@ -1556,6 +1569,7 @@ impl Live {
                 }
                 _ => None,
             },
+            cursor_epoch,
         }
     }
 
@@ -1725,157 +1739,17 @@ impl Live {
 
     /// `sql`: the statement as recorded, from [`LiveSession::masked_sql`] (passwords and
     /// detected values out, like every other event's SQL).
-    /// Remembers cursor `name` as declared under configuration `generation`; `confirmed`: the
-    /// server made it (its DECLARE completed), which replaces what was known of the name.
-    fn note_cursor(&self, name: &str, generation: u64, confirmed: bool, hold: bool) {
-        if !hold {
-            let mut ending = self
-                .transaction_cursors
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if !ending.iter().any(|n| n == name) {
-                // One that could not be forgotten at its transaction's end is not known at all.
-                if ending.len() >= MAX_TRACKED_CURSORS {
-                    return;
-                }
-                ending.push(name.to_string());
-            }
-        }
-        let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
-        // Bounded: forgotten cursors are read only under the session's first configuration.
-        if cursors.len() >= MAX_TRACKED_CURSORS && !cursors.contains_key(name) {
-            cursors.clear();
-        }
-        let mut unconfirmed = self
-            .unconfirmed_cursors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if confirmed {
-            cursors.insert(name.to_string(), generation);
-            unconfirmed.retain(|n| n != name);
-            if hold {
-                let mut held = self
-                    .uncommitted_hold_cursors
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                if held.0.len() < MAX_TRACKED_CURSORS {
-                    held.0.push(name.to_string());
-                } else {
-                    held.1 = true;
-                }
-            }
-        } else if !cursors.contains_key(name) && unconfirmed.len() < MAX_TRACKED_CURSORS {
-            cursors.insert(name.to_string(), generation);
-            unconfirmed.push(name.to_string());
-        }
-    }
-
-    /// Forgets the cursors noted for DECLAREs that failed or were skipped, as soon as the error
-    /// says so: a client may send its next statement on the error, before ReadyForQuery.
-    fn forget_unconfirmed<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
-        let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut unconfirmed = self
-            .unconfirmed_cursors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for name in names {
-            if let Some(i) = unconfirmed.iter().position(|n| n == name) {
-                unconfirmed.swap_remove(i);
-                cursors.remove(name);
-            }
-        }
-    }
-
-    /// At a CLOSE's completion: forgets cursor `name` (all of them for `""`).
-    fn forget_cursor(&self, name: &str) {
-        let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
-        if name.is_empty() {
-            cursors.clear();
-        } else {
-            cursors.remove(name);
-        }
-    }
-
-    /// Forgets the cursors a transaction's end closes (see [`CursorsEnd`]): when it is decided
-    /// (`answered` false), for the statements after it in the same text or pipeline; and when
-    /// the server has answered it (a COMMIT of a failed transaction answers `ROLLBACK`; an error
-    /// ends in a rollback), when the lists of what the transaction made are settled too.
-    /// Forgetting more than the server closed (`ROLLBACK TO SAVEPOINT` keeps what was made
-    /// before the savepoint) only refuses a FETCH where a rowLimit applies; forgetting less
-    /// would let a function's cursor of a closed name be read uncounted.
-    fn end_cursors(&self, end: CursorsEnd, answered: bool) {
-        let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut ending = self
-            .transaction_cursors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut held = self
-            .uncommitted_hold_cursors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let unconfirmed = self
-            .unconfirmed_cursors
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match end {
-            CursorsEnd::Discard => cursors.clear(),
-            CursorsEnd::Commit => {
-                for name in ending.iter() {
-                    cursors.remove(name);
-                }
-            }
-            CursorsEnd::Rollback => {
-                if held.1 {
-                    cursors.clear();
-                }
-                for name in ending.iter().chain(&held.0).chain(unconfirmed.iter()) {
-                    cursors.remove(name);
-                }
-            }
-        }
-        if answered {
-            ending.clear();
-            // Committed, or gone.
-            *held = (Vec::new(), false);
-        }
-    }
-
-    /// At ReadyForQuery: forgets the cursors noted for a DECLARE the server has not confirmed
-    /// (see [`Live::unconfirmed_cursors`]), and, outside a transaction (`idle`), those without
-    /// `WITH HOLD` (see [`Live::transaction_cursors`]).
-    fn forget_cursors_at_ready(&self, idle: bool) {
-        let mut cursors = self.cursors.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut gone = std::mem::take(
-            &mut *self
-                .unconfirmed_cursors
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        if idle {
-            gone.append(
-                &mut self
-                    .transaction_cursors
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner),
-            );
-            // Outside a transaction, what it made WITH HOLD was committed.
-            *self
-                .uncommitted_hold_cursors
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = (Vec::new(), false);
-        }
-        for name in gone {
-            cursors.remove(&name);
-        }
-    }
-
     fn result_plan(&self, sql: String, st: &Statement, v: &Verdict) -> ResultPlan {
         let declares = (st.node == "DeclareCursorStmt")
             .then(|| st.cursor.clone())
             .flatten()
-            .map(|name| (name, self.current().plane.snapshot.generation, st.cursor_hold));
+            .map(|name| {
+                let generation = self.current().plane.snapshot.generation;
+                (name, generation, st.cursor_hold, v.cursor_epoch)
+            });
         ResultPlan {
             declares,
+            ends_cursors: st.ends_cursors,
             closes: (st.node == "ClosePortalStmt")
                 .then(|| st.cursor.clone())
                 .flatten(),
@@ -1993,6 +1867,7 @@ impl Live {
             out: BytesMut::new(),
             report: MaskReport::default(),
             copy_progress: copy_tx,
+            answered_with_query: 0,
         };
         let down_task = tokio::spawn(down.run(up_reader, client_writer));
         let stop = tx.clone();
@@ -2318,9 +2193,15 @@ impl ClientSide {
                     return Ok(Next::Again(frame));
                 }
                 // A Query is a segment of its own (see `Prepared::segment`).
-                lock(&self.shared).segment += 1;
+                {
+                    let mut p = lock(&self.shared);
+                    p.segment += 1;
+                    p.in_query = true;
+                }
                 self.query(&frame, &q.sql).await?;
-                lock(&self.shared).segment += 1;
+                let mut p = lock(&self.shared);
+                p.segment += 1;
+                p.in_query = false;
             }
             frontend::PARSE => {
                 let p = Parse::parse(&frame.body).map_err(|e| malformed(self, e))?;
@@ -3305,6 +3186,9 @@ struct ServerSide {
     /// How far the upstream answered the client side's COPY FROM STDIN statements, for the
     /// client side; `copying`: it sent CopyInResponse, and ignores Sync until the copy ends.
     copy_progress: watch::Sender<CopyProgress>,
+    /// The latest Sync sent during a simple Query's COPY, which the server ignored: answered
+    /// with that Query's ReadyForQuery, whose statements after the COPY are still to run.
+    answered_with_query: u64,
 }
 
 /// How far the upstream answered the client side's COPY FROM STDIN statements (numbered from 1).
@@ -3459,8 +3343,12 @@ impl ServerSide {
                 }
                 drop(prepared);
                 self.live
-                    .forget_cursors_at_ready(status == TransactionStatus::Idle);
+                    .cursors
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .at_ready(ended, status == TransactionStatus::Idle);
                 // Last: a FETCH decided after this answer is decided on all of the above.
+                let ended = ended.max(std::mem::take(&mut self.answered_with_query));
                 if ended != u64::MAX {
                     let mut prepared = lock(&self.shared);
                     prepared.answered_through = prepared.answered_through.max(ended);
@@ -3763,8 +3651,15 @@ impl ServerSide {
             ..
         }) = self.front.get(1)
         {
-            // Answered by none: the ReadyForQuery to come answers them too.
+            // Answered by none: the ReadyForQuery to come answers them too. An Execute's
+            // segment may hold more for the client to send before its Sync: they count as
+            // answered now, or a FETCH there would wait for its own Sync.
             let through = *through;
+            if matches!(self.front.front(), Some(Pending::Query { .. })) {
+                self.answered_with_query = self.answered_with_query.max(through);
+                self.front.remove(1);
+                continue;
+            }
             let mut prepared = lock(&self.shared);
             prepared.answered_through = prepared.answered_through.max(through);
             drop(prepared);
@@ -3789,28 +3684,31 @@ impl ServerSide {
                     .tag,
             );
         }
-        if let (Some(s), Some(t)) = (&s, &tag)
-            && t.starts_with("DECLARE CURSOR")
-            && let Some((name, generation, hold)) = &s.plan.declares
-        {
-            self.live.note_cursor(name, *generation, true, *hold);
-        }
-        if let (Some(s), Some(t)) = (&s, &tag)
-            && t.starts_with("CLOSE CURSOR")
-            && let Some(name) = &s.plan.closes
-        {
-            self.live.forget_cursor(name);
-        }
-        // ROLLBACK is also the tag of a COMMIT of a failed transaction, and of ROLLBACK TO
-        // SAVEPOINT; COMMIT that of END and COMMIT AND CHAIN.
-        let ends = match tag.as_deref() {
-            Some("COMMIT") => Some(CursorsEnd::Commit),
-            Some("ROLLBACK") => Some(CursorsEnd::Rollback),
-            Some("DISCARD ALL") => Some(CursorsEnd::Discard),
-            _ => None,
-        };
-        if let Some(end) = ends {
-            self.live.end_cursors(end, true);
+        if let Some(t) = &tag {
+            let mut book = self.live.cursors.lock().unwrap_or_else(PoisonError::into_inner);
+            let plan = s.as_ref().map(|s| &s.plan);
+            if t.starts_with("DECLARE CURSOR")
+                && let Some((name, generation, hold, epoch)) = plan.and_then(|p| p.declares.as_ref())
+            {
+                book.confirm(name, *generation, *hold, *epoch);
+            }
+            if t.starts_with("CLOSE CURSOR")
+                && let Some(name) = plan.and_then(|p| p.closes.as_ref())
+            {
+                book.close(name, true);
+            }
+            // ROLLBACK is also the tag of a COMMIT of a failed transaction, and of ROLLBACK TO
+            // SAVEPOINT; COMMIT that of END and COMMIT AND CHAIN; PREPARE TRANSACTION fails
+            // where a cursor WITH HOLD was made, and closes the others.
+            let ends = match t.as_str() {
+                "COMMIT" => Some(CursorsEnd::Commit),
+                "ROLLBACK" | "PREPARE TRANSACTION" => Some(CursorsEnd::Rollback),
+                "DISCARD ALL" => Some(CursorsEnd::Discard),
+                _ => plan.and_then(|p| p.ends_cursors),
+            };
+            if let Some(end) = ends {
+                book.end(end, true);
+            }
         }
         let mut forwarded = false;
         if !self.report.is_empty() {
@@ -3911,7 +3809,11 @@ impl ServerSide {
         }
         let code = e.code().unwrap_or_default().to_string();
         // The transaction (explicit or implicit) the error happened in ends undone.
-        self.live.end_cursors(CursorsEnd::Rollback, true);
+        self.live
+            .cursors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .end(CursorsEnd::Rollback, true);
         let substitute = match self.front.front() {
             Some(Pending::Query { refused: Some(r), .. })
             | Some(Pending::Execute { refused: Some(r), .. })
@@ -3935,12 +3837,16 @@ impl ServerSide {
         // A Query's failed statement and those after it did not run. A DEALLOCATE that failed
         // because the server holds no such statement leaves nothing unsure.
         if let Some(Pending::Query { results, .. }) = self.front.front() {
-            self.live.forget_unconfirmed(
-                results
-                    .iter()
-                    .skip(self.query_index)
-                    .filter_map(|r| r.declares.as_ref().map(|d| d.0.as_str())),
-            );
+            self.live
+                .cursors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .failed(
+                    results
+                        .iter()
+                        .skip(self.query_index)
+                        .filter_map(|r| r.declares.as_ref().map(|d| d.0.as_str())),
+                );
             let mut rest = results.iter().skip(self.query_index);
             let mut prepared = lock(&self.shared);
             if code == sqlstate::INVALID_SQL_STATEMENT_NAME
@@ -3986,7 +3892,10 @@ impl ServerSide {
             }
             self.next_rows = None;
             self.live
-                .forget_unconfirmed(undeclared.iter().map(String::as_str));
+                .cursors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .failed(undeclared.iter().map(String::as_str));
             let mut prepared = lock(&self.shared);
             if !void.is_empty() {
                 prepared.void(&void);
