@@ -1474,8 +1474,8 @@ impl Live {
         // open another under it, over a capped table. (Triggers are not counted: the gateway
         // does not know which tables have them.)
         let runs_code =
-            st.opaque_calls || matches!(st.node, "DoStmt" | "CallStmt") || self.calls_hidden_code(st);
-        if capped && runs_code {
+            || st.opaque_calls || matches!(st.node, "DoStmt" | "CallStmt") || self.calls_hidden_code(st);
+        if capped && runs_code() {
             if st.node == "DeclareCursorStmt" {
                 return Verdict::refused(
                     "a cursor over code the gateway cannot read is refused where a rowLimit applies: each FETCH would run it, and it may close or open other cursors",
