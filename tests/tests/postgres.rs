@@ -1230,6 +1230,23 @@ fn open_sessions_follow_reloads() {
         let e = c.batch_execute("FETCH ALL FROM swapped").await.unwrap_err();
         assert!(db_error(&e).1.contains("did not see declared"), "{e}");
         c.batch_execute("ROLLBACK").await.unwrap();
+        // So may a view's, of stable code, which PostgreSQL lets do this too (read by a session
+        // opened after the view was made).
+        s.pg.psql(
+            "CREATE FUNCTION public.reopen_stable(name text) RETURNS int STABLE LANGUAGE plpgsql AS $$
+             DECLARE r refcursor := name;
+             BEGIN CLOSE r; OPEN r FOR SELECT id FROM public.big_capped; RETURN 1; END $$;
+             CREATE VIEW public.reopens AS SELECT public.reopen_stable('viewed') AS x;",
+        );
+        let c2 = connect(&s.plain_conninfo(&tok)).await;
+        c2.batch_execute("BEGIN; DECLARE viewed CURSOR FOR SELECT 1")
+            .await
+            .unwrap();
+        c2.batch_execute("SELECT * FROM public.reopens").await.unwrap();
+        let e = c2.batch_execute("FETCH ALL FROM viewed").await.unwrap_err();
+        assert!(db_error(&e).1.contains("did not see declared"), "{e}");
+        c2.batch_execute("ROLLBACK").await.unwrap();
+        drop(c2);
 
         // The recording moves: the open session's record is closed and continued there.
         let moved = s.gw.sessions.parent().unwrap().join("sessions-moved");

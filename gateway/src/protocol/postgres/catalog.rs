@@ -85,7 +85,9 @@ const INHERITANCE_SQL: &str = "SELECT inhrelid, inhparent FROM pg_catalog.pg_inh
 /// expression (assignment casts run only where a statement writes); `view`, a view whose query
 /// calls such code that may write (a volatile function, or an operator of one) or makes such a
 /// type, itself or through the views it reads. (A view calling only stable code writes nothing; what it reads is masked as
-/// an opaque view's, see [`OPAQUE_VIEWS_SQL`].)
+/// an opaque view's, see [`OPAQUE_VIEWS_SQL`].) `view-any`, a view whose query calls any such
+/// code, stable or not, itself or through the views it reads: code that may open and close
+/// cursors by name, which PostgreSQL allows of stable and immutable functions too.
 const SHADOWS_SQL: &str = "WITH RECURSIVE own_procs AS ( \
          SELECT p.oid, p.provolatile = 'v' AS volatile FROM pg_catalog.pg_proc p \
          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
@@ -132,6 +134,19 @@ const SHADOWS_SQL: &str = "WITH RECURSIVE own_procs AS ( \
          JOIN pg_catalog.pg_class v ON v.oid = r.ev_class AND v.relkind = 'v' \
          JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
          JOIN coded_views cv ON d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = cv.oid \
+         WHERE r.ev_type = '1'), \
+     any_code_views(oid) AS ( \
+         SELECT r.ev_class FROM pg_catalog.pg_rewrite r \
+         JOIN pg_catalog.pg_class v ON v.oid = r.ev_class AND v.relkind = 'v' \
+         JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
+         WHERE r.ev_type = '1' AND ((d.refclassid = 'pg_catalog.pg_proc'::regclass \
+             AND d.refobjid IN (SELECT oid FROM own_procs)) \
+         OR (d.refclassid = 'pg_catalog.pg_operator'::regclass AND d.refobjid IN (SELECT oid FROM own_operators)) \
+         OR (d.refclassid = 'pg_catalog.pg_type'::regclass AND d.refobjid IN (SELECT oid FROM coded_types))) \
+         UNION SELECT r.ev_class FROM pg_catalog.pg_rewrite r \
+         JOIN pg_catalog.pg_class v ON v.oid = r.ev_class AND v.relkind = 'v' \
+         JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
+         JOIN any_code_views cv ON d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = cv.oid \
          WHERE r.ev_type = '1') \
      SELECT DISTINCT p.proname, 'row' \
      FROM pg_catalog.pg_proc p \
@@ -155,6 +170,8 @@ const SHADOWS_SQL: &str = "WITH RECURSIVE own_procs AS ( \
      UNION SELECT t.typname, 'type' FROM coded_types c JOIN pg_catalog.pg_type t ON t.oid = c.oid \
      UNION SELECT 'any', 'implicit' FROM own_casts WHERE castcontext = 'i' \
      UNION SELECT n.nspname || '.' || c.relname, 'view' FROM coded_views v \
+         JOIN pg_catalog.pg_class c ON c.oid = v.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     UNION SELECT n.nspname || '.' || c.relname, 'view-any' FROM any_code_views v \
          JOIN pg_catalog.pg_class c ON c.oid = v.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace";
 
 /// What the database's own functions and relations make of names the classifier reads otherwise:
@@ -176,8 +193,10 @@ pub struct Shadows {
     /// A cast that runs the database's own code is applied unwritten (implicit or on
     /// assignment): any expression may call it.
     pub implicit_casts: bool,
-    /// Views that call the database's own code (`schema.view`).
+    /// Views that call the database's own code that may write (`schema.view`).
     pub code_views: HashSet<String>,
+    /// Views that call any of the database's own code (`schema.view`).
+    pub any_code_views: HashSet<String>,
 }
 
 pub async fn shadows(up: &mut Upstream) -> Result<Shadows, CatalogError> {
@@ -194,6 +213,7 @@ pub async fn shadows(up: &mut Upstream) -> Result<Shadows, CatalogError> {
                     true
                 }
                 "view" => out.code_views.insert(name.clone()),
+                "view-any" => out.any_code_views.insert(name.clone()),
                 _ => out.shadowing.insert(name.clone()),
             };
         }

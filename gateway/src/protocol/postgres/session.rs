@@ -1115,8 +1115,10 @@ struct Verdict {
     writes_masked: bool,
     /// What runs reads a relation the session's catalog does not hold.
     untraced: bool,
-    /// For a DECLARE: the cursor book's epoch when it was decided (see [`CursorBook::confirm`]).
+    /// For a DECLARE: the cursor book's epoch when it was decided (see [`CursorBook::confirm`]),
+    /// and the configuration generation it was decided under.
     cursor_epoch: u64,
+    cursor_generation: u64,
 }
 
 impl Verdict {
@@ -1133,6 +1135,7 @@ impl Verdict {
             writes_masked: false,
             untraced: false,
             cursor_epoch: 0,
+            cursor_generation: 0,
         }
     }
 
@@ -1470,12 +1473,9 @@ impl Live {
         if let Some(end) = st.ends_cursors {
             book.end(end, false);
         }
-        // Code the gateway cannot read (a function, a procedure) can close a cursor by name and
-        // open another under it, over a capped table. (Triggers are not counted: the gateway
-        // does not know which tables have them.)
-        let runs_code =
-            || st.opaque_calls || matches!(st.node, "DoStmt" | "CallStmt") || self.calls_hidden_code(st);
-        if capped && runs_code() {
+        // Code the gateway cannot read can close a cursor by name and open another under it,
+        // over a capped table.
+        if capped && self.may_run_unread_code(st) {
             if st.node == "DeclareCursorStmt" {
                 return Verdict::refused(
                     "a cursor over code the gateway cannot read is refused where a rowLimit applies: each FETCH would run it, and it may close or open other cursors",
@@ -1570,6 +1570,7 @@ impl Live {
                 _ => None,
             },
             cursor_epoch,
+            cursor_generation: generation,
         }
     }
 
@@ -1617,6 +1618,17 @@ impl Live {
     /// database's own, as a view calling one is masked whole).
     fn computes_over_masked(&self, st: &Statement) -> bool {
         self.names_masked(st) || ((st.opaque_calls || self.calls_hidden_code(st)) && !self.masked.is_empty())
+    }
+
+    /// Whether `st` may run code the gateway cannot read (a function of the database's own,
+    /// stable ones included, DO, CALL, or a view calling such code), which can close a cursor by
+    /// name and open another under it. (Triggers are not counted: the gateway does not know
+    /// which tables have them.)
+    fn may_run_unread_code(&self, st: &Statement) -> bool {
+        st.opaque_calls
+            || matches!(st.node, "DoStmt" | "CallStmt")
+            || st.tables.iter().any(|t| self.shadows.any_code_views.contains(t))
+            || self.calls_hidden_code(st)
     }
 
     /// Whether `st` calls code of the database's own that the classifier took for something
@@ -1743,10 +1755,7 @@ impl Live {
         let declares = (st.node == "DeclareCursorStmt")
             .then(|| st.cursor.clone())
             .flatten()
-            .map(|name| {
-                let generation = self.current().plane.snapshot.generation;
-                (name, generation, st.cursor_hold, v.cursor_epoch)
-            });
+            .map(|name| (name, v.cursor_generation, st.cursor_hold, v.cursor_epoch));
         ResultPlan {
             declares,
             ends_cursors: st.ends_cursors,
@@ -2253,6 +2262,12 @@ impl ClientSide {
                             Some(n)
                         }
                         Target::Portal(n) => {
+                            // A cursor is a portal: Close ends a DECLAREd one too.
+                            self.live
+                                .cursors
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .close(&n, false);
                             p.portals.remove(&n);
                             None
                         }
@@ -2770,6 +2785,18 @@ impl ClientSide {
                 ));
             }
         };
+        // Planning runs code too (immutable functions on constants), which may close and open
+        // cursors by name: where a rowLimit applies, the names known are forgotten.
+        if let Some(st) = classified.statements.first()
+            && !self.live.current().row_limit_rules.is_empty()
+            && self.live.may_run_unread_code(st)
+        {
+            self.live
+                .cursors
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .forget_all(false);
+        }
         // Bind plans the statement, and planning runs the immutable functions it calls on
         // constants (whose errors may quote what they read): a statement that calls functions
         // and that policy denies is refused here, before the server plans it. (RequireApproval
