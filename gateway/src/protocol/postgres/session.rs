@@ -3377,14 +3377,7 @@ impl ServerSide {
                 // Last: a FETCH decided after this answer is decided on all of the above.
                 let ended = ended.max(std::mem::take(&mut self.answered_with_query));
                 if ended != u64::MAX {
-                    let mut prepared = lock(&self.shared);
-                    prepared.answered_through = prepared.answered_through.max(ended);
-                    drop(prepared);
-                    self.copy_progress.send_if_modified(|p| {
-                        let later = ended > p.through;
-                        p.through = p.through.max(ended);
-                        later
-                    });
+                    self.answered_through(ended);
                 }
                 self.result = None;
                 self.query_index = 0;
@@ -3687,16 +3680,23 @@ impl ServerSide {
                 self.front.remove(1);
                 continue;
             }
-            let mut prepared = lock(&self.shared);
-            prepared.answered_through = prepared.answered_through.max(through);
-            drop(prepared);
-            self.copy_progress.send_if_modified(|p| {
-                let later = through > p.through;
-                p.through = p.through.max(through);
-                later
-            });
+            self.answered_through(through);
             self.front.remove(1);
         }
+    }
+
+    /// Every Query and Sync up to segment `through` is answered: for the client side's
+    /// decisions (`Prepared::answered_through`) and for a FETCH waiting on it
+    /// ([`CopyProgress::through`]).
+    fn answered_through(&mut self, through: u64) {
+        let mut prepared = lock(&self.shared);
+        prepared.answered_through = prepared.answered_through.max(through);
+        drop(prepared);
+        self.copy_progress.send_if_modified(|p| {
+            let later = through > p.through;
+            p.through = p.through.max(through);
+            later
+        });
     }
 
     fn on_complete(&mut self, frame: Frame) -> Result<(), String> {
