@@ -2196,7 +2196,9 @@ impl ClientSide {
             }
             frontend::QUERY => {
                 let q = Query::parse(&frame.body).map_err(|e| malformed(self, e))?;
-                if let Ok(c) = self.live.ctx.classifier.classify(&q.sql)
+                // Classified here only where it may matter (large texts are not cached).
+                if !self.live.current().row_limit_rules.is_empty()
+                    && let Ok(c) = self.live.ctx.classifier.classify(&q.sql)
                     && self.fetch_waits(&c.statements)
                 {
                     return Ok(Next::Again(frame));
