@@ -1468,7 +1468,14 @@ fn pipelined_messages_after_a_failure_are_not_decided_on_guesses() {
     r.send(b'E', &execute_rows("", 0));
     r.send(b'S', b"");
     let msgs = answers(&mut r, 3);
-    assert!(refused(&msgs, "cannot tell which statement"), "{msgs:?}");
+    // Refused by the gateway, or, when the server's answer voiding the skipped Parse was read
+    // before the Bind was decided, by the server (the refusal's marker left it no unnamed
+    // statement): either way nothing runs.
+    assert!(
+        refused(&msgs, "cannot tell which statement")
+            || refused(&msgs, "prepared statement \"\" does not exist"),
+        "{msgs:?}"
+    );
     assert!(msgs.iter().all(|(t, _)| *t != b'C'), "nothing ran: {msgs:?}");
     assert_eq!(s.pg.psql("SELECT count(*) FROM orders"), before);
 
