@@ -1247,6 +1247,48 @@ fn open_sessions_follow_reloads() {
         assert!(db_error(&e).1.contains("did not see declared"), "{e}");
         c2.batch_execute("ROLLBACK").await.unwrap();
         drop(c2);
+        // So may a trigger, which a write runs without naming it.
+        s.pg.psql(
+            "CREATE FUNCTION public.reopen_fired() RETURNS trigger LANGUAGE plpgsql AS $$
+             DECLARE r refcursor := 'fired';
+             BEGIN
+               BEGIN CLOSE r; EXCEPTION WHEN invalid_cursor_name THEN NULL; END;
+               OPEN r FOR SELECT id FROM public.big_capped;
+               RETURN NULL;
+             END $$;
+             CREATE TRIGGER reopen_on_update AFTER UPDATE ON public.orders
+               FOR EACH STATEMENT EXECUTE FUNCTION public.reopen_fired();",
+        );
+        let c3 = connect(&s.plain_conninfo(&tok)).await;
+        c3.batch_execute("BEGIN; DECLARE fired CURSOR FOR SELECT 1")
+            .await
+            .unwrap();
+        c3.batch_execute("UPDATE orders SET total = total WHERE id = 1")
+            .await
+            .unwrap();
+        let e = c3.batch_execute("FETCH ALL FROM fired").await.unwrap_err();
+        assert!(db_error(&e).1.contains("did not see declared"), "{e}");
+        c3.batch_execute("ROLLBACK").await.unwrap();
+        drop(c3);
+        // Or a trigger of a table that a write reaches through a foreign key's cascade.
+        s.pg.psql(
+            "DROP TRIGGER reopen_on_update ON public.orders;
+             CREATE TABLE public.order_notes (order_id int REFERENCES public.orders (id) ON UPDATE CASCADE);
+             CREATE TRIGGER reopen_on_cascade AFTER UPDATE ON public.order_notes
+               FOR EACH STATEMENT EXECUTE FUNCTION public.reopen_fired();",
+        );
+        let c4 = connect(&s.plain_conninfo(&tok)).await;
+        c4.batch_execute("BEGIN; DECLARE fired CURSOR FOR SELECT 1")
+            .await
+            .unwrap();
+        c4.batch_execute("UPDATE orders SET total = total WHERE id = 1")
+            .await
+            .unwrap();
+        let e = c4.batch_execute("FETCH ALL FROM fired").await.unwrap_err();
+        assert!(db_error(&e).1.contains("did not see declared"), "{e}");
+        c4.batch_execute("ROLLBACK").await.unwrap();
+        drop(c4);
+        s.pg.psql("DROP TABLE public.order_notes");
 
         // The recording moves: the open session's record is closed and continued there.
         let moved = s.gw.sessions.parent().unwrap().join("sessions-moved");

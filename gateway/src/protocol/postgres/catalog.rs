@@ -88,6 +88,10 @@ const INHERITANCE_SQL: &str = "SELECT inhrelid, inhparent FROM pg_catalog.pg_inh
 /// an opaque view's, see [`OPAQUE_VIEWS_SQL`].) `view-any`, a view whose query calls any such
 /// code, stable or not, itself or through the views it reads: code that may open and close
 /// cursors by name, which PostgreSQL allows of stable and immutable functions too.
+/// `written-code`, a relation whose writing may run code no statement names: it has a trigger
+/// or a rule (`DO ALSO`, `INSTEAD`) of its own, or a write to it reaches one that has, through a
+/// foreign key's cascade, an inheritance or partition child, or an updatable view's relations.
+/// `event-trigger`: the database has event triggers, which DDL runs.
 const SHADOWS_SQL: &str = "WITH RECURSIVE own_procs AS ( \
          SELECT p.oid, p.provolatile = 'v' AS volatile FROM pg_catalog.pg_proc p \
          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
@@ -147,7 +151,18 @@ const SHADOWS_SQL: &str = "WITH RECURSIVE own_procs AS ( \
          JOIN pg_catalog.pg_class v ON v.oid = r.ev_class AND v.relkind = 'v' \
          JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
          JOIN any_code_views cv ON d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = cv.oid \
-         WHERE r.ev_type = '1') \
+         WHERE r.ev_type = '1'), \
+     relation_edges(source, reached) AS ( \
+         SELECT c.confrelid, c.conrelid FROM pg_catalog.pg_constraint c \
+         WHERE c.contype = 'f' AND (c.confdeltype IN ('c','n','d') OR c.confupdtype IN ('c','n','d')) \
+         UNION ALL SELECT inhparent, inhrelid FROM pg_catalog.pg_inherits \
+         UNION ALL SELECT r.ev_class, d.refobjid FROM pg_catalog.pg_rewrite r \
+             JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
+             WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> r.ev_class), \
+     written_code(oid) AS ( \
+         SELECT tgrelid FROM pg_catalog.pg_trigger WHERE NOT tgisinternal \
+         UNION SELECT ev_class FROM pg_catalog.pg_rewrite WHERE ev_type <> '1' \
+         UNION SELECT e.source FROM relation_edges e JOIN written_code w ON e.reached = w.oid) \
      SELECT DISTINCT p.proname, 'row' \
      FROM pg_catalog.pg_proc p \
      JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
@@ -172,7 +187,10 @@ const SHADOWS_SQL: &str = "WITH RECURSIVE own_procs AS ( \
      UNION SELECT n.nspname || '.' || c.relname, 'view' FROM coded_views v \
          JOIN pg_catalog.pg_class c ON c.oid = v.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      UNION SELECT n.nspname || '.' || c.relname, 'view-any' FROM any_code_views v \
-         JOIN pg_catalog.pg_class c ON c.oid = v.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace";
+         JOIN pg_catalog.pg_class c ON c.oid = v.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     UNION SELECT n.nspname || '.' || c.relname, 'written-code' FROM written_code w \
+         JOIN pg_catalog.pg_class c ON c.oid = w.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     UNION SELECT 'any', 'event-trigger' FROM pg_catalog.pg_event_trigger";
 
 /// What the database's own functions and relations make of names the classifier reads otherwise:
 /// see [`SHADOWS_SQL`]. Read for every session, column rules or not: such a call may write, or
@@ -197,6 +215,10 @@ pub struct Shadows {
     pub code_views: HashSet<String>,
     /// Views that call any of the database's own code (`schema.view`).
     pub any_code_views: HashSet<String>,
+    /// Relations whose writing may run triggers or rules (`schema.relation`).
+    pub written_code: HashSet<String>,
+    /// The database has event triggers: DDL may run code.
+    pub event_triggers: bool,
 }
 
 pub async fn shadows(up: &mut Upstream) -> Result<Shadows, CatalogError> {
@@ -214,6 +236,11 @@ pub async fn shadows(up: &mut Upstream) -> Result<Shadows, CatalogError> {
                 }
                 "view" => out.code_views.insert(name.clone()),
                 "view-any" => out.any_code_views.insert(name.clone()),
+                "written-code" => out.written_code.insert(name.clone()),
+                "event-trigger" => {
+                    out.event_triggers = true;
+                    true
+                }
                 _ => out.shadowing.insert(name.clone()),
             };
         }

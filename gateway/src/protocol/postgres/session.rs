@@ -180,7 +180,7 @@ pub struct Context {
     /// reading is older than the last one reads every call, and every read of a relation, as
     /// code that may read or write anything (another session's new `public.upper(int)`, or its
     /// view calling a function that deletes).
-    code_generations: Mutex<HashMap<String, Arc<std::sync::atomic::AtomicU64>>>,
+    code_generations: Mutex<HashMap<String, Arc<CodeCounts>>>,
     /// Upstream TLS configurations by connection, with the snapshot they were built for.
     tls: Mutex<HashMap<String, (usize, Arc<ClientConfig>)>>,
     /// Turns true when the gateway shuts down: sessions end then (FATAL 57P01, as PostgreSQL's
@@ -368,6 +368,47 @@ const DEFINES_CODE: &[&str] = &[
     "CallStmt",
 ];
 
+/// Statements sent on one Connection that may define code (see [`Context::code_generations`]).
+#[derive(Debug, Default)]
+struct CodeCounts {
+    /// Of [`defines_code`].
+    code: std::sync::atomic::AtomicU64,
+    /// Of [`defines_write_code`].
+    write_code: std::sync::atomic::AtomicU64,
+}
+
+impl CodeCounts {
+    fn now(&self) -> [u64; 2] {
+        use std::sync::atomic::Ordering::Relaxed;
+        [self.code.load(Relaxed), self.write_code.load(Relaxed)]
+    }
+}
+
+/// Whether `st` may make a write run code it does not name: a trigger (event triggers too,
+/// which DDL runs), or a relation that a write to another reaches (a partition or inheritance
+/// child, a foreign key's cascade), which may have triggers of its own. Rules and views are
+/// [`DEFINES_CODE`]'s. Counted apart: a trigger changes what writes do, not what reads call.
+fn defines_write_code(st: &Statement) -> bool {
+    let words: &[&str] = match st.node {
+        "CreateTrigStmt" | "CreateEventTrigStmt" | "AlterEventTrigStmt" => return true,
+        "CreateStmt" => &["PARTITION", "INHERITS", "REFERENCES"],
+        "AlterTableStmt" => &["ATTACH", "TRIGGER", "INHERIT", "RULE", "REFERENCES", "FOREIGN"],
+        _ => return false,
+    };
+    let text = st.text.to_ascii_uppercase();
+    text.split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .any(|t| words.contains(&t))
+}
+
+/// Whether `kind` is one that event triggers fire on (or may: `Other` is the grammar's rest).
+fn is_ddl(kind: &StatementKind) -> bool {
+    use StatementKind as K;
+    matches!(
+        kind,
+        K::Ddl | K::Create | K::Alter | K::Drop | K::Truncate | K::Grant | K::Revoke | K::Other
+    )
+}
+
 /// Whether `st` may define code (see [`DEFINES_CODE`]); a rename or move between schemas only
 /// when it names a routine, an operator, a schema, a view or a table (`ALTER TABLE` renames
 /// views too), not an index's or a type's.
@@ -447,10 +488,10 @@ struct Live {
     /// startup.
     shadows: catalog::Shadows,
     /// The Connection's count of statements that may define code (see
-    /// [`Context::code_generations`]), and its value when `shadows` was read: once any session
+    /// [`Context::code_generations`]), and its values when `shadows` was read: once any session
     /// of the Connection (this one too) has sent such a statement since, a call may be that code
     /// under a built-in's name, and a relation read a view calling it.
-    code_generation: (Arc<std::sync::atomic::AtomicU64>, u64),
+    code_generation: (Arc<CodeCounts>, [u64; 2]),
     /// The session's recording, when it has one; replaced (see [`Live::recording`]) when it
     /// reaches its age limit or the recording configuration changes.
     recording: Option<Mutex<Arc<Recording>>>,
@@ -613,7 +654,7 @@ async fn start(
             .entry(conn.name.clone())
             .or_default()
             .clone();
-        let at = count.load(std::sync::atomic::Ordering::Relaxed);
+        let at = count.now();
         (count, at)
     };
     let shadows = catalog::shadows(&mut up).await.map_err(|e| catalog_failed(&e))?;
@@ -1296,6 +1337,13 @@ impl Live {
             // too, and in every session of the Connection open now) are read the stricter way.
             self.code_generation
                 .0
+                .code
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        if v.action != Action::Deny && defines_write_code(statement) {
+            self.code_generation
+                .0
+                .write_code
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         v
@@ -1621,13 +1669,18 @@ impl Live {
     }
 
     /// Whether `st` may run code the gateway cannot read (a function of the database's own,
-    /// stable ones included, DO, CALL, or a view calling such code), which can close a cursor by
-    /// name and open another under it. (Triggers are not counted: the gateway does not know
-    /// which tables have them.)
+    /// stable ones included, DO, CALL, a view calling such code, a write that fires a trigger or
+    /// rule, DDL where there are event triggers), which can close a cursor by name and open
+    /// another under it.
     fn may_run_unread_code(&self, st: &Statement) -> bool {
+        let sh = &self.shadows;
+        // Triggers, rules, partitions or cascades defined since the catalog was read.
+        let new_write_code = || self.code_generation.0.now()[1] != self.code_generation.1[1];
         st.opaque_calls
             || matches!(st.node, "DoStmt" | "CallStmt")
-            || st.tables.iter().any(|t| self.shadows.any_code_views.contains(t))
+            || st.tables.iter().any(|t| sh.any_code_views.contains(t))
+            || (st.writes && (st.tables.iter().any(|t| sh.written_code.contains(t)) || new_write_code()))
+            || ((sh.event_triggers || new_write_code()) && st.kinds.iter().any(is_ddl))
             || self.calls_hidden_code(st)
     }
 
@@ -1648,8 +1701,7 @@ impl Live {
             || st.tables.iter().any(|t| sh.code_views.contains(t))
             || (sh.implicit_casts && (expressions || !st.tables.is_empty()))
             || ((expressions || !st.tables.is_empty())
-                && self.code_generation.0.load(std::sync::atomic::Ordering::Relaxed)
-                    != self.code_generation.1)
+                && self.code_generation.0.now()[0] != self.code_generation.1[0])
     }
 
     /// `st` as the session's database reads it, where that differs from the classifier's
@@ -3955,6 +4007,48 @@ mod tests {
         ))
         .unwrap();
         assert!(why.contains("send a shorter one"), "{why}");
+    }
+
+    /// What may make a later write run code no statement names, and what event triggers fire
+    /// on. Triggers are counted apart from functions and views, which change what reads call.
+    #[test]
+    fn statements_that_give_writes_code_to_run() {
+        let first = |sql: &str| {
+            super::super::classify::classify(sql)
+                .unwrap()
+                .statements
+                .remove(0)
+        };
+        for sql in [
+            "CREATE TRIGGER t BEFORE UPDATE ON orders FOR EACH ROW EXECUTE FUNCTION f()",
+            "CREATE EVENT TRIGGER e ON ddl_command_start EXECUTE FUNCTION f()",
+            "ALTER EVENT TRIGGER e ENABLE",
+            "CREATE TABLE p1 PARTITION OF p FOR VALUES IN (1)",
+            "CREATE TABLE c () INHERITS (p)",
+            "CREATE TABLE r (id int REFERENCES orders ON DELETE CASCADE)",
+            "ALTER TABLE p ATTACH PARTITION p2 FOR VALUES IN (2)",
+            "ALTER TABLE orders ENABLE TRIGGER t",
+            "ALTER TABLE c INHERIT p",
+            "ALTER TABLE r ADD FOREIGN KEY (id) REFERENCES orders ON DELETE CASCADE",
+        ] {
+            let st = first(sql);
+            assert!(defines_write_code(&st), "{sql}");
+            assert!(!defines_code(&st), "{sql}: reads would be read the stricter way");
+        }
+        for sql in [
+            "CREATE TABLE plain (id int)",
+            "ALTER TABLE orders ADD COLUMN note text",
+            "UPDATE orders SET total = 1 WHERE id = 1",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        ] {
+            assert!(!defines_write_code(&first(sql)), "{sql}");
+        }
+        let ddl = |sql: &str| first(sql).kinds.iter().any(is_ddl);
+        assert!(ddl("CREATE TABLE x (id int)"));
+        assert!(ddl("GRANT SELECT ON orders TO PUBLIC"));
+        assert!(ddl("COMMENT ON TABLE orders IS 'x'"));
+        assert!(!ddl("SELECT 1"));
+        assert!(!ddl("UPDATE orders SET total = 1 WHERE id = 1"));
     }
 
     /// Bound values an approver would read as their size, or cut, are named as the reason no
