@@ -5,6 +5,8 @@ check exactly what the gateway forwarded. A few paths serve fixed content for ma
   /api/v1/users       an Okta-style users list with emails, phones and a card number
   /echo/where         a redirect whose Location and reason phrase name an email
   /echo/created       201 without a body, with an ETag
+  /echo/validated     the users list with its ETag and Repr-Digest (HEAD: the same headers, no
+                      body); with `not-modified` in the query, 304 with those validators
   /text               text/plain with an email in it
   /export?type=T&enc=E  a CSV export with a mobilePhone column and an email, served as type T
                       (URL-decoded) in encoding E (default utf-8)
@@ -118,6 +120,21 @@ class Handler(BaseHTTPRequestHandler):
                 )
             self.end_headers()
             self.wfile.write(payload)
+            return
+        if path == "/echo/validated":
+            # Validators whatever the request's conditions: a HEAD, and a 304 that an upstream
+            # sends on conditions of its own (or ones the gateway did not know to remove).
+            payload = json.dumps(USERS).encode()
+            modified = "not-modified" not in self.path
+            self.send_response(200 if modified else 304)
+            self.send_header("ETag", 'W/"%x-%s"' % (len(payload), hashlib.sha1(payload).hexdigest()))
+            self.send_header("Repr-Digest", "sha-256=:%s:" % hashlib.sha256(payload).hexdigest())
+            if modified:
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            if modified and self.command == "GET":
+                self.wfile.write(payload)
             return
         if path == "/partial":
             # An upstream that serves ranges: a value cut out of its document.
