@@ -324,6 +324,31 @@ impl Default for Activity {
 /// stops reading holds that frame, the rest of the body and its share of the masking budget.
 pub const STALLED_CLIENT_LIMIT: Duration = Duration::from_secs(60);
 
+/// What a connection does about a response its client has taken nothing of for `stalled`.
+#[derive(Debug, PartialEq, Eq)]
+enum OnStall {
+    Keep,
+    /// HTTP/2: GOAWAY, so the other streams finish and no new one starts.
+    GoAway,
+    Cut,
+}
+
+/// Past [`STALLED_CLIENT_LIMIT`], an HTTP/1 connection carries only the stalled response and is
+/// cut. An HTTP/2 one carries other streams too: it is told to close (`told` is how long ago),
+/// and cut only if that stream is still stalled [`IDLE_CLOSE_LIMIT`] later, so the others are
+/// not cut off with it. A stream that resumes is waited for like any other.
+fn on_stall(stalled: Duration, http2: bool, told: Option<Duration>) -> OnStall {
+    if stalled < STALLED_CLIENT_LIMIT {
+        return OnStall::Keep;
+    }
+    match told {
+        _ if !http2 => OnStall::Cut,
+        None => OnStall::GoAway,
+        Some(t) if t >= IDLE_CLOSE_LIMIT => OnStall::Cut,
+        Some(_) => OnStall::Keep,
+    }
+}
+
 /// How long a connection told to close for idleness may take to finish writing.
 pub const IDLE_CLOSE_LIMIT: Duration = Duration::from_secs(30);
 
@@ -631,6 +656,8 @@ async fn serve<I>(
     // When the connection was told to close; it is dropped if it has not within IDLE_CLOSE_LIMIT
     // (a client that reads nothing keeps hyper's last write waiting for ever).
     let mut draining: Option<tokio::time::Instant> = None;
+    // When an HTTP/2 connection was told to close because a stream stalled.
+    let mut stall_told: Option<tokio::time::Instant> = None;
     let result = loop {
         tokio::select! {
             r = conn.as_mut() => break r,
@@ -642,9 +669,21 @@ async fn serve<I>(
                 }
             }
             _ = idle_check.tick() => {
-                if activity.stalled_at(tokio::time::Instant::now()) >= STALLED_CLIENT_LIMIT {
-                    tracing::debug!(%peer, "the client took nothing of its response within the limit; closing");
-                    break Ok(());
+                let now = tokio::time::Instant::now();
+                let http2 = activity.http2.load(Ordering::Acquire);
+                match on_stall(activity.stalled_at(now), http2, stall_told.map(|at| now - at)) {
+                    OnStall::Keep => {}
+                    OnStall::GoAway => {
+                        tracing::debug!(%peer, "a stream's client took nothing of its response within the limit; closing once the others finish");
+                        if draining.is_none() {
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        stall_told = Some(now);
+                    }
+                    OnStall::Cut => {
+                        tracing::debug!(%peer, "the client took nothing of its response within the limit; closing");
+                        break Ok(());
+                    }
                 }
                 match draining {
                     // A request admitted as the close began is served: the limit runs from
@@ -753,6 +792,25 @@ mod tests {
             let mut byte = [0u8; 1];
             theirs.read_exact(&mut byte).await.unwrap();
         }
+    }
+
+    /// A stalled response cuts an HTTP/1 connection at once; an HTTP/2 one is told to close
+    /// first, and cut only if the stream is still stalled when the other streams had their time.
+    #[test]
+    fn a_stalled_stream_cuts_its_http2_connection_only_after_the_others_had_time() {
+        let limit = STALLED_CLIENT_LIMIT;
+        let short = Duration::from_secs(1);
+        assert_eq!(on_stall(limit - short, false, None), OnStall::Keep);
+        assert_eq!(on_stall(limit, false, None), OnStall::Cut);
+        assert_eq!(on_stall(limit - short, true, None), OnStall::Keep);
+        assert_eq!(on_stall(limit, true, None), OnStall::GoAway);
+        assert_eq!(on_stall(limit + short, true, Some(short)), OnStall::Keep);
+        assert_eq!(
+            on_stall(limit + IDLE_CLOSE_LIMIT, true, Some(IDLE_CLOSE_LIMIT)),
+            OnStall::Cut
+        );
+        // Resumed since it was told: waited for as any stream is.
+        assert_eq!(on_stall(short, true, Some(IDLE_CLOSE_LIMIT)), OnStall::Keep);
     }
 
     /// A response frame handed to hyper that the client does not take makes the connection
