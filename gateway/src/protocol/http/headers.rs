@@ -476,8 +476,14 @@ fn is_dot_segment(segment: &str) -> bool {
         || (1..segment.len()).any(|i| segment.is_char_boundary(i) && dot(&segment[..i]) && dot(&segment[i..]))
 }
 
-/// Response headers whose URLs [`Rebase`] rewrites (`Link` holds them in `<...>`).
-const REBASED: [HeaderName; 3] = [header::LOCATION, header::CONTENT_LOCATION, header::LINK];
+/// Response headers whose URLs [`Rebase`] rewrites (`Link` holds them in `<...>`, `Refresh`
+/// after `url=`).
+const REBASED: [HeaderName; 4] = [
+    header::LOCATION,
+    header::CONTENT_LOCATION,
+    header::LINK,
+    header::REFRESH,
+];
 
 impl Rebase<'_> {
     /// Whether `headers` hold any URL [`Rebase::apply`] may rewrite.
@@ -485,7 +491,7 @@ impl Rebase<'_> {
         REBASED.iter().any(|n| headers.contains_key(n))
     }
 
-    /// Rewrites the upstream's URLs in `Location`, `Content-Location` and `Link`. URLs of other
+    /// Rewrites the upstream's URLs in `Location`, `Content-Location`, `Link` and `Refresh`. URLs of other
     /// origins, relative ones (`next`, `?page=2`: they resolve against the gateway's URL as
     /// they would against the upstream's), and paths outside the base path stay as they are.
     pub fn apply(&self, headers: &mut HeaderMap) {
@@ -495,9 +501,12 @@ impl Rebase<'_> {
             };
             for v in values.iter_mut() {
                 let Ok(text) = v.to_str() else { continue };
-                let rebased = match name == header::LINK {
-                    true => self.link(text),
-                    false => self.url(text),
+                let rebased = if name == header::LINK {
+                    self.link(text)
+                } else if name == header::REFRESH {
+                    self.refresh(text)
+                } else {
+                    self.url(text)
                 };
                 if let Some(new) = rebased.and_then(|n| HeaderValue::from_str(&n).ok()) {
                     *v = new;
@@ -578,6 +587,28 @@ impl Rebase<'_> {
                 .1
                 .rsplit_once(':')
                 .is_some_and(|(h, p)| h.eq_ignore_ascii_case(host) && p == port)
+    }
+
+    /// A `Refresh` value (`5; url=https://upstream/next`, as browsers read it: `;` or `,` after
+    /// the delay, `url=` in any case, the URL perhaps quoted) with its URL rebased.
+    fn refresh(&self, value: &str) -> Option<String> {
+        let after_delay = value.find([';', ','])? + 1;
+        let rest = &value[after_delay..];
+        let at = after_delay + (rest.len() - rest.trim_start().len());
+        let rest = &value[at..];
+        let name = rest.get(..3).filter(|n| n.eq_ignore_ascii_case("url"))?;
+        let rest = rest[name.len()..].trim_start().strip_prefix('=')?;
+        let trimmed = rest.trim_start();
+        let start = value.len() - trimmed.len();
+        let (start, end) = match trimmed.chars().next() {
+            Some(q @ ('"' | '\'')) => {
+                let inner = &trimmed[1..];
+                (start + 1, start + 1 + inner.find(q).unwrap_or(inner.len()))
+            }
+            _ => (start, value.len() - (trimmed.len() - trimmed.trim_end().len())),
+        };
+        let new = self.url(&value[start..end])?;
+        Some(format!("{}{new}{}", &value[..start], &value[end..]))
     }
 
     /// A `Link` value with each `<target>` that names the upstream rebased; `<` inside a quoted
@@ -917,7 +948,7 @@ mod tests {
         );
         assert_eq!(h["location"], "https://gw.example:8443/okta/api/v1/users/00u3");
         assert_eq!(h["content-location"], "/okta/api/v1/users/00u3");
-        assert_eq!(h["refresh"], "0; url=https://acme.okta.com/");
+        assert_eq!(h["refresh"], "0; url=https://gw.example:8443/okta/");
         // An unclosed target is passed on as it is; the targets before it are rebased.
         assert_eq!(r.link("<https://acme.okta.com/a"), None);
         assert_eq!(
@@ -926,6 +957,26 @@ mod tests {
             Some("<https://gw.example:8443/okta/a>; rel=x, <https://acme.okta.com/b")
         );
         assert!(!Rebase::wanted(&map(&[("content-type", "application/json")])));
+    }
+
+    /// A `Refresh` URL is found as browsers find it, quoted or not, and the rest kept as it was.
+    #[test]
+    fn refresh_urls_are_rebased() {
+        let r = PREFIXED;
+        for (from, to) in [
+            (
+                "5; url=https://acme.okta.com/next",
+                Some("5; url=https://gw.example:8443/okta/next"),
+            ),
+            ("5,URL = '/next?a=1'", Some("5,URL = '/okta/next?a=1'")),
+            ("0;url=\"/x\" ", Some("0;url=\"/okta/x\" ")),
+            ("0; url=https://other.example/x", None),
+            ("0; uri=/x", None),
+            ("5", None),
+            ("0; url=", None),
+        ] {
+            assert_eq!(r.refresh(from).as_deref(), to, "{from}");
+        }
     }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
