@@ -1481,6 +1481,33 @@ fn security_catalogue_statements_are_refused() {
     assert_eq!(s.pg.psql("SELECT paid FROM billing.invoices WHERE id = 2"), "f");
 }
 
+/// A FETCH waiting for earlier answers does not keep the gateway from seeing its client leave.
+#[test]
+fn a_client_that_leaves_while_a_fetch_waits_ends_its_session_at_once() {
+    let s = setup_with(false);
+    let tok = token(&s.idp);
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(b'Q', b"BEGIN; DECLARE waiting CURSOR FOR SELECT 1\0");
+    r.until_ready();
+    // The FETCH waits for the sleep's answer (a rowLimit applies); the client leaves.
+    r.send(b'Q', b"SELECT pg_sleep(60)\0");
+    r.send(b'Q', b"FETCH ALL FROM waiting\0");
+    std::thread::sleep(Duration::from_millis(300));
+    drop(r);
+    // The session's record is closed well before the sleep would end (the gateway gives the
+    // server side 5 s to finish once the client side is gone).
+    let until = Instant::now() + Duration::from_secs(20);
+    while !s.gw.recordings().contains("client closed the connection") {
+        assert!(
+            Instant::now() < until,
+            "the session did not end\n{}",
+            s.gw.output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    s.pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)'");
+}
+
 /// A client that sends ahead past a failure must not have the gateway decide on what the server
 /// skipped: a Parse of the unnamed statement or a Bind the server did not run leaves the older
 /// one in place, which would then run under the newer one's decision.

@@ -2018,6 +2018,9 @@ async fn flush(w: &mut WriteHalf<Stream>, out: &mut BytesMut) -> std::io::Result
 /// Why the client side stopped.
 type Stop = String;
 
+/// How much of a client's next messages is read while a FETCH waits for earlier answers.
+const READ_AHEAD_BYTES: usize = 64 * 1024;
+
 /// Reads client messages, decides them and forwards them (or refusal markers) upstream.
 struct ClientSide {
     live: Arc<Live>,
@@ -2090,7 +2093,7 @@ impl ClientSide {
             }
             let mut handled = self.handle(frame).await;
             if let Ok(Next::Again(frame)) = handled {
-                if let Err(stop) = self.answers_settled(&mut up).await {
+                if let Err(stop) = self.answers_settled(&mut up, &mut reader).await {
                     return stop;
                 }
                 handled = self.handle(frame).await;
@@ -2132,15 +2135,33 @@ impl ClientSide {
     }
 
     /// Sends what is buffered and waits until the server has answered every Query and Sync sent
-    /// (see [`ClientSide::fetch_waits`]).
-    async fn answers_settled(&mut self, up: &mut WriteHalf<Stream>) -> Result<(), Stop> {
+    /// (see [`ClientSide::fetch_waits`]). Meanwhile the client's next messages are read ahead
+    /// (up to [`READ_AHEAD_BYTES`]), so a client that leaves ends the session now, not when a
+    /// long statement ahead of the wait ends.
+    async fn answers_settled(
+        &mut self,
+        up: &mut WriteHalf<Stream>,
+        reader: &mut FrameReader<ReadHalf<Stream>>,
+    ) -> Result<(), Stop> {
         if flush(up, &mut self.out).await.is_err() {
             return Err("upstream write failed".into());
         }
         let sent = lock(&self.shared).pushed_through;
-        match self.copy_progress.wait_for(|p| p.through >= sent).await {
-            Ok(_) => Ok(()),
-            Err(_) => Err("server side ended".into()),
+        loop {
+            let read = tokio::select! {
+                answered = self.copy_progress.wait_for(|p| p.through >= sent) => {
+                    return match answered {
+                        Ok(_) => Ok(()),
+                        Err(_) => Err("server side ended".into()),
+                    };
+                }
+                read = reader.read_ahead(READ_AHEAD_BYTES) => read,
+            };
+            match read {
+                Ok(()) => {}
+                Err(FrameError::Closed) => return Err("client closed the connection".into()),
+                Err(e) => return Err(format!("client i/o: {e}")),
+            }
         }
     }
 

@@ -188,6 +188,23 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Reads what the peer sent into the buffer, for [`FrameReader::try_frame`] to take later,
+    /// while fewer than `max` bytes are buffered (then it waits for ever): a way to see the
+    /// peer leave while its messages wait. The end of stream is [`FrameError::Closed`] (also
+    /// after a partial frame: nothing more can come).
+    pub async fn read_ahead(&mut self, max: usize) -> Result<(), FrameError> {
+        if self.buf.len() >= max {
+            return std::future::pending().await;
+        }
+        if self.buf.capacity() - self.buf.len() < READ_BUFFER_BYTES {
+            self.buf.reserve(READ_BUFFER_BYTES);
+        }
+        match self.io.read_buf(&mut self.buf).await? {
+            0 => Err(FrameError::Closed),
+            _ => Ok(()),
+        }
+    }
+
     /// A frame if one is wholly buffered.
     pub fn try_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         if self.buf.len() < 5 {
@@ -632,6 +649,36 @@ mod tests {
                 }
             }
             assert_eq!(got, sent);
+        }
+    }
+
+    /// Reading ahead keeps what arrives for `try_frame`, stops asking once `max` is buffered,
+    /// and reports the peer's leaving.
+    #[tokio::test]
+    async fn reading_ahead_keeps_frames_and_sees_the_end() {
+        let mut wire = BytesMut::new();
+        for body in [&b"SELECT 1\0"[..], b"SELECT 2\0"] {
+            Frame {
+                tag: b'Q',
+                body: Bytes::copy_from_slice(body),
+            }
+            .encode(&mut wire);
+        }
+        let mut r = FrameReader::new(Trickle {
+            data: wire.to_vec(),
+            at: 0,
+            sizes: vec![7, 100],
+        });
+        r.read_ahead(1024).await.unwrap();
+        assert_eq!(r.buffered(), 7);
+        // Past `max`, nothing is read.
+        let more = tokio::time::timeout(std::time::Duration::from_millis(20), r.read_ahead(7));
+        assert!(more.await.is_err());
+        r.read_ahead(1024).await.unwrap();
+        assert_eq!(r.buffered(), wire.len());
+        assert!(matches!(r.read_ahead(1024).await, Err(FrameError::Closed)));
+        for want in [&b"SELECT 1\0"[..], b"SELECT 2\0"] {
+            assert_eq!(r.try_frame().unwrap().unwrap().body, want);
         }
     }
 }
