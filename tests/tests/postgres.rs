@@ -1270,10 +1270,12 @@ fn open_sessions_follow_reloads() {
         assert!(db_error(&e).1.contains("did not see declared"), "{e}");
         c3.batch_execute("ROLLBACK").await.unwrap();
         drop(c3);
-        // Or a trigger of a table that a write reaches through a foreign key's cascade.
+        // Or a trigger of a table that a write reaches through a foreign key's cascade (the
+        // key changes, in a transaction rolled back).
         s.pg.psql(
             "DROP TRIGGER reopen_on_update ON public.orders;
              CREATE TABLE public.order_notes (order_id int REFERENCES public.orders (id) ON UPDATE CASCADE);
+             INSERT INTO public.order_notes VALUES (2);
              CREATE TRIGGER reopen_on_cascade AFTER UPDATE ON public.order_notes
                FOR EACH STATEMENT EXECUTE FUNCTION public.reopen_fired();",
         );
@@ -1281,14 +1283,37 @@ fn open_sessions_follow_reloads() {
         c4.batch_execute("BEGIN; DECLARE fired CURSOR FOR SELECT 1")
             .await
             .unwrap();
-        c4.batch_execute("UPDATE orders SET total = total WHERE id = 1")
+        c4.batch_execute("UPDATE orders SET id = id + 100000 WHERE id = 2")
             .await
             .unwrap();
         let e = c4.batch_execute("FETCH ALL FROM fired").await.unwrap_err();
         assert!(db_error(&e).1.contains("did not see declared"), "{e}");
         c4.batch_execute("ROLLBACK").await.unwrap();
         drop(c4);
-        s.pg.psql("DROP TABLE public.order_notes");
+        // Or a column's default that calls the database's own code.
+        s.pg.psql(
+            "DROP TABLE public.order_notes;
+             CREATE FUNCTION public.reopen_default() RETURNS text LANGUAGE plpgsql AS $$
+             DECLARE r refcursor := 'fired';
+             BEGIN
+               BEGIN CLOSE r; EXCEPTION WHEN invalid_cursor_name THEN NULL; END;
+               OPEN r FOR SELECT id FROM public.big_capped;
+               RETURN 'new';
+             END $$;
+             ALTER TABLE public.orders ALTER COLUMN status SET DEFAULT public.reopen_default();",
+        );
+        let c5 = connect(&s.plain_conninfo(&tok)).await;
+        c5.batch_execute("BEGIN; DECLARE fired CURSOR FOR SELECT 1")
+            .await
+            .unwrap();
+        c5.batch_execute("UPDATE orders SET status = DEFAULT WHERE id = 2")
+            .await
+            .unwrap();
+        let e = c5.batch_execute("FETCH ALL FROM fired").await.unwrap_err();
+        assert!(db_error(&e).1.contains("did not see declared"), "{e}");
+        c5.batch_execute("ROLLBACK").await.unwrap();
+        drop(c5);
+        s.pg.psql("ALTER TABLE public.orders ALTER COLUMN status SET DEFAULT 'new'");
 
         // The recording moves: the open session's record is closed and continued there.
         let moved = s.gw.sessions.parent().unwrap().join("sessions-moved");

@@ -589,23 +589,48 @@ impl Rebase<'_> {
                 .is_some_and(|(h, p)| h.eq_ignore_ascii_case(host) && p == port)
     }
 
-    /// A `Refresh` value (`5; url=https://upstream/next`, as browsers read it: `;` or `,` after
-    /// the delay, `url=` in any case, the URL perhaps quoted) with its URL rebased.
+    /// A `Refresh` value (`5; url=https://upstream/next`) with its URL rebased, the URL found as
+    /// browsers find it (HTML's shared declarative refresh steps): after the delay, an optional
+    /// `;` or `,`, an optional `url=` in any case, the URL perhaps quoted, else the rest.
     fn refresh(&self, value: &str) -> Option<String> {
-        let after_delay = value.find([';', ','])? + 1;
-        let rest = &value[after_delay..];
-        let at = after_delay + (rest.len() - rest.trim_start().len());
-        let rest = &value[at..];
-        let name = rest.get(..3).filter(|n| n.eq_ignore_ascii_case("url"))?;
-        let rest = rest[name.len()..].trim_start().strip_prefix('=')?;
-        let trimmed = rest.trim_start();
-        let start = value.len() - trimmed.len();
-        let (start, end) = match trimmed.chars().next() {
-            Some(q @ ('"' | '\'')) => {
-                let inner = &trimmed[1..];
-                (start + 1, start + 1 + inner.find(q).unwrap_or(inner.len()))
+        // Header values that are text are visible ASCII, spaces and tabs: byte offsets are
+        // character boundaries.
+        let b = value.as_bytes();
+        let ws = |mut i: usize| {
+            while b.get(i).is_some_and(|c| c.is_ascii_whitespace()) {
+                i += 1;
             }
-            _ => (start, value.len() - (trimmed.len() - trimmed.trim_end().len())),
+            i
+        };
+        let mut i = ws(0);
+        let delay = i;
+        while b.get(i).is_some_and(|c| c.is_ascii_digit() || *c == b'.') {
+            i += 1;
+        }
+        if i == delay {
+            return None;
+        }
+        i = ws(i);
+        if matches!(b.get(i), Some(b';' | b',')) {
+            i = ws(i + 1);
+        }
+        let mut start = i;
+        if b.get(i..i + 3).is_some_and(|n| n.eq_ignore_ascii_case(b"url")) {
+            let eq = ws(i + 3);
+            if b.get(eq) == Some(&b'=') {
+                start = ws(eq + 1);
+            }
+        }
+        let (start, end) = match b.get(start) {
+            None => return None,
+            Some(&q @ (b'"' | b'\'')) => {
+                let inner = &value[start + 1..];
+                (
+                    start + 1,
+                    start + 1 + inner.find(char::from(q)).unwrap_or(inner.len()),
+                )
+            }
+            Some(_) => (start, value.trim_end().len()),
         };
         let new = self.url(&value[start..end])?;
         Some(format!("{}{new}{}", &value[..start], &value[end..]))
@@ -974,6 +999,14 @@ mod tests {
             ("0; uri=/x", None),
             ("5", None),
             ("0; url=", None),
+            // Without `url=`, or without the separator: the rest is the URL.
+            (
+                "5; https://acme.okta.com/next",
+                Some("5; https://gw.example:8443/okta/next"),
+            ),
+            ("5 url=/next", Some("5 url=/okta/next")),
+            ("5 /next", Some("5 /okta/next")),
+            ("url=/next", None),
         ] {
             assert_eq!(r.refresh(from).as_deref(), to, "{from}");
         }

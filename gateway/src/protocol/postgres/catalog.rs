@@ -89,8 +89,11 @@ const INHERITANCE_SQL: &str = "SELECT inhrelid, inhparent FROM pg_catalog.pg_inh
 /// code, stable or not, itself or through the views it reads: code that may open and close
 /// cursors by name, which PostgreSQL allows of stable and immutable functions too.
 /// `written-code`, a relation whose writing may run code no statement names: it has a trigger
-/// or a rule (`DO ALSO`, `INSTEAD`) of its own, or a write to it reaches one that has, through a
-/// foreign key's cascade, an inheritance or partition child, or an updatable view's relations.
+/// (a partition's copy of its parent's too, internal before PostgreSQL 15; not the foreign
+/// keys' own), a rule (`DO ALSO`, `INSTEAD`), or a default, generated column, check or
+/// exclusion constraint, index expression or column type that runs such code of its own, or a
+/// write to it reaches one that has, through a foreign key's cascade, an inheritance or
+/// partition child, or an updatable view's relations.
 /// `event-trigger`: the database has event triggers, which DDL runs.
 const SHADOWS_SQL: &str = "WITH RECURSIVE own_procs AS ( \
          SELECT p.oid, p.provolatile = 'v' AS volatile FROM pg_catalog.pg_proc p \
@@ -159,9 +162,26 @@ const SHADOWS_SQL: &str = "WITH RECURSIVE own_procs AS ( \
          UNION ALL SELECT r.ev_class, d.refobjid FROM pg_catalog.pg_rewrite r \
              JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
              WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> r.ev_class), \
+     own_code(classid, oid) AS ( \
+         SELECT 'pg_catalog.pg_proc'::regclass, oid FROM own_procs \
+         UNION ALL SELECT 'pg_catalog.pg_operator'::regclass, oid FROM own_operators \
+         UNION ALL SELECT 'pg_catalog.pg_type'::regclass, oid FROM coded_types), \
+     written_by_code(oid) AS ( \
+         SELECT a.adrelid FROM pg_catalog.pg_attrdef a \
+             JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.objid = a.oid \
+             JOIN own_code c ON d.refclassid = c.classid AND d.refobjid = c.oid \
+         UNION SELECT k.conrelid FROM pg_catalog.pg_constraint k \
+             JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_constraint'::regclass AND d.objid = k.oid \
+             JOIN own_code c ON d.refclassid = c.classid AND d.refobjid = c.oid WHERE k.conrelid <> 0 \
+         UNION SELECT i.indrelid FROM pg_catalog.pg_index i \
+             JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = i.indexrelid \
+             JOIN own_code c ON d.refclassid = c.classid AND d.refobjid = c.oid \
+         UNION SELECT a.attrelid FROM pg_catalog.pg_attribute a JOIN coded_types t ON t.oid = a.atttypid \
+             WHERE a.attnum > 0 AND NOT a.attisdropped), \
      written_code(oid) AS ( \
-         SELECT tgrelid FROM pg_catalog.pg_trigger WHERE NOT tgisinternal \
+         SELECT tgrelid FROM pg_catalog.pg_trigger WHERE NOT tgisinternal OR tgconstraint = 0 \
          UNION SELECT ev_class FROM pg_catalog.pg_rewrite WHERE ev_type <> '1' \
+         UNION SELECT oid FROM written_by_code \
          UNION SELECT e.source FROM relation_edges e JOIN written_code w ON e.reached = w.oid) \
      SELECT DISTINCT p.proname, 'row' \
      FROM pg_catalog.pg_proc p \
