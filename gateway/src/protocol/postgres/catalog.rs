@@ -128,33 +128,28 @@ const SHADOWS_SQL: &str = "WITH RECURSIVE own_procs AS ( \
              OR (d.refclassid = 'pg_catalog.pg_operator'::regclass AND d.refobjid IN (SELECT oid FROM own_operators))) \
          UNION SELECT casttarget FROM own_casts \
          UNION SELECT e.holder FROM type_edges e JOIN coded_types c ON e.held = c.oid), \
+     own_code(classid, oid) AS ( \
+         SELECT 'pg_catalog.pg_proc'::regclass, oid FROM own_procs \
+         UNION ALL SELECT 'pg_catalog.pg_operator'::regclass, oid FROM own_operators \
+         UNION ALL SELECT 'pg_catalog.pg_type'::regclass, oid FROM coded_types), \
+     view_deps(view_oid, classid, oid) AS ( \
+         SELECT r.ev_class, d.refclassid, d.refobjid FROM pg_catalog.pg_rewrite r \
+         JOIN pg_catalog.pg_class v ON v.oid = r.ev_class AND v.relkind = 'v' \
+         JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
+         WHERE r.ev_type = '1'), \
      coded_views(oid) AS ( \
-         SELECT r.ev_class FROM pg_catalog.pg_rewrite r \
-         JOIN pg_catalog.pg_class v ON v.oid = r.ev_class AND v.relkind = 'v' \
-         JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
-         WHERE r.ev_type = '1' AND ((d.refclassid = 'pg_catalog.pg_proc'::regclass \
-             AND d.refobjid IN (SELECT oid FROM own_procs WHERE volatile)) \
-         OR (d.refclassid = 'pg_catalog.pg_operator'::regclass AND d.refobjid IN ( \
+         SELECT e.view_oid FROM view_deps e \
+         WHERE (e.classid = 'pg_catalog.pg_proc'::regclass \
+             AND e.oid IN (SELECT oid FROM own_procs WHERE volatile)) \
+         OR (e.classid = 'pg_catalog.pg_operator'::regclass AND e.oid IN ( \
              SELECT o.oid FROM own_operators o JOIN own_procs p ON p.oid = o.oprcode::oid WHERE p.volatile)) \
-         OR (d.refclassid = 'pg_catalog.pg_type'::regclass AND d.refobjid IN (SELECT oid FROM coded_types))) \
-         UNION SELECT r.ev_class FROM pg_catalog.pg_rewrite r \
-         JOIN pg_catalog.pg_class v ON v.oid = r.ev_class AND v.relkind = 'v' \
-         JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
-         JOIN coded_views cv ON d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = cv.oid \
-         WHERE r.ev_type = '1'), \
+         OR (e.classid = 'pg_catalog.pg_type'::regclass AND e.oid IN (SELECT oid FROM coded_types)) \
+         UNION SELECT e.view_oid FROM view_deps e JOIN coded_views cv \
+             ON e.classid = 'pg_catalog.pg_class'::regclass AND e.oid = cv.oid), \
      any_code_views(oid) AS ( \
-         SELECT r.ev_class FROM pg_catalog.pg_rewrite r \
-         JOIN pg_catalog.pg_class v ON v.oid = r.ev_class AND v.relkind = 'v' \
-         JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
-         WHERE r.ev_type = '1' AND ((d.refclassid = 'pg_catalog.pg_proc'::regclass \
-             AND d.refobjid IN (SELECT oid FROM own_procs)) \
-         OR (d.refclassid = 'pg_catalog.pg_operator'::regclass AND d.refobjid IN (SELECT oid FROM own_operators)) \
-         OR (d.refclassid = 'pg_catalog.pg_type'::regclass AND d.refobjid IN (SELECT oid FROM coded_types))) \
-         UNION SELECT r.ev_class FROM pg_catalog.pg_rewrite r \
-         JOIN pg_catalog.pg_class v ON v.oid = r.ev_class AND v.relkind = 'v' \
-         JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
-         JOIN any_code_views cv ON d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = cv.oid \
-         WHERE r.ev_type = '1'), \
+         SELECT e.view_oid FROM view_deps e JOIN own_code c ON e.classid = c.classid AND e.oid = c.oid \
+         UNION SELECT e.view_oid FROM view_deps e JOIN any_code_views cv \
+             ON e.classid = 'pg_catalog.pg_class'::regclass AND e.oid = cv.oid), \
      relation_edges(source, reached) AS ( \
          SELECT c.confrelid, c.conrelid FROM pg_catalog.pg_constraint c \
          WHERE c.contype = 'f' AND (c.confdeltype IN ('c','n','d') OR c.confupdtype IN ('c','n','d')) \
@@ -162,10 +157,6 @@ const SHADOWS_SQL: &str = "WITH RECURSIVE own_procs AS ( \
          UNION ALL SELECT r.ev_class, d.refobjid FROM pg_catalog.pg_rewrite r \
              JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::regclass AND d.objid = r.oid \
              WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid <> r.ev_class), \
-     own_code(classid, oid) AS ( \
-         SELECT 'pg_catalog.pg_proc'::regclass, oid FROM own_procs \
-         UNION ALL SELECT 'pg_catalog.pg_operator'::regclass, oid FROM own_operators \
-         UNION ALL SELECT 'pg_catalog.pg_type'::regclass, oid FROM coded_types), \
      written_by_code(oid) AS ( \
          SELECT a.adrelid FROM pg_catalog.pg_attrdef a \
              JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.objid = a.oid \
