@@ -35,7 +35,8 @@ pub const MAX_NAME_BYTES: usize = 63;
 const RESERVE_STEP_BYTES: usize = 1024 * 1024;
 /// Largest startup packet (PostgreSQL's MAX_STARTUP_PACKET_LENGTH).
 pub const MAX_STARTUP_BYTES: usize = 10_000;
-/// Read buffer each side starts with; it grows for large messages and shrinks back when idle.
+/// Most bytes one read takes while no partial message is buffered; a partial one grows the
+/// buffer by this much at a time (and by what its length asks, see [`RESERVE_STEP_BYTES`]).
 pub const READ_BUFFER_BYTES: usize = 4 * 1024;
 
 /// Frontend message tags.
@@ -138,7 +139,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(io: R) -> Self {
         Self {
             io,
-            buf: BytesMut::with_capacity(READ_BUFFER_BYTES),
+            buf: BytesMut::new(),
             limit: MAX_FRAME_BYTES,
         }
     }
@@ -174,10 +175,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(frame) = self.try_frame()? {
                 return Ok(frame);
             }
-            if self.buf.capacity() - self.buf.len() < READ_BUFFER_BYTES {
-                self.buf.reserve(READ_BUFFER_BYTES);
-            }
-            let n = self.io.read_buf(&mut self.buf).await?;
+            let n = self.fill().await?;
             if n == 0 {
                 return Err(if self.buf.is_empty() {
                     FrameError::Closed
@@ -196,13 +194,32 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         if self.buf.len() >= max {
             return std::future::pending().await;
         }
-        if self.buf.capacity() - self.buf.len() < READ_BUFFER_BYTES {
-            self.buf.reserve(READ_BUFFER_BYTES);
-        }
-        match self.io.read_buf(&mut self.buf).await? {
+        match self.fill().await? {
             0 => Err(FrameError::Closed),
             _ => Ok(()),
         }
+    }
+
+    /// Reads more into the buffer. With nothing buffered, the read goes through the stack and
+    /// the buffer is allocated for what arrived: a reader waiting on an idle peer holds no
+    /// buffer (an idle PostgreSQL session has two readers; each held 4 to 8 KiB).
+    async fn fill(&mut self) -> std::io::Result<usize> {
+        if !self.buf.is_empty() {
+            if self.buf.capacity() - self.buf.len() < READ_BUFFER_BYTES {
+                self.buf.reserve(READ_BUFFER_BYTES);
+            }
+            return self.io.read_buf(&mut self.buf).await;
+        }
+        // Frames already returned keep their own references to the old allocation.
+        self.buf = BytesMut::new();
+        std::future::poll_fn(|cx| {
+            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_BUFFER_BYTES];
+            let mut read = tokio::io::ReadBuf::uninit(&mut stack);
+            std::task::ready!(std::pin::Pin::new(&mut self.io).poll_read(cx, &mut read))?;
+            self.buf.extend_from_slice(read.filled());
+            std::task::Poll::Ready(Ok(read.filled().len()))
+        })
+        .await
     }
 
     /// A frame if one is wholly buffered.
@@ -231,10 +248,6 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let mut whole = self.buf.split_to(5 + body_len);
         let tag = whole[0];
         let body = whole.split_off(5).freeze();
-        if self.buf.is_empty() && self.buf.capacity() > 16 * READ_BUFFER_BYTES {
-            // Give back what a large message needed, so idle sessions stay small.
-            self.buf = BytesMut::with_capacity(READ_BUFFER_BYTES);
-        }
         Ok(Some(Frame { tag, body }))
     }
 
@@ -384,6 +397,7 @@ pub fn put_cstr(out: &mut BytesMut, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
 
     async fn read_all(bytes: &[u8]) -> Vec<Result<Frame, String>> {
         let mut r = FrameReader::new(bytes);
@@ -680,5 +694,37 @@ mod tests {
         for want in [&b"SELECT 1\0"[..], b"SELECT 2\0"] {
             assert_eq!(r.try_frame().unwrap().unwrap().body, want);
         }
+    }
+
+    /// A reader waiting on a quiet peer holds no buffer, however much it read before; the
+    /// frames it returned keep their bytes.
+    #[tokio::test]
+    async fn a_reader_waiting_on_a_quiet_peer_holds_no_buffer() {
+        let (mut peer, ours) = tokio::io::duplex(64 * 1024);
+        let mut r = FrameReader::new(ours);
+        assert_eq!(r.buf.capacity(), 0);
+        let mut wire = BytesMut::new();
+        let big = Bytes::from(vec![b'x'; 3 * READ_BUFFER_BYTES]);
+        for body in [Bytes::from_static(b"SELECT 1\0"), big.clone()] {
+            Frame { tag: b'Q', body }.encode(&mut wire);
+        }
+        // Half of the second frame first: a partial frame is buffered and grown.
+        let half = wire.len() - big.len() / 2;
+        peer.write_all(&wire[..half]).await.unwrap();
+        let first = r.next().await.unwrap();
+        assert_eq!(&first.body[..], b"SELECT 1\0");
+        let rest = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            peer.write_all(&wire[half..]).await.unwrap();
+            peer
+        });
+        let second = r.next().await.unwrap();
+        assert_eq!(second.body, big);
+        let _peer = rest.await.unwrap();
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(20), r.next());
+        assert!(waiting.await.is_err(), "the peer sent nothing more");
+        assert_eq!(r.buf.capacity(), 0, "an idle reader keeps no buffer");
+        assert_eq!(&first.body[..], b"SELECT 1\0");
+        assert_eq!(second.body, big);
     }
 }
