@@ -852,11 +852,12 @@ impl SqlMatcher {
             return false;
         }
         // Likewise a rule scoped to tables does not allow a write whose tables the gateway cannot
-        // see: a statement that names no table, or one calling code that is not built in and
-        // read-only (`UPDATE orders ... FROM (SELECT billing.mark_paid(1)) x` writes billing).
+        // see: a statement that names no table, one calling code that is not built in and
+        // read-only (`UPDATE orders ... FROM (SELECT billing.mark_paid(1)) x` writes billing),
+        // or one that changes relations it does not name (`DROP SCHEMA billing CASCADE`).
         if all
             && st.writes
-            && (st.tables.is_empty() || st.opaque_calls)
+            && (st.tables.is_empty() || st.opaque_calls || st.unnamed_tables)
             && !self.tables.is_empty()
             && self.functions.is_empty()
         {
@@ -871,7 +872,13 @@ impl SqlMatcher {
         if !self.statements.is_empty() && !listed(all, st.kinds.iter().map(|k| self.statements.contains(k))) {
             return false;
         }
-        if !self.tables.is_empty() && !listed(all, st.tables.iter().map(|t| self.table_matches(t, all))) {
+        // A Deny or RequireApproval rule scoped to tables reaches a statement that may change
+        // relations it does not name: they may be the rule's.
+        let reached_unnamed = !all && st.unnamed_tables;
+        if !self.tables.is_empty()
+            && !reached_unnamed
+            && !listed(all, st.tables.iter().map(|t| self.table_matches(t, all)))
+        {
             return false;
         }
         if !self.functions.is_empty()
@@ -1585,6 +1592,43 @@ mod tests {
             statement: &c.statements[0],
         });
         m.matches(r.action, &op, 0)
+    }
+
+    /// A statement that may change relations it does not name (CASCADE, DROP OWNED) is reached
+    /// by every rule guarding tables and allowed by none scoped to them.
+    #[test]
+    fn cascades_reach_table_guards() {
+        let guard = "name: r\naction: Deny\nsql:\n  tables: [public.users]\n";
+        for sql in [
+            "DROP SCHEMA public CASCADE",
+            "TRUNCATE orders CASCADE",
+            "DROP TABLE orders CASCADE",
+            "DROP TYPE mood CASCADE",
+            "DROP FUNCTION f() CASCADE",
+            "ALTER TABLE orders DROP COLUMN note CASCADE",
+            "DROP OWNED BY someone",
+        ] {
+            assert!(sql_matches(guard, sql), "{sql}");
+        }
+        for sql in [
+            "DROP SCHEMA public",
+            "TRUNCATE orders",
+            "DROP TABLE orders",
+            "DROP TYPE mood",
+            "ALTER TABLE orders DROP COLUMN note",
+        ] {
+            assert!(!sql_matches(guard, sql), "{sql}");
+        }
+        let allow = "name: r\naction: Allow\nsql:\n  statements: [Truncate, Drop]\n  tables: [orders]\n";
+        assert!(sql_matches(allow, "TRUNCATE orders"));
+        assert!(sql_matches(allow, "DROP TABLE orders"));
+        assert!(!sql_matches(allow, "TRUNCATE orders CASCADE"));
+        assert!(!sql_matches(allow, "DROP TABLE orders CASCADE"));
+        // Unscoped rules decide by kind, as before.
+        assert!(sql_matches(
+            "name: r\naction: Allow\nsql:\n  statements: [Drop]\n",
+            "DROP SCHEMA public CASCADE"
+        ));
     }
 
     /// A row cap reaches every statement that reads the rule's tables, whatever kinds the rule

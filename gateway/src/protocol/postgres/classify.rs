@@ -105,6 +105,11 @@ pub struct Statement {
     /// The statement calls a function or operator that is not built in and read-only: its
     /// results may hold anything it reads, under no column's name.
     pub opaque_calls: bool,
+    /// The statement may change or remove relations it does not name: anything `CASCADE`
+    /// drops (views over a dropped column or table, the columns of a dropped type, every
+    /// relation of a dropped schema, the keys other tables hold), the tables `TRUNCATE ...
+    /// CASCADE` empties through their keys, and whatever `DROP OWNED` finds.
+    pub unnamed_tables: bool,
     /// The statement changes what names or definitions mean to a session that resolved them
     /// before: a rename, ALTER TABLE (columns, inheritance, partitions), SET SCHEMA, CREATE OR
     /// REPLACE VIEW, a rule or a trigger.
@@ -513,6 +518,7 @@ struct Analysis<'t> {
     writes: bool,
     stores: bool,
     opaque_calls: bool,
+    unnamed_tables: bool,
     reshapes: bool,
     makes_view: bool,
     copy: Option<CopyInfo>,
@@ -904,6 +910,7 @@ impl<'t> Analysis<'t> {
             writes: self.writes,
             stores: self.stores,
             opaque_calls: self.opaque_calls,
+            unnamed_tables: self.unnamed_tables,
             reshapes: self.reshapes,
             makes_view: self.makes_view,
             copy: self.copy,
@@ -1107,20 +1114,14 @@ impl<'t> Analysis<'t> {
                 self.reshapes = true;
                 self.walk_fields(v, &[]);
             }
-            "DropStmt" => {
-                let kind = v.int("remove_type");
-                for o in v.list("objects") {
-                    let parts = name_parts(std::slice::from_ref(o));
-                    if is_relation_type(kind) {
-                        self.qualified_table(&parts);
-                    } else if is_table_member_type(kind) && parts.len() >= 2 {
-                        // `DROP TRIGGER t ON s.orders`: [s, orders, t]. The table's rules guard
-                        // its triggers, policies and rules too.
-                        self.qualified_table(&parts[..parts.len() - 1]);
-                    }
-                }
-                self.walk_fields(v, &["objects"]);
+            "DropStmt" | "TruncateStmt" | "AlterTableCmd" | "DropOwnedStmt"
+                if v.name() == "DropOwnedStmt"
+                    || v.int("behavior") == protobuf::DropBehavior::DropCascade as i64 =>
+            {
+                self.unnamed_tables = true;
+                self.walk_dropping(v);
             }
+            "DropStmt" => self.walk_dropping(v),
             "CommentStmt" | "SecLabelStmt" => {
                 let objtype = v.int("objtype");
                 if let Some(object) = v.get("object") {
@@ -1138,6 +1139,24 @@ impl<'t> Analysis<'t> {
             }
             _ => self.walk_fields(v, &[]),
         }
+    }
+
+    /// The relations a DROP names (and, for `DROP TRIGGER t ON s.orders`, the table whose
+    /// rules guard its triggers, policies and rules too); other nodes walked as any.
+    fn walk_dropping(&mut self, v: &'t V) {
+        if v.name() != "DropStmt" {
+            return self.walk_fields(v, &[]);
+        }
+        let kind = v.int("remove_type");
+        for o in v.list("objects") {
+            let parts = name_parts(std::slice::from_ref(o));
+            if is_relation_type(kind) {
+                self.qualified_table(&parts);
+            } else if is_table_member_type(kind) && parts.len() >= 2 {
+                self.qualified_table(&parts[..parts.len() - 1]);
+            }
+        }
+        self.walk_fields(v, &["objects"]);
     }
 
     /// A query (SELECT, or DML anywhere): its kind, its WITH scope, then its parts.
