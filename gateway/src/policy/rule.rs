@@ -852,15 +852,19 @@ impl SqlMatcher {
             return false;
         }
         // Likewise a rule scoped to tables does not allow a write whose tables the gateway cannot
-        // see: a statement that names no table, one calling code that is not built in and
-        // read-only (`UPDATE orders ... FROM (SELECT billing.mark_paid(1)) x` writes billing),
-        // or one that changes relations it does not name (`DROP SCHEMA billing CASCADE`).
+        // see: a statement that names no table, or one calling code that is not built in and
+        // read-only (`UPDATE orders ... FROM (SELECT billing.mark_paid(1)) x` writes billing).
         if all
             && st.writes
-            && (st.tables.is_empty() || st.opaque_calls || st.unnamed_tables)
+            && (st.tables.is_empty() || st.opaque_calls)
             && !self.tables.is_empty()
             && self.functions.is_empty()
         {
+            return false;
+        }
+        // Nor one that changes relations it does not name (`DROP SCHEMA billing CASCADE`),
+        // whatever functions the rule names.
+        if all && st.unnamed_tables && !self.tables.is_empty() {
             return false;
         }
         if self.writes && !st.writes {
@@ -1607,6 +1611,8 @@ mod tests {
             "DROP FUNCTION f() CASCADE",
             "ALTER TABLE orders DROP COLUMN note CASCADE",
             "DROP OWNED BY someone",
+            "DROP EXTENSION postgis",
+            "ALTER DOMAIN positive DROP CONSTRAINT p CASCADE",
         ] {
             assert!(sql_matches(guard, sql), "{sql}");
         }
@@ -1624,6 +1630,9 @@ mod tests {
         assert!(sql_matches(allow, "DROP TABLE orders"));
         assert!(!sql_matches(allow, "TRUNCATE orders CASCADE"));
         assert!(!sql_matches(allow, "DROP TABLE orders CASCADE"));
+        let with_functions = "name: r\naction: Allow\nsql:\n  statements: [Truncate, Drop]\n  tables: [orders]\n  functions: [nextval]\n";
+        assert!(sql_matches(with_functions, "TRUNCATE orders"));
+        assert!(!sql_matches(with_functions, "TRUNCATE orders CASCADE"));
         // Unscoped rules decide by kind, as before.
         assert!(sql_matches(
             "name: r\naction: Allow\nsql:\n  statements: [Drop]\n",

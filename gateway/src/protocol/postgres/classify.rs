@@ -108,7 +108,9 @@ pub struct Statement {
     /// The statement may change or remove relations it does not name: anything `CASCADE`
     /// drops (views over a dropped column or table, the columns of a dropped type, every
     /// relation of a dropped schema, the keys other tables hold), the tables `TRUNCATE ...
-    /// CASCADE` empties through their keys, and whatever `DROP OWNED` finds.
+    /// CASCADE` empties through their keys, an extension's own tables, and whatever `DROP
+    /// OWNED` finds. (Not: the partitions and inheritance children a statement on their parent
+    /// reaches, as a read of the parent reads them.)
     pub unnamed_tables: bool,
     /// The statement changes what names or definitions mean to a session that resolved them
     /// before: a rename, ALTER TABLE (columns, inheritance, partitions), SET SCHEMA, CREATE OR
@@ -1114,9 +1116,11 @@ impl<'t> Analysis<'t> {
                 self.reshapes = true;
                 self.walk_fields(v, &[]);
             }
-            "DropStmt" | "TruncateStmt" | "AlterTableCmd" | "DropOwnedStmt"
+            "DropStmt" | "TruncateStmt" | "AlterTableCmd" | "AlterDomainStmt" | "DropOwnedStmt"
                 if v.name() == "DropOwnedStmt"
-                    || v.int("behavior") == protobuf::DropBehavior::DropCascade as i64 =>
+                    || v.int("behavior") == protobuf::DropBehavior::DropCascade as i64
+                    // An extension's own tables go with it.
+                    || v.int("remove_type") == protobuf::ObjectType::ObjectExtension as i64 =>
             {
                 self.unnamed_tables = true;
                 self.walk_dropping(v);
