@@ -868,6 +868,52 @@ fn json_documents_keep_masked_fields_masked_when_taken_apart() {
     });
 }
 
+/// A statement that drops or empties relations it does not name meets every rule guarding
+/// tables: with DDL allowed, `DROP SCHEMA ledger CASCADE` named no table, passed the Deny on
+/// `ledger.*`, and dropped the tables it guards.
+#[test]
+fn cascades_meet_the_rules_guarding_what_they_drop() {
+    let s = setup_with(false);
+    let role = &s.pg.scram.name;
+    s.pg.psql(&format!(
+        "CREATE SCHEMA ledger AUTHORIZATION {role};
+         CREATE TABLE ledger.entries (id int PRIMARY KEY);
+         ALTER TABLE ledger.entries OWNER TO {role};
+         INSERT INTO ledger.entries VALUES (1);"
+    ));
+    edit_manifests(
+        &s.gw,
+        "  rules:\n",
+        "  rules:\n    - name: scratch-ddl\n      action: Allow\n      sql:\n        \
+         statements: [Create, Drop]\n    - name: no-ledger\n      action: Deny\n      sql:\n        \
+         tables: [\"ledger.*\"]\n",
+    );
+    let tok = token(&s.idp);
+    rt().block_on(async {
+        let c = connect(&s.plain_conninfo(&tok)).await;
+        let until = Instant::now() + Duration::from_secs(30);
+        while let Err(e) = c.batch_execute("CREATE TABLE public.scratch (id int)").await {
+            assert!(Instant::now() < until, "the DDL grant never applied: {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        c.batch_execute("DROP TABLE public.scratch").await.unwrap();
+        for sql in [
+            "DROP SCHEMA ledger CASCADE",
+            "DROP OWNED BY CURRENT_USER",
+            "DROP TABLE IF EXISTS public.nothing CASCADE",
+        ] {
+            let e = c.batch_execute(sql).await.unwrap_err();
+            let (code, message) = db_error(&e);
+            assert_eq!(code, "42501", "{sql}: {message}");
+            assert!(message.contains("no-ledger"), "{sql}: {message}");
+        }
+        // The session goes on, and the schema without CASCADE is the server's to refuse.
+        let e = c.batch_execute("DROP SCHEMA ledger").await.unwrap_err();
+        assert_eq!(db_error(&e).0, "2BP01", "{e}");
+    });
+    assert_eq!(s.pg.psql("SELECT count(*) FROM ledger.entries").trim(), "1");
+}
+
 /// Result masking covers what leaves in results, so where column rules apply the gateway refuses
 /// what would keep a masked column's values elsewhere for a later plain read: a write that reads
 /// one (into another table or column, a table made from a query, a setting). Writing a masked
