@@ -1456,9 +1456,14 @@ fn is_relation_type(t: i64) -> bool {
 /// policy, a rewrite rule.
 fn is_table_member_type(t: i64) -> bool {
     use protobuf::ObjectType as O;
-    [O::ObjectTrigger, O::ObjectPolicy, O::ObjectRule]
-        .iter()
-        .any(|o| *o as i64 == t)
+    [
+        O::ObjectTrigger,
+        O::ObjectPolicy,
+        O::ObjectRule,
+        O::ObjectTabconstraint,
+    ]
+    .iter()
+    .any(|o| *o as i64 == t)
 }
 
 /// The strings of a name list (`List` of `String` nodes, or `String` nodes).
@@ -3213,7 +3218,8 @@ mod tests {
         let execute = one("EXECUTE p(1 + 'x'::t)").running(&one("SELECT $1 || 'y'"));
         assert_eq!(execute.operators, strs(&["||", "+"]));
         assert_eq!(execute.types, strs(&["t"]));
-        // A table's triggers, row-level security policies and rules are named with it.
+        // A table's triggers, row-level security policies, rules and constraints are named with
+        // it.
         for (sql, table) in [
             ("DROP TRIGGER orders_audit ON public.orders", "public.orders"),
             (
@@ -3227,6 +3233,10 @@ mod tests {
             ),
             (
                 "COMMENT ON POLICY tenant ON billing.invoices IS 'x'",
+                "billing.invoices",
+            ),
+            (
+                "COMMENT ON CONSTRAINT invoices_pkey ON billing.invoices IS 'x'",
                 "billing.invoices",
             ),
         ] {
