@@ -268,7 +268,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     return Ok(whole.split_off(4).freeze());
                 }
             }
-            let n = self.io.read_buf(&mut self.buf).await?;
+            // As frames are read: a whole startup packet in one read, not 64 bytes at a time.
+            let n = self.fill().await?;
             if n == 0 {
                 return Err(FrameError::Closed);
             }
@@ -694,6 +695,25 @@ mod tests {
         for want in [&b"SELECT 1\0"[..], b"SELECT 2\0"] {
             assert_eq!(r.try_frame().unwrap().unwrap().body, want);
         }
+    }
+
+    /// A startup packet that arrives whole is taken in one read (the second read here would
+    /// find the stream's end).
+    #[tokio::test]
+    async fn a_startup_packet_is_taken_in_one_read() {
+        let mut packet = vec![0u8; 4];
+        packet.extend_from_slice(&196_608i32.to_be_bytes());
+        packet.extend_from_slice(b"user\0ci-agent\0database\0shop\0application_name\0a-long-enough-name\0\0");
+        let len = i32::try_from(packet.len()).unwrap();
+        packet[..4].copy_from_slice(&len.to_be_bytes());
+        assert!(packet.len() > 64);
+        let mut r = FrameReader::new(Trickle {
+            data: packet.clone(),
+            at: 0,
+            sizes: vec![usize::MAX, 0],
+        });
+        let body = r.startup_packet(MAX_STARTUP_BYTES).await.unwrap();
+        assert_eq!(&body[..], &packet[4..]);
     }
 
     /// A reader waiting on a quiet peer holds no buffer, however much it read before; the
