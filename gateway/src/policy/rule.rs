@@ -862,11 +862,6 @@ impl SqlMatcher {
         {
             return false;
         }
-        // Nor one that changes relations it does not name (`DROP SCHEMA billing CASCADE`),
-        // whatever functions the rule names.
-        if all && st.unnamed_tables && !self.tables.is_empty() {
-            return false;
-        }
         if self.writes && !st.writes {
             return false;
         }
@@ -876,14 +871,17 @@ impl SqlMatcher {
         if !self.statements.is_empty() && !listed(all, st.kinds.iter().map(|k| self.statements.contains(k))) {
             return false;
         }
-        // A Deny or RequireApproval rule scoped to tables reaches a statement that may change
-        // relations it does not name: they may be the rule's.
-        let reached_unnamed = !all && st.unnamed_tables;
-        if !self.tables.is_empty()
-            && !reached_unnamed
-            && !listed(all, st.tables.iter().map(|t| self.table_matches(t, all)))
-        {
-            return false;
+        if !self.tables.is_empty() {
+            // A statement that changes relations it does not name (`DROP SCHEMA billing
+            // CASCADE`) may change the rule's: no Allow allows it, whatever functions it names,
+            // and a Deny or RequireApproval reaches it.
+            if st.unnamed_tables {
+                if all {
+                    return false;
+                }
+            } else if !listed(all, st.tables.iter().map(|t| self.table_matches(t, all))) {
+                return false;
+            }
         }
         if !self.functions.is_empty()
             && !listed(

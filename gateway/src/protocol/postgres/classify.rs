@@ -992,7 +992,18 @@ impl<'t> Analysis<'t> {
     }
 
     fn walk_node(&mut self, v: &'t V, parent: &'static str, field: &'static str) {
-        match v.name() {
+        let name = v.name();
+        if matches!(
+            name,
+            "DropStmt" | "TruncateStmt" | "AlterTableCmd" | "AlterDomainStmt"
+        ) && (v.int("behavior") == protobuf::DropBehavior::DropCascade as i64
+                // An extension's own tables go with it.
+                || v.int("remove_type") == protobuf::ObjectType::ObjectExtension as i64)
+            || name == "DropOwnedStmt"
+        {
+            self.unnamed_tables = true;
+        }
+        match name {
             "RangeVar" => self.range_var(v, parent, field),
             "FuncCall" => {
                 self.func_call(v);
@@ -1116,16 +1127,20 @@ impl<'t> Analysis<'t> {
                 self.reshapes = true;
                 self.walk_fields(v, &[]);
             }
-            "DropStmt" | "TruncateStmt" | "AlterTableCmd" | "AlterDomainStmt" | "DropOwnedStmt"
-                if v.name() == "DropOwnedStmt"
-                    || v.int("behavior") == protobuf::DropBehavior::DropCascade as i64
-                    // An extension's own tables go with it.
-                    || v.int("remove_type") == protobuf::ObjectType::ObjectExtension as i64 =>
-            {
-                self.unnamed_tables = true;
-                self.walk_dropping(v);
+            "DropStmt" => {
+                let kind = v.int("remove_type");
+                for o in v.list("objects") {
+                    let parts = name_parts(std::slice::from_ref(o));
+                    if is_relation_type(kind) {
+                        self.qualified_table(&parts);
+                    } else if is_table_member_type(kind) && parts.len() >= 2 {
+                        // `DROP TRIGGER t ON s.orders`: [s, orders, t]. The table's rules guard
+                        // its triggers, policies and rules too.
+                        self.qualified_table(&parts[..parts.len() - 1]);
+                    }
+                }
+                self.walk_fields(v, &["objects"]);
             }
-            "DropStmt" => self.walk_dropping(v),
             "CommentStmt" | "SecLabelStmt" => {
                 let objtype = v.int("objtype");
                 if let Some(object) = v.get("object") {
@@ -1143,24 +1158,6 @@ impl<'t> Analysis<'t> {
             }
             _ => self.walk_fields(v, &[]),
         }
-    }
-
-    /// The relations a DROP names (and, for `DROP TRIGGER t ON s.orders`, the table whose
-    /// rules guard its triggers, policies and rules too); other nodes walked as any.
-    fn walk_dropping(&mut self, v: &'t V) {
-        if v.name() != "DropStmt" {
-            return self.walk_fields(v, &[]);
-        }
-        let kind = v.int("remove_type");
-        for o in v.list("objects") {
-            let parts = name_parts(std::slice::from_ref(o));
-            if is_relation_type(kind) {
-                self.qualified_table(&parts);
-            } else if is_table_member_type(kind) && parts.len() >= 2 {
-                self.qualified_table(&parts[..parts.len() - 1]);
-            }
-        }
-        self.walk_fields(v, &["objects"]);
     }
 
     /// A query (SELECT, or DML anywhere): its kind, its WITH scope, then its parts.
