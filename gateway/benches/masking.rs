@@ -1,5 +1,6 @@
 //! Masking throughput: an Okta-style users list (~1 MB) with all nine detectors and two field
-//! rules, the same shape with nothing to mask, and one log line through the detectors.
+//! rules, the same shape with nothing to mask, one log line through the detectors, and the
+//! response credential scrub over the list.
 //!
 //! Run: `cargo bench -p agentgate --bench masking -- --warm-up-time 1 --measurement-time 3`.
 
@@ -7,6 +8,7 @@ use std::fmt::Write;
 use std::hint::black_box;
 
 use agentgate::masking::{HashKey, MaskingPlan};
+use agentgate::protocol::http::scrub::CredentialFinders;
 use agentgate_crds::policy::MaskingRule;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
@@ -106,6 +108,25 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    group.finish();
+
+    // The credential scrub reads every response of a Connection with a credential, masked or
+    // not: a Basic secret and its token, over the list with nothing to find.
+    let finders = CredentialFinders::new(&[
+        b"s3cr3t-PASSWORD+/value",
+        b"c3ZjLWFnZW50Z2F0ZTpzM2NyM3QtUEFTU1dPUkQrL3ZhbHVl",
+    ])
+    .unwrap();
+    let mut group = c.benchmark_group("credential_scrub");
+    let doc = users(false);
+    group.throughput(Throughput::Bytes(doc.len() as u64));
+    let mut buf = doc.clone();
+    group.bench_function("no_hits_1mb", |b| {
+        b.iter(|| {
+            buf.copy_from_slice(&doc);
+            black_box(finders.overwrite(black_box(&mut buf)))
+        })
+    });
     group.finish();
 
     let line = "2026-01-20T09:14:55.123Z INFO request_id=7f3a9c2e-1b4d-4e8f-9a6b-2c5d8e1f3a7b \

@@ -1119,6 +1119,27 @@ fn reflected_basic_tokens_and_compressed_bodies_never_reach_the_agent() {
         );
     }
     assert_eq!(r.json()["you_sent"], format!("Basic {}", "*".repeat(token.len())));
+    // Spelled in escapes a decoder reads back (every byte `%XX`, `&#N;`, `\u00XX`), the token
+    // is overwritten all the same, escapes and all.
+    let r = s.curl(&[], "/okta/reflect?encoded");
+    assert_eq!(r.status, 200, "{r:?}");
+    let spelled = |f: &dyn Fn(u8) -> String| token.bytes().map(f).collect::<String>();
+    let stars = |f: &dyn Fn(u8) -> String| "*".repeat(spelled(f).len());
+    let percent = |b: u8| format!("%{b:02X}");
+    let entity = |b: u8| format!("&#{b};");
+    let escaped = |b: u8| format!("\\u{b:04x}");
+    let body = r.json();
+    assert_eq!(
+        body["every_byte"],
+        format!("%42%61%73%69%63%20{}", stars(&percent)),
+        "{r:?}"
+    );
+    assert_eq!(
+        body["html"],
+        format!("&#66;&#97;&#115;&#105;&#99;&#32;{}", stars(&entity)),
+        "{r:?}"
+    );
+    assert_eq!(body["json_u"], format!("Basic {}", stars(&escaped)), "{r:?}");
     let r = s.curl(&[], "/okta/gzip-reflect");
     assert_eq!(
         (r.status, r.problem()),

@@ -12,7 +12,9 @@ check exactly what the gateway forwarded. A few paths serve fixed content for ma
                       (URL-decoded) in encoding E (default utf-8)
   /binary             application/octet-stream
   /big?bytes=N        a JSON document of about N bytes
-  /reflect            the Authorization header it received, in a header and the body
+  /reflect            the Authorization header it received, in a header and the body; with
+                      `encoded` in the query, also spelled in escapes (every byte `%XX`, `&#N;`
+                      and `\\uXXXX`)
   /gzip-reflect       the same body, gzip-compressed whatever the client accepts (some do)
   /te-gzip-reflect    the same, compressed as a transfer coding (`Transfer-Encoding: gzip, chunked`)
   /lying-length       the users list chunked, with a `Content-Length: 0` beside it
@@ -170,6 +172,16 @@ class Handler(BaseHTTPRequestHandler):
             # A careless upstream that reflects the credential it was sent, in a header and body.
             raw = self.headers.get("Authorization", "")
             payload = json.dumps({"you_sent": raw}).encode()
+            if "encoded" in self.path.split("?", 1)[-1]:
+                # Spelled as encoders that escape more than they must write it: every byte
+                # percent-encoded, as an HTML numeric entity, as a JSON \u escape.
+                payload = json.dumps(
+                    {
+                        "you_sent": raw,
+                        "every_byte": "".join("%%%02X" % b for b in raw.encode()),
+                        "html": "".join("&#%d;" % b for b in raw.encode()),
+                    }
+                ).encode()[:-1] + b', "json_u": "%s"}' % "".join("\\u%04x" % b for b in raw.encode()).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))

@@ -10,6 +10,7 @@ pub mod plane;
 pub mod problem;
 pub mod proxy;
 pub mod response;
+pub mod scrub;
 pub mod server;
 pub mod tls;
 pub mod upstream;

@@ -27,6 +27,7 @@ use super::params;
 use super::plane::{Gateway, Plane};
 use super::problem::{self, Kind, Problem, StatusTarget};
 use super::response::{self, ContentClass, MAX_MASKING_MEMORY, MaskFailure, RecordSink, Recorded};
+use super::scrub;
 use crate::approval::unix_now;
 use crate::config::CompiledConnection;
 use crate::identity::dpop::RequestTarget;
@@ -1344,7 +1345,7 @@ async fn proxy(
         for n in leaking {
             res_parts.headers.remove(n);
         }
-        res_body = response::scrubbed(res_body, finder.clone()).boxed();
+        res_body = scrub::scrubbed(res_body, finder.clone()).boxed();
     }
     let class = response::masking_class(
         res_parts

@@ -1,0 +1,601 @@
+//! The Connection's credential kept out of responses: an upstream that reflects what it was sent
+//! (a debug echo, an error page, a callback URL) must not hand it to the agent.
+//!
+//! A reflection is found however the upstream wrote it back. Each byte of the credential may
+//! appear as itself or as any escape a decoder turns back into it, in any mix and either hex
+//! case:
+//! - JSON: `\/`, `\"`, `\\`, `\uXXXX`;
+//! - URLs and forms: `%XX`, and `+` for a space;
+//! - HTML: `&#N;`, `&#xH;` and the five named entities.
+//!
+//! A list of whole encoded forms (the credential as each known encoder writes it) missed a
+//! credential escaped in part by one encoder and in part by another: a percent-encoded URL inside
+//! PHP's JSON, say, or an encoder that escapes more than the list expected. Escapes of escapes
+//! (`%252B`) are not decoded.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::body::{Body, BodyError};
+use super::response::{Rewrite, Rewritten};
+
+/// Shortest credential scrubbed from responses: shorter values would match ordinary text.
+pub const MIN_SCRUBBED_SECRET: usize = 8;
+
+/// Most decimal digits read in an HTML numeric entity (`&#0000043;`); more is not a reflection.
+const MAX_DECIMAL_DIGITS: usize = 7;
+/// Most hex digits read in an HTML hex entity (`&#x00002B;`).
+const MAX_HEX_DIGITS: usize = 6;
+
+/// HTML's named entities for the characters HTML encoders escape.
+const NAMED_ENTITIES: [(&[u8], u8); 5] = [
+    (b"&amp;", b'&'),
+    (b"&lt;", b'<'),
+    (b"&gt;", b'>'),
+    (b"&quot;", b'"'),
+    (b"&apos;", b'\''),
+];
+
+/// The searcher for one Connection's credential in each form it travels in (the secret itself,
+/// and the Basic token the upstream receives, which it may reflect), built once per
+/// configuration.
+pub struct CredentialFinders {
+    secrets: Vec<Box<[u8]>>,
+    /// Each secret's first two bytes, raw: where most reflections begin, found by SIMD search.
+    prefixes: Vec<memchr::memmem::Finder<'static>>,
+    /// The secrets' first bytes.
+    first: [bool; 256],
+    /// Whether a `+` (a form's space) can begin a reflection or follow its first byte.
+    plus: bool,
+}
+
+/// Never the secrets: they are the credential.
+impl std::fmt::Debug for CredentialFinders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CredentialFinders({} forms)", self.secrets.len())
+    }
+}
+
+/// What reading one byte of a secret at a position found.
+enum Unit {
+    /// The byte, written in this many input bytes.
+    Len(usize),
+    /// Not the byte.
+    No,
+    /// The input ends before it can tell.
+    More,
+}
+
+/// What matching a whole secret from a position found.
+enum Attempt {
+    /// The secret, ending here (exclusive).
+    Found(usize),
+    No,
+    /// The input ends before it can tell.
+    More,
+}
+
+impl CredentialFinders {
+    /// A searcher for the `forms` long enough to scrub without mangling ordinary text; `None`
+    /// when there is none.
+    pub fn new(forms: &[&[u8]]) -> Option<Arc<Self>> {
+        let mut secrets: Vec<Box<[u8]>> = forms
+            .iter()
+            .filter(|f| f.len() >= MIN_SCRUBBED_SECRET)
+            .map(|f| Box::from(*f))
+            .collect();
+        secrets.sort_unstable();
+        secrets.dedup();
+        let mut first = [false; 256];
+        for s in &secrets {
+            first[usize::from(s[0])] = true;
+        }
+        let prefixes = secrets
+            .iter()
+            .map(|s| memchr::memmem::Finder::new(&s[..2]).into_owned())
+            .collect();
+        let plus = secrets.iter().any(|s| s[..2].contains(&b' '));
+        (!secrets.is_empty()).then(|| {
+            Arc::new(Self {
+                secrets,
+                prefixes,
+                first,
+                plus,
+            })
+        })
+    }
+
+    /// Whether a reflection occurs in `haystack`, a whole value (a header's, say).
+    pub fn found_in(&self, haystack: &[u8]) -> bool {
+        !self.matches(haystack, true).0.is_empty()
+    }
+
+    /// Overwrites every reflection in a whole `buf` with `*` of the same length (so framing and
+    /// Content-Length stay valid); returns whether there was one.
+    pub fn overwrite(&self, buf: &mut [u8]) -> bool {
+        self.overwrite_until(buf, true).0
+    }
+
+    /// Overwrites the reflections of `buf` that end before anything that could begin one the
+    /// input cuts short (unless `complete`, when the input is all there is); returns whether it
+    /// overwrote one and how many leading bytes are final (all of them when `complete`).
+    fn overwrite_until(&self, buf: &mut [u8], complete: bool) -> (bool, usize) {
+        let (found, safe) = self.matches(buf, complete);
+        for r in &found {
+            buf[r.clone()].fill(b'*');
+        }
+        (!found.is_empty(), safe)
+    }
+
+    /// The reflections in `buf`, leftmost first, and how many leading bytes are final: at a
+    /// position where a secret could begin but the input ends before it can tell, the search
+    /// stops (unless `complete`), so a reflection split across chunks is found whole once the
+    /// next arrives and the result never depends on where the input was cut.
+    fn matches(&self, buf: &[u8], complete: bool) -> (Vec<Range<usize>>, usize) {
+        let (mut frontier, mut next) = (Vec::new(), Vec::new());
+        let mut found = Vec::new();
+        let mut ahead = Ahead {
+            escape: None,
+            pairs: vec![None; self.prefixes.len()],
+        };
+        let mut p = 0;
+        while p < buf.len() {
+            p = self.next_candidate(buf, p, &mut ahead);
+            if p == buf.len() {
+                break;
+            }
+            let mut end: Option<usize> = None;
+            for secret in &self.secrets {
+                match attempt(secret, buf, p, complete, &mut frontier, &mut next) {
+                    Attempt::Found(e) => end = Some(end.map_or(e, |x| x.max(e))),
+                    Attempt::More => return (found, p),
+                    Attempt::No => {}
+                }
+            }
+            match end {
+                Some(e) => {
+                    found.push(p..e);
+                    p = e;
+                }
+                None => p += 1,
+            }
+        }
+        (found, buf.len())
+    }
+
+    /// The first position from `p` where a reflection could begin, or `buf.len()`. A reflection
+    /// begins with a secret's first byte spelled raw or escaped. Raw, the byte after it is the
+    /// second byte raw (a two-byte search finds the pair) or begins an escape. So only a pair,
+    /// an escape's first byte, the byte before one, and a first byte ending the input qualify,
+    /// and memchr finds them many bytes at a time. `ahead` keeps what earlier calls found past
+    /// `p`, so each byte is searched once.
+    fn next_candidate(&self, buf: &[u8], p: usize, ahead: &mut Ahead) -> usize {
+        let stale = |at: Option<usize>| at.is_none_or(|at| at < p);
+        if stale(ahead.escape) {
+            let rest = &buf[p..];
+            let mut esc = memchr::memchr3(b'\\', b'%', b'&', rest);
+            if self.plus {
+                esc = match (esc, memchr::memchr(b'+', rest)) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            ahead.escape = Some(esc.map_or(buf.len(), |i| p + i));
+        }
+        let esc = ahead.escape.unwrap_or(buf.len());
+        let mut best = esc;
+        if esc < buf.len() && esc > p && self.first[usize::from(buf[esc - 1])] {
+            best = esc - 1;
+        }
+        for (prefix, pair) in self.prefixes.iter().zip(&mut ahead.pairs) {
+            if stale(*pair) {
+                *pair = Some(prefix.find(&buf[p..]).map_or(buf.len(), |i| p + i));
+            }
+            best = best.min(pair.unwrap_or(buf.len()));
+        }
+        if best == buf.len() && self.first[usize::from(buf[buf.len() - 1])] {
+            best = buf.len() - 1;
+        }
+        best
+    }
+}
+
+/// The next escape and the next raw pair of each secret at or after where the search last
+/// looked, absolute; `None` before the first look.
+struct Ahead {
+    escape: Option<usize>,
+    pairs: Vec<Option<usize>>,
+}
+
+/// Matches `secret` at `start`, following every way the input can spell each byte (a raw `%`
+/// and an escape beginning with one can both be right): `frontier` and `next` hold the
+/// positions reached so far, reused across calls.
+fn attempt(
+    secret: &[u8],
+    buf: &[u8],
+    start: usize,
+    complete: bool,
+    frontier: &mut Vec<usize>,
+    next: &mut Vec<usize>,
+) -> Attempt {
+    frontier.clear();
+    frontier.push(start);
+    let mut more = false;
+    for &want in secret {
+        next.clear();
+        for &at in frontier.iter() {
+            for unit in units(buf, at, want) {
+                match unit {
+                    Unit::Len(n) => next.push(at + n),
+                    Unit::More => more = true,
+                    Unit::No => {}
+                }
+            }
+        }
+        if next.is_empty() {
+            frontier.clear();
+            break;
+        }
+        next.sort_unstable();
+        next.dedup();
+        std::mem::swap(frontier, next);
+    }
+    match frontier.last() {
+        // A spelling the input cut short could still end elsewhere: wait for the rest, so the
+        // outcome is the same however the body was split.
+        _ if more && !complete => Attempt::More,
+        Some(&end) => Attempt::Found(end),
+        None => Attempt::No,
+    }
+}
+
+/// The ways `buf` spells the byte `want` at `at`: raw, and as the escape that begins there.
+fn units(buf: &[u8], at: usize, want: u8) -> [Unit; 2] {
+    let Some(&b) = buf.get(at) else {
+        return [Unit::More, Unit::No];
+    };
+    let raw = if b == want { Unit::Len(1) } else { Unit::No };
+    let escaped = match b {
+        b'\\' if want.is_ascii() => json_escape(buf, at, want),
+        b'%' => hex_is(buf, at + 1, 2, u32::from(want)).then_len(3),
+        b'+' if want == b' ' => Unit::Len(1),
+        b'&' if want.is_ascii() => html_entity(buf, at, want),
+        _ => Unit::No,
+    };
+    [raw, escaped]
+}
+
+/// `\/`, `\"`, `\\` or `\uXXXX` for `want` at `at` (a backslash).
+fn json_escape(buf: &[u8], at: usize, want: u8) -> Unit {
+    match buf.get(at + 1) {
+        None => Unit::More,
+        Some(&c @ (b'/' | b'"' | b'\\')) if c == want => Unit::Len(2),
+        Some(b'u') => hex_is(buf, at + 2, 4, u32::from(want)).then_len(6),
+        Some(_) => Unit::No,
+    }
+}
+
+/// `&#N;`, `&#xH;` or a named entity for `want` at `at` (an ampersand).
+fn html_entity(buf: &[u8], at: usize, want: u8) -> Unit {
+    match buf.get(at + 1) {
+        None => Unit::More,
+        Some(b'#') => {
+            let (radix, first, max) = match buf.get(at + 2) {
+                None => return Unit::More,
+                Some(b'x' | b'X') => (16, at + 3, MAX_HEX_DIGITS),
+                Some(_) => (10, at + 2, MAX_DECIMAL_DIGITS),
+            };
+            let mut value = 0u32;
+            for i in first..first + max + 1 {
+                match buf.get(i) {
+                    None => return Unit::More,
+                    Some(b';') if i > first => {
+                        return if value == u32::from(want) {
+                            Unit::Len(i + 1 - at)
+                        } else {
+                            Unit::No
+                        };
+                    }
+                    Some(&d) => match (d as char).to_digit(radix) {
+                        // Digits only add to the value: past `want`, it cannot come back.
+                        Some(v) if i < first + max && value * radix + v <= u32::from(want) => {
+                            value = value * radix + v;
+                            // Another digit would pass `want`: only `;` can follow.
+                            if value != u32::from(want) && value * radix > u32::from(want) {
+                                return Unit::No;
+                            }
+                        }
+                        _ => return Unit::No,
+                    },
+                }
+            }
+            Unit::No
+        }
+        Some(_) => {
+            let Some((name, _)) = NAMED_ENTITIES.iter().find(|(_, c)| *c == want) else {
+                return Unit::No;
+            };
+            let rest = &buf[at..];
+            if rest.starts_with(name) {
+                Unit::Len(name.len())
+            } else if name.starts_with(rest) {
+                Unit::More
+            } else {
+                Unit::No
+            }
+        }
+    }
+}
+
+/// What reading hex digits found.
+enum Hex {
+    Is,
+    Not,
+    More,
+}
+
+impl Hex {
+    fn then_len(self, len: usize) -> Unit {
+        match self {
+            Hex::Is => Unit::Len(len),
+            Hex::Not => Unit::No,
+            Hex::More => Unit::More,
+        }
+    }
+}
+
+/// Whether the `n` hex digits at `from` (either case) are `want`, checked digit by digit, so a
+/// cut-short escape that cannot be `want` is told apart at once.
+fn hex_is(buf: &[u8], from: usize, n: usize, want: u32) -> Hex {
+    for i in 0..n {
+        let Some(&d) = buf.get(from + i) else {
+            return Hex::More;
+        };
+        let expected = (want >> (4 * (n - 1 - i))) & 0xf;
+        if (d as char).to_digit(16) != Some(expected) {
+            return Hex::Not;
+        }
+    }
+    Hex::Is
+}
+
+/// Overwrites every reflection of the Connection's credential in a response body as it streams.
+/// Holds back only a chunk's end that could begin a reflection, so one split across chunks is
+/// still found and nothing else is delayed.
+pub struct Scrubber {
+    finders: Arc<CredentialFinders>,
+    held: BytesMut,
+}
+
+/// `inner` with every reflection `finders` search for scrubbed.
+pub fn scrubbed(inner: Body, finders: Arc<CredentialFinders>) -> Rewritten<Scrubber> {
+    Rewritten::new(
+        inner,
+        Scrubber {
+            finders,
+            held: BytesMut::new(),
+        },
+    )
+}
+
+impl Rewrite for Scrubber {
+    fn chunk(&mut self, data: Bytes) -> Result<Option<Bytes>, BodyError> {
+        self.held.extend_from_slice(&data);
+        let mut buf = std::mem::take(&mut self.held);
+        let (_, safe) = self.finders.overwrite_until(&mut buf, false);
+        self.held = buf.split_off(safe);
+        Ok((!buf.is_empty()).then(|| buf.freeze()))
+    }
+
+    fn end(&mut self) -> Result<Option<Bytes>, BodyError> {
+        let mut rest = std::mem::take(&mut self.held);
+        self.finders.overwrite(&mut rest);
+        Ok((!rest.is_empty()).then(|| rest.freeze()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+
+    fn finders(forms: &[&[u8]]) -> Arc<CredentialFinders> {
+        CredentialFinders::new(forms).expect("long enough")
+    }
+
+    #[tokio::test]
+    async fn a_reflected_credential_is_overwritten_even_across_chunks() {
+        let secret = b"00CANARY-secret";
+        let chunks: Vec<Result<Frame<Bytes>, BodyError>> = [
+            "{\"auth\":\"SSWS 00CAN",
+            "ARY-secret\",\"again\":\"00CANARY-secret\"}",
+        ]
+        .into_iter()
+        .map(|c| Ok(Frame::data(Bytes::from(c))))
+        .collect();
+        let body: Body = StreamBody::new(futures_util::stream::iter(chunks)).boxed();
+        let out = scrubbed(body, finders(&[secret]))
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        let text = std::str::from_utf8(&out).unwrap();
+        assert_eq!(
+            text,
+            "{\"auth\":\"SSWS ***************\",\"again\":\"***************\"}"
+        );
+        assert!(CredentialFinders::new(&[b"short"]).is_none());
+    }
+
+    #[test]
+    fn only_what_could_begin_a_reflection_waits_for_the_next_chunk() {
+        let f = finders(&[b"00CANARY-secret"]);
+        let safe = |buf: &[u8]| f.matches(buf, false).1;
+        assert_eq!(safe(b"abc 00CAN"), 4);
+        assert_eq!(safe(b"abc\n"), 4);
+        // An escape cut short is held while it could still spell the next byte...
+        assert_eq!(safe(b"abc 00CANARY%2"), 4);
+        assert_eq!(safe(b"abc 00CANARY\\u00"), 4);
+        assert_eq!(safe(b"x %3"), 2);
+        assert_eq!(safe(b"x &#4"), 2);
+        // ... and not once it cannot.
+        assert_eq!(safe(b"abc 00CANARY%41"), 15);
+        assert_eq!(safe(b"x %4"), 4);
+        assert_eq!(safe(b"x &#5"), 5);
+        assert_eq!(safe(b"x &lt"), 5);
+    }
+
+    /// Each byte as itself or in any escape a decoder reads back, mixed within one reflection:
+    /// the forms one list of whole encodings missed are the first four.
+    #[test]
+    fn reflections_are_found_in_any_mix_of_escapes() {
+        let token = b"c3Zj+OjAw/Q0FOQVJZ==";
+        let f = finders(&[token]);
+        for reflected in [
+            // A percent-encoded URL (Python's quote keeps `/`) inside PHP's JSON (`\/`).
+            &br#"{"next":"https:\/\/cb?t=c3Zj%2BOjAw\/Q0FOQVJZ%3D%3D"}"#[..],
+            // Every byte percent-encoded, letters too: decoders read it back all the same.
+            b"t=%63%33%5a%6A%2B%4F%6A%41%77%2F%51%30%46%4F%51%56%4A%5A%3D%3D",
+            // HTML entities, numeric and hex, in an error page.
+            b"<p>Basic c3Zj&#43;OjAw&#x2f;Q0FOQVJZ&#61;&#x003D;</p>",
+            // A `\u` escape beside a raw byte and a percent escape.
+            br#"c3Zj\u002BOjAw%2fQ0FOQVJZ=\u003d"#,
+            // The forms single encoders write.
+            br#"{"auth":"Basic c3Zj+OjAw\/Q0FOQVJZ=="}"#,
+            br#"{"auth":"Basic c3Zj\u002bOjAw\u002fQ0FOQVJZ\u003d\u003d"}"#,
+            br#"{"auth":"Basic c3Zj\u002BOjAw\u002FQ0FOQVJZ\u003D\u003D"}"#,
+            b"Location: /cb?t=c3Zj%2bOjAw%2fQ0FOQVJZ%3d%3d",
+        ] {
+            let text = String::from_utf8_lossy(reflected);
+            assert!(f.found_in(reflected), "{text}");
+            let mut buf = reflected.to_vec();
+            assert!(f.overwrite(&mut buf), "{text}");
+            assert!(!f.found_in(&buf), "{text}");
+            assert_eq!(buf.len(), reflected.len());
+        }
+        let f = finders(&[b"00CANARY-secret"]);
+        for reflected in [
+            &b"00CANARY%2Dsecret"[..],
+            br"00CANARY\u002dsecret",
+            b"00CANARY&#45;secret",
+            b"%30%30CANARY-secret",
+        ] {
+            assert!(f.found_in(reflected), "{}", String::from_utf8_lossy(reflected));
+        }
+        // The raw pair begins right before a first byte that an escape follows.
+        let f9 = finders(&[b"aaaaaaaaa"]);
+        assert!(f9.found_in(b"aa%61%61%61%61%61%61%61"));
+        let found = f9.matches(b"xaa%61%61%61%61%61%61%61", true).0;
+        assert_eq!((found.len(), found.first()), (1, Some(&(1..24))));
+        // A space may be a `+` in a form body; named entities spell what HTML escapes.
+        assert!(finders(&[b"pass word&<1>"]).found_in(b"pass+word&amp;&lt;1&gt;"));
+        for near_miss in [
+            &b"00CANARY-secreT"[..],
+            b"00CANARY%2Esecret",
+            br"00CANARY\u002Xsecret",
+            b"00CANARY&#46;secret",
+            b"00CANARY&#045secret",
+            b"00CANARY-secre",
+            b"00CANARY%252Dsecret",
+        ] {
+            assert!(!f.found_in(near_miss), "{}", String::from_utf8_lossy(near_miss));
+        }
+    }
+
+    /// A raw `%` of the secret and an escape beginning with one can both be right: both are
+    /// followed.
+    #[test]
+    fn a_secret_with_escape_characters_is_found_raw_and_escaped() {
+        let f = finders(&[b"p%25\\&amp;word"]);
+        assert!(f.found_in(b"x p%25\\&amp;word y"));
+        assert!(f.found_in(b"x p%2525%5C&amp;amp;word y"));
+        assert!(f.found_in(br"x p\u002525\\&#38;amp;word y"));
+    }
+
+    /// Every form is scrubbed, whichever comes first; a short one is left alone.
+    #[test]
+    fn every_form_is_scrubbed() {
+        let f = finders(&[b"00CANARY-secret", b"c3ZjOjAwQ0FOQVJZLXNlY3JldA==", b"ab"]);
+        let mut buf = b"Basic c3ZjOjAwQ0FOQVJZLXNlY3JldA== and 00CANARY-secret, ab".to_vec();
+        assert!(f.overwrite(&mut buf));
+        assert!(!f.found_in(&buf));
+        assert!(buf.ends_with(b", ab"));
+        assert_eq!(f.matches(b"x c3ZjOjAw", false).1, 2);
+    }
+
+    /// What an attempt at every position finds, leftmost first: what the search for candidates
+    /// must find too.
+    fn every_position(f: &CredentialFinders, buf: &[u8]) -> Vec<Range<usize>> {
+        let (mut frontier, mut next) = (Vec::new(), Vec::new());
+        let (mut found, mut p) = (Vec::new(), 0);
+        while p < buf.len() {
+            let end = f
+                .secrets
+                .iter()
+                .filter_map(|s| match attempt(s, buf, p, true, &mut frontier, &mut next) {
+                    Attempt::Found(e) => Some(e),
+                    _ => None,
+                })
+                .max();
+            match end {
+                Some(e) => {
+                    found.push(p..e);
+                    p = e;
+                }
+                None => p += 1,
+            }
+        }
+        found
+    }
+
+    /// However the upstream splits a body into chunks, the scrubbed stream is the scrubbed whole
+    /// body, and never shows the credential; credentials that overlap themselves, and escapes
+    /// split anywhere, included. The whole body's reflections are those an attempt at every
+    /// position finds.
+    #[tokio::test]
+    async fn chunking_never_changes_what_is_scrubbed() {
+        let mut rng = crate::mutate::Mutator::new(5);
+        for secret in [&b"00CANARY-secret"[..], b"abababab", b"aaaaaaaaa", b"abc%abcabd"] {
+            let f = finders(&[secret]);
+            let pieces: [&[u8]; 10] = [
+                secret,
+                &secret[..secret.len() / 2],
+                &secret[secret.len() / 2..],
+                b"a",
+                b"b",
+                b"x ",
+                b"%61",
+                b"\\u0062",
+                b"&#x25;",
+                b"%61%61%61%61%61%61%61",
+            ];
+            for _ in 0..300 * crate::mutate::scale() {
+                let body: Vec<u8> = (0..rng.below(12))
+                    .flat_map(|_| rng.pick(&pieces).to_vec())
+                    .collect();
+                assert_eq!(
+                    f.matches(&body, true).0,
+                    every_position(&f, &body),
+                    "{}",
+                    String::from_utf8_lossy(&body)
+                );
+                let mut whole = body.clone();
+                f.overwrite(&mut whole);
+                let mut chunks = Vec::new();
+                let mut rest = &body[..];
+                while !rest.is_empty() {
+                    let n = 1 + rng.below(rest.len().min(12));
+                    chunks.push(Ok(Frame::data(Bytes::copy_from_slice(&rest[..n]))));
+                    rest = &rest[n..];
+                }
+                let stream: Body = StreamBody::new(futures_util::stream::iter(chunks)).boxed();
+                let out = scrubbed(stream, f.clone()).collect().await.unwrap().to_bytes();
+                assert_eq!(&out[..], &whole[..], "{}", String::from_utf8_lossy(&body));
+                assert!(!f.found_in(&out), "{}", String::from_utf8_lossy(&body));
+            }
+        }
+    }
+}
