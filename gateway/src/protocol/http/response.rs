@@ -951,13 +951,32 @@ pub trait Rewrite: Send + Sync + Unpin + 'static {
     fn chunk(&mut self, data: Bytes) -> Result<Option<Bytes>, BodyError>;
     /// The body ended; returns what was held back.
     fn end(&mut self) -> Result<Option<Bytes>, BodyError>;
+    /// Whether it holds bytes back that a stalled upstream must not keep for ever (they draw on
+    /// the masking budget): see [`HELD_BYTES_LIMIT`].
+    fn holding(&self) -> bool {
+        false
+    }
 }
+
+/// Longest a rewrite may hold bytes back while sending nothing: a line that never ends (an
+/// upstream, or a followed pod's log, that writes part of a long line and stops) would keep its
+/// share of the masking budget for as long as the stream stays open, and enough such streams
+/// would refuse every masked response. The stream is cut instead; lines that keep completing,
+/// and a quiet stream holding nothing (a watch between events), are never cut.
+pub const HELD_BYTES_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The error a stream ends with when [`HELD_BYTES_LIMIT`] passed.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent part of a line and no end to it for {} s: the stream was cut, since the masker cannot send a value it has not seen whole", HELD_BYTES_LIMIT.as_secs())]
+pub struct HeldTooLong;
 
 /// A body whose data passes through a [`Rewrite`]; other frames (trailers) pass unchanged.
 pub struct Rewritten<R> {
     inner: Body,
     rewrite: R,
     done: bool,
+    /// When the bytes held since the rewrite last sent something must be out by.
+    held_until: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<R: Rewrite> Rewritten<R> {
@@ -966,7 +985,21 @@ impl<R: Rewrite> Rewritten<R> {
             inner,
             rewrite,
             done: false,
+            held_until: None,
         }
+    }
+
+    /// Arms the limit when bytes are held and none was armed; disarms it when nothing is held.
+    /// Returns whether it has passed.
+    fn held_too_long(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.rewrite.holding() {
+            self.held_until = None;
+            return false;
+        }
+        let deadline = self
+            .held_until
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(HELD_BYTES_LIMIT)));
+        deadline.as_mut().poll(cx).is_ready()
     }
 }
 
@@ -983,6 +1016,7 @@ impl<R: Rewrite> HttpBody for Rewritten<R> {
                 return Poll::Ready(None);
             }
             let step = match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending if self.held_too_long(cx) => Err(Box::new(HeldTooLong) as BodyError),
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
                     self.done = true;
@@ -996,7 +1030,16 @@ impl<R: Rewrite> HttpBody for Rewritten<R> {
                 },
             };
             match step {
-                Ok(Some(b)) => return Poll::Ready(Some(Ok(Frame::data(b)))),
+                Ok(Some(b)) => {
+                    // Something went out: what is held now is newer.
+                    self.held_until = None;
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
+                }
+                // A trickle of bytes that completes nothing is no progress.
+                Ok(None) if self.held_too_long(cx) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(Box::new(HeldTooLong))));
+                }
                 Ok(None) => continue,
                 Err(e) => {
                     self.done = true;
@@ -1225,6 +1268,10 @@ impl Rewrite for LineMasker {
 
     fn end(&mut self) -> Result<Option<Bytes>, BodyError> {
         self.drain(true)
+    }
+
+    fn holding(&self) -> bool {
+        !self.buf.is_empty()
     }
 }
 
@@ -2188,6 +2235,108 @@ mod tests {
         assert!(cut.is_err());
         drop(body);
         assert_eq!(budget.available_permits(), 2);
+    }
+
+    /// A line that never ends, whether the upstream goes quiet or trickles bytes that complete
+    /// nothing, is cut [`HELD_BYTES_LIMIT`] after the stream last sent something, and gives back
+    /// its share of the masking budget.
+    #[tokio::test(start_paused = true)]
+    async fn a_line_that_never_ends_is_cut_at_the_held_limit() {
+        use hyper::body::Body as _;
+        for trickle in [false, true] {
+            let budget = Arc::new(tokio::sync::Semaphore::new(4));
+            let (tx, inner) = channel_body();
+            let mut body = Box::pin(masked_lines_within(
+                inner,
+                phone_plan("Refuse"),
+                ContentClass::Text,
+                Arc::new(|_: &MaskReport| {}),
+                Some(budget.clone()),
+            ));
+            tx.send(Bytes::from_static(b"done\n")).unwrap();
+            let start = tokio::time::Instant::now();
+            let next = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+            assert_eq!(next.unwrap().unwrap().into_data().unwrap(), "done\n");
+            tx.send(Bytes::from(vec![b'a'; 1500])).unwrap();
+            let feeder = trickle.then(|| {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                        if tx.send(Bytes::from_static(b"a")).is_err() {
+                            break;
+                        }
+                    }
+                })
+            });
+            let cut = tokio::time::timeout(
+                std::time::Duration::from_secs(3600),
+                std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)),
+            )
+            .await
+            .expect("the held line was never cut")
+            .unwrap();
+            let err = cut.unwrap_err();
+            assert!(err.is::<HeldTooLong>(), "{err}");
+            assert!(err.to_string().contains("60 s"), "{err}");
+            let waited = start.elapsed();
+            assert!(
+                waited >= HELD_BYTES_LIMIT && waited < HELD_BYTES_LIMIT + std::time::Duration::from_secs(1),
+                "trickle {trickle}: cut after {waited:?}"
+            );
+            assert!(budget.available_permits() < 4, "the held line holds a share");
+            if let Some(f) = feeder {
+                f.abort();
+            }
+            drop(body);
+            assert_eq!(budget.available_permits(), 4);
+        }
+    }
+
+    /// Lines that keep completing are progress, whatever each chunk leaves held; a quiet stream
+    /// holding nothing (a watch between events) is never cut.
+    #[tokio::test(start_paused = true)]
+    async fn streams_that_send_or_hold_nothing_are_not_cut() {
+        use hyper::body::Body as _;
+        let (tx, inner) = channel_body();
+        let mut body = std::pin::pin!(masked_lines(
+            inner,
+            phone_plan("Refuse"),
+            ContentClass::Text,
+            Arc::new(|_: &MaskReport| {})
+        ));
+        let feeder = tokio::spawn(async move {
+            tx.send(Bytes::from_static(b"first")).unwrap();
+            for _ in 0..6 {
+                tokio::time::sleep(std::time::Duration::from_secs(40)).await;
+                tx.send(Bytes::from_static(b" ends\nnext")).unwrap();
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(40)).await;
+            tx.send(Bytes::from_static(b" ends\n")).unwrap();
+            // Quiet, holding nothing, the stream still open.
+            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+            drop(tx);
+        });
+        let mut lines = 0;
+        while lines < 7 {
+            let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+            let data = frame
+                .unwrap()
+                .expect("cut while lines kept completing")
+                .into_data()
+                .unwrap();
+            lines += data.iter().filter(|&&b| b == b'\n').count();
+        }
+        let quiet = tokio::time::timeout(
+            std::time::Duration::from_secs(600),
+            std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)),
+        )
+        .await;
+        assert!(
+            quiet.is_err(),
+            "a quiet stream holding nothing was ended: {quiet:?}"
+        );
+        feeder.abort();
     }
 
     /// Under Allow a document that does not close within the hold limit goes on as text, so a
