@@ -24,6 +24,11 @@ use super::response::{Rewrite, Rewritten};
 /// Shortest credential scrubbed from responses: shorter values would match ordinary text.
 pub const MIN_SCRUBBED_SECRET: usize = 8;
 
+/// How many of a secret's first bytes, raw, the search looks for; a reflection with an escape
+/// among them is found by the escape. At most [`MIN_SCRUBBED_SECRET`].
+const RAW_PREFIX: usize = 8;
+const _: () = assert!(RAW_PREFIX <= MIN_SCRUBBED_SECRET);
+
 /// Most decimal digits read in an HTML numeric entity (`&#0000043;`); more is not a reflection.
 const MAX_DECIMAL_DIGITS: usize = 7;
 /// Most hex digits read in an HTML hex entity (`&#x00002B;`).
@@ -43,7 +48,8 @@ const NAMED_ENTITIES: [(&[u8], u8); 5] = [
 /// configuration.
 pub struct CredentialFinders {
     secrets: Vec<Box<[u8]>>,
-    /// Each secret's first two bytes, raw: where most reflections begin, found by SIMD search.
+    /// Each secret's first [`RAW_PREFIX`] bytes, raw: where most reflections begin, found by
+    /// SIMD search.
     prefixes: Vec<memchr::memmem::Finder<'static>>,
     /// The secrets' first bytes.
     first: [bool; 256],
@@ -94,9 +100,9 @@ impl CredentialFinders {
         }
         let prefixes = secrets
             .iter()
-            .map(|s| memchr::memmem::Finder::new(&s[..2]).into_owned())
+            .map(|s| memchr::memmem::Finder::new(&s[..RAW_PREFIX]).into_owned())
             .collect();
-        let plus = secrets.iter().any(|s| s[..2].contains(&b' '));
+        let plus = secrets.iter().any(|s| s[..RAW_PREFIX].contains(&b' '));
         (!secrets.is_empty()).then(|| {
             Arc::new(Self {
                 secrets,
@@ -136,10 +142,15 @@ impl CredentialFinders {
     fn matches(&self, buf: &[u8], complete: bool) -> (Vec<Range<usize>>, usize) {
         let (mut frontier, mut next) = (Vec::new(), Vec::new());
         let mut found = Vec::new();
-        let mut ahead = Ahead {
-            escape: None,
-            pairs: vec![None; self.prefixes.len()],
+        // On the stack for the usual one or two forms: headers are searched one by one.
+        let (mut inline, mut heap) = ([None; 2], Vec::new());
+        let raw = if self.prefixes.len() <= inline.len() {
+            &mut inline[..self.prefixes.len()]
+        } else {
+            heap.resize(self.prefixes.len(), None);
+            &mut heap[..]
         };
+        let mut ahead = Ahead { escape: None, raw };
         let mut p = 0;
         while p < buf.len() {
             p = self.next_candidate(buf, p, &mut ahead);
@@ -165,13 +176,13 @@ impl CredentialFinders {
         (found, buf.len())
     }
 
-    /// The first position from `p` where a reflection could begin, or `buf.len()`. A reflection
-    /// begins with a secret's first byte spelled raw or escaped. Raw, the byte after it is the
-    /// second byte raw (a two-byte search finds the pair) or begins an escape. So only a pair,
-    /// an escape's first byte, the byte before one, and a first byte ending the input qualify,
-    /// and memchr finds them many bytes at a time. `ahead` keeps what earlier calls found past
-    /// `p`, so each byte is searched once.
-    fn next_candidate(&self, buf: &[u8], p: usize, ahead: &mut Ahead) -> usize {
+    /// The first position from `p` where a reflection could begin, or `buf.len()`. A
+    /// reflection's first [`RAW_PREFIX`] bytes are either all raw (a search for the secret's
+    /// first bytes finds them), or one of them begins an escape: then it begins with a secret's
+    /// first byte (or that escape) fewer than [`RAW_PREFIX`] bytes before an escape, or before
+    /// the input's end. memchr finds the searched bytes many at a time; `ahead` keeps what
+    /// earlier calls found past `p`, so each byte is searched once.
+    fn next_candidate(&self, buf: &[u8], p: usize, ahead: &mut Ahead<'_>) -> usize {
         let stale = |at: Option<usize>| at.is_none_or(|at| at < p);
         if stale(ahead.escape) {
             let rest = &buf[p..];
@@ -184,29 +195,27 @@ impl CredentialFinders {
             }
             ahead.escape = Some(esc.map_or(buf.len(), |i| p + i));
         }
+        // The escape (or the end) and the first bytes just before it.
         let esc = ahead.escape.unwrap_or(buf.len());
-        let mut best = esc;
-        if esc < buf.len() && esc > p && self.first[usize::from(buf[esc - 1])] {
-            best = esc - 1;
-        }
-        for (prefix, pair) in self.prefixes.iter().zip(&mut ahead.pairs) {
-            if stale(*pair) {
-                *pair = Some(prefix.find(&buf[p..]).map_or(buf.len(), |i| p + i));
+        let near = (p.max((esc + 1).saturating_sub(RAW_PREFIX))..esc)
+            .find(|&c| self.first[usize::from(buf[c])])
+            .unwrap_or(esc);
+        let mut best = near;
+        for (prefix, raw) in self.prefixes.iter().zip(ahead.raw.iter_mut()) {
+            if stale(*raw) {
+                *raw = Some(prefix.find(&buf[p..]).map_or(buf.len(), |i| p + i));
             }
-            best = best.min(pair.unwrap_or(buf.len()));
-        }
-        if best == buf.len() && self.first[usize::from(buf[buf.len() - 1])] {
-            best = buf.len() - 1;
+            best = best.min(raw.unwrap_or(buf.len()));
         }
         best
     }
 }
 
-/// The next escape and the next raw pair of each secret at or after where the search last
+/// The next escape and the next raw prefix of each secret at or after where the search last
 /// looked, absolute; `None` before the first look.
-struct Ahead {
+struct Ahead<'a> {
     escape: Option<usize>,
-    pairs: Vec<Option<usize>>,
+    raw: &'a mut [Option<usize>],
 }
 
 /// Matches `secret` at `start`, following every way the input can spell each byte (a raw `%`
@@ -524,6 +533,15 @@ mod tests {
         assert!(!f.found_in(&buf));
         assert!(buf.ends_with(b", ab"));
         assert_eq!(f.matches(b"x c3ZjOjAw", false).1, 2);
+        // More forms than the search keeps on the stack.
+        let f = finders(&[b"first-secret", b"second-secret", b"third%2Dsecret"]);
+        // (The third's own `%` may be spelled `%25`; a `-` is not it.)
+        let mut buf = b"third-secret, third%252Dsecret, second%2Dsecret, first-secret".to_vec();
+        assert!(f.overwrite(&mut buf));
+        assert_eq!(
+            &buf,
+            b"third-secret, ****************, ***************, ************"
+        );
     }
 
     /// What an attempt at every position finds, leftmost first: what the search for candidates
