@@ -29,18 +29,18 @@ pub const MIN_SCRUBBED_SECRET: usize = 8;
 const RAW_PREFIX: usize = 8;
 const _: () = assert!(RAW_PREFIX <= MIN_SCRUBBED_SECRET);
 
-/// Most decimal digits read in an HTML numeric entity (`&#0000043;`); more is not a reflection.
-const MAX_DECIMAL_DIGITS: usize = 7;
-/// Most hex digits read in an HTML hex entity (`&#x00002B;`).
-const MAX_HEX_DIGITS: usize = 6;
+/// Most digits read in an HTML numeric reference, leading zeros included (`&#0000043;`):
+/// decoders read any number, but a reference this long is not an encoder's.
+const MAX_ENTITY_DIGITS: usize = 32;
 
-/// HTML's named entities for the characters HTML encoders escape.
-const NAMED_ENTITIES: [(&[u8], u8); 5] = [
-    (b"&amp;", b'&'),
-    (b"&lt;", b'<'),
-    (b"&gt;", b'>'),
-    (b"&quot;", b'"'),
-    (b"&apos;", b'\''),
+/// HTML's named references for the characters HTML encoders escape, and whether HTML reads it
+/// without its `;` too (the legacy four).
+const NAMED_ENTITIES: [(&[u8], u8, bool); 5] = [
+    (b"&amp;", b'&', true),
+    (b"&lt;", b'<', true),
+    (b"&gt;", b'>', true),
+    (b"&quot;", b'"', true),
+    (b"&apos;", b'\'', false),
 ];
 
 /// The searcher for one Connection's credential in each form it travels in (the secret itself,
@@ -150,7 +150,11 @@ impl CredentialFinders {
             heap.resize(self.prefixes.len(), None);
             &mut heap[..]
         };
-        let mut ahead = Ahead { escape: None, raw };
+        let mut ahead = Ahead {
+            escape: None,
+            plus: None,
+            raw,
+        };
         let mut p = 0;
         while p < buf.len() {
             p = self.next_candidate(buf, p, &mut ahead);
@@ -184,19 +188,16 @@ impl CredentialFinders {
     /// earlier calls found past `p`, so each byte is searched once.
     fn next_candidate(&self, buf: &[u8], p: usize, ahead: &mut Ahead<'_>) -> usize {
         let stale = |at: Option<usize>| at.is_none_or(|at| at < p);
+        let after = |i: Option<usize>| Some(i.map_or(buf.len(), |i| p + i));
         if stale(ahead.escape) {
-            let rest = &buf[p..];
-            let mut esc = memchr::memchr3(b'\\', b'%', b'&', rest);
-            if self.plus {
-                esc = match (esc, memchr::memchr(b'+', rest)) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-            }
-            ahead.escape = Some(esc.map_or(buf.len(), |i| p + i));
+            ahead.escape = after(memchr::memchr3(b'\\', b'%', b'&', &buf[p..]));
+        }
+        if self.plus && stale(ahead.plus) {
+            ahead.plus = after(memchr::memchr(b'+', &buf[p..]));
         }
         // The escape (or the end) and the first bytes just before it.
-        let esc = ahead.escape.unwrap_or(buf.len());
+        let plus = if self.plus { ahead.plus } else { None };
+        let esc = ahead.escape.unwrap_or(buf.len()).min(plus.unwrap_or(buf.len()));
         let near = (p.max((esc + 1).saturating_sub(RAW_PREFIX))..esc)
             .find(|&c| self.first[usize::from(buf[c])])
             .unwrap_or(esc);
@@ -211,10 +212,12 @@ impl CredentialFinders {
     }
 }
 
-/// The next escape and the next raw prefix of each secret at or after where the search last
+/// The next escape (`\\`, `%`, `&`) and the next raw prefix of each secret at or after where the search last
 /// looked, absolute; `None` before the first look.
 struct Ahead<'a> {
     escape: Option<usize>,
+    /// A `+`, searched for only where a secret has a space among its first bytes.
+    plus: Option<usize>,
     raw: &'a mut [Option<usize>],
 }
 
@@ -235,7 +238,7 @@ fn attempt(
     for &want in secret {
         next.clear();
         for &at in frontier.iter() {
-            for unit in units(buf, at, want) {
+            for unit in units(buf, at, want, complete) {
                 match unit {
                     Unit::Len(n) => next.push(at + n),
                     Unit::More => more = true,
@@ -261,7 +264,7 @@ fn attempt(
 }
 
 /// The ways `buf` spells the byte `want` at `at`: raw, and as the escape that begins there.
-fn units(buf: &[u8], at: usize, want: u8) -> [Unit; 2] {
+fn units(buf: &[u8], at: usize, want: u8, complete: bool) -> [Unit; 2] {
     let Some(&b) = buf.get(at) else {
         return [Unit::More, Unit::No];
     };
@@ -270,7 +273,7 @@ fn units(buf: &[u8], at: usize, want: u8) -> [Unit; 2] {
         b'\\' if want.is_ascii() => json_escape(buf, at, want),
         b'%' => hex_is(buf, at + 1, 2, u32::from(want)).then_len(3),
         b'+' if want == b' ' => Unit::Len(1),
-        b'&' if want.is_ascii() => html_entity(buf, at, want),
+        b'&' if want.is_ascii() => html_entity(buf, at, want, complete),
         _ => Unit::No,
     };
     [raw, escaped]
@@ -286,51 +289,59 @@ fn json_escape(buf: &[u8], at: usize, want: u8) -> Unit {
     }
 }
 
-/// `&#N;`, `&#xH;` or a named entity for `want` at `at` (an ampersand).
-fn html_entity(buf: &[u8], at: usize, want: u8) -> Unit {
+/// `&#N;`, `&#xH;` or a named entity for `want` at `at` (an ampersand); `complete`: the input
+/// ends where `buf` does.
+fn html_entity(buf: &[u8], at: usize, want: u8, complete: bool) -> Unit {
     match buf.get(at + 1) {
         None => Unit::More,
         Some(b'#') => {
-            let (radix, first, max) = match buf.get(at + 2) {
+            let (radix, first) = match buf.get(at + 2) {
                 None => return Unit::More,
-                Some(b'x' | b'X') => (16, at + 3, MAX_HEX_DIGITS),
-                Some(_) => (10, at + 2, MAX_DECIMAL_DIGITS),
+                Some(b'x' | b'X') => (16, at + 3),
+                Some(_) => (10, at + 2),
             };
+            let want = u32::from(want);
             let mut value = 0u32;
-            for i in first..first + max + 1 {
-                match buf.get(i) {
-                    None => return Unit::More,
-                    Some(b';') if i > first => {
-                        return if value == u32::from(want) {
-                            Unit::Len(i + 1 - at)
-                        } else {
-                            Unit::No
-                        };
-                    }
-                    Some(&d) => match (d as char).to_digit(radix) {
-                        // Digits only add to the value: past `want`, it cannot come back.
-                        Some(v) if i < first + max && value * radix + v <= u32::from(want) => {
-                            value = value * radix + v;
-                            // Another digit would pass `want`: only `;` can follow.
-                            if value != u32::from(want) && value * radix > u32::from(want) {
-                                return Unit::No;
-                            }
+            for i in first..=first + MAX_ENTITY_DIGITS {
+                let Some(&b) = buf.get(i) else {
+                    // The input's end ends a reference HTML reads without its `;`.
+                    return match complete {
+                        true if i > first && value == want => Unit::Len(i - at),
+                        true => Unit::No,
+                        false => Unit::More,
+                    };
+                };
+                match (b as char).to_digit(radix) {
+                    Some(v) if i < first + MAX_ENTITY_DIGITS => {
+                        value = value * radix + v;
+                        // Digits only add to the value: once another would pass `want`, only
+                        // the reference's end can follow.
+                        if value > want || value != want && value * radix > want {
+                            return Unit::No;
                         }
-                        _ => return Unit::No,
-                    },
+                    }
+                    Some(_) => return Unit::No,
+                    // It ends at its `;`, or (as HTML reads it) before any other byte.
+                    None if i > first && value == want => {
+                        return Unit::Len(i - at + usize::from(b == b';'));
+                    }
+                    None => return Unit::No,
                 }
             }
             Unit::No
         }
         Some(_) => {
-            let Some((name, _)) = NAMED_ENTITIES.iter().find(|(_, c)| *c == want) else {
+            let Some(&(name, _, bare_too)) = NAMED_ENTITIES.iter().find(|(_, c, _)| *c == want) else {
                 return Unit::No;
             };
+            let bare = &name[..name.len() - 1];
             let rest = &buf[at..];
             if rest.starts_with(name) {
                 Unit::Len(name.len())
-            } else if name.starts_with(rest) {
+            } else if name.starts_with(rest) && !(complete && bare_too && rest == bare) {
                 Unit::More
+            } else if bare_too && rest.starts_with(bare) {
+                Unit::Len(bare.len())
             } else {
                 Unit::No
             }
@@ -499,6 +510,13 @@ mod tests {
         assert!(f9.found_in(b"aa%61%61%61%61%61%61%61"));
         let found = f9.matches(b"xaa%61%61%61%61%61%61%61", true).0;
         assert_eq!((found.len(), found.first()), (1, Some(&(1..24))));
+        // HTML reads leading zeros, and a numeric or legacy named reference without its `;`.
+        let f = finders(&[b"c3Zj+OjAw/Q0FOQVJZ=="]);
+        assert!(f.found_in(b"c3Zj&#00000043;OjAw&#x0000002f;Q0FOQVJZ&#61&#x3D"));
+        assert!(f.found_in(b"c3Zj&#43OjAw/Q0FOQVJZ=="));
+        assert!(!f.found_in(b"c3Zj&#430jAw/Q0FOQVJZ=="));
+        assert!(finders(&[b"a&b<c>d\"e"]).found_in(b"a&ampb&ltc&gtd&quote"));
+        assert!(!finders(&[b"it's-a-secret"]).found_in(b"it&aposs-a-secret"));
         // A space may be a `+` in a form body; named entities spell what HTML escapes.
         assert!(finders(&[b"pass word&<1>"]).found_in(b"pass+word&amp;&lt;1&gt;"));
         for near_miss in [
