@@ -951,23 +951,38 @@ pub trait Rewrite: Send + Sync + Unpin + 'static {
     fn chunk(&mut self, data: Bytes) -> Result<Option<Bytes>, BodyError>;
     /// The body ended; returns what was held back.
     fn end(&mut self) -> Result<Option<Bytes>, BodyError>;
-    /// Whether it holds bytes back that a stalled upstream must not keep for ever (they draw on
-    /// the masking budget): see [`HELD_BYTES_LIMIT`].
-    fn holding(&self) -> bool {
-        false
+    /// How far it has got: see [`Progress`] and [`HELD_LINE_LIMIT`].
+    fn progress(&self) -> Progress {
+        Progress::default()
     }
+    /// Lets go of what it holds (and the budget share that holds): the stream was cut.
+    fn abandon(&mut self) {}
 }
 
-/// Longest a rewrite may hold bytes back while sending nothing: a line that never ends (an
-/// upstream, or a followed pod's log, that writes part of a long line and stops) would keep its
-/// share of the masking budget for as long as the stream stays open, and enough such streams
-/// would refuse every masked response. The stream is cut instead; lines that keep completing,
-/// and a quiet stream holding nothing (a watch between events), are never cut.
-pub const HELD_BYTES_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How far a [`Rewrite`] has got through its stream.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Lines completed so far.
+    pub lines: u64,
+    /// Bytes held of the line not yet ended.
+    pub unfinished: usize,
+}
 
-/// The error a stream ends with when [`HELD_BYTES_LIMIT`] passed.
+/// Longest a line of at least [`HELD_LINE_MIN`] bytes may wait for its end while no line
+/// completes: a line that never ends (an upstream, or a followed pod's log, that writes most of a
+/// long line and stops) would keep its share of the masking budget for as long as the stream
+/// stays open, and enough such streams would refuse every masked response. The stream is cut
+/// instead. Lines that keep completing (held or sent), a short line waiting (a prompt, `Waiting
+/// for DB...`), and a quiet stream holding nothing (a watch between events) are never cut;
+/// complete lines held back (a document spread over lines, a private key) have their own limits.
+pub const HELD_LINE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Shortest unfinished line [`HELD_LINE_LIMIT`] applies to: 64 of the budget's KiB.
+pub const HELD_LINE_MIN: usize = 64 * 1024;
+
+/// The error a stream ends with when [`HELD_LINE_LIMIT`] passed.
 #[derive(Debug, thiserror::Error)]
-#[error("the upstream sent part of a line and no end to it for {} s: the stream was cut, since the masker cannot send a value it has not seen whole", HELD_BYTES_LIMIT.as_secs())]
+#[error("the upstream sent part of a long line and no end to it for {} s: the stream was cut, since the masker cannot send a value it has not seen whole", HELD_LINE_LIMIT.as_secs())]
 pub struct HeldTooLong;
 
 /// A body whose data passes through a [`Rewrite`]; other frames (trailers) pass unchanged.
@@ -975,8 +990,10 @@ pub struct Rewritten<R> {
     inner: Body,
     rewrite: R,
     done: bool,
-    /// When the bytes held since the rewrite last sent something must be out by.
+    /// When the unfinished line must have ended by (see [`HELD_LINE_LIMIT`]).
     held_until: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Lines the rewrite had completed when the limit was last armed or reset.
+    lines: u64,
 }
 
 impl<R: Rewrite> Rewritten<R> {
@@ -986,20 +1003,30 @@ impl<R: Rewrite> Rewritten<R> {
             rewrite,
             done: false,
             held_until: None,
+            lines: 0,
         }
     }
 
-    /// Arms the limit when bytes are held and none was armed; disarms it when nothing is held.
-    /// Returns whether it has passed.
+    /// Arms the limit while a long line waits for its end, restarts it when a line completes,
+    /// disarms it when no long line waits. Returns whether it has passed (then the rewrite has
+    /// let go of what it held).
     fn held_too_long(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.rewrite.holding() {
+        let now = self.rewrite.progress();
+        if now.lines != self.lines || now.unfinished < HELD_LINE_MIN {
+            self.lines = now.lines;
             self.held_until = None;
-            return false;
+            if now.unfinished < HELD_LINE_MIN {
+                return false;
+            }
         }
         let deadline = self
             .held_until
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(HELD_BYTES_LIMIT)));
-        deadline.as_mut().poll(cx).is_ready()
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(HELD_LINE_LIMIT)));
+        let passed = deadline.as_mut().poll(cx).is_ready();
+        if passed {
+            self.rewrite.abandon();
+        }
+        passed
     }
 }
 
@@ -1030,12 +1057,8 @@ impl<R: Rewrite> HttpBody for Rewritten<R> {
                 },
             };
             match step {
-                Ok(Some(b)) => {
-                    // Something went out: what is held now is newer.
-                    self.held_until = None;
-                    return Poll::Ready(Some(Ok(Frame::data(b))));
-                }
-                // A trickle of bytes that completes nothing is no progress.
+                Ok(Some(b)) => return Poll::Ready(Some(Ok(Frame::data(b)))),
+                // A trickle of bytes that completes no line is no progress.
                 Ok(None) if self.held_too_long(cx) => {
                     self.done = true;
                     return Poll::Ready(Some(Err(Box::new(HeldTooLong))));
@@ -1069,6 +1092,8 @@ pub struct LineMasker {
     ended: usize,
     /// A JSON document held open in `buf` (see [`json_safe_end`]).
     open_json: Held,
+    /// Chunks that ended a line: how the held-line limit sees progress.
+    lines: u64,
     on_report: Arc<dyn Fn(&MaskReport) + Send + Sync>,
     /// The gateway's masking budget, and the share of it `buf` holds (one permit per KiB): a
     /// long line waiting for its end is memory like a whole body being masked.
@@ -1106,6 +1131,7 @@ pub fn masked_lines_within(
             scanned: 0,
             ended: 0,
             open_json: Held::default(),
+            lines: 0,
             on_report,
             budget: budget.map(|b| (b, None)),
         },
@@ -1132,6 +1158,9 @@ impl LineMasker {
         } else {
             // Only what arrived since the last look can hold a new line break.
             let found = memchr::memrchr(b'\n', &self.buf[self.scanned..]).map(|i| self.scanned + i + 1);
+            if found.is_some() {
+                self.lines += 1;
+            }
             self.scanned = self.buf.len();
             found.unwrap_or(self.ended)
         };
@@ -1270,8 +1299,19 @@ impl Rewrite for LineMasker {
         self.drain(true)
     }
 
-    fn holding(&self) -> bool {
-        !self.buf.is_empty()
+    fn progress(&self) -> Progress {
+        Progress {
+            lines: self.lines,
+            // After the complete lines held back, which `ended` measures.
+            unfinished: self.buf.len().saturating_sub(self.ended),
+        }
+    }
+
+    fn abandon(&mut self) {
+        self.buf = BytesMut::new();
+        if let Some((_, held)) = &mut self.budget {
+            *held = None;
+        }
     }
 }
 
@@ -2237,14 +2277,14 @@ mod tests {
         assert_eq!(budget.available_permits(), 2);
     }
 
-    /// A line that never ends, whether the upstream goes quiet or trickles bytes that complete
-    /// nothing, is cut [`HELD_BYTES_LIMIT`] after the stream last sent something, and gives back
-    /// its share of the masking budget.
+    /// A long line that never ends, whether the upstream goes quiet or trickles bytes that end
+    /// no line, is cut [`HELD_LINE_LIMIT`] after it began waiting, and gives back its share of
+    /// the masking budget at once.
     #[tokio::test(start_paused = true)]
-    async fn a_line_that_never_ends_is_cut_at_the_held_limit() {
+    async fn a_long_line_that_never_ends_is_cut_at_the_held_limit() {
         use hyper::body::Body as _;
         for trickle in [false, true] {
-            let budget = Arc::new(tokio::sync::Semaphore::new(4));
+            let budget = Arc::new(tokio::sync::Semaphore::new(100));
             let (tx, inner) = channel_body();
             let mut body = Box::pin(masked_lines_within(
                 inner,
@@ -2254,10 +2294,10 @@ mod tests {
                 Some(budget.clone()),
             ));
             tx.send(Bytes::from_static(b"done\n")).unwrap();
-            let start = tokio::time::Instant::now();
             let next = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
             assert_eq!(next.unwrap().unwrap().into_data().unwrap(), "done\n");
-            tx.send(Bytes::from(vec![b'a'; 1500])).unwrap();
+            let start = tokio::time::Instant::now();
+            tx.send(Bytes::from(vec![b'a'; HELD_LINE_MIN])).unwrap();
             let feeder = trickle.then(|| {
                 let tx = tx.clone();
                 tokio::spawn(async move {
@@ -2281,62 +2321,72 @@ mod tests {
             assert!(err.to_string().contains("60 s"), "{err}");
             let waited = start.elapsed();
             assert!(
-                waited >= HELD_BYTES_LIMIT && waited < HELD_BYTES_LIMIT + std::time::Duration::from_secs(1),
+                waited >= HELD_LINE_LIMIT && waited < HELD_LINE_LIMIT + std::time::Duration::from_secs(1),
                 "trickle {trickle}: cut after {waited:?}"
             );
-            assert!(budget.available_permits() < 4, "the held line holds a share");
+            assert_eq!(
+                budget.available_permits(),
+                100,
+                "the cut stream still holds its share"
+            );
             if let Some(f) = feeder {
                 f.abort();
             }
-            drop(body);
-            assert_eq!(budget.available_permits(), 4);
         }
     }
 
-    /// Lines that keep completing are progress, whatever each chunk leaves held; a quiet stream
-    /// holding nothing (a watch between events) is never cut.
+    /// Lines that keep completing are progress, whether they go out or are held (a document
+    /// spread over lines, under Allow), and whatever each chunk leaves unfinished; a short line
+    /// waiting (a prompt) and a quiet stream holding nothing (a watch between events) are never
+    /// cut.
     #[tokio::test(start_paused = true)]
-    async fn streams_that_send_or_hold_nothing_are_not_cut() {
+    async fn streams_whose_lines_complete_or_stay_short_are_not_cut() {
         use hyper::body::Body as _;
-        let (tx, inner) = channel_body();
-        let mut body = std::pin::pin!(masked_lines(
-            inner,
-            phone_plan("Refuse"),
-            ContentClass::Text,
-            Arc::new(|_: &MaskReport| {})
-        ));
-        let feeder = tokio::spawn(async move {
-            tx.send(Bytes::from_static(b"first")).unwrap();
-            for _ in 0..6 {
-                tokio::time::sleep(std::time::Duration::from_secs(40)).await;
-                tx.send(Bytes::from_static(b" ends\nnext")).unwrap();
+        let long = || "x".repeat(HELD_LINE_MIN + 10);
+        // Each chunk ends the long line before it and leaves another waiting.
+        let sent: Vec<String> = std::iter::once(long())
+            .chain((0..5).map(|_| format!(" ends\n{}", long())))
+            .chain([" ends\n".to_string(), "Waiting for the database...".to_string()])
+            .collect();
+        // A document opened and never closed holds the complete lines after it.
+        let held: Vec<String> = std::iter::once("{\"level\":\"info\",\"msg\":\"cut off\n".to_string())
+            .chain((0..6).map(|i| format!("{{\"line\":{i},\"pad\":\"{}\"}}\n", "y".repeat(20_000))))
+            .collect();
+        for (chunks, out) in [(sent, 6), (held, 0)] {
+            let (tx, inner) = channel_body();
+            let mut body = Box::pin(masked_lines(
+                inner,
+                phone_plan("Allow"),
+                ContentClass::Text,
+                Arc::new(|_: &MaskReport| {}),
+            ));
+            let feeder = tokio::spawn(async move {
+                for c in chunks {
+                    tx.send(Bytes::from(c)).unwrap();
+                    tokio::time::sleep(std::time::Duration::from_secs(40)).await;
+                }
+                // Quiet, the stream still open.
+                tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                drop(tx);
+            });
+            let mut lines = 0;
+            while lines < out {
+                let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+                let data = frame
+                    .unwrap()
+                    .expect("cut while lines kept completing")
+                    .into_data()
+                    .unwrap();
+                lines += data.iter().filter(|&&b| b == b'\n').count();
             }
-            tokio::time::sleep(std::time::Duration::from_secs(40)).await;
-            tx.send(Bytes::from_static(b" ends\n")).unwrap();
-            // Quiet, holding nothing, the stream still open.
-            tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
-            drop(tx);
-        });
-        let mut lines = 0;
-        while lines < 7 {
-            let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
-            let data = frame
-                .unwrap()
-                .expect("cut while lines kept completing")
-                .into_data()
-                .unwrap();
-            lines += data.iter().filter(|&&b| b == b'\n').count();
+            let quiet = tokio::time::timeout(
+                std::time::Duration::from_secs(900),
+                std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)),
+            )
+            .await;
+            assert!(quiet.is_err(), "cut, or ended: {quiet:?}");
+            feeder.abort();
         }
-        let quiet = tokio::time::timeout(
-            std::time::Duration::from_secs(600),
-            std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)),
-        )
-        .await;
-        assert!(
-            quiet.is_err(),
-            "a quiet stream holding nothing was ended: {quiet:?}"
-        );
-        feeder.abort();
     }
 
     /// Under Allow a document that does not close within the hold limit goes on as text, so a
