@@ -2239,25 +2239,45 @@ mod tests {
         (tx, http_body_util::StreamBody::new(stream).boxed())
     }
 
+    /// A text stream fed through the sender, masked line by line under
+    /// `phone_plan(on_unparseable)`, drawing on `budget` when given.
+    fn line_stream(
+        on_unparseable: &str,
+        budget: Option<Arc<tokio::sync::Semaphore>>,
+    ) -> (
+        tokio::sync::mpsc::UnboundedSender<Bytes>,
+        Pin<Box<Rewritten<LineMasker>>>,
+    ) {
+        let (tx, inner) = channel_body();
+        let body = masked_lines_within(
+            inner,
+            phone_plan(on_unparseable),
+            ContentClass::Text,
+            Arc::new(|_: &MaskReport| {}),
+            budget,
+        );
+        (tx, Box::pin(body))
+    }
+
+    /// The stream's next frame.
+    async fn next_frame(
+        body: &mut Pin<Box<Rewritten<LineMasker>>>,
+    ) -> Option<Result<Frame<Bytes>, BodyError>> {
+        use hyper::body::Body as _;
+        std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await
+    }
+
     /// A line held back until its end draws on the gateway's masking budget, as a whole body
     /// does: past what is left of it the stream is cut, and what it held is given back.
     #[tokio::test]
     async fn a_long_line_held_back_draws_on_the_masking_budget() {
-        use hyper::body::Body as _;
         let budget = Arc::new(tokio::sync::Semaphore::new(2));
-        let (tx, inner) = channel_body();
-        let mut body = Box::pin(masked_lines_within(
-            inner,
-            phone_plan("Refuse"),
-            ContentClass::Text,
-            Arc::new(|_: &MaskReport| {}),
-            Some(budget.clone()),
-        ));
+        let (tx, mut body) = line_stream("Refuse", Some(budget.clone()));
         let wait = std::time::Duration::from_secs(10);
         // A KiB of an unfinished line is held: one permit.
         tx.send(Bytes::from(vec![b'a'; 1000])).unwrap();
         tx.send(Bytes::from_static(b"\nrest")).unwrap();
-        let first = tokio::time::timeout(wait, std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)))
+        let first = tokio::time::timeout(wait, next_frame(&mut body))
             .await
             .unwrap()
             .unwrap()
@@ -2268,7 +2288,7 @@ mod tests {
         assert_eq!(budget.available_permits(), 1, "the unfinished `rest` holds one");
         // Past the budget: cut.
         tx.send(Bytes::from(vec![b'b'; 4096])).unwrap();
-        let cut = tokio::time::timeout(wait, std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)))
+        let cut = tokio::time::timeout(wait, next_frame(&mut body))
             .await
             .unwrap()
             .unwrap();
@@ -2282,19 +2302,11 @@ mod tests {
     /// the masking budget at once.
     #[tokio::test(start_paused = true)]
     async fn a_long_line_that_never_ends_is_cut_at_the_held_limit() {
-        use hyper::body::Body as _;
         for trickle in [false, true] {
             let budget = Arc::new(tokio::sync::Semaphore::new(100));
-            let (tx, inner) = channel_body();
-            let mut body = Box::pin(masked_lines_within(
-                inner,
-                phone_plan("Refuse"),
-                ContentClass::Text,
-                Arc::new(|_: &MaskReport| {}),
-                Some(budget.clone()),
-            ));
+            let (tx, mut body) = line_stream("Refuse", Some(budget.clone()));
             tx.send(Bytes::from_static(b"done\n")).unwrap();
-            let next = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+            let next = next_frame(&mut body).await;
             assert_eq!(next.unwrap().unwrap().into_data().unwrap(), "done\n");
             let start = tokio::time::Instant::now();
             tx.send(Bytes::from(vec![b'a'; HELD_LINE_MIN])).unwrap();
@@ -2309,13 +2321,10 @@ mod tests {
                     }
                 })
             });
-            let cut = tokio::time::timeout(
-                std::time::Duration::from_secs(3600),
-                std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)),
-            )
-            .await
-            .expect("the held line was never cut")
-            .unwrap();
+            let cut = tokio::time::timeout(std::time::Duration::from_secs(3600), next_frame(&mut body))
+                .await
+                .expect("the held line was never cut")
+                .unwrap();
             let err = cut.unwrap_err();
             assert!(err.is::<HeldTooLong>(), "{err}");
             assert!(err.to_string().contains("60 s"), "{err}");
@@ -2341,7 +2350,6 @@ mod tests {
     /// cut.
     #[tokio::test(start_paused = true)]
     async fn streams_whose_lines_complete_or_stay_short_are_not_cut() {
-        use hyper::body::Body as _;
         let long = || "x".repeat(HELD_LINE_MIN + 10);
         // Each chunk ends the long line before it and leaves another waiting.
         let sent: Vec<String> = std::iter::once(long())
@@ -2353,13 +2361,7 @@ mod tests {
             .chain((0..6).map(|i| format!("{{\"line\":{i},\"pad\":\"{}\"}}\n", "y".repeat(20_000))))
             .collect();
         for (chunks, out) in [(sent, 6), (held, 0)] {
-            let (tx, inner) = channel_body();
-            let mut body = Box::pin(masked_lines(
-                inner,
-                phone_plan("Allow"),
-                ContentClass::Text,
-                Arc::new(|_: &MaskReport| {}),
-            ));
+            let (tx, mut body) = line_stream("Allow", None);
             let feeder = tokio::spawn(async move {
                 for c in chunks {
                     tx.send(Bytes::from(c)).unwrap();
@@ -2371,7 +2373,7 @@ mod tests {
             });
             let mut lines = 0;
             while lines < out {
-                let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+                let frame = next_frame(&mut body).await;
                 let data = frame
                     .unwrap()
                     .expect("cut while lines kept completing")
@@ -2379,11 +2381,8 @@ mod tests {
                     .unwrap();
                 lines += data.iter().filter(|&&b| b == b'\n').count();
             }
-            let quiet = tokio::time::timeout(
-                std::time::Duration::from_secs(900),
-                std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)),
-            )
-            .await;
+            let quiet =
+                tokio::time::timeout(std::time::Duration::from_secs(900), next_frame(&mut body)).await;
             assert!(quiet.is_err(), "cut, or ended: {quiet:?}");
             feeder.abort();
         }
