@@ -33,14 +33,42 @@ const _: () = assert!(RAW_PREFIX <= MIN_SCRUBBED_SECRET);
 /// decoders read any number, but a reference this long is not an encoder's.
 const MAX_ENTITY_DIGITS: usize = 32;
 
-/// HTML's named references for the characters HTML encoders escape, and whether HTML reads it
-/// without its `;` too (the legacy four).
-const NAMED_ENTITIES: [(&[u8], u8, bool); 5] = [
+/// HTML's named references for ASCII characters, and whether HTML reads one without its `;`
+/// too (the legacy ones). PHP's `htmlentities` with `ENT_HTML5` writes punctuation by name.
+const NAMED_ENTITIES: [(&[u8], u8, bool); 33] = [
     (b"&amp;", b'&', true),
+    (b"&AMP;", b'&', true),
     (b"&lt;", b'<', true),
+    (b"&LT;", b'<', true),
     (b"&gt;", b'>', true),
+    (b"&GT;", b'>', true),
     (b"&quot;", b'"', true),
+    (b"&QUOT;", b'"', true),
     (b"&apos;", b'\'', false),
+    (b"&plus;", b'+', false),
+    (b"&sol;", b'/', false),
+    (b"&equals;", b'=', false),
+    (b"&period;", b'.', false),
+    (b"&lowbar;", b'_', false),
+    (b"&UnderBar;", b'_', false),
+    (b"&colon;", b':', false),
+    (b"&num;", b'#', false),
+    (b"&percnt;", b'%', false),
+    (b"&dollar;", b'$', false),
+    (b"&excl;", b'!', false),
+    (b"&quest;", b'?', false),
+    (b"&comma;", b',', false),
+    (b"&semi;", b';', false),
+    (b"&lpar;", b'(', false),
+    (b"&rpar;", b')', false),
+    (b"&ast;", b'*', false),
+    (b"&lsqb;", b'[', false),
+    (b"&rsqb;", b']', false),
+    (b"&lcub;", b'{', false),
+    (b"&rcub;", b'}', false),
+    (b"&verbar;", b'|', false),
+    (b"&bsol;", b'\\', false),
+    (b"&commat;", b'@', false),
 ];
 
 /// The searcher for one Connection's credential in each form it travels in (the secret itself,
@@ -331,20 +359,20 @@ fn html_entity(buf: &[u8], at: usize, want: u8, complete: bool) -> Unit {
             Unit::No
         }
         Some(_) => {
-            let Some(&(name, _, bare_too)) = NAMED_ENTITIES.iter().find(|(_, c, _)| *c == want) else {
-                return Unit::No;
-            };
-            let bare = &name[..name.len() - 1];
+            // Names spelling `want`: the first that matches, or waits for more input, decides.
             let rest = &buf[at..];
-            if rest.starts_with(name) {
-                Unit::Len(name.len())
-            } else if name.starts_with(rest) && !(complete && bare_too && rest == bare) {
-                Unit::More
-            } else if bare_too && rest.starts_with(bare) {
-                Unit::Len(bare.len())
-            } else {
-                Unit::No
+            let mut unit = Unit::No;
+            for &(name, _, bare_too) in NAMED_ENTITIES.iter().filter(|(_, c, _)| *c == want) {
+                let bare = &name[..name.len() - 1];
+                if rest.starts_with(name) {
+                    return Unit::Len(name.len());
+                } else if name.starts_with(rest) && !(complete && bare_too && rest == bare) {
+                    unit = Unit::More;
+                } else if bare_too && rest.starts_with(bare) {
+                    return Unit::Len(bare.len());
+                }
             }
+            unit
         }
     }
 }
@@ -516,6 +544,10 @@ mod tests {
         assert!(f.found_in(b"c3Zj&#43OjAw/Q0FOQVJZ=="));
         assert!(!f.found_in(b"c3Zj&#430jAw/Q0FOQVJZ=="));
         assert!(finders(&[b"a&b<c>d\"e"]).found_in(b"a&ampb&ltc&gtd&quote"));
+        assert!(finders(&[b"a&b<c>d\"e"]).found_in(b"a&AMP;b&LTc&GT;d&QUOTe"));
+        // PHP's htmlentities with ENT_HTML5 names punctuation.
+        assert!(f.found_in(b"c3Zj&plus;OjAw&sol;Q0FOQVJZ&equals;&equals;"));
+        assert!(finders(&[b"key_with.dots:1"]).found_in(b"key&lowbar;with&period;dots&colon;1"));
         assert!(!finders(&[b"it's-a-secret"]).found_in(b"it&aposs-a-secret"));
         // A space may be a `+` in a form body; named entities spell what HTML escapes.
         assert!(finders(&[b"pass word&<1>"]).found_in(b"pass+word&amp;&lt;1&gt;"));
