@@ -951,38 +951,36 @@ pub trait Rewrite: Send + Sync + Unpin + 'static {
     fn chunk(&mut self, data: Bytes) -> Result<Option<Bytes>, BodyError>;
     /// The body ended; returns what was held back.
     fn end(&mut self) -> Result<Option<Bytes>, BodyError>;
-    /// How far it has got: see [`Progress`] and [`HELD_LINE_LIMIT`].
-    fn progress(&self) -> Progress {
-        Progress::default()
+    /// Bytes it holds back (and bills to the masking budget): see [`HELD_LIMIT`].
+    fn held(&self) -> usize {
+        0
+    }
+    /// [`HELD_LIMIT`] passed: what can go on instead of what it holds (lines held behind an
+    /// unclosed document, as text, where the rules allow it), or the error that ends the stream.
+    fn stalled(&mut self) -> Result<Option<Bytes>, BodyError> {
+        Err(Box::new(HeldTooLong))
     }
     /// Lets go of what it holds (and the budget share that holds): the stream was cut.
     fn abandon(&mut self) {}
 }
 
-/// How far a [`Rewrite`] has got through its stream.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Progress {
-    /// Lines completed so far.
-    pub lines: u64,
-    /// Bytes held of the line not yet ended.
-    pub unfinished: usize,
-}
+/// Longest a rewrite may hold [`HELD_MIN`] bytes or more while it sends nothing and what it
+/// holds grows by less than [`HELD_MIN`]: a line that never ends, or lines held behind a
+/// document that never closes (an upstream, or a followed pod's log, that writes them and
+/// stops), would keep their share of the masking budget for as long as the stream stays open,
+/// and enough such streams would refuse every masked response. Then held lines go on as text
+/// where the rules allow it, and otherwise the stream is cut. Lines that keep going out, a long
+/// line still arriving, a short hold (a prompt, `Waiting for DB...`), and a quiet stream holding
+/// nothing (a watch between events) are never cut.
+pub const HELD_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Longest a line of at least [`HELD_LINE_MIN`] bytes may wait for its end while no line
-/// completes: a line that never ends (an upstream, or a followed pod's log, that writes most of a
-/// long line and stops) would keep its share of the masking budget for as long as the stream
-/// stays open, and enough such streams would refuse every masked response. The stream is cut
-/// instead. Lines that keep completing (held or sent), a short line waiting (a prompt, `Waiting
-/// for DB...`), and a quiet stream holding nothing (a watch between events) are never cut;
-/// complete lines held back (a document spread over lines, a private key) have their own limits.
-pub const HELD_LINE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Least held bytes [`HELD_LIMIT`] applies to, and the growth that counts as progress: 64 of
+/// the budget's KiB.
+pub const HELD_MIN: usize = 64 * 1024;
 
-/// Shortest unfinished line [`HELD_LINE_LIMIT`] applies to: 64 of the budget's KiB.
-pub const HELD_LINE_MIN: usize = 64 * 1024;
-
-/// The error a stream ends with when [`HELD_LINE_LIMIT`] passed.
+/// The error a stream ends with when [`HELD_LIMIT`] passed and nothing could go on.
 #[derive(Debug, thiserror::Error)]
-#[error("the upstream sent part of a long line and no end to it for {} s: the stream was cut, since the masker cannot send a value it has not seen whole", HELD_LINE_LIMIT.as_secs())]
+#[error("the upstream left a long line or document unfinished for {} s: the stream was cut, since the masker cannot send a value it has not seen whole", HELD_LIMIT.as_secs())]
 pub struct HeldTooLong;
 
 /// A body whose data passes through a [`Rewrite`]; other frames (trailers) pass unchanged.
@@ -990,10 +988,10 @@ pub struct Rewritten<R> {
     inner: Body,
     rewrite: R,
     done: bool,
-    /// When the unfinished line must have ended by (see [`HELD_LINE_LIMIT`]).
+    /// When what the rewrite holds must have gone out by (see [`HELD_LIMIT`]).
     held_until: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Lines the rewrite had completed when the limit was last armed or reset.
-    lines: u64,
+    /// What it held when the limit was armed.
+    held_then: usize,
 }
 
 impl<R: Rewrite> Rewritten<R> {
@@ -1003,30 +1001,42 @@ impl<R: Rewrite> Rewritten<R> {
             rewrite,
             done: false,
             held_until: None,
-            lines: 0,
+            held_then: 0,
         }
     }
 
-    /// Arms the limit while a long line waits for its end, restarts it when a line completes,
-    /// disarms it when no long line waits. Returns whether it has passed (then the rewrite has
-    /// let go of what it held).
+    /// Arms the limit while [`HELD_MIN`] bytes or more are held, restarts it when they grew by
+    /// [`HELD_MIN`], disarms it when less is held (sending something disarms it too). Returns
+    /// whether it has passed.
     fn held_too_long(&mut self, cx: &mut Context<'_>) -> bool {
-        let now = self.rewrite.progress();
-        if now.lines != self.lines || now.unfinished < HELD_LINE_MIN {
-            self.lines = now.lines;
+        let held = self.rewrite.held();
+        if held < HELD_MIN || held >= self.held_then.saturating_add(HELD_MIN) {
             self.held_until = None;
-            if now.unfinished < HELD_LINE_MIN {
+            self.held_then = held;
+            if held < HELD_MIN {
                 return false;
             }
         }
         let deadline = self
             .held_until
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(HELD_LINE_LIMIT)));
-        let passed = deadline.as_mut().poll(cx).is_ready();
-        if passed {
-            self.rewrite.abandon();
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(HELD_LIMIT)));
+        deadline.as_mut().poll(cx).is_ready()
+    }
+
+    /// [`HELD_LIMIT`] passed: what the rewrite can send instead, or the end of the stream.
+    fn stalled(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.held_until = None;
+        match self.rewrite.stalled() {
+            Ok(Some(b)) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            Ok(None) => self.cut(Box::new(HeldTooLong)),
+            Err(e) => self.cut(e),
         }
-        passed
+    }
+
+    fn cut(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.done = true;
+        self.rewrite.abandon();
+        Poll::Ready(Some(Err(e)))
     }
 }
 
@@ -1043,7 +1053,7 @@ impl<R: Rewrite> HttpBody for Rewritten<R> {
                 return Poll::Ready(None);
             }
             let step = match Pin::new(&mut self.inner).poll_frame(cx) {
-                Poll::Pending if self.held_too_long(cx) => Err(Box::new(HeldTooLong) as BodyError),
+                Poll::Pending if self.held_too_long(cx) => return self.stalled(),
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
                     self.done = true;
@@ -1057,12 +1067,13 @@ impl<R: Rewrite> HttpBody for Rewritten<R> {
                 },
             };
             match step {
-                Ok(Some(b)) => return Poll::Ready(Some(Ok(Frame::data(b)))),
-                // A trickle of bytes that completes no line is no progress.
-                Ok(None) if self.held_too_long(cx) => {
-                    self.done = true;
-                    return Poll::Ready(Some(Err(Box::new(HeldTooLong))));
+                Ok(Some(b)) => {
+                    // Something went out: what is held now waits afresh.
+                    self.held_until = None;
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
                 }
+                // A trickle of bytes that sends nothing is no progress.
+                Ok(None) if self.held_too_long(cx) => return self.stalled(),
                 Ok(None) => continue,
                 Err(e) => {
                     self.done = true;
@@ -1092,8 +1103,9 @@ pub struct LineMasker {
     ended: usize,
     /// A JSON document held open in `buf` (see [`json_safe_end`]).
     open_json: Held,
-    /// Chunks that ended a line: how the held-line limit sees progress.
-    lines: u64,
+    /// Lines held behind an unclosed document go on as text at the next drain (see
+    /// [`HELD_LIMIT`]).
+    release_held: bool,
     on_report: Arc<dyn Fn(&MaskReport) + Send + Sync>,
     /// The gateway's masking budget, and the share of it `buf` holds (one permit per KiB): a
     /// long line waiting for its end is memory like a whole body being masked.
@@ -1131,7 +1143,7 @@ pub fn masked_lines_within(
             scanned: 0,
             ended: 0,
             open_json: Held::default(),
-            lines: 0,
+            release_held: false,
             on_report,
             budget: budget.map(|b| (b, None)),
         },
@@ -1158,9 +1170,6 @@ impl LineMasker {
         } else {
             // Only what arrived since the last look can hold a new line break.
             let found = memchr::memrchr(b'\n', &self.buf[self.scanned..]).map(|i| self.scanned + i + 1);
-            if found.is_some() {
-                self.lines += 1;
-            }
             self.scanned = self.buf.len();
             found.unwrap_or(self.ended)
         };
@@ -1178,7 +1187,8 @@ impl LineMasker {
             if all && json_end < lines_end && refuse {
                 return Err("a JSON document in a streamed text ended unfinished".into());
             }
-            if !all && lines_end - json_end > MAX_JSON_HOLD {
+            let release = std::mem::take(&mut self.release_held);
+            if !all && json_end < lines_end && (release || lines_end - json_end > MAX_JSON_HOLD) {
                 if refuse {
                     return Err(
                         "a JSON document in a streamed text did not close within the hold limit".into(),
@@ -1299,16 +1309,30 @@ impl Rewrite for LineMasker {
         self.drain(true)
     }
 
-    fn progress(&self) -> Progress {
-        Progress {
-            lines: self.lines,
-            // After the complete lines held back, which `ended` measures.
-            unfinished: self.buf.len().saturating_sub(self.ended),
+    fn held(&self) -> usize {
+        self.buf.len()
+    }
+
+    fn stalled(&mut self) -> Result<Option<Bytes>, BodyError> {
+        // Complete lines held behind a document that has not closed go on as text where the
+        // rules allow it, as past the hold limit; an unfinished line or a private key cannot.
+        self.release_held = true;
+        let out = self.drain(false);
+        self.release_held = false;
+        match out? {
+            Some(out) => {
+                self.charge()?;
+                Ok(Some(out))
+            }
+            None => Err(Box::new(HeldTooLong)),
         }
     }
 
     fn abandon(&mut self) {
         self.buf = BytesMut::new();
+        self.scanned = 0;
+        self.ended = 0;
+        self.open_json = Held::default();
         if let Some((_, held)) = &mut self.budget {
             *held = None;
         }
@@ -2298,8 +2322,8 @@ mod tests {
     }
 
     /// A long line that never ends, whether the upstream goes quiet or trickles bytes that end
-    /// no line, is cut [`HELD_LINE_LIMIT`] after it began waiting, and gives back its share of
-    /// the masking budget at once.
+    /// no line, is cut [`HELD_LIMIT`] after it began waiting, and gives back its share of the
+    /// masking budget at once.
     #[tokio::test(start_paused = true)]
     async fn a_long_line_that_never_ends_is_cut_at_the_held_limit() {
         for trickle in [false, true] {
@@ -2309,7 +2333,7 @@ mod tests {
             let next = next_frame(&mut body).await;
             assert_eq!(next.unwrap().unwrap().into_data().unwrap(), "done\n");
             let start = tokio::time::Instant::now();
-            tx.send(Bytes::from(vec![b'a'; HELD_LINE_MIN])).unwrap();
+            tx.send(Bytes::from(vec![b'a'; HELD_MIN])).unwrap();
             let feeder = trickle.then(|| {
                 let tx = tx.clone();
                 tokio::spawn(async move {
@@ -2330,7 +2354,7 @@ mod tests {
             assert!(err.to_string().contains("60 s"), "{err}");
             let waited = start.elapsed();
             assert!(
-                waited >= HELD_LINE_LIMIT && waited < HELD_LINE_LIMIT + std::time::Duration::from_secs(1),
+                waited >= HELD_LIMIT && waited < HELD_LIMIT + std::time::Duration::from_secs(1),
                 "trickle {trickle}: cut after {waited:?}"
             );
             assert_eq!(
@@ -2344,13 +2368,13 @@ mod tests {
         }
     }
 
-    /// Lines that keep completing are progress, whether they go out or are held (a document
-    /// spread over lines, under Allow), and whatever each chunk leaves unfinished; a short line
-    /// waiting (a prompt) and a quiet stream holding nothing (a watch between events) are never
-    /// cut.
+    /// Lines that keep going out are progress, whatever each chunk leaves unfinished, and so is
+    /// a long line still arriving; lines held behind a document that never closes go on as
+    /// text at the limit (under Allow); a short line waiting (a prompt) and a quiet stream
+    /// holding nothing (a watch between events) are never cut.
     #[tokio::test(start_paused = true)]
     async fn streams_whose_lines_complete_or_stay_short_are_not_cut() {
-        let long = || "x".repeat(HELD_LINE_MIN + 10);
+        let long = || "x".repeat(HELD_MIN + 10);
         // Each chunk ends the long line before it and leaves another waiting.
         let sent: Vec<String> = std::iter::once(long())
             .chain((0..5).map(|_| format!(" ends\n{}", long())))
@@ -2360,7 +2384,12 @@ mod tests {
         let held: Vec<String> = std::iter::once("{\"level\":\"info\",\"msg\":\"cut off\n".to_string())
             .chain((0..6).map(|i| format!("{{\"line\":{i},\"pad\":\"{}\"}}\n", "y".repeat(20_000))))
             .collect();
-        for (chunks, out) in [(sent, 6), (held, 0)] {
+        // A long line still arriving, 70 KB every 30 s, then its end.
+        let growing: Vec<String> = (0..4)
+            .map(|_| "z".repeat(70_000))
+            .chain(["\n".to_string()])
+            .collect();
+        for (chunks, out) in [(sent, 6), (held, 7), (growing, 1)] {
             let (tx, mut body) = line_stream("Allow", None);
             let feeder = tokio::spawn(async move {
                 for c in chunks {
