@@ -330,6 +330,16 @@ async fn simple_rows(c: &tokio_postgres::Client, sql: &str) -> String {
         .join("\n")
 }
 
+/// Runs `sql` until it succeeds: the manifest edit that allows it takes effect with the
+/// gateway's next reload. Fails after 30 s, naming `what` never applied.
+async fn once_reloaded(c: &tokio_postgres::Client, sql: &str, what: &str) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = c.batch_execute(sql).await {
+        assert!(Instant::now() < until, "{what} never applied: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn db_error(e: &tokio_postgres::Error) -> (String, String) {
     let d = e
         .as_db_error()
@@ -891,11 +901,7 @@ fn cascades_meet_the_rules_guarding_what_they_drop() {
     let tok = token(&s.idp);
     rt().block_on(async {
         let c = connect(&s.plain_conninfo(&tok)).await;
-        let until = Instant::now() + Duration::from_secs(30);
-        while let Err(e) = c.batch_execute("CREATE TABLE public.scratch (id int)").await {
-            assert!(Instant::now() < until, "the DDL grant never applied: {e}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        once_reloaded(&c, "CREATE TABLE public.scratch (id int)", "the DDL grant").await;
         c.batch_execute("DROP TABLE public.scratch").await.unwrap();
         for sql in [
             "DROP SCHEMA ledger CASCADE",
@@ -945,14 +951,12 @@ fn masked_columns_cannot_be_copied_out_of_masking() {
     rt().block_on(async {
         let c = connect(&s.plain_conninfo(&tok)).await;
         // Writing a masked column is allowed (once the reload lands).
-        let until = Instant::now() + Duration::from_secs(30);
-        while let Err(e) = c
-            .batch_execute("UPDATE customers SET email = 'alan@example.net' WHERE id = 3")
-            .await
-        {
-            assert!(Instant::now() < until, "the wider grant never applied: {e}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        once_reloaded(
+            &c,
+            "UPDATE customers SET email = 'alan@example.net' WHERE id = 3",
+            "the wider grant",
+        )
+        .await;
         c.batch_execute("INSERT INTO orders (customer_id, total, status) VALUES (1, 1.00, 'new')")
             .await
             .unwrap();
@@ -3539,15 +3543,7 @@ fn a_view_made_after_a_session_began_is_not_trusted() {
         older.simple_query("SELECT 1").await.unwrap();
         let c = connect(&s.plain_conninfo(&tok)).await;
         let define = "CREATE VIEW public.later AS SELECT public.wipe_orders() AS n";
-        let until = Instant::now() + Duration::from_secs(30);
-        while let Err(e) = c.batch_execute(define).await {
-            assert!(
-                Instant::now() < until,
-                "the rule never applied: {:?}",
-                db_error(&e)
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        once_reloaded(&c, define, "the rule").await;
         for session in [&older, &c] {
             let e = session.simple_query("SELECT n FROM later").await.unwrap_err();
             assert_eq!(db_error(&e).0, "42501", "{e}");
@@ -3579,11 +3575,7 @@ fn code_a_session_defines_under_a_built_in_name_is_not_trusted() {
         let other = connect(&s.plain_conninfo(&tok)).await;
         let define = "CREATE FUNCTION public.upper(int) RETURNS text LANGUAGE sql \
                       AS 'SELECT email FROM public.customers WHERE id = $1'";
-        let until = Instant::now() + Duration::from_secs(30);
-        while let Err(e) = c.batch_execute(define).await {
-            assert!(Instant::now() < until, "the grant never applied: {e}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        once_reloaded(&c, define, "the grant").await;
         for session in [&c, &other] {
             match session.simple_query("SELECT upper(1)").await {
                 Ok(messages) => {
