@@ -7,8 +7,8 @@
 use std::fmt::Write;
 use std::hint::black_box;
 
+use agentgate::masking::secret::SecretFinder;
 use agentgate::masking::{HashKey, MaskingPlan};
-use agentgate::protocol::http::scrub::CredentialFinders;
 use agentgate_crds::policy::MaskingRule;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
@@ -112,7 +112,7 @@ fn bench(c: &mut Criterion) {
 
     // The credential scrub reads every response of a Connection with a credential, masked or
     // not: a Basic secret and its token, over the list with nothing to find.
-    let finders = CredentialFinders::new(&[
+    let finders = SecretFinder::new(&[
         b"s3cr3t-PASSWORD+/value",
         b"c3ZjLWFnZW50Z2F0ZTpzM2NyM3QtUEFTU1dPUkQrL3ZhbHVl",
     ])

@@ -1157,6 +1157,37 @@ fn reflected_basic_tokens_and_compressed_bodies_never_reach_the_agent() {
     s.assert_no_secrets();
 }
 
+/// An agent that sends its own token where an upstream echoes it back escaped (every byte
+/// `%XX`, `&#N;`, `\u00XX`) does not get it into the recording: the recording's hiding of the
+/// agent's token reads escapes too.
+#[test]
+fn the_agents_token_echoed_in_escapes_is_not_recorded() {
+    let s = start(CANARY, |yaml| yaml.to_string());
+    let header = format!("X-Agent-Echo: {}", s.token);
+    let r = s.curl(
+        &["-H", &header, "-H", "X-Reflect-Header: X-Agent-Echo"],
+        "/okta/reflect?encoded",
+    );
+    let spelled = |f: &dyn Fn(u8) -> String| s.token.bytes().map(f).collect::<String>();
+    let forms = [
+        spelled(&|b| format!("%{b:02X}")),
+        spelled(&|b| format!("&#{b};")),
+        spelled(&|b| format!("\\u{b:04x}")),
+    ];
+    // The upstream did echo it: the agent, which holds the token, reads it back where the JWT
+    // detector (which reads `%XX`) did not mask it.
+    assert_eq!(r.json()["html"], forms[1].as_str(), "{r:?}");
+    let recorded = s.gw.recordings();
+    assert!(recorded.contains(r#""path":"/reflect""#), "{recorded}");
+    for form in forms.iter().chain([&forms[2].replace('\\', "\\\\")]) {
+        assert!(
+            !recorded.contains(form.as_str()),
+            "{form} is recorded: {recorded}"
+        );
+    }
+    s.assert_no_secrets();
+}
+
 /// An ETag or digest of the unmasked body, beside the masked one, lets a masked value be
 /// guessed offline; `If-None-Match` with a guess confirms it online (304 or 200).
 #[test]

@@ -12,9 +12,9 @@ check exactly what the gateway forwarded. A few paths serve fixed content for ma
                       (URL-decoded) in encoding E (default utf-8)
   /binary             application/octet-stream
   /big?bytes=N        a JSON document of about N bytes
-  /reflect            the Authorization header it received, in a header and the body; with
-                      `encoded` in the query, also spelled in escapes (every byte `%XX`, `&#N;`
-                      and `\\uXXXX`)
+  /reflect            the Authorization header it received (or the header `X-Reflect-Header`
+                      names), in a header and the body; with `encoded` in the query, also
+                      spelled in escapes (every byte `%XX`, `&#N;` and `\\uXXXX`)
   /gzip-reflect       the same body, gzip-compressed whatever the client accepts (some do)
   /te-gzip-reflect    the same, compressed as a transfer coding (`Transfer-Encoding: gzip, chunked`)
   /lying-length       the users list chunked, with a `Content-Length: 0` beside it
@@ -169,8 +169,9 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         if path == "/reflect":
-            # A careless upstream that reflects the credential it was sent, in a header and body.
-            raw = self.headers.get("Authorization", "")
+            # A careless upstream that reflects the credential it was sent, in a header and body
+            # (or, when the client names one, another header's value).
+            raw = self.headers.get(self.headers.get("X-Reflect-Header", "Authorization"), "")
             payload = json.dumps({"you_sent": raw}).encode()
             if "encoded" in self.path.split("?", 1)[-1]:
                 # Spelled as encoders that escape more than they must write it: every byte

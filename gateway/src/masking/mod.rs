@@ -9,6 +9,7 @@
 pub(crate) mod detectors;
 mod json;
 mod path;
+pub mod secret;
 mod strategy;
 
 use std::borrow::Cow;

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::approval::{Approvals, Ask, Ticket, unix_now};
 use crate::config::{CompiledPolicy, CompiledRule, GatewayConfig};
+use crate::masking::secret::SecretFinder;
 use crate::metrics::Metrics;
 
 /// Longest reason an agent may give.
@@ -231,15 +232,27 @@ fn unshown(summary: &str, detail: Option<&str>) -> Option<String> {
     None
 }
 
-/// `text` with every occurrence of the agent's `token` as `[REDACTED]`: an agent may send its
-/// token in a query, a body or SQL, and what approvers read is not a recording, which hides it
-/// by value on its own (tokens shorter than 16 characters are not searched for, as there).
+/// `text` with every spelling of the agent's `token` (raw or escaped: see [`SecretFinder`]) as
+/// `[REDACTED]`: an agent may send its token in a query, a body or SQL, and what approvers read
+/// is not a recording, which hides it on its own (tokens shorter than 16 characters are not
+/// searched for, as there).
 pub fn hide_token(text: String, token: Option<&str>) -> String {
-    match token {
-        Some(t) if t.len() >= crate::recording::MIN_HIDDEN_BYTES && text.contains(t) => {
-            text.replace(t, "[REDACTED]")
-        }
-        _ => text,
+    hide_spellings(text, token_finder(token).as_deref())
+}
+
+/// The finder [`hide_spellings`] hides the agent's `token` with, where it is long enough.
+pub fn token_finder(token: Option<&str>) -> Option<Arc<SecretFinder>> {
+    token
+        .filter(|t| t.len() >= crate::recording::MIN_HIDDEN_BYTES)
+        .and_then(|t| SecretFinder::new(&[t.as_bytes()]))
+}
+
+/// [`hide_token`] with the token's finder built once ([`token_finder`]).
+pub fn hide_spellings(text: String, finder: Option<&SecretFinder>) -> String {
+    match finder.and_then(|f| f.replaced(text.as_bytes(), b"[REDACTED]")) {
+        // Spellings begin and end on ASCII bytes: the text stays UTF-8.
+        Some(hidden) => String::from_utf8_lossy(&hidden).into_owned(),
+        None => text,
     }
 }
 
@@ -386,6 +399,20 @@ pub fn sql_reason(sql: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What approvers read never holds the agent's token, however the request spelled it; a
+    /// short token is not searched for.
+    #[test]
+    fn the_agent_token_is_hidden_from_approvers_in_any_spelling() {
+        let token = "c3Zj+OjAw/Q0FOQVJZ==secret";
+        let text = "GET /cb?t=c3Zj%2BOjAw%2FQ0FOQVJZ%3D%3Dsecret body: {\"t\":\"c3Zj\\u002bOjAw\\/Q0FOQVJZ==secret\"} é";
+        assert_eq!(
+            hide_token(text.to_string(), Some(token)),
+            "GET /cb?t=[REDACTED] body: {\"t\":\"[REDACTED]\"} é"
+        );
+        assert_eq!(hide_token("a short-one".into(), Some("short-one")), "a short-one");
+        assert_eq!(hide_token("no token".into(), None), "no token");
+    }
 
     /// An approval covers only what its approver reads: a summary or a detail longer than the
     /// ApprovalRequest holds, counted as stored (control characters written out), is not asked.

@@ -35,11 +35,11 @@ use agentgate_crds::gateway::RecordingMode;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use memchr::memmem::Finder;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
+use crate::masking::secret::SecretFinder;
 use chain::{GENESIS, Timestamp, sha256_hex, signing_message};
 pub use verify::{Event, VerifyError, VerifyReport, verify_events, verify_file};
 
@@ -428,27 +428,16 @@ impl CappedBody<'_> {
     }
 }
 
-/// How many bytes at the end of `kept` are the start of `secret` (a proper prefix of it, so not
-/// the whole secret, which the scrub finds): what a cut through the secret left.
+/// How many bytes at the end of `kept` could be the start of `secret`, raw or escaped (not the
+/// whole secret, which the scrub finds): what a cut through the secret left. Begins on an ASCII
+/// byte, so a cut there keeps text whole.
 pub(crate) fn partial_secret_at_end(kept: &[u8], secret: &[u8]) -> usize {
-    let Some(&first) = secret.first() else { return 0 };
-    let from = kept.len().saturating_sub(secret.len().saturating_sub(1));
-    memchr::memchr_iter(first, &kept[from..])
-        .map(|i| from + i)
-        .find(|&p| secret.starts_with(&kept[p..]))
-        .map_or(0, |p| kept.len() - p)
+    SecretFinder::new(&[secret]).map_or(0, |f| f.unfinished_at_end(kept))
 }
 
 /// `kept` without the start of a hidden secret that a cut left at its end.
 fn without_partial_secret(kept: &[u8]) -> &[u8] {
-    let cut = HIDING.with(|h| {
-        h.borrow().as_ref().map_or(0, |h| {
-            h.iter()
-                .map(|f| partial_secret_at_end(kept, f.needle()))
-                .max()
-                .unwrap_or(0)
-        })
-    });
+    let cut = HIDING.with(|h| h.borrow().as_ref().map_or(0, |h| h.unfinished_at_end(kept)));
     &kept[..kept.len() - cut]
 }
 
@@ -470,7 +459,7 @@ impl Serialize for CappedBody<'_> {
             Kept::Binary(b) => {
                 // Encoded, a hidden secret would pass the event's scrub: replaced in the bytes.
                 let b = kept(b, self.truncated);
-                let scrubbed = HIDING.with(|h| h.borrow().as_ref().and_then(|h| scrub(b, h)));
+                let scrubbed = HIDING.with(|h| h.borrow().as_ref().and_then(|h| h.replaced(b, REDACTED)));
                 m.serialize_entry("base64", &STANDARD.encode(scrubbed.as_deref().unwrap_or(b)))?
             }
             Kept::Json(raw) => m.serialize_entry("json", raw)?,
@@ -976,9 +965,10 @@ struct State {
     buf: Vec<u8>,
     /// The data of the event being appended, kept likewise.
     json: Vec<u8>,
-    /// Searchers for the secrets replaced by `[REDACTED]` wherever they appear in an event (see
-    /// [`Session::hide`]); built once, as building one costs more than many searches.
-    hidden: Arc<Vec<Finder<'static>>>,
+    /// The secrets replaced by `[REDACTED]` wherever they appear in an event, however spelled
+    /// (see [`Session::hide`]), and their finder, built once per secret added.
+    hidden: Vec<Box<[u8]>>,
+    hider: Option<Arc<SecretFinder>>,
     /// Events that never reached the file: failed writes (refused in Required mode, swallowed in
     /// BestEffort), deferred events dropped past [`MAX_DEFERRED`], events after the close. The
     /// signed end says how many (`unrecorded_events`), so the chain's unbroken `seq` does not
@@ -999,7 +989,8 @@ impl State {
             deferred: Vec::new(),
             buf: Vec::new(),
             json: Vec::new(),
-            hidden: Arc::new(Vec::new()),
+            hidden: Vec::new(),
+            hider: None,
             lost: 0,
         }
     }
@@ -1042,13 +1033,14 @@ impl Session {
 
     /// From now on, writes `secret` as `[REDACTED]` wherever it appears in an event of this
     /// session: the agent's own token, which a client may also send in a header of another
-    /// name, a query or a body, where no rule would know it for a secret. Only secrets of at
-    /// least [`MIN_HIDDEN_BYTES`] printable ASCII characters that JSON writes as they are (no `"`
-    /// or `\`), as bearer tokens are; the last [`MAX_HIDDEN`] given are kept.
+    /// name, a query or a body, where no rule would know it for a secret, and an upstream may
+    /// echo escaped (`%2B`, `&#43;`, `\u002b`: see [`SecretFinder`]). Only secrets of at least
+    /// [`MIN_HIDDEN_BYTES`] printable ASCII characters that JSON writes as they are (no `"` or
+    /// `\`), as bearer tokens are; the last [`MAX_HIDDEN`] given are kept.
     pub fn hide(&self, secret: &[u8]) {
         let mut state = self.lock();
         // Every request of a connection presents the same token: the common case is a compare.
-        if state.hidden.iter().any(|h| h.needle() == secret) {
+        if state.hidden.iter().any(|h| **h == *secret) {
             return;
         }
         let fits = secret.len() >= MIN_HIDDEN_BYTES
@@ -1059,11 +1051,12 @@ impl Session {
         if !fits {
             return;
         }
-        let hidden = Arc::make_mut(&mut state.hidden);
-        if hidden.len() >= MAX_HIDDEN {
-            hidden.remove(0);
+        if state.hidden.len() >= MAX_HIDDEN {
+            state.hidden.remove(0);
         }
-        hidden.push(Finder::new(secret).into_owned());
+        state.hidden.push(Box::from(secret));
+        let secrets: Vec<&[u8]> = state.hidden.iter().map(|s| &**s).collect();
+        state.hider = SecretFinder::new(&secrets);
     }
 
     /// Appends one event, written to the OS before returning. `Required`: an error means the
@@ -1087,7 +1080,7 @@ impl Session {
             Err(RecordingError::InvalidKind)
         } else {
             let ts = Timestamp::now().rfc3339();
-            let hidden = self.lock().hidden.clone();
+            let hidden = self.lock().hider.clone();
             let mut json = Vec::new();
             let json = encode_hidden(&hidden, &data, &mut json)
                 .and_then(|()| String::from_utf8(json).map_err(|_| RecordingError::Encode));
@@ -1173,7 +1166,7 @@ impl Session {
     /// `data` as JSON with the session's secrets hidden: what an event's line carries.
     fn encode_data(&self, state: &mut State, data: &impl Serialize) -> Result<Vec<u8>, RecordingError> {
         let mut json = Vec::new();
-        encode_hidden(&state.hidden, data, &mut json)?;
+        encode_hidden(&state.hider, data, &mut json)?;
         Ok(json)
     }
 
@@ -1199,7 +1192,7 @@ impl Session {
         // size took several allocations per event.
         let mut json = std::mem::take(&mut state.json);
         json.clear();
-        let result = encode_hidden(&state.hidden.clone(), data, &mut json)
+        let result = encode_hidden(&state.hider.clone(), data, &mut json)
             .and_then(|()| std::str::from_utf8(&json).map_err(|_| RecordingError::Encode))
             .and_then(|text| self.write_events(state, Some((kind, text)), ts));
         if json.capacity() <= KEPT_BUFFER {
@@ -1340,17 +1333,17 @@ pub const MAX_HIDDEN: usize = 4;
 
 thread_local! {
     /// The secrets of the session whose event is being encoded on this thread (see [`hiding`]).
-    static HIDING: std::cell::RefCell<Option<Arc<Vec<Finder<'static>>>>> = const { std::cell::RefCell::new(None) };
+    static HIDING: std::cell::RefCell<Option<Arc<SecretFinder>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Runs `encode` with `hidden` as the secrets [`CappedBody`] replaces in binary bodies before
 /// encoding them (base64 hides a secret from the scrub of the encoded event).
-fn hiding<T>(hidden: &Arc<Vec<Finder<'static>>>, encode: impl FnOnce() -> T) -> T {
-    if hidden.is_empty() {
+fn hiding<T>(hidden: &Option<Arc<SecretFinder>>, encode: impl FnOnce() -> T) -> T {
+    let Some(hidden) = hidden else {
         return encode();
-    }
+    };
     /// Restores the thread's previous secrets, even when encoding panics.
-    struct Restore(Option<Arc<Vec<Finder<'static>>>>);
+    struct Restore(Option<Arc<SecretFinder>>);
     impl Drop for Restore {
         fn drop(&mut self) {
             let before = self.0.take();
@@ -1361,43 +1354,87 @@ fn hiding<T>(hidden: &Arc<Vec<Finder<'static>>>, encode: impl FnOnce() -> T) -> 
     encode()
 }
 
+/// What a hidden secret is written as.
+const REDACTED: &[u8] = b"[REDACTED]";
+
 /// Appends `data` as JSON to `json` with the session's secrets `hidden`: hidden from binary
-/// bodies before they are encoded (see [`hiding`]), then scrubbed from the encoded text.
+/// bodies before they are encoded (see [`hiding`]), then from the encoded text's strings.
 fn encode_hidden(
-    hidden: &Arc<Vec<Finder<'static>>>,
+    hidden: &Option<Arc<SecretFinder>>,
     data: &impl Serialize,
     json: &mut Vec<u8>,
 ) -> Result<(), RecordingError> {
     hiding(hidden, || serde_json::to_writer(&mut *json, data)).map_err(|_| RecordingError::Encode)?;
-    if let Some(scrubbed) = scrub(json, hidden) {
+    if let Some(scrubbed) = hidden.as_ref().and_then(|h| scrub(json, h)) {
         *json = scrubbed;
     }
     Ok(())
 }
 
-/// `json` with every occurrence of each of `hidden` replaced by `[REDACTED]`, or `None` when
-/// none occurs (the common case, which copies nothing). The secrets hold no character JSON
-/// escapes, so an occurrence lies inside one string and the result stays valid JSON.
-fn scrub(json: &[u8], hidden: &[Finder<'static>]) -> Option<Vec<u8>> {
-    let mut out: Option<Vec<u8>> = None;
-    for finder in hidden {
-        let text = out.as_deref().unwrap_or(json);
-        let Some(first) = finder.find(text) else {
-            continue;
-        };
-        let n = finder.needle().len();
-        let mut next = Vec::with_capacity(text.len());
-        let (mut from, mut at) = (0, Some(first));
-        while let Some(i) = at {
-            next.extend_from_slice(&text[from..from + i]);
-            next.extend_from_slice(b"[REDACTED]");
-            from += i + n;
-            at = finder.find(&text[from..]);
-        }
-        next.extend_from_slice(&text[from..]);
-        out = Some(next);
+/// `json` (as serde_json wrote it) with every spelling of a secret `hidden` finds inside a string
+/// replaced by `[REDACTED]`, or `None` when there is none (the common case, which copies nothing).
+/// A string with escapes is searched decoded: encoded, an escape the text already held is
+/// escaped again (`\u002b` as `\\u002b`), which the search does not read back. Where the
+/// secrets hold no `"`, a spelling lies inside one string, so the result stays valid JSON.
+fn scrub(json: &[u8], hidden: &SecretFinder) -> Option<Vec<u8>> {
+    // Without escapes every string is as it reads: one search of the whole tells.
+    if memchr::memchr(b'\\', json).is_none() && !hidden.found_in(json) {
+        return None;
     }
-    out
+    let mut out: Option<Vec<u8>> = None;
+    // Bytes of `json` before this are in `out`.
+    let mut copied = 0;
+    let mut at = 0;
+    while let Some(open) = memchr::memchr(b'"', &json[at..]).map(|i| at + i) {
+        let (mut close, mut escaped) = (open + 1, false);
+        loop {
+            match json
+                .get(close..)
+                .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+            {
+                Some(i) if json[close + i] == b'\\' => {
+                    escaped = true;
+                    close += i + 2;
+                }
+                Some(i) => {
+                    close += i;
+                    break;
+                }
+                // Not serde_json's: nothing can be told of the rest, so none of it is kept.
+                None => {
+                    let out = out.get_or_insert_with(Vec::new);
+                    out.extend_from_slice(&json[copied..open]);
+                    out.extend_from_slice(b"\"[REDACTED]\"");
+                    return Some(std::mem::take(out));
+                }
+            }
+        }
+        let scrubbed = if escaped {
+            // Decoded, searched, and encoded again when a secret was there.
+            serde_json::from_slice::<String>(&json[open..=close])
+                .map(|text| {
+                    hidden.replaced(text.as_bytes(), REDACTED).map(|t| {
+                        // Spellings begin and end on ASCII bytes: the text stays UTF-8.
+                        let t = String::from_utf8_lossy(&t);
+                        serde_json::to_vec(&t).unwrap_or_else(|_| b"\"[REDACTED]\"".to_vec())
+                    })
+                })
+                .unwrap_or_else(|_| Some(b"\"[REDACTED]\"".to_vec()))
+        } else {
+            hidden.replaced(&json[open..=close], REDACTED)
+        };
+        if let Some(scrubbed) = scrubbed {
+            let out = out.get_or_insert_with(|| Vec::with_capacity(json.len()));
+            out.extend_from_slice(&json[copied..open]);
+            out.extend_from_slice(&scrubbed);
+            copied = close + 1;
+        }
+        at = close + 1;
+    }
+    out.map(|mut out| {
+        out.extend_from_slice(&json[copied..]);
+        out
+    })
 }
 
 /// An event type: 1 to [`MAX_KIND_BYTES`] of a-z, 0-9, '.', '_', '-'.

@@ -979,10 +979,130 @@ fn a_body_cut_through_a_hidden_secret_keeps_none_of_it() {
     assert!(recorded.contains(&"x".repeat(1000)), "{recorded}");
     let b64 = base64::engine::general_purpose::STANDARD.encode(&binary[..1001]);
     assert!(recorded.contains(&b64), "{recorded}");
-    assert_eq!(partial_secret_at_end(b"abc-eyJ", b"eyJhb"), 3);
-    assert_eq!(partial_secret_at_end(b"abc-eyJhb", b"eyJhb"), 0);
-    assert_eq!(partial_secret_at_end(b"e", b"eyJhb"), 1);
-    assert_eq!(partial_secret_at_end(b"", b"eyJhb"), 0);
+    let secret = b"eyJhbGciOi";
+    assert_eq!(partial_secret_at_end(b"abc-eyJ", secret), 3);
+    assert_eq!(partial_secret_at_end(b"abc-eyJhbGciOi", secret), 0);
+    assert_eq!(partial_secret_at_end(b"e", secret), 1);
+    assert_eq!(partial_secret_at_end(b"", secret), 0);
+    // Escaped, and an escape itself cut short.
+    assert_eq!(partial_secret_at_end(b"abc-eyJ%68bG", secret), 8);
+    assert_eq!(partial_secret_at_end(b"abc-%65yJ&#10", secret), 9);
+    assert_eq!(partial_secret_at_end(b"abc-eyJ%6", secret), 5);
+    assert_eq!(partial_secret_at_end(b"abc-eyJ%7", secret), 0);
+}
+
+/// The agent's token however an event holds it: percent-encoded in a query, as HTML references
+/// in a text body, as JSON escapes in a JSON body and (escaped again when encoded) in a text
+/// body, in a header, mixed; each is `[REDACTED]`, and the events stay valid JSON that verifies.
+#[test]
+fn an_escaped_token_is_redacted_however_the_event_holds_it() {
+    use crate::masking::secret::SecretFinder;
+    let (_d, rec) = recorder(RecordingMode::Required);
+    let s = rec.start_session(json!({"identity": "agent"})).unwrap();
+    // An opaque token with the characters encoders escape.
+    let token = "c3Zj+OjAw/Q0FOQVJZ==secret";
+    s.hide(token.as_bytes());
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        note: &'a str,
+        body: CappedBody<'a>,
+    }
+    let json_body = br#"{"next":"https:\/\/cb?t=c3Zj\u002BOjAw\/Q0FOQVJZ%3D%3Dsecret","n":1}"#;
+    let text_body =
+        br#"<p>c3Zj&#43;OjAw&sol;Q0FOQVJZ&#x3D;=secret</p> and {"t":"c3Zj\u002bOjAw\/Q0FOQVJZ==secret"}"#;
+    s.record(
+        "http.request",
+        json!({
+            "target": "/cb?t=c3Zj%2BOjAw%2FQ0FOQVJZ%3D%3Dsecret",
+            "headers": {"x-forwarded-token": "c3Zj&plus;OjAw/Q0FOQVJZ==secret", "x-other": "kept"},
+        }),
+    )
+    .unwrap();
+    s.record(
+        "http.response.body",
+        Body {
+            note: "json",
+            body: CappedBody::json(Cow::Borrowed(&json_body[..]), 4096),
+        },
+    )
+    .unwrap();
+    s.record_deferred(
+        "http.response.body",
+        Body {
+            note: "text",
+            body: cap_body(text_body, 4096),
+        },
+    )
+    .unwrap();
+    // Cut through an escaped spelling: none of its start is kept.
+    let cut = br#"{"t":"x c3Zj\u002bOjAw\/Q0F"#;
+    s.record(
+        "http.request.body",
+        Body {
+            note: "cut",
+            body: cap_body(&cut[..], cut.len() - 1),
+        },
+    )
+    .unwrap();
+    s.close(json!({"reason": "done"})).unwrap();
+
+    let report = verify_file(s.path(), Some(rec.public_key())).unwrap();
+    assert_eq!((report.events, report.closed), (6, true));
+    let finder = SecretFinder::new(&[token.as_bytes()]).unwrap();
+    let mut seen = Vec::new();
+    verify_events(s.path(), None, |e| seen.push(e.data.clone())).unwrap();
+    // Every string, decoded, and the raw JSON body's as written: no spelling is left.
+    fn strings(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::String(s) => out.push(s.clone()),
+            Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+            Value::Object(m) => m.iter().for_each(|(k, v)| {
+                out.push(k.clone());
+                strings(v, out)
+            }),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    seen.iter().for_each(|v| strings(v, &mut all));
+    let file = fs::read_to_string(s.path()).unwrap();
+    all.push(file.clone());
+    for text in &all {
+        assert!(!finder.found_in(text.as_bytes()), "{text}");
+        assert!(!text.contains("c3Zj"), "a spelling's start is left: {text}");
+    }
+    assert_eq!(seen[1]["target"], "/cb?t=[REDACTED]");
+    assert_eq!(seen[1]["headers"]["x-forwarded-token"], "[REDACTED]");
+    assert_eq!(seen[1]["headers"]["x-other"], "kept");
+    assert_eq!(seen[2]["body"]["json"]["next"], "https://cb?t=[REDACTED]");
+    assert_eq!(seen[2]["body"]["json"]["n"], 1);
+    assert_eq!(
+        seen[3]["body"]["text"],
+        r#"<p>[REDACTED]</p> and {"t":"[REDACTED]"}"#
+    );
+    assert_eq!(seen[4]["body"]["text"], r#"{"t":"x "#);
+    assert_eq!(seen[4]["body"]["truncated"], true);
+}
+
+/// Only strings are searched: a secret that reads as a number is left where it is one, and the
+/// event stays valid JSON.
+#[test]
+fn a_hidden_secret_is_redacted_only_inside_strings() {
+    let (_d, rec) = recorder(RecordingMode::Required);
+    let s = rec.start_session(json!({})).unwrap();
+    s.hide(b"1234567890123456");
+    s.record(
+        "note",
+        json!({"n": 1234567890123456u64, "s": "x1234567890123456", "e": "a\tb 1234567890123456"}),
+    )
+    .unwrap();
+    s.close(json!({"reason": "done"})).unwrap();
+    let mut seen = Vec::new();
+    verify_events(s.path(), None, |e| seen.push(e.data.clone())).unwrap();
+    assert_eq!(
+        seen[1],
+        json!({"n": 1234567890123456u64, "s": "x[REDACTED]", "e": "a\tb [REDACTED]"})
+    );
 }
 
 #[test]

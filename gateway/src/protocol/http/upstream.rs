@@ -10,9 +10,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::Body;
+use super::headers;
 use super::problem::{Kind, Problem};
 use super::tls::{UpstreamTls, client_config};
-use super::{headers, scrub};
 use crate::config::CompiledConnection;
 
 /// Longest wait for a TCP (and TLS) connection to an upstream.
@@ -35,8 +35,8 @@ pub struct Upstream {
     pub base_path: String,
     /// The `Host` header sent upstream.
     pub authority: String,
-    /// The searcher for the Connection's credential in responses (see [`scrub::Scrubber`]).
-    pub scrub: Option<Arc<scrub::CredentialFinders>>,
+    /// The searcher for the Connection's credential in responses (see [`super::scrub::Scrubber`]).
+    pub scrub: Option<Arc<crate::masking::secret::SecretFinder>>,
 }
 
 impl Upstream {
@@ -97,7 +97,7 @@ impl Upstream {
                 // Basic sends base64(user:secret): an upstream reflecting its Authorization
                 // header hands the agent that token, which decodes to the secret.
                 let token = headers::basic_token(cred);
-                scrub::CredentialFinders::new(&[secret, token.as_deref().unwrap_or_default()])
+                crate::masking::secret::SecretFinder::new(&[secret, token.as_deref().unwrap_or_default()])
             }),
         })
     }

@@ -52,6 +52,7 @@ use crate::approval::unix_now;
 use crate::config::CompiledConnection;
 use crate::identity::dpop::RequestTarget;
 use crate::identity::{ErrorKind, Presented};
+use crate::masking::secret::SecretFinder;
 use crate::masking::{MaskReport, MaskingPlan};
 use crate::policy::index::Subject;
 use crate::policy::operation::{Operation, SqlOperation};
@@ -487,8 +488,10 @@ struct Live {
     /// Unix time the token expires: the session ends then, as an HTTP request with it would
     /// be refused.
     token_expires_at: i64,
-    /// The token itself, hidden from what approvers read (the recording hides it on its own).
+    /// The token itself, hidden from what approvers read (the recording hides it on its own),
+    /// and its finder, built once.
     token: Arc<str>,
+    token_finder: Option<Arc<SecretFinder>>,
     /// The startup packet's database and the client's address, as the token was verified for.
     database: String,
     peer: std::net::IpAddr,
@@ -739,6 +742,7 @@ async fn start(
             groups: principal.groups.clone(),
             token_expires_at: principal.expires_at,
             token: token.as_str().into(),
+            token_finder: approval::token_finder(Some(token.as_str())),
             database: s.database.clone(),
             peer: peer.ip(),
             plan,
@@ -1854,7 +1858,7 @@ impl Live {
         if end < sql.len() && self.token.len() >= crate::recording::MIN_HIDDEN_BYTES {
             end -= crate::recording::partial_secret_at_end(&sql.as_bytes()[..end], self.token.as_bytes());
         }
-        let kept = approval::hide_token(sql[..end].to_string(), Some(&self.token));
+        let kept = approval::hide_spellings(sql[..end].to_string(), self.token_finder.as_deref());
         let mut masked = truncate(
             &super::statement_text::mask(&self.plan, &without_passwords(&kept)),
             MAX_RECORDED_SQL,
@@ -1887,7 +1891,10 @@ impl Live {
     /// `text` cut to `max` bytes with the agent's token hidden first: cut first, the start of a
     /// token the cut went through would stay.
     fn cut_hiding(&self, text: &str, max: usize) -> String {
-        truncate(&approval::hide_token(text.to_string(), Some(&self.token)), max)
+        truncate(
+            &approval::hide_spellings(text.to_string(), self.token_finder.as_deref()),
+            max,
+        )
     }
 
     /// The recorded reason for refusing `sql` that does not parse. The parser's message quotes
@@ -2706,10 +2713,11 @@ impl ClientSide {
             kind: OperationKind::Sql,
             // Whole: a statement longer than an approver is shown is not asked (a second
             // statement after a long comment would hide past a cut).
-            summary: approval::hide_token(live.masked_sql(sql), Some(&live.token)),
+            summary: approval::hide_spellings(live.masked_sql(sql), live.token_finder.as_deref()),
             fingerprint,
-            detail: detail.map(|d| approval::hide_token(d, Some(&live.token))),
-            reason: reason.map(|r| approval::hide_token(live.masked_sql(&r), Some(&live.token))),
+            detail: detail.map(|d| approval::hide_spellings(d, live.token_finder.as_deref())),
+            reason: reason
+                .map(|r| approval::hide_spellings(live.masked_sql(&r), live.token_finder.as_deref())),
             unshown: sql_unshown(sql).or(unshown),
         };
         let outcome = approval::ask(
