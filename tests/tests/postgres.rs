@@ -1697,7 +1697,12 @@ impl Raw {
     }
 
     fn login_as(port: u16, user: &str, token: &str) -> Raw {
-        let mut raw = Raw::startup_as(port, user);
+        Raw::login_with(port, user, token, &[])
+    }
+
+    /// Logged in with `params` in the startup packet besides `user` and `database`.
+    fn login_with(port: u16, user: &str, token: &str, params: &[(&str, &str)]) -> Raw {
+        let mut raw = Raw::startup_with(port, user, params);
         let mut pw = token.as_bytes().to_vec();
         pw.push(0);
         raw.send(b'p', &pw);
@@ -1720,11 +1725,15 @@ impl Raw {
     }
 
     fn startup_as(port: u16, user: &str) -> Raw {
+        Raw::startup_with(port, user, &[])
+    }
+
+    fn startup_with(port: u16, user: &str, params: &[(&str, &str)]) -> Raw {
         let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut body = Vec::new();
         body.extend_from_slice(&196608i32.to_be_bytes());
-        for (k, v) in [("user", user), ("database", "shop")] {
+        for &(k, v) in [("user", user), ("database", "shop")].iter().chain(params) {
             body.extend_from_slice(k.as_bytes());
             body.push(0);
             body.extend_from_slice(v.as_bytes());
@@ -2624,9 +2633,16 @@ fn passwords_and_the_token_never_reach_a_recording() {
     r.send(b'S', b"");
     assert!(errors(&r.until_ready()).is_empty());
     r.send(b'X', b"");
+    // A client's application_name is on record from the session's start: the token there too.
+    let mut named = Raw::login_with(s.plain, "ci-agent", &tok, &[("application_name", &tok)]);
+    named.send(b'X', b"");
     std::thread::sleep(Duration::from_millis(500));
     let recorded = s.gw.recordings();
     assert!(recorded.contains("ALTER ROLE ci PASSWORD $1"), "{recorded}");
+    assert!(
+        recorded.contains(r#""application_name":"[REDACTED]""#),
+        "{recorded}"
+    );
     assert!(
         !recorded.contains(&hex) && recorded.contains("withheld by the detectors"),
         "{recorded}"

@@ -243,6 +243,9 @@ pub struct CappedBody<'a> {
     kept: Kept<'a>,
     total: usize,
     truncated: bool,
+    /// The body stopped before its end (a peer gone mid-stream): what is kept ends where it
+    /// stopped, as a cut would.
+    unfinished: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -286,6 +289,7 @@ impl<'a> CappedBody<'a> {
             },
             total,
             truncated,
+            unfinished: false,
         }
     }
 
@@ -295,6 +299,7 @@ impl<'a> CappedBody<'a> {
             kept: Kept::Withheld(why),
             total,
             truncated: total > 0,
+            unfinished: false,
         }
     }
 
@@ -305,6 +310,13 @@ impl<'a> CappedBody<'a> {
             self.total = total;
             self.truncated = true;
         }
+        self
+    }
+
+    /// The record of a body that stopped before its end when `unfinished`: a hidden secret
+    /// the stop went through keeps none of its start, as at a cut.
+    pub fn unfinished(mut self, unfinished: bool) -> Self {
+        self.unfinished = unfinished;
         self
     }
 
@@ -328,6 +340,7 @@ impl<'a> CappedBody<'a> {
                 kept: Kept::Json(raw),
                 total,
                 truncated: false,
+                unfinished: false,
             },
             None => CappedBody::new(bytes, max),
         }
@@ -447,18 +460,18 @@ impl Serialize for CappedBody<'_> {
         let mut m = s.serialize_map(Some(3))?;
         // Cut before a hidden secret ended, its start would pass the scrub, which looks for it
         // whole. Secrets are printable ASCII, so text stays cut on a character boundary.
-        fn kept(b: &[u8], truncated: bool) -> &[u8] {
-            if truncated { without_partial_secret(b) } else { b }
+        fn kept(b: &[u8], cut: bool) -> &[u8] {
+            if cut { without_partial_secret(b) } else { b }
         }
+        let cut = self.truncated || self.unfinished;
         match &self.kept {
             Kept::Text(text) => {
-                let text =
-                    std::str::from_utf8(kept(text, self.truncated)).map_err(serde::ser::Error::custom)?;
+                let text = std::str::from_utf8(kept(text, cut)).map_err(serde::ser::Error::custom)?;
                 m.serialize_entry("text", text)?;
             }
             Kept::Binary(b) => {
                 // Encoded, a hidden secret would pass the event's scrub: replaced in the bytes.
-                let b = kept(b, self.truncated);
+                let b = kept(b, cut);
                 let scrubbed = HIDING.with(|h| h.borrow().as_ref().and_then(|h| h.replaced(b, REDACTED)));
                 m.serialize_entry("base64", &STANDARD.encode(scrubbed.as_deref().unwrap_or(b)))?
             }
@@ -1143,7 +1156,12 @@ impl Session {
             "signature".into(),
             json!(URL_SAFE_NO_PAD.encode(signature.as_ref())),
         );
-        self.append_at(&mut state, END, &Value::Object(data), Some(ts))?;
+        // Hidden already: scrubbed again, the line could differ from what was signed (a secret
+        // ending in `[` finds itself anew before `[REDACTED]`).
+        let hider = state.hider.take();
+        let appended = self.append_at(&mut state, END, &Value::Object(data), Some(ts));
+        state.hider = hider;
+        appended?;
         state.closed = true;
         let sync = |e| RecordingError::Sync {
             session: self.id.clone(),
@@ -1385,7 +1403,19 @@ fn scrub(json: &[u8], hidden: &SecretFinder) -> Option<Vec<u8>> {
     // Bytes of `json` before this are in `out`.
     let mut copied = 0;
     let mut at = 0;
-    while let Some(open) = memchr::memchr(b'"', &json[at..]).map(|i| at + i) {
+    while at < json.len() {
+        let open = memchr::memchr(b'"', &json[at..]).map_or(json.len(), |i| at + i);
+        // Between strings: numbers, literals and punctuation. A secret found there is a number
+        // or a run of them (an all-digit token): each value it touches becomes a string.
+        if let Some(gap) = values_hiding(&json[at..open], hidden) {
+            let out = out.get_or_insert_with(|| Vec::with_capacity(json.len()));
+            out.extend_from_slice(&json[copied..at]);
+            out.extend_from_slice(&gap);
+            copied = open;
+        }
+        if open == json.len() {
+            break;
+        }
         let (mut close, mut escaped) = (open + 1, false);
         loop {
             match json
@@ -1435,6 +1465,33 @@ fn scrub(json: &[u8], hidden: &SecretFinder) -> Option<Vec<u8>> {
         out.extend_from_slice(&json[copied..]);
         out
     })
+}
+
+/// `gap` (JSON between strings) with each number or literal that a secret `hidden` finds
+/// overlaps written as `"[REDACTED]"`, or `None` when there is none.
+fn values_hiding(gap: &[u8], hidden: &SecretFinder) -> Option<Vec<u8>> {
+    let (found, _) = hidden.matches(gap, true);
+    if found.is_empty() {
+        return None;
+    }
+    let punctuation = |b: &u8| b"{}[],: \t\r\n".contains(b);
+    let mut out = Vec::with_capacity(gap.len() + 16);
+    let mut i = 0;
+    while i < gap.len() {
+        if punctuation(&gap[i]) {
+            out.push(gap[i]);
+            i += 1;
+            continue;
+        }
+        let end = gap[i..].iter().position(punctuation).map_or(gap.len(), |n| i + n);
+        if found.iter().any(|r| r.start < end && i < r.end) {
+            out.extend_from_slice(b"\"[REDACTED]\"");
+        } else {
+            out.extend_from_slice(&gap[i..end]);
+        }
+        i = end;
+    }
+    Some(out)
 }
 
 /// An event type: 1 to [`MAX_KIND_BYTES`] of a-z, 0-9, '.', '_', '-'.

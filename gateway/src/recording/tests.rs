@@ -973,6 +973,16 @@ fn a_body_cut_through_a_hidden_secret_keeps_none_of_it() {
         )
         .unwrap();
     }
+    // A body that stopped there (a peer gone mid-stream) is cut likewise.
+    for body in [&text.as_bytes()[..1020], &binary[..1031]] {
+        s.record(
+            "http.response.body",
+            Body {
+                body: cap_body(body, 4096).unfinished(true),
+            },
+        )
+        .unwrap();
+    }
     s.close(json!({"reason": "done"})).unwrap();
     let recorded = fs::read_to_string(s.path()).unwrap();
     assert!(!recorded.contains(&token[..20]), "{recorded}");
@@ -1084,25 +1094,34 @@ fn an_escaped_token_is_redacted_however_the_event_holds_it() {
     assert_eq!(seen[4]["body"]["truncated"], true);
 }
 
-/// Only strings are searched: a secret that reads as a number is left where it is one, and the
-/// event stays valid JSON.
+/// A secret that reads as a number is hidden where it is one too, the number written as a
+/// string, so the event stays valid JSON; other values are left alone. A line scrubbed once is
+/// what the closing signature covers, even for a secret that `[REDACTED]` would complete again.
 #[test]
-fn a_hidden_secret_is_redacted_only_inside_strings() {
+fn a_hidden_secret_is_redacted_in_strings_and_numbers() {
     let (_d, rec) = recorder(RecordingMode::Required);
     let s = rec.start_session(json!({})).unwrap();
     s.hide(b"1234567890123456");
-    s.record(
-        "note",
-        json!({"n": 1234567890123456u64, "s": "x1234567890123456", "e": "a\tb 1234567890123456"}),
-    )
-    .unwrap();
-    s.close(json!({"reason": "done"})).unwrap();
+    s.hide(b"0123456789abcdef[");
+    let data = json!({
+        "n": 1234567890123456u64, "m": [12345678901234567u64, 7, true, null, -1.5e3],
+        "s": "x1234567890123456", "e": "a\tb 1234567890123456",
+    });
+    s.record("note", &data).unwrap();
+    s.close(json!({"reason": "0123456789abcdef0123456789abcdef["}))
+        .unwrap();
+    let report = verify_file(s.path(), Some(rec.public_key())).unwrap();
+    assert_eq!((report.events, report.closed, report.signed), (3, true, true));
     let mut seen = Vec::new();
     verify_events(s.path(), None, |e| seen.push(e.data.clone())).unwrap();
     assert_eq!(
         seen[1],
-        json!({"n": 1234567890123456u64, "s": "x[REDACTED]", "e": "a\tb [REDACTED]"})
+        json!({
+            "n": "[REDACTED]", "m": ["[REDACTED]", 7, true, null, -1.5e3],
+            "s": "x[REDACTED]", "e": "a\tb [REDACTED]",
+        })
     );
+    assert_eq!(seen[2]["reason"], "0123456789abcdef[REDACTED]");
 }
 
 #[test]

@@ -1393,8 +1393,9 @@ impl Recorded {
         let finished = self.finished || sink.declared == Some(self.total);
         let complete = finished && self.total as usize == self.kept.len();
         // Only a prefix is kept of a long body: the record says how long it was.
-        let body =
-            body_for_record(sink.plan.as_ref(), &self.kept, complete, false).of_total(self.total as usize);
+        let body = body_for_record(sink.plan.as_ref(), &self.kept, complete, false)
+            .of_total(self.total as usize)
+            .unfinished(!finished);
         let data = crate::recording::BodyEvent {
             request_id: &sink.request_id,
             bytes: self.total,

@@ -683,7 +683,9 @@ async fn start(
         "peer": peer.to_string(),
         "subject": principal.subject,
         "issuer": principal.issuer,
-        "application_name": s.params.iter().find(|(k, _)| k == "application_name").map(|(_, v)| v),
+        // The client's own text, written before the session hides the token: hidden here.
+        "application_name": s.params.iter().find(|(k, _)| k == "application_name")
+            .map(|(_, v)| approval::hide_token(v.clone(), Some(token.as_str()))),
     });
     if !masked.unmatched.is_empty() {
         // A misspelt rule masks nothing: said in the log (once per connection and rules) and in
