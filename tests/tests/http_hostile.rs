@@ -1140,6 +1140,13 @@ fn reflected_basic_tokens_and_compressed_bodies_never_reach_the_agent() {
         "{r:?}"
     );
     assert_eq!(body["json_u"], format!("Basic {}", stars(&escaped)), "{r:?}");
+    // Percent-encoded twice (`%2542`): the escapes' own `%` escaped again.
+    let twice = |b: u8| format!("%25{b:02X}");
+    assert_eq!(
+        body["twice"],
+        format!("%2542%2561%2573%2569%2563%2520{}", stars(&twice)),
+        "{r:?}"
+    );
     let r = s.curl(&[], "/okta/gzip-reflect");
     assert_eq!(
         (r.status, r.problem()),

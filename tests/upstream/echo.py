@@ -14,7 +14,8 @@ check exactly what the gateway forwarded. A few paths serve fixed content for ma
   /big?bytes=N        a JSON document of about N bytes
   /reflect            the Authorization header it received (or the header `X-Reflect-Header`
                       names), in a header and the body; with `encoded` in the query, also
-                      spelled in escapes (every byte `%XX`, `&#N;` and `\\uXXXX`)
+                      spelled in escapes (every byte `%XX`, `&#N;` and `\\uXXXX`, and
+                      percent-encoded twice)
   /gzip-reflect       the same body, gzip-compressed whatever the client accepts (some do)
   /te-gzip-reflect    the same, compressed as a transfer coding (`Transfer-Encoding: gzip, chunked`)
   /lying-length       the users list chunked, with a `Content-Length: 0` beside it
@@ -38,6 +39,7 @@ import os
 import signal
 import sys
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 USERS = [
@@ -181,6 +183,9 @@ class Handler(BaseHTTPRequestHandler):
                         "you_sent": raw,
                         "every_byte": "".join("%%%02X" % b for b in raw.encode()),
                         "html": "".join("&#%d;" % b for b in raw.encode()),
+                        # Every byte percent-encoded, then encoded again as a URL inside
+                        # another URL's query is.
+                        "twice": urllib.parse.quote("".join("%%%02X" % b for b in raw.encode()), safe=""),
                     }
                 ).encode()[:-1] + b', "json_u": "%s"}' % "".join("\\u%04x" % b for b in raw.encode()).encode()
             self.send_response(200)

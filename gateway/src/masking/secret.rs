@@ -10,8 +10,12 @@
 //!
 //! A list of whole encoded forms (the secret as each known encoder writes it) missed a secret
 //! escaped in part by one encoder and in part by another: a percent-encoded URL inside PHP's
-//! JSON, say, or an encoder that escapes more than the list expected. Escapes of escapes
-//! (`%252B`) are not decoded.
+//! JSON, say, or an encoder that escapes more than the list expected.
+//!
+//! Text encoded twice escapes the first escape's introducer (`%`, `\`, `&`) again: `%252B`, JSON
+//! in JSON's `\\u002b` and `\\\/`, `&amp;#43;`, a URL-encoded `\u002b` (`%5Cu002b`). Those are
+//! read too. Not read: a third encoding, and a second that escapes the rest of an escape as well
+//! (`%25%32%42`, every byte of `%2B` percent-encoded).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -95,6 +99,16 @@ enum Unit {
     No,
     /// The input ends before it can tell.
     More,
+}
+
+impl Unit {
+    /// The same, `n` bytes longer: with what came before it.
+    fn after(self, n: usize) -> Unit {
+        match self {
+            Unit::Len(k) => Unit::Len(k + n),
+            other => other,
+        }
+    }
 }
 
 /// What matching a whole secret from a position found.
@@ -311,42 +325,87 @@ fn attempt(
     }
 }
 
-/// The ways `buf` spells the byte `want` at `at`: raw, and as the escape that begins there.
-fn units(buf: &[u8], at: usize, want: u8, complete: bool) -> [Unit; 2] {
+/// The ways `buf` spells the byte `want` at `at`: raw, as the escape that begins there, and as
+/// an escape of an escape.
+fn units(buf: &[u8], at: usize, want: u8, complete: bool) -> [Unit; 3] {
     let Some(&b) = buf.get(at) else {
-        return [Unit::More, Unit::No];
+        return [Unit::More, Unit::No, Unit::No];
     };
     let raw = if b == want { Unit::Len(1) } else { Unit::No };
-    let escaped = match b {
-        b'\\' if want.is_ascii() => json_escape(buf, at, want),
-        b'%' => hex_is(buf, at + 1, 2, u32::from(want)).then_len(3),
-        b'+' if want == b' ' => Unit::Len(1),
-        b'&' if want.is_ascii() => html_entity(buf, at, want, complete),
-        _ => Unit::No,
-    };
-    [raw, escaped]
+    [
+        raw,
+        escape(buf, at, want, complete),
+        nested(buf, at, want, complete),
+    ]
 }
 
-/// `\/`, `\"`, `\\` or `\uXXXX` for `want` at `at` (a backslash).
-fn json_escape(buf: &[u8], at: usize, want: u8) -> Unit {
-    match buf.get(at + 1) {
+/// The escape at `at` (a raw `\`, `%`, `&` or `+`) that spells `want`.
+fn escape(buf: &[u8], at: usize, want: u8, complete: bool) -> Unit {
+    match buf.get(at) {
+        Some(b'\\') if want.is_ascii() => json_escape(buf, at + 1, want, false, complete).after(1),
+        Some(b'%') => hex_is(buf, at + 1, 2, u32::from(want)).then_len(3),
+        Some(b'+') if want == b' ' => Unit::Len(1),
+        Some(b'&') if want.is_ascii() => html_entity(buf, at + 1, want, complete).after(1),
+        _ => Unit::No,
+    }
+}
+
+/// An escape whose introducer is escaped in turn, as encoding twice writes it: `%252B`,
+/// `\\u002b` and `\\\/` (JSON in JSON), `&amp;#43;`, `%5Cu002b`, `\u0026#43;`. What follows
+/// the introducer is read raw, but for a JSON escape's second character (`%5C%2F`).
+fn nested(buf: &[u8], at: usize, want: u8, complete: bool) -> Unit {
+    if !matches!(buf.get(at), Some(b'\\' | b'%' | b'&')) {
+        return Unit::No;
+    }
+    let mut more = false;
+    for introducer in [b'%', b'\\', b'&', b'+'] {
+        let n = match escape(buf, at, introducer, complete) {
+            Unit::Len(n) => n,
+            Unit::More => {
+                more = true;
+                continue;
+            }
+            Unit::No => continue,
+        };
+        let rest = at + n;
+        let unit = match introducer {
+            b'%' => hex_is(buf, rest, 2, u32::from(want)).then_len(2),
+            b'\\' if want.is_ascii() => json_escape(buf, rest, want, true, complete),
+            b'&' if want.is_ascii() => html_entity(buf, rest, want, complete),
+            b'+' if want == b' ' => Unit::Len(0),
+            _ => Unit::No,
+        };
+        match unit {
+            Unit::Len(k) => return Unit::Len(n + k),
+            Unit::More => more = true,
+            Unit::No => {}
+        }
+    }
+    if more { Unit::More } else { Unit::No }
+}
+
+/// What follows a JSON escape's backslash at `from` for `want` (`/`, `"`, `\\` or `uXXXX`), its
+/// length from there; `nested`: the second character may be escaped itself.
+fn json_escape(buf: &[u8], from: usize, want: u8, nested: bool, complete: bool) -> Unit {
+    match buf.get(from) {
         None => Unit::More,
-        Some(&c @ (b'/' | b'"' | b'\\')) if c == want => Unit::Len(2),
-        Some(b'u') => hex_is(buf, at + 2, 4, u32::from(want)).then_len(6),
+        Some(&c @ (b'/' | b'"' | b'\\')) if c == want => Unit::Len(1),
+        Some(b'u') => hex_is(buf, from + 1, 4, u32::from(want)).then_len(5),
+        Some(_) if nested && matches!(want, b'/' | b'"' | b'\\') => escape(buf, from, want, complete),
         Some(_) => Unit::No,
     }
 }
 
-/// `&#N;`, `&#xH;` or a named entity for `want` at `at` (an ampersand); `complete`: the input
-/// ends where `buf` does.
-fn html_entity(buf: &[u8], at: usize, want: u8, complete: bool) -> Unit {
-    match buf.get(at + 1) {
+/// What follows an HTML reference's `&` at `from` for `want` (`#N;`, `#xH;` or a name), its
+/// length from there; `complete`: the input ends where `buf` does.
+fn html_entity(buf: &[u8], from: usize, want: u8, complete: bool) -> Unit {
+    match buf.get(from) {
         None => Unit::More,
         Some(b'#') => {
-            let (radix, first) = match buf.get(at + 2) {
+            let (radix, first) = match buf.get(from + 1) {
                 None => return Unit::More,
-                Some(b'x' | b'X') => (16, at + 3),
-                Some(_) => (10, at + 2),
+                Some(b'x' | b'X') => (16, from + 2),
+                Some(_) => (10, from + 1),
             };
             let want = u32::from(want);
             let mut value = 0u32;
@@ -354,7 +413,7 @@ fn html_entity(buf: &[u8], at: usize, want: u8, complete: bool) -> Unit {
                 let Some(&b) = buf.get(i) else {
                     // The input's end ends a reference HTML reads without its `;`.
                     return match complete {
-                        true if i > first && value == want => Unit::Len(i - at),
+                        true if i > first && value == want => Unit::Len(i - from),
                         true => Unit::No,
                         false => Unit::More,
                     };
@@ -362,16 +421,15 @@ fn html_entity(buf: &[u8], at: usize, want: u8, complete: bool) -> Unit {
                 match (b as char).to_digit(radix) {
                     Some(v) if i < first + MAX_ENTITY_DIGITS => {
                         value = value * radix + v;
-                        // Digits only add to the value: once another would pass `want`, only
-                        // the reference's end can follow.
-                        if value > want || value != want && value * radix > want {
+                        // More digits lead to `want` only from its leading digits (or zeros).
+                        if !leads_to(value, want, radix) {
                             return Unit::No;
                         }
                     }
                     Some(_) => return Unit::No,
                     // It ends at its `;`, or (as HTML reads it) before any other byte.
                     None if i > first && value == want => {
-                        return Unit::Len(i - at + usize::from(b == b';'));
+                        return Unit::Len(i - from + usize::from(b == b';'));
                     }
                     None => return Unit::No,
                 }
@@ -380,9 +438,10 @@ fn html_entity(buf: &[u8], at: usize, want: u8, complete: bool) -> Unit {
         }
         Some(_) => {
             // Names spelling `want`: the first that matches, or waits for more input, decides.
-            let rest = &buf[at..];
+            let rest = &buf[from..];
             let mut unit = Unit::No;
             for &(name, _, bare_too) in NAMED_ENTITIES.iter().filter(|(_, c, _)| *c == want) {
+                let name = &name[1..];
                 let bare = &name[..name.len() - 1];
                 if rest.starts_with(name) {
                     return Unit::Len(name.len());
@@ -395,6 +454,15 @@ fn html_entity(buf: &[u8], at: usize, want: u8, complete: bool) -> Unit {
             unit
         }
     }
+}
+
+/// Whether digits read so far, `value`, are `want`'s leading digits in `radix` (or all zeros).
+fn leads_to(value: u32, want: u32, radix: u32) -> bool {
+    let mut w = want;
+    while w > value {
+        w /= radix;
+    }
+    value == 0 || w == value
 }
 
 /// What reading hex digits found.
@@ -517,10 +585,40 @@ pub(crate) mod tests {
             b"00CANARY&#46;secret",
             b"00CANARY&#045secret",
             b"00CANARY-secre",
-            b"00CANARY%252Dsecret",
+            b"00CANARY%25252Dsecret",
+            b"00CANARY%25%32%44secret",
+            b"00CANARY%2%44secret",
+            br"00CANARY\\u002dsecret",
         ] {
             assert!(!f.found_in(near_miss), "{}", String::from_utf8_lossy(near_miss));
         }
+    }
+
+    /// Text encoded twice: the first escape's introducer escaped again, by the same encoder or
+    /// another, mixed with the first encoding's escapes and raw bytes.
+    #[test]
+    fn reflections_encoded_twice_are_found() {
+        let f = finders(&[b"c3Zj+OjAw/Q0FOQVJZ=="]);
+        for reflected in [
+            // A callback URL percent-encoded again inside another URL.
+            &b"next=https%3A%2F%2Fcb%3Ft%3Dc3Zj%252BOjAw%252FQ0FOQVJZ%253D%253D"[..],
+            // JSON inside a JSON string: the inner escapes' backslashes escaped.
+            br#"{"log":"{\"t\":\"c3Zj\\u002bOjAw\\\/Q0FOQVJZ\\u003d=\"}"}"#,
+            // HTML escaped twice, and an entity in Go's JSON (which writes `&` as `\u0026`).
+            b"c3Zj&amp;#43;OjAw&amp;#x2F;Q0FOQVJZ&amp;#61;&AMP;#61;",
+            br"c3Zj\u0026#43;OjAw\u0026#47;Q0FOQVJZ==",
+            // A JSON string percent-encoded into a query, and the reverse.
+            b"q=c3Zj%5Cu002bOjAw%5C%2FQ0FOQVJZ%5cu003d%3D",
+            br"c3Zj\u00252BOjAw&#37;2FQ0FOQVJZ&percnt;3D%3D",
+        ] {
+            let text = String::from_utf8_lossy(reflected);
+            assert!(f.found_in(reflected), "{text}");
+            let mut buf = reflected.to_vec();
+            assert!(f.overwrite(&mut buf), "{text}");
+            assert!(!f.found_in(&buf), "{text}");
+        }
+        // A space as a form's `+`, percent-encoded again.
+        assert!(finders(&[b"pass word 12"]).found_in(b"pass%2Bword%2B12"));
     }
 
     /// A raw `%` of the secret and an escape beginning with one can both be right: both are
@@ -601,7 +699,7 @@ pub(crate) mod tests {
     }
 
     /// Pieces whose random mixes hold `secret` in many spellings, whole and in part.
-    pub(crate) fn pieces(secret: &[u8]) -> [&[u8]; 10] {
+    pub(crate) fn pieces(secret: &[u8]) -> [&[u8]; 13] {
         [
             secret,
             &secret[..secret.len() / 2],
@@ -613,6 +711,9 @@ pub(crate) mod tests {
             b"\\u0062",
             b"&#x25;",
             b"%61%61%61%61%61%61%61",
+            b"%2561",
+            b"\\\\u0062",
+            b"&amp;#x25;",
         ]
     }
 }
