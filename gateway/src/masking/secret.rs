@@ -327,16 +327,13 @@ fn attempt(
 
 /// The ways `buf` spells the byte `want` at `at`: raw, as the escape that begins there, and as
 /// an escape of an escape.
-fn units(buf: &[u8], at: usize, want: u8, complete: bool) -> [Unit; 3] {
+fn units(buf: &[u8], at: usize, want: u8, complete: bool) -> [Unit; 4] {
     let Some(&b) = buf.get(at) else {
-        return [Unit::More, Unit::No, Unit::No];
+        return [Unit::More, Unit::No, Unit::No, Unit::No];
     };
     let raw = if b == want { Unit::Len(1) } else { Unit::No };
-    [
-        raw,
-        escape(buf, at, want, complete),
-        nested(buf, at, want, complete),
-    ]
+    let [nested, nested_too] = nested(buf, at, want, complete);
+    [raw, escape(buf, at, want, complete), nested, nested_too]
 }
 
 /// The escape at `at` (a raw `\`, `%`, `&` or `+`) that spells `want`.
@@ -352,13 +349,17 @@ fn escape(buf: &[u8], at: usize, want: u8, complete: bool) -> Unit {
 
 /// An escape whose introducer is escaped in turn, as encoding twice writes it: `%252B`,
 /// `\\u002b` and `\\\/` (JSON in JSON), `&amp;#43;`, `%5Cu002b`, `\u0026#43;`. What follows
-/// the introducer is read raw, but for a JSON escape's second character (`%5C%2F`).
-fn nested(buf: &[u8], at: usize, want: u8, complete: bool) -> Unit {
+/// the introducer is read raw, but for a JSON escape's second character (`%5C%2F`). Two
+/// readings for a `\\` wanted after an escaped backslash (`\\\\` is a raw one or begins `\\\\\\\\`).
+fn nested(buf: &[u8], at: usize, want: u8, complete: bool) -> [Unit; 2] {
     if !matches!(buf.get(at), Some(b'\\' | b'%' | b'&')) {
-        return Unit::No;
+        return [Unit::No, Unit::No];
     }
     let mut more = false;
     for introducer in [b'%', b'\\', b'&', b'+'] {
+        if introducer == b'+' && want != b' ' {
+            continue;
+        }
         let n = match escape(buf, at, introducer, complete) {
             Unit::Len(n) => n,
             Unit::More => {
@@ -375,13 +376,18 @@ fn nested(buf: &[u8], at: usize, want: u8, complete: bool) -> Unit {
             b'+' if want == b' ' => Unit::Len(0),
             _ => Unit::No,
         };
+        // Only one introducer is spelled at a position.
+        let too = match (introducer, &unit) {
+            (b'\\', Unit::Len(1)) if want == b'\\' => escape(buf, rest, want, complete),
+            _ => Unit::No,
+        };
         match unit {
-            Unit::Len(k) => return Unit::Len(n + k),
+            Unit::Len(k) => return [Unit::Len(n + k), too.after(n)],
             Unit::More => more = true,
             Unit::No => {}
         }
     }
-    if more { Unit::More } else { Unit::No }
+    [if more { Unit::More } else { Unit::No }, Unit::No]
 }
 
 /// What follows a JSON escape's backslash at `from` for `want` (`/`, `"`, `\\` or `uXXXX`), its
@@ -520,6 +526,8 @@ pub(crate) mod tests {
         assert_eq!(safe(b"abc 00CANARY%41"), 15);
         assert_eq!(safe(b"x %4"), 4);
         assert_eq!(safe(b"x &#5"), 5);
+        // Digits that cannot lead to a byte of the secret (`&#1` to 10 and up is no `0`, `-`).
+        assert_eq!(safe(b"x &#1"), 5);
         assert_eq!(safe(b"x &lt"), 5);
     }
 
@@ -583,13 +591,12 @@ pub(crate) mod tests {
             b"00CANARY%2Esecret",
             br"00CANARY\u002Xsecret",
             b"00CANARY&#46;secret",
-            b"00CANARY&#045secret",
             b"00CANARY-secre",
             b"00CANARY%25252Dsecret",
             b"00CANARY%25%32%44secret",
             b"00CANARY%2%44secret",
-            br"00CANARY\\u002dsecret",
         ] {
+            let f = finders(&[b"00CANARY-secret"]);
             assert!(!f.found_in(near_miss), "{}", String::from_utf8_lossy(near_miss));
         }
     }
@@ -617,6 +624,18 @@ pub(crate) mod tests {
             assert!(f.overwrite(&mut buf), "{text}");
             assert!(!f.found_in(&buf), "{text}");
         }
+        let f = finders(&[b"00CANARY-secret"]);
+        for reflected in [
+            &b"00CANARY%252Dsecret"[..],
+            br"00CANARY\\u002dsecret",
+            b"00CANARY&#045secret",
+        ] {
+            assert!(f.found_in(reflected), "{}", String::from_utf8_lossy(reflected));
+        }
+        // A backslash of the secret after an escaped one: JSON in JSON writes it `\\\\`.
+        let f = finders(&[br"pa\ss-word-1"]);
+        assert!(f.found_in(br#""\"pa\\\\ss-word-1\"""#));
+        assert!(f.found_in(br"pa\u005c\u005css-word-1"));
         // A space as a form's `+`, percent-encoded again.
         assert!(finders(&[b"pass word 12"]).found_in(b"pass%2Bword%2B12"));
     }
@@ -681,7 +700,13 @@ pub(crate) mod tests {
     #[test]
     fn the_search_finds_what_every_position_finds() {
         let mut rng = crate::mutate::Mutator::new(5);
-        for secret in [&b"00CANARY-secret"[..], b"abababab", b"aaaaaaaaa", b"abc%abcabd"] {
+        for secret in [
+            &b"00CANARY-secret"[..],
+            b"abababab",
+            b"aaaaaaaaa",
+            b"abc%abcabd",
+            br"ab\ab\ab",
+        ] {
             let f = finders(&[secret]);
             let pieces = pieces(secret);
             for _ in 0..300 * crate::mutate::scale() {
@@ -699,7 +724,7 @@ pub(crate) mod tests {
     }
 
     /// Pieces whose random mixes hold `secret` in many spellings, whole and in part.
-    pub(crate) fn pieces(secret: &[u8]) -> [&[u8]; 13] {
+    pub(crate) fn pieces(secret: &[u8]) -> [&[u8]; 14] {
         [
             secret,
             &secret[..secret.len() / 2],
@@ -714,6 +739,7 @@ pub(crate) mod tests {
             b"%2561",
             b"\\\\u0062",
             b"&amp;#x25;",
+            br"\\",
         ]
     }
 }

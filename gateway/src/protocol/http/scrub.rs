@@ -82,7 +82,13 @@ mod tests {
     #[tokio::test]
     async fn chunking_never_changes_what_is_scrubbed() {
         let mut rng = crate::mutate::Mutator::new(5);
-        for secret in [&b"00CANARY-secret"[..], b"abababab", b"aaaaaaaaa", b"abc%abcabd"] {
+        for secret in [
+            &b"00CANARY-secret"[..],
+            b"abababab",
+            b"aaaaaaaaa",
+            b"abc%abcabd",
+            br"ab\ab\ab",
+        ] {
             let f = finders(&[secret]);
             let pieces = pieces(secret);
             for _ in 0..300 * crate::mutate::scale() {
