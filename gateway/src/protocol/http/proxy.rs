@@ -2178,6 +2178,45 @@ fn refusal_for(d: &Decision<'_>, explained: String) -> Option<Problem> {
 mod tests {
     use super::*;
 
+    /// An upstream that stops sending a body read whole to be masked is answered, after
+    /// [`UPSTREAM_BODY_TIMEOUT`] and not before, as the upstream's timeout (504), and the share
+    /// of the masking budget the body held is returned: a stalled upstream cannot hold it.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_to_mask_times_out_and_returns_its_budget() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|b| (Ok(hyper::body::Frame::data(b)), rx))
+        });
+        let body: Body = http_body_util::StreamBody::new(stream).boxed();
+        // More than a KiB, so the read holds budget; the sender stays open and silent.
+        tx.send(Bytes::from(format!("{{\"users\":[\"{}", "x".repeat(4000))))
+            .unwrap();
+        let budget = Arc::new(tokio::sync::Semaphore::new(64));
+        let began = tokio::time::Instant::now();
+        let plan = MaskingPlan::every_detector();
+        let masking = mask_response(plan, ContentClass::Json, None, body, &budget);
+        tokio::pin!(masking);
+        // Just before the limit it is still waiting, holding its share.
+        let early = tokio::time::timeout(UPSTREAM_BODY_TIMEOUT - Duration::from_secs(1), &mut masking);
+        assert!(early.await.is_err(), "gave up before the limit");
+        assert_eq!(budget.available_permits(), 64 - 4);
+        let limit = tokio::time::timeout(UPSTREAM_BODY_TIMEOUT * 2, masking).await;
+        let problem = match limit.expect("no answer well past the limit") {
+            Err(Withheld::Unread(problem)) => problem,
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("a body that never ended was masked"),
+        };
+        assert!(began.elapsed() >= UPSTREAM_BODY_TIMEOUT);
+        assert_eq!(
+            problem.status(),
+            hyper::StatusCode::GATEWAY_TIMEOUT,
+            "{problem:?}"
+        );
+        assert!(problem.detail.contains("within 120 s"), "{}", problem.detail);
+        assert_eq!(budget.available_permits(), 64, "the budget share is returned");
+        drop(tx);
+    }
+
     /// The approver reads every part an approval covers, whole: every bound header, the query
     /// and the body, control characters written out; a body it could not read is refused.
     #[test]
