@@ -26,6 +26,7 @@ pub mod verify;
 use std::borrow::Cow;
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::Write;
+use std::ops::Range;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -1392,13 +1393,18 @@ fn encode_hidden(
 /// `json` (as serde_json wrote it) with every spelling of a secret `hidden` finds inside a string
 /// replaced by `[REDACTED]`, or `None` when there is none (the common case, which copies nothing).
 /// A string with escapes is searched decoded: encoded, an escape the text already held is
-/// escaped again (`\u002b` as `\\u002b`), which the search does not read back. Where the
-/// secrets hold no `"`, a spelling lies inside one string, so the result stays valid JSON.
+/// escaped again (`\u002b` as `\\u002b`), which the search does not read back. A secret holds no
+/// `"`, so each spelling found in the whole lies inside one string or between strings (in a
+/// number), and the result stays valid JSON.
 fn scrub(json: &[u8], hidden: &SecretFinder) -> Option<Vec<u8>> {
-    // Without escapes every string is as it reads: one search of the whole tells.
-    if memchr::memchr(b'\\', json).is_none() && !hidden.found_in(json) {
+    let (found, _) = hidden.matches(json, true);
+    // Without escapes every string is as it reads: the search of the whole tells.
+    if found.is_empty() && memchr::memchr(b'\\', json).is_none() {
         return None;
     }
+    // Each spelling found lies in one string or gap, visited in order: `next` is the first not
+    // yet taken.
+    let mut next = 0;
     let mut out: Option<Vec<u8>> = None;
     // Bytes of `json` before this are in `out`.
     let mut copied = 0;
@@ -1407,10 +1413,11 @@ fn scrub(json: &[u8], hidden: &SecretFinder) -> Option<Vec<u8>> {
         let open = memchr::memchr(b'"', &json[at..]).map_or(json.len(), |i| at + i);
         // Between strings: numbers, literals and punctuation. A secret found there is a number
         // or a run of them (an all-digit token): each value it touches becomes a string.
-        if let Some(gap) = values_hiding(&json[at..open], hidden) {
+        let in_gap = taken(&found, &mut next, open);
+        if !in_gap.is_empty() {
             let out = out.get_or_insert_with(|| Vec::with_capacity(json.len()));
             out.extend_from_slice(&json[copied..at]);
-            out.extend_from_slice(&gap);
+            values_hiding(&json[at..open], at, in_gap, out);
             copied = open;
         }
         if open == json.len() {
@@ -1439,6 +1446,7 @@ fn scrub(json: &[u8], hidden: &SecretFinder) -> Option<Vec<u8>> {
                 }
             }
         }
+        let in_string = taken(&found, &mut next, close);
         let scrubbed = if escaped {
             // Decoded, searched, and encoded again when a secret was there.
             serde_json::from_slice::<String>(&json[open..=close])
@@ -1450,8 +1458,18 @@ fn scrub(json: &[u8], hidden: &SecretFinder) -> Option<Vec<u8>> {
                     })
                 })
                 .unwrap_or_else(|_| Some(b"\"[REDACTED]\"".to_vec()))
+        } else if !in_string.is_empty() {
+            let mut text = Vec::with_capacity(close + 1 - open);
+            let mut from = open;
+            for r in in_string {
+                text.extend_from_slice(&json[from..r.start]);
+                text.extend_from_slice(REDACTED);
+                from = r.end;
+            }
+            text.extend_from_slice(&json[from..=close]);
+            Some(text)
         } else {
-            hidden.replaced(&json[open..=close], REDACTED)
+            None
         };
         if let Some(scrubbed) = scrubbed {
             let out = out.get_or_insert_with(|| Vec::with_capacity(json.len()));
@@ -1467,16 +1485,20 @@ fn scrub(json: &[u8], hidden: &SecretFinder) -> Option<Vec<u8>> {
     })
 }
 
-/// `gap` (JSON between strings) with each number or literal that a secret `hidden` finds
-/// overlaps written as `"[REDACTED]"`, or `None` when there is none.
-fn values_hiding(gap: &[u8], hidden: &SecretFinder) -> Option<Vec<u8>> {
-    let (found, _) = hidden.matches(gap, true);
-    if found.is_empty() {
-        return None;
+/// The ranges of `found` from `*next` that begin before `to`, and `*next` moved past them.
+fn taken<'a>(found: &'a [Range<usize>], next: &mut usize, to: usize) -> &'a [Range<usize>] {
+    let first = *next;
+    while found.get(*next).is_some_and(|r| r.start < to) {
+        *next += 1;
     }
+    &found[first..*next]
+}
+
+/// Appends `gap` (JSON between strings, at `offset` in the event) to `out` with each number or
+/// literal that one of `found` (ranges in the event) overlaps written as `"[REDACTED]"`.
+fn values_hiding(gap: &[u8], offset: usize, found: &[Range<usize>], out: &mut Vec<u8>) {
     let punctuation = |b: &u8| b"{}[],: \t\r\n".contains(b);
-    let mut out = Vec::with_capacity(gap.len() + 16);
-    let mut i = 0;
+    let (mut i, mut k) = (0, 0);
     while i < gap.len() {
         if punctuation(&gap[i]) {
             out.push(gap[i]);
@@ -1484,14 +1506,17 @@ fn values_hiding(gap: &[u8], hidden: &SecretFinder) -> Option<Vec<u8>> {
             continue;
         }
         let end = gap[i..].iter().position(punctuation).map_or(gap.len(), |n| i + n);
-        if found.iter().any(|r| r.start < end && i < r.end) {
+        // Both in order: ranges that ended before this value are done with.
+        while found.get(k).is_some_and(|r| r.end <= offset + i) {
+            k += 1;
+        }
+        if found.get(k).is_some_and(|r| r.start < offset + end) {
             out.extend_from_slice(b"\"[REDACTED]\"");
         } else {
             out.extend_from_slice(&gap[i..end]);
         }
         i = end;
     }
-    Some(out)
 }
 
 /// An event type: 1 to [`MAX_KIND_BYTES`] of a-z, 0-9, '.', '_', '-'.
