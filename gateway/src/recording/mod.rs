@@ -1392,14 +1392,16 @@ fn encode_hidden(
 
 /// `json` (as serde_json wrote it) with every spelling of a secret `hidden` finds inside a string
 /// replaced by `[REDACTED]`, or `None` when there is none (the common case, which copies nothing).
-/// A string with escapes is searched decoded: encoded, an escape the text already held is
-/// escaped again (`\u002b` as `\\u002b`), which the search does not read back. A secret holds no
+/// A string with an escaped backslash is searched decoded: encoded, an escape the text already
+/// held is escaped again (`\u002b` as `\\u002b`), which the search does not read back, or reads
+/// from its second backslash on; so is a string with escapes where one is found. Other escapes
+/// serde_json writes (`\"`, `\n`, `\u0001`) spell nothing a secret holds. A secret holds no
 /// `"`, so each spelling found in the whole lies inside one string or between strings (in a
 /// number), and the result stays valid JSON.
 fn scrub(json: &[u8], hidden: &SecretFinder) -> Option<Vec<u8>> {
     let (found, _) = hidden.matches(json, true);
-    // Without escapes every string is as it reads: the search of the whole tells.
-    if found.is_empty() && memchr::memchr(b'\\', json).is_none() {
+    // Without escaped backslashes the search of the whole tells.
+    if found.is_empty() && memchr::memmem::find(json, b"\\\\").is_none() {
         return None;
     }
     // Each spelling found lies in one string or gap, visited in order: `next` is the first not
@@ -1423,14 +1425,16 @@ fn scrub(json: &[u8], hidden: &SecretFinder) -> Option<Vec<u8>> {
         if open == json.len() {
             break;
         }
-        let (mut close, mut escaped) = (open + 1, false);
+        // Whether the string has escapes, and an escaped backslash among them.
+        let (mut close, mut escapes, mut backslash) = (open + 1, false, false);
         loop {
             match json
                 .get(close..)
                 .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
             {
                 Some(i) if json[close + i] == b'\\' => {
-                    escaped = true;
+                    escapes = true;
+                    backslash |= json.get(close + i + 1) == Some(&b'\\');
                     close += i + 2;
                 }
                 Some(i) => {
@@ -1447,7 +1451,9 @@ fn scrub(json: &[u8], hidden: &SecretFinder) -> Option<Vec<u8>> {
             }
         }
         let in_string = taken(&found, &mut next, close);
-        let scrubbed = if escaped {
+        // A spelling found in the encoded string may begin inside an escape (`\nsecret`, for a
+        // secret beginning with `n`): replaced there, the string would not be JSON.
+        let scrubbed = if backslash || escapes && !in_string.is_empty() {
             // Decoded, searched, and encoded again when a secret was there.
             serde_json::from_slice::<String>(&json[open..=close])
                 .map(|text| {

@@ -1103,9 +1103,12 @@ fn a_hidden_secret_is_redacted_in_strings_and_numbers() {
     let s = rec.start_session(json!({})).unwrap();
     s.hide(b"1234567890123456");
     s.hide(b"0123456789abcdef[");
+    // Found in the encoded event from the `n` of an escaped newline on: not a spelling of it.
+    s.hide(b"nsecret-token-value");
     let data = json!({
         "n": 1234567890123456u64, "m": [12345678901234567u64, 7, true, null, -1.5e3],
         "s": "x1234567890123456", "e": "a\tb 1234567890123456",
+        "l": "line\nsecret-token-value and nsecret-token-value",
     });
     s.record("note", &data).unwrap();
     s.close(json!({"reason": "0123456789abcdef0123456789abcdef["}))
@@ -1119,6 +1122,7 @@ fn a_hidden_secret_is_redacted_in_strings_and_numbers() {
         json!({
             "n": "[REDACTED]", "m": ["[REDACTED]", 7, true, null, -1.5e3],
             "s": "x[REDACTED]", "e": "a\tb [REDACTED]",
+            "l": "line\nsecret-token-value and [REDACTED]",
         })
     );
     assert_eq!(seen[2]["reason"], "0123456789abcdef[REDACTED]");
