@@ -700,19 +700,10 @@ pub(crate) mod tests {
     #[test]
     fn the_search_finds_what_every_position_finds() {
         let mut rng = crate::mutate::Mutator::new(5);
-        for secret in [
-            &b"00CANARY-secret"[..],
-            b"abababab",
-            b"aaaaaaaaa",
-            b"abc%abcabd",
-            br"ab\ab\ab",
-        ] {
+        for secret in SECRETS {
             let f = finders(&[secret]);
-            let pieces = pieces(secret);
             for _ in 0..300 * crate::mutate::scale() {
-                let body: Vec<u8> = (0..rng.below(12))
-                    .flat_map(|_| rng.pick(&pieces).to_vec())
-                    .collect();
+                let body = random_body(&mut rng, secret);
                 assert_eq!(
                     f.matches(&body, true).0,
                     every_position(&f, &body),
@@ -723,9 +714,18 @@ pub(crate) mod tests {
         }
     }
 
-    /// Pieces whose random mixes hold `secret` in many spellings, whole and in part.
-    pub(crate) fn pieces(secret: &[u8]) -> [&[u8]; 14] {
-        [
+    /// Secrets for random tests: with escape characters, and overlapping themselves.
+    pub(crate) const SECRETS: [&[u8]; 5] = [
+        b"00CANARY-secret",
+        b"abababab",
+        b"aaaaaaaaa",
+        b"abc%abcabd",
+        br"ab\ab\ab",
+    ];
+
+    /// A random mix of pieces that hold `secret` in many spellings, whole and in part.
+    pub(crate) fn random_body(rng: &mut crate::mutate::Mutator, secret: &[u8]) -> Vec<u8> {
+        let pieces: [&[u8]; 14] = [
             secret,
             &secret[..secret.len() / 2],
             &secret[secret.len() / 2..],
@@ -740,6 +740,9 @@ pub(crate) mod tests {
             b"\\\\u0062",
             b"&amp;#x25;",
             br"\\",
-        ]
+        ];
+        (0..rng.below(12))
+            .flat_map(|_| rng.pick(&pieces).to_vec())
+            .collect()
     }
 }

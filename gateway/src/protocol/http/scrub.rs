@@ -48,7 +48,7 @@ impl Rewrite for Scrubber {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::masking::secret::tests::{finders, pieces};
+    use crate::masking::secret::tests::{SECRETS, finders, random_body};
     use http_body_util::{BodyExt, StreamBody};
     use hyper::body::Frame;
 
@@ -82,19 +82,10 @@ mod tests {
     #[tokio::test]
     async fn chunking_never_changes_what_is_scrubbed() {
         let mut rng = crate::mutate::Mutator::new(5);
-        for secret in [
-            &b"00CANARY-secret"[..],
-            b"abababab",
-            b"aaaaaaaaa",
-            b"abc%abcabd",
-            br"ab\ab\ab",
-        ] {
+        for secret in SECRETS {
             let f = finders(&[secret]);
-            let pieces = pieces(secret);
             for _ in 0..300 * crate::mutate::scale() {
-                let body: Vec<u8> = (0..rng.below(12))
-                    .flat_map(|_| rng.pick(&pieces).to_vec())
-                    .collect();
+                let body = random_body(&mut rng, secret);
                 let mut whole = body.clone();
                 f.overwrite(&mut whole);
                 let mut chunks = Vec::new();
