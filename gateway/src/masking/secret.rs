@@ -156,12 +156,19 @@ impl SecretFinder {
     }
 
     /// `text` with every spelling of a secret replaced by `with`, or `None` when there is none
-    /// (the common case, which copies nothing).
+    /// (the common case, which copies nothing). Where `with` and what surrounds a spelling would
+    /// spell a secret again (one ending in `[` before `[REDACTED]`), all of `text` is `with`.
     pub fn replaced(&self, text: &[u8], with: &[u8]) -> Option<Vec<u8>> {
         let (found, _) = self.matches(text, true);
         if found.is_empty() {
             return None;
         }
+        Some(self.replace_ranges(text, &found, with))
+    }
+
+    /// `text` with each of `found` (spellings, in order) replaced by `with`; all of it `with`
+    /// where that would spell a secret again.
+    pub(crate) fn replace_ranges(&self, text: &[u8], found: &[Range<usize>], with: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(text.len());
         let mut from = 0;
         for r in found {
@@ -170,7 +177,7 @@ impl SecretFinder {
             from = r.end;
         }
         out.extend_from_slice(&text[from..]);
-        Some(out)
+        if self.found_in(&out) { with.to_vec() } else { out }
     }
 
     /// How many bytes at the end of `text` could be the start of a secret's spelling that a cut

@@ -1400,8 +1400,8 @@ fn encode_hidden(
 /// number), and the result stays valid JSON.
 fn scrub(json: &[u8], hidden: &SecretFinder) -> Option<Vec<u8>> {
     let (found, _) = hidden.matches(json, true);
-    // Without escaped backslashes the search of the whole tells.
-    if found.is_empty() && memchr::memmem::find(json, b"\\\\").is_none() {
+    // Without escapes that hide a spelling the search of the whole tells.
+    if found.is_empty() && !memchr::memchr_iter(b'\\', json).any(|i| hides_spelling(&json[i..])) {
         return None;
     }
     // Each spelling found lies in one string or gap, visited in order: `next` is the first not
@@ -1425,8 +1425,8 @@ fn scrub(json: &[u8], hidden: &SecretFinder) -> Option<Vec<u8>> {
         if open == json.len() {
             break;
         }
-        // Whether the string has escapes, and an escaped backslash among them.
-        let (mut close, mut escapes, mut backslash) = (open + 1, false, false);
+        // Whether the string has escapes, and one among them that may hide a spelling.
+        let (mut close, mut escapes, mut hiding) = (open + 1, false, false);
         loop {
             match json
                 .get(close..)
@@ -1434,7 +1434,7 @@ fn scrub(json: &[u8], hidden: &SecretFinder) -> Option<Vec<u8>> {
             {
                 Some(i) if json[close + i] == b'\\' => {
                     escapes = true;
-                    backslash |= json.get(close + i + 1) == Some(&b'\\');
+                    hiding |= hides_spelling(&json[close + i..]);
                     close += i + 2;
                 }
                 Some(i) => {
@@ -1453,7 +1453,7 @@ fn scrub(json: &[u8], hidden: &SecretFinder) -> Option<Vec<u8>> {
         let in_string = taken(&found, &mut next, close);
         // A spelling found in the encoded string may begin inside an escape (`\nsecret`, for a
         // secret beginning with `n`): replaced there, the string would not be JSON.
-        let scrubbed = if backslash || escapes && !in_string.is_empty() {
+        let scrubbed = if hiding || escapes && !in_string.is_empty() {
             // Decoded, searched, and encoded again when a secret was there.
             serde_json::from_slice::<String>(&json[open..=close])
                 .map(|text| {
@@ -1465,15 +1465,14 @@ fn scrub(json: &[u8], hidden: &SecretFinder) -> Option<Vec<u8>> {
                 })
                 .unwrap_or_else(|_| Some(b"\"[REDACTED]\"".to_vec()))
         } else if !in_string.is_empty() {
-            let mut text = Vec::with_capacity(close + 1 - open);
-            let mut from = open;
-            for r in in_string {
-                text.extend_from_slice(&json[from..r.start]);
-                text.extend_from_slice(REDACTED);
-                from = r.end;
-            }
-            text.extend_from_slice(&json[from..=close]);
-            Some(text)
+            let at = |r: &Range<usize>| r.start - open..r.end - open;
+            let ranges: Vec<Range<usize>> = in_string.iter().map(at).collect();
+            let text = hidden.replace_ranges(&json[open..=close], &ranges, REDACTED);
+            // Replaced whole, the string's quotes went with it.
+            Some(match text.first() == Some(&b'"') {
+                true => text,
+                false => b"\"[REDACTED]\"".to_vec(),
+            })
         } else {
             None
         };
@@ -1489,6 +1488,19 @@ fn scrub(json: &[u8], hidden: &SecretFinder) -> Option<Vec<u8>> {
         out.extend_from_slice(&json[copied..]);
         out
     })
+}
+
+/// Whether the escape `escape` begins with may hide a spelling from a search of the encoded
+/// text: an escaped backslash (`\\u002b` is an escape of the text's own), or a `\u` escape of a
+/// printable character (a raw JSON body's own, which decoded may begin or end an escape of the
+/// text: Go writes `&` as `\u0026`). serde_json's others (`\"`, `\n`, `\u001f`) spell a quote
+/// or a control character, neither of which a secret or an escape holds.
+fn hides_spelling(escape: &[u8]) -> bool {
+    match escape.get(1) {
+        Some(b'\\') => true,
+        Some(b'u') => !matches!(escape.get(2..5), Some(b"000" | b"001")),
+        _ => false,
+    }
 }
 
 /// The ranges of `found` from `*next` that begin before `to`, and `*next` moved past them.
