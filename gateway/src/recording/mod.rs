@@ -1375,6 +1375,8 @@ fn hiding<T>(hidden: &Option<Arc<SecretFinder>>, encode: impl FnOnce() -> T) -> 
 
 /// What a hidden secret is written as.
 const REDACTED: &[u8] = b"[REDACTED]";
+/// A JSON value replaced whole.
+const REDACTED_VALUE: &[u8] = b"\"[REDACTED]\"";
 
 /// Appends `data` as JSON to `json` with the session's secrets `hidden`: hidden from binary
 /// bodies before they are encoded (see [`hiding`]), then from the encoded text's strings.
@@ -1445,7 +1447,7 @@ fn scrub(json: &[u8], hidden: &SecretFinder) -> Option<Vec<u8>> {
                 None => {
                     let out = out.get_or_insert_with(Vec::new);
                     out.extend_from_slice(&json[copied..open]);
-                    out.extend_from_slice(b"\"[REDACTED]\"");
+                    out.extend_from_slice(REDACTED_VALUE);
                     return Some(std::mem::take(out));
                 }
             }
@@ -1460,10 +1462,10 @@ fn scrub(json: &[u8], hidden: &SecretFinder) -> Option<Vec<u8>> {
                     hidden.replaced(text.as_bytes(), REDACTED).map(|t| {
                         // Spellings begin and end on ASCII bytes: the text stays UTF-8.
                         let t = String::from_utf8_lossy(&t);
-                        serde_json::to_vec(&t).unwrap_or_else(|_| b"\"[REDACTED]\"".to_vec())
+                        serde_json::to_vec(&t).unwrap_or_else(|_| REDACTED_VALUE.to_vec())
                     })
                 })
-                .unwrap_or_else(|_| Some(b"\"[REDACTED]\"".to_vec()))
+                .unwrap_or_else(|_| Some(REDACTED_VALUE.to_vec()))
         } else if !in_string.is_empty() {
             let at = |r: &Range<usize>| r.start - open..r.end - open;
             let ranges: Vec<Range<usize>> = in_string.iter().map(at).collect();
@@ -1471,7 +1473,7 @@ fn scrub(json: &[u8], hidden: &SecretFinder) -> Option<Vec<u8>> {
             // Replaced whole, the string's quotes went with it.
             Some(match text.first() == Some(&b'"') {
                 true => text,
-                false => b"\"[REDACTED]\"".to_vec(),
+                false => REDACTED_VALUE.to_vec(),
             })
         } else {
             None
@@ -1529,7 +1531,7 @@ fn values_hiding(gap: &[u8], offset: usize, found: &[Range<usize>], out: &mut Ve
             k += 1;
         }
         if found.get(k).is_some_and(|r| r.start < offset + end) {
-            out.extend_from_slice(b"\"[REDACTED]\"");
+            out.extend_from_slice(REDACTED_VALUE);
         } else {
             out.extend_from_slice(&gap[i..end]);
         }

@@ -1857,8 +1857,10 @@ impl Live {
         }
         // A cut through the agent's token would keep its start, which hiding (of the whole
         // token) does not find: cut before it (the token is ASCII, so on a character boundary).
-        if end < sql.len() && self.token.len() >= crate::recording::MIN_HIDDEN_BYTES {
-            end -= crate::recording::partial_secret_at_end(&sql.as_bytes()[..end], self.token.as_bytes());
+        if end < sql.len()
+            && let Some(finder) = &self.token_finder
+        {
+            end -= finder.unfinished_at_end(&sql.as_bytes()[..end]);
         }
         let kept = approval::hide_spellings(sql[..end].to_string(), self.token_finder.as_deref());
         let mut masked = truncate(
