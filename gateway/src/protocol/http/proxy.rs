@@ -728,18 +728,7 @@ async fn proxy(
         ));
     }
     let op = if let Some(kube_info) = &kube_info {
-        match kube_info.policy_verb() {
-            Some(verb) if kube_info.is_resource_request => Some(Operation::Kubernetes(KubernetesOperation {
-                verb,
-                api_group: &kube_info.api_group,
-                api_version: &kube_info.api_version,
-                resource: &kube_info.resource,
-                subresource: kube_info.subresource.as_deref(),
-                namespace: kube_info.namespace.as_deref(),
-                name: kube_info.name.as_deref(),
-            })),
-            _ => None,
-        }
+        kubernetes_operation(kube_info).map(Operation::Kubernetes)
     } else {
         Some(Operation::Http(HttpOperation {
             method: parts.method.as_str(),
@@ -758,22 +747,14 @@ async fn proxy(
     // must not create what `create` needs approval for). The gateway cannot know whether the
     // object exists, so both are asked.
     let creating = match &op {
-        Some(Operation::Kubernetes(k))
-            if k.subresource.is_none()
-                && ((k.verb == agentgate_crds::policy::KubernetesVerb::Update
-                    && kubernetes::creates_on_update(k.api_group, k.resource))
-                    || (k.verb == agentgate_crds::policy::KubernetesVerb::Patch
-                        && parts
-                            .headers
-                            .get(header::CONTENT_TYPE)
-                            .and_then(|v| v.to_str().ok())
-                            .is_some_and(kubernetes::is_apply_patch))) =>
-        {
-            Some(Operation::Kubernetes(KubernetesOperation {
-                verb: agentgate_crds::policy::KubernetesVerb::Create,
-                ..k.clone()
-            }))
-        }
+        Some(Operation::Kubernetes(k)) => also_creates(
+            k,
+            parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+        )
+        .map(Operation::Kubernetes),
         _ => None,
     };
     let (action, decision_record, refusal) = match &op {
@@ -2174,6 +2155,46 @@ fn refusal_for(d: &Decision<'_>, explained: String) -> Option<Problem> {
     Some(p)
 }
 
+/// What a Kubernetes API request is decided as: `None` for what no rule can allow (a request for
+/// no resource, a verb the policy does not know). A create of an object itself names none: its
+/// name is in the body, and a custom resource's API creates the body's name when the path names
+/// another (`POST .../databases/dev-x` with `metadata.name: prod-main`), where a built-in
+/// resource's answers 405.
+fn kubernetes_operation(info: &request_info::RequestInfo) -> Option<KubernetesOperation<'_>> {
+    let verb = info.policy_verb()?;
+    let creates_object = verb == agentgate_crds::policy::KubernetesVerb::Create && info.subresource.is_none();
+    Some(KubernetesOperation {
+        verb,
+        api_group: &info.api_group,
+        api_version: &info.api_version,
+        resource: &info.resource,
+        subresource: info.subresource.as_deref(),
+        namespace: info.namespace.as_deref(),
+        name: if creates_object {
+            None
+        } else {
+            info.name.as_deref()
+        },
+    })
+}
+
+/// The create a request may also be, which the API server authorizes as `create` too: a
+/// server-side apply of an object that does not exist, or an update of one where its resource's
+/// API creates on update. Its name is the path's, which the body's must equal.
+fn also_creates<'a>(
+    k: &KubernetesOperation<'a>,
+    content_type: Option<&str>,
+) -> Option<KubernetesOperation<'a>> {
+    use agentgate_crds::policy::KubernetesVerb::{Create, Patch, Update};
+    let creates = k.subresource.is_none()
+        && ((k.verb == Update && kubernetes::creates_on_update(k.api_group, k.resource))
+            || (k.verb == Patch && content_type.is_some_and(kubernetes::is_apply_patch)));
+    creates.then(|| KubernetesOperation {
+        verb: Create,
+        ..k.clone()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2436,6 +2457,80 @@ mod tests {
         let (path, query) = path_and_query.split_once('?').unwrap_or((path_and_query, ""));
         let target = normalize::normalize(path, (!query.is_empty()).then_some(query)).unwrap();
         request_info::derive(method, &target.path, &target.query).unwrap()
+    }
+
+    /// A create names no object, whatever the path says: a custom resource's API creates the
+    /// body's name. A subresource's create (an eviction) is of the object the path names.
+    #[test]
+    fn creates_are_decided_on_no_name() {
+        let decided = |method: &str, path: &str| {
+            let info = kube(method, path);
+            let op = kubernetes_operation(&info).unwrap();
+            (
+                op.verb,
+                op.name.map(str::to_string),
+                op.subresource.map(str::to_string),
+            )
+        };
+        use agentgate_crds::policy::KubernetesVerb::*;
+        assert_eq!(
+            decided(
+                "POST",
+                "/apis/db.example.com/v1/namespaces/a/databases/dev-scratch"
+            ),
+            (Create, None, None)
+        );
+        assert_eq!(
+            decided("POST", "/api/v1/namespaces/a/pods/p1/eviction"),
+            (Create, Some("p1".into()), Some("eviction".into()))
+        );
+        assert_eq!(
+            decided(
+                "PUT",
+                "/apis/db.example.com/v1/namespaces/a/databases/dev-scratch"
+            ),
+            (Update, Some("dev-scratch".into()), None)
+        );
+        assert!(kubernetes_operation(&kube("GET", "/api/v1/proxy/namespaces/a/pods/p")).is_none());
+    }
+
+    /// An update where the resource's API creates on update, or a server-side apply, is also
+    /// decided as a create of the object the path names.
+    #[test]
+    fn updates_that_may_create_are_also_creates() {
+        let also = |method: &str, path: &str, content_type: Option<&str>| {
+            let info = kube(method, path);
+            let op = kubernetes_operation(&info).unwrap();
+            also_creates(&op, content_type).map(|c| (c.verb, c.name.map(str::to_string)))
+        };
+        let create = |name: &str| {
+            Some((
+                agentgate_crds::policy::KubernetesVerb::Create,
+                Some(name.to_string()),
+            ))
+        };
+        for path in [
+            "/api/v1/namespaces/a/services/new-lb",
+            "/api/v1/namespaces/a/endpoints/new-lb",
+            "/apis/rbac.authorization.k8s.io/v1/clusterroles/new-lb",
+            "/apis/node.k8s.io/v1/runtimeclasses/new-lb",
+            "/apis/coordination.k8s.io/v1beta1/namespaces/a/leasecandidates/new-lb",
+        ] {
+            assert_eq!(also("PUT", path, None), create("new-lb"), "{path}");
+        }
+        for path in [
+            "/api/v1/namespaces/a/configmaps/new-lb",
+            "/apis/db.example.com/v1/namespaces/a/databases/new-lb",
+            "/api/v1/namespaces/a/services/new-lb/status",
+        ] {
+            assert_eq!(also("PUT", path, None), None, "{path}");
+        }
+        let cm = "/api/v1/namespaces/a/configmaps/new-lb";
+        assert_eq!(
+            also("PATCH", cm, Some("application/apply-patch+yaml")),
+            create("new-lb")
+        );
+        assert_eq!(also("PATCH", cm, Some("application/merge-patch+json")), None);
     }
 
     #[test]

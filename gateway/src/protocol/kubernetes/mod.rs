@@ -171,16 +171,18 @@ pub fn is_json_content_type(ct: &str) -> bool {
 }
 
 /// Whether an update (PUT) of a missing object of this resource creates it: the built-in
-/// resources whose API allows create-on-update (RBAC's, Endpoints, Events, LimitRanges, Leases,
-/// API priority and fairness). Custom resources and the rest answer 404.
+/// resources whose API allows create-on-update (RBAC's, Services, Endpoints, Events,
+/// LimitRanges, Leases and LeaseCandidates, RuntimeClasses, API priority and fairness). Custom
+/// resources and the rest answer 404.
 pub fn creates_on_update(api_group: &str, resource: &str) -> bool {
     matches!(
         (api_group, resource),
         ("rbac.authorization.k8s.io", _)
             | ("flowcontrol.apiserver.k8s.io", _)
-            | ("", "endpoints" | "events" | "limitranges")
+            | ("", "services" | "endpoints" | "events" | "limitranges")
             | ("events.k8s.io", "events")
-            | ("coordination.k8s.io", "leases")
+            | ("coordination.k8s.io", "leases" | "leasecandidates")
+            | ("node.k8s.io", "runtimeclasses")
     )
 }
 
