@@ -79,7 +79,10 @@ pub struct AgentIdentitySpec {
     pub suspend: bool,
     /// The `typ` header this issuer puts on access tokens, e.g. `at+jwt` (RFC 9068); tokens with
     /// another `typ` are refused. Unset: `typ` may be absent, `JWT` or `at+jwt`, and any other type
-    /// (ID-token, DPoP-proof, logout or event tokens) is refused.
+    /// (ID-token, DPoP-proof, logout or event tokens) is refused; for OIDC and Okta a token that
+    /// is not `at+jwt` must then also carry a claim only access tokens carry (`scope`, `scp`,
+    /// `client_id`, `cid`, `appid`, `gty`, `azpacr`, `appidacr` or `idtyp`), since an ID token is
+    /// a plain JWT too. Set it to `JWT` to accept such tokens without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     pub access_token_type: Option<String>,

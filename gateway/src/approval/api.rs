@@ -367,7 +367,8 @@ async fn authenticate<B>(
     let dpop: Vec<&str> = headers
         .get_all("dpop")
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        // Counted, not dropped: a second DPoP header that is not text still makes two.
+        .map(|v| v.to_str().unwrap_or("\u{fffd}"))
         .collect();
     let host = headers
         .get(hyper::header::HOST)

@@ -220,9 +220,22 @@ impl Fixture {
         token: Option<&str>,
         body: &str,
     ) -> (StatusCode, Value) {
+        let authorization = token.map(|t| HeaderValue::from_str(&format!("Bearer {t}")).unwrap());
+        let headers: Vec<_> = authorization.into_iter().map(|v| ("authorization", v)).collect();
+        self.call_with(host, method, path, &headers, body).await
+    }
+
+    async fn call_with(
+        &self,
+        host: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, HeaderValue)],
+        body: &str,
+    ) -> (StatusCode, Value) {
         let mut b = Request::builder().method(method).uri(path).header("host", host);
-        if let Some(t) = token {
-            b = b.header("authorization", format!("Bearer {t}"));
+        for (name, value) in headers {
+            b = b.header(*name, value.clone());
         }
         let req = b.body(Full::new(Bytes::from(body.to_string()))).unwrap();
         let resp = handle(Some(&self.approvals), Some(&self.gateway), req).await;
@@ -476,6 +489,48 @@ async fn callers_are_authenticated_and_authorized() {
     assert_eq!(p["type"], "https://agentgate.dev/problems/self-approval");
     let r = f.approvals.get(&name, unix_now()).unwrap();
     assert!(r.spec.decisions.is_empty());
+}
+
+/// One DPoP proof per request (RFC 9449 §4.3): a second header counts whether or not it is text.
+#[tokio::test]
+async fn approvers_dpop_proofs_come_one_to_a_request() {
+    let f = fixture();
+    f.pending();
+    let client = SigningKey::ec("approver-device").unwrap();
+    let now = unix_now();
+    let token = f.human_key.sign(&json!({
+        "iss": HUMAN_ISS, "sub": "alice", "aud": "agentgate-approvals", "azp": "approval-cli",
+        "iat": now, "exp": now + 300, "cnf": {"jkt": client.thumbprint()},
+    }));
+    let proof = |jti: &str| {
+        let p = client.dpop_proof("GET", "http://127.0.0.1:9464/approvals", &token, now, jti);
+        HeaderValue::from_str(&p).unwrap()
+    };
+    let authorization = HeaderValue::from_str(&format!("DPoP {token}")).unwrap();
+    let (status, list) = f
+        .call_with(
+            "127.0.0.1:9464",
+            "GET",
+            "/approvals",
+            &[("authorization", authorization.clone()), ("dpop", proof("one"))],
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let (status, p) = f
+        .call_with(
+            "127.0.0.1:9464",
+            "GET",
+            "/approvals",
+            &[
+                ("authorization", authorization),
+                ("dpop", proof("two")),
+                ("dpop", HeaderValue::from_bytes(b"\xff").unwrap()),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{p}");
 }
 
 #[tokio::test]

@@ -618,7 +618,17 @@ impl Verifier {
         }
         let jws = token::parse(token, ALL_ALGORITHMS)
             .map_err(|e| IdentityError::new(ErrorKind::MalformedToken, e))?;
-        let iss_claim = jws.claims.get("iss").and_then(Value::as_str);
+        let iss_claim = match jws.claims.get("iss") {
+            None => None,
+            Some(Value::String(iss)) => Some(iss.as_str()),
+            // Not read as missing: that is the path of SPIFFE tokens without an issuer.
+            Some(_) => {
+                return Err(IdentityError::new(
+                    ErrorKind::MalformedToken,
+                    "claim iss is not a string",
+                ));
+            }
+        };
         let missing_iss = || IdentityError::new(ErrorKind::MalformedToken, "claim iss is missing");
         // A JWT-SVID need not carry `iss` (SPIRE leaves it out unless configured to set one):
         // the trust domain of its SPIFFE ID names the issuer then, for SPIFFE identities only.
@@ -818,6 +828,29 @@ fn payload_says_not_access(claims: &Value) -> Option<String> {
         .map(|c| format!("token carries {c}: an ID token"))
 }
 
+/// Claims that access tokens carry and ID tokens do not: the scope (RFC 9068's `scope`, Okta's
+/// and Entra's `scp`), the client (`client_id`, Okta's `cid`, Entra v1's `appid`, Auth0's grant
+/// type `gty`), and Entra's `azpacr`, `appidacr` and `idtyp`.
+const ACCESS_TOKEN_CLAIMS: &[&str] = &[
+    "scope",
+    "scp",
+    "client_id",
+    "cid",
+    "appid",
+    "gty",
+    "azpacr",
+    "appidacr",
+    "idtyp",
+];
+
+/// Whether a plain JWT's claims say it is an access token: one of [`ACCESS_TOKEN_CLAIMS`], or
+/// Keycloak's `typ: Bearer`, or Cognito's `token_use: access`.
+fn says_access(claims: &Value) -> bool {
+    ACCESS_TOKEN_CLAIMS.iter().any(|c| claims.get(*c).is_some())
+        || claim_text(claims, "typ").as_deref() == Some("bearer")
+        || claim_text(claims, "token_use").as_deref() == Some("access")
+}
+
 /// A string claim, lower-case.
 fn claim_text(claims: &Value, name: &str) -> Option<String> {
     claims
@@ -950,6 +983,27 @@ fn principal_from_claims(
             ErrorKind::WrongTokenType,
             format!(
                 "typ {typ:?} is not an access token type of identity {}",
+                identity.name
+            ),
+        ));
+    }
+    if let Verified::Jwt(_, typ) = &verified
+        && matches!(
+            identity.spec.provider,
+            IdentityProvider::Oidc | IdentityProvider::Okta
+        )
+        && identity.spec.access_token_type.is_none()
+        && typ.as_deref() != Some("at+jwt")
+        && !says_access(claims)
+    {
+        // An ID token issued without `nonce` or `at_hash` (a refresh grant's, say) looks like a
+        // plain JWT: only what access tokens carry tells them apart.
+        return Err(IdentityError::new(
+            ErrorKind::WrongTokenType,
+            format!(
+                "a token of typ {typ:?} without a claim only access tokens carry ({}) may be an ID token; \
+                 set spec.accessTokenType on identity {} if this issuer's access tokens carry none",
+                ACCESS_TOKEN_CLAIMS.join(", "),
                 identity.name
             ),
         ));

@@ -347,6 +347,49 @@ async fn audiences() {
     refused(&v, &key.sign(&c), ErrorKind::WrongAudience).await;
 }
 
+/// An ID token issued without `nonce` or `at_hash` (as on a refresh grant) has the audience and
+/// subject that an app's own API may match: a plain JWT of an OIDC or Okta identity must carry a
+/// claim only access tokens carry, unless the identity names its access-token type.
+#[tokio::test]
+async fn plain_jwts_without_access_token_claims_are_refused_as_id_tokens() {
+    let key = SigningKey::rsa("entra").unwrap();
+    let issuer = "https://login.microsoftonline.example/tenant/v2.0";
+    let spec = json!({
+        "issuer": issuer, "audiences": ["11111111-app"], "match": {"subject": "user-1"},
+        "keys": {"secretRef": {"name": "entra", "key": "jwks"}}
+    });
+    let jwks = SigningKey::jwks(&[&key]);
+    let v = verifier(vec![identity("app", spec.clone(), Some(&jwks))]);
+    let id_token = json!({
+        "iss": issuer, "sub": "user-1", "aud": "11111111-app", "oid": "user-1", "name": "A. User",
+        "iat": NOW, "exp": NOW + 600
+    });
+    let jwt = |c: &Value| key.sign_with_header(json!({"typ": "JWT", "kid": "entra"}), c);
+    refused(&v, &jwt(&id_token), ErrorKind::WrongTokenType).await;
+    refused(
+        &v,
+        &key.sign_with_header(json!({"kid": "entra"}), &id_token),
+        ErrorKind::WrongTokenType,
+    )
+    .await;
+    for claim in ACCESS_TOKEN_CLAIMS {
+        let mut c = id_token.clone();
+        c[*claim] = json!("x");
+        assert!(check(&v, &jwt(&c)).await.is_ok(), "{claim}");
+    }
+    for (claim, value) in [("typ", "Bearer"), ("token_use", "access")] {
+        let mut c = id_token.clone();
+        c[claim] = json!(value);
+        assert!(check(&v, &jwt(&c)).await.is_ok(), "{claim}: {value}");
+    }
+    assert!(check(&v, &key.sign(&id_token)).await.is_ok(), "typ at+jwt");
+    // An identity that names its access-token type takes that type as it is.
+    let mut named = spec;
+    named["accessTokenType"] = json!("JWT");
+    let named = verifier(vec![identity("app", named, Some(&jwks))]);
+    assert!(check(&named, &jwt(&id_token)).await.is_ok());
+}
+
 #[tokio::test]
 async fn id_tokens_and_other_types_are_refused() {
     let (key, v) = okta_setup();
@@ -677,6 +720,10 @@ async fn spiffe_jwt_svids() {
     let mut plain = no_iss.clone();
     plain["sub"] = json!("coder");
     refused(&spire, &sign(&plain), ErrorKind::MalformedToken).await;
+    // An `iss` that is there but not a string is malformed, not missing.
+    let mut numeric_iss = svid.clone();
+    numeric_iss["iss"] = json!(7);
+    refused(&spire, &sign(&numeric_iss), ErrorKind::MalformedToken).await;
 }
 
 /// An introspection answer for a refresh token or an ID token is active, and no access token.
