@@ -205,11 +205,21 @@ async fn connect_inner(
         out.clear();
         match frame.tag {
             backend::AUTHENTICATION => match Authentication::parse(&frame.body)? {
+                // A SASL exchange that began ends with the server's signature (SASLFinal): a
+                // server that skips it has not proved it knows the password.
+                Authentication::Ok if scram.is_some() => {
+                    return Err(UpstreamError::Auth(
+                        "the upstream ended SCRAM without proving it knows the password".into(),
+                    ));
+                }
                 Authentication::Ok => {}
                 Authentication::CleartextPassword => {
-                    if !encrypted && !ep.is_loopback() {
+                    // Sent in clear, the password is the server's to keep: only a server whose
+                    // certificate was verified gets it (a process squatting a loopback port, or
+                    // a server behind insecureSkipVerify, does not).
+                    if !encrypted || conn.insecure_skip_verify {
                         return Err(UpstreamError::Auth(
-                            "the upstream asks for a cleartext password over plaintext".into(),
+                            "the upstream asks for the password in cleartext, which is sent only over verified TLS (use scram-sha-256)".into(),
                         ));
                     }
                     let p = password.ok_or_else(|| UpstreamError::Auth("no password configured".into()))?;
@@ -298,6 +308,135 @@ async fn connect_inner(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SecretValue;
+    use crate::config::compile::{Credential, Endpoint};
+    use agentgate_crds::connection::{ConnectionType, CredentialScheme};
+    use tokio::io::AsyncReadExt;
+
+    fn connection(port: u16) -> CompiledConnection {
+        CompiledConnection {
+            name: "db".into(),
+            kind: ConnectionType::Postgres,
+            endpoint: Endpoint {
+                scheme: "postgres".into(),
+                host: "127.0.0.1".into(),
+                port,
+                path: "app".into(),
+            },
+            credential: Some(Credential {
+                scheme: CredentialScheme::PostgresPassword,
+                username: Some("app".into()),
+                secret: Some(SecretValue::new(PASSWORD.to_vec())),
+                client_certificate: None,
+            }),
+            credential_source: None,
+            ca: None,
+            server_name: None,
+            insecure_skip_verify: false,
+            tls_required: false,
+            route_host: None,
+            route_path_prefix: None,
+        }
+    }
+
+    const PASSWORD: &[u8] = b"stored-pa55word";
+
+    /// One backend message.
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+
+    fn auth(code: i32, data: &[u8]) -> Vec<u8> {
+        let mut body = code.to_be_bytes().to_vec();
+        body.extend_from_slice(data);
+        message(b'R', &body)
+    }
+
+    /// Reads one frontend message (tag, length, body).
+    async fn read_message(s: &mut TcpStream) -> Vec<u8> {
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).await.unwrap();
+        let len = i32::from_be_bytes(head[1..5].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len - 4];
+        s.read_exact(&mut body).await.unwrap();
+        body
+    }
+
+    /// A server on loopback that declines TLS, reads the startup packet and plays `script`;
+    /// answers what the gateway then sent, until it closed.
+    async fn fake_upstream<F, Fut>(script: F) -> (u16, tokio::task::JoinHandle<Vec<u8>>)
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = TcpStream> + Send,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut ssl = [0u8; 8];
+            s.read_exact(&mut ssl).await.unwrap();
+            s.write_all(b"N").await.unwrap();
+            let mut len = [0u8; 4];
+            s.read_exact(&mut len).await.unwrap();
+            let mut startup = vec![0u8; i32::from_be_bytes(len) as usize - 4];
+            s.read_exact(&mut startup).await.unwrap();
+            let mut s = script(s).await;
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+            rest
+        });
+        (port, task)
+    }
+
+    /// A server that asks for the password in clear over plaintext gets no password, on loopback
+    /// too: a process squatting the port would keep it.
+    #[tokio::test]
+    async fn the_password_is_never_sent_in_clear_over_plaintext() {
+        let (port, server) = fake_upstream(|mut s| async move {
+            s.write_all(&auth(3, b"")).await.unwrap();
+            s
+        })
+        .await;
+        let err = connect(&connection(port), None, &[]).await.unwrap_err();
+        assert!(
+            matches!(&err, UpstreamError::Auth(why) if why.contains("cleartext")),
+            "{err:?}"
+        );
+        let sent = server.await.unwrap();
+        assert!(
+            !sent.windows(PASSWORD.len()).any(|w| w == PASSWORD),
+            "the password was sent"
+        );
+    }
+
+    /// A server that takes the client's SCRAM proof and answers AuthenticationOk without its
+    /// own signature (SASLFinal) has not proved it knows the password: refused.
+    #[tokio::test]
+    async fn scram_without_the_servers_signature_is_refused() {
+        let (port, _server) = fake_upstream(|mut s| async move {
+            s.write_all(&auth(10, b"SCRAM-SHA-256\0\0")).await.unwrap();
+            let initial = read_message(&mut s).await;
+            let text = String::from_utf8_lossy(&initial).into_owned();
+            let nonce = text.split("r=").nth(1).unwrap().to_string();
+            let first = format!("r={nonce}fake,s=c2FsdHNhbHRzYWx0c2FsdA==,i=4096");
+            s.write_all(&auth(11, first.as_bytes())).await.unwrap();
+            read_message(&mut s).await;
+            let mut rest = auth(0, b"");
+            rest.extend(message(b'K', &[0, 0, 0, 1, 0, 0, 0, 2]));
+            rest.extend(message(b'Z', b"I"));
+            s.write_all(&rest).await.unwrap();
+            s
+        })
+        .await;
+        let err = connect(&connection(port), None, &[]).await.unwrap_err();
+        assert!(
+            matches!(&err, UpstreamError::Auth(why) if why.contains("without proving")),
+            "{err:?}"
+        );
+    }
 
     #[test]
     fn a_pinned_setting_reported_changed_ends_the_session() {
