@@ -2812,6 +2812,13 @@ fn authentication_and_startup_are_strict() {
     };
     let (code, msg) = try_login(s.plain_conninfo("not-a-token"));
     assert_eq!(code, "28000", "{msg}");
+    // The TLS listener takes no token in plaintext, from loopback either.
+    let (code, msg) = try_login(
+        s.plain_conninfo(&tok)
+            .replace(&format!("port={}", s.plain), &format!("port={}", s.gw.port)),
+    );
+    assert_eq!(code, "28000", "{msg}");
+    assert!(msg.contains("only over TLS on this listener"), "{msg}");
     let (code, _) = try_login(
         s.plain_conninfo(&tok)
             .replace("user=ci-agent", "user=someone-else"),

@@ -226,6 +226,25 @@ async fn accept(
     }
 }
 
+/// The next connection once one of `slots` is free, with the slot it holds until it ends; `None`
+/// once the gateway stops.
+async fn accept_capped(
+    socket: &TcpListener,
+    slots: &Arc<tokio::sync::Semaphore>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(
+    tokio::net::TcpStream,
+    SocketAddr,
+    tokio::sync::OwnedSemaphorePermit,
+)> {
+    let slot = tokio::select! {
+        s = slots.clone().acquire_owned() => s.ok()?,
+        _ = stop.changed() => return None,
+    };
+    let (stream, peer) = accept(socket, stop).await?;
+    Some((stream, peer, slot))
+}
+
 async fn accept_loop(
     socket: TcpListener,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
@@ -235,17 +254,7 @@ async fn accept_loop(
     alive: Alive,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_LISTENER));
-    loop {
-        let slot = tokio::select! {
-            s = slots.clone().acquire_owned() => match s {
-                Ok(s) => s,
-                Err(_) => return,
-            },
-            _ = stop.changed() => return,
-        };
-        let Some((stream, peer)) = accept(&socket, &mut stop).await else {
-            return;
-        };
+    while let Some((stream, peer, slot)) = accept_capped(&socket, &slots, &mut stop).await {
         let _ = stream.set_nodelay(true);
         let timeouts = Timeouts::of_listener(&slots);
         let gw = gw.clone();
@@ -276,12 +285,15 @@ async fn postgres_accept_loop(
     mut stop: watch::Receiver<bool>,
     alive: Alive,
 ) {
-    while let Some((stream, peer)) = accept(&socket, &mut stop).await {
+    // Capped as HTTP listeners are: a flood of idle sockets (each held up to the startup
+    // timeouts) must not spend the process's descriptors.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_LISTENER));
+    while let Some((stream, peer, slot)) = accept_capped(&socket, &slots, &mut stop).await {
         // The session's future is built inside the task: built outside and awaited in it, the
         // task kept it twice (the captured value and the awaitee), 20 KiB per idle client.
         let (ctx, acceptor, alive) = (ctx.clone(), acceptor.clone(), alive.clone());
         tokio::spawn(async move {
-            let _alive = alive;
+            let (_alive, _slot) = (alive, slot);
             crate::protocol::postgres::session::serve(ctx, stream, peer, acceptor).await
         });
     }
@@ -900,6 +912,32 @@ mod tests {
     }
 
     /// Short of free slots, a listener gives idle connections the shorter limit.
+    /// A listener takes no connection past its slots until one ends (the kernel's backlog
+    /// holds the rest).
+    #[tokio::test]
+    async fn a_listener_out_of_slots_waits_for_one() {
+        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+        let (_tx, mut stop) = watch::channel(false);
+        let _first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (_, _, slot) = accept_capped(&socket, &slots, &mut stop).await.unwrap();
+        let _second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let waiting = tokio::time::timeout(
+            Duration::from_millis(300),
+            accept_capped(&socket, &slots, &mut stop),
+        )
+        .await;
+        assert!(
+            waiting.is_err(),
+            "a second connection was taken with no slot free"
+        );
+        drop(slot);
+        let taken =
+            tokio::time::timeout(Duration::from_secs(5), accept_capped(&socket, &slots, &mut stop)).await;
+        assert!(taken.is_ok_and(|t| t.is_some()), "the freed slot was not used");
+    }
+
     #[test]
     fn a_listener_short_of_slots_shortens_the_idle_limit() {
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_LISTENER));

@@ -40,6 +40,9 @@ pub struct Started {
     pub reader: FrameReader<ReadHalf<Stream>>,
     pub writer: WriteHalf<Stream>,
     pub tls: bool,
+    /// The listener serves TLS: a client of it sends its token only over TLS, from loopback
+    /// too (a sidecar forwards remote clients from a loopback address).
+    pub listener_tls: bool,
     pub user: String,
     pub database: String,
     /// Allowlisted parameters, lowercase names.
@@ -167,7 +170,7 @@ async fn negotiate(
                     .ok_or_else(|| StartupError::Drop("no connection".into()))?;
                 let (read, writer) = tokio::io::split(stream);
                 let reader = FrameReader::with_buffer(read, rest);
-                return match started(reader, writer, tls, params) {
+                return match started(reader, writer, (tls, acceptor.is_some()), params) {
                     Ok(s) => Ok(Opening::Session(Box::new(s))),
                     Err((StartupError::Reject(e), mut writer)) => {
                         let mut out = BytesMut::new();
@@ -195,7 +198,7 @@ fn unreachable_encryption() -> Result<Opening, StartupError> {
 fn started(
     reader: FrameReader<ReadHalf<Stream>>,
     writer: WriteHalf<Stream>,
-    tls: bool,
+    (tls, listener_tls): (bool, bool),
     params: Vec<(String, String)>,
 ) -> Result<Started, (StartupError, WriteHalf<Stream>)> {
     match check_parameters(params) {
@@ -203,6 +206,7 @@ fn started(
             reader,
             writer,
             tls,
+            listener_tls,
             user,
             database,
             params,
@@ -261,15 +265,15 @@ fn check_parameters(params: Vec<(String, String)>) -> Result<Parameters, Startup
 }
 
 /// Asks for the password (the agent's token) and returns it. Cleartext passwords are accepted
-/// only over TLS or from a loopback peer.
+/// only over TLS, or from a loopback peer of a listener without TLS.
 /// The largest password message accepted: a token of the largest size verified, and its NUL.
 pub const MAX_PASSWORD_MESSAGE_BYTES: usize = crate::identity::token::MAX_TOKEN_BYTES + 1;
 
 pub async fn read_token(s: &mut Started, peer: SocketAddr) -> Result<String, StartupError> {
-    if !s.tls && !peer.ip().is_loopback() {
+    if !s.tls && (s.listener_tls || !peer.ip().is_loopback()) {
         return Err(StartupError::Reject(ErrorResponse::fatal(
             sqlstate::INVALID_AUTHORIZATION,
-            "the gateway accepts tokens only over TLS from non-loopback clients (use sslmode=verify-full with sslrootcert naming the gateway's CA: require does not check the certificate, and the token is sent as a password)",
+            "the gateway accepts tokens only over TLS on this listener (use sslmode=verify-full with sslrootcert naming the gateway's CA: require does not check the certificate, and the token is sent as a password)",
         )));
     }
     let mut out = BytesMut::new();

@@ -412,6 +412,14 @@ const DEFINES_WRITE_CODE: &[&str] = &[
     "AlterExtensionStmt",
 ];
 
+/// Whether two group lists name the same groups, in any order.
+fn same_groups(a: &[String], b: &[String]) -> bool {
+    fn set(g: &[String]) -> std::collections::BTreeSet<&str> {
+        g.iter().map(String::as_str).collect()
+    }
+    set(a) == set(b)
+}
+
 /// Whether `kind` is one that event triggers fire on (or may: `Other` is the grammar's rest).
 fn is_ddl(kind: &StatementKind) -> bool {
     use StatementKind as K;
@@ -1335,7 +1343,15 @@ impl Live {
                 peer: Some(self.peer),
             };
             match verifier.verify(&presented, unix_now()).await {
-                Ok(p) if p.identity == self.identity && p.subject == self.subject => unsure = 0,
+                Ok(p) if p.identity == self.identity && p.subject == self.subject => {
+                    // Policies name groups: an introspected token whose groups changed at the
+                    // provider would keep the session's startup groups, which HTTP requests,
+                    // verified one by one, lose at once.
+                    if !same_groups(&p.groups, &self.groups) {
+                        return "its groups changed".into();
+                    }
+                    unsure = 0;
+                }
                 Ok(_) => return "it now names another agent".into(),
                 // The provider out of reach (or its budget spent) says nothing of the token: a
                 // blip ends no session, a provider gone for TOKEN_UNSURE_LIMIT rechecks does.
@@ -2006,9 +2022,19 @@ impl Live {
         // The server side ends when every sender is gone (the client side's went with it).
         drop(stop);
         // The server side ends when the upstream closes or the client writer fails.
-        let down_reason = match tokio::time::timeout(std::time::Duration::from_secs(5), down_task).await {
+        let mut down_task = down_task;
+        let down_reason = match tokio::time::timeout(std::time::Duration::from_secs(5), &mut down_task).await
+        {
             Ok(Ok(r)) => r,
-            _ => "aborted".to_string(),
+            Ok(Err(_)) => "aborted".to_string(),
+            Err(_) => {
+                // Stuck writing to a client that stopped reading: dropping the handle would
+                // leave the task running, holding the upstream session (its transaction and
+                // locks) and writing to a recording about to be closed.
+                down_task.abort();
+                let _ = down_task.await;
+                "aborted".to_string()
+            }
         };
         if let Some(r) = this.recording(false) {
             // Closing signs and fsyncs the file: off the async worker, which other sessions share
@@ -4048,6 +4074,16 @@ impl ServerSide {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A recheck ends the session when the token's groups changed, not when the provider
+    /// lists the same groups in another order.
+    #[test]
+    fn groups_compare_as_sets() {
+        let g = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(same_groups(&g(&["dba", "ai-agents"]), &g(&["ai-agents", "dba"])));
+        assert!(!same_groups(&g(&["ai-agents"]), &g(&["ai-agents", "dba"])));
+        assert!(!same_groups(&g(&["ai-agents", "dba"]), &g(&["ai-agents"])));
+    }
 
     /// The queue to the server side allocates room for 32 messages per session at its start,
     /// the queue of awaited answers for 4 at its first: a large `Pending` made every idle
