@@ -30,6 +30,7 @@ use crate::common::{CommonStatus, DNS_SUBDOMAIN_PATTERN, LocalRef, SecretKeyRef,
 #[x_kube(validation = kube::core::Rule::new("self.type == 'Postgres' ? !has(self.route) : has(self.route)").message("HTTP and Kubernetes connections need a route; Postgres connections are routed by database name and take none").field_path(".route"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.credentials) || self.type == 'Postgres' ? true : self.credentials.scheme != 'PostgresPassword'").message("the PostgresPassword scheme is only for Postgres connections").field_path(".credentials.scheme"))]
 #[x_kube(validation = kube::core::Rule::new("self.type != 'Postgres' || !has(self.credentials) || self.credentials.scheme == 'PostgresPassword' || self.credentials.scheme == 'ClientCertificate'").message("Postgres connections take the PostgresPassword or ClientCertificate scheme").field_path(".credentials.scheme"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.credentials) || self.credentials.scheme != 'ClientCertificate' || (self.type == 'Postgres') == has(self.credentials.username)").message("a client certificate to PostgreSQL names the role it logs in as (username); to other targets it takes none").field_path(".credentials.username"))]
 pub struct ConnectionSpec {
     /// The gateway that serves this connection.
     pub gateway_ref: LocalRef,
@@ -69,7 +70,7 @@ pub enum ConnectionType {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::Rule::new("self.scheme == 'ClientCertificate' ? has(self.certificateSecretRef) && !has(self.secretRef) : has(self.secretRef) && !has(self.certificateSecretRef)").message("ClientCertificate takes certificateSecretRef; every other scheme takes secretRef"))]
-#[x_kube(validation = kube::core::Rule::new("(self.scheme == 'Basic' || self.scheme == 'PostgresPassword') == has(self.username)").message("username is required for Basic and PostgresPassword, and only for them").field_path(".username"))]
+#[x_kube(validation = kube::core::Rule::new("(self.scheme == 'Basic' || self.scheme == 'PostgresPassword') ? has(self.username) : (self.scheme == 'ClientCertificate' || !has(self.username))").message("username is required for Basic and PostgresPassword, names the PostgreSQL role of a ClientCertificate, and is taken by no other scheme").field_path(".username"))]
 pub struct Credentials {
     /// How the credential is presented: `Bearer` (Authorization: Bearer), `SSWS` (Okta API token),
     /// `Basic`, `ClientCertificate` (mutual TLS) or `PostgresPassword` (SCRAM-SHA-256 or md5).
@@ -80,7 +81,8 @@ pub struct Credentials {
     /// A `kubernetes.io/tls` Secret with `tls.crt` and `tls.key`, for `ClientCertificate`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_secret_ref: Option<SecretRef>,
-    /// User name for `Basic` and `PostgresPassword`.
+    /// User name for `Basic` and `PostgresPassword`, and the PostgreSQL role a `ClientCertificate`
+    /// logs in as (the server maps the certificate to it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     pub username: Option<String>,

@@ -323,6 +323,30 @@ fn cel_rule_violation() {
     );
 }
 
+/// A client certificate to PostgreSQL names the role it logs in as: without one the gateway
+/// would ask for `postgres`, the superuser.
+#[test]
+fn a_postgres_client_certificate_names_its_role() {
+    let (code, _, err, _d) = validate_edited(|d| {
+        replace(
+            d,
+            "30-connections.yaml",
+            "scheme: PostgresPassword\n    username: agent_rw\n    secretRef: {name: orders-db-credentials, key: password}",
+            "scheme: ClientCertificate\n    certificateSecretRef: {name: orders-db-credentials}",
+        )
+    });
+    assert_one_error(
+        code,
+        &err,
+        &[
+            "30-connections.yaml:",
+            "Connection agentgate/orders-db",
+            "spec.credentials.username",
+            "names the role it logs in as",
+        ],
+    );
+}
+
 #[test]
 fn require_approval_needs_an_approval_block() {
     let (code, _, err, _d) = validate_edited(|d| {
