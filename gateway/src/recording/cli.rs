@@ -147,6 +147,16 @@ fn execute(cmd: SessionsCommand, out: &mut impl Write) -> io::Result<bool> {
             require_links,
             reject_recovered,
         } => {
+            // `--public-key "$KEY"` with the variable unset would check no signature at all.
+            if public_key
+                .as_deref()
+                .is_some_and(|k| k.split(',').all(|k| k.trim().is_empty()))
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "--public-key names no key",
+                ));
+            }
             let require = Require {
                 closed: require_closed || (public_key.is_some() && !allow_open),
                 recorded_close: reject_recovered,
@@ -771,6 +781,31 @@ mod tests {
         let (ok, text) = check(a.public_key().to_string());
         assert!(!ok, "{text}");
         assert!(text.contains("signed by another key"), "{text}");
+    }
+
+    /// An empty `--public-key` (a variable left unset) is an error, not a verification without
+    /// signatures.
+    #[test]
+    fn an_empty_public_key_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Recorder::new(dir.path(), RecordingMode::Required, "ns/gw").unwrap();
+        let s = r.start_session(json!({})).unwrap();
+        s.close(json!({})).unwrap();
+        for keys in ["", " , "] {
+            let err = execute(
+                SessionsCommand::Verify {
+                    files: vec![s.path().to_path_buf()],
+                    public_key: Some(keys.into()),
+                    require_closed: false,
+                    allow_open: true,
+                    require_links: false,
+                    reject_recovered: false,
+                },
+                &mut Vec::new(),
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("names no key"), "{err}");
+        }
     }
 
     #[test]
