@@ -9,9 +9,10 @@ use std::time::{Duration, SystemTime};
 /// How often the directory is pruned.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
-/// Deletes the session files in `dir` last modified before `now - retention` whose sessions are
-/// not open. Returns how many were deleted.
-pub fn prune(dir: &Path, retention: Duration, now: SystemTime) -> usize {
+/// Deletes the session files of `gateway` in `dir` last modified before `now - retention` whose
+/// sessions are not open (another gateway's, on a shared volume, keep their own retention).
+/// Returns how many were deleted.
+pub fn prune(dir: &Path, retention: Duration, now: SystemTime, gateway: &str) -> usize {
     super::remove_stale_staging(dir, now);
     let Some(cutoff) = now.checked_sub(retention) else {
         return 0;
@@ -27,7 +28,10 @@ pub fn prune(dir: &Path, retention: Duration, now: SystemTime) -> usize {
         let old = std::fs::metadata(&path)
             .and_then(|m| m.modified())
             .is_ok_and(|t| t < cutoff);
-        if !old || super::is_open(&path).unwrap_or(true) {
+        if !old
+            || super::is_open(&path).unwrap_or(true)
+            || super::started_by_another(&path, gateway).unwrap_or(true)
+        {
             continue;
         }
         match std::fs::remove_file(&path) {
@@ -39,15 +43,16 @@ pub fn prune(dir: &Path, retention: Duration, now: SystemTime) -> usize {
 }
 
 /// Prunes `dir` now and every [`PRUNE_INTERVAL`] on the current runtime.
-pub fn spawn(dir: &Path, retention: Duration) -> Option<tokio::task::AbortHandle> {
+pub fn spawn(dir: &Path, retention: Duration, gateway: &str) -> Option<tokio::task::AbortHandle> {
     let runtime = tokio::runtime::Handle::try_current().ok()?;
     let dir = dir.to_path_buf();
+    let gateway = gateway.to_string();
     Some(
         runtime
             .spawn(async move {
                 loop {
-                    let d = dir.clone();
-                    let deleted = tokio::task::spawn_blocking(move || prune(&d, retention, SystemTime::now()))
+                    let (d, g) = (dir.clone(), gateway.clone());
+                    let deleted = tokio::task::spawn_blocking(move || prune(&d, retention, SystemTime::now(), &g))
                         .await
                         .unwrap_or(0);
                     if deleted > 0 {
@@ -101,15 +106,22 @@ mod tests {
         std::fs::write(&staging, "").unwrap();
         age(&staging, 2 * super::super::STAGING_GRACE);
 
-        assert_eq!(prune(dir.path(), 7 * day, SystemTime::now()), 1);
-        assert!(!expired.path().exists() && !staging.exists());
+        // Another gateway's session on a shared volume keeps its own gateway's retention.
+        let theirs = Recorder::new(dir.path(), RecordingMode::Required, "ns/other").unwrap();
+        let theirs = theirs.start_session(serde_json::json!({})).unwrap();
+        theirs.close(serde_json::json!({})).unwrap();
+        age(theirs.path(), 30 * day);
+
+        assert_eq!(prune(dir.path(), 7 * day, SystemTime::now(), "ns/gw"), 1);
+        assert!(!expired.path().exists() && !staging.exists() && theirs.path().exists());
         assert!(recent.path().exists() && open.path().exists() && other.exists());
         assert!(foreign.exists() && link.symlink_metadata().is_ok());
         // Once the long session closes (and its file is old), it goes too.
         open.close(serde_json::json!({})).unwrap();
         age(open.path(), 30 * day);
-        assert_eq!(prune(dir.path(), 7 * day, SystemTime::now()), 1);
+        assert_eq!(prune(dir.path(), 7 * day, SystemTime::now(), "ns/gw"), 1);
         assert!(!open.path().exists());
-        assert_eq!(prune(dir.path(), 7 * day, SystemTime::now()), 0);
+        assert_eq!(prune(dir.path(), 7 * day, SystemTime::now(), "ns/gw"), 0);
+        assert_eq!(prune(dir.path(), 7 * day, SystemTime::now(), "ns/other"), 1);
     }
 }

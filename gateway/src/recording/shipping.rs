@@ -15,7 +15,7 @@
 //!
 //! Objects are never deleted by the gateway: retention in the bucket is its lifecycle rule's job.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -110,6 +110,10 @@ pub struct Shipper {
     open: HashMap<PathBuf, Seen>,
     /// See [`PART_BYTES`].
     part_bytes: u64,
+    /// The gateway whose sessions are shipped (`namespace/name`); `None`: every session found.
+    gateway: Option<String>,
+    /// Files whose start names another gateway (a spool shared by two): not this one's to ship.
+    theirs: HashSet<PathBuf>,
 }
 
 impl std::fmt::Debug for Shipper {
@@ -148,7 +152,16 @@ impl Shipper {
             client: Client::builder(TokioExecutor::new()).build(connector),
             open: HashMap::new(),
             part_bytes: PART_BYTES,
+            gateway: None,
+            theirs: HashSet::new(),
         })
+    }
+
+    /// Ships only the sessions whose start names `gateway` (`namespace/name`): in a spool shared
+    /// with another gateway, that one's sessions go to its own store.
+    pub fn for_gateway(mut self, gateway: &str) -> Self {
+        self.gateway = Some(gateway.to_string());
+        self
     }
 
     /// Uses parts of `bytes` (at least S3's minimum) instead of [`PART_BYTES`].
@@ -178,16 +191,23 @@ impl Shipper {
         // Listing the spool and reading the ends of its files is blocking I/O, over as many files
         // as the store has missed: off the async workers, which serve the data path.
         let dir = self.dir.clone();
-        let open = std::mem::take(&mut self.open);
-        let Ok((scan, open)) = tokio::task::spawn_blocking(move || {
-            let mut open = open;
-            (scan(&dir, &mut open, grace), open)
+        let mut open = std::mem::take(&mut self.open);
+        let mut owner = self
+            .gateway
+            .clone()
+            .map(|g| (g, std::mem::take(&mut self.theirs)));
+        let Ok((scan, open, owner)) = tokio::task::spawn_blocking(move || {
+            let scan = scan(&dir, &mut open, grace, owner.as_mut());
+            (scan, open, owner)
         })
         .await
         else {
             return Sweep::default();
         };
         self.open = open;
+        if let Some((_, theirs)) = owner {
+            self.theirs = theirs;
+        }
         let mut report = Sweep {
             waiting: scan.waiting,
             failed: scan.failed,
@@ -540,8 +560,14 @@ struct Scan {
 
 /// Lists the spool's session files and sorts out those ready to ship; `open` remembers the
 /// lengths of unclosed files, so an unchanged file's end is not read again, and forgets files
-/// that are gone.
-fn scan(dir: &Path, open: &mut HashMap<PathBuf, Seen>, grace: Duration) -> Scan {
+/// that are gone. With `owner` (a gateway, and the files known to be another's), only that
+/// gateway's sessions are considered.
+fn scan(
+    dir: &Path,
+    open: &mut HashMap<PathBuf, Seen>,
+    grace: Duration,
+    owner: Option<&mut (String, HashSet<PathBuf>)>,
+) -> Scan {
     let mut out = Scan {
         ready: Vec::new(),
         waiting: 0,
@@ -560,6 +586,16 @@ fn scan(dir: &Path, open: &mut HashMap<PathBuf, Seen>, grace: Duration) -> Scan 
     files.sort();
     super::remove_stale_staging(dir, std::time::SystemTime::now());
     open.retain(|p, _| files.binary_search(p).is_ok());
+    if let Some((gateway, theirs)) = owner {
+        theirs.retain(|p| files.binary_search(p).is_ok());
+        files.retain(|p| {
+            let another = theirs.contains(p) || super::started_by_another(p, gateway).unwrap_or(false);
+            if another {
+                theirs.insert(p.clone());
+            }
+            !another
+        });
+    }
     for file in files {
         match ready(open, &file, grace) {
             Ok(true) => out.ready.push(file),
@@ -686,11 +722,12 @@ fn error_code(body: &[u8]) -> String {
 pub fn spawn(
     dir: &Path,
     storage: &ObjectStorage,
+    gateway: &str,
     metrics: Metrics,
 ) -> Result<tokio::task::AbortHandle, ShipError> {
     let runtime = tokio::runtime::Handle::try_current()
         .map_err(|_| ShipError::Settings("no async runtime to ship sessions on".into()))?;
-    let shipper = Shipper::new(dir, storage)?;
+    let shipper = Shipper::new(dir, storage)?.for_gateway(gateway);
     tracing::info!(dir = %dir.display(), bucket = %storage.bucket, prefix = %storage.prefix, "shipping closed sessions to object storage");
     Ok(runtime.spawn(shipper.run(metrics)).abort_handle())
 }
@@ -848,9 +885,37 @@ mod tests {
             .join(format!(".19700101T000002Z-{}.jsonl.new", "2".repeat(32)));
         std::fs::write(&staging, b"").unwrap();
         age(&staging);
-        let listed = scan(dir.path(), &mut HashMap::new(), Duration::ZERO);
+        let listed = scan(dir.path(), &mut HashMap::new(), Duration::ZERO, None);
         assert!(!listed.ready.contains(&staging) && !staging.exists());
         assert!(listed.ready.contains(&left));
+    }
+
+    /// A spool shared with another gateway: only this gateway's sessions are shipped; the
+    /// other's are remembered and not read again.
+    #[test]
+    fn another_gateways_sessions_are_not_shipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = recorder(dir.path()).start_session(serde_json::json!({})).unwrap();
+        ours.close(serde_json::json!({})).unwrap();
+        let other = super::super::Recorder::new(
+            dir.path(),
+            agentgate_crds::gateway::RecordingMode::Required,
+            "ns/other",
+        )
+        .unwrap();
+        let theirs = other.start_session(serde_json::json!({})).unwrap();
+        theirs.close(serde_json::json!({})).unwrap();
+        let mut owner = ("ns/gw".to_string(), HashSet::new());
+        let listed = scan(dir.path(), &mut HashMap::new(), Duration::ZERO, Some(&mut owner));
+        assert_eq!(listed.ready, [ours.path().to_path_buf()]);
+        assert!(owner.1.contains(theirs.path()));
+        // Without a gateway named, every session is shipped (as tools that ship a copied spool do).
+        let listed = scan(dir.path(), &mut HashMap::new(), Duration::ZERO, None);
+        assert_eq!(listed.ready.len(), 2);
+        // A file gone is forgotten.
+        std::fs::remove_file(theirs.path()).unwrap();
+        scan(dir.path(), &mut HashMap::new(), Duration::ZERO, Some(&mut owner));
+        assert!(owner.1.is_empty());
     }
 
     #[test]

@@ -174,9 +174,10 @@ pub struct Gateway {
     /// live: shutdown closes those too.
     retired: Mutex<Vec<WeakRecorder>>,
     /// The task shipping the spool to object storage.
-    shipper: TaskSlot<(PathBuf, ObjectStorage)>,
+    /// Spool, store and the gateway whose sessions are shipped.
+    shipper: TaskSlot<(PathBuf, ObjectStorage, String)>,
     /// The task deleting expired sessions from the gateway's own storage.
-    retention: TaskSlot<(PathBuf, std::time::Duration)>,
+    retention: TaskSlot<(PathBuf, std::time::Duration, String)>,
     /// The approval store (standalone mode); `None` when it could not be opened, and then
     /// operations that need approval are refused.
     pub approvals: Option<Arc<crate::approval::Approvals>>,
@@ -284,12 +285,18 @@ impl Gateway {
             &cfg.gateway.namespace,
             &cfg.gateway.name,
         );
-        self.ship(&cfg.gateway.recording_dir, cfg.gateway.object_storage.as_ref());
+        let gateway = format!("{}/{}", cfg.gateway.namespace, cfg.gateway.name);
+        self.ship(
+            &cfg.gateway.recording_dir,
+            cfg.gateway.object_storage.as_ref(),
+            &gateway,
+        );
         // Sessions on the gateway's own storage expire here; shipped ones, in the bucket.
         let retention = cfg.gateway.recording.retention.to_std().ok();
         self.retain(
             &cfg.gateway.recording_dir,
             retention.filter(|_| cfg.gateway.object_storage.is_none()),
+            &gateway,
         );
         let plane = Plane {
             verifier,
@@ -306,10 +313,10 @@ impl Gateway {
 
     /// Ships `dir` to `storage` (or stops shipping), restarting the shipper when either changed.
     /// A shipper that cannot start leaves sessions in the spool, where they stay the record.
-    fn ship(&self, dir: &Path, storage: Option<&ObjectStorage>) {
-        let key = storage.map(|s| (dir.to_path_buf(), s.clone()));
-        self.shipper.set(key, |(dir, storage)| {
-            crate::recording::shipping::spawn(dir, storage, self.metrics.clone())
+    fn ship(&self, dir: &Path, storage: Option<&ObjectStorage>, gateway: &str) {
+        let key = storage.map(|s| (dir.to_path_buf(), s.clone(), gateway.to_string()));
+        self.shipper.set(key, |(dir, storage, gateway)| {
+            crate::recording::shipping::spawn(dir, storage, gateway, self.metrics.clone())
                 .inspect_err(|e| {
                     tracing::error!(error = %e, "sessions cannot be shipped to object storage; they stay in the spool")
                 })
@@ -350,11 +357,11 @@ impl Gateway {
     /// shutdown included (in a cluster the spool is the pod's scratch space, gone with it).
     /// Bounded by `limit`; what is left is logged.
     pub async fn drain_spool(&self, limit: std::time::Duration) {
-        let Some((dir, storage)) = self.shipper.stop() else {
+        let Some((dir, storage, gateway)) = self.shipper.stop() else {
             return;
         };
         let mut shipper = match crate::recording::shipping::Shipper::new(&dir, &storage) {
-            Ok(s) => s,
+            Ok(s) => s.for_gateway(&gateway),
             Err(e) => {
                 tracing::error!(error = %e, dir = %dir.display(), "sessions not shipped before exit");
                 return;
@@ -388,10 +395,10 @@ impl Gateway {
     }
 
     /// Prunes `dir` to `retention` (or stops), restarting the task when either changed.
-    fn retain(&self, dir: &Path, retention: Option<std::time::Duration>) {
-        let key = retention.map(|r| (dir.to_path_buf(), r));
-        self.retention.set(key, |(dir, retention)| {
-            crate::recording::retention::spawn(dir, *retention)
+    fn retain(&self, dir: &Path, retention: Option<std::time::Duration>, gateway: &str) {
+        let key = retention.map(|r| (dir.to_path_buf(), r, gateway.to_string()));
+        self.retention.set(key, |(dir, retention, gateway)| {
+            crate::recording::retention::spawn(dir, *retention, gateway)
         });
     }
 
