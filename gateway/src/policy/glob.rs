@@ -72,15 +72,18 @@ impl Glob {
             }
         }
         re.push('$');
-        let regex = Regex::new(&re).map_err(|e| format!("invalid glob {pattern:?}: {e}"))?;
+        // `*` and `?` match line breaks too: a value `DROP TABLE users\n` is `*DROP*`.
+        let build = |case_insensitive: bool| {
+            regex::RegexBuilder::new(&re)
+                .dot_matches_new_line(true)
+                .case_insensitive(case_insensitive)
+                .build()
+                .map_err(|e| format!("invalid glob {pattern:?}: {e}"))
+        };
+        let regex = build(false)?;
         // Restricting rules match paths and values without regard to ASCII case.
         let folded = match separator {
-            Some('/') | None => Some(
-                regex::RegexBuilder::new(&re)
-                    .case_insensitive(true)
-                    .build()
-                    .map_err(|e| format!("invalid glob {pattern:?}: {e}"))?,
-            ),
+            Some('/') | None => Some(build(true)?),
             _ => None,
         };
         Ok(Self {
@@ -148,5 +151,20 @@ mod tests {
         assert!(Glob::value("dblink*").unwrap().matches("dblink_exec"));
         assert!(Glob::value("a.b").unwrap().matches("a.b") && !Glob::value("a.b").unwrap().matches("axb"));
         assert!(Glob::path("/***").is_err());
+    }
+
+    /// A value's line breaks are characters like any other: `DROP TABLE users\n` is `*DROP*`,
+    /// and `?` stands for a line break too.
+    #[test]
+    fn value_globs_match_across_line_breaks() {
+        let g = Glob::value("*DROP*").unwrap();
+        assert!(g.matches("DROP TABLE users\n") && g.matches("x\nDROP\ny"));
+        assert!(g.matches_ignoring_case("select 1;\ndrop table users"));
+        assert!(Glob::value("a?b").unwrap().matches("a\nb"));
+        assert!(
+            Glob::value("*@admin.example*")
+                .unwrap()
+                .matches("eve@admin.example\n")
+        );
     }
 }

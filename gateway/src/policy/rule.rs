@@ -279,7 +279,7 @@ impl HttpMatcher {
                 .filter(|(k, _)| {
                     k.as_str() == name || (k.as_str().contains('_') && k.as_str().replace('_', "-") == *name)
                 })
-                .map(|(_, v)| v.to_str().unwrap_or("\u{fffd}"));
+                .map(|(_, v)| header_text(v));
             if !values_match(values, glob, strict) {
                 return false;
             }
@@ -499,9 +499,10 @@ pub fn without_format(path: &str) -> impl Iterator<Item = &str> {
 }
 
 /// At least one value must exist; then any (restricting rules) or all (Allow) must match.
-fn values_match<'v>(values: impl Iterator<Item = &'v str>, glob: &Glob, all: bool) -> bool {
+fn values_match<V: AsRef<str>>(values: impl Iterator<Item = V>, glob: &Glob, all: bool) -> bool {
     let mut seen = false;
     for v in values {
+        let v = v.as_ref();
         seen = true;
         // A restricting rule's value matches whatever its case: `?role=Admin` is `admin` to an
         // upstream that compares without it (.NET enums, case-insensitive collations); and a
@@ -587,18 +588,36 @@ fn lookup<'v>(mut v: &'v Value, path: &[Step]) -> Lookup<'v> {
 
 /// A query key as the frameworks an upstream may run on read it: case-insensitively (ASP.NET
 /// Core), with a bracketed suffix dropped (`a[]`, `a[0]`, `a[x]` are all `a`, as an array or map,
-/// to PHP, Rack and Express's `qs`), and with `.`, space and an unclosed `[` read as `_` and
-/// leading spaces dropped (PHP, which makes `?include.deleted=1` its `include_deleted`).
+/// to PHP, Rack and Express's `qs`), leading brackets and a stray `]` after the name dropped
+/// (`[force]` and `force]` are `force` to Rack and `qs`), and with `.`, space and an unclosed
+/// `[` read as `_` and leading spaces dropped (PHP, which makes `?include.deleted=1` its
+/// `include_deleted`).
 fn query_key(k: &str, strip_brackets: bool) -> String {
     let k = k.trim_start_matches(' ');
-    let base = match k.find('[') {
-        Some(i) if strip_brackets && i > 0 && k[i..].contains(']') => &k[..i],
-        _ => k,
+    let base = if strip_brackets {
+        let k = k.trim_start_matches(['[', ']']);
+        match k.find('[') {
+            Some(i) if k[i..].contains(']') => k[..i].trim_end_matches(']'),
+            Some(_) => k,
+            None => k.trim_end_matches(']'),
+        }
+    } else {
+        k
     };
     fold_case(base)
         .chars()
         .map(|c| if matches!(c, '.' | ' ' | '[') { '_' } else { c })
         .collect()
+}
+
+/// A header value as text: bytes past ASCII read as Latin-1, as Node and Python's WSGI read
+/// them, so `production\xA0` is judged as what such an upstream sees (which `.strip()` makes
+/// `production`), not as a replacement character no rule names.
+fn header_text(v: &hyper::header::HeaderValue) -> std::borrow::Cow<'_, str> {
+    match v.to_str() {
+        Ok(s) => s.into(),
+        Err(_) => v.as_bytes().iter().map(|&b| b as char).collect::<String>().into(),
+    }
 }
 
 /// Case folding as Go's `strings.EqualFold` needs it here: lowercase, and the long s and the
@@ -1048,7 +1067,14 @@ mod tests {
             let q = vec![(key.to_string(), "true".to_string())];
             assert!(deny.matches(Action::Deny, &http("GET", "/x", &q, &h), 0), "{key}");
         }
-        assert_eq!(query_key("[x]", true), "_x]");
+        // Leading brackets, and a stray `]` after the name, are read as nothing (Rack, `qs`).
+        assert_eq!(query_key("[x]", true), "x");
+        assert_eq!(query_key("x]", true), "x");
+        assert_eq!(query_key("[[x]][y]", true), "x");
+        for key in ["[include_deleted]", "include_deleted]", "[Include.Deleted][]"] {
+            let q = vec![(key.to_string(), "true".to_string())];
+            assert!(deny.matches(Action::Deny, &http("GET", "/x", &q, &h), 0), "{key}");
+        }
         // A condition naming a bracketed key means that key alone (JSON:API's `page[size]`).
         let page = compile(&rule(
             "name: r\naction: Allow\nhttp:\n  query: {'page[size]': '1?'}\n",
@@ -1393,6 +1419,23 @@ mod tests {
         h.insert("x-tenant", "acme".parse().unwrap());
         h.insert("x_tenant", "other".parse().unwrap());
         assert!(!m.matches(Action::Allow, &http("GET", "/", &[], &h), 0));
+    }
+
+    /// A value past ASCII is judged as Latin-1 text, as Node reads it: `production\xA0` still
+    /// holds `prod`.
+    #[test]
+    fn header_values_past_ascii_are_read_as_latin_1() {
+        let deny = compile(&rule(
+            "name: r\naction: Deny\nhttp:\n  headers: {X-Target-Env: '*prod*'}\n",
+        ))
+        .unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-target-env",
+            hyper::header::HeaderValue::from_bytes(b"production\xa0").unwrap(),
+        );
+        assert!(deny.matches(Action::Deny, &http("GET", "/", &[], &h), 0));
+        assert_eq!(header_text(&h["x-target-env"]), "production\u{a0}");
     }
 
     fn kube<'a>(
