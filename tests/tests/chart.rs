@@ -1007,6 +1007,12 @@ fn the_rendered_chart_is_accepted_by_the_api_server() {
         )
     };
     let binding = env.file("binding.yaml", &binding_to("Role", "agentgate-gw"));
+    let config_secret = |type_: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\n{}type: {type_}\nstringData: {{config.json: \"{{}}\"}}\n",
+            meta.replace("name: agentgate-gw\n", "name: agentgate-gw-config\n")
+        )
+    };
     let allowed: &[&[&str]] = &[
         &[
             "get",
@@ -1024,6 +1030,14 @@ fn the_rendered_chart_is_accepted_by_the_api_server() {
         &["create", "-f", &deployment, "-n", "agentgate", "--dry-run=server"],
         &["create", "-f", &role, "-n", "agentgate", "--dry-run=server"],
         &["create", "-f", &binding, "-n", "agentgate", "--dry-run=server"],
+        &[
+            "create",
+            "-f",
+            &env.file("config-secret.yaml", &config_secret("Opaque")),
+            "-n",
+            "agentgate",
+            "--dry-run=server",
+        ],
         &[
             "create",
             "-f",
@@ -1148,6 +1162,14 @@ fn the_rendered_chart_is_accepted_by_the_api_server() {
             "cluster-role-binding.yaml",
             binding_to("ClusterRole", "agentgate-gw"),
         ),
+        // A token Secret: the token controller would fill it with the named account's token.
+        fenced(
+            "token-secret.yaml",
+            config_secret("kubernetes.io/service-account-token").replace(
+                "labels:",
+                "annotations: {kubernetes.io/service-account.name: default}\n  labels:",
+            ),
+        ),
     ];
     let expected = [
         "the operator writes only objects labelled app.kubernetes.io/managed-by=agentgate-operator and owned by an AgentGateway",
@@ -1165,6 +1187,7 @@ fn the_rendered_chart_is_accepted_by_the_api_server() {
         "a gateway Role grants only its configuration Secret (by name), ApprovalRequests and Events",
         "a gateway Role grants only its configuration Secret (by name), ApprovalRequests and Events",
         "a gateway RoleBinding binds the Role of its own name to the ServiceAccount of that name",
+        "the only Secret the operator writes is a gateway's configuration (an Opaque Secret named <child>-config)",
     ];
     assert_eq!(not_gateway_shaped.len(), expected.len());
     for ((file, name), expected) in not_gateway_shaped.iter().zip(expected) {
