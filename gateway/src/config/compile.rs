@@ -515,12 +515,36 @@ pub fn compile(
             .connections
             .iter()
             .any(|n| n != "*" && !all_connections.contains(&n.as_str()));
-        let reaches_postgres = dangling
-            || objects.connections.iter().any(|(cm, c)| {
-                cm.namespace() == namespace
-                    && c.spec.r#type == ConnectionType::Postgres
-                    && p.spec.connections.iter().any(|n| n == "*" || n == cm.name())
-            });
+        let reaches = |kind: ConnectionType| {
+            dangling
+                || objects.connections.iter().any(|(cm, c)| {
+                    cm.namespace() == namespace
+                        && c.spec.r#type == kind
+                        && p.spec.connections.iter().any(|n| n == "*" || n == cm.name())
+                })
+        };
+        let reaches_postgres = reaches(ConnectionType::Postgres);
+        // Likewise a rule's conditions for a kind of Connection the policy does not reach: an
+        // `http` Deny on a policy of Kubernetes connections would never match, silently.
+        for (i, r) in p.spec.rules.iter().enumerate() {
+            for (set, field, kind, what) in [
+                (r.http.is_some(), "http", ConnectionType::Http, "HTTP"),
+                (
+                    r.kubernetes.is_some(),
+                    "kubernetes",
+                    ConnectionType::Kubernetes,
+                    "Kubernetes",
+                ),
+                (r.sql.is_some(), "sql", ConnectionType::Postgres, "PostgreSQL"),
+            ] {
+                if set && !reaches(kind) {
+                    errors.push(m.error(
+                        &format!("spec.rules[{i}].{field}"),
+                        format!("{field} conditions decide {what} Connections' operations, and none of this policy's Connections is one (a Kubernetes API is decided by kubernetes conditions, a database by sql)"),
+                    ));
+                }
+            }
+        }
         for (i, rule) in p.spec.masking.iter().enumerate() {
             if !rule.columns.is_empty() && !reaches_postgres {
                 errors.push(m.error(
@@ -1942,6 +1966,42 @@ mod tests {
         let errors = load(&okta_columns).unwrap_err().to_string();
         assert!(
             errors.contains("AccessPolicy agentgate/ci-agent-okta: spec.masking[0].columns: column rules mask PostgreSQL results"),
+            "{errors}"
+        );
+    }
+
+    /// A rule's conditions for a kind of Connection its policy does not reach would never match:
+    /// an error naming the rule.
+    #[test]
+    fn rule_conditions_need_a_connection_of_their_kind() {
+        let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+        let load = |edit: &dyn Fn(String) -> String| {
+            let dir = tempfile::tempdir().unwrap();
+            for entry in std::fs::read_dir(&examples).unwrap() {
+                let path = entry.unwrap().path();
+                let text = std::fs::read_to_string(&path).unwrap();
+                std::fs::write(dir.path().join(path.file_name().unwrap()), edit(text)).unwrap();
+            }
+            crate::config::load(&crate::config::LoadOptions {
+                manifests: dir.path().to_path_buf(),
+                ..Default::default()
+            })
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+        };
+        let okta_kubernetes_rule = |t: String| {
+            t.replacen(
+                "  rules:\n",
+                "  rules:\n    - name: no-deletes\n      action: Deny\n      kubernetes: {verbs: [delete]}\n",
+                1,
+            )
+        };
+        let errors = load(&okta_kubernetes_rule);
+        assert!(
+            errors.contains(
+                "spec.rules[0].kubernetes: kubernetes conditions decide Kubernetes Connections' operations"
+            ),
             "{errors}"
         );
     }
