@@ -30,6 +30,7 @@ use crate::common::{CommonStatus, DNS_SUBDOMAIN_PATTERN, LocalRef, SecretKeyRef,
 #[x_kube(validation = kube::core::Rule::new("self.type == 'Postgres' ? !has(self.route) : has(self.route)").message("HTTP and Kubernetes connections need a route; Postgres connections are routed by database name and take none").field_path(".route"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.credentials) || self.type == 'Postgres' ? true : self.credentials.scheme != 'PostgresPassword'").message("the PostgresPassword scheme is only for Postgres connections").field_path(".credentials.scheme"))]
 #[x_kube(validation = kube::core::Rule::new("self.type != 'Postgres' || !has(self.credentials) || self.credentials.scheme == 'PostgresPassword' || self.credentials.scheme == 'ClientCertificate'").message("Postgres connections take the PostgresPassword or ClientCertificate scheme").field_path(".credentials.scheme"))]
+#[x_kube(validation = kube::core::Rule::new("self.type != 'Postgres' || has(self.credentials)").message("Postgres connections take credentials: the role the gateway logs in as").field_path(".credentials"))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.credentials) || self.credentials.scheme != 'ClientCertificate' || (self.type == 'Postgres') == has(self.credentials.username)").message("a client certificate to PostgreSQL names the role it logs in as (username); to other targets it takes none").field_path(".credentials.username"))]
 pub struct ConnectionSpec {
     /// The gateway that serves this connection.

@@ -347,6 +347,28 @@ fn a_postgres_client_certificate_names_its_role() {
     );
 }
 
+/// A Postgres Connection without credentials would log in under a default role: refused.
+#[test]
+fn a_postgres_connection_names_its_credentials() {
+    let (code, _, err, _d) = validate_edited(|d| {
+        replace(
+            d,
+            "30-connections.yaml",
+            "  credentials:\n    scheme: PostgresPassword\n    username: agent_rw\n    secretRef: {name: orders-db-credentials, key: password}\n",
+            "",
+        )
+    });
+    assert_one_error(
+        code,
+        &err,
+        &[
+            "Connection agentgate/orders-db",
+            "spec.credentials",
+            "Postgres connections take credentials",
+        ],
+    );
+}
+
 #[test]
 fn require_approval_needs_an_approval_block() {
     let (code, _, err, _d) = validate_edited(|d| {

@@ -2183,7 +2183,8 @@ mod tests {
             recording: {storage: {s3: {bucket: sessions, endpoint: 'https://AKIAEXAMPLE:s3-hunter2@minio.internal', \
             credentialsSecretRef: {name: s3, key: id}}}}\n---\n\
             apiVersion: agentgate.dev/v1alpha1\nkind: Connection\nmetadata: {name: db, namespace: ns}\n\
-            spec: {gatewayRef: {name: gw}, type: Postgres, endpoint: 'postgres://app:pg-hunter2@db:5432/orders'}\n---\n\
+            spec: {gatewayRef: {name: gw}, type: Postgres, endpoint: 'postgres://app:pg-hunter2@db:5432/orders', \
+            credentials: {scheme: PostgresPassword, username: app, secretRef: {name: s3, key: id}}}\n---\n\
             apiVersion: v1\nkind: Secret\nmetadata: {name: s3, namespace: ns}\nstringData: {id: a, secretAccessKey: b}\n---\n\
             apiVersion: agentgate.dev/v1alpha1\nkind: AgentIdentity\nmetadata: {name: ci, namespace: ns}\n\
             spec: {issuer: 'https://u:id-hunter2@idp.example', audiences: [a], match: {subject: x}}\n";

@@ -166,9 +166,10 @@ async fn connect_inner(
     let mut reader = FrameReader::new(read);
 
     let credential = conn.credential.as_ref();
+    // Never a default (`postgres` is the superuser): the Connection names its role.
     let user = credential
         .and_then(|c| c.username.clone())
-        .unwrap_or_else(|| "postgres".into());
+        .ok_or_else(|| UpstreamError::Auth("the Connection names no role to log in as".into()))?;
     let password = credential.and_then(|c| c.secret.as_ref());
     let mut startup = vec![
         ("user".to_string(), user.clone()),
@@ -203,6 +204,12 @@ async fn connect_inner(
     loop {
         let frame = reader.next().await?;
         out.clear();
+        // A SASL exchange that began ends with the server's signature before the session does.
+        if scram.is_some() && matches!(frame.tag, backend::BACKEND_KEY_DATA | backend::READY_FOR_QUERY) {
+            return Err(UpstreamError::Auth(
+                "the upstream ended SCRAM without proving it knows the password".into(),
+            ));
+        }
         match frame.tag {
             backend::AUTHENTICATION => match Authentication::parse(&frame.body)? {
                 // A SASL exchange that began ends with the server's signature (SASLFinal): a
@@ -413,10 +420,17 @@ mod tests {
     }
 
     /// A server that takes the client's SCRAM proof and answers AuthenticationOk without its
-    /// own signature (SASLFinal) has not proved it knows the password: refused.
+    /// own signature (SASLFinal), or goes on to the session with no answer at all, has not
+    /// proved it knows the password: refused.
     #[tokio::test]
     async fn scram_without_the_servers_signature_is_refused() {
-        let (port, _server) = fake_upstream(|mut s| async move {
+        for skip_ok in [false, true] {
+            scram_ended_early(skip_ok).await;
+        }
+    }
+
+    async fn scram_ended_early(skip_ok: bool) {
+        let (port, _server) = fake_upstream(move |mut s| async move {
             s.write_all(&auth(10, b"SCRAM-SHA-256\0\0")).await.unwrap();
             let initial = read_message(&mut s).await;
             let text = String::from_utf8_lossy(&initial).into_owned();
@@ -424,7 +438,7 @@ mod tests {
             let first = format!("r={nonce}fake,s=c2FsdHNhbHRzYWx0c2FsdA==,i=4096");
             s.write_all(&auth(11, first.as_bytes())).await.unwrap();
             read_message(&mut s).await;
-            let mut rest = auth(0, b"");
+            let mut rest = if skip_ok { Vec::new() } else { auth(0, b"") };
             rest.extend(message(b'K', &[0, 0, 0, 1, 0, 0, 0, 2]));
             rest.extend(message(b'Z', b"I"));
             s.write_all(&rest).await.unwrap();
@@ -434,7 +448,7 @@ mod tests {
         let err = connect(&connection(port), None, &[]).await.unwrap_err();
         assert!(
             matches!(&err, UpstreamError::Auth(why) if why.contains("without proving")),
-            "{err:?}"
+            "{skip_ok}: {err:?}"
         );
     }
 
