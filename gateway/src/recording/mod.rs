@@ -905,21 +905,19 @@ pub(crate) fn seal_found(file: &Path) -> Seal {
 }
 
 /// Whether `file`'s start event names a gateway other than `gateway`: a spool shared by two
-/// gateways holds the other's sessions, which are not this one's to ship or prune. A start not
-/// (yet) readable names none.
-pub(crate) fn started_by_another(file: &Path, gateway: &str) -> std::io::Result<bool> {
-    use std::io::Read;
-    let mut head = Vec::new();
-    File::open(file)?.take(TAIL_BYTES).read_to_end(&mut head)?;
-    let Some(line) = head
-        .split(|b| *b == b'\n')
-        .next()
-        .filter(|_| head.contains(&b'\n'))
-    else {
-        return Ok(false);
-    };
-    let start: serde_json::Value = serde_json::from_slice(line).unwrap_or_default();
-    Ok(start["data"]["gateway"].as_str().is_some_and(|g| g != gateway))
+/// gateways holds the other's sessions, which are not this one's to ship or prune. `None` while
+/// its first line is not complete.
+pub(crate) fn started_by_another(file: &Path, gateway: &str) -> std::io::Result<Option<bool>> {
+    use std::io::{BufRead, Read};
+    let mut line = Vec::new();
+    std::io::BufReader::new(File::open(file)?.take(TAIL_BYTES)).read_until(b'\n', &mut line)?;
+    if line.last() != Some(&b'\n') {
+        return Ok(None);
+    }
+    let start: serde_json::Value = serde_json::from_slice(&line).unwrap_or_default();
+    Ok(Some(
+        start["data"]["gateway"].as_str().is_some_and(|g| g != gateway),
+    ))
 }
 
 /// Bytes read from a file's end to find its last line (longer lines are events with large

@@ -30,7 +30,8 @@ pub fn prune(dir: &Path, retention: Duration, now: SystemTime, gateway: &str) ->
             .is_ok_and(|t| t < cutoff);
         if !old
             || super::is_open(&path).unwrap_or(true)
-            || super::started_by_another(&path, gateway).unwrap_or(true)
+            // Only a session whose start names this gateway.
+            || !matches!(super::started_by_another(&path, gateway), Ok(Some(false)))
         {
             continue;
         }

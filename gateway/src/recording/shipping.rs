@@ -15,7 +15,7 @@
 //!
 //! Objects are never deleted by the gateway: retention in the bucket is its lifecycle rule's job.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::SeekFrom;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -112,8 +112,9 @@ pub struct Shipper {
     part_bytes: u64,
     /// The gateway whose sessions are shipped (`namespace/name`); `None`: every session found.
     gateway: Option<String>,
-    /// Files whose start names another gateway (a spool shared by two): not this one's to ship.
-    theirs: HashSet<PathBuf>,
+    /// Whether each file's start names another gateway (a spool shared by two: not this one's
+    /// to ship); read once per file.
+    theirs: HashMap<PathBuf, bool>,
 }
 
 impl std::fmt::Debug for Shipper {
@@ -153,7 +154,7 @@ impl Shipper {
             open: HashMap::new(),
             part_bytes: PART_BYTES,
             gateway: None,
-            theirs: HashSet::new(),
+            theirs: HashMap::new(),
         })
     }
 
@@ -566,7 +567,7 @@ fn scan(
     dir: &Path,
     open: &mut HashMap<PathBuf, Seen>,
     grace: Duration,
-    owner: Option<&mut (String, HashSet<PathBuf>)>,
+    owner: Option<&mut (String, HashMap<PathBuf, bool>)>,
 ) -> Scan {
     let mut out = Scan {
         ready: Vec::new(),
@@ -587,13 +588,17 @@ fn scan(
     super::remove_stale_staging(dir, std::time::SystemTime::now());
     open.retain(|p, _| files.binary_search(p).is_ok());
     if let Some((gateway, theirs)) = owner {
-        theirs.retain(|p| files.binary_search(p).is_ok());
-        files.retain(|p| {
-            let another = theirs.contains(p) || super::started_by_another(p, gateway).unwrap_or(false);
-            if another {
-                theirs.insert(p.clone());
-            }
-            !another
+        theirs.retain(|p, _| files.binary_search(p).is_ok());
+        files.retain(|p| match theirs.get(p) {
+            Some(another) => !another,
+            // A start not yet readable is looked at again in the next sweep.
+            None => match super::started_by_another(p, gateway) {
+                Ok(Some(another)) => {
+                    theirs.insert(p.clone(), another);
+                    !another
+                }
+                Ok(None) | Err(_) => true,
+            },
         });
     }
     for file in files {
@@ -905,17 +910,18 @@ mod tests {
         .unwrap();
         let theirs = other.start_session(serde_json::json!({})).unwrap();
         theirs.close(serde_json::json!({})).unwrap();
-        let mut owner = ("ns/gw".to_string(), HashSet::new());
+        let mut owner = ("ns/gw".to_string(), HashMap::new());
         let listed = scan(dir.path(), &mut HashMap::new(), Duration::ZERO, Some(&mut owner));
         assert_eq!(listed.ready, [ours.path().to_path_buf()]);
-        assert!(owner.1.contains(theirs.path()));
+        assert_eq!(owner.1.get(theirs.path()), Some(&true));
+        assert_eq!(owner.1.get(ours.path()), Some(&false));
         // Without a gateway named, every session is shipped (as tools that ship a copied spool do).
         let listed = scan(dir.path(), &mut HashMap::new(), Duration::ZERO, None);
         assert_eq!(listed.ready.len(), 2);
         // A file gone is forgotten.
         std::fs::remove_file(theirs.path()).unwrap();
         scan(dir.path(), &mut HashMap::new(), Duration::ZERO, Some(&mut owner));
-        assert!(owner.1.is_empty());
+        assert_eq!(owner.1.get(theirs.path()), None);
     }
 
     #[test]
