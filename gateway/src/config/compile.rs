@@ -1939,23 +1939,28 @@ mod tests {
         assert!(!required("dpop: {nonce: Disabled},", 3, true));
     }
 
+    /// Loads `deploy/examples` with `edit` applied to each file's text.
+    fn load_examples_with(
+        edit: &dyn Fn(String) -> String,
+    ) -> Result<crate::config::GatewayConfig, crate::config::ConfigErrors> {
+        let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(&examples).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            std::fs::write(dir.path().join(path.file_name().unwrap()), edit(text)).unwrap();
+        }
+        crate::config::load(&crate::config::LoadOptions {
+            manifests: dir.path().to_path_buf(),
+            ..Default::default()
+        })
+    }
+
     /// Column rules mask PostgreSQL results: on a policy of HTTP connections only they would
     /// never apply, so they are an error naming the rule.
     #[test]
     fn column_rules_need_a_postgres_connection() {
-        let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
-        let load = |edit: &dyn Fn(String) -> String| {
-            let dir = tempfile::tempdir().unwrap();
-            for entry in std::fs::read_dir(&examples).unwrap() {
-                let path = entry.unwrap().path();
-                let text = std::fs::read_to_string(&path).unwrap();
-                std::fs::write(dir.path().join(path.file_name().unwrap()), edit(text)).unwrap();
-            }
-            crate::config::load(&crate::config::LoadOptions {
-                manifests: dir.path().to_path_buf(),
-                ..Default::default()
-            })
-        };
+        let load = load_examples_with;
         load(&|t| t).unwrap();
         let okta_columns = |t: String| {
             t.replace(
@@ -1974,21 +1979,11 @@ mod tests {
     /// an error naming the rule.
     #[test]
     fn rule_conditions_need_a_connection_of_their_kind() {
-        let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
         let load = |edit: &dyn Fn(String) -> String| {
-            let dir = tempfile::tempdir().unwrap();
-            for entry in std::fs::read_dir(&examples).unwrap() {
-                let path = entry.unwrap().path();
-                let text = std::fs::read_to_string(&path).unwrap();
-                std::fs::write(dir.path().join(path.file_name().unwrap()), edit(text)).unwrap();
-            }
-            crate::config::load(&crate::config::LoadOptions {
-                manifests: dir.path().to_path_buf(),
-                ..Default::default()
-            })
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default()
+            load_examples_with(edit)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
         };
         let okta_kubernetes_rule = |t: String| {
             t.replacen(
