@@ -48,6 +48,23 @@ pub fn child_name(gw: &str) -> String {
     format!("agentgate-{gw}")
 }
 
+/// Why gateway `gw`'s children cannot be named after it, if they cannot: its Service is
+/// `agentgate-<name>`, which must be a DNS label (lower-case letters, digits and `-`, at most 63
+/// characters), where an AgentGateway's name may hold dots and run to 253.
+pub fn name_refusal(gw: &str) -> Option<String> {
+    let child = child_name(gw);
+    let label = child.len() <= 63
+        && child
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !child.ends_with('-');
+    (!label).then(|| {
+        format!(
+            "the gateway's name cannot name its Service ({child:?} must be a DNS label: lower-case letters, digits and '-', at most 63 characters, so the name at most 53, without dots); rename the gateway"
+        )
+    })
+}
+
 /// Name of the compiled configuration Secret.
 pub fn config_secret_name(gw: &str) -> String {
     format!("agentgate-{gw}-config")
@@ -274,6 +291,16 @@ fn port_name(listener: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gateway_names_must_make_a_service_name() {
+        assert_eq!(name_refusal("main"), None);
+        assert_eq!(name_refusal(&"a".repeat(53)), None);
+        for bad in ["team.prod", &"a".repeat(54)] {
+            let why = name_refusal(bad).unwrap();
+            assert!(why.contains("DNS label"), "{why}");
+        }
+    }
     use crate::fixtures;
 
     /// The published hash is keyed: stable under one key, different under another, and not the

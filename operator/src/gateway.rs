@@ -109,6 +109,13 @@ pub async fn reconcile(gw: Arc<AgentGateway>, ctx: Arc<Context>) -> Result<Actio
     .into_iter()
     .flatten()
     .collect();
+    // Nothing applied for a name its children cannot take: each apply would fail, every pass.
+    if let Some(why) = children::name_refusal(&name) {
+        compiled.gateway = Err(why);
+        report_objects(&ctx, &name, &snapshot, &compiled).await?;
+        report_gateway(&ctx, &gw, &ns, &compiled, &snapshot).await?;
+        return Ok(Action::await_change());
+    }
     if !foreign.is_empty() {
         compiled.gateway = Err(format!(
             "{} already exist(s) and belong(s) to something else; the operator takes over nothing: rename the gateway, or delete or rename the object",
