@@ -1960,15 +1960,14 @@ mod tests {
     /// never apply, so they are an error naming the rule.
     #[test]
     fn column_rules_need_a_postgres_connection() {
-        let load = load_examples_with;
-        load(&|t| t).unwrap();
+        load_examples_with(&|t| t).unwrap();
         let okta_columns = |t: String| {
             t.replace(
                 "    - jsonFields: [\"$..profile.email\", \"$..profile.mobilePhone\"]\n",
                 "    - columns: [\"public.users.email\"]\n      strategy: Redact\n    - jsonFields: [\"$..profile.email\", \"$..profile.mobilePhone\"]\n",
             )
         };
-        let errors = load(&okta_columns).unwrap_err().to_string();
+        let errors = load_examples_with(&okta_columns).unwrap_err().to_string();
         assert!(
             errors.contains("AccessPolicy agentgate/ci-agent-okta: spec.masking[0].columns: column rules mask PostgreSQL results"),
             "{errors}"

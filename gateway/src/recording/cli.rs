@@ -147,16 +147,6 @@ fn execute(cmd: SessionsCommand, out: &mut impl Write) -> io::Result<bool> {
             require_links,
             reject_recovered,
         } => {
-            // `--public-key "$KEY"` with the variable unset would check no signature at all.
-            if public_key
-                .as_deref()
-                .is_some_and(|k| k.split(',').all(|k| k.trim().is_empty()))
-            {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "--public-key names no key",
-                ));
-            }
             let require = Require {
                 closed: require_closed || (public_key.is_some() && !allow_open),
                 recorded_close: reject_recovered,
@@ -585,6 +575,13 @@ fn verify(
         .map(str::trim)
         .filter(|k| !k.is_empty())
         .collect();
+    // `--public-key "$KEY"` with the variable unset would check no signature at all.
+    if public_key.is_some() && keys.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--public-key names no key",
+        ));
+    }
     let mut all = true;
     let mut sessions = BTreeMap::new();
     for file in files {

@@ -1487,9 +1487,10 @@ fn scrub(json: &[u8], hidden: &SecretFinder) -> Option<Vec<u8>> {
             let ranges: Vec<Range<usize>> = in_string.iter().map(at).collect();
             let text = hidden.replace_ranges(&json[open..=close], &ranges, REDACTED);
             // Replaced whole, the string's quotes went with it.
-            Some(match text.first() == Some(&b'"') {
-                true => text,
-                false => REDACTED_VALUE.to_vec(),
+            Some(if text.first() == Some(&b'"') {
+                text
+            } else {
+                REDACTED_VALUE.to_vec()
             })
         } else {
             None

@@ -110,11 +110,10 @@ pub struct Shipper {
     open: HashMap<PathBuf, Seen>,
     /// See [`PART_BYTES`].
     part_bytes: u64,
-    /// The gateway whose sessions are shipped (`namespace/name`); `None`: every session found.
-    gateway: Option<String>,
-    /// Whether each file's start names another gateway (a spool shared by two: not this one's
-    /// to ship); read once per file.
-    theirs: HashMap<PathBuf, bool>,
+    /// The gateway whose sessions are shipped (`namespace/name`), and whether each file's start
+    /// names another (a spool shared by two: not this one's to ship), read once per file; `None`:
+    /// every session found.
+    owner: Option<(String, HashMap<PathBuf, bool>)>,
 }
 
 impl std::fmt::Debug for Shipper {
@@ -153,15 +152,14 @@ impl Shipper {
             client: Client::builder(TokioExecutor::new()).build(connector),
             open: HashMap::new(),
             part_bytes: PART_BYTES,
-            gateway: None,
-            theirs: HashMap::new(),
+            owner: None,
         })
     }
 
     /// Ships only the sessions whose start names `gateway` (`namespace/name`): in a spool shared
     /// with another gateway, that one's sessions go to its own store.
     pub fn for_gateway(mut self, gateway: &str) -> Self {
-        self.gateway = Some(gateway.to_string());
+        self.owner = Some((gateway.to_string(), HashMap::new()));
         self
     }
 
@@ -193,10 +191,7 @@ impl Shipper {
         // as the store has missed: off the async workers, which serve the data path.
         let dir = self.dir.clone();
         let mut open = std::mem::take(&mut self.open);
-        let mut owner = self
-            .gateway
-            .clone()
-            .map(|g| (g, std::mem::take(&mut self.theirs)));
+        let mut owner = self.owner.take();
         let Ok((scan, open, owner)) = tokio::task::spawn_blocking(move || {
             let scan = scan(&dir, &mut open, grace, owner.as_mut());
             (scan, open, owner)
@@ -206,9 +201,7 @@ impl Shipper {
             return Sweep::default();
         };
         self.open = open;
-        if let Some((_, theirs)) = owner {
-            self.theirs = theirs;
-        }
+        self.owner = owner;
         let mut report = Sweep {
             waiting: scan.waiting,
             failed: scan.failed,

@@ -1044,7 +1044,6 @@ fn an_escaped_token_is_redacted_however_the_event_holds_it() {
         },
     )
     .unwrap();
-    // Cut through an escaped spelling: none of its start is kept.
     // A raw JSON body's own `\u` escape of `&`, as Go writes it, before HTML escaped twice.
     let go = br#"{"m":"c3Zj\u0026amp;#43;OjAw/Q0FOQVJZ==secret"}"#;
     s.record(
@@ -1055,6 +1054,7 @@ fn an_escaped_token_is_redacted_however_the_event_holds_it() {
         },
     )
     .unwrap();
+    // Cut through an escaped spelling: none of its start is kept.
     let cut = br#"{"t":"x c3Zj\u002bOjAw\/Q0F"#;
     s.record(
         "http.request.body",

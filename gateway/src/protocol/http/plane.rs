@@ -276,16 +276,15 @@ impl Gateway {
             }
         }
         routes_by_prefix.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        let gateway = format!("{}/{}", cfg.gateway.namespace, cfg.gateway.name);
         let recorder = self.recorder_for(
             RecorderKey {
                 dir: cfg.gateway.recording_dir.clone(),
                 mode: cfg.gateway.recording.mode,
                 signing_key: cfg.gateway.signing_key.clone(),
             },
-            &cfg.gateway.namespace,
-            &cfg.gateway.name,
+            &gateway,
         );
-        let gateway = format!("{}/{}", cfg.gateway.namespace, cfg.gateway.name);
         self.ship(
             &cfg.gateway.recording_dir,
             cfg.gateway.object_storage.as_ref(),
@@ -402,17 +401,17 @@ impl Gateway {
         });
     }
 
-    fn recorder_for(&self, key: RecorderKey, namespace: &str, name: &str) -> Result<Arc<Recorder>, String> {
+    /// The recorder of `key` for `gateway` (`namespace/name`), made anew when the key changed.
+    fn recorder_for(&self, key: RecorderKey, gateway: &str) -> Result<Arc<Recorder>, String> {
         let mut slot = self.recorder.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((k, r)) = slot.as_ref()
             && *k == key
         {
             return Ok(r.clone());
         }
-        let gateway = format!("{namespace}/{name}");
         let made = match &key.signing_key {
-            Some(der) => Recorder::with_key(key.dir.clone(), key.mode, &gateway, der.expose()),
-            None => Recorder::new(key.dir.clone(), key.mode, &gateway),
+            Some(der) => Recorder::with_key(key.dir.clone(), key.mode, gateway, der.expose()),
+            None => Recorder::new(key.dir.clone(), key.mode, gateway),
         };
         match made {
             Ok(r) => {

@@ -911,7 +911,6 @@ mod tests {
         assert!(activity.idle_for() >= Duration::from_millis(40));
     }
 
-    /// Short of free slots, a listener gives idle connections the shorter limit.
     /// A listener takes no connection past its slots until one ends (the kernel's backlog
     /// holds the rest).
     #[tokio::test]
@@ -938,6 +937,7 @@ mod tests {
         assert!(taken.is_ok_and(|t| t.is_some()), "the freed slot was not used");
     }
 
+    /// Short of free slots, a listener gives idle connections the shorter limit.
     #[test]
     fn a_listener_short_of_slots_shortens_the_idle_limit() {
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_LISTENER));

@@ -264,11 +264,11 @@ fn check_parameters(params: Vec<(String, String)>) -> Result<Parameters, Startup
     Ok((user, database, forwarded, dropped))
 }
 
-/// Asks for the password (the agent's token) and returns it. Cleartext passwords are accepted
-/// only over TLS, or from a loopback peer of a listener without TLS.
 /// The largest password message accepted: a token of the largest size verified, and its NUL.
 pub const MAX_PASSWORD_MESSAGE_BYTES: usize = crate::identity::token::MAX_TOKEN_BYTES + 1;
 
+/// Asks for the password (the agent's token) and returns it. Cleartext passwords are accepted
+/// only over TLS, or from a loopback peer of a listener without TLS.
 pub async fn read_token(s: &mut Started, peer: SocketAddr) -> Result<String, StartupError> {
     if !s.tls && (s.listener_tls || !peer.ip().is_loopback()) {
         return Err(StartupError::Reject(ErrorResponse::fatal(

@@ -1971,7 +1971,7 @@ impl Live {
             copy_progress: copy_tx,
             answered_with_query: 0,
         };
-        let down_task = tokio::spawn(down.run(up_reader, client_writer));
+        let mut down_task = tokio::spawn(down.run(up_reader, client_writer));
         let stop = tx.clone();
         let client_side = ClientSide {
             live: this.clone(),
@@ -2022,7 +2022,6 @@ impl Live {
         // The server side ends when every sender is gone (the client side's went with it).
         drop(stop);
         // The server side ends when the upstream closes or the client writer fails.
-        let mut down_task = down_task;
         let down_reason = match tokio::time::timeout(std::time::Duration::from_secs(5), &mut down_task).await
         {
             Ok(Ok(r)) => r,

@@ -204,21 +204,8 @@ async fn connect_inner(
     loop {
         let frame = reader.next().await?;
         out.clear();
-        // A SASL exchange that began ends with the server's signature before the session does.
-        if scram.is_some() && matches!(frame.tag, backend::BACKEND_KEY_DATA | backend::READY_FOR_QUERY) {
-            return Err(UpstreamError::Auth(
-                "the upstream ended SCRAM without proving it knows the password".into(),
-            ));
-        }
         match frame.tag {
             backend::AUTHENTICATION => match Authentication::parse(&frame.body)? {
-                // A SASL exchange that began ends with the server's signature (SASLFinal): a
-                // server that skips it has not proved it knows the password.
-                Authentication::Ok if scram.is_some() => {
-                    return Err(UpstreamError::Auth(
-                        "the upstream ended SCRAM without proving it knows the password".into(),
-                    ));
-                }
                 Authentication::Ok => {}
                 Authentication::CleartextPassword => {
                     // Sent in clear, the password is the server's to keep: only a server whose
@@ -278,6 +265,13 @@ async fn connect_inner(
                 return Err(UpstreamError::Refused(format!("{message} (SQLSTATE {code})")));
             }
             backend::READY_FOR_QUERY => {
+                // A SASL exchange that began ends with the server's signature (SASLFinal, which
+                // takes `scram`): a server that skips it has not proved it knows the password.
+                if scram.is_some() {
+                    return Err(UpstreamError::Auth(
+                        "the upstream ended SCRAM without proving it knows the password".into(),
+                    ));
+                }
                 let key = key.ok_or_else(|| UpstreamError::Protocol("no BackendKeyData".into()))?;
                 // A server that reports a pinned setting otherwise did not take it.
                 for st in &statuses {
@@ -434,7 +428,8 @@ mod tests {
             s.write_all(&auth(10, b"SCRAM-SHA-256\0\0")).await.unwrap();
             let initial = read_message(&mut s).await;
             let text = String::from_utf8_lossy(&initial).into_owned();
-            let nonce = text.split("r=").nth(1).unwrap().to_string();
+            // All after the first `r=`: the nonce itself may hold `r=`.
+            let nonce = text.split_once("r=").unwrap().1.to_string();
             let first = format!("r={nonce}fake,s=c2FsdHNhbHRzYWx0c2FsdA==,i=4096");
             s.write_all(&auth(11, first.as_bytes())).await.unwrap();
             read_message(&mut s).await;
