@@ -43,17 +43,41 @@ pub fn is_plain_authority(value: &str) -> bool {
 }
 
 /// Response headers that describe a body's bytes: removed wherever masking may rewrite it.
-pub const BODY_VALIDATORS: [HeaderName; 5] = [
-    header::ETAG,
-    HeaderName::from_static("content-md5"),
-    HeaderName::from_static("digest"),
-    HeaderName::from_static("repr-digest"),
-    HeaderName::from_static("content-digest"),
+/// Storage services and registries send their own (a GCS object's MD5 in `x-goog-hash`, S3's
+/// `x-amz-checksum-*` when asked): each confirms a guessed masked value offline as an ETag does.
+const BODY_VALIDATORS: [&str; 10] = [
+    "etag",
+    "content-md5",
+    "digest",
+    "repr-digest",
+    "content-digest",
+    "x-goog-hash",
+    "x-goog-stored-content-length",
+    "docker-content-digest",
+    "x-ms-content-crc64",
+    "x-ms-blob-content-md5",
 ];
+
+/// Families of body validators named by prefix (`x-amz-checksum-crc32`, `-sha256`, ...).
+const BODY_VALIDATOR_PREFIXES: [&str; 1] = ["x-amz-checksum-"];
+
+/// Whether a response header describes the body's bytes (see [`BODY_VALIDATORS`]).
+pub fn is_body_validator(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    BODY_VALIDATORS.contains(&name) || BODY_VALIDATOR_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Removes the headers that describe the body's bytes.
+pub fn remove_body_validators(headers: &mut HeaderMap) {
+    let found: Vec<HeaderName> = headers.keys().filter(|n| is_body_validator(n)).cloned().collect();
+    for name in found {
+        headers.remove(name);
+    }
+}
 
 /// Request headers that compare a body with a client's guess, or ask for its digest: removed
 /// wherever masking applies.
-pub const BODY_VALIDATORS_ASKED: [HeaderName; 7] = [
+pub const BODY_VALIDATORS_ASKED: [HeaderName; 8] = [
     header::IF_NONE_MATCH,
     header::IF_MATCH,
     // A 304 answers them with the unmasked body's validators.
@@ -62,6 +86,8 @@ pub const BODY_VALIDATORS_ASKED: [HeaderName; 7] = [
     HeaderName::from_static("want-digest"),
     HeaderName::from_static("want-repr-digest"),
     HeaderName::from_static("want-content-digest"),
+    // S3 answers it with the stored object's checksums.
+    HeaderName::from_static("x-amz-checksum-mode"),
 ];
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and their common non-standard relatives.
@@ -676,13 +702,28 @@ impl Rebase<'_> {
     }
 }
 
-/// Runs the detectors over response header values (a `Location` naming a user's email, a debug
-/// header echoing a key), replacing what they find; a value that cannot hold its masked form
-/// becomes `[REDACTED]` whole. Returns what was masked.
+/// Drops every header that carries the Connection's credential (an upstream echoing what it
+/// was sent), then runs the detectors over the values left (a `Location` naming a user's email,
+/// a debug header echoing a key), replacing what they find; a value that cannot hold its masked
+/// form becomes `[REDACTED]` whole. Returns what was masked.
+///
+/// The credential goes first: a Partial mask would leave text the scrub no longer finds, with
+/// the credential's last characters in it.
 pub fn mask_values(
     headers: &mut HeaderMap,
     plan: &crate::masking::MaskingPlan,
+    scrub: Option<&crate::masking::secret::SecretFinder>,
 ) -> crate::masking::MaskReport {
+    if let Some(finder) = scrub {
+        let echoes: Vec<HeaderName> = headers
+            .iter()
+            .filter(|(_, v)| finder.found_in(v.as_bytes()))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in echoes {
+            headers.remove(name);
+        }
+    }
     let mut report = crate::masking::MaskReport::default();
     if !plan.has_detectors() {
         return report;
@@ -1226,7 +1267,7 @@ mod tests {
             !recorded.contains("4111") && !recorded.contains("a%40b"),
             "{recorded}"
         );
-        let report = mask_values(&mut h, &plan);
+        let report = mask_values(&mut h, &plan, None);
         assert_eq!(report.detections, 3);
         assert_eq!(
             h["location"],
@@ -1234,6 +1275,73 @@ mod tests {
         );
         assert_eq!(h["x-note"], "card%3A[REDACTED:CREDIT_CARD]");
         assert_eq!(h["x-plain"], "a+b");
+    }
+
+    /// A header echoing the credential is dropped before a Partial mask could leave its tail.
+    #[test]
+    fn credential_echoes_go_before_masking() {
+        let rules: Vec<agentgate_crds::policy::MaskingRule> = serde_json::from_value(
+            serde_json::json!([{"detectors": ["OktaApiToken"], "strategy": "Partial"}]),
+        )
+        .unwrap();
+        let plan = crate::masking::MaskingPlan::compile(
+            &rules.iter().collect::<Vec<_>>(),
+            crate::masking::HashKey::process(),
+        )
+        .unwrap();
+        let credential = "00aB3dE5fG7hI9jK1lM3nO5pQ7rS9tU1vW3xY5zA7b";
+        let other = "00zY9xW7vU5tS3rQ1pO9nM7lK5jI3hG1fE9dC7bA5x";
+        let finder = crate::masking::secret::SecretFinder::new(&[credential.as_bytes()]).unwrap();
+        let mut h = map(&[
+            ("x-debug-auth", &format!("SSWS {credential}")),
+            ("x-other-token", other),
+        ]);
+        mask_values(&mut h, &plan, Some(&finder));
+        assert!(!h.contains_key("x-debug-auth"), "{h:?}");
+        let masked = h["x-other-token"].to_str().unwrap();
+        assert!(
+            masked != other && masked.ends_with(&other[other.len() - 4..]),
+            "{masked}"
+        );
+    }
+
+    #[test]
+    fn vendor_digests_are_body_validators() {
+        for name in [
+            "etag",
+            "content-md5",
+            "content-digest",
+            "x-goog-hash",
+            "x-goog-stored-content-length",
+            "docker-content-digest",
+            "x-amz-checksum-sha256",
+            "x-amz-checksum-crc64nvme",
+            "x-ms-content-crc64",
+        ] {
+            assert!(super::is_body_validator(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in [
+            "content-type",
+            "x-amz-request-id",
+            "last-modified",
+            "x-goog-generation",
+        ] {
+            assert!(
+                !super::is_body_validator(&HeaderName::from_static(name)),
+                "{name}"
+            );
+        }
+        let mut h = map(&[
+            ("x-goog-hash", "md5=abc"),
+            ("x-goog-hash", "crc32c=x"),
+            ("x-kept", "1"),
+        ]);
+        super::remove_body_validators(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(
+            BODY_VALIDATORS_ASKED.iter().any(|n| n == "x-amz-checksum-mode"),
+            "S3 is not asked for the stored object's checksums"
+        );
     }
 
     #[test]

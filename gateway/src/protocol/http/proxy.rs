@@ -648,14 +648,7 @@ async fn proxy(
             None
         }
     });
-    let body_view = match (&read_body, &parsed_body) {
-        // GET and HEAD bodies are refused above.
-        (None, _) if bodiless => BodyView::Empty,
-        (None, _) => BodyView::NotRead,
-        (Some(b), _) if b.is_empty() => BodyView::Empty,
-        (Some(_), Some(v)) => BodyView::Json(v),
-        (Some(_), None) => BodyView::NotJson,
-    };
+    let body_view = body_view(read_body.as_deref(), parsed_body.as_ref(), bodiless, encoded);
     let body_fields = match (&read_body, params_kind) {
         // No rule reads them: not worth the flattening.
         _ if !needs_params => None,
@@ -1283,8 +1276,9 @@ async fn proxy(
         }
         .apply(&mut res_parts.headers);
     }
-    // Header values quote data too (a Location naming a user's email).
-    let header_report = headers::mask_values(&mut res_parts.headers, &plan);
+    // Header values quote data too (a Location naming a user's email), and may echo the
+    // credential the upstream was sent.
+    let header_report = headers::mask_values(&mut res_parts.headers, &plan, upstream.scrub.as_deref());
     if !header_report.is_empty() {
         gw.metrics.count_masking(&connection.name, &header_report);
     }
@@ -1317,15 +1311,6 @@ async fn proxy(
     );
     // An upstream that reflects the credential it was sent must not hand it to the agent.
     if let Some(finder) = &upstream.scrub {
-        let leaking: Vec<_> = res_parts
-            .headers
-            .iter()
-            .filter(|(_, v)| finder.found_in(v.as_bytes()))
-            .map(|(n, _)| n.clone())
-            .collect();
-        for n in leaking {
-            res_parts.headers.remove(n);
-        }
         res_body = scrub::scrubbed(res_body, finder.clone()).boxed();
     }
     let class = response::masking_class(
@@ -1360,9 +1345,7 @@ async fn proxy(
     // A 304 to a masked read is the same body's: its validators too.
     let read = parts.method == Method::GET || parts.method == Method::HEAD;
     if !unmasked || (read && !plan.is_empty()) {
-        for name in headers::BODY_VALIDATORS {
-            res_parts.headers.remove(&name);
-        }
+        headers::remove_body_validators(&mut res_parts.headers);
     }
     // A HEAD's length is its GET's unmasked body's, where the GET's would be masked (a type
     // the masker reads, within its limit).
@@ -1641,20 +1624,43 @@ async fn mask_response(
     };
     match response::mask_whole(plan, class, &bytes) {
         Ok((out, report)) => Ok(Masked::Done(Bytes::from(out), report, held)),
-        Err(MaskFailure::Unparseable(why)) if allow_unmasked => match std::str::from_utf8(&bytes) {
-            // Passed unparsed, text still meets the detectors: one value the parser refuses (a
-            // lone surrogate) must not unmask every other value of the body.
-            Ok(text) if plan.has_detectors() => {
-                let (masked, report) = plan.mask_escaped_text(text, false);
-                Ok(Masked::Done(Bytes::from(masked.into_owned()), report, held))
-            }
-            _ => {
-                tracing::debug!(why, "response passed unmasked as the masking rules allow");
-                Ok(Masked::PassThrough(full(bytes)))
-            }
-        },
+        // Passed unparsed, text still meets the detectors: one value the parser refuses (a
+        // lone surrogate, a Latin-1 byte) must not unmask every other value of the body. A type
+        // the masker does not read is text only when all of it is (not an image's bytes).
+        Err(MaskFailure::Unparseable(_))
+            if allow_unmasked
+                && plan.has_detectors()
+                && (class != ContentClass::Other || std::str::from_utf8(&bytes).is_ok()) =>
+        {
+            let (masked, report) = response::mask_text_pieces(plan, &bytes);
+            Ok(Masked::Done(Bytes::from(masked), report, held))
+        }
+        Err(MaskFailure::Unparseable(why)) if allow_unmasked => {
+            tracing::debug!(why, "response passed unmasked as the masking rules allow");
+            Ok(Masked::PassThrough(full(bytes)))
+        }
         Err(MaskFailure::Unparseable(why)) => Err(Withheld::Refused(why.to_string())),
         Err(_) => Err(Withheld::Refused("the body could not be masked".into())),
+    }
+}
+
+/// The request body as body conditions see it.
+fn body_view<'a>(
+    read: Option<&[u8]>,
+    parsed: Option<&'a Value>,
+    bodiless: bool,
+    encoded: bool,
+) -> BodyView<'a> {
+    match (read, parsed) {
+        // GET and HEAD bodies are refused before.
+        (None, _) if bodiless => BodyView::Empty,
+        (None, _) => BodyView::NotRead,
+        (Some([]), _) => BodyView::Empty,
+        // Compressed: its document is what the upstream decompresses, not these bytes, even
+        // where they parse.
+        (Some(_), _) if encoded => BodyView::NotRead,
+        (Some(_), Some(v)) => BodyView::Json(v),
+        (Some(_), None) => BodyView::NotJson,
     }
 }
 
@@ -2328,6 +2334,23 @@ mod tests {
         assert_eq!(budget.available_permits(), MAX_MASKING_MEMORY / 1024);
     }
 
+    /// A compressed body's conditions see it unread: an Allow on `$.dryRun` does not match the
+    /// bytes the upstream will decompress into something else.
+    #[test]
+    fn a_compressed_body_is_not_judged_as_its_bytes() {
+        let v = json!({"dryRun": true});
+        let bytes = br#"{"dryRun":true}"#;
+        assert!(matches!(
+            body_view(Some(bytes), Some(&v), false, false),
+            BodyView::Json(_)
+        ));
+        assert!(matches!(
+            body_view(Some(bytes), Some(&v), false, true),
+            BodyView::NotRead
+        ));
+        assert!(matches!(body_view(Some(b""), None, false, true), BodyView::Empty));
+    }
+
     /// Under `onUnparseable: Allow`, JSON the parser refuses passes unparsed, yet its text still
     /// gets the detectors.
     #[tokio::test]
@@ -2391,6 +2414,35 @@ mod tests {
         .await
         .unwrap();
         assert!(matches!(passed, Masked::PassThrough(_)));
+        // One byte that is not UTF-8 (a Latin-1 export's `é`) in text the masker reads does not
+        // carry the rest of the body out unread: the bytes pass, the values meet the detectors.
+        for (class, body, want) in [
+            (
+                ContentClass::Text,
+                &b"name,email\nJos\xe9,ada@example.com\n"[..],
+                &b"name,email\nJos\xe9,[REDACTED:EMAIL]\n"[..],
+            ),
+            (
+                ContentClass::Json,
+                &b"{\"n\":\"\xff\",\"email\":\"ada@example.com\"}"[..],
+                &b"{\"n\":\"\xff\",\"email\":\"[REDACTED:EMAIL]\"}"[..],
+            ),
+        ] {
+            let masked = mask_response(
+                &plan,
+                class,
+                Some(body.len() as u64),
+                full(Bytes::copy_from_slice(body)),
+                &budget,
+            )
+            .await
+            .unwrap();
+            let Masked::Done(out, report, held) = masked else {
+                panic!("{class:?} passed through unmasked");
+            };
+            drop(held);
+            assert_eq!((&out[..], report.detections), (want, 1), "{class:?}");
+        }
         // Bytes held for masking count against the gateway's budget, and are given back.
         let held = budget.available_permits();
         assert_eq!(held, response::MAX_MASKING_MEMORY / 1024);

@@ -164,6 +164,39 @@ pub async fn read_within(
 }
 
 /// Masks a whole body of class `class`.
+/// Text the masker could not parse, let through as the rules allow, after the detectors: each
+/// run of valid UTF-8 meets them and the bytes between pass as they are, so a stray byte (a
+/// Latin-1 `é`, a NUL) does not carry the values beside it out unread.
+pub fn mask_text_pieces(plan: &MaskingPlan, bytes: &[u8]) -> (Vec<u8>, MaskReport) {
+    mask_pieces(plan, bytes, true, false)
+}
+
+/// [`mask_text_pieces`]; a `complete: false` body was cut, so its last run is masked as a
+/// prefix (a value cut at the end is masked too), and `url_encoded` reads `+` as a space.
+fn mask_pieces(plan: &MaskingPlan, bytes: &[u8], complete: bool, url_encoded: bool) -> (Vec<u8>, MaskReport) {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut report = MaskReport::default();
+    let mut pieces = bytes.utf8_chunks().peekable();
+    while let Some(piece) = pieces.next() {
+        let last = pieces.peek().is_none();
+        // A character the cut went through is left out, as a cut text's record leaves it.
+        let cut_char =
+            last && !complete && std::str::from_utf8(piece.invalid()).is_err_and(|e| e.error_len().is_none());
+        // Only text that runs to the cut may end in a cut value.
+        let (masked, r) = if last && !complete && (piece.invalid().is_empty() || cut_char) {
+            plan.mask_text_prefix(piece.valid(), url_encoded)
+        } else {
+            plan.mask_escaped_text(piece.valid(), url_encoded)
+        };
+        report.add(&r);
+        out.extend_from_slice(masked.as_bytes());
+        if !cut_char {
+            out.extend_from_slice(piece.invalid());
+        }
+    }
+    (out, report)
+}
+
 pub fn mask_whole(
     plan: &MaskingPlan,
     class: ContentClass,
@@ -932,15 +965,12 @@ pub fn body_for_record<'a>(
     {
         return CappedBody::new(Cow::Owned(out), MAX_RECORDED_BODY);
     }
-    let text = String::from_utf8_lossy(bytes);
     // Escaped values (`%0A4111…`) hide from a scan of the bytes; a `%` in other text decodes
-    // to nothing a detector reads differently.
-    let (masked, _) = if complete {
-        plan.mask_escaped_text(&text, url_encoded)
-    } else {
-        plan.mask_text_prefix(&text, url_encoded)
-    };
-    CappedBody::new(Cow::Owned(masked.into_owned().into_bytes()), MAX_RECORDED_BODY)
+    // to nothing a detector reads differently. Bytes that are not text stay as they are, so
+    // the body stays binary: read as text, CBOR's `true` and `false` would both show as U+FFFD
+    // to an approver, who is told instead that it is not text.
+    let (masked, _) = mask_pieces(plan, bytes, complete, url_encoded);
+    CappedBody::new(Cow::Owned(masked), MAX_RECORDED_BODY)
 }
 
 /// A rewrite of a body's data, chunk by chunk, that may hold bytes back until the next chunk
@@ -1217,15 +1247,7 @@ impl LineMasker {
             // Its text still meets the detectors, the bytes that are not text passing as they
             // are: a NUL or a stray byte must not carry the values beside it out unread.
             Err(_) if self.plan.on_unparseable() == UnparseablePolicy::Allow => {
-                let mut out = Vec::with_capacity(chunk.len());
-                let mut report = MaskReport::default();
-                for piece in chunk.utf8_chunks() {
-                    let (masked, r) = self.plan.mask_escaped_text(piece.valid(), false);
-                    report.add(&r);
-                    out.extend_from_slice(masked.as_bytes());
-                    out.extend_from_slice(piece.invalid());
-                }
-                (out, report)
+                mask_text_pieces(&self.plan, &chunk)
             }
             Err(_) => return Err("a streamed line could not be masked".into()),
         };
@@ -1538,6 +1560,44 @@ mod tests {
         assert!(!csv.contains("1111 111"), "{csv}");
         let form = recorded(b"card=4111+1111+1111+1111&to=a%40b.io", true, true);
         assert!(!form.contains("4111") && !form.contains("a%40b"), "{form}");
+        // A cut through a multi-byte character leaves text: the fragment is dropped.
+        let cut = body_for_record(
+            Some(&plan),
+            "line one\nJos\u{e9}".as_bytes().split_last().unwrap().1,
+            false,
+            false,
+        );
+        assert_eq!(cut.unreadable(), None);
+        assert!(cut.for_reading().starts_with("line one"), "{}", cut.for_reading());
+    }
+
+    /// A body that is not text stays binary under a masking plan, so an approver is told it is
+    /// not text rather than shown U+FFFD where CBOR's `true` (0xf5) or `false` (0xf4) was; the
+    /// record keeps its bytes with each run of text in them masked.
+    #[test]
+    fn binary_bodies_stay_binary_under_masking() {
+        let plan = MaskingPlan::compile(
+            &[&serde_json::from_value(json!({"detectors": ["Email"]})).unwrap()],
+            HashKey::from_bytes([1; 32]),
+        )
+        .unwrap();
+        for complete in [true, false] {
+            for cbor in [&b"\xa1\x6aprivileged\xf5"[..], &b"\xa1\x6aprivileged\xf4"[..]] {
+                let body = body_for_record(Some(&plan), cbor, complete, false);
+                assert!(
+                    body.unreadable().is_some_and(|why| why.contains("not text")),
+                    "{complete}"
+                );
+            }
+            let mixed = body_for_record(Some(&plan), b"\x00\x01to ada@example.com\xff", complete, false);
+            let recorded = serde_json::to_value(&mixed).unwrap();
+            let kept = base64::Engine::decode(
+                &base64::engine::general_purpose::STANDARD,
+                recorded["base64"].as_str().unwrap(),
+            )
+            .unwrap();
+            assert_eq!(kept, b"\x00\x01to [REDACTED:EMAIL]\xff", "{complete}");
+        }
     }
 
     fn frames(chunks: &[&'static str]) -> Body {
