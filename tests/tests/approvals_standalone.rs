@@ -463,6 +463,24 @@ fn http_defer_then_retry_and_hold_through_the_data_path() {
         detail(&owned),
         "content-type: application/json\naccept: */*\nbody: {\"id\": 5, \"owner\": \"[REDACTED:EMAIL]\"}"
     );
+    // Nor what would be refused anyway: a grant for an upgrade would be spent on nothing.
+    let upgrade = post_with(
+        &[
+            "Content-Type: application/json",
+            "Connection: Upgrade",
+            "Upgrade: websocket",
+        ],
+        r#"{"id": 9}"#,
+    );
+    assert_eq!(
+        (
+            upgrade.status,
+            upgrade.json()["type"].as_str().unwrap_or_default()
+        ),
+        (501, "https://agentgate.dev/problems/unsupported-upgrade"),
+        "{upgrade:?}"
+    );
+    assert!(upgrade.json().get("approvalRequest").is_none(), "{upgrade:?}");
     // What an approver could not read whole is not asked: a body past what it is shown.
     let long = post(&format!(
         r#"{{"id": 7, "memo": "{}", "id": 8}}"#,

@@ -3340,6 +3340,28 @@ fn approvals_defer_hold_once_window_and_self_approval_for_sql() {
             "prepared del: DELETE FROM orders WHERE id = $1"
         );
 
+        // What would be refused anyway is not asked: a read of big_capped (rowLimit 1000) that
+        // needs approval (it deletes an order), fetched in parts, which a cap refuses.
+        let mut r = Raw::login(s.plain, &tok);
+        r.send(
+            b'P',
+            &parse(
+                "",
+                "WITH d AS (DELETE FROM orders WHERE id = 2 RETURNING id) SELECT b.id FROM big_capped b, d WHERE b.id = d.id",
+            ),
+        );
+        r.send(b'B', &bind("q", ""));
+        r.send(b'E', &execute_rows("q", 10));
+        r.send(b'S', b"");
+        let msgs = r.until_ready();
+        let refusal = msgs.iter().find(|(t, _)| *t == b'E').map(|(_, b)| String::from_utf8_lossy(b));
+        assert!(
+            refusal.as_ref().is_some_and(|m| m.contains("fetching it in parts") && !m.contains("ApprovalRequest")),
+            "{msgs:?}"
+        );
+        let (_, listed) = approvals(&s.gw, &alice, &["list"]);
+        assert!(!listed.contains("big_capped"), "an approver was asked: {listed}");
+
         // Window: approved once, then matching statements pass until it ends, mid-session.
         let e = c
             .batch_execute("INSERT INTO customers (name, email) VALUES ('W1', 'w1@example.com')")
@@ -3406,6 +3428,49 @@ fn approvals_defer_hold_once_window_and_self_approval_for_sql() {
     let (code, message) = second.unwrap_err();
     assert_eq!(code, "42501");
     assert!(message.contains("denied"), "{message}");
+
+    // A cancel ends the wait: approved later, the statement does not run. Nor does one whose
+    // client left while it waited.
+    // (Other spellings: the one denied above is answered as denied.)
+    s.pg.psql("INSERT INTO big_capped VALUES (1), (2)");
+    let rows = || s.pg.psql("SELECT count(*) FROM big_capped").trim().to_string();
+    let before = rows();
+    assert_ne!(before, "0");
+    let pending = || {
+        agentgate_e2e::wait_for(Duration::from_secs(20), || {
+            let (_, out) = approvals(&s.gw, &alice, &["list", "--pending"]);
+            out.lines()
+                .find(|l| l.contains("truncate-held"))
+                .and_then(|l| l.split_whitespace().next())
+                .map(str::to_string)
+        })
+        .expect("a held request appears")
+    };
+    let conninfo = s.plain_conninfo(&tok);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let cancelled = std::thread::spawn(move || {
+        rt().block_on(async {
+            let c = connect(&conninfo).await;
+            tx.send(c.cancel_token()).unwrap();
+            c.batch_execute("TRUNCATE TABLE big_capped")
+                .await
+                .map_err(|e| db_error(&e))
+        })
+    });
+    let name = pending();
+    rt().block_on(rx.recv().unwrap().cancel_query(tokio_postgres::NoTls))
+        .unwrap();
+    let (code, message) = cancelled.join().unwrap().unwrap_err();
+    assert_eq!(code, "57014", "{message}");
+    assert!(approvals(&s.gw, &alice, &["approve", &name]).0);
+    let mut r = Raw::login(s.plain, &tok);
+    r.send(b'Q', b"TRUNCATE ONLY big_capped\0");
+    let name = pending();
+    drop(r);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(approvals(&s.gw, &alice, &["approve", &name]).0);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(rows(), before, "a held statement ran for a client that was gone");
 
     let rec = s.gw.recordings();
     assert!(

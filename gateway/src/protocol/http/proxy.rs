@@ -933,6 +933,10 @@ async fn proxy(
 
     let mut refusal = refusal;
     if let Some((policy, rule, summary)) = approval_rule {
+        // What would be refused anyway is refused before an approver is asked: a Once grant
+        // spent on an upgrade, or on an upstream not configured, would show as used with
+        // nothing forwarded.
+        unforwardable(&parts.headers, kube_info.as_ref(), &plane, connection)?;
         // The exact operation, body included, is what an approval covers.
         if read_body.is_none()
             && has_body(&parts.headers, body.as_ref())
@@ -1103,17 +1107,11 @@ async fn proxy(
     if let Some(problem) = refusal {
         return Err(problem);
     }
-    refuse_upgrade(&parts.headers, kube_info.as_ref())?;
+    unforwardable(&parts.headers, kube_info.as_ref(), &plane, connection)?;
 
     // Forward.
-    let upstream = match plane.upstreams.get(&connection.name) {
-        Some(Ok(u)) => u,
-        _ => {
-            return Err(Problem::new(
-                Kind::UpstreamUnavailable,
-                "the Connection's upstream client is not configured",
-            ));
-        }
+    let Some(Ok(upstream)) = plane.upstreams.get(&connection.name) else {
+        return Err(upstream_not_configured());
     };
     let request_has_body = has_body(&parts.headers, body.as_ref());
     // The request's own headers, edited in place: nothing reads them after this.
@@ -1642,6 +1640,29 @@ async fn mask_response(
         Err(MaskFailure::Unparseable(why)) => Err(Withheld::Refused(why.to_string())),
         Err(_) => Err(Withheld::Refused("the body could not be masked".into())),
     }
+}
+
+/// Why a decided request cannot be forwarded, whatever its decision: an upgrade, an upstream
+/// not configured, a credential that cannot be sent.
+fn unforwardable(
+    headers: &HeaderMap,
+    kube_info: Option<&request_info::RequestInfo>,
+    plane: &Plane,
+    connection: &CompiledConnection,
+) -> Result<(), Problem> {
+    refuse_upgrade(headers, kube_info)?;
+    if !matches!(plane.upstreams.get(&connection.name), Some(Ok(_))) {
+        return Err(upstream_not_configured());
+    }
+    headers::inject_credential(&mut HeaderMap::new(), connection.credential.as_ref())
+        .map_err(|e| Problem::new(Kind::UpstreamUnavailable, e.to_string()))
+}
+
+fn upstream_not_configured() -> Problem {
+    Problem::new(
+        Kind::UpstreamUnavailable,
+        "the Connection's upstream client is not configured",
+    )
 }
 
 /// The request body as body conditions see it.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 
 use super::message::backend_key_data::BackendKeyData;
 use super::message::startup::StartupPacket;
@@ -25,10 +26,13 @@ pub struct CancelTarget {
     pub key: BackendKeyData,
 }
 
+/// A live session's cancel key, where its cancels go, and whom they wake.
+type Entry = (i32, CancelTarget, Arc<Notify>);
+
 /// Live sessions by their gateway-issued key.
 #[derive(Debug, Default)]
 pub struct CancelRegistry {
-    sessions: Mutex<HashMap<i32, (i32, CancelTarget)>>,
+    sessions: Mutex<HashMap<i32, Entry>>,
 }
 
 /// Removes the session's key when the session ends.
@@ -36,6 +40,9 @@ pub struct CancelRegistry {
 pub struct Registration {
     registry: Arc<CancelRegistry>,
     pub key: BackendKeyData,
+    /// Woken by each cancel of the session: a statement the gateway holds (for an approval)
+    /// is one the upstream cannot cancel.
+    pub cancelled: Arc<Notify>,
 }
 
 impl Drop for Registration {
@@ -45,7 +52,7 @@ impl Drop for Registration {
 }
 
 impl CancelRegistry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, (i32, CancelTarget)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Entry>> {
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -62,20 +69,26 @@ impl CancelRegistry {
             if pid == 0 || sessions.contains_key(&pid) {
                 continue;
             }
-            sessions.insert(pid, (secret, target));
+            let cancelled = Arc::new(Notify::new());
+            sessions.insert(pid, (secret, target, cancelled.clone()));
             return Registration {
                 registry: self.clone(),
                 key: BackendKeyData { pid, secret },
+                cancelled,
             };
         }
     }
 
-    /// The upstream target of a client's CancelRequest, if the key is a live session's.
-    pub fn lookup(&self, pid: i32, secret: i32) -> Option<CancelTarget> {
+    /// The upstream target of a client's CancelRequest, if the key is a live session's; the
+    /// session's waits for approval are woken.
+    pub fn cancel(&self, pid: i32, secret: i32) -> Option<CancelTarget> {
         let sessions = self.lock();
-        let (s, target) = sessions.get(&pid)?;
+        let (s, target, cancelled) = sessions.get(&pid)?;
         // Both halves must match; a wrong secret reveals nothing and cancels nothing.
-        (*s == secret).then_some(*target)
+        (*s == secret).then(|| {
+            cancelled.notify_waiters();
+            *target
+        })
     }
 }
 
@@ -108,12 +121,20 @@ mod tests {
         let a = reg.register(target);
         let b = reg.register(target);
         assert_ne!(a.key.pid, b.key.pid);
-        assert!(reg.lookup(a.key.pid, a.key.secret).is_some());
-        assert!(reg.lookup(a.key.pid, a.key.secret.wrapping_add(1)).is_none());
+        assert!(reg.cancel(a.key.pid, a.key.secret).is_some());
+        assert!(reg.cancel(a.key.pid, a.key.secret.wrapping_add(1)).is_none());
         // The upstream's own key is not a gateway key.
-        assert!(reg.lookup(7, 8).is_none());
+        assert!(reg.cancel(7, 8).is_none());
+        // A cancel wakes what the session holds; a wrong secret wakes nothing.
+        let cancelled = a.cancelled.clone();
+        let woken = cancelled.notified();
+        tokio::pin!(woken);
+        assert!(reg.cancel(a.key.pid, a.key.secret.wrapping_add(1)).is_none());
+        assert!(futures_util::FutureExt::now_or_never(woken.as_mut()).is_none());
+        assert!(reg.cancel(a.key.pid, a.key.secret).is_some());
+        assert!(futures_util::FutureExt::now_or_never(woken).is_some());
         let pid = a.key.pid;
         drop(a);
-        assert!(reg.lookup(pid, 0).is_none());
+        assert!(reg.cancel(pid, 0).is_none());
     }
 }

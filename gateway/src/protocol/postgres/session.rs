@@ -280,7 +280,7 @@ pub async fn serve(
     };
     let mut started = match opening {
         Opening::Cancel { pid, secret } => {
-            if let Some(target) = ctx.cancels.lookup(pid, secret)
+            if let Some(target) = ctx.cancels.cancel(pid, secret)
                 && let Err(e) = cancel::send(target).await
             {
                 tracing::warn!(error = %e, "forwarding a cancel request failed");
@@ -413,6 +413,15 @@ const DEFINES_WRITE_CODE: &[&str] = &[
 ];
 
 /// Whether two group lists name the same groups, in any order.
+/// An Execute with a row count where a rowLimit applies: each Execute of a suspended portal
+/// would count its rows afresh.
+fn fetched_in_parts() -> ErrorResponse {
+    ErrorResponse::new(
+        sqlstate::INSUFFICIENT_PRIVILEGE,
+        "where a rowLimit applies, a portal is executed whole (Execute with no row count); fetching it in parts is refused",
+    )
+}
+
 fn same_groups(a: &[String], b: &[String]) -> bool {
     fn set(g: &[String]) -> std::collections::BTreeSet<&str> {
         g.iter().map(String::as_str).collect()
@@ -522,7 +531,7 @@ struct Live {
     /// Recordings continued in a new file, with their end event: each is closed (signed) once
     /// no pending result will still be written to it.
     retiring: Mutex<Vec<(Arc<Recording>, Value)>>,
-    _cancel: cancel::Registration,
+    cancel: cancel::Registration,
     /// The portal an extended-protocol refusal executes: unique per session and never shown to
     /// anyone (not even in `pg_stat_activity`), so no client can name a portal after it.
     marker: String,
@@ -537,6 +546,16 @@ struct Current {
     row_limit_rules: Vec<(usize, usize)>,
     /// Why the session can no longer follow the configuration (it refuses every statement).
     stale: Option<String>,
+    /// Some rule of the configuration needs approval: a statement may wait for one, while the
+    /// client is watched (see [`ClientSide::handle_watching`]).
+    approvals: bool,
+}
+
+/// Whether any rule of `cfg` needs approval.
+fn asks_approval(cfg: &crate::config::compile::GatewayConfig) -> bool {
+    cfg.policies
+        .iter()
+        .any(|p| p.rules.iter().any(|r| r.action == Action::RequireApproval))
 }
 
 /// The session's statement counters, looked up once.
@@ -744,6 +763,7 @@ async fn start(
                 plane: plane.clone(),
                 row_limit_rules,
                 stale: None,
+                approvals: asks_approval(cfg),
             })),
             cursors: Mutex::new(CursorBook::default()),
             connection: conn.name.clone(),
@@ -762,7 +782,7 @@ async fn start(
             recording,
             recording_start,
             retiring: Mutex::new(Vec::new()),
-            _cancel: registration,
+            cancel: registration,
             marker,
             counters: Counters::new(&ctx.gateway.metrics, &conn.name, &principal.identity),
         },
@@ -1242,6 +1262,7 @@ impl Live {
                 Err(why) => (Vec::new(), Some(why)),
             };
             *current = Arc::new(Current {
+                approvals: asks_approval(&plane.snapshot.config),
                 plane,
                 row_limit_rules,
                 stale,
@@ -1942,7 +1963,7 @@ impl Live {
         for p in &up.params {
             p.encode(&mut out);
         }
-        self._cancel.key.encode(&mut out);
+        self.cancel.key.encode(&mut out);
         TransactionStatus::Idle.encode(&mut out);
         if client_writer.write_all(&out).await.is_err() || client_writer.flush().await.is_err() {
             return;
@@ -2141,7 +2162,13 @@ impl ClientSide {
                     return stop;
                 }
             }
-            let mut handled = self.handle(frame).await;
+            let watch =
+                matches!(frame.tag, frontend::QUERY | frontend::EXECUTE) && self.live.current().approvals;
+            let mut handled = if watch {
+                self.handle_watching(frame, &mut reader).await
+            } else {
+                self.handle(frame).await
+            };
             if let Ok(Next::Again(frame)) = handled {
                 if let Err(stop) = self.answers_settled(&mut up, &mut reader).await {
                     return stop;
@@ -2182,6 +2209,29 @@ impl ClientSide {
                 let p = lock(&self.shared);
                 p.answered_through < p.pushed_through
             }
+    }
+
+    /// [`Self::handle`], ending the session if the client leaves first: a statement held for
+    /// approval must not run for a client that is gone (the request stays unspent). The
+    /// client's next messages are read ahead meanwhile (up to [`READ_AHEAD_BYTES`]).
+    async fn handle_watching(
+        &mut self,
+        frame: Frame,
+        reader: &mut FrameReader<ReadHalf<Stream>>,
+    ) -> Result<Next, Stop> {
+        let handling = self.handle(frame);
+        tokio::pin!(handling);
+        loop {
+            tokio::select! {
+                biased;
+                handled = &mut handling => return handled,
+                read = reader.read_ahead(READ_AHEAD_BYTES) => match read {
+                    Ok(()) => {}
+                    Err(FrameError::Closed) => return Err("client closed the connection".into()),
+                    Err(e) => return Err(format!("client i/o: {e}")),
+                },
+            }
+        }
     }
 
     /// Sends what is buffered and waits until the server has answered every Query and Sync sent
@@ -2749,13 +2799,23 @@ impl ClientSide {
                 .map(|r| approval::hide_spellings(live.masked_sql(&r), live.token_finder.as_deref())),
             unshown: sql_unshown(sql).or(unshown),
         };
-        let outcome = approval::ask(
-            live.ctx.gateway.approvals.as_ref(),
-            &live.ctx.gateway.metrics,
-            question,
-            unix_now(),
-        )
-        .await;
+        // A cancel ends a wait for approval as it ends a statement: the request stays unspent.
+        let cancelled = live.cancel.cancelled.notified();
+        let outcome = tokio::select! {
+            outcome = approval::ask(
+                live.ctx.gateway.approvals.as_ref(),
+                &live.ctx.gateway.metrics,
+                question,
+                unix_now(),
+            ) => outcome,
+            () = cancelled => {
+                let _ = live.record("pg.approval", json!({"outcome": "cancelled", "rule": v.rule}));
+                return Err(ErrorResponse::new(
+                    sqlstate::QUERY_CANCELED,
+                    "canceling statement due to user request: it was waiting for approval and was not run",
+                ));
+            }
+        };
         let decisions = approval::decisions(live.ctx.gateway.approvals.as_ref(), outcome.request()).await;
         let _ = live.record(
             "pg.approval",
@@ -3056,7 +3116,11 @@ impl ClientSide {
             live.decide(st, &prepared)
         };
         let mut approval_error = None;
-        if v.action == Action::RequireApproval {
+        // What would be refused anyway is refused before an approver is asked: a Once grant
+        // spent on it would show as used with nothing run.
+        if v.action == Action::RequireApproval && v.row_limit.is_some() && e.max_rows > 0 {
+            approval_error = Some(fetched_in_parts());
+        } else if v.action == Action::RequireApproval {
             // The exact statement with its bound values is what an approval covers.
             let types: Vec<u8> = portal.types.iter().flat_map(|t| t.to_be_bytes()).collect();
             let mut parts: Vec<&[u8]> = vec![b"extended", st.text.as_bytes(), &types];
@@ -3130,11 +3194,7 @@ impl ClientSide {
             ));
         }
         if v.row_limit.is_some() && e.max_rows > 0 {
-            // Each Execute of a suspended portal would count its rows afresh.
-            return self.refuse_extended(ErrorResponse::new(
-                sqlstate::INSUFFICIENT_PRIVILEGE,
-                "where a rowLimit applies, a portal is executed whole (Execute with no row count); fetching it in parts is refused",
-            ));
+            return self.refuse_extended(fetched_in_parts());
         }
         let freed = apply_effects(&mut lock(&self.shared), st);
         let mut plan = live.result_plan(masked, st, &v);
