@@ -497,6 +497,26 @@ rules:
             "{kind}/{name} was made"
         );
     }
+    // Nor is anything made for a gateway whose name its Service cannot take (a dot).
+    let dotted = format!(
+        "apiVersion: agentgate.dev/v1alpha1\nkind: AgentGateway\nmetadata: {{name: team.prod, namespace: {ns}}}\n\
+         spec:\n  listeners:\n    - {{name: https, protocol: HTTP, port: 8443}}\n"
+    );
+    env.kubectl_ok("admin", &["apply", "-f", &env.file("dotted.yaml", &dotted)]);
+    eventually(
+        "the dotted gateway to say why it is not set up",
+        &op,
+        Duration::from_secs(30),
+        || {
+            ready(&env, "agentgateway", "team.prod") == "False"
+                && ready_message(&env, "agentgateway", "team.prod").contains("DNS label")
+        },
+    );
+    for kind in ["deployment", "service", "secret"] {
+        let listed = env.kubectl("admin", &["get", kind, "-o", "name"]);
+        let listed = String::from_utf8_lossy(&listed.stdout);
+        assert!(!listed.contains("team.prod"), "{kind}: {listed}");
+    }
     env.kubectl_ok("admin", &["delete", "role", "agentgate-main"]);
     eventually("the gateway to be Ready", &op, Duration::from_secs(40), || {
         ready(&env, "agentgateway", "main") == "True"
