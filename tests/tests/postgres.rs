@@ -3566,10 +3566,23 @@ fn operators_casts_and_views_that_run_database_code_are_not_trusted() {
          CREATE DOMAIN public.by_operator AS int CHECK ((VALUE + 'x'::text) IS NULL OR true); \
          CREATE DOMAIN public.nested AS int CHECK ((VALUE::public.checked) IS NOT NULL); \
          CREATE VIEW public.deleting AS SELECT public.plus_text(1, 'x') AS n; \
-         GRANT SELECT ON public.deleting TO {}",
+         GRANT SELECT ON public.deleting TO {0}; \
+         CREATE FUNCTION public.date_add(int) RETURNS int LANGUAGE sql \
+             AS 'DELETE FROM public.orders RETURNING 1'; \
+         CREATE FUNCTION public.minus_imm(int, text) RETURNS int LANGUAGE sql IMMUTABLE \
+             AS 'SELECT public.plus_text($1, $2)'; \
+         CREATE OPERATOR public.- (LEFTARG = int, RIGHTARG = text, FUNCTION = public.minus_imm); \
+         CREATE TABLE public.marks (n int); GRANT INSERT ON public.marks TO {0}; \
+         CREATE FUNCTION public.mark(int) RETURNS bool LANGUAGE sql \
+             AS 'INSERT INTO public.marks VALUES ($1) RETURNING true'; \
+         CREATE DOMAIN public.marked AS int CHECK (public.mark(VALUE)); \
+         CREATE TABLE public.guarded (c public.marked); INSERT INTO public.guarded VALUES (1); \
+         GRANT SELECT ON public.guarded TO {0}",
         s.pg.scram.name
     ));
     let before = s.pg.psql("SELECT count(*) FROM orders");
+    let marks = || s.pg.psql("SELECT count(*) FROM marks");
+    let marks_before = marks();
     let tok = token(&s.idp);
     rt().block_on(async {
         let c = connect(&s.plain_conninfo(&tok)).await;
@@ -3587,10 +3600,24 @@ fn operators_casts_and_views_that_run_database_code_are_not_trusted() {
             // Run by EXECUTE's arguments, and by what EXPLAIN evaluates.
             "EXECUTE p(1 + 'x'::text)",
             "EXPLAIN EXECUTE p(1::checked)",
+            // Its own function under a built-in's name this server lacks (PostgreSQL 16's).
+            "SELECT date_add(1)",
+            // A domain's CHECK run for a type named in a string, or a row's columns filled.
+            "SELECT pg_input_is_valid('1', 'marked')",
+            "SELECT jsonb_populate_record(g, '{\"c\": 2}') FROM guarded g",
         ] {
             let e = c.simple_query(sql).await.unwrap_err();
             assert_eq!(db_error(&e).0, "42501", "{sql}: {e}");
         }
+        // Bind plans, and planning runs an immutable operator's code on constants: refused
+        // there, with no Execute.
+        let mut r = Raw::login(s.plain, &tok);
+        r.send(b'P', &parse("", "SELECT 1 - 'x'::text"));
+        r.send(b'B', &bind("", ""));
+        r.send(b'S', b"");
+        let msgs = r.until_ready();
+        assert_eq!(errors(&msgs), ["42501"], "{msgs:?}");
+        drop(r);
         // The catalog was read with JIT off; the session has the server's setting back.
         let shown = c.simple_query("SHOW jit").await.unwrap();
         let jit = shown.iter().find_map(|m| match m {
@@ -3602,8 +3629,20 @@ fn operators_casts_and_views_that_run_database_code_are_not_trusted() {
         c.simple_query("SELECT id FROM orders ORDER BY id LIMIT 1")
             .await
             .unwrap();
+        // A rule that lists functions allows no hidden code it does not name.
+        edit_manifests(
+            &s.gw,
+            "  rules:\n",
+            "  rules:\n    - name: counting\n      action: Allow\n      sql:\n        statements: [Select]\n        tables: [\"public.*\"]\n        functions: [count, txid_current]\n",
+        );
+        once_reloaded(&c, "SELECT txid_current() FROM orders LIMIT 0", "the counting rule").await;
+        for sql in ["SELECT count(*) FROM deleting", "SELECT count(*), 1::checked"] {
+            let e = c.simple_query(sql).await.unwrap_err();
+            assert_eq!(db_error(&e).0, "42501", "{sql}: {e}");
+        }
     });
     assert_eq!(s.pg.psql("SELECT count(*) FROM orders"), before);
+    assert_eq!(marks(), marks_before);
 }
 
 /// A view made after a session read its catalog may call code that writes, which that reading

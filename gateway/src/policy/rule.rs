@@ -884,6 +884,16 @@ impl SqlMatcher {
         if self.writes && !st.writes {
             return false;
         }
+        // A change of role (`SET ROLE`, `RESET ROLE`, `SET SESSION AUTHORIZATION`) names no
+        // table or function, yet changes what every later statement may do: a rule scoped to
+        // tables or functions allows it only by listing it.
+        if all
+            && self.statements.is_empty()
+            && (!self.tables.is_empty() || !self.functions.is_empty())
+            && st.kinds.contains(&StatementKind::SetRole)
+        {
+            return false;
+        }
         fn listed(all: bool, mut items: impl Iterator<Item = bool>) -> bool {
             if all { items.all(|m| m) } else { items.any(|m| m) }
         }
@@ -1657,9 +1667,13 @@ mod tests {
             "DROP OWNED BY someone",
             "DROP EXTENSION postgis",
             "ALTER DOMAIN positive DROP CONSTRAINT p CASCADE",
+            // Renamed, every relation of the schema escapes rules on its old name.
+            "ALTER SCHEMA public RENAME TO p2",
+            "ALTER EXTENSION postgis SET SCHEMA elsewhere",
         ] {
             assert!(sql_matches(guard, sql), "{sql}");
         }
+        assert!(!sql_matches(guard, "ALTER TABLE orders RENAME TO o2"));
         for sql in [
             "DROP SCHEMA public",
             "TRUNCATE orders",
@@ -1681,6 +1695,33 @@ mod tests {
         assert!(sql_matches(
             "name: r\naction: Allow\nsql:\n  statements: [Drop]\n",
             "DROP SCHEMA public CASCADE"
+        ));
+    }
+
+    /// A change of role names no table, yet changes what every later statement may do: a rule
+    /// scoped to tables or functions allows it only by listing it.
+    #[test]
+    fn role_changes_are_allowed_only_by_name() {
+        for sql in [
+            "SET ROLE app_owner",
+            "RESET ROLE",
+            "SET SESSION AUTHORIZATION app_owner",
+        ] {
+            for scoped in [
+                "name: r\naction: Allow\nsql:\n  tables: [orders]\n",
+                "name: r\naction: Allow\nsql:\n  functions: [count]\n",
+            ] {
+                assert!(!sql_matches(scoped, sql), "{scoped}: {sql}");
+            }
+            assert!(
+                sql_matches("name: r\naction: Allow\nsql:\n  statements: [SetRole]\n", sql),
+                "{sql}"
+            );
+        }
+        // Other settings stay as they were under a table-scoped rule.
+        assert!(sql_matches(
+            "name: r\naction: Allow\nsql:\n  tables: [orders]\n",
+            "SET statement_timeout = 5"
         ));
     }
 

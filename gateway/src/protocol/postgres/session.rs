@@ -422,6 +422,18 @@ fn fetched_in_parts() -> ErrorResponse {
     )
 }
 
+/// Built-ins that run a type's input (a domain's CHECK) for a type named in a string, or for the
+/// columns of a row they fill.
+const TYPE_INPUT_FUNCTIONS: [&str; 7] = [
+    "pg_input_is_valid",
+    "pg_input_error_info",
+    "json_populate_record",
+    "jsonb_populate_record",
+    "jsonb_populate_record_valid",
+    "json_populate_recordset",
+    "jsonb_populate_recordset",
+];
+
 fn same_groups(a: &[String], b: &[String]) -> bool {
     fn set(g: &[String]) -> std::collections::BTreeSet<&str> {
         g.iter().map(String::as_str).collect()
@@ -1753,12 +1765,52 @@ impl Live {
             || !st.types.is_empty();
         st.fields.iter().any(|f| sh.by_field.contains(f))
             || st.functions.iter().any(|f| sh.shadowing.contains(f))
+            // A type named in a string, or a row's columns filled: their input runs a domain's
+            // CHECK, with no type name in the statement to see.
+            || (!sh.coded_types.is_empty()
+                && st.functions.iter().any(|f| TYPE_INPUT_FUNCTIONS.contains(&f.as_str())))
             || st.operators.iter().any(|o| sh.operators.contains(o))
             || st.types.iter().any(|t| sh.coded_types.contains(t))
             || st.tables.iter().any(|t| sh.code_views.contains(t))
             || (sh.implicit_casts && (expressions || !st.tables.is_empty()))
             || ((expressions || !st.tables.is_empty())
                 && self.code_generation.0.now()[0] != self.code_generation.1[0])
+    }
+
+    /// What [`Self::calls_hidden_code`] finds, by name, for the functions a rule lists: each
+    /// hidden call is named (a field or operator as itself, other code by what reaches it), so a
+    /// rule that lists functions allows none of it unless it names it.
+    fn hidden_code_names(&self, st: &Statement) -> Vec<String> {
+        let sh = &self.shadows;
+        let mut names: Vec<String> = st
+            .fields
+            .iter()
+            .filter(|f| sh.by_field.contains(*f))
+            .chain(st.operators.iter().filter(|o| sh.operators.contains(*o)))
+            .cloned()
+            .collect();
+        names.extend(
+            st.types
+                .iter()
+                .filter(|t| sh.coded_types.contains(*t))
+                .map(|t| format!("(the cast to {t})")),
+        );
+        names.extend(
+            st.tables
+                .iter()
+                .filter(|t| sh.code_views.contains(*t))
+                .map(|t| format!("(the code of view {t})")),
+        );
+        // Code no name in the statement shows: a built-in's name its own function answers, a
+        // type's input run from a string, an implicit cast, code defined since the session began.
+        let unnamed = st.functions.iter().any(|f| {
+            sh.shadowing.contains(f)
+                || (!sh.coded_types.is_empty() && TYPE_INPUT_FUNCTIONS.contains(&f.as_str()))
+        });
+        if unnamed || names.is_empty() {
+            names.push("(the database's own code)".into());
+        }
+        names
     }
 
     /// `st` as the session's database reads it, where that differs from the classifier's
@@ -1776,19 +1828,11 @@ impl Live {
         let mut resolved = st.clone();
         if calls {
             // Listed with the functions, as operators that are not built in are, so a rule can
-            // name or deny them.
-            let hidden = st
-                .fields
-                .iter()
-                .filter(|f| self.shadows.by_field.contains(*f))
-                .chain(
-                    st.operators
-                        .iter()
-                        .filter(|o| self.shadows.operators.contains(*o)),
-                );
-            for f in hidden {
-                if !resolved.functions.contains(f) {
-                    resolved.functions.push(f.clone());
+            // name or deny them, and a rule that lists functions does not allow what it does not
+            // name.
+            for f in self.hidden_code_names(st) {
+                if !resolved.functions.contains(&f) {
+                    resolved.functions.push(f);
                 }
             }
             resolved.writes = true;
@@ -2992,7 +3036,7 @@ impl ClientSide {
         // and that policy denies is refused here, before the server plans it. (RequireApproval
         // is asked at Execute, where every statement is decided.)
         if let Some(st) = classified.statements.first()
-            && !st.functions.is_empty()
+            && (!st.functions.is_empty() || self.live.calls_hidden_code(st))
             && st.cursor.is_none()
         {
             let live = self.live.clone();
