@@ -713,7 +713,8 @@ fn tokio_postgres_simple_extended_and_binary_with_session_kept_usable() {
 fn views_mask_masked_columns_under_any_name() {
     let s = setup_with(false);
     s.pg.psql(
-        "CREATE VIEW public.renamed AS SELECT id, email AS contact, name FROM public.customers;
+        "ALTER TABLE public.customers ADD COLUMN email_lower text GENERATED ALWAYS AS (lower(email)) STORED;
+         CREATE VIEW public.renamed AS SELECT id, email AS contact, name FROM public.customers;
          CREATE VIEW public.swapped AS SELECT id, name AS email, email AS name FROM public.customers;
          CREATE VIEW public.renamed_again AS SELECT id, contact AS c2 FROM public.renamed;
          CREATE VIEW public.whole_rows AS SELECT c.id, c AS r FROM public.customers c;
@@ -750,6 +751,9 @@ fn views_mask_masked_columns_under_any_name() {
             // A column masked on a partition (or child) is masked where its parent shows it.
             "SELECT contact FROM leads WHERE id = 1",
             "SELECT v FROM stats",
+            // A generated column computed from a masked one, here and where a child inherits it.
+            "SELECT email_lower FROM customers WHERE id = 1",
+            "SELECT email_lower FROM customers_archive WHERE id = 100",
         ] {
             let out = one(sql).await;
             assert!(

@@ -64,6 +64,15 @@ const JSON_TYPES_SQL: &str = "WITH RECURSIVE edge(child, parent, direct) AS ( \
 /// Rounds of tracing views of views; past this, the views still changing are masked whole.
 const MAX_VIEW_ROUNDS: usize = 64;
 
+/// (relation, column, column it is computed from) for generated columns: a column default's
+/// dependencies on other columns of its relation are a generation expression's (a plain default
+/// may name no column; it depends on its own).
+const GENERATED_SQL: &str = "SELECT DISTINCT ad.adrelid, ad.adnum, d.refobjsubid \
+     FROM pg_catalog.pg_attrdef ad \
+     JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::regclass AND d.objid = ad.oid \
+     WHERE d.refclassid = 'pg_catalog.pg_class'::regclass AND d.refobjid = ad.adrelid \
+     AND d.refobjsubid > 0 AND d.refobjsubid <> ad.adnum";
+
 /// Every inheritance edge (partitions included): (child, parent).
 const INHERITANCE_SQL: &str = "SELECT inhrelid, inhparent FROM pg_catalog.pg_inherits";
 
@@ -489,8 +498,23 @@ pub async fn resolve(up: &mut Upstream, plan: &MaskingPlan) -> Result<MaskedColu
             children.push((child, parent));
         }
     }
+    // A generated column computed from a masked one holds its value, or part of it
+    // (`lower(email)`): redacted, as a view's computed column is.
+    let mut generated: Vec<(u32, i16, i16)> = Vec::new();
+    for row in query(up, GENERATED_SQL).await? {
+        if let [rel, column, source] = row.as_slice()
+            && let (Ok(rel), Ok(column), Ok(source)) = (rel.parse(), column.parse(), source.parse())
+        {
+            generated.push((rel, column, source));
+        }
+    }
     loop {
         let mut found = Vec::new();
+        for &(rel, column, source) in &generated {
+            if masked.by_field.contains_key(&(rel, source)) {
+                found.push((rel, column, Mask::Whole(MaskingStrategy::Redact)));
+            }
+        }
         for &(child, parent) in &children {
             for (from, to) in [(parent, child), (child, parent)] {
                 for ((oid, a), strategy) in &masked.by_field {
