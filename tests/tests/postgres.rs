@@ -709,6 +709,61 @@ fn tokio_postgres_simple_extended_and_binary_with_session_kept_usable() {
 /// function of its own or reads the planner's statistics. An inheritance child is masked as its
 /// parent; the statistics themselves are refused; a relation made after the session opened is
 /// redacted whole.
+/// A trigger a write runs may quote masked columns in its notices and errors, which name
+/// nothing masked: where columns are masked, a write to a relation with such code has the
+/// server's text withheld, as a write to a masked relation has.
+#[test]
+fn code_a_write_runs_does_not_quote_masked_columns_in_its_messages() {
+    let s = setup_with(false);
+    s.pg.psql(
+        "CREATE FUNCTION public.quote_customer() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             RAISE NOTICE 'for %', (SELECT email FROM public.customers WHERE id = NEW.customer_id);
+             IF NEW.total < 0 THEN
+                 RAISE EXCEPTION 'refused for %', (SELECT email FROM public.customers WHERE id = NEW.customer_id);
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER quote_customer BEFORE INSERT ON public.orders
+             FOR EACH ROW EXECUTE FUNCTION public.quote_customer();",
+    );
+    let tok = token(&s.idp);
+    let notices = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = notices.clone();
+    rt().block_on(async {
+        let (client, mut connection) =
+            tokio_postgres::connect(&s.plain_conninfo(&tok), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        let driver = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(Ok(m)) = futures_util::StreamExt::next(&mut messages).await {
+                if let tokio_postgres::AsyncMessage::Notice(n) = m {
+                    seen.lock().unwrap().push(n.message().to_string());
+                }
+            }
+        });
+        client
+            .batch_execute("INSERT INTO orders (customer_id, total) VALUES (1, 1.00)")
+            .await
+            .unwrap();
+        let e = client
+            .batch_execute("INSERT INTO orders (customer_id, total) VALUES (1, -1.00)")
+            .await
+            .unwrap_err();
+        let (_, message) = db_error(&e);
+        assert!(!message.contains("ada@example.com"), "{message}");
+        drop(client);
+        driver.await.unwrap();
+    });
+    let notices = notices.lock().unwrap();
+    assert!(!notices.is_empty(), "the notice is passed on");
+    assert!(
+        notices.iter().all(|n| !n.contains("ada@example.com")),
+        "{notices:?}"
+    );
+}
+
 #[test]
 fn views_mask_masked_columns_under_any_name() {
     let s = setup_with(false);

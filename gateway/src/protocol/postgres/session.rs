@@ -1663,7 +1663,13 @@ impl Live {
         // columns are masked whole.
         let reads_masked =
             self.computes_over_masked(st) || (st.node == "FetchStmt" && !self.masked.is_empty());
-        let writes_masked = st.writes && st.tables.iter().any(|t| self.masked.holds_masked_rows(t));
+        // A write that runs a trigger or rule where columns are masked may have that code quote
+        // masked values (`RAISE NOTICE '%', (SELECT email ...)`): its messages are withheld too.
+        let writes_masked = st.writes
+            && st.tables.iter().any(|t| {
+                self.masked.holds_masked_rows(t)
+                    || (!self.masked.is_empty() && self.shadows.written_code.contains(t))
+            });
         Verdict {
             reads_masked,
             writes_masked,
