@@ -144,7 +144,9 @@ const MIN_STRUCTURED_BYTES: usize = 4;
 /// a composite (row) value, each element's own, so that a card number inside an `int8[]` or a
 /// record is seen as digits, not as the eight bytes that hold it.
 pub fn detector_text(type_oid: u32, v: &[u8]) -> String {
-    element_text(type_oid, v, 0)
+    let mut out = String::new();
+    element_text(type_oid, v, 0, &mut out);
+    out
 }
 
 /// The digits of a binary number (integers, numeric, floats, money).
@@ -184,80 +186,120 @@ impl<'a> Reader<'a> {
 }
 
 /// Appends the texts of `v`'s elements, read as a binary array or composite value (as
-/// `array_send` and `record_send` write them, every byte accounted for); false, appending
-/// nothing, when it is laid out as neither. The layout is checked whole before any element is
-/// read into, so each level reads its bytes once: at most [`MAX_NESTING`] times the value in all.
-fn elements(v: &[u8], depth: usize, out: &mut Vec<String>) -> bool {
+/// `array_send` and `record_send` write them, every byte accounted for), one per line; false,
+/// appending nothing, when it is laid out as neither. The layout is checked whole before any
+/// element is read into, so each level reads its bytes once: at most [`MAX_NESTING`] times the
+/// value in all. The texts go straight into `out`: an array of millions of empty elements costs
+/// a line break each, not a string and a slot each (a 60 MB row of them once took 1 GiB).
+fn elements(v: &[u8], depth: usize, out: &mut String) -> bool {
     if depth >= MAX_NESTING || v.len() < MIN_STRUCTURED_BYTES {
         return false;
     }
-    let items = array_layout(v).or_else(|| record_layout(v));
-    let Some(items) = items else {
+    let Some(layout) = Layout::array(v).or_else(|| Layout::record(v)) else {
         return false;
     };
-    for (oid, bytes) in items {
-        out.push(element_text(oid, bytes, depth + 1));
-    }
+    let mut first = true;
+    layout.each(|oid, bytes| {
+        if !first {
+            out.push('\n');
+        }
+        first = false;
+        element_text(oid, bytes, depth + 1, out);
+    });
     true
 }
 
-/// The non-NULL elements of a binary array, each with the element type.
-fn array_layout(v: &[u8]) -> Option<Vec<(u32, &[u8])>> {
-    let mut r = Reader(v);
-    let ndim = r.i32()?;
-    let flags = r.i32()?;
-    let elem = r.u32()?;
-    if !(0..=MAX_ARRAY_DIMS).contains(&ndim) || !(0..=1).contains(&flags) {
-        return None;
-    }
-    let mut count: usize = if ndim == 0 { 0 } else { 1 };
-    for _ in 0..ndim {
-        let n = usize::try_from(r.i32()?).ok()?;
-        let _lower_bound = r.i32()?;
-        count = count.checked_mul(n)?;
-    }
-    // Each element takes four bytes at least: more than the rest holds is not an array.
-    if count > r.0.len() / 4 {
-        return None;
-    }
-    let mut items = Vec::with_capacity(count);
-    for _ in 0..count {
-        if let Some(bytes) = r.element()? {
-            items.push((elem, bytes));
-        }
-    }
-    r.0.is_empty().then_some(items)
+/// A binary array or composite value whose layout was checked whole: where its elements start,
+/// and how they are laid out.
+struct Layout<'a> {
+    /// The bytes from the first element on.
+    items: &'a [u8],
+    /// An array's element count and type; `None` for a composite value, whose elements each
+    /// carry their type.
+    array: Option<(usize, u32)>,
+    /// A composite value's column count.
+    columns: usize,
 }
 
-/// The non-NULL columns of a binary composite value, each with its type.
-fn record_layout(v: &[u8]) -> Option<Vec<(u32, &[u8])>> {
-    let mut r = Reader(v);
-    let columns = r.i32()?;
-    if !(0..=MAX_RECORD_COLUMNS).contains(&columns) {
-        return None;
+impl<'a> Layout<'a> {
+    fn array(v: &'a [u8]) -> Option<Self> {
+        let mut r = Reader(v);
+        let ndim = r.i32()?;
+        let flags = r.i32()?;
+        let elem = r.u32()?;
+        if !(0..=MAX_ARRAY_DIMS).contains(&ndim) || !(0..=1).contains(&flags) {
+            return None;
+        }
+        let mut count: usize = if ndim == 0 { 0 } else { 1 };
+        for _ in 0..ndim {
+            let n = usize::try_from(r.i32()?).ok()?;
+            let _lower_bound = r.i32()?;
+            count = count.checked_mul(n)?;
+        }
+        // Each element takes four bytes at least: more than the rest holds is not an array.
+        if count > r.0.len() / 4 {
+            return None;
+        }
+        let layout = Self {
+            items: r.0,
+            array: Some((count, elem)),
+            columns: 0,
+        };
+        layout.checked()
     }
-    let mut items = Vec::new();
-    for _ in 0..columns {
-        let oid = r.u32()?;
-        if let Some(bytes) = r.element()? {
-            items.push((oid, bytes));
+
+    fn record(v: &'a [u8]) -> Option<Self> {
+        let mut r = Reader(v);
+        let columns = r.i32()?;
+        if !(0..=MAX_RECORD_COLUMNS).contains(&columns) {
+            return None;
+        }
+        let layout = Self {
+            items: r.0,
+            array: None,
+            columns: usize::try_from(columns).ok()?,
+        };
+        layout.checked()
+    }
+
+    /// Itself if its elements account for every byte.
+    fn checked(self) -> Option<Self> {
+        let mut r = Reader(self.items);
+        for _ in 0..self.array.map_or(self.columns, |(count, _)| count) {
+            if self.array.is_none() {
+                r.u32()?;
+            }
+            r.element()?;
+        }
+        r.0.is_empty().then_some(self)
+    }
+
+    /// Calls `f` with each non-NULL element and its type.
+    fn each(&self, mut f: impl FnMut(u32, &'a [u8])) {
+        let mut r = Reader(self.items);
+        for _ in 0..self.array.map_or(self.columns, |(count, _)| count) {
+            let oid = match self.array {
+                Some((_, elem)) => Some(elem),
+                None => r.u32(),
+            };
+            match (oid, r.element()) {
+                (Some(oid), Some(Some(bytes))) => f(oid, bytes),
+                (Some(_), Some(None)) => {}
+                // Checked whole: not reached.
+                _ => return,
+            }
         }
     }
-    r.0.is_empty().then_some(items)
 }
 
-/// A value's text for the detectors: a number's digits; an array's or composite value's
+/// Appends a value's text for the detectors: a number's digits; an array's or composite value's
 /// elements' texts (every byte is accounted for by the elements, so they are all there is to
 /// read); otherwise its bytes as text.
-fn element_text(type_oid: u32, v: &[u8], depth: usize) -> String {
+fn element_text(type_oid: u32, v: &[u8], depth: usize, out: &mut String) {
     if let Some(digits) = number_text(type_oid, v) {
-        return digits;
-    }
-    let mut inner = Vec::new();
-    if elements(v, depth, &mut inner) {
-        inner.join("\n")
-    } else {
-        String::from_utf8_lossy(v).into_owned()
+        out.push_str(&digits);
+    } else if !elements(v, depth, out) {
+        out.push_str(&String::from_utf8_lossy(v));
     }
 }
 
@@ -314,6 +356,28 @@ pub fn decode_number(type_oid: u32, v: &[u8]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    /// A million empty elements (four bytes each) read as a line break each; a NULL among them
+    /// as nothing; bytes the elements do not account for make it no array.
+    #[test]
+    fn large_arrays_are_read_element_by_element() {
+        let n = 1_000_000usize;
+        let mut array = Vec::with_capacity(20 + 4 * n);
+        for word in [1i32, 0, 25, i32::try_from(n).unwrap(), 1] {
+            array.extend(word.to_be_bytes());
+        }
+        array.extend((-1i32).to_be_bytes());
+        for _ in 1..n {
+            array.extend(0i32.to_be_bytes());
+        }
+        let text = detector_text(1009, &array);
+        assert_eq!((text.len(), text.bytes().all(|b| b == b'\n')), (n - 2, true));
+        array.push(0);
+        assert!(
+            detector_text(1009, &array).len() >= array.len(),
+            "read as its bytes"
+        );
+    }
+
     /// An `int8[]`, a `float8` and a record holding a numeric, as the server sends them in
     /// binary: the detectors read their digits.
     #[test]
