@@ -3517,8 +3517,17 @@ fn approvals_defer_hold_once_window_and_self_approval_for_sql() {
         })
     });
     let name = pending();
-    rt().block_on(rx.recv().unwrap().cancel_query(tokio_postgres::NoTls))
-        .unwrap();
+    // A cancel ends a wait in progress (the request is listed just before the wait begins, so
+    // it is sent until the statement ends).
+    let canceller = rx.recv().unwrap();
+    for _ in 0..20 {
+        rt().block_on(canceller.cancel_query(tokio_postgres::NoTls))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(250));
+        if cancelled.is_finished() {
+            break;
+        }
+    }
     let (code, message) = cancelled.join().unwrap().unwrap_err();
     assert_eq!(code, "57014", "{message}");
     assert!(approvals(&s.gw, &alice, &["approve", &name]).0);
@@ -3526,7 +3535,11 @@ fn approvals_defer_hold_once_window_and_self_approval_for_sql() {
     r.send(b'Q', b"TRUNCATE ONLY big_capped\0");
     let name = pending();
     drop(r);
-    std::thread::sleep(Duration::from_millis(500));
+    // The session records the wait's end once it sees the client gone.
+    agentgate_e2e::wait_for(Duration::from_secs(20), || {
+        (s.gw.recordings().matches("\"abandoned\"").count() >= 2).then_some(())
+    })
+    .expect("the wait ends when the client leaves");
     assert!(approvals(&s.gw, &alice, &["approve", &name]).0);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(rows(), before, "a held statement ran for a client that was gone");

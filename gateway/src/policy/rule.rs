@@ -886,11 +886,13 @@ impl SqlMatcher {
         }
         // A change of role (`SET ROLE`, `RESET ROLE`, `SET SESSION AUTHORIZATION`) names no
         // table or function, yet changes what every later statement may do: a rule scoped to
-        // tables or functions allows it only by listing it.
+        // tables or functions allows it only by listing it. `DISCARD ALL` and `RESET ALL`
+        // (which pools send to reset a connection) return to the login role, if anything.
         if all
             && self.statements.is_empty()
             && (!self.tables.is_empty() || !self.functions.is_empty())
             && st.kinds.contains(&StatementKind::SetRole)
+            && !st.settings.iter().any(|s| s == "*")
         {
             return false;
         }
@@ -1715,6 +1717,13 @@ mod tests {
             }
             assert!(
                 sql_matches("name: r\naction: Allow\nsql:\n  statements: [SetRole]\n", sql),
+                "{sql}"
+            );
+        }
+        // Resetting everything, as pools do, returns to the login role: as before.
+        for sql in ["DISCARD ALL", "RESET ALL"] {
+            assert!(
+                sql_matches("name: r\naction: Allow\nsql:\n  tables: [orders]\n", sql),
                 "{sql}"
             );
         }

@@ -31,6 +31,43 @@ pub enum Outcome {
     Expired { request: String },
     /// The gateway cannot ask (no store, or the rule has no approval block).
     Unavailable(String),
+    /// Hold mode: the client cancelled the operation or left while it waited (see
+    /// [`Abandon`]); the request stays unspent.
+    Abandoned { request: String },
+}
+
+/// What ends a held operation's wait before a decision: its client cancelling it, or leaving.
+/// Only the wait: once an approval is being spent, the operation goes ahead, so a grant is never
+/// spent on an operation that does not run.
+#[derive(Debug, Default)]
+pub struct Abandon {
+    gone: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Abandon {
+    /// The client cancelled: a wait in progress ends (one that starts later does not, as a
+    /// PostgreSQL cancel that arrives between statements cancels nothing).
+    pub fn cancel(&self) {
+        self.wake.notify_waiters();
+    }
+
+    /// The client left: every wait ends, now and later.
+    pub fn leave(&self) {
+        self.gone.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_waiters();
+    }
+
+    /// Until [`Self::cancel`] or [`Self::leave`].
+    pub async fn wait(&self) {
+        let woken = self.wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if self.gone.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        woken.await;
+    }
 }
 
 impl Outcome {
@@ -42,6 +79,7 @@ impl Outcome {
             Outcome::Denied { .. } => "denied",
             Outcome::Expired { .. } => "expired",
             Outcome::Unavailable(_) => "unavailable",
+            Outcome::Abandoned { .. } => "abandoned",
         }
     }
 
@@ -51,7 +89,8 @@ impl Outcome {
             Outcome::Granted { request }
             | Outcome::Pending { request, .. }
             | Outcome::Denied { request }
-            | Outcome::Expired { request } => Some(request),
+            | Outcome::Expired { request }
+            | Outcome::Abandoned { request } => Some(request),
             Outcome::Unavailable(_) => None,
         }
     }
@@ -180,6 +219,9 @@ pub struct Question<'a> {
     /// Why the caller could not show the operation whole (see [`Ask::unshown`]); the summary's
     /// and the detail's lengths are checked here too.
     pub unshown: Option<String>,
+    /// What ends a hold early, where the protocol can tell (PostgreSQL: a cancel, the client
+    /// leaving; an HTTP request's hold ends with its connection, which drops it).
+    pub abandon: Option<&'a Abandon>,
 }
 
 /// Longest an operation is held waiting for a decision, whatever the rule's timeout.
@@ -334,7 +376,17 @@ async fn ask_store(store: Option<&Arc<Approvals>>, q: Question<'_>, now: i64) ->
         return Outcome::Pending { request, created };
     };
     let deadline = tokio::time::Instant::now() + timeout;
-    match store.wait(&request, deadline).await {
+    let abandoned = async {
+        match q.abandon {
+            Some(a) => a.wait().await,
+            None => std::future::pending().await,
+        }
+    };
+    let phase = tokio::select! {
+        phase = store.wait(&request, deadline) => phase,
+        () = abandoned => return Outcome::Abandoned { request },
+    };
+    match phase {
         ApprovalPhase::Approved if !(still_current.0)() => Outcome::Unavailable(
             "the gateway's configuration for this identity changed while the operation was held (its policies, or the identity itself); send it again: it is decided anew, and the approval, still unspent, covers it if the same approval is asked"
                 .into(),

@@ -908,12 +908,12 @@ async fn proxy(
     // learns nothing the record lacks, and a read costs one write instead of two.
     // Only a request that will be forwarded waits: one refused below (an upgrade, an upstream
     // not configured) is on record before its refusal is sent, as every refusal is.
+    let mut unforwardable = unforwardable(&parts.headers, kube_info.as_ref(), &plane, connection).err();
     let with_response = refusal.is_none()
         && approval_rule.is_none()
         && secret_refusal.is_none()
         && (parts.method == Method::GET || parts.method == Method::HEAD)
-        && refuse_upgrade(&parts.headers, kube_info.as_ref()).is_ok()
-        && matches!(plane.upstreams.get(&connection.name), Some(Ok(_)));
+        && unforwardable.is_none();
     if let Some(s) = session.as_deref() {
         settle(gw, &plane, s.record_deferred("http.request", &request_event))?;
     }
@@ -936,7 +936,9 @@ async fn proxy(
         // What would be refused anyway is refused before an approver is asked: a Once grant
         // spent on an upgrade, or on an upstream not configured, would show as used with
         // nothing forwarded.
-        unforwardable(&parts.headers, kube_info.as_ref(), &plane, connection)?;
+        if let Some(problem) = unforwardable.take() {
+            return Err(problem);
+        }
         // The exact operation, body included, is what an approval covers.
         if read_body.is_none()
             && has_body(&parts.headers, body.as_ref())
@@ -1055,6 +1057,7 @@ async fn proxy(
             detail,
             reason,
             unshown: unshowable,
+            abandon: None,
         };
         // The clock is read again: the body read above may have taken up to its timeout, and a
         // grant's window or a request's expiry is judged when the approval is asked.
@@ -1102,12 +1105,20 @@ async fn proxy(
                 format!("{summary}: ApprovalRequest {request} was not decided in time"),
             )),
             approval::Outcome::Unavailable(why) => refusal.map(|p| p.with("approval", why)),
+            // Not asked for here (`abandon: None`): a held request ends with its connection.
+            approval::Outcome::Abandoned { request } => Some(named(
+                Kind::ApprovalExpired,
+                &request,
+                format!("{summary}: the wait for ApprovalRequest {request} ended"),
+            )),
         };
     }
     if let Some(problem) = refusal {
         return Err(problem);
     }
-    unforwardable(&parts.headers, kube_info.as_ref(), &plane, connection)?;
+    if let Some(problem) = unforwardable {
+        return Err(problem);
+    }
 
     // Forward.
     let Some(Ok(upstream)) = plane.upstreams.get(&connection.name) else {
@@ -1654,8 +1665,10 @@ fn unforwardable(
     if !matches!(plane.upstreams.get(&connection.name), Some(Ok(_))) {
         return Err(upstream_not_configured());
     }
-    headers::inject_credential(&mut HeaderMap::new(), connection.credential.as_ref())
-        .map_err(|e| Problem::new(Kind::UpstreamUnavailable, e.to_string()))
+    match headers::credential_unsendable(connection.credential.as_ref()) {
+        Some(e) => Err(Problem::new(Kind::UpstreamUnavailable, e.to_string())),
+        None => Ok(()),
+    }
 }
 
 fn upstream_not_configured() -> Problem {

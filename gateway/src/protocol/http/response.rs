@@ -163,7 +163,6 @@ pub async fn read_within(
     Ok((first.unwrap_or_else(|| buf.freeze()), held_permit))
 }
 
-/// Masks a whole body of class `class`.
 /// Text the masker could not parse, let through as the rules allow, after the detectors: each
 /// run of valid UTF-8 meets them and the bytes between pass as they are, so a stray byte (a
 /// Latin-1 `é`, a NUL) does not carry the values beside it out unread.
@@ -197,6 +196,7 @@ fn mask_pieces(plan: &MaskingPlan, bytes: &[u8], complete: bool, url_encoded: bo
     (out, report)
 }
 
+/// Masks a whole body of class `class`.
 pub fn mask_whole(
     plan: &MaskingPlan,
     class: ContentClass,

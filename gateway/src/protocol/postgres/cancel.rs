@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crate::protocol::approval::Abandon;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
 use super::message::backend_key_data::BackendKeyData;
 use super::message::startup::StartupPacket;
@@ -27,7 +27,7 @@ pub struct CancelTarget {
 }
 
 /// A live session's cancel key, where its cancels go, and whom they wake.
-type Entry = (i32, CancelTarget, Arc<Notify>);
+type Entry = (i32, CancelTarget, Arc<Abandon>);
 
 /// Live sessions by their gateway-issued key.
 #[derive(Debug, Default)]
@@ -40,9 +40,9 @@ pub struct CancelRegistry {
 pub struct Registration {
     registry: Arc<CancelRegistry>,
     pub key: BackendKeyData,
-    /// Woken by each cancel of the session: a statement the gateway holds (for an approval)
-    /// is one the upstream cannot cancel.
-    pub cancelled: Arc<Notify>,
+    /// Told of each cancel of the session: a statement the gateway holds (for an approval) is
+    /// one the upstream cannot cancel.
+    pub abandon: Arc<Abandon>,
 }
 
 impl Drop for Registration {
@@ -69,12 +69,12 @@ impl CancelRegistry {
             if pid == 0 || sessions.contains_key(&pid) {
                 continue;
             }
-            let cancelled = Arc::new(Notify::new());
-            sessions.insert(pid, (secret, target, cancelled.clone()));
+            let abandon = Arc::new(Abandon::default());
+            sessions.insert(pid, (secret, target, abandon.clone()));
             return Registration {
                 registry: self.clone(),
                 key: BackendKeyData { pid, secret },
-                cancelled,
+                abandon,
             };
         }
     }
@@ -83,10 +83,10 @@ impl CancelRegistry {
     /// session's waits for approval are woken.
     pub fn cancel(&self, pid: i32, secret: i32) -> Option<CancelTarget> {
         let sessions = self.lock();
-        let (s, target, cancelled) = sessions.get(&pid)?;
+        let (s, target, abandon) = sessions.get(&pid)?;
         // Both halves must match; a wrong secret reveals nothing and cancels nothing.
         (*s == secret).then(|| {
-            cancelled.notify_waiters();
+            abandon.cancel();
             *target
         })
     }
@@ -126,13 +126,18 @@ mod tests {
         // The upstream's own key is not a gateway key.
         assert!(reg.cancel(7, 8).is_none());
         // A cancel wakes what the session holds; a wrong secret wakes nothing.
-        let cancelled = a.cancelled.clone();
-        let woken = cancelled.notified();
+        let abandon = a.abandon.clone();
+        let woken = abandon.wait();
         tokio::pin!(woken);
         assert!(reg.cancel(a.key.pid, a.key.secret.wrapping_add(1)).is_none());
         assert!(futures_util::FutureExt::now_or_never(woken.as_mut()).is_none());
+        assert!(futures_util::FutureExt::now_or_never(woken.as_mut()).is_none());
         assert!(reg.cancel(a.key.pid, a.key.secret).is_some());
         assert!(futures_util::FutureExt::now_or_never(woken).is_some());
+        // A client that left ends every wait, later ones too.
+        let left = Abandon::default();
+        left.leave();
+        assert!(futures_util::FutureExt::now_or_never(left.wait()).is_some());
         let pid = a.key.pid;
         drop(a);
         assert!(reg.cancel(pid, 0).is_none());

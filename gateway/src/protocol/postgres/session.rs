@@ -412,7 +412,6 @@ const DEFINES_WRITE_CODE: &[&str] = &[
     "AlterExtensionStmt",
 ];
 
-/// Whether two group lists name the same groups, in any order.
 /// An Execute with a row count where a rowLimit applies: each Execute of a suspended portal
 /// would count its rows afresh.
 fn fetched_in_parts() -> ErrorResponse {
@@ -434,6 +433,7 @@ const TYPE_INPUT_FUNCTIONS: [&str; 7] = [
     "jsonb_populate_recordset",
 ];
 
+/// Whether two group lists name the same groups, in any order.
 fn same_groups(a: &[String], b: &[String]) -> bool {
     fn set(g: &[String]) -> std::collections::BTreeSet<&str> {
         g.iter().map(String::as_str).collect()
@@ -1210,7 +1210,8 @@ struct Verdict {
     approval: Option<(String, String)>,
     /// What runs reads masked columns: its computed result columns are masked whole.
     reads_masked: bool,
-    /// What runs writes a relation with masked columns (its errors may quote a row).
+    /// What runs writes a relation with masked columns (its errors may quote a row), or runs
+    /// code the gateway cannot read where columns are masked (its messages may quote them).
     writes_masked: bool,
     /// What runs reads a relation the session's catalog does not hold.
     untraced: bool,
@@ -1663,13 +1664,12 @@ impl Live {
         // columns are masked whole.
         let reads_masked =
             self.computes_over_masked(st) || (st.node == "FetchStmt" && !self.masked.is_empty());
-        // A write that runs a trigger or rule where columns are masked may have that code quote
-        // masked values (`RAISE NOTICE '%', (SELECT email ...)`): its messages are withheld too.
-        let writes_masked = st.writes
-            && st.tables.iter().any(|t| {
-                self.masked.holds_masked_rows(t)
-                    || (!self.masked.is_empty() && self.shadows.written_code.contains(t))
-            });
+        // Code the gateway cannot read (a trigger or rule a write runs, one defined since the
+        // catalog was read, a function of the database's own) may quote masked values where
+        // columns are masked (`RAISE NOTICE '%', (SELECT email ...)`): its messages are
+        // withheld too.
+        let writes_masked = (st.writes && st.tables.iter().any(|t| self.masked.holds_masked_rows(t)))
+            || (!self.masked.is_empty() && self.may_run_unread_code(st));
         Verdict {
             reads_masked,
             writes_masked,
@@ -2223,7 +2223,11 @@ impl ClientSide {
                 if let Err(stop) = self.answers_settled(&mut up, &mut reader).await {
                     return stop;
                 }
-                handled = self.handle(frame).await;
+                handled = if watch {
+                    self.handle_watching(frame, &mut reader).await
+                } else {
+                    self.handle(frame).await
+                };
             }
             match handled {
                 Ok(Next::Continue) => {}
@@ -2261,25 +2265,30 @@ impl ClientSide {
             }
     }
 
-    /// [`Self::handle`], ending the session if the client leaves first: a statement held for
-    /// approval must not run for a client that is gone (the request stays unspent). The
+    /// [`Self::handle`], watching the client meanwhile: a statement held for approval must not
+    /// run for a client that is gone, so its leaving ends the wait (the request stays unspent;
+    /// see [`approval::Abandon`]). What is past the wait (an approval being spent) goes on. The
     /// client's next messages are read ahead meanwhile (up to [`READ_AHEAD_BYTES`]).
     async fn handle_watching(
         &mut self,
         frame: Frame,
         reader: &mut FrameReader<ReadHalf<Stream>>,
     ) -> Result<Next, Stop> {
+        let abandon = self.live.cancel.abandon.clone();
         let handling = self.handle(frame);
         tokio::pin!(handling);
+        let mut reading = true;
         loop {
             tokio::select! {
                 biased;
                 handled = &mut handling => return handled,
-                read = reader.read_ahead(READ_AHEAD_BYTES) => match read {
-                    Ok(()) => {}
-                    Err(FrameError::Closed) => return Err("client closed the connection".into()),
-                    Err(e) => return Err(format!("client i/o: {e}")),
-                },
+                read = reader.read_ahead(READ_AHEAD_BYTES), if reading => {
+                    if read.is_err() {
+                        // Gone (or its connection broken): the next read ends the session.
+                        abandon.leave();
+                        reading = false;
+                    }
+                }
             }
         }
     }
@@ -2848,24 +2857,17 @@ impl ClientSide {
             reason: reason
                 .map(|r| approval::hide_spellings(live.masked_sql(&r), live.token_finder.as_deref())),
             unshown: sql_unshown(sql).or(unshown),
+            // A cancel, or the client leaving, ends a wait for approval as it ends a statement:
+            // the request stays unspent.
+            abandon: Some(&live.cancel.abandon),
         };
-        // A cancel ends a wait for approval as it ends a statement: the request stays unspent.
-        let cancelled = live.cancel.cancelled.notified();
-        let outcome = tokio::select! {
-            outcome = approval::ask(
-                live.ctx.gateway.approvals.as_ref(),
-                &live.ctx.gateway.metrics,
-                question,
-                unix_now(),
-            ) => outcome,
-            () = cancelled => {
-                let _ = live.record("pg.approval", json!({"outcome": "cancelled", "rule": v.rule}));
-                return Err(ErrorResponse::new(
-                    sqlstate::QUERY_CANCELED,
-                    "canceling statement due to user request: it was waiting for approval and was not run",
-                ));
-            }
-        };
+        let outcome = approval::ask(
+            live.ctx.gateway.approvals.as_ref(),
+            &live.ctx.gateway.metrics,
+            question,
+            unix_now(),
+        )
+        .await;
         let decisions = approval::decisions(live.ctx.gateway.approvals.as_ref(), outcome.request()).await;
         let _ = live.record(
             "pg.approval",
@@ -2895,6 +2897,10 @@ impl ClientSide {
             approval::Outcome::Expired { request } => Err(ErrorResponse::new(
                 sqlstate::INSUFFICIENT_PRIVILEGE,
                 format!("ApprovalRequest {request} was not decided in time ({rule_ref})"),
+            )),
+            approval::Outcome::Abandoned { request } => Err(ErrorResponse::new(
+                sqlstate::QUERY_CANCELED,
+                format!("canceling statement due to user request: it was waiting for ApprovalRequest {request} and was not run; the request stays unspent"),
             )),
             approval::Outcome::Unavailable(why) => Err(ErrorResponse::new(
                 sqlstate::INSUFFICIENT_PRIVILEGE,
