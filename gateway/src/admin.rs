@@ -33,21 +33,31 @@ pub struct AdminState {
     pub gateway: Option<Arc<Gateway>>,
 }
 
+/// Most admin connections served at once: probes and scrapes need a few; in a cluster the
+/// admin port is reachable from other pods, whose connections must not exhaust the memory and
+/// descriptors the data plane shares.
+pub const MAX_ADMIN_CONNECTIONS: usize = 1024;
+
 /// Serves the admin endpoints on `listener` until `shutdown` flips.
-pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
+pub async fn serve(listener: TcpListener, state: AdminState, shutdown: watch::Receiver<bool>) {
+    serve_capped(listener, state, shutdown, MAX_ADMIN_CONNECTIONS).await;
+}
+
+/// [`serve`] with at most `cap` connections at once (the next waits for one to end), accepting
+/// as the data plane's listeners do (a failed accept, out of descriptors say, backs off).
+async fn serve_capped(
+    listener: TcpListener,
+    state: AdminState,
+    mut shutdown: watch::Receiver<bool>,
+    cap: usize,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(cap));
+    while let Some((stream, peer, slot)) =
+        crate::protocol::http::server::accept_capped(&listener, &slots, &mut shutdown).await
+    {
         let state = state.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |mut req: Request<Incoming>| {
                 let state = state.clone();
                 // Who is calling, for the approvals API's per-address introspection budget.
@@ -128,4 +138,51 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
         hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn healthz(conn: &mut tokio::net::TcpStream) -> String {
+        conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 512];
+        let n = conn.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// Past the cap a connection waits until one ends: a flood of kept-alive connections holds
+    /// no more than the cap's memory and descriptors.
+    #[tokio::test]
+    async fn connections_past_the_cap_wait() {
+        let (_tx, snapshots) = tokio::sync::watch::channel(None);
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let listener = super::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = super::AdminState {
+            snapshots,
+            metrics: crate::metrics::Metrics::new(),
+            approvals: None,
+            gateway: None,
+        };
+        let served = tokio::spawn(super::serve_capped(listener, state, shutdown, 1));
+        let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(healthz(&mut first).await.starts_with("HTTP/1.1 200"));
+        let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(300), healthz(&mut second)).await;
+        assert!(waiting.is_err(), "served past the cap: {waiting:?}");
+        drop(first);
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            let mut buf = vec![0u8; 512];
+            let n = second.read(&mut buf).await.unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        })
+        .await
+        .expect("served once a slot is free");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        stop.send(true).unwrap();
+        served.await.unwrap();
+    }
 }

@@ -99,6 +99,42 @@ fn serves_health_readiness_and_metrics_and_reloads_on_change() {
     });
     assert_eq!(generation, Some(3.0), "{}", gw.output());
 
+    // A listener whose protocol changes is served by the new protocol's loop: the two swap.
+    let file = dir.path().join("10-gateway.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let https_port: u16 = text
+        .split("name: https")
+        .nth(1)
+        .and_then(|rest| rest.split("port: ").nth(1))
+        .and_then(|p| p.lines().next()?.trim().parse().ok())
+        .expect("the https listener's port");
+    let swapped = text
+        .replace("protocol: HTTP", "protocol: @")
+        .replace("protocol: Postgres", "protocol: HTTP")
+        .replace("protocol: @", "protocol: Postgres");
+    let staged = dir.path().join(".10-gateway.yaml.tmp");
+    std::fs::write(&staged, swapped).unwrap();
+    std::fs::rename(&staged, &file).unwrap();
+    let generation = wait_for(Duration::from_secs(10), || {
+        metric(port, "agentgate_config_generation").filter(|g| *g == 4.0)
+    });
+    assert_eq!(generation, Some(4.0), "{}", gw.output());
+    let answer = wait_for(Duration::from_secs(10), || {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", https_port)).ok()?;
+        c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        // An SSLRequest: PostgreSQL answers one byte, `N` without TLS.
+        c.write_all(&[0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f]).ok()?;
+        let mut b = [0u8; 1];
+        c.read_exact(&mut b).ok()?;
+        (b[0] == b'N').then_some(())
+    });
+    assert!(
+        answer.is_some(),
+        "the listener still speaks its old protocol\n{}",
+        gw.output()
+    );
+
     let status = gw.terminate(Duration::from_secs(10)).expect("exits on SIGTERM");
     assert!(status.success(), "{}", gw.output());
 }

@@ -772,6 +772,16 @@ fn compile_gateway(
         (None, None) => options.manifests.join(".agentgate/sessions"),
     };
     for (i, l) in g.spec.listeners.iter().enumerate() {
+        // The schema's pattern admits what no socket binds (`1.2.3`, `127.0.0.01`): found here,
+        // not by every replica failing to bind it.
+        if let Some(address) = l.address.as_deref()
+            && address.parse::<std::net::IpAddr>().is_err()
+        {
+            errors.push(m.error(
+                &format!("spec.listeners[{i}].address"),
+                format!("Invalid value: {address:?}: not an IPv4 or IPv6 address"),
+            ));
+        }
         if options.loopback_only && !l.address.as_deref().is_some_and(is_loopback_host) {
             errors.push(m.error(
                 &format!("spec.listeners[{i}].address"),
@@ -1958,6 +1968,35 @@ mod tests {
 
     /// Column rules mask PostgreSQL results: on a policy of HTTP connections only they would
     /// never apply, so they are an error naming the rule.
+    /// An address the schema's pattern admits and no socket binds is a load error.
+    #[test]
+    fn listener_addresses_are_ip_addresses() {
+        for (address, ok) in [
+            ("127.0.0.1", true),
+            ("::1", true),
+            ("1.2.3", false),
+            ("127.0.0.01", false),
+            ("127.0.0.1.", false),
+        ] {
+            let with_address = |t: String| {
+                t.replace(
+                    "      protocol: HTTP\n      port: 8443\n",
+                    &format!("      protocol: HTTP\n      port: 8443\n      address: \"{address}\"\n"),
+                )
+            };
+            match load_examples_with(&with_address) {
+                Ok(_) => assert!(ok, "{address} loaded"),
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(
+                        !ok && e.contains("spec.listeners[0].address") && e.contains("not an IPv4 or IPv6"),
+                        "{address}: {e}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn column_rules_need_a_postgres_connection() {
         load_examples_with(&|t| t).unwrap();

@@ -57,10 +57,20 @@ impl ConfigWatcher {
         &self.options
     }
 
-    /// Loads now. `Ok(true)` when a new snapshot was published, `Ok(false)` when nothing changed.
+    /// Loads now. `Ok(true)` when a new snapshot was published, `Ok(false)` when nothing changed,
+    /// or when the files changed while they were read (a file being written, a mounted
+    /// ConfigMap's `..data` swapped between two files): what was read may hold part of an edit,
+    /// say the new Allow without the Deny beside it, so it is not put in force, and the next
+    /// poll reads the files again.
     pub fn reload(&mut self) -> Result<bool, ConfigErrors> {
-        self.fingerprint = Some(fingerprint(&self.options));
+        let before = fingerprint(&self.options);
         let loaded = load(&self.options);
+        if fingerprint(&self.options) != before {
+            tracing::info!("the manifests changed while they were read; they are read again");
+            self.fingerprint = None;
+            return Ok(false);
+        }
+        self.fingerprint = Some(before);
         self.publish(loaded)
     }
 
@@ -114,8 +124,11 @@ impl ConfigWatcher {
         }
     }
 
-    /// Polls for changes until `shutdown` resolves.
+    /// Polls for changes until `shutdown` resolves. A change is read once the files have held
+    /// still for a poll: an editor's or `kubectl get -o yaml >` rewrite caught half-done would
+    /// otherwise be in force until the next poll.
     pub async fn run(mut self, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+        let mut seen: Option<u64> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
@@ -125,7 +138,9 @@ impl ConfigWatcher {
             let current = tokio::task::spawn_blocking(move || fingerprint(&options))
                 .await
                 .ok();
-            if current.is_some() && current != self.fingerprint {
+            let settled = current == seen;
+            seen = current;
+            if current.is_some() && current != self.fingerprint && settled {
                 // Loading parses and validates every file: keep it off the async workers.
                 self = match tokio::task::spawn_blocking(move || {
                     // A bug in loading must not end the watch: the configuration in force stays,

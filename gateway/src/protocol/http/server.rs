@@ -61,6 +61,8 @@ type Alive = tokio::sync::mpsc::Sender<()>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct ListenerKey {
     addr: SocketAddr,
+    /// An HTTP listener's loop does not serve PostgreSQL, nor the other way round.
+    protocol: ListenerProtocol,
     /// Hash of the certificate and key, so a renewed certificate rebinds.
     tls: Option<[u8; 32]>,
 }
@@ -106,6 +108,7 @@ pub async fn run(gw: Arc<Gateway>, mut snapshots: SnapshotReceiver, mut shutdown
                 let tls = cfg.gateway.listener_tls.get(&l.name);
                 let key = ListenerKey {
                     addr,
+                    protocol: l.protocol,
                     tls: tls.map(|(c, k)| {
                         Sha256::new()
                             .chain_update(c.expose())
@@ -228,7 +231,7 @@ async fn accept(
 
 /// The next connection once one of `slots` is free, with the slot it holds until it ends; `None`
 /// once the gateway stops.
-async fn accept_capped(
+pub(crate) async fn accept_capped(
     socket: &TcpListener,
     slots: &Arc<tokio::sync::Semaphore>,
     stop: &mut watch::Receiver<bool>,
