@@ -36,6 +36,8 @@ pub struct GatewayConfig {
     pub policies: Vec<CompiledPolicy>,
     /// The policies' rules filed for decisions.
     pub policy_index: PolicyIndex,
+    /// Some rule needs approval: an operation may be held waiting for one.
+    pub asks_approval: bool,
     /// (namespace, name, key) of the Secret manifest values this configuration uses.
     pub secret_keys_used: std::collections::BTreeSet<(String, String, String)>,
 }
@@ -585,6 +587,9 @@ pub fn compile(
     }
     let source_hash = hex(&hasher.finalize());
     let policy_index = PolicyIndex::build(&policies, connections.keys().map(String::as_str));
+    let asks_approval = policies
+        .iter()
+        .any(|p| p.rules.iter().any(|r| r.action == Action::RequireApproval));
     Some(GatewayConfig {
         source_hash,
         object_counts: counts,
@@ -593,6 +598,7 @@ pub fn compile(
         identities,
         policies,
         policy_index,
+        asks_approval,
         secret_keys_used: secrets.used(),
     })
 }

@@ -1653,8 +1653,9 @@ async fn mask_response(
     }
 }
 
-/// Why a decided request cannot be forwarded, whatever its decision: an upgrade, an upstream
-/// not configured, a credential that cannot be sent.
+/// Why a decided request cannot be forwarded, whatever its decision: an upgrade, or an
+/// upstream not configured. (A credential that cannot be sent is refused when the
+/// configuration is loaded.)
 fn unforwardable(
     headers: &HeaderMap,
     kube_info: Option<&request_info::RequestInfo>,
@@ -1662,12 +1663,9 @@ fn unforwardable(
     connection: &CompiledConnection,
 ) -> Result<(), Problem> {
     refuse_upgrade(headers, kube_info)?;
-    if !matches!(plane.upstreams.get(&connection.name), Some(Ok(_))) {
-        return Err(upstream_not_configured());
-    }
-    match headers::credential_unsendable(connection.credential.as_ref()) {
-        Some(e) => Err(Problem::new(Kind::UpstreamUnavailable, e.to_string())),
-        None => Ok(()),
+    match plane.upstreams.get(&connection.name) {
+        Some(Ok(_)) => Ok(()),
+        _ => Err(upstream_not_configured()),
     }
 }
 

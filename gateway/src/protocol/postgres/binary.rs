@@ -214,11 +214,10 @@ fn elements(v: &[u8], depth: usize, out: &mut String) -> bool {
 struct Layout<'a> {
     /// The bytes from the first element on.
     items: &'a [u8],
-    /// An array's element count and type; `None` for a composite value, whose elements each
-    /// carry their type.
-    array: Option<(usize, u32)>,
-    /// A composite value's column count.
-    columns: usize,
+    /// Elements (an array's) or columns (a composite value's).
+    count: usize,
+    /// An array's element type; `None` for a composite value, whose columns each carry theirs.
+    elem: Option<u32>,
 }
 
 impl<'a> Layout<'a> {
@@ -240,12 +239,12 @@ impl<'a> Layout<'a> {
         if count > r.0.len() / 4 {
             return None;
         }
-        let layout = Self {
+        Self {
             items: r.0,
-            array: Some((count, elem)),
-            columns: 0,
-        };
-        layout.checked()
+            count,
+            elem: Some(elem),
+        }
+        .checked()
     }
 
     fn record(v: &'a [u8]) -> Option<Self> {
@@ -254,19 +253,19 @@ impl<'a> Layout<'a> {
         if !(0..=MAX_RECORD_COLUMNS).contains(&columns) {
             return None;
         }
-        let layout = Self {
+        Self {
             items: r.0,
-            array: None,
-            columns: usize::try_from(columns).ok()?,
-        };
-        layout.checked()
+            count: usize::try_from(columns).ok()?,
+            elem: None,
+        }
+        .checked()
     }
 
     /// Itself if its elements account for every byte.
     fn checked(self) -> Option<Self> {
         let mut r = Reader(self.items);
-        for _ in 0..self.array.map_or(self.columns, |(count, _)| count) {
-            if self.array.is_none() {
+        for _ in 0..self.count {
+            if self.elem.is_none() {
                 r.u32()?;
             }
             r.element()?;
@@ -277,11 +276,8 @@ impl<'a> Layout<'a> {
     /// Calls `f` with each non-NULL element and its type.
     fn each(&self, mut f: impl FnMut(u32, &'a [u8])) {
         let mut r = Reader(self.items);
-        for _ in 0..self.array.map_or(self.columns, |(count, _)| count) {
-            let oid = match self.array {
-                Some((_, elem)) => Some(elem),
-                None => r.u32(),
-            };
+        for _ in 0..self.count {
+            let oid = self.elem.or_else(|| r.u32());
             match (oid, r.element()) {
                 (Some(oid), Some(Some(bytes))) => f(oid, bytes),
                 (Some(_), Some(None)) => {}

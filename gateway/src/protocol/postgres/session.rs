@@ -558,16 +558,6 @@ struct Current {
     row_limit_rules: Vec<(usize, usize)>,
     /// Why the session can no longer follow the configuration (it refuses every statement).
     stale: Option<String>,
-    /// Some rule of the configuration needs approval: a statement may wait for one, while the
-    /// client is watched (see [`ClientSide::handle_watching`]).
-    approvals: bool,
-}
-
-/// Whether any rule of `cfg` needs approval.
-fn asks_approval(cfg: &crate::config::compile::GatewayConfig) -> bool {
-    cfg.policies
-        .iter()
-        .any(|p| p.rules.iter().any(|r| r.action == Action::RequireApproval))
 }
 
 /// The session's statement counters, looked up once.
@@ -775,7 +765,6 @@ async fn start(
                 plane: plane.clone(),
                 row_limit_rules,
                 stale: None,
-                approvals: asks_approval(cfg),
             })),
             cursors: Mutex::new(CursorBook::default()),
             connection: conn.name.clone(),
@@ -1275,7 +1264,6 @@ impl Live {
                 Err(why) => (Vec::new(), Some(why)),
             };
             *current = Arc::new(Current {
-                approvals: asks_approval(&plane.snapshot.config),
                 plane,
                 row_limit_rules,
                 stale,
@@ -1773,14 +1761,19 @@ impl Live {
             || st.functions.iter().any(|f| sh.shadowing.contains(f))
             // A type named in a string, or a row's columns filled: their input runs a domain's
             // CHECK, with no type name in the statement to see.
-            || (!sh.coded_types.is_empty()
-                && st.functions.iter().any(|f| TYPE_INPUT_FUNCTIONS.contains(&f.as_str())))
+            || st.functions.iter().any(|f| self.runs_type_input(f))
             || st.operators.iter().any(|o| sh.operators.contains(o))
             || st.types.iter().any(|t| sh.coded_types.contains(t))
             || st.tables.iter().any(|t| sh.code_views.contains(t))
             || (sh.implicit_casts && (expressions || !st.tables.is_empty()))
             || ((expressions || !st.tables.is_empty())
                 && self.code_generation.0.now()[0] != self.code_generation.1[0])
+    }
+
+    /// Whether calling `f` runs a type's input (a domain's CHECK) where the database has such
+    /// code: [`TYPE_INPUT_FUNCTIONS`], which name no type in the statement.
+    fn runs_type_input(&self, f: &str) -> bool {
+        !self.shadows.coded_types.is_empty() && TYPE_INPUT_FUNCTIONS.contains(&f)
     }
 
     /// What [`Self::calls_hidden_code`] finds, by name, for the functions a rule lists: each
@@ -1809,10 +1802,10 @@ impl Live {
         );
         // Code no name in the statement shows: a built-in's name its own function answers, a
         // type's input run from a string, an implicit cast, code defined since the session began.
-        let unnamed = st.functions.iter().any(|f| {
-            sh.shadowing.contains(f)
-                || (!sh.coded_types.is_empty() && TYPE_INPUT_FUNCTIONS.contains(&f.as_str()))
-        });
+        let unnamed = st
+            .functions
+            .iter()
+            .any(|f| sh.shadowing.contains(f) || self.runs_type_input(f));
         if unnamed || names.is_empty() {
             names.push("(the database's own code)".into());
         }
@@ -2212,22 +2205,15 @@ impl ClientSide {
                     return stop;
                 }
             }
-            let watch =
-                matches!(frame.tag, frontend::QUERY | frontend::EXECUTE) && self.live.current().approvals;
-            let mut handled = if watch {
-                self.handle_watching(frame, &mut reader).await
-            } else {
-                self.handle(frame).await
-            };
+            // A statement may be held for approval: the client is watched while it waits.
+            let watch = matches!(frame.tag, frontend::QUERY | frontend::EXECUTE)
+                && self.live.current().plane.snapshot.config.asks_approval;
+            let mut handled = self.handle_watching(frame, &mut reader, watch).await;
             if let Ok(Next::Again(frame)) = handled {
                 if let Err(stop) = self.answers_settled(&mut up, &mut reader).await {
                     return stop;
                 }
-                handled = if watch {
-                    self.handle_watching(frame, &mut reader).await
-                } else {
-                    self.handle(frame).await
-                };
+                handled = self.handle_watching(frame, &mut reader, watch).await;
             }
             match handled {
                 Ok(Next::Continue) => {}
@@ -2265,15 +2251,20 @@ impl ClientSide {
             }
     }
 
-    /// [`Self::handle`], watching the client meanwhile: a statement held for approval must not
-    /// run for a client that is gone, so its leaving ends the wait (the request stays unspent;
-    /// see [`approval::Abandon`]). What is past the wait (an approval being spent) goes on. The
-    /// client's next messages are read ahead meanwhile (up to [`READ_AHEAD_BYTES`]).
+    /// [`Self::handle`], watching the client meanwhile when `watch`: a statement held for
+    /// approval must not run for a client that is gone, so its leaving ends the wait (the
+    /// request stays unspent; see [`approval::Abandon`]). What is past the wait (an approval
+    /// being spent) goes on. The client's next messages are read ahead meanwhile (up to
+    /// [`READ_AHEAD_BYTES`]).
     async fn handle_watching(
         &mut self,
         frame: Frame,
         reader: &mut FrameReader<ReadHalf<Stream>>,
+        watch: bool,
     ) -> Result<Next, Stop> {
+        if !watch {
+            return self.handle(frame).await;
+        }
         let abandon = self.live.cancel.abandon.clone();
         let handling = self.handle(frame);
         tokio::pin!(handling);
